@@ -1,0 +1,169 @@
+//! Causal grouped-query attention, flash-style on the CPU.
+//!
+//! Layout: q `[B, T, Hq, D]`, k/v `[B, T, Hkv, D]` (the projections' natural layout, so no
+//! transpose is needed), o like q, lse `[B, T, Hq]`. Query `i` attends to key `j` when `j ≤ i`
+//! and both carry the same segment id (packed rows never see each other).
+//!
+//! Forward: per query row, an online softmax over blocks of `BLOCK` keys (running max, running
+//! sum, rescaled accumulator), so memory is O(T·D) — never a T×T matrix. Backward (FlashAttention-2
+//! order): probabilities are recomputed from the saved log-sum-exp; dQ is computed per query
+//! row, dK/dV per key row (looping over the query heads that share the kv head), so no two
+//! threads write the same row and the result does not depend on thread count.
+
+use rayon::prelude::*;
+
+use super::{CpuBackend, Real, by_prec, out, prec, read, read_i32};
+use crate::backend::{AttentionOps, AttnArgs};
+use crate::{Error, Result, Tensor};
+
+const BLOCK: usize = 32;
+
+struct Dims {
+    b: usize,
+    t: usize,
+    hq: usize,
+    hkv: usize,
+    d: usize,
+}
+
+fn dims(a: &AttnArgs<'_>) -> Result<Dims> {
+    let (q, k, v) = (a.q.dims(), a.k.dims(), a.v.dims());
+    let ok = q.len() == 4
+        && k.len() == 4
+        && k == v
+        && q[0] == k[0]
+        && q[1] == k[1]
+        && q[3] == k[3]
+        && k[2] > 0
+        && q[2] % k[2] == 0;
+    if !ok {
+        return Err(Error::shape("attention", format!("q {:?}, k {:?}, v {:?}", q, k, v)));
+    }
+    if let Some(s) = a.seg.filter(|s| s.numel() != q[0] * q[1]) {
+        return Err(Error::shape("attention", format!("segments {:?} for q {:?}", s.shape(), q)));
+    }
+    Ok(Dims { b: q[0], t: q[1], hq: q[2], hkv: k[2], d: q[3] })
+}
+
+/// Whether query `i` may see key `j` in batch row `b`.
+fn visible(seg: Option<&[i32]>, t: usize, b: usize, i: usize, j: usize) -> bool {
+    j <= i && seg.is_none_or(|s| s[b * t + i] == s[b * t + j])
+}
+
+fn dot<T: Real>(a: &[T], b: &[T]) -> T {
+    a.iter().zip(b).map(|(&x, &y)| x * y).sum()
+}
+
+fn fwd<T: Real>(a: &AttnArgs<'_>) -> Result<(Tensor, Tensor)> {
+    let dm = dims(a)?;
+    let (qv, kv, vv) = (read::<T>(a.q)?, read::<T>(a.k)?, read::<T>(a.v)?);
+    let seg = a.seg.map(read_i32).transpose()?;
+    let (t, hq, hkv, d) = (dm.t, dm.hq, dm.hkv, dm.d);
+    let group = hq / hkv;
+    let scale = T::from_f64(a.scale);
+    let mut o = vec![T::zero(); dm.b * t * hq * d];
+    let mut lse = vec![T::zero(); dm.b * t * hq];
+    // One task per (b, i, h) query row: row index r = (b·T + i)·Hq + h.
+    o.par_chunks_mut(d).zip(lse.par_iter_mut()).enumerate().for_each(|(r, (orow, l))| {
+        let (h, bi) = (r % hq, r / hq);
+        let (b, i) = (bi / t, bi % t);
+        let g = h / group;
+        let qr = &qv[r * d..(r + 1) * d];
+        let (mut m, mut sum) = (T::neg_infinity(), T::zero());
+        let mut s = [T::zero(); BLOCK];
+        for j0 in (0..=i).step_by(BLOCK) {
+            let j1 = (j0 + BLOCK).min(i + 1);
+            let mut bmax = T::neg_infinity();
+            for j in j0..j1 {
+                s[j - j0] = if visible(seg, t, b, i, j) {
+                    let kr = &kv[((b * t + j) * hkv + g) * d..][..d];
+                    dot(qr, kr) * scale
+                } else {
+                    T::neg_infinity()
+                };
+                bmax = bmax.max(s[j - j0]);
+            }
+            if bmax == T::neg_infinity() {
+                continue;
+            }
+            let m_new = m.max(bmax);
+            let corr = (m - m_new).exp();
+            sum *= corr;
+            orow.iter_mut().for_each(|x| *x *= corr);
+            for j in j0..j1 {
+                let p = (s[j - j0] - m_new).exp();
+                if p == T::zero() {
+                    continue;
+                }
+                sum += p;
+                let vr = &vv[((b * t + j) * hkv + g) * d..][..d];
+                orow.iter_mut().zip(vr).for_each(|(x, &y)| *x += p * y);
+            }
+            m = m_new;
+        }
+        // The diagonal is always visible, so sum ≥ exp(0) > 0.
+        let inv = T::one() / sum;
+        orow.iter_mut().for_each(|x| *x *= inv);
+        *l = m + sum.ln();
+    });
+    let qd = a.q.dims().to_vec();
+    Ok((out(o, qd.clone())?, out(lse, [qd[0], qd[1], qd[2]])?))
+}
+
+fn bwd<T: Real>(a: &AttnArgs<'_>, o: &Tensor, lse: &Tensor, d_o: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    let dm = dims(a)?;
+    let (qv, kv, vv) = (read::<T>(a.q)?, read::<T>(a.k)?, read::<T>(a.v)?);
+    let (ov, lv, gv) = (read::<T>(o)?, read::<T>(lse)?, read::<T>(d_o)?);
+    if ov.len() != qv.len() || gv.len() != qv.len() || lv.len() != qv.len() / dm.d.max(1) {
+        return Err(Error::shape("attention_bwd", format!("o {:?}, lse {:?}, do {:?}", o.shape(), lse.shape(), d_o.shape())));
+    }
+    let seg = a.seg.map(read_i32).transpose()?;
+    let (t, hq, hkv, d) = (dm.t, dm.hq, dm.hkv, dm.d);
+    let group = hq / hkv;
+    let scale = T::from_f64(a.scale);
+    // delta_i = dO_i · O_i
+    let delta: Vec<T> = (0..qv.len() / d.max(1)).into_par_iter().map(|r| dot(&gv[r * d..][..d], &ov[r * d..][..d])).collect();
+    let qrow = |b: usize, i: usize, h: usize| ((b * t + i) * hq + h) * d;
+    let krow = |b: usize, j: usize, g: usize| ((b * t + j) * hkv + g) * d;
+    // p_ij and ds_ij for one (query row, key row) pair.
+    let pair = |b: usize, i: usize, h: usize, j: usize| -> (T, T) {
+        let (qi, kj, r) = (qrow(b, i, h), krow(b, j, h / group), (b * t + i) * hq + h);
+        let p = (dot(&qv[qi..qi + d], &kv[kj..kj + d]) * scale - lv[r]).exp();
+        let dp = dot(&gv[qi..qi + d], &vv[kj..kj + d]);
+        (p, p * (dp - delta[r]))
+    };
+    let mut dq = vec![T::zero(); qv.len()];
+    dq.par_chunks_mut(d).enumerate().for_each(|(r, dqr)| {
+        let (h, bi) = (r % hq, r / hq);
+        let (b, i) = (bi / t, bi % t);
+        for j in (0..=i).filter(|&j| visible(seg, t, b, i, j)) {
+            let (_, ds) = pair(b, i, h, j);
+            let kr = &kv[krow(b, j, h / group)..][..d];
+            dqr.iter_mut().zip(kr).for_each(|(x, &y)| *x += scale * ds * y);
+        }
+    });
+    let mut dk = vec![T::zero(); kv.len()];
+    let mut dv = vec![T::zero(); kv.len()];
+    dk.par_chunks_mut(d).zip(dv.par_chunks_mut(d)).enumerate().for_each(|(r, (dkr, dvr))| {
+        let (g, bj) = (r % hkv, r / hkv);
+        let (b, j) = (bj / t, bj % t);
+        for h in g * group..(g + 1) * group {
+            for i in (j..t).filter(|&i| visible(seg, t, b, i, j)) {
+                let (p, ds) = pair(b, i, h, j);
+                let (qr, gr) = (&qv[qrow(b, i, h)..][..d], &gv[qrow(b, i, h)..][..d]);
+                dvr.iter_mut().zip(gr).for_each(|(x, &y)| *x += p * y);
+                dkr.iter_mut().zip(qr).for_each(|(x, &y)| *x += scale * ds * y);
+            }
+        }
+    });
+    Ok((out(dq, a.q.dims().to_vec())?, out(dk, a.k.dims().to_vec())?, out(dv, a.v.dims().to_vec())?))
+}
+
+impl AttentionOps for CpuBackend {
+    fn attention_fwd(&self, a: &AttnArgs<'_>) -> Result<(Tensor, Tensor)> {
+        by_prec!(prec(&[a.q, a.k, a.v]), fwd(a))
+    }
+    fn attention_bwd(&self, a: &AttnArgs<'_>, o: &Tensor, lse: &Tensor, d_o: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        by_prec!(prec(&[a.q, a.k, a.v, d_o]), bwd(a, o, lse, d_o))
+    }
+}

@@ -1,0 +1,75 @@
+//! Elementwise ops: residual add, scale, SwiGLU, sum of squares.
+
+use rayon::prelude::*;
+
+use super::{CpuBackend, Real, by_prec, out, prec, read, same_shape};
+use crate::backend::ElementwiseOps;
+use crate::{Result, Tensor};
+
+const CHUNK: usize = 1 << 14;
+
+fn add<T: Real>(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (x, y) = (read::<T>(a)?, read::<T>(b)?);
+    let mut o = vec![T::zero(); x.len()];
+    o.par_chunks_mut(CHUNK).enumerate().for_each(|(c, oc)| {
+        let base = c * CHUNK;
+        for (i, v) in oc.iter_mut().enumerate() {
+            *v = x[base + i] + y[base + i];
+        }
+    });
+    out(o, a.shape().clone())
+}
+
+fn scale<T: Real>(a: &Tensor, s: f64) -> Result<Tensor> {
+    let s = T::from_f64(s);
+    let o: Vec<T> = read::<T>(a)?.par_iter().map(|&v| v * s).collect();
+    out(o, a.shape().clone())
+}
+
+fn sigmoid<T: Real>(x: T) -> T {
+    T::one() / (T::one() + (-x).exp())
+}
+
+fn swiglu_fwd<T: Real>(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    let (gv, uv) = (read::<T>(g)?, read::<T>(u)?);
+    let o: Vec<T> = gv.par_iter().zip(uv.par_iter()).map(|(&g, &u)| g * sigmoid(g) * u).collect();
+    out(o, g.shape().clone())
+}
+
+fn swiglu_bwd<T: Real>(g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (gv, uv, dv) = (read::<T>(g)?, read::<T>(u)?, read::<T>(dy)?);
+    let (dg, du): (Vec<T>, Vec<T>) = (0..gv.len())
+        .into_par_iter()
+        .map(|i| {
+            let (g, u, d) = (gv[i], uv[i], dv[i]);
+            let s = sigmoid(g);
+            let silu = g * s;
+            // d silu/dg = s + g·s·(1−s)
+            (d * u * (s + g * s * (T::one() - s)), d * silu)
+        })
+        .unzip();
+    Ok((out(dg, g.shape().clone())?, out(du, g.shape().clone())?))
+}
+
+impl ElementwiseOps for CpuBackend {
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        same_shape("add", a, b)?;
+        by_prec!(prec(&[a, b]), add(a, b))
+    }
+    fn scale(&self, a: &Tensor, s: f64) -> Result<Tensor> {
+        by_prec!(prec(&[a]), scale(a, s))
+    }
+    fn sum_squares(&self, a: &Tensor) -> Result<f64> {
+        let v = a.to_vec_f64()?;
+        Ok(v.par_iter().map(|x| x * x).sum())
+    }
+    fn swiglu_fwd(&self, g: &Tensor, u: &Tensor) -> Result<Tensor> {
+        same_shape("swiglu", g, u)?;
+        by_prec!(prec(&[g, u]), swiglu_fwd(g, u))
+    }
+    fn swiglu_bwd(&self, g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        same_shape("swiglu_bwd", g, u)?;
+        same_shape("swiglu_bwd", g, dy)?;
+        by_prec!(prec(&[g, u, dy]), swiglu_bwd(g, u, dy))
+    }
+}

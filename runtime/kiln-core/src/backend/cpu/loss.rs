@@ -1,0 +1,76 @@
+//! Cross-entropy over the vocabulary with ignored targets (< 0, HF's -100).
+//!
+//! Each row's log-sum-exp is built over vocabulary chunks of `VCHUNK` with an online max, so a
+//! row is read once per pass and the GPU kernels can use the same structure.
+
+use rayon::prelude::*;
+
+use super::{CpuBackend, Real, by_prec, out, prec, read, read_i32};
+use crate::backend::{CeOut, LossOps};
+use crate::{Error, Result, Tensor};
+
+const VCHUNK: usize = 4096;
+
+fn check(logits: &Tensor, targets: &Tensor) -> Result<(usize, usize)> {
+    let (m, v) = (logits.shape().rows(), logits.shape().last());
+    if targets.numel() != m {
+        return Err(Error::shape("cross_entropy", format!("logits {:?}, targets {:?}", logits.shape(), targets.shape())));
+    }
+    Ok((m, v))
+}
+
+fn lse_row<T: Real>(row: &[T]) -> T {
+    let (mut m, mut s) = (T::neg_infinity(), T::zero());
+    for c in row.chunks(VCHUNK) {
+        let cm = c.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
+        if cm == T::neg_infinity() {
+            continue;
+        }
+        let nm = m.max(cm);
+        s = s * (m - nm).exp() + c.iter().map(|&x| (x - nm).exp()).sum::<T>();
+        m = nm;
+    }
+    m + s.ln()
+}
+
+fn fwd<T: Real>(logits: &Tensor, targets: &Tensor) -> Result<CeOut> {
+    let (m, v) = check(logits, targets)?;
+    let (lv, tv) = (read::<T>(logits)?, read_i32(targets)?);
+    if let Some((r, &bad)) = tv.iter().enumerate().find(|&(_, &t)| t >= v as i32) {
+        return Err(Error::Msg(format!("cross_entropy: target {bad} in row {r} is outside the vocabulary of {v}")));
+    }
+    let lse: Vec<T> = (0..m).into_par_iter().map(|r| lse_row(&lv[r * v..(r + 1) * v])).collect();
+    let (sum, n) = (0..m)
+        .filter(|&r| tv[r] >= 0)
+        .map(|r| ((lse[r] - lv[r * v + tv[r] as usize]).to_f64(), 1usize))
+        .fold((0.0, 0), |(a, c), (x, k)| (a + x, c + k));
+    let loss = if n == 0 { 0.0 } else { sum / n as f64 };
+    Ok(CeOut { loss, n_valid: n, lse: out(lse, [m])? })
+}
+
+fn bwd<T: Real>(logits: &Tensor, targets: &Tensor, lse: &Tensor, dloss: f64, n_valid: usize) -> Result<Tensor> {
+    let (m, v) = check(logits, targets)?;
+    let (lv, tv, sv) = (read::<T>(logits)?, read_i32(targets)?, read::<T>(lse)?);
+    let g = T::from_f64(if n_valid == 0 { 0.0 } else { dloss / n_valid as f64 });
+    let mut d = vec![T::zero(); m * v];
+    d.par_chunks_mut(v.max(1)).enumerate().for_each(|(r, dr)| {
+        if tv[r] < 0 {
+            return;
+        }
+        let lr = &lv[r * v..(r + 1) * v];
+        for (o, &x) in dr.iter_mut().zip(lr) {
+            *o = (x - sv[r]).exp() * g;
+        }
+        dr[tv[r] as usize] -= g;
+    });
+    out(d, logits.dims().to_vec())
+}
+
+impl LossOps for CpuBackend {
+    fn cross_entropy_fwd(&self, logits: &Tensor, targets: &Tensor) -> Result<CeOut> {
+        by_prec!(prec(&[logits]), fwd(logits, targets))
+    }
+    fn cross_entropy_bwd(&self, logits: &Tensor, targets: &Tensor, lse: &Tensor, dloss: f64, n_valid: usize) -> Result<Tensor> {
+        by_prec!(prec(&[logits]), bwd(logits, targets, lse, dloss, n_valid))
+    }
+}

@@ -1,0 +1,269 @@
+//! Matrix products on the CPU through the `gemm` crate (packed, AVX2/AVX-512 microkernels,
+//! rayon across panels): within a few percent of MKL at the model's shapes, which our own
+//! loops would not be. The LoRA linear is composed from GEMMs here; the GPU backends fuse it.
+
+use std::borrow::Cow;
+
+use rayon::prelude::*;
+
+use super::{CpuBackend, Real, by_prec, out, prec, read};
+use crate::backend::{LinearGrads, LinearNeeds, LoraRef, MatmulOps};
+use crate::{Error, Result, Tensor};
+
+/// A matrix view: element `(i, j)` is at `i·rs + j·cs`.
+#[derive(Clone, Copy)]
+pub struct Mat<'a, T> {
+    pub data: &'a [T],
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a, T> Mat<'a, T> {
+    /// Row-major `[rows, cols]`.
+    pub fn rm(data: &'a [T], rows: usize, cols: usize) -> Self {
+        Mat { data, rows, cols, rs: cols, cs: 1 }
+    }
+    /// The transpose of a row-major `[cols, rows]` buffer, viewed as `[rows, cols]`.
+    pub fn tr(data: &'a [T], rows: usize, cols: usize) -> Self {
+        Mat { data, rows, cols, rs: 1, cs: rows }
+    }
+    fn fits(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `c = beta·a·b` (or `c += beta·a·b` with `acc`), `c` row-major `[a.rows, b.cols]`.
+pub fn gemm<T: Real>(a: Mat<'_, T>, b: Mat<'_, T>, c: &mut [T], acc: bool, beta: T) -> Result<()> {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if b.rows != k || c.len() != m * n || !a.fits() || !b.fits() {
+        return Err(Error::shape(
+            "gemm",
+            format!("[{m}x{k}]·[{}x{n}] into {} elements", b.rows, c.len()),
+        ));
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !acc {
+            c.fill(T::zero());
+        }
+        return Ok(());
+    }
+    // Threads only pay off once there is real work; gemm splits panels across them.
+    let par = if m * n * k >= 48 * 48 * 48 {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: every index the kernel touches is inside the slices: `fits` checked the last
+    // element of `a` and `b`, and `c` holds exactly m·n row-major elements.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            acc,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            T::one(),
+            beta,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+    Ok(())
+}
+
+fn matmul<T: Real>(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
+    let bd = b.dims();
+    if bd.len() != 2 {
+        return Err(Error::shape("matmul", format!("b must be 2-D, got {:?}", b.shape())));
+    }
+    let ad = a.dims();
+    let (m, k) = if ta {
+        if ad.len() != 2 {
+            return Err(Error::shape("matmul", "transposed a must be 2-D"));
+        }
+        (ad[1], ad[0])
+    } else {
+        (a.shape().rows(), a.shape().last())
+    };
+    let (kb, n) = if tb { (bd[1], bd[0]) } else { (bd[0], bd[1]) };
+    if k != kb {
+        return Err(Error::shape("matmul", format!("{:?}·{:?} (ta={ta}, tb={tb})", ad, bd)));
+    }
+    let (av, bv) = (read::<T>(a)?, read::<T>(b)?);
+    let am = if ta { Mat::tr(&av, m, k) } else { Mat::rm(&av, m, k) };
+    let bm = if tb { Mat::tr(&bv, k, n) } else { Mat::rm(&bv, k, n) };
+    let mut c = vec![T::zero(); m * n];
+    gemm(am, bm, &mut c, false, T::one())?;
+    let mut dims = if ta { vec![m] } else { ad[..ad.len().saturating_sub(1)].to_vec() };
+    if dims.is_empty() {
+        dims.push(1);
+    }
+    dims.push(n);
+    out(c, dims)
+}
+
+struct LinDims {
+    m: usize,
+    k: usize,
+    n: usize,
+}
+
+fn lin_dims(x: &Tensor, w: &Tensor) -> Result<LinDims> {
+    let wd = w.dims();
+    if wd.len() != 2 || x.shape().last() != wd[1] {
+        return Err(Error::shape("linear", format!("x {:?} with W {:?}", x.shape(), w.shape())));
+    }
+    Ok(LinDims { m: x.shape().rows(), k: wd[1], n: wd[0] })
+}
+
+fn check_lora(l: &LoraRef<'_>, d: &LinDims) -> Result<usize> {
+    let (ad, bd) = (l.a.dims(), l.b.dims());
+    if ad.len() != 2 || bd.len() != 2 || ad[1] != d.k || bd[0] != d.n || bd[1] != ad[0] {
+        return Err(Error::shape(
+            "lora",
+            format!("A {:?}, B {:?} for in={} out={}", ad, bd, d.k, d.n),
+        ));
+    }
+    Ok(ad[0])
+}
+
+fn out_dims(x: &Tensor, n: usize) -> Vec<usize> {
+    let mut d = x.dims().to_vec();
+    if let Some(l) = d.last_mut() {
+        *l = n;
+    }
+    d
+}
+
+fn linear_fwd<T: Real>(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    lora: Option<LoraRef<'_>>,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let d = lin_dims(x, w)?;
+    let (xv, wv) = (read::<T>(x)?, read::<T>(w)?);
+    let mut y = vec![T::zero(); d.m * d.n];
+    gemm(Mat::rm(&xv, d.m, d.k), Mat::tr(&wv, d.k, d.n), &mut y, false, T::one())?;
+    if let Some(b) = bias {
+        let bv = read::<T>(b)?;
+        if bv.len() != d.n {
+            return Err(Error::shape("linear", format!("bias {:?} for out={}", b.shape(), d.n)));
+        }
+        y.par_chunks_mut(d.n).for_each(|row| row.iter_mut().zip(bv.iter()).for_each(|(o, &b)| *o += b));
+    }
+    let u = match lora {
+        None => None,
+        Some(l) => {
+            let r = check_lora(&l, &d)?;
+            let (av, bv) = (read::<T>(l.a)?, read::<T>(l.b)?);
+            let mut u = vec![T::zero(); d.m * r];
+            gemm(Mat::rm(&xv, d.m, d.k), Mat::tr(&av, d.k, r), &mut u, false, T::one())?;
+            gemm(Mat::rm(&u, d.m, r), Mat::tr(&bv, r, d.n), &mut y, true, T::from_f64(l.scale))?;
+            let mut ud = out_dims(x, r);
+            if ud.is_empty() {
+                ud.push(r);
+            }
+            Some(out(u, ud)?)
+        }
+    };
+    Ok((out(y, out_dims(x, d.n))?, u))
+}
+
+fn linear_bwd<T: Real>(
+    dy: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    lora: Option<(LoraRef<'_>, &Tensor)>,
+    needs: LinearNeeds,
+) -> Result<LinearGrads> {
+    let d = lin_dims(x, w)?;
+    let (dyv, xv) = (read::<T>(dy)?, read::<T>(x)?);
+    if dyv.len() != d.m * d.n {
+        return Err(Error::shape("linear_bwd", format!("dy {:?}", dy.shape())));
+    }
+    let dym = Mat::rm(&dyv, d.m, d.n);
+    let mut g = LinearGrads::default();
+    // du = s·dy·B is shared by dA and dx.
+    let mut du: Option<(Vec<T>, usize, Cow<'_, [T]>)> = None;
+    if let Some((l, u)) = &lora {
+        let r = check_lora(l, &d)?;
+        let s = T::from_f64(l.scale);
+        let (bv, uv) = (read::<T>(l.b)?, read::<T>(u)?);
+        let mut duv = vec![T::zero(); d.m * r];
+        gemm(dym, Mat::rm(&bv, d.n, r), &mut duv, false, s)?;
+        if needs.lora {
+            let mut db = vec![T::zero(); d.n * r];
+            gemm(Mat::tr(&dyv, d.n, d.m), Mat::rm(&uv, d.m, r), &mut db, false, s)?;
+            let mut da = vec![T::zero(); r * d.k];
+            gemm(Mat::tr(&duv, r, d.m), Mat::rm(&xv, d.m, d.k), &mut da, false, T::one())?;
+            g.da = Some(out(da, [r, d.k])?);
+            g.db = Some(out(db, [d.n, r])?);
+        }
+        du = Some((duv, r, read::<T>(l.a)?));
+    }
+    if needs.x {
+        let wv = read::<T>(w)?;
+        let mut dx = vec![T::zero(); d.m * d.k];
+        gemm(dym, Mat::rm(&wv, d.n, d.k), &mut dx, false, T::one())?;
+        if let Some((duv, r, av)) = &du {
+            gemm(Mat::rm(duv, d.m, *r), Mat::rm(av, *r, d.k), &mut dx, true, T::one())?;
+        }
+        g.dx = Some(out(dx, x.dims().to_vec())?);
+    }
+    if needs.w {
+        let mut dw = vec![T::zero(); d.n * d.k];
+        gemm(Mat::tr(&dyv, d.n, d.m), Mat::rm(&xv, d.m, d.k), &mut dw, false, T::one())?;
+        g.dw = Some(out(dw, [d.n, d.k])?);
+    }
+    if needs.bias {
+        let mut db = vec![T::zero(); d.n];
+        for row in dyv.chunks(d.n) {
+            db.iter_mut().zip(row).for_each(|(o, &v)| *o += v);
+        }
+        g.dbias = Some(out(db, [d.n])?);
+    }
+    Ok(g)
+}
+
+impl MatmulOps for CpuBackend {
+    fn matmul(&self, a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
+        by_prec!(prec(&[a, b]), matmul(a, b, ta, tb))
+    }
+    fn linear_fwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        lora: Option<LoraRef<'_>>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        by_prec!(prec(&[x, w]), linear_fwd(x, w, bias, lora))
+    }
+    fn linear_bwd(
+        &self,
+        dy: &Tensor,
+        x: &Tensor,
+        w: &Tensor,
+        lora: Option<(LoraRef<'_>, &Tensor)>,
+        needs: LinearNeeds,
+    ) -> Result<LinearGrads> {
+        by_prec!(prec(&[dy, x]), linear_bwd(dy, x, w, lora, needs))
+    }
+}

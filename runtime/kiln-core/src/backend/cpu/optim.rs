@@ -1,0 +1,39 @@
+//! AdamW with decoupled weight decay, updating parameter and f32 state in place, in the same
+//! order of operations as `torch.optim.AdamW` (so a run can be checked against PyTorch).
+
+use rayon::prelude::*;
+
+use super::{CpuBackend, read};
+use crate::backend::{AdamWStep, OptimOps};
+use crate::{DType, Error, Result, Tensor};
+
+impl OptimOps for CpuBackend {
+    fn adamw_step(&self, param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, hp: AdamWStep) -> Result<()> {
+        if param.dtype() != DType::F32 || m.dtype() != DType::F32 || v.dtype() != DType::F32 {
+            return Err(Error::Unsupported { op: "adamw", dtype: param.dtype(), backend: "cpu" });
+        }
+        let n = param.numel();
+        if grad.numel() != n || m.numel() != n || v.numel() != n {
+            return Err(Error::shape("adamw", format!("param {:?}, grad {:?}", param.shape(), grad.shape())));
+        }
+        let g = read::<f32>(grad)?;
+        let bc1 = 1.0 - hp.beta1.powi(hp.step as i32);
+        let bc2 = 1.0 - hp.beta2.powi(hp.step as i32);
+        let (b1, b2) = (hp.beta1 as f32, hp.beta2 as f32);
+        let decay = (1.0 - hp.lr * hp.weight_decay) as f32;
+        let step = (hp.lr / bc1) as f32;
+        let bc2s = bc2.sqrt() as f32;
+        let eps = hp.eps as f32;
+        let (ms, vs) = (m.as_mut_slice::<f32>()?, v.as_mut_slice::<f32>()?);
+        let p = param.as_mut_slice::<f32>()?;
+        p.par_iter_mut().zip(ms.par_iter_mut()).zip(vs.par_iter_mut()).zip(g.par_iter()).for_each(
+            |(((p, m), v), &g)| {
+                *p *= decay;
+                *m = b1 * *m + (1.0 - b1) * g;
+                *v = b2 * *v + (1.0 - b2) * g * g;
+                *p -= step * *m / (v.sqrt() / bc2s + eps);
+            },
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,255 @@
+//! The backend contract.
+//!
+//! A backend owns device memory and runs ops; it never sees the tape or the model. The trait is
+//! split by op family (one file per family in each backend), and every backend answers
+//! [`Backend::supports`] so the parity suite can report an unsupported case as skipped with its
+//! reason instead of passing it.
+//!
+//! Conventions shared by every method:
+//! * tensors are contiguous, row-major; "rows" are all dimensions but the last;
+//! * trainable state and outputs are f32 (f64 on the CPU for gradient checks); frozen weights may
+//!   be f16/bf16 and are widened inside the kernel;
+//! * integer inputs (ids, positions, targets, segment ids) are `I32`.
+
+pub mod cpu;
+
+use crate::{DType, Result, Shape, Tensor};
+
+/// Op families and ops, as named in kernels (`kernels/<op>.cu`, `shaders/<op>.wgsl`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    Cast,
+    Add,
+    Scale,
+    SwiGlu,
+    Matmul,
+    LoraLinear,
+    RmsNorm,
+    Rope,
+    Attention,
+    Embedding,
+    CrossEntropy,
+    AdamW,
+}
+
+impl Op {
+    /// Every op, for tables and `kiln info`.
+    pub const ALL: [Op; 12] = [
+        Op::Cast,
+        Op::Add,
+        Op::Scale,
+        Op::SwiGlu,
+        Op::Matmul,
+        Op::LoraLinear,
+        Op::RmsNorm,
+        Op::Rope,
+        Op::Attention,
+        Op::Embedding,
+        Op::CrossEntropy,
+        Op::AdamW,
+    ];
+}
+
+/// Whether a backend runs an op at a dtype.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Support {
+    Yes,
+    /// Not supported, with the reason shown in skip lines.
+    No(String),
+}
+
+/// Moving and converting memory.
+pub trait MemoryOps {
+    /// Copies a tensor of this backend to the CPU.
+    fn to_cpu(&self, t: &Tensor) -> Result<Tensor>;
+    /// Copies a CPU tensor onto this backend.
+    fn upload(&self, t: &Tensor) -> Result<Tensor>;
+    /// Converts the element type.
+    fn cast(&self, t: &Tensor, dtype: DType) -> Result<Tensor>;
+    /// A zero tensor on this backend.
+    fn zeros(&self, shape: &Shape, dtype: DType) -> Result<Tensor>;
+}
+
+/// Elementwise ops and small reductions.
+pub trait ElementwiseOps {
+    /// `a + b`, same shapes.
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
+    /// `a · s`.
+    fn scale(&self, a: &Tensor, s: f64) -> Result<Tensor>;
+    /// Σ a², accumulated in f64 (gradient norms).
+    fn sum_squares(&self, a: &Tensor) -> Result<f64>;
+    /// `silu(g) · u`.
+    fn swiglu_fwd(&self, g: &Tensor, u: &Tensor) -> Result<Tensor>;
+    /// Gradients of `silu(g) · u` for `g` and `u`.
+    fn swiglu_bwd(&self, g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)>;
+}
+
+/// The low-rank adapter attached to a linear layer: `s · (x·Aᵀ)·Bᵀ`, A `[r, in]`, B `[out, r]`.
+pub struct LoraRef<'a> {
+    pub a: &'a Tensor,
+    pub b: &'a Tensor,
+    pub scale: f64,
+}
+
+/// Gradients of a (LoRA) linear layer; `None` where not asked for.
+#[derive(Default)]
+pub struct LinearGrads {
+    pub dx: Option<Tensor>,
+    pub dw: Option<Tensor>,
+    pub dbias: Option<Tensor>,
+    pub da: Option<Tensor>,
+    pub db: Option<Tensor>,
+}
+
+/// Which gradients a linear backward must produce.
+#[derive(Clone, Copy, Default)]
+pub struct LinearNeeds {
+    pub x: bool,
+    pub w: bool,
+    pub bias: bool,
+    pub lora: bool,
+}
+
+/// Matrix products.
+pub trait MatmulOps {
+    /// `op(a)·op(b)` for 2-D operands, `op` transposing when asked: `a` is `[m,k]` (or `[k,m]`
+    /// with `ta`), `b` is `[k,n]` (or `[n,k]` with `tb`). Leading dims of `a` are flattened.
+    fn matmul(&self, a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor>;
+    /// `y = x·Wᵀ (+ bias) (+ s·(x·Aᵀ)·Bᵀ)`; also returns `u = x·Aᵀ`, saved for backward.
+    fn linear_fwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        lora: Option<LoraRef<'_>>,
+    ) -> Result<(Tensor, Option<Tensor>)>;
+    /// Backward of [`MatmulOps::linear_fwd`] given `dy` and the saved `u`.
+    fn linear_bwd(
+        &self,
+        dy: &Tensor,
+        x: &Tensor,
+        w: &Tensor,
+        lora: Option<(LoraRef<'_>, &Tensor)>,
+        needs: LinearNeeds,
+    ) -> Result<LinearGrads>;
+}
+
+/// Normalization.
+pub trait NormOps {
+    /// RMSNorm over the last dim: `y = x · rstd · w`; returns `(y, rstd)` with rstd per row.
+    fn rms_norm_fwd(&self, x: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor)>;
+    /// Gradients for `x` and `w` (`dw` summed over rows).
+    fn rms_norm_bwd(&self, dy: &Tensor, x: &Tensor, w: &Tensor, rstd: &Tensor) -> Result<(Tensor, Tensor)>;
+}
+
+/// Rotary position embedding, HF "rotate half" layout.
+pub trait RopeOps {
+    /// Rotates `x` `[B, T, H, D]` by `pos[b,t] · inv_freq[i]` for pair `(i, i + D/2)`.
+    /// `inverse` rotates by the negative angle, which is the backward.
+    fn rope(&self, x: &Tensor, pos: &Tensor, inv_freq: &Tensor, inverse: bool) -> Result<Tensor>;
+}
+
+/// Inputs shared by attention forward and backward.
+pub struct AttnArgs<'a> {
+    /// `[B, T, Hq, D]`.
+    pub q: &'a Tensor,
+    /// `[B, T, Hkv, D]`, `Hq` a multiple of `Hkv` (grouped-query).
+    pub k: &'a Tensor,
+    pub v: &'a Tensor,
+    /// `[B, T]` segment ids: a query attends to keys at or before it with the same id (packing).
+    pub seg: Option<&'a Tensor>,
+    pub scale: f64,
+}
+
+/// Causal attention, flash-style: online softmax over key blocks, no `T×T` matrix in memory.
+pub trait AttentionOps {
+    /// Returns `(o [B,T,Hq,D], lse [B,T,Hq])`.
+    fn attention_fwd(&self, args: &AttnArgs<'_>) -> Result<(Tensor, Tensor)>;
+    /// Returns `(dq, dk, dv)`, recomputing probabilities from `lse`.
+    fn attention_bwd(
+        &self,
+        args: &AttnArgs<'_>,
+        o: &Tensor,
+        lse: &Tensor,
+        d_o: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)>;
+}
+
+/// Token embedding.
+pub trait EmbeddingOps {
+    /// Rows of `w` `[V, H]` picked by `ids` `[N]` → `[N, H]`. Out-of-range ids are an error.
+    fn embedding_fwd(&self, w: &Tensor, ids: &Tensor) -> Result<Tensor>;
+    /// Scatter-add of `dy` `[N, H]` into a `[vocab, H]` gradient.
+    fn embedding_bwd(&self, dy: &Tensor, ids: &Tensor, vocab: usize) -> Result<Tensor>;
+}
+
+/// Result of the cross-entropy forward.
+pub struct CeOut {
+    /// Mean negative log-likelihood over non-ignored rows (0 when none).
+    pub loss: f64,
+    /// Rows that count.
+    pub n_valid: usize,
+    /// Per-row log-sum-exp, saved for backward.
+    pub lse: Tensor,
+}
+
+/// Loss over the vocabulary.
+pub trait LossOps {
+    /// Cross-entropy of `logits` `[M, V]` against `targets` `[M]`; a target < 0 is ignored.
+    /// The vocabulary is processed in chunks with an online log-sum-exp.
+    fn cross_entropy_fwd(&self, logits: &Tensor, targets: &Tensor) -> Result<CeOut>;
+    /// `dlogits = (softmax − onehot) · dloss / n_valid`, zero on ignored rows.
+    fn cross_entropy_bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        lse: &Tensor,
+        dloss: f64,
+        n_valid: usize,
+    ) -> Result<Tensor>;
+}
+
+/// AdamW hyper-parameters for one step.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWStep {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// 1-based step, for bias correction.
+    pub step: u64,
+}
+
+/// Optimizers (state in f32).
+pub trait OptimOps {
+    /// One AdamW update, in place on `param`, `m` and `v`.
+    fn adamw_step(
+        &self,
+        param: &mut Tensor,
+        grad: &Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        hp: AdamWStep,
+    ) -> Result<()>;
+}
+
+/// A compute backend: CPU, CUDA or wgpu.
+pub trait Backend:
+    MemoryOps
+    + ElementwiseOps
+    + MatmulOps
+    + NormOps
+    + RopeOps
+    + AttentionOps
+    + EmbeddingOps
+    + LossOps
+    + OptimOps
+    + Send
+    + Sync
+{
+    /// Short name: "cpu", "cuda", "wgpu".
+    fn name(&self) -> &'static str;
+    /// Whether `op` runs at `dtype` here.
+    fn supports(&self, op: Op, dtype: DType) -> Support;
+}

@@ -1,0 +1,18 @@
+//! Differentiable ops: each runs its forward on the tensor's backend and records a backward
+//! closure holding only what that backward needs.
+
+mod attention;
+mod elementwise;
+mod embedding;
+mod linear;
+mod loss;
+mod norm;
+mod rope;
+
+pub use attention::attention;
+pub use elementwise::{add, reshape, swiglu};
+pub use embedding::embedding;
+pub use linear::{Lora, linear};
+pub use loss::{CeResult, cross_entropy};
+pub use norm::rms_norm;
+pub use rope::{RopeScaling, inv_freq, rope};

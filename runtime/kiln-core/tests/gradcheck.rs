@@ -1,0 +1,186 @@
+//! Every op's backward against central finite differences in f64, on random inputs at odd
+//! shapes (not multiples of any block size). The scalar checked is `L = Σ y ⊙ r` for a fixed
+//! random `r`, so every output element contributes.
+
+use std::rc::Rc;
+
+use kiln_core::ops::{self, Lora, RopeScaling};
+use kiln_core::rng::Rng;
+use kiln_core::{Result, Tape, Tensor, Var};
+
+fn randn(rng: &mut Rng, dims: &[usize], scale: f64) -> Tensor {
+    let n = dims.iter().product();
+    Tensor::from_vec((0..n).map(|_| rng.normal() * scale).collect::<Vec<f64>>(), dims.to_vec()).unwrap()
+}
+
+fn ids(v: Vec<i32>, dims: &[usize]) -> Tensor {
+    Tensor::from_vec(v, dims.to_vec()).unwrap()
+}
+
+type OpFn<'a> = &'a dyn Fn(&Tape, &[Var]) -> Result<Var>;
+
+/// Checks d(Σ y·r)/d(input) for every input flagged trainable. Returns the worst relative error.
+fn check(name: &str, inputs: Vec<(Tensor, bool)>, f: OpFn<'_>, seed: u64) -> f64 {
+    let mut rng = Rng::new(seed);
+    let vars: Vec<Var> = inputs.iter().map(|(t, g)| Var::leaf(t.clone(), *g)).collect();
+    let tape = Tape::new();
+    let y = f(&tape, &vars).unwrap();
+    let r = randn(&mut rng, y.value().dims(), 1.0);
+    let rv = r.to_vec_f64().unwrap();
+    let grads = tape.backward_from(vec![(y.id(), r.clone())]).unwrap();
+    assert!(tape.is_empty(), "{name}: backward must consume the tape");
+    let eval = |vs: &[Var]| -> f64 {
+        let y = f(&Tape::no_grad(), vs).unwrap();
+        y.value().to_vec_f64().unwrap().iter().zip(&rv).map(|(a, b)| a * b).sum()
+    };
+    let mut worst = 0.0f64;
+    for (i, (t, trainable)) in inputs.iter().enumerate() {
+        if !trainable {
+            assert!(grads.get(&vars[i]).is_none(), "{name}: frozen input {i} got a gradient");
+            continue;
+        }
+        let g = grads.get(&vars[i]).unwrap_or_else(|| panic!("{name}: no gradient for input {i}"));
+        assert_eq!(g.dims(), t.dims(), "{name}: gradient shape of input {i}");
+        let ga = g.to_vec_f64().unwrap();
+        let base = t.to_vec_f64().unwrap();
+        let (mut num, mut den) = (0.0f64, 0.0f64);
+        // Every element for small inputs, an even sample for larger ones.
+        let stride = (base.len() / 97).max(1);
+        for e in (0..base.len()).step_by(stride) {
+            let h = 1e-6 * base[e].abs().max(1.0);
+            let mut probe = |delta: f64| {
+                let mut v = base.clone();
+                v[e] += delta;
+                let mut vs = vars.clone();
+                vs[i] = Var::leaf(Tensor::from_vec(v, t.dims().to_vec()).unwrap(), true);
+                eval(&vs)
+            };
+            let fd = (probe(h) - probe(-h)) / (2.0 * h);
+            assert!(ga[e].is_finite(), "{name}: NaN/inf gradient");
+            num += (ga[e] - fd).powi(2);
+            den += fd.powi(2);
+        }
+        let rel = (num / den.max(1e-300)).sqrt();
+        assert!(den > 0.0, "{name}: input {i} has an all-zero gradient; the check would prove nothing");
+        // f64 central differences carry ~1e-7..1e-5 of round-off on tiny gradients (CE over a
+        // 4k vocabulary); a wrong formula is off by O(1).
+        assert!(rel < 3e-5, "{name}: input {i} relative gradient error {rel:e}");
+        worst = worst.max(rel);
+    }
+    worst
+}
+
+#[test]
+fn grad_add_swiglu_reshape() {
+    let mut r = Rng::new(1);
+    let (a, b) = (randn(&mut r, &[3, 7], 1.0), randn(&mut r, &[3, 7], 1.0));
+    check("add", vec![(a.clone(), true), (b.clone(), true)], &|t, v| ops::add(t, &v[0], &v[1]), 2);
+    check("swiglu", vec![(a, true), (b, true)], &|t, v| ops::swiglu(t, &v[0], &v[1]), 3);
+    let x = randn(&mut r, &[2, 3, 5], 1.0);
+    let w = randn(&mut r, &[5], 1.0);
+    check(
+        "reshape",
+        vec![(x, true), (w, true)],
+        &|t, v| {
+            let y = ops::rms_norm(t, &v[0], &v[1], 1e-5)?;
+            ops::reshape(t, &y, [6, 5])
+        },
+        4,
+    );
+}
+
+#[test]
+fn grad_linear_with_bias_and_lora() {
+    let mut r = Rng::new(5);
+    let (m, k, n, rank) = (7, 13, 11, 3);
+    let x = randn(&mut r, &[m, k], 1.0);
+    let w = randn(&mut r, &[n, k], 0.3);
+    let bias = randn(&mut r, &[n], 0.3);
+    let a = randn(&mut r, &[rank, k], 0.3);
+    let b = randn(&mut r, &[n, rank], 0.3);
+    let f = |t: &Tape, v: &[Var]| {
+        let l = Lora { a: v[3].clone(), b: v[4].clone(), scale: 1.7 };
+        ops::linear(t, &v[0], &v[1], Some(&v[2]), Some(&l))
+    };
+    check("linear+lora", vec![(x.clone(), true), (w.clone(), true), (bias.clone(), true), (a.clone(), true), (b.clone(), true)], &f, 6);
+    // Frozen base weight, trainable adapter: W must not get a gradient.
+    check("linear+lora frozen W", vec![(x, true), (w, false), (bias, false), (a, true), (b, true)], &f, 7);
+}
+
+#[test]
+fn grad_rms_norm() {
+    let mut r = Rng::new(8);
+    let x = randn(&mut r, &[5, 19], 2.0);
+    let w = randn(&mut r, &[19], 1.0);
+    check("rms_norm", vec![(x, true), (w, true)], &|t, v| ops::rms_norm(t, &v[0], &v[1], 1e-6), 9);
+}
+
+#[test]
+fn grad_rope_default_and_llama3() {
+    let mut r = Rng::new(10);
+    let x = randn(&mut r, &[2, 5, 3, 6], 1.0);
+    let pos = ids(vec![0, 1, 2, 3, 4, 0, 1, 2, 0, 1], &[2, 5]);
+    for scaling in [
+        None,
+        Some(RopeScaling { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 16.0 }),
+    ] {
+        let f = ops::inv_freq(6, 100.0, scaling).unwrap();
+        let (p, fq) = (pos.clone(), f.clone());
+        check("rope", vec![(x.clone(), true)], &move |t, v| ops::rope(t, &v[0], &p, &fq), 11);
+    }
+}
+
+#[test]
+fn grad_attention_gqa_with_and_without_segments() {
+    let mut r = Rng::new(12);
+    let (b, t, hq, hkv, d) = (2, 37, 4, 2, 5);
+    let q = randn(&mut r, &[b, t, hq, d], 1.0);
+    let k = randn(&mut r, &[b, t, hkv, d], 1.0);
+    let v = randn(&mut r, &[b, t, hkv, d], 1.0);
+    let scale = 1.0 / (d as f64).sqrt();
+    let inputs = vec![(q, true), (k, true), (v, true)];
+    check("attention", inputs.clone(), &|tp, x| ops::attention(tp, &x[0], &x[1], &x[2], None, scale), 13);
+    let seg: Vec<i32> = (0..b * t).map(|i| if i % t < 20 { 0 } else if i % t < 33 { 1 } else { 2 }).collect();
+    let seg = ids(seg, &[b, t]);
+    check("attention packed", inputs, &|tp, x| ops::attention(tp, &x[0], &x[1], &x[2], Some(&seg), scale), 14);
+}
+
+#[test]
+fn grad_embedding_and_cross_entropy() {
+    let mut r = Rng::new(15);
+    let w = randn(&mut r, &[23, 7], 1.0);
+    let tok = ids(vec![3, 0, 22, 3, 9, 3, 17], &[7]);
+    check("embedding", vec![(w, true)], &|t, v| ops::embedding(t, &v[0], &tok), 16);
+    let logits = randn(&mut r, &[9, 4099 + 37], 2.0);
+    let targets = ids(vec![5, -100, 4100, 0, 77, -100, 4135, 1, 2], &[9]);
+    check("cross_entropy", vec![(logits, true)], &|t, v| Ok(ops::cross_entropy(t, &v[0], &targets)?.loss), 17);
+}
+
+#[test]
+fn checkpointed_block_gives_the_same_gradients() {
+    let mut r = Rng::new(18);
+    let x = Var::leaf(randn(&mut r, &[6, 9], 1.0), true);
+    let w1 = Var::leaf(randn(&mut r, &[9], 1.0), true);
+    let w2 = Var::leaf(randn(&mut r, &[12, 9], 0.3), true);
+    let block = {
+        let (w1, w2) = (w1.clone(), w2.clone());
+        Rc::new(move |t: &Tape, x: &Var| {
+            let h = ops::rms_norm(t, x, &w1, 1e-5)?;
+            let y = ops::linear(t, &h, &w2, None, None)?;
+            ops::swiglu(t, &y, &y)
+        })
+    };
+    let seed = randn(&mut r, &[6, 12], 1.0);
+    let plain = Tape::new();
+    let y = block(&plain, &x).unwrap();
+    let n_plain = plain.len();
+    let g1 = plain.backward_from(vec![(y.id(), seed.clone())]).unwrap();
+    let ck = Tape::new();
+    let y2 = ck.checkpoint(&x, block).unwrap();
+    assert_eq!(ck.len(), 1, "a checkpointed block keeps one node instead of {n_plain}");
+    assert_eq!(y.value().to_vec_f64().unwrap(), y2.value().to_vec_f64().unwrap());
+    let g2 = ck.backward_from(vec![(y2.id(), seed)]).unwrap();
+    for v in [&x, &w1, &w2] {
+        assert_eq!(g1.get(v).unwrap().to_vec_f64().unwrap(), g2.get(v).unwrap().to_vec_f64().unwrap());
+    }
+}
