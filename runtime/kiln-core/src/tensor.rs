@@ -42,8 +42,9 @@ element!(i32, DType::I32, |x: i32| x as f64, |v: f64| v as i32);
 
 /// Memory owned by a non-CPU backend (CUDA, wgpu). The backend downcasts through `as_any`.
 pub trait DeviceStorage: Send + Sync {
-    /// The backend that owns this memory.
-    fn backend(&self) -> &dyn Backend;
+    /// The backend that owns this memory. Backends live for the whole process (one per device,
+    /// created once), so tensors can hand out a `'static` reference.
+    fn backend(&self) -> &'static dyn Backend;
     /// For the owning backend to reach its concrete buffer type.
     fn as_any(&self) -> &dyn Any;
 }
@@ -197,7 +198,7 @@ impl Tensor {
     }
 
     /// The backend that owns this tensor's memory.
-    pub fn backend(&self) -> &dyn Backend {
+    pub fn backend(&self) -> &'static dyn Backend {
         match &*self.storage {
             Storage::Cpu(_) => &CPU,
             Storage::Device(d) => d.backend(),

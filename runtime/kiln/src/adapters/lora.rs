@@ -1,0 +1,174 @@
+//! LoRA adapters (with rsLoRA scaling) on a model's linear layers, named and initialized the way
+//! PEFT does so adapters round-trip: A `[r, in]` Kaiming-uniform, B `[out, r]` zero, scale
+//! `alpha / r` (or `alpha / √r` with rsLoRA).
+
+use kiln_core::ops::Lora;
+use kiln_core::rng::Rng;
+use kiln_core::{Tensor, Var};
+
+use crate::model::ModelConfig;
+use crate::{KilnError, Result};
+
+/// A linear layer an adapter can attach to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Target {
+    /// All linear layers of a decoder block, in module order.
+    pub const ALL: [Target; 7] = [Target::Q, Target::K, Target::V, Target::O, Target::Gate, Target::Up, Target::Down];
+
+    /// PEFT / transformers module name.
+    pub fn module(self) -> &'static str {
+        match self {
+            Target::Q => "self_attn.q_proj",
+            Target::K => "self_attn.k_proj",
+            Target::V => "self_attn.v_proj",
+            Target::O => "self_attn.o_proj",
+            Target::Gate => "mlp.gate_proj",
+            Target::Up => "mlp.up_proj",
+            Target::Down => "mlp.down_proj",
+        }
+    }
+
+    /// Parses `q_proj`, `q`, `all-linear` is handled by the caller.
+    pub fn parse(s: &str) -> Option<Target> {
+        Target::ALL.into_iter().find(|t| {
+            let short = t.module().rsplit('.').next().unwrap_or("");
+            s == short || s == short.trim_end_matches("_proj")
+        })
+    }
+
+    /// `(in, out)` features of this layer.
+    pub fn dims(self, c: &ModelConfig) -> (usize, usize) {
+        let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
+        match self {
+            Target::Q => (h, c.num_heads * d),
+            Target::K | Target::V => (h, c.num_kv_heads * d),
+            Target::O => (c.num_heads * d, h),
+            Target::Gate | Target::Up => (h, i),
+            Target::Down => (i, h),
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// LoRA hyper-parameters.
+#[derive(Clone, Debug)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub alpha: f64,
+    pub rslora: bool,
+    pub targets: Vec<Target>,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        LoraConfig { r: 8, alpha: 16.0, rslora: false, targets: Target::ALL.to_vec() }
+    }
+}
+
+impl LoraConfig {
+    /// The factor applied to `B·A`.
+    pub fn scale(&self) -> f64 {
+        if self.rslora { self.alpha / (self.r as f64).sqrt() } else { self.alpha / self.r as f64 }
+    }
+}
+
+/// One adapter per targeted linear layer of every block.
+#[derive(Clone, Debug)]
+pub struct LoraSet {
+    pub config: LoraConfig,
+    layers: Vec<[Option<Lora>; 7]>,
+}
+
+impl LoraSet {
+    /// Fresh adapters, PEFT's default initialization, from `seed`.
+    pub fn new(model: &ModelConfig, config: LoraConfig, seed: u64) -> Result<LoraSet> {
+        if config.r == 0 {
+            return Err(KilnError::Msg("LoRA rank r must be at least 1".into()));
+        }
+        let mut rng = Rng::new(seed);
+        let scale = config.scale();
+        let mut layers = Vec::with_capacity(model.num_layers);
+        for _ in 0..model.num_layers {
+            let mut slots: [Option<Lora>; 7] = Default::default();
+            for &t in &config.targets {
+                let (fin, fout) = t.dims(model);
+                // kaiming_uniform_(a=√5) on [r, in] gives U(−1/√in, 1/√in).
+                let bound = 1.0 / (fin as f64).sqrt();
+                let a: Vec<f32> = (0..config.r * fin).map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32).collect();
+                let a = Var::leaf(Tensor::from_vec(a, [config.r, fin])?, true);
+                let b = Var::leaf(Tensor::zeros([fout, config.r], kiln_core::DType::F32), true);
+                slots[t.index()] = Some(Lora { a, b, scale });
+            }
+            layers.push(slots);
+        }
+        Ok(LoraSet { config, layers })
+    }
+
+    /// The adapter on `target` of block `layer`.
+    pub fn get(&self, layer: usize, target: Target) -> Option<&Lora> {
+        self.layers.get(layer).and_then(|l| l[target.index()].as_ref())
+    }
+
+    /// All adapters of block `layer`, indexed by [`Target`] order.
+    pub fn layer(&self, layer: usize) -> Option<&[Option<Lora>; 7]> {
+        self.layers.get(layer)
+    }
+
+    /// Replaces A and B of one adapter (loading saved adapters, fixtures).
+    pub fn set(&mut self, layer: usize, target: Target, a: Tensor, b: Tensor) -> Result<()> {
+        let l = self.layers.get_mut(layer).and_then(|l| l[target.index()].as_mut()).ok_or_else(|| {
+            KilnError::Msg(format!("no adapter on layer {layer} {}", target.module()))
+        })?;
+        if a.dims() != l.a.value().dims() || b.dims() != l.b.value().dims() {
+            return Err(KilnError::Msg(format!(
+                "adapter {}: A {:?} B {:?}, expected {:?} {:?}",
+                target.module(),
+                a.dims(),
+                b.dims(),
+                l.a.value().dims(),
+                l.b.value().dims()
+            )));
+        }
+        l.a.set_value(a.to_dtype(kiln_core::DType::F32)?);
+        l.b.set_value(b.to_dtype(kiln_core::DType::F32)?);
+        Ok(())
+    }
+
+    /// `(name, var)` for every trainable tensor, named as PEFT saves them.
+    pub fn named_params(&self) -> Vec<(String, &Var)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            for t in Target::ALL {
+                if let Some(lora) = &l[t.index()] {
+                    let m = format!("model.layers.{i}.{}", t.module());
+                    out.push((format!("{m}.lora_A.weight"), &lora.a));
+                    out.push((format!("{m}.lora_B.weight"), &lora.b));
+                }
+            }
+        }
+        out
+    }
+
+    /// Every trainable variable, mutable (optimizer updates).
+    pub fn params_mut(&mut self) -> Vec<&mut Var> {
+        self.layers.iter_mut().flat_map(|l| l.iter_mut().flatten()).flat_map(|lora| [&mut lora.a, &mut lora.b]).collect()
+    }
+
+    /// Number of trainable parameters.
+    pub fn num_params(&self) -> usize {
+        self.named_params().iter().map(|(_, v)| v.value().numel()).sum()
+    }
+}

@@ -1,0 +1,5 @@
+//! Trainable additions to a frozen base model.
+
+pub mod lora;
+
+pub use lora::{LoraConfig, LoraSet, Target};

@@ -1,0 +1,4 @@
+//! `kiln info`: what this build can run here.
+
+/// placeholder
+pub fn report() {}

@@ -1,0 +1,269 @@
+//! `config.json` of the Llama family: llama, mistral, qwen2 (q/k/v bias), qwen3 (per-head q/k
+//! RMSNorm). Both spellings of RoPE settings are accepted: top-level `rope_theta` +
+//! `rope_scaling` (older transformers) and `rope_parameters` (newer).
+
+use std::path::{Path, PathBuf};
+
+use kiln_core::ops::RopeScaling;
+use serde_json::Value;
+
+use crate::{KilnError, Result};
+
+/// Supported architectures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+}
+
+impl Arch {
+    /// `model_type` values accepted.
+    pub const SUPPORTED: &'static str = "llama, mistral, qwen2, qwen3";
+
+    fn parse(s: &str) -> Option<Arch> {
+        Some(match s {
+            "llama" | "LlamaForCausalLM" => Arch::Llama,
+            "mistral" | "MistralForCausalLM" => Arch::Mistral,
+            "qwen2" | "Qwen2ForCausalLM" => Arch::Qwen2,
+            "qwen3" | "Qwen3ForCausalLM" => Arch::Qwen3,
+            _ => return None,
+        })
+    }
+}
+
+/// RoPE frequency adjustments.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RopeKind {
+    Default,
+    /// Positions divided by `factor`.
+    Linear(f64),
+    Llama3(RopeScaling),
+}
+
+/// A parsed, validated model configuration.
+#[derive(Clone, Debug)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope: RopeKind,
+    pub tie_word_embeddings: bool,
+    /// Bias on q/k/v projections.
+    pub qkv_bias: bool,
+    /// Bias on the output projection.
+    pub o_bias: bool,
+    /// Bias on the MLP projections.
+    pub mlp_bias: bool,
+    pub max_position_embeddings: usize,
+    /// Sliding-window attention span, when the model uses one.
+    pub sliding_window: Option<usize>,
+}
+
+struct Fields<'a> {
+    v: &'a Value,
+    path: PathBuf,
+}
+
+impl Fields<'_> {
+    fn err(&self, field: &str, detail: impl Into<String>) -> KilnError {
+        KilnError::Config { path: self.path.clone(), field: field.into(), detail: detail.into() }
+    }
+    fn get(&self, k: &str) -> Option<&Value> {
+        self.v.get(k).filter(|x| !x.is_null())
+    }
+    fn usize(&self, k: &str) -> Result<usize> {
+        let x = self.get(k).ok_or_else(|| self.err(k, "missing"))?;
+        x.as_u64().filter(|&n| n > 0).map(|n| n as usize).ok_or_else(|| self.err(k, format!("must be a positive integer, got {x}")))
+    }
+    fn usize_or(&self, k: &str, d: usize) -> Result<usize> {
+        if self.get(k).is_some() { self.usize(k) } else { Ok(d) }
+    }
+    fn f64_or(&self, k: &str, d: f64) -> Result<f64> {
+        match self.get(k) {
+            None => Ok(d),
+            Some(x) => x.as_f64().filter(|f| f.is_finite()).ok_or_else(|| self.err(k, format!("must be a number, got {x}"))),
+        }
+    }
+    fn bool_or(&self, k: &str, d: bool) -> Result<bool> {
+        match self.get(k) {
+            None => Ok(d),
+            Some(x) => x.as_bool().ok_or_else(|| self.err(k, format!("must be true or false, got {x}"))),
+        }
+    }
+}
+
+fn num(obj: &Value, k: &str) -> Option<f64> {
+    obj.get(k).and_then(|x| x.as_f64())
+}
+
+impl ModelConfig {
+    /// Reads `config.json` from a model directory (or the file itself).
+    pub fn load(path: &Path) -> Result<ModelConfig> {
+        let file = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
+        let text = std::fs::read_to_string(&file).map_err(|e| KilnError::io(&file, e))?;
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| KilnError::Config { path: file.clone(), field: "(json)".into(), detail: e.to_string() })?;
+        ModelConfig::from_json(&v, &file)
+    }
+
+    /// Parses a config object; `path` is used in error messages.
+    pub fn from_json(v: &Value, path: &Path) -> Result<ModelConfig> {
+        let f = Fields { v, path: path.to_path_buf() };
+        let name = f
+            .get("model_type")
+            .and_then(|x| x.as_str())
+            .or_else(|| f.get("architectures").and_then(|a| a.get(0)).and_then(|x| x.as_str()))
+            .ok_or_else(|| f.err("model_type", "missing"))?;
+        let arch = Arch::parse(name).ok_or_else(|| KilnError::UnknownArch {
+            path: path.to_path_buf(),
+            arch: name.into(),
+            supported: Arch::SUPPORTED.into(),
+        })?;
+        let hidden_size = f.usize("hidden_size")?;
+        let num_heads = f.usize("num_attention_heads")?;
+        let num_kv_heads = f.usize_or("num_key_value_heads", num_heads)?;
+        if num_heads % num_kv_heads != 0 {
+            return Err(f.err("num_key_value_heads", format!("{num_kv_heads} does not divide num_attention_heads {num_heads}")));
+        }
+        let head_dim = f.usize_or("head_dim", hidden_size / num_heads)?;
+        if head_dim % 2 != 0 {
+            return Err(f.err("head_dim", format!("{head_dim} must be even for RoPE")));
+        }
+        // rope_parameters (new) holds theta and the scaling; rope_theta/rope_scaling (old).
+        let params = f.get("rope_parameters").or_else(|| f.get("rope_scaling"));
+        let rope_theta = match f.get("rope_parameters").and_then(|p| num(p, "rope_theta")) {
+            Some(t) => t,
+            None => f.f64_or("rope_theta", 10000.0)?,
+        };
+        let rope = match params {
+            None => RopeKind::Default,
+            Some(p) => {
+                let kind = p.get("rope_type").or_else(|| p.get("type")).and_then(|x| x.as_str()).unwrap_or("default");
+                let need = |k: &str| num(p, k).ok_or_else(|| f.err(&format!("rope_parameters.{k}"), "missing"));
+                match kind {
+                    "default" => RopeKind::Default,
+                    "linear" => RopeKind::Linear(need("factor")?),
+                    "llama3" => RopeKind::Llama3(RopeScaling {
+                        factor: need("factor")?,
+                        low_freq_factor: need("low_freq_factor")?,
+                        high_freq_factor: need("high_freq_factor")?,
+                        original_max_position_embeddings: need("original_max_position_embeddings")?,
+                    }),
+                    other => {
+                        return Err(f.err("rope_parameters.rope_type", format!("`{other}` is not supported (default, linear, llama3)")));
+                    }
+                }
+            }
+        };
+        let attention_bias = f.bool_or("attention_bias", false)?;
+        let (qkv_bias, o_bias) = match arch {
+            Arch::Qwen2 => (true, false),
+            Arch::Mistral => (false, false),
+            Arch::Llama | Arch::Qwen3 => (attention_bias, attention_bias),
+        };
+        let uses_window = f.bool_or("use_sliding_window", arch == Arch::Mistral)?;
+        let sliding_window = if uses_window { f.get("sliding_window").and_then(|x| x.as_u64()).map(|x| x as usize) } else { None };
+        let hidden_act = f.get("hidden_act").and_then(|x| x.as_str()).unwrap_or("silu");
+        if hidden_act != "silu" {
+            return Err(f.err("hidden_act", format!("`{hidden_act}` is not supported (silu)")));
+        }
+        Ok(ModelConfig {
+            arch,
+            vocab_size: f.usize("vocab_size")?,
+            hidden_size,
+            intermediate_size: f.usize("intermediate_size")?,
+            num_layers: f.usize("num_hidden_layers")?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            rms_norm_eps: f.f64_or("rms_norm_eps", 1e-6)?,
+            rope_theta,
+            rope,
+            tie_word_embeddings: f.bool_or("tie_word_embeddings", false)?,
+            qkv_bias,
+            o_bias,
+            mlp_bias: f.bool_or("mlp_bias", false)?,
+            max_position_embeddings: f.usize_or("max_position_embeddings", 2048)?,
+            sliding_window,
+        })
+    }
+
+    /// Parameter count of the base model.
+    pub fn num_params(&self) -> usize {
+        let (h, i, d) = (self.hidden_size, self.intermediate_size, self.head_dim);
+        let attn = h * d * (2 * self.num_heads + 2 * self.num_kv_heads);
+        let layer = attn + 3 * h * i + 2 * h;
+        let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * h };
+        self.vocab_size * h + self.num_layers * layer + h + head
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Value {
+        serde_json::json!({
+            "model_type": "llama", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1
+        })
+    }
+
+    #[test]
+    fn rope_theta_top_level_or_in_rope_parameters() {
+        let mut v = base();
+        v["rope_theta"] = 5e5.into();
+        v["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+        let old = ModelConfig::from_json(&v, Path::new("c.json")).unwrap();
+        let mut w = base();
+        w["rope_parameters"] = serde_json::json!({"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+        let new = ModelConfig::from_json(&w, Path::new("c.json")).unwrap();
+        assert_eq!(old.rope_theta, 5e5);
+        assert_eq!(new.rope_theta, 5e5);
+        assert_eq!(old.rope, new.rope);
+        assert!(matches!(new.rope, RopeKind::Llama3(s) if s.factor == 8.0));
+    }
+
+    #[test]
+    fn unknown_architecture_lists_supported() {
+        let mut v = base();
+        v["model_type"] = "gpt2".into();
+        let e = ModelConfig::from_json(&v, Path::new("m/config.json")).unwrap_err().to_string();
+        assert!(e.contains("gpt2") && e.contains("llama, mistral, qwen2, qwen3") && e.contains("m/config.json"), "{e}");
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let mut v = base();
+        v["hidden_size"] = "big".into();
+        let e = ModelConfig::from_json(&v, Path::new("c.json")).unwrap_err().to_string();
+        assert!(e.contains("hidden_size"), "{e}");
+        let mut v = base();
+        v["num_key_value_heads"] = 3.into();
+        let e = ModelConfig::from_json(&v, Path::new("c.json")).unwrap_err().to_string();
+        assert!(e.contains("num_key_value_heads"), "{e}");
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("vocab_size");
+        let e = ModelConfig::from_json(&v, Path::new("c.json")).unwrap_err().to_string();
+        assert!(e.contains("vocab_size") && e.contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn qwen2_has_qkv_bias_only() {
+        let mut v = base();
+        v["model_type"] = "qwen2".into();
+        let c = ModelConfig::from_json(&v, Path::new("c.json")).unwrap();
+        assert!(c.qkv_bias && !c.o_bias);
+    }
+}

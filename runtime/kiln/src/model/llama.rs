@@ -1,0 +1,243 @@
+//! The Llama-family decoder: embedding → N × (RMSNorm → GQA attention with RoPE → residual →
+//! RMSNorm → SwiGLU MLP → residual) → RMSNorm → LM head, as transformers' `LlamaForCausalLM`
+//! (Qwen2 adds q/k/v bias, Qwen3 a per-head RMSNorm on q and k before RoPE).
+//!
+//! Base weights are frozen leaves viewing the memory map; adapters bring the trainable leaves.
+//! With `checkpoint`, each block runs under [`Tape::checkpoint`] and is recomputed in backward.
+
+use std::path::Path;
+use std::rc::Rc;
+
+use kiln_core::ops::{self, CeResult, Lora};
+use kiln_core::{DType, Tape, Tensor, Var};
+
+use super::config::{ModelConfig, RopeKind};
+use crate::adapters::{LoraSet, Target};
+use crate::formats::WeightStore;
+use crate::{KilnError, Result};
+
+/// A linear layer: weight `[out, in]`, optional bias.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub w: Var,
+    pub b: Option<Var>,
+}
+
+/// One decoder block.
+#[derive(Clone, Debug)]
+pub struct Block {
+    pub attn_norm: Var,
+    /// q, k, v, o, gate, up, down — indexed by [`Target`].
+    pub linears: [Linear; 7],
+    pub q_norm: Option<Var>,
+    pub k_norm: Option<Var>,
+    pub mlp_norm: Var,
+}
+
+/// A loaded model.
+pub struct Llama {
+    pub config: ModelConfig,
+    pub embed: Var,
+    pub blocks: Vec<Block>,
+    pub norm: Var,
+    /// `None` when tied to the embedding.
+    pub lm_head: Option<Var>,
+    inv_freq: Tensor,
+    /// Keeps the maps alive as long as the model.
+    _store: WeightStore,
+}
+
+/// One batch of token rows.
+pub struct Inputs<'a> {
+    /// `[B, T]` token ids (`I32`).
+    pub ids: &'a Tensor,
+    /// `[B, T]` RoPE positions, restarting per packed row.
+    pub pos: &'a Tensor,
+    /// `[B, T]` segment ids for packed rows (`None`: one sequence per batch row).
+    pub seg: Option<&'a Tensor>,
+}
+
+/// Everything a block needs besides its weights, shared by all blocks of a forward.
+#[derive(Clone)]
+struct Ctx {
+    b: usize,
+    t: usize,
+    pos: Tensor,
+    seg: Option<Tensor>,
+    inv_freq: Tensor,
+    cfg: ModelConfig,
+}
+
+impl Llama {
+    /// Loads `config.json` and the safetensors weights of a model directory. With `trainable`,
+    /// base weights become f32 parameters (full fine-tuning); otherwise they stay frozen views.
+    pub fn load(dir: &Path, trainable: bool) -> Result<Llama> {
+        let config = ModelConfig::load(dir)?;
+        let store = WeightStore::open(dir)?;
+        let c = &config;
+        let leaf = |name: &str, shape: &[usize]| -> Result<Var> {
+            let t = store.get_shaped(name, shape)?;
+            Ok(if trainable { Var::leaf(t.to_dtype(DType::F32)?.to_cpu()?, true) } else { Var::constant(t) })
+        };
+        let h = c.hidden_size;
+        let embed = leaf("model.embed_tokens.weight", &[c.vocab_size, h])?;
+        let mut blocks = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let p = format!("model.layers.{i}");
+            let lin = |t: Target| -> Result<Linear> {
+                let (fin, fout) = t.dims(c);
+                let name = format!("{p}.{}", t.module());
+                let has_bias = match t {
+                    Target::Q | Target::K | Target::V => c.qkv_bias,
+                    Target::O => c.o_bias,
+                    _ => c.mlp_bias,
+                };
+                let b = if has_bias { Some(leaf(&format!("{name}.bias"), &[fout])?) } else { None };
+                Ok(Linear { w: leaf(&format!("{name}.weight"), &[fout, fin])?, b })
+            };
+            let qk_norm = c.arch == super::Arch::Qwen3;
+            blocks.push(Block {
+                attn_norm: leaf(&format!("{p}.input_layernorm.weight"), &[h])?,
+                linears: [lin(Target::Q)?, lin(Target::K)?, lin(Target::V)?, lin(Target::O)?, lin(Target::Gate)?, lin(Target::Up)?, lin(Target::Down)?],
+                q_norm: if qk_norm { Some(leaf(&format!("{p}.self_attn.q_norm.weight"), &[c.head_dim])?) } else { None },
+                k_norm: if qk_norm { Some(leaf(&format!("{p}.self_attn.k_norm.weight"), &[c.head_dim])?) } else { None },
+                mlp_norm: leaf(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+            });
+        }
+        let norm = leaf("model.norm.weight", &[h])?;
+        let lm_head = if c.tie_word_embeddings { None } else { Some(leaf("lm_head.weight", &[c.vocab_size, h])?) };
+        let inv_freq = match c.rope {
+            RopeKind::Default => ops::inv_freq(c.head_dim, c.rope_theta, None)?,
+            RopeKind::Llama3(s) => ops::inv_freq(c.head_dim, c.rope_theta, Some(s))?,
+            RopeKind::Linear(f) => {
+                let base = ops::inv_freq(c.head_dim, c.rope_theta, None)?.to_vec_f32()?;
+                Tensor::from_vec(base.iter().map(|x| x / f as f32).collect::<Vec<_>>(), [c.head_dim / 2])?
+            }
+        };
+        Ok(Llama { config, embed, blocks, norm, lm_head, inv_freq, _store: store })
+    }
+
+    /// Every base weight (for memory checks and full fine-tuning).
+    pub fn named_weights(&self) -> Vec<(String, &Var)> {
+        let mut v = vec![("model.embed_tokens.weight".to_string(), &self.embed)];
+        for (i, b) in self.blocks.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            v.push((format!("{p}.input_layernorm.weight"), &b.attn_norm));
+            v.push((format!("{p}.post_attention_layernorm.weight"), &b.mlp_norm));
+            for (t, l) in Target::ALL.iter().zip(&b.linears) {
+                v.push((format!("{p}.{}.weight", t.module()), &l.w));
+                if let Some(bias) = &l.b {
+                    v.push((format!("{p}.{}.bias", t.module()), bias));
+                }
+            }
+            if let (Some(q), Some(k)) = (&b.q_norm, &b.k_norm) {
+                v.push((format!("{p}.self_attn.q_norm.weight"), q));
+                v.push((format!("{p}.self_attn.k_norm.weight"), k));
+            }
+        }
+        v.push(("model.norm.weight".into(), &self.norm));
+        if let Some(h) = &self.lm_head {
+            v.push(("lm_head.weight".into(), h));
+        }
+        v
+    }
+
+    /// Final hidden states `[B·T, H]` (after the last RMSNorm).
+    pub fn hidden(&self, tape: &Tape, inp: &Inputs<'_>, lora: Option<&LoraSet>, checkpoint: bool) -> Result<Var> {
+        let c = &self.config;
+        let d = inp.ids.dims();
+        if d.len() != 2 || inp.pos.dims() != d || inp.seg.is_some_and(|s| s.dims() != d) {
+            return Err(KilnError::Msg(format!("model inputs: ids {:?}, pos {:?} must both be [B, T]", d, inp.pos.dims())));
+        }
+        if let Some(w) = c.sliding_window.filter(|&w| d[1] > w) {
+            return Err(KilnError::Msg(format!("sequence length {} exceeds the model's sliding window {w}, which kiln does not implement yet", d[1])));
+        }
+        let ctx = Ctx { b: d[0], t: d[1], pos: inp.pos.clone(), seg: inp.seg.cloned(), inv_freq: self.inv_freq.clone(), cfg: c.clone() };
+        let mut x = ops::embedding(tape, &self.embed, &inp.ids.reshape([d[0] * d[1]])?)?;
+        for (i, blk) in self.blocks.iter().enumerate() {
+            let adapters: [Option<Lora>; 7] = lora.and_then(|l| l.layer(i)).cloned().unwrap_or_default();
+            x = if checkpoint {
+                let (blk, ctx) = (blk.clone(), ctx.clone());
+                let f = Rc::new(move |tp: &Tape, x: &Var| -> kiln_core::Result<Var> { block(tp, x, &blk, &adapters, &ctx).map_err(into_core) });
+                tape.checkpoint(&x, f)?
+            } else {
+                block(tape, &x, blk, &adapters, &ctx)?
+            };
+        }
+        Ok(ops::rms_norm(tape, &x, &self.norm, c.rms_norm_eps)?)
+    }
+
+    /// Logits `[B, T, V]`.
+    pub fn forward(&self, tape: &Tape, inp: &Inputs<'_>, lora: Option<&LoraSet>, checkpoint: bool) -> Result<Var> {
+        let h = self.hidden(tape, inp, lora, checkpoint)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        let logits = ops::linear(tape, &h, head, None, None)?;
+        let d = inp.ids.dims();
+        Ok(ops::reshape(tape, &logits, [d[0], d[1], self.config.vocab_size])?)
+    }
+
+    /// Mean cross-entropy against `targets` `[B, T]` (`I32`, already shifted: the token that
+    /// should follow each position; < 0 ignored).
+    pub fn loss(&self, tape: &Tape, inp: &Inputs<'_>, targets: &Tensor, lora: Option<&LoraSet>, checkpoint: bool) -> Result<CeResult> {
+        let logits = self.forward(tape, inp, lora, checkpoint)?;
+        Ok(ops::cross_entropy(tape, &logits, targets)?)
+    }
+}
+
+fn into_core(e: KilnError) -> kiln_core::Error {
+    match e {
+        KilnError::Core(c) => c,
+        other => kiln_core::Error::Msg(other.to_string()),
+    }
+}
+
+fn lin(tape: &Tape, x: &Var, l: &Linear, lora: &Option<Lora>) -> Result<Var> {
+    Ok(ops::linear(tape, x, &l.w, l.b.as_ref(), lora.as_ref())?)
+}
+
+/// One decoder block on `x` `[B·T, H]`.
+fn block(tape: &Tape, x: &Var, blk: &Block, ad: &[Option<Lora>; 7], ctx: &Ctx) -> Result<Var> {
+    let c = &ctx.cfg;
+    let (bt, hd) = (ctx.b * ctx.t, c.head_dim);
+    let [lq, lk, lv, lo, lg, lu, ld] = &blk.linears;
+    let h = ops::rms_norm(tape, x, &blk.attn_norm, c.rms_norm_eps)?;
+    let heads = |v: Var, n: usize| ops::reshape(tape, &v, [ctx.b, ctx.t, n, hd]);
+    let mut q = heads(lin(tape, &h, lq, &ad[0])?, c.num_heads)?;
+    let mut k = heads(lin(tape, &h, lk, &ad[1])?, c.num_kv_heads)?;
+    let v = heads(lin(tape, &h, lv, &ad[2])?, c.num_kv_heads)?;
+    if let (Some(qn), Some(kn)) = (&blk.q_norm, &blk.k_norm) {
+        q = ops::rms_norm(tape, &q, qn, c.rms_norm_eps)?;
+        k = ops::rms_norm(tape, &k, kn, c.rms_norm_eps)?;
+    }
+    let q = ops::rope(tape, &q, &ctx.pos, &ctx.inv_freq)?;
+    let k = ops::rope(tape, &k, &ctx.pos, &ctx.inv_freq)?;
+    let a = ops::attention(tape, &q, &k, &v, ctx.seg.as_ref(), 1.0 / (hd as f64).sqrt())?;
+    let a = ops::reshape(tape, &a, [bt, c.num_heads * hd])?;
+    let x = ops::add(tape, x, &lin(tape, &a, lo, &ad[3])?)?;
+    let h = ops::rms_norm(tape, &x, &blk.mlp_norm, c.rms_norm_eps)?;
+    let g = lin(tape, &h, lg, &ad[4])?;
+    let u = lin(tape, &h, lu, &ad[5])?;
+    let m = lin(tape, &ops::swiglu(tape, &g, &u)?, ld, &ad[6])?;
+    Ok(ops::add(tape, &x, &m)?)
+}
+
+/// Shifted targets for causal LM training from per-position labels (`< 0` ignored): position
+/// `t` predicts `labels[t+1]`; the last position of each row (and of each packed segment)
+/// predicts nothing. This is transformers' loss shift.
+pub fn shift_targets(labels: &[i32], b: usize, t: usize, seg: Option<&[i32]>) -> Vec<i32> {
+    let mut out = vec![-100; b * t];
+    for r in 0..b {
+        for i in 0..t.saturating_sub(1) {
+            let (cur, next) = (r * t + i, r * t + i + 1);
+            if seg.is_none_or(|s| s[cur] == s[next]) {
+                out[cur] = labels[next];
+            }
+        }
+    }
+    out
+}
+
+/// Positions `0..T` for every row.
+pub fn default_positions(b: usize, t: usize) -> Result<Tensor> {
+    Ok(Tensor::from_vec((0..b * t).map(|i| (i % t) as i32).collect::<Vec<_>>(), [b, t])?)
+}

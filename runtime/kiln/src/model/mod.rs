@@ -1,0 +1,7 @@
+//! Llama-family decoder models: config parsing and the forward pass.
+
+pub mod config;
+pub mod llama;
+
+pub use config::{Arch, ModelConfig};
+pub use llama::{Inputs, Linear, Llama, default_positions, shift_targets};
