@@ -109,3 +109,28 @@ fn frozen_weights_stay_in_the_memory_map() {
         assert!(v.value().is_mapped(), "{name} was copied out of the map");
     }
 }
+
+#[test]
+fn adamw_trajectory_matches_pytorch() {
+    for name in ["tiny-llama", "tiny-qwen3"] {
+        let (model, mut lora, r) = load(name);
+        let (b, t) = (r.ids.dims()[0], r.ids.dims()[1]);
+        let pos = default_positions(b, t).unwrap();
+        let inp = Inputs { ids: &r.ids, pos: &pos, seg: None };
+        let targets = Tensor::from_vec(shift_targets(&r.labels, b, t, None), [b, t]).unwrap();
+        let want = r.store.get("adamw_losses").unwrap().to_vec_f32().unwrap();
+        let mut opt = kiln::train::AdamW::new(1e-2);
+        let tape = Tape::new();
+        let ce = model.loss(&tape, &inp, &targets, Some(&lora), false).unwrap();
+        let mut grads = tape.backward(&ce.loss).unwrap();
+        for (i, w) in want.iter().enumerate() {
+            opt.step(lora.params_mut(), &grads, None).unwrap();
+            let tape = Tape::new();
+            let ce = model.loss(&tape, &inp, &targets, Some(&lora), false).unwrap();
+            let got = ce.loss.value().item().unwrap();
+            let rel = ((got - *w as f64) / *w as f64).abs();
+            assert!(rel <= 1e-4, "{name}: loss after AdamW step {} is {got}, PyTorch {w} (rel {rel:e})", i + 1);
+            grads = tape.backward(&ce.loss).unwrap();
+        }
+    }
+}

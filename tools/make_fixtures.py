@@ -11,7 +11,9 @@ tests/fixtures/<name>/:
   reference.safetensors              input_ids, labels (int32; -100 = ignored), logits, loss,
                                      and for a PEFT LoRA (r=4, alpha=8, all linear layers, fixed
                                      random A and B) the adapter weights and their gradients:
-                                     lora_A.<module>, lora_B.<module>, grad_A.<module>, grad_B.<module>
+                                     lora_A.<module>, lora_B.<module>, grad_A.<module>, grad_B.<module>;
+                                     adamw_losses: the loss after each of 5 AdamW steps
+                                     (lr 1e-2, weight decay 0.01) on the LoRA parameters
   reference.json                     versions and LoRA settings
 The fixtures are committed so the Rust tests need no Python.
 """
@@ -27,7 +29,10 @@ from peft import LoraConfig, get_peft_model
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
 COMMON = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+              # Larger than the 0.02 default so logits span a realistic range (an LM head of
+              # N(0, 0.02) weights cannot express a confident prediction, so nothing could overfit).
+              initializer_range=0.25)
 
 MODELS = {
     "tiny-llama": LlamaConfig(**COMMON, rms_norm_eps=1e-5, rope_theta=10000.0,
@@ -41,6 +46,7 @@ MODELS = {
                               tie_word_embeddings=False),
 }
 R, ALPHA = 4, 8
+STEPS = 5
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -91,8 +97,19 @@ def main():
             # base_model.model.<module>.lora_A.default.weight
             module = n.split("base_model.model.", 1)[1].split(".lora_")[0]
             which = "A" if ".lora_A." in n else "B"
-            tensors[f"lora_{which}.{module}"] = p.detach().contiguous()
-            tensors[f"grad_{which}.{module}"] = p.grad.detach().contiguous()
+            tensors[f"lora_{which}.{module}"] = p.detach().clone()
+            tensors[f"grad_{which}.{module}"] = p.grad.detach().clone()
+        # The first losses of a short AdamW run from here (golden training trajectory).
+        opt = torch.optim.AdamW([p for n, p in pm.named_parameters() if p.requires_grad],
+                                lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+        losses = []
+        for _ in range(STEPS):
+            opt.step()
+            opt.zero_grad()
+            res2 = pm(input_ids=ids, labels=labels)
+            res2.loss.backward()
+            losses.append(res2.loss.item())
+        tensors["adamw_losses"] = torch.tensor(losses, dtype=torch.float32)
         save_file(tensors, os.path.join(out, "reference.safetensors"))
         with open(os.path.join(out, "reference.json"), "w") as f:
             json.dump({"torch": torch.__version__, "transformers": transformers.__version__,
