@@ -1,1 +1,82 @@
-//! placeholder
+//! The CUDA backend crate. Today: run-time discovery of the driver, NVRTC and devices (the build
+//! needs no CUDA toolkit: cudarc loads `libcuda`/`libnvrtc` dynamically). The kernels
+//! (`kernels/*.cu`, compiled by NVRTC on first use) arrive with the CUDA backend issues.
+//!
+//! Without the `cuda` feature the same API answers "not compiled with CUDA support".
+
+/// One visible CUDA device.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    pub ordinal: usize,
+    pub name: String,
+    /// Compute capability, e.g. (9, 0) for H100.
+    pub compute_capability: (i32, i32),
+    pub total_mem_bytes: usize,
+}
+
+/// What CUDA can do in this process, or why not.
+#[derive(Clone, Debug)]
+pub struct Probe {
+    /// Whether this build includes the CUDA backend.
+    pub compiled: bool,
+    /// Devices found; empty when the driver is absent.
+    pub devices: Vec<DeviceInfo>,
+    /// Whether libnvrtc could be loaded (kernels compile at run time).
+    pub nvrtc: bool,
+    /// Why CUDA is unusable here, when it is.
+    pub unavailable: Option<String>,
+}
+
+#[cfg(feature = "cuda")]
+mod imp {
+    use super::{DeviceInfo, Probe};
+    use cudarc::driver::{result, sys};
+
+    pub fn probe() -> Probe {
+        // SAFETY: only checks whether the shared libraries can be opened; cudarc panics on first
+        // use of a missing library, so nothing else is called unless this says yes.
+        let nvrtc = unsafe { cudarc::nvrtc::sys::is_culib_present() };
+        let driver = unsafe { sys::is_culib_present() };
+        if !driver {
+            return Probe {
+                compiled: true,
+                devices: vec![],
+                nvrtc,
+                unavailable: Some("libcuda.so (the NVIDIA driver) was not found".into()),
+            };
+        }
+        if let Err(e) = result::init() {
+            return Probe { compiled: true, devices: vec![], nvrtc, unavailable: Some(format!("cuInit failed: {e}")) };
+        }
+        let n = result::device::get_count().unwrap_or(0).max(0) as usize;
+        let mut devices = Vec::new();
+        for ordinal in 0..n {
+            let Ok(dev) = result::device::get(ordinal as i32) else { continue };
+            let name = result::device::get_name(dev).unwrap_or_else(|_| "?".into());
+            // SAFETY: `dev` is a valid device handle returned by cuDeviceGet above.
+            let (total, major, minor) = unsafe {
+                (
+                    result::device::total_mem(dev).unwrap_or(0),
+                    result::device::get_attribute(dev, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR).unwrap_or(0),
+                    result::device::get_attribute(dev, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR).unwrap_or(0),
+                )
+            };
+            devices.push(DeviceInfo { ordinal, name, compute_capability: (major, minor), total_mem_bytes: total });
+        }
+        let unavailable = devices.is_empty().then(|| "the driver reports no CUDA devices".to_string());
+        Probe { compiled: true, devices, nvrtc, unavailable }
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+mod imp {
+    use super::Probe;
+    pub fn probe() -> Probe {
+        Probe { compiled: false, devices: vec![], nvrtc: false, unavailable: Some("not compiled with CUDA support (feature `cuda`)".into()) }
+    }
+}
+
+/// Looks for the CUDA driver, NVRTC and devices. Never panics when they are missing.
+pub fn probe() -> Probe {
+    imp::probe()
+}

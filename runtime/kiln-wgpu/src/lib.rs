@@ -1,1 +1,68 @@
-//! placeholder
+//! The wgpu backend crate (Vulkan, Metal, DX12, GL). Today: run-time adapter discovery; the WGSL
+//! kernels (`shaders/*.wgsl`) arrive with the wgpu backend issue.
+//!
+//! Without the `wgpu` feature the same API answers "not compiled with wgpu support".
+
+/// One adapter wgpu can open.
+#[derive(Clone, Debug)]
+pub struct AdapterInfo {
+    pub name: String,
+    /// "Vulkan", "Metal", "Dx12", "Gl".
+    pub backend: String,
+    /// "DiscreteGpu", "IntegratedGpu", "Cpu" (e.g. llvmpipe/lavapipe), …
+    pub device_type: String,
+    pub driver: String,
+    /// Whether f16 arithmetic in shaders is available.
+    pub shader_f16: bool,
+    pub subgroups: bool,
+}
+
+/// What wgpu can do in this process, or why not.
+#[derive(Clone, Debug)]
+pub struct Probe {
+    pub compiled: bool,
+    pub adapters: Vec<AdapterInfo>,
+    pub unavailable: Option<String>,
+}
+
+#[cfg(feature = "wgpu")]
+mod imp {
+    use super::{AdapterInfo, Probe};
+
+    pub fn probe() -> Probe {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        let adapters: Vec<AdapterInfo> = adapters
+            .iter()
+            .map(|a| {
+                let i = a.get_info();
+                let f = a.features();
+                AdapterInfo {
+                    name: i.name,
+                    backend: format!("{:?}", i.backend),
+                    device_type: format!("{:?}", i.device_type),
+                    driver: format!("{} {}", i.driver, i.driver_info).trim().to_string(),
+                    shader_f16: f.contains(wgpu::Features::SHADER_F16),
+                    subgroups: f.contains(wgpu::Features::SUBGROUP),
+                }
+            })
+            .collect();
+        let unavailable = adapters
+            .is_empty()
+            .then(|| "no wgpu adapter (install a Vulkan driver, e.g. mesa-vulkan-drivers for lavapipe)".to_string());
+        Probe { compiled: true, adapters, unavailable }
+    }
+}
+
+#[cfg(not(feature = "wgpu"))]
+mod imp {
+    use super::Probe;
+    pub fn probe() -> Probe {
+        Probe { compiled: false, adapters: vec![], unavailable: Some("not compiled with wgpu support (feature `wgpu`)".into()) }
+    }
+}
+
+/// Enumerates adapters on every wgpu backend. Never panics when none exist.
+pub fn probe() -> Probe {
+    imp::probe()
+}

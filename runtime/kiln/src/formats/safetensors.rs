@@ -192,3 +192,36 @@ impl WeightStore {
         Ok(t)
     }
 }
+
+/// Writes tensors to a safetensors file atomically: a temp file beside it, then a rename, so a
+/// crash never leaves a half-written file under the final name.
+pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    let mut owned: Vec<(String, DType, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let t = t.to_cpu()?;
+        let bytes: Vec<u8> = match t.dtype() {
+            DType::F32 => bytemuck::cast_slice(t.as_slice::<f32>()?).to_vec(),
+            DType::F64 => bytemuck::cast_slice(t.as_slice::<f64>()?).to_vec(),
+            DType::F16 => bytemuck::cast_slice(t.as_slice::<half::f16>()?).to_vec(),
+            DType::BF16 => bytemuck::cast_slice(t.as_slice::<half::bf16>()?).to_vec(),
+            DType::I32 => bytemuck::cast_slice(t.as_slice::<i32>()?).to_vec(),
+        };
+        owned.push((name.clone(), t.dtype(), t.dims().to_vec(), bytes));
+    }
+    let st_dtype = |d: DType| match d {
+        DType::F32 => safetensors::Dtype::F32,
+        DType::F64 => safetensors::Dtype::F64,
+        DType::F16 => safetensors::Dtype::F16,
+        DType::BF16 => safetensors::Dtype::BF16,
+        DType::I32 => safetensors::Dtype::I32,
+    };
+    let mut views = Vec::with_capacity(owned.len());
+    for (name, d, shape, bytes) in &owned {
+        let v = safetensors::tensor::TensorView::new(st_dtype(*d), shape.clone(), bytes)
+            .map_err(|e| KilnError::Tensor { path: path.to_path_buf(), tensor: name.clone(), detail: e.to_string() })?;
+        views.push((name.clone(), v));
+    }
+    let bytes = safetensors::serialize(views, None)
+        .map_err(|e| KilnError::Safetensors { path: path.to_path_buf(), detail: e.to_string() })?;
+    crate::formats::write_atomic(path, &bytes)
+}
