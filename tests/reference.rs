@@ -134,3 +134,28 @@ fn adamw_trajectory_matches_pytorch() {
         }
     }
 }
+
+#[test]
+fn packed_rows_give_the_logits_of_separate_rows() {
+    let (model, lora, r) = load("tiny-qwen3");
+    let ids = r.ids.as_slice::<i32>().unwrap();
+    let t = r.ids.dims()[1];
+    // Pack row 0 (first 7 tokens) and row 1 (all tokens) into one sequence.
+    let (la, lb) = (7, t);
+    let mut packed: Vec<i32> = ids[..la].to_vec();
+    packed.extend_from_slice(&ids[t..t + lb]);
+    let pos: Vec<i32> = (0..la as i32).chain(0..lb as i32).collect();
+    let seg: Vec<i32> = std::iter::repeat_n(0, la).chain(std::iter::repeat_n(1, lb)).collect();
+    let n = la + lb;
+    let (pi, pp, ps) = (Tensor::from_vec(packed, [1, n]).unwrap(), Tensor::from_vec(pos, [1, n]).unwrap(), Tensor::from_vec(seg, [1, n]).unwrap());
+    let tape = Tape::no_grad();
+    let got = model.forward(&tape, &Inputs { ids: &pi, pos: &pp, seg: Some(&ps) }, Some(&lora), false).unwrap().value().to_vec_f32().unwrap();
+    let v = model.config.vocab_size;
+    for (row, off, len) in [(0usize, 0usize, la), (1, la, lb)] {
+        let one = Tensor::from_vec(ids[row * t..row * t + len].to_vec(), [1, len]).unwrap();
+        let pos = default_positions(1, len).unwrap();
+        let want = model.forward(&tape, &Inputs { ids: &one, pos: &pos, seg: None }, Some(&lora), false).unwrap().value().to_vec_f32().unwrap();
+        let e = rel_err(&got[off * v..(off + len) * v], &want);
+        assert!(e < 1e-6, "packed row {row}: relative error {e:e}");
+    }
+}

@@ -1,5 +1,6 @@
 //! clap commands.
 
+mod bench;
 mod demo;
 
 use std::path::PathBuf;
@@ -30,6 +31,9 @@ pub enum Cmd {
     /// Create a small random Llama and LoRA-fine-tune it on the bundled demo text (byte
     /// tokens), writing the model, the adapter and metrics.jsonl under --out.
     Demo(demo::DemoArgs),
+    /// Benchmarks (GFLOP/s or GB/s, JSON with --json).
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
 }
 
 /// Runs a parsed command line.
@@ -37,6 +41,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Info { json, model } => info(json, model),
         Cmd::Demo(a) => demo::run(a),
+        Cmd::Bench(b) => bench::run(b),
     }
 }
 
