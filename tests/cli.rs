@@ -1,0 +1,83 @@
+//! End-to-end runs of the `kiln` binary: info without a GPU, the demo fine-tune, bad input.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn kiln() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+}
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+#[test]
+fn info_json_reports_every_backend() {
+    let out = kiln().args(["info", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is only JSON");
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["backends"]["cpu"]["available"], true);
+    assert!(v["backends"]["cpu"]["threads"].as_u64().unwrap() >= 1);
+    for b in ["cuda", "wgpu"] {
+        let x = &v["backends"][b];
+        assert!(x["compiled"].is_boolean() && x["available"].is_boolean(), "{b}: {x}");
+        // An unavailable backend always says why.
+        if x["available"] == false {
+            assert!(x["unavailable_reason"].as_str().is_some_and(|s| !s.is_empty()), "{b}: {x}");
+        }
+    }
+}
+
+#[test]
+fn info_describes_a_model_loaded_from_the_map() {
+    let dir = fixtures().join("tiny-llama");
+    let out = kiln().args(["info", "--json", "--model"]).arg(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let m = &v["model"];
+    assert_eq!(m["arch"], "Llama");
+    assert_eq!(m["tensors_mapped"], m["tensors"]);
+}
+
+#[test]
+fn info_on_a_bad_model_fails_cleanly() {
+    let out = kiln().args(["info", "--model", "/nonexistent/model"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("error:") && err.contains("/nonexistent/model"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn demo_fine_tunes_and_writes_its_outputs() {
+    let out_dir = std::env::temp_dir().join(format!("kiln-cli-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let out = kiln().args(["demo", "--steps", "30", "--out"]).arg(&out_dir).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("held-out loss"), "{stdout}");
+    let metrics = std::fs::read_to_string(out_dir.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let train: Vec<_> = lines.iter().filter(|l| l["kind"] == "train").collect();
+    assert_eq!(train.len(), 30);
+    for k in ["step", "epoch", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s"] {
+        assert!(train[0][k].is_number(), "missing {k}");
+    }
+    let evals: Vec<f64> =
+        lines.iter().filter(|l| l["kind"] == "eval").map(|l| l["eval_loss"].as_f64().unwrap()).collect();
+    assert_eq!(evals.len(), 2);
+    assert!(evals[1] < evals[0], "held-out loss {} → {}", evals[0], evals[1]);
+    assert!(out_dir.join("adapter/adapter_model.safetensors").is_file());
+    assert!(out_dir.join("adapter/adapter_config.json").is_file());
+    let _ = std::fs::remove_dir_all(&out_dir);
+}
+
+#[test]
+fn bad_arguments_fail_without_panicking() {
+    let out = kiln().args(["demo", "--steps", "0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let out = kiln().args(["bench", "gemm", "--shape", "12x3"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MxKxN"));
+}

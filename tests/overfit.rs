@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 
 use kiln::adapters::{LoraConfig, LoraSet};
+use kiln::core::{Tape, Tensor};
 use kiln::formats::WeightStore;
 use kiln::model::{Inputs, Llama, default_positions, shift_targets};
 use kiln::train::AdamW;
-use kiln::core::{Tape, Tensor};
 
 #[test]
 fn lora_overfits_one_batch() {

@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 use kiln::adapters::{LoraConfig, LoraSet, Target};
+use kiln::core::{Tape, Tensor};
 use kiln::formats::WeightStore;
 use kiln::model::{Inputs, Llama, default_positions, shift_targets};
-use kiln::core::{Tape, Tensor};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
@@ -30,13 +30,20 @@ fn load(name: &str) -> (Llama, LoraSet, Reference) {
     let dir = fixture(name);
     let model = Llama::load(&dir, false).unwrap();
     let store = WeightStore::open(&dir.join("reference.safetensors")).unwrap();
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
-    let cfg = LoraConfig { r: meta["lora_r"].as_u64().unwrap() as usize, alpha: meta["lora_alpha"].as_f64().unwrap(), rslora: false, targets: Target::ALL.to_vec() };
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let cfg = LoraConfig {
+        r: meta["lora_r"].as_u64().unwrap() as usize,
+        alpha: meta["lora_alpha"].as_f64().unwrap(),
+        rslora: false,
+        targets: Target::ALL.to_vec(),
+    };
     let mut lora = LoraSet::new(&model.config, cfg, 0).unwrap();
     for l in 0..model.config.num_layers {
         for t in Target::ALL {
             let m = format!("model.layers.{l}.{}", t.module());
-            lora.set(l, t, store.get(&format!("lora_A.{m}")).unwrap(), store.get(&format!("lora_B.{m}")).unwrap()).unwrap();
+            lora.set(l, t, store.get(&format!("lora_A.{m}")).unwrap(), store.get(&format!("lora_B.{m}")).unwrap())
+                .unwrap();
         }
     }
     let ids = store.get("input_ids").unwrap();
@@ -79,7 +86,9 @@ fn check(name: &str, checkpoint: bool) {
     for (wname, var) in model.named_weights() {
         assert!(grads.get(var).is_none(), "{name}: frozen {wname} got a gradient");
     }
-    eprintln!("{name} (checkpoint={checkpoint}): logits rel {e:.2e}, loss rel {le:.2e}, worst LoRA grad rel {worst:.2e}");
+    eprintln!(
+        "{name} (checkpoint={checkpoint}): logits rel {e:.2e}, loss rel {le:.2e}, worst LoRA grad rel {worst:.2e}"
+    );
 }
 
 #[test]
@@ -147,14 +156,28 @@ fn packed_rows_give_the_logits_of_separate_rows() {
     let pos: Vec<i32> = (0..la as i32).chain(0..lb as i32).collect();
     let seg: Vec<i32> = std::iter::repeat_n(0, la).chain(std::iter::repeat_n(1, lb)).collect();
     let n = la + lb;
-    let (pi, pp, ps) = (Tensor::from_vec(packed, [1, n]).unwrap(), Tensor::from_vec(pos, [1, n]).unwrap(), Tensor::from_vec(seg, [1, n]).unwrap());
+    let (pi, pp, ps) = (
+        Tensor::from_vec(packed, [1, n]).unwrap(),
+        Tensor::from_vec(pos, [1, n]).unwrap(),
+        Tensor::from_vec(seg, [1, n]).unwrap(),
+    );
     let tape = Tape::no_grad();
-    let got = model.forward(&tape, &Inputs { ids: &pi, pos: &pp, seg: Some(&ps) }, Some(&lora), false).unwrap().value().to_vec_f32().unwrap();
+    let got = model
+        .forward(&tape, &Inputs { ids: &pi, pos: &pp, seg: Some(&ps) }, Some(&lora), false)
+        .unwrap()
+        .value()
+        .to_vec_f32()
+        .unwrap();
     let v = model.config.vocab_size;
     for (row, off, len) in [(0usize, 0usize, la), (1, la, lb)] {
         let one = Tensor::from_vec(ids[row * t..row * t + len].to_vec(), [1, len]).unwrap();
         let pos = default_positions(1, len).unwrap();
-        let want = model.forward(&tape, &Inputs { ids: &one, pos: &pos, seg: None }, Some(&lora), false).unwrap().value().to_vec_f32().unwrap();
+        let want = model
+            .forward(&tape, &Inputs { ids: &one, pos: &pos, seg: None }, Some(&lora), false)
+            .unwrap()
+            .value()
+            .to_vec_f32()
+            .unwrap();
         let e = rel_err(&got[off * v..(off + len) * v], &want);
         assert!(e < 1e-6, "packed row {row}: relative error {e:e}");
     }

@@ -49,7 +49,10 @@ fn missing_tensor_is_named() {
         m.remove("model.layers.1.mlp.up_proj.weight");
     });
     let e = load_err(&d);
-    assert!(e.contains("model.safetensors") && e.contains("model.layers.1.mlp.up_proj.weight") && e.contains("missing"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("model.layers.1.mlp.up_proj.weight") && e.contains("missing"),
+        "{e}"
+    );
 }
 
 #[test]

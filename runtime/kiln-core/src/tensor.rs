@@ -57,7 +57,11 @@ pub enum CpuData {
     BF16(Vec<bf16>),
     I32(Vec<i32>),
     /// `len` bytes at `start` of `map`; the dtype lives in the tensor.
-    Mapped { map: Arc<memmap2::Mmap>, start: usize, len: usize },
+    Mapped {
+        map: Arc<memmap2::Mmap>,
+        start: usize,
+        len: usize,
+    },
 }
 
 /// Where a tensor's elements live.
@@ -112,27 +116,20 @@ impl Tensor {
     pub fn from_vec<T: Element>(data: Vec<T>, shape: impl Into<Shape>) -> Result<Tensor> {
         let shape = shape.into();
         if shape.numel() != data.len() {
-            return Err(Error::shape(
-                "from_vec",
-                format!("{} elements for shape {:?}", data.len(), shape),
-            ));
+            return Err(Error::shape("from_vec", format!("{} elements for shape {:?}", data.len(), shape)));
         }
         Ok(Tensor { storage: Arc::new(Storage::Cpu(owned(data))), shape, dtype: T::DTYPE, offset: 0 })
     }
 
     /// A CPU tensor over `len` bytes of a memory map, without copying. Falls back to a copy when
     /// the bytes are not aligned for the dtype (safetensors does not promise alignment).
-    pub fn from_mmap(
-        map: Arc<memmap2::Mmap>,
-        start: usize,
-        dtype: DType,
-        shape: impl Into<Shape>,
-    ) -> Result<Tensor> {
+    pub fn from_mmap(map: Arc<memmap2::Mmap>, start: usize, dtype: DType, shape: impl Into<Shape>) -> Result<Tensor> {
         let shape = shape.into();
         let len = shape.numel() * dtype.size();
-        let end = start.checked_add(len).filter(|&e| e <= map.len()).ok_or_else(|| {
-            Error::shape("from_mmap", format!("bytes {start}+{len} beyond map of {}", map.len()))
-        })?;
+        let end = start
+            .checked_add(len)
+            .filter(|&e| e <= map.len())
+            .ok_or_else(|| Error::shape("from_mmap", format!("bytes {start}+{len} beyond map of {}", map.len())))?;
         let bytes = &map[start..end];
         if (bytes.as_ptr() as usize).is_multiple_of(dtype.size()) {
             let storage = Storage::Cpu(CpuData::Mapped { map: map.clone(), start, len });
@@ -209,10 +206,7 @@ impl Tensor {
     pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Tensor> {
         let shape = shape.into();
         if shape.numel() != self.numel() {
-            return Err(Error::shape(
-                "reshape",
-                format!("{:?} to {:?}", self.shape, shape),
-            ));
+            return Err(Error::shape("reshape", format!("{:?} to {:?}", self.shape, shape)));
         }
         Ok(Tensor { shape, ..self.clone() })
     }
@@ -241,8 +235,8 @@ impl Tensor {
         }
         match &*self.storage {
             Storage::Cpu(d) => {
-                let all: &[T] = bytemuck::try_cast_slice(d.bytes())
-                    .map_err(|e| Error::Msg(format!("as_slice: {e}")))?;
+                let all: &[T] =
+                    bytemuck::try_cast_slice(d.bytes()).map_err(|e| Error::Msg(format!("as_slice: {e}")))?;
                 Ok(&all[self.offset..self.offset + self.numel()])
             }
             Storage::Device(_) => Err(Error::Msg("as_slice on a device tensor: call to_cpu".into())),
@@ -257,9 +251,7 @@ impl Tensor {
         }
         let whole = self.offset == 0
             && matches!(&*self.storage, Storage::Cpu(d) if d.bytes().len() == self.numel() * self.dtype.size());
-        let unique_owned = whole
-            && Arc::get_mut(&mut self.storage).is_some()
-            && !self.is_mapped();
+        let unique_owned = whole && Arc::get_mut(&mut self.storage).is_some() && !self.is_mapped();
         if !unique_owned {
             let copy = self.as_slice::<T>()?.to_vec();
             *self = Tensor::from_vec(copy, self.shape.clone())?;

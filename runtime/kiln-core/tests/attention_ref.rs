@@ -1,22 +1,27 @@
 //! Attention forward against a naive full-softmax reference, and packing: rows packed into one
 //! sequence with segment ids give exactly what each row gives alone.
 
+use kiln_core::backend::AttentionOps;
 use kiln_core::backend::AttnArgs;
 use kiln_core::rng::Rng;
 use kiln_core::{CpuBackend, Tensor};
-use kiln_core::backend::AttentionOps;
 
 fn randn(rng: &mut Rng, n: usize) -> Vec<f64> {
     (0..n).map(|_| rng.normal()).collect()
 }
 
 /// softmax(q·kᵀ·scale + causal mask)·v with the full T×T matrix, one head at a time.
-fn naive(q: &[f64], k: &[f64], v: &[f64], t: usize, hq: usize, hkv: usize, d: usize, scale: f64) -> Vec<f64> {
+/// `(t, hq, hkv, d)` of single-row inputs.
+type Dims = (usize, usize, usize, usize);
+
+fn naive(q: &[f64], k: &[f64], v: &[f64], (t, hq, hkv, d): Dims, scale: f64) -> Vec<f64> {
     let mut o = vec![0.0; t * hq * d];
     for h in 0..hq {
         let g = h / (hq / hkv);
         for i in 0..t {
-            let s: Vec<f64> = (0..=i).map(|j| (0..d).map(|x| q[(i * hq + h) * d + x] * k[(j * hkv + g) * d + x]).sum::<f64>() * scale).collect();
+            let s: Vec<f64> = (0..=i)
+                .map(|j| (0..d).map(|x| q[(i * hq + h) * d + x] * k[(j * hkv + g) * d + x]).sum::<f64>() * scale)
+                .collect();
             let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
             for (j, sj) in s.iter().enumerate() {
@@ -35,7 +40,7 @@ fn matches_naive_softmax_across_key_blocks() {
     // T = 75 spans three 32-key blocks of the online softmax, GQA 6:2.
     let (t, hq, hkv, d) = (75, 6, 2, 7);
     let (q, k, v) = (randn(&mut r, t * hq * d), randn(&mut r, t * hkv * d), randn(&mut r, t * hkv * d));
-    let want = naive(&q, &k, &v, t, hq, hkv, d, 0.4);
+    let want = naive(&q, &k, &v, (t, hq, hkv, d), 0.4);
     let tq = Tensor::from_vec(q, [1, t, hq, d]).unwrap();
     let tk = Tensor::from_vec(k, [1, t, hkv, d]).unwrap();
     let tv = Tensor::from_vec(v, [1, t, hkv, d]).unwrap();
@@ -56,7 +61,13 @@ fn packed_rows_do_not_see_each_other() {
     let mk = |x: &[f64], t: usize, h: usize| Tensor::from_vec(x.to_vec(), [1, t, h, d]).unwrap();
     let segt = Tensor::from_vec(seg, [1, total]).unwrap();
     let (packed, _) = CpuBackend
-        .attention_fwd(&AttnArgs { q: &mk(&q, total, hq), k: &mk(&k, total, hkv), v: &mk(&v, total, hkv), seg: Some(&segt), scale: 0.5 })
+        .attention_fwd(&AttnArgs {
+            q: &mk(&q, total, hq),
+            k: &mk(&k, total, hkv),
+            v: &mk(&v, total, hkv),
+            seg: Some(&segt),
+            scale: 0.5,
+        })
         .unwrap();
     let packed = packed.to_vec_f64().unwrap();
     let mut start = 0;
@@ -72,7 +83,13 @@ fn packed_rows_do_not_see_each_other() {
             })
             .unwrap();
         // Key blocks start at different offsets, so only the summation order differs.
-        let err = o.to_vec_f64().unwrap().iter().zip(&packed[a * hq * d..b * hq * d]).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+        let err = o
+            .to_vec_f64()
+            .unwrap()
+            .iter()
+            .zip(&packed[a * hq * d..b * hq * d])
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max);
         assert!(err < 1e-12, "row of length {l}: max abs difference {err:e}");
         start = b;
     }

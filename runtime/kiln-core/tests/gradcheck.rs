@@ -48,7 +48,7 @@ fn check(name: &str, inputs: Vec<(Tensor, bool)>, f: OpFn<'_>, seed: u64) -> f64
         let stride = (base.len() / 97).max(1);
         for e in (0..base.len()).step_by(stride) {
             let h = 1e-6 * base[e].abs().max(1.0);
-            let mut probe = |delta: f64| {
+            let probe = |delta: f64| {
                 let mut v = base.clone();
                 v[e] += delta;
                 let mut vs = vars.clone();
@@ -102,7 +102,12 @@ fn grad_linear_with_bias_and_lora() {
         let l = Lora { a: v[3].clone(), b: v[4].clone(), scale: 1.7 };
         ops::linear(t, &v[0], &v[1], Some(&v[2]), Some(&l))
     };
-    check("linear+lora", vec![(x.clone(), true), (w.clone(), true), (bias.clone(), true), (a.clone(), true), (b.clone(), true)], &f, 6);
+    check(
+        "linear+lora",
+        vec![(x.clone(), true), (w.clone(), true), (bias.clone(), true), (a.clone(), true), (b.clone(), true)],
+        &f,
+        6,
+    );
     // Frozen base weight, trainable adapter: W must not get a gradient.
     check("linear+lora frozen W", vec![(x, true), (w, false), (bias, false), (a, true), (b, true)], &f, 7);
 }
@@ -122,7 +127,12 @@ fn grad_rope_default_and_llama3() {
     let pos = ids(vec![0, 1, 2, 3, 4, 0, 1, 2, 0, 1], &[2, 5]);
     for scaling in [
         None,
-        Some(RopeScaling { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 16.0 }),
+        Some(RopeScaling {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 16.0,
+        }),
     ] {
         let f = ops::inv_freq(6, 100.0, scaling).unwrap();
         let (p, fq) = (pos.clone(), f.clone());
@@ -140,7 +150,17 @@ fn grad_attention_gqa_with_and_without_segments() {
     let scale = 1.0 / (d as f64).sqrt();
     let inputs = vec![(q, true), (k, true), (v, true)];
     check("attention", inputs.clone(), &|tp, x| ops::attention(tp, &x[0], &x[1], &x[2], None, scale), 13);
-    let seg: Vec<i32> = (0..b * t).map(|i| if i % t < 20 { 0 } else if i % t < 33 { 1 } else { 2 }).collect();
+    let seg: Vec<i32> = (0..b * t)
+        .map(|i| {
+            if i % t < 20 {
+                0
+            } else if i % t < 33 {
+                1
+            } else {
+                2
+            }
+        })
+        .collect();
     let seg = ids(seg, &[b, t]);
     check("attention packed", inputs, &|tp, x| ops::attention(tp, &x[0], &x[1], &x[2], Some(&seg), scale), 14);
 }

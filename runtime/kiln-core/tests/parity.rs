@@ -99,7 +99,11 @@ fn cases(seed: u64) -> Vec<Case> {
     }
     // (h = 1 would make RMSNorm's dx identically zero: pure cancellation, nothing to compare.)
     for &(rows, h) in &[(1, 2), (5, 19), (64, 576), (3, 1031)] {
-        let inputs = vec![randn(&mut r, &[rows, h], DType::F32), randn(&mut r, &[h], DType::F32), randn(&mut r, &[rows, h], DType::F32)];
+        let inputs = vec![
+            randn(&mut r, &[rows, h], DType::F32),
+            randn(&mut r, &[h], DType::F32),
+            randn(&mut r, &[rows, h], DType::F32),
+        ];
         out.push(Case {
             op: Op::RmsNorm,
             name: format!("rms_norm {rows}x{h}"),
@@ -111,7 +115,11 @@ fn cases(seed: u64) -> Vec<Case> {
                 vec![y, dx, dw]
             },
         });
-        let inputs = vec![randn(&mut r, &[rows, h], DType::F32), randn(&mut r, &[rows, h], DType::F32), randn(&mut r, &[rows, h], DType::F32)];
+        let inputs = vec![
+            randn(&mut r, &[rows, h], DType::F32),
+            randn(&mut r, &[rows, h], DType::F32),
+            randn(&mut r, &[rows, h], DType::F32),
+        ];
         out.push(Case {
             op: Op::SwiGlu,
             name: format!("swiglu {rows}x{h}"),
@@ -154,7 +162,12 @@ fn cases(seed: u64) -> Vec<Case> {
     for &(m, v) in &[(1, 2), (9, 4136), (17, 96)] {
         let targets: Vec<i32> = (0..m).map(|i| if i % 4 == 1 { -100 } else { (i * 31 % v) as i32 }).collect();
         let ids: Vec<i32> = (0..m).map(|i| (i * 7 % m) as i32).collect();
-        let inputs = vec![randn(&mut r, &[m, v], DType::F32), i32s(targets, &[m]), i32s(ids, &[m]), randn(&mut r, &[m, v], DType::F32)];
+        let inputs = vec![
+            randn(&mut r, &[m, v], DType::F32),
+            i32s(targets, &[m]),
+            i32s(ids, &[m]),
+            randn(&mut r, &[m, v], DType::F32),
+        ];
         out.push(Case {
             op: Op::CrossEntropy,
             name: format!("cross_entropy+embedding {m}x{v}"),

@@ -57,8 +57,16 @@ mod imp {
             let (total, major, minor) = unsafe {
                 (
                     result::device::total_mem(dev).unwrap_or(0),
-                    result::device::get_attribute(dev, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR).unwrap_or(0),
-                    result::device::get_attribute(dev, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR).unwrap_or(0),
+                    result::device::get_attribute(
+                        dev,
+                        sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+                    )
+                    .unwrap_or(0),
+                    result::device::get_attribute(
+                        dev,
+                        sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
+                    )
+                    .unwrap_or(0),
                 )
             };
             devices.push(DeviceInfo { ordinal, name, compute_capability: (major, minor), total_mem_bytes: total });
@@ -72,7 +80,12 @@ mod imp {
 mod imp {
     use super::Probe;
     pub fn probe() -> Probe {
-        Probe { compiled: false, devices: vec![], nvrtc: false, unavailable: Some("not compiled with CUDA support (feature `cuda`)".into()) }
+        Probe {
+            compiled: false,
+            devices: vec![],
+            nvrtc: false,
+            unavailable: Some("not compiled with CUDA support (feature `cuda`)".into()),
+        }
     }
 }
 

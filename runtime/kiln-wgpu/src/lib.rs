@@ -58,7 +58,11 @@ mod imp {
 mod imp {
     use super::Probe;
     pub fn probe() -> Probe {
-        Probe { compiled: false, adapters: vec![], unavailable: Some("not compiled with wgpu support (feature `wgpu`)".into()) }
+        Probe {
+            compiled: false,
+            adapters: vec![],
+            unavailable: Some("not compiled with wgpu support (feature `wgpu`)".into()),
+        }
     }
 }
 

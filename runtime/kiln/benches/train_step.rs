@@ -10,7 +10,15 @@ use kiln::train::AdamW;
 
 fn step(c: &mut Criterion) {
     let dir = std::env::temp_dir().join(format!("kiln-bench-step-{}", std::process::id()));
-    let spec = TinySpec { vocab_size: 2048, hidden_size: 256, intermediate_size: 704, num_layers: 4, num_heads: 8, num_kv_heads: 2, init_std: 0.05 };
+    let spec = TinySpec {
+        vocab_size: 2048,
+        hidden_size: 256,
+        intermediate_size: 704,
+        num_layers: 4,
+        num_heads: 8,
+        num_kv_heads: 2,
+        init_std: 0.05,
+    };
     create_random_llama(&dir, &spec, 0).unwrap();
     let model = Llama::load(&dir, false).unwrap();
     let (b, t) = (4, 128);
@@ -27,7 +35,9 @@ fn step(c: &mut Criterion) {
         g.bench_function(format!("lora_r8_4x256_b4x128_checkpoint={ckpt}"), |bench| {
             bench.iter(|| {
                 let tape = Tape::new();
-                let ce = model.loss(&tape, &Inputs { ids: &ids, pos: &pos, seg: None }, &targets, Some(&lora), ckpt).unwrap();
+                let ce = model
+                    .loss(&tape, &Inputs { ids: &ids, pos: &pos, seg: None }, &targets, Some(&lora), ckpt)
+                    .unwrap();
                 let grads = tape.backward(&ce.loss).unwrap();
                 opt.step(lora.params_mut(), &grads, Some(1.0)).unwrap();
             })

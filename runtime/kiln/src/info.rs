@@ -86,7 +86,12 @@ pub fn render(v: &Value) -> String {
     let mut s = format!("kiln {}\n", v["version"].as_str().unwrap_or("?"));
     let b = &v["backends"];
     let cpu = &b["cpu"];
-    s += &format!("  cpu   available  {} threads, {} ({})\n", cpu["threads"], cpu["simd"].as_str().unwrap_or("?"), cpu["arch"].as_str().unwrap_or("?"));
+    s += &format!(
+        "  cpu   available  {} threads, {} ({})\n",
+        cpu["threads"],
+        cpu["simd"].as_str().unwrap_or("?"),
+        cpu["arch"].as_str().unwrap_or("?")
+    );
     for name in ["cuda", "wgpu"] {
         let x = &b[name];
         let state = match (x["compiled"].as_bool(), x["available"].as_bool()) {
@@ -100,7 +105,8 @@ pub fn render(v: &Value) -> String {
         }
         s += "\n";
         if name == "cuda" {
-            s += &format!("        nvrtc: {}\n", if x["nvrtc"].as_bool() == Some(true) { "found" } else { "not found" });
+            s +=
+                &format!("        nvrtc: {}\n", if x["nvrtc"].as_bool() == Some(true) { "found" } else { "not found" });
         }
         for d in x["devices"].as_array().into_iter().flatten().chain(x["adapters"].as_array().into_iter().flatten()) {
             s += &format!("        - {}\n", d);

@@ -6,7 +6,5 @@ use crate::{Result, Tape, Tensor, Var};
 pub fn embedding(tape: &Tape, w: &Var, ids: &Tensor) -> Result<Var> {
     let y = w.value().backend().embedding_fwd(w.value(), ids)?;
     let (iw, ids, vocab) = (w.id(), ids.clone(), w.value().dims()[0]);
-    Ok(tape.record(&[w], y, move |dy| {
-        Ok(vec![(iw, dy.backend().embedding_bwd(dy, &ids, vocab)?)])
-    }))
+    Ok(tape.record(&[w], y, move |dy| Ok(vec![(iw, dy.backend().embedding_bwd(dy, &ids, vocab)?)])))
 }

@@ -129,9 +129,11 @@ impl LoraSet {
 
     /// Replaces A and B of one adapter (loading saved adapters, fixtures).
     pub fn set(&mut self, layer: usize, target: Target, a: Tensor, b: Tensor) -> Result<()> {
-        let l = self.layers.get_mut(layer).and_then(|l| l[target.index()].as_mut()).ok_or_else(|| {
-            KilnError::Msg(format!("no adapter on layer {layer} {}", target.module()))
-        })?;
+        let l = self
+            .layers
+            .get_mut(layer)
+            .and_then(|l| l[target.index()].as_mut())
+            .ok_or_else(|| KilnError::Msg(format!("no adapter on layer {layer} {}", target.module())))?;
         if a.dims() != l.a.value().dims() || b.dims() != l.b.value().dims() {
             return Err(KilnError::Msg(format!(
                 "adapter {}: A {:?} B {:?}, expected {:?} {:?}",
@@ -164,7 +166,11 @@ impl LoraSet {
 
     /// Every trainable variable, mutable (optimizer updates).
     pub fn params_mut(&mut self) -> Vec<&mut Var> {
-        self.layers.iter_mut().flat_map(|l| l.iter_mut().flatten()).flat_map(|lora| [&mut lora.a, &mut lora.b]).collect()
+        self.layers
+            .iter_mut()
+            .flat_map(|l| l.iter_mut().flatten())
+            .flat_map(|lora| [&mut lora.a, &mut lora.b])
+            .collect()
     }
 
     /// Number of trainable parameters.

@@ -34,7 +34,10 @@ pub struct GemmArgs {
 const DEFAULT_SHAPES: [&str; 5] = ["2048x2048x2048", "512x576x576", "512x576x1536", "512x1536x576", "512x576x49152"];
 
 fn parse_shape(s: &str) -> Result<(usize, usize, usize)> {
-    let v: Vec<usize> = s.split('x').map(|p| p.trim().parse::<usize>()).collect::<Result<_, _>>()
+    let v: Vec<usize> = s
+        .split('x')
+        .map(|p| p.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
         .map_err(|e| anyhow::anyhow!("--shape {s}: {e} (expected MxKxN)"))?;
     match v[..] {
         [m, k, n] if m > 0 && k > 0 && n > 0 => Ok((m, k, n)),
@@ -44,7 +47,8 @@ fn parse_shape(s: &str) -> Result<(usize, usize, usize)> {
 
 pub fn run(cmd: BenchCmd) -> Result<()> {
     let BenchCmd::Gemm(a) = cmd;
-    let shapes: Vec<String> = if a.shapes.is_empty() { DEFAULT_SHAPES.iter().map(|s| s.to_string()).collect() } else { a.shapes.clone() };
+    let shapes: Vec<String> =
+        if a.shapes.is_empty() { DEFAULT_SHAPES.iter().map(|s| s.to_string()).collect() } else { a.shapes.clone() };
     let mut rows = Vec::new();
     let mut rng = Rng::new(0);
     for s in &shapes {

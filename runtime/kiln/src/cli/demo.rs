@@ -73,23 +73,44 @@ pub fn run(a: DemoArgs) -> Result<()> {
         bail!("--seq-len {} is too long for the {}-byte demo text", a.seq_len, tokens.len());
     }
     let model_dir = a.out.join("model");
-    let spec = TinySpec { vocab_size: 256, hidden_size: 96, intermediate_size: 256, num_layers: 4, num_heads: 6, num_kv_heads: 2, init_std: 0.25 };
+    let spec = TinySpec {
+        vocab_size: 256,
+        hidden_size: 96,
+        intermediate_size: 256,
+        num_layers: 4,
+        num_heads: 6,
+        num_kv_heads: 2,
+        init_std: 0.25,
+    };
     create_random_llama(&model_dir, &spec, a.seed).context("writing the demo model")?;
     let model = Llama::load(&model_dir, false)?;
     let lcfg = LoraConfig { r: a.lora_r, alpha: 2.0 * a.lora_r as f64, ..Default::default() };
     let mut lora = LoraSet::new(&model.config, lcfg, a.seed + 1)?;
     eprintln!(
         "demo: random Llama ({} params) in {}, LoRA r={} ({} trainable), {} train / {} held-out bytes",
-        model.config.num_params(), model_dir.display(), a.lora_r, lora.num_params(), train.len(), held_out.len()
+        model.config.num_params(),
+        model_dir.display(),
+        a.lora_r,
+        lora.num_params(),
+        train.len(),
+        held_out.len()
     );
     let before = eval_loss(&model, &lora, held_out, a.seq_len)?;
     let mut opt = AdamW::new(a.lr);
     let mut rng = Rng::new(a.seed + 2);
     let metrics_path = a.out.join("metrics.jsonl");
-    let mut metrics = std::fs::File::create(&metrics_path).with_context(|| format!("creating {}", metrics_path.display()))?;
-    writeln!(metrics, "{}", serde_json::json!({"kind": "eval", "step": 0, "eval_loss": before, "eval_ppl": before.exp()}))?;
+    let mut metrics =
+        std::fs::File::create(&metrics_path).with_context(|| format!("creating {}", metrics_path.display()))?;
+    writeln!(
+        metrics,
+        "{}",
+        serde_json::json!({"kind": "eval", "step": 0, "eval_loss": before, "eval_ppl": before.exp()})
+    )?;
     let pb = ProgressBar::new(a.steps as u64);
-    pb.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}]").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    pb.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     let pos = default_positions(a.batch_size, a.seq_len)?;
     let t0 = Instant::now();
     let mut seen = 0usize;
@@ -106,16 +127,25 @@ pub fn run(a: DemoArgs) -> Result<()> {
         last = ce.loss.value().item()?;
         seen += a.batch_size * a.seq_len;
         let el = t0.elapsed().as_secs_f64();
-        writeln!(metrics, "{}", serde_json::json!({"kind": "train", "step": step, "epoch": seen as f64 / train.len() as f64,
-            "loss": last, "lr": opt.lr, "grad_norm": gn, "tokens": seen, "tokens_per_s": seen as f64 / el, "elapsed_s": el}))?;
+        writeln!(
+            metrics,
+            "{}",
+            serde_json::json!({"kind": "train", "step": step, "epoch": seen as f64 / train.len() as f64,
+            "loss": last, "lr": opt.lr, "grad_norm": gn, "tokens": seen, "tokens_per_s": seen as f64 / el, "elapsed_s": el})
+        )?;
         pb.set_message(format!("loss {last:.3}"));
         pb.inc(1);
     }
     pb.finish_and_clear();
     let after = eval_loss(&model, &lora, held_out, a.seq_len)?;
-    writeln!(metrics, "{}", serde_json::json!({"kind": "eval", "step": a.steps, "eval_loss": after, "eval_ppl": after.exp()}))?;
+    writeln!(
+        metrics,
+        "{}",
+        serde_json::json!({"kind": "eval", "step": a.steps, "eval_loss": after, "eval_ppl": after.exp()})
+    )?;
     let adapter = a.out.join("adapter");
-    let tensors: Vec<(String, Tensor)> = lora.named_params().into_iter().map(|(n, v)| (format!("base_model.model.{n}"), v.value().clone())).collect();
+    let tensors: Vec<(String, Tensor)> =
+        lora.named_params().into_iter().map(|(n, v)| (format!("base_model.model.{n}"), v.value().clone())).collect();
     kiln::formats::write_safetensors(&adapter.join("adapter_model.safetensors"), &tensors)?;
     let acfg = serde_json::json!({"peft_type": "LORA", "r": a.lora_r, "lora_alpha": 2 * a.lora_r, "use_rslora": false,
         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], "lora_dropout": 0.0, "bias": "none",
@@ -124,7 +154,13 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let el = t0.elapsed().as_secs_f64();
     println!(
         "demo: {} steps in {:.1}s ({:.0} tokens/s); last train loss {:.3}; held-out loss {:.3} → {:.3}; adapter in {}",
-        a.steps, el, seen as f64 / el, last, before, after, adapter.display()
+        a.steps,
+        el,
+        seen as f64 / el,
+        last,
+        before,
+        after,
+        adapter.display()
     );
     if after.is_nan() || after >= before {
         bail!("held-out loss did not improve ({before:.3} → {after:.3})");

@@ -76,8 +76,12 @@ fn info(json: bool, model: Option<PathBuf>) -> Result<()> {
             println!("model {}", m["path"].as_str().unwrap_or(""));
             println!(
                 "  {} params, {} layers, weights {:.1} MB, {}/{} tensors used from the memory map, anonymous RSS grew {:.1} MB on load",
-                m["params"], m["layers"], m["weight_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
-                m["tensors_mapped"], m["tensors"], m["anon_rss_growth_mb"].as_f64().unwrap_or(0.0)
+                m["params"],
+                m["layers"],
+                m["weight_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+                m["tensors_mapped"],
+                m["tensors"],
+                m["anon_rss_growth_mb"].as_f64().unwrap_or(0.0)
             );
         }
     }

@@ -105,9 +105,15 @@ impl WeightStore {
         }
         let store = WeightStore::from_files(&paths)?;
         for (tensor, f) in map {
-            let ok = store.entries.get(tensor).is_some_and(|e| store.shards[e.shard].path.ends_with(f.as_str().unwrap_or("")));
+            let ok = store
+                .entries
+                .get(tensor)
+                .is_some_and(|e| store.shards[e.shard].path.ends_with(f.as_str().unwrap_or("")));
             if !ok {
-                return Err(KilnError::MissingTensor { path: path.join(f.as_str().unwrap_or("?")), tensor: tensor.clone() });
+                return Err(KilnError::MissingTensor {
+                    path: path.join(f.as_str().unwrap_or("?")),
+                    tensor: tensor.clone(),
+                });
             }
         }
         Ok(store)
@@ -132,7 +138,11 @@ impl WeightStore {
                 })?;
                 let start = view.data().as_ptr() as usize - map.as_ptr() as usize;
                 if entries.contains_key(&name) {
-                    return Err(KilnError::Tensor { path: path.clone(), tensor: name, detail: "appears in two shards".into() });
+                    return Err(KilnError::Tensor {
+                        path: path.clone(),
+                        tensor: name,
+                        detail: "appears in two shards".into(),
+                    });
                 }
                 entries.insert(name, Entry { shard: si, dtype, shape: view.shape().to_vec(), start });
             }
@@ -167,7 +177,10 @@ impl WeightStore {
 
     /// A tensor by name, as a view of the map.
     pub fn get(&self, name: &str) -> Result<Tensor> {
-        let e = self.entries.get(name).ok_or_else(|| KilnError::MissingTensor { path: self.where_(name), tensor: name.into() })?;
+        let e = self
+            .entries
+            .get(name)
+            .ok_or_else(|| KilnError::MissingTensor { path: self.where_(name), tensor: name.into() })?;
         let map = self.shards[e.shard].map.clone();
         Tensor::from_mmap(map, e.start, e.dtype, e.shape.clone()).map_err(|err| KilnError::Tensor {
             path: self.where_(name),
@@ -187,7 +200,11 @@ impl WeightStore {
             });
         }
         if t.dtype() == DType::I32 {
-            return Err(KilnError::Tensor { path: self.where_(name), tensor: name.into(), detail: "dtype i32, expected a float type".into() });
+            return Err(KilnError::Tensor {
+                path: self.where_(name),
+                tensor: name.into(),
+                detail: "dtype i32, expected a float type".into(),
+            });
         }
         Ok(t)
     }

@@ -82,7 +82,10 @@ impl Fields<'_> {
     }
     fn usize(&self, k: &str) -> Result<usize> {
         let x = self.get(k).ok_or_else(|| self.err(k, "missing"))?;
-        x.as_u64().filter(|&n| n > 0).map(|n| n as usize).ok_or_else(|| self.err(k, format!("must be a positive integer, got {x}")))
+        x.as_u64()
+            .filter(|&n| n > 0)
+            .map(|n| n as usize)
+            .ok_or_else(|| self.err(k, format!("must be a positive integer, got {x}")))
     }
     fn usize_or(&self, k: &str, d: usize) -> Result<usize> {
         if self.get(k).is_some() { self.usize(k) } else { Ok(d) }
@@ -90,7 +93,9 @@ impl Fields<'_> {
     fn f64_or(&self, k: &str, d: f64) -> Result<f64> {
         match self.get(k) {
             None => Ok(d),
-            Some(x) => x.as_f64().filter(|f| f.is_finite()).ok_or_else(|| self.err(k, format!("must be a number, got {x}"))),
+            Some(x) => {
+                x.as_f64().filter(|f| f.is_finite()).ok_or_else(|| self.err(k, format!("must be a number, got {x}")))
+            }
         }
     }
     fn bool_or(&self, k: &str, d: bool) -> Result<bool> {
@@ -110,8 +115,11 @@ impl ModelConfig {
     pub fn load(path: &Path) -> Result<ModelConfig> {
         let file = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
         let text = std::fs::read_to_string(&file).map_err(|e| KilnError::io(&file, e))?;
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|e| KilnError::Config { path: file.clone(), field: "(json)".into(), detail: e.to_string() })?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| KilnError::Config {
+            path: file.clone(),
+            field: "(json)".into(),
+            detail: e.to_string(),
+        })?;
         ModelConfig::from_json(&v, &file)
     }
 
@@ -132,7 +140,10 @@ impl ModelConfig {
         let num_heads = f.usize("num_attention_heads")?;
         let num_kv_heads = f.usize_or("num_key_value_heads", num_heads)?;
         if num_heads % num_kv_heads != 0 {
-            return Err(f.err("num_key_value_heads", format!("{num_kv_heads} does not divide num_attention_heads {num_heads}")));
+            return Err(f.err(
+                "num_key_value_heads",
+                format!("{num_kv_heads} does not divide num_attention_heads {num_heads}"),
+            ));
         }
         let head_dim = f.usize_or("head_dim", hidden_size / num_heads)?;
         if head_dim % 2 != 0 {
@@ -159,7 +170,10 @@ impl ModelConfig {
                         original_max_position_embeddings: need("original_max_position_embeddings")?,
                     }),
                     other => {
-                        return Err(f.err("rope_parameters.rope_type", format!("`{other}` is not supported (default, linear, llama3)")));
+                        return Err(f.err(
+                            "rope_parameters.rope_type",
+                            format!("`{other}` is not supported (default, linear, llama3)"),
+                        ));
                     }
                 }
             }
@@ -171,7 +185,8 @@ impl ModelConfig {
             Arch::Llama | Arch::Qwen3 => (attention_bias, attention_bias),
         };
         let uses_window = f.bool_or("use_sliding_window", arch == Arch::Mistral)?;
-        let sliding_window = if uses_window { f.get("sliding_window").and_then(|x| x.as_u64()).map(|x| x as usize) } else { None };
+        let sliding_window =
+            if uses_window { f.get("sliding_window").and_then(|x| x.as_u64()).map(|x| x as usize) } else { None };
         let hidden_act = f.get("hidden_act").and_then(|x| x.as_str()).unwrap_or("silu");
         if hidden_act != "silu" {
             return Err(f.err("hidden_act", format!("`{hidden_act}` is not supported (silu)")));

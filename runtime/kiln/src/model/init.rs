@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use kiln_core::rng::Rng;
 use kiln_core::Tensor;
+use kiln_core::rng::Rng;
 
 use super::ModelConfig;
 use crate::adapters::Target;
@@ -50,7 +50,10 @@ pub fn create_random_llama(dir: &Path, s: &TinySpec, seed: u64) -> Result<ModelC
         for tg in Target::ALL {
             let (fin, fout) = tg.dims(&c);
             // Scaled so the residual stream stays O(1) through the blocks.
-            t.push((format!("{p}.{}.weight", tg.module()), randn(&[fout, fin], s.init_std / (fin as f64 / 64.0).sqrt().max(1.0))?));
+            t.push((
+                format!("{p}.{}.weight", tg.module()),
+                randn(&[fout, fin], s.init_std / (fin as f64 / 64.0).sqrt().max(1.0))?,
+            ));
         }
         t.push((format!("{p}.input_layernorm.weight"), ones(c.hidden_size)?));
         t.push((format!("{p}.post_attention_layernorm.weight"), ones(c.hidden_size)?));

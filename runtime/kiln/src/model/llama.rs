@@ -98,9 +98,25 @@ impl Llama {
             let qk_norm = c.arch == super::Arch::Qwen3;
             blocks.push(Block {
                 attn_norm: leaf(&format!("{p}.input_layernorm.weight"), &[h])?,
-                linears: [lin(Target::Q)?, lin(Target::K)?, lin(Target::V)?, lin(Target::O)?, lin(Target::Gate)?, lin(Target::Up)?, lin(Target::Down)?],
-                q_norm: if qk_norm { Some(leaf(&format!("{p}.self_attn.q_norm.weight"), &[c.head_dim])?) } else { None },
-                k_norm: if qk_norm { Some(leaf(&format!("{p}.self_attn.k_norm.weight"), &[c.head_dim])?) } else { None },
+                linears: [
+                    lin(Target::Q)?,
+                    lin(Target::K)?,
+                    lin(Target::V)?,
+                    lin(Target::O)?,
+                    lin(Target::Gate)?,
+                    lin(Target::Up)?,
+                    lin(Target::Down)?,
+                ],
+                q_norm: if qk_norm {
+                    Some(leaf(&format!("{p}.self_attn.q_norm.weight"), &[c.head_dim])?)
+                } else {
+                    None
+                },
+                k_norm: if qk_norm {
+                    Some(leaf(&format!("{p}.self_attn.k_norm.weight"), &[c.head_dim])?)
+                } else {
+                    None
+                },
                 mlp_norm: leaf(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
             });
         }
@@ -147,18 +163,34 @@ impl Llama {
         let c = &self.config;
         let d = inp.ids.dims();
         if d.len() != 2 || inp.pos.dims() != d || inp.seg.is_some_and(|s| s.dims() != d) {
-            return Err(KilnError::Msg(format!("model inputs: ids {:?}, pos {:?} must both be [B, T]", d, inp.pos.dims())));
+            return Err(KilnError::Msg(format!(
+                "model inputs: ids {:?}, pos {:?} must both be [B, T]",
+                d,
+                inp.pos.dims()
+            )));
         }
         if let Some(w) = c.sliding_window.filter(|&w| d[1] > w) {
-            return Err(KilnError::Msg(format!("sequence length {} exceeds the model's sliding window {w}, which kiln does not implement yet", d[1])));
+            return Err(KilnError::Msg(format!(
+                "sequence length {} exceeds the model's sliding window {w}, which kiln does not implement yet",
+                d[1]
+            )));
         }
-        let ctx = Ctx { b: d[0], t: d[1], pos: inp.pos.clone(), seg: inp.seg.cloned(), inv_freq: self.inv_freq.clone(), cfg: c.clone() };
+        let ctx = Ctx {
+            b: d[0],
+            t: d[1],
+            pos: inp.pos.clone(),
+            seg: inp.seg.cloned(),
+            inv_freq: self.inv_freq.clone(),
+            cfg: c.clone(),
+        };
         let mut x = ops::embedding(tape, &self.embed, &inp.ids.reshape([d[0] * d[1]])?)?;
         for (i, blk) in self.blocks.iter().enumerate() {
             let adapters: [Option<Lora>; 7] = lora.and_then(|l| l.layer(i)).cloned().unwrap_or_default();
             x = if checkpoint {
                 let (blk, ctx) = (blk.clone(), ctx.clone());
-                let f = Rc::new(move |tp: &Tape, x: &Var| -> kiln_core::Result<Var> { block(tp, x, &blk, &adapters, &ctx).map_err(into_core) });
+                let f = Rc::new(move |tp: &Tape, x: &Var| -> kiln_core::Result<Var> {
+                    block(tp, x, &blk, &adapters, &ctx).map_err(into_core)
+                });
                 tape.checkpoint(&x, f)?
             } else {
                 block(tape, &x, blk, &adapters, &ctx)?
@@ -178,7 +210,14 @@ impl Llama {
 
     /// Mean cross-entropy against `targets` `[B, T]` (`I32`, already shifted: the token that
     /// should follow each position; < 0 ignored).
-    pub fn loss(&self, tape: &Tape, inp: &Inputs<'_>, targets: &Tensor, lora: Option<&LoraSet>, checkpoint: bool) -> Result<CeResult> {
+    pub fn loss(
+        &self,
+        tape: &Tape,
+        inp: &Inputs<'_>,
+        targets: &Tensor,
+        lora: Option<&LoraSet>,
+        checkpoint: bool,
+    ) -> Result<CeResult> {
         let logits = self.forward(tape, inp, lora, checkpoint)?;
         Ok(ops::cross_entropy(tape, &logits, targets)?)
     }

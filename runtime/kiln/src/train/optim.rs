@@ -49,14 +49,24 @@ impl AdamW {
             _ => 1.0,
         };
         self.step += 1;
-        let hp = AdamWStep { lr: self.lr, beta1: self.beta1, beta2: self.beta2, eps: self.eps, weight_decay: self.weight_decay, step: self.step };
+        let hp = AdamWStep {
+            lr: self.lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            step: self.step,
+        };
         for p in params.iter_mut() {
             let Some(g) = grads.get(p) else { continue };
             let g = if factor != 1.0 { g.backend().scale(g, factor)? } else { g.clone() };
             let be = p.value().backend();
             let (m, v) = match self.state.remove(&p.id()) {
                 Some(s) => s,
-                None => (be.zeros(p.value().shape(), kiln_core::DType::F32)?, be.zeros(p.value().shape(), kiln_core::DType::F32)?),
+                None => (
+                    be.zeros(p.value().shape(), kiln_core::DType::F32)?,
+                    be.zeros(p.value().shape(), kiln_core::DType::F32)?,
+                ),
             };
             let (mut m, mut v) = (m, v);
             let id = p.id();

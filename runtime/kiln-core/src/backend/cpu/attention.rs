@@ -115,14 +115,18 @@ fn bwd<T: Real>(a: &AttnArgs<'_>, o: &Tensor, lse: &Tensor, d_o: &Tensor) -> Res
     let (qv, kv, vv) = (read::<T>(a.q)?, read::<T>(a.k)?, read::<T>(a.v)?);
     let (ov, lv, gv) = (read::<T>(o)?, read::<T>(lse)?, read::<T>(d_o)?);
     if ov.len() != qv.len() || gv.len() != qv.len() || lv.len() != qv.len() / dm.d.max(1) {
-        return Err(Error::shape("attention_bwd", format!("o {:?}, lse {:?}, do {:?}", o.shape(), lse.shape(), d_o.shape())));
+        return Err(Error::shape(
+            "attention_bwd",
+            format!("o {:?}, lse {:?}, do {:?}", o.shape(), lse.shape(), d_o.shape()),
+        ));
     }
     let seg = a.seg.map(read_i32).transpose()?;
     let (t, hq, hkv, d) = (dm.t, dm.hq, dm.hkv, dm.d);
     let group = hq / hkv;
     let scale = T::from_f64(a.scale);
     // delta_i = dO_i · O_i
-    let delta: Vec<T> = (0..qv.len() / d.max(1)).into_par_iter().map(|r| dot(&gv[r * d..][..d], &ov[r * d..][..d])).collect();
+    let delta: Vec<T> =
+        (0..qv.len() / d.max(1)).into_par_iter().map(|r| dot(&gv[r * d..][..d], &ov[r * d..][..d])).collect();
     let qrow = |b: usize, i: usize, h: usize| ((b * t + i) * hq + h) * d;
     let krow = |b: usize, j: usize, g: usize| ((b * t + j) * hkv + g) * d;
     // p_ij and ds_ij for one (query row, key row) pair.
@@ -163,7 +167,13 @@ impl AttentionOps for CpuBackend {
     fn attention_fwd(&self, a: &AttnArgs<'_>) -> Result<(Tensor, Tensor)> {
         by_prec!(prec(&[a.q, a.k, a.v]), fwd(a))
     }
-    fn attention_bwd(&self, a: &AttnArgs<'_>, o: &Tensor, lse: &Tensor, d_o: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    fn attention_bwd(
+        &self,
+        a: &AttnArgs<'_>,
+        o: &Tensor,
+        lse: &Tensor,
+        d_o: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         by_prec!(prec(&[a.q, a.k, a.v, d_o]), bwd(a, o, lse, d_o))
     }
 }

@@ -9,7 +9,9 @@ use crate::{Error, Result, Tensor};
 
 fn check_ids(ids: &[i32], vocab: usize) -> Result<()> {
     if let Some((i, &bad)) = ids.iter().enumerate().find(|&(_, &t)| t < 0 || t as usize >= vocab) {
-        return Err(Error::Msg(format!("embedding: token id {bad} at position {i} is outside the vocabulary of {vocab}")));
+        return Err(Error::Msg(format!(
+            "embedding: token id {bad} at position {i} is outside the vocabulary of {vocab}"
+        )));
     }
     Ok(())
 }

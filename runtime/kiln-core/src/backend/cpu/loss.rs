@@ -14,7 +14,10 @@ const VCHUNK: usize = 4096;
 fn check(logits: &Tensor, targets: &Tensor) -> Result<(usize, usize)> {
     let (m, v) = (logits.shape().rows(), logits.shape().last());
     if targets.numel() != m {
-        return Err(Error::shape("cross_entropy", format!("logits {:?}, targets {:?}", logits.shape(), targets.shape())));
+        return Err(Error::shape(
+            "cross_entropy",
+            format!("logits {:?}, targets {:?}", logits.shape(), targets.shape()),
+        ));
     }
     Ok((m, v))
 }
@@ -70,7 +73,14 @@ impl LossOps for CpuBackend {
     fn cross_entropy_fwd(&self, logits: &Tensor, targets: &Tensor) -> Result<CeOut> {
         by_prec!(prec(&[logits]), fwd(logits, targets))
     }
-    fn cross_entropy_bwd(&self, logits: &Tensor, targets: &Tensor, lse: &Tensor, dloss: f64, n_valid: usize) -> Result<Tensor> {
+    fn cross_entropy_bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        lse: &Tensor,
+        dloss: f64,
+        n_valid: usize,
+    ) -> Result<Tensor> {
         by_prec!(prec(&[logits]), bwd(logits, targets, lse, dloss, n_valid))
     }
 }

@@ -30,9 +30,7 @@ impl<'a, T> Mat<'a, T> {
         Mat { data, rows, cols, rs: 1, cs: rows }
     }
     fn fits(&self) -> bool {
-        self.rows == 0
-            || self.cols == 0
-            || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
+        self.rows == 0 || self.cols == 0 || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
     }
 }
 
@@ -40,10 +38,7 @@ impl<'a, T> Mat<'a, T> {
 pub fn gemm<T: Real>(a: Mat<'_, T>, b: Mat<'_, T>, c: &mut [T], acc: bool, beta: T) -> Result<()> {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     if b.rows != k || c.len() != m * n || !a.fits() || !b.fits() {
-        return Err(Error::shape(
-            "gemm",
-            format!("[{m}x{k}]·[{}x{n}] into {} elements", b.rows, c.len()),
-        ));
+        return Err(Error::shape("gemm", format!("[{m}x{k}]·[{}x{n}] into {} elements", b.rows, c.len())));
     }
     if m == 0 || n == 0 {
         return Ok(());
@@ -136,10 +131,7 @@ fn lin_dims(x: &Tensor, w: &Tensor) -> Result<LinDims> {
 fn check_lora(l: &LoraRef<'_>, d: &LinDims) -> Result<usize> {
     let (ad, bd) = (l.a.dims(), l.b.dims());
     if ad.len() != 2 || bd.len() != 2 || ad[1] != d.k || bd[0] != d.n || bd[1] != ad[0] {
-        return Err(Error::shape(
-            "lora",
-            format!("A {:?}, B {:?} for in={} out={}", ad, bd, d.k, d.n),
-        ));
+        return Err(Error::shape("lora", format!("A {:?}, B {:?} for in={} out={}", ad, bd, d.k, d.n)));
     }
     Ok(ad[0])
 }

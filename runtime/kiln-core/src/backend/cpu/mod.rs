@@ -110,9 +110,7 @@ impl Backend for CpuBackend {
         match (op, dtype) {
             (Op::Cast, _) => Support::Yes,
             (_, DType::I32) => Support::No("integer tensors are inputs only".into()),
-            (Op::AdamW, DType::F16 | DType::BF16) => {
-                Support::No("optimizer state and trainable params are f32".into())
-            }
+            (Op::AdamW, DType::F16 | DType::BF16) => Support::No("optimizer state and trainable params are f32".into()),
             _ => Support::Yes,
         }
     }

@@ -8,7 +8,14 @@ use crate::backend::{AdamWStep, OptimOps};
 use crate::{DType, Error, Result, Tensor};
 
 impl OptimOps for CpuBackend {
-    fn adamw_step(&self, param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, hp: AdamWStep) -> Result<()> {
+    fn adamw_step(
+        &self,
+        param: &mut Tensor,
+        grad: &Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        hp: AdamWStep,
+    ) -> Result<()> {
         if param.dtype() != DType::F32 || m.dtype() != DType::F32 || v.dtype() != DType::F32 {
             return Err(Error::Unsupported { op: "adamw", dtype: param.dtype(), backend: "cpu" });
         }
