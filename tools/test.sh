@@ -20,6 +20,7 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
 fi
 # kiln builds with no CUDA toolkit and no GPU: cudarc loads libcuda/libnvrtc at run time.
 # Tests build with [profile.test] (opt-level 3), the same features for clippy and tests.
+# Every cargo call names --workspace so features unify the same way and nothing rebuilds.
 
 tier "format" cargo fmt --all --check
 tier "clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -27,15 +28,15 @@ tier "build tests" cargo test --workspace --all-targets --locked --no-run
 
 # 1. CPU ops: unit tests, op parity table (f32 vs f64 reference), f64 finite-difference
 #    gradient checks of every op, attention against a naive softmax, packing; bench smoke runs.
-tier "1 cpu ops + gradient checks" cargo test --locked -p kiln-core --all-targets
+tier "1 cpu ops + gradient checks" cargo test --workspace --locked --lib --test gradcheck --test parity --test attention_ref --benches
 # 2. Reference: tiny Llama/Qwen2/Qwen3 against PyTorch fixtures (logits, loss, LoRA grads,
 #    AdamW trajectory), bad model files, LoRA overfit.
-tier "2 pytorch reference + model files" cargo test --locked -p kiln --lib --test reference --test weights_bad_input --test overfit --benches
+tier "2 pytorch reference + model files" cargo test --workspace --locked --test reference --test weights_bad_input --test overfit
 # 3. wgpu parity on lavapipe and 4. CUDA (NVRTC compile + emulation) join when their backends
 #    have kernels; until then they are not tiers that exist.
 echo "=== tier: 3 wgpu — no WGSL kernels in the tree yet (wgpu backend issue); adapters are probed by tier 5"
 echo "=== tier: 4 cuda — no CUDA kernels in the tree yet (CUDA backend issues); the driver is probed by tier 5"
 # 5. End-to-end CLI: kiln info without a GPU, the demo fine-tune, bad input.
-tier "5 cli end-to-end" cargo test --locked -p kiln --test cli
+tier "5 cli end-to-end" cargo test --workspace --locked --test cli
 
 echo "all tiers passed in $(( $(date +%s) - t_all ))s"

@@ -13,6 +13,83 @@ use serde_json::json;
 pub enum BenchCmd {
     /// f32 matrix products on the CPU backend: `x·Wᵀ` (linear) at M×K×N shapes.
     Gemm(GemmArgs),
+    /// LoRA training steps (forward, backward, AdamW) of a model on random tokens.
+    Train(TrainArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Model directory (config.json + safetensors).
+    #[arg(long)]
+    model: std::path::PathBuf,
+    #[arg(long, default_value_t = 1)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 256)]
+    seq_len: usize,
+    /// Timed steps (after one warm-up step).
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    #[arg(long, default_value_t = 8)]
+    lora_r: usize,
+    /// Recompute each block in backward instead of keeping its activations.
+    #[arg(long)]
+    checkpoint: bool,
+    /// Print JSON only.
+    #[arg(long)]
+    json: bool,
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    use kiln::adapters::{LoraConfig, LoraSet};
+    use kiln::core::Tape;
+    use kiln::model::{Inputs, Llama, default_positions, shift_targets};
+    if a.steps == 0 || a.batch_size == 0 || a.seq_len < 2 {
+        anyhow::bail!("--steps and --batch-size must be positive and --seq-len at least 2");
+    }
+    let model = Llama::load(&a.model, false)?;
+    let (b, t) = (a.batch_size, a.seq_len);
+    let mut rng = Rng::new(0);
+    let ids: Vec<i32> = (0..b * t).map(|_| rng.below(model.config.vocab_size) as i32).collect();
+    let targets = Tensor::from_vec(shift_targets(&ids, b, t, None), [b, t])?;
+    let ids = Tensor::from_vec(ids, [b, t])?;
+    let pos = default_positions(b, t)?;
+    let lcfg = LoraConfig { r: a.lora_r, alpha: 2.0 * a.lora_r as f64, ..Default::default() };
+    let mut lora = LoraSet::new(&model.config, lcfg, 1)?;
+    let mut opt = kiln::train::AdamW::new(1e-4);
+    let mut times = Vec::new();
+    for i in 0..=a.steps {
+        let t0 = Instant::now();
+        let tape = Tape::new();
+        let ce = model.loss(&tape, &Inputs { ids: &ids, pos: &pos, seg: None }, &targets, Some(&lora), a.checkpoint)?;
+        let grads = tape.backward(&ce.loss)?;
+        opt.step(lora.params_mut(), &grads, Some(1.0))?;
+        if i > 0 {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+        if !a.json {
+            eprintln!("step {i}: {:.2}s, loss {:.3}", t0.elapsed().as_secs_f64(), ce.loss.value().item()?);
+        }
+    }
+    times.sort_by(|p, q| p.total_cmp(q));
+    let step_s = times[times.len() / 2];
+    let peak = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0);
+    let v = json!({
+        "backend": "cpu", "model": a.model.display().to_string(), "method": format!("lora_r{}", a.lora_r),
+        "batch_size": b, "seq_len": t, "checkpoint": a.checkpoint, "step_s": step_s,
+        "tokens_per_s": (b * t) as f64 / step_s, "peak_rss_mb": peak, "peak_gpu_mb": null,
+        "threads": rayon::current_num_threads(),
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        eprintln!("{v}");
+    }
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -46,7 +123,13 @@ fn parse_shape(s: &str) -> Result<(usize, usize, usize)> {
 }
 
 pub fn run(cmd: BenchCmd) -> Result<()> {
-    let BenchCmd::Gemm(a) = cmd;
+    match cmd {
+        BenchCmd::Gemm(a) => gemm(a),
+        BenchCmd::Train(a) => train(a),
+    }
+}
+
+fn gemm(a: GemmArgs) -> Result<()> {
     let shapes: Vec<String> =
         if a.shapes.is_empty() { DEFAULT_SHAPES.iter().map(|s| s.to_string()).collect() } else { a.shapes.clone() };
     let mut rows = Vec::new();

@@ -53,6 +53,14 @@ fn info(json: bool, model: Option<PathBuf>) -> Result<()> {
         let after = kiln::info::rss_bytes();
         let bytes: usize = m.named_weights().iter().map(|(_, w)| w.value().numel() * w.value().dtype().size()).sum();
         let mapped = m.named_weights().iter().filter(|(_, w)| w.value().is_mapped()).count();
+        // One short no-grad forward touches every weight: the map's pages become resident
+        // (file-backed RSS) while anonymous memory grows only by activations and temporaries.
+        let ids =
+            kiln::core::Tensor::from_vec((0..8).map(|i| i % m.config.vocab_size as i32).collect::<Vec<i32>>(), [1, 8])?;
+        let pos = kiln::model::default_positions(1, 8)?;
+        let tape = kiln::core::Tape::no_grad();
+        m.forward(&tape, &kiln::model::Inputs { ids: &ids, pos: &pos, seg: None }, None, false)?;
+        let fwd = kiln::info::rss_bytes();
         v["model"] = serde_json::json!({
             "path": dir.display().to_string(),
             "arch": format!("{:?}", m.config.arch),
@@ -66,6 +74,12 @@ fn info(json: bool, model: Option<PathBuf>) -> Result<()> {
             "rss_before_load_mb": before.0 as f64 / 1048576.0,
             "rss_after_load_mb": after.0 as f64 / 1048576.0,
             "anon_rss_growth_mb": (after.1 as f64 - before.1 as f64) / 1048576.0,
+            "rss_after_forward_mb": fwd.0 as f64 / 1048576.0,
+            "file_rss_after_forward_mb": fwd.2 as f64 / 1048576.0,
+            "anon_rss_after_forward_mb": fwd.1 as f64 / 1048576.0,
+            "rss_after_forward_mb": fwd.0 as f64 / 1048576.0,
+            "file_rss_after_forward_mb": fwd.2 as f64 / 1048576.0,
+            "anon_rss_after_forward_mb": fwd.1 as f64 / 1048576.0,
         });
     }
     if json {
@@ -82,6 +96,12 @@ fn info(json: bool, model: Option<PathBuf>) -> Result<()> {
                 m["tensors_mapped"],
                 m["tensors"],
                 m["anon_rss_growth_mb"].as_f64().unwrap_or(0.0)
+            );
+            println!(
+                "  after an 8-token forward: RSS {:.1} MB = {:.1} MB file-backed (the map) + {:.1} MB anonymous",
+                m["rss_after_forward_mb"].as_f64().unwrap_or(0.0),
+                m["file_rss_after_forward_mb"].as_f64().unwrap_or(0.0),
+                m["anon_rss_after_forward_mb"].as_f64().unwrap_or(0.0)
             );
         }
     }

@@ -50,8 +50,23 @@ fn visible(seg: Option<&[i32]>, t: usize, b: usize, i: usize, j: usize) -> bool 
     j <= i && seg.is_none_or(|s| s[b * t + i] == s[b * t + j])
 }
 
+/// Dot product with eight independent accumulators: floating-point adds are not reassociated
+/// by the compiler, so a single running sum would be one long dependency chain (no SIMD).
 fn dot<T: Real>(a: &[T], b: &[T]) -> T {
-    a.iter().zip(b).map(|(&x, &y)| x * y).sum()
+    let n = a.len().min(b.len());
+    let mut acc = [T::zero(); 8];
+    let (ca, cb) = (a[..n].chunks_exact(8), b[..n].chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (&x, &y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
 }
 
 fn fwd<T: Real>(a: &AttnArgs<'_>) -> Result<(Tensor, Tensor)> {

@@ -24,11 +24,18 @@ fn fwd<T: Real>(w: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let (v, h) = (wd[0], wd[1]);
     let iv = read_i32(ids)?;
     check_ids(iv, v)?;
-    let wv = read::<T>(w)?;
     let mut y = vec![T::zero(); iv.len() * h];
-    y.par_chunks_mut(h.max(1)).zip(iv.par_iter()).for_each(|(row, &t)| {
-        row.copy_from_slice(&wv[t as usize * h..(t as usize + 1) * h]);
-    });
+    if w.dtype() == T::DTYPE {
+        let wv = w.as_slice::<T>()?;
+        y.par_chunks_mut(h.max(1)).zip(iv.par_iter()).for_each(|(row, &t)| {
+            row.copy_from_slice(&wv[t as usize * h..(t as usize + 1) * h]);
+        });
+    } else {
+        // Widen only the rows looked up, not the whole (possibly 100 MB) table.
+        for (row, &t) in y.chunks_mut(h.max(1)).zip(iv) {
+            row.copy_from_slice(&read::<T>(&w.narrow0(t as usize, 1)?)?);
+        }
+    }
     let mut dims = ids.dims().to_vec();
     dims.push(h);
     out(y, dims)

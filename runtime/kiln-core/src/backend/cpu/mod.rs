@@ -16,6 +16,7 @@ use std::iter::Sum;
 use std::ops::{AddAssign, MulAssign, SubAssign};
 
 use half::{bf16, f16};
+use rayon::prelude::*;
 
 use super::{Backend, MemoryOps, Op, Support};
 use crate::tensor::Element;
@@ -48,13 +49,15 @@ pub(crate) fn read<T: Real>(t: &Tensor) -> Result<Cow<'_, [T]>> {
     if t.dtype() == T::DTYPE {
         return Ok(Cow::Borrowed(t.as_slice::<T>()?));
     }
-    let conv = |x: f64| T::from_f64(x);
+    // Widening frozen f16/bf16 weights happens on every matmul: done in parallel, through f32
+    // (exact for both), so it costs a memory pass rather than a serial loop.
+    let conv = |x: f32| T::from_f64(x as f64);
     Ok(Cow::Owned(match t.dtype() {
-        DType::F32 => t.as_slice::<f32>()?.iter().map(|&x| conv(x as f64)).collect(),
-        DType::F64 => t.as_slice::<f64>()?.iter().map(|&x| conv(x)).collect(),
-        DType::F16 => t.as_slice::<f16>()?.iter().map(|x| conv(x.to_f64())).collect(),
-        DType::BF16 => t.as_slice::<bf16>()?.iter().map(|x| conv(x.to_f64())).collect(),
-        DType::I32 => t.as_slice::<i32>()?.iter().map(|&x| conv(x as f64)).collect(),
+        DType::F32 => t.as_slice::<f32>()?.par_iter().map(|&x| conv(x)).collect(),
+        DType::F64 => t.as_slice::<f64>()?.par_iter().map(|&x| T::from_f64(x)).collect(),
+        DType::F16 => t.as_slice::<f16>()?.par_iter().map(|x| conv(x.to_f32())).collect(),
+        DType::BF16 => t.as_slice::<bf16>()?.par_iter().map(|x| conv(x.to_f32())).collect(),
+        DType::I32 => t.as_slice::<i32>()?.par_iter().map(|&x| T::from_f64(x as f64)).collect(),
     }))
 }
 
