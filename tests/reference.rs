@@ -1,5 +1,5 @@
 //! The CPU model against PyTorch/transformers/PEFT fixtures (written by tools/make_fixtures.py):
-//! logits, loss and LoRA gradients of tiny random Llama, Qwen2 and Qwen3 models.
+//! logits, loss and LoRA gradients of tiny random Llama, Mistral, Qwen2 and Qwen3 models.
 
 use std::path::PathBuf;
 
@@ -94,6 +94,11 @@ fn check(name: &str, checkpoint: bool) {
 #[test]
 fn tiny_llama_matches_pytorch() {
     check("tiny-llama", false);
+}
+
+#[test]
+fn tiny_mistral_matches_pytorch() {
+    check("tiny-mistral", false);
 }
 
 #[test]

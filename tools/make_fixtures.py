@@ -5,7 +5,7 @@ Setup (once): pip install torch transformers peft safetensors
 Run from the repository root:  python3 tools/make_fixtures.py
 
 For each tiny random model (Llama with llama3 rope scaling, Qwen2 with q/k/v bias and tied
-embeddings, Qwen3 with per-head q/k RMSNorm and an explicit head_dim) it writes
+embeddings, Qwen3 with per-head q/k RMSNorm and an explicit head_dim) (and Mistral with a sliding window longer than the batch) it writes
 tests/fixtures/<name>/:
   config.json, model.safetensors     the model, via save_pretrained (f32)
   reference.safetensors              input_ids, labels (int32; -100 = ignored), logits, loss,
@@ -22,7 +22,7 @@ import os
 
 import torch
 from safetensors.torch import save_file
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 import transformers
 import peft
 from peft import LoraConfig, get_peft_model
@@ -40,6 +40,8 @@ MODELS = {
                                             "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                             "original_max_position_embeddings": 16},
                               tie_word_embeddings=False),
+    "tiny-mistral": MistralConfig(**COMMON, rms_norm_eps=1e-5, rope_theta=10000.0,
+                                  sliding_window=64, tie_word_embeddings=False),
     "tiny-qwen2": Qwen2Config(**COMMON, rms_norm_eps=1e-6, rope_theta=1000000.0,
                               tie_word_embeddings=True),
     "tiny-qwen3": Qwen3Config(**COMMON, head_dim=16, rms_norm_eps=1e-6, rope_theta=1000000.0,
