@@ -24,6 +24,8 @@ fi
 
 tier "format" cargo fmt --all --check
 tier "clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+# The GPU backends are features; without them the same API must still build (and say so).
+tier "build without GPU features" cargo check -p kiln --no-default-features --locked
 tier "build tests" cargo test --workspace --all-targets --locked --no-run
 
 # 1. CPU ops: unit tests, op parity table (f32 vs f64 reference), f64 finite-difference
