@@ -81,3 +81,27 @@ fn bad_arguments_fail_without_panicking() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("MxKxN"));
 }
+
+#[test]
+fn data_inspect_reports_formats_reasons_and_advice() {
+    let dir = std::env::temp_dir().join(format!("kiln-cli-data-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("chat.jsonl");
+    let good = r#"{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}"#;
+    let bad = r#"{"messages": [{"role": "user", "content": "Hi"}]}"#;
+    std::fs::write(&f, format!("{good}\n{good}\n{bad}\nnot json\n")).unwrap();
+    let out = kiln().args(["data", "inspect", "--json"]).arg(&f).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["format"], "messages");
+    assert_eq!((v["rows"].as_u64(), v["valid"].as_u64(), v["duplicates"].as_u64()), (Some(4), Some(2), Some(1)));
+    assert_eq!(v["invalid"]["does not end with an assistant turn"], 1);
+    assert_eq!(v["invalid"]["invalid JSON"], 1);
+    assert!(v["invalid_examples"][0].as_str().unwrap().contains("chat.jsonl:3: messages:"));
+    assert!(v["recommendation"].as_str().unwrap().contains("instruct"));
+    let human = kiln().args(["data", "inspect"]).arg(&f).output().unwrap();
+    assert!(String::from_utf8_lossy(&human.stdout).contains("format messages, 4 rows, 2 valid"));
+    let missing = kiln().args(["data", "inspect", "/nonexistent.jsonl"]).output().unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent.jsonl"));
+}

@@ -22,6 +22,9 @@ pub enum KilnError {
     UnknownArch { path: PathBuf, arch: String, supported: String },
     #[error(transparent)]
     Core(#[from] kiln_core::Error),
+    /// A bad dataset row: `file:line: field: reason`.
+    #[error("{0}")]
+    Data(crate::data::RowError),
     #[error("{0}")]
     Msg(String),
 }

@@ -1,6 +1,7 @@
 //! clap commands.
 
 mod bench;
+mod data;
 mod demo;
 
 use std::path::PathBuf;
@@ -31,6 +32,9 @@ pub enum Cmd {
     /// Create a small random Llama and LoRA-fine-tune it on the bundled demo text (byte
     /// tokens), writing the model, the adapter and metrics.jsonl under --out.
     Demo(demo::DemoArgs),
+    /// Dataset tools.
+    #[command(subcommand)]
+    Data(data::DataCmd),
     /// Benchmarks (GFLOP/s or GB/s, JSON with --json).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -42,6 +46,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Info { json, model } => info(json, model),
         Cmd::Demo(a) => demo::run(a),
         Cmd::Bench(b) => bench::run(b),
+        Cmd::Data(d) => data::run(d),
     }
 }
 

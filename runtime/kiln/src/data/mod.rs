@@ -1,0 +1,13 @@
+//! Datasets: the formats users bring, validated row by row into normalized examples.
+//!
+//! `read` turns a file (JSONL, JSON array or CSV; detected per file) into raw JSON objects with
+//! their line numbers, streaming JSONL and CSV. `example` detects the dataset format from the
+//! rows' fields and validates each row into an [`Example`]; every bad row becomes a
+//! [`RowError`] `file:line: field: reason`. `dataset` loads, mixes (weighted) and splits.
+
+pub mod dataset;
+pub mod example;
+pub mod read;
+
+pub use dataset::{DataSpec, Dataset, LoadOptions, LoadReport};
+pub use example::{Example, Format, Message, Reason, Role, RowError};
