@@ -8,6 +8,9 @@
 pub mod dataset;
 pub mod example;
 pub mod read;
+pub mod render;
+pub mod template;
+pub mod tokenizer;
 
 pub use dataset::{DataSpec, Dataset, LoadOptions, LoadReport};
 pub use example::{Example, Format, Message, Reason, Role, RowError};

@@ -1,0 +1,116 @@
+//! The model's tokenizer: `tokenizer.json` through the `tokenizers` crate, with BOS/EOS/PAD and
+//! the chat template from `tokenizer_config.json` (or `chat_template.jinja`, which newer
+//! transformers writes beside it and which wins when both exist).
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::{KilnError, Result};
+
+/// A special token: its text and id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Special {
+    pub text: String,
+    pub id: u32,
+}
+
+/// Token ids with the byte range of the input each came from.
+#[derive(Clone, Debug, Default)]
+pub struct Encoded {
+    pub ids: Vec<u32>,
+    pub offsets: Vec<(usize, usize)>,
+}
+
+/// A tokenizer with the settings fine-tuning needs.
+pub struct TextTokenizer {
+    tok: tokenizers::Tokenizer,
+    pub bos: Option<Special>,
+    pub eos: Option<Special>,
+    pub pad: Option<Special>,
+    /// Whether plain text (not rendered by a chat template) starts with BOS.
+    pub add_bos: bool,
+    pub chat_template: Option<String>,
+    pub dir: PathBuf,
+}
+
+fn token_text(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+        _ => None,
+    }
+}
+
+impl TextTokenizer {
+    /// Loads `tokenizer.json` (+ `tokenizer_config.json`, `chat_template.jinja` when present) from
+    /// a model or tokenizer directory.
+    pub fn load(dir: &Path) -> Result<TextTokenizer> {
+        let tj = dir.join("tokenizer.json");
+        if !tj.is_file() {
+            return Err(KilnError::Msg(format!("{}: no tokenizer.json", dir.display())));
+        }
+        let tok = tokenizers::Tokenizer::from_file(&tj)
+            .map_err(|e| KilnError::Msg(format!("{}: cannot read tokenizer: {e}", tj.display())))?;
+        let cfg_path = dir.join("tokenizer_config.json");
+        let cfg: Value = if cfg_path.is_file() {
+            let text = std::fs::read_to_string(&cfg_path).map_err(|e| KilnError::io(&cfg_path, e))?;
+            serde_json::from_str(&text).map_err(|e| KilnError::Config {
+                path: cfg_path.clone(),
+                field: "(json)".into(),
+                detail: e.to_string(),
+            })?
+        } else {
+            Value::Null
+        };
+        let special = |field: &str| -> Result<Option<Special>> {
+            let Some(text) = token_text(cfg.get(field)) else { return Ok(None) };
+            let id = tok.token_to_id(&text).ok_or_else(|| KilnError::Config {
+                path: cfg_path.clone(),
+                field: field.into(),
+                detail: format!("`{text}` is not in the vocabulary of tokenizer.json"),
+            })?;
+            Ok(Some(Special { text, id }))
+        };
+        let jinja = dir.join("chat_template.jinja");
+        let chat_template = if jinja.is_file() {
+            Some(std::fs::read_to_string(&jinja).map_err(|e| KilnError::io(&jinja, e))?)
+        } else {
+            match cfg.get("chat_template") {
+                Some(Value::String(s)) => Some(s.clone()),
+                // A list of named templates: use "default".
+                Some(Value::Array(list)) => list
+                    .iter()
+                    .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                    .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
+                _ => None,
+            }
+        };
+        Ok(TextTokenizer {
+            bos: special("bos_token")?,
+            eos: special("eos_token")?,
+            pad: special("pad_token")?,
+            add_bos: cfg.get("add_bos_token").and_then(|b| b.as_bool()).unwrap_or(false),
+            chat_template,
+            tok,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.tok.get_vocab_size(true)
+    }
+
+    /// Encodes `text`; special tokens written in the text are recognized, and none are added
+    /// (templates and [`super::render`] place BOS/EOS themselves).
+    pub fn encode(&self, text: &str) -> Result<Encoded> {
+        let enc = self.tok.encode(text, false).map_err(|e| KilnError::Msg(format!("tokenizer: {e}")))?;
+        Ok(Encoded { ids: enc.get_ids().to_vec(), offsets: enc.get_offsets().to_vec() })
+    }
+
+    /// Token ids back to text.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tok.decode(ids, false).map_err(|e| KilnError::Msg(format!("tokenizer: {e}")))
+    }
+}
