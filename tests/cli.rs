@@ -99,6 +99,18 @@ fn data_inspect_reports_formats_reasons_and_advice() {
     assert_eq!(v["invalid"]["invalid JSON"], 1);
     assert!(v["invalid_examples"][0].as_str().unwrap().contains("chat.jsonl:3: messages:"));
     assert!(v["recommendation"].as_str().unwrap().contains("instruct"));
+    let tok = fixtures().join("tokenizer");
+    let out = kiln()
+        .args(["data", "inspect", "--json", "--max-seq-len", "20", "--model"])
+        .arg(&tok)
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = &v["tokens"];
+    assert!(t["total"].as_u64().unwrap() > t["trained"].as_u64().unwrap() && t["trained"].as_u64().unwrap() > 0, "{t}");
+    assert_eq!(t["over_max_seq_len"], 2);
     let human = kiln().args(["data", "inspect"]).arg(&f).output().unwrap();
     assert!(String::from_utf8_lossy(&human.stdout).contains("format messages, 4 rows, 2 valid"));
     let missing = kiln().args(["data", "inspect", "/nonexistent.jsonl"]).output().unwrap();

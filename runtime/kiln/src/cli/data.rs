@@ -17,7 +17,9 @@ pub enum DataCmd {
     ///
     /// JSON (--json): {"path", "format", "rows", "valid", "invalid": {reason: n},
     /// "invalid_examples": [text], "duplicates", "chars": {"min", "mean", "p50", "p90", "max"},
-    /// "histogram": [{"lo", "hi", "count"}], "recommendation"}.
+    /// "histogram": [{"lo", "hi", "count"}], "recommendation"}; with --model also "tokens":
+    /// {"tokenizer", "template", "total", "trained", "min", "mean", "p50", "p90", "p99", "max",
+    /// "over_max_seq_len", "max_seq_len", "histogram"}.
     Inspect(InspectArgs),
 }
 
@@ -31,6 +33,59 @@ pub struct InspectArgs {
     /// Print JSON only.
     #[arg(long)]
     json: bool,
+    /// A model (or tokenizer) directory: adds token-length statistics, using the model's chat
+    /// template (or --template).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Built-in chat template when the model has none: chatml, llama3, mistral, alpaca.
+    #[arg(long)]
+    template: Option<String>,
+    /// Rows longer than this many tokens are counted as truncated (with --model).
+    #[arg(long, default_value_t = 2048)]
+    max_seq_len: usize,
+    /// Train on prompt tokens too (affects the trained-token count).
+    #[arg(long)]
+    train_on_inputs: bool,
+}
+
+/// Token statistics of the valid rows under the model's tokenizer and template.
+fn token_stats(a: &InspectArgs, examples: &[kiln::data::Example], dir: &std::path::Path) -> Result<serde_json::Value> {
+    use kiln::data::render::Renderer;
+    use kiln::data::template::ChatTemplate;
+    use kiln::data::tokenizer::TextTokenizer;
+    let tokenizer = TextTokenizer::load(dir)?;
+    let template = match (&a.template, &tokenizer.chat_template) {
+        (Some(name), _) => Some(ChatTemplate::builtin(name)?),
+        (None, Some(src)) => Some(ChatTemplate::new(src, "the model's chat_template")?),
+        (None, None) => None,
+    };
+    let r = Renderer { tokenizer, template, train_on_inputs: a.train_on_inputs };
+    let mut lens = Vec::with_capacity(examples.len());
+    let mut trained = 0usize;
+    for e in examples {
+        let t = r.tokenize(e)?;
+        trained += t.mask.iter().filter(|&&m| m).count();
+        lens.push(t.ids.len());
+    }
+    lens.sort_unstable();
+    let pct = |p: f64| lens.get(((lens.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0);
+    let total: usize = lens.iter().sum();
+    let max = lens.last().copied().unwrap_or(0);
+    let width = (max / 10 + 1).max(1);
+    let mut hist = [0usize; 10];
+    for &l in &lens {
+        hist[(l / width).min(9)] += 1;
+    }
+    Ok(json!({
+        "tokenizer": dir.display().to_string(),
+        "template": r.template.as_ref().map(|t| t.origin.clone()),
+        "total": total, "trained": trained,
+        "min": lens.first().copied().unwrap_or(0), "mean": total as f64 / lens.len().max(1) as f64,
+        "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": max,
+        "over_max_seq_len": lens.iter().filter(|&&l| l > a.max_seq_len).count(),
+        "max_seq_len": a.max_seq_len,
+        "histogram": hist.iter().enumerate().map(|(i, c)| json!({"lo": i * width, "hi": (i + 1) * width, "count": c})).collect::<Vec<_>>(),
+    }))
 }
 
 pub fn run(cmd: DataCmd) -> Result<()> {
@@ -77,6 +132,10 @@ pub fn run(cmd: DataCmd) -> Result<()> {
         "histogram": hist.iter().enumerate().map(|(i, c)| json!({"lo": i * width, "hi": (i + 1) * width, "count": c})).collect::<Vec<_>>(),
         "recommendation": recommendation(rep.valid),
     });
+    let mut v = v;
+    if let Some(dir) = &a.model {
+        v["tokens"] = token_stats(&a, &examples, dir)?;
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -98,6 +157,23 @@ pub fn run(cmd: DataCmd) -> Result<()> {
     let top = hist.iter().copied().max().unwrap_or(1).max(1);
     for (i, c) in hist.iter().enumerate() {
         println!("  {:>7}–{:<7} {:>6} {}", i * width, (i + 1) * width, c, "#".repeat(c * 40 / top));
+    }
+    if let Some(t) = v.get("tokens") {
+        println!(
+            "  tokens per row ({}, template {}): min {} / mean {:.0} / p50 {} / p90 {} / p99 {} / max {}; {} of {} tokens trained; {} rows over --max-seq-len {}",
+            t["tokenizer"].as_str().unwrap_or(""),
+            t["template"].as_str().unwrap_or("none"),
+            t["min"],
+            t["mean"].as_f64().unwrap_or(0.0),
+            t["p50"],
+            t["p90"],
+            t["p99"],
+            t["max"],
+            t["trained"],
+            t["total"],
+            t["over_max_seq_len"],
+            t["max_seq_len"]
+        );
     }
     println!("  advice: {}", recommendation(rep.valid));
     Ok(())

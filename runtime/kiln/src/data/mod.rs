@@ -5,6 +5,7 @@
 //! rows' fields and validates each row into an [`Example`]; every bad row becomes a
 //! [`RowError`] `file:line: field: reason`. `dataset` loads, mixes (weighted) and splits.
 
+pub mod batch;
 pub mod dataset;
 pub mod example;
 pub mod read;

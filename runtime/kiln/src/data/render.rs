@@ -56,7 +56,8 @@ impl Renderer {
                 continue;
             }
             let prefix = t.render(&turns[..i], true, bos, eos)?;
-            let upto = t.render(&turns[..=i], false, bos, eos)?;
+            // The last turn's render is the full one: no need to render it twice.
+            let upto = if i + 1 == turns.len() { full.clone() } else { t.render(&turns[..=i], false, bos, eos)? };
             if !upto.starts_with(&prefix) || !full.starts_with(&upto) {
                 return Err(KilnError::Msg(format!(
                     "chat template ({}) renders a conversation that is not an extension of its prefix, so assistant tokens cannot be located; use --train-on-inputs",

@@ -1,0 +1,65 @@
+//! Data preparation throughput: 10 000 chat rows through validation-free normalization, the
+//! chat template, the tokenizer (with the assistant-only mask) and packing to 2048 tokens.
+//! Throughput is in rows.
+
+use std::path::PathBuf;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use kiln::data::batch::{PackStats, pack, truncate};
+use kiln::data::render::Renderer;
+use kiln::data::template::ChatTemplate;
+use kiln::data::tokenizer::TextTokenizer;
+use kiln::data::{Example, Message, Role};
+use rayon::prelude::*;
+
+fn rows(n: usize) -> Vec<Example> {
+    let text = include_str!("../../../data/demo.txt");
+    let words: Vec<&str> = text.split_whitespace().collect();
+    (0..n)
+        .map(|i| {
+            let pick = |k: usize, len: usize| -> String {
+                (0..len).map(|j| words[(i * 31 + k * 7 + j) % words.len()]).collect::<Vec<_>>().join(" ")
+            };
+            Example::Chat(vec![
+                Message { role: Role::System, content: "You are a helpful potter.".into() },
+                Message { role: Role::User, content: pick(1, 12 + i % 20) },
+                Message { role: Role::Assistant, content: pick(2, 30 + i % 60) },
+            ])
+        })
+        .collect()
+}
+
+fn pipeline(c: &mut Criterion) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tokenizer");
+    let r = Renderer {
+        tokenizer: TextTokenizer::load(&dir).unwrap(),
+        template: Some(ChatTemplate::builtin("chatml").unwrap()),
+        train_on_inputs: false,
+    };
+    let data = rows(10_000);
+    let mut g = c.benchmark_group("data_pipeline");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(data.len() as u64));
+    g.bench_function("chat_10k_rows_template_tokenize_pack", |b| {
+        b.iter(|| {
+            let toks: Vec<_> = data.par_iter().map(|e| r.tokenize(e).unwrap()).collect();
+            let mut st = PackStats::default();
+            let toks = truncate(toks, 2048, &mut st);
+            pack(&toks, 2048, &mut st)
+        })
+    });
+    // The stages alone, to see where the time goes.
+    let turns: Vec<&Vec<Message>> =
+        data.iter().filter_map(|e| if let Example::Chat(t) = e { Some(t) } else { None }).collect();
+    g.bench_function("chat_10k_rows_render_only", |b| {
+        b.iter(|| turns.par_iter().map(|t| r.render_chat(t).unwrap().0.len()).sum::<usize>())
+    });
+    let texts: Vec<String> = turns.iter().map(|t| r.render_chat(t).unwrap().0).collect();
+    g.bench_function("chat_10k_rows_tokenize_only", |b| {
+        b.iter(|| texts.par_iter().map(|t| r.tokenizer.encode(t).unwrap().ids.len()).sum::<usize>())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, pipeline);
+criterion_main!(benches);

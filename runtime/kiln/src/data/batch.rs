@@ -1,0 +1,162 @@
+//! From tokenized rows to training batches: truncation, padding-free packing (position ids
+//! restart per row, segment ids keep attention inside a row), or length-bucketed padding.
+
+use kiln_core::Tensor;
+
+use super::dataset::shuffle;
+use super::render::Tokenized;
+use crate::Result;
+use crate::model::shift_targets;
+
+/// One row of a batch: several packed examples, or one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sequence {
+    pub ids: Vec<i32>,
+    /// Token id where trained, -100 where not.
+    pub labels: Vec<i32>,
+    /// RoPE positions, restarting at 0 for each packed example.
+    pub pos: Vec<i32>,
+    /// Which packed example each token belongs to.
+    pub seg: Vec<i32>,
+}
+
+impl Sequence {
+    fn push(&mut self, t: &Tokenized) {
+        let s = self.seg.last().map_or(0, |&s| s + 1);
+        self.ids.extend_from_slice(&t.ids);
+        self.labels.extend(t.ids.iter().zip(&t.mask).map(|(&id, &m)| if m { id } else { -100 }));
+        self.pos.extend(0..t.ids.len() as i32);
+        self.seg.extend(std::iter::repeat_n(s, t.ids.len()));
+    }
+    /// Tokens held.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// What batching did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PackStats {
+    pub rows: usize,
+    pub truncated: usize,
+    /// Rows left with nothing to train on after truncation (dropped).
+    pub dropped: usize,
+    pub sequences: usize,
+    pub tokens: usize,
+}
+
+/// Cuts rows to `max_len` tokens (keeping the start); drops rows with no trained token left.
+pub fn truncate(rows: Vec<Tokenized>, max_len: usize, stats: &mut PackStats) -> Vec<Tokenized> {
+    stats.rows += rows.len();
+    rows.into_iter()
+        .filter_map(|mut t| {
+            if t.ids.len() > max_len {
+                stats.truncated += 1;
+                t.ids.truncate(max_len);
+                t.mask.truncate(max_len);
+            }
+            // The first token is never a target (nothing predicts it), so one trained token
+            // beyond the first is needed.
+            if t.mask.iter().skip(1).any(|&m| m) {
+                stats.tokens += t.ids.len();
+                Some(t)
+            } else {
+                stats.dropped += 1;
+                None
+            }
+        })
+        .collect()
+}
+
+/// Packs rows into sequences of at most `max_len` tokens, first-fit over rows sorted longest
+/// first (deterministic: ties keep input order).
+pub fn pack(rows: &[Tokenized], max_len: usize, stats: &mut PackStats) -> Vec<Sequence> {
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(rows[i].ids.len()));
+    let mut bins: Vec<Sequence> = Vec::new();
+    for i in order {
+        let n = rows[i].ids.len();
+        match bins.iter_mut().find(|b| b.len() + n <= max_len) {
+            Some(b) => b.push(&rows[i]),
+            None => {
+                let mut s = Sequence::default();
+                s.push(&rows[i]);
+                bins.push(s);
+            }
+        }
+    }
+    stats.sequences += bins.len();
+    bins
+}
+
+/// One sequence per row (no packing).
+pub fn unpacked(rows: &[Tokenized], stats: &mut PackStats) -> Vec<Sequence> {
+    stats.sequences += rows.len();
+    rows.iter()
+        .map(|r| {
+            let mut s = Sequence::default();
+            s.push(r);
+            s
+        })
+        .collect()
+}
+
+/// A batch ready for the model.
+pub struct Batch {
+    /// `[B, T]` ids, positions, segment ids (padding is segment -1) and shifted targets.
+    pub ids: Tensor,
+    pub pos: Tensor,
+    pub seg: Tensor,
+    pub targets: Tensor,
+    /// Target tokens that count in the loss.
+    pub n_targets: usize,
+}
+
+/// Groups sequences into batches of `batch_size`, padding each to its longest row with
+/// `pad_id`. With `by_length`, rows of similar length share a batch (less padding); batch
+/// order is shuffled by `seed` either way.
+pub fn batches(
+    mut seqs: Vec<Sequence>,
+    batch_size: usize,
+    by_length: bool,
+    pad_id: i32,
+    seed: u64,
+) -> Result<Vec<Batch>> {
+    if by_length {
+        seqs.sort_by_key(|s| s.len());
+    }
+    let mut groups: Vec<Vec<Sequence>> = Vec::new();
+    let mut it = seqs.into_iter().peekable();
+    while it.peek().is_some() {
+        groups.push(it.by_ref().take(batch_size.max(1)).collect());
+    }
+    shuffle(&mut groups, seed);
+    groups.into_iter().map(|g| to_batch(&g, pad_id)).collect()
+}
+
+/// Pads sequences into one batch.
+pub fn to_batch(g: &[Sequence], pad_id: i32) -> Result<Batch> {
+    let (b, t) = (g.len(), g.iter().map(|s| s.len()).max().unwrap_or(1).max(1));
+    let (mut ids, mut labels, mut pos, mut seg) =
+        (vec![pad_id; b * t], vec![-100; b * t], vec![0; b * t], vec![-1; b * t]);
+    for (r, s) in g.iter().enumerate() {
+        let o = r * t;
+        ids[o..o + s.len()].copy_from_slice(&s.ids);
+        labels[o..o + s.len()].copy_from_slice(&s.labels);
+        pos[o..o + s.len()].copy_from_slice(&s.pos);
+        seg[o..o + s.len()].copy_from_slice(&s.seg);
+    }
+    let targets = shift_targets(&labels, b, t, Some(&seg));
+    let n_targets = targets.iter().filter(|&&x| x >= 0).count();
+    Ok(Batch {
+        ids: Tensor::from_vec(ids, [b, t])?,
+        pos: Tensor::from_vec(pos, [b, t])?,
+        seg: Tensor::from_vec(seg, [b, t])?,
+        targets: Tensor::from_vec(targets, [b, t])?,
+        n_targets,
+    })
+}
