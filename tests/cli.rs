@@ -117,3 +117,23 @@ fn data_inspect_reports_formats_reasons_and_advice() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent.jsonl"));
 }
+
+#[test]
+fn info_describes_a_gguf_file() {
+    let f = fixtures().join("gguf/quants.gguf");
+    let out = kiln().args(["info", "--json", "--model"]).arg(&f).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let m = &v["model"];
+    assert_eq!(
+        (m["arch"].as_str(), m["tensors"].as_u64(), m["version"].as_u64()),
+        (Some("kiln-test"), Some(45), Some(3))
+    );
+    assert_eq!(m["tensor_types"]["Q4_1"], 5);
+    let bad = std::env::temp_dir().join(format!("kiln-cli-bad-{}.gguf", std::process::id()));
+    std::fs::write(&bad, b"GGUF\x03\x00\x00\x00").unwrap();
+    let out = kiln().args(["info", "--model"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a valid GGUF") && !err.contains("panicked"), "{err}");
+}

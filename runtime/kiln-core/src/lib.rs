@@ -14,6 +14,7 @@ pub mod backend;
 pub mod dtype;
 pub mod error;
 pub mod ops;
+pub mod quant;
 pub mod rng;
 pub mod shape;
 pub mod tensor;

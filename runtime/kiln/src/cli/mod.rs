@@ -52,6 +52,32 @@ pub fn run(cli: Cli) -> Result<()> {
 
 fn info(json: bool, model: Option<PathBuf>) -> Result<()> {
     let mut v = kiln::info::report();
+    if let Some(path) = model.as_ref().filter(|p| p.extension().is_some_and(|e| e == "gguf")) {
+        v["model"] = gguf_info(path)?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            print!("{}", kiln::info::render(&v));
+            let m = &v["model"];
+            println!("model {} (GGUF v{})", m["path"].as_str().unwrap_or(""), m["version"]);
+            println!(
+                "  architecture {}, {} params, {} tensors {}, {:.1} MB on disk, opened and validated in {:.1} ms",
+                m["arch"].as_str().unwrap_or("?"),
+                m["params"],
+                m["tensors"],
+                m["tensor_types"],
+                m["file_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+                m["open_ms"].as_f64().unwrap_or(0.0)
+            );
+            println!(
+                "  tokenizer: {} ({} tokens); chat template: {}",
+                m["tokenizer"].as_str().unwrap_or("none"),
+                m["vocab"],
+                if m["chat_template"].as_bool() == Some(true) { "found" } else { "none" }
+            );
+        }
+        return Ok(());
+    }
     if let Some(dir) = model {
         let before = kiln::info::rss_bytes();
         let m = kiln::model::Llama::load(&dir, false)?;
@@ -111,4 +137,33 @@ fn info(json: bool, model: Option<PathBuf>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn gguf_info(path: &std::path::Path) -> Result<serde_json::Value> {
+    use kiln::formats::gguf::{GgufFile, MetaValue};
+    let t0 = std::time::Instant::now();
+    let g = GgufFile::open(path)?;
+    let open_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let mut types = std::collections::BTreeMap::<&str, usize>::new();
+    for t in &g.tensors {
+        *types.entry(t.ty.name()).or_insert(0) += 1;
+    }
+    let vocab = match g.get("tokenizer.ggml.tokens") {
+        Some(MetaValue::Array(a)) => a.len(),
+        _ => 0,
+    };
+    Ok(serde_json::json!({
+        "path": path.display().to_string(),
+        "version": g.version,
+        "arch": g.get("general.architecture").and_then(|v| v.as_str()),
+        "name": g.get("general.name").and_then(|v| v.as_str()),
+        "params": g.tensors.iter().map(|t| t.numel()).sum::<u64>(),
+        "tensors": g.tensors.len(),
+        "tensor_types": types,
+        "file_bytes": g.file_bytes(),
+        "tokenizer": g.get("tokenizer.ggml.model").and_then(|v| v.as_str()),
+        "vocab": vocab,
+        "chat_template": g.get("tokenizer.chat_template").is_some(),
+        "open_ms": open_ms,
+    }))
 }

@@ -1,5 +1,6 @@
 //! File formats: safetensors (single and sharded).
 
+pub mod gguf;
 pub mod safetensors;
 
 use std::io::Write;

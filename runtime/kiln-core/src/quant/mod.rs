@@ -1,0 +1,230 @@
+//! Block-quantized formats, bit-exact with ggml's layouts (the CPU reference for the GPU
+//! dequantization kernels). A block of `block_size` values is stored in `type_size` bytes.
+//!
+//! | type | block | bytes | layout |
+//! |---|---|---|---|
+//! | Q8_0 | 32 | 34 | f16 d, 32 × i8 q; x = d·q |
+//! | Q4_0 | 32 | 18 | f16 d, 16 bytes: q[j] low nibble, q[j+16] high; x = d·(q − 8) |
+//! | Q4_1 | 32 | 20 | f16 d, f16 m, 16 bytes as Q4_0; x = d·q + m |
+//!
+//! Quantization follows ggml's reference (and the `gguf` package's numpy port) operation for
+//! operation in f32, so the bytes match.
+
+use half::{bf16, f16};
+
+use crate::{Error, Result};
+
+/// ggml tensor types (ids as stored in GGUF).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GgmlType {
+    F32,
+    F16,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q8_1,
+    Q2K,
+    Q3K,
+    Q4K,
+    Q5K,
+    Q6K,
+    Q8K,
+    BF16,
+}
+
+impl GgmlType {
+    /// From the id stored in a GGUF tensor info.
+    pub fn from_id(id: u32) -> Option<GgmlType> {
+        use GgmlType::*;
+        Some(match id {
+            0 => F32,
+            1 => F16,
+            2 => Q4_0,
+            3 => Q4_1,
+            6 => Q5_0,
+            7 => Q5_1,
+            8 => Q8_0,
+            9 => Q8_1,
+            10 => Q2K,
+            11 => Q3K,
+            12 => Q4K,
+            13 => Q5K,
+            14 => Q6K,
+            15 => Q8K,
+            30 => BF16,
+            _ => return None,
+        })
+    }
+
+    /// The id stored in GGUF.
+    pub fn id(self) -> u32 {
+        use GgmlType::*;
+        match self {
+            F32 => 0,
+            F16 => 1,
+            Q4_0 => 2,
+            Q4_1 => 3,
+            Q5_0 => 6,
+            Q5_1 => 7,
+            Q8_0 => 8,
+            Q8_1 => 9,
+            Q2K => 10,
+            Q3K => 11,
+            Q4K => 12,
+            Q5K => 13,
+            Q6K => 14,
+            Q8K => 15,
+            BF16 => 30,
+        }
+    }
+
+    /// `(values per block, bytes per block)`.
+    pub fn block(self) -> (usize, usize) {
+        use GgmlType::*;
+        match self {
+            F32 => (1, 4),
+            F16 | BF16 => (1, 2),
+            Q4_0 => (32, 18),
+            Q4_1 => (32, 20),
+            Q5_0 => (32, 22),
+            Q5_1 => (32, 24),
+            Q8_0 => (32, 34),
+            Q8_1 => (32, 36),
+            Q2K => (256, 84),
+            Q3K => (256, 110),
+            Q4K => (256, 144),
+            Q5K => (256, 176),
+            Q6K => (256, 210),
+            Q8K => (256, 292),
+        }
+    }
+
+    /// Name as ggml prints it.
+    pub fn name(self) -> &'static str {
+        use GgmlType::*;
+        match self {
+            F32 => "F32",
+            F16 => "F16",
+            Q4_0 => "Q4_0",
+            Q4_1 => "Q4_1",
+            Q5_0 => "Q5_0",
+            Q5_1 => "Q5_1",
+            Q8_0 => "Q8_0",
+            Q8_1 => "Q8_1",
+            Q2K => "Q2_K",
+            Q3K => "Q3_K",
+            Q4K => "Q4_K",
+            Q5K => "Q5_K",
+            Q6K => "Q6_K",
+            Q8K => "Q8_K",
+            BF16 => "BF16",
+        }
+    }
+
+    /// Bytes for `n` values, or `None` when `n` is not a whole number of blocks.
+    pub fn bytes_for(self, n: u64) -> Option<u64> {
+        let (bs, ts) = self.block();
+        n.is_multiple_of(bs as u64).then(|| n / bs as u64 * ts as u64)
+    }
+}
+
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// Dequantizes `bytes` of type `t` into `out` (whose length is the value count).
+pub fn dequantize(t: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+    let (bs, ts) = t.block();
+    if !out.len().is_multiple_of(bs) || bytes.len() != out.len() / bs * ts {
+        return Err(Error::Msg(format!("dequantize {}: {} bytes for {} values", t.name(), bytes.len(), out.len())));
+    }
+    match t {
+        GgmlType::F32 => out
+            .iter_mut()
+            .zip(bytes.chunks_exact(4))
+            .for_each(|(o, c)| *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        GgmlType::F16 => {
+            out.iter_mut().zip(bytes.chunks_exact(2)).for_each(|(o, c)| *o = f16::from_le_bytes([c[0], c[1]]).to_f32())
+        }
+        GgmlType::BF16 => {
+            out.iter_mut().zip(bytes.chunks_exact(2)).for_each(|(o, c)| *o = bf16::from_le_bytes([c[0], c[1]]).to_f32())
+        }
+        GgmlType::Q8_0 => {
+            for (o, b) in out.chunks_exact_mut(32).zip(bytes.chunks_exact(34)) {
+                let d = f16_at(b, 0);
+                o.iter_mut().zip(&b[2..]).for_each(|(o, &q)| *o = q as i8 as f32 * d);
+            }
+        }
+        GgmlType::Q4_0 | GgmlType::Q4_1 => {
+            let q41 = t == GgmlType::Q4_1;
+            let qs_at = if q41 { 4 } else { 2 };
+            for (o, b) in out.chunks_exact_mut(32).zip(bytes.chunks_exact(ts)) {
+                let d = f16_at(b, 0);
+                let m = if q41 { f16_at(b, 2) } else { 0.0 };
+                for j in 0..16 {
+                    let (lo, hi) = ((b[qs_at + j] & 0x0F) as f32, (b[qs_at + j] >> 4) as f32);
+                    if q41 {
+                        o[j] = d * lo + m;
+                        o[j + 16] = d * hi + m;
+                    } else {
+                        o[j] = d * (lo - 8.0);
+                        o[j + 16] = d * (hi - 8.0);
+                    }
+                }
+            }
+        }
+        other => return Err(Error::Msg(format!("dequantization of {} is not implemented yet", other.name()))),
+    }
+    Ok(())
+}
+
+/// Quantizes `x` (a whole number of blocks) to `t`, as ggml's reference quantizer does.
+pub fn quantize(t: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
+    let (bs, ts) = t.block();
+    if !x.len().is_multiple_of(bs) {
+        return Err(Error::Msg(format!("quantize {}: {} values is not a multiple of {bs}", t.name(), x.len())));
+    }
+    let mut out = Vec::with_capacity(x.len() / bs * ts);
+    match t {
+        GgmlType::F32 => x.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        GgmlType::F16 => x.iter().for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
+        GgmlType::BF16 => x.iter().for_each(|v| out.extend_from_slice(&bf16::from_f32(*v).to_le_bytes())),
+        GgmlType::Q8_0 => {
+            for b in x.chunks_exact(32) {
+                let amax = b.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let d = amax / 127.0;
+                let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+                out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+                // Round half away from zero, as roundf.
+                out.extend(b.iter().map(|v| (v * id).round() as i8 as u8));
+            }
+        }
+        GgmlType::Q4_0 => {
+            for b in x.chunks_exact(32) {
+                // The value of largest magnitude, with its sign, maps to −8.
+                let max = b.iter().fold(0f32, |a, &v| if v.abs() > a.abs() { v } else { a });
+                let d = max / -8.0;
+                let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+                out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+                let q = |v: f32| ((v * id + 8.5).trunc() as i32).clamp(0, 15) as u8;
+                out.extend((0..16).map(|j| q(b[j]) | (q(b[j + 16]) << 4)));
+            }
+        }
+        GgmlType::Q4_1 => {
+            for b in x.chunks_exact(32) {
+                let (min, max) =
+                    b.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+                let d = (max - min) / 15.0;
+                let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+                out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+                out.extend_from_slice(&f16::from_f32(min).to_le_bytes());
+                let q = |v: f32| (((v - min) * id + 0.5).trunc() as i32).clamp(0, 15) as u8;
+                out.extend((0..16).map(|j| q(b[j]) | (q(b[j + 16]) << 4)));
+            }
+        }
+        other => return Err(Error::Msg(format!("quantization to {} is not implemented yet", other.name()))),
+    }
+    Ok(out)
+}

@@ -1,0 +1,148 @@
+//! GGUF reading and block quantization against the `gguf` package (fixture written by
+//! tools/make_gguf_fixtures.py), and every kind of corrupt file.
+
+use std::path::{Path, PathBuf};
+
+use kiln::core::quant::{GgmlType, quantize};
+use kiln::formats::gguf::{GgufFile, MetaValue};
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf/quants.gguf")
+}
+
+const CASES: [&str; 5] = ["normal", "wide", "zeros", "const", "ties"];
+
+#[test]
+fn metadata_of_every_value_type() {
+    let g = GgufFile::open(&fixture()).unwrap();
+    assert_eq!(g.version, 3);
+    let want = [
+        ("kiln.u8", MetaValue::U8(200)),
+        ("kiln.i8", MetaValue::I8(-100)),
+        ("kiln.u16", MetaValue::U16(60000)),
+        ("kiln.i16", MetaValue::I16(-30000)),
+        ("kiln.u32", MetaValue::U32(4_000_000_000)),
+        ("kiln.i32", MetaValue::I32(-2_000_000_000)),
+        ("kiln.f32", MetaValue::F32(1.5)),
+        ("kiln.bool", MetaValue::Bool(true)),
+        ("kiln.str", MetaValue::Str("kiln ✓".into())),
+        ("kiln.u64", MetaValue::U64(1 << 40)),
+        ("kiln.i64", MetaValue::I64(-(1 << 40))),
+        ("kiln.f64", MetaValue::F64(0.1)),
+        ("kiln.arr_i32", MetaValue::Array(vec![MetaValue::I32(1), MetaValue::I32(-2), MetaValue::I32(3)])),
+        ("kiln.arr_str", MetaValue::Array(vec![MetaValue::Str("a".into()), MetaValue::Str("bc".into())])),
+        ("general.architecture", MetaValue::Str("kiln-test".into())),
+    ];
+    for (k, v) in want {
+        assert_eq!(g.get(k), Some(&v), "{k}");
+    }
+}
+
+#[test]
+fn dequantization_is_bit_exact_with_gguf() {
+    let g = GgufFile::open(&fixture()).unwrap();
+    for case in CASES {
+        let src = g.dequantize(&format!("src.{case}")).unwrap();
+        let sv = src.to_vec_f32().unwrap();
+        for ty in ["Q8_0", "Q4_0", "Q4_1"] {
+            let got = g.dequantize(&format!("{ty}.{case}")).unwrap();
+            let want = g.dequantize(&format!("{ty}.{case}.deq")).unwrap();
+            assert_eq!(got.dims(), src.dims(), "{ty}.{case} shape");
+            let (gv, wv) = (got.to_vec_f32().unwrap(), want.to_vec_f32().unwrap());
+            assert!(
+                gv.iter().zip(&wv).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{ty}.{case}: dequantized values differ"
+            );
+        }
+        let f16r: fn(f32) -> f32 = |x| half::f16::from_f32(x).to_f32();
+        let bf16r: fn(f32) -> f32 = |x| half::bf16::from_f32(x).to_f32();
+        for (ty, conv) in [("F16", f16r), ("BF16", bf16r)] {
+            let got = g.dequantize(&format!("{ty}.{case}")).unwrap().to_vec_f32().unwrap();
+            assert!(got.iter().zip(&sv).all(|(a, b)| a.to_bits() == conv(*b).to_bits()), "{ty}.{case}");
+        }
+    }
+}
+
+#[test]
+fn quantization_bytes_equal_gguf() {
+    let g = GgufFile::open(&fixture()).unwrap();
+    for case in CASES {
+        let src = g.dequantize(&format!("src.{case}")).unwrap().to_vec_f32().unwrap();
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::F16, GgmlType::BF16] {
+            let t = g.tensor(&format!("{}.{case}", ty.name())).unwrap();
+            assert_eq!(t.ty, ty);
+            assert_eq!(quantize(ty, &src).unwrap(), g.bytes(t), "{}.{case}: quantized bytes differ", ty.name());
+        }
+    }
+}
+
+/// A change to a file's bytes.
+type Edit = Box<dyn FnOnce(&mut Vec<u8>)>;
+
+/// A copy of the fixture with `edit` applied to its bytes.
+fn corrupt(tag: &str, edit: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
+    let mut b = std::fs::read(fixture()).unwrap();
+    edit(&mut b);
+    let p = std::env::temp_dir().join(format!("kiln-gguf-{tag}-{}.gguf", std::process::id()));
+    std::fs::write(&p, b).unwrap();
+    p
+}
+
+fn open_err(p: &Path) -> String {
+    match GgufFile::open(p) {
+        Ok(_) => panic!("{} opened but should not", p.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Byte offset of the tensor info of `name` (its name's length prefix).
+fn info_at(b: &[u8], name: &str) -> usize {
+    let needle = [&(name.len() as u64).to_le_bytes()[..], name.as_bytes()].concat();
+    b.windows(needle.len()).position(|w| w == needle.as_slice()).unwrap()
+}
+
+#[test]
+fn corrupt_files_are_errors_not_panics() {
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        ("magic", Box::new(|b: &mut Vec<u8>| b[0] = b'X'), "magic"),
+        ("version", Box::new(|b: &mut Vec<u8>| b[4..8].copy_from_slice(&7u32.to_le_bytes())), "version 7"),
+        ("ntensors", Box::new(|b: &mut Vec<u8>| b[8..16].copy_from_slice(&(1u64 << 60).to_le_bytes())), "tensor count"),
+        ("nkv", Box::new(|b: &mut Vec<u8>| b[16..24].copy_from_slice(&(1u64 << 60).to_le_bytes())), "metadata count"),
+        ("short", Box::new(|b: &mut Vec<u8>| b.truncate(100)), "cannot fit"),
+        ("mid", Box::new(|b: &mut Vec<u8>| b.truncate(700)), "not a valid GGUF file"),
+        ("header", Box::new(|b: &mut Vec<u8>| b.truncate(10)), "truncated"),
+        ("data", Box::new(|b: &mut Vec<u8>| b.truncate(b.len() - 40)), "outside the file"),
+        (
+            "type",
+            Box::new(|b: &mut Vec<u8>| {
+                let at = info_at(b, "src.normal") + 8 + "src.normal".len() + 4 + 16;
+                b[at..at + 4].copy_from_slice(&99u32.to_le_bytes());
+            }),
+            "unknown type id 99",
+        ),
+        (
+            "align",
+            Box::new(|b: &mut Vec<u8>| {
+                let at = info_at(b, "src.normal") + 8 + "src.normal".len() + 4 + 16 + 4;
+                let off = u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+                b[at..at + 8].copy_from_slice(&(off + 4).to_le_bytes());
+            }),
+            "not aligned",
+        ),
+        (
+            "dims",
+            Box::new(|b: &mut Vec<u8>| {
+                let at = info_at(b, "src.normal") + 8 + "src.normal".len();
+                b[at..at + 4].copy_from_slice(&9u32.to_le_bytes());
+            }),
+            "9 dimensions",
+        ),
+    ];
+    for (tag, edit, want) in cases {
+        let p = corrupt(tag, edit);
+        let e = open_err(&p);
+        assert!(e.contains(want) && e.contains(p.to_str().unwrap()), "{tag}: {e}");
+    }
+    let e = open_err(Path::new("/nonexistent.gguf"));
+    assert!(e.contains("/nonexistent.gguf"), "{e}");
+}
