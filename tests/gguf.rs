@@ -130,6 +130,15 @@ fn corrupt_files_are_errors_not_panics() {
             "not aligned",
         ),
         (
+            "huge",
+            Box::new(|b: &mut Vec<u8>| {
+                // dims [2^40 · 96, …]: a size no file can hold, and no overflow on the way.
+                let at = info_at(b, "src.normal") + 8 + "src.normal".len() + 4;
+                b[at..at + 8].copy_from_slice(&(96u64 << 40).to_le_bytes());
+            }),
+            "outside the file",
+        ),
+        (
             "dims",
             Box::new(|b: &mut Vec<u8>| {
                 let at = info_at(b, "src.normal") + 8 + "src.normal".len();

@@ -123,10 +123,14 @@ impl GgmlType {
         }
     }
 
-    /// Bytes for `n` values, or `None` when `n` is not a whole number of blocks.
+    /// Bytes for `n` values, or `None` when `n` is not a whole number of blocks or the size
+    /// does not fit in 64 bits (a corrupt header's absurd dimensions).
     pub fn bytes_for(self, n: u64) -> Option<u64> {
         let (bs, ts) = self.block();
-        n.is_multiple_of(bs as u64).then(|| n / bs as u64 * ts as u64)
+        if !n.is_multiple_of(bs as u64) {
+            return None;
+        }
+        (n / bs as u64).checked_mul(ts as u64)
     }
 }
 
