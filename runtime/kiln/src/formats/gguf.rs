@@ -258,7 +258,9 @@ impl GgufFile {
                         ty.block().0
                     )));
                 }
-                let n_bytes = ty.bytes_for(numel).ok_or_else(|| bad(format!("{numel} values of {} do not fit in a file", ty.name())))?;
+                let n_bytes = ty
+                    .bytes_for(numel)
+                    .ok_or_else(|| bad(format!("{numel} values of {} do not fit in a file", ty.name())))?;
                 if off % alignment as u64 != 0 {
                     return Err(bad(format!("data offset {off} is not aligned to {alignment}")));
                 }
