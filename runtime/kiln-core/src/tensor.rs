@@ -56,6 +56,8 @@ pub enum CpuData {
     F16(Vec<f16>),
     BF16(Vec<bf16>),
     I32(Vec<i32>),
+    /// Owned bytes of a block-quantized tensor.
+    Bytes(Vec<u8>),
     /// `len` bytes at `start` of `map`; the dtype lives in the tensor.
     Mapped {
         map: Arc<memmap2::Mmap>,
@@ -78,6 +80,7 @@ impl CpuData {
             CpuData::F16(v) => bytemuck::cast_slice(v),
             CpuData::BF16(v) => bytemuck::cast_slice(v),
             CpuData::I32(v) => bytemuck::cast_slice(v),
+            CpuData::Bytes(v) => v,
             CpuData::Mapped { map, start, len } => &map[*start..*start + *len],
         }
     }
@@ -108,6 +111,7 @@ fn owned<T: Element>(v: Vec<T>) -> CpuData {
         DType::F16 => CpuData::F16(*any.downcast().expect("dtype tag matches type")),
         DType::BF16 => CpuData::BF16(*any.downcast().expect("dtype tag matches type")),
         DType::I32 => CpuData::I32(*any.downcast().expect("dtype tag matches type")),
+        DType::Quant(_) => unreachable!("no Rust element type is a block type"),
     }
 }
 
@@ -125,7 +129,7 @@ impl Tensor {
     /// the bytes are not aligned for the dtype (safetensors does not promise alignment).
     pub fn from_mmap(map: Arc<memmap2::Mmap>, start: usize, dtype: DType, shape: impl Into<Shape>) -> Result<Tensor> {
         let shape = shape.into();
-        let len = shape.numel() * dtype.size();
+        let len = dtype.bytes(shape.numel());
         let end = start
             .checked_add(len)
             .filter(|&e| e <= map.len())
@@ -141,8 +145,33 @@ impl Tensor {
             DType::F16 => owned(bytemuck::pod_collect_to_vec::<u8, f16>(bytes)),
             DType::BF16 => owned(bytemuck::pod_collect_to_vec::<u8, bf16>(bytes)),
             DType::I32 => owned(bytemuck::pod_collect_to_vec::<u8, i32>(bytes)),
+            DType::Quant(_) => CpuData::Bytes(bytes.to_vec()),
         };
         Ok(Tensor { storage: Arc::new(Storage::Cpu(data)), shape, dtype, offset: 0 })
+    }
+
+    /// A CPU tensor of block-quantized `bytes` (e.g. rows reordered at load).
+    pub fn from_quant_bytes(bytes: Vec<u8>, ty: crate::quant::GgmlType, shape: impl Into<Shape>) -> Result<Tensor> {
+        let shape = shape.into();
+        let dtype = DType::Quant(ty);
+        if shape.last() % ty.block().0 != 0 || bytes.len() != dtype.bytes(shape.numel()) {
+            return Err(Error::shape(
+                "from_quant_bytes",
+                format!("{} bytes of {} for {:?}", bytes.len(), ty.name(), shape),
+            ));
+        }
+        Ok(Tensor { storage: Arc::new(Storage::Cpu(CpuData::Bytes(bytes))), shape, dtype, offset: 0 })
+    }
+
+    /// The bytes of this view (CPU only).
+    pub fn raw_bytes(&self) -> Result<&[u8]> {
+        match &*self.storage {
+            Storage::Cpu(d) => {
+                let (a, n) = (self.dtype.bytes(self.offset), self.dtype.bytes(self.numel()));
+                Ok(&d.bytes()[a..a + n])
+            }
+            Storage::Device(_) => Err(Error::Msg("raw_bytes on a device tensor: call to_cpu".into())),
+        }
     }
 
     /// Zeros on the CPU.
@@ -155,6 +184,7 @@ impl Tensor {
             DType::F16 => CpuData::F16(vec![f16::ZERO; n]),
             DType::BF16 => CpuData::BF16(vec![bf16::ZERO; n]),
             DType::I32 => CpuData::I32(vec![0; n]),
+            DType::Quant(_) => CpuData::Bytes(vec![0; dtype.bytes(n)]),
         };
         Tensor { storage: Arc::new(Storage::Cpu(data)), shape, dtype, offset: 0 }
     }
@@ -265,6 +295,7 @@ impl Tensor {
             CpuData::F16(v) => bytemuck::cast_slice_mut(v),
             CpuData::BF16(v) => bytemuck::cast_slice_mut(v),
             CpuData::I32(v) => bytemuck::cast_slice_mut(v),
+            CpuData::Bytes(v) => v,
             CpuData::Mapped { .. } => unreachable!("copied above"),
         };
         bytemuck::try_cast_slice_mut(bytes).map_err(|e| Error::Msg(format!("as_mut_slice: {e}")))
@@ -279,6 +310,11 @@ impl Tensor {
             DType::F16 => t.as_slice::<f16>()?.iter().map(|x| x.to_f32()).collect(),
             DType::BF16 => t.as_slice::<bf16>()?.iter().map(|x| x.to_f32()).collect(),
             DType::I32 => t.as_slice::<i32>()?.iter().map(|&x| x as f32).collect(),
+            DType::Quant(ty) => {
+                let mut out = vec![0f32; t.numel()];
+                crate::quant::dequantize(ty, t.raw_bytes()?, &mut out)?;
+                out
+            }
         })
     }
 
@@ -291,6 +327,7 @@ impl Tensor {
             DType::F16 => t.as_slice::<f16>()?.iter().map(|x| x.to_f64()).collect(),
             DType::BF16 => t.as_slice::<bf16>()?.iter().map(|x| x.to_f64()).collect(),
             DType::I32 => t.as_slice::<i32>()?.iter().map(|&x| x as f64).collect(),
+            DType::Quant(_) => t.to_vec_f32()?.into_iter().map(|x| x as f64).collect(),
         })
     }
 

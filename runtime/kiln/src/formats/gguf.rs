@@ -295,6 +295,15 @@ impl GgufFile {
         &self.map[t.start..t.start + t.n_bytes]
     }
 
+    /// A tensor as a view of the map, in row-major shape, with the given dtype.
+    pub fn view(&self, t: &GgufTensor, dtype: kiln_core::DType) -> Result<Tensor> {
+        Tensor::from_mmap(self.map.clone(), t.start, dtype, t.shape()).map_err(|e| KilnError::Tensor {
+            path: self.path.clone(),
+            tensor: t.name.clone(),
+            detail: e.to_string(),
+        })
+    }
+
     /// A tensor dequantized to f32, in row-major shape.
     pub fn dequantize(&self, name: &str) -> Result<Tensor> {
         let t = self

@@ -222,6 +222,13 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()
             DType::F16 => bytemuck::cast_slice(t.as_slice::<half::f16>()?).to_vec(),
             DType::BF16 => bytemuck::cast_slice(t.as_slice::<half::bf16>()?).to_vec(),
             DType::I32 => bytemuck::cast_slice(t.as_slice::<i32>()?).to_vec(),
+            DType::Quant(q) => {
+                return Err(KilnError::Tensor {
+                    path: path.to_path_buf(),
+                    tensor: name.clone(),
+                    detail: format!("{} is a GGUF block type; safetensors holds f32/f16/bf16", q.name()),
+                });
+            }
         };
         owned.push((name.clone(), t.dtype(), t.dims().to_vec(), bytes));
     }
@@ -230,7 +237,7 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()
         DType::F64 => safetensors::Dtype::F64,
         DType::F16 => safetensors::Dtype::F16,
         DType::BF16 => safetensors::Dtype::BF16,
-        DType::I32 => safetensors::Dtype::I32,
+        DType::I32 | DType::Quant(_) => safetensors::Dtype::I32,
     };
     let mut views = Vec::with_capacity(owned.len());
     for (name, d, shape, bytes) in &owned {

@@ -12,6 +12,7 @@ use kiln_core::ops::{self, CeResult, Lora};
 use kiln_core::{DType, Tape, Tensor, Var};
 
 use super::config::{ModelConfig, RopeKind};
+use super::gguf::WeightSource;
 use crate::adapters::{LoraSet, Target};
 use crate::formats::WeightStore;
 use crate::{KilnError, Result};
@@ -43,8 +44,6 @@ pub struct Llama {
     /// `None` when tied to the embedding.
     pub lm_head: Option<Var>,
     inv_freq: Tensor,
-    /// Keeps the maps alive as long as the model.
-    _store: WeightStore,
 }
 
 /// One batch of token rows.
@@ -69,11 +68,20 @@ struct Ctx {
 }
 
 impl Llama {
-    /// Loads `config.json` and the safetensors weights of a model directory. With `trainable`,
+    /// Loads a model directory (`config.json` + safetensors) or a `.gguf` file. With `trainable`,
     /// base weights become f32 parameters (full fine-tuning); otherwise they stay frozen views.
-    pub fn load(dir: &Path, trainable: bool) -> Result<Llama> {
-        let config = ModelConfig::load(dir)?;
-        let store = WeightStore::open(dir)?;
+    pub fn load(path: &Path, trainable: bool) -> Result<Llama> {
+        if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
+            let (src, config) = super::gguf::GgufWeights::open(path)?;
+            return Llama::from_source(config, &src, trainable);
+        }
+        let config = ModelConfig::load(path)?;
+        let store = WeightStore::open(path)?;
+        Llama::from_source(config, &store, trainable)
+    }
+
+    /// Builds the model from any weight source (safetensors directory, GGUF file).
+    pub fn from_source(config: ModelConfig, store: &dyn WeightSource, trainable: bool) -> Result<Llama> {
         let c = &config;
         let leaf = |name: &str, shape: &[usize]| -> Result<Var> {
             let t = store.get_shaped(name, shape)?;
@@ -130,7 +138,7 @@ impl Llama {
                 Tensor::from_vec(base.iter().map(|x| x / f as f32).collect::<Vec<_>>(), [c.head_dim / 2])?
             }
         };
-        Ok(Llama { config, embed, blocks, norm, lm_head, inv_freq, _store: store })
+        Ok(Llama { config, embed, blocks, norm, lm_head, inv_freq })
     }
 
     /// Every base weight (for memory checks and full fine-tuning).

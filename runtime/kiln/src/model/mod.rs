@@ -1,6 +1,7 @@
 //! Llama-family decoder models: config parsing and the forward pass.
 
 pub mod config;
+pub mod gguf;
 pub mod init;
 pub mod llama;
 

