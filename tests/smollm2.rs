@@ -92,3 +92,28 @@ fn smollm2_gguf_matches_transformers() {
         }
     }
 }
+
+#[test]
+fn smollm2_tokenizer_from_gguf_matches_transformers() {
+    let Some(path) = smollm2() else { return };
+    let fx: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/smollm2/reference.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let g = kiln::formats::gguf::GgufFile::open(&path).unwrap();
+    let tok = kiln::data::tokenizer::TextTokenizer::from_gguf(&g).unwrap();
+    assert_eq!(tok.vocab_size(), 49152);
+    let text = fx["text"].as_str().unwrap();
+    let ids: Vec<u64> = tok.encode(text).unwrap().ids.iter().map(|&i| i as u64).collect();
+    let want: Vec<u64> = fx["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    assert_eq!(ids, want);
+    let round: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+    assert_eq!(tok.decode(&round).unwrap(), text);
+    // Special tokens written in text are single tokens; the chat template is the model's.
+    assert_eq!(tok.encode("<|im_start|>user").unwrap().ids[0], 1);
+    assert_eq!(tok.eos.as_ref().unwrap().text, "<|im_end|>");
+    assert!(tok.chat_template.as_deref().unwrap().contains("<|im_start|>"));
+}

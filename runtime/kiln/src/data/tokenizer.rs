@@ -97,6 +97,86 @@ impl TextTokenizer {
         })
     }
 
+    /// The tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata. Byte-level BPE
+    /// (`tokenizer.ggml.model = gpt2`) is built the way transformers converts it — vocabulary,
+    /// merges, byte-level pre-tokenization, control and user-defined tokens as special added
+    /// tokens — so ids match transformers loading the same file. Like transformers, no BOS is
+    /// added to plain text (chat templates place their own).
+    pub fn from_gguf(g: &crate::formats::gguf::GgufFile) -> Result<TextTokenizer> {
+        use crate::formats::gguf::MetaValue;
+        let missing = |k: &str| KilnError::Config {
+            path: g.path.clone(),
+            field: k.into(),
+            detail: "missing or of the wrong type".into(),
+        };
+        let strings = |k: &str| -> Result<Vec<&str>> {
+            match g.get(k) {
+                Some(MetaValue::Array(a)) => a.iter().map(|v| v.as_str().ok_or_else(|| missing(k))).collect(),
+                _ => Err(missing(k)),
+            }
+        };
+        let model =
+            g.get("tokenizer.ggml.model").and_then(|v| v.as_str()).ok_or_else(|| missing("tokenizer.ggml.model"))?;
+        if model != "gpt2" {
+            return Err(KilnError::Config {
+                path: g.path.clone(),
+                field: "tokenizer.ggml.model".into(),
+                detail: format!("`{model}` tokenizers are not supported yet (gpt2 byte-level BPE is)"),
+            });
+        }
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        let merges = strings("tokenizer.ggml.merges")?;
+        let types: Vec<i64> = match g.get("tokenizer.ggml.token_type") {
+            Some(MetaValue::Array(a)) => a.iter().map(|v| v.as_f64().unwrap_or(1.0) as i64).collect(),
+            _ => vec![1; tokens.len()],
+        };
+        let vocab: serde_json::Map<String, Value> =
+            tokens.iter().enumerate().map(|(i, t)| (t.to_string(), Value::from(i as u64))).collect();
+        let merges: Vec<Value> = merges
+            .iter()
+            .map(|m| {
+                let (a, b) = m.split_once(' ').unwrap_or((m, ""));
+                serde_json::json!([a, b])
+            })
+            .collect();
+        // 3 = control, 4 = user-defined: matched whole in text, never split by BPE.
+        let added: Vec<Value> = types
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| **t == 3 || **t == 4)
+            .map(|(i, _)| {
+                serde_json::json!({"id": i, "content": tokens[i], "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true})
+            })
+            .collect();
+        let json = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+            "post_processor": null,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                "vocab": vocab, "merges": merges},
+        });
+        let tok: tokenizers::Tokenizer = json
+            .to_string()
+            .parse()
+            .map_err(|e| KilnError::Msg(format!("{}: building the tokenizer: {e}", g.path.display())))?;
+        let special = |k: &str| -> Option<Special> {
+            let id = g.get(k)?.as_u64()? as usize;
+            Some(Special { text: tokens.get(id)?.to_string(), id: id as u32 })
+        };
+        Ok(TextTokenizer {
+            bos: special("tokenizer.ggml.bos_token_id"),
+            eos: special("tokenizer.ggml.eos_token_id"),
+            pad: special("tokenizer.ggml.padding_token_id"),
+            add_bos: false,
+            chat_template: g.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(str::to_string),
+            tok,
+            dir: g.path.clone(),
+        })
+    }
+
     /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
         self.tok.get_vocab_size(true)
