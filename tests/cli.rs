@@ -50,10 +50,10 @@ fn info_on_a_bad_model_fails_cleanly() {
 }
 
 #[test]
-fn demo_fine_tunes_and_writes_its_outputs() {
+fn tiny_demo_fine_tunes_and_writes_its_outputs() {
     let out_dir = std::env::temp_dir().join(format!("kiln-cli-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out_dir);
-    let out = kiln().args(["demo", "--steps", "30", "--out"]).arg(&out_dir).output().unwrap();
+    let out = kiln().args(["demo", "--tiny", "--steps", "30", "--out"]).arg(&out_dir).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("held-out loss"), "{stdout}");
@@ -136,4 +136,32 @@ fn info_describes_a_gguf_file() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a valid GGUF") && !err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn main_job_fine_tunes_smollm2_on_the_bundled_data() {
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("models");
+    let model = match kiln::models::default_model(&cache) {
+        Ok(p) => p,
+        Err(e) if std::env::var_os("CI").is_none() => return eprintln!("SKIP main job test: {e}"),
+        Err(e) => panic!("{e}: CI must run the main job"),
+    };
+    let out_dir = std::env::temp_dir().join(format!("kiln-cli-main-{}", std::process::id()));
+    // A short run of the README's main job (same path, fewer steps).
+    let out = kiln()
+        .args(["demo", "--steps", "6", "--lr", "3e-4", "--model"])
+        .arg(&model)
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("held-out loss"), "{stdout}");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("adapter/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["peft_type"], "LORA");
+    let st = kiln::formats::WeightStore::open(&out_dir.join("adapter/adapter_model.safetensors")).unwrap();
+    assert!(st.contains("base_model.model.model.layers.29.mlp.down_proj.lora_B.weight"));
+    let _ = std::fs::remove_dir_all(&out_dir);
 }

