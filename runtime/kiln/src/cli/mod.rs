@@ -3,6 +3,7 @@
 mod bench;
 mod data;
 mod demo;
+mod generate;
 
 use std::path::PathBuf;
 
@@ -32,6 +33,8 @@ pub enum Cmd {
     /// Create a small random Llama and LoRA-fine-tune it on the bundled demo text (byte
     /// tokens), writing the model, the adapter and metrics.jsonl under --out.
     Demo(demo::DemoArgs),
+    /// Generate text with the KV cache (greedy by default), through the model's chat template.
+    Generate(generate::GenerateArgs),
     /// Dataset tools.
     #[command(subcommand)]
     Data(data::DataCmd),
@@ -47,6 +50,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Demo(a) => demo::run(a),
         Cmd::Bench(b) => bench::run(b),
         Cmd::Data(d) => data::run(d),
+        Cmd::Generate(g) => generate::run(g),
     }
 }
 

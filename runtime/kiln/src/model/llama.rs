@@ -197,11 +197,11 @@ impl Llama {
             x = if checkpoint {
                 let (blk, ctx) = (blk.clone(), ctx.clone());
                 let f = Rc::new(move |tp: &Tape, x: &Var| -> kiln_core::Result<Var> {
-                    block(tp, x, &blk, &adapters, &ctx).map_err(into_core)
+                    block(tp, x, &blk, &adapters, &ctx, None).map_err(into_core)
                 });
                 tape.checkpoint(&x, f)?
             } else {
-                block(tape, &x, blk, &adapters, &ctx)?
+                block(tape, &x, blk, &adapters, &ctx, None)?
             };
         }
         Ok(ops::rms_norm(tape, &x, &self.norm, c.rms_norm_eps)?)
@@ -231,6 +231,73 @@ impl Llama {
     }
 }
 
+/// Keys and values of one block for the positions decoded so far (batch 1, f32).
+pub struct LayerCache {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    kv_heads: usize,
+}
+
+/// The KV cache of a whole model for one sequence.
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    len: usize,
+}
+
+impl KvCache {
+    /// An empty cache for `model`.
+    pub fn new(model: &Llama) -> KvCache {
+        let kv_heads = model.config.num_kv_heads;
+        KvCache {
+            layers: (0..model.config.num_layers).map(|_| LayerCache { k: vec![], v: vec![], kv_heads }).collect(),
+            len: 0,
+        }
+    }
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// True before the first step.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Llama {
+    /// Runs `ids` (the next tokens of one sequence) on top of `cache`, appends their keys and
+    /// values to it, and returns the logits of the last one (`[vocab]`).
+    pub fn forward_cached(&self, ids: &[i32], cache: &mut KvCache, lora: Option<&LoraSet>) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let n = ids.len();
+        if n == 0 {
+            return Err(KilnError::Msg("forward_cached: no tokens".into()));
+        }
+        if let Some(w) = c.sliding_window.filter(|&w| cache.len + n > w) {
+            return Err(KilnError::Msg(format!("context of {} tokens exceeds the sliding window {w}", cache.len + n)));
+        }
+        let tape = Tape::no_grad();
+        let pos: Vec<i32> = (cache.len..cache.len + n).map(|p| p as i32).collect();
+        let ctx = Ctx {
+            b: 1,
+            t: n,
+            pos: Tensor::from_vec(pos, [1, n])?,
+            seg: None,
+            inv_freq: self.inv_freq.clone(),
+            cfg: c.clone(),
+        };
+        let mut x = ops::embedding(&tape, &self.embed, &Tensor::from_vec(ids.to_vec(), [n])?)?;
+        for (i, (blk, lc)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate() {
+            let adapters: [Option<Lora>; 7] = lora.and_then(|l| l.layer(i)).cloned().unwrap_or_default();
+            x = block(&tape, &x, blk, &adapters, &ctx, Some(lc))?;
+        }
+        cache.len += n;
+        let last = Var::constant(x.value().narrow0(n - 1, 1)?);
+        let h = ops::rms_norm(&tape, &last, &self.norm, c.rms_norm_eps)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        Ok(ops::linear(&tape, &h, head, None, None)?.value().to_vec_f32()?)
+    }
+}
+
 fn into_core(e: KilnError) -> kiln_core::Error {
     match e {
         KilnError::Core(c) => c,
@@ -243,7 +310,14 @@ fn lin(tape: &Tape, x: &Var, l: &Linear, lora: &Option<Lora>) -> Result<Var> {
 }
 
 /// One decoder block on `x` `[B·T, H]`.
-fn block(tape: &Tape, x: &Var, blk: &Block, ad: &[Option<Lora>; 7], ctx: &Ctx) -> Result<Var> {
+fn block(
+    tape: &Tape,
+    x: &Var,
+    blk: &Block,
+    ad: &[Option<Lora>; 7],
+    ctx: &Ctx,
+    cache: Option<&mut LayerCache>,
+) -> Result<Var> {
     let c = &ctx.cfg;
     let (bt, hd) = (ctx.b * ctx.t, c.head_dim);
     let [lq, lk, lv, lo, lg, lu, ld] = &blk.linears;
@@ -257,7 +331,16 @@ fn block(tape: &Tape, x: &Var, blk: &Block, ad: &[Option<Lora>; 7], ctx: &Ctx) -
         k = ops::rms_norm(tape, &k, kn, c.rms_norm_eps)?;
     }
     let q = ops::rope(tape, &q, &ctx.pos, &ctx.inv_freq)?;
-    let k = ops::rope(tape, &k, &ctx.pos, &ctx.inv_freq)?;
+    let mut k = ops::rope(tape, &k, &ctx.pos, &ctx.inv_freq)?;
+    let mut v = v;
+    if let Some(c) = cache {
+        // Decoding: this step's keys/values join the cached ones; queries are the new rows.
+        c.k.extend(k.value().to_vec_f32()?);
+        c.v.extend(v.value().to_vec_f32()?);
+        let tk = c.k.len() / (c.kv_heads * hd);
+        k = Var::constant(Tensor::from_vec(c.k.clone(), [1, tk, c.kv_heads, hd])?);
+        v = Var::constant(Tensor::from_vec(c.v.clone(), [1, tk, c.kv_heads, hd])?);
+    }
     let a = ops::attention(tape, &q, &k, &v, ctx.seg.as_ref(), 1.0 / (hd as f64).sqrt())?;
     let a = ops::reshape(tape, &a, [bt, c.num_heads * hd])?;
     let x = ops::add(tape, x, &lin(tape, &a, lo, &ad[3])?)?;

@@ -21,6 +21,9 @@ const BLOCK: usize = 32;
 struct Dims {
     b: usize,
     t: usize,
+    /// Keys per row: `t` in training; more than `t` when decoding with a KV cache, where the
+    /// queries are the last `t` positions.
+    tk: usize,
     hq: usize,
     hkv: usize,
     d: usize,
@@ -32,7 +35,7 @@ fn dims(a: &AttnArgs<'_>) -> Result<Dims> {
         && k.len() == 4
         && k == v
         && q[0] == k[0]
-        && q[1] == k[1]
+        && (q[1] == k[1] || (q[1] < k[1] && a.seg.is_none()))
         && q[3] == k[3]
         && k[2] > 0
         && q[2] % k[2] == 0;
@@ -42,7 +45,7 @@ fn dims(a: &AttnArgs<'_>) -> Result<Dims> {
     if let Some(s) = a.seg.filter(|s| s.numel() != q[0] * q[1]) {
         return Err(Error::shape("attention", format!("segments {:?} for q {:?}", s.shape(), q)));
     }
-    Ok(Dims { b: q[0], t: q[1], hq: q[2], hkv: k[2], d: q[3] })
+    Ok(Dims { b: q[0], t: q[1], tk: k[1], hq: q[2], hkv: k[2], d: q[3] })
 }
 
 /// Whether query `i` may see key `j` in batch row `b`.
@@ -73,15 +76,16 @@ fn fwd<T: Real>(a: &AttnArgs<'_>) -> Result<(Tensor, Tensor)> {
     let dm = dims(a)?;
     let (qv, kv, vv) = (read::<T>(a.q)?, read::<T>(a.k)?, read::<T>(a.v)?);
     let seg = a.seg.map(read_i32).transpose()?;
-    let (t, hq, hkv, d) = (dm.t, dm.hq, dm.hkv, dm.d);
+    let (t, tk, hq, hkv, d) = (dm.t, dm.tk, dm.hq, dm.hkv, dm.d);
     let group = hq / hkv;
     let scale = T::from_f64(a.scale);
+    let off = tk - t;
     let mut o = vec![T::zero(); dm.b * t * hq * d];
     let mut lse = vec![T::zero(); dm.b * t * hq];
     // One task per (b, i, h) query row: row index r = (b·T + i)·Hq + h.
     o.par_chunks_mut(d).zip(lse.par_iter_mut()).enumerate().for_each(|(r, (orow, l))| {
         let (h, bi) = (r % hq, r / hq);
-        let (b, i) = (bi / t, bi % t);
+        let (b, i) = (bi / t, bi % t + off);
         let g = h / group;
         let qr = &qv[r * d..(r + 1) * d];
         let (mut m, mut sum) = (T::neg_infinity(), T::zero());
@@ -91,7 +95,7 @@ fn fwd<T: Real>(a: &AttnArgs<'_>) -> Result<(Tensor, Tensor)> {
             let mut bmax = T::neg_infinity();
             for j in j0..j1 {
                 s[j - j0] = if visible(seg, t, b, i, j) {
-                    let kr = &kv[((b * t + j) * hkv + g) * d..][..d];
+                    let kr = &kv[((b * tk + j) * hkv + g) * d..][..d];
                     dot(qr, kr) * scale
                 } else {
                     T::neg_infinity()
@@ -111,7 +115,7 @@ fn fwd<T: Real>(a: &AttnArgs<'_>) -> Result<(Tensor, Tensor)> {
                     continue;
                 }
                 sum += p;
-                let vr = &vv[((b * t + j) * hkv + g) * d..][..d];
+                let vr = &vv[((b * tk + j) * hkv + g) * d..][..d];
                 orow.iter_mut().zip(vr).for_each(|(x, &y)| *x += p * y);
             }
             m = m_new;
@@ -127,6 +131,9 @@ fn fwd<T: Real>(a: &AttnArgs<'_>) -> Result<(Tensor, Tensor)> {
 
 fn bwd<T: Real>(a: &AttnArgs<'_>, o: &Tensor, lse: &Tensor, d_o: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
     let dm = dims(a)?;
+    if dm.tk != dm.t {
+        return Err(Error::shape("attention_bwd", "backward needs as many keys as queries (no KV cache)"));
+    }
     let (qv, kv, vv) = (read::<T>(a.q)?, read::<T>(a.k)?, read::<T>(a.v)?);
     let (ov, lv, gv) = (read::<T>(o)?, read::<T>(lse)?, read::<T>(d_o)?);
     if ov.len() != qv.len() || gv.len() != qv.len() || lv.len() != qv.len() / dm.d.max(1) {
