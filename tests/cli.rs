@@ -127,7 +127,7 @@ fn info_describes_a_gguf_file() {
     let m = &v["model"];
     assert_eq!(
         (m["arch"].as_str(), m["tensors"].as_u64(), m["version"].as_u64()),
-        (Some("kiln-test"), Some(45), Some(3))
+        (Some("kiln-test"), Some(61), Some(3))
     );
     assert_eq!(m["tensor_types"]["Q4_1"], 5);
     let bad = std::env::temp_dir().join(format!("kiln-cli-bad-{}.gguf", std::process::id()));

@@ -44,7 +44,7 @@ fn dequantization_is_bit_exact_with_gguf() {
     for case in CASES {
         let src = g.dequantize(&format!("src.{case}")).unwrap();
         let sv = src.to_vec_f32().unwrap();
-        for ty in ["Q8_0", "Q4_0", "Q4_1"] {
+        for ty in ["Q8_0", "Q4_0", "Q4_1", "Q5_0"] {
             let got = g.dequantize(&format!("{ty}.{case}")).unwrap();
             let want = g.dequantize(&format!("{ty}.{case}.deq")).unwrap();
             assert_eq!(got.dims(), src.dims(), "{ty}.{case} shape");
@@ -64,11 +64,24 @@ fn dequantization_is_bit_exact_with_gguf() {
 }
 
 #[test]
+fn k_quant_dequantization_is_bit_exact_with_gguf() {
+    let g = GgufFile::open(&fixture()).unwrap();
+    for ty in ["Q4_K", "Q5_K", "Q6_K"] {
+        let got = g.dequantize(&format!("{ty}.rand")).unwrap().to_vec_f32().unwrap();
+        let want = g.dequantize(&format!("{ty}.rand.deq")).unwrap().to_vec_f32().unwrap();
+        assert_eq!(got.len(), 3 * 256);
+        assert!(want.iter().all(|x| x.is_finite()));
+        let bad = got.iter().zip(&want).position(|(a, b)| a.to_bits() != b.to_bits());
+        assert!(bad.is_none(), "{ty}: value {bad:?} differs: {:?} vs {:?}", bad.map(|i| got[i]), bad.map(|i| want[i]));
+    }
+}
+
+#[test]
 fn quantization_bytes_equal_gguf() {
     let g = GgufFile::open(&fixture()).unwrap();
     for case in CASES {
         let src = g.dequantize(&format!("src.{case}")).unwrap().to_vec_f32().unwrap();
-        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::F16, GgmlType::BF16] {
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::F16, GgmlType::BF16] {
             let t = g.tensor(&format!("{}.{case}", ty.name())).unwrap();
             assert_eq!(t.ty, ty);
             assert_eq!(quantize(ty, &src).unwrap(), g.bytes(t), "{}.{case}: quantized bytes differ", ty.name());

@@ -6,7 +6,8 @@ Run from the repository root: python3 tools/make_gguf_fixtures.py
 
 Writes tests/fixtures/gguf/quants.gguf: for each block type T in (Q8_0, Q4_0, Q4_1) and a few
 odd-valued inputs, the tensor `T.<case>` holds gguf's quantized bytes and `T.<case>.deq` (F32)
-gguf's dequantization of them, and `src.<case>` (F32) the input; plus F16 and BF16 copies of the
+gguf's dequantization of them, and `src.<case>` (F32) the input (also Q5_0); Q4_K/Q5_K/Q6_K
+blocks of random bytes with their gguf dequantization (`<T>.rand`, `<T>.rand.deq`); F16 and BF16 copies of the
 input and metadata of every GGUF value type (checked by the reader test):
 kiln.u8 = 200, kiln.i8 = -100, kiln.u16 = 60000, kiln.i16 = -30000, kiln.u32 = 4000000000,
 kiln.i32 = -2000000000, kiln.f32 = 1.5, kiln.bool = true, kiln.str = "kiln ✓", kiln.u64 = 2^40,
@@ -54,10 +55,20 @@ def main():
         w.add_tensor(f"src.{name}", x)
         w.add_tensor(f"F16.{name}", x.astype(np.float16))
         w.add_tensor(f"BF16.{name}", gguf.quants.quantize(x, T.BF16), raw_dtype=T.BF16)
-        for qt in (T.Q8_0, T.Q4_0, T.Q4_1):
+        for qt in (T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0):
             q = gguf.quants.quantize(x, qt)
             w.add_tensor(f"{qt.name}.{name}", q, raw_dtype=qt)
             w.add_tensor(f"{qt.name}.{name}.deq", gguf.quants.dequantize(q, qt).astype(np.float32))
+    # K-quants: gguf dequantizes but does not quantize them, so the blocks are random bytes
+    # with sane f16 super-block scales; `<T>.rand.deq` is gguf's dequantization.
+    rng = np.random.default_rng(1)
+    for qt, scale_at in ((T.Q4_K, (0, 2)), (T.Q5_K, (0, 2)), (T.Q6_K, (208,))):
+        size = gguf.GGML_QUANT_SIZES[qt][1]
+        blocks = rng.integers(0, 256, size=(3, size), dtype=np.uint8)
+        for at in scale_at:
+            blocks[:, at:at + 2] = (rng.uniform(0.001, 0.1, size=(3, 1)).astype(np.float16)).view(np.uint8)
+        w.add_tensor(f"{qt.name}.rand", blocks, raw_dtype=qt)
+        w.add_tensor(f"{qt.name}.rand.deq", gguf.quants.dequantize(blocks, qt).astype(np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

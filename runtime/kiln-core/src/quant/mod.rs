@@ -6,6 +6,12 @@
 //! | Q8_0 | 32 | 34 | f16 d, 32 × i8 q; x = d·q |
 //! | Q4_0 | 32 | 18 | f16 d, 16 bytes: q[j] low nibble, q[j+16] high; x = d·(q − 8) |
 //! | Q4_1 | 32 | 20 | f16 d, f16 m, 16 bytes as Q4_0; x = d·q + m |
+//! | Q5_0 | 32 | 22 | f16 d, u32 high bits, 16 bytes low nibbles as Q4_0; x = d·(q − 16) |
+//! | Q4_K | 256 | 144 | f16 d, f16 dmin, 12 bytes of 6-bit scales/mins for 8 sub-blocks of 32, 128 bytes of nibbles; x = d·sc·q − dmin·m |
+//! | Q5_K | 256 | 176 | as Q4_K plus 32 bytes of fifth bits |
+//! | Q6_K | 256 | 210 | 128 bytes low nibbles, 64 bytes high 2-bit pairs, 16 × i8 scales, f16 d; x = d·sc·(q − 32) |
+//!
+//! K-quants are dequantized only here (quantizing them well needs ggml's search; later).
 //!
 //! Quantization follows ggml's reference (and the `gguf` package's numpy port) operation for
 //! operation in f32, so the bytes match.
@@ -179,9 +185,64 @@ pub fn dequantize(t: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
                 }
             }
         }
+        GgmlType::Q5_0 => {
+            for (o, b) in out.chunks_exact_mut(32).zip(bytes.chunks_exact(22)) {
+                let d = f16_at(b, 0);
+                let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+                for j in 0..16 {
+                    let lo = (b[6 + j] & 0x0F) as u32 | (((qh >> j) & 1) << 4);
+                    let hi = (b[6 + j] >> 4) as u32 | (((qh >> (j + 16)) & 1) << 4);
+                    o[j] = d * (lo as f32 - 16.0);
+                    o[j + 16] = d * (hi as f32 - 16.0);
+                }
+            }
+        }
+        GgmlType::Q4K | GgmlType::Q5K => {
+            let q5 = t == GgmlType::Q5K;
+            let qs_at = if q5 { 48 } else { 16 };
+            for (o, b) in out.chunks_exact_mut(256).zip(bytes.chunks_exact(ts)) {
+                let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+                let (sc, mn) = k_scale_min(&b[4..16]);
+                for s in 0..8 {
+                    let (c, shift) = (s / 2, 4 * (s % 2));
+                    let (ds, ms) = (d * sc[s] as f32, dmin * mn[s] as f32);
+                    for l in 0..32 {
+                        let mut q = (b[qs_at + c * 32 + l] >> shift) & 0x0F;
+                        if q5 {
+                            q |= ((b[16 + l] >> s) & 1) << 4;
+                        }
+                        o[s * 32 + l] = ds * q as f32 - ms;
+                    }
+                }
+            }
+        }
+        GgmlType::Q6K => {
+            for (o, b) in out.chunks_exact_mut(256).zip(bytes.chunks_exact(210)) {
+                let d = f16_at(b, 208);
+                for (f, x) in o.iter_mut().enumerate() {
+                    let (h, r) = (f / 128, f % 128);
+                    let lo = (b[h * 64 + r % 64] >> (4 * (r / 64))) & 0x0F;
+                    let hi = (b[128 + h * 32 + r % 32] >> (2 * (r / 32))) & 0x03;
+                    let q = (lo | (hi << 4)) as i32 - 32;
+                    *x = d * b[192 + f / 16] as i8 as f32 * q as f32;
+                }
+            }
+        }
         other => return Err(Error::Msg(format!("dequantization of {} is not implemented yet", other.name()))),
     }
     Ok(())
+}
+
+/// The eight 6-bit scales and mins of a Q4_K/Q5_K super-block, unpacked from 12 bytes.
+fn k_scale_min(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+    let (mut sc, mut mn) = ([0u8; 8], [0u8; 8]);
+    for i in 0..4 {
+        sc[i] = s[i] & 0x3F;
+        mn[i] = s[4 + i] & 0x3F;
+        sc[4 + i] = (s[8 + i] & 0x0F) | ((s[i] >> 2) & 0x30);
+        mn[4 + i] = (s[8 + i] >> 4) | ((s[4 + i] >> 2) & 0x30);
+    }
+    (sc, mn)
 }
 
 /// Quantizes `x` (a whole number of blocks) to `t`, as ggml's reference quantizer does.
@@ -214,6 +275,18 @@ pub fn quantize(t: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
                 out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
                 let q = |v: f32| ((v * id + 8.5).trunc() as i32).clamp(0, 15) as u8;
                 out.extend((0..16).map(|j| q(b[j]) | (q(b[j + 16]) << 4)));
+            }
+        }
+        GgmlType::Q5_0 => {
+            for b in x.chunks_exact(32) {
+                let max = b.iter().fold(0f32, |a, &v| if v.abs() > a.abs() { v } else { a });
+                let d = max / -16.0;
+                let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+                let q: Vec<u8> = b.iter().map(|&v| ((v * id + 16.5).trunc() as i32).clamp(0, 31) as u8).collect();
+                out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+                let qh = q.iter().enumerate().fold(0u32, |a, (j, &v)| a | (((v >> 4) as u32 & 1) << j));
+                out.extend_from_slice(&qh.to_le_bytes());
+                out.extend((0..16).map(|j| (q[j] & 0x0F) | ((q[j + 16] & 0x0F) << 4)));
             }
         }
         GgmlType::Q4_1 => {
