@@ -24,16 +24,16 @@ pub fn smollm2() -> Option<PathBuf> {
     }
 }
 
+/// tests/fixtures/smollm2/reference.json (tools/make_smollm2_reference.py).
+fn reference() -> serde_json::Value {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/smollm2/reference.json");
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
 #[test]
 fn smollm2_gguf_matches_transformers() {
     let Some(path) = smollm2() else { return };
-    let fx: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/smollm2/reference.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let fx = reference();
     let t0 = std::time::Instant::now();
     let model = Llama::load(&path, false).unwrap();
     let load = t0.elapsed();
@@ -71,13 +71,7 @@ fn smollm2_gguf_matches_transformers() {
 #[test]
 fn smollm2_tokenizer_from_gguf_matches_transformers() {
     let Some(path) = smollm2() else { return };
-    let fx: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/smollm2/reference.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let fx = reference();
     let g = kiln::formats::gguf::GgufFile::open(&path).unwrap();
     let tok = kiln::data::tokenizer::TextTokenizer::from_gguf(&g).unwrap();
     assert_eq!(tok.vocab_size(), 49152);
@@ -99,13 +93,7 @@ fn smollm2_greedy_answer_matches_transformers() {
     use kiln::data::{Message, Role};
     use kiln::generate::{GenOptions, generate};
     let Some(path) = smollm2() else { return };
-    let fx: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/smollm2/reference.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let fx = reference();
     let ids = |k: &str| -> Vec<i32> { fx[k].as_array().unwrap().iter().map(|v| v.as_i64().unwrap() as i32).collect() };
     let g = kiln::formats::gguf::GgufFile::open(&path).unwrap();
     let tok = kiln::data::tokenizer::TextTokenizer::from_gguf(&g).unwrap();
