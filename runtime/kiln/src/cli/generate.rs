@@ -6,10 +6,8 @@ use std::time::Instant;
 use anyhow::{Result, anyhow};
 use clap::Args;
 use kiln::data::template::ChatTemplate;
-use kiln::data::tokenizer::TextTokenizer;
 use kiln::data::{Message, Role};
 use kiln::generate::{GenOptions, generate};
-use kiln::model::Llama;
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -39,16 +37,8 @@ pub struct GenerateArgs {
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
-    let path = match &a.model {
-        Some(p) => p.clone(),
-        None => kiln::models::default_model(&kiln::models::cache_dir())?,
-    };
-    let tok = if path.extension().is_some_and(|e| e == "gguf") {
-        TextTokenizer::from_gguf(&kiln::formats::gguf::GgufFile::open(&path)?)?
-    } else {
-        TextTokenizer::load(&path)?
-    };
-    let model = Llama::load(&path, false)?;
+    let path = kiln::models::resolve(a.model.as_deref())?;
+    let (model, tok) = kiln::models::load_with_tokenizer(&path)?;
     let text = if a.raw {
         a.prompt.clone()
     } else {

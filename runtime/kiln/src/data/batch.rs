@@ -105,7 +105,8 @@ pub fn unpacked(rows: &[Tokenized], stats: &mut PackStats) -> Vec<Sequence> {
         .collect()
 }
 
-/// A batch ready for the model.
+/// A batch ready for the model (cloning shares the tensors).
+#[derive(Clone)]
 pub struct Batch {
     /// `[B, T]` ids, positions, segment ids (padding is segment -1) and shifted targets.
     pub ids: Tensor,

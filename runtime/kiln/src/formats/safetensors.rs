@@ -156,18 +156,6 @@ impl WeightStore {
         self.entries.contains_key(name)
     }
 
-    /// Tensor names, sorted.
-    pub fn names(&self) -> Vec<&str> {
-        let mut v: Vec<&str> = self.entries.keys().map(|s| s.as_str()).collect();
-        v.sort();
-        v
-    }
-
-    /// Total bytes of tensor data.
-    pub fn data_bytes(&self) -> usize {
-        self.entries.values().map(|e| e.shape.iter().product::<usize>() * e.dtype.size()).sum()
-    }
-
     fn where_(&self, name: &str) -> PathBuf {
         match self.entries.get(name) {
             Some(e) => self.shards[e.shard].path.clone(),
@@ -213,15 +201,15 @@ impl WeightStore {
 /// Writes tensors to a safetensors file atomically: a temp file beside it, then a rename, so a
 /// crash never leaves a half-written file under the final name.
 pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
-    let mut owned: Vec<(String, DType, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
+    let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let t = t.to_cpu()?;
-        let bytes: Vec<u8> = match t.dtype() {
-            DType::F32 => bytemuck::cast_slice(t.as_slice::<f32>()?).to_vec(),
-            DType::F64 => bytemuck::cast_slice(t.as_slice::<f64>()?).to_vec(),
-            DType::F16 => bytemuck::cast_slice(t.as_slice::<half::f16>()?).to_vec(),
-            DType::BF16 => bytemuck::cast_slice(t.as_slice::<half::bf16>()?).to_vec(),
-            DType::I32 => bytemuck::cast_slice(t.as_slice::<i32>()?).to_vec(),
+        let dtype = match t.dtype() {
+            DType::F32 => safetensors::Dtype::F32,
+            DType::F64 => safetensors::Dtype::F64,
+            DType::F16 => safetensors::Dtype::F16,
+            DType::BF16 => safetensors::Dtype::BF16,
+            DType::I32 => safetensors::Dtype::I32,
             DType::Quant(q) => {
                 return Err(KilnError::Tensor {
                     path: path.to_path_buf(),
@@ -230,19 +218,15 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()
                 });
             }
         };
-        owned.push((name.clone(), t.dtype(), t.dims().to_vec(), bytes));
+        owned.push((name.clone(), dtype, t.dims().to_vec(), t.raw_bytes()?.to_vec()));
     }
-    let st_dtype = |d: DType| match d {
-        DType::F32 => safetensors::Dtype::F32,
-        DType::F64 => safetensors::Dtype::F64,
-        DType::F16 => safetensors::Dtype::F16,
-        DType::BF16 => safetensors::Dtype::BF16,
-        DType::I32 | DType::Quant(_) => safetensors::Dtype::I32,
-    };
     let mut views = Vec::with_capacity(owned.len());
     for (name, d, shape, bytes) in &owned {
-        let v = safetensors::tensor::TensorView::new(st_dtype(*d), shape.clone(), bytes)
-            .map_err(|e| KilnError::Tensor { path: path.to_path_buf(), tensor: name.clone(), detail: e.to_string() })?;
+        let v = safetensors::tensor::TensorView::new(*d, shape.clone(), bytes).map_err(|e| KilnError::Tensor {
+            path: path.to_path_buf(),
+            tensor: name.clone(),
+            detail: e.to_string(),
+        })?;
         views.push((name.clone(), v));
     }
     let bytes = safetensors::serialize(views, None)

@@ -47,7 +47,7 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
         Some(v) => v,
         None => match g.get("tokenizer.ggml.tokens") {
             Some(MetaValue::Array(a)) => a.len() as u64,
-            _ => g.tensor("token_embd.weight").map(|t| t.dims[1]).unwrap_or(0),
+            _ => g.tensor("token_embd.weight").and_then(|t| t.dims.get(1).copied()).unwrap_or(0),
         },
     };
     let heads = need("attention.head_count")?;
