@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use rayon::prelude::*;
 
-use super::{CpuBackend, Real, by_prec, out, prec, read};
+use super::{CpuBackend, Real, by_prec, out, prec, qmatmul, read};
 use crate::backend::{LinearGrads, LinearNeeds, LoraRef, MatmulOps};
 use crate::{Error, Result, Tensor};
 
@@ -36,16 +36,28 @@ impl<'a, T> Mat<'a, T> {
 
 /// `c = beta·a·b` (or `c += beta·a·b` with `acc`), `c` row-major `[a.rows, b.cols]`.
 pub fn gemm<T: Real>(a: Mat<'_, T>, b: Mat<'_, T>, c: &mut [T], acc: bool, beta: T) -> Result<()> {
+    if c.len() != a.rows * b.cols {
+        return Err(Error::shape("gemm", format!("[{}x{}] result into {} elements", a.rows, b.cols, c.len())));
+    }
+    gemm_ldc(a, b, c, b.cols, acc, beta)
+}
+
+/// [`gemm`] into rows of `c` that are `ldc` apart (a block of columns of a wider matrix).
+pub fn gemm_ldc<T: Real>(a: Mat<'_, T>, b: Mat<'_, T>, c: &mut [T], ldc: usize, acc: bool, beta: T) -> Result<()> {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    if b.rows != k || c.len() != m * n || !a.fits() || !b.fits() {
-        return Err(Error::shape("gemm", format!("[{m}x{k}]·[{}x{n}] into {} elements", b.rows, c.len())));
+    let c_fits = m == 0 || n == 0 || (ldc >= n && (m - 1) * ldc + n <= c.len());
+    if b.rows != k || !c_fits || !a.fits() || !b.fits() {
+        return Err(Error::shape("gemm", format!("[{m}x{k}]·[{}x{n}] into {} elements (ldc {ldc})", b.rows, c.len())));
     }
     if m == 0 || n == 0 {
         return Ok(());
     }
     if k == 0 {
         if !acc {
-            c.fill(T::zero());
+            c.chunks_mut(ldc).for_each(|r| {
+                let w = n.min(r.len());
+                r[..w].fill(T::zero())
+            });
         }
         return Ok(());
     }
@@ -56,7 +68,7 @@ pub fn gemm<T: Real>(a: Mat<'_, T>, b: Mat<'_, T>, c: &mut [T], acc: bool, beta:
         gemm::Parallelism::None
     };
     // SAFETY: every index the kernel touches is inside the slices: `fits` checked the last
-    // element of `a` and `b`, and `c` holds exactly m·n row-major elements.
+    // element of `a` and `b`, and `c_fits` the last row of `c` at stride `ldc`.
     unsafe {
         gemm::gemm(
             m,
@@ -64,7 +76,7 @@ pub fn gemm<T: Real>(a: Mat<'_, T>, b: Mat<'_, T>, c: &mut [T], acc: bool, beta:
             k,
             c.as_mut_ptr(),
             1,
-            n as isize,
+            ldc as isize,
             acc,
             a.data.as_ptr(),
             a.cs as isize,
@@ -151,9 +163,16 @@ fn linear_fwd<T: Real>(
     lora: Option<LoraRef<'_>>,
 ) -> Result<(Tensor, Option<Tensor>)> {
     let d = lin_dims(x, w)?;
-    let (xv, wv) = (read::<T>(x)?, read::<T>(w)?);
-    let mut y = vec![T::zero(); d.m * d.n];
-    gemm(Mat::rm(&xv, d.m, d.k), Mat::tr(&wv, d.k, d.n), &mut y, false, T::one())?;
+    let xv = read::<T>(x)?;
+    let mut y = match qmatmul::narrow_type(w) {
+        Some(ty) => qmatmul::xwt(&xv, w, ty, d.m, d.k, d.n)?,
+        None => {
+            let wv = read::<T>(w)?;
+            let mut y = vec![T::zero(); d.m * d.n];
+            gemm(Mat::rm(&xv, d.m, d.k), Mat::tr(&wv, d.k, d.n), &mut y, false, T::one())?;
+            y
+        }
+    };
     if let Some(b) = bias {
         let bv = read::<T>(b)?;
         if bv.len() != d.n {
@@ -212,9 +231,15 @@ fn linear_bwd<T: Real>(
         du = Some((duv, r, read::<T>(l.a)?));
     }
     if needs.x {
-        let wv = read::<T>(w)?;
-        let mut dx = vec![T::zero(); d.m * d.k];
-        gemm(dym, Mat::rm(&wv, d.n, d.k), &mut dx, false, T::one())?;
+        let mut dx = match qmatmul::narrow_type(w) {
+            Some(ty) => qmatmul::dyw(&dyv, w, ty, d.m, d.k, d.n)?,
+            None => {
+                let wv = read::<T>(w)?;
+                let mut dx = vec![T::zero(); d.m * d.k];
+                gemm(dym, Mat::rm(&wv, d.n, d.k), &mut dx, false, T::one())?;
+                dx
+            }
+        };
         if let Some((duv, r, av)) = &du {
             gemm(Mat::rm(duv, d.m, *r), Mat::rm(av, *r, d.k), &mut dx, true, T::one())?;
         }

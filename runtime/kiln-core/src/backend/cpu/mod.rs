@@ -9,6 +9,7 @@ mod loss;
 mod matmul;
 mod norm;
 mod optim;
+mod qmatmul;
 mod rope;
 
 use std::borrow::Cow;
