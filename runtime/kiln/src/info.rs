@@ -114,3 +114,10 @@ pub fn render(v: &Value) -> String {
     }
     s
 }
+
+/// Peak resident memory of this process in MiB (Linux `VmHWM`), when the OS reports it.
+pub fn peak_rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb = s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse::<f64>().ok()?;
+    Some(kb / 1024.0)
+}

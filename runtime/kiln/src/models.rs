@@ -17,15 +17,15 @@ pub fn resolve(path: Option<&Path>) -> Result<PathBuf> {
     }
 }
 
-/// A frozen model and its tokenizer from a `.gguf` file (opened once for both) or a model
-/// directory with `tokenizer.json`.
-pub fn load_with_tokenizer(path: &Path) -> Result<(Llama, TextTokenizer)> {
+/// A model and its tokenizer from a `.gguf` file (opened once for both) or a model directory
+/// with `tokenizer.json`; `trainable` makes the base weights f32 parameters (full fine-tuning).
+pub fn load_with_tokenizer(path: &Path, trainable: bool) -> Result<(Llama, TextTokenizer)> {
     if path.extension().is_some_and(|e| e == "gguf") {
         let (src, config) = crate::model::gguf::GgufWeights::open(path)?;
         let tok = TextTokenizer::from_gguf(&src.file)?;
-        return Ok((Llama::from_source(config, &src, false)?, tok));
+        return Ok((Llama::from_source(config, &src, trainable)?, tok));
     }
-    Ok((Llama::load(path, false)?, TextTokenizer::load(path)?))
+    Ok((Llama::load(path, trainable)?, TextTokenizer::load(path)?))
 }
 
 /// The pinned package holding the default model.

@@ -110,6 +110,13 @@ impl Grads {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+    /// Adds every gradient of `other` into `self` (gradient accumulation across micro-batches).
+    pub fn merge(&mut self, other: Grads) -> Result<()> {
+        for (id, g) in other.0 {
+            self.add(id, g)?;
+        }
+        Ok(())
+    }
     fn add(&mut self, id: VarId, g: Tensor) -> Result<()> {
         let merged = match self.0.remove(&id) {
             Some(prev) => prev.backend().add(&prev, &g)?,

@@ -178,3 +178,67 @@ impl LoraSet {
         self.named_params().iter().map(|(_, v)| v.value().numel()).sum()
     }
 }
+
+/// The PEFT tensor name of a kiln parameter name.
+fn peft_name(n: &str) -> String {
+    format!("base_model.model.{n}")
+}
+
+impl LoraSet {
+    /// Writes `dir/adapter_config.json` + `dir/adapter_model.safetensors` in PEFT's layout, so
+    /// `PeftModel.from_pretrained(model, dir)` loads it onto the transformers model.
+    pub fn save_peft(&self, dir: &std::path::Path, base: &str, dropout: f64) -> Result<()> {
+        let tensors: Vec<(String, Tensor)> =
+            self.named_params().into_iter().map(|(n, v)| (peft_name(&n), v.value().clone())).collect();
+        crate::formats::write_safetensors(&dir.join("adapter_model.safetensors"), &tensors)?;
+        let c = &self.config;
+        let targets: Vec<&str> = c.targets.iter().map(|t| t.module().rsplit('.').next().unwrap_or("")).collect();
+        let cfg = serde_json::json!({"peft_type": "LORA", "r": c.r, "lora_alpha": c.alpha, "use_rslora": c.rslora,
+            "target_modules": targets, "lora_dropout": dropout, "bias": "none", "task_type": "CAUSAL_LM",
+            "fan_in_fan_out": false, "inference_mode": true, "base_model_name_or_path": base});
+        let text = serde_json::to_string_pretty(&cfg).map_err(|e| KilnError::Msg(e.to_string()))?;
+        crate::formats::write_atomic(&dir.join("adapter_config.json"), text.as_bytes())
+    }
+
+    /// Reads a PEFT LoRA adapter folder (kiln's or PEFT's own) for `model`.
+    pub fn load_peft(dir: &std::path::Path, model: &ModelConfig) -> Result<LoraSet> {
+        let cp = dir.join("adapter_config.json");
+        let text = std::fs::read_to_string(&cp).map_err(|e| KilnError::io(&cp, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| KilnError::Config {
+            path: cp.clone(),
+            field: "(json)".into(),
+            detail: e.to_string(),
+        })?;
+        let field = |f: &str, d: &str| KilnError::Config { path: cp.clone(), field: f.into(), detail: d.into() };
+        if v["peft_type"].as_str().is_some_and(|t| t != "LORA") {
+            return Err(field("peft_type", "only LORA adapters are supported"));
+        }
+        let r = v["r"].as_u64().filter(|&r| r > 0).ok_or_else(|| field("r", "missing or not a positive integer"))?;
+        let alpha = v["lora_alpha"].as_f64().ok_or_else(|| field("lora_alpha", "missing or not a number"))?;
+        let mods: Vec<String> = match &v["target_modules"] {
+            serde_json::Value::Array(a) => a.iter().filter_map(|m| m.as_str().map(String::from)).collect(),
+            serde_json::Value::String(s) if s == "all-linear" => {
+                Target::ALL.iter().map(|t| t.module().rsplit('.').next().unwrap_or("").to_string()).collect()
+            }
+            _ => return Err(field("target_modules", "expected a list of module names")),
+        };
+        let targets = mods
+            .iter()
+            .map(|m| {
+                Target::parse(m).ok_or_else(|| field("target_modules", &format!("{m}: not a linear layer kiln adapts")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let config = LoraConfig { r: r as usize, alpha, rslora: v["use_rslora"].as_bool().unwrap_or(false), targets };
+        let mut set = LoraSet::new(model, config, 0)?;
+        let store = crate::formats::WeightStore::from_files(&[dir.join("adapter_model.safetensors")])?;
+        for i in 0..model.num_layers {
+            for t in set.config.targets.clone() {
+                let m = peft_name(&format!("model.layers.{i}.{}", t.module()));
+                let a = store.get(&format!("{m}.lora_A.weight"))?;
+                let b = store.get(&format!("{m}.lora_B.weight"))?;
+                set.set(i, t, a, b)?;
+            }
+        }
+        Ok(set)
+    }
+}

@@ -72,12 +72,7 @@ fn train(a: TrainArgs) -> Result<()> {
     }
     times.sort_by(|p, q| p.total_cmp(q));
     let step_s = times[times.len() / 2];
-    let peak = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0);
+    let peak = kiln::info::peak_rss_mb();
     let v = json!({
         "backend": "cpu", "model": a.model.display().to_string(), "method": format!("lora_r{}", a.lora_r),
         "batch_size": b, "seq_len": t, "checkpoint": a.checkpoint, "step_s": step_s,

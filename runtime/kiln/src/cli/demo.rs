@@ -13,8 +13,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln::adapters::{LoraConfig, LoraSet};
+use kiln::core::Tape;
 use kiln::core::rng::Rng;
-use kiln::core::{Tape, Tensor};
 use kiln::data::batch::{Batch, Sequence, to_batch};
 use kiln::model::init::{TinySpec, create_random_llama};
 use kiln::model::{Inputs, Llama};
@@ -85,15 +85,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
 /// Writes the adapter in PEFT layout.
 fn save_adapter(lora: &LoraSet, out: &std::path::Path, base: &str) -> Result<PathBuf> {
     let adapter = out.join("adapter");
-    let tensors: Vec<(String, Tensor)> =
-        lora.named_params().into_iter().map(|(n, v)| (format!("base_model.model.{n}"), v.value().clone())).collect();
-    kiln::formats::write_safetensors(&adapter.join("adapter_model.safetensors"), &tensors)?;
-    let c = &lora.config;
-    let targets: Vec<&str> = c.targets.iter().map(|t| t.module().rsplit('.').next().unwrap_or("")).collect();
-    let acfg = serde_json::json!({"peft_type": "LORA", "r": c.r, "lora_alpha": c.alpha, "use_rslora": c.rslora,
-        "target_modules": targets, "lora_dropout": 0.0, "bias": "none", "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": base});
-    kiln::formats::write_atomic(&adapter.join("adapter_config.json"), serde_json::to_string_pretty(&acfg)?.as_bytes())?;
+    lora.save_peft(&adapter, base, 0.0)?;
     Ok(adapter)
 }
 
@@ -196,7 +188,7 @@ fn run_real(a: &DemoArgs, steps: usize, batch_size: usize, seq_len: usize, lr: f
     use kiln::data::{DataSpec, Dataset, LoadOptions};
     let path = kiln::models::resolve(a.model.as_deref())?;
     let t0 = Instant::now();
-    let (model, tokenizer) = kiln::models::load_with_tokenizer(&path)?;
+    let (model, tokenizer) = kiln::models::load_with_tokenizer(&path, false)?;
     let src = tokenizer
         .chat_template
         .clone()

@@ -38,7 +38,7 @@ pub struct GenerateArgs {
 
 pub fn run(a: GenerateArgs) -> Result<()> {
     let path = kiln::models::resolve(a.model.as_deref())?;
-    let (model, tok) = kiln::models::load_with_tokenizer(&path)?;
+    let (model, tok) = kiln::models::load_with_tokenizer(&path, false)?;
     let text = if a.raw {
         a.prompt.clone()
     } else {

@@ -4,6 +4,7 @@ mod bench;
 mod data;
 mod demo;
 mod generate;
+mod train;
 
 use std::path::PathBuf;
 
@@ -33,6 +34,10 @@ pub enum Cmd {
     /// Create a small random Llama and LoRA-fine-tune it on the bundled demo text (byte
     /// tokens), writing the model, the adapter and metrics.jsonl under --out.
     Demo(demo::DemoArgs),
+    /// Fine-tune a model on your data: LoRA (default), QLoRA or full, with evaluation,
+    /// checkpoints and resume. Writes OUT/config.toml, eval.jsonl, metrics.jsonl, loss.svg,
+    /// checkpoints/step-N/ and adapter/ (PEFT) or model/.
+    Train(Box<train::TrainArgs>),
     /// Generate text with the KV cache (greedy by default), through the model's chat template.
     Generate(generate::GenerateArgs),
     /// Dataset tools.
@@ -51,6 +56,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Bench(b) => bench::run(b),
         Cmd::Data(d) => data::run(d),
         Cmd::Generate(g) => generate::run(g),
+        Cmd::Train(t) => train::run(*t),
     }
 }
 

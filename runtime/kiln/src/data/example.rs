@@ -128,6 +128,25 @@ pub enum Example {
     },
 }
 
+impl Example {
+    /// The row as JSON in its own format's fields (what `kiln eval` reads back).
+    pub fn to_json(&self) -> Value {
+        let msgs = |m: &[Message]| -> Value {
+            Value::Array(m.iter().map(|m| serde_json::json!({"role": m.role.as_str(), "content": m.content})).collect())
+        };
+        match self {
+            Example::Text(t) => serde_json::json!({ "text": t }),
+            Example::PromptCompletion { prompt, completion } => {
+                serde_json::json!({ "prompt": prompt, "completion": completion })
+            }
+            Example::Chat(m) => serde_json::json!({ "messages": msgs(m) }),
+            Example::Preference { prompt, chosen, rejected } => {
+                serde_json::json!({ "prompt": msgs(prompt), "chosen": msgs(chosen), "rejected": msgs(rejected) })
+            }
+        }
+    }
+}
+
 /// Why a row was rejected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Reason {

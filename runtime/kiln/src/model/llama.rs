@@ -166,6 +166,52 @@ impl Llama {
         v
     }
 
+    /// Every base weight, mutable, in [`Llama::named_weights`] order (full fine-tuning).
+    pub fn weights_mut(&mut self) -> Vec<&mut Var> {
+        let mut v = vec![&mut self.embed];
+        for b in &mut self.blocks {
+            v.push(&mut b.attn_norm);
+            v.push(&mut b.mlp_norm);
+            for l in &mut b.linears {
+                v.push(&mut l.w);
+                v.extend(l.b.as_mut());
+            }
+            if let (Some(q), Some(k)) = (&mut b.q_norm, &mut b.k_norm) {
+                v.push(q);
+                v.push(k);
+            }
+        }
+        v.push(&mut self.norm);
+        v.extend(self.lm_head.as_mut());
+        v
+    }
+
+    /// Quantizes the frozen linear weights of every block to `ty` (QLoRA on a model stored in
+    /// f32/f16/bf16); embeddings, norms and the LM head keep their type. Returns the bytes the
+    /// linear weights take afterwards.
+    pub fn quantize_linears(&mut self, ty: kiln_core::quant::GgmlType) -> Result<usize> {
+        let mut bytes = 0;
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            for (t, l) in Target::ALL.iter().zip(&mut b.linears) {
+                let w = l.w.value();
+                let q = if w.dtype() == DType::Quant(ty) {
+                    w.clone()
+                } else {
+                    w.to_dtype(DType::Quant(ty)).map_err(|e| {
+                        KilnError::Msg(format!(
+                            "quantizing model.layers.{i}.{}.weight to {}: {e}",
+                            t.module(),
+                            ty.name()
+                        ))
+                    })?
+                };
+                bytes += q.dtype().bytes(q.numel());
+                l.w = Var::constant(q);
+            }
+        }
+        Ok(bytes)
+    }
+
     /// Final hidden states `[B·T, H]` (after the last RMSNorm).
     pub fn hidden(&self, tape: &Tape, inp: &Inputs<'_>, lora: Option<&LoraSet>, checkpoint: bool) -> Result<Var> {
         let c = &self.config;

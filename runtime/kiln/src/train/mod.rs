@@ -1,5 +1,14 @@
-//! Training: optimizers now; the trainer loop, schedules and checkpoints with the training issue.
+//! Training: configuration, data preparation, the loop (accumulation, schedules, evaluation,
+//! checkpoints and resume), the optimizer and the run's report (metrics, loss curve).
 
+pub mod checkpoint;
+pub mod config;
 pub mod optim;
+pub mod plot;
+pub mod prepare;
+pub mod schedule;
+pub mod trainer;
 
+pub use config::{Method, Scheduler, TrainConfig};
 pub use optim::AdamW;
+pub use trainer::{Event, StepLog, Summary, Trainer};

@@ -1,6 +1,6 @@
 //! AdamW over a set of trainable variables, state in f32 on the parameter's backend.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use kiln_core::backend::AdamWStep;
 use kiln_core::{Grads, Tensor, Var, VarId};
@@ -16,12 +16,43 @@ pub struct AdamW {
     pub weight_decay: f64,
     step: u64,
     state: HashMap<VarId, (Tensor, Tensor)>,
+    no_decay: HashSet<VarId>,
 }
 
 impl AdamW {
     /// PyTorch's defaults except `lr`.
     pub fn new(lr: f64) -> AdamW {
-        AdamW { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, step: 0, state: HashMap::new() }
+        AdamW {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            step: 0,
+            state: HashMap::new(),
+            no_decay: HashSet::new(),
+        }
+    }
+
+    /// Exempts `v` from weight decay (norm weights and biases, as transformers' Trainer does).
+    pub fn exclude_from_decay(&mut self, v: &Var) {
+        self.no_decay.insert(v.id());
+    }
+
+    /// The first and second moments of `v`, once it has been updated.
+    pub fn moments(&self, v: &Var) -> Option<&(Tensor, Tensor)> {
+        self.state.get(&v.id())
+    }
+
+    /// Restores `v`'s moments and the step count (resuming from a checkpoint).
+    pub fn restore(&mut self, v: &Var, m: Tensor, s: Tensor, steps: u64) {
+        self.state.insert(v.id(), (m, s));
+        self.step = steps;
+    }
+
+    /// Sets the step count (resuming a run whose parameters had no moments yet).
+    pub fn set_steps(&mut self, steps: u64) {
+        self.step = steps;
     }
 
     /// Steps taken.
@@ -49,15 +80,16 @@ impl AdamW {
             _ => 1.0,
         };
         self.step += 1;
-        let hp = AdamWStep {
-            lr: self.lr,
-            beta1: self.beta1,
-            beta2: self.beta2,
-            eps: self.eps,
-            weight_decay: self.weight_decay,
-            step: self.step,
-        };
         for p in params.iter_mut() {
+            let decay = if self.no_decay.contains(&p.id()) { 0.0 } else { self.weight_decay };
+            let hp = AdamWStep {
+                lr: self.lr,
+                beta1: self.beta1,
+                beta2: self.beta2,
+                eps: self.eps,
+                weight_decay: decay,
+                step: self.step,
+            };
             let Some(g) = grads.get(p) else { continue };
             let g = if factor != 1.0 { g.backend().scale(g, factor)? } else { g.clone() };
             let be = p.value().backend();

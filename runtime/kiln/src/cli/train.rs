@@ -1,0 +1,382 @@
+//! `kiln train`: fine-tune a model on the user's data (LoRA, QLoRA or full), with evaluation,
+//! checkpoints, resume, a progress bar, `metrics.jsonl`, `loss.svg` and a deployable output
+//! (a PEFT adapter, or the full weights).
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use kiln::model::Llama;
+use kiln::train::prepare::{prepare, write_eval_rows};
+use kiln::train::{Event, Method, Summary, TrainConfig, Trainer};
+use serde::Serialize;
+
+/// Flags; each overrides the same key of `--config` (TOML), which overrides the default.
+#[derive(Args, Debug, Serialize)]
+pub struct TrainArgs {
+    /// A TOML file with any of the settings below (`learning_rate = 1e-4`, `data = ["a.jsonl"]`).
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Load the model and data, print the plan and the memory estimate, and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    dry_run: bool,
+    /// Continue from the newest checkpoint under --out, or from the one given.
+    #[arg(long, num_args = 0..=1, value_name = "CHECKPOINT")]
+    #[serde(skip)]
+    resume: Option<Option<PathBuf>>,
+    /// A .gguf file or an HF model directory [default: SmolLM2-135M-Instruct, fetched on first use].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<PathBuf>,
+    /// Training data (JSONL, JSON or CSV), `FILE` or `FILE:WEIGHT`; repeat to mix files.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    data: Vec<String>,
+    /// Evaluation data [default: --eval-split of the training data is held out].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eval_data: Option<PathBuf>,
+    /// Fraction held out for evaluation [default: 0.1].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eval_split: Option<f64>,
+    /// Output directory [default: runs/train].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    out: Option<PathBuf>,
+    /// lora, qlora or full [default: lora].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    method: Option<String>,
+    /// qlora: quantize the base's linear weights at load: q8_0, q4_0, q4_1, q5_0 [default: keep a
+    /// GGUF's block types; q4_1 for an unquantized model].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quantize: Option<String>,
+    /// Passes over the data [default: 3].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epochs: Option<f64>,
+    /// Optimizer steps (overrides --epochs).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_steps: Option<usize>,
+    /// Peak learning rate [default: 2e-4].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    learning_rate: Option<f64>,
+    /// constant, linear or cosine, after warmup [default: linear].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lr_scheduler: Option<String>,
+    /// Linear warmup steps [default: 0].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warmup_steps: Option<usize>,
+    /// Sequences per micro-batch [default: 4].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batch_size: Option<usize>,
+    /// Micro-batches per optimizer step [default: 1].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grad_accum: Option<usize>,
+    /// Tokens per sequence [default: the model's context, at most 2048].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_seq_len: Option<usize>,
+    /// Pack rows into full sequences [default: true].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    packing: Option<bool>,
+    /// LoRA rank [default: 8].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lora_r: Option<usize>,
+    /// LoRA alpha (scale alpha/r) [default: 16].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lora_alpha: Option<f64>,
+    /// Dropout on the LoRA input [default: 0; other values are not implemented yet].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lora_dropout: Option<f64>,
+    /// q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj or all-linear [default: all-linear].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target_modules: Option<String>,
+    /// rsLoRA scaling alpha/√r [default: false].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    use_rslora: Option<bool>,
+    /// AdamW weight decay (not on norms and biases) [default: 0].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    weight_decay: Option<f64>,
+    /// Clip the global gradient norm (0: off) [default: 1].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_grad_norm: Option<f64>,
+    /// Recompute each block in backward instead of keeping its activations [default: false].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gradient_checkpointing: Option<bool>,
+    /// Seed of the adapter initialization, the split and the data order [default: 42].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
+    /// Checkpoint every N steps (0: only at the end) [default: 0].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    save_steps: Option<usize>,
+    /// Keep the newest N checkpoints plus the best (0: all) [default: 0].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    save_total_limit: Option<usize>,
+    /// Evaluate every N steps (0: before and after only) [default: 0].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eval_steps: Option<usize>,
+    /// Evaluate on at most N held-out rows (0: all) [default: 0].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eval_samples: Option<usize>,
+    /// Force the data format: prompt-completion, messages, sharegpt, alpaca, text.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    format: Option<String>,
+    /// Built-in chat template when the model has none: chatml, llama3, mistral, alpaca.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    template: Option<String>,
+    /// Skip invalid rows (counted by reason) instead of stopping at the first [default: false].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    skip_invalid: Option<bool>,
+    /// Train on prompt tokens too [default: false].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    train_on_inputs: Option<bool>,
+    /// auto, cpu, cuda or wgpu [default: auto].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backend: Option<String>,
+}
+
+/// The backend to run on: `auto` takes the best available and says why others were passed over.
+fn pick_backend(want: &str) -> Result<&'static str> {
+    match want {
+        "cpu" => Ok("cpu"),
+        "auto" => {
+            let why = |u: Option<String>| {
+                u.unwrap_or_else(|| "present, but its training kernels are not implemented yet".into())
+            };
+            eprintln!(
+                "backend: cpu (cuda: {}; wgpu: {})",
+                why(kiln_cuda::probe().unavailable),
+                why(kiln_wgpu::probe().unavailable)
+            );
+            Ok("cpu")
+        }
+        other => bail!("--backend {other}: the {other} backend's training kernels are not implemented yet; use cpu"),
+    }
+}
+
+/// Estimated peak memory in bytes per component, for the plan and `--dry-run`.
+fn memory_estimate(model: &Llama, cfg: &TrainConfig, trainable: usize, seq: usize) -> Vec<(&'static str, f64)> {
+    let weights: usize = model.named_weights().iter().map(|(_, v)| v.value().dtype().bytes(v.value().numel())).sum();
+    let c = &model.config;
+    let (h, i, q, kv) = (c.hidden_size, c.intermediate_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+    let tokens = (cfg.batch_size * seq) as f64;
+    // f32 values each block keeps for backward per token: norms' inputs and outputs, q/k/v
+    // before and after RoPE, attention output, both MLP projections and their product.
+    let per_layer = (6 * h + 3 * q + 4 * kv + 3 * i) as f64 * 4.0;
+    let layers = if cfg.gradient_checkpointing {
+        h as f64 * 4.0 * c.num_layers as f64 + per_layer
+    } else {
+        per_layer * c.num_layers as f64
+    };
+    // The LM head's logits and their gradient are materialized.
+    let logits = c.vocab_size as f64 * 4.0 * 2.0;
+    vec![
+        ("weights", weights as f64),
+        ("trainable + gradients", trainable as f64 * 8.0),
+        ("optimizer state", trainable as f64 * 8.0),
+        ("activations", tokens * (layers + logits)),
+    ]
+}
+
+fn gib(b: f64) -> String {
+    if b >= (1u64 << 30) as f64 {
+        format!("{:.2} GiB", b / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1} MiB", b / (1u64 << 20) as f64)
+    }
+}
+
+fn plan_text(cfg: &TrainConfig, t: &mut Trainer, seq: usize, base: &str) -> String {
+    let trainable = t.num_trainable();
+    let mem = memory_estimate(&t.model, cfg, trainable, seq);
+    let d = &t.data;
+    let total: f64 = mem.iter().map(|m| m.1).sum();
+    let mut s = format!(
+        "plan: {base}; method {:?}; {} train rows ({} invalid skipped) → {} sequences of ≤ {seq} tokens ({} tokens, {} trained; {} rows truncated, {} dropped); {} held-out rows\n",
+        cfg.method,
+        d.train_rows,
+        d.report.files.iter().map(|f| f.invalid.values().sum::<usize>()).sum::<usize>(),
+        d.train.len(),
+        d.train_tokens,
+        d.train_targets,
+        d.stats.truncated,
+        d.stats.dropped,
+        d.eval_examples.len(),
+    );
+    s += &format!(
+        "      {} steps ({} per epoch, batch {} × accumulation {}), {} trainable parameters, template {}\n",
+        t.total_steps,
+        t.steps_per_epoch,
+        cfg.batch_size,
+        cfg.grad_accum,
+        trainable,
+        d.template.as_deref().unwrap_or("none")
+    );
+    s += &format!("memory estimate (cpu): {} in all\n", gib(total));
+    for (k, v) in mem {
+        s += &format!("      {k:<22} {}\n", gib(v));
+    }
+    s
+}
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    let flags = toml::Table::try_from(&a).context("reading the flags")?;
+    let mut cfg = TrainConfig::resolve(a.config.as_deref(), flags)?;
+    pick_backend(&cfg.backend)?;
+    let path = kiln::models::resolve(cfg.model.as_deref())?;
+    let (mut model, tok) = kiln::models::load_with_tokenizer(&path, cfg.method == Method::Full)?;
+    let seq = cfg.max_seq_len.unwrap_or(model.config.max_position_embeddings.min(2048));
+    cfg.max_seq_len = Some(seq);
+    if cfg.method == Method::Qlora {
+        let stored = model.blocks.first().map(|b| b.linears[0].w.value().dtype());
+        let ty = match (cfg.quant_type()?, stored) {
+            (Some(t), _) => Some(t),
+            (None, Some(kiln::core::DType::Quant(_))) => None,
+            (None, _) => Some(kiln::core::quant::GgmlType::Q4_1),
+        };
+        if let Some(ty) = ty {
+            let bytes = model.quantize_linears(ty)?;
+            cfg.quantize = Some(ty.name().to_lowercase());
+            eprintln!("qlora: linear weights quantized to {} ({})", ty.name(), gib(bytes as f64));
+        }
+    }
+    let data = prepare(&cfg, tok, seq)?;
+    std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
+    let mut t = Trainer::new(cfg.clone(), model, data)?;
+    let plan = plan_text(&cfg, &mut t, seq, &path.display().to_string());
+    eprint!("{plan}");
+    if a.dry_run {
+        return Ok(());
+    }
+    kiln::formats::write_atomic(&cfg.out.join("config.toml"), cfg.to_toml()?.as_bytes())?;
+    write_eval_rows(&cfg.out.join("eval.jsonl"), &t.data.eval_examples)?;
+    if let Some(r) = &a.resume {
+        let ck = match r {
+            Some(p) => p.clone(),
+            None => kiln::train::checkpoint::list(&cfg.out).pop().map(|c| c.1).with_context(|| {
+                format!("--resume: no checkpoint under {}", kiln::train::checkpoint::dir(&cfg.out).display())
+            })?,
+        };
+        let step = t.resume(&ck)?;
+        eprintln!("resumed from {} (step {step} of {})", ck.display(), t.total_steps);
+    }
+    let summary = train_with_progress(&mut t)?;
+    finish(&cfg, &mut t, &summary, &path)
+}
+
+/// A log line above the bar, or on stderr when the bar is hidden.
+fn say(pb: &ProgressBar, msg: String) {
+    if pb.is_hidden() { eprintln!("{msg}") } else { pb.println(msg) }
+}
+
+fn train_with_progress(t: &mut Trainer) -> Result<Summary> {
+    let tty = std::io::stderr().is_terminal();
+    let total = t.total_steps;
+    let pb = ProgressBar::new(total as u64);
+    if tty {
+        pb.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta}]")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+    } else {
+        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    // Without a terminal: a plain line about 20 times per run, and at every evaluation.
+    let every = total.div_ceil(20).max(1);
+    let mut on = |e: Event<'_>| match e {
+        Event::Step(s) => {
+            pb.set_position(s.step as u64);
+            let msg = format!("loss {:.4} lr {:.2e} {:.0} tok/s", s.loss, s.lr, s.tokens_per_s);
+            if tty {
+                pb.set_message(msg);
+            } else if s.step % every == 0 || s.step == s.total {
+                eprintln!("step {}/{}: {msg} epoch {:.2} grad norm {:.3}", s.step, s.total, s.epoch, s.grad_norm);
+            }
+        }
+        Event::Eval { step, loss } => say(&pb, format!("eval @ step {step}: loss {loss:.4}, ppl {:.2}", loss.exp())),
+        Event::Saved { step, path } => say(&pb, format!("checkpoint @ step {step}: {}", path.display())),
+    };
+    let s = t.run(&mut on);
+    pb.finish_and_clear();
+    Ok(s?)
+}
+
+/// Writes the deployable output, the loss curve, and prints the summary.
+fn finish(cfg: &TrainConfig, t: &mut Trainer, s: &Summary, base: &Path) -> Result<()> {
+    let out = &cfg.out;
+    let what = match &t.lora {
+        Some(l) => {
+            let dir = out.join("adapter");
+            l.save_peft(&dir, &base.display().to_string(), cfg.lora_dropout)?;
+            format!("PEFT adapter in {}", dir.display())
+        }
+        None => {
+            let dir = out.join("model");
+            kiln::formats::write_safetensors(&dir.join("model.safetensors"), &t.params())?;
+            if base.is_dir() {
+                for f in [
+                    "config.json",
+                    "generation_config.json",
+                    "tokenizer.json",
+                    "tokenizer_config.json",
+                    "chat_template.jinja",
+                    "special_tokens_map.json",
+                ] {
+                    let src = base.join(f);
+                    if src.is_file() {
+                        std::fs::copy(&src, dir.join(f)).with_context(|| format!("copying {}", src.display()))?;
+                    }
+                }
+            }
+            format!("weights in {}", dir.display())
+        }
+    };
+    kiln::formats::write_atomic(&out.join("loss.svg"), kiln::train::plot::loss_svg(&s.losses, &s.evals).as_bytes())?;
+    let first = s.evals.first().map(|e| e.1);
+    let last = s.evals.last().map(|e| e.1);
+    println!(
+        "trained {} steps{} in {:.1}s ({:.0} tokens/s), peak memory {}; eval loss {} → {}{}; {what}; metrics.jsonl, loss.svg in {}",
+        s.steps,
+        s.resumed_from.map(|r| format!(" (resumed at {r})")).unwrap_or_default(),
+        s.secs,
+        s.tokens as f64 / s.secs.max(1e-9),
+        kiln::info::peak_rss_mb().map(|m| format!("{m:.0} MiB")).unwrap_or_else(|| "unknown".into()),
+        first.map(|l| format!("{l:.4}")).unwrap_or_else(|| "–".into()),
+        last.map(|l| format!("{l:.4}")).unwrap_or_else(|| "–".into()),
+        s.best_eval.map(|(st, l)| format!(" (best {l:.4} at step {st})")).unwrap_or_default(),
+        out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,250 @@
+//! The training configuration: every setting with its default, read from a TOML file and/or
+//! command-line flags (flags win), validated in one place, and written back resolved to
+//! `OUT/config.toml` so a run can be repeated exactly.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::adapters::{LoraConfig, Target};
+use crate::{KilnError, Result};
+
+/// What is trained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Low-rank adapters on a frozen base kept in its stored type.
+    Lora,
+    /// LoRA on a quantized frozen base (the GGUF block type, or `quantize` at load).
+    Qlora,
+    /// Every weight trainable, f32 master weights.
+    Full,
+}
+
+/// Learning-rate schedule after warmup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheduler {
+    Constant,
+    Linear,
+    Cosine,
+}
+
+/// Every setting of a training run. Field names are the flag names with `_` for `-`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// A `.gguf` file or an HF model directory; unset: the default model (SmolLM2-135M).
+    pub model: Option<PathBuf>,
+    /// Training files, `path` or `path:weight`.
+    pub data: Vec<String>,
+    /// A separate evaluation file; unset: `eval_split` of the training data is held out.
+    pub eval_data: Option<PathBuf>,
+    /// Fraction of the data held out for evaluation when `eval_data` is unset.
+    pub eval_split: f64,
+    pub out: PathBuf,
+    pub method: Method,
+    /// Quantize the frozen base's linear weights at load (qlora): q8_0, q4_0, q4_1, q5_0.
+    pub quantize: Option<String>,
+    pub epochs: f64,
+    /// Stop after this many optimizer steps (overrides `epochs`).
+    pub max_steps: Option<usize>,
+    pub learning_rate: f64,
+    pub lr_scheduler: Scheduler,
+    pub warmup_steps: usize,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Tokens per sequence; unset: the model's context length, at most 2048.
+    pub max_seq_len: Option<usize>,
+    /// Pack several rows into each sequence (first-fit, attention kept within each row).
+    pub packing: bool,
+    pub lora_r: usize,
+    pub lora_alpha: f64,
+    pub lora_dropout: f64,
+    /// Comma-separated module names (`q_proj,v_proj`) or `all-linear`.
+    pub target_modules: String,
+    pub use_rslora: bool,
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this (0 disables).
+    pub max_grad_norm: f64,
+    pub gradient_checkpointing: bool,
+    pub seed: u64,
+    /// Save a checkpoint every N steps (0: only at the end).
+    pub save_steps: usize,
+    /// Keep this many newest checkpoints (plus the best by eval loss); 0 keeps all.
+    pub save_total_limit: usize,
+    /// Evaluate every N steps (0: only before and after training).
+    pub eval_steps: usize,
+    /// Evaluate on at most this many held-out rows (0: all).
+    pub eval_samples: usize,
+    /// Force the data format instead of detecting it.
+    pub format: Option<String>,
+    /// Built-in chat template when the model has none: chatml, llama3, mistral, alpaca.
+    pub template: Option<String>,
+    /// Skip invalid rows (reported by reason) instead of stopping at the first.
+    pub skip_invalid: bool,
+    /// Train on prompt tokens too, not only on the assistant's.
+    pub train_on_inputs: bool,
+    /// auto, cpu, cuda or wgpu.
+    pub backend: String,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            model: None,
+            data: Vec::new(),
+            eval_data: None,
+            eval_split: 0.1,
+            out: PathBuf::from("runs/train"),
+            method: Method::Lora,
+            quantize: None,
+            epochs: 3.0,
+            max_steps: None,
+            learning_rate: 2e-4,
+            lr_scheduler: Scheduler::Linear,
+            warmup_steps: 0,
+            batch_size: 4,
+            grad_accum: 1,
+            max_seq_len: None,
+            packing: true,
+            lora_r: 8,
+            lora_alpha: 16.0,
+            lora_dropout: 0.0,
+            target_modules: "all-linear".into(),
+            use_rslora: false,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            gradient_checkpointing: false,
+            seed: 42,
+            save_steps: 0,
+            save_total_limit: 0,
+            eval_steps: 0,
+            eval_samples: 0,
+            format: None,
+            template: None,
+            skip_invalid: false,
+            train_on_inputs: false,
+            backend: "auto".into(),
+        }
+    }
+}
+
+fn bad(field: &str, why: impl std::fmt::Display) -> KilnError {
+    KilnError::Msg(format!("{field}: {why}"))
+}
+
+impl TrainConfig {
+    /// Defaults, overlaid by the TOML `file` (when given), overlaid by `flags` (a table of the
+    /// settings given on the command line).
+    pub fn resolve(file: Option<&Path>, flags: toml::Table) -> Result<TrainConfig> {
+        let mut table = match file {
+            None => toml::Table::new(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| KilnError::io(p, e))?;
+                text.parse::<toml::Table>().map_err(|e| KilnError::Msg(format!("{}: {e}", p.display())))?
+            }
+        };
+        table.extend(flags);
+        let cfg: TrainConfig =
+            table.try_into().map_err(|e: toml::de::Error| KilnError::Msg(format!("configuration: {}", e.message())))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Rejects settings that cannot work, naming the setting.
+    pub fn validate(&self) -> Result<()> {
+        if self.data.is_empty() {
+            return Err(bad("data", "give at least one training file (--data FILE)"));
+        }
+        if !(self.epochs > 0.0 && self.epochs.is_finite()) && self.max_steps.is_none() {
+            return Err(bad("epochs", "must be positive (or give --max-steps)"));
+        }
+        if self.max_steps == Some(0) {
+            return Err(bad("max_steps", "must be at least 1"));
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            return Err(bad("learning_rate", format!("{} is not a positive number", self.learning_rate)));
+        }
+        if self.batch_size == 0 || self.grad_accum == 0 {
+            return Err(bad("batch_size/grad_accum", "must be at least 1"));
+        }
+        if self.max_seq_len.is_some_and(|t| t < 2) {
+            return Err(bad("max_seq_len", "must be at least 2"));
+        }
+        if !(0.0..1.0).contains(&self.eval_split) {
+            return Err(bad("eval_split", "must be in [0, 1)"));
+        }
+        if self.method != Method::Full {
+            if self.lora_r == 0 {
+                return Err(bad("lora_r", "must be at least 1"));
+            }
+            self.targets()?;
+        }
+        if self.lora_dropout != 0.0 {
+            return Err(bad("lora_dropout", "dropout on the LoRA input is not implemented yet; use 0"));
+        }
+        if !(self.max_grad_norm >= 0.0 && self.weight_decay >= 0.0) {
+            return Err(bad("max_grad_norm/weight_decay", "must not be negative"));
+        }
+        if self.quantize.is_some() && self.method != Method::Qlora {
+            return Err(bad("quantize", "only applies to --method qlora"));
+        }
+        if let Some(q) = &self.quantize {
+            self.quant_type().map_err(|_| bad("quantize", format!("{q}: one of q8_0, q4_0, q4_1, q5_0")))?;
+        }
+        if !["auto", "cpu", "cuda", "wgpu"].contains(&self.backend.as_str()) {
+            return Err(bad("backend", format!("{}: one of auto, cpu, cuda, wgpu", self.backend)));
+        }
+        Ok(())
+    }
+
+    /// The block type of `quantize`.
+    pub fn quant_type(&self) -> Result<Option<kiln_core::quant::GgmlType>> {
+        use kiln_core::quant::GgmlType;
+        Ok(match self.quantize.as_deref() {
+            None => None,
+            Some("q8_0") => Some(GgmlType::Q8_0),
+            Some("q4_0") => Some(GgmlType::Q4_0),
+            Some("q4_1") => Some(GgmlType::Q4_1),
+            Some("q5_0") => Some(GgmlType::Q5_0),
+            Some(other) => return Err(bad("quantize", format!("{other}: one of q8_0, q4_0, q4_1, q5_0"))),
+        })
+    }
+
+    /// The LoRA target layers.
+    pub fn targets(&self) -> Result<Vec<Target>> {
+        let s = self.target_modules.trim();
+        if s == "all-linear" || s == "all" {
+            return Ok(Target::ALL.to_vec());
+        }
+        let mut out = Vec::new();
+        for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let t = Target::parse(name).ok_or_else(|| {
+                bad(
+                    "target_modules",
+                    format!("{name}: unknown; use q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj or all-linear"),
+                )
+            })?;
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+        if out.is_empty() {
+            return Err(bad("target_modules", "is empty"));
+        }
+        Ok(out)
+    }
+
+    /// LoRA hyper-parameters.
+    pub fn lora(&self) -> Result<LoraConfig> {
+        Ok(LoraConfig { r: self.lora_r, alpha: self.lora_alpha, rslora: self.use_rslora, targets: self.targets()? })
+    }
+
+    /// The configuration as TOML (written to `OUT/config.toml`).
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self).map_err(|e| KilnError::Msg(format!("configuration: {e}")))
+    }
+}

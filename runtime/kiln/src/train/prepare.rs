@@ -1,0 +1,113 @@
+//! From the configuration's data files to token sequences: load and validate (mixing weighted
+//! files), hold out the evaluation split, render with the chat template, mask, truncate and pack.
+
+use std::path::Path;
+
+use crate::data::batch::{PackStats, Sequence, pack, truncate, unpacked};
+use crate::data::render::Renderer;
+use crate::data::template::ChatTemplate;
+use crate::data::tokenizer::TextTokenizer;
+use crate::data::{DataSpec, Dataset, Example, Format, LoadOptions, LoadReport};
+use crate::{KilnError, Result};
+
+use super::config::TrainConfig;
+
+/// The data of a run, ready to batch.
+pub struct Prepared {
+    pub train: Vec<Sequence>,
+    pub eval: Vec<Sequence>,
+    /// The held-out rows as loaded (written to `OUT/eval.jsonl`).
+    pub eval_examples: Vec<Example>,
+    pub train_rows: usize,
+    pub train_tokens: usize,
+    /// Tokens the loss sees.
+    pub train_targets: usize,
+    pub stats: PackStats,
+    pub report: LoadReport,
+    pub pad: i32,
+    pub template: Option<String>,
+}
+
+/// The chat template: `--template` by name, else the tokenizer's own.
+pub fn template_for(cfg: &TrainConfig, tok: &TextTokenizer) -> Result<Option<ChatTemplate>> {
+    Ok(match (&cfg.template, &tok.chat_template) {
+        (Some(name), _) => Some(ChatTemplate::builtin(name)?),
+        (None, Some(src)) => Some(ChatTemplate::new(src, "the model's chat_template")?),
+        (None, None) => None,
+    })
+}
+
+fn load_opts(cfg: &TrainConfig) -> Result<LoadOptions> {
+    let format = match &cfg.format {
+        None => None,
+        Some(f) => Some(Format::parse(f).ok_or_else(|| {
+            let names: Vec<&str> = Format::ALL.iter().map(|f| f.name()).collect();
+            KilnError::Msg(format!("format: {f}: unknown; one of {}", names.join(", ")))
+        })?),
+    };
+    Ok(LoadOptions { format, skip_invalid: cfg.skip_invalid, need_final_assistant: true })
+}
+
+/// Loads, splits and tokenizes the configured data for a model with context `max_len`.
+pub fn prepare(cfg: &TrainConfig, tokenizer: TextTokenizer, max_len: usize) -> Result<Prepared> {
+    let opts = load_opts(cfg)?;
+    let specs = cfg.data.iter().map(|s| DataSpec::parse(s)).collect::<Result<Vec<_>>>()?;
+    let (ds, report) = Dataset::load(&specs, &opts, cfg.seed)?;
+    if ds.examples.iter().any(|e| matches!(e, Example::Preference { .. })) {
+        return Err(KilnError::Msg(
+            "data: preference rows (prompt/chosen/rejected) are for DPO, not supervised training".into(),
+        ));
+    }
+    let (train, eval) = match &cfg.eval_data {
+        Some(p) => {
+            let (e, _) = Dataset::load(&[DataSpec { path: p.clone(), weight: 1.0 }], &opts, cfg.seed)?;
+            (ds, e)
+        }
+        None if cfg.eval_split > 0.0 => ds.split(cfg.eval_split, cfg.seed),
+        None => (ds, Dataset { examples: Vec::new() }),
+    };
+    if train.is_empty() {
+        return Err(KilnError::Msg("data: no training rows left after the evaluation split".into()));
+    }
+    let mut eval_examples = eval.examples;
+    if cfg.eval_samples > 0 {
+        eval_examples.truncate(cfg.eval_samples);
+    }
+    let template = template_for(cfg, &tokenizer)?;
+    let origin = template.as_ref().map(|t| t.origin.clone());
+    let pad = tokenizer.pad.as_ref().or(tokenizer.eos.as_ref()).map_or(0, |s| s.id as i32);
+    let r = Renderer { tokenizer, template, train_on_inputs: cfg.train_on_inputs };
+    let tok = |rows: &[Example]| rows.iter().map(|e| r.tokenize(e)).collect::<Result<Vec<_>>>();
+    let mut stats = PackStats::default();
+    let train_tok = truncate(tok(&train.examples)?, max_len, &mut stats);
+    let eval_tok = truncate(tok(&eval_examples)?, max_len, &mut PackStats::default());
+    let train_tokens = train_tok.iter().map(|t| t.ids.len()).sum();
+    let train_targets = train_tok.iter().map(|t| t.mask.iter().filter(|&&m| m).count()).sum();
+    let (train_seqs, eval_seqs) = if cfg.packing {
+        (pack(&train_tok, max_len, &mut stats), pack(&eval_tok, max_len, &mut PackStats::default()))
+    } else {
+        (unpacked(&train_tok, &mut stats), unpacked(&eval_tok, &mut PackStats::default()))
+    };
+    Ok(Prepared {
+        train_rows: train.examples.len(),
+        train: train_seqs,
+        eval: eval_seqs,
+        eval_examples,
+        train_tokens,
+        train_targets,
+        stats,
+        report,
+        pad,
+        template: origin,
+    })
+}
+
+/// Writes the held-out rows as JSON lines, so `kiln eval` can score exactly that split.
+pub fn write_eval_rows(path: &Path, rows: &[Example]) -> Result<()> {
+    let mut s = String::new();
+    for e in rows {
+        s.push_str(&e.to_json().to_string());
+        s.push('\n');
+    }
+    crate::formats::write_atomic(path, s.as_bytes())
+}

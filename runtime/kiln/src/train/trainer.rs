@@ -1,0 +1,387 @@
+//! The training loop: micro-batches accumulated into optimizer steps, AdamW with a warmup
+//! schedule and clipping, periodic evaluation and checkpoints, exact resume.
+//!
+//! The loss of a step is the mean over every unmasked token of all its micro-batches: each
+//! micro-batch's mean loss is weighted by its share of the step's target tokens before
+//! backward, so `batch_size 4` and `batch_size 1 × grad_accum 4` give the same gradients (the
+//! accumulation bug Unsloth and transformers fixed in 2024 was averaging per-micro-batch means).
+//!
+//! The data order is a function of (seed, epoch): each epoch shuffles the packed sequences,
+//! groups `batch_size × grad_accum` of them per step and splits each group into micro-batches.
+//! A checkpoint therefore only needs the step count to resume the data stream.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use kiln_core::{Grads, Tape, Tensor, Var};
+
+use super::AdamW;
+use super::checkpoint::{self, State};
+use super::config::{Method, TrainConfig};
+use super::prepare::Prepared;
+use super::schedule::lr_at;
+use crate::adapters::LoraSet;
+use crate::data::batch::{Batch, to_batch};
+use crate::data::dataset::shuffle;
+use crate::model::{Inputs, Llama};
+use crate::{KilnError, Result};
+
+/// What the loop reports as it goes.
+pub enum Event<'a> {
+    Step(&'a StepLog),
+    Eval { step: usize, loss: f64 },
+    Saved { step: usize, path: &'a Path },
+}
+
+/// One optimizer step.
+#[derive(Clone, Debug)]
+pub struct StepLog {
+    pub step: usize,
+    pub total: usize,
+    pub epoch: f64,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens: usize,
+    pub tokens_per_s: f64,
+    pub elapsed_s: f64,
+}
+
+/// What a finished run measured.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    pub steps: usize,
+    pub secs: f64,
+    pub tokens: usize,
+    pub losses: Vec<(usize, f64)>,
+    pub evals: Vec<(usize, f64)>,
+    pub best_eval: Option<(usize, f64)>,
+    pub resumed_from: Option<usize>,
+}
+
+/// A run in progress.
+pub struct Trainer {
+    pub cfg: TrainConfig,
+    pub model: Llama,
+    pub lora: Option<LoraSet>,
+    pub data: Prepared,
+    opt: AdamW,
+    pub total_steps: usize,
+    pub steps_per_epoch: usize,
+    step: usize,
+    tokens: usize,
+    best: Option<(usize, f64)>,
+    out: PathBuf,
+    resumed_from: Option<usize>,
+}
+
+/// `(name, tensor)` of the trainable parameters, or the moments by name.
+type Named = Vec<(String, Tensor)>;
+
+impl Trainer {
+    /// Sets up adapters (or trainable weights), the optimizer and the step plan.
+    pub fn new(cfg: TrainConfig, model: Llama, data: Prepared) -> Result<Trainer> {
+        if data.train.is_empty() {
+            return Err(KilnError::Msg("data: no training sequence has a token to learn".into()));
+        }
+        let lora = match cfg.method {
+            Method::Full => None,
+            Method::Lora | Method::Qlora => Some(LoraSet::new(&model.config, cfg.lora()?, cfg.seed)?),
+        };
+        let per_step = cfg.batch_size * cfg.grad_accum;
+        let steps_per_epoch = data.train.len().div_ceil(per_step);
+        let total_steps =
+            cfg.max_steps.unwrap_or_else(|| ((cfg.epochs * steps_per_epoch as f64).ceil() as usize).max(1));
+        let mut opt = AdamW::new(cfg.learning_rate);
+        opt.weight_decay = cfg.weight_decay;
+        let out = cfg.out.clone();
+        let mut t = Trainer {
+            cfg,
+            model,
+            lora,
+            data,
+            opt,
+            total_steps,
+            steps_per_epoch,
+            step: 0,
+            tokens: 0,
+            best: None,
+            out,
+            resumed_from: None,
+        };
+        if t.lora.is_none() {
+            // Norm weights and biases are not decayed (transformers' Trainer does the same).
+            let names: Vec<String> = t.model.named_weights().into_iter().map(|(n, _)| n).collect();
+            for (n, v) in names.iter().zip(t.model.weights_mut()) {
+                if n.contains("norm") || n.ends_with(".bias") {
+                    t.opt.exclude_from_decay(v);
+                }
+            }
+        }
+        Ok(t)
+    }
+
+    /// Trainable parameters with their saved names.
+    fn params_mut(&mut self) -> Vec<(String, &mut Var)> {
+        match &mut self.lora {
+            Some(l) => {
+                let names: Vec<String> = l.named_params().into_iter().map(|(n, _)| n).collect();
+                names.into_iter().zip(l.params_mut()).collect()
+            }
+            None => {
+                let names: Vec<String> = self.model.named_weights().into_iter().map(|(n, _)| n).collect();
+                names.into_iter().zip(self.model.weights_mut()).collect()
+            }
+        }
+    }
+
+    /// Trainable parameters' current values by name.
+    pub fn params(&mut self) -> Named {
+        self.params_mut().into_iter().map(|(n, v)| (n, v.value().clone())).collect()
+    }
+
+    /// Number of trainable parameters.
+    pub fn num_trainable(&mut self) -> usize {
+        self.params_mut().iter().map(|(_, v)| v.value().numel()).sum()
+    }
+
+    /// The micro-batches of optimizer step `step` (1-based), as sequence indices.
+    fn plan(&self, step: usize) -> (usize, usize, Vec<Vec<usize>>) {
+        let n = self.data.train.len();
+        let (epoch, group) = ((step - 1) / self.steps_per_epoch, (step - 1) % self.steps_per_epoch);
+        let mut order: Vec<usize> = (0..n).collect();
+        shuffle(&mut order, self.cfg.seed.wrapping_add(epoch as u64 * 0x9e37_79b9));
+        let per = self.cfg.batch_size * self.cfg.grad_accum;
+        let idx = &order[group * per..((group + 1) * per).min(n)];
+        (epoch, group, idx.chunks(self.cfg.batch_size).map(<[usize]>::to_vec).collect())
+    }
+
+    fn batch(&self, idx: &[usize], eval: bool) -> Result<Batch> {
+        let src = if eval { &self.data.eval } else { &self.data.train };
+        let seqs: Vec<_> = idx.iter().map(|&i| src[i].clone()).collect();
+        to_batch(&seqs, self.data.pad)
+    }
+
+    /// Token-weighted mean loss over the held-out sequences (`None` without any).
+    pub fn evaluate(&self) -> Result<Option<f64>> {
+        let (mut sum, mut n) = (0.0, 0usize);
+        let idx: Vec<usize> = (0..self.data.eval.len()).collect();
+        for chunk in idx.chunks(self.cfg.batch_size) {
+            let b = self.batch(chunk, true)?;
+            if b.n_targets == 0 {
+                continue;
+            }
+            let tape = Tape::no_grad();
+            let inp = Inputs { ids: &b.ids, pos: &b.pos, seg: Some(&b.seg) };
+            let ce = self.model.loss(&tape, &inp, &b.targets, self.lora.as_ref(), false)?;
+            sum += ce.loss.value().item()? * ce.n_valid as f64;
+            n += ce.n_valid;
+        }
+        Ok((n > 0).then(|| sum / n as f64))
+    }
+
+    /// One optimizer step: forward/backward over each micro-batch, gradients weighted by
+    /// token share, clipped, applied. Returns (loss, grad norm, tokens, lr).
+    fn train_step(&mut self, step: usize) -> Result<(f64, f64, usize, f64)> {
+        let (_, _, micro) = self.plan(step);
+        let batches = micro.iter().map(|m| self.batch(m, false)).collect::<Result<Vec<_>>>()?;
+        let n_total: usize = batches.iter().map(|b| b.n_targets).sum();
+        let mut grads = Grads::default();
+        let (mut loss, mut tokens) = (0.0, 0);
+        for b in batches.iter().filter(|b| b.n_targets > 0) {
+            let tape = Tape::new();
+            let inp = Inputs { ids: &b.ids, pos: &b.pos, seg: Some(&b.seg) };
+            let ce = self.model.loss(&tape, &inp, &b.targets, self.lora.as_ref(), self.cfg.gradient_checkpointing)?;
+            let w = ce.n_valid as f64 / n_total as f64;
+            loss += ce.loss.value().item()? * w;
+            tokens += b.ids.numel();
+            let lv = ce.loss.value();
+            let seed = lv.backend().upload(&Tensor::from_vec(vec![w as f32], lv.dims().to_vec())?)?;
+            grads.merge(tape.backward_from(vec![(ce.loss.id(), seed)])?)?;
+        }
+        let lr = lr_at(self.cfg.lr_scheduler, self.cfg.learning_rate, step, self.cfg.warmup_steps, self.total_steps);
+        self.opt.lr = lr;
+        let clip = (self.cfg.max_grad_norm > 0.0).then_some(self.cfg.max_grad_norm);
+        let mut opt = std::mem::replace(&mut self.opt, AdamW::new(0.0));
+        let params: Vec<&mut Var> = self.params_mut().into_iter().map(|(_, v)| v).collect();
+        let gn = opt.step(params, &grads, clip);
+        self.opt = opt;
+        Ok((loss, gn?, tokens, lr))
+    }
+
+    fn state(&self, lr: f64) -> State {
+        let (epoch, group, _) = if self.step > 0 { self.plan(self.step) } else { (0, 0, vec![]) };
+        State {
+            step: self.step,
+            total_steps: self.total_steps,
+            epoch: self.step as f64 / self.steps_per_epoch as f64,
+            lr,
+            data_epoch: epoch,
+            data_group: group,
+            seed: self.cfg.seed,
+            tokens: self.tokens,
+            best_eval_loss: self.best.map(|b| b.1),
+            best_step: self.best.map(|b| b.0),
+        }
+    }
+
+    /// Writes checkpoint `step-N` and prunes old ones.
+    pub fn save_checkpoint(&mut self, lr: f64) -> Result<PathBuf> {
+        let state = self.state(lr);
+        let params = self.params();
+        let mut moments = Vec::new();
+        let mut opt = std::mem::replace(&mut self.opt, AdamW::new(0.0));
+        for (n, v) in self.params_mut() {
+            if let Some((m, s)) = opt.moments(v) {
+                moments.push((n, m.clone(), s.clone()));
+            }
+        }
+        std::mem::swap(&mut self.opt, &mut opt);
+        let p = checkpoint::save(&self.out, &state, &params, &moments)?;
+        checkpoint::prune(&self.out, self.cfg.save_total_limit, self.best.map(|b| b.0))?;
+        Ok(p)
+    }
+
+    /// Restores parameters, optimizer moments and the step from a checkpoint folder.
+    pub fn resume(&mut self, path: &Path) -> Result<usize> {
+        let ck = checkpoint::load(path)?;
+        if ck.state.total_steps != self.total_steps || ck.state.seed != self.cfg.seed {
+            return Err(KilnError::Msg(format!(
+                "{}: the checkpoint was made for {} steps with seed {}; this run has {} steps with seed {} (resume with the same configuration)",
+                path.display(),
+                ck.state.total_steps,
+                ck.state.seed,
+                self.total_steps,
+                self.cfg.seed
+            )));
+        }
+        let steps = ck.state.step as u64;
+        let mut opt = std::mem::replace(&mut self.opt, AdamW::new(0.0));
+        for (name, v) in self.params_mut() {
+            let t = ck.params.get_shaped(&name, v.value().dims())?;
+            v.set_value(t.to_dtype(kiln_core::DType::F32)?);
+            let m = format!("exp_avg.{name}");
+            if ck.optimizer.contains(&m) {
+                let mm = ck.optimizer.get_shaped(&m, v.value().dims())?.to_dtype(kiln_core::DType::F32)?;
+                let ss = ck.optimizer.get_shaped(&format!("exp_avg_sq.{name}"), v.value().dims())?;
+                opt.restore(v, mm, ss.to_dtype(kiln_core::DType::F32)?, steps);
+            }
+        }
+        opt.set_steps(steps);
+        self.opt = opt;
+        self.step = ck.state.step;
+        self.tokens = ck.state.tokens;
+        self.best = ck.state.best_step.zip(ck.state.best_eval_loss);
+        self.resumed_from = Some(self.step);
+        Ok(self.step)
+    }
+
+    /// Evaluates, records the result and tracks the best step.
+    fn eval_record(&mut self, step: usize, summary: &mut Summary) -> Result<Option<f64>> {
+        let Some(l) = self.evaluate()? else { return Ok(None) };
+        summary.evals.push((step, l));
+        if step > 0 && self.best.is_none_or(|b| l < b.1) {
+            self.best = Some((step, l));
+        }
+        Ok(Some(l))
+    }
+
+    /// Runs the remaining steps, evaluating and saving as configured, logging each step to
+    /// `OUT/metrics.jsonl` and to `on`.
+    pub fn run(&mut self, on: &mut dyn FnMut(Event<'_>)) -> Result<Summary> {
+        let metrics_path = self.out.join("metrics.jsonl");
+        let (mut metrics, earlier) = open_metrics(&metrics_path, self.step)?;
+        let mut line = |v: serde_json::Value| -> Result<()> {
+            writeln!(metrics, "{v}").map_err(|e| KilnError::io(&metrics_path, e))
+        };
+        let mut summary = Summary {
+            steps: self.total_steps,
+            secs: 0.0,
+            tokens: 0,
+            losses: vec![],
+            evals: vec![],
+            best_eval: None,
+            resumed_from: self.resumed_from,
+        };
+        // A resumed run's curve and summary include the steps before the checkpoint.
+        for v in &earlier {
+            let step = v["step"].as_u64().unwrap_or(0) as usize;
+            match (v["kind"].as_str(), v["loss"].as_f64(), v["eval_loss"].as_f64()) {
+                (Some("train"), Some(l), _) => summary.losses.push((step, l)),
+                (Some("eval"), _, Some(l)) => summary.evals.push((step, l)),
+                _ => {}
+            }
+        }
+        if self.step == 0
+            && let Some(l) = self.eval_record(0, &mut summary)?
+        {
+            on(Event::Eval { step: 0, loss: l });
+            line(serde_json::json!({"kind": "eval", "step": 0, "eval_loss": l, "eval_ppl": l.exp()}))?;
+        }
+        let t0 = Instant::now();
+        let tokens0 = self.tokens;
+        for step in self.step + 1..=self.total_steps {
+            let (loss, gn, tokens, lr) = self.train_step(step)?;
+            if !loss.is_finite() {
+                let last = checkpoint::list(&self.out).last().map(|c| c.1.display().to_string());
+                return Err(KilnError::Msg(format!(
+                    "step {step}: the loss is {loss}; training stopped. Last good checkpoint: {}",
+                    last.unwrap_or_else(|| "none (set --save-steps)".into())
+                )));
+            }
+            self.step = step;
+            self.tokens += tokens;
+            let el = t0.elapsed().as_secs_f64();
+            let log = StepLog {
+                step,
+                total: self.total_steps,
+                epoch: step as f64 / self.steps_per_epoch as f64,
+                loss,
+                lr,
+                grad_norm: gn,
+                tokens: self.tokens,
+                tokens_per_s: (self.tokens - tokens0) as f64 / el.max(1e-9),
+                elapsed_s: el,
+            };
+            line(serde_json::json!({"kind": "train", "step": step, "epoch": log.epoch, "loss": loss, "lr": lr,
+                "grad_norm": gn, "tokens": log.tokens, "tokens_per_s": log.tokens_per_s, "elapsed_s": el}))?;
+            summary.losses.push((step, loss));
+            on(Event::Step(&log));
+            let last = step == self.total_steps;
+            if (self.cfg.eval_steps > 0 && step.is_multiple_of(self.cfg.eval_steps)) || last {
+                if let Some(l) = self.eval_record(step, &mut summary)? {
+                    on(Event::Eval { step, loss: l });
+                    line(serde_json::json!({"kind": "eval", "step": step, "eval_loss": l, "eval_ppl": l.exp()}))?;
+                }
+            }
+            if (self.cfg.save_steps > 0 && step.is_multiple_of(self.cfg.save_steps)) || last {
+                let p = self.save_checkpoint(lr)?;
+                on(Event::Saved { step, path: &p });
+            }
+        }
+        summary.secs = t0.elapsed().as_secs_f64();
+        summary.tokens = self.tokens - tokens0;
+        summary.best_eval = self.best;
+        Ok(summary)
+    }
+}
+
+/// Opens `metrics.jsonl` for a run starting after `step`: a fresh run truncates it; a resumed
+/// run keeps the records up to its checkpoint and drops those of the abandoned steps after it.
+fn open_metrics(path: &Path, step: usize) -> Result<(std::fs::File, Vec<serde_json::Value>)> {
+    let kept: Vec<serde_json::Value> = if step == 0 {
+        Vec::new()
+    } else {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["step"].as_u64().is_some_and(|s| s as usize <= step))
+            .collect()
+    };
+    let text: String = kept.iter().map(|v| format!("{v}\n")).collect();
+    crate::formats::write_atomic(path, text.as_bytes())?;
+    let f = std::fs::OpenOptions::new().append(true).open(path).map_err(|e| KilnError::io(path, e))?;
+    Ok((f, kept))
+}
