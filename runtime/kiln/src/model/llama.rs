@@ -194,6 +194,14 @@ impl Llama {
         for (i, b) in self.blocks.iter_mut().enumerate() {
             for (t, l) in Target::ALL.iter().zip(&mut b.linears) {
                 let w = l.w.value();
+                let (bs, k) = (ty.block().0, w.shape().last());
+                if !k.is_multiple_of(bs) {
+                    return Err(KilnError::Msg(format!(
+                        "quantizing model.layers.{i}.{}.weight to {}: its rows of {k} values are not whole {bs}-value blocks",
+                        t.module(),
+                        ty.name()
+                    )));
+                }
                 let q = if w.dtype() == DType::Quant(ty) {
                     w.clone()
                 } else {

@@ -83,7 +83,12 @@ impl Trainer {
     /// Sets up adapters (or trainable weights), the optimizer and the step plan.
     pub fn new(cfg: TrainConfig, model: Llama, data: Prepared) -> Result<Trainer> {
         if data.train.is_empty() {
-            return Err(KilnError::Msg("data: no training sequence has a token to learn".into()));
+            return Err(KilnError::Msg(format!(
+                "data: no training row has a token to learn ({} of {} rows had nothing trainable left within max_seq_len {}; raise --max-seq-len)",
+                data.stats.dropped,
+                data.stats.rows,
+                cfg.max_seq_len.unwrap_or(0)
+            )));
         }
         let lora = match cfg.method {
             Method::Full => None,

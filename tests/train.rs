@@ -1,0 +1,218 @@
+//! The training loop on a small random Llama with the fixture BPE tokenizer and a generated
+//! chat dataset: gradient accumulation is exactly batching, a resumed run reproduces the
+//! uninterrupted one, every method lowers the loss, a diverging run stops with its step, and
+//! the configuration layers (defaults < TOML < flags) and the PEFT adapter round-trip.
+
+use std::path::{Path, PathBuf};
+
+use kiln::adapters::LoraSet;
+use kiln::data::tokenizer::TextTokenizer;
+use kiln::model::Llama;
+use kiln::model::init::{TinySpec, create_random_llama};
+use kiln::train::prepare::prepare;
+use kiln::train::{Method, Summary, TrainConfig, Trainer};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+/// A random Llama over the fixture tokenizer's 709 tokens, with the tokenizer files beside it.
+fn tiny_model(dir: &Path) -> PathBuf {
+    let m = dir.join("model");
+    let spec = TinySpec {
+        vocab_size: 709,
+        hidden_size: 64,
+        intermediate_size: 128,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        init_std: 0.1,
+    };
+    create_random_llama(&m, &spec, 7).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"] {
+        std::fs::copy(fixtures().join("tokenizer").join(f), m.join(f)).unwrap();
+    }
+    m
+}
+
+/// Chat rows asking for sums, answered in a fixed format.
+fn dataset(dir: &Path, n: usize) -> PathBuf {
+    let p = dir.join("sums.jsonl");
+    let mut s = String::new();
+    for i in 0..n {
+        let (a, b) = (i * 7 % 23, i * 5 % 17);
+        let row = serde_json::json!({"messages": [
+            {"role": "user", "content": format!("add {a} and {b}")},
+            {"role": "assistant", "content": format!("sum = {}", a + b)}]});
+        s.push_str(&format!("{row}\n"));
+    }
+    std::fs::write(&p, s).unwrap();
+    p
+}
+
+fn config(dir: &Path, extra: &str) -> TrainConfig {
+    let model = tiny_model(dir);
+    let data = dataset(dir, 48);
+    let text = format!(
+        "model = {model:?}\ndata = [{data:?}]\nout = {out:?}\nmax_seq_len = 256\nlearning_rate = 0.003\nbatch_size = 2\nmax_steps = 6\n",
+        out = dir.join("out")
+    );
+    let f = dir.join("kiln.toml");
+    std::fs::write(&f, text).unwrap();
+    // `extra` plays the command-line flags, overriding the file.
+    TrainConfig::resolve(Some(&f), extra.parse::<toml::Table>().unwrap()).unwrap()
+}
+
+fn trainer(cfg: &TrainConfig) -> Trainer {
+    let path = cfg.model.clone().unwrap();
+    let mut model = Llama::load(&path, cfg.method == Method::Full).unwrap();
+    if let Some(ty) = cfg.quant_type().unwrap() {
+        model.quantize_linears(ty).unwrap();
+    }
+    let tok = TextTokenizer::load(&path).unwrap();
+    let data = prepare(cfg, tok, cfg.max_seq_len.unwrap()).unwrap();
+    Trainer::new(cfg.clone(), model, data).unwrap()
+}
+
+fn run(cfg: &TrainConfig) -> (Trainer, Summary) {
+    let mut t = trainer(cfg);
+    let s = t.run(&mut |_| {}).unwrap();
+    (t, s)
+}
+
+fn assert_close(what: &str, a: f64, b: f64, tol: f64) {
+    assert!(a.is_finite() && b.is_finite() && (a - b).abs() <= tol * b.abs().max(1e-3), "{what}: {a} vs {b}");
+}
+
+#[test]
+fn accumulation_equals_batching() {
+    // Packing off, so rows differ in length and padding differs between the two layouts:
+    // a mean of per-micro-batch means would not match; the token-weighted mean does.
+    let d = tempdir("accum");
+    let base = config(&d, "packing = false\nbatch_size = 4\ngrad_accum = 1\n");
+    let mut acc = base.clone();
+    (acc.batch_size, acc.grad_accum) = (1, 4);
+    let (mut t1, s1) = run(&base);
+    let (mut t2, s2) = run(&acc);
+    assert_eq!(s1.losses.len(), 6);
+    for ((st, a), (_, b)) in s1.losses.iter().zip(&s2.losses) {
+        assert_close(&format!("step {st} loss"), *b, *a, 1e-5);
+    }
+    for ((n, a), (_, b)) in t1.params().iter().zip(t2.params()) {
+        let (a, b) = (a.to_vec_f64().unwrap(), b.to_vec_f64().unwrap());
+        let scale = a.iter().fold(0f64, |m, x| m.max(x.abs()));
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-4 * scale, "{n}: {x} vs {y}");
+        }
+    }
+}
+
+#[test]
+fn resume_reproduces_the_uninterrupted_run() {
+    let d = tempdir("resume");
+    let cfg = config(&d, "save_steps = 3\neval_steps = 3\n");
+    let (_, full) = run(&cfg);
+    let ck = cfg.out.join("checkpoints/step-3");
+    assert!(ck.join("state.json").is_file() && ck.join("optimizer.safetensors").is_file());
+    // A fresh process picks the run up at step 3, as after a kill.
+    let mut t = trainer(&cfg);
+    assert_eq!(t.resume(&ck).unwrap(), 3);
+    let resumed = t.run(&mut |_| {}).unwrap();
+    assert_eq!(resumed.losses.len(), 6, "the summary includes the steps before the checkpoint");
+    for ((st, a), (_, b)) in full.losses.iter().zip(&resumed.losses).skip(3) {
+        assert_close(&format!("step {st} loss after resume"), *b, *a, 1e-6);
+    }
+    let metrics = std::fs::read_to_string(cfg.out.join("metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train")
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [1, 2, 3, 4, 5, 6], "metrics.jsonl keeps one record per step");
+    // A checkpoint of another configuration is refused with the reason.
+    let mut other = cfg.clone();
+    other.max_steps = Some(9);
+    let err = trainer(&other).resume(&ck).err().unwrap().to_string();
+    assert!(err.contains("6 steps") && err.contains("9 steps"), "{err}");
+}
+
+#[test]
+fn every_method_lowers_the_loss() {
+    for (name, extra) in [
+        ("lora", "method = \"lora\"\n"),
+        ("qlora", "method = \"qlora\"\nquantize = \"q8_0\"\n"),
+        ("full", "method = \"full\"\nlearning_rate = 0.001\n"),
+        (
+            "rslora",
+            "use_rslora = true\ntarget_modules = \"q_proj,v_proj\"\nlr_scheduler = \"cosine\"\nwarmup_steps = 2\n",
+        ),
+    ] {
+        let d = tempdir(name);
+        let cfg = config(&d, &format!("{extra}max_steps = 12\ngradient_checkpointing = true\n"));
+        assert_eq!(cfg.max_steps, Some(12));
+        let (_, s) = run(&cfg);
+        let (first, last) = (s.evals[0].1, s.evals.last().unwrap().1);
+        eprintln!("{name}: eval loss {first:.4} → {last:.4}");
+        assert!(last < first * 0.9, "{name}: eval loss {first} → {last}");
+    }
+}
+
+#[test]
+fn a_diverging_run_stops_with_its_step() {
+    let d = tempdir("nan");
+    let cfg = config(&d, "learning_rate = 1e30\nmax_grad_norm = 0.0\nsave_steps = 1\nmax_steps = 20\n");
+    let mut t = trainer(&cfg);
+    let err = t.run(&mut |_| {}).err().expect("a learning rate of 1e30 must diverge").to_string();
+    assert!(err.contains("step ") && err.contains("loss is") && err.contains("checkpoint"), "{err}");
+}
+
+#[test]
+fn config_layers_and_bad_values() {
+    let d = tempdir("cfg");
+    let f = d.join("k.toml");
+    std::fs::write(&f, "data = [\"a.jsonl\"]\nlearning_rate = 0.001\nlora_r = 4\n").unwrap();
+    let mut flags = toml::Table::new();
+    flags.insert("lora_r".into(), toml::Value::Integer(16));
+    let c = TrainConfig::resolve(Some(&f), flags).unwrap();
+    assert_eq!((c.learning_rate, c.lora_r, c.batch_size), (0.001, 16, 4), "file < flags, defaults elsewhere");
+    let back: TrainConfig = toml::from_str(&c.to_toml().unwrap()).unwrap();
+    assert_eq!(back.lora_r, 16, "the written config.toml reads back");
+    for (bad, field) in [
+        ("learning_rat = 1", "learning_rat"),
+        ("learning_rate = -1.0", "learning_rate"),
+        ("target_modules = \"q_proj,foo\"", "foo"),
+        ("method = \"dora\"", "dora"),
+        ("quantize = \"q4_0\"", "quantize"),
+        ("batch_size = 0", "batch_size"),
+    ] {
+        std::fs::write(&f, format!("data = [\"a.jsonl\"]\n{bad}\n")).unwrap();
+        let e = TrainConfig::resolve(Some(&f), toml::Table::new()).err().unwrap().to_string();
+        assert!(e.contains(field), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn peft_adapter_round_trips() {
+    let d = tempdir("peft");
+    let cfg = config(&d, "target_modules = \"q_proj,v_proj,down_proj\"\nmax_steps = 2\n");
+    let (t, _) = run(&cfg);
+    let lora = t.lora.as_ref().unwrap();
+    lora.save_peft(&d.join("adapter"), "tiny", 0.0).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("adapter/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(v["target_modules"], serde_json::json!(["q_proj", "v_proj", "down_proj"]));
+    let back = LoraSet::load_peft(&d.join("adapter"), &t.model.config).unwrap();
+    let (a, b) = (lora.named_params(), back.named_params());
+    assert_eq!(a.len(), b.len());
+    for ((n, x), (_, y)) in a.iter().zip(&b) {
+        assert_eq!(x.value().to_vec_f32().unwrap(), y.value().to_vec_f32().unwrap(), "{n}");
+    }
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("train-{name}"));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
