@@ -147,9 +147,10 @@ fn main_job_fine_tunes_smollm2_on_the_bundled_data() {
         Err(e) => panic!("{e}: CI must run the main job"),
     };
     let out_dir = std::env::temp_dir().join(format!("kiln-cli-main-{}", std::process::id()));
-    // A short run of the README's main job (same path, fewer steps).
+    // A short run of the README's main job (same path: QLoRA on the Q4_1 base, exact match before
+    // and after), with fewer steps and held-out rows, so no accuracy bar.
     let out = kiln()
-        .args(["demo", "--steps", "6", "--lr", "3e-4", "--model"])
+        .args(["demo", "--steps", "4", "--batch-size", "2", "--eval-rows", "3", "--min-gain=-100", "--model"])
         .arg(&model)
         .arg("--out")
         .arg(&out_dir)
@@ -157,7 +158,13 @@ fn main_job_fine_tunes_smollm2_on_the_bundled_data() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("held-out loss"), "{stdout}");
+    assert!(stdout.contains("held-out loss") && stdout.contains("exact match on 3 held-out rows"), "{stdout}");
+    assert!(stdout.contains("expected: {\"name\""), "side-by-side examples: {stdout}");
+    let rep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("demo.json")).unwrap()).unwrap();
+    assert_eq!(rep["steps"], 4);
+    assert!(rep["eval_loss_after"].as_f64().unwrap() < rep["eval_loss_before"].as_f64().unwrap(), "{rep}");
+    assert!(rep["base_exact_match"].is_number() && rep["tuned_exact_match"].is_number(), "{rep}");
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out_dir.join("adapter/adapter_config.json")).unwrap()).unwrap();
     assert_eq!(cfg["peft_type"], "LORA");

@@ -21,23 +21,23 @@ use kiln::model::{Inputs, Llama};
 use kiln::train::AdamW;
 
 const DEMO_TEXT: &str = include_str!("../../../../data/demo.txt");
-const DEMO_CHAT: &str = include_str!("../../../../data/demo_chat.jsonl");
+const DEMO_ORDERS: &str = include_str!("../../../../data/demo_orders.jsonl");
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Output directory (model/, adapter/, metrics.jsonl).
     #[arg(long, default_value = "runs/demo")]
     out: PathBuf,
-    /// Optimizer steps [default: 20; 80 with --tiny].
+    /// Optimizer steps [default: --epochs over the data; 80 with --tiny].
     #[arg(long)]
     steps: Option<usize>,
-    /// Rows (packed sequences) per batch [default: 1; 4 with --tiny].
+    /// Packed sequences per batch [default: 4].
     #[arg(long)]
     batch_size: Option<usize>,
     /// Tokens per sequence [default: 256; 96 with --tiny].
     #[arg(long)]
     seq_len: Option<usize>,
-    /// Peak learning rate [default: 2e-4; 3e-3 with --tiny].
+    /// Peak learning rate [default: 1e-3; 3e-3 with --tiny].
     #[arg(long)]
     lr: Option<f64>,
     /// The model (a .gguf file or a safetensors directory with a tokenizer) [default: SmolLM2
@@ -50,9 +50,18 @@ pub struct DemoArgs {
     /// LoRA rank.
     #[arg(long, default_value_t = 16)]
     lora_r: usize,
-    /// Seed for the model, the adapter and the batches.
+    /// Seed for the model, the adapter, the split and the batches.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Passes over the training rows (when --steps is not given).
+    #[arg(long, default_value_t = 2.0)]
+    epochs: f64,
+    /// Held-out rows scored by exact match, before and after tuning.
+    #[arg(long, default_value_t = 40)]
+    eval_rows: usize,
+    /// Fail unless exact match gains at least this many points.
+    #[arg(long, default_value_t = 30.0)]
+    min_gain: f64,
 }
 
 /// Rows of `t` byte tokens starting at `starts`, one sequence each.
@@ -71,15 +80,15 @@ pub fn run(a: DemoArgs) -> Result<()> {
     // Defaults measured on the bundled data: SmolLM2 at 2e-4 for 20 steps (≈ 4 epochs) lowers
     // held-out loss 4.61 → 3.66; at 1e-3 for 30 steps it memorizes the 24 training rows and
     // held-out loss rises.
-    let (steps, batch_size, seq_len, lr) = if a.tiny {
-        (a.steps.unwrap_or(80), a.batch_size.unwrap_or(4), a.seq_len.unwrap_or(96), a.lr.unwrap_or(3e-3))
-    } else {
-        (a.steps.unwrap_or(20), a.batch_size.unwrap_or(1), a.seq_len.unwrap_or(256), a.lr.unwrap_or(2e-4))
-    };
-    if steps == 0 || batch_size == 0 || seq_len < 2 {
+    let batch_size = a.batch_size.unwrap_or(4);
+    if a.steps == Some(0) || batch_size == 0 || a.seq_len.is_some_and(|t| t < 2) {
         bail!("--steps and --batch-size must be positive and --seq-len at least 2");
     }
-    if a.tiny { run_tiny(&a, steps, batch_size, seq_len, lr) } else { run_real(&a, steps, batch_size, seq_len, lr) }
+    if a.tiny {
+        run_tiny(&a, a.steps.unwrap_or(80), batch_size, a.seq_len.unwrap_or(96), a.lr.unwrap_or(3e-3))
+    } else {
+        run_real(&a, a.steps, batch_size, a.seq_len.unwrap_or(256), a.lr.unwrap_or(1e-3))
+    }
 }
 
 /// Writes the adapter in PEFT layout.
@@ -181,56 +190,146 @@ fn finish(o: &Outcome, steps: usize, held_out: &str, adapter: &std::path::Path) 
     Ok(())
 }
 
-fn run_real(a: &DemoArgs, steps: usize, batch_size: usize, seq_len: usize, lr: f64) -> Result<()> {
-    use kiln::data::batch::{PackStats, batches, pack, truncate};
-    use kiln::data::render::Renderer;
+/// The held-out rows' prompts (every turn but the last) and expected answers (the last turn).
+fn qa_pairs(rows: &[kiln::data::Example]) -> Vec<(Vec<kiln::data::Message>, String)> {
+    rows.iter()
+        .filter_map(|e| match e {
+            kiln::data::Example::Chat(m) if m.len() >= 2 => {
+                Some((m[..m.len() - 1].to_vec(), m[m.len() - 1].content.trim().to_string()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Greedy answers to `pairs` and how many equal the expected answer exactly.
+fn exact_match(
+    model: &Llama,
+    lora: Option<&LoraSet>,
+    tok: &kiln::data::tokenizer::TextTokenizer,
+    template: &kiln::data::template::ChatTemplate,
+    pairs: &[(Vec<kiln::data::Message>, String)],
+    label: &str,
+) -> Result<(usize, Vec<String>)> {
+    use kiln::generate::{GenOptions, generate};
+    let (bos, eos) =
+        (tok.bos.as_ref().map_or("", |s| s.text.as_str()), tok.eos.as_ref().map_or("", |s| s.text.as_str()));
+    let stop: Vec<i32> = tok.eos.iter().map(|s| s.id as i32).collect();
+    let opts = GenOptions { max_new_tokens: 48, temperature: 0.0, seed: 0 };
+    let pb = progress(pairs.len());
+    pb.set_message(label.to_string());
+    let (mut hits, mut answers) = (0, Vec::new());
+    for (msgs, want) in pairs {
+        let text = template.render(msgs, true, bos, eos)?;
+        let ids: Vec<i32> = tok.encode(&text)?.ids.iter().map(|&i| i as i32).collect();
+        let out = generate(model, &ids, &stop, &opts, lora)?;
+        let shown: Vec<u32> = out.iter().filter(|t| !stop.contains(t)).map(|&t| t as u32).collect();
+        let got = tok.decode(&shown)?.trim().to_string();
+        hits += usize::from(&got == want);
+        answers.push(got);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok((hits, answers))
+}
+
+fn run_real(a: &DemoArgs, steps: Option<usize>, batch_size: usize, seq_len: usize, lr: f64) -> Result<()> {
     use kiln::data::template::ChatTemplate;
-    use kiln::data::{DataSpec, Dataset, LoadOptions};
+    use kiln::train::prepare::prepare;
+    use kiln::train::{Method, TrainConfig, Trainer};
     let path = kiln::models::resolve(a.model.as_deref())?;
     let t0 = Instant::now();
     let (model, tokenizer) = kiln::models::load_with_tokenizer(&path, false)?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let src = tokenizer
         .chat_template
         .clone()
         .ok_or_else(|| anyhow::anyhow!("{}: the model has no chat template", path.display()))?;
     let template = ChatTemplate::new(&src, "the model's chat_template")?;
-    let pad = tokenizer.pad.as_ref().or(tokenizer.eos.as_ref()).map_or(0, |s| s.id as i32);
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let data_path = a.out.join("data.jsonl");
-    kiln::formats::write_atomic(&data_path, DEMO_CHAT.as_bytes())?;
-    let (ds, _) = Dataset::load(&[DataSpec { path: data_path, weight: 1.0 }], &LoadOptions::default(), a.seed)?;
-    let (train, test) = ds.split(0.2, a.seed);
-    let r = Renderer { tokenizer, template: Some(template), train_on_inputs: false };
-    let mut st = PackStats::default();
-    let tok = |d: &Dataset| d.examples.iter().map(|e| r.tokenize(e)).collect::<kiln::Result<Vec<_>>>();
-    let train_rows = truncate(tok(&train)?, seq_len, &mut st);
-    let test_rows = truncate(tok(&test)?, seq_len, &mut st);
-    let eval = to_batch(&pack(&test_rows, seq_len, &mut PackStats::default()), pad)?;
-    let train_batches = batches(pack(&train_rows, seq_len, &mut st), batch_size, false, pad, a.seed)?;
-    let lcfg = LoraConfig { r: a.lora_r, alpha: 2.0 * a.lora_r as f64, ..Default::default() };
-    let mut lora = LoraSet::new(&model.config, lcfg, a.seed + 1)?;
+    kiln::formats::write_atomic(&data_path, DEMO_ORDERS.as_bytes())?;
+    // QLoRA: the base stays in its Q4_1/Q8_0 blocks, dequantized tile by tile inside each matmul.
+    let cfg = TrainConfig {
+        model: Some(path.clone()),
+        data: vec![data_path.display().to_string()],
+        eval_split: 0.15,
+        out: a.out.clone(),
+        method: Method::Qlora,
+        epochs: a.epochs,
+        max_steps: steps,
+        learning_rate: lr,
+        warmup_steps: 2,
+        batch_size,
+        max_seq_len: Some(seq_len),
+        lora_r: a.lora_r,
+        lora_alpha: 2.0 * a.lora_r as f64,
+        seed: a.seed,
+        ..TrainConfig::default()
+    };
+    cfg.validate()?;
+    let data = prepare(&cfg, tokenizer.clone(), seq_len)?;
+    let mut pairs = qa_pairs(&data.eval_examples);
+    pairs.truncate(a.eval_rows);
+    let mut t = Trainer::new(cfg.clone(), model, data)?;
+    let trainable = t.num_trainable();
     eprintln!(
-        "demo: {} ({} params, loaded in {:.0} ms); {} train rows packed into {} sequences of ≤ {seq_len} tokens, {} held-out rows; LoRA r={} ({} trainable)",
+        "demo: {} ({} params, loaded in {load_ms:.0} ms); {} train rows packed into {} sequences of ≤ {seq_len} tokens; {} steps; QLoRA r={} ({} trainable) on the quantized base; exact match on {} held-out rows",
         path.display(),
-        model.config.num_params(),
-        t0.elapsed().as_secs_f64() * 1e3,
-        train.len(),
-        train_batches.len(),
-        test.len(),
+        t.model.config.num_params(),
+        t.data.train_rows,
+        t.data.train.len(),
+        t.total_steps,
         a.lora_r,
-        lora.num_params()
+        trainable,
+        pairs.len()
     );
-    let n_batches = train_batches.len();
-    let o = train_loop(
-        &model,
-        &mut lora,
-        |step| Ok(train_batches[(step - 1) % n_batches].clone()),
-        &eval,
-        (steps, lr, n_batches as f64),
-        &a.out,
-    )?;
-    let adapter = save_adapter(&lora, &a.out, &path.display().to_string())?;
-    finish(&o, steps, &format!("assistant tokens of {} rows", test.len()), &adapter)
+    let (base_hits, base_ans) = exact_match(&t.model, None, &tokenizer, &template, &pairs, "base model")?;
+    let tt = Instant::now();
+    let pb_steps = progress(t.total_steps);
+    let summary = t.run(&mut |e| {
+        if let kiln::train::Event::Step(s) = e {
+            pb_steps.set_message(format!("loss {:.3} {:.0} tok/s", s.loss, s.tokens_per_s));
+            pb_steps.set_position(s.step as u64);
+        }
+    })?;
+    pb_steps.finish_and_clear();
+    let train_s = tt.elapsed().as_secs_f64();
+    let lora = t.lora.clone();
+    let (hits, ans) = exact_match(&t.model, lora.as_ref(), &tokenizer, &template, &pairs, "tuned model")?;
+    let adapter = save_adapter(lora.as_ref().context("the demo trains LoRA")?, &a.out, &path.display().to_string())?;
+    let n = pairs.len().max(1) as f64;
+    let (acc0, acc1) = (100.0 * base_hits as f64 / n, 100.0 * hits as f64 / n);
+    for (i, ((msgs, want), (b, f))) in pairs.iter().zip(base_ans.iter().zip(&ans)).take(3).enumerate() {
+        let short = |s: &str| s.replace('\n', " ").chars().take(90).collect::<String>();
+        println!("example {}: {}", i + 1, msgs.last().map(|m| m.content.as_str()).unwrap_or(""));
+        println!("  expected: {want}");
+        println!("  base:     {}", short(b));
+        println!("  tuned:    {}", short(f));
+    }
+    let (e0, e1) = (summary.evals.first().map_or(f64::NAN, |e| e.1), summary.evals.last().map_or(f64::NAN, |e| e.1));
+    let report = serde_json::json!({"model": path.display().to_string(), "steps": summary.steps, "train_s": train_s,
+        "tokens_per_s": summary.tokens as f64 / summary.secs.max(1e-9), "eval_loss_before": e0, "eval_loss_after": e1,
+        "eval_rows": pairs.len(), "base_exact_match": acc0, "tuned_exact_match": acc1,
+        "total_s": t0.elapsed().as_secs_f64(), "peak_rss_mb": kiln::info::peak_rss_mb()});
+    kiln::formats::write_atomic(&a.out.join("demo.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    println!(
+        "demo: QLoRA {} steps in {train_s:.0}s ({:.0} tokens/s); held-out loss {e0:.3} → {e1:.3}; exact match on {} held-out rows: base {acc0:.0}% → tuned {acc1:.0}% ({:+.0} points); total {:.0}s; adapter in {}",
+        summary.steps,
+        summary.tokens as f64 / summary.secs.max(1e-9),
+        pairs.len(),
+        acc1 - acc0,
+        t0.elapsed().as_secs_f64(),
+        adapter.display()
+    );
+    if acc1 - acc0 < a.min_gain {
+        bail!(
+            "the tuned model gained {:.0} points of exact match; the demo expects at least {}",
+            acc1 - acc0,
+            a.min_gain
+        );
+    }
+    Ok(())
 }
 
 fn run_tiny(a: &DemoArgs, steps: usize, batch_size: usize, seq_len: usize, lr: f64) -> Result<()> {

@@ -23,6 +23,7 @@ pub struct Encoded {
 }
 
 /// A tokenizer with the settings fine-tuning needs.
+#[derive(Clone)]
 pub struct TextTokenizer {
     tok: tokenizers::Tokenizer,
     pub bos: Option<Special>,

@@ -354,11 +354,11 @@ impl Trainer {
             summary.losses.push((step, loss));
             on(Event::Step(&log));
             let last = step == self.total_steps;
-            if (self.cfg.eval_steps > 0 && step.is_multiple_of(self.cfg.eval_steps)) || last {
-                if let Some(l) = self.eval_record(step, &mut summary)? {
-                    on(Event::Eval { step, loss: l });
-                    line(serde_json::json!({"kind": "eval", "step": step, "eval_loss": l, "eval_ppl": l.exp()}))?;
-                }
+            if ((self.cfg.eval_steps > 0 && step.is_multiple_of(self.cfg.eval_steps)) || last)
+                && let Some(l) = self.eval_record(step, &mut summary)?
+            {
+                on(Event::Eval { step, loss: l });
+                line(serde_json::json!({"kind": "eval", "step": step, "eval_loss": l, "eval_ppl": l.exp()}))?;
             }
             if (self.cfg.save_steps > 0 && step.is_multiple_of(self.cfg.save_steps)) || last {
                 let p = self.save_checkpoint(lr)?;
