@@ -163,7 +163,7 @@ fn a_diverging_run_stops_with_its_step() {
     let d = tempdir("nan");
     let cfg = config(&d, "learning_rate = 1e30\nmax_grad_norm = 0.0\nsave_steps = 1\nmax_steps = 20\n");
     let mut t = trainer(&cfg);
-    let err = t.run(&mut |_| {}).err().expect("a learning rate of 1e30 must diverge").to_string();
+    let err = t.run(&mut |_| {}).expect_err("a learning rate of 1e30 must diverge").to_string();
     assert!(err.contains("step ") && err.contains("loss is") && err.contains("checkpoint"), "{err}");
 }
 
