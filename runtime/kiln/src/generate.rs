@@ -43,21 +43,41 @@ pub fn generate(
     opts: &GenOptions,
     lora: Option<&LoraSet>,
 ) -> Result<Vec<i32>> {
+    Ok(generate_with_logprobs(model, prompt, stop, opts, lora)?.0)
+}
+
+/// `log softmax(logits)[token]`, in f64.
+fn logprob(logits: &[f32], token: usize) -> f64 {
+    let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = m + logits.iter().map(|&l| (l as f64 - m).exp()).sum::<f64>().ln();
+    logits[token] as f64 - lse
+}
+
+/// [`generate`], also returning each new token's log-probability under the model (what a
+/// reference implementation is compared on).
+pub fn generate_with_logprobs(
+    model: &Llama,
+    prompt: &[i32],
+    stop: &[i32],
+    opts: &GenOptions,
+    lora: Option<&LoraSet>,
+) -> Result<(Vec<i32>, Vec<f64>)> {
     if prompt.is_empty() {
         return Err(KilnError::Msg("generate: empty prompt".into()));
     }
     let mut cache = KvCache::new(model);
     let mut rng = Rng::new(opts.seed);
     let mut logits = model.forward_cached(prompt, &mut cache, lora)?;
-    let mut out = Vec::new();
+    let (mut out, mut lps) = (Vec::new(), Vec::new());
     for _ in 0..opts.max_new_tokens {
         let next =
             if opts.temperature <= 0.0 { argmax(&logits) } else { sample(&logits, opts.temperature, &mut rng) } as i32;
         out.push(next);
+        lps.push(logprob(&logits, next as usize));
         if stop.contains(&next) {
             break;
         }
         logits = model.forward_cached(&[next], &mut cache, lora)?;
     }
-    Ok(out)
+    Ok((out, lps))
 }

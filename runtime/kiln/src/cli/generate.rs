@@ -7,7 +7,7 @@ use anyhow::{Result, anyhow};
 use clap::Args;
 use kiln::data::template::ChatTemplate;
 use kiln::data::{Message, Role};
-use kiln::generate::{GenOptions, generate};
+use kiln::generate::{GenOptions, generate_with_logprobs};
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -31,7 +31,11 @@ pub struct GenerateArgs {
     /// Continue the text as is, without the chat template.
     #[arg(long)]
     raw: bool,
-    /// Print JSON only: {"prompt_tokens", "tokens": [ids], "text", "tokens_per_s"}.
+    /// A LoRA adapter folder (PEFT layout: kiln's or PEFT's own), applied unmerged.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Print JSON only: {"prompt_tokens", "prompt_ids", "tokens": [ids], "logprobs": [log p of
+    /// each new token], "text", "tokens_per_s"}.
     #[arg(long)]
     json: bool,
 }
@@ -61,14 +65,18 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let stop: Vec<i32> = tok.eos.iter().map(|s| s.id as i32).collect();
     let t0 = Instant::now();
     let opts = GenOptions { max_new_tokens: a.max_new_tokens, temperature: a.temperature, seed: a.seed };
-    let out = generate(&model, &prompt, &stop, &opts, None)?;
+    let lora = match &a.adapter {
+        Some(d) => Some(kiln::adapters::LoraSet::load_peft(d, &model.config)?),
+        None => None,
+    };
+    let (out, logprobs) = generate_with_logprobs(&model, &prompt, &stop, &opts, lora.as_ref())?;
     let el = t0.elapsed().as_secs_f64();
     let shown: Vec<u32> = out.iter().filter(|t| !stop.contains(t)).map(|&t| t as u32).collect();
     let completion = tok.decode(&shown)?;
     if a.json {
         println!(
             "{}",
-            serde_json::json!({"prompt_tokens": prompt.len(), "tokens": out, "text": completion, "tokens_per_s": out.len() as f64 / el})
+            serde_json::json!({"prompt_tokens": prompt.len(), "prompt_ids": prompt, "tokens": out, "logprobs": logprobs, "text": completion, "tokens_per_s": out.len() as f64 / el})
         );
     } else {
         println!("{completion}");
