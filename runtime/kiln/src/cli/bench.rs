@@ -19,50 +19,93 @@ pub enum BenchCmd {
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Model directory (config.json + safetensors).
+    /// A .gguf file or an HF model directory [default: SmolLM2-135M-Instruct].
     #[arg(long)]
-    model: std::path::PathBuf,
-    #[arg(long, default_value_t = 1)]
+    model: Option<std::path::PathBuf>,
+    /// lora, qlora or full.
+    #[arg(long, default_value = "lora")]
+    method: String,
+    /// qlora: quantize the base's linear weights (q8_0, q4_0, q4_1, q5_0) [default: a GGUF's own
+    /// block types, q4_1 otherwise].
+    #[arg(long)]
+    quantize: Option<String>,
+    #[arg(long, default_value_t = 4)]
     batch_size: usize,
-    #[arg(long, default_value_t = 256)]
-    seq_len: usize,
+    #[arg(long, alias = "seq-len", default_value_t = 128)]
+    max_seq_len: usize,
     /// Timed steps (after one warm-up step).
     #[arg(long, default_value_t = 3)]
     steps: usize,
     #[arg(long, default_value_t = 8)]
     lora_r: usize,
+    /// q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj or all-linear.
+    #[arg(long, default_value = "all-linear")]
+    target_modules: String,
     /// Recompute each block in backward instead of keeping its activations.
     #[arg(long)]
-    checkpoint: bool,
-    /// Print JSON only.
+    gradient_checkpointing: bool,
+    /// auto or cpu (the GPU backends' training kernels are not implemented yet).
+    #[arg(long, default_value = "auto")]
+    backend: String,
+    /// Print JSON only: {"backend", "model", "method", "batch_size", "seq_len", "step_s",
+    /// "tokens_per_s", "peak_rss_mb", "peak_gpu_mb", "threads", "targets", "lora_r"}.
     #[arg(long)]
     json: bool,
 }
 
 fn train(a: TrainArgs) -> Result<()> {
-    use kiln::adapters::{LoraConfig, LoraSet};
+    use kiln::adapters::LoraSet;
     use kiln::core::Tape;
-    use kiln::model::{Inputs, Llama, default_positions, shift_targets};
-    if a.steps == 0 || a.batch_size == 0 || a.seq_len < 2 {
-        anyhow::bail!("--steps and --batch-size must be positive and --seq-len at least 2");
+    use kiln::model::{Inputs, default_positions, shift_targets};
+    use kiln::train::{Method, TrainConfig};
+    if a.steps == 0 || a.batch_size == 0 || a.max_seq_len < 2 {
+        anyhow::bail!("--steps and --batch-size must be positive and --max-seq-len at least 2");
     }
-    let model = Llama::load(&a.model, false)?;
-    let (b, t) = (a.batch_size, a.seq_len);
+    if !matches!(a.backend.as_str(), "auto" | "cpu") {
+        anyhow::bail!("--backend {}: its training kernels are not implemented yet; use cpu", a.backend);
+    }
+    let mut flags = toml::Table::new();
+    flags.insert("data".into(), toml::Value::Array(vec!["(random tokens)".into()]));
+    flags.insert("method".into(), a.method.clone().into());
+    flags.insert("lora_r".into(), (a.lora_r as i64).into());
+    flags.insert("lora_alpha".into(), (2.0 * a.lora_r as f64).into());
+    flags.insert("target_modules".into(), a.target_modules.clone().into());
+    if let Some(q) = &a.quantize {
+        flags.insert("quantize".into(), q.clone().into());
+    }
+    let cfg = TrainConfig::resolve(None, flags)?;
+    let path = kiln::models::resolve(a.model.as_deref())?;
+    let mut model = kiln::model::Llama::load(&path, cfg.method == Method::Full)?;
+    if cfg.method == Method::Qlora {
+        let stored = model.blocks.first().map(|b| b.linears[0].w.value().dtype());
+        match (cfg.quant_type()?, stored) {
+            (Some(t), _) => drop(model.quantize_linears(t)?),
+            (None, Some(kiln::core::DType::Quant(_))) => {}
+            (None, _) => drop(model.quantize_linears(kiln::core::quant::GgmlType::Q4_1)?),
+        }
+    }
+    let (b, t) = (a.batch_size, a.max_seq_len);
     let mut rng = Rng::new(0);
     let ids: Vec<i32> = (0..b * t).map(|_| rng.below(model.config.vocab_size) as i32).collect();
     let targets = Tensor::from_vec(shift_targets(&ids, b, t, None), [b, t])?;
     let ids = Tensor::from_vec(ids, [b, t])?;
     let pos = default_positions(b, t)?;
-    let lcfg = LoraConfig { r: a.lora_r, alpha: 2.0 * a.lora_r as f64, ..Default::default() };
-    let mut lora = LoraSet::new(&model.config, lcfg, 1)?;
+    let mut lora = match cfg.method {
+        Method::Full => None,
+        _ => Some(LoraSet::new(&model.config, cfg.lora()?, 1)?),
+    };
     let mut opt = kiln::train::AdamW::new(1e-4);
     let mut times = Vec::new();
     for i in 0..=a.steps {
         let t0 = Instant::now();
         let tape = Tape::new();
-        let ce = model.loss(&tape, &Inputs { ids: &ids, pos: &pos, seg: None }, &targets, Some(&lora), a.checkpoint)?;
+        let inp = Inputs { ids: &ids, pos: &pos, seg: None };
+        let ce = model.loss(&tape, &inp, &targets, lora.as_ref(), a.gradient_checkpointing)?;
         let grads = tape.backward(&ce.loss)?;
-        opt.step(lora.params_mut(), &grads, Some(1.0))?;
+        match &mut lora {
+            Some(l) => opt.step(l.params_mut(), &grads, Some(1.0))?,
+            None => opt.step(model.weights_mut(), &grads, Some(1.0))?,
+        };
         if i > 0 {
             times.push(t0.elapsed().as_secs_f64());
         }
@@ -74,10 +117,10 @@ fn train(a: TrainArgs) -> Result<()> {
     let step_s = times[times.len() / 2];
     let peak = kiln::info::peak_rss_mb();
     let v = json!({
-        "backend": "cpu", "model": a.model.display().to_string(), "method": format!("lora_r{}", a.lora_r),
-        "batch_size": b, "seq_len": t, "checkpoint": a.checkpoint, "step_s": step_s,
-        "tokens_per_s": (b * t) as f64 / step_s, "peak_rss_mb": peak, "peak_gpu_mb": null,
-        "threads": rayon::current_num_threads(),
+        "backend": "cpu", "model": path.display().to_string(), "method": a.method, "batch_size": b, "seq_len": t,
+        "step_s": step_s, "tokens_per_s": (b * t) as f64 / step_s, "peak_rss_mb": peak, "peak_gpu_mb": null,
+        "threads": rayon::current_num_threads(), "targets": a.target_modules, "lora_r": a.lora_r,
+        "gradient_checkpointing": a.gradient_checkpointing,
     });
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
