@@ -37,6 +37,7 @@ fn load(name: &str) -> (Llama, LoraSet, Reference) {
         alpha: meta["lora_alpha"].as_f64().unwrap(),
         rslora: false,
         targets: Target::ALL.to_vec(),
+        dropout: 0.0,
     };
     let mut lora = LoraSet::new(&model.config, cfg, 0).unwrap();
     for l in 0..model.config.num_layers {

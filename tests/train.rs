@@ -110,7 +110,8 @@ fn accumulation_equals_batching() {
 #[test]
 fn resume_reproduces_the_uninterrupted_run() {
     let d = tempdir("resume");
-    let cfg = config(&d, "save_steps = 3\neval_steps = 3\n");
+    // With LoRA dropout: the masks must repeat after a resume too.
+    let cfg = config(&d, "save_steps = 3\neval_steps = 3\nlora_dropout = 0.1\n");
     let (_, full) = run(&cfg);
     let ck = cfg.out.join("checkpoints/step-3");
     assert!(ck.join("state.json").is_file() && ck.join("optimizer.safetensors").is_file());
@@ -143,6 +144,7 @@ fn every_method_lowers_the_loss() {
         ("lora", "method = \"lora\"\n"),
         ("qlora", "method = \"qlora\"\nquantize = \"q8_0\"\n"),
         ("full", "method = \"full\"\nlearning_rate = 0.001\n"),
+        ("dropout", "lora_dropout = 0.1\n"),
         (
             "rslora",
             "use_rslora = true\ntarget_modules = \"q_proj,v_proj\"\nlr_scheduler = \"cosine\"\nwarmup_steps = 2\n",

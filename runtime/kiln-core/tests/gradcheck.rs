@@ -30,7 +30,8 @@ fn check(name: &str, inputs: Vec<(Tensor, bool)>, f: OpFn<'_>, seed: u64) -> f64
     let grads = tape.backward_from(vec![(y.id(), r.clone())]).unwrap();
     assert!(tape.is_empty(), "{name}: backward must consume the tape");
     let eval = |vs: &[Var]| -> f64 {
-        let y = f(&Tape::no_grad(), vs).unwrap();
+        // A recording tape, so training-only behaviour (dropout) is the same in both passes.
+        let y = f(&Tape::new(), vs).unwrap();
         y.value().to_vec_f64().unwrap().iter().zip(&rv).map(|(a, b)| a * b).sum()
     };
     let mut worst = 0.0f64;
@@ -99,7 +100,7 @@ fn grad_linear_with_bias_and_lora() {
     let a = randn(&mut r, &[rank, k], 0.3);
     let b = randn(&mut r, &[n, rank], 0.3);
     let f = |t: &Tape, v: &[Var]| {
-        let l = Lora { a: v[3].clone(), b: v[4].clone(), scale: 1.7 };
+        let l = Lora::new(v[3].clone(), v[4].clone(), 1.7);
         ops::linear(t, &v[0], &v[1], Some(&v[2]), Some(&l))
     };
     check(
@@ -109,7 +110,18 @@ fn grad_linear_with_bias_and_lora() {
         6,
     );
     // Frozen base weight, trainable adapter: W must not get a gradient.
-    check("linear+lora frozen W", vec![(x, true), (w, false), (bias, false), (a, true), (b, true)], &f, 7);
+    check(
+        "linear+lora frozen W",
+        vec![(x.clone(), true), (w.clone(), false), (bias.clone(), false), (a.clone(), true), (b.clone(), true)],
+        &f,
+        7,
+    );
+    // LoRA dropout: the adapter's input is masked (same mask in every pass: fixed seed).
+    let fd = |t: &Tape, v: &[Var]| {
+        let l = Lora { dropout: 0.4, seed: 99, ..Lora::new(v[3].clone(), v[4].clone(), 1.7) };
+        ops::linear(t, &v[0], &v[1], Some(&v[2]), Some(&l))
+    };
+    check("linear+lora dropout", vec![(x, true), (w, false), (bias, true), (a, true), (b, true)], &fd, 8);
 }
 
 #[test]

@@ -76,6 +76,8 @@ pub trait ElementwiseOps {
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
     /// `a · s`.
     fn scale(&self, a: &Tensor, s: f64) -> Result<Tensor>;
+    /// `a ⊙ b`, same shapes (dropout masks).
+    fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
     /// Σ a², accumulated in f64 (gradient norms).
     fn sum_squares(&self, a: &Tensor) -> Result<f64>;
     /// `silu(g) · u`.

@@ -18,6 +18,33 @@ pub fn add(tape: &Tape, a: &Var, b: &Var) -> Result<Var> {
     }))
 }
 
+/// `x · s` for a constant `s`.
+pub fn scale(tape: &Tape, x: &Var, s: f64) -> Result<Var> {
+    let y = x.value().backend().scale(x.value(), s)?;
+    let ix = x.id();
+    Ok(tape.record(&[x], y, move |g| Ok(vec![(ix, g.backend().scale(g, s)?)])))
+}
+
+/// Inverted dropout: each element kept with probability `1 − p` and scaled by `1/(1 − p)`, the
+/// mask drawn from `seed` (so a recomputed checkpointed block draws the same mask). Identity
+/// when `p` is 0 or the tape is not recording (evaluation).
+pub fn dropout(tape: &Tape, x: &Var, p: f64, seed: u64) -> Result<Var> {
+    if p <= 0.0 || !tape.is_recording() {
+        return Ok(x.clone());
+    }
+    if p >= 1.0 {
+        return Err(crate::Error::Msg(format!("dropout probability {p} must be below 1")));
+    }
+    let mut rng = crate::rng::Rng::new(seed);
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let m: Vec<f32> = (0..x.value().numel()).map(|_| if rng.uniform() < p { 0.0 } else { keep }).collect();
+    let be = x.value().backend();
+    let mask = be.upload(&crate::Tensor::from_vec(m, x.value().shape().clone())?)?;
+    let y = be.mul(x.value(), &mask)?;
+    let ix = x.id();
+    Ok(tape.record(&[x], y, move |g| Ok(vec![(ix, g.backend().mul(g, &mask)?)])))
+}
+
 /// `silu(g) · u` (the Llama MLP gate).
 pub fn swiglu(tape: &Tape, g: &Var, u: &Var) -> Result<Var> {
     let y = g.value().backend().swiglu_fwd(g.value(), u.value())?;

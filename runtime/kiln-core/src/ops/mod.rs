@@ -10,7 +10,7 @@ mod norm;
 mod rope;
 
 pub use attention::attention;
-pub use elementwise::{add, reshape, swiglu};
+pub use elementwise::{add, dropout, reshape, scale, swiglu};
 pub use embedding::embedding;
 pub use linear::{Lora, linear};
 pub use loss::{CeResult, cross_entropy};

@@ -70,11 +70,13 @@ pub struct LoraConfig {
     pub alpha: f64,
     pub rslora: bool,
     pub targets: Vec<Target>,
+    /// Dropout on each adapter's input while training (PEFT's `lora_dropout`).
+    pub dropout: f64,
 }
 
 impl Default for LoraConfig {
     fn default() -> Self {
-        LoraConfig { r: 8, alpha: 16.0, rslora: false, targets: Target::ALL.to_vec() }
+        LoraConfig { r: 8, alpha: 16.0, rslora: false, targets: Target::ALL.to_vec(), dropout: 0.0 }
     }
 }
 
@@ -110,7 +112,7 @@ impl LoraSet {
                 let a: Vec<f32> = (0..config.r * fin).map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32).collect();
                 let a = Var::leaf(Tensor::from_vec(a, [config.r, fin])?, true);
                 let b = Var::leaf(Tensor::zeros([fout, config.r], kiln_core::DType::F32), true);
-                slots[t.index()] = Some(Lora { a, b, scale });
+                slots[t.index()] = Some(Lora { dropout: config.dropout, ..Lora::new(a, b, scale) });
             }
             layers.push(slots);
         }
@@ -162,6 +164,19 @@ impl LoraSet {
             }
         }
         out
+    }
+
+    /// Gives every adapter's dropout a fresh mask seed derived from `seed` (the trainer calls
+    /// this once per micro-batch, so masks differ across layers, steps and micro-batches but
+    /// repeat exactly on resume and in checkpoint recomputation).
+    pub fn reseed_dropout(&mut self, seed: u64) {
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            for (j, slot) in l.iter_mut().enumerate() {
+                if let Some(lora) = slot {
+                    lora.seed = seed ^ ((i as u64 * 7 + j as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                }
+            }
+        }
     }
 
     /// Every trainable variable, mutable (optimizer updates).
@@ -228,7 +243,10 @@ impl LoraSet {
                 Target::parse(m).ok_or_else(|| field("target_modules", &format!("{m}: not a linear layer kiln adapts")))
             })
             .collect::<Result<Vec<_>>>()?;
-        let config = LoraConfig { r: r as usize, alpha, rslora: v["use_rslora"].as_bool().unwrap_or(false), targets };
+        let rslora = v["use_rslora"].as_bool().unwrap_or(false);
+        // Loaded adapters are for inference and further training alike; dropout comes from
+        // the run's own settings, not the saved file.
+        let config = LoraConfig { r: r as usize, alpha, rslora, targets, dropout: 0.0 };
         let mut set = LoraSet::new(model, config, 0)?;
         let store = crate::formats::WeightStore::from_files(&[dir.join("adapter_model.safetensors")])?;
         for i in 0..model.num_layers {

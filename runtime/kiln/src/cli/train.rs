@@ -101,7 +101,7 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     lora_alpha: Option<f64>,
-    /// Dropout on the LoRA input [default: 0; other values are not implemented yet].
+    /// Dropout on each adapter's input while training [default: 0].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     lora_dropout: Option<f64>,

@@ -183,8 +183,8 @@ impl TrainConfig {
             }
             self.targets()?;
         }
-        if self.lora_dropout != 0.0 {
-            return Err(bad("lora_dropout", "dropout on the LoRA input is not implemented yet; use 0"));
+        if !(0.0..1.0).contains(&self.lora_dropout) {
+            return Err(bad("lora_dropout", format!("{} must be in [0, 1)", self.lora_dropout)));
         }
         if !(self.max_grad_norm >= 0.0 && self.weight_decay >= 0.0) {
             return Err(bad("max_grad_norm/weight_decay", "must not be negative"));
@@ -240,7 +240,13 @@ impl TrainConfig {
 
     /// LoRA hyper-parameters.
     pub fn lora(&self) -> Result<LoraConfig> {
-        Ok(LoraConfig { r: self.lora_r, alpha: self.lora_alpha, rslora: self.use_rslora, targets: self.targets()? })
+        Ok(LoraConfig {
+            r: self.lora_r,
+            alpha: self.lora_alpha,
+            rslora: self.use_rslora,
+            targets: self.targets()?,
+            dropout: self.lora_dropout,
+        })
     }
 
     /// The configuration as TOML (written to `OUT/config.toml`).

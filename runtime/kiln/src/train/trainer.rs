@@ -194,7 +194,10 @@ impl Trainer {
         let n_total: usize = batches.iter().map(|b| b.n_targets).sum();
         let mut grads = Grads::default();
         let (mut loss, mut tokens) = (0.0, 0);
-        for b in batches.iter().filter(|b| b.n_targets > 0) {
+        for (mi, b) in batches.iter().enumerate().filter(|(_, b)| b.n_targets > 0) {
+            if let Some(l) = &mut self.lora {
+                l.reseed_dropout(self.cfg.seed ^ ((step as u64) << 20) ^ mi as u64);
+            }
             let tape = Tape::new();
             let inp = Inputs { ids: &b.ids, pos: &b.pos, seg: Some(&b.seg) };
             let ce = self.model.loss(&tape, &inp, &b.targets, self.lora.as_ref(), self.cfg.gradient_checkpointing)?;

@@ -1,4 +1,4 @@
-//! Elementwise ops: residual add, scale, SwiGLU, sum of squares.
+//! Elementwise ops: residual add, product, scale, SwiGLU, sum of squares.
 
 use rayon::prelude::*;
 
@@ -17,6 +17,12 @@ fn add<T: Real>(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             *v = x[base + i] + y[base + i];
         }
     });
+    out(o, a.shape().clone())
+}
+
+fn mul<T: Real>(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (x, y) = (read::<T>(a)?, read::<T>(b)?);
+    let o: Vec<T> = x.par_iter().zip(y.par_iter()).map(|(&p, &q)| p * q).collect();
     out(o, a.shape().clone())
 }
 
@@ -58,6 +64,10 @@ impl ElementwiseOps for CpuBackend {
     }
     fn scale(&self, a: &Tensor, s: f64) -> Result<Tensor> {
         by_prec!(prec(&[a]), scale(a, s))
+    }
+    fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        same_shape("mul", a, b)?;
+        by_prec!(prec(&[a, b]), mul(a, b))
     }
     fn sum_squares(&self, a: &Tensor) -> Result<f64> {
         let v = a.to_vec_f64()?;
