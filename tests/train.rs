@@ -218,3 +218,30 @@ fn tempdir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+#[test]
+fn merged_export_equals_the_unmerged_adapter() {
+    use kiln::core::{DType, Tape, Tensor};
+    use kiln::model::{Inputs, default_positions};
+    let d = tempdir("export");
+    let cfg = config(&d, "max_steps = 4\n");
+    let (t, _) = run(&cfg);
+    let tok = TextTokenizer::load(cfg.model.as_ref().unwrap()).unwrap();
+    let dir = d.join("merged");
+    std::fs::create_dir_all(&dir).unwrap();
+    kiln::export::export_merged(&t.model, t.lora.as_ref(), Some(&tok), DType::F32, &dir).unwrap();
+    let merged = Llama::load(&dir, false).unwrap();
+    let merged_tok = TextTokenizer::load(&dir).unwrap();
+    assert_eq!(merged_tok.encode("add 3 and 4").unwrap().ids, tok.encode("add 3 and 4").unwrap().ids);
+    assert_eq!(merged_tok.chat_template, tok.chat_template);
+    let ids = Tensor::from_vec((0..24).map(|i| (i * 37 % 700) as i32).collect::<Vec<_>>(), [2, 12]).unwrap();
+    let pos = default_positions(2, 12).unwrap();
+    let inp = Inputs { ids: &ids, pos: &pos, seg: None };
+    let tape = Tape::no_grad();
+    let a = t.model.forward(&tape, &inp, t.lora.as_ref(), false).unwrap().value().to_vec_f32().unwrap();
+    let b = merged.forward(&tape, &inp, None, false).unwrap().value().to_vec_f32().unwrap();
+    let base = t.model.forward(&tape, &inp, None, false).unwrap().value().to_vec_f32().unwrap();
+    let max = |x: &[f32], y: &[f32]| x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+    assert!(max(&a, &b) < 1e-4, "merged vs unmerged: {}", max(&a, &b));
+    assert!(max(&a, &base) > 1e-3, "the adapter must matter for this check to mean anything");
+}

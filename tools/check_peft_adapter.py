@@ -9,6 +9,9 @@
 4. transformers + `PeftModel.from_pretrained(model, OUT/adapter)` scores the same tokens; the
    script prints the largest log-probability difference and whether the greedy tokens agree,
    and checks that the adapter changed the model (it is not a no-op load).
+5. `kiln export --format merged` writes the adapter merged into the weights; transformers loads
+   that folder (`AutoModelForCausalLM` + `AutoTokenizer`) and its logits are compared with the
+   PEFT model's.
 
     python3 tools/check_peft_adapter.py [--kiln target/release/kiln] [--steps 30]
 Needs torch, transformers, peft (pip). Exits non-zero when the agreement is worse than 1e-3.
@@ -72,13 +75,24 @@ def main():
     greedy = [int(logits[n - 1 + i].argmax()) for i in range(len(k["tokens"]))]
     diff = max(abs(x - y) for x, y in zip(ref, k["logprobs"]))
     adapter_effect = (logits - base_logits).abs().max().item()
+    merged_dir = os.path.join(work, "merged")
+    subprocess.run([a.kiln, "export", "--model", model_dir, "--adapter", adapter, "--format", "merged",
+                    "--out", merged_dir], check=True, stdout=subprocess.DEVNULL)
+    from transformers import AutoTokenizer
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(merged_dir)
+    with torch.no_grad():
+        merged_logits = merged(ids).logits[0]
+    merged_diff = (merged_logits - logits).abs().max().item()
+    same_tokens = tok(prompt, add_special_tokens=False)["input_ids"] == [i for i in k["prompt_ids"] if i != 1]
     report = {"tokens": len(k["tokens"]), "max_abs_logprob_diff": diff,
               "greedy_tokens_agree": greedy == k["tokens"], "adapter_effect_max_logit": adapter_effect,
+              "merged_vs_peft_max_logit_diff": merged_diff, "merged_tokenizer_same_ids": same_tokens,
               "peft_loaded_modules": sorted({n.split(".")[-2] for n, _ in pm.named_modules() if n.endswith("lora_A")})}
     print(json.dumps(report, indent=1))
     if not a.keep:
         shutil.rmtree(work)
-    ok = diff < 1e-3 and greedy == k["tokens"] and adapter_effect > 1e-2
+    ok = diff < 1e-3 and greedy == k["tokens"] and adapter_effect > 1e-2 and merged_diff < 1e-3 and same_tokens
     sys.exit(0 if ok else 1)
 
 

@@ -9,6 +9,7 @@
 pub mod adapters;
 pub mod data;
 pub mod error;
+pub mod export;
 pub mod formats;
 pub mod generate;
 pub mod info;

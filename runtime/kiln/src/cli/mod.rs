@@ -3,6 +3,7 @@
 mod bench;
 mod data;
 mod demo;
+mod export;
 mod generate;
 mod train;
 
@@ -38,6 +39,9 @@ pub enum Cmd {
     /// checkpoints and resume. Writes OUT/config.toml, eval.jsonl, metrics.jsonl, loss.svg,
     /// checkpoints/step-N/ and adapter/ (PEFT) or model/.
     Train(Box<train::TrainArgs>),
+    /// Export a tuned model: --format merged writes a transformers folder with the adapter
+    /// merged into the weights.
+    Export(export::ExportArgs),
     /// Generate text with the KV cache (greedy by default), through the model's chat template.
     Generate(generate::GenerateArgs),
     /// Dataset tools.
@@ -57,6 +61,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Data(d) => data::run(d),
         Cmd::Generate(g) => generate::run(g),
         Cmd::Train(t) => train::run(*t),
+        Cmd::Export(e) => export::run(e),
     }
 }
 

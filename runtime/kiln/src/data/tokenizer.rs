@@ -44,6 +44,22 @@ fn token_text(v: Option<&Value>) -> Option<String> {
 }
 
 impl TextTokenizer {
+    /// Writes `tokenizer.json` and `tokenizer_config.json` (special tokens, BOS setting, chat
+    /// template) into `dir`, as transformers' `AutoTokenizer` reads them.
+    pub fn save_hf(&self, dir: &Path) -> Result<()> {
+        let json = self.tok.to_string(false).map_err(|e| KilnError::Msg(format!("serializing the tokenizer: {e}")))?;
+        crate::formats::write_atomic(&dir.join("tokenizer.json"), json.as_bytes())?;
+        let text = |s: &Option<Special>| s.as_ref().map(|s| s.text.clone());
+        let mut cfg = serde_json::json!({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": text(&self.bos),
+            "eos_token": text(&self.eos), "pad_token": text(&self.pad), "add_bos_token": self.add_bos,
+            "model_max_length": 1_000_000_000_000u64});
+        if let Some(t) = &self.chat_template {
+            cfg["chat_template"] = t.clone().into();
+        }
+        let s = serde_json::to_string_pretty(&cfg).map_err(|e| KilnError::Msg(e.to_string()))?;
+        crate::formats::write_atomic(&dir.join("tokenizer_config.json"), s.as_bytes())
+    }
+
     /// Loads `tokenizer.json` (+ `tokenizer_config.json`, `chat_template.jinja` when present) from
     /// a model or tokenizer directory.
     pub fn load(dir: &Path) -> Result<TextTokenizer> {

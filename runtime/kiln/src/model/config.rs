@@ -212,6 +212,46 @@ impl ModelConfig {
         })
     }
 
+    /// The configuration as a transformers `config.json` object (written with exported models,
+    /// e.g. a model that came from a GGUF file).
+    pub fn to_hf_json(&self) -> Value {
+        let (model_type, class) = match self.arch {
+            Arch::Llama => ("llama", "LlamaForCausalLM"),
+            Arch::Mistral => ("mistral", "MistralForCausalLM"),
+            Arch::Qwen2 => ("qwen2", "Qwen2ForCausalLM"),
+            Arch::Qwen3 => ("qwen3", "Qwen3ForCausalLM"),
+        };
+        let mut rope = serde_json::json!({"rope_type": "default", "rope_theta": self.rope_theta});
+        match self.rope {
+            RopeKind::Default => {}
+            RopeKind::Linear(f) => {
+                rope = serde_json::json!({"rope_type": "linear", "factor": f, "rope_theta": self.rope_theta})
+            }
+            RopeKind::Llama3(s) => {
+                rope = serde_json::json!({"rope_type": "llama3", "factor": s.factor, "low_freq_factor": s.low_freq_factor,
+                    "high_freq_factor": s.high_freq_factor, "original_max_position_embeddings": s.original_max_position_embeddings,
+                    "rope_theta": self.rope_theta})
+            }
+        }
+        let mut v = serde_json::json!({
+            "architectures": [class], "model_type": model_type, "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size, "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers, "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads, "head_dim": self.head_dim, "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta, "rope_parameters": rope, "tie_word_embeddings": self.tie_word_embeddings,
+            "max_position_embeddings": self.max_position_embeddings, "hidden_act": "silu", "mlp_bias": self.mlp_bias,
+            "attention_bias": self.qkv_bias && self.arch != Arch::Qwen2, "torch_dtype": "float32",
+        });
+        if let Some(w) = self.sliding_window {
+            v["sliding_window"] = w.into();
+            v["use_sliding_window"] = true.into();
+        } else if matches!(self.arch, Arch::Qwen2 | Arch::Mistral) {
+            v["use_sliding_window"] = false.into();
+            v["sliding_window"] = Value::Null;
+        }
+        v
+    }
+
     /// Parameter count of the base model.
     pub fn num_params(&self) -> usize {
         let (h, i, d) = (self.hidden_size, self.intermediate_size, self.head_dim);

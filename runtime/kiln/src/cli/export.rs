@@ -1,0 +1,66 @@
+//! `kiln export`: a tuned model in a deployable form.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use kiln::core::DType;
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The base model: a .gguf file or an HF model directory [default: SmolLM2-135M-Instruct].
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// A LoRA adapter folder (PEFT layout) to merge; without it the base is exported as is.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// merged (transformers folder: config.json, model.safetensors, tokenizer, chat template);
+    /// gguf and gguf-lora need the GGUF writer, which is not implemented yet.
+    #[arg(long, default_value = "merged")]
+    format: String,
+    /// Weight type of a merged export: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run(a: ExportArgs) -> Result<()> {
+    if a.format != "merged" {
+        bail!("--format {}: only `merged` is implemented yet (gguf and gguf-lora need the GGUF writer)", a.format);
+    }
+    let dtype = match a.dtype.as_str() {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        other => bail!("--dtype {other}: one of f32, bf16, f16"),
+    };
+    let path = kiln::models::resolve(a.model.as_deref())?;
+    let (model, tok) = kiln::models::load_with_tokenizer(&path, false)?;
+    let lora = match &a.adapter {
+        Some(d) => Some(kiln::adapters::LoraSet::load_peft(d, &model.config)?),
+        None => None,
+    };
+    let tmp = a.out.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    // Written beside the target and renamed, so a failed export leaves no half-written model.
+    if let Err(e) = kiln::export::export_merged(&model, lora.as_ref(), Some(&tok), dtype, &tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e.into());
+    }
+    if a.out.exists() {
+        std::fs::remove_dir_all(&a.out)?;
+    }
+    std::fs::rename(&tmp, &a.out)?;
+    println!(
+        "exported {} {} into {} ({} weights, {} params)",
+        if lora.is_some() { "merged" } else { "base" },
+        path.display(),
+        a.out.display(),
+        a.dtype,
+        model.config.num_params()
+    );
+    Ok(())
+}
