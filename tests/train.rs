@@ -234,7 +234,7 @@ fn merged_export_equals_the_unmerged_adapter() {
     let merged_tok = TextTokenizer::load(&dir).unwrap();
     assert_eq!(merged_tok.encode("add 3 and 4").unwrap().ids, tok.encode("add 3 and 4").unwrap().ids);
     assert_eq!(merged_tok.chat_template, tok.chat_template);
-    let ids = Tensor::from_vec((0..24).map(|i| (i * 37 % 700) as i32).collect::<Vec<_>>(), [2, 12]).unwrap();
+    let ids = Tensor::from_vec((0..24i32).map(|i| i * 37 % 700).collect::<Vec<_>>(), [2, 12]).unwrap();
     let pos = default_positions(2, 12).unwrap();
     let inp = Inputs { ids: &ids, pos: &pos, seg: None };
     let tape = Tape::no_grad();
