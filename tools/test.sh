@@ -26,6 +26,13 @@ fi
 # Tests build with [profile.test] (opt-level 3), the same features for clippy and tests.
 # Every cargo call names --workspace so features unify the same way and nothing rebuilds.
 
+# Every integration test target must belong to a tier below (a new test file is not silently
+# left out).
+for t in $(grep -A1 '^\[\[test\]\]' runtime/*/Cargo.toml | sed -n 's/.*name = "\(.*\)"/\1/p') \
+         $(ls runtime/*/tests/*.rs 2>/dev/null | xargs -n1 basename | sed 's/\.rs$//'); do
+  grep -q -- "--test $t\b" "$0" || { echo "test target $t is in no tier of $0"; exit 1; }
+done
+
 tier "format" cargo fmt --all --check
 tier "clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 # The GPU backends are features; without them the same API must still build (and say so).
@@ -34,15 +41,15 @@ tier "build tests" cargo test --workspace --all-targets --locked --no-run
 
 # 1. CPU ops: unit tests, op parity table (f32 vs f64 reference), f64 finite-difference
 #    gradient checks of every op, attention against a naive softmax, packing; bench smoke runs.
-tier "1 cpu ops + gradient checks" cargo test --workspace --locked --lib --test gradcheck --test parity --test attention_ref --benches
+tier "1 cpu ops + gradient checks" cargo test --workspace --locked --lib --test gradcheck --test parity --test attention_ref --test qlinear --benches
 # 2. Reference: tiny Llama/Qwen2/Qwen3 against PyTorch fixtures (logits, loss, LoRA grads,
 #    AdamW trajectory), bad model files, LoRA overfit.
-tier "2 reference fixtures (PyTorch, transformers, gguf) + model and data files" cargo test --workspace --locked --test reference --test weights_bad_input --test overfit --test data --test templates --test batching --test gguf --test smollm2
+tier "2 reference fixtures (PyTorch, transformers, gguf) + model and data files" cargo test --workspace --locked --test reference --test weights_bad_input --test overfit --test data --test templates --test batching --test gguf --test smollm2 --test train
 # 3. wgpu parity on lavapipe and 4. CUDA (NVRTC compile + emulation) join when their backends
 #    have kernels; until then they are not tiers that exist.
 echo "=== tier: 3 wgpu — no WGSL kernels in the tree yet (wgpu backend issue); adapters are probed by tier 5"
 echo "=== tier: 4 cuda — no CUDA kernels in the tree yet (CUDA backend issues); the driver is probed by tier 5"
 # 5. End-to-end CLI: kiln info without a GPU, the demo fine-tune, bad input.
-tier "5 cli end-to-end (incl. a short run of the main job on SmolLM2)" cargo test --workspace --locked --test cli
+tier "5 cli end-to-end (incl. a short run of the main job on SmolLM2)" cargo test --workspace --locked --test cli --test cli_train
 
 echo "all tiers passed in $(( $(date +%s) - t_all ))s"
