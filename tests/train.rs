@@ -109,9 +109,16 @@ fn accumulation_equals_batching() {
 
 #[test]
 fn resume_reproduces_the_uninterrupted_run() {
-    let d = tempdir("resume");
-    // With LoRA dropout: the masks must repeat after a resume too.
-    let cfg = config(&d, "save_steps = 3\neval_steps = 3\nlora_dropout = 0.1\n");
+    for (name, extra) in [("resume", ""), ("resume-8bit", "optim = \"adamw8bit\"\n")] {
+        resume_case(name, extra);
+    }
+}
+
+fn resume_case(name: &str, extra: &str) {
+    let d = tempdir(name);
+    // With LoRA dropout: the masks must repeat after a resume too; with 8-bit moments, the
+    // checkpoint's dequantized moments must requantize to the same codes.
+    let cfg = config(&d, &format!("save_steps = 3\neval_steps = 3\nlora_dropout = 0.1\n{extra}"));
     let (_, full) = run(&cfg);
     let ck = cfg.out.join("checkpoints/step-3");
     assert!(ck.join("state.json").is_file() && ck.join("optimizer.safetensors").is_file());
@@ -145,6 +152,8 @@ fn every_method_lowers_the_loss() {
         ("qlora", "method = \"qlora\"\nquantize = \"q8_0\"\n"),
         ("full", "method = \"full\"\nlearning_rate = 0.001\n"),
         ("dropout", "lora_dropout = 0.1\n"),
+        ("adapter", "method = \"adapter\"\nadapter_size = 16\n"),
+        ("full-8bit", "method = \"full\"\noptim = \"adamw8bit\"\nlearning_rate = 0.001\n"),
         (
             "rslora",
             "use_rslora = true\ntarget_modules = \"q_proj,v_proj\"\nlr_scheduler = \"cosine\"\nwarmup_steps = 2\n",
@@ -185,6 +194,7 @@ fn config_layers_and_bad_values() {
         ("learning_rate = -1.0", "learning_rate"),
         ("target_modules = \"q_proj,foo\"", "foo"),
         ("method = \"dora\"", "dora"),
+        ("optim = \"sgd\"", "sgd"),
         ("quantize = \"q4_0\"", "quantize"),
         ("batch_size = 0", "batch_size"),
     ] {
@@ -244,4 +254,29 @@ fn merged_export_equals_the_unmerged_adapter() {
     let max = |x: &[f32], y: &[f32]| x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
     assert!(max(&a, &b) < 1e-4, "merged vs unmerged: {}", max(&a, &b));
     assert!(max(&a, &base) > 1e-3, "the adapter must matter for this check to mean anything");
+}
+
+#[test]
+fn bottleneck_adapters_start_at_the_base_model_and_round_trip() {
+    use kiln::core::{Tape, Tensor};
+    use kiln::model::{Inputs, default_positions};
+    let d = tempdir("bottleneck");
+    let cfg = config(&d, "method = \"adapter\"\nadapter_size = 8\nmax_steps = 3\n");
+    let base = Llama::load(cfg.model.as_ref().unwrap(), false).unwrap();
+    let ids = Tensor::from_vec((0..16i32).map(|i| i * 41 % 700).collect::<Vec<_>>(), [2, 8]).unwrap();
+    let pos = default_positions(2, 8).unwrap();
+    let inp = Inputs { ids: &ids, pos: &pos, seg: None };
+    let tape = Tape::no_grad();
+    let logits = |m: &Llama| m.forward(&tape, &inp, None, false).unwrap().value().to_vec_f32().unwrap();
+    let mut fresh = Llama::load(cfg.model.as_ref().unwrap(), false).unwrap();
+    fresh.add_bottlenecks(8, 1).unwrap();
+    assert_eq!(logits(&base), logits(&fresh), "a zero up-projection leaves the model unchanged");
+    let (mut t, _) = run(&cfg);
+    let trained = logits(&t.model);
+    assert_ne!(trained, logits(&base), "training moved the adapters");
+    kiln::adapters::bottleneck::save(&t.params(), 8, "tiny", &d.join("adapter")).unwrap();
+    assert_eq!(kiln::adapters::bottleneck::size_of(&d.join("adapter")).unwrap(), Some(8));
+    let mut loaded = Llama::load(cfg.model.as_ref().unwrap(), false).unwrap();
+    loaded.load_bottlenecks(&d.join("adapter"), 8).unwrap();
+    assert_eq!(logits(&loaded), trained);
 }

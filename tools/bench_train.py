@@ -5,8 +5,9 @@ model, shape and thread count, side by side in one run.
 Setup: pip install torch transformers peft gguf;  cargo build --release
 Run:   python3 tools/bench_train.py [--model HF_DIR] [--gguf FILE] [--batch-size 4]
                                     [--seq-len 128] [--threads 2] [--steps 3]
-Default model: SmolLM2-135M-Instruct in f32, written once from the Q4_1 GGUF by transformers'
-GGUF loader into target/smollm2-f32/ (so both sides train the same f32 weights). Rows:
+Default model: SmolLM2-135M-Instruct in f32, written once from the Q4_1 GGUF by
+`kiln export --format merged` into target/smollm2-f32/ (so both sides train the same f32
+weights; kiln's dequantization is bit-exact with the gguf package's). Rows:
 LoRA r=8 on q,v and on all-linear for both; kiln QLoRA on the Q4_1 GGUF itself. Each side runs
 in its own process (peak RSS is per process); median step time after one warm-up step.
 """
@@ -57,14 +58,11 @@ def default_gguf():
     return hits[0]
 
 
-def f32_dir(gguf):
+def f32_dir(kiln, gguf):
     out = os.path.join(ROOT, "target/smollm2-f32")
     if not os.path.exists(os.path.join(out, "config.json")):
-        import torch
-        from transformers import AutoModelForCausalLM
-        m = AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf),
-                                                 dtype=torch.float32)
-        m.save_pretrained(out)
+        subprocess.run([kiln, "export", "--model", gguf, "--format", "merged", "--dtype", "f32", "--out", out],
+                       check=True)
     return out
 
 
@@ -83,7 +81,7 @@ def main():
     if a.torch_only:
         return torch_run(a)
     gguf = a.gguf or default_gguf()
-    model = a.model or f32_dir(gguf)
+    model = a.model or f32_dir(a.kiln, gguf)
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads))
     shape = ["--batch-size", str(a.batch_size), "--max-seq-len", str(a.seq_len), "--steps", str(a.steps)]
 

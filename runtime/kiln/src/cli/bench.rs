@@ -22,7 +22,7 @@ pub struct TrainArgs {
     /// A .gguf file or an HF model directory [default: SmolLM2-135M-Instruct].
     #[arg(long)]
     model: Option<std::path::PathBuf>,
-    /// lora, qlora or full.
+    /// lora, qlora, full or adapter.
     #[arg(long, default_value = "lora")]
     method: String,
     /// qlora: quantize the base's linear weights (q8_0, q4_0, q4_1, q5_0) [default: a GGUF's own
@@ -92,6 +92,10 @@ fn train(a: TrainArgs) -> Result<()> {
     let pos = default_positions(b, t)?;
     let mut lora = match cfg.method {
         Method::Full => None,
+        Method::Adapter => {
+            model.add_bottlenecks(cfg.adapter_size, 1)?;
+            None
+        }
         _ => Some(LoraSet::new(&model.config, cfg.lora()?, 1)?),
     };
     let mut opt = kiln::train::AdamW::new(1e-4);
@@ -104,6 +108,9 @@ fn train(a: TrainArgs) -> Result<()> {
         let grads = tape.backward(&ce.loss)?;
         match &mut lora {
             Some(l) => opt.step(l.params_mut(), &grads, Some(1.0))?,
+            None if cfg.method == Method::Adapter => {
+                opt.step(model.bottleneck_params_mut().into_iter().map(|(_, v)| v).collect(), &grads, Some(1.0))?
+            }
             None => opt.step(model.weights_mut(), &grads, Some(1.0))?,
         };
         if i > 0 {

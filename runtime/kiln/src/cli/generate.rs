@@ -42,7 +42,7 @@ pub struct GenerateArgs {
 
 pub fn run(a: GenerateArgs) -> Result<()> {
     let path = kiln::models::resolve(a.model.as_deref())?;
-    let (model, tok) = kiln::models::load_with_tokenizer(&path, false)?;
+    let (mut model, tok) = kiln::models::load_with_tokenizer(&path, false)?;
     let text = if a.raw {
         a.prompt.clone()
     } else {
@@ -66,7 +66,13 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let t0 = Instant::now();
     let opts = GenOptions { max_new_tokens: a.max_new_tokens, temperature: a.temperature, seed: a.seed };
     let lora = match &a.adapter {
-        Some(d) => Some(kiln::adapters::LoraSet::load_peft(d, &model.config)?),
+        Some(d) => match kiln::adapters::bottleneck::size_of(d)? {
+            Some(size) => {
+                model.load_bottlenecks(d, size)?;
+                None
+            }
+            None => Some(kiln::adapters::LoraSet::load_peft(d, &model.config)?),
+        },
         None => None,
     };
     let (out, logprobs) = generate_with_logprobs(&model, &prompt, &stop, &opts, lora.as_ref())?;

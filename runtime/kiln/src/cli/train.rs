@@ -48,7 +48,7 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     out: Option<PathBuf>,
-    /// lora, qlora or full [default: lora].
+    /// lora, qlora, full or adapter (bottleneck adapters) [default: lora].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     method: Option<String>,
@@ -69,6 +69,11 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     learning_rate: Option<f64>,
+    /// adamw or adamw8bit (block-wise 8-bit moments: a quarter of the optimizer memory)
+    /// [default: adamw].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    optim: Option<String>,
     /// constant, linear or cosine, after warmup [default: linear].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -109,6 +114,10 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     target_modules: Option<String>,
+    /// Hidden size of the bottleneck adapters (--method adapter) [default: 64].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    adapter_size: Option<usize>,
     /// rsLoRA scaling alpha/√r [default: false].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -337,6 +346,11 @@ fn train_with_progress(t: &mut Trainer) -> Result<Summary> {
 fn finish(cfg: &TrainConfig, t: &mut Trainer, s: &Summary, base: &Path) -> Result<()> {
     let out = &cfg.out;
     let what = match &t.lora {
+        None if cfg.method == Method::Adapter => {
+            let dir = out.join("adapter");
+            kiln::adapters::bottleneck::save(&t.params(), cfg.adapter_size, &base.display().to_string(), &dir)?;
+            format!("bottleneck adapter in {}", dir.display())
+        }
         Some(l) => {
             let dir = out.join("adapter");
             l.save_peft(&dir, &base.display().to_string(), cfg.lora_dropout)?;

@@ -33,6 +33,8 @@ pub struct Block {
     pub q_norm: Option<Var>,
     pub k_norm: Option<Var>,
     pub mlp_norm: Var,
+    /// Bottleneck adapters after the attention and the MLP sub-layer (the `adapter` method).
+    pub bottleneck: Option<[crate::adapters::bottleneck::Bottleneck; 2]>,
 }
 
 /// A loaded model.
@@ -126,6 +128,7 @@ impl Llama {
                     None
                 },
                 mlp_norm: leaf(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                bottleneck: None,
             });
         }
         let norm = leaf("model.norm.weight", &[h])?;
@@ -184,6 +187,40 @@ impl Llama {
         v.push(&mut self.norm);
         v.extend(self.lm_head.as_mut());
         v
+    }
+
+    /// Adds fresh bottleneck adapters of hidden size `size` to every block.
+    pub fn add_bottlenecks(&mut self, size: usize, seed: u64) -> Result<()> {
+        let set = crate::adapters::bottleneck::new_set(&self.config, size, seed)?;
+        for (b, s) in self.blocks.iter_mut().zip(set) {
+            b.bottleneck = Some(s);
+        }
+        Ok(())
+    }
+
+    /// The bottleneck adapters' tensors, mutable, with their saved names.
+    pub fn bottleneck_params_mut(&mut self) -> Vec<(String, &mut Var)> {
+        let mut v = Vec::new();
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            for (site, bn) in crate::adapters::bottleneck::SITES.iter().zip(b.bottleneck.iter_mut().flatten()) {
+                let names: Vec<&str> = bn.named().iter().map(|(n, _)| *n).collect();
+                for (n, var) in names.into_iter().zip(bn.vars_mut()) {
+                    v.push((format!("model.layers.{i}.{site}.{n}"), var));
+                }
+            }
+        }
+        v
+    }
+
+    /// Loads a bottleneck adapter folder written by kiln onto this model.
+    pub fn load_bottlenecks(&mut self, dir: &Path, size: usize) -> Result<()> {
+        self.add_bottlenecks(size, 0)?;
+        let store = WeightStore::from_files(&[dir.join("adapter_model.safetensors")])?;
+        for (name, v) in self.bottleneck_params_mut() {
+            let t = store.get_shaped(&name, v.value().dims())?;
+            v.set_value(t.to_dtype(DType::F32)?);
+        }
+        Ok(())
     }
 
     /// Quantizes the frozen linear weights of every block to `ty` (QLoRA on a model stored in
@@ -397,11 +434,18 @@ fn block(
     }
     let a = ops::attention(tape, &q, &k, &v, ctx.seg.as_ref(), 1.0 / (hd as f64).sqrt())?;
     let a = ops::reshape(tape, &a, [bt, c.num_heads * hd])?;
-    let x = ops::add(tape, x, &lin(tape, &a, lo, &ad[3])?)?;
+    let mut o = lin(tape, &a, lo, &ad[3])?;
+    if let Some(bn) = &blk.bottleneck {
+        o = bn[0].apply(tape, &o)?;
+    }
+    let x = ops::add(tape, x, &o)?;
     let h = ops::rms_norm(tape, &x, &blk.mlp_norm, c.rms_norm_eps)?;
     let g = lin(tape, &h, lg, &ad[4])?;
     let u = lin(tape, &h, lu, &ad[5])?;
-    let m = lin(tape, &ops::swiglu(tape, &g, &u)?, ld, &ad[6])?;
+    let mut m = lin(tape, &ops::swiglu(tape, &g, &u)?, ld, &ad[6])?;
+    if let Some(bn) = &blk.bottleneck {
+        m = bn[1].apply(tape, &m)?;
+    }
     Ok(ops::add(tape, &x, &m)?)
 }
 

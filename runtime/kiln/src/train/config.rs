@@ -19,6 +19,18 @@ pub enum Method {
     Qlora,
     /// Every weight trainable, f32 master weights.
     Full,
+    /// Bottleneck adapters after each block's attention and MLP, base frozen.
+    Adapter,
+}
+
+/// The optimizer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Optim {
+    /// AdamW with f32 moments.
+    Adamw,
+    /// AdamW with block-wise 8-bit moments (a quarter of the state memory).
+    Adamw8bit,
 }
 
 /// Learning-rate schedule after warmup.
@@ -50,6 +62,7 @@ pub struct TrainConfig {
     /// Stop after this many optimizer steps (overrides `epochs`).
     pub max_steps: Option<usize>,
     pub learning_rate: f64,
+    pub optim: Optim,
     pub lr_scheduler: Scheduler,
     pub warmup_steps: usize,
     /// Sequences per micro-batch.
@@ -66,6 +79,8 @@ pub struct TrainConfig {
     /// Comma-separated module names (`q_proj,v_proj`) or `all-linear`.
     pub target_modules: String,
     pub use_rslora: bool,
+    /// Hidden size of the bottleneck adapters (`--method adapter`).
+    pub adapter_size: usize,
     pub weight_decay: f64,
     /// Clip the global gradient norm to this (0 disables).
     pub max_grad_norm: f64,
@@ -104,6 +119,7 @@ impl Default for TrainConfig {
             epochs: 3.0,
             max_steps: None,
             learning_rate: 2e-4,
+            optim: Optim::Adamw,
             lr_scheduler: Scheduler::Linear,
             warmup_steps: 0,
             batch_size: 4,
@@ -115,6 +131,7 @@ impl Default for TrainConfig {
             lora_dropout: 0.0,
             target_modules: "all-linear".into(),
             use_rslora: false,
+            adapter_size: 64,
             weight_decay: 0.0,
             max_grad_norm: 1.0,
             gradient_checkpointing: false,
@@ -177,7 +194,10 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.eval_split) {
             return Err(bad("eval_split", "must be in [0, 1)"));
         }
-        if self.method != Method::Full {
+        if self.method == Method::Adapter && self.adapter_size == 0 {
+            return Err(bad("adapter_size", "must be at least 1"));
+        }
+        if matches!(self.method, Method::Lora | Method::Qlora) {
             if self.lora_r == 0 {
                 return Err(bad("lora_r", "must be at least 1"));
             }

@@ -4,11 +4,12 @@
 pub mod checkpoint;
 pub mod config;
 pub mod optim;
+pub mod optim8;
 pub mod plot;
 pub mod prepare;
 pub mod schedule;
 pub mod trainer;
 
-pub use config::{Method, Scheduler, TrainConfig};
+pub use config::{Method, Optim, Scheduler, TrainConfig};
 pub use optim::AdamW;
 pub use trainer::{Event, StepLog, Summary, Trainer};

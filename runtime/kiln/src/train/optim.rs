@@ -1,11 +1,19 @@
-//! AdamW over a set of trainable variables, state in f32 on the parameter's backend.
+//! AdamW over a set of trainable variables, state in f32 on the parameter's backend, or in
+//! block-wise 8 bits ([`super::optim8`]) with `eight_bit`.
 
 use std::collections::{HashMap, HashSet};
 
 use kiln_core::backend::AdamWStep;
 use kiln_core::{Grads, Tensor, Var, VarId};
 
+use super::optim8::{Q8, floor_second_moment};
 use crate::Result;
+
+/// One parameter's moments.
+enum Moments {
+    F32(Tensor, Tensor),
+    Q8(Q8, Q8),
+}
 
 /// AdamW (decoupled weight decay), as `torch.optim.AdamW`.
 pub struct AdamW {
@@ -14,8 +22,10 @@ pub struct AdamW {
     pub beta2: f64,
     pub eps: f64,
     pub weight_decay: f64,
+    /// Keep the moments in 8 bits (`--optim adamw8bit`).
+    pub eight_bit: bool,
     step: u64,
-    state: HashMap<VarId, (Tensor, Tensor)>,
+    state: HashMap<VarId, Moments>,
     no_decay: HashSet<VarId>,
 }
 
@@ -28,6 +38,7 @@ impl AdamW {
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: 0.01,
+            eight_bit: false,
             step: 0,
             state: HashMap::new(),
             no_decay: HashSet::new(),
@@ -39,15 +50,37 @@ impl AdamW {
         self.no_decay.insert(v.id());
     }
 
-    /// The first and second moments of `v`, once it has been updated.
-    pub fn moments(&self, v: &Var) -> Option<&(Tensor, Tensor)> {
-        self.state.get(&v.id())
+    /// The first and second moments of `v` in f32 (dequantized in 8-bit mode), once it has
+    /// been updated.
+    pub fn moments(&self, v: &Var) -> Result<Option<(Tensor, Tensor)>> {
+        Ok(match self.state.get(&v.id()) {
+            None => None,
+            Some(Moments::F32(m, s)) => Some((m.clone(), s.clone())),
+            Some(Moments::Q8(m, s)) => Some((m.dequantize()?, s.dequantize()?)),
+        })
+    }
+
+    /// Bytes of optimizer state held.
+    pub fn state_bytes(&self) -> usize {
+        self.state
+            .values()
+            .map(|s| match s {
+                Moments::F32(m, v) => 4 * (m.numel() + v.numel()),
+                Moments::Q8(m, v) => m.bytes() + v.bytes(),
+            })
+            .sum()
     }
 
     /// Restores `v`'s moments and the step count (resuming from a checkpoint).
-    pub fn restore(&mut self, v: &Var, m: Tensor, s: Tensor, steps: u64) {
-        self.state.insert(v.id(), (m, s));
+    pub fn restore(&mut self, v: &Var, m: Tensor, s: Tensor, steps: u64) -> Result<()> {
+        let st = if self.eight_bit {
+            Moments::Q8(Q8::quantize(&m, true)?, Q8::quantize(&s, false)?)
+        } else {
+            Moments::F32(m, s)
+        };
+        self.state.insert(v.id(), st);
         self.step = steps;
+        Ok(())
     }
 
     /// Sets the step count (resuming a run whose parameters had no moments yet).
@@ -93,17 +126,26 @@ impl AdamW {
             let Some(g) = grads.get(p) else { continue };
             let g = if factor != 1.0 { g.backend().scale(g, factor)? } else { g.clone() };
             let be = p.value().backend();
-            let (m, v) = match self.state.remove(&p.id()) {
-                Some(s) => s,
+            let (mut m, mut v) = match self.state.remove(&p.id()) {
+                Some(Moments::F32(m, v)) => (m, v),
+                Some(Moments::Q8(m, v)) => {
+                    let m = be.upload(&m.dequantize()?)?;
+                    let v = be.upload(&floor_second_moment(&m, &v.dequantize()?)?)?;
+                    (m, v)
+                }
                 None => (
                     be.zeros(p.value().shape(), kiln_core::DType::F32)?,
                     be.zeros(p.value().shape(), kiln_core::DType::F32)?,
                 ),
             };
-            let (mut m, mut v) = (m, v);
             let id = p.id();
             be.adamw_step(p.value_mut(), &g, &mut m, &mut v, hp)?;
-            self.state.insert(id, (m, v));
+            let st = if self.eight_bit {
+                Moments::Q8(Q8::quantize(&m, true)?, Q8::quantize(&v, false)?)
+            } else {
+                Moments::F32(m, v)
+            };
+            self.state.insert(id, st);
         }
         Ok(norm)
     }

@@ -18,7 +18,7 @@ use kiln_core::{Grads, Tape, Tensor, Var};
 
 use super::AdamW;
 use super::checkpoint::{self, State};
-use super::config::{Method, TrainConfig};
+use super::config::{Method, Optim, TrainConfig};
 use super::prepare::Prepared;
 use super::schedule::lr_at;
 use crate::adapters::LoraSet;
@@ -81,7 +81,7 @@ type Named = Vec<(String, Tensor)>;
 
 impl Trainer {
     /// Sets up adapters (or trainable weights), the optimizer and the step plan.
-    pub fn new(cfg: TrainConfig, model: Llama, data: Prepared) -> Result<Trainer> {
+    pub fn new(cfg: TrainConfig, mut model: Llama, data: Prepared) -> Result<Trainer> {
         if data.train.is_empty() {
             return Err(KilnError::Msg(format!(
                 "data: no training row has a token to learn ({} of {} rows had nothing trainable left within max_seq_len {}; raise --max-seq-len)",
@@ -92,6 +92,10 @@ impl Trainer {
         }
         let lora = match cfg.method {
             Method::Full => None,
+            Method::Adapter => {
+                model.add_bottlenecks(cfg.adapter_size, cfg.seed)?;
+                None
+            }
             Method::Lora | Method::Qlora => Some(LoraSet::new(&model.config, cfg.lora()?, cfg.seed)?),
         };
         let per_step = cfg.batch_size * cfg.grad_accum;
@@ -100,6 +104,7 @@ impl Trainer {
             cfg.max_steps.unwrap_or_else(|| ((cfg.epochs * steps_per_epoch as f64).ceil() as usize).max(1));
         let mut opt = AdamW::new(cfg.learning_rate);
         opt.weight_decay = cfg.weight_decay;
+        opt.eight_bit = cfg.optim == Optim::Adamw8bit;
         let out = cfg.out.clone();
         let mut t = Trainer {
             cfg,
@@ -115,20 +120,22 @@ impl Trainer {
             out,
             resumed_from: None,
         };
-        if t.lora.is_none() {
-            // Norm weights and biases are not decayed (transformers' Trainer does the same).
-            let names: Vec<String> = t.model.named_weights().into_iter().map(|(n, _)| n).collect();
-            for (n, v) in names.iter().zip(t.model.weights_mut()) {
-                if n.contains("norm") || n.ends_with(".bias") {
-                    t.opt.exclude_from_decay(v);
-                }
+        // Norm weights and biases are not decayed (transformers' Trainer does the same).
+        let mut opt = std::mem::replace(&mut t.opt, AdamW::new(0.0));
+        for (n, v) in t.params_mut() {
+            if n.contains("norm") || n.ends_with(".bias") {
+                opt.exclude_from_decay(v);
             }
         }
+        t.opt = opt;
         Ok(t)
     }
 
     /// Trainable parameters with their saved names.
     fn params_mut(&mut self) -> Vec<(String, &mut Var)> {
+        if self.cfg.method == Method::Adapter {
+            return self.model.bottleneck_params_mut();
+        }
         match &mut self.lora {
             Some(l) => {
                 let names: Vec<String> = l.named_params().into_iter().map(|(n, _)| n).collect();
@@ -241,8 +248,8 @@ impl Trainer {
         let mut moments = Vec::new();
         let mut opt = std::mem::replace(&mut self.opt, AdamW::new(0.0));
         for (n, v) in self.params_mut() {
-            if let Some((m, s)) = opt.moments(v) {
-                moments.push((n, m.clone(), s.clone()));
+            if let Some((m, s)) = opt.moments(v)? {
+                moments.push((n, m, s));
             }
         }
         std::mem::swap(&mut self.opt, &mut opt);
@@ -273,7 +280,7 @@ impl Trainer {
             if ck.optimizer.contains(&m) {
                 let mm = ck.optimizer.get_shaped(&m, v.value().dims())?.to_dtype(kiln_core::DType::F32)?;
                 let ss = ck.optimizer.get_shaped(&format!("exp_avg_sq.{name}"), v.value().dims())?;
-                opt.restore(v, mm, ss.to_dtype(kiln_core::DType::F32)?, steps);
+                opt.restore(v, mm, ss.to_dtype(kiln_core::DType::F32)?, steps)?;
             }
         }
         opt.set_steps(steps);
