@@ -280,3 +280,32 @@ fn bottleneck_adapters_start_at_the_base_model_and_round_trip() {
     loaded.load_bottlenecks(&d.join("adapter"), 8).unwrap();
     assert_eq!(logits(&loaded), trained);
 }
+
+#[test]
+fn gguf_export_round_trips() {
+    use kiln::core::quant::GgmlType;
+    use kiln::core::{Tape, Tensor};
+    use kiln::model::{Inputs, default_positions};
+    let d = tempdir("gguf-export");
+    let cfg = config(&d, "max_steps = 3\n");
+    let (t, _) = run(&cfg);
+    let src = cfg.model.clone().unwrap();
+    let ids = Tensor::from_vec((0..20i32).map(|i| i * 53 % 700).collect::<Vec<_>>(), [2, 10]).unwrap();
+    let pos = default_positions(2, 10).unwrap();
+    let inp = Inputs { ids: &ids, pos: &pos, seg: None };
+    let tape = Tape::no_grad();
+    let want = t.model.forward(&tape, &inp, t.lora.as_ref(), false).unwrap().value().to_vec_f32().unwrap();
+    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+    for (ty, tol) in [(GgmlType::F32, 1e-5f32), (GgmlType::Q8_0, 2e-2)] {
+        let out = d.join(format!("model-{}.gguf", ty.name()));
+        kiln::export_gguf::export_gguf(&t.model, t.lora.as_ref(), &src, ty, &out).unwrap();
+        let (back, tok) = kiln::models::load_with_tokenizer(&out, false).unwrap();
+        let got = back.forward(&tape, &inp, None, false).unwrap().value().to_vec_f32().unwrap();
+        let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+        assert!(err < tol, "{}: logits differ by {err} of their scale", ty.name());
+        let orig = TextTokenizer::load(&src).unwrap();
+        assert_eq!(tok.encode("add 12 and 5").unwrap().ids, orig.encode("add 12 and 5").unwrap().ids);
+        assert_eq!(tok.chat_template, orig.chat_template);
+        assert_eq!(tok.eos.as_ref().map(|s| s.id), orig.eos.as_ref().map(|s| s.id));
+    }
+}

@@ -10,6 +10,7 @@ pub mod adapters;
 pub mod data;
 pub mod error;
 pub mod export;
+pub mod export_gguf;
 pub mod formats;
 pub mod generate;
 pub mod info;

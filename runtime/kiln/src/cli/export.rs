@@ -14,21 +14,44 @@ pub struct ExportArgs {
     /// A LoRA adapter folder (PEFT layout) to merge; without it the base is exported as is.
     #[arg(long)]
     adapter: Option<PathBuf>,
-    /// merged (transformers folder: config.json, model.safetensors, tokenizer, chat template);
-    /// gguf and gguf-lora need the GGUF writer, which is not implemented yet.
+    /// merged (transformers folder: config.json, model.safetensors, tokenizer, chat template) or
+    /// gguf (one file for llama.cpp / Ollama, adapter merged, tokenizer and chat template in its
+    /// metadata); gguf-lora is not implemented yet.
     #[arg(long, default_value = "merged")]
     format: String,
     /// Weight type of a merged export: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     dtype: String,
-    /// Output folder.
+    /// Block type of a GGUF export's matrices: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0.
+    #[arg(long, default_value = "q8_0")]
+    quant: String,
+    /// Output folder (merged) or file (gguf).
     #[arg(long)]
     out: PathBuf,
 }
 
 pub fn run(a: ExportArgs) -> Result<()> {
+    if a.format == "gguf" {
+        let ty = kiln::export_gguf::quant_type(&a.quant)?;
+        let path = kiln::models::resolve(a.model.as_deref())?;
+        let model = kiln::model::Llama::load(&path, false)?;
+        let lora = match &a.adapter {
+            Some(d) => Some(kiln::adapters::LoraSet::load_peft(d, &model.config)?),
+            None => None,
+        };
+        kiln::export_gguf::export_gguf(&model, lora.as_ref(), &path, ty, &a.out)?;
+        let mb = std::fs::metadata(&a.out).map(|m| m.len() as f64 / 1048576.0).unwrap_or(0.0);
+        println!(
+            "exported {} {} to {} ({}, {mb:.1} MB)",
+            if lora.is_some() { "merged" } else { "base" },
+            path.display(),
+            a.out.display(),
+            a.quant
+        );
+        return Ok(());
+    }
     if a.format != "merged" {
-        bail!("--format {}: only `merged` is implemented yet (gguf and gguf-lora need the GGUF writer)", a.format);
+        bail!("--format {}: one of merged, gguf (gguf-lora is not implemented yet)", a.format);
     }
     let dtype = match a.dtype.as_str() {
         "f32" => DType::F32,

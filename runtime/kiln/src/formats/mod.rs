@@ -1,6 +1,7 @@
 //! File formats: safetensors (single and sharded).
 
 pub mod gguf;
+pub mod gguf_write;
 pub mod safetensors;
 
 use std::io::Write;

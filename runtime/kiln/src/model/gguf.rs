@@ -74,6 +74,9 @@ pub struct GgufWeights {
     pub file: GgufFile,
     heads: usize,
     kv_heads: usize,
+    /// llama.cpp's converter interleaves q/k rows for the `llama` architecture only (Qwen2/3
+    /// GGUFs keep transformers' layout).
+    permuted: bool,
 }
 
 impl GgufWeights {
@@ -81,7 +84,8 @@ impl GgufWeights {
     pub fn open(path: &Path) -> Result<(GgufWeights, ModelConfig)> {
         let file = GgufFile::open(path)?;
         let cfg = config_from_gguf(&file)?;
-        Ok((GgufWeights { file, heads: cfg.num_heads, kv_heads: cfg.num_kv_heads }, cfg))
+        let permuted = matches!(cfg.arch, super::Arch::Llama | super::Arch::Mistral);
+        Ok((GgufWeights { file, heads: cfg.num_heads, kv_heads: cfg.num_kv_heads, permuted }, cfg))
     }
 }
 
@@ -162,7 +166,9 @@ impl WeightSource for GgufWeights {
                 detail: format!("shape {:?}, expected {:?}", t.shape(), shape),
             });
         }
-        let heads = if gname.ends_with("attn_q.weight") {
+        let heads = if !self.permuted {
+            None
+        } else if gname.ends_with("attn_q.weight") {
             Some(self.heads)
         } else if gname.ends_with("attn_k.weight") {
             Some(self.kv_heads)

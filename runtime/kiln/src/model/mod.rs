@@ -5,5 +5,5 @@ pub mod gguf;
 pub mod init;
 pub mod llama;
 
-pub use config::{Arch, ModelConfig};
+pub use config::{Arch, ModelConfig, RopeKind};
 pub use llama::{Inputs, KvCache, Linear, Llama, default_positions, shift_targets};

@@ -1,0 +1,230 @@
+//! Exporting to GGUF for llama.cpp / Ollama: the (merged) weights under llama.cpp's tensor
+//! names, quantized per tensor (matrices to the chosen type, norms and biases f32), Llama q/k
+//! rows permuted back to llama.cpp's rotary layout, and the metadata llama.cpp reads: copied
+//! from a GGUF source, or written from `config.json` + a BPE `tokenizer.json`.
+
+use std::path::Path;
+
+use kiln_core::DType;
+use kiln_core::quant::{GgmlType, quantize};
+use serde_json::Value;
+
+use crate::adapters::LoraSet;
+use crate::formats::gguf::{GgufFile, MetaValue};
+use crate::formats::gguf_write::{OutTensor, write_gguf};
+use crate::model::gguf::gguf_name;
+use crate::model::{Arch, Llama, ModelConfig, RopeKind};
+use crate::{KilnError, Result};
+
+/// The `--quant` names and their block types.
+pub fn quant_type(name: &str) -> Result<GgmlType> {
+    Ok(match name {
+        "f32" => GgmlType::F32,
+        "f16" => GgmlType::F16,
+        "bf16" => GgmlType::BF16,
+        "q8_0" => GgmlType::Q8_0,
+        "q4_0" => GgmlType::Q4_0,
+        "q4_1" => GgmlType::Q4_1,
+        "q5_0" => GgmlType::Q5_0,
+        "q4_k" | "q4_k_m" | "q6_k" => {
+            return Err(KilnError::Msg(format!(
+                "--quant {name}: K-quant quantizers are not implemented yet (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0 are)"
+            )));
+        }
+        other => return Err(KilnError::Msg(format!("--quant {other}: one of f32, f16, bf16, q8_0, q4_0, q4_1, q5_0"))),
+    })
+}
+
+/// llama.cpp's `general.file_type` for a whole-model type.
+fn file_type(t: GgmlType) -> u32 {
+    match t {
+        GgmlType::F32 => 0,
+        GgmlType::F16 => 1,
+        GgmlType::Q4_0 => 2,
+        GgmlType::Q4_1 => 3,
+        GgmlType::Q8_0 => 7,
+        GgmlType::Q5_0 => 8,
+        GgmlType::BF16 => 32,
+        _ => 0,
+    }
+}
+
+/// HF rotary layout → llama.cpp's (interleaved pairs), the inverse of the loader's un-permute.
+fn permute_rows(v: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    let (d, half) = (rows / heads, rows / heads / 2);
+    let mut out = vec![0f32; v.len()];
+    for h in 0..heads {
+        for i in 0..half {
+            for j in 0..2 {
+                let (src, dst) = (h * d + j * half + i, h * d + 2 * i + j);
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&v[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+fn arch_name(c: &ModelConfig) -> &'static str {
+    match c.arch {
+        Arch::Llama | Arch::Mistral => "llama",
+        Arch::Qwen2 => "qwen2",
+        Arch::Qwen3 => "qwen3",
+    }
+}
+
+fn s(v: &str) -> MetaValue {
+    MetaValue::Str(v.into())
+}
+
+/// Model metadata from the config (for a source that is not a GGUF file).
+fn config_meta(c: &ModelConfig, name: &str) -> Result<Vec<(String, MetaValue)>> {
+    if c.rope != RopeKind::Default {
+        return Err(KilnError::Msg("GGUF export of RoPE scaling (llama3, linear) is not implemented yet".into()));
+    }
+    let a = arch_name(c);
+    let k = |x: &str| format!("{a}.{x}");
+    let mut m = vec![
+        ("general.architecture".into(), s(a)),
+        ("general.name".into(), s(name)),
+        (k("context_length"), MetaValue::U32(c.max_position_embeddings as u32)),
+        (k("embedding_length"), MetaValue::U32(c.hidden_size as u32)),
+        (k("block_count"), MetaValue::U32(c.num_layers as u32)),
+        (k("feed_forward_length"), MetaValue::U32(c.intermediate_size as u32)),
+        (k("attention.head_count"), MetaValue::U32(c.num_heads as u32)),
+        (k("attention.head_count_kv"), MetaValue::U32(c.num_kv_heads as u32)),
+        (k("attention.layer_norm_rms_epsilon"), MetaValue::F32(c.rms_norm_eps as f32)),
+        (k("rope.freq_base"), MetaValue::F32(c.rope_theta as f32)),
+        (k("rope.dimension_count"), MetaValue::U32(c.head_dim as u32)),
+        (k("vocab_size"), MetaValue::U32(c.vocab_size as u32)),
+    ];
+    if c.head_dim * c.num_heads != c.hidden_size {
+        m.push((k("attention.key_length"), MetaValue::U32(c.head_dim as u32)));
+        m.push((k("attention.value_length"), MetaValue::U32(c.head_dim as u32)));
+    }
+    Ok(m)
+}
+
+/// `tokenizer.ggml.*` from a BPE `tokenizer.json` (+ `tokenizer_config.json`), as llama.cpp's
+/// converter writes them for GPT-2-style BPE.
+fn tokenizer_meta(dir: &Path, vocab_size: usize) -> Result<Vec<(String, MetaValue)>> {
+    let read = |f: &str| -> Result<Value> {
+        let p = dir.join(f);
+        let text = std::fs::read_to_string(&p).map_err(|e| KilnError::io(&p, e))?;
+        serde_json::from_str(&text).map_err(|e| KilnError::Config {
+            path: p.clone(),
+            field: "(json)".into(),
+            detail: e.to_string(),
+        })
+    };
+    let tj = read("tokenizer.json")?;
+    let bad = |d: &str| KilnError::Config { path: dir.join("tokenizer.json"), field: "model".into(), detail: d.into() };
+    if tj["model"]["type"] != "BPE" {
+        return Err(bad("GGUF export supports BPE tokenizers only"));
+    }
+    let mut tokens = vec![String::new(); vocab_size];
+    let mut types = vec![1i32; vocab_size];
+    let vocab = tj["model"]["vocab"].as_object().ok_or_else(|| bad("no vocab"))?;
+    for (t, id) in vocab {
+        if let Some(i) = id.as_u64().map(|i| i as usize).filter(|&i| i < vocab_size) {
+            tokens[i] = t.clone();
+        }
+    }
+    for a in tj["added_tokens"].as_array().into_iter().flatten() {
+        if let (Some(i), Some(t)) = (a["id"].as_u64().map(|i| i as usize), a["content"].as_str())
+            && i < vocab_size
+        {
+            tokens[i] = t.to_string();
+            types[i] = if a["special"].as_bool() == Some(true) { 3 } else { 4 };
+        }
+    }
+    for (i, t) in tokens.iter_mut().enumerate().filter(|(_, t)| t.is_empty()) {
+        *t = format!("[PAD{i}]");
+        types[i] = 5;
+    }
+    let merges: Vec<MetaValue> = tj["model"]["merges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| match m {
+            Value::String(x) => Some(s(x)),
+            Value::Array(p) => Some(s(&format!("{} {}", p.first()?.as_str()?, p.get(1)?.as_str()?))),
+            _ => None,
+        })
+        .collect();
+    let mut m = vec![
+        ("tokenizer.ggml.model".into(), s("gpt2")),
+        ("tokenizer.ggml.pre".into(), s("default")),
+        ("tokenizer.ggml.tokens".into(), MetaValue::Array(tokens.iter().map(|t| s(t)).collect())),
+        ("tokenizer.ggml.token_type".into(), MetaValue::Array(types.into_iter().map(MetaValue::I32).collect())),
+        ("tokenizer.ggml.merges".into(), MetaValue::Array(merges)),
+    ];
+    let cfg = read("tokenizer_config.json").unwrap_or(Value::Null);
+    let id_of = |key: &str| -> Option<u32> {
+        let v = &cfg[key];
+        let text = v.as_str().or_else(|| v["content"].as_str())?;
+        tokens.iter().position(|t| t == text).map(|i| i as u32)
+    };
+    for (key, name) in [("bos_token", "bos"), ("eos_token", "eos"), ("pad_token", "padding"), ("unk_token", "unknown")]
+    {
+        if let Some(id) = id_of(key) {
+            m.push((format!("tokenizer.ggml.{name}_token_id"), MetaValue::U32(id)));
+        }
+    }
+    if let Some(b) = cfg["add_bos_token"].as_bool() {
+        m.push(("tokenizer.ggml.add_bos_token".into(), MetaValue::Bool(b)));
+    }
+    let template = cfg["chat_template"]
+        .as_str()
+        .map(str::to_string)
+        .or_else(|| std::fs::read_to_string(dir.join("chat_template.jinja")).ok());
+    if let Some(t) = template {
+        m.push(("tokenizer.chat_template".into(), s(&t)));
+    }
+    Ok(m)
+}
+
+/// Writes `model` (with `lora` merged) as a GGUF file of type `ty`. `source` is the model's
+/// path: a GGUF's metadata (tokenizer, chat template) is carried over; a directory's
+/// `config.json`/`tokenizer.json` are converted.
+pub fn export_gguf(model: &Llama, lora: Option<&LoraSet>, source: &Path, ty: GgmlType, out: &Path) -> Result<()> {
+    let c = &model.config;
+    let mut meta = if source.extension().is_some_and(|e| e == "gguf") {
+        let g = GgufFile::open(source)?;
+        g.metadata
+            .into_iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "general.file_type" | "general.alignment"))
+            .collect()
+    } else {
+        let name = source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut m = config_meta(c, &name)?;
+        m.extend(tokenizer_meta(source, c.vocab_size)?);
+        m
+    };
+    meta.push(("general.file_type".into(), MetaValue::U32(file_type(ty))));
+    let mut tensors = Vec::new();
+    for (name, w) in crate::export::merged_weights(model, lora, DType::F32)? {
+        let g = gguf_name(&name).ok_or_else(|| KilnError::Msg(format!("export: no GGUF name for `{name}`")))?;
+        let shape = w.dims().to_vec();
+        let mut v = w.to_vec_f32()?;
+        // The loader un-permutes Llama q/k rows; writing puts them back.
+        if c.arch == Arch::Llama || c.arch == Arch::Mistral {
+            if g.ends_with("attn_q.weight") {
+                v = permute_rows(&v, shape[0], shape[1], c.num_heads);
+            } else if g.ends_with("attn_k.weight") {
+                v = permute_rows(&v, shape[0], shape[1], c.num_kv_heads);
+            }
+        }
+        // Vectors (norms, biases) stay f32, as llama.cpp keeps them; a matrix whose rows are not
+        // whole blocks of `ty` falls back to f16.
+        let row = shape.last().copied().unwrap_or(1);
+        let t = if shape.len() < 2 {
+            GgmlType::F32
+        } else if row.is_multiple_of(ty.block().0) {
+            ty
+        } else {
+            GgmlType::F16
+        };
+        tensors.push(OutTensor { name: g, ty: t, shape, data: quantize(t, &v)? });
+    }
+    write_gguf(out, &meta, &tensors)
+}
