@@ -309,3 +309,26 @@ fn gguf_export_round_trips() {
         assert_eq!(tok.eos.as_ref().map(|s| s.id), orig.eos.as_ref().map(|s| s.id));
     }
 }
+
+#[test]
+fn gguf_lora_export_is_a_llama_cpp_adapter() {
+    use kiln::core::quant::GgmlType;
+    use kiln::formats::gguf::{GgufFile, MetaValue};
+    let d = tempdir("gguf-lora");
+    let cfg = config(&d, "max_steps = 2\ntarget_modules = \"q_proj,v_proj\"\nlora_r = 4\nlora_alpha = 8.0\n");
+    let (t, _) = run(&cfg);
+    let lora = t.lora.as_ref().unwrap();
+    let out = d.join("adapter.gguf");
+    kiln::export_gguf::export_gguf_lora(&t.model.config, lora, GgmlType::F32, &out).unwrap();
+    let g = GgufFile::open(&out).unwrap();
+    assert_eq!(g.get("general.type").and_then(MetaValue::as_str), Some("adapter"));
+    assert_eq!(g.get("adapter.type").and_then(MetaValue::as_str), Some("lora"));
+    assert_eq!(g.get("adapter.lora.alpha").and_then(MetaValue::as_f64), Some(8.0));
+    assert_eq!(g.tensors.len(), 2 * 2 * 2, "A and B for q and v of 2 layers");
+    let a = g.tensor("blk.1.attn_v.weight.lora_a").unwrap();
+    assert_eq!(a.shape(), vec![4, 64]);
+    let got = g.view(a, kiln::core::DType::F32).unwrap().to_vec_f32().unwrap();
+    let want = lora.get(1, kiln::adapters::Target::V).unwrap().a.value().to_vec_f32().unwrap();
+    assert_eq!(got, want);
+    assert_eq!(g.tensor("blk.0.attn_q.weight.lora_b").unwrap().shape(), vec![64, 4]);
+}

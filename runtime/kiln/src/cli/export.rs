@@ -16,13 +16,15 @@ pub struct ExportArgs {
     adapter: Option<PathBuf>,
     /// merged (transformers folder: config.json, model.safetensors, tokenizer, chat template) or
     /// gguf (one file for llama.cpp / Ollama, adapter merged, tokenizer and chat template in its
-    /// metadata); gguf-lora is not implemented yet.
+    /// metadata) or gguf-lora (the adapter alone, for llama.cpp's --lora; f16 unless --quant
+    /// f32/bf16).
     #[arg(long, default_value = "merged")]
     format: String,
     /// Weight type of a merged export: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     dtype: String,
-    /// Block type of a GGUF export's matrices: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0.
+    /// Block type of a GGUF export's matrices: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0
+    /// (gguf-lora: f32, f16, bf16).
     #[arg(long, default_value = "q8_0")]
     quant: String,
     /// Output folder (merged) or file (gguf).
@@ -50,8 +52,28 @@ pub fn run(a: ExportArgs) -> Result<()> {
         );
         return Ok(());
     }
+    if a.format == "gguf-lora" {
+        let ty = kiln::export_gguf::quant_type(if a.quant == "q8_0" { "f16" } else { &a.quant })?;
+        let dir = a.adapter.as_ref().ok_or_else(|| anyhow::anyhow!("--format gguf-lora needs --adapter DIR"))?;
+        let path = kiln::models::resolve(a.model.as_deref())?;
+        let config = if path.extension().is_some_and(|e| e == "gguf") {
+            kiln::model::gguf::config_from_gguf(&kiln::formats::gguf::GgufFile::open(&path)?)?
+        } else {
+            kiln::model::ModelConfig::load(&path)?
+        };
+        let lora = kiln::adapters::LoraSet::load_peft(dir, &config)?;
+        kiln::export_gguf::export_gguf_lora(&config, &lora, ty, &a.out)?;
+        println!(
+            "exported the adapter {} for {} to {} ({})",
+            dir.display(),
+            path.display(),
+            a.out.display(),
+            ty.name()
+        );
+        return Ok(());
+    }
     if a.format != "merged" {
-        bail!("--format {}: one of merged, gguf (gguf-lora is not implemented yet)", a.format);
+        bail!("--format {}: one of merged, gguf, gguf-lora", a.format);
     }
     let dtype = match a.dtype.as_str() {
         "f32" => DType::F32,
