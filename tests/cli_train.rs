@@ -83,9 +83,9 @@ fn train_writes_outputs_and_resumes() {
     }
     let cfg = std::fs::read_to_string(out.join("config.toml")).unwrap();
     assert!(cfg.contains("max_steps = 4") && cfg.contains("lora_r = 8"), "the resolved config: {cfg}");
-    // eval.jsonl holds the held-out 10 % (3 of 30 rows) in the data's own format.
+    // eval.jsonl holds the held-out 20 % (6 of 30 rows) in the data's own format.
     let eval = std::fs::read_to_string(out.join("eval.jsonl")).unwrap();
-    assert_eq!(eval.lines().count(), 3);
+    assert_eq!(eval.lines().count(), 6);
     assert!(eval.lines().all(|l| l.contains("\"prompt\"") && l.contains("\"completion\"")), "{eval}");
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     let kinds: Vec<String> = metrics

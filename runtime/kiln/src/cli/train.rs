@@ -40,7 +40,7 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     eval_data: Option<PathBuf>,
-    /// Fraction held out for evaluation [default: 0.1].
+    /// Fraction held out for evaluation [default: 0.2].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     eval_split: Option<f64>,

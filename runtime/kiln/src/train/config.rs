@@ -112,7 +112,7 @@ impl Default for TrainConfig {
             model: None,
             data: Vec::new(),
             eval_data: None,
-            eval_split: 0.1,
+            eval_split: 0.2,
             out: PathBuf::from("runs/train"),
             method: Method::Lora,
             quantize: None,

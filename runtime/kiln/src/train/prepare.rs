@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use rayon::prelude::*;
+
 use crate::data::batch::{PackStats, Sequence, pack, truncate, unpacked};
 use crate::data::render::Renderer;
 use crate::data::template::ChatTemplate;
@@ -77,7 +79,8 @@ pub fn prepare(cfg: &TrainConfig, tokenizer: TextTokenizer, max_len: usize) -> R
     let origin = template.as_ref().map(|t| t.origin.clone());
     let pad = tokenizer.pad.as_ref().or(tokenizer.eos.as_ref()).map_or(0, |s| s.id as i32);
     let r = Renderer { tokenizer, template, train_on_inputs: cfg.train_on_inputs };
-    let tok = |rows: &[Example]| rows.iter().map(|e| r.tokenize(e)).collect::<Result<Vec<_>>>();
+    // Rows render and tokenize independently: spread them over the cores.
+    let tok = |rows: &[Example]| rows.par_iter().map(|e| r.tokenize(e)).collect::<Result<Vec<_>>>();
     let mut stats = PackStats::default();
     let train_tok = truncate(tok(&train.examples)?, max_len, &mut stats);
     let eval_tok = truncate(tok(&eval_examples)?, max_len, &mut PackStats::default());

@@ -165,7 +165,12 @@ impl Trainer {
         let mut order: Vec<usize> = (0..n).collect();
         shuffle(&mut order, self.cfg.seed.wrapping_add(epoch as u64 * 0x9e37_79b9));
         let per = self.cfg.batch_size * self.cfg.grad_accum;
-        let idx = &order[group * per..((group + 1) * per).min(n)];
+        let mut idx = order[group * per..((group + 1) * per).min(n)].to_vec();
+        if !self.cfg.packing {
+            // Bucketing: within a step's rows, similar lengths share a micro-batch (less
+            // padding); the step's rows, and so its gradient, do not change.
+            idx.sort_by_key(|&i| self.data.train[i].len());
+        }
         (epoch, group, idx.chunks(self.cfg.batch_size).map(<[usize]>::to_vec).collect())
     }
 
