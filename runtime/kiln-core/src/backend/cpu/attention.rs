@@ -6,12 +6,13 @@
 //!
 //! Forward: per query row, an online softmax over blocks of `BLOCK` keys (running max, running
 //! sum, rescaled accumulator), so memory is O(T·D) — never a T×T matrix. Backward (FlashAttention-2
-//! order): probabilities are recomputed from the saved log-sum-exp; dQ is computed per query
-//! row, dK/dV per key row (looping over the query heads that share the kv head), so no two
-//! threads write the same row and the result does not depend on thread count.
+//! order): probabilities are recomputed from the saved log-sum-exp a block of queries at a time,
+//! with the products as GEMMs; one task per (batch row, kv head), so no two threads write the
+//! same row and the result does not depend on thread count.
 
 use rayon::prelude::*;
 
+use super::matmul::{Mat, gemm};
 use super::{CpuBackend, Real, by_prec, out, prec, read, read_i32};
 use crate::backend::{AttentionOps, AttnArgs};
 use crate::{Error, Result, Tensor};
@@ -151,37 +152,68 @@ fn bwd<T: Real>(a: &AttnArgs<'_>, o: &Tensor, lse: &Tensor, d_o: &Tensor) -> Res
         (0..qv.len() / d.max(1)).into_par_iter().map(|r| dot(&gv[r * d..][..d], &ov[r * d..][..d])).collect();
     let qrow = |b: usize, i: usize, h: usize| ((b * t + i) * hq + h) * d;
     let krow = |b: usize, j: usize, g: usize| ((b * t + j) * hkv + g) * d;
-    // p_ij and ds_ij for one (query row, key row) pair.
-    let pair = |b: usize, i: usize, h: usize, j: usize| -> (T, T) {
-        let (qi, kj, r) = (qrow(b, i, h), krow(b, j, h / group), (b * t + i) * hq + h);
-        let p = (dot(&qv[qi..qi + d], &kv[kj..kj + d]) * scale - lv[r]).exp();
-        let dp = dot(&gv[qi..qi + d], &vv[kj..kj + d]);
-        (p, p * (dp - delta[r]))
-    };
+    // One task per (batch row, kv head): it owns dK/dV of that head and dQ of the query heads
+    // sharing it, so tasks never write the same memory. Within a task, blocks of QBLOCK queries:
+    // S = Q·Kᵀ and dP = dO·Vᵀ by GEMM, P and dS = P ⊙ (dP − δ) once per pair, then dQ = dS·K,
+    // dK += dSᵀ·Q, dV += Pᵀ·dO by GEMM (FlashAttention-2's backward, with the block's
+    // probabilities in cache instead of recomputed per pass).
+    const QBLOCK: usize = 64;
+    let (qs, ks) = (hq * d, hkv * d);
+    let tasks: Vec<(usize, usize)> = (0..dm.b).flat_map(|b| (0..hkv).map(move |g| (b, g))).collect();
+    let parts = tasks
+        .into_par_iter()
+        .map(|(b, g)| -> Result<(usize, usize, Vec<T>, Vec<T>, Vec<T>)> {
+            let (mut dq, mut dk, mut dv) =
+                (vec![T::zero(); group * t * d], vec![T::zero(); t * d], vec![T::zero(); t * d]);
+            let (mut sp, mut ds) = (vec![T::zero(); QBLOCK * t], vec![T::zero(); QBLOCK * t]);
+            let kb = krow(b, 0, g);
+            for hh in 0..group {
+                let h = g * group + hh;
+                for i0 in (0..t).step_by(QBLOCK) {
+                    let (nq, nk) = ((t - i0).min(QBLOCK), (i0 + QBLOCK).min(t));
+                    let qm = Mat { data: &qv[qrow(b, i0, h)..], rows: nq, cols: d, rs: qs, cs: 1 };
+                    let gm = Mat { data: &gv[qrow(b, i0, h)..], rows: nq, cols: d, rs: qs, cs: 1 };
+                    let kt = Mat { data: &kv[kb..], rows: d, cols: nk, rs: 1, cs: ks };
+                    let vt = Mat { data: &vv[kb..], rows: d, cols: nk, rs: 1, cs: ks };
+                    let (s, dp) = (&mut sp[..nq * nk], &mut ds[..nq * nk]);
+                    gemm(qm, kt, s, false, scale)?;
+                    gemm(gm, vt, dp, false, T::one())?;
+                    for ii in 0..nq {
+                        let i = i0 + ii;
+                        let r = (b * t + i) * hq + h;
+                        let (srow, drow) = (&mut s[ii * nk..][..nk], &mut dp[ii * nk..][..nk]);
+                        for j in 0..nk {
+                            if visible(seg, t, b, i, j) {
+                                let p = (srow[j] - lv[r]).exp();
+                                srow[j] = p;
+                                drow[j] = p * (drow[j] - delta[r]);
+                            } else {
+                                srow[j] = T::zero();
+                                drow[j] = T::zero();
+                            }
+                        }
+                    }
+                    let km = Mat { data: &kv[kb..], rows: nk, cols: d, rs: ks, cs: 1 };
+                    gemm(Mat::rm(dp, nq, nk), km, &mut dq[(hh * t + i0) * d..][..nq * d], false, scale)?;
+                    gemm(Mat::tr(dp, nk, nq), qm, &mut dk[..nk * d], true, scale)?;
+                    gemm(Mat::tr(s, nk, nq), gm, &mut dv[..nk * d], true, T::one())?;
+                }
+            }
+            Ok((b, g, dq, dk, dv))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut dq = vec![T::zero(); qv.len()];
-    dq.par_chunks_mut(d).enumerate().for_each(|(r, dqr)| {
-        let (h, bi) = (r % hq, r / hq);
-        let (b, i) = (bi / t, bi % t);
-        for j in (0..=i).filter(|&j| visible(seg, t, b, i, j)) {
-            let (_, ds) = pair(b, i, h, j);
-            let kr = &kv[krow(b, j, h / group)..][..d];
-            dqr.iter_mut().zip(kr).for_each(|(x, &y)| *x += scale * ds * y);
-        }
-    });
     let mut dk = vec![T::zero(); kv.len()];
     let mut dv = vec![T::zero(); kv.len()];
-    dk.par_chunks_mut(d).zip(dv.par_chunks_mut(d)).enumerate().for_each(|(r, (dkr, dvr))| {
-        let (g, bj) = (r % hkv, r / hkv);
-        let (b, j) = (bj / t, bj % t);
-        for h in g * group..(g + 1) * group {
-            for i in (j..t).filter(|&i| visible(seg, t, b, i, j)) {
-                let (p, ds) = pair(b, i, h, j);
-                let (qr, gr) = (&qv[qrow(b, i, h)..][..d], &gv[qrow(b, i, h)..][..d]);
-                dvr.iter_mut().zip(gr).for_each(|(x, &y)| *x += p * y);
-                dkr.iter_mut().zip(qr).for_each(|(x, &y)| *x += scale * ds * y);
+    for (b, g, pq, pk, pv) in parts {
+        for i in 0..t {
+            for hh in 0..group {
+                dq[qrow(b, i, g * group + hh)..][..d].copy_from_slice(&pq[(hh * t + i) * d..][..d]);
             }
+            dk[krow(b, i, g)..][..d].copy_from_slice(&pk[i * d..][..d]);
+            dv[krow(b, i, g)..][..d].copy_from_slice(&pv[i * d..][..d]);
         }
-    });
+    }
     Ok((out(dq, a.q.dims().to_vec())?, out(dk, a.k.dims().to_vec())?, out(dv, a.v.dims().to_vec())?))
 }
 
