@@ -130,6 +130,9 @@ fn fwd<T: Real>(a: &AttnArgs<'_>) -> Result<(Tensor, Tensor)> {
     Ok((out(o, qd.clone())?, out(lse, [qd[0], qd[1], qd[2]])?))
 }
 
+/// One task's result: batch row, kv head, and its dQ (query heads of the group), dK, dV.
+type HeadGrads<T> = (usize, usize, Vec<T>, Vec<T>, Vec<T>);
+
 fn bwd<T: Real>(a: &AttnArgs<'_>, o: &Tensor, lse: &Tensor, d_o: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
     let dm = dims(a)?;
     if dm.tk != dm.t {
@@ -162,7 +165,7 @@ fn bwd<T: Real>(a: &AttnArgs<'_>, o: &Tensor, lse: &Tensor, d_o: &Tensor) -> Res
     let tasks: Vec<(usize, usize)> = (0..dm.b).flat_map(|b| (0..hkv).map(move |g| (b, g))).collect();
     let parts = tasks
         .into_par_iter()
-        .map(|(b, g)| -> Result<(usize, usize, Vec<T>, Vec<T>, Vec<T>)> {
+        .map(|(b, g)| -> Result<HeadGrads<T>> {
             let (mut dq, mut dk, mut dv) =
                 (vec![T::zero(); group * t * d], vec![T::zero(); t * d], vec![T::zero(); t * d]);
             let (mut sp, mut ds) = (vec![T::zero(); QBLOCK * t], vec![T::zero(); QBLOCK * t]);
