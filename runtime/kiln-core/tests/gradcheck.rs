@@ -189,6 +189,35 @@ fn grad_embedding_and_cross_entropy() {
 }
 
 #[test]
+fn grad_fused_lm_head_and_cross_entropy() {
+    // 11 rows in chunks of 4 (4, 4, 3), ignored targets among them; h and W both trainable,
+    // then W frozen (LoRA's tied embedding).
+    let mut r = Rng::new(18);
+    let h = randn(&mut r, &[11, 6], 1.0);
+    let w = randn(&mut r, &[53, 6], 0.7);
+    let targets = ids(vec![5, -100, 52, 0, 7, -100, 33, 1, 2, 50, 9], &[11]);
+    let f = |t: &Tape, v: &[Var]| Ok(ops::linear_cross_entropy(t, &v[0], &v[1], &targets, 4)?.loss);
+    check("linear_cross_entropy", vec![(h.clone(), true), (w.clone(), true)], &f, 19);
+    check("linear_cross_entropy frozen W", vec![(h.clone(), true), (w.clone(), false)], &f, 20);
+    // Same loss and gradients as the unfused pair.
+    let (hv, wv) = (Var::leaf(h, true), Var::leaf(w, true));
+    let tape = Tape::new();
+    let fused = ops::linear_cross_entropy(&tape, &hv, &wv, &targets, 4).unwrap();
+    let gf = tape.backward(&fused.loss).unwrap();
+    let tape = Tape::new();
+    let logits = ops::linear(&tape, &hv, &wv, None, None).unwrap();
+    let plain = ops::cross_entropy(&tape, &logits, &targets).unwrap();
+    let gp = tape.backward(&plain.loss).unwrap();
+    assert_eq!(fused.n_valid, plain.n_valid);
+    let (a, b) = (fused.loss.value().item().unwrap(), plain.loss.value().item().unwrap());
+    assert!((a - b).abs() <= 1e-12 * b.abs(), "loss {a} vs {b}");
+    for v in [&hv, &wv] {
+        let (x, y) = (gf.get(v).unwrap().to_vec_f64().unwrap(), gp.get(v).unwrap().to_vec_f64().unwrap());
+        assert!(x.iter().zip(&y).all(|(p, q)| (p - q).abs() <= 1e-12 * (1.0 + q.abs())), "gradients differ");
+    }
+}
+
+#[test]
 fn checkpointed_block_gives_the_same_gradients() {
     let mut r = Rng::new(18);
     let x = Var::leaf(randn(&mut r, &[6, 9], 1.0), true);

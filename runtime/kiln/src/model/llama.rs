@@ -48,6 +48,9 @@ pub struct Llama {
     inv_freq: Tensor,
 }
 
+/// Rows per chunk of the fused LM head + loss: [128, vocab] logits at a time.
+const LOSS_CHUNK: usize = 128;
+
 /// One batch of token rows.
 pub struct Inputs<'a> {
     /// `[B, T]` token ids (`I32`).
@@ -317,8 +320,11 @@ impl Llama {
         lora: Option<&LoraSet>,
         checkpoint: bool,
     ) -> Result<CeResult> {
-        let logits = self.forward(tape, inp, lora, checkpoint)?;
-        Ok(ops::cross_entropy(tape, &logits, targets)?)
+        // The LM head and the loss are fused: logits exist a chunk of rows at a time.
+        let h = self.hidden(tape, inp, lora, checkpoint)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        let n = inp.ids.numel();
+        Ok(ops::linear_cross_entropy(tape, &h, head, &targets.reshape([n])?, LOSS_CHUNK)?)
     }
 }
 
