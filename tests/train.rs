@@ -150,6 +150,7 @@ fn every_method_lowers_the_loss() {
     for (name, extra) in [
         ("lora", "method = \"lora\"\n"),
         ("qlora", "method = \"qlora\"\nquantize = \"q8_0\"\n"),
+        ("qlora-nf4", "method = \"qlora\"\nquantize = \"nf4\"\n"),
         ("full", "method = \"full\"\nlearning_rate = 0.001\n"),
         ("dropout", "lora_dropout = 0.1\n"),
         ("adapter", "method = \"adapter\"\nadapter_size = 16\n"),
@@ -331,4 +332,18 @@ fn gguf_lora_export_is_a_llama_cpp_adapter() {
     let want = lora.get(1, kiln::adapters::Target::V).unwrap().a.value().to_vec_f32().unwrap();
     assert_eq!(got, want);
     assert_eq!(g.tensor("blk.0.attn_q.weight.lora_b").unwrap().shape(), vec![64, 4]);
+}
+
+#[test]
+fn checkpoints_beyond_the_limit_are_pruned_but_the_best_is_kept() {
+    let d = tempdir("prune");
+    let cfg = config(&d, "max_steps = 6\nsave_steps = 1\neval_steps = 1\nsave_total_limit = 2\n");
+    let (_, s) = run(&cfg);
+    let kept: Vec<usize> = kiln::train::checkpoint::list(&cfg.out).into_iter().map(|(st, _)| st).collect();
+    let best = s.best_eval.unwrap().0;
+    let mut want = vec![5, 6];
+    if !want.contains(&best) {
+        want.insert(0, best);
+    }
+    assert_eq!(kept, want, "the newest two plus the best (step {best})");
 }

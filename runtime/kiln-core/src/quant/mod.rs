@@ -10,6 +10,7 @@
 //! | Q4_K | 256 | 144 | f16 d, f16 dmin, 12 bytes of 6-bit scales/mins for 8 sub-blocks of 32, 128 bytes of nibbles; x = d·sc·q − dmin·m |
 //! | Q5_K | 256 | 176 | as Q4_K plus 32 bytes of fifth bits |
 //! | Q6_K | 256 | 210 | 128 bytes low nibbles, 64 bytes high 2-bit pairs, 16 × i8 scales, f16 d; x = d·sc·(q − 32) |
+//! | NF4 | 64 | 36 | f32 absmax, 32 bytes of 4-bit indices into the NF4 table (QLoRA; kiln-only) |
 //!
 //! K-quants are dequantized only here (quantizing them well needs ggml's search; later).
 //!
@@ -19,6 +20,8 @@
 use half::{bf16, f16};
 
 use crate::{Error, Result};
+
+pub mod nf4;
 
 /// ggml tensor types (ids as stored in GGUF).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -38,6 +41,8 @@ pub enum GgmlType {
     Q6K,
     Q8K,
     BF16,
+    /// QLoRA's NF4 (kiln-only: never read from or written to GGUF).
+    NF4,
 }
 
 impl GgmlType {
@@ -83,6 +88,8 @@ impl GgmlType {
             Q6K => 14,
             Q8K => 15,
             BF16 => 30,
+            // Outside ggml's id space; `from_id` never returns NF4.
+            NF4 => 0xFFFF_0004,
         }
     }
 
@@ -104,6 +111,7 @@ impl GgmlType {
             Q5K => (256, 176),
             Q6K => (256, 210),
             Q8K => (256, 292),
+            NF4 => (64, 36),
         }
     }
 
@@ -126,6 +134,7 @@ impl GgmlType {
             Q6K => "Q6_K",
             Q8K => "Q8_K",
             BF16 => "BF16",
+            NF4 => "NF4",
         }
     }
 
@@ -151,6 +160,7 @@ pub fn dequantize(t: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
         return Err(Error::Msg(format!("dequantize {}: {} bytes for {} values", t.name(), bytes.len(), out.len())));
     }
     match t {
+        GgmlType::NF4 => nf4::dequantize(bytes, out),
         GgmlType::F32 => out
             .iter_mut()
             .zip(bytes.chunks_exact(4))
@@ -253,6 +263,7 @@ pub fn quantize(t: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
     }
     let mut out = Vec::with_capacity(x.len() / bs * ts);
     match t {
+        GgmlType::NF4 => nf4::quantize(x, &mut out),
         GgmlType::F32 => x.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
         GgmlType::F16 => x.iter().for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
         GgmlType::BF16 => x.iter().for_each(|v| out.extend_from_slice(&bf16::from_f32(*v).to_le_bytes())),

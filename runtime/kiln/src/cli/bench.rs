@@ -25,8 +25,8 @@ pub struct TrainArgs {
     /// lora, qlora, full or adapter.
     #[arg(long, default_value = "lora")]
     method: String,
-    /// qlora: quantize the base's linear weights (q8_0, q4_0, q4_1, q5_0) [default: a GGUF's own
-    /// block types, q4_1 otherwise].
+    /// qlora: quantize the base's linear weights (nf4, q8_0, q4_0, q4_1, q5_0) [default: a GGUF's
+    /// own block types, nf4 otherwise].
     #[arg(long)]
     quantize: Option<String>,
     #[arg(long, default_value_t = 4)]
@@ -81,7 +81,7 @@ fn train(a: TrainArgs) -> Result<()> {
         match (cfg.quant_type()?, stored) {
             (Some(t), _) => drop(model.quantize_linears(t)?),
             (None, Some(kiln::core::DType::Quant(_))) => {}
-            (None, _) => drop(model.quantize_linears(kiln::core::quant::GgmlType::Q4_1)?),
+            (None, _) => drop(model.quantize_linears(kiln::core::quant::GgmlType::NF4)?),
         }
     }
     let (b, t) = (a.batch_size, a.max_seq_len);

@@ -52,8 +52,8 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     method: Option<String>,
-    /// qlora: quantize the base's linear weights at load: q8_0, q4_0, q4_1, q5_0 [default: keep a
-    /// GGUF's block types; q4_1 for an unquantized model].
+    /// qlora: quantize the base's linear weights at load: nf4, q8_0, q4_0, q4_1, q5_0 [default:
+    /// keep a GGUF's block types; nf4 for an unquantized model].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     quantize: Option<String>,
@@ -273,7 +273,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         let ty = match (cfg.quant_type()?, stored) {
             (Some(t), _) => Some(t),
             (None, Some(kiln::core::DType::Quant(_))) => None,
-            (None, _) => Some(kiln::core::quant::GgmlType::Q4_1),
+            (None, _) => Some(kiln::core::quant::GgmlType::NF4),
         };
         if let Some(ty) = ty {
             let bytes = model.quantize_linears(ty)?;

@@ -56,7 +56,7 @@ pub struct TrainConfig {
     pub eval_split: f64,
     pub out: PathBuf,
     pub method: Method,
-    /// Quantize the frozen base's linear weights at load (qlora): q8_0, q4_0, q4_1, q5_0.
+    /// Quantize the frozen base's linear weights at load (qlora): nf4, q8_0, q4_0, q4_1, q5_0.
     pub quantize: Option<String>,
     pub epochs: f64,
     /// Stop after this many optimizer steps (overrides `epochs`).
@@ -213,7 +213,7 @@ impl TrainConfig {
             return Err(bad("quantize", "only applies to --method qlora"));
         }
         if let Some(q) = &self.quantize {
-            self.quant_type().map_err(|_| bad("quantize", format!("{q}: one of q8_0, q4_0, q4_1, q5_0")))?;
+            self.quant_type().map_err(|_| bad("quantize", format!("{q}: one of nf4, q8_0, q4_0, q4_1, q5_0")))?;
         }
         if !["auto", "cpu", "cuda", "wgpu"].contains(&self.backend.as_str()) {
             return Err(bad("backend", format!("{}: one of auto, cpu, cuda, wgpu", self.backend)));
@@ -226,11 +226,12 @@ impl TrainConfig {
         use kiln_core::quant::GgmlType;
         Ok(match self.quantize.as_deref() {
             None => None,
+            Some("nf4") => Some(GgmlType::NF4),
             Some("q8_0") => Some(GgmlType::Q8_0),
             Some("q4_0") => Some(GgmlType::Q4_0),
             Some("q4_1") => Some(GgmlType::Q4_1),
             Some("q5_0") => Some(GgmlType::Q5_0),
-            Some(other) => return Err(bad("quantize", format!("{other}: one of q8_0, q4_0, q4_1, q5_0"))),
+            Some(other) => return Err(bad("quantize", format!("{other}: one of nf4, q8_0, q4_0, q4_1, q5_0"))),
         })
     }
 
