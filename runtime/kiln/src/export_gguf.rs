@@ -26,12 +26,17 @@ pub fn quant_type(name: &str) -> Result<GgmlType> {
         "q4_0" => GgmlType::Q4_0,
         "q4_1" => GgmlType::Q4_1,
         "q5_0" => GgmlType::Q5_0,
-        "q4_k" | "q4_k_m" | "q6_k" => {
+        "q4_k" => GgmlType::Q4K,
+        "q4_k_m" | "q6_k" | "q5_k" => {
             return Err(KilnError::Msg(format!(
-                "--quant {name}: K-quant quantizers are not implemented yet (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0 are)"
+                "--quant {name}: only the Q4_K quantizer is implemented among K-quants (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q4_k)"
             )));
         }
-        other => return Err(KilnError::Msg(format!("--quant {other}: one of f32, f16, bf16, q8_0, q4_0, q4_1, q5_0"))),
+        other => {
+            return Err(KilnError::Msg(format!(
+                "--quant {other}: one of f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q4_k"
+            )));
+        }
     })
 }
 
@@ -45,6 +50,7 @@ fn file_type(t: GgmlType) -> u32 {
         GgmlType::Q8_0 => 7,
         GgmlType::Q5_0 => 8,
         GgmlType::BF16 => 32,
+        GgmlType::Q4K => 15, // LLAMA_FTYPE_MOSTLY_Q4_K_M's neighbour: MOSTLY_Q4_K_S
         _ => 0,
     }
 }
@@ -215,12 +221,15 @@ pub fn export_gguf(model: &Llama, lora: Option<&LoraSet>, source: &Path, ty: Ggm
             }
         }
         // Vectors (norms, biases) stay f32, as llama.cpp keeps them; a matrix whose rows are not
-        // whole blocks of `ty` falls back to f16.
+        // whole blocks of `ty` falls back to Q8_0 (rows of 32s; e.g. 576-wide rows under
+        // Q4_K's 256), else f16 — llama.cpp's quantizer falls back the same way.
         let row = shape.last().copied().unwrap_or(1);
         let t = if shape.len() < 2 {
             GgmlType::F32
         } else if row.is_multiple_of(ty.block().0) {
             ty
+        } else if row.is_multiple_of(32) && ty.block().0 > 32 {
+            GgmlType::Q8_0
         } else {
             GgmlType::F16
         };

@@ -12,7 +12,8 @@
 //! | Q6_K | 256 | 210 | 128 bytes low nibbles, 64 bytes high 2-bit pairs, 16 × i8 scales, f16 d; x = d·sc·(q − 32) |
 //! | NF4 | 64 | 36 | f32 absmax, 32 bytes of 4-bit indices into the NF4 table (QLoRA; kiln-only) |
 //!
-//! K-quants are dequantized only here (quantizing them well needs ggml's search; later).
+//! Q4_K is quantized with ggml's reference search (`q4k`); the other K-quants are only
+//! dequantized here.
 //!
 //! Quantization follows ggml's reference (and the `gguf` package's numpy port) operation for
 //! operation in f32, so the bytes match.
@@ -22,6 +23,7 @@ use half::{bf16, f16};
 use crate::{Error, Result};
 
 pub mod nf4;
+mod q4k;
 
 /// ggml tensor types (ids as stored in GGUF).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -244,7 +246,7 @@ pub fn dequantize(t: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
 }
 
 /// The eight 6-bit scales and mins of a Q4_K/Q5_K super-block, unpacked from 12 bytes.
-fn k_scale_min(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+pub(crate) fn k_scale_min(s: &[u8]) -> ([u8; 8], [u8; 8]) {
     let (mut sc, mut mn) = ([0u8; 8], [0u8; 8]);
     for i in 0..4 {
         sc[i] = s[i] & 0x3F;
@@ -264,6 +266,7 @@ pub fn quantize(t: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(x.len() / bs * ts);
     match t {
         GgmlType::NF4 => nf4::quantize(x, &mut out),
+        GgmlType::Q4K => q4k::quantize(x, &mut out),
         GgmlType::F32 => x.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
         GgmlType::F16 => x.iter().for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
         GgmlType::BF16 => x.iter().for_each(|v| out.extend_from_slice(&bf16::from_f32(*v).to_le_bytes())),

@@ -25,7 +25,7 @@ pub struct TrainArgs {
     /// lora, qlora, full or adapter.
     #[arg(long, default_value = "lora")]
     method: String,
-    /// qlora: quantize the base's linear weights (nf4, q8_0, q4_0, q4_1, q5_0) [default: a GGUF's
+    /// qlora: quantize the base's linear weights (nf4, q8_0, q4_0, q4_1, q5_0, q4_k) [default: a GGUF's
     /// own block types, nf4 otherwise].
     #[arg(long)]
     quantize: Option<String>,

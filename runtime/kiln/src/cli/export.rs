@@ -23,7 +23,7 @@ pub struct ExportArgs {
     /// Weight type of a merged export: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     dtype: String,
-    /// Block type of a GGUF export's matrices: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0
+    /// Block type of a GGUF export's matrices: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q4_k
     /// (gguf-lora: f32, f16, bf16).
     #[arg(long, default_value = "q8_0")]
     quant: String,

@@ -56,7 +56,7 @@ pub struct TrainConfig {
     pub eval_split: f64,
     pub out: PathBuf,
     pub method: Method,
-    /// Quantize the frozen base's linear weights at load (qlora): nf4, q8_0, q4_0, q4_1, q5_0.
+    /// Quantize the frozen base's linear weights at load (qlora): nf4, q8_0, q4_0, q4_1, q5_0, q4_k.
     pub quantize: Option<String>,
     pub epochs: f64,
     /// Stop after this many optimizer steps (overrides `epochs`).
@@ -213,7 +213,7 @@ impl TrainConfig {
             return Err(bad("quantize", "only applies to --method qlora"));
         }
         if let Some(q) = &self.quantize {
-            self.quant_type().map_err(|_| bad("quantize", format!("{q}: one of nf4, q8_0, q4_0, q4_1, q5_0")))?;
+            self.quant_type().map_err(|_| bad("quantize", format!("{q}: one of nf4, q8_0, q4_0, q4_1, q5_0, q4_k")))?;
         }
         if !["auto", "cpu", "cuda", "wgpu"].contains(&self.backend.as_str()) {
             return Err(bad("backend", format!("{}: one of auto, cpu, cuda, wgpu", self.backend)));
@@ -231,7 +231,8 @@ impl TrainConfig {
             Some("q4_0") => Some(GgmlType::Q4_0),
             Some("q4_1") => Some(GgmlType::Q4_1),
             Some("q5_0") => Some(GgmlType::Q5_0),
-            Some(other) => return Err(bad("quantize", format!("{other}: one of nf4, q8_0, q4_0, q4_1, q5_0"))),
+            Some("q4_k") => Some(GgmlType::Q4K),
+            Some(other) => return Err(bad("quantize", format!("{other}: one of nf4, q8_0, q4_0, q4_1, q5_0, q4_k"))),
         })
     }
 
