@@ -211,7 +211,7 @@ fn peft_adapter_round_trips() {
     let cfg = config(&d, "target_modules = \"q_proj,v_proj,down_proj\"\nmax_steps = 2\n");
     let (t, _) = run(&cfg);
     let lora = t.lora.as_ref().unwrap();
-    lora.save_peft(&d.join("adapter"), "tiny", 0.0).unwrap();
+    lora.save_peft(&d.join("adapter"), "tiny", 0.0, &[]).unwrap();
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(d.join("adapter/adapter_config.json")).unwrap()).unwrap();
     assert_eq!(v["target_modules"], serde_json::json!(["q_proj", "v_proj", "down_proj"]));
@@ -346,4 +346,32 @@ fn checkpoints_beyond_the_limit_are_pruned_but_the_best_is_kept() {
         want.insert(0, best);
     }
     assert_eq!(kept, want, "the newest two plus the best (step {best})");
+}
+
+#[test]
+fn train_embeddings_saves_and_reloads_the_full_modules() {
+    use kiln::core::{Tape, Tensor};
+    use kiln::model::{Inputs, default_positions};
+    let d = tempdir("embeddings");
+    let cfg = config(&d, "train_embeddings = true\nmax_steps = 3\n");
+    let base = Llama::load(cfg.model.as_ref().unwrap(), false).unwrap();
+    let (mut t, _) = run(&cfg);
+    let names: Vec<String> = t.params().into_iter().map(|(n, _)| n).collect();
+    assert!(names.contains(&"model.embed_tokens.weight".to_string()), "{names:?}");
+    assert_ne!(t.model.embed.value().to_vec_f32().unwrap(), base.embed.value().to_vec_f32().unwrap());
+    let extra: Vec<_> = t.params().into_iter().filter(|(n, _)| !n.contains(".lora_")).collect();
+    let dir = d.join("adapter");
+    t.lora.as_ref().unwrap().save_peft(&dir, "tiny", 0.0, &extra).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(v["modules_to_save"], serde_json::json!(["embed_tokens"]), "tied model: the embedding only");
+    let mut fresh = Llama::load(cfg.model.as_ref().unwrap(), false).unwrap();
+    let lora = kiln::models::load_adapter(&mut fresh, &dir).unwrap();
+    let ids = Tensor::from_vec((0..12i32).map(|i| i * 59 % 700).collect::<Vec<_>>(), [1, 12]).unwrap();
+    let pos = default_positions(1, 12).unwrap();
+    let inp = Inputs { ids: &ids, pos: &pos, seg: None };
+    let tape = Tape::no_grad();
+    let a = t.model.forward(&tape, &inp, t.lora.as_ref(), false).unwrap().value().to_vec_f32().unwrap();
+    let b = fresh.forward(&tape, &inp, lora.as_ref(), false).unwrap().value().to_vec_f32().unwrap();
+    assert_eq!(a, b);
 }

@@ -36,6 +36,8 @@ def main():
     ap.add_argument("--kiln", default=os.path.join(ROOT, "target/release/kiln"))
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--train-embeddings", action="store_true",
+                    help="also train embed_tokens and lm_head (saved as PEFT modules_to_save)")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="kiln-peft-")
     model_dir = os.path.join(work, "model")
@@ -53,7 +55,8 @@ def main():
                                               {"role": "assistant", "content": f"item {i} is blue"}]}) + "\n")
     out = os.path.join(work, "run")
     subprocess.run([a.kiln, "train", "--model", model_dir, "--data", data, "--out", out,
-                    "--max-steps", str(a.steps), "--learning-rate", "3e-3", "--batch-size", "4"],
+                    "--max-steps", str(a.steps), "--learning-rate", "3e-3", "--batch-size", "4",
+                    "--train-embeddings", "true" if a.train_embeddings else "false"],
                    check=True, stdout=subprocess.DEVNULL)
     adapter = os.path.join(out, "adapter")
     prompt = "colour of item 7?"

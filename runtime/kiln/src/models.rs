@@ -74,3 +74,32 @@ pub fn default_model(cache: &Path) -> Result<PathBuf> {
     }
     Ok(file)
 }
+
+/// Applies an adapter folder to `model`: a bottleneck adapter is attached to the model; a PEFT
+/// LoRA adapter is returned (applied unmerged by the caller) after its fully trained modules
+/// (`modules_to_save`: embedding, LM head), if any, replace the model's.
+pub fn load_adapter(model: &mut Llama, dir: &Path) -> Result<Option<crate::adapters::LoraSet>> {
+    if let Some(size) = crate::adapters::bottleneck::size_of(dir)? {
+        model.load_bottlenecks(dir, size)?;
+        return Ok(None);
+    }
+    let lora = crate::adapters::LoraSet::load_peft(dir, &model.config)?;
+    for (name, t) in crate::adapters::LoraSet::peft_full_modules(dir)? {
+        let slot = match name.as_str() {
+            "model.embed_tokens.weight" => &mut model.embed,
+            _ => model.lm_head.as_mut().ok_or_else(|| {
+                KilnError::Msg(format!("{}: the adapter has an lm_head but the model ties it", dir.display()))
+            })?,
+        };
+        if t.dims() != slot.value().dims() {
+            return Err(KilnError::Msg(format!(
+                "{}: {name} is {:?}, the model's is {:?}",
+                dir.display(),
+                t.dims(),
+                slot.value().dims()
+            )));
+        }
+        *slot = crate::core::Var::constant(t.to_dtype(crate::core::DType::F32)?);
+    }
+    Ok(Some(lora))
+}

@@ -201,16 +201,22 @@ fn peft_name(n: &str) -> String {
 
 impl LoraSet {
     /// Writes `dir/adapter_config.json` + `dir/adapter_model.safetensors` in PEFT's layout, so
-    /// `PeftModel.from_pretrained(model, dir)` loads it onto the transformers model.
-    pub fn save_peft(&self, dir: &std::path::Path, base: &str, dropout: f64) -> Result<()> {
-        let tensors: Vec<(String, Tensor)> =
+    /// `PeftModel.from_pretrained(model, dir)` loads it onto the transformers model. `full`
+    /// holds fully trained modules (`model.embed_tokens.weight`, `lm_head.weight`), saved as
+    /// PEFT's `modules_to_save`.
+    pub fn save_peft(&self, dir: &std::path::Path, base: &str, dropout: f64, full: &[(String, Tensor)]) -> Result<()> {
+        let mut tensors: Vec<(String, Tensor)> =
             self.named_params().into_iter().map(|(n, v)| (peft_name(&n), v.value().clone())).collect();
+        tensors.extend(full.iter().map(|(n, t)| (peft_name(n), t.clone())));
+        let modules: Vec<&str> =
+            full.iter().filter_map(|(n, _)| n.strip_suffix(".weight")?.rsplit('.').next()).collect();
         crate::formats::write_safetensors(&dir.join("adapter_model.safetensors"), &tensors)?;
         let c = &self.config;
         let targets: Vec<&str> = c.targets.iter().map(|t| t.module().rsplit('.').next().unwrap_or("")).collect();
         let cfg = serde_json::json!({"peft_type": "LORA", "r": c.r, "lora_alpha": c.alpha, "use_rslora": c.rslora,
             "target_modules": targets, "lora_dropout": dropout, "bias": "none", "task_type": "CAUSAL_LM",
-            "fan_in_fan_out": false, "inference_mode": true, "base_model_name_or_path": base});
+            "fan_in_fan_out": false, "inference_mode": true, "base_model_name_or_path": base,
+            "modules_to_save": if modules.is_empty() { serde_json::Value::Null } else { serde_json::json!(modules) }});
         let text = serde_json::to_string_pretty(&cfg).map_err(|e| KilnError::Msg(e.to_string()))?;
         crate::formats::write_atomic(&dir.join("adapter_config.json"), text.as_bytes())
     }
@@ -258,5 +264,19 @@ impl LoraSet {
             }
         }
         Ok(set)
+    }
+
+    /// The fully trained modules of a PEFT adapter folder (`modules_to_save`), under
+    /// transformers names (`model.embed_tokens.weight`, `lm_head.weight`).
+    pub fn peft_full_modules(dir: &std::path::Path) -> Result<Vec<(String, Tensor)>> {
+        let store = crate::formats::WeightStore::from_files(&[dir.join("adapter_model.safetensors")])?;
+        let mut out = Vec::new();
+        for name in ["model.embed_tokens.weight", "lm_head.weight"] {
+            let p = peft_name(name);
+            if store.contains(&p) {
+                out.push((name.to_string(), store.get(&p)?));
+            }
+        }
+        Ok(out)
     }
 }

@@ -94,7 +94,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
 /// Writes the adapter in PEFT layout.
 fn save_adapter(lora: &LoraSet, out: &std::path::Path, base: &str) -> Result<PathBuf> {
     let adapter = out.join("adapter");
-    lora.save_peft(&adapter, base, 0.0)?;
+    lora.save_peft(&adapter, base, 0.0, &[])?;
     Ok(adapter)
 }
 

@@ -36,9 +36,9 @@ pub fn run(a: ExportArgs) -> Result<()> {
     if a.format == "gguf" {
         let ty = kiln::export_gguf::quant_type(&a.quant)?;
         let path = kiln::models::resolve(a.model.as_deref())?;
-        let model = kiln::model::Llama::load(&path, false)?;
+        let mut model = kiln::model::Llama::load(&path, false)?;
         let lora = match &a.adapter {
-            Some(d) => Some(kiln::adapters::LoraSet::load_peft(d, &model.config)?),
+            Some(d) => kiln::models::load_adapter(&mut model, d)?,
             None => None,
         };
         kiln::export_gguf::export_gguf(&model, lora.as_ref(), &path, ty, &a.out)?;
@@ -82,9 +82,9 @@ pub fn run(a: ExportArgs) -> Result<()> {
         other => bail!("--dtype {other}: one of f32, bf16, f16"),
     };
     let path = kiln::models::resolve(a.model.as_deref())?;
-    let (model, tok) = kiln::models::load_with_tokenizer(&path, false)?;
+    let (mut model, tok) = kiln::models::load_with_tokenizer(&path, false)?;
     let lora = match &a.adapter {
-        Some(d) => Some(kiln::adapters::LoraSet::load_peft(d, &model.config)?),
+        Some(d) => kiln::models::load_adapter(&mut model, d)?,
         None => None,
     };
     let tmp = a.out.with_extension(format!("tmp-{}", std::process::id()));

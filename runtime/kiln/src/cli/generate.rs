@@ -66,13 +66,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let t0 = Instant::now();
     let opts = GenOptions { max_new_tokens: a.max_new_tokens, temperature: a.temperature, seed: a.seed };
     let lora = match &a.adapter {
-        Some(d) => match kiln::adapters::bottleneck::size_of(d)? {
-            Some(size) => {
-                model.load_bottlenecks(d, size)?;
-                None
-            }
-            None => Some(kiln::adapters::LoraSet::load_peft(d, &model.config)?),
-        },
+        Some(d) => kiln::models::load_adapter(&mut model, d)?,
         None => None,
     };
     let (out, logprobs) = generate_with_logprobs(&model, &prompt, &stop, &opts, lora.as_ref())?;

@@ -114,6 +114,11 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     target_modules: Option<String>,
+    /// LoRA/QLoRA: also train embed_tokens (and an untied lm_head) in full, saved as PEFT's
+    /// modules_to_save [default: false].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    train_embeddings: Option<bool>,
     /// Hidden size of the bottleneck adapters (--method adapter) [default: 64].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -345,6 +350,12 @@ fn train_with_progress(t: &mut Trainer) -> Result<Summary> {
 /// Writes the deployable output, the loss curve, and prints the summary.
 fn finish(cfg: &TrainConfig, t: &mut Trainer, s: &Summary, base: &Path) -> Result<()> {
     let out = &cfg.out;
+    // Fully trained modules beside LoRA (--train-embeddings), saved as PEFT's modules_to_save.
+    let extra: Vec<(String, kiln::core::Tensor)> = if t.lora.is_some() {
+        t.params().into_iter().filter(|(n, _)| !n.contains(".lora_")).collect()
+    } else {
+        Vec::new()
+    };
     let what = match &t.lora {
         None if cfg.method == Method::Adapter => {
             let dir = out.join("adapter");
@@ -353,7 +364,7 @@ fn finish(cfg: &TrainConfig, t: &mut Trainer, s: &Summary, base: &Path) -> Resul
         }
         Some(l) => {
             let dir = out.join("adapter");
-            l.save_peft(&dir, &base.display().to_string(), cfg.lora_dropout)?;
+            l.save_peft(&dir, &base.display().to_string(), cfg.lora_dropout, &extra)?;
             format!("PEFT adapter in {}", dir.display())
         }
         None => {

@@ -79,6 +79,9 @@ pub struct TrainConfig {
     /// Comma-separated module names (`q_proj,v_proj`) or `all-linear`.
     pub target_modules: String,
     pub use_rslora: bool,
+    /// LoRA/QLoRA: also train the token embedding (and an untied LM head) in full (PEFT's
+    /// `modules_to_save`).
+    pub train_embeddings: bool,
     /// Hidden size of the bottleneck adapters (`--method adapter`).
     pub adapter_size: usize,
     pub weight_decay: f64,
@@ -131,6 +134,7 @@ impl Default for TrainConfig {
             lora_dropout: 0.0,
             target_modules: "all-linear".into(),
             use_rslora: false,
+            train_embeddings: false,
             adapter_size: 64,
             weight_decay: 0.0,
             max_grad_norm: 1.0,
@@ -193,6 +197,9 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.eval_split) {
             return Err(bad("eval_split", "must be in [0, 1)"));
+        }
+        if self.train_embeddings && !matches!(self.method, Method::Lora | Method::Qlora) {
+            return Err(bad("train_embeddings", "applies to --method lora or qlora (full trains them already)"));
         }
         if self.method == Method::Adapter && self.adapter_size == 0 {
             return Err(bad("adapter_size", "must be at least 1"));

@@ -96,7 +96,15 @@ impl Trainer {
                 model.add_bottlenecks(cfg.adapter_size, cfg.seed)?;
                 None
             }
-            Method::Lora | Method::Qlora => Some(LoraSet::new(&model.config, cfg.lora()?, cfg.seed)?),
+            Method::Lora | Method::Qlora => {
+                if cfg.train_embeddings {
+                    model.embed = Var::leaf(model.embed.value().to_dtype(kiln_core::DType::F32)?.to_cpu()?, true);
+                    if let Some(h) = &mut model.lm_head {
+                        *h = Var::leaf(h.value().to_dtype(kiln_core::DType::F32)?.to_cpu()?, true);
+                    }
+                }
+                Some(LoraSet::new(&model.config, cfg.lora()?, cfg.seed)?)
+            }
         };
         let per_step = cfg.batch_size * cfg.grad_accum;
         let steps_per_epoch = data.train.len().div_ceil(per_step);
@@ -139,7 +147,15 @@ impl Trainer {
         match &mut self.lora {
             Some(l) => {
                 let names: Vec<String> = l.named_params().into_iter().map(|(n, _)| n).collect();
-                names.into_iter().zip(l.params_mut()).collect()
+                let mut v: Vec<(String, &mut Var)> = names.into_iter().zip(l.params_mut()).collect();
+                if self.cfg.train_embeddings {
+                    // PEFT's modules_to_save: the embedding (and an untied LM head) in full.
+                    v.push(("model.embed_tokens.weight".into(), &mut self.model.embed));
+                    if let Some(h) = &mut self.model.lm_head {
+                        v.push(("lm_head.weight".into(), h));
+                    }
+                }
+                v
             }
             None => {
                 let names: Vec<String> = self.model.named_weights().into_iter().map(|(n, _)| n).collect();
