@@ -299,7 +299,7 @@ fn gguf_export_round_trips() {
     let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
     for (ty, tol) in [(GgmlType::F32, 1e-5f32), (GgmlType::Q8_0, 2e-2)] {
         let out = d.join(format!("model-{}.gguf", ty.name()));
-        kiln::export_gguf::export_gguf(&t.model, t.lora.as_ref(), &src, ty, &out).unwrap();
+        kiln::export_gguf::export_gguf(&t.model, t.lora.as_ref(), &src, ty, false, &out).unwrap();
         let (back, tok) = kiln::models::load_with_tokenizer(&out, false).unwrap();
         let got = back.forward(&tape, &inp, None, false).unwrap().value().to_vec_f32().unwrap();
         let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;

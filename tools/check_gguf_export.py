@@ -82,7 +82,7 @@ def main():
         src = hits[0]
         ids = torch.tensor([[1, 504, 3458, 282, 4649, 314, 5827, 30]])
         want = logits(os.path.dirname(src), ids, os.path.basename(src))
-        for quant, tol in [("q8_0", 0.05), ("q4_k", 0.15)]:
+        for quant, tol in [("q8_0", 0.05), ("q4_k", 0.15), ("q4_k_m", 0.15)]:
             path = os.path.join(work, f"smollm2-{quant}.gguf")
             subprocess.run([a.kiln, "export", "--model", src, "--format", "gguf", "--quant", quant, "--out", path],
                            check=True, stdout=subprocess.DEVNULL)

@@ -26,18 +26,33 @@ pub fn quant_type(name: &str) -> Result<GgmlType> {
         "q4_0" => GgmlType::Q4_0,
         "q4_1" => GgmlType::Q4_1,
         "q5_0" => GgmlType::Q5_0,
-        "q4_k" => GgmlType::Q4K,
-        "q4_k_m" | "q6_k" | "q5_k" => {
-            return Err(KilnError::Msg(format!(
-                "--quant {name}: only the Q4_K quantizer is implemented among K-quants (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q4_k)"
-            )));
-        }
+        // q4_k_m is Q4_K with Q6_K where llama.cpp spends more bits (see `mixed_type`).
+        "q4_k" | "q4_k_m" => GgmlType::Q4K,
+        "q6_k" => GgmlType::Q6K,
         other => {
             return Err(KilnError::Msg(format!(
-                "--quant {other}: one of f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q4_k"
+                "--quant {other}: one of f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q4_k, q4_k_m, q6_k"
             )));
         }
     })
+}
+
+/// llama.cpp's Q4_K_M recipe (`llama_tensor_get_type`): the LM head (or a tied embedding) and,
+/// in the first and last eighth of the layers and every third layer between, `attn_v` and
+/// `ffn_down` get Q6_K; everything else Q4_K.
+fn mixed_type(gguf: &str, n_layers: usize, tied: bool) -> GgmlType {
+    let more_bits =
+        |i: usize| i < n_layers / 8 || i >= 7 * n_layers / 8 || (i >= n_layers / 8 && (i - n_layers / 8) % 3 == 2);
+    if gguf == "output.weight" || (tied && gguf == "token_embd.weight") {
+        return GgmlType::Q6K;
+    }
+    let layer = gguf.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|i| i.parse::<usize>().ok());
+    match layer {
+        Some(i) if (gguf.ends_with("attn_v.weight") || gguf.ends_with("ffn_down.weight")) && more_bits(i) => {
+            GgmlType::Q6K
+        }
+        _ => GgmlType::Q4K,
+    }
 }
 
 /// llama.cpp's `general.file_type` for a whole-model type.
@@ -50,7 +65,8 @@ fn file_type(t: GgmlType) -> u32 {
         GgmlType::Q8_0 => 7,
         GgmlType::Q5_0 => 8,
         GgmlType::BF16 => 32,
-        GgmlType::Q4K => 15, // LLAMA_FTYPE_MOSTLY_Q4_K_M's neighbour: MOSTLY_Q4_K_S
+        GgmlType::Q4K => 14, // MOSTLY_Q4_K_S (15 when mixed: MOSTLY_Q4_K_M)
+        GgmlType::Q6K => 18,
         _ => 0,
     }
 }
@@ -192,7 +208,14 @@ fn tokenizer_meta(dir: &Path, vocab_size: usize) -> Result<Vec<(String, MetaValu
 /// Writes `model` (with `lora` merged) as a GGUF file of type `ty`. `source` is the model's
 /// path: a GGUF's metadata (tokenizer, chat template) is carried over; a directory's
 /// `config.json`/`tokenizer.json` are converted.
-pub fn export_gguf(model: &Llama, lora: Option<&LoraSet>, source: &Path, ty: GgmlType, out: &Path) -> Result<()> {
+pub fn export_gguf(
+    model: &Llama,
+    lora: Option<&LoraSet>,
+    source: &Path,
+    ty: GgmlType,
+    mixed: bool,
+    out: &Path,
+) -> Result<()> {
     let c = &model.config;
     let mut meta = if source.extension().is_some_and(|e| e == "gguf") {
         let g = GgufFile::open(source)?;
@@ -206,7 +229,7 @@ pub fn export_gguf(model: &Llama, lora: Option<&LoraSet>, source: &Path, ty: Ggm
         m.extend(tokenizer_meta(source, c.vocab_size)?);
         m
     };
-    meta.push(("general.file_type".into(), MetaValue::U32(file_type(ty))));
+    meta.push(("general.file_type".into(), MetaValue::U32(if mixed { 15 } else { file_type(ty) })));
     let mut tensors = Vec::new();
     for (name, w) in crate::export::merged_weights(model, lora, DType::F32)? {
         let g = gguf_name(&name).ok_or_else(|| KilnError::Msg(format!("export: no GGUF name for `{name}`")))?;
@@ -224,6 +247,7 @@ pub fn export_gguf(model: &Llama, lora: Option<&LoraSet>, source: &Path, ty: Ggm
         // whole blocks of `ty` falls back to Q8_0 (rows of 32s; e.g. 576-wide rows under
         // Q4_K's 256), else f16 — llama.cpp's quantizer falls back the same way.
         let row = shape.last().copied().unwrap_or(1);
+        let ty = if mixed { mixed_type(&g, c.num_layers, c.tie_word_embeddings) } else { ty };
         let t = if shape.len() < 2 {
             GgmlType::F32
         } else if row.is_multiple_of(ty.block().0) {

@@ -12,7 +12,7 @@
 //! | Q6_K | 256 | 210 | 128 bytes low nibbles, 64 bytes high 2-bit pairs, 16 × i8 scales, f16 d; x = d·sc·(q − 32) |
 //! | NF4 | 64 | 36 | f32 absmax, 32 bytes of 4-bit indices into the NF4 table (QLoRA; kiln-only) |
 //!
-//! Q4_K is quantized with ggml's reference search (`q4k`); the other K-quants are only
+//! Q4_K and Q6_K are quantized with ggml's reference searches (`q4k`, `q6k`); Q5_K is only
 //! dequantized here.
 //!
 //! Quantization follows ggml's reference (and the `gguf` package's numpy port) operation for
@@ -24,6 +24,7 @@ use crate::{Error, Result};
 
 pub mod nf4;
 mod q4k;
+mod q6k;
 
 /// ggml tensor types (ids as stored in GGUF).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -267,6 +268,7 @@ pub fn quantize(t: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
     match t {
         GgmlType::NF4 => nf4::quantize(x, &mut out),
         GgmlType::Q4K => q4k::quantize(x, &mut out),
+        GgmlType::Q6K => q6k::quantize(x, &mut out),
         GgmlType::F32 => x.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
         GgmlType::F16 => x.iter().for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
         GgmlType::BF16 => x.iter().for_each(|v| out.extend_from_slice(&bf16::from_f32(*v).to_le_bytes())),

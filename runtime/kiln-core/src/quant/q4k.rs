@@ -7,7 +7,7 @@
 use half::f16;
 
 /// ggml's `nearest_int`: round half to even through the float mantissa (|x| < 2²²).
-fn nearest_int(x: f32) -> i32 {
+pub(super) fn nearest_int(x: f32) -> i32 {
     ((x + 12_582_912.0).to_bits() & 0x007F_FFFF) as i32 - 0x0040_0000
 }
 

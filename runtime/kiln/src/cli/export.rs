@@ -23,7 +23,8 @@ pub struct ExportArgs {
     /// Weight type of a merged export: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     dtype: String,
-    /// Block type of a GGUF export's matrices: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q4_k
+    /// Block type of a GGUF export's matrices: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q4_k,
+    /// q6_k, or q4_k_m (llama.cpp's mix of Q4_K and Q6_K)
     /// (gguf-lora: f32, f16, bf16).
     #[arg(long, default_value = "q8_0")]
     quant: String,
@@ -41,7 +42,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
             Some(d) => kiln::models::load_adapter(&mut model, d)?,
             None => None,
         };
-        kiln::export_gguf::export_gguf(&model, lora.as_ref(), &path, ty, &a.out)?;
+        kiln::export_gguf::export_gguf(&model, lora.as_ref(), &path, ty, a.quant == "q4_k_m", &a.out)?;
         let mb = std::fs::metadata(&a.out).map(|m| m.len() as f64 / 1048576.0).unwrap_or(0.0);
         println!(
             "exported {} {} to {} ({}, {mb:.1} MB)",
