@@ -41,8 +41,7 @@ pub fn quant_type(name: &str) -> Result<GgmlType> {
 /// in the first and last eighth of the layers and every third layer between, `attn_v` and
 /// `ffn_down` get Q6_K; everything else Q4_K.
 fn mixed_type(gguf: &str, n_layers: usize, tied: bool) -> GgmlType {
-    let more_bits =
-        |i: usize| i < n_layers / 8 || i >= 7 * n_layers / 8 || (i >= n_layers / 8 && (i - n_layers / 8) % 3 == 2);
+    let more_bits = |i: usize| i < n_layers / 8 || i >= 7 * n_layers / 8 || (i - n_layers / 8) % 3 == 2;
     if gguf == "output.weight" || (tied && gguf == "token_embd.weight") {
         return GgmlType::Q6K;
     }
