@@ -214,13 +214,13 @@ fn memory_estimate(model: &Llama, cfg: &TrainConfig, trainable: usize, seq: usiz
     } else {
         per_layer * c.num_layers as f64
     };
-    // The LM head's logits and their gradient are materialized.
-    let logits = c.vocab_size as f64 * 4.0 * 2.0;
+    // The fused LM head + loss holds the logits and their gradient of 128 rows at a time.
+    let logits = tokens.min(128.0) * c.vocab_size as f64 * 4.0 * 2.0;
     vec![
         ("weights", weights as f64),
         ("trainable + gradients", trainable as f64 * 8.0),
         ("optimizer state", trainable as f64 * 8.0),
-        ("activations", tokens * (layers + logits)),
+        ("activations", tokens * layers + logits),
     ]
 }
 
