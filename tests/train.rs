@@ -375,3 +375,61 @@ fn train_embeddings_saves_and_reloads_the_full_modules() {
     let b = fresh.forward(&tape, &inp, lora.as_ref(), false).unwrap().value().to_vec_f32().unwrap();
     assert_eq!(a, b);
 }
+
+#[test]
+fn added_special_tokens_grow_the_vocabulary_and_learn() {
+    use kiln::core::{Tape, Tensor};
+    use kiln::model::{Inputs, default_positions};
+    let d = tempdir("add-tokens");
+    // The fixture tokenizer has 700 ids and the model 709 rows: the first nine new tokens fit
+    // in the spare rows, the tenth (<|tool|>, id 709) grows the vocabulary; <|im_start|>
+    // already exists.
+    let extra_tokens: Vec<String> = (1..=9).map(|i| format!("\"<|t{i}|>\"")).collect();
+    let mut cfg = config(
+        &d,
+        &format!("add_special_tokens = [{}, \"<|tool|>\", \"<|im_start|>\"]\nmax_steps = 4\n", extra_tokens.join(", ")),
+    );
+    // Rows that use the new token, so its embedding gets gradient.
+    let data = d.join("tool.jsonl");
+    let rows: String = (0..24)
+        .map(|i| {
+            format!(
+                "{}\n",
+                serde_json::json!({"messages": [{"role": "user", "content": format!("call {i}")},
+            {"role": "assistant", "content": format!("<|tool|> run {i}")}]})
+            )
+        })
+        .collect();
+    std::fs::write(&data, rows).unwrap();
+    cfg.data = vec![data.display().to_string()];
+    let path = cfg.model.clone().unwrap();
+    let mut model = Llama::load(&path, false).unwrap();
+    let mut tok = TextTokenizer::load(&path).unwrap();
+    let log = kiln::train::prepare::prepare_model(&mut cfg, &mut model, &mut tok).unwrap();
+    assert_eq!(model.config.vocab_size, 710, "{log:?}");
+    assert!(cfg.train_embeddings, "a grown vocabulary trains the embeddings");
+    let tool = tok.encode("<|tool|>").unwrap().ids;
+    assert_eq!(tool, vec![709], "the new token is one id past the old vocabulary");
+    let mean_row = model.embed.value().to_vec_f32().unwrap()[709 * 64..].to_vec();
+    let data = prepare(&cfg, tok.clone(), 256).unwrap();
+    let mut t = Trainer::new(cfg.clone(), model, data).unwrap();
+    t.run(&mut |_| {}).unwrap();
+    let trained = t.model.embed.value().to_vec_f32().unwrap();
+    assert_ne!(&trained[709 * 64..], &mean_row[..], "the new row learned");
+    let extra: Vec<_> = t.params().into_iter().filter(|(n, _)| !n.contains(".lora_")).collect();
+    let dir = d.join("adapter");
+    t.lora.as_ref().unwrap().save_peft(&dir, "tiny", 0.0, &extra).unwrap();
+    tok.save_hf(&dir).unwrap();
+    let mut fresh = Llama::load(&path, false).unwrap();
+    let lora = kiln::models::load_adapter(&mut fresh, &dir).unwrap();
+    assert_eq!(fresh.config.vocab_size, 710);
+    let back = kiln::models::adapter_tokenizer(&dir).unwrap().unwrap();
+    assert_eq!(back.encode("<|tool|> run 3").unwrap().ids, tok.encode("<|tool|> run 3").unwrap().ids);
+    let ids = Tensor::from_vec(vec![709, 5, 77, 709, 12], [1, 5]).unwrap();
+    let pos = default_positions(1, 5).unwrap();
+    let inp = Inputs { ids: &ids, pos: &pos, seg: None };
+    let tape = Tape::no_grad();
+    let a = t.model.forward(&tape, &inp, t.lora.as_ref(), false).unwrap().value().to_vec_f32().unwrap();
+    let b = fresh.forward(&tape, &inp, lora.as_ref(), false).unwrap().value().to_vec_f32().unwrap();
+    assert_eq!(a, b);
+}

@@ -85,6 +85,10 @@ pub fn load_adapter(model: &mut Llama, dir: &Path) -> Result<Option<crate::adapt
     }
     let lora = crate::adapters::LoraSet::load_peft(dir, &model.config)?;
     for (name, t) in crate::adapters::LoraSet::peft_full_modules(dir)? {
+        // An adapter trained with added tokens carries a larger embedding.
+        if t.dims().first().is_some_and(|&rows| rows > model.config.vocab_size) {
+            model.resize_vocab(t.dims()[0])?;
+        }
         let slot = match name.as_str() {
             "model.embed_tokens.weight" => &mut model.embed,
             _ => model.lm_head.as_mut().ok_or_else(|| {
@@ -102,4 +106,9 @@ pub fn load_adapter(model: &mut Llama, dir: &Path) -> Result<Option<crate::adapt
         *slot = crate::core::Var::constant(t.to_dtype(crate::core::DType::F32)?);
     }
     Ok(Some(lora))
+}
+
+/// The tokenizer an adapter folder carries (one trained with added special tokens), if any.
+pub fn adapter_tokenizer(dir: &Path) -> Result<Option<TextTokenizer>> {
+    if dir.join("tokenizer.json").is_file() { Ok(Some(TextTokenizer::load(dir)?)) } else { Ok(None) }
 }

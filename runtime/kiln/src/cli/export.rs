@@ -83,9 +83,14 @@ pub fn run(a: ExportArgs) -> Result<()> {
         other => bail!("--dtype {other}: one of f32, bf16, f16"),
     };
     let path = kiln::models::resolve(a.model.as_deref())?;
-    let (mut model, tok) = kiln::models::load_with_tokenizer(&path, false)?;
+    let (mut model, mut tok) = kiln::models::load_with_tokenizer(&path, false)?;
     let lora = match &a.adapter {
-        Some(d) => kiln::models::load_adapter(&mut model, d)?,
+        Some(d) => {
+            if let Some(t) = kiln::models::adapter_tokenizer(d)? {
+                tok = t;
+            }
+            kiln::models::load_adapter(&mut model, d)?
+        }
         None => None,
     };
     let tmp = a.out.with_extension(format!("tmp-{}", std::process::id()));

@@ -42,7 +42,16 @@ pub struct GenerateArgs {
 
 pub fn run(a: GenerateArgs) -> Result<()> {
     let path = kiln::models::resolve(a.model.as_deref())?;
-    let (mut model, tok) = kiln::models::load_with_tokenizer(&path, false)?;
+    let (mut model, mut tok) = kiln::models::load_with_tokenizer(&path, false)?;
+    let lora = match &a.adapter {
+        Some(d) => {
+            if let Some(t) = kiln::models::adapter_tokenizer(d)? {
+                tok = t;
+            }
+            kiln::models::load_adapter(&mut model, d)?
+        }
+        None => None,
+    };
     let text = if a.raw {
         a.prompt.clone()
     } else {
@@ -65,10 +74,6 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let stop: Vec<i32> = tok.eos.iter().map(|s| s.id as i32).collect();
     let t0 = Instant::now();
     let opts = GenOptions { max_new_tokens: a.max_new_tokens, temperature: a.temperature, seed: a.seed };
-    let lora = match &a.adapter {
-        Some(d) => kiln::models::load_adapter(&mut model, d)?,
-        None => None,
-    };
     let (out, logprobs) = generate_with_logprobs(&model, &prompt, &stop, &opts, lora.as_ref())?;
     let el = t0.elapsed().as_secs_f64();
     let shown: Vec<u32> = out.iter().filter(|t| !stop.contains(t)).map(|&t| t as u32).collect();

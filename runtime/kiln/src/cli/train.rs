@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use kiln::data::tokenizer::TextTokenizer;
 use kiln::model::Llama;
 use kiln::train::prepare::{prepare, write_eval_rows};
 use kiln::train::{Event, Method, Summary, TrainConfig, Trainer};
@@ -119,6 +120,11 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     train_embeddings: Option<bool>,
+    /// Special tokens to add, comma-separated (e.g. ChatML's on a base model); a grown
+    /// vocabulary also trains the embeddings [default: none].
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    add_special_tokens: Vec<String>,
     /// Hidden size of the bottleneck adapters (--method adapter) [default: 64].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -273,19 +279,11 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let (mut model, tok) = kiln::models::load_with_tokenizer(&path, cfg.method == Method::Full)?;
     let seq = cfg.max_seq_len.unwrap_or(model.config.max_position_embeddings.min(2048));
     cfg.max_seq_len = Some(seq);
-    if cfg.method == Method::Qlora {
-        let stored = model.blocks.first().map(|b| b.linears[0].w.value().dtype());
-        let ty = match (cfg.quant_type()?, stored) {
-            (Some(t), _) => Some(t),
-            (None, Some(kiln::core::DType::Quant(_))) => None,
-            (None, _) => Some(kiln::core::quant::GgmlType::NF4),
-        };
-        if let Some(ty) = ty {
-            let bytes = model.quantize_linears(ty)?;
-            cfg.quantize = Some(ty.name().to_lowercase());
-            eprintln!("qlora: linear weights quantized to {} ({})", ty.name(), gib(bytes as f64));
-        }
+    let mut tok = tok;
+    for line in kiln::train::prepare::prepare_model(&mut cfg, &mut model, &mut tok)? {
+        eprintln!("{line}");
     }
+    let tok_out = tok.clone();
     let data = prepare(&cfg, tok, seq)?;
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
     let mut t = Trainer::new(cfg.clone(), model, data)?;
@@ -307,7 +305,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         eprintln!("resumed from {} (step {step} of {})", ck.display(), t.total_steps);
     }
     let summary = train_with_progress(&mut t)?;
-    finish(&cfg, &mut t, &summary, &path)
+    finish(&cfg, &mut t, &summary, &path, &tok_out)
 }
 
 /// A log line above the bar, or on stderr when the bar is hidden.
@@ -348,7 +346,7 @@ fn train_with_progress(t: &mut Trainer) -> Result<Summary> {
 }
 
 /// Writes the deployable output, the loss curve, and prints the summary.
-fn finish(cfg: &TrainConfig, t: &mut Trainer, s: &Summary, base: &Path) -> Result<()> {
+fn finish(cfg: &TrainConfig, t: &mut Trainer, s: &Summary, base: &Path, tok: &TextTokenizer) -> Result<()> {
     let out = &cfg.out;
     // Fully trained modules beside LoRA (--train-embeddings), saved as PEFT's modules_to_save.
     let extra: Vec<(String, kiln::core::Tensor)> = if t.lora.is_some() {
@@ -365,12 +363,22 @@ fn finish(cfg: &TrainConfig, t: &mut Trainer, s: &Summary, base: &Path) -> Resul
         Some(l) => {
             let dir = out.join("adapter");
             l.save_peft(&dir, &base.display().to_string(), cfg.lora_dropout, &extra)?;
+            if !cfg.add_special_tokens.is_empty() {
+                // The grown tokenizer travels with the adapter (PEFT users resize the base
+                // model's embeddings to len(tokenizer) before loading it).
+                tok.save_hf(&dir)?;
+            }
             format!("PEFT adapter in {}", dir.display())
         }
         None => {
             let dir = out.join("model");
             kiln::formats::write_safetensors(&dir.join("model.safetensors"), &t.params())?;
-            if base.is_dir() {
+            if !cfg.add_special_tokens.is_empty() || !base.is_dir() {
+                // A grown vocabulary or a GGUF source: config and tokenizer written afresh.
+                let text = serde_json::to_string_pretty(&t.model.config.to_hf_json())?;
+                kiln::formats::write_atomic(&dir.join("config.json"), text.as_bytes())?;
+                tok.save_hf(&dir)?;
+            } else {
                 for f in [
                     "config.json",
                     "generation_config.json",

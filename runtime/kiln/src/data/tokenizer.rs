@@ -44,6 +44,22 @@ fn token_text(v: Option<&Value>) -> Option<String> {
 }
 
 impl TextTokenizer {
+    /// Adds `tokens` as special tokens (never split, rendered as themselves); returns the ids of
+    /// all of them, new or already present.
+    pub fn add_special_tokens(&mut self, tokens: &[String]) -> Result<Vec<u32>> {
+        let added: Vec<tokenizers::AddedToken> =
+            tokens.iter().map(|t| tokenizers::AddedToken::from(t.clone(), true)).collect();
+        self.tok.add_special_tokens(&added);
+        tokens
+            .iter()
+            .map(|t| {
+                self.tok
+                    .token_to_id(t)
+                    .ok_or_else(|| KilnError::Msg(format!("add_special_tokens: `{t}` was not added to the tokenizer")))
+            })
+            .collect()
+    }
+
     /// Writes `tokenizer.json` and `tokenizer_config.json` (special tokens, BOS setting, chat
     /// template) into `dir`, as transformers' `AutoTokenizer` reads them.
     pub fn save_hf(&self, dir: &Path) -> Result<()> {

@@ -192,6 +192,34 @@ impl Llama {
         v
     }
 
+    /// Grows the vocabulary to `vocab` rows: the embedding (and an untied LM head) become f32
+    /// with the new rows set to the mean of the existing ones (transformers'
+    /// `resize_token_embeddings` starts from the same mean), and the config follows.
+    pub fn resize_vocab(&mut self, vocab: usize) -> Result<()> {
+        let old = self.config.vocab_size;
+        if vocab <= old {
+            return Ok(());
+        }
+        let h = self.config.hidden_size;
+        let grow = |v: &Var| -> Result<Var> {
+            let mut x = v.value().to_vec_f32()?;
+            let mut mean = vec![0f32; h];
+            for row in x.chunks(h) {
+                mean.iter_mut().zip(row).for_each(|(m, r)| *m += r / old as f32);
+            }
+            for _ in old..vocab {
+                x.extend_from_slice(&mean);
+            }
+            Ok(Var::leaf(Tensor::from_vec(x, [vocab, h])?, v.requires_grad()))
+        };
+        self.embed = grow(&self.embed)?;
+        if let Some(head) = &self.lm_head {
+            self.lm_head = Some(grow(head)?);
+        }
+        self.config.vocab_size = vocab;
+        Ok(())
+    }
+
     /// Adds fresh bottleneck adapters of hidden size `size` to every block.
     pub fn add_bottlenecks(&mut self, size: usize, seed: u64) -> Result<()> {
         let set = crate::adapters::bottleneck::new_set(&self.config, size, seed)?;

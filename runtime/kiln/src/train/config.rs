@@ -82,6 +82,9 @@ pub struct TrainConfig {
     /// LoRA/QLoRA: also train the token embedding (and an untied LM head) in full (PEFT's
     /// `modules_to_save`).
     pub train_embeddings: bool,
+    /// Special tokens to add to the tokenizer (e.g. ChatML's on a base model); a grown
+    /// vocabulary turns on `train_embeddings` so the new rows learn.
+    pub add_special_tokens: Vec<String>,
     /// Hidden size of the bottleneck adapters (`--method adapter`).
     pub adapter_size: usize,
     pub weight_decay: f64,
@@ -135,6 +138,7 @@ impl Default for TrainConfig {
             target_modules: "all-linear".into(),
             use_rslora: false,
             train_embeddings: false,
+            add_special_tokens: Vec::new(),
             adapter_size: 64,
             weight_decay: 0.0,
             max_grad_norm: 1.0,
@@ -200,6 +204,9 @@ impl TrainConfig {
         }
         if self.train_embeddings && !matches!(self.method, Method::Lora | Method::Qlora) {
             return Err(bad("train_embeddings", "applies to --method lora or qlora (full trains them already)"));
+        }
+        if !self.add_special_tokens.is_empty() && self.method == Method::Adapter {
+            return Err(bad("add_special_tokens", "needs trainable embeddings: use --method lora, qlora or full"));
         }
         if self.method == Method::Adapter && self.adapter_size == 0 {
             return Err(bad("adapter_size", "must be at least 1"));

@@ -114,3 +114,53 @@ pub fn write_eval_rows(path: &Path, rows: &[Example]) -> Result<()> {
     }
     crate::formats::write_atomic(path, s.as_bytes())
 }
+
+/// Readies the loaded model and tokenizer for the configured method: QLoRA quantizes the frozen
+/// linear weights (to `quantize`, or NF4 when the base is not already block-quantized), and
+/// `add_special_tokens` grows the tokenizer and the embedding (turning on `train_embeddings`
+/// for LoRA/QLoRA so the new rows learn). Returns what it did, for the log.
+pub fn prepare_model(
+    cfg: &mut TrainConfig,
+    model: &mut crate::model::Llama,
+    tok: &mut TextTokenizer,
+) -> Result<Vec<String>> {
+    use super::config::Method;
+    use kiln_core::DType;
+    use kiln_core::quant::GgmlType;
+    let mut log = Vec::new();
+    if cfg.method == Method::Qlora {
+        let stored = model.blocks.first().map(|b| b.linears[0].w.value().dtype());
+        let ty = match (cfg.quant_type()?, stored) {
+            (Some(t), _) => Some(t),
+            (None, Some(DType::Quant(_))) => None,
+            (None, _) => Some(GgmlType::NF4),
+        };
+        if let Some(ty) = ty {
+            let bytes = model.quantize_linears(ty)?;
+            cfg.quantize = Some(ty.name().to_lowercase());
+            log.push(format!("qlora: linear weights quantized to {} ({:.1} MiB)", ty.name(), bytes as f64 / 1048576.0));
+        }
+    }
+    if !cfg.add_special_tokens.is_empty() {
+        let ids = tok.add_special_tokens(&cfg.add_special_tokens)?;
+        let need = ids.iter().map(|&i| i as usize + 1).max().unwrap_or(0);
+        if need > model.config.vocab_size {
+            let old = model.config.vocab_size;
+            model.resize_vocab(need)?;
+            if matches!(cfg.method, Method::Lora | Method::Qlora) && !cfg.train_embeddings {
+                cfg.train_embeddings = true;
+                log.push("add_special_tokens: the vocabulary grew, so train_embeddings is on".into());
+            }
+            log.push(format!(
+                "add_special_tokens: vocabulary {old} → {need} ({:?} → ids {ids:?})",
+                cfg.add_special_tokens
+            ));
+        } else {
+            log.push(format!(
+                "add_special_tokens: {:?} → ids {ids:?} (within the existing vocabulary)",
+                cfg.add_special_tokens
+            ));
+        }
+    }
+    Ok(log)
+}
