@@ -112,3 +112,19 @@ pub fn load_adapter(model: &mut Llama, dir: &Path) -> Result<Option<crate::adapt
 pub fn adapter_tokenizer(dir: &Path) -> Result<Option<TextTokenizer>> {
     if dir.join("tokenizer.json").is_file() { Ok(Some(TextTokenizer::load(dir)?)) } else { Ok(None) }
 }
+
+/// A frozen model and its tokenizer with an adapter folder applied (when given): a LoRA adapter
+/// comes back to apply unmerged, a bottleneck adapter is attached, and an adapter that carries
+/// its own tokenizer (trained with added tokens) replaces the model's.
+pub fn load_with_adapter(
+    path: &Path,
+    adapter: Option<&Path>,
+) -> Result<(Llama, TextTokenizer, Option<crate::adapters::LoraSet>)> {
+    let (mut model, mut tok) = load_with_tokenizer(path, false)?;
+    let Some(dir) = adapter else { return Ok((model, tok, None)) };
+    if let Some(t) = adapter_tokenizer(dir)? {
+        tok = t;
+    }
+    let lora = load_adapter(&mut model, dir)?;
+    Ok((model, tok, lora))
+}

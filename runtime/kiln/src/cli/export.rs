@@ -37,11 +37,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
     if a.format == "gguf" {
         let ty = kiln::export_gguf::quant_type(&a.quant)?;
         let path = kiln::models::resolve(a.model.as_deref())?;
-        let mut model = kiln::model::Llama::load(&path, false)?;
-        let lora = match &a.adapter {
-            Some(d) => kiln::models::load_adapter(&mut model, d)?,
-            None => None,
-        };
+        let (model, _, lora) = kiln::models::load_with_adapter(&path, a.adapter.as_deref())?;
         kiln::export_gguf::export_gguf(&model, lora.as_ref(), &path, ty, a.quant == "q4_k_m", &a.out)?;
         let mb = std::fs::metadata(&a.out).map(|m| m.len() as f64 / 1048576.0).unwrap_or(0.0);
         println!(
@@ -83,16 +79,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
         other => bail!("--dtype {other}: one of f32, bf16, f16"),
     };
     let path = kiln::models::resolve(a.model.as_deref())?;
-    let (mut model, mut tok) = kiln::models::load_with_tokenizer(&path, false)?;
-    let lora = match &a.adapter {
-        Some(d) => {
-            if let Some(t) = kiln::models::adapter_tokenizer(d)? {
-                tok = t;
-            }
-            kiln::models::load_adapter(&mut model, d)?
-        }
-        None => None,
-    };
+    let (model, tok, lora) = kiln::models::load_with_adapter(&path, a.adapter.as_deref())?;
     let tmp = a.out.with_extension(format!("tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;

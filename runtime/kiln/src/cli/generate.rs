@@ -42,16 +42,7 @@ pub struct GenerateArgs {
 
 pub fn run(a: GenerateArgs) -> Result<()> {
     let path = kiln::models::resolve(a.model.as_deref())?;
-    let (mut model, mut tok) = kiln::models::load_with_tokenizer(&path, false)?;
-    let lora = match &a.adapter {
-        Some(d) => {
-            if let Some(t) = kiln::models::adapter_tokenizer(d)? {
-                tok = t;
-            }
-            kiln::models::load_adapter(&mut model, d)?
-        }
-        None => None,
-    };
+    let (model, tok, lora) = kiln::models::load_with_adapter(&path, a.adapter.as_deref())?;
     let text = if a.raw {
         a.prompt.clone()
     } else {
