@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use kiln::model::init::{TinySpec, create_random_llama};
+mod common;
 
 fn kiln() -> Command {
     Command::new(env!("CARGO_BIN_EXE_kiln"))
@@ -13,21 +13,7 @@ fn kiln() -> Command {
 fn setup(name: &str) -> (PathBuf, PathBuf, PathBuf) {
     let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-train-{name}"));
     let _ = std::fs::remove_dir_all(&d);
-    let m = d.join("model");
-    let spec = TinySpec {
-        vocab_size: 709,
-        hidden_size: 64,
-        intermediate_size: 128,
-        num_layers: 2,
-        num_heads: 4,
-        num_kv_heads: 2,
-        init_std: 0.1,
-    };
-    create_random_llama(&m, &spec, 3).unwrap();
-    let fx = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tokenizer");
-    for f in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"] {
-        std::fs::copy(fx.join(f), m.join(f)).unwrap();
-    }
+    let m = common::tiny_model(&d, 3);
     let data = d.join("data.jsonl");
     let rows: String = (0..30)
         .map(|i| {

@@ -8,31 +8,13 @@ use std::path::{Path, PathBuf};
 use kiln::adapters::LoraSet;
 use kiln::data::tokenizer::TextTokenizer;
 use kiln::model::Llama;
-use kiln::model::init::{TinySpec, create_random_llama};
 use kiln::train::prepare::prepare;
 use kiln::train::{Method, Summary, TrainConfig, Trainer};
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
+mod common;
 
-/// A random Llama over the fixture tokenizer's 709 tokens, with the tokenizer files beside it.
 fn tiny_model(dir: &Path) -> PathBuf {
-    let m = dir.join("model");
-    let spec = TinySpec {
-        vocab_size: 709,
-        hidden_size: 64,
-        intermediate_size: 128,
-        num_layers: 2,
-        num_heads: 4,
-        num_kv_heads: 2,
-        init_std: 0.1,
-    };
-    create_random_llama(&m, &spec, 7).unwrap();
-    for f in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"] {
-        std::fs::copy(fixtures().join("tokenizer").join(f), m.join(f)).unwrap();
-    }
-    m
+    common::tiny_model(dir, 7)
 }
 
 /// Chat rows asking for sums, answered in a fixed format.

@@ -26,7 +26,9 @@ import tempfile
 
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import AutoModelForCausalLM
+
+from kiln_tiny import tiny_llama
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
@@ -41,13 +43,7 @@ def main():
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="kiln-peft-")
     model_dir = os.path.join(work, "model")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=709, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      initializer_range=0.1, bos_token_id=1, eos_token_id=3)
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(model_dir)
-    for f in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"]:
-        shutil.copy(os.path.join(ROOT, "tests/fixtures/tokenizer", f), model_dir)
+    tiny_llama(model_dir)
     data = os.path.join(work, "data.jsonl")
     with open(data, "w") as fh:
         for i in range(60):

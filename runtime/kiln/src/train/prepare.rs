@@ -115,6 +115,26 @@ pub fn write_eval_rows(path: &Path, rows: &[Example]) -> Result<()> {
     crate::formats::write_atomic(path, s.as_bytes())
 }
 
+/// QLoRA: quantizes the frozen linear weights to `quantize`, or to NF4 when the base is not
+/// already block-quantized (a GGUF keeps its own blocks); records the type in `cfg`. Returns
+/// a log line when it quantized.
+pub fn quantize_base(cfg: &mut TrainConfig, model: &mut crate::model::Llama) -> Result<Option<String>> {
+    use kiln_core::DType;
+    use kiln_core::quant::GgmlType;
+    if cfg.method != super::config::Method::Qlora {
+        return Ok(None);
+    }
+    let stored = model.blocks.first().map(|b| b.linears[0].w.value().dtype());
+    let ty = match (cfg.quant_type()?, stored) {
+        (Some(t), _) => t,
+        (None, Some(DType::Quant(_))) => return Ok(None),
+        (None, _) => GgmlType::NF4,
+    };
+    let bytes = model.quantize_linears(ty)?;
+    cfg.quantize = Some(ty.name().to_lowercase());
+    Ok(Some(format!("qlora: linear weights quantized to {} ({:.1} MiB)", ty.name(), bytes as f64 / 1048576.0)))
+}
+
 /// Readies the loaded model and tokenizer for the configured method: QLoRA quantizes the frozen
 /// linear weights (to `quantize`, or NF4 when the base is not already block-quantized), and
 /// `add_special_tokens` grows the tokenizer and the embedding (turning on `train_embeddings`
@@ -125,22 +145,7 @@ pub fn prepare_model(
     tok: &mut TextTokenizer,
 ) -> Result<Vec<String>> {
     use super::config::Method;
-    use kiln_core::DType;
-    use kiln_core::quant::GgmlType;
-    let mut log = Vec::new();
-    if cfg.method == Method::Qlora {
-        let stored = model.blocks.first().map(|b| b.linears[0].w.value().dtype());
-        let ty = match (cfg.quant_type()?, stored) {
-            (Some(t), _) => Some(t),
-            (None, Some(DType::Quant(_))) => None,
-            (None, _) => Some(GgmlType::NF4),
-        };
-        if let Some(ty) = ty {
-            let bytes = model.quantize_linears(ty)?;
-            cfg.quantize = Some(ty.name().to_lowercase());
-            log.push(format!("qlora: linear weights quantized to {} ({:.1} MiB)", ty.name(), bytes as f64 / 1048576.0));
-        }
-    }
+    let mut log: Vec<String> = quantize_base(cfg, model)?.into_iter().collect();
     if !cfg.add_special_tokens.is_empty() {
         let ids = tok.add_special_tokens(&cfg.add_special_tokens)?;
         let need = ids.iter().map(|&i| i as usize + 1).max().unwrap_or(0);

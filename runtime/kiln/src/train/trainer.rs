@@ -60,6 +60,32 @@ pub struct Summary {
     pub resumed_from: Option<usize>,
 }
 
+/// The parameters `cfg`'s method trains, with their saved names. A free function over the
+/// fields (not a method) so callers can hold the optimizer mutably at the same time.
+fn trainable<'a>(cfg: &TrainConfig, model: &'a mut Llama, lora: &'a mut Option<LoraSet>) -> Vec<(String, &'a mut Var)> {
+    if cfg.method == Method::Adapter {
+        return model.bottleneck_params_mut();
+    }
+    match lora {
+        Some(l) => {
+            let names: Vec<String> = l.named_params().into_iter().map(|(n, _)| n).collect();
+            let mut v: Vec<(String, &mut Var)> = names.into_iter().zip(l.params_mut()).collect();
+            if cfg.train_embeddings {
+                // PEFT's modules_to_save: the embedding (and an untied LM head) in full.
+                v.push(("model.embed_tokens.weight".into(), &mut model.embed));
+                if let Some(h) = &mut model.lm_head {
+                    v.push(("lm_head.weight".into(), h));
+                }
+            }
+            v
+        }
+        None => {
+            let names: Vec<String> = model.named_weights().into_iter().map(|(n, _)| n).collect();
+            names.into_iter().zip(model.weights_mut()).collect()
+        }
+    }
+}
+
 /// A run in progress.
 pub struct Trainer {
     pub cfg: TrainConfig,
@@ -129,39 +155,17 @@ impl Trainer {
             resumed_from: None,
         };
         // Norm weights and biases are not decayed (transformers' Trainer does the same).
-        let mut opt = std::mem::replace(&mut t.opt, AdamW::new(0.0));
-        for (n, v) in t.params_mut() {
+        for (n, v) in trainable(&t.cfg, &mut t.model, &mut t.lora) {
             if n.contains("norm") || n.ends_with(".bias") {
-                opt.exclude_from_decay(v);
+                t.opt.exclude_from_decay(v);
             }
         }
-        t.opt = opt;
         Ok(t)
     }
 
     /// Trainable parameters with their saved names.
     fn params_mut(&mut self) -> Vec<(String, &mut Var)> {
-        if self.cfg.method == Method::Adapter {
-            return self.model.bottleneck_params_mut();
-        }
-        match &mut self.lora {
-            Some(l) => {
-                let names: Vec<String> = l.named_params().into_iter().map(|(n, _)| n).collect();
-                let mut v: Vec<(String, &mut Var)> = names.into_iter().zip(l.params_mut()).collect();
-                if self.cfg.train_embeddings {
-                    // PEFT's modules_to_save: the embedding (and an untied LM head) in full.
-                    v.push(("model.embed_tokens.weight".into(), &mut self.model.embed));
-                    if let Some(h) = &mut self.model.lm_head {
-                        v.push(("lm_head.weight".into(), h));
-                    }
-                }
-                v
-            }
-            None => {
-                let names: Vec<String> = self.model.named_weights().into_iter().map(|(n, _)| n).collect();
-                names.into_iter().zip(self.model.weights_mut()).collect()
-            }
-        }
+        trainable(&self.cfg, &mut self.model, &mut self.lora)
     }
 
     /// Trainable parameters' current values by name.
@@ -175,7 +179,7 @@ impl Trainer {
     }
 
     /// The micro-batches of optimizer step `step` (1-based), as sequence indices.
-    fn plan(&self, step: usize) -> (usize, usize, Vec<Vec<usize>>) {
+    fn plan(&self, step: usize) -> Vec<Vec<usize>> {
         let n = self.data.train.len();
         let (epoch, group) = ((step - 1) / self.steps_per_epoch, (step - 1) % self.steps_per_epoch);
         let mut order: Vec<usize> = (0..n).collect();
@@ -187,7 +191,7 @@ impl Trainer {
             // padding); the step's rows, and so its gradient, do not change.
             idx.sort_by_key(|&i| self.data.train[i].len());
         }
-        (epoch, group, idx.chunks(self.cfg.batch_size).map(<[usize]>::to_vec).collect())
+        idx.chunks(self.cfg.batch_size).map(<[usize]>::to_vec).collect()
     }
 
     fn batch(&self, idx: &[usize], eval: bool) -> Result<Batch> {
@@ -217,7 +221,7 @@ impl Trainer {
     /// One optimizer step: forward/backward over each micro-batch, gradients weighted by
     /// token share, clipped, applied. Returns (loss, grad norm, tokens, lr).
     fn train_step(&mut self, step: usize) -> Result<(f64, f64, usize, f64)> {
-        let (_, _, micro) = self.plan(step);
+        let micro = self.plan(step);
         let batches = micro.iter().map(|m| self.batch(m, false)).collect::<Result<Vec<_>>>()?;
         let n_total: usize = batches.iter().map(|b| b.n_targets).sum();
         let mut grads = Grads::default();
@@ -239,15 +243,15 @@ impl Trainer {
         let lr = lr_at(self.cfg.lr_scheduler, self.cfg.learning_rate, step, self.cfg.warmup_steps, self.total_steps);
         self.opt.lr = lr;
         let clip = (self.cfg.max_grad_norm > 0.0).then_some(self.cfg.max_grad_norm);
-        let mut opt = std::mem::replace(&mut self.opt, AdamW::new(0.0));
-        let params: Vec<&mut Var> = self.params_mut().into_iter().map(|(_, v)| v).collect();
-        let gn = opt.step(params, &grads, clip);
-        self.opt = opt;
-        Ok((loss, gn?, tokens, lr))
+        let params = trainable(&self.cfg, &mut self.model, &mut self.lora).into_iter().map(|(_, v)| v).collect();
+        let gn = self.opt.step(params, &grads, clip)?;
+        Ok((loss, gn, tokens, lr))
     }
 
     fn state(&self, lr: f64) -> State {
-        let (epoch, group, _) = if self.step > 0 { self.plan(self.step) } else { (0, 0, vec![]) };
+        // The step just taken was group `(step − 1) % steps_per_epoch` of its epoch.
+        let last = self.step.saturating_sub(1);
+        let (epoch, group) = (last / self.steps_per_epoch, last % self.steps_per_epoch);
         State {
             step: self.step,
             total_steps: self.total_steps,
@@ -267,13 +271,11 @@ impl Trainer {
         let state = self.state(lr);
         let params = self.params();
         let mut moments = Vec::new();
-        let mut opt = std::mem::replace(&mut self.opt, AdamW::new(0.0));
-        for (n, v) in self.params_mut() {
-            if let Some((m, s)) = opt.moments(v)? {
+        for (n, v) in trainable(&self.cfg, &mut self.model, &mut self.lora) {
+            if let Some((m, s)) = self.opt.moments(v)? {
                 moments.push((n, m, s));
             }
         }
-        std::mem::swap(&mut self.opt, &mut opt);
         let p = checkpoint::save(&self.out, &state, &params, &moments)?;
         checkpoint::prune(&self.out, self.cfg.save_total_limit, self.best.map(|b| b.0))?;
         Ok(p)
@@ -293,19 +295,17 @@ impl Trainer {
             )));
         }
         let steps = ck.state.step as u64;
-        let mut opt = std::mem::replace(&mut self.opt, AdamW::new(0.0));
-        for (name, v) in self.params_mut() {
+        for (name, v) in trainable(&self.cfg, &mut self.model, &mut self.lora) {
             let t = ck.params.get_shaped(&name, v.value().dims())?;
             v.set_value(t.to_dtype(kiln_core::DType::F32)?);
             let m = format!("exp_avg.{name}");
             if ck.optimizer.contains(&m) {
                 let mm = ck.optimizer.get_shaped(&m, v.value().dims())?.to_dtype(kiln_core::DType::F32)?;
                 let ss = ck.optimizer.get_shaped(&format!("exp_avg_sq.{name}"), v.value().dims())?;
-                opt.restore(v, mm, ss.to_dtype(kiln_core::DType::F32)?, steps)?;
+                self.opt.restore(v, mm, ss.to_dtype(kiln_core::DType::F32)?, steps)?;
             }
         }
-        opt.set_steps(steps);
-        self.opt = opt;
+        self.opt.set_steps(steps);
         self.step = ck.state.step;
         self.tokens = ck.state.tokens;
         self.best = ck.state.best_step.zip(ck.state.best_eval_loss);
