@@ -75,6 +75,14 @@ fn smollm2_tokenizer_from_gguf_matches_transformers() {
     let g = kiln::formats::gguf::GgufFile::open(&path).unwrap();
     let tok = kiln::data::tokenizer::TextTokenizer::from_gguf(&g).unwrap();
     assert_eq!(tok.vocab_size(), 49152);
+    // The default model's tokenizer takes the fast byte-level path, which must equal the crate
+    // on every demo row (ids and offsets).
+    assert!(tok.has_fast_path());
+    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/demo_orders.jsonl")).unwrap();
+    for line in demo.lines() {
+        let (fast, slow) = (tok.encode(line).unwrap(), tok.encode_with_crate(line).unwrap());
+        assert_eq!((fast.ids, fast.offsets), (slow.ids, slow.offsets), "{line}");
+    }
     let text = fx["text"].as_str().unwrap();
     let ids: Vec<u64> = tok.encode(text).unwrap().ids.iter().map(|&i| i as u64).collect();
     let want: Vec<u64> = fx["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();

@@ -48,6 +48,24 @@ fn pipeline(c: &mut Criterion) {
             pack(&toks, 2048, &mut st)
         })
     });
+    // The same with a tokenizer loaded afresh each time, so the pre-token cache starts cold, as
+    // it does for a run's one pass over its data.
+    g.bench_function("chat_10k_rows_template_tokenize_pack_cold_cache", |b| {
+        b.iter_batched(
+            || Renderer {
+                tokenizer: TextTokenizer::load(&dir).unwrap(),
+                template: Some(ChatTemplate::builtin("chatml").unwrap()),
+                train_on_inputs: false,
+            },
+            |r| {
+                let toks: Vec<_> = data.par_iter().map(|e| r.tokenize(e).unwrap()).collect();
+                let mut st = PackStats::default();
+                let toks = truncate(toks, 2048, &mut st);
+                pack(&toks, 2048, &mut st)
+            },
+            criterion::BatchSize::PerIteration,
+        )
+    });
     // The stages alone, to see where the time goes.
     let turns: Vec<&Vec<Message>> =
         data.iter().filter_map(|e| if let Example::Chat(t) = e { Some(t) } else { None }).collect();
@@ -58,6 +76,23 @@ fn pipeline(c: &mut Criterion) {
     g.bench_function("chat_10k_rows_tokenize_only", |b| {
         b.iter(|| texts.par_iter().map(|t| r.tokenizer.encode(t).unwrap().ids.len()).sum::<usize>())
     });
+    // With a real 49k-token vocabulary (SmolLM2's, from its GGUF) when KILN_SMOLLM2_GGUF names it.
+    if let Some(path) = std::env::var_os("KILN_SMOLLM2_GGUF") {
+        let gguf = kiln::formats::gguf::GgufFile::open(std::path::Path::new(&path)).unwrap();
+        let r = Renderer {
+            tokenizer: TextTokenizer::from_gguf(&gguf).unwrap(),
+            template: Some(ChatTemplate::builtin("chatml").unwrap()),
+            train_on_inputs: false,
+        };
+        g.bench_function("chat_10k_rows_template_tokenize_pack_smollm2_vocab", |b| {
+            b.iter(|| {
+                let toks: Vec<_> = data.par_iter().map(|e| r.tokenize(e).unwrap()).collect();
+                let mut st = PackStats::default();
+                let toks = truncate(toks, 2048, &mut st);
+                pack(&toks, 2048, &mut st)
+            })
+        });
+    }
     g.finish();
 }
 

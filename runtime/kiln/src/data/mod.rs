@@ -8,6 +8,7 @@
 pub mod batch;
 pub mod dataset;
 pub mod example;
+mod fastbpe;
 pub mod read;
 pub mod render;
 pub mod template;

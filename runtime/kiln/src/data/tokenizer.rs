@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use super::fastbpe::FastByteLevel;
+use std::sync::Arc;
+
 use crate::{KilnError, Result};
 
 /// A special token: its text and id.
@@ -33,6 +36,8 @@ pub struct TextTokenizer {
     pub add_bos: bool,
     pub chat_template: Option<String>,
     pub dir: PathBuf,
+    /// Same ids and offsets as `tok`, faster, for byte-level BPE tokenizers (`None` otherwise).
+    fast: Option<Arc<FastByteLevel>>,
 }
 
 fn token_text(v: Option<&Value>) -> Option<String> {
@@ -50,6 +55,7 @@ impl TextTokenizer {
         let added: Vec<tokenizers::AddedToken> =
             tokens.iter().map(|t| tokenizers::AddedToken::from(t.clone(), true)).collect();
         self.tok.add_special_tokens(&added);
+        self.fast = FastByteLevel::new(&self.tok).map(Arc::new);
         tokens
             .iter()
             .map(|t| {
@@ -125,6 +131,7 @@ impl TextTokenizer {
             pad: special("pad_token")?,
             add_bos: cfg.get("add_bos_token").and_then(|b| b.as_bool()).unwrap_or(false),
             chat_template,
+            fast: FastByteLevel::new(&tok).map(Arc::new),
             tok,
             dir: dir.to_path_buf(),
         })
@@ -205,6 +212,7 @@ impl TextTokenizer {
             pad: special("tokenizer.ggml.padding_token_id"),
             add_bos: false,
             chat_template: g.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(str::to_string),
+            fast: FastByteLevel::new(&tok).map(Arc::new),
             tok,
             dir: g.path.clone(),
         })
@@ -218,6 +226,19 @@ impl TextTokenizer {
     /// Encodes `text`; special tokens written in the text are recognized, and none are added
     /// (templates and [`super::render`] place BOS/EOS themselves).
     pub fn encode(&self, text: &str) -> Result<Encoded> {
+        if let Some(e) = self.fast.as_ref().and_then(|f| f.encode(&self.tok, text)) {
+            return Ok(e);
+        }
+        self.encode_with_crate(text)
+    }
+
+    /// Whether [`TextTokenizer::encode`] uses kiln's byte-level fast path for this tokenizer.
+    pub fn has_fast_path(&self) -> bool {
+        self.fast.is_some()
+    }
+
+    /// [`TextTokenizer::encode`] through the `tokenizers` crate alone (the fast path's reference).
+    pub fn encode_with_crate(&self, text: &str) -> Result<Encoded> {
         let enc = self.tok.encode(text, false).map_err(|e| KilnError::Msg(format!("tokenizer: {e}")))?;
         Ok(Encoded { ids: enc.get_ids().to_vec(), offsets: enc.get_offsets().to_vec() })
     }
