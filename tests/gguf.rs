@@ -89,6 +89,32 @@ fn quantization_bytes_equal_gguf() {
     }
 }
 
+/// K-quants: kiln's quantizers give llama.cpp's reference bytes (`quantize_row_q*_K_ref`,
+/// compiled by tools/make_kquant_fixtures.py) on varied inputs.
+#[test]
+fn k_quant_bytes_equal_llama_cpp_reference() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf/kquants.gguf");
+    let g = GgufFile::open(&path).unwrap();
+    let mut checked = 0;
+    for case in ["rows", "normal", "positive", "spike", "zeros", "const", "tiny"] {
+        let src = g.dequantize(&format!("src.{case}")).unwrap().to_vec_f32().unwrap();
+        for ty in [GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K] {
+            let t = g.tensor(&format!("{}.{case}", ty.name())).unwrap();
+            assert_eq!(t.ty, ty);
+            let ours = quantize(ty, &src).unwrap();
+            let want = g.bytes(t);
+            let first = ours.iter().zip(want).position(|(a, b)| a != b);
+            assert!(
+                first.is_none() && ours.len() == want.len(),
+                "{}.{case}: bytes differ from byte {first:?}",
+                ty.name()
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 21);
+}
+
 /// A change to a file's bytes.
 type Edit = Box<dyn FnOnce(&mut Vec<u8>)>;
 

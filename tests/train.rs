@@ -415,3 +415,75 @@ fn added_special_tokens_grow_the_vocabulary_and_learn() {
     let b = fresh.forward(&tape, &inp, lora.as_ref(), false).unwrap().value().to_vec_f32().unwrap();
     assert_eq!(a, b);
 }
+
+/// Whether `python3` can import the `gguf` package. CI installs it (tools/test.sh), so there
+/// a missing package fails the test; elsewhere the check is skipped with the reason printed.
+fn python_gguf() -> bool {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import gguf, numpy"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have python3 with gguf and numpy (tools/test.sh installs them)"
+        );
+        eprintln!("SKIP: python3 cannot import gguf and numpy (pip install gguf numpy)");
+    }
+    ok
+}
+
+/// kiln's GGUF writer read back by an independent reader, the `gguf` package: same metadata,
+/// tensor names, types and shapes, and gguf's dequantization equals kiln's.
+#[test]
+fn gguf_export_reads_in_the_gguf_package() {
+    use kiln::core::quant::GgmlType;
+    use kiln::formats::gguf::{GgufFile, MetaValue};
+    if !python_gguf() {
+        return;
+    }
+    let d = tempdir("gguf-py");
+    let cfg = config(&d, "max_steps = 2\n");
+    let (t, _) = run(&cfg);
+    let src = cfg.model.clone().unwrap();
+    let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/gguf_dump.py");
+    for (ty, mixed, file_type) in [(GgmlType::F32, false, 0), (GgmlType::Q8_0, false, 7), (GgmlType::Q5K, true, 17)] {
+        let out = d.join(format!("model-{}.gguf", ty.name()));
+        kiln::export_gguf::export_gguf(&t.model, t.lora.as_ref(), &src, ty, mixed, &out).unwrap();
+        let prefix = d.join(format!("dump-{}", ty.name()));
+        let st = std::process::Command::new("python3").arg(&tools).arg(&out).arg(&prefix).status().unwrap();
+        assert!(st.success(), "gguf_dump.py failed on {}", out.display());
+        let dump: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(prefix.with_extension("json")).unwrap()).unwrap();
+        let values: Vec<f32> = std::fs::read(prefix.with_extension("f32"))
+            .unwrap()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let g = GgufFile::open(&out).unwrap();
+        let meta = &dump["metadata"];
+        assert_eq!(meta["general.architecture"], "llama");
+        assert_eq!(meta["llama.block_count"].as_u64(), g.get("llama.block_count").and_then(|v| v.as_u64()));
+        assert_eq!(meta["general.file_type"].as_u64(), Some(file_type));
+        let n_tokens = match g.get("tokenizer.ggml.tokens") {
+            Some(MetaValue::Array(a)) => a.len() as u64,
+            other => panic!("tokenizer.ggml.tokens: {other:?}"),
+        };
+        assert_eq!(meta["tokenizer.ggml.tokens"]["len"].as_u64(), Some(n_tokens));
+        assert_eq!(meta["tokenizer.chat_template"].as_str(), g.get("tokenizer.chat_template").and_then(|v| v.as_str()));
+        assert_eq!(meta.as_object().unwrap().len(), g.metadata.len(), "metadata key count");
+        let tensors = dump["tensors"].as_array().unwrap();
+        assert_eq!(tensors.len(), g.tensors.len());
+        for (p, k) in tensors.iter().zip(&g.tensors) {
+            assert_eq!(p["name"], k.name.as_str());
+            assert_eq!(p["type"], k.ty.name(), "{}", k.name);
+            let dims: Vec<u64> = p["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+            assert_eq!(dims, k.dims, "{}", k.name);
+            let ours = g.dequantize(&k.name).unwrap().to_vec_f32().unwrap();
+            let at = p["offset"].as_u64().unwrap() as usize;
+            let theirs = &values[at..at + ours.len()];
+            let worst = ours.iter().zip(theirs).fold(0f32, |m, (a, b)| m.max((a - b).abs() / (1e-6 + a.abs())));
+            assert!(worst < 1e-6, "{} ({}): kiln and gguf dequantize differently ({worst})", k.name, k.ty.name());
+        }
+    }
+}

@@ -22,6 +22,10 @@ fi
 if ! python3 -m pip --version >/dev/null 2>&1; then
   apt-get update && apt-get install -y python3 python3-pip
 fi
+# The GGUF writer is read back by the `gguf` package (tools/gguf_dump.py) in tier 2.
+if ! python3 -c "import gguf, numpy" >/dev/null 2>&1; then
+  python3 -m pip install --quiet gguf numpy
+fi
 # kiln builds with no CUDA toolkit and no GPU: cudarc loads libcuda/libnvrtc at run time.
 # Tests build with [profile.test] (opt-level 3), the same features for clippy and tests.
 # Every cargo call names --workspace so features unify the same way and nothing rebuilds.

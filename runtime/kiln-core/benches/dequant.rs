@@ -13,7 +13,19 @@ fn dequant(c: &mut Criterion) {
     let mut g = c.benchmark_group("dequantize_cpu");
     g.sample_size(10);
     g.throughput(Throughput::Bytes((n * 4) as u64));
-    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::F16, GgmlType::BF16] {
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+        GgmlType::NF4,
+        GgmlType::NF4DQ,
+        GgmlType::F16,
+        GgmlType::BF16,
+    ] {
         let q = quantize(ty, &x).unwrap();
         g.bench_function(ty.name(), |b| b.iter(|| dequantize(ty, &q, &mut out).unwrap()));
     }

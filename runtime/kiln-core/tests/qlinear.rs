@@ -36,14 +36,25 @@ fn narrow(w: &[f32], shape: [usize; 2], ty: GgmlType) -> Tensor {
 #[test]
 fn narrow_weights_match_widened_weights() {
     let mut rng = Rng::new(11);
-    let types =
-        [GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::NF4];
+    let types = [
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::NF4,
+        GgmlType::NF4DQ,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+    ];
     // (k, n): decode tiles of 32 rows at k = 2048 (n = 70: 32, 32, 6), training tiles of 512 rows at k = 2048 (n = 1100) and 32768 at k = 32 (n = 40000).
     for (k, n) in [(2048usize, 70usize), (2048, 1100), (96, 1500), (32, 40000), (64, 7)] {
         for m in [1usize, 5, 37] {
             for ty in types {
                 if !k.is_multiple_of(ty.block().0) {
-                    continue; // NF4's 64-value blocks do not tile rows of 32 or 96
+                    continue; // NF4's 64-value and K-quants' 256-value blocks do not tile rows of 32 or 96
                 }
                 let what = format!("{} m={m} k={k} n={n}", ty.name());
                 let wq = narrow(&randn(&mut rng, n * k), [n, k], ty);

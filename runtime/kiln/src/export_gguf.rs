@@ -26,21 +26,23 @@ pub fn quant_type(name: &str) -> Result<GgmlType> {
         "q4_0" => GgmlType::Q4_0,
         "q4_1" => GgmlType::Q4_1,
         "q5_0" => GgmlType::Q5_0,
-        // q4_k_m is Q4_K with Q6_K where llama.cpp spends more bits (see `mixed_type`).
+        // q4_k_m (q5_k_m) is Q4_K (Q5_K) with Q6_K where llama.cpp spends more bits (see
+        // `mixed_type`).
         "q4_k" | "q4_k_m" => GgmlType::Q4K,
+        "q5_k" | "q5_k_m" => GgmlType::Q5K,
         "q6_k" => GgmlType::Q6K,
         other => {
             return Err(KilnError::Msg(format!(
-                "--quant {other}: one of f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q4_k, q4_k_m, q6_k"
+                "--quant {other}: one of f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q4_k, q4_k_m, q5_k, q5_k_m, q6_k"
             )));
         }
     })
 }
 
-/// llama.cpp's Q4_K_M recipe (`llama_tensor_get_type`): the LM head (or a tied embedding) and,
-/// in the first and last eighth of the layers and every third layer between, `attn_v` and
-/// `ffn_down` get Q6_K; everything else Q4_K.
-fn mixed_type(gguf: &str, n_layers: usize, tied: bool) -> GgmlType {
+/// llama.cpp's Q4_K_M / Q5_K_M recipe (`llama_tensor_get_type`): the LM head (or a tied
+/// embedding) and, in the first and last eighth of the layers and every third layer between,
+/// `attn_v` and `ffn_down` get Q6_K; everything else `base` (Q4_K or Q5_K).
+fn mixed_type(gguf: &str, n_layers: usize, tied: bool, base: GgmlType) -> GgmlType {
     let more_bits = |i: usize| i < n_layers / 8 || i >= 7 * n_layers / 8 || (i - n_layers / 8) % 3 == 2;
     if gguf == "output.weight" || (tied && gguf == "token_embd.weight") {
         return GgmlType::Q6K;
@@ -50,7 +52,7 @@ fn mixed_type(gguf: &str, n_layers: usize, tied: bool) -> GgmlType {
         Some(i) if (gguf.ends_with("attn_v.weight") || gguf.ends_with("ffn_down.weight")) && more_bits(i) => {
             GgmlType::Q6K
         }
-        _ => GgmlType::Q4K,
+        _ => base,
     }
 }
 
@@ -65,6 +67,7 @@ fn file_type(t: GgmlType) -> u32 {
         GgmlType::Q5_0 => 8,
         GgmlType::BF16 => 32,
         GgmlType::Q4K => 14, // MOSTLY_Q4_K_S (15 when mixed: MOSTLY_Q4_K_M)
+        GgmlType::Q5K => 16, // MOSTLY_Q5_K_S (17 when mixed: MOSTLY_Q5_K_M)
         GgmlType::Q6K => 18,
         _ => 0,
     }
@@ -228,7 +231,7 @@ pub fn export_gguf(
         m.extend(tokenizer_meta(source, c.vocab_size)?);
         m
     };
-    meta.push(("general.file_type".into(), MetaValue::U32(if mixed { 15 } else { file_type(ty) })));
+    meta.push(("general.file_type".into(), MetaValue::U32(file_type(ty) + mixed as u32)));
     let mut tensors = Vec::new();
     for (name, w) in crate::export::merged_weights(model, lora, DType::F32)? {
         let g = gguf_name(&name).ok_or_else(|| KilnError::Msg(format!("export: no GGUF name for `{name}`")))?;
@@ -246,7 +249,7 @@ pub fn export_gguf(
         // whole blocks of `ty` falls back to Q8_0 (rows of 32s; e.g. 576-wide rows under
         // Q4_K's 256), else f16 — llama.cpp's quantizer falls back the same way.
         let row = shape.last().copied().unwrap_or(1);
-        let ty = if mixed { mixed_type(&g, c.num_layers, c.tie_word_embeddings) } else { ty };
+        let ty = if mixed { mixed_type(&g, c.num_layers, c.tie_word_embeddings, ty) } else { ty };
         let t = if shape.len() < 2 {
             GgmlType::F32
         } else if row.is_multiple_of(ty.block().0) {

@@ -11,13 +11,15 @@
 //! | Q5_K | 256 | 176 | as Q4_K plus 32 bytes of fifth bits |
 //! | Q6_K | 256 | 210 | 128 bytes low nibbles, 64 bytes high 2-bit pairs, 16 × i8 scales, f16 d; x = d·sc·(q − 32) |
 //! | NF4 | 64 | 36 | f32 absmax, 32 bytes of 4-bit indices into the NF4 table (QLoRA; kiln-only) |
+//! | NF4_DQ | 64 | 33 | u8 scale code 2^((c−192)/12), 32 bytes as NF4 (double quantization; kiln-only) |
 //!
-//! Q4_K and Q6_K are quantized with ggml's reference searches (`q4k`, `q6k`); Q5_K is only
-//! dequantized here.
+//! Q4_K, Q5_K and Q6_K are quantized with ggml's reference searches (`q4k`, `q6k`), byte for
+//! byte as llama.cpp's `quantize_row_q*_K_ref` (fixtures from tools/make_kquant_fixtures.py).
 //!
 //! Quantization follows ggml's reference (and the `gguf` package's numpy port) operation for
 //! operation in f32, so the bytes match.
 
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 use crate::{Error, Result};
@@ -46,6 +48,8 @@ pub enum GgmlType {
     BF16,
     /// QLoRA's NF4 (kiln-only: never read from or written to GGUF).
     NF4,
+    /// NF4 with 8-bit scales (QLoRA's double quantization; kiln-only).
+    NF4DQ,
 }
 
 impl GgmlType {
@@ -93,6 +97,7 @@ impl GgmlType {
             BF16 => 30,
             // Outside ggml's id space; `from_id` never returns NF4.
             NF4 => 0xFFFF_0004,
+            NF4DQ => 0xFFFF_0005,
         }
     }
 
@@ -115,6 +120,7 @@ impl GgmlType {
             Q6K => (256, 210),
             Q8K => (256, 292),
             NF4 => (64, 36),
+            NF4DQ => (64, 33),
         }
     }
 
@@ -138,6 +144,7 @@ impl GgmlType {
             Q8K => "Q8_K",
             BF16 => "BF16",
             NF4 => "NF4",
+            NF4DQ => "NF4_DQ",
         }
     }
 
@@ -164,16 +171,26 @@ pub fn dequantize(t: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
     }
     match t {
         GgmlType::NF4 => nf4::dequantize(bytes, out),
+        GgmlType::NF4DQ => nf4::dequantize_dq(bytes, out),
         GgmlType::F32 => out
             .iter_mut()
             .zip(bytes.chunks_exact(4))
             .for_each(|(o, c)| *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-        GgmlType::F16 => {
-            out.iter_mut().zip(bytes.chunks_exact(2)).for_each(|(o, c)| *o = f16::from_le_bytes([c[0], c[1]]).to_f32())
-        }
-        GgmlType::BF16 => {
-            out.iter_mut().zip(bytes.chunks_exact(2)).for_each(|(o, c)| *o = bf16::from_le_bytes([c[0], c[1]]).to_f32())
-        }
+        // half's slice conversion uses F16C/AVX where the CPU has them (checked at run time).
+        GgmlType::F16 => match bytemuck::try_cast_slice::<u8, f16>(bytes) {
+            Ok(h) if cfg!(target_endian = "little") => h.convert_to_f32_slice(out),
+            _ => out
+                .iter_mut()
+                .zip(bytes.chunks_exact(2))
+                .for_each(|(o, c)| *o = f16::from_le_bytes([c[0], c[1]]).to_f32()),
+        },
+        GgmlType::BF16 => match bytemuck::try_cast_slice::<u8, bf16>(bytes) {
+            Ok(h) if cfg!(target_endian = "little") => h.convert_to_f32_slice(out),
+            _ => out
+                .iter_mut()
+                .zip(bytes.chunks_exact(2))
+                .for_each(|(o, c)| *o = bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+        },
         GgmlType::Q8_0 => {
             for (o, b) in out.chunks_exact_mut(32).zip(bytes.chunks_exact(34)) {
                 let d = f16_at(b, 0);
@@ -230,14 +247,25 @@ pub fn dequantize(t: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
             }
         }
         GgmlType::Q6K => {
+            // ggml's loop: each byte of low nibbles and of high pairs serves four outputs.
             for (o, b) in out.chunks_exact_mut(256).zip(bytes.chunks_exact(210)) {
                 let d = f16_at(b, 208);
-                for (f, x) in o.iter_mut().enumerate() {
-                    let (h, r) = (f / 128, f % 128);
-                    let lo = (b[h * 64 + r % 64] >> (4 * (r / 64))) & 0x0F;
-                    let hi = (b[128 + h * 32 + r % 32] >> (2 * (r / 32))) & 0x03;
-                    let q = (lo | (hi << 4)) as i32 - 32;
-                    *x = d * b[192 + f / 16] as i8 as f32 * q as f32;
+                for h in 0..2 {
+                    let (ql, qh, sc) =
+                        (&b[64 * h..64 * h + 64], &b[128 + 32 * h..160 + 32 * h], &b[192 + 8 * h..200 + 8 * h]);
+                    let y = &mut o[128 * h..128 * h + 128];
+                    for l in 0..32 {
+                        let is = l / 16;
+                        let q = |lo: u8, hi: u8| (lo | (hi << 4)) as i32 - 32;
+                        let q1 = q(ql[l] & 0xF, qh[l] & 3);
+                        let q2 = q(ql[l + 32] & 0xF, (qh[l] >> 2) & 3);
+                        let q3 = q(ql[l] >> 4, (qh[l] >> 4) & 3);
+                        let q4 = q(ql[l + 32] >> 4, (qh[l] >> 6) & 3);
+                        y[l] = d * sc[is] as i8 as f32 * q1 as f32;
+                        y[l + 32] = d * sc[is + 2] as i8 as f32 * q2 as f32;
+                        y[l + 64] = d * sc[is + 4] as i8 as f32 * q3 as f32;
+                        y[l + 96] = d * sc[is + 6] as i8 as f32 * q4 as f32;
+                    }
                 }
             }
         }
@@ -267,7 +295,14 @@ pub fn quantize(t: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(x.len() / bs * ts);
     match t {
         GgmlType::NF4 => nf4::quantize(x, &mut out),
-        GgmlType::Q4K => q4k::quantize(x, &mut out),
+        GgmlType::NF4DQ => nf4::quantize_dq(x, &mut out).map_err(|a| {
+            Error::Msg(format!(
+                "quantize NF4_DQ: a block's absmax {a} is beyond the 8-bit scale's range (≤ {}); use NF4",
+                nf4::dq_max()
+            ))
+        })?,
+        GgmlType::Q4K => q4k::quantize(x, &mut out, false),
+        GgmlType::Q5K => q4k::quantize(x, &mut out, true),
         GgmlType::Q6K => q6k::quantize(x, &mut out),
         GgmlType::F32 => x.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
         GgmlType::F16 => x.iter().for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),

@@ -2,6 +2,15 @@
 //! blocks of 64 values, each stored as its f32 absmax and 64 4-bit indices into a 16-entry
 //! table of normal quantiles scaled to [−1, 1], two per byte (first value in the high nibble,
 //! as bitsandbytes packs them). 36 bytes per 64 values: 4.5 bits per weight. Not a GGUF type.
+//!
+//! NF4_DQ is NF4 with its absmax quantized too (QLoRA's double quantization): a block stores one
+//! byte `c` for its scale, `2^((c − 192) / 12)` (12 steps per octave, 1.6e-5 to 38; 0 means an
+//! all-zero block), then the same 32 bytes. 33 bytes per 64 values: 4.125 bits per weight, as
+//! bitsandbytes' double quantization (4.127). Unlike bitsandbytes, the 8-bit code needs no
+//! second-level constants, so every block — and so every row — stays independent, which the
+//! tiled dequantization inside the matmul needs. The scale is rounded up to the next code and
+//! the values are quantized against the scale actually stored, so nothing clips; the cost is a
+//! grid up to 6 % wider than the block's absmax.
 
 /// The NF4 code table, as bitsandbytes hard-codes it (checked against the normal quantiles
 /// that define it in the tests).
@@ -43,6 +52,75 @@ pub fn quantize(x: &[f32], out: &mut Vec<u8>) {
         let inv = if a > 0.0 { 1.0 / a } else { 0.0 };
         out.extend_from_slice(&a.to_le_bytes());
         out.extend((0..32).map(|j| (code(b[2 * j] * inv) << 4) | code(b[2 * j + 1] * inv)));
+    }
+}
+
+/// 2^(r/12), r = 0..12: NF4_DQ's scale codes are these times powers of two (exact in f32).
+const SEMITONES: [f32; 12] = [
+    1.0,
+    1.059_463_1,
+    1.122_462,
+    1.189_207_1,
+    1.259_921,
+    1.334_839_9,
+    std::f32::consts::SQRT_2,
+    1.498_307_1,
+    1.587_401,
+    1.681_792_8,
+    1.781_797_4,
+    1.887_748_6,
+];
+
+/// The scale of NF4_DQ code `c` (0 → 0).
+pub fn dq_scale(c: u8) -> f32 {
+    if c == 0 {
+        return 0.0;
+    }
+    let e = c as i32 - 192;
+    SEMITONES[e.rem_euclid(12) as usize] * 2f32.powi(e.div_euclid(12))
+}
+
+/// The largest block absmax NF4_DQ represents.
+pub fn dq_max() -> f32 {
+    dq_scale(255)
+}
+
+/// The smallest code whose scale is at least `a` (> 0, ≤ [`dq_max`]).
+fn dq_code(a: f32) -> u8 {
+    let guess = ((12.0 * a.log2()).ceil() as i32 + 192).clamp(1, 255) as u8;
+    // log2 rounding can be off by one step either way: settle against the exact table.
+    let mut c = guess.saturating_sub(1).max(1);
+    while c < 255 && dq_scale(c) < a {
+        c += 1;
+    }
+    c
+}
+
+/// Quantizes blocks of 64 values to NF4_DQ; `Err(absmax)` for a block beyond [`dq_max`].
+pub fn quantize_dq(x: &[f32], out: &mut Vec<u8>) -> Result<(), f32> {
+    for b in x.chunks_exact(64) {
+        // f32::max skips NaN, so a NaN is looked for on its own.
+        let a = b.iter().fold(0f32, |m, v| if m.is_nan() || v.is_nan() { f32::NAN } else { m.max(v.abs()) });
+        if a.is_nan() || a > dq_max() {
+            return Err(a);
+        }
+        let c = if a > 0.0 { dq_code(a) } else { 0 };
+        let s = dq_scale(c);
+        let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+        out.push(c);
+        out.extend((0..32).map(|j| (code(b[2 * j] * inv) << 4) | code(b[2 * j + 1] * inv)));
+    }
+    Ok(())
+}
+
+/// Dequantizes NF4_DQ blocks of 33 bytes into 64 values each.
+pub fn dequantize_dq(bytes: &[u8], out: &mut [f32]) {
+    for (o, b) in out.chunks_exact_mut(64).zip(bytes.chunks_exact(33)) {
+        let a = dq_scale(b[0]);
+        for (j, &q) in b[1..].iter().enumerate() {
+            o[2 * j] = NF4[(q >> 4) as usize] * a;
+            o[2 * j + 1] = NF4[(q & 0x0F) as usize] * a;
+        }
     }
 }
 
@@ -141,6 +219,58 @@ mod tests {
             // erfc's 1.2e-7 limits the check; the Halley step gets the quantiles to ~1e-7.
             assert!((a - b as f64).abs() < 2e-6, "entry {i}: {a} vs {b}");
         }
+    }
+
+    #[test]
+    fn double_quant_scales_are_exact_semitones_and_cover_the_absmax() {
+        for c in 1..=255u8 {
+            let want = 2f64.powf((c as f64 - 192.0) / 12.0);
+            assert!((dq_scale(c) as f64 / want - 1.0).abs() < 1e-7, "code {c}");
+        }
+        assert!(dq_scale(1) < 2e-5 && dq_max() > 37.0);
+        let mut rng = crate::rng::Rng::new(3);
+        for _ in 0..10_000 {
+            let a = (2f64.powf(rng.uniform() * 20.0 - 15.0)) as f32;
+            let c = dq_code(a);
+            // The smallest code at or above the absmax: at most one step (6 %) above it.
+            assert!(dq_scale(c) >= a && (c == 1 || dq_scale(c - 1) < a), "absmax {a} → code {c}");
+        }
+    }
+
+    #[test]
+    fn double_quant_round_trip_is_bounded_and_close_to_nf4() {
+        let mut rng = crate::rng::Rng::new(11);
+        // Blocks of varied scale, as layers have.
+        let x: Vec<f32> = (0..64 * 200).map(|i| (rng.normal() * 0.02 * (1 + i / 64 % 9) as f64) as f32).collect();
+        let mut q = Vec::new();
+        quantize_dq(&x, &mut q).unwrap();
+        assert_eq!(q.len(), 200 * 33);
+        let mut back = vec![0f32; x.len()];
+        dequantize_dq(&q, &mut back);
+        let gap = NF4.windows(2).fold(0f32, |m, w| m.max(w[1] - w[0]));
+        for (b, blk) in x.chunks(64).enumerate() {
+            let s = dq_scale(q[b * 33]);
+            for (&v, &d) in blk.iter().zip(&back[b * 64..]) {
+                assert!((v - d).abs() <= s * gap / 2.0 * 1.0001, "block {b}: {v} → {d}");
+            }
+        }
+        let rmse = |y: &[f32]| (x.iter().zip(y).map(|(a, b)| (a - b) * (a - b)).sum::<f32>() / x.len() as f32).sqrt();
+        let mut q4 = Vec::new();
+        quantize(&x, &mut q4);
+        let mut back4 = vec![0f32; x.len()];
+        dequantize(&q4, &mut back4);
+        let (dq, nf) = (rmse(&back), rmse(&back4));
+        eprintln!("rmse: NF4 {nf:.6}, NF4_DQ {dq:.6} ({:+.1} %)", (dq / nf - 1.0) * 100.0);
+        assert!(dq < nf * 1.06, "NF4_DQ rmse {dq} vs NF4 {nf}");
+        // Beyond the code's range, or not finite: refused, not clipped.
+        assert_eq!(quantize_dq(&[50.0; 64], &mut Vec::new()), Err(50.0));
+        let mut one_nan = [0.5f32; 64];
+        one_nan[3] = f32::NAN;
+        assert!(quantize_dq(&one_nan, &mut Vec::new()).is_err());
+        // Zeros stay zeros.
+        let mut z = Vec::new();
+        quantize_dq(&[0.0; 64], &mut z).unwrap();
+        assert_eq!(z[0], 0);
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! Q4_K quantization, following ggml's reference quantizer (`quantize_row_q4_K_ref`): each
-//! 256-value super-block has 8 sub-blocks of 32; every sub-block gets a scale and a min from a
-//! weighted least-squares search over 21 candidate grids (`make_qkx2_quants`), the 8 scales and
-//! 8 mins are quantized to 6 bits against the super-block's largest, and the values are then
-//! re-quantized to 4 bits against the 6-bit scales actually stored.
+//! Q4_K and Q5_K quantization, following ggml's reference quantizers (`quantize_row_q4_K_ref`,
+//! `quantize_row_q5_K_ref`): each 256-value super-block has 8 sub-blocks of 32; every sub-block
+//! gets a scale and a min from a weighted least-squares search over candidate grids
+//! (`make_qkx2_quants`: 21 for Q4_K, 16 for Q5_K), the 8 scales and 8 mins are quantized to 6
+//! bits against the super-block's largest, and the values are then re-quantized to 4 (5) bits
+//! against the 6-bit scales actually stored. The two share everything but the code width, the
+//! search grid and where the fifth bits go.
 
 use half::f16;
 
@@ -12,8 +14,8 @@ pub(super) fn nearest_int(x: f32) -> i32 {
 }
 
 /// Scale and (negated) min of one sub-block with weights `w`, codes into `l` (0..=nmax).
-fn qkx2(x: &[f32], w: &[f32], l: &mut [u8], nmax: i32) -> (f32, f32) {
-    let (rmin, rdelta, nstep) = (-1.0f32, 0.1f32, 20);
+fn qkx2(x: &[f32], w: &[f32], l: &mut [u8], nmax: i32, rmin: f32, nstep: i32) -> (f32, f32) {
+    let rdelta = 0.1f32;
     let n = x.len();
     let (mut min, mut max) = (x[0], x[0]);
     let (mut sum_w, mut sum_x) = (w[0], w[0] * x[0]);
@@ -74,8 +76,9 @@ fn qkx2(x: &[f32], w: &[f32], l: &mut [u8], nmax: i32) -> (f32, f32) {
     (scale, -min)
 }
 
-/// Quantizes whole 256-value blocks to Q4_K (144 bytes each).
-pub fn quantize(x: &[f32], out: &mut Vec<u8>) {
+/// Quantizes whole 256-value blocks to Q4_K (144 bytes each), or Q5_K (176 bytes) when `q5`.
+pub fn quantize(x: &[f32], out: &mut Vec<u8>, q5: bool) {
+    let (nmax, rmin, nstep) = if q5 { (31, -0.5, 15) } else { (15, -1.0, 20) };
     for xb in x.chunks_exact(256) {
         let mut l = [0u8; 256];
         let (mut scales, mut mins) = ([0f32; 8], [0f32; 8]);
@@ -84,7 +87,7 @@ pub fn quantize(x: &[f32], out: &mut Vec<u8>) {
             let xs = &xb[32 * j..32 * j + 32];
             let av = (xs.iter().map(|v| v * v).sum::<f32>() / 32.0).sqrt();
             let w: Vec<f32> = xs.iter().map(|v| av + v.abs()).collect();
-            let (s, m) = qkx2(xs, &w, &mut l[32 * j..32 * j + 32], 15);
+            let (s, m) = qkx2(xs, &w, &mut l[32 * j..32 * j + 32], nmax, rmin, nstep);
             scales[j] = s;
             mins[j] = m;
             max_scale = max_scale.max(s);
@@ -115,14 +118,18 @@ pub fn quantize(x: &[f32], out: &mut Vec<u8>) {
             }
             let dm = dmin.to_f32() * m6[j] as f32;
             for i in 0..32 {
-                l[32 * j + i] = nearest_int((xb[32 * j + i] + dm) / dj).clamp(0, 15) as u8;
+                l[32 * j + i] = nearest_int((xb[32 * j + i] + dm) / dj).clamp(0, nmax) as u8;
             }
         }
         out.extend_from_slice(&d.to_le_bytes());
         out.extend_from_slice(&dmin.to_le_bytes());
         out.extend_from_slice(&sc);
+        if q5 {
+            // Bit j of qh[i] is the fifth bit of value i of sub-block j.
+            out.extend((0..32).map(|i| (0..8).fold(0u8, |h, j| h | ((l[32 * j + i] >> 4) << j))));
+        }
         for c in (0..256).step_by(64) {
-            out.extend((0..32).map(|i| l[c + i] | (l[c + i + 32] << 4)));
+            out.extend((0..32).map(|i| (l[c + i] & 0x0F) | ((l[c + i + 32] & 0x0F) << 4)));
         }
     }
 }

@@ -7,8 +7,9 @@ use half::f16;
 
 use super::q4k::nearest_int;
 
-/// The scale of one sub-block under 6-bit signed codes (`nmax` 32).
-fn qx_scale(x: &[f32], nmax: i32) -> f32 {
+/// The scale of one sub-block under 6-bit signed codes (`nmax` 32); the chosen grid's codes
+/// (offset by `nmax`) go into `lq`.
+fn qx_scale(x: &[f32], nmax: i32, lq: &mut [u8]) -> f32 {
     let (mut max, mut amax) = (0f32, 0f32);
     for &v in x {
         if v.abs() > amax {
@@ -17,27 +18,35 @@ fn qx_scale(x: &[f32], nmax: i32) -> f32 {
         }
     }
     if amax < 1e-15 {
+        lq.fill(0);
         return 0.0;
     }
-    let sums = |iscale: f32| {
+    // The codes of one grid (offset by nmax) and their weighted sums.
+    let sums = |iscale: f32, lq: Option<&mut [u8]>| {
         let (mut lx, mut l2) = (0f32, 0f32);
-        for &v in x {
-            let l = nearest_int(iscale * v).clamp(-nmax, nmax - 1) as f32;
-            let w = v * v;
+        let mut lq = lq;
+        for (i, &v) in x.iter().enumerate() {
+            let l = nearest_int(iscale * v).clamp(-nmax, nmax - 1);
+            if let Some(q) = lq.as_deref_mut() {
+                q[i] = (l + nmax) as u8;
+            }
+            let (l, w) = (l as f32, v * v);
             lx += w * v * l;
             l2 += w * l * l;
         }
         (lx, l2)
     };
-    let (lx, l2) = sums(-(nmax as f32) / max);
-    let mut scale = lx / l2;
+    let (lx, l2) = sums(-(nmax as f32) / max, Some(lq));
+    let mut scale = if l2 != 0.0 { lx / l2 } else { 0.0 };
     let mut best = scale * lx;
     for is in -9..=9 {
         if is == 0 {
             continue;
         }
-        let (lx, l2) = sums(-(nmax as f32 + 0.1 * is as f32) / max);
+        let iscale = -(nmax as f32 + 0.1 * is as f32) / max;
+        let (lx, l2) = sums(iscale, None);
         if l2 > 0.0 && lx * lx > best * l2 {
+            sums(iscale, Some(lq));
             scale = lx / l2;
             best = scale * lx;
         }
@@ -45,13 +54,14 @@ fn qx_scale(x: &[f32], nmax: i32) -> f32 {
     scale
 }
 
-/// Quantizes whole 256-value blocks to Q6_K (210 bytes each).
 pub fn quantize(x: &[f32], out: &mut Vec<u8>) {
     for xb in x.chunks_exact(256) {
         let mut scales = [0f32; 16];
         let (mut max_scale, mut max_abs) = (0f32, 0f32);
+        // The search's codes stay where a sub-block's stored scale rounds to zero (as ggml).
+        let mut l = [0u8; 256];
         for (j, s) in scales.iter_mut().enumerate() {
-            *s = qx_scale(&xb[16 * j..16 * j + 16], 32);
+            *s = qx_scale(&xb[16 * j..16 * j + 16], 32, &mut l[16 * j..16 * j + 16]);
             if s.abs() > max_abs {
                 max_abs = s.abs();
                 max_scale = *s;
@@ -64,13 +74,11 @@ pub fn quantize(x: &[f32], out: &mut Vec<u8>) {
         let iscale = -128.0 / max_scale;
         let d = f16::from_f32(1.0 / iscale);
         let sc: Vec<i8> = scales.iter().map(|&s| nearest_int(iscale * s).min(127) as i8).collect();
-        let mut l = [0u8; 256];
         for j in 0..16 {
             let dj = d.to_f32() * sc[j] as f32;
             if dj == 0.0 {
-                // ggml leaves such a sub-block's codes as the search left them; with a zero
-                // scale they decode to 0 whatever they are, so 32 (zero) is equivalent.
-                l[16 * j..16 * j + 16].fill(32);
+                // With a zero scale the codes decode to 0 whatever they are; ggml keeps the
+                // search's, and so does kiln, for the same bytes.
                 continue;
             }
             for i in 0..16 {

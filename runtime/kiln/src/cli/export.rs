@@ -24,7 +24,7 @@ pub struct ExportArgs {
     #[arg(long, default_value = "f32")]
     dtype: String,
     /// Block type of a GGUF export's matrices: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q4_k,
-    /// q6_k, or q4_k_m (llama.cpp's mix of Q4_K and Q6_K)
+    /// q5_k, q6_k, or q4_k_m / q5_k_m (llama.cpp's mixes of Q4_K / Q5_K with Q6_K)
     /// (gguf-lora: f32, f16, bf16).
     #[arg(long, default_value = "q8_0")]
     quant: String,
@@ -38,7 +38,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
         let ty = kiln::export_gguf::quant_type(&a.quant)?;
         let path = kiln::models::resolve(a.model.as_deref())?;
         let (model, _, lora) = kiln::models::load_with_adapter(&path, a.adapter.as_deref())?;
-        kiln::export_gguf::export_gguf(&model, lora.as_ref(), &path, ty, a.quant == "q4_k_m", &a.out)?;
+        kiln::export_gguf::export_gguf(&model, lora.as_ref(), &path, ty, a.quant.ends_with("_k_m"), &a.out)?;
         let mb = std::fs::metadata(&a.out).map(|m| m.len() as f64 / 1048576.0).unwrap_or(0.0);
         println!(
             "exported {} {} to {} ({}, {mb:.1} MB)",

@@ -53,7 +53,8 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     method: Option<String>,
-    /// qlora: quantize the base's linear weights at load: nf4, q8_0, q4_0, q4_1, q5_0, q4_k [default:
+    /// qlora: quantize the base's linear weights at load: nf4, nf4_dq (double-quantized NF4,
+    /// 4.125 bits), q8_0, q4_0, q4_1, q5_0, q4_k, q5_k, q6_k [default:
     /// keep a GGUF's block types; nf4 for an unquantized model].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

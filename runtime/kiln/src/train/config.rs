@@ -161,6 +161,9 @@ fn bad(field: &str, why: impl std::fmt::Display) -> KilnError {
     KilnError::Msg(format!("{field}: {why}"))
 }
 
+/// The block types QLoRA can quantize a base to.
+pub const QUANTIZE_NAMES: &str = "nf4, nf4_dq, q8_0, q4_0, q4_1, q5_0, q4_k, q5_k, q6_k";
+
 impl TrainConfig {
     /// Defaults, overlaid by the TOML `file` (when given), overlaid by `flags` (a table of the
     /// settings given on the command line).
@@ -227,7 +230,7 @@ impl TrainConfig {
             return Err(bad("quantize", "only applies to --method qlora"));
         }
         if let Some(q) = &self.quantize {
-            self.quant_type().map_err(|_| bad("quantize", format!("{q}: one of nf4, q8_0, q4_0, q4_1, q5_0, q4_k")))?;
+            self.quant_type().map_err(|_| bad("quantize", format!("{q}: one of {QUANTIZE_NAMES}")))?;
         }
         if !["auto", "cpu", "cuda", "wgpu"].contains(&self.backend.as_str()) {
             return Err(bad("backend", format!("{}: one of auto, cpu, cuda, wgpu", self.backend)));
@@ -235,7 +238,7 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// The block type of `quantize`.
+    /// The block type of `quantize` (names as [`GgmlType::name`] in lower case).
     pub fn quant_type(&self) -> Result<Option<kiln_core::quant::GgmlType>> {
         use kiln_core::quant::GgmlType;
         Ok(match self.quantize.as_deref() {
@@ -245,8 +248,11 @@ impl TrainConfig {
             Some("q4_0") => Some(GgmlType::Q4_0),
             Some("q4_1") => Some(GgmlType::Q4_1),
             Some("q5_0") => Some(GgmlType::Q5_0),
+            Some("nf4_dq") => Some(GgmlType::NF4DQ),
             Some("q4_k") => Some(GgmlType::Q4K),
-            Some(other) => return Err(bad("quantize", format!("{other}: one of nf4, q8_0, q4_0, q4_1, q5_0, q4_k"))),
+            Some("q5_k") => Some(GgmlType::Q5K),
+            Some("q6_k") => Some(GgmlType::Q6K),
+            Some(other) => return Err(bad("quantize", format!("{other}: one of {QUANTIZE_NAMES}"))),
         })
     }
 
