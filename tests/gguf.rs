@@ -194,3 +194,113 @@ fn corrupt_files_are_errors_not_panics() {
     let e = open_err(Path::new("/nonexistent.gguf"));
     assert!(e.contains("/nonexistent.gguf"), "{e}");
 }
+
+/// Random mutations of `seed` (the fuzz targets' stable stand-in: flipped bytes, extreme
+/// little-endian integers, truncation, duplication), deterministic per `i`.
+pub fn mutate(seed: &[u8], i: u64) -> Vec<u8> {
+    let mut rng = kiln::core::rng::Rng::new(i);
+    let mut b = seed.to_vec();
+    for _ in 0..1 + rng.below(4) {
+        let at = rng.below(b.len().max(1));
+        match rng.below(5) {
+            0 => {
+                if let Some(x) = b.get_mut(at) {
+                    *x ^= 1 << rng.below(8);
+                }
+            }
+            1 => {
+                let v: u64 = [0, 1, u32::MAX as u64, u64::MAX, 1 << 60, 1 << 31][rng.below(6)];
+                for (k, byte) in v.to_le_bytes().iter().enumerate() {
+                    if let Some(x) = b.get_mut(at + k) {
+                        *x = *byte;
+                    }
+                }
+            }
+            2 => b.truncate(at),
+            3 => {
+                let end = (at + rng.below(64)).min(b.len());
+                let chunk = b[at..end].to_vec();
+                b.splice(at..at, chunk);
+            }
+            _ => {
+                if let Some(x) = b.get_mut(at) {
+                    *x = rng.below(256) as u8;
+                }
+            }
+        }
+    }
+    b
+}
+
+/// The `gguf_header` fuzz target's property on 20 000 mutations of the fixtures: an error or
+/// a header whose tensors lie inside the bytes; never a panic.
+#[test]
+fn gguf_header_survives_mutations() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf");
+    let (mut ok, mut err) = (0, 0);
+    for name in ["quants.gguf", "kquants.gguf"] {
+        let seed = std::fs::read(dir.join(name)).unwrap();
+        for i in 0..10_000 {
+            let b = mutate(&seed, i);
+            match kiln::formats::gguf::parse_header(&b, Path::new(name)) {
+                Ok(h) => {
+                    ok += 1;
+                    for t in &h.tensors {
+                        assert!(t.start + t.n_bytes <= b.len(), "mutation {i} of {name}: {} out of bounds", t.name);
+                    }
+                }
+                Err(e) => {
+                    err += 1;
+                    assert!(e.to_string().contains(name), "errors name the file: {e}");
+                }
+            }
+        }
+    }
+    eprintln!("gguf mutations: {ok} parsed, {err} refused");
+    assert!(ok > 100 && err > 1000, "the mutations must exercise both outcomes ({ok} ok, {err} refused)");
+}
+
+/// The `safetensors_header` fuzz target's property, likewise.
+#[test]
+fn safetensors_header_survives_mutations() {
+    let seed = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/safetensors_header/small.safetensors"),
+    )
+    .unwrap();
+    let (mut ok, mut err) = (0, 0);
+    for i in 0..20_000 {
+        let b = mutate(&seed, i);
+        match kiln::formats::safetensors::index_safetensors(&b, Path::new("m.safetensors")) {
+            Ok(ts) => {
+                ok += 1;
+                for (name, dtype, shape, start) in ts {
+                    let end = start + dtype.bytes(shape.iter().product());
+                    assert!(end <= b.len(), "mutation {i}: {name} out of bounds");
+                }
+            }
+            Err(e) => {
+                err += 1;
+                assert!(e.to_string().contains("m.safetensors"), "errors name the file: {e}");
+            }
+        }
+    }
+    eprintln!("safetensors mutations: {ok} parsed, {err} refused");
+    assert!(ok > 100 && err > 1000, "the mutations must exercise both outcomes ({ok} ok, {err} refused)");
+}
+
+/// Inputs the fuzz targets once crashed on (tests/fixtures/gguf/fuzz-regressions): each is now
+/// refused with an error.
+#[test]
+fn fuzz_regressions_are_refused() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf/fuzz-regressions");
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let b = std::fs::read(&p).unwrap();
+        let err = kiln::formats::gguf::parse_header(&b, &p).err();
+        assert!(err.is_some(), "{} parsed", p.display());
+        assert!(GgufFile::open(&p).is_err());
+        n += 1;
+    }
+    assert!(n >= 1);
+}

@@ -189,94 +189,103 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// The validated header of a GGUF file: every count, size and offset checked against `b`.
+pub struct GgufHeader {
+    pub version: u32,
+    pub metadata: Vec<(String, MetaValue)>,
+    pub tensors: Vec<GgufTensor>,
+    pub alignment: usize,
+}
+
+/// Parses and validates the header of the GGUF bytes `b` (`path` names them in errors). The
+/// fuzz target `gguf_header` (fuzz/) drives this with arbitrary bytes.
+pub fn parse_header(b: &[u8], path: &Path) -> Result<GgufHeader> {
+    let mut c = Cursor { b, pos: 0, path };
+    if c.take(4, "magic").ok() != Some(b"GGUF".as_slice()) {
+        return Err(KilnError::Msg(format!("{}: not a GGUF file (magic is not `GGUF`)", path.display())));
+    }
+    let version = c.u32("version")?;
+    if !(2..=3).contains(&version) {
+        return Err(c.err(&format!("version {version} is not supported (2, 3)")));
+    }
+    // Minimal sizes: a tensor info is ≥ 24 bytes, a key/value ≥ 13.
+    let n_tensors = c.u64("tensor count")?;
+    let n_kv = c.count("metadata count", 13)?;
+    let mut metadata = Vec::with_capacity(n_kv);
+    for _ in 0..n_kv {
+        let key = c.string("metadata key")?;
+        let ty = c.u32(&key)?;
+        let v = c.value(ty, &key, 0)?;
+        metadata.push((key, v));
+    }
+    if n_tensors > (c.left() / 24) as u64 {
+        return Err(c.err(&format!("tensor count {n_tensors} cannot fit in the {} bytes left", c.left())));
+    }
+    let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
+        None => 32,
+        Some((_, v)) => match v.as_u64() {
+            Some(a) if a > 0 && a.is_power_of_two() && a <= 1 << 20 => a as usize,
+            _ => return Err(c.err(&format!("general.alignment {v:?} must be a power of two"))),
+        },
+    };
+    let mut infos = Vec::with_capacity(n_tensors as usize);
+    for _ in 0..n_tensors {
+        let name = c.string("tensor name")?;
+        let nd = c.u32(&name)?;
+        if nd == 0 || nd > MAX_DIMS {
+            return Err(c.err(&format!("tensor `{name}`: {nd} dimensions (1 to {MAX_DIMS})")));
+        }
+        let mut dims = Vec::with_capacity(nd as usize);
+        for _ in 0..nd {
+            dims.push(c.u64(&name)?);
+        }
+        let tid = c.u32(&name)?;
+        let ty = GgmlType::from_id(tid).ok_or_else(|| c.err(&format!("tensor `{name}`: unknown type id {tid}")))?;
+        let off = c.u64(&name)?;
+        infos.push((name, dims, ty, off));
+    }
+    let data_start = c.pos.div_ceil(alignment) * alignment;
+    // Even an empty tensor's offset must lie inside the file (found by the fuzz target: a
+    // zero-sized tensor past the end passed the size check, and slicing it would panic).
+    if !infos.is_empty() && data_start > b.len() {
+        return Err(c.err(&format!("tensor data would start at byte {data_start}, past the end of the file")));
+    }
+    let data_len = b.len().saturating_sub(data_start) as u64;
+    let mut tensors = Vec::with_capacity(infos.len());
+    for (name, dims, ty, off) in infos {
+        let bad = |what: String| KilnError::Msg(format!("{}: tensor `{name}`: {what}", path.display()));
+        let numel = dims
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| bad(format!("dims {dims:?} overflow")))?;
+        if dims[0] % ty.block().0 as u64 != 0 {
+            return Err(bad(format!(
+                "row length {} is not a multiple of the {} block size {}",
+                dims[0],
+                ty.name(),
+                ty.block().0
+            )));
+        }
+        let n_bytes =
+            ty.bytes_for(numel).ok_or_else(|| bad(format!("{numel} values of {} do not fit in a file", ty.name())))?;
+        if off % alignment as u64 != 0 {
+            return Err(bad(format!("data offset {off} is not aligned to {alignment}")));
+        }
+        if off.checked_add(n_bytes).is_none_or(|e| e > data_len) {
+            return Err(bad(format!("data {off}+{n_bytes} lies outside the file's {data_len} data bytes")));
+        }
+        tensors.push(GgufTensor { name, ty, dims, start: data_start + off as usize, n_bytes: n_bytes as usize });
+    }
+    Ok(GgufHeader { version, metadata, tensors, alignment })
+}
+
 impl GgufFile {
     /// Opens and validates a GGUF file.
     pub fn open(path: &Path) -> Result<GgufFile> {
         let file = File::open(path).map_err(|e| KilnError::io(path, e))?;
         // SAFETY: read-only map of a model file kiln does not modify while it is open.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| KilnError::io(path, e))?;
-        let (version, metadata, tensors, alignment) = {
-            let mut c = Cursor { b: &map, pos: 0, path };
-            if c.take(4, "magic").ok() != Some(b"GGUF".as_slice()) {
-                return Err(KilnError::Msg(format!("{}: not a GGUF file (magic is not `GGUF`)", path.display())));
-            }
-            let version = c.u32("version")?;
-            if !(2..=3).contains(&version) {
-                return Err(c.err(&format!("version {version} is not supported (2, 3)")));
-            }
-            // Minimal sizes: a tensor info is ≥ 24 bytes, a key/value ≥ 13.
-            let n_tensors = c.u64("tensor count")?;
-            let n_kv = c.count("metadata count", 13)?;
-            let mut metadata = Vec::with_capacity(n_kv);
-            for _ in 0..n_kv {
-                let key = c.string("metadata key")?;
-                let ty = c.u32(&key)?;
-                let v = c.value(ty, &key, 0)?;
-                metadata.push((key, v));
-            }
-            if n_tensors > (c.left() / 24) as u64 {
-                return Err(c.err(&format!("tensor count {n_tensors} cannot fit in the {} bytes left", c.left())));
-            }
-            let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
-                None => 32,
-                Some((_, v)) => match v.as_u64() {
-                    Some(a) if a > 0 && a.is_power_of_two() && a <= 1 << 20 => a as usize,
-                    _ => return Err(c.err(&format!("general.alignment {v:?} must be a power of two"))),
-                },
-            };
-            let mut infos = Vec::with_capacity(n_tensors as usize);
-            for _ in 0..n_tensors {
-                let name = c.string("tensor name")?;
-                let nd = c.u32(&name)?;
-                if nd == 0 || nd > MAX_DIMS {
-                    return Err(c.err(&format!("tensor `{name}`: {nd} dimensions (1 to {MAX_DIMS})")));
-                }
-                let mut dims = Vec::with_capacity(nd as usize);
-                for _ in 0..nd {
-                    dims.push(c.u64(&name)?);
-                }
-                let tid = c.u32(&name)?;
-                let ty =
-                    GgmlType::from_id(tid).ok_or_else(|| c.err(&format!("tensor `{name}`: unknown type id {tid}")))?;
-                let off = c.u64(&name)?;
-                infos.push((name, dims, ty, off));
-            }
-            let data_start = c.pos.div_ceil(alignment) * alignment;
-            let data_len = map.len().saturating_sub(data_start) as u64;
-            let mut tensors = Vec::with_capacity(infos.len());
-            for (name, dims, ty, off) in infos {
-                let bad = |what: String| KilnError::Msg(format!("{}: tensor `{name}`: {what}", path.display()));
-                let numel = dims
-                    .iter()
-                    .try_fold(1u64, |a, &d| a.checked_mul(d))
-                    .ok_or_else(|| bad(format!("dims {dims:?} overflow")))?;
-                if dims[0] % ty.block().0 as u64 != 0 {
-                    return Err(bad(format!(
-                        "row length {} is not a multiple of the {} block size {}",
-                        dims[0],
-                        ty.name(),
-                        ty.block().0
-                    )));
-                }
-                let n_bytes = ty
-                    .bytes_for(numel)
-                    .ok_or_else(|| bad(format!("{numel} values of {} do not fit in a file", ty.name())))?;
-                if off % alignment as u64 != 0 {
-                    return Err(bad(format!("data offset {off} is not aligned to {alignment}")));
-                }
-                if off.checked_add(n_bytes).is_none_or(|e| e > data_len) {
-                    return Err(bad(format!("data {off}+{n_bytes} lies outside the file's {data_len} data bytes")));
-                }
-                tensors.push(GgufTensor {
-                    name,
-                    ty,
-                    dims,
-                    start: data_start + off as usize,
-                    n_bytes: n_bytes as usize,
-                });
-            }
-            (version, metadata, tensors, alignment)
-        };
+        let GgufHeader { version, metadata, tensors, alignment } = parse_header(&map, path)?;
         Ok(GgufFile { path: path.to_path_buf(), version, metadata, tensors, alignment, map: Arc::new(map) })
     }
 

@@ -45,6 +45,25 @@ fn dtype_of(d: safetensors::Dtype) -> Option<DType> {
     })
 }
 
+/// The tensors of safetensors bytes `b` (`path` names them in errors): name, dtype, shape and
+/// the byte offset of the data, every size and offset checked against `b`. The fuzz target
+/// `safetensors_header` (fuzz/) drives this with arbitrary bytes.
+pub fn index_safetensors(b: &[u8], path: &Path) -> Result<Vec<(String, DType, Vec<usize>, usize)>> {
+    let st = safetensors::SafeTensors::deserialize(b)
+        .map_err(|e| KilnError::Safetensors { path: path.to_path_buf(), detail: e.to_string() })?;
+    let mut out = Vec::new();
+    for (name, view) in st.tensors() {
+        let dtype = dtype_of(view.dtype()).ok_or_else(|| KilnError::Tensor {
+            path: path.to_path_buf(),
+            tensor: name.clone(),
+            detail: format!("dtype {:?} is not supported (f32, f64, f16, bf16, i32)", view.dtype()),
+        })?;
+        let start = view.data().as_ptr() as usize - b.as_ptr() as usize;
+        out.push((name, dtype, view.shape().to_vec(), start));
+    }
+    Ok(out)
+}
+
 impl WeightStore {
     /// Opens `model.safetensors`, or the shards named by `model.safetensors.index.json`, in `dir`
     /// (or a single `.safetensors` file given directly).
@@ -128,15 +147,7 @@ impl WeightStore {
             // SAFETY: the map is read-only; kiln never writes model files while they are mapped.
             // A file truncated by another process under the map is outside what we can guard.
             let map = unsafe { Mmap::map(&file) }.map_err(|e| KilnError::io(path, e))?;
-            let st = safetensors::SafeTensors::deserialize(&map)
-                .map_err(|e| KilnError::Safetensors { path: path.clone(), detail: e.to_string() })?;
-            for (name, view) in st.tensors() {
-                let dtype = dtype_of(view.dtype()).ok_or_else(|| KilnError::Tensor {
-                    path: path.clone(),
-                    tensor: name.clone(),
-                    detail: format!("dtype {:?} is not supported (f32, f64, f16, bf16, i32)", view.dtype()),
-                })?;
-                let start = view.data().as_ptr() as usize - map.as_ptr() as usize;
+            for (name, dtype, shape, start) in index_safetensors(&map, path)? {
                 if entries.contains_key(&name) {
                     return Err(KilnError::Tensor {
                         path: path.clone(),
@@ -144,7 +155,7 @@ impl WeightStore {
                         detail: "appears in two shards".into(),
                     });
                 }
-                entries.insert(name, Entry { shard: si, dtype, shape: view.shape().to_vec(), start });
+                entries.insert(name, Entry { shard: si, dtype, shape, start });
             }
             shards.push(Shard { path: path.clone(), map: Arc::new(map) });
         }
