@@ -45,10 +45,13 @@ fn dtype_of(d: safetensors::Dtype) -> Option<DType> {
     })
 }
 
+/// A tensor of a safetensors file: name, dtype, shape, byte offset of its data.
+pub type IndexEntry = (String, DType, Vec<usize>, usize);
+
 /// The tensors of safetensors bytes `b` (`path` names them in errors): name, dtype, shape and
 /// the byte offset of the data, every size and offset checked against `b`. The fuzz target
 /// `safetensors_header` (fuzz/) drives this with arbitrary bytes.
-pub fn index_safetensors(b: &[u8], path: &Path) -> Result<Vec<(String, DType, Vec<usize>, usize)>> {
+pub fn index_safetensors(b: &[u8], path: &Path) -> Result<Vec<IndexEntry>> {
     let st = safetensors::SafeTensors::deserialize(b)
         .map_err(|e| KilnError::Safetensors { path: path.to_path_buf(), detail: e.to_string() })?;
     let mut out = Vec::new();
