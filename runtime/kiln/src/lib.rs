@@ -9,6 +9,7 @@
 pub mod adapters;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod export;
 pub mod export_gguf;
 pub mod formats;

@@ -1,0 +1,1 @@
+//! Running evaluations: loss/perplexity under training masking and generation scored against references.
