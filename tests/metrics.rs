@@ -67,7 +67,10 @@ fn rouge_matches_rouge_score() {
             for (name, got) in [("rouge1", s.rouge1), ("rouge2", s.rouge2), ("rougeL", s.rouge_l)] {
                 let want: Vec<f64> = p[mode][name].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
                 for (what, g, w) in [("p", got.p, want[0]), ("r", got.r, want[1]), ("f", got.f, want[2])] {
-                    assert!((g - w).abs() < 1e-4, "pair {i} {mode} {name}.{what}: {g} vs rouge-score {w} ({t:?} / {h:?})");
+                    assert!(
+                        (g - w).abs() < 1e-4,
+                        "pair {i} {mode} {name}.{what}: {g} vs rouge-score {w} ({t:?} / {h:?})"
+                    );
                 }
             }
         }

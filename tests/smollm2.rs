@@ -111,7 +111,7 @@ fn smollm2_greedy_answer_matches_transformers() {
     let prompt: Vec<i32> = tok.encode(&text).unwrap().ids.iter().map(|&i| i as i32).collect();
     assert_eq!(prompt, ids("chat_prompt_ids"), "chat prompt tokens");
     let model = Llama::load(&path, false).unwrap();
-    let opts = GenOptions { max_new_tokens: 16, temperature: 0.0, seed: 0 };
+    let opts = GenOptions { max_new_tokens: 16, ..Default::default() };
     let out = generate(&model, &prompt, &[tok.eos.as_ref().unwrap().id as i32], &opts, None).unwrap();
     assert_eq!(out, ids("greedy_ids"), "greedy tokens");
     let answer = tok.decode(&out.iter().map(|&i| i as u32).collect::<Vec<_>>()).unwrap();

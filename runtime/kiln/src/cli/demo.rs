@@ -214,7 +214,7 @@ fn exact_match(
     let (bos, eos) =
         (tok.bos.as_ref().map_or("", |s| s.text.as_str()), tok.eos.as_ref().map_or("", |s| s.text.as_str()));
     let stop: Vec<i32> = tok.eos.iter().map(|s| s.id as i32).collect();
-    let opts = GenOptions { max_new_tokens: 48, temperature: 0.0, seed: 0 };
+    let opts = GenOptions { max_new_tokens: 48, ..Default::default() };
     let pb = progress(pairs.len());
     pb.set_message(label.to_string());
     let (mut hits, mut answers) = (0, Vec::new());

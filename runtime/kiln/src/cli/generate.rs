@@ -1,33 +1,68 @@
 //! `kiln generate`: text from a model, through its chat template unless `--raw`.
 
+use std::io::Write;
 use std::path::PathBuf;
-use std::time::Instant;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
 use clap::Args;
 use kiln::data::template::ChatTemplate;
 use kiln::data::{Message, Role};
-use kiln::generate::{GenOptions, generate_with_logprobs};
+use kiln::generate::{GenOptions, chat_prompt, generate_text, raw_prompt};
+
+/// Sampling flags shared by `generate`, `chat` and `eval`.
+#[derive(Args, Debug, Clone)]
+pub struct SamplingArgs {
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// 0 decodes greedily.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Sample from the k most likely tokens only (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Nucleus sampling: the smallest set of tokens whose probability reaches p (1: all).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Above 1 discourages repeating tokens of the prompt and output (transformers' rule).
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop when this text appears (repeatable); it is cut from the output. EOS always stops.
+    #[arg(long = "stop")]
+    pub stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    pub fn options(&self) -> GenOptions {
+        GenOptions {
+            max_new_tokens: self.max_new_tokens,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+        }
+    }
+}
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// A .gguf file or a model directory with tokenizer.json [default: SmolLM2 from the model
-    /// cache].
+    /// A .gguf file or a model directory with tokenizer.json (a merged export works too)
+    /// [default: SmolLM2 from the model cache].
     #[arg(long)]
     model: Option<PathBuf>,
     /// The user message (or the raw text with --raw).
+    #[arg(long, required_unless_present = "prompt_file", conflicts_with = "prompt_file")]
+    prompt: Option<String>,
+    /// Read the prompt from a file instead.
     #[arg(long)]
-    prompt: String,
+    prompt_file: Option<PathBuf>,
     /// An optional system message.
     #[arg(long)]
     system: Option<String>,
-    #[arg(long, default_value_t = 64)]
-    max_new_tokens: usize,
-    /// 0 decodes greedily.
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f64,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Continue the text as is, without the chat template.
     #[arg(long)]
     raw: bool,
@@ -35,16 +70,22 @@ pub struct GenerateArgs {
     #[arg(long)]
     adapter: Option<PathBuf>,
     /// Print JSON only: {"prompt_tokens", "prompt_ids", "tokens": [ids], "logprobs": [log p of
-    /// each new token], "text", "tokens_per_s"}.
+    /// each new token], "text", "stop": "eos"|"stop_string"|"length", "prompt_s",
+    /// "prompt_tokens_per_s", "decode_s", "tokens_per_s"}.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
+    let prompt_text = match (&a.prompt, &a.prompt_file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        (None, None) => return Err(anyhow!("--prompt or --prompt-file is required")),
+    };
     let path = kiln::models::resolve(a.model.as_deref())?;
     let (model, tok, lora) = kiln::models::load_with_adapter(&path, a.adapter.as_deref())?;
-    let text = if a.raw {
-        a.prompt.clone()
+    let prompt = if a.raw {
+        raw_prompt(&tok, &prompt_text)?
     } else {
         let src =
             tok.chat_template.as_deref().ok_or_else(|| anyhow!("{}: no chat template; use --raw", path.display()))?;
@@ -53,35 +94,35 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         if let Some(s) = &a.system {
             msgs.push(Message { role: Role::System, content: s.clone() });
         }
-        msgs.push(Message { role: Role::User, content: a.prompt.clone() });
-        let (bos, eos) =
-            (tok.bos.as_ref().map_or("", |s| s.text.as_str()), tok.eos.as_ref().map_or("", |s| s.text.as_str()));
-        t.render(&msgs, true, bos, eos)?
+        msgs.push(Message { role: Role::User, content: prompt_text });
+        chat_prompt(&tok, &t, &msgs)?
     };
-    let mut prompt: Vec<i32> = tok.encode(&text)?.ids.iter().map(|&i| i as i32).collect();
-    if let Some(b) = tok.bos.as_ref().filter(|_| a.raw && tok.add_bos) {
-        prompt.insert(0, b.id as i32);
-    }
-    let stop: Vec<i32> = tok.eos.iter().map(|s| s.id as i32).collect();
-    let t0 = Instant::now();
-    let opts = GenOptions { max_new_tokens: a.max_new_tokens, temperature: a.temperature, seed: a.seed };
-    let (out, logprobs) = generate_with_logprobs(&model, &prompt, &stop, &opts, lora.as_ref())?;
-    let el = t0.elapsed().as_secs_f64();
-    let shown: Vec<u32> = out.iter().filter(|t| !stop.contains(t)).map(|&t| t as u32).collect();
-    let completion = tok.decode(&shown)?;
+    let opts = a.sampling.options();
+    let mut stdout = std::io::stdout();
+    let out = generate_text(&model, &tok, &prompt, &opts, &a.sampling.stop, lora.as_ref(), &mut |s| {
+        if !a.json {
+            // Streamed as decoded; a closed stdout only ends the stream.
+            let _ = stdout.write_all(s.as_bytes()).and_then(|_| stdout.flush());
+        }
+    })?;
+    let g = &out.generated;
+    let n = g.tokens.len();
+    let (prompt_tps, tps) = (prompt.len() as f64 / g.prompt_s.max(1e-9), n as f64 / g.decode_s.max(1e-9));
     if a.json {
         println!(
             "{}",
-            serde_json::json!({"prompt_tokens": prompt.len(), "prompt_ids": prompt, "tokens": out, "logprobs": logprobs, "text": completion, "tokens_per_s": out.len() as f64 / el})
+            serde_json::json!({"prompt_tokens": prompt.len(), "prompt_ids": prompt, "tokens": g.tokens,
+                "logprobs": g.logprobs, "text": out.text, "stop": g.stop.name(), "prompt_s": g.prompt_s,
+                "prompt_tokens_per_s": prompt_tps, "decode_s": g.decode_s, "tokens_per_s": tps})
         );
     } else {
-        println!("{completion}");
+        println!();
         eprintln!(
-            "({} prompt tokens, {} new in {:.2}s, {:.1} tokens/s)",
+            "({} prompt tokens in {:.2}s, {prompt_tps:.1} tokens/s; {n} new in {:.2}s, {tps:.1} tokens/s; stop: {})",
             prompt.len(),
-            out.len(),
-            el,
-            out.len() as f64 / el
+            g.prompt_s,
+            g.decode_s,
+            g.stop.name()
         );
     }
     Ok(())

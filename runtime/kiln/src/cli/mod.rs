@@ -1,8 +1,10 @@
 //! clap commands.
 
 mod bench;
+mod chat;
 mod data;
 mod demo;
+mod eval;
 mod export;
 mod generate;
 mod train;
@@ -42,8 +44,17 @@ pub enum Cmd {
     /// Export a tuned model: --format merged writes a transformers folder with the adapter
     /// merged into the weights.
     Export(export::ExportArgs),
-    /// Generate text with the KV cache (greedy by default), through the model's chat template.
+    /// Generate text with the KV cache (greedy by default, or temperature / top-k / top-p /
+    /// repetition penalty), through the model's chat template, streaming as it decodes.
     Generate(generate::GenerateArgs),
+    /// Chat with a model (and adapter) in a loop that keeps the conversation: /reset, /system,
+    /// /params, /quit; --compare answers with the base and the tuned model side by side.
+    Chat(chat::ChatArgs),
+    /// Evaluate a model (with --adapter, optionally against the base): loss, perplexity, and
+    /// exact match / BLEU / ROUGE of generated answers against the data's references.
+    Eval(Box<eval::EvalArgs>),
+    /// Score saved predictions against references: accuracy, BLEU, ROUGE.
+    Score(eval::ScoreArgs),
     /// Dataset tools.
     #[command(subcommand)]
     Data(data::DataCmd),
@@ -60,6 +71,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Bench(b) => bench::run(b),
         Cmd::Data(d) => data::run(d),
         Cmd::Generate(g) => generate::run(g),
+        Cmd::Chat(c) => chat::run(c),
+        Cmd::Eval(e) => eval::run(*e),
+        Cmd::Score(s) => eval::score(s),
         Cmd::Train(t) => train::run(*t),
         Cmd::Export(e) => export::run(e),
     }

@@ -166,6 +166,15 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     eval_samples: Option<usize>,
+    /// Also score generated answers at each evaluation: comma-separated accuracy, bleu, rouge
+    /// (on --eval-samples rows, greedy; slow, so keep the sample small) [default: none].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eval_metrics: Option<String>,
+    /// New-token budget of those generations [default: 128].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eval_max_new_tokens: Option<usize>,
     /// Force the data format: prompt-completion, messages, sharegpt, alpaca, text.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -338,7 +347,11 @@ fn train_with_progress(t: &mut Trainer) -> Result<Summary> {
                 eprintln!("step {}/{}: {msg} epoch {:.2} grad norm {:.3}", s.step, s.total, s.epoch, s.grad_norm);
             }
         }
-        Event::Eval { step, loss } => say(&pb, format!("eval @ step {step}: loss {loss:.4}, ppl {:.2}", loss.exp())),
+        Event::Eval { step, loss, scores } => {
+            let extra: String =
+                scores.map_or(String::new(), |s| s.rows().iter().map(|(k, v)| format!(", {k} {v:.2}")).collect());
+            say(&pb, format!("eval @ step {step}: loss {loss:.4}, ppl {:.2}{extra}", loss.exp()))
+        }
         Event::Saved { step, path } => say(&pb, format!("checkpoint @ step {step}: {}", path.display())),
     };
     let s = t.run(&mut on);

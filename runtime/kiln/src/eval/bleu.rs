@@ -112,9 +112,10 @@ mod tests {
 
     #[test]
     fn tokenizes_like_mteval() {
-        assert_eq!(tokenize_13a("Hello, world. 3.14 and 1,000 - x-ray 5-6"), [
-            "Hello", ",", "world", ".", "3.14", "and", "1,000", "-", "x-ray", "5", "-", "6"
-        ]);
+        assert_eq!(
+            tokenize_13a("Hello, world. 3.14 and 1,000 - x-ray 5-6"),
+            ["Hello", ",", "world", ".", "3.14", "and", "1,000", "-", "x-ray", "5", "-", "6"]
+        );
         assert_eq!(tokenize_13a("a &amp; b &lt;c&gt; \"q\""), ["a", "&", "b", "<", "c", ">", "\"", "q", "\""]);
     }
 

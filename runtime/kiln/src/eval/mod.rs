@@ -138,7 +138,11 @@ impl Scores {
             r.push(("BLEU", b));
         }
         if let Some(x) = self.rouge {
-            r.extend([("ROUGE-1 F", 100.0 * x.rouge1.f), ("ROUGE-2 F", 100.0 * x.rouge2.f), ("ROUGE-L F", 100.0 * x.rouge_l.f)]);
+            r.extend([
+                ("ROUGE-1 F", 100.0 * x.rouge1.f),
+                ("ROUGE-2 F", 100.0 * x.rouge2.f),
+                ("ROUGE-L F", 100.0 * x.rouge_l.f),
+            ]);
         }
         r
     }

@@ -56,7 +56,7 @@ pub struct TrainConfig {
     pub eval_split: f64,
     pub out: PathBuf,
     pub method: Method,
-    /// Quantize the frozen base's linear weights at load (qlora): nf4, q8_0, q4_0, q4_1, q5_0, q4_k.
+    /// Quantize the frozen base's linear weights at load (qlora): one of [`QUANTIZE_NAMES`].
     pub quantize: Option<String>,
     pub epochs: f64,
     /// Stop after this many optimizer steps (overrides `epochs`).
@@ -100,6 +100,11 @@ pub struct TrainConfig {
     pub eval_steps: usize,
     /// Evaluate on at most this many held-out rows (0: all).
     pub eval_samples: usize,
+    /// Generation metrics at each evaluation (accuracy, bleu, rouge; empty: loss only), on the
+    /// `eval_samples` rows with greedy decoding.
+    pub eval_metrics: String,
+    /// New-token budget of those generations.
+    pub eval_max_new_tokens: usize,
     /// Force the data format instead of detecting it.
     pub format: Option<String>,
     /// Built-in chat template when the model has none: chatml, llama3, mistral, alpaca.
@@ -148,6 +153,8 @@ impl Default for TrainConfig {
             save_total_limit: 0,
             eval_steps: 0,
             eval_samples: 0,
+            eval_metrics: String::new(),
+            eval_max_new_tokens: 128,
             format: None,
             template: None,
             skip_invalid: false,
@@ -228,6 +235,13 @@ impl TrainConfig {
         }
         if self.quantize.is_some() && self.method != Method::Qlora {
             return Err(bad("quantize", "only applies to --method qlora"));
+        }
+        if !self.eval_metrics.trim().is_empty() {
+            let m =
+                crate::eval::Metric::parse_list(&self.eval_metrics).map_err(|e| bad("eval_metrics", e.to_string()))?;
+            if m.iter().any(|m| !m.needs_generation()) {
+                return Err(bad("eval_metrics", "accuracy, bleu and rouge (loss and perplexity are always evaluated)"));
+            }
         }
         if let Some(q) = &self.quantize {
             self.quant_type().map_err(|_| bad("quantize", format!("{q}: one of {QUANTIZE_NAMES}")))?;

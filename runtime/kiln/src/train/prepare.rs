@@ -28,6 +28,8 @@ pub struct Prepared {
     pub report: LoadReport,
     pub pad: i32,
     pub template: Option<String>,
+    /// The tokenizer and template the rows were rendered with (generation at evaluation).
+    pub renderer: Renderer,
 }
 
 /// The chat template: `--template` by name, else the tokenizer's own.
@@ -102,6 +104,7 @@ pub fn prepare(cfg: &TrainConfig, tokenizer: TextTokenizer, max_len: usize) -> R
         report,
         pad,
         template: origin,
+        renderer: r,
     })
 }
 

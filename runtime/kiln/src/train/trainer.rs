@@ -30,8 +30,16 @@ use crate::{KilnError, Result};
 /// What the loop reports as it goes.
 pub enum Event<'a> {
     Step(&'a StepLog),
-    Eval { step: usize, loss: f64 },
-    Saved { step: usize, path: &'a Path },
+    /// Held-out loss, and the generation metrics when `eval_metrics` asks for them.
+    Eval {
+        step: usize,
+        loss: f64,
+        scores: Option<&'a crate::eval::Scores>,
+    },
+    Saved {
+        step: usize,
+        path: &'a Path,
+    },
 }
 
 /// One optimizer step.
@@ -323,6 +331,45 @@ impl Trainer {
         Ok(Some(l))
     }
 
+    /// The generation metrics of `eval_metrics` on the held-out rows (greedy), or `None`.
+    pub fn generation_scores(&self) -> Result<Option<crate::eval::Scores>> {
+        use crate::eval::{Metric, Scores, TextOptions, run};
+        if self.cfg.eval_metrics.trim().is_empty() {
+            return Ok(None);
+        }
+        let metrics = Metric::parse_list(&self.cfg.eval_metrics)?;
+        let r = &self.data.renderer;
+        let rows = run::gen_rows(&self.data.eval_examples, r.template.as_ref().is_some());
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let opts = crate::generate::GenOptions { max_new_tokens: self.cfg.eval_max_new_tokens, ..Default::default() };
+        let preds = run::predict(
+            &self.model,
+            self.lora.as_ref(),
+            &r.tokenizer,
+            r.template.as_ref(),
+            &rows,
+            &opts,
+            &[],
+            &mut |_| {},
+        )?;
+        let p: Vec<&str> = preds.iter().map(|p| p.prediction.as_str()).collect();
+        let refs: Vec<&str> = preds.iter().map(|p| p.reference.as_str()).collect();
+        Ok(Some(Scores::of_texts(&p, &refs, &metrics, TextOptions::default())))
+    }
+
+    /// The `metrics.jsonl` line of an evaluation.
+    fn eval_line(step: usize, loss: f64, scores: Option<&crate::eval::Scores>) -> serde_json::Value {
+        let mut v = serde_json::json!({"kind": "eval", "step": step, "eval_loss": loss, "eval_ppl": loss.exp()});
+        if let (Some(s), Some(o)) = (scores, v.as_object_mut())
+            && let serde_json::Value::Object(m) = s.metrics_json()
+        {
+            o.extend(m);
+        }
+        v
+    }
+
     /// Runs the remaining steps, evaluating and saving as configured, logging each step to
     /// `OUT/metrics.jsonl` and to `on`.
     pub fn run(&mut self, on: &mut dyn FnMut(Event<'_>)) -> Result<Summary> {
@@ -352,8 +399,9 @@ impl Trainer {
         if self.step == 0
             && let Some(l) = self.eval_record(0, &mut summary)?
         {
-            on(Event::Eval { step: 0, loss: l });
-            line(serde_json::json!({"kind": "eval", "step": 0, "eval_loss": l, "eval_ppl": l.exp()}))?;
+            let scores = self.generation_scores()?;
+            on(Event::Eval { step: 0, loss: l, scores: scores.as_ref() });
+            line(Self::eval_line(0, l, scores.as_ref()))?;
         }
         let t0 = Instant::now();
         let tokens0 = self.tokens;
@@ -388,8 +436,9 @@ impl Trainer {
             if ((self.cfg.eval_steps > 0 && step.is_multiple_of(self.cfg.eval_steps)) || last)
                 && let Some(l) = self.eval_record(step, &mut summary)?
             {
-                on(Event::Eval { step, loss: l });
-                line(serde_json::json!({"kind": "eval", "step": step, "eval_loss": l, "eval_ppl": l.exp()}))?;
+                let scores = self.generation_scores()?;
+                on(Event::Eval { step, loss: l, scores: scores.as_ref() });
+                line(Self::eval_line(step, l, scores.as_ref()))?;
             }
             if (self.cfg.save_steps > 0 && step.is_multiple_of(self.cfg.save_steps)) || last {
                 let p = self.save_checkpoint(lr)?;
