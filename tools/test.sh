@@ -54,6 +54,6 @@ tier "2 reference fixtures (PyTorch, transformers, gguf) + model and data files"
 echo "=== tier: 3 wgpu — no WGSL kernels in the tree yet (wgpu backend issue); adapters are probed by tier 5"
 echo "=== tier: 4 cuda — no CUDA kernels in the tree yet (CUDA backend issues); the driver is probed by tier 5"
 # 5. End-to-end CLI: kiln info without a GPU, the demo fine-tune, bad input.
-tier "5 cli end-to-end (incl. a short run of the main job on SmolLM2)" cargo test --workspace --locked --test cli --test cli_train --test cli_eval
+tier "5 cli end-to-end (incl. a short run of the main job on SmolLM2)" cargo test --workspace --locked --test cli --test cli_train --test cli_eval --test bad_inputs --test reliability
 
 echo "all tiers passed in $(( $(date +%s) - t_all ))s"

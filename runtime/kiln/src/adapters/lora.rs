@@ -225,34 +225,7 @@ impl LoraSet {
     pub fn load_peft(dir: &std::path::Path, model: &ModelConfig) -> Result<LoraSet> {
         let cp = dir.join("adapter_config.json");
         let text = std::fs::read_to_string(&cp).map_err(|e| KilnError::io(&cp, e))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| KilnError::Config {
-            path: cp.clone(),
-            field: "(json)".into(),
-            detail: e.to_string(),
-        })?;
-        let field = |f: &str, d: &str| KilnError::Config { path: cp.clone(), field: f.into(), detail: d.into() };
-        if v["peft_type"].as_str().is_some_and(|t| t != "LORA") {
-            return Err(field("peft_type", "only LORA adapters are supported"));
-        }
-        let r = v["r"].as_u64().filter(|&r| r > 0).ok_or_else(|| field("r", "missing or not a positive integer"))?;
-        let alpha = v["lora_alpha"].as_f64().ok_or_else(|| field("lora_alpha", "missing or not a number"))?;
-        let mods: Vec<String> = match &v["target_modules"] {
-            serde_json::Value::Array(a) => a.iter().filter_map(|m| m.as_str().map(String::from)).collect(),
-            serde_json::Value::String(s) if s == "all-linear" => {
-                Target::ALL.iter().map(|t| t.module().rsplit('.').next().unwrap_or("").to_string()).collect()
-            }
-            _ => return Err(field("target_modules", "expected a list of module names")),
-        };
-        let targets = mods
-            .iter()
-            .map(|m| {
-                Target::parse(m).ok_or_else(|| field("target_modules", &format!("{m}: not a linear layer kiln adapts")))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let rslora = v["use_rslora"].as_bool().unwrap_or(false);
-        // Loaded adapters are for inference and further training alike; dropout comes from
-        // the run's own settings, not the saved file.
-        let config = LoraConfig { r: r as usize, alpha, rslora, targets, dropout: 0.0 };
+        let config = parse_adapter_config(&text, &cp)?;
         let mut set = LoraSet::new(model, config, 0)?;
         let store = crate::formats::WeightStore::from_files(&[dir.join("adapter_model.safetensors")])?;
         for i in 0..model.num_layers {
@@ -279,4 +252,43 @@ impl LoraSet {
         }
         Ok(out)
     }
+}
+
+/// The LoRA settings of a PEFT `adapter_config.json` (`path` names it in errors). The fuzz
+/// target `adapter_config` drives this with arbitrary text.
+pub fn parse_adapter_config(text: &str, cp: &std::path::Path) -> Result<LoraConfig> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| KilnError::Config {
+        path: cp.to_path_buf(),
+        field: "(json)".into(),
+        detail: e.to_string(),
+    })?;
+    let field = |f: &str, d: &str| KilnError::Config { path: cp.to_path_buf(), field: f.into(), detail: d.into() };
+    if v["peft_type"].as_str().is_some_and(|t| t != "LORA") {
+        return Err(field("peft_type", "only LORA adapters are supported"));
+    }
+    let r = v["r"]
+        .as_u64()
+        .filter(|&r| r > 0 && r <= 1 << 16)
+        .ok_or_else(|| field("r", "missing or not a positive integer up to 65536"))?;
+    let alpha = v["lora_alpha"]
+        .as_f64()
+        .filter(|a| a.is_finite())
+        .ok_or_else(|| field("lora_alpha", "missing or not a number"))?;
+    let mods: Vec<String> = match &v["target_modules"] {
+        serde_json::Value::Array(a) => a.iter().filter_map(|m| m.as_str().map(String::from)).collect(),
+        serde_json::Value::String(s) if s == "all-linear" => {
+            Target::ALL.iter().map(|t| t.module().rsplit('.').next().unwrap_or("").to_string()).collect()
+        }
+        _ => return Err(field("target_modules", "expected a list of module names")),
+    };
+    let targets = mods
+        .iter()
+        .map(|m| {
+            Target::parse(m).ok_or_else(|| field("target_modules", &format!("{m}: not a linear layer kiln adapts")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let rslora = v["use_rslora"].as_bool().unwrap_or(false);
+    // Loaded adapters are for inference and further training alike; dropout comes from the
+    // run's own settings, not the saved file.
+    Ok(LoraConfig { r: r as usize, alpha, rslora, targets, dropout: 0.0 })
 }

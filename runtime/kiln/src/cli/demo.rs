@@ -189,62 +189,35 @@ fn finish(o: &Outcome, steps: usize, held_out: &str, adapter: &std::path::Path) 
     Ok(())
 }
 
-/// The held-out rows' prompts (every turn but the last) and expected answers (the last turn).
-fn qa_pairs(rows: &[kiln::data::Example]) -> Vec<(Vec<kiln::data::Message>, String)> {
-    rows.iter()
-        .filter_map(|e| match e {
-            kiln::data::Example::Chat(m) if m.len() >= 2 => {
-                Some((m[..m.len() - 1].to_vec(), m[m.len() - 1].content.trim().to_string()))
-            }
-            _ => None,
-        })
-        .collect()
-}
-
-/// Greedy answers to `pairs` and how many equal the expected answer exactly.
+/// Greedy answers to `rows` (the answer budget fits the demo's JSON) and how many equal the
+/// expected answer exactly — `kiln eval`'s generation and exact match.
 fn exact_match(
     model: &Llama,
     lora: Option<&LoraSet>,
-    tok: &kiln::data::tokenizer::TextTokenizer,
-    template: &kiln::data::template::ChatTemplate,
-    pairs: &[(Vec<kiln::data::Message>, String)],
+    r: &kiln::data::render::Renderer,
+    rows: &[kiln::eval::run::GenRow],
     label: &str,
 ) -> Result<(usize, Vec<String>)> {
-    use kiln::generate::{GenOptions, generate};
-    let (bos, eos) =
-        (tok.bos.as_ref().map_or("", |s| s.text.as_str()), tok.eos.as_ref().map_or("", |s| s.text.as_str()));
-    let stop: Vec<i32> = tok.eos.iter().map(|s| s.id as i32).collect();
-    let opts = GenOptions { max_new_tokens: 48, ..Default::default() };
-    let pb = progress(pairs.len());
+    let opts = kiln::generate::GenOptions { max_new_tokens: 48, ..Default::default() };
+    let pb = progress(rows.len());
     pb.set_message(label.to_string());
-    let (mut hits, mut answers) = (0, Vec::new());
-    for (msgs, want) in pairs {
-        let text = template.render(msgs, true, bos, eos)?;
-        let ids: Vec<i32> = tok.encode(&text)?.ids.iter().map(|&i| i as i32).collect();
-        let out = generate(model, &ids, &stop, &opts, lora)?;
-        let shown: Vec<u32> = out.iter().filter(|t| !stop.contains(t)).map(|&t| t as u32).collect();
-        let got = tok.decode(&shown)?.trim().to_string();
-        hits += usize::from(&got == want);
-        answers.push(got);
-        pb.inc(1);
-    }
+    let tick = &mut |n: usize| pb.inc(n as u64);
+    let preds = kiln::eval::run::predict(model, lora, &r.tokenizer, r.template.as_ref(), rows, &opts, &[], tick)?;
     pb.finish_and_clear();
-    Ok((hits, answers))
+    let hits = preds.iter().filter(|p| kiln::eval::accuracy(&[&p.prediction], &[&p.reference], false) == 1.0).count();
+    Ok((hits, preds.into_iter().map(|p| p.prediction).collect()))
 }
 
 fn run_real(a: &DemoArgs, steps: Option<usize>, batch_size: usize, seq_len: usize, lr: f64) -> Result<()> {
-    use kiln::data::template::ChatTemplate;
     use kiln::train::prepare::prepare;
     use kiln::train::{Method, TrainConfig, Trainer};
     let path = kiln::models::resolve(a.model.as_deref())?;
     let t0 = Instant::now();
     let (model, tokenizer) = kiln::models::load_with_tokenizer(&path, false)?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let src = tokenizer
-        .chat_template
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("{}: the model has no chat template", path.display()))?;
-    let template = ChatTemplate::new(&src, "the model's chat_template")?;
+    if tokenizer.chat_template.is_none() {
+        bail!("{}: the model has no chat template", path.display());
+    }
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let data_path = a.out.join("data.jsonl");
     kiln::formats::write_atomic(&data_path, DEMO_ORDERS.as_bytes())?;
@@ -273,7 +246,10 @@ fn run_real(a: &DemoArgs, steps: Option<usize>, batch_size: usize, seq_len: usiz
         eprintln!("{line}");
     }
     let data = prepare(&cfg, tokenizer.clone(), seq_len)?;
-    let mut pairs = qa_pairs(&data.eval_examples);
+    // The held-out rows, for `kiln eval --data OUT/eval.jsonl` afterwards.
+    kiln::train::prepare::write_eval_rows(&a.out.join("eval.jsonl"), &data.eval_examples)?;
+    let renderer = data.renderer.clone();
+    let mut pairs = kiln::eval::run::gen_rows(&data.eval_examples, true);
     pairs.truncate(a.eval_rows);
     let mut t = Trainer::new(cfg.clone(), model, data)?;
     let trainable = t.num_trainable();
@@ -288,7 +264,7 @@ fn run_real(a: &DemoArgs, steps: Option<usize>, batch_size: usize, seq_len: usiz
         trainable,
         pairs.len()
     );
-    let (base_hits, base_ans) = exact_match(&t.model, None, &tokenizer, &template, &pairs, "base model")?;
+    let (base_hits, base_ans) = exact_match(&t.model, None, &renderer, &pairs, "base model")?;
     let tt = Instant::now();
     let pb_steps = progress(t.total_steps);
     let summary = t.run(&mut |e| {
@@ -300,14 +276,14 @@ fn run_real(a: &DemoArgs, steps: Option<usize>, batch_size: usize, seq_len: usiz
     pb_steps.finish_and_clear();
     let train_s = tt.elapsed().as_secs_f64();
     let lora = t.lora.clone();
-    let (hits, ans) = exact_match(&t.model, lora.as_ref(), &tokenizer, &template, &pairs, "tuned model")?;
+    let (hits, ans) = exact_match(&t.model, lora.as_ref(), &renderer, &pairs, "tuned model")?;
     let adapter = save_adapter(lora.as_ref().context("the demo trains LoRA")?, &a.out, &path.display().to_string())?;
     let n = pairs.len().max(1) as f64;
     let (acc0, acc1) = (100.0 * base_hits as f64 / n, 100.0 * hits as f64 / n);
-    for (i, ((msgs, want), (b, f))) in pairs.iter().zip(base_ans.iter().zip(&ans)).take(3).enumerate() {
+    for (i, (row, (b, f))) in pairs.iter().zip(base_ans.iter().zip(&ans)).take(3).enumerate() {
         let short = |s: &str| s.replace('\n', " ").chars().take(90).collect::<String>();
-        println!("example {}: {}", i + 1, msgs.last().map(|m| m.content.as_str()).unwrap_or(""));
-        println!("  expected: {want}");
+        println!("example {}: {}", i + 1, row.turns.last().map(|m| m.content.as_str()).unwrap_or(""));
+        println!("  expected: {}", row.reference);
         println!("  base:     {}", short(b));
         println!("  tuned:    {}", short(f));
     }
@@ -325,6 +301,12 @@ fn run_real(a: &DemoArgs, steps: Option<usize>, batch_size: usize, seq_len: usiz
         acc1 - acc0,
         t0.elapsed().as_secs_f64(),
         adapter.display()
+    );
+    println!(
+        "next: kiln eval --compare-base --model {} --adapter {} --data {}",
+        path.display(),
+        adapter.display(),
+        a.out.join("eval.jsonl").display()
     );
     if acc1 - acc0 < a.min_gain {
         bail!(

@@ -175,6 +175,11 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     eval_max_new_tokens: Option<usize>,
+    /// Skip (and count) a step whose loss or gradient is NaN/inf instead of stopping the run
+    /// [default: false].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    skip_nonfinite: Option<bool>,
     /// Force the data format: prompt-completion, messages, sharegpt, alpaca, text.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -314,7 +319,26 @@ pub fn run(a: TrainArgs) -> Result<()> {
         let step = t.resume(&ck)?;
         eprintln!("resumed from {} (step {step} of {})", ck.display(), t.total_steps);
     }
+    // Ctrl-C: finish the current step, save a checkpoint, exit (a second Ctrl-C exits at once).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sigint = signal_hook::consts::SIGINT;
+    signal_hook::flag::register_conditional_shutdown(sigint, 130, stop.clone())
+        .context("installing the Ctrl-C handler")?;
+    signal_hook::flag::register(sigint, stop.clone()).context("installing the Ctrl-C handler")?;
+    t.stop = Some(stop);
     let summary = train_with_progress(&mut t)?;
+    if summary.interrupted {
+        let ck = kiln::train::checkpoint::list(&cfg.out).pop().map(|c| c.1.display().to_string()).unwrap_or_default();
+        eprintln!(
+            "interrupted at step {} of {}: checkpoint {ck}; continue with the same command and --resume",
+            t.total_steps.min(summary.losses.last().map_or(0, |l| l.0)),
+            t.total_steps
+        );
+        std::process::exit(130);
+    }
+    if !summary.skipped.is_empty() {
+        eprintln!("{} steps skipped for a non-finite loss or gradient: {:?}", summary.skipped.len(), summary.skipped);
+    }
     finish(&cfg, &mut t, &summary, &path, &tok_out)
 }
 
@@ -353,6 +377,7 @@ fn train_with_progress(t: &mut Trainer) -> Result<Summary> {
             say(&pb, format!("eval @ step {step}: loss {loss:.4}, ppl {:.2}{extra}", loss.exp()))
         }
         Event::Saved { step, path } => say(&pb, format!("checkpoint @ step {step}: {}", path.display())),
+        Event::Skipped { step, reason } => say(&pb, format!("step {step} skipped: {reason}")),
     };
     let s = t.run(&mut on);
     pb.finish_and_clear();

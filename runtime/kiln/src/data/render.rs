@@ -26,6 +26,7 @@ pub struct Tokenized {
 }
 
 /// Turns examples into tokens.
+#[derive(Clone)]
 pub struct Renderer {
     pub tokenizer: TextTokenizer,
     pub template: Option<ChatTemplate>,

@@ -18,6 +18,7 @@ pub const BUILTIN: [(&str, &str); 4] = [
 ];
 
 /// A compiled chat template.
+#[derive(Clone)]
 pub struct ChatTemplate {
     env: Environment<'static>,
     /// Where it came from ("chatml", "tokenizer_config.json", …), for messages.
@@ -34,6 +35,10 @@ impl ChatTemplate {
             .build()
             .map_err(|e| KilnError::Msg(format!("chat template syntax: {e}")))?;
         env.set_syntax(syntax);
+        // Templates come inside model files: a bound on the work one render may do turns a
+        // hostile or broken template's endless loop into an error (real templates use a few
+        // thousand instructions per conversation).
+        env.set_fuel(Some(50_000_000));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
             Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))

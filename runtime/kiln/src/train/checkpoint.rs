@@ -47,7 +47,20 @@ pub fn save(
     let root = dir(out);
     let fin = root.join(format!("step-{}", state.step));
     let tmp = root.join(format!(".step-{}.tmp-{}", state.step, std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
+    // Leftovers of a killed run are removed first — except a complete checkpoint moved aside
+    // whose replacement never landed, which goes back in place.
+    for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some((step, _)) = name.strip_prefix(".step-").and_then(|r| r.split_once(".old-")) {
+            let back = root.join(format!("step-{step}"));
+            if !back.exists() && e.path().join("state.json").is_file() && std::fs::rename(e.path(), &back).is_ok() {
+                continue;
+            }
+        }
+        if name.starts_with(".step-") {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
     std::fs::create_dir_all(&tmp).map_err(|e| KilnError::io(&tmp, e))?;
     write_safetensors(&tmp.join("params.safetensors"), params)?;
     let mut opt = Vec::with_capacity(moments.len() * 2);
@@ -58,10 +71,17 @@ pub fn save(
     write_safetensors(&tmp.join("optimizer.safetensors"), &opt)?;
     let json = serde_json::to_string_pretty(state).map_err(|e| KilnError::Msg(e.to_string()))?;
     write_atomic(&tmp.join("state.json"), json.as_bytes())?;
+    // Replacing a checkpoint of the same step (a resumed run passing it again): the old one is
+    // moved aside first, so a kill at any moment leaves either it or the new one complete
+    // (or, between the renames, only older checkpoints — never a half-written one).
     if fin.exists() {
-        std::fs::remove_dir_all(&fin).map_err(|e| KilnError::io(&fin, e))?;
+        let old = root.join(format!(".step-{}.old-{}", state.step, std::process::id()));
+        std::fs::rename(&fin, &old).map_err(|e| KilnError::io(&fin, e))?;
+        std::fs::rename(&tmp, &fin).map_err(|e| KilnError::io(&fin, e))?;
+        let _ = std::fs::remove_dir_all(&old);
+    } else {
+        std::fs::rename(&tmp, &fin).map_err(|e| KilnError::io(&fin, e))?;
     }
-    std::fs::rename(&tmp, &fin).map_err(|e| KilnError::io(&fin, e))?;
     Ok(fin)
 }
 

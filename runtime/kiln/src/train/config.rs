@@ -103,6 +103,8 @@ pub struct TrainConfig {
     /// Generation metrics at each evaluation (accuracy, bleu, rouge; empty: loss only), on the
     /// `eval_samples` rows with greedy decoding.
     pub eval_metrics: String,
+    /// Skip (and count) a step whose loss or gradient is not finite instead of stopping.
+    pub skip_nonfinite: bool,
     /// New-token budget of those generations.
     pub eval_max_new_tokens: usize,
     /// Force the data format instead of detecting it.
@@ -154,6 +156,7 @@ impl Default for TrainConfig {
             eval_steps: 0,
             eval_samples: 0,
             eval_metrics: String::new(),
+            skip_nonfinite: false,
             eval_max_new_tokens: 128,
             format: None,
             template: None,
@@ -179,6 +182,9 @@ impl TrainConfig {
             None => toml::Table::new(),
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|e| KilnError::io(p, e))?;
+                // The file alone first, so an error points into it (line, key, what is wrong).
+                toml::from_str::<TrainConfig>(&text)
+                    .map_err(|e| KilnError::Msg(format!("{}: {}", p.display(), e.to_string().trim_end())))?;
                 text.parse::<toml::Table>().map_err(|e| KilnError::Msg(format!("{}: {e}", p.display())))?
             }
         };

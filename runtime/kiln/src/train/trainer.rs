@@ -40,6 +40,11 @@ pub enum Event<'a> {
         step: usize,
         path: &'a Path,
     },
+    /// A step skipped for a non-finite loss or gradient.
+    Skipped {
+        step: usize,
+        reason: &'a str,
+    },
 }
 
 /// One optimizer step.
@@ -66,6 +71,22 @@ pub struct Summary {
     pub evals: Vec<(usize, f64)>,
     pub best_eval: Option<(usize, f64)>,
     pub resumed_from: Option<usize>,
+    /// Steps skipped for a non-finite loss or gradient (`skip_nonfinite`).
+    pub skipped: Vec<usize>,
+    /// Stopped early by the stop flag (Ctrl-C), after saving a checkpoint.
+    pub interrupted: bool,
+}
+
+/// What one step did.
+enum StepResult {
+    Applied {
+        loss: f64,
+        grad_norm: f64,
+        tokens: usize,
+        lr: f64,
+    },
+    /// Not applied: what was not finite.
+    NonFinite(String),
 }
 
 /// The parameters `cfg`'s method trains, with their saved names. A free function over the
@@ -108,6 +129,8 @@ pub struct Trainer {
     best: Option<(usize, f64)>,
     out: PathBuf,
     resumed_from: Option<usize>,
+    /// When set (Ctrl-C), the run saves a checkpoint after the current step and returns.
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// `(name, tensor)` of the trainable parameters, or the moments by name.
@@ -161,6 +184,7 @@ impl Trainer {
             best: None,
             out,
             resumed_from: None,
+            stop: None,
         };
         // Norm weights and biases are not decayed (transformers' Trainer does the same).
         for (n, v) in trainable(&t.cfg, &mut t.model, &mut t.lora) {
@@ -227,8 +251,9 @@ impl Trainer {
     }
 
     /// One optimizer step: forward/backward over each micro-batch, gradients weighted by
-    /// token share, clipped, applied. Returns (loss, grad norm, tokens, lr).
-    fn train_step(&mut self, step: usize) -> Result<(f64, f64, usize, f64)> {
+    /// token share, clipped, applied — unless the loss or a gradient is not finite, in which
+    /// case nothing is applied and the step says what was found.
+    fn train_step(&mut self, step: usize) -> Result<StepResult> {
         let micro = self.plan(step);
         let batches = micro.iter().map(|m| self.batch(m, false)).collect::<Result<Vec<_>>>()?;
         let n_total: usize = batches.iter().map(|b| b.n_targets).sum();
@@ -250,10 +275,30 @@ impl Trainer {
         }
         let lr = lr_at(self.cfg.lr_scheduler, self.cfg.learning_rate, step, self.cfg.warmup_steps, self.total_steps);
         self.opt.lr = lr;
+        if !loss.is_finite() {
+            return Ok(StepResult::NonFinite(format!("the loss is {loss}")));
+        }
+        let named = trainable(&self.cfg, &mut self.model, &mut self.lora);
+        let gn = {
+            let params: Vec<&mut Var> = named.into_iter().map(|(_, v)| v).collect();
+            AdamW::grad_norm(&params, &grads)?
+        };
+        if !gn.is_finite() {
+            // Name the first parameter whose gradient holds a NaN or an infinity.
+            let named = trainable(&self.cfg, &mut self.model, &mut self.lora);
+            for (name, v) in named {
+                if let Some(g) = grads.get(v)
+                    && !g.backend().sum_squares(g)?.is_finite()
+                {
+                    return Ok(StepResult::NonFinite(format!("the gradient of {name} is not finite (loss {loss})")));
+                }
+            }
+            return Ok(StepResult::NonFinite(format!("the gradient norm is {gn}")));
+        }
         let clip = (self.cfg.max_grad_norm > 0.0).then_some(self.cfg.max_grad_norm);
         let params = trainable(&self.cfg, &mut self.model, &mut self.lora).into_iter().map(|(_, v)| v).collect();
         let gn = self.opt.step(params, &grads, clip)?;
-        Ok((loss, gn, tokens, lr))
+        Ok(StepResult::Applied { loss, grad_norm: gn, tokens, lr })
     }
 
     fn state(&self, lr: f64) -> State {
@@ -386,6 +431,8 @@ impl Trainer {
             evals: vec![],
             best_eval: None,
             resumed_from: self.resumed_from,
+            skipped: Vec::new(),
+            interrupted: false,
         };
         // A resumed run's curve and summary include the steps before the checkpoint.
         for v in &earlier {
@@ -406,14 +453,24 @@ impl Trainer {
         let t0 = Instant::now();
         let tokens0 = self.tokens;
         for step in self.step + 1..=self.total_steps {
-            let (loss, gn, tokens, lr) = self.train_step(step)?;
-            if !loss.is_finite() {
-                let last = checkpoint::list(&self.out).last().map(|c| c.1.display().to_string());
-                return Err(KilnError::Msg(format!(
-                    "step {step}: the loss is {loss}; training stopped. Last good checkpoint: {}",
-                    last.unwrap_or_else(|| "none (set --save-steps)".into())
-                )));
-            }
+            let (loss, gn, tokens, lr) = match self.train_step(step)? {
+                StepResult::Applied { loss, grad_norm, tokens, lr } => (loss, grad_norm, tokens, lr),
+                StepResult::NonFinite(what) if self.cfg.skip_nonfinite => {
+                    // Skipped: no update, the data position moves on, the step is counted.
+                    summary.skipped.push(step);
+                    line(serde_json::json!({"kind": "skip", "step": step, "reason": what}))?;
+                    on(Event::Skipped { step, reason: &what });
+                    self.step = step;
+                    continue;
+                }
+                StepResult::NonFinite(what) => {
+                    let last = checkpoint::list(&self.out).last().map(|c| c.1.display().to_string());
+                    return Err(KilnError::Msg(format!(
+                        "step {step}: {what}; training stopped, nothing of this step applied (--skip-nonfinite skips such steps instead). Last good checkpoint: {}",
+                        last.unwrap_or_else(|| "none (set --save-steps)".into())
+                    )));
+                }
+            };
             self.step = step;
             self.tokens += tokens;
             let el = t0.elapsed().as_secs_f64();
@@ -440,9 +497,14 @@ impl Trainer {
                 on(Event::Eval { step, loss: l, scores: scores.as_ref() });
                 line(Self::eval_line(step, l, scores.as_ref()))?;
             }
-            if (self.cfg.save_steps > 0 && step.is_multiple_of(self.cfg.save_steps)) || last {
+            let interrupted = self.stop.as_ref().is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst));
+            if (self.cfg.save_steps > 0 && step.is_multiple_of(self.cfg.save_steps)) || last || interrupted {
                 let p = self.save_checkpoint(lr)?;
                 on(Event::Saved { step, path: &p });
+            }
+            if interrupted && !last {
+                summary.interrupted = true;
+                break;
             }
         }
         summary.secs = t0.elapsed().as_secs_f64();

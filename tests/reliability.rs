@@ -1,0 +1,162 @@
+//! Reliability of `kiln train` as a process: killed with SIGKILL at random moments (during
+//! steps and checkpoint writes) and resumed, it ends with exactly the losses of an
+//! uninterrupted run and every checkpoint on disk loads; Ctrl-C (SIGINT) saves a checkpoint
+//! and exits with 130; a non-finite loss stops the run naming the step (or is skipped with
+//! --skip-nonfinite).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+
+fn setup(name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("reliability-{name}"));
+    let _ = std::fs::remove_dir_all(&d);
+    let m = common::tiny_model(&d, 4);
+    let data = d.join("data.jsonl");
+    let rows: String = (0..64)
+        .map(|i| {
+            let c = format!(
+                "the {} pot number {i} is glazed {}",
+                ["red", "blue", "green"][i % 3],
+                "and fired ".repeat(i % 5)
+            );
+            format!("{}\n", serde_json::json!({"prompt": format!("describe pot {i}"), "completion": c}))
+        })
+        .collect();
+    std::fs::write(&data, rows).unwrap();
+    (d, m, data)
+}
+
+fn train(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    c.args(["train", "--batch-size", "4", "--eval-split", "0", "--max-seq-len", "256", "--lora-r", "8"])
+        .args(["--seed", "3", "--model"])
+        .arg(model)
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// (step, loss) of the train records in `OUT/metrics.jsonl`.
+fn losses(out: &Path) -> Vec<(u64, String)> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train")
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].to_string()))
+        .collect()
+}
+
+#[test]
+fn sigkill_at_random_moments_then_resume_gives_identical_losses() {
+    let (d, model, data) = setup("kill");
+    // About 20 ms a step: kills land in start-up, steps and checkpoint writes alike.
+    let args = ["--max-steps", "60", "--save-steps", "1", "--save-total-limit", "3", "--learning-rate", "2e-3"];
+    let clean = d.join("clean");
+    let o = train(&model, &data, &clean, &args).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let want = losses(&clean);
+    assert_eq!(want.len(), 60);
+
+    let out = d.join("killed");
+    let mut rng = kiln::core::rng::Rng::new(11);
+    let (mut kills, mut resumed_after_kill) = (0, 0);
+    let t0 = Instant::now();
+    loop {
+        let has_ck = !kiln::train::checkpoint::list(&out).is_empty();
+        let mut cmd = train(&model, &data, &out, &args);
+        if has_ck {
+            cmd.arg("--resume");
+            resumed_after_kill += usize::from(kills > 0);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let finish = kills >= 25 || t0.elapsed() > Duration::from_secs(120);
+        if !finish {
+            std::thread::sleep(Duration::from_millis(10 + rng.below(300) as u64));
+        }
+        if !finish && child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            kills += 1;
+            // Whatever the moment, every checkpoint listed loads whole.
+            for (step, p) in kiln::train::checkpoint::list(&out) {
+                let ck = kiln::train::checkpoint::load(&p).unwrap_or_else(|e| panic!("step-{step} after a kill: {e}"));
+                assert_eq!(ck.state.step, step);
+                assert!(ck.params.contains("model.layers.0.self_attn.q_proj.lora_A.weight"));
+            }
+            continue;
+        }
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        break;
+    }
+    eprintln!("{kills} SIGKILLs, {resumed_after_kill} resumes after a kill");
+    assert!(
+        kills >= 10 && resumed_after_kill >= 5,
+        "{kills} kills, {resumed_after_kill} resumes: too few to mean anything"
+    );
+    assert_eq!(losses(&out), want, "after {kills} kills the losses differ from the uninterrupted run");
+    assert!(out.join("adapter/adapter_model.safetensors").is_file());
+}
+
+#[test]
+fn sigint_saves_a_checkpoint_and_exits_130() {
+    let (d, model, data) = setup("sigint");
+    let out = d.join("run");
+    let child = train(&model, &data, &out, &["--max-steps", "100000", "--learning-rate", "2e-3"]).spawn().unwrap();
+    // Wait for the first steps, then Ctrl-C.
+    let t0 = Instant::now();
+    while !out.join("metrics.jsonl").is_file() || losses(&out).len() < 3 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no training steps within a minute");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let st = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(st.success());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted at step") && err.contains("--resume"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let cks = kiln::train::checkpoint::list(&out);
+    let (step, p) = cks.last().expect("a checkpoint on Ctrl-C");
+    let ck = kiln::train::checkpoint::load(p).unwrap();
+    assert_eq!(ck.state.step, *step);
+    assert_eq!(losses(&out).last().unwrap().0 as usize, *step, "the checkpoint is of the last step logged");
+}
+
+#[test]
+fn non_finite_losses_stop_the_run_or_are_skipped() {
+    let (d, model, data) = setup("nan");
+    // A learning rate of 1e6 blows the adapter up within a few steps.
+    let o =
+        train(&model, &data, &d.join("stop"), &["--max-steps", "30", "--learning-rate", "1e6", "--max-grad-norm", "0"])
+            .output()
+            .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("training stopped") && err.contains("step "), "{err}");
+    assert!(err.contains("the loss is") || err.contains("the gradient of"), "names what was not finite: {err}");
+    eprintln!("{}", err.lines().last().unwrap_or(""));
+    assert!(!err.contains("panicked"), "{err}");
+    let o = train(
+        &model,
+        &data,
+        &d.join("skip"),
+        &["--max-steps", "30", "--learning-rate", "1e6", "--max-grad-norm", "0", "--skip-nonfinite", "true"],
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("skipped for a non-finite loss or gradient"), "{err}");
+    let skips = std::fs::read_to_string(d.join("skip/metrics.jsonl")).unwrap().matches("\"kind\":\"skip\"").count();
+    assert!(skips > 0, "skips are logged in metrics.jsonl");
+}
