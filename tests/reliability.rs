@@ -160,3 +160,30 @@ fn non_finite_losses_stop_the_run_or_are_skipped() {
     let skips = std::fs::read_to_string(d.join("skip/metrics.jsonl")).unwrap().matches("\"kind\":\"skip\"").count();
     assert!(skips > 0, "skips are logged in metrics.jsonl");
 }
+
+#[test]
+fn a_run_that_cannot_fit_is_refused_with_settings_that_would() {
+    let (d, model, data) = setup("memory");
+    let run = |limit: &str| {
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["train", "--max-steps", "2", "--batch-size", "8", "--max-seq-len", "512", "--eval-split", "0"])
+            .args(["--memory-limit-mb", limit, "--model"])
+            .arg(&model)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(d.join("out"))
+            .output()
+            .unwrap()
+    };
+    // 20 MiB: the run needs more, but a micro-batch of 1 with accumulation fits.
+    let o = run("20");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("exceeds the 20.0 MiB available"), "{err}");
+    assert!(err.contains("settings that fit: ") && err.contains("--batch-size 1 --grad-accum 8"), "{err}");
+    // 1 MiB: nothing fits.
+    let err = String::from_utf8_lossy(&run("1").stderr).into_owned();
+    assert!(err.contains("no single setting change fits"), "{err}");
+    assert!(!d.join("out/checkpoints").exists(), "nothing trained");
+}

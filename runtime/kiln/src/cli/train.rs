@@ -175,6 +175,11 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     eval_max_new_tokens: Option<usize>,
+    /// Refuse to start when the estimated peak memory exceeds this many MiB (0: the memory
+    /// the system has available) [default: 0].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory_limit_mb: Option<u64>,
     /// Skip (and count) a step whose loss or gradient is NaN/inf instead of stopping the run
     /// [default: false].
     #[arg(long)]
@@ -245,6 +250,68 @@ fn memory_estimate(model: &Llama, cfg: &TrainConfig, trainable: usize, seq: usiz
     ]
 }
 
+/// Bytes of memory available: `memory_limit_mb` when set, else the kernel's MemAvailable
+/// (Linux), else unknown.
+fn memory_available(cfg: &TrainConfig) -> Option<f64> {
+    if cfg.memory_limit_mb > 0 {
+        return Some(cfg.memory_limit_mb as f64 * 1048576.0);
+    }
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: f64 = text.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024.0)
+}
+
+/// Refuses to start a run whose estimated peak does not fit, naming settings that would.
+fn check_memory(cfg: &TrainConfig, t: &mut Trainer, seq: usize) -> Result<()> {
+    let Some(avail) = memory_available(cfg) else { return Ok(()) };
+    let trainable = t.num_trainable();
+    let need =
+        |c: &TrainConfig, seq: usize| memory_estimate(&t.model, c, trainable, seq).iter().map(|m| m.1).sum::<f64>();
+    let total = need(cfg, seq);
+    if total <= avail {
+        return Ok(());
+    }
+    let mut fits = Vec::new();
+    let mut try_cfg = |what: String, c: TrainConfig, s: usize| {
+        let n = need(&c, s);
+        if n <= avail {
+            fits.push(format!("{what} ({})", gib(n)));
+        }
+    };
+    if !cfg.gradient_checkpointing {
+        try_cfg(
+            "--gradient-checkpointing true".into(),
+            TrainConfig { gradient_checkpointing: true, ..cfg.clone() },
+            seq,
+        );
+    }
+    if cfg.batch_size > 1 {
+        let c = TrainConfig { batch_size: 1, grad_accum: cfg.grad_accum * cfg.batch_size, ..cfg.clone() };
+        try_cfg(format!("--batch-size 1 --grad-accum {} (same effective batch)", c.grad_accum), c, seq);
+    }
+    if seq >= 128 {
+        try_cfg(format!("--max-seq-len {}", seq / 2), cfg.clone(), seq / 2);
+    }
+    let both = TrainConfig {
+        gradient_checkpointing: true,
+        batch_size: 1,
+        grad_accum: cfg.grad_accum * cfg.batch_size,
+        ..cfg.clone()
+    };
+    try_cfg("--gradient-checkpointing true --batch-size 1 together".into(), both, seq);
+    let hint = if fits.is_empty() {
+        "no single setting change fits: use a smaller model, --method qlora, or free memory".to_string()
+    } else {
+        format!("settings that fit: {}", fits.join("; "))
+    };
+    bail!(
+        "the estimated peak memory {} exceeds the {} available{}; {hint} (or --memory-limit-mb to state the limit yourself)",
+        gib(total),
+        gib(avail),
+        if cfg.memory_limit_mb > 0 { " (--memory-limit-mb)" } else { "" }
+    )
+}
+
 fn gib(b: f64) -> String {
     if b >= (1u64 << 30) as f64 {
         format!("{:.2} GiB", b / (1u64 << 30) as f64)
@@ -307,6 +374,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     if a.dry_run {
         return Ok(());
     }
+    check_memory(&cfg, &mut t, seq)?;
     kiln::formats::write_atomic(&cfg.out.join("config.toml"), cfg.to_toml()?.as_bytes())?;
     write_eval_rows(&cfg.out.join("eval.jsonl"), &t.data.eval_examples)?;
     if let Some(r) = &a.resume {

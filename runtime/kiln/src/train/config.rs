@@ -105,6 +105,9 @@ pub struct TrainConfig {
     pub eval_metrics: String,
     /// Skip (and count) a step whose loss or gradient is not finite instead of stopping.
     pub skip_nonfinite: bool,
+    /// Refuse to start when the estimated peak memory exceeds this many MiB (0: what the
+    /// system has available).
+    pub memory_limit_mb: u64,
     /// New-token budget of those generations.
     pub eval_max_new_tokens: usize,
     /// Force the data format instead of detecting it.
@@ -157,6 +160,7 @@ impl Default for TrainConfig {
             eval_samples: 0,
             eval_metrics: String::new(),
             skip_nonfinite: false,
+            memory_limit_mb: 0,
             eval_max_new_tokens: 128,
             format: None,
             template: None,
