@@ -264,3 +264,37 @@ fn generate_samples_reproducibly_and_stops_at_stop_strings() {
     let o = kiln().args(["generate", "--top-p", "0", "--prompt", "x", "--model"]).arg(&model).output().unwrap();
     fails(&o, "top_p");
 }
+
+/// A chat session keeps its KV cache between turns and runs only the new tokens; the second
+/// turn's answer equals a fresh generation over the whole conversation.
+#[test]
+fn a_chat_session_reuses_its_cache_and_answers_the_same() {
+    use kiln::data::template::ChatTemplate;
+    use kiln::data::{Message, Role};
+    use kiln::generate::{GenOptions, Session, chat_prompt, generate_text, generate_text_in};
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-eval-session");
+    let _ = std::fs::remove_dir_all(&d);
+    let m = common::tiny_model(&d, 9);
+    let (model, tok) = kiln::models::load_with_tokenizer(&m, false).unwrap();
+    let t = ChatTemplate::new(tok.chat_template.as_deref().unwrap(), "fixture").unwrap();
+    let opts = GenOptions { max_new_tokens: 12, ..Default::default() };
+    let mut session = Session::new(&model);
+    let mut msgs = vec![Message { role: Role::User, content: "colour of item 3?".into() }];
+    let p1 = chat_prompt(&tok, &t, &msgs).unwrap();
+    let g1 = generate_text_in(&model, &mut session, &tok, &p1, &opts, &[], None, &mut |_| {}).unwrap();
+    assert!(session.cached() > p1.len(), "the prompt and the answer are held");
+    msgs.push(Message { role: Role::Assistant, content: g1.text.trim().to_string() });
+    msgs.push(Message { role: Role::User, content: "and item 4?".into() });
+    let p2 = chat_prompt(&tok, &t, &msgs).unwrap();
+    let common = p1.iter().zip(&p2).take_while(|(a, b)| a == b).count();
+    assert_eq!(common, p1.len(), "the template renders the first turn identically");
+    let g2 = generate_text_in(&model, &mut session, &tok, &p2, &opts, &[], None, &mut |_| {}).unwrap();
+    let fresh = generate_text(&model, &tok, &p2, &opts, &[], None, &mut |_| {}).unwrap();
+    assert_eq!(g2.generated.tokens, fresh.generated.tokens);
+    for (a, b) in g2.generated.logprobs.iter().zip(&fresh.generated.logprobs) {
+        assert!((a - b).abs() < 1e-4, "log-probs {a} vs {b}");
+    }
+    // Cleared, the session starts over.
+    session.clear();
+    assert_eq!(session.cached(), 0);
+}

@@ -134,6 +134,29 @@ pub struct Generated {
     pub decode_s: f64,
 }
 
+/// A KV cache kept between calls for one model and adapter: a chat's next turn renders the
+/// earlier turns identically, so only the tokens after the longest common prefix with the
+/// previous call are run (the cache is cut back to that prefix first).
+pub struct Session {
+    cache: KvCache,
+    ids: Vec<i32>,
+}
+
+impl Session {
+    pub fn new(model: &Llama) -> Session {
+        Session { cache: KvCache::new(model), ids: Vec::new() }
+    }
+    /// Tokens whose keys and values are held.
+    pub fn cached(&self) -> usize {
+        self.ids.len()
+    }
+    /// Forgets everything (a new conversation).
+    pub fn clear(&mut self) {
+        self.cache.truncate(0);
+        self.ids.clear();
+    }
+}
+
 /// Decodes after `prompt`, calling `on_token` with each new id (return `false` to stop). The
 /// stop id that ends decoding is included in `tokens`.
 pub fn generate_ids(
@@ -144,14 +167,31 @@ pub fn generate_ids(
     lora: Option<&LoraSet>,
     on_token: &mut dyn FnMut(i32) -> bool,
 ) -> Result<Generated> {
+    generate_ids_in(model, &mut Session::new(model), prompt, stop, opts, lora, on_token)
+}
+
+/// [`generate_ids`] reusing `session`'s cache for the prompt's prefix it already holds.
+pub fn generate_ids_in(
+    model: &Llama,
+    session: &mut Session,
+    prompt: &[i32],
+    stop: &[i32],
+    opts: &GenOptions,
+    lora: Option<&LoraSet>,
+    on_token: &mut dyn FnMut(i32) -> bool,
+) -> Result<Generated> {
     opts.validate()?;
     if prompt.is_empty() {
         return Err(KilnError::Msg("generate: empty prompt".into()));
     }
-    let mut cache = KvCache::new(model);
+    // At least the prompt's last token runs, for the logits of the first new token.
+    let keep = session.ids.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+    session.cache.truncate(keep);
+    session.ids.truncate(keep);
     let mut rng = Rng::new(opts.seed);
     let t0 = Instant::now();
-    let mut logits = model.forward_cached(prompt, &mut cache, lora)?;
+    let mut logits = model.forward_cached(&prompt[keep..], &mut session.cache, lora)?;
+    session.ids.extend_from_slice(&prompt[keep..]);
     let prompt_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let mut seen: Vec<bool> = vec![false; logits.len()];
@@ -189,7 +229,8 @@ pub fn generate_ids(
         if out.len() == opts.max_new_tokens {
             break;
         }
-        logits = model.forward_cached(&[next], &mut cache, lora)?;
+        logits = model.forward_cached(&[next], &mut session.cache, lora)?;
+        session.ids.push(next);
     }
     Ok(Generated { tokens: out, logprobs: lps, stop: reason, prompt_s, decode_s: t1.elapsed().as_secs_f64() })
 }
@@ -252,11 +293,26 @@ pub fn generate_text(
     lora: Option<&LoraSet>,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<TextOutput> {
+    generate_text_in(model, &mut Session::new(model), tok, prompt, opts, stop_strings, lora, on_text)
+}
+
+/// [`generate_text`] reusing `session`'s cache (a chat's earlier turns).
+#[allow(clippy::too_many_arguments)]
+pub fn generate_text_in(
+    model: &Llama,
+    session: &mut Session,
+    tok: &TextTokenizer,
+    prompt: &[i32],
+    opts: &GenOptions,
+    stop_strings: &[String],
+    lora: Option<&LoraSet>,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<TextOutput> {
     let stop_ids: Vec<i32> = tok.eos.iter().map(|s| s.id as i32).collect();
     let (mut ids, mut emitted, mut text) = (Vec::<u32>::new(), 0usize, String::new());
     let mut hit_stop = false;
     let mut err = None;
-    let mut generated = generate_ids(model, prompt, &stop_ids, opts, lora, &mut |t| {
+    let mut generated = generate_ids_in(model, session, prompt, &stop_ids, opts, lora, &mut |t| {
         ids.push(t as u32);
         text = match tok.decode(&ids) {
             Ok(s) => s,

@@ -12,7 +12,7 @@ use kiln::adapters::LoraSet;
 use kiln::data::template::ChatTemplate;
 use kiln::data::tokenizer::TextTokenizer;
 use kiln::data::{Message, Role};
-use kiln::generate::{GenOptions, chat_prompt, generate_text};
+use kiln::generate::{GenOptions, Session, chat_prompt, generate_text_in};
 use kiln::model::Llama;
 
 use super::generate::SamplingArgs;
@@ -46,6 +46,8 @@ struct Speaker {
     lora: Option<LoraSet>,
     template: ChatTemplate,
     history: Vec<Message>,
+    /// The conversation's KV cache: each turn runs only its new tokens.
+    session: Session,
 }
 
 fn template_of(tok: &TextTokenizer, path: &std::path::Path) -> Result<ChatTemplate> {
@@ -94,11 +96,13 @@ pub fn run(a: ChatArgs) -> Result<()> {
     if a.compare {
         let (model, tok) = kiln::models::load_with_tokenizer(&path, false)?;
         let template = template_of(&tok, &path)?;
-        speakers.push(Speaker { label: "base", model, tok, lora: None, template, history: vec![] });
+        let session = Session::new(&model);
+        speakers.push(Speaker { label: "base", model, tok, lora: None, template, history: vec![], session });
     }
     let (model, tok, lora) = kiln::models::load_with_adapter(&path, a.adapter.as_deref())?;
     let template = template_of(&tok, &path)?;
-    speakers.push(Speaker { label: "tuned", model, tok, lora, template, history: vec![] });
+    let session = Session::new(&model);
+    speakers.push(Speaker { label: "tuned", model, tok, lora, template, history: vec![], session });
     let mut system = a.system.clone();
     let mut opts = a.sampling.options();
     opts.validate()?;
@@ -125,7 +129,10 @@ pub fn run(a: ChatArgs) -> Result<()> {
             match name {
                 "quit" | "exit" => break,
                 "reset" => {
-                    speakers.iter_mut().for_each(|s| s.history.clear());
+                    speakers.iter_mut().for_each(|s| {
+                        s.history.clear();
+                        s.session.clear();
+                    });
                     println!("(conversation reset)");
                 }
                 "system" => {
@@ -154,10 +161,19 @@ pub fn run(a: ChatArgs) -> Result<()> {
             if a.compare {
                 print!("[{}] ", s.label);
             }
-            let g = generate_text(&s.model, &s.tok, &ids, &opts, &a.sampling.stop, s.lora.as_ref(), &mut |t| {
-                // Streamed as decoded; a closed stdout only ends the stream.
-                let _ = out.write_all(t.as_bytes()).and_then(|_| out.flush());
-            })?;
+            let g = generate_text_in(
+                &s.model,
+                &mut s.session,
+                &s.tok,
+                &ids,
+                &opts,
+                &a.sampling.stop,
+                s.lora.as_ref(),
+                &mut |t| {
+                    // Streamed as decoded; a closed stdout only ends the stream.
+                    let _ = out.write_all(t.as_bytes()).and_then(|_| out.flush());
+                },
+            )?;
             println!();
             let n = g.generated.tokens.len();
             eprintln!("({n} tokens, {:.1} tokens/s)", n as f64 / g.generated.decode_s.max(1e-9));

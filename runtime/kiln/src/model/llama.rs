@@ -386,6 +386,18 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// Forgets every position from `n` on (a conversation that diverged after `n` tokens).
+    pub fn truncate(&mut self, n: usize) {
+        if n >= self.len {
+            return;
+        }
+        for l in &mut self.layers {
+            let per = l.k.len() / self.len;
+            l.k.truncate(n * per);
+            l.v.truncate(n * per);
+        }
+        self.len = n;
+    }
 }
 
 impl Llama {
