@@ -271,7 +271,7 @@ fn generate_samples_reproducibly_and_stops_at_stop_strings() {
 fn a_chat_session_reuses_its_cache_and_answers_the_same() {
     use kiln::data::template::ChatTemplate;
     use kiln::data::{Message, Role};
-    use kiln::generate::{GenOptions, Session, chat_prompt, generate_text, generate_text_in};
+    use kiln::generate::{GenOptions, Session, chat_prompt, generate_text};
     let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-eval-session");
     let _ = std::fs::remove_dir_all(&d);
     let m = common::tiny_model(&d, 9);
@@ -281,15 +281,15 @@ fn a_chat_session_reuses_its_cache_and_answers_the_same() {
     let mut session = Session::new(&model);
     let mut msgs = vec![Message { role: Role::User, content: "colour of item 3?".into() }];
     let p1 = chat_prompt(&tok, &t, &msgs).unwrap();
-    let g1 = generate_text_in(&model, &mut session, &tok, &p1, &opts, &[], None, &mut |_| {}).unwrap();
+    let g1 = generate_text(&model, &mut session, &tok, &p1, &opts, &[], None, &mut |_| {}).unwrap();
     assert!(session.cached() > p1.len(), "the prompt and the answer are held");
     msgs.push(Message { role: Role::Assistant, content: g1.text.trim().to_string() });
     msgs.push(Message { role: Role::User, content: "and item 4?".into() });
     let p2 = chat_prompt(&tok, &t, &msgs).unwrap();
     let common = p1.iter().zip(&p2).take_while(|(a, b)| a == b).count();
     assert_eq!(common, p1.len(), "the template renders the first turn identically");
-    let g2 = generate_text_in(&model, &mut session, &tok, &p2, &opts, &[], None, &mut |_| {}).unwrap();
-    let fresh = generate_text(&model, &tok, &p2, &opts, &[], None, &mut |_| {}).unwrap();
+    let g2 = generate_text(&model, &mut session, &tok, &p2, &opts, &[], None, &mut |_| {}).unwrap();
+    let fresh = generate_text(&model, &mut Session::new(&model), &tok, &p2, &opts, &[], None, &mut |_| {}).unwrap();
     assert_eq!(g2.generated.tokens, fresh.generated.tokens);
     for (a, b) in g2.generated.logprobs.iter().zip(&fresh.generated.logprobs) {
         assert!((a - b).abs() < 1e-4, "log-probs {a} vs {b}");

@@ -159,6 +159,9 @@ fn non_finite_losses_stop_the_run_or_are_skipped() {
     assert!(err.contains("skipped for a non-finite loss or gradient"), "{err}");
     let skips = std::fs::read_to_string(d.join("skip/metrics.jsonl")).unwrap().matches("\"kind\":\"skip\"").count();
     assert!(skips > 0, "skips are logged in metrics.jsonl");
+    // A skipped step still counts: the run ends with the checkpoint of its last step.
+    let last = kiln::train::checkpoint::list(&d.join("skip")).pop().map(|c| c.0);
+    assert_eq!(last, Some(30), "checkpoint of the final step");
 }
 
 #[test]

@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 t_all=$(date +%s)
+# The suite run by this command skips nothing: tests that would skip for a missing model or
+# Python package fail instead (they check CI).
+export CI="${CI:-1}"
 tier() {
   local name=$1; shift
   local t0; t0=$(date +%s)

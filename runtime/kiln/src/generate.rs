@@ -194,27 +194,31 @@ pub fn generate_ids_in(
     session.ids.extend_from_slice(&prompt[keep..]);
     let prompt_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    let mut seen: Vec<bool> = vec![false; logits.len()];
-    if opts.repetition_penalty != 1.0 {
-        for &t in prompt {
-            if let Some(s) = seen.get_mut(t as usize) {
-                *s = true;
-            }
+    // Tokens already present, for the repetition penalty (empty when it is off).
+    let penalty = opts.repetition_penalty as f32;
+    let mut seen: Vec<bool> = if penalty != 1.0 { vec![false; logits.len()] } else { Vec::new() };
+    for &t in prompt {
+        if let Some(s) = seen.get_mut(t as usize) {
+            *s = true;
         }
     }
+    let mut penalized = Vec::new();
     let (mut out, mut lps) = (Vec::new(), Vec::new());
     let mut reason = StopReason::Length;
     for _ in 0..opts.max_new_tokens {
-        let lp_logits = logits.clone();
-        if opts.repetition_penalty != 1.0 {
-            let p = opts.repetition_penalty as f32;
-            for (l, _) in logits.iter_mut().zip(&seen).filter(|(_, s)| **s) {
-                *l = if *l < 0.0 { *l * p } else { *l / p };
+        // The choice sees the penalized logits; the log-probability reported is the model's.
+        let scores: &[f32] = if seen.is_empty() {
+            &logits
+        } else {
+            penalized.clone_from(&logits);
+            for (l, _) in penalized.iter_mut().zip(&seen).filter(|(_, s)| **s) {
+                *l = if *l < 0.0 { *l * penalty } else { *l / penalty };
             }
-        }
-        let next = pick(&logits, opts, &mut rng) as i32;
+            &penalized
+        };
+        let next = pick(scores, opts, &mut rng) as i32;
         out.push(next);
-        lps.push(logprob(&lp_logits, next as usize));
+        lps.push(logprob(&logits, next as usize));
         if let Some(s) = seen.get_mut(next as usize) {
             *s = true;
         }
@@ -283,22 +287,10 @@ fn pending_stop_prefix(text: &str, stops: &[String]) -> usize {
 
 /// Generates text after the prompt ids, streaming decoded text to `on_text` as it becomes final
 /// (held back across incomplete UTF-8 and possible stop-string starts), stopping at EOS (the
-/// tokenizer's) or any of `stop_strings` (cut from the text).
-pub fn generate_text(
-    model: &Llama,
-    tok: &TextTokenizer,
-    prompt: &[i32],
-    opts: &GenOptions,
-    stop_strings: &[String],
-    lora: Option<&LoraSet>,
-    on_text: &mut dyn FnMut(&str),
-) -> Result<TextOutput> {
-    generate_text_in(model, &mut Session::new(model), tok, prompt, opts, stop_strings, lora, on_text)
-}
-
-/// [`generate_text`] reusing `session`'s cache (a chat's earlier turns).
+/// tokenizer's) or any of `stop_strings` (cut from the text). `session` holds the KV cache:
+/// a fresh [`Session`] for one-off prompts, the conversation's own for chat turns.
 #[allow(clippy::too_many_arguments)]
-pub fn generate_text_in(
+pub fn generate_text(
     model: &Llama,
     session: &mut Session,
     tok: &TextTokenizer,
@@ -355,9 +347,7 @@ pub fn generate_text_in(
 /// The prompt ids of a conversation under the chat template, ending with the assistant's
 /// generation prompt (what `apply_chat_template(add_generation_prompt=True)` gives).
 pub fn chat_prompt(tok: &TextTokenizer, template: &ChatTemplate, msgs: &[Message]) -> Result<Vec<i32>> {
-    let (bos, eos) =
-        (tok.bos.as_ref().map_or("", |s| s.text.as_str()), tok.eos.as_ref().map_or("", |s| s.text.as_str()));
-    let text = template.render(msgs, true, bos, eos)?;
+    let text = template.render(msgs, true, tok.bos_text(), tok.eos_text())?;
     Ok(tok.encode(&text)?.ids.iter().map(|&i| i as i32).collect())
 }
 

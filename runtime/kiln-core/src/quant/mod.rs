@@ -176,21 +176,8 @@ pub fn dequantize(t: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
             .iter_mut()
             .zip(bytes.chunks_exact(4))
             .for_each(|(o, c)| *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-        // half's slice conversion uses F16C/AVX where the CPU has them (checked at run time).
-        GgmlType::F16 => match bytemuck::try_cast_slice::<u8, f16>(bytes) {
-            Ok(h) if cfg!(target_endian = "little") => h.convert_to_f32_slice(out),
-            _ => out
-                .iter_mut()
-                .zip(bytes.chunks_exact(2))
-                .for_each(|(o, c)| *o = f16::from_le_bytes([c[0], c[1]]).to_f32()),
-        },
-        GgmlType::BF16 => match bytemuck::try_cast_slice::<u8, bf16>(bytes) {
-            Ok(h) if cfg!(target_endian = "little") => h.convert_to_f32_slice(out),
-            _ => out
-                .iter_mut()
-                .zip(bytes.chunks_exact(2))
-                .for_each(|(o, c)| *o = bf16::from_le_bytes([c[0], c[1]]).to_f32()),
-        },
+        GgmlType::F16 => widen::<f16>(bytes, out, |b| f16::from_le_bytes(b).to_f32()),
+        GgmlType::BF16 => widen::<bf16>(bytes, out, |b| bf16::from_le_bytes(b).to_f32()),
         GgmlType::Q8_0 => {
             for (o, b) in out.chunks_exact_mut(32).zip(bytes.chunks_exact(34)) {
                 let d = f16_at(b, 0);
@@ -272,6 +259,19 @@ pub fn dequantize(t: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
         other => return Err(Error::Msg(format!("dequantization of {} is not implemented yet", other.name()))),
     }
     Ok(())
+}
+
+/// Little-endian 16-bit floats to f32: half's slice conversion (F16C/AVX where the CPU has
+/// them, checked at run time) when the bytes are aligned for it, else value by value.
+fn widen<H>(bytes: &[u8], out: &mut [f32], one: impl Fn([u8; 2]) -> f32)
+where
+    H: bytemuck::Pod,
+    [H]: HalfFloatSliceExt,
+{
+    match bytemuck::try_cast_slice::<u8, H>(bytes) {
+        Ok(h) if cfg!(target_endian = "little") => h.convert_to_f32_slice(out),
+        _ => out.iter_mut().zip(bytes.chunks_exact(2)).for_each(|(o, c)| *o = one([c[0], c[1]])),
+    }
 }
 
 /// The eight 6-bit scales and mins of a Q4_K/Q5_K super-block, unpacked from 12 bytes.

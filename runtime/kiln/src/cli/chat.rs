@@ -12,7 +12,7 @@ use kiln::adapters::LoraSet;
 use kiln::data::template::ChatTemplate;
 use kiln::data::tokenizer::TextTokenizer;
 use kiln::data::{Message, Role};
-use kiln::generate::{GenOptions, Session, chat_prompt, generate_text_in};
+use kiln::generate::{GenOptions, Session, chat_prompt, generate_text};
 use kiln::model::Llama;
 
 use super::generate::SamplingArgs;
@@ -51,10 +51,9 @@ struct Speaker {
 }
 
 fn template_of(tok: &TextTokenizer, path: &std::path::Path) -> Result<ChatTemplate> {
-    let src = tok.chat_template.as_deref().ok_or_else(|| {
+    ChatTemplate::choose(None, tok.chat_template.as_deref())?.ok_or_else(|| {
         anyhow!("{}: the model has no chat template (kiln generate --raw continues plain text)", path.display())
-    })?;
-    Ok(ChatTemplate::new(src, "the model's chat_template")?)
+    })
 }
 
 /// Applies `name=value` settings to `o` — all of them, or none when one is invalid.
@@ -161,7 +160,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
             if a.compare {
                 print!("[{}] ", s.label);
             }
-            let g = generate_text_in(
+            let g = generate_text(
                 &s.model,
                 &mut s.session,
                 &s.tok,

@@ -54,11 +54,7 @@ fn token_stats(a: &InspectArgs, examples: &[kiln::data::Example], dir: &std::pat
     use kiln::data::template::ChatTemplate;
     use kiln::data::tokenizer::TextTokenizer;
     let tokenizer = TextTokenizer::load(dir)?;
-    let template = match (&a.template, &tokenizer.chat_template) {
-        (Some(name), _) => Some(ChatTemplate::builtin(name)?),
-        (None, Some(src)) => Some(ChatTemplate::new(src, "the model's chat_template")?),
-        (None, None) => None,
-    };
+    let template = ChatTemplate::choose(a.template.as_deref(), tokenizer.chat_template.as_deref())?;
     let r = Renderer { tokenizer, template, train_on_inputs: a.train_on_inputs };
     let mut lens = Vec::with_capacity(examples.len());
     let mut trained = 0usize;

@@ -204,7 +204,7 @@ fn exact_match(
     let tick = &mut |n: usize| pb.inc(n as u64);
     let preds = kiln::eval::run::predict(model, lora, &r.tokenizer, r.template.as_ref(), rows, &opts, &[], tick)?;
     pb.finish_and_clear();
-    let hits = preds.iter().filter(|p| kiln::eval::accuracy(&[&p.prediction], &[&p.reference], false) == 1.0).count();
+    let hits = preds.iter().filter(|p| kiln::eval::exact_match(&p.prediction, &p.reference, false)).count();
     Ok((hits, preds.into_iter().map(|p| p.prediction).collect()))
 }
 

@@ -109,11 +109,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     systems.push((if a.adapter.is_some() { "tuned" } else { "model" }, model, tok, lora));
     let mut results = Vec::new();
     for (label, model, tok, lora) in systems {
-        let template = match (&a.template, &tok.chat_template) {
-            (Some(name), _) => Some(kiln::data::template::ChatTemplate::builtin(name)?),
-            (None, Some(src)) => Some(kiln::data::template::ChatTemplate::new(src, "the model's chat_template")?),
-            (None, None) => None,
-        };
+        let template = kiln::data::template::ChatTemplate::choose(a.template.as_deref(), tok.chat_template.as_deref())?;
         let rows = gen_rows(&examples, template.is_some());
         let r = Renderer { tokenizer: tok, template, train_on_inputs: false };
         let loss_rows =

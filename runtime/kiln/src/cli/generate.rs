@@ -7,7 +7,7 @@ use anyhow::{Context, Result, anyhow};
 use clap::Args;
 use kiln::data::template::ChatTemplate;
 use kiln::data::{Message, Role};
-use kiln::generate::{GenOptions, chat_prompt, generate_text, raw_prompt};
+use kiln::generate::{GenOptions, Session, chat_prompt, generate_text, raw_prompt};
 
 /// Sampling flags shared by `generate`, `chat` and `eval`.
 #[derive(Args, Debug, Clone)]
@@ -87,9 +87,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let prompt = if a.raw {
         raw_prompt(&tok, &prompt_text)?
     } else {
-        let src =
-            tok.chat_template.as_deref().ok_or_else(|| anyhow!("{}: no chat template; use --raw", path.display()))?;
-        let t = ChatTemplate::new(src, "the model's chat_template")?;
+        let t = ChatTemplate::choose(None, tok.chat_template.as_deref())?
+            .ok_or_else(|| anyhow!("{}: no chat template; use --raw", path.display()))?;
         let mut msgs = Vec::new();
         if let Some(s) = &a.system {
             msgs.push(Message { role: Role::System, content: s.clone() });
@@ -99,7 +98,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     };
     let opts = a.sampling.options();
     let mut stdout = std::io::stdout();
-    let out = generate_text(&model, &tok, &prompt, &opts, &a.sampling.stop, lora.as_ref(), &mut |s| {
+    let session = &mut Session::new(&model);
+    let out = generate_text(&model, session, &tok, &prompt, &opts, &a.sampling.stop, lora.as_ref(), &mut |s| {
         if !a.json {
             // Streamed as decoded; a closed stdout only ends the stream.
             let _ = stdout.write_all(s.as_bytes()).and_then(|_| stdout.flush());

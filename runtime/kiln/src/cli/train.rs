@@ -292,13 +292,15 @@ fn check_memory(cfg: &TrainConfig, t: &mut Trainer, seq: usize) -> Result<()> {
     if seq >= 128 {
         try_cfg(format!("--max-seq-len {}", seq / 2), cfg.clone(), seq / 2);
     }
-    let both = TrainConfig {
-        gradient_checkpointing: true,
-        batch_size: 1,
-        grad_accum: cfg.grad_accum * cfg.batch_size,
-        ..cfg.clone()
-    };
-    try_cfg("--gradient-checkpointing true --batch-size 1 together".into(), both, seq);
+    if !cfg.gradient_checkpointing && cfg.batch_size > 1 {
+        let both = TrainConfig {
+            gradient_checkpointing: true,
+            batch_size: 1,
+            grad_accum: cfg.grad_accum * cfg.batch_size,
+            ..cfg.clone()
+        };
+        try_cfg("--gradient-checkpointing true --batch-size 1 together".into(), both, seq);
+    }
     let hint = if fits.is_empty() {
         "no single setting change fits: use a smaller model, --method qlora, or free memory".to_string()
     } else {
@@ -344,7 +346,7 @@ fn plan_text(cfg: &TrainConfig, t: &mut Trainer, seq: usize, base: &str) -> Stri
         cfg.batch_size,
         cfg.grad_accum,
         trainable,
-        d.template.as_deref().unwrap_or("none")
+        d.renderer.template.as_ref().map_or("none", |t| t.origin.as_str())
     );
     s += &format!("memory estimate (cpu): {} in all\n", gib(total));
     for (k, v) in mem {
@@ -396,11 +398,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
     t.stop = Some(stop);
     let summary = train_with_progress(&mut t)?;
     if summary.interrupted {
-        let ck = kiln::train::checkpoint::list(&cfg.out).pop().map(|c| c.1.display().to_string()).unwrap_or_default();
+        // The run saved a checkpoint of the step it stopped after: the newest one.
+        let (step, ck) = kiln::train::checkpoint::list(&cfg.out).pop().unwrap_or_default();
         eprintln!(
-            "interrupted at step {} of {}: checkpoint {ck}; continue with the same command and --resume",
-            t.total_steps.min(summary.losses.last().map_or(0, |l| l.0)),
-            t.total_steps
+            "interrupted at step {step} of {}: checkpoint {}; continue with the same command and --resume",
+            t.total_steps,
+            ck.display()
         );
         std::process::exit(130);
     }

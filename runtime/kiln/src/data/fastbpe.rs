@@ -182,22 +182,25 @@ impl FastByteLevel {
     fn bpe(&self, tok: &tokenizers::Tokenizer, piece: &str, base: usize, out: &mut Encoded) -> Option<()> {
         let key = piece.as_bytes();
         let shard = &self.cache[self.hasher.hash_one(key) as usize % SHARDS];
-        let cached = shard.lock().ok()?.get(key).cloned();
-        let ids = match cached {
-            Some(ids) => ids,
-            None => {
-                let mapped: String = key.iter().map(|&b| self.byte_char[b as usize]).collect();
-                let ids: Box<[u32]> = tok.get_model().tokenize(&mapped).ok()?.iter().map(|t| t.id).collect();
-                let mut s = shard.lock().ok()?;
-                if s.len() >= SHARD_CAP {
-                    s.clear();
-                }
-                s.insert(key.into(), ids.clone());
-                ids
-            }
-        };
+        // A hit is copied out under the lock (no allocation per pre-token).
+        if let Some(ids) = shard.lock().ok()?.get(key) {
+            return self.emit(ids, piece, base, out);
+        }
+        let mapped: String = key.iter().map(|&b| self.byte_char[b as usize]).collect();
+        let ids: Box<[u32]> = tok.get_model().tokenize(&mapped).ok()?.iter().map(|t| t.id).collect();
+        self.emit(&ids, piece, base, out)?;
+        let mut s = shard.lock().ok()?;
+        if s.len() >= SHARD_CAP {
+            s.clear();
+        }
+        s.insert(key.into(), ids);
+        Some(())
+    }
+
+    /// Appends `ids` (the BPE of `piece`, at `base` in the input) with their byte offsets.
+    fn emit(&self, ids: &[u32], piece: &str, base: usize, out: &mut Encoded) -> Option<()> {
         let mut at = 0;
-        for &id in ids.iter() {
+        for &id in ids {
             let len = *self.byte_len.get(id as usize)? as usize;
             if len == 0 || at + len > piece.len() {
                 return None;

@@ -34,13 +34,6 @@ pub struct Renderer {
 }
 
 impl Renderer {
-    fn bos(&self) -> &str {
-        self.tokenizer.bos.as_ref().map(|s| s.text.as_str()).unwrap_or("")
-    }
-    fn eos(&self) -> &str {
-        self.tokenizer.eos.as_ref().map(|s| s.text.as_str()).unwrap_or("")
-    }
-
     /// The rendered text of a conversation and the byte spans of its assistant turns.
     pub fn render_chat(&self, turns: &[Message]) -> Result<(String, Vec<(usize, usize)>)> {
         let t = self.template.as_ref().ok_or_else(|| {
@@ -49,7 +42,7 @@ impl Renderer {
                     .into(),
             )
         })?;
-        let (bos, eos) = (self.bos(), self.eos());
+        let (bos, eos) = (self.tokenizer.bos_text(), self.tokenizer.eos_text());
         let full = t.render(turns, false, bos, eos)?;
         let mut spans = Vec::new();
         for (i, m) in turns.iter().enumerate() {

@@ -48,6 +48,16 @@ impl ChatTemplate {
         Ok(ChatTemplate { env, origin: origin.to_string() })
     }
 
+    /// The template to use: the built-in `name` when given, else the model's own `source`
+    /// (`None` when it has none).
+    pub fn choose(name: Option<&str>, source: Option<&str>) -> Result<Option<ChatTemplate>> {
+        Ok(match (name, source) {
+            (Some(n), _) => Some(ChatTemplate::builtin(n)?),
+            (None, Some(src)) => Some(ChatTemplate::new(src, "the model's chat_template")?),
+            (None, None) => None,
+        })
+    }
+
     /// A built-in template by name.
     pub fn builtin(name: &str) -> Result<ChatTemplate> {
         let src = BUILTIN.iter().find(|(n, _)| *n == name).map(|(_, s)| *s).ok_or_else(|| {

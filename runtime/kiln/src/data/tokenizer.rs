@@ -218,6 +218,21 @@ impl TextTokenizer {
         })
     }
 
+    /// BOS as text ("" when the tokenizer has none), as chat templates receive it.
+    pub fn bos_text(&self) -> &str {
+        self.bos.as_ref().map_or("", |s| s.text.as_str())
+    }
+
+    /// EOS as text ("" when the tokenizer has none).
+    pub fn eos_text(&self) -> &str {
+        self.eos.as_ref().map_or("", |s| s.text.as_str())
+    }
+
+    /// The id batches are padded with: PAD, else EOS, else 0 (padding is never a target).
+    pub fn pad_id(&self) -> i32 {
+        self.pad.as_ref().or(self.eos.as_ref()).map_or(0, |s| s.id as i32)
+    }
+
     /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
         self.tok.get_vocab_size(true)

@@ -68,9 +68,14 @@ pub fn normalize(s: &str, case_insensitive: bool) -> String {
     if case_insensitive { s.to_lowercase() } else { s }
 }
 
-/// Fraction of predictions equal to their reference after [`normalize`].
+/// Whether a prediction equals its reference after [`normalize`].
+pub fn exact_match(pred: &str, reference: &str, case_insensitive: bool) -> bool {
+    normalize(pred, case_insensitive) == normalize(reference, case_insensitive)
+}
+
+/// Fraction of predictions that [`exact_match`] their reference.
 pub fn accuracy(preds: &[&str], refs: &[&str], case_insensitive: bool) -> f64 {
-    let hits = preds.iter().zip(refs).filter(|(p, r)| normalize(p, case_insensitive) == normalize(r, case_insensitive));
+    let hits = preds.iter().zip(refs).filter(|(p, r)| exact_match(p, r, case_insensitive));
     hits.count() as f64 / preds.len().max(1) as f64
 }
 

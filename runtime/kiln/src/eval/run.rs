@@ -7,11 +7,11 @@ use serde_json::{Value, json};
 
 use super::{Metric, Scores, TextOptions};
 use crate::adapters::LoraSet;
-use crate::data::batch::{PackStats, to_batch, truncate, unpacked};
+use crate::data::batch::{PackStats, Sequence, to_batch, truncate, unpacked};
 use crate::data::render::Renderer;
 use crate::data::tokenizer::TextTokenizer;
 use crate::data::{Example, Message, Role, template::ChatTemplate};
-use crate::generate::{GenOptions, chat_prompt, generate_text, raw_prompt};
+use crate::generate::{GenOptions, Session, chat_prompt, generate_text, raw_prompt};
 use crate::model::{Inputs, Llama};
 use crate::{KilnError, Result};
 use kiln_core::Tape;
@@ -64,7 +64,18 @@ pub fn mean_loss(
 ) -> Result<Option<f64>> {
     let toks = examples.iter().map(|e| r.tokenize(e)).collect::<Result<Vec<_>>>()?;
     let seqs = unpacked(&truncate(toks, max_len, &mut PackStats::default()), &mut PackStats::default());
-    let pad = r.tokenizer.pad.as_ref().or(r.tokenizer.eos.as_ref()).map_or(0, |s| s.id as i32);
+    sequences_loss(model, lora, &seqs, r.tokenizer.pad_id(), batch, tick)
+}
+
+/// Token-weighted mean loss of ready sequences (also the trainer's held-out loss).
+pub fn sequences_loss(
+    model: &Llama,
+    lora: Option<&LoraSet>,
+    seqs: &[Sequence],
+    pad: i32,
+    batch: usize,
+    tick: &mut dyn FnMut(usize),
+) -> Result<Option<f64>> {
     let (mut sum, mut n) = (0.0, 0usize);
     for chunk in seqs.chunks(batch.max(1)) {
         let b = to_batch(chunk, pad)?;
@@ -123,7 +134,7 @@ pub fn predict(
                 ));
             }
         };
-        let g = generate_text(model, tok, &ids, opts, stop, lora, &mut |_| {})?;
+        let g = generate_text(model, &mut Session::new(model), tok, &ids, opts, stop, lora, &mut |_| {})?;
         out.push(Prediction {
             prompt: shown,
             reference: row.reference.clone(),
@@ -134,6 +145,13 @@ pub fn predict(
         tick(1);
     }
     Ok(out)
+}
+
+/// The text metrics of generated answers against their references.
+pub fn score(preds: &[Prediction], metrics: &[Metric], o: TextOptions) -> Scores {
+    let p: Vec<&str> = preds.iter().map(|p| p.prediction.as_str()).collect();
+    let refs: Vec<&str> = preds.iter().map(|p| p.reference.as_str()).collect();
+    Scores::of_texts(&p, &refs, metrics, o)
 }
 
 /// What to evaluate and how.
@@ -178,9 +196,7 @@ pub fn evaluate(
             ));
         }
         preds = predict(model, lora, &r.tokenizer, r.template.as_ref(), rows, &spec.sampling, &spec.stop, tick)?;
-        let p: Vec<&str> = preds.iter().map(|p| p.prediction.as_str()).collect();
-        let refs: Vec<&str> = preds.iter().map(|p| p.reference.as_str()).collect();
-        let t = Scores::of_texts(&p, &refs, &spec.metrics, spec.text);
+        let t = score(&preds, &spec.metrics, spec.text);
         (s.accuracy, s.bleu, s.rouge) = (t.accuracy, t.bleu, t.rouge);
     }
     Ok((s, preds))

@@ -182,19 +182,25 @@ impl TrainConfig {
     /// Defaults, overlaid by the TOML `file` (when given), overlaid by `flags` (a table of the
     /// settings given on the command line).
     pub fn resolve(file: Option<&Path>, flags: toml::Table) -> Result<TrainConfig> {
-        let mut table = match file {
-            None => toml::Table::new(),
-            Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| KilnError::io(p, e))?;
-                // The file alone first, so an error points into it (line, key, what is wrong).
-                toml::from_str::<TrainConfig>(&text)
-                    .map_err(|e| KilnError::Msg(format!("{}: {}", p.display(), e.to_string().trim_end())))?;
-                text.parse::<toml::Table>().map_err(|e| KilnError::Msg(format!("{}: {e}", p.display())))?
+        let text = match file {
+            None => None,
+            Some(p) => Some(std::fs::read_to_string(p).map_err(|e| KilnError::io(p, e))?),
+        };
+        let mut table = match (file, &text) {
+            (Some(p), Some(t)) => {
+                t.parse::<toml::Table>().map_err(|e| KilnError::Msg(format!("{}: {e}", p.display())))?
             }
+            _ => toml::Table::new(),
         };
         table.extend(flags);
-        let cfg: TrainConfig =
-            table.try_into().map_err(|e: toml::de::Error| KilnError::Msg(format!("configuration: {}", e.message())))?;
+        let cfg: TrainConfig = table.try_into().map_err(|e: toml::de::Error| {
+            // Flags are typed by clap, so a bad value comes from the file: parsed again alone,
+            // the error points into it (line, key, what is wrong).
+            match (file, text.as_deref().map(toml::from_str::<TrainConfig>)) {
+                (Some(p), Some(Err(fe))) => KilnError::Msg(format!("{}: {}", p.display(), fe.to_string().trim_end())),
+                _ => KilnError::Msg(format!("configuration: {}", e.message())),
+            }
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }

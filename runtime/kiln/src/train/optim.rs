@@ -106,8 +106,21 @@ impl AdamW {
 
     /// One update of every parameter that received a gradient, after scaling all gradients so
     /// their global norm is at most `clip` (when given). Returns the norm before clipping.
-    pub fn step(&mut self, mut params: Vec<&mut Var>, grads: &Grads, clip: Option<f64>) -> Result<f64> {
+    pub fn step(&mut self, params: Vec<&mut Var>, grads: &Grads, clip: Option<f64>) -> Result<f64> {
         let norm = AdamW::grad_norm(&params, grads)?;
+        self.step_with_norm(params, grads, clip, norm)?;
+        Ok(norm)
+    }
+
+    /// [`AdamW::step`] with the gradients' global norm already computed (by a caller that
+    /// checked it), so it is not summed twice.
+    pub fn step_with_norm(
+        &mut self,
+        mut params: Vec<&mut Var>,
+        grads: &Grads,
+        clip: Option<f64>,
+        norm: f64,
+    ) -> Result<()> {
         let factor = match clip {
             Some(c) if norm > c && norm.is_finite() => c / norm,
             _ => 1.0,
@@ -147,6 +160,6 @@ impl AdamW {
             };
             self.state.insert(id, st);
         }
-        Ok(norm)
+        Ok(())
     }
 }

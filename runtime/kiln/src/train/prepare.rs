@@ -27,18 +27,13 @@ pub struct Prepared {
     pub stats: PackStats,
     pub report: LoadReport,
     pub pad: i32,
-    pub template: Option<String>,
     /// The tokenizer and template the rows were rendered with (generation at evaluation).
     pub renderer: Renderer,
 }
 
 /// The chat template: `--template` by name, else the tokenizer's own.
 pub fn template_for(cfg: &TrainConfig, tok: &TextTokenizer) -> Result<Option<ChatTemplate>> {
-    Ok(match (&cfg.template, &tok.chat_template) {
-        (Some(name), _) => Some(ChatTemplate::builtin(name)?),
-        (None, Some(src)) => Some(ChatTemplate::new(src, "the model's chat_template")?),
-        (None, None) => None,
-    })
+    ChatTemplate::choose(cfg.template.as_deref(), tok.chat_template.as_deref())
 }
 
 fn load_opts(cfg: &TrainConfig) -> Result<LoadOptions> {
@@ -78,8 +73,7 @@ pub fn prepare(cfg: &TrainConfig, tokenizer: TextTokenizer, max_len: usize) -> R
         eval_examples.truncate(cfg.eval_samples);
     }
     let template = template_for(cfg, &tokenizer)?;
-    let origin = template.as_ref().map(|t| t.origin.clone());
-    let pad = tokenizer.pad.as_ref().or(tokenizer.eos.as_ref()).map_or(0, |s| s.id as i32);
+    let pad = tokenizer.pad_id();
     let r = Renderer { tokenizer, template, train_on_inputs: cfg.train_on_inputs };
     // Rows render and tokenize independently: spread them over the cores.
     let tok = |rows: &[Example]| rows.par_iter().map(|e| r.tokenize(e)).collect::<Result<Vec<_>>>();
@@ -103,7 +97,6 @@ pub fn prepare(cfg: &TrainConfig, tokenizer: TextTokenizer, max_len: usize) -> R
         stats,
         report,
         pad,
-        template: origin,
         renderer: r,
     })
 }

@@ -226,28 +226,15 @@ impl Trainer {
         idx.chunks(self.cfg.batch_size).map(<[usize]>::to_vec).collect()
     }
 
-    fn batch(&self, idx: &[usize], eval: bool) -> Result<Batch> {
-        let src = if eval { &self.data.eval } else { &self.data.train };
-        let seqs: Vec<_> = idx.iter().map(|&i| src[i].clone()).collect();
+    fn batch(&self, idx: &[usize]) -> Result<Batch> {
+        let seqs: Vec<_> = idx.iter().map(|&i| self.data.train[i].clone()).collect();
         to_batch(&seqs, self.data.pad)
     }
 
     /// Token-weighted mean loss over the held-out sequences (`None` without any).
     pub fn evaluate(&self) -> Result<Option<f64>> {
-        let (mut sum, mut n) = (0.0, 0usize);
-        let idx: Vec<usize> = (0..self.data.eval.len()).collect();
-        for chunk in idx.chunks(self.cfg.batch_size) {
-            let b = self.batch(chunk, true)?;
-            if b.n_targets == 0 {
-                continue;
-            }
-            let tape = Tape::no_grad();
-            let inp = Inputs { ids: &b.ids, pos: &b.pos, seg: Some(&b.seg) };
-            let ce = self.model.loss(&tape, &inp, &b.targets, self.lora.as_ref(), false)?;
-            sum += ce.loss.value().item()? * ce.n_valid as f64;
-            n += ce.n_valid;
-        }
-        Ok((n > 0).then(|| sum / n as f64))
+        let (model, lora) = (&self.model, self.lora.as_ref());
+        crate::eval::run::sequences_loss(model, lora, &self.data.eval, self.data.pad, self.cfg.batch_size, &mut |_| {})
     }
 
     /// One optimizer step: forward/backward over each micro-batch, gradients weighted by
@@ -255,7 +242,7 @@ impl Trainer {
     /// case nothing is applied and the step says what was found.
     fn train_step(&mut self, step: usize) -> Result<StepResult> {
         let micro = self.plan(step);
-        let batches = micro.iter().map(|m| self.batch(m, false)).collect::<Result<Vec<_>>>()?;
+        let batches = micro.iter().map(|m| self.batch(m)).collect::<Result<Vec<_>>>()?;
         let n_total: usize = batches.iter().map(|b| b.n_targets).sum();
         let mut grads = Grads::default();
         let (mut loss, mut tokens) = (0.0, 0);
@@ -278,9 +265,9 @@ impl Trainer {
         if !loss.is_finite() {
             return Ok(StepResult::NonFinite(format!("the loss is {loss}")));
         }
-        let named = trainable(&self.cfg, &mut self.model, &mut self.lora);
         let gn = {
-            let params: Vec<&mut Var> = named.into_iter().map(|(_, v)| v).collect();
+            let params: Vec<&mut Var> =
+                trainable(&self.cfg, &mut self.model, &mut self.lora).into_iter().map(|(_, v)| v).collect();
             AdamW::grad_norm(&params, &grads)?
         };
         if !gn.is_finite() {
@@ -297,7 +284,7 @@ impl Trainer {
         }
         let clip = (self.cfg.max_grad_norm > 0.0).then_some(self.cfg.max_grad_norm);
         let params = trainable(&self.cfg, &mut self.model, &mut self.lora).into_iter().map(|(_, v)| v).collect();
-        let gn = self.opt.step(params, &grads, clip)?;
+        self.opt.step_with_norm(params, &grads, clip, gn)?;
         Ok(StepResult::Applied { loss, grad_norm: gn, tokens, lr })
     }
 
@@ -378,7 +365,7 @@ impl Trainer {
 
     /// The generation metrics of `eval_metrics` on the held-out rows (greedy), or `None`.
     pub fn generation_scores(&self) -> Result<Option<crate::eval::Scores>> {
-        use crate::eval::{Metric, Scores, TextOptions, run};
+        use crate::eval::{Metric, TextOptions, run};
         if self.cfg.eval_metrics.trim().is_empty() {
             return Ok(None);
         }
@@ -399,9 +386,7 @@ impl Trainer {
             &[],
             &mut |_| {},
         )?;
-        let p: Vec<&str> = preds.iter().map(|p| p.prediction.as_str()).collect();
-        let refs: Vec<&str> = preds.iter().map(|p| p.reference.as_str()).collect();
-        Ok(Some(Scores::of_texts(&p, &refs, &metrics, TextOptions::default())))
+        Ok(Some(run::score(&preds, &metrics, TextOptions::default())))
     }
 
     /// The `metrics.jsonl` line of an evaluation.
@@ -453,15 +438,33 @@ impl Trainer {
         let t0 = Instant::now();
         let tokens0 = self.tokens;
         for step in self.step + 1..=self.total_steps {
-            let (loss, gn, tokens, lr) = match self.train_step(step)? {
-                StepResult::Applied { loss, grad_norm, tokens, lr } => (loss, grad_norm, tokens, lr),
+            match self.train_step(step)? {
+                StepResult::Applied { loss, grad_norm, tokens, lr } => {
+                    self.tokens += tokens;
+                    let el = t0.elapsed().as_secs_f64();
+                    let log = StepLog {
+                        step,
+                        total: self.total_steps,
+                        epoch: step as f64 / self.steps_per_epoch as f64,
+                        loss,
+                        lr,
+                        grad_norm,
+                        tokens: self.tokens,
+                        tokens_per_s: (self.tokens - tokens0) as f64 / el.max(1e-9),
+                        elapsed_s: el,
+                    };
+                    line(serde_json::json!({"kind": "train", "step": step, "epoch": log.epoch, "loss": loss,
+                        "lr": lr, "grad_norm": grad_norm, "tokens": log.tokens, "tokens_per_s": log.tokens_per_s,
+                        "elapsed_s": el}))?;
+                    summary.losses.push((step, loss));
+                    on(Event::Step(&log));
+                }
+                // Skipped: no update; the data position moves on and the step still counts for
+                // evaluation, checkpoints and Ctrl-C below.
                 StepResult::NonFinite(what) if self.cfg.skip_nonfinite => {
-                    // Skipped: no update, the data position moves on, the step is counted.
                     summary.skipped.push(step);
                     line(serde_json::json!({"kind": "skip", "step": step, "reason": what}))?;
                     on(Event::Skipped { step, reason: &what });
-                    self.step = step;
-                    continue;
                 }
                 StepResult::NonFinite(what) => {
                     let last = checkpoint::list(&self.out).last().map(|c| c.1.display().to_string());
@@ -470,25 +473,8 @@ impl Trainer {
                         last.unwrap_or_else(|| "none (set --save-steps)".into())
                     )));
                 }
-            };
+            }
             self.step = step;
-            self.tokens += tokens;
-            let el = t0.elapsed().as_secs_f64();
-            let log = StepLog {
-                step,
-                total: self.total_steps,
-                epoch: step as f64 / self.steps_per_epoch as f64,
-                loss,
-                lr,
-                grad_norm: gn,
-                tokens: self.tokens,
-                tokens_per_s: (self.tokens - tokens0) as f64 / el.max(1e-9),
-                elapsed_s: el,
-            };
-            line(serde_json::json!({"kind": "train", "step": step, "epoch": log.epoch, "loss": loss, "lr": lr,
-                "grad_norm": gn, "tokens": log.tokens, "tokens_per_s": log.tokens_per_s, "elapsed_s": el}))?;
-            summary.losses.push((step, loss));
-            on(Event::Step(&log));
             let last = step == self.total_steps;
             if ((self.cfg.eval_steps > 0 && step.is_multiple_of(self.cfg.eval_steps)) || last)
                 && let Some(l) = self.eval_record(step, &mut summary)?
@@ -499,7 +485,7 @@ impl Trainer {
             }
             let interrupted = self.stop.as_ref().is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst));
             if (self.cfg.save_steps > 0 && step.is_multiple_of(self.cfg.save_steps)) || last || interrupted {
-                let p = self.save_checkpoint(lr)?;
+                let p = self.save_checkpoint(self.opt.lr)?;
                 on(Event::Saved { step, path: &p });
             }
             if interrupted && !last {
