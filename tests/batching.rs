@@ -76,7 +76,13 @@ fn packed_batch_loss_is_the_token_weighted_loss_of_its_rows() {
     let tape = Tape::no_grad();
     let loss = |b: &kiln::data::batch::Batch| {
         let ce = model
-            .loss(&tape, &Inputs { ids: &b.ids, pos: &b.pos, seg: Some(&b.seg) }, &b.targets, None, false)
+            .loss(
+                &tape,
+                &Inputs { ids: &b.ids, pos: &b.pos, seg: Some(&b.seg), shared_prefix: false, base_only: false },
+                &b.targets,
+                None,
+                false,
+            )
             .unwrap();
         (ce.loss.value().item().unwrap(), ce.n_valid)
     };

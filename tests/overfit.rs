@@ -20,7 +20,7 @@ fn lora_overfits_one_batch() {
     let targets = Tensor::from_vec(shift_targets(&labels, b, t, None), [b, t]).unwrap();
     let mut lora = LoraSet::new(&model.config, LoraConfig { r: 8, alpha: 16.0, ..Default::default() }, 42).unwrap();
     let mut opt = AdamW::new(1e-2);
-    let inp = Inputs { ids: &ids, pos: &pos, seg: None };
+    let inp = Inputs { ids: &ids, pos: &pos, seg: None, shared_prefix: false, base_only: false };
     let mut losses = Vec::new();
     for step in 0..100 {
         let tape = Tape::new();

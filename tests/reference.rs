@@ -56,7 +56,7 @@ fn check(name: &str, checkpoint: bool) {
     let (model, lora, r) = load(name);
     let (b, t) = (r.ids.dims()[0], r.ids.dims()[1]);
     let pos = default_positions(b, t).unwrap();
-    let inp = Inputs { ids: &r.ids, pos: &pos, seg: None };
+    let inp = Inputs { ids: &r.ids, pos: &pos, seg: None, shared_prefix: false, base_only: false };
     let targets = Tensor::from_vec(shift_targets(&r.labels, b, t, None), [b, t]).unwrap();
 
     let tape = Tape::new();
@@ -131,7 +131,7 @@ fn adamw_trajectory_matches_pytorch() {
         let (model, mut lora, r) = load(name);
         let (b, t) = (r.ids.dims()[0], r.ids.dims()[1]);
         let pos = default_positions(b, t).unwrap();
-        let inp = Inputs { ids: &r.ids, pos: &pos, seg: None };
+        let inp = Inputs { ids: &r.ids, pos: &pos, seg: None, shared_prefix: false, base_only: false };
         let targets = Tensor::from_vec(shift_targets(&r.labels, b, t, None), [b, t]).unwrap();
         let want = r.store.get("adamw_losses").unwrap().to_vec_f32().unwrap();
         let mut opt = kiln::train::AdamW::new(1e-2);
@@ -169,7 +169,12 @@ fn packed_rows_give_the_logits_of_separate_rows() {
     );
     let tape = Tape::no_grad();
     let got = model
-        .forward(&tape, &Inputs { ids: &pi, pos: &pp, seg: Some(&ps) }, Some(&lora), false)
+        .forward(
+            &tape,
+            &Inputs { ids: &pi, pos: &pp, seg: Some(&ps), shared_prefix: false, base_only: false },
+            Some(&lora),
+            false,
+        )
         .unwrap()
         .value()
         .to_vec_f32()
@@ -179,7 +184,12 @@ fn packed_rows_give_the_logits_of_separate_rows() {
         let one = Tensor::from_vec(ids[row * t..row * t + len].to_vec(), [1, len]).unwrap();
         let pos = default_positions(1, len).unwrap();
         let want = model
-            .forward(&tape, &Inputs { ids: &one, pos: &pos, seg: None }, Some(&lora), false)
+            .forward(
+                &tape,
+                &Inputs { ids: &one, pos: &pos, seg: None, shared_prefix: false, base_only: false },
+                Some(&lora),
+                false,
+            )
             .unwrap()
             .value()
             .to_vec_f32()

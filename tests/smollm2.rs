@@ -46,7 +46,14 @@ fn smollm2_gguf_matches_transformers() {
     let ids = Tensor::from_vec(ids, [1, n]).unwrap();
     let pos = default_positions(1, n).unwrap();
     let tape = Tape::no_grad();
-    let logits = model.forward(&tape, &Inputs { ids: &ids, pos: &pos, seg: None }, None, false).unwrap();
+    let logits = model
+        .forward(
+            &tape,
+            &Inputs { ids: &ids, pos: &pos, seg: None, shared_prefix: false, base_only: false },
+            None,
+            false,
+        )
+        .unwrap();
     let ce = ops::cross_entropy(&tape, &logits, &targets).unwrap();
     let loss = ce.loss.value().item().unwrap();
     let want = fx["mean_loss"].as_f64().unwrap();

@@ -229,7 +229,7 @@ fn merged_export_equals_the_unmerged_adapter() {
     assert_eq!(merged_tok.chat_template, tok.chat_template);
     let ids = Tensor::from_vec((0..24i32).map(|i| i * 37 % 700).collect::<Vec<_>>(), [2, 12]).unwrap();
     let pos = default_positions(2, 12).unwrap();
-    let inp = Inputs { ids: &ids, pos: &pos, seg: None };
+    let inp = Inputs { ids: &ids, pos: &pos, seg: None, shared_prefix: false, base_only: false };
     let tape = Tape::no_grad();
     let a = t.model.forward(&tape, &inp, t.lora.as_ref(), false).unwrap().value().to_vec_f32().unwrap();
     let b = merged.forward(&tape, &inp, None, false).unwrap().value().to_vec_f32().unwrap();
@@ -248,7 +248,7 @@ fn bottleneck_adapters_start_at_the_base_model_and_round_trip() {
     let base = Llama::load(cfg.model.as_ref().unwrap(), false).unwrap();
     let ids = Tensor::from_vec((0..16i32).map(|i| i * 41 % 700).collect::<Vec<_>>(), [2, 8]).unwrap();
     let pos = default_positions(2, 8).unwrap();
-    let inp = Inputs { ids: &ids, pos: &pos, seg: None };
+    let inp = Inputs { ids: &ids, pos: &pos, seg: None, shared_prefix: false, base_only: false };
     let tape = Tape::no_grad();
     let logits = |m: &Llama| m.forward(&tape, &inp, None, false).unwrap().value().to_vec_f32().unwrap();
     let mut fresh = Llama::load(cfg.model.as_ref().unwrap(), false).unwrap();
@@ -275,7 +275,7 @@ fn gguf_export_round_trips() {
     let src = cfg.model.clone().unwrap();
     let ids = Tensor::from_vec((0..20i32).map(|i| i * 53 % 700).collect::<Vec<_>>(), [2, 10]).unwrap();
     let pos = default_positions(2, 10).unwrap();
-    let inp = Inputs { ids: &ids, pos: &pos, seg: None };
+    let inp = Inputs { ids: &ids, pos: &pos, seg: None, shared_prefix: false, base_only: false };
     let tape = Tape::no_grad();
     let want = t.model.forward(&tape, &inp, t.lora.as_ref(), false).unwrap().value().to_vec_f32().unwrap();
     let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
@@ -351,7 +351,7 @@ fn train_embeddings_saves_and_reloads_the_full_modules() {
     let lora = kiln::models::load_adapter(&mut fresh, &dir).unwrap();
     let ids = Tensor::from_vec((0..12i32).map(|i| i * 59 % 700).collect::<Vec<_>>(), [1, 12]).unwrap();
     let pos = default_positions(1, 12).unwrap();
-    let inp = Inputs { ids: &ids, pos: &pos, seg: None };
+    let inp = Inputs { ids: &ids, pos: &pos, seg: None, shared_prefix: false, base_only: false };
     let tape = Tape::no_grad();
     let a = t.model.forward(&tape, &inp, t.lora.as_ref(), false).unwrap().value().to_vec_f32().unwrap();
     let b = fresh.forward(&tape, &inp, lora.as_ref(), false).unwrap().value().to_vec_f32().unwrap();
@@ -409,7 +409,7 @@ fn added_special_tokens_grow_the_vocabulary_and_learn() {
     assert_eq!(back.encode("<|tool|> run 3").unwrap().ids, tok.encode("<|tool|> run 3").unwrap().ids);
     let ids = Tensor::from_vec(vec![709, 5, 77, 709, 12], [1, 5]).unwrap();
     let pos = default_positions(1, 5).unwrap();
-    let inp = Inputs { ids: &ids, pos: &pos, seg: None };
+    let inp = Inputs { ids: &ids, pos: &pos, seg: None, shared_prefix: false, base_only: false };
     let tape = Tape::no_grad();
     let a = t.model.forward(&tape, &inp, t.lora.as_ref(), false).unwrap().value().to_vec_f32().unwrap();
     let b = fresh.forward(&tape, &inp, lora.as_ref(), false).unwrap().value().to_vec_f32().unwrap();

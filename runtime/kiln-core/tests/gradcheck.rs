@@ -161,7 +161,7 @@ fn grad_attention_gqa_with_and_without_segments() {
     let v = randn(&mut r, &[b, t, hkv, d], 1.0);
     let scale = 1.0 / (d as f64).sqrt();
     let inputs = vec![(q, true), (k, true), (v, true)];
-    check("attention", inputs.clone(), &|tp, x| ops::attention(tp, &x[0], &x[1], &x[2], None, scale), 13);
+    check("attention", inputs.clone(), &|tp, x| ops::attention(tp, &x[0], &x[1], &x[2], None, false, scale), 13);
     let seg: Vec<i32> = (0..b * t)
         .map(|i| {
             if i % t < 20 {
@@ -174,7 +174,31 @@ fn grad_attention_gqa_with_and_without_segments() {
         })
         .collect();
     let seg = ids(seg, &[b, t]);
-    check("attention packed", inputs, &|tp, x| ops::attention(tp, &x[0], &x[1], &x[2], Some(&seg), scale), 14);
+    check(
+        "attention packed",
+        inputs.clone(),
+        &|tp, x| ops::attention(tp, &x[0], &x[1], &x[2], Some(&seg), false, scale),
+        14,
+    );
+    // Preference layout: a shared prompt (segment 4), two answers that see it (5, 6), then a
+    // second group's prompt (8) with one answer (9) and padding (-1).
+    let tree: Vec<i32> = (0..b * t)
+        .map(|i| match i % t {
+            0..12 => 4,
+            12..20 => 5,
+            20..27 => 6,
+            27..31 => 8,
+            31..35 => 9,
+            _ => -1,
+        })
+        .collect();
+    let tree = ids(tree, &[b, t]);
+    check(
+        "attention shared prefix",
+        inputs,
+        &|tp, x| ops::attention(tp, &x[0], &x[1], &x[2], Some(&tree), true, scale),
+        21,
+    );
 }
 
 #[test]
@@ -215,6 +239,27 @@ fn grad_fused_lm_head_and_cross_entropy() {
         let (x, y) = (gf.get(v).unwrap().to_vec_f64().unwrap(), gp.get(v).unwrap().to_vec_f64().unwrap());
         assert!(x.iter().zip(&y).all(|(p, q)| (p - q).abs() <= 1e-12 * (1.0 + q.abs())), "gradients differ");
     }
+}
+
+#[test]
+fn grad_token_nll() {
+    // Per-token NLL with chunks of 4 over 11 rows: W trainable (full fine-tuning), then frozen
+    // (the saved unit gradients scaled by the upstream weights).
+    let mut r = Rng::new(22);
+    let h = randn(&mut r, &[11, 6], 1.0);
+    let w = randn(&mut r, &[53, 6], 0.7);
+    let targets = ids(vec![5, -100, 52, 0, 7, -100, 33, 1, 2, 50, 9], &[11]);
+    let f = |t: &Tape, v: &[Var]| ops::linear_token_nll(t, &v[0], &v[1], &targets, 4);
+    check("linear_token_nll", vec![(h.clone(), true), (w.clone(), true)], &f, 23);
+    check("linear_token_nll frozen W", vec![(h.clone(), true), (w.clone(), false)], &f, 24);
+    // Its mean over counted rows is the fused cross-entropy.
+    let (hv, wv) = (Var::leaf(h, false), Var::leaf(w, false));
+    let nll = ops::linear_token_nll(&Tape::no_grad(), &hv, &wv, &targets, 4).unwrap().value().to_vec_f64().unwrap();
+    let ce = ops::linear_cross_entropy(&Tape::no_grad(), &hv, &wv, &targets, 4).unwrap();
+    assert_eq!(nll[1], 0.0, "an ignored row has no loss");
+    let mean = nll.iter().sum::<f64>() / ce.n_valid as f64;
+    let l = ce.loss.value().item().unwrap();
+    assert!((mean - l).abs() <= 1e-12 * l.abs(), "{mean} vs {l}");
 }
 
 #[test]

@@ -150,7 +150,7 @@ fn cases(seed: u64) -> Vec<Case> {
             dtype: DType::F32,
             inputs,
             run: |be, x| {
-                let a = AttnArgs { q: &x[0], k: &x[1], v: &x[2], seg: Some(&x[4]), scale: 0.3 };
+                let a = AttnArgs { q: &x[0], k: &x[1], v: &x[2], seg: Some(&x[4]), shared_prefix: false, scale: 0.3 };
                 let (o, lse) = be.attention_fwd(&a).unwrap();
                 let (dq, dk, dv) = be.attention_bwd(&a, &o, &lse, &x[3]).unwrap();
                 let rq = be.rope(&x[0], &x[5], &x[6], false).unwrap();

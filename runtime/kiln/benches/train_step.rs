@@ -36,7 +36,13 @@ fn step(c: &mut Criterion) {
             bench.iter(|| {
                 let tape = Tape::new();
                 let ce = model
-                    .loss(&tape, &Inputs { ids: &ids, pos: &pos, seg: None }, &targets, Some(&lora), ckpt)
+                    .loss(
+                        &tape,
+                        &Inputs { ids: &ids, pos: &pos, seg: None, shared_prefix: false, base_only: false },
+                        &targets,
+                        Some(&lora),
+                        ckpt,
+                    )
                     .unwrap();
                 let grads = tape.backward(&ce.loss).unwrap();
                 opt.step(lora.params_mut(), &grads, Some(1.0)).unwrap();

@@ -162,6 +162,9 @@ pub struct AttnArgs<'a> {
     pub v: &'a Tensor,
     /// `[B, T]` segment ids: a query attends to keys at or before it with the same id (packing).
     pub seg: Option<&'a Tensor>,
+    /// Segment ids come in groups of four: id `4g` is a prefix shared by ids `4g+1..4g+3`, whose
+    /// queries also see its keys (a preference pair's prompt, computed once for both answers).
+    pub shared_prefix: bool,
     pub scale: f64,
 }
 
@@ -195,6 +198,8 @@ pub struct CeOut {
     pub n_valid: usize,
     /// Per-row log-sum-exp, saved for backward.
     pub lse: Tensor,
+    /// Per-row negative log-likelihood `[M]` (0 on ignored rows), for sequence log-probs.
+    pub nll: Tensor,
 }
 
 /// Loss over the vocabulary.
@@ -211,6 +216,9 @@ pub trait LossOps {
         dloss: f64,
         n_valid: usize,
     ) -> Result<Tensor>;
+    /// `dlogits[r] = (softmax[r] − onehot[r]) · drow[r]`, zero on ignored rows: the gradient of
+    /// `Σ_r drow[r]·nll[r]` (per-row weights, as preference losses need).
+    fn cross_entropy_bwd_rows(&self, logits: &Tensor, targets: &Tensor, lse: &Tensor, drow: &Tensor) -> Result<Tensor>;
 }
 
 /// AdamW hyper-parameters for one step.

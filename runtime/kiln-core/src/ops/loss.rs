@@ -101,3 +101,98 @@ pub fn linear_cross_entropy(tape: &Tape, h: &Var, w: &Var, targets: &Tensor, chu
     });
     Ok(CeResult { loss, n_valid })
 }
+
+/// Per-token negative log-likelihood of `h·Wᵀ` `[N, V]` against `targets` `[N]` → `[N]` (0 on
+/// ignored rows), without materializing the logits of all rows: the building block of sequence
+/// log-probabilities (preference losses weigh each row by a factor known only after the
+/// forward).
+///
+/// Backward: with `W` frozen (LoRA, QLoRA, adapters), the forward already saves each row's
+/// gradient for a unit weight, `(softmax − onehot)·W` `[N, H]`, and backward only scales rows
+/// by the upstream gradient. When `W` is trainable its gradient mixes rows, so backward runs
+/// the chunks again with the upstream weights.
+pub fn linear_token_nll(tape: &Tape, h: &Var, w: &Var, targets: &Tensor, chunk: usize) -> Result<Var> {
+    use crate::backend::LinearNeeds;
+    let (hv, wv) = (h.value(), w.value());
+    let be = hv.backend();
+    let n = hv.shape().rows();
+    let tcpu = targets.to_cpu()?;
+    if tcpu.numel() != n {
+        return Err(crate::Error::shape("linear_token_nll", format!("{n} rows, {} targets", tcpu.numel())));
+    }
+    let need_x = tape.is_recording() && h.requires_grad();
+    let need_w = tape.is_recording() && w.requires_grad();
+    let chunk = chunk.max(1);
+    let h2 = hv.reshape([n, hv.shape().last()])?;
+    let f64_mode = hv.dtype() == DType::F64;
+    let (mut nll, mut unit): (Vec<f64>, Vec<f64>) = (Vec::with_capacity(n), Vec::new());
+    for r0 in (0..n).step_by(chunk) {
+        let rows = chunk.min(n - r0);
+        let (hc, tc) = (h2.narrow0(r0, rows)?, be.upload(&tcpu.narrow0(r0, rows)?)?);
+        let (logits, _) = be.linear_fwd(&hc, wv, None, None)?;
+        let ce = be.cross_entropy_fwd(&logits, &tc)?;
+        nll.extend(ce.nll.to_vec_f64()?);
+        if need_x && !need_w {
+            let ones = be.upload(&Tensor::from_vec(vec![1f32; rows], [rows])?)?;
+            let dl = be.cross_entropy_bwd_rows(&logits, &tc, &ce.lse, &ones)?;
+            drop(logits);
+            let g = be.linear_bwd(&dl, &hc, wv, None, LinearNeeds { x: true, ..Default::default() })?;
+            if let Some(d) = g.dx {
+                unit.extend(d.to_vec_f64()?);
+            }
+        }
+    }
+    let value = be.upload(&real_tensor(nll, [n], f64_mode)?)?;
+    let hd = hv.shape().last();
+    let (ih, iw, hkeep, wkeep, hshape) = (h.id(), w.id(), h2.clone(), wv.clone(), hv.shape().clone());
+    let rec_w = need_w;
+    Ok(tape.record(&[h, w], value, move |g| {
+        let gv = g.to_vec_f64()?;
+        let be = hkeep.backend();
+        let mut out = Vec::new();
+        if !rec_w {
+            if !unit.is_empty() {
+                let d: Vec<f64> = unit.iter().enumerate().map(|(i, &u)| u * gv[i / hd]).collect();
+                out.push((ih, be.upload(&real_tensor(d, hshape, f64_mode)?)?));
+            }
+            return Ok(out);
+        }
+        // Trainable W: the chunks again, weighted by the upstream gradient.
+        let (mut dh, mut dw): (Vec<f64>, Option<Tensor>) = (Vec::new(), None);
+        for r0 in (0..n).step_by(chunk) {
+            let rows = chunk.min(n - r0);
+            let (hc, tc) = (hkeep.narrow0(r0, rows)?, be.upload(&tcpu.narrow0(r0, rows)?)?);
+            let (logits, _) = be.linear_fwd(&hc, &wkeep, None, None)?;
+            let ce = be.cross_entropy_fwd(&logits, &tc)?;
+            let wr = be.upload(&real_tensor(gv[r0..r0 + rows].to_vec(), [rows], f64_mode)?)?;
+            let dl = be.cross_entropy_bwd_rows(&logits, &tc, &ce.lse, &wr)?;
+            drop(logits);
+            let gr = be.linear_bwd(&dl, &hc, &wkeep, None, LinearNeeds { x: need_x, w: true, ..Default::default() })?;
+            if let Some(d) = gr.dx {
+                dh.extend(d.to_vec_f64()?);
+            }
+            if let Some(d) = gr.dw {
+                dw = Some(match dw {
+                    None => d,
+                    Some(acc) => be.add(&acc, &d)?,
+                });
+            }
+        }
+        if need_x {
+            out.push((ih, be.upload(&real_tensor(dh, hshape, f64_mode)?)?));
+        }
+        if let Some(d) = dw {
+            out.push((iw, d));
+        }
+        Ok(out)
+    }))
+}
+
+/// A CPU tensor of `v` in f64 (gradient checks) or f32.
+fn real_tensor(v: Vec<f64>, shape: impl Into<crate::Shape>, f64_mode: bool) -> Result<Tensor> {
+    if f64_mode {
+        Tensor::from_vec(v, shape)
+    } else {
+        Tensor::from_vec(v.into_iter().map(|x| x as f32).collect::<Vec<f32>>(), shape)
+    }
+}

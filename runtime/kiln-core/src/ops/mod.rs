@@ -13,6 +13,6 @@ pub use attention::attention;
 pub use elementwise::{add, dropout, reshape, scale, swiglu};
 pub use embedding::embedding;
 pub use linear::{Lora, linear};
-pub use loss::{CeResult, cross_entropy, linear_cross_entropy};
+pub use loss::{CeResult, cross_entropy, linear_cross_entropy, linear_token_nll};
 pub use norm::rms_norm;
 pub use rope::{RopeScaling, inv_freq, rope};

@@ -98,7 +98,7 @@ fn train(a: TrainArgs) -> Result<()> {
     for i in 0..=a.steps {
         let t0 = Instant::now();
         let tape = Tape::new();
-        let inp = Inputs { ids: &ids, pos: &pos, seg: None };
+        let inp = Inputs { ids: &ids, pos: &pos, seg: None, shared_prefix: false, base_only: false };
         let ce = model.loss(&tape, &inp, &targets, lora.as_ref(), a.gradient_checkpointing)?;
         let grads = tape.backward(&ce.loss)?;
         match &mut lora {

@@ -116,7 +116,7 @@ struct Outcome {
 }
 
 fn batch_loss(model: &Llama, b: &Batch, lora: &LoraSet, tape: &Tape) -> Result<kiln::core::Var> {
-    let inp = Inputs { ids: &b.ids, pos: &b.pos, seg: Some(&b.seg) };
+    let inp = Inputs { ids: &b.ids, pos: &b.pos, seg: Some(&b.seg), shared_prefix: false, base_only: false };
     Ok(model.loss(tape, &inp, &b.targets, Some(lora), false)?.loss)
 }
 

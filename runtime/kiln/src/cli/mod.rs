@@ -119,7 +119,12 @@ fn info(json: bool, model: Option<PathBuf>) -> Result<()> {
             kiln::core::Tensor::from_vec((0..8).map(|i| i % m.config.vocab_size as i32).collect::<Vec<i32>>(), [1, 8])?;
         let pos = kiln::model::default_positions(1, 8)?;
         let tape = kiln::core::Tape::no_grad();
-        m.forward(&tape, &kiln::model::Inputs { ids: &ids, pos: &pos, seg: None }, None, false)?;
+        m.forward(
+            &tape,
+            &kiln::model::Inputs { ids: &ids, pos: &pos, seg: None, shared_prefix: false, base_only: false },
+            None,
+            false,
+        )?;
         let fwd = kiln::info::rss_bytes();
         v["model"] = serde_json::json!({
             "path": dir.display().to_string(),

@@ -49,10 +49,35 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     out: Option<PathBuf>,
-    /// lora, qlora, full or adapter (bottleneck adapters) [default: lora].
+    /// lora, qlora, full or adapter (bottleneck adapters) [default: lora]; `dpo` or `orpo`
+    /// selects that objective with LoRA, `dpo+qlora` (any pair) both.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     method: Option<String>,
+    /// sft, dpo (direct preference optimization) or orpo (odds-ratio preference optimization);
+    /// dpo and orpo train on {"prompt", "chosen", "rejected"} rows [default: sft].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    objective: Option<String>,
+    /// DPO: how strongly the tuned model is held to the reference; ORPO: weight of the
+    /// odds-ratio term; IPO: its τ [default: 0.1].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    beta: Option<f64>,
+    /// DPO sigmoid loss: assumed probability that a preference label is flipped, in [0, 0.5)
+    /// (conservative DPO) [default: 0].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label_smoothing: Option<f64>,
+    /// DPO loss: sigmoid or ipo [default: sigmoid].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dpo_loss: Option<String>,
+    /// DPO: compute the reference log-probabilities once before training (one forward per
+    /// pair) instead of at every step; always on with --method full.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    precompute_ref: Option<bool>,
     /// qlora: quantize the base's linear weights at load: nf4, nf4_dq (double-quantized NF4,
     /// 4.125 bits), q8_0, q4_0, q4_1, q5_0, q4_k, q5_k, q6_k [default:
     /// keep a GGUF's block types; nf4 for an unquantized model].
@@ -332,13 +357,30 @@ fn plan_text(cfg: &TrainConfig, t: &mut Trainer, seq: usize, base: &str) -> Stri
         cfg.method,
         d.train_rows,
         d.report.files.iter().map(|f| f.invalid.values().sum::<usize>()).sum::<usize>(),
-        d.train.len(),
+        d.train_len(),
         d.train_tokens,
         d.train_targets,
         d.stats.truncated,
         d.stats.dropped,
         d.eval_examples.len(),
     );
+    if cfg.objective != kiln::train::Objective::Sft {
+        let p = &d.pair_stats;
+        s += &format!(
+            "      {}: {} pairs in {} tokens with shared prompts ({} as separate sequences, {:.0}% saved); {} held-out pairs; reference {}\n",
+            cfg.objective.name(),
+            d.pairs.len(),
+            p.tokens,
+            p.unshared_tokens,
+            100.0 * (1.0 - p.tokens as f64 / p.unshared_tokens.max(1) as f64),
+            d.eval_pairs.len(),
+            match cfg.objective {
+                kiln::train::Objective::Dpo if t.precomputes_reference() => "precomputed once (adapters off)",
+                kiln::train::Objective::Dpo => "every step (adapters off, same weights)",
+                _ => "none",
+            }
+        );
+    }
     s += &format!(
         "      {} steps ({} per epoch, batch {} × accumulation {}), {} trainable parameters, template {}\n",
         t.total_steps,
@@ -355,7 +397,26 @@ fn plan_text(cfg: &TrainConfig, t: &mut Trainer, seq: usize, base: &str) -> Stri
     s
 }
 
-pub fn run(a: TrainArgs) -> Result<()> {
+/// Splits `--method dpo`, `dpo+qlora` or `qlora+dpo` into the objective and the method.
+fn split_method(a: &mut TrainArgs) -> Result<()> {
+    let Some(m) = a.method.take() else { return Ok(()) };
+    let mut method = None;
+    for part in m.split('+').map(str::trim) {
+        if ["sft", "dpo", "orpo"].contains(&part) {
+            if let Some(o) = a.objective.as_deref().filter(|o| *o != part) {
+                bail!("--method {m} and --objective {o} disagree");
+            }
+            a.objective = Some(part.to_string());
+        } else if method.replace(part.to_string()).is_some() {
+            bail!("--method {m}: at most one of lora, qlora, full, adapter (with dpo, orpo or sft)");
+        }
+    }
+    a.method = method;
+    Ok(())
+}
+
+pub fn run(mut a: TrainArgs) -> Result<()> {
+    split_method(&mut a)?;
     let flags = toml::Table::try_from(&a).context("reading the flags")?;
     let mut cfg = TrainConfig::resolve(a.config.as_deref(), flags)?;
     pick_backend(&cfg.backend)?;
@@ -435,17 +496,39 @@ fn train_with_progress(t: &mut Trainer) -> Result<Summary> {
     let mut on = |e: Event<'_>| match e {
         Event::Step(s) => {
             pb.set_position(s.step as u64);
-            let msg = format!("loss {:.4} lr {:.2e} {:.0} tok/s", s.loss, s.lr, s.tokens_per_s);
+            let pref =
+                s.pref.map_or(String::new(), |p| format!(" acc {:.2} margin {:.3}", p.reward_accuracy, p.margin()));
+            let msg = format!("loss {:.4}{pref} lr {:.2e} {:.0} tok/s", s.loss, s.lr, s.tokens_per_s);
             if tty {
                 pb.set_message(msg);
             } else if s.step % every == 0 || s.step == s.total {
                 eprintln!("step {}/{}: {msg} epoch {:.2} grad norm {:.3}", s.step, s.total, s.epoch, s.grad_norm);
             }
         }
-        Event::Eval { step, loss, scores } => {
+        Event::Eval { step, loss, scores, pref } => {
             let extra: String =
                 scores.map_or(String::new(), |s| s.rows().iter().map(|(k, v)| format!(", {k} {v:.2}")).collect());
-            say(&pb, format!("eval @ step {step}: loss {loss:.4}, ppl {:.2}{extra}", loss.exp()))
+            match pref {
+                Some(p) => say(
+                    &pb,
+                    format!(
+                        "eval @ step {step}: loss {loss:.4}, reward accuracy {:.3}, rewards chosen {:.4} rejected {:.4} margin {:.4}, chosen ppl {:.2}{extra}",
+                        p.reward_accuracy,
+                        p.rewards_chosen,
+                        p.rewards_rejected,
+                        p.margin(),
+                        p.chosen_loss().exp()
+                    ),
+                ),
+                None => say(&pb, format!("eval @ step {step}: loss {loss:.4}, ppl {:.2}{extra}", loss.exp())),
+            }
+        }
+        Event::Reference { done, total } => {
+            if done == total || pb.is_hidden() && done % 256 == 0 {
+                say(&pb, format!("reference log-probabilities: {done}/{total} pairs"));
+            } else {
+                pb.set_message(format!("reference log-probabilities {done}/{total}"));
+            }
         }
         Event::Saved { step, path } => say(&pb, format!("checkpoint @ step {step}: {}", path.display())),
         Event::Skipped { step, reason } => say(&pb, format!("step {step} skipped: {reason}")),
@@ -506,9 +589,15 @@ fn finish(cfg: &TrainConfig, t: &mut Trainer, s: &Summary, base: &Path, tok: &Te
             format!("weights in {}", dir.display())
         }
     };
-    kiln::formats::write_atomic(&out.join("loss.svg"), kiln::train::plot::loss_svg(&s.losses, &s.evals).as_bytes())?;
+    kiln::formats::write_atomic(
+        &out.join("loss.svg"),
+        kiln::train::plot::loss_svg_with(&s.losses, &s.evals, &s.eval_rewards).as_bytes(),
+    )?;
     let first = s.evals.first().map(|e| e.1);
     let last = s.evals.last().map(|e| e.1);
+    if let (Some(a), Some(b)) = (s.eval_rewards.first(), s.eval_rewards.last()) {
+        println!("held-out reward accuracy {:.3} (step {}) → {:.3} (step {})", a.1, a.0, b.1, b.0);
+    }
     println!(
         "trained {} steps{} in {:.1}s ({:.0} tokens/s), peak memory {}; eval loss {} → {}{}; {what}; metrics.jsonl, loss.svg in {}",
         s.steps,

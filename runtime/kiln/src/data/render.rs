@@ -63,7 +63,15 @@ impl Renderer {
         Ok((full, spans))
     }
 
-    fn masked(&self, text: &str, spans: &[(usize, usize)], prefix: &[i32], suffix: &[i32]) -> Result<Tokenized> {
+    /// Tokens of `text` with those starting inside `spans` (byte ranges) marked as targets,
+    /// between `prefix` and `suffix` ids (suffix marked).
+    pub(crate) fn masked(
+        &self,
+        text: &str,
+        spans: &[(usize, usize)],
+        prefix: &[i32],
+        suffix: &[i32],
+    ) -> Result<Tokenized> {
         let enc = self.tokenizer.encode(text)?;
         let mut ids: Vec<i32> = prefix.to_vec();
         let mut mask = vec![self.train_on_inputs; prefix.len()];

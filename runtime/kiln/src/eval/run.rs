@@ -81,7 +81,7 @@ pub fn sequences_loss(
         let b = to_batch(chunk, pad)?;
         if b.n_targets > 0 {
             let tape = Tape::no_grad();
-            let inp = Inputs { ids: &b.ids, pos: &b.pos, seg: Some(&b.seg) };
+            let inp = Inputs { ids: &b.ids, pos: &b.pos, seg: Some(&b.seg), shared_prefix: false, base_only: false };
             let ce = model.loss(&tape, &inp, &b.targets, lora, false)?;
             sum += ce.loss.value().item()? * ce.n_valid as f64;
             n += ce.n_valid;

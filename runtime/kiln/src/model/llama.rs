@@ -59,6 +59,12 @@ pub struct Inputs<'a> {
     pub pos: &'a Tensor,
     /// `[B, T]` segment ids for packed rows (`None`: one sequence per batch row).
     pub seg: Option<&'a Tensor>,
+    /// Segment `4g` is a prefix that segments `4g+1..4g+3` also attend to (preference pairs
+    /// sharing their prompt's forward).
+    pub shared_prefix: bool,
+    /// Run the base model alone: bottleneck adapters off (LoRA is off when none is passed).
+    /// The reference model of preference tuning.
+    pub base_only: bool,
 }
 
 /// Everything a block needs besides its weights, shared by all blocks of a forward.
@@ -68,6 +74,8 @@ struct Ctx {
     t: usize,
     pos: Tensor,
     seg: Option<Tensor>,
+    shared_prefix: bool,
+    base_only: bool,
     inv_freq: Tensor,
     cfg: ModelConfig,
 }
@@ -310,6 +318,8 @@ impl Llama {
             t: d[1],
             pos: inp.pos.clone(),
             seg: inp.seg.cloned(),
+            shared_prefix: inp.shared_prefix,
+            base_only: inp.base_only,
             inv_freq: self.inv_freq.clone(),
             cfg: c.clone(),
         };
@@ -353,6 +363,22 @@ impl Llama {
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let n = inp.ids.numel();
         Ok(ops::linear_cross_entropy(tape, &h, head, &targets.reshape([n])?, LOSS_CHUNK)?)
+    }
+
+    /// Per-position negative log-likelihood `[B·T]` of `targets` (0 where ignored): summed
+    /// over a sequence's answer tokens, minus its log-probability (preference losses).
+    pub fn token_nll(
+        &self,
+        tape: &Tape,
+        inp: &Inputs<'_>,
+        targets: &Tensor,
+        lora: Option<&LoraSet>,
+        checkpoint: bool,
+    ) -> Result<Var> {
+        let h = self.hidden(tape, inp, lora, checkpoint)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        let n = inp.ids.numel();
+        Ok(ops::linear_token_nll(tape, &h, head, &targets.reshape([n])?, LOSS_CHUNK)?)
     }
 }
 
@@ -419,6 +445,8 @@ impl Llama {
             t: n,
             pos: Tensor::from_vec(pos, [1, n])?,
             seg: None,
+            shared_prefix: false,
+            base_only: false,
             inv_freq: self.inv_freq.clone(),
             cfg: c.clone(),
         };
@@ -478,10 +506,10 @@ fn block(
         k = Var::constant(Tensor::from_vec(c.k.clone(), [1, tk, c.kv_heads, hd])?);
         v = Var::constant(Tensor::from_vec(c.v.clone(), [1, tk, c.kv_heads, hd])?);
     }
-    let a = ops::attention(tape, &q, &k, &v, ctx.seg.as_ref(), 1.0 / (hd as f64).sqrt())?;
+    let a = ops::attention(tape, &q, &k, &v, ctx.seg.as_ref(), ctx.shared_prefix, 1.0 / (hd as f64).sqrt())?;
     let a = ops::reshape(tape, &a, [bt, c.num_heads * hd])?;
     let mut o = lin(tape, &a, lo, &ad[3])?;
-    if let Some(bn) = &blk.bottleneck {
+    if let Some(bn) = blk.bottleneck.as_ref().filter(|_| !ctx.base_only) {
         o = bn[0].apply(tape, &o)?;
     }
     let x = ops::add(tape, x, &o)?;
@@ -489,7 +517,7 @@ fn block(
     let g = lin(tape, &h, lg, &ad[4])?;
     let u = lin(tape, &h, lu, &ad[5])?;
     let mut m = lin(tape, &ops::swiglu(tape, &g, &u)?, ld, &ad[6])?;
-    if let Some(bn) = &blk.bottleneck {
+    if let Some(bn) = blk.bottleneck.as_ref().filter(|_| !ctx.base_only) {
         m = bn[1].apply(tape, &m)?;
     }
     Ok(ops::add(tape, &x, &m)?)

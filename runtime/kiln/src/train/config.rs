@@ -23,6 +23,40 @@ pub enum Method {
     Adapter,
 }
 
+/// What the loss optimizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// Supervised fine-tuning: next-token loss on the trained tokens.
+    Sft,
+    /// Direct preference optimization against the frozen base (adapters off) as reference.
+    Dpo,
+    /// Odds-ratio preference optimization: SFT on the chosen answer plus an odds-ratio term,
+    /// no reference model.
+    Orpo,
+}
+
+impl Objective {
+    /// The name used by `--objective`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Objective::Sft => "sft",
+            Objective::Dpo => "dpo",
+            Objective::Orpo => "orpo",
+        }
+    }
+}
+
+/// The DPO loss variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrefLoss {
+    /// `−logσ(β·δ)`, with optional label smoothing (conservative DPO).
+    Sigmoid,
+    /// IPO: `(δ/n − 1/(2β))²` on per-token averages.
+    Ipo,
+}
+
 /// The optimizer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -56,6 +90,18 @@ pub struct TrainConfig {
     pub eval_split: f64,
     pub out: PathBuf,
     pub method: Method,
+    /// sft (default), dpo or orpo (preference rows: prompt/chosen/rejected).
+    pub objective: Objective,
+    /// DPO: strength of the pull towards the reference (higher: stays closer); ORPO: weight of
+    /// the odds-ratio term. IPO: its τ.
+    pub beta: f64,
+    /// DPO sigmoid loss: probability that a preference label is flipped (conservative DPO).
+    pub label_smoothing: f64,
+    /// DPO loss variant: sigmoid or ipo.
+    pub dpo_loss: PrefLoss,
+    /// DPO: compute the reference log-probabilities once before training instead of at every
+    /// step (always on for full fine-tuning, which has no adapters to switch off).
+    pub precompute_ref: bool,
     /// Quantize the frozen base's linear weights at load (qlora): one of [`QUANTIZE_NAMES`].
     pub quantize: Option<String>,
     pub epochs: f64,
@@ -131,6 +177,11 @@ impl Default for TrainConfig {
             eval_split: 0.2,
             out: PathBuf::from("runs/train"),
             method: Method::Lora,
+            objective: Objective::Sft,
+            beta: 0.1,
+            label_smoothing: 0.0,
+            dpo_loss: PrefLoss::Sigmoid,
+            precompute_ref: false,
             quantize: None,
             epochs: 3.0,
             max_steps: None,
@@ -261,6 +312,21 @@ impl TrainConfig {
         }
         if let Some(q) = &self.quantize {
             self.quant_type().map_err(|_| bad("quantize", format!("{q}: one of {QUANTIZE_NAMES}")))?;
+        }
+        if !(self.beta > 0.0 && self.beta.is_finite()) {
+            return Err(bad("beta", format!("{} is not a positive number", self.beta)));
+        }
+        if !(0.0..0.5).contains(&self.label_smoothing) {
+            return Err(bad("label_smoothing", format!("{} must be in [0, 0.5)", self.label_smoothing)));
+        }
+        if self.label_smoothing > 0.0 && (self.objective != Objective::Dpo || self.dpo_loss != PrefLoss::Sigmoid) {
+            return Err(bad("label_smoothing", "applies to --objective dpo with the sigmoid loss"));
+        }
+        if self.objective != Objective::Sft && !self.eval_metrics.trim().is_empty() {
+            return Err(bad("eval_metrics", "preference runs report rewards and reward accuracy instead"));
+        }
+        if self.objective != Objective::Sft && self.train_on_inputs {
+            return Err(bad("train_on_inputs", "preference tuning scores the answers only"));
         }
         if !["auto", "cpu", "cuda", "wgpu"].contains(&self.backend.as_str()) {
             return Err(bad("backend", format!("{}: one of auto, cpu, cuda, wgpu", self.backend)));

@@ -6,10 +6,11 @@ pub mod config;
 pub mod optim;
 pub mod optim8;
 pub mod plot;
+pub mod pref;
 pub mod prepare;
 pub mod schedule;
 pub mod trainer;
 
-pub use config::{Method, Optim, Scheduler, TrainConfig};
+pub use config::{Method, Objective, Optim, PrefLoss, Scheduler, TrainConfig};
 pub use optim::AdamW;
 pub use trainer::{Event, StepLog, Summary, Trainer};

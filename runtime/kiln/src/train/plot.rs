@@ -4,6 +4,12 @@ use std::fmt::Write;
 
 /// An SVG line chart of `train` and `eval` `(step, loss)` points.
 pub fn loss_svg(train: &[(usize, f64)], eval: &[(usize, f64)]) -> String {
+    loss_svg_with(train, eval, &[])
+}
+
+/// As [`loss_svg`], plus held-out reward accuracy `(step, 0..1)` on a right-hand axis
+/// (preference runs; nothing drawn when empty).
+pub fn loss_svg_with(train: &[(usize, f64)], eval: &[(usize, f64)], accuracy: &[(usize, f64)]) -> String {
     let (w, h, ml, mr, mt, mb) = (640.0, 360.0, 60.0, 20.0, 30.0, 40.0);
     let pts = train.iter().chain(eval).filter(|p| p.1.is_finite());
     let (mut x1, mut y0, mut y1) = (1usize, f64::INFINITY, f64::NEG_INFINITY);
@@ -60,6 +66,25 @@ pub fn loss_svg(train: &[(usize, f64)], eval: &[(usize, f64)]) -> String {
         }
         let lx = if name == "train" { ml + 10.0 } else { ml + 80.0 };
         let _ = writeln!(out, r#"<text x="{lx}" y="{y}" fill="{color}">{name} loss</text>"#);
+    }
+    let acc: Vec<String> = accuracy
+        .iter()
+        .filter(|p| p.1.is_finite())
+        .map(|&(st, a)| format!("{:.1},{:.1}", sx(st), mt + (h - mt - mb) * (1.0 - a.clamp(0.0, 1.0))))
+        .collect();
+    if !acc.is_empty() {
+        let color = "#2ca02c";
+        let _ = writeln!(
+            out,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" stroke-dasharray="5,3" points="{}"/>"#,
+            acc.join(" ")
+        );
+        for (i, a) in ["0%", "50%", "100%"].iter().enumerate() {
+            let y = mt + (h - mt - mb) * (1.0 - i as f64 / 2.0);
+            let _ = writeln!(out, r#"<text x="{}" y="{:.1}" fill="{color}">{a}</text>"#, w - mr - 30.0, y + 4.0);
+        }
+        let _ =
+            writeln!(out, r#"<text x="{}" y="{}" fill="{color}">eval reward accuracy</text>"#, ml + 160.0, mt - 12.0);
     }
     out.push_str("</svg>\n");
     out

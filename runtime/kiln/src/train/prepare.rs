@@ -12,7 +12,8 @@ use crate::data::tokenizer::TextTokenizer;
 use crate::data::{DataSpec, Dataset, Example, Format, LoadOptions, LoadReport};
 use crate::{KilnError, Result};
 
-use super::config::TrainConfig;
+use super::config::{Objective, TrainConfig};
+use super::pref::{PairSeq, PairStats, tokenize_pair};
 
 /// The data of a run, ready to batch.
 pub struct Prepared {
@@ -29,6 +30,43 @@ pub struct Prepared {
     pub pad: i32,
     /// The tokenizer and template the rows were rendered with (generation at evaluation).
     pub renderer: Renderer,
+    /// Preference tuning: the training and held-out pairs (`train`/`eval` stay empty).
+    pub pairs: Vec<PairSeq>,
+    pub eval_pairs: Vec<PairSeq>,
+    pub pair_stats: PairStats,
+}
+
+impl Prepared {
+    /// Training units: sequences, or pairs for preference tuning.
+    pub fn train_len(&self) -> usize {
+        if self.pairs.is_empty() { self.train.len() } else { self.pairs.len() }
+    }
+    /// Tokens of training unit `i` (for length bucketing).
+    pub fn unit_tokens(&self, i: usize) -> usize {
+        if self.pairs.is_empty() { self.train[i].len() } else { self.pairs[i].len() }
+    }
+}
+
+/// Tokenizes and lays out preference rows in parallel.
+fn pairs_of(r: &Renderer, rows: &[Example], max_len: usize) -> Result<(Vec<PairSeq>, PairStats)> {
+    let laid: Vec<(Option<PairSeq>, PairStats)> = rows
+        .par_iter()
+        .map(|e| {
+            let mut st = PairStats::default();
+            tokenize_pair(r, e, max_len, &mut st).map(|p| (p, st))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut total = PairStats::default();
+    let mut out = Vec::new();
+    for (p, st) in laid {
+        total.pairs += st.pairs;
+        total.truncated += st.truncated;
+        total.dropped += st.dropped;
+        total.tokens += st.tokens;
+        total.unshared_tokens += st.unshared_tokens;
+        out.extend(p);
+    }
+    Ok((out, total))
 }
 
 /// The chat template: `--template` by name, else the tokenizer's own.
@@ -52,10 +90,18 @@ pub fn prepare(cfg: &TrainConfig, tokenizer: TextTokenizer, max_len: usize) -> R
     let opts = load_opts(cfg)?;
     let specs = cfg.data.iter().map(|s| DataSpec::parse(s)).collect::<Result<Vec<_>>>()?;
     let (ds, report) = Dataset::load(&specs, &opts, cfg.seed)?;
-    if ds.examples.iter().any(|e| matches!(e, Example::Preference { .. })) {
-        return Err(KilnError::Msg(
-            "data: preference rows (prompt/chosen/rejected) are for DPO, not supervised training".into(),
-        ));
+    let preference = cfg.objective != Objective::Sft;
+    if let Some(i) = ds.examples.iter().position(|e| matches!(e, Example::Preference { .. }) != preference) {
+        return Err(KilnError::Msg(if preference {
+            format!(
+                "data: --objective {} needs preference rows {{\"prompt\", \"chosen\", \"rejected\"}}; a training row is not one: {}",
+                cfg.objective.name(),
+                ds.examples[i].to_json().to_string().chars().take(120).collect::<String>()
+            )
+        } else {
+            "data: preference rows (prompt/chosen/rejected) are for --objective dpo or orpo, not supervised training"
+                .into()
+        }));
     }
     let (train, eval) = match &cfg.eval_data {
         Some(p) => {
@@ -75,6 +121,32 @@ pub fn prepare(cfg: &TrainConfig, tokenizer: TextTokenizer, max_len: usize) -> R
     let template = template_for(cfg, &tokenizer)?;
     let pad = tokenizer.pad_id();
     let r = Renderer { tokenizer, template, train_on_inputs: cfg.train_on_inputs };
+    if preference {
+        let (pairs, pair_stats) = pairs_of(&r, &train.examples, max_len)?;
+        let (eval_pairs, _) = pairs_of(&r, &eval_examples, max_len)?;
+        let stats = PackStats {
+            rows: pair_stats.pairs,
+            truncated: pair_stats.truncated,
+            dropped: pair_stats.dropped,
+            sequences: pairs.len(),
+            tokens: pair_stats.tokens,
+        };
+        return Ok(Prepared {
+            train_rows: train.examples.len(),
+            train: Vec::new(),
+            eval: Vec::new(),
+            eval_examples,
+            train_tokens: pair_stats.tokens,
+            train_targets: pairs.iter().map(|p| p.n_chosen + p.n_rejected).sum(),
+            stats,
+            report,
+            pad,
+            renderer: r,
+            pairs,
+            eval_pairs,
+            pair_stats,
+        });
+    }
     // Rows render and tokenize independently: spread them over the cores.
     let tok = |rows: &[Example]| rows.par_iter().map(|e| r.tokenize(e)).collect::<Result<Vec<_>>>();
     let mut stats = PackStats::default();
@@ -98,6 +170,9 @@ pub fn prepare(cfg: &TrainConfig, tokenizer: TextTokenizer, max_len: usize) -> R
         report,
         pad,
         renderer: r,
+        pairs: Vec::new(),
+        eval_pairs: Vec::new(),
+        pair_stats: PairStats::default(),
     })
 }
 

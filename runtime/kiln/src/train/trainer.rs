@@ -19,6 +19,7 @@ use kiln_core::{Grads, Tape, Tensor, Var};
 use super::AdamW;
 use super::checkpoint::{self, State};
 use super::config::{Method, Optim, TrainConfig};
+use super::pref::{self, PrefSpec, PrefStats};
 use super::prepare::Prepared;
 use super::schedule::lr_at;
 use crate::adapters::LoraSet;
@@ -35,6 +36,13 @@ pub enum Event<'a> {
         step: usize,
         loss: f64,
         scores: Option<&'a crate::eval::Scores>,
+        /// Preference runs: rewards and reward accuracy on the held-out pairs.
+        pref: Option<&'a PrefStats>,
+    },
+    /// Reference log-probabilities computed so far (`precompute_ref`).
+    Reference {
+        done: usize,
+        total: usize,
     },
     Saved {
         step: usize,
@@ -59,6 +67,8 @@ pub struct StepLog {
     pub tokens: usize,
     pub tokens_per_s: f64,
     pub elapsed_s: f64,
+    /// Preference runs: the step's rewards and reward accuracy.
+    pub pref: Option<PrefStats>,
 }
 
 /// What a finished run measured.
@@ -75,6 +85,8 @@ pub struct Summary {
     pub skipped: Vec<usize>,
     /// Stopped early by the stop flag (Ctrl-C), after saving a checkpoint.
     pub interrupted: bool,
+    /// Preference runs: held-out reward accuracy by step.
+    pub eval_rewards: Vec<(usize, f64)>,
 }
 
 /// What one step did.
@@ -84,6 +96,7 @@ enum StepResult {
         grad_norm: f64,
         tokens: usize,
         lr: f64,
+        pref: Option<PrefStats>,
     },
     /// Not applied: what was not finite.
     NonFinite(String),
@@ -131,6 +144,11 @@ pub struct Trainer {
     resumed_from: Option<usize>,
     /// When set (Ctrl-C), the run saves a checkpoint after the current step and returns.
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Preference tuning: the loss, and the reference log-probabilities of the training and
+    /// held-out pairs when precomputed.
+    pref: Option<PrefSpec>,
+    refs: Option<Vec<(f64, f64)>>,
+    eval_refs: Option<Vec<(f64, f64)>>,
 }
 
 /// `(name, tensor)` of the trainable parameters, or the moments by name.
@@ -139,7 +157,7 @@ type Named = Vec<(String, Tensor)>;
 impl Trainer {
     /// Sets up adapters (or trainable weights), the optimizer and the step plan.
     pub fn new(cfg: TrainConfig, mut model: Llama, data: Prepared) -> Result<Trainer> {
-        if data.train.is_empty() {
+        if data.train_len() == 0 {
             return Err(KilnError::Msg(format!(
                 "data: no training row has a token to learn ({} of {} rows had nothing trainable left within max_seq_len {}; raise --max-seq-len)",
                 data.stats.dropped,
@@ -164,13 +182,14 @@ impl Trainer {
             }
         };
         let per_step = cfg.batch_size * cfg.grad_accum;
-        let steps_per_epoch = data.train.len().div_ceil(per_step);
+        let steps_per_epoch = data.train_len().div_ceil(per_step);
         let total_steps =
             cfg.max_steps.unwrap_or_else(|| ((cfg.epochs * steps_per_epoch as f64).ceil() as usize).max(1));
         let mut opt = AdamW::new(cfg.learning_rate);
         opt.weight_decay = cfg.weight_decay;
         opt.eight_bit = cfg.optim == Optim::Adamw8bit;
         let out = cfg.out.clone();
+        let cfg_ref = cfg.clone();
         let mut t = Trainer {
             cfg,
             model,
@@ -185,6 +204,9 @@ impl Trainer {
             out,
             resumed_from: None,
             stop: None,
+            pref: PrefSpec::of(&cfg_ref),
+            refs: None,
+            eval_refs: None,
         };
         // Norm weights and biases are not decayed (transformers' Trainer does the same).
         for (n, v) in trainable(&t.cfg, &mut t.model, &mut t.lora) {
@@ -212,16 +234,16 @@ impl Trainer {
 
     /// The micro-batches of optimizer step `step` (1-based), as sequence indices.
     fn plan(&self, step: usize) -> Vec<Vec<usize>> {
-        let n = self.data.train.len();
+        let n = self.data.train_len();
         let (epoch, group) = ((step - 1) / self.steps_per_epoch, (step - 1) % self.steps_per_epoch);
         let mut order: Vec<usize> = (0..n).collect();
         shuffle(&mut order, self.cfg.seed.wrapping_add(epoch as u64 * 0x9e37_79b9));
         let per = self.cfg.batch_size * self.cfg.grad_accum;
         let mut idx = order[group * per..((group + 1) * per).min(n)].to_vec();
-        if !self.cfg.packing {
+        if !self.cfg.packing || self.pref.is_some() {
             // Bucketing: within a step's rows, similar lengths share a micro-batch (less
             // padding); the step's rows, and so its gradient, do not change.
-            idx.sort_by_key(|&i| self.data.train[i].len());
+            idx.sort_by_key(|&i| self.data.unit_tokens(i));
         }
         idx.chunks(self.cfg.batch_size).map(<[usize]>::to_vec).collect()
     }
@@ -231,10 +253,76 @@ impl Trainer {
         to_batch(&seqs, self.data.pad)
     }
 
-    /// Token-weighted mean loss over the held-out sequences (`None` without any).
-    pub fn evaluate(&self) -> Result<Option<f64>> {
+    /// Token-weighted mean loss over the held-out sequences (`None` without any); preference
+    /// runs: the mean preference loss over the held-out pairs, with their metrics.
+    pub fn evaluate(&self) -> Result<Option<(f64, Option<PrefStats>)>> {
         let (model, lora) = (&self.model, self.lora.as_ref());
-        crate::eval::run::sequences_loss(model, lora, &self.data.eval, self.data.pad, self.cfg.batch_size, &mut |_| {})
+        if let Some(spec) = &self.pref {
+            let (pairs, refs) = (&self.data.eval_pairs, self.eval_refs.as_deref());
+            let st = pref::evaluate_pairs(model, lora, pairs, refs, spec, self.data.pad, self.cfg.batch_size)?;
+            return Ok(st.map(|s| (s.loss, Some(s))));
+        }
+        let l = crate::eval::run::sequences_loss(
+            model,
+            lora,
+            &self.data.eval,
+            self.data.pad,
+            self.cfg.batch_size,
+            &mut |_| {},
+        )?;
+        Ok(l.map(|l| (l, None)))
+    }
+
+    /// Whether the reference log-probabilities are computed once up front: asked for, or full
+    /// fine-tuning (whose reference, the initial weights, would otherwise need a second copy).
+    pub fn precomputes_reference(&self) -> bool {
+        self.pref.is_some_and(|p| p.needs_reference()) && (self.cfg.precompute_ref || self.cfg.method == Method::Full)
+    }
+
+    /// Computes the reference log-probabilities of every pair when they are precomputed
+    /// (before any step changes the weights; the base does not change, so a resumed run
+    /// computes the same values).
+    fn reference(&mut self, on: &mut dyn FnMut(Event<'_>)) -> Result<()> {
+        if !self.precomputes_reference() || self.refs.is_some() {
+            return Ok(());
+        }
+        let total = self.data.pairs.len() + self.data.eval_pairs.len();
+        let (pad, bs) = (self.data.pad, self.cfg.batch_size);
+        let train = pref::precompute_refs(&self.model, &self.data.pairs, pad, bs, &mut |done| {
+            on(Event::Reference { done, total })
+        })?;
+        let n = train.len();
+        let eval = pref::precompute_refs(&self.model, &self.data.eval_pairs, pad, bs, &mut |done| {
+            on(Event::Reference { done: n + done, total })
+        })?;
+        self.refs = Some(train);
+        self.eval_refs = Some(eval);
+        Ok(())
+    }
+
+    /// Preference step: forward/backward over each micro-batch of pairs, each weighted by its
+    /// share of the step's pairs.
+    fn pref_grads(&mut self, step: usize, micro: &[Vec<usize>]) -> Result<(Grads, f64, usize, PrefStats)> {
+        let Some(spec) = self.pref else { return Err(KilnError::Msg("not a preference run".into())) };
+        let n_total: usize = micro.iter().map(Vec::len).sum();
+        let (mut grads, mut tokens, mut all) = (Grads::default(), 0, PrefStats::default());
+        for (mi, m) in micro.iter().enumerate() {
+            let b = pref::pair_batch(&m.iter().map(|&i| &self.data.pairs[i]).collect::<Vec<_>>(), self.data.pad)?;
+            let refs = pref::batch_refs(&self.model, &b, self.refs.as_deref(), m, &spec)?;
+            if let Some(l) = &mut self.lora {
+                l.reseed_dropout(self.cfg.seed ^ ((step as u64) << 20) ^ mi as u64);
+            }
+            let tape = Tape::new();
+            let ckpt = self.cfg.gradient_checkpointing;
+            let (loss, st) = pref::pair_forward(&tape, &self.model, self.lora.as_ref(), &b, &refs, &spec, ckpt)?;
+            let w = m.len() as f64 / n_total as f64;
+            tokens += b.ids.numel();
+            all.merge(&st);
+            let lv = loss.value();
+            let seed = lv.backend().upload(&Tensor::from_vec(vec![w as f32], lv.dims().to_vec())?)?;
+            grads.merge(tape.backward_from(vec![(loss.id(), seed)])?)?;
+        }
+        Ok((grads, all.loss, tokens, all))
     }
 
     /// One optimizer step: forward/backward over each micro-batch, gradients weighted by
@@ -242,24 +330,13 @@ impl Trainer {
     /// case nothing is applied and the step says what was found.
     fn train_step(&mut self, step: usize) -> Result<StepResult> {
         let micro = self.plan(step);
-        let batches = micro.iter().map(|m| self.batch(m)).collect::<Result<Vec<_>>>()?;
-        let n_total: usize = batches.iter().map(|b| b.n_targets).sum();
-        let mut grads = Grads::default();
-        let (mut loss, mut tokens) = (0.0, 0);
-        for (mi, b) in batches.iter().enumerate().filter(|(_, b)| b.n_targets > 0) {
-            if let Some(l) = &mut self.lora {
-                l.reseed_dropout(self.cfg.seed ^ ((step as u64) << 20) ^ mi as u64);
-            }
-            let tape = Tape::new();
-            let inp = Inputs { ids: &b.ids, pos: &b.pos, seg: Some(&b.seg) };
-            let ce = self.model.loss(&tape, &inp, &b.targets, self.lora.as_ref(), self.cfg.gradient_checkpointing)?;
-            let w = ce.n_valid as f64 / n_total as f64;
-            loss += ce.loss.value().item()? * w;
-            tokens += b.ids.numel();
-            let lv = ce.loss.value();
-            let seed = lv.backend().upload(&Tensor::from_vec(vec![w as f32], lv.dims().to_vec())?)?;
-            grads.merge(tape.backward_from(vec![(ce.loss.id(), seed)])?)?;
-        }
+        let (grads, loss, tokens, pref) = if self.pref.is_some() {
+            let (g, l, t, st) = self.pref_grads(step, &micro)?;
+            (g, l, t, Some(st))
+        } else {
+            let (g, l, t) = self.sft_grads(step, &micro)?;
+            (g, l, t, None)
+        };
         let lr = lr_at(self.cfg.lr_scheduler, self.cfg.learning_rate, step, self.cfg.warmup_steps, self.total_steps);
         self.opt.lr = lr;
         if !loss.is_finite() {
@@ -285,7 +362,30 @@ impl Trainer {
         let clip = (self.cfg.max_grad_norm > 0.0).then_some(self.cfg.max_grad_norm);
         let params = trainable(&self.cfg, &mut self.model, &mut self.lora).into_iter().map(|(_, v)| v).collect();
         self.opt.step_with_norm(params, &grads, clip, gn)?;
-        Ok(StepResult::Applied { loss, grad_norm: gn, tokens, lr })
+        Ok(StepResult::Applied { loss, grad_norm: gn, tokens, lr, pref })
+    }
+
+    /// Supervised step: the micro-batches' gradients weighted by token share.
+    fn sft_grads(&mut self, step: usize, micro: &[Vec<usize>]) -> Result<(Grads, f64, usize)> {
+        let batches = micro.iter().map(|m| self.batch(m)).collect::<Result<Vec<_>>>()?;
+        let n_total: usize = batches.iter().map(|b| b.n_targets).sum();
+        let mut grads = Grads::default();
+        let (mut loss, mut tokens) = (0.0, 0);
+        for (mi, b) in batches.iter().enumerate().filter(|(_, b)| b.n_targets > 0) {
+            if let Some(l) = &mut self.lora {
+                l.reseed_dropout(self.cfg.seed ^ ((step as u64) << 20) ^ mi as u64);
+            }
+            let tape = Tape::new();
+            let inp = Inputs { ids: &b.ids, pos: &b.pos, seg: Some(&b.seg), shared_prefix: false, base_only: false };
+            let ce = self.model.loss(&tape, &inp, &b.targets, self.lora.as_ref(), self.cfg.gradient_checkpointing)?;
+            let w = ce.n_valid as f64 / n_total as f64;
+            loss += ce.loss.value().item()? * w;
+            tokens += b.ids.numel();
+            let lv = ce.loss.value();
+            let seed = lv.backend().upload(&Tensor::from_vec(vec![w as f32], lv.dims().to_vec())?)?;
+            grads.merge(tape.backward_from(vec![(ce.loss.id(), seed)])?)?;
+        }
+        Ok((grads, loss, tokens))
     }
 
     fn state(&self, lr: f64) -> State {
@@ -354,13 +454,16 @@ impl Trainer {
     }
 
     /// Evaluates, records the result and tracks the best step.
-    fn eval_record(&mut self, step: usize, summary: &mut Summary) -> Result<Option<f64>> {
-        let Some(l) = self.evaluate()? else { return Ok(None) };
+    fn eval_record(&mut self, step: usize, summary: &mut Summary) -> Result<Option<(f64, Option<PrefStats>)>> {
+        let Some((l, st)) = self.evaluate()? else { return Ok(None) };
         summary.evals.push((step, l));
+        if let Some(s) = st {
+            summary.eval_rewards.push((step, s.reward_accuracy));
+        }
         if step > 0 && self.best.is_none_or(|b| l < b.1) {
             self.best = Some((step, l));
         }
-        Ok(Some(l))
+        Ok(Some((l, st)))
     }
 
     /// The generation metrics of `eval_metrics` on the held-out rows (greedy), or `None`.
@@ -390,8 +493,18 @@ impl Trainer {
     }
 
     /// The `metrics.jsonl` line of an evaluation.
-    fn eval_line(step: usize, loss: f64, scores: Option<&crate::eval::Scores>) -> serde_json::Value {
-        let mut v = serde_json::json!({"kind": "eval", "step": step, "eval_loss": loss, "eval_ppl": loss.exp()});
+    fn eval_line(
+        step: usize,
+        loss: f64,
+        scores: Option<&crate::eval::Scores>,
+        pref: Option<&PrefStats>,
+    ) -> serde_json::Value {
+        // A preference run's perplexity is that of the chosen answers.
+        let ppl = pref.map_or(loss, PrefStats::chosen_loss).exp();
+        let mut v = serde_json::json!({"kind": "eval", "step": step, "eval_loss": loss, "eval_ppl": ppl});
+        if let (Some(p), Some(o)) = (pref, v.as_object_mut()) {
+            o.extend(p.json_fields());
+        }
         if let (Some(s), Some(o)) = (scores, v.as_object_mut())
             && let serde_json::Value::Object(m) = s.metrics_json()
         {
@@ -418,28 +531,35 @@ impl Trainer {
             resumed_from: self.resumed_from,
             skipped: Vec::new(),
             interrupted: false,
+            eval_rewards: Vec::new(),
         };
+        self.reference(on)?;
         // A resumed run's curve and summary include the steps before the checkpoint.
         for v in &earlier {
             let step = v["step"].as_u64().unwrap_or(0) as usize;
             match (v["kind"].as_str(), v["loss"].as_f64(), v["eval_loss"].as_f64()) {
                 (Some("train"), Some(l), _) => summary.losses.push((step, l)),
-                (Some("eval"), _, Some(l)) => summary.evals.push((step, l)),
+                (Some("eval"), _, Some(l)) => {
+                    summary.evals.push((step, l));
+                    if let Some(a) = v["reward_accuracy"].as_f64() {
+                        summary.eval_rewards.push((step, a));
+                    }
+                }
                 _ => {}
             }
         }
         if self.step == 0
-            && let Some(l) = self.eval_record(0, &mut summary)?
+            && let Some((l, st)) = self.eval_record(0, &mut summary)?
         {
             let scores = self.generation_scores()?;
-            on(Event::Eval { step: 0, loss: l, scores: scores.as_ref() });
-            line(Self::eval_line(0, l, scores.as_ref()))?;
+            on(Event::Eval { step: 0, loss: l, scores: scores.as_ref(), pref: st.as_ref() });
+            line(Self::eval_line(0, l, scores.as_ref(), st.as_ref()))?;
         }
         let t0 = Instant::now();
         let tokens0 = self.tokens;
         for step in self.step + 1..=self.total_steps {
             match self.train_step(step)? {
-                StepResult::Applied { loss, grad_norm, tokens, lr } => {
+                StepResult::Applied { loss, grad_norm, tokens, lr, pref } => {
                     self.tokens += tokens;
                     let el = t0.elapsed().as_secs_f64();
                     let log = StepLog {
@@ -452,10 +572,15 @@ impl Trainer {
                         tokens: self.tokens,
                         tokens_per_s: (self.tokens - tokens0) as f64 / el.max(1e-9),
                         elapsed_s: el,
+                        pref,
                     };
-                    line(serde_json::json!({"kind": "train", "step": step, "epoch": log.epoch, "loss": loss,
+                    let mut v = serde_json::json!({"kind": "train", "step": step, "epoch": log.epoch, "loss": loss,
                         "lr": lr, "grad_norm": grad_norm, "tokens": log.tokens, "tokens_per_s": log.tokens_per_s,
-                        "elapsed_s": el}))?;
+                        "elapsed_s": el});
+                    if let (Some(p), Some(o)) = (&pref, v.as_object_mut()) {
+                        o.extend(p.json_fields());
+                    }
+                    line(v)?;
                     summary.losses.push((step, loss));
                     on(Event::Step(&log));
                 }
@@ -477,11 +602,11 @@ impl Trainer {
             self.step = step;
             let last = step == self.total_steps;
             if ((self.cfg.eval_steps > 0 && step.is_multiple_of(self.cfg.eval_steps)) || last)
-                && let Some(l) = self.eval_record(step, &mut summary)?
+                && let Some((l, st)) = self.eval_record(step, &mut summary)?
             {
                 let scores = self.generation_scores()?;
-                on(Event::Eval { step, loss: l, scores: scores.as_ref() });
-                line(Self::eval_line(step, l, scores.as_ref()))?;
+                on(Event::Eval { step, loss: l, scores: scores.as_ref(), pref: st.as_ref() });
+                line(Self::eval_line(step, l, scores.as_ref(), st.as_ref()))?;
             }
             let interrupted = self.stop.as_ref().is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst));
             if (self.cfg.save_steps > 0 && step.is_multiple_of(self.cfg.save_steps)) || last || interrupted {

@@ -2,7 +2,8 @@
 //!
 //! Layout: q `[B, T, Hq, D]`, k/v `[B, T, Hkv, D]` (the projections' natural layout, so no
 //! transpose is needed), o like q, lse `[B, T, Hq]`. Query `i` attends to key `j` when `j ≤ i`
-//! and both carry the same segment id (packed rows never see each other).
+//! and both carry the same segment id (packed rows never see each other), or — with
+//! `shared_prefix` — when the key's segment is the query's group's shared prefix.
 //!
 //! Forward: per query row, an online softmax over blocks of `BLOCK` keys (running max, running
 //! sum, rescaled accumulator), so memory is O(T·D) — never a T×T matrix. Backward (FlashAttention-2
@@ -49,9 +50,14 @@ fn dims(a: &AttnArgs<'_>) -> Result<Dims> {
     Ok(Dims { b: q[0], t: q[1], tk: k[1], hq: q[2], hkv: k[2], d: q[3] })
 }
 
-/// Whether query `i` may see key `j` in batch row `b`.
-fn visible(seg: Option<&[i32]>, t: usize, b: usize, i: usize, j: usize) -> bool {
-    j <= i && seg.is_none_or(|s| s[b * t + i] == s[b * t + j])
+/// Whether query `i` may see key `j` in batch row `b`: causal, same segment or (with
+/// `prefix`) the query's group's shared prefix `4g`. Padding (-1) is never a prefix.
+fn visible(seg: Option<&[i32]>, prefix: bool, t: usize, b: usize, i: usize, j: usize) -> bool {
+    j <= i
+        && seg.is_none_or(|s| {
+            let (si, sj) = (s[b * t + i], s[b * t + j]);
+            si == sj || (prefix && sj >= 0 && si >= 0 && sj % 4 == 0 && sj / 4 == si / 4)
+        })
 }
 
 /// Dot product with eight independent accumulators: floating-point adds are not reassociated
@@ -95,7 +101,7 @@ fn fwd<T: Real>(a: &AttnArgs<'_>) -> Result<(Tensor, Tensor)> {
             let j1 = (j0 + BLOCK).min(i + 1);
             let mut bmax = T::neg_infinity();
             for j in j0..j1 {
-                s[j - j0] = if visible(seg, t, b, i, j) {
+                s[j - j0] = if visible(seg, a.shared_prefix, t, b, i, j) {
                     let kr = &kv[((b * tk + j) * hkv + g) * d..][..d];
                     dot(qr, kr) * scale
                 } else {
@@ -186,7 +192,7 @@ fn bwd<T: Real>(a: &AttnArgs<'_>, o: &Tensor, lse: &Tensor, d_o: &Tensor) -> Res
                         let r = (b * t + i) * hq + h;
                         let (srow, drow) = (&mut s[ii * nk..][..nk], &mut dp[ii * nk..][..nk]);
                         for j in 0..nk {
-                            if visible(seg, t, b, i, j) {
+                            if visible(seg, a.shared_prefix, t, b, i, j) {
                                 let p = (srow[j] - lv[r]).exp();
                                 srow[j] = p;
                                 drow[j] = p * (drow[j] - delta[r]);

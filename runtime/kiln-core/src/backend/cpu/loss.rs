@@ -43,23 +43,37 @@ fn fwd<T: Real>(logits: &Tensor, targets: &Tensor) -> Result<CeOut> {
         return Err(Error::Msg(format!("cross_entropy: target {bad} in row {r} is outside the vocabulary of {v}")));
     }
     let lse: Vec<T> = (0..m).into_par_iter().map(|r| lse_row(&lv[r * v..(r + 1) * v])).collect();
-    let (sum, n) = (0..m)
-        .filter(|&r| tv[r] >= 0)
-        .map(|r| ((lse[r] - lv[r * v + tv[r] as usize]).to_f64(), 1usize))
-        .fold((0.0, 0), |(a, c), (x, k)| (a + x, c + k));
+    let nll: Vec<T> =
+        (0..m).map(|r| if tv[r] >= 0 { lse[r] - lv[r * v + tv[r] as usize] } else { T::zero() }).collect();
+    let n = tv.iter().filter(|&&t| t >= 0).count();
+    let sum = nll.iter().fold(0.0f64, |a, &x| a + x.to_f64());
     let loss = if n == 0 { 0.0 } else { sum / n as f64 };
-    Ok(CeOut { loss, n_valid: n, lse: out(lse, [m])? })
+    Ok(CeOut { loss, n_valid: n, lse: out(lse, [m])?, nll: out(nll, [m])? })
 }
 
 fn bwd<T: Real>(logits: &Tensor, targets: &Tensor, lse: &Tensor, dloss: f64, n_valid: usize) -> Result<Tensor> {
+    let m = check(logits, targets)?.0;
+    let g = if n_valid == 0 { 0.0 } else { dloss / n_valid as f64 };
+    bwd_rows::<T>(logits, targets, lse, &vec![T::from_f64(g); m])
+}
+
+fn bwd_rows_t<T: Real>(logits: &Tensor, targets: &Tensor, lse: &Tensor, drow: &Tensor) -> Result<Tensor> {
+    bwd_rows::<T>(logits, targets, lse, &read::<T>(drow)?)
+}
+
+/// `(softmax − onehot) · w[r]` per row, zero where the target is ignored.
+fn bwd_rows<T: Real>(logits: &Tensor, targets: &Tensor, lse: &Tensor, w: &[T]) -> Result<Tensor> {
     let (m, v) = check(logits, targets)?;
     let (lv, tv, sv) = (read::<T>(logits)?, read_i32(targets)?, read::<T>(lse)?);
-    let g = T::from_f64(if n_valid == 0 { 0.0 } else { dloss / n_valid as f64 });
+    if w.len() != m {
+        return Err(Error::shape("cross_entropy_bwd_rows", format!("{m} rows, {} weights", w.len())));
+    }
     let mut d = vec![T::zero(); m * v];
     d.par_chunks_mut(v.max(1)).enumerate().for_each(|(r, dr)| {
         if tv[r] < 0 {
             return;
         }
+        let g = w[r];
         let lr = &lv[r * v..(r + 1) * v];
         for (o, &x) in dr.iter_mut().zip(lr) {
             *o = (x - sv[r]).exp() * g;
@@ -82,5 +96,8 @@ impl LossOps for CpuBackend {
         n_valid: usize,
     ) -> Result<Tensor> {
         by_prec!(prec(&[logits]), bwd(logits, targets, lse, dloss, n_valid))
+    }
+    fn cross_entropy_bwd_rows(&self, logits: &Tensor, targets: &Tensor, lse: &Tensor, drow: &Tensor) -> Result<Tensor> {
+        by_prec!(prec(&[logits]), bwd_rows_t(logits, targets, lse, drow))
     }
 }
