@@ -51,7 +51,7 @@ tier "build tests" cargo test --workspace --all-targets --locked --no-run
 tier "1 cpu ops + gradient checks" cargo test --workspace --locked --lib --test gradcheck --test parity --test attention_ref --test qlinear --benches
 # 2. Reference: tiny Llama/Qwen2/Qwen3 against PyTorch fixtures (logits, loss, LoRA grads,
 #    AdamW trajectory), bad model files, LoRA overfit.
-tier "2 reference fixtures (PyTorch, transformers, gguf) + model and data files" cargo test --workspace --locked --test reference --test weights_bad_input --test overfit --test data --test templates --test metrics --test batching --test gguf --test smollm2 --test train
+tier "2 reference fixtures (PyTorch, transformers, gguf) + model and data files" cargo test --workspace --locked --test reference --test weights_bad_input --test overfit --test data --test templates --test metrics --test batching --test gguf --test smollm2 --test train --test preference
 # 3. wgpu parity on lavapipe and 4. CUDA (NVRTC compile + emulation) join when their backends
 #    have kernels; until then they are not tiers that exist.
 echo "=== tier: 3 wgpu — no WGSL kernels in the tree yet (wgpu backend issue); adapters are probed by tier 5"
