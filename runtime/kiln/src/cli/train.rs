@@ -512,8 +512,9 @@ fn train_with_progress(t: &mut Trainer) -> Result<Summary> {
                 Some(p) => say(
                     &pb,
                     format!(
-                        "eval @ step {step}: loss {loss:.4}, reward accuracy {:.3}, rewards chosen {:.4} rejected {:.4} margin {:.4}, chosen ppl {:.2}{extra}",
+                        "eval @ step {step}: loss {loss:.4}, reward accuracy {:.3} (model prefers chosen {:.3}), rewards chosen {:.4} rejected {:.4} margin {:.4}, chosen ppl {:.2}{extra}",
                         p.reward_accuracy,
+                        p.policy_accuracy,
                         p.rewards_chosen,
                         p.rewards_rejected,
                         p.margin(),

@@ -262,6 +262,10 @@ pub struct PrefStats {
     pub rewards_chosen: f64,
     pub rewards_rejected: f64,
     pub reward_accuracy: f64,
+    /// Fraction of pairs whose chosen answer the model itself finds more likely than the
+    /// rejected one (summed log-probs, no reference): unlike reward accuracy, meaningful
+    /// before training too.
+    pub policy_accuracy: f64,
     /// Σ NLL and count of the chosen answers' tokens (ORPO's SFT term; chosen perplexity).
     pub chosen_nll: f64,
     pub chosen_tokens: usize,
@@ -284,6 +288,7 @@ impl PrefStats {
         self.rewards_chosen = mix(self.rewards_chosen, o.rewards_chosen);
         self.rewards_rejected = mix(self.rewards_rejected, o.rewards_rejected);
         self.reward_accuracy = mix(self.reward_accuracy, o.reward_accuracy);
+        self.policy_accuracy = mix(self.policy_accuracy, o.policy_accuracy);
         self.pairs += o.pairs;
         self.chosen_nll += o.chosen_nll;
         self.chosen_tokens += o.chosen_tokens;
@@ -295,6 +300,7 @@ impl PrefStats {
         m.insert("rewards_rejected".into(), self.rewards_rejected.into());
         m.insert("reward_margin".into(), self.margin().into());
         m.insert("reward_accuracy".into(), self.reward_accuracy.into());
+        m.insert("policy_accuracy".into(), self.policy_accuracy.into());
         m
     }
 }
@@ -362,6 +368,7 @@ pub fn pair_loss(
         st.rewards_chosen += rc / p;
         st.rewards_rejected += rr / p;
         st.reward_accuracy += f64::from(u8::from(rc > rr)) / p;
+        st.policy_accuracy += f64::from(u8::from(pc > pr)) / p;
         st.chosen_nll -= pc;
         grad.push((gc / p, gr / p));
     }
