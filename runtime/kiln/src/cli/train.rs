@@ -290,6 +290,8 @@ fn memory_available(cfg: &TrainConfig) -> Option<f64> {
 fn check_memory(cfg: &TrainConfig, t: &mut Trainer, seq: usize) -> Result<()> {
     let Some(avail) = memory_available(cfg) else { return Ok(()) };
     let trainable = t.num_trainable();
+    // Batch rows are as long as the longest row, at most `seq`.
+    let seq = seq.min(t.data.longest().max(1));
     let need =
         |c: &TrainConfig, seq: usize| memory_estimate(&t.model, c, trainable, seq).iter().map(|m| m.1).sum::<f64>();
     let total = need(cfg, seq);
@@ -349,7 +351,7 @@ fn gib(b: f64) -> String {
 
 fn plan_text(cfg: &TrainConfig, t: &mut Trainer, seq: usize, base: &str) -> String {
     let trainable = t.num_trainable();
-    let mem = memory_estimate(&t.model, cfg, trainable, seq);
+    let mem = memory_estimate(&t.model, cfg, trainable, seq.min(t.data.longest().max(1)));
     let d = &t.data;
     let total: f64 = mem.iter().map(|m| m.1).sum();
     let mut s = format!(

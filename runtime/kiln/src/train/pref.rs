@@ -318,20 +318,34 @@ fn log1mexp(x: f64) -> f64 {
     if x < -std::f64::consts::LN_2 { (-x.exp()).ln_1p() } else { (-x.exp_m1()).ln() }
 }
 
-/// The mean loss over `pol` pairs and its gradient with respect to each `(chosen, rejected)`
+/// What a loss is averaged over: a micro-batch is a part of its optimizer step, whose loss is
+/// the mean over all of the step's pairs (and, for ORPO's NLL term, over all of its chosen
+/// tokens), so `batch 4` and `batch 2 × accumulation 2` give the same gradient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scope {
+    pub pairs: usize,
+    pub chosen_tokens: usize,
+}
+
+/// The loss over `pol` pairs and its gradient with respect to each `(chosen, rejected)`
 /// log-probability. `refs` are the reference log-probabilities (DPO), `n` the answer token
-/// counts.
+/// counts. Returns the metrics (their `loss` the mean over these pairs), the gradient of this
+/// part of the `scope`'s loss (`None`: these pairs alone), and that part's value.
 pub fn pair_loss(
     spec: &PrefSpec,
     pol: &[(f64, f64)],
     refs: &[(f64, f64)],
     n: &[(usize, usize)],
-) -> (PrefStats, Vec<(f64, f64)>) {
+    scope: Option<Scope>,
+) -> (PrefStats, Vec<(f64, f64)>, f64) {
     let p = pol.len().max(1) as f64;
     let b = spec.beta;
     let mut st = PrefStats { pairs: pol.len(), ..Default::default() };
     let mut grad = Vec::with_capacity(pol.len());
     let chosen_tokens: usize = n.iter().map(|x| x.0).sum();
+    let scope = scope.unwrap_or(Scope { pairs: pol.len(), chosen_tokens });
+    let (sp, st_tok) = (scope.pairs.max(1) as f64, scope.chosen_tokens.max(1) as f64);
+    let mut part = 0.0;
     for (i, &(pc, pr)) in pol.iter().enumerate() {
         let (nc, nr) = (n[i].0.max(1) as f64, n[i].1.max(1) as f64);
         let (loss, gc, gr, rc, rr) = match spec.objective {
@@ -359,24 +373,26 @@ pub fn pair_loss(
                 let s = sigmoid(-lo);
                 // d log_odds / d a_c = 1/(1 − e^{a_c}); d / d a_r = −1/(1 − e^{a_r}).
                 let (dc, dr) = (1.0 / -ac.exp_m1(), -1.0 / -ar.exp_m1());
-                // The SFT term is the token mean over the batch's chosen answers.
-                let nll_g = -1.0 / chosen_tokens.max(1) as f64 * p;
+                // The SFT term is the token mean over the scope's chosen answers.
+                let nll_g = -sp / st_tok;
                 (-b * log_sigmoid(lo), -b * s * dc / nc + nll_g, -b * s * dr / nr, b * ac, b * ar)
             }
         };
         st.loss += loss / p;
+        part += loss / sp;
         st.rewards_chosen += rc / p;
         st.rewards_rejected += rr / p;
         st.reward_accuracy += f64::from(u8::from(rc > rr)) / p;
         st.policy_accuracy += f64::from(u8::from(pc > pr)) / p;
         st.chosen_nll -= pc;
-        grad.push((gc / p, gr / p));
+        grad.push((gc / sp, gr / sp));
     }
     st.chosen_tokens = chosen_tokens;
     if spec.objective == Objective::Orpo {
         st.loss += st.chosen_loss();
+        part += st.chosen_nll / st_tok;
     }
-    (st, grad)
+    (st, grad, part)
 }
 
 /// The reference log-probabilities of a batch: the same weights with every adapter off.
@@ -385,8 +401,9 @@ pub fn reference_logps(model: &Llama, b: &PairBatch) -> Result<Vec<(f64, f64)>> 
     Ok(b.logps(&nll.value().to_vec_f64()?))
 }
 
-/// The preference loss of one batch as a tape variable, with its metrics. `refs` (DPO) are the
-/// batch's reference log-probabilities.
+/// The preference loss of one batch as a tape variable (its part of `scope`'s loss), with its
+/// metrics. `refs` (DPO) are the batch's reference log-probabilities.
+#[allow(clippy::too_many_arguments)]
 pub fn pair_forward(
     tape: &Tape,
     model: &Llama,
@@ -394,13 +411,14 @@ pub fn pair_forward(
     b: &PairBatch,
     refs: &[(f64, f64)],
     spec: &PrefSpec,
+    scope: Option<Scope>,
     checkpoint: bool,
 ) -> Result<(Var, PrefStats)> {
     let nll = model.token_nll(tape, &b.inputs(false), &b.targets, lora, checkpoint)?;
     let nv = nll.value().to_vec_f64()?;
     let pol = b.logps(&nv);
     let counts: Vec<(usize, usize)> = b.n_chosen.iter().copied().zip(b.n_rejected.iter().copied()).collect();
-    let (st, grad) = pair_loss(spec, &pol, refs, &counts);
+    let (st, grad, part) = pair_loss(spec, &pol, refs, &counts, scope);
     // d loss / d nll[i] = −(g_c·[chosen] + g_r·[rejected]) for the row's pair.
     let per_pos: Vec<f64> = (0..b.rows * b.width)
         .map(|i| {
@@ -410,7 +428,7 @@ pub fn pair_forward(
         })
         .collect();
     let be = nll.value().backend();
-    let loss = be.upload(&Tensor::from_vec(vec![st.loss as f32], [1])?)?;
+    let loss = be.upload(&Tensor::from_vec(vec![part as f32], [1])?)?;
     let (id, dims) = (nll.id(), nll.value().dims().to_vec());
     let var = tape.record(&[&nll], loss, move |g| {
         let seed = g.to_vec_f64()?.first().copied().unwrap_or(0.0);
@@ -439,7 +457,7 @@ pub fn evaluate_pairs(
     for chunk in idx.chunks(batch_size.max(1)) {
         let b = pair_batch(&chunk.iter().map(|&i| &pairs[i]).collect::<Vec<_>>(), pad)?;
         let r = batch_refs(model, &b, refs, chunk, spec)?;
-        let (_, st) = pair_forward(&Tape::no_grad(), model, lora, &b, &r, spec, false)?;
+        let (_, st) = pair_forward(&Tape::no_grad(), model, lora, &b, &r, spec, None, false)?;
         all.merge(&st);
     }
     Ok(Some(all))
@@ -500,7 +518,8 @@ mod tests {
         ];
         for (objective, loss, label_smoothing) in specs {
             let spec = PrefSpec { objective, loss, beta: 0.7, label_smoothing };
-            let (st, g) = pair_loss(&spec, &pol, &refs, &n);
+            let (st, g, part) = pair_loss(&spec, &pol, &refs, &n, None);
+            assert!((st.loss - part).abs() < 1e-12, "alone, a batch's part is its loss");
             assert!(st.loss.is_finite());
             for i in 0..pol.len() {
                 for side in 0..2 {
@@ -512,7 +531,7 @@ mod tests {
                         } else {
                             p[i].1 += d
                         }
-                        pair_loss(&spec, &p, &refs, &n).0.loss
+                        pair_loss(&spec, &p, &refs, &n, None).0.loss
                     };
                     let fd = (at(h) - at(-h)) / (2.0 * h);
                     let an = if side == 0 { g[i].0 } else { g[i].1 };
@@ -525,11 +544,36 @@ mod tests {
     #[test]
     fn rewards_and_accuracy() {
         let spec = PrefSpec { objective: Objective::Dpo, loss: PrefLoss::Sigmoid, beta: 0.5, label_smoothing: 0.0 };
-        let (st, _) = pair_loss(&spec, &[(-1.0, -3.0), (-2.0, -1.0)], &[(-2.0, -2.0), (-2.0, -2.0)], &[(1, 1), (1, 1)]);
+        let (st, _, _) =
+            pair_loss(&spec, &[(-1.0, -3.0), (-2.0, -1.0)], &[(-2.0, -2.0), (-2.0, -2.0)], &[(1, 1), (1, 1)], None);
         // Pair 0: rewards 0.5 vs −0.5 (right); pair 1: 0 vs 0.5 (wrong).
         assert!((st.rewards_chosen - 0.25).abs() < 1e-12 && (st.rewards_rejected - 0.0).abs() < 1e-12);
         assert_eq!(st.reward_accuracy, 0.5);
         let want = (-log_sigmoid(1.0) - log_sigmoid(-0.5)) / 2.0;
         assert!((st.loss - want).abs() < 1e-12);
+    }
+}
+
+#[cfg(test)]
+mod scope_tests {
+    use super::*;
+
+    /// Two halves scoped to the whole give the whole's loss and gradient, for every objective.
+    #[test]
+    fn parts_of_a_step_add_up_to_the_step() {
+        let pol = [(-12.5, -15.0), (-3.0, -2.0), (-40.0, -1.0), (-0.9, -9.0), (-5.0, -5.5)];
+        let refs = [(-13.0, -14.0), (-2.5, -2.5), (-30.0, -2.0), (-0.5, -8.0), (-5.0, -6.0)];
+        let n = [(5, 6), (2, 3), (9, 1), (4, 4), (7, 2)];
+        for objective in [Objective::Dpo, Objective::Orpo] {
+            let spec = PrefSpec { objective, loss: PrefLoss::Sigmoid, beta: 0.3, label_smoothing: 0.0 };
+            let (all, g, _) = pair_loss(&spec, &pol, &refs, &n, None);
+            let scope = Scope { pairs: 5, chosen_tokens: n.iter().map(|x| x.0).sum() };
+            let (_, g1, p1) = pair_loss(&spec, &pol[..2], &refs[..2], &n[..2], Some(scope));
+            let (_, g2, p2) = pair_loss(&spec, &pol[2..], &refs[2..], &n[2..], Some(scope));
+            assert!((p1 + p2 - all.loss).abs() < 1e-12, "{objective:?}: {} vs {}", p1 + p2, all.loss);
+            for (a, b) in g.iter().zip(g1.iter().chain(&g2)) {
+                assert!((a.0 - b.0).abs() < 1e-15 && (a.1 - b.1).abs() < 1e-15, "{objective:?}");
+            }
+        }
     }
 }

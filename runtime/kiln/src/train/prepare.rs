@@ -41,6 +41,10 @@ impl Prepared {
     pub fn train_len(&self) -> usize {
         if self.pairs.is_empty() { self.train.len() } else { self.pairs.len() }
     }
+    /// Tokens of the longest training unit (a batch row is never longer).
+    pub fn longest(&self) -> usize {
+        (0..self.train_len()).map(|i| self.unit_tokens(i)).max().unwrap_or(0)
+    }
     /// Tokens of training unit `i` (for length bucketing).
     pub fn unit_tokens(&self, i: usize) -> usize {
         if self.pairs.is_empty() { self.train[i].len() } else { self.pairs[i].len() }

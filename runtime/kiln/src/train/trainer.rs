@@ -304,8 +304,11 @@ impl Trainer {
     /// share of the step's pairs.
     fn pref_grads(&mut self, step: usize, micro: &[Vec<usize>]) -> Result<(Grads, f64, usize, PrefStats)> {
         let Some(spec) = self.pref else { return Err(KilnError::Msg("not a preference run".into())) };
-        let n_total: usize = micro.iter().map(Vec::len).sum();
-        let (mut grads, mut tokens, mut all) = (Grads::default(), 0, PrefStats::default());
+        let scope = pref::Scope {
+            pairs: micro.iter().map(Vec::len).sum(),
+            chosen_tokens: micro.iter().flatten().map(|&i| self.data.pairs[i].n_chosen).sum(),
+        };
+        let (mut grads, mut tokens, mut all, mut loss) = (Grads::default(), 0, PrefStats::default(), 0.0);
         for (mi, m) in micro.iter().enumerate() {
             let b = pref::pair_batch(&m.iter().map(|&i| &self.data.pairs[i]).collect::<Vec<_>>(), self.data.pad)?;
             let refs = pref::batch_refs(&self.model, &b, self.refs.as_deref(), m, &spec)?;
@@ -314,15 +317,16 @@ impl Trainer {
             }
             let tape = Tape::new();
             let ckpt = self.cfg.gradient_checkpointing;
-            let (loss, st) = pref::pair_forward(&tape, &self.model, self.lora.as_ref(), &b, &refs, &spec, ckpt)?;
-            let w = m.len() as f64 / n_total as f64;
+            let model = &self.model;
+            let (part, st) = pref::pair_forward(&tape, model, self.lora.as_ref(), &b, &refs, &spec, Some(scope), ckpt)?;
             tokens += b.ids.numel();
             all.merge(&st);
-            let lv = loss.value();
-            let seed = lv.backend().upload(&Tensor::from_vec(vec![w as f32], lv.dims().to_vec())?)?;
-            grads.merge(tape.backward_from(vec![(loss.id(), seed)])?)?;
+            loss += part.value().item()?;
+            grads.merge(tape.backward(&part)?)?;
         }
-        Ok((grads, all.loss, tokens, all))
+        // The step's loss is the sum of its parts (exact for ORPO's token-mean NLL too).
+        all.loss = loss;
+        Ok((grads, loss, tokens, all))
     }
 
     /// One optimizer step: forward/backward over each micro-batch, gradients weighted by
