@@ -242,6 +242,24 @@ fn dpo_run_logs_rewards_and_raises_reward_accuracy() {
     assert!(out.join("adapter/adapter_model.safetensors").is_file());
     let cfg = std::fs::read_to_string(out.join("config.toml")).unwrap();
     assert!(cfg.contains("objective = \"dpo\"") && cfg.contains("method = \"lora\""), "{cfg}");
+    // `kiln eval` on the held-out pairs with the saved adapter reproduces the last evaluation.
+    let o = kiln()
+        .args(["eval", "--json", "--max-seq-len", "96", "--model"])
+        .arg(&model)
+        .arg("--adapter")
+        .arg(out.join("adapter"))
+        .arg("--data")
+        .arg(out.join("eval.jsonl"))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ok(&o).lines().next().unwrap_or_default()).unwrap();
+    assert_eq!(v["n"], 8);
+    for (k, e) in
+        [("reward_accuracy", "reward_accuracy"), ("reward_margin", "reward_margin"), ("dpo_loss", "eval_loss")]
+    {
+        let (got, want) = (v["metrics"][k].as_f64().unwrap(), last[e].as_f64().unwrap());
+        assert!((got - want).abs() < 1e-5 * want.abs().max(1.0), "{k}: eval {got} vs training {want}");
+    }
 }
 
 #[test]

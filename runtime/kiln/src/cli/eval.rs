@@ -60,8 +60,70 @@ pub struct EvalArgs {
     #[arg(long)]
     predictions_out: Option<PathBuf>,
     /// Print JSON only: {"n", "metrics": {…}} or, with --compare-base, {"base": {…}, "tuned": {…}}.
+    /// Preference rows: {"n", "metrics": {"reward_accuracy", "reward_margin", "rewards_chosen",
+    /// "rewards_rejected", "dpo_loss", "policy_accuracy", "base_policy_accuracy"}}.
     #[arg(long)]
     json: bool,
+    /// Preference rows: the DPO beta the rewards are scaled by.
+    #[arg(long, default_value_t = 0.1)]
+    beta: f64,
+}
+
+/// Preference rows ({"prompt", "chosen", "rejected"}): DPO rewards of the adapter against the
+/// base (the same weights with the adapter off), and how often each prefers the chosen answer.
+fn run_pref(a: &EvalArgs, examples: &[kiln::data::Example]) -> Result<()> {
+    use kiln::train::pref::{PairStats, PrefSpec, evaluate_pairs, precompute_refs, tokenize_pair};
+    use kiln::train::{Objective, PrefLoss};
+    if !(a.beta > 0.0 && a.beta.is_finite()) {
+        bail!("--beta {}: must be a positive number", a.beta);
+    }
+    let path = kiln::models::resolve(a.model.as_deref())?;
+    let (model, tok, lora) = kiln::models::load_with_adapter(&path, a.adapter.as_deref())?;
+    let template = kiln::data::template::ChatTemplate::choose(a.template.as_deref(), tok.chat_template.as_deref())?;
+    let pad = tok.pad_id();
+    let r = Renderer { tokenizer: tok, template, train_on_inputs: false };
+    let mut st = PairStats::default();
+    let mut pairs = Vec::new();
+    for e in examples {
+        pairs.extend(tokenize_pair(&r, e, a.max_seq_len, &mut st)?);
+    }
+    if pairs.is_empty() {
+        bail!("{}: no preference pair has an answer token within --max-seq-len {}", a.data.display(), a.max_seq_len);
+    }
+    let pb = bar(pairs.len(), "reference", a.json);
+    let refs = precompute_refs(&model, &pairs, pad, a.batch_size, &mut |n| pb.set_position(n as u64))?;
+    pb.finish_and_clear();
+    let spec = PrefSpec { objective: Objective::Dpo, loss: PrefLoss::Sigmoid, beta: a.beta, label_smoothing: 0.0 };
+    let s = evaluate_pairs(&model, lora.as_ref(), &pairs, Some(&refs), &spec, pad, a.batch_size)?
+        .ok_or_else(|| anyhow!("no pairs evaluated"))?;
+    let base_acc = refs.iter().filter(|(c, r)| c > r).count() as f64 / refs.len() as f64;
+    let mut m = s.json_fields();
+    m.insert("dpo_loss".into(), s.loss.into());
+    m.insert("base_policy_accuracy".into(), base_acc.into());
+    if a.json {
+        println!("{}", serde_json::json!({"n": pairs.len(), "metrics": m}));
+        return Ok(());
+    }
+    println!("{} preference pairs of {} ({} dropped for length)", pairs.len(), a.data.display(), st.dropped);
+    if lora.is_some() {
+        println!("reward accuracy      {:.4}  (beta {})", s.reward_accuracy, a.beta);
+        println!(
+            "reward margin        {:.4}  (chosen {:.4}, rejected {:.4})",
+            s.margin(),
+            s.rewards_chosen,
+            s.rewards_rejected
+        );
+        println!("DPO loss             {:.4}", s.loss);
+    } else {
+        println!("(no --adapter: rewards against the model itself are 0; showing its own preference)");
+    }
+    println!(
+        "prefers chosen       base {:.4} → {} {:.4}",
+        base_acc,
+        if lora.is_some() { "tuned" } else { "model" },
+        s.policy_accuracy
+    );
+    Ok(())
 }
 
 fn bar(n: usize, label: &str, hidden: bool) -> ProgressBar {
@@ -90,6 +152,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let mut examples = ds.examples;
     if let Some(n) = a.eval_samples {
         examples.truncate(n);
+    }
+    if !examples.is_empty() && examples.iter().all(|e| matches!(e, kiln::data::Example::Preference { .. })) {
+        return run_pref(&a, &examples);
     }
     let spec = EvalSpec {
         metrics: metrics.clone(),
