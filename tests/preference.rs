@@ -252,7 +252,7 @@ fn dpo_run_logs_rewards_and_raises_reward_accuracy() {
         .arg(out.join("eval.jsonl"))
         .output()
         .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&ok(&o).lines().next().unwrap_or_default()).unwrap();
+    let v: serde_json::Value = serde_json::from_str(ok(&o).lines().next().unwrap_or_default()).unwrap();
     assert_eq!(v["n"], 8);
     for (k, e) in
         [("reward_accuracy", "reward_accuracy"), ("reward_margin", "reward_margin"), ("dpo_loss", "eval_loss")]
