@@ -16,6 +16,7 @@ pub mod error;
 pub mod ops;
 pub mod quant;
 pub mod rng;
+pub mod selftest;
 pub mod shape;
 pub mod tensor;
 

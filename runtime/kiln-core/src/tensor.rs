@@ -194,6 +194,11 @@ impl Tensor {
         Tensor { storage: Arc::new(Storage::Device(s)), shape, dtype, offset: 0 }
     }
 
+    /// Where this tensor's elements start in its storage, in elements (views from `narrow0`).
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+
     /// The shape.
     pub fn shape(&self) -> &Shape {
         &self.shape

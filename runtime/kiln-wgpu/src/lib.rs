@@ -1,7 +1,26 @@
-//! The wgpu backend crate (Vulkan, Metal, DX12, GL). Today: run-time adapter discovery; the WGSL
-//! kernels (`shaders/*.wgsl`) arrive with the wgpu backend issue.
+//! The wgpu backend crate (Vulkan, Metal, DX12, GL): adapter discovery, and kiln's `Backend`
+//! running the WGSL kernels of `shaders/*.wgsl` (op families land one at a time; the rest
+//! report themselves unsupported).
 //!
 //! Without the `wgpu` feature the same API answers "not compiled with wgpu support".
+
+#[cfg(feature = "wgpu")]
+pub mod backend;
+#[cfg(feature = "wgpu")]
+pub mod runtime;
+
+/// The wgpu backend when an adapter opens here, else why not.
+pub fn open() -> Result<&'static dyn kiln_core::Backend, String> {
+    #[cfg(feature = "wgpu")]
+    {
+        runtime::device().map_err(|e| e.to_string())?;
+        Ok(backend::WGPU)
+    }
+    #[cfg(not(feature = "wgpu"))]
+    {
+        Err("not compiled with wgpu support (feature `wgpu`)".into())
+    }
+}
 
 /// One adapter wgpu can open.
 #[derive(Clone, Debug)]

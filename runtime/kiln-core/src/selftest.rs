@@ -1,0 +1,275 @@
+//! The op parity suite (the ggml test-backend-ops idea): every op's forward and backward
+//! kernels on a backend against the CPU reference computed in f64, on fresh random inputs at
+//! several shapes including ragged ones. Tolerances (DESIGN): ‖out−ref‖/‖ref‖ ≤ 1e-5 for f32 and
+//! ≤ 1e-2 for bf16/f16 inputs, plus |out−ref| ≤ atol + |ref|·eps elementwise; NaN never passes.
+//! A case a backend does not support is reported as skipped with the reason, never as passed.
+//!
+//! The same table runs in `cargo test` (each backend's parity test) and in `kiln selftest`.
+
+use crate::backend::{AttnArgs, Backend, LinearNeeds, LoraRef, Op, Support};
+use crate::rng::Rng;
+use crate::{CpuBackend, DType, Tensor};
+
+struct Tol {
+    rel: f64,
+    atol: f64,
+    eps: f64,
+}
+
+fn tol(dtype: DType) -> Tol {
+    match dtype {
+        DType::F32 => Tol { rel: 1e-5, atol: 1e-5, eps: 1e-5 },
+        DType::BF16 => Tol { rel: 1e-2, atol: 1e-2, eps: 0.08 },
+        _ => Tol { rel: 1e-2, atol: 1e-3, eps: 0.01 },
+    }
+}
+
+fn compare(what: &str, got: &Tensor, want: &Tensor, t: &Tol) -> Result<(), String> {
+    if got.dims() != want.dims() {
+        return Err(format!("{what}: shape {:?} vs {:?}", got.dims(), want.dims()));
+    }
+    let (g, w) = (got.to_vec_f64().map_err(|e| e.to_string())?, want.to_vec_f64().map_err(|e| e.to_string())?);
+    let scale = w.iter().fold(0.0f64, |a, &b| a.max(b.abs()));
+    let (mut num, mut den) = (0.0, 0.0);
+    for (i, (&x, &y)) in g.iter().zip(&w).enumerate() {
+        if !x.is_finite() {
+            return Err(format!("{what}: non-finite output at {i}"));
+        }
+        // atol is relative to the output's scale so the bound means the same at any magnitude.
+        let bound = t.atol * scale + y.abs() * t.eps;
+        if (x - y).abs() > bound {
+            return Err(format!("{what}: element {i}: {x} vs {y} (bound {bound:e})"));
+        }
+        num += (x - y).powi(2);
+        den += y * y;
+    }
+    let rel = (num / den.max(1e-300)).sqrt();
+    if rel > t.rel {
+        return Err(format!("{what}: relative error {rel:e} > {:e}", t.rel));
+    }
+    Ok(())
+}
+
+fn randn(rng: &mut Rng, dims: &[usize], dtype: DType) -> Tensor {
+    let n = dims.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
+    Tensor::from_vec(v, dims.to_vec()).unwrap().to_dtype(dtype).unwrap()
+}
+
+fn i32s(v: Vec<i32>, dims: &[usize]) -> Tensor {
+    Tensor::from_vec(v, dims.to_vec()).unwrap()
+}
+
+/// The f64 reference of the same values (inputs already rounded to the tested dtype).
+fn f64_of(t: &Tensor) -> Tensor {
+    if t.dtype() == DType::I32 { t.clone() } else { t.to_dtype(DType::F64).unwrap_or_else(|_| t.clone()) }
+}
+
+/// Runs a case's ops on a backend; an error is a failure of that backend.
+type Run = fn(&dyn Backend, &[Tensor]) -> crate::Result<Vec<Tensor>>;
+
+/// One row of the table: an op at a shape and dtype, its inputs, and what to run.
+pub struct Case {
+    /// The op (for `Backend::supports`).
+    pub op: Op,
+    /// Shown in reports.
+    pub name: String,
+    /// dtype of the inputs under test (weights for the linear ops).
+    dtype: DType,
+    inputs: Vec<Tensor>,
+    run: Run,
+}
+
+/// The table on fresh random inputs from `seed`.
+pub fn cases(seed: u64) -> Vec<Case> {
+    let mut r = Rng::new(seed);
+    let mut out = Vec::new();
+    for &(m, k, n, rank) in &[(1, 1, 1, 1), (7, 13, 11, 3), (33, 70, 65, 8), (130, 96, 257, 4)] {
+        for wd in [DType::F32, DType::BF16, DType::F16] {
+            let inputs = vec![
+                randn(&mut r, &[m, k], DType::F32),
+                randn(&mut r, &[n, k], wd),
+                randn(&mut r, &[n], DType::F32),
+                randn(&mut r, &[rank, k], DType::F32),
+                randn(&mut r, &[n, rank], DType::F32),
+                randn(&mut r, &[m, n], DType::F32),
+            ];
+            out.push(Case {
+                op: Op::LoraLinear,
+                name: format!("lora_linear {m}x{k}x{n} r{rank} W {}", wd.name()),
+                dtype: wd,
+                inputs,
+                run: |be, x| {
+                    let l = || LoraRef { a: &x[3], b: &x[4], scale: 0.7 };
+                    let (y, u) = be.linear_fwd(&x[0], &x[1], Some(&x[2]), Some(l()))?;
+                    let u = u.ok_or_else(|| crate::Error::Msg("linear_fwd returned no u".into()))?;
+                    let needs = LinearNeeds { x: true, w: true, bias: true, lora: true };
+                    let g = be.linear_bwd(&x[5], &x[0], &x[1], Some((l(), &u)), needs)?;
+                    let got = [g.dx, g.dw, g.dbias, g.da, g.db];
+                    let mut out = vec![y];
+                    for t in got {
+                        out.push(t.ok_or_else(|| crate::Error::Msg("linear_bwd left out a gradient".into()))?);
+                    }
+                    Ok(out)
+                },
+            });
+        }
+    }
+    // (h = 1 would make RMSNorm's dx identically zero: pure cancellation, nothing to compare.)
+    for &(rows, h) in &[(1, 2), (5, 19), (64, 576), (3, 1031)] {
+        let inputs = vec![
+            randn(&mut r, &[rows, h], DType::F32),
+            randn(&mut r, &[h], DType::F32),
+            randn(&mut r, &[rows, h], DType::F32),
+        ];
+        out.push(Case {
+            op: Op::RmsNorm,
+            name: format!("rms_norm {rows}x{h}"),
+            dtype: DType::F32,
+            inputs,
+            run: |be, x| {
+                let (y, rstd) = be.rms_norm_fwd(&x[0], &x[1], 1e-5)?;
+                let (dx, dw) = be.rms_norm_bwd(&x[2], &x[0], &x[1], &rstd)?;
+                Ok(vec![y, dx, dw])
+            },
+        });
+        let inputs = vec![
+            randn(&mut r, &[rows, h], DType::F32),
+            randn(&mut r, &[rows, h], DType::F32),
+            randn(&mut r, &[rows, h], DType::F32),
+        ];
+        out.push(Case {
+            op: Op::SwiGlu,
+            name: format!("swiglu {rows}x{h}"),
+            dtype: DType::F32,
+            inputs,
+            run: |be, x| {
+                let y = be.swiglu_fwd(&x[0], &x[1])?;
+                let (dg, du) = be.swiglu_bwd(&x[0], &x[1], &x[2])?;
+                Ok(vec![y, dg, du, be.add(&x[0], &x[1])?, be.scale(&x[0], -1.5)?])
+            },
+        });
+    }
+    for &n in &[1usize, 63, 65, 4099, 70_001] {
+        let inputs = vec![randn(&mut r, &[n], DType::F32), randn(&mut r, &[n], DType::F32)];
+        out.push(Case {
+            op: Op::Add,
+            name: format!("add/mul/scale/sum_squares/cast {n}"),
+            dtype: DType::F32,
+            inputs,
+            run: |be, x| {
+                let ss = be.sum_squares(&x[0])?;
+                let ss = Tensor::from_vec(vec![ss], [1])?;
+                let c = be.cast(&x[1], x[1].dtype())?;
+                Ok(vec![be.add(&x[0], &x[1])?, be.mul(&x[0], &x[1])?, be.scale(&x[1], 0.25)?, ss, c])
+            },
+        });
+    }
+    for &(b, t, hq, hkv, d) in &[(1, 1, 1, 1, 2), (2, 37, 4, 2, 6), (1, 70, 9, 3, 64), (3, 33, 2, 1, 10)] {
+        let seg: Vec<i32> = (0..b * t).map(|i| ((i % t) * 3 / t) as i32).collect();
+        let pos: Vec<i32> = (0..b * t).map(|i| (i % t) as i32 * 7 % 50).collect();
+        let inputs = vec![
+            randn(&mut r, &[b, t, hq, d], DType::F32),
+            randn(&mut r, &[b, t, hkv, d], DType::F32),
+            randn(&mut r, &[b, t, hkv, d], DType::F32),
+            randn(&mut r, &[b, t, hq, d], DType::F32),
+            i32s(seg, &[b, t]),
+            i32s(pos, &[b, t]),
+            crate::ops::inv_freq(d, 10000.0, None).unwrap(),
+        ];
+        out.push(Case {
+            op: Op::Attention,
+            name: format!("attention b{b} t{t} hq{hq} hkv{hkv} d{d} packed"),
+            dtype: DType::F32,
+            inputs,
+            run: |be, x| {
+                let a = AttnArgs { q: &x[0], k: &x[1], v: &x[2], seg: Some(&x[4]), shared_prefix: false, scale: 0.3 };
+                let (o, lse) = be.attention_fwd(&a)?;
+                let (dq, dk, dv) = be.attention_bwd(&a, &o, &lse, &x[3])?;
+                let rq = be.rope(&x[0], &x[5], &x[6], false)?;
+                let rk = be.rope(&x[1], &x[5], &x[6], true)?;
+                Ok(vec![o, lse, dq, dk, dv, rq, rk])
+            },
+        });
+    }
+    for &(m, v) in &[(1, 2), (9, 4136), (17, 96)] {
+        let targets: Vec<i32> = (0..m).map(|i| if i % 4 == 1 { -100 } else { (i * 31 % v) as i32 }).collect();
+        let ids: Vec<i32> = (0..m).map(|i| (i * 7 % m) as i32).collect();
+        let inputs = vec![
+            randn(&mut r, &[m, v], DType::F32),
+            i32s(targets, &[m]),
+            i32s(ids, &[m]),
+            randn(&mut r, &[m, v], DType::F32),
+        ];
+        out.push(Case {
+            op: Op::CrossEntropy,
+            name: format!("cross_entropy+embedding {m}x{v}"),
+            dtype: DType::F32,
+            inputs,
+            run: |be, x| {
+                let ce = be.cross_entropy_fwd(&x[0], &x[1])?;
+                let d = be.cross_entropy_bwd(&x[0], &x[1], &ce.lse, 1.3, ce.n_valid)?;
+                let loss = Tensor::from_vec(vec![ce.loss], [1])?;
+                // x[3] [m, v] serves as an m-row embedding table and as the gradient of m lookups.
+                let e = be.embedding_fwd(&x[3], &x[2])?;
+                let de = be.embedding_bwd(&x[3], &x[2], x[3].dims()[0])?;
+                Ok(vec![loss, ce.lse, d, e, de])
+            },
+        });
+    }
+    out
+}
+
+/// What a suite run found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub passed: Vec<String>,
+    /// `(case, why)` for cases the backend does not support.
+    pub skipped: Vec<(String, String)>,
+    /// `(case, what failed)`.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Runs the table (seeds 1 and 2) on `be` against the f64 CPU reference; `on` sees each case's
+/// outcome as it finishes (`None` passed, `Some(msg)` skipped or failed).
+pub fn run(be: &dyn Backend, on: &mut dyn FnMut(&str, Option<&str>)) -> Report {
+    let reference = CpuBackend;
+    let mut rep = Report::default();
+    for seed in [1, 2] {
+        for case in cases(seed) {
+            let name = format!("{} {}", be.name(), case.name);
+            if let Support::No(why) = be.supports(case.op, case.dtype) {
+                on(&name, Some(&format!("skipped: {why}")));
+                rep.skipped.push((name, why));
+                continue;
+            }
+            let outcome = (|| -> Result<(), String> {
+                let up = case
+                    .inputs
+                    .iter()
+                    .map(|t| be.upload(t))
+                    .collect::<crate::Result<Vec<_>>>()
+                    .map_err(|e| e.to_string())?;
+                let got = (case.run)(be, &up).map_err(|e| format!("{name}: {e}"))?;
+                let r64: Vec<Tensor> = case.inputs.iter().map(f64_of).collect();
+                let want = (case.run)(&reference, &r64).map_err(|e| format!("{name}: reference: {e}"))?;
+                let t = tol(case.dtype);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    compare(&format!("{name} output {i}"), g, w, &t)?;
+                }
+                Ok(())
+            })();
+            match outcome {
+                Ok(()) => {
+                    on(&name, None);
+                    rep.passed.push(name);
+                }
+                Err(e) => {
+                    on(&name, Some(&e));
+                    rep.failed.push((name, e));
+                }
+            }
+        }
+    }
+    rep
+}

@@ -1,0 +1,69 @@
+//! Elementwise ops and Σx² (`shaders/elementwise.wgsl`).
+
+use kiln_core::backend::ElementwiseOps;
+use kiln_core::{Error, Result, Tensor};
+
+use super::{ELEMENTWISE, P1, WgpuBackend};
+use crate::runtime::{Bind, Device, device, held, tensor};
+
+fn same(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.dims() != b.dims() {
+        return Err(Error::shape(op, format!("{:?} vs {:?}", a.dims(), b.dims())));
+    }
+    Ok(())
+}
+
+fn binary(entry: &'static str, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    same(entry, a, b)?;
+    let dev = device()?;
+    let (ha, hb) = (held(a)?, held(b)?);
+    let n = a.numel();
+    let y = dev.alloc((n * 4) as u64)?;
+    dev.launch(ELEMENTWISE, entry, &P1::n(n), &[Bind::R(ha.buf()), Bind::R(hb.buf()), Bind::W(&y)], Device::grid(n))?;
+    Ok(tensor(y, a.shape().clone(), a.dtype()))
+}
+
+impl ElementwiseOps for WgpuBackend {
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        binary("add", a, b)
+    }
+    fn scale(&self, a: &Tensor, s: f64) -> Result<Tensor> {
+        let dev = device()?;
+        let ha = held(a)?;
+        let n = a.numel();
+        let y = dev.alloc((n * 4) as u64)?;
+        let p = P1 { s: s as f32, ..P1::n(n) };
+        dev.launch(ELEMENTWISE, "scale", &p, &[Bind::R(ha.buf()), Bind::W(&y)], Device::grid(n))?;
+        Ok(tensor(y, a.shape().clone(), a.dtype()))
+    }
+    fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        binary("mul", a, b)
+    }
+    fn sum_squares(&self, a: &Tensor) -> Result<f64> {
+        let dev = device()?;
+        let ha = held(a)?;
+        let n = a.numel();
+        // At most 256 workgroups of 64 threads striding over the array: ≤ 256 partials to add.
+        let groups = (n.div_ceil(64)).clamp(1, 256) as u32;
+        let part = dev.alloc(groups as u64 * 4)?;
+        let p = P1 { threads: groups * 64, ..P1::n(n) };
+        dev.launch(ELEMENTWISE, "sum_squares", &p, &[Bind::R(ha.buf()), Bind::W(&part)], (groups, 1, 1))?;
+        let bytes = dev.read(part.raw(), 0, groups as u64 * 4)?;
+        let v: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
+        Ok(v.iter().map(|&x| x as f64).sum())
+    }
+    fn swiglu_fwd(&self, g: &Tensor, u: &Tensor) -> Result<Tensor> {
+        binary("swiglu_fwd", g, u)
+    }
+    fn swiglu_bwd(&self, g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        same("swiglu_bwd", g, u)?;
+        same("swiglu_bwd", g, dy)?;
+        let dev = device()?;
+        let (hg, hu, hd) = (held(g)?, held(u)?, held(dy)?);
+        let n = g.numel();
+        let (dg, du) = (dev.alloc((n * 4) as u64)?, dev.alloc((n * 4) as u64)?);
+        let b = [Bind::R(hg.buf()), Bind::R(hu.buf()), Bind::R(hd.buf()), Bind::W(&dg), Bind::W(&du)];
+        dev.launch(ELEMENTWISE, "swiglu_bwd", &P1::n(n), &b, Device::grid(n))?;
+        Ok((tensor(dg, g.shape().clone(), g.dtype()), tensor(du, g.shape().clone(), g.dtype())))
+    }
+}

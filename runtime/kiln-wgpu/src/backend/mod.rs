@@ -1,0 +1,119 @@
+//! kiln's `Backend` on wgpu: memory, and one file per op family mirroring the CPU backend, each
+//! launching the WGSL kernels of `shaders/<op>.wgsl`.
+//!
+//! f32 (and i32 indices) on the device. An op that has no kernel yet answers
+//! [`Backend::supports`] with the reason and its method returns an error, so the parity suite
+//! reports it as skipped, never as passed.
+
+mod elementwise;
+mod pending;
+
+use kiln_core::backend::{Backend, MemoryOps, Op, Support};
+use kiln_core::{DType, Error, Result, Shape, Tensor};
+
+use crate::runtime::{Bind, Device, device, held, tensor};
+
+/// The wgpu backend (the process's one device; see [`crate::runtime::device`]).
+pub struct WgpuBackend;
+
+/// The backend as the `'static` trait object device tensors hand out.
+pub static WGPU: &dyn Backend = &WgpuBackend;
+
+/// Parameters of the 1-D kernels (`shaders/elementwise.wgsl` `Params`).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct P1 {
+    pub n: u32,
+    pub s: f32,
+    pub threads: u32,
+    pub pad: u32,
+}
+
+impl P1 {
+    pub(crate) fn n(n: usize) -> P1 {
+        P1 { n: n as u32, s: 0.0, threads: 0, pad: 0 }
+    }
+}
+
+pub(crate) const ELEMENTWISE: (&str, &str) = ("elementwise", include_str!("../../../../shaders/elementwise.wgsl"));
+
+/// Device element types: 4-byte f32 and i32.
+fn check_dtype(op: &str, t: &Tensor) -> Result<()> {
+    match t.dtype() {
+        DType::F32 | DType::I32 => Ok(()),
+        d => {
+            Err(Error::Msg(format!("wgpu {op}: {} tensors are not supported on wgpu yet (f32 and i32 are)", d.name())))
+        }
+    }
+}
+
+/// A new device tensor holding `t`'s elements copied by `copy` (same shape and dtype).
+pub(crate) fn dup(dev: &Device, t: &Tensor) -> Result<Tensor> {
+    let a = held(t)?;
+    let y = dev.alloc((t.numel() * 4) as u64)?;
+    dev.launch(ELEMENTWISE, "copy", &P1::n(t.numel()), &[Bind::R(a.buf()), Bind::W(&y)], Device::grid(t.numel()))?;
+    Ok(tensor(y, t.shape().clone(), t.dtype()))
+}
+
+impl MemoryOps for WgpuBackend {
+    fn to_cpu(&self, t: &Tensor) -> Result<Tensor> {
+        check_dtype("to_cpu", t)?;
+        let dev = device()?;
+        let kiln_core::tensor::Storage::Device(d) = t.storage() else { return Ok(t.clone()) };
+        let b = d
+            .as_any()
+            .downcast_ref::<crate::runtime::WgpuBuf>()
+            .ok_or_else(|| Error::Msg("wgpu to_cpu: a tensor of another device".into()))?;
+        let bytes = dev.read(b.raw(), (t.offset() * 4) as u64, (t.numel() * 4) as u64)?;
+        match t.dtype() {
+            DType::I32 => Tensor::from_vec(bytemuck::pod_collect_to_vec::<u8, i32>(&bytes), t.shape().clone()),
+            _ => Tensor::from_vec(bytemuck::pod_collect_to_vec::<u8, f32>(&bytes), t.shape().clone()),
+        }
+    }
+    fn upload(&self, t: &Tensor) -> Result<Tensor> {
+        if matches!(t.storage(), kiln_core::tensor::Storage::Device(_)) {
+            return if t.backend().name() == "wgpu" { Ok(t.clone()) } else { self.upload(&t.to_cpu()?) };
+        }
+        let dev = device()?;
+        let b = match t.dtype() {
+            DType::F32 => dev.write(bytemuck::cast_slice(t.as_slice::<f32>()?))?,
+            DType::I32 => dev.write(bytemuck::cast_slice(t.as_slice::<i32>()?))?,
+            // f64 (gradient checks) and the half types are kept as f32 on the device.
+            DType::F64 | DType::F16 | DType::BF16 => dev.write(bytemuck::cast_slice(&t.to_vec_f32()?))?,
+            d => return Err(Error::Msg(format!("wgpu upload: {} tensors are not supported on wgpu yet", d.name()))),
+        };
+        let dtype = if t.dtype() == DType::I32 { DType::I32 } else { DType::F32 };
+        Ok(tensor(b, t.shape().clone(), dtype))
+    }
+    fn cast(&self, t: &Tensor, dtype: DType) -> Result<Tensor> {
+        match (t.dtype(), dtype) {
+            (a, b) if a == b => dup(device()?, t),
+            // The device keeps floats as f32: a cast to another float type is the identity here.
+            (DType::F32, DType::F16 | DType::BF16 | DType::F64) => dup(device()?, t),
+            (a, b) => Err(Error::Msg(format!("wgpu cast {} → {}: not supported on wgpu yet", a.name(), b.name()))),
+        }
+    }
+    fn zeros(&self, shape: &Shape, dtype: DType) -> Result<Tensor> {
+        let n = shape.numel();
+        let dtype = if dtype == DType::I32 { DType::I32 } else { DType::F32 };
+        Ok(tensor(device()?.write(&vec![0u8; n * 4])?, shape.clone(), dtype))
+    }
+}
+
+impl Backend for WgpuBackend {
+    fn name(&self) -> &'static str {
+        "wgpu"
+    }
+    fn supports(&self, op: Op, dtype: DType) -> Support {
+        if let Err(e) = device() {
+            return Support::No(e.to_string());
+        }
+        if dtype != DType::F32 {
+            return Support::No(format!("{} on wgpu: f32 only so far", dtype.name()));
+        }
+        match op {
+            Op::Cast | Op::Add | Op::Scale | Op::SwiGlu => Support::Yes,
+            other => Support::No(format!("{other:?}: no WGSL kernel yet")),
+        }
+    }
+}

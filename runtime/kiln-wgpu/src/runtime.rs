@@ -1,0 +1,366 @@
+//! The wgpu device behind kiln's `Backend`: one adapter opened once per process, a buffer pool,
+//! a pipeline cache per shader entry point, and one launch helper every op goes through.
+//!
+//! Conventions shared with every shader (`shaders/<op>.wgsl`):
+//! * binding 0 is a uniform `Params` struct mirrored by a `#[repr(C)]` bytemuck struct here;
+//!   bindings 1.. are storage buffers in the order the launcher passes them, read-only (`R`) or
+//!   read-write (`W`); the bind-group layout is explicit, built from that list, so an entry
+//!   point need not use every binding of its file;
+//! * tensors on the device are f32 or i32 (4-byte elements), contiguous, starting at element 0
+//!   of their buffer (a view with an offset is copied out first);
+//! * a 1-D launch of `n` threads runs `ceil(n/64)` workgroups of 64 folded into a 2-D grid of at
+//!   most 65535 per dimension; shaders rebuild the linear index from `num_workgroups`.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use kiln_core::backend::Backend;
+use kiln_core::tensor::DeviceStorage;
+use kiln_core::{DType, Error, Result, Shape, Tensor};
+use wgpu::util::DeviceExt;
+
+/// Threads per workgroup of the 1-D kernels (each shader declares the same).
+pub const WG: u32 = 64;
+const MAX_GROUPS: u32 = 65535;
+
+/// A device buffer; dropping it returns the buffer to the pool.
+pub struct WgpuBuf {
+    pub(crate) buf: Option<wgpu::Buffer>,
+    /// Bytes in use (the pooled buffer may be larger).
+    pub(crate) bytes: u64,
+}
+
+impl WgpuBuf {
+    pub(crate) fn raw(&self) -> &wgpu::Buffer {
+        // `buf` is only taken in `drop`.
+        self.buf.as_ref().expect("buffer present until drop")
+    }
+}
+
+impl Drop for WgpuBuf {
+    fn drop(&mut self) {
+        if let (Some(b), Ok(dev)) = (self.buf.take(), device()) {
+            dev.release(b);
+        }
+    }
+}
+
+impl DeviceStorage for WgpuBuf {
+    fn backend(&self) -> &'static dyn Backend {
+        crate::backend::WGPU
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// A compiled entry point and its bind-group layout.
+pub type Pipeline = (wgpu::ComputePipeline, wgpu::BindGroupLayout);
+
+/// The opened adapter.
+pub struct Device {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub shader_f16: bool,
+    pub limits: wgpu::Limits,
+    pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<Pipeline>>>,
+    /// Free buffers by size class (powers of two from 256 bytes).
+    pool: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
+}
+
+static DEVICE: OnceLock<std::result::Result<Device, String>> = OnceLock::new();
+
+/// The process's wgpu device, opened on first use (`KILN_WGPU_ADAPTER` picks an adapter whose
+/// name contains it; `WGPU_BACKEND` limits the wgpu backends searched).
+pub fn device() -> Result<&'static Device> {
+    DEVICE.get_or_init(open).as_ref().map_err(|e| Error::Msg(e.clone()))
+}
+
+fn open() -> std::result::Result<Device, String> {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    if let Ok(b) = std::env::var("WGPU_BACKEND") {
+        desc.backends = wgpu::Backends::from_comma_list(&b);
+    }
+    let instance = wgpu::Instance::new(desc);
+    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    let want = std::env::var("KILN_WGPU_ADAPTER").ok();
+    let adapter = adapters
+        .into_iter()
+        .find(|a| want.as_deref().is_none_or(|w| a.get_info().name.contains(w)))
+        .ok_or_else(|| match &want {
+            Some(w) => format!("wgpu: no adapter named like {w:?} (KILN_WGPU_ADAPTER)"),
+            None => "wgpu: no adapter (install a Vulkan driver, e.g. mesa-vulkan-drivers for lavapipe)".to_string(),
+        })?;
+    let info = adapter.get_info();
+    let shader_f16 = adapter.features().contains(wgpu::Features::SHADER_F16);
+    let al = adapter.limits();
+    // Ask for the adapter's own storage limits: the defaults (128 MiB bindings) are too small
+    // for an embedding table.
+    let limits = wgpu::Limits {
+        max_storage_buffer_binding_size: al.max_storage_buffer_binding_size,
+        max_buffer_size: al.max_buffer_size,
+        max_storage_buffers_per_shader_stage: al.max_storage_buffers_per_shader_stage.min(10),
+        max_compute_workgroup_storage_size: al.max_compute_workgroup_storage_size,
+        ..wgpu::Limits::default()
+    };
+    let dd = wgpu::DeviceDescriptor {
+        label: Some("kiln"),
+        required_features: wgpu::Features::empty(),
+        required_limits: limits.clone(),
+        ..Default::default()
+    };
+    let (device, queue) =
+        pollster::block_on(adapter.request_device(&dd)).map_err(|e| format!("wgpu: opening {}: {e}", info.name))?;
+    Ok(Device {
+        device,
+        queue,
+        info,
+        shader_f16,
+        limits,
+        pipelines: Mutex::new(HashMap::new()),
+        pool: Mutex::new(HashMap::new()),
+    })
+}
+
+fn class(bytes: u64) -> u64 {
+    bytes.max(256).next_power_of_two()
+}
+
+/// The usages of every pooled buffer (any buffer can be an op's input or output, or be read).
+const USAGE: wgpu::BufferUsages =
+    wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
+
+impl Device {
+    /// A buffer of at least `bytes` (contents undefined), from the pool when one is free.
+    pub fn alloc(&self, bytes: u64) -> Result<WgpuBuf> {
+        let size = class(bytes);
+        if size > self.limits.max_storage_buffer_binding_size {
+            return Err(Error::Msg(format!(
+                "wgpu: a {bytes}-byte tensor exceeds {}'s storage binding limit of {} bytes",
+                self.info.name, self.limits.max_storage_buffer_binding_size
+            )));
+        }
+        let reused = self.pool.lock().ok().and_then(|mut p| p.get_mut(&size).and_then(Vec::pop));
+        let buf = reused.unwrap_or_else(|| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size,
+                usage: USAGE,
+                mapped_at_creation: false,
+            })
+        });
+        Ok(WgpuBuf { buf: Some(buf), bytes })
+    }
+
+    fn release(&self, b: wgpu::Buffer) {
+        if let Ok(mut p) = self.pool.lock() {
+            p.entry(b.size()).or_default().push(b);
+        }
+    }
+
+    /// A compute pipeline for `entry` of `src` with storage bindings `writable` (compiled once;
+    /// `name` and `entry` key the cache: an entry point is always launched with the same list).
+    pub fn pipeline(
+        &self,
+        name: &'static str,
+        src: &'static str,
+        entry: &'static str,
+        writable: &[bool],
+    ) -> Result<Arc<Pipeline>> {
+        if let Some(p) = self.pipelines.lock().ok().and_then(|c| c.get(&(name, entry)).cloned()) {
+            return Ok(p);
+        }
+        let entry_of = |binding: u32, ty: wgpu::BufferBindingType| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer { ty, has_dynamic_offset: false, min_binding_size: None },
+            count: None,
+        };
+        let mut le = vec![entry_of(0, wgpu::BufferBindingType::Uniform)];
+        for (i, &w) in writable.iter().enumerate() {
+            le.push(entry_of(i as u32 + 1, wgpu::BufferBindingType::Storage { read_only: !w }));
+        }
+        if std::env::var("KILN_DEBUG").is_ok_and(|v| v.split(',').any(|x| x == "wgsl")) {
+            eprintln!("// shaders/{name}.wgsl, entry {entry}\n{src}");
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(name),
+            source: wgpu::ShaderSource::Wgsl(src.into()),
+        });
+        let bgl =
+            self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(entry), entries: &le });
+        let pl = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(entry),
+            bind_group_layouts: &[Some(&bgl)],
+            immediate_size: 0,
+        });
+        let p = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: Some(&pl),
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Msg(format!("wgpu: shaders/{name}.wgsl ({entry}): {e}")));
+        }
+        let p = Arc::new((p, bgl));
+        if let Ok(mut c) = self.pipelines.lock() {
+            c.insert((name, entry), p.clone());
+        }
+        Ok(p)
+    }
+
+    /// Runs `entry` over `groups` workgroups with `params` at binding 0 and `bufs` at 1.., and
+    /// submits it.
+    pub fn launch<P: bytemuck::Pod>(
+        &self,
+        (name, src): (&'static str, &'static str),
+        entry: &'static str,
+        params: &P,
+        bufs: &[Bind<'_>],
+        groups: (u32, u32, u32),
+    ) -> Result<()> {
+        let writable: Vec<bool> = bufs.iter().map(|b| matches!(b, Bind::W(_))).collect();
+        let pipe = self.pipeline(name, src, entry, &writable)?;
+        let uni = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: bytemuck::bytes_of(params),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uni.as_entire_binding() }];
+        for (i, b) in bufs.iter().enumerate() {
+            let (Bind::R(b) | Bind::W(b)) = b;
+            let size = std::num::NonZeroU64::new(b.bytes.max(4).div_ceil(4) * 4);
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: b.raw(), offset: 0, size }),
+            });
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let bg = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipe.1,
+            entries: &entries,
+        });
+        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(entry) });
+        {
+            let mut pass =
+                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(entry), timestamp_writes: None });
+            pass.set_pipeline(&pipe.0);
+            pass.set_bind_group(0, &bg, &[]);
+            pass.dispatch_workgroups(groups.0.max(1), groups.1.max(1), groups.2.max(1));
+        }
+        self.queue.submit([enc.finish()]);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Msg(format!("wgpu: launching {entry} (shaders/{name}.wgsl): {e}")));
+        }
+        Ok(())
+    }
+
+    /// A grid of `ceil(n / WG)` workgroups folded into two dimensions.
+    pub fn grid(n: usize) -> (u32, u32, u32) {
+        let g = (n as u64).div_ceil(WG as u64).max(1);
+        let x = g.min(MAX_GROUPS as u64) as u32;
+        (x, g.div_ceil(x as u64) as u32, 1)
+    }
+
+    /// Copies `bytes` from `src` into a new buffer.
+    pub fn copy(&self, src: &wgpu::Buffer, offset: u64, bytes: u64) -> Result<WgpuBuf> {
+        let dst = self.alloc(bytes)?;
+        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("copy") });
+        enc.copy_buffer_to_buffer(src, offset, dst.raw(), 0, bytes.div_ceil(4) * 4);
+        self.queue.submit([enc.finish()]);
+        Ok(dst)
+    }
+
+    /// Reads `bytes` at `offset` of `src` back to the host.
+    pub fn read(&self, src: &wgpu::Buffer, offset: u64, bytes: u64) -> Result<Vec<u8>> {
+        let padded = bytes.div_ceil(4) * 4;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("read"),
+            size: padded.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("read") });
+        if padded > 0 {
+            enc.copy_buffer_to_buffer(src, offset, &staging, 0, padded);
+        }
+        self.queue.submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::Wait { submission_index: None, timeout: None })
+            .map_err(|e| Error::Msg(format!("wgpu: waiting for the device: {e}")))?;
+        rx.recv()
+            .map_err(|e| Error::Msg(format!("wgpu: reading back: {e}")))?
+            .map_err(|e| Error::Msg(format!("wgpu: mapping a buffer: {e}")))?;
+        let view =
+            staging.get_mapped_range(..).map_err(|e| Error::Msg(format!("wgpu: reading a mapped buffer: {e}")))?;
+        let out = view[..bytes as usize].to_vec();
+        drop(view);
+        staging.unmap();
+        Ok(out)
+    }
+
+    /// Uploads raw bytes into a new buffer.
+    pub fn write(&self, bytes: &[u8]) -> Result<WgpuBuf> {
+        let b = self.alloc(bytes.len() as u64)?;
+        if !bytes.is_empty() {
+            let mut padded = bytes.to_vec();
+            padded.resize(bytes.len().div_ceil(4) * 4, 0);
+            self.queue.write_buffer(b.raw(), 0, &padded);
+        }
+        Ok(b)
+    }
+}
+
+/// A storage binding: read-only or read-write.
+pub enum Bind<'a> {
+    R(&'a WgpuBuf),
+    W(&'a WgpuBuf),
+}
+
+/// The device buffer of `t` as a whole buffer starting at `t`'s first element: `t`'s own when it
+/// is not a view, else a copy of its range. `None` when `t` is not a wgpu tensor.
+pub enum Held<'a> {
+    Own(&'a WgpuBuf),
+    Copy(WgpuBuf),
+}
+
+impl Held<'_> {
+    pub fn buf(&self) -> &WgpuBuf {
+        match self {
+            Held::Own(b) => b,
+            Held::Copy(b) => b,
+        }
+    }
+}
+
+/// `t` on this device (4-byte elements), as a buffer starting at its first element.
+pub fn held(t: &Tensor) -> Result<Held<'_>> {
+    let kiln_core::tensor::Storage::Device(d) = t.storage() else {
+        return Err(Error::Msg("wgpu: a CPU tensor was passed to a wgpu op (upload it first)".into()));
+    };
+    let b = d
+        .as_any()
+        .downcast_ref::<WgpuBuf>()
+        .ok_or_else(|| Error::Msg("wgpu: a tensor of another device was passed to a wgpu op".into()))?;
+    let bytes = (t.numel() * 4) as u64;
+    if t.offset() == 0 && b.bytes == bytes {
+        return Ok(Held::Own(b));
+    }
+    Ok(Held::Copy(device()?.copy(b.raw(), (t.offset() * 4) as u64, bytes)?))
+}
+
+/// Wraps a buffer as a tensor.
+pub fn tensor(b: WgpuBuf, shape: impl Into<Shape>, dtype: DType) -> Tensor {
+    Tensor::from_device(Box::new(b), shape.into(), dtype)
+}

@@ -1,0 +1,26 @@
+//! The op parity table (`kiln_core::selftest`) on wgpu — in CI on lavapipe (Mesa's CPU Vulkan
+//! driver, "llvmpipe"): every case the backend supports must match the f64 CPU reference; cases
+//! whose kernels have not landed are listed as skipped with the reason. With no adapter the test
+//! fails under CI (the tier must not be skipped) and says why elsewhere.
+
+#[test]
+fn wgpu_parity_table() {
+    let be = match kiln_wgpu::open() {
+        Ok(b) => b,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIP wgpu parity: {e}");
+            return;
+        }
+        Err(e) => panic!("{e}: CI must run the wgpu tier (install mesa-vulkan-drivers libvulkan1)"),
+    };
+    if let Some(a) = kiln_wgpu::probe().adapters.first() {
+        eprintln!("wgpu adapter: {} ({}, {})", a.name, a.backend, a.device_type);
+    }
+    let rep = kiln_core::selftest::run(be, &mut |_, _| {});
+    for (n, why) in &rep.skipped {
+        eprintln!("SKIP {n}: {why}");
+    }
+    assert!(rep.failed.is_empty(), "{:#?}", rep.failed);
+    eprintln!("parity wgpu: {} cases passed, {} skipped", rep.passed.len(), rep.skipped.len());
+    assert!(!rep.passed.is_empty());
+}

@@ -1,0 +1,112 @@
+// elementwise.wgsl — the elementwise family and small reductions (kernels/elementwise.cu).
+//
+// Computes: add, mul (same shapes), scale by a constant, SwiGLU forward silu(g)·u and backward,
+// a copy, and Σx² as per-workgroup partial sums (the host adds the partials in f64).
+// Layout: flat f32 arrays of `n` elements. One thread per element, 64 per workgroup; the
+// workgroups are folded into a 2-D grid (at most 65535 per dimension), so the linear index is
+// gid.x + gid.y·(groups.x·64). Each entry point declares its own bindings, numbered in the
+// order the launcher passes them (binding 0 is always the uniform `Params`).
+
+struct Params {
+    n: u32,
+    s: f32,
+    threads: u32,
+    pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+fn linear(g: vec3<u32>, nw: vec3<u32>) -> u32 {
+    return g.x + g.y * nw.x * 64u;
+}
+
+fn sigmoid(x: f32) -> f32 {
+    return 1.0 / (1.0 + exp(-x));
+}
+
+// ---- a ⊕ b → y
+@group(0) @binding(1) var<storage, read> bin_a: array<f32>;
+@group(0) @binding(2) var<storage, read> bin_b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> bin_y: array<f32>;
+
+@compute @workgroup_size(64)
+fn add(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+    let i = linear(g, nw);
+    if (i < p.n) { bin_y[i] = bin_a[i] + bin_b[i]; }
+}
+
+@compute @workgroup_size(64)
+fn mul(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+    let i = linear(g, nw);
+    if (i < p.n) { bin_y[i] = bin_a[i] * bin_b[i]; }
+}
+
+@compute @workgroup_size(64)
+fn swiglu_fwd(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+    let i = linear(g, nw);
+    if (i < p.n) {
+        let x = bin_a[i];
+        bin_y[i] = x * sigmoid(x) * bin_b[i];
+    }
+}
+
+// ---- a → y
+@group(0) @binding(1) var<storage, read> un_a: array<f32>;
+@group(0) @binding(2) var<storage, read_write> un_y: array<f32>;
+
+@compute @workgroup_size(64)
+fn scale(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+    let i = linear(g, nw);
+    if (i < p.n) { un_y[i] = un_a[i] * p.s; }
+}
+
+@compute @workgroup_size(64)
+fn copy(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+    let i = linear(g, nw);
+    if (i < p.n) { un_y[i] = un_a[i]; }
+}
+
+// ---- SwiGLU backward: (g, u, dy) → (dg, du)
+@group(0) @binding(1) var<storage, read> sw_g: array<f32>;
+@group(0) @binding(2) var<storage, read> sw_u: array<f32>;
+@group(0) @binding(3) var<storage, read> sw_dy: array<f32>;
+@group(0) @binding(4) var<storage, read_write> sw_dg: array<f32>;
+@group(0) @binding(5) var<storage, read_write> sw_du: array<f32>;
+
+@compute @workgroup_size(64)
+fn swiglu_bwd(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+    let i = linear(g, nw);
+    if (i < p.n) {
+        let x = sw_g[i];
+        let sg = sigmoid(x);
+        let dy = sw_dy[i];
+        sw_dg[i] = dy * sw_u[i] * sg * (1.0 + x * (1.0 - sg));
+        sw_du[i] = dy * x * sg;
+    }
+}
+
+// ---- Σx²: `p.threads` threads stride over the array; each workgroup writes one partial.
+@group(0) @binding(1) var<storage, read> ss_a: array<f32>;
+@group(0) @binding(2) var<storage, read_write> ss_part: array<f32>;
+
+var<workgroup> red: array<f32, 64>;
+
+@compute @workgroup_size(64)
+fn sum_squares(
+    @builtin(global_invocation_id) g: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    var acc = 0.0;
+    for (var i = g.x; i < p.n; i += p.threads) {
+        let x = ss_a[i];
+        acc += x * x;
+    }
+    red[li] = acc;
+    workgroupBarrier();
+    for (var s = 32u; s > 0u; s >>= 1u) {
+        if (li < s) { red[li] += red[li + s]; }
+        workgroupBarrier();
+    }
+    if (li == 0u) { ss_part[wid.x] = red[0]; }
+}
