@@ -150,6 +150,58 @@ pub fn cases(seed: u64) -> Vec<Case> {
             },
         });
     }
+    for &(m, k, n) in &[(1, 1, 1), (17, 33, 9), (70, 5, 129)] {
+        let inputs = vec![
+            randn(&mut r, &[m, k], DType::F32),
+            randn(&mut r, &[k, n], DType::F32),
+            randn(&mut r, &[k, m], DType::F32),
+            randn(&mut r, &[n, k], DType::F32),
+        ];
+        out.push(Case {
+            op: Op::Matmul,
+            name: format!("matmul {m}x{k}x{n} (a, aᵀ) × (b, bᵀ)"),
+            dtype: DType::F32,
+            inputs,
+            run: |be, x| {
+                Ok(vec![
+                    be.matmul(&x[0], &x[1], false, false)?,
+                    be.matmul(&x[2], &x[1], true, false)?,
+                    be.matmul(&x[0], &x[3], false, true)?,
+                    be.matmul(&x[2], &x[3], true, true)?,
+                ])
+            },
+        });
+    }
+    for &n in &[1usize, 77, 4099] {
+        let inputs = vec![
+            randn(&mut r, &[n], DType::F32),
+            randn(&mut r, &[n], DType::F32),
+            randn(&mut r, &[n], DType::F32),
+            // The second moment is never negative.
+            randn(&mut r, &[n], DType::F32).map_f32(f32::abs),
+        ];
+        out.push(Case {
+            op: Op::AdamW,
+            name: format!("adamw {n} (step 3, weight decay)"),
+            dtype: DType::F32,
+            inputs,
+            run: |be, x| {
+                // AdamW keeps f32 state on every backend: the reference runs in f32 too.
+                let f = |t: &Tensor| be.cast(t, DType::F32);
+                let (mut p, g, mut m, mut v) = (f(&x[0])?, f(&x[1])?, f(&x[2])?, f(&x[3])?);
+                let hp = crate::backend::AdamWStep {
+                    lr: 0.01,
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    eps: 1e-8,
+                    weight_decay: 0.1,
+                    step: 3,
+                };
+                be.adamw_step(&mut p, &g, &mut m, &mut v, hp)?;
+                Ok(vec![p, m, v])
+            },
+        });
+    }
     for &n in &[1usize, 63, 65, 4099, 70_001] {
         let inputs = vec![randn(&mut r, &[n], DType::F32), randn(&mut r, &[n], DType::F32)];
         out.push(Case {

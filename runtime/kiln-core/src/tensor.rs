@@ -194,6 +194,16 @@ impl Tensor {
         Tensor { storage: Arc::new(Storage::Device(s)), shape, dtype, offset: 0 }
     }
 
+    /// `f` applied to every element of an f32 CPU tensor (a copy); other tensors are returned
+    /// unchanged.
+    pub fn map_f32(&self, f: impl Fn(f32) -> f32) -> Tensor {
+        match self.as_slice::<f32>() {
+            Ok(v) => Tensor::from_vec(v.iter().map(|&x| f(x)).collect::<Vec<f32>>(), self.shape.clone())
+                .unwrap_or_else(|_| self.clone()),
+            Err(_) => self.clone(),
+        }
+    }
+
     /// Where this tensor's elements start in its storage, in elements (views from `narrow0`).
     pub fn offset(&self) -> usize {
         self.offset

@@ -101,7 +101,7 @@ fn open() -> std::result::Result<Device, String> {
     let limits = wgpu::Limits {
         max_storage_buffer_binding_size: al.max_storage_buffer_binding_size,
         max_buffer_size: al.max_buffer_size,
-        max_storage_buffers_per_shader_stage: al.max_storage_buffers_per_shader_stage.min(10),
+        max_storage_buffers_per_shader_stage: al.max_storage_buffers_per_shader_stage.min(8),
         max_compute_workgroup_storage_size: al.max_compute_workgroup_storage_size,
         ..wgpu::Limits::default()
     };

@@ -1,0 +1,202 @@
+//! GEMM and the (LoRA) linear layer (`shaders/matmul.wgsl`): every product is one strided GEMM
+//! launch, so transposes cost nothing.
+
+use kiln_core::backend::{LinearGrads, LinearNeeds, LoraRef, MatmulOps};
+use kiln_core::{Error, Result, Tensor};
+
+use super::WgpuBackend;
+use crate::runtime::{Bind, Device, WgpuBuf, device, held, tensor};
+
+const SRC: (&str, &str) = ("matmul", include_str!("../../../../shaders/matmul.wgsl"));
+
+/// `shaders/matmul.wgsl` `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Gemm {
+    m: u32,
+    n: u32,
+    k: u32,
+    accumulate: u32,
+    rs_a: u32,
+    cs_a: u32,
+    rs_b: u32,
+    cs_b: u32,
+    alpha: f32,
+    pad: [u32; 3],
+}
+
+/// One operand: a buffer and its row/column strides.
+struct Op<'a>(&'a WgpuBuf, u32, u32);
+
+/// `c[m, n] (+)= α·A·B`.
+fn gemm(
+    dev: &Device,
+    a: Op<'_>,
+    b: Op<'_>,
+    c: &WgpuBuf,
+    (m, n, k): (usize, usize, usize),
+    alpha: f64,
+    acc: bool,
+) -> Result<()> {
+    let gy = m.div_ceil(16);
+    if gy > 65535 || n.div_ceil(16) > 65535 {
+        return Err(Error::Msg(format!("wgpu gemm: {m}×{n} exceeds one dispatch (at most 1 048 560 rows or columns)")));
+    }
+    let p = Gemm {
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        accumulate: u32::from(acc),
+        rs_a: a.1,
+        cs_a: a.2,
+        rs_b: b.1,
+        cs_b: b.2,
+        alpha: alpha as f32,
+        pad: [0; 3],
+    };
+    dev.launch(SRC, "gemm", &p, &[Bind::R(a.0), Bind::R(b.0), Bind::W(c)], (n.div_ceil(16) as u32, gy as u32, 1))
+}
+
+fn u(x: usize) -> u32 {
+    x as u32
+}
+
+fn out_dims(x: &Tensor, n: usize) -> Vec<usize> {
+    let mut d = x.dims()[..x.dims().len().saturating_sub(1)].to_vec();
+    if d.is_empty() {
+        d.push(1);
+    }
+    d.push(n);
+    d
+}
+
+fn check_lora(l: &LoraRef<'_>, n: usize, k: usize) -> Result<usize> {
+    let r = l.a.dims().first().copied().unwrap_or(0);
+    if l.a.dims() != [r, k] || l.b.dims() != [n, r] {
+        return Err(Error::shape("lora", format!("A {:?}, B {:?} for in={k}, out={n}", l.a.shape(), l.b.shape())));
+    }
+    Ok(r)
+}
+
+impl MatmulOps for WgpuBackend {
+    fn matmul(&self, a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
+        let (ad, bd) = (a.dims(), b.dims());
+        if bd.len() != 2 || (ta && ad.len() != 2) {
+            return Err(Error::shape("matmul", format!("{ad:?}·{bd:?}")));
+        }
+        let (m, k) = if ta { (ad[1], ad[0]) } else { (a.shape().rows(), a.shape().last()) };
+        let (kb, n) = if tb { (bd[1], bd[0]) } else { (bd[0], bd[1]) };
+        if k != kb {
+            return Err(Error::shape("matmul", format!("{ad:?}·{bd:?} (ta={ta}, tb={tb})")));
+        }
+        let dev = device()?;
+        let (ha, hb) = (held(a)?, held(b)?);
+        let c = dev.alloc((m * n * 4) as u64)?;
+        let oa = if ta { Op(ha.buf(), 1, u(m)) } else { Op(ha.buf(), u(k), 1) };
+        let ob = if tb { Op(hb.buf(), 1, u(k)) } else { Op(hb.buf(), u(n), 1) };
+        gemm(dev, oa, ob, &c, (m, n, k), 1.0, false)?;
+        let mut dims = if ta { vec![m] } else { ad[..ad.len().saturating_sub(1)].to_vec() };
+        if dims.is_empty() {
+            dims.push(1);
+        }
+        dims.push(n);
+        Ok(tensor(c, dims, a.dtype()))
+    }
+
+    fn linear_fwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        lora: Option<LoraRef<'_>>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (m, k) = (x.shape().rows(), x.shape().last());
+        let n = w.dims().first().copied().unwrap_or(0);
+        if w.dims() != [n, k] {
+            return Err(Error::shape("linear", format!("x {:?}, W {:?}", x.shape(), w.shape())));
+        }
+        let dev = device()?;
+        let (hx, hw) = (held(x)?, held(w)?);
+        let y = dev.alloc((m * n * 4) as u64)?;
+        gemm(dev, Op(hx.buf(), u(k), 1), Op(hw.buf(), 1, u(k)), &y, (m, n, k), 1.0, false)?;
+        if let Some(b) = bias {
+            if b.numel() != n {
+                return Err(Error::shape("linear", format!("bias {:?} for out={n}", b.shape())));
+            }
+            let hb = held(b)?;
+            let p = Gemm { m: u(m), n: u(n), ..bytemuck::Zeroable::zeroed() };
+            dev.launch(SRC, "add_bias", &p, &[Bind::R(hb.buf()), Bind::W(&y)], Device::grid(m * n))?;
+        }
+        let ut = match lora {
+            None => None,
+            Some(l) => {
+                let r = check_lora(&l, n, k)?;
+                let (ha, hb) = (held(l.a)?, held(l.b)?);
+                let ub = dev.alloc((m * r * 4) as u64)?;
+                gemm(dev, Op(hx.buf(), u(k), 1), Op(ha.buf(), 1, u(k)), &ub, (m, r, k), 1.0, false)?;
+                gemm(dev, Op(&ub, u(r), 1), Op(hb.buf(), 1, u(r)), &y, (m, n, r), l.scale, true)?;
+                Some(tensor(ub, out_dims(x, r), x.dtype()))
+            }
+        };
+        Ok((tensor(y, out_dims(x, n), x.dtype()), ut))
+    }
+
+    fn linear_bwd(
+        &self,
+        dy: &Tensor,
+        x: &Tensor,
+        w: &Tensor,
+        lora: Option<(LoraRef<'_>, &Tensor)>,
+        needs: LinearNeeds,
+    ) -> Result<LinearGrads> {
+        let (m, k) = (x.shape().rows(), x.shape().last());
+        let n = w.dims().first().copied().unwrap_or(0);
+        if w.dims() != [n, k] || dy.numel() != m * n {
+            return Err(Error::shape(
+                "linear_bwd",
+                format!("x {:?}, W {:?}, dy {:?}", x.shape(), w.shape(), dy.shape()),
+            ));
+        }
+        let dev = device()?;
+        let (hdy, hx) = (held(dy)?, held(x)?);
+        let mut g = LinearGrads::default();
+        // du = s·dy·B, shared by dA and dx.
+        let mut du: Option<(WgpuBuf, usize, crate::runtime::Held<'_>)> = None;
+        if let Some((l, ut)) = &lora {
+            let r = check_lora(l, n, k)?;
+            let (hb, hu) = (held(l.b)?, held(ut)?);
+            let dub = dev.alloc((m * r * 4) as u64)?;
+            gemm(dev, Op(hdy.buf(), u(n), 1), Op(hb.buf(), u(r), 1), &dub, (m, r, n), l.scale, false)?;
+            if needs.lora {
+                let db = dev.alloc((n * r * 4) as u64)?;
+                gemm(dev, Op(hdy.buf(), 1, u(n)), Op(hu.buf(), u(r), 1), &db, (n, r, m), l.scale, false)?;
+                let da = dev.alloc((r * k * 4) as u64)?;
+                gemm(dev, Op(&dub, 1, u(r)), Op(hx.buf(), u(k), 1), &da, (r, k, m), 1.0, false)?;
+                g.da = Some(tensor(da, vec![r, k], x.dtype()));
+                g.db = Some(tensor(db, vec![n, r], x.dtype()));
+            }
+            du = Some((dub, r, held(l.a)?));
+        }
+        if needs.x {
+            let hw = held(w)?;
+            let dx = dev.alloc((m * k * 4) as u64)?;
+            gemm(dev, Op(hdy.buf(), u(n), 1), Op(hw.buf(), u(k), 1), &dx, (m, k, n), 1.0, false)?;
+            if let Some((dub, r, ha)) = &du {
+                gemm(dev, Op(dub, u(*r), 1), Op(ha.buf(), u(k), 1), &dx, (m, k, *r), 1.0, true)?;
+            }
+            g.dx = Some(tensor(dx, x.dims().to_vec(), x.dtype()));
+        }
+        if needs.w {
+            let dw = dev.alloc((n * k * 4) as u64)?;
+            gemm(dev, Op(hdy.buf(), 1, u(n)), Op(hx.buf(), u(k), 1), &dw, (n, k, m), 1.0, false)?;
+            g.dw = Some(tensor(dw, vec![n, k], x.dtype()));
+        }
+        if needs.bias {
+            let db = dev.alloc((n * 4) as u64)?;
+            let p = Gemm { m: u(m), n: u(n), ..bytemuck::Zeroable::zeroed() };
+            dev.launch(SRC, "col_sum", &p, &[Bind::R(hdy.buf()), Bind::W(&db)], Device::grid(n))?;
+            g.dbias = Some(tensor(db, vec![n], x.dtype()));
+        }
+        Ok(g)
+    }
+}

@@ -1,0 +1,82 @@
+// matmul.wgsl — tiled GEMM with strided operands (kernels/matmul.cu, variant v2_smem_tiled).
+//
+// Computes C[m, n] = α·Σ_k A(i, k)·B(k, j) (+ C when `accumulate`), where A(i, k) = a[i·rs_a +
+// k·cs_a] and B(k, j) = b[k·rs_b + j·cs_b]: strides express every transpose the linear layers
+// need (x·Wᵀ, dy·W, dyᵀ·x) without copies.
+// Tiling: a 16×16 workgroup computes a 16×16 tile of C, one element per thread, staging 16×16
+// tiles of A and B through workgroup memory along k. Plain f32 FMA: the correctness baseline
+// for any adapter (lavapipe included); faster variants join beside it with their own names.
+// `add_bias` adds a [n] vector to every row; `col_sum` sums the rows of [m, n] into [n].
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    accumulate: u32,
+    rs_a: u32,
+    cs_a: u32,
+    rs_b: u32,
+    cs_b: u32,
+    alpha: f32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+
+var<workgroup> ta: array<f32, 256>;
+var<workgroup> tb: array<f32, 256>;
+
+@compute @workgroup_size(16, 16)
+fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = wid.y * 16u + lid.y;
+    let col = wid.x * 16u + lid.x;
+    var acc = 0.0;
+    for (var k0 = 0u; k0 < p.k; k0 += 16u) {
+        let ka = k0 + lid.x;
+        var av = 0.0;
+        if (row < p.m && ka < p.k) { av = a[row * p.rs_a + ka * p.cs_a]; }
+        ta[lid.y * 16u + lid.x] = av;
+        let kb = k0 + lid.y;
+        var bv = 0.0;
+        if (kb < p.k && col < p.n) { bv = b[kb * p.rs_b + col * p.cs_b]; }
+        tb[lid.y * 16u + lid.x] = bv;
+        workgroupBarrier();
+        for (var kk = 0u; kk < 16u; kk++) {
+            acc = fma(ta[lid.y * 16u + kk], tb[kk * 16u + lid.x], acc);
+        }
+        workgroupBarrier();
+    }
+    if (row < p.m && col < p.n) {
+        let o = row * p.n + col;
+        var out = p.alpha * acc;
+        if (p.accumulate != 0u) { out += c[o]; }
+        c[o] = out;
+    }
+}
+
+@group(0) @binding(1) var<storage, read> bias_v: array<f32>;
+@group(0) @binding(2) var<storage, read_write> bias_y: array<f32>;
+
+@compute @workgroup_size(64)
+fn add_bias(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+    let k = g.x + g.y * nw.x * 64u;
+    if (k >= p.m * p.n) { return; }
+    bias_y[k] += bias_v[k % p.n];
+}
+
+@group(0) @binding(1) var<storage, read> cs_x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> cs_y: array<f32>;
+
+@compute @workgroup_size(64)
+fn col_sum(@builtin(global_invocation_id) g: vec3<u32>) {
+    let j = g.x;
+    if (j >= p.n) { return; }
+    var acc = 0.0;
+    for (var i = 0u; i < p.m; i++) { acc += cs_x[i * p.n + j]; }
+    cs_y[j] = acc;
+}

@@ -1,0 +1,110 @@
+// norm.wgsl — RMSNorm forward and backward (kernels/norm.cu).
+//
+// Computes y = x · rstd · w with rstd = 1/sqrt(mean(x²) + eps) per row, and its backward:
+// dx = rstd·(g − x̂·mean(g·x̂)) with g = dy·w, x̂ = x·rstd; dw = Σ_rows dy·x̂.
+// Layout: x, y, dy, dx are [rows, h] row-major; w, dw are [h]; rstd is [rows].
+// Tiling: one workgroup of 64 threads per row (rows folded into a 2-D grid of workgroups); the
+// threads stride over the row and reduce through workgroup memory. dw is a separate pass with
+// one thread per column walking all rows, so no two threads write the same element.
+
+struct Params {
+    rows: u32,
+    h: u32,
+    eps: f32,
+    pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+var<workgroup> red: array<f32, 64>;
+
+fn reduce(li: u32, v: f32) -> f32 {
+    red[li] = v;
+    workgroupBarrier();
+    for (var s = 32u; s > 0u; s >>= 1u) {
+        if (li < s) { red[li] += red[li + s]; }
+        workgroupBarrier();
+    }
+    let total = red[0];
+    workgroupBarrier();
+    return total;
+}
+
+@group(0) @binding(1) var<storage, read> f_x: array<f32>;
+@group(0) @binding(2) var<storage, read> f_w: array<f32>;
+@group(0) @binding(3) var<storage, read_write> f_y: array<f32>;
+@group(0) @binding(4) var<storage, read_write> f_rstd: array<f32>;
+
+@compute @workgroup_size(64)
+fn rms_norm_fwd(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nw: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let r = wid.x + wid.y * nw.x;
+    // Uniform control flow: every thread of the workgroup reaches the barriers.
+    let live = r < p.rows;
+    let base = r * p.h;
+    var acc = 0.0;
+    if (live) {
+        for (var i = li; i < p.h; i += 64u) {
+            let v = f_x[base + i];
+            acc += v * v;
+        }
+    }
+    let ms = reduce(li, acc) / f32(p.h);
+    let s = 1.0 / sqrt(ms + p.eps);
+    if (live) {
+        for (var i = li; i < p.h; i += 64u) {
+            f_y[base + i] = f_x[base + i] * s * f_w[i];
+        }
+        if (li == 0u) { f_rstd[r] = s; }
+    }
+}
+
+@group(0) @binding(1) var<storage, read> b_dy: array<f32>;
+@group(0) @binding(2) var<storage, read> b_x: array<f32>;
+@group(0) @binding(3) var<storage, read> b_w: array<f32>;
+@group(0) @binding(4) var<storage, read> b_rstd: array<f32>;
+@group(0) @binding(5) var<storage, read_write> b_dx: array<f32>;
+
+@compute @workgroup_size(64)
+fn rms_norm_bwd_dx(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nw: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let r = wid.x + wid.y * nw.x;
+    let live = r < p.rows;
+    let base = r * p.h;
+    var s = 0.0;
+    var acc = 0.0;
+    if (live) {
+        s = b_rstd[r];
+        for (var i = li; i < p.h; i += 64u) {
+            acc += b_dy[base + i] * b_w[i] * b_x[base + i] * s;
+        }
+    }
+    let dot = reduce(li, acc) / f32(p.h);
+    if (live) {
+        for (var i = li; i < p.h; i += 64u) {
+            b_dx[base + i] = s * (b_dy[base + i] * b_w[i] - b_x[base + i] * s * dot);
+        }
+    }
+}
+
+@group(0) @binding(1) var<storage, read> w_dy: array<f32>;
+@group(0) @binding(2) var<storage, read> w_x: array<f32>;
+@group(0) @binding(3) var<storage, read> w_rstd: array<f32>;
+@group(0) @binding(4) var<storage, read_write> w_dw: array<f32>;
+
+@compute @workgroup_size(64)
+fn rms_norm_bwd_dw(@builtin(global_invocation_id) g: vec3<u32>) {
+    let i = g.x;
+    if (i >= p.h) { return; }
+    var acc = 0.0;
+    for (var r = 0u; r < p.rows; r++) {
+        acc += w_dy[r * p.h + i] * w_x[r * p.h + i] * w_rstd[r];
+    }
+    w_dw[i] = acc;
+}
