@@ -58,7 +58,7 @@ tier "1 cpu ops + gradient checks" cargo test --workspace --locked --lib --test 
 tier "2 reference fixtures (PyTorch, transformers, gguf) + model and data files" cargo test --workspace --locked --test reference --test weights_bad_input --test overfit --test data --test templates --test metrics --test batching --test gguf --test smollm2 --test train --test preference
 # 3. wgpu on lavapipe: the op parity table; ops without a WGSL kernel yet are listed as skipped
 #    (the tier itself fails when no adapter opens).
-tier "3 wgpu on lavapipe (op parity)" cargo test --workspace --locked --test wgpu_parity -- --nocapture
+tier "3 wgpu on lavapipe (op parity, training against the CPU)" cargo test --workspace --locked --test wgpu_parity --test wgpu_train -- --nocapture
 # 4. CUDA (NVRTC compile + emulation) joins when its backend has kernels.
 echo "=== tier: 4 cuda — no CUDA kernels in the tree yet (CUDA backend issues); the driver is probed by tier 5"
 # 5. End-to-end CLI: kiln info without a GPU, the demo fine-tune, bad input.

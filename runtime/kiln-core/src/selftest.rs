@@ -229,6 +229,34 @@ pub fn cases(seed: u64) -> Vec<Case> {
             i32s(pos, &[b, t]),
             crate::ops::inv_freq(d, 10000.0, None).unwrap(),
         ];
+        // Preference layout: prompt (4g), chosen (4g+1), rejected (4g+2) branches, then padding.
+        let tree: Vec<i32> = (0..b * t)
+            .map(|i| match (i % t) * 8 / t {
+                0..=2 => 4,
+                3..=4 => 5,
+                5..=6 => 6,
+                _ => -1,
+            })
+            .collect();
+        let mut tinputs = vec![
+            randn(&mut r, &[b, t, hq, d], DType::F32),
+            randn(&mut r, &[b, t, hkv, d], DType::F32),
+            randn(&mut r, &[b, t, hkv, d], DType::F32),
+            randn(&mut r, &[b, t, hq, d], DType::F32),
+        ];
+        tinputs.push(i32s(tree, &[b, t]));
+        out.push(Case {
+            op: Op::Attention,
+            name: format!("attention b{b} t{t} hq{hq} hkv{hkv} d{d} shared prefix"),
+            dtype: DType::F32,
+            inputs: tinputs,
+            run: |be, x| {
+                let a = AttnArgs { q: &x[0], k: &x[1], v: &x[2], seg: Some(&x[4]), shared_prefix: true, scale: 0.3 };
+                let (o, lse) = be.attention_fwd(&a)?;
+                let (dq, dk, dv) = be.attention_bwd(&a, &o, &lse, &x[3])?;
+                Ok(vec![o, lse, dq, dk, dv])
+            },
+        });
         out.push(Case {
             op: Op::Attention,
             name: format!("attention b{b} t{t} hq{hq} hkv{hkv} d{d} packed"),
@@ -261,11 +289,13 @@ pub fn cases(seed: u64) -> Vec<Case> {
             run: |be, x| {
                 let ce = be.cross_entropy_fwd(&x[0], &x[1])?;
                 let d = be.cross_entropy_bwd(&x[0], &x[1], &ce.lse, 1.3, ce.n_valid)?;
+                // Per-row weights (preference losses): the rows' own NLL as weights.
+                let dr = be.cross_entropy_bwd_rows(&x[0], &x[1], &ce.lse, &ce.nll)?;
                 let loss = Tensor::from_vec(vec![ce.loss], [1])?;
                 // x[3] [m, v] serves as an m-row embedding table and as the gradient of m lookups.
                 let e = be.embedding_fwd(&x[3], &x[2])?;
                 let de = be.embedding_bwd(&x[3], &x[2], x[3].dims()[0])?;
-                Ok(vec![loss, ce.lse, d, e, de])
+                Ok(vec![loss, ce.lse, ce.nll, d, dr, e, de])
             },
         });
     }

@@ -344,10 +344,24 @@ impl Held<'_> {
     }
 }
 
-/// `t` on this device (4-byte elements), as a buffer starting at its first element.
+/// `t` on this device (4-byte elements), as a buffer starting at its first element. A CPU
+/// tensor is uploaded for the call: the model's small index inputs (ids, positions, segments,
+/// targets) are built on the host, and this keeps every caller backend-agnostic.
 pub fn held(t: &Tensor) -> Result<Held<'_>> {
     let kiln_core::tensor::Storage::Device(d) = t.storage() else {
-        return Err(Error::Msg("wgpu: a CPU tensor was passed to a wgpu op (upload it first)".into()));
+        let dev = device()?;
+        let b = match t.dtype() {
+            DType::F32 => dev.write(bytemuck::cast_slice(t.as_slice::<f32>()?))?,
+            DType::I32 => dev.write(bytemuck::cast_slice(t.as_slice::<i32>()?))?,
+            DType::F64 | DType::F16 | DType::BF16 => dev.write(bytemuck::cast_slice(&t.to_vec_f32()?))?,
+            d => {
+                return Err(Error::Msg(format!(
+                    "wgpu: {} tensors have no kernels on wgpu yet (QLoRA's dequantization lands with the GGUF kernels)",
+                    d.name()
+                )));
+            }
+        };
+        return Ok(Held::Copy(b));
     };
     let b = d
         .as_any()

@@ -179,7 +179,15 @@ impl LoraSet {
         }
     }
 
-    /// Every trainable variable, mutable (optimizer updates).
+    /// Moves the adapters onto `be`.
+    pub fn to_backend(&mut self, be: &'static dyn kiln_core::Backend) -> Result<()> {
+        for v in self.params_mut() {
+            v.set_value(be.upload(v.value())?);
+        }
+        Ok(())
+    }
+
+    /// Every trainable tensor, mutable.
     pub fn params_mut(&mut self) -> Vec<&mut Var> {
         self.layers
             .iter_mut()

@@ -233,21 +233,35 @@ pub struct TrainArgs {
 }
 
 /// The backend to run on: `auto` takes the best available and says why others were passed over.
-fn pick_backend(want: &str) -> Result<&'static str> {
+/// The backend `--backend` names. `auto` takes a GPU (through wgpu) when one is present and
+/// the CPU otherwise — a CPU Vulkan driver such as lavapipe is not faster than the CPU backend.
+fn pick_backend(want: &str) -> Result<&'static dyn kiln::core::Backend> {
+    let cpu: &'static dyn kiln::core::Backend = &kiln::core::CpuBackend;
     match want {
-        "cpu" => Ok("cpu"),
+        "cpu" => Ok(cpu),
+        "wgpu" => kiln_wgpu::open().map_err(|e| anyhow::anyhow!("--backend wgpu: {e}")),
         "auto" => {
+            let probe = kiln_wgpu::probe();
+            let gpu = probe.adapters.iter().find(|a| a.device_type != "Cpu");
+            if let Some(a) = gpu
+                && let Ok(be) = kiln_wgpu::open()
+            {
+                eprintln!("backend: wgpu on {} ({})", a.name, a.backend);
+                return Ok(be);
+            }
             let why = |u: Option<String>| {
                 u.unwrap_or_else(|| "present, but its training kernels are not implemented yet".into())
             };
-            eprintln!(
-                "backend: cpu (cuda: {}; wgpu: {})",
-                why(kiln_cuda::probe().unavailable),
-                why(kiln_wgpu::probe().unavailable)
-            );
-            Ok("cpu")
+            let wgpu = match (gpu, probe.unavailable) {
+                (None, None) => "only a CPU adapter (use --backend wgpu to run on it anyway)".to_string(),
+                (_, u) => why(u),
+            };
+            eprintln!("backend: cpu (cuda: {}; wgpu: {wgpu})", why(kiln_cuda::probe().unavailable));
+            Ok(cpu)
         }
-        other => bail!("--backend {other}: the {other} backend's training kernels are not implemented yet; use cpu"),
+        other => {
+            bail!("--backend {other}: the {other} backend's training kernels are not implemented yet; use cpu or wgpu")
+        }
     }
 }
 
@@ -421,7 +435,7 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
     split_method(&mut a)?;
     let flags = toml::Table::try_from(&a).context("reading the flags")?;
     let mut cfg = TrainConfig::resolve(a.config.as_deref(), flags)?;
-    pick_backend(&cfg.backend)?;
+    let backend = pick_backend(&cfg.backend)?;
     let path = kiln::models::resolve(cfg.model.as_deref())?;
     let (mut model, tok) = kiln::models::load_with_tokenizer(&path, cfg.method == Method::Full)?;
     let seq = cfg.max_seq_len.unwrap_or(model.config.max_position_embeddings.min(2048));
@@ -429,6 +443,9 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
     let mut tok = tok;
     for line in kiln::train::prepare::prepare_model(&mut cfg, &mut model, &mut tok)? {
         eprintln!("{line}");
+    }
+    if backend.name() != "cpu" {
+        model.to_backend(backend).with_context(|| format!("moving the model to {}", backend.name()))?;
     }
     let tok_out = tok.clone();
     let data = prepare(&cfg, tok, seq)?;

@@ -180,6 +180,24 @@ impl Llama {
         v
     }
 
+    /// Moves every weight (and the adapters attached so far) onto `be`. Frozen f16/bf16 weights
+    /// stay in their type where the backend keeps it, and are widened where it does not.
+    pub fn to_backend(&mut self, be: &'static dyn kiln_core::Backend) -> Result<()> {
+        for v in self.weights_mut() {
+            v.set_value(be.upload(v.value())?);
+        }
+        for (_, v) in self.bottleneck_params_mut() {
+            v.set_value(be.upload(v.value())?);
+        }
+        self.inv_freq = be.upload(&self.inv_freq)?;
+        Ok(())
+    }
+
+    /// The backend the weights live on.
+    pub fn backend(&self) -> &'static dyn kiln_core::Backend {
+        self.embed.value().backend()
+    }
+
     /// Every base weight, mutable, in [`Llama::named_weights`] order (full fine-tuning).
     pub fn weights_mut(&mut self) -> Vec<&mut Var> {
         let mut v = vec![&mut self.embed];

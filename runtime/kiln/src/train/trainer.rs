@@ -165,7 +165,7 @@ impl Trainer {
                 cfg.max_seq_len.unwrap_or(0)
             )));
         }
-        let lora = match cfg.method {
+        let mut lora = match cfg.method {
             Method::Full => None,
             Method::Adapter => {
                 model.add_bottlenecks(cfg.adapter_size, cfg.seed)?;
@@ -181,6 +181,14 @@ impl Trainer {
                 Some(LoraSet::new(&model.config, cfg.lora()?, cfg.seed)?)
             }
         };
+        // Adapters are created on the host: they join the model's backend.
+        let be = model.backend();
+        if be.name() != "cpu" {
+            model.to_backend(be)?;
+            if let Some(l) = &mut lora {
+                l.to_backend(be)?;
+            }
+        }
         let per_step = cfg.batch_size * cfg.grad_accum;
         let steps_per_epoch = data.train_len().div_ceil(per_step);
         let total_steps =
