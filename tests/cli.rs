@@ -30,6 +30,24 @@ fn info_json_reports_every_backend() {
 }
 
 #[test]
+fn selftest_runs_the_parity_suite_on_each_backend() {
+    let o = kiln().args(["selftest", "--json"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let all = v.as_array().unwrap();
+    let cpu = all.iter().find(|r| r["backend"] == "cpu").unwrap();
+    assert!(cpu["passed"].as_u64().unwrap() > 50 && cpu["failed"].as_array().unwrap().is_empty(), "{cpu}");
+    // wgpu either ran (lavapipe in CI) or says why it could not.
+    let w = all.iter().find(|r| r["backend"] == "wgpu").unwrap();
+    assert!(w["passed"].as_u64().is_some_and(|n| n > 50) || w["unavailable"].is_string(), "{w}");
+    if std::env::var_os("CI").is_some() {
+        assert!(w["passed"].is_u64(), "CI has lavapipe: {w}");
+    }
+    let o = kiln().args(["selftest", "--backend", "nope"]).output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("one of cpu, wgpu, all"));
+}
+
+#[test]
 fn info_describes_a_model_loaded_from_the_map() {
     let dir = fixtures().join("tiny-llama");
     let out = kiln().args(["info", "--json", "--model"]).arg(&dir).output().unwrap();

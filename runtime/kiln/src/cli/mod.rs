@@ -61,6 +61,16 @@ pub enum Cmd {
     /// Benchmarks (GFLOP/s or GB/s, JSON with --json).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Check a backend on this machine: every op's kernels against the CPU reference (the
+    /// op-parity suite of `cargo test`), on fresh random inputs at ragged shapes.
+    Selftest {
+        /// cpu, wgpu or all (every backend that opens here; cuda joins with its kernels).
+        #[arg(long, default_value = "all")]
+        backend: String,
+        /// Print JSON only: [{"backend", "passed", "skipped": [[case, why]], "failed": [[case, what]]}].
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs a parsed command line.
@@ -76,7 +86,65 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Score(s) => eval::score(s),
         Cmd::Train(t) => train::run(*t),
         Cmd::Export(e) => export::run(e),
+        Cmd::Selftest { backend, json } => selftest(&backend, json),
     }
+}
+
+fn selftest(which: &str, json: bool) -> Result<()> {
+    let cpu: &'static dyn kiln::core::Backend = &kiln::core::CpuBackend;
+    let mut backends: Vec<(&str, std::result::Result<&'static dyn kiln::core::Backend, String>)> = Vec::new();
+    match which {
+        "cpu" => backends.push(("cpu", Ok(cpu))),
+        "wgpu" => backends.push(("wgpu", kiln_wgpu::open())),
+        "cuda" => anyhow::bail!("--backend cuda: the CUDA backend's kernels have not landed yet"),
+        "all" => {
+            backends.push(("cpu", Ok(cpu)));
+            backends.push(("wgpu", kiln_wgpu::open()));
+        }
+        other => anyhow::bail!("--backend {other}: one of cpu, wgpu, all"),
+    }
+    let (mut reports, mut failed) = (Vec::new(), 0);
+    for (name, be) in backends {
+        let be = match be {
+            Ok(b) => b,
+            Err(e) if which == "all" => {
+                if !json {
+                    println!("{name}: not available here ({e})");
+                }
+                reports.push(serde_json::json!({"backend": name, "unavailable": e}));
+                continue;
+            }
+            Err(e) => anyhow::bail!("--backend {name}: {e}"),
+        };
+        let t0 = std::time::Instant::now();
+        let rep = kiln::core::selftest::run(be, &mut |case, outcome| {
+            if !json && let Some(o) = outcome.filter(|o| !o.starts_with("skipped")) {
+                println!("FAIL {case}: {o}");
+            }
+        });
+        failed += rep.failed.len();
+        if !json {
+            println!(
+                "{name}: {} passed, {} skipped, {} failed in {:.1}s",
+                rep.passed.len(),
+                rep.skipped.len(),
+                rep.failed.len(),
+                t0.elapsed().as_secs_f64()
+            );
+            for (c, why) in &rep.skipped {
+                println!("  skipped {c}: {why}");
+            }
+        }
+        reports.push(serde_json::json!({"backend": name, "passed": rep.passed.len(), "skipped": rep.skipped,
+            "failed": rep.failed}));
+    }
+    if json {
+        println!("{}", serde_json::Value::Array(reports));
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} parity cases failed");
+    }
+    Ok(())
 }
 
 fn info(json: bool, model: Option<PathBuf>) -> Result<()> {
