@@ -1,6 +1,6 @@
-//! `kiln train --backend wgpu` end to end — on lavapipe in CI: a 30-step LoRA fine-tune of a
-//! small random model whose per-step losses match the CPU backend's within 1 % relative (f32),
-//! and short DPO and full fine-tuning runs likewise. With no adapter the tests fail under CI
+//! `kiln train --backend wgpu` end to end — on lavapipe in CI: 30-step LoRA and QLoRA (NF4,
+//! Q4_1) fine-tunes of a small random model whose per-step losses match the CPU backend's within
+//! 1 % relative (f32), and short DPO and full fine-tuning runs likewise. With no adapter the tests fail under CI
 //! (the tier must not be skipped) and say why elsewhere.
 
 use std::path::{Path, PathBuf};
@@ -91,6 +91,14 @@ fn lora_on_wgpu_matches_the_cpu() {
     let gpu = losses(&model, &data, &d.join("wgpu"), "wgpu", &args);
     same("lora", &cpu, &gpu);
     assert!(gpu[29] < gpu[0] * 0.8, "the wgpu run did not learn: {gpu:?}");
+    // QLoRA: the base's linear weights quantized (NF4 by default, and the default model's Q4_1), kept
+    // quantized on the device and dequantized inside each linear layer.
+    for q in ["nf4", "q4_1"] {
+        let args = ["--method", "qlora", "--quantize", q, "--max-steps", "30"];
+        let cpu = losses(&model, &data, &d.join(format!("q-{q}-cpu")), "cpu", &args);
+        let gpu = losses(&model, &data, &d.join(format!("q-{q}-wgpu")), "wgpu", &args);
+        same(&format!("qlora {q}"), &cpu, &gpu);
+    }
     // The adapter written from the device loads like the CPU one.
     assert!(d.join("wgpu/adapter/adapter_model.safetensors").is_file());
 }

@@ -20,6 +20,8 @@ fn tol(dtype: DType) -> Tol {
     match dtype {
         DType::F32 => Tol { rel: 1e-5, atol: 1e-5, eps: 1e-5 },
         DType::BF16 => Tol { rel: 1e-2, atol: 1e-2, eps: 0.08 },
+        // Block-quantized inputs dequantize exactly: what is compared is f32 arithmetic.
+        DType::Quant(_) => Tol { rel: 1e-5, atol: 1e-5, eps: 1e-5 },
         _ => Tol { rel: 1e-2, atol: 1e-3, eps: 0.01 },
     }
 }
@@ -147,6 +149,35 @@ pub fn cases(seed: u64) -> Vec<Case> {
                 let y = be.swiglu_fwd(&x[0], &x[1])?;
                 let (dg, du) = be.swiglu_bwd(&x[0], &x[1], &x[2])?;
                 Ok(vec![y, dg, du, be.add(&x[0], &x[1])?, be.scale(&x[0], -1.5)?])
+            },
+        });
+    }
+    // QLoRA: block-quantized frozen weights (dequantized exactly, so f32 tolerances apply).
+    use crate::quant::GgmlType as G;
+    for (i, ty) in
+        [G::Q8_0, G::Q4_0, G::Q4_1, G::Q5_0, G::Q4K, G::Q5K, G::Q6K, G::NF4, G::NF4DQ].into_iter().enumerate()
+    {
+        let (m, k, n) = (5 + i, 256, 3 + 2 * i);
+        let wf = randn(&mut r, &[n, k], DType::F32);
+        let Ok(wq) = wf
+            .to_vec_f32()
+            .and_then(|v| crate::quant::quantize(ty, &v))
+            .and_then(|b| Tensor::from_quant_bytes(b, ty, [n, k]))
+        else {
+            continue;
+        };
+        let inputs = vec![randn(&mut r, &[m, k], DType::F32), wq, randn(&mut r, &[m, n], DType::F32)];
+        out.push(Case {
+            op: Op::LoraLinear,
+            name: format!("linear {m}x{k}x{n} W {} (QLoRA base)", ty.name()),
+            dtype: DType::Quant(ty),
+            inputs,
+            run: |be, x| {
+                let (y, _) = be.linear_fwd(&x[0], &x[1], None, None)?;
+                let needs = LinearNeeds { x: true, ..Default::default() };
+                let g = be.linear_bwd(&x[2], &x[0], &x[1], None, needs)?;
+                let dx = g.dx.ok_or_else(|| crate::Error::Msg("linear_bwd left out dx".into()))?;
+                Ok(vec![y, dx])
             },
         });
     }

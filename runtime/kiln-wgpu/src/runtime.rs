@@ -354,12 +354,7 @@ pub fn held(t: &Tensor) -> Result<Held<'_>> {
             DType::F32 => dev.write(bytemuck::cast_slice(t.as_slice::<f32>()?))?,
             DType::I32 => dev.write(bytemuck::cast_slice(t.as_slice::<i32>()?))?,
             DType::F64 | DType::F16 | DType::BF16 => dev.write(bytemuck::cast_slice(&t.to_vec_f32()?))?,
-            d => {
-                return Err(Error::Msg(format!(
-                    "wgpu: {} tensors have no kernels on wgpu yet (QLoRA's dequantization lands with the GGUF kernels)",
-                    d.name()
-                )));
-            }
+            DType::Quant(_) => crate::backend::quant_upload(t)?,
         };
         return Ok(Held::Copy(b));
     };
@@ -367,11 +362,16 @@ pub fn held(t: &Tensor) -> Result<Held<'_>> {
         .as_any()
         .downcast_ref::<WgpuBuf>()
         .ok_or_else(|| Error::Msg("wgpu: a tensor of another device was passed to a wgpu op".into()))?;
-    let bytes = (t.numel() * 4) as u64;
+    // Device elements are 4 bytes, except block-quantized weights, kept in their own bytes.
+    let size = |n: usize| match t.dtype() {
+        DType::Quant(_) => t.dtype().bytes(n) as u64,
+        _ => (n * 4) as u64,
+    };
+    let bytes = size(t.numel());
     if t.offset() == 0 && b.bytes == bytes {
         return Ok(Held::Own(b));
     }
-    Ok(Held::Copy(device()?.copy(b.raw(), (t.offset() * 4) as u64, bytes)?))
+    Ok(Held::Copy(device()?.copy(b.raw(), size(t.offset()), bytes)?))
 }
 
 /// Wraps a buffer as a tensor.

@@ -116,7 +116,7 @@ impl MatmulOps for WgpuBackend {
             return Err(Error::shape("linear", format!("x {:?}, W {:?}", x.shape(), w.shape())));
         }
         let dev = device()?;
-        let (hx, hw) = (held(x)?, held(w)?);
+        let (hx, hw) = (held(x)?, super::quant::widened(w)?);
         let y = dev.alloc((m * n * 4) as u64)?;
         gemm(dev, Op(hx.buf(), u(k), 1), Op(hw.buf(), 1, u(k)), &y, (m, n, k), 1.0, false)?;
         if let Some(b) = bias {
@@ -178,7 +178,7 @@ impl MatmulOps for WgpuBackend {
             du = Some((dub, r, held(l.a)?));
         }
         if needs.x {
-            let hw = held(w)?;
+            let hw = super::quant::widened(w)?;
             let dx = dev.alloc((m * k * 4) as u64)?;
             gemm(dev, Op(hdy.buf(), u(n), 1), Op(hw.buf(), u(k), 1), &dx, (m, k, n), 1.0, false)?;
             if let Some((dub, r, ha)) = &du {

@@ -9,6 +9,9 @@ mod elementwise;
 mod matmul;
 mod misc;
 mod norm;
+mod quant;
+
+pub(crate) use quant::upload as quant_upload;
 
 use kiln_core::backend::{Backend, MemoryOps, Op, Support};
 use kiln_core::{DType, Error, Result, Shape, Tensor};
@@ -59,8 +62,13 @@ pub(crate) fn dup(dev: &Device, t: &Tensor) -> Result<Tensor> {
 
 impl MemoryOps for WgpuBackend {
     fn to_cpu(&self, t: &Tensor) -> Result<Tensor> {
-        check_dtype("to_cpu", t)?;
         let dev = device()?;
+        if let DType::Quant(ty) = t.dtype() {
+            let h = held(t)?;
+            let bytes = dev.read(h.buf().raw(), 0, t.dtype().bytes(t.numel()) as u64)?;
+            return Tensor::from_quant_bytes(bytes, ty, t.shape().clone());
+        }
+        check_dtype("to_cpu", t)?;
         let kiln_core::tensor::Storage::Device(d) = t.storage() else { return Ok(t.clone()) };
         let b = d
             .as_any()
@@ -82,9 +90,13 @@ impl MemoryOps for WgpuBackend {
             DType::I32 => dev.write(bytemuck::cast_slice(t.as_slice::<i32>()?))?,
             // f64 (gradient checks) and the half types are kept as f32 on the device.
             DType::F64 | DType::F16 | DType::BF16 => dev.write(bytemuck::cast_slice(&t.to_vec_f32()?))?,
-            d => return Err(Error::Msg(format!("wgpu upload: {} tensors are not supported on wgpu yet", d.name()))),
+            DType::Quant(_) => quant::upload(t)?,
         };
-        let dtype = if t.dtype() == DType::I32 { DType::I32 } else { DType::F32 };
+        let dtype = match t.dtype() {
+            DType::I32 => DType::I32,
+            DType::Quant(q) => DType::Quant(q),
+            _ => DType::F32,
+        };
         Ok(tensor(b, t.shape().clone(), dtype))
     }
     fn cast(&self, t: &Tensor, dtype: DType) -> Result<Tensor> {
@@ -115,6 +127,8 @@ impl Backend for WgpuBackend {
             // Frozen f16/bf16 weights are widened to f32 at upload (exact, at twice the memory)
             // until the f16 kernels land; the linear layers then run on them in f32.
             (Op::LoraLinear | Op::Matmul, DType::F16 | DType::BF16) => Support::Yes,
+            // Block-quantized frozen weights stay quantized on the device (QLoRA).
+            (Op::LoraLinear | Op::Matmul, DType::Quant(t)) if quant::supported(t) => Support::Yes,
             (op, d) => Support::No(format!("{op:?} in {} on wgpu: f32 kernels only so far", d.name())),
         }
     }

@@ -1,0 +1,63 @@
+//! Block-quantized weights on the device (`shaders/dequant.wgsl`): kept in their GGUF/NF4 bytes
+//! and widened to f32 into a temporary buffer when a linear layer needs them.
+
+use kiln_core::quant::GgmlType;
+use kiln_core::{DType, Error, Result, Tensor};
+
+use crate::runtime::{Bind, Device, WgpuBuf, device, held};
+
+const SRC: (&str, &str) = ("dequant", include_str!("../../../../shaders/dequant.wgsl"));
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct DeqP {
+    n: u32,
+    ty: u32,
+    block: u32,
+    bytes: u32,
+}
+
+/// The block types the kernel decodes, with the id the shader switches on.
+fn kernel_id(t: GgmlType) -> Option<u32> {
+    Some(match t {
+        GgmlType::Q8_0 => 8,
+        GgmlType::Q4_0 => 2,
+        GgmlType::Q4_1 => 3,
+        GgmlType::Q5_0 => 6,
+        GgmlType::Q4K => 12,
+        GgmlType::Q5K => 13,
+        GgmlType::Q6K => 14,
+        GgmlType::NF4 => 1000,
+        GgmlType::NF4DQ => 1001,
+        _ => return None,
+    })
+}
+
+/// Whether weights of type `t` can live on the device.
+pub(crate) fn supported(t: GgmlType) -> bool {
+    kernel_id(t).is_some()
+}
+
+/// The f32 values of a device weight: its own buffer when already f32, else dequantized into a
+/// new one.
+pub(crate) fn widened(w: &Tensor) -> Result<crate::runtime::Held<'_>> {
+    let DType::Quant(t) = w.dtype() else { return held(w) };
+    let id = kernel_id(t).ok_or_else(|| Error::Msg(format!("wgpu: no dequantization kernel for {} yet", t.name())))?;
+    let dev = device()?;
+    let src = held(w)?;
+    let n = w.numel();
+    let y = dev.alloc((n * 4) as u64)?;
+    let (block, bytes) = t.block();
+    let p = DeqP { n: n as u32, ty: id, block: block as u32, bytes: bytes as u32 };
+    dev.launch(SRC, "dequant", &p, &[Bind::R(src.buf()), Bind::W(&y)], Device::grid(n))?;
+    Ok(crate::runtime::Held::Copy(y))
+}
+
+/// Uploads a block-quantized CPU tensor's bytes.
+pub(crate) fn upload(t: &Tensor) -> Result<WgpuBuf> {
+    let DType::Quant(ty) = t.dtype() else { return Err(Error::Msg("not a quantized tensor".into())) };
+    if !supported(ty) {
+        return Err(Error::Msg(format!("wgpu: {} weights have no dequantization kernel yet", ty.name())));
+    }
+    device()?.write(t.raw_bytes()?)
+}
