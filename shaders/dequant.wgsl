@@ -2,7 +2,7 @@
 //
 // Computes: the f32 values of a block-quantized tensor, bit-exact with kiln's CPU reference
 // (kiln_core::quant, itself byte-exact with ggml): Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q5_K, Q6_K,
-// NF4 and NF4_DQ. Layouts: see the table in runtime/kiln-core/src/quant/mod.rs.
+// NF4 and NF4_DQ; and of f16/bf16 tensors (one-value "blocks" of two bytes). Layouts: see the table in runtime/kiln-core/src/quant/mod.rs.
 // The bytes arrive as an array<u32> (blocks of 18, 20, 22, 33… bytes are not word-aligned), read
 // a byte at a time. One thread per output value; each decodes its block's header itself
 // (redundant reads hit the cache; a block-per-workgroup variant can follow). The linear layers
@@ -120,6 +120,9 @@ fn dequant(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups)
             let v = byte(b + 1u + j / 2u);
             x = NF4[select(v >> 4u, v & 0x0fu, (j & 1u) == 1u)] * a;
         }
+        // F16 and BF16 (frozen weights kept in 16 bits on the device), two bytes per value.
+        case 1u: { x = f16at(b); }
+        case 30u: { x = bitcast<f32>((byte(b) | (byte(b + 1u) << 8u)) << 16u); }
         default: { x = 0.0; }
     }
     y[k] = x;

@@ -136,3 +136,34 @@ fn dpo_and_full_on_wgpu_match_the_cpu() {
         &losses(&model, &sft_path, &d.join("full-wgpu"), "wgpu", &args),
     );
 }
+
+#[test]
+fn no_vulkan_fails_clearly_and_auto_falls_back() {
+    // No Vulkan driver at all (the loader finds no ICD): --backend wgpu says so and exits
+    // non-zero; --backend auto trains on the CPU. Runs with or without lavapipe installed.
+    let rows: String =
+        (0..6).map(|i| format!("{}\n", serde_json::json!({"prompt": format!("q{i}"), "completion": "a"}))).collect();
+    let (d, model, data) = setup("novk", &rows);
+    let run = |backend: &str| {
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .env("WGPU_BACKEND", "vulkan")
+            .env("VK_ICD_FILENAMES", "/nonexistent/icd.json")
+            .env("VK_DRIVER_FILES", "/nonexistent/icd.json")
+            .args(["train", "--backend", backend, "--max-steps", "1", "--eval-split", "0"])
+            .arg("--model")
+            .arg(&model)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(d.join(backend))
+            .output()
+            .unwrap()
+    };
+    let o = run("wgpu");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--backend wgpu: wgpu: no adapter"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let o = run("auto");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.contains("backend: cpu"), "{err}");
+}

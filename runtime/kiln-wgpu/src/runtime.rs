@@ -362,16 +362,18 @@ pub fn held(t: &Tensor) -> Result<Held<'_>> {
         .as_any()
         .downcast_ref::<WgpuBuf>()
         .ok_or_else(|| Error::Msg("wgpu: a tensor of another device was passed to a wgpu op".into()))?;
-    // Device elements are 4 bytes, except block-quantized weights, kept in their own bytes.
-    let size = |n: usize| match t.dtype() {
-        DType::Quant(_) => t.dtype().bytes(n) as u64,
-        _ => (n * 4) as u64,
+    // Device elements are 4 bytes, except frozen weights kept in their own type: block-quantized
+    // (dequantized by the linear layers) and f16/bf16 (widened to f32 here, for any op).
+    let bytes = t.dtype().bytes(t.numel()) as u64;
+    let own = if t.offset() == 0 && b.bytes == bytes {
+        Held::Own(b)
+    } else {
+        Held::Copy(device()?.copy(b.raw(), t.dtype().bytes(t.offset()) as u64, bytes)?)
     };
-    let bytes = size(t.numel());
-    if t.offset() == 0 && b.bytes == bytes {
-        return Ok(Held::Own(b));
+    match t.dtype() {
+        DType::F16 | DType::BF16 => Ok(Held::Copy(crate::backend::widen16(own.buf(), t.numel(), t.dtype())?)),
+        _ => Ok(own),
     }
-    Ok(Held::Copy(device()?.copy(b.raw(), size(t.offset()), bytes)?))
 }
 
 /// Wraps a buffer as a tensor.

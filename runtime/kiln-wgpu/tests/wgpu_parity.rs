@@ -24,3 +24,23 @@ fn wgpu_parity_table() {
     eprintln!("parity wgpu: {} cases passed, {} skipped", rep.passed.len(), rep.skipped.len());
     assert!(!rep.passed.is_empty());
 }
+
+#[test]
+fn sixteen_bit_weights_stay_sixteen_bit_on_the_device() {
+    use kiln_core::{DType, Tensor};
+    let Ok(be) = kiln_wgpu::open() else {
+        assert!(std::env::var_os("CI").is_none(), "CI must run the wgpu tier");
+        return;
+    };
+    for dt in [DType::F16, DType::BF16] {
+        let v: Vec<f32> = (0..37).map(|i| (i as f32 - 18.0) * 0.37).collect();
+        let t = Tensor::from_vec(v, [37]).unwrap().to_dtype(dt).unwrap();
+        let d = be.upload(&t).unwrap();
+        assert_eq!(d.dtype(), dt, "kept in its type on the device");
+        let back = d.to_cpu().unwrap();
+        assert_eq!(back.dtype(), dt);
+        assert_eq!(back.to_vec_f64().unwrap(), t.to_vec_f64().unwrap(), "{}: round trip", dt.name());
+        let wide = be.cast(&d, DType::F32).unwrap();
+        assert_eq!(wide.to_vec_f64().unwrap(), t.to_vec_f64().unwrap(), "{}: widened exactly", dt.name());
+    }
+}

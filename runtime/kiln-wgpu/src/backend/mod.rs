@@ -11,7 +11,7 @@ mod misc;
 mod norm;
 mod quant;
 
-pub(crate) use quant::upload as quant_upload;
+pub(crate) use quant::{upload as quant_upload, widen16};
 
 use kiln_core::backend::{Backend, MemoryOps, Op, Support};
 use kiln_core::{DType, Error, Result, Shape, Tensor};
@@ -42,6 +42,14 @@ impl P1 {
 
 pub(crate) const ELEMENTWISE: (&str, &str) = ("elementwise", include_str!("../../../../shaders/elementwise.wgsl"));
 
+/// The little-endian bytes of an f16/bf16 CPU tensor.
+fn half_bytes(t: &Tensor) -> Result<Vec<u8>> {
+    Ok(match t.dtype() {
+        DType::F16 => bytemuck::cast_slice(t.as_slice::<half::f16>()?).to_vec(),
+        _ => bytemuck::cast_slice(t.as_slice::<half::bf16>()?).to_vec(),
+    })
+}
+
 /// Device element types: 4-byte f32 and i32.
 fn check_dtype(op: &str, t: &Tensor) -> Result<()> {
     match t.dtype() {
@@ -50,6 +58,13 @@ fn check_dtype(op: &str, t: &Tensor) -> Result<()> {
             Err(Error::Msg(format!("wgpu {op}: {} tensors are not supported on wgpu yet (f32 and i32 are)", d.name())))
         }
     }
+}
+
+/// A view of `b` (f32 values) shaped like `t`, for a copy.
+fn tensor_from(b: &crate::runtime::WgpuBuf, t: &Tensor) -> Result<Tensor> {
+    let dev = device()?;
+    let c = dev.copy(b.raw(), 0, (t.numel() * 4) as u64)?;
+    Ok(tensor(c, t.shape().clone(), DType::F32))
 }
 
 /// A new device tensor holding `t`'s elements copied by `copy` (same shape and dtype).
@@ -68,12 +83,21 @@ impl MemoryOps for WgpuBackend {
             let bytes = dev.read(h.buf().raw(), 0, t.dtype().bytes(t.numel()) as u64)?;
             return Tensor::from_quant_bytes(bytes, ty, t.shape().clone());
         }
-        check_dtype("to_cpu", t)?;
         let kiln_core::tensor::Storage::Device(d) = t.storage() else { return Ok(t.clone()) };
         let b = d
             .as_any()
             .downcast_ref::<crate::runtime::WgpuBuf>()
             .ok_or_else(|| Error::Msg("wgpu to_cpu: a tensor of another device".into()))?;
+        if matches!(t.dtype(), DType::F16 | DType::BF16) {
+            let bytes = dev.read(b.raw(), (t.offset() * 2) as u64, (t.numel() * 2) as u64)?;
+            return match t.dtype() {
+                DType::F16 => {
+                    Tensor::from_vec(bytemuck::pod_collect_to_vec::<u8, half::f16>(&bytes), t.shape().clone())
+                }
+                _ => Tensor::from_vec(bytemuck::pod_collect_to_vec::<u8, half::bf16>(&bytes), t.shape().clone()),
+            };
+        }
+        check_dtype("to_cpu", t)?;
         let bytes = dev.read(b.raw(), (t.offset() * 4) as u64, (t.numel() * 4) as u64)?;
         match t.dtype() {
             DType::I32 => Tensor::from_vec(bytemuck::pod_collect_to_vec::<u8, i32>(&bytes), t.shape().clone()),
@@ -89,19 +113,23 @@ impl MemoryOps for WgpuBackend {
             DType::F32 => dev.write(bytemuck::cast_slice(t.as_slice::<f32>()?))?,
             DType::I32 => dev.write(bytemuck::cast_slice(t.as_slice::<i32>()?))?,
             // f64 (gradient checks) and the half types are kept as f32 on the device.
-            DType::F64 | DType::F16 | DType::BF16 => dev.write(bytemuck::cast_slice(&t.to_vec_f32()?))?,
+            // f64 (gradient checks) is kept as f32 on the device.
+            DType::F64 => dev.write(bytemuck::cast_slice(&t.to_vec_f32()?))?,
+            // Frozen f16/bf16 weights keep their two bytes (half the memory); ops widen them.
+            DType::F16 | DType::BF16 => dev.write(&half_bytes(t)?)?,
             DType::Quant(_) => quant::upload(t)?,
         };
-        let dtype = match t.dtype() {
-            DType::I32 => DType::I32,
-            DType::Quant(q) => DType::Quant(q),
-            _ => DType::F32,
-        };
+        let dtype = if t.dtype() == DType::F64 { DType::F32 } else { t.dtype() };
         Ok(tensor(b, t.shape().clone(), dtype))
     }
     fn cast(&self, t: &Tensor, dtype: DType) -> Result<Tensor> {
         match (t.dtype(), dtype) {
-            (a, b) if a == b => dup(device()?, t),
+            (DType::F16 | DType::BF16, DType::F32) => {
+                let held = crate::runtime::held(t)?;
+                let b = dup(device()?, &tensor_from(held.buf(), t)?)?;
+                Ok(b)
+            }
+            (a, b) if a == b && a != DType::F16 && a != DType::BF16 => dup(device()?, t),
             // The device keeps floats as f32: a cast to another float type is the identity here.
             (DType::F32, DType::F16 | DType::BF16 | DType::F64) => dup(device()?, t),
             (a, b) => Err(Error::Msg(format!("wgpu cast {} → {}: not supported on wgpu yet", a.name(), b.name()))),

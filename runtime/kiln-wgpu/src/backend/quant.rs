@@ -43,14 +43,23 @@ pub(crate) fn supported(t: GgmlType) -> bool {
 pub(crate) fn widened(w: &Tensor) -> Result<crate::runtime::Held<'_>> {
     let DType::Quant(t) = w.dtype() else { return held(w) };
     let id = kernel_id(t).ok_or_else(|| Error::Msg(format!("wgpu: no dequantization kernel for {} yet", t.name())))?;
-    let dev = device()?;
-    let src = held(w)?;
-    let n = w.numel();
-    let y = dev.alloc((n * 4) as u64)?;
     let (block, bytes) = t.block();
+    Ok(crate::runtime::Held::Copy(decode(held(w)?.buf(), w.numel(), id, block, bytes)?))
+}
+
+/// `n` f32 values decoded from `src` by the kernel's type `id`.
+fn decode(src: &WgpuBuf, n: usize, id: u32, block: usize, bytes: usize) -> Result<WgpuBuf> {
+    let dev = device()?;
+    let y = dev.alloc((n * 4) as u64)?;
     let p = DeqP { n: n as u32, ty: id, block: block as u32, bytes: bytes as u32 };
-    dev.launch(SRC, "dequant", &p, &[Bind::R(src.buf()), Bind::W(&y)], Device::grid(n))?;
-    Ok(crate::runtime::Held::Copy(y))
+    dev.launch(SRC, "dequant", &p, &[Bind::R(src), Bind::W(&y)], Device::grid(n))?;
+    Ok(y)
+}
+
+/// The f32 values of a 16-bit (f16 or bf16) device tensor of `n` values.
+pub(crate) fn widen16(src: &WgpuBuf, n: usize, dtype: DType) -> Result<WgpuBuf> {
+    let id = if dtype == DType::BF16 { 30 } else { 1 };
+    decode(src, n, id, 1, 2)
 }
 
 /// Uploads a block-quantized CPU tensor's bytes.

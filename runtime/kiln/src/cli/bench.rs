@@ -11,7 +11,7 @@ use serde_json::json;
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCmd {
-    /// f32 matrix products on the CPU backend: `x·Wᵀ` (linear) at M×K×N shapes.
+    /// f32 matrix products on a backend (--backend cpu|wgpu): `x·Wᵀ` (linear) at M×K×N shapes.
     Gemm(GemmArgs),
     /// LoRA training steps (forward, backward, AdamW) of a model on random tokens.
     Train(TrainArgs),
@@ -44,7 +44,7 @@ pub struct TrainArgs {
     /// Recompute each block in backward instead of keeping its activations.
     #[arg(long)]
     gradient_checkpointing: bool,
-    /// auto or cpu (the GPU backends' training kernels are not implemented yet).
+    /// cpu or wgpu (auto: cpu).
     #[arg(long, default_value = "auto")]
     backend: String,
     /// Print JSON only: {"backend", "model", "method", "batch_size", "seq_len", "step_s",
@@ -61,9 +61,7 @@ fn train(a: TrainArgs) -> Result<()> {
     if a.steps == 0 || a.batch_size == 0 || a.max_seq_len < 2 {
         anyhow::bail!("--steps and --batch-size must be positive and --max-seq-len at least 2");
     }
-    if !matches!(a.backend.as_str(), "auto" | "cpu") {
-        anyhow::bail!("--backend {}: its training kernels are not implemented yet; use cpu", a.backend);
-    }
+    let be = backend(&a.backend)?;
     let mut flags = toml::Table::new();
     flags.insert("data".into(), toml::Value::Array(vec!["(random tokens)".into()]));
     flags.insert("method".into(), a.method.clone().into());
@@ -93,6 +91,12 @@ fn train(a: TrainArgs) -> Result<()> {
         }
         _ => Some(LoraSet::new(&model.config, cfg.lora()?, 1)?),
     };
+    if be.name() != "cpu" {
+        model.to_backend(be)?;
+        if let Some(l) = &mut lora {
+            l.to_backend(be)?;
+        }
+    }
     let mut opt = kiln::train::AdamW::new(1e-4);
     let mut times = Vec::new();
     for i in 0..=a.steps {
@@ -119,7 +123,7 @@ fn train(a: TrainArgs) -> Result<()> {
     let step_s = times[times.len() / 2];
     let peak = kiln::info::peak_rss_mb();
     let v = json!({
-        "backend": "cpu", "model": path.display().to_string(), "method": a.method, "batch_size": b, "seq_len": t,
+        "backend": be.name(), "model": path.display().to_string(), "method": a.method, "batch_size": b, "seq_len": t,
         "step_s": step_s, "tokens_per_s": (b * t) as f64 / step_s, "peak_rss_mb": peak, "peak_gpu_mb": null,
         "threads": rayon::current_num_threads(), "targets": a.target_modules, "lora_r": a.lora_r,
         "gradient_checkpointing": a.gradient_checkpointing,
@@ -146,6 +150,18 @@ pub struct GemmArgs {
     /// The machine's peak GFLOP/s, to report a fraction of it.
     #[arg(long)]
     peak_gflops: Option<f64>,
+    /// cpu or wgpu.
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+}
+
+/// The backend a bench runs on (`auto` is the CPU: a bench names what it measures).
+fn backend(name: &str) -> Result<&'static dyn kiln::core::Backend> {
+    match name {
+        "auto" | "cpu" => Ok(&kiln::core::CpuBackend),
+        "wgpu" => kiln_wgpu::open().map_err(|e| anyhow::anyhow!("--backend wgpu: {e}")),
+        other => anyhow::bail!("--backend {other}: one of cpu, wgpu (cuda joins with its kernels)"),
+    }
 }
 
 const DEFAULT_SHAPES: [&str; 5] = ["2048x2048x2048", "512x576x576", "512x576x1536", "512x1536x576", "512x576x49152"];
@@ -176,30 +192,41 @@ fn gemm(a: GemmArgs) -> Result<()> {
     let mut rng = Rng::new(0);
     for s in &shapes {
         let (m, k, n) = parse_shape(s)?;
-        let x = Tensor::from_vec((0..m * k).map(|_| rng.normal() as f32).collect::<Vec<_>>(), [m, k])?;
-        let w = Tensor::from_vec((0..n * k).map(|_| rng.normal() as f32).collect::<Vec<_>>(), [n, k])?;
-        let be = x.backend();
-        be.matmul(&x, &w, false, true)?;
+        let be = backend(&a.backend)?;
+        let x = be.upload(&Tensor::from_vec((0..m * k).map(|_| rng.normal() as f32).collect::<Vec<_>>(), [m, k])?)?;
+        let w = be.upload(&Tensor::from_vec((0..n * k).map(|_| rng.normal() as f32).collect::<Vec<_>>(), [n, k])?)?;
+        // A device launch returns before the work is done: reading one row back waits for it.
+        let run = || -> Result<()> {
+            let y = be.matmul(&x, &w, false, true)?;
+            y.narrow0(0, 1)?.to_cpu()?;
+            Ok(())
+        };
+        run()?;
         let mut times = Vec::new();
         let start = Instant::now();
         while times.len() < 3 || (start.elapsed().as_secs_f64() < a.seconds && times.len() < 1000) {
             let t = Instant::now();
-            let y = be.matmul(&x, &w, false, true)?;
+            run()?;
             times.push(t.elapsed().as_secs_f64());
-            drop(y);
         }
         times.sort_by(|p, q| p.total_cmp(q));
         let med = times[times.len() / 2];
         let gflops = 2.0 * (m * k * n) as f64 / med / 1e9;
         rows.push(json!({
-            "op": "matmul", "variant": "gemm_crate", "backend": "cpu", "dtype": "f32",
+            "op": "matmul", "variant": if be.name() == "cpu" { "gemm_crate" } else { "v2_smem_tiled" },
+            "backend": be.name(), "dtype": "f32",
             "shape": format!("{m}x{k}x{n}"), "median_s": med, "tflops": gflops / 1e3, "gflops": gflops,
             "threads": rayon::current_num_threads(),
             "pct_of_peak": a.peak_gflops.map(|p| 100.0 * gflops / p),
             "peak_source": if a.peak_gflops.is_some() { "--peak-gflops" } else { "none given" },
         }));
         if !a.json {
-            eprintln!("matmul f32 {m}x{k}x{n}: {:.3} ms, {gflops:.1} GFLOP/s ({} repeats)", med * 1e3, times.len());
+            eprintln!(
+                "matmul f32 {m}x{k}x{n} on {}: {:.3} ms, {gflops:.1} GFLOP/s ({} repeats)",
+                be.name(),
+                med * 1e3,
+                times.len()
+            );
         }
     }
     if a.json {
