@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# The prepared check for a machine with a GPU and no Rust toolchain (the device tool's
+# H100/H200, or a user's box): runs from a release binary built elsewhere, in sections, each
+# with its own time limit, writing each section's log to OUT as soon as it finishes and a short
+# table last. Nothing here needs the network.
+#
+#   tools/gpu-check.sh [--quick] [--smoke] [--bin PATH] OUT
+#
+# --smoke runs every section at tiny shapes (to try the script itself on a CPU Vulkan driver).
+#
+# Sections: info (backends seen), selftest cpu and wgpu (the op-parity suite on the GPU through
+# Vulkan), GEMM benches (kiln's wgpu GEMM at the models' shapes, the CPU beside it, and torch's
+# bf16/f32 matmul — cuBLAS — on the same card when PyTorch is there), a LoRA training-step bench
+# on a SmolLM2-shaped random model (written by tools/make_smollm2_shaped.py when transformers is
+# there), and, without --quick, a DPO step bench. The CUDA sections join with the CUDA backend.
+#
+# Before it, on the device tool's machines (see the library's device/README.md): unpack the
+# Vulkan loader carried in .gl/ and point the loader at NVIDIA's ICD when it is not found:
+#   for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig
+#   export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0
+smoke=0
+bin=gpu-carry/kiln
+while [[ $# -gt 1 ]]; do
+  case $1 in
+    --quick) quick=1; shift ;;
+    --smoke) smoke=1; quick=1; shift ;;
+    --bin) bin=$2; shift 2 ;;
+    *) break ;;
+  esac
+done
+out=${1:?usage: tools/gpu-check.sh [--quick] [--bin PATH] OUT}
+mkdir -p "$out"
+[[ -x $bin ]] || bin=target/release/kiln
+[[ -x $bin ]] || { echo "no kiln binary (gpu-carry/kiln or target/release/kiln; --bin PATH)"; exit 2; }
+summary=()
+
+# section NAME SECONDS COMMAND...: runs with a time limit, log in OUT/NAME.log, status kept.
+section() {
+  local name=$1 limit=$2; shift 2
+  local t0; t0=$(date +%s)
+  echo "=== $name (limit ${limit}s)"
+  timeout "$limit" "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  local took=$(( $(date +%s) - t0 ))
+  tail -n 5 "$out/$name.log"
+  summary+=("$(printf '%-22s rc=%-3s %4ss' "$name" "$rc" "$took")")
+}
+
+section info 60 "$bin" info --json
+if command -v nvidia-smi >/dev/null; then
+  section nvidia-smi 30 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv
+fi
+section selftest-cpu 120 "$bin" selftest --backend cpu
+section selftest-wgpu 300 "$bin" selftest --backend wgpu
+
+shapes=(--shape 4096x4096x4096 --shape 4096x576x1536 --shape 4096x1536x576 --shape 4096x576x49152 --shape 8192x4096x4096)
+[[ $quick == 1 ]] && shapes=(--shape 4096x4096x4096 --shape 4096x576x49152)
+[[ $smoke == 1 ]] && shapes=(--shape 64x64x64)
+section gemm-wgpu 300 "$bin" bench gemm --backend wgpu --json --seconds 2 "${shapes[@]}"
+section gemm-cpu 120 "$bin" bench gemm --backend cpu --json --seconds 1 --shape 2048x2048x2048
+
+if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+  section gemm-torch 180 python3 - <<'EOF'
+import json, torch
+rows = []
+for dt in (torch.bfloat16, torch.float32):
+    for m, k, n in ((4096, 4096, 4096), (8192, 4096, 4096), (4096, 576, 49152)):
+        a = torch.randn(m, k, device="cuda", dtype=dt)
+        b = torch.randn(n, k, device="cuda", dtype=dt)
+        for _ in range(3):
+            a @ b.T
+        torch.cuda.synchronize()
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        for _ in range(20):
+            a @ b.T
+        e.record()
+        torch.cuda.synchronize()
+        t = s.elapsed_time(e) / 20 / 1e3
+        rows.append({"op": "matmul", "variant": "torch (cuBLAS)", "dtype": str(dt).split(".")[1],
+                     "shape": f"{m}x{k}x{n}", "median_s": t, "tflops": 2 * m * k * n / t / 1e12})
+print(json.dumps(rows, indent=1))
+EOF
+fi
+
+model=gpu-carry/smollm2-shaped
+[[ $smoke == 1 ]] && model=gpu-carry/smoke-model
+if [[ $smoke == 1 && ! -f $model/config.json ]]; then
+  "$bin" demo --tiny --out "$out/smoke-demo" >"$out/make-model.log" 2>&1 && cp -r "$out/smoke-demo/model" "$model"
+fi
+if [[ ! -f $model/config.json ]] && python3 -c "import transformers" 2>/dev/null; then
+  python3 tools/make_smollm2_shaped.py "$model" --dtype bfloat16 >"$out/make-model.log" 2>&1
+fi
+if [[ -f $model/config.json ]]; then
+  seq=256
+  [[ $smoke == 1 ]] && seq=16
+  section train-wgpu 300 "$bin" bench train --backend wgpu --model "$model" --batch-size 4 --seq-len $seq --steps 3 --json
+  section train-cpu 300 "$bin" bench train --backend cpu --model "$model" --batch-size 4 --seq-len $seq --steps 2 --json
+fi
+if [[ $quick == 0 && -f $model/config.json ]]; then
+  section dpo-wgpu 300 "$bin" train --backend wgpu --method dpo --model "$model" --data data/demo_prefs.jsonl \
+    --out "$out/dpo-run" --max-steps 5 --batch-size 8 --eval-split 0
+fi
+
+echo "=== summary ($out)"
+printf '%s\n' "${summary[@]}" | tee "$out/summary.txt"
