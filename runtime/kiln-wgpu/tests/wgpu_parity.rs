@@ -16,13 +16,18 @@ fn wgpu_parity_table() {
     if let Some(a) = kiln_wgpu::probe().adapters.first() {
         eprintln!("wgpu adapter: {} ({}, {})", a.name, a.backend, a.device_type);
     }
-    let rep = kiln_core::selftest::run(be, &mut |_, _| {});
-    for (n, why) in &rep.skipped {
-        eprintln!("SKIP {n}: {why}");
+    // Each GEMM variant runs the whole table (the default last, so it stays chosen).
+    use kiln_wgpu::backend::matmul::{Variant, set_variant};
+    for v in [Variant::V2, Variant::V3] {
+        set_variant(v);
+        let rep = kiln_core::selftest::run(be, &mut |_, _| {});
+        for (n, why) in &rep.skipped {
+            eprintln!("SKIP {n}: {why}");
+        }
+        assert!(rep.failed.is_empty(), "GEMM {v:?}: {:#?}", rep.failed);
+        eprintln!("parity wgpu (GEMM {v:?}): {} cases passed, {} skipped", rep.passed.len(), rep.skipped.len());
+        assert!(!rep.passed.is_empty());
     }
-    assert!(rep.failed.is_empty(), "{:#?}", rep.failed);
-    eprintln!("parity wgpu: {} cases passed, {} skipped", rep.passed.len(), rep.skipped.len());
-    assert!(!rep.passed.is_empty());
 }
 
 #[test]

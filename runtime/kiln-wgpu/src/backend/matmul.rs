@@ -40,6 +40,7 @@ fn gemm(
 ) -> Result<()> {
     let gy = m.div_ceil(16);
     if gy > 65535 || n.div_ceil(16) > 65535 {
+        // (The v2 grid is the larger one: v3's 64×64 tiles need a quarter of the workgroups.)
         return Err(Error::Msg(format!("wgpu gemm: {m}×{n} exceeds one dispatch (at most 1 048 560 rows or columns)")));
     }
     let p = Gemm {
@@ -54,7 +55,37 @@ fn gemm(
         alpha: alpha as f32,
         pad: [0; 3],
     };
-    dev.launch(SRC, "gemm", &p, &[Bind::R(a.0), Bind::R(b.0), Bind::W(c)], (n.div_ceil(16) as u32, gy as u32, 1))
+    let bufs = [Bind::R(a.0), Bind::R(b.0), Bind::W(c)];
+    match variant() {
+        Variant::V2 => dev.launch(SRC, "gemm", &p, &bufs, (n.div_ceil(16) as u32, gy as u32, 1)),
+        Variant::V3 => dev.launch(SRC, "gemm_v3", &p, &bufs, (n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1)),
+    }
+}
+
+/// The GEMM kernels, by their names in `shaders/matmul.wgsl`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// `v2_smem_tiled`: one output per thread.
+    V2,
+    /// `v3_register_blocked`: 4×4 outputs per thread.
+    V3,
+}
+
+static VARIANT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// The GEMM variant in use: set by [`set_variant`], else `KILN_WGPU_GEMM=v2|v3`, else v3.
+pub fn variant() -> Variant {
+    match VARIANT.load(std::sync::atomic::Ordering::Relaxed) {
+        2 => Variant::V2,
+        3 => Variant::V3,
+        _ if std::env::var("KILN_WGPU_GEMM").is_ok_and(|v| v == "v2") => Variant::V2,
+        _ => Variant::V3,
+    }
+}
+
+/// Chooses the GEMM variant for the whole process (benchmarks and the parity test of each).
+pub fn set_variant(v: Variant) {
+    VARIANT.store(if v == Variant::V2 { 2 } else { 3 }, std::sync::atomic::Ordering::Relaxed);
 }
 
 fn u(x: usize) -> u32 {

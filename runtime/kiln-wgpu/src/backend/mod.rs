@@ -6,7 +6,7 @@
 
 mod attention;
 mod elementwise;
-mod matmul;
+pub mod matmul;
 mod misc;
 mod norm;
 mod quant;

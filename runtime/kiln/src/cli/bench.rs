@@ -155,6 +155,21 @@ pub struct GemmArgs {
     backend: String,
 }
 
+/// The wgpu GEMM kernel in use, by its name in shaders/matmul.wgsl.
+fn kiln_wgpu_variant() -> &'static str {
+    #[cfg(feature = "wgpu")]
+    {
+        match kiln_wgpu::backend::matmul::variant() {
+            kiln_wgpu::backend::matmul::Variant::V2 => "v2_smem_tiled",
+            kiln_wgpu::backend::matmul::Variant::V3 => "v3_register_blocked",
+        }
+    }
+    #[cfg(not(feature = "wgpu"))]
+    {
+        "none"
+    }
+}
+
 /// The backend a bench runs on (`auto` is the CPU: a bench names what it measures).
 fn backend(name: &str) -> Result<&'static dyn kiln::core::Backend> {
     match name {
@@ -213,7 +228,11 @@ fn gemm(a: GemmArgs) -> Result<()> {
         let med = times[times.len() / 2];
         let gflops = 2.0 * (m * k * n) as f64 / med / 1e9;
         rows.push(json!({
-            "op": "matmul", "variant": if be.name() == "cpu" { "gemm_crate" } else { "v2_smem_tiled" },
+            "op": "matmul",
+            "variant": match (be.name(), kiln_wgpu_variant()) {
+                ("cpu", _) => "gemm_crate",
+                (_, v) => v,
+            },
             "backend": be.name(), "dtype": "f32",
             "shape": format!("{m}x{k}x{n}"), "median_s": med, "tflops": gflops / 1e3, "gflops": gflops,
             "threads": rayon::current_num_threads(),
