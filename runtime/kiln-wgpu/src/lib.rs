@@ -9,6 +9,20 @@ pub mod backend;
 #[cfg(feature = "wgpu")]
 pub mod runtime;
 
+/// Chooses the adapter `open` will use (an index as `kiln info` lists them, or part of a name);
+/// false when the device is already open. A build without wgpu ignores it.
+pub fn choose(spec: &str) -> bool {
+    #[cfg(feature = "wgpu")]
+    {
+        runtime::choose(spec)
+    }
+    #[cfg(not(feature = "wgpu"))]
+    {
+        let _ = spec;
+        false
+    }
+}
+
 /// The wgpu backend when an adapter opens here, else why not.
 pub fn open() -> Result<&'static dyn kiln_core::Backend, String> {
     #[cfg(feature = "wgpu")]

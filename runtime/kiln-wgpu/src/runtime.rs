@@ -71,11 +71,19 @@ pub struct Device {
 }
 
 static DEVICE: OnceLock<std::result::Result<Device, String>> = OnceLock::new();
+static CHOICE: OnceLock<String> = OnceLock::new();
 
-/// The process's wgpu device, opened on first use (`KILN_WGPU_ADAPTER` picks an adapter whose
-/// name contains it; `WGPU_BACKEND` limits the wgpu backends searched).
+/// The process's wgpu device, opened on first use: the adapter [`choose`] named, else
+/// `KILN_WGPU_ADAPTER`, else the first one (`WGPU_BACKEND` limits the wgpu backends searched).
 pub fn device() -> Result<&'static Device> {
     DEVICE.get_or_init(open).as_ref().map_err(|e| Error::Msg(e.clone()))
+}
+
+/// Picks the adapter before the device opens (`--device`): an index into the adapters wgpu
+/// lists (as `kiln info` shows them) or part of a name. Returns false when the device is
+/// already open or a choice was already made.
+pub fn choose(spec: &str) -> bool {
+    DEVICE.get().is_none() && CHOICE.set(spec.to_string()).is_ok()
 }
 
 fn open() -> std::result::Result<Device, String> {
@@ -85,12 +93,18 @@ fn open() -> std::result::Result<Device, String> {
     }
     let instance = wgpu::Instance::new(desc);
     let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
-    let want = std::env::var("KILN_WGPU_ADAPTER").ok();
+    let want = CHOICE.get().cloned().or_else(|| std::env::var("KILN_WGPU_ADAPTER").ok());
+    let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
     let adapter = adapters
         .into_iter()
-        .find(|a| want.as_deref().is_none_or(|w| a.get_info().name.contains(w)))
+        .enumerate()
+        .find(|(i, a)| {
+            want.as_deref()
+                .is_none_or(|w| w.parse::<usize>().map_or_else(|_| a.get_info().name.contains(w), |n| n == *i))
+        })
+        .map(|(_, a)| a)
         .ok_or_else(|| match &want {
-            Some(w) => format!("wgpu: no adapter named like {w:?} (KILN_WGPU_ADAPTER)"),
+            Some(w) => format!("wgpu: no adapter {w:?} (--device or KILN_WGPU_ADAPTER; adapters here: {names:?})"),
             None => "wgpu: no adapter (install a Vulkan driver, e.g. mesa-vulkan-drivers for lavapipe)".to_string(),
         })?;
     let info = adapter.get_info();

@@ -108,8 +108,15 @@ pub fn render(v: &Value) -> String {
             s +=
                 &format!("        nvrtc: {}\n", if x["nvrtc"].as_bool() == Some(true) { "found" } else { "not found" });
         }
-        for d in x["devices"].as_array().into_iter().flatten().chain(x["adapters"].as_array().into_iter().flatten()) {
-            s += &format!("        - {}\n", d);
+        // The index is what `--device` takes.
+        for (i, d) in x["devices"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(x["adapters"].as_array().into_iter().flatten())
+            .enumerate()
+        {
+            s += &format!("        [{i}] {}\n", d);
         }
     }
     s

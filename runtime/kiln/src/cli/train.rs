@@ -25,6 +25,10 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip)]
     dry_run: bool,
+    /// The GPU to use: an index as `kiln info` lists the adapters, or part of its name.
+    #[arg(long)]
+    #[serde(skip)]
+    device: Option<String>,
     /// Continue from the newest checkpoint under --out, or from the one given.
     #[arg(long, num_args = 0..=1, value_name = "CHECKPOINT")]
     #[serde(skip)]
@@ -435,6 +439,9 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
     split_method(&mut a)?;
     let flags = toml::Table::try_from(&a).context("reading the flags")?;
     let mut cfg = TrainConfig::resolve(a.config.as_deref(), flags)?;
+    if let Some(d) = &a.device {
+        kiln_wgpu::choose(d);
+    }
     let backend = pick_backend(&cfg.backend)?;
     let path = kiln::models::resolve(cfg.model.as_deref())?;
     let (mut model, tok) = kiln::models::load_with_tokenizer(&path, cfg.method == Method::Full)?;
