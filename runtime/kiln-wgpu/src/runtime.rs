@@ -149,13 +149,17 @@ const USAGE: wgpu::BufferUsages =
 impl Device {
     /// A buffer of at least `bytes` (contents undefined), from the pool when one is free.
     pub fn alloc(&self, bytes: u64) -> Result<WgpuBuf> {
-        let size = class(bytes);
-        if size > self.limits.max_storage_buffer_binding_size {
+        let limit = self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size);
+        let padded = bytes.max(4).div_ceil(4) * 4;
+        if padded > limit {
             return Err(Error::Msg(format!(
-                "wgpu: a {bytes}-byte tensor exceeds {}'s storage binding limit of {} bytes",
-                self.info.name, self.limits.max_storage_buffer_binding_size
+                "wgpu: a {bytes}-byte tensor exceeds {}'s storage binding limit of {limit} bytes (tensors are not split across bindings yet)",
+                self.info.name
             )));
         }
+        // Pooled sizes are powers of two; a tensor whose class would pass the limit gets a
+        // buffer of its own size (its class is then its exact size).
+        let size = if class(bytes) > limit { padded } else { class(bytes) };
         let reused = self.pool.lock().ok().and_then(|mut p| p.get_mut(&size).and_then(Vec::pop));
         let buf = reused.unwrap_or_else(|| {
             self.device.create_buffer(&wgpu::BufferDescriptor {
