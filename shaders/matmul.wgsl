@@ -5,8 +5,8 @@
 // need (x·Wᵀ, dy·W, dyᵀ·x) without copies.
 // Variants (`KILN_WGPU_GEMM=v2|v3`, default v3): `gemm` (v2_smem_tiled) — a 16×16 workgroup
 // computes a 16×16 tile of C, one element per thread, staging 16×16 tiles of A and B through
-// workgroup memory along k; `gemm_v3` (v3_register_blocked, below) — 64×64 tiles, 4×4 outputs
-// per thread. Plain f32 FMA in both.
+// workgroup memory along k; `gemm_v3` (v3_register_blocked, gemm_v3.wgsl appended at the end of
+// this file) — 64×64 tiles, 4×4 outputs per thread. Plain f32 FMA in both.
 // `add_bias` adds a [n] vector to every row; `col_sum` sums the rows of [m, n] into [n].
 
 struct Params {
@@ -19,15 +19,20 @@ struct Params {
     rs_b: u32,
     cs_b: u32,
     alpha: f32,
-    pad0: u32,
-    pad1: u32,
-    pad2: u32,
+    // matmul_q.wgsl: the weight's block type, values and bytes per block (unused here).
+    ty: u32,
+    block: u32,
+    bytes: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
+
+fn load_b(i: u32) -> f32 {
+    return b[i];
+}
 
 var<workgroup> ta: array<f32, 256>;
 var<workgroup> tb: array<f32, 256>;
@@ -44,7 +49,7 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         ta[lid.y * 16u + lid.x] = av;
         let kb = k0 + lid.y;
         var bv = 0.0;
-        if (kb < p.k && col < p.n) { bv = b[kb * p.rs_b + col * p.cs_b]; }
+        if (kb < p.k && col < p.n) { bv = load_b(kb * p.rs_b + col * p.cs_b); }
         tb[lid.y * 16u + lid.x] = bv;
         workgroupBarrier();
         for (var kk = 0u; kk < 16u; kk++) {
@@ -57,63 +62,6 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         var out = p.alpha * acc;
         if (p.accumulate != 0u) { out += c[o]; }
         c[o] = out;
-    }
-}
-
-// ---- v3_register_blocked: a 16×16 workgroup computes a 64×64 tile of C, each thread a 4×4
-// block held in registers; A (64×16) and B (16×64) tiles are staged through workgroup memory,
-// four elements per thread per k-step, so each value loaded from workgroup memory feeds four
-// FMAs instead of one.
-
-var<workgroup> sa: array<f32, 1024>;
-var<workgroup> sb: array<f32, 1024>;
-
-@compute @workgroup_size(16, 16)
-fn gemm_v3(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let tid = lid.y * 16u + lid.x;
-    let row0 = wid.y * 64u;
-    let col0 = wid.x * 64u;
-    var acc: array<f32, 16>;
-    for (var i = 0u; i < 16u; i++) { acc[i] = 0.0; }
-    for (var k0 = 0u; k0 < p.k; k0 += 16u) {
-        for (var e = 0u; e < 4u; e++) {
-            let idx = tid + e * 256u;
-            let r = idx / 16u;
-            let kk = idx % 16u;
-            var av = 0.0;
-            if (row0 + r < p.m && k0 + kk < p.k) { av = a[(row0 + r) * p.rs_a + (k0 + kk) * p.cs_a]; }
-            sa[r * 16u + kk] = av;
-            let kb = idx / 64u;
-            let c = idx % 64u;
-            var bv = 0.0;
-            if (k0 + kb < p.k && col0 + c < p.n) { bv = b[(k0 + kb) * p.rs_b + (col0 + c) * p.cs_b]; }
-            sb[kb * 64u + c] = bv;
-        }
-        workgroupBarrier();
-        for (var kk = 0u; kk < 16u; kk++) {
-            var ar: array<f32, 4>;
-            var br: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                ar[i] = sa[(lid.y * 4u + i) * 16u + kk];
-                br[i] = sb[kk * 64u + lid.x * 4u + i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) { acc[i * 4u + j] = fma(ar[i], br[j], acc[i * 4u + j]); }
-            }
-        }
-        workgroupBarrier();
-    }
-    for (var i = 0u; i < 4u; i++) {
-        let row = row0 + lid.y * 4u + i;
-        for (var j = 0u; j < 4u; j++) {
-            let col = col0 + lid.x * 4u + j;
-            if (row < p.m && col < p.n) {
-                let o = row * p.n + col;
-                var v = p.alpha * acc[i * 4u + j];
-                if (p.accumulate != 0u) { v += c[o]; }
-                c[o] = v;
-            }
-        }
     }
 }
 
@@ -138,3 +86,5 @@ fn col_sum(@builtin(global_invocation_id) g: vec3<u32>) {
     for (var i = 0u; i < p.m; i++) { acc += cs_x[i * p.n + j]; }
     cs_y[j] = acc;
 }
+
+// (gemm_v3.wgsl is appended here.)

@@ -7,7 +7,19 @@ use kiln_core::{Error, Result, Tensor};
 use super::WgpuBackend;
 use crate::runtime::{Bind, Device, WgpuBuf, device, held, tensor};
 
-const SRC: (&str, &str) = ("matmul", include_str!("../../../../shaders/matmul.wgsl"));
+const SRC: (&str, &str) = (
+    "matmul",
+    concat!(include_str!("../../../../shaders/matmul.wgsl"), include_str!("../../../../shaders/gemm_v3.wgsl")),
+);
+/// The fused dequant-GEMM: quantized weights decoded as their tiles are staged.
+const SRC_Q: (&str, &str) = (
+    "matmul_q",
+    concat!(
+        include_str!("../../../../shaders/matmul_q.wgsl"),
+        include_str!("../../../../shaders/dequant_decode.wgsl"),
+        include_str!("../../../../shaders/gemm_v3.wgsl")
+    ),
+);
 
 /// `shaders/matmul.wgsl` `Params`.
 #[repr(C)]
@@ -22,7 +34,10 @@ struct Gemm {
     rs_b: u32,
     cs_b: u32,
     alpha: f32,
-    pad: [u32; 3],
+    /// Quantized weights (matmul_q): the decoder's type id, values and bytes per block.
+    ty: u32,
+    block: u32,
+    bytes: u32,
 }
 
 /// One operand: a buffer and its row/column strides.
@@ -53,13 +68,56 @@ fn gemm(
         rs_b: b.1,
         cs_b: b.2,
         alpha: alpha as f32,
-        pad: [0; 3],
+        ty: 0,
+        block: 0,
+        bytes: 0,
     };
     let bufs = [Bind::R(a.0), Bind::R(b.0), Bind::W(c)];
     match variant() {
         Variant::V2 => dev.launch(SRC, "gemm", &p, &bufs, (n.div_ceil(16) as u32, gy as u32, 1)),
         Variant::V3 => dev.launch(SRC, "gemm_v3", &p, &bufs, (n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1)),
     }
+}
+
+/// `c[m, n] (+)= α·A·W`-like products where the B operand is the block-quantized weight `w`
+/// (strides over its values), decoded inside the GEMM.
+fn gemm_q(
+    dev: &Device,
+    a: Op<'_>,
+    w: &Tensor,
+    (rs_b, cs_b): (u32, u32),
+    c: &WgpuBuf,
+    (m, n, k): (usize, usize, usize),
+    alpha: f64,
+    acc: bool,
+) -> Result<()> {
+    let kiln_core::DType::Quant(t) = w.dtype() else { return Err(Error::Msg("gemm_q: not a quantized weight".into())) };
+    let id = super::quant::kernel_id(t).ok_or_else(|| Error::Msg(format!("wgpu: no decoder for {} yet", t.name())))?;
+    let (block, bytes) = t.block();
+    if m.div_ceil(64) > 65535 || n.div_ceil(64) > 65535 {
+        return Err(Error::Msg(format!("wgpu gemm: {m}×{n} exceeds one dispatch")));
+    }
+    let hw = held(w)?;
+    let p = Gemm {
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        accumulate: u32::from(acc),
+        rs_a: a.1,
+        cs_a: a.2,
+        rs_b,
+        cs_b,
+        alpha: alpha as f32,
+        ty: id,
+        block: block as u32,
+        bytes: bytes as u32,
+    };
+    let bufs = [Bind::R(a.0), Bind::R(hw.buf()), Bind::W(c)];
+    dev.launch(SRC_Q, "gemm_v3", &p, &bufs, (n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1))
+}
+
+fn is_quant(w: &Tensor) -> bool {
+    matches!(w.dtype(), kiln_core::DType::Quant(_))
 }
 
 /// The GEMM kernels, by their names in `shaders/matmul.wgsl`.
@@ -147,9 +205,14 @@ impl MatmulOps for WgpuBackend {
             return Err(Error::shape("linear", format!("x {:?}, W {:?}", x.shape(), w.shape())));
         }
         let dev = device()?;
-        let (hx, hw) = (held(x)?, super::quant::widened(w)?);
+        let hx = held(x)?;
         let y = dev.alloc((m * n * 4) as u64)?;
-        gemm(dev, Op(hx.buf(), u(k), 1), Op(hw.buf(), 1, u(k)), &y, (m, n, k), 1.0, false)?;
+        if is_quant(w) {
+            gemm_q(dev, Op(hx.buf(), u(k), 1), w, (1, u(k)), &y, (m, n, k), 1.0, false)?;
+        } else {
+            let hw = held(w)?;
+            gemm(dev, Op(hx.buf(), u(k), 1), Op(hw.buf(), 1, u(k)), &y, (m, n, k), 1.0, false)?;
+        }
         if let Some(b) = bias {
             if b.numel() != n {
                 return Err(Error::shape("linear", format!("bias {:?} for out={n}", b.shape())));
@@ -209,9 +272,13 @@ impl MatmulOps for WgpuBackend {
             du = Some((dub, r, held(l.a)?));
         }
         if needs.x {
-            let hw = super::quant::widened(w)?;
             let dx = dev.alloc((m * k * 4) as u64)?;
-            gemm(dev, Op(hdy.buf(), u(n), 1), Op(hw.buf(), u(k), 1), &dx, (m, k, n), 1.0, false)?;
+            if is_quant(w) {
+                gemm_q(dev, Op(hdy.buf(), u(n), 1), w, (u(k), 1), &dx, (m, k, n), 1.0, false)?;
+            } else {
+                let hw = held(w)?;
+                gemm(dev, Op(hdy.buf(), u(n), 1), Op(hw.buf(), u(k), 1), &dx, (m, k, n), 1.0, false)?;
+            }
             if let Some((dub, r, ha)) = &du {
                 gemm(dev, Op(dub, u(*r), 1), Op(ha.buf(), u(k), 1), &dx, (m, k, *r), 1.0, true)?;
             }

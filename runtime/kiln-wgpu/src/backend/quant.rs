@@ -1,12 +1,16 @@
-//! Block-quantized weights on the device (`shaders/dequant.wgsl`): kept in their GGUF/NF4 bytes
-//! and widened to f32 into a temporary buffer when a linear layer needs them.
+//! Block-quantized weights on the device: kept in their GGUF/NF4 bytes; the linear layers decode
+//! them inside the GEMM (`shaders/matmul_q.wgsl`), `shaders/dequant.wgsl` widens f16/bf16
+//! tensors for the other ops.
 
 use kiln_core::quant::GgmlType;
 use kiln_core::{DType, Error, Result, Tensor};
 
-use crate::runtime::{Bind, Device, WgpuBuf, device, held};
+use crate::runtime::{Bind, Device, WgpuBuf, device};
 
-const SRC: (&str, &str) = ("dequant", include_str!("../../../../shaders/dequant.wgsl"));
+const SRC: (&str, &str) = (
+    "dequant",
+    concat!(include_str!("../../../../shaders/dequant.wgsl"), include_str!("../../../../shaders/dequant_decode.wgsl")),
+);
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -17,8 +21,8 @@ struct DeqP {
     bytes: u32,
 }
 
-/// The block types the kernel decodes, with the id the shader switches on.
-fn kernel_id(t: GgmlType) -> Option<u32> {
+/// The block types the kernels decode, with the id `decode` switches on.
+pub(crate) fn kernel_id(t: GgmlType) -> Option<u32> {
     Some(match t {
         GgmlType::Q8_0 => 8,
         GgmlType::Q4_0 => 2,
@@ -36,15 +40,6 @@ fn kernel_id(t: GgmlType) -> Option<u32> {
 /// Whether weights of type `t` can live on the device.
 pub(crate) fn supported(t: GgmlType) -> bool {
     kernel_id(t).is_some()
-}
-
-/// The f32 values of a device weight: its own buffer when already f32, else dequantized into a
-/// new one.
-pub(crate) fn widened(w: &Tensor) -> Result<crate::runtime::Held<'_>> {
-    let DType::Quant(t) = w.dtype() else { return held(w) };
-    let id = kernel_id(t).ok_or_else(|| Error::Msg(format!("wgpu: no dequantization kernel for {} yet", t.name())))?;
-    let (block, bytes) = t.block();
-    Ok(crate::runtime::Held::Copy(decode(held(w)?.buf(), w.numel(), id, block, bytes)?))
 }
 
 /// `n` f32 values decoded from `src` by the kernel's type `id`.
