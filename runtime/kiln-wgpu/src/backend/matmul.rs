@@ -80,7 +80,8 @@ fn gemm(
 }
 
 /// `c[m, n] (+)= α·A·W`-like products where the B operand is the block-quantized weight `w`
-/// (strides over its values), decoded inside the GEMM.
+/// (strides over its values), decoded inside the GEMM. (The arguments mirror `gemm`'s.)
+#[allow(clippy::too_many_arguments)]
 fn gemm_q(
     dev: &Device,
     a: Op<'_>,
