@@ -23,6 +23,22 @@ pub fn choose(spec: &str) -> bool {
     }
 }
 
+/// Runs `f` and returns the GPU seconds of the wgpu kernels it launched, where the adapter has
+/// timestamp queries (benchmarks); `None` otherwise.
+pub fn gpu_time<R>(f: impl FnOnce() -> R) -> (R, Option<f64>) {
+    #[cfg(feature = "wgpu")]
+    {
+        match runtime::device() {
+            Ok(d) => d.timed(f),
+            Err(_) => (f(), None),
+        }
+    }
+    #[cfg(not(feature = "wgpu"))]
+    {
+        (f(), None)
+    }
+}
+
 /// The wgpu backend when an adapter opens here, else why not.
 pub fn open() -> Result<&'static dyn kiln_core::Backend, String> {
     #[cfg(feature = "wgpu")]

@@ -66,6 +66,10 @@ pub struct Device {
     pub shader_f16: bool,
     pub limits: wgpu::Limits,
     pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<Pipeline>>>,
+    /// The adapter writes GPU timestamps (benchmarks time kernels with them when on).
+    pub timestamps: bool,
+    /// While [`Device::timed`] runs: the kernels' GPU seconds so far.
+    timing: Mutex<Option<f64>>,
     /// Free buffers by size class (powers of two from 256 bytes).
     pool: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
 }
@@ -109,6 +113,7 @@ fn open() -> std::result::Result<Device, String> {
         })?;
     let info = adapter.get_info();
     let shader_f16 = adapter.features().contains(wgpu::Features::SHADER_F16);
+    let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
     let al = adapter.limits();
     // Ask for the adapter's own storage limits: the defaults (128 MiB bindings) are too small
     // for an embedding table.
@@ -121,7 +126,7 @@ fn open() -> std::result::Result<Device, String> {
     };
     let dd = wgpu::DeviceDescriptor {
         label: Some("kiln"),
-        required_features: wgpu::Features::empty(),
+        required_features: if timestamps { wgpu::Features::TIMESTAMP_QUERY } else { wgpu::Features::empty() },
         required_limits: limits.clone(),
         ..Default::default()
     };
@@ -135,6 +140,8 @@ fn open() -> std::result::Result<Device, String> {
         limits,
         pipelines: Mutex::new(HashMap::new()),
         pool: Mutex::new(HashMap::new()),
+        timestamps,
+        timing: Mutex::new(None),
     })
 }
 
@@ -266,18 +273,66 @@ impl Device {
             entries: &entries,
         });
         let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(entry) });
+        let timed = self.timestamps && self.timing.lock().is_ok_and(|t| t.is_some());
+        let qs = timed.then(|| {
+            self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("kiln timing"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            })
+        });
         {
+            let tw = qs.as_ref().map(|q| wgpu::ComputePassTimestampWrites {
+                query_set: q,
+                beginning_of_pass_write_index: Some(0),
+                end_of_pass_write_index: Some(1),
+            });
             let mut pass =
-                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(entry), timestamp_writes: None });
+                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(entry), timestamp_writes: tw });
             pass.set_pipeline(&pipe.0);
             pass.set_bind_group(0, &bg, &[]);
             pass.dispatch_workgroups(groups.0.max(1), groups.1.max(1), groups.2.max(1));
         }
+        let resolved = qs.as_ref().map(|q| {
+            let b = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("kiln timing"),
+                size: 16,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            enc.resolve_query_set(q, 0..2, &b, 0);
+            b
+        });
         self.queue.submit([enc.finish()]);
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Msg(format!("wgpu: launching {entry} (shaders/{name}.wgsl): {e}")));
         }
+        if let Some(b) = resolved {
+            let raw = self.read(&b, 0, 16)?;
+            let t: Vec<u64> = bytemuck::pod_collect_to_vec(&raw);
+            let secs = t[1].saturating_sub(t[0]) as f64 * self.queue.get_timestamp_period() as f64 * 1e-9;
+            if let Ok(mut g) = self.timing.lock()
+                && let Some(acc) = g.as_mut()
+            {
+                *acc += secs;
+            }
+        }
         Ok(())
+    }
+
+    /// Runs `f` and returns, with its result, the GPU time of the kernels it launched (from
+    /// timestamp queries; `None` where the adapter has none). Each timed launch waits for its
+    /// kernel, so this is for benchmarks only.
+    pub fn timed<R>(&self, f: impl FnOnce() -> R) -> (R, Option<f64>) {
+        if !self.timestamps {
+            return (f(), None);
+        }
+        if let Ok(mut t) = self.timing.lock() {
+            *t = Some(0.0);
+        }
+        let r = f();
+        let secs = self.timing.lock().ok().and_then(|mut t| t.take());
+        (r, secs)
     }
 
     /// A grid of `ceil(n / WG)` workgroups folded into two dimensions.
