@@ -9,21 +9,7 @@
 // this file) — 64×64 tiles, 4×4 outputs per thread. Plain f32 FMA in both.
 // `add_bias` adds a [n] vector to every row; `col_sum` sums the rows of [m, n] into [n].
 
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    accumulate: u32,
-    rs_a: u32,
-    cs_a: u32,
-    rs_b: u32,
-    cs_b: u32,
-    alpha: f32,
-    // matmul_q.wgsl: the weight's block type, values and bytes per block (unused here).
-    ty: u32,
-    block: u32,
-    bytes: u32,
-}
+// (Params: gemm_params.wgsl, assembled before this file.)
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;

@@ -4,21 +4,7 @@
 // (x·Wᵀ for the forward, dy·W for the input gradient). Assembled from this file,
 // dequant_decode.wgsl and gemm_v3.wgsl (the v3_register_blocked body).
 
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    accumulate: u32,
-    rs_a: u32,
-    cs_a: u32,
-    rs_b: u32,
-    cs_b: u32,
-    alpha: f32,
-    // matmul_q.wgsl: the weight's block type, values and bytes per block (unused here).
-    ty: u32,
-    block: u32,
-    bytes: u32,
-}
+// (Params: gemm_params.wgsl, assembled before this file.)
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;

@@ -168,6 +168,41 @@ pub struct AttnArgs<'a> {
     pub scale: f64,
 }
 
+/// The sizes of an attention call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnDims {
+    pub b: usize,
+    pub t: usize,
+    /// Keys per row: `t` in training; more than `t` when decoding with a KV cache, where the
+    /// queries are the last `t` positions.
+    pub tk: usize,
+    pub hq: usize,
+    pub hkv: usize,
+    pub d: usize,
+}
+
+impl AttnArgs<'_> {
+    /// Checks the shapes every backend relies on and returns the sizes.
+    pub fn dims(&self) -> Result<AttnDims> {
+        let (q, k, v) = (self.q.dims(), self.k.dims(), self.v.dims());
+        let ok = q.len() == 4
+            && k.len() == 4
+            && k == v
+            && q[0] == k[0]
+            && (q[1] == k[1] || (q[1] < k[1] && self.seg.is_none()))
+            && q[3] == k[3]
+            && k[2] > 0
+            && q[2] % k[2] == 0;
+        if !ok {
+            return Err(crate::Error::shape("attention", format!("q {q:?}, k {k:?}, v {v:?}")));
+        }
+        if let Some(s) = self.seg.filter(|s| s.numel() != q[0] * q[1]) {
+            return Err(crate::Error::shape("attention", format!("segments {:?} for q {q:?}", s.shape())));
+        }
+        Ok(AttnDims { b: q[0], t: q[1], tk: k[1], hq: q[2], hkv: k[2], d: q[3] })
+    }
+}
+
 /// Causal attention, flash-style: online softmax over key blocks, no `T×T` matrix in memory.
 pub trait AttentionOps {
     /// Returns `(o [B,T,Hq,D], lse [B,T,Hq])`.

@@ -25,31 +25,17 @@ struct AttnP {
 }
 
 fn params(a: &AttnArgs<'_>) -> Result<AttnP> {
-    let (q, k, v) = (a.q.dims(), a.k.dims(), a.v.dims());
-    let ok = q.len() == 4
-        && k.len() == 4
-        && k == v
-        && q[0] == k[0]
-        && (q[1] == k[1] || (q[1] < k[1] && a.seg.is_none()))
-        && q[3] == k[3]
-        && k[2] > 0
-        && q[2] % k[2] == 0;
-    if !ok {
-        return Err(Error::shape("attention", format!("q {q:?}, k {k:?}, v {v:?}")));
-    }
-    if q[3] > 256 {
-        return Err(Error::Msg(format!("wgpu attention: head dim {} > 256 is not supported", q[3])));
-    }
-    if let Some(s) = a.seg.filter(|s| s.numel() != q[0] * q[1]) {
-        return Err(Error::shape("attention", format!("segments {:?} for q {q:?}", s.shape())));
+    let d = a.dims()?;
+    if d.d > 256 {
+        return Err(Error::Msg(format!("wgpu attention: head dim {} > 256 is not supported", d.d)));
     }
     Ok(AttnP {
-        b: q[0] as u32,
-        t: q[1] as u32,
-        tk: k[1] as u32,
-        hq: q[2] as u32,
-        hkv: k[2] as u32,
-        d: q[3] as u32,
+        b: d.b as u32,
+        t: d.t as u32,
+        tk: d.tk as u32,
+        hq: d.hq as u32,
+        hkv: d.hkv as u32,
+        d: d.d as u32,
         has_seg: u32::from(a.seg.is_some()),
         shared_prefix: u32::from(a.shared_prefix),
         scale: a.scale as f32,

@@ -9,12 +9,17 @@ use crate::runtime::{Bind, Device, WgpuBuf, device, held, tensor};
 
 const SRC: (&str, &str) = (
     "matmul",
-    concat!(include_str!("../../../../shaders/matmul.wgsl"), include_str!("../../../../shaders/gemm_v3.wgsl")),
+    concat!(
+        include_str!("../../../../shaders/gemm_params.wgsl"),
+        include_str!("../../../../shaders/matmul.wgsl"),
+        include_str!("../../../../shaders/gemm_v3.wgsl")
+    ),
 );
 /// The fused dequant-GEMM: quantized weights decoded as their tiles are staged.
 const SRC_Q: (&str, &str) = (
     "matmul_q",
     concat!(
+        include_str!("../../../../shaders/gemm_params.wgsl"),
         include_str!("../../../../shaders/matmul_q.wgsl"),
         include_str!("../../../../shaders/dequant_decode.wgsl"),
         include_str!("../../../../shaders/gemm_v3.wgsl")

@@ -20,36 +20,6 @@ use crate::{Error, Result, Tensor};
 
 const BLOCK: usize = 32;
 
-struct Dims {
-    b: usize,
-    t: usize,
-    /// Keys per row: `t` in training; more than `t` when decoding with a KV cache, where the
-    /// queries are the last `t` positions.
-    tk: usize,
-    hq: usize,
-    hkv: usize,
-    d: usize,
-}
-
-fn dims(a: &AttnArgs<'_>) -> Result<Dims> {
-    let (q, k, v) = (a.q.dims(), a.k.dims(), a.v.dims());
-    let ok = q.len() == 4
-        && k.len() == 4
-        && k == v
-        && q[0] == k[0]
-        && (q[1] == k[1] || (q[1] < k[1] && a.seg.is_none()))
-        && q[3] == k[3]
-        && k[2] > 0
-        && q[2] % k[2] == 0;
-    if !ok {
-        return Err(Error::shape("attention", format!("q {:?}, k {:?}, v {:?}", q, k, v)));
-    }
-    if let Some(s) = a.seg.filter(|s| s.numel() != q[0] * q[1]) {
-        return Err(Error::shape("attention", format!("segments {:?} for q {:?}", s.shape(), q)));
-    }
-    Ok(Dims { b: q[0], t: q[1], tk: k[1], hq: q[2], hkv: k[2], d: q[3] })
-}
-
 /// Whether query `i` may see key `j` in batch row `b`: causal, same segment or (with
 /// `prefix`) the query's group's shared prefix `4g`. Padding (-1) is never a prefix.
 fn visible(seg: Option<&[i32]>, prefix: bool, t: usize, b: usize, i: usize, j: usize) -> bool {
@@ -80,7 +50,7 @@ fn dot<T: Real>(a: &[T], b: &[T]) -> T {
 }
 
 fn fwd<T: Real>(a: &AttnArgs<'_>) -> Result<(Tensor, Tensor)> {
-    let dm = dims(a)?;
+    let dm = a.dims()?;
     let (qv, kv, vv) = (read::<T>(a.q)?, read::<T>(a.k)?, read::<T>(a.v)?);
     let seg = a.seg.map(read_i32).transpose()?;
     let (t, tk, hq, hkv, d) = (dm.t, dm.tk, dm.hq, dm.hkv, dm.d);
@@ -140,7 +110,7 @@ fn fwd<T: Real>(a: &AttnArgs<'_>) -> Result<(Tensor, Tensor)> {
 type HeadGrads<T> = (usize, usize, Vec<T>, Vec<T>, Vec<T>);
 
 fn bwd<T: Real>(a: &AttnArgs<'_>, o: &Tensor, lse: &Tensor, d_o: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-    let dm = dims(a)?;
+    let dm = a.dims()?;
     if dm.tk != dm.t {
         return Err(Error::shape("attention_bwd", "backward needs as many keys as queries (no KV cache)"));
     }
