@@ -68,6 +68,10 @@ pub struct Device {
     pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<Pipeline>>>,
     /// The adapter writes GPU timestamps (benchmarks time kernels with them when on).
     pub timestamps: bool,
+    /// The adapter has subgroup operations (the reductions use them; see [`Device::use_subgroups`]).
+    pub subgroups: bool,
+    /// Set to false to run the kernels without subgroups (the parity test runs both).
+    pub subgroups_on: std::sync::atomic::AtomicBool,
     /// While [`Device::timed`] runs: the kernels' GPU seconds so far.
     timing: Mutex<Option<f64>>,
     /// Free buffers by size class (powers of two from 256 bytes).
@@ -114,6 +118,7 @@ fn open() -> std::result::Result<Device, String> {
     let info = adapter.get_info();
     let shader_f16 = adapter.features().contains(wgpu::Features::SHADER_F16);
     let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+    let subgroups = adapter.features().contains(wgpu::Features::SUBGROUP);
     let al = adapter.limits();
     // Ask for the adapter's own storage limits: the defaults (128 MiB bindings) are too small
     // for an embedding table.
@@ -126,7 +131,8 @@ fn open() -> std::result::Result<Device, String> {
     };
     let dd = wgpu::DeviceDescriptor {
         label: Some("kiln"),
-        required_features: if timestamps { wgpu::Features::TIMESTAMP_QUERY } else { wgpu::Features::empty() },
+        required_features: (if timestamps { wgpu::Features::TIMESTAMP_QUERY } else { wgpu::Features::empty() })
+            | (if subgroups { wgpu::Features::SUBGROUP } else { wgpu::Features::empty() }),
         required_limits: limits.clone(),
         ..Default::default()
     };
@@ -141,6 +147,8 @@ fn open() -> std::result::Result<Device, String> {
         pipelines: Mutex::new(HashMap::new()),
         pool: Mutex::new(HashMap::new()),
         timestamps,
+        subgroups,
+        subgroups_on: std::sync::atomic::AtomicBool::new(true),
         timing: Mutex::new(None),
     })
 }
@@ -318,6 +326,11 @@ impl Device {
             }
         }
         Ok(())
+    }
+
+    /// Whether kernels with subgroup variants use them now.
+    pub fn use_subgroups(&self) -> bool {
+        self.subgroups && self.subgroups_on.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs `f` and returns, with its result, the GPU time of the kernels it launched (from

@@ -16,16 +16,25 @@ fn wgpu_parity_table() {
     if let Some(a) = kiln_wgpu::probe().adapters.first() {
         eprintln!("wgpu adapter: {} ({}, {})", a.name, a.backend, a.device_type);
     }
-    // Each GEMM variant runs the whole table (the default last, so it stays chosen).
+    // Each GEMM variant, and the kernels with and without subgroups where the adapter has them,
+    // run the whole table (the defaults last, so they stay chosen).
     use kiln_wgpu::backend::matmul::{Variant, set_variant};
-    for v in [Variant::V2, Variant::V3] {
+    let dev = kiln_wgpu::runtime::device().unwrap();
+    eprintln!("subgroups: {}", dev.subgroups);
+    for (v, sg) in [(Variant::V2, false), (Variant::V3, true)] {
         set_variant(v);
+        dev.subgroups_on.store(sg, std::sync::atomic::Ordering::Relaxed);
         let rep = kiln_core::selftest::run(be, &mut |_, _| {});
         for (n, why) in &rep.skipped {
             eprintln!("SKIP {n}: {why}");
         }
-        assert!(rep.failed.is_empty(), "GEMM {v:?}: {:#?}", rep.failed);
-        eprintln!("parity wgpu (GEMM {v:?}): {} cases passed, {} skipped", rep.passed.len(), rep.skipped.len());
+        assert!(rep.failed.is_empty(), "GEMM {v:?}, subgroups {sg}: {:#?}", rep.failed);
+        eprintln!(
+            "parity wgpu (GEMM {v:?}, subgroups {}): {} cases passed, {} skipped",
+            sg && dev.subgroups,
+            rep.passed.len(),
+            rep.skipped.len()
+        );
         assert!(!rep.passed.is_empty());
     }
 }

@@ -10,6 +10,8 @@ use crate::runtime::{Bind, Device, Held, device, held, tensor};
 const EMB: (&str, &str) = ("embedding", include_str!("../../../../shaders/embedding.wgsl"));
 const LOSS: (&str, &str) = ("loss", include_str!("../../../../shaders/loss.wgsl"));
 const OPTIM: (&str, &str) = ("optim", include_str!("../../../../shaders/optim.wgsl"));
+/// `ce_fwd` with subgroup reductions, for adapters that have them.
+const LOSS_SG: (&str, &str) = ("loss_sg", include_str!("../../../../shaders/loss_sg.wgsl"));
 
 /// `Params` of embedding.wgsl and loss.wgsl (two counts).
 #[repr(C)]
@@ -118,7 +120,12 @@ impl LossOps for WgpuBackend {
         let p = P2 { a: m as u32, b: v as u32, pad: [0; 2] };
         let x = m.clamp(1, 65535);
         let grid = (x as u32, m.div_ceil(x) as u32, 1);
-        dev.launch(LOSS, "ce_fwd", &p, &[Bind::R(hx.buf()), Bind::R(ht.buf()), Bind::W(&lse), Bind::W(&nll)], grid)?;
+        let b = [Bind::R(hx.buf()), Bind::R(ht.buf()), Bind::W(&lse), Bind::W(&nll)];
+        if dev.use_subgroups() {
+            dev.launch(LOSS_SG, "ce_fwd_sg", &p, &b, grid)?;
+        } else {
+            dev.launch(LOSS, "ce_fwd", &p, &b, grid)?;
+        }
         let nll = tensor(nll, vec![m], DType::F32);
         let n_valid = tv.iter().filter(|&&t| t >= 0).count();
         let sum: f64 = nll.to_vec_f64()?.iter().sum();
