@@ -97,13 +97,35 @@ fn gemm_q(
     alpha: f64,
     acc: bool,
 ) -> Result<()> {
-    let kiln_core::DType::Quant(t) = w.dtype() else { return Err(Error::Msg("gemm_q: not a quantized weight".into())) };
-    let id = super::quant::kernel_id(t).ok_or_else(|| Error::Msg(format!("wgpu: no decoder for {} yet", t.name())))?;
-    let (block, bytes) = t.block();
+    // f16/bf16 weights are one-value "blocks" of two bytes to the same decoder.
+    let (id, block, bytes) = match w.dtype() {
+        kiln_core::DType::F16 => (1, 1, 2),
+        kiln_core::DType::BF16 => (30, 1, 2),
+        kiln_core::DType::Quant(t) => {
+            let id = super::quant::kernel_id(t)
+                .ok_or_else(|| Error::Msg(format!("wgpu: no decoder for {} yet", t.name())))?;
+            let (block, bytes) = t.block();
+            (id, block, bytes)
+        }
+        d => return Err(Error::Msg(format!("gemm_q: {} is not a packed weight type", d.name()))),
+    };
+    // The raw (still packed) bytes: held() would widen a 16-bit tensor. A host tensor is
+    // uploaded as it is.
+    let uploaded;
+    let raw = match w.storage() {
+        kiln_core::tensor::Storage::Device(st) if w.offset() == 0 => st
+            .as_any()
+            .downcast_ref::<WgpuBuf>()
+            .ok_or_else(|| Error::Msg("gemm_q: a weight of another device".into()))?,
+        kiln_core::tensor::Storage::Device(_) => return Err(Error::Msg("gemm_q: a view of a weight".into())),
+        kiln_core::tensor::Storage::Cpu(_) => {
+            uploaded = dev.write(w.raw_bytes()?)?;
+            &uploaded
+        }
+    };
     if m.div_ceil(64) > 65535 || n.div_ceil(64) > 65535 {
         return Err(Error::Msg(format!("wgpu gemm: {m}×{n} exceeds one dispatch")));
     }
-    let hw = held(w)?;
     let p = Gemm {
         m: m as u32,
         n: n as u32,
@@ -118,12 +140,14 @@ fn gemm_q(
         block: block as u32,
         bytes: bytes as u32,
     };
-    let bufs = [Bind::R(a.0), Bind::R(hw.buf()), Bind::W(c)];
+    let bufs = [Bind::R(a.0), Bind::R(raw), Bind::W(c)];
     dev.launch(SRC_Q, "gemm_v3", &p, &bufs, (n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1))
 }
 
+/// Weights the fused GEMM decodes: block-quantized, and f16/bf16 (kept in two bytes on the
+/// device, so no f32 copy of them is made either).
 fn is_quant(w: &Tensor) -> bool {
-    matches!(w.dtype(), kiln_core::DType::Quant(_))
+    matches!(w.dtype(), kiln_core::DType::Quant(_) | kiln_core::DType::F16 | kiln_core::DType::BF16)
 }
 
 /// The GEMM kernels, by their names in `shaders/matmul.wgsl`.
