@@ -125,10 +125,6 @@ impl AttentionOps for WgpuBackend {
         let both = tensor(dkv, vec![2, kn], DType::F32);
         let kd = a.k.dims().to_vec();
         let (dk, dv) = (both.narrow0(0, 1)?.reshape(kd.clone())?, both.narrow0(1, 1)?.reshape(kd)?);
-        Ok((tensor_dq(dq, a.q.dims()), dk, dv))
+        Ok((tensor(dq, a.q.dims().to_vec(), DType::F32), dk, dv))
     }
-}
-
-fn tensor_dq(b: crate::runtime::WgpuBuf, d: &[usize]) -> Tensor {
-    tensor(b, d.to_vec(), DType::F32)
 }

@@ -130,7 +130,7 @@ impl LossOps for WgpuBackend {
         let n_valid = tv.iter().filter(|&&t| t >= 0).count();
         let sum: f64 = nll.to_vec_f64()?.iter().sum();
         let loss = if n_valid == 0 { 0.0 } else { sum / n_valid as f64 };
-        Ok(CeOut { loss, n_valid, lse: tensor_of(lse, m), nll })
+        Ok(CeOut { loss, n_valid, lse: tensor(lse, vec![m], DType::F32), nll })
     }
     fn cross_entropy_bwd(
         &self,
@@ -154,10 +154,6 @@ impl LossOps for WgpuBackend {
         }
         ce_bwd(logits, targets, lse, held(drow)?)
     }
-}
-
-fn tensor_of(b: crate::runtime::WgpuBuf, m: usize) -> Tensor {
-    tensor(b, vec![m], DType::F32)
 }
 
 impl OptimOps for WgpuBackend {

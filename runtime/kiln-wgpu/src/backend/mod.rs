@@ -60,13 +60,6 @@ fn check_dtype(op: &str, t: &Tensor) -> Result<()> {
     }
 }
 
-/// A view of `b` (f32 values) shaped like `t`, for a copy.
-fn tensor_from(b: &crate::runtime::WgpuBuf, t: &Tensor) -> Result<Tensor> {
-    let dev = device()?;
-    let c = dev.copy(b.raw(), 0, (t.numel() * 4) as u64)?;
-    Ok(tensor(c, t.shape().clone(), DType::F32))
-}
-
 /// A new device tensor holding `t`'s elements copied by `copy` (same shape and dtype).
 pub(crate) fn dup(dev: &Device, t: &Tensor) -> Result<Tensor> {
     let a = held(t)?;
@@ -124,11 +117,11 @@ impl MemoryOps for WgpuBackend {
     }
     fn cast(&self, t: &Tensor, dtype: DType) -> Result<Tensor> {
         match (t.dtype(), dtype) {
-            (DType::F16 | DType::BF16, DType::F32) => {
-                let held = crate::runtime::held(t)?;
-                let b = dup(device()?, &tensor_from(held.buf(), t)?)?;
-                Ok(b)
-            }
+            // held() widens a 16-bit tensor into a buffer of its own: that buffer is the cast.
+            (DType::F16 | DType::BF16, DType::F32) => match crate::runtime::held(t)? {
+                crate::runtime::Held::Copy(b) => Ok(tensor(b, t.shape().clone(), DType::F32)),
+                crate::runtime::Held::Own(_) => Err(Error::Msg("wgpu cast: a 16-bit tensor was not widened".into())),
+            },
             (a, b) if a == b && a != DType::F16 && a != DType::BF16 => dup(device()?, t),
             // The device keeps floats as f32: a cast to another float type is the identity here.
             (DType::F32, DType::F16 | DType::BF16 | DType::F64) => dup(device()?, t),

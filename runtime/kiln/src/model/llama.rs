@@ -360,10 +360,14 @@ impl Llama {
     /// Logits `[B, T, V]`.
     pub fn forward(&self, tape: &Tape, inp: &Inputs<'_>, lora: Option<&LoraSet>, checkpoint: bool) -> Result<Var> {
         let h = self.hidden(tape, inp, lora, checkpoint)?;
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        let logits = ops::linear(tape, &h, head, None, None)?;
+        let logits = ops::linear(tape, &h, self.head(), None, None)?;
         let d = inp.ids.dims();
         Ok(ops::reshape(tape, &logits, [d[0], d[1], self.config.vocab_size])?)
+    }
+
+    /// The LM head: its own weight, or the embedding when tied.
+    fn head(&self) -> &Var {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
     /// Mean cross-entropy against `targets` `[B, T]` (`I32`, already shifted: the token that
@@ -378,9 +382,8 @@ impl Llama {
     ) -> Result<CeResult> {
         // The LM head and the loss are fused: logits exist a chunk of rows at a time.
         let h = self.hidden(tape, inp, lora, checkpoint)?;
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let n = inp.ids.numel();
-        Ok(ops::linear_cross_entropy(tape, &h, head, &targets.reshape([n])?, LOSS_CHUNK)?)
+        Ok(ops::linear_cross_entropy(tape, &h, self.head(), &targets.reshape([n])?, LOSS_CHUNK)?)
     }
 
     /// Per-position negative log-likelihood `[B·T]` of `targets` (0 where ignored): summed
@@ -394,9 +397,8 @@ impl Llama {
         checkpoint: bool,
     ) -> Result<Var> {
         let h = self.hidden(tape, inp, lora, checkpoint)?;
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let n = inp.ids.numel();
-        Ok(ops::linear_token_nll(tape, &h, head, &targets.reshape([n])?, LOSS_CHUNK)?)
+        Ok(ops::linear_token_nll(tape, &h, self.head(), &targets.reshape([n])?, LOSS_CHUNK)?)
     }
 }
 
@@ -476,8 +478,7 @@ impl Llama {
         cache.len += n;
         let last = Var::constant(x.value().narrow0(n - 1, 1)?);
         let h = ops::rms_norm(&tape, &last, &self.norm, c.rms_norm_eps)?;
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        Ok(ops::linear(&tape, &h, head, None, None)?.value().to_vec_f32()?)
+        Ok(ops::linear(&tape, &h, self.head(), None, None)?.value().to_vec_f32()?)
     }
 }
 

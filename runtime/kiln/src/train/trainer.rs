@@ -197,7 +197,7 @@ impl Trainer {
         opt.weight_decay = cfg.weight_decay;
         opt.eight_bit = cfg.optim == Optim::Adamw8bit;
         let out = cfg.out.clone();
-        let cfg_ref = cfg.clone();
+        let pref = PrefSpec::of(&cfg);
         let mut t = Trainer {
             cfg,
             model,
@@ -212,7 +212,7 @@ impl Trainer {
             out,
             resumed_from: None,
             stop: None,
-            pref: PrefSpec::of(&cfg_ref),
+            pref,
             refs: None,
             eval_refs: None,
         };
