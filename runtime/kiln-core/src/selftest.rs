@@ -305,16 +305,10 @@ pub fn cases(seed: u64) -> Vec<Case> {
     }
     for &(m, v) in &[(1, 2), (9, 4136), (17, 96)] {
         let targets: Vec<i32> = (0..m).map(|i| if i % 4 == 1 { -100 } else { (i * 31 % v) as i32 }).collect();
-        let ids: Vec<i32> = (0..m).map(|i| (i * 7 % m) as i32).collect();
-        let inputs = vec![
-            randn(&mut r, &[m, v], DType::F32),
-            i32s(targets, &[m]),
-            i32s(ids, &[m]),
-            randn(&mut r, &[m, v], DType::F32),
-        ];
+        let inputs = vec![randn(&mut r, &[m, v], DType::F32), i32s(targets, &[m])];
         out.push(Case {
             op: Op::CrossEntropy,
-            name: format!("cross_entropy+embedding {m}x{v}"),
+            name: format!("cross_entropy {m}x{v}"),
             dtype: DType::F32,
             inputs,
             run: |be, x| {
@@ -323,10 +317,21 @@ pub fn cases(seed: u64) -> Vec<Case> {
                 // Per-row weights (preference losses): the rows' own NLL as weights.
                 let dr = be.cross_entropy_bwd_rows(&x[0], &x[1], &ce.lse, &ce.nll)?;
                 let loss = Tensor::from_vec(vec![ce.loss], [1])?;
-                // x[3] [m, v] serves as an m-row embedding table and as the gradient of m lookups.
-                let e = be.embedding_fwd(&x[3], &x[2])?;
-                let de = be.embedding_bwd(&x[3], &x[2], x[3].dims()[0])?;
-                Ok(vec![loss, ce.lse, ce.nll, d, dr, e, de])
+                Ok(vec![loss, ce.lse, ce.nll, d, dr])
+            },
+        });
+        let inputs =
+            vec![randn(&mut r, &[m, v], DType::F32), i32s((0..m).map(|i| (i * 7 % m / 2) as i32).collect(), &[m])];
+        out.push(Case {
+            op: Op::Embedding,
+            name: format!("embedding {m} ids, table {m}x{v}"),
+            dtype: DType::F32,
+            inputs,
+            run: |be, x| {
+                // x[0] [m, v] serves as an m-row table and as the gradient of m lookups (ids repeat).
+                let e = be.embedding_fwd(&x[0], &x[1])?;
+                let de = be.embedding_bwd(&x[0], &x[1], x[0].dims()[0])?;
+                Ok(vec![e, de])
             },
         });
     }

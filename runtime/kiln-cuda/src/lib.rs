@@ -1,8 +1,17 @@
-//! The CUDA backend crate. Today: run-time discovery of the driver, NVRTC and devices (the build
-//! needs no CUDA toolkit: cudarc loads `libcuda`/`libnvrtc` dynamically). The kernels
-//! (`kernels/*.cu`, compiled by NVRTC on first use) arrive with the CUDA backend issues.
+//! The CUDA backend crate: kiln's kernels (`kernels/*.cu`), compiled at run time by NVRTC for
+//! the GPU (cudarc loads `libcuda`/`libnvrtc` dynamically: no toolkit needed to build), and the
+//! same sources built for the CPU by the emulation harness (`cuda-emu` feature), which runs them
+//! in `cargo test` on machines without a GPU.
 //!
-//! Without the `cuda` feature the same API answers "not compiled with CUDA support".
+//! Without the `cuda` feature the probe answers "not compiled with CUDA support".
+
+pub mod backend;
+#[cfg(feature = "cuda-emu")]
+pub mod emu;
+pub mod exec;
+pub mod kernels;
+#[cfg(feature = "cuda")]
+pub mod nvrtc;
 
 /// One visible CUDA device.
 #[derive(Clone, Debug)]

@@ -1,0 +1,284 @@
+// The one header every kernels/*.cu includes. It maps to the CUDA headers when NVRTC compiles
+// for the GPU and to kiln's emulation (emu/kiln_emu.h) when the host C++ compiler builds the
+// same sources for the CPU. Kernels reach tensor-core and async-copy instructions only through
+// the wrappers at the end of this file: inline PTX on the GPU, and on the CPU an implementation
+// of the PTX ISA's fragment layouts, so a wrong fragment index fails on the CPU as on the GPU.
+//
+// Rules for kernel sources (README, "Writing a kernel"): include only this header; no #if in a
+// kernel body; declare kernels with KILN_KERNEL(name, Params) (one #[repr(C)] Params struct per
+// kernel, mirrored in Rust); use the helpers below instead of inline PTX.
+#pragma once
+
+typedef unsigned int u32;
+typedef unsigned long long u64;
+typedef long long i64;
+
+#if defined(__CUDACC__)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#define KILN_GPU 1
+#define KILN_KERNEL(name, PT) extern "C" __global__ void name(const PT p)
+#define KILN_KERNEL_LB(name, PT, threads) extern "C" __global__ void __launch_bounds__(threads) name(const PT p)
+#else
+#include "emu/kiln_emu.h"
+#define KILN_GPU 0
+#ifndef KILN_EMU_VARIANT
+#define KILN_EMU_VARIANT 0
+#endif
+#define KILN_KERNEL_LB(name, PT, threads)                                                               \
+  static void name##_body(const PT p);                                                                 \
+  static ::kemu::Registrar name##_reg(#name, KILN_EMU_VARIANT, sizeof(PT), threads,                    \
+                                      [](const void* q) { name##_body(*static_cast<const PT*>(q)); }); \
+  static void name##_body(const PT p)
+#define KILN_KERNEL(name, PT) KILN_KERNEL_LB(name, PT, 0)
+#endif
+
+// Loop unrolling hint for both compilers (GCC ignores `#pragma unroll` with a warning).
+#if KILN_GPU
+#define KILN_UNROLL _Pragma("unroll")
+#define KILN_NO_UNROLL _Pragma("unroll 1")
+#else
+#define KILN_UNROLL _Pragma("GCC unroll 16")
+#define KILN_NO_UNROLL _Pragma("GCC unroll 1")
+#endif
+
+typedef __half f16;
+typedef __nv_bfloat16 bf16;
+
+// ---- indices ----
+__device__ __forceinline__ u32 tid_linear() {
+  return threadIdx.x + threadIdx.y * blockDim.x + threadIdx.z * blockDim.x * blockDim.y;
+}
+__device__ __forceinline__ u32 lane_id() { return tid_linear() & 31u; }
+__device__ __forceinline__ u32 warp_id() { return tid_linear() >> 5; }
+__device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
+__device__ __forceinline__ int imax(int a, int b) { return a > b ? a : b; }
+__device__ __forceinline__ i64 lmin(i64 a, i64 b) { return a < b ? a : b; }
+
+// ---- element types: f32 storage, f16/bf16 storage widened to f32 ----
+template <class T>
+__device__ __forceinline__ float to_f32(T v);
+template <>
+__device__ __forceinline__ float to_f32<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ float to_f32<f16>(f16 v) { return __half2float(v); }
+template <>
+__device__ __forceinline__ float to_f32<bf16>(bf16 v) { return __bfloat162float(v); }
+template <class T>
+__device__ __forceinline__ T from_f32(float v);
+template <>
+__device__ __forceinline__ float from_f32<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ f16 from_f32<f16>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ bf16 from_f32<bf16>(float v) { return __float2bfloat16_rn(v); }
+__device__ __forceinline__ unsigned short bits16(f16 v) { return __half_as_ushort(v); }
+__device__ __forceinline__ unsigned short bits16(bf16 v) { return __bfloat16_as_ushort(v); }
+template <class T>
+__device__ __forceinline__ T of_bits16(unsigned short u);
+template <>
+__device__ __forceinline__ f16 of_bits16<f16>(unsigned short u) { return __ushort_as_half(u); }
+template <>
+__device__ __forceinline__ bf16 of_bits16<bf16>(unsigned short u) { return __ushort_as_bfloat16(u); }
+// Two 16-bit values in one register, `lo` in the low half (the mma operand packing).
+template <class T>
+__device__ __forceinline__ u32 pack2(T lo, T hi) {
+  return u32(bits16(lo)) | (u32(bits16(hi)) << 16);
+}
+template <class T>
+__device__ __forceinline__ float half_lo(u32 r) { return to_f32<T>(of_bits16<T>((unsigned short)(r & 0xffffu))); }
+template <class T>
+__device__ __forceinline__ float half_hi(u32 r) { return to_f32<T>(of_bits16<T>((unsigned short)(r >> 16))); }
+
+// ---- reductions ----
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// ---- dynamic shared memory ----
+__device__ __forceinline__ unsigned char* dyn_smem() {
+#if KILN_GPU
+  extern __shared__ __align__(16) unsigned char kiln_dyn_smem[];
+  return kiln_dyn_smem;
+#else
+  return static_cast<unsigned char*>(::kemu::g_launch.dyn_smem);
+#endif
+}
+
+// ---- tensor cores: mma.sync m16n8k16, f32 accumulators ----
+// Fragment layouts (PTX ISA, "Matrix fragments for mma.m16n8k16"), g = lane/4, t = lane%4:
+//   A 16×16 row-major, 4 registers of 2 halves: a0 (row g, k 2t..2t+1), a1 (row g+8, same k),
+//     a2 (row g, k 2t+8..), a3 (row g+8, k 2t+8..);
+//   B 16×8 "col" (k-major per column), 2 registers: b0 (k 2t..2t+1, col g), b1 (k 2t+8.., col g);
+//   C/D 16×8 f32: c0,c1 (row g, cols 2t, 2t+1), c2,c3 (row g+8, same cols).
+
+// The same contract computed with warp shuffles: the bf16 path on sm_75 (no bf16 tensor cores)
+// and a CPU cross-check of the fragment bookkeeping.
+template <class T>
+__device__ __forceinline__ void mma_16816_shfl(float d[4], const u32 a[4], const u32 b[2]) {
+  const u32 lane = lane_id(), g = lane >> 2, t = lane & 3u;
+  for (int k = 0; k < 16; ++k) {
+    const int src_a = int(g * 4 + (u32(k) & 7u) / 2);
+    const int hi_k = k >= 8;
+    const u32 a_top = __shfl_sync(0xffffffffu, a[2 * hi_k], src_a);
+    const u32 a_bot = __shfl_sync(0xffffffffu, a[1 + 2 * hi_k], src_a);
+    const float av0 = (k & 1) ? half_hi<T>(a_top) : half_lo<T>(a_top);
+    const float av1 = (k & 1) ? half_hi<T>(a_bot) : half_lo<T>(a_bot);
+    for (int c = 0; c < 2; ++c) {
+      const int col = int(2 * t) + c;
+      const u32 br = __shfl_sync(0xffffffffu, b[hi_k], col * 4 + (k & 7) / 2);
+      const float bv = (k & 1) ? half_hi<T>(br) : half_lo<T>(br);
+      d[c] = fmaf(av0, bv, d[c]);
+      d[2 + c] = fmaf(av1, bv, d[2 + c]);
+    }
+  }
+}
+
+#if !KILN_GPU
+namespace kiln_emu_impl {
+// One warp-wide exchange of every lane's fragments, then each lane computes its own outputs
+// from the documented layouts.
+template <class T>
+inline void mma_16816_emu(float d[4], const u32 a[4], const u32 b[2]) {
+  struct In {
+    u32 a[4], b[2];
+  } in{{a[0], a[1], a[2], a[3]}, {b[0], b[1]}};
+  const unsigned char* s = ::kemu::warp_exchange(0xffffffffu, &in, sizeof in);
+  const u32 lane = ::kemu::lane_of(), g = lane >> 2, t = lane & 3u;
+  for (int i = 0; i < 4; ++i) {
+    const u32 row = g + 8u * (i >= 2), col = 2 * t + (i & 1);
+    float acc = d[i];
+    for (u32 k = 0; k < 16; ++k) {
+      const In ia = ::kemu::read_slot<In>(s, (row & 7u) * 4 + (k & 7u) / 2);
+      const In ib = ::kemu::read_slot<In>(s, col * 4 + (k & 7u) / 2);
+      const u32 ra = ia.a[(row >= 8) + 2 * (k >= 8)], rb = ib.b[k >= 8];
+      const float av = (k & 1) ? half_hi<T>(ra) : half_lo<T>(ra);
+      const float bv = (k & 1) ? half_hi<T>(rb) : half_lo<T>(rb);
+      acc = fmaf(av, bv, acc);
+    }
+    d[i] = acc;
+  }
+}
+}  // namespace kiln_emu_impl
+#endif
+
+// d += A·B for one 16×8×16 tile held by the warp.
+__device__ __forceinline__ void mma_16816(float d[4], const u32 a[4], const u32 b[2], bf16) {
+#if KILN_GPU && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#elif KILN_GPU
+  mma_16816_shfl<bf16>(d, a, b);
+#else
+  kiln_emu_impl::mma_16816_emu<bf16>(d, a, b);
+#endif
+}
+__device__ __forceinline__ void mma_16816(float d[4], const u32 a[4], const u32 b[2], f16) {
+#if KILN_GPU && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#elif KILN_GPU
+  // sm_75 has m16n8k8 for f16: the two k halves in turn.
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(b[0]));
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[2]), "r"(a[3]), "r"(b[1]));
+#else
+  kiln_emu_impl::mma_16816_emu<f16>(d, a, b);
+#endif
+}
+
+// ---- ldmatrix: 8×8 tiles of 16-bit values from shared memory into mma fragments ----
+// Lanes 8j..8j+7 give the 16-byte-aligned row addresses of tile j; lane l receives in r[j] row
+// l/4, columns 2(l%4), 2(l%4)+1 of tile j (with .trans: column l/4, rows 2(l%4), 2(l%4)+1).
+#if !KILN_GPU
+namespace kiln_emu_impl {
+template <int N, bool TRANS>
+inline void ldmatrix_emu(u32* r, const void* row) {
+  if (reinterpret_cast<uintptr_t>(row) % 16 != 0) ::kemu::trap("ldmatrix: a row address is not 16-byte aligned");
+  const unsigned char* s = ::kemu::warp_exchange(0xffffffffu, &row, sizeof row);
+  const u32 lane = ::kemu::lane_of();
+  for (int j = 0; j < N; ++j) {
+    if (!TRANS) {
+      const unsigned char* p = ::kemu::read_slot<const unsigned char*>(s, 8 * j + lane / 4);
+      const unsigned short* h = reinterpret_cast<const unsigned short*>(p) + 2 * (lane % 4);
+      r[j] = u32(h[0]) | (u32(h[1]) << 16);
+    } else {
+      const unsigned char* p0 = ::kemu::read_slot<const unsigned char*>(s, 8 * j + 2 * (lane % 4));
+      const unsigned char* p1 = ::kemu::read_slot<const unsigned char*>(s, 8 * j + 2 * (lane % 4) + 1);
+      const unsigned short lo = reinterpret_cast<const unsigned short*>(p0)[lane / 4];
+      const unsigned short hi = reinterpret_cast<const unsigned short*>(p1)[lane / 4];
+      r[j] = u32(lo) | (u32(hi) << 16);
+    }
+  }
+}
+}  // namespace kiln_emu_impl
+#endif
+
+__device__ __forceinline__ void ldmatrix_x4(u32 r[4], const void* smem_row) {
+#if KILN_GPU
+  const u32 a = u32(__cvta_generic_to_shared(smem_row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+#else
+  kiln_emu_impl::ldmatrix_emu<4, false>(r, smem_row);
+#endif
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(u32 r[4], const void* smem_row) {
+#if KILN_GPU
+  const u32 a = u32(__cvta_generic_to_shared(smem_row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+#else
+  kiln_emu_impl::ldmatrix_emu<4, true>(r, smem_row);
+#endif
+}
+__device__ __forceinline__ void ldmatrix_x2(u32 r[2], const void* smem_row) {
+#if KILN_GPU
+  const u32 a = u32(__cvta_generic_to_shared(smem_row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
+#else
+  kiln_emu_impl::ldmatrix_emu<2, false>(r, smem_row);
+#endif
+}
+
+// ---- cp.async: global → shared copies of 16 bytes (sm_80+; a plain copy before) ----
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem) {
+#if KILN_GPU && __CUDA_ARCH__ >= 800
+  const u32 a = u32(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(gmem));
+#else
+  const u32* s = static_cast<const u32*>(gmem);
+  u32* d = static_cast<u32*>(smem);
+  for (int i = 0; i < 4; ++i) d[i] = s[i];
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if KILN_GPU && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+// Waits until at most N committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if KILN_GPU && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}

@@ -1,0 +1,106 @@
+// Deliberately broken kernels, each beside its correct twin: the emulation's tests assert that
+// the harness catches every one (a parity failure or a race report). Built only into the CPU
+// emulation; never compiled by NVRTC, never used by the backend.
+#include "common.cuh"
+
+// Mirrored by `TestParams` in runtime/kiln-cuda/tests/cuda_emu.rs.
+struct TestParams {
+  const float* a;
+  const float* b;
+  float* c;
+  int m, n, k, pad;
+};
+
+// ---- transpose of an m×n matrix through a 32×32 shared tile (blocks of 32×8 threads) ----
+template <bool BARRIER>
+__device__ __forceinline__ void transpose(const TestParams& p) {
+  __shared__ float tile[32][33];
+  const int bx = blockIdx.x * 32, by = blockIdx.y * 32;
+  for (int r = threadIdx.y; r < 32; r += 8) {
+    const int i = by + r, j = bx + threadIdx.x;
+    tile[r][threadIdx.x] = i < p.m && j < p.n ? p.a[i * p.n + j] : 0.f;
+  }
+  if (BARRIER) __syncthreads();
+  for (int r = threadIdx.y; r < 32; r += 8) {
+    const int i = bx + r, j = by + threadIdx.x;  // output is n×m
+    if (i < p.n && j < p.m) p.c[i * p.m + j] = tile[threadIdx.x][r];
+  }
+}
+KILN_KERNEL(ok_transpose, TestParams) { transpose<true>(p); }
+KILN_KERNEL(broken_transpose_no_barrier, TestParams) { transpose<false>(p); }
+
+// ---- C = A·B (A m×k, B k×n row-major) with 16×16 tiles (blocks of 16×16 threads) ----
+template <int SHIFT>
+__device__ __forceinline__ void tiled(const TestParams& p) {
+  __shared__ float As[16][16];
+  __shared__ float Bs[16][16];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int i = blockIdx.y * 16 + ty, j = blockIdx.x * 16 + tx;
+  float acc = 0.f;
+  for (int k0 = 0; k0 < p.k; k0 += 16) {
+    const int ka = k0 + tx + SHIFT, kb = k0 + ty;  // SHIFT = 1: the off-by-one
+    As[ty][tx] = i < p.m && ka < p.k ? p.a[i * p.k + ka] : 0.f;
+    Bs[ty][tx] = j < p.n && kb < p.k ? p.b[kb * p.n + j] : 0.f;
+    __syncthreads();
+    for (int q = 0; q < 16; ++q) acc = fmaf(As[ty][q], Bs[q][tx], acc);
+    __syncthreads();
+  }
+  if (i < p.m && j < p.n) p.c[i * p.n + j] = acc;
+}
+KILN_KERNEL(ok_tiled_matmul, TestParams) { tiled<0>(p); }
+KILN_KERNEL(broken_tiled_matmul_off_by_one, TestParams) { tiled<1>(p); }
+
+// ---- one warp: C (16×8) = A (16×16, row-major) · B (16×8, row-major) through mma ----
+// Fragments are loaded from global memory by the documented layout; SWAP exchanges a1 and a2
+// (the rows g+8 / columns 2t+8 registers), the classic fragment mistake. SHFL uses the shuffle
+// implementation of the same contract.
+template <int MODE>
+__device__ __forceinline__ void mma_tile(const TestParams& p) {
+  const int lane = lane_id(), g = lane >> 2, t = lane & 3;
+  auto A = [&](int r, int c) { return from_f32<bf16>(p.a[r * 16 + c]); };
+  auto B = [&](int r, int c) { return from_f32<bf16>(p.b[r * 8 + c]); };
+  u32 a[4] = {pack2(A(g, 2 * t), A(g, 2 * t + 1)), pack2(A(g + 8, 2 * t), A(g + 8, 2 * t + 1)),
+              pack2(A(g, 2 * t + 8), A(g, 2 * t + 9)), pack2(A(g + 8, 2 * t + 8), A(g + 8, 2 * t + 9))};
+  if (MODE == 1) {
+    const u32 x = a[1];
+    a[1] = a[2];
+    a[2] = x;
+  }
+  const u32 b[2] = {pack2(B(2 * t, g), B(2 * t + 1, g)), pack2(B(2 * t + 8, g), B(2 * t + 9, g))};
+  float d[4] = {0.f, 0.f, 0.f, 0.f};
+  if (MODE == 2) {
+    mma_16816_shfl<bf16>(d, a, b);
+  } else {
+    mma_16816(d, a, b, bf16());
+  }
+  for (int i = 0; i < 4; ++i) p.c[(g + 8 * (i >= 2)) * 8 + 2 * t + (i & 1)] = d[i];
+}
+KILN_KERNEL(ok_mma_16816, TestParams) { mma_tile<0>(p); }
+KILN_KERNEL(broken_mma_swapped_fragment, TestParams) { mma_tile<1>(p); }
+KILN_KERNEL(ok_mma_16816_shuffles, TestParams) { mma_tile<2>(p); }
+
+// ---- ldmatrix: the same tile through shared memory and ldmatrix_x4 / ldmatrix_x4_trans ----
+KILN_KERNEL(ok_mma_ldmatrix, TestParams) {
+  __shared__ __align__(16) unsigned short As[16][24];
+  __shared__ __align__(16) unsigned short Bs[16][24];  // B row-major [k][n]: loaded with .trans
+  const int lane = lane_id(), g = lane >> 2, t = lane & 3;
+  for (int e = lane; e < 256; e += 32) As[e / 16][e % 16] = bits16(from_f32<bf16>(p.a[e]));
+  for (int e = lane; e < 128; e += 32) Bs[e / 8][e % 8] = bits16(from_f32<bf16>(p.b[e]));
+  __syncwarp();
+  u32 a[4], bt[4];
+  ldmatrix_x4(a, &As[lane % 16][(lane / 16) * 8]);
+  // .trans of the k×n tile: matrices (k 0-7) and (k 8-15) give b0 and b1.
+  ldmatrix_x4_trans(bt, &Bs[lane % 16][0]);
+  const u32 b[2] = {bt[0], bt[1]};
+  float d[4] = {0.f, 0.f, 0.f, 0.f};
+  mma_16816(d, a, b, bf16());
+  for (int i = 0; i < 4; ++i) p.c[(g + 8 * (i >= 2)) * 8 + 2 * t + (i & 1)] = d[i];
+}
+
+// ---- a warp reduction that forgets the lanes of a partial warp ----
+KILN_KERNEL(broken_shfl_exited_lane, TestParams) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= p.n) return;  // lanes past n exit: the full-mask shuffle below names them
+  const float v = warp_sum(p.a[i]);
+  if (lane_id() == 0) p.c[i / 32] = v;
+}

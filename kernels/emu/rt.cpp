@@ -1,0 +1,445 @@
+// The CPU emulation runtime: fibers, barriers, warp collectives, kernel registry, launches and
+// the race checker. Compiled without instrumentation; the kernels call in here.
+#include <sys/mman.h>
+#include <ucontext.h>
+
+#include <cstdarg>
+#include <cstdio>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "kiln_emu.h"
+
+namespace kemu {
+ThreadView* g_thread = nullptr;
+LaunchView g_launch{};
+
+namespace {
+constexpr size_t kStack = 64 * 1024;
+constexpr unsigned kMaxThreads = 1024;
+// The largest dynamic shared memory any current GPU grants a block (sm_90, opted in).
+constexpr size_t kMaxDynSmem = 227 * 1024;
+
+enum State { Ready, WaitBar, WaitWarp, Done };
+struct Fiber {
+  ThreadView view;
+  ucontext_t ctx;
+  State st;
+  unsigned wait_gen;
+};
+struct Warp {
+  unsigned exist, live, arrived, expected, gen;
+  alignas(16) unsigned char slots[2][32][64];
+};
+struct Kernel {
+  KernelFn fn;
+  size_t params_size;
+  unsigned max_threads;  // __launch_bounds__, or 1024
+};
+
+std::unordered_map<std::string, Kernel>& registry() {
+  static std::unordered_map<std::string, Kernel> r;
+  return r;
+}
+std::string key(const char* name, int variant) { return std::string(name) + (variant ? "#rc" : ""); }
+
+// One launch at a time (tests run on several OS threads; the block state below is global).
+std::mutex g_mutex;
+ucontext_t g_sched;
+Fiber* g_fibers = nullptr;
+unsigned char* g_stacks = nullptr;
+unsigned char* g_smem = nullptr;
+Warp g_warps[kMaxThreads / 32];
+unsigned g_nthreads, g_live, g_bar_count, g_bar_gen;
+KernelFn g_fn;
+const void* g_params;
+Fiber* g_cur;
+bool g_failed;
+std::string g_err;
+
+// ---- race check state ----
+bool g_rc_on = false;
+struct Access {
+  unsigned epoch;  // block barrier generation + 1; 0: no access recorded
+  int writer;
+  unsigned writer_gen;
+  int reader[2];
+  unsigned reader_gen[2];
+};
+std::unordered_map<uintptr_t, Access> g_shadow;
+std::vector<std::string> g_races;
+
+std::string fmt(const char* f, ...) {
+  char buf[512];
+  va_list ap;
+  va_start(ap, f);
+  vsnprintf(buf, sizeof buf, f, ap);
+  va_end(ap);
+  return buf;
+}
+
+std::string where(unsigned linear) {
+  const Fiber& f = g_fibers[linear];
+  return fmt("thread (%u,%u,%u) of block (%u,%u,%u)", f.view.tid.x, f.view.tid.y, f.view.tid.z, g_launch.block.x,
+             g_launch.block.y, g_launch.block.z);
+}
+
+void fail(const std::string& why) {
+  if (!g_failed) g_err = why;
+  g_failed = true;
+}
+
+void yield() { swapcontext(&g_cur->ctx, &g_sched); }
+
+void release_bar() {
+  g_bar_count = 0;
+  g_bar_gen++;
+}
+
+void fiber_main() {
+  g_fn(g_params);
+  Fiber* f = g_cur;
+  f->st = Done;
+  g_live--;
+  g_warps[f->view.linear / 32].live &= ~(1u << (f->view.linear & 31));
+  if (g_bar_count > 0 && g_bar_count == g_live) release_bar();
+  // uc_link returns to the scheduler.
+}
+
+void rc_access(const void* p, size_t size, bool write) {
+  uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  uintptr_t lo = reinterpret_cast<uintptr_t>(g_stacks);
+  if (a >= lo && a < lo + kStack * kMaxThreads) return;  // a thread's own locals never race
+  int t = int(g_cur->view.linear);
+  unsigned gen = g_warps[t / 32].gen;
+  auto conflict = [&](int u, unsigned ugen) {
+    // Two lanes of one warp are ordered when a warp collective lies between their accesses.
+    return u >= 0 && u != t && !(u / 32 == t / 32 && ugen != gen);
+  };
+  // Byte granularity: neighbouring 16-bit elements written by different threads never conflict.
+  for (uintptr_t w = a; w < a + size; ++w) {
+    Access& e = g_shadow[w];
+    if (e.epoch != g_bar_gen + 1) e = Access{g_bar_gen + 1, -1, 0, {-1, -1}, {0, 0}};
+    const char* kind = nullptr;
+    int other = -1;
+    if (conflict(e.writer, e.writer_gen)) {
+      kind = write ? "writes where %s wrote" : "reads where %s wrote";
+      other = e.writer;
+    } else if (write) {
+      for (int i = 0; i < 2 && !kind; ++i)
+        if (conflict(e.reader[i], e.reader_gen[i])) {
+          kind = "writes where %s read";
+          other = e.reader[i];
+        }
+    }
+    if (kind && g_races.size() < 8) {
+      std::string what = fmt(kind, where(unsigned(other)).c_str());
+      g_races.push_back(fmt("race on address %p: %s %s, with no barrier between (barrier interval %u)",
+                            reinterpret_cast<void*>(w), where(unsigned(t)).c_str(), what.c_str(), g_bar_gen));
+    }
+    if (write) {
+      e.writer = t;
+      e.writer_gen = gen;
+    } else if (e.reader[0] < 0 || e.reader[0] == t) {
+      e.reader[0] = t;
+      e.reader_gen[0] = gen;
+    } else {
+      e.reader[1] = t;
+      e.reader_gen[1] = gen;
+    }
+    if (kind) return;  // one report per access
+  }
+}
+
+bool runnable(const Fiber& f) {
+  switch (f.st) {
+    case Ready:
+      return true;
+    case WaitBar:
+      return f.wait_gen != g_bar_gen;
+    case WaitWarp:
+      return f.wait_gen != g_warps[f.view.linear / 32].gen;
+    case Done:
+      return false;
+  }
+  return false;
+}
+
+std::string deadlock() {
+  unsigned bar = 0, warp = 0;
+  std::string warps;
+  for (unsigned i = 0; i < g_nthreads; ++i) {
+    if (g_fibers[i].st == WaitBar) bar++;
+    if (g_fibers[i].st == WaitWarp) warp++;
+  }
+  for (unsigned w = 0; w < (g_nthreads + 31) / 32; ++w)
+    if (g_warps[w].arrived)
+      warps += fmt(" warp %u: lanes %08x arrived of %08x (live %08x);", w, g_warps[w].arrived, g_warps[w].expected,
+                   g_warps[w].live);
+  return fmt("deadlock in block (%u,%u,%u): %u threads wait at __syncthreads, %u at warp collectives, %u exited;",
+             g_launch.block.x, g_launch.block.y, g_launch.block.z, bar, warp, g_nthreads - g_live) +
+         warps;
+}
+
+// Runs one block to completion; false on failure (g_err says why).
+bool run_block() {
+  g_live = g_nthreads;
+  g_bar_count = 0;
+  g_bar_gen = 0;
+  for (unsigned w = 0; w < (g_nthreads + 31) / 32; ++w) {
+    unsigned n = g_nthreads - w * 32 >= 32 ? 32 : g_nthreads - w * 32;
+    Warp& wp = g_warps[w];
+    wp.exist = wp.live = n == 32 ? 0xffffffffu : (1u << n) - 1;
+    wp.arrived = wp.expected = wp.gen = 0;
+  }
+  const dim3 bd = g_launch.block_dim;
+  for (unsigned i = 0; i < g_nthreads; ++i) {
+    Fiber& f = g_fibers[i];
+    f.view.linear = i;
+    f.view.tid = uint3{i % bd.x, (i / bd.x) % bd.y, i / (bd.x * bd.y)};
+    f.st = Ready;
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = g_stacks + kStack * i;
+    f.ctx.uc_stack.ss_size = kStack;
+    f.ctx.uc_link = &g_sched;
+    makecontext(&f.ctx, fiber_main, 0);
+  }
+  g_shadow.clear();
+  unsigned done = 0;
+  while (done < g_nthreads) {
+    bool progressed = false;
+    done = 0;
+    for (unsigned i = 0; i < g_nthreads; ++i) {
+      Fiber& f = g_fibers[i];
+      if (f.st == Done) {
+        done++;
+        continue;
+      }
+      if (!runnable(f)) continue;
+      f.st = Ready;
+      g_cur = &f;
+      g_thread = &f.view;
+      swapcontext(&g_sched, &f.ctx);
+      g_thread = nullptr;
+      progressed = true;
+      if (g_failed) return false;
+    }
+    if (!progressed && done < g_nthreads) {
+      fail(deadlock());
+      return false;
+    }
+  }
+  return true;
+}
+}  // namespace
+
+Registrar::Registrar(const char* name, int variant, size_t params_size, unsigned max_threads, KernelFn fn) {
+  registry()[key(name, variant)] = Kernel{fn, params_size, max_threads ? max_threads : kMaxThreads};
+}
+
+void syncthreads() {
+  if (++g_bar_count == g_live) {
+    release_bar();
+    return;
+  }
+  g_cur->st = WaitBar;
+  g_cur->wait_gen = g_bar_gen;
+  yield();
+}
+
+[[noreturn]] void trap(const char* why) {
+  fail(where(g_cur->view.linear) + ": " + why);
+  g_cur->st = Done;
+  setcontext(&g_sched);
+  __builtin_unreachable();
+}
+
+const unsigned char* warp_exchange(unsigned mask, const void* mine, size_t n) {
+  Fiber* f = g_cur;
+  unsigned lane = f->view.linear & 31;
+  Warp& w = g_warps[f->view.linear / 32];
+  char msg[200];
+  if (!(mask >> lane & 1u)) {
+    snprintf(msg, sizeof msg, "warp collective with mask %08x called by lane %u, which the mask leaves out", mask, lane);
+    trap(msg);
+  }
+  unsigned expected = mask & w.exist;
+  if (expected & ~w.live) {
+    snprintf(msg, sizeof msg, "warp collective with mask %08x names lanes that have exited (%08x)", mask,
+             expected & ~w.live);
+    trap(msg);
+  }
+  if (w.arrived == 0) {
+    w.expected = expected;
+  } else if (w.expected != expected) {
+    snprintf(msg, sizeof msg,
+             "lanes of one warp wait at collectives with different masks (%08x, %08x): not emulated", w.expected,
+             expected);
+    trap(msg);
+  }
+  // Two slot sets by generation parity: a lane can be at most one collective ahead of the rest.
+  unsigned par = w.gen & 1u;
+  if (n) std::memcpy(w.slots[par][lane], mine, n);
+  w.arrived |= 1u << lane;
+  if (w.arrived == w.expected) {
+    w.arrived = 0;
+    w.gen++;
+  } else {
+    f->st = WaitWarp;
+    f->wait_gen = w.gen;
+    yield();
+  }
+  return &w.slots[par][0][0];
+}
+
+// Blocks run one at a time on one OS thread: plain read-modify-writes are atomic.
+float atomic_add_f32(float* p, float v) {
+  float o = *p;
+  *p = o + v;
+  return o;
+}
+int atomic_add_i32(int* p, int v) {
+  int o = *p;
+  *p = o + v;
+  return o;
+}
+unsigned atomic_add_u32(unsigned* p, unsigned v) {
+  unsigned o = *p;
+  *p = o + v;
+  return o;
+}
+int atomic_cas_i32(int* p, int cmp, int v) {
+  int o = *p;
+  if (o == cmp) *p = v;
+  return o;
+}
+float atomic_max_f32(float* p, float v) {
+  float o = *p;
+  if (v > o) *p = v;
+  return o;
+}
+}  // namespace kemu
+
+using namespace kemu;
+
+extern "C" {
+// Defined by the generated kernel sources (build.rs): referencing them makes the linker keep the
+// objects whose static registrars list the kernels.
+extern int kiln_emu_anchor_0;
+extern int kiln_emu_anchor_1;
+
+// Launches `name` over the grid; returns 0, or 1 with a message in `err`.
+int kiln_emu_launch(const char* name, int racecheck, const unsigned* grid, const unsigned* block, size_t dyn_smem,
+                    const void* params, size_t params_len, char* err, size_t err_len) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  if (kiln_emu_anchor_0 + kiln_emu_anchor_1 != 2) return 1;
+  std::string e;
+  auto it = registry().find(key(name, racecheck));
+  unsigned threads = block[0] * block[1] * block[2];
+  if (it == registry().end()) {
+    e = fmt("CUDA_ERROR_NOT_FOUND: no kernel named %s%s in the emulation build", name, racecheck ? " (race check)" : "");
+  } else if (it->second.params_size != params_len) {
+    e = fmt("kernel %s takes %zu bytes of parameters, the launch passed %zu", name, it->second.params_size, params_len);
+  } else if (threads == 0 || threads > kMaxThreads || block[0] > 1024 || block[1] > 1024 || block[2] > 64) {
+    e = fmt("CUDA_ERROR_INVALID_VALUE: block (%u,%u,%u) (at most 1024 threads; x, y ≤ 1024, z ≤ 64)", block[0],
+            block[1], block[2]);
+  } else if (threads > it->second.max_threads) {
+    e = fmt("CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES: block of %u threads for a kernel declared __launch_bounds__(%u)",
+            threads, it->second.max_threads);
+  } else if (grid[0] == 0 || grid[1] == 0 || grid[2] == 0 || grid[1] > 65535 || grid[2] > 65535) {
+    e = fmt("CUDA_ERROR_INVALID_VALUE: grid (%u,%u,%u)", grid[0], grid[1], grid[2]);
+  } else if (dyn_smem > kMaxDynSmem) {
+    e = fmt("CUDA_ERROR_INVALID_VALUE: %zu bytes of dynamic shared memory, more than the %zu any GPU grants", dyn_smem,
+            kMaxDynSmem);
+  }
+  if (!e.empty()) {
+    snprintf(err, err_len, "%s", e.c_str());
+    return 1;
+  }
+  if (!g_fibers) {
+    g_fibers = new Fiber[kMaxThreads];
+    void* s = mmap(nullptr, kStack * kMaxThreads, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+    if (s == MAP_FAILED) {
+      snprintf(err, err_len, "emulation: cannot map fiber stacks");
+      return 1;
+    }
+    g_stacks = static_cast<unsigned char*>(s);
+    g_smem = static_cast<unsigned char*>(aligned_alloc(128, kMaxDynSmem));
+  }
+  g_fn = it->second.fn;
+  g_params = params;
+  g_nthreads = threads;
+  g_failed = false;
+  g_err.clear();
+  g_races.clear();
+  g_launch.block_dim = dim3(block[0], block[1], block[2]);
+  g_launch.grid_dim = dim3(grid[0], grid[1], grid[2]);
+  g_launch.dyn_smem = g_smem;
+  bool ok = true;
+  for (unsigned z = 0; z < grid[2] && ok; ++z)
+    for (unsigned y = 0; y < grid[1] && ok; ++y)
+      for (unsigned x = 0; x < grid[0] && ok; ++x) {
+        g_launch.block = uint3{x, y, z};
+        // Poisoned (NaN bytes), so a read of dynamic shared memory nobody wrote shows.
+        std::memset(g_smem, 0xff, dyn_smem);
+        g_rc_on = racecheck != 0;
+        ok = run_block();
+        g_rc_on = false;
+        if (ok && !g_races.empty()) {
+          std::string r = fmt("race check: %zu race(s) in kernel %s:", g_races.size(), name);
+          for (auto& s : g_races) r += "\n  " + s;
+          fail(r);
+          ok = false;
+        }
+      }
+  if (!ok) {
+    snprintf(err, err_len, "%s: %s", name, g_err.c_str());
+    return 1;
+  }
+  return 0;
+}
+
+// Newline-separated names of the kernels in the build (plain variant).
+size_t kiln_emu_kernels(char* buf, size_t len) {
+  std::string all;
+  for (auto& [k, _] : registry())
+    if (k.find('#') == std::string::npos) all += k + "\n";
+  snprintf(buf, len, "%s", all.c_str());
+  return all.size();
+}
+
+// The race checker's view of memory: GCC's -fsanitize=thread instrumentation calls these on
+// every load and store of the race-check build; only accesses inside a running block count.
+#define KEMU_HOOK(sz)                                                                  \
+  void __tsan_read##sz(void* p) {                                                      \
+    if (g_rc_on) rc_access(p, sz, false);                                              \
+  }                                                                                    \
+  void __tsan_write##sz(void* p) {                                                     \
+    if (g_rc_on) rc_access(p, sz, true);                                               \
+  }                                                                                    \
+  void __tsan_unaligned_read##sz(void* p) {                                            \
+    if (g_rc_on) rc_access(p, sz, false);                                              \
+  }                                                                                    \
+  void __tsan_unaligned_write##sz(void* p) {                                           \
+    if (g_rc_on) rc_access(p, sz, true);                                               \
+  }
+KEMU_HOOK(1)
+KEMU_HOOK(2)
+KEMU_HOOK(4)
+KEMU_HOOK(8)
+KEMU_HOOK(16)
+void __tsan_read_range(void* p, size_t n) {
+  if (g_rc_on) rc_access(p, n, false);
+}
+void __tsan_write_range(void* p, size_t n) {
+  if (g_rc_on) rc_access(p, n, true);
+}
+void __tsan_init() {}
+void __tsan_func_entry(void*) {}
+void __tsan_func_exit() {}
+void __tsan_vptr_update(void*, void*) {}
+void __tsan_vptr_read(void*) {}
+}

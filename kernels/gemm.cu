@@ -1,0 +1,173 @@
+// GEMM with a fused epilogue: C[i,j] = alpha·Σ_p A(i,p)·B(p,j) + bias[j] + s·Σ_r U[i,r]·L(j,r).
+// A is f32 (activations, gradients); B is f32, bf16 or f16 (frozen weights stay 16-bit).
+// Operands are addressed through element strides, so one kernel serves x·Wᵀ, dy·W and the
+// transposed products of the weight gradients. The low-rank epilogue is the LoRA up-projection
+// (kernels/lora.cu computes U = x·Aᵀ first), so y = x·Wᵀ + s·(x·Aᵀ)·Bᵀ is one pass over C.
+//
+// Variants (selected by name from the backend, all kept here):
+//   gemm_v1_naive_*   one thread per output, straight from global memory (the reference);
+//   gemm_v2_tiled_*   64×64 block tile, 16-deep K tiles in shared memory, 4×4 outputs per thread;
+//   gemm_v3_mma_*     tensor cores: 64×64 block tile, four warps of 32×32, mma.m16n8k16 with
+//                     ldmatrix fragments, f32 accumulators; A rounded to B's 16-bit type.
+#include "common.cuh"
+
+// Mirrored by `GemmParams` in runtime/kiln-cuda/src/kernels.rs.
+struct GemmParams {
+  const void* a;
+  const void* b;
+  float* c;
+  const float* bias;    // [n] or null
+  const float* lora_u;  // [m, rank] or null
+  const float* lora_l;  // L(j, r) = lora_l[j·sl_n + r·sl_r]
+  i64 sam, sak;         // A(i, p) = a[i·sam + p·sak]
+  i64 sbk, sbn;         // B(p, j) = b[p·sbk + j·sbn]
+  i64 sl_n, sl_r;
+  int m, n, k, ldc;
+  int rank;
+  float alpha;
+  float lora_scale;
+  int pad;
+};
+
+__device__ __forceinline__ float gemm_a(const GemmParams& p, int i, int k) {
+  return static_cast<const float*>(p.a)[i64(i) * p.sam + i64(k) * p.sak];
+}
+template <class TB>
+__device__ __forceinline__ float gemm_b(const GemmParams& p, int k, int j) {
+  return to_f32<TB>(static_cast<const TB*>(p.b)[i64(k) * p.sbk + i64(j) * p.sbn]);
+}
+
+__device__ __forceinline__ void gemm_store(const GemmParams& p, int i, int j, float acc) {
+  if (i >= p.m || j >= p.n) return;
+  float v = p.alpha * acc;
+  if (p.bias) v += p.bias[j];
+  if (p.lora_u) {
+    float l = 0.f;
+    KILN_NO_UNROLL
+    for (int r = 0; r < p.rank; ++r) l = fmaf(p.lora_u[i64(i) * p.rank + r], p.lora_l[j * p.sl_n + r * p.sl_r], l);
+    v = fmaf(p.lora_scale, l, v);
+  }
+  p.c[i64(i) * p.ldc + j] = v;
+}
+
+// ---- v1: naive. Blocks of 16×16 threads, one output each. ----
+template <class TB>
+__device__ __forceinline__ void gemm_v1(const GemmParams& p) {
+  const int j = blockIdx.x * 16 + threadIdx.x, i = blockIdx.y * 16 + threadIdx.y;
+  if (i >= p.m || j >= p.n) return;
+  float acc = 0.f;
+  for (int k = 0; k < p.k; ++k) acc = fmaf(gemm_a(p, i, k), gemm_b<TB>(p, k, j), acc);
+  gemm_store(p, i, j, acc);
+}
+KILN_KERNEL(gemm_v1_naive_f32, GemmParams) { gemm_v1<float>(p); }
+KILN_KERNEL(gemm_v1_naive_bf16, GemmParams) { gemm_v1<bf16>(p); }
+KILN_KERNEL(gemm_v1_naive_f16, GemmParams) { gemm_v1<f16>(p); }
+
+// ---- v2: shared-memory tiles. 256 threads; thread (tx, ty) owns rows ty+16r, cols tx+16c. ----
+template <class TB>
+__device__ __forceinline__ void gemm_v2(const GemmParams& p) {
+  constexpr int BM = 64, BN = 64, BK = 16;
+  __shared__ float As[BK][BM + 4];
+  __shared__ float Bs[BK][BN + 4];
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  const int bm = blockIdx.y * BM, bn = blockIdx.x * BN;
+  float acc[4][4] = {};
+  for (int k0 = 0; k0 < p.k; k0 += BK) {
+    // Consecutive threads walk the operand's contiguous dimension (coalesced loads).
+    for (int l = 0; l < BM * BK / 256; ++l) {
+      const int e = tid + 256 * l;
+      const int kk = p.sak == 1 ? e % BK : e / BM, mm = p.sak == 1 ? e / BK : e % BM;
+      const int gi = bm + mm, gk = k0 + kk;
+      As[kk][mm] = gi < p.m && gk < p.k ? gemm_a(p, gi, gk) : 0.f;
+    }
+    for (int l = 0; l < BN * BK / 256; ++l) {
+      const int e = tid + 256 * l;
+      const int kk = p.sbk == 1 ? e % BK : e / BN, nn = p.sbk == 1 ? e / BK : e % BN;
+      const int gj = bn + nn, gk = k0 + kk;
+      Bs[kk][nn] = gj < p.n && gk < p.k ? gemm_b<TB>(p, gk, gj) : 0.f;
+    }
+    __syncthreads();
+    KILN_UNROLL
+    for (int kk = 0; kk < BK; ++kk) {
+      float a[4], b[4];
+      KILN_UNROLL
+      for (int r = 0; r < 4; ++r) a[r] = As[kk][ty + 16 * r];
+      KILN_UNROLL
+      for (int c = 0; c < 4; ++c) b[c] = Bs[kk][tx + 16 * c];
+      KILN_UNROLL
+      for (int r = 0; r < 4; ++r)
+        KILN_UNROLL
+        for (int c = 0; c < 4; ++c) acc[r][c] = fmaf(a[r], b[c], acc[r][c]);
+    }
+    __syncthreads();
+  }
+  KILN_UNROLL
+  for (int r = 0; r < 4; ++r)
+    KILN_UNROLL
+    for (int c = 0; c < 4; ++c) gemm_store(p, bm + ty + 16 * r, bn + tx + 16 * c, acc[r][c]);
+}
+KILN_KERNEL_LB(gemm_v2_tiled_f32, GemmParams, 256) { gemm_v2<float>(p); }
+KILN_KERNEL_LB(gemm_v2_tiled_bf16, GemmParams, 256) { gemm_v2<bf16>(p); }
+KILN_KERNEL_LB(gemm_v2_tiled_f16, GemmParams, 256) { gemm_v2<f16>(p); }
+
+// ---- v3: tensor cores. 128 threads = 4 warps in 2×2, each a 32×32 tile of 2×4 mma tiles. ----
+// Shared tiles hold 16-bit bits, K-contiguous, rows padded to 40 halves (80 bytes: 16-byte
+// aligned rows for ldmatrix, and the eight rows of an 8×8 fragment fall in distinct banks).
+template <class T>
+__device__ __forceinline__ void gemm_v3(const GemmParams& p) {
+  constexpr int BM = 64, BN = 64, BK = 32, LD = BK + 8;
+  __shared__ __align__(16) unsigned short As[BM][LD];
+  __shared__ __align__(16) unsigned short Bs[BN][LD];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm = warp / 2, wn = warp % 2;
+  const int bm = blockIdx.y * BM, bn = blockIdx.x * BN;
+  float acc[2][4][4] = {};
+  for (int k0 = 0; k0 < p.k; k0 += BK) {
+    for (int l = 0; l < BM * BK / 128; ++l) {
+      const int e = tid + 128 * l;
+      const int kk = p.sak == 1 ? e % BK : e / BM, mm = p.sak == 1 ? e / BK : e % BM;
+      const int gi = bm + mm, gk = k0 + kk;
+      As[mm][kk] = bits16(from_f32<T>(gi < p.m && gk < p.k ? gemm_a(p, gi, gk) : 0.f));
+    }
+    for (int l = 0; l < BN * BK / 128; ++l) {
+      const int e = tid + 128 * l;
+      const int kk = p.sbk == 1 ? e % BK : e / BN, nn = p.sbk == 1 ? e / BK : e % BN;
+      const int gj = bn + nn, gk = k0 + kk;
+      Bs[nn][kk] = bits16(from_f32<T>(gj < p.n && gk < p.k ? gemm_b<T>(p, gk, gj) : 0.f));
+    }
+    __syncthreads();
+    KILN_UNROLL
+    for (int ks = 0; ks < BK / 16; ++ks) {
+      u32 af[2][4], bf[4][2];
+      // A: lanes 0-15 address rows 0-15 at k 0-7, lanes 16-31 the same rows at k 8-15.
+      KILN_UNROLL
+      for (int mi = 0; mi < 2; ++mi) ldmatrix_x4(af[mi], &As[wm * 32 + mi * 16 + (lane % 16)][ks * 16 + (lane / 16) * 8]);
+      // B: one x4 load gives two n-tiles: (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, ...).
+      KILN_UNROLL
+      for (int nj = 0; nj < 2; ++nj) {
+        u32 r[4];
+        ldmatrix_x4(r, &Bs[wn * 32 + nj * 16 + (lane / 16) * 8 + (lane % 8)][ks * 16 + ((lane / 8) % 2) * 8]);
+        bf[2 * nj][0] = r[0];
+        bf[2 * nj][1] = r[1];
+        bf[2 * nj + 1][0] = r[2];
+        bf[2 * nj + 1][1] = r[3];
+      }
+      KILN_UNROLL
+      for (int mi = 0; mi < 2; ++mi)
+        KILN_UNROLL
+        for (int ni = 0; ni < 4; ++ni) mma_16816(acc[mi][ni], af[mi], bf[ni], T());
+    }
+    __syncthreads();
+  }
+  const int g = lane >> 2, t = lane & 3;
+  KILN_UNROLL
+  for (int mi = 0; mi < 2; ++mi)
+    KILN_UNROLL
+    for (int ni = 0; ni < 4; ++ni)
+      KILN_UNROLL
+      for (int i = 0; i < 4; ++i)
+        gemm_store(p, bm + wm * 32 + mi * 16 + g + 8 * (i >= 2), bn + wn * 32 + ni * 8 + 2 * t + (i & 1),
+                   acc[mi][ni][i]);
+}
+KILN_KERNEL_LB(gemm_v3_mma_bf16, GemmParams, 128) { gemm_v3<bf16>(p); }
+KILN_KERNEL_LB(gemm_v3_mma_f16, GemmParams, 128) { gemm_v3<f16>(p); }

@@ -1,0 +1,264 @@
+//! Matrix products and the (LoRA) linear layer on kernels/gemm.cu and kernels/lora.cu.
+//!
+//! Forward `y = x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ`: the rank-r pre-pass `u = x·Aᵀ`, then one GEMM whose
+//! epilogue adds the bias and `s·u·Bᵀ`. Backward: `g = dy·B` (pre-pass), `dx = dy·W + s·g·A`
+//! (one GEMM, fused epilogue), `dA = s·gᵀ·x`, `dB = s·dyᵀ·u`, `dW = dyᵀ·x`, `db = Σ dy`.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use kiln_core::backend::{LinearGrads, LinearNeeds, LoraRef, MatmulOps};
+use kiln_core::{DType, Error, Result, Tensor};
+
+use super::{Held, KernelBackend, elementwise::col_sum, want_f32};
+use crate::exec::Launch;
+use crate::kernels::{GemmParams, RowDotParams};
+
+/// GEMM variant (kernels/gemm.cu). `V3` uses tensor cores where B is 16-bit and falls back to
+/// `V2` for f32 operands (tensor cores would round them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    V1,
+    V2,
+    V3,
+}
+
+static VARIANT: AtomicU8 = AtomicU8::new(3);
+
+/// Chooses the GEMM variant for the whole process (tests and benchmarks).
+pub fn set_variant(v: Variant) {
+    VARIANT.store(v as u8 + 1, Ordering::Relaxed);
+}
+
+/// The GEMM variant in use.
+pub fn variant() -> Variant {
+    match VARIANT.load(Ordering::Relaxed) {
+        1 => Variant::V1,
+        2 => Variant::V2,
+        _ => Variant::V3,
+    }
+}
+
+fn suffix(d: DType) -> Result<&'static str> {
+    match d {
+        DType::F32 => Ok("f32"),
+        DType::BF16 => Ok("bf16"),
+        DType::F16 => Ok("f16"),
+        d => Err(Error::Msg(format!("cuda gemm: {} operand", d.name()))),
+    }
+}
+
+/// One GEMM launch: `p` has operands, strides and epilogue; `b_type` is B's element type.
+fn gemm(be: &KernelBackend, p: &GemmParams, b_type: DType) -> Result<()> {
+    if p.m == 0 || p.n == 0 {
+        return Ok(());
+    }
+    let ty = suffix(b_type)?;
+    let (m, n) = (p.m as u32, p.n as u32);
+    let (kernel, cfg) = match (variant(), b_type) {
+        (Variant::V1, _) => (
+            format!("gemm_v1_naive_{ty}"),
+            Launch { grid: [n.div_ceil(16), m.div_ceil(16), 1], block: [16, 16, 1], smem: 0 },
+        ),
+        (Variant::V3, DType::BF16 | DType::F16) => (
+            format!("gemm_v3_mma_{ty}"),
+            Launch { grid: [n.div_ceil(64), m.div_ceil(64), 1], block: [128, 1, 1], smem: 0 },
+        ),
+        _ => (
+            format!("gemm_v2_tiled_{ty}"),
+            Launch { grid: [n.div_ceil(64), m.div_ceil(64), 1], block: [256, 1, 1], smem: 0 },
+        ),
+    };
+    be.exec.launch(&kernel, cfg, bytemuck::bytes_of(p))
+}
+
+/// `out[i, j] = alpha·Σ_p X(i,p)·Y(j,p)` for a small `nj` (kernels/lora.cu).
+#[allow(clippy::too_many_arguments)]
+fn rowdot(
+    be: &KernelBackend,
+    x: &Held,
+    sx: (i64, i64),
+    y: &Held,
+    sy: (i64, i64),
+    m: usize,
+    k: usize,
+    nj: usize,
+) -> Result<crate::exec::DevBuf> {
+    let out = be.alloc(m * nj, DType::F32)?;
+    let p = RowDotParams {
+        x: x.ptr(),
+        y: y.ptr(),
+        out: out.ptr,
+        sxm: sx.0,
+        sxk: sx.1,
+        syj: sy.0,
+        syk: sy.1,
+        m: m as i32,
+        k: k as i32,
+        nj: nj as i32,
+        alpha: 1.0,
+    };
+    if m > 0 {
+        be.exec.launch("lora_rowdot_f32", Launch::linear(m, 128), bytemuck::bytes_of(&p))?;
+    }
+    Ok(out)
+}
+
+/// Sizes of `x [.., k]·Wᵀ` with `W [n, k]`.
+fn lin_dims(x: &Tensor, w: &Tensor) -> Result<(usize, usize, usize)> {
+    let wd = w.dims();
+    if wd.len() != 2 || x.shape().last() != wd[1] {
+        return Err(Error::shape("linear", format!("x {:?} with W {:?}", x.shape(), w.shape())));
+    }
+    Ok((x.shape().rows(), wd[1], wd[0]))
+}
+
+fn lora_rank(l: &LoraRef<'_>, k: usize, n: usize) -> Result<usize> {
+    let (ad, bd) = (l.a.dims(), l.b.dims());
+    if ad.len() != 2 || bd.len() != 2 || ad[1] != k || bd[0] != n || bd[1] != ad[0] {
+        return Err(Error::shape("lora", format!("A {ad:?}, B {bd:?} for in={k} out={n}")));
+    }
+    want_f32("lora A", l.a)?;
+    want_f32("lora B", l.b)?;
+    Ok(ad[0])
+}
+
+fn with_last(x: &Tensor, n: usize) -> Vec<usize> {
+    let mut d = x.dims().to_vec();
+    match d.last_mut() {
+        Some(l) => *l = n,
+        None => d.push(n),
+    }
+    d
+}
+
+fn base(a: u64, b: u64, c: u64, m: usize, n: usize, k: usize) -> GemmParams {
+    GemmParams { a, b, c, m: m as i32, n: n as i32, k: k as i32, ldc: n as i32, alpha: 1.0, ..Default::default() }
+}
+
+impl MatmulOps for KernelBackend {
+    fn matmul(&self, a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
+        want_f32("matmul", a)?;
+        let (ad, bd) = (a.dims(), b.dims());
+        if bd.len() != 2 || (ta && ad.len() != 2) {
+            return Err(Error::shape("matmul", format!("{ad:?}·{bd:?} (ta={ta}, tb={tb})")));
+        }
+        let (m, k) = if ta { (ad[1], ad[0]) } else { (a.shape().rows(), a.shape().last()) };
+        let (kb, n) = if tb { (bd[1], bd[0]) } else { (bd[0], bd[1]) };
+        if k != kb {
+            return Err(Error::shape("matmul", format!("{ad:?}·{bd:?} (ta={ta}, tb={tb})")));
+        }
+        let b_type = if b.dtype() == DType::F64 { DType::F32 } else { b.dtype() };
+        let (ha, hb) = (self.held(a)?, self.held(b)?);
+        let c = self.alloc(m * n, DType::F32)?;
+        let mut p = base(ha.ptr(), hb.ptr(), c.ptr, m, n, k);
+        (p.sam, p.sak) = if ta { (1, m as i64) } else { (k as i64, 1) };
+        (p.sbk, p.sbn) = if tb { (1, k as i64) } else { (n as i64, 1) };
+        gemm(self, &p, b_type)?;
+        let mut dims = if ta { vec![m] } else { ad[..ad.len().saturating_sub(1)].to_vec() };
+        if dims.is_empty() {
+            dims.push(1);
+        }
+        dims.push(n);
+        Ok(self.wrap(c, dims, DType::F32))
+    }
+
+    fn linear_fwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        lora: Option<LoraRef<'_>>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        want_f32("linear x", x)?;
+        let (m, k, n) = lin_dims(x, w)?;
+        if let Some(b) = bias.filter(|b| b.numel() != n) {
+            return Err(Error::shape("linear", format!("bias {:?} for out={n}", b.shape())));
+        }
+        let (hx, hw) = (self.held(x)?, self.held(w)?);
+        let hbias = bias.map(|b| self.held(b)).transpose()?;
+        let y = self.alloc(m * n, DType::F32)?;
+        let mut p = base(hx.ptr(), hw.ptr(), y.ptr, m, n, k);
+        (p.sam, p.sak, p.sbk, p.sbn) = (k as i64, 1, 1, k as i64);
+        p.bias = hbias.as_ref().map_or(0, Held::ptr);
+        let mut u_out = None;
+        // Kept alive until the GEMM has run.
+        let (_ha, _hb);
+        if let Some(l) = &lora {
+            let r = lora_rank(l, k, n)?;
+            let (ha, hb) = (self.held(l.a)?, self.held(l.b)?);
+            let u = rowdot(self, &hx, (k as i64, 1), &ha, (k as i64, 1), m, k, r)?;
+            (p.lora_u, p.lora_l, p.sl_n, p.sl_r, p.rank, p.lora_scale) =
+                (u.ptr, hb.ptr(), r as i64, 1, r as i32, l.scale as f32);
+            u_out = Some(self.wrap(u, with_last(x, r), DType::F32));
+            (_ha, _hb) = (Some(ha), Some(hb));
+        } else {
+            (_ha, _hb) = (None, None);
+        }
+        gemm(self, &p, w.dtype())?;
+        Ok((self.wrap(y, with_last(x, n), DType::F32), u_out))
+    }
+
+    fn linear_bwd(
+        &self,
+        dy: &Tensor,
+        x: &Tensor,
+        w: &Tensor,
+        lora: Option<(LoraRef<'_>, &Tensor)>,
+        needs: LinearNeeds,
+    ) -> Result<LinearGrads> {
+        want_f32("linear dy", dy)?;
+        want_f32("linear x", x)?;
+        let (m, k, n) = lin_dims(x, w)?;
+        if dy.numel() != m * n {
+            return Err(Error::shape("linear_bwd", format!("dy {:?} for {m}×{n}", dy.dims())));
+        }
+        let (hdy, hx) = (self.held(dy)?, self.held(x)?);
+        let mut g = LinearGrads::default();
+        // The LoRA pre-pass g = dy·B [m, r], shared by dx and dA.
+        let lo = match &lora {
+            Some((l, u)) if needs.x || needs.lora => {
+                let r = lora_rank(l, k, n)?;
+                let (ha, hb, hu) = (self.held(l.a)?, self.held(l.b)?, self.held(u)?);
+                let gb = rowdot(self, &hdy, (n as i64, 1), &hb, (1, r as i64), m, n, r)?;
+                Some((r, l.scale as f32, ha, hb, hu, gb))
+            }
+            _ => None,
+        };
+        if needs.x {
+            let hw = self.held(w)?;
+            let dx = self.alloc(m * k, DType::F32)?;
+            let mut p = base(hdy.ptr(), hw.ptr(), dx.ptr, m, k, n);
+            (p.sam, p.sak, p.sbk, p.sbn) = (n as i64, 1, k as i64, 1);
+            if let Some((r, s, ha, _, _, gb)) = &lo {
+                (p.lora_u, p.lora_l, p.sl_n, p.sl_r, p.rank, p.lora_scale) =
+                    (gb.ptr, ha.ptr(), 1, k as i64, *r as i32, *s);
+            }
+            gemm(self, &p, w.dtype())?;
+            g.dx = Some(self.wrap(dx, x.dims().to_vec(), DType::F32));
+        }
+        if needs.w {
+            let dw = self.alloc(n * k, DType::F32)?;
+            let mut p = base(hdy.ptr(), hx.ptr(), dw.ptr, n, k, m);
+            (p.sam, p.sak, p.sbk, p.sbn) = (1, n as i64, k as i64, 1);
+            gemm(self, &p, DType::F32)?;
+            g.dw = Some(self.wrap(dw, [n, k], DType::F32));
+        }
+        if needs.bias {
+            g.dbias = Some(col_sum(self, dy, m, n)?);
+        }
+        if let (true, Some((r, s, _, _, hu, gb))) = (needs.lora, &lo) {
+            let r = *r;
+            let da = self.alloc(r * k, DType::F32)?;
+            let mut p = base(gb.ptr, hx.ptr(), da.ptr, r, k, m);
+            (p.sam, p.sak, p.sbk, p.sbn, p.alpha) = (1, r as i64, k as i64, 1, *s);
+            gemm(self, &p, DType::F32)?;
+            let db = self.alloc(n * r, DType::F32)?;
+            let mut p = base(hdy.ptr(), hu.ptr(), db.ptr, n, r, m);
+            (p.sam, p.sak, p.sbk, p.sbn, p.alpha) = (1, n as i64, r as i64, 1, *s);
+            gemm(self, &p, DType::F32)?;
+            g.da = Some(self.wrap(da, [r, k], DType::F32));
+            g.db = Some(self.wrap(db, [n, r], DType::F32));
+        }
+        Ok(g)
+    }
+}

@@ -1,0 +1,246 @@
+//! kiln's `Backend` on the CUDA kernels of `kernels/*.cu`, written once over [`Exec`]: the same
+//! code runs the kernels on a GPU or in the CPU emulation (`cuda-emu`).
+//!
+//! Device tensors are f32, i32, or 16-bit frozen weights (kept in their two bytes; the kernels
+//! widen them). Ops whose kernels have not landed answer [`Support::No`] with the issue that
+//! brings them, so the parity suite lists them as skipped, never as passed.
+
+mod elementwise;
+mod gemm;
+
+pub use gemm::{Variant, set_variant, variant};
+
+use std::sync::OnceLock;
+
+use kiln_core::backend::{
+    AdamWStep, AttentionOps, AttnArgs, Backend, CeOut, LossOps, MemoryOps, NormOps, Op, OptimOps, RopeOps, Support,
+};
+use kiln_core::tensor::{DeviceStorage, Storage};
+use kiln_core::{DType, Error, Result, Shape, Tensor};
+
+use crate::exec::{DevBuf, Exec};
+
+/// The backend over one [`Exec`]. Every instance lives in [`SLOTS`] (tensors hand out a
+/// `'static` reference to their backend).
+pub struct KernelBackend {
+    pub exec: Box<dyn Exec>,
+    slot: usize,
+}
+
+/// A device tensor's memory.
+pub(crate) struct CudaBuf {
+    buf: DevBuf,
+    slot: usize,
+}
+
+impl DeviceStorage for CudaBuf {
+    fn backend(&self) -> &'static dyn Backend {
+        slot(self.slot)
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// Slot 0: the emulation; slots 1..: GPUs by ordinal + 1.
+static SLOTS: [OnceLock<KernelBackend>; 17] = [const { OnceLock::new() }; 17];
+
+fn slot(i: usize) -> &'static KernelBackend {
+    // A CudaBuf's slot was filled before the buffer existed.
+    SLOTS[i].get().unwrap_or_else(|| unreachable!("backend slot {i} is empty"))
+}
+
+/// Creates (once) the backend of a slot.
+pub(crate) fn install(i: usize, make: impl FnOnce() -> Result<Box<dyn Exec>>) -> Result<&'static KernelBackend> {
+    if let Some(b) = SLOTS.get(i).and_then(|s| s.get()) {
+        return Ok(b);
+    }
+    let exec = make()?;
+    let s = SLOTS.get(i).ok_or_else(|| Error::Msg(format!("cuda: device slot {i} is out of range")))?;
+    Ok(s.get_or_init(|| KernelBackend { exec, slot: i }))
+}
+
+/// The emulated CUDA backend (the process's one).
+#[cfg(feature = "cuda-emu")]
+pub fn emu() -> &'static KernelBackend {
+    match install(0, || Ok(Box::new(crate::emu::EmuExec::default()))) {
+        Ok(b) => b,
+        Err(_) => unreachable!("the emulation backend cannot fail to open"),
+    }
+}
+
+/// A tensor's memory as kernels address it: borrowed when it already lives on this backend,
+/// uploaded when it is on the CPU.
+pub(crate) enum Held<'a> {
+    Borrowed(&'a DevBuf, usize),
+    Owned(DevBuf),
+}
+
+impl Held<'_> {
+    /// The address of the tensor's first element.
+    pub(crate) fn ptr(&self) -> u64 {
+        match self {
+            Held::Borrowed(b, off) => b.ptr + *off as u64,
+            Held::Owned(b) => b.ptr,
+        }
+    }
+}
+
+/// Bytes per element on the device.
+fn dev_size(d: DType) -> Result<usize> {
+    match d {
+        DType::F32 | DType::I32 => Ok(4),
+        DType::F16 | DType::BF16 => Ok(2),
+        d => Err(Error::Msg(format!("cuda: {} tensors are not supported on the device", d.name()))),
+    }
+}
+
+impl KernelBackend {
+    pub(crate) fn held<'a>(&self, t: &'a Tensor) -> Result<Held<'a>> {
+        match t.storage() {
+            Storage::Device(d) => {
+                let b = d
+                    .as_any()
+                    .downcast_ref::<CudaBuf>()
+                    .filter(|b| b.slot == self.slot)
+                    .ok_or_else(|| Error::Msg(format!("{}: a tensor of another backend", self.exec.name())))?;
+                Ok(Held::Borrowed(&b.buf, t.offset() * dev_size(t.dtype())?))
+            }
+            Storage::Cpu(_) => Ok(Held::Owned(self.upload_buf(t)?)),
+        }
+    }
+
+    /// The device bytes of a CPU tensor (f64 narrowed to f32).
+    fn upload_buf(&self, t: &Tensor) -> Result<DevBuf> {
+        let bytes: Vec<u8> = match t.dtype() {
+            DType::F32 => bytemuck::cast_slice(t.as_slice::<f32>()?).to_vec(),
+            DType::I32 => bytemuck::cast_slice(t.as_slice::<i32>()?).to_vec(),
+            DType::F64 => bytemuck::cast_slice(&t.to_vec_f32()?).to_vec(),
+            DType::F16 => bytemuck::cast_slice(t.as_slice::<half::f16>()?).to_vec(),
+            DType::BF16 => bytemuck::cast_slice(t.as_slice::<half::bf16>()?).to_vec(),
+            DType::Quant(q) => {
+                return Err(Error::Msg(format!(
+                    "{}: {} weights need the dequantization kernels (CUDA III, issue 10)",
+                    self.exec.name(),
+                    q.name()
+                )));
+            }
+        };
+        self.exec.upload(&bytes)
+    }
+
+    /// Wraps device memory as a tensor of this backend.
+    pub(crate) fn wrap(&self, buf: DevBuf, shape: impl Into<Shape>, dtype: DType) -> Tensor {
+        Tensor::from_device(Box::new(CudaBuf { buf, slot: self.slot }), shape.into(), dtype)
+    }
+
+    /// An output tensor's memory (poisoned in the emulation until a kernel writes it).
+    pub(crate) fn alloc(&self, n: usize, dtype: DType) -> Result<DevBuf> {
+        self.exec.alloc(n * dev_size(dtype)?)
+    }
+
+    fn unsupported<T>(&self, op: &str) -> Result<T> {
+        Err(Error::Msg(format!("{}: no CUDA kernel for {op} yet (CUDA backend II, issue 9)", self.exec.name())))
+    }
+}
+
+/// f32 only (activations, gradients, optimizer state).
+pub(crate) fn want_f32(op: &str, t: &Tensor) -> Result<()> {
+    if t.dtype() == DType::F32 || t.dtype() == DType::F64 {
+        Ok(())
+    } else {
+        Err(Error::Msg(format!("cuda {op}: {} input where f32 is expected", t.dtype().name())))
+    }
+}
+
+impl MemoryOps for KernelBackend {
+    fn to_cpu(&self, t: &Tensor) -> Result<Tensor> {
+        let Storage::Device(_) = t.storage() else { return Ok(t.clone()) };
+        let Held::Borrowed(b, off) = self.held(t)? else { unreachable!("a device tensor is borrowed") };
+        let bytes = self.exec.download(b, off, t.numel() * dev_size(t.dtype())?)?;
+        let shape = t.shape().clone();
+        match t.dtype() {
+            DType::F32 => Tensor::from_vec(bytemuck::pod_collect_to_vec::<u8, f32>(&bytes), shape),
+            DType::I32 => Tensor::from_vec(bytemuck::pod_collect_to_vec::<u8, i32>(&bytes), shape),
+            DType::F16 => Tensor::from_vec(bytemuck::pod_collect_to_vec::<u8, half::f16>(&bytes), shape),
+            DType::BF16 => Tensor::from_vec(bytemuck::pod_collect_to_vec::<u8, half::bf16>(&bytes), shape),
+            d => Err(Error::Msg(format!("cuda to_cpu: {} tensor", d.name()))),
+        }
+    }
+    fn upload(&self, t: &Tensor) -> Result<Tensor> {
+        if let Storage::Device(d) = t.storage() {
+            let mine = d.as_any().downcast_ref::<CudaBuf>().is_some_and(|b| b.slot == self.slot);
+            return if mine { Ok(t.clone()) } else { self.upload(&t.to_cpu()?) };
+        }
+        let dtype = if t.dtype() == DType::F64 { DType::F32 } else { t.dtype() };
+        Ok(self.wrap(self.upload_buf(t)?, t.shape().clone(), dtype))
+    }
+    fn cast(&self, t: &Tensor, dtype: DType) -> Result<Tensor> {
+        elementwise::cast(self, t, dtype)
+    }
+    fn zeros(&self, shape: &Shape, dtype: DType) -> Result<Tensor> {
+        let n = shape.numel();
+        Ok(self.wrap(self.exec.alloc_zeroed(n * dev_size(dtype)?)?, shape.clone(), dtype))
+    }
+}
+
+impl NormOps for KernelBackend {
+    fn rms_norm_fwd(&self, _: &Tensor, _: &Tensor, _: f64) -> Result<(Tensor, Tensor)> {
+        self.unsupported("rms_norm")
+    }
+    fn rms_norm_bwd(&self, _: &Tensor, _: &Tensor, _: &Tensor, _: &Tensor) -> Result<(Tensor, Tensor)> {
+        self.unsupported("rms_norm")
+    }
+}
+
+impl RopeOps for KernelBackend {
+    fn rope(&self, _: &Tensor, _: &Tensor, _: &Tensor, _: bool) -> Result<Tensor> {
+        self.unsupported("rope")
+    }
+}
+
+impl AttentionOps for KernelBackend {
+    fn attention_fwd(&self, _: &AttnArgs<'_>) -> Result<(Tensor, Tensor)> {
+        self.unsupported("attention")
+    }
+    fn attention_bwd(&self, _: &AttnArgs<'_>, _: &Tensor, _: &Tensor, _: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        self.unsupported("attention")
+    }
+}
+
+impl LossOps for KernelBackend {
+    fn cross_entropy_fwd(&self, _: &Tensor, _: &Tensor) -> Result<CeOut> {
+        self.unsupported("cross_entropy")
+    }
+    fn cross_entropy_bwd(&self, _: &Tensor, _: &Tensor, _: &Tensor, _: f64, _: usize) -> Result<Tensor> {
+        self.unsupported("cross_entropy")
+    }
+    fn cross_entropy_bwd_rows(&self, _: &Tensor, _: &Tensor, _: &Tensor, _: &Tensor) -> Result<Tensor> {
+        self.unsupported("cross_entropy")
+    }
+}
+
+impl OptimOps for KernelBackend {
+    fn adamw_step(&self, _: &mut Tensor, _: &Tensor, _: &mut Tensor, _: &mut Tensor, _: AdamWStep) -> Result<()> {
+        self.unsupported("adamw")
+    }
+}
+
+impl Backend for KernelBackend {
+    fn name(&self) -> &'static str {
+        self.exec.name()
+    }
+    fn supports(&self, op: Op, dtype: DType) -> Support {
+        match (op, dtype) {
+            (_, DType::Quant(q)) => {
+                Support::No(format!("{} weights need the dequantization kernels (CUDA III, issue 10)", q.name()))
+            }
+            (Op::Cast | Op::Add | Op::Scale | Op::Matmul | Op::Embedding, DType::F32)
+            | (Op::LoraLinear, DType::F32 | DType::BF16 | DType::F16) => Support::Yes,
+            (Op::RmsNorm | Op::Rope | Op::Attention | Op::SwiGlu, _) => {
+                Support::No("kernel arrives with CUDA backend II (issue 9)".into())
+            }
+            (op, d) => Support::No(format!("no CUDA kernel for {op:?} at {} yet", d.name())),
+        }
+    }
+}

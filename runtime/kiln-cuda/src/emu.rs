@@ -1,0 +1,139 @@
+//! The CPU execution of `kernels/*.cu` (built by build.rs with the host C++ compiler against
+//! `kernels/emu/kiln_emu.h`): memory is host memory, a launch runs every block on the calling
+//! thread with one fiber per GPU thread. `KILN_EMU_RACECHECK=1` runs the instrumented build, which
+//! reports shared- and global-memory races inside a block.
+
+use std::ffi::{CString, c_char, c_int, c_void};
+
+use kiln_core::{Error, Result};
+
+use crate::exec::{DevBuf, Exec, Launch};
+
+unsafe extern "C" {
+    fn kiln_emu_launch(
+        name: *const c_char,
+        racecheck: c_int,
+        grid: *const u32,
+        block: *const u32,
+        smem: usize,
+        params: *const c_void,
+        params_len: usize,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    fn kiln_emu_kernels(buf: *mut c_char, len: usize) -> usize;
+}
+
+/// Host memory handed to kernels as raw addresses; freed on drop.
+struct HostMem {
+    ptr: *mut u64,
+    words: usize,
+}
+
+// SAFETY: the allocation is owned by this value alone; kernels reach it only during launches,
+// which the emulation runtime serializes.
+unsafe impl Send for HostMem {}
+// SAFETY: as above; no Rust reference into the memory is ever handed out.
+unsafe impl Sync for HostMem {}
+
+impl Drop for HostMem {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`words` come from the boxed slice leaked in `EmuExec::alloc_filled`.
+        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr, self.words)) });
+    }
+}
+
+/// The emulation as an [`Exec`].
+pub struct EmuExec {
+    /// Run the race-checking build (from `KILN_EMU_RACECHECK=1`, or set by tests).
+    pub racecheck: std::sync::atomic::AtomicBool,
+}
+
+impl Default for EmuExec {
+    fn default() -> Self {
+        let rc = std::env::var("KILN_EMU_RACECHECK").is_ok_and(|v| v == "1");
+        EmuExec { racecheck: std::sync::atomic::AtomicBool::new(rc) }
+    }
+}
+
+impl EmuExec {
+    fn alloc_filled(&self, bytes: usize, fill: u64) -> DevBuf {
+        let words = bytes.div_ceil(8).max(1);
+        let b: Box<[u64]> = vec![fill; words].into_boxed_slice();
+        let ptr = Box::into_raw(b) as *mut u64;
+        DevBuf { ptr: ptr as u64, bytes, _keep: Box::new(HostMem { ptr, words }) }
+    }
+
+    /// Launches with the race checker on or off regardless of the setting.
+    pub fn launch_checked(&self, kernel: &str, cfg: Launch, params: &[u8], racecheck: bool) -> Result<()> {
+        let name = CString::new(kernel).map_err(|_| Error::Msg(format!("kernel name {kernel:?}")))?;
+        let mut err = vec![0u8; 8192];
+        // SAFETY: every pointer is valid for the call: the name is NUL-terminated, grid and block
+        // hold three u32 each, `params` is the kernel's parameter struct (its size is checked on
+        // the C++ side), and `err` has the capacity passed.
+        let rc = unsafe {
+            kiln_emu_launch(
+                name.as_ptr(),
+                racecheck as c_int,
+                cfg.grid.as_ptr(),
+                cfg.block.as_ptr(),
+                cfg.smem,
+                params.as_ptr() as *const c_void,
+                params.len(),
+                err.as_mut_ptr() as *mut c_char,
+                err.len(),
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let end = err.iter().position(|&b| b == 0).unwrap_or(err.len());
+        Err(Error::Msg(format!("cuda-emu launch: {}", String::from_utf8_lossy(&err[..end]))))
+    }
+}
+
+/// The kernels compiled into the emulation.
+pub fn kernel_names() -> Vec<String> {
+    let mut buf = vec![0u8; 1 << 16];
+    // SAFETY: `buf` has the capacity passed; the callee writes a NUL-terminated string.
+    unsafe { kiln_emu_kernels(buf.as_mut_ptr() as *mut c_char, buf.len()) };
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let mut v: Vec<String> = String::from_utf8_lossy(&buf[..end]).lines().map(str::to_string).collect();
+    v.sort();
+    v
+}
+
+impl Exec for EmuExec {
+    fn name(&self) -> &'static str {
+        "cuda-emu"
+    }
+    fn alloc(&self, bytes: usize) -> Result<DevBuf> {
+        Ok(self.alloc_filled(bytes, u64::MAX))
+    }
+    fn alloc_zeroed(&self, bytes: usize) -> Result<DevBuf> {
+        Ok(self.alloc_filled(bytes, 0))
+    }
+    fn upload(&self, bytes: &[u8]) -> Result<DevBuf> {
+        let b = self.alloc_filled(bytes.len(), 0);
+        // SAFETY: the new buffer holds at least `bytes.len()` bytes and nothing else refers to it.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), b.ptr as *mut u8, bytes.len()) };
+        Ok(b)
+    }
+    fn download(&self, buf: &DevBuf, offset: usize, len: usize) -> Result<Vec<u8>> {
+        if offset + len > buf.bytes {
+            return Err(Error::Msg(format!(
+                "cuda-emu: read of {len} bytes at {offset} from a {}-byte buffer",
+                buf.bytes
+            )));
+        }
+        let mut v = vec![0u8; len];
+        // SAFETY: the range lies inside the buffer (checked above); no launch runs concurrently
+        // on this buffer because launches are synchronous.
+        unsafe { std::ptr::copy_nonoverlapping((buf.ptr as *const u8).add(offset), v.as_mut_ptr(), len) };
+        Ok(v)
+    }
+    fn launch(&self, kernel: &str, cfg: Launch, params: &[u8]) -> Result<()> {
+        let rc = self.racecheck.load(std::sync::atomic::Ordering::Relaxed);
+        self.launch_checked(kernel, cfg, params, rc)
+    }
+}

@@ -1,0 +1,45 @@
+//! Where kernels run: the GPU (through the CUDA driver) or the CPU emulation. The backend's ops
+//! are written once against [`Exec`].
+
+use std::any::Any;
+
+use kiln_core::Result;
+
+/// Device memory: the address kernels see, and whatever keeps it alive.
+pub struct DevBuf {
+    pub ptr: u64,
+    pub bytes: usize,
+    pub(crate) _keep: Box<dyn Any + Send + Sync>,
+}
+
+/// A grid launch.
+#[derive(Clone, Copy, Debug)]
+pub struct Launch {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub smem: usize,
+}
+
+impl Launch {
+    /// A 1-D grid of `blocks` blocks of `threads` threads.
+    pub fn linear(blocks: usize, threads: u32) -> Launch {
+        Launch { grid: [blocks.clamp(1, 65_535) as u32, 1, 1], block: [threads, 1, 1], smem: 0 }
+    }
+}
+
+/// Memory and launches on one device.
+pub trait Exec: Send + Sync {
+    /// "cuda" or "cuda-emu".
+    fn name(&self) -> &'static str;
+    /// Uninitialized memory (the emulation fills it with NaN bytes, so an output element no
+    /// kernel wrote cannot pass a comparison).
+    fn alloc(&self, bytes: usize) -> Result<DevBuf>;
+    /// Memory set to zero.
+    fn alloc_zeroed(&self, bytes: usize) -> Result<DevBuf>;
+    /// Copies host bytes into a new buffer.
+    fn upload(&self, bytes: &[u8]) -> Result<DevBuf>;
+    /// Copies `len` bytes at `offset` back to the host.
+    fn download(&self, buf: &DevBuf, offset: usize, len: usize) -> Result<Vec<u8>>;
+    /// Runs `kernel` with its parameter struct's bytes.
+    fn launch(&self, kernel: &str, cfg: Launch, params: &[u8]) -> Result<()>;
+}

@@ -1,0 +1,210 @@
+//! The CUDA kernels on the CPU (kiln's emulation harness, `cuda-emu`): the op parity table under
+//! every GEMM variant, the race checker on the production kernels, and the deliberately broken
+//! kernels of `kernels/emu/broken.cu`, each of which the harness must catch.
+
+use bytemuck::{Pod, Zeroable};
+use kiln_cuda::backend::{Variant, emu, set_variant};
+use kiln_cuda::emu::{EmuExec, kernel_names};
+use kiln_cuda::exec::{Exec, Launch};
+
+/// `TestParams` of kernels/emu/broken.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct TestParams {
+    a: u64,
+    b: u64,
+    c: u64,
+    m: i32,
+    n: i32,
+    k: i32,
+    pad: i32,
+}
+
+/// Serializes the tests that change the process-wide GEMM variant or race-check setting.
+static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[test]
+fn parity_table_under_every_gemm_variant() {
+    let _g = lock();
+    let be = emu();
+    for v in [Variant::V1, Variant::V2, Variant::V3] {
+        set_variant(v);
+        let t0 = std::time::Instant::now();
+        let rep = kiln_core::selftest::run(be, &mut |_, _| {});
+        assert!(rep.failed.is_empty(), "GEMM {v:?}: {:#?}", rep.failed);
+        assert!(rep.passed.len() >= 30, "GEMM {v:?}: only {} cases ran", rep.passed.len());
+        eprintln!(
+            "parity cuda-emu (GEMM {v:?}): {} passed, {} skipped, {:.1} s",
+            rep.passed.len(),
+            rep.skipped.len(),
+            t0.elapsed().as_secs_f64()
+        );
+        if v == Variant::V3 {
+            for (n, why) in &rep.skipped {
+                eprintln!("SKIP {n}: {why}");
+            }
+        }
+    }
+    set_variant(Variant::V3);
+}
+
+#[test]
+fn production_kernels_are_race_free() {
+    let _g = lock();
+    let be = emu();
+    let exec = be.exec.as_ref() as *const dyn Exec as *const EmuExec;
+    // SAFETY: the emulation backend's exec is an EmuExec (emu() builds it so).
+    let exec = unsafe { &*exec };
+    exec.racecheck.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut all = Vec::new();
+    for v in [Variant::V2, Variant::V3] {
+        set_variant(v);
+        let rep = kiln_core::selftest::run(be, &mut |_, _| {});
+        all.extend(rep.failed.into_iter().map(|f| format!("{v:?}: {f:?}")));
+    }
+    exec.racecheck.store(false, std::sync::atomic::Ordering::Relaxed);
+    set_variant(Variant::V3);
+    assert!(all.is_empty(), "{all:#?}");
+}
+
+#[test]
+fn every_kernel_source_entry_is_built() {
+    let built = kernel_names();
+    for (file, src) in kiln_cuda::kernels::SOURCES {
+        for name in kiln_cuda::kernels::entry_points(src) {
+            assert!(built.contains(&name), "{file}: {name} missing from the emulation build {built:?}");
+        }
+    }
+}
+
+fn run(
+    kernel: &str,
+    cfg: Launch,
+    a: &[f32],
+    b: &[f32],
+    out_len: usize,
+    mnk: (i32, i32, i32),
+    rc: bool,
+) -> Result<Vec<f32>, String> {
+    let ex = EmuExec::default();
+    let (ha, hb) = (ex.upload(bytemuck::cast_slice(a)).unwrap(), ex.upload(bytemuck::cast_slice(b)).unwrap());
+    let hc = ex.alloc_zeroed(out_len * 4).unwrap();
+    let p = TestParams { a: ha.ptr, b: hb.ptr, c: hc.ptr, m: mnk.0, n: mnk.1, k: mnk.2, pad: 0 };
+    ex.launch_checked(kernel, cfg, bytemuck::bytes_of(&p), rc).map_err(|e| e.to_string())?;
+    Ok(bytemuck::pod_collect_to_vec(&ex.download(&hc, 0, out_len * 4).unwrap()))
+}
+
+fn rand(n: usize, seed: u64) -> Vec<f32> {
+    let mut r = kiln_core::rng::Rng::new(seed);
+    (0..n).map(|_| r.normal() as f32).collect()
+}
+
+fn matmul_ref(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    let mut c = vec![0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            c[i * n + j] = (0..k).map(|q| a[i * k + q] as f64 * b[q * n + j] as f64).sum::<f64>() as f32;
+        }
+    }
+    c
+}
+
+fn close(got: &[f32], want: &[f32], tol: f32) -> bool {
+    got.len() == want.len()
+        && got.iter().zip(want).all(|(g, w)| g.is_finite() && (g - w).abs() <= tol * (1.0 + w.abs()))
+}
+
+#[test]
+fn a_missing_barrier_is_reported_as_a_race_and_fails_parity() {
+    let (m, n) = (45, 37);
+    let a = rand(m * n, 3);
+    let want: Vec<f32> = (0..n * m).map(|e| a[(e % m) * n + e / m]).collect();
+    let cfg = Launch { grid: [2, 2, 1], block: [32, 8, 1], smem: 0 };
+    let ok = run("ok_transpose", cfg, &a, &[0.0], n * m, (m as i32, n as i32, 0), true).expect("the correct twin");
+    assert_eq!(ok, want, "the correct transpose");
+    let e = run("broken_transpose_no_barrier", cfg, &a, &[0.0], n * m, (m as i32, n as i32, 0), true).unwrap_err();
+    assert!(e.contains("race on address") && e.contains("with no barrier between"), "{e}");
+    eprintln!("race report: {}", e.lines().take(2).collect::<Vec<_>>().join(" | "));
+    // Without the race checker the same bug shows as wrong values.
+    let bad = run("broken_transpose_no_barrier", cfg, &a, &[0.0], n * m, (m as i32, n as i32, 0), false).unwrap();
+    assert_ne!(bad, want);
+}
+
+#[test]
+fn an_off_by_one_tile_index_fails_parity() {
+    let (m, n, k) = (19, 23, 40);
+    let (a, b) = (rand(m * k, 4), rand(k * n, 5));
+    let want = matmul_ref(&a, &b, m, n, k);
+    let cfg = Launch { grid: [2, 2, 1], block: [16, 16, 1], smem: 0 };
+    let mnk = (m as i32, n as i32, k as i32);
+    assert!(close(&run("ok_tiled_matmul", cfg, &a, &b, m * n, mnk, true).unwrap(), &want, 1e-5));
+    let bad = run("broken_tiled_matmul_off_by_one", cfg, &a, &b, m * n, mnk, true).unwrap();
+    assert!(!close(&bad, &want, 1e-2));
+}
+
+#[test]
+fn mma_fragments_follow_the_ptx_layout_and_a_swap_is_caught() {
+    // bf16-exact inputs (small integers), so every correct path is exact.
+    let a: Vec<f32> = (0..256).map(|i| ((i * 7 % 13) as f32) - 6.0).collect();
+    let b: Vec<f32> = (0..128).map(|i| ((i * 5 % 11) as f32) - 5.0).collect();
+    let want = matmul_ref(&a, &b, 16, 8, 16);
+    let cfg = Launch { grid: [1, 1, 1], block: [32, 1, 1], smem: 0 };
+    for k in ["ok_mma_16816", "ok_mma_16816_shuffles", "ok_mma_ldmatrix"] {
+        assert_eq!(run(k, cfg, &a, &b, 128, (16, 8, 16), true).unwrap(), want, "{k}");
+    }
+    let bad = run("broken_mma_swapped_fragment", cfg, &a, &b, 128, (16, 8, 16), false).unwrap();
+    assert_ne!(bad, want);
+}
+
+#[test]
+fn a_shuffle_naming_exited_lanes_is_reported() {
+    let a = rand(40, 6);
+    let cfg = Launch { grid: [1, 1, 1], block: [64, 1, 1], smem: 0 };
+    let e = run("broken_shfl_exited_lane", cfg, &a, &[0.0], 2, (0, 40, 0), false).unwrap_err();
+    assert!(e.contains("exited") || e.contains("deadlock"), "{e}");
+    eprintln!("exited-lane report: {e}");
+}
+
+#[test]
+fn launch_errors_read_like_the_gpu() {
+    let ex = EmuExec::default();
+    let p = TestParams::zeroed();
+    let big = Launch { grid: [1, 1, 1], block: [2048, 1, 1], smem: 0 };
+    let e = ex.launch("ok_transpose", big, bytemuck::bytes_of(&p)).unwrap_err().to_string();
+    assert!(e.contains("CUDA_ERROR_INVALID_VALUE") && e.contains("1024"), "{e}");
+    let smem = Launch { grid: [1, 1, 1], block: [32, 1, 1], smem: 300 * 1024 };
+    let e = ex.launch("ok_transpose", smem, bytemuck::bytes_of(&p)).unwrap_err().to_string();
+    assert!(e.contains("shared memory"), "{e}");
+    let e = ex.launch("no_such_kernel", smem, bytemuck::bytes_of(&p)).unwrap_err().to_string();
+    assert!(e.contains("CUDA_ERROR_NOT_FOUND"), "{e}");
+    let e = ex.launch("ok_transpose", Launch::linear(1, 32), &[0u8; 3]).unwrap_err().to_string();
+    assert!(e.contains("parameters"), "{e}");
+}
+
+#[test]
+fn blocks_of_1024_threads_run() {
+    let n = 1024 * 3 + 17;
+    let a = rand(n, 7);
+    let ex = EmuExec::default();
+    let ha = ex.upload(bytemuck::cast_slice(&a)).unwrap();
+    let out = ex.alloc(8 * 4).unwrap();
+    let p = kiln_cuda::kernels::EwParams { a: ha.ptr, b: 0, out: out.ptr, n: n as i64, s: 0.0, pad: 0 };
+    // sum_squares keeps 8 warp partials: it declares __launch_bounds__(256), which the launch
+    // enforces as the GPU does.
+    let e = ex.launch("sum_squares_f32", Launch::linear(4, 1024), bytemuck::bytes_of(&p)).unwrap_err();
+    assert!(e.to_string().contains("__launch_bounds__(256)"), "{e}");
+    let t0 = std::time::Instant::now();
+    let hb = ex.alloc(4 * 17).unwrap();
+    let rp = kiln_cuda::kernels::ReduceParams { a: ha.ptr, out: hb.ptr, rows: (n / 17) as i64, cols: 17 };
+    ex.launch("col_sum_f32", Launch::linear(1, 1024), bytemuck::bytes_of(&rp)).unwrap();
+    let got: Vec<f32> = bytemuck::pod_collect_to_vec(&ex.download(&hb, 0, 4 * 17).unwrap());
+    for (j, g) in got.iter().enumerate() {
+        let want: f32 = (0..n / 17).map(|i| a[i * 17 + j]).sum();
+        assert!((g - want).abs() < 1e-4, "column {j}");
+    }
+    eprintln!("1024-thread block: {:?}", t0.elapsed());
+}
