@@ -1,8 +1,12 @@
-// GEMM with a fused epilogue: C[i,j] = alpha·Σ_p A(i,p)·B(p,j) + bias[j] + s·Σ_r U[i,r]·L(j,r).
+// GEMM with LoRA fused: C[i,j] = alpha·(Σ_p A(i,p)·B(p,j) + Σ_r s·U[i,r]·L(j,r)) + bias[j].
 // A is f32 (activations, gradients); B is f32, bf16 or f16 (frozen weights stay 16-bit).
 // Operands are addressed through element strides, so one kernel serves x·Wᵀ, dy·W and the
-// transposed products of the weight gradients. The low-rank epilogue is the LoRA up-projection
-// (kernels/lora.cu computes U = x·Aᵀ first), so y = x·Wᵀ + s·(x·Aᵀ)·Bᵀ is one pass over C.
+// transposed products of the weight gradients.
+//
+// The low-rank term rides in the main loop as `rank` extra reduction steps: the K dimension is
+// extended by U's columns (scaled by s) against L's, so y = x·Wᵀ + s·(x·Aᵀ)·Bᵀ costs r/K more
+// multiply-adds on the tensor cores and no epilogue work. U = x·Aᵀ (forward) or dy·B (dx) is a
+// small GEMM launched first: "one kernel plus a tiny rank-r pre-pass".
 //
 // Variants (selected by name from the backend, all kept here):
 //   gemm_v1_naive_*   one thread per output, straight from global memory (the reference);
@@ -29,24 +33,24 @@ struct GemmParams {
   int pad;
 };
 
-__device__ __forceinline__ float gemm_a(const GemmParams& p, int i, int k) {
-  return static_cast<const float*>(p.a)[i64(i) * p.sam + i64(k) * p.sak];
+// The reduction length: K, plus the LoRA rank when the low-rank term is fused.
+__device__ __forceinline__ int gemm_kk(const GemmParams& p) { return p.lora_u ? p.k + p.rank : p.k; }
+// A(i, q) of the extended problem: A, then s·U.
+__device__ __forceinline__ float gemm_a(const GemmParams& p, int i, int q) {
+  if (q < p.k) return static_cast<const float*>(p.a)[i64(i) * p.sam + i64(q) * p.sak];
+  return p.lora_scale * p.lora_u[i64(i) * p.rank + (q - p.k)];
 }
+// B(q, j) of the extended problem: B, then L.
 template <class TB>
-__device__ __forceinline__ float gemm_b(const GemmParams& p, int k, int j) {
-  return to_f32<TB>(static_cast<const TB*>(p.b)[i64(k) * p.sbk + i64(j) * p.sbn]);
+__device__ __forceinline__ float gemm_b(const GemmParams& p, int q, int j) {
+  if (q < p.k) return to_f32<TB>(static_cast<const TB*>(p.b)[i64(q) * p.sbk + i64(j) * p.sbn]);
+  return p.lora_l[j * p.sl_n + (q - p.k) * p.sl_r];
 }
 
 __device__ __forceinline__ void gemm_store(const GemmParams& p, int i, int j, float acc) {
   if (i >= p.m || j >= p.n) return;
   float v = p.alpha * acc;
   if (p.bias) v += p.bias[j];
-  if (p.lora_u) {
-    float l = 0.f;
-    KILN_NO_UNROLL
-    for (int r = 0; r < p.rank; ++r) l = fmaf(p.lora_u[i64(i) * p.rank + r], p.lora_l[j * p.sl_n + r * p.sl_r], l);
-    v = fmaf(p.lora_scale, l, v);
-  }
   p.c[i64(i) * p.ldc + j] = v;
 }
 
@@ -56,7 +60,8 @@ __device__ __forceinline__ void gemm_v1(const GemmParams& p) {
   const int j = blockIdx.x * 16 + threadIdx.x, i = blockIdx.y * 16 + threadIdx.y;
   if (i >= p.m || j >= p.n) return;
   float acc = 0.f;
-  for (int k = 0; k < p.k; ++k) acc = fmaf(gemm_a(p, i, k), gemm_b<TB>(p, k, j), acc);
+  const int kk = gemm_kk(p);
+  for (int q = 0; q < kk; ++q) acc = fmaf(gemm_a(p, i, q), gemm_b<TB>(p, q, j), acc);
   gemm_store(p, i, j, acc);
 }
 KILN_KERNEL(gemm_v1_naive_f32, GemmParams) { gemm_v1<float>(p); }
@@ -72,19 +77,20 @@ __device__ __forceinline__ void gemm_v2(const GemmParams& p) {
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
   const int bm = blockIdx.y * BM, bn = blockIdx.x * BN;
   float acc[4][4] = {};
-  for (int k0 = 0; k0 < p.k; k0 += BK) {
+  const int kk_end = gemm_kk(p);
+  for (int k0 = 0; k0 < kk_end; k0 += BK) {
     // Consecutive threads walk the operand's contiguous dimension (coalesced loads).
     for (int l = 0; l < BM * BK / 256; ++l) {
       const int e = tid + 256 * l;
       const int kk = p.sak == 1 ? e % BK : e / BM, mm = p.sak == 1 ? e / BK : e % BM;
       const int gi = bm + mm, gk = k0 + kk;
-      As[kk][mm] = gi < p.m && gk < p.k ? gemm_a(p, gi, gk) : 0.f;
+      As[kk][mm] = gi < p.m && gk < kk_end ? gemm_a(p, gi, gk) : 0.f;
     }
     for (int l = 0; l < BN * BK / 256; ++l) {
       const int e = tid + 256 * l;
       const int kk = p.sbk == 1 ? e % BK : e / BN, nn = p.sbk == 1 ? e / BK : e % BN;
       const int gj = bn + nn, gk = k0 + kk;
-      Bs[kk][nn] = gj < p.n && gk < p.k ? gemm_b<TB>(p, gk, gj) : 0.f;
+      Bs[kk][nn] = gj < p.n && gk < kk_end ? gemm_b<TB>(p, gk, gj) : 0.f;
     }
     __syncthreads();
     KILN_UNROLL
@@ -122,18 +128,19 @@ __device__ __forceinline__ void gemm_v3(const GemmParams& p) {
   const int wm = warp / 2, wn = warp % 2;
   const int bm = blockIdx.y * BM, bn = blockIdx.x * BN;
   float acc[2][4][4] = {};
-  for (int k0 = 0; k0 < p.k; k0 += BK) {
+  const int kk_end = gemm_kk(p);
+  for (int k0 = 0; k0 < kk_end; k0 += BK) {
     for (int l = 0; l < BM * BK / 128; ++l) {
       const int e = tid + 128 * l;
       const int kk = p.sak == 1 ? e % BK : e / BM, mm = p.sak == 1 ? e / BK : e % BM;
       const int gi = bm + mm, gk = k0 + kk;
-      As[mm][kk] = bits16(from_f32<T>(gi < p.m && gk < p.k ? gemm_a(p, gi, gk) : 0.f));
+      As[mm][kk] = bits16(from_f32<T>(gi < p.m && gk < kk_end ? gemm_a(p, gi, gk) : 0.f));
     }
     for (int l = 0; l < BN * BK / 128; ++l) {
       const int e = tid + 128 * l;
       const int kk = p.sbk == 1 ? e % BK : e / BN, nn = p.sbk == 1 ? e / BK : e % BN;
       const int gj = bn + nn, gk = k0 + kk;
-      Bs[nn][kk] = bits16(from_f32<T>(gj < p.n && gk < p.k ? gemm_b<T>(p, gk, gj) : 0.f));
+      Bs[nn][kk] = bits16(from_f32<T>(gj < p.n && gk < kk_end ? gemm_b<T>(p, gk, gj) : 0.f));
     }
     __syncthreads();
     KILN_UNROLL

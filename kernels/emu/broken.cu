@@ -104,3 +104,13 @@ KILN_KERNEL(broken_shfl_exited_lane, TestParams) {
   const float v = warp_sum(p.a[i]);
   if (lane_id() == 0) p.c[i / 32] = v;
 }
+
+// ---- the harness's own cost: k barriers in a block (timed by the emulation tests) ----
+KILN_KERNEL(ok_barrier_loop, TestParams) {
+  float s = 0.f;
+  for (int i = 0; i < p.k; ++i) {
+    s += 1.f;
+    __syncthreads();
+  }
+  p.c[tid_linear()] = s;
+}

@@ -42,4 +42,26 @@ pub trait Exec: Send + Sync {
     fn download(&self, buf: &DevBuf, offset: usize, len: usize) -> Result<Vec<u8>>;
     /// Runs `kernel` with its parameter struct's bytes.
     fn launch(&self, kernel: &str, cfg: Launch, params: &[u8]) -> Result<()>;
+    /// Waits for every launch so far.
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Seconds `run` takes on the device (events on a GPU; the host clock in the emulation).
+    fn elapsed(&self, run: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+        self.synchronize()?;
+        let t = std::time::Instant::now();
+        run()?;
+        self.synchronize()?;
+        Ok(t.elapsed().as_secs_f64())
+    }
+    /// Evicts the device's L2 cache (between timed repeats), where there is one.
+    fn flush_l2(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Fill new allocations with NaN bytes (the parity suite's poisoned outputs).
+    fn set_poison(&self, _on: bool) {}
+    /// The device in words.
+    fn describe(&self) -> String {
+        self.name().to_string()
+    }
 }

@@ -8,11 +8,10 @@ use bytemuck::{Pod, Zeroable};
 pub const COMMON: &str = include_str!("../../../kernels/common.cuh");
 
 /// `(file, source)` of every kernel file.
-pub const SOURCES: [(&str, &str); 4] = [
+pub const SOURCES: [(&str, &str); 3] = [
     ("elementwise.cu", include_str!("../../../kernels/elementwise.cu")),
     ("embedding.cu", include_str!("../../../kernels/embedding.cu")),
     ("gemm.cu", include_str!("../../../kernels/gemm.cu")),
-    ("lora.cu", include_str!("../../../kernels/lora.cu")),
 ];
 
 /// A kernel file with `#include "common.cuh"` replaced by the header's text, so NVRTC needs no
@@ -80,23 +79,6 @@ pub struct GemmParams {
     pub alpha: f32,
     pub lora_scale: f32,
     pub pad: i32,
-}
-
-/// `kernels/lora.cu` `RowDotParams`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-pub struct RowDotParams {
-    pub x: u64,
-    pub y: u64,
-    pub out: u64,
-    pub sxm: i64,
-    pub sxk: i64,
-    pub syj: i64,
-    pub syk: i64,
-    pub m: i32,
-    pub k: i32,
-    pub nj: i32,
-    pub alpha: f32,
 }
 
 /// Every kernel entry point, by file (what `kiln selftest` and the NVRTC tier list).

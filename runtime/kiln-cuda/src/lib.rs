@@ -6,6 +6,9 @@
 //! Without the `cuda` feature the probe answers "not compiled with CUDA support".
 
 pub mod backend;
+pub mod bench;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 #[cfg(feature = "cuda-emu")]
 pub mod emu;
 pub mod exec;
@@ -101,4 +104,46 @@ mod imp {
 /// Looks for the CUDA driver, NVRTC and devices. Never panics when they are missing.
 pub fn probe() -> Probe {
     imp::probe()
+}
+
+/// The CUDA backend on device `ordinal` (opened once per process).
+#[cfg(feature = "cuda")]
+pub fn open(ordinal: usize) -> Result<&'static dyn kiln_core::Backend, String> {
+    backend::install(1 + ordinal, || Ok(Box::new(cuda::CudaExec::new(ordinal)?)))
+        .map(|b| b as _)
+        .map_err(|e| e.to_string())
+}
+
+/// The CUDA backend: not compiled in.
+#[cfg(not(feature = "cuda"))]
+pub fn open(_ordinal: usize) -> Result<&'static dyn kiln_core::Backend, String> {
+    Err("not compiled with CUDA support (feature `cuda`)".into())
+}
+
+/// The CUDA kernels on the CPU (kiln's emulation harness).
+#[cfg(feature = "cuda-emu")]
+pub fn open_emu() -> Result<&'static dyn kiln_core::Backend, String> {
+    Ok(backend::emu())
+}
+
+/// The emulation: not compiled in.
+#[cfg(not(feature = "cuda-emu"))]
+pub fn open_emu() -> Result<&'static dyn kiln_core::Backend, String> {
+    Err("not compiled with the CUDA emulation (feature `cuda-emu`)".into())
+}
+
+/// The kernel backend behind `cuda` (device `ordinal`) or `cuda-emu`, for tools that reach below
+/// the `Backend` trait (kernel benchmarks, timing, memory).
+pub fn kernel_backend(which: &str, ordinal: usize) -> Result<&'static backend::KernelBackend, String> {
+    match which {
+        #[cfg(feature = "cuda")]
+        "cuda" => {
+            backend::install(1 + ordinal, || Ok(Box::new(cuda::CudaExec::new(ordinal)?))).map_err(|e| e.to_string())
+        }
+        #[cfg(feature = "cuda-emu")]
+        "cuda-emu" => Ok(backend::emu()),
+        #[allow(unreachable_patterns)]
+        "cuda" | "cuda-emu" => Err(format!("{which}: not compiled into this build (features `cuda`, `cuda-emu`)")),
+        other => Err(format!("{other}: not a CUDA kernel backend (cuda or cuda-emu)")),
+    }
 }

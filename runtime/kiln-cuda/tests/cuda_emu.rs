@@ -208,3 +208,17 @@ fn blocks_of_1024_threads_run() {
     }
     eprintln!("1024-thread block: {:?}", t0.elapsed());
 }
+
+#[test]
+fn fibers_switch_fast_enough_for_1024_thread_blocks() {
+    // One fiber per GPU thread: each barrier costs one switch per thread. This measures it (the
+    // figure in bench/RESULTS.md) and checks every thread passed every barrier.
+    let (threads, barriers) = (1024usize, 200i32);
+    let cfg = Launch { grid: [1, 1, 1], block: [threads as u32, 1, 1], smem: 0 };
+    let t0 = std::time::Instant::now();
+    let got = run("ok_barrier_loop", cfg, &[0.0], &[0.0], threads, (0, 0, barriers), false).unwrap();
+    let dt = t0.elapsed().as_secs_f64();
+    assert!(got.iter().all(|&v| v == barriers as f32));
+    let switches = (threads * (barriers as usize + 1)) as f64;
+    eprintln!("fiber switches: {switches} in {:.1} ms = {:.2} µs each", dt * 1e3, dt / switches * 1e6);
+}

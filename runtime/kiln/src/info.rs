@@ -68,6 +68,12 @@ pub fn report() -> Value {
                 })).collect::<Vec<_>>(),
                 "unavailable_reason": cuda.unavailable,
             },
+            "cuda-emu": {
+                "compiled": cfg!(feature = "cuda-emu"),
+                "available": cfg!(feature = "cuda-emu"),
+                "kernels": kiln_cuda::kernels::SOURCES.iter().map(|(_, s)| kiln_cuda::kernels::entry_points(s).len()).sum::<usize>(),
+                "unavailable_reason": (!cfg!(feature = "cuda-emu")).then_some("not compiled (feature `cuda-emu`)"),
+            },
             "wgpu": {
                 "compiled": wgpu.compiled,
                 "available": wgpu.unavailable.is_none(),
@@ -92,7 +98,7 @@ pub fn render(v: &Value) -> String {
         cpu["simd"].as_str().unwrap_or("?"),
         cpu["arch"].as_str().unwrap_or("?")
     );
-    for name in ["cuda", "wgpu"] {
+    for name in ["cuda", "cuda-emu", "wgpu"] {
         let x = &b[name];
         let state = match (x["compiled"].as_bool(), x["available"].as_bool()) {
             (Some(false), _) => "not compiled",
@@ -100,6 +106,9 @@ pub fn render(v: &Value) -> String {
             _ => "unavailable",
         };
         s += &format!("  {name:<5} {state}");
+        if name == "cuda-emu" && state == "available" {
+            s += &format!(": the {} CUDA kernels on this CPU (correctness, not speed)", x["kernels"]);
+        }
         if let Some(r) = x["unavailable_reason"].as_str() {
             s += &format!(": {r}");
         }

@@ -1,8 +1,9 @@
-//! Matrix products and the (LoRA) linear layer on kernels/gemm.cu and kernels/lora.cu.
+//! Matrix products and the (LoRA) linear layer on kernels/gemm.cu.
 //!
-//! Forward `y = x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ`: the rank-r pre-pass `u = x·Aᵀ`, then one GEMM whose
-//! epilogue adds the bias and `s·u·Bᵀ`. Backward: `g = dy·B` (pre-pass), `dx = dy·W + s·g·A`
-//! (one GEMM, fused epilogue), `dA = s·gᵀ·x`, `dB = s·dyᵀ·u`, `dW = dyᵀ·x`, `db = Σ dy`.
+//! Forward `y = x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ`: the rank-r pre-pass `u = x·Aᵀ` (a small GEMM), then one
+//! GEMM whose reduction runs over K plus the rank (`s·u` against `B`) and whose epilogue adds
+//! the bias. Backward: `g = dy·B` (pre-pass), `dx = dy·W + s·g·A` (one fused GEMM),
+//! `dA = s·gᵀ·x`, `dB = s·dyᵀ·u`, `dW = dyᵀ·x`, `db = Σ dy`.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -11,7 +12,7 @@ use kiln_core::{DType, Error, Result, Tensor};
 
 use super::{Held, KernelBackend, elementwise::col_sum, want_f32};
 use crate::exec::Launch;
-use crate::kernels::{GemmParams, RowDotParams};
+use crate::kernels::GemmParams;
 
 /// GEMM variant (kernels/gemm.cu). `V3` uses tensor cores where B is 16-bit and falls back to
 /// `V2` for f32 operands (tensor cores would round them).
@@ -71,9 +72,10 @@ fn gemm(be: &KernelBackend, p: &GemmParams, b_type: DType) -> Result<()> {
     be.exec.launch(&kernel, cfg, bytemuck::bytes_of(p))
 }
 
-/// `out[i, j] = alpha·Σ_p X(i,p)·Y(j,p)` for a small `nj` (kernels/lora.cu).
+/// The rank-r pre-pass `out [m, nj] = X·Y` (f32, a GEMM with a narrow N), `X(i,p)` at
+/// `x[i·sx.0 + p·sx.1]`, `Y(p,j)` at `y[p·sy.0 + j·sy.1]`.
 #[allow(clippy::too_many_arguments)]
-fn rowdot(
+fn prepass(
     be: &KernelBackend,
     x: &Held,
     sx: (i64, i64),
@@ -84,22 +86,9 @@ fn rowdot(
     nj: usize,
 ) -> Result<crate::exec::DevBuf> {
     let out = be.alloc(m * nj, DType::F32)?;
-    let p = RowDotParams {
-        x: x.ptr(),
-        y: y.ptr(),
-        out: out.ptr,
-        sxm: sx.0,
-        sxk: sx.1,
-        syj: sy.0,
-        syk: sy.1,
-        m: m as i32,
-        k: k as i32,
-        nj: nj as i32,
-        alpha: 1.0,
-    };
-    if m > 0 {
-        be.exec.launch("lora_rowdot_f32", Launch::linear(m, 128), bytemuck::bytes_of(&p))?;
-    }
+    let mut p = base(x.ptr(), y.ptr(), out.ptr, m, nj, k);
+    (p.sam, p.sak, p.sbk, p.sbn) = (sx.0, sx.1, sy.0, sy.1);
+    gemm(be, &p, DType::F32)?;
     Ok(out)
 }
 
@@ -186,7 +175,7 @@ impl MatmulOps for KernelBackend {
         if let Some(l) = &lora {
             let r = lora_rank(l, k, n)?;
             let (ha, hb) = (self.held(l.a)?, self.held(l.b)?);
-            let u = rowdot(self, &hx, (k as i64, 1), &ha, (k as i64, 1), m, k, r)?;
+            let u = prepass(self, &hx, (k as i64, 1), &ha, (1, k as i64), m, k, r)?;
             (p.lora_u, p.lora_l, p.sl_n, p.sl_r, p.rank, p.lora_scale) =
                 (u.ptr, hb.ptr(), r as i64, 1, r as i32, l.scale as f32);
             u_out = Some(self.wrap(u, with_last(x, r), DType::F32));
@@ -219,7 +208,7 @@ impl MatmulOps for KernelBackend {
             Some((l, u)) if needs.x || needs.lora => {
                 let r = lora_rank(l, k, n)?;
                 let (ha, hb, hu) = (self.held(l.a)?, self.held(l.b)?, self.held(u)?);
-                let gb = rowdot(self, &hdy, (n as i64, 1), &hb, (1, r as i64), m, n, r)?;
+                let gb = prepass(self, &hdy, (n as i64, 1), &hb, (r as i64, 1), m, n, r)?;
                 Some((r, l.scale as f32, ha, hb, hu, gb))
             }
             _ => None,

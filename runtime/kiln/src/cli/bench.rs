@@ -15,6 +15,9 @@ pub enum BenchCmd {
     Gemm(GemmArgs),
     /// LoRA training steps (forward, backward, AdamW) of a model on random tokens.
     Train(TrainArgs),
+    /// Each CUDA kernel and GEMM variant at realistic shapes: median device time, TFLOP/s or
+    /// GB/s, and the fraction of the card's peak (--backend cuda, or cuda-emu on the CPU).
+    Kernels(super::kernels::BenchKernelsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -197,6 +200,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Gemm(a) => gemm(a),
         BenchCmd::Train(a) => train(a),
+        BenchCmd::Kernels(a) => super::kernels::bench(a),
     }
 }
 

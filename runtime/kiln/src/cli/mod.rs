@@ -7,6 +7,7 @@ mod demo;
 mod eval;
 mod export;
 mod generate;
+mod kernels;
 mod train;
 
 use std::path::PathBuf;
@@ -61,12 +62,19 @@ pub enum Cmd {
     /// Benchmarks (GFLOP/s or GB/s, JSON with --json).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// CUDA kernels: build PTX ahead of time, list entry points.
+    #[command(subcommand)]
+    Kernels(kernels::KernelsCmd),
     /// Check a backend on this machine: every op's kernels against the CPU reference (the
     /// op-parity suite of `cargo test`), on fresh random inputs at ragged shapes.
     Selftest {
-        /// cpu, wgpu or all (every backend that opens here; cuda joins with its kernels).
+        /// cpu, cuda, cuda-emu (the CUDA kernels on this CPU), wgpu or all (every backend that
+        /// opens here).
         #[arg(long, default_value = "all")]
         backend: String,
+        /// CUDA device ordinal.
+        #[arg(long, default_value_t = 0)]
+        device: usize,
         /// Print JSON only: [{"backend", "passed", "skipped": [[case, why]], "failed": [[case, what]]}].
         #[arg(long)]
         json: bool,
@@ -86,22 +94,26 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Score(s) => eval::score(s),
         Cmd::Train(t) => train::run(*t),
         Cmd::Export(e) => export::run(e),
-        Cmd::Selftest { backend, json } => selftest(&backend, json),
+        Cmd::Selftest { backend, device, json } => selftest(&backend, device, json),
+        Cmd::Kernels(k) => kernels::run(k),
     }
 }
 
-fn selftest(which: &str, json: bool) -> Result<()> {
+fn selftest(which: &str, device: usize, json: bool) -> Result<()> {
     let cpu: &'static dyn kiln::core::Backend = &kiln::core::CpuBackend;
     let mut backends: Vec<(&str, std::result::Result<&'static dyn kiln::core::Backend, String>)> = Vec::new();
     match which {
         "cpu" => backends.push(("cpu", Ok(cpu))),
         "wgpu" => backends.push(("wgpu", kiln_wgpu::open())),
-        "cuda" => anyhow::bail!("--backend cuda: the CUDA backend's kernels have not landed yet"),
+        "cuda" => backends.push(("cuda", kiln_cuda::open(device))),
+        "cuda-emu" => backends.push(("cuda-emu", kiln_cuda::open_emu())),
         "all" => {
             backends.push(("cpu", Ok(cpu)));
+            backends.push(("cuda", kiln_cuda::open(device)));
+            backends.push(("cuda-emu", kiln_cuda::open_emu()));
             backends.push(("wgpu", kiln_wgpu::open()));
         }
-        other => anyhow::bail!("--backend {other}: one of cpu, wgpu, all"),
+        other => anyhow::bail!("--backend {other}: one of cpu, cuda, cuda-emu, wgpu, all"),
     }
     let (mut reports, mut failed) = (Vec::new(), 0);
     for (name, be) in backends {
@@ -116,6 +128,10 @@ fn selftest(which: &str, json: bool) -> Result<()> {
             }
             Err(e) => anyhow::bail!("--backend {name}: {e}"),
         };
+        // Outputs start as NaN bytes, so an element no kernel wrote cannot pass.
+        if let Ok(k) = kiln_cuda::kernel_backend(name, device) {
+            k.exec.set_poison(true);
+        }
         let t0 = std::time::Instant::now();
         let rep = kiln::core::selftest::run(be, &mut |case, outcome| {
             if !json && let Some(o) = outcome.filter(|o| !o.starts_with("skipped")) {

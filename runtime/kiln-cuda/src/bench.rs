@@ -1,0 +1,267 @@
+//! Kernel benchmarks (`kiln bench kernels`, and the criterion bench of this crate): each op and
+//! GEMM variant at realistic shapes, the median device time over repeats after a warm-up, the
+//! L2 cache flushed between repeats, and the work done (FLOPs or bytes) so callers report
+//! TFLOP/s or GB/s against the card's peak. In the emulation the times measure the CPU harness
+//! and mean nothing about a GPU: rows say so.
+
+use kiln_core::backend::{LinearNeeds, LoraRef};
+use kiln_core::{DType, Result, Tensor};
+
+use crate::backend::{KernelBackend, Variant, set_variant, variant};
+
+/// One measured case.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub op: String,
+    pub variant: String,
+    pub dtype: String,
+    pub shape: String,
+    pub median_s: f64,
+    pub repeats: usize,
+    /// Floating-point operations per run (matrix ops).
+    pub flops: Option<f64>,
+    /// Bytes moved per run (memory-bound ops).
+    pub bytes: Option<f64>,
+}
+
+/// What to run.
+pub struct Plan {
+    /// Any of "gemm", "lora", "elementwise", "embedding".
+    pub ops: Vec<String>,
+    /// GEMM shapes `(tokens, in, out)`; LoRA uses the same.
+    pub shapes: Vec<(usize, usize, usize)>,
+    pub ranks: Vec<usize>,
+    /// Elements of the memory-bound ops.
+    pub elements: usize,
+    /// Timed seconds per case (at least 3 repeats).
+    pub seconds: f64,
+}
+
+impl Plan {
+    /// Shapes for a GPU: tokens 4096–16384 × hidden 4096, ranks 16 and 64.
+    pub fn gpu(quick: bool) -> Plan {
+        let shapes = if quick { vec![(4096, 4096, 4096)] } else { vec![(4096, 4096, 4096), (16384, 4096, 4096)] };
+        Plan {
+            ops: vec!["gemm".into(), "lora".into(), "elementwise".into(), "embedding".into()],
+            shapes,
+            ranks: if quick { vec![16] } else { vec![16, 64] },
+            elements: 1 << 26,
+            seconds: if quick { 0.3 } else { 1.0 },
+        }
+    }
+    /// Small shapes for the CPU emulation (correctness of the bench path, not speed).
+    pub fn emulation() -> Plan {
+        Plan {
+            ops: vec!["gemm".into(), "lora".into(), "elementwise".into(), "embedding".into()],
+            shapes: vec![(64, 96, 80)],
+            ranks: vec![8],
+            elements: 1 << 14,
+            seconds: 0.0,
+        }
+    }
+}
+
+fn randn(n: usize, seed: u64) -> Vec<f32> {
+    let mut r = kiln_core::rng::Rng::new(seed);
+    (0..n).map(|_| r.normal() as f32 * 0.1).collect()
+}
+
+fn up(be: &KernelBackend, v: Vec<f32>, dims: &[usize], dtype: DType) -> Result<Tensor> {
+    use kiln_core::backend::MemoryOps;
+    be.upload(&Tensor::from_vec(v, dims.to_vec())?.to_dtype(dtype)?)
+}
+
+/// Median device seconds of `run` (after one warm-up run), and the repeats taken.
+fn time(be: &KernelBackend, seconds: f64, run: &mut dyn FnMut() -> Result<()>) -> Result<(f64, usize)> {
+    run()?;
+    be.exec.synchronize()?;
+    let mut t = Vec::new();
+    let start = std::time::Instant::now();
+    while t.len() < 3 || (start.elapsed().as_secs_f64() < seconds && t.len() < 200) {
+        be.exec.flush_l2()?;
+        t.push(be.exec.elapsed(run)?);
+    }
+    t.sort_by(f64::total_cmp);
+    Ok((t[t.len() / 2], t.len()))
+}
+
+fn vname(v: Variant, dtype: DType) -> &'static str {
+    match (v, dtype) {
+        (Variant::V1, _) => "v1_naive",
+        (Variant::V3, DType::BF16 | DType::F16) => "v3_mma",
+        _ => "v2_smem_tiled",
+    }
+}
+
+/// Runs the plan, handing each row to `on_row` as it is measured.
+pub fn run(be: &KernelBackend, plan: &Plan, on_row: &mut dyn FnMut(&Row)) -> Result<Vec<Row>> {
+    use kiln_core::backend::{ElementwiseOps, EmbeddingOps, MatmulOps, MemoryOps};
+    let keep = variant();
+    let mut rows = Vec::new();
+    let mut push = |r: Row, rows: &mut Vec<Row>| {
+        on_row(&r);
+        rows.push(r);
+    };
+    for op in &plan.ops {
+        match op.as_str() {
+            "gemm" => {
+                for &(m, k, n) in &plan.shapes {
+                    let x = up(be, randn(m * k, 1), &[m, k], DType::F32)?;
+                    for dtype in [DType::BF16, DType::F32] {
+                        let w = up(be, randn(n * k, 2), &[n, k], dtype)?;
+                        for v in [Variant::V1, Variant::V2, Variant::V3] {
+                            if v == Variant::V3 && dtype == DType::F32 {
+                                continue;
+                            }
+                            set_variant(v);
+                            let (s, reps) =
+                                time(be, plan.seconds, &mut || be.linear_fwd(&x, &w, None, None).map(drop))?;
+                            let row = Row {
+                                op: "gemm x·Wᵀ".into(),
+                                variant: vname(v, dtype).into(),
+                                dtype: format!("x f32, W {}", dtype.name()),
+                                shape: format!("{m}x{k}x{n}"),
+                                median_s: s,
+                                repeats: reps,
+                                flops: Some(2.0 * (m * k * n) as f64),
+                                bytes: None,
+                            };
+                            push(row, &mut rows);
+                        }
+                    }
+                }
+            }
+            "lora" => {
+                set_variant(Variant::V3);
+                for &(m, k, n) in &plan.shapes {
+                    let x = up(be, randn(m * k, 3), &[m, k], DType::F32)?;
+                    let w = up(be, randn(n * k, 4), &[n, k], DType::BF16)?;
+                    let dy = up(be, randn(m * n, 5), &[m, n], DType::F32)?;
+                    let gemm_flops = 2.0 * (m * k * n) as f64;
+                    let shape = format!("{m}x{k}x{n}");
+                    let plain_fwd = time(be, plan.seconds, &mut || be.linear_fwd(&x, &w, None, None).map(drop))?;
+                    let needs = LinearNeeds { x: true, ..Default::default() };
+                    let plain_fb = time(be, plan.seconds, &mut || {
+                        be.linear_fwd(&x, &w, None, None)?;
+                        be.linear_bwd(&dy, &x, &w, None, needs).map(drop)
+                    })?;
+                    for (name, (s, reps), f) in
+                        [("plain fwd", plain_fwd, gemm_flops), ("plain fwd+bwd(dx)", plain_fb, 2.0 * gemm_flops)]
+                    {
+                        let row = Row {
+                            op: format!("lora baseline: {name}"),
+                            variant: "v3_mma".into(),
+                            dtype: "x f32, W bf16".into(),
+                            shape: shape.clone(),
+                            median_s: s,
+                            repeats: reps,
+                            flops: Some(f),
+                            bytes: None,
+                        };
+                        push(row, &mut rows);
+                    }
+                    for &r in &plan.ranks {
+                        let a = up(be, randn(r * k, 6), &[r, k], DType::F32)?;
+                        let b = up(be, randn(n * r, 7), &[n, r], DType::F32)?;
+                        let l = || LoraRef { a: &a, b: &b, scale: 2.0 };
+                        let fwd = time(be, plan.seconds, &mut || be.linear_fwd(&x, &w, None, Some(l())).map(drop))?;
+                        let needs = LinearNeeds { x: true, lora: true, ..Default::default() };
+                        let fb = time(be, plan.seconds, &mut || {
+                            let (_, u) = be.linear_fwd(&x, &w, None, Some(l()))?;
+                            let u = u.ok_or_else(|| kiln_core::Error::Msg("no u".into()))?;
+                            be.linear_bwd(&dy, &x, &w, Some((l(), &u)), needs).map(drop)
+                        })?;
+                        let lora_flops = 2.0 * (m * r * (k + n)) as f64;
+                        for (name, (s, reps), base, f) in [
+                            ("fused fwd", fwd, plain_fwd.0, gemm_flops + lora_flops),
+                            ("fused fwd+bwd (dx, dA, dB)", fb, plain_fb.0, 2.0 * gemm_flops + 3.0 * lora_flops),
+                        ] {
+                            let row = Row {
+                                op: format!("lora r{r}: {name} ({:+.1} % vs plain)", 100.0 * (s / base - 1.0)),
+                                variant: "v3_mma + rank-r pre-pass".into(),
+                                dtype: "x f32, W bf16, A/B f32".into(),
+                                shape: shape.clone(),
+                                median_s: s,
+                                repeats: reps,
+                                flops: Some(f),
+                                bytes: None,
+                            };
+                            push(row, &mut rows);
+                        }
+                    }
+                }
+            }
+            "elementwise" => {
+                let n = plan.elements;
+                let a = up(be, randn(n, 8), &[n], DType::F32)?;
+                let b = up(be, randn(n, 9), &[n], DType::F32)?;
+                let cases: [(&str, f64, &mut dyn FnMut() -> Result<()>); 3] = [
+                    ("add f32", 12.0, &mut || be.add(&a, &b).map(drop)),
+                    ("cast f32→bf16", 6.0, &mut || be.cast(&a, DType::BF16).map(drop)),
+                    ("sum_squares f32", 4.0, &mut || be.sum_squares(&a).map(drop)),
+                ];
+                for (name, per, f) in cases {
+                    let (s, reps) = time(be, plan.seconds, f)?;
+                    let row = Row {
+                        op: name.into(),
+                        variant: "grid-stride".into(),
+                        dtype: "f32".into(),
+                        shape: format!("{n}"),
+                        median_s: s,
+                        repeats: reps,
+                        flops: None,
+                        bytes: Some(per * n as f64),
+                    };
+                    push(row, &mut rows);
+                }
+            }
+            "embedding" => {
+                let (vocab, h) = (32_000.min(plan.elements / 64).max(64), 4096.min(plan.elements / 256).max(64));
+                let rows_n = (plan.elements / h).max(1);
+                let w = up(be, randn(vocab * h, 10), &[vocab, h], DType::BF16)?;
+                let ids: Vec<i32> = (0..rows_n).map(|i| (i * 7919 % vocab) as i32).collect();
+                let ids = be.upload(&Tensor::from_vec(ids, [rows_n])?)?;
+                let (s, reps) = time(be, plan.seconds, &mut || be.embedding_fwd(&w, &ids).map(drop))?;
+                let row = Row {
+                    op: "embedding fwd".into(),
+                    variant: "row gather".into(),
+                    dtype: "table bf16 → f32".into(),
+                    shape: format!("{rows_n} ids × {h} of {vocab}"),
+                    median_s: s,
+                    repeats: reps,
+                    flops: None,
+                    bytes: Some((rows_n * h * 6) as f64),
+                };
+                push(row, &mut rows);
+            }
+            other => {
+                set_variant(keep);
+                return Err(kiln_core::Error::Msg(format!("--op {other}: one of gemm, lora, elementwise, embedding")));
+            }
+        }
+    }
+    set_variant(keep);
+    Ok(rows)
+}
+
+/// Dense bf16 tensor-core TFLOP/s (f32 accumulate) from NVIDIA's datasheets, by device name.
+pub fn datasheet_bf16_tflops(name: &str) -> Option<f64> {
+    let n = name.to_ascii_lowercase();
+    let table: [(&str, f64); 14] = [
+        ("h200", 989.0),
+        ("h100 pcie", 756.0),
+        ("h100 nvl", 835.0),
+        ("h100", 989.0),
+        ("gh200", 989.0),
+        ("a100", 312.0),
+        ("l40s", 362.0),
+        ("l4", 121.0),
+        ("a10", 125.0),
+        ("rtx 4090", 165.0),
+        ("rtx 3090", 71.0),
+        ("rtx 5090", 209.0),
+        ("t4", 65.0),
+        ("b200", 2250.0),
+    ];
+    table.iter().find(|(k, _)| n.contains(k)).map(|&(_, v)| v)
+}

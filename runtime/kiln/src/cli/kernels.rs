@@ -1,0 +1,178 @@
+//! `kiln kernels build` (PTX ahead of time, for machines with only the NVIDIA driver) and
+//! `kiln bench kernels` (each CUDA kernel and variant at realistic shapes).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+#[derive(Subcommand, Debug)]
+pub enum KernelsCmd {
+    /// Compile every kernels/*.cu with NVRTC for each architecture into DIR/<file>.<arch>.ptx;
+    /// a machine without NVRTC then runs with KILN_PTX_DIR=DIR.
+    Build {
+        /// Comma-separated targets, e.g. sm_80,sm_90 [default: every supported one].
+        #[arg(long)]
+        arch: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Directory holding cuda_fp16.h (else KILN_CUDA_INCLUDE, $CUDA_HOME/include).
+        #[arg(long)]
+        cuda_include: Option<PathBuf>,
+    },
+    /// The kernel entry points of each file.
+    List,
+}
+
+pub fn run(cmd: KernelsCmd) -> Result<()> {
+    match cmd {
+        KernelsCmd::List => {
+            for (file, src) in kiln_cuda::kernels::SOURCES {
+                println!("{file}: {}", kiln_cuda::kernels::entry_points(src).join(" "));
+            }
+            Ok(())
+        }
+        KernelsCmd::Build { arch, out, cuda_include } => build(arch, out, cuda_include),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn build(arch: Option<String>, out: PathBuf, cuda_include: Option<PathBuf>) -> Result<()> {
+    use kiln_cuda::nvrtc;
+    let archs: Vec<String> = match arch {
+        Some(a) => a.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+        None => nvrtc::ARCHS.iter().map(|s| s.to_string()).collect(),
+    };
+    if archs.is_empty() {
+        bail!("--arch: no architecture given");
+    }
+    let inc = nvrtc::include_dirs(cuda_include);
+    std::fs::create_dir_all(&out).with_context(|| format!("--out {}", out.display()))?;
+    let (maj, min) = nvrtc::version().map_err(|e| anyhow::anyhow!("{e}"))?;
+    for a in &archs {
+        for (file, src) in kiln_cuda::kernels::SOURCES {
+            let c = nvrtc::compile(file, src, a, &inc).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if !c.log.is_empty() {
+                eprintln!("{file} ({a}): {}", c.log);
+            }
+            let path = out.join(format!("{}.{a}.ptx", file.trim_end_matches(".cu")));
+            let tmp = path.with_extension("ptx.tmp");
+            std::fs::write(&tmp, &c.ptx).with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        }
+        eprintln!("{a}: {} files", kiln_cuda::kernels::SOURCES.len());
+    }
+    eprintln!("PTX by NVRTC {maj}.{min} in {} (run with KILN_PTX_DIR={0})", out.display());
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn build(_: Option<String>, _: PathBuf, _: Option<PathBuf>) -> Result<()> {
+    bail!("this kiln was built without CUDA support (feature `cuda`)")
+}
+
+#[derive(Args, Debug)]
+pub struct BenchKernelsArgs {
+    /// cuda or cuda-emu (the CPU emulation: checks the bench path, its times mean nothing).
+    #[arg(long, default_value = "cuda")]
+    backend: String,
+    /// CUDA device ordinal.
+    #[arg(long, default_value_t = 0)]
+    device: usize,
+    /// Comma-separated: gemm, lora, elementwise, embedding [default: all].
+    #[arg(long)]
+    op: Option<String>,
+    /// One tokens×in×out shape per run instead of the defaults (4096³, 16384×4096×4096).
+    #[arg(long = "shape")]
+    shapes: Vec<String>,
+    /// The smaller set: one shape, rank 16, shorter timing.
+    #[arg(long)]
+    quick: bool,
+    /// The card's dense bf16 TFLOP/s [default: its datasheet figure, where known].
+    #[arg(long)]
+    peak_tflops: Option<f64>,
+    /// Print JSON only.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_shape(s: &str) -> Result<(usize, usize, usize)> {
+    let v: Vec<usize> = s.split('x').map(|p| p.trim().parse::<usize>()).collect::<Result<_, _>>()?;
+    match v[..] {
+        [m, k, n] if m > 0 && k > 0 && n > 0 => Ok((m, k, n)),
+        _ => bail!("--shape {s}: expected MxKxN"),
+    }
+}
+
+pub fn bench(a: BenchKernelsArgs) -> Result<()> {
+    let be =
+        kiln_cuda::kernel_backend(&a.backend, a.device).map_err(|e| anyhow::anyhow!("--backend {}: {e}", a.backend))?;
+    let emu = a.backend == "cuda-emu";
+    let mut plan = if emu { kiln_cuda::bench::Plan::emulation() } else { kiln_cuda::bench::Plan::gpu(a.quick) };
+    if let Some(ops) = &a.op {
+        plan.ops = ops.split(',').map(|s| s.trim().to_string()).collect();
+    }
+    if !a.shapes.is_empty() {
+        plan.shapes = a.shapes.iter().map(|s| parse_shape(s)).collect::<Result<_>>()?;
+    }
+    let device = be.exec.describe();
+    #[cfg(feature = "cuda")]
+    let (bandwidth, datasheet) = match a.backend.as_str() {
+        "cuda" => {
+            let bw = be.exec.as_ref() as *const dyn kiln_cuda::exec::Exec as *const kiln_cuda::cuda::CudaExec;
+            // SAFETY: the "cuda" kernel backend's exec is a CudaExec (kernel_backend builds it so).
+            let cuda = unsafe { &*bw };
+            (
+                Some(cuda.copy_bandwidth().map_err(|e| anyhow::anyhow!("{e}"))?),
+                kiln_cuda::bench::datasheet_bf16_tflops(&cuda.name),
+            )
+        }
+        _ => (None, None),
+    };
+    #[cfg(not(feature = "cuda"))]
+    let (bandwidth, datasheet): (Option<f64>, Option<f64>) = (None, None);
+    let peak = a.peak_tflops.or(datasheet);
+    if !a.json {
+        eprintln!("{device}");
+        if emu {
+            eprintln!(
+                "cuda-emu: the kernels run on this CPU through kiln's emulation; times check the bench path and mean nothing about a GPU"
+            );
+        }
+        if let Some(bw) = bandwidth {
+            eprintln!("device-to-device copy: {bw:.0} GB/s (the bandwidth peak below)");
+        }
+    }
+    let mut rows = Vec::new();
+    let rows_out = kiln_cuda::bench::run(be, &plan, &mut |r| {
+        let tflops = r.flops.map(|f| f / r.median_s / 1e12);
+        let gbps = r.bytes.map(|b| b / r.median_s / 1e9);
+        let pct = match (tflops, gbps) {
+            (Some(t), _) => peak.map(|p| 100.0 * t / p),
+            (_, Some(g)) => bandwidth.map(|b| 100.0 * g / b),
+            _ => None,
+        };
+        if !a.json {
+            let rate = match (tflops, gbps) {
+                (Some(t), _) => format!("{t:.2} TFLOP/s"),
+                (_, Some(g)) => format!("{g:.1} GB/s"),
+                _ => String::new(),
+            };
+            let pct = pct.map(|p| format!(" ({p:.1} % of peak)")).unwrap_or_default();
+            eprintln!("{:<48} {:<24} {:<22} {:>10.3} ms  {rate}{pct}", r.op, r.variant, r.shape, r.median_s * 1e3);
+        }
+        rows.push(json!({
+            "op": r.op, "variant": r.variant, "dtype": r.dtype, "shape": r.shape, "backend": a.backend,
+            "device": device, "median_s": r.median_s, "repeats": r.repeats, "tflops": tflops, "gbps": gbps,
+            "pct_of_peak": pct,
+            "peak": match (tflops, gbps) { (Some(_), _) => json!({"tflops": peak, "source": if a.peak_tflops.is_some() { "--peak-tflops" } else if datasheet.is_some() { "datasheet (dense bf16)" } else { "unknown" }}), _ => json!({"gbps": bandwidth, "source": "measured device-to-device copy"}) },
+            "timing": if emu { "cpu emulation (meaningless for GPU speed)" } else { "cuda events, L2 flushed between repeats" },
+        }));
+    });
+    rows_out.map_err(|e| anyhow::anyhow!("{e}"))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    }
+    Ok(())
+}
