@@ -19,7 +19,7 @@ fn info_json_reports_every_backend() {
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(v["backends"]["cpu"]["available"], true);
     assert!(v["backends"]["cpu"]["threads"].as_u64().unwrap() >= 1);
-    for b in ["cuda", "wgpu"] {
+    for b in ["cuda", "cuda-emu", "wgpu"] {
         let x = &v["backends"][b];
         assert!(x["compiled"].is_boolean() && x["available"].is_boolean(), "{b}: {x}");
         // An unavailable backend always says why.
@@ -43,8 +43,25 @@ fn selftest_runs_the_parity_suite_on_each_backend() {
     if std::env::var_os("CI").is_some() {
         assert!(w["passed"].is_u64(), "CI has lavapipe: {w}");
     }
+    // The CUDA kernels on the CPU emulation: always compiled in, every supported case passes.
+    let e = all.iter().find(|r| r["backend"] == "cuda-emu").unwrap();
+    assert!(e["passed"].as_u64().is_some_and(|n| n >= 30) && e["failed"].as_array().unwrap().is_empty(), "{e}");
+    // Without a GPU, cuda says why it could not open.
+    let c = all.iter().find(|r| r["backend"] == "cuda").unwrap();
+    assert!(c["passed"].is_u64() || c["unavailable"].as_str().is_some_and(|s| !s.is_empty()), "{c}");
     let o = kiln().args(["selftest", "--backend", "nope"]).output().unwrap();
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("one of cpu, wgpu, all"));
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("one of cpu, cuda, cuda-emu, wgpu, all")
+    );
+    let o = kiln().args(["bench", "kernels", "--backend", "cuda-emu", "--op", "gemm,lora", "--json"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert!(
+        rows.iter().any(|r| r["variant"] == "v3_mma")
+            && rows.iter().any(|r| r["op"].as_str().unwrap().contains("lora r8"))
+    );
+    assert!(rows.iter().all(|r| r["timing"].as_str().unwrap().contains("meaningless")), "emulation rows are labelled");
 }
 
 #[test]
@@ -197,4 +214,26 @@ fn main_job_fine_tunes_smollm2_on_the_bundled_data() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["text"].as_str().unwrap().contains("Paris"), "{v}");
+}
+
+#[test]
+fn kernels_build_writes_ptx_for_each_arch_or_says_what_is_missing() {
+    let dir = std::env::temp_dir().join(format!("kiln-ptx-{}", std::process::id()));
+    let o = kiln().args(["kernels", "build", "--arch", "sm_80,sm_90", "--out"]).arg(&dir).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    if !o.status.success() {
+        // Without NVRTC (tools/test.sh provides it, so not under CI) the error names what to install.
+        assert!(std::env::var_os("CI").is_none(), "CI has NVRTC: {err}");
+        assert!(err.contains("nvrtc") || err.contains("headers"), "{err}");
+        return;
+    }
+    for f in ["elementwise", "embedding", "gemm"] {
+        for a in ["sm_80", "sm_90"] {
+            let ptx = std::fs::read_to_string(dir.join(format!("{f}.{a}.ptx"))).unwrap();
+            assert!(ptx.contains(&format!(".target {a}")), "{f}.{a}.ptx");
+        }
+    }
+    let o = kiln().args(["kernels", "build", "--arch", "sm_10", "--out"]).arg(&dir).output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("sm_10"));
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -8,11 +8,17 @@
 #
 # --smoke runs every section at tiny shapes (to try the script itself on a CPU Vulkan driver).
 #
-# Sections: info (backends seen), selftest cpu and wgpu (the op-parity suite on the GPU through
-# Vulkan), GEMM benches (kiln's wgpu GEMM at the models' shapes, the CPU beside it, and torch's
+# Sections: info (backends seen), selftest cpu, cuda and wgpu (the op-parity suite on the GPU:
+# the CUDA kernels, and the WGSL ones through Vulkan), CUDA kernel benches (every GEMM variant,
+# the fused LoRA against the plain GEMMs, memory-bound ops; TFLOP/s against the datasheet and
+# cuBLAS, GB/s against a measured copy), GEMM benches (kiln's wgpu GEMM at the models' shapes, the CPU beside it, and torch's
 # bf16/f32 matmul — cuBLAS — on the same card when PyTorch is there), a LoRA training-step bench
 # on a SmolLM2-shaped random model (written by tools/make_smollm2_shaped.py when transformers is
-# there), and, without --quick, a DPO step bench. The CUDA sections join with the CUDA backend.
+# there), and, without --quick, a DPO step bench.
+#
+# CUDA kernels come as PTX compiled ahead here (`kiln kernels build --out gpu-carry/ptx`): the
+# GPU machine needs only the driver (a CUDA 13 driver loads CUDA 12.9 PTX). Where gpu-carry/ptx
+# is missing, kiln compiles with the machine's NVRTC if it has one.
 #
 # Before it, on the device tool's machines (see the library's device/README.md): unpack the
 # Vulkan loader carried in .gl/ and point the loader at NVIDIA's ICD when it is not found:
@@ -54,7 +60,16 @@ section info 60 "$bin" info --json
 if command -v nvidia-smi >/dev/null; then
   section nvidia-smi 30 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv
 fi
+[[ -d gpu-carry/ptx ]] && export KILN_PTX_DIR=$PWD/gpu-carry/ptx
 section selftest-cpu 120 "$bin" selftest --backend cpu
+section selftest-cuda 300 "$bin" selftest --backend cuda
+if [[ $smoke == 1 ]]; then
+  section kernels-cuda 300 "$bin" bench kernels --backend cuda-emu --json
+elif [[ $quick == 1 ]]; then
+  section kernels-cuda 300 "$bin" bench kernels --backend cuda --quick --json
+else
+  section kernels-cuda 420 "$bin" bench kernels --backend cuda --json
+fi
 section selftest-wgpu 300 "$bin" selftest --backend wgpu
 
 shapes=(--shape 4096x4096x4096 --shape 4096x576x1536 --shape 4096x1536x576 --shape 4096x576x49152 --shape 8192x4096x4096)

@@ -93,6 +93,9 @@ fn vname(v: Variant, dtype: DType) -> &'static str {
     }
 }
 
+/// A named memory-bound case: bytes moved per element and the run.
+type Case<'a> = (&'static str, f64, &'a mut dyn FnMut() -> Result<()>);
+
 /// Runs the plan, handing each row to `on_row` as it is measured.
 pub fn run(be: &KernelBackend, plan: &Plan, on_row: &mut dyn FnMut(&Row)) -> Result<Vec<Row>> {
     use kiln_core::backend::{ElementwiseOps, EmbeddingOps, MatmulOps, MemoryOps};
@@ -195,7 +198,7 @@ pub fn run(be: &KernelBackend, plan: &Plan, on_row: &mut dyn FnMut(&Row)) -> Res
                 let n = plan.elements;
                 let a = up(be, randn(n, 8), &[n], DType::F32)?;
                 let b = up(be, randn(n, 9), &[n], DType::F32)?;
-                let cases: [(&str, f64, &mut dyn FnMut() -> Result<()>); 3] = [
+                let cases: [Case<'_>; 3] = [
                     ("add f32", 12.0, &mut || be.add(&a, &b).map(drop)),
                     ("cast f32→bf16", 6.0, &mut || be.cast(&a, DType::BF16).map(drop)),
                     ("sum_squares f32", 4.0, &mut || be.sum_squares(&a).map(drop)),

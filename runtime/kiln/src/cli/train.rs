@@ -263,9 +263,12 @@ fn pick_backend(want: &str) -> Result<&'static dyn kiln::core::Backend> {
             eprintln!("backend: cpu (cuda: {}; wgpu: {wgpu})", why(kiln_cuda::probe().unavailable));
             Ok(cpu)
         }
-        other => {
-            bail!("--backend {other}: the {other} backend's training kernels are not implemented yet; use cpu or wgpu")
-        }
+        "cuda" => bail!(
+            "--backend cuda: the CUDA backend runs its GEMM, fused LoRA, elementwise and embedding kernels so far \
+             (check them with `kiln selftest --backend cuda`); RMSNorm, RoPE, attention, SwiGLU, the loss and AdamW \
+             arrive with CUDA backend II — train with --backend cpu or wgpu meanwhile"
+        ),
+        other => bail!("--backend {other}: one of auto, cpu, cuda, wgpu"),
     }
 }
 
