@@ -36,10 +36,10 @@ typedef long long i64;
 // Loop unrolling hint for both compilers (GCC ignores `#pragma unroll` with a warning).
 #if KILN_GPU
 #define KILN_UNROLL _Pragma("unroll")
-#define KILN_NO_UNROLL _Pragma("unroll 1")
+#define KILN_UNROLL4 _Pragma("unroll 4")
 #else
 #define KILN_UNROLL _Pragma("GCC unroll 16")
-#define KILN_NO_UNROLL _Pragma("GCC unroll 1")
+#define KILN_UNROLL4 _Pragma("GCC unroll 4")
 #endif
 
 typedef __half f16;
@@ -91,6 +91,9 @@ template <class T>
 __device__ __forceinline__ float half_hi(u32 r) { return to_f32<T>(of_bits16<T>((unsigned short)(r >> 16))); }
 
 // ---- reductions ----
+// The butterfly all-reduce over a warp: every lane ends with the same bits. On the CPU the same
+// tree is computed from one warp-wide exchange (five shuffles cost five fiber rounds there).
+#if KILN_GPU
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
@@ -98,6 +101,46 @@ __device__ __forceinline__ float warp_sum(float v) {
 __device__ __forceinline__ float warp_max(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
+}
+#else
+namespace kiln_emu_impl {
+template <bool MAX>
+inline float butterfly(float v) {
+  const unsigned char* s = ::kemu::warp_exchange(0xffffffffu, &v, sizeof v);
+  float x[32], y[32];
+  for (u32 l = 0; l < 32; ++l) x[l] = ::kemu::read_slot<float>(s, l);
+  for (u32 o = 16; o > 0; o >>= 1) {
+    for (u32 l = 0; l < 32; ++l) y[l] = MAX ? fmaxf(x[l], x[l ^ o]) : x[l] + x[l ^ o];
+    for (u32 l = 0; l < 32; ++l) x[l] = y[l];
+  }
+  return x[::kemu::lane_of()];
+}
+}  // namespace kiln_emu_impl
+__device__ __forceinline__ float warp_sum(float v) { return kiln_emu_impl::butterfly<false>(v); }
+__device__ __forceinline__ float warp_max(float v) { return kiln_emu_impl::butterfly<true>(v); }
+#endif
+
+// Block-wide sum / max (blockDim a multiple of 32, at most 1024); `red` is 32 floats of shared
+// memory. Every thread gets the result; the leading barrier lets calls reuse `red`.
+__device__ __forceinline__ float block_sum(float v, float* red) {
+  v = warp_sum(v);
+  const u32 nw = (blockDim.x * blockDim.y * blockDim.z + 31) / 32;
+  __syncthreads();
+  if (lane_id() == 0) red[warp_id()] = v;
+  __syncthreads();
+  float t = 0.f;
+  for (u32 w = 0; w < nw; ++w) t += red[w];
+  return t;
+}
+__device__ __forceinline__ float block_max(float v, float* red) {
+  v = warp_max(v);
+  const u32 nw = (blockDim.x * blockDim.y * blockDim.z + 31) / 32;
+  __syncthreads();
+  if (lane_id() == 0) red[warp_id()] = v;
+  __syncthreads();
+  float t = -3.0e38f;
+  for (u32 w = 0; w < nw; ++w) t = fmaxf(t, red[w]);
+  return t;
 }
 
 // ---- dynamic shared memory ----

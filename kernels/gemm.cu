@@ -130,12 +130,14 @@ __device__ __forceinline__ void gemm_v3(const GemmParams& p) {
   float acc[2][4][4] = {};
   const int kk_end = gemm_kk(p);
   for (int k0 = 0; k0 < kk_end; k0 += BK) {
+    KILN_UNROLL4
     for (int l = 0; l < BM * BK / 128; ++l) {
       const int e = tid + 128 * l;
       const int kk = p.sak == 1 ? e % BK : e / BM, mm = p.sak == 1 ? e / BK : e % BM;
       const int gi = bm + mm, gk = k0 + kk;
       As[mm][kk] = bits16(from_f32<T>(gi < p.m && gk < kk_end ? gemm_a(p, gi, gk) : 0.f));
     }
+    KILN_UNROLL4
     for (int l = 0; l < BN * BK / 128; ++l) {
       const int e = tid + 128 * l;
       const int kk = p.sbk == 1 ? e % BK : e / BN, nn = p.sbk == 1 ? e / BK : e % BN;

@@ -25,6 +25,11 @@ impl Launch {
     pub fn linear(blocks: usize, threads: u32) -> Launch {
         Launch { grid: [blocks.clamp(1, 65_535) as u32, 1, 1], block: [threads, 1, 1], smem: 0 }
     }
+    /// The same grid with blocks of `threads`.
+    pub fn with_block(mut self, threads: u32) -> Launch {
+        self.block = [threads, 1, 1];
+        self
+    }
 }
 
 /// Memory and launches on one device.

@@ -8,10 +8,13 @@ use bytemuck::{Pod, Zeroable};
 pub const COMMON: &str = include_str!("../../../kernels/common.cuh");
 
 /// `(file, source)` of every kernel file.
-pub const SOURCES: [(&str, &str); 3] = [
+pub const SOURCES: [(&str, &str); 6] = [
+    ("attention.cu", include_str!("../../../kernels/attention.cu")),
     ("elementwise.cu", include_str!("../../../kernels/elementwise.cu")),
     ("embedding.cu", include_str!("../../../kernels/embedding.cu")),
     ("gemm.cu", include_str!("../../../kernels/gemm.cu")),
+    ("loss.cu", include_str!("../../../kernels/loss.cu")),
+    ("norm.cu", include_str!("../../../kernels/norm.cu")),
 ];
 
 /// A kernel file with `#include "common.cuh"` replaced by the header's text, so NVRTC needs no
@@ -78,6 +81,107 @@ pub struct GemmParams {
     pub rank: i32,
     pub alpha: f32,
     pub lora_scale: f32,
+    pub pad: i32,
+}
+
+/// `kernels/norm.cu` `NormParams`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct NormParams {
+    pub x: u64,
+    pub w: u64,
+    pub dy: u64,
+    pub rstd: u64,
+    pub y: u64,
+    pub rstd_out: u64,
+    pub rows: i64,
+    pub h: i32,
+    pub eps: f32,
+}
+
+/// `kernels/norm.cu` `RopeParams`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct RopeParams {
+    pub x: u64,
+    pub pos: u64,
+    pub inv_freq: u64,
+    pub y: u64,
+    pub bt: i64,
+    pub h: i32,
+    pub d: i32,
+    pub sign: f32,
+    pub pad: i32,
+}
+
+/// `kernels/norm.cu` `GluParams`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct GluParams {
+    pub g: u64,
+    pub u: u64,
+    pub dy: u64,
+    pub out0: u64,
+    pub out1: u64,
+    pub n: i64,
+}
+
+/// `kernels/loss.cu` `CeParams`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct CeParams {
+    pub x: u64,
+    pub t: u64,
+    pub lse: u64,
+    pub g: u64,
+    pub out0: u64,
+    pub out1: u64,
+    pub m: i64,
+    pub v: i32,
+    pub pad: i32,
+}
+
+/// `kernels/loss.cu` `AdamParams`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct AdamParams {
+    pub g: u64,
+    pub p: u64,
+    pub m: u64,
+    pub v: u64,
+    pub n: i64,
+    pub b1: f32,
+    pub b2: f32,
+    pub decay: f32,
+    pub step: f32,
+    pub bc2s: f32,
+    pub eps: f32,
+}
+
+/// `kernels/attention.cu` `AttnParams`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct AttnParams {
+    pub q: u64,
+    pub k: u64,
+    pub v: u64,
+    pub seg: u64,
+    pub o: u64,
+    pub lse: u64,
+    pub d_o: u64,
+    pub delta: u64,
+    pub out0: u64,
+    pub out1: u64,
+    pub out2: u64,
+    pub b: i32,
+    pub t: i32,
+    pub tk: i32,
+    pub hq: i32,
+    pub hkv: i32,
+    pub d: i32,
+    pub has_seg: i32,
+    pub shared_prefix: i32,
+    pub scale: f32,
     pub pad: i32,
 }
 

@@ -60,12 +60,13 @@ fn production_kernels_are_race_free() {
     // SAFETY: the emulation backend's exec is an EmuExec (emu() builds it so).
     let exec = unsafe { &*exec };
     exec.racecheck.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut all = Vec::new();
-    for v in [Variant::V2, Variant::V3] {
-        set_variant(v);
-        let rep = kiln_core::selftest::run(be, &mut |_, _| {});
-        all.extend(rep.failed.into_iter().map(|f| format!("{v:?}: {f:?}")));
-    }
+    // V3 runs the tensor-core kernels for 16-bit weights and the tiled ones for f32 (the naive
+    // kernels share no memory between threads).
+    let t0 = std::time::Instant::now();
+    set_variant(Variant::V3);
+    let rep = kiln_core::selftest::run(be, &mut |_, _| {});
+    let all: Vec<String> = rep.failed.into_iter().map(|f| format!("{f:?}")).collect();
+    eprintln!("race check over the parity table: {} cases, {:.1} s", rep.passed.len(), t0.elapsed().as_secs_f64());
     exec.racecheck.store(false, std::sync::atomic::Ordering::Relaxed);
     set_variant(Variant::V3);
     assert!(all.is_empty(), "{all:#?}");

@@ -80,11 +80,12 @@ impl ElementwiseOps for KernelBackend {
         let bytes = self.exec.download(&part, 0, blocks * 8)?;
         Ok(bytemuck::pod_collect_to_vec::<u8, f64>(&bytes).iter().sum())
     }
-    fn swiglu_fwd(&self, _: &Tensor, _: &Tensor) -> Result<Tensor> {
-        self.unsupported("swiglu")
+    fn swiglu_fwd(&self, g: &Tensor, u: &Tensor) -> Result<Tensor> {
+        Ok(super::train_ops::swiglu(self, g, u, None)?.0)
     }
-    fn swiglu_bwd(&self, _: &Tensor, _: &Tensor, _: &Tensor) -> Result<(Tensor, Tensor)> {
-        self.unsupported("swiglu")
+    fn swiglu_bwd(&self, g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (dg, du) = super::train_ops::swiglu(self, g, u, Some(dy))?;
+        Ok((dg, du.ok_or_else(|| Error::Msg("swiglu_bwd: no du".into()))?))
     }
 }
 

@@ -7,14 +7,13 @@
 
 mod elementwise;
 mod gemm;
+mod train_ops;
 
 pub use gemm::{Variant, set_variant, variant};
 
 use std::sync::OnceLock;
 
-use kiln_core::backend::{
-    AdamWStep, AttentionOps, AttnArgs, Backend, CeOut, LossOps, MemoryOps, NormOps, Op, OptimOps, RopeOps, Support,
-};
+use kiln_core::backend::{Backend, MemoryOps, Op, Support};
 use kiln_core::tensor::{DeviceStorage, Storage};
 use kiln_core::{DType, Error, Result, Shape, Tensor};
 
@@ -138,10 +137,6 @@ impl KernelBackend {
     pub(crate) fn alloc(&self, n: usize, dtype: DType) -> Result<DevBuf> {
         self.exec.alloc(n * dev_size(dtype)?)
     }
-
-    fn unsupported<T>(&self, op: &str) -> Result<T> {
-        Err(Error::Msg(format!("{}: no CUDA kernel for {op} yet (CUDA backend II, issue 9)", self.exec.name())))
-    }
 }
 
 /// f32 only (activations, gradients, optimizer state).
@@ -184,48 +179,6 @@ impl MemoryOps for KernelBackend {
     }
 }
 
-impl NormOps for KernelBackend {
-    fn rms_norm_fwd(&self, _: &Tensor, _: &Tensor, _: f64) -> Result<(Tensor, Tensor)> {
-        self.unsupported("rms_norm")
-    }
-    fn rms_norm_bwd(&self, _: &Tensor, _: &Tensor, _: &Tensor, _: &Tensor) -> Result<(Tensor, Tensor)> {
-        self.unsupported("rms_norm")
-    }
-}
-
-impl RopeOps for KernelBackend {
-    fn rope(&self, _: &Tensor, _: &Tensor, _: &Tensor, _: bool) -> Result<Tensor> {
-        self.unsupported("rope")
-    }
-}
-
-impl AttentionOps for KernelBackend {
-    fn attention_fwd(&self, _: &AttnArgs<'_>) -> Result<(Tensor, Tensor)> {
-        self.unsupported("attention")
-    }
-    fn attention_bwd(&self, _: &AttnArgs<'_>, _: &Tensor, _: &Tensor, _: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        self.unsupported("attention")
-    }
-}
-
-impl LossOps for KernelBackend {
-    fn cross_entropy_fwd(&self, _: &Tensor, _: &Tensor) -> Result<CeOut> {
-        self.unsupported("cross_entropy")
-    }
-    fn cross_entropy_bwd(&self, _: &Tensor, _: &Tensor, _: &Tensor, _: f64, _: usize) -> Result<Tensor> {
-        self.unsupported("cross_entropy")
-    }
-    fn cross_entropy_bwd_rows(&self, _: &Tensor, _: &Tensor, _: &Tensor, _: &Tensor) -> Result<Tensor> {
-        self.unsupported("cross_entropy")
-    }
-}
-
-impl OptimOps for KernelBackend {
-    fn adamw_step(&self, _: &mut Tensor, _: &Tensor, _: &mut Tensor, _: &mut Tensor, _: AdamWStep) -> Result<()> {
-        self.unsupported("adamw")
-    }
-}
-
 impl Backend for KernelBackend {
     fn name(&self) -> &'static str {
         self.exec.name()
@@ -235,11 +188,8 @@ impl Backend for KernelBackend {
             (_, DType::Quant(q)) => {
                 Support::No(format!("{} weights need the dequantization kernels (CUDA III, issue 10)", q.name()))
             }
-            (Op::Cast | Op::Add | Op::Scale | Op::Matmul | Op::Embedding, DType::F32)
-            | (Op::LoraLinear, DType::F32 | DType::BF16 | DType::F16) => Support::Yes,
-            (Op::RmsNorm | Op::Rope | Op::Attention | Op::SwiGlu, _) => {
-                Support::No("kernel arrives with CUDA backend II (issue 9)".into())
-            }
+            (Op::LoraLinear, DType::F32 | DType::BF16 | DType::F16) => Support::Yes,
+            (_, DType::F32) => Support::Yes,
             (op, d) => Support::No(format!("no CUDA kernel for {op:?} at {} yet", d.name())),
         }
     }

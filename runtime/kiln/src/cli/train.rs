@@ -230,7 +230,7 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     train_on_inputs: Option<bool>,
-    /// auto, cpu, cuda or wgpu [default: auto].
+    /// auto, cpu, cuda (--device N), cuda-emu (the CUDA kernels on this CPU, slow) or wgpu [default: auto].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     backend: Option<String>,
@@ -239,10 +239,23 @@ pub struct TrainArgs {
 /// The backend to run on: `auto` takes the best available and says why others were passed over.
 /// The backend `--backend` names. `auto` takes a GPU (through wgpu) when one is present and
 /// the CPU otherwise — a CPU Vulkan driver such as lavapipe is not faster than the CPU backend.
-fn pick_backend(want: &str) -> Result<&'static dyn kiln::core::Backend> {
+fn pick_backend(want: &str, device: Option<&str>) -> Result<&'static dyn kiln::core::Backend> {
     let cpu: &'static dyn kiln::core::Backend = &kiln::core::CpuBackend;
     match want {
         "cpu" => Ok(cpu),
+        "cuda" => {
+            let ordinal = match device {
+                None => 0,
+                Some(d) => d.parse::<usize>().map_err(|_| anyhow::anyhow!("--device {d}: a CUDA device ordinal"))?,
+            };
+            kiln_cuda::open(ordinal).map_err(|e| anyhow::anyhow!("--backend cuda: {e}"))
+        }
+        "cuda-emu" => {
+            eprintln!(
+                "backend: cuda-emu — the CUDA kernels on this CPU through kiln's emulation (slow; for checking kernels)"
+            );
+            kiln_cuda::open_emu().map_err(|e| anyhow::anyhow!("--backend cuda-emu: {e}"))
+        }
         "wgpu" => kiln_wgpu::open().map_err(|e| anyhow::anyhow!("--backend wgpu: {e}")),
         "auto" => {
             let probe = kiln_wgpu::probe();
@@ -263,12 +276,7 @@ fn pick_backend(want: &str) -> Result<&'static dyn kiln::core::Backend> {
             eprintln!("backend: cpu (cuda: {}; wgpu: {wgpu})", why(kiln_cuda::probe().unavailable));
             Ok(cpu)
         }
-        "cuda" => bail!(
-            "--backend cuda: the CUDA backend runs its GEMM, fused LoRA, elementwise and embedding kernels so far \
-             (check them with `kiln selftest --backend cuda`); RMSNorm, RoPE, attention, SwiGLU, the loss and AdamW \
-             arrive with CUDA backend II — train with --backend cpu or wgpu meanwhile"
-        ),
-        other => bail!("--backend {other}: one of auto, cpu, cuda, wgpu"),
+        other => bail!("--backend {other}: one of auto, cpu, cuda, cuda-emu, wgpu"),
     }
 }
 
@@ -445,7 +453,7 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
     if let Some(d) = &a.device {
         kiln_wgpu::choose(d);
     }
-    let backend = pick_backend(&cfg.backend)?;
+    let backend = pick_backend(&cfg.backend, a.device.as_deref())?;
     let path = kiln::models::resolve(cfg.model.as_deref())?;
     let (mut model, tok) = kiln::models::load_with_tokenizer(&path, cfg.method == Method::Full)?;
     let seq = cfg.max_seq_len.unwrap_or(model.config.max_position_embeddings.min(2048));

@@ -328,8 +328,8 @@ impl TrainConfig {
         if self.objective != Objective::Sft && self.train_on_inputs {
             return Err(bad("train_on_inputs", "preference tuning scores the answers only"));
         }
-        if !["auto", "cpu", "cuda", "wgpu"].contains(&self.backend.as_str()) {
-            return Err(bad("backend", format!("{}: one of auto, cpu, cuda, wgpu", self.backend)));
+        if !["auto", "cpu", "cuda", "cuda-emu", "wgpu"].contains(&self.backend.as_str()) {
+            return Err(bad("backend", format!("{}: one of auto, cpu, cuda, cuda-emu, wgpu", self.backend)));
         }
         Ok(())
     }

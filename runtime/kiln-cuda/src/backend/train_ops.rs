@@ -1,0 +1,351 @@
+//! RMSNorm, RoPE, SwiGLU, attention, cross-entropy and AdamW on kernels/norm.cu,
+//! kernels/attention.cu and kernels/loss.cu.
+
+use kiln_core::backend::{AdamWStep, AttentionOps, AttnArgs, CeOut, LossOps, NormOps, OptimOps, RopeOps};
+use kiln_core::tensor::Storage;
+use kiln_core::{DType, Error, Result, Tensor};
+
+use super::{CudaBuf, Held, KernelBackend, want_f32};
+use crate::exec::Launch;
+use crate::kernels::{AdamParams, AttnParams, CeParams, GluParams, NormParams, RopeParams};
+
+/// Enough blocks of `threads` for `n` items of a grid-stride kernel.
+fn grid(n: usize, threads: u32) -> Launch {
+    Launch::linear(n.div_ceil(threads as usize).clamp(1, 8192), threads)
+}
+
+fn ptr(h: &Option<Held<'_>>) -> u64 {
+    h.as_ref().map_or(0, Held::ptr)
+}
+
+impl NormOps for KernelBackend {
+    fn rms_norm_fwd(&self, x: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+        want_f32("rms_norm x", x)?;
+        want_f32("rms_norm w", w)?;
+        let (rows, h) = (x.shape().rows(), x.shape().last());
+        if w.numel() != h {
+            return Err(Error::shape("rms_norm", format!("x {:?} with w {:?}", x.shape(), w.shape())));
+        }
+        let (hx, hw) = (self.held(x)?, self.held(w)?);
+        let (y, rstd) = (self.alloc(rows * h, DType::F32)?, self.alloc(rows, DType::F32)?);
+        let p = NormParams {
+            x: hx.ptr(),
+            w: hw.ptr(),
+            dy: 0,
+            rstd: 0,
+            y: y.ptr,
+            rstd_out: rstd.ptr,
+            rows: rows as i64,
+            h: h as i32,
+            eps: eps as f32,
+        };
+        if rows > 0 {
+            self.exec.launch("rms_norm_fwd_f32", Launch::linear(rows, 256), bytemuck::bytes_of(&p))?;
+        }
+        Ok((self.wrap(y, x.dims().to_vec(), DType::F32), self.wrap(rstd, [rows], DType::F32)))
+    }
+    fn rms_norm_bwd(&self, dy: &Tensor, x: &Tensor, w: &Tensor, rstd: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (rows, h) = (x.shape().rows(), x.shape().last());
+        if w.numel() != h || dy.numel() != rows * h || rstd.numel() != rows {
+            return Err(Error::shape(
+                "rms_norm_bwd",
+                format!("dy {:?} x {:?} w {:?}", dy.shape(), x.shape(), w.shape()),
+            ));
+        }
+        let (hd, hx, hw, hr) = (self.held(dy)?, self.held(x)?, self.held(w)?, self.held(rstd)?);
+        let (dx, dw) = (self.alloc(rows * h, DType::F32)?, self.alloc(h, DType::F32)?);
+        let mut p = NormParams {
+            x: hx.ptr(),
+            w: hw.ptr(),
+            dy: hd.ptr(),
+            rstd: hr.ptr(),
+            y: dx.ptr,
+            rstd_out: 0,
+            rows: rows as i64,
+            h: h as i32,
+            eps: 0.0,
+        };
+        if rows > 0 {
+            self.exec.launch("rms_norm_bwd_dx_f32", Launch::linear(rows, 256), bytemuck::bytes_of(&p))?;
+        }
+        p.y = dw.ptr;
+        self.exec.launch("rms_norm_bwd_dw_f32", grid(h, 256), bytemuck::bytes_of(&p))?;
+        Ok((self.wrap(dx, x.dims().to_vec(), DType::F32), self.wrap(dw, w.dims().to_vec(), DType::F32)))
+    }
+}
+
+impl RopeOps for KernelBackend {
+    fn rope(&self, x: &Tensor, pos: &Tensor, inv_freq: &Tensor, inverse: bool) -> Result<Tensor> {
+        want_f32("rope", x)?;
+        let d = x.dims();
+        if d.len() != 4 || !d[3].is_multiple_of(2) {
+            return Err(Error::shape("rope", format!("x must be [B,T,H,D] with even D, got {d:?}")));
+        }
+        let (bt, h, hd) = (d[0] * d[1], d[2], d[3]);
+        if inv_freq.numel() != hd / 2 || pos.numel() != bt || pos.dtype() != DType::I32 {
+            return Err(Error::shape(
+                "rope",
+                format!("inv_freq {:?}, pos {:?} for x {d:?}", inv_freq.shape(), pos.shape()),
+            ));
+        }
+        let (hx, hp, hf) = (self.held(x)?, self.held(pos)?, self.held(inv_freq)?);
+        let y = self.alloc(x.numel(), DType::F32)?;
+        let p = RopeParams {
+            x: hx.ptr(),
+            pos: hp.ptr(),
+            inv_freq: hf.ptr(),
+            y: y.ptr,
+            bt: bt as i64,
+            h: h as i32,
+            d: hd as i32,
+            sign: if inverse { -1.0 } else { 1.0 },
+            pad: 0,
+        };
+        self.exec.launch("rope_f32", grid(bt * h * hd / 2, 256), bytemuck::bytes_of(&p))?;
+        Ok(self.wrap(y, d.to_vec(), DType::F32))
+    }
+}
+
+/// SwiGLU forward (`dy` None) or backward.
+pub(super) fn swiglu(
+    be: &KernelBackend,
+    g: &Tensor,
+    u: &Tensor,
+    dy: Option<&Tensor>,
+) -> Result<(Tensor, Option<Tensor>)> {
+    want_f32("swiglu", g)?;
+    want_f32("swiglu", u)?;
+    if g.dims() != u.dims() || dy.is_some_and(|d| d.dims() != g.dims()) {
+        return Err(Error::shape("swiglu", format!("g {:?}, u {:?}", g.dims(), u.dims())));
+    }
+    let n = g.numel();
+    let (hg, hu) = (be.held(g)?, be.held(u)?);
+    let hd = dy.map(|d| be.held(d)).transpose()?;
+    let o0 = be.alloc(n, DType::F32)?;
+    let o1 = if dy.is_some() { Some(be.alloc(n, DType::F32)?) } else { None };
+    let p = GluParams {
+        g: hg.ptr(),
+        u: hu.ptr(),
+        dy: ptr(&hd),
+        out0: o0.ptr,
+        out1: o1.as_ref().map_or(0, |b| b.ptr),
+        n: n as i64,
+    };
+    let kernel = if dy.is_some() { "swiglu_bwd_f32" } else { "swiglu_fwd_f32" };
+    be.exec.launch(kernel, grid(n, 256), bytemuck::bytes_of(&p))?;
+    Ok((be.wrap(o0, g.dims().to_vec(), DType::F32), o1.map(|b| be.wrap(b, g.dims().to_vec(), DType::F32))))
+}
+
+/// The sizes of an attention call and the query rows.
+fn attn_params(a: &AttnArgs<'_>) -> Result<(AttnParams, usize)> {
+    let d = a.dims()?;
+    let p = AttnParams {
+        b: d.b as i32,
+        t: d.t as i32,
+        tk: d.tk as i32,
+        hq: d.hq as i32,
+        hkv: d.hkv as i32,
+        d: d.d as i32,
+        has_seg: a.seg.is_some() as i32,
+        shared_prefix: a.shared_prefix as i32,
+        scale: a.scale as f32,
+        ..Default::default()
+    };
+    Ok((p, d.b * d.t * d.hq))
+}
+
+impl AttentionOps for KernelBackend {
+    fn attention_fwd(&self, a: &AttnArgs<'_>) -> Result<(Tensor, Tensor)> {
+        for t in [a.q, a.k, a.v] {
+            want_f32("attention", t)?;
+        }
+        let (mut p, rows) = attn_params(a)?;
+        if p.d > 256 {
+            return Err(Error::Msg(format!("cuda attention: head dim {} (at most 256)", p.d)));
+        }
+        let (hq, hk, hv) = (self.held(a.q)?, self.held(a.k)?, self.held(a.v)?);
+        let hs = a.seg.map(|s| self.held(s)).transpose()?;
+        let (o, lse) = (self.alloc(a.q.numel(), DType::F32)?, self.alloc(rows, DType::F32)?);
+        (p.q, p.k, p.v, p.seg, p.out0, p.out1) = (hq.ptr(), hk.ptr(), hv.ptr(), ptr(&hs), o.ptr, lse.ptr);
+        if rows > 0 {
+            self.exec.launch("attn_fwd_f32", grid(rows, 4).with_block(128), bytemuck::bytes_of(&p))?;
+        }
+        let lse_dims = a.q.dims()[..3].to_vec();
+        Ok((self.wrap(o, a.q.dims().to_vec(), DType::F32), self.wrap(lse, lse_dims, DType::F32)))
+    }
+    fn attention_bwd(
+        &self,
+        a: &AttnArgs<'_>,
+        o: &Tensor,
+        lse: &Tensor,
+        d_o: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (mut p, rows) = attn_params(a)?;
+        if p.t != p.tk || p.d > 256 || o.dims() != a.q.dims() || d_o.dims() != a.q.dims() || lse.numel() != rows {
+            return Err(Error::shape(
+                "attention_bwd",
+                format!("q {:?}, o {:?}, dO {:?}", a.q.dims(), o.dims(), d_o.dims()),
+            ));
+        }
+        let (hq, hk, hv) = (self.held(a.q)?, self.held(a.k)?, self.held(a.v)?);
+        let hs = a.seg.map(|s| self.held(s)).transpose()?;
+        let (ho, hl, hdo) = (self.held(o)?, self.held(lse)?, self.held(d_o)?);
+        let delta = self.alloc(rows, DType::F32)?;
+        (p.q, p.k, p.v, p.seg, p.o, p.lse, p.d_o) =
+            (hq.ptr(), hk.ptr(), hv.ptr(), ptr(&hs), ho.ptr(), hl.ptr(), hdo.ptr());
+        let (dq, dk, dv) = (
+            self.alloc(a.q.numel(), DType::F32)?,
+            self.alloc(a.k.numel(), DType::F32)?,
+            self.alloc(a.v.numel(), DType::F32)?,
+        );
+        if rows > 0 {
+            p.out0 = delta.ptr;
+            self.exec.launch("attn_delta_f32", grid(rows, 4).with_block(128), bytemuck::bytes_of(&p))?;
+            p.delta = delta.ptr;
+            p.out0 = dq.ptr;
+            self.exec.launch("attn_bwd_dq_f32", grid(rows, 4).with_block(128), bytemuck::bytes_of(&p))?;
+            (p.out0, p.out1) = (dk.ptr, dv.ptr);
+            let krows = (p.b * p.tk * p.hkv) as usize;
+            self.exec.launch("attn_bwd_dkv_f32", grid(krows, 4).with_block(128), bytemuck::bytes_of(&p))?;
+        }
+        Ok((
+            self.wrap(dq, a.q.dims().to_vec(), DType::F32),
+            self.wrap(dk, a.k.dims().to_vec(), DType::F32),
+            self.wrap(dv, a.v.dims().to_vec(), DType::F32),
+        ))
+    }
+}
+
+fn ce_dims(logits: &Tensor, targets: &Tensor) -> Result<(usize, usize)> {
+    let (m, v) = (logits.shape().rows(), logits.shape().last());
+    if targets.numel() != m || targets.dtype() != DType::I32 {
+        return Err(Error::shape(
+            "cross_entropy",
+            format!("logits {:?}, targets {:?}", logits.shape(), targets.shape()),
+        ));
+    }
+    want_f32("cross_entropy", logits)?;
+    Ok((m, v))
+}
+
+fn ce_bwd(be: &KernelBackend, logits: &Tensor, targets: &Tensor, lse: &Tensor, g: Held<'_>) -> Result<Tensor> {
+    let (m, v) = ce_dims(logits, targets)?;
+    let (hx, ht, hl) = (be.held(logits)?, be.held(targets)?, be.held(lse)?);
+    let dx = be.alloc(m * v, DType::F32)?;
+    let p = CeParams {
+        x: hx.ptr(),
+        t: ht.ptr(),
+        lse: hl.ptr(),
+        g: g.ptr(),
+        out0: dx.ptr,
+        out1: 0,
+        m: m as i64,
+        v: v as i32,
+        pad: 0,
+    };
+    if m * v > 0 {
+        be.exec.launch("ce_bwd_f32", grid(m * v, 256), bytemuck::bytes_of(&p))?;
+    }
+    Ok(be.wrap(dx, logits.dims().to_vec(), DType::F32))
+}
+
+impl LossOps for KernelBackend {
+    fn cross_entropy_fwd(&self, logits: &Tensor, targets: &Tensor) -> Result<CeOut> {
+        let (m, v) = ce_dims(logits, targets)?;
+        let tv = targets.to_cpu()?.as_slice::<i32>()?.to_vec();
+        if let Some((r, &bad)) = tv.iter().enumerate().find(|&(_, &t)| t >= v as i32) {
+            return Err(Error::Msg(format!("cross_entropy: target {bad} in row {r} is outside the vocabulary of {v}")));
+        }
+        let (hx, ht) = (self.held(logits)?, self.held(targets)?);
+        let (lse, nll) = (self.alloc(m, DType::F32)?, self.alloc(m, DType::F32)?);
+        let p = CeParams {
+            x: hx.ptr(),
+            t: ht.ptr(),
+            lse: 0,
+            g: 0,
+            out0: lse.ptr,
+            out1: nll.ptr,
+            m: m as i64,
+            v: v as i32,
+            pad: 0,
+        };
+        if m > 0 {
+            self.exec.launch("ce_fwd_f32", Launch::linear(m, 256), bytemuck::bytes_of(&p))?;
+        }
+        let nll = self.wrap(nll, [m], DType::F32);
+        let n_valid = tv.iter().filter(|&&t| t >= 0).count();
+        let sum: f64 = nll.to_vec_f64()?.iter().sum();
+        let loss = if n_valid == 0 { 0.0 } else { sum / n_valid as f64 };
+        Ok(CeOut { loss, n_valid, lse: self.wrap(lse, [m], DType::F32), nll })
+    }
+    fn cross_entropy_bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        lse: &Tensor,
+        dloss: f64,
+        n_valid: usize,
+    ) -> Result<Tensor> {
+        let m = logits.shape().rows();
+        let g = if n_valid == 0 { 0.0 } else { dloss / n_valid as f64 } as f32;
+        let w = self.exec.upload(bytemuck::cast_slice(&vec![g; m.max(1)]))?;
+        ce_bwd(self, logits, targets, lse, Held::Owned(w))
+    }
+    fn cross_entropy_bwd_rows(&self, logits: &Tensor, targets: &Tensor, lse: &Tensor, drow: &Tensor) -> Result<Tensor> {
+        if drow.numel() != logits.shape().rows() {
+            return Err(Error::shape(
+                "cross_entropy_bwd_rows",
+                format!("{:?} weights for {:?}", drow.shape(), logits.shape()),
+            ));
+        }
+        want_f32("cross_entropy_bwd_rows", drow)?;
+        ce_bwd(self, logits, targets, lse, self.held(drow)?)
+    }
+}
+
+impl OptimOps for KernelBackend {
+    fn adamw_step(
+        &self,
+        param: &mut Tensor,
+        grad: &Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        hp: AdamWStep,
+    ) -> Result<()> {
+        let n = param.numel();
+        if grad.numel() != n || m.numel() != n || v.numel() != n {
+            return Err(Error::shape("adamw", format!("param {:?}, grad {:?}", param.shape(), grad.shape())));
+        }
+        for t in [&*param, grad, &*m, &*v] {
+            want_f32("adamw", t)?;
+        }
+        // In place: state on the CPU or shared with another tensor first becomes a buffer of its own.
+        for t in [&mut *param, &mut *m, &mut *v] {
+            let own = matches!(t.storage(), Storage::Device(d) if d.as_any().downcast_ref::<CudaBuf>().is_some())
+                && t.offset() == 0;
+            if !own {
+                *t = kiln_core::backend::MemoryOps::upload(self, &t.to_cpu()?)?;
+            }
+        }
+        let bc1 = 1.0 - hp.beta1.powi(hp.step as i32);
+        let bc2 = 1.0 - hp.beta2.powi(hp.step as i32);
+        let (hg, hpm, hm, hv) = (self.held(grad)?, self.held(param)?, self.held(m)?, self.held(v)?);
+        let p = AdamParams {
+            g: hg.ptr(),
+            p: hpm.ptr(),
+            m: hm.ptr(),
+            v: hv.ptr(),
+            n: n as i64,
+            b1: hp.beta1 as f32,
+            b2: hp.beta2 as f32,
+            decay: (1.0 - hp.lr * hp.weight_decay) as f32,
+            step: (hp.lr / bc1) as f32,
+            bc2s: bc2.sqrt() as f32,
+            eps: hp.eps as f32,
+        };
+        if n > 0 {
+            self.exec.launch("adamw_f32", grid(n, 256), bytemuck::bytes_of(&p))?;
+        }
+        Ok(())
+    }
+}
