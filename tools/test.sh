@@ -72,7 +72,8 @@ tier "3 wgpu on lavapipe (op parity, training against the CPU)" cargo test --wor
 # 4. CUDA without a GPU: every kernels/*.cu through NVRTC for sm_75…sm_120 (no warnings, every
 #    entry point, no ptxas spills), and the same sources run on the CPU by the emulation harness:
 #    the op parity table under each GEMM variant, the race checker, the broken-kernel tests.
-tier "4 cuda: NVRTC compile for every arch + kernels on the CPU emulation" cargo test --workspace --locked --test cuda_nvrtc --test cuda_emu -- --nocapture
+#    `kiln train --backend cuda-emu` (LoRA, DPO, full) against the CPU's per-step losses.
+tier "4 cuda: NVRTC compile for every arch + kernels on the CPU emulation" cargo test --workspace --locked --test cuda_nvrtc --test cuda_emu --test cuda_train -- --nocapture
 # 5. End-to-end CLI: kiln info without a GPU, the demo fine-tune, bad input.
 tier "5 cli end-to-end (incl. a short run of the main job on SmolLM2)" cargo test --workspace --locked --test cli --test cli_train --test cli_eval --test bad_inputs --test reliability
 

@@ -257,7 +257,7 @@ impl CudaExec {
     }
 
     /// Device-to-device copy bandwidth (GB/s, bytes read + written), measured with events.
-    pub fn copy_bandwidth(&self) -> Result<f64> {
+    fn measure_bandwidth(&self) -> Result<f64> {
         let bytes = (self.total_mem / 16).min(1 << 30);
         let (a, b) = (self.alloc(bytes)?, self.alloc(bytes)?);
         let mut run = || -> Result<()> {
@@ -381,6 +381,12 @@ impl Exec for CudaExec {
         let b = l2.as_ref().map(|b| (b.ptr, b.bytes)).unwrap_or((0, 0));
         // SAFETY: the flush buffer holds `b.1` bytes; ordered on our stream.
         unsafe { result::memset_d8_async(b.0, 0x5a, b.1, self.h.stream) }.map_err(|e| err("memset", e))
+    }
+    fn peak_memory(&self) -> Option<usize> {
+        Some(self.memory().2)
+    }
+    fn copy_bandwidth(&self) -> Result<Option<f64>> {
+        self.measure_bandwidth().map(Some)
     }
     fn set_poison(&self, on: bool) {
         self.poison.store(on, std::sync::atomic::Ordering::Relaxed);

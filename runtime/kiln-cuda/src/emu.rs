@@ -136,4 +136,7 @@ impl Exec for EmuExec {
         let rc = self.racecheck.load(std::sync::atomic::Ordering::Relaxed);
         self.launch_checked(kernel, cfg, params, rc)
     }
+    fn set_racecheck(&self, on: bool) {
+        self.racecheck.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
 }

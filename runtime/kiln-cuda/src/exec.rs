@@ -69,4 +69,14 @@ pub trait Exec: Send + Sync {
     fn describe(&self) -> String {
         self.name().to_string()
     }
+    /// The most device memory live tensors have held, where the backend counts it.
+    fn peak_memory(&self) -> Option<usize> {
+        None
+    }
+    /// Device-to-device copy bandwidth in GB/s (bytes read + written), where it means something.
+    fn copy_bandwidth(&self) -> Result<Option<f64>> {
+        Ok(None)
+    }
+    /// The emulation's race checker on or off (nothing elsewhere).
+    fn set_racecheck(&self, _on: bool) {}
 }

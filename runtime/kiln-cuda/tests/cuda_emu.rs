@@ -56,10 +56,7 @@ fn parity_table_under_every_gemm_variant() {
 fn production_kernels_are_race_free() {
     let _g = lock();
     let be = emu();
-    let exec = be.exec.as_ref() as *const dyn Exec as *const EmuExec;
-    // SAFETY: the emulation backend's exec is an EmuExec (emu() builds it so).
-    let exec = unsafe { &*exec };
-    exec.racecheck.store(true, std::sync::atomic::Ordering::Relaxed);
+    be.exec.set_racecheck(true);
     // V3 runs the tensor-core kernels for 16-bit weights and the tiled ones for f32 (the naive
     // kernels share no memory between threads).
     let t0 = std::time::Instant::now();
@@ -67,7 +64,7 @@ fn production_kernels_are_race_free() {
     let rep = kiln_core::selftest::run(be, &mut |_, _| {});
     let all: Vec<String> = rep.failed.into_iter().map(|f| format!("{f:?}")).collect();
     eprintln!("race check over the parity table: {} cases, {:.1} s", rep.passed.len(), t0.elapsed().as_secs_f64());
-    exec.racecheck.store(false, std::sync::atomic::Ordering::Relaxed);
+    be.exec.set_racecheck(false);
     set_variant(Variant::V3);
     assert!(all.is_empty(), "{all:#?}");
 }

@@ -108,6 +108,7 @@ fn train(a: TrainArgs) -> Result<()> {
         let inp = Inputs { ids: &ids, pos: &pos, seg: None, shared_prefix: false, base_only: false };
         let ce = model.loss(&tape, &inp, &targets, lora.as_ref(), a.gradient_checkpointing)?;
         let grads = tape.backward(&ce.loss)?;
+        let loss_now = ce.loss.value().item()?;
         match &mut lora {
             Some(l) => opt.step(l.params_mut(), &grads, Some(1.0))?,
             None if cfg.method == Method::Adapter => {
@@ -115,11 +116,15 @@ fn train(a: TrainArgs) -> Result<()> {
             }
             None => opt.step(model.weights_mut(), &grads, Some(1.0))?,
         };
+        // A CUDA step ends when the device has run its queued kernels.
+        if let Ok(k) = kiln_cuda::kernel_backend(be.name(), 0) {
+            k.exec.synchronize().map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
         if i > 0 {
             times.push(t0.elapsed().as_secs_f64());
         }
         if !a.json {
-            eprintln!("step {i}: {:.2}s, loss {:.3}", t0.elapsed().as_secs_f64(), ce.loss.value().item()?);
+            eprintln!("step {i}: {:.2}s, loss {loss_now:.3}", t0.elapsed().as_secs_f64());
         }
     }
     times.sort_by(|p, q| p.total_cmp(q));
@@ -127,7 +132,8 @@ fn train(a: TrainArgs) -> Result<()> {
     let peak = kiln::info::peak_rss_mb();
     let v = json!({
         "backend": be.name(), "model": path.display().to_string(), "method": a.method, "batch_size": b, "seq_len": t,
-        "step_s": step_s, "tokens_per_s": (b * t) as f64 / step_s, "peak_rss_mb": peak, "peak_gpu_mb": null,
+        "step_s": step_s, "tokens_per_s": (b * t) as f64 / step_s, "peak_rss_mb": peak,
+        "peak_gpu_mb": kiln_cuda::kernel_backend(be.name(), 0).ok().and_then(|k| k.exec.peak_memory()).map(|b| b as f64 / 1048576.0),
         "threads": rayon::current_num_threads(), "targets": a.target_modules, "lora_r": a.lora_r,
         "gradient_checkpointing": a.gradient_checkpointing,
     });
@@ -178,7 +184,9 @@ fn backend(name: &str) -> Result<&'static dyn kiln::core::Backend> {
     match name {
         "auto" | "cpu" => Ok(&kiln::core::CpuBackend),
         "wgpu" => kiln_wgpu::open().map_err(|e| anyhow::anyhow!("--backend wgpu: {e}")),
-        other => anyhow::bail!("--backend {other}: one of cpu, wgpu (cuda joins with its kernels)"),
+        "cuda" => kiln_cuda::open(0).map_err(|e| anyhow::anyhow!("--backend cuda: {e}")),
+        "cuda-emu" => kiln_cuda::open_emu().map_err(|e| anyhow::anyhow!("--backend cuda-emu: {e}")),
+        other => anyhow::bail!("--backend {other}: one of cpu, cuda, cuda-emu, wgpu"),
     }
 }
 

@@ -117,21 +117,8 @@ pub fn bench(a: BenchKernelsArgs) -> Result<()> {
         plan.shapes = a.shapes.iter().map(|s| parse_shape(s)).collect::<Result<_>>()?;
     }
     let device = be.exec.describe();
-    #[cfg(feature = "cuda")]
-    let (bandwidth, datasheet) = match a.backend.as_str() {
-        "cuda" => {
-            let bw = be.exec.as_ref() as *const dyn kiln_cuda::exec::Exec as *const kiln_cuda::cuda::CudaExec;
-            // SAFETY: the "cuda" kernel backend's exec is a CudaExec (kernel_backend builds it so).
-            let cuda = unsafe { &*bw };
-            (
-                Some(cuda.copy_bandwidth().map_err(|e| anyhow::anyhow!("{e}"))?),
-                kiln_cuda::bench::datasheet_bf16_tflops(&cuda.name),
-            )
-        }
-        _ => (None, None),
-    };
-    #[cfg(not(feature = "cuda"))]
-    let (bandwidth, datasheet): (Option<f64>, Option<f64>) = (None, None);
+    let bandwidth = be.exec.copy_bandwidth().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let datasheet = if emu { None } else { kiln_cuda::bench::datasheet_bf16_tflops(&device) };
     let peak = a.peak_tflops.or(datasheet);
     if !a.json {
         eprintln!("{device}");
