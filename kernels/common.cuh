@@ -325,3 +325,83 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 #endif
 }
+
+// ---- block-quantized weights: one value at a time ----
+// Bit-exact with kiln_core::quant (itself byte-exact with ggml); layouts in
+// runtime/kiln-core/src/quant/mod.rs. `ty` is the id the backend passes (ggml's type number;
+// 1000 NF4, 1001 NF4_DQ; 1 f16, 30 bf16); a block holds `block` values in `bytes` bytes.
+__constant__ float kiln_nf4[16] = {-1.0f,       -0.6961928f, -0.52507305f, -0.3949175f, -0.28444138f, -0.18477343f,
+                                   -0.091050036f, 0.0f,       0.0795803f,   0.1609302f,  0.2461123f,   0.33791524f,
+                                   0.44070983f,  0.562617f,   0.72295684f,  1.0f};
+__constant__ float kiln_semitones[12] = {1.0f,       1.0594631f, 1.122462f,  1.1892071f, 1.259921f,  1.3348399f,
+                                         1.4142135f, 1.4983071f, 1.587401f, 1.6817928f, 1.7817974f, 1.8877486f};
+
+__device__ __forceinline__ float q_f16(const unsigned char* b) {
+  return __half2float(__ushort_as_half((unsigned short)(b[0] | (b[1] << 8))));
+}
+__device__ __forceinline__ u32 q_u32(const unsigned char* b) {
+  return u32(b[0]) | (u32(b[1]) << 8) | (u32(b[2]) << 16) | (u32(b[3]) << 24);
+}
+// The 6-bit scale (which = 0) or min (which = 1) of sub-block s of a Q4_K/Q5_K super-block
+// (ggml's get_scale_min_k4); `sc` points at the 12 scale bytes.
+__device__ __forceinline__ float q_kscale(const unsigned char* sc, u32 s, u32 which) {
+  if (s < 4) return float(sc[s + 4 * which] & 0x3f);
+  const u32 lo = sc[s + 4], hi = u32(sc[s - 4 + 4 * which]) >> 6;
+  return which == 0 ? float((lo & 0x0f) | (hi << 4)) : float((lo >> 4) | (hi << 4));
+}
+
+__device__ __forceinline__ float kiln_decode(const unsigned char* w, i64 k, int ty, int block, int bytes) {
+  const unsigned char* b = w + (k / block) * bytes;
+  const u32 j = u32(k % block);
+  switch (ty) {
+    case 8:  // Q8_0
+      return q_f16(b) * float((signed char)b[2 + j]);
+    case 2:  // Q4_0: values j and j + 16 share byte j % 16 (low, high nibble)
+    case 3: {  // Q4_1
+      const u32 v = b[(ty == 3 ? 4 : 2) + j % 16];
+      const float nib = float(j >= 16 ? v >> 4 : v & 0x0f);
+      return ty == 3 ? q_f16(b) * nib + q_f16(b + 2) : q_f16(b) * (nib - 8.0f);
+    }
+    case 6: {  // Q5_0: the fifth bit of value j is bit j of the u32 after the scale
+      const u32 v = b[6 + j % 16];
+      const u32 lo = j >= 16 ? v >> 4 : v & 0x0f, hi = (q_u32(b + 2) >> j) & 1u;
+      return q_f16(b) * (float(lo | (hi << 4)) - 16.0f);
+    }
+    case 12:    // Q4_K
+    case 13: {  // Q5_K: 8 sub-blocks of 32; sub-block s uses nibble s % 2 of bytes 32·(s/2)…
+      const u32 s = j / 32, l = j % 32;
+      const bool q5 = ty == 13;
+      u32 v = (u32(b[(q5 ? 48 : 16) + (s / 2) * 32 + l]) >> (4 * (s % 2))) & 0x0f;
+      if (q5) v |= ((u32(b[16 + l]) >> s) & 1u) << 4;
+      return q_f16(b) * q_kscale(b + 4, s, 0) * float(v) - q_f16(b + 2) * q_kscale(b + 4, s, 1);
+    }
+    case 14: {  // Q6_K: halves of 128; quarter r of 32 takes nibbles of ql and bit pairs 2r of qh
+      const u32 h = j / 128, wi = j % 128, r = wi / 32, l = wi % 32;
+      const u32 qh = b[128 + 32 * h + l];
+      const u32 lob = b[64 * h + l + 32 * (r % 2)];
+      const u32 lo = r >= 2 ? lob >> 4 : lob & 0x0f, hi = (qh >> (2 * r)) & 3u;
+      const float sc = float((signed char)b[192 + 8 * h + l / 16 + 2 * r]);
+      return q_f16(b + 208) * sc * (float(lo | (hi << 4)) - 32.0f);
+    }
+    case 1000: {  // NF4: f32 absmax, then two values per byte, the first in the high nibble
+      const u32 v = b[4 + j / 2];
+      return kiln_nf4[(j & 1) ? v & 0x0f : v >> 4] * __uint_as_float(q_u32(b));
+    }
+    case 1001: {  // NF4_DQ: a one-byte scale code c, 2^((c − 192)/12) (0: an all-zero block)
+      const int c = b[0];
+      float a = 0.f;
+      if (c != 0) {
+        const int e = c - 192, oct = e < 0 ? (e - 11) / 12 : e / 12;
+        a = ldexpf(kiln_semitones[e - oct * 12], oct);
+      }
+      const u32 v = b[1 + j / 2];
+      return kiln_nf4[(j & 1) ? v & 0x0f : v >> 4] * a;
+    }
+    case 1:  // f16
+      return q_f16(b);
+    case 30:  // bf16
+      return __uint_as_float(u32(b[0] | (b[1] << 8)) << 16);
+    default:
+      return 0.f;
+  }
+}

@@ -8,7 +8,7 @@
 // multiply-adds on the tensor cores and no epilogue work. U = x·Aᵀ (forward) or dy·B (dx) is a
 // small GEMM launched first: "one kernel plus a tiny rank-r pre-pass".
 //
-// Variants (selected by name from the backend, all kept here):
+// Variants (selected by name from the backend, all kept here; `_q` takes a block-quantized B):
 //   gemm_v1_naive_*   one thread per output, straight from global memory (the reference);
 //   gemm_v2_tiled_*   64×64 block tile, 16-deep K tiles in shared memory, 4×4 outputs per thread;
 //   gemm_v3_mma_*     tensor cores: 64×64 block tile, four warps of 32×32, mma.m16n8k16 with
@@ -30,8 +30,11 @@ struct GemmParams {
   int rank;
   float alpha;
   float lora_scale;
-  int pad;
+  int qtype, qblock, qbytes;  // B block-quantized (the `_q` kernels): kiln_decode's type and block
 };
+
+// B stored block-quantized: each value decoded where it is loaded (never written back).
+struct QBlock {};
 
 // The reduction length: K, plus the LoRA rank when the low-rank term is fused.
 __device__ __forceinline__ int gemm_kk(const GemmParams& p) { return p.lora_u ? p.k + p.rank : p.k; }
@@ -40,10 +43,18 @@ __device__ __forceinline__ float gemm_a(const GemmParams& p, int i, int q) {
   if (q < p.k) return static_cast<const float*>(p.a)[i64(i) * p.sam + i64(q) * p.sak];
   return p.lora_scale * p.lora_u[i64(i) * p.rank + (q - p.k)];
 }
+template <class TB>
+__device__ __forceinline__ float gemm_bval(const GemmParams& p, i64 idx) {
+  return to_f32<TB>(static_cast<const TB*>(p.b)[idx]);
+}
+template <>
+__device__ __forceinline__ float gemm_bval<QBlock>(const GemmParams& p, i64 idx) {
+  return kiln_decode(static_cast<const unsigned char*>(p.b), idx, p.qtype, p.qblock, p.qbytes);
+}
 // B(q, j) of the extended problem: B, then L.
 template <class TB>
 __device__ __forceinline__ float gemm_b(const GemmParams& p, int q, int j) {
-  if (q < p.k) return to_f32<TB>(static_cast<const TB*>(p.b)[i64(q) * p.sbk + i64(j) * p.sbn]);
+  if (q < p.k) return gemm_bval<TB>(p, i64(q) * p.sbk + i64(j) * p.sbn);
   return p.lora_l[j * p.sl_n + (q - p.k) * p.sl_r];
 }
 
@@ -67,6 +78,7 @@ __device__ __forceinline__ void gemm_v1(const GemmParams& p) {
 KILN_KERNEL(gemm_v1_naive_f32, GemmParams) { gemm_v1<float>(p); }
 KILN_KERNEL(gemm_v1_naive_bf16, GemmParams) { gemm_v1<bf16>(p); }
 KILN_KERNEL(gemm_v1_naive_f16, GemmParams) { gemm_v1<f16>(p); }
+KILN_KERNEL(gemm_v1_naive_q, GemmParams) { gemm_v1<QBlock>(p); }
 
 // ---- v2: shared-memory tiles. 256 threads; thread (tx, ty) owns rows ty+16r, cols tx+16c. ----
 template <class TB>
@@ -115,6 +127,8 @@ __device__ __forceinline__ void gemm_v2(const GemmParams& p) {
 KILN_KERNEL_LB(gemm_v2_tiled_f32, GemmParams, 256) { gemm_v2<float>(p); }
 KILN_KERNEL_LB(gemm_v2_tiled_bf16, GemmParams, 256) { gemm_v2<bf16>(p); }
 KILN_KERNEL_LB(gemm_v2_tiled_f16, GemmParams, 256) { gemm_v2<f16>(p); }
+// Block-quantized B (QLoRA bases) in f32 arithmetic: exact dequantization, f32 products.
+KILN_KERNEL_LB(gemm_v2_tiled_q, GemmParams, 256) { gemm_v2<QBlock>(p); }
 
 // ---- v3: tensor cores. 128 threads = 4 warps in 2×2, each a 32×32 tile of 2×4 mma tiles. ----
 // Shared tiles hold 16-bit bits, K-contiguous, rows padded to 40 halves (80 bytes: 16-byte

@@ -1,7 +1,7 @@
 //! `kiln train --backend cuda-emu` end to end: every op of a training step runs as the CUDA
 //! kernels of `kernels/*.cu`, executed on the CPU by kiln's emulation harness, and the per-step
-//! losses of LoRA (30 steps), DPO and full fine-tuning of a small random model match the CPU
-//! backend's within 1 % relative. On a machine with a GPU, `tools/gpu-check.sh` runs the same
+//! losses of LoRA (30 steps), QLoRA (NF4, Q4_1), DPO and full fine-tuning of a small random
+//! model match the CPU backend's within 1 % relative. On a machine with a GPU, `tools/gpu-check.sh` runs the same
 //! comparison with `--backend cuda`.
 
 use std::path::{Path, PathBuf};
@@ -79,6 +79,14 @@ fn lora_on_cuda_kernels_matches_the_cpu() {
     same("lora", &cpu, &gpu);
     assert!(gpu[29] < gpu[0] * 0.8, "the cuda-emu run did not learn: {gpu:?}");
     assert!(d.join("cuda/adapter/adapter_model.safetensors").is_file());
+    // QLoRA: the base's linear weights quantized (NF4, and the default model's Q4_1), kept in
+    // their blocks on the device and decoded inside the GEMM.
+    for q in ["nf4", "q4_1"] {
+        let args = ["--method", "qlora", "--quantize", q, "--max-steps", "10"];
+        let cpu = losses(&model, &data, &d.join(format!("q-{q}-cpu")), "cpu", &args);
+        let gpu = losses(&model, &data, &d.join(format!("q-{q}-cuda")), "cuda-emu", &args);
+        same(&format!("qlora {q}"), &cpu, &gpu);
+    }
 }
 
 #[test]

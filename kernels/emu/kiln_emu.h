@@ -85,6 +85,8 @@ inline T read_slot(const unsigned char* slots, unsigned lane) {
 // A block's shared memory: one static per declaration, private to the running block because
 // blocks run one at a time.
 #define __shared__ static
+// Read-only tables (initialized, never written from the host here).
+#define __constant__ static const
 
 namespace {
 inline void __syncthreads() { ::kemu::syncthreads(); }

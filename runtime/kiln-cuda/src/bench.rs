@@ -26,7 +26,7 @@ pub struct Row {
 
 /// What to run.
 pub struct Plan {
-    /// Any of "gemm", "lora", "elementwise", "embedding".
+    /// Any of "gemm", "lora", "qgemm", "dequant", "elementwise", "embedding".
     pub ops: Vec<String>,
     /// GEMM shapes `(tokens, in, out)`; LoRA uses the same.
     pub shapes: Vec<(usize, usize, usize)>,
@@ -42,7 +42,7 @@ impl Plan {
     pub fn gpu(quick: bool) -> Plan {
         let shapes = if quick { vec![(4096, 4096, 4096)] } else { vec![(4096, 4096, 4096), (16384, 4096, 4096)] };
         Plan {
-            ops: vec!["gemm".into(), "lora".into(), "elementwise".into(), "embedding".into()],
+            ops: ["gemm", "lora", "qgemm", "dequant", "elementwise", "embedding"].map(String::from).to_vec(),
             shapes,
             ranks: if quick { vec![16] } else { vec![16, 64] },
             elements: 1 << 26,
@@ -52,8 +52,8 @@ impl Plan {
     /// Small shapes for the CPU emulation (correctness of the bench path, not speed).
     pub fn emulation() -> Plan {
         Plan {
-            ops: vec!["gemm".into(), "lora".into(), "elementwise".into(), "embedding".into()],
-            shapes: vec![(64, 96, 80)],
+            ops: ["gemm", "lora", "qgemm", "dequant", "elementwise", "embedding"].map(String::from).to_vec(),
+            shapes: vec![(64, 256, 80)],
             ranks: vec![8],
             elements: 1 << 14,
             seconds: 0.0,
@@ -194,6 +194,54 @@ pub fn run(be: &KernelBackend, plan: &Plan, on_row: &mut dyn FnMut(&Row)) -> Res
                     }
                 }
             }
+            "qgemm" => {
+                // The QLoRA base: x·Wᵀ with W in its blocks, decoded inside the GEMM, beside the
+                // bf16 tensor-core GEMM of the same shape.
+                use kiln_core::quant::GgmlType as G;
+                for &(m, k, n) in &plan.shapes {
+                    let x = up(be, randn(m * k, 11), &[m, k], DType::F32)?;
+                    set_variant(Variant::V3);
+                    let wb = up(be, randn(n * k, 12), &[n, k], DType::BF16)?;
+                    let (base, _) = time(be, plan.seconds, &mut || be.linear_fwd(&x, &wb, None, None).map(drop))?;
+                    for ty in [G::NF4, G::Q4K, G::Q4_1] {
+                        let q = kiln_core::quant::quantize(ty, &randn(n * k, 13))?;
+                        let w = be.upload(&Tensor::from_quant_bytes(q, ty, [n, k])?)?;
+                        let (s, reps) = time(be, plan.seconds, &mut || be.linear_fwd(&x, &w, None, None).map(drop))?;
+                        let row = Row {
+                            op: format!("qgemm x·Wᵀ ({:.0} % of the bf16 GEMM's rate)", 100.0 * base / s),
+                            variant: "v2_smem_tiled_q (decode in the loader)".into(),
+                            dtype: format!("x f32, W {}", ty.name()),
+                            shape: format!("{m}x{k}x{n}"),
+                            median_s: s,
+                            repeats: reps,
+                            flops: Some(2.0 * (m * k * n) as f64),
+                            bytes: None,
+                        };
+                        push(row, &mut rows);
+                    }
+                }
+            }
+            "dequant" => {
+                use kiln_core::quant::GgmlType as G;
+                let n = (plan.elements * 4).div_ceil(256) * 256;
+                for ty in [G::NF4, G::Q4K, G::Q4_1, G::Q8_0, G::Q6K] {
+                    let q = kiln_core::quant::quantize(ty, &randn(n, 14))?;
+                    let qbytes = q.len();
+                    let w = be.upload(&Tensor::from_quant_bytes(q, ty, [n])?)?;
+                    let (s, reps) = time(be, plan.seconds, &mut || be.cast(&w, DType::F32).map(drop))?;
+                    let row = Row {
+                        op: format!("dequant {}", ty.name()),
+                        variant: "thread per value".into(),
+                        dtype: format!("{} → f32", ty.name()),
+                        shape: format!("{n}"),
+                        median_s: s,
+                        repeats: reps,
+                        flops: None,
+                        bytes: Some((qbytes + 4 * n) as f64),
+                    };
+                    push(row, &mut rows);
+                }
+            }
             "elementwise" => {
                 let n = plan.elements;
                 let a = up(be, randn(n, 8), &[n], DType::F32)?;
@@ -239,7 +287,9 @@ pub fn run(be: &KernelBackend, plan: &Plan, on_row: &mut dyn FnMut(&Row)) -> Res
             }
             other => {
                 set_variant(keep);
-                return Err(kiln_core::Error::Msg(format!("--op {other}: one of gemm, lora, elementwise, embedding")));
+                return Err(kiln_core::Error::Msg(format!(
+                    "--op {other}: one of gemm, lora, qgemm, dequant, elementwise, embedding"
+                )));
             }
         }
     }

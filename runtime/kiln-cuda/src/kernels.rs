@@ -8,13 +8,14 @@ use bytemuck::{Pod, Zeroable};
 pub const COMMON: &str = include_str!("../../../kernels/common.cuh");
 
 /// `(file, source)` of every kernel file.
-pub const SOURCES: [(&str, &str); 6] = [
+pub const SOURCES: [(&str, &str); 7] = [
     ("attention.cu", include_str!("../../../kernels/attention.cu")),
     ("elementwise.cu", include_str!("../../../kernels/elementwise.cu")),
     ("embedding.cu", include_str!("../../../kernels/embedding.cu")),
     ("gemm.cu", include_str!("../../../kernels/gemm.cu")),
     ("loss.cu", include_str!("../../../kernels/loss.cu")),
     ("norm.cu", include_str!("../../../kernels/norm.cu")),
+    ("quant.cu", include_str!("../../../kernels/quant.cu")),
 ];
 
 /// A kernel file with `#include "common.cuh"` replaced by the header's text, so NVRTC needs no
@@ -81,7 +82,42 @@ pub struct GemmParams {
     pub rank: i32,
     pub alpha: f32,
     pub lora_scale: f32,
+    pub qtype: i32,
+    pub qblock: i32,
+    pub qbytes: i32,
+}
+
+/// `kernels/quant.cu` `DequantParams`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct DequantParams {
+    pub w: u64,
+    pub out: u64,
+    pub n: i64,
+    pub ty: i32,
+    pub block: i32,
+    pub bytes: i32,
     pub pad: i32,
+}
+
+/// The id `kiln_decode` (kernels/common.cuh) switches on for a block type, with its
+/// `(values, bytes)` per block; `None` for types without a kernel.
+pub fn quant_kernel_id(t: kiln_core::quant::GgmlType) -> Option<(i32, i32, i32)> {
+    use kiln_core::quant::GgmlType as G;
+    let id = match t {
+        G::Q8_0 => 8,
+        G::Q4_0 => 2,
+        G::Q4_1 => 3,
+        G::Q5_0 => 6,
+        G::Q4K => 12,
+        G::Q5K => 13,
+        G::Q6K => 14,
+        G::NF4 => 1000,
+        G::NF4DQ => 1001,
+        _ => return None,
+    };
+    let (block, bytes) = t.block();
+    Some((id, block as i32, bytes as i32))
 }
 
 /// `kernels/norm.cu` `NormParams`.

@@ -220,3 +220,30 @@ fn fibers_switch_fast_enough_for_1024_thread_blocks() {
     let switches = (threads * (barriers as usize + 1)) as f64;
     eprintln!("fiber switches: {switches} in {:.1} ms = {:.2} µs each", dt * 1e3, dt / switches * 1e6);
 }
+
+#[test]
+fn dequantization_is_bit_exact_with_the_cpu_for_every_block_type() {
+    use kiln_core::backend::MemoryOps;
+    use kiln_core::quant::GgmlType as G;
+    let be = emu();
+    for (i, ty) in
+        [G::Q8_0, G::Q4_0, G::Q4_1, G::Q5_0, G::Q4K, G::Q5K, G::Q6K, G::NF4, G::NF4DQ].into_iter().enumerate()
+    {
+        // Ragged row counts; rows of 256 values (the K-quant super-block).
+        let (rows, k) = (3 + 2 * i, 256);
+        let x = rand(rows * k, 40 + i as u64);
+        let q = kiln_core::quant::quantize(ty, &x).unwrap();
+        let t = kiln_core::Tensor::from_quant_bytes(q, ty, [rows, k]).unwrap();
+        let want = t.to_dtype(kiln_core::DType::F32).unwrap().to_vec_f32().unwrap();
+        let dev = be.upload(&t).unwrap();
+        assert_eq!(
+            dev.to_cpu().unwrap().raw_bytes().unwrap(),
+            t.raw_bytes().unwrap(),
+            "{}: bytes round trip",
+            ty.name()
+        );
+        let got = be.cast(&dev, kiln_core::DType::F32).unwrap().to_vec_f32().unwrap();
+        let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{}: dequantized values differ from the CPU's", ty.name());
+    }
+}

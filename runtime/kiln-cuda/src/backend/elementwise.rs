@@ -41,6 +41,16 @@ fn type_name(d: DType) -> Option<&'static str> {
 }
 
 pub(super) fn cast(be: &KernelBackend, t: &Tensor, dtype: DType) -> Result<Tensor> {
+    if let (DType::Quant(q), DType::F32 | DType::F64) = (t.dtype(), dtype) {
+        let (ty, block, bytes) = crate::kernels::quant_kernel_id(q)
+            .ok_or_else(|| Error::Msg(format!("cuda cast: no kernel for {} weights", q.name())))?;
+        let n = t.numel();
+        let h = be.held(t)?;
+        let out = be.alloc(n, DType::F32)?;
+        let p = crate::kernels::DequantParams { w: h.ptr(), out: out.ptr, n: n as i64, ty, block, bytes, pad: 0 };
+        be.exec.launch("dequant_f32", grid(n), bytemuck::bytes_of(&p))?;
+        return Ok(be.wrap(out, t.shape().clone(), DType::F32));
+    }
     let (Some(from), Some(to)) = (type_name(t.dtype()), type_name(dtype)) else {
         if t.dtype() == dtype {
             return be.upload(t);

@@ -44,6 +44,7 @@ fn suffix(d: DType) -> Result<&'static str> {
         DType::F32 => Ok("f32"),
         DType::BF16 => Ok("bf16"),
         DType::F16 => Ok("f16"),
+        DType::Quant(_) => Ok("q"),
         d => Err(Error::Msg(format!("cuda gemm: {} operand", d.name()))),
     }
 }
@@ -54,6 +55,13 @@ fn gemm(be: &KernelBackend, p: &GemmParams, b_type: DType) -> Result<()> {
         return Ok(());
     }
     let ty = suffix(b_type)?;
+    let mut p = *p;
+    if let DType::Quant(q) = b_type {
+        let (id, block, bytes) = crate::kernels::quant_kernel_id(q)
+            .ok_or_else(|| Error::Msg(format!("cuda gemm: no kernel for {} weights", q.name())))?;
+        (p.qtype, p.qblock, p.qbytes) = (id, block, bytes);
+    }
+    let p = &p;
     let (m, n) = (p.m as u32, p.n as u32);
     let (kernel, cfg) = match (variant(), b_type) {
         (Variant::V1, _) => (

@@ -103,7 +103,13 @@ impl KernelBackend {
                     .downcast_ref::<CudaBuf>()
                     .filter(|b| b.slot == self.slot)
                     .ok_or_else(|| Error::Msg(format!("{}: a tensor of another backend", self.exec.name())))?;
-                Ok(Held::Borrowed(&b.buf, t.offset() * dev_size(t.dtype())?))
+                let off = match t.dtype() {
+                    // Blocks are not split: a quantized tensor is used whole.
+                    DType::Quant(_) if t.offset() == 0 => 0,
+                    DType::Quant(_) => return Err(Error::Msg("cuda: a view into a block-quantized tensor".into())),
+                    d => t.offset() * dev_size(d)?,
+                };
+                Ok(Held::Borrowed(&b.buf, off))
             }
             Storage::Cpu(_) => Ok(Held::Owned(self.upload_buf(t)?)),
         }
@@ -117,12 +123,9 @@ impl KernelBackend {
             DType::F64 => bytemuck::cast_slice(&t.to_vec_f32()?).to_vec(),
             DType::F16 => bytemuck::cast_slice(t.as_slice::<half::f16>()?).to_vec(),
             DType::BF16 => bytemuck::cast_slice(t.as_slice::<half::bf16>()?).to_vec(),
+            DType::Quant(q) if crate::kernels::quant_kernel_id(q).is_some() => t.raw_bytes()?.to_vec(),
             DType::Quant(q) => {
-                return Err(Error::Msg(format!(
-                    "{}: {} weights need the dequantization kernels (CUDA III, issue 10)",
-                    self.exec.name(),
-                    q.name()
-                )));
+                return Err(Error::Msg(format!("{}: {} weights have no CUDA kernel", self.exec.name(), q.name())));
             }
         };
         self.exec.upload(&bytes)
@@ -152,9 +155,14 @@ impl MemoryOps for KernelBackend {
     fn to_cpu(&self, t: &Tensor) -> Result<Tensor> {
         let Storage::Device(_) = t.storage() else { return Ok(t.clone()) };
         let Held::Borrowed(b, off) = self.held(t)? else { unreachable!("a device tensor is borrowed") };
-        let bytes = self.exec.download(b, off, t.numel() * dev_size(t.dtype())?)?;
+        let len = match t.dtype() {
+            DType::Quant(_) => t.dtype().bytes(t.numel()),
+            d => t.numel() * dev_size(d)?,
+        };
+        let bytes = self.exec.download(b, off, len)?;
         let shape = t.shape().clone();
         match t.dtype() {
+            DType::Quant(q) => Tensor::from_quant_bytes(bytes, q, shape),
             DType::F32 => Tensor::from_vec(bytemuck::pod_collect_to_vec::<u8, f32>(&bytes), shape),
             DType::I32 => Tensor::from_vec(bytemuck::pod_collect_to_vec::<u8, i32>(&bytes), shape),
             DType::F16 => Tensor::from_vec(bytemuck::pod_collect_to_vec::<u8, half::f16>(&bytes), shape),
@@ -185,9 +193,10 @@ impl Backend for KernelBackend {
     }
     fn supports(&self, op: Op, dtype: DType) -> Support {
         match (op, dtype) {
-            (_, DType::Quant(q)) => {
-                Support::No(format!("{} weights need the dequantization kernels (CUDA III, issue 10)", q.name()))
+            (Op::LoraLinear | Op::Cast, DType::Quant(q)) if crate::kernels::quant_kernel_id(q).is_some() => {
+                Support::Yes
             }
+            (_, DType::Quant(q)) => Support::No(format!("no CUDA kernel for {} weights", q.name())),
             (Op::LoraLinear, DType::F32 | DType::BF16 | DType::F16) => Support::Yes,
             (_, DType::F32) => Support::Yes,
             (op, d) => Support::No(format!("no CUDA kernel for {op:?} at {} yet", d.name())),

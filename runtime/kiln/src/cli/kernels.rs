@@ -80,7 +80,7 @@ pub struct BenchKernelsArgs {
     /// CUDA device ordinal.
     #[arg(long, default_value_t = 0)]
     device: usize,
-    /// Comma-separated: gemm, lora, elementwise, embedding [default: all].
+    /// Comma-separated: gemm, lora, qgemm, dequant, elementwise, embedding [default: all].
     #[arg(long)]
     op: Option<String>,
     /// One tokens×in×out shape per run instead of the defaults (4096³, 16384×4096×4096).

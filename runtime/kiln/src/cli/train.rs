@@ -236,9 +236,9 @@ pub struct TrainArgs {
     backend: Option<String>,
 }
 
-/// The backend to run on: `auto` takes the best available and says why others were passed over.
-/// The backend `--backend` names. `auto` takes a GPU (through wgpu) when one is present and
-/// the CPU otherwise — a CPU Vulkan driver such as lavapipe is not faster than the CPU backend.
+/// The backend `--backend` names. `auto` takes an NVIDIA GPU (CUDA), else another GPU (wgpu),
+/// else the CPU, and says why the others were passed over — a CPU Vulkan driver such as
+/// lavapipe is not faster than the CPU backend, and the CUDA emulation is for checking kernels.
 fn pick_backend(want: &str, device: Option<&str>) -> Result<&'static dyn kiln::core::Backend> {
     let cpu: &'static dyn kiln::core::Backend = &kiln::core::CpuBackend;
     match want {
@@ -258,6 +258,17 @@ fn pick_backend(want: &str, device: Option<&str>) -> Result<&'static dyn kiln::c
         }
         "wgpu" => kiln_wgpu::open().map_err(|e| anyhow::anyhow!("--backend wgpu: {e}")),
         "auto" => {
+            // An NVIDIA GPU through kiln's CUDA kernels first, then any GPU through wgpu.
+            let cuda = kiln_cuda::probe();
+            if let Some(d) = cuda.devices.first() {
+                match kiln_cuda::open(0) {
+                    Ok(be) => {
+                        eprintln!("backend: cuda on {} (device 0)", d.name);
+                        return Ok(be);
+                    }
+                    Err(e) => eprintln!("note: cuda device 0 ({}) did not open: {e}", d.name),
+                }
+            }
             let probe = kiln_wgpu::probe();
             let gpu = probe.adapters.iter().find(|a| a.device_type != "Cpu");
             if let Some(a) = gpu
@@ -266,14 +277,13 @@ fn pick_backend(want: &str, device: Option<&str>) -> Result<&'static dyn kiln::c
                 eprintln!("backend: wgpu on {} ({})", a.name, a.backend);
                 return Ok(be);
             }
-            let why = |u: Option<String>| {
-                u.unwrap_or_else(|| "present, but its training kernels are not implemented yet".into())
-            };
             let wgpu = match (gpu, probe.unavailable) {
                 (None, None) => "only a CPU adapter (use --backend wgpu to run on it anyway)".to_string(),
-                (_, u) => why(u),
+                (_, Some(u)) => u,
+                (Some(_), None) => "the adapter did not open".to_string(),
             };
-            eprintln!("backend: cpu (cuda: {}; wgpu: {wgpu})", why(kiln_cuda::probe().unavailable));
+            let cuda = cuda.unavailable.unwrap_or_else(|| "no device opened".into());
+            eprintln!("backend: cpu (cuda: {cuda}; wgpu: {wgpu})");
             Ok(cpu)
         }
         other => bail!("--backend {other}: one of auto, cpu, cuda, cuda-emu, wgpu"),
