@@ -114,3 +114,15 @@ KILN_KERNEL(ok_barrier_loop, TestParams) {
   }
   p.c[tid_linear()] = s;
 }
+
+// ---- cp.async: a tile staged through shared memory in 16-byte copies, two groups in flight ----
+KILN_KERNEL(ok_cp_async_copy, TestParams) {
+  __shared__ __align__(16) float tile[2][128];
+  const int t = threadIdx.x;  // 32 threads, 4 floats each per stage
+  for (int s = 0; s < 2; ++s) cp_async_16(&tile[s][4 * t], p.a + s * 128 + 4 * t);
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+  for (int s = 0; s < 2; ++s)
+    for (int i = 0; i < 4; ++i) p.c[s * 128 + 4 * t + i] = tile[s][(4 * t + i + 1) % 128] * 2.f;
+}

@@ -247,3 +247,12 @@ fn dequantization_is_bit_exact_with_the_cpu_for_every_block_type() {
         assert!(same, "{}: dequantized values differ from the CPU's", ty.name());
     }
 }
+
+#[test]
+fn cp_async_wrappers_copy_through_shared_memory() {
+    let a = rand(256, 9);
+    let cfg = Launch { grid: [1, 1, 1], block: [32, 1, 1], smem: 0 };
+    let got = run("ok_cp_async_copy", cfg, &a, &[0.0], 256, (0, 0, 0), true).unwrap();
+    let want: Vec<f32> = (0..256).map(|e| a[(e / 128) * 128 + (e % 128 + 1) % 128] * 2.0).collect();
+    assert_eq!(got, want);
+}
