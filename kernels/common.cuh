@@ -182,6 +182,14 @@ __device__ __forceinline__ void mma_16816_shfl(float d[4], const u32 a[4], const
   }
 }
 
+#if KILN_GPU
+// sm_75's bf16 path out of line: inlined into a large tile's loop, its shuffles would crowd the
+// caller's registers (the pipelined GEMM spilled).
+__device__ __noinline__ void mma_16816_shfl_bf16_call(float d[4], const u32 a[4], const u32 b[2]) {
+  mma_16816_shfl<bf16>(d, a, b);
+}
+#endif
+
 #if !KILN_GPU
 namespace kiln_emu_impl {
 // One warp-wide exchange of every lane's fragments, then each lane computes its own outputs
@@ -219,7 +227,7 @@ __device__ __forceinline__ void mma_16816(float d[4], const u32 a[4], const u32 
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 #elif KILN_GPU
-  mma_16816_shfl<bf16>(d, a, b);
+  mma_16816_shfl_bf16_call(d, a, b);
 #else
   kiln_emu_impl::mma_16816_emu<bf16>(d, a, b);
 #endif

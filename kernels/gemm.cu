@@ -12,7 +12,10 @@
 //   gemm_v1_naive_*   one thread per output, straight from global memory (the reference);
 //   gemm_v2_tiled_*   64×64 block tile, 16-deep K tiles in shared memory, 4×4 outputs per thread;
 //   gemm_v3_mma_*     tensor cores: 64×64 block tile, four warps of 32×32, mma.m16n8k16 with
-//                     ldmatrix fragments, f32 accumulators; A rounded to B's 16-bit type.
+//                     ldmatrix fragments, f32 accumulators; A rounded to B's 16-bit type;
+//   gemm_v4_mma_pipelined_*  128×128 block tile, eight warps of 64×32, two shared buffers: the
+//                     next K tile is fetched into registers while the tensor cores work on the
+//                     current one (one barrier per K step).
 #include "common.cuh"
 
 // Mirrored by `GemmParams` in runtime/kiln-cuda/src/kernels.rs.
@@ -194,3 +197,96 @@ __device__ __forceinline__ void gemm_v3(const GemmParams& p) {
 }
 KILN_KERNEL_LB(gemm_v3_mma_bf16, GemmParams, 128) { gemm_v3<bf16>(p); }
 KILN_KERNEL_LB(gemm_v3_mma_f16, GemmParams, 128) { gemm_v3<f16>(p); }
+
+// ---- v4: 128×128 tiles, 8 warps (2×4) of 64×32, double-buffered shared memory ----
+template <class T>
+__device__ __forceinline__ void gemm_v4(const GemmParams& p) {
+  constexpr int BM = 128, BN = 128, BK = 32, LD = BK + 8, PER = BM * BK / 256;
+  __shared__ __align__(16) unsigned short As[2][BM][LD];
+  __shared__ __align__(16) unsigned short Bs[2][BN][LD];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm = warp / 4, wn = warp % 4;
+  const int bm = blockIdx.y * BM, bn = blockIdx.x * BN;
+  const int kk_end = gemm_kk(p);
+  float acc[4][4][4] = {};
+  // The prefetched tile, already rounded to T, two values a register (half the registers).
+  u32 ra[PER / 2], rb[PER / 2];
+  // Fetches K tile k0 into registers (zero outside the matrices).
+  auto fetch = [&](int k0) {
+    KILN_UNROLL
+    for (int l = 0; l < PER; ++l) {
+      const int e = tid + 256 * l;
+      const int kk = p.sak == 1 ? e % BK : e / BM, mm = p.sak == 1 ? e / BK : e % BM;
+      const int gi = bm + mm, gk = k0 + kk;
+      const u32 h = bits16(from_f32<T>(gi < p.m && gk < kk_end ? gemm_a(p, gi, gk) : 0.f));
+      ra[l / 2] = (l & 1) ? (ra[l / 2] | (h << 16)) : h;
+    }
+    KILN_UNROLL
+    for (int l = 0; l < PER; ++l) {
+      const int e = tid + 256 * l;
+      const int kk = p.sbk == 1 ? e % BK : e / BN, nn = p.sbk == 1 ? e / BK : e % BN;
+      const int gj = bn + nn, gk = k0 + kk;
+      const u32 h = bits16(from_f32<T>(gj < p.n && gk < kk_end ? gemm_b<T>(p, gk, gj) : 0.f));
+      rb[l / 2] = (l & 1) ? (rb[l / 2] | (h << 16)) : h;
+    }
+  };
+  // Stores the fetched tile into buffer `s`.
+  auto stash = [&](int s) {
+    KILN_UNROLL
+    for (int l = 0; l < PER; ++l) {
+      const int e = tid + 256 * l;
+      const int kk = p.sak == 1 ? e % BK : e / BM, mm = p.sak == 1 ? e / BK : e % BM;
+      As[s][mm][kk] = (unsigned short)((l & 1) ? ra[l / 2] >> 16 : ra[l / 2] & 0xffffu);
+    }
+    KILN_UNROLL
+    for (int l = 0; l < PER; ++l) {
+      const int e = tid + 256 * l;
+      const int kk = p.sbk == 1 ? e % BK : e / BN, nn = p.sbk == 1 ? e / BK : e % BN;
+      Bs[s][nn][kk] = (unsigned short)((l & 1) ? rb[l / 2] >> 16 : rb[l / 2] & 0xffffu);
+    }
+  };
+  fetch(0);
+  stash(0);
+  __syncthreads();
+  int cur = 0;
+  for (int k0 = 0; k0 < kk_end; k0 += BK) {
+    const bool more = k0 + BK < kk_end;
+    // The next tile's global loads are issued before this tile's math, and land meanwhile.
+    if (more) fetch(k0 + BK);
+    KILN_UNROLL
+    for (int ks = 0; ks < BK / 16; ++ks) {
+      u32 af[4][4], bf[4][2];
+      KILN_UNROLL
+      for (int mi = 0; mi < 4; ++mi)
+        ldmatrix_x4(af[mi], &As[cur][wm * 64 + mi * 16 + (lane % 16)][ks * 16 + (lane / 16) * 8]);
+      KILN_UNROLL
+      for (int nj = 0; nj < 2; ++nj) {
+        u32 r[4];
+        ldmatrix_x4(r, &Bs[cur][wn * 32 + nj * 16 + (lane / 16) * 8 + (lane % 8)][ks * 16 + ((lane / 8) % 2) * 8]);
+        bf[2 * nj][0] = r[0];
+        bf[2 * nj][1] = r[1];
+        bf[2 * nj + 1][0] = r[2];
+        bf[2 * nj + 1][1] = r[3];
+      }
+      KILN_UNROLL
+      for (int mi = 0; mi < 4; ++mi)
+        KILN_UNROLL
+        for (int ni = 0; ni < 4; ++ni) mma_16816(acc[mi][ni], af[mi], bf[ni], T());
+    }
+    // The other buffer was last read before the previous barrier: it is free to fill.
+    if (more) stash(cur ^ 1);
+    __syncthreads();
+    cur ^= 1;
+  }
+  const int g = lane >> 2, t = lane & 3;
+  KILN_UNROLL
+  for (int mi = 0; mi < 4; ++mi)
+    KILN_UNROLL
+    for (int ni = 0; ni < 4; ++ni)
+      KILN_UNROLL
+      for (int i = 0; i < 4; ++i)
+        gemm_store(p, bm + wm * 64 + mi * 16 + g + 8 * (i >= 2), bn + wn * 32 + ni * 8 + 2 * t + (i & 1),
+                   acc[mi][ni][i]);
+}
+KILN_KERNEL_LB(gemm_v4_mma_pipelined_bf16, GemmParams, 256) { gemm_v4<bf16>(p); }
+KILN_KERNEL_LB(gemm_v4_mma_pipelined_f16, GemmParams, 256) { gemm_v4<f16>(p); }

@@ -351,10 +351,15 @@ pub struct Report {
 /// Runs the table (seeds 1 and 2) on `be` against the f64 CPU reference; `on` sees each case's
 /// outcome as it finishes (`None` passed, `Some(msg)` skipped or failed).
 pub fn run(be: &dyn Backend, on: &mut dyn FnMut(&str, Option<&str>)) -> Report {
+    run_where(be, &|_| true, on)
+}
+
+/// [`run`] over the cases `keep` accepts (a kernel variant checked on the cases that reach it).
+pub fn run_where(be: &dyn Backend, keep: &dyn Fn(&Case) -> bool, on: &mut dyn FnMut(&str, Option<&str>)) -> Report {
     let reference = CpuBackend;
     let mut rep = Report::default();
     for seed in [1, 2] {
-        for case in cases(seed) {
+        for case in cases(seed).into_iter().filter(|c| keep(c)) {
             let name = format!("{} {}", be.name(), case.name);
             if let Support::No(why) = be.supports(case.op, case.dtype) {
                 on(&name, Some(&format!("skipped: {why}")));

@@ -31,7 +31,7 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
 fn parity_table_under_every_gemm_variant() {
     let _g = lock();
     let be = emu();
-    for v in [Variant::V1, Variant::V2, Variant::V3] {
+    for v in [Variant::V1, Variant::V2, Variant::V3, Variant::V4] {
         set_variant(v);
         let t0 = std::time::Instant::now();
         let rep = kiln_core::selftest::run(be, &mut |_, _| {});
@@ -57,13 +57,18 @@ fn production_kernels_are_race_free() {
     let _g = lock();
     let be = emu();
     be.exec.set_racecheck(true);
-    // V3 runs the tensor-core kernels for 16-bit weights and the tiled ones for f32 (the naive
-    // kernels share no memory between threads).
+    // V3 runs the tensor-core kernels for 16-bit weights and the tiled ones for f32 and quantized
+    // bases (the naive kernels share no memory between threads); V4's pipelined kernel is checked
+    // on the linear cases.
     let t0 = std::time::Instant::now();
     set_variant(Variant::V3);
     let rep = kiln_core::selftest::run(be, &mut |_, _| {});
-    let all: Vec<String> = rep.failed.into_iter().map(|f| format!("{f:?}")).collect();
+    let mut all: Vec<String> = rep.failed.into_iter().map(|f| format!("{f:?}")).collect();
     eprintln!("race check over the parity table: {} cases, {:.1} s", rep.passed.len(), t0.elapsed().as_secs_f64());
+    set_variant(Variant::V4);
+    let rep = kiln_core::selftest::run_where(be, &|c| c.name.starts_with("lora_linear"), &mut |_, _| {});
+    assert!(rep.passed.len() >= 20, "V4 ran {} linear cases", rep.passed.len());
+    all.extend(rep.failed.into_iter().map(|f| format!("V4 {f:?}")));
     be.exec.set_racecheck(false);
     set_variant(Variant::V3);
     assert!(all.is_empty(), "{all:#?}");

@@ -14,13 +14,14 @@ use super::{Held, KernelBackend, elementwise::col_sum, want_f32};
 use crate::exec::Launch;
 use crate::kernels::GemmParams;
 
-/// GEMM variant (kernels/gemm.cu). `V3` uses tensor cores where B is 16-bit and falls back to
-/// `V2` for f32 operands (tensor cores would round them).
+/// GEMM variant (kernels/gemm.cu). `V3` and `V4` use tensor cores where B is 16-bit and fall
+/// back to `V2` for f32 and block-quantized operands (tensor cores would round them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
     V1,
     V2,
     V3,
+    V4,
 }
 
 static VARIANT: AtomicU8 = AtomicU8::new(3);
@@ -35,6 +36,7 @@ pub fn variant() -> Variant {
     match VARIANT.load(Ordering::Relaxed) {
         1 => Variant::V1,
         2 => Variant::V2,
+        4 => Variant::V4,
         _ => Variant::V3,
     }
 }
