@@ -133,11 +133,25 @@ fn selftest(which: &str, device: usize, json: bool) -> Result<()> {
             k.exec.set_poison(true);
         }
         let t0 = std::time::Instant::now();
-        let rep = kiln::core::selftest::run(be, &mut |case, outcome| {
+        let mut on = |case: &str, outcome: Option<&str>| {
             if !json && let Some(o) = outcome.filter(|o| !o.starts_with("skipped")) {
                 println!("FAIL {case}: {o}");
             }
-        });
+        };
+        let mut rep = kiln::core::selftest::run(be, &mut on);
+        // The CUDA GEMM variants besides the default, on the cases that reach them.
+        if kiln_cuda::kernel_backend(name, device).is_ok() {
+            use kiln_cuda::backend::{Variant, set_variant, variant};
+            let keep = variant();
+            for v in [Variant::V1, Variant::V2, Variant::V4] {
+                set_variant(v);
+                let linear = |c: &kiln::core::selftest::Case| c.name.contains("linear") || c.name.starts_with("matmul");
+                let r = kiln::core::selftest::run_where(be, &linear, &mut on);
+                rep.passed.extend(r.passed.into_iter().map(|c| format!("{c} (GEMM {v:?})")));
+                rep.failed.extend(r.failed.into_iter().map(|(c, e)| (format!("{c} (GEMM {v:?})"), e)));
+            }
+            set_variant(keep);
+        }
         failed += rep.failed.len();
         if !json {
             println!(
