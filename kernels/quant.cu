@@ -1,5 +1,5 @@
 // Block-quantized tensors (GGUF Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q5_K, Q6_K; QLoRA's NF4, NF4_DQ)
-// to f32, bit-exact with kiln's CPU reference. A thread per value, each decoding its block's
+// to f32 (bit-exact with kiln's CPU reference), bf16 or f16 (that value rounded to nearest even). A thread per value, each decoding its block's
 // header itself (the redundant reads hit the cache). The linear layers decode inside the GEMM
 // instead (gemm.cu's `_q` kernels); this serves casts and reading weights back.
 #include "common.cuh"
@@ -15,7 +15,13 @@ struct DequantParams {
   int pad;
 };
 
-KILN_KERNEL(dequant_f32, DequantParams) {
+// `out` holds T values (f32, or the 16-bit types the tensor cores take).
+template <class T>
+__device__ __forceinline__ void dequant(const DequantParams& p) {
+  T* out = reinterpret_cast<T*>(p.out);
   for (i64 i = i64(blockIdx.x) * blockDim.x + threadIdx.x; i < p.n; i += i64(gridDim.x) * blockDim.x)
-    p.out[i] = kiln_decode(p.w, i, p.ty, p.block, p.bytes);
+    out[i] = from_f32<T>(kiln_decode(p.w, i, p.ty, p.block, p.bytes));
 }
+KILN_KERNEL(dequant_f32, DequantParams) { dequant<float>(p); }
+KILN_KERNEL(dequant_bf16, DequantParams) { dequant<bf16>(p); }
+KILN_KERNEL(dequant_f16, DequantParams) { dequant<f16>(p); }

@@ -250,6 +250,13 @@ fn dequantization_is_bit_exact_with_the_cpu_for_every_block_type() {
         let got = be.cast(&dev, kiln_core::DType::F32).unwrap().to_vec_f32().unwrap();
         let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
         assert!(same, "{}: dequantized values differ from the CPU's", ty.name());
+        // Straight to the tensor cores' types: the same values rounded to nearest even.
+        for dt in [kiln_core::DType::BF16, kiln_core::DType::F16] {
+            let got = be.cast(&dev, dt).unwrap().to_cpu().unwrap();
+            assert_eq!(got.dtype(), dt);
+            let want16 = kiln_core::Tensor::from_vec(want.clone(), [rows, k]).unwrap().to_dtype(dt).unwrap();
+            assert_eq!(got.to_vec_f64().unwrap(), want16.to_vec_f64().unwrap(), "{} to {}", ty.name(), dt.name());
+        }
     }
 }
 

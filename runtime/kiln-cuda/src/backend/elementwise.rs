@@ -41,15 +41,21 @@ fn type_name(d: DType) -> Option<&'static str> {
 }
 
 pub(super) fn cast(be: &KernelBackend, t: &Tensor, dtype: DType) -> Result<Tensor> {
-    if let (DType::Quant(q), DType::F32 | DType::F64) = (t.dtype(), dtype) {
+    if let DType::Quant(q) = t.dtype() {
         let (ty, block, bytes) = crate::kernels::quant_kernel_id(q)
             .ok_or_else(|| Error::Msg(format!("cuda cast: no kernel for {} weights", q.name())))?;
+        let (kernel, out_t) = match dtype {
+            DType::F32 | DType::F64 => ("dequant_f32", DType::F32),
+            DType::BF16 => ("dequant_bf16", DType::BF16),
+            DType::F16 => ("dequant_f16", DType::F16),
+            d => return Err(Error::Msg(format!("cuda cast: {} to {}", q.name(), d.name()))),
+        };
         let n = t.numel();
         let h = be.held(t)?;
-        let out = be.alloc(n, DType::F32)?;
+        let out = be.alloc(n, out_t)?;
         let p = crate::kernels::DequantParams { w: h.ptr(), out: out.ptr, n: n as i64, ty, block, bytes, pad: 0 };
-        be.exec.launch("dequant_f32", grid(n), bytemuck::bytes_of(&p))?;
-        return Ok(be.wrap(out, t.shape().clone(), DType::F32));
+        be.exec.launch(kernel, grid(n), bytemuck::bytes_of(&p))?;
+        return Ok(be.wrap(out, t.shape().clone(), out_t));
     }
     let (Some(from), Some(to)) = (type_name(t.dtype()), type_name(dtype)) else {
         if t.dtype() == dtype {
