@@ -136,7 +136,7 @@ KILN_KERNEL_LB(gemm_v2_tiled_q, GemmParams, 256) { gemm_v2<QBlock>(p); }
 // ---- v3: tensor cores. 128 threads = 4 warps in 2×2, each a 32×32 tile of 2×4 mma tiles. ----
 // Shared tiles hold 16-bit bits, K-contiguous, rows padded to 40 halves (80 bytes: 16-byte
 // aligned rows for ldmatrix, and the eight rows of an 8×8 fragment fall in distinct banks).
-template <class T>
+template <class T, class TB = T>
 __device__ __forceinline__ void gemm_v3(const GemmParams& p) {
   constexpr int BM = 64, BN = 64, BK = 32, LD = BK + 8;
   __shared__ __align__(16) unsigned short As[BM][LD];
@@ -159,7 +159,7 @@ __device__ __forceinline__ void gemm_v3(const GemmParams& p) {
       const int e = tid + 128 * l;
       const int kk = p.sbk == 1 ? e % BK : e / BN, nn = p.sbk == 1 ? e / BK : e % BN;
       const int gj = bn + nn, gk = k0 + kk;
-      Bs[nn][kk] = bits16(from_f32<T>(gj < p.n && gk < kk_end ? gemm_b<T>(p, gk, gj) : 0.f));
+      Bs[nn][kk] = bits16(from_f32<T>(gj < p.n && gk < kk_end ? gemm_b<TB>(p, gk, gj) : 0.f));
     }
     __syncthreads();
     KILN_UNROLL
@@ -197,9 +197,12 @@ __device__ __forceinline__ void gemm_v3(const GemmParams& p) {
 }
 KILN_KERNEL_LB(gemm_v3_mma_bf16, GemmParams, 128) { gemm_v3<bf16>(p); }
 KILN_KERNEL_LB(gemm_v3_mma_f16, GemmParams, 128) { gemm_v3<f16>(p); }
+// QLoRA bases on the tensor cores: blocks decoded in the loader, rounded to bf16 (activations
+// keep bf16's range).
+KILN_KERNEL_LB(gemm_v3_mma_q, GemmParams, 128) { gemm_v3<bf16, QBlock>(p); }
 
 // ---- v4: 128×128 tiles, 8 warps (2×4) of 64×32, double-buffered shared memory ----
-template <class T>
+template <class T, class TB = T>
 __device__ __forceinline__ void gemm_v4(const GemmParams& p) {
   constexpr int BM = 128, BN = 128, BK = 32, LD = BK + 8, PER = BM * BK / 256;
   __shared__ __align__(16) unsigned short As[2][BM][LD];
@@ -226,7 +229,7 @@ __device__ __forceinline__ void gemm_v4(const GemmParams& p) {
       const int e = tid + 256 * l;
       const int kk = p.sbk == 1 ? e % BK : e / BN, nn = p.sbk == 1 ? e / BK : e % BN;
       const int gj = bn + nn, gk = k0 + kk;
-      const u32 h = bits16(from_f32<T>(gj < p.n && gk < kk_end ? gemm_b<T>(p, gk, gj) : 0.f));
+      const u32 h = bits16(from_f32<T>(gj < p.n && gk < kk_end ? gemm_b<TB>(p, gk, gj) : 0.f));
       rb[l / 2] = (l & 1) ? (rb[l / 2] | (h << 16)) : h;
     }
   };
@@ -290,3 +293,4 @@ __device__ __forceinline__ void gemm_v4(const GemmParams& p) {
 }
 KILN_KERNEL_LB(gemm_v4_mma_pipelined_bf16, GemmParams, 256) { gemm_v4<bf16>(p); }
 KILN_KERNEL_LB(gemm_v4_mma_pipelined_f16, GemmParams, 256) { gemm_v4<f16>(p); }
+KILN_KERNEL_LB(gemm_v4_mma_pipelined_q, GemmParams, 256) { gemm_v4<bf16, QBlock>(p); }

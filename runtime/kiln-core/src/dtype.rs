@@ -50,3 +50,37 @@ impl DType {
         }
     }
 }
+
+/// `x` rounded to bf16, to nearest even. half 2.7's `bf16::from_f64` drops the low 32 bits of
+/// the f64 mantissa before rounding, so values of f32 precision whose low bits decide the
+/// rounding round the wrong way; those (every f32) go through the exact f32 conversion.
+pub fn round_bf16(x: f64) -> half::bf16 {
+    let f = x as f32;
+    if f as f64 == x || x.is_nan() { half::bf16::from_f32(f) } else { half::bf16::from_f64(x) }
+}
+
+/// `x` rounded to f16, to nearest even (see [`round_bf16`] for why f32 values go through f32).
+pub fn round_f16(x: f64) -> half::f16 {
+    let f = x as f32;
+    if f as f64 == x || x.is_nan() { half::f16::from_f32(f) } else { half::f16::from_f64(x) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sixteen_bit_rounding_keeps_the_sticky_bits() {
+        // 0x3f228007: above the bf16 halfway point only by its lowest mantissa bits.
+        let x = f32::from_bits(0x3f22_8007) as f64;
+        assert_eq!(round_bf16(x).to_f32(), 0.636_718_75);
+        assert_eq!(half::bf16::from_f32(x as f32), round_bf16(x));
+        // An exact tie rounds to even; f64 values beyond f32 precision still round.
+        assert_eq!(round_bf16(1.0 + 1.0 / 256.0).to_f32(), 1.0);
+        assert_eq!(round_bf16(1.0 + 3.0 / 256.0).to_f32(), 1.015_625);
+        let y = f32::from_bits(0x3f80_1001) as f64; // f16: above the halfway point by one low bit
+        assert_eq!(round_f16(y), half::f16::from_f32(y as f32));
+        assert_eq!(round_f16(65520.0), half::f16::INFINITY);
+        assert!(round_bf16(f64::NAN).is_nan());
+    }
+}

@@ -248,6 +248,47 @@ pub fn cases(seed: u64) -> Vec<Case> {
             },
         });
     }
+    // Casts between f32, bf16 and f16 (round to nearest even); listed under the 16-bit type, as
+    // a backend that keeps 16-bit values in f32 does not support them.
+    for &n in &[1usize, 77, 4099] {
+        out.push(Case {
+            op: Op::Cast,
+            name: format!("cast f32/bf16/f16 chains {n}"),
+            dtype: DType::BF16,
+            inputs: vec![randn(&mut r, &[n], DType::F32)],
+            run: |be, x| {
+                let (b, h) = (be.cast(&x[0], DType::BF16)?, be.cast(&x[0], DType::F16)?);
+                Ok(vec![
+                    be.cast(&b, DType::F16)?,
+                    be.cast(&b, DType::F32)?,
+                    be.cast(&b, DType::BF16)?,
+                    be.cast(&h, DType::BF16)?,
+                    be.cast(&h, DType::F32)?,
+                    be.cast(&h, DType::F16)?,
+                ])
+            },
+        });
+    }
+    // Block-quantized tensors decoded (bit-exact) and rounded to the 16-bit types.
+    for (i, ty) in [G::Q8_0, G::Q4_1, G::Q5_0, G::Q4K, G::Q6K, G::NF4DQ].into_iter().enumerate() {
+        let wf = randn(&mut r, &[3 + i, 256], DType::F32);
+        let Ok(wq) = wf
+            .to_vec_f32()
+            .and_then(|v| crate::quant::quantize(ty, &v))
+            .and_then(|b| Tensor::from_quant_bytes(b, ty, [3 + i, 256]))
+        else {
+            continue;
+        };
+        out.push(Case {
+            op: Op::Cast,
+            name: format!("dequantize {} {}x256 to f32/bf16/f16", ty.name(), 3 + i),
+            dtype: DType::Quant(ty),
+            inputs: vec![wq],
+            run: |be, x| {
+                Ok(vec![be.cast(&x[0], DType::F32)?, be.cast(&x[0], DType::BF16)?, be.cast(&x[0], DType::F16)?])
+            },
+        });
+    }
     for &(b, t, hq, hkv, d) in &[(1, 1, 1, 1, 2), (2, 37, 4, 2, 6), (1, 70, 9, 3, 64), (3, 33, 2, 1, 10)] {
         let seg: Vec<i32> = (0..b * t).map(|i| ((i % t) * 3 / t) as i32).collect();
         let pos: Vec<i32> = (0..b * t).map(|i| (i % t) as i32 * 7 % 50).collect();
@@ -320,6 +361,17 @@ pub fn cases(seed: u64) -> Vec<Case> {
                 Ok(vec![loss, ce.lse, ce.nll, d, dr])
             },
         });
+        // 16-bit tables too (frozen embeddings kept in their type on the device).
+        for td in [DType::BF16, DType::F16] {
+            let inputs = vec![randn(&mut r, &[m, v], td), i32s((0..m).map(|i| (i * 5 % m) as i32).collect(), &[m])];
+            out.push(Case {
+                op: Op::Embedding,
+                name: format!("embedding {m} ids, {} table {m}x{v}", td.name()),
+                dtype: td,
+                inputs,
+                run: |be, x| Ok(vec![be.embedding_fwd(&x[0], &x[1])?]),
+            });
+        }
         let inputs =
             vec![randn(&mut r, &[m, v], DType::F32), i32s((0..m).map(|i| (i * 7 % m / 2) as i32).collect(), &[m])];
         out.push(Case {
@@ -376,7 +428,7 @@ pub fn run_where(be: &dyn Backend, keep: &dyn Fn(&Case) -> bool, on: &mut dyn Fn
                 let got = (case.run)(be, &up).map_err(|e| format!("{name}: {e}"))?;
                 let r64: Vec<Tensor> = case.inputs.iter().map(f64_of).collect();
                 let want = (case.run)(&reference, &r64).map_err(|e| format!("{name}: reference: {e}"))?;
-                let t = tol(case.dtype);
+                let t = tol(be.compute_dtype(case.op, case.dtype));
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                     compare(&format!("{name} output {i}"), g, w, &t)?;
                 }

@@ -36,8 +36,8 @@ macro_rules! element {
 }
 element!(f32, DType::F32, |x: f32| x as f64, |v: f64| v as f32);
 element!(f64, DType::F64, |x: f64| x, |v: f64| v);
-element!(f16, DType::F16, |x: f16| x.to_f64(), f16::from_f64);
-element!(bf16, DType::BF16, |x: bf16| x.to_f64(), bf16::from_f64);
+element!(f16, DType::F16, |x: f16| x.to_f64(), crate::dtype::round_f16);
+element!(bf16, DType::BF16, |x: bf16| x.to_f64(), crate::dtype::round_bf16);
 element!(i32, DType::I32, |x: i32| x as f64, |v: f64| v as i32);
 
 /// Memory owned by a non-CPU backend (CUDA, wgpu). The backend downcasts through `as_any`.

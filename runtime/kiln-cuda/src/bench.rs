@@ -210,7 +210,7 @@ pub fn run(be: &KernelBackend, plan: &Plan, on_row: &mut dyn FnMut(&Row)) -> Res
                         let (s, reps) = time(be, plan.seconds, &mut || be.linear_fwd(&x, &w, None, None).map(drop))?;
                         let row = Row {
                             op: format!("qgemm x·Wᵀ ({:.0} % of the bf16 GEMM's rate)", 100.0 * base / s),
-                            variant: "v2_smem_tiled_q (decode in the loader)".into(),
+                            variant: "v3_mma_q (decode in the loader, bf16 tensor cores)".into(),
                             dtype: format!("x f32, W {}", ty.name()),
                             shape: format!("{m}x{k}x{n}"),
                             median_s: s,

@@ -47,12 +47,14 @@ impl Drop for HostMem {
 pub struct EmuExec {
     /// Run the race-checking build (from `KILN_EMU_RACECHECK=1`, or set by tests).
     pub racecheck: std::sync::atomic::AtomicBool,
+    /// Every kernel launched so far (what the tests hold against the kernel list).
+    launched: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Default for EmuExec {
     fn default() -> Self {
         let rc = std::env::var("KILN_EMU_RACECHECK").is_ok_and(|v| v == "1");
-        EmuExec { racecheck: std::sync::atomic::AtomicBool::new(rc) }
+        EmuExec { racecheck: std::sync::atomic::AtomicBool::new(rc), launched: Default::default() }
     }
 }
 
@@ -134,7 +136,11 @@ impl Exec for EmuExec {
     }
     fn launch(&self, kernel: &str, cfg: Launch, params: &[u8]) -> Result<()> {
         let rc = self.racecheck.load(std::sync::atomic::Ordering::Relaxed);
+        self.launched.lock().unwrap_or_else(|e| e.into_inner()).insert(kernel.to_string());
         self.launch_checked(kernel, cfg, params, rc)
+    }
+    fn launched(&self) -> Vec<String> {
+        self.launched.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
     }
     fn set_racecheck(&self, on: bool) {
         self.racecheck.store(on, std::sync::atomic::Ordering::Relaxed);

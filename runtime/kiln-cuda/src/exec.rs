@@ -79,4 +79,8 @@ pub trait Exec: Send + Sync {
     }
     /// The emulation's race checker on or off (nothing elsewhere).
     fn set_racecheck(&self, _on: bool) {}
+    /// The kernels launched so far, where the backend keeps count (the emulation).
+    fn launched(&self) -> Vec<String> {
+        Vec::new()
+    }
 }

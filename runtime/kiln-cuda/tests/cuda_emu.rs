@@ -50,6 +50,17 @@ fn parity_table_under_every_gemm_variant() {
         }
     }
     set_variant(Variant::V3);
+    // Every production kernel ran (a variant that silently fell back to another would not).
+    let ran = be.exec.launched();
+    let mut missing = Vec::new();
+    for (file, src) in kiln_cuda::kernels::SOURCES {
+        for name in kiln_cuda::kernels::entry_points(src) {
+            if !ran.contains(&name) {
+                missing.push(format!("{file}: {name}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "kernels the parity table never launched: {missing:#?}");
 }
 
 #[test]
@@ -267,4 +278,24 @@ fn cp_async_wrappers_copy_through_shared_memory() {
     let got = run("ok_cp_async_copy", cfg, &a, &[0.0], 256, (0, 0, 0), true).unwrap();
     let want: Vec<f32> = (0..256).map(|e| a[(e / 128) * 128 + (e % 128 + 1) % 128] * 2.0).collect();
     assert_eq!(got, want);
+}
+
+#[test]
+fn casts_round_to_nearest_even_like_the_cpu() {
+    use kiln_core::backend::MemoryOps;
+    use kiln_core::{DType, Tensor};
+    let be = emu();
+    // Random values plus the awkward ones: ties, subnormals of f16, overflow to infinity.
+    let mut v = rand(4099, 11);
+    v.extend([1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, 6.0e-8, 3.0e-5, 65520.0, -1.0e6, 0.0, -0.0]);
+    let x = Tensor::from_vec(v.clone(), [v.len()]).unwrap();
+    let dev = be.upload(&x).unwrap();
+    for dt in [DType::BF16, DType::F16] {
+        let got = be.cast(&dev, dt).unwrap().to_cpu().unwrap();
+        let want = x.to_dtype(dt).unwrap();
+        let (g, w) = (got.to_vec_f64().unwrap(), want.to_vec_f64().unwrap());
+        for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+            assert!(a.to_bits() == b.to_bits(), "{} element {i} ({}): {a} vs {b}", dt.name(), v[i]);
+        }
+    }
 }

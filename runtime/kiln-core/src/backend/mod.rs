@@ -299,4 +299,10 @@ pub trait Backend:
     fn name(&self) -> &'static str;
     /// Whether `op` runs at `dtype` here.
     fn supports(&self, op: Op, dtype: DType) -> Support;
+    /// The precision `op` computes in for inputs of `dtype` (what the parity suite's tolerance
+    /// follows): the inputs' own type unless a backend declares otherwise — e.g. a GPU feeding
+    /// decoded block-quantized weights to bf16 tensor cores.
+    fn compute_dtype(&self, _op: Op, dtype: DType) -> DType {
+        dtype
+    }
 }

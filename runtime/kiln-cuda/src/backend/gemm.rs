@@ -14,8 +14,9 @@ use super::{Held, KernelBackend, elementwise::col_sum, want_f32};
 use crate::exec::Launch;
 use crate::kernels::GemmParams;
 
-/// GEMM variant (kernels/gemm.cu). `V3` and `V4` use tensor cores where B is 16-bit and fall
-/// back to `V2` for f32 and block-quantized operands (tensor cores would round them).
+/// GEMM variant (kernels/gemm.cu). `V3` and `V4` use tensor cores where B is 16-bit or
+/// block-quantized (decoded to bf16) and fall back to `V2` for f32 operands (tensor cores would
+/// round them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
     V1,
@@ -70,7 +71,11 @@ fn gemm(be: &KernelBackend, p: &GemmParams, b_type: DType) -> Result<()> {
             format!("gemm_v1_naive_{ty}"),
             Launch { grid: [n.div_ceil(16), m.div_ceil(16), 1], block: [16, 16, 1], smem: 0 },
         ),
-        (Variant::V3, DType::BF16 | DType::F16) => (
+        (Variant::V4, DType::BF16 | DType::F16 | DType::Quant(_)) => (
+            format!("gemm_v4_mma_pipelined_{ty}"),
+            Launch { grid: [n.div_ceil(128), m.div_ceil(128), 1], block: [256, 1, 1], smem: 0 },
+        ),
+        (Variant::V3, DType::BF16 | DType::F16 | DType::Quant(_)) => (
             format!("gemm_v3_mma_{ty}"),
             Launch { grid: [n.div_ceil(64), m.div_ceil(64), 1], block: [128, 1, 1], smem: 0 },
         ),

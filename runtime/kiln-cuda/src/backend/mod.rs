@@ -197,9 +197,16 @@ impl Backend for KernelBackend {
                 Support::Yes
             }
             (_, DType::Quant(q)) => Support::No(format!("no CUDA kernel for {} weights", q.name())),
-            (Op::LoraLinear, DType::F32 | DType::BF16 | DType::F16) => Support::Yes,
+            (Op::LoraLinear | Op::Embedding | Op::Cast, DType::F32 | DType::BF16 | DType::F16) => Support::Yes,
             (_, DType::F32) => Support::Yes,
             (op, d) => Support::No(format!("no CUDA kernel for {op:?} at {} yet", d.name())),
+        }
+    }
+    fn compute_dtype(&self, op: Op, dtype: DType) -> DType {
+        // The tensor-core GEMMs take block-quantized weights decoded and rounded to bf16.
+        match (op, dtype, variant()) {
+            (Op::LoraLinear, DType::Quant(_), Variant::V3 | Variant::V4) => DType::BF16,
+            _ => dtype,
         }
     }
 }

@@ -111,8 +111,8 @@ impl MemoryOps for CpuBackend {
         match dtype {
             DType::F32 => Tensor::from_vec(v.iter().map(|&x| x as f32).collect::<Vec<_>>(), shape),
             DType::F64 => Tensor::from_vec(v, shape),
-            DType::F16 => Tensor::from_vec(v.iter().map(|&x| f16::from_f64(x)).collect::<Vec<_>>(), shape),
-            DType::BF16 => Tensor::from_vec(v.iter().map(|&x| bf16::from_f64(x)).collect::<Vec<_>>(), shape),
+            DType::F16 => Tensor::from_vec(v.iter().map(|&x| crate::dtype::round_f16(x)).collect::<Vec<_>>(), shape),
+            DType::BF16 => Tensor::from_vec(v.iter().map(|&x| crate::dtype::round_bf16(x)).collect::<Vec<_>>(), shape),
             DType::I32 => Tensor::from_vec(v.iter().map(|&x| x as i32).collect::<Vec<_>>(), shape),
             DType::Quant(ty) => {
                 let q = crate::quant::quantize(ty, &v.iter().map(|&x| x as f32).collect::<Vec<_>>())?;
