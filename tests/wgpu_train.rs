@@ -3,7 +3,6 @@
 //! 1 % relative (f32), and short DPO and full fine-tuning runs likewise. With no adapter the tests fail under CI
 //! (the tier must not be skipped) and say why elsewhere.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod common;
@@ -19,59 +18,6 @@ fn wgpu_ready() -> bool {
     }
 }
 
-fn losses(model: &Path, data: &Path, out: &Path, backend: &str, extra: &[&str]) -> Vec<f64> {
-    let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["train", "--backend", backend, "--learning-rate", "3e-3", "--batch-size", "2", "--eval-split", "0"])
-        // One row per sequence: lavapipe is ~1000× slower than a GPU, so rows stay short.
-        .args(["--packing", "false"])
-        .arg("--model")
-        .arg(model)
-        .arg("--data")
-        .arg(data)
-        .arg("--out")
-        .arg(out)
-        .args(extra)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{backend}: {err}");
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == "train")
-        .map(|v| v["loss"].as_f64().unwrap())
-        .collect()
-}
-
-fn setup(name: &str, rows: &str) -> (PathBuf, PathBuf, PathBuf) {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("wgpu-train-{name}"));
-    let _ = std::fs::remove_dir_all(&d);
-    let m = common::tiny_model(&d, 7);
-    let data = d.join("data.jsonl");
-    std::fs::write(&data, rows).unwrap();
-    (d, m, data)
-}
-
-fn same(name: &str, cpu: &[f64], gpu: &[f64]) {
-    assert_eq!(cpu.len(), gpu.len(), "{name}: steps");
-    for (i, (a, b)) in cpu.iter().zip(gpu).enumerate() {
-        assert!(
-            b.is_finite() && (a - b).abs() <= 0.01 * a.abs(),
-            "{name} step {}: cpu {a} vs wgpu {b}\n{cpu:?}\n{gpu:?}",
-            i + 1
-        );
-    }
-    eprintln!(
-        "{name}: {} steps, cpu {:.4} → {:.4}, wgpu {:.4} → {:.4}",
-        cpu.len(),
-        cpu[0],
-        cpu[cpu.len() - 1],
-        gpu[0],
-        gpu[gpu.len() - 1]
-    );
-}
-
 #[test]
 fn lora_on_wgpu_matches_the_cpu() {
     if !wgpu_ready() {
@@ -85,19 +31,19 @@ fn lora_on_wgpu_matches_the_cpu() {
             )
         })
         .collect();
-    let (d, model, data) = setup("lora", &rows);
+    let (d, model, data) = common::train_setup("wgpu-train", "lora", &rows);
     let args = ["--max-steps", "30", "--lora-dropout", "0.1"];
-    let cpu = losses(&model, &data, &d.join("cpu"), "cpu", &args);
-    let gpu = losses(&model, &data, &d.join("wgpu"), "wgpu", &args);
-    same("lora", &cpu, &gpu);
+    let cpu = common::train_losses(&model, &data, &d.join("cpu"), "cpu", &args);
+    let gpu = common::train_losses(&model, &data, &d.join("wgpu"), "wgpu", &args);
+    common::same_losses("lora", "wgpu", &cpu, &gpu);
     assert!(gpu[29] < gpu[0] * 0.8, "the wgpu run did not learn: {gpu:?}");
     // QLoRA: the base's linear weights quantized (NF4 by default, and the default model's Q4_1), kept
     // quantized on the device and dequantized inside each linear layer.
     for q in ["nf4", "q4_1"] {
         let args = ["--method", "qlora", "--quantize", q, "--max-steps", "30"];
-        let cpu = losses(&model, &data, &d.join(format!("q-{q}-cpu")), "cpu", &args);
-        let gpu = losses(&model, &data, &d.join(format!("q-{q}-wgpu")), "wgpu", &args);
-        same(&format!("qlora {q}"), &cpu, &gpu);
+        let cpu = common::train_losses(&model, &data, &d.join(format!("q-{q}-cpu")), "cpu", &args);
+        let gpu = common::train_losses(&model, &data, &d.join(format!("q-{q}-wgpu")), "wgpu", &args);
+        common::same_losses(&format!("qlora {q}"), "wgpu", &cpu, &gpu);
     }
     // The adapter written from the device loads like the CPU one.
     assert!(d.join("wgpu/adapter/adapter_model.safetensors").is_file());
@@ -117,12 +63,13 @@ fn dpo_and_full_on_wgpu_match_the_cpu() {
             )
         })
         .collect();
-    let (d, model, data) = setup("dpo", &rows);
+    let (d, model, data) = common::train_setup("wgpu-train", "dpo", &rows);
     let args = ["--method", "dpo", "--max-steps", "4"];
-    same(
+    common::same_losses(
         "dpo",
-        &losses(&model, &data, &d.join("dpo-cpu"), "cpu", &args),
-        &losses(&model, &data, &d.join("dpo-wgpu"), "wgpu", &args),
+        "wgpu",
+        &common::train_losses(&model, &data, &d.join("dpo-cpu"), "cpu", &args),
+        &common::train_losses(&model, &data, &d.join("dpo-wgpu"), "wgpu", &args),
     );
     let sft: String = (0..8)
         .map(|i| format!("{}\n", serde_json::json!({"text": format!("count {i} {} {}", i + 1, i + 2)})))
@@ -130,10 +77,11 @@ fn dpo_and_full_on_wgpu_match_the_cpu() {
     let sft_path = d.join("sft.jsonl");
     std::fs::write(&sft_path, sft).unwrap();
     let args = ["--method", "full", "--max-steps", "3"];
-    same(
+    common::same_losses(
         "full",
-        &losses(&model, &sft_path, &d.join("full-cpu"), "cpu", &args),
-        &losses(&model, &sft_path, &d.join("full-wgpu"), "wgpu", &args),
+        "wgpu",
+        &common::train_losses(&model, &sft_path, &d.join("full-cpu"), "cpu", &args),
+        &common::train_losses(&model, &sft_path, &d.join("full-wgpu"), "wgpu", &args),
     );
 }
 
@@ -143,7 +91,7 @@ fn no_vulkan_fails_clearly_and_auto_falls_back() {
     // non-zero; --backend auto trains on the CPU. Runs with or without lavapipe installed.
     let rows: String =
         (0..6).map(|i| format!("{}\n", serde_json::json!({"prompt": format!("q{i}"), "completion": "a"}))).collect();
-    let (d, model, data) = setup("novk", &rows);
+    let (d, model, data) = common::train_setup("wgpu-train", "novk", &rows);
     let run = |backend: &str| {
         Command::new(env!("CARGO_BIN_EXE_kiln"))
             .env("WGPU_BACKEND", "vulkan")

@@ -43,3 +43,63 @@ pub fn smollm2() -> Option<PathBuf> {
         Err(e) => panic!("{e}: CI must run the real-model tests"),
     }
 }
+
+/// The per-step training losses of `kiln train` on `backend` (one row per sequence).
+#[allow(dead_code)]
+pub fn train_losses(model: &Path, data: &Path, out: &Path, backend: &str, extra: &[&str]) -> Vec<f64> {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["train", "--backend", backend, "--learning-rate", "3e-3", "--batch-size", "2", "--eval-split", "0"])
+        // One row per sequence: the GPU stand-ins here (lavapipe, the CUDA emulation) are slow.
+        .args(["--packing", "false"])
+        .arg("--model")
+        .arg(model)
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{backend}: {err}");
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train")
+        .map(|v| v["loss"].as_f64().unwrap())
+        .collect()
+}
+
+/// A fresh `CARGO_TARGET_TMPDIR/<prefix>-<name>` with the tiny model and `rows` as data.jsonl.
+#[allow(dead_code)]
+pub fn train_setup(prefix: &str, name: &str, rows: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{prefix}-{name}"));
+    let _ = std::fs::remove_dir_all(&d);
+    let m = tiny_model(&d, 7);
+    let data = d.join("data.jsonl");
+    std::fs::write(&data, rows).unwrap();
+    (d, m, data)
+}
+
+/// Asserts a backend's per-step losses are within 1 % of the CPU's.
+#[allow(dead_code)]
+pub fn same_losses(name: &str, backend: &str, cpu: &[f64], gpu: &[f64]) {
+    assert_eq!(cpu.len(), gpu.len(), "{name}: steps");
+    for (i, (a, b)) in cpu.iter().zip(gpu).enumerate() {
+        assert!(
+            b.is_finite() && (a - b).abs() <= 0.01 * a.abs(),
+            "{name} step {}: cpu {a} vs {backend} {b}\n{cpu:?}\n{gpu:?}",
+            i + 1
+        );
+    }
+    let worst = cpu.iter().zip(gpu).map(|(a, b)| ((a - b) / a).abs()).fold(0.0, f64::max);
+    eprintln!(
+        "{name}: {} steps, cpu {:.4} → {:.4}, {backend} {:.4} → {:.4}, worst relative difference {worst:.1e}",
+        cpu.len(),
+        cpu[0],
+        cpu[cpu.len() - 1],
+        gpu[0],
+        gpu[gpu.len() - 1]
+    );
+}

@@ -268,6 +268,31 @@ pub struct AdamWStep {
     pub step: u64,
 }
 
+/// The f32 factors of one AdamW update, shared by every backend's kernel:
+/// `p ← p·decay − step·m / (sqrt(v)/bc2s + eps)` after the moment updates.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWFactors {
+    /// `1 − lr·weight_decay` (decoupled weight decay).
+    pub decay: f32,
+    /// `lr / (1 − β1^t)`.
+    pub step: f32,
+    /// `sqrt(1 − β2^t)`.
+    pub bc2s: f32,
+}
+
+impl AdamWStep {
+    /// The bias-corrected factors of this step.
+    pub fn factors(&self) -> AdamWFactors {
+        let bc1 = 1.0 - self.beta1.powi(self.step as i32);
+        let bc2 = 1.0 - self.beta2.powi(self.step as i32);
+        AdamWFactors {
+            decay: (1.0 - self.lr * self.weight_decay) as f32,
+            step: (self.lr / bc1) as f32,
+            bc2s: bc2.sqrt() as f32,
+        }
+    }
+}
+
 /// Optimizers (state in f32).
 pub trait OptimOps {
     /// One AdamW update, in place on `param`, `m` and `v`.

@@ -327,8 +327,7 @@ impl OptimOps for KernelBackend {
                 *t = kiln_core::backend::MemoryOps::upload(self, &t.to_cpu()?)?;
             }
         }
-        let bc1 = 1.0 - hp.beta1.powi(hp.step as i32);
-        let bc2 = 1.0 - hp.beta2.powi(hp.step as i32);
+        let f = hp.factors();
         let (hg, hpm, hm, hv) = (self.held(grad)?, self.held(param)?, self.held(m)?, self.held(v)?);
         let p = AdamParams {
             g: hg.ptr(),
@@ -338,9 +337,9 @@ impl OptimOps for KernelBackend {
             n: n as i64,
             b1: hp.beta1 as f32,
             b2: hp.beta2 as f32,
-            decay: (1.0 - hp.lr * hp.weight_decay) as f32,
-            step: (hp.lr / bc1) as f32,
-            bc2s: bc2.sqrt() as f32,
+            decay: f.decay,
+            step: f.step,
+            bc2s: f.bc2s,
             eps: hp.eps as f32,
         };
         if n > 0 {

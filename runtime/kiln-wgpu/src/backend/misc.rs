@@ -170,15 +170,14 @@ impl OptimOps for WgpuBackend {
             return Err(Error::shape("adamw", format!("param {:?}, grad {:?}", param.shape(), grad.shape())));
         }
         let dev = device()?;
-        let bc1 = 1.0 - hp.beta1.powi(hp.step as i32);
-        let bc2 = 1.0 - hp.beta2.powi(hp.step as i32);
+        let f = hp.factors();
         let p = AdamP {
             n: n as u32,
             b1: hp.beta1 as f32,
             b2: hp.beta2 as f32,
-            decay: (1.0 - hp.lr * hp.weight_decay) as f32,
-            step: (hp.lr / bc1) as f32,
-            bc2s: bc2.sqrt() as f32,
+            decay: f.decay,
+            step: f.step,
+            bc2s: f.bc2s,
             eps: hp.eps as f32,
             pad: 0,
         };

@@ -24,12 +24,8 @@ impl OptimOps for CpuBackend {
             return Err(Error::shape("adamw", format!("param {:?}, grad {:?}", param.shape(), grad.shape())));
         }
         let g = read::<f32>(grad)?;
-        let bc1 = 1.0 - hp.beta1.powi(hp.step as i32);
-        let bc2 = 1.0 - hp.beta2.powi(hp.step as i32);
         let (b1, b2) = (hp.beta1 as f32, hp.beta2 as f32);
-        let decay = (1.0 - hp.lr * hp.weight_decay) as f32;
-        let step = (hp.lr / bc1) as f32;
-        let bc2s = bc2.sqrt() as f32;
+        let crate::backend::AdamWFactors { decay, step, bc2s } = hp.factors();
         let eps = hp.eps as f32;
         let (ms, vs) = (m.as_mut_slice::<f32>()?, v.as_mut_slice::<f32>()?);
         let p = param.as_mut_slice::<f32>()?;
