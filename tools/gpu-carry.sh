@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Prepares gpu-carry/ for tools/gpu-check.sh on a machine with an NVIDIA GPU and no Rust (the
+# device tool's H100/H200): a release `kiln` without debug info (the carry limit is 64 MiB) and
+# the CUDA kernels compiled to PTX ahead of time, so the GPU machine needs only its driver.
+#
+#   tools/gpu-carry.sh            then, on the GPU machine (carry gpu-carry/kiln and gpu-carry/ptx):
+#   tools/gpu-check.sh [--quick] OUT
+#
+# ARCHS overrides the PTX targets (default: Ampere to Blackwell; sm_90 serves H100 and H200).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+archs=${ARCHS:-sm_80,sm_86,sm_89,sm_90,sm_120}
+
+cargo build --release -p kiln --locked
+mkdir -p gpu-carry
+objcopy --strip-debug target/release/kiln gpu-carry/kiln.tmp && mv gpu-carry/kiln.tmp gpu-carry/kiln
+
+# NVRTC and the CUDA headers from NVIDIA's pip wheels, as tools/test.sh sets them up.
+if ! python3 -c "import nvidia.cuda_nvrtc, nvidia.cuda_runtime" >/dev/null 2>&1; then
+  python3 -m pip install --quiet "nvidia-cuda-nvrtc-cu12==12.9.*" "nvidia-cuda-runtime-cu12==12.9.*"
+fi
+nv() { python3 -c "import nvidia.$1 as m; print(m.__path__[0])"; }
+export LD_LIBRARY_PATH="$(nv cuda_nvrtc)/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+rm -rf gpu-carry/ptx
+gpu-carry/kiln kernels build --arch "$archs" --out gpu-carry/ptx --cuda-include "$(nv cuda_runtime)/include"
+
+size=$(du -cb gpu-carry/kiln gpu-carry/ptx | tail -1 | cut -f1)
+echo "gpu-carry: kiln + ptx = $(( size / 1048576 )) MiB (carry limit 64 MiB)"
+(( size < 64 * 1048576 )) || { echo "too large to carry"; exit 1; }
