@@ -112,6 +112,79 @@ pub struct LinearNeeds {
     pub lora: bool,
 }
 
+/// The sizes of `x [.., k]·Wᵀ` with `W [n, k]`: `m` rows of `x`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinDims {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+}
+
+impl LinDims {
+    /// Checks `W` against `x` (every backend's linear layer relies on these shapes).
+    pub fn of(x: &Tensor, w: &Tensor) -> Result<LinDims> {
+        let wd = w.dims();
+        if wd.len() != 2 || x.shape().last() != wd[1] {
+            return Err(crate::Error::shape("linear", format!("x {:?} with W {:?}", x.shape(), w.shape())));
+        }
+        Ok(LinDims { m: x.shape().rows(), k: wd[1], n: wd[0] })
+    }
+    /// The dims of an output with `n` columns per row of `x`: `x`'s dims with the last replaced.
+    pub fn out_dims(x: &Tensor, n: usize) -> Vec<usize> {
+        let mut d = x.dims().to_vec();
+        match d.last_mut() {
+            Some(l) => *l = n,
+            None => d.push(n),
+        }
+        d
+    }
+}
+
+impl LoraRef<'_> {
+    /// The adapter's rank, after checking A `[r, k]` and B `[n, r]` against the layer.
+    pub fn rank(&self, d: &LinDims) -> Result<usize> {
+        let (ad, bd) = (self.a.dims(), self.b.dims());
+        if ad.len() != 2 || bd.len() != 2 || ad[1] != d.k || bd[0] != d.n || bd[1] != ad[0] {
+            return Err(crate::Error::shape("lora", format!("A {:?}, B {:?} for in={} out={}", ad, bd, d.k, d.n)));
+        }
+        Ok(ad[0])
+    }
+}
+
+/// The sizes of [`MatmulOps::matmul`]: `op(a)` is `[m, k]`, `op(b)` is `[k, n]`; `out` is the
+/// result's dims (`a`'s leading dims, or `[m]` when `a` is transposed, then `n`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MatmulDims {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub out: Vec<usize>,
+}
+
+impl MatmulDims {
+    /// Checks the operands' shapes.
+    pub fn of(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<MatmulDims> {
+        let (ad, bd) = (a.dims(), b.dims());
+        if bd.len() != 2 {
+            return Err(crate::Error::shape("matmul", format!("b must be 2-D, got {:?}", b.shape())));
+        }
+        if ta && ad.len() != 2 {
+            return Err(crate::Error::shape("matmul", "transposed a must be 2-D"));
+        }
+        let (m, k) = if ta { (ad[1], ad[0]) } else { (a.shape().rows(), a.shape().last()) };
+        let (kb, n) = if tb { (bd[1], bd[0]) } else { (bd[0], bd[1]) };
+        if k != kb {
+            return Err(crate::Error::shape("matmul", format!("{ad:?}·{bd:?} (ta={ta}, tb={tb})")));
+        }
+        let mut out = if ta { vec![m] } else { ad[..ad.len().saturating_sub(1)].to_vec() };
+        if out.is_empty() {
+            out.push(1);
+        }
+        out.push(n);
+        Ok(MatmulDims { m, k, n, out })
+    }
+}
+
 /// Matrix products.
 pub trait MatmulOps {
     /// `op(a)·op(b)` for 2-D operands, `op` transposing when asked: `a` is `[m,k]` (or `[k,m]`

@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use kiln_core::backend::{LinearGrads, LinearNeeds, LoraRef, MatmulOps};
+use kiln_core::backend::{LinDims, LinearGrads, LinearNeeds, LoraRef, MatmulDims, MatmulOps};
 use kiln_core::{DType, Error, Result, Tensor};
 
 use super::{Held, KernelBackend, elementwise::col_sum, want_f32};
@@ -107,32 +107,11 @@ fn prepass(
     Ok(out)
 }
 
-/// Sizes of `x [.., k]·Wᵀ` with `W [n, k]`.
-fn lin_dims(x: &Tensor, w: &Tensor) -> Result<(usize, usize, usize)> {
-    let wd = w.dims();
-    if wd.len() != 2 || x.shape().last() != wd[1] {
-        return Err(Error::shape("linear", format!("x {:?} with W {:?}", x.shape(), w.shape())));
-    }
-    Ok((x.shape().rows(), wd[1], wd[0]))
-}
-
-fn lora_rank(l: &LoraRef<'_>, k: usize, n: usize) -> Result<usize> {
-    let (ad, bd) = (l.a.dims(), l.b.dims());
-    if ad.len() != 2 || bd.len() != 2 || ad[1] != k || bd[0] != n || bd[1] != ad[0] {
-        return Err(Error::shape("lora", format!("A {ad:?}, B {bd:?} for in={k} out={n}")));
-    }
+fn lora_rank(l: &LoraRef<'_>, d: &LinDims) -> Result<usize> {
+    let r = l.rank(d)?;
     want_f32("lora A", l.a)?;
     want_f32("lora B", l.b)?;
-    Ok(ad[0])
-}
-
-fn with_last(x: &Tensor, n: usize) -> Vec<usize> {
-    let mut d = x.dims().to_vec();
-    match d.last_mut() {
-        Some(l) => *l = n,
-        None => d.push(n),
-    }
-    d
+    Ok(r)
 }
 
 fn base(a: u64, b: u64, c: u64, m: usize, n: usize, k: usize) -> GemmParams {
@@ -142,15 +121,7 @@ fn base(a: u64, b: u64, c: u64, m: usize, n: usize, k: usize) -> GemmParams {
 impl MatmulOps for KernelBackend {
     fn matmul(&self, a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
         want_f32("matmul", a)?;
-        let (ad, bd) = (a.dims(), b.dims());
-        if bd.len() != 2 || (ta && ad.len() != 2) {
-            return Err(Error::shape("matmul", format!("{ad:?}·{bd:?} (ta={ta}, tb={tb})")));
-        }
-        let (m, k) = if ta { (ad[1], ad[0]) } else { (a.shape().rows(), a.shape().last()) };
-        let (kb, n) = if tb { (bd[1], bd[0]) } else { (bd[0], bd[1]) };
-        if k != kb {
-            return Err(Error::shape("matmul", format!("{ad:?}·{bd:?} (ta={ta}, tb={tb})")));
-        }
+        let MatmulDims { m, k, n, out: dims } = MatmulDims::of(a, b, ta, tb)?;
         let b_type = if b.dtype() == DType::F64 { DType::F32 } else { b.dtype() };
         let (ha, hb) = (self.held(a)?, self.held(b)?);
         let c = self.alloc(m * n, DType::F32)?;
@@ -158,11 +129,6 @@ impl MatmulOps for KernelBackend {
         (p.sam, p.sak) = if ta { (1, m as i64) } else { (k as i64, 1) };
         (p.sbk, p.sbn) = if tb { (1, k as i64) } else { (n as i64, 1) };
         gemm(self, &p, b_type)?;
-        let mut dims = if ta { vec![m] } else { ad[..ad.len().saturating_sub(1)].to_vec() };
-        if dims.is_empty() {
-            dims.push(1);
-        }
-        dims.push(n);
         Ok(self.wrap(c, dims, DType::F32))
     }
 
@@ -174,7 +140,8 @@ impl MatmulOps for KernelBackend {
         lora: Option<LoraRef<'_>>,
     ) -> Result<(Tensor, Option<Tensor>)> {
         want_f32("linear x", x)?;
-        let (m, k, n) = lin_dims(x, w)?;
+        let d = LinDims::of(x, w)?;
+        let (m, k, n) = (d.m, d.k, d.n);
         if let Some(b) = bias.filter(|b| b.numel() != n) {
             return Err(Error::shape("linear", format!("bias {:?} for out={n}", b.shape())));
         }
@@ -188,18 +155,18 @@ impl MatmulOps for KernelBackend {
         // Kept alive until the GEMM has run.
         let (_ha, _hb);
         if let Some(l) = &lora {
-            let r = lora_rank(l, k, n)?;
+            let r = lora_rank(l, &d)?;
             let (ha, hb) = (self.held(l.a)?, self.held(l.b)?);
             let u = prepass(self, &hx, (k as i64, 1), &ha, (1, k as i64), m, k, r)?;
             (p.lora_u, p.lora_l, p.sl_n, p.sl_r, p.rank, p.lora_scale) =
                 (u.ptr, hb.ptr(), r as i64, 1, r as i32, l.scale as f32);
-            u_out = Some(self.wrap(u, with_last(x, r), DType::F32));
+            u_out = Some(self.wrap(u, LinDims::out_dims(x, r), DType::F32));
             (_ha, _hb) = (Some(ha), Some(hb));
         } else {
             (_ha, _hb) = (None, None);
         }
         gemm(self, &p, w.dtype())?;
-        Ok((self.wrap(y, with_last(x, n), DType::F32), u_out))
+        Ok((self.wrap(y, LinDims::out_dims(x, n), DType::F32), u_out))
     }
 
     fn linear_bwd(
@@ -212,7 +179,8 @@ impl MatmulOps for KernelBackend {
     ) -> Result<LinearGrads> {
         want_f32("linear dy", dy)?;
         want_f32("linear x", x)?;
-        let (m, k, n) = lin_dims(x, w)?;
+        let d = LinDims::of(x, w)?;
+        let (m, k, n) = (d.m, d.k, d.n);
         if dy.numel() != m * n {
             return Err(Error::shape("linear_bwd", format!("dy {:?} for {m}×{n}", dy.dims())));
         }
@@ -221,7 +189,7 @@ impl MatmulOps for KernelBackend {
         // The LoRA pre-pass g = dy·B [m, r], shared by dx and dA.
         let lo = match &lora {
             Some((l, u)) if needs.x || needs.lora => {
-                let r = lora_rank(l, k, n)?;
+                let r = lora_rank(l, &d)?;
                 let (ha, hb, hu) = (self.held(l.a)?, self.held(l.b)?, self.held(u)?);
                 let gb = prepass(self, &hdy, (n as i64, 1), &hb, (r as i64, 1), m, n, r)?;
                 Some((r, l.scale as f32, ha, hb, hu, gb))

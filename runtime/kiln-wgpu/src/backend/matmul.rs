@@ -1,7 +1,7 @@
 //! GEMM and the (LoRA) linear layer (`shaders/matmul.wgsl`): every product is one strided GEMM
 //! launch, so transposes cost nothing.
 
-use kiln_core::backend::{LinearGrads, LinearNeeds, LoraRef, MatmulOps};
+use kiln_core::backend::{LinDims, LinearGrads, LinearNeeds, LoraRef, MatmulDims, MatmulOps};
 use kiln_core::{Error, Result, Tensor};
 
 use super::WgpuBackend;
@@ -180,45 +180,15 @@ fn u(x: usize) -> u32 {
     x as u32
 }
 
-fn out_dims(x: &Tensor, n: usize) -> Vec<usize> {
-    let mut d = x.dims()[..x.dims().len().saturating_sub(1)].to_vec();
-    if d.is_empty() {
-        d.push(1);
-    }
-    d.push(n);
-    d
-}
-
-fn check_lora(l: &LoraRef<'_>, n: usize, k: usize) -> Result<usize> {
-    let r = l.a.dims().first().copied().unwrap_or(0);
-    if l.a.dims() != [r, k] || l.b.dims() != [n, r] {
-        return Err(Error::shape("lora", format!("A {:?}, B {:?} for in={k}, out={n}", l.a.shape(), l.b.shape())));
-    }
-    Ok(r)
-}
-
 impl MatmulOps for WgpuBackend {
     fn matmul(&self, a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
-        let (ad, bd) = (a.dims(), b.dims());
-        if bd.len() != 2 || (ta && ad.len() != 2) {
-            return Err(Error::shape("matmul", format!("{ad:?}·{bd:?}")));
-        }
-        let (m, k) = if ta { (ad[1], ad[0]) } else { (a.shape().rows(), a.shape().last()) };
-        let (kb, n) = if tb { (bd[1], bd[0]) } else { (bd[0], bd[1]) };
-        if k != kb {
-            return Err(Error::shape("matmul", format!("{ad:?}·{bd:?} (ta={ta}, tb={tb})")));
-        }
+        let MatmulDims { m, k, n, out: dims } = MatmulDims::of(a, b, ta, tb)?;
         let dev = device()?;
         let (ha, hb) = (held(a)?, held(b)?);
         let c = dev.alloc((m * n * 4) as u64)?;
         let oa = if ta { Op(ha.buf(), 1, u(m)) } else { Op(ha.buf(), u(k), 1) };
         let ob = if tb { Op(hb.buf(), 1, u(k)) } else { Op(hb.buf(), u(n), 1) };
         gemm(dev, oa, ob, &c, (m, n, k), 1.0, false)?;
-        let mut dims = if ta { vec![m] } else { ad[..ad.len().saturating_sub(1)].to_vec() };
-        if dims.is_empty() {
-            dims.push(1);
-        }
-        dims.push(n);
         Ok(tensor(c, dims, a.dtype()))
     }
 
@@ -254,15 +224,15 @@ impl MatmulOps for WgpuBackend {
         let ut = match lora {
             None => None,
             Some(l) => {
-                let r = check_lora(&l, n, k)?;
+                let r = l.rank(&LinDims { m, k, n })?;
                 let (ha, hb) = (held(l.a)?, held(l.b)?);
                 let ub = dev.alloc((m * r * 4) as u64)?;
                 gemm(dev, Op(hx.buf(), u(k), 1), Op(ha.buf(), 1, u(k)), &ub, (m, r, k), 1.0, false)?;
                 gemm(dev, Op(&ub, u(r), 1), Op(hb.buf(), 1, u(r)), &y, (m, n, r), l.scale, true)?;
-                Some(tensor(ub, out_dims(x, r), x.dtype()))
+                Some(tensor(ub, LinDims::out_dims(x, r), x.dtype()))
             }
         };
-        Ok((tensor(y, out_dims(x, n), x.dtype()), ut))
+        Ok((tensor(y, LinDims::out_dims(x, n), x.dtype()), ut))
     }
 
     fn linear_bwd(
@@ -287,7 +257,7 @@ impl MatmulOps for WgpuBackend {
         // du = s·dy·B, shared by dA and dx.
         let mut du: Option<(WgpuBuf, usize, crate::runtime::Held<'_>)> = None;
         if let Some((l, ut)) = &lora {
-            let r = check_lora(l, n, k)?;
+            let r = l.rank(&LinDims { m, k, n })?;
             let (hb, hu) = (held(l.b)?, held(ut)?);
             let dub = dev.alloc((m * r * 4) as u64)?;
             gemm(dev, Op(hdy.buf(), u(n), 1), Op(hb.buf(), u(r), 1), &dub, (m, r, n), l.scale, false)?;

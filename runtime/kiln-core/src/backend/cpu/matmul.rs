@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use rayon::prelude::*;
 
 use super::{CpuBackend, Real, by_prec, out, prec, qmatmul, read};
-use crate::backend::{LinearGrads, LinearNeeds, LoraRef, MatmulOps};
+use crate::backend::{LinDims, LinearGrads, LinearNeeds, LoraRef, MatmulDims, MatmulOps};
 use crate::{Error, Result, Tensor};
 
 /// A matrix view: element `(i, j)` is at `i·rs + j·cs`.
@@ -96,64 +96,13 @@ pub fn gemm_ldc<T: Real>(a: Mat<'_, T>, b: Mat<'_, T>, c: &mut [T], ldc: usize, 
 }
 
 fn matmul<T: Real>(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
-    let bd = b.dims();
-    if bd.len() != 2 {
-        return Err(Error::shape("matmul", format!("b must be 2-D, got {:?}", b.shape())));
-    }
-    let ad = a.dims();
-    let (m, k) = if ta {
-        if ad.len() != 2 {
-            return Err(Error::shape("matmul", "transposed a must be 2-D"));
-        }
-        (ad[1], ad[0])
-    } else {
-        (a.shape().rows(), a.shape().last())
-    };
-    let (kb, n) = if tb { (bd[1], bd[0]) } else { (bd[0], bd[1]) };
-    if k != kb {
-        return Err(Error::shape("matmul", format!("{:?}·{:?} (ta={ta}, tb={tb})", ad, bd)));
-    }
+    let MatmulDims { m, k, n, out: dims } = MatmulDims::of(a, b, ta, tb)?;
     let (av, bv) = (read::<T>(a)?, read::<T>(b)?);
     let am = if ta { Mat::tr(&av, m, k) } else { Mat::rm(&av, m, k) };
     let bm = if tb { Mat::tr(&bv, k, n) } else { Mat::rm(&bv, k, n) };
     let mut c = vec![T::zero(); m * n];
     gemm(am, bm, &mut c, false, T::one())?;
-    let mut dims = if ta { vec![m] } else { ad[..ad.len().saturating_sub(1)].to_vec() };
-    if dims.is_empty() {
-        dims.push(1);
-    }
-    dims.push(n);
     out(c, dims)
-}
-
-struct LinDims {
-    m: usize,
-    k: usize,
-    n: usize,
-}
-
-fn lin_dims(x: &Tensor, w: &Tensor) -> Result<LinDims> {
-    let wd = w.dims();
-    if wd.len() != 2 || x.shape().last() != wd[1] {
-        return Err(Error::shape("linear", format!("x {:?} with W {:?}", x.shape(), w.shape())));
-    }
-    Ok(LinDims { m: x.shape().rows(), k: wd[1], n: wd[0] })
-}
-
-fn check_lora(l: &LoraRef<'_>, d: &LinDims) -> Result<usize> {
-    let (ad, bd) = (l.a.dims(), l.b.dims());
-    if ad.len() != 2 || bd.len() != 2 || ad[1] != d.k || bd[0] != d.n || bd[1] != ad[0] {
-        return Err(Error::shape("lora", format!("A {:?}, B {:?} for in={} out={}", ad, bd, d.k, d.n)));
-    }
-    Ok(ad[0])
-}
-
-fn out_dims(x: &Tensor, n: usize) -> Vec<usize> {
-    let mut d = x.dims().to_vec();
-    if let Some(l) = d.last_mut() {
-        *l = n;
-    }
-    d
 }
 
 fn linear_fwd<T: Real>(
@@ -162,7 +111,7 @@ fn linear_fwd<T: Real>(
     bias: Option<&Tensor>,
     lora: Option<LoraRef<'_>>,
 ) -> Result<(Tensor, Option<Tensor>)> {
-    let d = lin_dims(x, w)?;
+    let d = LinDims::of(x, w)?;
     let xv = read::<T>(x)?;
     let mut y = match qmatmul::narrow_type(w) {
         Some(ty) => qmatmul::xwt(&xv, w, ty, d.m, d.k, d.n)?,
@@ -183,19 +132,15 @@ fn linear_fwd<T: Real>(
     let u = match lora {
         None => None,
         Some(l) => {
-            let r = check_lora(&l, &d)?;
+            let r = l.rank(&d)?;
             let (av, bv) = (read::<T>(l.a)?, read::<T>(l.b)?);
             let mut u = vec![T::zero(); d.m * r];
             gemm(Mat::rm(&xv, d.m, d.k), Mat::tr(&av, d.k, r), &mut u, false, T::one())?;
             gemm(Mat::rm(&u, d.m, r), Mat::tr(&bv, r, d.n), &mut y, true, T::from_f64(l.scale))?;
-            let mut ud = out_dims(x, r);
-            if ud.is_empty() {
-                ud.push(r);
-            }
-            Some(out(u, ud)?)
+            Some(out(u, LinDims::out_dims(x, r))?)
         }
     };
-    Ok((out(y, out_dims(x, d.n))?, u))
+    Ok((out(y, LinDims::out_dims(x, d.n))?, u))
 }
 
 fn linear_bwd<T: Real>(
@@ -205,7 +150,7 @@ fn linear_bwd<T: Real>(
     lora: Option<(LoraRef<'_>, &Tensor)>,
     needs: LinearNeeds,
 ) -> Result<LinearGrads> {
-    let d = lin_dims(x, w)?;
+    let d = LinDims::of(x, w)?;
     let (dyv, xv) = (read::<T>(dy)?, read::<T>(x)?);
     if dyv.len() != d.m * d.n {
         return Err(Error::shape("linear_bwd", format!("dy {:?}", dy.shape())));
@@ -215,7 +160,7 @@ fn linear_bwd<T: Real>(
     // du = s·dy·B is shared by dA and dx.
     let mut du: Option<(Vec<T>, usize, Cow<'_, [T]>)> = None;
     if let Some((l, u)) = &lora {
-        let r = check_lora(l, &d)?;
+        let r = l.rank(&d)?;
         let s = T::from_f64(l.scale);
         let (bv, uv) = (read::<T>(l.b)?, read::<T>(u)?);
         let mut duv = vec![T::zero(); d.m * r];
