@@ -76,6 +76,7 @@ shapes=(--shape 4096x4096x4096 --shape 4096x576x1536 --shape 4096x1536x576 --sha
 [[ $quick == 1 ]] && shapes=(--shape 4096x4096x4096 --shape 4096x576x49152)
 [[ $smoke == 1 ]] && shapes=(--shape 64x64x64)
 section gemm-wgpu 300 "$bin" bench gemm --backend wgpu --json --seconds 2 "${shapes[@]}"
+section gemm-wgpu-f16 300 "$bin" bench gemm --backend wgpu --precision f16 --json --seconds 2 "${shapes[@]}"
 section gemm-cpu 120 "$bin" bench gemm --backend cpu --json --seconds 1 --shape 2048x2048x2048
 
 if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
@@ -163,6 +164,8 @@ print(json.dumps({"backend": "torch+peft (bf16, sdpa)", "batch_size": 4, "seq_le
 EOF
   fi
   section train-wgpu 300 "$bin" bench train --backend wgpu --model "$model" --batch-size 4 --seq-len $seq --steps 3 --json
+  section train-wgpu-f16 300 "$bin" bench train --backend wgpu --precision f16 --model "$model" --batch-size 4 \
+    --seq-len $seq --steps 3 --json
   section train-cpu 300 "$bin" bench train --backend cpu --model "$model" --batch-size 4 --seq-len $seq --steps 2 --json
 fi
 if [[ $quick == 0 && -f $model/config.json ]]; then

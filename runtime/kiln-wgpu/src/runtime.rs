@@ -132,7 +132,8 @@ fn open() -> std::result::Result<Device, String> {
     let dd = wgpu::DeviceDescriptor {
         label: Some("kiln"),
         required_features: (if timestamps { wgpu::Features::TIMESTAMP_QUERY } else { wgpu::Features::empty() })
-            | (if subgroups { wgpu::Features::SUBGROUP } else { wgpu::Features::empty() }),
+            | (if subgroups { wgpu::Features::SUBGROUP } else { wgpu::Features::empty() })
+            | (if shader_f16 { wgpu::Features::SHADER_F16 } else { wgpu::Features::empty() }),
         required_limits: limits.clone(),
         ..Default::default()
     };

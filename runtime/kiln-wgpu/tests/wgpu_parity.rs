@@ -3,8 +3,12 @@
 //! whose kernels have not landed are listed as skipped with the reason. With no adapter the test
 //! fails under CI (the tier must not be skipped) and says why elsewhere.
 
+/// The GEMM variant and precision are process-wide: tests that set them take turns.
+static SETTINGS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn wgpu_parity_table() {
+    let _turn = SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
     let be = match kiln_wgpu::open() {
         Ok(b) => b,
         Err(e) if std::env::var_os("CI").is_none() => {
@@ -18,19 +22,24 @@ fn wgpu_parity_table() {
     }
     // Each GEMM variant, and the kernels with and without subgroups where the adapter has them,
     // run the whole table (the defaults last, so they stay chosen).
-    use kiln_wgpu::backend::matmul::{Variant, set_variant};
+    use kiln_wgpu::backend::matmul::{Precision, Variant, set_precision, set_variant};
     let dev = kiln_wgpu::runtime::device().unwrap();
-    eprintln!("subgroups: {}", dev.subgroups);
-    for (v, sg) in [(Variant::V2, false), (Variant::V3, true)] {
+    eprintln!("subgroups: {}, shader_f16: {}", dev.subgroups, dev.shader_f16);
+    // lavapipe has SHADER_F16: CI must check the f16 GEMMs, not pass by falling back to f32.
+    assert!(dev.shader_f16 || std::env::var_os("CI").is_none(), "CI's adapter must have SHADER_F16");
+    for (v, sg, prec) in
+        [(Variant::V2, false, Precision::F32), (Variant::V3, true, Precision::F16), (Variant::V3, true, Precision::F32)]
+    {
         set_variant(v);
+        set_precision(prec);
         dev.subgroups_on.store(sg, std::sync::atomic::Ordering::Relaxed);
         let rep = kiln_core::selftest::run(be, &mut |_, _| {});
         for (n, why) in &rep.skipped {
             eprintln!("SKIP {n}: {why}");
         }
-        assert!(rep.failed.is_empty(), "GEMM {v:?}, subgroups {sg}: {:#?}", rep.failed);
+        assert!(rep.failed.is_empty(), "GEMM {v:?} {prec:?}, subgroups {sg}: {:#?}", rep.failed);
         eprintln!(
-            "parity wgpu (GEMM {v:?}, subgroups {}): {} cases passed, {} skipped",
+            "parity wgpu (GEMM {v:?}, {prec:?}, subgroups {}): {} cases passed, {} skipped",
             sg && dev.subgroups,
             rep.passed.len(),
             rep.skipped.len()
@@ -57,4 +66,72 @@ fn sixteen_bit_weights_stay_sixteen_bit_on_the_device() {
         let wide = be.cast(&d, DType::F32).unwrap();
         assert_eq!(wide.to_vec_f64().unwrap(), t.to_vec_f64().unwrap(), "{}: widened exactly", dt.name());
     }
+}
+
+/// The f16 GEMM rounds to f16 (it differs from f32 by more than f32 rounding), and its
+/// power-of-two operand scaling keeps gradient-sized (1e-9) and large (1e6) values that f16
+/// alone would flush to zero or overflow; a NaN input reaches the output.
+#[test]
+fn f16_gemm_scales_its_operands() {
+    use kiln_core::Tensor;
+    use kiln_wgpu::backend::matmul::{Precision, set_precision};
+    let Ok(be) = kiln_wgpu::open() else {
+        assert!(std::env::var_os("CI").is_none(), "CI must run the wgpu tier");
+        return;
+    };
+    let _turn = SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
+    let dev = kiln_wgpu::runtime::device().unwrap();
+    if !dev.shader_f16 {
+        assert!(std::env::var_os("CI").is_none(), "CI's adapter must have SHADER_F16");
+        eprintln!("SKIP f16 GEMM: the adapter has no SHADER_F16");
+        return;
+    }
+    let (m, k, n) = (37, 131, 29);
+    let mut rng = kiln_core::rng::Rng::new(7);
+    let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
+    let b: Vec<f32> = (0..k * n).map(|_| rng.normal() as f32).collect();
+    let reference = |sa: f64, sb: f64| -> Vec<f64> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k).map(|l| a[i * k + l] as f64 * sa * b[l * n + j] as f64 * sb).sum();
+            }
+        }
+        c
+    };
+    let run = |sa: f32, sb: f32| -> Vec<f64> {
+        let ta = Tensor::from_vec(a.iter().map(|v| v * sa).collect::<Vec<_>>(), [m, k]).unwrap();
+        let tb = Tensor::from_vec(b.iter().map(|v| v * sb).collect::<Vec<_>>(), [k, n]).unwrap();
+        let c = be.matmul(&be.upload(&ta).unwrap(), &be.upload(&tb).unwrap(), false, false).unwrap();
+        c.to_vec_f64().unwrap()
+    };
+    // Worst error relative to the output's largest magnitude.
+    let err = |got: &[f64], want: &[f64]| -> f64 {
+        let scale = want.iter().fold(0.0f64, |x, y| x.max(y.abs()));
+        got.iter()
+            .zip(want)
+            .map(|(g, w)| if g.is_finite() { (g - w).abs() / scale } else { f64::INFINITY })
+            .fold(0.0, f64::max)
+    };
+    set_precision(Precision::F32);
+    let e32 = err(&run(1.0, 1.0), &reference(1.0, 1.0));
+    set_precision(Precision::F16);
+    let e16 = err(&run(1.0, 1.0), &reference(1.0, 1.0));
+    eprintln!("f16 GEMM: max error {e16:.2e} of the output scale (f32 GEMM: {e32:.2e})");
+    assert!(e32 < 1e-6, "f32 GEMM error {e32:e}");
+    assert!(e16 > 4.0 * e32 && e16 > 1e-6, "the f16 GEMM must round to f16 (error {e16:e} vs f32's {e32:e})");
+    assert!(e16 < 3e-3, "f16 GEMM error {e16:e}");
+    for (sa, sb) in [(1e-9f32, 1e-7f32), (1e6, 1e3), (3e-30, 1e20)] {
+        let e = err(&run(sa, sb), &reference(sa as f64, sb as f64));
+        eprintln!("f16 GEMM, operands ×{sa:e} and ×{sb:e}: max error {e:.2e}");
+        assert!(e < 3e-3, "scaled by {sa:e}, {sb:e}: error {e:e}");
+    }
+    let mut an = a.clone();
+    an[5 * k + 3] = f32::NAN;
+    let ta = be.upload(&Tensor::from_vec(an, [m, k]).unwrap()).unwrap();
+    let tb = be.upload(&Tensor::from_vec(b.clone(), [k, n]).unwrap()).unwrap();
+    let c = be.matmul(&ta, &tb, false, false).unwrap().to_vec_f64().unwrap();
+    assert!(c[5 * n..6 * n].iter().all(|v| v.is_nan()), "a NaN in row 5 of A makes row 5 of C NaN");
+    assert!(c[..5 * n].iter().all(|v| v.is_finite()), "the other rows stay finite");
+    set_precision(Precision::F32);
 }

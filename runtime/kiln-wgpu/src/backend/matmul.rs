@@ -26,6 +26,51 @@ const SRC_Q: (&str, &str) = (
     ),
 );
 
+/// The f16 GEMM (`gemm_v3h`, adapters with SHADER_F16): the same module in f16 arithmetic.
+const SRC_H: (&str, &str) = (
+    "matmul_h",
+    concat!(
+        "enable f16;\n",
+        include_str!("../../../../shaders/gemm_params.wgsl"),
+        include_str!("../../../../shaders/matmul.wgsl"),
+        include_str!("../../../../shaders/gemm_v3h.wgsl")
+    ),
+);
+/// The fused dequant-GEMM in f16 arithmetic.
+const SRC_QH: (&str, &str) = (
+    "matmul_qh",
+    concat!(
+        "enable f16;\n",
+        include_str!("../../../../shaders/gemm_params.wgsl"),
+        include_str!("../../../../shaders/matmul_q.wgsl"),
+        include_str!("../../../../shaders/dequant_decode.wgsl"),
+        include_str!("../../../../shaders/gemm_v3h.wgsl")
+    ),
+);
+const ABSMAX: (&str, &str) = ("absmax", include_str!("../../../../shaders/absmax.wgsl"));
+
+/// `shaders/absmax.wgsl` `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct AbsMax {
+    n: u32,
+    slot: u32,
+    pad: [u32; 2],
+}
+
+/// The operand maxima of one f16 GEMM: a zeroed two-word buffer, `slots` filled by `absmax`.
+fn amax_of(dev: &Device, ops: &[(&WgpuBuf, u32)]) -> Result<WgpuBuf> {
+    let out = dev.write(&[0u8; 8])?;
+    for &(b, slot) in ops {
+        let n = (b.bytes / 4) as usize;
+        // At most 1024 workgroups, each striding over its share (one atomic per workgroup).
+        let groups = n.div_ceil(256).clamp(1, 1024) as u32;
+        let p = AbsMax { n: n as u32, slot, pad: [0; 2] };
+        dev.launch(ABSMAX, "absmax", &p, &[Bind::R(b), Bind::W(&out)], (groups, 1, 1))?;
+    }
+    Ok(out)
+}
+
 /// `shaders/matmul.wgsl` `Params`.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -78,6 +123,11 @@ fn gemm(
         bytes: 0,
     };
     let bufs = [Bind::R(a.0), Bind::R(b.0), Bind::W(c)];
+    if f16_on(dev) {
+        let amax = amax_of(dev, &[(a.0, 0), (b.0, 1)])?;
+        let bufs = [Bind::R(a.0), Bind::R(b.0), Bind::W(c), Bind::W(&amax)];
+        return dev.launch(SRC_H, "gemm_v3h", &p, &bufs, (n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1));
+    }
     match variant() {
         Variant::V2 => dev.launch(SRC, "gemm", &p, &bufs, (n.div_ceil(16) as u32, gy as u32, 1)),
         Variant::V3 => dev.launch(SRC, "gemm_v3", &p, &bufs, (n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1)),
@@ -140,8 +190,14 @@ fn gemm_q(
         block: block as u32,
         bytes: bytes as u32,
     };
+    let groups = (n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1);
+    if f16_on(dev) {
+        let amax = amax_of(dev, &[(a.0, 0)])?;
+        let bufs = [Bind::R(a.0), Bind::R(raw), Bind::W(c), Bind::W(&amax)];
+        return dev.launch(SRC_QH, "gemm_v3h", &p, &bufs, groups);
+    }
     let bufs = [Bind::R(a.0), Bind::R(raw), Bind::W(c)];
-    dev.launch(SRC_Q, "gemm_v3", &p, &bufs, (n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1))
+    dev.launch(SRC_Q, "gemm_v3", &p, &bufs, groups)
 }
 
 /// Weights the fused GEMM decodes: block-quantized, and f16/bf16 (kept in two bytes on the
@@ -174,6 +230,39 @@ pub fn variant() -> Variant {
 /// Chooses the GEMM variant for the whole process (benchmarks and the parity test of each).
 pub fn set_variant(v: Variant) {
     VARIANT.store(if v == Variant::V2 { 2 } else { 3 }, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The arithmetic of the GEMMs (every linear layer and matmul).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 multiply-adds (exact f32 products).
+    F32,
+    /// f16 multiply-adds in 4-term dots, accumulated in f32, operands scaled by powers of two
+    /// (`shaders/gemm_v3h.wgsl`); adapters without SHADER_F16 run f32 instead.
+    F16,
+}
+
+static PRECISION: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// The precision asked for: set by [`set_precision`], else `KILN_WGPU_PRECISION=f16|f32`, else
+/// f32 (f16 is opt-in, as mixed precision is in PyTorch: it trades accuracy for speed).
+pub fn precision() -> Precision {
+    match PRECISION.load(std::sync::atomic::Ordering::Relaxed) {
+        16 => Precision::F16,
+        32 => Precision::F32,
+        _ if std::env::var("KILN_WGPU_PRECISION").is_ok_and(|v| v == "f16") => Precision::F16,
+        _ => Precision::F32,
+    }
+}
+
+/// Chooses the GEMMs' precision for the whole process.
+pub fn set_precision(p: Precision) {
+    PRECISION.store(if p == Precision::F16 { 16 } else { 32 }, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the GEMMs run in f16 now: asked for, and the adapter has SHADER_F16.
+pub fn f16_on(dev: &Device) -> bool {
+    precision() == Precision::F16 && dev.shader_f16
 }
 
 fn u(x: usize) -> u32 {

@@ -153,4 +153,11 @@ impl Backend for WgpuBackend {
             (op, d) => Support::No(format!("{op:?} in {} on wgpu: f32 kernels only so far", d.name())),
         }
     }
+    fn compute_dtype(&self, op: Op, dtype: DType) -> DType {
+        // The f16 GEMMs round their operands to f16 (after exact power-of-two scaling).
+        match (op, device()) {
+            (Op::LoraLinear | Op::Matmul, Ok(dev)) if matmul::f16_on(dev) => DType::F16,
+            _ => dtype,
+        }
+    }
 }

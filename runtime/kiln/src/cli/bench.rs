@@ -47,9 +47,12 @@ pub struct TrainArgs {
     /// Recompute each block in backward instead of keeping its activations.
     #[arg(long)]
     gradient_checkpointing: bool,
-    /// cpu or wgpu (auto: cpu).
+    /// cpu, cuda, cuda-emu or wgpu (auto: cpu).
     #[arg(long, default_value = "auto")]
     backend: String,
+    /// wgpu: the GEMMs' arithmetic, f32 or f16 (needs SHADER_F16).
+    #[arg(long, default_value = "f32")]
+    precision: String,
     /// Print JSON only: {"backend", "model", "method", "batch_size", "seq_len", "step_s",
     /// "tokens_per_s", "peak_rss_mb", "peak_gpu_mb", "threads", "targets", "lora_r"}.
     #[arg(long)]
@@ -65,6 +68,7 @@ fn train(a: TrainArgs) -> Result<()> {
         anyhow::bail!("--steps and --batch-size must be positive and --max-seq-len at least 2");
     }
     let be = backend(&a.backend)?;
+    super::train::set_precision(be, &a.precision)?;
     let mut flags = toml::Table::new();
     flags.insert("data".into(), toml::Value::Array(vec!["(random tokens)".into()]));
     flags.insert("method".into(), a.method.clone().into());
@@ -131,7 +135,7 @@ fn train(a: TrainArgs) -> Result<()> {
     let step_s = times[times.len() / 2];
     let peak = kiln::info::peak_rss_mb();
     let v = json!({
-        "backend": be.name(), "model": path.display().to_string(), "method": a.method, "batch_size": b, "seq_len": t,
+        "backend": be.name(), "gemm_dtype": gemm_dtype(be), "model": path.display().to_string(), "method": a.method, "batch_size": b, "seq_len": t,
         "step_s": step_s, "tokens_per_s": (b * t) as f64 / step_s, "peak_rss_mb": peak,
         "peak_gpu_mb": kiln_cuda::kernel_backend(be.name(), 0).ok().and_then(|k| k.exec.peak_memory()).map(|b| b as f64 / 1048576.0),
         "threads": rayon::current_num_threads(), "targets": a.target_modules, "lora_r": a.lora_r,
@@ -162,12 +166,19 @@ pub struct GemmArgs {
     /// cpu or wgpu.
     #[arg(long, default_value = "cpu")]
     backend: String,
+    /// wgpu: the GEMM's arithmetic, f32 or f16 (needs SHADER_F16).
+    #[arg(long, default_value = "f32")]
+    precision: String,
 }
 
 /// The wgpu GEMM kernel in use, by its name in shaders/matmul.wgsl.
 fn kiln_wgpu_variant() -> &'static str {
     #[cfg(feature = "wgpu")]
     {
+        use kiln_wgpu::backend::matmul::f16_on;
+        if kiln_wgpu::runtime::device().is_ok_and(f16_on) {
+            return "v3h_f16";
+        }
         match kiln_wgpu::backend::matmul::variant() {
             kiln_wgpu::backend::matmul::Variant::V2 => "v2_smem_tiled",
             kiln_wgpu::backend::matmul::Variant::V3 => "v3_register_blocked",
@@ -177,6 +188,11 @@ fn kiln_wgpu_variant() -> &'static str {
     {
         "none"
     }
+}
+
+/// The arithmetic the GEMMs run in on `be`.
+fn gemm_dtype(be: &dyn kiln::core::Backend) -> &'static str {
+    if be.name() == "wgpu" && kiln_wgpu_variant() == "v3h_f16" { "f16" } else { "f32" }
 }
 
 /// The backend a bench runs on (`auto` is the CPU: a bench names what it measures).
@@ -213,6 +229,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
 }
 
 fn gemm(a: GemmArgs) -> Result<()> {
+    super::train::set_precision(backend(&a.backend)?, &a.precision)?;
     let shapes: Vec<String> =
         if a.shapes.is_empty() { DEFAULT_SHAPES.iter().map(|s| s.to_string()).collect() } else { a.shapes.clone() };
     let mut rows = Vec::new();
@@ -252,7 +269,7 @@ fn gemm(a: GemmArgs) -> Result<()> {
                 ("cpu", _) => "gemm_crate",
                 (_, v) => v,
             },
-            "backend": be.name(), "dtype": "f32", "timing": source,
+            "backend": be.name(), "dtype": gemm_dtype(be), "timing": source,
             "shape": format!("{m}x{k}x{n}"), "median_s": med, "tflops": gflops / 1e3, "gflops": gflops,
             "threads": rayon::current_num_threads(),
             "pct_of_peak": a.peak_gflops.map(|p| 100.0 * gflops / p),
@@ -260,8 +277,10 @@ fn gemm(a: GemmArgs) -> Result<()> {
         }));
         if !a.json {
             eprintln!(
-                "matmul f32 {m}x{k}x{n} on {}: {:.3} ms, {gflops:.1} GFLOP/s ({} repeats)",
+                "matmul {} {m}x{k}x{n} on {} ({}): {:.3} ms, {gflops:.1} GFLOP/s ({} repeats)",
+                gemm_dtype(be),
                 be.name(),
+                rows.last().map_or("", |r| r["variant"].as_str().unwrap_or("")),
                 med * 1e3,
                 times.len()
             );

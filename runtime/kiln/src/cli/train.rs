@@ -234,6 +234,11 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     backend: Option<String>,
+    /// The GEMMs' arithmetic on wgpu: f32, or f16 (half the multiply cost on most GPUs; needs
+    /// the adapter's SHADER_F16) [default: f32].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    precision: Option<String>,
 }
 
 /// The backend `--backend` names. `auto` takes an NVIDIA GPU (CUDA), else another GPU (wgpu),
@@ -288,6 +293,33 @@ fn pick_backend(want: &str, device: Option<&str>) -> Result<&'static dyn kiln::c
         }
         other => bail!("--backend {other}: one of auto, cpu, cuda, cuda-emu, wgpu"),
     }
+}
+
+/// Applies `--precision` (a wgpu setting; the CPU and CUDA backends compute in their own
+/// fixed precisions and refuse f16 rather than ignore it).
+pub(super) fn set_precision(backend: &dyn kiln::core::Backend, precision: &str) -> Result<()> {
+    if precision == "f32" {
+        return Ok(());
+    }
+    if backend.name() != "wgpu" {
+        bail!("--precision {precision}: a wgpu setting (the {} backend has its own precision)", backend.name());
+    }
+    if precision != "f16" {
+        bail!("--precision {precision}: f32 or f16");
+    }
+    #[cfg(feature = "wgpu")]
+    {
+        use kiln_wgpu::backend::matmul::{Precision, set_precision};
+        set_precision(Precision::F16);
+        if let Ok(dev) = kiln_wgpu::runtime::device() {
+            if dev.shader_f16 {
+                eprintln!("precision: f16 GEMMs (f32 accumulation) on {}", dev.info.name);
+            } else {
+                eprintln!("note: {} has no SHADER_F16: the GEMMs run in f32", dev.info.name);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Estimated peak memory in bytes per component, for the plan and `--dry-run`.
@@ -464,6 +496,7 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         kiln_wgpu::choose(d);
     }
     let backend = pick_backend(&cfg.backend, a.device.as_deref())?;
+    set_precision(backend, &cfg.precision)?;
     let path = kiln::models::resolve(cfg.model.as_deref())?;
     let (mut model, tok) = kiln::models::load_with_tokenizer(&path, cfg.method == Method::Full)?;
     let seq = cfg.max_seq_len.unwrap_or(model.config.max_position_embeddings.min(2048));

@@ -166,6 +166,9 @@ pub struct TrainConfig {
     pub train_on_inputs: bool,
     /// auto, cpu, cuda or wgpu.
     pub backend: String,
+    /// The GEMMs' arithmetic on wgpu: f32, or f16 (4-term f16 dots accumulated in f32, on
+    /// adapters with SHADER_F16; others run f32 and say so).
+    pub precision: String,
 }
 
 impl Default for TrainConfig {
@@ -218,6 +221,7 @@ impl Default for TrainConfig {
             skip_invalid: false,
             train_on_inputs: false,
             backend: "auto".into(),
+            precision: "f32".into(),
         }
     }
 }
@@ -330,6 +334,9 @@ impl TrainConfig {
         }
         if !["auto", "cpu", "cuda", "cuda-emu", "wgpu"].contains(&self.backend.as_str()) {
             return Err(bad("backend", format!("{}: one of auto, cpu, cuda, cuda-emu, wgpu", self.backend)));
+        }
+        if !["f32", "f16"].contains(&self.precision.as_str()) {
+            return Err(bad("precision", format!("{}: f32 or f16", self.precision)));
         }
         Ok(())
     }
