@@ -22,7 +22,7 @@ struct Params {
 fn dequant(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
     let k = g.x + g.y * nw.x * 64u;
     if (k >= p.n) { return; }
-    y[k] = decode(k, p.ty, p.block, p.bytes);
+    y[k] = decode(0u, k, p.ty, p.block, p.bytes);
 }
 
 // (dequant_decode.wgsl is appended here.)

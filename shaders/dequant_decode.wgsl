@@ -40,9 +40,10 @@ fn k_scale(at: u32, s: u32, which: u32) -> f32 {
     return f32((lo >> 4u) | (hi << 4u));
 }
 
-// Value k of a tensor of type `ty` (blocks of `block` values in `bytes` bytes).
-fn decode(k: u32, ty: u32, block: u32, bytes: u32) -> f32 {
-    let b = (k / block) * bytes;
+// Value k of a tensor of type `ty` (blocks of `block` values in `bytes` bytes) whose first block
+// starts at byte `base` of `wq`.
+fn decode(base: u32, k: u32, ty: u32, block: u32, bytes: u32) -> f32 {
+    let b = base + (k / block) * bytes;
     let j = k % block;
     var x = 0.0;
     switch ty {

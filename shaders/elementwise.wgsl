@@ -110,3 +110,55 @@ fn sum_squares(
     }
     if (li == 0u) { ss_part[wid.x] = red[0]; }
 }
+
+// ---- f32 → bf16 (p.threads = 0) or f16 (p.threads = 1), rounded to nearest even, packed two
+// values per word (a 16-bit tensor on the device): one thread per pair. Done on the bits, so
+// the result does not depend on how an adapter converts floats (NaN stays NaN, overflow → ±inf,
+// f16 subnormals rounded like any value).
+@group(0) @binding(1) var<storage, read> r16_x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> r16_y: array<u32>;
+
+fn bf16_bits(x: f32) -> u32 {
+    let b = bitcast<u32>(x);
+    if ((b & 0x7fffffffu) > 0x7f800000u) { return (b >> 16u) | 0x40u; }
+    return (b + 0x7fffu + ((b >> 16u) & 1u)) >> 16u;
+}
+
+fn f16_bits(x: f32) -> u32 {
+    let b = bitcast<u32>(x);
+    let sign = (b >> 16u) & 0x8000u;
+    let a = b & 0x7fffffffu;
+    if (a > 0x7f800000u) { return sign | 0x7e00u; }
+    // 65520 and above round to infinity.
+    if (a >= 0x477ff000u) { return sign | 0x7c00u; }
+    // Normal f16 (from 2^-14): rebias the exponent (127 → 15), round the 13 dropped bits.
+    if (a >= 0x38800000u) {
+        let m = a - 0x38000000u;
+        return sign | ((m + 0xfffu + ((m >> 13u) & 1u)) >> 13u);
+    }
+    // Below 2^-25 (and 2^-25 itself, a tie) rounds to zero.
+    if (a <= 0x33000000u) { return sign; }
+    // Subnormal: the value in units of 2^-24 is mant·2^(e-126), e ≤ 112.
+    let e = a >> 23u;
+    let mant = (a & 0x7fffffu) | 0x800000u;
+    let shift = 126u - e;
+    var q = mant >> shift;
+    let rem = mant & ((1u << shift) - 1u);
+    let half = 1u << (shift - 1u);
+    if (rem > half || (rem == half && (q & 1u) == 1u)) { q += 1u; }
+    return sign | q;
+}
+
+@compute @workgroup_size(64)
+fn round16(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+    let i = linear(g, nw);
+    if (2u * i >= p.n) { return; }
+    let lo = r16_x[2u * i];
+    var hi = 0.0;
+    if (2u * i + 1u < p.n) { hi = r16_x[2u * i + 1u]; }
+    if (p.threads == 0u) {
+        r16_y[i] = bf16_bits(lo) | (bf16_bits(hi) << 16u);
+    } else {
+        r16_y[i] = f16_bits(lo) | (f16_bits(hi) << 16u);
+    }
+}

@@ -15,5 +15,16 @@ struct Params {
     ty: u32,
     block: u32,
     bytes: u32,
+    // Where each operand starts inside its binding (elements; for a packed B, `qbase` bytes), and
+    // C's row stride: a GEMM on tensors larger than the adapter's storage-binding limit runs as
+    // several launches over sub-ranges (runtime/kiln-wgpu/src/backend/matmul.rs `gemm_split`).
+    a_off: u32,
+    b_off: u32,
+    c_off: u32,
+    ldc: u32,
+    qbase: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 

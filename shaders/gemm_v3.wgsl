@@ -22,7 +22,7 @@ fn gemm_v3(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
             let r = idx / 16u;
             let kk = idx % 16u;
             var av = 0.0;
-            if (row0 + r < p.m && k0 + kk < p.k) { av = a[(row0 + r) * p.rs_a + (k0 + kk) * p.cs_a]; }
+            if (row0 + r < p.m && k0 + kk < p.k) { av = a[p.a_off + (row0 + r) * p.rs_a + (k0 + kk) * p.cs_a]; }
             sa[r * 16u + kk] = av;
             let kb = idx / 64u;
             let c = idx % 64u;
@@ -49,7 +49,7 @@ fn gemm_v3(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
         for (var j = 0u; j < 4u; j++) {
             let col = col0 + lid.x * 4u + j;
             if (row < p.m && col < p.n) {
-                let o = row * p.n + col;
+                let o = p.c_off + row * p.ldc + col;
                 var v = p.alpha * acc[i * 4u + j];
                 if (p.accumulate != 0u) { v += c[o]; }
                 c[o] = v;

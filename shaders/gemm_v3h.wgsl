@@ -56,7 +56,7 @@ fn gemm_v3h(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
         for (var e = 0u; e < 4u; e++) {
             let kk = k0 + q * 4u + e;
             if (kk < p.k) {
-                if (row0 + rc < p.m) { av[e] = a[(row0 + rc) * p.rs_a + kk * p.cs_a]; }
+                if (row0 + rc < p.m) { av[e] = a[p.a_off + (row0 + rc) * p.rs_a + kk * p.cs_a]; }
                 if (col0 + rc < p.n) { bv[e] = load_b(kk * p.rs_b + (col0 + rc) * p.cs_b); }
             }
         }
@@ -84,7 +84,7 @@ fn gemm_v3h(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
         for (var j = 0u; j < 4u; j++) {
             let col = col0 + lid.x * 4u + j;
             if (row < p.m && col < p.n) {
-                let o = row * p.n + col;
+                let o = p.c_off + row * p.ldc + col;
                 var v = acc[i * 4u + j] * unscale_b * unscale;
                 if (p.accumulate != 0u) { v += c[o]; }
                 c[o] = v;

@@ -17,7 +17,7 @@
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
 fn load_b(i: u32) -> f32 {
-    return b[i];
+    return b[p.b_off + i];
 }
 
 var<workgroup> ta: array<f32, 256>;
@@ -31,7 +31,7 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     for (var k0 = 0u; k0 < p.k; k0 += 16u) {
         let ka = k0 + lid.x;
         var av = 0.0;
-        if (row < p.m && ka < p.k) { av = a[row * p.rs_a + ka * p.cs_a]; }
+        if (row < p.m && ka < p.k) { av = a[p.a_off + row * p.rs_a + ka * p.cs_a]; }
         ta[lid.y * 16u + lid.x] = av;
         let kb = k0 + lid.y;
         var bv = 0.0;
@@ -44,7 +44,7 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         workgroupBarrier();
     }
     if (row < p.m && col < p.n) {
-        let o = row * p.n + col;
+        let o = p.c_off + row * p.ldc + col;
         var out = p.alpha * acc;
         if (p.accumulate != 0u) { out += c[o]; }
         c[o] = out;
@@ -70,6 +70,8 @@ fn col_sum(@builtin(global_invocation_id) g: vec3<u32>) {
     if (j >= p.n) { return; }
     var acc = 0.0;
     for (var i = 0u; i < p.m; i++) { acc += cs_x[i * p.n + j]; }
+    // (A launch after the first of one split by rows adds to the sums so far.)
+    if (p.accumulate != 0u) { acc += cs_y[j]; }
     cs_y[j] = acc;
 }
 

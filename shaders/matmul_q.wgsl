@@ -12,7 +12,7 @@
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
 fn load_b(i: u32) -> f32 {
-    return decode(i, p.ty, p.block, p.bytes);
+    return decode(p.qbase, i, p.ty, p.block, p.bytes);
 }
 
 // (dequant_decode.wgsl and gemm_v3.wgsl are appended here.)

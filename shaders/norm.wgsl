@@ -11,7 +11,8 @@ struct Params {
     rows: u32,
     h: u32,
     eps: f32,
-    pad: u32,
+    // rms_norm_bwd_dw: add to dw (a launch after the first of one split by rows).
+    acc: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -106,5 +107,6 @@ fn rms_norm_bwd_dw(@builtin(global_invocation_id) g: vec3<u32>) {
     for (var r = 0u; r < p.rows; r++) {
         acc += w_dy[r * p.h + i] * w_x[r * p.h + i] * w_rstd[r];
     }
+    if (p.acc != 0u) { acc += w_dw[i]; }
     w_dw[i] = acc;
 }

@@ -65,6 +65,8 @@ pub struct Device {
     pub info: wgpu::AdapterInfo,
     pub shader_f16: bool,
     pub limits: wgpu::Limits,
+    /// The largest storage binding kiln makes, in bytes (see [`Device::max_binding`]).
+    max_binding: std::sync::atomic::AtomicU64,
     pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<Pipeline>>>,
     /// The adapter writes GPU timestamps (benchmarks time kernels with them when on).
     pub timestamps: bool,
@@ -139,11 +141,13 @@ fn open() -> std::result::Result<Device, String> {
     };
     let (device, queue) =
         pollster::block_on(adapter.request_device(&dd)).map_err(|e| format!("wgpu: opening {}: {e}", info.name))?;
+    let max_binding = std::sync::atomic::AtomicU64::new(limits.max_storage_buffer_binding_size);
     Ok(Device {
         device,
         queue,
         info,
         shader_f16,
+        max_binding,
         limits,
         pipelines: Mutex::new(HashMap::new()),
         pool: Mutex::new(HashMap::new()),
@@ -165,11 +169,11 @@ const USAGE: wgpu::BufferUsages =
 impl Device {
     /// A buffer of at least `bytes` (contents undefined), from the pool when one is free.
     pub fn alloc(&self, bytes: u64) -> Result<WgpuBuf> {
-        let limit = self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size);
+        let limit = self.limits.max_buffer_size;
         let padded = bytes.max(4).div_ceil(4) * 4;
         if padded > limit {
             return Err(Error::Msg(format!(
-                "wgpu: a {bytes}-byte tensor exceeds {}'s storage binding limit of {limit} bytes (tensors are not split across bindings yet)",
+                "wgpu: a {bytes}-byte tensor exceeds {}'s buffer size limit of {limit} bytes",
                 self.info.name
             )));
         }
@@ -259,7 +263,7 @@ impl Device {
         bufs: &[Bind<'_>],
         groups: (u32, u32, u32),
     ) -> Result<()> {
-        let writable: Vec<bool> = bufs.iter().map(|b| matches!(b, Bind::W(_))).collect();
+        let writable: Vec<bool> = bufs.iter().map(Bind::writable).collect();
         let pipe = self.pipeline(name, src, entry, &writable)?;
         let uni = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: None,
@@ -268,11 +272,22 @@ impl Device {
         });
         let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uni.as_entire_binding() }];
         for (i, b) in bufs.iter().enumerate() {
-            let (Bind::R(b) | Bind::W(b)) = b;
-            let size = std::num::NonZeroU64::new(b.bytes.max(4).div_ceil(4) * 4);
+            let (buf, offset, size) = b.range();
+            if size > self.max_binding() {
+                return Err(Error::Msg(format!(
+                    "wgpu {entry} (shaders/{name}.wgsl): binding {} is {size} bytes, over {}'s storage binding limit of {} bytes, and this op does not split its tensors yet",
+                    i + 1,
+                    self.info.name,
+                    self.max_binding()
+                )));
+            }
             entries.push(wgpu::BindGroupEntry {
                 binding: i as u32 + 1,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: b.raw(), offset: 0, size }),
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: buf.raw(),
+                    offset,
+                    size: std::num::NonZeroU64::new(size),
+                }),
             });
         }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -327,6 +342,22 @@ impl Device {
             }
         }
         Ok(())
+    }
+
+    /// The largest storage binding kiln makes, in bytes: the adapter's limit unless lowered by
+    /// [`Device::set_max_binding`]. Tensors may be larger (up to `max_buffer_size`); the ops
+    /// that bind one split their launches (all but attention, which says so).
+    pub fn max_binding(&self) -> u64 {
+        self.max_binding.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Lowers the binding size kiln uses below the adapter's (`None`: back to the adapter's),
+    /// so the splitting of large tensors is exercised at small shapes on any adapter (tests).
+    pub fn set_max_binding(&self, bytes: Option<u64>) {
+        let adapter = self.limits.max_storage_buffer_binding_size;
+        let floor = 4 * u64::from(self.limits.min_storage_buffer_offset_alignment);
+        let v = bytes.map_or(adapter, |b| b.clamp(floor, adapter) / 4 * 4);
+        self.max_binding.store(v, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether kernels with subgroup variants use them now.
@@ -409,10 +440,121 @@ impl Device {
     }
 }
 
-/// A storage binding: read-only or read-write.
+/// A storage binding: read-only or read-write, of a whole buffer or of `size` bytes from
+/// `offset` (a multiple of the adapter's `min_storage_buffer_offset_alignment`).
+#[derive(Clone, Copy)]
 pub enum Bind<'a> {
     R(&'a WgpuBuf),
     W(&'a WgpuBuf),
+    RAt(&'a WgpuBuf, u64, u64),
+    WAt(&'a WgpuBuf, u64, u64),
+}
+
+impl Bind<'_> {
+    fn writable(&self) -> bool {
+        matches!(self, Bind::W(_) | Bind::WAt(..))
+    }
+
+    /// The buffer, offset and size bound (sizes padded to whole 4-byte words).
+    fn range(&self) -> (&WgpuBuf, u64, u64) {
+        match *self {
+            Bind::R(b) | Bind::W(b) => (b, 0, b.bytes.max(4).div_ceil(4) * 4),
+            Bind::RAt(b, o, s) | Bind::WAt(b, o, s) => (b, o, s.max(4).div_ceil(4) * 4),
+        }
+    }
+}
+
+/// One binding of a launch split by rows ([`Device::launch_rows`]).
+#[derive(Clone, Copy)]
+pub enum Part<'a> {
+    /// Bound whole in every launch (a norm's weight, RoPE's frequencies).
+    Whole(Bind<'a>),
+    /// `row` 4-byte elements per row, read-only: each launch binds its rows.
+    R(&'a WgpuBuf, usize),
+    /// Likewise, written.
+    W(&'a WgpuBuf, usize),
+}
+
+impl Device {
+    /// Launches `entry` over `rows` independent rows, as one launch when every per-row buffer fits
+    /// a storage binding, else as several over runs of rows, each binding its rows of the
+    /// `Part::R`/`Part::W` buffers. `params(first, rows)` and `groups(rows)` give a launch's
+    /// parameters and grid for its rows: the kernels need not know they were split (a reduction
+    /// over rows accumulates after the first launch, `first > 0`). A run that starts off the
+    /// adapter's offset alignment goes through a copy (in, and back out for `Part::W`).
+    pub fn launch_rows<P: bytemuck::Pod>(
+        &self,
+        src: (&'static str, &'static str),
+        entry: &'static str,
+        parts: &[Part<'_>],
+        rows: usize,
+        params: impl Fn(usize, usize) -> P,
+        groups: impl Fn(usize) -> (u32, u32, u32),
+    ) -> Result<()> {
+        let align = u64::from(self.limits.min_storage_buffer_offset_alignment).max(4);
+        let mut per = rows.max(1) as u64;
+        for part in parts {
+            if let Part::R(_, e) | Part::W(_, e) = *part {
+                per = per.min(self.max_binding().saturating_sub(align) / (e.max(1) * 4) as u64);
+            }
+        }
+        if per == 0 {
+            return Err(Error::Msg(format!(
+                "wgpu {entry}: one row is larger than {}'s storage binding limit of {} bytes",
+                self.info.name,
+                self.max_binding()
+            )));
+        }
+        let chunk = per as usize;
+        for r0 in (0..rows.max(1)).step_by(chunk) {
+            let n = chunk.min(rows - r0.min(rows));
+            // (range, temporary copy) per part.
+            let mut staged: Vec<(u64, u64, Option<WgpuBuf>)> = Vec::with_capacity(parts.len());
+            for part in parts {
+                staged.push(match *part {
+                    Part::Whole(_) => (0, 0, None),
+                    Part::R(b, e) | Part::W(b, e) => {
+                        let e = (e * 4) as u64;
+                        let off = (r0 as u64 * e).min(b.bytes);
+                        let size = (n as u64 * e).min(b.bytes - off);
+                        let copy = if off % align != 0 { Some(self.copy(b.raw(), off, size)?) } else { None };
+                        (off, size, copy)
+                    }
+                });
+            }
+            let binds: Vec<Bind<'_>> = parts
+                .iter()
+                .zip(&staged)
+                .map(|(part, (off, size, copy))| match (*part, copy) {
+                    (Part::Whole(b), _) => b,
+                    (Part::R(..), Some(c)) => Bind::R(c),
+                    (Part::W(..), Some(c)) => Bind::W(c),
+                    (Part::R(b, _), None) => Bind::RAt(b, *off, *size),
+                    (Part::W(b, _), None) => Bind::WAt(b, *off, *size),
+                })
+                .collect();
+            self.launch(src, entry, &params(r0, n), &binds, groups(n))?;
+            for (part, (off, size, copy)) in parts.iter().zip(&staged) {
+                if let (Part::W(b, _), Some(c)) = (part, copy) {
+                    let mut enc = self
+                        .device
+                        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("copy back") });
+                    enc.copy_buffer_to_buffer(c.raw(), 0, b.raw(), *off, size.div_ceil(4) * 4);
+                    self.queue.submit([enc.finish()]);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A sub-range of a buffer to bind: elements `start .. start + len` (of `elem` bytes each) as a
+/// binding that starts at an aligned offset, and the element offset of `start` inside it.
+pub fn sub_range(dev: &Device, start: u64, len: u64, elem: u64) -> (u64, u64, u32) {
+    let align = u64::from(dev.limits.min_storage_buffer_offset_alignment).max(4);
+    let offset = start * elem / align * align;
+    let size = (start + len) * elem - offset;
+    (offset, size, ((start * elem - offset) / elem) as u32)
 }
 
 /// The device buffer of `t` as a whole buffer starting at `t`'s first element: `t`'s own when it

@@ -135,3 +135,108 @@ fn f16_gemm_scales_its_operands() {
     assert!(c[..5 * n].iter().all(|v| v.is_finite()), "the other rows stay finite");
     set_precision(Precision::F32);
 }
+
+/// Tensors larger than a storage binding: with kiln's binding size lowered to 32 KiB, every
+/// table case but attention's (up to 280 KB tensors: GEMM operands, packed weights and
+/// tables, logits rows, 70 001-element vectors) runs split across bindings and still matches
+/// the CPU, in f32 and with the f16 GEMMs; attention, which does not split, says so.
+#[test]
+fn large_tensors_split_across_bindings() {
+    let _turn = SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
+    let Ok(be) = kiln_wgpu::open() else {
+        assert!(std::env::var_os("CI").is_none(), "CI must run the wgpu tier");
+        return;
+    };
+    use kiln_wgpu::backend::matmul::{Precision, Variant, set_precision, set_variant};
+    let dev = kiln_wgpu::runtime::device().unwrap();
+    dev.set_max_binding(Some(32 * 1024));
+    set_variant(Variant::V3);
+    let not_attention = |c: &kiln_core::selftest::Case| !c.name.starts_with("attention");
+    for prec in [Precision::F32, Precision::F16] {
+        set_precision(prec);
+        let rep = kiln_core::selftest::run_where(be, &not_attention, &mut |_, _| {});
+        eprintln!("split at 32 KiB ({prec:?} GEMMs): {} cases passed, {} skipped", rep.passed.len(), rep.skipped.len());
+        assert!(rep.failed.is_empty(), "{prec:?}: {:#?}", rep.failed);
+        assert!(rep.passed.len() > 100);
+    }
+    set_precision(Precision::F32);
+    let attn = kiln_core::selftest::run_where(be, &|c| c.name.contains("t70 hq9"), &mut |_, _| {});
+    dev.set_max_binding(None);
+    assert!(!attn.failed.is_empty(), "a 161 KB attention input must not fit 32 KiB");
+    for (case, e) in &attn.failed {
+        assert!(e.contains("storage binding limit") && e.contains("does not split"), "{case}: {e}");
+    }
+}
+
+/// Casts to bf16/f16 round to nearest even bit for bit as the CPU does (ties, overflow to
+/// infinity, f16 subnormals, NaN), and block-quantized tensors decode bit-exactly.
+#[test]
+fn casts_are_bit_exact() {
+    use kiln_core::{DType, Tensor};
+    let Ok(be) = kiln_wgpu::open() else {
+        assert!(std::env::var_os("CI").is_none(), "CI must run the wgpu tier");
+        return;
+    };
+    let mut v: Vec<f32> = vec![
+        0.0,
+        -0.0,
+        1.0,
+        65504.0,
+        65519.99,
+        65520.0,
+        -70000.0,
+        6.1e-5,
+        6.0e-5,
+        3.0e-8,
+        2.9802322e-8,
+        2.98e-8,
+        5.96e-8,
+        1e-10,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MAX,
+        f32::MIN_POSITIVE,
+        1.0 + 1.0 / 2048.0,
+        1.0 + 3.0 / 2048.0,
+        1.0 + 1.0 / 256.0,
+        1.0 + 3.0 / 256.0,
+        f32::from_bits(0x3f228007),
+    ];
+    let mut rng = kiln_core::rng::Rng::new(11);
+    // Random bit patterns across the exponent range, and values near f16's subnormal range.
+    v.extend((0..3000).map(|_| f32::from_bits((rng.next_u64() >> 32) as u32)).filter(|x| !x.is_nan()));
+    v.extend((0..1000).map(|i| (rng.normal() as f32) * 1e-5 * (i as f32 / 100.0)));
+    let t = Tensor::from_vec(v.clone(), [v.len()]).unwrap();
+    let d = be.upload(&t).unwrap();
+    for dt in [DType::BF16, DType::F16] {
+        let want = t.to_dtype(dt).unwrap();
+        let got = be.cast(&d, dt).unwrap();
+        assert_eq!(got.dtype(), dt, "a 16-bit tensor on the device");
+        let got = got.to_cpu().unwrap();
+        let (g, w) = (got.raw_bytes().unwrap(), want.raw_bytes().unwrap());
+        let bad: Vec<usize> = (0..v.len()).filter(|&i| g[2 * i..2 * i + 2] != w[2 * i..2 * i + 2]).collect();
+        assert!(
+            bad.is_empty(),
+            "{}: {} of {} differ, e.g. {:?}",
+            dt.name(),
+            bad.len(),
+            v.len(),
+            &bad[..bad.len().min(5)].iter().map(|&i| v[i]).collect::<Vec<_>>()
+        );
+    }
+    // NaN stays NaN.
+    let nan = be.upload(&Tensor::from_vec(vec![f32::NAN, 1.0, f32::NAN], [3]).unwrap()).unwrap();
+    for dt in [DType::BF16, DType::F16] {
+        let back = be.cast(&nan, dt).unwrap().to_cpu().unwrap().to_vec_f64().unwrap();
+        assert!(back[0].is_nan() && back[1] == 1.0 && back[2].is_nan(), "{}: {back:?}", dt.name());
+    }
+    use kiln_core::quant::GgmlType as G;
+    for ty in [G::Q8_0, G::Q4_0, G::Q4_1, G::Q5_0, G::Q4K, G::Q5K, G::Q6K, G::NF4, G::NF4DQ] {
+        let x: Vec<f32> = (0..7 * 256).map(|_| rng.normal() as f32).collect();
+        let q = kiln_core::quant::quantize(ty, &x).unwrap();
+        let qt = Tensor::from_quant_bytes(q, ty, [7, 256]).unwrap();
+        let want = qt.to_dtype(DType::F32).unwrap().to_vec_f32().unwrap();
+        let got = be.cast(&be.upload(&qt).unwrap(), DType::F32).unwrap().to_vec_f32().unwrap();
+        assert!(want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()), "{} decodes bit-exactly", ty.name());
+    }
+}

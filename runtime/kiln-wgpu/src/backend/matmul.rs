@@ -5,7 +5,7 @@ use kiln_core::backend::{LinDims, LinearGrads, LinearNeeds, LoraRef, MatmulDims,
 use kiln_core::{Error, Result, Tensor};
 
 use super::WgpuBackend;
-use crate::runtime::{Bind, Device, WgpuBuf, device, held, tensor};
+use crate::runtime::{Bind, Device, Part, WgpuBuf, device, held, tensor};
 
 const SRC: (&str, &str) = (
     "matmul",
@@ -61,12 +61,19 @@ struct AbsMax {
 /// The operand maxima of one f16 GEMM: a zeroed two-word buffer, `slots` filled by `absmax`.
 fn amax_of(dev: &Device, ops: &[(&WgpuBuf, u32)]) -> Result<WgpuBuf> {
     let out = dev.write(&[0u8; 8])?;
+    // Tensors over the binding limit are measured in aligned chunks.
+    let align = u64::from(dev.limits.min_storage_buffer_offset_alignment).max(4);
+    let chunk = (dev.max_binding() - align) / align * align / 4;
     for &(b, slot) in ops {
-        let n = (b.bytes / 4) as usize;
-        // At most 1024 workgroups, each striding over its share (one atomic per workgroup).
-        let groups = n.div_ceil(256).clamp(1, 1024) as u32;
-        let p = AbsMax { n: n as u32, slot, pad: [0; 2] };
-        dev.launch(ABSMAX, "absmax", &p, &[Bind::R(b), Bind::W(&out)], (groups, 1, 1))?;
+        let total = b.bytes / 4;
+        for start in (0..total.max(1)).step_by(chunk as usize) {
+            let n = chunk.min(total - start);
+            // At most 1024 workgroups, each striding over its share (one atomic per workgroup).
+            let groups = n.div_ceil(256).clamp(1, 1024) as u32;
+            let p = AbsMax { n: n as u32, slot, pad: [0; 2] };
+            let x = Bind::RAt(b, start * 4, n * 4);
+            dev.launch(ABSMAX, "absmax", &p, &[x, Bind::W(&out)], (groups, 1, 1))?;
+        }
     }
     Ok(out)
 }
@@ -88,6 +95,14 @@ struct Gemm {
     ty: u32,
     block: u32,
     bytes: u32,
+    /// Sub-range launches: each operand's first element inside its binding, C's row stride,
+    /// and a packed B's first byte.
+    a_off: u32,
+    b_off: u32,
+    c_off: u32,
+    ldc: u32,
+    qbase: u32,
+    pad: [u32; 3],
 }
 
 /// One operand: a buffer and its row/column strides.
@@ -103,39 +118,196 @@ fn gemm(
     alpha: f64,
     acc: bool,
 ) -> Result<()> {
-    let gy = m.div_ceil(16);
-    if gy > 65535 || n.div_ceil(16) > 65535 {
-        // (The v2 grid is the larger one: v3's 64×64 tiles need a quarter of the workgroups.)
-        return Err(Error::Msg(format!("wgpu gemm: {m}×{n} exceeds one dispatch (at most 1 048 560 rows or columns)")));
-    }
-    let p = Gemm {
-        m: m as u32,
-        n: n as u32,
-        k: k as u32,
-        accumulate: u32::from(acc),
-        rs_a: a.1,
-        cs_a: a.2,
-        rs_b: b.1,
-        cs_b: b.2,
-        alpha: alpha as f32,
-        ty: 0,
-        block: 0,
-        bytes: 0,
-    };
-    let bufs = [Bind::R(a.0), Bind::R(b.0), Bind::W(c)];
-    if f16_on(dev) {
-        let amax = amax_of(dev, &[(a.0, 0), (b.0, 1)])?;
-        let bufs = [Bind::R(a.0), Bind::R(b.0), Bind::W(c), Bind::W(&amax)];
-        return dev.launch(SRC_H, "gemm_v3h", &p, &bufs, (n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1));
-    }
-    match variant() {
-        Variant::V2 => dev.launch(SRC, "gemm", &p, &bufs, (n.div_ceil(16) as u32, gy as u32, 1)),
-        Variant::V3 => dev.launch(SRC, "gemm_v3", &p, &bufs, (n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1)),
+    run(dev, &a, &B::F32(b), c, (m, n, k), alpha, acc)
+}
+
+/// The B operand: f32 values, or a packed weight (f16/bf16/block-quantized) with the decoder's
+/// type id, values and bytes per block, and strides over its values.
+enum B<'a> {
+    F32(Op<'a>),
+    Packed { raw: &'a WgpuBuf, rs: u32, cs: u32, id: u32, block: u32, bytes: u32 },
+}
+
+impl B<'_> {
+    fn strides(&self) -> (u32, u32) {
+        match self {
+            B::F32(o) => (o.1, o.2),
+            B::Packed { rs, cs, .. } => (*rs, *cs),
+        }
     }
 }
 
-/// `c[m, n] (+)= α·A·W`-like products where the B operand is the block-quantized weight `w`
-/// (strides over its values), decoded inside the GEMM. (The arguments mirror `gemm`'s.)
+/// Elements `[first, last]` an operand with strides `(rs, cs)` touches over rows `r0..r0+nr`
+/// and columns `c0..c0+nc`.
+fn span((rs, cs): (u32, u32), (r0, nr): (usize, usize), (c0, nc): (usize, usize)) -> (u64, u64) {
+    let (rs, cs) = (u64::from(rs), u64::from(cs));
+    let first = r0 as u64 * rs + c0 as u64 * cs;
+    (first, first + (nr.max(1) as u64 - 1) * rs + (nc.max(1) as u64 - 1) * cs)
+}
+
+/// The bytes a packed weight's elements `[first, last]` occupy (whole blocks).
+fn packed_bytes((first, last): (u64, u64), block: u32, bytes: u32) -> (u64, u64) {
+    let (bl, by) = (u64::from(block), u64::from(bytes));
+    (first / bl * by, (last / bl + 1) * by)
+}
+
+/// Chunk lengths `(cm, cn, ck)` such that every operand's sub-range of one launch fits a storage
+/// binding: the whole GEMM in one launch when it fits (always, at the adapters' usual limits).
+/// Each operand is cut along its outer (larger-stride) dimension only, so a chunk is one
+/// contiguous run of its buffer; chunks of more than 64 are multiples of 64 (whole tiles).
+fn chunks(dev: &Device, a: &Op<'_>, b: &B<'_>, (m, n, k): (usize, usize, usize)) -> Result<(usize, usize, usize)> {
+    let align = u64::from(dev.limits.min_storage_buffer_offset_alignment);
+    let budget = dev.max_binding().saturating_sub(align);
+    let (mut cm, mut cn, mut ck) = (m, n, k);
+    let shrink = |x: &mut usize| {
+        *x = if *x > 128 { (*x / 2).div_ceil(64) * 64 } else { (*x / 2).max(1) };
+    };
+    for _ in 0..200 {
+        let sa = span((a.1, a.2), (0, cm), (0, ck));
+        if (sa.1 - sa.0 + 1) * 4 > budget {
+            if a.1 >= a.2 && cm > 1 {
+                shrink(&mut cm);
+            } else if ck > 1 {
+                shrink(&mut ck);
+            } else {
+                break;
+            }
+            continue;
+        }
+        let sb = span(b.strides(), (0, ck), (0, cn));
+        let bb = match b {
+            B::F32(_) => (sb.1 - sb.0 + 1) * 4,
+            B::Packed { block, bytes, .. } => {
+                let (x, y) = packed_bytes(sb, *block, *bytes);
+                y - x
+            }
+        };
+        if bb > budget {
+            let (rs, cs) = b.strides();
+            if rs >= cs && ck > 1 {
+                shrink(&mut ck);
+            } else if cn > 1 {
+                shrink(&mut cn);
+            } else {
+                break;
+            }
+            continue;
+        }
+        // C [m, n] row-major: rows of n.
+        if ((cm as u64 - 1) * n as u64 + cn as u64) * 4 > budget {
+            if cm > 1 {
+                shrink(&mut cm);
+                continue;
+            }
+            break;
+        }
+        return Ok((cm, cn, ck));
+    }
+    Err(Error::Msg(format!(
+        "wgpu gemm {m}×{k}·{k}×{n}: one row of an operand exceeds {}'s storage binding limit of {} bytes",
+        dev.info.name,
+        dev.max_binding()
+    )))
+}
+
+/// `c[m, n] (+)= α·A·B`, split into launches over sub-ranges where an operand is larger than a
+/// storage binding (k-chunks after the first accumulate).
+#[allow(clippy::too_many_arguments)]
+fn run(
+    dev: &Device,
+    a: &Op<'_>,
+    b: &B<'_>,
+    c: &WgpuBuf,
+    (m, n, k): (usize, usize, usize),
+    alpha: f64,
+    acc: bool,
+) -> Result<()> {
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let (cm, cn, ck) = chunks(dev, a, b, (m, n, k))?;
+    if cm.div_ceil(16) > 65535 || cn.div_ceil(16) > 65535 {
+        // (The v2 grid is the larger one: v3's 64×64 tiles need a quarter of the workgroups.)
+        return Err(Error::Msg(format!("wgpu gemm: {m}×{n} exceeds one dispatch (at most 1 048 560 rows or columns)")));
+    }
+    let f16 = f16_on(dev);
+    // The f16 kernels scale each f32 operand by its maximum over the whole tensor.
+    let amax = if f16 {
+        let mut ops = vec![(a.0, 0)];
+        if let B::F32(o) = b {
+            ops.push((o.0, 1));
+        }
+        Some(amax_of(dev, &ops)?)
+    } else {
+        None
+    };
+    for m0 in (0..m).step_by(cm) {
+        let mm = cm.min(m - m0);
+        for n0 in (0..n).step_by(cn) {
+            let nn = cn.min(n - n0);
+            for (ki, k0) in (0..k.max(1)).step_by(ck.max(1)).enumerate() {
+                let kk = ck.min(k - k0.min(k));
+                let (a0, a1) = span((a.1, a.2), (m0, mm), (k0, kk));
+                let (ao, asz, a_off) = crate::runtime::sub_range(dev, a0, a1 - a0 + 1, 4);
+                let (c0, c1) = span((u(n), 1), (m0, mm), (n0, nn));
+                let (co, csz, c_off) = crate::runtime::sub_range(dev, c0, c1 - c0 + 1, 4);
+                let mut p = Gemm {
+                    m: u(mm),
+                    n: u(nn),
+                    k: u(kk),
+                    accumulate: u32::from(acc || ki > 0),
+                    rs_a: a.1,
+                    cs_a: a.2,
+                    rs_b: b.strides().0,
+                    cs_b: b.strides().1,
+                    alpha: alpha as f32,
+                    a_off,
+                    c_off,
+                    ldc: u(n),
+                    ..bytemuck::Zeroable::zeroed()
+                };
+                let sb = span(b.strides(), (k0, kk), (n0, nn));
+                let (bbuf, bo, bsz) = match b {
+                    B::F32(o) => {
+                        let (bo, bsz, b_off) = crate::runtime::sub_range(dev, sb.0, sb.1 - sb.0 + 1, 4);
+                        p.b_off = b_off;
+                        (o.0, bo, bsz)
+                    }
+                    B::Packed { raw, id, block, bytes, .. } => {
+                        if !sb.0.is_multiple_of(u64::from(*block)) {
+                            return Err(Error::Msg("wgpu gemm: a packed weight split inside a block".into()));
+                        }
+                        let (x, y) = packed_bytes(sb, *block, *bytes);
+                        let (bo, bsz, qbase) = crate::runtime::sub_range(dev, x, y - x, 1);
+                        (p.ty, p.block, p.bytes, p.qbase) = (*id, *block, *bytes, qbase);
+                        (*raw, bo, bsz)
+                    }
+                };
+                let binds = [Bind::RAt(a.0, ao, asz), Bind::RAt(bbuf, bo, bsz), Bind::WAt(c, co, csz)];
+                let groups64 = (nn.div_ceil(64) as u32, mm.div_ceil(64) as u32, 1);
+                let packed = matches!(b, B::Packed { .. });
+                match (&amax, packed) {
+                    (Some(am), _) => {
+                        let binds = [binds[0], binds[1], binds[2], Bind::W(am)];
+                        let src = if packed { SRC_QH } else { SRC_H };
+                        dev.launch(src, "gemm_v3h", &p, &binds, groups64)?;
+                    }
+                    (None, true) => dev.launch(SRC_Q, "gemm_v3", &p, &binds, groups64)?,
+                    (None, false) => match variant() {
+                        Variant::V2 => {
+                            dev.launch(SRC, "gemm", &p, &binds, (nn.div_ceil(16) as u32, mm.div_ceil(16) as u32, 1))?
+                        }
+                        Variant::V3 => dev.launch(SRC, "gemm_v3", &p, &binds, groups64)?,
+                    },
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `c[m, n] (+)= α·A·W`-like products where the B operand is the packed weight `w` (strides
+/// over its values), decoded inside the GEMM. (The arguments mirror `gemm`'s.)
 #[allow(clippy::too_many_arguments)]
 fn gemm_q(
     dev: &Device,
@@ -155,49 +327,19 @@ fn gemm_q(
             let id = super::quant::kernel_id(t)
                 .ok_or_else(|| Error::Msg(format!("wgpu: no decoder for {} yet", t.name())))?;
             let (block, bytes) = t.block();
-            (id, block, bytes)
+            (id, block as u32, bytes as u32)
         }
         d => return Err(Error::Msg(format!("gemm_q: {} is not a packed weight type", d.name()))),
     };
-    // The raw (still packed) bytes: held() would widen a 16-bit tensor. A host tensor is
-    // uploaded as it is.
     let uploaded;
-    let raw = match w.storage() {
-        kiln_core::tensor::Storage::Device(st) if w.offset() == 0 => st
-            .as_any()
-            .downcast_ref::<WgpuBuf>()
-            .ok_or_else(|| Error::Msg("gemm_q: a weight of another device".into()))?,
-        kiln_core::tensor::Storage::Device(_) => return Err(Error::Msg("gemm_q: a view of a weight".into())),
-        kiln_core::tensor::Storage::Cpu(_) => {
-            uploaded = dev.write(w.raw_bytes()?)?;
+    let raw = match super::packed(w, dev)? {
+        Ok(b) => b,
+        Err(b) => {
+            uploaded = b;
             &uploaded
         }
     };
-    if m.div_ceil(64) > 65535 || n.div_ceil(64) > 65535 {
-        return Err(Error::Msg(format!("wgpu gemm: {m}×{n} exceeds one dispatch")));
-    }
-    let p = Gemm {
-        m: m as u32,
-        n: n as u32,
-        k: k as u32,
-        accumulate: u32::from(acc),
-        rs_a: a.1,
-        cs_a: a.2,
-        rs_b,
-        cs_b,
-        alpha: alpha as f32,
-        ty: id,
-        block: block as u32,
-        bytes: bytes as u32,
-    };
-    let groups = (n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1);
-    if f16_on(dev) {
-        let amax = amax_of(dev, &[(a.0, 0)])?;
-        let bufs = [Bind::R(a.0), Bind::R(raw), Bind::W(c), Bind::W(&amax)];
-        return dev.launch(SRC_QH, "gemm_v3h", &p, &bufs, groups);
-    }
-    let bufs = [Bind::R(a.0), Bind::R(raw), Bind::W(c)];
-    dev.launch(SRC_Q, "gemm_v3", &p, &bufs, groups)
+    run(dev, &a, &B::Packed { raw, rs: rs_b, cs: cs_b, id, block, bytes }, c, (m, n, k), alpha, acc)
 }
 
 /// Weights the fused GEMM decodes: block-quantized, and f16/bf16 (kept in two bytes on the
@@ -307,8 +449,9 @@ impl MatmulOps for WgpuBackend {
                 return Err(Error::shape("linear", format!("bias {:?} for out={n}", b.shape())));
             }
             let hb = held(b)?;
-            let p = Gemm { m: u(m), n: u(n), ..bytemuck::Zeroable::zeroed() };
-            dev.launch(SRC, "add_bias", &p, &[Bind::R(hb.buf()), Bind::W(&y)], Device::grid(m * n))?;
+            let p = |_, rows: usize| Gemm { m: u(rows), n: u(n), ..bytemuck::Zeroable::zeroed() };
+            let parts = [Part::Whole(Bind::R(hb.buf())), Part::W(&y, n)];
+            dev.launch_rows(SRC, "add_bias", &parts, m, p, |rows| Device::grid(rows * n))?;
         }
         let ut = match lora {
             None => None,
@@ -380,8 +523,15 @@ impl MatmulOps for WgpuBackend {
         }
         if needs.bias {
             let db = dev.alloc((n * 4) as u64)?;
-            let p = Gemm { m: u(m), n: u(n), ..bytemuck::Zeroable::zeroed() };
-            dev.launch(SRC, "col_sum", &p, &[Bind::R(hdy.buf()), Bind::W(&db)], Device::grid(n))?;
+            // A sum over rows: launches after the first of a split one add to db.
+            let p = |r0: usize, rows: usize| Gemm {
+                m: u(rows),
+                n: u(n),
+                accumulate: u32::from(r0 > 0),
+                ..bytemuck::Zeroable::zeroed()
+            };
+            let parts = [Part::R(hdy.buf(), n), Part::Whole(Bind::W(&db))];
+            dev.launch_rows(SRC, "col_sum", &parts, m, p, |_| Device::grid(n))?;
             g.dbias = Some(tensor(db, vec![n], x.dtype()));
         }
         Ok(g)

@@ -16,7 +16,7 @@ pub(crate) use quant::{upload as quant_upload, widen16};
 use kiln_core::backend::{Backend, MemoryOps, Op, Support};
 use kiln_core::{DType, Error, Result, Shape, Tensor};
 
-use crate::runtime::{Bind, Device, device, held, tensor};
+use crate::runtime::{Device, Part, WgpuBuf, device, held, tensor};
 
 /// The wgpu backend (the process's one device; see [`crate::runtime::device`]).
 pub struct WgpuBackend;
@@ -50,6 +50,33 @@ fn half_bytes(t: &Tensor) -> Result<Vec<u8>> {
     })
 }
 
+/// `t` (f32 on the device) rounded to nearest even into a 16-bit tensor of `dtype`.
+fn round16(dev: &Device, t: &Tensor, dtype: DType) -> Result<Tensor> {
+    let n = t.numel();
+    let x = held(t)?;
+    let y = dev.alloc((n * 2) as u64)?;
+    let mode = u32::from(dtype == DType::F16);
+    // "Rows" of two values: two input words, one output word.
+    let p = |r0: usize, rows: usize| P1 { threads: mode, ..P1::n((2 * rows).min(n - 2 * r0)) };
+    let parts = [Part::R(x.buf(), 2), Part::W(&y, 1)];
+    dev.launch_rows(ELEMENTWISE, "round16", &parts, n.div_ceil(2), p, Device::grid)?;
+    Ok(tensor(y, t.shape().clone(), dtype))
+}
+
+/// The raw (still packed) device buffer of a frozen f16/bf16/block-quantized weight: its own
+/// (`Ok`), or (`Err`) a new upload of a host tensor's bytes. `held` would widen a 16-bit tensor.
+pub(crate) fn packed<'a>(w: &'a Tensor, dev: &Device) -> Result<std::result::Result<&'a WgpuBuf, WgpuBuf>> {
+    match w.storage() {
+        kiln_core::tensor::Storage::Device(st) if w.offset() == 0 => st
+            .as_any()
+            .downcast_ref::<WgpuBuf>()
+            .map(Ok)
+            .ok_or_else(|| Error::Msg("wgpu: a weight of another device".into())),
+        kiln_core::tensor::Storage::Device(_) => Err(Error::Msg("wgpu: a view of a packed weight".into())),
+        kiln_core::tensor::Storage::Cpu(_) => Ok(Err(dev.write(w.raw_bytes()?)?)),
+    }
+}
+
 /// Device element types: 4-byte f32 and i32.
 fn check_dtype(op: &str, t: &Tensor) -> Result<()> {
     match t.dtype() {
@@ -64,7 +91,8 @@ fn check_dtype(op: &str, t: &Tensor) -> Result<()> {
 pub(crate) fn dup(dev: &Device, t: &Tensor) -> Result<Tensor> {
     let a = held(t)?;
     let y = dev.alloc((t.numel() * 4) as u64)?;
-    dev.launch(ELEMENTWISE, "copy", &P1::n(t.numel()), &[Bind::R(a.buf()), Bind::W(&y)], Device::grid(t.numel()))?;
+    let parts = [Part::R(a.buf(), 1), Part::W(&y, 1)];
+    dev.launch_rows(ELEMENTWISE, "copy", &parts, t.numel(), |_, n| P1::n(n), Device::grid)?;
     Ok(tensor(y, t.shape().clone(), t.dtype()))
 }
 
@@ -116,15 +144,35 @@ impl MemoryOps for WgpuBackend {
         Ok(tensor(b, t.shape().clone(), dtype))
     }
     fn cast(&self, t: &Tensor, dtype: DType) -> Result<Tensor> {
+        let dev = device()?;
         match (t.dtype(), dtype) {
             // held() widens a 16-bit tensor into a buffer of its own: that buffer is the cast.
             (DType::F16 | DType::BF16, DType::F32) => match crate::runtime::held(t)? {
                 crate::runtime::Held::Copy(b) => Ok(tensor(b, t.shape().clone(), DType::F32)),
                 crate::runtime::Held::Own(_) => Err(Error::Msg("wgpu cast: a 16-bit tensor was not widened".into())),
             },
-            (a, b) if a == b && a != DType::F16 && a != DType::BF16 => dup(device()?, t),
-            // The device keeps floats as f32: a cast to another float type is the identity here.
-            (DType::F32, DType::F16 | DType::BF16 | DType::F64) => dup(device()?, t),
+            // Same 16-bit type: the bytes.
+            (a @ (DType::F16 | DType::BF16), b) if a == b => {
+                let raw = packed(t, dev)?;
+                let src = match &raw {
+                    Ok(b) => *b,
+                    Err(b) => b,
+                };
+                Ok(tensor(dev.copy(src.raw(), 0, (t.numel() * 2) as u64)?, t.shape().clone(), a))
+            }
+            // The device keeps f64 as f32.
+            (a, b) if a == b || (a == DType::F32 && b == DType::F64) => dup(dev, t),
+            (DType::F32 | DType::F64, DType::F16 | DType::BF16) => round16(dev, t, dtype),
+            (DType::F16 | DType::BF16, DType::F16 | DType::BF16) => round16(dev, &self.cast(t, DType::F32)?, dtype),
+            (DType::Quant(q), DType::F32) => {
+                let raw = packed(t, dev)?;
+                let src = match &raw {
+                    Ok(b) => *b,
+                    Err(b) => b,
+                };
+                Ok(tensor(quant::dequant(src, t.numel(), q)?, t.shape().clone(), DType::F32))
+            }
+            (DType::Quant(_), DType::F16 | DType::BF16) => round16(dev, &self.cast(t, DType::F32)?, dtype),
             (a, b) => Err(Error::Msg(format!("wgpu cast {} → {}: not supported on wgpu yet", a.name(), b.name()))),
         }
     }
@@ -150,6 +198,12 @@ impl Backend for WgpuBackend {
             (Op::LoraLinear | Op::Matmul, DType::F16 | DType::BF16) => Support::Yes,
             // Block-quantized frozen weights stay quantized on the device (QLoRA).
             (Op::LoraLinear | Op::Matmul, DType::Quant(t)) if quant::supported(t) => Support::Yes,
+            // Casts round to nearest even into 16-bit tensors and decode block-quantized ones.
+            (Op::Cast, DType::F16 | DType::BF16) => Support::Yes,
+            (Op::Cast, DType::Quant(t)) if quant::supported(t) => Support::Yes,
+            // Frozen 16-bit and block-quantized tables are decoded where a lookup reads them.
+            (Op::Embedding, DType::F16 | DType::BF16) => Support::Yes,
+            (Op::Embedding, DType::Quant(t)) if quant::supported(t) => Support::Yes,
             (op, d) => Support::No(format!("{op:?} in {} on wgpu: f32 kernels only so far", d.name())),
         }
     }

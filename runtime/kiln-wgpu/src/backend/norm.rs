@@ -4,7 +4,7 @@ use kiln_core::backend::{NormOps, RopeOps};
 use kiln_core::{DType, Error, Result, Tensor};
 
 use super::WgpuBackend;
-use crate::runtime::{Bind, Device, device, held, tensor};
+use crate::runtime::{Bind, Device, Part, device, held, tensor};
 
 const NORM: (&str, &str) = ("norm", include_str!("../../../../shaders/norm.wgsl"));
 const ROPE: (&str, &str) = ("rope", include_str!("../../../../shaders/rope.wgsl"));
@@ -15,7 +15,8 @@ struct NormP {
     rows: u32,
     h: u32,
     eps: f32,
-    pad: u32,
+    /// rms_norm_bwd_dw: add to dw (the launches after the first of a split one).
+    acc: u32,
 }
 
 #[repr(C)]
@@ -47,9 +48,9 @@ impl NormOps for WgpuBackend {
         let dev = device()?;
         let (hx, hw) = (held(x)?, held(w)?);
         let (y, rstd) = (dev.alloc((rows * h * 4) as u64)?, dev.alloc((rows * 4) as u64)?);
-        let p = NormP { rows: rows as u32, h: h as u32, eps: eps as f32, pad: 0 };
-        let b = [Bind::R(hx.buf()), Bind::R(hw.buf()), Bind::W(&y), Bind::W(&rstd)];
-        dev.launch(NORM, "rms_norm_fwd", &p, &b, rows_grid(rows))?;
+        let p = |_, n: usize| NormP { rows: n as u32, h: h as u32, eps: eps as f32, acc: 0 };
+        let b = [Part::R(hx.buf(), h), Part::Whole(Bind::R(hw.buf())), Part::W(&y, h), Part::W(&rstd, 1)];
+        dev.launch_rows(NORM, "rms_norm_fwd", &b, rows, p, rows_grid)?;
         Ok((tensor(y, x.dims().to_vec(), DType::F32), tensor(rstd, vec![rows], DType::F32)))
     }
     fn rms_norm_bwd(&self, dy: &Tensor, x: &Tensor, w: &Tensor, rstd: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -60,11 +61,13 @@ impl NormOps for WgpuBackend {
         let dev = device()?;
         let (hdy, hx, hw, hr) = (held(dy)?, held(x)?, held(w)?, held(rstd)?);
         let (dx, dw) = (dev.alloc((rows * h * 4) as u64)?, dev.alloc((h * 4) as u64)?);
-        let p = NormP { rows: rows as u32, h: h as u32, eps: 0.0, pad: 0 };
-        let b = [Bind::R(hdy.buf()), Bind::R(hx.buf()), Bind::R(hw.buf()), Bind::R(hr.buf()), Bind::W(&dx)];
-        dev.launch(NORM, "rms_norm_bwd_dx", &p, &b, rows_grid(rows))?;
-        let b = [Bind::R(hdy.buf()), Bind::R(hx.buf()), Bind::R(hr.buf()), Bind::W(&dw)];
-        dev.launch(NORM, "rms_norm_bwd_dw", &p, &b, (h.div_ceil(64) as u32, 1, 1))?;
+        // dw sums over rows: launches after the first add to it.
+        let p = |r0: usize, n: usize| NormP { rows: n as u32, h: h as u32, eps: 0.0, acc: u32::from(r0 > 0) };
+        let (dyp, xp, rp) = (Part::R(hdy.buf(), h), Part::R(hx.buf(), h), Part::R(hr.buf(), 1));
+        let b = [dyp, xp, Part::Whole(Bind::R(hw.buf())), rp, Part::W(&dx, h)];
+        dev.launch_rows(NORM, "rms_norm_bwd_dx", &b, rows, p, rows_grid)?;
+        let b = [dyp, xp, rp, Part::Whole(Bind::W(&dw))];
+        dev.launch_rows(NORM, "rms_norm_bwd_dw", &b, rows, p, |_| (h.div_ceil(64) as u32, 1, 1))?;
         Ok((tensor(dx, x.dims().to_vec(), DType::F32), tensor(dw, w.dims().to_vec(), DType::F32)))
     }
 }
@@ -85,11 +88,11 @@ impl RopeOps for WgpuBackend {
         let dev = device()?;
         let (hx, hp, hf) = (held(x)?, held(pos)?, held(inv_freq)?);
         let y = dev.alloc((x.numel() * 4) as u64)?;
-        let pairs = bt * h * half;
-        let p =
-            RopeP { pairs: pairs as u32, heads: h as u32, half: half as u32, sign: if inverse { -1.0 } else { 1.0 } };
-        let b = [Bind::R(hx.buf()), Bind::R(hp.buf()), Bind::R(hf.buf()), Bind::W(&y)];
-        dev.launch(ROPE, "rope", &p, &b, Device::grid(pairs))?;
+        let sign = if inverse { -1.0 } else { 1.0 };
+        let p = |_, n: usize| RopeP { pairs: (n * h * half) as u32, heads: h as u32, half: half as u32, sign };
+        let row = h * 2 * half;
+        let b = [Part::R(hx.buf(), row), Part::R(hp.buf(), 1), Part::Whole(Bind::R(hf.buf())), Part::W(&y, row)];
+        dev.launch_rows(ROPE, "rope", &b, bt, p, |n| Device::grid(n * h * half))?;
         Ok(tensor(y, d.to_vec(), DType::F32))
     }
 }

@@ -5,7 +5,7 @@
 use kiln_core::quant::GgmlType;
 use kiln_core::{DType, Error, Result, Tensor};
 
-use crate::runtime::{Bind, Device, WgpuBuf, device};
+use crate::runtime::{Device, Part, WgpuBuf, device};
 
 const SRC: (&str, &str) = (
     "dequant",
@@ -46,15 +46,36 @@ pub(crate) fn supported(t: GgmlType) -> bool {
 fn decode(src: &WgpuBuf, n: usize, id: u32, block: usize, bytes: usize) -> Result<WgpuBuf> {
     let dev = device()?;
     let y = dev.alloc((n * 4) as u64)?;
-    let p = DeqP { n: n as u32, ty: id, block: block as u32, bytes: bytes as u32 };
-    dev.launch(SRC, "dequant", &p, &[Bind::R(src), Bind::W(&y)], Device::grid(n))?;
+    // Split (where a tensor is larger than a binding) into "rows" of g blocks, g the fewest
+    // whose bytes are whole words: 16-bit values go two to a row, Q8_0's 34-byte blocks two.
+    let g = 4 / gcd(4, bytes);
+    let per = g * block;
+    let p = |r0: usize, rows: usize| DeqP {
+        n: (rows * per).min(n - r0 * per) as u32,
+        ty: id,
+        block: block as u32,
+        bytes: bytes as u32,
+    };
+    let parts = [Part::R(src, g * bytes / 4), Part::W(&y, per)];
+    dev.launch_rows(SRC, "dequant", &parts, n.div_ceil(per), p, |rows| Device::grid(rows * per))?;
     Ok(y)
+}
+
+/// The f32 values of a block-quantized device tensor of `n` values.
+pub(crate) fn dequant(src: &WgpuBuf, n: usize, t: GgmlType) -> Result<WgpuBuf> {
+    let id = kernel_id(t).ok_or_else(|| Error::Msg(format!("wgpu: no decoder for {}", t.name())))?;
+    let (block, bytes) = t.block();
+    decode(src, n, id, block, bytes)
 }
 
 /// The f32 values of a 16-bit (f16 or bf16) device tensor of `n` values.
 pub(crate) fn widen16(src: &WgpuBuf, n: usize, dtype: DType) -> Result<WgpuBuf> {
     let id = if dtype == DType::BF16 { 30 } else { 1 };
     decode(src, n, id, 1, 2)
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// Uploads a block-quantized CPU tensor's bytes.
