@@ -1,7 +1,8 @@
 // loss.wgsl — cross-entropy over the vocabulary with ignored targets (kernels/loss.cu).
 //
 // Forward, one workgroup of 64 threads per row of logits [M, V]: the row's max, then
-// Σ exp(x − max) (two passes over the row, reduced in workgroup memory), lse = max + ln Σ, and
+// Σ exp(x − max) (two passes over the row, reduced with wg_max/wg_sum: workgroup memory, or
+// subgroup operations where the adapter has them), lse = max + ln Σ, and
 // nll = lse − x[target] (0 where target < 0). The host forms the mean from nll.
 // Backward, one thread per logit: (exp(x − lse) − [v = target]) · g[row], zero on ignored
 // rows; g is the per-row weight (dloss/n_valid for the mean loss, or given per row).
@@ -15,7 +16,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-var<workgroup> red: array<f32, 64>;
+// (wg_max, wg_sum and the entry points' `Ids`: reduce_wg.wgsl or reduce_sg.wgsl, appended.)
 
 @group(0) @binding(1) var<storage, read> f_x: array<f32>;
 @group(0) @binding(2) var<storage, read> f_t: array<i32>;
@@ -23,38 +24,23 @@ var<workgroup> red: array<f32, 64>;
 @group(0) @binding(4) var<storage, read_write> f_nll: array<f32>;
 
 @compute @workgroup_size(64)
-fn ce_fwd(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nw: vec3<u32>,
-    @builtin(local_invocation_index) li: u32,
-) {
-    let r = wid.x + wid.y * nw.x;
+fn ce_fwd(id: Ids) {
+    let li = id.li;
+    let r = id.wid.x + id.wid.y * id.nw.x;
     let live = r < p.m;
     let base = r * p.v;
     var mx = -3.0e38;
     if (live) {
         for (var i = li; i < p.v; i += 64u) { mx = max(mx, f_x[base + i]); }
     }
-    red[li] = mx;
-    workgroupBarrier();
-    for (var s = 32u; s > 0u; s >>= 1u) {
-        if (li < s) { red[li] = max(red[li], red[li + s]); }
-        workgroupBarrier();
-    }
-    let rmax = red[0];
-    workgroupBarrier();
+    let rmax = wg_max(id, mx);
     var acc = 0.0;
     if (live) {
         for (var i = li; i < p.v; i += 64u) { acc += exp(f_x[base + i] - rmax); }
     }
-    red[li] = acc;
-    workgroupBarrier();
-    for (var s = 32u; s > 0u; s >>= 1u) {
-        if (li < s) { red[li] += red[li + s]; }
-        workgroupBarrier();
-    }
+    let total = wg_sum(id, acc);
     if (live && li == 0u) {
-        let lse = rmax + log(red[0]);
+        let lse = rmax + log(total);
         f_lse[r] = lse;
         let t = f_t[r];
         if (t >= 0) { f_nll[r] = lse - f_x[base + u32(t)]; } else { f_nll[r] = 0.0; }

@@ -4,7 +4,8 @@
 // dx = rstd·(g − x̂·mean(g·x̂)) with g = dy·w, x̂ = x·rstd; dw = Σ_rows dy·x̂.
 // Layout: x, y, dy, dx are [rows, h] row-major; w, dw are [h]; rstd is [rows].
 // Tiling: one workgroup of 64 threads per row (rows folded into a 2-D grid of workgroups); the
-// threads stride over the row and reduce through workgroup memory. dw is a separate pass with
+// threads stride over the row and reduce with wg_sum (through workgroup memory, or subgroup
+// operations where the adapter has them). dw is a separate pass with
 // one thread per column walking all rows, so no two threads write the same element.
 
 struct Params {
@@ -17,19 +18,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-var<workgroup> red: array<f32, 64>;
-
-fn reduce(li: u32, v: f32) -> f32 {
-    red[li] = v;
-    workgroupBarrier();
-    for (var s = 32u; s > 0u; s >>= 1u) {
-        if (li < s) { red[li] += red[li + s]; }
-        workgroupBarrier();
-    }
-    let total = red[0];
-    workgroupBarrier();
-    return total;
-}
+// (wg_sum and the entry points' `Ids`: reduce_wg.wgsl or reduce_sg.wgsl, appended.)
 
 @group(0) @binding(1) var<storage, read> f_x: array<f32>;
 @group(0) @binding(2) var<storage, read> f_w: array<f32>;
@@ -37,12 +26,9 @@ fn reduce(li: u32, v: f32) -> f32 {
 @group(0) @binding(4) var<storage, read_write> f_rstd: array<f32>;
 
 @compute @workgroup_size(64)
-fn rms_norm_fwd(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nw: vec3<u32>,
-    @builtin(local_invocation_index) li: u32,
-) {
-    let r = wid.x + wid.y * nw.x;
+fn rms_norm_fwd(id: Ids) {
+    let li = id.li;
+    let r = id.wid.x + id.wid.y * id.nw.x;
     // Uniform control flow: every thread of the workgroup reaches the barriers.
     let live = r < p.rows;
     let base = r * p.h;
@@ -53,7 +39,7 @@ fn rms_norm_fwd(
             acc += v * v;
         }
     }
-    let ms = reduce(li, acc) / f32(p.h);
+    let ms = wg_sum(id, acc) / f32(p.h);
     let s = 1.0 / sqrt(ms + p.eps);
     if (live) {
         for (var i = li; i < p.h; i += 64u) {
@@ -70,12 +56,9 @@ fn rms_norm_fwd(
 @group(0) @binding(5) var<storage, read_write> b_dx: array<f32>;
 
 @compute @workgroup_size(64)
-fn rms_norm_bwd_dx(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nw: vec3<u32>,
-    @builtin(local_invocation_index) li: u32,
-) {
-    let r = wid.x + wid.y * nw.x;
+fn rms_norm_bwd_dx(id: Ids) {
+    let li = id.li;
+    let r = id.wid.x + id.wid.y * id.nw.x;
     let live = r < p.rows;
     let base = r * p.h;
     var s = 0.0;
@@ -86,7 +69,7 @@ fn rms_norm_bwd_dx(
             acc += b_dy[base + i] * b_w[i] * b_x[base + i] * s;
         }
     }
-    let dot = reduce(li, acc) / f32(p.h);
+    let dot = wg_sum(id, acc) / f32(p.h);
     if (live) {
         for (var i = li; i < p.h; i += 64u) {
             b_dx[base + i] = s * (b_dy[base + i] * b_w[i] - b_x[base + i] * s * dot);

@@ -18,10 +18,16 @@ const EMB_Q: (&str, &str) = (
         include_str!("../../../../shaders/dequant_decode.wgsl")
     ),
 );
-const LOSS: (&str, &str) = ("loss", include_str!("../../../../shaders/loss.wgsl"));
+const LOSS: (&str, &str) = (
+    "loss",
+    concat!(include_str!("../../../../shaders/loss.wgsl"), include_str!("../../../../shaders/reduce_wg.wgsl")),
+);
 const OPTIM: (&str, &str) = ("optim", include_str!("../../../../shaders/optim.wgsl"));
-/// `ce_fwd` with subgroup reductions, for adapters that have them.
-const LOSS_SG: (&str, &str) = ("loss_sg", include_str!("../../../../shaders/loss_sg.wgsl"));
+/// The same kernels reducing with subgroup operations, for adapters that have them.
+const LOSS_SG: (&str, &str) = (
+    "loss_sg",
+    concat!(include_str!("../../../../shaders/loss.wgsl"), include_str!("../../../../shaders/reduce_sg.wgsl")),
+);
 
 /// `Params` of embedding.wgsl and loss.wgsl (two counts).
 #[repr(C)]
@@ -221,11 +227,7 @@ impl LossOps for WgpuBackend {
             (x as u32, n.div_ceil(x) as u32, 1)
         };
         let b = [Part::R(hx.buf(), v), Part::R(ht.buf(), 1), Part::W(&lse, 1), Part::W(&nll, 1)];
-        if dev.use_subgroups() {
-            dev.launch_rows(LOSS_SG, "ce_fwd_sg", &b, m, p, grid)?;
-        } else {
-            dev.launch_rows(LOSS, "ce_fwd", &b, m, p, grid)?;
-        }
+        dev.launch_rows(if dev.use_subgroups() { LOSS_SG } else { LOSS }, "ce_fwd", &b, m, p, grid)?;
         let nll = tensor(nll, vec![m], DType::F32);
         let n_valid = tv.iter().filter(|&&t| t >= 0).count();
         let sum: f64 = nll.to_vec_f64()?.iter().sum();

@@ -6,7 +6,19 @@ use kiln_core::{DType, Error, Result, Tensor};
 use super::WgpuBackend;
 use crate::runtime::{Bind, Device, Part, device, held, tensor};
 
-const NORM: (&str, &str) = ("norm", include_str!("../../../../shaders/norm.wgsl"));
+const NORM: (&str, &str) = (
+    "norm",
+    concat!(include_str!("../../../../shaders/norm.wgsl"), include_str!("../../../../shaders/reduce_wg.wgsl")),
+);
+/// The same kernels reducing with subgroup operations, for adapters that have them.
+const NORM_SG: (&str, &str) = (
+    "norm_sg",
+    concat!(include_str!("../../../../shaders/norm.wgsl"), include_str!("../../../../shaders/reduce_sg.wgsl")),
+);
+
+fn norm_src(dev: &Device) -> (&'static str, &'static str) {
+    if dev.use_subgroups() { NORM_SG } else { NORM }
+}
 const ROPE: (&str, &str) = ("rope", include_str!("../../../../shaders/rope.wgsl"));
 
 #[repr(C)]
@@ -50,7 +62,7 @@ impl NormOps for WgpuBackend {
         let (y, rstd) = (dev.alloc((rows * h * 4) as u64)?, dev.alloc((rows * 4) as u64)?);
         let p = |_, n: usize| NormP { rows: n as u32, h: h as u32, eps: eps as f32, acc: 0 };
         let b = [Part::R(hx.buf(), h), Part::Whole(Bind::R(hw.buf())), Part::W(&y, h), Part::W(&rstd, 1)];
-        dev.launch_rows(NORM, "rms_norm_fwd", &b, rows, p, rows_grid)?;
+        dev.launch_rows(norm_src(dev), "rms_norm_fwd", &b, rows, p, rows_grid)?;
         Ok((tensor(y, x.dims().to_vec(), DType::F32), tensor(rstd, vec![rows], DType::F32)))
     }
     fn rms_norm_bwd(&self, dy: &Tensor, x: &Tensor, w: &Tensor, rstd: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -65,7 +77,7 @@ impl NormOps for WgpuBackend {
         let p = |r0: usize, n: usize| NormP { rows: n as u32, h: h as u32, eps: 0.0, acc: u32::from(r0 > 0) };
         let (dyp, xp, rp) = (Part::R(hdy.buf(), h), Part::R(hx.buf(), h), Part::R(hr.buf(), 1));
         let b = [dyp, xp, Part::Whole(Bind::R(hw.buf())), rp, Part::W(&dx, h)];
-        dev.launch_rows(NORM, "rms_norm_bwd_dx", &b, rows, p, rows_grid)?;
+        dev.launch_rows(norm_src(dev), "rms_norm_bwd_dx", &b, rows, p, rows_grid)?;
         let b = [dyp, xp, rp, Part::Whole(Bind::W(&dw))];
         dev.launch_rows(NORM, "rms_norm_bwd_dw", &b, rows, p, |_| (h.div_ceil(64) as u32, 1, 1))?;
         Ok((tensor(dx, x.dims().to_vec(), DType::F32), tensor(dw, w.dims().to_vec(), DType::F32)))
