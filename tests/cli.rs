@@ -62,6 +62,16 @@ fn selftest_runs_the_parity_suite_on_each_backend() {
             && rows.iter().any(|r| r["op"].as_str().unwrap().contains("lora r8"))
     );
     assert!(rows.iter().all(|r| r["timing"].as_str().unwrap().contains("meaningless")), "emulation rows are labelled");
+    // The backend-agnostic op benches: every op family gives a positive rate.
+    let o = kiln().args(["bench", "ops", "--backend", "cpu", "--quick", "--seconds", "0", "--json"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    for op in ["copy", "dequant", "rms_norm", "cross_entropy", "attention"] {
+        let r: Vec<_> = rows.iter().filter(|r| r["op"] == op).collect();
+        assert!(!r.is_empty(), "bench ops: no {op} rows");
+        assert!(r.iter().all(|r| r["gbps"].as_f64().or(r["tflops"].as_f64()).is_some_and(|x| x > 0.0)), "{op}: {r:?}");
+    }
 }
 
 #[test]

@@ -3,7 +3,8 @@
 # device tool's H100/H200): a release `kiln` without debug info (the carry limit is 64 MiB) and
 # the CUDA kernels compiled to PTX ahead of time, so the GPU machine needs only its driver.
 #
-#   tools/gpu-carry.sh            then, on the GPU machine (carry gpu-carry/kiln and gpu-carry/ptx):
+#   tools/gpu-carry.sh            then, on the GPU machine (carry gpu-carry/kiln, gpu-carry/ptx and
+#                                 gpu-carry/vulkan):
 #   tools/gpu-check.sh [--quick] OUT
 #
 # ARCHS overrides the PTX targets (default: Ampere to Blackwell; sm_90 serves H100 and H200).
@@ -24,6 +25,9 @@ export LD_LIBRARY_PATH="$(nv cuda_nvrtc)/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH
 rm -rf gpu-carry/ptx
 gpu-carry/kiln kernels build --arch "$archs" --out gpu-carry/ptx --cuda-include "$(nv cuda_runtime)/include"
 
-size=$(du -cb gpu-carry/kiln gpu-carry/ptx | tail -1 | cut -f1)
-echo "gpu-carry: kiln + ptx = $(( size / 1048576 )) MiB (carry limit 64 MiB)"
+# The Vulkan loader, for a GPU machine without one (wgpu on the NVIDIA card through Vulkan).
+rm -rf gpu-carry/vulkan && mkdir -p gpu-carry/vulkan
+(cd gpu-carry/vulkan && apt-get download libvulkan1 >/dev/null 2>&1) || echo "note: no libvulkan1 .deb fetched"
+size=$(du -cb gpu-carry/kiln gpu-carry/ptx gpu-carry/vulkan | tail -1 | cut -f1)
+echo "gpu-carry: kiln + ptx + vulkan = $(( size / 1048576 )) MiB (carry limit 64 MiB)"
 (( size < 64 * 1048576 )) || { echo "too large to carry"; exit 1; }

@@ -20,10 +20,11 @@
 # GPU machine needs only the driver (a CUDA 13 driver loads CUDA 12.9 PTX). Where gpu-carry/ptx
 # is missing, kiln compiles with the machine's NVRTC if it has one.
 #
-# Before it, on the device tool's machines (see the library's device/README.md): unpack the
-# Vulkan loader carried in .gl/ and point the loader at NVIDIA's ICD when it is not found:
-#   for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig
-#   export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+# wgpu on an NVIDIA card needs the Vulkan loader and NVIDIA's ICD: where the machine has no
+# libvulkan.so.1, the loader carried in gpu-carry/vulkan/ (Debian's libvulkan1, fetched by
+# tools/gpu-carry.sh) is unpacked under OUT; where no ICD file names NVIDIA's driver, one is
+# written for the driver's libGLX_nvidia.so.0 when that library is there. Without either, the
+# wgpu sections report "no adapter" and the others still run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,6 +44,27 @@ mkdir -p "$out"
 [[ -x $bin ]] || bin=target/release/kiln
 [[ -x $bin ]] || { echo "no kiln binary (gpu-carry/kiln or target/release/kiln; --bin PATH)"; exit 2; }
 summary=()
+
+if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1 ' && compgen -G 'gpu-carry/vulkan/*.deb' >/dev/null; then
+  mkdir -p "$out/vulkan"
+  for f in gpu-carry/vulkan/*.deb; do dpkg -x "$f" "$out/vulkan"; done
+  lib=$(find "$out/vulkan" -name 'libvulkan.so.1' | head -1)
+  [[ -n $lib ]] && export LD_LIBRARY_PATH="$(cd "$(dirname "$lib")" && pwd)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+if [[ -z ${VK_DRIVER_FILES:-}${VK_ICD_FILENAMES:-} ]]; then
+  for j in /usr/share/vulkan/icd.d/nvidia_icd.json /etc/vulkan/icd.d/nvidia_icd.json \
+    /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json; do
+    [[ -f $j ]] && { export VK_DRIVER_FILES=$j; break; }
+  done
+  if [[ -z ${VK_DRIVER_FILES:-} ]] && ldconfig -p 2>/dev/null | grep -q libGLX_nvidia.so.0; then
+    printf '{"file_format_version":"1.0.0","ICD":{"library_path":"libGLX_nvidia.so.0","api_version":"1.3.0"}}\n' \
+      >"$out/nvidia_icd.json"
+    icd=$out/nvidia_icd.json
+    [[ $icd == /* ]] || icd=$PWD/$icd
+    export VK_DRIVER_FILES=$icd
+  fi
+fi
+echo "vulkan: loader ${LD_LIBRARY_PATH:-system}, icd ${VK_DRIVER_FILES:-${VK_ICD_FILENAMES:-default search}}" | tee "$out/vulkan.txt"
 
 # section NAME SECONDS COMMAND...: runs with a time limit, log in OUT/NAME.log, status kept.
 section() {
@@ -71,6 +93,13 @@ else
   section kernels-cuda 420 "$bin" bench kernels --backend cuda --json
 fi
 section selftest-wgpu 300 "$bin" selftest --backend wgpu
+# Attention (TFLOP/s), dequantization, RMSNorm, cross-entropy (GB/s beside a copy) through the
+# backend trait: CUDA's kernels and the WGSL ones on the same card.
+opsargs=(--json --seconds 1 --seq 1024,4096,16384)
+[[ $quick == 1 ]] && opsargs=(--json --seconds 0.5 --seq 1024,4096)
+[[ $smoke == 1 ]] && opsargs=(--json --quick --seconds 0)
+section ops-cuda 300 "$bin" bench ops --backend $([[ $smoke == 1 ]] && echo cuda-emu || echo cuda) "${opsargs[@]}"
+section ops-wgpu 300 "$bin" bench ops --backend wgpu "${opsargs[@]}"
 
 shapes=(--shape 4096x4096x4096 --shape 4096x576x1536 --shape 4096x1536x576 --shape 4096x576x49152 --shape 8192x4096x4096)
 [[ $quick == 1 ]] && shapes=(--shape 4096x4096x4096 --shape 4096x576x49152)
@@ -80,6 +109,39 @@ section gemm-wgpu-f16 300 "$bin" bench gemm --backend wgpu --precision f16 --jso
 section gemm-cpu 120 "$bin" bench gemm --backend cpu --json --seconds 1 --shape 2048x2048x2048
 
 if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+  # The attention reference: PyTorch's scaled_dot_product_attention (FlashAttention-2 backend
+  # in bf16) at the shapes of `kiln bench ops` (16 query heads sharing 4 KV heads, d 128, causal).
+  section attention-torch 180 python3 - <<'EOF'
+import json, torch
+import torch.nn.functional as F
+rows = []
+for t in (1024, 4096, 16384):
+    q = torch.randn(1, 16, t, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(1, 4, t, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(1, 4, t, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    do = torch.randn(1, 16, t, 128, device="cuda", dtype=torch.bfloat16)
+    def fwd():
+        return F.scaled_dot_product_attention(q, k.repeat_interleave(4, 1), v.repeat_interleave(4, 1), is_causal=True)
+    def step(bwd):
+        o = fwd()
+        if bwd:
+            o.backward(do)
+    flops = 2.0 * 16 * t * t * 128
+    for name, bwd, f in (("fwd", False, flops), ("fwd+bwd", True, 3.5 * flops)):
+        for _ in range(3):
+            step(bwd)
+        torch.cuda.synchronize()
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        for _ in range(10):
+            step(bwd)
+        e.record()
+        torch.cuda.synchronize()
+        sec = s.elapsed_time(e) / 10 / 1e3
+        rows.append({"op": "attention", "variant": f"torch sdpa {name}", "dtype": "bf16",
+                     "shape": f"b1 t{t} hq16 hkv4 d128 causal", "median_s": sec, "tflops": f / sec / 1e12})
+print(json.dumps(rows, indent=1))
+EOF
   section gemm-torch 180 python3 - <<'EOF'
 import json, torch
 rows = []

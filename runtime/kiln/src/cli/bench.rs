@@ -18,6 +18,9 @@ pub enum BenchCmd {
     /// Each CUDA kernel and GEMM variant at realistic shapes: median device time, TFLOP/s or
     /// GB/s, and the fraction of the card's peak (--backend cuda, or cuda-emu on the CPU).
     Kernels(super::kernels::BenchKernelsArgs),
+    /// Attention (TFLOP/s), dequantization, RMSNorm and cross-entropy (GB/s, and the fraction
+    /// of a copy's) through the backend trait, on any backend (cpu, wgpu, cuda, cuda-emu).
+    Ops(super::bench_ops::OpsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -225,6 +228,10 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Gemm(a) => gemm(a),
         BenchCmd::Train(a) => train(a),
         BenchCmd::Kernels(a) => super::kernels::bench(a),
+        BenchCmd::Ops(a) => {
+            let be = backend(&a.backend)?;
+            super::bench_ops::run(a, be)
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! clap commands.
 
 mod bench;
+mod bench_ops;
 mod chat;
 mod data;
 mod demo;
