@@ -19,6 +19,10 @@ typedef long long i64;
 #define KILN_GPU 1
 #define KILN_KERNEL(name, PT) extern "C" __global__ void name(const PT p)
 #define KILN_KERNEL_LB(name, PT, threads) extern "C" __global__ void __launch_bounds__(threads) name(const PT p)
+// Also at least `blocks` resident blocks per SM (caps registers: bandwidth-bound kernels want
+// many warps in flight more than registers).
+#define KILN_KERNEL_OCC(name, PT, threads, blocks) \
+  extern "C" __global__ void __launch_bounds__(threads, blocks) name(const PT p)
 #else
 #include "emu/kiln_emu.h"
 #define KILN_GPU 0
@@ -31,6 +35,7 @@ typedef long long i64;
                                       [](const void* q) { name##_body(*static_cast<const PT*>(q)); }); \
   static void name##_body(const PT p)
 #define KILN_KERNEL(name, PT) KILN_KERNEL_LB(name, PT, 0)
+#define KILN_KERNEL_OCC(name, PT, threads, blocks) KILN_KERNEL_LB(name, PT, threads)
 #endif
 
 // Loop unrolling hint for both compilers (GCC ignores `#pragma unroll` with a warning).

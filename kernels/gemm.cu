@@ -294,3 +294,42 @@ __device__ __forceinline__ void gemm_v4(const GemmParams& p) {
 KILN_KERNEL_LB(gemm_v4_mma_pipelined_bf16, GemmParams, 256) { gemm_v4<bf16>(p); }
 KILN_KERNEL_LB(gemm_v4_mma_pipelined_f16, GemmParams, 256) { gemm_v4<f16>(p); }
 KILN_KERNEL_LB(gemm_v4_mma_pipelined_q, GemmParams, 256) { gemm_v4<bf16, QBlock>(p); }
+
+// ---- gemv: decoding, m ≤ GEMV_MAX_M rows (a batch-1 step), B(q, j) contiguous in q (x·Wᵀ) ----
+// Reading the weight once is the whole cost, so the schedule is a warp per output column j:
+// lane l takes values 8l..8l+7 of each 256-value stretch of W's row j (a warp reads 256
+// consecutive values, coalesced; a block-quantized row is decoded as it is read, never
+// expanded), multiplies them into the m rows of x (cached: every warp reads the same x), and
+// the warp sums its lanes. LoRA's rank-r term is the tail of the reduction, as in the GEMMs.
+constexpr int GEMV_MAX_M = 4;
+template <class TB>
+__device__ __forceinline__ void gemv(const GemmParams& p) {
+  const int warps = blockDim.x / 32, lane = threadIdx.x % 32;
+  const int j = blockIdx.x * warps + threadIdx.x / 32;
+  // The whole warp leaves together (j is the warp's), so the shuffles below see full warps.
+  if (j >= p.n) return;
+  float acc[GEMV_MAX_M] = {};
+  const int kk = gemm_kk(p);
+  for (int q0 = lane * 8; q0 < kk; q0 += 256) {
+    KILN_UNROLL
+    for (int e = 0; e < 8; ++e) {
+      const int q = q0 + e;
+      if (q < kk) {
+        const float b = gemm_b<TB>(p, q, j);
+        KILN_UNROLL
+        for (int i = 0; i < GEMV_MAX_M; ++i)
+          if (i < p.m) acc[i] = fmaf(gemm_a(p, i, q), b, acc[i]);
+      }
+    }
+  }
+  KILN_UNROLL
+  for (int i = 0; i < GEMV_MAX_M; ++i) {
+    const float s = warp_sum(acc[i]);
+    if (lane == 0 && i < p.m) gemm_store(p, i, j, s);
+  }
+}
+// 256 threads, at least 4 blocks per SM: 32 warps streaming the weight (≤ 64 registers).
+KILN_KERNEL_OCC(gemv_f32, GemmParams, 256, 4) { gemv<float>(p); }
+KILN_KERNEL_OCC(gemv_bf16, GemmParams, 256, 4) { gemv<bf16>(p); }
+KILN_KERNEL_OCC(gemv_f16, GemmParams, 256, 4) { gemv<f16>(p); }
+KILN_KERNEL_OCC(gemv_q, GemmParams, 256, 4) { gemv<QBlock>(p); }

@@ -23,6 +23,8 @@ fn lora_on_cuda_kernels_matches_the_cpu() {
     common::same_losses("lora", "cuda-emu", &cpu, &gpu);
     assert!(gpu[29] < gpu[0] * 0.8, "the cuda-emu run did not learn: {gpu:?}");
     assert!(d.join("cuda/adapter/adapter_model.safetensors").is_file());
+    // Decoding with the trained adapter: each step's linear layers are the GEMV kernels.
+    common::same_generation(&model, &d.join("cuda/adapter"), "cuda-emu");
     // QLoRA: the base's linear weights quantized (NF4, and the default model's Q4_1), kept in
     // their blocks on the device and decoded inside the GEMM.
     for q in ["nf4", "q4_1"] {

@@ -54,8 +54,9 @@ fn lora_on_wgpu_matches_the_cpu() {
             common::close_losses("qlora nf4, f16 GEMMs", "wgpu", &cpu, &f16(&args, "q-nf4-f16"), 0.02);
         }
     }
-    // The adapter written from the device loads like the CPU one.
+    // The adapter written from the device loads like the CPU one, and decodes like it on wgpu.
     assert!(d.join("wgpu/adapter/adapter_model.safetensors").is_file());
+    common::same_generation(&model, &d.join("wgpu/adapter"), "wgpu");
 }
 
 #[test]

@@ -22,6 +22,10 @@ struct dim3 {
 struct uint3 {
   unsigned x, y, z;
 };
+// CUDA's 16-byte vector (the kernels' 16-byte global loads).
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
 
 namespace kemu {
 // One emulated thread (the fiber's state that kernels can see).

@@ -108,3 +108,31 @@ pub fn close_losses(name: &str, backend: &str, cpu: &[f64], gpu: &[f64], rel: f6
         gpu[gpu.len() - 1]
     );
 }
+
+/// `kiln generate --json` greedily on `backend` (with `adapter`): the new tokens and their
+/// log-probabilities.
+#[allow(dead_code)]
+pub fn generated(model: &Path, adapter: &Path, backend: &str) -> (Vec<i64>, Vec<f64>) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["generate", "--backend", backend, "--raw", "--prompt", "colour 3?", "--max-new-tokens", "8", "--json"])
+        .arg("--model")
+        .arg(model)
+        .arg("--adapter")
+        .arg(adapter)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{backend}: {}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ints = |k: &str| v[k].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect::<Vec<_>>();
+    (ints("tokens"), v["logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect())
+}
+
+/// Decoding on `backend` picks the CPU's tokens with the same log-probabilities (1e-4).
+#[allow(dead_code)]
+pub fn same_generation(model: &Path, adapter: &Path, backend: &str) {
+    let (ct, cl) = generated(model, adapter, "cpu");
+    let (gt, gl) = generated(model, adapter, backend);
+    assert_eq!(ct, gt, "{backend} decoded other tokens");
+    assert!(cl.len() == 8 && cl.iter().zip(&gl).all(|(a, b)| (a - b).abs() < 1e-4), "{cl:?}\n{gl:?}");
+    eprintln!("generate on {backend}: the CPU's 8 tokens, log-probabilities within 1e-4");
+}

@@ -185,6 +185,45 @@ pub fn cases(seed: u64) -> Vec<Case> {
             },
         });
     }
+    // Decode steps (one or a few rows against each weight type, with an adapter): the GPU
+    // backends' matrix-vector path.
+    for (i, wd) in
+        [DType::F32, DType::BF16, DType::F16, DType::Quant(G::Q4K), DType::Quant(G::NF4), DType::Quant(G::Q8_0)]
+            .into_iter()
+            .enumerate()
+    {
+        let (m, k, n, rank) = (1 + i % 3, 512, 37 + 2 * i, 4);
+        let wf = randn(&mut r, &[n, k], DType::F32);
+        let w = match wd {
+            DType::Quant(ty) => {
+                let Ok(q) = wf
+                    .to_vec_f32()
+                    .and_then(|v| crate::quant::quantize(ty, &v))
+                    .and_then(|b| Tensor::from_quant_bytes(b, ty, [n, k]))
+                else {
+                    continue;
+                };
+                q
+            }
+            d => wf.to_dtype(d).unwrap_or(wf),
+        };
+        let inputs = vec![
+            randn(&mut r, &[m, k], DType::F32),
+            w,
+            randn(&mut r, &[rank, k], DType::F32),
+            randn(&mut r, &[n, rank], DType::F32),
+        ];
+        out.push(Case {
+            op: Op::LoraLinear,
+            name: format!("linear {m}x{k}x{n} r{rank} W {} (decode)", wd.name()),
+            dtype: wd,
+            inputs,
+            run: |be, x| {
+                let (y, u) = be.linear_fwd(&x[0], &x[1], None, Some(LoraRef { a: &x[2], b: &x[3], scale: 0.7 }))?;
+                Ok(vec![y, u.ok_or_else(|| crate::Error::Msg("linear_fwd returned no u".into()))?])
+            },
+        });
+    }
     for &(m, k, n) in &[(1, 1, 1), (17, 33, 9), (70, 5, 129)] {
         let inputs = vec![
             randn(&mut r, &[m, k], DType::F32),

@@ -26,7 +26,7 @@ pub struct Row {
 
 /// What to run.
 pub struct Plan {
-    /// Any of "gemm", "lora", "qgemm", "dequant", "elementwise", "embedding".
+    /// Any of "gemm", "lora", "qgemm", "gemv", "dequant", "elementwise", "embedding".
     pub ops: Vec<String>,
     /// GEMM shapes `(tokens, in, out)`; LoRA uses the same.
     pub shapes: Vec<(usize, usize, usize)>,
@@ -42,7 +42,7 @@ impl Plan {
     pub fn gpu(quick: bool) -> Plan {
         let shapes = if quick { vec![(4096, 4096, 4096)] } else { vec![(4096, 4096, 4096), (16384, 4096, 4096)] };
         Plan {
-            ops: ["gemm", "lora", "qgemm", "dequant", "elementwise", "embedding"].map(String::from).to_vec(),
+            ops: ["gemm", "lora", "qgemm", "gemv", "dequant", "elementwise", "embedding"].map(String::from).to_vec(),
             shapes,
             ranks: if quick { vec![16] } else { vec![16, 64] },
             elements: 1 << 26,
@@ -52,7 +52,7 @@ impl Plan {
     /// Small shapes for the CPU emulation (correctness of the bench path, not speed).
     pub fn emulation() -> Plan {
         Plan {
-            ops: ["gemm", "lora", "qgemm", "dequant", "elementwise", "embedding"].map(String::from).to_vec(),
+            ops: ["gemm", "lora", "qgemm", "gemv", "dequant", "elementwise", "embedding"].map(String::from).to_vec(),
             shapes: vec![(64, 256, 80)],
             ranks: vec![8],
             elements: 1 << 14,
@@ -222,6 +222,55 @@ pub fn run(be: &KernelBackend, plan: &Plan, on_row: &mut dyn FnMut(&Row)) -> Res
                     }
                 }
             }
+            "gemv" => {
+                // A decode step: one row against each weight, read once (GB/s of the weight,
+                // x and y against the measured copy bandwidth).
+                use kiln_core::quant::GgmlType as G;
+                let (_, k, n) = plan.shapes[0];
+                let x = up(be, randn(k, 15), &[1, k], DType::F32)?;
+                let wf = randn(n * k, 16);
+                let ws: Vec<(String, Tensor)> = vec![
+                    ("bf16".into(), up(be, wf.clone(), &[n, k], DType::BF16)?),
+                    (
+                        "Q4_K".into(),
+                        be.upload(&Tensor::from_quant_bytes(
+                            kiln_core::quant::quantize(G::Q4K, &wf)?,
+                            G::Q4K,
+                            [n, k],
+                        )?)?,
+                    ),
+                    (
+                        "NF4".into(),
+                        be.upload(&Tensor::from_quant_bytes(
+                            kiln_core::quant::quantize(G::NF4, &wf)?,
+                            G::NF4,
+                            [n, k],
+                        )?)?,
+                    ),
+                    (
+                        "Q8_0".into(),
+                        be.upload(&Tensor::from_quant_bytes(
+                            kiln_core::quant::quantize(G::Q8_0, &wf)?,
+                            G::Q8_0,
+                            [n, k],
+                        )?)?,
+                    ),
+                ];
+                for (name, w) in ws {
+                    let (s, reps) = time(be, plan.seconds, &mut || be.linear_fwd(&x, &w, None, None).map(drop))?;
+                    let row = Row {
+                        op: format!("gemv 1x{k}x{n} W {name} (decode)"),
+                        variant: "gemv (warp per output, weight read once)".into(),
+                        dtype: format!("x f32, W {name}"),
+                        shape: format!("1x{k}x{n}"),
+                        median_s: s,
+                        repeats: reps,
+                        flops: None,
+                        bytes: Some((w.dtype().bytes(n * k) + 4 * (k + n)) as f64),
+                    };
+                    push(row, &mut rows);
+                }
+            }
             "dequant" => {
                 use kiln_core::quant::GgmlType as G;
                 let n = (plan.elements * 4).div_ceil(256) * 256;
@@ -232,7 +281,7 @@ pub fn run(be: &KernelBackend, plan: &Plan, on_row: &mut dyn FnMut(&Row)) -> Res
                     let (s, reps) = time(be, plan.seconds, &mut || be.cast(&w, DType::F32).map(drop))?;
                     let row = Row {
                         op: format!("dequant {}", ty.name()),
-                        variant: "thread per value".into(),
+                        variant: "16-byte loads of tiles, thread per value".into(),
                         dtype: format!("{} → f32", ty.name()),
                         shape: format!("{n}"),
                         median_s: s,

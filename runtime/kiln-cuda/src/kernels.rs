@@ -97,7 +97,8 @@ pub struct DequantParams {
     pub ty: i32,
     pub block: i32,
     pub bytes: i32,
-    pub pad: i32,
+    /// Blocks per tile (a multiple of 16 bytes, about 4 KB).
+    pub tile: i32,
 }
 
 /// The id `kiln_decode` (kernels/common.cuh) switches on for a block type, with its
@@ -226,7 +227,7 @@ pub fn entry_points(source: &str) -> Vec<String> {
     let mut names = Vec::new();
     for line in source.lines() {
         let l = line.trim_start();
-        for mac in ["KILN_KERNEL(", "KILN_KERNEL_LB("] {
+        for mac in ["KILN_KERNEL(", "KILN_KERNEL_LB(", "KILN_KERNEL_OCC("] {
             if let Some(rest) = l.strip_prefix(mac)
                 && let Some(name) = rest.split(',').next()
                 && !name.contains("##")

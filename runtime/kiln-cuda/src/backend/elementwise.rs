@@ -31,6 +31,10 @@ fn binary(be: &KernelBackend, kernel: &'static str, a: &Tensor, b: Option<&Tenso
     Ok(be.wrap(out, a.shape().clone(), DType::F32))
 }
 
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
 fn type_name(d: DType) -> Option<&'static str> {
     match d {
         DType::F32 | DType::F64 => Some("float"),
@@ -53,8 +57,22 @@ pub(super) fn cast(be: &KernelBackend, t: &Tensor, dtype: DType) -> Result<Tenso
         let n = t.numel();
         let h = be.held(t)?;
         let out = be.alloc(n, out_t)?;
-        let p = crate::kernels::DequantParams { w: h.ptr(), out: out.ptr, n: n as i64, ty, block, bytes, pad: 0 };
-        be.exec.launch(kernel, grid(n), bytemuck::bytes_of(&p))?;
+        // Tiles of g·k blocks, g the fewest whose bytes are a multiple of 16, about 4 KB each.
+        let g = 16 / gcd(16, bytes as usize);
+        let tile = g * (4096 / (g * bytes as usize)).max(1);
+        let tiles = (n / block as usize).div_ceil(tile);
+        let p = crate::kernels::DequantParams {
+            w: h.ptr(),
+            out: out.ptr,
+            n: n as i64,
+            ty,
+            block,
+            bytes,
+            tile: tile as i32,
+        };
+        let cfg =
+            Launch { grid: [tiles.clamp(1, 65535) as u32, 1, 1], block: [256, 1, 1], smem: tile * bytes as usize };
+        be.exec.launch(kernel, cfg, bytemuck::bytes_of(&p))?;
         return Ok(be.wrap(out, t.shape().clone(), out_t));
     }
     let (Some(from), Some(to)) = (type_name(t.dtype()), type_name(dtype)) else {

@@ -52,6 +52,15 @@ fn suffix(d: DType) -> Result<&'static str> {
     }
 }
 
+/// Rows up to which x·Wᵀ runs as a GEMV (kernels/gemm.cu `GEMV_MAX_M`): a decode step.
+pub const GEMV_MAX_M: i32 = 4;
+
+/// The GEMV serves products of at most [`GEMV_MAX_M`] rows whose B is read along its rows
+/// (`sbk == 1`: a linear layer's x·Wᵀ), where reading W once is the whole cost.
+fn gemv_applies(p: &GemmParams) -> bool {
+    p.m <= GEMV_MAX_M && p.sbk == 1
+}
+
 /// One GEMM launch: `p` has operands, strides and epilogue; `b_type` is B's element type.
 fn gemm(be: &KernelBackend, p: &GemmParams, b_type: DType) -> Result<()> {
     if p.m == 0 || p.n == 0 {
@@ -66,6 +75,11 @@ fn gemm(be: &KernelBackend, p: &GemmParams, b_type: DType) -> Result<()> {
     }
     let p = &p;
     let (m, n) = (p.m as u32, p.n as u32);
+    // Decoding (a few rows against a weight read once): the GEMV, whatever the variant.
+    if gemv_applies(p) {
+        let cfg = Launch { grid: [n.div_ceil(8), 1, 1], block: [256, 1, 1], smem: 0 };
+        return be.exec.launch(&format!("gemv_{ty}"), cfg, bytemuck::bytes_of(p));
+    }
     let (kernel, cfg) = match (variant(), b_type) {
         (Variant::V1, _) => (
             format!("gemm_v1_naive_{ty}"),

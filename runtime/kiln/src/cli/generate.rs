@@ -69,6 +69,14 @@ pub struct GenerateArgs {
     /// A LoRA adapter folder (PEFT layout: kiln's or PEFT's own), applied unmerged.
     #[arg(long)]
     adapter: Option<PathBuf>,
+    /// cpu, cuda (--device N), wgpu, cuda-emu or auto: where the model runs. On a GPU each decode
+    /// step's linear layers are matrix-vector products reading every weight once, in its own
+    /// type (block-quantized weights decoded as read).
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    /// The GPU: a CUDA ordinal, or a wgpu adapter's index or name.
+    #[arg(long)]
+    device: Option<String>,
     /// Print JSON only: {"prompt_tokens", "prompt_ids", "tokens": [ids], "logprobs": [log p of
     /// each new token], "text", "stop": "eos"|"stop_string"|"length", "prompt_s",
     /// "prompt_tokens_per_s", "decode_s", "tokens_per_s"}.
@@ -83,7 +91,17 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         (None, None) => return Err(anyhow!("--prompt or --prompt-file is required")),
     };
     let path = kiln::models::resolve(a.model.as_deref())?;
-    let (model, tok, lora) = kiln::models::load_with_adapter(&path, a.adapter.as_deref())?;
+    let (mut model, tok, mut lora) = kiln::models::load_with_adapter(&path, a.adapter.as_deref())?;
+    if let Some(d) = &a.device {
+        kiln_wgpu::choose(d);
+    }
+    let be = super::train::pick_backend(&a.backend, a.device.as_deref())?;
+    if be.name() != "cpu" {
+        model.to_backend(be).with_context(|| format!("moving the model to {}", be.name()))?;
+        if let Some(l) = lora.as_mut() {
+            l.to_backend(be).with_context(|| format!("moving the adapter to {}", be.name()))?;
+        }
+    }
     let prompt = if a.raw {
         raw_prompt(&tok, &prompt_text)?
     } else {

@@ -244,7 +244,7 @@ pub struct TrainArgs {
 /// The backend `--backend` names. `auto` takes an NVIDIA GPU (CUDA), else another GPU (wgpu),
 /// else the CPU, and says why the others were passed over — a CPU Vulkan driver such as
 /// lavapipe is not faster than the CPU backend, and the CUDA emulation is for checking kernels.
-fn pick_backend(want: &str, device: Option<&str>) -> Result<&'static dyn kiln::core::Backend> {
+pub(super) fn pick_backend(want: &str, device: Option<&str>) -> Result<&'static dyn kiln::core::Backend> {
     let cpu: &'static dyn kiln::core::Backend = &kiln::core::CpuBackend;
     match want {
         "cpu" => Ok(cpu),
