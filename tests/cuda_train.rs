@@ -1,7 +1,8 @@
 //! `kiln train --backend cuda-emu` end to end: every op of a training step runs as the CUDA
 //! kernels of `kernels/*.cu`, executed on the CPU by kiln's emulation harness, and the per-step
 //! losses of LoRA (30 steps), QLoRA (NF4, Q4_1), DPO and full fine-tuning of a small random
-//! model match the CPU backend's within 1 % relative. On a machine with a GPU, `tools/gpu-check.sh` runs the same
+//! model match the CPU backend's within 1 % relative (attention and the quantized bases run on
+//! bf16 tensor cores), and decoding with the trained adapter picks the CPU's tokens. On a machine with a GPU, `tools/gpu-check.sh` runs the same
 //! comparison with `--backend cuda`.
 
 mod common;
@@ -24,7 +25,7 @@ fn lora_on_cuda_kernels_matches_the_cpu() {
     assert!(gpu[29] < gpu[0] * 0.8, "the cuda-emu run did not learn: {gpu:?}");
     assert!(d.join("cuda/adapter/adapter_model.safetensors").is_file());
     // Decoding with the trained adapter: each step's linear layers are the GEMV kernels.
-    common::same_generation(&model, &d.join("cuda/adapter"), "cuda-emu");
+    common::same_generation(&model, &d.join("cuda/adapter"), "cuda-emu", 2e-2);
     // QLoRA: the base's linear weights quantized (NF4, and the default model's Q4_1), kept in
     // their blocks on the device and decoded inside the GEMM.
     for q in ["nf4", "q4_1"] {

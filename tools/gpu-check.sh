@@ -183,6 +183,29 @@ worst = max(abs(x - y) / abs(x) for x, y in zip(a, b))
 print(f"{len(a)} vs {len(b)} steps; cpu {a[0]:.4f} -> {a[-1]:.4f}; gpu {b[0]:.4f} -> {b[-1]:.4f}; worst relative {worst:.2e}")
 sys.exit(0 if len(a) == len(b) == 50 and worst <= 0.02 else 1)
 EOF
+  # Decoding with the trained adapter (the GEMV path on the GPU): the CPU's tokens.
+  for be in cpu $cudab wgpu; do
+    section "generate-tiny-$be" 120 "$bin" generate --backend $be --model "$out/tiny/model" \
+      --adapter "$out/tiny-cpu/adapter" --raw --prompt "colour 3?" --max-new-tokens 16 --json
+  done
+  section generate-compare 30 python3 - "$out" $cudab <<'EOF'
+import json, sys
+out, gpu = sys.argv[1], sys.argv[2]
+def run(be):
+    return json.loads(open(f"{out}/generate-tiny-{be}.log").read().strip().splitlines()[-1])
+c = run("cpu")
+ok = True
+for be in (gpu, "wgpu"):
+    try:
+        g = run(be)
+    except Exception as e:
+        print(f"{be}: no result ({e})"); ok = False; continue
+    same = g["tokens"] == c["tokens"]
+    worst = max(abs(a - b) for a, b in zip(c["logprobs"], g["logprobs"]))
+    print(f"{be}: same tokens {same}, worst log-prob difference {worst:.1e}, {g['tokens_per_s']:.1f} tokens/s")
+    ok = ok and same
+sys.exit(0 if ok else 1)
+EOF
 fi
 
 model=gpu-carry/smollm2-shaped

@@ -127,12 +127,14 @@ pub fn generated(model: &Path, adapter: &Path, backend: &str) -> (Vec<i64>, Vec<
     (ints("tokens"), v["logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect())
 }
 
-/// Decoding on `backend` picks the CPU's tokens with the same log-probabilities (1e-4).
+/// Decoding on `backend` picks the CPU's tokens with log-probabilities within `tol` (1e-4 for
+/// f32 arithmetic; bf16 tensor-core attention needs about 1e-2).
 #[allow(dead_code)]
-pub fn same_generation(model: &Path, adapter: &Path, backend: &str) {
+pub fn same_generation(model: &Path, adapter: &Path, backend: &str, tol: f64) {
     let (ct, cl) = generated(model, adapter, "cpu");
     let (gt, gl) = generated(model, adapter, backend);
     assert_eq!(ct, gt, "{backend} decoded other tokens");
-    assert!(cl.len() == 8 && cl.iter().zip(&gl).all(|(a, b)| (a - b).abs() < 1e-4), "{cl:?}\n{gl:?}");
-    eprintln!("generate on {backend}: the CPU's 8 tokens, log-probabilities within 1e-4");
+    let worst = cl.iter().zip(&gl).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(cl.len() == 8 && worst < tol, "{cl:?}\n{gl:?}");
+    eprintln!("generate on {backend}: the CPU's 8 tokens, log-probabilities within {worst:.1e}");
 }

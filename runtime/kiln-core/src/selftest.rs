@@ -32,6 +32,10 @@ fn compare(what: &str, got: &Tensor, want: &Tensor, t: &Tol) -> Result<(), Strin
     }
     let (g, w) = (got.to_vec_f64().map_err(|e| e.to_string())?, want.to_vec_f64().map_err(|e| e.to_string())?);
     let scale = w.iter().fold(0.0f64, |a, &b| a.max(b.abs()));
+    // In 16-bit arithmetic an output that cancels to (near) zero keeps the rounding of its
+    // order-one terms (attention's dq when P = 1: dP − δ is v's bf16 rounding), so the bound
+    // never shrinks below the atol of a unit scale, as in PyTorch's bf16 testing defaults.
+    let scale = if t.atol >= 1e-3 { scale.max(1.0) } else { scale };
     let (mut num, mut den) = (0.0, 0.0);
     for (i, (&x, &y)) in g.iter().zip(&w).enumerate() {
         if !x.is_finite() {
@@ -352,7 +356,14 @@ pub fn cases(seed: u64) -> Vec<Case> {
             },
         });
     }
-    for &(b, t, hq, hkv, d) in &[(1, 1, 1, 1, 2), (2, 37, 4, 2, 6), (1, 70, 9, 3, 64), (3, 33, 2, 1, 10)] {
+    for &(b, t, hq, hkv, d) in &[
+        (1, 1, 1, 1, 2),
+        (2, 37, 4, 2, 6),
+        (1, 70, 9, 3, 64),
+        (3, 33, 2, 1, 10),
+        (1, 100, 4, 2, 128),
+        (2, 65, 3, 1, 96),
+    ] {
         let seg: Vec<i32> = (0..b * t).map(|i| ((i % t) * 3 / t) as i32).collect();
         let pos: Vec<i32> = (0..b * t).map(|i| (i % t) as i32 * 7 % 50).collect();
         let inputs = vec![

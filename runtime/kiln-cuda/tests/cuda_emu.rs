@@ -299,3 +299,45 @@ fn casts_round_to_nearest_even_like_the_cpu() {
         }
     }
 }
+
+/// Attention v2 (tensor cores) against the f32 v1 and the f64 CPU at head dims 64, 96 and 128,
+/// several query tiles with a ragged tail, GQA and packed segments: bf16-sized differences (it
+/// does round to bf16: not silently v1), never more.
+#[test]
+fn attention_v2_on_tensor_cores_matches_v1_to_bf16_precision() {
+    use kiln_core::backend::{AttentionOps, AttnArgs};
+    use kiln_core::{Backend, Tensor};
+    let _g = lock();
+    let be = emu();
+    let mut rng = kiln_core::rng::Rng::new(5);
+    for (t, hq, hkv, d) in [(150, 4, 2, 64), (77, 3, 1, 96), (130, 2, 2, 128)] {
+        let mut randn = |dims: &[usize]| {
+            let n = dims.iter().product();
+            Tensor::from_vec((0..n).map(|_| rng.normal() as f32).collect::<Vec<_>>(), dims.to_vec()).unwrap()
+        };
+        let (q, k, v) = (randn(&[1, t, hq, d]), randn(&[1, t, hkv, d]), randn(&[1, t, hkv, d]));
+        let seg = Tensor::from_vec((0..t).map(|i| (i * 2 / t) as i32).collect::<Vec<_>>(), [1, t]).unwrap();
+        let run = |be: &dyn Backend, q: &Tensor, k: &Tensor, v: &Tensor| {
+            let a = AttnArgs { q, k, v, seg: Some(&seg), shared_prefix: false, scale: 1.0 / (d as f64).sqrt() };
+            let (o, lse) = be.attention_fwd(&a).unwrap();
+            (o.to_vec_f64().unwrap(), lse.to_vec_f64().unwrap())
+        };
+        set_variant(Variant::V3);
+        let (o2, l2) = run(be, &q, &k, &v);
+        set_variant(Variant::V1);
+        let (o1, l1) = run(be, &q, &k, &v);
+        set_variant(Variant::V3);
+        let cpu = kiln_core::CpuBackend;
+        let f64s = |x: &Tensor| x.to_dtype(kiln_core::DType::F64).unwrap();
+        let (oc, lc) = run(&cpu, &f64s(&q), &f64s(&k), &f64s(&v));
+        let worst = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+        let (e2, e1) = (worst(&o2, &oc), worst(&o1, &oc));
+        let (el2, el1) = (worst(&l2, &lc), worst(&l1, &lc));
+        eprintln!(
+            "attention d{d} t{t}: v2 (bf16 tensor cores) |Δo| {e2:.1e}, |Δlse| {el2:.1e}; v1 (f32) {e1:.1e}, {el1:.1e}"
+        );
+        assert!(e1 < 1e-5 && el1 < 1e-5, "v1 is f32-exact");
+        assert!(e2 > 1e-5, "v2 must round to bf16 (got {e2:e}: did v1 run?)");
+        assert!(e2 < 2e-2 && el2 < 1e-2, "v2 beyond bf16 precision: o {e2:e}, lse {el2:e}");
+    }
+}

@@ -40,7 +40,8 @@ fn every_kernel_compiles_for_every_arch_without_warnings() {
     ptxas_reports_no_spills(&out);
 }
 
-/// `ptxas -v` on the GEMM kernels (LoRA is fused into them) of every real architecture.
+/// `ptxas -v` on the GEMM kernels (LoRA is fused into them) and attention (v2 on tensor cores)
+/// of every real architecture.
 fn ptxas_reports_no_spills(dir: &std::path::Path) {
     let ptxas = std::env::var("KILN_PTXAS").unwrap_or_else(|_| "ptxas".into());
     let Ok(v) = std::process::Command::new(&ptxas).arg("--version").output() else {
@@ -52,7 +53,7 @@ fn ptxas_reports_no_spills(dir: &std::path::Path) {
     for arch in nvrtc::ARCHS {
         // ptxas targets the real architecture of a virtual one (compute_90a → sm_90a).
         let target = arch.replace("compute_", "sm_");
-        for file in ["gemm"] {
+        for file in ["gemm", "attention"] {
             let ptx = dir.join(format!("{file}.{arch}.ptx"));
             let o = std::process::Command::new(&ptxas)
                 .args(["-v", &format!("-arch={target}"), "-o", "/dev/null"])

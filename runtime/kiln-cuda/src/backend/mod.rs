@@ -206,6 +206,8 @@ impl Backend for KernelBackend {
         // The tensor-core GEMMs take block-quantized weights decoded and rounded to bf16.
         match (op, dtype, variant()) {
             (Op::LoraLinear, DType::Quant(_), Variant::V3 | Variant::V4) => DType::BF16,
+            // Attention v2 rounds Q, K, V and P to bf16 for the tensor cores.
+            (Op::Attention, _, Variant::V3 | Variant::V4) => DType::BF16,
             _ => dtype,
         }
     }

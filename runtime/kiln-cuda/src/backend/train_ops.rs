@@ -136,6 +136,13 @@ pub(super) fn swiglu(
     Ok((be.wrap(o0, g.dims().to_vec(), DType::F32), o1.map(|b| be.wrap(b, g.dims().to_vec(), DType::F32))))
 }
 
+/// Whether the forward runs on tensor cores (attention v2): the tensor-core GEMM variants are
+/// chosen (v3, v4: the default) and the head dim is at most 128; v1 and v2 keep f32 attention.
+pub(crate) fn attn_v2(d: i32) -> bool {
+    use super::gemm::{Variant, variant};
+    d <= 128 && matches!(variant(), Variant::V3 | Variant::V4)
+}
+
 /// The sizes of an attention call and the query rows.
 fn attn_params(a: &AttnArgs<'_>) -> Result<(AttnParams, usize)> {
     let d = a.dims()?;
@@ -167,7 +174,12 @@ impl AttentionOps for KernelBackend {
         let hs = a.seg.map(|s| self.held(s)).transpose()?;
         let (o, lse) = (self.alloc(a.q.numel(), DType::F32)?, self.alloc(rows, DType::F32)?);
         (p.q, p.k, p.v, p.seg, p.out0, p.out1) = (hq.ptr(), hk.ptr(), hv.ptr(), ptr(&hs), o.ptr, lse.ptr);
-        if rows > 0 {
+        if rows > 0 && attn_v2(p.d) {
+            // FlashAttention-2 on tensor cores: 64 query rows of one (b, head) a CTA.
+            let tiles = (p.t as u32).div_ceil(64);
+            let cfg = Launch { grid: [tiles, (p.b * p.hq) as u32, 1], block: [128, 1, 1], smem: 0 };
+            self.exec.launch("attn_fwd_v2_mma", cfg, bytemuck::bytes_of(&p))?;
+        } else if rows > 0 {
             self.exec.launch("attn_fwd_f32", grid(rows, 4).with_block(128), bytemuck::bytes_of(&p))?;
         }
         let lse_dims = a.q.dims()[..3].to_vec();
