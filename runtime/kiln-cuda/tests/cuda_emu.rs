@@ -305,7 +305,7 @@ fn casts_round_to_nearest_even_like_the_cpu() {
 /// does round to bf16: not silently v1), never more.
 #[test]
 fn attention_v2_on_tensor_cores_matches_v1_to_bf16_precision() {
-    use kiln_core::backend::{AttentionOps, AttnArgs};
+    use kiln_core::backend::AttnArgs;
     use kiln_core::{Backend, Tensor};
     let _g = lock();
     let be = emu();
