@@ -310,3 +310,210 @@ KILN_KERNEL_LB(attn_fwd_v2_mma, AttnParams, 128) {
     }
   }
 }
+
+// ---- v2 backward on tensor cores (FlashAttention-2's algebra; P recomputed from lse) ----
+// Two kernels, so that every output has one writer and no atomics are needed:
+// `attn_bwd_dq_v2_mma` — a CTA of 2 warps takes 32 query rows of one (b, head) and walks the key
+// tiles like the forward: S = Q·Kᵀ and dP = dO·Vᵀ on tensor cores, dS = P∘(dP − δ)·scale in
+// registers, rounded to bf16 into A fragments, dQ += dS·K;
+// `attn_bwd_dkv_v2_mma` — a CTA of 2 warps takes 32 keys of one (b, kv head) and walks the
+// query tiles (16 queries) of every head sharing it: Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ, then
+// dV += Pᵀ·dO and dK += dSᵀ·Q, the key rows' accumulators in registers.
+// Operands whose reduction runs over keys or queries are staged transposed (Kt, Qt, dOt) so
+// every B fragment is a plain ldmatrix. δ = dO·O comes from `attn_delta_f32`.
+constexpr int AB_BQ = 32, AB_BK = 32, AB_QT = 16, AB_LDT = AB_BK + 8, AB_LDQT = AB_QT + 8;
+
+// Stages rows r0.. of a [rows, D] tensor (f32, row i at base(i)) as bf16 into S[r][c] and, when
+// T is given, transposed into T[c][r]; zero past `rows` and D.
+template <int R, int LD, int LDT>
+__device__ __forceinline__ void attn_stage(unsigned short (*S)[LD], unsigned short (*Tr)[LDT], const float* src,
+                                           const AttnParams& p, int b, int r0, int nrows, int head, bool is_q,
+                                           int dp) {
+  for (int e = threadIdx.x; e < R * dp; e += blockDim.x) {
+    const int r = e / dp, c = e % dp, i = r0 + r;
+    const bool in = i < nrows && c < p.d;
+    const i64 at = (is_q ? attn_qrow(p, b, in ? i : 0, head) : attn_krow(p, b, in ? i : 0, head)) + c;
+    const unsigned short v = bits16(from_f32<bf16>(in ? src[at] : 0.f));
+    if (S) S[r][c] = v;
+    if (Tr) Tr[c][r] = v;
+  }
+}
+
+KILN_KERNEL_LB(attn_bwd_dq_v2_mma, AttnParams, 64) {
+  __shared__ __align__(16) unsigned short Qs[AB_BQ][AV2_LDQ];
+  __shared__ __align__(16) unsigned short dOs[AB_BQ][AV2_LDQ];
+  __shared__ __align__(16) unsigned short Ks[AB_BK][AV2_LDQ];
+  __shared__ __align__(16) unsigned short Vs[AB_BK][AV2_LDQ];
+  __shared__ __align__(16) unsigned short Kt[AV2_DMAX][AB_LDT];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
+  const int b = blockIdx.y / p.hq, h = blockIdx.y % p.hq, kvh = h / (p.hq / p.hkv);
+  const int q0 = blockIdx.x * AB_BQ;
+  const int dp = (p.d + 15) / 16 * 16, ksteps = dp / 16;
+  attn_stage<AB_BQ, AV2_LDQ, AB_LDT>(Qs, nullptr, p.q, p, b, q0, p.t, h, true, dp);
+  attn_stage<AB_BQ, AV2_LDQ, AB_LDT>(dOs, nullptr, p.d_o, p, b, q0, p.t, h, true, dp);
+  float lse[2], dlt[2];
+  KILN_UNROLL
+  for (int r = 0; r < 2; ++r) {
+    const int iq = q0 + warp * 16 + g + 8 * r;
+    const i64 row = (i64(b) * p.t + (iq < p.t ? iq : 0)) * p.hq + h;
+    lse[r] = p.lse[row];
+    dlt[r] = p.delta[row];
+  }
+  float dq[AV2_DMAX / 8][4] = {};
+  const int last = (q0 + AB_BQ < p.t ? q0 + AB_BQ : p.t) - 1;
+  for (int k0 = 0; k0 <= last; k0 += AB_BK) {
+    __syncthreads();
+    attn_stage<AB_BK, AV2_LDQ, AB_LDT>(Ks, Kt, p.k, p, b, k0, p.tk, kvh, false, dp);
+    attn_stage<AB_BK, AV2_LDQ, AB_LDT>(Vs, nullptr, p.v, p, b, k0, p.tk, kvh, false, dp);
+    __syncthreads();
+    float s[4][4] = {}, dpv[4][4] = {};
+    for (int ks = 0; ks < ksteps; ++ks) {
+      u32 aq[4], ad[4];
+      ldmatrix_x4(aq, &Qs[warp * 16 + (lane % 16)][ks * 16 + (lane / 16) * 8]);
+      ldmatrix_x4(ad, &dOs[warp * 16 + (lane % 16)][ks * 16 + (lane / 16) * 8]);
+      KILN_UNROLL
+      for (int nj = 0; nj < 2; ++nj) {
+        u32 rk[4], rv[4];
+        ldmatrix_x4(rk, &Ks[nj * 16 + (lane / 16) * 8 + (lane % 8)][ks * 16 + ((lane / 8) % 2) * 8]);
+        ldmatrix_x4(rv, &Vs[nj * 16 + (lane / 16) * 8 + (lane % 8)][ks * 16 + ((lane / 8) % 2) * 8]);
+        const u32 k0f[2] = {rk[0], rk[1]}, k1f[2] = {rk[2], rk[3]}, v0f[2] = {rv[0], rv[1]}, v1f[2] = {rv[2], rv[3]};
+        mma_16816(s[2 * nj], aq, k0f, bf16());
+        mma_16816(s[2 * nj + 1], aq, k1f, bf16());
+        mma_16816(dpv[2 * nj], ad, v0f, bf16());
+        mma_16816(dpv[2 * nj + 1], ad, v1f, bf16());
+      }
+    }
+    u32 da[2][4];
+    KILN_UNROLL
+    for (int nt = 0; nt < 4; ++nt) {
+      float ds[4];
+      KILN_UNROLL
+      for (int e = 0; e < 4; ++e) {
+        const int iq = q0 + warp * 16 + g + 8 * (e >> 1), j = k0 + nt * 8 + 2 * t4 + (e & 1);
+        const bool ok = iq < p.t && j < p.tk && attn_visible(p, b, iq, j);
+        const float pr = ok ? expf(s[nt][e] * p.scale - lse[e >> 1]) : 0.f;
+        ds[e] = pr * (dpv[nt][e] - dlt[e >> 1]) * p.scale;
+      }
+      da[nt / 2][(nt % 2) * 2] = pack2(from_f32<bf16>(ds[0]), from_f32<bf16>(ds[1]));
+      da[nt / 2][(nt % 2) * 2 + 1] = pack2(from_f32<bf16>(ds[2]), from_f32<bf16>(ds[3]));
+    }
+    KILN_UNROLL
+    for (int kk = 0; kk < 2; ++kk)
+      KILN_UNROLL
+      for (int dn = 0; dn < AV2_DMAX / 16; ++dn)
+        if (dn * 16 < dp) {
+          u32 r[4];
+          ldmatrix_x4(r, &Kt[dn * 16 + (lane / 16) * 8 + (lane % 8)][kk * 16 + ((lane / 8) % 2) * 8]);
+          const u32 b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+          mma_16816(dq[2 * dn], da[kk], b0, bf16());
+          mma_16816(dq[2 * dn + 1], da[kk], b1, bf16());
+        }
+  }
+  KILN_UNROLL
+  for (int r = 0; r < 2; ++r) {
+    const int iq = q0 + warp * 16 + g + 8 * r;
+    if (iq < p.t) {
+      const i64 row = attn_qrow(p, b, iq, h);
+      KILN_UNROLL
+      for (int dt = 0; dt < AV2_DMAX / 8; ++dt) {
+        const int c = dt * 8 + 2 * t4;
+        if (c < p.d) p.out0[row + c] = dq[dt][2 * r];
+        if (c + 1 < p.d) p.out0[row + c + 1] = dq[dt][2 * r + 1];
+      }
+    }
+  }
+}
+
+KILN_KERNEL_LB(attn_bwd_dkv_v2_mma, AttnParams, 64) {
+  __shared__ __align__(16) unsigned short Ks[AB_BK][AV2_LDQ];
+  __shared__ __align__(16) unsigned short Vs[AB_BK][AV2_LDQ];
+  __shared__ __align__(16) unsigned short Qs[AB_QT][AV2_LDQ];
+  __shared__ __align__(16) unsigned short dOs[AB_QT][AV2_LDQ];
+  __shared__ __align__(16) unsigned short Qt[AV2_DMAX][AB_LDQT];
+  __shared__ __align__(16) unsigned short dOt[AV2_DMAX][AB_LDQT];
+  __shared__ float lse_s[AB_QT], dlt_s[AB_QT];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
+  const int b = blockIdx.y / p.hkv, kvh = blockIdx.y % p.hkv, group = p.hq / p.hkv;
+  const int k0 = blockIdx.x * AB_BK;
+  const int dp = (p.d + 15) / 16 * 16, ksteps = dp / 16;
+  attn_stage<AB_BK, AV2_LDQ, AB_LDT>(Ks, nullptr, p.k, p, b, k0, p.tk, kvh, false, dp);
+  attn_stage<AB_BK, AV2_LDQ, AB_LDT>(Vs, nullptr, p.v, p, b, k0, p.tk, kvh, false, dp);
+  float dk[AV2_DMAX / 8][4] = {}, dv[AV2_DMAX / 8][4] = {};
+  // Causal: only queries at or after the tile's first key see it.
+  for (int hh = 0; hh < group; ++hh) {
+    const int h = kvh * group + hh;
+    for (int qs = k0 / AB_QT * AB_QT; qs < p.t; qs += AB_QT) {
+      __syncthreads();
+      attn_stage<AB_QT, AV2_LDQ, AB_LDQT>(Qs, Qt, p.q, p, b, qs, p.t, h, true, dp);
+      attn_stage<AB_QT, AV2_LDQ, AB_LDQT>(dOs, dOt, p.d_o, p, b, qs, p.t, h, true, dp);
+      for (int e = threadIdx.x; e < AB_QT; e += blockDim.x) {
+        const i64 row = (i64(b) * p.t + (qs + e < p.t ? qs + e : 0)) * p.hq + h;
+        lse_s[e] = p.lse[row];
+        dlt_s[e] = p.delta[row];
+      }
+      __syncthreads();
+      // Sᵀ, dPᵀ: this warp's 16 keys × 16 queries (two n-tiles).
+      float s[2][4] = {}, dpv[2][4] = {};
+      for (int ks = 0; ks < ksteps; ++ks) {
+        u32 ak[4], av[4], r[4], rd[4];
+        ldmatrix_x4(ak, &Ks[warp * 16 + (lane % 16)][ks * 16 + (lane / 16) * 8]);
+        ldmatrix_x4(av, &Vs[warp * 16 + (lane % 16)][ks * 16 + (lane / 16) * 8]);
+        ldmatrix_x4(r, &Qs[(lane / 16) * 8 + (lane % 8)][ks * 16 + ((lane / 8) % 2) * 8]);
+        ldmatrix_x4(rd, &dOs[(lane / 16) * 8 + (lane % 8)][ks * 16 + ((lane / 8) % 2) * 8]);
+        const u32 q0f[2] = {r[0], r[1]}, q1f[2] = {r[2], r[3]}, d0f[2] = {rd[0], rd[1]}, d1f[2] = {rd[2], rd[3]};
+        mma_16816(s[0], ak, q0f, bf16());
+        mma_16816(s[1], ak, q1f, bf16());
+        mma_16816(dpv[0], av, d0f, bf16());
+        mma_16816(dpv[1], av, d1f, bf16());
+      }
+      // Registers: rows = keys (g, g + 8 of the warp's 16), columns = queries 8nt + 2·t4 + {0, 1}.
+      u32 pa[4], sa[4];
+      KILN_UNROLL
+      for (int nt = 0; nt < 2; ++nt) {
+        float pr[4], ds[4];
+        KILN_UNROLL
+        for (int e = 0; e < 4; ++e) {
+          const int j = k0 + warp * 16 + g + 8 * (e >> 1), qc = nt * 8 + 2 * t4 + (e & 1), iq = qs + qc;
+          const bool ok = iq < p.t && j < p.tk && attn_visible(p, b, iq, j);
+          pr[e] = ok ? expf(s[nt][e] * p.scale - lse_s[qc]) : 0.f;
+          ds[e] = pr[e] * (dpv[nt][e] - dlt_s[qc]) * p.scale;
+        }
+        pa[nt * 2] = pack2(from_f32<bf16>(pr[0]), from_f32<bf16>(pr[1]));
+        pa[nt * 2 + 1] = pack2(from_f32<bf16>(pr[2]), from_f32<bf16>(pr[3]));
+        sa[nt * 2] = pack2(from_f32<bf16>(ds[0]), from_f32<bf16>(ds[1]));
+        sa[nt * 2 + 1] = pack2(from_f32<bf16>(ds[2]), from_f32<bf16>(ds[3]));
+      }
+      KILN_UNROLL
+      for (int dn = 0; dn < AV2_DMAX / 16; ++dn)
+        if (dn * 16 < dp) {
+          u32 r[4], rq[4];
+          ldmatrix_x4(r, &dOt[dn * 16 + (lane / 16) * 8 + (lane % 8)][((lane / 8) % 2) * 8]);
+          ldmatrix_x4(rq, &Qt[dn * 16 + (lane / 16) * 8 + (lane % 8)][((lane / 8) % 2) * 8]);
+          const u32 o0[2] = {r[0], r[1]}, o1[2] = {r[2], r[3]}, q0f[2] = {rq[0], rq[1]}, q1f[2] = {rq[2], rq[3]};
+          mma_16816(dv[2 * dn], pa, o0, bf16());
+          mma_16816(dv[2 * dn + 1], pa, o1, bf16());
+          mma_16816(dk[2 * dn], sa, q0f, bf16());
+          mma_16816(dk[2 * dn + 1], sa, q1f, bf16());
+        }
+    }
+  }
+  KILN_UNROLL
+  for (int r = 0; r < 2; ++r) {
+    const int j = k0 + warp * 16 + g + 8 * r;
+    if (j < p.tk) {
+      const i64 row = attn_krow(p, b, j, kvh);
+      KILN_UNROLL
+      for (int dt = 0; dt < AV2_DMAX / 8; ++dt) {
+        const int c = dt * 8 + 2 * t4;
+        if (c < p.d) {
+          p.out0[row + c] = dk[dt][2 * r];
+          p.out1[row + c] = dv[dt][2 * r];
+        }
+        if (c + 1 < p.d) {
+          p.out0[row + c + 1] = dk[dt][2 * r + 1];
+          p.out1[row + c + 1] = dv[dt][2 * r + 1];
+        }
+      }
+    }
+  }
+}

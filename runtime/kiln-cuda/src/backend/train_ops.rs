@@ -136,7 +136,7 @@ pub(super) fn swiglu(
     Ok((be.wrap(o0, g.dims().to_vec(), DType::F32), o1.map(|b| be.wrap(b, g.dims().to_vec(), DType::F32))))
 }
 
-/// Whether the forward runs on tensor cores (attention v2): the tensor-core GEMM variants are
+/// Whether attention runs on tensor cores (v2, forward and backward): the tensor-core GEMM variants are
 /// chosen (v3, v4: the default) and the head dim is at most 128; v1 and v2 keep f32 attention.
 pub(crate) fn attn_v2(d: i32) -> bool {
     use super::gemm::{Variant, variant};
@@ -215,10 +215,21 @@ impl AttentionOps for KernelBackend {
             self.exec.launch("attn_delta_f32", grid(rows, 4).with_block(128), bytemuck::bytes_of(&p))?;
             p.delta = delta.ptr;
             p.out0 = dq.ptr;
-            self.exec.launch("attn_bwd_dq_f32", grid(rows, 4).with_block(128), bytemuck::bytes_of(&p))?;
-            (p.out0, p.out1) = (dk.ptr, dv.ptr);
-            let krows = (p.b * p.tk * p.hkv) as usize;
-            self.exec.launch("attn_bwd_dkv_f32", grid(krows, 4).with_block(128), bytemuck::bytes_of(&p))?;
+            if attn_v2(p.d) {
+                // Tensor cores: 32 query rows (dq) or 32 keys (dk, dv) a CTA of two warps.
+                let cfg =
+                    Launch { grid: [(p.t as u32).div_ceil(32), (p.b * p.hq) as u32, 1], block: [64, 1, 1], smem: 0 };
+                self.exec.launch("attn_bwd_dq_v2_mma", cfg, bytemuck::bytes_of(&p))?;
+                (p.out0, p.out1) = (dk.ptr, dv.ptr);
+                let cfg =
+                    Launch { grid: [(p.tk as u32).div_ceil(32), (p.b * p.hkv) as u32, 1], block: [64, 1, 1], smem: 0 };
+                self.exec.launch("attn_bwd_dkv_v2_mma", cfg, bytemuck::bytes_of(&p))?;
+            } else {
+                self.exec.launch("attn_bwd_dq_f32", grid(rows, 4).with_block(128), bytemuck::bytes_of(&p))?;
+                (p.out0, p.out1) = (dk.ptr, dv.ptr);
+                let krows = (p.b * p.tk * p.hkv) as usize;
+                self.exec.launch("attn_bwd_dkv_f32", grid(krows, 4).with_block(128), bytemuck::bytes_of(&p))?;
+            }
         }
         Ok((
             self.wrap(dq, a.q.dims().to_vec(), DType::F32),
