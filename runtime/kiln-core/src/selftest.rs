@@ -282,6 +282,53 @@ pub fn cases(seed: u64) -> Vec<Case> {
             },
         });
     }
+    // A parameter group in one fused step (three tensors, one larger than a chunk), gradients
+    // scaled by a clipping factor, and the group's Σg².
+    {
+        let sizes = [5usize, 16_385 + 7, 300];
+        let mut inputs = Vec::new();
+        for &n in &sizes {
+            for _ in 0..4 {
+                inputs.push(randn(&mut r, &[n], DType::F32));
+            }
+        }
+        out.push(Case {
+            op: Op::AdamW,
+            name: "adamw_multi 3 tensors (clipped 0.7) + sum_squares_multi".into(),
+            dtype: DType::F32,
+            inputs,
+            run: |be, x| {
+                let f = |t: &Tensor| be.cast(t, DType::F32);
+                let mut st: Vec<[Tensor; 4]> = Vec::new();
+                for c in x.chunks(4) {
+                    // The second moment is never negative.
+                    let v = f(&c[3])?;
+                    st.push([f(&c[0])?, f(&c[1])?, f(&c[2])?, be.mul(&v, &v)?]);
+                }
+                let grads: Vec<&Tensor> = st.iter().map(|s| &s[1]).collect();
+                let ss = Tensor::from_vec(vec![be.sum_squares_multi(&grads)?], [1])?;
+                let hp = crate::backend::AdamWStep {
+                    lr: 0.01,
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    eps: 1e-8,
+                    weight_decay: 0.05,
+                    step: 2,
+                };
+                let mut items: Vec<crate::backend::AdamWItem<'_>> = st
+                    .iter_mut()
+                    .map(|[p, g, m, v]| crate::backend::AdamWItem { param: p, grad: &*g, m, v })
+                    .collect();
+                be.adamw_multi(&mut items, hp, 0.7)?;
+                drop(items);
+                let mut out = vec![ss];
+                for [p, _, m, v] in st {
+                    out.extend([p, m, v]);
+                }
+                Ok(out)
+            },
+        });
+    }
     for &n in &[1usize, 63, 65, 4099, 70_001] {
         let inputs = vec![randn(&mut r, &[n], DType::F32), randn(&mut r, &[n], DType::F32)];
         out.push(Case {

@@ -8,13 +8,14 @@ use bytemuck::{Pod, Zeroable};
 pub const COMMON: &str = include_str!("../../../kernels/common.cuh");
 
 /// `(file, source)` of every kernel file.
-pub const SOURCES: [(&str, &str); 7] = [
+pub const SOURCES: [(&str, &str); 8] = [
     ("attention.cu", include_str!("../../../kernels/attention.cu")),
     ("elementwise.cu", include_str!("../../../kernels/elementwise.cu")),
     ("embedding.cu", include_str!("../../../kernels/embedding.cu")),
     ("gemm.cu", include_str!("../../../kernels/gemm.cu")),
     ("loss.cu", include_str!("../../../kernels/loss.cu")),
     ("norm.cu", include_str!("../../../kernels/norm.cu")),
+    ("optim.cu", include_str!("../../../kernels/optim.cu")),
     ("quant.cu", include_str!("../../../kernels/quant.cu")),
 ];
 
@@ -193,6 +194,36 @@ pub struct AdamParams {
     pub step: f32,
     pub bc2s: f32,
     pub eps: f32,
+}
+
+/// `kernels/optim.cu` `MultiTensor`: one row of the tensor table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct MultiTensor {
+    pub g: u64,
+    pub p: u64,
+    pub m: u64,
+    pub v: u64,
+    pub n: i64,
+}
+
+/// `kernels/optim.cu` `MultiParams`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct MultiParams {
+    pub table: u64,
+    pub chunks: u64,
+    pub out: u64,
+    pub nchunks: i32,
+    pub chunk: i32,
+    pub b1: f32,
+    pub b2: f32,
+    pub decay: f32,
+    pub step: f32,
+    pub bc2s: f32,
+    pub eps: f32,
+    pub gscale: f32,
+    pub pad: i32,
 }
 
 /// `kernels/attention.cu` `AttnParams`.

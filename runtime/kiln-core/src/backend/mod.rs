@@ -403,4 +403,27 @@ pub trait Backend:
     fn compute_dtype(&self, _op: Op, dtype: DType) -> DType {
         dtype
     }
+    /// One AdamW update of a whole parameter group (one `hp`), every gradient first scaled by
+    /// `grad_scale` (gradient-norm clipping; 1: none). A GPU backend fuses it into one launch;
+    /// this default runs `scale` and `adamw_step` per tensor, with the same arithmetic.
+    fn adamw_multi(&self, items: &mut [AdamWItem<'_>], hp: AdamWStep, grad_scale: f64) -> Result<()> {
+        for it in items.iter_mut() {
+            let g = if grad_scale != 1.0 { self.scale(it.grad, grad_scale)? } else { it.grad.clone() };
+            self.adamw_step(it.param, &g, it.m, it.v, hp)?;
+        }
+        Ok(())
+    }
+    /// Σ x² over several tensors (the gradients' global norm): one launch and one read-back on a
+    /// GPU backend; this default sums each tensor's `sum_squares`.
+    fn sum_squares_multi(&self, ts: &[&Tensor]) -> Result<f64> {
+        ts.iter().map(|t| self.sum_squares(t)).sum()
+    }
+}
+
+/// One tensor of a fused optimizer step: the parameter and its moments, updated in place.
+pub struct AdamWItem<'a> {
+    pub param: &'a mut Tensor,
+    pub grad: &'a Tensor,
+    pub m: &'a mut Tensor,
+    pub v: &'a mut Tensor,
 }

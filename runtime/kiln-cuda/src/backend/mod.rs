@@ -211,4 +211,15 @@ impl Backend for KernelBackend {
             _ => dtype,
         }
     }
+    fn adamw_multi(
+        &self,
+        items: &mut [kiln_core::backend::AdamWItem<'_>],
+        hp: kiln_core::backend::AdamWStep,
+        grad_scale: f64,
+    ) -> Result<()> {
+        train_ops::adamw_multi(self, items, hp, grad_scale)
+    }
+    fn sum_squares_multi(&self, ts: &[&Tensor]) -> Result<f64> {
+        train_ops::sum_squares_multi(self, ts)
+    }
 }

@@ -1,13 +1,14 @@
 //! RMSNorm, RoPE, SwiGLU, attention, cross-entropy and AdamW on kernels/norm.cu,
 //! kernels/attention.cu and kernels/loss.cu.
 
-use kiln_core::backend::{AdamWStep, AttentionOps, AttnArgs, CeOut, LossOps, NormOps, OptimOps, RopeOps};
+use kiln_core::backend::{AdamWItem, AdamWStep, AttentionOps, AttnArgs, CeOut, LossOps, NormOps, OptimOps, RopeOps};
 use kiln_core::tensor::Storage;
 use kiln_core::{DType, Error, Result, Tensor};
 
 use super::{CudaBuf, Held, KernelBackend, want_f32};
 use crate::exec::Launch;
-use crate::kernels::{AdamParams, AttnParams, CeParams, GluParams, NormParams, RopeParams};
+use crate::exec::DevBuf;
+use crate::kernels::{AdamParams, AttnParams, CeParams, GluParams, MultiParams, MultiTensor, NormParams, RopeParams};
 
 /// Enough blocks of `threads` for `n` items of a grid-stride kernel.
 fn grid(n: usize, threads: u32) -> Launch {
@@ -370,4 +371,96 @@ impl OptimOps for KernelBackend {
         }
         Ok(())
     }
+}
+
+/// Elements per chunk of the multi-tensor kernels (kernels/optim.cu): a block's share at a time.
+const CHUNK: usize = 16384;
+
+/// Uploads the tensor table and chunk list of a multi-tensor launch; returns them (kept alive
+/// until the launch) and the chunk count.
+fn multi_table(be: &KernelBackend, rows: &[MultiTensor]) -> Result<(DevBuf, DevBuf, usize)> {
+    let mut chunks: Vec<i32> = Vec::new();
+    for (t, r) in rows.iter().enumerate() {
+        for c in 0..(r.n as usize).div_ceil(CHUNK) {
+            chunks.extend([t as i32, c as i32]);
+        }
+    }
+    let n = chunks.len() / 2;
+    let table = be.exec.upload(bytemuck::cast_slice(rows))?;
+    let list = be.exec.upload(bytemuck::cast_slice(&chunks))?;
+    Ok((table, list, n))
+}
+
+fn multi_launch(nchunks: usize) -> Launch {
+    Launch { grid: [nchunks.clamp(1, 4096) as u32, 1, 1], block: [256, 1, 1], smem: 0 }
+}
+
+/// AdamW over a parameter group in one launch (`kernels/optim.cu` `adamw_multi_f32`).
+pub(super) fn adamw_multi(be: &KernelBackend, items: &mut [AdamWItem<'_>], hp: AdamWStep, grad_scale: f64) -> Result<()> {
+    // Parameters and moments become buffers of their own first (as adamw_step does).
+    for it in items.iter_mut() {
+        let n = it.param.numel();
+        if it.grad.numel() != n || it.m.numel() != n || it.v.numel() != n {
+            return Err(Error::shape("adamw", format!("param {:?}, grad {:?}", it.param.shape(), it.grad.shape())));
+        }
+        for t in [&*it.param, it.grad, &*it.m, &*it.v] {
+            want_f32("adamw", t)?;
+        }
+        for t in [&mut *it.param, &mut *it.m, &mut *it.v] {
+            let own = matches!(t.storage(), Storage::Device(d) if d.as_any().downcast_ref::<CudaBuf>().is_some())
+                && t.offset() == 0;
+            if !own {
+                *t = kiln_core::backend::MemoryOps::upload(be, &t.to_cpu()?)?;
+            }
+        }
+    }
+    let mut held = Vec::with_capacity(items.len());
+    for it in items.iter() {
+        held.push((be.held(it.grad)?, be.held(it.param)?, be.held(it.m)?, be.held(it.v)?, it.param.numel()));
+    }
+    let rows: Vec<MultiTensor> = held
+        .iter()
+        .filter(|h| h.4 > 0)
+        .map(|(g, p, m, v, n)| MultiTensor { g: g.ptr(), p: p.ptr(), m: m.ptr(), v: v.ptr(), n: *n as i64 })
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let (table, list, nchunks) = multi_table(be, &rows)?;
+    let f = hp.factors();
+    let p = MultiParams {
+        table: table.ptr,
+        chunks: list.ptr,
+        nchunks: nchunks as i32,
+        chunk: CHUNK as i32,
+        b1: hp.beta1 as f32,
+        b2: hp.beta2 as f32,
+        decay: f.decay,
+        step: f.step,
+        bc2s: f.bc2s,
+        eps: hp.eps as f32,
+        gscale: grad_scale as f32,
+        ..Default::default()
+    };
+    be.exec.launch("adamw_multi_f32", multi_launch(nchunks), bytemuck::bytes_of(&p))
+}
+
+/// Σ x² over several f32 tensors: one launch, one read-back of a partial per chunk.
+pub(super) fn sum_squares_multi(be: &KernelBackend, ts: &[&Tensor]) -> Result<f64> {
+    let mut held = Vec::with_capacity(ts.len());
+    for t in ts {
+        want_f32("sum_squares", t)?;
+        held.push((be.held(t)?, t.numel()));
+    }
+    let rows: Vec<MultiTensor> =
+        held.iter().filter(|h| h.1 > 0).map(|(h, n)| MultiTensor { g: h.ptr(), n: *n as i64, ..Default::default() }).collect();
+    if rows.is_empty() {
+        return Ok(0.0);
+    }
+    let (table, list, nchunks) = multi_table(be, &rows)?;
+    let out = be.exec.alloc(nchunks * 8)?;
+    let p = MultiParams { table: table.ptr, chunks: list.ptr, out: out.ptr, nchunks: nchunks as i32, chunk: CHUNK as i32, ..Default::default() };
+    be.exec.launch("sum_squares_multi_f32", multi_launch(nchunks), bytemuck::bytes_of(&p))?;
+    let bytes = be.exec.download(&out, 0, nchunks * 8)?;
+    Ok(bytemuck::pod_collect_to_vec::<u8, f64>(&bytes).iter().sum())
 }

@@ -93,13 +93,17 @@ impl AdamW {
         self.step
     }
 
-    /// Global L2 norm of the gradients of `params`.
+    /// Global L2 norm of the gradients of `params`: one fused sum per backend holding them.
     pub fn grad_norm(params: &[&mut Var], grads: &Grads) -> Result<f64> {
+        let gs: Vec<&kiln_core::Tensor> = params.iter().filter_map(|p| grads.get(p)).collect();
         let mut s = 0.0;
-        for p in params {
-            if let Some(g) = grads.get(p) {
-                s += g.backend().sum_squares(g)?;
-            }
+        let mut names: Vec<&str> = gs.iter().map(|g| g.backend().name()).collect();
+        names.dedup();
+        names.sort_unstable();
+        names.dedup();
+        for name in names {
+            let group: Vec<&kiln_core::Tensor> = gs.iter().copied().filter(|g| g.backend().name() == name).collect();
+            s += group[0].backend().sum_squares_multi(&group)?;
         }
         Ok(s.sqrt())
     }
@@ -116,7 +120,7 @@ impl AdamW {
     /// checked it), so it is not summed twice.
     pub fn step_with_norm(
         &mut self,
-        mut params: Vec<&mut Var>,
+        params: Vec<&mut Var>,
         grads: &Grads,
         clip: Option<f64>,
         norm: f64,
@@ -126,20 +130,18 @@ impl AdamW {
             _ => 1.0,
         };
         self.step += 1;
-        for p in params.iter_mut() {
-            let decay = if self.no_decay.contains(&p.id()) { 0.0 } else { self.weight_decay };
-            let hp = AdamWStep {
-                lr: self.lr,
-                beta1: self.beta1,
-                beta2: self.beta2,
-                eps: self.eps,
-                weight_decay: decay,
-                step: self.step,
-            };
-            let Some(g) = grads.get(p) else { continue };
-            let g = if factor != 1.0 { g.backend().scale(g, factor)? } else { g.clone() };
+        let hp = |decay: f64| AdamWStep {
+            lr: self.lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: decay,
+            step: self.step,
+        };
+        // The moments of `p` as f32 tensors on its backend (zeros at its first step).
+        let mut take = |p: &Var| -> Result<(Tensor, Tensor)> {
             let be = p.value().backend();
-            let (mut m, mut v) = match self.state.remove(&p.id()) {
+            Ok(match self.state.remove(&p.id()) {
                 Some(Moments::F32(m, v)) => (m, v),
                 Some(Moments::Q8(m, v)) => {
                     let m = be.upload(&m.dequantize()?)?;
@@ -150,15 +152,46 @@ impl AdamW {
                     be.zeros(p.value().shape(), kiln_core::DType::F32)?,
                     be.zeros(p.value().shape(), kiln_core::DType::F32)?,
                 ),
-            };
-            let id = p.id();
-            be.adamw_step(p.value_mut(), &g, &mut m, &mut v, hp)?;
-            let st = if self.eight_bit {
-                Moments::Q8(Q8::quantize(&m, true)?, Q8::quantize(&v, false)?)
-            } else {
-                Moments::F32(m, v)
-            };
-            self.state.insert(id, st);
+            })
+        };
+        let mut work: Vec<(&mut Var, Tensor, Tensor, Tensor)> = Vec::new();
+        let mut stepped8 = Vec::new();
+        for p in params {
+            let Some(g) = grads.get(p) else { continue };
+            let (mut m, mut v) = take(p)?;
+            if !self.eight_bit {
+                work.push((p, g.clone(), m, v));
+                continue;
+            }
+            // 8-bit moments: a tensor at a time, so only one parameter's f32 moments exist.
+            let be = p.value().backend();
+            let g = if factor != 1.0 { be.scale(g, factor)? } else { g.clone() };
+            let decay = if self.no_decay.contains(&p.id()) { 0.0 } else { self.weight_decay };
+            be.adamw_step(p.value_mut(), &g, &mut m, &mut v, hp(decay))?;
+            stepped8.push((p.id(), Moments::Q8(Q8::quantize(&m, true)?, Q8::quantize(&v, false)?)));
+        }
+        self.state.extend(stepped8);
+        // f32 moments: one fused step per (backend, weight decay) group, the clipping factor
+        // applied to the gradients inside it.
+        let kinds: Vec<(&'static str, bool)> =
+            work.iter().map(|(p, ..)| (p.value().backend().name(), !self.no_decay.contains(&p.id()))).collect();
+        let mut keys = kinds.clone();
+        keys.dedup();
+        for (n, key) in keys.iter().enumerate() {
+            if keys[..n].contains(key) {
+                continue;
+            }
+            let mut items: Vec<kiln_core::backend::AdamWItem<'_>> = work
+                .iter_mut()
+                .zip(&kinds)
+                .filter(|(_, k)| *k == key)
+                .map(|((p, g, m, v), _)| kiln_core::backend::AdamWItem { param: p.value_mut(), grad: &*g, m, v })
+                .collect();
+            let be = items[0].param.backend();
+            be.adamw_multi(&mut items, hp(if key.1 { self.weight_decay } else { 0.0 }), factor)?;
+        }
+        for (p, _, m, v) in work {
+            self.state.insert(p.id(), Moments::F32(m, v));
         }
         Ok(())
     }
