@@ -26,6 +26,16 @@ fn lora_on_cuda_kernels_matches_the_cpu() {
     assert!(d.join("cuda/adapter/adapter_model.safetensors").is_file());
     // Decoding with the trained adapter: each step's linear layers are the GEMV kernels.
     common::same_generation(&model, &d.join("cuda/adapter"), "cuda-emu", 2e-2);
+    // Gradient checkpointing (each block recomputed in backward) and 8-bit optimizer state, with
+    // gradient-norm clipping: the fused multi-tensor AdamW takes the clipping factor.
+    let args = ["--max-steps", "8", "--gradient-checkpointing", "true", "--max-grad-norm", "0.5"];
+    let cpu = common::train_losses(&model, &data, &d.join("ckpt-cpu"), "cpu", &args);
+    let gpu = common::train_losses(&model, &data, &d.join("ckpt-cuda"), "cuda-emu", &args);
+    common::same_losses("lora, checkpointed, clipped", "cuda-emu", &cpu, &gpu);
+    let args = ["--max-steps", "8", "--optim", "adamw8bit"];
+    let cpu = common::train_losses(&model, &data, &d.join("q8-cpu"), "cpu", &args);
+    let gpu = common::train_losses(&model, &data, &d.join("q8-cuda"), "cuda-emu", &args);
+    common::same_losses("lora, 8-bit AdamW", "cuda-emu", &cpu, &gpu);
     // QLoRA: the base's linear weights quantized (NF4, and the default model's Q4_1), kept in
     // their blocks on the device and decoded inside the GEMM.
     for q in ["nf4", "q4_1"] {
