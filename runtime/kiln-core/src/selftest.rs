@@ -315,10 +315,8 @@ pub fn cases(seed: u64) -> Vec<Case> {
                     weight_decay: 0.05,
                     step: 2,
                 };
-                let mut items: Vec<crate::backend::AdamWItem<'_>> = st
-                    .iter_mut()
-                    .map(|[p, g, m, v]| crate::backend::AdamWItem { param: p, grad: &*g, m, v })
-                    .collect();
+                let mut items: Vec<crate::backend::AdamWItem<'_>> =
+                    st.iter_mut().map(|[p, g, m, v]| crate::backend::AdamWItem { param: p, grad: &*g, m, v }).collect();
                 be.adamw_multi(&mut items, hp, 0.7)?;
                 drop(items);
                 let mut out = vec![ss];

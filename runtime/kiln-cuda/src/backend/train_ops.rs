@@ -6,8 +6,8 @@ use kiln_core::tensor::Storage;
 use kiln_core::{DType, Error, Result, Tensor};
 
 use super::{CudaBuf, Held, KernelBackend, want_f32};
-use crate::exec::Launch;
 use crate::exec::DevBuf;
+use crate::exec::Launch;
 use crate::kernels::{AdamParams, AttnParams, CeParams, GluParams, MultiParams, MultiTensor, NormParams, RopeParams};
 
 /// Enough blocks of `threads` for `n` items of a grid-stride kernel.
@@ -396,7 +396,12 @@ fn multi_launch(nchunks: usize) -> Launch {
 }
 
 /// AdamW over a parameter group in one launch (`kernels/optim.cu` `adamw_multi_f32`).
-pub(super) fn adamw_multi(be: &KernelBackend, items: &mut [AdamWItem<'_>], hp: AdamWStep, grad_scale: f64) -> Result<()> {
+pub(super) fn adamw_multi(
+    be: &KernelBackend,
+    items: &mut [AdamWItem<'_>],
+    hp: AdamWStep,
+    grad_scale: f64,
+) -> Result<()> {
     // Parameters and moments become buffers of their own first (as adamw_step does).
     for it in items.iter_mut() {
         let n = it.param.numel();
@@ -452,14 +457,24 @@ pub(super) fn sum_squares_multi(be: &KernelBackend, ts: &[&Tensor]) -> Result<f6
         want_f32("sum_squares", t)?;
         held.push((be.held(t)?, t.numel()));
     }
-    let rows: Vec<MultiTensor> =
-        held.iter().filter(|h| h.1 > 0).map(|(h, n)| MultiTensor { g: h.ptr(), n: *n as i64, ..Default::default() }).collect();
+    let rows: Vec<MultiTensor> = held
+        .iter()
+        .filter(|h| h.1 > 0)
+        .map(|(h, n)| MultiTensor { g: h.ptr(), n: *n as i64, ..Default::default() })
+        .collect();
     if rows.is_empty() {
         return Ok(0.0);
     }
     let (table, list, nchunks) = multi_table(be, &rows)?;
     let out = be.exec.alloc(nchunks * 8)?;
-    let p = MultiParams { table: table.ptr, chunks: list.ptr, out: out.ptr, nchunks: nchunks as i32, chunk: CHUNK as i32, ..Default::default() };
+    let p = MultiParams {
+        table: table.ptr,
+        chunks: list.ptr,
+        out: out.ptr,
+        nchunks: nchunks as i32,
+        chunk: CHUNK as i32,
+        ..Default::default()
+    };
     be.exec.launch("sum_squares_multi_f32", multi_launch(nchunks), bytemuck::bytes_of(&p))?;
     let bytes = be.exec.download(&out, 0, nchunks * 8)?;
     Ok(bytemuck::pod_collect_to_vec::<u8, f64>(&bytes).iter().sum())

@@ -118,13 +118,7 @@ impl AdamW {
 
     /// [`AdamW::step`] with the gradients' global norm already computed (by a caller that
     /// checked it), so it is not summed twice.
-    pub fn step_with_norm(
-        &mut self,
-        params: Vec<&mut Var>,
-        grads: &Grads,
-        clip: Option<f64>,
-        norm: f64,
-    ) -> Result<()> {
+    pub fn step_with_norm(&mut self, params: Vec<&mut Var>, grads: &Grads, clip: Option<f64>, norm: f64) -> Result<()> {
         let factor = match clip {
             Some(c) if norm > c && norm.is_finite() => c / norm,
             _ => 1.0,
