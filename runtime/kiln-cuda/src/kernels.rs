@@ -58,6 +58,11 @@ pub struct EmbParams {
     pub rows: i64,
     pub h: i32,
     pub vocab: i32,
+    /// `embedding_fwd_q`: the table's block type, values and bytes per block.
+    pub qtype: i32,
+    pub qblock: i32,
+    pub qbytes: i32,
+    pub pad: i32,
 }
 
 /// `kernels/gemm.cu` `GemmParams`.

@@ -140,7 +140,18 @@ impl EmbeddingOps for KernelBackend {
         if wd.len() != 2 || ids.dtype() != DType::I32 {
             return Err(Error::shape("embedding", format!("w {wd:?}, ids {}", ids.dtype().name())));
         }
-        let ty = type_name(w.dtype()).ok_or_else(|| Error::Msg(format!("embedding: {} table", w.dtype().name())))?;
+        // A block-quantized table is decoded where it is read.
+        let q = match w.dtype() {
+            DType::Quant(q) => Some(
+                crate::kernels::quant_kernel_id(q)
+                    .ok_or_else(|| Error::Msg(format!("embedding: no CUDA kernel for {} tables", q.name())))?,
+            ),
+            _ => None,
+        };
+        let ty = match q {
+            Some(_) => "q",
+            None => type_name(w.dtype()).ok_or_else(|| Error::Msg(format!("embedding: {} table", w.dtype().name())))?,
+        };
         let (rows, h) = (ids.numel(), wd[1]);
         let (hw, hi) = (self.held(w)?, self.held(ids)?);
         let out = self.alloc(rows * h, DType::F32)?;
@@ -153,6 +164,10 @@ impl EmbeddingOps for KernelBackend {
             rows: rows as i64,
             h: h as i32,
             vocab: wd[0] as i32,
+            qtype: q.map_or(0, |q| q.0),
+            qblock: q.map_or(0, |q| q.1),
+            qbytes: q.map_or(0, |q| q.2),
+            pad: 0,
         };
         if rows > 0 {
             let kernel = format!("embedding_fwd_{}", if ty == "float" { "f32" } else { ty });
@@ -181,6 +196,7 @@ impl EmbeddingOps for KernelBackend {
             rows: rows as i64,
             h: h as i32,
             vocab: vocab as i32,
+            ..bytemuck::Zeroable::zeroed()
         };
         if rows > 0 {
             self.exec.launch("embedding_bwd_f32", Launch::linear(rows, 128), bytemuck::bytes_of(&p))?;

@@ -193,7 +193,9 @@ impl Backend for KernelBackend {
     }
     fn supports(&self, op: Op, dtype: DType) -> Support {
         match (op, dtype) {
-            (Op::LoraLinear | Op::Cast, DType::Quant(q)) if crate::kernels::quant_kernel_id(q).is_some() => {
+            (Op::LoraLinear | Op::Cast | Op::Embedding, DType::Quant(q))
+                if crate::kernels::quant_kernel_id(q).is_some() =>
+            {
                 Support::Yes
             }
             (_, DType::Quant(q)) => Support::No(format!("no CUDA kernel for {} weights", q.name())),
