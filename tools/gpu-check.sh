@@ -14,7 +14,10 @@
 # cuBLAS, GB/s against a measured copy), GEMM benches (kiln's wgpu GEMM at the models' shapes, the CPU beside it, and torch's
 # bf16/f32 matmul — cuBLAS — on the same card when PyTorch is there), a LoRA training-step bench
 # on a SmolLM2-shaped random model (written by tools/make_smollm2_shaped.py when transformers is
-# there), and, without --quick, a DPO step bench.
+# there), and, without --quick, the largest sequence a LoRA step fits in 8 GiB for kiln and for
+# transformers + PEFT (tools/max_seq.py) and a DPO step bench. Also: `kiln bench ops` (attention
+# TFLOP/s beside torch's SDPA, dequant/norm/CE GB/s) on cuda and wgpu, wgpu's f16 GEMMs, and
+# decoding with a trained adapter on cuda and wgpu against the CPU's tokens.
 #
 # CUDA kernels come as PTX compiled ahead here (`kiln kernels build --out gpu-carry/ptx`): the
 # GPU machine needs only the driver (a CUDA 13 driver loads CUDA 12.9 PTX). Where gpu-carry/ptx
@@ -252,6 +255,10 @@ EOF
   section train-wgpu-f16 300 "$bin" bench train --backend wgpu --precision f16 --model "$model" --batch-size 4 \
     --seq-len $seq --steps 3 --json
   section train-cpu 300 "$bin" bench train --backend cpu --model "$model" --batch-size 4 --seq-len $seq --steps 2 --json
+fi
+if [[ $quick == 0 && -f $model/config.json ]] && python3 -c "import torch, peft; assert torch.cuda.is_available()" 2>/dev/null; then
+  # The largest sequence a LoRA step fits in 8 GiB, kiln (CUDA) against transformers + PEFT.
+  section max-seq 540 python3 tools/max_seq.py "$bin" "$model" --budget-gib 8
 fi
 if [[ $quick == 0 && -f $model/config.json ]]; then
   section dpo-wgpu 300 "$bin" train --backend wgpu --method dpo --model "$model" --data data/demo_prefs.jsonl \
