@@ -25,20 +25,28 @@ pub enum Variant {
     V4,
 }
 
-static VARIANT: AtomicU8 = AtomicU8::new(3);
+/// 0: not chosen yet (then `KILN_CUDA_GEMM`, else v3); else the variant's number.
+static VARIANT: AtomicU8 = AtomicU8::new(0);
 
 /// Chooses the GEMM variant for the whole process (tests and benchmarks).
 pub fn set_variant(v: Variant) {
     VARIANT.store(v as u8 + 1, Ordering::Relaxed);
 }
 
-/// The GEMM variant in use.
+/// The GEMM variant in use: set by [`set_variant`], else `KILN_CUDA_GEMM=v1|v2|v3|v4` (v1/v2
+/// also keep attention in f32: the tensor-core attention goes with v3/v4), else v3.
 pub fn variant() -> Variant {
     match VARIANT.load(Ordering::Relaxed) {
         1 => Variant::V1,
         2 => Variant::V2,
+        3 => Variant::V3,
         4 => Variant::V4,
-        _ => Variant::V3,
+        _ => match std::env::var("KILN_CUDA_GEMM").as_deref() {
+            Ok("v1") => Variant::V1,
+            Ok("v2") => Variant::V2,
+            Ok("v4") => Variant::V4,
+            _ => Variant::V3,
+        },
     }
 }
 
