@@ -70,3 +70,57 @@ KILN_KERNEL_LB(sum_squares_multi_f32, MultiParams, 256) {
     __syncthreads();
   }
 }
+
+// ---- 8-bit AdamW: the moments stay on the device in kiln's block-wise 8-bit format ----
+// (runtime/kiln/src/train/optim8.rs, one f32 scale per 256 values): a block of 256 threads per
+// 256-value block dequantizes m and v, floors v at m²/64, runs the AdamW update, finds the
+// block's new maxima and requantizes — the host path's arithmetic, value for value.
+// Mirrored by `Adam8Params` in runtime/kiln-cuda/src/kernels.rs.
+struct Adam8Params {
+  const float* g;
+  float* p;
+  unsigned char* mc;  // first moment: signed codes
+  float* ms;
+  unsigned char* vc;  // second moment: codes of √v
+  float* vs;
+  i64 n;
+  float b1, b2;
+  float decay, step, bc2s, eps;
+  float gscale;
+  int pad;
+};
+
+KILN_KERNEL_LB(adamw8_f32, Adam8Params, 256) {
+  __shared__ float red[32];
+  const i64 blk = blockIdx.x, i = blk * 256 + threadIdx.x;
+  const bool in = i < p.n;
+  float mm = 0.f, vv = 0.f;
+  if (in) {
+    const float am = p.ms[blk], av = p.vs[blk];
+    const float qm = float((signed char)p.mc[i]) / 127.0f;
+    const float m0 = (qm < 0.f ? -1.f : 1.f) * qm * qm * am;
+    const float qv = float(p.vc[i]) / 255.0f;
+    const float s0 = qv * qv * av;
+    const float v0 = fmaxf(s0 * s0, m0 * m0 / 64.0f);
+    const float g = p.gscale == 1.0f ? p.g[i] : p.g[i] * p.gscale;
+    float x = p.p[i] * p.decay;
+    mm = p.b1 * m0 + (1.0f - p.b1) * g;
+    vv = p.b2 * v0 + (1.0f - p.b2) * g * g;
+    x -= p.step * mm / (sqrtf(vv) / p.bc2s + p.eps);
+    p.p[i] = x;
+  }
+  const float sv = sqrtf(fmaxf(vv, 0.f));
+  const float am = block_max(in ? fabsf(mm) : 0.f, red);
+  const float av = block_max(in ? sv : 0.f, red);
+  if (in) {
+    const float im = am > 0.f ? 1.0f / am : 0.f, iv = av > 0.f ? 1.0f / av : 0.f;
+    const float cm = fminf(roundf(sqrtf(fabsf(mm) * im) * 127.0f), 127.0f);
+    const int q = int(cm);
+    p.mc[i] = (unsigned char)(signed char)(mm < 0.f ? -q : q);
+    p.vc[i] = (unsigned char)int(fminf(roundf(sqrtf(sv * iv) * 255.0f), 255.0f));
+  }
+  if (threadIdx.x == 0) {
+    p.ms[blk] = am;
+    p.vs[blk] = av;
+  }
+}

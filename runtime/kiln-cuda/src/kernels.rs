@@ -231,6 +231,27 @@ pub struct MultiParams {
     pub pad: i32,
 }
 
+/// `kernels/optim.cu` `Adam8Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Adam8Params {
+    pub g: u64,
+    pub p: u64,
+    pub mc: u64,
+    pub ms: u64,
+    pub vc: u64,
+    pub vs: u64,
+    pub n: i64,
+    pub b1: f32,
+    pub b2: f32,
+    pub decay: f32,
+    pub step: f32,
+    pub bc2s: f32,
+    pub eps: f32,
+    pub gscale: f32,
+    pub pad: i32,
+}
+
 /// `kernels/attention.cu` `AttnParams`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]

@@ -50,6 +50,7 @@ fn parity_table_under_every_gemm_variant() {
         }
     }
     set_variant(Variant::V3);
+    eight_bit_adamw_from_zero_state_is_adamw(be);
     // Every production kernel ran (a variant that silently fell back to another would not).
     let ran = be.exec.launched();
     let mut missing = Vec::new();
@@ -351,5 +352,44 @@ fn attention_v2_on_tensor_cores_matches_v1_to_bf16_precision() {
             assert!(e2[i] > 1e-6, "v2 {} must round to bf16 (got {:e}: did v1 run?)", names[i], e2[i]);
             assert!(e2[i] < 2e-2, "v2 {} beyond bf16 precision: {:e}", names[i], e2[i]);
         }
+    }
+}
+
+/// The 8-bit AdamW kernel from a zero state (codes and scales 0: moments exactly 0) updates the
+/// parameter exactly as the f32 AdamW of the CPU does, and leaves each block's new maxima as its
+/// scales. (Its bit-exactness with the host's 8-bit path over several steps is
+/// tests/cuda_train.rs `eight_bit_adamw_on_the_device_matches_the_host_path`.)
+fn eight_bit_adamw_from_zero_state_is_adamw(be: &'static kiln_cuda::backend::KernelBackend) {
+    use kiln_core::backend::{Adam8State, AdamWStep, MemoryOps, OptimOps};
+    use kiln_core::{Backend, CpuBackend, DType, Tensor};
+    let n = 600;
+    let mut rng = kiln_core::rng::Rng::new(4);
+    let mut randn = |n: usize| Tensor::from_vec((0..n).map(|_| rng.normal() as f32).collect::<Vec<_>>(), [n]).unwrap();
+    let (p0, g) = (randn(n), randn(n));
+    let hp = AdamWStep { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1, step: 1 };
+    let zeros = |k: usize, d: DType| be.zeros(&kiln_core::Shape::from(vec![k]), d).unwrap();
+    let mut st = Adam8State {
+        m_codes: zeros(n.div_ceil(4), DType::I32),
+        m_scales: zeros(n.div_ceil(256), DType::F32),
+        v_codes: zeros(n.div_ceil(4), DType::I32),
+        v_scales: zeros(n.div_ceil(256), DType::F32),
+        n,
+    };
+    let mut p = be.upload(&p0).unwrap();
+    be.adamw8_step(&mut p, &be.upload(&g).unwrap(), &mut st, hp, 1.0).unwrap();
+    let cpu = CpuBackend;
+    let (mut pc, mut m, mut v) =
+        (p0.clone(), Tensor::from_vec(vec![0f32; n], [n]).unwrap(), Tensor::from_vec(vec![0f32; n], [n]).unwrap());
+    cpu.adamw_step(&mut pc, &g, &mut m, &mut v, hp).unwrap();
+    let (got, want) = (p.to_vec_f32().unwrap(), pc.to_vec_f32().unwrap());
+    assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "8-bit AdamW from zero state ≠ AdamW");
+    let (mv, vv) = (m.to_vec_f32().unwrap(), v.to_vec_f32().unwrap());
+    let ms = st.m_scales.to_vec_f32().unwrap();
+    let vs = st.v_scales.to_vec_f32().unwrap();
+    for b in 0..n.div_ceil(256) {
+        let r = b * 256..((b + 1) * 256).min(n);
+        let am = mv[r.clone()].iter().fold(0f32, |a, x| a.max(x.abs()));
+        let av = vv[r].iter().fold(0f32, |a, x| a.max(x.max(0.0).sqrt()));
+        assert_eq!((ms[b].to_bits(), vs[b].to_bits()), (am.to_bits(), av.to_bits()), "block {b} scales");
     }
 }

@@ -418,6 +418,36 @@ pub trait Backend:
     fn sum_squares_multi(&self, ts: &[&Tensor]) -> Result<f64> {
         ts.iter().map(|t| self.sum_squares(t)).sum()
     }
+    /// Whether [`Backend::adamw8_step`] runs here (else the trainer keeps 8-bit moments on the
+    /// host and steps them through f32 a tensor at a time).
+    fn has_adamw8(&self) -> bool {
+        false
+    }
+    /// One AdamW update with the moments in block-wise 8 bits on this backend's device
+    /// (`Adam8State`), gradients scaled by `grad_scale` first: dequantize, update, requantize
+    /// in one kernel, the host path's arithmetic.
+    fn adamw8_step(
+        &self,
+        _param: &mut Tensor,
+        _grad: &Tensor,
+        _state: &mut Adam8State,
+        _hp: AdamWStep,
+        _grad_scale: f64,
+    ) -> Result<()> {
+        Err(crate::Error::Msg(format!("{}: no 8-bit AdamW kernel", self.name())))
+    }
+}
+
+/// Block-wise 8-bit AdamW moments on a device (kiln's format: 256 values per f32 scale; first
+/// moment signed codes of √(|m|/a), second moment codes of √(√v/a)). Codes are bytes, four to
+/// an element of an i32 tensor.
+pub struct Adam8State {
+    pub m_codes: Tensor,
+    pub m_scales: Tensor,
+    pub v_codes: Tensor,
+    pub v_scales: Tensor,
+    /// Values per moment.
+    pub n: usize,
 }
 
 /// One tensor of a fused optimizer step: the parameter and its moments, updated in place.

@@ -224,4 +224,17 @@ impl Backend for KernelBackend {
     fn sum_squares_multi(&self, ts: &[&Tensor]) -> Result<f64> {
         train_ops::sum_squares_multi(self, ts)
     }
+    fn has_adamw8(&self) -> bool {
+        true
+    }
+    fn adamw8_step(
+        &self,
+        param: &mut Tensor,
+        grad: &Tensor,
+        state: &mut kiln_core::backend::Adam8State,
+        hp: kiln_core::backend::AdamWStep,
+        grad_scale: f64,
+    ) -> Result<()> {
+        train_ops::adamw8_step(self, param, grad, state, hp, grad_scale)
+    }
 }

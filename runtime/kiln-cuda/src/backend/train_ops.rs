@@ -1,14 +1,18 @@
 //! RMSNorm, RoPE, SwiGLU, attention, cross-entropy and AdamW on kernels/norm.cu,
 //! kernels/attention.cu and kernels/loss.cu.
 
-use kiln_core::backend::{AdamWItem, AdamWStep, AttentionOps, AttnArgs, CeOut, LossOps, NormOps, OptimOps, RopeOps};
+use kiln_core::backend::{
+    Adam8State, AdamWItem, AdamWStep, AttentionOps, AttnArgs, CeOut, LossOps, NormOps, OptimOps, RopeOps,
+};
 use kiln_core::tensor::Storage;
 use kiln_core::{DType, Error, Result, Tensor};
 
 use super::{CudaBuf, Held, KernelBackend, want_f32};
 use crate::exec::DevBuf;
 use crate::exec::Launch;
-use crate::kernels::{AdamParams, AttnParams, CeParams, GluParams, MultiParams, MultiTensor, NormParams, RopeParams};
+use crate::kernels::{
+    Adam8Params, AdamParams, AttnParams, CeParams, GluParams, MultiParams, MultiTensor, NormParams, RopeParams,
+};
 
 /// Enough blocks of `threads` for `n` items of a grid-stride kernel.
 fn grid(n: usize, threads: u32) -> Launch {
@@ -478,4 +482,62 @@ pub(super) fn sum_squares_multi(be: &KernelBackend, ts: &[&Tensor]) -> Result<f6
     be.exec.launch("sum_squares_multi_f32", multi_launch(nchunks), bytemuck::bytes_of(&p))?;
     let bytes = be.exec.download(&out, 0, nchunks * 8)?;
     Ok(bytemuck::pod_collect_to_vec::<u8, f64>(&bytes).iter().sum())
+}
+
+/// Makes `t` a device buffer of its own (state kept in place across steps).
+fn own(be: &KernelBackend, t: &mut Tensor) -> Result<()> {
+    let own =
+        matches!(t.storage(), Storage::Device(d) if d.as_any().downcast_ref::<CudaBuf>().is_some()) && t.offset() == 0;
+    if !own {
+        *t = kiln_core::backend::MemoryOps::upload(be, &t.to_cpu()?)?;
+    }
+    Ok(())
+}
+
+/// AdamW with the moments in kiln's block-wise 8-bit format on the device
+/// (`kernels/optim.cu` `adamw8_f32`: a block of 256 threads per 256-value block).
+pub(super) fn adamw8_step(
+    be: &KernelBackend,
+    param: &mut Tensor,
+    grad: &Tensor,
+    st: &mut Adam8State,
+    hp: AdamWStep,
+    grad_scale: f64,
+) -> Result<()> {
+    let n = param.numel();
+    let blocks = n.div_ceil(256);
+    if grad.numel() != n || st.n != n || st.m_codes.numel() != n.div_ceil(4) || st.m_scales.numel() != blocks {
+        return Err(Error::shape("adamw8", format!("param {:?}, state of {} values", param.shape(), st.n)));
+    }
+    want_f32("adamw8", param)?;
+    want_f32("adamw8", grad)?;
+    for t in [&mut *param, &mut st.m_codes, &mut st.m_scales, &mut st.v_codes, &mut st.v_scales] {
+        own(be, t)?;
+    }
+    let (hg, hp_) = (be.held(grad)?, be.held(param)?);
+    let (mc, ms, vc, vs) =
+        (be.held(&st.m_codes)?, be.held(&st.m_scales)?, be.held(&st.v_codes)?, be.held(&st.v_scales)?);
+    let f = hp.factors();
+    let p = Adam8Params {
+        g: hg.ptr(),
+        p: hp_.ptr(),
+        mc: mc.ptr(),
+        ms: ms.ptr(),
+        vc: vc.ptr(),
+        vs: vs.ptr(),
+        n: n as i64,
+        b1: hp.beta1 as f32,
+        b2: hp.beta2 as f32,
+        decay: f.decay,
+        step: f.step,
+        bc2s: f.bc2s,
+        eps: hp.eps as f32,
+        gscale: grad_scale as f32,
+        pad: 0,
+    };
+    if n > 0 {
+        let cfg = Launch { grid: [blocks as u32, 1, 1], block: [256, 1, 1], smem: 0 };
+        be.exec.launch("adamw8_f32", cfg, bytemuck::bytes_of(&p))?;
+    }
+    Ok(())
 }

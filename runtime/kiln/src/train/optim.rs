@@ -13,6 +13,40 @@ use crate::Result;
 enum Moments {
     F32(Tensor, Tensor),
     Q8(Q8, Q8),
+    /// 8-bit moments on a backend with an 8-bit AdamW kernel, and the parameter's shape.
+    Dev8(kiln_core::backend::Adam8State, Vec<usize>),
+}
+
+impl Moments {
+    /// 8-bit moments on the host (for checkpoints and the backends without the kernel).
+    fn host8(self) -> Result<Option<(Q8, Q8)>> {
+        Ok(match self {
+            Moments::Q8(m, v) => Some((m, v)),
+            Moments::Dev8(s, shape) => Some((
+                Q8::from_device(&s.m_codes, &s.m_scales, true, &shape)?,
+                Q8::from_device(&s.v_codes, &s.v_scales, false, &shape)?,
+            )),
+            Moments::F32(..) => None,
+        })
+    }
+}
+
+/// The moments of `p` as f32 tensors on its backend (zeros at its first step).
+fn take_moments(state: &mut HashMap<VarId, Moments>, p: &Var) -> Result<(Tensor, Tensor)> {
+    let be = p.value().backend();
+    Ok(match state.remove(&p.id()) {
+        Some(Moments::F32(m, v)) => (m, v),
+        // 8-bit moments, on the host or on a device.
+        Some(q) => {
+            let (m, v) = q.host8()?.ok_or_else(|| crate::KilnError::Msg("adamw: f32 moments taken as 8-bit".into()))?;
+            let m = be.upload(&m.dequantize()?)?;
+            let v = be.upload(&floor_second_moment(&m, &v.dequantize()?)?)?;
+            (m, v)
+        }
+        None => {
+            (be.zeros(p.value().shape(), kiln_core::DType::F32)?, be.zeros(p.value().shape(), kiln_core::DType::F32)?)
+        }
+    })
 }
 
 /// AdamW (decoupled weight decay), as `torch.optim.AdamW`.
@@ -57,6 +91,13 @@ impl AdamW {
             None => None,
             Some(Moments::F32(m, s)) => Some((m.clone(), s.clone())),
             Some(Moments::Q8(m, s)) => Some((m.dequantize()?, s.dequantize()?)),
+            Some(Moments::Dev8(s, shape)) => {
+                let (m, v) = (
+                    Q8::from_device(&s.m_codes, &s.m_scales, true, shape)?,
+                    Q8::from_device(&s.v_codes, &s.v_scales, false, shape)?,
+                );
+                Some((m.dequantize()?, v.dequantize()?))
+            }
         })
     }
 
@@ -67,6 +108,7 @@ impl AdamW {
             .map(|s| match s {
                 Moments::F32(m, v) => 4 * (m.numel() + v.numel()),
                 Moments::Q8(m, v) => m.bytes() + v.bytes(),
+                Moments::Dev8(s, _) => 2 * (s.n + 4 * s.n.div_ceil(super::optim8::BLOCK)),
             })
             .sum()
     }
@@ -132,27 +174,33 @@ impl AdamW {
             weight_decay: decay,
             step: self.step,
         };
-        // The moments of `p` as f32 tensors on its backend (zeros at its first step).
-        let mut take = |p: &Var| -> Result<(Tensor, Tensor)> {
-            let be = p.value().backend();
-            Ok(match self.state.remove(&p.id()) {
-                Some(Moments::F32(m, v)) => (m, v),
-                Some(Moments::Q8(m, v)) => {
-                    let m = be.upload(&m.dequantize()?)?;
-                    let v = be.upload(&floor_second_moment(&m, &v.dequantize()?)?)?;
-                    (m, v)
-                }
-                None => (
-                    be.zeros(p.value().shape(), kiln_core::DType::F32)?,
-                    be.zeros(p.value().shape(), kiln_core::DType::F32)?,
-                ),
-            })
-        };
         let mut work: Vec<(&mut Var, Tensor, Tensor, Tensor)> = Vec::new();
         let mut stepped8 = Vec::new();
         for p in params {
             let Some(g) = grads.get(p) else { continue };
-            let (mut m, mut v) = take(p)?;
+            let be = p.value().backend();
+            let decay = if self.no_decay.contains(&p.id()) { 0.0 } else { self.weight_decay };
+            if self.eight_bit && be.has_adamw8() {
+                // 8-bit moments that stay on the device: one kernel dequantizes, steps and
+                // requantizes them (the clipping factor applied inside).
+                let shape = p.value().dims().to_vec();
+                let mut st = match self.state.remove(&p.id()) {
+                    Some(Moments::Dev8(s, _)) => s,
+                    prev => {
+                        let (m, v) = match prev.map(Moments::host8).transpose()?.flatten() {
+                            Some(mv) => mv,
+                            None => (Q8::zeros(&shape, true), Q8::zeros(&shape, false)),
+                        };
+                        let ((mc, ms), (vc, vs)) = (m.to_device(be)?, v.to_device(be)?);
+                        let n = p.value().numel();
+                        kiln_core::backend::Adam8State { m_codes: mc, m_scales: ms, v_codes: vc, v_scales: vs, n }
+                    }
+                };
+                be.adamw8_step(p.value_mut(), g, &mut st, hp(decay), factor)?;
+                stepped8.push((p.id(), Moments::Dev8(st, shape)));
+                continue;
+            }
+            let (mut m, mut v) = take_moments(&mut self.state, p)?;
             if !self.eight_bit {
                 work.push((p, g.clone(), m, v));
                 continue;

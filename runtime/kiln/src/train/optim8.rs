@@ -76,6 +76,33 @@ impl Q8 {
     pub fn bytes(&self) -> usize {
         self.codes.len() + 4 * self.scales.len()
     }
+
+    /// A zero moment of `shape` (every code and scale 0: dequantizes to zeros).
+    pub fn zeros(shape: &[usize], signed: bool) -> Q8 {
+        let n: usize = shape.iter().product();
+        Q8 { codes: vec![0; n], scales: vec![0.0; n.div_ceil(BLOCK)], signed, shape: shape.to_vec() }
+    }
+
+    /// The codes (four to an i32 element) and scales as tensors on `be`, for a device kernel.
+    pub fn to_device(&self, be: &'static dyn kiln_core::Backend) -> Result<(Tensor, Tensor)> {
+        let mut bytes = self.codes.clone();
+        bytes.resize(self.codes.len().div_ceil(4) * 4, 0);
+        let words: Vec<i32> = bytemuck::pod_collect_to_vec(&bytes);
+        let n = words.len();
+        let codes = be.upload(&Tensor::from_vec(words, [n])?)?;
+        let scales = be.upload(&Tensor::from_vec(self.scales.clone(), [self.scales.len()])?)?;
+        Ok((codes, scales))
+    }
+
+    /// The moment back from device tensors written by [`Q8::to_device`]'s layout.
+    pub fn from_device(codes: &Tensor, scales: &Tensor, signed: bool, shape: &[usize]) -> Result<Q8> {
+        let n: usize = shape.iter().product();
+        let words = codes.to_cpu()?;
+        let mut bytes: Vec<u8> = bytemuck::cast_slice(words.as_slice::<i32>()?).to_vec();
+        bytes.truncate(n);
+        let scales = scales.to_cpu()?.as_slice::<f32>()?.to_vec();
+        Ok(Q8 { codes: bytes, scales, signed, shape: shape.to_vec() })
+    }
 }
 
 /// Keeps `v ≥ m²/64` after dequantization: exact Adam moments always satisfy it (with
