@@ -229,27 +229,7 @@ if [[ -f $model/config.json ]]; then
   section train-cuda-qlora 300 "$bin" bench train --backend $cudab --model "$model" --method qlora --quantize $qtype \
     --batch-size 4 --seq-len $seq --steps 3 --json
   if python3 -c "import torch, peft; assert torch.cuda.is_available()" 2>/dev/null; then
-    section train-torch-peft 300 python3 - "$model" $seq <<'EOF'
-import json, sys, time, torch
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM
-model, seq = sys.argv[1], int(sys.argv[2])
-m = AutoModelForCausalLM.from_pretrained(model, torch_dtype=torch.bfloat16, attn_implementation="sdpa").cuda()
-m = get_peft_model(m, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.0))
-opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
-ids = torch.randint(0, m.config.vocab_size, (4, seq), device="cuda")
-torch.cuda.reset_peak_memory_stats()
-times = []
-for i in range(4):
-    torch.cuda.synchronize(); t = time.perf_counter()
-    loss = m(input_ids=ids, labels=ids).loss
-    loss.backward(); opt.step(); opt.zero_grad()
-    torch.cuda.synchronize()
-    if i: times.append(time.perf_counter() - t)
-step = sorted(times)[len(times) // 2]
-print(json.dumps({"backend": "torch+peft (bf16, sdpa)", "batch_size": 4, "seq_len": seq, "step_s": step,
-                  "tokens_per_s": 4 * seq / step, "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20}))
-EOF
+    section train-torch-peft 300 python3 tools/torch_peft_step.py "$model" $seq
   fi
   section train-wgpu 300 "$bin" bench train --backend wgpu --model "$model" --batch-size 4 --seq-len $seq --steps 3 --json
   section train-wgpu-f16 300 "$bin" bench train --backend wgpu --precision f16 --model "$model" --batch-size 4 \
@@ -259,6 +239,13 @@ fi
 if [[ $quick == 0 && -f $model/config.json ]] && python3 -c "import torch, peft; assert torch.cuda.is_available()" 2>/dev/null; then
   # The largest sequence a LoRA step fits in 8 GiB, kiln (CUDA) against transformers + PEFT.
   section max-seq 540 python3 tools/max_seq.py "$bin" "$model" --budget-gib 8
+  # A 1B-class Llama (random weights, made here): LoRA step tokens/s and peak memory, both stacks.
+  big=gpu-carry/llama-1b-shaped
+  [[ -f $big/config.json ]] || python3 tools/make_smollm2_shaped.py "$big" --shape 1b >"$out/make-1b.log" 2>&1
+  if [[ -f $big/config.json ]]; then
+    section train-cuda-1b 300 "$bin" bench train --backend cuda --model "$big" --batch-size 4 --seq-len 512 --steps 3 --json
+    section train-torch-peft-1b 300 python3 tools/torch_peft_step.py "$big" 512
+  fi
 fi
 if [[ $quick == 0 && -f $model/config.json ]]; then
   section dpo-wgpu 300 "$bin" train --backend wgpu --method dpo --model "$model" --data data/demo_prefs.jsonl \
