@@ -1,4 +1,4 @@
-// Cross-entropy over the vocabulary with ignored targets, and AdamW, f32.
+// Cross-entropy over the vocabulary with ignored targets, f32 (AdamW: optim.cu).
 // Forward: a block of 256 threads per row of logits [M, V]: the row's max, then Σ exp(x − max)
 // (block reductions), lse = max + ln Σ, nll = lse − x[target] (0 where target < 0); the host
 // forms the mean from nll. Backward: a thread per logit, (exp(x − lse) − [c = target])·g[row],
@@ -49,33 +49,5 @@ KILN_KERNEL(ce_bwd_f32, CeParams) {
     float d = expf(p.x[e] - p.lse[r]);
     if (c == t) d -= 1.f;
     p.out0[e] = d * p.g[r];
-  }
-}
-
-// Mirrored by `AdamParams`.
-struct AdamParams {
-  const float* g;
-  float* p;
-  float* m;
-  float* v;
-  i64 n;
-  float b1, b2;
-  float decay;  // 1 − lr·weight_decay (decoupled)
-  float step;   // lr / (1 − β1^t)
-  float bc2s;   // sqrt(1 − β2^t)
-  float eps;
-};
-
-// In place on p, m, v.
-KILN_KERNEL(adamw_f32, AdamParams) {
-  for (i64 i = i64(blockIdx.x) * blockDim.x + threadIdx.x; i < p.n; i += i64(gridDim.x) * blockDim.x) {
-    const float g = p.g[i];
-    float x = p.p[i] * p.decay;
-    const float mm = p.b1 * p.m[i] + (1.0f - p.b1) * g;
-    const float vv = p.b2 * p.v[i] + (1.0f - p.b2) * g * g;
-    x -= p.step * mm / (sqrtf(vv) / p.bc2s + p.eps);
-    p.m[i] = mm;
-    p.v[i] = vv;
-    p.p[i] = x;
   }
 }

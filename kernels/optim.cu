@@ -30,8 +30,19 @@ struct MultiParams {
   int pad;
 };
 
-// AdamW in place on every tensor's p, m, v — the arithmetic of loss.cu's adamw_f32, with the
-// gradient first multiplied by the clipping factor (as the unfused path's scale kernel does).
+// One AdamW update of a value: decoupled decay, then the moments, then the step (bias
+// corrections folded into `step` and `bc2s`). The one copy of the arithmetic, so the f32 and
+// 8-bit kernels agree with each other and with the CPU's order of operations.
+__device__ __forceinline__ float adamw_value(float x, float g, float& m, float& v, float b1, float b2, float decay,
+                                             float step, float bc2s, float eps) {
+  x *= decay;
+  m = b1 * m + (1.0f - b1) * g;
+  v = b2 * v + (1.0f - b2) * g * g;
+  return x - step * m / (sqrtf(v) / bc2s + eps);
+}
+
+// AdamW in place on every tensor's p, m, v, the gradient first multiplied by the clipping factor
+// (as the unfused path's scale kernel does). A single tensor's step is a table of one.
 KILN_KERNEL_LB(adamw_multi_f32, MultiParams, 256) {
   for (int c = blockIdx.x; c < p.nchunks; c += gridDim.x) {
     const MultiTensor t = p.table[p.chunks[2 * c]];
@@ -39,13 +50,10 @@ KILN_KERNEL_LB(adamw_multi_f32, MultiParams, 256) {
     const i64 end = start + p.chunk < t.n ? start + p.chunk : t.n;
     for (i64 i = start + threadIdx.x; i < end; i += blockDim.x) {
       const float g = p.gscale == 1.0f ? t.g[i] : t.g[i] * p.gscale;
-      float x = t.p[i] * p.decay;
-      const float mm = p.b1 * t.m[i] + (1.0f - p.b1) * g;
-      const float vv = p.b2 * t.v[i] + (1.0f - p.b2) * g * g;
-      x -= p.step * mm / (sqrtf(vv) / p.bc2s + p.eps);
+      float mm = t.m[i], vv = t.v[i];
+      t.p[i] = adamw_value(t.p[i], g, mm, vv, p.b1, p.b2, p.decay, p.step, p.bc2s, p.eps);
       t.m[i] = mm;
       t.v[i] = vv;
-      t.p[i] = x;
     }
   }
 }
@@ -103,11 +111,9 @@ KILN_KERNEL_LB(adamw8_f32, Adam8Params, 256) {
     const float s0 = qv * qv * av;
     const float v0 = fmaxf(s0 * s0, m0 * m0 / 64.0f);
     const float g = p.gscale == 1.0f ? p.g[i] : p.g[i] * p.gscale;
-    float x = p.p[i] * p.decay;
-    mm = p.b1 * m0 + (1.0f - p.b1) * g;
-    vv = p.b2 * v0 + (1.0f - p.b2) * g * g;
-    x -= p.step * mm / (sqrtf(vv) / p.bc2s + p.eps);
-    p.p[i] = x;
+    mm = m0;
+    vv = v0;
+    p.p[i] = adamw_value(p.p[i], g, mm, vv, p.b1, p.b2, p.decay, p.step, p.bc2s, p.eps);
   }
   const float sv = sqrtf(fmaxf(vv, 0.f));
   const float am = block_max(in ? fabsf(mm) : 0.f, red);

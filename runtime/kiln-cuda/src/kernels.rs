@@ -184,23 +184,6 @@ pub struct CeParams {
     pub pad: i32,
 }
 
-/// `kernels/loss.cu` `AdamParams`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-pub struct AdamParams {
-    pub g: u64,
-    pub p: u64,
-    pub m: u64,
-    pub v: u64,
-    pub n: i64,
-    pub b1: f32,
-    pub b2: f32,
-    pub decay: f32,
-    pub step: f32,
-    pub bc2s: f32,
-    pub eps: f32,
-}
-
 /// `kernels/optim.cu` `MultiTensor`: one row of the tensor table.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]

@@ -10,9 +10,7 @@ use kiln_core::{DType, Error, Result, Tensor};
 use super::{CudaBuf, Held, KernelBackend, want_f32};
 use crate::exec::DevBuf;
 use crate::exec::Launch;
-use crate::kernels::{
-    Adam8Params, AdamParams, AttnParams, CeParams, GluParams, MultiParams, MultiTensor, NormParams, RopeParams,
-};
+use crate::kernels::{Adam8Params, AttnParams, CeParams, GluParams, MultiParams, MultiTensor, NormParams, RopeParams};
 
 /// Enough blocks of `threads` for `n` items of a grid-stride kernel.
 fn grid(n: usize, threads: u32) -> Launch {
@@ -332,6 +330,7 @@ impl LossOps for KernelBackend {
 }
 
 impl OptimOps for KernelBackend {
+    /// A table of one for the multi-tensor kernel (`kernels/optim.cu`).
     fn adamw_step(
         &self,
         param: &mut Tensor,
@@ -340,40 +339,7 @@ impl OptimOps for KernelBackend {
         v: &mut Tensor,
         hp: AdamWStep,
     ) -> Result<()> {
-        let n = param.numel();
-        if grad.numel() != n || m.numel() != n || v.numel() != n {
-            return Err(Error::shape("adamw", format!("param {:?}, grad {:?}", param.shape(), grad.shape())));
-        }
-        for t in [&*param, grad, &*m, &*v] {
-            want_f32("adamw", t)?;
-        }
-        // In place: state on the CPU or shared with another tensor first becomes a buffer of its own.
-        for t in [&mut *param, &mut *m, &mut *v] {
-            let own = matches!(t.storage(), Storage::Device(d) if d.as_any().downcast_ref::<CudaBuf>().is_some())
-                && t.offset() == 0;
-            if !own {
-                *t = kiln_core::backend::MemoryOps::upload(self, &t.to_cpu()?)?;
-            }
-        }
-        let f = hp.factors();
-        let (hg, hpm, hm, hv) = (self.held(grad)?, self.held(param)?, self.held(m)?, self.held(v)?);
-        let p = AdamParams {
-            g: hg.ptr(),
-            p: hpm.ptr(),
-            m: hm.ptr(),
-            v: hv.ptr(),
-            n: n as i64,
-            b1: hp.beta1 as f32,
-            b2: hp.beta2 as f32,
-            decay: f.decay,
-            step: f.step,
-            bc2s: f.bc2s,
-            eps: hp.eps as f32,
-        };
-        if n > 0 {
-            self.exec.launch("adamw_f32", grid(n, 256), bytemuck::bytes_of(&p))?;
-        }
-        Ok(())
+        adamw_multi(self, &mut [AdamWItem { param, grad, m, v }], hp, 1.0)
     }
 }
 
@@ -416,11 +382,7 @@ pub(super) fn adamw_multi(
             want_f32("adamw", t)?;
         }
         for t in [&mut *it.param, &mut *it.m, &mut *it.v] {
-            let own = matches!(t.storage(), Storage::Device(d) if d.as_any().downcast_ref::<CudaBuf>().is_some())
-                && t.offset() == 0;
-            if !own {
-                *t = kiln_core::backend::MemoryOps::upload(be, &t.to_cpu()?)?;
-            }
+            own(be, t)?;
         }
     }
     let mut held = Vec::with_capacity(items.len());
