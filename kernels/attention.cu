@@ -196,6 +196,18 @@ KILN_KERNEL_LB(attn_bwd_dkv_f32, AttnParams, 128) {
 constexpr int AV2_BQ = 64, AV2_BK = 32, AV2_DMAX = 128, AV2_LDQ = AV2_DMAX + 8, AV2_LDV = AV2_BK + 8;
 constexpr float AV2_MASKED = -1.0e30f;
 
+// Stores row half r (0: row g, 1: row g + 8) of accumulator tiles over D (eight columns a tile;
+// this thread's columns 2·t4, 2·t4 + 1 of each) into the row at `dst`, times `scale`.
+__device__ __forceinline__ void av2_store_row(float* dst, const float (&acc)[AV2_DMAX / 8][4], int r, int t4, int d,
+                                              float scale) {
+  KILN_UNROLL
+  for (int dt = 0; dt < AV2_DMAX / 8; ++dt) {
+    const int c = dt * 8 + 2 * t4;
+    if (c < d) dst[c] = acc[dt][2 * r] * scale;
+    if (c + 1 < d) dst[c + 1] = acc[dt][2 * r + 1] * scale;
+  }
+}
+
 KILN_KERNEL_LB(attn_fwd_v2_mma, AttnParams, 128) {
   __shared__ __align__(16) unsigned short Qs[AV2_BQ][AV2_LDQ];
   __shared__ __align__(16) unsigned short Ks[AV2_BK][AV2_LDQ];
@@ -299,13 +311,7 @@ KILN_KERNEL_LB(attn_fwd_v2_mma, AttnParams, 128) {
     const int iq = q0 + warp * 16 + g + 8 * r;
     if (iq < p.t) {
       const i64 row = attn_qrow(p, b, iq, h);
-      const float inv = 1.f / l[r];
-      KILN_UNROLL
-      for (int dt = 0; dt < AV2_DMAX / 8; ++dt) {
-        const int c = dt * 8 + 2 * t4;
-        if (c < p.d) p.out0[row + c] = o[dt][2 * r] * inv;
-        if (c + 1 < p.d) p.out0[row + c + 1] = o[dt][2 * r + 1] * inv;
-      }
+      av2_store_row(p.out0 + row, o, r, t4, p.d, 1.f / l[r]);
       if (t4 == 0) p.out1[row / p.d] = m[r] + logf(l[r]);
     }
   }
@@ -412,15 +418,7 @@ KILN_KERNEL_LB(attn_bwd_dq_v2_mma, AttnParams, 64) {
   KILN_UNROLL
   for (int r = 0; r < 2; ++r) {
     const int iq = q0 + warp * 16 + g + 8 * r;
-    if (iq < p.t) {
-      const i64 row = attn_qrow(p, b, iq, h);
-      KILN_UNROLL
-      for (int dt = 0; dt < AV2_DMAX / 8; ++dt) {
-        const int c = dt * 8 + 2 * t4;
-        if (c < p.d) p.out0[row + c] = dq[dt][2 * r];
-        if (c + 1 < p.d) p.out0[row + c + 1] = dq[dt][2 * r + 1];
-      }
-    }
+    if (iq < p.t) av2_store_row(p.out0 + attn_qrow(p, b, iq, h), dq, r, t4, p.d, 1.f);
   }
 }
 
@@ -502,18 +500,8 @@ KILN_KERNEL_LB(attn_bwd_dkv_v2_mma, AttnParams, 64) {
     const int j = k0 + warp * 16 + g + 8 * r;
     if (j < p.tk) {
       const i64 row = attn_krow(p, b, j, kvh);
-      KILN_UNROLL
-      for (int dt = 0; dt < AV2_DMAX / 8; ++dt) {
-        const int c = dt * 8 + 2 * t4;
-        if (c < p.d) {
-          p.out0[row + c] = dk[dt][2 * r];
-          p.out1[row + c] = dv[dt][2 * r];
-        }
-        if (c + 1 < p.d) {
-          p.out0[row + c + 1] = dk[dt][2 * r + 1];
-          p.out1[row + c + 1] = dv[dt][2 * r + 1];
-        }
-      }
+      av2_store_row(p.out0 + row, dk, r, t4, p.d, 1.f);
+      av2_store_row(p.out1 + row, dv, r, t4, p.d, 1.f);
     }
   }
 }

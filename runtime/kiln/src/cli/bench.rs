@@ -246,29 +246,9 @@ fn gemm(a: GemmArgs) -> Result<()> {
         let be = backend(&a.backend)?;
         let x = be.upload(&Tensor::from_vec((0..m * k).map(|_| rng.normal() as f32).collect::<Vec<_>>(), [m, k])?)?;
         let w = be.upload(&Tensor::from_vec((0..n * k).map(|_| rng.normal() as f32).collect::<Vec<_>>(), [n, k])?)?;
-        // A device launch returns before the work is done: reading one row back waits for it.
-        let run = || -> Result<()> {
-            let y = be.matmul(&x, &w, false, true)?;
-            y.narrow0(0, 1)?.to_cpu()?;
-            Ok(())
-        };
-        run()?;
-        let mut times = Vec::new();
-        // On a device with timestamp queries, the kernel's own GPU time (the read-back is a copy,
-        // not a timed pass); else the host's.
-        let mut source = "host clock";
-        let start = Instant::now();
-        while times.len() < 3 || (start.elapsed().as_secs_f64() < a.seconds && times.len() < 1000) {
-            let t = Instant::now();
-            let (r, gpu) = if be.name() == "wgpu" { kiln_wgpu::gpu_time(run) } else { (run(), None) };
-            r?;
-            if gpu.is_some() {
-                source = "gpu timestamps";
-            }
-            times.push(gpu.unwrap_or_else(|| t.elapsed().as_secs_f64()));
-        }
-        times.sort_by(|p, q| p.total_cmp(q));
-        let med = times[times.len() / 2];
+        // GPU timestamps on wgpu, else the host clock around the product and a read-back.
+        let (med, source, repeats) =
+            super::bench_ops::time_repeats(be, a.seconds, &|| Ok(be.matmul(&x, &w, false, true)?))?;
         let gflops = 2.0 * (m * k * n) as f64 / med / 1e9;
         rows.push(json!({
             "op": "matmul",
@@ -289,7 +269,7 @@ fn gemm(a: GemmArgs) -> Result<()> {
                 be.name(),
                 rows.last().map_or("", |r| r["variant"].as_str().unwrap_or("")),
                 med * 1e3,
-                times.len()
+                repeats
             );
         }
     }

@@ -44,8 +44,12 @@ pub struct OpsArgs {
 
 /// Median seconds of `f` on `be`: GPU timestamps on wgpu where the adapter has them, else the
 /// host clock around `f` and a read-back of one element of what it returns (which waits for
-/// the device).
-fn time(be: &dyn Backend, seconds: f64, f: &dyn Fn() -> Result<Tensor>) -> Result<(f64, &'static str)> {
+/// the device). Also returns the timing source and the repeats.
+pub(super) fn time_repeats(
+    be: &dyn Backend,
+    seconds: f64,
+    f: &dyn Fn() -> Result<Tensor>,
+) -> Result<(f64, &'static str, usize)> {
     let run = || -> Result<()> {
         let t = f()?;
         if t.numel() > 0 {
@@ -56,7 +60,7 @@ fn time(be: &dyn Backend, seconds: f64, f: &dyn Fn() -> Result<Tensor>) -> Resul
     run()?;
     let (mut times, mut source) = (Vec::new(), "host clock");
     let start = Instant::now();
-    while times.len() < 3 || (start.elapsed().as_secs_f64() < seconds && times.len() < 200) {
+    while times.len() < 3 || (start.elapsed().as_secs_f64() < seconds && times.len() < 1000) {
         let t = Instant::now();
         let (r, gpu) = if be.name() == "wgpu" { kiln_wgpu::gpu_time(run) } else { (run(), None) };
         r?;
@@ -66,7 +70,11 @@ fn time(be: &dyn Backend, seconds: f64, f: &dyn Fn() -> Result<Tensor>) -> Resul
         times.push(gpu.unwrap_or_else(|| t.elapsed().as_secs_f64()));
     }
     times.sort_by(f64::total_cmp);
-    Ok((times[times.len() / 2], source))
+    Ok((times[times.len() / 2], source, times.len()))
+}
+
+fn time(be: &dyn Backend, seconds: f64, f: &dyn Fn() -> Result<Tensor>) -> Result<(f64, &'static str)> {
+    time_repeats(be, seconds, f).map(|(s, source, _)| (s, source))
 }
 
 fn randn(rng: &mut Rng, dims: &[usize]) -> Result<Tensor> {
