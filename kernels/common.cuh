@@ -339,6 +339,246 @@ __device__ __forceinline__ void cp_async_wait() {
 #endif
 }
 
+// ---- wgmma (sm_90a): warpgroup MMA with both operands read from shared memory ----
+// A warpgroup (4 consecutive warps, 128 threads) computes D[64×N] += A[64×16]·B[16×N]; the
+// tensor cores read A and B themselves, through 64-bit descriptors (PTX ISA, "Matrix Descriptor
+// Format"): bits 0-13 the shared address >> 4, 16-29 the leading-dimension byte offset (LBO)
+// >> 4, 32-45 the stride-dimension byte offset (SBO) >> 4, 62-63 the swizzle (0: none). kiln uses
+// the K-major unswizzled layout: operands are 8×8 core matrices of 8 rows × 16 contiguous bytes;
+// LBO is the distance between core matrices adjacent along K, SBO between those adjacent along
+// M (A) or N (B). Accumulators: warp w of the group holds rows 16w..16w+15, d[i] is row
+// 16w + g + 8·((i>>1)&1), column 8·(i>>2) + 2t + (i&1) (g = lane/4, t = lane%4): mma.m16n8's
+// layout repeated along N. The instruction is asynchronous: wgmma_fence(d) before the first
+// wgmma of a batch, wgmma_commit() after it, wgmma_wait<N>(d) before d is read or the operands'
+// shared memory is written again; stores to shared memory reach the tensor cores (the async
+// proxy) only after fence_proxy_async().
+#if KILN_GPU && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define KILN_WGMMA 1
+#else
+#define KILN_WGMMA 0
+#endif
+enum { WGMMA_N = 128 };  // the one shape wrapped: m64n128k16, 64 accumulators a thread
+
+// True (after a trap) in a GPU build without sm_90a's features: a wgmma kernel starts with
+// `if (wgmma_unavailable()) return;`, so on other targets it compiles to nothing (the backend
+// selects wgmma kernels only from sm_90a modules).
+__device__ __forceinline__ bool wgmma_unavailable() {
+#if KILN_GPU && !KILN_WGMMA
+  __trap();
+  return true;
+#else
+  return false;
+#endif
+}
+
+// The byte offset of a shared-memory pointer in the block's shared window.
+__device__ __forceinline__ u32 smem_offset(const void* p) {
+#if KILN_GPU
+  return u32(__cvta_generic_to_shared(p));
+#else
+  // The emulation's descriptors address the launch's dynamic shared memory.
+  const uintptr_t base = reinterpret_cast<uintptr_t>(::kemu::g_launch.dyn_smem), a = reinterpret_cast<uintptr_t>(p);
+  if (a < base || a >= base + ::kemu::g_launch.dyn_smem_bytes)
+    ::kemu::trap("wgmma: an operand descriptor names memory outside the block's dynamic shared memory");
+  return u32(a - base);
+#endif
+}
+
+// The descriptor of a K-major, unswizzled operand whose first core matrix is at `smem`.
+__device__ __forceinline__ u64 wgmma_desc(const void* smem, u32 lbo, u32 sbo) {
+  const u32 a = smem_offset(smem);
+#if !KILN_GPU
+  // The hardware drops the low 4 bits silently; here a misplaced operand stops the kernel.
+  if (a % 16 != 0 || lbo % 16 != 0 || sbo % 16 != 0) ::kemu::trap("wgmma: descriptor address or offset not 16-byte aligned");
+#endif
+  return u64((a & 0x3ffffu) >> 4) | (u64((lbo >> 4) & 0x3fffu) << 16) | (u64((sbo >> 4) & 0x3fffu) << 32);
+}
+
+#if !KILN_GPU
+namespace kiln_emu_impl {
+// The 16-bit element (row, k) of the operand a descriptor describes.
+inline unsigned short wgmma_elem(u64 desc, u32 row, u32 k) {
+  if (desc >> 62) ::kemu::trap("wgmma: swizzled layouts are not emulated");
+  if ((desc >> 49) & 7u) ::kemu::trap("wgmma: a matrix base offset is not emulated");
+  const size_t start = size_t(desc & 0x3fffu) << 4, lbo = size_t((desc >> 16) & 0x3fffu) << 4,
+               sbo = size_t((desc >> 32) & 0x3fffu) << 4;
+  const size_t off = start + (row / 8) * sbo + (k / 8) * lbo + (row % 8) * 16 + (k % 8) * 2;
+  if (off + 2 > ::kemu::g_launch.dyn_smem_bytes)
+    ::kemu::trap("wgmma: an operand element lies past the block's dynamic shared memory");
+  unsigned short v;
+  std::memcpy(&v, static_cast<const unsigned char*>(::kemu::g_launch.dyn_smem) + off, 2);
+  return v;
+}
+inline bool is_f16(__half) { return true; }
+inline bool is_f16(__nv_bfloat16) { return false; }
+// This thread's 64 outputs of A·B (no accumulator), from shared memory as it is now.
+template <class T>
+inline void wgmma_product(float* out, u64 da, u64 db) {
+  const u32 lt = ::kemu::g_thread->linear % 128, w = lt / 32, g = (lt % 32) / 4, t = lt % 4;
+  for (u32 i = 0; i < WGMMA_N / 2; ++i) {
+    const u32 row = 16 * w + g + 8 * ((i >> 1) & 1u), col = 8 * (i >> 2) + 2 * t + (i & 1u);
+    float acc = 0.f;
+    for (u32 k = 0; k < 16; ++k)
+      acc = fmaf(to_f32<T>(of_bits16<T>(wgmma_elem(da, row, k))), to_f32<T>(of_bits16<T>(wgmma_elem(db, col, k))),
+                 acc);
+    out[i] = acc;
+  }
+}
+// An issued wgmma: the product is taken at issue and again when its group is waited for; the
+// two must agree (its shared memory must not change while it is in flight), and only then is it
+// added into the accumulators (which the kernel must not read before).
+struct WgmmaOp {
+  float* d;
+  u64 da, db;
+  bool f16;
+  int group;
+  float prod[WGMMA_N / 2];
+};
+struct WgmmaThread {
+  unsigned long long serial;
+  int n, group;  // ops in flight; the open (uncommitted) group's number
+  WgmmaOp ops[8];
+};
+inline WgmmaThread& wgmma_thread() {
+  static WgmmaThread all[1024];
+  WgmmaThread& w = all[::kemu::g_thread->linear];
+  if (w.serial != ::kemu::g_launch.serial) {  // state of an earlier block (one that trapped)
+    w.serial = ::kemu::g_launch.serial;
+    w.n = w.group = 0;
+  }
+  return w;
+}
+inline void wgmma_exit_check() {
+  if (wgmma_thread().n) ::kemu::trap("wgmma: the thread exited with a wgmma it never waited for (wgmma.wait_group)");
+}
+inline const ::kemu::ExitCheck wgmma_exit_check_reg(wgmma_exit_check);
+template <class T>
+inline void wgmma_issue(float* d, u64 da, u64 db) {
+  const dim3 bd = ::kemu::g_launch.block_dim;
+  if ((bd.x * bd.y * bd.z) % 128 != 0) ::kemu::trap("wgmma: the block is not a whole number of warpgroups");
+  // .sync.aligned: every lane of the warp issues it, with the same descriptors.
+  struct Descs {
+    u64 a, b;
+  } mine{da, db};
+  const unsigned char* s = ::kemu::warp_exchange(0xffffffffu, &mine, sizeof mine);
+  for (unsigned l = 0; l < 32; ++l) {
+    const Descs o = ::kemu::read_slot<Descs>(s, l);
+    if (o.a != da || o.b != db) ::kemu::trap("wgmma: lanes of a warp issued different descriptors");
+  }
+  WgmmaThread& w = wgmma_thread();
+  if (w.n == 8) ::kemu::trap("wgmma: more than 8 wgmma in flight in one thread (emulation limit)");
+  WgmmaOp& op = w.ops[w.n++];
+  op.d = d;
+  op.da = da;
+  op.db = db;
+  op.f16 = is_f16(T());
+  op.group = w.group;
+  wgmma_product<T>(op.prod, da, db);
+}
+inline void wgmma_commit_emu() { wgmma_thread().group++; }
+// Completes every committed group but the newest `keep`.
+inline void wgmma_wait_emu(int keep) {
+  WgmmaThread& w = wgmma_thread();
+  int kept = 0;
+  for (int i = 0; i < w.n; ++i) {
+    WgmmaOp& op = w.ops[i];
+    if (op.group >= w.group - keep) {
+      w.ops[kept++] = op;
+      continue;
+    }
+    float again[WGMMA_N / 2];
+    if (op.f16)
+      wgmma_product<__half>(again, op.da, op.db);
+    else
+      wgmma_product<__nv_bfloat16>(again, op.da, op.db);
+    if (std::memcmp(again, op.prod, sizeof again) != 0)
+      ::kemu::trap("wgmma: its shared-memory operands changed while it was in flight (written before wgmma.wait_group)");
+    for (int j = 0; j < WGMMA_N / 2; ++j) op.d[j] += op.prod[j];
+  }
+  w.n = kept;
+}
+}  // namespace kiln_emu_impl
+#endif
+
+// Orders the accumulators' register accesses around the asynchronous instruction (the compiler
+// must neither read them early nor move writes past it).
+__device__ __forceinline__ void wgmma_fence_regs(float* d) {
+#if KILN_WGMMA
+  KILN_UNROLL
+  for (int i = 0; i < WGMMA_N / 2; ++i) asm volatile("" : "+f"(d[i])::"memory");
+#else
+  (void)d;
+#endif
+}
+__device__ __forceinline__ void wgmma_fence(float* d) {
+  wgmma_fence_regs(d);
+#if KILN_WGMMA
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_commit() {
+#if KILN_WGMMA
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#elif !KILN_GPU
+  kiln_emu_impl::wgmma_commit_emu();
+#endif
+}
+// Waits until at most N committed groups are in flight.
+template <int N>
+__device__ __forceinline__ void wgmma_wait(float* d) {
+#if KILN_WGMMA
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#elif !KILN_GPU
+  kiln_emu_impl::wgmma_wait_emu(N);
+#endif
+  wgmma_fence_regs(d);
+}
+// Makes this thread's generic-proxy stores to shared memory visible to the tensor cores.
+__device__ __forceinline__ void fence_proxy_async() {
+#if KILN_WGMMA
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
+#if KILN_WGMMA
+#define KILN_WG_D8(i)                                                                                    \
+  "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), \
+      "+f"(d[i + 7])
+#define KILN_WG_ASM(ty)                                                                                          \
+  asm volatile(                                                                                                  \
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                                               \
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32." ty "." ty                                                   \
+      " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, "  \
+      "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, " \
+      "%43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}," \
+      " %64, %65, p, 1, 1, 0, 0;\n}\n"                                                                           \
+      : KILN_WG_D8(0), KILN_WG_D8(8), KILN_WG_D8(16), KILN_WG_D8(24), KILN_WG_D8(32), KILN_WG_D8(40),          \
+        KILN_WG_D8(48), KILN_WG_D8(56)                                                                           \
+      : "l"(da), "l"(db), "r"(1))
+#endif
+
+// d[64] += A[64×16]·B[16×128] for the calling warpgroup (descriptors from wgmma_desc).
+__device__ __forceinline__ void wgmma_m64n128k16(float* d, u64 da, u64 db, bf16) {
+#if KILN_WGMMA
+  KILN_WG_ASM("bf16");
+#elif KILN_GPU
+  (void)d, (void)da, (void)db;
+  __trap();  // never selected: the backend picks wgmma kernels only for sm_90a modules
+#else
+  kiln_emu_impl::wgmma_issue<bf16>(d, da, db);
+#endif
+}
+__device__ __forceinline__ void wgmma_m64n128k16(float* d, u64 da, u64 db, f16) {
+#if KILN_WGMMA
+  KILN_WG_ASM("f16");
+#elif KILN_GPU
+  (void)d, (void)da, (void)db;
+  __trap();
+#else
+  kiln_emu_impl::wgmma_issue<f16>(d, da, db);
+#endif
+}
+
 // ---- block-quantized weights: one value at a time ----
 // Bit-exact with kiln_core::quant (itself byte-exact with ggml); layouts in
 // runtime/kiln-core/src/quant/mod.rs. `ty` is the id the backend passes (ggml's type number;

@@ -15,7 +15,9 @@
 //                     ldmatrix fragments, f32 accumulators; A rounded to B's 16-bit type;
 //   gemm_v4_mma_pipelined_*  128×128 block tile, eight warps of 64×32, two shared buffers: the
 //                     next K tile is fetched into registers while the tensor cores work on the
-//                     current one (one barrier per K step).
+//                     current one (one barrier per K step);
+//   gemm_v5_wgmma_*   Hopper (sm_90a): v4's tiles and loading, the products by wgmma, which
+//                     reads both operands from shared memory and runs asynchronously.
 #include "common.cuh"
 
 // Mirrored by `GemmParams` in runtime/kiln-cuda/src/kernels.rs.
@@ -201,10 +203,60 @@ KILN_KERNEL_LB(gemm_v3_mma_f16, GemmParams, 128) { gemm_v3<f16>(p); }
 // keep bf16's range).
 KILN_KERNEL_LB(gemm_v3_mma_q, GemmParams, 128) { gemm_v3<bf16, QBlock>(p); }
 
+// The K tile a block of NT threads is about to use (v4, v5): fetched from global memory into
+// registers (rounded to T, two values a register: half the registers), then stored into shared
+// memory where the caller's `at(row, k)` says. Element e of a thread walks the operand's
+// contiguous dimension across consecutive threads (coalesced loads).
+template <class T, class TB, int BM, int BN, int BK, int NT>
+struct TileRegs {
+  static constexpr int PA = BM * BK / NT, PB = BN * BK / NT;
+  u32 ra[PA / 2], rb[PB / 2];
+  // (row, k) of element e of a ROWS×BK tile whose k stride is `unit` (1: k contiguous).
+  template <int ROWS>
+  __device__ __forceinline__ static void pos(int e, bool unit, int& row, int& kk) {
+    kk = unit ? e % BK : e / ROWS;
+    row = unit ? e / BK : e % ROWS;
+  }
+  // Fetches K tile k0 into registers (zero outside the matrices).
+  __device__ __forceinline__ void fetch(const GemmParams& p, int bm, int bn, int k0, int kk_end, int tid) {
+    KILN_UNROLL
+    for (int l = 0; l < PA; ++l) {
+      int mm, kk;
+      pos<BM>(tid + NT * l, p.sak == 1, mm, kk);
+      const int gi = bm + mm, gk = k0 + kk;
+      const u32 h = bits16(from_f32<T>(gi < p.m && gk < kk_end ? gemm_a(p, gi, gk) : 0.f));
+      ra[l / 2] = (l & 1) ? (ra[l / 2] | (h << 16)) : h;
+    }
+    KILN_UNROLL
+    for (int l = 0; l < PB; ++l) {
+      int nn, kk;
+      pos<BN>(tid + NT * l, p.sbk == 1, nn, kk);
+      const int gj = bn + nn, gk = k0 + kk;
+      const u32 h = bits16(from_f32<T>(gj < p.n && gk < kk_end ? gemm_b<TB>(p, gk, gj) : 0.f));
+      rb[l / 2] = (l & 1) ? (rb[l / 2] | (h << 16)) : h;
+    }
+  }
+  template <class FA, class FB>
+  __device__ __forceinline__ void stash(const GemmParams& p, int tid, FA a_at, FB b_at) const {
+    KILN_UNROLL
+    for (int l = 0; l < PA; ++l) {
+      int mm, kk;
+      pos<BM>(tid + NT * l, p.sak == 1, mm, kk);
+      *a_at(mm, kk) = (unsigned short)((l & 1) ? ra[l / 2] >> 16 : ra[l / 2] & 0xffffu);
+    }
+    KILN_UNROLL
+    for (int l = 0; l < PB; ++l) {
+      int nn, kk;
+      pos<BN>(tid + NT * l, p.sbk == 1, nn, kk);
+      *b_at(nn, kk) = (unsigned short)((l & 1) ? rb[l / 2] >> 16 : rb[l / 2] & 0xffffu);
+    }
+  }
+};
+
 // ---- v4: 128×128 tiles, 8 warps (2×4) of 64×32, double-buffered shared memory ----
 template <class T, class TB = T>
 __device__ __forceinline__ void gemm_v4(const GemmParams& p) {
-  constexpr int BM = 128, BN = 128, BK = 32, LD = BK + 8, PER = BM * BK / 256;
+  constexpr int BM = 128, BN = 128, BK = 32, LD = BK + 8;
   __shared__ __align__(16) unsigned short As[2][BM][LD];
   __shared__ __align__(16) unsigned short Bs[2][BN][LD];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -212,50 +264,18 @@ __device__ __forceinline__ void gemm_v4(const GemmParams& p) {
   const int bm = blockIdx.y * BM, bn = blockIdx.x * BN;
   const int kk_end = gemm_kk(p);
   float acc[4][4][4] = {};
-  // The prefetched tile, already rounded to T, two values a register (half the registers).
-  u32 ra[PER / 2], rb[PER / 2];
-  // Fetches K tile k0 into registers (zero outside the matrices).
-  auto fetch = [&](int k0) {
-    KILN_UNROLL
-    for (int l = 0; l < PER; ++l) {
-      const int e = tid + 256 * l;
-      const int kk = p.sak == 1 ? e % BK : e / BM, mm = p.sak == 1 ? e / BK : e % BM;
-      const int gi = bm + mm, gk = k0 + kk;
-      const u32 h = bits16(from_f32<T>(gi < p.m && gk < kk_end ? gemm_a(p, gi, gk) : 0.f));
-      ra[l / 2] = (l & 1) ? (ra[l / 2] | (h << 16)) : h;
-    }
-    KILN_UNROLL
-    for (int l = 0; l < PER; ++l) {
-      const int e = tid + 256 * l;
-      const int kk = p.sbk == 1 ? e % BK : e / BN, nn = p.sbk == 1 ? e / BK : e % BN;
-      const int gj = bn + nn, gk = k0 + kk;
-      const u32 h = bits16(from_f32<T>(gj < p.n && gk < kk_end ? gemm_b<TB>(p, gk, gj) : 0.f));
-      rb[l / 2] = (l & 1) ? (rb[l / 2] | (h << 16)) : h;
-    }
-  };
-  // Stores the fetched tile into buffer `s`.
+  TileRegs<T, TB, BM, BN, BK, 256> f;
   auto stash = [&](int s) {
-    KILN_UNROLL
-    for (int l = 0; l < PER; ++l) {
-      const int e = tid + 256 * l;
-      const int kk = p.sak == 1 ? e % BK : e / BM, mm = p.sak == 1 ? e / BK : e % BM;
-      As[s][mm][kk] = (unsigned short)((l & 1) ? ra[l / 2] >> 16 : ra[l / 2] & 0xffffu);
-    }
-    KILN_UNROLL
-    for (int l = 0; l < PER; ++l) {
-      const int e = tid + 256 * l;
-      const int kk = p.sbk == 1 ? e % BK : e / BN, nn = p.sbk == 1 ? e / BK : e % BN;
-      Bs[s][nn][kk] = (unsigned short)((l & 1) ? rb[l / 2] >> 16 : rb[l / 2] & 0xffffu);
-    }
+    f.stash(p, tid, [&](int mm, int kk) { return &As[s][mm][kk]; }, [&](int nn, int kk) { return &Bs[s][nn][kk]; });
   };
-  fetch(0);
+  f.fetch(p, bm, bn, 0, kk_end, tid);
   stash(0);
   __syncthreads();
   int cur = 0;
   for (int k0 = 0; k0 < kk_end; k0 += BK) {
     const bool more = k0 + BK < kk_end;
     // The next tile's global loads are issued before this tile's math, and land meanwhile.
-    if (more) fetch(k0 + BK);
+    if (more) f.fetch(p, bm, bn, k0 + BK, kk_end, tid);
     KILN_UNROLL
     for (int ks = 0; ks < BK / 16; ++ks) {
       u32 af[4][4], bf[4][2];
@@ -294,6 +314,69 @@ __device__ __forceinline__ void gemm_v4(const GemmParams& p) {
 KILN_KERNEL_LB(gemm_v4_mma_pipelined_bf16, GemmParams, 256) { gemm_v4<bf16>(p); }
 KILN_KERNEL_LB(gemm_v4_mma_pipelined_f16, GemmParams, 256) { gemm_v4<f16>(p); }
 KILN_KERNEL_LB(gemm_v4_mma_pipelined_q, GemmParams, 256) { gemm_v4<bf16, QBlock>(p); }
+
+// ---- v5 (sm_90a): wgmma. 128×128 tiles, two warpgroups of 64×128, K tiles of 32 ----
+// The tensor cores read both operands from shared memory (no ldmatrix, no fragments): one
+// wgmma m64n128k16 per warpgroup per 16 of K, issued asynchronously, so the next tile is
+// stored into the other buffer while they run. Shared memory is dynamic, two stages of A then
+// B, each tile in wgmma's K-major unswizzled layout: core matrix (r/8, k/8) of a ROWS-row tile
+// at ((k/8)·(ROWS/8) + r/8)·128 bytes, so LBO (the next 8 of K) is ROWS·16 bytes and SBO (the
+// next 8 rows) 128. Loading is v4's (A rounded from f32, B decoded from blocks on the way).
+constexpr int V5_BM = 128, V5_BN = 128, V5_BK = 32;
+constexpr int V5_STAGE = (V5_BM + V5_BN) * V5_BK * 2;  // bytes; the launch gives 2 stages
+__device__ __forceinline__ u32 v5_core(int r, int k, int rows) {
+  return u32(((k / 8) * (rows / 8) + r / 8) * 128 + (r % 8) * 16 + (k % 8) * 2);
+}
+template <class T, class TB = T>
+__device__ __forceinline__ void gemm_v5(const GemmParams& p) {
+  if (wgmma_unavailable()) return;
+  unsigned char* smem = dyn_smem();
+  const int tid = threadIdx.x, wg = tid / 128, lane = tid & 31, wq = (tid / 32) % 4;
+  const int bm = blockIdx.y * V5_BM, bn = blockIdx.x * V5_BN;
+  const int kk_end = gemm_kk(p);
+  TileRegs<T, TB, V5_BM, V5_BN, V5_BK, 256> f;
+  auto stash = [&](int s) {
+    unsigned char* st = smem + s * V5_STAGE;
+    f.stash(
+        p, tid, [&](int mm, int kk) { return reinterpret_cast<unsigned short*>(st + v5_core(mm, kk, V5_BM)); },
+        [&](int nn, int kk) {
+          return reinterpret_cast<unsigned short*>(st + V5_BM * V5_BK * 2 + v5_core(nn, kk, V5_BN));
+        });
+    fence_proxy_async();  // the stores above become visible to the tensor cores
+  };
+  float acc[WGMMA_N / 2];
+  KILN_UNROLL
+  for (int i = 0; i < WGMMA_N / 2; ++i) acc[i] = 0.f;
+  f.fetch(p, bm, bn, 0, kk_end, tid);
+  stash(0);
+  __syncthreads();
+  int cur = 0;
+  for (int k0 = 0; k0 < kk_end; k0 += V5_BK) {
+    const bool more = k0 + V5_BK < kk_end;
+    if (more) f.fetch(p, bm, bn, k0 + V5_BK, kk_end, tid);
+    const unsigned char* st = smem + cur * V5_STAGE;
+    wgmma_fence(acc);
+    KILN_UNROLL
+    for (int ks = 0; ks < V5_BK / 16; ++ks) {
+      const u64 da = wgmma_desc(st + v5_core(wg * 64, ks * 16, V5_BM), V5_BM * 16, 128);
+      const u64 db = wgmma_desc(st + V5_BM * V5_BK * 2 + v5_core(0, ks * 16, V5_BN), V5_BN * 16, 128);
+      wgmma_m64n128k16(acc, da, db, T());
+    }
+    wgmma_commit();
+    // The other buffer's wgmmas were waited for before the previous barrier: free to fill.
+    if (more) stash(cur ^ 1);
+    wgmma_wait<0>(acc);
+    __syncthreads();
+    cur ^= 1;
+  }
+  const int g = lane >> 2, t = lane & 3;
+  KILN_UNROLL
+  for (int i = 0; i < WGMMA_N / 2; ++i)
+    gemm_store(p, bm + wg * 64 + wq * 16 + g + 8 * ((i >> 1) & 1), bn + 8 * (i >> 2) + 2 * t + (i & 1), acc[i]);
+}
+KILN_KERNEL_LB(gemm_v5_wgmma_bf16, GemmParams, 256) { gemm_v5<bf16>(p); }
+KILN_KERNEL_LB(gemm_v5_wgmma_f16, GemmParams, 256) { gemm_v5<f16>(p); }
+KILN_KERNEL_LB(gemm_v5_wgmma_q, GemmParams, 256) { gemm_v5<bf16, QBlock>(p); }
 
 // ---- gemv: decoding, m ≤ GEMV_MAX_M rows (a batch-1 step), B(q, j) contiguous in q (x·Wᵀ) ----
 // Reading the weight once is the whole cost, so the schedule is a warp per output column j:

@@ -7,10 +7,11 @@
 #                                 gpu-carry/vulkan):
 #   tools/gpu-check.sh [--quick] OUT
 #
-# ARCHS overrides the PTX targets (default: Ampere to Blackwell; sm_90 serves H100 and H200).
+# ARCHS overrides the PTX targets (default: Ampere to Blackwell; sm_90a serves H100 and H200
+# with the wgmma GEMM, sm_90 any later 9.x).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-archs=${ARCHS:-sm_80,sm_86,sm_89,sm_90,sm_120}
+archs=${ARCHS:-sm_80,sm_86,sm_89,sm_90,sm_90a,sm_120}
 
 cargo build --release -p kiln --locked
 mkdir -p gpu-carry

@@ -8,8 +8,8 @@
 #
 # --smoke runs every section at tiny shapes (to try the script itself on a CPU Vulkan driver).
 #
-# Sections: info (backends seen), selftest cpu, cuda and wgpu (the op-parity suite on the GPU:
-# the CUDA kernels, and the WGSL ones through Vulkan), CUDA kernel benches (every GEMM variant,
+# Sections: info (backends seen), selftest cpu, cuda (again with the wgmma GEMM, v5) and wgpu
+# (the op-parity suite on the GPU: the CUDA kernels, and the WGSL ones through Vulkan), CUDA kernel benches (every GEMM variant,
 # the fused LoRA against the plain GEMMs, memory-bound ops; TFLOP/s against the datasheet and
 # cuBLAS, GB/s against a measured copy), GEMM benches (kiln's wgpu GEMM at the models' shapes, the CPU beside it, and torch's
 # bf16/f32 matmul — cuBLAS — on the same card when PyTorch is there), a LoRA training-step bench
@@ -88,6 +88,8 @@ fi
 [[ -d gpu-carry/ptx ]] && export KILN_PTX_DIR=$PWD/gpu-carry/ptx
 section selftest-cpu 120 "$bin" selftest --backend cpu
 section selftest-cuda 300 "$bin" selftest --backend cuda
+# The Hopper GEMM (wgmma, sm_90a) through the same suite; elsewhere it says so and runs v4.
+section selftest-cuda-v5 300 env KILN_CUDA_GEMM=v5 "$bin" selftest --backend cuda
 if [[ $smoke == 1 ]]; then
   section kernels-cuda 300 "$bin" bench kernels --backend cuda-emu --json
 elif [[ $quick == 1 ]]; then

@@ -126,3 +126,41 @@ KILN_KERNEL(ok_cp_async_copy, TestParams) {
   for (int s = 0; s < 2; ++s)
     for (int i = 0; i < 4; ++i) p.c[s * 128 + 4 * t + i] = tile[s][(4 * t + i + 1) % 128] * 2.f;
 }
+
+// ---- wgmma: one warpgroup, C (64×128) = A (64×16, row-major) · B (16×128, row-major) ----
+// Staged in dynamic shared memory in the K-major unswizzled layout (A core matrices at
+// ((k/8)·8 + r/8)·128 bytes, B after A at ((k/8)·16 + n/8)·128), then one wgmma m64n128k16.
+// MODE 1 swaps the descriptors' LBO and SBO; 2 overwrites A while the wgmma is in flight;
+// 3 reads the accumulators before waiting; 4 never waits.
+template <int MODE>
+__device__ __forceinline__ void wgmma_tile(const TestParams& p) {
+  unsigned char* s = dyn_smem();
+  const int tid = threadIdx.x;
+  auto core = [](int r, int k, int rows) { return ((k / 8) * (rows / 8) + r / 8) * 128 + (r % 8) * 16 + (k % 8) * 2; };
+  for (int e = tid; e < 64 * 16; e += 128)
+    *reinterpret_cast<unsigned short*>(s + core(e / 16, e % 16, 64)) = bits16(from_f32<bf16>(p.a[e]));
+  for (int e = tid; e < 16 * 128; e += 128)  // B(k, n) = p.b[k·128 + n], stored n-rows × k
+    *reinterpret_cast<unsigned short*>(s + 2048 + core(e % 128, e / 128, 128)) = bits16(from_f32<bf16>(p.b[e]));
+  fence_proxy_async();
+  __syncthreads();
+  float d[WGMMA_N / 2];
+  for (int i = 0; i < WGMMA_N / 2; ++i) d[i] = 0.f;
+  const u64 da = MODE == 1 ? wgmma_desc(s, 128, 64 * 16) : wgmma_desc(s, 64 * 16, 128);
+  const u64 db = wgmma_desc(s + 2048, 128 * 16, 128);
+  wgmma_fence(d);
+  wgmma_m64n128k16(d, da, db, bf16());
+  wgmma_commit();
+  if (MODE == 2) *reinterpret_cast<unsigned short*>(s + core(tid % 64, 0, 64)) = 0;
+  float early = 0.f;
+  if (MODE == 3) early = d[0];
+  if (MODE != 4) wgmma_wait<0>(d);
+  if (MODE == 3) d[0] = early;
+  const int w = tid / 32, g = (tid % 32) / 4, t = tid % 4;
+  for (int i = 0; i < WGMMA_N / 2; ++i)
+    p.c[(16 * w + g + 8 * ((i >> 1) & 1)) * 128 + 8 * (i >> 2) + 2 * t + (i & 1)] = d[i];
+}
+KILN_KERNEL_LB(ok_wgmma_tile, TestParams, 128) { wgmma_tile<0>(p); }
+KILN_KERNEL_LB(broken_wgmma_lbo_sbo_swapped, TestParams, 128) { wgmma_tile<1>(p); }
+KILN_KERNEL_LB(broken_wgmma_store_in_flight, TestParams, 128) { wgmma_tile<2>(p); }
+KILN_KERNEL_LB(broken_wgmma_read_before_wait, TestParams, 128) { wgmma_tile<3>(p); }
+KILN_KERNEL_LB(broken_wgmma_never_waited, TestParams, 128) { wgmma_tile<4>(p); }

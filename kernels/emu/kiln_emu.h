@@ -38,6 +38,8 @@ struct LaunchView {
   dim3 block_dim;
   dim3 grid_dim;
   void* dyn_smem;
+  size_t dyn_smem_bytes;  // the launch's dynamic shared memory
+  unsigned long long serial;  // distinct for every block run (per-thread state left by another shows)
 };
 // Set by the scheduler (rt.cpp) before it resumes a fiber.
 extern ThreadView* g_thread;
@@ -54,6 +56,11 @@ unsigned atomic_add_u32(unsigned* p, unsigned v);
 int atomic_cas_i32(int* p, int cmp, int v);
 float atomic_max_f32(float* p, float v);
 [[noreturn]] void trap(const char* why);
+
+// Runs `fn` in every thread as it leaves its kernel (checks of per-thread state, which may trap).
+struct ExitCheck {
+  explicit ExitCheck(void (*fn)());
+};
 
 using KernelFn = void (*)(const void* params);
 struct Registrar {

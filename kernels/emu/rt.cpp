@@ -149,6 +149,11 @@ void switch_to(Ctx* save, Ctx* next) { swapcontext(save, next); }
 
 void yield() { switch_to(&g_cur->ctx, &g_sched); }
 
+std::vector<void (*)()>& exit_checks() {
+  static std::vector<void (*)()> v;
+  return v;
+}
+
 void release_bar() {
   g_bar_count = 0;
   g_bar_gen++;
@@ -156,6 +161,7 @@ void release_bar() {
 
 void fiber_main() {
   g_fn(g_params);
+  for (auto check : exit_checks()) check();  // may trap, as kernel code can
   Fiber* f = g_cur;
   f->st = Done;
   g_live--;
@@ -319,6 +325,8 @@ bool run_block() {
 }
 }  // namespace
 
+ExitCheck::ExitCheck(void (*fn)()) { exit_checks().push_back(fn); }
+
 Registrar::Registrar(const char* name, int variant, size_t params_size, unsigned max_threads, KernelFn fn) {
   registry()[key(name, variant)] = Kernel{fn, params_size, max_threads ? max_threads : kMaxThreads};
 }
@@ -463,11 +471,13 @@ int kiln_emu_launch(const char* name, int racecheck, const unsigned* grid, const
   g_launch.block_dim = dim3(block[0], block[1], block[2]);
   g_launch.grid_dim = dim3(grid[0], grid[1], grid[2]);
   g_launch.dyn_smem = g_smem;
+  g_launch.dyn_smem_bytes = dyn_smem;
   bool ok = true;
   for (unsigned z = 0; z < grid[2] && ok; ++z)
     for (unsigned y = 0; y < grid[1] && ok; ++y)
       for (unsigned x = 0; x < grid[0] && ok; ++x) {
         g_launch.block = uint3{x, y, z};
+        g_launch.serial++;
         // Poisoned (NaN bytes), so a read of dynamic shared memory nobody wrote shows.
         std::memset(g_smem, 0xff, dyn_smem);
         g_rc_on = racecheck != 0;

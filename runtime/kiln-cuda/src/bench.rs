@@ -90,6 +90,7 @@ fn vname(v: Variant, dtype: DType) -> &'static str {
         (Variant::V1, _) => "v1_naive",
         (Variant::V3, DType::BF16 | DType::F16) => "v3_mma",
         (Variant::V4, DType::BF16 | DType::F16) => "v4_mma_pipelined",
+        (Variant::V5, DType::BF16 | DType::F16) => "v5_wgmma",
         _ => "v2_smem_tiled",
     }
 }
@@ -113,8 +114,10 @@ pub fn run(be: &KernelBackend, plan: &Plan, on_row: &mut dyn FnMut(&Row)) -> Res
                     let x = up(be, randn(m * k, 1), &[m, k], DType::F32)?;
                     for dtype in [DType::BF16, DType::F32] {
                         let w = up(be, randn(n * k, 2), &[n, k], dtype)?;
-                        for v in [Variant::V1, Variant::V2, Variant::V3, Variant::V4] {
-                            if matches!(v, Variant::V3 | Variant::V4) && dtype == DType::F32 {
+                        for v in [Variant::V1, Variant::V2, Variant::V3, Variant::V4, Variant::V5] {
+                            // f32 weights run v2 under every tensor-core variant; v5 only where
+                            // it is itself (else the row would time v4 again).
+                            if (v.tensor_cores() && dtype == DType::F32) || (v == Variant::V5 && !be.exec.has_wgmma()) {
                                 continue;
                             }
                             set_variant(v);

@@ -75,6 +75,8 @@ pub struct CudaExec {
     h: Handles,
     pool: Arc<Mutex<Pool>>,
     modules: Mutex<HashMap<String, usize>>,
+    /// The architecture each loaded module's PTX was built for.
+    module_arch: Mutex<HashMap<String, String>>,
     funcs: Mutex<HashMap<String, usize>>,
     poison: std::sync::atomic::AtomicBool,
     l2: Mutex<Option<DevBuf>>,
@@ -111,6 +113,7 @@ impl CudaExec {
             h: Handles { ctx, stream },
             pool: Arc::default(),
             modules: Mutex::default(),
+            module_arch: Mutex::default(),
             funcs: Mutex::default(),
             poison: false.into(),
             l2: Mutex::default(),
@@ -122,9 +125,11 @@ impl CudaExec {
         unsafe { result::ctx::set_current(self.h.ctx) }.map_err(|e| err("cuCtxSetCurrent", e))
     }
 
-    /// The architecture name NVRTC targets for this device, e.g. `sm_90`.
+    /// The architecture name NVRTC targets for this device, e.g. `sm_86`; Hopper (9.0) gets
+    /// `sm_90a`, whose arch-specific instructions (wgmma) the v5 GEMM uses.
     pub fn arch(&self) -> String {
-        format!("sm_{}{}", self.compute_capability.0, self.compute_capability.1)
+        let (maj, min) = self.compute_capability;
+        if (maj, min) == (9, 0) { "sm_90a".into() } else { format!("sm_{maj}{min}") }
     }
 
     fn raw_alloc(&self, class: usize) -> Result<u64> {
@@ -160,12 +165,19 @@ impl CudaExec {
         (p.live, p.cached, p.peak)
     }
 
-    /// PTX for `file` on this device.
-    fn ptx(&self, file: &str, source: &str) -> Result<String> {
+    /// PTX for `file` on this device, and the architecture it was built for.
+    fn ptx(&self, file: &str, source: &str) -> Result<(String, String)> {
         let stem = file.trim_end_matches(".cu");
         let arch = self.arch();
         if let Some(dir) = std::env::var_os("KILN_PTX_DIR").map(PathBuf::from) {
-            // The exact arch, else the newest older one (PTX is compiled forward by the driver).
+            let exact = dir.join(format!("{stem}.{arch}.ptx"));
+            if exact.is_file() {
+                let ptx =
+                    std::fs::read_to_string(&exact).map_err(|e| Error::Msg(format!("{}: {e}", exact.display())))?;
+                return Ok((ptx, arch));
+            }
+            // Else the newest older generic one (PTX is compiled forward by the driver; an
+            // arch-specific `a` build runs only on its own architecture).
             let cc = self.compute_capability.0 * 10 + self.compute_capability.1;
             let mut best: Option<(i32, PathBuf)> = None;
             for e in std::fs::read_dir(&dir).map_err(|e| Error::Msg(format!("KILN_PTX_DIR {}: {e}", dir.display())))? {
@@ -181,8 +193,9 @@ impl CudaExec {
                     best = Some((v, p));
                 }
             }
-            if let Some((_, p)) = best {
-                return std::fs::read_to_string(&p).map_err(|e| Error::Msg(format!("{}: {e}", p.display())));
+            if let Some((v, p)) = best {
+                let ptx = std::fs::read_to_string(&p).map_err(|e| Error::Msg(format!("{}: {e}", p.display())))?;
+                return Ok((ptx, format!("sm_{v}")));
             }
             if !crate::nvrtc::available() {
                 return Err(Error::Msg(format!(
@@ -213,7 +226,7 @@ impl CudaExec {
         if let Some(p) = &cached
             && let Ok(s) = std::fs::read_to_string(p)
         {
-            return Ok(s);
+            return Ok((s, arch));
         }
         let inc = crate::nvrtc::include_dirs(None);
         let c = crate::nvrtc::compile(file, source, &arch, &inc)?;
@@ -224,7 +237,7 @@ impl CudaExec {
                 let _ = std::fs::rename(&tmp, p);
             }
         }
-        Ok(c.ptx)
+        Ok((c.ptx, arch))
     }
 
     fn function(&self, kernel: &str) -> Result<sys::CUfunction> {
@@ -239,8 +252,9 @@ impl CudaExec {
         let module = match mods.get(*file) {
             Some(&m) => m as sys::CUmodule,
             None => {
-                let ptx =
-                    CString::new(self.ptx(file, src)?).map_err(|_| Error::Msg(format!("{file}: PTX with NUL")))?;
+                let (ptx, arch) = self.ptx(file, src)?;
+                self.module_arch.lock().unwrap_or_else(|e| e.into_inner()).insert(file.to_string(), arch);
+                let ptx = CString::new(ptx).map_err(|_| Error::Msg(format!("{file}: PTX with NUL")))?;
                 // SAFETY: the context is current; `ptx` is a NUL-terminated PTX image.
                 let m = unsafe { result::module::load_data(ptx.as_ptr() as *const c_void) }
                     .map_err(|e| err(&format!("loading {file} for {}", self.arch()), e))?;
@@ -390,6 +404,14 @@ impl Exec for CudaExec {
     }
     fn set_poison(&self, on: bool) {
         self.poison.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn has_wgmma(&self) -> bool {
+        // Loads the GEMM module (NVRTC or KILN_PTX_DIR), then asks what it was built for: a
+        // generic sm_90 PTX from an older build dir has no wgmma.
+        self.compute_capability == (9, 0)
+            && self.current().is_ok()
+            && self.function("gemm_v5_wgmma_bf16").is_ok()
+            && self.module_arch.lock().unwrap_or_else(|e| e.into_inner()).get("gemm.cu").is_some_and(|a| a == "sm_90a")
     }
     fn describe(&self) -> String {
         let (c0, c1) = self.compute_capability;

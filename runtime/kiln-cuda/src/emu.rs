@@ -139,6 +139,9 @@ impl Exec for EmuExec {
         self.launched.lock().unwrap_or_else(|e| e.into_inner()).insert(kernel.to_string());
         self.launch_checked(kernel, cfg, params, rc)
     }
+    fn has_wgmma(&self) -> bool {
+        true
+    }
     fn launched(&self) -> Vec<String> {
         self.launched.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
     }

@@ -83,4 +83,9 @@ pub trait Exec: Send + Sync {
     fn launched(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Whether the `wgmma` kernels run here: a Hopper GPU (compute capability 9.0) whose GEMM
+    /// module is built for sm_90a, or the emulation (which implements the instruction).
+    fn has_wgmma(&self) -> bool {
+        false
+    }
 }

@@ -31,7 +31,7 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
 fn parity_table_under_every_gemm_variant() {
     let _g = lock();
     let be = emu();
-    for v in [Variant::V1, Variant::V2, Variant::V3, Variant::V4] {
+    for v in [Variant::V1, Variant::V2, Variant::V3, Variant::V4, Variant::V5] {
         set_variant(v);
         let t0 = std::time::Instant::now();
         let rep = kiln_core::selftest::run(be, &mut |_, _| {});
@@ -70,17 +70,19 @@ fn production_kernels_are_race_free() {
     let be = emu();
     be.exec.set_racecheck(true);
     // V3 runs the tensor-core kernels for 16-bit weights and the tiled ones for f32 and quantized
-    // bases (the naive kernels share no memory between threads); V4's pipelined kernel is checked
-    // on the linear cases.
+    // bases (the naive kernels share no memory between threads); V4's pipelined kernel and V5's
+    // wgmma one are checked on the linear cases.
     let t0 = std::time::Instant::now();
     set_variant(Variant::V3);
     let rep = kiln_core::selftest::run(be, &mut |_, _| {});
     let mut all: Vec<String> = rep.failed.into_iter().map(|f| format!("{f:?}")).collect();
     eprintln!("race check over the parity table: {} cases, {:.1} s", rep.passed.len(), t0.elapsed().as_secs_f64());
-    set_variant(Variant::V4);
-    let rep = kiln_core::selftest::run_where(be, &|c| c.name.starts_with("lora_linear"), &mut |_, _| {});
-    assert!(rep.passed.len() >= 20, "V4 ran {} linear cases", rep.passed.len());
-    all.extend(rep.failed.into_iter().map(|f| format!("V4 {f:?}")));
+    for v in [Variant::V4, Variant::V5] {
+        set_variant(v);
+        let rep = kiln_core::selftest::run_where(be, &|c| c.name.starts_with("lora_linear"), &mut |_, _| {});
+        assert!(rep.passed.len() >= 20, "{v:?} ran {} linear cases", rep.passed.len());
+        all.extend(rep.failed.into_iter().map(|f| format!("{v:?} {f:?}")));
+    }
     be.exec.set_racecheck(false);
     set_variant(Variant::V3);
     assert!(all.is_empty(), "{all:#?}");
@@ -173,6 +175,37 @@ fn mma_fragments_follow_the_ptx_layout_and_a_swap_is_caught() {
     }
     let bad = run("broken_mma_swapped_fragment", cfg, &a, &b, 128, (16, 8, 16), false).unwrap();
     assert_ne!(bad, want);
+}
+
+#[test]
+fn wgmma_follows_the_ptx_descriptor_layout_and_its_misuse_is_caught() {
+    // bf16-exact inputs: the correct tile is exact.
+    let a: Vec<f32> = (0..64 * 16).map(|i| ((i * 7 % 13) as f32) - 6.0).collect();
+    let b: Vec<f32> = (0..16 * 128).map(|i| ((i * 5 % 11) as f32) - 5.0).collect();
+    let want = matmul_ref(&a, &b, 64, 128, 16);
+    let cfg = Launch { grid: [1, 1, 1], block: [128, 1, 1], smem: 2048 + 4096 };
+    let mnk = (64, 128, 16);
+    assert_eq!(run("ok_wgmma_tile", cfg, &a, &b, 64 * 128, mnk, true).unwrap(), want);
+    // LBO and SBO swapped: A is read with the wrong strides (with room for them, wrong values;
+    // without, a read past the shared memory the launch gave).
+    let roomy = Launch { smem: 16 << 10, ..cfg };
+    assert_ne!(run("broken_wgmma_lbo_sbo_swapped", roomy, &a, &b, 64 * 128, mnk, false).unwrap(), want);
+    let e = run("broken_wgmma_lbo_sbo_swapped", cfg, &a, &b, 64 * 128, mnk, false).unwrap_err();
+    assert!(e.contains("past the block's dynamic shared memory"), "{e}");
+    // Reading the accumulators before wgmma.wait_group: the product is not there yet.
+    assert_ne!(run("broken_wgmma_read_before_wait", cfg, &a, &b, 64 * 128, mnk, false).unwrap(), want);
+    // Writing an operand while the wgmma is in flight.
+    let e = run("broken_wgmma_store_in_flight", cfg, &a, &b, 64 * 128, mnk, false).unwrap_err();
+    assert!(e.contains("in flight"), "{e}");
+    // Leaving the kernel with a wgmma never waited for.
+    let e = run("broken_wgmma_never_waited", cfg, &a, &b, 64 * 128, mnk, false).unwrap_err();
+    assert!(e.contains("never waited"), "{e}");
+    // A block that is not whole warpgroups.
+    let e = run("ok_wgmma_tile", Launch { block: [96, 1, 1], ..cfg }, &a, &b, 64 * 128, mnk, false).unwrap_err();
+    assert!(e.contains("warpgroup"), "{e}");
+    // Too little dynamic shared memory for the operands the descriptors name.
+    let e = run("ok_wgmma_tile", Launch { smem: 4096, ..cfg }, &a, &b, 64 * 128, mnk, false).unwrap_err();
+    assert!(e.contains("shared memory"), "{e}");
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Every kernel file compiles with NVRTC for every target architecture, with no warnings, and
-//! exports every entry point; `ptxas -v` reports no register spills for the GEMM and LoRA
-//! kernels. Needs libnvrtc and the CUDA headers (pip wheels `nvidia-cuda-nvrtc-cu12`,
+//! exports every entry point; the sm_90a GEMM holds real wgmma instructions; `ptxas -v`
+//! reports no register spills and no warnings for the GEMM and LoRA kernels. Needs libnvrtc and the CUDA headers (pip wheels `nvidia-cuda-nvrtc-cu12`,
 //! `nvidia-cuda-runtime-cu12`; `nvidia-cuda-nvcc-cu12` for ptxas), which tools/test.sh puts on
 //! the library path and in `KILN_CUDA_INCLUDE` / `KILN_PTXAS`. Under CI a missing piece fails.
 
@@ -34,6 +34,17 @@ fn every_kernel_compiles_for_every_arch_without_warnings() {
             for name in entry_points(src) {
                 assert!(c.ptx.contains(&format!(".entry {name}(")), "{file} for {arch}: no entry {name}");
             }
+            // The Hopper GEMM (v5) is real wgmma in the sm_90a build, and absent elsewhere.
+            if *file == *"gemm.cu" {
+                let wgmma = c.ptx.matches("wgmma.mma_async.sync.aligned.m64n128k16").count();
+                assert_eq!(wgmma > 0, arch.ends_with("90a"), "{file} for {arch}: {wgmma} wgmma instructions");
+                if arch.ends_with("90a") {
+                    assert!(c.ptx.contains("fence.proxy.async.shared::cta"), "{file} for {arch}: no proxy fence");
+                    // A Hopper device asks NVRTC for sm_90a (CudaExec::arch): the same PTX.
+                    let sm = nvrtc::compile(file, src, "sm_90a", &inc).unwrap_or_else(|e| panic!("{e}"));
+                    assert_eq!(sm.ptx, c.ptx, "{file}: sm_90a and compute_90a differ");
+                }
+            }
             std::fs::write(out.join(format!("{}.{arch}.ptx", file.trim_end_matches(".cu"))), &c.ptx).unwrap();
         }
     }
@@ -61,6 +72,8 @@ fn ptxas_reports_no_spills(dir: &std::path::Path) {
                 .output()
                 .unwrap();
             let log = String::from_utf8_lossy(&o.stderr);
+            // e.g. "Potential Performance Loss: wgmma.mma_async instructions are serialized".
+            assert!(!log.to_lowercase().contains("warning"), "ptxas {target} {file}: {log}");
             if !o.status.success() && log.contains("not defined for option 'gpu-name'") {
                 // An older ptxas than NVRTC (e.g. sm_120 needs 12.8): say so, never pass silently.
                 eprintln!("ptxas cannot target {target}: {}", log.lines().next().unwrap_or(""));

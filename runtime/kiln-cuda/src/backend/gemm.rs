@@ -14,15 +14,26 @@ use super::{Held, KernelBackend, elementwise::col_sum, want_f32};
 use crate::exec::Launch;
 use crate::kernels::GemmParams;
 
-/// GEMM variant (kernels/gemm.cu). `V3` and `V4` use tensor cores where B is 16-bit or
+/// GEMM variant (kernels/gemm.cu). `V3`, `V4` and `V5` use tensor cores where B is 16-bit or
 /// block-quantized (decoded to bf16) and fall back to `V2` for f32 operands (tensor cores would
-/// round them).
+/// round them). `V5` (wgmma) runs where the device has it (Hopper, [`Exec::has_wgmma`]) and is
+/// `V4` elsewhere.
+///
+/// [`Exec::has_wgmma`]: crate::exec::Exec::has_wgmma
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
     V1,
     V2,
     V3,
     V4,
+    V5,
+}
+
+impl Variant {
+    /// Whether the variant runs 16-bit products on tensor cores (and attention with them).
+    pub fn tensor_cores(self) -> bool {
+        matches!(self, Variant::V3 | Variant::V4 | Variant::V5)
+    }
 }
 
 /// 0: not chosen yet (then `KILN_CUDA_GEMM`, else v3); else the variant's number.
@@ -33,20 +44,40 @@ pub fn set_variant(v: Variant) {
     VARIANT.store(v as u8 + 1, Ordering::Relaxed);
 }
 
-/// The GEMM variant in use: set by [`set_variant`], else `KILN_CUDA_GEMM=v1|v2|v3|v4` (v1/v2
-/// also keep attention in f32: the tensor-core attention goes with v3/v4), else v3.
+/// The GEMM variant in use: set by [`set_variant`], else `KILN_CUDA_GEMM=v1|v2|v3|v4|v5` (v1/v2
+/// also keep attention in f32: the tensor-core attention goes with v3-v5), else v3.
 pub fn variant() -> Variant {
     match VARIANT.load(Ordering::Relaxed) {
         1 => Variant::V1,
         2 => Variant::V2,
         3 => Variant::V3,
         4 => Variant::V4,
+        5 => Variant::V5,
         _ => match std::env::var("KILN_CUDA_GEMM").as_deref() {
             Ok("v1") => Variant::V1,
             Ok("v2") => Variant::V2,
             Ok("v4") => Variant::V4,
+            Ok("v5") => Variant::V5,
             _ => Variant::V3,
         },
+    }
+}
+
+/// Dynamic shared memory of the v5 kernels: two stages of a 128×32 A and a 128×32 B tile in
+/// 16-bit values (kernels/gemm.cu `V5_STAGE`).
+const V5_SMEM: usize = 2 * (128 + 128) * 32 * 2;
+
+/// The variant a launch uses: v5 becomes v4 where the device has no wgmma (said once).
+fn effective(be: &KernelBackend) -> Variant {
+    static NOTED: std::sync::Once = std::sync::Once::new();
+    match variant() {
+        Variant::V5 if !be.exec.has_wgmma() => {
+            NOTED.call_once(|| {
+                eprintln!("note: GEMM v5 (wgmma) needs an sm_90a device; running v4 on {}", be.exec.describe())
+            });
+            Variant::V4
+        }
+        v => v,
     }
 }
 
@@ -88,10 +119,14 @@ fn gemm(be: &KernelBackend, p: &GemmParams, b_type: DType) -> Result<()> {
         let cfg = Launch { grid: [n.div_ceil(8), 1, 1], block: [256, 1, 1], smem: 0 };
         return be.exec.launch(&format!("gemv_{ty}"), cfg, bytemuck::bytes_of(p));
     }
-    let (kernel, cfg) = match (variant(), b_type) {
+    let (kernel, cfg) = match (effective(be), b_type) {
         (Variant::V1, _) => (
             format!("gemm_v1_naive_{ty}"),
             Launch { grid: [n.div_ceil(16), m.div_ceil(16), 1], block: [16, 16, 1], smem: 0 },
+        ),
+        (Variant::V5, DType::BF16 | DType::F16 | DType::Quant(_)) => (
+            format!("gemm_v5_wgmma_{ty}"),
+            Launch { grid: [n.div_ceil(128), m.div_ceil(128), 1], block: [256, 1, 1], smem: V5_SMEM },
         ),
         (Variant::V4, DType::BF16 | DType::F16 | DType::Quant(_)) => (
             format!("gemm_v4_mma_pipelined_{ty}"),

@@ -206,10 +206,10 @@ impl Backend for KernelBackend {
     }
     fn compute_dtype(&self, op: Op, dtype: DType) -> DType {
         // The tensor-core GEMMs take block-quantized weights decoded and rounded to bf16.
-        match (op, dtype, variant()) {
-            (Op::LoraLinear, DType::Quant(_), Variant::V3 | Variant::V4) => DType::BF16,
+        match (op, dtype) {
+            (Op::LoraLinear, DType::Quant(_)) if variant().tensor_cores() => DType::BF16,
             // Attention v2 rounds Q, K, V and P to bf16 for the tensor cores.
-            (Op::Attention, _, Variant::V3 | Variant::V4) => DType::BF16,
+            (Op::Attention, _) if variant().tensor_cores() => DType::BF16,
             _ => dtype,
         }
     }

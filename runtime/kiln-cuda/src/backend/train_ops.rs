@@ -140,10 +140,9 @@ pub(super) fn swiglu(
 }
 
 /// Whether attention runs on tensor cores (v2, forward and backward): the tensor-core GEMM variants are
-/// chosen (v3, v4: the default) and the head dim is at most 128; v1 and v2 keep f32 attention.
+/// chosen (v3: the default, v4, v5) and the head dim is at most 128; v1 and v2 keep f32 attention.
 pub(crate) fn attn_v2(d: i32) -> bool {
-    use super::gemm::{Variant, variant};
-    d <= 128 && matches!(variant(), Variant::V3 | Variant::V4)
+    d <= 128 && super::gemm::variant().tensor_cores()
 }
 
 /// The sizes of an attention call and the query rows.

@@ -253,9 +253,6 @@ fn info(json: bool, model: Option<PathBuf>) -> Result<()> {
             "rss_after_forward_mb": fwd.0 as f64 / 1048576.0,
             "file_rss_after_forward_mb": fwd.2 as f64 / 1048576.0,
             "anon_rss_after_forward_mb": fwd.1 as f64 / 1048576.0,
-            "rss_after_forward_mb": fwd.0 as f64 / 1048576.0,
-            "file_rss_after_forward_mb": fwd.2 as f64 / 1048576.0,
-            "anon_rss_after_forward_mb": fwd.1 as f64 / 1048576.0,
         });
     }
     if json {
