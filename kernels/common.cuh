@@ -405,8 +405,10 @@ inline unsigned short wgmma_elem(u64 desc, u32 row, u32 k) {
   const size_t off = start + (row / 8) * sbo + (k / 8) * lbo + (row % 8) * 16 + (k % 8) * 2;
   if (off + 2 > ::kemu::g_launch.dyn_smem_bytes)
     ::kemu::trap("wgmma: an operand element lies past the block's dynamic shared memory");
+  const unsigned char* at = static_cast<const unsigned char*>(::kemu::g_launch.dyn_smem) + off;
+  ::kemu::async_read(at, 2);
   unsigned short v;
-  std::memcpy(&v, static_cast<const unsigned char*>(::kemu::g_launch.dyn_smem) + off, 2);
+  std::memcpy(&v, at, 2);
   return v;
 }
 inline bool is_f16(__half) { return true; }
@@ -537,6 +539,8 @@ __device__ __forceinline__ void wgmma_wait(float* d) {
 __device__ __forceinline__ void fence_proxy_async() {
 #if KILN_WGMMA
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#elif !KILN_GPU
+  ::kemu::proxy_fence();  // the race checker holds wgmma's reads to it
 #endif
 }
 

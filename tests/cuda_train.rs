@@ -43,6 +43,12 @@ fn lora_on_cuda_kernels_matches_the_cpu() {
         let cpu = common::train_losses(&model, &data, &d.join(format!("q-{q}-cpu")), "cpu", &args);
         let gpu = common::train_losses(&model, &data, &d.join(format!("q-{q}-cuda")), "cuda-emu", &args);
         common::same_losses(&format!("qlora {q}"), "cuda-emu", &cpu, &gpu);
+        if q == "nf4" {
+            // The Hopper GEMM (v5, wgmma; the emulation implements it) on the same run.
+            let env = [("KILN_CUDA_GEMM", "v5")];
+            let v5 = common::train_losses_env(&model, &data, &d.join("q-nf4-v5"), "cuda-emu", &args, &env);
+            common::same_losses("qlora nf4, GEMM v5 (wgmma)", "cuda-emu", &cpu, &v5);
+        }
     }
 }
 

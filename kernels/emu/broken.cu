@@ -131,7 +131,7 @@ KILN_KERNEL(ok_cp_async_copy, TestParams) {
 // Staged in dynamic shared memory in the K-major unswizzled layout (A core matrices at
 // ((k/8)·8 + r/8)·128 bytes, B after A at ((k/8)·16 + n/8)·128), then one wgmma m64n128k16.
 // MODE 1 swaps the descriptors' LBO and SBO; 2 overwrites A while the wgmma is in flight;
-// 3 reads the accumulators before waiting; 4 never waits.
+// 3 reads the accumulators before waiting; 4 never waits; 5 stages without fence.proxy.async.
 template <int MODE>
 __device__ __forceinline__ void wgmma_tile(const TestParams& p) {
   unsigned char* s = dyn_smem();
@@ -141,7 +141,7 @@ __device__ __forceinline__ void wgmma_tile(const TestParams& p) {
     *reinterpret_cast<unsigned short*>(s + core(e / 16, e % 16, 64)) = bits16(from_f32<bf16>(p.a[e]));
   for (int e = tid; e < 16 * 128; e += 128)  // B(k, n) = p.b[k·128 + n], stored n-rows × k
     *reinterpret_cast<unsigned short*>(s + 2048 + core(e % 128, e / 128, 128)) = bits16(from_f32<bf16>(p.b[e]));
-  fence_proxy_async();
+  if (MODE != 5) fence_proxy_async();
   __syncthreads();
   float d[WGMMA_N / 2];
   for (int i = 0; i < WGMMA_N / 2; ++i) d[i] = 0.f;
@@ -164,3 +164,4 @@ KILN_KERNEL_LB(broken_wgmma_lbo_sbo_swapped, TestParams, 128) { wgmma_tile<1>(p)
 KILN_KERNEL_LB(broken_wgmma_store_in_flight, TestParams, 128) { wgmma_tile<2>(p); }
 KILN_KERNEL_LB(broken_wgmma_read_before_wait, TestParams, 128) { wgmma_tile<3>(p); }
 KILN_KERNEL_LB(broken_wgmma_never_waited, TestParams, 128) { wgmma_tile<4>(p); }
+KILN_KERNEL_LB(broken_wgmma_no_proxy_fence, TestParams, 128) { wgmma_tile<5>(p); }

@@ -57,6 +57,10 @@ int atomic_cas_i32(int* p, int cmp, int v);
 float atomic_max_f32(float* p, float v);
 [[noreturn]] void trap(const char* why);
 
+// fence.proxy.async by the running thread, and a read through the async proxy (wgmma's
+// operands), which the race checker requires to follow its writer's fence.
+void proxy_fence();
+void async_read(const void* p, size_t n);
 // Runs `fn` in every thread as it leaves its kernel (checks of per-thread state, which may trap).
 struct ExitCheck {
   explicit ExitCheck(void (*fn)());

@@ -117,7 +117,10 @@ struct Access {
   unsigned writer_gen;
   int reader[2];
   unsigned reader_gen[2];
+  unsigned writer_proxy;  // the writer's proxy-fence count at the write
 };
+// Per thread: fence.proxy.async calls so far in this block (race check only).
+unsigned g_proxy[1024];
 std::unordered_map<uintptr_t, Access> g_shadow;
 std::vector<std::string> g_races;
 
@@ -215,7 +218,7 @@ void rc_access(const void* p, size_t size, bool write) {
   // Byte granularity: neighbouring 16-bit elements written by different threads never conflict.
   for (uintptr_t w = a; w < a + size; ++w) {
     Access& e = g_shadow[w];
-    if (e.epoch != g_bar_gen + 1) e = Access{g_bar_gen + 1, -1, 0, {-1, -1}, {0, 0}};
+    if (e.epoch != g_bar_gen + 1) e = Access{g_bar_gen + 1, -1, 0, {-1, -1}, {0, 0}, 0};
     const char* kind = nullptr;
     int other = -1;
     if (conflict(e.writer, e.writer_gen)) {
@@ -236,6 +239,7 @@ void rc_access(const void* p, size_t size, bool write) {
     if (write) {
       e.writer = t;
       e.writer_gen = gen;
+      e.writer_proxy = g_proxy[t];
     } else if (e.reader[0] < 0 || e.reader[0] == t) {
       e.reader[0] = t;
       e.reader_gen[0] = gen;
@@ -297,6 +301,7 @@ bool run_block() {
     init_fiber(f, i);
   }
   g_shadow.clear();
+  std::memset(g_proxy, 0, sizeof g_proxy);
   unsigned done = 0;
   while (done < g_nthreads) {
     bool progressed = false;
@@ -326,6 +331,31 @@ bool run_block() {
 }  // namespace
 
 ExitCheck::ExitCheck(void (*fn)()) { exit_checks().push_back(fn); }
+
+void proxy_fence() {
+  if (g_rc_on) g_proxy[g_cur->view.linear]++;
+}
+
+// A read through the async proxy (wgmma's operands): every byte's last generic-proxy write must
+// have been followed by a fence.proxy.async of its writer. Looks before the read's own check,
+// which may start a new barrier interval's record for the byte.
+void async_read(const void* p, size_t n) {
+  if (!g_rc_on) return;
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  for (uintptr_t w = a; w < a + n; ++w) {
+    auto it = g_shadow.find(w);
+    if (it == g_shadow.end()) continue;
+    const Access& e = it->second;
+    if (e.writer >= 0 && e.writer_proxy == g_proxy[e.writer]) {
+      if (g_races.size() < 8)
+        g_races.push_back(fmt("async-proxy read (wgmma) of address %p by %s: %s wrote it with no fence.proxy.async "
+                              "after the write",
+                              reinterpret_cast<void*>(w), where(g_cur->view.linear).c_str(),
+                              where(unsigned(e.writer)).c_str()));
+      return;
+    }
+  }
+}
 
 Registrar::Registrar(const char* name, int variant, size_t params_size, unsigned max_threads, KernelFn fn) {
   registry()[key(name, variant)] = Kernel{fn, params_size, max_threads ? max_threads : kMaxThreads};

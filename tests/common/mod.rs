@@ -47,7 +47,20 @@ pub fn smollm2() -> Option<PathBuf> {
 /// The per-step training losses of `kiln train` on `backend` (one row per sequence).
 #[allow(dead_code)]
 pub fn train_losses(model: &Path, data: &Path, out: &Path, backend: &str, extra: &[&str]) -> Vec<f64> {
+    train_losses_env(model, data, out, backend, extra, &[])
+}
+
+/// [`train_losses`] with environment variables set for the run (e.g. a kernel variant).
+pub fn train_losses_env(
+    model: &Path,
+    data: &Path,
+    out: &Path,
+    backend: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Vec<f64> {
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .envs(env.iter().copied())
         .args(["train", "--backend", backend, "--learning-rate", "3e-3", "--batch-size", "2", "--eval-split", "0"])
         // One row per sequence: the GPU stand-ins here (lavapipe, the CUDA emulation) are slow.
         .args(["--packing", "false"])

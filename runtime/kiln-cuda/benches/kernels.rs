@@ -28,7 +28,10 @@ fn kernels(c: &mut Criterion) {
     let (a, b) = (up(be, &[r, k], DType::F32), up(be, &[n, r], DType::F32));
     let mut g = c.benchmark_group(format!("cuda kernels on {}", be.exec.describe()));
     g.sample_size(10);
-    for v in [Variant::V2, Variant::V3] {
+    for v in [Variant::V2, Variant::V3, Variant::V4, Variant::V5] {
+        if v == Variant::V5 && !be.exec.has_wgmma() {
+            continue;
+        }
         set_variant(v);
         g.bench_function(format!("gemm {v:?} {m}x{k}x{n} W bf16"), |bench| {
             bench.iter(|| {

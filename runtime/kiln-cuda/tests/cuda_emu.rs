@@ -197,6 +197,11 @@ fn wgmma_follows_the_ptx_descriptor_layout_and_its_misuse_is_caught() {
     // Writing an operand while the wgmma is in flight.
     let e = run("broken_wgmma_store_in_flight", cfg, &a, &b, 64 * 128, mnk, false).unwrap_err();
     assert!(e.contains("in flight"), "{e}");
+    // Staging the operands without fence.proxy.async: the race checker reports it (without
+    // it the emulation, like a lucky GPU, computes the right values).
+    let e = run("broken_wgmma_no_proxy_fence", cfg, &a, &b, 64 * 128, mnk, true).unwrap_err();
+    assert!(e.contains("no fence.proxy.async"), "{e}");
+    assert_eq!(run("broken_wgmma_no_proxy_fence", cfg, &a, &b, 64 * 128, mnk, false).unwrap(), want);
     // Leaving the kernel with a wgmma never waited for.
     let e = run("broken_wgmma_never_waited", cfg, &a, &b, 64 * 128, mnk, false).unwrap_err();
     assert!(e.contains("never waited"), "{e}");
