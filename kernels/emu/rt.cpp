@@ -120,7 +120,7 @@ struct Access {
   unsigned writer_proxy;  // the writer's proxy-fence count at the write
 };
 // Per thread: fence.proxy.async calls so far in this block (race check only).
-unsigned g_proxy[1024];
+unsigned g_proxy[kMaxThreads];
 std::unordered_map<uintptr_t, Access> g_shadow;
 std::vector<std::string> g_races;
 

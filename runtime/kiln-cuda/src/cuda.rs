@@ -77,6 +77,8 @@ pub struct CudaExec {
     modules: Mutex<HashMap<String, usize>>,
     /// The architecture each loaded module's PTX was built for.
     module_arch: Mutex<HashMap<String, String>>,
+    /// [`Exec::has_wgmma`], decided once (it is asked on every v5 GEMM launch).
+    wgmma: std::sync::OnceLock<bool>,
     funcs: Mutex<HashMap<String, usize>>,
     poison: std::sync::atomic::AtomicBool,
     l2: Mutex<Option<DevBuf>>,
@@ -114,6 +116,7 @@ impl CudaExec {
             pool: Arc::default(),
             modules: Mutex::default(),
             module_arch: Mutex::default(),
+            wgmma: std::sync::OnceLock::new(),
             funcs: Mutex::default(),
             poison: false.into(),
             l2: Mutex::default(),
@@ -408,10 +411,17 @@ impl Exec for CudaExec {
     fn has_wgmma(&self) -> bool {
         // Loads the GEMM module (NVRTC or KILN_PTX_DIR), then asks what it was built for: a
         // generic sm_90 PTX from an older build dir has no wgmma.
-        self.compute_capability == (9, 0)
-            && self.current().is_ok()
-            && self.function("gemm_v5_wgmma_bf16").is_ok()
-            && self.module_arch.lock().unwrap_or_else(|e| e.into_inner()).get("gemm.cu").is_some_and(|a| a == "sm_90a")
+        *self.wgmma.get_or_init(|| {
+            self.compute_capability == (9, 0)
+                && self.current().is_ok()
+                && self.function("gemm_v5_wgmma_bf16").is_ok()
+                && self
+                    .module_arch
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get("gemm.cu")
+                    .is_some_and(|a| a == "sm_90a")
+        })
     }
     fn describe(&self) -> String {
         let (c0, c1) = self.compute_capability;
