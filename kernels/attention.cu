@@ -208,6 +208,21 @@ __device__ __forceinline__ void av2_store_row(float* dst, const float (&acc)[AV2
   }
 }
 
+// acc[16 × D] += a · Mt[0..D)[k0..k0+16)ᵀ: the 16×16 A fragment `a` against an operand staged
+// transposed (Mt's rows are the output's columns over D), two output tiles a load.
+template <int LD>
+__device__ __forceinline__ void av2_mma_over_d(float (&acc)[AV2_DMAX / 8][4], const u32 a[4],
+                                               const unsigned short (*Mt)[LD], int k0, int dp) {
+  KILN_UNROLL
+  for (int dn = 0; dn < AV2_DMAX / 16; ++dn)
+    if (dn * 16 < dp) {
+      u32 b0[2], b1[2];
+      ldmatrix_b2(b0, b1, Mt, dn * 16, k0);
+      mma_16816(acc[2 * dn], a, b0, bf16());
+      mma_16816(acc[2 * dn + 1], a, b1, bf16());
+    }
+}
+
 KILN_KERNEL_LB(attn_fwd_v2_mma, AttnParams, 128) {
   __shared__ __align__(16) unsigned short Qs[AV2_BQ][AV2_LDQ];
   __shared__ __align__(16) unsigned short Ks[AV2_BK][AV2_LDQ];
@@ -240,12 +255,11 @@ KILN_KERNEL_LB(attn_fwd_v2_mma, AttnParams, 128) {
     float s[4][4] = {};
     for (int ks = 0; ks < ksteps; ++ks) {
       u32 af[4];
-      ldmatrix_x4(af, &Qs[warp * 16 + (lane % 16)][ks * 16 + (lane / 16) * 8]);
+      ldmatrix_a(af, Qs, warp * 16, ks * 16);
       KILN_UNROLL
       for (int nj = 0; nj < 2; ++nj) {
-        u32 r[4];
-        ldmatrix_x4(r, &Ks[nj * 16 + (lane / 16) * 8 + (lane % 8)][ks * 16 + ((lane / 8) % 2) * 8]);
-        const u32 b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+        u32 b0[2], b1[2];
+        ldmatrix_b2(b0, b1, Ks, nj * 16, ks * 16);
         mma_16816(s[2 * nj], af, b0, bf16());
         mma_16816(s[2 * nj + 1], af, b1, bf16());
       }
@@ -290,16 +304,7 @@ KILN_KERNEL_LB(attn_fwd_v2_mma, AttnParams, 128) {
       KILN_UNROLL
       for (int e = 0; e < 4; ++e) o[dt][e] *= corr[e >> 1];
     KILN_UNROLL
-    for (int kk = 0; kk < 2; ++kk)
-      KILN_UNROLL
-      for (int dn = 0; dn < AV2_DMAX / 16; ++dn)
-        if (dn * 16 < dp) {
-          u32 r[4];
-          ldmatrix_x4(r, &Vt[dn * 16 + (lane / 16) * 8 + (lane % 8)][kk * 16 + ((lane / 8) % 2) * 8]);
-          const u32 b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
-          mma_16816(o[2 * dn], pa[kk], b0, bf16());
-          mma_16816(o[2 * dn + 1], pa[kk], b1, bf16());
-        }
+    for (int kk = 0; kk < 2; ++kk) av2_mma_over_d(o, pa[kk], Vt, kk * 16, dp);
   }
   KILN_UNROLL
   for (int r = 0; r < 2; ++r) {
@@ -375,14 +380,13 @@ KILN_KERNEL_LB(attn_bwd_dq_v2_mma, AttnParams, 64) {
     float s[4][4] = {}, dpv[4][4] = {};
     for (int ks = 0; ks < ksteps; ++ks) {
       u32 aq[4], ad[4];
-      ldmatrix_x4(aq, &Qs[warp * 16 + (lane % 16)][ks * 16 + (lane / 16) * 8]);
-      ldmatrix_x4(ad, &dOs[warp * 16 + (lane % 16)][ks * 16 + (lane / 16) * 8]);
+      ldmatrix_a(aq, Qs, warp * 16, ks * 16);
+      ldmatrix_a(ad, dOs, warp * 16, ks * 16);
       KILN_UNROLL
       for (int nj = 0; nj < 2; ++nj) {
-        u32 rk[4], rv[4];
-        ldmatrix_x4(rk, &Ks[nj * 16 + (lane / 16) * 8 + (lane % 8)][ks * 16 + ((lane / 8) % 2) * 8]);
-        ldmatrix_x4(rv, &Vs[nj * 16 + (lane / 16) * 8 + (lane % 8)][ks * 16 + ((lane / 8) % 2) * 8]);
-        const u32 k0f[2] = {rk[0], rk[1]}, k1f[2] = {rk[2], rk[3]}, v0f[2] = {rv[0], rv[1]}, v1f[2] = {rv[2], rv[3]};
+        u32 k0f[2], k1f[2], v0f[2], v1f[2];
+        ldmatrix_b2(k0f, k1f, Ks, nj * 16, ks * 16);
+        ldmatrix_b2(v0f, v1f, Vs, nj * 16, ks * 16);
         mma_16816(s[2 * nj], aq, k0f, bf16());
         mma_16816(s[2 * nj + 1], aq, k1f, bf16());
         mma_16816(dpv[2 * nj], ad, v0f, bf16());
@@ -404,16 +408,7 @@ KILN_KERNEL_LB(attn_bwd_dq_v2_mma, AttnParams, 64) {
       da[nt / 2][(nt % 2) * 2 + 1] = pack2(from_f32<bf16>(ds[2]), from_f32<bf16>(ds[3]));
     }
     KILN_UNROLL
-    for (int kk = 0; kk < 2; ++kk)
-      KILN_UNROLL
-      for (int dn = 0; dn < AV2_DMAX / 16; ++dn)
-        if (dn * 16 < dp) {
-          u32 r[4];
-          ldmatrix_x4(r, &Kt[dn * 16 + (lane / 16) * 8 + (lane % 8)][kk * 16 + ((lane / 8) % 2) * 8]);
-          const u32 b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
-          mma_16816(dq[2 * dn], da[kk], b0, bf16());
-          mma_16816(dq[2 * dn + 1], da[kk], b1, bf16());
-        }
+    for (int kk = 0; kk < 2; ++kk) av2_mma_over_d(dq, da[kk], Kt, kk * 16, dp);
   }
   KILN_UNROLL
   for (int r = 0; r < 2; ++r) {
@@ -453,12 +448,11 @@ KILN_KERNEL_LB(attn_bwd_dkv_v2_mma, AttnParams, 64) {
       // Sᵀ, dPᵀ: this warp's 16 keys × 16 queries (two n-tiles).
       float s[2][4] = {}, dpv[2][4] = {};
       for (int ks = 0; ks < ksteps; ++ks) {
-        u32 ak[4], av[4], r[4], rd[4];
-        ldmatrix_x4(ak, &Ks[warp * 16 + (lane % 16)][ks * 16 + (lane / 16) * 8]);
-        ldmatrix_x4(av, &Vs[warp * 16 + (lane % 16)][ks * 16 + (lane / 16) * 8]);
-        ldmatrix_x4(r, &Qs[(lane / 16) * 8 + (lane % 8)][ks * 16 + ((lane / 8) % 2) * 8]);
-        ldmatrix_x4(rd, &dOs[(lane / 16) * 8 + (lane % 8)][ks * 16 + ((lane / 8) % 2) * 8]);
-        const u32 q0f[2] = {r[0], r[1]}, q1f[2] = {r[2], r[3]}, d0f[2] = {rd[0], rd[1]}, d1f[2] = {rd[2], rd[3]};
+        u32 ak[4], av[4], q0f[2], q1f[2], d0f[2], d1f[2];
+        ldmatrix_a(ak, Ks, warp * 16, ks * 16);
+        ldmatrix_a(av, Vs, warp * 16, ks * 16);
+        ldmatrix_b2(q0f, q1f, Qs, 0, ks * 16);
+        ldmatrix_b2(d0f, d1f, dOs, 0, ks * 16);
         mma_16816(s[0], ak, q0f, bf16());
         mma_16816(s[1], ak, q1f, bf16());
         mma_16816(dpv[0], av, d0f, bf16());
@@ -481,18 +475,8 @@ KILN_KERNEL_LB(attn_bwd_dkv_v2_mma, AttnParams, 64) {
         sa[nt * 2] = pack2(from_f32<bf16>(ds[0]), from_f32<bf16>(ds[1]));
         sa[nt * 2 + 1] = pack2(from_f32<bf16>(ds[2]), from_f32<bf16>(ds[3]));
       }
-      KILN_UNROLL
-      for (int dn = 0; dn < AV2_DMAX / 16; ++dn)
-        if (dn * 16 < dp) {
-          u32 r[4], rq[4];
-          ldmatrix_x4(r, &dOt[dn * 16 + (lane / 16) * 8 + (lane % 8)][((lane / 8) % 2) * 8]);
-          ldmatrix_x4(rq, &Qt[dn * 16 + (lane / 16) * 8 + (lane % 8)][((lane / 8) % 2) * 8]);
-          const u32 o0[2] = {r[0], r[1]}, o1[2] = {r[2], r[3]}, q0f[2] = {rq[0], rq[1]}, q1f[2] = {rq[2], rq[3]};
-          mma_16816(dv[2 * dn], pa, o0, bf16());
-          mma_16816(dv[2 * dn + 1], pa, o1, bf16());
-          mma_16816(dk[2 * dn], sa, q0f, bf16());
-          mma_16816(dk[2 * dn + 1], sa, q1f, bf16());
-        }
+      av2_mma_over_d(dv, pa, dOt, 0, dp);
+      av2_mma_over_d(dk, sa, Qt, 0, dp);
     }
   }
   KILN_UNROLL

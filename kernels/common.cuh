@@ -315,6 +315,26 @@ __device__ __forceinline__ void ldmatrix_x2(u32 r[2], const void* smem_row) {
 #endif
 }
 
+// Fragments of 16-bit tiles held K-contiguous in shared memory (M[row][k], rows padded to LD):
+// the A fragment of rows r0..r0+15 at k0..k0+15 (lanes 0-15 address the rows at k0, lanes 16-31
+// the same rows at k0 + 8), and the B fragments of two adjacent n-tiles, rows n0..n0+7 (b0) and
+// n0+8..n0+15 (b1), at k0..k0+15 (one x4 load: (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, ...)).
+template <int LD>
+__device__ __forceinline__ void ldmatrix_a(u32 a[4], const unsigned short (*M)[LD], int r0, int k0) {
+  const u32 lane = lane_id();
+  ldmatrix_x4(a, &M[r0 + int(lane % 16)][k0 + int(lane / 16) * 8]);
+}
+template <int LD>
+__device__ __forceinline__ void ldmatrix_b2(u32 b0[2], u32 b1[2], const unsigned short (*M)[LD], int n0, int k0) {
+  const u32 lane = lane_id();
+  u32 r[4];
+  ldmatrix_x4(r, &M[n0 + int(lane / 16) * 8 + int(lane % 8)][k0 + int((lane / 8) % 2) * 8]);
+  b0[0] = r[0];
+  b0[1] = r[1];
+  b1[0] = r[2];
+  b1[1] = r[3];
+}
+
 // ---- cp.async: global → shared copies of 16 bytes (sm_80+; a plain copy before) ----
 __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem) {
 #if KILN_GPU && __CUDA_ARCH__ >= 800

@@ -167,19 +167,10 @@ __device__ __forceinline__ void gemm_v3(const GemmParams& p) {
     KILN_UNROLL
     for (int ks = 0; ks < BK / 16; ++ks) {
       u32 af[2][4], bf[4][2];
-      // A: lanes 0-15 address rows 0-15 at k 0-7, lanes 16-31 the same rows at k 8-15.
       KILN_UNROLL
-      for (int mi = 0; mi < 2; ++mi) ldmatrix_x4(af[mi], &As[wm * 32 + mi * 16 + (lane % 16)][ks * 16 + (lane / 16) * 8]);
-      // B: one x4 load gives two n-tiles: (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, ...).
+      for (int mi = 0; mi < 2; ++mi) ldmatrix_a(af[mi], As, wm * 32 + mi * 16, ks * 16);
       KILN_UNROLL
-      for (int nj = 0; nj < 2; ++nj) {
-        u32 r[4];
-        ldmatrix_x4(r, &Bs[wn * 32 + nj * 16 + (lane / 16) * 8 + (lane % 8)][ks * 16 + ((lane / 8) % 2) * 8]);
-        bf[2 * nj][0] = r[0];
-        bf[2 * nj][1] = r[1];
-        bf[2 * nj + 1][0] = r[2];
-        bf[2 * nj + 1][1] = r[3];
-      }
+      for (int nj = 0; nj < 2; ++nj) ldmatrix_b2(bf[2 * nj], bf[2 * nj + 1], Bs, wn * 32 + nj * 16, ks * 16);
       KILN_UNROLL
       for (int mi = 0; mi < 2; ++mi)
         KILN_UNROLL
@@ -280,17 +271,9 @@ __device__ __forceinline__ void gemm_v4(const GemmParams& p) {
     for (int ks = 0; ks < BK / 16; ++ks) {
       u32 af[4][4], bf[4][2];
       KILN_UNROLL
-      for (int mi = 0; mi < 4; ++mi)
-        ldmatrix_x4(af[mi], &As[cur][wm * 64 + mi * 16 + (lane % 16)][ks * 16 + (lane / 16) * 8]);
+      for (int mi = 0; mi < 4; ++mi) ldmatrix_a(af[mi], As[cur], wm * 64 + mi * 16, ks * 16);
       KILN_UNROLL
-      for (int nj = 0; nj < 2; ++nj) {
-        u32 r[4];
-        ldmatrix_x4(r, &Bs[cur][wn * 32 + nj * 16 + (lane / 16) * 8 + (lane % 8)][ks * 16 + ((lane / 8) % 2) * 8]);
-        bf[2 * nj][0] = r[0];
-        bf[2 * nj][1] = r[1];
-        bf[2 * nj + 1][0] = r[2];
-        bf[2 * nj + 1][1] = r[3];
-      }
+      for (int nj = 0; nj < 2; ++nj) ldmatrix_b2(bf[2 * nj], bf[2 * nj + 1], Bs[cur], wn * 32 + nj * 16, ks * 16);
       KILN_UNROLL
       for (int mi = 0; mi < 4; ++mi)
         KILN_UNROLL
