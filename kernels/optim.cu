@@ -15,12 +15,8 @@ struct MultiTensor {
 };
 
 // Mirrored by `MultiParams` in runtime/kiln-cuda/src/kernels.rs.
-struct MultiParams {
-  const MultiTensor* table;
-  const int* chunks;  // (tensor, chunk) pairs
-  double* out;        // sum_squares_multi: one partial per chunk
-  int nchunks;
-  int chunk;
+// One AdamW step's coefficients, shared by the f32 and 8-bit kernels. Mirrored by `AdamCoeffs`.
+struct AdamCoeffs {
   float b1, b2;
   float decay;   // 1 − lr·weight_decay (decoupled)
   float step;    // lr / (1 − β1^t)
@@ -30,15 +26,25 @@ struct MultiParams {
   int pad;
 };
 
-// One AdamW update of a value: decoupled decay, then the moments, then the step (bias
+struct MultiParams {
+  const MultiTensor* table;
+  const int* chunks;  // (tensor, chunk) pairs
+  double* out;        // sum_squares_multi: one partial per chunk
+  int nchunks;
+  int chunk;
+  AdamCoeffs c;  // adamw_multi
+};
+
+// One AdamW update of a value, the gradient first multiplied by the clipping factor (as the
+// unfused path's scale kernel does): decoupled decay, then the moments, then the step (bias
 // corrections folded into `step` and `bc2s`). The one copy of the arithmetic, so the f32 and
 // 8-bit kernels agree with each other and with the CPU's order of operations.
-__device__ __forceinline__ float adamw_value(float x, float g, float& m, float& v, float b1, float b2, float decay,
-                                             float step, float bc2s, float eps) {
-  x *= decay;
-  m = b1 * m + (1.0f - b1) * g;
-  v = b2 * v + (1.0f - b2) * g * g;
-  return x - step * m / (sqrtf(v) / bc2s + eps);
+__device__ __forceinline__ float adamw_value(float x, float g, float& m, float& v, const AdamCoeffs& c) {
+  if (c.gscale != 1.0f) g *= c.gscale;
+  x *= c.decay;
+  m = c.b1 * m + (1.0f - c.b1) * g;
+  v = c.b2 * v + (1.0f - c.b2) * g * g;
+  return x - c.step * m / (sqrtf(v) / c.bc2s + c.eps);
 }
 
 // AdamW in place on every tensor's p, m, v, the gradient first multiplied by the clipping factor
@@ -49,9 +55,8 @@ KILN_KERNEL_LB(adamw_multi_f32, MultiParams, 256) {
     const i64 start = i64(p.chunks[2 * c + 1]) * p.chunk;
     const i64 end = start + p.chunk < t.n ? start + p.chunk : t.n;
     for (i64 i = start + threadIdx.x; i < end; i += blockDim.x) {
-      const float g = p.gscale == 1.0f ? t.g[i] : t.g[i] * p.gscale;
       float mm = t.m[i], vv = t.v[i];
-      t.p[i] = adamw_value(t.p[i], g, mm, vv, p.b1, p.b2, p.decay, p.step, p.bc2s, p.eps);
+      t.p[i] = adamw_value(t.p[i], t.g[i], mm, vv, p.c);
       t.m[i] = mm;
       t.v[i] = vv;
     }
@@ -92,10 +97,7 @@ struct Adam8Params {
   unsigned char* vc;  // second moment: codes of √v
   float* vs;
   i64 n;
-  float b1, b2;
-  float decay, step, bc2s, eps;
-  float gscale;
-  int pad;
+  AdamCoeffs c;
 };
 
 KILN_KERNEL_LB(adamw8_f32, Adam8Params, 256) {
@@ -110,10 +112,9 @@ KILN_KERNEL_LB(adamw8_f32, Adam8Params, 256) {
     const float qv = float(p.vc[i]) / 255.0f;
     const float s0 = qv * qv * av;
     const float v0 = fmaxf(s0 * s0, m0 * m0 / 64.0f);
-    const float g = p.gscale == 1.0f ? p.g[i] : p.g[i] * p.gscale;
     mm = m0;
     vv = v0;
-    p.p[i] = adamw_value(p.p[i], g, mm, vv, p.b1, p.b2, p.decay, p.step, p.bc2s, p.eps);
+    p.p[i] = adamw_value(p.p[i], p.g[i], mm, vv, p.c);
   }
   const float sv = sqrtf(fmaxf(vv, 0.f));
   const float am = block_max(in ? fabsf(mm) : 0.f, red);

@@ -232,33 +232,11 @@ pub fn run(be: &KernelBackend, plan: &Plan, on_row: &mut dyn FnMut(&Row)) -> Res
                 let (_, k, n) = plan.shapes[0];
                 let x = up(be, randn(k, 15), &[1, k], DType::F32)?;
                 let wf = randn(n * k, 16);
-                let ws: Vec<(String, Tensor)> = vec![
-                    ("bf16".into(), up(be, wf.clone(), &[n, k], DType::BF16)?),
-                    (
-                        "Q4_K".into(),
-                        be.upload(&Tensor::from_quant_bytes(
-                            kiln_core::quant::quantize(G::Q4K, &wf)?,
-                            G::Q4K,
-                            [n, k],
-                        )?)?,
-                    ),
-                    (
-                        "NF4".into(),
-                        be.upload(&Tensor::from_quant_bytes(
-                            kiln_core::quant::quantize(G::NF4, &wf)?,
-                            G::NF4,
-                            [n, k],
-                        )?)?,
-                    ),
-                    (
-                        "Q8_0".into(),
-                        be.upload(&Tensor::from_quant_bytes(
-                            kiln_core::quant::quantize(G::Q8_0, &wf)?,
-                            G::Q8_0,
-                            [n, k],
-                        )?)?,
-                    ),
-                ];
+                let mut ws: Vec<(String, Tensor)> = vec![("bf16".into(), up(be, wf.clone(), &[n, k], DType::BF16)?)];
+                for ty in [G::Q4K, G::NF4, G::Q8_0] {
+                    let q = Tensor::from_quant_bytes(kiln_core::quant::quantize(ty, &wf)?, ty, [n, k])?;
+                    ws.push((ty.name().into(), be.upload(&q)?));
+                }
                 for (name, w) in ws {
                     let (s, reps) = time(be, plan.seconds, &mut || be.linear_fwd(&x, &w, None, None).map(drop))?;
                     let row = Row {

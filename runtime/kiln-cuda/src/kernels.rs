@@ -195,6 +195,37 @@ pub struct MultiTensor {
     pub n: i64,
 }
 
+/// `kernels/optim.cu` `AdamCoeffs`: one AdamW step's coefficients.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct AdamCoeffs {
+    pub b1: f32,
+    pub b2: f32,
+    pub decay: f32,
+    pub step: f32,
+    pub bc2s: f32,
+    pub eps: f32,
+    pub gscale: f32,
+    pub pad: i32,
+}
+
+impl AdamCoeffs {
+    /// The coefficients of step `hp`, gradients scaled by `grad_scale` (clipping; 1: none).
+    pub fn new(hp: &kiln_core::backend::AdamWStep, grad_scale: f64) -> AdamCoeffs {
+        let f = hp.factors();
+        AdamCoeffs {
+            b1: hp.beta1 as f32,
+            b2: hp.beta2 as f32,
+            decay: f.decay,
+            step: f.step,
+            bc2s: f.bc2s,
+            eps: hp.eps as f32,
+            gscale: grad_scale as f32,
+            pad: 0,
+        }
+    }
+}
+
 /// `kernels/optim.cu` `MultiParams`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -204,14 +235,7 @@ pub struct MultiParams {
     pub out: u64,
     pub nchunks: i32,
     pub chunk: i32,
-    pub b1: f32,
-    pub b2: f32,
-    pub decay: f32,
-    pub step: f32,
-    pub bc2s: f32,
-    pub eps: f32,
-    pub gscale: f32,
-    pub pad: i32,
+    pub c: AdamCoeffs,
 }
 
 /// `kernels/optim.cu` `Adam8Params`.
@@ -225,14 +249,7 @@ pub struct Adam8Params {
     pub vc: u64,
     pub vs: u64,
     pub n: i64,
-    pub b1: f32,
-    pub b2: f32,
-    pub decay: f32,
-    pub step: f32,
-    pub bc2s: f32,
-    pub eps: f32,
-    pub gscale: f32,
-    pub pad: i32,
+    pub c: AdamCoeffs,
 }
 
 /// `kernels/attention.cu` `AttnParams`.

@@ -10,7 +10,9 @@ use kiln_core::{DType, Error, Result, Tensor};
 use super::{CudaBuf, Held, KernelBackend, want_f32};
 use crate::exec::DevBuf;
 use crate::exec::Launch;
-use crate::kernels::{Adam8Params, AttnParams, CeParams, GluParams, MultiParams, MultiTensor, NormParams, RopeParams};
+use crate::kernels::{
+    Adam8Params, AdamCoeffs, AttnParams, CeParams, GluParams, MultiParams, MultiTensor, NormParams, RopeParams,
+};
 
 /// Enough blocks of `threads` for `n` items of a grid-stride kernel.
 fn grid(n: usize, threads: u32) -> Launch {
@@ -397,19 +399,12 @@ pub(super) fn adamw_multi(
         return Ok(());
     }
     let (table, list, nchunks) = multi_table(be, &rows)?;
-    let f = hp.factors();
     let p = MultiParams {
         table: table.ptr,
         chunks: list.ptr,
         nchunks: nchunks as i32,
         chunk: CHUNK as i32,
-        b1: hp.beta1 as f32,
-        b2: hp.beta2 as f32,
-        decay: f.decay,
-        step: f.step,
-        bc2s: f.bc2s,
-        eps: hp.eps as f32,
-        gscale: grad_scale as f32,
+        c: AdamCoeffs::new(&hp, grad_scale),
         ..Default::default()
     };
     be.exec.launch("adamw_multi_f32", multi_launch(nchunks), bytemuck::bytes_of(&p))
@@ -478,7 +473,6 @@ pub(super) fn adamw8_step(
     let (hg, hp_) = (be.held(grad)?, be.held(param)?);
     let (mc, ms, vc, vs) =
         (be.held(&st.m_codes)?, be.held(&st.m_scales)?, be.held(&st.v_codes)?, be.held(&st.v_scales)?);
-    let f = hp.factors();
     let p = Adam8Params {
         g: hg.ptr(),
         p: hp_.ptr(),
@@ -487,14 +481,7 @@ pub(super) fn adamw8_step(
         vc: vc.ptr(),
         vs: vs.ptr(),
         n: n as i64,
-        b1: hp.beta1 as f32,
-        b2: hp.beta2 as f32,
-        decay: f.decay,
-        step: f.step,
-        bc2s: f.bc2s,
-        eps: hp.eps as f32,
-        gscale: grad_scale as f32,
-        pad: 0,
+        c: AdamCoeffs::new(&hp, grad_scale),
     };
     if n > 0 {
         let cfg = Launch { grid: [blocks as u32, 1, 1], block: [256, 1, 1], smem: 0 };

@@ -1,7 +1,6 @@
 //! Embedding (`shaders/embedding.wgsl`), cross-entropy (`shaders/loss.wgsl`) and AdamW
 //! (`shaders/optim.wgsl`).
 
-use bytemuck::Zeroable;
 use kiln_core::backend::{AdamWStep, CeOut, EmbeddingOps, LossOps, OptimOps};
 use kiln_core::{DType, Error, Result, Tensor};
 
@@ -76,6 +75,14 @@ struct EmbP {
     bytes: u32,
 }
 
+impl EmbP {
+    /// `n` tokens of width `h` against table rows r0..r1 bound at element offset `off`; an f32
+    /// table (packed ones set ty, block and bytes).
+    fn rows(n: usize, h: usize, r0: usize, r1: usize, off: u32) -> EmbP {
+        EmbP { n: n as u32, h: h as u32, r0: r0 as u32, r1: r1 as u32, off, ty: 0, block: 0, bytes: 0 }
+    }
+}
+
 /// Table rows per launch: all of them when the table fits a binding, else as many as fit,
 /// starting at aligned offsets (and, for a packed table, at whole blocks).
 fn table_rows(dev: &Device, v: usize, row_bytes: f64, step: usize) -> Result<usize> {
@@ -145,16 +152,8 @@ impl EmbeddingOps for WgpuBackend {
             } else {
                 crate::runtime::sub_range(dev, (r0 * h) as u64, ((r1 - r0) * h) as u64, 4)
             };
-            let p = |_, n: usize| EmbP {
-                n: n as u32,
-                h: h as u32,
-                r0: r0 as u32,
-                r1: r1 as u32,
-                off,
-                ty,
-                block: block as u32,
-                bytes: bytes as u32,
-            };
+            let p =
+                |_, n: usize| EmbP { ty, block: block as u32, bytes: bytes as u32, ..EmbP::rows(n, h, r0, r1, off) };
             let parts = [Part::Whole(Bind::RAt(table, at, size)), Part::R(hi.buf(), 1), Part::W(&y, h)];
             dev.launch_rows(src, entry, &parts, n, p, |n| Device::grid(n * h))?;
         }
@@ -173,14 +172,7 @@ impl EmbeddingOps for WgpuBackend {
         for r0 in (0..vocab.max(1)).step_by(rows) {
             let r1 = (r0 + rows).min(vocab);
             let (at, size, off) = crate::runtime::sub_range(dev, (r0 * h) as u64, ((r1 - r0) * h) as u64, 4);
-            let p = |_, n: usize| EmbP {
-                n: n as u32,
-                h: h as u32,
-                r0: r0 as u32,
-                r1: r1 as u32,
-                off,
-                ..Zeroable::zeroed()
-            };
+            let p = |_, n: usize| EmbP::rows(n, h, r0, r1, off);
             // Token chunks (where dy is larger than a binding) add into dw in order.
             let parts = [Part::R(hd.buf(), h), Part::R(hi.buf(), 1), Part::Whole(Bind::WAt(&dw, at, size))];
             dev.launch_rows(EMB, "embedding_bwd", &parts, n, p, |_| (h.div_ceil(64) as u32, 1, 1))?;
