@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use kiln::core::quant::{GgmlType, quantize};
-use kiln::formats::gguf::{GgufFile, MetaValue};
+use kiln::formats::gguf::{GgufFile, MetaArray, MetaValue};
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf/quants.gguf")
@@ -29,8 +29,8 @@ fn metadata_of_every_value_type() {
         ("kiln.u64", MetaValue::U64(1 << 40)),
         ("kiln.i64", MetaValue::I64(-(1 << 40))),
         ("kiln.f64", MetaValue::F64(0.1)),
-        ("kiln.arr_i32", MetaValue::Array(vec![MetaValue::I32(1), MetaValue::I32(-2), MetaValue::I32(3)])),
-        ("kiln.arr_str", MetaValue::Array(vec![MetaValue::Str("a".into()), MetaValue::Str("bc".into())])),
+        ("kiln.arr_i32", MetaValue::Array(MetaArray::I32(vec![1, -2, 3]))),
+        ("kiln.arr_str", MetaValue::Array(MetaArray::Str(["a", "bc"].into_iter().collect()))),
         ("general.architecture", MetaValue::Str("kiln-test".into())),
     ];
     for (k, v) in want {

@@ -10,7 +10,8 @@ use kiln_core::quant::{GgmlType, quantize};
 use serde_json::Value;
 
 use crate::adapters::LoraSet;
-use crate::formats::gguf::{GgufFile, MetaValue};
+use crate::data::tokenizer::TextTokenizer;
+use crate::formats::gguf::{GgufFile, MetaArray, MetaValue, StrArray};
 use crate::formats::gguf_write::{OutTensor, write_gguf};
 use crate::model::gguf::gguf_name;
 use crate::model::{Arch, Llama, ModelConfig, RopeKind};
@@ -128,8 +129,8 @@ fn config_meta(c: &ModelConfig, name: &str) -> Result<Vec<(String, MetaValue)>> 
     Ok(m)
 }
 
-/// `tokenizer.ggml.*` from a BPE `tokenizer.json` (+ `tokenizer_config.json`), as llama.cpp's
-/// converter writes them for GPT-2-style BPE.
+/// `tokenizer.ggml.*` from a BPE `tokenizer.json` (+ `tokenizer_config.json`) in `dir`, as
+/// llama.cpp's converter writes them for GPT-2-style BPE.
 fn tokenizer_meta(dir: &Path, vocab_size: usize) -> Result<Vec<(String, MetaValue)>> {
     let read = |f: &str| -> Result<Value> {
         let p = dir.join(f);
@@ -141,7 +142,30 @@ fn tokenizer_meta(dir: &Path, vocab_size: usize) -> Result<Vec<(String, MetaValu
         })
     };
     let tj = read("tokenizer.json")?;
-    let bad = |d: &str| KilnError::Config { path: dir.join("tokenizer.json"), field: "model".into(), detail: d.into() };
+    let cfg = read("tokenizer_config.json").unwrap_or(Value::Null);
+    let template = cfg["chat_template"]
+        .as_str()
+        .map(str::to_string)
+        .or_else(|| std::fs::read_to_string(dir.join("chat_template.jinja")).ok());
+    bpe_meta(&tj, &cfg, template, vocab_size, &dir.join("tokenizer.json"))
+}
+
+/// `tokenizer.ggml.*` from the tokenizer kiln loaded (with any tokens added in training).
+fn tokenizer_meta_of(tok: &TextTokenizer, vocab_size: usize) -> Result<Vec<(String, MetaValue)>> {
+    let text = |s: &Option<crate::data::tokenizer::Special>| s.as_ref().map(|s| s.text.clone());
+    let cfg = serde_json::json!({"bos_token": text(&tok.bos), "eos_token": text(&tok.eos), "pad_token": text(&tok.pad),
+        "add_bos_token": tok.add_bos});
+    bpe_meta(&tok.to_json()?, &cfg, tok.chat_template.clone(), vocab_size, &tok.dir.join("tokenizer.json"))
+}
+
+fn bpe_meta(
+    tj: &Value,
+    cfg: &Value,
+    template: Option<String>,
+    vocab_size: usize,
+    path: &Path,
+) -> Result<Vec<(String, MetaValue)>> {
+    let bad = |d: &str| KilnError::Config { path: path.to_path_buf(), field: "model".into(), detail: d.into() };
     if tj["model"]["type"] != "BPE" {
         return Err(bad("GGUF export supports BPE tokenizers only"));
     }
@@ -165,24 +189,23 @@ fn tokenizer_meta(dir: &Path, vocab_size: usize) -> Result<Vec<(String, MetaValu
         *t = format!("[PAD{i}]");
         types[i] = 5;
     }
-    let merges: Vec<MetaValue> = tj["model"]["merges"]
+    let merges: StrArray = tj["model"]["merges"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|m| match m {
-            Value::String(x) => Some(s(x)),
-            Value::Array(p) => Some(s(&format!("{} {}", p.first()?.as_str()?, p.get(1)?.as_str()?))),
+            Value::String(x) => Some(x.clone()),
+            Value::Array(p) => Some(format!("{} {}", p.first()?.as_str()?, p.get(1)?.as_str()?)),
             _ => None,
         })
         .collect();
     let mut m = vec![
         ("tokenizer.ggml.model".into(), s("gpt2")),
         ("tokenizer.ggml.pre".into(), s("default")),
-        ("tokenizer.ggml.tokens".into(), MetaValue::Array(tokens.iter().map(|t| s(t)).collect())),
-        ("tokenizer.ggml.token_type".into(), MetaValue::Array(types.into_iter().map(MetaValue::I32).collect())),
-        ("tokenizer.ggml.merges".into(), MetaValue::Array(merges)),
+        ("tokenizer.ggml.tokens".into(), MetaValue::Array(MetaArray::Str(tokens.iter().collect()))),
+        ("tokenizer.ggml.token_type".into(), MetaValue::Array(MetaArray::I32(types))),
+        ("tokenizer.ggml.merges".into(), MetaValue::Array(MetaArray::Str(merges))),
     ];
-    let cfg = read("tokenizer_config.json").unwrap_or(Value::Null);
     let id_of = |key: &str| -> Option<u32> {
         let v = &cfg[key];
         let text = v.as_str().or_else(|| v["content"].as_str())?;
@@ -197,19 +220,13 @@ fn tokenizer_meta(dir: &Path, vocab_size: usize) -> Result<Vec<(String, MetaValu
     if let Some(b) = cfg["add_bos_token"].as_bool() {
         m.push(("tokenizer.ggml.add_bos_token".into(), MetaValue::Bool(b)));
     }
-    let template = cfg["chat_template"]
-        .as_str()
-        .map(str::to_string)
-        .or_else(|| std::fs::read_to_string(dir.join("chat_template.jinja")).ok());
     if let Some(t) = template {
         m.push(("tokenizer.chat_template".into(), s(&t)));
     }
     Ok(m)
 }
 
-/// Writes `model` (with `lora` merged) as a GGUF file of type `ty`. `source` is the model's
-/// path: a GGUF's metadata (tokenizer, chat template) is carried over; a directory's
-/// `config.json`/`tokenizer.json` are converted.
+/// [`export_gguf_with_tokenizer`] with the source's own tokenizer (no tokens added).
 pub fn export_gguf(
     model: &Llama,
     lora: Option<&LoraSet>,
@@ -218,17 +235,40 @@ pub fn export_gguf(
     mixed: bool,
     out: &Path,
 ) -> Result<()> {
+    export_gguf_with_tokenizer(model, lora, None, source, ty, mixed, out)
+}
+
+/// Writes `model` (with `lora` merged) as a GGUF file of type `ty`. `source` is the model's
+/// path: a GGUF's metadata (tokenizer, chat template) is carried over; a directory's
+/// `config.json`/`tokenizer.json` are converted. `tokenizer` is the one the model runs with:
+/// tokens added in training (a vocabulary grown with `--add-special-tokens`) are written into
+/// the token list, so its length stays the embedding's row count.
+pub fn export_gguf_with_tokenizer(
+    model: &Llama,
+    lora: Option<&LoraSet>,
+    tokenizer: Option<&TextTokenizer>,
+    source: &Path,
+    ty: GgmlType,
+    mixed: bool,
+    out: &Path,
+) -> Result<()> {
     let c = &model.config;
-    let mut meta = if source.extension().is_some_and(|e| e == "gguf") {
+    let mut meta: Vec<(String, MetaValue)> = if source.extension().is_some_and(|e| e == "gguf") {
         let g = GgufFile::open(source)?;
-        g.metadata
+        let mut m: Vec<(String, MetaValue)> = g
+            .metadata
             .into_iter()
             .filter(|(k, _)| !matches!(k.as_str(), "general.file_type" | "general.alignment"))
-            .collect()
+            .collect();
+        grow_token_list(&mut m, c, tokenizer, source)?;
+        m
     } else {
         let name = source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let mut m = config_meta(c, &name)?;
-        m.extend(tokenizer_meta(source, c.vocab_size)?);
+        match tokenizer {
+            Some(t) => m.extend(tokenizer_meta_of(t, c.vocab_size)?),
+            None => m.extend(tokenizer_meta(source, c.vocab_size)?),
+        }
         m
     };
     meta.push(("general.file_type".into(), MetaValue::U32(file_type(ty) + mixed as u32)));
@@ -262,6 +302,71 @@ pub fn export_gguf(
         tensors.push(OutTensor { name: g, ty: t, shape, data: quantize(t, &v)? });
     }
     write_gguf(out, &meta, &tensors)
+}
+
+/// Extends a GGUF source's per-token arrays (`tokens`, `token_type`, `scores`) to the model's
+/// vocabulary when training added tokens: their text from `tokenizer`, control type for special
+/// tokens (matched whole, as llama.cpp and kiln's loader treat them), score 0.
+fn grow_token_list(
+    meta: &mut [(String, MetaValue)],
+    c: &ModelConfig,
+    tokenizer: Option<&TextTokenizer>,
+    source: &Path,
+) -> Result<()> {
+    let rows = c.vocab_size;
+    let Some(n) = meta
+        .iter()
+        .find(|(k, _)| k == "tokenizer.ggml.tokens")
+        .and_then(|(_, v)| v.as_array())
+        .map(MetaArray::len)
+    else {
+        return Ok(());
+    };
+    if n == rows {
+        return Ok(());
+    }
+    if n > rows {
+        return Err(KilnError::Msg(format!(
+            "{}: tokenizer.ggml.tokens has {n} tokens but the model's embedding has {rows} rows",
+            source.display()
+        )));
+    }
+    let added: std::collections::HashMap<u32, (String, bool)> =
+        tokenizer.map(|t| t.added_tokens().into_iter().map(|(id, s, sp)| (id, (s, sp))).collect()).unwrap_or_default();
+    let new: Vec<(String, i32)> = (n..rows)
+        .map(|i| match added.get(&(i as u32)) {
+            Some((text, special)) => (text.clone(), if *special { 3 } else { 4 }),
+            None => match tokenizer.and_then(|t| t.id_to_token(i as u32)) {
+                Some(text) => (text, 1),
+                // Rows without a token (an embedding padded past the tokenizer): unused.
+                None => (format!("[PAD{i}]"), 5),
+            },
+        })
+        .collect();
+    let vocab_key = meta
+        .iter()
+        .find(|(k, _)| k == "general.architecture")
+        .and_then(|(_, v)| v.as_str())
+        .map(|a| format!("{a}.vocab_size"));
+    for (k, v) in meta.iter_mut() {
+        match (k.as_str(), v) {
+            ("tokenizer.ggml.tokens", MetaValue::Array(MetaArray::Str(a))) => new.iter().for_each(|(t, _)| a.push(t)),
+            ("tokenizer.ggml.token_type", MetaValue::Array(a)) => {
+                let mut types: Vec<i32> =
+                    a.to_f64s().unwrap_or_default().into_iter().map(|x| x as i32).collect();
+                types.extend(new.iter().map(|(_, ty)| *ty));
+                *a = MetaArray::I32(types);
+            }
+            ("tokenizer.ggml.scores", MetaValue::Array(a)) => {
+                let mut scores: Vec<f32> = a.to_f64s().unwrap_or_default().into_iter().map(|x| x as f32).collect();
+                scores.resize(rows, 0.0);
+                *a = MetaArray::F32(scores);
+            }
+            (k, v) if Some(k) == vocab_key.as_deref() => *v = MetaValue::U32(rows as u32),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Writes a LoRA adapter alone as a llama.cpp adapter GGUF (`general.type = adapter`,

@@ -229,22 +229,33 @@ impl LoraSet {
         crate::formats::write_atomic(&dir.join("adapter_config.json"), text.as_bytes())
     }
 
-    /// Reads a PEFT LoRA adapter folder (kiln's or PEFT's own) for `model`.
+    /// Reads a PEFT LoRA adapter folder (kiln's or PEFT's own) for `model`. Every tensor's
+    /// shape is checked against `adapter_config.json` (`r`, `target_modules`) and the model
+    /// before anything is allocated: the file's own tensors are what is loaded, so a claimed
+    /// rank the file does not hold is an error, never an allocation.
     pub fn load_peft(dir: &std::path::Path, model: &ModelConfig) -> Result<LoraSet> {
         let cp = dir.join("adapter_config.json");
         let text = std::fs::read_to_string(&cp).map_err(|e| KilnError::io(&cp, e))?;
         let config = parse_adapter_config(&text, &cp)?;
-        let mut set = LoraSet::new(model, config, 0)?;
-        let store = crate::formats::WeightStore::from_files(&[dir.join("adapter_model.safetensors")])?;
+        let file = dir.join("adapter_model.safetensors");
+        let store = crate::formats::WeightStore::from_files(std::slice::from_ref(&file))?;
+        check_peft_tensors(&store, &file, &cp, &config, model)?;
+        let scale = config.scale();
+        let mut layers = Vec::with_capacity(model.num_layers);
         for i in 0..model.num_layers {
-            for t in set.config.targets.clone() {
+            let mut slots: [Option<Lora>; 7] = Default::default();
+            for &t in &config.targets {
+                let (fin, fout) = t.dims(model);
                 let m = peft_name(&format!("model.layers.{i}.{}", t.module()));
-                let a = store.get(&format!("{m}.lora_A.weight"))?;
-                let b = store.get(&format!("{m}.lora_B.weight"))?;
-                set.set(i, t, a, b)?;
+                let f32 = kiln_core::DType::F32;
+                let a = store.get_shaped(&format!("{m}.lora_A.weight"), &[config.r, fin])?.to_dtype(f32)?;
+                let b = store.get_shaped(&format!("{m}.lora_B.weight"), &[fout, config.r])?.to_dtype(f32)?;
+                let lora = Lora::new(Var::leaf(a, true), Var::leaf(b, true), scale);
+                slots[t.index()] = Some(Lora { dropout: config.dropout, ..lora });
             }
+            layers.push(slots);
         }
-        Ok(set)
+        Ok(LoraSet { config, layers })
     }
 
     /// The fully trained modules of a PEFT adapter folder (`modules_to_save`), under
@@ -283,7 +294,10 @@ pub fn parse_adapter_config(text: &str, cp: &std::path::Path) -> Result<LoraConf
         .filter(|a| a.is_finite())
         .ok_or_else(|| field("lora_alpha", "missing or not a number"))?;
     let mods: Vec<String> = match &v["target_modules"] {
-        serde_json::Value::Array(a) => a.iter().filter_map(|m| m.as_str().map(String::from)).collect(),
+        serde_json::Value::Array(a) => a
+            .iter()
+            .map(|m| m.as_str().map(String::from).ok_or_else(|| field("target_modules", &format!("{m} is not a module name"))))
+            .collect::<Result<_>>()?,
         serde_json::Value::String(s) if s == "all-linear" => {
             Target::ALL.iter().map(|t| t.module().rsplit('.').next().unwrap_or("").to_string()).collect()
         }
@@ -295,8 +309,65 @@ pub fn parse_adapter_config(text: &str, cp: &std::path::Path) -> Result<LoraConf
             Target::parse(m).ok_or_else(|| field("target_modules", &format!("{m}: not a linear layer kiln adapts")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let rslora = v["use_rslora"].as_bool().unwrap_or(false);
+    if targets.is_empty() {
+        return Err(field("target_modules", "is empty: the adapter adapts nothing"));
+    }
+    let rslora = match &v["use_rslora"] {
+        serde_json::Value::Null => false,
+        x => x.as_bool().ok_or_else(|| field("use_rslora", &format!("must be true or false, got {x}")))?,
+    };
     // Loaded adapters are for inference and further training alike; dropout comes from the
     // run's own settings, not the saved file.
     Ok(LoraConfig { r: r as usize, alpha, rslora, targets, dropout: 0.0 })
+}
+
+/// Checks a PEFT adapter's tensors against its config and the model, from the safetensors
+/// header alone: every targeted module of every layer has `lora_A` `[r, in]` and `lora_B`
+/// `[out, r]` in a float type, and no LoRA tensor is left over (one for a module or layer the
+/// config does not cover would be ignored silently).
+pub fn check_peft_tensors(
+    store: &crate::formats::WeightStore,
+    file: &std::path::Path,
+    cp: &std::path::Path,
+    config: &LoraConfig,
+    model: &ModelConfig,
+) -> Result<()> {
+    let r = config.r;
+    let mut expected = std::collections::HashSet::new();
+    for i in 0..model.num_layers {
+        for &t in &config.targets {
+            let (fin, fout) = t.dims(model);
+            let m = peft_name(&format!("model.layers.{i}.{}", t.module()));
+            for (which, shape) in [("A", [r, fin]), ("B", [fout, r])] {
+                let name = format!("{m}.lora_{which}.weight");
+                let got = store
+                    .shape(&name)
+                    .ok_or_else(|| KilnError::MissingTensor { path: file.to_path_buf(), tensor: name.clone() })?;
+                if got != shape {
+                    return Err(KilnError::Tensor {
+                        path: file.to_path_buf(),
+                        tensor: name,
+                        detail: format!(
+                            "shape {got:?}, expected {shape:?} (r = {r} from {}, {} from the model)",
+                            cp.display(),
+                            if which == "A" { format!("{fin} inputs") } else { format!("{fout} outputs") }
+                        ),
+                    });
+                }
+                expected.insert(name);
+            }
+        }
+    }
+    if let Some(extra) = store.names().into_iter().find(|n| n.contains(".lora_") && !expected.contains(n)) {
+        return Err(KilnError::Tensor {
+            path: file.to_path_buf(),
+            tensor: extra,
+            detail: format!(
+                "is not an adapter of a module {} lists for this {}-layer model",
+                cp.display(),
+                model.num_layers
+            ),
+        });
+    }
+    Ok(())
 }

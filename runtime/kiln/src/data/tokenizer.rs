@@ -144,16 +144,10 @@ impl TextTokenizer {
     /// added to plain text (chat templates place their own).
     pub fn from_gguf(g: &crate::formats::gguf::GgufFile) -> Result<TextTokenizer> {
         use crate::formats::gguf::MetaValue;
-        let missing = |k: &str| KilnError::Config {
-            path: g.path.clone(),
-            field: k.into(),
-            detail: "missing or of the wrong type".into(),
-        };
-        let strings = |k: &str| -> Result<Vec<&str>> {
-            match g.get(k) {
-                Some(MetaValue::Array(a)) => a.iter().map(|v| v.as_str().ok_or_else(|| missing(k))).collect(),
-                _ => Err(missing(k)),
-            }
+        let bad = |k: &str, detail: String| KilnError::Config { path: g.path.clone(), field: k.into(), detail };
+        let missing = |k: &str| bad(k, "missing or of the wrong type".into());
+        let strings = |k: &str| -> Result<&crate::formats::gguf::StrArray> {
+            g.get(k).and_then(MetaValue::as_array).and_then(|a| a.strs()).ok_or_else(|| missing(k))
         };
         let model =
             g.get("tokenizer.ggml.model").and_then(|v| v.as_str()).ok_or_else(|| missing("tokenizer.ggml.model"))?;
@@ -164,12 +158,40 @@ impl TextTokenizer {
                 detail: format!("`{model}` tokenizers are not supported yet (gpt2 byte-level BPE is)"),
             });
         }
-        let tokens = strings("tokenizer.ggml.tokens")?;
-        let merges = strings("tokenizer.ggml.merges")?;
-        let types: Vec<i64> = match g.get("tokenizer.ggml.token_type") {
-            Some(MetaValue::Array(a)) => a.iter().map(|v| v.as_f64().unwrap_or(1.0) as i64).collect(),
-            _ => vec![1; tokens.len()],
+        let tokens: Vec<&str> = strings("tokenizer.ggml.tokens")?.iter().collect();
+        if tokens.is_empty() {
+            return Err(bad("tokenizer.ggml.tokens", "is empty".into()));
+        }
+        let merges: Vec<&str> = strings("tokenizer.ggml.merges")?.iter().collect();
+        // Per-token arrays must describe exactly the tokens: a longer or shorter one means the
+        // file is inconsistent (and indexing it by token id would go out of bounds).
+        let per_token = |k: &str| -> Result<Option<Vec<f64>>> {
+            let Some(v) = g.get(k) else { return Ok(None) };
+            let a = v.as_array().ok_or_else(|| bad(k, "must be an array".into()))?;
+            let x = a.to_f64s().ok_or_else(|| bad(k, "must be an array of numbers".into()))?;
+            if x.len() != tokens.len() {
+                return Err(bad(
+                    k,
+                    format!("has {} entries but tokenizer.ggml.tokens has {} (one per token)", x.len(), tokens.len()),
+                ));
+            }
+            Ok(Some(x))
         };
+        if let Some(scores) = per_token("tokenizer.ggml.scores")?
+            && let Some(i) = scores.iter().position(|s| !s.is_finite())
+        {
+            return Err(bad("tokenizer.ggml.scores", format!("entry {i} is {}, not a finite number", scores[i])));
+        }
+        let types: Vec<i64> = match per_token("tokenizer.ggml.token_type")? {
+            Some(t) => t.into_iter().map(|x| x as i64).collect(),
+            None => vec![1; tokens.len()],
+        };
+        if let Some((i, t)) = types.iter().enumerate().find(|(_, t)| !(0..=6).contains(*t)) {
+            return Err(bad("tokenizer.ggml.token_type", format!("entry {i} is {t} (token types are 0 to 6)")));
+        }
+        if let Some((i, m)) = merges.iter().enumerate().find(|(_, m)| m.split_once(' ').is_none_or(|(a, b)| a.is_empty() || b.is_empty())) {
+            return Err(bad("tokenizer.ggml.merges", format!("entry {i} `{m}` is not two tokens separated by a space")));
+        }
         let vocab: serde_json::Map<String, Value> =
             tokens.iter().enumerate().map(|(i, t)| (t.to_string(), Value::from(i as u64))).collect();
         let merges: Vec<Value> = merges
@@ -202,14 +224,19 @@ impl TextTokenizer {
             .to_string()
             .parse()
             .map_err(|e| KilnError::Msg(format!("{}: building the tokenizer: {e}", g.path.display())))?;
-        let special = |k: &str| -> Option<Special> {
-            let id = g.get(k)?.as_u64()? as usize;
-            Some(Special { text: tokens.get(id)?.to_string(), id: id as u32 })
+        // A special token id outside the vocabulary is an error, not a token silently dropped.
+        let special = |k: &str| -> Result<Option<Special>> {
+            let Some(v) = g.get(k) else { return Ok(None) };
+            let text = v.as_u64().and_then(|id| Some((id, tokens.get(usize::try_from(id).ok()?)?)));
+            match text {
+                Some((id, t)) => Ok(Some(Special { text: t.to_string(), id: id as u32 })),
+                None => Err(bad(k, format!("{v:?} is not a token id (0 to {})", tokens.len() - 1))),
+            }
         };
         Ok(TextTokenizer {
-            bos: special("tokenizer.ggml.bos_token_id"),
-            eos: special("tokenizer.ggml.eos_token_id"),
-            pad: special("tokenizer.ggml.padding_token_id"),
+            bos: special("tokenizer.ggml.bos_token_id")?,
+            eos: special("tokenizer.ggml.eos_token_id")?,
+            pad: special("tokenizer.ggml.padding_token_id")?,
             add_bos: false,
             chat_template: g.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(str::to_string),
             fast: FastByteLevel::new(&tok).map(Arc::new),
@@ -231,6 +258,25 @@ impl TextTokenizer {
     /// The id batches are padded with: PAD, else EOS, else 0 (padding is never a target).
     pub fn pad_id(&self) -> i32 {
         self.pad.as_ref().or(self.eos.as_ref()).map_or(0, |s| s.id as i32)
+    }
+
+    /// The text of token `id` (an added token's content, or the vocabulary entry).
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.tok.id_to_token(id)
+    }
+
+    /// The added tokens (those matched whole in text): id, text and whether it is special.
+    pub fn added_tokens(&self) -> Vec<(u32, String, bool)> {
+        let mut v: Vec<(u32, String, bool)> =
+            self.tok.get_added_tokens_decoder().iter().map(|(id, t)| (*id, t.content.clone(), t.special)).collect();
+        v.sort_by_key(|t| t.0);
+        v
+    }
+
+    /// The tokenizer as `tokenizer.json` holds it.
+    pub fn to_json(&self) -> Result<Value> {
+        let text = self.tok.to_string(false).map_err(|e| KilnError::Msg(format!("serializing the tokenizer: {e}")))?;
+        serde_json::from_str(&text).map_err(|e| KilnError::Msg(format!("serializing the tokenizer: {e}")))
     }
 
     /// Vocabulary size including added tokens.

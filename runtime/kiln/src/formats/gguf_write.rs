@@ -5,7 +5,7 @@ use std::path::Path;
 
 use kiln_core::quant::GgmlType;
 
-use super::gguf::MetaValue;
+use super::gguf::{MetaArray, MetaValue};
 use crate::{KilnError, Result};
 
 /// One tensor to write: its GGUF name, block type, row-major shape and encoded bytes.
@@ -55,14 +55,28 @@ fn put_value(out: &mut Vec<u8>, v: &MetaValue) {
         MetaValue::U64(x) => out.extend(x.to_le_bytes()),
         MetaValue::I64(x) => out.extend(x.to_le_bytes()),
         MetaValue::F64(x) => out.extend(x.to_le_bytes()),
-        MetaValue::Array(items) => {
-            // An empty array still needs an item type; u8 is what gguf-py writes for none.
-            out.extend(items.first().map_or(0, type_id).to_le_bytes());
-            out.extend((items.len() as u64).to_le_bytes());
-            for it in items {
-                put_value(out, it);
-            }
+        MetaValue::Array(a) => {
+            out.extend(a.item_type().to_le_bytes());
+            out.extend((a.len() as u64).to_le_bytes());
+            put_array(out, a);
         }
+    }
+}
+
+fn put_array(out: &mut Vec<u8>, a: &MetaArray) {
+    match a {
+        MetaArray::U8(v) => out.extend(v),
+        MetaArray::I8(v) => out.extend(v.iter().map(|&x| x as u8)),
+        MetaArray::U16(v) => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
+        MetaArray::I16(v) => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
+        MetaArray::U32(v) => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
+        MetaArray::I32(v) => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
+        MetaArray::F32(v) => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
+        MetaArray::Bool(v) => out.extend(v.iter().map(|&x| u8::from(x))),
+        MetaArray::Str(v) => v.iter().for_each(|x| put_str(out, x)),
+        MetaArray::U64(v) => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
+        MetaArray::I64(v) => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
+        MetaArray::F64(v) => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
     }
 }
 
@@ -73,6 +87,11 @@ pub fn write_gguf(path: &Path, meta: &[(String, MetaValue)], tensors: &[OutTenso
     head.extend(3u32.to_le_bytes());
     head.extend((tensors.len() as u64).to_le_bytes());
     let meta: Vec<&(String, MetaValue)> = meta.iter().filter(|(k, _)| k != "general.alignment").collect();
+    // kiln refuses to read a key twice, so it never writes one twice.
+    let mut seen = std::collections::HashSet::new();
+    if let Some((k, _)) = meta.iter().find(|(k, _)| !seen.insert(k.as_str())) {
+        return Err(KilnError::Msg(format!("{}: metadata key `{k}` would be written twice", path.display())));
+    }
     head.extend((meta.len() as u64 + 1).to_le_bytes());
     for (k, v) in
         meta.iter().map(|p| (&p.0, &p.1)).chain([(&"general.alignment".to_string(), &MetaValue::U32(ALIGN as u32))])

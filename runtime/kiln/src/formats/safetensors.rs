@@ -165,6 +165,18 @@ impl WeightStore {
         Ok(WeightStore { shards, entries })
     }
 
+    /// Every tensor's name, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.entries.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// A tensor's shape, without touching its data.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.entries.get(name).map(|e| e.shape.as_slice())
+    }
+
     /// Whether a tensor exists.
     pub fn contains(&self, name: &str) -> bool {
         self.entries.contains_key(name)

@@ -68,6 +68,13 @@ pub struct ModelConfig {
     pub sliding_window: Option<usize>,
 }
 
+/// Upper limits on sizes (far above any released model): with them, every product of sizes
+/// the model computes fits in 64 bits.
+const MAX_WIDTH: usize = 1 << 22;
+const MAX_HEADS: usize = 1 << 12;
+const MAX_HEAD_DIM: usize = 1 << 14;
+const MAX_LAYERS: usize = 1 << 14;
+
 struct Fields<'a> {
     v: &'a Value,
     path: PathBuf,
@@ -86,6 +93,18 @@ impl Fields<'_> {
             .filter(|&n| n > 0)
             .map(|n| n as usize)
             .ok_or_else(|| self.err(k, format!("must be a positive integer, got {x}")))
+    }
+    /// A positive integer up to `max` (limits far above any real model, so that products of
+    /// sizes cannot overflow and a typo cannot plan terabytes).
+    fn dim(&self, k: &str, max: usize) -> Result<usize> {
+        let n = self.usize(k)?;
+        if n > max {
+            return Err(self.err(k, format!("{n} is larger than kiln supports (at most {max})")));
+        }
+        Ok(n)
+    }
+    fn dim_or(&self, k: &str, d: usize, max: usize) -> Result<usize> {
+        if self.get(k).is_some() { self.dim(k, max) } else { Ok(d) }
     }
     fn usize_or(&self, k: &str, d: usize) -> Result<usize> {
         if self.get(k).is_some() { self.usize(k) } else { Ok(d) }
@@ -136,39 +155,64 @@ impl ModelConfig {
             arch: name.into(),
             supported: Arch::SUPPORTED.into(),
         })?;
-        let hidden_size = f.usize("hidden_size")?;
-        let num_heads = f.usize("num_attention_heads")?;
-        let num_kv_heads = f.usize_or("num_key_value_heads", num_heads)?;
+        let hidden_size = f.dim("hidden_size", MAX_WIDTH)?;
+        let num_heads = f.dim("num_attention_heads", MAX_HEADS)?;
+        let num_kv_heads = f.dim_or("num_key_value_heads", num_heads, MAX_HEADS)?;
         if num_heads % num_kv_heads != 0 {
             return Err(f.err(
                 "num_key_value_heads",
                 format!("{num_kv_heads} does not divide num_attention_heads {num_heads}"),
             ));
         }
-        let head_dim = f.usize_or("head_dim", hidden_size / num_heads)?;
+        if f.get("head_dim").is_none() && hidden_size % num_heads != 0 {
+            return Err(f.err(
+                "num_attention_heads",
+                format!("{num_heads} does not divide hidden_size {hidden_size} (and no head_dim is given)"),
+            ));
+        }
+        let head_dim = f.dim_or("head_dim", hidden_size / num_heads, MAX_HEAD_DIM)?;
         if head_dim % 2 != 0 {
             return Err(f.err("head_dim", format!("{head_dim} must be even for RoPE")));
         }
         // rope_parameters (new) holds theta and the scaling; rope_theta/rope_scaling (old).
         let params = f.get("rope_parameters").or_else(|| f.get("rope_scaling"));
-        let rope_theta = match f.get("rope_parameters").and_then(|p| num(p, "rope_theta")) {
-            Some(t) => t,
-            None => f.f64_or("rope_theta", 10000.0)?,
+        let (rope_theta, theta_field) = match f.get("rope_parameters").and_then(|p| p.get("rope_theta")) {
+            Some(t) => (t.as_f64().unwrap_or(f64::NAN), "rope_parameters.rope_theta"),
+            None => (f.f64_or("rope_theta", 10000.0)?, "rope_theta"),
         };
+        // theta is the base of the frequencies θ^(-2i/d): ≤ 0 or non-finite gives NaN angles.
+        if !(rope_theta.is_finite() && rope_theta > 0.0) {
+            return Err(f.err(theta_field, format!("must be a positive number, got {rope_theta}")));
+        }
         let rope = match params {
             None => RopeKind::Default,
             Some(p) => {
                 let kind = p.get("rope_type").or_else(|| p.get("type")).and_then(|x| x.as_str()).unwrap_or("default");
-                let need = |k: &str| num(p, k).ok_or_else(|| f.err(&format!("rope_parameters.{k}"), "missing"));
+                // Scaling factors divide positions or wavelengths: each must be positive.
+                let need = |k: &str| {
+                    let name = format!("rope_parameters.{k}");
+                    let x = num(p, k).ok_or_else(|| f.err(&name, "missing"))?;
+                    if x.is_finite() && x > 0.0 { Ok(x) } else { Err(f.err(&name, format!("must be a positive number, got {x}"))) }
+                };
                 match kind {
                     "default" => RopeKind::Default,
                     "linear" => RopeKind::Linear(need("factor")?),
-                    "llama3" => RopeKind::Llama3(RopeScaling {
-                        factor: need("factor")?,
-                        low_freq_factor: need("low_freq_factor")?,
-                        high_freq_factor: need("high_freq_factor")?,
-                        original_max_position_embeddings: need("original_max_position_embeddings")?,
-                    }),
+                    "llama3" => {
+                        let s = RopeScaling {
+                            factor: need("factor")?,
+                            low_freq_factor: need("low_freq_factor")?,
+                            high_freq_factor: need("high_freq_factor")?,
+                            original_max_position_embeddings: need("original_max_position_embeddings")?,
+                        };
+                        // The smoothing between the two divides by their difference.
+                        if s.high_freq_factor <= s.low_freq_factor {
+                            return Err(f.err(
+                                "rope_parameters.high_freq_factor",
+                                format!("{} must be larger than low_freq_factor {}", s.high_freq_factor, s.low_freq_factor),
+                            ));
+                        }
+                        RopeKind::Llama3(s)
+                    }
                     other => {
                         return Err(f.err(
                             "rope_parameters.rope_type",
@@ -178,6 +222,24 @@ impl ModelConfig {
                 }
             }
         };
+        let rms_norm_eps = f.f64_or("rms_norm_eps", 1e-6)?;
+        if rms_norm_eps < 0.0 {
+            return Err(f.err("rms_norm_eps", format!("must be zero or positive, got {rms_norm_eps}")));
+        }
+        let vocab_size = f.dim("vocab_size", MAX_WIDTH)?;
+        // Special token ids, when config.json names them, must be rows of the embedding.
+        for k in ["bos_token_id", "eos_token_id", "pad_token_id"] {
+            let ids: Vec<&Value> = match f.get(k) {
+                None => vec![],
+                Some(Value::Array(a)) => a.iter().collect(),
+                Some(x) => vec![x],
+            };
+            for x in ids {
+                if !x.as_u64().is_some_and(|id| id < vocab_size as u64) {
+                    return Err(f.err(k, format!("{x} is not a token id (0 to {})", vocab_size - 1)));
+                }
+            }
+        }
         let attention_bias = f.bool_or("attention_bias", false)?;
         let (qkv_bias, o_bias) = match arch {
             Arch::Qwen2 => (true, false),
@@ -193,14 +255,14 @@ impl ModelConfig {
         }
         Ok(ModelConfig {
             arch,
-            vocab_size: f.usize("vocab_size")?,
+            vocab_size,
             hidden_size,
-            intermediate_size: f.usize("intermediate_size")?,
-            num_layers: f.usize("num_hidden_layers")?,
+            intermediate_size: f.dim("intermediate_size", MAX_WIDTH)?,
+            num_layers: f.dim("num_hidden_layers", MAX_LAYERS)?,
             num_heads,
             num_kv_heads,
             head_dim,
-            rms_norm_eps: f.f64_or("rms_norm_eps", 1e-6)?,
+            rms_norm_eps,
             rope_theta,
             rope,
             tie_word_embeddings: f.bool_or("tie_word_embeddings", false)?,

@@ -28,45 +28,111 @@ impl WeightSource for crate::formats::WeightStore {
     }
 }
 
-/// The config of a GGUF model, through the same validation as `config.json`.
+/// The config of a GGUF model, through the same validation as `config.json`, with its counts
+/// checked against the tensors the file holds: `block_count` against the `blk.N` tensors, the
+/// vocabulary against the token list and the embedding.
 pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
     let arch = g.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("?").to_string();
     let key = |k: &str| format!("{arch}.{k}");
-    let num = |k: &str| g.get(&key(k)).and_then(MetaValue::as_f64);
-    let need = |k: &str| {
-        num(k).ok_or_else(|| KilnError::Config { path: g.path.clone(), field: key(k), detail: "missing".into() })
+    let bad = |k: &str, detail: String| KilnError::Config { path: g.path.clone(), field: key(k), detail };
+    let num = |k: &str| -> Result<Option<f64>> {
+        match g.get(&key(k)) {
+            None => Ok(None),
+            Some(v) => v.as_f64().filter(|x| x.is_finite()).map(Some).ok_or_else(|| bad(k, format!("{v:?} is not a number"))),
+        }
     };
+    let need = |k: &str| num(k)?.ok_or_else(|| bad(k, "missing".into()));
     if g.get(&key("rope.scaling.type")).and_then(|v| v.as_str()).is_some_and(|t| t != "none") {
+        return Err(bad("rope.scaling.type", "RoPE scaling from GGUF is not supported yet".into()));
+    }
+    let n_tokens = g.get("tokenizer.ggml.tokens").and_then(MetaValue::as_array).map(|a| a.len() as u64);
+    let embd_rows = g.tensor("token_embd.weight").and_then(|t| t.dims.get(1).copied());
+    let vocab = match g.get(&key("vocab_size")) {
+        Some(v) => v.as_u64().ok_or_else(|| bad("vocab_size", format!("{v:?} is not a count")))?,
+        None => n_tokens.or(embd_rows).unwrap_or(0),
+    };
+    // The token list names every embedding row: a different length means ids without text or
+    // text without an embedding (kiln's own exports of a grown vocabulary write both).
+    if let (Some(n), Some(rows)) = (n_tokens, embd_rows)
+        && n != rows
+    {
         return Err(KilnError::Config {
             path: g.path.clone(),
-            field: key("rope.scaling.type"),
-            detail: "RoPE scaling from GGUF is not supported yet".into(),
+            field: "tokenizer.ggml.tokens".into(),
+            detail: format!("{n} tokens, but token_embd.weight has {rows} rows (one per token)"),
         });
     }
-    let vocab = match g.get(&key("vocab_size")).and_then(MetaValue::as_u64) {
-        Some(v) => v,
-        None => match g.get("tokenizer.ggml.tokens") {
-            Some(MetaValue::Array(a)) => a.len() as u64,
-            _ => g.tensor("token_embd.weight").and_then(|t| t.dims.get(1).copied()).unwrap_or(0),
-        },
-    };
+    let blocks = need("block_count")?;
+    let present = block_tensors(g)?;
+    if blocks != present as f64 {
+        return Err(bad(
+            "block_count",
+            format!("is {blocks}, but the file holds tensors for {present} blocks (blk.0 to blk.{})", present.max(1) - 1),
+        ));
+    }
     let heads = need("attention.head_count")?;
     let hidden = need("embedding_length")?;
-    let v = json!({
+    // llama.cpp's head size is attention.key_length (default: embedding / heads); RoPE turns
+    // rope.dimension_count of it. kiln rotates whole heads, so the two must agree.
+    let key_len = num("attention.key_length")?;
+    let rope_dims = num("rope.dimension_count")?;
+    if let (Some(k), Some(r)) = (key_len, rope_dims)
+        && k != r
+    {
+        return Err(bad(
+            "rope.dimension_count",
+            format!("{r} differs from attention.key_length {k} (partial rotary embeddings are not supported)"),
+        ));
+    }
+    if let (Some(k), Some(v)) = (key_len, num("attention.value_length")?)
+        && k != v
+    {
+        return Err(bad("attention.value_length", format!("{v} differs from attention.key_length {k}")));
+    }
+    let mut v = json!({
         "model_type": arch,
         "vocab_size": vocab,
-        "hidden_size": hidden as u64,
-        "intermediate_size": need("feed_forward_length")? as u64,
-        "num_hidden_layers": need("block_count")? as u64,
-        "num_attention_heads": heads as u64,
-        "num_key_value_heads": num("attention.head_count_kv").unwrap_or(heads) as u64,
-        "head_dim": num("rope.dimension_count").map(|d| d as u64).unwrap_or((hidden / heads) as u64),
+        "hidden_size": hidden,
+        "intermediate_size": need("feed_forward_length")?,
+        "num_hidden_layers": blocks,
+        "num_attention_heads": heads,
+        "num_key_value_heads": num("attention.head_count_kv")?.unwrap_or(heads),
         "rms_norm_eps": need("attention.layer_norm_rms_epsilon")?,
-        "rope_theta": num("rope.freq_base").unwrap_or(10000.0),
-        "max_position_embeddings": num("context_length").unwrap_or(2048.0) as u64,
+        "rope_theta": num("rope.freq_base")?.unwrap_or(10000.0),
+        "max_position_embeddings": num("context_length")?.unwrap_or(2048.0),
         "tie_word_embeddings": g.tensor("output.weight").is_none(),
     });
+    if let Some(d) = key_len.or(rope_dims) {
+        v["head_dim"] = d.into();
+    }
+    // Whole numbers go to the JSON as integers so config.json's checks apply to them alike.
+    if let Some(o) = v.as_object_mut() {
+        for x in o.values_mut() {
+            if let Some(f) = x.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 1.8e19) {
+                *x = (f as u64).into();
+            }
+        }
+    }
     ModelConfig::from_json(&v, &g.path)
+}
+
+/// How many blocks the file holds tensors for: the `blk.N.` prefixes, which must run from
+/// `blk.0` without a gap.
+fn block_tensors(g: &GgufFile) -> Result<usize> {
+    let mut seen = std::collections::BTreeSet::new();
+    for t in &g.tensors {
+        let index = t.name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|i| i.parse::<usize>().ok());
+        if let Some(i) = index {
+            seen.insert(i);
+        }
+    }
+    match seen.iter().next_back() {
+        Some(&max) if max + 1 != seen.len() => {
+            let gap = (0..max).find(|i| !seen.contains(i)).unwrap_or(0);
+            Err(KilnError::MissingTensor { path: g.path.clone(), tensor: format!("blk.{gap}.* (the file has blk.{max})") })
+        }
+        _ => Ok(seen.len()),
+    }
 }
 
 /// Weights of a GGUF file under transformers names.

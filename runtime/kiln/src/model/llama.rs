@@ -90,6 +90,19 @@ impl Llama {
         }
         let config = ModelConfig::load(path)?;
         let store = WeightStore::open(path)?;
+        // num_hidden_layers must be the layers the weights hold (checked before anything is
+        // built from it); the count of present layers is bounded by the tensors in the store.
+        let has_layer = |i: usize| store.contains(&format!("model.layers.{i}.input_layernorm.weight"));
+        let n = config.num_layers;
+        if !has_layer(n - 1) || has_layer(n) {
+            let present = (0..).take_while(|&i| has_layer(i)).count();
+            let cfg = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
+            return Err(KilnError::Config {
+                path: cfg,
+                field: "num_hidden_layers".into(),
+                detail: format!("is {n}, but the weights in {} hold {present} layers", path.display()),
+            });
+        }
         Llama::from_source(config, &store, trainable)
     }
 
@@ -271,8 +284,31 @@ impl Llama {
 
     /// Loads a bottleneck adapter folder written by kiln onto this model.
     pub fn load_bottlenecks(&mut self, dir: &Path, size: usize) -> Result<()> {
-        self.add_bottlenecks(size, 0)?;
         let store = WeightStore::from_files(&[dir.join("adapter_model.safetensors")])?;
+        // adapter_config.json's size is checked against the file before any adapter exists:
+        // a claimed size the file does not hold must not allocate.
+        let h = self.config.hidden_size;
+        for i in 0..self.config.num_layers {
+            for site in crate::adapters::bottleneck::SITES {
+                let p = format!("model.layers.{i}.{site}");
+                store.get_shaped(&format!("{p}.down.weight"), &[size, h]).map_err(|e| adapter_err(dir, e))?;
+                store.get_shaped(&format!("{p}.up.weight"), &[h, size]).map_err(|e| adapter_err(dir, e))?;
+            }
+        }
+        let extra = store.names().into_iter().find(|n| {
+            n.strip_prefix("model.layers.")
+                .and_then(|r| r.split('.').next())
+                .and_then(|i| i.parse::<usize>().ok())
+                .is_none_or(|i| i >= self.config.num_layers)
+        });
+        if let Some(n) = extra {
+            return Err(KilnError::Tensor {
+                path: dir.join("adapter_model.safetensors"),
+                tensor: n,
+                detail: format!("is not a bottleneck adapter of this {}-layer model", self.config.num_layers),
+            });
+        }
+        self.add_bottlenecks(size, 0)?;
         for (name, v) in self.bottleneck_params_mut() {
             let t = store.get_shaped(&name, v.value().dims())?;
             v.set_value(t.to_dtype(DType::F32)?);
@@ -561,4 +597,16 @@ pub fn shift_targets(labels: &[i32], b: usize, t: usize, seg: Option<&[i32]>) ->
 /// Positions `0..T` for every row.
 pub fn default_positions(b: usize, t: usize) -> Result<Tensor> {
     Ok(Tensor::from_vec((0..b * t).map(|i| (i % t) as i32).collect::<Vec<_>>(), [b, t])?)
+}
+
+/// An adapter tensor's error, with adapter_config.json named as the other side of a mismatch.
+fn adapter_err(dir: &Path, e: KilnError) -> KilnError {
+    match e {
+        KilnError::Tensor { path, tensor, detail } => KilnError::Tensor {
+            path,
+            tensor,
+            detail: format!("{detail} (from {})", dir.join("adapter_config.json").display()),
+        },
+        other => other,
+    }
 }
