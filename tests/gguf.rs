@@ -2,6 +2,9 @@
 //! tools/make_gguf_fixtures.py), and every kind of corrupt file.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
+
+mod common;
 
 use kiln::core::quant::{GgmlType, quantize};
 use kiln::formats::gguf::{GgufFile, MetaArray, MetaValue};
@@ -303,4 +306,132 @@ fn fuzz_regressions_are_refused() {
         n += 1;
     }
     assert!(n >= 1);
+}
+
+fn kiln(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).output().unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = kiln(args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "kiln {}: {err}", args.join(" "));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A vocabulary grown with `--add-special-tokens` on a GGUF base: the GGUF and merged exports
+/// hold the added tokens (token list as long as the embedding, control type, same ids) and
+/// load back in kiln.
+#[test]
+fn grown_vocabulary_exports_load_back() {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gguf-grown-vocab");
+    let _ = std::fs::remove_dir_all(&d);
+    let m = common::tiny_model(&d, 3);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let base = d.join("base.gguf");
+    ok(&["export", "--model", &s(&m), "--format", "gguf", "--quant", "f32", "--out", &s(&base)]);
+    let rows = (0..4)
+        .map(|i| format!("{{\"prompt\": \"call {i}\", \"completion\": \"<tool>go {i}</tool>\"}}\n"))
+        .collect::<String>();
+    std::fs::write(d.join("data.jsonl"), rows).unwrap();
+    let run = d.join("run");
+    ok(&[
+        "train", "--model", &s(&base), "--data", &s(&d.join("data.jsonl")), "--out", &s(&run), "--max-steps", "1",
+        "--batch-size", "2", "--eval-split", "0", "--packing", "false", "--add-special-tokens", "<tool>,</tool>",
+    ]);
+    let adapter = s(&run.join("adapter"));
+    let n_base = GgufFile::open(&base).unwrap().tensor("token_embd.weight").unwrap().dims[1] as usize;
+    let grown = d.join("grown.gguf");
+    ok(&["export", "--model", &s(&base), "--adapter", &adapter, "--format", "gguf", "--quant", "f32", "--out", &s(&grown)]);
+    let g = GgufFile::open(&grown).unwrap();
+    let rows = g.tensor("token_embd.weight").unwrap().dims[1] as usize;
+    assert_eq!(rows, n_base + 2, "the embedding grew by the two added tokens");
+    let tokens = g.get("tokenizer.ggml.tokens").and_then(MetaValue::as_array).and_then(|a| a.strs()).unwrap();
+    assert_eq!(tokens.len(), rows, "one token per embedding row");
+    assert_eq!((tokens.get(n_base), tokens.get(n_base + 1)), (Some("<tool>"), Some("</tool>")));
+    match g.get("tokenizer.ggml.token_type").and_then(MetaValue::as_array) {
+        Some(MetaArray::I32(t)) => assert_eq!((t.len(), t[n_base], t[n_base + 1]), (rows, 3, 3)),
+        other => panic!("token_type: {other:?}"),
+    }
+    let (model, tok) = kiln::models::load_with_tokenizer(&grown, false).unwrap();
+    assert_eq!(model.config.vocab_size, rows);
+    assert_eq!(tok.encode("<tool>").unwrap().ids, vec![n_base as u32]);
+    ok(&["generate", "--model", &s(&grown), "--prompt", "call <tool>", "--raw", "--max-new-tokens", "2"]);
+    // The merged folder's tokenizer files carry the added tokens too.
+    let merged = d.join("merged");
+    ok(&["export", "--model", &s(&base), "--adapter", &adapter, "--format", "merged", "--out", &s(&merged)]);
+    let (model, tok) = kiln::models::load_with_tokenizer(&merged, false).unwrap();
+    assert_eq!(model.config.vocab_size, rows);
+    assert_eq!(tok.encode("</tool>").unwrap().ids, vec![n_base as u32 + 1]);
+    ok(&["generate", "--model", &s(&merged), "--prompt", "call <tool>", "--raw", "--max-new-tokens", "2"]);
+    // And a GGUF exported from the merged folder (a config.json source) loads as well.
+    let again = d.join("again.gguf");
+    ok(&["export", "--model", &s(&merged), "--format", "gguf", "--quant", "f32", "--out", &s(&again)]);
+    let (model, tok) = kiln::models::load_with_tokenizer(&again, false).unwrap();
+    assert_eq!((model.config.vocab_size, tok.encode("<tool>").unwrap().ids), (rows, vec![n_base as u32]));
+}
+
+/// Arrays cost what they cost in the file: a million u8 items are a million bytes, and a
+/// string array round-trips through the writer.
+#[test]
+fn arrays_are_stored_compactly_and_round_trip() {
+    use kiln::formats::gguf::StrArray;
+    use kiln::formats::gguf_write::write_gguf;
+    let p = std::env::temp_dir().join(format!("kiln-gguf-arrays-{}.gguf", std::process::id()));
+    let strs: StrArray = ["", "é", "ab c"].into_iter().collect();
+    let meta = vec![
+        ("kiln.bytes".to_string(), MetaValue::Array(MetaArray::U8(vec![7; 1 << 20]))),
+        ("kiln.strs".to_string(), MetaValue::Array(MetaArray::Str(strs.clone()))),
+        ("kiln.f64".to_string(), MetaValue::Array(MetaArray::F64(vec![0.5, -1.0]))),
+    ];
+    write_gguf(&p, &meta, &[]).unwrap();
+    let g = GgufFile::open(&p).unwrap();
+    match g.get("kiln.bytes") {
+        Some(MetaValue::Array(MetaArray::U8(v))) => assert!(v.len() == 1 << 20 && v.capacity() < (1 << 20) + 64),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(g.get("kiln.strs"), Some(&MetaValue::Array(MetaArray::Str(strs))));
+    assert_eq!(g.get("kiln.f64").and_then(MetaValue::as_array).and_then(|a| a.to_f64s()), Some(vec![0.5, -1.0]));
+    // A duplicate key is refused on writing as on reading.
+    let dup = vec![("a".to_string(), MetaValue::U8(1)), ("a".to_string(), MetaValue::U8(2))];
+    let e = write_gguf(&p, &dup, &[]).unwrap_err().to_string();
+    assert!(e.contains("`a`") && e.contains("twice"), "{e}");
+    let _ = std::fs::remove_file(&p);
+}
+
+/// The tokenizer built from GGUF metadata survives mutations of the token arrays (the
+/// `gguf_tokenizer` fuzz target's property on stable): an error or a tokenizer whose special
+/// ids lie inside its vocabulary, never a panic.
+#[test]
+fn gguf_tokenizer_survives_mutations() {
+    use kiln::data::tokenizer::TextTokenizer;
+    use kiln::formats::gguf::parse_header;
+    let seed =
+        std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/bad_inputs/models-eps-negative.gguf"))
+            .unwrap();
+    // Mutate the tokenizer part of the header only (after `tokenizer.ggml.model`).
+    let at = seed.windows(20).position(|w| w == b"tokenizer.ggml.model").unwrap();
+    let (mut ok_n, mut err_n) = (0, 0);
+    for i in 0..3000u64 {
+        let mut b = seed[at..].to_vec();
+        b = mutate(&b, i);
+        let mut full = seed[..at].to_vec();
+        full.extend(b);
+        let p = Path::new("mutant.gguf");
+        let Ok(h) = parse_header(&full, p) else {
+            err_n += 1;
+            continue;
+        };
+        match TextTokenizer::from_gguf_metadata(&h.metadata, p) {
+            Ok(t) => {
+                for s in [&t.bos, &t.eos, &t.pad].into_iter().flatten() {
+                    assert!((s.id as usize) < t.vocab_size(), "mutation {i}: special id {}", s.id);
+                }
+                ok_n += 1;
+            }
+            Err(_) => err_n += 1,
+        }
+    }
+    eprintln!("tokenizer mutations: {ok_n} built, {err_n} refused");
+    assert!(err_n > 100, "the mutations must be refused sometimes ({ok_n} built, {err_n} refused)");
 }

@@ -202,7 +202,24 @@ def hf_weights(layers):
     return safetensors(t)
 
 
+def fuzz_seeds():
+    """Seeds of the adapter_files fuzz target (config JSON, NUL, safetensors) for an 8-wide,
+    2-layer model: one valid adapter, one whose rank disagrees with its tensors."""
+    d = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fuzz", "seeds", "adapter_files")
+    os.makedirs(d, exist_ok=True)
+    def st(r, layers=2):
+        t = []
+        for i in range(layers):
+            p = f"base_model.model.model.layers.{i}.self_attn.q_proj"
+            t += [(f"{p}.lora_A.weight", [r, 8], [0.01] * (r * 8)), (f"{p}.lora_B.weight", [8, r], [0.0] * (8 * r))]
+        return safetensors(t)
+    for name, cfg, data in [("valid", peft_config(), st(2)), ("rank-mismatch", peft_config(r=4), st(2))]:
+        with open(os.path.join(d, name), "wb") as f:
+            f.write(json.dumps(cfg).encode() + b"\0" + data)
+
+
 def main():
+    fuzz_seeds()
     if "--valid" in sys.argv:
         with open(sys.argv[sys.argv.index("--valid") + 1], "wb") as f:
             f.write(gguf(base_meta(), base_tensors()))

@@ -239,7 +239,7 @@ impl LoraSet {
         let config = parse_adapter_config(&text, &cp)?;
         let file = dir.join("adapter_model.safetensors");
         let store = crate::formats::WeightStore::from_files(std::slice::from_ref(&file))?;
-        check_peft_tensors(&store, &file, &cp, &config, model)?;
+        check_peft_tensors(&store.shapes(), &file, &cp, &config, model)?;
         let scale = config.scale();
         let mut layers = Vec::with_capacity(model.num_layers);
         for i in 0..model.num_layers {
@@ -326,13 +326,15 @@ pub fn parse_adapter_config(text: &str, cp: &std::path::Path) -> Result<LoraConf
 /// `[out, r]` in a float type, and no LoRA tensor is left over (one for a module or layer the
 /// config does not cover would be ignored silently).
 pub fn check_peft_tensors(
-    store: &crate::formats::WeightStore,
+    tensors: &[(String, Vec<usize>)],
     file: &std::path::Path,
     cp: &std::path::Path,
     config: &LoraConfig,
     model: &ModelConfig,
 ) -> Result<()> {
     let r = config.r;
+    let shapes: std::collections::HashMap<&str, &[usize]> =
+        tensors.iter().map(|(n, s)| (n.as_str(), s.as_slice())).collect();
     let mut expected = std::collections::HashSet::new();
     for i in 0..model.num_layers {
         for &t in &config.targets {
@@ -340,8 +342,8 @@ pub fn check_peft_tensors(
             let m = peft_name(&format!("model.layers.{i}.{}", t.module()));
             for (which, shape) in [("A", [r, fin]), ("B", [fout, r])] {
                 let name = format!("{m}.lora_{which}.weight");
-                let got = store
-                    .shape(&name)
+                let got = *shapes
+                    .get(name.as_str())
                     .ok_or_else(|| KilnError::MissingTensor { path: file.to_path_buf(), tensor: name.clone() })?;
                 if got != shape {
                     return Err(KilnError::Tensor {
@@ -358,10 +360,12 @@ pub fn check_peft_tensors(
             }
         }
     }
-    if let Some(extra) = store.names().into_iter().find(|n| n.contains(".lora_") && !expected.contains(n)) {
+    let mut names: Vec<&String> = tensors.iter().map(|(n, _)| n).collect();
+    names.sort();
+    if let Some(extra) = names.into_iter().find(|n| n.contains(".lora_") && !expected.contains(*n)) {
         return Err(KilnError::Tensor {
             path: file.to_path_buf(),
-            tensor: extra,
+            tensor: extra.clone(),
             detail: format!(
                 "is not an adapter of a module {} lists for this {}-layer model",
                 cp.display(),

@@ -143,7 +143,26 @@ impl TextTokenizer {
     /// tokens — so ids match transformers loading the same file. Like transformers, no BOS is
     /// added to plain text (chat templates place their own).
     pub fn from_gguf(g: &crate::formats::gguf::GgufFile) -> Result<TextTokenizer> {
+        TextTokenizer::from_gguf_metadata(&g.metadata, &g.path)
+    }
+
+    /// [`TextTokenizer::from_gguf`] from a GGUF header's metadata (`path` names the file in
+    /// errors). The fuzz target `gguf_tokenizer` drives this with arbitrary GGUF bytes.
+    pub fn from_gguf_metadata(
+        metadata: &[(String, crate::formats::gguf::MetaValue)],
+        path: &Path,
+    ) -> Result<TextTokenizer> {
         use crate::formats::gguf::MetaValue;
+        struct G<'a> {
+            path: PathBuf,
+            meta: &'a [(String, MetaValue)],
+        }
+        impl G<'_> {
+            fn get(&self, key: &str) -> Option<&MetaValue> {
+                self.meta.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+            }
+        }
+        let g = G { path: path.to_path_buf(), meta: metadata };
         let bad = |k: &str, detail: String| KilnError::Config { path: g.path.clone(), field: k.into(), detail };
         let missing = |k: &str| bad(k, "missing or of the wrong type".into());
         let strings = |k: &str| -> Result<&crate::formats::gguf::StrArray> {

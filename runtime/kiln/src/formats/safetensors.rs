@@ -172,9 +172,9 @@ impl WeightStore {
         v
     }
 
-    /// A tensor's shape, without touching its data.
-    pub fn shape(&self, name: &str) -> Option<&[usize]> {
-        self.entries.get(name).map(|e| e.shape.as_slice())
+    /// Every tensor's name and shape, from the headers alone.
+    pub fn shapes(&self) -> Vec<(String, Vec<usize>)> {
+        self.entries.iter().map(|(n, e)| (n.clone(), e.shape.clone())).collect()
     }
 
     /// Whether a tensor exists.
