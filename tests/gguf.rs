@@ -336,13 +336,40 @@ fn grown_vocabulary_exports_load_back() {
     std::fs::write(d.join("data.jsonl"), rows).unwrap();
     let run = d.join("run");
     ok(&[
-        "train", "--model", &s(&base), "--data", &s(&d.join("data.jsonl")), "--out", &s(&run), "--max-steps", "1",
-        "--batch-size", "2", "--eval-split", "0", "--packing", "false", "--add-special-tokens", "<tool>,</tool>",
+        "train",
+        "--model",
+        &s(&base),
+        "--data",
+        &s(&d.join("data.jsonl")),
+        "--out",
+        &s(&run),
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--eval-split",
+        "0",
+        "--packing",
+        "false",
+        "--add-special-tokens",
+        "<tool>,</tool>",
     ]);
     let adapter = s(&run.join("adapter"));
     let n_base = GgufFile::open(&base).unwrap().tensor("token_embd.weight").unwrap().dims[1] as usize;
     let grown = d.join("grown.gguf");
-    ok(&["export", "--model", &s(&base), "--adapter", &adapter, "--format", "gguf", "--quant", "f32", "--out", &s(&grown)]);
+    ok(&[
+        "export",
+        "--model",
+        &s(&base),
+        "--adapter",
+        &adapter,
+        "--format",
+        "gguf",
+        "--quant",
+        "f32",
+        "--out",
+        &s(&grown),
+    ]);
     let g = GgufFile::open(&grown).unwrap();
     let rows = g.tensor("token_embd.weight").unwrap().dims[1] as usize;
     assert_eq!(rows, n_base + 2, "the embedding grew by the two added tokens");
@@ -352,6 +379,22 @@ fn grown_vocabulary_exports_load_back() {
     match g.get("tokenizer.ggml.token_type").and_then(MetaValue::as_array) {
         Some(MetaArray::I32(t)) => assert_eq!((t.len(), t[n_base], t[n_base + 1]), (rows, 3, 3)),
         other => panic!("token_type: {other:?}"),
+    }
+    // llama.cpp's own reader (the `gguf` package, when installed) sees the same lengths.
+    let dump = d.join("dump");
+    let py = Command::new("python3").arg("../../tools/gguf_dump.py").arg(&grown).arg(&dump).output();
+    match py {
+        Ok(o) if o.status.success() => {
+            let j: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(dump.with_extension("json")).unwrap()).unwrap();
+            for k in ["tokenizer.ggml.tokens", "tokenizer.ggml.token_type"] {
+                assert_eq!(j["metadata"][k]["len"].as_u64(), Some(rows as u64), "{k} as gguf reads it");
+            }
+        }
+        _ => {
+            assert!(std::env::var_os("CI").is_none(), "CI must have python3 with gguf and numpy");
+            eprintln!("SKIP the gguf package read-back: python3 cannot import gguf and numpy");
+        }
     }
     let (model, tok) = kiln::models::load_with_tokenizer(&grown, false).unwrap();
     assert_eq!(model.config.vocab_size, rows);
@@ -406,9 +449,10 @@ fn arrays_are_stored_compactly_and_round_trip() {
 fn gguf_tokenizer_survives_mutations() {
     use kiln::data::tokenizer::TextTokenizer;
     use kiln::formats::gguf::parse_header;
-    let seed =
-        std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/bad_inputs/models-eps-negative.gguf"))
-            .unwrap();
+    let seed = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/bad_inputs/models-eps-negative.gguf"),
+    )
+    .unwrap();
     // Mutate the tokenizer part of the header only (after `tokenizer.ggml.model`).
     let at = seed.windows(20).position(|w| w == b"tokenizer.ggml.model").unwrap();
     let (mut ok_n, mut err_n) = (0, 0);

@@ -245,6 +245,7 @@ def main():
     write("models-token-type-long.gguf", gguf(with_meta("tokenizer.ggml.token_type", ARR, (I32, [1, 1, 1, 3, 1, 1])), t))
     write("models-scores-short.gguf", gguf(with_meta("tokenizer.ggml.scores", ARR, (F32, [0.0, 0.0])), t))
     write("models-tokens-short.gguf", gguf(with_meta("tokenizer.ggml.tokens", ARR, (STR, ["a", "b", "ab"])), t))
+    write("models-duplicate-token.gguf", gguf(with_meta("tokenizer.ggml.tokens", ARR, (STR, ["a", "b", "a", "<|end|>"])), t))
     write("models-merge-one-token.gguf", gguf(with_meta("tokenizer.ggml.merges", ARR, (STR, ["ab"])), t))
     # HF config.json folders.
     folder("models-hf-theta-negative", {"config.json": hf_config(rope_theta=-10000.0)})

@@ -314,11 +314,8 @@ fn grow_token_list(
     source: &Path,
 ) -> Result<()> {
     let rows = c.vocab_size;
-    let Some(n) = meta
-        .iter()
-        .find(|(k, _)| k == "tokenizer.ggml.tokens")
-        .and_then(|(_, v)| v.as_array())
-        .map(MetaArray::len)
+    let Some(n) =
+        meta.iter().find(|(k, _)| k == "tokenizer.ggml.tokens").and_then(|(_, v)| v.as_array()).map(MetaArray::len)
     else {
         return Ok(());
     };
@@ -352,8 +349,7 @@ fn grow_token_list(
         match (k.as_str(), v) {
             ("tokenizer.ggml.tokens", MetaValue::Array(MetaArray::Str(a))) => new.iter().for_each(|(t, _)| a.push(t)),
             ("tokenizer.ggml.token_type", MetaValue::Array(a)) => {
-                let mut types: Vec<i32> =
-                    a.to_f64s().unwrap_or_default().into_iter().map(|x| x as i32).collect();
+                let mut types: Vec<i32> = a.to_f64s().unwrap_or_default().into_iter().map(|x| x as i32).collect();
                 types.extend(new.iter().map(|(_, ty)| *ty));
                 *a = MetaArray::I32(types);
             }

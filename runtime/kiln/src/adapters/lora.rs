@@ -296,7 +296,11 @@ pub fn parse_adapter_config(text: &str, cp: &std::path::Path) -> Result<LoraConf
     let mods: Vec<String> = match &v["target_modules"] {
         serde_json::Value::Array(a) => a
             .iter()
-            .map(|m| m.as_str().map(String::from).ok_or_else(|| field("target_modules", &format!("{m} is not a module name"))))
+            .map(|m| {
+                m.as_str()
+                    .map(String::from)
+                    .ok_or_else(|| field("target_modules", &format!("{m} is not a module name")))
+            })
             .collect::<Result<_>>()?,
         serde_json::Value::String(s) if s == "all-linear" => {
             Target::ALL.iter().map(|t| t.module().rsplit('.').next().unwrap_or("").to_string()).collect()

@@ -38,7 +38,15 @@ pub fn run(a: ExportArgs) -> Result<()> {
         let ty = kiln::export_gguf::quant_type(&a.quant)?;
         let path = kiln::models::resolve(a.model.as_deref())?;
         let (model, tok, lora) = kiln::models::load_with_adapter(&path, a.adapter.as_deref())?;
-        kiln::export_gguf::export_gguf_with_tokenizer(&model, lora.as_ref(), Some(&tok), &path, ty, a.quant.ends_with("_k_m"), &a.out)?;
+        kiln::export_gguf::export_gguf_with_tokenizer(
+            &model,
+            lora.as_ref(),
+            Some(&tok),
+            &path,
+            ty,
+            a.quant.ends_with("_k_m"),
+            &a.out,
+        )?;
         let mb = std::fs::metadata(&a.out).map(|m| m.len() as f64 / 1048576.0).unwrap_or(0.0);
         println!(
             "exported {} {} to {} ({}, {mb:.1} MB)",

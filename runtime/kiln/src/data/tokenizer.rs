@@ -181,6 +181,14 @@ impl TextTokenizer {
         if tokens.is_empty() {
             return Err(bad("tokenizer.ggml.tokens", "is empty".into()));
         }
+        // One id per text: a repeated token would leave one of its ids (and embedding rows)
+        // unreachable; llama.cpp refuses such vocabularies too.
+        let mut seen = std::collections::HashMap::with_capacity(tokens.len());
+        for (i, t) in tokens.iter().enumerate() {
+            if let Some(first) = seen.insert(*t, i) {
+                return Err(bad("tokenizer.ggml.tokens", format!("token {i} `{t}` repeats token {first}")));
+            }
+        }
         let merges: Vec<&str> = strings("tokenizer.ggml.merges")?.iter().collect();
         // Per-token arrays must describe exactly the tokens: a longer or shorter one means the
         // file is inconsistent (and indexing it by token id would go out of bounds).
@@ -208,8 +216,13 @@ impl TextTokenizer {
         if let Some((i, t)) = types.iter().enumerate().find(|(_, t)| !(0..=6).contains(*t)) {
             return Err(bad("tokenizer.ggml.token_type", format!("entry {i} is {t} (token types are 0 to 6)")));
         }
-        if let Some((i, m)) = merges.iter().enumerate().find(|(_, m)| m.split_once(' ').is_none_or(|(a, b)| a.is_empty() || b.is_empty())) {
-            return Err(bad("tokenizer.ggml.merges", format!("entry {i} `{m}` is not two tokens separated by a space")));
+        if let Some((i, m)) =
+            merges.iter().enumerate().find(|(_, m)| m.split_once(' ').is_none_or(|(a, b)| a.is_empty() || b.is_empty()))
+        {
+            return Err(bad(
+                "tokenizer.ggml.merges",
+                format!("entry {i} `{m}` is not two tokens separated by a space"),
+            ));
         }
         let vocab: serde_json::Map<String, Value> =
             tokens.iter().enumerate().map(|(i, t)| (t.to_string(), Value::from(i as u64))).collect();

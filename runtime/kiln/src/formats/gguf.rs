@@ -322,7 +322,8 @@ impl<'a> Cursor<'a> {
                 for _ in 0..n {
                     let len = self.count(key, 1)?;
                     let s = self.take(len, key)?;
-                    let s = std::str::from_utf8(s).map_err(|_| self.err(&format!("metadata `{key}`: item is not UTF-8")))?;
+                    let s = std::str::from_utf8(s)
+                        .map_err(|_| self.err(&format!("metadata `{key}`: item is not UTF-8")))?;
                     a.push(s);
                 }
                 MetaArray::Str(a)

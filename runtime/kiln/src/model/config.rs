@@ -192,7 +192,11 @@ impl ModelConfig {
                 let need = |k: &str| {
                     let name = format!("rope_parameters.{k}");
                     let x = num(p, k).ok_or_else(|| f.err(&name, "missing"))?;
-                    if x.is_finite() && x > 0.0 { Ok(x) } else { Err(f.err(&name, format!("must be a positive number, got {x}"))) }
+                    if x.is_finite() && x > 0.0 {
+                        Ok(x)
+                    } else {
+                        Err(f.err(&name, format!("must be a positive number, got {x}")))
+                    }
                 };
                 match kind {
                     "default" => RopeKind::Default,
@@ -208,7 +212,10 @@ impl ModelConfig {
                         if s.high_freq_factor <= s.low_freq_factor {
                             return Err(f.err(
                                 "rope_parameters.high_freq_factor",
-                                format!("{} must be larger than low_freq_factor {}", s.high_freq_factor, s.low_freq_factor),
+                                format!(
+                                    "{} must be larger than low_freq_factor {}",
+                                    s.high_freq_factor, s.low_freq_factor
+                                ),
                             ));
                         }
                         RopeKind::Llama3(s)
@@ -235,7 +242,7 @@ impl ModelConfig {
                 Some(x) => vec![x],
             };
             for x in ids {
-                if !x.as_u64().is_some_and(|id| id < vocab_size as u64) {
+                if x.as_u64().is_none_or(|id| id >= vocab_size as u64) {
                     return Err(f.err(k, format!("{x} is not a token id (0 to {})", vocab_size - 1)));
                 }
             }
@@ -374,6 +381,50 @@ mod tests {
         v.as_object_mut().unwrap().remove("vocab_size");
         let e = ModelConfig::from_json(&v, Path::new("c.json")).unwrap_err().to_string();
         assert!(e.contains("vocab_size") && e.contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn meaningless_values_are_refused_naming_the_field() {
+        let cases: Vec<(&str, Value, &str)> = vec![
+            ("rope_theta", serde_json::json!(0.0), "positive"),
+            ("rope_theta", serde_json::json!(-5e5), "positive"),
+            ("rms_norm_eps", serde_json::json!(-1e-6), "zero or positive"),
+            ("rope_scaling", serde_json::json!({"rope_type": "linear", "factor": 0.0}), "rope_parameters.factor"),
+            (
+                "rope_parameters",
+                serde_json::json!({"rope_type": "default", "rope_theta": -1.0}),
+                "rope_parameters.rope_theta",
+            ),
+            (
+                "rope_scaling",
+                serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 8192}),
+                "high_freq_factor",
+            ),
+            ("num_hidden_layers", serde_json::json!(1u64 << 40), "at most"),
+            ("vocab_size", serde_json::json!(1u64 << 40), "at most"),
+            ("eos_token_id", serde_json::json!([2, 10]), "eos_token_id"),
+            ("bos_token_id", serde_json::json!(-1), "bos_token_id"),
+        ];
+        for (k, x, want) in cases {
+            let mut v = base();
+            v[k] = x.clone();
+            let e = ModelConfig::from_json(&v, Path::new("m/config.json")).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains("m/config.json"), "{k} = {x}: {e}");
+        }
+        // Without head_dim, the heads must divide the width.
+        let mut v = base();
+        v["num_attention_heads"] = 3.into();
+        v["num_key_value_heads"] = 3.into();
+        let e = ModelConfig::from_json(&v, Path::new("c.json")).unwrap_err().to_string();
+        assert!(e.contains("does not divide hidden_size"), "{e}");
+        v["head_dim"] = 4.into();
+        assert!(ModelConfig::from_json(&v, Path::new("c.json")).is_ok());
+        // Zero eps and in-range special ids are fine.
+        let mut v = base();
+        v["rms_norm_eps"] = 0.0.into();
+        v["eos_token_id"] = serde_json::json!([9]);
+        assert!(ModelConfig::from_json(&v, Path::new("c.json")).is_ok());
     }
 
     #[test]

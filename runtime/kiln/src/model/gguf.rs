@@ -38,7 +38,9 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
     let num = |k: &str| -> Result<Option<f64>> {
         match g.get(&key(k)) {
             None => Ok(None),
-            Some(v) => v.as_f64().filter(|x| x.is_finite()).map(Some).ok_or_else(|| bad(k, format!("{v:?} is not a number"))),
+            Some(v) => {
+                v.as_f64().filter(|x| x.is_finite()).map(Some).ok_or_else(|| bad(k, format!("{v:?} is not a number")))
+            }
         }
     };
     let need = |k: &str| num(k)?.ok_or_else(|| bad(k, "missing".into()));
@@ -67,7 +69,10 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
     if blocks != present as f64 {
         return Err(bad(
             "block_count",
-            format!("is {blocks}, but the file holds tensors for {present} blocks (blk.0 to blk.{})", present.max(1) - 1),
+            format!(
+                "is {blocks}, but the file holds tensors for {present} blocks (blk.0 to blk.{})",
+                present.max(1) - 1
+            ),
         ));
     }
     let heads = need("attention.head_count")?;
@@ -129,7 +134,10 @@ fn block_tensors(g: &GgufFile) -> Result<usize> {
     match seen.iter().next_back() {
         Some(&max) if max + 1 != seen.len() => {
             let gap = (0..max).find(|i| !seen.contains(i)).unwrap_or(0);
-            Err(KilnError::MissingTensor { path: g.path.clone(), tensor: format!("blk.{gap}.* (the file has blk.{max})") })
+            Err(KilnError::MissingTensor {
+                path: g.path.clone(),
+                tensor: format!("blk.{gap}.* (the file has blk.{max})"),
+            })
         }
         _ => Ok(seen.len()),
     }
