@@ -236,7 +236,7 @@ pub fn mutate(seed: &[u8], i: u64) -> Vec<u8> {
 }
 
 /// The `gguf_header` fuzz target's property on 20 000 mutations of the fixtures: an error or
-/// a header whose tensors lie inside the bytes; never a panic.
+/// a header whose tensors lie inside the bytes, end to end, with unique names; never a panic.
 #[test]
 fn gguf_header_survives_mutations() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf");
@@ -248,8 +248,16 @@ fn gguf_header_survives_mutations() {
             match kiln::formats::gguf::parse_header(&b, Path::new(name)) {
                 Ok(h) => {
                     ok += 1;
+                    let mut next = h.tensors.first().map_or(0, |t| t.start);
+                    let mut names = std::collections::HashSet::new();
                     for t in &h.tensors {
                         assert!(t.start + t.n_bytes <= b.len(), "mutation {i} of {name}: {} out of bounds", t.name);
+                        assert!(
+                            t.start == next && names.insert(&t.name),
+                            "mutation {i} of {name}: {} misplaced",
+                            t.name
+                        );
+                        next = t.start + t.n_bytes.next_multiple_of(h.alignment);
                     }
                 }
                 Err(e) => {
