@@ -487,3 +487,40 @@ fn gguf_tokenizer_survives_mutations() {
     eprintln!("tokenizer mutations: {ok_n} built, {err_n} refused");
     assert!(err_n > 100, "the mutations must be refused sometimes ({ok_n} built, {err_n} refused)");
 }
+
+/// The `adapter_files` fuzz target's property on stable: mutations of an adapter (config JSON,
+/// NUL, safetensors) are refused or accepted with tensors of exactly the claimed rank.
+#[test]
+fn adapter_files_survive_mutations() {
+    let seed =
+        std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/adapter_files/valid")).unwrap();
+    let model = serde_json::json!({"model_type": "llama", "vocab_size": 16, "hidden_size": 8,
+        "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1});
+    let model = kiln::model::ModelConfig::from_json(&model, Path::new("config.json")).unwrap();
+    let (cp, file) = (Path::new("adapter_config.json"), Path::new("adapter_model.safetensors"));
+    let (mut ok_n, mut err_n) = (0, 0);
+    for i in 0..5000u64 {
+        let b = mutate(&seed, i);
+        let split = b.iter().position(|&x| x == 0).unwrap_or(b.len());
+        let parsed = std::str::from_utf8(&b[..split])
+            .ok()
+            .and_then(|t| kiln::adapters::lora::parse_adapter_config(t, cp).ok())
+            .zip(kiln::formats::safetensors::index_safetensors(b.get(split + 1..).unwrap_or(&[]), file).ok());
+        let Some((config, index)) = parsed else {
+            err_n += 1;
+            continue;
+        };
+        let shapes: Vec<(String, Vec<usize>)> = index.into_iter().map(|(n, _, s, _)| (n, s)).collect();
+        if kiln::adapters::lora::check_peft_tensors(&shapes, file, cp, &config, &model).is_err() {
+            err_n += 1;
+            continue;
+        }
+        ok_n += 1;
+        for (name, shape) in shapes.iter().filter(|(n, _)| n.contains(".lora_")) {
+            let r = if name.contains(".lora_A.") { shape.first() } else { shape.get(1) };
+            assert_eq!(r, Some(&config.r), "mutation {i}: {name} {shape:?}");
+        }
+    }
+    eprintln!("adapter mutations: {ok_n} accepted, {err_n} refused");
+    assert!(ok_n > 10 && err_n > 1000, "the mutations must exercise both outcomes ({ok_n} ok, {err_n} refused)");
+}
