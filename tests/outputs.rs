@@ -391,3 +391,41 @@ fn a_live_lock_refuses_a_stale_one_is_taken_over() {
         refused(&kiln(&d, &train_args(&f.model, &f.data, &out, &["--overwrite"])), "other-node", "a foreign lock");
     assert!(err.contains(&DEAD_PID.to_string()) && err.contains("delete"), "{err}");
 }
+
+#[test]
+fn an_export_stopped_by_a_signal_at_any_moment_leaves_the_old_output_or_the_new_one_whole() {
+    let f = fixture();
+    let d = scratch("signal");
+    let (merged, gguf) = (d.join("merged"), d.join("model.gguf"));
+    let m = s(&f.model);
+    let merged_args = strs(&["export", "--overwrite", "--model", &m, "--out", &s(&merged)]);
+    let gguf_args =
+        strs(&["export", "--overwrite", "--format", "gguf", "--quant", "f16", "--model", &m, "--out", &s(&gguf)]);
+    ok(&kiln(&d, &merged_args));
+    ok(&kiln(&d, &gguf_args));
+    let gguf_bytes = std::fs::read(&gguf).unwrap();
+    let mut rng = kiln::core::rng::Rng::new(5);
+    let mut stopped = 0;
+    for i in 0..12 {
+        let (args, sig) = (if i % 2 == 0 { &merged_args } else { &gguf_args }, ["TERM", "HUP", "INT"][i % 3]);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .current_dir(&d)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(rng.below(120) as u64));
+        Command::new("kill").args([&format!("-{sig}"), &child.id().to_string()]).status().unwrap();
+        let st = child.wait().unwrap();
+        // Done, stopped by its handler (128+n), or killed before the handler was installed.
+        let code = st.code();
+        assert!(code.is_none() || [Some(0), Some(129), Some(130), Some(143)].contains(&code), "{sig}: {st:?}");
+        stopped += usize::from(code.is_some_and(|c| c > 128));
+        // Whatever the moment: the output is whole, and nothing temporary is left.
+        assert!(merged.join(".kiln-output").is_file() && merged.join("model.safetensors").is_file(), "{i}: {sig}");
+        assert_eq!(std::fs::read(&gguf).unwrap(), gguf_bytes, "{i}: {sig}");
+        no_temporaries(&d, &format!("export {i} stopped by SIG{sig}"));
+    }
+    eprintln!("{stopped} of 12 exports stopped by their signal handler");
+}

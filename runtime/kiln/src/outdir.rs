@@ -250,7 +250,7 @@ impl StagedDir {
         let aside = beside(&self.out, "old");
         {
             // A signal waits for the renames, so it finds either the temporary or the result.
-            let _hold = CLEANUP.lock();
+            let mut hold = CLEANUP.lock();
             if replace {
                 std::fs::rename(&self.out, &aside).map_err(|e| KilnError::io(&self.out, e))?;
             } else if self.out.is_dir() {
@@ -263,10 +263,17 @@ impl StagedDir {
                 return Err(KilnError::io(&self.out, e));
             }
             self.done = true;
+            // From here a signal has only the old output to delete.
+            if let Ok(list) = hold.as_mut() {
+                list.retain(|c| !matches!(c, Cleanup::Remove(p) if *p == self.tmp));
+                if replace {
+                    list.push(Cleanup::Remove(aside.clone()));
+                }
+            }
         }
-        forget_signal(&self.tmp);
         if replace {
             std::fs::remove_dir_all(&aside).map_err(|e| KilnError::io(&aside, e))?;
+            forget_signal(&aside);
         }
         Ok(())
     }
@@ -331,8 +338,12 @@ impl RunDir {
             match (mode, run_results(out)) {
                 (RunMode::Overwrite, _) => {
                     let a = beside(out, "old");
-                    let _hold = CLEANUP.lock();
+                    let mut hold = CLEANUP.lock();
                     std::fs::rename(out, &a).map_err(|e| KilnError::io(out, e))?;
+                    // Registered under the same lock as the rename: a signal puts it back.
+                    if let Ok(list) = hold.as_mut() {
+                        list.push(Cleanup::Restore { aside: a.clone(), out: out.to_path_buf() });
+                    }
                     let _ = std::fs::remove_file(a.join(LOCK));
                     notes.push(format!(
                         "replacing the earlier run in {} (deleted once this run completes)",
@@ -357,9 +368,6 @@ impl RunDir {
         let created = !existing && (!out.exists() || is_empty_dir(out));
         std::fs::create_dir_all(out).map_err(|e| KilnError::io(out, e))?;
         let mut dir = RunDir { out: out.to_path_buf(), lock: None, aside, created, notes };
-        if let Some(a) = &dir.aside {
-            on_signal(Cleanup::Restore { aside: a.clone(), out: out.to_path_buf() });
-        }
         dir.lock = Some(acquire_lock(out, &mut dir.notes)?);
         if !out.join(MARKER).is_file() {
             write_marker(out, command)?;
