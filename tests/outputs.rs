@@ -429,3 +429,16 @@ fn an_export_stopped_by_a_signal_at_any_moment_leaves_the_old_output_or_the_new_
     }
     eprintln!("{stopped} of 12 exports stopped by their signal handler");
 }
+
+#[test]
+fn a_failed_or_dry_run_leaves_no_folder_it_created() {
+    let f = fixture();
+    let d = scratch("failed");
+    let out = d.join("new/parent/run");
+    let bad = d.join("bad.jsonl");
+    std::fs::write(&bad, "not json\n").unwrap();
+    refused(&kiln(&d, &train_args(&f.model, &bad, &out, &[])), "bad.jsonl", "bad data");
+    assert!(!d.join("new").exists(), "the failed run left {:?}", d.join("new"));
+    ok(&kiln(&d, &train_args(&f.model, &f.data, &out, &["--dry-run"])));
+    assert!(!d.join("new").exists(), "the dry run left {:?}", d.join("new"));
+}

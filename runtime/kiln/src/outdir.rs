@@ -308,6 +308,9 @@ pub struct RunDir {
     aside: Option<PathBuf>,
     /// The folder did not exist (or was empty) before this run.
     created: bool,
+    /// The outermost folder this run created (`out` or one of its parents), removed again
+    /// when a failed run leaves nothing in it.
+    topmost_new: Option<PathBuf>,
     /// Lines for the user (a stale lock taken over, leftovers swept, a fresh start).
     pub notes: Vec<String>,
 }
@@ -366,8 +369,11 @@ impl RunDir {
             }
         }
         let created = !existing && (!out.exists() || is_empty_dir(out));
+        let topmost_new =
+            out.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists()).last().map(Path::to_path_buf);
+        // Built first, so an error from here on puts a replaced run back (Drop).
+        let mut dir = RunDir { out: out.to_path_buf(), lock: None, aside, created, topmost_new, notes };
         std::fs::create_dir_all(out).map_err(|e| KilnError::io(out, e))?;
-        let mut dir = RunDir { out: out.to_path_buf(), lock: None, aside, created, notes };
         dir.lock = Some(acquire_lock(out, &mut dir.notes)?);
         if !out.join(MARKER).is_file() {
             write_marker(out, command)?;
@@ -426,6 +432,14 @@ impl Drop for RunDir {
             if only_marker {
                 let _ = std::fs::remove_file(self.out.join(MARKER));
                 let _ = std::fs::remove_dir(&self.out);
+                // And the parents this run created, as far as they are empty.
+                if let Some(top) = &self.topmost_new {
+                    for a in self.out.ancestors().skip(1).take_while(|a| a.starts_with(top)) {
+                        if std::fs::remove_dir(a).is_err() {
+                            break;
+                        }
+                    }
+                }
             }
         }
         if let Some(a) = self.aside.take() {
