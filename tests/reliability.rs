@@ -157,6 +157,31 @@ fn sighup_saves_a_checkpoint_and_exits_129() {
 }
 
 #[test]
+fn a_second_signal_exits_at_once() {
+    let (d, model, data) = setup("second-signal");
+    let out = d.join("run");
+    let child = train(&model, &data, &out, &["--max-steps", "100000", "--learning-rate", "2e-3"]).spawn().unwrap();
+    let t0 = Instant::now();
+    while !out.join("metrics.jsonl").is_file() || losses(&out).len() < 3 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no training steps within a minute");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Two signals microseconds apart (shell builtins): the second lands within the step the
+    // first asked to finish, and ends the process with its own code (SIGHUP: 129).
+    let pid = child.id().to_string();
+    let st = Command::new("sh").args(["-c", &format!("kill -TERM {pid}; kill -HUP {pid}")]).status().unwrap();
+    assert!(st.success());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(129), "{err}");
+    assert!(!err.contains("interrupted at step") && !err.contains("panicked"), "no checkpoint wait: {err}");
+    // Whatever was on disk stays loadable.
+    for (step, p) in kiln::train::checkpoint::list(&out) {
+        assert_eq!(kiln::train::checkpoint::load(&p).unwrap().state.step, step);
+    }
+}
+
+#[test]
 fn non_finite_losses_stop_the_run_or_are_skipped() {
     let (d, model, data) = setup("nan");
     // A learning rate of 1e6 blows the adapter up within a few steps.
