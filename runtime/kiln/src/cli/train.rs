@@ -496,7 +496,7 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
     split_method(&mut a)?;
     let flags = toml::Table::try_from(&a).context("reading the flags")?;
     let mut cfg = TrainConfig::resolve(a.config.as_deref(), flags)?;
-    // --out is checked, locked and marked before anything loads (the rules: outdir.rs).
+    // --out is checked, locked and marked before anything loads (the rules: kiln::outdir).
     let inputs = kiln::outdir::Inputs::default().with_data_specs(&cfg.data);
     let inputs = [cfg.model.as_deref(), cfg.eval_data.as_deref()].into_iter().flatten().fold(inputs, |i, p| i.with(p));
     let out_dir = kiln::outdir::claim_train(&cfg.out, &inputs, a.resume.is_some(), a.overwrite)?;
