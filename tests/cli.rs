@@ -243,7 +243,9 @@ fn kernels_build_writes_ptx_for_each_arch_or_says_what_is_missing() {
             assert!(ptx.contains(&format!(".target {a}")), "{f}.{a}.ptx");
         }
     }
-    let o = kiln().args(["kernels", "build", "--arch", "sm_10", "--out"]).arg(&dir).output().unwrap();
+    // A failed rebuild over it leaves the earlier output whole.
+    let o = kiln().args(["kernels", "build", "--overwrite", "--arch", "sm_10", "--out"]).arg(&dir).output().unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("sm_10"));
+    assert!(dir.join("gemm.sm_80.ptx").is_file() && dir.join(".kiln-output").is_file());
     std::fs::remove_dir_all(&dir).ok();
 }

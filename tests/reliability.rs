@@ -1,8 +1,8 @@
 //! Reliability of `kiln train` as a process: killed with SIGKILL at random moments (during
 //! steps and checkpoint writes) and resumed, it ends with exactly the losses of an
-//! uninterrupted run and every checkpoint on disk loads; Ctrl-C (SIGINT) saves a checkpoint
-//! and exits with 130; a non-finite loss stops the run naming the step (or is skipped with
-//! --skip-nonfinite).
+//! uninterrupted run and every checkpoint on disk loads; Ctrl-C (SIGINT), SIGTERM (kill,
+//! SLURM) and SIGHUP (a closed terminal) save a checkpoint and exit with 128+n; a non-finite
+//! loss stops the run naming the step (or is skipped with --skip-nonfinite).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -107,29 +107,78 @@ fn sigkill_at_random_moments_then_resume_gives_identical_losses() {
     assert!(out.join("adapter/adapter_model.safetensors").is_file());
 }
 
-#[test]
-fn sigint_saves_a_checkpoint_and_exits_130() {
-    let (d, model, data) = setup("sigint");
+/// `kill -SIG` after the first steps: the run finishes its step, saves a checkpoint of it and
+/// exits with `code` (128 + the signal's number), releasing its lock; `--resume` continues.
+fn signal_saves_a_checkpoint(sig: &str, code: i32) {
+    let (d, model, data) = setup(&format!("sig{}", sig.to_lowercase()));
     let out = d.join("run");
     let child = train(&model, &data, &out, &["--max-steps", "100000", "--learning-rate", "2e-3"]).spawn().unwrap();
-    // Wait for the first steps, then Ctrl-C.
+    // Wait for the first steps, then the signal.
     let t0 = Instant::now();
     while !out.join("metrics.jsonl").is_file() || losses(&out).len() < 3 {
         assert!(t0.elapsed() < Duration::from_secs(60), "no training steps within a minute");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let st = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let st = Command::new("kill").args([&format!("-{sig}"), &child.id().to_string()]).status().unwrap();
     assert!(st.success());
     let o = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(130), "{err}");
-    assert!(err.contains("interrupted at step") && err.contains("--resume"), "{err}");
+    assert_eq!(o.status.code(), Some(code), "SIG{sig}: {err}");
+    assert!(
+        err.contains("interrupted at step") && err.contains(&format!("SIG{sig}")) && err.contains("--resume"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
     let cks = kiln::train::checkpoint::list(&out);
-    let (step, p) = cks.last().expect("a checkpoint on Ctrl-C");
+    let (step, p) = cks.last().expect("a checkpoint on the signal");
     let ck = kiln::train::checkpoint::load(p).unwrap();
     assert_eq!(ck.state.step, *step);
     assert_eq!(losses(&out).last().unwrap().0 as usize, *step, "the checkpoint is of the last step logged");
+    assert!(!out.join(".kiln-lock").exists(), "the lock is released");
+    // The same command again is refused: a run is there to resume.
+    let o = train(&model, &data, &out, &["--max-steps", "100000", "--learning-rate", "2e-3"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--resume"), "{err}");
+}
+
+#[test]
+fn sigint_saves_a_checkpoint_and_exits_130() {
+    signal_saves_a_checkpoint("INT", 130);
+}
+
+#[test]
+fn sigterm_saves_a_checkpoint_and_exits_143() {
+    signal_saves_a_checkpoint("TERM", 143);
+}
+
+#[test]
+fn sighup_saves_a_checkpoint_and_exits_129() {
+    signal_saves_a_checkpoint("HUP", 129);
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let (d, model, data) = setup("second-signal");
+    let out = d.join("run");
+    let child = train(&model, &data, &out, &["--max-steps", "100000", "--learning-rate", "2e-3"]).spawn().unwrap();
+    let t0 = Instant::now();
+    while !out.join("metrics.jsonl").is_file() || losses(&out).len() < 3 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no training steps within a minute");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Two signals microseconds apart (shell builtins): the second lands within the step the
+    // first asked to finish, and ends the process with its own code (SIGHUP: 129).
+    let pid = child.id().to_string();
+    let st = Command::new("sh").args(["-c", &format!("kill -TERM {pid}; kill -HUP {pid}")]).status().unwrap();
+    assert!(st.success());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(129), "{err}");
+    assert!(!err.contains("interrupted at step") && !err.contains("panicked"), "no checkpoint wait: {err}");
+    // Whatever was on disk stays loadable.
+    for (step, p) in kiln::train::checkpoint::list(&out) {
+        assert_eq!(kiln::train::checkpoint::load(&p).unwrap().state.step, step);
+    }
 }
 
 #[test]

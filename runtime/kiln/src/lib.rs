@@ -17,6 +17,7 @@ pub mod generate;
 pub mod info;
 pub mod model;
 pub mod models;
+pub mod outdir;
 pub mod train;
 
 pub use error::{KilnError, Result};

@@ -28,6 +28,9 @@ pub struct DemoArgs {
     /// Output directory (model/, adapter/, metrics.jsonl).
     #[arg(long, default_value = "runs/demo")]
     out: PathBuf,
+    /// Replace an earlier demo run in --out (deleted once this one completes).
+    #[arg(long)]
+    overwrite: bool,
     /// Optimizer steps [default: --epochs over the data; 80 with --tiny].
     #[arg(long)]
     steps: Option<usize>,
@@ -83,11 +86,23 @@ pub fn run(a: DemoArgs) -> Result<()> {
     if a.steps == Some(0) || batch_size == 0 || a.seq_len.is_some_and(|t| t < 2) {
         bail!("--steps and --batch-size must be positive and --seq-len at least 2");
     }
-    if a.tiny {
-        run_tiny(&a, a.steps.unwrap_or(80), batch_size, a.seq_len.unwrap_or(96), a.lr.unwrap_or(3e-3))
-    } else {
-        run_real(&a, a.steps, batch_size, a.seq_len.unwrap_or(256), a.lr.unwrap_or(1e-3))
+    // The output folder is claimed before any work; a signal removes a new one (or puts back
+    // the run it was replacing) instead of leaving half a demo behind.
+    kiln::outdir::remove_on_signals()?;
+    let inputs =
+        a.model.as_ref().map_or_else(kiln::outdir::Inputs::default, |m| kiln::outdir::Inputs::default().with(m));
+    let mode = if a.overwrite { kiln::outdir::RunMode::Overwrite } else { kiln::outdir::RunMode::Fresh };
+    let dir = kiln::outdir::RunDir::claim(&a.out, "kiln demo", mode, &inputs)?;
+    for n in &dir.notes {
+        eprintln!("note: {n}");
     }
+    dir.remove_on_signal();
+    if a.tiny {
+        run_tiny(&a, a.steps.unwrap_or(80), batch_size, a.seq_len.unwrap_or(96), a.lr.unwrap_or(3e-3))?;
+    } else {
+        run_real(&a, a.steps, batch_size, a.seq_len.unwrap_or(256), a.lr.unwrap_or(1e-3))?;
+    }
+    Ok(dir.finish()?)
 }
 
 /// Writes the adapter in PEFT layout.

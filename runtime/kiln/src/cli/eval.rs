@@ -59,6 +59,9 @@ pub struct EvalArgs {
     /// "new_tokens", "stop"} (with --compare-base also "base_prediction").
     #[arg(long)]
     predictions_out: Option<PathBuf>,
+    /// Replace an existing --predictions-out file (atomically, once the new one is complete).
+    #[arg(long)]
+    overwrite: bool,
     /// Print JSON only: {"n", "metrics": {…}} or, with --compare-base, {"base": {…}, "tuned": {…}}.
     /// Preference rows: {"n", "metrics": {"reward_accuracy", "reward_margin", "rewards_chosen",
     /// "rewards_rejected", "dpo_loss", "policy_accuracy", "base_policy_accuracy"}}.
@@ -138,6 +141,14 @@ fn bar(n: usize, label: &str, hidden: bool) -> ProgressBar {
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let metrics = Metric::parse_list(&a.metrics)?;
+    if let Some(out) = &a.predictions_out {
+        // Checked before the evaluation, so a refusal costs nothing.
+        let mut inputs = kiln::outdir::Inputs::default().with(&a.data);
+        for p in [&a.model, &a.adapter].into_iter().flatten() {
+            inputs = inputs.with(p);
+        }
+        kiln::outdir::check_file(out, a.overwrite, &inputs)?;
+    }
     if a.compare_base && a.adapter.is_none() {
         bail!("--compare-base needs --adapter (the tuned model is the base plus the adapter)");
     }

@@ -31,12 +31,19 @@ pub struct ExportArgs {
     /// Output folder (merged) or file (gguf).
     #[arg(long)]
     out: PathBuf,
+    /// Replace an existing output: a file, or a folder kiln wrote (the old one is deleted only
+    /// once the new one is complete).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 pub fn run(a: ExportArgs) -> Result<()> {
+    // A signal removes the temporary output instead of leaving it behind.
+    kiln::outdir::remove_on_signals()?;
     if a.format == "gguf" {
         let ty = kiln::export_gguf::quant_type(&a.quant)?;
         let path = kiln::models::resolve(a.model.as_deref())?;
+        kiln::outdir::check_file(&a.out, a.overwrite, &inputs(&path, &a))?;
         let (model, tok, lora) = kiln::models::load_with_adapter(&path, a.adapter.as_deref())?;
         kiln::export_gguf::export_gguf_with_tokenizer(
             &model,
@@ -61,6 +68,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
         let ty = kiln::export_gguf::quant_type(if a.quant == "q8_0" { "f16" } else { &a.quant })?;
         let dir = a.adapter.as_ref().ok_or_else(|| anyhow::anyhow!("--format gguf-lora needs --adapter DIR"))?;
         let path = kiln::models::resolve(a.model.as_deref())?;
+        kiln::outdir::check_file(&a.out, a.overwrite, &inputs(&path, &a))?;
         let config = if path.extension().is_some_and(|e| e == "gguf") {
             kiln::model::gguf::config_from_gguf(&kiln::formats::gguf::GgufFile::open(&path)?)?
         } else {
@@ -87,19 +95,13 @@ pub fn run(a: ExportArgs) -> Result<()> {
         other => bail!("--dtype {other}: one of f32, bf16, f16"),
     };
     let path = kiln::models::resolve(a.model.as_deref())?;
+    // Written beside the target and renamed, so a failed export leaves no half-written model;
+    // the temporary folder goes on every error path (dropped uncommitted).
+    let staged =
+        kiln::outdir::StagedDir::begin(&a.out, "kiln export --format merged", a.overwrite, &inputs(&path, &a))?;
     let (model, tok, lora) = kiln::models::load_with_adapter(&path, a.adapter.as_deref())?;
-    let tmp = a.out.with_extension(format!("tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
-    // Written beside the target and renamed, so a failed export leaves no half-written model.
-    if let Err(e) = kiln::export::export_merged(&model, lora.as_ref(), Some(&tok), dtype, &tmp) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e.into());
-    }
-    if a.out.exists() {
-        std::fs::remove_dir_all(&a.out)?;
-    }
-    std::fs::rename(&tmp, &a.out)?;
+    kiln::export::export_merged(&model, lora.as_ref(), Some(&tok), dtype, staged.path())?;
+    staged.commit()?;
     println!(
         "exported {} {} into {} ({} weights, {} params)",
         if lora.is_some() { "merged" } else { "base" },
@@ -109,4 +111,13 @@ pub fn run(a: ExportArgs) -> Result<()> {
         model.config.num_params()
     );
     Ok(())
+}
+
+/// What the output must never replace: the model and the adapter.
+fn inputs(model: &std::path::Path, a: &ExportArgs) -> kiln::outdir::Inputs {
+    let i = kiln::outdir::Inputs::default().with(model);
+    match &a.adapter {
+        Some(d) => i.with(d),
+        None => i,
+    }
 }

@@ -15,11 +15,15 @@ pub enum KernelsCmd {
         /// Comma-separated targets, e.g. sm_80,sm_90 [default: every supported one].
         #[arg(long)]
         arch: Option<String>,
+        /// The folder to create (written beside it and renamed in when complete).
         #[arg(long)]
         out: PathBuf,
         /// Directory holding cuda_fp16.h (else KILN_CUDA_INCLUDE, $CUDA_HOME/include).
         #[arg(long)]
         cuda_include: Option<PathBuf>,
+        /// Replace an earlier `kernels build` output in --out.
+        #[arg(long)]
+        overwrite: bool,
     },
     /// The kernel entry points of each file.
     List,
@@ -33,12 +37,23 @@ pub fn run(cmd: KernelsCmd) -> Result<()> {
             }
             Ok(())
         }
-        KernelsCmd::Build { arch, out, cuda_include } => build(arch, out, cuda_include),
+        KernelsCmd::Build { arch, out, cuda_include, overwrite } => {
+            kiln::outdir::remove_on_signals()?;
+            let inputs = match &cuda_include {
+                Some(i) => kiln::outdir::Inputs::default().with(i),
+                None => kiln::outdir::Inputs::default(),
+            };
+            let staged = kiln::outdir::StagedDir::begin(&out, "kiln kernels build", overwrite, &inputs)?;
+            build(arch, staged.path(), cuda_include)?;
+            staged.commit()?;
+            eprintln!("run with KILN_PTX_DIR={}", out.display());
+            Ok(())
+        }
     }
 }
 
 #[cfg(feature = "cuda")]
-fn build(arch: Option<String>, out: PathBuf, cuda_include: Option<PathBuf>) -> Result<()> {
+fn build(arch: Option<String>, out: &std::path::Path, cuda_include: Option<PathBuf>) -> Result<()> {
     use kiln_cuda::nvrtc;
     let archs: Vec<String> = match arch {
         Some(a) => a.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
@@ -48,7 +63,6 @@ fn build(arch: Option<String>, out: PathBuf, cuda_include: Option<PathBuf>) -> R
         bail!("--arch: no architecture given");
     }
     let inc = nvrtc::include_dirs(cuda_include);
-    std::fs::create_dir_all(&out).with_context(|| format!("--out {}", out.display()))?;
     let (maj, min) = nvrtc::version().map_err(|e| anyhow::anyhow!("{e}"))?;
     for a in &archs {
         for (file, src) in kiln_cuda::kernels::SOURCES {
@@ -56,19 +70,18 @@ fn build(arch: Option<String>, out: PathBuf, cuda_include: Option<PathBuf>) -> R
             if !c.log.is_empty() {
                 eprintln!("{file} ({a}): {}", c.log);
             }
+            // The whole folder is temporary until complete: no per-file temporaries.
             let path = out.join(format!("{}.{a}.ptx", file.trim_end_matches(".cu")));
-            let tmp = path.with_extension("ptx.tmp");
-            std::fs::write(&tmp, &c.ptx).with_context(|| format!("writing {}", tmp.display()))?;
-            std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+            std::fs::write(&path, &c.ptx).with_context(|| format!("writing {}", path.display()))?;
         }
         eprintln!("{a}: {} files", kiln_cuda::kernels::SOURCES.len());
     }
-    eprintln!("PTX by NVRTC {maj}.{min} in {} (run with KILN_PTX_DIR={0})", out.display());
+    eprintln!("PTX by NVRTC {maj}.{min}");
     Ok(())
 }
 
 #[cfg(not(feature = "cuda"))]
-fn build(_: Option<String>, _: PathBuf, _: Option<PathBuf>) -> Result<()> {
+fn build(_: Option<String>, _: &std::path::Path, _: Option<PathBuf>) -> Result<()> {
     bail!("this kiln was built without CUDA support (feature `cuda`)")
 }
 

@@ -33,6 +33,10 @@ pub struct TrainArgs {
     #[arg(long, num_args = 0..=1, value_name = "CHECKPOINT")]
     #[serde(skip)]
     resume: Option<Option<PathBuf>>,
+    /// Replace an earlier run in --out (a folder kiln wrote; deleted once this run completes).
+    #[arg(long, conflicts_with = "resume")]
+    #[serde(skip)]
+    overwrite: bool,
     /// A .gguf file or an HF model directory [default: SmolLM2-135M-Instruct, fetched on first use].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -492,6 +496,10 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
     split_method(&mut a)?;
     let flags = toml::Table::try_from(&a).context("reading the flags")?;
     let mut cfg = TrainConfig::resolve(a.config.as_deref(), flags)?;
+    // --out is checked, locked and marked before anything loads (the rules: kiln::outdir).
+    let inputs = kiln::outdir::Inputs::default().with_data_specs(&cfg.data);
+    let inputs = [cfg.model.as_deref(), cfg.eval_data.as_deref()].into_iter().flatten().fold(inputs, |i, p| i.with(p));
+    let out_dir = kiln::outdir::claim_train(&cfg.out, &inputs, a.resume.is_some(), a.overwrite)?;
     if let Some(d) = &a.device {
         kiln_wgpu::choose(d);
     }
@@ -530,28 +538,45 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         let step = t.resume(&ck)?;
         eprintln!("resumed from {} (step {step} of {})", ck.display(), t.total_steps);
     }
-    // Ctrl-C: finish the current step, save a checkpoint, exit (a second Ctrl-C exits at once).
+    // SIGINT (Ctrl-C), SIGTERM (kill, SLURM) and SIGHUP (a closed terminal): finish the current
+    // step, save a checkpoint, exit 128+n; a second signal exits at once.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sigint = signal_hook::consts::SIGINT;
-    signal_hook::flag::register_conditional_shutdown(sigint, 130, stop.clone())
-        .context("installing the Ctrl-C handler")?;
-    signal_hook::flag::register(sigint, stop.clone()).context("installing the Ctrl-C handler")?;
+    let which = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
+        // The shutdown first: it sees the flag the first signal set only from the second one on.
+        signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, stop.clone())
+            .and_then(|_| signal_hook::flag::register_usize(sig, which.clone(), sig as usize))
+            .and_then(|_| signal_hook::flag::register(sig, stop.clone()))
+            .context("installing the signal handlers")?;
+    }
     t.stop = Some(stop);
     let summary = train_with_progress(&mut t)?;
     if summary.interrupted {
         // The run saved a checkpoint of the step it stopped after: the newest one.
         let (step, ck) = kiln::train::checkpoint::list(&cfg.out).pop().unwrap_or_default();
+        let sig = which.load(std::sync::atomic::Ordering::SeqCst) as i32;
         eprintln!(
-            "interrupted at step {step} of {}: checkpoint {}; continue with the same command and --resume",
+            "interrupted at step {step} of {} ({}): checkpoint {}; continue with the same command and --resume",
             t.total_steps,
+            signal_name(sig),
             ck.display()
         );
-        std::process::exit(130);
+        out_dir.interrupted()?;
+        std::process::exit(128 + if sig > 0 { sig } else { signal_hook::consts::SIGINT });
     }
     if !summary.skipped.is_empty() {
         eprintln!("{} steps skipped for a non-finite loss or gradient: {:?}", summary.skipped.len(), summary.skipped);
     }
-    finish(&cfg, &mut t, &summary, &path, &tok_out)
+    finish(&cfg, &mut t, &summary, &path, &tok_out)?;
+    Ok(out_dir.finish()?)
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        signal_hook::consts::SIGTERM => "SIGTERM",
+        signal_hook::consts::SIGHUP => "SIGHUP",
+        _ => "SIGINT",
+    }
 }
 
 /// A log line above the bar, or on stderr when the bar is hidden.
