@@ -64,7 +64,7 @@ def trl_run(a):
 
 def kiln_run(a, model, env):
     out = os.path.join(ROOT, "target/bench-dpo")
-    cmd = [a.kiln, "train", "--method", "dpo", "--model", model, "--data", DATA, "--out", out, "--eval-split", "0",
+    cmd = [a.kiln, "train", "--method", "dpo", "--model", model, "--data", DATA, "--out", out, "--overwrite", "--eval-split", "0",
            "--max-steps", str(a.steps), "--batch-size", str(a.batch_size), "--learning-rate", "5e-4"]
     t = time.perf_counter()
     p = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], env=env, capture_output=True, text=True, check=True)
