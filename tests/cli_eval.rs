@@ -289,7 +289,7 @@ fn generation_refuses_nan_logits_long_prompts_and_bad_flags() {
     // Flags are checked before the model loads.
     for (args, msg) in [
         (&["--prompt", "x", "--stop", ""][..], "--stop \"\""),
-        (&["--prompt", "x", "--temperature", "-1"], "--temperature -1"),
+        (&["--prompt", "x", "--temperature=-1"], "--temperature -1"),
         (&["--prompt", "x", "--temperature", "inf"], "--temperature inf"),
         (&["--prompt", "x", "--top-p", "1.5"], "--top-p 1.5"),
         (&["--prompt", "x", "--repetition-penalty", "0"], "--repetition-penalty 0"),
