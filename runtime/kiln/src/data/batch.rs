@@ -91,10 +91,15 @@ pub fn pack(rows: &[Tokenized], max_len: usize, stats: &mut PackStats) -> Vec<Se
             bins.push(Sequence::default());
         }
         bins[b].push(&rows[i]);
-        free.set(b, max_len as i64 - bins[b].len() as i64);
+        free.set(b, signed(max_len) - signed(bins[b].len()));
     }
     stats.sequences += bins.len();
     bins
+}
+
+/// A token count as a signed free-space value (saturating: no count reaches 2^63).
+fn signed(x: usize) -> i64 {
+    i64::try_from(x).unwrap_or(i64::MAX)
 }
 
 /// A max segment tree over the free space of `n` sequences: the leftmost sequence with at
@@ -108,7 +113,7 @@ struct FreeSpace {
 impl FreeSpace {
     fn new(n: usize, max_len: usize) -> FreeSpace {
         let size = n.max(1).next_power_of_two();
-        FreeSpace { size, tree: vec![max_len as i64; 2 * size] }
+        FreeSpace { size, tree: vec![signed(max_len); 2 * size] }
     }
 
     fn set(&mut self, leaf: usize, v: i64) {
@@ -121,7 +126,7 @@ impl FreeSpace {
     }
 
     fn first_fit(&self, k: usize) -> Option<usize> {
-        let k = k as i64;
+        let k = signed(k);
         if self.tree[1] < k {
             return None;
         }

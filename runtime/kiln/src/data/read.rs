@@ -46,11 +46,14 @@ pub fn kind_of(path: &Path, head: &[u8]) -> FileKind {
     }
 }
 
+/// A file's sniffed head followed by the rest of the same handle.
+type Reopened = BufReader<std::io::Chain<std::io::Cursor<Vec<u8>>, File>>;
+
 /// Opens `path` once and reads its head: the kind is sniffed from those bytes, and the rows are
 /// then read from the head followed by the rest of the same handle — never by reopening, so
 /// pipes (`--data <(cmd)`, `/dev/stdin`) and FIFOs lose nothing. A NUL byte in the head marks a
 /// binary file (such as `/dev/zero`), refused at once.
-fn open_once(path: &Path) -> Result<(FileKind, BufReader<std::io::Chain<std::io::Cursor<Vec<u8>>, File>>)> {
+fn open_once(path: &Path) -> Result<(FileKind, Reopened)> {
     let mut f = File::open(path).map_err(|e| KilnError::io(path, e))?;
     let mut head = Vec::with_capacity(SNIFF);
     let mut chunk = [0u8; SNIFF];
