@@ -349,3 +349,31 @@ fn a_chat_session_reuses_its_cache_and_answers_the_same() {
     session.clear();
     assert_eq!(session.cached(), 0);
 }
+
+#[test]
+fn chat_refuses_a_turn_past_the_context_and_an_endless_line() {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-chat-guards");
+    let _ = std::fs::remove_dir_all(&d);
+    let model = common::tiny_model(&d, 9);
+    let chat = |stdin: Stdio| {
+        kiln()
+            .args(["chat", "--max-new-tokens", "4", "--model"])
+            .arg(&model)
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // A message past the 2048-token context is refused and dropped; the next one is answered.
+    let mut c = chat(Stdio::piped());
+    let input = format!("{}\nhi\n/quit\n", "glaze ".repeat(3000));
+    c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let o = c.wait_with_output().unwrap();
+    let so = ok(&o);
+    assert!(so.contains("(error: the prompt is") && so.contains("context is 2048"), "{so}");
+    assert_eq!(String::from_utf8_lossy(&o.stderr).matches("tokens/s").count(), 1, "one answer");
+    // An endless line on standard input ends with an error, in bounded memory.
+    let o = chat(Stdio::from(std::fs::File::open("/dev/zero").unwrap())).wait_with_output().unwrap();
+    fails(&o, "longer than");
+}
