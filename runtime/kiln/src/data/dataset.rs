@@ -55,8 +55,13 @@ pub const BYTES_PER_TOKEN: usize = 64;
 /// character, and a preference row holds three texts), at least 16 KiB: 1 MiB at the default
 /// 2048 tokens. A longer row could only be truncated away; it is refused before it is parsed.
 pub fn line_budget(max_seq_len: usize) -> usize {
-    max_seq_len.saturating_mul(8 * BYTES_PER_TOKEN).max(16 << 10)
+    max_seq_len.saturating_mul(LINE_BYTES_PER_TOKEN).max(LINE_FLOOR)
 }
+
+/// Line bytes allowed per token of `--max-seq-len` (see [`line_budget`]).
+pub const LINE_BYTES_PER_TOKEN: usize = 8 * BYTES_PER_TOKEN;
+/// The smallest line budget, whatever `--max-seq-len`.
+pub const LINE_FLOOR: usize = 16 << 10;
 
 /// The largest rendered row (template output) tokenized for a context of `max_seq_len` tokens:
 /// [`BYTES_PER_TOKEN`] per token, at least 4 KiB. A longer rendering is cut there (keeping its

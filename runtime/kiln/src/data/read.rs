@@ -9,6 +9,7 @@ use std::rc::Rc;
 
 use serde_json::{Map, Value};
 
+use super::dataset::{LINE_BYTES_PER_TOKEN, LINE_FLOOR};
 use super::example::{Reason, RowError};
 use crate::{KilnError, Result};
 
@@ -215,7 +216,8 @@ pub fn open(path: &Path, max_line: usize) -> Result<(FileKind, Box<dyn Iterator<
             "(row)",
             Reason::TooLong,
             format!(
-                "longer than {max_line} bytes, the row budget (set by --max-seq-len; see `kiln data --help`): nothing past it could be trained on"
+                "longer than {max_line} bytes, the row budget ({LINE_BYTES_PER_TOKEN} bytes per token of --max-seq-len, at least {} KiB): nothing past it could be trained on",
+                LINE_FLOOR >> 10
             ),
         )
     };
