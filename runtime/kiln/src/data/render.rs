@@ -126,7 +126,7 @@ impl Renderer {
                     Message { role: Role::User, content: prompt.clone() },
                     Message { role: Role::Assistant, content: completion.clone() },
                 ];
-                let (text, spans) = self.render_chat(&turns)?;
+                let (text, spans) = self.render_chat(&turns).map_err(|err| in_row(err, e))?;
                 self.masked(&text[..cut(&text)], &spans, &[], &[])
             }
             Example::PromptCompletion { prompt, completion } => {
@@ -135,7 +135,7 @@ impl Renderer {
                 self.masked(&text[..end], &[(prompt.len(), end)], &bos, &eos)
             }
             Example::Chat(turns) => {
-                let (text, spans) = self.render_chat(turns)?;
+                let (text, spans) = self.render_chat(turns).map_err(|err| in_row(err, e))?;
                 self.masked(&text[..cut(&text)], &spans, &[], &[])
             }
             Example::Preference { .. } => Err(KilnError::Msg(
@@ -144,4 +144,16 @@ impl Renderer {
             )),
         }
     }
+}
+
+/// A rendering error with the row it happened on (its start, as JSON: rows are shuffled and
+/// split by then, so its line number is no longer known here).
+fn in_row(err: KilnError, e: &Example) -> KilnError {
+    let json = e.to_json().to_string();
+    let mut end = json.len().min(120);
+    while !json.is_char_boundary(end) {
+        end -= 1;
+    }
+    let more = if end < json.len() { "…" } else { "" };
+    KilnError::Msg(format!("{err} (rendering the row {}{more})", &json[..end]))
 }
