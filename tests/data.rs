@@ -280,3 +280,28 @@ fn pipes_and_fifos_are_read_once_and_lose_no_rows() {
     let v = inspect(std::path::Path::new("/dev/stdin"), Some(csv.into_bytes()));
     assert_eq!((v["rows"].as_u64(), v["valid"].as_u64()), (Some(3000), Some(3000)), "{v}");
 }
+
+#[test]
+fn an_endless_line_is_refused_at_once_when_not_skipping() {
+    // A FIFO fed `{"text": "aaaa…` without end: the error comes when the budget is passed,
+    // without waiting for a newline that never comes.
+    let dir = write("endless-marker", b"").parent().unwrap().to_path_buf();
+    let fifo = dir.join("endless.jsonl");
+    let _ = std::fs::remove_file(&fifo);
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let f2 = fifo.clone();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut w = std::fs::OpenOptions::new().write(true).open(&f2).unwrap();
+        let _ = w.write_all(b"{\"text\": \"");
+        // Stops once the reader has gone (a broken pipe).
+        let chunk = vec![b'a'; 1 << 16];
+        while w.write_all(&chunk).is_ok() {}
+    });
+    let opts = LoadOptions { max_line_bytes: 100_000, ..Default::default() };
+    match load_file(&fifo, &opts) {
+        Err(KilnError::Data(e)) => assert_eq!((e.line, e.reason), (1, Reason::TooLong)),
+        other => panic!("expected a too-long row, got {:?}", other.map(|r| r.0.len())),
+    }
+    writer.join().unwrap();
+}

@@ -227,11 +227,20 @@ pub fn open(path: &Path, max_line: usize) -> Result<(FileKind, Box<dyn Iterator<
             FileKind::Jsonl => {
                 let mut line = 0usize;
                 let mut buf = Vec::new();
-                let mut failed = false;
+                let (mut failed, mut skip_pending) = (false, false);
                 Box::new(std::iter::from_fn(move || {
                     loop {
                         if failed {
                             return None;
+                        }
+                        // The rest of a too-long line is passed over only when the caller asks for
+                        // the next row (it is skipping bad rows): a caller that stops at the error
+                        // gets it at once, even when the line never ends.
+                        if std::mem::take(&mut skip_pending)
+                            && let Err(e) = skip_line(&mut r)
+                        {
+                            failed = true;
+                            return Some((line, Err(row_err(&p, line, "(row)", Reason::Io, e.to_string()))));
                         }
                         buf.clear();
                         line += 1;
@@ -240,10 +249,7 @@ pub fn open(path: &Path, max_line: usize) -> Result<(FileKind, Box<dyn Iterator<
                             Ok(Line::Done) => {}
                             Ok(Line::TooLong) => {
                                 buf.clear();
-                                if let Err(e) = skip_line(&mut r) {
-                                    failed = true;
-                                    return Some((line, Err(row_err(&p, line, "(row)", Reason::Io, e.to_string()))));
-                                }
+                                skip_pending = true;
                                 return Some((line, Err(too_long(&p, line))));
                             }
                             Err(e) => {
