@@ -305,3 +305,13 @@ fn an_endless_line_is_refused_at_once_when_not_skipping() {
     }
     writer.join().unwrap();
 }
+
+#[test]
+fn a_json_array_row_over_the_budget_is_refused_too() {
+    let body = format!("[{{\"text\": \"one\"}}, {{\"text\": \"{}\"}}, {{\"text\": \"three\"}}]", "b".repeat(3000));
+    let p = write("budget.json", body.as_bytes());
+    let opts = LoadOptions { max_line_bytes: 1000, skip_invalid: true, ..Default::default() };
+    let (ex, rep) = load_file(&p, &opts).unwrap();
+    assert_eq!(ex, vec![Example::Text("one".into()), Example::Text("three".into())]);
+    assert_eq!(rep.invalid.get(&Reason::TooLong), Some(&1));
+}

@@ -189,6 +189,16 @@ fn object(path: &Path, line: usize, v: Value) -> std::result::Result<Map<String,
     }
 }
 
+/// Bytes of the strings (keys and values) in `v`.
+fn text_bytes(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.len(),
+        Value::Array(a) => a.iter().map(text_bytes).sum(),
+        Value::Object(m) => m.iter().map(|(k, v)| k.len() + text_bytes(v)).sum(),
+        _ => 8,
+    }
+}
+
 /// JSON type name for messages.
 pub fn kind(v: &Value) -> &'static str {
     match v {
@@ -307,7 +317,14 @@ pub fn open(path: &Path, max_line: usize) -> Result<(FileKind, Box<dyn Iterator<
                     )));
                 };
                 // Rows are numbered by position in the array (1-based), the closest thing to a line.
-                Box::new(items.into_iter().enumerate().map(move |(i, v)| (i + 1, object(&p, i + 1, v))))
+                // The file is parsed whole, so a row's budget applies to its text: the same rule
+                // as a JSONL line's.
+                Box::new(items.into_iter().enumerate().map(move |(i, v)| {
+                    if text_bytes(&v) > max_line {
+                        return (i + 1, Err(too_long(&p, i + 1)));
+                    }
+                    (i + 1, object(&p, i + 1, v))
+                }))
             }
             FileKind::Csv => {
                 let (read, limit) = (Rc::new(Cell::new(0u64)), Rc::new(Cell::new(0u64)));
