@@ -262,7 +262,58 @@ fn generate_samples_reproducibly_and_stops_at_stop_strings() {
     assert_eq!(cut["text"].as_str().unwrap(), want, "stop {stop:?} in {text:?}");
     assert_eq!(cut["stop"], "stop_string");
     let o = kiln().args(["generate", "--top-p", "0", "--prompt", "x", "--model"]).arg(&model).output().unwrap();
-    fails(&o, "top_p");
+    fails(&o, "--top-p 0");
+}
+
+/// Sets every f32 of tensor `name` in `dir/model.safetensors` to NaN.
+fn poison(dir: &Path, name: &str) {
+    let p = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&p).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let t = &header[name];
+    assert_eq!(t["dtype"], "F32", "{name}: {t}");
+    let (a, b) = (t["data_offsets"][0].as_u64().unwrap() as usize, t["data_offsets"][1].as_u64().unwrap() as usize);
+    for c in bytes[8 + n + a..8 + n + b].chunks_exact_mut(4) {
+        c.copy_from_slice(&f32::NAN.to_le_bytes());
+    }
+    std::fs::write(&p, bytes).unwrap();
+}
+
+#[test]
+fn generation_refuses_nan_logits_long_prompts_and_bad_flags() {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-generate-guards");
+    let _ = std::fs::remove_dir_all(&d);
+    let model = common::tiny_model(&d, 9);
+    let run = |args: &[&str]| kiln().arg("generate").arg("--model").arg(&model).args(args).output().unwrap();
+    // Flags are checked before the model loads.
+    for (args, msg) in [
+        (&["--prompt", "x", "--stop", ""][..], "--stop \"\""),
+        (&["--prompt", "x", "--temperature=-1"], "--temperature -1"),
+        (&["--prompt", "x", "--temperature", "inf"], "--temperature inf"),
+        (&["--prompt", "x", "--top-p", "1.5"], "--top-p 1.5"),
+        (&["--prompt", "x", "--repetition-penalty", "0"], "--repetition-penalty 0"),
+    ] {
+        fails(&run(args), msg);
+    }
+    // The tiny model's context is 2048 tokens: a prompt past it is refused, naming its file …
+    let long = d.join("long.txt");
+    std::fs::write(&long, "glaze ".repeat(3000)).unwrap();
+    let o = run(&["--raw", "--prompt-file", long.to_str().unwrap()]);
+    fails(&o, "long.txt");
+    fails(&o, "context is 2048");
+    // … and new tokens past what remains are clamped, with a note.
+    let o = run(&["--raw", "--json", "--prompt", &"glaze ".repeat(600), "--max-new-tokens", "100000"]);
+    let v: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+    let (p, n) = (v["prompt_tokens"].as_u64().unwrap(), v["tokens"].as_array().unwrap().len() as u64);
+    assert!(p + n <= 2048, "{p} + {n}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("clamped"), "{}", String::from_utf8_lossy(&o.stderr));
+    // NaN weights: an error naming the step, not NUL bytes and exit 0.
+    poison(&model, "model.norm.weight");
+    let o = run(&["--prompt", "hello"]);
+    fails(&o, "not finite");
+    fails(&o, "step 0");
+    assert!(!o.stdout.contains(&0u8), "no NUL bytes printed");
 }
 
 /// A chat session keeps its KV cache between turns and runs only the new tokens; the second
@@ -297,4 +348,32 @@ fn a_chat_session_reuses_its_cache_and_answers_the_same() {
     // Cleared, the session starts over.
     session.clear();
     assert_eq!(session.cached(), 0);
+}
+
+#[test]
+fn chat_refuses_a_turn_past_the_context_and_an_endless_line() {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-chat-guards");
+    let _ = std::fs::remove_dir_all(&d);
+    let model = common::tiny_model(&d, 9);
+    let chat = |stdin: Stdio| {
+        kiln()
+            .args(["chat", "--max-new-tokens", "4", "--model"])
+            .arg(&model)
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // A message past the 2048-token context is refused and dropped; the next one is answered.
+    let mut c = chat(Stdio::piped());
+    let input = format!("{}\nhi\n/quit\n", "glaze ".repeat(3000));
+    c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let o = c.wait_with_output().unwrap();
+    let so = ok(&o);
+    assert!(so.contains("(error: the prompt is") && so.contains("context is 2048"), "{so}");
+    assert_eq!(String::from_utf8_lossy(&o.stderr).matches("tokens/s").count(), 1, "one answer");
+    // An endless line on standard input ends with an error, in bounded memory.
+    let o = chat(Stdio::from(std::fs::File::open("/dev/zero").unwrap())).wait_with_output().unwrap();
+    fails(&o, "longer than");
 }

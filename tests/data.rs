@@ -187,3 +187,131 @@ fn split_and_mix_are_seeded() {
     assert_eq!(DataSpec::parse("C:data.jsonl").unwrap().path, PathBuf::from("C:data.jsonl"));
     assert!(DataSpec::parse("x.jsonl:-1").is_err());
 }
+
+#[test]
+fn a_line_over_the_byte_budget_is_refused_before_parsing_and_can_be_skipped() {
+    let long = format!("{{\"text\": \"{}\"}}\n", "a".repeat(5000));
+    let body = format!("{{\"text\": \"one\"}}\n{long}{{\"text\": \"three\"}}\n");
+    let p = write("budget.jsonl", body.as_bytes());
+    let opts = LoadOptions { max_line_bytes: 1000, ..Default::default() };
+    match load_file(&p, &opts) {
+        Err(KilnError::Data(e)) => {
+            assert_eq!((e.line, e.reason), (2, Reason::TooLong));
+            assert!(e.to_string().contains("1000 bytes") && e.to_string().contains("--max-seq-len"), "{e}");
+        }
+        other => panic!("expected a too-long row, got {:?}", other.map(|r| r.0.len())),
+    }
+    // Skipped, the rows around it load, numbered as in the file.
+    let (ex, rep) = load_file(&p, &LoadOptions { skip_invalid: true, ..opts.clone() }).unwrap();
+    assert_eq!(ex, vec![Example::Text("one".into()), Example::Text("three".into())]);
+    assert_eq!(rep.invalid.get(&Reason::TooLong), Some(&1));
+    // The budget scales with --max-seq-len, from a floor.
+    use kiln::data::dataset::{line_budget, render_budget};
+    assert_eq!(line_budget(2048), 1 << 20);
+    assert_eq!(line_budget(1), 16 << 10);
+    assert_eq!(render_budget(2048), 128 << 10);
+    assert_eq!(line_budget(usize::MAX), usize::MAX);
+}
+
+#[test]
+fn a_csv_record_over_the_budget_ends_the_file_even_when_skipping() {
+    // A quoted field spanning many short lines: one record, over the budget.
+    let body = format!("text\none\n\"{}\"\nthree\n", "ab\n".repeat(5000));
+    let p = write("budget.csv", body.as_bytes());
+    let opts = LoadOptions { max_line_bytes: 1000, skip_invalid: true, ..Default::default() };
+    match load_file(&p, &opts) {
+        Err(KilnError::Data(e)) => {
+            assert_eq!((e.line, e.reason), (3, Reason::TooLong), "{e}");
+        }
+        other => panic!("expected a too-long record, got {:?}", other.map(|r| r.0.len())),
+    }
+}
+
+#[test]
+fn binary_files_are_refused_at_once() {
+    let p = write("zeros", &[0u8; 10_000]);
+    let e = load_file(&p, &LoadOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("NUL byte at offset 0") && e.contains("zeros"), "{e}");
+    // /dev/zero is endless: the head alone decides.
+    let e = load_file(std::path::Path::new("/dev/zero"), &LoadOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("/dev/zero") && e.contains("binary"), "{e}");
+}
+
+/// `kiln data inspect --json` of `path`, with `stdin` fed to it.
+fn inspect(path: &std::path::Path, stdin: Option<Vec<u8>>) -> serde_json::Value {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["data", "inspect", "--json"])
+        .arg(path)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(bytes) = stdin {
+        let mut w = c.stdin.take().unwrap();
+        std::thread::spawn(move || w.write_all(&bytes).unwrap());
+    }
+    let o = c.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn pipes_and_fifos_are_read_once_and_lose_no_rows() {
+    // Well over the 4 KiB the kind is sniffed from, with no extension to go by.
+    let rows: String = (0..2000).map(|i| format!("{{\"prompt\": \"q{i}\", \"completion\": \"a{i}\"}}\n")).collect();
+    let dir = write("fifo-dir-marker", b"").parent().unwrap().to_path_buf();
+    let fifo = dir.join("rows-fifo");
+    let _ = std::fs::remove_file(&fifo);
+    let st = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(st.success());
+    let (f2, body) = (fifo.clone(), rows.clone());
+    let writer = std::thread::spawn(move || std::fs::write(&f2, body).unwrap());
+    let v = inspect(&fifo, None);
+    writer.join().unwrap();
+    assert_eq!((v["rows"].as_u64(), v["valid"].as_u64()), (Some(2000), Some(2000)), "{v}");
+    assert_eq!(v["format"], "prompt-completion");
+    // Standard input as a path, CSV sniffed from its first bytes.
+    let csv: String = std::iter::once("prompt,completion\n".to_string())
+        .chain((0..3000).map(|i| format!("question {i},answer {i}\n")))
+        .collect();
+    let v = inspect(std::path::Path::new("/dev/stdin"), Some(csv.into_bytes()));
+    assert_eq!((v["rows"].as_u64(), v["valid"].as_u64()), (Some(3000), Some(3000)), "{v}");
+}
+
+#[test]
+fn an_endless_line_is_refused_at_once_when_not_skipping() {
+    // A FIFO fed `{"text": "aaaa…` without end: the error comes when the budget is passed,
+    // without waiting for a newline that never comes.
+    let dir = write("endless-marker", b"").parent().unwrap().to_path_buf();
+    let fifo = dir.join("endless.jsonl");
+    let _ = std::fs::remove_file(&fifo);
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let f2 = fifo.clone();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut w = std::fs::OpenOptions::new().write(true).open(&f2).unwrap();
+        let _ = w.write_all(b"{\"text\": \"");
+        // Stops once the reader has gone (a broken pipe).
+        let chunk = vec![b'a'; 1 << 16];
+        while w.write_all(&chunk).is_ok() {}
+    });
+    let opts = LoadOptions { max_line_bytes: 100_000, ..Default::default() };
+    match load_file(&fifo, &opts) {
+        Err(KilnError::Data(e)) => assert_eq!((e.line, e.reason), (1, Reason::TooLong)),
+        other => panic!("expected a too-long row, got {:?}", other.map(|r| r.0.len())),
+    }
+    writer.join().unwrap();
+}
+
+#[test]
+fn a_json_array_row_over_the_budget_is_refused_too() {
+    let body = format!("[{{\"text\": \"one\"}}, {{\"text\": \"{}\"}}, {{\"text\": \"three\"}}]", "b".repeat(3000));
+    let p = write("budget.json", body.as_bytes());
+    let opts = LoadOptions { max_line_bytes: 1000, skip_invalid: true, ..Default::default() };
+    let (ex, rep) = load_file(&p, &opts).unwrap();
+    assert_eq!(ex, vec![Example::Text("one".into()), Example::Text("three".into())]);
+    assert_eq!(rep.invalid.get(&Reason::TooLong), Some(&1));
+}

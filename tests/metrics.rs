@@ -63,7 +63,7 @@ fn rouge_matches_rouge_score() {
     for (i, p) in pairs.iter().enumerate() {
         let (t, h) = (p["target"].as_str().unwrap(), p["prediction"].as_str().unwrap());
         for (mode, stem) in [("plain", false), ("stemmed", true)] {
-            let s = rouge::score(t, h, stem);
+            let s = rouge::score(t, h, stem).unwrap();
             for (name, got) in [("rouge1", s.rouge1), ("rouge2", s.rouge2), ("rougeL", s.rouge_l)] {
                 let want: Vec<f64> = p[mode][name].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
                 for (what, g, w) in [("p", got.p, want[0]), ("r", got.r, want[1]), ("f", got.f, want[2])] {
@@ -75,4 +75,45 @@ fn rouge_matches_rouge_score() {
             }
         }
     }
+}
+
+/// The textbook O(n·m) table, the oracle for the bit-parallel LCS.
+fn lcs_table(a: &[String], b: &[String]) -> usize {
+    let mut prev = vec![0usize; b.len() + 1];
+    for x in a {
+        let mut cur = vec![0usize; b.len() + 1];
+        for (j, y) in b.iter().enumerate() {
+            cur[j + 1] = if x == y { prev[j] + 1 } else { cur[j].max(prev[j + 1]) };
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[test]
+fn bit_parallel_lcs_equals_the_table() {
+    let mut rng = kiln::core::rng::Rng::new(3);
+    for case in 0..400 {
+        // Small alphabets make long common runs; lengths cross the 64-bit word boundaries, and
+        // one token is frequent enough to take the cached-mask path.
+        let alphabet = 1 + rng.below(6);
+        let word = |rng: &mut kiln::core::rng::Rng| format!("w{}", rng.below(alphabet));
+        let a: Vec<String> = (0..rng.below(300)).map(|_| word(&mut rng)).collect();
+        let b: Vec<String> = (0..rng.below(300)).map(|_| word(&mut rng)).collect();
+        assert_eq!(rouge::lcs(&a, &b), lcs_table(&a, &b), "case {case}: {} × {} tokens", a.len(), b.len());
+    }
+}
+
+#[test]
+fn rouge_l_refuses_pairs_past_its_cap_and_scores_large_ones() {
+    // 300 000 × 300 000 tokens is past 2^36 cells: refused, saying why.
+    let big: String = (0..300_000).map(|i| format!("w{} ", i % 1000)).collect();
+    let e = rouge::score(&big, &big, false).unwrap_err().to_string();
+    assert!(e.contains("ROUGE-L") && e.contains("2^36") && e.contains("300000"), "{e}");
+    let e = rouge::mean(&["a b", &big], &["a b", &big], false).unwrap_err().to_string();
+    assert!(e.contains("pair 2"), "{e}");
+    // 20 000 tokens each (about 120 KB) is scored, and equal texts have an LCS of all of them.
+    let text: String = (0..20_000).map(|i| format!("t{} ", (i * 7) % 501)).collect();
+    let s = rouge::score(&text, &text, false).unwrap();
+    assert!((s.rouge_l.f - 1.0).abs() < 1e-12, "{:?}", s.rouge_l);
 }

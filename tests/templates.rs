@@ -147,3 +147,47 @@ fn prompt_completion_and_text_masks() {
     let e = plain.tokenize(&Example::Chat(vec![])).unwrap_err().to_string();
     assert!(e.contains("--template"), "{e}");
 }
+
+#[test]
+fn a_template_writing_far_more_than_its_messages_is_stopped() {
+    let msgs = [Message { role: Role::User, content: "hi".into() }];
+    for (src, what) in [
+        // 100 MB from a 21-byte template.
+        ("{{ 'x' * 100000000 }}", "one repeat"),
+        // Many small writes add up as well.
+        ("{% for i in range(100000) %}{{ 'y' * 1000 }}{% endfor %}", "a loop"),
+    ] {
+        let t = ChatTemplate::new(src, "bomb.jinja").unwrap();
+        let e = t.render(&msgs, true, "", "").unwrap_err().to_string();
+        assert!(e.contains("bomb.jinja") && e.contains("broken or hostile"), "{what}: {e}");
+    }
+    // A real template is untouched by the limit, including a long message.
+    let long = "word ".repeat(200_000);
+    let t = ChatTemplate::builtin("chatml").unwrap();
+    let out = t.render(&[Message { role: Role::User, content: long.clone() }], true, "", "").unwrap();
+    assert!(out.contains(&long));
+}
+
+#[test]
+fn a_huge_row_is_cut_before_tokenizing_with_the_same_tokens_after_truncation() {
+    use kiln::data::batch::{PackStats, truncate};
+    let r = renderer("chatml", false);
+    // 400 KB of text against a 64-token context: the row is cut at 4 KiB of text before the
+    // tokenizer sees it, and the first 64 tokens are those of the whole row.
+    let text: String = (0..40_000).map(|i| format!("kiln {i} ")).collect::<String>();
+    for e in [
+        Example::Text(text.clone()),
+        Example::PromptCompletion { prompt: "Say it.".into(), completion: text.clone() },
+        Example::Chat(vec![
+            Message { role: Role::User, content: text.clone() },
+            Message { role: Role::Assistant, content: "ok".into() },
+        ]),
+    ] {
+        let cut = r.tokenize_within(&e, 64).unwrap();
+        let whole = r.tokenize(&e).unwrap();
+        assert!(cut.ids.len() < whole.ids.len() / 10, "{} vs {}", cut.ids.len(), whole.ids.len());
+        let a = truncate(vec![cut], 64, &mut PackStats::default());
+        let b = truncate(vec![whole], 64, &mut PackStats::default());
+        assert_eq!(a, b);
+    }
+}

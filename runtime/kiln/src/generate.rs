@@ -52,6 +52,64 @@ impl GenOptions {
     }
 }
 
+/// Checks user stop strings: an empty one would match before the first token and stop every
+/// answer empty.
+pub fn validate_stops(stops: &[String]) -> Result<()> {
+    if stops.iter().any(|s| s.is_empty()) {
+        return Err(KilnError::Msg(
+            "--stop \"\": an empty stop string matches everywhere, so nothing would be generated; give the text to stop at"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The tokens a model attends over: its `max_position_embeddings`, or its sliding window when
+/// smaller (the cache here does not roll).
+pub fn context_len(model: &Llama) -> usize {
+    let c = &model.config;
+    c.max_position_embeddings.min(c.sliding_window.unwrap_or(usize::MAX))
+}
+
+/// Fits a request into a context of `ctx` tokens: a prompt that leaves no room for one new
+/// token is refused; `max_new_tokens` past the room left is clamped, and the returned note says
+/// so (for the caller to show).
+pub fn fit_context(ctx: usize, prompt_len: usize, opts: &mut GenOptions) -> Result<Option<String>> {
+    if prompt_len >= ctx {
+        return Err(KilnError::Msg(format!(
+            "the prompt is {prompt_len} tokens but the model's context is {ctx} (max_position_embeddings), which leaves no room for an answer: shorten the prompt (or the conversation: /reset in kiln chat)"
+        )));
+    }
+    let room = ctx - prompt_len;
+    if opts.max_new_tokens > room {
+        let note = format!(
+            "--max-new-tokens {} clamped to {room}: the prompt's {prompt_len} tokens leave {room} of the model's {ctx}-token context",
+            opts.max_new_tokens
+        );
+        opts.max_new_tokens = room;
+        return Ok(Some(note));
+    }
+    Ok(None)
+}
+
+/// Refuses logits that are not all finite: NaN or infinite weights (or an adapter holding them)
+/// make every choice meaningless, so decoding stops with an error instead of printing tokens
+/// picked from NaN.
+fn check_logits(logits: &[f32], step: usize, prompt_len: usize) -> Result<()> {
+    if let Some(i) = logits.iter().position(|l| !l.is_finite()) {
+        let at = if step == 0 {
+            format!("after the {prompt_len}-token prompt (step 0)")
+        } else {
+            format!("at generation step {step}")
+        };
+        return Err(KilnError::Msg(format!(
+            "the model's logits {at} are not finite (token {i}: {}): its weights or the adapter hold NaN or infinite values",
+            logits[i]
+        )));
+    }
+    Ok(())
+}
+
 /// The index of the largest logit (the first, on ties).
 pub fn argmax(logits: &[f32]) -> usize {
     logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) }).0
@@ -184,6 +242,10 @@ pub fn generate_ids_in(
     if prompt.is_empty() {
         return Err(KilnError::Msg("generate: empty prompt".into()));
     }
+    // Callers clamp with a message first (`fit_context`); here the bound is only enforced.
+    let mut opts = opts.clone();
+    fit_context(context_len(model), prompt.len(), &mut opts)?;
+    let opts = &opts;
     // At least the prompt's last token runs, for the logits of the first new token.
     let keep = session.ids.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
     session.cache.truncate(keep);
@@ -192,6 +254,7 @@ pub fn generate_ids_in(
     let t0 = Instant::now();
     let mut logits = model.forward_cached(&prompt[keep..], &mut session.cache, lora)?;
     session.ids.extend_from_slice(&prompt[keep..]);
+    check_logits(&logits, 0, prompt.len())?;
     let prompt_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     // Tokens already present, for the repetition penalty (empty when it is off).
@@ -235,6 +298,7 @@ pub fn generate_ids_in(
         }
         logits = model.forward_cached(&[next], &mut session.cache, lora)?;
         session.ids.push(next);
+        check_logits(&logits, out.len(), prompt.len())?;
     }
     Ok(Generated { tokens: out, logprobs: lps, stop: reason, prompt_s, decode_s: t1.elapsed().as_secs_f64() })
 }
@@ -300,6 +364,7 @@ pub fn generate_text(
     lora: Option<&LoraSet>,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<TextOutput> {
+    validate_stops(stop_strings)?;
     let stop_ids: Vec<i32> = tok.eos.iter().map(|s| s.id as i32).collect();
     let (mut ids, mut emitted, mut text) = (Vec::<u32>::new(), 0usize, String::new());
     let mut hit_stop = false;

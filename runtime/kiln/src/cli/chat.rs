@@ -3,16 +3,17 @@
 //! so a script can drive it (`printf 'hi\n/quit\n' | kiln chat …`); a prompt is shown only on
 //! a terminal.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::PathBuf;
 
 use anyhow::{Result, anyhow, bail};
 use clap::Args;
 use kiln::adapters::LoraSet;
+use kiln::data::dataset::BYTES_PER_TOKEN;
 use kiln::data::template::ChatTemplate;
 use kiln::data::tokenizer::TextTokenizer;
 use kiln::data::{Message, Role};
-use kiln::generate::{GenOptions, Session, chat_prompt, generate_text};
+use kiln::generate::{GenOptions, Session, chat_prompt, context_len, fit_context, generate_text};
 use kiln::model::Llama;
 
 use super::generate::SamplingArgs;
@@ -51,7 +52,7 @@ struct Speaker {
 }
 
 fn template_of(tok: &TextTokenizer, path: &std::path::Path) -> Result<ChatTemplate> {
-    ChatTemplate::choose(None, tok.chat_template.as_deref())?.ok_or_else(|| {
+    ChatTemplate::choose_for(None, tok.chat_template.as_deref(), Some(path))?.ok_or_else(|| {
         anyhow!("{}: the model has no chat template (kiln generate --raw continues plain text)", path.display())
     })
 }
@@ -103,22 +104,34 @@ pub fn run(a: ChatArgs) -> Result<()> {
     let session = Session::new(&model);
     speakers.push(Speaker { label: "tuned", model, tok, lora, template, history: vec![], session });
     let mut system = a.system.clone();
-    let mut opts = a.sampling.options();
-    opts.validate()?;
+    let mut opts = a.sampling.options()?;
+    // One message over BYTES_PER_TOKEN bytes per token of the context cannot fit.
+    let limit = speakers.iter().map(|s| context_len(&s.model)).min().unwrap_or(0).saturating_mul(BYTES_PER_TOKEN);
     let tty = std::io::stdin().is_terminal();
     let mut out = std::io::stdout();
     if tty {
         eprintln!("kiln chat with {} — {HELP}", path.display());
     }
     let stdin = std::io::stdin();
-    let mut lines = stdin.lock().lines();
+    let mut input = stdin.lock();
+    let mut buf = Vec::new();
     loop {
         if tty {
             print!("> ");
             out.flush()?;
         }
-        let Some(line) = lines.next() else { break };
-        let line = line?;
+        // Lines are read with a bound, so an endless line (a binary file on stdin) ends with an
+        // error instead of filling memory.
+        buf.clear();
+        if (&mut input).take(limit as u64 + 1).read_until(b'\n', &mut buf)? == 0 {
+            break;
+        }
+        if buf.len() > limit && !buf.ends_with(b"\n") {
+            bail!(
+                "standard input: a message longer than {limit} bytes ({BYTES_PER_TOKEN} bytes per token of the model's context): it cannot fit"
+            );
+        }
+        let line = std::str::from_utf8(&buf).map_err(|e| anyhow!("standard input: not UTF-8 text: {e}"))?;
         let msg = line.trim();
         if msg.is_empty() {
             continue;
@@ -157,6 +170,18 @@ pub fn run(a: ChatArgs) -> Result<()> {
                 system.iter().map(|t| Message { role: Role::System, content: t.clone() }).collect();
             msgs.extend(s.history.iter().cloned());
             let ids = chat_prompt(&s.tok, &s.template, &msgs)?;
+            // A conversation that outgrew the context is refused turn by turn: the message is
+            // dropped and the conversation stays as it was (/reset starts over).
+            let mut turn = opts.clone();
+            match fit_context(context_len(&s.model), ids.len(), &mut turn) {
+                Ok(Some(note)) => eprintln!("(note: {note})"),
+                Ok(None) => {}
+                Err(e) => {
+                    s.history.pop();
+                    println!("(error: {e})");
+                    continue;
+                }
+            }
             if a.compare {
                 print!("[{}] ", s.label);
             }
@@ -165,7 +190,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
                 &mut s.session,
                 &s.tok,
                 &ids,
-                &opts,
+                &turn,
                 &a.sampling.stop,
                 s.lora.as_ref(),
                 &mut |t| {

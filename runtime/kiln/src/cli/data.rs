@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use kiln::data::dataset::{load_file, recommendation, text_len};
 use kiln::data::{Format, LoadOptions};
@@ -40,7 +40,8 @@ pub struct InspectArgs {
     /// Built-in chat template when the model has none: chatml, llama3, mistral, alpaca.
     #[arg(long)]
     template: Option<String>,
-    /// Rows longer than this many tokens are counted as truncated (with --model).
+    /// Rows longer than this many tokens are counted as truncated (with --model). Also sets the
+    /// row byte budget: a line over 512 bytes per token (at least 1 MiB) is reported as too long.
     #[arg(long, default_value_t = 2048)]
     max_seq_len: usize,
     /// Train on prompt tokens too (affects the trained-token count).
@@ -54,12 +55,13 @@ fn token_stats(a: &InspectArgs, examples: &[kiln::data::Example], dir: &std::pat
     use kiln::data::template::ChatTemplate;
     use kiln::data::tokenizer::TextTokenizer;
     let tokenizer = TextTokenizer::load(dir)?;
-    let template = ChatTemplate::choose(a.template.as_deref(), tokenizer.chat_template.as_deref())?;
+    let template = ChatTemplate::choose_for(a.template.as_deref(), tokenizer.chat_template.as_deref(), Some(dir))?;
     let r = Renderer { tokenizer, template, train_on_inputs: a.train_on_inputs };
     let mut lens = Vec::with_capacity(examples.len());
     let mut trained = 0usize;
     for e in examples {
-        let t = r.tokenize(e)?;
+        // Counted up to the byte budget of --max-seq-len: a row past it is over either way.
+        let t = r.tokenize_within(e, a.max_seq_len)?;
         trained += t.mask.iter().filter(|&&m| m).count();
         lens.push(t.ids.len());
     }
@@ -94,7 +96,12 @@ pub fn run(cmd: DataCmd) -> Result<()> {
         })?),
     };
     // Inspection reports every bad row instead of stopping at the first.
-    let opts = LoadOptions { format, skip_invalid: true, need_final_assistant: true };
+    let opts = LoadOptions {
+        format,
+        skip_invalid: true,
+        need_final_assistant: true,
+        max_line_bytes: kiln::data::dataset::line_budget(a.max_seq_len),
+    };
     let (examples, rep) = load_file(&a.file, &opts)?;
     let mut seen = HashSet::new();
     let duplicates = examples
@@ -130,7 +137,8 @@ pub fn run(cmd: DataCmd) -> Result<()> {
     });
     let mut v = v;
     if let Some(dir) = &a.model {
-        v["tokens"] = token_stats(&a, &examples, dir)?;
+        v["tokens"] = token_stats(&a, &examples, dir)
+            .with_context(|| format!("{}: token statistics under {}", a.file.display(), dir.display()))?;
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);

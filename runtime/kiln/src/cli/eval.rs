@@ -82,7 +82,11 @@ fn run_pref(a: &EvalArgs, examples: &[kiln::data::Example]) -> Result<()> {
     }
     let path = kiln::models::resolve(a.model.as_deref())?;
     let (model, tok, lora) = kiln::models::load_with_adapter(&path, a.adapter.as_deref())?;
-    let template = kiln::data::template::ChatTemplate::choose(a.template.as_deref(), tok.chat_template.as_deref())?;
+    let template = kiln::data::template::ChatTemplate::choose_for(
+        a.template.as_deref(),
+        tok.chat_template.as_deref(),
+        Some(&path),
+    )?;
     let pad = tok.pad_id();
     let r = Renderer { tokenizer: tok, template, train_on_inputs: false };
     let mut st = PairStats::default();
@@ -156,7 +160,13 @@ pub fn run(a: EvalArgs) -> Result<()> {
         None => None,
         Some(f) => Some(Format::parse(f).ok_or_else(|| anyhow!("--format {f}: unknown"))?),
     };
-    let opts = LoadOptions { format, skip_invalid: false, need_final_assistant: true };
+    let sampling = a.sampling.options()?;
+    let opts = LoadOptions {
+        format,
+        skip_invalid: false,
+        need_final_assistant: true,
+        max_line_bytes: kiln::data::dataset::line_budget(a.max_seq_len),
+    };
     let spec = DataSpec { path: a.data.clone(), weight: 1.0 };
     // One file keeps its order, so --eval-samples takes its first rows.
     let (ds, _) = Dataset::load(&[spec], &opts, 0)?;
@@ -170,7 +180,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let spec = EvalSpec {
         metrics: metrics.clone(),
         text: TextOptions { case_insensitive: a.case_insensitive, rouge_stemmer: a.rouge_stemmer },
-        sampling: a.sampling.options(),
+        sampling,
         stop: a.sampling.stop.clone(),
         max_len: a.max_seq_len,
         batch: a.batch_size,
@@ -185,14 +195,19 @@ pub fn run(a: EvalArgs) -> Result<()> {
     systems.push((if a.adapter.is_some() { "tuned" } else { "model" }, model, tok, lora));
     let mut results = Vec::new();
     for (label, model, tok, lora) in systems {
-        let template = kiln::data::template::ChatTemplate::choose(a.template.as_deref(), tok.chat_template.as_deref())?;
+        let template = kiln::data::template::ChatTemplate::choose_for(
+            a.template.as_deref(),
+            tok.chat_template.as_deref(),
+            Some(&path),
+        )?;
         let rows = gen_rows(&examples, template.is_some());
         let r = Renderer { tokenizer: tok, template, train_on_inputs: false };
         let loss_rows =
             if metrics.iter().any(|m| matches!(m, Metric::Loss | Metric::Ppl)) { examples.len() } else { 0 };
         let n_gen = if metrics.iter().any(|m| m.needs_generation()) { rows.len() } else { 0 };
         let pb = bar(loss_rows + n_gen, label, a.json);
-        let (scores, preds) = evaluate(&model, lora.as_ref(), &r, &examples, &rows, &spec, &mut |n| pb.inc(n as u64))?;
+        let (scores, preds) = evaluate(&model, lora.as_ref(), &r, &examples, &rows, &spec, &mut |n| pb.inc(n as u64))
+            .with_context(|| format!("evaluating {} on {}", path.display(), a.data.display()))?;
         pb.finish_and_clear();
         results.push((label, scores, preds));
     }
@@ -252,13 +267,13 @@ pub struct ScoreArgs {
     json: bool,
 }
 
+/// The largest predictions or references file `kiln score` reads (it holds them whole).
+const MAX_SCORE_BYTES: usize = 256 << 20;
+
 /// The texts of a predictions/references file: JSON lines with `field` when the file's first
 /// non-empty line is a JSON object, else one text per line.
 fn read_texts(path: &std::path::Path, field: &str) -> Result<Vec<String>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        anyhow!("{}: not UTF-8 text (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to())
-    })?;
+    let text = super::generate::read_bounded(path, MAX_SCORE_BYTES, "the most `kiln score` reads from one file")?;
     let lines: Vec<&str> = text.strip_suffix('\n').unwrap_or(&text).split('\n').collect();
     let jsonl = lines.iter().find(|l| !l.trim().is_empty()).is_some_and(|l| l.trim_start().starts_with('{'));
     if text.trim().is_empty() {
@@ -301,7 +316,8 @@ pub fn score(a: ScoreArgs) -> Result<()> {
     let p: Vec<&str> = preds.iter().map(String::as_str).collect();
     let r: Vec<&str> = refs.iter().map(String::as_str).collect();
     let o = TextOptions { case_insensitive: a.case_insensitive, rouge_stemmer: a.rouge_stemmer };
-    let s = Scores::of_texts(&p, &r, &metrics, o);
+    let s = Scores::of_texts(&p, &r, &metrics, o)
+        .with_context(|| format!("scoring {} against {}", a.predictions.display(), a.references.display()))?;
     if a.json {
         println!("{}", s.to_json());
     } else {

@@ -3,15 +3,20 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
+use kiln::data::dataset::BYTES_PER_TOKEN;
 use kiln::data::template::ChatTemplate;
 use kiln::data::{Message, Role};
-use kiln::generate::{GenOptions, Session, chat_prompt, generate_text, raw_prompt};
+use kiln::generate::{
+    GenOptions, Session, chat_prompt, context_len, fit_context, generate_text, raw_prompt, validate_stops,
+};
 
 /// Sampling flags shared by `generate`, `chat` and `eval`.
 #[derive(Args, Debug, Clone)]
 pub struct SamplingArgs {
+    /// At most this many new tokens; clamped (with a note) to what the model's context leaves
+    /// after the prompt. A prompt that fills the context is refused.
     #[arg(long, default_value_t = 256)]
     pub max_new_tokens: usize,
     /// 0 decodes greedily.
@@ -28,22 +33,54 @@ pub struct SamplingArgs {
     pub repetition_penalty: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Stop when this text appears (repeatable); it is cut from the output. EOS always stops.
+    /// Stop when this text appears (repeatable, not empty); it is cut from the output. EOS
+    /// always stops.
     #[arg(long = "stop")]
     pub stop: Vec<String>,
 }
 
 impl SamplingArgs {
-    pub fn options(&self) -> GenOptions {
-        GenOptions {
+    /// The decoding options, checked (ranges, and no empty `--stop`) before any model loads.
+    pub fn options(&self) -> Result<GenOptions> {
+        let o = GenOptions {
             max_new_tokens: self.max_new_tokens,
             temperature: self.temperature,
             top_k: self.top_k,
             top_p: self.top_p,
             repetition_penalty: self.repetition_penalty,
             seed: self.seed,
-        }
+        };
+        o.validate().map_err(|e| anyhow!("--{}", e.to_string().replace('_', "-")))?;
+        validate_stops(&self.stop)?;
+        Ok(o)
     }
+}
+
+/// Reads a text file of at most `limit` bytes, refusing a longer one, or one holding a NUL byte
+/// (a binary file such as `/dev/zero`), as soon as it shows, without holding the rest.
+pub fn read_bounded(path: &std::path::Path, limit: usize, what: &str) -> Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut bytes = Vec::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        let n = match f.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        if let Some(i) = chunk[..n].iter().position(|&b| b == 0) {
+            bail!("{}: a NUL byte at offset {}: a binary file, not text", path.display(), bytes.len() + i);
+        }
+        if bytes.len() + n > limit {
+            bail!("{}: longer than {limit} bytes, {what}", path.display());
+        }
+        bytes.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow!("{}: not UTF-8 text (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to())
+    })
 }
 
 #[derive(Args, Debug)]
@@ -85,13 +122,20 @@ pub struct GenerateArgs {
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
-    let prompt_text = match (&a.prompt, &a.prompt_file) {
-        (Some(p), _) => p.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
-        (None, None) => return Err(anyhow!("--prompt or --prompt-file is required")),
-    };
+    let mut opts = a.sampling.options()?;
     let path = kiln::models::resolve(a.model.as_deref())?;
     let (mut model, tok, mut lora) = kiln::models::load_with_adapter(&path, a.adapter.as_deref())?;
+    let ctx = context_len(&model);
+    // A prompt over BYTES_PER_TOKEN bytes per token of the context cannot fit: refused before
+    // it is read whole or tokenized.
+    let limit = ctx.saturating_mul(BYTES_PER_TOKEN);
+    let why = format!("{BYTES_PER_TOKEN} bytes per token of the model's {ctx}-token context: it cannot fit");
+    let (prompt_text, source) = match (&a.prompt, &a.prompt_file) {
+        (Some(p), _) if p.len() > limit => bail!("--prompt: longer than {limit} bytes, {why}"),
+        (Some(p), _) => (p.clone(), "--prompt".to_string()),
+        (None, Some(f)) => (read_bounded(f, limit, &why)?, f.display().to_string()),
+        (None, None) => return Err(anyhow!("--prompt or --prompt-file is required")),
+    };
     if let Some(d) = &a.device {
         kiln_wgpu::choose(d);
     }
@@ -105,7 +149,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let prompt = if a.raw {
         raw_prompt(&tok, &prompt_text)?
     } else {
-        let t = ChatTemplate::choose(None, tok.chat_template.as_deref())?
+        let t = ChatTemplate::choose_for(None, tok.chat_template.as_deref(), Some(&path))?
             .ok_or_else(|| anyhow!("{}: no chat template; use --raw", path.display()))?;
         let mut msgs = Vec::new();
         if let Some(s) = &a.system {
@@ -114,7 +158,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         msgs.push(Message { role: Role::User, content: prompt_text });
         chat_prompt(&tok, &t, &msgs)?
     };
-    let opts = a.sampling.options();
+    if let Some(note) = fit_context(ctx, prompt.len(), &mut opts).with_context(|| source.clone())? {
+        eprintln!("note: {note}");
+    }
     let mut stdout = std::io::stdout();
     let session = &mut Session::new(&model);
     let out = generate_text(&model, session, &tok, &prompt, &opts, &a.sampling.stop, lora.as_ref(), &mut |s| {

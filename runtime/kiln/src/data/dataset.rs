@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use kiln_core::rng::Rng;
 
 use super::example::{Example, Format, Reason, RowError, Validator};
-use super::read::{detect_kind, rows};
+use super::read::open;
 use crate::{KilnError, Result};
 
 /// One `--data` argument: `path` or `path:weight`.
@@ -39,11 +39,48 @@ pub struct LoadOptions {
     pub skip_invalid: bool,
     /// Chat rows must end with an assistant turn.
     pub need_final_assistant: bool,
+    /// A line (JSONL) or record (CSV) longer than this is refused before it is parsed
+    /// ([`line_budget`] of the run's `--max-seq-len`).
+    pub max_line_bytes: usize,
 }
+
+/// Bytes of rendered text kept per token of `--max-seq-len` before tokenizing: far more than any
+/// real token spans (about 4 bytes on average in English, a few dozen for the longest runs of
+/// spaces in code vocabularies), so cutting a row's text there keeps every token that the
+/// token-level truncation keeps.
+pub const BYTES_PER_TOKEN: usize = 64;
+
+/// The largest data line (JSONL) or record (CSV) read for a context of `max_seq_len` tokens:
+/// 8 × [`BYTES_PER_TOKEN`] per token (JSON escapes such as `\u4e00` take 6 bytes for one
+/// character, and a preference row holds three texts), at least 16 KiB: 1 MiB at the default
+/// 2048 tokens. A longer row could only be truncated away; it is refused before it is parsed.
+pub fn line_budget(max_seq_len: usize) -> usize {
+    max_seq_len.saturating_mul(LINE_BYTES_PER_TOKEN).max(LINE_FLOOR)
+}
+
+/// Line bytes allowed per token of `--max-seq-len` (see [`line_budget`]).
+pub const LINE_BYTES_PER_TOKEN: usize = 8 * BYTES_PER_TOKEN;
+/// The smallest line budget, whatever `--max-seq-len`.
+pub const LINE_FLOOR: usize = 16 << 10;
+
+/// The largest rendered row (template output) tokenized for a context of `max_seq_len` tokens:
+/// [`BYTES_PER_TOKEN`] per token, at least 4 KiB. A longer rendering is cut there (keeping its
+/// start, as the token-level truncation does) before tokenizing.
+pub fn render_budget(max_seq_len: usize) -> usize {
+    max_seq_len.saturating_mul(BYTES_PER_TOKEN).max(4 << 10)
+}
+
+/// The `--max-seq-len` that budgets are derived from when a caller has none.
+pub const DEFAULT_MAX_SEQ_LEN: usize = 2048;
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { format: None, skip_invalid: false, need_final_assistant: true }
+        LoadOptions {
+            format: None,
+            skip_invalid: false,
+            need_final_assistant: true,
+            max_line_bytes: line_budget(DEFAULT_MAX_SEQ_LEN),
+        }
     }
 }
 
@@ -86,7 +123,7 @@ pub struct Dataset {
 
 /// Reads and validates one file.
 pub fn load_file(path: &Path, opts: &LoadOptions) -> Result<(Vec<Example>, FileReport)> {
-    let kind = detect_kind(path)?;
+    let (_, rows) = open(path, opts.max_line_bytes)?;
     let v = Validator { file: path.to_path_buf(), need_final_assistant: opts.need_final_assistant };
     let mut format = opts.format;
     let mut out = Vec::new();
@@ -98,7 +135,7 @@ pub fn load_file(path: &Path, opts: &LoadOptions) -> Result<(Vec<Example>, FileR
         invalid: BTreeMap::new(),
         examples_of_errors: Vec::new(),
     };
-    for (line, row) in rows(path, kind)? {
+    for (line, row) in rows {
         rep.rows += 1;
         let res = row.and_then(|obj| {
             let f = match format {
@@ -118,6 +155,7 @@ pub fn load_file(path: &Path, opts: &LoadOptions) -> Result<(Vec<Example>, FileR
                                 keys.join(", "),
                                 known.join("; ")
                             ),
+                            fatal: false,
                         });
                     };
                     format = Some(f);
@@ -132,7 +170,7 @@ pub fn load_file(path: &Path, opts: &LoadOptions) -> Result<(Vec<Example>, FileR
                 rep.valid += 1;
                 out.push(e);
             }
-            Err(e) if opts.skip_invalid => {
+            Err(e) if opts.skip_invalid && !e.fatal => {
                 *rep.invalid.entry(e.reason).or_insert(0) += 1;
                 if rep.examples_of_errors.len() < 5 {
                     rep.examples_of_errors.push(e);

@@ -161,6 +161,8 @@ pub enum Reason {
     UnknownRole,
     NoFinalAssistant,
     RoleOrder,
+    /// Longer than the byte budget derived from `--max-seq-len`.
+    TooLong,
 }
 
 impl Reason {
@@ -178,6 +180,7 @@ impl Reason {
             Reason::UnknownRole => "unknown role",
             Reason::NoFinalAssistant => "does not end with an assistant turn",
             Reason::RoleOrder => "role order",
+            Reason::TooLong => "too long",
         }
     }
 }
@@ -190,6 +193,9 @@ pub struct RowError {
     pub field: String,
     pub reason: Reason,
     pub detail: String,
+    /// The file cannot be read past this error (a read error, a CSV record over its budget):
+    /// `--skip-invalid` does not skip it, since the rows after it would be lost silently.
+    pub fatal: bool,
 }
 
 impl fmt::Display for RowError {
@@ -213,7 +219,7 @@ type R<T> = std::result::Result<T, RowError>;
 
 impl Validator {
     fn err(&self, line: usize, field: impl Into<String>, reason: Reason, detail: impl Into<String>) -> RowError {
-        RowError { file: self.file.clone(), line, field: field.into(), reason, detail: detail.into() }
+        RowError { file: self.file.clone(), line, field: field.into(), reason, detail: detail.into(), fatal: false }
     }
 
     fn string(&self, line: usize, row: &Map<String, Value>, key: &str, allow_empty: bool) -> R<String> {

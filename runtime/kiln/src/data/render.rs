@@ -12,6 +12,7 @@
 //! * Text rows train on every token: `[BOS] text EOS`.
 //! * `train_on_inputs` trains on every token of every row.
 
+use super::dataset::render_budget;
 use super::example::{Example, Message, Role};
 use super::template::ChatTemplate;
 use super::tokenizer::TextTokenizer;
@@ -88,6 +89,26 @@ impl Renderer {
 
     /// Tokens and loss mask of one training example.
     pub fn tokenize(&self, e: &Example) -> Result<Tokenized> {
+        self.tokenize_within(e, usize::MAX)
+    }
+
+    /// [`Renderer::tokenize`] for a context of `max_len` tokens: text past
+    /// [`render_budget`]`(max_len)` bytes is cut (at a character boundary, keeping the start)
+    /// before tokenizing, so a 50 MB row costs what a row at the budget does. Every token the
+    /// later cut to `max_len` tokens keeps lies far inside the budget, so the result after that
+    /// cut is unchanged.
+    pub fn tokenize_within(&self, e: &Example, max_len: usize) -> Result<Tokenized> {
+        let budget = render_budget(max_len);
+        let cut = |t: &str| -> usize {
+            if t.len() <= budget {
+                return t.len();
+            }
+            let mut at = budget;
+            while !t.is_char_boundary(at) {
+                at -= 1;
+            }
+            at
+        };
         let bos: Vec<i32> = match &self.tokenizer.bos {
             Some(b) if self.tokenizer.add_bos => vec![b.id as i32],
             _ => vec![],
@@ -95,6 +116,7 @@ impl Renderer {
         let eos: Vec<i32> = self.tokenizer.eos.iter().map(|s| s.id as i32).collect();
         match e {
             Example::Text(t) => {
+                let t = &t[..cut(t)];
                 let mut out = self.masked(t, &[(0, t.len())], &bos, &eos)?;
                 out.mask.iter_mut().for_each(|m| *m = true);
                 Ok(out)
@@ -104,16 +126,17 @@ impl Renderer {
                     Message { role: Role::User, content: prompt.clone() },
                     Message { role: Role::Assistant, content: completion.clone() },
                 ];
-                let (text, spans) = self.render_chat(&turns)?;
-                self.masked(&text, &spans, &[], &[])
+                let (text, spans) = self.render_chat(&turns).map_err(|err| in_row(err, e))?;
+                self.masked(&text[..cut(&text)], &spans, &[], &[])
             }
             Example::PromptCompletion { prompt, completion } => {
                 let text = format!("{prompt}{completion}");
-                self.masked(&text, &[(prompt.len(), text.len())], &bos, &eos)
+                let end = cut(&text);
+                self.masked(&text[..end], &[(prompt.len(), end)], &bos, &eos)
             }
             Example::Chat(turns) => {
-                let (text, spans) = self.render_chat(turns)?;
-                self.masked(&text, &spans, &[], &[])
+                let (text, spans) = self.render_chat(turns).map_err(|err| in_row(err, e))?;
+                self.masked(&text[..cut(&text)], &spans, &[], &[])
             }
             Example::Preference { .. } => Err(KilnError::Msg(
                 "preference rows (prompt/chosen/rejected) are for preference tuning (DPO), not supervised fine-tuning"
@@ -121,4 +144,16 @@ impl Renderer {
             )),
         }
     }
+}
+
+/// A rendering error with the row it happened on (its start, as JSON: rows are shuffled and
+/// split by then, so its line number is no longer known here).
+fn in_row(err: KilnError, e: &Example) -> KilnError {
+    let json = e.to_json().to_string();
+    let mut end = json.len().min(120);
+    while !json.is_char_boundary(end) {
+        end -= 1;
+    }
+    let more = if end < json.len() { "…" } else { "" };
+    KilnError::Msg(format!("{err} (rendering the row {}{more})", &json[..end]))
 }

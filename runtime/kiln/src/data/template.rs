@@ -17,6 +17,35 @@ pub const BUILTIN: [(&str, &str); 4] = [
     ("alpaca", include_str!("templates/alpaca.jinja")),
 ];
 
+/// Output allowed to a render beyond [`EXPANSION`] × its messages' bytes: the template's own
+/// markup (role headers, a default system prompt, date lines) is far smaller.
+pub const OUTPUT_OVERHEAD: usize = 1 << 20;
+/// How many times its messages' bytes a render may write: a template shows each message once
+/// (a few show the last one twice); a template that writes more is broken or hostile
+/// (`{{ 'x' * 100000000 }}` in a 60-byte file), and is stopped before it fills memory.
+pub const EXPANSION: usize = 4;
+
+/// A writer that stops the render once `limit` bytes are written.
+struct CappedOut {
+    out: Vec<u8>,
+    limit: usize,
+    over: bool,
+}
+
+impl std::io::Write for CappedOut {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.out.len() + buf.len() > self.limit {
+            self.over = true;
+            return Err(std::io::Error::other("template output over its limit"));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A compiled chat template.
 #[derive(Clone)]
 pub struct ChatTemplate {
@@ -51,9 +80,22 @@ impl ChatTemplate {
     /// The template to use: the built-in `name` when given, else the model's own `source`
     /// (`None` when it has none).
     pub fn choose(name: Option<&str>, source: Option<&str>) -> Result<Option<ChatTemplate>> {
+        ChatTemplate::choose_for(name, source, None)
+    }
+
+    /// [`ChatTemplate::choose`], naming the model `model` in messages about its own template.
+    pub fn choose_for(
+        name: Option<&str>,
+        source: Option<&str>,
+        model: Option<&std::path::Path>,
+    ) -> Result<Option<ChatTemplate>> {
+        let origin = match model {
+            Some(m) => format!("the chat_template of {}", m.display()),
+            None => "the model's chat_template".to_string(),
+        };
         Ok(match (name, source) {
             (Some(n), _) => Some(ChatTemplate::builtin(n)?),
-            (None, Some(src)) => Some(ChatTemplate::new(src, "the model's chat_template")?),
+            (None, Some(src)) => Some(ChatTemplate::new(src, &origin)?),
             (None, None) => None,
         })
     }
@@ -74,11 +116,31 @@ impl ChatTemplate {
             .map(|m| BTreeMap::from([("role", m.role.as_str().into()), ("content", m.content.as_str().into())]))
             .collect();
         let tpl = self.env.get_template("chat").map_err(|e| KilnError::Msg(e.to_string()))?;
-        tpl.render(context! {
-            messages => msgs,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => bos,
-            eos_token => eos,
+        let input: usize = messages.iter().map(|m| m.content.len()).sum::<usize>() + bos.len() + eos.len();
+        let limit = input.saturating_mul(EXPANSION).saturating_add(OUTPUT_OVERHEAD);
+        let mut out = CappedOut { out: Vec::new(), limit, over: false };
+        let res = tpl
+            .render_captured_to(
+                context! {
+                    messages => msgs,
+                    add_generation_prompt => add_generation_prompt,
+                    bos_token => bos,
+                    eos_token => eos,
+                },
+                &mut out,
+            )
+            .map(|_| ());
+        if out.over {
+            return Err(KilnError::Msg(format!(
+                "chat template ({}): its output passed {limit} bytes for {} messages of {input} bytes ({EXPANSION} × the messages + {} KiB is the limit): a chat template writes each message about once, so this one is broken or hostile",
+                self.origin,
+                messages.len(),
+                OUTPUT_OVERHEAD >> 10
+            )));
+        }
+        res.and_then(|()| {
+            String::from_utf8(out.out)
+                .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("output is not UTF-8: {e}")))
         })
         .map_err(|e| {
             // raise_exception's message is the template author's explanation: show it as is.

@@ -91,8 +91,9 @@ pub struct Scores {
 }
 
 impl Scores {
-    /// The text metrics of `preds` against `refs`.
-    pub fn of_texts(preds: &[&str], refs: &[&str], metrics: &[Metric], o: TextOptions) -> Scores {
+    /// The text metrics of `preds` against `refs`. BLEU and ROUGE-1/2 are linear in the text;
+    /// ROUGE-L refuses a pair over [`rouge::MAX_LCS_CELLS`].
+    pub fn of_texts(preds: &[&str], refs: &[&str], metrics: &[Metric], o: TextOptions) -> Result<Scores> {
         let mut s = Scores { n: preds.len(), ..Default::default() };
         if metrics.contains(&Metric::Accuracy) {
             s.accuracy = Some(accuracy(preds, refs, o.case_insensitive));
@@ -101,9 +102,9 @@ impl Scores {
             s.bleu = Some(bleu::corpus_bleu(preds, refs).score);
         }
         if metrics.contains(&Metric::Rouge) {
-            s.rouge = Some(rouge::mean(refs, preds, o.rouge_stemmer));
+            s.rouge = Some(rouge::mean(refs, preds, o.rouge_stemmer)?);
         }
-        s
+        Ok(s)
     }
 
     /// The `metrics` object of the JSON schema.

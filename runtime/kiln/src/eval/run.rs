@@ -62,7 +62,7 @@ pub fn mean_loss(
     batch: usize,
     tick: &mut dyn FnMut(usize),
 ) -> Result<Option<f64>> {
-    let toks = examples.iter().map(|e| r.tokenize(e)).collect::<Result<Vec<_>>>()?;
+    let toks = examples.iter().map(|e| r.tokenize_within(e, max_len)).collect::<Result<Vec<_>>>()?;
     let seqs = unpacked(&truncate(toks, max_len, &mut PackStats::default()), &mut PackStats::default());
     sequences_loss(model, lora, &seqs, r.tokenizer.pad_id(), batch, tick)
 }
@@ -121,7 +121,7 @@ pub fn predict(
     tick: &mut dyn FnMut(usize),
 ) -> Result<Vec<Prediction>> {
     let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
+    for (i, row) in rows.iter().enumerate() {
         let (ids, shown) = match (&row.raw, template) {
             (Some(raw), _) => (raw_prompt(tok, raw)?, raw.clone()),
             (None, Some(t)) => {
@@ -134,7 +134,8 @@ pub fn predict(
                 ));
             }
         };
-        let g = generate_text(model, &mut Session::new(model), tok, &ids, opts, stop, lora, &mut |_| {})?;
+        let g = generate_text(model, &mut Session::new(model), tok, &ids, opts, stop, lora, &mut |_| {})
+            .map_err(|e| KilnError::Msg(format!("row {} (of those with a reference answer): {e}", i + 1)))?;
         out.push(Prediction {
             prompt: shown,
             reference: row.reference.clone(),
@@ -147,11 +148,23 @@ pub fn predict(
     Ok(out)
 }
 
-/// The text metrics of generated answers against their references.
-pub fn score(preds: &[Prediction], metrics: &[Metric], o: TextOptions) -> Scores {
+/// The text metrics of generated answers against their references; a pair past ROUGE-L's cap
+/// ([`super::rouge::MAX_LCS_CELLS`]) is refused with its number.
+pub fn score_checked(preds: &[Prediction], metrics: &[Metric], o: TextOptions) -> Result<Scores> {
     let p: Vec<&str> = preds.iter().map(|p| p.prediction.as_str()).collect();
     let refs: Vec<&str> = preds.iter().map(|p| p.reference.as_str()).collect();
     Scores::of_texts(&p, &refs, metrics, o)
+}
+
+/// [`score_checked`] for a training run's periodic evaluation, which should not stop the run:
+/// when a pair is past ROUGE-L's cap, ROUGE is left out (`rouge: None`) and the other metrics
+/// are kept.
+pub fn score(preds: &[Prediction], metrics: &[Metric], o: TextOptions) -> Scores {
+    score_checked(preds, metrics, o).unwrap_or_else(|_| {
+        let without: Vec<Metric> = metrics.iter().copied().filter(|m| *m != Metric::Rouge).collect();
+        // Without ROUGE nothing is refused.
+        score_checked(preds, &without, o).unwrap_or_default()
+    })
 }
 
 /// What to evaluate and how.
@@ -196,7 +209,7 @@ pub fn evaluate(
             ));
         }
         preds = predict(model, lora, &r.tokenizer, r.template.as_ref(), rows, &spec.sampling, &spec.stop, tick)?;
-        let t = score(&preds, &spec.metrics, spec.text);
+        let t = score_checked(&preds, &spec.metrics, spec.text)?;
         (s.accuracy, s.bleu, s.rouge) = (t.accuracy, t.bleu, t.rouge);
     }
     Ok((s, preds))

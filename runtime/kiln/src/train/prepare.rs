@@ -6,6 +6,7 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use crate::data::batch::{PackStats, Sequence, pack, truncate, unpacked};
+use crate::data::dataset::line_budget;
 use crate::data::render::Renderer;
 use crate::data::template::ChatTemplate;
 use crate::data::tokenizer::TextTokenizer;
@@ -75,10 +76,10 @@ fn pairs_of(r: &Renderer, rows: &[Example], max_len: usize) -> Result<(Vec<PairS
 
 /// The chat template: `--template` by name, else the tokenizer's own.
 pub fn template_for(cfg: &TrainConfig, tok: &TextTokenizer) -> Result<Option<ChatTemplate>> {
-    ChatTemplate::choose(cfg.template.as_deref(), tok.chat_template.as_deref())
+    ChatTemplate::choose_for(cfg.template.as_deref(), tok.chat_template.as_deref(), cfg.model.as_deref())
 }
 
-fn load_opts(cfg: &TrainConfig) -> Result<LoadOptions> {
+fn load_opts(cfg: &TrainConfig, max_len: usize) -> Result<LoadOptions> {
     let format = match &cfg.format {
         None => None,
         Some(f) => Some(Format::parse(f).ok_or_else(|| {
@@ -86,12 +87,17 @@ fn load_opts(cfg: &TrainConfig) -> Result<LoadOptions> {
             KilnError::Msg(format!("format: {f}: unknown; one of {}", names.join(", ")))
         })?),
     };
-    Ok(LoadOptions { format, skip_invalid: cfg.skip_invalid, need_final_assistant: true })
+    Ok(LoadOptions {
+        format,
+        skip_invalid: cfg.skip_invalid,
+        need_final_assistant: true,
+        max_line_bytes: line_budget(max_len),
+    })
 }
 
 /// Loads, splits and tokenizes the configured data for a model with context `max_len`.
 pub fn prepare(cfg: &TrainConfig, tokenizer: TextTokenizer, max_len: usize) -> Result<Prepared> {
-    let opts = load_opts(cfg)?;
+    let opts = load_opts(cfg, max_len)?;
     let specs = cfg.data.iter().map(|s| DataSpec::parse(s)).collect::<Result<Vec<_>>>()?;
     let (ds, report) = Dataset::load(&specs, &opts, cfg.seed)?;
     let preference = cfg.objective != Objective::Sft;
@@ -152,7 +158,9 @@ pub fn prepare(cfg: &TrainConfig, tokenizer: TextTokenizer, max_len: usize) -> R
         });
     }
     // Rows render and tokenize independently: spread them over the cores.
-    let tok = |rows: &[Example]| rows.par_iter().map(|e| r.tokenize(e)).collect::<Result<Vec<_>>>();
+    // Rendered text past the byte budget of `max_len` is cut before tokenizing (see
+    // `render_budget`), so one huge row costs no more than a row at the budget.
+    let tok = |rows: &[Example]| rows.par_iter().map(|e| r.tokenize_within(e, max_len)).collect::<Result<Vec<_>>>();
     let mut stats = PackStats::default();
     let train_tok = truncate(tok(&train.examples)?, max_len, &mut stats);
     let eval_tok = truncate(tok(&eval_examples)?, max_len, &mut PackStats::default());
