@@ -120,11 +120,32 @@ fn resume_case(name: &str, extra: &str) {
         .map(|v| v["step"].as_u64().unwrap())
         .collect();
     assert_eq!(steps, [1, 2, 3, 4, 5, 6], "metrics.jsonl keeps one record per step");
-    // A checkpoint of another configuration is refused with the reason.
+    // A checkpoint of another configuration is refused, naming the setting and both values.
     let mut other = cfg.clone();
-    other.max_steps = Some(9);
+    other.learning_rate = 0.001;
     let err = trainer(&other).resume(&ck).err().unwrap().to_string();
-    assert!(err.contains("6 steps") && err.contains("9 steps"), "{err}");
+    assert!(err.contains("learning_rate: 0.003 in the checkpoint, 0.001 now"), "{err}");
+    // A longer run may resume it: the schedule is re-planned, with a note.
+    let mut longer = cfg.clone();
+    longer.max_steps = Some(9);
+    let mut t = trainer(&longer);
+    assert_eq!(t.resume(&ck).unwrap(), 3);
+    assert!(t.resume_notes.iter().any(|n| n.contains("6 steps") && n.contains("re-planned for 9")), "{:?}", t.resume_notes);
+}
+
+#[test]
+fn a_run_whose_every_step_is_skipped_fails() {
+    let d = tempdir("all-skipped");
+    let cfg = config(&d, "skip_nonfinite = true
+max_steps = 2
+");
+    let mut t = trainer(&cfg);
+    // NaN weights: every step's loss is NaN, so every step is skipped.
+    let e = t.model.embed.value().clone();
+    let nan = kiln::core::Tensor::from_vec(vec![f32::NAN; e.numel()], e.dims().to_vec()).unwrap();
+    t.model.embed = kiln::core::Var::constant(nan.to_dtype(e.dtype()).unwrap());
+    let err = t.run(&mut |_| {}).err().expect("an all-skipped run fails").to_string();
+    assert!(err.contains("every one of the 2 steps was skipped") && err.contains("nothing was trained"), "{err}");
 }
 
 #[test]
