@@ -176,10 +176,11 @@ fn every_method_lowers_the_loss() {
 #[test]
 fn a_diverging_run_stops_with_its_step() {
     let d = tempdir("nan");
-    let cfg = config(&d, "learning_rate = 1e30\nmax_grad_norm = 0.0\nsave_steps = 1\nmax_steps = 20\n");
+    let cfg = config(&d, "learning_rate = 1e6\nmax_grad_norm = 0.0\nsave_steps = 1\nmax_steps = 20\n");
     let mut t = trainer(&cfg);
-    let err = t.run(&mut |_| {}).expect_err("a learning rate of 1e30 must diverge").to_string();
-    assert!(err.contains("step ") && err.contains("loss is") && err.contains("checkpoint"), "{err}");
+    let err = t.run(&mut |_| {}).expect_err("a learning rate of 1e6 must diverge").to_string();
+    let what = err.contains("loss is") || err.contains("the gradient of");
+    assert!(err.contains("step ") && what && err.contains("checkpoint"), "{err}");
 }
 
 #[test]
