@@ -181,10 +181,10 @@ fn the_plan_comes_before_any_tensor() {
     let n = 10_000_000u64 * 2 * (2 * (64 + 64) + 2 * (64 + 32) + 3 * (64 + 128));
     assert!(log.contains(&format!("{n} trainable parameters")), "{n}: {log}");
     assert!(log.contains("GiB in all"), "{log}");
-    let err = fails(&run(&[&big[..], &["--memory-limit-mb", "8192"]].concat(), &model, &data, &out), &[
-        "estimated peak memory",
-        "nothing was loaded",
-    ]);
+    let err = fails(
+        &run(&[&big[..], &["--memory-limit-mb", "8192"]].concat(), &model, &data, &out),
+        &["estimated peak memory", "nothing was loaded"],
+    );
     assert!(!err.contains("memory allocation of"), "{err}");
     assert!(!out.exists(), "a refused plan creates nothing");
     // The plan's count is the trainer's count: a normal run reports the same number.

@@ -130,21 +130,28 @@ fn resume_case(name: &str, extra: &str) {
     longer.max_steps = Some(9);
     let mut t = trainer(&longer);
     assert_eq!(t.resume(&ck).unwrap(), 3);
-    assert!(t.resume_notes.iter().any(|n| n.contains("6 steps") && n.contains("re-planned for 9")), "{:?}", t.resume_notes);
+    assert!(
+        t.resume_notes.iter().any(|n| n.contains("6 steps") && n.contains("re-planned for 9")),
+        "{:?}",
+        t.resume_notes
+    );
 }
 
 #[test]
 fn a_run_whose_every_step_is_skipped_fails() {
     let d = tempdir("all-skipped");
-    let cfg = config(&d, "skip_nonfinite = true
+    let cfg = config(
+        &d,
+        "skip_nonfinite = true
 max_steps = 2
-");
+",
+    );
     let mut t = trainer(&cfg);
     // NaN weights: every step's loss is NaN, so every step is skipped.
     let e = t.model.embed.value().clone();
     let nan = kiln::core::Tensor::from_vec(vec![f32::NAN; e.numel()], e.dims().to_vec()).unwrap();
     t.model.embed = kiln::core::Var::constant(nan.to_dtype(e.dtype()).unwrap());
-    let err = t.run(&mut |_| {}).err().expect("an all-skipped run fails").to_string();
+    let err = t.run(&mut |_| {}).expect_err("an all-skipped run fails").to_string();
     assert!(err.contains("every one of the 2 steps was skipped") && err.contains("nothing was trained"), "{err}");
 }
 

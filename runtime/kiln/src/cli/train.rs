@@ -570,7 +570,12 @@ fn prepare_data(cfg: &mut TrainConfig, base: &BaseModel, seq: usize) -> Result<(
 
 /// Loads the weights once the plan has been accepted, readies them for the method (QLoRA
 /// quantization, a grown vocabulary) and moves them to the backend.
-fn load_model(cfg: &mut TrainConfig, base: BaseModel, vocab: usize, backend: &'static dyn kiln::core::Backend) -> Result<Llama> {
+fn load_model(
+    cfg: &mut TrainConfig,
+    base: BaseModel,
+    vocab: usize,
+    backend: &'static dyn kiln::core::Backend,
+) -> Result<Llama> {
     let mut model = base.load(cfg.method == Method::Full)?;
     for line in prepare_weights(cfg, &mut model, vocab)? {
         eprintln!("{line}");

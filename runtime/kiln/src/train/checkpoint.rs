@@ -82,8 +82,12 @@ pub fn parse_state(bytes: &[u8], path: &Path) -> Result<State> {
             format!("step {} of {} total: a checkpoint cannot be past its run's end", st.step, st.total_steps),
         ));
     }
-    if !(st.epoch.is_finite() && st.epoch >= 0.0) || !(st.lr.is_finite() && st.lr >= 0.0) {
-        return Err(inconsistent(path, "epoch/lr", format!("epoch {} and lr {} must be finite and ≥ 0", st.epoch, st.lr)));
+    if !(st.epoch.is_finite() && st.epoch >= 0.0 && st.lr.is_finite() && st.lr >= 0.0) {
+        return Err(inconsistent(
+            path,
+            "epoch/lr",
+            format!("epoch {} and lr {} must be finite and ≥ 0", st.epoch, st.lr),
+        ));
     }
     if let Some(spe) = st.steps_per_epoch {
         let at = st.data_epoch.checked_mul(spe).and_then(|e| e.checked_add(st.data_group));
@@ -243,7 +247,10 @@ pub fn load(path: &Path) -> Result<Loaded> {
             }
         }
         if let Some(key) = rec.keys().find(|k| !found.contains_key(*k)) {
-            return Err(KilnError::Msg(format!("{}: tensor {key} is missing (the checkpoint recorded it)", path.display())));
+            return Err(KilnError::Msg(format!(
+                "{}: tensor {key} is missing (the checkpoint recorded it)",
+                path.display()
+            )));
         }
     }
     let [param_names, optimizer_names] = names;
@@ -276,7 +283,10 @@ pub fn compare(path: &Path, st: &State, now: &Identity) -> Result<Vec<String>> {
         && old != new
     {
         let show = |v: &[FileId]| {
-            v.iter().map(|f| format!("{} ({} bytes, sample hash {})", f.name, f.bytes, f.sample_hash)).collect::<Vec<_>>().join(", ")
+            v.iter()
+                .map(|f| format!("{} ({} bytes, sample hash {})", f.name, f.bytes, f.sample_hash))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         diffs.push(format!("base model: {} in the checkpoint, {} now", show(old), show(new)));
     }

@@ -441,7 +441,9 @@ impl TrainConfig {
             Some("q4_k") => Some(GgmlType::Q4K),
             Some("q5_k") => Some(GgmlType::Q5K),
             Some("q6_k") => Some(GgmlType::Q6K),
-            Some(other) => return Err(KilnError::Msg(format!("--quantize (quantize): {other}: one of {QUANTIZE_NAMES}"))),
+            Some(other) => {
+                return Err(KilnError::Msg(format!("--quantize (quantize): {other}: one of {QUANTIZE_NAMES}")));
+            }
         })
     }
 

@@ -140,7 +140,9 @@ pub fn model_identity(path: &Path) -> Result<Vec<FileId>> {
         .map_err(|e| KilnError::io(path, e))?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "safetensors") || p.file_name().is_some_and(|n| n == "config.json"))
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "safetensors") || p.file_name().is_some_and(|n| n == "config.json")
+        })
         .collect();
     files.sort();
     files.iter().map(|p| file_id(p)).collect()

@@ -168,11 +168,8 @@ pub fn memory(cfg: &TrainConfig, b: &BaseFacts, trainable: u64, seq: usize) -> R
     // f32 values each block keeps for backward per token: norms' inputs and outputs, q/k/v
     // before and after RoPE, attention output, both MLP projections and their product.
     let per_layer = (6.0 * h + 3.0 * q + 4.0 * kv + 3.0 * i) * 4.0;
-    let layers = if cfg.gradient_checkpointing {
-        h * 4.0 * f(c.num_layers) + per_layer
-    } else {
-        per_layer * f(c.num_layers)
-    };
+    let layers =
+        if cfg.gradient_checkpointing { h * 4.0 * f(c.num_layers) + per_layer } else { per_layer * f(c.num_layers) };
     // The fused LM head + loss holds the logits and their gradient of 128 rows at a time.
     let logits = tokens.min(128.0) * f(c.vocab_size) * 4.0 * 2.0;
     let t = trainable as f64;

@@ -240,10 +240,16 @@ pub fn prepare_tokenizer(cfg: &mut TrainConfig, tok: &mut TextTokenizer, vocab: 
             cfg.train_embeddings = true;
             log.push("add_special_tokens: the vocabulary grew, so train_embeddings is on".into());
         }
-        log.push(format!("add_special_tokens: vocabulary {vocab} → {need} ({:?} → ids {ids:?})", cfg.add_special_tokens));
+        log.push(format!(
+            "add_special_tokens: vocabulary {vocab} → {need} ({:?} → ids {ids:?})",
+            cfg.add_special_tokens
+        ));
         Ok((log, need))
     } else {
-        log.push(format!("add_special_tokens: {:?} → ids {ids:?} (within the existing vocabulary)", cfg.add_special_tokens));
+        log.push(format!(
+            "add_special_tokens: {:?} → ids {ids:?} (within the existing vocabulary)",
+            cfg.add_special_tokens
+        ));
         Ok((log, vocab))
     }
 }

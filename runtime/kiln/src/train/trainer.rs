@@ -478,7 +478,8 @@ impl Trainer {
         }
         // Every optimizer tensor must be a moment of a trained parameter, in pairs: a renamed
         // or missing one would otherwise silently reset that parameter's moments.
-        let param_of = |n: &str| n.strip_prefix("exp_avg.").or_else(|| n.strip_prefix("exp_avg_sq.")).map(str::to_string);
+        let param_of =
+            |n: &str| n.strip_prefix("exp_avg.").or_else(|| n.strip_prefix("exp_avg_sq.")).map(str::to_string);
         if let Some(n) = ck.optimizer_names.iter().find(|n| param_of(n).is_none_or(|p| !names.contains(&p))) {
             return refuse(format!("optimizer.safetensors holds {n}, not a moment of a trained parameter"));
         }
