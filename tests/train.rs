@@ -516,3 +516,42 @@ fn gguf_export_reads_in_the_gguf_package() {
         }
     }
 }
+
+#[test]
+fn checkpoint_states_are_checked_and_mutations_never_panic() {
+    use kiln::train::checkpoint::parse_state;
+    let seeds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/checkpoint_state");
+    let p = Path::new("state.json");
+    let old = std::fs::read(seeds.join("old-format.json")).unwrap();
+    let st = parse_state(&old, p).expect("a state.json of the old format parses");
+    assert!(st.settings.is_empty() && st.checksums.is_none() && st.base_model.is_none());
+    let cur = std::fs::read(seeds.join("current.json")).unwrap();
+    assert_eq!(parse_state(&cur, p).unwrap().steps_per_epoch, Some(2));
+    for (from, to, want) in [
+        ("\"step\": 2", "\"step\": 99", "step 99 of 4"),
+        ("\"data_group\": 1", "\"data_group\": 0", "data_epoch/data_group"),
+        ("\"total_steps\": 4", "\"total_steps\": 0", "total_steps"),
+        ("\"fedcba9876543210\",\n  \"checksums\": {", "\"x\",\n  \"checksums\": {\"a\": \"zz\", ", "checksums"),
+    ] {
+        let text = String::from_utf8(cur.clone()).unwrap();
+        assert!(text.contains(from), "{from}");
+        let err = parse_state(text.replace(from, to).as_bytes(), p).unwrap_err().to_string();
+        assert!(err.contains("state.json") && err.contains(want), "{want}: {err}");
+    }
+    // Seeded byte mutations (what the cargo-fuzz target does at length): an error or a
+    // consistent state, never a panic.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for i in 0..4000 {
+        let mut b = if i % 2 == 0 { old.clone() } else { cur.clone() };
+        for _ in 0..1 + i % 4 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let at = (x as usize) % b.len();
+            b[at] = (x >> 32) as u8;
+        }
+        if let Ok(st) = parse_state(&b, p) {
+            assert!(st.step <= st.total_steps && st.best_step.is_none_or(|s| s <= st.step));
+        }
+    }
+}
