@@ -176,11 +176,11 @@ fn the_plan_comes_before_any_tensor() {
     // arithmetic, so the dry run answers at once; the run is refused before loading anything.
     let big = ["--lora-r", "10000000", "--max-seq-len", "64"];
     let t = std::time::Instant::now();
-    let log = ok(&run(&[&big[..], &["--dry-run"]].concat(), &model, &data, &out));
+    let log = ok(&run(&[&big[..], &["--dry-run", "--memory-limit-mb", "8192"]].concat(), &model, &data, &out));
     assert!(t.elapsed().as_secs() < 30, "the dry run took {:?}", t.elapsed());
     let n = 10_000_000u64 * 2 * (2 * (64 + 64) + 2 * (64 + 32) + 3 * (64 + 128));
     assert!(log.contains(&format!("{n} trainable parameters")), "{n}: {log}");
-    assert!(log.contains("GiB in all"), "{log}");
+    assert!(log.contains("GiB in all") && log.contains("this run would be refused"), "{log}");
     let err = fails(
         &run(&[&big[..], &["--memory-limit-mb", "8192"]].concat(), &model, &data, &out),
         &["estimated peak memory", "nothing was loaded"],

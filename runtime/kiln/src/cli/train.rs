@@ -336,7 +336,7 @@ fn memory_available(cfg: &TrainConfig) -> Option<f64> {
 
 /// Refuses to start a run whose estimated peak does not fit, naming settings that would. Runs
 /// on the plan alone, before any model tensor is loaded.
-fn check_memory(cfg: &TrainConfig, p: &Plan, base: &BaseFacts, config_file: Option<&Path>) -> Result<()> {
+fn check_memory(cfg: &TrainConfig, p: &Plan, base: &BaseFacts, model: &Path, config_file: Option<&Path>) -> Result<()> {
     let Some(avail) = memory_available(cfg) else { return Ok(()) };
     let (trainable, seq) = (p.trainable, p.seq);
     let need = |c: &TrainConfig, seq: usize| -> Result<f64> {
@@ -384,10 +384,11 @@ fn check_memory(cfg: &TrainConfig, p: &Plan, base: &BaseFacts, config_file: Opti
     };
     let from = config_file.map_or(String::new(), |f| format!(" (settings from {} and the flags)", f.display()));
     bail!(
-        "the estimated peak memory {} exceeds the {} available{}{from}; {hint} (or --memory-limit-mb to state the limit yourself); nothing was loaded",
+        "the estimated peak memory {} exceeds the {} available{}{from}; {hint} (or --memory-limit-mb to state the limit yourself); nothing was loaded from {}",
         gib(total),
         gib(avail),
-        if cfg.memory_limit_mb > 0 { " (--memory-limit-mb)" } else { "" }
+        if cfg.memory_limit_mb > 0 { " (--memory-limit-mb)" } else { "" },
+        model.display()
     )
 }
 
@@ -509,10 +510,14 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
     let tok_out = data.renderer.tokenizer.clone();
     let plan = Plan::new(&cfg, &base.facts, &data, seq, vocab)?;
     eprint!("{}", plan_text(&cfg, &plan, &data, seq, &path.display().to_string()));
+    let fits = check_memory(&cfg, &plan, &base.facts, &path, a.config.as_deref());
     if a.dry_run {
+        if let Err(e) = fits {
+            eprintln!("note: this run would be refused: {e}");
+        }
         return Ok(());
     }
-    check_memory(&cfg, &plan, &base.facts, a.config.as_deref())?;
+    fits?;
     let model = load_model(&mut cfg, base, vocab, backend)?;
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
     let mut t = Trainer::new(cfg.clone(), model, data)?;

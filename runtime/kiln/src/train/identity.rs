@@ -169,7 +169,16 @@ pub fn data_hash(d: &Prepared) -> String {
 /// spelling. Everything but the run length (`max_steps`, `epochs`), the save/eval/log
 /// intervals and where the run happens must match on resume.
 pub fn settings(cfg: &TrainConfig) -> BTreeMap<String, String> {
-    let targets = cfg.targets().map(|t| format!("{t:?}")).unwrap_or_else(|_| cfg.target_modules.clone());
+    // In the model's order and short names, so `v_proj,q_proj` and `q_proj,v_proj` agree.
+    let targets = match cfg.targets() {
+        Ok(t) => crate::adapters::Target::ALL
+            .iter()
+            .filter(|a| t.contains(a))
+            .map(|a| a.module().rsplit('.').next().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join(","),
+        Err(_) => cfg.target_modules.clone(),
+    };
     let pairs: [(&str, String); 24] = [
         ("method", format!("{:?}", cfg.method).to_lowercase()),
         ("objective", cfg.objective.name().into()),
