@@ -207,3 +207,30 @@ pub fn settings(cfg: &TrainConfig) -> BTreeMap<String, String> {
     ];
     pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hash_streams_and_sees_every_byte() {
+        let bytes: Vec<u8> = (0..1000u32).map(|i| (i * 7 + i / 13) as u8).collect();
+        let whole = checksum(&bytes);
+        // Fed in uneven pieces, the same hash.
+        let mut h = Hasher::default();
+        for piece in bytes.chunks(3).chain(std::iter::once(&[][..])) {
+            h.update(piece);
+        }
+        assert_eq!(format!("{:016x}", h.finish()), whole);
+        // Any single flipped bit, and a trailing zero byte, change it.
+        for at in [0, 5, 8, 499, 999] {
+            let mut b = bytes.clone();
+            b[at] ^= 1;
+            assert_ne!(checksum(&b), whole, "bit flip at {at}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_ne!(checksum(&longer), whole);
+        assert_ne!(checksum(b""), checksum(&[0]));
+    }
+}
