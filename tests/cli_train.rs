@@ -292,3 +292,38 @@ fn resume_refuses_another_run_or_a_damaged_checkpoint() {
     let log = ok(&resume(&ck, &[], &model));
     assert!(log.contains("warning:") && log.contains("cannot be checked") && log.contains("resumed at 2"), "{log}");
 }
+
+/// Overwrites every value of tensor `name` in a safetensors file with NaN (f32 or 16-bit).
+fn poison(file: &Path, name: &str) {
+    let mut b = std::fs::read(file).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&b[8..8 + n]).unwrap();
+    let t = &header[name];
+    let (lo, hi) = (t["data_offsets"][0].as_u64().unwrap() as usize, t["data_offsets"][1].as_u64().unwrap() as usize);
+    let nan: &[u8] = match t["dtype"].as_str().unwrap() {
+        "F32" => &[0x00, 0x00, 0xc0, 0x7f],
+        "F16" => &[0x00, 0x7e],
+        "BF16" => &[0xc0, 0x7f],
+        other => panic!("dtype {other}"),
+    };
+    for (i, x) in b[8 + n + lo..8 + n + hi].iter_mut().enumerate() {
+        *x = nan[i % nan.len()];
+    }
+    std::fs::write(file, b).unwrap();
+}
+
+#[test]
+fn a_run_whose_every_step_is_skipped_fails_and_writes_no_adapter() {
+    let (d, model, data) = setup("all-skipped");
+    poison(&model.join("model.safetensors"), "model.norm.weight");
+    let out = d.join("out");
+    let o = run(&["--max-steps", "2", "--skip-nonfinite", "true"], &model, &data, &out);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && !err.contains("panicked"), "{err}");
+    // A loader that refuses NaN weights stops it earlier; either way nothing passes for a result.
+    if err.contains("skipped") {
+        assert!(err.contains("every one of the 2 steps was skipped"), "{err}");
+    }
+    assert!(!out.join("adapter").exists(), "no adapter from a run that trained nothing");
+    assert!(!out.join("checkpoints/step-2").exists(), "no final checkpoint a resume would finish from");
+}

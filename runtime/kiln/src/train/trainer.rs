@@ -669,6 +669,16 @@ impl Trainer {
                 on(Event::Eval { step, loss: l, scores: scores.as_ref(), pref: st.as_ref() });
                 line(Self::eval_line(step, l, scores.as_ref(), st.as_ref()))?;
             }
+            // Every step of this run skipped: nothing was trained, and saying so is the result
+            // (no final checkpoint, and no adapter or model written by the caller that would
+            // pass for one).
+            let ran = self.total_steps.saturating_sub(self.resumed_from.unwrap_or(0));
+            if last && summary.skipped.len() >= ran {
+                return Err(KilnError::Msg(format!(
+                    "every one of the {ran} steps was skipped for a non-finite loss or gradient: nothing was trained, so no adapter or model is written to {} (check the data and the base model's weights, lower --learning-rate, or run without --skip-nonfinite to see the first failure)",
+                    self.out.display()
+                )));
+            }
             let interrupted = self.stop.as_ref().is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst));
             if (self.cfg.save_steps > 0 && step.is_multiple_of(self.cfg.save_steps)) || last || interrupted {
                 let p = self.save_checkpoint(self.opt.lr)?;
@@ -682,15 +692,6 @@ impl Trainer {
         summary.secs = t0.elapsed().as_secs_f64();
         summary.tokens = self.tokens - tokens0;
         summary.best_eval = self.best;
-        // Every step of this run skipped: nothing was trained, and saying so is the result
-        // (no adapter or model is written by the caller that would pass for one).
-        let ran = self.total_steps.saturating_sub(self.resumed_from.unwrap_or(0));
-        if !summary.interrupted && ran > 0 && summary.skipped.len() >= ran {
-            return Err(KilnError::Msg(format!(
-                "every one of the {ran} steps was skipped for a non-finite loss or gradient: nothing was trained, so no adapter or model is written to {} (check the data and the base model's weights, lower --learning-rate, or run without --skip-nonfinite to see the first failure)",
-                self.out.display()
-            )));
-        }
         Ok(summary)
     }
 }
