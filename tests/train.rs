@@ -120,11 +120,39 @@ fn resume_case(name: &str, extra: &str) {
         .map(|v| v["step"].as_u64().unwrap())
         .collect();
     assert_eq!(steps, [1, 2, 3, 4, 5, 6], "metrics.jsonl keeps one record per step");
-    // A checkpoint of another configuration is refused with the reason.
+    // A checkpoint of another configuration is refused, naming the setting and both values.
     let mut other = cfg.clone();
-    other.max_steps = Some(9);
+    other.learning_rate = 0.001;
     let err = trainer(&other).resume(&ck).err().unwrap().to_string();
-    assert!(err.contains("6 steps") && err.contains("9 steps"), "{err}");
+    assert!(err.contains("learning_rate: 0.003 in the checkpoint, 0.001 now"), "{err}");
+    // A longer run may resume it: the schedule is re-planned, with a note.
+    let mut longer = cfg.clone();
+    longer.max_steps = Some(9);
+    let mut t = trainer(&longer);
+    assert_eq!(t.resume(&ck).unwrap(), 3);
+    assert!(
+        t.resume_notes.iter().any(|n| n.contains("6 steps") && n.contains("re-planned for 9")),
+        "{:?}",
+        t.resume_notes
+    );
+}
+
+#[test]
+fn a_run_whose_every_step_is_skipped_fails() {
+    let d = tempdir("all-skipped");
+    let cfg = config(
+        &d,
+        "skip_nonfinite = true
+max_steps = 2
+",
+    );
+    let mut t = trainer(&cfg);
+    // NaN weights: every step's loss is NaN, so every step is skipped.
+    let e = t.model.embed.value().clone();
+    let nan = kiln::core::Tensor::from_vec(vec![f32::NAN; e.numel()], e.dims().to_vec()).unwrap();
+    t.model.embed = kiln::core::Var::constant(nan.to_dtype(e.dtype()).unwrap());
+    let err = t.run(&mut |_| {}).expect_err("an all-skipped run fails").to_string();
+    assert!(err.contains("every one of the 2 steps was skipped") && err.contains("nothing was trained"), "{err}");
 }
 
 #[test]
@@ -155,10 +183,11 @@ fn every_method_lowers_the_loss() {
 #[test]
 fn a_diverging_run_stops_with_its_step() {
     let d = tempdir("nan");
-    let cfg = config(&d, "learning_rate = 1e30\nmax_grad_norm = 0.0\nsave_steps = 1\nmax_steps = 20\n");
+    let cfg = config(&d, "learning_rate = 1e6\nmax_grad_norm = 0.0\nsave_steps = 1\nmax_steps = 20\n");
     let mut t = trainer(&cfg);
-    let err = t.run(&mut |_| {}).expect_err("a learning rate of 1e30 must diverge").to_string();
-    assert!(err.contains("step ") && err.contains("loss is") && err.contains("checkpoint"), "{err}");
+    let err = t.run(&mut |_| {}).expect_err("a learning rate of 1e6 must diverge").to_string();
+    let what = err.contains("loss is") || err.contains("the gradient of");
+    assert!(err.contains("step ") && what && err.contains("checkpoint"), "{err}");
 }
 
 #[test]
@@ -484,6 +513,45 @@ fn gguf_export_reads_in_the_gguf_package() {
             let theirs = &values[at..at + ours.len()];
             let worst = ours.iter().zip(theirs).fold(0f32, |m, (a, b)| m.max((a - b).abs() / (1e-6 + a.abs())));
             assert!(worst < 1e-6, "{} ({}): kiln and gguf dequantize differently ({worst})", k.name, k.ty.name());
+        }
+    }
+}
+
+#[test]
+fn checkpoint_states_are_checked_and_mutations_never_panic() {
+    use kiln::train::checkpoint::parse_state;
+    let seeds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/checkpoint_state");
+    let p = Path::new("state.json");
+    let old = std::fs::read(seeds.join("old-format.json")).unwrap();
+    let st = parse_state(&old, p).expect("a state.json of the old format parses");
+    assert!(st.settings.is_empty() && st.checksums.is_none() && st.base_model.is_none());
+    let cur = std::fs::read(seeds.join("current.json")).unwrap();
+    assert_eq!(parse_state(&cur, p).unwrap().steps_per_epoch, Some(2));
+    for (from, to, want) in [
+        ("\"step\": 2", "\"step\": 99", "step 99 of 4"),
+        ("\"data_group\": 1", "\"data_group\": 0", "data_epoch/data_group"),
+        ("\"total_steps\": 4", "\"total_steps\": 0", "total_steps"),
+        ("\"fedcba9876543210\",\n  \"checksums\": {", "\"x\",\n  \"checksums\": {\"a\": \"zz\", ", "checksums"),
+    ] {
+        let text = String::from_utf8(cur.clone()).unwrap();
+        assert!(text.contains(from), "{from}");
+        let err = parse_state(text.replace(from, to).as_bytes(), p).unwrap_err().to_string();
+        assert!(err.contains("state.json") && err.contains(want), "{want}: {err}");
+    }
+    // Seeded byte mutations (what the cargo-fuzz target does at length): an error or a
+    // consistent state, never a panic.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for i in 0..4000 {
+        let mut b = if i % 2 == 0 { old.clone() } else { cur.clone() };
+        for _ in 0..1 + i % 4 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let at = (x as usize) % b.len();
+            b[at] = (x >> 32) as u8;
+        }
+        if let Ok(st) = parse_state(&b, p) {
+            assert!(st.step <= st.total_steps && st.best_step.is_none_or(|s| s <= st.step));
         }
     }
 }

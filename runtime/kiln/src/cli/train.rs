@@ -10,7 +10,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln::data::tokenizer::TextTokenizer;
 use kiln::model::Llama;
-use kiln::train::prepare::{prepare, write_eval_rows};
+use kiln::train::plan::{self, BaseFacts, BaseModel};
+use kiln::train::prepare::{Prepared, prepare, prepare_tokenizer, prepare_weights, write_eval_rows};
 use kiln::train::{Event, Method, Summary, TrainConfig, Trainer};
 use serde::Serialize;
 
@@ -326,30 +327,6 @@ pub(super) fn set_precision(backend: &dyn kiln::core::Backend, precision: &str) 
     Ok(())
 }
 
-/// Estimated peak memory in bytes per component, for the plan and `--dry-run`.
-fn memory_estimate(model: &Llama, cfg: &TrainConfig, trainable: usize, seq: usize) -> Vec<(&'static str, f64)> {
-    let weights: usize = model.named_weights().iter().map(|(_, v)| v.value().dtype().bytes(v.value().numel())).sum();
-    let c = &model.config;
-    let (h, i, q, kv) = (c.hidden_size, c.intermediate_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
-    let tokens = (cfg.batch_size * seq) as f64;
-    // f32 values each block keeps for backward per token: norms' inputs and outputs, q/k/v
-    // before and after RoPE, attention output, both MLP projections and their product.
-    let per_layer = (6 * h + 3 * q + 4 * kv + 3 * i) as f64 * 4.0;
-    let layers = if cfg.gradient_checkpointing {
-        h as f64 * 4.0 * c.num_layers as f64 + per_layer
-    } else {
-        per_layer * c.num_layers as f64
-    };
-    // The fused LM head + loss holds the logits and their gradient of 128 rows at a time.
-    let logits = tokens.min(128.0) * c.vocab_size as f64 * 4.0 * 2.0;
-    vec![
-        ("weights", weights as f64),
-        ("trainable + gradients", trainable as f64 * 8.0),
-        ("optimizer state", trainable as f64 * 8.0),
-        ("activations", tokens * layers + logits),
-    ]
-}
-
 /// Bytes of memory available: `memory_limit_mb` when set, else the kernel's MemAvailable
 /// (Linux), else unknown.
 fn memory_available(cfg: &TrainConfig) -> Option<f64> {
@@ -361,22 +338,23 @@ fn memory_available(cfg: &TrainConfig) -> Option<f64> {
     Some(kb * 1024.0)
 }
 
-/// Refuses to start a run whose estimated peak does not fit, naming settings that would.
-fn check_memory(cfg: &TrainConfig, t: &mut Trainer, seq: usize) -> Result<()> {
+/// Refuses to start a run whose estimated peak does not fit, naming settings that would. Runs
+/// on the plan alone, before any model tensor is loaded.
+fn check_memory(cfg: &TrainConfig, p: &Plan, base: &BaseFacts, model: &Path, config_file: Option<&Path>) -> Result<()> {
     let Some(avail) = memory_available(cfg) else { return Ok(()) };
-    let trainable = t.num_trainable();
-    // Batch rows are as long as the longest row, at most `seq`.
-    let seq = seq.min(t.data.longest().max(1));
-    let need =
-        |c: &TrainConfig, seq: usize| memory_estimate(&t.model, c, trainable, seq).iter().map(|m| m.1).sum::<f64>();
-    let total = need(cfg, seq);
+    let (trainable, seq) = (p.trainable, p.seq);
+    let need = |c: &TrainConfig, seq: usize| -> Result<f64> {
+        Ok(plan::memory(c, base, trainable, seq)?.iter().map(|m| m.1).sum::<f64>())
+    };
+    let total = need(cfg, seq)?;
     if total <= avail {
         return Ok(());
     }
     let mut fits = Vec::new();
     let mut try_cfg = |what: String, c: TrainConfig, s: usize| {
-        let n = need(&c, s);
-        if n <= avail {
+        if let Ok(n) = need(&c, s)
+            && n <= avail
+        {
             fits.push(format!("{what} ({})", gib(n)));
         }
     };
@@ -388,7 +366,7 @@ fn check_memory(cfg: &TrainConfig, t: &mut Trainer, seq: usize) -> Result<()> {
         );
     }
     if cfg.batch_size > 1 {
-        let c = TrainConfig { batch_size: 1, grad_accum: cfg.grad_accum * cfg.batch_size, ..cfg.clone() };
+        let c = TrainConfig { batch_size: 1, grad_accum: cfg.grad_accum.saturating_mul(cfg.batch_size), ..cfg.clone() };
         try_cfg(format!("--batch-size 1 --grad-accum {} (same effective batch)", c.grad_accum), c, seq);
     }
     if seq >= 128 {
@@ -398,7 +376,7 @@ fn check_memory(cfg: &TrainConfig, t: &mut Trainer, seq: usize) -> Result<()> {
         let both = TrainConfig {
             gradient_checkpointing: true,
             batch_size: 1,
-            grad_accum: cfg.grad_accum * cfg.batch_size,
+            grad_accum: cfg.grad_accum.saturating_mul(cfg.batch_size),
             ..cfg.clone()
         };
         try_cfg("--gradient-checkpointing true --batch-size 1 together".into(), both, seq);
@@ -408,11 +386,13 @@ fn check_memory(cfg: &TrainConfig, t: &mut Trainer, seq: usize) -> Result<()> {
     } else {
         format!("settings that fit: {}", fits.join("; "))
     };
+    let from = config_file.map_or(String::new(), |f| format!(" (settings from {} and the flags)", f.display()));
     bail!(
-        "the estimated peak memory {} exceeds the {} available{}; {hint} (or --memory-limit-mb to state the limit yourself)",
+        "the estimated peak memory {} exceeds the {} available{}{from}; {hint} (or --memory-limit-mb to state the limit yourself); nothing was loaded from {}",
         gib(total),
         gib(avail),
-        if cfg.memory_limit_mb > 0 { " (--memory-limit-mb)" } else { "" }
+        if cfg.memory_limit_mb > 0 { " (--memory-limit-mb)" } else { "" },
+        model.display()
     )
 }
 
@@ -424,11 +404,32 @@ fn gib(b: f64) -> String {
     }
 }
 
-fn plan_text(cfg: &TrainConfig, t: &mut Trainer, seq: usize, base: &str) -> String {
-    let trainable = t.num_trainable();
-    let mem = memory_estimate(&t.model, cfg, trainable, seq.min(t.data.longest().max(1)));
-    let d = &t.data;
-    let total: f64 = mem.iter().map(|m| m.1).sum();
+/// What the plan knows before any model tensor exists.
+struct Plan {
+    trainable: u64,
+    steps_per_epoch: usize,
+    total_steps: usize,
+    /// Tokens of the longest batch row: the longest training unit, at most max_seq_len.
+    seq: usize,
+    memory: Vec<(&'static str, f64)>,
+}
+
+impl Plan {
+    /// `vocab`: the vocabulary after `add_special_tokens`.
+    fn new(cfg: &TrainConfig, base: &BaseFacts, d: &Prepared, seq: usize, vocab: usize) -> Result<Plan> {
+        let mut c = base.config.clone();
+        c.vocab_size = c.vocab_size.max(vocab);
+        let base = BaseFacts { config: c, ..base.clone() };
+        let trainable = plan::trainable(cfg, &base.config)?;
+        let (steps_per_epoch, total_steps) = plan::steps(cfg, d.train_len())?;
+        let seq = seq.min(d.longest().max(1));
+        let memory = plan::memory(cfg, &base, trainable, seq)?;
+        Ok(Plan { trainable, steps_per_epoch, total_steps, seq, memory })
+    }
+}
+
+fn plan_text(cfg: &TrainConfig, p: &Plan, d: &Prepared, seq: usize, base: &str) -> String {
+    let total: f64 = p.memory.iter().map(|m| m.1).sum();
     let mut s = format!(
         "plan: {base}; method {:?}; {} train rows ({} invalid skipped) → {} sequences of ≤ {seq} tokens ({} tokens, {} trained; {} rows truncated, {} dropped); {} held-out rows\n",
         cfg.method,
@@ -442,17 +443,19 @@ fn plan_text(cfg: &TrainConfig, t: &mut Trainer, seq: usize, base: &str) -> Stri
         d.eval_examples.len(),
     );
     if cfg.objective != kiln::train::Objective::Sft {
-        let p = &d.pair_stats;
+        let pp = &d.pair_stats;
+        let precomputed = kiln::train::pref::PrefSpec::of(cfg).is_some_and(|s| s.needs_reference())
+            && (cfg.precompute_ref || cfg.method == Method::Full);
         s += &format!(
             "      {}: {} pairs in {} tokens with shared prompts ({} as separate sequences, {:.0}% saved); {} held-out pairs; reference {}\n",
             cfg.objective.name(),
             d.pairs.len(),
-            p.tokens,
-            p.unshared_tokens,
-            100.0 * (1.0 - p.tokens as f64 / p.unshared_tokens.max(1) as f64),
+            pp.tokens,
+            pp.unshared_tokens,
+            100.0 * (1.0 - pp.tokens as f64 / pp.unshared_tokens.max(1) as f64),
             d.eval_pairs.len(),
             match cfg.objective {
-                kiln::train::Objective::Dpo if t.precomputes_reference() => "precomputed once (adapters off)",
+                kiln::train::Objective::Dpo if precomputed => "precomputed once (adapters off)",
                 kiln::train::Objective::Dpo => "every step (adapters off, same weights)",
                 _ => "none",
             }
@@ -460,16 +463,16 @@ fn plan_text(cfg: &TrainConfig, t: &mut Trainer, seq: usize, base: &str) -> Stri
     }
     s += &format!(
         "      {} steps ({} per epoch, batch {} × accumulation {}), {} trainable parameters, template {}\n",
-        t.total_steps,
-        t.steps_per_epoch,
+        p.total_steps,
+        p.steps_per_epoch,
         cfg.batch_size,
         cfg.grad_accum,
-        trainable,
+        p.trainable,
         d.renderer.template.as_ref().map_or("none", |t| t.origin.as_str())
     );
     s += &format!("memory estimate (cpu): {} in all\n", gib(total));
-    for (k, v) in mem {
-        s += &format!("      {k:<22} {}\n", gib(v));
+    for (k, v) in &p.memory {
+        s += &format!("      {k:<22} {}\n", gib(*v));
     }
     s
 }
@@ -506,28 +509,27 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
     let backend = pick_backend(&cfg.backend, a.device.as_deref())?;
     set_precision(backend, &cfg.precision)?;
     let path = kiln::models::resolve(cfg.model.as_deref())?;
-    let (mut model, tok) = kiln::models::load_with_tokenizer(&path, cfg.method == Method::Full)?;
-    let seq = cfg.max_seq_len.unwrap_or(model.config.max_position_embeddings.min(2048));
+    // Config and tokenizer only: the plan and the memory check come before any tensor.
+    let base = BaseModel::open(&path)?;
+    let seq = cfg.max_seq_len.unwrap_or(base.facts.config.max_position_embeddings.min(2048));
     cfg.max_seq_len = Some(seq);
-    let mut tok = tok;
-    for line in kiln::train::prepare::prepare_model(&mut cfg, &mut model, &mut tok)? {
-        eprintln!("{line}");
-    }
-    if backend.name() != "cpu" {
-        model.to_backend(backend).with_context(|| format!("moving the model to {}", backend.name()))?;
-    }
-    let tok_out = tok.clone();
-    let data = prepare(&cfg, tok, seq)?;
-    std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
-    let mut t = Trainer::new(cfg.clone(), model, data)?;
-    let plan = plan_text(&cfg, &mut t, seq, &path.display().to_string());
-    eprint!("{plan}");
+    cfg.validate()?;
+    let (data, vocab) = prepare_data(&mut cfg, &base, seq)?;
+    let tok_out = data.renderer.tokenizer.clone();
+    let plan = Plan::new(&cfg, &base.facts, &data, seq, vocab)?;
+    eprint!("{}", plan_text(&cfg, &plan, &data, seq, &path.display().to_string()));
+    let fits = check_memory(&cfg, &plan, &base.facts, &path, a.config.as_deref());
     if a.dry_run {
+        if let Err(e) = fits {
+            eprintln!("note: this run would be refused: {e}");
+        }
         return Ok(());
     }
-    check_memory(&cfg, &mut t, seq)?;
-    kiln::formats::write_atomic(&cfg.out.join("config.toml"), cfg.to_toml()?.as_bytes())?;
-    write_eval_rows(&cfg.out.join("eval.jsonl"), &t.data.eval_examples)?;
+    fits?;
+    let model = load_model(&mut cfg, base, vocab, backend)?;
+    std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
+    let mut t = Trainer::new(cfg.clone(), model, data)?;
+    t.identity.base_model = Some(kiln::train::identity::model_identity(&path)?);
     if let Some(r) = &a.resume {
         let ck = match r {
             Some(p) => p.clone(),
@@ -536,8 +538,14 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
             })?,
         };
         let step = t.resume(&ck)?;
+        for n in &t.resume_notes {
+            eprintln!("{n}");
+        }
         eprintln!("resumed from {} (step {step} of {})", ck.display(), t.total_steps);
     }
+    // Written once a resume has been accepted: a refused one leaves the run's files as they were.
+    kiln::formats::write_atomic(&cfg.out.join("config.toml"), cfg.to_toml()?.as_bytes())?;
+    write_eval_rows(&cfg.out.join("eval.jsonl"), &t.data.eval_examples)?;
     // SIGINT (Ctrl-C), SIGTERM (kill, SLURM) and SIGHUP (a closed terminal): finish the current
     // step, save a checkpoint, exit 128+n; a second signal exits at once.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -577,6 +585,35 @@ fn signal_name(sig: i32) -> &'static str {
         signal_hook::consts::SIGHUP => "SIGHUP",
         _ => "SIGINT",
     }
+}
+
+/// The tokenizer readied for the run (special tokens added) and the data prepared with it;
+/// returns the data and the vocabulary size the model needs.
+fn prepare_data(cfg: &mut TrainConfig, base: &BaseModel, seq: usize) -> Result<(Prepared, usize)> {
+    let mut tok = base.tokenizer.clone();
+    let (log, vocab) = prepare_tokenizer(cfg, &mut tok, base.facts.config.vocab_size)?;
+    for line in log {
+        eprintln!("{line}");
+    }
+    Ok((prepare(cfg, tok, seq)?, vocab))
+}
+
+/// Loads the weights once the plan has been accepted, readies them for the method (QLoRA
+/// quantization, a grown vocabulary) and moves them to the backend.
+fn load_model(
+    cfg: &mut TrainConfig,
+    base: BaseModel,
+    vocab: usize,
+    backend: &'static dyn kiln::core::Backend,
+) -> Result<Llama> {
+    let mut model = base.load(cfg.method == Method::Full)?;
+    for line in prepare_weights(cfg, &mut model, vocab)? {
+        eprintln!("{line}");
+    }
+    if backend.name() != "cpu" {
+        model.to_backend(backend).with_context(|| format!("moving the model to {}", backend.name()))?;
+    }
+    Ok(model)
 }
 
 /// A log line above the bar, or on stderr when the bar is hidden.

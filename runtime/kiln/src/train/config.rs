@@ -226,8 +226,70 @@ impl Default for TrainConfig {
     }
 }
 
-fn bad(field: &str, why: impl std::fmt::Display) -> KilnError {
-    KilnError::Msg(format!("{field}: {why}"))
+/// A setting that cannot work: its key and why (with the valid range).
+#[derive(Debug)]
+struct Bad {
+    key: &'static str,
+    why: String,
+}
+
+fn bad(key: &'static str, why: impl std::fmt::Display) -> Bad {
+    Bad { key, why: why.to_string() }
+}
+
+/// The flag spelling of a configuration key.
+fn flag(key: &str) -> String {
+    format!("--{}", key.replace('_', "-"))
+}
+
+/// Upper limits of the counts and sizes a run may ask for. They are far above any real run and
+/// keep every product of them inside 64 bits, so a typo or a hostile file is refused by name
+/// instead of overflowing an allocation size or a step count.
+pub mod limits {
+    /// Passes over the data.
+    pub const EPOCHS: f64 = 1e6;
+    /// Optimizer steps of one run.
+    pub const STEPS: usize = 1 << 32;
+    /// Sequences per micro-batch, and micro-batches per step.
+    pub const BATCH: usize = 1 << 20;
+    /// Tokens per sequence.
+    pub const SEQ: usize = 1 << 24;
+    /// Tokens of one optimizer step (batch × accumulation × sequence).
+    pub const STEP_TOKENS: usize = 1 << 40;
+    /// LoRA rank and bottleneck size.
+    pub const RANK: usize = 1 << 24;
+    /// LoRA alpha, beta and the learning rate's magnitude.
+    pub const SCALE: f64 = 1e6;
+    /// New tokens per evaluation generation.
+    pub const NEW_TOKENS: usize = 1 << 20;
+}
+
+/// `x` as a user would write it: `1e300` rather than 301 digits.
+fn show(x: f64) -> String {
+    if x != 0.0 && x.is_finite() && !(1e-6..1e16).contains(&x.abs()) { format!("{x:e}") } else { x.to_string() }
+}
+
+/// `x` finite and in `(0, max]`.
+fn positive(key: &'static str, x: f64, max: f64) -> std::result::Result<(), Bad> {
+    if x.is_finite() && x > 0.0 && x <= max {
+        Ok(())
+    } else {
+        Err(bad(key, format!("{} is not a number in (0, {max:e}]", show(x))))
+    }
+}
+
+/// `x` finite and in `[0, max]`.
+fn non_negative(key: &'static str, x: f64, max: f64) -> std::result::Result<(), Bad> {
+    if x.is_finite() && (0.0..=max).contains(&x) {
+        Ok(())
+    } else {
+        Err(bad(key, format!("{} is not a number in [0, {max:e}]", show(x))))
+    }
+}
+
+/// `n` in `[min, max]`.
+fn count(key: &'static str, n: usize, min: usize, max: usize) -> std::result::Result<(), Bad> {
+    if (min..=max).contains(&n) { Ok(()) } else { Err(bad(key, format!("{n} is not in [{min}, {max}]"))) }
 }
 
 /// The block types QLoRA can quantize a base to.
@@ -247,6 +309,7 @@ impl TrainConfig {
             }
             _ => toml::Table::new(),
         };
+        let from_file: Vec<String> = table.keys().filter(|k| !flags.contains_key(*k)).cloned().collect();
         table.extend(flags);
         let cfg: TrainConfig = table.try_into().map_err(|e: toml::de::Error| {
             // Flags are typed by clap, so a bad value comes from the file: parsed again alone,
@@ -256,32 +319,56 @@ impl TrainConfig {
                 _ => KilnError::Msg(format!("configuration: {}", e.message())),
             }
         })?;
-        cfg.validate()?;
+        cfg.check().map_err(|b| match file {
+            // A value the file set (and no flag overrode) is reported against the file.
+            Some(p) if from_file.iter().any(|k| k == b.key) => {
+                KilnError::Config { path: p.to_path_buf(), field: b.key.into(), detail: b.why }
+            }
+            _ => KilnError::Msg(format!("{} ({}): {}", flag(b.key), b.key, b.why)),
+        })?;
         Ok(cfg)
     }
 
-    /// Rejects settings that cannot work, naming the setting.
+    /// Rejects settings that cannot work, naming the setting (as flag and key) and the valid
+    /// range.
     pub fn validate(&self) -> Result<()> {
+        self.check().map_err(|b| KilnError::Msg(format!("{} ({}): {}", flag(b.key), b.key, b.why)))
+    }
+
+    /// Every user number checked: finite, in range, and the products the run forms from them
+    /// (tokens per step) inside their limits.
+    fn check(&self) -> std::result::Result<(), Bad> {
+        use limits::*;
         if self.data.is_empty() {
             return Err(bad("data", "give at least one training file (--data FILE)"));
         }
-        if !(self.epochs > 0.0 && self.epochs.is_finite()) && self.max_steps.is_none() {
-            return Err(bad("epochs", "must be positive (or give --max-steps)"));
+        match self.max_steps {
+            Some(n) => count("max_steps", n, 1, STEPS)?,
+            None => positive("epochs", self.epochs, EPOCHS)?,
         }
-        if self.max_steps == Some(0) {
-            return Err(bad("max_steps", "must be at least 1"));
+        positive("learning_rate", self.learning_rate, SCALE)?;
+        count("batch_size", self.batch_size, 1, BATCH)?;
+        count("grad_accum", self.grad_accum, 1, BATCH)?;
+        if let Some(t) = self.max_seq_len {
+            count("max_seq_len", t, 2, SEQ)?;
         }
-        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
-            return Err(bad("learning_rate", format!("{} is not a positive number", self.learning_rate)));
+        // Sequences and tokens per optimizer step: checked products, never a wrapped zero.
+        let per_step = self.batch_size.checked_mul(self.grad_accum);
+        let tokens = per_step.and_then(|p| p.checked_mul(self.max_seq_len.unwrap_or(2048)));
+        if tokens.is_none_or(|t| t > STEP_TOKENS) {
+            return Err(bad(
+                "grad_accum",
+                format!(
+                    "batch_size {} × grad_accum {} × max_seq_len {} tokens per step exceeds {STEP_TOKENS}",
+                    self.batch_size,
+                    self.grad_accum,
+                    self.max_seq_len.map_or("2048 (default)".to_string(), |t| t.to_string())
+                ),
+            ));
         }
-        if self.batch_size == 0 || self.grad_accum == 0 {
-            return Err(bad("batch_size/grad_accum", "must be at least 1"));
-        }
-        if self.max_seq_len.is_some_and(|t| t < 2) {
-            return Err(bad("max_seq_len", "must be at least 2"));
-        }
-        if !(0.0..1.0).contains(&self.eval_split) {
-            return Err(bad("eval_split", "must be in [0, 1)"));
+        count("warmup_steps", self.warmup_steps, 0, STEPS)?;
+        if !(self.eval_split.is_finite() && (0.0..1.0).contains(&self.eval_split)) {
+            return Err(bad("eval_split", format!("{} is not in [0, 1)", self.eval_split)));
         }
         if self.train_embeddings && !matches!(self.method, Method::Lora | Method::Qlora) {
             return Err(bad("train_embeddings", "applies to --method lora or qlora (full trains them already)"));
@@ -289,39 +376,38 @@ impl TrainConfig {
         if !self.add_special_tokens.is_empty() && self.method == Method::Adapter {
             return Err(bad("add_special_tokens", "needs trainable embeddings: use --method lora, qlora or full"));
         }
-        if self.method == Method::Adapter && self.adapter_size == 0 {
-            return Err(bad("adapter_size", "must be at least 1"));
-        }
+        count("adapter_size", self.adapter_size, 1, RANK)?;
+        count("lora_r", self.lora_r, 1, RANK)?;
+        positive("lora_alpha", self.lora_alpha, SCALE)?;
         if matches!(self.method, Method::Lora | Method::Qlora) {
-            if self.lora_r == 0 {
-                return Err(bad("lora_r", "must be at least 1"));
-            }
-            self.targets()?;
+            self.targets_checked()?;
         }
-        if !(0.0..1.0).contains(&self.lora_dropout) {
-            return Err(bad("lora_dropout", format!("{} must be in [0, 1)", self.lora_dropout)));
+        if !(self.lora_dropout.is_finite() && (0.0..1.0).contains(&self.lora_dropout)) {
+            return Err(bad("lora_dropout", format!("{} is not in [0, 1)", self.lora_dropout)));
         }
-        if !(self.max_grad_norm >= 0.0 && self.weight_decay >= 0.0) {
-            return Err(bad("max_grad_norm/weight_decay", "must not be negative"));
+        non_negative("max_grad_norm", self.max_grad_norm, SCALE)?;
+        non_negative("weight_decay", self.weight_decay, SCALE)?;
+        count("eval_max_new_tokens", self.eval_max_new_tokens, 0, NEW_TOKENS)?;
+        if self.memory_limit_mb > (1 << 40) {
+            return Err(bad("memory_limit_mb", format!("{} is not in [0, {}] MiB", self.memory_limit_mb, 1u64 << 40)));
         }
         if self.quantize.is_some() && self.method != Method::Qlora {
             return Err(bad("quantize", "only applies to --method qlora"));
         }
         if !self.eval_metrics.trim().is_empty() {
-            let m =
-                crate::eval::Metric::parse_list(&self.eval_metrics).map_err(|e| bad("eval_metrics", e.to_string()))?;
+            let m = crate::eval::Metric::parse_list(&self.eval_metrics).map_err(|e| bad("eval_metrics", e))?;
             if m.iter().any(|m| !m.needs_generation()) {
                 return Err(bad("eval_metrics", "accuracy, bleu and rouge (loss and perplexity are always evaluated)"));
             }
         }
-        if let Some(q) = &self.quantize {
-            self.quant_type().map_err(|_| bad("quantize", format!("{q}: one of {QUANTIZE_NAMES}")))?;
+        if let Some(q) = &self.quantize
+            && self.quant_type().is_err()
+        {
+            return Err(bad("quantize", format!("{q}: one of {QUANTIZE_NAMES}")));
         }
-        if !(self.beta > 0.0 && self.beta.is_finite()) {
-            return Err(bad("beta", format!("{} is not a positive number", self.beta)));
-        }
-        if !(0.0..0.5).contains(&self.label_smoothing) {
-            return Err(bad("label_smoothing", format!("{} must be in [0, 0.5)", self.label_smoothing)));
+        positive("beta", self.beta, SCALE)?;
+        if !(self.label_smoothing.is_finite() && (0.0..0.5).contains(&self.label_smoothing)) {
+            return Err(bad("label_smoothing", format!("{} is not in [0, 0.5)", self.label_smoothing)));
         }
         if self.label_smoothing > 0.0 && (self.objective != Objective::Dpo || self.dpo_loss != PrefLoss::Sigmoid) {
             return Err(bad("label_smoothing", "applies to --objective dpo with the sigmoid loss"));
@@ -355,12 +441,18 @@ impl TrainConfig {
             Some("q4_k") => Some(GgmlType::Q4K),
             Some("q5_k") => Some(GgmlType::Q5K),
             Some("q6_k") => Some(GgmlType::Q6K),
-            Some(other) => return Err(bad("quantize", format!("{other}: one of {QUANTIZE_NAMES}"))),
+            Some(other) => {
+                return Err(KilnError::Msg(format!("--quantize (quantize): {other}: one of {QUANTIZE_NAMES}")));
+            }
         })
     }
 
     /// The LoRA target layers.
     pub fn targets(&self) -> Result<Vec<Target>> {
+        self.targets_checked().map_err(|b| KilnError::Msg(format!("{} ({}): {}", flag(b.key), b.key, b.why)))
+    }
+
+    fn targets_checked(&self) -> std::result::Result<Vec<Target>, Bad> {
         let s = self.target_modules.trim();
         if s == "all-linear" || s == "all" {
             return Ok(Target::ALL.to_vec());

@@ -3,8 +3,10 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod identity;
 pub mod optim;
 pub mod optim8;
+pub mod plan;
 pub mod plot;
 pub mod pref;
 pub mod prepare;

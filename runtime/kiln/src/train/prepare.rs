@@ -227,28 +227,47 @@ pub fn prepare_model(
     model: &mut crate::model::Llama,
     tok: &mut TextTokenizer,
 ) -> Result<Vec<String>> {
+    let (mut log, vocab) = prepare_tokenizer(cfg, tok, model.config.vocab_size)?;
+    log.extend(prepare_weights(cfg, model, vocab)?);
+    Ok(log)
+}
+
+/// The tokenizer half of [`prepare_model`], before any weight is loaded: adds
+/// `add_special_tokens` and returns the log and the vocabulary size the model needs (turning
+/// on `train_embeddings` for LoRA/QLoRA when it grows, so the plan counts those parameters).
+pub fn prepare_tokenizer(cfg: &mut TrainConfig, tok: &mut TextTokenizer, vocab: usize) -> Result<(Vec<String>, usize)> {
     use super::config::Method;
-    let mut log: Vec<String> = quantize_base(cfg, model)?.into_iter().collect();
-    if !cfg.add_special_tokens.is_empty() {
-        let ids = tok.add_special_tokens(&cfg.add_special_tokens)?;
-        let need = ids.iter().map(|&i| i as usize + 1).max().unwrap_or(0);
-        if need > model.config.vocab_size {
-            let old = model.config.vocab_size;
-            model.resize_vocab(need)?;
-            if matches!(cfg.method, Method::Lora | Method::Qlora) && !cfg.train_embeddings {
-                cfg.train_embeddings = true;
-                log.push("add_special_tokens: the vocabulary grew, so train_embeddings is on".into());
-            }
-            log.push(format!(
-                "add_special_tokens: vocabulary {old} → {need} ({:?} → ids {ids:?})",
-                cfg.add_special_tokens
-            ));
-        } else {
-            log.push(format!(
-                "add_special_tokens: {:?} → ids {ids:?} (within the existing vocabulary)",
-                cfg.add_special_tokens
-            ));
+    let mut log = Vec::new();
+    if cfg.add_special_tokens.is_empty() {
+        return Ok((log, vocab));
+    }
+    let ids = tok.add_special_tokens(&cfg.add_special_tokens)?;
+    let need = ids.iter().map(|&i| i as usize + 1).max().unwrap_or(0);
+    if need > vocab {
+        if matches!(cfg.method, Method::Lora | Method::Qlora) && !cfg.train_embeddings {
+            cfg.train_embeddings = true;
+            log.push("add_special_tokens: the vocabulary grew, so train_embeddings is on".into());
         }
+        log.push(format!(
+            "add_special_tokens: vocabulary {vocab} → {need} ({:?} → ids {ids:?})",
+            cfg.add_special_tokens
+        ));
+        Ok((log, need))
+    } else {
+        log.push(format!(
+            "add_special_tokens: {:?} → ids {ids:?} (within the existing vocabulary)",
+            cfg.add_special_tokens
+        ));
+        Ok((log, vocab))
+    }
+}
+
+/// The weights half of [`prepare_model`]: quantizes for QLoRA and grows the embedding to
+/// `vocab` rows.
+pub fn prepare_weights(cfg: &mut TrainConfig, model: &mut crate::model::Llama, vocab: usize) -> Result<Vec<String>> {
+    let log: Vec<String> = quantize_base(cfg, model)?.into_iter().collect();
+    if vocab > model.config.vocab_size {
+        model.resize_vocab(vocab)?;
     }
     Ok(log)
 }

@@ -17,7 +17,7 @@ use std::time::Instant;
 use kiln_core::{Grads, Tape, Tensor, Var};
 
 use super::AdamW;
-use super::checkpoint::{self, State};
+use super::checkpoint::{self, Identity, State};
 use super::config::{Method, Optim, TrainConfig};
 use super::pref::{self, PrefSpec, PrefStats};
 use super::prepare::Prepared;
@@ -149,6 +149,11 @@ pub struct Trainer {
     pref: Option<PrefSpec>,
     refs: Option<Vec<(f64, f64)>>,
     eval_refs: Option<Vec<(f64, f64)>>,
+    /// What checkpoints record and `resume` compares: settings and data hash from `new`, the
+    /// base model's files when the caller sets them.
+    pub identity: Identity,
+    /// What `resume` found worth saying (an old checkpoint, a re-planned schedule).
+    pub resume_notes: Vec<String>,
 }
 
 /// `(name, tensor)` of the trainable parameters, or the moments by name.
@@ -165,6 +170,8 @@ impl Trainer {
                 cfg.max_seq_len.unwrap_or(0)
             )));
         }
+        // The step plan first: a setting it refuses never gets to allocate adapters.
+        let (steps_per_epoch, total_steps) = super::plan::steps(&cfg, data.train_len())?;
         let mut lora = match cfg.method {
             Method::Full => None,
             Method::Adapter => {
@@ -189,15 +196,16 @@ impl Trainer {
                 l.to_backend(be)?;
             }
         }
-        let per_step = cfg.batch_size * cfg.grad_accum;
-        let steps_per_epoch = data.train_len().div_ceil(per_step);
-        let total_steps =
-            cfg.max_steps.unwrap_or_else(|| ((cfg.epochs * steps_per_epoch as f64).ceil() as usize).max(1));
         let mut opt = AdamW::new(cfg.learning_rate);
         opt.weight_decay = cfg.weight_decay;
         opt.eight_bit = cfg.optim == Optim::Adamw8bit;
         let out = cfg.out.clone();
         let pref = PrefSpec::of(&cfg);
+        let identity = Identity {
+            base_model: None,
+            settings: super::identity::settings(&cfg),
+            data_hash: Some(super::identity::data_hash(&data)),
+        };
         let mut t = Trainer {
             cfg,
             model,
@@ -215,6 +223,8 @@ impl Trainer {
             pref,
             refs: None,
             eval_refs: None,
+            identity,
+            resume_notes: Vec::new(),
         };
         // Norm weights and biases are not decayed (transformers' Trainer does the same).
         for (n, v) in trainable(&t.cfg, &mut t.model, &mut t.lora) {
@@ -415,6 +425,11 @@ impl Trainer {
             tokens: self.tokens,
             best_eval_loss: self.best.map(|b| b.1),
             best_step: self.best.map(|b| b.0),
+            steps_per_epoch: Some(self.steps_per_epoch),
+            base_model: self.identity.base_model.clone(),
+            settings: self.identity.settings.clone(),
+            data_hash: self.identity.data_hash.clone(),
+            checksums: None,
         }
     }
 
@@ -433,18 +448,52 @@ impl Trainer {
         Ok(p)
     }
 
-    /// Restores parameters, optimizer moments and the step from a checkpoint folder.
+    /// Restores parameters, optimizer moments and the step from a checkpoint folder, after
+    /// checking that it is intact (checksums) and of this run (base model, settings, data).
+    /// Only the run's length may differ: the schedule is then re-planned, with a note.
     pub fn resume(&mut self, path: &Path) -> Result<usize> {
         let ck = checkpoint::load(path)?;
-        if ck.state.total_steps != self.total_steps || ck.state.seed != self.cfg.seed {
-            return Err(KilnError::Msg(format!(
-                "{}: the checkpoint was made for {} steps with seed {}; this run has {} steps with seed {} (resume with the same configuration)",
-                path.display(),
-                ck.state.total_steps,
-                ck.state.seed,
-                self.total_steps,
-                self.cfg.seed
-            )));
+        let refuse = |what: String| Err(KilnError::Msg(format!("{}: cannot resume: {what}", path.display())));
+        self.resume_notes = checkpoint::compare(path, &ck.state, &self.identity)?;
+        if ck.state.step > self.total_steps {
+            return refuse(format!(
+                "the checkpoint is at step {}, past this run's {} steps (raise --max-steps or --epochs)",
+                ck.state.step, self.total_steps
+            ));
+        }
+        if let Some(spe) = ck.state.steps_per_epoch
+            && spe != self.steps_per_epoch
+        {
+            return refuse(format!("{spe} steps per epoch in the checkpoint, {} now", self.steps_per_epoch));
+        }
+        if ck.state.total_steps != self.total_steps {
+            self.resume_notes.push(format!(
+                "note: the checkpoint was made for {} steps; this run has {}: the learning-rate schedule is re-planned for {} steps from step {}",
+                ck.state.total_steps, self.total_steps, self.total_steps, ck.state.step
+            ));
+        }
+        let names: Vec<String> = self.params_mut().into_iter().map(|(n, _)| n).collect();
+        if let Some(n) = ck.param_names.iter().find(|n| !names.contains(n)) {
+            return refuse(format!("params.safetensors holds {n}, which this run does not train"));
+        }
+        // Every optimizer tensor must be a moment of a trained parameter, in pairs: a renamed
+        // or missing one would otherwise silently reset that parameter's moments.
+        let param_of =
+            |n: &str| n.strip_prefix("exp_avg.").or_else(|| n.strip_prefix("exp_avg_sq.")).map(str::to_string);
+        if let Some(n) = ck.optimizer_names.iter().find(|n| param_of(n).is_none_or(|p| !names.contains(&p))) {
+            return refuse(format!("optimizer.safetensors holds {n}, not a moment of a trained parameter"));
+        }
+        for n in &ck.optimizer_names {
+            let p = param_of(n).unwrap_or_default();
+            let pair = if n.starts_with("exp_avg.") { format!("exp_avg_sq.{p}") } else { format!("exp_avg.{p}") };
+            if !ck.optimizer_names.contains(&pair) {
+                return refuse(format!("optimizer.safetensors holds {n} but not {pair}"));
+            }
+        }
+        if !ck.optimizer_names.is_empty()
+            && let Some(n) = names.iter().find(|n| !ck.optimizer_names.contains(&format!("exp_avg.{n}")))
+        {
+            return refuse(format!("optimizer.safetensors has no moments for {n} (exp_avg.{n})"));
         }
         let steps = ck.state.step as u64;
         for (name, v) in trainable(&self.cfg, &mut self.model, &mut self.lora) {
@@ -619,6 +668,16 @@ impl Trainer {
                 let scores = self.generation_scores()?;
                 on(Event::Eval { step, loss: l, scores: scores.as_ref(), pref: st.as_ref() });
                 line(Self::eval_line(step, l, scores.as_ref(), st.as_ref()))?;
+            }
+            // Every step of this run skipped: nothing was trained, and saying so is the result
+            // (no final checkpoint, and no adapter or model written by the caller that would
+            // pass for one).
+            let ran = self.total_steps.saturating_sub(self.resumed_from.unwrap_or(0));
+            if last && summary.skipped.len() >= ran {
+                return Err(KilnError::Msg(format!(
+                    "every one of the {ran} steps was skipped for a non-finite loss or gradient: nothing was trained, so no adapter or model is written to {} (check the data and the base model's weights, lower --learning-rate, or run without --skip-nonfinite to see the first failure)",
+                    self.out.display()
+                )));
             }
             let interrupted = self.stop.as_ref().is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst));
             if (self.cfg.save_steps > 0 && step.is_multiple_of(self.cfg.save_steps)) || last || interrupted {
