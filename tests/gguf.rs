@@ -420,6 +420,16 @@ fn grown_vocabulary_exports_load_back() {
     ok(&["export", "--model", &s(&merged), "--format", "gguf", "--quant", "f32", "--out", &s(&again)]);
     let (model, tok) = kiln::models::load_with_tokenizer(&again, false).unwrap();
     assert_eq!((model.config.vocab_size, tok.encode("<tool>").unwrap().ids), (rows, vec![n_base as u32]));
+    // llama.cpp's LoRA GGUF holds A/B pairs only: the grown embedding is refused by name, not
+    // silently dropped.
+    let lora = d.join("lora.gguf");
+    let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["export", "--model", &s(&base), "--adapter", &adapter, "--format", "gguf-lora", "--out", &s(&lora)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("modules_to_save") && err.contains("embed_tokens"), "{err}");
+    assert!(!lora.exists());
 }
 
 /// Arrays cost what they cost in the file: a million u8 items are a million bytes, and a

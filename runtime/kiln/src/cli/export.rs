@@ -75,6 +75,17 @@ pub fn run(a: ExportArgs) -> Result<()> {
             kiln::model::ModelConfig::load(&path)?
         };
         let lora = kiln::adapters::LoraSet::load_peft(dir, &config)?;
+        // llama.cpp's LoRA GGUF holds A/B pairs only: a trained embedding or LM head (trained
+        // embeddings, a grown vocabulary) would be dropped without a word.
+        let full = kiln::adapters::LoraSet::peft_full_modules(dir)?;
+        if !full.is_empty() {
+            let names: Vec<&str> = full.iter().map(|(n, _)| n.as_str()).collect();
+            bail!(
+                "{}: the adapter also holds fully trained {} (modules_to_save), which a llama.cpp LoRA GGUF cannot carry; export the merged model instead (--format gguf or merged)",
+                dir.join("adapter_model.safetensors").display(),
+                names.join(" and ")
+            );
+        }
         kiln::export_gguf::export_gguf_lora(&config, &lora, ty, &a.out)?;
         println!(
             "exported the adapter {} for {} to {} ({})",

@@ -285,6 +285,18 @@ fn gguf_info(path: &std::path::Path) -> Result<serde_json::Value> {
     use kiln::formats::gguf::{GgufFile, MetaValue};
     let t0 = std::time::Instant::now();
     let g = GgufFile::open(path)?;
+    // "Validated" means what loading it would check, for what the file claims to hold: a
+    // model's shape against the tensors present (when it names a block count) and its tokenizer
+    // metadata (when it names a tokenizer), not only the header's bounds. A GGUF of other
+    // tensors (a quantization test file, a LoRA) is described as it is.
+    let arch = g.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("");
+    let layers = match g.get(&format!("{arch}.block_count")) {
+        Some(_) => Some(kiln::model::gguf::config_from_gguf(&g)?.num_layers),
+        None => None,
+    };
+    if g.get("tokenizer.ggml.model").is_some() {
+        kiln::data::tokenizer::TextTokenizer::from_gguf(&g)?;
+    }
     let open_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut types = std::collections::BTreeMap::<&str, usize>::new();
     for t in &g.tensors {
@@ -300,6 +312,7 @@ fn gguf_info(path: &std::path::Path) -> Result<serde_json::Value> {
         "arch": g.get("general.architecture").and_then(|v| v.as_str()),
         "name": g.get("general.name").and_then(|v| v.as_str()),
         "params": g.tensors.iter().map(|t| t.numel()).sum::<u64>(),
+        "layers": layers,
         "tensors": g.tensors.len(),
         "tensor_types": types,
         "file_bytes": g.file_bytes(),
