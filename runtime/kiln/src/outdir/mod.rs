@@ -368,10 +368,12 @@ impl RunDir {
                 }
                 (RunMode::Fresh, Some(what)) => {
                     let _ = std::fs::remove_file(&old_lock);
+                    // Only `train` can continue a run; `demo` starts over or goes elsewhere.
+                    let resume = if command.contains("train") { "continue it with --resume, " } else { "" };
                     return Err(refuse(
                         out,
                         format!(
-                            "holds an earlier run ({what}): continue it with --resume, replace it with --overwrite, or choose another --out"
+                            "holds an earlier run ({what}): {resume}replace it with --overwrite, or choose another --out"
                         ),
                     ));
                 }
@@ -506,7 +508,8 @@ fn utc_now() -> String {
 mod tests {
     use super::*;
 
-    fn tmp(name: &str) -> PathBuf {
+    /// A fresh folder for one test (also used by the tests of `process`).
+    pub(super) fn tmp(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("kiln-outdir-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();

@@ -222,13 +222,7 @@ pub(super) fn sweep_inside(out: &Path) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn tmp(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("kiln-outdir-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
+    use crate::outdir::tests::tmp;
 
     #[test]
     fn lock_is_exclusive_stale_is_taken_over_foreign_host_refused() {
