@@ -167,13 +167,15 @@ fn a_second_signal_exits_at_once() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // Two signals microseconds apart (shell builtins): the second lands within the step the
-    // first asked to finish, and ends the process with its own code (SIGHUP: 129).
+    // first asked to finish, and ends the process with its own code. When both are pending
+    // together the kernel delivers the lower number first (SIGHUP before SIGTERM), so the
+    // second handled may be either: 129 or 143, never after a checkpoint wait.
     let pid = child.id().to_string();
     let st = Command::new("sh").args(["-c", &format!("kill -TERM {pid}; kill -HUP {pid}")]).status().unwrap();
     assert!(st.success());
     let o = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(129), "{err}");
+    assert!(matches!(o.status.code(), Some(129 | 143)), "{:?}: {err}", o.status);
     assert!(!err.contains("interrupted at step") && !err.contains("panicked"), "no checkpoint wait: {err}");
     // Whatever was on disk stays loadable.
     for (step, p) in kiln::train::checkpoint::list(&out) {
