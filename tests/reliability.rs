@@ -107,18 +107,24 @@ fn sigkill_at_random_moments_then_resume_gives_identical_losses() {
     assert!(out.join("adapter/adapter_model.safetensors").is_file());
 }
 
-/// `kill -SIG` after the first steps: the run finishes its step, saves a checkpoint of it and
-/// exits with `code` (128 + the signal's number), releasing its lock; `--resume` continues.
-fn signal_saves_a_checkpoint(sig: &str, code: i32) {
-    let (d, model, data) = setup(&format!("sig{}", sig.to_lowercase()));
-    let out = d.join("run");
-    let child = train(&model, &data, &out, &["--max-steps", "100000", "--learning-rate", "2e-3"]).spawn().unwrap();
-    // Wait for the first steps, then the signal.
+/// A long run into `out`, returned once it has logged its first three steps (so a signal lands
+/// mid-training).
+fn train_until_steps(model: &Path, data: &Path, out: &Path) -> std::process::Child {
+    let child = train(model, data, out, &["--max-steps", "100000", "--learning-rate", "2e-3"]).spawn().unwrap();
     let t0 = Instant::now();
     while !out.join("metrics.jsonl").is_file() || losses(&out).len() < 3 {
         assert!(t0.elapsed() < Duration::from_secs(60), "no training steps within a minute");
         std::thread::sleep(Duration::from_millis(20));
     }
+    child
+}
+
+/// `kill -SIG` after the first steps: the run finishes its step, saves a checkpoint of it and
+/// exits with `code` (128 + the signal's number), releasing its lock; `--resume` continues.
+fn signal_saves_a_checkpoint(sig: &str, code: i32) {
+    let (d, model, data) = setup(&format!("sig{}", sig.to_lowercase()));
+    let out = d.join("run");
+    let child = train_until_steps(&model, &data, &out);
     let st = Command::new("kill").args([&format!("-{sig}"), &child.id().to_string()]).status().unwrap();
     assert!(st.success());
     let o = child.wait_with_output().unwrap();
@@ -160,12 +166,7 @@ fn sighup_saves_a_checkpoint_and_exits_129() {
 fn a_second_signal_exits_at_once() {
     let (d, model, data) = setup("second-signal");
     let out = d.join("run");
-    let child = train(&model, &data, &out, &["--max-steps", "100000", "--learning-rate", "2e-3"]).spawn().unwrap();
-    let t0 = Instant::now();
-    while !out.join("metrics.jsonl").is_file() || losses(&out).len() < 3 {
-        assert!(t0.elapsed() < Duration::from_secs(60), "no training steps within a minute");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let child = train_until_steps(&model, &data, &out);
     // Two signals microseconds apart (shell builtins): the second lands within the step the
     // first asked to finish, and ends the process with its own code. When both are pending
     // together the kernel delivers the lower number first (SIGHUP before SIGTERM), so the

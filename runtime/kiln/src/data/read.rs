@@ -123,26 +123,14 @@ fn read_line_bounded(r: &mut impl BufRead, buf: &mut Vec<u8>, max: usize) -> std
     }
 }
 
-/// Discards the rest of the current line (a too-long row being skipped) without storing it.
+/// Discards the rest of the current line (a too-long row being skipped): the bounded reader
+/// over a scratch buffer emptied after each piece, so nothing of the line is kept.
 fn skip_line(r: &mut impl BufRead) -> std::io::Result<()> {
+    let mut scratch = Vec::new();
     loop {
-        let avail = match r.fill_buf() {
-            Ok(a) => a,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if avail.is_empty() {
+        scratch.clear();
+        if !matches!(read_line_bounded(r, &mut scratch, 64 << 10)?, Line::TooLong) {
             return Ok(());
-        }
-        match avail.iter().position(|&b| b == b'\n') {
-            Some(i) => {
-                r.consume(i + 1);
-                return Ok(());
-            }
-            None => {
-                let n = avail.len();
-                r.consume(n);
-            }
         }
     }
 }
