@@ -112,7 +112,7 @@ fn sigkill_at_random_moments_then_resume_gives_identical_losses() {
 fn train_until_steps(model: &Path, data: &Path, out: &Path) -> std::process::Child {
     let child = train(model, data, out, &["--max-steps", "100000", "--learning-rate", "2e-3"]).spawn().unwrap();
     let t0 = Instant::now();
-    while !out.join("metrics.jsonl").is_file() || losses(&out).len() < 3 {
+    while !out.join("metrics.jsonl").is_file() || losses(out).len() < 3 {
         assert!(t0.elapsed() < Duration::from_secs(60), "no training steps within a minute");
         std::thread::sleep(Duration::from_millis(20));
     }
