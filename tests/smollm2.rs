@@ -6,7 +6,8 @@
 use std::path::PathBuf;
 
 use kiln::core::{Tape, Tensor, ops};
-use kiln::model::{Inputs, Llama, default_positions, shift_targets};
+use kiln::data::batch::shift_targets;
+use kiln::model::{Inputs, Llama, default_positions};
 
 mod common;
 use common::smollm2;

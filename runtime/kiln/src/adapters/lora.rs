@@ -6,7 +6,7 @@ use kiln_core::ops::Lora;
 use kiln_core::rng::Rng;
 use kiln_core::{Tensor, Var};
 
-use crate::model::ModelConfig;
+use super::BaseDims;
 use crate::{KilnError, Result};
 
 /// A linear layer an adapter can attach to.
@@ -47,7 +47,8 @@ impl Target {
     }
 
     /// `(in, out)` features of this layer.
-    pub fn dims(self, c: &ModelConfig) -> (usize, usize) {
+    pub fn dims(self, c: impl Into<BaseDims>) -> (usize, usize) {
+        let c = c.into();
         let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
         match self {
             Target::Q => (h, c.num_heads * d),
@@ -96,7 +97,8 @@ pub struct LoraSet {
 
 impl LoraSet {
     /// Fresh adapters, PEFT's default initialization, from `seed`.
-    pub fn new(model: &ModelConfig, config: LoraConfig, seed: u64) -> Result<LoraSet> {
+    pub fn new(model: impl Into<BaseDims>, config: LoraConfig, seed: u64) -> Result<LoraSet> {
+        let model = model.into();
         if config.r == 0 {
             return Err(KilnError::Msg("LoRA rank r must be at least 1".into()));
         }
@@ -233,7 +235,8 @@ impl LoraSet {
     /// shape is checked against `adapter_config.json` (`r`, `target_modules`) and the model
     /// before anything is allocated: the file's own tensors are what is loaded, so a claimed
     /// rank the file does not hold is an error, never an allocation.
-    pub fn load_peft(dir: &std::path::Path, model: &ModelConfig) -> Result<LoraSet> {
+    pub fn load_peft(dir: &std::path::Path, model: impl Into<BaseDims>) -> Result<LoraSet> {
+        let model = model.into();
         let cp = dir.join("adapter_config.json");
         let text = std::fs::read_to_string(&cp).map_err(|e| KilnError::io(&cp, e))?;
         let config = parse_adapter_config(&text, &cp)?;
@@ -334,8 +337,9 @@ pub fn check_peft_tensors(
     file: &std::path::Path,
     cp: &std::path::Path,
     config: &LoraConfig,
-    model: &ModelConfig,
+    model: impl Into<BaseDims>,
 ) -> Result<()> {
+    let model = model.into();
     let r = config.r;
     let shapes: std::collections::HashMap<&str, &[usize]> =
         tensors.iter().map(|(n, s)| (n.as_str(), s.as_slice())).collect();

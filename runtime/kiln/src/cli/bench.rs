@@ -65,7 +65,8 @@ pub struct TrainArgs {
 fn train(a: TrainArgs) -> Result<()> {
     use kiln::adapters::LoraSet;
     use kiln::core::Tape;
-    use kiln::model::{Inputs, default_positions, shift_targets};
+    use kiln::data::batch::shift_targets;
+    use kiln::model::{Inputs, default_positions};
     use kiln::train::{Method, TrainConfig};
     if a.steps == 0 || a.batch_size == 0 || a.max_seq_len < 2 {
         anyhow::bail!("--steps and --batch-size must be positive and --max-seq-len at least 2");

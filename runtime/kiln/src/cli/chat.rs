@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::{Result, anyhow, bail};
 use clap::Args;
 use kiln::adapters::LoraSet;
-use kiln::data::dataset::BYTES_PER_TOKEN;
+use kiln::data::budget::BYTES_PER_TOKEN;
 use kiln::data::template::ChatTemplate;
 use kiln::data::tokenizer::TextTokenizer;
 use kiln::data::{Message, Role};

@@ -100,7 +100,7 @@ pub fn run(cmd: DataCmd) -> Result<()> {
         format,
         skip_invalid: true,
         need_final_assistant: true,
-        max_line_bytes: kiln::data::dataset::line_budget(a.max_seq_len),
+        max_line_bytes: kiln::data::budget::line_budget(a.max_seq_len),
     };
     let (examples, rep) = load_file(&a.file, &opts)?;
     let mut seen = HashSet::new();

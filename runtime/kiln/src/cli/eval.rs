@@ -165,7 +165,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         format,
         skip_invalid: false,
         need_final_assistant: true,
-        max_line_bytes: kiln::data::dataset::line_budget(a.max_seq_len),
+        max_line_bytes: kiln::data::budget::line_budget(a.max_seq_len),
     };
     let spec = DataSpec { path: a.data.clone(), weight: 1.0 };
     // One file keeps its order, so --eval-samples takes its first rows.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
-use kiln::data::dataset::BYTES_PER_TOKEN;
+use kiln::data::budget::BYTES_PER_TOKEN;
 use kiln::data::template::ChatTemplate;
 use kiln::data::{Message, Role};
 use kiln::generate::{

@@ -9,8 +9,8 @@ use std::rc::Rc;
 
 use serde_json::{Map, Value};
 
-use super::dataset::{LINE_BYTES_PER_TOKEN, LINE_FLOOR};
-use super::example::{Reason, RowError};
+use super::budget::{LINE_BYTES_PER_TOKEN, LINE_FLOOR};
+use super::example::{Reason, RowError, kind};
 use crate::{KilnError, Result};
 
 /// How a file stores its rows.
@@ -184,18 +184,6 @@ fn text_bytes(v: &Value) -> usize {
         Value::Array(a) => a.iter().map(text_bytes).sum(),
         Value::Object(m) => m.iter().map(|(k, v)| k.len() + text_bytes(v)).sum(),
         _ => 8,
-    }
-}
-
-/// JSON type name for messages.
-pub fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

@@ -6,4 +6,4 @@ pub mod init;
 pub mod llama;
 
 pub use config::{Arch, ModelConfig, RopeKind};
-pub use llama::{Inputs, KvCache, Linear, Llama, default_positions, shift_targets};
+pub use llama::{Inputs, KvCache, Linear, Llama, default_positions};
