@@ -83,7 +83,7 @@ fn train(a: TrainArgs) -> Result<()> {
         flags.insert("quantize".into(), q.clone().into());
     }
     let mut cfg = TrainConfig::resolve(None, flags)?;
-    let path = kiln::models::resolve(a.model.as_deref())?;
+    let path = kiln::model::resolve(a.model.as_deref())?;
     let mut model = kiln::model::Llama::load(&path, cfg.method == Method::Full)?;
     if let Some(line) = kiln::train::prepare::quantize_base(&mut cfg, &mut model)? {
         eprintln!("{line}");

@@ -16,6 +16,7 @@ pub mod budget;
 pub mod dataset;
 pub mod example;
 mod fastbpe;
+pub mod inspect;
 pub mod read;
 pub mod render;
 pub mod template;
@@ -23,3 +24,4 @@ pub mod tokenizer;
 
 pub use dataset::{DataSpec, Dataset, LoadOptions, LoadReport};
 pub use example::{Example, Format, Message, Reason, Role, RowError};
+pub use inspect::{InspectConfig, Inspection, inspect};
