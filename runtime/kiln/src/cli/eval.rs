@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Result, anyhow};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use kiln::eval::{EvalConfig, Format, Metric, Progress, ScoreConfig, TextOptions, table};
+use kiln::eval::{EvalConfig, EvalSpec, Format, LoadSpec, Metric, Progress, ScoreConfig, TextOptions, table};
 
 use super::generate::SamplingArgs;
 
@@ -102,20 +102,22 @@ pub fn run(a: EvalArgs) -> Result<()> {
         None => None,
         Some(f) => Some(Format::parse(f).ok_or_else(|| anyhow!("--format {f}: unknown"))?),
     };
-    let cfg = EvalConfig {
+    let spec = EvalSpec {
+        metrics,
+        text: TextOptions { case_insensitive: a.case_insensitive, rouge_stemmer: a.rouge_stemmer },
         sampling: a.sampling.options()?,
         stop: a.sampling.stop,
-        model: a.model,
-        adapter: a.adapter,
+        max_len: a.max_seq_len,
+        batch: a.batch_size,
+    };
+    let cfg = EvalConfig {
+        load: LoadSpec { model: a.model, adapter: a.adapter },
         data: a.data,
         format,
-        metrics,
         eval_samples: a.eval_samples,
-        text: TextOptions { case_insensitive: a.case_insensitive, rouge_stemmer: a.rouge_stemmer },
         compare_base: a.compare_base,
         template: a.template,
-        max_seq_len: a.max_seq_len,
-        batch_size: a.batch_size,
+        spec,
         predictions_out: a.predictions_out,
         overwrite: a.overwrite,
         beta: a.beta,

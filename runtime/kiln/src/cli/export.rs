@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use kiln::export::ExportConfig;
+use kiln::export::{ExportConfig, LoadSpec};
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
@@ -41,8 +41,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
     // A signal removes the temporary output instead of leaving it behind.
     kiln::outdir::remove_on_signals()?;
     let cfg = ExportConfig {
-        model: a.model,
-        adapter: a.adapter,
+        load: LoadSpec { model: a.model, adapter: a.adapter },
         format: a.format.parse()?,
         dtype: a.dtype,
         quant: a.quant,

@@ -13,7 +13,6 @@ use super::{Metric, Scores, TextOptions, table};
 use crate::data::dataset::{DataSpec, Dataset, LoadOptions};
 use crate::data::render::Renderer;
 use crate::data::{Example, Format};
-use crate::infer::GenOptions;
 use crate::model::{LoadSpec, Loaded};
 use crate::train::pref::PrefStats;
 use crate::{KilnError, Result};
@@ -41,24 +40,18 @@ impl Progress for Quiet {
 #[derive(Clone, Debug)]
 pub struct EvalConfig {
     /// The model (`None`: the default model) and a tuned adapter on it.
-    pub model: Option<PathBuf>,
-    pub adapter: Option<PathBuf>,
+    pub load: LoadSpec,
     /// Rows in any training format; `format` forces one instead of detecting it.
     pub data: PathBuf,
     pub format: Option<Format>,
-    pub metrics: Vec<Metric>,
     /// Score only the first rows.
     pub eval_samples: Option<usize>,
-    pub text: TextOptions,
-    /// Also evaluate the base model (needs `adapter`).
+    /// Also evaluate the base model (needs an adapter), under the model's chat template or a
+    /// built-in one named here.
     pub compare_base: bool,
-    /// A built-in chat template instead of the model's own.
     pub template: Option<String>,
-    /// Tokens per row for the loss, and rows per forward pass.
-    pub max_seq_len: usize,
-    pub batch_size: usize,
-    pub sampling: GenOptions,
-    pub stop: Vec<String>,
+    /// Metrics, decoding and batching.
+    pub spec: EvalSpec,
     /// Each generated answer as a JSON line, replacing an existing file only with `overwrite`.
     pub predictions_out: Option<PathBuf>,
     pub overwrite: bool,
@@ -149,12 +142,12 @@ impl fmt::Display for EvalReport {
 pub fn run(cfg: &EvalConfig, progress: &mut dyn Progress) -> Result<EvalReport> {
     if let Some(out) = &cfg.predictions_out {
         let mut inputs = crate::outdir::Inputs::default().with(&cfg.data);
-        for p in [&cfg.model, &cfg.adapter].into_iter().flatten() {
+        for p in [&cfg.load.model, &cfg.load.adapter].into_iter().flatten() {
             inputs = inputs.with(p);
         }
         crate::outdir::check_file(out, cfg.overwrite, &inputs)?;
     }
-    if cfg.compare_base && cfg.adapter.is_none() {
+    if cfg.compare_base && cfg.load.adapter.is_none() {
         return Err(KilnError::Msg(
             "--compare-base needs --adapter (the tuned model is the base plus the adapter)".into(),
         ));
@@ -163,7 +156,7 @@ pub fn run(cfg: &EvalConfig, progress: &mut dyn Progress) -> Result<EvalReport> 
         format: cfg.format,
         skip_invalid: false,
         need_final_assistant: true,
-        max_line_bytes: crate::data::budget::line_budget(cfg.max_seq_len),
+        max_line_bytes: crate::data::budget::line_budget(cfg.spec.max_len),
     };
     // One file keeps its order, so `eval_samples` takes its first rows.
     let (ds, _) = Dataset::load(&[DataSpec { path: cfg.data.clone(), weight: 1.0 }], &opts, 0)?;
@@ -174,24 +167,16 @@ pub fn run(cfg: &EvalConfig, progress: &mut dyn Progress) -> Result<EvalReport> 
     if !examples.is_empty() && examples.iter().all(|e| matches!(e, Example::Preference { .. })) {
         return run_pref(cfg, &examples, progress).map(EvalReport::Preference);
     }
-    let spec = EvalSpec {
-        metrics: cfg.metrics.clone(),
-        text: cfg.text,
-        sampling: cfg.sampling.clone(),
-        stop: cfg.stop.clone(),
-        max_len: cfg.max_seq_len,
-        batch: cfg.batch_size,
-    };
     let mut systems = Vec::new();
     if cfg.compare_base {
-        systems.push(("base", LoadSpec { model: cfg.model.clone(), adapter: None }));
+        systems.push(("base", LoadSpec { adapter: None, ..cfg.load.clone() }));
     }
-    let label = if cfg.adapter.is_some() { "tuned" } else { "model" };
-    systems.push((label, LoadSpec { model: cfg.model.clone(), adapter: cfg.adapter.clone() }));
+    let label = if cfg.load.adapter.is_some() { "tuned" } else { "model" };
+    systems.push((label, cfg.load.clone()));
     let mut results = Vec::new();
     for (label, spec_load) in systems {
         let loaded = crate::model::load(&spec_load)?;
-        let (scores, preds) = measure(cfg, &spec, loaded, &examples, label, progress)?;
+        let (scores, preds) = measure(cfg, loaded, &examples, label, progress)?;
         results.push((scores, preds));
     }
     if let Some(out) = &cfg.predictions_out {
@@ -209,12 +194,12 @@ pub fn run(cfg: &EvalConfig, progress: &mut dyn Progress) -> Result<EvalReport> 
 /// Loss and text metrics of one loaded system.
 fn measure(
     cfg: &EvalConfig,
-    spec: &EvalSpec,
     loaded: Loaded,
     examples: &[Example],
     label: &str,
     progress: &mut dyn Progress,
 ) -> Result<(Scores, Vec<Prediction>)> {
+    let spec = &cfg.spec;
     let template = loaded.template(cfg.template.as_deref())?;
     let rows = gen_rows(examples, template.is_some());
     let Loaded { path, model, tokenizer, lora } = loaded;
@@ -255,7 +240,7 @@ fn run_pref(cfg: &EvalConfig, examples: &[Example], progress: &mut dyn Progress)
     if !(cfg.beta > 0.0 && cfg.beta.is_finite()) {
         return Err(KilnError::Msg(format!("--beta {}: must be a positive number", cfg.beta)));
     }
-    let loaded = crate::model::load(&LoadSpec { model: cfg.model.clone(), adapter: cfg.adapter.clone() })?;
+    let loaded = crate::model::load(&cfg.load)?;
     let template = loaded.template(cfg.template.as_deref())?;
     let Loaded { model, tokenizer, lora, .. } = loaded;
     let pad = tokenizer.pad_id();
@@ -263,24 +248,24 @@ fn run_pref(cfg: &EvalConfig, examples: &[Example], progress: &mut dyn Progress)
     let mut st = PairStats::default();
     let mut pairs = Vec::new();
     for e in examples {
-        pairs.extend(tokenize_pair(&r, e, cfg.max_seq_len, &mut st)?);
+        pairs.extend(tokenize_pair(&r, e, cfg.spec.max_len, &mut st)?);
     }
     if pairs.is_empty() {
         return Err(KilnError::Msg(format!(
             "{}: no preference pair has an answer token within --max-seq-len {}",
             cfg.data.display(),
-            cfg.max_seq_len
+            cfg.spec.max_len
         )));
     }
     progress.start("reference", pairs.len());
     let mut done = 0;
-    let refs = precompute_refs(&model, &pairs, pad, cfg.batch_size, &mut |n| {
+    let refs = precompute_refs(&model, &pairs, pad, cfg.spec.batch, &mut |n| {
         progress.advance(n.saturating_sub(done));
         done = n;
     })?;
     progress.finish();
     let spec = PrefSpec { objective: Objective::Dpo, loss: PrefLoss::Sigmoid, beta: cfg.beta, label_smoothing: 0.0 };
-    let stats = evaluate_pairs(&model, lora.as_ref(), &pairs, Some(&refs), &spec, pad, cfg.batch_size)?
+    let stats = evaluate_pairs(&model, lora.as_ref(), &pairs, Some(&refs), &spec, pad, cfg.spec.batch)?
         .ok_or_else(|| KilnError::Msg("no pairs evaluated".into()))?;
     let base_accuracy = refs.iter().filter(|(c, r)| c > r).count() as f64 / refs.len() as f64;
     Ok(PrefReport {

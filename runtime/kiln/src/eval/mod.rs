@@ -13,7 +13,9 @@ pub mod rouge;
 use serde_json::{Value, json};
 
 pub use crate::data::Format;
+pub use crate::model::LoadSpec;
 pub use command::{EvalConfig, EvalReport, PrefReport, Progress, Quiet, ScoreConfig, run, score_files};
+pub use measure::EvalSpec;
 
 use crate::{KilnError, Result};
 

@@ -22,6 +22,7 @@ pub use merged::{export_merged, merged_weights};
 
 use crate::adapters::LoraSet;
 use crate::model;
+pub use crate::model::LoadSpec;
 use crate::{KilnError, Result};
 
 /// The export formats.
@@ -58,10 +59,9 @@ impl FromStr for Format {
 /// What to export and where.
 #[derive(Clone, Debug)]
 pub struct ExportConfig {
-    /// The base model (`None`: the default model, fetched on first use).
-    pub model: Option<PathBuf>,
-    /// A PEFT LoRA (or bottleneck) adapter folder to merge, or to export alone (`GgufLora`).
-    pub adapter: Option<PathBuf>,
+    /// The base model (`None`: the default model, fetched on first use) and an adapter folder
+    /// to merge, or to export alone (`GgufLora`).
+    pub load: LoadSpec,
     pub format: Format,
     /// Weight type of a merged export: f32, bf16 or f16.
     pub dtype: String,
@@ -119,9 +119,9 @@ pub fn run(cfg: &ExportConfig) -> Result<ExportReport> {
     match cfg.format {
         Format::Gguf => {
             let ty = quant_type(&cfg.quant)?;
-            let path = model::resolve(cfg.model.as_deref())?;
+            let path = model::resolve(cfg.load.model.as_deref())?;
             crate::outdir::check_file(&cfg.out, cfg.overwrite, &inputs(&path, cfg))?;
-            let (model, tok, lora) = model::load_with_adapter(&path, cfg.adapter.as_deref())?;
+            let (model, tok, lora) = model::load_with_adapter(&path, cfg.load.adapter.as_deref())?;
             export_gguf_with_tokenizer(
                 &model,
                 lora.as_ref(),
@@ -136,9 +136,12 @@ pub fn run(cfg: &ExportConfig) -> Result<ExportReport> {
         }
         Format::GgufLora => {
             let ty = quant_type(if cfg.quant == "q8_0" { "f16" } else { &cfg.quant })?;
-            let dir =
-                cfg.adapter.as_ref().ok_or_else(|| KilnError::Msg("--format gguf-lora needs --adapter DIR".into()))?;
-            let path = model::resolve(cfg.model.as_deref())?;
+            let dir = cfg
+                .load
+                .adapter
+                .as_ref()
+                .ok_or_else(|| KilnError::Msg("--format gguf-lora needs --adapter DIR".into()))?;
+            let path = model::resolve(cfg.load.model.as_deref())?;
             crate::outdir::check_file(&cfg.out, cfg.overwrite, &inputs(&path, cfg))?;
             let config = model::config_of(&path)?;
             let lora = LoraSet::load_peft(dir, &config)?;
@@ -163,7 +166,7 @@ pub fn run(cfg: &ExportConfig) -> Result<ExportReport> {
                 "f16" => DType::F16,
                 other => return Err(KilnError::Msg(format!("--dtype {other}: one of f32, bf16, f16"))),
             };
-            let path = model::resolve(cfg.model.as_deref())?;
+            let path = model::resolve(cfg.load.model.as_deref())?;
             // Written beside the target and renamed, so a failed export leaves no half-written
             // model; the temporary folder goes on every error path (dropped uncommitted).
             let staged = crate::outdir::StagedDir::begin(
@@ -172,7 +175,7 @@ pub fn run(cfg: &ExportConfig) -> Result<ExportReport> {
                 cfg.overwrite,
                 &inputs(&path, cfg),
             )?;
-            let (model, tok, lora) = model::load_with_adapter(&path, cfg.adapter.as_deref())?;
+            let (model, tok, lora) = model::load_with_adapter(&path, cfg.load.adapter.as_deref())?;
             export_merged(&model, lora.as_ref(), Some(&tok), dtype, staged.path())?;
             staged.commit()?;
             let params = model.config.num_params();
@@ -184,7 +187,7 @@ pub fn run(cfg: &ExportConfig) -> Result<ExportReport> {
 /// What the output must never replace: the model and the adapter.
 fn inputs(model: &Path, cfg: &ExportConfig) -> crate::outdir::Inputs {
     let i = crate::outdir::Inputs::default().with(model);
-    match &cfg.adapter {
+    match &cfg.load.adapter {
         Some(d) => i.with(d),
         None => i,
     }

@@ -76,13 +76,13 @@ pub struct Generated {
 /// earlier turns identically, so only the tokens after the longest common prefix with the
 /// previous call are run (the cache is cut back to that prefix first).
 pub struct Cache {
-    cache: KvCache,
+    kv: KvCache,
     ids: Vec<i32>,
 }
 
 impl Cache {
     pub fn new(model: &Llama) -> Cache {
-        Cache { cache: KvCache::new(model), ids: Vec::new() }
+        Cache { kv: KvCache::new(model), ids: Vec::new() }
     }
     /// Tokens whose keys and values are held.
     pub fn cached(&self) -> usize {
@@ -90,28 +90,17 @@ impl Cache {
     }
     /// Forgets everything (a new conversation).
     pub fn clear(&mut self) {
-        self.cache.truncate(0);
+        self.kv.truncate(0);
         self.ids.clear();
     }
 }
 
-/// Decodes after `prompt`, calling `on_token` with each new id (return `false` to stop). The
-/// stop id that ends decoding is included in `tokens`.
+/// Decodes after `prompt`, calling `on_token` with each new id (return `false` to stop), reusing
+/// the keys and values `cache` holds for the prompt's prefix. The stop id that ends decoding is
+/// included in `tokens`.
 pub fn generate_ids(
     model: &Llama,
-    prompt: &[i32],
-    stop: &[i32],
-    opts: &GenOptions,
-    lora: Option<&LoraSet>,
-    on_token: &mut dyn FnMut(i32) -> bool,
-) -> Result<Generated> {
-    generate_ids_in(model, &mut Cache::new(model), prompt, stop, opts, lora, on_token)
-}
-
-/// [`generate_ids`] reusing the keys and values `session` for the prompt's prefix it already holds.
-pub fn generate_ids_in(
-    model: &Llama,
-    session: &mut Cache,
+    cache: &mut Cache,
     prompt: &[i32],
     stop: &[i32],
     opts: &GenOptions,
@@ -127,13 +116,13 @@ pub fn generate_ids_in(
     fit_context(context_len(model), prompt.len(), &mut opts)?;
     let opts = &opts;
     // At least the prompt's last token runs, for the logits of the first new token.
-    let keep = session.ids.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
-    session.cache.truncate(keep);
-    session.ids.truncate(keep);
+    let keep = cache.ids.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+    cache.kv.truncate(keep);
+    cache.ids.truncate(keep);
     let mut rng = Rng::new(opts.seed);
     let t0 = Instant::now();
-    let mut logits = model.forward_cached(&prompt[keep..], &mut session.cache, lora)?;
-    session.ids.extend_from_slice(&prompt[keep..]);
+    let mut logits = model.forward_cached(&prompt[keep..], &mut cache.kv, lora)?;
+    cache.ids.extend_from_slice(&prompt[keep..]);
     check_logits(&logits, 0, prompt.len())?;
     let prompt_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
@@ -176,8 +165,8 @@ pub fn generate_ids_in(
         if out.len() == opts.max_new_tokens {
             break;
         }
-        logits = model.forward_cached(&[next], &mut session.cache, lora)?;
-        session.ids.push(next);
+        logits = model.forward_cached(&[next], &mut cache.kv, lora)?;
+        cache.ids.push(next);
         check_logits(&logits, out.len(), prompt.len())?;
     }
     Ok(Generated { tokens: out, logprobs: lps, stop: reason, prompt_s, decode_s: t1.elapsed().as_secs_f64() })
@@ -192,7 +181,7 @@ pub fn generate(
     opts: &GenOptions,
     lora: Option<&LoraSet>,
 ) -> Result<Vec<i32>> {
-    Ok(generate_ids(model, prompt, stop, opts, lora, &mut |_| true)?.tokens)
+    Ok(generate_with_logprobs(model, prompt, stop, opts, lora)?.0)
 }
 
 /// [`generate`], also returning each new token's log-probability under the model (what a
@@ -204,7 +193,7 @@ pub fn generate_with_logprobs(
     opts: &GenOptions,
     lora: Option<&LoraSet>,
 ) -> Result<(Vec<i32>, Vec<f64>)> {
-    let g = generate_ids(model, prompt, stop, opts, lora, &mut |_| true)?;
+    let g = generate_ids(model, &mut Cache::new(model), prompt, stop, opts, lora, &mut |_| true)?;
     Ok((g.tokens, g.logprobs))
 }
 
@@ -248,12 +237,12 @@ impl TextOutput {
 
 /// Generates text after the prompt ids, streaming decoded text to `on_text` as it becomes final
 /// (held back across incomplete UTF-8 and possible stop-string starts), stopping at EOS (the
-/// tokenizer's) or any of `stop_strings` (cut from the text). `session` holds the KV cache:
+/// tokenizer's) or any of `stop_strings` (cut from the text). `cache` holds the KV cache:
 /// a fresh [`Cache`] for one-off prompts, the conversation's own for chat turns.
 #[allow(clippy::too_many_arguments)]
 pub fn generate_text(
     model: &Llama,
-    session: &mut Cache,
+    cache: &mut Cache,
     tok: &TextTokenizer,
     prompt: &[i32],
     opts: &GenOptions,
@@ -266,7 +255,7 @@ pub fn generate_text(
     let (mut ids, mut emitted, mut text) = (Vec::<u32>::new(), 0usize, String::new());
     let mut hit_stop = false;
     let mut err = None;
-    let mut generated = generate_ids_in(model, session, prompt, &stop_ids, opts, lora, &mut |t| {
+    let mut generated = generate_ids(model, cache, prompt, &stop_ids, opts, lora, &mut |t| {
         ids.push(t as u32);
         text = match tok.decode(&ids) {
             Ok(s) => s,
