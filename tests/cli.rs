@@ -186,7 +186,7 @@ fn info_describes_a_gguf_file() {
 #[test]
 fn main_job_fine_tunes_smollm2_on_the_bundled_data() {
     let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("models");
-    let model = match kiln::models::default_model(&cache) {
+    let model = match kiln::model::default_model(&cache) {
         Ok(p) => p,
         Err(e) if std::env::var_os("CI").is_none() => return eprintln!("SKIP main job test: {e}"),
         Err(e) => panic!("{e}: CI must run the main job"),

@@ -322,14 +322,14 @@ fn generation_refuses_nan_logits_long_prompts_and_bad_flags() {
 fn a_chat_session_reuses_its_cache_and_answers_the_same() {
     use kiln::data::template::ChatTemplate;
     use kiln::data::{Message, Role};
-    use kiln::generate::{GenOptions, Session, chat_prompt, generate_text};
+    use kiln::infer::{Cache, GenOptions, chat_prompt, generate_text};
     let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-eval-session");
     let _ = std::fs::remove_dir_all(&d);
     let m = common::tiny_model(&d, 9);
-    let (model, tok) = kiln::models::load_with_tokenizer(&m, false).unwrap();
+    let (model, tok) = kiln::model::load_with_tokenizer(&m, false).unwrap();
     let t = ChatTemplate::new(tok.chat_template.as_deref().unwrap(), "fixture").unwrap();
     let opts = GenOptions { max_new_tokens: 12, ..Default::default() };
-    let mut session = Session::new(&model);
+    let mut session = Cache::new(&model);
     let mut msgs = vec![Message { role: Role::User, content: "colour of item 3?".into() }];
     let p1 = chat_prompt(&tok, &t, &msgs).unwrap();
     let g1 = generate_text(&model, &mut session, &tok, &p1, &opts, &[], None, &mut |_| {}).unwrap();
@@ -340,7 +340,7 @@ fn a_chat_session_reuses_its_cache_and_answers_the_same() {
     let common = p1.iter().zip(&p2).take_while(|(a, b)| a == b).count();
     assert_eq!(common, p1.len(), "the template renders the first turn identically");
     let g2 = generate_text(&model, &mut session, &tok, &p2, &opts, &[], None, &mut |_| {}).unwrap();
-    let fresh = generate_text(&model, &mut Session::new(&model), &tok, &p2, &opts, &[], None, &mut |_| {}).unwrap();
+    let fresh = generate_text(&model, &mut Cache::new(&model), &tok, &p2, &opts, &[], None, &mut |_| {}).unwrap();
     assert_eq!(g2.generated.tokens, fresh.generated.tokens);
     for (a, b) in g2.generated.logprobs.iter().zip(&fresh.generated.logprobs) {
         assert!((a - b).abs() < 1e-4, "log-probs {a} vs {b}");

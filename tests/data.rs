@@ -206,7 +206,7 @@ fn a_line_over_the_byte_budget_is_refused_before_parsing_and_can_be_skipped() {
     assert_eq!(ex, vec![Example::Text("one".into()), Example::Text("three".into())]);
     assert_eq!(rep.invalid.get(&Reason::TooLong), Some(&1));
     // The budget scales with --max-seq-len, from a floor.
-    use kiln::data::dataset::{line_budget, render_budget};
+    use kiln::data::budget::{line_budget, render_budget};
     assert_eq!(line_budget(2048), 1 << 20);
     assert_eq!(line_budget(1), 16 << 10);
     assert_eq!(render_budget(2048), 128 << 10);

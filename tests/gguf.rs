@@ -404,21 +404,21 @@ fn grown_vocabulary_exports_load_back() {
             eprintln!("SKIP the gguf package read-back: python3 cannot import gguf and numpy");
         }
     }
-    let (model, tok) = kiln::models::load_with_tokenizer(&grown, false).unwrap();
+    let (model, tok) = kiln::model::load_with_tokenizer(&grown, false).unwrap();
     assert_eq!(model.config.vocab_size, rows);
     assert_eq!(tok.encode("<tool>").unwrap().ids, vec![n_base as u32]);
     ok(&["generate", "--model", &s(&grown), "--prompt", "call <tool>", "--raw", "--max-new-tokens", "2"]);
     // The merged folder's tokenizer files carry the added tokens too.
     let merged = d.join("merged");
     ok(&["export", "--model", &s(&base), "--adapter", &adapter, "--format", "merged", "--out", &s(&merged)]);
-    let (model, tok) = kiln::models::load_with_tokenizer(&merged, false).unwrap();
+    let (model, tok) = kiln::model::load_with_tokenizer(&merged, false).unwrap();
     assert_eq!(model.config.vocab_size, rows);
     assert_eq!(tok.encode("</tool>").unwrap().ids, vec![n_base as u32 + 1]);
     ok(&["generate", "--model", &s(&merged), "--prompt", "call <tool>", "--raw", "--max-new-tokens", "2"]);
     // And a GGUF exported from the merged folder (a config.json source) loads as well.
     let again = d.join("again.gguf");
     ok(&["export", "--model", &s(&merged), "--format", "gguf", "--quant", "f32", "--out", &s(&again)]);
-    let (model, tok) = kiln::models::load_with_tokenizer(&again, false).unwrap();
+    let (model, tok) = kiln::model::load_with_tokenizer(&again, false).unwrap();
     assert_eq!((model.config.vocab_size, tok.encode("<tool>").unwrap().ids), (rows, vec![n_base as u32]));
     // llama.cpp's LoRA GGUF holds A/B pairs only: the grown embedding is refused by name, not
     // silently dropped.

@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use kiln::adapters::{LoraConfig, LoraSet};
 use kiln::core::{Tape, Tensor};
+use kiln::data::batch::shift_targets;
 use kiln::formats::WeightStore;
-use kiln::model::{Inputs, Llama, default_positions, shift_targets};
+use kiln::model::{Inputs, Llama, default_positions};
 use kiln::train::AdamW;
 
 #[test]

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use kiln::adapters::{LoraConfig, LoraSet, Target};
 use kiln::core::{Tape, Tensor};
+use kiln::data::batch::shift_targets;
 use kiln::formats::WeightStore;
-use kiln::model::{Inputs, Llama, default_positions, shift_targets};
+use kiln::model::{Inputs, Llama, default_positions};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)

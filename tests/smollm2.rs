@@ -6,7 +6,8 @@
 use std::path::PathBuf;
 
 use kiln::core::{Tape, Tensor, ops};
-use kiln::model::{Inputs, Llama, default_positions, shift_targets};
+use kiln::data::batch::shift_targets;
+use kiln::model::{Inputs, Llama, default_positions};
 
 mod common;
 use common::smollm2;
@@ -93,7 +94,7 @@ fn smollm2_tokenizer_from_gguf_matches_transformers() {
 fn smollm2_greedy_answer_matches_transformers() {
     use kiln::data::template::ChatTemplate;
     use kiln::data::{Message, Role};
-    use kiln::generate::{GenOptions, generate};
+    use kiln::infer::{GenOptions, generate};
     let Some(path) = smollm2() else { return };
     let fx = reference();
     let ids = |k: &str| -> Vec<i32> { fx[k].as_array().unwrap().iter().map(|v| v.as_i64().unwrap() as i32).collect() };

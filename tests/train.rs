@@ -310,8 +310,8 @@ fn gguf_export_round_trips() {
     let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
     for (ty, tol) in [(GgmlType::F32, 1e-5f32), (GgmlType::Q8_0, 2e-2)] {
         let out = d.join(format!("model-{}.gguf", ty.name()));
-        kiln::export_gguf::export_gguf(&t.model, t.lora.as_ref(), &src, ty, false, &out).unwrap();
-        let (back, tok) = kiln::models::load_with_tokenizer(&out, false).unwrap();
+        kiln::export::export_gguf(&t.model, t.lora.as_ref(), &src, ty, false, &out).unwrap();
+        let (back, tok) = kiln::model::load_with_tokenizer(&out, false).unwrap();
         let got = back.forward(&tape, &inp, None, false).unwrap().value().to_vec_f32().unwrap();
         let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
         assert!(err < tol, "{}: logits differ by {err} of their scale", ty.name());
@@ -331,7 +331,7 @@ fn gguf_lora_export_is_a_llama_cpp_adapter() {
     let (t, _) = run(&cfg);
     let lora = t.lora.as_ref().unwrap();
     let out = d.join("adapter.gguf");
-    kiln::export_gguf::export_gguf_lora(&t.model.config, lora, GgmlType::F32, &out).unwrap();
+    kiln::export::export_gguf_lora(&t.model.config, lora, GgmlType::F32, &out).unwrap();
     let g = GgufFile::open(&out).unwrap();
     assert_eq!(g.get("general.type").and_then(MetaValue::as_str), Some("adapter"));
     assert_eq!(g.get("adapter.type").and_then(MetaValue::as_str), Some("lora"));
@@ -377,7 +377,7 @@ fn train_embeddings_saves_and_reloads_the_full_modules() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap()).unwrap();
     assert_eq!(v["modules_to_save"], serde_json::json!(["embed_tokens"]), "tied model: the embedding only");
     let mut fresh = Llama::load(cfg.model.as_ref().unwrap(), false).unwrap();
-    let lora = kiln::models::load_adapter(&mut fresh, &dir).unwrap();
+    let lora = kiln::model::load_adapter(&mut fresh, &dir).unwrap();
     let ids = Tensor::from_vec((0..12i32).map(|i| i * 59 % 700).collect::<Vec<_>>(), [1, 12]).unwrap();
     let pos = default_positions(1, 12).unwrap();
     let inp = Inputs { ids: &ids, pos: &pos, seg: None, shared_prefix: false, base_only: false };
@@ -432,9 +432,9 @@ fn added_special_tokens_grow_the_vocabulary_and_learn() {
     t.lora.as_ref().unwrap().save_peft(&dir, "tiny", 0.0, &extra).unwrap();
     tok.save_hf(&dir).unwrap();
     let mut fresh = Llama::load(&path, false).unwrap();
-    let lora = kiln::models::load_adapter(&mut fresh, &dir).unwrap();
+    let lora = kiln::model::load_adapter(&mut fresh, &dir).unwrap();
     assert_eq!(fresh.config.vocab_size, 710);
-    let back = kiln::models::adapter_tokenizer(&dir).unwrap().unwrap();
+    let back = kiln::model::adapter_tokenizer(&dir).unwrap().unwrap();
     assert_eq!(back.encode("<|tool|> run 3").unwrap().ids, tok.encode("<|tool|> run 3").unwrap().ids);
     let ids = Tensor::from_vec(vec![709, 5, 77, 709, 12], [1, 5]).unwrap();
     let pos = default_positions(1, 5).unwrap();
@@ -478,7 +478,7 @@ fn gguf_export_reads_in_the_gguf_package() {
     let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/gguf_dump.py");
     for (ty, mixed, file_type) in [(GgmlType::F32, false, 0), (GgmlType::Q8_0, false, 7), (GgmlType::Q5K, true, 17)] {
         let out = d.join(format!("model-{}.gguf", ty.name()));
-        kiln::export_gguf::export_gguf(&t.model, t.lora.as_ref(), &src, ty, mixed, &out).unwrap();
+        kiln::export::export_gguf(&t.model, t.lora.as_ref(), &src, ty, mixed, &out).unwrap();
         let prefix = d.join(format!("dump-{}", ty.name()));
         let st = std::process::Command::new("python3").arg(&tools).arg(&out).arg(&prefix).status().unwrap();
         assert!(st.success(), "gguf_dump.py failed on {}", out.display());

@@ -34,7 +34,7 @@ pub fn smollm2() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("KILN_SMOLLM2_GGUF") {
         return Some(PathBuf::from(p));
     }
-    match kiln::models::default_model(&PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("models")) {
+    match kiln::model::default_model(&PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("models")) {
         Ok(p) => Some(p),
         Err(e) if std::env::var_os("CI").is_none() => {
             eprintln!("SKIP smollm2 tests: {e}");

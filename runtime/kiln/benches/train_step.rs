@@ -4,8 +4,9 @@
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kiln::adapters::{LoraConfig, LoraSet};
 use kiln::core::{Tape, Tensor};
+use kiln::data::batch::shift_targets;
 use kiln::model::init::{TinySpec, create_random_llama};
-use kiln::model::{Inputs, Llama, default_positions, shift_targets};
+use kiln::model::{Inputs, Llama, default_positions};
 use kiln::train::AdamW;
 
 fn step(c: &mut Criterion) {

@@ -1,7 +1,17 @@
 //! `kiln info`: version, compiled and available backends, CPU threads and SIMD level, wgpu
-//! adapters, CUDA devices, and why a backend is unavailable.
+//! adapters, CUDA devices, and why a backend is unavailable; with a model, what it holds and
+//! what it costs in memory. Also the process's memory figures other reports quote.
 
+use std::path::Path;
+
+use kiln_core::{Tape, Tensor};
 use serde_json::{Value, json};
+
+use crate::Result;
+use crate::data::tokenizer::TextTokenizer;
+use crate::formats::gguf::{GgufFile, MetaValue};
+use crate::model::gguf::config_from_gguf;
+use crate::model::{Inputs, Llama, default_positions};
 
 /// The SIMD level the CPU kernels can use here.
 pub fn simd_level() -> &'static str {
@@ -87,7 +97,7 @@ pub fn report() -> Value {
     })
 }
 
-/// Human-readable form of [`report`].
+/// Human-readable form of [`report`] (with its `model`, when present).
 pub fn render(v: &Value) -> String {
     let mut s = format!("kiln {}\n", v["version"].as_str().unwrap_or("?"));
     let b = &v["backends"];
@@ -128,6 +138,9 @@ pub fn render(v: &Value) -> String {
             s += &format!("        [{i}] {}\n", d);
         }
     }
+    if let Some(m) = v.get("model") {
+        s += &render_model(m);
+    }
     s
 }
 
@@ -136,4 +149,119 @@ pub fn peak_rss_mb() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let kb = s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse::<f64>().ok()?;
     Some(kb / 1024.0)
+}
+
+/// What `kiln info --model` adds: a `.gguf` file's header, validated as loading would (the
+/// model's shape against its tensors, its tokenizer), or a model folder loaded, with its memory
+/// before and after one short forward.
+pub fn model(path: &Path) -> Result<Value> {
+    if path.extension().is_some_and(|e| e == "gguf") { gguf_model(path) } else { dir_model(path) }
+}
+
+fn dir_model(dir: &Path) -> Result<Value> {
+    let before = rss_bytes();
+    let m = Llama::load(dir, false)?;
+    let after = rss_bytes();
+    let bytes: usize = m.named_weights().iter().map(|(_, w)| w.value().numel() * w.value().dtype().size()).sum();
+    let mapped = m.named_weights().iter().filter(|(_, w)| w.value().is_mapped()).count();
+    // One short no-grad forward touches every weight: the map's pages become resident
+    // (file-backed RSS) while anonymous memory grows only by activations and temporaries.
+    let ids = Tensor::from_vec((0..8).map(|i| i % m.config.vocab_size as i32).collect::<Vec<i32>>(), [1, 8])?;
+    let pos = default_positions(1, 8)?;
+    let tape = Tape::no_grad();
+    m.forward(&tape, &Inputs { ids: &ids, pos: &pos, seg: None, shared_prefix: false, base_only: false }, None, false)?;
+    let fwd = rss_bytes();
+    Ok(json!({
+        "path": dir.display().to_string(),
+        "arch": format!("{:?}", m.config.arch),
+        "params": m.config.num_params(),
+        "layers": m.config.num_layers,
+        "hidden_size": m.config.hidden_size,
+        "vocab_size": m.config.vocab_size,
+        "weight_bytes": bytes,
+        "tensors_mapped": mapped,
+        "tensors": m.named_weights().len(),
+        "rss_before_load_mb": before.0 as f64 / 1048576.0,
+        "rss_after_load_mb": after.0 as f64 / 1048576.0,
+        "anon_rss_growth_mb": (after.1 as f64 - before.1 as f64) / 1048576.0,
+        "rss_after_forward_mb": fwd.0 as f64 / 1048576.0,
+        "file_rss_after_forward_mb": fwd.2 as f64 / 1048576.0,
+        "anon_rss_after_forward_mb": fwd.1 as f64 / 1048576.0,
+    }))
+}
+
+fn gguf_model(path: &Path) -> Result<Value> {
+    let t0 = std::time::Instant::now();
+    let g = GgufFile::open(path)?;
+    // "Validated" means what loading it would check, for what the file claims to hold: a
+    // model's shape against the tensors present (when it names a block count) and its tokenizer
+    // metadata (when it names a tokenizer), not only the header's bounds. A GGUF of other
+    // tensors (a quantization test file, a LoRA) is described as it is.
+    let arch = g.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("");
+    let layers = match g.get(&format!("{arch}.block_count")) {
+        Some(_) => Some(config_from_gguf(&g)?.num_layers),
+        None => None,
+    };
+    if g.get("tokenizer.ggml.model").is_some() {
+        TextTokenizer::from_gguf(&g)?;
+    }
+    let open_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let mut types = std::collections::BTreeMap::<&str, usize>::new();
+    for t in &g.tensors {
+        *types.entry(t.ty.name()).or_insert(0) += 1;
+    }
+    let vocab = match g.get("tokenizer.ggml.tokens") {
+        Some(MetaValue::Array(a)) => a.len(),
+        _ => 0,
+    };
+    Ok(json!({
+        "path": path.display().to_string(),
+        "version": g.version,
+        "arch": g.get("general.architecture").and_then(|v| v.as_str()),
+        "name": g.get("general.name").and_then(|v| v.as_str()),
+        "params": g.tensors.iter().map(|t| t.numel()).sum::<u64>(),
+        "layers": layers,
+        "tensors": g.tensors.len(),
+        "tensor_types": types,
+        "file_bytes": g.file_bytes(),
+        "tokenizer": g.get("tokenizer.ggml.model").and_then(|v| v.as_str()),
+        "vocab": vocab,
+        "chat_template": g.get("tokenizer.chat_template").is_some(),
+        "open_ms": open_ms,
+    }))
+}
+
+/// Human-readable form of [`model`]'s object (a GGUF's header, or a loaded folder's memory).
+fn render_model(m: &Value) -> String {
+    let f = |k: &str| m[k].as_f64().unwrap_or(0.0);
+    if m.get("version").is_some() {
+        format!(
+            "model {} (GGUF v{})\n  architecture {}, {} params, {} tensors {}, {:.1} MB on disk, opened and validated in {:.1} ms\n  tokenizer: {} ({} tokens); chat template: {}\n",
+            m["path"].as_str().unwrap_or(""),
+            m["version"],
+            m["arch"].as_str().unwrap_or("?"),
+            m["params"],
+            m["tensors"],
+            m["tensor_types"],
+            f("file_bytes") / 1048576.0,
+            f("open_ms"),
+            m["tokenizer"].as_str().unwrap_or("none"),
+            m["vocab"],
+            if m["chat_template"].as_bool() == Some(true) { "found" } else { "none" }
+        )
+    } else {
+        format!(
+            "model {}\n  {} params, {} layers, weights {:.1} MB, {}/{} tensors used from the memory map, anonymous RSS grew {:.1} MB on load\n  after an 8-token forward: RSS {:.1} MB = {:.1} MB file-backed (the map) + {:.1} MB anonymous\n",
+            m["path"].as_str().unwrap_or(""),
+            m["params"],
+            m["layers"],
+            f("weight_bytes") / 1048576.0,
+            m["tensors_mapped"],
+            m["tensors"],
+            f("anon_rss_growth_mb"),
+            f("rss_after_forward_mb"),
+            f("file_rss_after_forward_mb"),
+            f("anon_rss_after_forward_mb")
+        )
+    }
 }

@@ -6,7 +6,7 @@ use kiln_core::ops;
 use kiln_core::rng::Rng;
 use kiln_core::{DType, Tape, Tensor, Var};
 
-use crate::model::ModelConfig;
+use super::BaseDims;
 use crate::{KilnError, Result};
 
 /// One adapter: down `[size, hidden]` + bias, up `[hidden, size]` + bias.
@@ -61,7 +61,8 @@ impl Bottleneck {
 }
 
 /// Adapters for every block: `[after attention, after MLP]`.
-pub fn new_set(model: &ModelConfig, size: usize, seed: u64) -> Result<Vec<[Bottleneck; 2]>> {
+pub fn new_set(model: impl Into<BaseDims>, size: usize, seed: u64) -> Result<Vec<[Bottleneck; 2]>> {
+    let model = model.into();
     if size == 0 {
         return Err(KilnError::Msg("adapter_size must be at least 1".into()));
     }

@@ -6,7 +6,7 @@ use kiln_core::ops::Lora;
 use kiln_core::rng::Rng;
 use kiln_core::{Tensor, Var};
 
-use crate::model::ModelConfig;
+use super::BaseDims;
 use crate::{KilnError, Result};
 
 /// A linear layer an adapter can attach to.
@@ -47,7 +47,8 @@ impl Target {
     }
 
     /// `(in, out)` features of this layer.
-    pub fn dims(self, c: &ModelConfig) -> (usize, usize) {
+    pub fn dims(self, c: impl Into<BaseDims>) -> (usize, usize) {
+        let c = c.into();
         let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
         match self {
             Target::Q => (h, c.num_heads * d),
@@ -96,23 +97,35 @@ pub struct LoraSet {
 
 impl LoraSet {
     /// Fresh adapters, PEFT's default initialization, from `seed`.
-    pub fn new(model: &ModelConfig, config: LoraConfig, seed: u64) -> Result<LoraSet> {
+    pub fn new(model: impl Into<BaseDims>, config: LoraConfig, seed: u64) -> Result<LoraSet> {
+        let model = model.into();
         if config.r == 0 {
             return Err(KilnError::Msg("LoRA rank r must be at least 1".into()));
         }
         let mut rng = Rng::new(seed);
+        LoraSet::build(model, config, |_, _, (fin, fout), r| {
+            // kaiming_uniform_(a=√5) on [r, in] gives U(−1/√in, 1/√in).
+            let bound = 1.0 / (fin as f64).sqrt();
+            let a: Vec<f32> = (0..r * fin).map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32).collect();
+            Ok((Tensor::from_vec(a, [r, fin])?, Tensor::zeros([fout, r], kiln_core::DType::F32)))
+        })
+    }
+
+    /// Adapters on `config.targets` of every block, with `a`/`b` from `make(layer, target,
+    /// (in, out), r)`, as trainable leaves scaled by the config's scale.
+    fn build(
+        model: BaseDims,
+        config: LoraConfig,
+        mut make: impl FnMut(usize, Target, (usize, usize), usize) -> Result<(Tensor, Tensor)>,
+    ) -> Result<LoraSet> {
         let scale = config.scale();
         let mut layers = Vec::with_capacity(model.num_layers);
-        for _ in 0..model.num_layers {
+        for i in 0..model.num_layers {
             let mut slots: [Option<Lora>; 7] = Default::default();
             for &t in &config.targets {
-                let (fin, fout) = t.dims(model);
-                // kaiming_uniform_(a=√5) on [r, in] gives U(−1/√in, 1/√in).
-                let bound = 1.0 / (fin as f64).sqrt();
-                let a: Vec<f32> = (0..config.r * fin).map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32).collect();
-                let a = Var::leaf(Tensor::from_vec(a, [config.r, fin])?, true);
-                let b = Var::leaf(Tensor::zeros([fout, config.r], kiln_core::DType::F32), true);
-                slots[t.index()] = Some(Lora { dropout: config.dropout, ..Lora::new(a, b, scale) });
+                let (a, b) = make(i, t, t.dims(model), config.r)?;
+                let lora = Lora::new(Var::leaf(a, true), Var::leaf(b, true), scale);
+                slots[t.index()] = Some(Lora { dropout: config.dropout, ..lora });
             }
             layers.push(slots);
         }
@@ -233,29 +246,21 @@ impl LoraSet {
     /// shape is checked against `adapter_config.json` (`r`, `target_modules`) and the model
     /// before anything is allocated: the file's own tensors are what is loaded, so a claimed
     /// rank the file does not hold is an error, never an allocation.
-    pub fn load_peft(dir: &std::path::Path, model: &ModelConfig) -> Result<LoraSet> {
+    pub fn load_peft(dir: &std::path::Path, model: impl Into<BaseDims>) -> Result<LoraSet> {
+        let model = model.into();
         let cp = dir.join("adapter_config.json");
         let text = std::fs::read_to_string(&cp).map_err(|e| KilnError::io(&cp, e))?;
         let config = parse_adapter_config(&text, &cp)?;
         let file = dir.join("adapter_model.safetensors");
         let store = crate::formats::WeightStore::from_files(std::slice::from_ref(&file))?;
         check_peft_tensors(&store.shapes(), &file, &cp, &config, model)?;
-        let scale = config.scale();
-        let mut layers = Vec::with_capacity(model.num_layers);
-        for i in 0..model.num_layers {
-            let mut slots: [Option<Lora>; 7] = Default::default();
-            for &t in &config.targets {
-                let (fin, fout) = t.dims(model);
-                let m = peft_name(&format!("model.layers.{i}.{}", t.module()));
-                let f32 = kiln_core::DType::F32;
-                let a = store.get_shaped(&format!("{m}.lora_A.weight"), &[config.r, fin])?.to_dtype(f32)?;
-                let b = store.get_shaped(&format!("{m}.lora_B.weight"), &[fout, config.r])?.to_dtype(f32)?;
-                let lora = Lora::new(Var::leaf(a, true), Var::leaf(b, true), scale);
-                slots[t.index()] = Some(Lora { dropout: config.dropout, ..lora });
-            }
-            layers.push(slots);
-        }
-        Ok(LoraSet { config, layers })
+        LoraSet::build(model, config, |i, t, (fin, fout), r| {
+            let m = peft_name(&format!("model.layers.{i}.{}", t.module()));
+            let f32 = kiln_core::DType::F32;
+            let a = store.get_shaped(&format!("{m}.lora_A.weight"), &[r, fin])?.to_dtype(f32)?;
+            let b = store.get_shaped(&format!("{m}.lora_B.weight"), &[fout, r])?.to_dtype(f32)?;
+            Ok((a, b))
+        })
     }
 
     /// The fully trained modules of a PEFT adapter folder (`modules_to_save`), under
@@ -334,8 +339,9 @@ pub fn check_peft_tensors(
     file: &std::path::Path,
     cp: &std::path::Path,
     config: &LoraConfig,
-    model: &ModelConfig,
+    model: impl Into<BaseDims>,
 ) -> Result<()> {
+    let model = model.into();
     let r = config.r;
     let shapes: std::collections::HashMap<&str, &[usize]> =
         tensors.iter().map(|(n, s)| (n.as_str(), s.as_slice())).collect();

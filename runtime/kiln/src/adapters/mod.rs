@@ -1,6 +1,29 @@
 //! Trainable additions to a frozen base model.
+//!
+//! Adapters are sized from [`BaseDims`], the few facts of a base model they need, and never
+//! import the model: the model attaches adapters, not the other way round
+//! (`model` → `adapters`). `ModelConfig` converts into `BaseDims`, so every function here
+//! takes `&model.config` as it is.
 
 pub mod bottleneck;
 pub mod lora;
 
 pub use lora::{LoraConfig, LoraSet, Target};
+
+/// The shape of a decoder an adapter attaches to: its block count and the widths of the linear
+/// layers in each block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BaseDims {
+    pub num_layers: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl From<&BaseDims> for BaseDims {
+    fn from(d: &BaseDims) -> BaseDims {
+        *d
+    }
+}

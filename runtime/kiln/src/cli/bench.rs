@@ -65,7 +65,8 @@ pub struct TrainArgs {
 fn train(a: TrainArgs) -> Result<()> {
     use kiln::adapters::LoraSet;
     use kiln::core::Tape;
-    use kiln::model::{Inputs, default_positions, shift_targets};
+    use kiln::data::batch::shift_targets;
+    use kiln::model::{Inputs, default_positions};
     use kiln::train::{Method, TrainConfig};
     if a.steps == 0 || a.batch_size == 0 || a.max_seq_len < 2 {
         anyhow::bail!("--steps and --batch-size must be positive and --max-seq-len at least 2");
@@ -82,7 +83,7 @@ fn train(a: TrainArgs) -> Result<()> {
         flags.insert("quantize".into(), q.clone().into());
     }
     let mut cfg = TrainConfig::resolve(None, flags)?;
-    let path = kiln::models::resolve(a.model.as_deref())?;
+    let path = kiln::model::resolve(a.model.as_deref())?;
     let mut model = kiln::model::Llama::load(&path, cfg.method == Method::Full)?;
     if let Some(line) = kiln::train::prepare::quantize_base(&mut cfg, &mut model)? {
         eprintln!("{line}");

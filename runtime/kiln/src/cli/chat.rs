@@ -8,13 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, anyhow, bail};
 use clap::Args;
-use kiln::adapters::LoraSet;
-use kiln::data::dataset::BYTES_PER_TOKEN;
-use kiln::data::template::ChatTemplate;
-use kiln::data::tokenizer::TextTokenizer;
-use kiln::data::{Message, Role};
-use kiln::generate::{GenOptions, Session, chat_prompt, context_len, fit_context, generate_text};
-use kiln::model::Llama;
+use kiln::infer::{BYTES_PER_TOKEN, Conversation, GenOptions, Session, SessionConfig, Turn};
 
 use super::generate::SamplingArgs;
 
@@ -39,22 +33,18 @@ pub struct ChatArgs {
 const HELP: &str = "commands: /reset (forget the conversation), /system TEXT (set the system message and reset), \
 /params [name=value …] (show or set temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed), /quit";
 
-/// One model in the conversation, with its own history.
+/// One model in the conversation, with its own history and KV cache.
 struct Speaker {
     label: &'static str,
-    model: Llama,
-    tok: TextTokenizer,
-    lora: Option<LoraSet>,
-    template: ChatTemplate,
-    history: Vec<Message>,
-    /// The conversation's KV cache: each turn runs only its new tokens.
-    session: Session,
+    conv: Conversation,
 }
 
-fn template_of(tok: &TextTokenizer, path: &std::path::Path) -> Result<ChatTemplate> {
-    ChatTemplate::choose_for(None, tok.chat_template.as_deref(), Some(path))?.ok_or_else(|| {
-        anyhow!("{}: the model has no chat template (kiln generate --raw continues plain text)", path.display())
-    })
+fn open(cfg: &SessionConfig) -> Result<Session> {
+    let s = Session::open(cfg)?;
+    if s.template().is_none() {
+        bail!("{}: the model has no chat template (kiln generate --raw continues plain text)", s.path().display());
+    }
+    Ok(s)
 }
 
 /// Applies `name=value` settings to `o` — all of them, or none when one is invalid.
@@ -62,51 +52,29 @@ fn set_params(opts: &mut GenOptions, args: &str) -> Result<()> {
     let mut o = opts.clone();
     for kv in args.split_whitespace() {
         let (k, v) = kv.split_once('=').ok_or_else(|| anyhow!("/params: `{kv}` is not name=value"))?;
-        let bad = |e: &dyn std::fmt::Display| anyhow!("/params {k}: `{v}`: {e}");
-        match k {
-            "temperature" => o.temperature = v.parse().map_err(|e| bad(&e))?,
-            "top_k" => o.top_k = v.parse().map_err(|e| bad(&e))?,
-            "top_p" => o.top_p = v.parse().map_err(|e| bad(&e))?,
-            "repetition_penalty" => o.repetition_penalty = v.parse().map_err(|e| bad(&e))?,
-            "max_new_tokens" => o.max_new_tokens = v.parse().map_err(|e| bad(&e))?,
-            "seed" => o.seed = v.parse().map_err(|e| bad(&e))?,
-            other => bail!(
-                "/params: unknown `{other}` (temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed)"
-            ),
-        }
+        o.set(k, v)?;
     }
     o.validate()?;
     *opts = o;
     Ok(())
 }
 
-fn params_line(o: &GenOptions) -> String {
-    format!(
-        "temperature={} top_k={} top_p={} repetition_penalty={} max_new_tokens={} seed={}",
-        o.temperature, o.top_k, o.top_p, o.repetition_penalty, o.max_new_tokens, o.seed
-    )
-}
-
 pub fn run(a: ChatArgs) -> Result<()> {
     if a.compare && a.adapter.is_none() {
         bail!("--compare needs --adapter (the base model answers beside the tuned one)");
     }
-    let path = kiln::models::resolve(a.model.as_deref())?;
     let mut speakers = Vec::new();
     if a.compare {
-        let (model, tok) = kiln::models::load_with_tokenizer(&path, false)?;
-        let template = template_of(&tok, &path)?;
-        let session = Session::new(&model);
-        speakers.push(Speaker { label: "base", model, tok, lora: None, template, history: vec![], session });
+        let cfg = SessionConfig { model: a.model.clone(), adapter: None, template: None };
+        speakers.push(Speaker { label: "base", conv: Conversation::new(open(&cfg)?) });
     }
-    let (model, tok, lora) = kiln::models::load_with_adapter(&path, a.adapter.as_deref())?;
-    let template = template_of(&tok, &path)?;
-    let session = Session::new(&model);
-    speakers.push(Speaker { label: "tuned", model, tok, lora, template, history: vec![], session });
+    let cfg = SessionConfig { model: a.model.clone(), adapter: a.adapter.clone(), template: None };
+    speakers.push(Speaker { label: "tuned", conv: Conversation::new(open(&cfg)?) });
+    let path = speakers[0].conv.session.path().to_path_buf();
     let mut system = a.system.clone();
     let mut opts = a.sampling.options()?;
     // One message over BYTES_PER_TOKEN bytes per token of the context cannot fit.
-    let limit = speakers.iter().map(|s| context_len(&s.model)).min().unwrap_or(0).saturating_mul(BYTES_PER_TOKEN);
+    let limit = speakers.iter().map(|s| s.conv.session.input_limit()).min().unwrap_or(0);
     let tty = std::io::stdin().is_terminal();
     let mut out = std::io::stdout();
     if tty {
@@ -141,22 +109,19 @@ pub fn run(a: ChatArgs) -> Result<()> {
             match name {
                 "quit" | "exit" => break,
                 "reset" => {
-                    speakers.iter_mut().for_each(|s| {
-                        s.history.clear();
-                        s.session.clear();
-                    });
+                    speakers.iter_mut().for_each(|s| s.conv.reset());
                     println!("(conversation reset)");
                 }
                 "system" => {
                     system = (!rest.trim().is_empty()).then(|| rest.trim().to_string());
-                    speakers.iter_mut().for_each(|s| s.history.clear());
+                    speakers.iter_mut().for_each(|s| s.conv.forget_turns());
                     println!(
                         "(system message {}; conversation reset)",
                         if system.is_some() { "set" } else { "cleared" }
                     );
                 }
                 "params" => match set_params(&mut opts, rest) {
-                    Ok(()) => println!("({})", params_line(&opts)),
+                    Ok(()) => println!("({})", opts.line()),
                     Err(e) => println!("(error: {e})"),
                 },
                 "help" => println!("({HELP})"),
@@ -165,43 +130,26 @@ pub fn run(a: ChatArgs) -> Result<()> {
             continue;
         }
         for s in speakers.iter_mut() {
-            s.history.push(Message { role: Role::User, content: msg.to_string() });
-            let mut msgs: Vec<Message> =
-                system.iter().map(|t| Message { role: Role::System, content: t.clone() }).collect();
-            msgs.extend(s.history.iter().cloned());
-            let ids = chat_prompt(&s.tok, &s.template, &msgs)?;
-            // A conversation that outgrew the context is refused turn by turn: the message is
-            // dropped and the conversation stays as it was (/reset starts over).
-            let mut turn = opts.clone();
-            match fit_context(context_len(&s.model), ids.len(), &mut turn) {
-                Ok(Some(note)) => eprintln!("(note: {note})"),
-                Ok(None) => {}
-                Err(e) => {
-                    s.history.pop();
-                    println!("(error: {e})");
-                    continue;
+            let on_start = &mut |note: Option<&str>| {
+                if let Some(note) = note {
+                    eprintln!("(note: {note})");
+                }
+                if a.compare {
+                    print!("[{}] ", s.label);
+                }
+            };
+            let turn = s.conv.turn(system.as_deref(), msg, &opts, &a.sampling.stop, on_start, &mut |t| {
+                // Streamed as decoded; a closed stdout only ends the stream.
+                let _ = out.write_all(t.as_bytes()).and_then(|_| out.flush());
+            })?;
+            match turn {
+                Turn::Refused(e) => println!("(error: {e})"),
+                Turn::Answered(g) => {
+                    println!();
+                    let n = g.generated.tokens.len();
+                    eprintln!("({n} tokens, {:.1} tokens/s)", n as f64 / g.generated.decode_s.max(1e-9));
                 }
             }
-            if a.compare {
-                print!("[{}] ", s.label);
-            }
-            let g = generate_text(
-                &s.model,
-                &mut s.session,
-                &s.tok,
-                &ids,
-                &turn,
-                &a.sampling.stop,
-                s.lora.as_ref(),
-                &mut |t| {
-                    // Streamed as decoded; a closed stdout only ends the stream.
-                    let _ = out.write_all(t.as_bytes()).and_then(|_| out.flush());
-                },
-            )?;
-            println!();
-            let n = g.generated.tokens.len();
-            eprintln!("({n} tokens, {:.1} tokens/s)", n as f64 / g.generated.decode_s.max(1e-9));
-            s.history.push(Message { role: Role::Assistant, content: g.text.trim().to_string() });
         }
     }
     Ok(())

@@ -210,14 +210,14 @@ fn exact_match(
     model: &Llama,
     lora: Option<&LoraSet>,
     r: &kiln::data::render::Renderer,
-    rows: &[kiln::eval::run::GenRow],
+    rows: &[kiln::eval::measure::GenRow],
     label: &str,
 ) -> Result<(usize, Vec<String>)> {
-    let opts = kiln::generate::GenOptions { max_new_tokens: 48, ..Default::default() };
+    let opts = kiln::infer::GenOptions { max_new_tokens: 48, ..Default::default() };
     let pb = progress(rows.len());
     pb.set_message(label.to_string());
     let tick = &mut |n: usize| pb.inc(n as u64);
-    let preds = kiln::eval::run::predict(model, lora, &r.tokenizer, r.template.as_ref(), rows, &opts, &[], tick)?;
+    let preds = kiln::eval::measure::predict(model, lora, &r.tokenizer, r.template.as_ref(), rows, &opts, &[], tick)?;
     pb.finish_and_clear();
     let hits = preds.iter().filter(|p| kiln::eval::exact_match(&p.prediction, &p.reference, false)).count();
     Ok((hits, preds.into_iter().map(|p| p.prediction).collect()))
@@ -226,9 +226,9 @@ fn exact_match(
 fn run_real(a: &DemoArgs, steps: Option<usize>, batch_size: usize, seq_len: usize, lr: f64) -> Result<()> {
     use kiln::train::prepare::prepare;
     use kiln::train::{Method, TrainConfig, Trainer};
-    let path = kiln::models::resolve(a.model.as_deref())?;
+    let path = kiln::model::resolve(a.model.as_deref())?;
     let t0 = Instant::now();
-    let (model, tokenizer) = kiln::models::load_with_tokenizer(&path, false)?;
+    let (model, tokenizer) = kiln::model::load_with_tokenizer(&path, false)?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     if tokenizer.chat_template.is_none() {
         bail!("{}: the model has no chat template", path.display());
@@ -264,7 +264,7 @@ fn run_real(a: &DemoArgs, steps: Option<usize>, batch_size: usize, seq_len: usiz
     // The held-out rows, for `kiln eval --data OUT/eval.jsonl` afterwards.
     kiln::train::prepare::write_eval_rows(&a.out.join("eval.jsonl"), &data.eval_examples)?;
     let renderer = data.renderer.clone();
-    let mut pairs = kiln::eval::run::gen_rows(&data.eval_examples, true);
+    let mut pairs = kiln::eval::measure::gen_rows(&data.eval_examples, true);
     pairs.truncate(a.eval_rows);
     let mut t = Trainer::new(cfg.clone(), model, data)?;
     let trainable = t.num_trainable();

@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Args;
-use kiln::core::DType;
+use kiln::export::{ExportConfig, LoadSpec};
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
@@ -40,95 +40,14 @@ pub struct ExportArgs {
 pub fn run(a: ExportArgs) -> Result<()> {
     // A signal removes the temporary output instead of leaving it behind.
     kiln::outdir::remove_on_signals()?;
-    if a.format == "gguf" {
-        let ty = kiln::export_gguf::quant_type(&a.quant)?;
-        let path = kiln::models::resolve(a.model.as_deref())?;
-        kiln::outdir::check_file(&a.out, a.overwrite, &inputs(&path, &a))?;
-        let (model, tok, lora) = kiln::models::load_with_adapter(&path, a.adapter.as_deref())?;
-        kiln::export_gguf::export_gguf_with_tokenizer(
-            &model,
-            lora.as_ref(),
-            Some(&tok),
-            &path,
-            ty,
-            a.quant.ends_with("_k_m"),
-            &a.out,
-        )?;
-        let mb = std::fs::metadata(&a.out).map(|m| m.len() as f64 / 1048576.0).unwrap_or(0.0);
-        println!(
-            "exported {} {} to {} ({}, {mb:.1} MB)",
-            if lora.is_some() { "merged" } else { "base" },
-            path.display(),
-            a.out.display(),
-            a.quant
-        );
-        return Ok(());
-    }
-    if a.format == "gguf-lora" {
-        let ty = kiln::export_gguf::quant_type(if a.quant == "q8_0" { "f16" } else { &a.quant })?;
-        let dir = a.adapter.as_ref().ok_or_else(|| anyhow::anyhow!("--format gguf-lora needs --adapter DIR"))?;
-        let path = kiln::models::resolve(a.model.as_deref())?;
-        kiln::outdir::check_file(&a.out, a.overwrite, &inputs(&path, &a))?;
-        let config = if path.extension().is_some_and(|e| e == "gguf") {
-            kiln::model::gguf::config_from_gguf(&kiln::formats::gguf::GgufFile::open(&path)?)?
-        } else {
-            kiln::model::ModelConfig::load(&path)?
-        };
-        let lora = kiln::adapters::LoraSet::load_peft(dir, &config)?;
-        // llama.cpp's LoRA GGUF holds A/B pairs only: a trained embedding or LM head (trained
-        // embeddings, a grown vocabulary) would be dropped without a word.
-        let full = kiln::adapters::LoraSet::peft_full_modules(dir)?;
-        if !full.is_empty() {
-            let names: Vec<&str> = full.iter().map(|(n, _)| n.as_str()).collect();
-            bail!(
-                "{}: the adapter also holds fully trained {} (modules_to_save), which a llama.cpp LoRA GGUF cannot carry; export the merged model instead (--format gguf or merged)",
-                dir.join("adapter_model.safetensors").display(),
-                names.join(" and ")
-            );
-        }
-        kiln::export_gguf::export_gguf_lora(&config, &lora, ty, &a.out)?;
-        println!(
-            "exported the adapter {} for {} to {} ({})",
-            dir.display(),
-            path.display(),
-            a.out.display(),
-            ty.name()
-        );
-        return Ok(());
-    }
-    if a.format != "merged" {
-        bail!("--format {}: one of merged, gguf, gguf-lora", a.format);
-    }
-    let dtype = match a.dtype.as_str() {
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        "f16" => DType::F16,
-        other => bail!("--dtype {other}: one of f32, bf16, f16"),
+    let cfg = ExportConfig {
+        load: LoadSpec { model: a.model, adapter: a.adapter },
+        format: a.format.parse()?,
+        dtype: a.dtype,
+        quant: a.quant,
+        out: a.out,
+        overwrite: a.overwrite,
     };
-    let path = kiln::models::resolve(a.model.as_deref())?;
-    // Written beside the target and renamed, so a failed export leaves no half-written model;
-    // the temporary folder goes on every error path (dropped uncommitted).
-    let staged =
-        kiln::outdir::StagedDir::begin(&a.out, "kiln export --format merged", a.overwrite, &inputs(&path, &a))?;
-    let (model, tok, lora) = kiln::models::load_with_adapter(&path, a.adapter.as_deref())?;
-    kiln::export::export_merged(&model, lora.as_ref(), Some(&tok), dtype, staged.path())?;
-    staged.commit()?;
-    println!(
-        "exported {} {} into {} ({} weights, {} params)",
-        if lora.is_some() { "merged" } else { "base" },
-        path.display(),
-        a.out.display(),
-        a.dtype,
-        model.config.num_params()
-    );
+    println!("{}", kiln::export::run(&cfg)?);
     Ok(())
-}
-
-/// What the output must never replace: the model and the adapter.
-fn inputs(model: &std::path::Path, a: &ExportArgs) -> kiln::outdir::Inputs {
-    let i = kiln::outdir::Inputs::default().with(model);
-    match &a.adapter {
-        Some(d) => i.with(d),
-        None => i,
-    }
 }

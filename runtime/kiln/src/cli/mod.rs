@@ -192,133 +192,13 @@ fn selftest(which: &str, device: usize, json: bool) -> Result<()> {
 
 fn info(json: bool, model: Option<PathBuf>) -> Result<()> {
     let mut v = kiln::info::report();
-    if let Some(path) = model.as_ref().filter(|p| p.extension().is_some_and(|e| e == "gguf")) {
-        v["model"] = gguf_info(path)?;
-        if json {
-            println!("{}", serde_json::to_string_pretty(&v)?);
-        } else {
-            print!("{}", kiln::info::render(&v));
-            let m = &v["model"];
-            println!("model {} (GGUF v{})", m["path"].as_str().unwrap_or(""), m["version"]);
-            println!(
-                "  architecture {}, {} params, {} tensors {}, {:.1} MB on disk, opened and validated in {:.1} ms",
-                m["arch"].as_str().unwrap_or("?"),
-                m["params"],
-                m["tensors"],
-                m["tensor_types"],
-                m["file_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
-                m["open_ms"].as_f64().unwrap_or(0.0)
-            );
-            println!(
-                "  tokenizer: {} ({} tokens); chat template: {}",
-                m["tokenizer"].as_str().unwrap_or("none"),
-                m["vocab"],
-                if m["chat_template"].as_bool() == Some(true) { "found" } else { "none" }
-            );
-        }
-        return Ok(());
-    }
-    if let Some(dir) = model {
-        let before = kiln::info::rss_bytes();
-        let m = kiln::model::Llama::load(&dir, false)?;
-        let after = kiln::info::rss_bytes();
-        let bytes: usize = m.named_weights().iter().map(|(_, w)| w.value().numel() * w.value().dtype().size()).sum();
-        let mapped = m.named_weights().iter().filter(|(_, w)| w.value().is_mapped()).count();
-        // One short no-grad forward touches every weight: the map's pages become resident
-        // (file-backed RSS) while anonymous memory grows only by activations and temporaries.
-        let ids =
-            kiln::core::Tensor::from_vec((0..8).map(|i| i % m.config.vocab_size as i32).collect::<Vec<i32>>(), [1, 8])?;
-        let pos = kiln::model::default_positions(1, 8)?;
-        let tape = kiln::core::Tape::no_grad();
-        m.forward(
-            &tape,
-            &kiln::model::Inputs { ids: &ids, pos: &pos, seg: None, shared_prefix: false, base_only: false },
-            None,
-            false,
-        )?;
-        let fwd = kiln::info::rss_bytes();
-        v["model"] = serde_json::json!({
-            "path": dir.display().to_string(),
-            "arch": format!("{:?}", m.config.arch),
-            "params": m.config.num_params(),
-            "layers": m.config.num_layers,
-            "hidden_size": m.config.hidden_size,
-            "vocab_size": m.config.vocab_size,
-            "weight_bytes": bytes,
-            "tensors_mapped": mapped,
-            "tensors": m.named_weights().len(),
-            "rss_before_load_mb": before.0 as f64 / 1048576.0,
-            "rss_after_load_mb": after.0 as f64 / 1048576.0,
-            "anon_rss_growth_mb": (after.1 as f64 - before.1 as f64) / 1048576.0,
-            "rss_after_forward_mb": fwd.0 as f64 / 1048576.0,
-            "file_rss_after_forward_mb": fwd.2 as f64 / 1048576.0,
-            "anon_rss_after_forward_mb": fwd.1 as f64 / 1048576.0,
-        });
+    if let Some(path) = &model {
+        v["model"] = kiln::info::model(path)?;
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", kiln::info::render(&v));
-        if let Some(m) = v.get("model") {
-            println!("model {}", m["path"].as_str().unwrap_or(""));
-            println!(
-                "  {} params, {} layers, weights {:.1} MB, {}/{} tensors used from the memory map, anonymous RSS grew {:.1} MB on load",
-                m["params"],
-                m["layers"],
-                m["weight_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
-                m["tensors_mapped"],
-                m["tensors"],
-                m["anon_rss_growth_mb"].as_f64().unwrap_or(0.0)
-            );
-            println!(
-                "  after an 8-token forward: RSS {:.1} MB = {:.1} MB file-backed (the map) + {:.1} MB anonymous",
-                m["rss_after_forward_mb"].as_f64().unwrap_or(0.0),
-                m["file_rss_after_forward_mb"].as_f64().unwrap_or(0.0),
-                m["anon_rss_after_forward_mb"].as_f64().unwrap_or(0.0)
-            );
-        }
     }
     Ok(())
-}
-
-fn gguf_info(path: &std::path::Path) -> Result<serde_json::Value> {
-    use kiln::formats::gguf::{GgufFile, MetaValue};
-    let t0 = std::time::Instant::now();
-    let g = GgufFile::open(path)?;
-    // "Validated" means what loading it would check, for what the file claims to hold: a
-    // model's shape against the tensors present (when it names a block count) and its tokenizer
-    // metadata (when it names a tokenizer), not only the header's bounds. A GGUF of other
-    // tensors (a quantization test file, a LoRA) is described as it is.
-    let arch = g.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("");
-    let layers = match g.get(&format!("{arch}.block_count")) {
-        Some(_) => Some(kiln::model::gguf::config_from_gguf(&g)?.num_layers),
-        None => None,
-    };
-    if g.get("tokenizer.ggml.model").is_some() {
-        kiln::data::tokenizer::TextTokenizer::from_gguf(&g)?;
-    }
-    let open_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let mut types = std::collections::BTreeMap::<&str, usize>::new();
-    for t in &g.tensors {
-        *types.entry(t.ty.name()).or_insert(0) += 1;
-    }
-    let vocab = match g.get("tokenizer.ggml.tokens") {
-        Some(MetaValue::Array(a)) => a.len(),
-        _ => 0,
-    };
-    Ok(serde_json::json!({
-        "path": path.display().to_string(),
-        "version": g.version,
-        "arch": g.get("general.architecture").and_then(|v| v.as_str()),
-        "name": g.get("general.name").and_then(|v| v.as_str()),
-        "params": g.tensors.iter().map(|t| t.numel()).sum::<u64>(),
-        "layers": layers,
-        "tensors": g.tensors.len(),
-        "tensor_types": types,
-        "file_bytes": g.file_bytes(),
-        "tokenizer": g.get("tokenizer.ggml.model").and_then(|v| v.as_str()),
-        "vocab": vocab,
-        "chat_template": g.get("tokenizer.chat_template").is_some(),
-        "open_ms": open_ms,
-    }))
 }

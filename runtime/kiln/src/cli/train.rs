@@ -508,7 +508,7 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
     }
     let backend = pick_backend(&cfg.backend, a.device.as_deref())?;
     set_precision(backend, &cfg.precision)?;
-    let path = kiln::models::resolve(cfg.model.as_deref())?;
+    let path = kiln::model::resolve(cfg.model.as_deref())?;
     // Config and tokenizer only: the plan and the memory check come before any tensor.
     let base = BaseModel::open(&path)?;
     let seq = cfg.max_seq_len.unwrap_or(base.facts.config.max_position_embeddings.min(2048));

@@ -6,7 +6,6 @@ use kiln_core::Tensor;
 use super::dataset::shuffle;
 use super::render::Tokenized;
 use crate::Result;
-use crate::model::shift_targets;
 
 /// One row of a batch: several packed examples, or one.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -205,4 +204,20 @@ pub fn to_batch(g: &[Sequence], pad_id: i32) -> Result<Batch> {
         targets: Tensor::from_vec(targets, [b, t])?,
         n_targets,
     })
+}
+
+/// Shifted targets for causal LM training from per-position labels (`< 0` ignored): position
+/// `t` predicts `labels[t+1]`; the last position of each row (and of each packed segment)
+/// predicts nothing. This is transformers' loss shift.
+pub fn shift_targets(labels: &[i32], b: usize, t: usize, seg: Option<&[i32]>) -> Vec<i32> {
+    let mut out = vec![-100; b * t];
+    for r in 0..b {
+        for i in 0..t.saturating_sub(1) {
+            let (cur, next) = (r * t + i, r * t + i + 1);
+            if seg.is_none_or(|s| s[cur] == s[next]) {
+                out[cur] = labels[next];
+            }
+        }
+    }
+    out
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use kiln_core::rng::Rng;
 
+use super::budget::line_budget;
 use super::example::{Example, Format, Reason, RowError, Validator};
 use super::read::open;
 use crate::{KilnError, Result};
@@ -42,32 +43,6 @@ pub struct LoadOptions {
     /// A line (JSONL) or record (CSV) longer than this is refused before it is parsed
     /// ([`line_budget`] of the run's `--max-seq-len`).
     pub max_line_bytes: usize,
-}
-
-/// Bytes of rendered text kept per token of `--max-seq-len` before tokenizing: far more than any
-/// real token spans (about 4 bytes on average in English, a few dozen for the longest runs of
-/// spaces in code vocabularies), so cutting a row's text there keeps every token that the
-/// token-level truncation keeps.
-pub const BYTES_PER_TOKEN: usize = 64;
-
-/// The largest data line (JSONL) or record (CSV) read for a context of `max_seq_len` tokens:
-/// 8 × [`BYTES_PER_TOKEN`] per token (JSON escapes such as `\u4e00` take 6 bytes for one
-/// character, and a preference row holds three texts), at least 16 KiB: 1 MiB at the default
-/// 2048 tokens. A longer row could only be truncated away; it is refused before it is parsed.
-pub fn line_budget(max_seq_len: usize) -> usize {
-    max_seq_len.saturating_mul(LINE_BYTES_PER_TOKEN).max(LINE_FLOOR)
-}
-
-/// Line bytes allowed per token of `--max-seq-len` (see [`line_budget`]).
-pub const LINE_BYTES_PER_TOKEN: usize = 8 * BYTES_PER_TOKEN;
-/// The smallest line budget, whatever `--max-seq-len`.
-pub const LINE_FLOOR: usize = 16 << 10;
-
-/// The largest rendered row (template output) tokenized for a context of `max_seq_len` tokens:
-/// [`BYTES_PER_TOKEN`] per token, at least 4 KiB. A longer rendering is cut there (keeping its
-/// start, as the token-level truncation does) before tokenizing.
-pub fn render_budget(max_seq_len: usize) -> usize {
-    max_seq_len.saturating_mul(BYTES_PER_TOKEN).max(4 << 10)
 }
 
 /// The `--max-seq-len` that budgets are derived from when a caller has none.

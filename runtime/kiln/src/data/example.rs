@@ -5,8 +5,6 @@ use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 
-use super::read::kind;
-
 /// The shapes of training data kiln reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Format {
@@ -411,5 +409,17 @@ impl Validator {
                 })
             }
         }
+    }
+}
+
+/// JSON type name for messages.
+pub fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
     }
 }

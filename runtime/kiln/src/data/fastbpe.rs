@@ -17,7 +17,12 @@ use std::sync::Mutex;
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use tokenizers::Model;
 
-use super::tokenizer::Encoded;
+/// Token ids with the byte range of the input each came from.
+#[derive(Clone, Debug, Default)]
+pub struct Encoded {
+    pub ids: Vec<u32>,
+    pub offsets: Vec<(usize, usize)>,
+}
 
 /// GPT-2's pattern without its `\s+(?!\S)` alternative, which `split` emulates.
 const GPT2_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+";

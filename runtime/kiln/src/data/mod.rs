@@ -4,11 +4,19 @@
 //! their line numbers, streaming JSONL and CSV. `example` detects the dataset format from the
 //! rows' fields and validates each row into an [`Example`]; every bad row becomes a
 //! [`RowError`] `file:line: field: reason`. `dataset` loads, mixes (weighted) and splits.
+//! `template` and `tokenizer` (with its fast path `fastbpe`) turn examples into ids through
+//! `render`; `batch` packs or pads them into training batches; `budget` bounds every length.
+//!
+//! Inside the folder imports run one way: `budget`, `example` ← `read` ← `dataset`;
+//! `fastbpe` ← `tokenizer`; `example`, `template`, `tokenizer` ← `render` ← `batch`. Nothing
+//! here imports from the model, the adapters or the trainer.
 
 pub mod batch;
+pub mod budget;
 pub mod dataset;
 pub mod example;
 mod fastbpe;
+pub mod inspect;
 pub mod read;
 pub mod render;
 pub mod template;
@@ -16,3 +24,4 @@ pub mod tokenizer;
 
 pub use dataset::{DataSpec, Dataset, LoadOptions, LoadReport};
 pub use example::{Example, Format, Message, Reason, Role, RowError};
+pub use inspect::{InspectConfig, Inspection, inspect};

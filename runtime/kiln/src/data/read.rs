@@ -9,8 +9,8 @@ use std::rc::Rc;
 
 use serde_json::{Map, Value};
 
-use super::dataset::{LINE_BYTES_PER_TOKEN, LINE_FLOOR};
-use super::example::{Reason, RowError};
+use super::budget::{LINE_BYTES_PER_TOKEN, LINE_FLOOR};
+use super::example::{Reason, RowError, kind};
 use crate::{KilnError, Result};
 
 /// How a file stores its rows.
@@ -184,18 +184,6 @@ fn text_bytes(v: &Value) -> usize {
         Value::Array(a) => a.iter().map(text_bytes).sum(),
         Value::Object(m) => m.iter().map(|(k, v)| k.len() + text_bytes(v)).sum(),
         _ => 8,
-    }
-}
-
-/// JSON type name for messages.
-pub fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
@@ -394,4 +382,40 @@ pub fn open(path: &Path, max_line: usize) -> Result<(FileKind, Box<dyn Iterator<
             }
         },
     ))
+}
+
+/// Reads a text file of at most `limit` bytes, refusing a longer one (`what` says why the
+/// limit is there), or one holding a NUL byte (a binary file such as `/dev/zero`), as soon as
+/// it shows, without holding the rest.
+pub fn read_text(path: &Path, limit: usize, what: &str) -> Result<String> {
+    let reading = |e: std::io::Error| KilnError::Msg(format!("reading {}: {e}", path.display()));
+    let mut f = File::open(path).map_err(reading)?;
+    let mut bytes = Vec::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        let n = match f.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(reading(e)),
+        };
+        if let Some(i) = chunk[..n].iter().position(|&b| b == 0) {
+            return Err(KilnError::Msg(format!(
+                "{}: a NUL byte at offset {}: a binary file, not text",
+                path.display(),
+                bytes.len() + i
+            )));
+        }
+        if bytes.len() + n > limit {
+            return Err(KilnError::Msg(format!("{}: longer than {limit} bytes, {what}", path.display())));
+        }
+        bytes.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        KilnError::Msg(format!(
+            "{}: not UTF-8 text (invalid byte at offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })
 }

@@ -12,7 +12,7 @@
 //! * Text rows train on every token: `[BOS] text EOS`.
 //! * `train_on_inputs` trains on every token of every row.
 
-use super::dataset::render_budget;
+use super::budget::render_budget;
 use super::example::{Example, Message, Role};
 use super::template::ChatTemplate;
 use super::tokenizer::TextTokenizer;

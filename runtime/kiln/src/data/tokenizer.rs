@@ -6,8 +6,12 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::fastbpe::FastByteLevel;
 use std::sync::Arc;
+
+// `Encoded` is defined beside the fast encoder that fills it, so the dependency runs one way:
+// tokenizer → fastbpe.
+pub use super::fastbpe::Encoded;
+use super::fastbpe::FastByteLevel;
 
 use crate::{KilnError, Result};
 
@@ -16,13 +20,6 @@ use crate::{KilnError, Result};
 pub struct Special {
     pub text: String,
     pub id: u32,
-}
-
-/// Token ids with the byte range of the input each came from.
-#[derive(Clone, Debug, Default)]
-pub struct Encoded {
-    pub ids: Vec<u32>,
-    pub offsets: Vec<(usize, usize)>,
 }
 
 /// A tokenizer with the settings fine-tuning needs.

@@ -1,13 +1,21 @@
 //! Evaluation metrics — exact-match accuracy, corpus BLEU (sacreBLEU), ROUGE-1/2/L
 //! (rouge-score) — and the JSON shape every evaluating command prints (DESIGN: `{"n",
 //! "metrics": {"loss", "ppl", "accuracy", "bleu", "rouge1": {"p", "r", "f"}, …}}`).
+//! [`measure`] runs one model over rows (loss, predictions); [`run`] and [`score_files`] are the
+//! entries `kiln eval` and `kiln score` call.
 
 pub mod bleu;
+pub mod command;
+pub mod measure;
 pub mod porter;
 pub mod rouge;
-pub mod run;
 
 use serde_json::{Value, json};
+
+pub use crate::data::Format;
+pub use crate::model::LoadSpec;
+pub use command::{EvalConfig, EvalReport, PrefReport, Progress, Quiet, ScoreConfig, run, score_files};
+pub use measure::EvalSpec;
 
 use crate::{KilnError, Result};
 

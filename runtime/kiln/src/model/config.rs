@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use kiln_core::ops::RopeScaling;
 use serde_json::Value;
 
+use crate::adapters::BaseDims;
 use crate::{KilnError, Result};
 
 /// Supported architectures.
@@ -328,6 +329,20 @@ impl ModelConfig {
         let layer = attn + 3 * h * i + 2 * h;
         let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * h };
         self.vocab_size * h + self.num_layers * layer + h + head
+    }
+}
+
+/// What an adapter is sized from (adapters do not import the model).
+impl From<&ModelConfig> for BaseDims {
+    fn from(c: &ModelConfig) -> BaseDims {
+        BaseDims {
+            num_layers: c.num_layers,
+            hidden_size: c.hidden_size,
+            intermediate_size: c.intermediate_size,
+            num_heads: c.num_heads,
+            num_kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+        }
     }
 }
 

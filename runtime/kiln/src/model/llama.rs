@@ -578,22 +578,6 @@ fn block(
     Ok(ops::add(tape, &x, &m)?)
 }
 
-/// Shifted targets for causal LM training from per-position labels (`< 0` ignored): position
-/// `t` predicts `labels[t+1]`; the last position of each row (and of each packed segment)
-/// predicts nothing. This is transformers' loss shift.
-pub fn shift_targets(labels: &[i32], b: usize, t: usize, seg: Option<&[i32]>) -> Vec<i32> {
-    let mut out = vec![-100; b * t];
-    for r in 0..b {
-        for i in 0..t.saturating_sub(1) {
-            let (cur, next) = (r * t + i, r * t + i + 1);
-            if seg.is_none_or(|s| s[cur] == s[next]) {
-                out[cur] = labels[next];
-            }
-        }
-    }
-    out
-}
-
 /// Positions `0..T` for every row.
 pub fn default_positions(b: usize, t: usize) -> Result<Tensor> {
     Ok(Tensor::from_vec((0..b * t).map(|i| (i % t) as i32).collect::<Vec<_>>(), [b, t])?)

@@ -6,7 +6,7 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use crate::data::batch::{PackStats, Sequence, pack, truncate, unpacked};
-use crate::data::dataset::line_budget;
+use crate::data::budget::line_budget;
 use crate::data::render::Renderer;
 use crate::data::template::ChatTemplate;
 use crate::data::tokenizer::TextTokenizer;

@@ -280,7 +280,7 @@ impl Trainer {
             let st = pref::evaluate_pairs(model, lora, pairs, refs, spec, self.data.pad, self.cfg.batch_size)?;
             return Ok(st.map(|s| (s.loss, Some(s))));
         }
-        let l = crate::eval::run::sequences_loss(
+        let l = crate::eval::measure::sequences_loss(
             model,
             lora,
             &self.data.eval,
@@ -529,18 +529,18 @@ impl Trainer {
 
     /// The generation metrics of `eval_metrics` on the held-out rows (greedy), or `None`.
     pub fn generation_scores(&self) -> Result<Option<crate::eval::Scores>> {
-        use crate::eval::{Metric, TextOptions, run};
+        use crate::eval::{Metric, TextOptions, measure};
         if self.cfg.eval_metrics.trim().is_empty() {
             return Ok(None);
         }
         let metrics = Metric::parse_list(&self.cfg.eval_metrics)?;
         let r = &self.data.renderer;
-        let rows = run::gen_rows(&self.data.eval_examples, r.template.as_ref().is_some());
+        let rows = measure::gen_rows(&self.data.eval_examples, r.template.as_ref().is_some());
         if rows.is_empty() {
             return Ok(None);
         }
-        let opts = crate::generate::GenOptions { max_new_tokens: self.cfg.eval_max_new_tokens, ..Default::default() };
-        let preds = run::predict(
+        let opts = crate::infer::GenOptions { max_new_tokens: self.cfg.eval_max_new_tokens, ..Default::default() };
+        let preds = measure::predict(
             &self.model,
             self.lora.as_ref(),
             &r.tokenizer,
@@ -550,7 +550,7 @@ impl Trainer {
             &[],
             &mut |_| {},
         )?;
-        Ok(Some(run::score(&preds, &metrics, TextOptions::default())))
+        Ok(Some(measure::score(&preds, &metrics, TextOptions::default())))
     }
 
     /// The `metrics.jsonl` line of an evaluation.

@@ -11,7 +11,7 @@ use crate::data::batch::{PackStats, Sequence, to_batch, truncate, unpacked};
 use crate::data::render::Renderer;
 use crate::data::tokenizer::TextTokenizer;
 use crate::data::{Example, Message, Role, template::ChatTemplate};
-use crate::generate::{GenOptions, Session, chat_prompt, generate_text, raw_prompt};
+use crate::infer::{Cache, GenOptions, chat_prompt, generate_text, raw_prompt};
 use crate::model::{Inputs, Llama};
 use crate::{KilnError, Result};
 use kiln_core::Tape;
@@ -134,7 +134,7 @@ pub fn predict(
                 ));
             }
         };
-        let g = generate_text(model, &mut Session::new(model), tok, &ids, opts, stop, lora, &mut |_| {})
+        let g = generate_text(model, &mut Cache::new(model), tok, &ids, opts, stop, lora, &mut |_| {})
             .map_err(|e| KilnError::Msg(format!("row {} (of those with a reference answer): {e}", i + 1)))?;
         out.push(Prediction {
             prompt: shown,

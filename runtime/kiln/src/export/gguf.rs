@@ -58,7 +58,7 @@ fn mixed_type(gguf: &str, n_layers: usize, tied: bool, base: GgmlType) -> GgmlTy
 }
 
 /// llama.cpp's `general.file_type` for a whole-model type.
-fn file_type(t: GgmlType) -> u32 {
+pub(super) fn file_type(t: GgmlType) -> u32 {
     match t {
         GgmlType::F32 => 0,
         GgmlType::F16 => 1,
@@ -75,6 +75,19 @@ fn file_type(t: GgmlType) -> u32 {
 }
 
 /// HF rotary layout → llama.cpp's (interleaved pairs), the inverse of the loader's un-permute.
+/// Puts the rows of a Llama/Mistral q or k matrix (or a LoRA B that adds to one) named `gguf`
+/// back into llama.cpp's rotary layout; other tensors and architectures are left as they are.
+pub(super) fn permute_qk(c: &ModelConfig, gguf: &str, shape: &[usize], v: &mut Vec<f32>) {
+    if !matches!(c.arch, Arch::Llama | Arch::Mistral) || shape.len() != 2 {
+        return;
+    }
+    if gguf.ends_with("attn_q.weight") {
+        *v = permute_rows(v, shape[0], shape[1], c.num_heads);
+    } else if gguf.ends_with("attn_k.weight") {
+        *v = permute_rows(v, shape[0], shape[1], c.num_kv_heads);
+    }
+}
+
 fn permute_rows(v: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
     let (d, half) = (rows / heads, rows / heads / 2);
     let mut out = vec![0f32; v.len()];
@@ -89,7 +102,7 @@ fn permute_rows(v: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
     out
 }
 
-fn arch_name(c: &ModelConfig) -> &'static str {
+pub(super) fn arch_name(c: &ModelConfig) -> &'static str {
     match c.arch {
         Arch::Llama | Arch::Mistral => "llama",
         Arch::Qwen2 => "qwen2",
@@ -97,7 +110,7 @@ fn arch_name(c: &ModelConfig) -> &'static str {
     }
 }
 
-fn s(v: &str) -> MetaValue {
+pub(super) fn s(v: &str) -> MetaValue {
     MetaValue::Str(v.into())
 }
 
@@ -273,18 +286,12 @@ pub fn export_gguf_with_tokenizer(
     };
     meta.push(("general.file_type".into(), MetaValue::U32(file_type(ty) + mixed as u32)));
     let mut tensors = Vec::new();
-    for (name, w) in crate::export::merged_weights(model, lora, DType::F32)? {
+    for (name, w) in super::merged::merged_weights(model, lora, DType::F32)? {
         let g = gguf_name(&name).ok_or_else(|| KilnError::Msg(format!("export: no GGUF name for `{name}`")))?;
         let shape = w.dims().to_vec();
         let mut v = w.to_vec_f32()?;
         // The loader un-permutes Llama q/k rows; writing puts them back.
-        if c.arch == Arch::Llama || c.arch == Arch::Mistral {
-            if g.ends_with("attn_q.weight") {
-                v = permute_rows(&v, shape[0], shape[1], c.num_heads);
-            } else if g.ends_with("attn_k.weight") {
-                v = permute_rows(&v, shape[0], shape[1], c.num_kv_heads);
-            }
-        }
+        permute_qk(c, &g, &shape, &mut v);
         // Vectors (norms, biases) stay f32, as llama.cpp keeps them; a matrix whose rows are not
         // whole blocks of `ty` falls back to Q8_0 (rows of 32s; e.g. 576-wide rows under
         // Q4_K's 256), else f16 — llama.cpp's quantizer falls back the same way.
@@ -363,45 +370,4 @@ fn grow_token_list(
         }
     }
     Ok(())
-}
-
-/// Writes a LoRA adapter alone as a llama.cpp adapter GGUF (`general.type = adapter`,
-/// `adapter.type = lora`, `adapter.lora.alpha`; tensors `blk.N.attn_q.weight.lora_a` `[r, in]`
-/// and `.lora_b` `[out, r]`), loadable with llama.cpp's `--lora`. For Llama the B rows of q/k
-/// are permuted like the base rows they add to. rsLoRA's scale is folded into alpha.
-pub fn export_gguf_lora(config: &ModelConfig, lora: &LoraSet, ty: GgmlType, out: &Path) -> Result<()> {
-    if !matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
-        return Err(KilnError::Msg(format!("gguf-lora: adapters are written as f32, f16 or bf16, not {}", ty.name())));
-    }
-    let c = &lora.config;
-    // llama.cpp scales by alpha / r; an rsLoRA adapter's alpha / √r becomes the equivalent alpha.
-    let alpha = lora.config.scale() * c.r as f64;
-    let meta = vec![
-        ("general.architecture".to_string(), s(arch_name(config))),
-        ("general.type".into(), s("adapter")),
-        ("adapter.type".into(), s("lora")),
-        ("adapter.lora.alpha".into(), MetaValue::F32(alpha as f32)),
-        ("general.file_type".into(), MetaValue::U32(file_type(ty))),
-    ];
-    let mut tensors = Vec::new();
-    for (name, v) in lora.named_params() {
-        // model.layers.N.self_attn.q_proj.lora_A.weight → blk.N.attn_q.weight.lora_a
-        let (module, which) = name
-            .rsplit_once(".lora_")
-            .ok_or_else(|| KilnError::Msg(format!("gguf-lora: unexpected adapter tensor `{name}`")))?;
-        let base = gguf_name(&format!("{module}.weight"))
-            .ok_or_else(|| KilnError::Msg(format!("gguf-lora: no GGUF name for `{module}`")))?;
-        let ab = if which.starts_with('A') { "lora_a" } else { "lora_b" };
-        let shape = v.value().dims().to_vec();
-        let mut x = v.value().to_vec_f32()?;
-        if ab == "lora_b" && matches!(config.arch, Arch::Llama | Arch::Mistral) {
-            if base.ends_with("attn_q.weight") {
-                x = permute_rows(&x, shape[0], shape[1], config.num_heads);
-            } else if base.ends_with("attn_k.weight") {
-                x = permute_rows(&x, shape[0], shape[1], config.num_kv_heads);
-            }
-        }
-        tensors.push(OutTensor { name: format!("{base}.{ab}"), ty, shape, data: quantize(ty, &x)? });
-    }
-    write_gguf(out, &meta, &tensors)
 }
