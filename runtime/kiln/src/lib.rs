@@ -7,6 +7,7 @@
 //! name a backend.
 
 pub mod adapters;
+pub mod backend_select;
 pub mod data;
 pub mod error;
 pub mod eval;

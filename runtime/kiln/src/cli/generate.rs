@@ -139,7 +139,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if let Some(d) = &a.device {
         kiln_wgpu::choose(d);
     }
-    let be = super::train::pick_backend(&a.backend, a.device.as_deref())?;
+    let be = kiln::backend_select::pick(&a.backend, a.device.as_deref(), kiln::backend_select::Auto::BestGpu)?;
     if be.name() != "cpu" {
         model.to_backend(be).with_context(|| format!("moving the model to {}", be.name()))?;
         if let Some(l) = lora.as_mut() {

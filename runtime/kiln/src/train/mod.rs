@@ -4,6 +4,8 @@
 pub mod checkpoint;
 pub mod config;
 pub mod identity;
+pub mod job;
+pub mod metrics;
 pub mod optim;
 pub mod optim8;
 pub mod plan;
@@ -13,6 +15,8 @@ pub mod prepare;
 pub mod schedule;
 pub mod trainer;
 
+pub use job::{Outcome, RunOptions, run};
 pub use config::{Method, Objective, Optim, PrefLoss, Scheduler, TrainConfig};
 pub use optim::AdamW;
-pub use trainer::{Event, StepLog, Summary, Trainer};
+pub use metrics::{EvalLog, PrefLog, SkipLog, StepLog};
+pub use trainer::{Batches, Evaluation, Event, Stepped, Summary, Trainer};
