@@ -183,8 +183,11 @@ fn metrics_records_match_their_documentation() {
     };
     let eval = EvalLog::new(3, 1.5, Some(&pref), Some(&scores));
     let skip = SkipLog { step: 4, reason: "the loss is NaN".into() };
-    let written: Vec<Value> =
-        vec![serde_json::to_value(&step).unwrap(), serde_json::to_value(&eval).unwrap(), serde_json::to_value(&skip).unwrap()];
+    let written: Vec<Value> = vec![
+        serde_json::to_value(&step).unwrap(),
+        serde_json::to_value(&eval).unwrap(),
+        serde_json::to_value(&skip).unwrap(),
+    ];
     let docs = documented_records();
     let kinds: Vec<&str> = docs.iter().map(|d| d.0.as_str()).collect();
     assert_eq!(kinds, ["train", "eval", "skip"], "the record kinds of docs/metrics.md");

@@ -108,7 +108,8 @@ fn train(a: TrainArgs) -> Result<()> {
         model.to_backend(be)?;
     }
     let next = Box::new(move |_| Ok(vec![batch.clone()]));
-    let mut trainer = Trainer::with_batches(cfg, model, Batches { next, eval: Vec::new(), pad: 0, steps_per_epoch: 1.0 })?;
+    let mut trainer =
+        Trainer::with_batches(cfg, model, Batches { next, eval: Vec::new(), pad: 0, steps_per_epoch: 1.0 })?;
     let mut times = Vec::new();
     for i in 0..=a.steps {
         let t0 = Instant::now();

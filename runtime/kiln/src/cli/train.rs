@@ -363,7 +363,10 @@ impl Progress {
                 match &self.bar {
                     Some(pb) if self.tty => pb.set_message(msg),
                     _ if s.step % self.every.max(1) == 0 || s.step == s.total => {
-                        eprintln!("step {}/{}: {msg} epoch {:.2} grad norm {:.3}", s.step, s.total, s.epoch, s.grad_norm)
+                        eprintln!(
+                            "step {}/{}: {msg} epoch {:.2} grad norm {:.3}",
+                            s.step, s.total, s.epoch, s.grad_norm
+                        )
                     }
                     _ => {}
                 }

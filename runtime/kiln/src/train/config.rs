@@ -497,9 +497,12 @@ impl TrainConfig {
             toml::Value::Integer(i) => Some(i.to_string()),
             toml::Value::Boolean(b) => Some(b.to_string()),
             toml::Value::String(s) if !s.is_empty() => Some(s.clone()),
-            toml::Value::Array(a) if !a.is_empty() => {
-                Some(a.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string)).collect::<Vec<_>>().join(","))
-            }
+            toml::Value::Array(a) if !a.is_empty() => Some(
+                a.iter()
+                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
             _ => None,
         }
     }

@@ -15,8 +15,8 @@ pub mod prepare;
 pub mod schedule;
 pub mod trainer;
 
-pub use job::{Outcome, RunOptions, run};
 pub use config::{Method, Objective, Optim, PrefLoss, Scheduler, TrainConfig};
-pub use optim::AdamW;
+pub use job::{Outcome, RunOptions, run};
 pub use metrics::{EvalLog, PrefLog, SkipLog, StepLog};
+pub use optim::AdamW;
 pub use trainer::{Batches, Evaluation, Event, Stepped, Summary, Trainer};

@@ -265,11 +265,7 @@ impl Trainer {
         opt.eight_bit = cfg.optim == Optim::Adamw8bit;
         let out = cfg.out.clone();
         let pref = PrefSpec::of(&cfg);
-        let identity = Identity {
-            base_model: None,
-            settings: super::identity::settings(&cfg),
-            data_hash,
-        };
+        let identity = Identity { base_model: None, settings: super::identity::settings(&cfg), data_hash };
         let mut t = Trainer {
             cfg,
             model,
@@ -390,9 +386,8 @@ impl Trainer {
         let d = self.prepared()?;
         let total = d.pairs.len() + d.eval_pairs.len();
         let (pad, bs) = (d.pad, self.cfg.batch_size);
-        let train = pref::precompute_refs(&self.model, &d.pairs, pad, bs, &mut |done| {
-            on(Event::Reference { done, total })
-        })?;
+        let train =
+            pref::precompute_refs(&self.model, &d.pairs, pad, bs, &mut |done| on(Event::Reference { done, total }))?;
         let n = train.len();
         let eval = pref::precompute_refs(&self.model, &d.eval_pairs, pad, bs, &mut |done| {
             on(Event::Reference { done: n + done, total })
