@@ -1,5 +1,6 @@
 //! `kiln train` end to end on a small random model with the fixture tokenizer: the outputs of a
-//! run, a resume from its checkpoint, the dry-run plan, and bad arguments failing cleanly.
+//! run, a resume from its checkpoint, the dry-run plan, bad arguments failing cleanly, and the
+//! defaults `--help` shows being those of `TrainConfig::default()`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -326,4 +327,52 @@ fn a_run_whose_every_step_is_skipped_fails_and_writes_no_adapter() {
     }
     assert!(!out.join("adapter").exists(), "no adapter from a run that trained nothing");
     assert!(!out.join("checkpoints/step-2").exists(), "no final checkpoint a resume would finish from");
+}
+
+/// The help text of flag `--name` in `kiln train --help`: from its line to the next flag's,
+/// whitespace collapsed (clap may wrap a line).
+fn flag_help(help: &str, name: &str) -> Option<String> {
+    let flag = format!("--{name}");
+    let mut lines = help.lines().skip_while(|l| {
+        let l = l.trim_start();
+        !(l == flag || l.starts_with(&format!("{flag} ")))
+    });
+    let first = lines.next()?;
+    let rest = lines.take_while(|l| !l.trim_start().starts_with('-'));
+    let text: Vec<&str> = std::iter::once(first).chain(rest).flat_map(str::split_whitespace).collect();
+    Some(text.join(" "))
+}
+
+#[test]
+fn help_shows_the_defaults_of_the_configuration() {
+    let out = kiln().args(["train", "--help"]).output().unwrap();
+    let help = ok(&out);
+    let defaults = serde_json::to_value(kiln::train::TrainConfig::default()).unwrap();
+    let mut checked = 0;
+    for (key, want) in defaults.as_object().unwrap() {
+        let text = flag_help(&help, &key.replace('_', "-")).unwrap_or_else(|| panic!("no --{key} in: {help}"));
+        let shown: Vec<&str> = text.split("[default: ").skip(1).map(|s| s.split(']').next().unwrap()).collect();
+        assert!(shown.len() <= 1, "--{key}: more than one default: {text}");
+        let shown = shown.first().copied();
+        let value = |what: &str| shown.unwrap_or_else(|| panic!("--{key}: no default shown, {what} wanted: {text}"));
+        match want {
+            serde_json::Value::Number(n) => assert_eq!(value("a number").parse::<f64>().ok(), n.as_f64(), "--{key}"),
+            serde_json::Value::Bool(b) => assert_eq!(value("a bool"), b.to_string(), "--{key}"),
+            serde_json::Value::String(s) if !s.is_empty() => assert_eq!(value(s), s, "--{key}"),
+            // Left open by the configuration (no model, the model's context, no tokens to add):
+            // described in words where the help says anything.
+            _ => {
+                if let Some(s) = shown {
+                    assert!(s.contains(' ') || s == "none", "--{key}: a default the configuration does not have: {s}");
+                }
+                continue;
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked >= 38, "only {checked} settings with a default");
+    // The flags that change how the run is made, not what it trains, have no setting.
+    for flag in ["config", "dry-run", "resume", "overwrite", "device"] {
+        assert!(flag_help(&help, flag).is_some_and(|t| !t.contains("[default:")), "--{flag}");
+    }
 }

@@ -1,5 +1,7 @@
 //! BLEU, ROUGE and the Porter stemmer against sacreBLEU, rouge-score and NLTK (fixture written
 //! by tools/make_metric_fixtures.py): tokenization token for token, BLEU to 0.01, ROUGE to 1e-4.
+//! And the `metrics.jsonl` records against their documentation (docs/metrics.md): the same keys
+//! of the same JSON types.
 
 use kiln::eval::{bleu, porter, rouge};
 use serde_json::Value;
@@ -116,4 +118,95 @@ fn rouge_l_refuses_pairs_past_its_cap_and_scores_large_ones() {
     let text: String = (0..20_000).map(|i| format!("t{} ", (i * 7) % 501)).collect();
     let s = rouge::score(&text, &text, false).unwrap();
     assert!((s.rouge_l.f - 1.0).abs() < 1e-12, "{:?}", s.rouge_l);
+}
+
+/// The tables of docs/metrics.md: for each `## \`kind\`` section, its rows' `(key, type)`.
+fn documented_records() -> Vec<(String, Vec<(String, String)>)> {
+    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/metrics.md");
+    let text = std::fs::read_to_string(p).unwrap();
+    let mut out: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    for line in text.lines() {
+        if let Some(h) = line.strip_prefix("## `") {
+            out.push((h.split('`').next().unwrap().to_string(), Vec::new()));
+        } else if let (Some(row), Some((_, rows))) = (line.strip_prefix("| `"), out.last_mut()) {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            rows.push((cells[0].trim_end_matches('`').to_string(), cells[1].to_string()));
+        }
+    }
+    out
+}
+
+/// Whether a JSON value is of the type the documentation names.
+fn is_type(v: &Value, ty: &str) -> bool {
+    match ty {
+        "integer" => v.is_u64(),
+        "number" => v.is_number(),
+        "string" => v.is_string(),
+        "object" => v.is_object(),
+        _ => false,
+    }
+}
+
+#[test]
+fn metrics_records_match_their_documentation() {
+    use kiln::train::pref::PrefStats;
+    use kiln::train::{EvalLog, SkipLog, StepLog};
+    // Every optional part present, so every key the structs can write is written.
+    let pref = PrefStats {
+        pairs: 2,
+        loss: 0.6,
+        rewards_chosen: 0.3,
+        rewards_rejected: -0.1,
+        reward_accuracy: 0.5,
+        policy_accuracy: 1.0,
+        chosen_nll: 3.0,
+        chosen_tokens: 4,
+    };
+    let step = StepLog {
+        step: 3,
+        total: 10,
+        epoch: 0.5,
+        loss: 1.25,
+        lr: 2e-4,
+        grad_norm: 0.7,
+        tokens: 512,
+        tokens_per_s: 100.0,
+        elapsed_s: 5.12,
+        pref: Some((&pref).into()),
+    };
+    let scores = kiln::eval::Scores {
+        n: 1,
+        accuracy: Some(1.0),
+        bleu: Some(100.0),
+        rouge: Some(rouge::score("a b c", "a b c", false).unwrap()),
+        ..Default::default()
+    };
+    let eval = EvalLog::new(3, 1.5, Some(&pref), Some(&scores));
+    let skip = SkipLog { step: 4, reason: "the loss is NaN".into() };
+    let written: Vec<Value> = vec![
+        serde_json::to_value(&step).unwrap(),
+        serde_json::to_value(&eval).unwrap(),
+        serde_json::to_value(&skip).unwrap(),
+    ];
+    let docs = documented_records();
+    let kinds: Vec<&str> = docs.iter().map(|d| d.0.as_str()).collect();
+    assert_eq!(kinds, ["train", "eval", "skip"], "the record kinds of docs/metrics.md");
+    for ((kind, rows), v) in docs.iter().zip(&written) {
+        assert_eq!(v["kind"], kind.as_str());
+        let obj = v.as_object().unwrap();
+        let mut have: Vec<&str> = obj.keys().map(String::as_str).collect();
+        let mut documented: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+        have.sort_unstable();
+        documented.sort_unstable();
+        assert_eq!(have, documented, "the keys of a `{kind}` record: written (left) and documented in docs/metrics.md");
+        for (key, ty) in rows {
+            assert!(is_type(&obj[key], ty), "`{kind}`.{key}: documented as {ty}, written as {}", obj[key]);
+        }
+    }
+    // A record's own struct fields are the ones that may not be left undocumented: the
+    // preference and score parts are optional and absent without their settings.
+    let plain = EvalLog::new(0, 2.0, None, None);
+    let keys: Vec<String> = serde_json::to_value(&plain).unwrap().as_object().unwrap().keys().cloned().collect();
+    assert_eq!(keys, ["eval_loss", "eval_ppl", "kind", "step"]);
+    assert!((plain.eval_ppl - 2f64.exp()).abs() < 1e-12);
 }

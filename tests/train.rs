@@ -555,3 +555,66 @@ fn checkpoint_states_are_checked_and_mutations_never_panic() {
         }
     }
 }
+
+#[test]
+fn stepping_by_hand_is_the_run() {
+    use kiln::train::Stepped;
+    let d = tempdir("step-by-hand");
+    let cfg = config(&d, "max_steps = 4\n");
+    let (_, whole) = run(&cfg);
+    let mut t = trainer(&cfg);
+    let mut losses = Vec::new();
+    while let Stepped::Applied(s) = t.step().unwrap() {
+        assert_eq!(s.step, losses.len() + 1);
+        losses.push((s.step, s.loss));
+        if s.step == s.total {
+            break;
+        }
+    }
+    // The same step, so the same losses as the loop of `run` (no metrics file: none opened).
+    assert_eq!(losses, whole.losses);
+    let e = t.step().expect_err("past the last step").to_string();
+    assert!(e.contains("the run has 4 steps"), "{e}");
+}
+
+#[test]
+fn caller_batches_train_through_the_same_step() {
+    use kiln::data::batch::{Sequence, to_batch};
+    use kiln::train::{Batches, Stepped};
+    let d = tempdir("caller-batches");
+    let model = Llama::load(&tiny_model(&d), false).unwrap();
+    // One fixed row of a repeating pattern: the loss on it must fall.
+    let ids: Vec<i32> = (0..24).map(|i| 3 + i % 5).collect();
+    let row = Sequence { labels: ids.clone(), pos: (0..24).collect(), seg: vec![0; 24], ids };
+    let batch = to_batch(std::slice::from_ref(&row), 0).unwrap();
+    let cfg = TrainConfig {
+        out: d.join("out"),
+        max_steps: Some(8),
+        learning_rate: 3e-3,
+        lr_scheduler: kiln::train::Scheduler::Constant,
+        ..TrainConfig::default()
+    };
+    let next = Box::new(move |_| Ok(vec![batch.clone()]));
+    let batches = Batches { next, eval: vec![row], pad: 0, steps_per_epoch: 2.0 };
+    let mut t = Trainer::with_batches(cfg, model, batches).unwrap();
+    std::fs::create_dir_all(d.join("out")).unwrap();
+    t.open_metrics().unwrap();
+    let before = t.evaluate_logged(0).unwrap().unwrap().log.eval_loss;
+    for i in 1..=8 {
+        let Stepped::Applied(s) = t.step().unwrap() else { panic!("step {i} skipped") };
+        assert_eq!(s.epoch, i as f64 / 2.0);
+    }
+    let after = t.evaluate_logged(8).unwrap().unwrap().log.eval_loss;
+    assert!(after < before, "held-out loss {before} → {after}");
+    let lines = std::fs::read_to_string(d.join("out/metrics.jsonl")).unwrap();
+    let kinds: Vec<String> = lines
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds, ["eval", "train", "train", "train", "train", "train", "train", "train", "train", "eval"]);
+    // Preference tuning needs pairs, which only a prepared data set has.
+    let pref = TrainConfig { max_steps: Some(1), objective: kiln::train::Objective::Dpo, ..TrainConfig::default() };
+    let none = Batches { next: Box::new(|_| Ok(Vec::new())), eval: Vec::new(), pad: 0, steps_per_epoch: 1.0 };
+    let model = Llama::load(&tiny_model(&d), false).unwrap();
+    assert!(Trainer::with_batches(pref, model, none).is_err());
+}

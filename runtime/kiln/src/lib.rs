@@ -28,6 +28,7 @@
 //! it assembles no models, tokenizers or templates itself.
 
 pub mod adapters;
+pub mod backend_select;
 pub mod data;
 pub mod error;
 pub mod eval;

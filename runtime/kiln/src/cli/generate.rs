@@ -109,7 +109,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if let Some(d) = &a.device {
         kiln_wgpu::choose(d);
     }
-    let be = super::train::pick_backend(&a.backend, a.device.as_deref())?;
+    let be = kiln::backend_select::pick(&a.backend, a.device.as_deref(), kiln::backend_select::Auto::BestGpu)?;
     if be.name() != "cpu" {
         session.to_backend(be)?;
     }

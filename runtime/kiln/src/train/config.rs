@@ -486,6 +486,27 @@ impl TrainConfig {
         })
     }
 
+    /// The default of setting `key` as `--help` shows it, or `None` where the default is left
+    /// open (no model, no evaluation file, the model's context length) or empty.
+    pub fn default_shown(key: &str) -> Option<String> {
+        let table = toml::Table::try_from(TrainConfig::default()).ok()?;
+        match table.get(key)? {
+            // 2e-4 rather than 0.0002; 16 rather than 16.0.
+            toml::Value::Float(f) if *f != 0.0 && f.abs() < 1e-3 => Some(format!("{f:e}")),
+            toml::Value::Float(f) => Some(format!("{f}")),
+            toml::Value::Integer(i) => Some(i.to_string()),
+            toml::Value::Boolean(b) => Some(b.to_string()),
+            toml::Value::String(s) if !s.is_empty() => Some(s.clone()),
+            toml::Value::Array(a) if !a.is_empty() => Some(
+                a.iter()
+                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            _ => None,
+        }
+    }
+
     /// The configuration as TOML (written to `OUT/config.toml`).
     pub fn to_toml(&self) -> Result<String> {
         toml::to_string(self).map_err(|e| KilnError::Msg(format!("configuration: {e}")))

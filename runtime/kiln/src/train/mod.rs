@@ -4,6 +4,8 @@
 pub mod checkpoint;
 pub mod config;
 pub mod identity;
+pub mod job;
+pub mod metrics;
 pub mod optim;
 pub mod optim8;
 pub mod plan;
@@ -14,5 +16,7 @@ pub mod schedule;
 pub mod trainer;
 
 pub use config::{Method, Objective, Optim, PrefLoss, Scheduler, TrainConfig};
+pub use job::{Outcome, RunOptions, run};
+pub use metrics::{EvalLog, PrefLog, SkipLog, StepLog};
 pub use optim::AdamW;
-pub use trainer::{Event, StepLog, Summary, Trainer};
+pub use trainer::{Batches, Evaluation, Event, Stepped, Summary, Trainer};

@@ -1,13 +1,15 @@
 //! The plan of a run, by arithmetic alone: the base model's config and tokenizer read without
 //! its tensors, the trainable parameter count, the step count and the peak-memory estimate.
 //! Everything here runs before any model, LoRA or optimizer tensor exists, so a setting that
-//! cannot fit (`--lora-r 100000000`) is answered at once in bounded memory.
+//! cannot fit (`--lora-r 100000000`) is answered at once in bounded memory, and a run whose
+//! estimated peak exceeds the memory available is refused with the settings that would fit.
 
 use std::path::{Path, PathBuf};
 
 use kiln_core::quant::GgmlType;
 
-use super::config::{Method, TrainConfig, limits};
+use super::config::{Method, Objective, TrainConfig, limits};
+use super::prepare::Prepared;
 use crate::adapters::Target;
 use crate::data::tokenizer::TextTokenizer;
 use crate::model::gguf::GgufWeights;
@@ -205,4 +207,162 @@ pub fn steps(cfg: &TrainConfig, units: usize) -> Result<(usize, usize)> {
         }
     };
     Ok((per_epoch, total))
+}
+
+/// Bytes of memory available: `memory_limit_mb` when set, else the kernel's MemAvailable
+/// (Linux), else unknown.
+fn memory_available(cfg: &TrainConfig) -> Option<f64> {
+    if cfg.memory_limit_mb > 0 {
+        return Some(cfg.memory_limit_mb as f64 * 1048576.0);
+    }
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: f64 = text.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024.0)
+}
+
+/// Refuses to start a run whose estimated peak does not fit, naming settings that would. Runs
+/// on the plan alone, before any model tensor is loaded.
+pub fn check_memory(
+    cfg: &TrainConfig,
+    p: &Plan,
+    base: &BaseFacts,
+    model: &Path,
+    config_file: Option<&Path>,
+) -> Result<()> {
+    let Some(avail) = memory_available(cfg) else { return Ok(()) };
+    let (trainable, seq) = (p.trainable, p.seq);
+    let need = |c: &TrainConfig, seq: usize| -> Result<f64> {
+        Ok(memory(c, base, trainable, seq)?.iter().map(|m| m.1).sum::<f64>())
+    };
+    let total = need(cfg, seq)?;
+    if total <= avail {
+        return Ok(());
+    }
+    let mut fits = Vec::new();
+    let mut try_cfg = |what: String, c: TrainConfig, s: usize| {
+        if let Ok(n) = need(&c, s)
+            && n <= avail
+        {
+            fits.push(format!("{what} ({})", gib(n)));
+        }
+    };
+    if !cfg.gradient_checkpointing {
+        try_cfg(
+            "--gradient-checkpointing true".into(),
+            TrainConfig { gradient_checkpointing: true, ..cfg.clone() },
+            seq,
+        );
+    }
+    if cfg.batch_size > 1 {
+        let c = TrainConfig { batch_size: 1, grad_accum: cfg.grad_accum.saturating_mul(cfg.batch_size), ..cfg.clone() };
+        try_cfg(format!("--batch-size 1 --grad-accum {} (same effective batch)", c.grad_accum), c, seq);
+    }
+    if seq >= 128 {
+        try_cfg(format!("--max-seq-len {}", seq / 2), cfg.clone(), seq / 2);
+    }
+    if !cfg.gradient_checkpointing && cfg.batch_size > 1 {
+        let both = TrainConfig {
+            gradient_checkpointing: true,
+            batch_size: 1,
+            grad_accum: cfg.grad_accum.saturating_mul(cfg.batch_size),
+            ..cfg.clone()
+        };
+        try_cfg("--gradient-checkpointing true --batch-size 1 together".into(), both, seq);
+    }
+    let hint = if fits.is_empty() {
+        "no single setting change fits: use a smaller model, --method qlora, or free memory".to_string()
+    } else {
+        format!("settings that fit: {}", fits.join("; "))
+    };
+    let from = config_file.map_or(String::new(), |f| format!(" (settings from {} and the flags)", f.display()));
+    Err(KilnError::Msg(format!(
+        "the estimated peak memory {} exceeds the {} available{}{from}; {hint} (or --memory-limit-mb to state the limit yourself); nothing was loaded from {}",
+        gib(total),
+        gib(avail),
+        if cfg.memory_limit_mb > 0 { " (--memory-limit-mb)" } else { "" },
+        model.display()
+    )))
+}
+
+/// Bytes as MiB or GiB.
+pub fn gib(b: f64) -> String {
+    if b >= (1u64 << 30) as f64 {
+        format!("{:.2} GiB", b / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1} MiB", b / (1u64 << 20) as f64)
+    }
+}
+
+/// What the plan knows before any model tensor exists.
+pub struct Plan {
+    pub trainable: u64,
+    pub steps_per_epoch: usize,
+    pub total_steps: usize,
+    /// Tokens of the longest batch row: the longest training unit, at most max_seq_len.
+    pub seq: usize,
+    pub memory: Vec<(&'static str, f64)>,
+}
+
+impl Plan {
+    /// `vocab`: the vocabulary after `add_special_tokens`.
+    pub fn new(cfg: &TrainConfig, base: &BaseFacts, d: &Prepared, seq: usize, vocab: usize) -> Result<Plan> {
+        let mut c = base.config.clone();
+        c.vocab_size = c.vocab_size.max(vocab);
+        let base = BaseFacts { config: c, ..base.clone() };
+        let trainable = trainable(cfg, &base.config)?;
+        let (steps_per_epoch, total_steps) = steps(cfg, d.train_len())?;
+        let seq = seq.min(d.longest().max(1));
+        let memory = memory(cfg, &base, trainable, seq)?;
+        Ok(Plan { trainable, steps_per_epoch, total_steps, seq, memory })
+    }
+}
+
+/// The plan as `kiln train` prints it: the data, the steps, the memory estimate by part.
+pub fn plan_text(cfg: &TrainConfig, p: &Plan, d: &Prepared, seq: usize, base: &str) -> String {
+    let total: f64 = p.memory.iter().map(|m| m.1).sum();
+    let mut s = format!(
+        "plan: {base}; method {:?}; {} train rows ({} invalid skipped) → {} sequences of ≤ {seq} tokens ({} tokens, {} trained; {} rows truncated, {} dropped); {} held-out rows\n",
+        cfg.method,
+        d.train_rows,
+        d.report.files.iter().map(|f| f.invalid.values().sum::<usize>()).sum::<usize>(),
+        d.train_len(),
+        d.train_tokens,
+        d.train_targets,
+        d.stats.truncated,
+        d.stats.dropped,
+        d.eval_examples.len(),
+    );
+    if cfg.objective != Objective::Sft {
+        let pp = &d.pair_stats;
+        let precomputed = super::pref::PrefSpec::of(cfg).is_some_and(|s| s.needs_reference())
+            && (cfg.precompute_ref || cfg.method == Method::Full);
+        s += &format!(
+            "      {}: {} pairs in {} tokens with shared prompts ({} as separate sequences, {:.0}% saved); {} held-out pairs; reference {}\n",
+            cfg.objective.name(),
+            d.pairs.len(),
+            pp.tokens,
+            pp.unshared_tokens,
+            100.0 * (1.0 - pp.tokens as f64 / pp.unshared_tokens.max(1) as f64),
+            d.eval_pairs.len(),
+            match cfg.objective {
+                Objective::Dpo if precomputed => "precomputed once (adapters off)",
+                Objective::Dpo => "every step (adapters off, same weights)",
+                _ => "none",
+            }
+        );
+    }
+    s += &format!(
+        "      {} steps ({} per epoch, batch {} × accumulation {}), {} trainable parameters, template {}\n",
+        p.total_steps,
+        p.steps_per_epoch,
+        cfg.batch_size,
+        cfg.grad_accum,
+        p.trainable,
+        d.renderer.template.as_ref().map_or("none", |t| t.origin.as_str())
+    );
+    s += &format!("memory estimate (cpu): {} in all\n", gib(total));
+    for (k, v) in &p.memory {
+        s += &format!("      {k:<22} {}\n", gib(*v));
+    }
+    s
 }

@@ -280,6 +280,14 @@ impl PrefStats {
     pub fn chosen_loss(&self) -> f64 {
         self.chosen_nll / self.chosen_tokens.max(1) as f64
     }
+    /// The preference keys of a metrics record ([`super::metrics::PrefLog`]) as a JSON map,
+    /// for reports that add their own keys beside them (`kiln eval`).
+    pub fn json_fields(&self) -> serde_json::Map<String, serde_json::Value> {
+        match serde_json::to_value(super::metrics::PrefLog::from(self)) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        }
+    }
     /// Pools two sets of pairs.
     pub fn merge(&mut self, o: &PrefStats) {
         let n = (self.pairs + o.pairs).max(1) as f64;
@@ -292,16 +300,6 @@ impl PrefStats {
         self.pairs += o.pairs;
         self.chosen_nll += o.chosen_nll;
         self.chosen_tokens += o.chosen_tokens;
-    }
-    /// The `metrics.jsonl` fields of DESIGN's schema.
-    pub fn json_fields(&self) -> serde_json::Map<String, serde_json::Value> {
-        let mut m = serde_json::Map::new();
-        m.insert("rewards_chosen".into(), self.rewards_chosen.into());
-        m.insert("rewards_rejected".into(), self.rewards_rejected.into());
-        m.insert("reward_margin".into(), self.margin().into());
-        m.insert("reward_accuracy".into(), self.reward_accuracy.into());
-        m.insert("policy_accuracy".into(), self.policy_accuracy.into());
-        m
     }
 }
 

@@ -9,8 +9,11 @@
 //! The data order is a function of (seed, epoch): each epoch shuffles the packed sequences,
 //! groups `batch_size × grad_accum` of them per step and splits each group into micro-batches.
 //! A checkpoint therefore only needs the step count to resume the data stream.
+//!
+//! [`Trainer::step`] is the one training step of kiln: `kiln train` runs it through
+//! [`Trainer::run`], `kiln demo --tiny` over its own byte windows ([`Trainer::with_batches`]),
+//! and `kiln bench train` times it.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -18,18 +21,25 @@ use kiln_core::{Grads, Tape, Tensor, Var};
 
 use super::AdamW;
 use super::checkpoint::{self, Identity, State};
-use super::config::{Method, Optim, TrainConfig};
+use super::config::{Method, Objective, Optim, TrainConfig};
+use super::metrics::{EvalLog, MetricsFile, SkipLog, StepLog};
 use super::pref::{self, PrefSpec, PrefStats};
 use super::prepare::Prepared;
 use super::schedule::lr_at;
 use crate::adapters::LoraSet;
-use crate::data::batch::{Batch, to_batch};
+use crate::data::batch::{Batch, Sequence, to_batch};
 use crate::data::dataset::shuffle;
 use crate::model::{Inputs, Llama};
 use crate::{KilnError, Result};
 
-/// What the loop reports as it goes.
+/// What the loop (and [`super::run`] around it) reports as it goes.
 pub enum Event<'a> {
+    /// A line worth showing before or between steps: the plan, a tokenizer or resume note.
+    Note(&'a str),
+    /// Training starts: `total` optimizer steps in all (a resumed run has taken some).
+    Start {
+        total: usize,
+    },
     Step(&'a StepLog),
     /// Held-out loss, and the generation metrics when `eval_metrics` asks for them.
     Eval {
@@ -55,20 +65,38 @@ pub enum Event<'a> {
     },
 }
 
-/// One optimizer step.
+/// What [`Trainer::step`] did.
 #[derive(Clone, Debug)]
-pub struct StepLog {
-    pub step: usize,
-    pub total: usize,
-    pub epoch: f64,
-    pub loss: f64,
-    pub lr: f64,
-    pub grad_norm: f64,
-    pub tokens: usize,
-    pub tokens_per_s: f64,
-    pub elapsed_s: f64,
-    /// Preference runs: the step's rewards and reward accuracy.
+pub enum Stepped {
+    /// The update was applied.
+    Applied(StepLog),
+    /// Nothing applied: the loss or a gradient was not finite (`skip_nonfinite`).
+    Skipped(SkipLog),
+}
+
+/// An evaluation by [`Trainer::evaluate_logged`]: its metrics record and what it was made of.
+pub struct Evaluation {
+    pub log: EvalLog,
     pub pref: Option<PrefStats>,
+    pub scores: Option<crate::eval::Scores>,
+}
+
+/// Micro-batches the caller makes itself, instead of the prepared data set's shuffled
+/// sequences (the tiny demo's random windows of a byte stream; the bench's random tokens).
+pub struct Batches {
+    /// The micro-batches of optimizer step `step` (1-based).
+    pub next: Box<dyn FnMut(usize) -> Result<Vec<Batch>>>,
+    /// The held-out sequences, padded with `pad`.
+    pub eval: Vec<Sequence>,
+    pub pad: i32,
+    /// Steps that make one pass over the data (the `epoch` of the metrics).
+    pub steps_per_epoch: f64,
+}
+
+/// Where a run's batches come from.
+enum Source {
+    Prepared(Prepared),
+    Batches(Batches),
 }
 
 /// What a finished run measured.
@@ -133,10 +161,17 @@ pub struct Trainer {
     pub cfg: TrainConfig,
     pub model: Llama,
     pub lora: Option<LoraSet>,
-    pub data: Prepared,
+    source: Source,
     opt: AdamW,
     pub total_steps: usize,
     pub steps_per_epoch: usize,
+    /// Steps per pass over the data, for the `epoch` metric (`steps_per_epoch` unless the
+    /// caller's batches say otherwise).
+    epoch_steps: f64,
+    /// When this process took its first step, and the run's token count then.
+    clock: Option<(Instant, usize)>,
+    /// `OUT/metrics.jsonl` once opened ([`Trainer::open_metrics`]).
+    metrics: Option<MetricsFile>,
     step: usize,
     tokens: usize,
     best: Option<(usize, f64)>,
@@ -161,7 +196,7 @@ type Named = Vec<(String, Tensor)>;
 
 impl Trainer {
     /// Sets up adapters (or trainable weights), the optimizer and the step plan.
-    pub fn new(cfg: TrainConfig, mut model: Llama, data: Prepared) -> Result<Trainer> {
+    pub fn new(cfg: TrainConfig, model: Llama, data: Prepared) -> Result<Trainer> {
         if data.train_len() == 0 {
             return Err(KilnError::Msg(format!(
                 "data: no training row has a token to learn ({} of {} rows had nothing trainable left within max_seq_len {}; raise --max-seq-len)",
@@ -172,6 +207,35 @@ impl Trainer {
         }
         // The step plan first: a setting it refuses never gets to allocate adapters.
         let (steps_per_epoch, total_steps) = super::plan::steps(&cfg, data.train_len())?;
+        let data_hash = Some(super::identity::data_hash(&data));
+        let epoch_steps = steps_per_epoch as f64;
+        Trainer::build(cfg, model, Source::Prepared(data), (steps_per_epoch, total_steps, epoch_steps), data_hash)
+    }
+
+    /// A run over batches the caller makes: `cfg.max_steps` steps, supervised, with the
+    /// step, the optimizer and the metrics of [`Trainer::new`].
+    pub fn with_batches(cfg: TrainConfig, model: Llama, batches: Batches) -> Result<Trainer> {
+        let Some(total_steps) = cfg.max_steps else {
+            return Err(KilnError::Msg("a run over the caller's batches needs max_steps".into()));
+        };
+        if cfg.objective != Objective::Sft || !cfg.eval_metrics.trim().is_empty() {
+            return Err(KilnError::Msg(
+                "a run over the caller's batches is supervised and evaluates the loss only".into(),
+            ));
+        }
+        let epoch_steps = batches.steps_per_epoch;
+        let steps_per_epoch = (epoch_steps.ceil() as usize).max(1);
+        Trainer::build(cfg, model, Source::Batches(batches), (steps_per_epoch, total_steps, epoch_steps), None)
+    }
+
+    /// Adapters (or trainable weights) and the optimizer, for either source of batches.
+    fn build(
+        cfg: TrainConfig,
+        mut model: Llama,
+        source: Source,
+        (steps_per_epoch, total_steps, epoch_steps): (usize, usize, f64),
+        data_hash: Option<String>,
+    ) -> Result<Trainer> {
         let mut lora = match cfg.method {
             Method::Full => None,
             Method::Adapter => {
@@ -201,19 +265,18 @@ impl Trainer {
         opt.eight_bit = cfg.optim == Optim::Adamw8bit;
         let out = cfg.out.clone();
         let pref = PrefSpec::of(&cfg);
-        let identity = Identity {
-            base_model: None,
-            settings: super::identity::settings(&cfg),
-            data_hash: Some(super::identity::data_hash(&data)),
-        };
+        let identity = Identity { base_model: None, settings: super::identity::settings(&cfg), data_hash };
         let mut t = Trainer {
             cfg,
             model,
             lora,
-            data,
+            source,
             opt,
             total_steps,
             steps_per_epoch,
+            epoch_steps,
+            clock: None,
+            metrics: None,
             step: 0,
             tokens: 0,
             best: None,
@@ -250,9 +313,22 @@ impl Trainer {
         self.params_mut().iter().map(|(_, v)| v.value().numel()).sum()
     }
 
-    /// The micro-batches of optimizer step `step` (1-based), as sequence indices.
-    fn plan(&self, step: usize) -> Vec<Vec<usize>> {
-        let n = self.data.train_len();
+    /// The prepared data set, when the run has one (not over the caller's batches).
+    pub fn data(&self) -> Option<&Prepared> {
+        match &self.source {
+            Source::Prepared(d) => Some(d),
+            Source::Batches(_) => None,
+        }
+    }
+
+    /// The prepared data set, which preference tuning and generation scores need.
+    fn prepared(&self) -> Result<&Prepared> {
+        self.data().ok_or_else(|| KilnError::Msg("this run's batches come from the caller, not a data set".into()))
+    }
+
+    /// The micro-batches of optimizer step `step` (1-based), as training-unit indices.
+    fn plan(&self, d: &Prepared, step: usize) -> Vec<Vec<usize>> {
+        let n = d.train_len();
         let (epoch, group) = ((step - 1) / self.steps_per_epoch, (step - 1) % self.steps_per_epoch);
         let mut order: Vec<usize> = (0..n).collect();
         shuffle(&mut order, self.cfg.seed.wrapping_add(epoch as u64 * 0x9e37_79b9));
@@ -261,14 +337,19 @@ impl Trainer {
         if !self.cfg.packing || self.pref.is_some() {
             // Bucketing: within a step's rows, similar lengths share a micro-batch (less
             // padding); the step's rows, and so its gradient, do not change.
-            idx.sort_by_key(|&i| self.data.unit_tokens(i));
+            idx.sort_by_key(|&i| d.unit_tokens(i));
         }
         idx.chunks(self.cfg.batch_size).map(<[usize]>::to_vec).collect()
     }
 
-    fn batch(&self, idx: &[usize]) -> Result<Batch> {
-        let seqs: Vec<_> = idx.iter().map(|&i| self.data.train[i].clone()).collect();
-        to_batch(&seqs, self.data.pad)
+    /// The supervised micro-batches of step `step`.
+    fn step_batches(&mut self, step: usize) -> Result<Vec<Batch>> {
+        if let Source::Batches(b) = &mut self.source {
+            return (b.next)(step);
+        }
+        let d = self.prepared()?;
+        let plan = self.plan(d, step);
+        plan.iter().map(|idx| to_batch(&idx.iter().map(|&i| d.train[i].clone()).collect::<Vec<_>>(), d.pad)).collect()
     }
 
     /// Token-weighted mean loss over the held-out sequences (`None` without any); preference
@@ -276,18 +357,16 @@ impl Trainer {
     pub fn evaluate(&self) -> Result<Option<(f64, Option<PrefStats>)>> {
         let (model, lora) = (&self.model, self.lora.as_ref());
         if let Some(spec) = &self.pref {
-            let (pairs, refs) = (&self.data.eval_pairs, self.eval_refs.as_deref());
-            let st = pref::evaluate_pairs(model, lora, pairs, refs, spec, self.data.pad, self.cfg.batch_size)?;
+            let d = self.prepared()?;
+            let (pairs, refs) = (&d.eval_pairs, self.eval_refs.as_deref());
+            let st = pref::evaluate_pairs(model, lora, pairs, refs, spec, d.pad, self.cfg.batch_size)?;
             return Ok(st.map(|s| (s.loss, Some(s))));
         }
-        let l = crate::eval::measure::sequences_loss(
-            model,
-            lora,
-            &self.data.eval,
-            self.data.pad,
-            self.cfg.batch_size,
-            &mut |_| {},
-        )?;
+        let (eval, pad) = match &self.source {
+            Source::Prepared(d) => (&d.eval, d.pad),
+            Source::Batches(b) => (&b.eval, b.pad),
+        };
+        let l = crate::eval::measure::sequences_loss(model, lora, eval, pad, self.cfg.batch_size, &mut |_| {})?;
         Ok(l.map(|l| (l, None)))
     }
 
@@ -304,13 +383,13 @@ impl Trainer {
         if !self.precomputes_reference() || self.refs.is_some() {
             return Ok(());
         }
-        let total = self.data.pairs.len() + self.data.eval_pairs.len();
-        let (pad, bs) = (self.data.pad, self.cfg.batch_size);
-        let train = pref::precompute_refs(&self.model, &self.data.pairs, pad, bs, &mut |done| {
-            on(Event::Reference { done, total })
-        })?;
+        let d = self.prepared()?;
+        let total = d.pairs.len() + d.eval_pairs.len();
+        let (pad, bs) = (d.pad, self.cfg.batch_size);
+        let train =
+            pref::precompute_refs(&self.model, &d.pairs, pad, bs, &mut |done| on(Event::Reference { done, total }))?;
         let n = train.len();
-        let eval = pref::precompute_refs(&self.model, &self.data.eval_pairs, pad, bs, &mut |done| {
+        let eval = pref::precompute_refs(&self.model, &d.eval_pairs, pad, bs, &mut |done| {
             on(Event::Reference { done: n + done, total })
         })?;
         self.refs = Some(train);
@@ -320,15 +399,16 @@ impl Trainer {
 
     /// Preference step: forward/backward over each micro-batch of pairs, each weighted by its
     /// share of the step's pairs.
-    fn pref_grads(&mut self, step: usize, micro: &[Vec<usize>]) -> Result<(Grads, f64, usize, PrefStats)> {
-        let Some(spec) = self.pref else { return Err(KilnError::Msg("not a preference run".into())) };
+    fn pref_grads(&mut self, step: usize, spec: PrefSpec) -> Result<(Grads, f64, usize, PrefStats)> {
+        let Source::Prepared(d) = &self.source else { return Err(KilnError::Msg("not a preference run".into())) };
+        let micro = self.plan(d, step);
         let scope = pref::Scope {
             pairs: micro.iter().map(Vec::len).sum(),
-            chosen_tokens: micro.iter().flatten().map(|&i| self.data.pairs[i].n_chosen).sum(),
+            chosen_tokens: micro.iter().flatten().map(|&i| d.pairs[i].n_chosen).sum(),
         };
         let (mut grads, mut tokens, mut all, mut loss) = (Grads::default(), 0, PrefStats::default(), 0.0);
         for (mi, m) in micro.iter().enumerate() {
-            let b = pref::pair_batch(&m.iter().map(|&i| &self.data.pairs[i]).collect::<Vec<_>>(), self.data.pad)?;
+            let b = pref::pair_batch(&m.iter().map(|&i| &d.pairs[i]).collect::<Vec<_>>(), d.pad)?;
             let refs = pref::batch_refs(&self.model, &b, self.refs.as_deref(), m, &spec)?;
             if let Some(l) = &mut self.lora {
                 l.reseed_dropout(self.cfg.seed ^ ((step as u64) << 20) ^ mi as u64);
@@ -351,14 +431,18 @@ impl Trainer {
     /// token share, clipped, applied — unless the loss or a gradient is not finite, in which
     /// case nothing is applied and the step says what was found.
     fn train_step(&mut self, step: usize) -> Result<StepResult> {
-        let micro = self.plan(step);
-        let (grads, loss, tokens, pref) = if self.pref.is_some() {
-            let (g, l, t, st) = self.pref_grads(step, &micro)?;
-            (g, l, t, Some(st))
-        } else {
-            let (g, l, t) = self.sft_grads(step, &micro)?;
-            (g, l, t, None)
+        let (grads, loss, tokens, pref) = match self.pref {
+            Some(spec) => {
+                let (g, l, t, st) = self.pref_grads(step, spec)?;
+                (g, l, t, Some(st))
+            }
+            None => {
+                let batches = self.step_batches(step)?;
+                let (g, l, t) = self.sft_grads(step, &batches)?;
+                (g, l, t, None)
+            }
         };
+
         let lr = lr_at(self.cfg.lr_scheduler, self.cfg.learning_rate, step, self.cfg.warmup_steps, self.total_steps);
         self.opt.lr = lr;
         if !loss.is_finite() {
@@ -388,8 +472,7 @@ impl Trainer {
     }
 
     /// Supervised step: the micro-batches' gradients weighted by token share.
-    fn sft_grads(&mut self, step: usize, micro: &[Vec<usize>]) -> Result<(Grads, f64, usize)> {
-        let batches = micro.iter().map(|m| self.batch(m)).collect::<Result<Vec<_>>>()?;
+    fn sft_grads(&mut self, step: usize, batches: &[Batch]) -> Result<(Grads, f64, usize)> {
         let n_total: usize = batches.iter().map(|b| b.n_targets).sum();
         let mut grads = Grads::default();
         let (mut loss, mut tokens) = (0.0, 0);
@@ -514,19 +597,6 @@ impl Trainer {
         Ok(self.step)
     }
 
-    /// Evaluates, records the result and tracks the best step.
-    fn eval_record(&mut self, step: usize, summary: &mut Summary) -> Result<Option<(f64, Option<PrefStats>)>> {
-        let Some((l, st)) = self.evaluate()? else { return Ok(None) };
-        summary.evals.push((step, l));
-        if let Some(s) = st {
-            summary.eval_rewards.push((step, s.reward_accuracy));
-        }
-        if step > 0 && self.best.is_none_or(|b| l < b.1) {
-            self.best = Some((step, l));
-        }
-        Ok(Some((l, st)))
-    }
-
     /// The generation metrics of `eval_metrics` on the held-out rows (greedy), or `None`.
     pub fn generation_scores(&self) -> Result<Option<crate::eval::Scores>> {
         use crate::eval::{Metric, TextOptions, measure};
@@ -534,8 +604,9 @@ impl Trainer {
             return Ok(None);
         }
         let metrics = Metric::parse_list(&self.cfg.eval_metrics)?;
-        let r = &self.data.renderer;
-        let rows = measure::gen_rows(&self.data.eval_examples, r.template.as_ref().is_some());
+        let d = self.prepared()?;
+        let r = &d.renderer;
+        let rows = measure::gen_rows(&d.eval_examples, r.template.as_ref().is_some());
         if rows.is_empty() {
             return Ok(None);
         }
@@ -553,35 +624,98 @@ impl Trainer {
         Ok(Some(measure::score(&preds, &metrics, TextOptions::default())))
     }
 
-    /// The `metrics.jsonl` line of an evaluation.
-    fn eval_line(
-        step: usize,
-        loss: f64,
-        scores: Option<&crate::eval::Scores>,
-        pref: Option<&PrefStats>,
-    ) -> serde_json::Value {
-        // A preference run's perplexity is that of the chosen answers.
-        let ppl = pref.map_or(loss, PrefStats::chosen_loss).exp();
-        let mut v = serde_json::json!({"kind": "eval", "step": step, "eval_loss": loss, "eval_ppl": ppl});
-        if let (Some(p), Some(o)) = (pref, v.as_object_mut()) {
-            o.extend(p.json_fields());
+    /// Opens `OUT/metrics.jsonl` for the steps after the current one (a resumed run keeps the
+    /// records up to its checkpoint); from then on every step and evaluation is written to it.
+    /// Returns the records kept.
+    pub fn open_metrics(&mut self) -> Result<Vec<serde_json::Value>> {
+        let (f, kept) = MetricsFile::open(&self.out.join("metrics.jsonl"), self.step)?;
+        self.metrics = Some(f);
+        Ok(kept)
+    }
+
+    /// Appends a record to `metrics.jsonl` when it is open.
+    fn log(&mut self, record: &impl serde::Serialize) -> Result<()> {
+        self.metrics.as_mut().map_or(Ok(()), |m| m.write(record))
+    }
+
+    /// Takes the next optimizer step: forward and backward over its micro-batches, the
+    /// gradient norm, clipping and the optimizer update, then its metrics record. A loss or
+    /// gradient that is not finite applies nothing: the step is skipped with
+    /// `skip_nonfinite`, else it is an error naming the last good checkpoint.
+    pub fn step(&mut self) -> Result<Stepped> {
+        let step = self.step + 1;
+        if step > self.total_steps {
+            return Err(KilnError::Msg(format!("step {step}: the run has {} steps", self.total_steps)));
         }
-        if let (Some(s), Some(o)) = (scores, v.as_object_mut())
-            && let serde_json::Value::Object(m) = s.metrics_json()
-        {
-            o.extend(m);
+        let (t0, tokens0) = *self.clock.get_or_insert((Instant::now(), self.tokens));
+        let done = match self.train_step(step)? {
+            StepResult::Applied { loss, grad_norm, tokens, lr, pref } => {
+                self.tokens += tokens;
+                let el = t0.elapsed().as_secs_f64();
+                let log = StepLog {
+                    step,
+                    total: self.total_steps,
+                    epoch: step as f64 / self.epoch_steps,
+                    loss,
+                    lr,
+                    grad_norm,
+                    tokens: self.tokens,
+                    tokens_per_s: (self.tokens - tokens0) as f64 / el.max(1e-9),
+                    elapsed_s: el,
+                    pref: pref.as_ref().map(Into::into),
+                };
+                self.log(&log)?;
+                Stepped::Applied(log)
+            }
+            // Skipped: no update; the data position moves on and the step still counts for
+            // evaluation, checkpoints and Ctrl-C.
+            StepResult::NonFinite(reason) if self.cfg.skip_nonfinite => {
+                let log = SkipLog { step, reason };
+                self.log(&log)?;
+                Stepped::Skipped(log)
+            }
+            StepResult::NonFinite(what) => {
+                let last = checkpoint::list(&self.out).last().map(|c| c.1.display().to_string());
+                return Err(KilnError::Msg(format!(
+                    "step {step}: {what}; training stopped, nothing of this step applied (--skip-nonfinite skips such steps instead). Last good checkpoint: {}",
+                    last.unwrap_or_else(|| "none (set --save-steps)".into())
+                )));
+            }
+        };
+        self.step = step;
+        Ok(done)
+    }
+
+    /// Evaluates after step `step` (0: before training): the held-out loss, preference
+    /// metrics and generation scores, written as a metrics record; tracks the best step.
+    /// `None` without held-out data.
+    pub fn evaluate_logged(&mut self, step: usize) -> Result<Option<Evaluation>> {
+        let Some((loss, pref)) = self.evaluate()? else { return Ok(None) };
+        if step > 0 && self.best.is_none_or(|b| loss < b.1) {
+            self.best = Some((step, loss));
         }
-        v
+        let scores = self.generation_scores()?;
+        let log = EvalLog::new(step, loss, pref.as_ref(), scores.as_ref());
+        self.log(&log)?;
+        Ok(Some(Evaluation { log, pref, scores }))
+    }
+
+    /// [`Trainer::evaluate_logged`], added to the summary and reported to `on`.
+    fn eval_event(&mut self, step: usize, summary: &mut Summary, on: &mut dyn FnMut(Event<'_>)) -> Result<()> {
+        if let Some(e) = self.evaluate_logged(step)? {
+            summary.evals.push((step, e.log.eval_loss));
+            if let Some(p) = &e.pref {
+                summary.eval_rewards.push((step, p.reward_accuracy));
+            }
+            on(Event::Eval { step, loss: e.log.eval_loss, scores: e.scores.as_ref(), pref: e.pref.as_ref() });
+        }
+        Ok(())
     }
 
     /// Runs the remaining steps, evaluating and saving as configured, logging each step to
     /// `OUT/metrics.jsonl` and to `on`.
     pub fn run(&mut self, on: &mut dyn FnMut(Event<'_>)) -> Result<Summary> {
-        let metrics_path = self.out.join("metrics.jsonl");
-        let (mut metrics, earlier) = open_metrics(&metrics_path, self.step)?;
-        let mut line = |v: serde_json::Value| -> Result<()> {
-            writeln!(metrics, "{v}").map_err(|e| KilnError::io(&metrics_path, e))
-        };
+        let earlier = self.open_metrics()?;
         let mut summary = Summary {
             steps: self.total_steps,
             secs: 0.0,
@@ -594,6 +728,7 @@ impl Trainer {
             interrupted: false,
             eval_rewards: Vec::new(),
         };
+        on(Event::Start { total: self.total_steps });
         self.reference(on)?;
         // A resumed run's curve and summary include the steps before the checkpoint.
         for v in &earlier {
@@ -609,65 +744,24 @@ impl Trainer {
                 _ => {}
             }
         }
-        if self.step == 0
-            && let Some((l, st)) = self.eval_record(0, &mut summary)?
-        {
-            let scores = self.generation_scores()?;
-            on(Event::Eval { step: 0, loss: l, scores: scores.as_ref(), pref: st.as_ref() });
-            line(Self::eval_line(0, l, scores.as_ref(), st.as_ref()))?;
+        if self.step == 0 {
+            self.eval_event(0, &mut summary, on)?;
         }
-        let t0 = Instant::now();
-        let tokens0 = self.tokens;
+        let (t0, tokens0) = *self.clock.insert((Instant::now(), self.tokens));
         for step in self.step + 1..=self.total_steps {
-            match self.train_step(step)? {
-                StepResult::Applied { loss, grad_norm, tokens, lr, pref } => {
-                    self.tokens += tokens;
-                    let el = t0.elapsed().as_secs_f64();
-                    let log = StepLog {
-                        step,
-                        total: self.total_steps,
-                        epoch: step as f64 / self.steps_per_epoch as f64,
-                        loss,
-                        lr,
-                        grad_norm,
-                        tokens: self.tokens,
-                        tokens_per_s: (self.tokens - tokens0) as f64 / el.max(1e-9),
-                        elapsed_s: el,
-                        pref,
-                    };
-                    let mut v = serde_json::json!({"kind": "train", "step": step, "epoch": log.epoch, "loss": loss,
-                        "lr": lr, "grad_norm": grad_norm, "tokens": log.tokens, "tokens_per_s": log.tokens_per_s,
-                        "elapsed_s": el});
-                    if let (Some(p), Some(o)) = (&pref, v.as_object_mut()) {
-                        o.extend(p.json_fields());
-                    }
-                    line(v)?;
-                    summary.losses.push((step, loss));
+            match self.step()? {
+                Stepped::Applied(log) => {
+                    summary.losses.push((step, log.loss));
                     on(Event::Step(&log));
                 }
-                // Skipped: no update; the data position moves on and the step still counts for
-                // evaluation, checkpoints and Ctrl-C below.
-                StepResult::NonFinite(what) if self.cfg.skip_nonfinite => {
+                Stepped::Skipped(s) => {
                     summary.skipped.push(step);
-                    line(serde_json::json!({"kind": "skip", "step": step, "reason": what}))?;
-                    on(Event::Skipped { step, reason: &what });
-                }
-                StepResult::NonFinite(what) => {
-                    let last = checkpoint::list(&self.out).last().map(|c| c.1.display().to_string());
-                    return Err(KilnError::Msg(format!(
-                        "step {step}: {what}; training stopped, nothing of this step applied (--skip-nonfinite skips such steps instead). Last good checkpoint: {}",
-                        last.unwrap_or_else(|| "none (set --save-steps)".into())
-                    )));
+                    on(Event::Skipped { step, reason: &s.reason });
                 }
             }
-            self.step = step;
             let last = step == self.total_steps;
-            if ((self.cfg.eval_steps > 0 && step.is_multiple_of(self.cfg.eval_steps)) || last)
-                && let Some((l, st)) = self.eval_record(step, &mut summary)?
-            {
-                let scores = self.generation_scores()?;
-                on(Event::Eval { step, loss: l, scores: scores.as_ref(), pref: st.as_ref() });
-                line(Self::eval_line(step, l, scores.as_ref(), st.as_ref()))?;
+            if (self.cfg.eval_steps > 0 && step.is_multiple_of(self.cfg.eval_steps)) || last {
+                self.eval_event(step, &mut summary, on)?;
             }
             // Every step of this run skipped: nothing was trained, and saying so is the result
             // (no final checkpoint, and no adapter or model written by the caller that would
@@ -694,23 +788,4 @@ impl Trainer {
         summary.best_eval = self.best;
         Ok(summary)
     }
-}
-
-/// Opens `metrics.jsonl` for a run starting after `step`: a fresh run truncates it; a resumed
-/// run keeps the records up to its checkpoint and drops those of the abandoned steps after it.
-fn open_metrics(path: &Path, step: usize) -> Result<(std::fs::File, Vec<serde_json::Value>)> {
-    let kept: Vec<serde_json::Value> = if step == 0 {
-        Vec::new()
-    } else {
-        std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["step"].as_u64().is_some_and(|s| s as usize <= step))
-            .collect()
-    };
-    let text: String = kept.iter().map(|v| format!("{v}\n")).collect();
-    crate::formats::write_atomic(path, text.as_bytes())?;
-    let f = std::fs::OpenOptions::new().append(true).open(path).map_err(|e| KilnError::io(path, e))?;
-    Ok((f, kept))
 }
