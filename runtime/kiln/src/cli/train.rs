@@ -301,10 +301,13 @@ pub(super) fn pick_backend(want: &str, device: Option<&str>) -> Result<&'static 
 }
 
 /// Applies `--precision` (a wgpu setting; the CPU and CUDA backends compute in their own
-/// fixed precisions and refuse f16 rather than ignore it).
-pub(super) fn set_precision(backend: &dyn kiln::core::Backend, precision: &str) -> Result<()> {
+/// fixed precisions and refuse f16 rather than ignore it): the backend to run on.
+pub(super) fn set_precision(
+    backend: &'static dyn kiln::core::Backend,
+    precision: &str,
+) -> Result<&'static dyn kiln::core::Backend> {
     if precision == "f32" {
-        return Ok(());
+        return Ok(backend);
     }
     if backend.name() != "wgpu" {
         bail!("--precision {precision}: a wgpu setting (the {} backend has its own precision)", backend.name());
@@ -312,10 +315,10 @@ pub(super) fn set_precision(backend: &dyn kiln::core::Backend, precision: &str) 
     if precision != "f16" {
         bail!("--precision {precision}: f32 or f16");
     }
+    let backend = kiln_wgpu::with_precision(backend, kiln_wgpu::Precision::F16)
+        .ok_or_else(|| anyhow::anyhow!("--precision {precision}: not a wgpu backend"))?;
     #[cfg(feature = "wgpu")]
     {
-        use kiln_wgpu::backend::matmul::{Precision, set_precision};
-        set_precision(Precision::F16);
         if let Ok(dev) = kiln_wgpu::runtime::device() {
             if dev.shader_f16 {
                 eprintln!("precision: f16 GEMMs (f32 accumulation) on {}", dev.info.name);
@@ -324,7 +327,7 @@ pub(super) fn set_precision(backend: &dyn kiln::core::Backend, precision: &str) 
             }
         }
     }
-    Ok(())
+    Ok(backend)
 }
 
 /// Bytes of memory available: `memory_limit_mb` when set, else the kernel's MemAvailable
@@ -506,8 +509,7 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
     if let Some(d) = &a.device {
         kiln_wgpu::choose(d);
     }
-    let backend = pick_backend(&cfg.backend, a.device.as_deref())?;
-    set_precision(backend, &cfg.precision)?;
+    let backend = set_precision(pick_backend(&cfg.backend, a.device.as_deref())?, &cfg.precision)?;
     let path = kiln::models::resolve(cfg.model.as_deref())?;
     // Config and tokenizer only: the plan and the memory check come before any tensor.
     let base = BaseModel::open(&path)?;
