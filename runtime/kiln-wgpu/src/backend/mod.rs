@@ -3,8 +3,9 @@
 //! (`tensor.rs`, `memory.rs`), and one file per op family mirroring the CPU backend, each
 //! launching the WGSL kernels of `shaders/<family>*.wgsl`.
 //!
-//! f32 (and i32 indices) on the device; f16/bf16 inputs are widened to f32 at upload, and the
-//! parity suite lists the f16/bf16 cases as skipped with that reason, never as passed.
+//! Activations and gradients are f32 (indices i32) on the device; frozen f16/bf16 and
+//! block-quantized weights keep their bytes and are decoded where they are read (the GEMM and
+//! the embedding lookup), or widened to f32 for any other op (`tensor.rs`, `held`).
 
 mod attention;
 mod elementwise;
