@@ -1,7 +1,8 @@
 // elementwise.wgsl — the elementwise family and small reductions (kernels/elementwise.cu).
 //
-// Computes: add, mul (same shapes), scale by a constant, SwiGLU forward silu(g)·u and backward,
-// a copy, and Σx² as per-workgroup partial sums (the host adds the partials in f64).
+// Computes: add, mul (same shapes), scale by a constant, a copy, Σx² as per-workgroup partial
+// sums (the host adds the partials in f64), and the f32 → bf16/f16 rounding of casts. (The
+// gated activations, SwiGLU and GeGLU, are glu.wgsl's.)
 // Layout: flat f32 arrays of `n` elements. One thread per element, 64 per workgroup; the
 // workgroups are folded into a 2-D grid (at most 65535 per dimension), so the linear index is
 // gid.x + gid.y·(groups.x·64). Each entry point declares its own bindings, numbered in the
@@ -18,10 +19,6 @@ struct Params {
 
 fn linear(g: vec3<u32>, nw: vec3<u32>) -> u32 {
     return g.x + g.y * nw.x * 64u;
-}
-
-fn sigmoid(x: f32) -> f32 {
-    return 1.0 / (1.0 + exp(-x));
 }
 
 // ---- a ⊕ b → y
@@ -41,15 +38,6 @@ fn mul(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw:
     if (i < p.n) { bin_y[i] = bin_a[i] * bin_b[i]; }
 }
 
-@compute @workgroup_size(64)
-fn swiglu_fwd(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
-    let i = linear(g, nw);
-    if (i < p.n) {
-        let x = bin_a[i];
-        bin_y[i] = x * sigmoid(x) * bin_b[i];
-    }
-}
-
 // ---- a → y
 @group(0) @binding(1) var<storage, read> un_a: array<f32>;
 @group(0) @binding(2) var<storage, read_write> un_y: array<f32>;
@@ -64,25 +52,6 @@ fn scale(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) n
 fn copy(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
     let i = linear(g, nw);
     if (i < p.n) { un_y[i] = un_a[i]; }
-}
-
-// ---- SwiGLU backward: (g, u, dy) → (dg, du)
-@group(0) @binding(1) var<storage, read> sw_g: array<f32>;
-@group(0) @binding(2) var<storage, read> sw_u: array<f32>;
-@group(0) @binding(3) var<storage, read> sw_dy: array<f32>;
-@group(0) @binding(4) var<storage, read_write> sw_dg: array<f32>;
-@group(0) @binding(5) var<storage, read_write> sw_du: array<f32>;
-
-@compute @workgroup_size(64)
-fn swiglu_bwd(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
-    let i = linear(g, nw);
-    if (i < p.n) {
-        let x = sw_g[i];
-        let sg = sigmoid(x);
-        let dy = sw_dy[i];
-        sw_dg[i] = dy * sw_u[i] * sg * (1.0 + x * (1.0 - sg));
-        sw_du[i] = dy * x * sg;
-    }
 }
 
 // ---- Σx²: `p.threads` threads stride over the array; each workgroup writes one partial.

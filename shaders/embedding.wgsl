@@ -8,7 +8,7 @@
 // first element inside the binding); a launch handles the ids that fall in its range. Tokens are
 // split likewise by the host, so no kernel needs the whole of a large tensor.
 // Packed tables (f16, bf16, GGUF blocks: `embedding_fwd_q`, in a module with
-// dequant_decode.wgsl) are decoded row by row, never widened whole; `off` is then in bytes.
+// quant_decode.wgsl) are decoded row by row, never widened whole; `off` is then in bytes.
 
 struct Params {
     n: u32,

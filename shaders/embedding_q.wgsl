@@ -1,5 +1,5 @@
 // embedding_q.wgsl — the embedding lookup from a packed table (f16, bf16, GGUF blocks, NF4),
-// assembled after embedding.wgsl's Params and before dequant_decode.wgsl: each value is decoded
+// assembled after embedding.wgsl's Params and before quant_decode.wgsl: each value is decoded
 // where it is read (the table's rows r0.. start at byte `off` of the binding).
 
 @group(0) @binding(1) var<storage, read> wq: array<u32>;

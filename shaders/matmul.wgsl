@@ -3,13 +3,13 @@
 // Computes C[m, n] = α·Σ_k A(i, k)·B(k, j) (+ C when `accumulate`), where A(i, k) = a[i·rs_a +
 // k·cs_a] and B(k, j) = b[k·rs_b + j·cs_b]: strides express every transpose the linear layers
 // need (x·Wᵀ, dy·W, dyᵀ·x) without copies.
-// Variants (`KILN_WGPU_GEMM=v2|v3`, default v3): `gemm` (v2_smem_tiled) — a 16×16 workgroup
-// computes a 16×16 tile of C, one element per thread, staging 16×16 tiles of A and B through
-// workgroup memory along k; `gemm_v3` (v3_register_blocked, gemm_v3.wgsl appended at the end of
+// Variants (`kiln_wgpu::GemmVariant`; `KILN_WGPU_GEMM=v2|v3`, default v3): `gemm`
+// (v2_smem_tiled) — a 16×16 workgroup computes a 16×16 tile of C, one element per thread,
+// staging 16×16 tiles of A and B through workgroup memory along k; `gemm_v3` (v3_register_blocked, matmul_v3.wgsl appended at the end of
 // this file) — 64×64 tiles, 4×4 outputs per thread. Plain f32 FMA in both.
 // `add_bias` adds a [n] vector to every row; `col_sum` sums the rows of [m, n] into [n].
 
-// (Params: gemm_params.wgsl, assembled before this file.)
+// (Params: matmul_params.wgsl, assembled before this file.)
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -75,4 +75,4 @@ fn col_sum(@builtin(global_invocation_id) g: vec3<u32>) {
     cs_y[j] = acc;
 }
 
-// (gemm_v3.wgsl is appended here.)
+// (matmul_v3.wgsl is appended here.)

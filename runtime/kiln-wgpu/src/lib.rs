@@ -1,6 +1,7 @@
 //! The wgpu backend crate (Vulkan, Metal, DX12, GL): adapter discovery, and kiln's `Backend`
 //! running the WGSL kernels of `shaders/*.wgsl` (op families land one at a time; the rest
-//! report themselves unsupported).
+//! report themselves unsupported). The kernel choices, [`GemmVariant`] and [`Precision`], are
+//! fields of a backend instance ([`with_gemm`], [`with_precision`]).
 //!
 //! Without the `wgpu` feature the same API answers "not compiled with wgpu support".
 
@@ -8,6 +9,11 @@
 pub mod backend;
 #[cfg(feature = "wgpu")]
 pub mod runtime;
+mod variant;
+
+#[cfg(feature = "wgpu")]
+pub use backend::WgpuBackend;
+pub use variant::{GemmVariant, Precision};
 
 /// Chooses the adapter `open` will use (an index as `kiln info` lists them, or part of a name);
 /// false when the device is already open. A build without wgpu ignores it.
@@ -39,16 +45,57 @@ pub fn gpu_time<R>(f: impl FnOnce() -> R) -> (R, Option<f64>) {
     }
 }
 
-/// The wgpu backend when an adapter opens here, else why not.
+/// The wgpu backend when an adapter opens here, else why not: its GEMM variant and precision
+/// from `KILN_WGPU_GEMM` and `KILN_WGPU_PRECISION` (see [`WgpuBackend::open`]).
 pub fn open() -> Result<&'static dyn kiln_core::Backend, String> {
     #[cfg(feature = "wgpu")]
     {
-        runtime::device().map_err(|e| e.to_string())?;
-        Ok(backend::WGPU)
+        backend::WgpuBackend::open().map(|b| b as &'static dyn kiln_core::Backend).map_err(|e| e.to_string())
     }
     #[cfg(not(feature = "wgpu"))]
     {
         Err("not compiled with wgpu support (feature `wgpu`)".into())
+    }
+}
+
+/// `be` running the GEMM variant `v`, sharing its device; `None` when `be` is not a wgpu backend.
+pub fn with_gemm(be: &dyn kiln_core::Backend, v: GemmVariant) -> Option<&'static dyn kiln_core::Backend> {
+    #[cfg(feature = "wgpu")]
+    {
+        backend::WgpuBackend::of(be).map(|w| w.with_gemm(v) as &'static dyn kiln_core::Backend)
+    }
+    #[cfg(not(feature = "wgpu"))]
+    {
+        let _ = (be, v);
+        None
+    }
+}
+
+/// `be` running its GEMMs in precision `p`, sharing its device; `None` when `be` is not a wgpu
+/// backend.
+pub fn with_precision(be: &dyn kiln_core::Backend, p: Precision) -> Option<&'static dyn kiln_core::Backend> {
+    #[cfg(feature = "wgpu")]
+    {
+        backend::WgpuBackend::of(be).map(|w| w.with_precision(p) as &'static dyn kiln_core::Backend)
+    }
+    #[cfg(not(feature = "wgpu"))]
+    {
+        let _ = (be, p);
+        None
+    }
+}
+
+/// The GEMM kernel a wgpu backend runs, as benchmark results name it ("v2_smem_tiled",
+/// "v3_register_blocked", "v3h_f16"); `None` when `be` is not a wgpu backend.
+pub fn gemm_kernel(be: &dyn kiln_core::Backend) -> Option<&'static str> {
+    #[cfg(feature = "wgpu")]
+    {
+        backend::WgpuBackend::of(be).map(|w| w.gemm_kernel())
+    }
+    #[cfg(not(feature = "wgpu"))]
+    {
+        let _ = be;
+        None
     }
 }
 

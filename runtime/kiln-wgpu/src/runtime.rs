@@ -1,5 +1,6 @@
 //! The wgpu device behind kiln's `Backend`: one adapter opened once per process, a buffer pool,
-//! a pipeline cache per shader entry point, and one launch helper every op goes through.
+//! a pipeline cache per shader entry point, and one launch helper every op goes through. This
+//! layer knows buffers, not tensors: wrapping buffers as tensors is `backend::memory`'s.
 //!
 //! Conventions shared with every shader (`shaders/<op>.wgsl`):
 //! * binding 0 is a uniform `Params` struct mirrored by a `#[repr(C)]` bytemuck struct here;
@@ -11,13 +12,11 @@
 //! * a 1-D launch of `n` threads runs `ceil(n/64)` workgroups of 64 folded into a 2-D grid of at
 //!   most 65535 per dimension; shaders rebuild the linear index from `num_workgroups`.
 
-use std::any::Any;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use kiln_core::backend::Backend;
-use kiln_core::tensor::DeviceStorage;
-use kiln_core::{DType, Error, Result, Shape, Tensor};
+use kiln_core::{Error, Result};
 use wgpu::util::DeviceExt;
 
 /// Threads per workgroup of the 1-D kernels (each shader declares the same).
@@ -46,15 +45,6 @@ impl Drop for WgpuBuf {
     }
 }
 
-impl DeviceStorage for WgpuBuf {
-    fn backend(&self) -> &'static dyn Backend {
-        crate::backend::WGPU
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-}
-
 /// A compiled entry point and its bind-group layout.
 pub type Pipeline = (wgpu::ComputePipeline, wgpu::BindGroupLayout);
 
@@ -65,15 +55,12 @@ pub struct Device {
     pub info: wgpu::AdapterInfo,
     pub shader_f16: bool,
     pub limits: wgpu::Limits,
-    /// The largest storage binding kiln makes, in bytes (see [`Device::max_binding`]).
-    max_binding: std::sync::atomic::AtomicU64,
     pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<Pipeline>>>,
     /// The adapter writes GPU timestamps (benchmarks time kernels with them when on).
     pub timestamps: bool,
-    /// The adapter has subgroup operations (the reductions use them; see [`Device::use_subgroups`]).
+    /// The adapter has subgroup operations (the reductions use them where the backend instance
+    /// says so: `WgpuBackend::with_subgroups`).
     pub subgroups: bool,
-    /// Set to false to run the kernels without subgroups (the parity test runs both).
-    pub subgroups_on: std::sync::atomic::AtomicBool,
     /// While [`Device::timed`] runs: the kernels' GPU seconds so far.
     timing: Mutex<Option<f64>>,
     /// Free buffers by size class (powers of two from 256 bytes).
@@ -82,6 +69,11 @@ pub struct Device {
 
 static DEVICE: OnceLock<std::result::Result<Device, String>> = OnceLock::new();
 static CHOICE: OnceLock<String> = OnceLock::new();
+
+thread_local! {
+    /// A lower storage-binding size for the launches of this thread ([`Device::with_max_binding`]).
+    static MAX_BINDING: Cell<Option<u64>> = const { Cell::new(None) };
+}
 
 /// The process's wgpu device, opened on first use: the adapter [`choose`] named, else
 /// `KILN_WGPU_ADAPTER`, else the first one (`WGPU_BACKEND` limits the wgpu backends searched).
@@ -141,19 +133,16 @@ fn open() -> std::result::Result<Device, String> {
     };
     let (device, queue) =
         pollster::block_on(adapter.request_device(&dd)).map_err(|e| format!("wgpu: opening {}: {e}", info.name))?;
-    let max_binding = std::sync::atomic::AtomicU64::new(limits.max_storage_buffer_binding_size);
     Ok(Device {
         device,
         queue,
         info,
         shader_f16,
-        max_binding,
         limits,
         pipelines: Mutex::new(HashMap::new()),
         pool: Mutex::new(HashMap::new()),
         timestamps,
         subgroups,
-        subgroups_on: std::sync::atomic::AtomicBool::new(true),
         timing: Mutex::new(None),
     })
 }
@@ -344,25 +333,30 @@ impl Device {
         Ok(())
     }
 
-    /// The largest storage binding kiln makes, in bytes: the adapter's limit unless lowered by
-    /// [`Device::set_max_binding`]. Tensors may be larger (up to `max_buffer_size`); the ops
-    /// that bind one split their launches (all but attention, which says so).
+    /// The largest storage binding kiln makes, in bytes: the adapter's limit unless lowered for
+    /// this thread by [`Device::with_max_binding`]. Tensors may be larger (up to
+    /// `max_buffer_size`); the ops that bind one split their launches (all but attention, which
+    /// says so).
     pub fn max_binding(&self) -> u64 {
-        self.max_binding.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Lowers the binding size kiln uses below the adapter's (`None`: back to the adapter's),
-    /// so the splitting of large tensors is exercised at small shapes on any adapter (tests).
-    pub fn set_max_binding(&self, bytes: Option<u64>) {
         let adapter = self.limits.max_storage_buffer_binding_size;
-        let floor = 4 * u64::from(self.limits.min_storage_buffer_offset_alignment);
-        let v = bytes.map_or(adapter, |b| b.clamp(floor, adapter) / 4 * 4);
-        self.max_binding.store(v, std::sync::atomic::Ordering::Relaxed);
+        MAX_BINDING.with(Cell::get).map_or(adapter, |b| b.min(adapter))
     }
 
-    /// Whether kernels with subgroup variants use them now.
-    pub fn use_subgroups(&self) -> bool {
-        self.subgroups && self.subgroups_on.load(std::sync::atomic::Ordering::Relaxed)
+    /// Runs `f` with the binding size kiln uses lowered to `bytes` for the launches made on this
+    /// thread, so the splitting of large tensors is exercised at small shapes on any adapter
+    /// (tests); other threads, and this one afterwards, keep the adapter's.
+    pub fn with_max_binding<R>(&self, bytes: u64, f: impl FnOnce() -> R) -> R {
+        let floor = 4 * u64::from(self.limits.min_storage_buffer_offset_alignment);
+        let v = bytes.clamp(floor, self.limits.max_storage_buffer_binding_size) / 4 * 4;
+        /// Puts the previous value back, also when `f` panics.
+        struct Restore(Option<u64>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                MAX_BINDING.with(|c| c.set(self.0));
+            }
+        }
+        let _restore = Restore(MAX_BINDING.with(|c| c.replace(Some(v))));
+        f()
     }
 
     /// Runs `f` and returns, with its result, the GPU time of the kernels it launched (from
@@ -555,57 +549,4 @@ pub fn sub_range(dev: &Device, start: u64, len: u64, elem: u64) -> (u64, u64, u3
     let offset = start * elem / align * align;
     let size = (start + len) * elem - offset;
     (offset, size, ((start * elem - offset) / elem) as u32)
-}
-
-/// The device buffer of `t` as a whole buffer starting at `t`'s first element: `t`'s own when it
-/// is not a view, else a copy of its range. `None` when `t` is not a wgpu tensor.
-pub enum Held<'a> {
-    Own(&'a WgpuBuf),
-    Copy(WgpuBuf),
-}
-
-impl Held<'_> {
-    pub fn buf(&self) -> &WgpuBuf {
-        match self {
-            Held::Own(b) => b,
-            Held::Copy(b) => b,
-        }
-    }
-}
-
-/// `t` on this device (4-byte elements), as a buffer starting at its first element. A CPU
-/// tensor is uploaded for the call: the model's small index inputs (ids, positions, segments,
-/// targets) are built on the host, and this keeps every caller backend-agnostic.
-pub fn held(t: &Tensor) -> Result<Held<'_>> {
-    let kiln_core::tensor::Storage::Device(d) = t.storage() else {
-        let dev = device()?;
-        let b = match t.dtype() {
-            DType::F32 => dev.write(bytemuck::cast_slice(t.as_slice::<f32>()?))?,
-            DType::I32 => dev.write(bytemuck::cast_slice(t.as_slice::<i32>()?))?,
-            DType::F64 | DType::F16 | DType::BF16 => dev.write(bytemuck::cast_slice(&t.to_vec_f32()?))?,
-            DType::Quant(_) => crate::backend::quant_upload(t)?,
-        };
-        return Ok(Held::Copy(b));
-    };
-    let b = d
-        .as_any()
-        .downcast_ref::<WgpuBuf>()
-        .ok_or_else(|| Error::Msg("wgpu: a tensor of another device was passed to a wgpu op".into()))?;
-    // Device elements are 4 bytes, except frozen weights kept in their own type: block-quantized
-    // (dequantized by the linear layers) and f16/bf16 (widened to f32 here, for any op).
-    let bytes = t.dtype().bytes(t.numel()) as u64;
-    let own = if t.offset() == 0 && b.bytes == bytes {
-        Held::Own(b)
-    } else {
-        Held::Copy(device()?.copy(b.raw(), t.dtype().bytes(t.offset()) as u64, bytes)?)
-    };
-    match t.dtype() {
-        DType::F16 | DType::BF16 => Ok(Held::Copy(crate::backend::widen16(own.buf(), t.numel(), t.dtype())?)),
-        _ => Ok(own),
-    }
-}
-
-/// Wraps a buffer as a tensor.
-pub fn tensor(b: WgpuBuf, shape: impl Into<Shape>, dtype: DType) -> Tensor {
-    Tensor::from_device(Box::new(b), shape.into(), dtype)
 }

@@ -2,59 +2,113 @@
 //! driver, "llvmpipe"): every case the backend supports must match the f64 CPU reference; cases
 //! whose kernels have not landed are listed as skipped with the reason. With no adapter the test
 //! fails under CI (the tier must not be skipped) and says why elsewhere.
+//!
+//! The GEMM variant, the precision and the subgroup reductions are fields of a backend
+//! instance, so each configuration is its own test and they run in parallel on one device.
 
-/// The GEMM variant and precision are process-wide: tests that set them take turns.
-static SETTINGS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+use kiln_core::backend::{MatmulOps, MemoryOps, Op, Support};
+use kiln_wgpu::{GemmVariant, Precision, WgpuBackend};
 
-#[test]
-fn wgpu_parity_table() {
-    let _turn = SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
-    let be = match kiln_wgpu::open() {
-        Ok(b) => b,
+/// The default backend, or `None` (after saying why) where no adapter opens outside CI.
+fn wgpu() -> Option<&'static WgpuBackend> {
+    match WgpuBackend::open() {
+        Ok(b) => Some(b),
         Err(e) if std::env::var_os("CI").is_none() => {
             eprintln!("SKIP wgpu parity: {e}");
-            return;
+            None
         }
         Err(e) => panic!("{e}: CI must run the wgpu tier (install mesa-vulkan-drivers libvulkan1)"),
-    };
+    }
+}
+
+/// The whole table on one configuration of the backend.
+fn parity(v: GemmVariant, prec: Precision, sg: bool) {
+    let Some(be) = wgpu() else { return };
     if let Some(a) = kiln_wgpu::probe().adapters.first() {
         eprintln!("wgpu adapter: {} ({}, {})", a.name, a.backend, a.device_type);
     }
-    // Each GEMM variant, and the kernels with and without subgroups where the adapter has them,
-    // run the whole table (the defaults last, so they stay chosen).
-    use kiln_wgpu::backend::matmul::{Precision, Variant, set_precision, set_variant};
     let dev = kiln_wgpu::runtime::device().unwrap();
     eprintln!("subgroups: {}, shader_f16: {}", dev.subgroups, dev.shader_f16);
     // lavapipe has SHADER_F16: CI must check the f16 GEMMs, not pass by falling back to f32.
     assert!(dev.shader_f16 || std::env::var_os("CI").is_none(), "CI's adapter must have SHADER_F16");
-    for (v, sg, prec) in
-        [(Variant::V2, false, Precision::F32), (Variant::V3, true, Precision::F16), (Variant::V3, true, Precision::F32)]
-    {
-        set_variant(v);
-        set_precision(prec);
-        dev.subgroups_on.store(sg, std::sync::atomic::Ordering::Relaxed);
-        let rep = kiln_core::selftest::run(be, &mut |_, _| {});
-        for (n, why) in &rep.skipped {
-            eprintln!("SKIP {n}: {why}");
-        }
-        assert!(rep.failed.is_empty(), "GEMM {v:?} {prec:?}, subgroups {sg}: {:#?}", rep.failed);
-        eprintln!(
-            "parity wgpu (GEMM {v:?}, {prec:?}, subgroups {}): {} cases passed, {} skipped",
-            sg && dev.subgroups,
-            rep.passed.len(),
-            rep.skipped.len()
-        );
-        assert!(!rep.passed.is_empty());
+    let be = be.with_gemm(v).with_precision(prec).with_subgroups(sg);
+    assert_eq!((be.gemm(), be.precision(), be.subgroups()), (v, prec, sg));
+    let rep = kiln_core::selftest::run(be, &mut |_, _| {});
+    for (n, why) in &rep.skipped {
+        eprintln!("SKIP {n}: {why}");
     }
+    assert!(rep.failed.is_empty(), "GEMM {v} {prec}, subgroups {sg}: {:#?}", rep.failed);
+    eprintln!(
+        "parity wgpu (GEMM {v:?}, {prec:?}, subgroups {}): {} cases passed, {} skipped",
+        sg && dev.subgroups,
+        rep.passed.len(),
+        rep.skipped.len()
+    );
+    assert!(!rep.passed.is_empty());
+    assert!(rep.passed.iter().any(|c| c.contains(" geglu ")), "the GeGLU cases run on wgpu");
+}
+
+/// Ops wgpu does not run in f32, each with its reason in `supports` (none today): a new `Op`
+/// without a WGSL kernel fails here until it gets one or is listed.
+const NOT_ON_WGPU: &[Op] = &[];
+
+#[test]
+fn every_op_runs_in_f32_or_is_listed() {
+    let Some(be) = wgpu() else { return };
+    for op in Op::ALL {
+        match kiln_core::Backend::supports(be, op, kiln_core::DType::F32) {
+            Support::Yes => assert!(!NOT_ON_WGPU.contains(&op), "{op} runs on wgpu: take it off NOT_ON_WGPU"),
+            Support::No(why) => assert!(NOT_ON_WGPU.contains(&op), "{op} has no WGSL kernel: {why}"),
+        }
+    }
+}
+
+/// Each GEMM variant, and the kernels with and without subgroups where the adapter has them.
+#[test]
+fn parity_v2_f32_without_subgroups() {
+    parity(GemmVariant::V2, Precision::F32, false);
+}
+
+#[test]
+fn parity_v3_f16() {
+    parity(GemmVariant::V3, Precision::F16, true);
+}
+
+#[test]
+fn parity_v3_f32() {
+    parity(GemmVariant::V3, Precision::F32, true);
+}
+
+/// Tensors a backend instance makes carry it: ops on them run its GEMM, whichever instance the
+/// caller started from, and another instance's tensors are not disturbed.
+#[test]
+fn tensors_keep_their_backends_kernels() {
+    use kiln_core::Tensor;
+    let Some(be) = wgpu() else { return };
+    let (v2, v3) = (be.with_gemm(GemmVariant::V2), be.with_gemm(GemmVariant::V3));
+    assert!(!std::ptr::eq(v2, v3) && std::ptr::eq(v2, v3.with_gemm(GemmVariant::V2)), "one instance per choice");
+    let x = Tensor::from_vec((0..12).map(|i| i as f32).collect::<Vec<_>>(), [3, 4]).unwrap();
+    let on2 = v2.upload(&x).unwrap();
+    assert_eq!(kiln_wgpu::gemm_kernel(on2.backend()), Some("v2_smem_tiled"));
+    let y = on2.backend().scale(&on2, 2.0).unwrap();
+    assert_eq!(kiln_wgpu::gemm_kernel(y.backend()), Some("v2_smem_tiled"), "results stay on the instance");
+    let on3 = v3.upload(&x).unwrap();
+    assert_eq!(kiln_wgpu::gemm_kernel(on3.backend()), Some("v3_register_blocked"));
+    let f16 = kiln_wgpu::with_precision(on3.backend(), Precision::F16).unwrap();
+    assert_eq!(
+        kiln_wgpu::WgpuBackend::of(f16).map(|b| (b.gemm(), b.precision())),
+        Some((GemmVariant::V3, Precision::F16))
+    );
+    assert!(
+        kiln_wgpu::with_precision(&kiln_core::CpuBackend, Precision::F16).is_none(),
+        "the CPU is not a wgpu backend"
+    );
 }
 
 #[test]
 fn sixteen_bit_weights_stay_sixteen_bit_on_the_device() {
     use kiln_core::{DType, Tensor};
-    let Ok(be) = kiln_wgpu::open() else {
-        assert!(std::env::var_os("CI").is_none(), "CI must run the wgpu tier");
-        return;
-    };
+    let Some(be) = wgpu() else { return };
     for dt in [DType::F16, DType::BF16] {
         let v: Vec<f32> = (0..37).map(|i| (i as f32 - 18.0) * 0.37).collect();
         let t = Tensor::from_vec(v, [37]).unwrap().to_dtype(dt).unwrap();
@@ -74,12 +128,7 @@ fn sixteen_bit_weights_stay_sixteen_bit_on_the_device() {
 #[test]
 fn f16_gemm_scales_its_operands() {
     use kiln_core::Tensor;
-    use kiln_wgpu::backend::matmul::{Precision, set_precision};
-    let Ok(be) = kiln_wgpu::open() else {
-        assert!(std::env::var_os("CI").is_none(), "CI must run the wgpu tier");
-        return;
-    };
-    let _turn = SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(be) = wgpu() else { return };
     let dev = kiln_wgpu::runtime::device().unwrap();
     if !dev.shader_f16 {
         assert!(std::env::var_os("CI").is_none(), "CI's adapter must have SHADER_F16");
@@ -99,7 +148,7 @@ fn f16_gemm_scales_its_operands() {
         }
         c
     };
-    let run = |sa: f32, sb: f32| -> Vec<f64> {
+    let run_on = |be: &WgpuBackend, sa: f32, sb: f32| -> Vec<f64> {
         let ta = Tensor::from_vec(a.iter().map(|v| v * sa).collect::<Vec<_>>(), [m, k]).unwrap();
         let tb = Tensor::from_vec(b.iter().map(|v| v * sb).collect::<Vec<_>>(), [k, n]).unwrap();
         let c = be.matmul(&be.upload(&ta).unwrap(), &be.upload(&tb).unwrap(), false, false).unwrap();
@@ -113,9 +162,9 @@ fn f16_gemm_scales_its_operands() {
             .map(|(g, w)| if g.is_finite() { (g - w).abs() / scale } else { f64::INFINITY })
             .fold(0.0, f64::max)
     };
-    set_precision(Precision::F32);
-    let e32 = err(&run(1.0, 1.0), &reference(1.0, 1.0));
-    set_precision(Precision::F16);
+    let (f32_be, be) = (be.with_precision(Precision::F32), be.with_precision(Precision::F16));
+    let run = |sa: f32, sb: f32| run_on(be, sa, sb);
+    let e32 = err(&run_on(f32_be, 1.0, 1.0), &reference(1.0, 1.0));
     let e16 = err(&run(1.0, 1.0), &reference(1.0, 1.0));
     eprintln!("f16 GEMM: max error {e16:.2e} of the output scale (f32 GEMM: {e32:.2e})");
     assert!(e32 < 1e-6, "f32 GEMM error {e32:e}");
@@ -133,7 +182,6 @@ fn f16_gemm_scales_its_operands() {
     let c = be.matmul(&ta, &tb, false, false).unwrap().to_vec_f64().unwrap();
     assert!(c[5 * n..6 * n].iter().all(|v| v.is_nan()), "a NaN in row 5 of A makes row 5 of C NaN");
     assert!(c[..5 * n].iter().all(|v| v.is_finite()), "the other rows stay finite");
-    set_precision(Precision::F32);
 }
 
 /// Tensors larger than a storage binding: with kiln's binding size lowered to 32 KiB, every
@@ -142,30 +190,30 @@ fn f16_gemm_scales_its_operands() {
 /// the CPU, in f32 and with the f16 GEMMs; attention, which does not split, says so.
 #[test]
 fn large_tensors_split_across_bindings() {
-    let _turn = SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
-    let Ok(be) = kiln_wgpu::open() else {
-        assert!(std::env::var_os("CI").is_none(), "CI must run the wgpu tier");
-        return;
-    };
-    use kiln_wgpu::backend::matmul::{Precision, Variant, set_precision, set_variant};
+    let Some(be) = wgpu() else { return };
     let dev = kiln_wgpu::runtime::device().unwrap();
-    dev.set_max_binding(Some(32 * 1024));
-    set_variant(Variant::V3);
-    let not_attention = |c: &kiln_core::selftest::Case| !c.name.starts_with("attention");
-    for prec in [Precision::F32, Precision::F16] {
-        set_precision(prec);
-        let rep = kiln_core::selftest::run_where(be, &not_attention, &mut |_, _| {});
-        eprintln!("split at 32 KiB ({prec:?} GEMMs): {} cases passed, {} skipped", rep.passed.len(), rep.skipped.len());
-        assert!(rep.failed.is_empty(), "{prec:?}: {:#?}", rep.failed);
-        assert!(rep.passed.len() > 100);
-    }
-    set_precision(Precision::F32);
-    let attn = kiln_core::selftest::run_where(be, &|c| c.name.contains("t70 hq9"), &mut |_, _| {});
-    dev.set_max_binding(None);
-    assert!(!attn.failed.is_empty(), "a 161 KB attention input must not fit 32 KiB");
-    for (case, e) in &attn.failed {
-        assert!(e.contains("storage binding limit") && e.contains("does not split"), "{case}: {e}");
-    }
+    // The lowered limit holds for this test's thread only: the other tests keep the adapter's.
+    dev.with_max_binding(32 * 1024, || {
+        let not_attention = |c: &kiln_core::selftest::Case| !c.name.starts_with("attention");
+        for prec in Precision::ALL {
+            let be = be.with_gemm(GemmVariant::V3).with_precision(prec);
+            let rep = kiln_core::selftest::run_where(be, &not_attention, &mut |_, _| {});
+            eprintln!(
+                "split at 32 KiB ({prec:?} GEMMs): {} cases passed, {} skipped",
+                rep.passed.len(),
+                rep.skipped.len()
+            );
+            assert!(rep.failed.is_empty(), "{prec:?}: {:#?}", rep.failed);
+            assert!(rep.passed.len() > 100);
+        }
+        let be = be.with_precision(Precision::F32);
+        let attn = kiln_core::selftest::run_where(be, &|c| c.name.contains("t70 hq9"), &mut |_, _| {});
+        assert!(!attn.failed.is_empty(), "a 161 KB attention input must not fit 32 KiB");
+        for (case, e) in &attn.failed {
+            assert!(e.contains("storage binding limit") && e.contains("does not split"), "{case}: {e}");
+        }
+    });
+    assert_eq!(dev.max_binding(), dev.limits.max_storage_buffer_binding_size, "the adapter's limit is back");
 }
 
 /// Casts to bf16/f16 round to nearest even bit for bit as the CPU does (ties, overflow to
@@ -173,10 +221,7 @@ fn large_tensors_split_across_bindings() {
 #[test]
 fn casts_are_bit_exact() {
     use kiln_core::{DType, Tensor};
-    let Ok(be) = kiln_wgpu::open() else {
-        assert!(std::env::var_os("CI").is_none(), "CI must run the wgpu tier");
-        return;
-    };
+    let Some(be) = wgpu() else { return };
     let mut v: Vec<f32> = vec![
         0.0,
         -0.0,

@@ -81,10 +81,10 @@ fn best_gpu() -> Option<&'static dyn Backend> {
 }
 
 /// Applies `--precision` (a wgpu setting; the CPU and CUDA backends compute in their own
-/// fixed precisions and refuse f16 rather than ignore it).
-pub fn set_precision(backend: &dyn Backend, precision: &str) -> Result<()> {
+/// fixed precisions and refuse f16 rather than ignore it): the backend instance to run on.
+pub fn set_precision(backend: &'static dyn Backend, precision: &str) -> Result<&'static dyn Backend> {
     if precision == "f32" {
-        return Ok(());
+        return Ok(backend);
     }
     if backend.name() != "wgpu" {
         return Err(err(format!(
@@ -95,19 +95,17 @@ pub fn set_precision(backend: &dyn Backend, precision: &str) -> Result<()> {
     if precision != "f16" {
         return Err(err(format!("--precision {precision}: f32 or f16")));
     }
+    let backend = kiln_wgpu::with_precision(backend, kiln_wgpu::Precision::F16)
+        .ok_or_else(|| err(format!("--precision {precision}: not a wgpu backend")))?;
     #[cfg(feature = "wgpu")]
-    {
-        use kiln_wgpu::backend::matmul::{Precision, set_precision};
-        set_precision(Precision::F16);
-        if let Ok(dev) = kiln_wgpu::runtime::device() {
-            if dev.shader_f16 {
-                eprintln!("precision: f16 GEMMs (f32 accumulation) on {}", dev.info.name);
-            } else {
-                eprintln!("note: {} has no SHADER_F16: the GEMMs run in f32", dev.info.name);
-            }
+    if let Ok(dev) = kiln_wgpu::runtime::device() {
+        if dev.shader_f16 {
+            eprintln!("precision: f16 GEMMs (f32 accumulation) on {}", dev.info.name);
+        } else {
+            eprintln!("note: {} has no SHADER_F16: the GEMMs run in f32", dev.info.name);
         }
     }
-    Ok(())
+    Ok(backend)
 }
 
 /// The backend of a run: `--device` chosen among the wgpu adapters, the backend picked, its
@@ -117,6 +115,5 @@ pub fn open(want: &str, device: Option<&str>, precision: &str, auto: Auto) -> Re
         kiln_wgpu::choose(d);
     }
     let be = pick(want, device, auto)?;
-    set_precision(be, precision)?;
-    Ok(be)
+    set_precision(be, precision)
 }

@@ -3,8 +3,9 @@
 use kiln_core::backend::{AttentionOps, AttnArgs};
 use kiln_core::{DType, Error, Result, Tensor};
 
-use super::WgpuBackend;
-use crate::runtime::{Bind, Device, device, held, tensor};
+use super::instance::WgpuBackend;
+use super::tensor::{Held, held};
+use crate::runtime::{Bind, Device, device};
 
 const SRC: (&str, &str) = ("attention", include_str!("../../../../shaders/attention.wgsl"));
 
@@ -54,7 +55,7 @@ impl AttentionOps for WgpuBackend {
             Some(s) => held(s)?,
             None => {
                 dummy = dev.write(&[0u8; 4])?;
-                crate::runtime::Held::Own(&dummy)
+                Held::Own(&dummy)
             }
         };
         let rows = a.q.numel() / a.q.dims()[3].max(1);
@@ -63,7 +64,7 @@ impl AttentionOps for WgpuBackend {
             [Bind::R(hq.buf()), Bind::R(hk.buf()), Bind::R(hv.buf()), Bind::R(seg.buf()), Bind::W(&o), Bind::W(&lse)];
         dev.launch(SRC, "attn_fwd", &p, &b, Device::grid(rows))?;
         let qd = a.q.dims();
-        Ok((tensor(o, qd.to_vec(), DType::F32), tensor(lse, vec![qd[0], qd[1], qd[2]], DType::F32)))
+        Ok((self.tensor(o, qd.to_vec(), DType::F32), self.tensor(lse, vec![qd[0], qd[1], qd[2]], DType::F32)))
     }
 
     fn attention_bwd(
@@ -91,7 +92,7 @@ impl AttentionOps for WgpuBackend {
             Some(s) => held(s)?,
             None => {
                 dummy = dev.write(&[0u8; 4])?;
-                crate::runtime::Held::Own(&dummy)
+                Held::Own(&dummy)
             }
         };
         let rows = a.q.numel() / p.d as usize;
@@ -122,9 +123,9 @@ impl AttentionOps for WgpuBackend {
         let krows = kn / p.d as usize;
         dev.launch(SRC, "attn_bwd_dkv", &p, &common(&dkv), Device::grid(krows))?;
         // dk is the first half of the shared output, dv the second.
-        let both = tensor(dkv, vec![2, kn], DType::F32);
+        let both = self.tensor(dkv, vec![2, kn], DType::F32);
         let kd = a.k.dims().to_vec();
         let (dk, dv) = (both.narrow0(0, 1)?.reshape(kd.clone())?, both.narrow0(1, 1)?.reshape(kd)?);
-        Ok((tensor(dq, a.q.dims().to_vec(), DType::F32), dk, dv))
+        Ok((self.tensor(dq, a.q.dims().to_vec(), DType::F32), dk, dv))
     }
 }

@@ -1,32 +1,82 @@
-//! Elementwise ops and Σx² (`shaders/elementwise.wgsl`).
+//! Elementwise ops, Σx², and the kernels of casts: a copy and the f32 → bf16/f16 rounding
+//! (`shaders/elementwise.wgsl`).
 
-use kiln_core::backend::{ElementwiseOps, GluOps};
-use kiln_core::{Error, Result, Tensor};
+use kiln_core::backend::ElementwiseOps;
+use kiln_core::{DType, Error, Result, Tensor};
 
-use super::{ELEMENTWISE, P1, WgpuBackend};
-use crate::runtime::{Bind, Device, Part, device, held, tensor};
+use super::instance::WgpuBackend;
+use super::tensor::held;
+use crate::runtime::{Bind, Device, Part, device};
 
-fn same(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+pub(crate) const ELEMENTWISE: (&str, &str) = ("elementwise", include_str!("../../../../shaders/elementwise.wgsl"));
+
+/// Parameters of the 1-D kernels (`shaders/elementwise.wgsl` and `shaders/glu.wgsl` `Params`).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct P1 {
+    pub n: u32,
+    pub s: f32,
+    pub threads: u32,
+    pub pad: u32,
+}
+
+impl P1 {
+    pub(crate) fn n(n: usize) -> P1 {
+        P1 { n: n as u32, s: 0.0, threads: 0, pad: 0 }
+    }
+}
+
+/// Checks that `a` and `b` have the same dims.
+pub(crate) fn same(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.dims() != b.dims() {
         return Err(Error::shape(op, format!("{:?} vs {:?}", a.dims(), b.dims())));
     }
     Ok(())
 }
 
-fn binary(entry: &'static str, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+/// `y = a ⊕ b` by the entry point `entry` of `src`, one thread per element.
+pub(crate) fn binary(
+    be: &WgpuBackend,
+    src: (&'static str, &'static str),
+    entry: &'static str,
+    a: &Tensor,
+    b: &Tensor,
+) -> Result<Tensor> {
     same(entry, a, b)?;
     let dev = device()?;
     let (ha, hb) = (held(a)?, held(b)?);
     let n = a.numel();
     let y = dev.alloc((n * 4) as u64)?;
     let parts = [Part::R(ha.buf(), 1), Part::R(hb.buf(), 1), Part::W(&y, 1)];
-    dev.launch_rows(ELEMENTWISE, entry, &parts, n, |_, n| P1::n(n), Device::grid)?;
-    Ok(tensor(y, a.shape().clone(), a.dtype()))
+    dev.launch_rows(src, entry, &parts, n, |_, n| P1::n(n), Device::grid)?;
+    Ok(be.tensor(y, a.shape().clone(), a.dtype()))
+}
+
+/// `t` (f32 on the device) rounded to nearest even into a 16-bit tensor of `dtype`.
+pub(crate) fn round16(be: &WgpuBackend, dev: &Device, t: &Tensor, dtype: DType) -> Result<Tensor> {
+    let n = t.numel();
+    let x = held(t)?;
+    let y = dev.alloc((n * 2) as u64)?;
+    let mode = u32::from(dtype == DType::F16);
+    // "Rows" of two values: two input words, one output word.
+    let p = |r0: usize, rows: usize| P1 { threads: mode, ..P1::n((2 * rows).min(n - 2 * r0)) };
+    let parts = [Part::R(x.buf(), 2), Part::W(&y, 1)];
+    dev.launch_rows(ELEMENTWISE, "round16", &parts, n.div_ceil(2), p, Device::grid)?;
+    Ok(be.tensor(y, t.shape().clone(), dtype))
+}
+
+/// A new device tensor holding `t`'s elements copied by `copy` (same shape and dtype).
+pub(crate) fn dup(be: &WgpuBackend, dev: &Device, t: &Tensor) -> Result<Tensor> {
+    let a = held(t)?;
+    let y = dev.alloc((t.numel() * 4) as u64)?;
+    let parts = [Part::R(a.buf(), 1), Part::W(&y, 1)];
+    dev.launch_rows(ELEMENTWISE, "copy", &parts, t.numel(), |_, n| P1::n(n), Device::grid)?;
+    Ok(be.tensor(y, t.shape().clone(), t.dtype()))
 }
 
 impl ElementwiseOps for WgpuBackend {
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        binary("add", a, b)
+        binary(self, ELEMENTWISE, "add", a, b)
     }
     fn scale(&self, a: &Tensor, s: f64) -> Result<Tensor> {
         let dev = device()?;
@@ -35,10 +85,10 @@ impl ElementwiseOps for WgpuBackend {
         let y = dev.alloc((n * 4) as u64)?;
         let p = |_, n| P1 { s: s as f32, ..P1::n(n) };
         dev.launch_rows(ELEMENTWISE, "scale", &[Part::R(ha.buf(), 1), Part::W(&y, 1)], n, p, Device::grid)?;
-        Ok(tensor(y, a.shape().clone(), a.dtype()))
+        Ok(self.tensor(y, a.shape().clone(), a.dtype()))
     }
     fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        binary("mul", a, b)
+        binary(self, ELEMENTWISE, "mul", a, b)
     }
     fn sum_squares(&self, a: &Tensor) -> Result<f64> {
         let dev = device()?;
@@ -61,28 +111,5 @@ impl ElementwiseOps for WgpuBackend {
             sum += v.iter().map(|&x| x as f64).sum::<f64>();
         }
         Ok(sum)
-    }
-}
-
-impl GluOps for WgpuBackend {
-    fn swiglu_fwd(&self, g: &Tensor, u: &Tensor) -> Result<Tensor> {
-        binary("swiglu_fwd", g, u)
-    }
-    fn swiglu_bwd(&self, g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
-        same("swiglu_bwd", g, u)?;
-        same("swiglu_bwd", g, dy)?;
-        let dev = device()?;
-        let (hg, hu, hd) = (held(g)?, held(u)?, held(dy)?);
-        let n = g.numel();
-        let (dg, du) = (dev.alloc((n * 4) as u64)?, dev.alloc((n * 4) as u64)?);
-        let b = [Part::R(hg.buf(), 1), Part::R(hu.buf(), 1), Part::R(hd.buf(), 1), Part::W(&dg, 1), Part::W(&du, 1)];
-        dev.launch_rows(ELEMENTWISE, "swiglu_bwd", &b, n, |_, n| P1::n(n), Device::grid)?;
-        Ok((tensor(dg, g.shape().clone(), g.dtype()), tensor(du, g.shape().clone(), g.dtype())))
-    }
-    fn geglu_fwd(&self, _g: &Tensor, _u: &Tensor) -> Result<Tensor> {
-        Err(Error::Msg("geglu: no WGSL kernel yet".into()))
-    }
-    fn geglu_bwd(&self, _g: &Tensor, _u: &Tensor, _dy: &Tensor) -> Result<(Tensor, Tensor)> {
-        Err(Error::Msg("geglu_bwd: no WGSL kernel yet".into()))
     }
 }

@@ -1,28 +1,33 @@
-//! GEMM and the (LoRA) linear layer (`shaders/matmul.wgsl`): every product is one strided GEMM
-//! launch, so transposes cost nothing.
+//! GEMM and the (LoRA) linear layer (`shaders/matmul*.wgsl`): every product is one strided GEMM
+//! launch, so transposes cost nothing. The kernel is the backend instance's choice: its
+//! [`GemmVariant`] in f32, or the f16 GEMM when its precision is f16 and the adapter has
+//! SHADER_F16; packed (16-bit, block-quantized) weights go through the fused dequant-GEMM.
 
 use kiln_core::backend::{LinDims, LinearGrads, LinearNeeds, LoraRef, MatmulDims, MatmulOps};
 use kiln_core::{Error, Result, Tensor};
 
-use super::WgpuBackend;
-use crate::runtime::{Bind, Device, Part, WgpuBuf, device, held, tensor};
+use super::instance::WgpuBackend;
+use super::quant;
+use super::tensor::{Held, held, packed};
+use crate::runtime::{Bind, Device, Part, WgpuBuf, device, sub_range};
+use crate::variant::GemmVariant;
 
 const SRC: (&str, &str) = (
     "matmul",
     concat!(
-        include_str!("../../../../shaders/gemm_params.wgsl"),
+        include_str!("../../../../shaders/matmul_params.wgsl"),
         include_str!("../../../../shaders/matmul.wgsl"),
-        include_str!("../../../../shaders/gemm_v3.wgsl")
+        include_str!("../../../../shaders/matmul_v3.wgsl")
     ),
 );
 /// The fused dequant-GEMM: quantized weights decoded as their tiles are staged.
 const SRC_Q: (&str, &str) = (
     "matmul_q",
     concat!(
-        include_str!("../../../../shaders/gemm_params.wgsl"),
+        include_str!("../../../../shaders/matmul_params.wgsl"),
         include_str!("../../../../shaders/matmul_q.wgsl"),
-        include_str!("../../../../shaders/dequant_decode.wgsl"),
-        include_str!("../../../../shaders/gemm_v3.wgsl")
+        include_str!("../../../../shaders/quant_decode.wgsl"),
+        include_str!("../../../../shaders/matmul_v3.wgsl")
     ),
 );
 
@@ -31,9 +36,9 @@ const SRC_H: (&str, &str) = (
     "matmul_h",
     concat!(
         "enable f16;\n",
-        include_str!("../../../../shaders/gemm_params.wgsl"),
+        include_str!("../../../../shaders/matmul_params.wgsl"),
         include_str!("../../../../shaders/matmul.wgsl"),
-        include_str!("../../../../shaders/gemm_v3h.wgsl")
+        include_str!("../../../../shaders/matmul_v3h.wgsl")
     ),
 );
 /// The fused dequant-GEMM in f16 arithmetic.
@@ -41,44 +46,14 @@ const SRC_QH: (&str, &str) = (
     "matmul_qh",
     concat!(
         "enable f16;\n",
-        include_str!("../../../../shaders/gemm_params.wgsl"),
+        include_str!("../../../../shaders/matmul_params.wgsl"),
         include_str!("../../../../shaders/matmul_q.wgsl"),
-        include_str!("../../../../shaders/dequant_decode.wgsl"),
-        include_str!("../../../../shaders/gemm_v3h.wgsl")
+        include_str!("../../../../shaders/quant_decode.wgsl"),
+        include_str!("../../../../shaders/matmul_v3h.wgsl")
     ),
 );
-const ABSMAX: (&str, &str) = ("absmax", include_str!("../../../../shaders/absmax.wgsl"));
 
-/// `shaders/absmax.wgsl` `Params`.
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct AbsMax {
-    n: u32,
-    slot: u32,
-    pad: [u32; 2],
-}
-
-/// The operand maxima of one f16 GEMM: a zeroed two-word buffer, `slots` filled by `absmax`.
-fn amax_of(dev: &Device, ops: &[(&WgpuBuf, u32)]) -> Result<WgpuBuf> {
-    let out = dev.write(&[0u8; 8])?;
-    // Tensors over the binding limit are measured in aligned chunks.
-    let align = u64::from(dev.limits.min_storage_buffer_offset_alignment).max(4);
-    let chunk = (dev.max_binding() - align) / align * align / 4;
-    for &(b, slot) in ops {
-        let total = b.bytes / 4;
-        for start in (0..total.max(1)).step_by(chunk as usize) {
-            let n = chunk.min(total - start);
-            // At most 1024 workgroups, each striding over its share (one atomic per workgroup).
-            let groups = n.div_ceil(256).clamp(1, 1024) as u32;
-            let p = AbsMax { n: n as u32, slot, pad: [0; 2] };
-            let x = Bind::RAt(b, start * 4, n * 4);
-            dev.launch(ABSMAX, "absmax", &p, &[x, Bind::W(&out)], (groups, 1, 1))?;
-        }
-    }
-    Ok(out)
-}
-
-/// `shaders/matmul.wgsl` `Params`.
+/// `shaders/matmul_params.wgsl` `Params`.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Gemm {
@@ -109,7 +84,9 @@ struct Gemm {
 struct Op<'a>(&'a WgpuBuf, u32, u32);
 
 /// `c[m, n] (+)= α·A·B`.
+#[allow(clippy::too_many_arguments)]
 fn gemm(
+    be: &WgpuBackend,
     dev: &Device,
     a: Op<'_>,
     b: Op<'_>,
@@ -118,7 +95,7 @@ fn gemm(
     alpha: f64,
     acc: bool,
 ) -> Result<()> {
-    run(dev, &a, &B::F32(b), c, (m, n, k), alpha, acc)
+    run(be, dev, &a, &B::F32(b), c, (m, n, k), alpha, acc)
 }
 
 /// The B operand: f32 values, or a packed weight (f16/bf16/block-quantized) with the decoder's
@@ -214,6 +191,7 @@ fn chunks(dev: &Device, a: &Op<'_>, b: &B<'_>, (m, n, k): (usize, usize, usize))
 /// storage binding (k-chunks after the first accumulate).
 #[allow(clippy::too_many_arguments)]
 fn run(
+    be: &WgpuBackend,
     dev: &Device,
     a: &Op<'_>,
     b: &B<'_>,
@@ -230,14 +208,14 @@ fn run(
         // (The v2 grid is the larger one: v3's 64×64 tiles need a quarter of the workgroups.)
         return Err(Error::Msg(format!("wgpu gemm: {m}×{n} exceeds one dispatch (at most 1 048 560 rows or columns)")));
     }
-    let f16 = f16_on(dev);
+    let f16 = be.f16_gemm(dev);
     // The f16 kernels scale each f32 operand by its maximum over the whole tensor.
     let amax = if f16 {
         let mut ops = vec![(a.0, 0)];
         if let B::F32(o) = b {
             ops.push((o.0, 1));
         }
-        Some(amax_of(dev, &ops)?)
+        Some(quant::amax_of(dev, &ops)?)
     } else {
         None
     };
@@ -248,9 +226,9 @@ fn run(
             for (ki, k0) in (0..k.max(1)).step_by(ck.max(1)).enumerate() {
                 let kk = ck.min(k - k0.min(k));
                 let (a0, a1) = span((a.1, a.2), (m0, mm), (k0, kk));
-                let (ao, asz, a_off) = crate::runtime::sub_range(dev, a0, a1 - a0 + 1, 4);
+                let (ao, asz, a_off) = sub_range(dev, a0, a1 - a0 + 1, 4);
                 let (c0, c1) = span((u(n), 1), (m0, mm), (n0, nn));
-                let (co, csz, c_off) = crate::runtime::sub_range(dev, c0, c1 - c0 + 1, 4);
+                let (co, csz, c_off) = sub_range(dev, c0, c1 - c0 + 1, 4);
                 let mut p = Gemm {
                     m: u(mm),
                     n: u(nn),
@@ -269,7 +247,7 @@ fn run(
                 let sb = span(b.strides(), (k0, kk), (n0, nn));
                 let (bbuf, bo, bsz) = match b {
                     B::F32(o) => {
-                        let (bo, bsz, b_off) = crate::runtime::sub_range(dev, sb.0, sb.1 - sb.0 + 1, 4);
+                        let (bo, bsz, b_off) = sub_range(dev, sb.0, sb.1 - sb.0 + 1, 4);
                         p.b_off = b_off;
                         (o.0, bo, bsz)
                     }
@@ -278,7 +256,7 @@ fn run(
                             return Err(Error::Msg("wgpu gemm: a packed weight split inside a block".into()));
                         }
                         let (x, y) = packed_bytes(sb, *block, *bytes);
-                        let (bo, bsz, qbase) = crate::runtime::sub_range(dev, x, y - x, 1);
+                        let (bo, bsz, qbase) = sub_range(dev, x, y - x, 1);
                         (p.ty, p.block, p.bytes, p.qbase) = (*id, *block, *bytes, qbase);
                         (*raw, bo, bsz)
                     }
@@ -293,12 +271,13 @@ fn run(
                         dev.launch(src, "gemm_v3h", &p, &binds, groups64)?;
                     }
                     (None, true) => dev.launch(SRC_Q, "gemm_v3", &p, &binds, groups64)?,
-                    (None, false) => match variant() {
-                        Variant::V2 => {
-                            dev.launch(SRC, "gemm", &p, &binds, (nn.div_ceil(16) as u32, mm.div_ceil(16) as u32, 1))?
-                        }
-                        Variant::V3 => dev.launch(SRC, "gemm_v3", &p, &binds, groups64)?,
-                    },
+                    (None, false) => {
+                        let groups = match be.gemm() {
+                            GemmVariant::V2 => (nn.div_ceil(16) as u32, mm.div_ceil(16) as u32, 1),
+                            GemmVariant::V3 => groups64,
+                        };
+                        dev.launch(SRC, be.gemm().entry(), &p, &binds, groups)?
+                    }
                 }
             }
         }
@@ -310,6 +289,7 @@ fn run(
 /// over its values), decoded inside the GEMM. (The arguments mirror `gemm`'s.)
 #[allow(clippy::too_many_arguments)]
 fn gemm_q(
+    be: &WgpuBackend,
     dev: &Device,
     a: Op<'_>,
     w: &Tensor,
@@ -324,87 +304,27 @@ fn gemm_q(
         kiln_core::DType::F16 => (1, 1, 2),
         kiln_core::DType::BF16 => (30, 1, 2),
         kiln_core::DType::Quant(t) => {
-            let id = super::quant::kernel_id(t)
-                .ok_or_else(|| Error::Msg(format!("wgpu: no decoder for {} yet", t.name())))?;
+            let id = quant::kernel_id(t).ok_or_else(|| Error::Msg(format!("wgpu: no decoder for {} yet", t.name())))?;
             let (block, bytes) = t.block();
             (id, block as u32, bytes as u32)
         }
         d => return Err(Error::Msg(format!("gemm_q: {} is not a packed weight type", d.name()))),
     };
     let uploaded;
-    let raw = match super::packed(w, dev)? {
+    let raw = match packed(w, dev)? {
         Ok(b) => b,
         Err(b) => {
             uploaded = b;
             &uploaded
         }
     };
-    run(dev, &a, &B::Packed { raw, rs: rs_b, cs: cs_b, id, block, bytes }, c, (m, n, k), alpha, acc)
+    run(be, dev, &a, &B::Packed { raw, rs: rs_b, cs: cs_b, id, block, bytes }, c, (m, n, k), alpha, acc)
 }
 
 /// Weights the fused GEMM decodes: block-quantized, and f16/bf16 (kept in two bytes on the
 /// device, so no f32 copy of them is made either).
 fn is_quant(w: &Tensor) -> bool {
     matches!(w.dtype(), kiln_core::DType::Quant(_) | kiln_core::DType::F16 | kiln_core::DType::BF16)
-}
-
-/// The GEMM kernels, by their names in `shaders/matmul.wgsl`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Variant {
-    /// `v2_smem_tiled`: one output per thread.
-    V2,
-    /// `v3_register_blocked`: 4×4 outputs per thread.
-    V3,
-}
-
-static VARIANT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
-
-/// The GEMM variant in use: set by [`set_variant`], else `KILN_WGPU_GEMM=v2|v3`, else v3.
-pub fn variant() -> Variant {
-    match VARIANT.load(std::sync::atomic::Ordering::Relaxed) {
-        2 => Variant::V2,
-        3 => Variant::V3,
-        _ if std::env::var("KILN_WGPU_GEMM").is_ok_and(|v| v == "v2") => Variant::V2,
-        _ => Variant::V3,
-    }
-}
-
-/// Chooses the GEMM variant for the whole process (benchmarks and the parity test of each).
-pub fn set_variant(v: Variant) {
-    VARIANT.store(if v == Variant::V2 { 2 } else { 3 }, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// The arithmetic of the GEMMs (every linear layer and matmul).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Precision {
-    /// f32 multiply-adds (exact f32 products).
-    F32,
-    /// f16 multiply-adds in 4-term dots, accumulated in f32, operands scaled by powers of two
-    /// (`shaders/gemm_v3h.wgsl`); adapters without SHADER_F16 run f32 instead.
-    F16,
-}
-
-static PRECISION: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
-
-/// The precision asked for: set by [`set_precision`], else `KILN_WGPU_PRECISION=f16|f32`, else
-/// f32 (f16 is opt-in, as mixed precision is in PyTorch: it trades accuracy for speed).
-pub fn precision() -> Precision {
-    match PRECISION.load(std::sync::atomic::Ordering::Relaxed) {
-        16 => Precision::F16,
-        32 => Precision::F32,
-        _ if std::env::var("KILN_WGPU_PRECISION").is_ok_and(|v| v == "f16") => Precision::F16,
-        _ => Precision::F32,
-    }
-}
-
-/// Chooses the GEMMs' precision for the whole process.
-pub fn set_precision(p: Precision) {
-    PRECISION.store(if p == Precision::F16 { 16 } else { 32 }, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// Whether the GEMMs run in f16 now: asked for, and the adapter has SHADER_F16.
-pub fn f16_on(dev: &Device) -> bool {
-    precision() == Precision::F16 && dev.shader_f16
 }
 
 fn u(x: usize) -> u32 {
@@ -419,8 +339,8 @@ impl MatmulOps for WgpuBackend {
         let c = dev.alloc((m * n * 4) as u64)?;
         let oa = if ta { Op(ha.buf(), 1, u(m)) } else { Op(ha.buf(), u(k), 1) };
         let ob = if tb { Op(hb.buf(), 1, u(k)) } else { Op(hb.buf(), u(n), 1) };
-        gemm(dev, oa, ob, &c, (m, n, k), 1.0, false)?;
-        Ok(tensor(c, dims, a.dtype()))
+        gemm(self, dev, oa, ob, &c, (m, n, k), 1.0, false)?;
+        Ok(self.tensor(c, dims, a.dtype()))
     }
 
     fn linear_fwd(
@@ -439,10 +359,10 @@ impl MatmulOps for WgpuBackend {
         let hx = held(x)?;
         let y = dev.alloc((m * n * 4) as u64)?;
         if is_quant(w) {
-            gemm_q(dev, Op(hx.buf(), u(k), 1), w, (1, u(k)), &y, (m, n, k), 1.0, false)?;
+            gemm_q(self, dev, Op(hx.buf(), u(k), 1), w, (1, u(k)), &y, (m, n, k), 1.0, false)?;
         } else {
             let hw = held(w)?;
-            gemm(dev, Op(hx.buf(), u(k), 1), Op(hw.buf(), 1, u(k)), &y, (m, n, k), 1.0, false)?;
+            gemm(self, dev, Op(hx.buf(), u(k), 1), Op(hw.buf(), 1, u(k)), &y, (m, n, k), 1.0, false)?;
         }
         if let Some(b) = bias {
             if b.numel() != n {
@@ -459,12 +379,12 @@ impl MatmulOps for WgpuBackend {
                 let r = l.rank(&LinDims { m, k, n })?;
                 let (ha, hb) = (held(l.a)?, held(l.b)?);
                 let ub = dev.alloc((m * r * 4) as u64)?;
-                gemm(dev, Op(hx.buf(), u(k), 1), Op(ha.buf(), 1, u(k)), &ub, (m, r, k), 1.0, false)?;
-                gemm(dev, Op(&ub, u(r), 1), Op(hb.buf(), 1, u(r)), &y, (m, n, r), l.scale, true)?;
-                Some(tensor(ub, LinDims::out_dims(x, r), x.dtype()))
+                gemm(self, dev, Op(hx.buf(), u(k), 1), Op(ha.buf(), 1, u(k)), &ub, (m, r, k), 1.0, false)?;
+                gemm(self, dev, Op(&ub, u(r), 1), Op(hb.buf(), 1, u(r)), &y, (m, n, r), l.scale, true)?;
+                Some(self.tensor(ub, LinDims::out_dims(x, r), x.dtype()))
             }
         };
-        Ok((tensor(y, LinDims::out_dims(x, n), x.dtype()), ut))
+        Ok((self.tensor(y, LinDims::out_dims(x, n), x.dtype()), ut))
     }
 
     fn linear_bwd(
@@ -487,39 +407,39 @@ impl MatmulOps for WgpuBackend {
         let (hdy, hx) = (held(dy)?, held(x)?);
         let mut g = LinearGrads::default();
         // du = s·dy·B, shared by dA and dx.
-        let mut du: Option<(WgpuBuf, usize, crate::runtime::Held<'_>)> = None;
+        let mut du: Option<(WgpuBuf, usize, Held<'_>)> = None;
         if let Some((l, ut)) = &lora {
             let r = l.rank(&LinDims { m, k, n })?;
             let (hb, hu) = (held(l.b)?, held(ut)?);
             let dub = dev.alloc((m * r * 4) as u64)?;
-            gemm(dev, Op(hdy.buf(), u(n), 1), Op(hb.buf(), u(r), 1), &dub, (m, r, n), l.scale, false)?;
+            gemm(self, dev, Op(hdy.buf(), u(n), 1), Op(hb.buf(), u(r), 1), &dub, (m, r, n), l.scale, false)?;
             if needs.lora {
                 let db = dev.alloc((n * r * 4) as u64)?;
-                gemm(dev, Op(hdy.buf(), 1, u(n)), Op(hu.buf(), u(r), 1), &db, (n, r, m), l.scale, false)?;
+                gemm(self, dev, Op(hdy.buf(), 1, u(n)), Op(hu.buf(), u(r), 1), &db, (n, r, m), l.scale, false)?;
                 let da = dev.alloc((r * k * 4) as u64)?;
-                gemm(dev, Op(&dub, 1, u(r)), Op(hx.buf(), u(k), 1), &da, (r, k, m), 1.0, false)?;
-                g.da = Some(tensor(da, vec![r, k], x.dtype()));
-                g.db = Some(tensor(db, vec![n, r], x.dtype()));
+                gemm(self, dev, Op(&dub, 1, u(r)), Op(hx.buf(), u(k), 1), &da, (r, k, m), 1.0, false)?;
+                g.da = Some(self.tensor(da, vec![r, k], x.dtype()));
+                g.db = Some(self.tensor(db, vec![n, r], x.dtype()));
             }
             du = Some((dub, r, held(l.a)?));
         }
         if needs.x {
             let dx = dev.alloc((m * k * 4) as u64)?;
             if is_quant(w) {
-                gemm_q(dev, Op(hdy.buf(), u(n), 1), w, (u(k), 1), &dx, (m, k, n), 1.0, false)?;
+                gemm_q(self, dev, Op(hdy.buf(), u(n), 1), w, (u(k), 1), &dx, (m, k, n), 1.0, false)?;
             } else {
                 let hw = held(w)?;
-                gemm(dev, Op(hdy.buf(), u(n), 1), Op(hw.buf(), u(k), 1), &dx, (m, k, n), 1.0, false)?;
+                gemm(self, dev, Op(hdy.buf(), u(n), 1), Op(hw.buf(), u(k), 1), &dx, (m, k, n), 1.0, false)?;
             }
             if let Some((dub, r, ha)) = &du {
-                gemm(dev, Op(dub, u(*r), 1), Op(ha.buf(), u(k), 1), &dx, (m, k, *r), 1.0, true)?;
+                gemm(self, dev, Op(dub, u(*r), 1), Op(ha.buf(), u(k), 1), &dx, (m, k, *r), 1.0, true)?;
             }
-            g.dx = Some(tensor(dx, x.dims().to_vec(), x.dtype()));
+            g.dx = Some(self.tensor(dx, x.dims().to_vec(), x.dtype()));
         }
         if needs.w {
             let dw = dev.alloc((n * k * 4) as u64)?;
-            gemm(dev, Op(hdy.buf(), 1, u(n)), Op(hx.buf(), u(k), 1), &dw, (n, k, m), 1.0, false)?;
-            g.dw = Some(tensor(dw, vec![n, k], x.dtype()));
+            gemm(self, dev, Op(hdy.buf(), 1, u(n)), Op(hx.buf(), u(k), 1), &dw, (n, k, m), 1.0, false)?;
+            g.dw = Some(self.tensor(dw, vec![n, k], x.dtype()));
         }
         if needs.bias {
             let db = dev.alloc((n * 4) as u64)?;
@@ -532,7 +452,7 @@ impl MatmulOps for WgpuBackend {
             };
             let parts = [Part::R(hdy.buf(), n), Part::Whole(Bind::W(&db))];
             dev.launch_rows(SRC, "col_sum", &parts, m, p, |_| Device::grid(n))?;
-            g.dbias = Some(tensor(db, vec![n], x.dtype()));
+            g.dbias = Some(self.tensor(db, vec![n], x.dtype()));
         }
         Ok(g)
     }

@@ -1,16 +1,47 @@
 //! Block-quantized weights on the device: kept in their GGUF/NF4 bytes; the linear layers decode
-//! them inside the GEMM (`shaders/matmul_q.wgsl`), `shaders/dequant.wgsl` widens f16/bf16
-//! tensors for the other ops.
+//! them inside the GEMM (`shaders/matmul_q.wgsl`), `shaders/quant.wgsl` widens f16/bf16
+//! tensors for the other ops and decodes casts. Also the operand maxima the f16 GEMM scales by
+//! (`shaders/quant_absmax.wgsl`).
 
 use kiln_core::quant::GgmlType;
 use kiln_core::{DType, Error, Result, Tensor};
 
-use crate::runtime::{Device, Part, WgpuBuf, device};
+use crate::runtime::{Bind, Device, Part, WgpuBuf, device};
 
 const SRC: (&str, &str) = (
-    "dequant",
-    concat!(include_str!("../../../../shaders/dequant.wgsl"), include_str!("../../../../shaders/dequant_decode.wgsl")),
+    "quant",
+    concat!(include_str!("../../../../shaders/quant.wgsl"), include_str!("../../../../shaders/quant_decode.wgsl")),
 );
+const ABSMAX: (&str, &str) = ("quant_absmax", include_str!("../../../../shaders/quant_absmax.wgsl"));
+
+/// `shaders/quant_absmax.wgsl` `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct AbsMax {
+    n: u32,
+    slot: u32,
+    pad: [u32; 2],
+}
+
+/// The operand maxima of one f16 GEMM: a zeroed two-word buffer, `slots` filled by `absmax`.
+pub(crate) fn amax_of(dev: &Device, ops: &[(&WgpuBuf, u32)]) -> Result<WgpuBuf> {
+    let out = dev.write(&[0u8; 8])?;
+    // Tensors over the binding limit are measured in aligned chunks.
+    let align = u64::from(dev.limits.min_storage_buffer_offset_alignment).max(4);
+    let chunk = (dev.max_binding() - align) / align * align / 4;
+    for &(b, slot) in ops {
+        let total = b.bytes / 4;
+        for start in (0..total.max(1)).step_by(chunk as usize) {
+            let n = chunk.min(total - start);
+            // At most 1024 workgroups, each striding over its share (one atomic per workgroup).
+            let groups = n.div_ceil(256).clamp(1, 1024) as u32;
+            let p = AbsMax { n: n as u32, slot, pad: [0; 2] };
+            let x = Bind::RAt(b, start * 4, n * 4);
+            dev.launch(ABSMAX, "absmax", &p, &[x, Bind::W(&out)], (groups, 1, 1))?;
+        }
+    }
+    Ok(out)
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]

@@ -70,8 +70,7 @@ fn train(a: TrainArgs) -> Result<()> {
     if a.steps == 0 || a.batch_size == 0 || a.max_seq_len < 2 {
         anyhow::bail!("--steps and --batch-size must be positive and --max-seq-len at least 2");
     }
-    let be = backend(&a.backend)?;
-    kiln::backend_select::set_precision(be, &a.precision)?;
+    let be = kiln::backend_select::set_precision(backend(&a.backend)?, &a.precision)?;
     let mut flags = toml::Table::new();
     flags.insert("data".into(), toml::Value::Array(vec!["(random tokens)".into()]));
     flags.insert("method".into(), a.method.clone().into());
@@ -168,28 +167,14 @@ pub struct GemmArgs {
     precision: String,
 }
 
-/// The wgpu GEMM kernel in use, by its name in shaders/matmul.wgsl.
-fn kiln_wgpu_variant() -> &'static str {
-    #[cfg(feature = "wgpu")]
-    {
-        use kiln_wgpu::backend::matmul::f16_on;
-        if kiln_wgpu::runtime::device().is_ok_and(f16_on) {
-            return "v3h_f16";
-        }
-        match kiln_wgpu::backend::matmul::variant() {
-            kiln_wgpu::backend::matmul::Variant::V2 => "v2_smem_tiled",
-            kiln_wgpu::backend::matmul::Variant::V3 => "v3_register_blocked",
-        }
-    }
-    #[cfg(not(feature = "wgpu"))]
-    {
-        "none"
-    }
+/// The GEMM kernel `be` runs, by its name in shaders/matmul*.wgsl ("none" off wgpu).
+fn kiln_wgpu_variant(be: &dyn kiln::core::Backend) -> &'static str {
+    kiln_wgpu::gemm_kernel(be).unwrap_or("none")
 }
 
 /// The arithmetic the GEMMs run in on `be`.
 fn gemm_dtype(be: &dyn kiln::core::Backend) -> &'static str {
-    if be.name() == "wgpu" && kiln_wgpu_variant() == "v3h_f16" { "f16" } else { "f32" }
+    if be.name() == "wgpu" && kiln_wgpu_variant(be) == "v3h_f16" { "f16" } else { "f32" }
 }
 
 /// The backend a bench runs on (`auto` is the CPU: a bench names what it measures).
@@ -224,14 +209,13 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
 }
 
 fn gemm(a: GemmArgs) -> Result<()> {
-    kiln::backend_select::set_precision(backend(&a.backend)?, &a.precision)?;
+    let be = kiln::backend_select::set_precision(backend(&a.backend)?, &a.precision)?;
     let shapes: Vec<String> =
         if a.shapes.is_empty() { DEFAULT_SHAPES.iter().map(|s| s.to_string()).collect() } else { a.shapes.clone() };
     let mut rows = Vec::new();
     let mut rng = Rng::new(0);
     for s in &shapes {
         let (m, k, n) = parse_shape(s)?;
-        let be = backend(&a.backend)?;
         let x = be.upload(&Tensor::from_vec((0..m * k).map(|_| rng.normal() as f32).collect::<Vec<_>>(), [m, k])?)?;
         let w = be.upload(&Tensor::from_vec((0..n * k).map(|_| rng.normal() as f32).collect::<Vec<_>>(), [n, k])?)?;
         // GPU timestamps on wgpu, else the host clock around the product and a read-back.
@@ -240,7 +224,7 @@ fn gemm(a: GemmArgs) -> Result<()> {
         let gflops = 2.0 * (m * k * n) as f64 / med / 1e9;
         rows.push(json!({
             "op": "matmul",
-            "variant": match (be.name(), kiln_wgpu_variant()) {
+            "variant": match (be.name(), kiln_wgpu_variant(be)) {
                 ("cpu", _) => "gemm_crate",
                 (_, v) => v,
             },

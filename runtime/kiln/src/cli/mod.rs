@@ -155,15 +155,14 @@ fn selftest(which: &str, device: usize, json: bool) -> Result<()> {
         }
         // wgpu: the GEMM cases again in f16 arithmetic where the adapter has SHADER_F16.
         #[cfg(feature = "wgpu")]
-        if name == "wgpu" && kiln_wgpu::runtime::device().is_ok_and(|d| d.shader_f16) {
-            use kiln_wgpu::backend::matmul::{Precision, precision, set_precision};
-            let keep = precision();
-            set_precision(Precision::F16);
+        if name == "wgpu"
+            && kiln_wgpu::runtime::device().is_ok_and(|d| d.shader_f16)
+            && let Some(f16) = kiln_wgpu::with_precision(be, kiln_wgpu::Precision::F16)
+        {
             let linear = |c: &kiln::core::selftest::Case| c.name.contains("linear") || c.name.starts_with("matmul");
-            let r = kiln::core::selftest::run_where(be, &linear, &mut on);
+            let r = kiln::core::selftest::run_where(f16, &linear, &mut on);
             rep.passed.extend(r.passed.into_iter().map(|c| format!("{c} (f16 GEMM)")));
             rep.failed.extend(r.failed.into_iter().map(|(c, e)| (format!("{c} (f16 GEMM)"), e)));
-            set_precision(keep);
         }
         failed += rep.failed.len();
         if !json {

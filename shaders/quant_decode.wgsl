@@ -1,5 +1,5 @@
-// dequant_decode.wgsl — decoding of GGUF block types, QLoRA's NF4 and f16/bf16 to f32, shared
-// by the dequantization kernel (dequant.wgsl) and the fused dequant-GEMM (matmul_q.wgsl), which
+// quant_decode.wgsl — decoding of GGUF block types, QLoRA's NF4 and f16/bf16 to f32, shared
+// by the dequantization kernel (quant.wgsl) and the fused dequant-GEMM (matmul_q.wgsl), which
 // each declare the byte array `wq: array<u32>` and append this file (bit-exact with
 // kiln_core::quant, itself byte-exact with ggml; layouts in runtime/kiln-core/src/quant/mod.rs).
 // The bytes arrive as words (blocks of 18, 20, 22, 33… bytes are not word-aligned) and are read a

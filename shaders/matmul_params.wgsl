@@ -1,4 +1,4 @@
-// gemm_params.wgsl — the GEMM Params shared by matmul.wgsl and matmul_q.wgsl (each is assembled
+// matmul_params.wgsl — the GEMM Params shared by matmul.wgsl and matmul_q.wgsl (each is assembled
 // after this file), mirrored by `Gemm` in runtime/kiln-wgpu/src/backend/matmul.rs.
 
 struct Params {
@@ -17,7 +17,7 @@ struct Params {
     bytes: u32,
     // Where each operand starts inside its binding (elements; for a packed B, `qbase` bytes), and
     // C's row stride: a GEMM on tensors larger than the adapter's storage-binding limit runs as
-    // several launches over sub-ranges (runtime/kiln-wgpu/src/backend/matmul.rs `gemm_split`).
+    // several launches over sub-ranges (runtime/kiln-wgpu/src/backend/matmul.rs `run`).
     a_off: u32,
     b_off: u32,
     c_off: u32,

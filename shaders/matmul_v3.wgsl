@@ -1,4 +1,4 @@
-// gemm_v3.wgsl — the v3_register_blocked GEMM body, appended to matmul.wgsl (f32 weights) and to
+// matmul_v3.wgsl — the v3_register_blocked GEMM body, appended to matmul.wgsl (f32 weights) and to
 // matmul_q.wgsl (block-quantized weights, decoded as they are staged): each includer declares
 // `p` (the GEMM Params), `a`, `c` and `fn load_b(i: u32) -> f32`.
 // ---- v3_register_blocked: a 16×16 workgroup computes a 64×64 tile of C, each thread a 4×4

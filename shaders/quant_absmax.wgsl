@@ -1,7 +1,7 @@
-// absmax.wgsl — the largest |x| of a flat f32 array, as its bit pattern, into out[slot]
+// quant_absmax.wgsl — the largest |x| of a flat f32 array, as its bit pattern, into out[slot]
 // (atomicMax on the bits: for non-negative floats the u32 order is the float order, and a NaN's
 // bits sort above every number's, so a NaN anywhere shows as NaN). Feeds the operand scaling of
-// the f16 GEMM (gemm_v3h.wgsl); `out` must start at zero.
+// the f16 GEMM (matmul_v3h.wgsl); `out` must start at zero.
 // A workgroup of 256 strides over the array, reduces in workgroup memory and does one atomic.
 
 struct Params {

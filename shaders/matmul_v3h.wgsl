@@ -1,7 +1,7 @@
-// gemm_v3h.wgsl — v3h_f16: the v3 register-blocked GEMM in f16 arithmetic with f32 accumulation,
+// matmul_v3h.wgsl — v3h_f16: the v3 register-blocked GEMM in f16 arithmetic with f32 accumulation,
 // for adapters with SHADER_F16 (`enable f16;` heads the assembled module). Appended to matmul.wgsl
 // (f32 B) and to matmul_q.wgsl (packed B: f16/bf16/quantized weights decoded while staged), like
-// gemm_v3.wgsl; each includer declares `p`, `a`, `c` and `fn load_b(i: u32) -> f32`.
+// matmul_v3.wgsl; each includer declares `p`, `a`, `c` and `fn load_b(i: u32) -> f32`.
 //
 // Tiles: a 16×16 workgroup computes a 64×64 tile of C, each thread a 4×4 block. A (64×16) and B
 // (16×64) are staged as vec4<f16> runs along k (B transposed), so one `dot` of two vec4<f16> is
@@ -10,7 +10,7 @@
 //
 // f16 has 5 exponent bits: activations' gradients (1e-7 and smaller) would flush to zero and large
 // products overflow. So each f32 operand is scaled by a power of two (exact) chosen from its
-// absolute maximum (`absmax.wgsl`, launched just before into `amax`): the largest |value| lands
+// absolute maximum (`quant_absmax.wgsl`, launched just before into `amax`): the largest |value| lands
 // in [2^5, 2^6), so a product is below 2^12 and a 4-term dot below 2^14 < 65504; the output is
 // multiplied back. Packed weights (B of matmul_q, `p.ty != 0`) are not scaled (they are small and
 // f16 weights are exact as they are); A then targets 2^4, leaving |w| up to 2^10 headroom.

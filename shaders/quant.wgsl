@@ -1,4 +1,4 @@
-// dequant.wgsl — GGUF block types and QLoRA's NF4 to f32 (kernels/dequant.cu).
+// quant.wgsl — GGUF block types and QLoRA's NF4 to f32 (kernels/quant.cu).
 //
 // Computes: the f32 values of a block-quantized tensor, bit-exact with kiln's CPU reference
 // (kiln_core::quant, itself byte-exact with ggml): Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q5_K, Q6_K,
@@ -25,4 +25,4 @@ fn dequant(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups)
     y[k] = decode(0u, k, p.ty, p.block, p.bytes);
 }
 
-// (dequant_decode.wgsl is appended here.)
+// (quant_decode.wgsl is appended here.)

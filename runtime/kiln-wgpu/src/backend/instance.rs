@@ -1,0 +1,147 @@
+//! The wgpu backend's instances: one per choice of kernels (GEMM variant, precision, subgroup
+//! reductions), all `'static` and sharing the process's one device, its compiled pipelines and
+//! its buffer pool.
+
+use std::sync::OnceLock;
+
+use kiln_core::backend::{Backend, Op, Support};
+use kiln_core::{DType, Error, Result};
+
+use super::quant;
+use crate::runtime::{Device, device};
+use crate::variant::{GemmVariant, Precision};
+
+/// The wgpu backend: the process's one device (see [`crate::runtime::device`]) with a choice
+/// of kernels. Instances differ only in these fields and share the device, its compiled
+/// pipelines and its buffer pool; a device tensor remembers the instance that made it, so the
+/// ops on it run that instance's kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WgpuBackend {
+    gemm: GemmVariant,
+    precision: Precision,
+    subgroups: bool,
+}
+
+/// Every instance, so each is `'static` (device tensors hand out `&'static dyn Backend`).
+static INSTANCES: [WgpuBackend; 8] =
+    [instance(0), instance(1), instance(2), instance(3), instance(4), instance(5), instance(6), instance(7)];
+
+const fn instance(i: usize) -> WgpuBackend {
+    WgpuBackend { gemm: GemmVariant::ALL[i / 4], precision: Precision::ALL[(i / 2) % 2], subgroups: i % 2 == 1 }
+}
+
+impl WgpuBackend {
+    /// The backend with the kernels chosen by the environment, read once: `KILN_WGPU_GEMM`
+    /// (v2 or v3, default v3) and `KILN_WGPU_PRECISION` (f32 or f16, default f32), with
+    /// subgroup reductions where the adapter has them. Fails when no adapter opens or a
+    /// variable names no choice.
+    pub fn open() -> Result<&'static WgpuBackend> {
+        static DEFAULT: OnceLock<std::result::Result<&'static WgpuBackend, String>> = OnceLock::new();
+        device()?;
+        let from_env = || -> Result<&'static WgpuBackend> {
+            let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+            let gemm = var("KILN_WGPU_GEMM")
+                .map_or(Ok(GemmVariant::V3), |v| v.parse().map_err(|e| Error::Msg(format!("KILN_WGPU_GEMM: {e}"))))?;
+            let precision = var("KILN_WGPU_PRECISION").map_or(Ok(Precision::F32), |v| {
+                v.parse().map_err(|e| Error::Msg(format!("KILN_WGPU_PRECISION: {e}")))
+            })?;
+            Ok(WgpuBackend { gemm, precision, subgroups: true }.interned())
+        };
+        DEFAULT.get_or_init(|| from_env().map_err(|e| e.to_string())).clone().map_err(Error::Msg)
+    }
+
+    /// The `'static` instance equal to this one.
+    pub(crate) fn interned(&self) -> &'static WgpuBackend {
+        let i = GemmVariant::ALL.iter().position(|g| *g == self.gemm).unwrap_or(0) * 4
+            + Precision::ALL.iter().position(|p| *p == self.precision).unwrap_or(0) * 2
+            + usize::from(self.subgroups);
+        &INSTANCES[i]
+    }
+
+    /// The wgpu instance behind a backend trait object, if it is one.
+    pub fn of(be: &dyn Backend) -> Option<&'static WgpuBackend> {
+        INSTANCES.iter().find(|i| std::ptr::addr_eq(*i as *const WgpuBackend, be as *const dyn Backend))
+    }
+
+    /// The f32 GEMM kernel this instance runs.
+    pub fn gemm(&self) -> GemmVariant {
+        self.gemm
+    }
+
+    /// The GEMMs' precision asked for (see [`WgpuBackend::f16_gemm`] for what runs).
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Whether the reductions (norm, loss) use subgroup operations where the adapter has them.
+    pub fn subgroups(&self) -> bool {
+        self.subgroups
+    }
+
+    /// This backend running the GEMM variant `v`.
+    pub fn with_gemm(&self, v: GemmVariant) -> &'static WgpuBackend {
+        WgpuBackend { gemm: v, ..*self }.interned()
+    }
+
+    /// This backend running its GEMMs in precision `p`.
+    pub fn with_precision(&self, p: Precision) -> &'static WgpuBackend {
+        WgpuBackend { precision: p, ..*self }.interned()
+    }
+
+    /// This backend with subgroup reductions on or off (the parity test runs both).
+    pub fn with_subgroups(&self, on: bool) -> &'static WgpuBackend {
+        WgpuBackend { subgroups: on, ..*self }.interned()
+    }
+
+    /// Whether the GEMMs run in f16: asked for, and the adapter has SHADER_F16.
+    pub fn f16_gemm(&self, dev: &Device) -> bool {
+        self.precision == Precision::F16 && dev.shader_f16
+    }
+
+    /// Whether the reductions use subgroup operations on `dev` now.
+    pub(crate) fn use_subgroups(&self, dev: &Device) -> bool {
+        self.subgroups && dev.subgroups
+    }
+
+    /// The GEMM kernel that runs, as benchmark results name it: "v3h_f16" for the f16 GEMM,
+    /// else the f32 variant's full name.
+    pub fn gemm_kernel(&self) -> &'static str {
+        match device() {
+            Ok(dev) if self.f16_gemm(dev) => "v3h_f16",
+            _ => self.gemm.full_name(),
+        }
+    }
+}
+
+impl Backend for WgpuBackend {
+    fn name(&self) -> &'static str {
+        "wgpu"
+    }
+    fn supports(&self, op: Op, dtype: DType) -> Support {
+        if let Err(e) = device() {
+            return Support::No(e.to_string());
+        }
+        match (op, dtype) {
+            (_, DType::F32) => Support::Yes,
+            // Frozen f16/bf16 weights are widened to f32 at upload (exact, at twice the memory)
+            // until the f16 kernels land; the linear layers then run on them in f32.
+            (Op::Linear | Op::Matmul, DType::F16 | DType::BF16) => Support::Yes,
+            // Block-quantized frozen weights stay quantized on the device (QLoRA).
+            (Op::Linear | Op::Matmul, DType::Quant(t)) if quant::supported(t) => Support::Yes,
+            // Casts round to nearest even into 16-bit tensors and decode block-quantized ones.
+            (Op::Cast, DType::F16 | DType::BF16) => Support::Yes,
+            (Op::Cast, DType::Quant(t)) if quant::supported(t) => Support::Yes,
+            // Frozen 16-bit and block-quantized tables are decoded where a lookup reads them.
+            (Op::Embedding, DType::F16 | DType::BF16) => Support::Yes,
+            (Op::Embedding, DType::Quant(t)) if quant::supported(t) => Support::Yes,
+            (op, d) => Support::No(format!("{op:?} in {} on wgpu: f32 kernels only so far", d.name())),
+        }
+    }
+    fn compute_dtype(&self, op: Op, dtype: DType) -> DType {
+        // The f16 GEMMs round their operands to f16 (after exact power-of-two scaling).
+        match (op, device()) {
+            (Op::Linear | Op::Matmul, Ok(dev)) if self.f16_gemm(dev) => DType::F16,
+            _ => dtype,
+        }
+    }
+}
