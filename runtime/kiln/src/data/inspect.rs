@@ -232,3 +232,20 @@ impl fmt::Display for Inspection {
         writeln!(f, "  advice: {}", recommendation(rep.valid))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lengths_have_nearest_rank_percentiles_and_ten_buckets_up_to_the_longest() {
+        let l = Lengths::of((1..=100).rev().collect());
+        assert_eq!((l.min, l.max, l.total), (1, 100, 5050));
+        assert_eq!((l.p50, l.p90, l.p99), (51, 90, 99));
+        assert_eq!(l.width, 11);
+        assert_eq!(l.histogram.iter().sum::<usize>(), 100);
+        assert_eq!(l.histogram[0], 10, "1..=10 below 11");
+        let empty = Lengths::of(Vec::new());
+        assert_eq!((empty.max, empty.mean, empty.histogram.iter().sum::<usize>()), (0, 0.0, 0));
+    }
+}

@@ -192,3 +192,17 @@ fn inputs(model: &Path, cfg: &ExportConfig) -> crate::outdir::Inputs {
         None => i,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_parse_by_their_flag_names_and_a_wrong_one_lists_them() {
+        for f in Format::ALL {
+            assert_eq!(f.name().parse::<Format>().unwrap(), f);
+        }
+        let e = "onnx".parse::<Format>().unwrap_err().to_string();
+        assert_eq!(e, "--format onnx: one of merged, gguf, gguf-lora");
+    }
+}

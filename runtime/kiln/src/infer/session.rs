@@ -120,14 +120,6 @@ impl Session {
         generate_text(&l.model, &mut self.cache, &l.tokenizer, prompt, opts, stops, l.lora.as_ref(), on_text)
     }
 
-    /// [`Session::generate`] from a fresh cache, leaving the session's own as it was (one-off
-    /// answers, such as eval's rows), with nothing streamed.
-    pub fn generate_once(&self, prompt: &[i32], opts: &GenOptions, stops: &[String]) -> Result<TextOutput> {
-        let l = &self.loaded;
-        let (model, lora) = (&l.model, l.lora.as_ref());
-        generate_text(model, &mut Cache::new(model), &l.tokenizer, prompt, opts, stops, lora, &mut |_| {})
-    }
-
     /// Tokens whose keys and values are held.
     pub fn cached(&self) -> usize {
         self.cache.cached()
