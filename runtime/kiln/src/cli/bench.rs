@@ -1,5 +1,6 @@
 //! `kiln bench gemm`: CPU GEMM throughput at the shapes the models use (and 2048³), in the
-//! kernel-bench JSON schema. `tools/bench_gemm.py` runs PyTorch beside it.
+//! kernel-bench JSON schema. `tools/bench_gemm.py` runs PyTorch beside it. `kiln bench train`:
+//! the trainer's own step (`Trainer::step`) on random tokens, timed.
 
 use std::time::Instant;
 

@@ -95,7 +95,8 @@ pub struct Batches {
 
 /// Where a run's batches come from.
 enum Source {
-    Prepared(Prepared),
+    // Boxed: the prepared set's bookkeeping is large beside a closure, and moved once.
+    Prepared(Box<Prepared>),
     Batches(Batches),
 }
 
@@ -209,7 +210,13 @@ impl Trainer {
         let (steps_per_epoch, total_steps) = super::plan::steps(&cfg, data.train_len())?;
         let data_hash = Some(super::identity::data_hash(&data));
         let epoch_steps = steps_per_epoch as f64;
-        Trainer::build(cfg, model, Source::Prepared(data), (steps_per_epoch, total_steps, epoch_steps), data_hash)
+        Trainer::build(
+            cfg,
+            model,
+            Source::Prepared(Box::new(data)),
+            (steps_per_epoch, total_steps, epoch_steps),
+            data_hash,
+        )
     }
 
     /// A run over batches the caller makes: `cfg.max_steps` steps, supervised, with the
