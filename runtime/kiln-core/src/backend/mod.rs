@@ -15,6 +15,15 @@ pub mod cpu;
 
 use crate::{DType, Result, Shape, Tensor};
 
+/// The CPU backend (stateless; threads come from rayon's global pool). Its kernels are in
+/// [`cpu`]; the type is declared here, below both, because CPU tensors point at it
+/// (`tensor.rs`) while its kernels work on tensors.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CpuBackend;
+
+/// The one CPU backend instance that CPU tensors point to.
+pub static CPU: CpuBackend = CpuBackend;
+
 /// Op families and ops, as named in kernels (`kernels/<op>.cu`, `shaders/<op>.wgsl`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
