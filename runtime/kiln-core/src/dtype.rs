@@ -1,5 +1,6 @@
-//! Element types and the Rust scalars that map to them ([`Element`]). Trainable state is f32; frozen weights keep their stored type (f16/bf16, and
-//! block-quantized types once the GGUF work lands). f64 exists on the CPU only, for gradient checks.
+//! Element types, and the Rust scalars that map to them ([`Element`]). Trainable state is f32;
+//! frozen weights keep their stored type (f16/bf16, and block-quantized types once the GGUF work
+//! lands). f64 exists on the CPU only, for gradient checks.
 
 use half::{bf16, f16};
 
