@@ -61,8 +61,11 @@ impl Case {
     }
 }
 
+/// Builds a family's cases on fresh random inputs from a seed.
+pub type Build = fn(u64) -> Vec<Case>;
+
 /// Every family's stem (`Op::family`) and the builder of its cases, in the order they run.
-pub const FAMILIES: [(&str, fn(u64) -> Vec<Case>); 9] = [
+pub const FAMILIES: [(&str, Build); 9] = [
     ("elementwise", elementwise_cases),
     ("glu", glu_cases),
     ("matmul", matmul_cases),
