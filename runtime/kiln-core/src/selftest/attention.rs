@@ -13,6 +13,7 @@ fn fwd_bwd(be: &dyn Backend, a: &AttnArgs<'_>, d_o: &Tensor) -> crate::Result<Ve
     Ok(vec![o, lse, dq, dk, dv])
 }
 
+/// The attention family's rows on fresh random inputs from `seed`.
 pub fn attention_cases(seed: u64) -> Vec<Case> {
     let mut r = rng(seed, "attention");
     let mut out = Vec::new();

@@ -6,7 +6,8 @@ use crate::backend::Op;
 use crate::quant::GgmlType as G;
 use crate::{DType, Tensor};
 
-/// Sizes around a workgroup (63, 65), a ragged multiple of one (4099) and many (70 001).
+/// The elementwise family's rows on fresh random inputs from `seed`: sizes around a workgroup
+/// (63, 65), a ragged multiple of one (4099) and many (70 001).
 pub fn elementwise_cases(seed: u64) -> Vec<Case> {
     let mut r = rng(seed, "elementwise");
     let mut out = Vec::new();

@@ -6,6 +6,7 @@ use crate::DType;
 use crate::backend::Op;
 use crate::quant::GgmlType as G;
 
+/// The embedding family's rows on fresh random inputs from `seed`.
 pub fn embedding_cases(seed: u64) -> Vec<Case> {
     let mut r = rng(seed, "embedding");
     let mut out = Vec::new();

@@ -7,6 +7,7 @@ use crate::backend::Op;
 /// Gated MLP activations of 2 to 1031 values a row (the norm family's shapes).
 const SHAPES: [(usize, usize); 4] = [(1, 2), (5, 19), (64, 576), (3, 1031)];
 
+/// The glu family's rows on fresh random inputs from `seed`.
 pub fn glu_cases(seed: u64) -> Vec<Case> {
     let mut r = rng(seed, "glu");
     let mut out = Vec::new();

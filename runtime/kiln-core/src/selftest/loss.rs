@@ -5,6 +5,7 @@ use super::{Case, i32s, randn, rng};
 use crate::backend::Op;
 use crate::{DType, Tensor};
 
+/// The loss family's rows on fresh random inputs from `seed`.
 pub fn loss_cases(seed: u64) -> Vec<Case> {
     let mut r = rng(seed, "loss");
     let mut out = Vec::new();

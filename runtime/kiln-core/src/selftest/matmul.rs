@@ -7,6 +7,7 @@ use crate::backend::{LinearNeeds, LoraRef, Op};
 use crate::quant::GgmlType as G;
 use crate::{DType, Tensor};
 
+/// The matmul family's rows on fresh random inputs from `seed`.
 pub fn matmul_cases(seed: u64) -> Vec<Case> {
     let mut r = rng(seed, "matmul");
     let mut out = Vec::new();

@@ -4,8 +4,9 @@ use super::{Case, f32s, rng};
 use crate::DType;
 use crate::backend::Op;
 
-/// Rows of 2 to 1031 values, ragged against any block size. (h = 1 would make RMSNorm's dx
-/// identically zero: pure cancellation, nothing to compare.)
+/// The norm family's rows on fresh random inputs from `seed`: rows of 2 to 1031 values, ragged
+/// against any block size. (h = 1 would make RMSNorm's dx identically zero: pure cancellation,
+/// nothing to compare.)
 pub fn norm_cases(seed: u64) -> Vec<Case> {
     let mut r = rng(seed, "norm");
     let mut out = Vec::new();

@@ -10,6 +10,7 @@ fn hp(weight_decay: f64, step: u64) -> AdamWStep {
     AdamWStep { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, step }
 }
 
+/// The optim family's rows on fresh random inputs from `seed`.
 pub fn optim_cases(seed: u64) -> Vec<Case> {
     let mut r = rng(seed, "optim");
     let mut out = Vec::new();

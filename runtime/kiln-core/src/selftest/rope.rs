@@ -40,6 +40,7 @@ impl Positions {
     }
 }
 
+/// The rope family's rows on fresh random inputs from `seed`.
 pub fn rope_cases(seed: u64) -> Vec<Case> {
     let mut r = rng(seed, "rope");
     let mut out = Vec::new();
