@@ -7,82 +7,42 @@
 
 mod common;
 
+use common::gpu_train::{GpuTrain, Runs, dpo_and_full, lora_and_qlora};
+
+const CUDA_EMU: GpuTrain = GpuTrain {
+    backend: "cuda-emu",
+    tag: "cuda",
+    ready: || true,
+    qlora_steps: "10",
+    // Decoding runs attention on bf16 tensor cores.
+    decode_tol: 2e-2,
+    after_lora,
+    after_nf4,
+};
+
+/// Gradient checkpointing (each block recomputed in backward) and 8-bit optimizer state, with
+/// gradient-norm clipping: the fused multi-tensor AdamW takes the clipping factor.
+fn after_lora(runs: &Runs, _: &[&str], _: &[f64]) {
+    let args = ["--max-steps", "8", "--gradient-checkpointing", "true", "--max-grad-norm", "0.5"];
+    runs.compare("lora, checkpointed, clipped", "ckpt", &args);
+    runs.compare("lora, 8-bit AdamW", "q8", &["--max-steps", "8", "--optim", "adamw8bit"]);
+}
+
+/// The Hopper GEMM (v5, wgmma; the emulation implements it) on the NF4 QLoRA run.
+fn after_nf4(runs: &Runs, args: &[&str], cpu: &[f64]) {
+    let env = [("KILN_CUDA_GEMM", "v5")];
+    let v5 = common::train_losses_env(&runs.model, &runs.data, &runs.dir.join("q-nf4-v5"), "cuda-emu", args, &env);
+    common::same_losses("qlora nf4, GEMM v5 (wgmma)", "cuda-emu", cpu, &v5);
+}
+
 #[test]
 fn lora_on_cuda_kernels_matches_the_cpu() {
-    let rows: String = (0..24)
-        .map(|i| {
-            format!(
-                "{}\n",
-                serde_json::json!({"prompt": format!("colour {i}?"), "completion": format!("blue {}", i % 4)})
-            )
-        })
-        .collect();
-    let (d, model, data) = common::train_setup("cuda-train", "lora", &rows);
-    let args = ["--max-steps", "30", "--lora-dropout", "0.1"];
-    let cpu = common::train_losses(&model, &data, &d.join("cpu"), "cpu", &args);
-    let gpu = common::train_losses(&model, &data, &d.join("cuda"), "cuda-emu", &args);
-    common::same_losses("lora", "cuda-emu", &cpu, &gpu);
-    assert!(gpu[29] < gpu[0] * 0.8, "the cuda-emu run did not learn: {gpu:?}");
-    assert!(d.join("cuda/adapter/adapter_model.safetensors").is_file());
-    // Decoding with the trained adapter: each step's linear layers are the GEMV kernels.
-    common::same_generation(&model, &d.join("cuda/adapter"), "cuda-emu", 2e-2);
-    // Gradient checkpointing (each block recomputed in backward) and 8-bit optimizer state, with
-    // gradient-norm clipping: the fused multi-tensor AdamW takes the clipping factor.
-    let args = ["--max-steps", "8", "--gradient-checkpointing", "true", "--max-grad-norm", "0.5"];
-    let cpu = common::train_losses(&model, &data, &d.join("ckpt-cpu"), "cpu", &args);
-    let gpu = common::train_losses(&model, &data, &d.join("ckpt-cuda"), "cuda-emu", &args);
-    common::same_losses("lora, checkpointed, clipped", "cuda-emu", &cpu, &gpu);
-    let args = ["--max-steps", "8", "--optim", "adamw8bit"];
-    let cpu = common::train_losses(&model, &data, &d.join("q8-cpu"), "cpu", &args);
-    let gpu = common::train_losses(&model, &data, &d.join("q8-cuda"), "cuda-emu", &args);
-    common::same_losses("lora, 8-bit AdamW", "cuda-emu", &cpu, &gpu);
-    // QLoRA: the base's linear weights quantized (NF4, and the default model's Q4_1), kept in
-    // their blocks on the device and decoded inside the GEMM.
-    for q in ["nf4", "q4_1"] {
-        let args = ["--method", "qlora", "--quantize", q, "--max-steps", "10"];
-        let cpu = common::train_losses(&model, &data, &d.join(format!("q-{q}-cpu")), "cpu", &args);
-        let gpu = common::train_losses(&model, &data, &d.join(format!("q-{q}-cuda")), "cuda-emu", &args);
-        common::same_losses(&format!("qlora {q}"), "cuda-emu", &cpu, &gpu);
-        if q == "nf4" {
-            // The Hopper GEMM (v5, wgmma; the emulation implements it) on the same run.
-            let env = [("KILN_CUDA_GEMM", "v5")];
-            let v5 = common::train_losses_env(&model, &data, &d.join("q-nf4-v5"), "cuda-emu", &args, &env);
-            common::same_losses("qlora nf4, GEMM v5 (wgmma)", "cuda-emu", &cpu, &v5);
-        }
-    }
+    lora_and_qlora(&CUDA_EMU);
 }
 
 #[test]
 fn dpo_and_full_on_cuda_kernels_match_the_cpu() {
-    let rows: String = (0..16)
-        .map(|i| {
-            format!(
-                "{}\n",
-                serde_json::json!({"prompt": format!("question {i}?"), "chosen": format!("yes {}", i % 3),
-                    "rejected": format!("not sure about {i}")})
-            )
-        })
-        .collect();
-    let (d, model, data) = common::train_setup("cuda-train", "dpo", &rows);
-    let args = ["--method", "dpo", "--max-steps", "4"];
-    common::same_losses(
-        "dpo",
-        "cuda-emu",
-        &common::train_losses(&model, &data, &d.join("dpo-cpu"), "cpu", &args),
-        &common::train_losses(&model, &data, &d.join("dpo-cuda"), "cuda-emu", &args),
-    );
-    let sft: String = (0..8)
-        .map(|i| format!("{}\n", serde_json::json!({"text": format!("count {i} {} {}", i + 1, i + 2)})))
-        .collect();
-    let sft_path = d.join("sft.jsonl");
-    std::fs::write(&sft_path, sft).unwrap();
-    let args = ["--method", "full", "--max-steps", "3"];
-    common::same_losses(
-        "full",
-        "cuda-emu",
-        &common::train_losses(&model, &sft_path, &d.join("full-cpu"), "cpu", &args),
-        &common::train_losses(&model, &sft_path, &d.join("full-cuda"), "cuda-emu", &args),
-    );
+    dpo_and_full(&CUDA_EMU);
 }
 
 /// 8-bit AdamW with its moments on the device (one kernel dequantizes, steps and requantizes)

@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 
 use kiln::model::init::{TinySpec, create_random_llama};
 
+#[allow(dead_code)] // only the GPU training tests use it
+pub mod gpu_train;
+
 /// Writes `dir/model`: a random Llama whose vocabulary (709 rows) covers the fixture
 /// tokenizer's 700 ids with spare rows, and the tokenizer files beside it.
 #[allow(dead_code)] // not every test binary that includes this module uses it

@@ -1,5 +1,8 @@
-//! Element types. Trainable state is f32; frozen weights keep their stored type (f16/bf16, and
-//! block-quantized types once the GGUF work lands). f64 exists on the CPU only, for gradient checks.
+//! Element types, and the Rust scalars that map to them ([`Element`]). Trainable state is f32;
+//! frozen weights keep their stored type (f16/bf16, and block-quantized types once the GGUF work
+//! lands). f64 exists on the CPU only, for gradient checks.
+
+use half::{bf16, f16};
 
 use crate::quant::GgmlType;
 
@@ -64,6 +67,34 @@ pub fn round_f16(x: f64) -> half::f16 {
     let f = x as f32;
     if f as f64 == x || x.is_nan() { half::f16::from_f32(f) } else { half::f16::from_f64(x) }
 }
+
+/// A Rust scalar type that maps to a [`DType`].
+pub trait Element: bytemuck::Pod + Send + Sync + 'static {
+    /// The dtype of this element type.
+    const DTYPE: DType;
+    /// Widens to f64 (exact for every supported type).
+    fn to_f64(self) -> f64;
+    /// Narrows from f64 with round-to-nearest.
+    fn from_f64(v: f64) -> Self;
+}
+macro_rules! element {
+    ($t:ty, $d:expr, $to:expr, $from:expr) => {
+        impl Element for $t {
+            const DTYPE: DType = $d;
+            fn to_f64(self) -> f64 {
+                $to(self)
+            }
+            fn from_f64(v: f64) -> Self {
+                $from(v)
+            }
+        }
+    };
+}
+element!(f32, DType::F32, |x: f32| x as f64, |v: f64| v as f32);
+element!(f64, DType::F64, |x: f64| x, |v: f64| v);
+element!(f16, DType::F16, |x: f16| x.to_f64(), round_f16);
+element!(bf16, DType::BF16, |x: bf16| x.to_f64(), round_bf16);
+element!(i32, DType::I32, |x: i32| x as f64, |v: f64| v as i32);
 
 #[cfg(test)]
 mod tests {

@@ -9,36 +9,9 @@ use std::sync::Arc;
 
 use half::{bf16, f16};
 
-use crate::backend::{Backend, cpu::CPU};
+use crate::backend::{Backend, CPU};
+pub use crate::dtype::Element;
 use crate::{DType, Error, Result, Shape};
-
-/// A Rust scalar type that maps to a [`DType`].
-pub trait Element: bytemuck::Pod + Send + Sync + 'static {
-    /// The dtype of this element type.
-    const DTYPE: DType;
-    /// Widens to f64 (exact for every supported type).
-    fn to_f64(self) -> f64;
-    /// Narrows from f64 with round-to-nearest.
-    fn from_f64(v: f64) -> Self;
-}
-macro_rules! element {
-    ($t:ty, $d:expr, $to:expr, $from:expr) => {
-        impl Element for $t {
-            const DTYPE: DType = $d;
-            fn to_f64(self) -> f64 {
-                $to(self)
-            }
-            fn from_f64(v: f64) -> Self {
-                $from(v)
-            }
-        }
-    };
-}
-element!(f32, DType::F32, |x: f32| x as f64, |v: f64| v as f32);
-element!(f64, DType::F64, |x: f64| x, |v: f64| v);
-element!(f16, DType::F16, |x: f16| x.to_f64(), crate::dtype::round_f16);
-element!(bf16, DType::BF16, |x: bf16| x.to_f64(), crate::dtype::round_bf16);
-element!(i32, DType::I32, |x: i32| x as f64, |v: f64| v as i32);
 
 /// Memory owned by a non-CPU backend (CUDA, wgpu). The backend downcasts through `as_any`.
 pub trait DeviceStorage: Send + Sync {

@@ -15,6 +15,15 @@ pub mod cpu;
 
 use crate::{DType, Result, Shape, Tensor};
 
+/// The CPU backend (stateless; threads come from rayon's global pool). Its kernels are in
+/// [`cpu`]; the type is declared here, below both, because CPU tensors point at it
+/// (`tensor.rs`) while its kernels work on tensors.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CpuBackend;
+
+/// The one CPU backend instance that CPU tensors point to.
+pub static CPU: CpuBackend = CpuBackend;
+
 /// Every op a backend runs. Each belongs to a family whose stem names its files everywhere:
 /// `kiln-core/src/backend/cpu/<family>.rs`, `kernels/<family>.cu`,
 /// `kiln-cuda/src/backend/<family>.rs`, `shaders/<family>*.wgsl`,

@@ -9,6 +9,7 @@ mod eval;
 mod export;
 mod generate;
 mod kernels;
+mod selftest;
 mod train;
 
 use std::path::PathBuf;
@@ -68,18 +69,7 @@ pub enum Cmd {
     Kernels(kernels::KernelsCmd),
     /// Check a backend on this machine: every op's kernels against the CPU reference (the
     /// op-parity suite of `cargo test`), on fresh random inputs at ragged shapes.
-    Selftest {
-        /// cpu, cuda, cuda-emu (the CUDA kernels on this CPU), wgpu or all (every backend that
-        /// opens here).
-        #[arg(long, default_value = "all")]
-        backend: String,
-        /// CUDA device ordinal.
-        #[arg(long, default_value_t = 0)]
-        device: usize,
-        /// Print JSON only: [{"backend", "passed", "skipped": [[case, why]], "failed": [[case, what]]}].
-        #[arg(long)]
-        json: bool,
-    },
+    Selftest(selftest::SelftestArgs),
 }
 
 /// Runs a parsed command line.
@@ -95,98 +85,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Score(s) => eval::score(s),
         Cmd::Train(t) => train::run(*t),
         Cmd::Export(e) => export::run(e),
-        Cmd::Selftest { backend, device, json } => selftest(&backend, device, json),
+        Cmd::Selftest(a) => selftest::run(a),
         Cmd::Kernels(k) => kernels::run(k),
     }
-}
-
-fn selftest(which: &str, device: usize, json: bool) -> Result<()> {
-    let cpu: &'static dyn kiln::core::Backend = &kiln::core::CpuBackend;
-    let mut backends: Vec<(&str, std::result::Result<&'static dyn kiln::core::Backend, String>)> = Vec::new();
-    match which {
-        "cpu" => backends.push(("cpu", Ok(cpu))),
-        "wgpu" => backends.push(("wgpu", kiln_wgpu::open())),
-        "cuda" => backends.push(("cuda", kiln_cuda::open(device))),
-        "cuda-emu" => backends.push(("cuda-emu", kiln_cuda::open_emu())),
-        "all" => {
-            backends.push(("cpu", Ok(cpu)));
-            backends.push(("cuda", kiln_cuda::open(device)));
-            backends.push(("cuda-emu", kiln_cuda::open_emu()));
-            backends.push(("wgpu", kiln_wgpu::open()));
-        }
-        other => anyhow::bail!("--backend {other}: one of cpu, cuda, cuda-emu, wgpu, all"),
-    }
-    let (mut reports, mut failed) = (Vec::new(), 0);
-    for (name, be) in backends {
-        let be = match be {
-            Ok(b) => b,
-            Err(e) if which == "all" => {
-                if !json {
-                    println!("{name}: not available here ({e})");
-                }
-                reports.push(serde_json::json!({"backend": name, "unavailable": e}));
-                continue;
-            }
-            Err(e) => anyhow::bail!("--backend {name}: {e}"),
-        };
-        // Outputs start as NaN bytes, so an element no kernel wrote cannot pass.
-        if let Ok(k) = kiln_cuda::kernel_backend(name, device) {
-            k.exec.set_poison(true);
-        }
-        let t0 = std::time::Instant::now();
-        let mut on = |case: &str, outcome: Option<&str>| {
-            if !json && let Some(o) = outcome.filter(|o| !o.starts_with("skipped")) {
-                println!("FAIL {case}: {o}");
-            }
-        };
-        let mut rep = kiln::core::selftest::run(be, &mut on);
-        // The CUDA GEMM variants besides the default, on the cases that reach them.
-        if kiln_cuda::kernel_backend(name, device).is_ok() {
-            use kiln_cuda::backend::{Variant, set_variant, variant};
-            let keep = variant();
-            for v in [Variant::V1, Variant::V2, Variant::V4] {
-                set_variant(v);
-                let linear = |c: &kiln::core::selftest::Case| c.name.contains("linear") || c.name.starts_with("matmul");
-                let r = kiln::core::selftest::run_where(be, &linear, &mut on);
-                rep.passed.extend(r.passed.into_iter().map(|c| format!("{c} (GEMM {v:?})")));
-                rep.failed.extend(r.failed.into_iter().map(|(c, e)| (format!("{c} (GEMM {v:?})"), e)));
-            }
-            set_variant(keep);
-        }
-        // wgpu: the GEMM cases again in f16 arithmetic where the adapter has SHADER_F16.
-        #[cfg(feature = "wgpu")]
-        if name == "wgpu"
-            && kiln_wgpu::runtime::device().is_ok_and(|d| d.shader_f16)
-            && let Some(f16) = kiln_wgpu::with_precision(be, kiln_wgpu::Precision::F16)
-        {
-            let linear = |c: &kiln::core::selftest::Case| c.name.contains("linear") || c.name.starts_with("matmul");
-            let r = kiln::core::selftest::run_where(f16, &linear, &mut on);
-            rep.passed.extend(r.passed.into_iter().map(|c| format!("{c} (f16 GEMM)")));
-            rep.failed.extend(r.failed.into_iter().map(|(c, e)| (format!("{c} (f16 GEMM)"), e)));
-        }
-        failed += rep.failed.len();
-        if !json {
-            println!(
-                "{name}: {} passed, {} skipped, {} failed in {:.1}s",
-                rep.passed.len(),
-                rep.skipped.len(),
-                rep.failed.len(),
-                t0.elapsed().as_secs_f64()
-            );
-            for (c, why) in &rep.skipped {
-                println!("  skipped {c}: {why}");
-            }
-        }
-        reports.push(serde_json::json!({"backend": name, "passed": rep.passed.len(), "skipped": rep.skipped,
-            "failed": rep.failed}));
-    }
-    if json {
-        println!("{}", serde_json::Value::Array(reports));
-    }
-    if failed > 0 {
-        anyhow::bail!("{failed} parity cases failed");
-    }
-    Ok(())
 }
 
 fn info(json: bool, model: Option<PathBuf>) -> Result<()> {

@@ -13,8 +13,7 @@
 
 use rayon::prelude::*;
 
-use super::matmul::{Mat, gemm};
-use super::{CpuBackend, Real, by_prec, out, prec, read, read_i32};
+use super::{CpuBackend, Mat, Real, by_prec, gemm, out, prec, read, read_i32};
 use crate::backend::{AttentionOps, AttnArgs};
 use crate::{Error, Result, Tensor};
 

@@ -11,11 +11,6 @@ use crate::{Error, Result, Tensor};
 
 const VCHUNK: usize = 4096;
 
-fn check(logits: &Tensor, targets: &Tensor) -> Result<(usize, usize)> {
-    let CeDims { m, v } = CeDims::of(logits, targets)?;
-    Ok((m, v))
-}
-
 fn lse_row<T: Real>(row: &[T]) -> T {
     let (mut m, mut s) = (T::neg_infinity(), T::zero());
     for c in row.chunks(VCHUNK) {
@@ -31,7 +26,7 @@ fn lse_row<T: Real>(row: &[T]) -> T {
 }
 
 fn fwd<T: Real>(logits: &Tensor, targets: &Tensor) -> Result<CeOut> {
-    let (m, v) = check(logits, targets)?;
+    let CeDims { m, v } = CeDims::of(logits, targets)?;
     let (lv, tv) = (read::<T>(logits)?, read_i32(targets)?);
     if let Some((r, &bad)) = tv.iter().enumerate().find(|&(_, &t)| t >= v as i32) {
         return Err(Error::Msg(format!("cross_entropy: target {bad} in row {r} is outside the vocabulary of {v}")));
@@ -46,22 +41,23 @@ fn fwd<T: Real>(logits: &Tensor, targets: &Tensor) -> Result<CeOut> {
 }
 
 fn bwd<T: Real>(logits: &Tensor, targets: &Tensor, lse: &Tensor, dloss: f64, n_valid: usize) -> Result<Tensor> {
-    let m = check(logits, targets)?.0;
+    let dims = CeDims::of(logits, targets)?;
     let g = if n_valid == 0 { 0.0 } else { dloss / n_valid as f64 };
-    bwd_rows::<T>(logits, targets, lse, &vec![T::from_f64(g); m])
+    bwd_rows::<T>(dims, logits, targets, lse, &vec![T::from_f64(g); dims.m])
 }
 
 fn bwd_rows_t<T: Real>(logits: &Tensor, targets: &Tensor, lse: &Tensor, drow: &Tensor) -> Result<Tensor> {
-    bwd_rows::<T>(logits, targets, lse, &read::<T>(drow)?)
+    let dims = CeDims::of(logits, targets)?;
+    dims.check_rows("row weights", drow)?;
+    bwd_rows::<T>(dims, logits, targets, lse, &read::<T>(drow)?)
 }
 
-/// `(softmax − onehot) · w[r]` per row, zero where the target is ignored.
-fn bwd_rows<T: Real>(logits: &Tensor, targets: &Tensor, lse: &Tensor, w: &[T]) -> Result<Tensor> {
-    let (m, v) = check(logits, targets)?;
+/// `(softmax − onehot) · w[r]` per row (`w` one weight per row), zero where the target is
+/// ignored.
+fn bwd_rows<T: Real>(dims: CeDims, logits: &Tensor, targets: &Tensor, lse: &Tensor, w: &[T]) -> Result<Tensor> {
+    let CeDims { m, v } = dims;
+    dims.check_rows("lse", lse)?;
     let (lv, tv, sv) = (read::<T>(logits)?, read_i32(targets)?, read::<T>(lse)?);
-    if w.len() != m {
-        return Err(Error::shape("cross_entropy_bwd_rows", format!("{m} rows, {} weights", w.len())));
-    }
     let mut d = vec![T::zero(); m * v];
     d.par_chunks_mut(v.max(1)).enumerate().for_each(|(r, dr)| {
         if tv[r] < 0 {

@@ -1,99 +1,14 @@
-//! Matrix products on the CPU through the `gemm` crate (packed, AVX2/AVX-512 microkernels,
-//! rayon across panels): within a few percent of MKL at the model's shapes, which our own
-//! loops would not be. The LoRA linear is composed from GEMMs here; the GPU backends fuse it.
+//! Matrix products and the (LoRA) linear layer on the CPU, composed from the backend's GEMM
+//! (`super::gemm`); the GPU backends fuse the LoRA linear. Weights stored narrower than the
+//! compute type go through `matmul_quant`, which widens them a tile at a time.
 
 use std::borrow::Cow;
 
 use rayon::prelude::*;
 
-use super::{CpuBackend, Real, by_prec, out, prec, qmatmul, read};
+use super::{CpuBackend, Mat, Real, by_prec, gemm, matmul_quant, out, prec, read};
 use crate::backend::{LinDims, LinearGrads, LinearNeeds, LoraRef, MatmulDims, MatmulOps};
 use crate::{Error, Result, Tensor};
-
-/// A matrix view: element `(i, j)` is at `i·rs + j·cs`.
-#[derive(Clone, Copy)]
-pub struct Mat<'a, T> {
-    pub data: &'a [T],
-    pub rows: usize,
-    pub cols: usize,
-    pub rs: usize,
-    pub cs: usize,
-}
-
-impl<'a, T> Mat<'a, T> {
-    /// Row-major `[rows, cols]`.
-    pub fn rm(data: &'a [T], rows: usize, cols: usize) -> Self {
-        Mat { data, rows, cols, rs: cols, cs: 1 }
-    }
-    /// The transpose of a row-major `[cols, rows]` buffer, viewed as `[rows, cols]`.
-    pub fn tr(data: &'a [T], rows: usize, cols: usize) -> Self {
-        Mat { data, rows, cols, rs: 1, cs: rows }
-    }
-    fn fits(&self) -> bool {
-        self.rows == 0 || self.cols == 0 || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
-    }
-}
-
-/// `c = beta·a·b` (or `c += beta·a·b` with `acc`), `c` row-major `[a.rows, b.cols]`.
-pub fn gemm<T: Real>(a: Mat<'_, T>, b: Mat<'_, T>, c: &mut [T], acc: bool, beta: T) -> Result<()> {
-    if c.len() != a.rows * b.cols {
-        return Err(Error::shape("gemm", format!("[{}x{}] result into {} elements", a.rows, b.cols, c.len())));
-    }
-    gemm_ldc(a, b, c, b.cols, acc, beta)
-}
-
-/// [`gemm`] into rows of `c` that are `ldc` apart (a block of columns of a wider matrix).
-pub fn gemm_ldc<T: Real>(a: Mat<'_, T>, b: Mat<'_, T>, c: &mut [T], ldc: usize, acc: bool, beta: T) -> Result<()> {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    let c_fits = m == 0 || n == 0 || (ldc >= n && (m - 1) * ldc + n <= c.len());
-    if b.rows != k || !c_fits || !a.fits() || !b.fits() {
-        return Err(Error::shape("gemm", format!("[{m}x{k}]·[{}x{n}] into {} elements (ldc {ldc})", b.rows, c.len())));
-    }
-    if m == 0 || n == 0 {
-        return Ok(());
-    }
-    if k == 0 {
-        if !acc {
-            c.chunks_mut(ldc).for_each(|r| {
-                let w = n.min(r.len());
-                r[..w].fill(T::zero())
-            });
-        }
-        return Ok(());
-    }
-    // Threads only pay off once there is real work; gemm splits panels across them.
-    let par = if m * n * k >= 48 * 48 * 48 {
-        gemm::Parallelism::Rayon(rayon::current_num_threads())
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: every index the kernel touches is inside the slices: `fits` checked the last
-    // element of `a` and `b`, and `c_fits` the last row of `c` at stride `ldc`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            ldc as isize,
-            acc,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            T::one(),
-            beta,
-            false,
-            false,
-            false,
-            par,
-        );
-    }
-    Ok(())
-}
 
 fn matmul<T: Real>(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
     let MatmulDims { m, k, n, out: dims } = MatmulDims::of(a, b, ta, tb)?;
@@ -113,8 +28,8 @@ fn linear_fwd<T: Real>(
 ) -> Result<(Tensor, Option<Tensor>)> {
     let d = LinDims::of(x, w)?;
     let xv = read::<T>(x)?;
-    let mut y = match qmatmul::narrow_type(w) {
-        Some(ty) => qmatmul::xwt(&xv, w, ty, d.m, d.k, d.n)?,
+    let mut y = match matmul_quant::narrow_type(w) {
+        Some(ty) => matmul_quant::xwt(&xv, w, ty, d.m, d.k, d.n)?,
         None => {
             let wv = read::<T>(w)?;
             let mut y = vec![T::zero(); d.m * d.n];
@@ -176,8 +91,8 @@ fn linear_bwd<T: Real>(
         du = Some((duv, r, read::<T>(l.a)?));
     }
     if needs.x {
-        let mut dx = match qmatmul::narrow_type(w) {
-            Some(ty) => qmatmul::dyw(&dyv, w, ty, d.m, d.k, d.n)?,
+        let mut dx = match matmul_quant::narrow_type(w) {
+            Some(ty) => matmul_quant::dyw(&dyv, w, ty, d.m, d.k, d.n)?,
             None => {
                 let wv = read::<T>(w)?;
                 let mut dx = vec![T::zero(); d.m * d.k];

@@ -8,9 +8,9 @@ mod embedding;
 mod glu;
 mod loss;
 mod matmul;
+mod matmul_quant;
 mod norm;
 mod optim;
-mod qmatmul;
 mod rope;
 
 use std::borrow::Cow;
@@ -21,17 +21,10 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::{Backend, MemoryOps, Op, Support};
-use crate::tensor::Element;
+use crate::dtype::Element;
 use crate::{DType, Error, Result, Shape, Tensor};
 
-pub use matmul::gemm;
-
-/// The CPU backend (stateless; threads come from rayon's global pool).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct CpuBackend;
-
-/// The one CPU backend instance that CPU tensors point to.
-pub static CPU: CpuBackend = CpuBackend;
+pub use super::{CPU, CpuBackend};
 
 /// Floating types the CPU kernels are written over.
 pub trait Real:
@@ -146,6 +139,103 @@ impl Backend for CpuBackend {
 pub(crate) fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.shape() != b.shape() {
         return Err(Error::shape(op, format!("{:?} vs {:?}", a.shape(), b.shape())));
+    }
+    Ok(())
+}
+
+// The GEMM every CPU op that multiplies matrices shares (matmul, the narrow-weight tiles of
+// matmul_quant, attention): the `gemm` crate's packed AVX2/AVX-512 microkernels with rayon
+// across panels, within a few percent of MKL at the model's shapes, which our own loops would
+// not be.
+
+/// A matrix view: element `(i, j)` is at `i·rs + j·cs`.
+#[derive(Clone, Copy)]
+pub struct Mat<'a, T> {
+    pub data: &'a [T],
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a, T> Mat<'a, T> {
+    /// Row-major `[rows, cols]`.
+    pub fn rm(data: &'a [T], rows: usize, cols: usize) -> Self {
+        Mat { data, rows, cols, rs: cols, cs: 1 }
+    }
+    /// The transpose of a row-major `[cols, rows]` buffer, viewed as `[rows, cols]`.
+    pub fn tr(data: &'a [T], rows: usize, cols: usize) -> Self {
+        Mat { data, rows, cols, rs: 1, cs: rows }
+    }
+    fn fits(&self) -> bool {
+        self.rows == 0 || self.cols == 0 || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `c = beta·a·b` (or `c += beta·a·b` with `acc`), `c` row-major `[a.rows, b.cols]`.
+pub fn gemm<T: Real>(a: Mat<'_, T>, b: Mat<'_, T>, c: &mut [T], acc: bool, beta: T) -> Result<()> {
+    if c.len() != a.rows * b.cols {
+        return Err(Error::shape("gemm", format!("[{}x{}] result into {} elements", a.rows, b.cols, c.len())));
+    }
+    gemm_ldc(a, b, c, b.cols, acc, beta)
+}
+
+/// [`gemm`] into rows of `c` that are `ldc` apart (a block of columns of a wider matrix).
+pub(crate) fn gemm_ldc<T: Real>(
+    a: Mat<'_, T>,
+    b: Mat<'_, T>,
+    c: &mut [T],
+    ldc: usize,
+    acc: bool,
+    beta: T,
+) -> Result<()> {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    let c_fits = m == 0 || n == 0 || (ldc >= n && (m - 1) * ldc + n <= c.len());
+    if b.rows != k || !c_fits || !a.fits() || !b.fits() {
+        return Err(Error::shape("gemm", format!("[{m}x{k}]·[{}x{n}] into {} elements (ldc {ldc})", b.rows, c.len())));
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !acc {
+            c.chunks_mut(ldc).for_each(|r| {
+                let w = n.min(r.len());
+                r[..w].fill(T::zero())
+            });
+        }
+        return Ok(());
+    }
+    // Threads only pay off once there is real work; gemm splits panels across them.
+    let par = if m * n * k >= 48 * 48 * 48 {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: every index the kernel touches is inside the slices: `fits` checked the last
+    // element of `a` and `b`, and `c_fits` the last row of `c` at stride `ldc`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            ldc as isize,
+            acc,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            T::one(),
+            beta,
+            false,
+            false,
+            false,
+            par,
+        );
     }
     Ok(())
 }

@@ -6,8 +6,7 @@
 
 use rayon::prelude::*;
 
-use super::Real;
-use super::matmul::{Mat, gemm, gemm_ldc};
+use super::{Mat, Real, gemm, gemm_ldc};
 use crate::quant::{GgmlType, dequantize};
 use crate::{DType, Error, Result, Tensor};
 

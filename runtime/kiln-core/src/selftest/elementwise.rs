@@ -1,0 +1,69 @@
+//! Parity cases of the elementwise family: add, mul, scale and Σx² in f32, casts between f32,
+//! bf16 and f16, and block-quantized tensors decoded to each of them.
+
+use super::{Case, f32s, quantized, rng};
+use crate::backend::Op;
+use crate::quant::GgmlType as G;
+use crate::{DType, Tensor};
+
+/// The elementwise family's rows on fresh random inputs from `seed`: sizes around a workgroup
+/// (63, 65), a ragged multiple of one (4099) and many (70 001).
+pub fn elementwise_cases(seed: u64) -> Vec<Case> {
+    let mut r = rng(seed, "elementwise");
+    let mut out = Vec::new();
+    for &n in &[1usize, 63, 65, 4099, 70_001] {
+        out.push(Case::new(
+            Op::Add,
+            format!("add/mul/scale/sum_squares/cast {n}"),
+            DType::F32,
+            f32s(&mut r, &[&[n], &[n]]),
+            |be, x| {
+                let ss = Tensor::from_vec(vec![be.sum_squares(&x[0])?], [1])?;
+                let c = be.cast(&x[1], x[1].dtype())?;
+                Ok(vec![be.add(&x[0], &x[1])?, be.mul(&x[0], &x[1])?, be.scale(&x[1], 0.25)?, ss, c])
+            },
+        ));
+    }
+    for &n in &[1usize, 77, 4099] {
+        out.push(Case::new(
+            Op::Scale,
+            format!("scale {n} by -1.5 and 0.25"),
+            DType::F32,
+            f32s(&mut r, &[&[n]]),
+            |be, x| Ok(vec![be.scale(&x[0], -1.5)?, be.scale(&x[0], 0.25)?]),
+        ));
+    }
+    // Casts between f32, bf16 and f16 (round to nearest even); listed under the 16-bit type, as
+    // a backend that keeps 16-bit values in f32 does not support them.
+    for &n in &[1usize, 77, 4099] {
+        out.push(Case::new(
+            Op::Cast,
+            format!("cast f32/bf16/f16 chains {n}"),
+            DType::BF16,
+            f32s(&mut r, &[&[n]]),
+            |be, x| {
+                let (b, h) = (be.cast(&x[0], DType::BF16)?, be.cast(&x[0], DType::F16)?);
+                Ok(vec![
+                    be.cast(&b, DType::F16)?,
+                    be.cast(&b, DType::F32)?,
+                    be.cast(&b, DType::BF16)?,
+                    be.cast(&h, DType::BF16)?,
+                    be.cast(&h, DType::F32)?,
+                    be.cast(&h, DType::F16)?,
+                ])
+            },
+        ));
+    }
+    // Block-quantized tensors decoded (bit-exact) and rounded to the 16-bit types.
+    for (i, ty) in [G::Q8_0, G::Q4_1, G::Q5_0, G::Q4K, G::Q6K, G::NF4DQ].into_iter().enumerate() {
+        let Some(wq) = quantized(&mut r, ty, 3 + i, 256) else { continue };
+        out.push(Case::new(
+            Op::Cast,
+            format!("dequantize {} {}x256 to f32/bf16/f16", ty.name(), 3 + i),
+            DType::Quant(ty),
+            vec![wq],
+            |be, x| Ok(vec![be.cast(&x[0], DType::F32)?, be.cast(&x[0], DType::BF16)?, be.cast(&x[0], DType::F16)?]),
+        ));
+    }
+    out
+}

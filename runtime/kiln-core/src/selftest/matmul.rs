@@ -1,0 +1,106 @@
+//! Parity cases of the matmul family: the (LoRA) linear layer forward and backward over f32,
+//! 16-bit and block-quantized weights, the decode path (a few rows), and plain matrix products
+//! in every transposition.
+
+use super::{Case, f32s, quantized, randn, rng, some};
+use crate::backend::{LinearNeeds, LoraRef, Op};
+use crate::quant::GgmlType as G;
+use crate::{DType, Tensor};
+
+/// The matmul family's rows on fresh random inputs from `seed`.
+pub fn matmul_cases(seed: u64) -> Vec<Case> {
+    let mut r = rng(seed, "matmul");
+    let mut out = Vec::new();
+    for &(m, k, n, rank) in &[(1, 1, 1, 1), (7, 13, 11, 3), (33, 70, 65, 8), (130, 96, 257, 4)] {
+        for wd in [DType::F32, DType::BF16, DType::F16] {
+            let mut inputs = f32s(&mut r, &[&[m, k]]);
+            inputs.push(randn(&mut r, &[n, k], wd));
+            inputs.extend(f32s(&mut r, &[&[n], &[rank, k], &[n, rank], &[m, n]]));
+            out.push(Case::new(
+                Op::Linear,
+                format!("lora_linear {m}x{k}x{n} r{rank} W {}", wd.name()),
+                wd,
+                inputs,
+                |be, x| {
+                    let l = || LoraRef { a: &x[3], b: &x[4], scale: 0.7 };
+                    let (y, u) = be.linear_fwd(&x[0], &x[1], Some(&x[2]), Some(l()))?;
+                    let u = some(u, "linear_fwd returned no u")?;
+                    let needs = LinearNeeds { x: true, w: true, bias: true, lora: true };
+                    let g = be.linear_bwd(&x[5], &x[0], &x[1], Some((l(), &u)), needs)?;
+                    let mut out = vec![y];
+                    for t in [g.dx, g.dw, g.dbias, g.da, g.db] {
+                        out.push(some(t, "linear_bwd left out a gradient")?);
+                    }
+                    Ok(out)
+                },
+            ));
+        }
+    }
+    // QLoRA: block-quantized frozen weights (dequantized exactly, so f32 tolerances apply).
+    for (i, ty) in
+        [G::Q8_0, G::Q4_0, G::Q4_1, G::Q5_0, G::Q4K, G::Q5K, G::Q6K, G::NF4, G::NF4DQ].into_iter().enumerate()
+    {
+        let (m, k, n) = (5 + i, 256, 3 + 2 * i);
+        let Some(wq) = quantized(&mut r, ty, n, k) else { continue };
+        let inputs = vec![randn(&mut r, &[m, k], DType::F32), wq, randn(&mut r, &[m, n], DType::F32)];
+        out.push(Case::new(
+            Op::Linear,
+            format!("linear {m}x{k}x{n} W {} (QLoRA base)", ty.name()),
+            DType::Quant(ty),
+            inputs,
+            |be, x| {
+                let (y, _) = be.linear_fwd(&x[0], &x[1], None, None)?;
+                let needs = LinearNeeds { x: true, ..Default::default() };
+                let g = be.linear_bwd(&x[2], &x[0], &x[1], None, needs)?;
+                Ok(vec![y, some(g.dx, "linear_bwd left out dx")?])
+            },
+        ));
+    }
+    // Decode steps (one or a few rows against each weight type, with an adapter): the GPU
+    // backends' matrix-vector path.
+    for (i, wd) in
+        [DType::F32, DType::BF16, DType::F16, DType::Quant(G::Q4K), DType::Quant(G::NF4), DType::Quant(G::Q8_0)]
+            .into_iter()
+            .enumerate()
+    {
+        let (m, k, n, rank) = (1 + i % 3, 512, 37 + 2 * i, 4);
+        let w: Tensor = match wd {
+            DType::Quant(ty) => match quantized(&mut r, ty, n, k) {
+                Some(q) => q,
+                None => continue,
+            },
+            d => randn(&mut r, &[n, k], d),
+        };
+        let mut inputs = f32s(&mut r, &[&[m, k]]);
+        inputs.push(w);
+        inputs.extend(f32s(&mut r, &[&[rank, k], &[n, rank]]));
+        out.push(Case::new(
+            Op::Linear,
+            format!("linear {m}x{k}x{n} r{rank} W {} (decode)", wd.name()),
+            wd,
+            inputs,
+            |be, x| {
+                let (y, u) = be.linear_fwd(&x[0], &x[1], None, Some(LoraRef { a: &x[2], b: &x[3], scale: 0.7 }))?;
+                Ok(vec![y, some(u, "linear_fwd returned no u")?])
+            },
+        ));
+    }
+    for &(m, k, n) in &[(1, 1, 1), (17, 33, 9), (70, 5, 129)] {
+        let inputs = f32s(&mut r, &[&[m, k], &[k, n], &[k, m], &[n, k]]);
+        out.push(Case::new(
+            Op::Matmul,
+            format!("matmul {m}x{k}x{n} (a, aᵀ) × (b, bᵀ)"),
+            DType::F32,
+            inputs,
+            |be, x| {
+                Ok(vec![
+                    be.matmul(&x[0], &x[1], false, false)?,
+                    be.matmul(&x[2], &x[1], true, false)?,
+                    be.matmul(&x[0], &x[3], false, true)?,
+                    be.matmul(&x[2], &x[3], true, true)?,
+                ])
+            },
+        ));
+    }
+    out
+}

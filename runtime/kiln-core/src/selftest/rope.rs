@@ -1,0 +1,74 @@
+//! Parity cases of the rope family: the rotation (forward) and its inverse (the backward) at
+//! odd head counts and sequence lengths, head sizes from 2 to 128, and positions that count
+//! from zero, restart in packed sequences, continue after a cached prefix or skip.
+
+use super::{Case, i32s, randn, rng};
+use crate::DType;
+use crate::backend::Op;
+
+/// How the positions of a `[b, t]` batch are laid out.
+#[derive(Clone, Copy)]
+enum Positions {
+    /// `0..t` in each row.
+    Fresh,
+    /// Three packed sequences per row, each counting from zero.
+    Packed,
+    /// Decoding after a cached prefix: `37..37 + t`.
+    Offset,
+    /// Gaps (left padding, dropped tokens): `7·i mod 50`.
+    Strided,
+}
+
+impl Positions {
+    fn name(self) -> &'static str {
+        match self {
+            Positions::Fresh => "from 0",
+            Positions::Packed => "packed",
+            Positions::Offset => "offset 37",
+            Positions::Strided => "strided",
+        }
+    }
+    // Positions stay below 100: the f32 angle `pos · inv_freq` then rounds within the f32
+    // tolerance of the f64 reference, as in the model's training lengths per sequence.
+    fn of(self, i: usize, t: usize) -> i32 {
+        (match self {
+            Positions::Fresh => i,
+            Positions::Packed => i % t.div_ceil(3),
+            Positions::Offset => 37 + i,
+            Positions::Strided => i * 7 % 50,
+        }) as i32
+    }
+}
+
+/// The rope family's rows on fresh random inputs from `seed`.
+pub fn rope_cases(seed: u64) -> Vec<Case> {
+    let mut r = rng(seed, "rope");
+    let mut out = Vec::new();
+    for &(b, t, h, d, theta, pos) in &[
+        (1, 1, 1, 2, 10000.0, Positions::Fresh),
+        (2, 7, 3, 6, 10000.0, Positions::Packed),
+        (1, 33, 5, 10, 500000.0, Positions::Offset),
+        (3, 17, 2, 64, 10000.0, Positions::Strided),
+        (1, 45, 9, 128, 500000.0, Positions::Packed),
+        (2, 5, 4, 96, 10000.0, Positions::Offset),
+    ] {
+        let p: Vec<i32> = (0..b * t).map(|i| pos.of(i % t, t)).collect();
+        let inputs = vec![
+            randn(&mut r, &[b, t, h, d], DType::F32),
+            i32s(p, &[b, t]),
+            crate::ops::inv_freq(d, theta, None).unwrap(),
+        ];
+        out.push(Case::new(
+            Op::Rope,
+            format!("rope b{b} t{t} h{h} d{d} θ{theta} positions {}", pos.name()),
+            DType::F32,
+            inputs,
+            |be, x| {
+                let y = be.rope(&x[0], &x[1], &x[2], false)?;
+                let back = be.rope(&y, &x[1], &x[2], true)?;
+                Ok(vec![y, be.rope(&x[0], &x[1], &x[2], true)?, back])
+            },
+        ));
+    }
+    out
+}
