@@ -143,8 +143,8 @@ pub(super) fn swiglu(
 
 /// Whether attention runs on tensor cores (v2, forward and backward): the tensor-core GEMM variants are
 /// chosen (v3: the default, v4, v5) and the head dim is at most 128; v1 and v2 keep f32 attention.
-pub(crate) fn attn_v2(d: i32) -> bool {
-    d <= 128 && super::gemm::variant().tensor_cores()
+fn attn_v2(be: &KernelBackend, d: i32) -> bool {
+    d <= 128 && be.gemm().tensor_cores()
 }
 
 /// The sizes of an attention call and the query rows.
@@ -178,7 +178,7 @@ impl AttentionOps for KernelBackend {
         let hs = a.seg.map(|s| self.held(s)).transpose()?;
         let (o, lse) = (self.alloc(a.q.numel(), DType::F32)?, self.alloc(rows, DType::F32)?);
         (p.q, p.k, p.v, p.seg, p.out0, p.out1) = (hq.ptr(), hk.ptr(), hv.ptr(), ptr(&hs), o.ptr, lse.ptr);
-        if rows > 0 && attn_v2(p.d) {
+        if rows > 0 && attn_v2(self, p.d) {
             // FlashAttention-2 on tensor cores: 64 query rows of one (b, head) a CTA.
             let tiles = (p.t as u32).div_ceil(64);
             let cfg = Launch { grid: [tiles, (p.b * p.hq) as u32, 1], block: [128, 1, 1], smem: 0 };
@@ -219,7 +219,7 @@ impl AttentionOps for KernelBackend {
             self.exec.launch("attn_delta_f32", grid(rows, 4).with_block(128), bytemuck::bytes_of(&p))?;
             p.delta = delta.ptr;
             p.out0 = dq.ptr;
-            if attn_v2(p.d) {
+            if attn_v2(self, p.d) {
                 // Tensor cores: 32 query rows (dq) or 32 keys (dk, dv) a CTA of two warps.
                 let cfg =
                     Launch { grid: [(p.t as u32).div_ceil(32), (p.b * p.hq) as u32, 1], block: [64, 1, 1], smem: 0 };
