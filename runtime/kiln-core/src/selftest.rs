@@ -107,7 +107,7 @@ pub fn cases(seed: u64) -> Vec<Case> {
                 randn(&mut r, &[m, n], DType::F32),
             ];
             out.push(Case {
-                op: Op::LoraLinear,
+                op: Op::Linear,
                 name: format!("lora_linear {m}x{k}x{n} r{rank} W {}", wd.name()),
                 dtype: wd,
                 inputs,
@@ -161,6 +161,22 @@ pub fn cases(seed: u64) -> Vec<Case> {
                 Ok(vec![y, dg, du, be.add(&x[0], &x[1])?, be.scale(&x[0], -1.5)?])
             },
         });
+        let inputs = vec![
+            randn(&mut r, &[rows, h], DType::F32),
+            randn(&mut r, &[rows, h], DType::F32),
+            randn(&mut r, &[rows, h], DType::F32),
+        ];
+        out.push(Case {
+            op: Op::GeGlu,
+            name: format!("geglu {rows}x{h}"),
+            dtype: DType::F32,
+            inputs,
+            run: |be, x| {
+                let y = be.geglu_fwd(&x[0], &x[1])?;
+                let (dg, du) = be.geglu_bwd(&x[0], &x[1], &x[2])?;
+                Ok(vec![y, dg, du])
+            },
+        });
     }
     // QLoRA: block-quantized frozen weights (dequantized exactly, so f32 tolerances apply).
     use crate::quant::GgmlType as G;
@@ -178,7 +194,7 @@ pub fn cases(seed: u64) -> Vec<Case> {
         };
         let inputs = vec![randn(&mut r, &[m, k], DType::F32), wq, randn(&mut r, &[m, n], DType::F32)];
         out.push(Case {
-            op: Op::LoraLinear,
+            op: Op::Linear,
             name: format!("linear {m}x{k}x{n} W {} (QLoRA base)", ty.name()),
             dtype: DType::Quant(ty),
             inputs,
@@ -220,7 +236,7 @@ pub fn cases(seed: u64) -> Vec<Case> {
             randn(&mut r, &[n, rank], DType::F32),
         ];
         out.push(Case {
-            op: Op::LoraLinear,
+            op: Op::Linear,
             name: format!("linear {m}x{k}x{n} r{rank} W {} (decode)", wd.name()),
             dtype: wd,
             inputs,

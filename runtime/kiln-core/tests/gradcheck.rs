@@ -72,11 +72,12 @@ fn check(name: &str, inputs: Vec<(Tensor, bool)>, f: OpFn<'_>, seed: u64) -> f64
 }
 
 #[test]
-fn grad_add_swiglu_reshape() {
+fn grad_add_glu_reshape() {
     let mut r = Rng::new(1);
     let (a, b) = (randn(&mut r, &[3, 7], 1.0), randn(&mut r, &[3, 7], 1.0));
     check("add", vec![(a.clone(), true), (b.clone(), true)], &|t, v| ops::add(t, &v[0], &v[1]), 2);
-    check("swiglu", vec![(a, true), (b, true)], &|t, v| ops::swiglu(t, &v[0], &v[1]), 3);
+    check("swiglu", vec![(a.clone(), true), (b.clone(), true)], &|t, v| ops::swiglu(t, &v[0], &v[1]), 3);
+    check("geglu", vec![(a, true), (b, true)], &|t, v| ops::geglu(t, &v[0], &v[1]), 3);
     let x = randn(&mut r, &[2, 3, 5], 1.0);
     let w = randn(&mut r, &[5], 1.0);
     check(

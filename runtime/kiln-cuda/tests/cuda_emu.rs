@@ -74,7 +74,7 @@ fn production_kernels_are_race_free() {
     let mut all: Vec<String> = rep.failed.into_iter().map(|f| format!("{f:?}")).collect();
     eprintln!("race check over the parity table: {} cases, {:.1} s", rep.passed.len(), t0.elapsed().as_secs_f64());
     for v in [GemmVariant::V4, GemmVariant::V5] {
-        let linear = |c: &kiln_core::selftest::Case| c.name.starts_with("lora_linear");
+        let linear = |c: &kiln_core::selftest::Case| c.op == kiln_core::backend::Op::Linear;
         let rep = kiln_core::selftest::run_where(be.with_gemm(v), &linear, &mut |_, _| {});
         assert!(rep.passed.len() >= 20, "{v} ran {} linear cases", rep.passed.len());
         all.extend(rep.failed.into_iter().map(|f| format!("{v} {f:?}")));

@@ -15,15 +15,21 @@ pub mod cpu;
 
 use crate::{DType, Result, Shape, Tensor};
 
-/// Op families and ops, as named in kernels (`kernels/<op>.cu`, `shaders/<op>.wgsl`).
+/// Every op a backend runs. Each belongs to a family whose stem names its files everywhere:
+/// `kiln-core/src/backend/cpu/<family>.rs`, `kernels/<family>.cu`,
+/// `kiln-cuda/src/backend/<family>.rs`, `shaders/<family>*.wgsl`,
+/// `kiln-wgpu/src/backend/<family>.rs` and the parity cases `<family>_cases()`
+/// (the table is in `kernels/README.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
     Cast,
     Add,
     Scale,
     SwiGlu,
+    GeGlu,
     Matmul,
-    LoraLinear,
+    /// The linear layer `x·Wᵀ (+ bias) (+ LoRA)`.
+    Linear,
     RmsNorm,
     Rope,
     Attention,
@@ -34,13 +40,14 @@ pub enum Op {
 
 impl Op {
     /// Every op, for tables and `kiln info`.
-    pub const ALL: [Op; 12] = [
+    pub const ALL: [Op; 13] = [
         Op::Cast,
         Op::Add,
         Op::Scale,
         Op::SwiGlu,
+        Op::GeGlu,
         Op::Matmul,
-        Op::LoraLinear,
+        Op::Linear,
         Op::RmsNorm,
         Op::Rope,
         Op::Attention,
@@ -48,6 +55,58 @@ impl Op {
         Op::CrossEntropy,
         Op::AdamW,
     ];
+
+    /// The op's one name (snake case), as in the backend methods (`<name>_fwd`), the parity
+    /// cases and `kiln selftest --op`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Cast => "cast",
+            Op::Add => "add",
+            Op::Scale => "scale",
+            Op::SwiGlu => "swiglu",
+            Op::GeGlu => "geglu",
+            Op::Matmul => "matmul",
+            Op::Linear => "linear",
+            Op::RmsNorm => "rms_norm",
+            Op::Rope => "rope",
+            Op::Attention => "attention",
+            Op::Embedding => "embedding",
+            Op::CrossEntropy => "cross_entropy",
+            Op::AdamW => "adamw",
+        }
+    }
+
+    /// The family's stem: the file name of the op on every backend.
+    pub fn family(self) -> &'static str {
+        match self {
+            Op::Cast | Op::Add | Op::Scale => "elementwise",
+            Op::SwiGlu | Op::GeGlu => "glu",
+            Op::Matmul | Op::Linear => "matmul",
+            Op::RmsNorm => "norm",
+            Op::Rope => "rope",
+            Op::Attention => "attention",
+            Op::Embedding => "embedding",
+            Op::CrossEntropy => "loss",
+            Op::AdamW => "optim",
+        }
+    }
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Op {
+    type Err = crate::Error;
+    /// An op by its name (`rms_norm`); the error lists every name.
+    fn from_str(s: &str) -> Result<Op> {
+        Op::ALL.into_iter().find(|o| o.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Op::ALL.iter().map(|o| o.name()).collect();
+            crate::Error::Msg(format!("unknown op {s:?}: one of {}", names.join(", ")))
+        })
+    }
 }
 
 /// Whether a backend runs an op at a dtype.
@@ -80,10 +139,20 @@ pub trait ElementwiseOps {
     fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
     /// Σ a², accumulated in f64 (gradient norms).
     fn sum_squares(&self, a: &Tensor) -> Result<f64>;
-    /// `silu(g) · u`.
+}
+
+/// Gated linear units, the MLP's activation: `act(g) · u` elementwise, `g` and `u` the same
+/// shape.
+pub trait GluOps {
+    /// `silu(g) · u` (Llama, Mistral, Qwen).
     fn swiglu_fwd(&self, g: &Tensor, u: &Tensor) -> Result<Tensor>;
     /// Gradients of `silu(g) · u` for `g` and `u`.
     fn swiglu_bwd(&self, g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)>;
+    /// `gelu_tanh(g) · u` (Gemma), with PyTorch's tanh approximation
+    /// `gelu_tanh(x) = x/2 · (1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+    fn geglu_fwd(&self, g: &Tensor, u: &Tensor) -> Result<Tensor>;
+    /// Gradients of `gelu_tanh(g) · u` for `g` and `u`.
+    fn geglu_bwd(&self, g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)>;
 }
 
 /// The low-rank adapter attached to a linear layer: `s · (x·Aᵀ)·Bᵀ`, A `[r, in]`, B `[out, r]`.
@@ -137,6 +206,92 @@ impl LinDims {
             None => d.push(n),
         }
         d
+    }
+}
+
+/// The sizes of an RMSNorm: `rows` rows of `h`, the weight `[h]`. Every backend's norm checks
+/// its operands through [`NormDims::of`] (and [`NormDims::check_rows`] for backward).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NormDims {
+    pub rows: usize,
+    pub h: usize,
+}
+
+impl NormDims {
+    /// Checks the weight against `x`'s last dimension.
+    pub fn of(x: &Tensor, w: &Tensor) -> Result<NormDims> {
+        let h = x.shape().last();
+        if w.numel() != h {
+            return Err(crate::Error::shape("rms_norm", format!("x {:?} with w {:?}", x.shape(), w.shape())));
+        }
+        Ok(NormDims { rows: x.shape().rows(), h })
+    }
+    /// Checks backward's `dy` (like `x`) and saved `rstd` (one per row).
+    pub fn check_bwd(&self, dy: &Tensor, rstd: &Tensor) -> Result<()> {
+        if dy.numel() != self.rows * self.h || rstd.numel() != self.rows {
+            return Err(crate::Error::shape(
+                "rms_norm_bwd",
+                format!("dy {:?}, rstd {:?} for {} rows of {}", dy.shape(), rstd.shape(), self.rows, self.h),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The sizes of a cross-entropy: `m` rows of `v` logits, one target per row. Every backend's
+/// loss checks its operands through [`CeDims::of`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CeDims {
+    pub m: usize,
+    pub v: usize,
+}
+
+impl CeDims {
+    /// Checks the targets against the logits' rows.
+    pub fn of(logits: &Tensor, targets: &Tensor) -> Result<CeDims> {
+        let (m, v) = (logits.shape().rows(), logits.shape().last());
+        if targets.numel() != m {
+            return Err(crate::Error::shape(
+                "cross_entropy",
+                format!("logits {:?}, targets {:?}", logits.shape(), targets.shape()),
+            ));
+        }
+        Ok(CeDims { m, v })
+    }
+    /// Checks per-row values (`lse`, row weights) against the rows.
+    pub fn check_rows(&self, what: &str, t: &Tensor) -> Result<()> {
+        if t.numel() != self.m {
+            return Err(crate::Error::shape("cross_entropy", format!("{what} {:?} for {} rows", t.shape(), self.m)));
+        }
+        Ok(())
+    }
+}
+
+/// The sizes of a RoPE call: `x` `[B, T, H, D]` with even `D`, one position per `(b, t)` and
+/// `D/2` inverse frequencies. Every backend's RoPE checks its operands through [`RopeDims::of`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RopeDims {
+    /// `B·T` rows of positions.
+    pub bt: usize,
+    pub h: usize,
+    pub d: usize,
+}
+
+impl RopeDims {
+    /// Checks the operands' shapes and the positions' dtype.
+    pub fn of(x: &Tensor, pos: &Tensor, inv_freq: &Tensor) -> Result<RopeDims> {
+        let d = x.dims();
+        if d.len() != 4 || !d[3].is_multiple_of(2) {
+            return Err(crate::Error::shape("rope", format!("x must be [B,T,H,D] with even D, got {d:?}")));
+        }
+        let (bt, h, hd) = (d[0] * d[1], d[2], d[3]);
+        if inv_freq.numel() != hd / 2 || pos.numel() != bt || pos.dtype() != DType::I32 {
+            return Err(crate::Error::shape(
+                "rope",
+                format!("inv_freq {:?}, pos {:?} ({}) for x {d:?}", inv_freq.shape(), pos.shape(), pos.dtype().name()),
+            ));
+        }
+        Ok(RopeDims { bt, h, d: hd })
     }
 }
 
@@ -383,6 +538,7 @@ pub trait OptimOps {
 pub trait Backend:
     MemoryOps
     + ElementwiseOps
+    + GluOps
     + MatmulOps
     + NormOps
     + RopeOps

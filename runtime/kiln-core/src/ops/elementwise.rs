@@ -1,4 +1,4 @@
-//! Residual add, SwiGLU and reshape.
+//! Residual add, scale, dropout and reshape.
 
 use crate::{Result, Shape, Tape, Var};
 
@@ -43,24 +43,6 @@ pub fn dropout(tape: &Tape, x: &Var, p: f64, seed: u64) -> Result<Var> {
     let y = be.mul(x.value(), &mask)?;
     let ix = x.id();
     Ok(tape.record(&[x], y, move |g| Ok(vec![(ix, g.backend().mul(g, &mask)?)])))
-}
-
-/// `silu(g) · u` (the Llama MLP gate).
-pub fn swiglu(tape: &Tape, g: &Var, u: &Var) -> Result<Var> {
-    let y = g.value().backend().swiglu_fwd(g.value(), u.value())?;
-    let (gv, uv) = (g.value().clone(), u.value().clone());
-    let (ig, iu, rg, ru) = (g.id(), u.id(), g.requires_grad(), u.requires_grad());
-    Ok(tape.record(&[g, u], y, move |dy| {
-        let (dg, du) = gv.backend().swiglu_bwd(&gv, &uv, dy)?;
-        let mut out = Vec::new();
-        if rg {
-            out.push((ig, dg));
-        }
-        if ru {
-            out.push((iu, du));
-        }
-        Ok(out)
-    }))
 }
 
 /// Same elements, new shape; the gradient is reshaped back.

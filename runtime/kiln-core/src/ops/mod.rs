@@ -4,14 +4,16 @@
 mod attention;
 mod elementwise;
 mod embedding;
+mod glu;
 mod linear;
 mod loss;
 mod norm;
 mod rope;
 
 pub use attention::attention;
-pub use elementwise::{add, dropout, reshape, scale, swiglu};
+pub use elementwise::{add, dropout, reshape, scale};
 pub use embedding::embedding;
+pub use glu::{geglu, swiglu};
 pub use linear::{Lora, linear};
 pub use loss::{CeResult, cross_entropy, linear_cross_entropy, linear_token_nll};
 pub use norm::rms_norm;

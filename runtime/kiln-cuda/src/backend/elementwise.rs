@@ -1,6 +1,6 @@
 //! Elementwise ops, casts, reductions and the embedding (kernels/elementwise.cu, embedding.cu).
 
-use kiln_core::backend::{ElementwiseOps, EmbeddingOps};
+use kiln_core::backend::{ElementwiseOps, EmbeddingOps, GluOps};
 use kiln_core::{DType, Error, Result, Tensor};
 
 use super::{KernelBackend, want_f32};
@@ -114,12 +114,21 @@ impl ElementwiseOps for KernelBackend {
         let bytes = self.exec.download(&part, 0, blocks * 8)?;
         Ok(bytemuck::pod_collect_to_vec::<u8, f64>(&bytes).iter().sum())
     }
+}
+
+impl GluOps for KernelBackend {
     fn swiglu_fwd(&self, g: &Tensor, u: &Tensor) -> Result<Tensor> {
         Ok(super::train_ops::swiglu(self, g, u, None)?.0)
     }
     fn swiglu_bwd(&self, g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
         let (dg, du) = super::train_ops::swiglu(self, g, u, Some(dy))?;
         Ok((dg, du.ok_or_else(|| Error::Msg("swiglu_bwd: no du".into()))?))
+    }
+    fn geglu_fwd(&self, _g: &Tensor, _u: &Tensor) -> Result<Tensor> {
+        Err(Error::Msg("geglu: no CUDA kernel yet".into()))
+    }
+    fn geglu_bwd(&self, _g: &Tensor, _u: &Tensor, _dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        Err(Error::Msg("geglu_bwd: no CUDA kernel yet".into()))
     }
 }
 

@@ -273,13 +273,14 @@ impl Backend for KernelBackend {
     }
     fn supports(&self, op: Op, dtype: DType) -> Support {
         match (op, dtype) {
-            (Op::LoraLinear | Op::Cast | Op::Embedding, DType::Quant(q))
+            (Op::Linear | Op::Cast | Op::Embedding, DType::Quant(q))
                 if crate::kernels::quant_kernel_id(q).is_some() =>
             {
                 Support::Yes
             }
             (_, DType::Quant(q)) => Support::No(format!("no CUDA kernel for {} weights", q.name())),
-            (Op::LoraLinear | Op::Embedding | Op::Cast, DType::F32 | DType::BF16 | DType::F16) => Support::Yes,
+            (Op::GeGlu, _) => Support::No("no CUDA GeGLU kernel yet".into()),
+            (Op::Linear | Op::Embedding | Op::Cast, DType::F32 | DType::BF16 | DType::F16) => Support::Yes,
             (_, DType::F32) => Support::Yes,
             (op, d) => Support::No(format!("no CUDA kernel for {op:?} at {} yet", d.name())),
         }
@@ -287,7 +288,7 @@ impl Backend for KernelBackend {
     fn compute_dtype(&self, op: Op, dtype: DType) -> DType {
         // The tensor-core GEMMs take block-quantized weights decoded and rounded to bf16.
         match (op, dtype) {
-            (Op::LoraLinear, DType::Quant(_)) if self.gemm.tensor_cores() => DType::BF16,
+            (Op::Linear, DType::Quant(_)) if self.gemm.tensor_cores() => DType::BF16,
             // Attention v2 rounds Q, K, V and P to bf16 for the tensor cores.
             (Op::Attention, _) if self.gemm.tensor_cores() => DType::BF16,
             _ => dtype,

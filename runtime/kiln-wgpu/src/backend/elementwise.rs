@@ -1,6 +1,6 @@
 //! Elementwise ops and Σx² (`shaders/elementwise.wgsl`).
 
-use kiln_core::backend::ElementwiseOps;
+use kiln_core::backend::{ElementwiseOps, GluOps};
 use kiln_core::{Error, Result, Tensor};
 
 use super::{ELEMENTWISE, P1, WgpuBackend};
@@ -62,6 +62,9 @@ impl ElementwiseOps for WgpuBackend {
         }
         Ok(sum)
     }
+}
+
+impl GluOps for WgpuBackend {
     fn swiglu_fwd(&self, g: &Tensor, u: &Tensor) -> Result<Tensor> {
         binary("swiglu_fwd", g, u)
     }
@@ -75,5 +78,11 @@ impl ElementwiseOps for WgpuBackend {
         let b = [Part::R(hg.buf(), 1), Part::R(hu.buf(), 1), Part::R(hd.buf(), 1), Part::W(&dg, 1), Part::W(&du, 1)];
         dev.launch_rows(ELEMENTWISE, "swiglu_bwd", &b, n, |_, n| P1::n(n), Device::grid)?;
         Ok((tensor(dg, g.shape().clone(), g.dtype()), tensor(du, g.shape().clone(), g.dtype())))
+    }
+    fn geglu_fwd(&self, _g: &Tensor, _u: &Tensor) -> Result<Tensor> {
+        Err(Error::Msg("geglu: no WGSL kernel yet".into()))
+    }
+    fn geglu_bwd(&self, _g: &Tensor, _u: &Tensor, _dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        Err(Error::Msg("geglu_bwd: no WGSL kernel yet".into()))
     }
 }

@@ -192,12 +192,13 @@ impl Backend for WgpuBackend {
             return Support::No(e.to_string());
         }
         match (op, dtype) {
+            (Op::GeGlu, _) => Support::No("no WGSL GeGLU kernel yet".into()),
             (_, DType::F32) => Support::Yes,
             // Frozen f16/bf16 weights are widened to f32 at upload (exact, at twice the memory)
             // until the f16 kernels land; the linear layers then run on them in f32.
-            (Op::LoraLinear | Op::Matmul, DType::F16 | DType::BF16) => Support::Yes,
+            (Op::Linear | Op::Matmul, DType::F16 | DType::BF16) => Support::Yes,
             // Block-quantized frozen weights stay quantized on the device (QLoRA).
-            (Op::LoraLinear | Op::Matmul, DType::Quant(t)) if quant::supported(t) => Support::Yes,
+            (Op::Linear | Op::Matmul, DType::Quant(t)) if quant::supported(t) => Support::Yes,
             // Casts round to nearest even into 16-bit tensors and decode block-quantized ones.
             (Op::Cast, DType::F16 | DType::BF16) => Support::Yes,
             (Op::Cast, DType::Quant(t)) if quant::supported(t) => Support::Yes,
@@ -210,7 +211,7 @@ impl Backend for WgpuBackend {
     fn compute_dtype(&self, op: Op, dtype: DType) -> DType {
         // The f16 GEMMs round their operands to f16 (after exact power-of-two scaling).
         match (op, device()) {
-            (Op::LoraLinear | Op::Matmul, Ok(dev)) if matmul::f16_on(dev) => DType::F16,
+            (Op::Linear | Op::Matmul, Ok(dev)) if matmul::f16_on(dev) => DType::F16,
             _ => dtype,
         }
     }

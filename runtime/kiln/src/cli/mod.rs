@@ -140,18 +140,15 @@ fn selftest(which: &str, device: usize, json: bool) -> Result<()> {
             }
         };
         let mut rep = kiln::core::selftest::run(be, &mut on);
-        // The CUDA GEMM variants besides the default, on the cases that reach them.
-        if kiln_cuda::kernel_backend(name, device).is_ok() {
-            use kiln_cuda::backend::{Variant, set_variant, variant};
-            let keep = variant();
-            for v in [Variant::V1, Variant::V2, Variant::V4] {
-                set_variant(v);
+        // The CUDA GEMM variants besides the default, on the cases that reach them (those the
+        // device runs itself: v5 elsewhere than Hopper would only run v4 again).
+        if let Ok(k) = kiln_cuda::kernel_backend(name, device) {
+            for v in kiln_cuda::GemmVariant::ALL.into_iter().filter(|&v| v != k.gemm() && k.runs(v)) {
                 let linear = |c: &kiln::core::selftest::Case| c.name.contains("linear") || c.name.starts_with("matmul");
-                let r = kiln::core::selftest::run_where(be, &linear, &mut on);
-                rep.passed.extend(r.passed.into_iter().map(|c| format!("{c} (GEMM {v:?})")));
-                rep.failed.extend(r.failed.into_iter().map(|(c, e)| (format!("{c} (GEMM {v:?})"), e)));
+                let r = kiln::core::selftest::run_where(k.with_gemm(v), &linear, &mut on);
+                rep.passed.extend(r.passed.into_iter().map(|c| format!("{c} (GEMM {v})")));
+                rep.failed.extend(r.failed.into_iter().map(|(c, e)| (format!("{c} (GEMM {v})"), e)));
             }
-            set_variant(keep);
         }
         // wgpu: the GEMM cases again in f16 arithmetic where the adapter has SHADER_F16.
         #[cfg(feature = "wgpu")]

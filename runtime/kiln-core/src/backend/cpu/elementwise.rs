@@ -1,4 +1,4 @@
-//! Elementwise ops: residual add, product, scale, SwiGLU, sum of squares.
+//! Elementwise ops: residual add, product, scale, sum of squares.
 
 use rayon::prelude::*;
 
@@ -32,31 +32,6 @@ fn scale<T: Real>(a: &Tensor, s: f64) -> Result<Tensor> {
     out(o, a.shape().clone())
 }
 
-fn sigmoid<T: Real>(x: T) -> T {
-    T::one() / (T::one() + (-x).exp())
-}
-
-fn swiglu_fwd<T: Real>(g: &Tensor, u: &Tensor) -> Result<Tensor> {
-    let (gv, uv) = (read::<T>(g)?, read::<T>(u)?);
-    let o: Vec<T> = gv.par_iter().zip(uv.par_iter()).map(|(&g, &u)| g * sigmoid(g) * u).collect();
-    out(o, g.shape().clone())
-}
-
-fn swiglu_bwd<T: Real>(g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
-    let (gv, uv, dv) = (read::<T>(g)?, read::<T>(u)?, read::<T>(dy)?);
-    let (dg, du): (Vec<T>, Vec<T>) = (0..gv.len())
-        .into_par_iter()
-        .map(|i| {
-            let (g, u, d) = (gv[i], uv[i], dv[i]);
-            let s = sigmoid(g);
-            let silu = g * s;
-            // d silu/dg = s + g·s·(1−s)
-            (d * u * (s + g * s * (T::one() - s)), d * silu)
-        })
-        .unzip();
-    Ok((out(dg, g.shape().clone())?, out(du, g.shape().clone())?))
-}
-
 impl ElementwiseOps for CpuBackend {
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         same_shape("add", a, b)?;
@@ -72,14 +47,5 @@ impl ElementwiseOps for CpuBackend {
     fn sum_squares(&self, a: &Tensor) -> Result<f64> {
         let v = a.to_vec_f64()?;
         Ok(v.par_iter().map(|x| x * x).sum())
-    }
-    fn swiglu_fwd(&self, g: &Tensor, u: &Tensor) -> Result<Tensor> {
-        same_shape("swiglu", g, u)?;
-        by_prec!(prec(&[g, u]), swiglu_fwd(g, u))
-    }
-    fn swiglu_bwd(&self, g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
-        same_shape("swiglu_bwd", g, u)?;
-        same_shape("swiglu_bwd", g, dy)?;
-        by_prec!(prec(&[g, u, dy]), swiglu_bwd(g, u, dy))
     }
 }

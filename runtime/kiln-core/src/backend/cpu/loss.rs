@@ -6,19 +6,13 @@
 use rayon::prelude::*;
 
 use super::{CpuBackend, Real, by_prec, out, prec, read, read_i32};
-use crate::backend::{CeOut, LossOps};
+use crate::backend::{CeDims, CeOut, LossOps};
 use crate::{Error, Result, Tensor};
 
 const VCHUNK: usize = 4096;
 
 fn check(logits: &Tensor, targets: &Tensor) -> Result<(usize, usize)> {
-    let (m, v) = (logits.shape().rows(), logits.shape().last());
-    if targets.numel() != m {
-        return Err(Error::shape(
-            "cross_entropy",
-            format!("logits {:?}, targets {:?}", logits.shape(), targets.shape()),
-        ));
-    }
+    let CeDims { m, v } = CeDims::of(logits, targets)?;
     Ok((m, v))
 }
 

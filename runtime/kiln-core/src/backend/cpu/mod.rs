@@ -5,6 +5,7 @@
 mod attention;
 mod elementwise;
 mod embedding;
+mod glu;
 mod loss;
 mod matmul;
 mod norm;
@@ -133,7 +134,7 @@ impl Backend for CpuBackend {
         match (op, dtype) {
             (Op::Cast, _) => Support::Yes,
             (_, DType::I32) => Support::No("integer tensors are inputs only".into()),
-            (Op::Matmul | Op::LoraLinear | Op::Embedding, DType::Quant(_)) => Support::Yes,
+            (Op::Matmul | Op::Linear | Op::Embedding, DType::Quant(_)) => Support::Yes,
             (_, DType::Quant(t)) => Support::No(format!("{} is a storage format for frozen weights", t.name())),
             (Op::AdamW, DType::F16 | DType::BF16) => Support::No("optimizer state and trainable params are f32".into()),
             _ => Support::Yes,

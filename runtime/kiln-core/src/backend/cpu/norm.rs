@@ -3,19 +3,11 @@
 use rayon::prelude::*;
 
 use super::{CpuBackend, Real, by_prec, out, prec, read};
-use crate::backend::NormOps;
-use crate::{Error, Result, Tensor};
-
-fn check(x: &Tensor, w: &Tensor) -> Result<(usize, usize)> {
-    let h = x.shape().last();
-    if w.numel() != h {
-        return Err(Error::shape("rms_norm", format!("x {:?} with w {:?}", x.shape(), w.shape())));
-    }
-    Ok((x.shape().rows(), h))
-}
+use crate::backend::{NormDims, NormOps};
+use crate::{Result, Tensor};
 
 fn fwd<T: Real>(x: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
-    let (rows, h) = check(x, w)?;
+    let NormDims { rows, h } = NormDims::of(x, w)?;
     let (xv, wv) = (read::<T>(x)?, read::<T>(w)?);
     let mut y = vec![T::zero(); rows * h];
     let mut rstd = vec![T::zero(); rows];
@@ -32,11 +24,10 @@ fn fwd<T: Real>(x: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
 }
 
 fn bwd<T: Real>(dy: &Tensor, x: &Tensor, w: &Tensor, rstd: &Tensor) -> Result<(Tensor, Tensor)> {
-    let (rows, h) = check(x, w)?;
+    let nd = NormDims::of(x, w)?;
+    nd.check_bwd(dy, rstd)?;
+    let NormDims { rows, h } = nd;
     let (dyv, xv, wv, rv) = (read::<T>(dy)?, read::<T>(x)?, read::<T>(w)?, read::<T>(rstd)?);
-    if dyv.len() != rows * h || rv.len() != rows {
-        return Err(Error::shape("rms_norm_bwd", format!("dy {:?}", dy.shape())));
-    }
     let mut dx = vec![T::zero(); rows * h];
     // dx = r·(g − x̂·mean(g·x̂)), g = dy·w, x̂ = x·r; dw = Σ_rows dy·x̂ (per-thread partials).
     dx.par_chunks_mut(h.max(1)).enumerate().for_each(|(r, dxr)| {

@@ -4,23 +4,13 @@
 use rayon::prelude::*;
 
 use super::{CpuBackend, Real, by_prec, out, prec, read, read_i32};
-use crate::backend::RopeOps;
-use crate::{Error, Result, Tensor};
+use crate::backend::{RopeDims, RopeOps};
+use crate::{Result, Tensor};
 
 fn rope<T: Real>(x: &Tensor, pos: &Tensor, inv_freq: &Tensor, inverse: bool) -> Result<Tensor> {
-    let d = x.dims();
-    if d.len() != 4 || !d[3].is_multiple_of(2) {
-        return Err(Error::shape("rope", format!("x must be [B,T,H,D] with even D, got {:?}", d)));
-    }
-    let (bt, h, hd) = (d[0] * d[1], d[2], d[3]);
+    let RopeDims { h, d: hd, .. } = RopeDims::of(x, pos, inv_freq)?;
     let half = hd / 2;
     let (xv, fv, pv) = (read::<T>(x)?, read::<T>(inv_freq)?, read_i32(pos)?);
-    if fv.len() != half || pv.len() != bt {
-        return Err(Error::shape(
-            "rope",
-            format!("inv_freq {:?}, pos {:?} for x {:?}", inv_freq.shape(), pos.shape(), d),
-        ));
-    }
     let sign = if inverse { -T::one() } else { T::one() };
     let mut y = vec![T::zero(); xv.len()];
     y.par_chunks_mut(h * hd).enumerate().for_each(|(t, yt)| {
@@ -38,7 +28,7 @@ fn rope<T: Real>(x: &Tensor, pos: &Tensor, inv_freq: &Tensor, inverse: bool) -> 
             }
         }
     });
-    out(y, d.to_vec())
+    out(y, x.dims().to_vec())
 }
 
 impl RopeOps for CpuBackend {
