@@ -144,7 +144,7 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_kernels_carry_the_full_name() {
-        let (_, src) = crate::kernels::SOURCES.iter().find(|(f, _)| *f == "gemm.cu").expect("the GEMM source");
+        let (_, src) = crate::kernels::SOURCES.iter().find(|(f, _)| *f == "matmul.cu").expect("the GEMM source");
         let entries = crate::kernels::entry_points(src);
         for (i, v) in GemmVariant::ALL.into_iter().enumerate() {
             assert_eq!(v as usize, i);

@@ -42,7 +42,11 @@ fn parity_table_under_every_gemm_variant() {
     for (v, rep, secs) in &reports {
         assert!(rep.failed.is_empty(), "GEMM {v}: {:#?}", rep.failed);
         assert!(rep.passed.len() >= 30, "GEMM {v}: only {} cases ran", rep.passed.len());
-        eprintln!("parity cuda-emu (GEMM {v}): {} passed, {} skipped, {secs:.1} s", rep.passed.len(), rep.skipped.len());
+        eprintln!(
+            "parity cuda-emu (GEMM {v}): {} passed, {} skipped, {secs:.1} s",
+            rep.passed.len(),
+            rep.skipped.len()
+        );
         if *v == GemmVariant::default() {
             for (n, why) in &rep.skipped {
                 eprintln!("SKIP {n}: {why}");

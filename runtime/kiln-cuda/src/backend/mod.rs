@@ -5,9 +5,16 @@
 //! widen them). Ops whose kernels have not landed answer [`Support::No`] with the issue that
 //! brings them, so the parity suite lists them as skipped, never as passed.
 
+mod attention;
 mod elementwise;
-mod gemm;
-mod train_ops;
+mod embedding;
+mod glu;
+mod launch;
+mod loss;
+mod matmul;
+mod norm;
+mod optim;
+mod rope;
 
 use std::sync::{Arc, OnceLock};
 
@@ -279,7 +286,6 @@ impl Backend for KernelBackend {
                 Support::Yes
             }
             (_, DType::Quant(q)) => Support::No(format!("no CUDA kernel for {} weights", q.name())),
-            (Op::GeGlu, _) => Support::No("no CUDA GeGLU kernel yet".into()),
             (Op::Linear | Op::Embedding | Op::Cast, DType::F32 | DType::BF16 | DType::F16) => Support::Yes,
             (_, DType::F32) => Support::Yes,
             (op, d) => Support::No(format!("no CUDA kernel for {op:?} at {} yet", d.name())),
@@ -300,10 +306,10 @@ impl Backend for KernelBackend {
         hp: kiln_core::backend::AdamWStep,
         grad_scale: f64,
     ) -> Result<()> {
-        train_ops::adamw_multi(self, items, hp, grad_scale)
+        optim::adamw_multi(self, items, hp, grad_scale)
     }
     fn sum_squares_multi(&self, ts: &[&Tensor]) -> Result<f64> {
-        train_ops::sum_squares_multi(self, ts)
+        optim::sum_squares_multi(self, ts)
     }
     fn has_adamw8(&self) -> bool {
         true
@@ -316,6 +322,6 @@ impl Backend for KernelBackend {
         hp: kiln_core::backend::AdamWStep,
         grad_scale: f64,
     ) -> Result<()> {
-        train_ops::adamw8_step(self, param, grad, state, hp, grad_scale)
+        optim::adamw8_step(self, param, grad, state, hp, grad_scale)
     }
 }

@@ -1,4 +1,5 @@
-//! Matrix products and the (LoRA) linear layer on kernels/gemm.cu.
+//! Matrix products and the (LoRA) linear layer (`Op::Matmul`, `Op::Linear`) on kernels/matmul.cu,
+//! in the backend's GEMM variant ([`GemmVariant`]).
 //!
 //! Forward `y = x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ`: the rank-r pre-pass `u = x·Aᵀ` (a small GEMM), then one
 //! GEMM whose reduction runs over K plus the rank (`s·u` against `B`) and whose epilogue adds
@@ -14,7 +15,7 @@ use crate::exec::Launch;
 use crate::kernels::GemmParams;
 
 /// Dynamic shared memory of the v5 kernels: two stages of a 128×32 A and a 128×32 B tile in
-/// 16-bit values (kernels/gemm.cu `V5_STAGE`).
+/// 16-bit values (kernels/matmul.cu `V5_STAGE`).
 const V5_SMEM: usize = 2 * (128 + 128) * 32 * 2;
 
 /// The variant a launch uses: v5 becomes v4 where the device has no wgmma (said once).
@@ -22,9 +23,7 @@ fn effective(be: &KernelBackend) -> GemmVariant {
     static NOTED: std::sync::Once = std::sync::Once::new();
     match be.gemm() {
         v if !be.runs(v) => {
-            NOTED.call_once(|| {
-                eprintln!("note: GEMM {v} needs {}; running v4 on {}", v.archs(), be.exec.describe())
-            });
+            NOTED.call_once(|| eprintln!("note: GEMM {v} needs {}; running v4 on {}", v.archs(), be.exec.describe()));
             GemmVariant::V4
         }
         v => v,
@@ -55,7 +54,7 @@ fn shape(v: GemmVariant, m: u32, n: u32) -> Launch {
     }
 }
 
-/// Rows up to which x·Wᵀ runs as a GEMV (kernels/gemm.cu `GEMV_MAX_M`): a decode step.
+/// Rows up to which x·Wᵀ runs as a GEMV (kernels/matmul.cu `GEMV_MAX_M`): a decode step.
 pub const GEMV_MAX_M: i32 = 4;
 
 /// The GEMV serves products of at most [`GEMV_MAX_M`] rows whose B is read along its rows
