@@ -4,6 +4,10 @@
 //! Device tensors are f32, i32, or 16-bit frozen weights (kept in their two bytes; the kernels
 //! widen them). Ops whose kernels have not landed answer [`Support::No`] with the issue that
 //! brings them, so the parity suite lists them as skipped, never as passed.
+//!
+//! One file per op family (`kernels/README.md`); `launch.rs` holds what they share. A device is
+//! opened once and serves every GEMM variant, one [`KernelBackend`] each
+//! ([`KernelBackend::with_gemm`]).
 
 mod attention;
 mod elementwise;
@@ -53,7 +57,7 @@ impl DeviceStorage for CudaBuf {
 
 /// One opened device: its backend under every GEMM variant, and the variant it opened with.
 struct Device {
-    by_gemm: Vec<KernelBackend>,
+    by_gemm: [KernelBackend; GemmVariant::ALL.len()],
     default: GemmVariant,
 }
 
@@ -99,7 +103,7 @@ pub(crate) fn install(
     }
     let exec: Arc<dyn Exec> = Arc::from(make()?);
     let d = s.get_or_init(|| Device {
-        by_gemm: GemmVariant::ALL.map(|gemm| KernelBackend { exec: exec.clone(), slot: i, gemm }).into(),
+        by_gemm: GemmVariant::ALL.map(|gemm| KernelBackend { exec: exec.clone(), slot: i, gemm }),
         default: gemm,
     });
     Ok(d.get(d.default))
