@@ -237,7 +237,7 @@ fn kernels_build_writes_ptx_for_each_arch_or_says_what_is_missing() {
         assert!(err.contains("nvrtc") || err.contains("headers"), "{err}");
         return;
     }
-    for f in ["elementwise", "embedding", "gemm"] {
+    for f in ["elementwise", "embedding", "matmul"] {
         for a in ["sm_80", "sm_90"] {
             let ptx = std::fs::read_to_string(dir.join(format!("{f}.{a}.ptx"))).unwrap();
             assert!(ptx.contains(&format!(".target {a}")), "{f}.{a}.ptx");
@@ -246,6 +246,6 @@ fn kernels_build_writes_ptx_for_each_arch_or_says_what_is_missing() {
     // A failed rebuild over it leaves the earlier output whole.
     let o = kiln().args(["kernels", "build", "--overwrite", "--arch", "sm_10", "--out"]).arg(&dir).output().unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("sm_10"));
-    assert!(dir.join("gemm.sm_80.ptx").is_file() && dir.join(".kiln-output").is_file());
+    assert!(dir.join("matmul.sm_80.ptx").is_file() && dir.join(".kiln-output").is_file());
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -5,7 +5,8 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use kiln_core::backend::{LoraRef, MatmulOps, MemoryOps};
 use kiln_core::{DType, Tensor};
-use kiln_cuda::backend::{KernelBackend, Variant, set_variant};
+use kiln_cuda::GemmVariant;
+use kiln_cuda::backend::KernelBackend;
 
 fn backend() -> (&'static KernelBackend, bool) {
     match kiln_cuda::kernel_backend("cuda", 0) {
@@ -28,18 +29,17 @@ fn kernels(c: &mut Criterion) {
     let (a, b) = (up(be, &[r, k], DType::F32), up(be, &[n, r], DType::F32));
     let mut g = c.benchmark_group(format!("cuda kernels on {}", be.exec.describe()));
     g.sample_size(10);
-    for v in [Variant::V2, Variant::V3, Variant::V4, Variant::V5] {
-        if v == Variant::V5 && !be.exec.has_wgmma() {
-            continue;
-        }
-        set_variant(v);
-        g.bench_function(format!("gemm {v:?} {m}x{k}x{n} W bf16"), |bench| {
+    // The naive v1 is the correctness reference, too slow to time at these shapes.
+    for v in GemmVariant::ALL.into_iter().filter(|&v| v != GemmVariant::V1 && be.runs(v)) {
+        let bv = be.with_gemm(v);
+        g.bench_function(format!("gemm {v} {m}x{k}x{n} W bf16"), |bench| {
             bench.iter(|| {
-                be.linear_fwd(&x, &w, None, None).unwrap();
-                be.exec.synchronize().unwrap();
+                bv.linear_fwd(&x, &w, None, None).unwrap();
+                bv.exec.synchronize().unwrap();
             })
         });
     }
+    let be = be.with_gemm(GemmVariant::V3);
     g.bench_function(format!("lora fused fwd r{r} {m}x{k}x{n}"), |bench| {
         bench.iter(|| {
             be.linear_fwd(&x, &w, None, Some(LoraRef { a: &a, b: &b, scale: 2.0 })).unwrap();

@@ -7,7 +7,8 @@
 use kiln_core::backend::{LinearNeeds, LoraRef};
 use kiln_core::{DType, Result, Tensor};
 
-use crate::backend::{KernelBackend, Variant, set_variant, variant};
+use crate::GemmVariant;
+use crate::backend::KernelBackend;
 
 /// One measured case.
 #[derive(Clone, Debug)]
@@ -85,23 +86,14 @@ fn time(be: &KernelBackend, seconds: f64, run: &mut dyn FnMut() -> Result<()>) -
     Ok((t[t.len() / 2], t.len()))
 }
 
-fn vname(v: Variant, dtype: DType) -> &'static str {
-    match (v, dtype) {
-        (Variant::V1, _) => "v1_naive",
-        (Variant::V3, DType::BF16 | DType::F16) => "v3_mma",
-        (Variant::V4, DType::BF16 | DType::F16) => "v4_mma_pipelined",
-        (Variant::V5, DType::BF16 | DType::F16) => "v5_wgmma",
-        _ => "v2_smem_tiled",
-    }
-}
-
 /// A named memory-bound case: bytes moved per element and the run.
 type Case<'a> = (&'static str, f64, &'a mut dyn FnMut() -> Result<()>);
 
-/// Runs the plan, handing each row to `on_row` as it is measured.
+/// Runs the plan, handing each row to `on_row` as it is measured. The GEMM rows run every
+/// variant the device has; the others run on `be`'s variant, except LoRA and the quantized
+/// GEMM, which are measured on v3's tensor cores.
 pub fn run(be: &KernelBackend, plan: &Plan, on_row: &mut dyn FnMut(&Row)) -> Result<Vec<Row>> {
     use kiln_core::backend::{ElementwiseOps, EmbeddingOps, MatmulOps, MemoryOps};
-    let keep = variant();
     let mut rows = Vec::new();
     let mut push = |r: Row, rows: &mut Vec<Row>| {
         on_row(&r);
@@ -114,18 +106,18 @@ pub fn run(be: &KernelBackend, plan: &Plan, on_row: &mut dyn FnMut(&Row)) -> Res
                     let x = up(be, randn(m * k, 1), &[m, k], DType::F32)?;
                     for dtype in [DType::BF16, DType::F32] {
                         let w = up(be, randn(n * k, 2), &[n, k], dtype)?;
-                        for v in [Variant::V1, Variant::V2, Variant::V3, Variant::V4, Variant::V5] {
+                        for v in GemmVariant::ALL {
                             // f32 weights run v2 under every tensor-core variant; v5 only where
                             // it is itself (else the row would time v4 again).
-                            if (v.tensor_cores() && dtype == DType::F32) || (v == Variant::V5 && !be.exec.has_wgmma()) {
+                            if v.runs_for(dtype) != v || !be.runs(v) {
                                 continue;
                             }
-                            set_variant(v);
+                            let bv = be.with_gemm(v);
                             let (s, reps) =
-                                time(be, plan.seconds, &mut || be.linear_fwd(&x, &w, None, None).map(drop))?;
+                                time(bv, plan.seconds, &mut || bv.linear_fwd(&x, &w, None, None).map(drop))?;
                             let row = Row {
                                 op: "gemm x·Wᵀ".into(),
-                                variant: vname(v, dtype).into(),
+                                variant: v.full_name().into(),
                                 dtype: format!("x f32, W {}", dtype.name()),
                                 shape: format!("{m}x{k}x{n}"),
                                 median_s: s,
@@ -139,7 +131,7 @@ pub fn run(be: &KernelBackend, plan: &Plan, on_row: &mut dyn FnMut(&Row)) -> Res
                 }
             }
             "lora" => {
-                set_variant(Variant::V3);
+                let be = be.with_gemm(GemmVariant::V3);
                 for &(m, k, n) in &plan.shapes {
                     let x = up(be, randn(m * k, 3), &[m, k], DType::F32)?;
                     let w = up(be, randn(n * k, 4), &[n, k], DType::BF16)?;
@@ -157,7 +149,7 @@ pub fn run(be: &KernelBackend, plan: &Plan, on_row: &mut dyn FnMut(&Row)) -> Res
                     {
                         let row = Row {
                             op: format!("lora baseline: {name}"),
-                            variant: "v3_mma".into(),
+                            variant: GemmVariant::V3.full_name().into(),
                             dtype: "x f32, W bf16".into(),
                             shape: shape.clone(),
                             median_s: s,
@@ -185,7 +177,7 @@ pub fn run(be: &KernelBackend, plan: &Plan, on_row: &mut dyn FnMut(&Row)) -> Res
                         ] {
                             let row = Row {
                                 op: format!("lora r{r}: {name} ({:+.1} % vs plain)", 100.0 * (s / base - 1.0)),
-                                variant: "v3_mma + rank-r pre-pass".into(),
+                                variant: format!("{} + rank-r pre-pass", GemmVariant::V3),
                                 dtype: "x f32, W bf16, A/B f32".into(),
                                 shape: shape.clone(),
                                 median_s: s,
@@ -202,9 +194,9 @@ pub fn run(be: &KernelBackend, plan: &Plan, on_row: &mut dyn FnMut(&Row)) -> Res
                 // The QLoRA base: x·Wᵀ with W in its blocks, decoded inside the GEMM, beside the
                 // bf16 tensor-core GEMM of the same shape.
                 use kiln_core::quant::GgmlType as G;
+                let be = be.with_gemm(GemmVariant::V3);
                 for &(m, k, n) in &plan.shapes {
                     let x = up(be, randn(m * k, 11), &[m, k], DType::F32)?;
-                    set_variant(Variant::V3);
                     let wb = up(be, randn(n * k, 12), &[n, k], DType::BF16)?;
                     let (base, _) = time(be, plan.seconds, &mut || be.linear_fwd(&x, &wb, None, None).map(drop))?;
                     for ty in [G::NF4, G::Q4K, G::Q4_1] {
@@ -213,7 +205,7 @@ pub fn run(be: &KernelBackend, plan: &Plan, on_row: &mut dyn FnMut(&Row)) -> Res
                         let (s, reps) = time(be, plan.seconds, &mut || be.linear_fwd(&x, &w, None, None).map(drop))?;
                         let row = Row {
                             op: format!("qgemm x·Wᵀ ({:.0} % of the bf16 GEMM's rate)", 100.0 * base / s),
-                            variant: "v3_mma_q (decode in the loader, bf16 tensor cores)".into(),
+                            variant: format!("{}_q (decode in the loader, bf16 tensor cores)", GemmVariant::V3),
                             dtype: format!("x f32, W {}", ty.name()),
                             shape: format!("{m}x{k}x{n}"),
                             median_s: s,
@@ -317,14 +309,12 @@ pub fn run(be: &KernelBackend, plan: &Plan, on_row: &mut dyn FnMut(&Row)) -> Res
                 push(row, &mut rows);
             }
             other => {
-                set_variant(keep);
                 return Err(kiln_core::Error::Msg(format!(
                     "--op {other}: one of gemm, lora, qgemm, dequant, elementwise, embedding"
                 )));
             }
         }
     }
-    set_variant(keep);
     Ok(rows)
 }
 

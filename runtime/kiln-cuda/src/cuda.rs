@@ -414,12 +414,12 @@ impl Exec for CudaExec {
         *self.wgmma.get_or_init(|| {
             self.compute_capability == (9, 0)
                 && self.current().is_ok()
-                && self.function("gemm_v5_wgmma_bf16").is_ok()
+                && self.function(crate::GemmVariant::V5.kernel(kiln_core::DType::BF16)).is_ok()
                 && self
                     .module_arch
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .get("gemm.cu")
+                    .get("matmul.cu")
                     .is_some_and(|a| a == "sm_90a")
         })
     }

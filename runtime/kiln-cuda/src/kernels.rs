@@ -7,16 +7,18 @@ use bytemuck::{Pod, Zeroable};
 /// The project header every kernel includes.
 pub const COMMON: &str = include_str!("../../../kernels/common.cuh");
 
-/// `(file, source)` of every kernel file.
-pub const SOURCES: [(&str, &str); 8] = [
+/// `(file, source)` of every kernel file: one per op family (`kernels/README.md`).
+pub const SOURCES: [(&str, &str); 10] = [
     ("attention.cu", include_str!("../../../kernels/attention.cu")),
     ("elementwise.cu", include_str!("../../../kernels/elementwise.cu")),
     ("embedding.cu", include_str!("../../../kernels/embedding.cu")),
-    ("gemm.cu", include_str!("../../../kernels/gemm.cu")),
+    ("glu.cu", include_str!("../../../kernels/glu.cu")),
     ("loss.cu", include_str!("../../../kernels/loss.cu")),
+    ("matmul.cu", include_str!("../../../kernels/matmul.cu")),
     ("norm.cu", include_str!("../../../kernels/norm.cu")),
     ("optim.cu", include_str!("../../../kernels/optim.cu")),
     ("quant.cu", include_str!("../../../kernels/quant.cu")),
+    ("rope.cu", include_str!("../../../kernels/rope.cu")),
 ];
 
 /// A kernel file with `#include "common.cuh"` replaced by the header's text, so NVRTC needs no
@@ -65,7 +67,7 @@ pub struct EmbParams {
     pub pad: i32,
 }
 
-/// `kernels/gemm.cu` `GemmParams`.
+/// `kernels/matmul.cu` `GemmParams`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct GemmParams {
@@ -142,7 +144,7 @@ pub struct NormParams {
     pub eps: f32,
 }
 
-/// `kernels/norm.cu` `RopeParams`.
+/// `kernels/rope.cu` `RopeParams`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct RopeParams {
@@ -157,7 +159,7 @@ pub struct RopeParams {
     pub pad: i32,
 }
 
-/// `kernels/norm.cu` `GluParams`.
+/// `kernels/glu.cu` `GluParams`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct GluParams {
@@ -301,4 +303,34 @@ pub fn entry_points(source: &str) -> Vec<String> {
         }
     }
     names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SOURCES;
+    use crate::GemmVariant;
+
+    const README: &str = include_str!("../../../kernels/README.md");
+
+    /// `SOURCES` is every `kernels/*.cu` (the emulation builds what is on disk, NVRTC what is
+    /// listed), and `kernels/README.md` lists each file and each GEMM variant by its names.
+    #[test]
+    fn sources_readme_and_variants_agree() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kernels");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .expect("kernels/")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".cu"))
+            .collect();
+        on_disk.sort();
+        let listed: Vec<String> = SOURCES.iter().map(|(f, _)| f.to_string()).collect();
+        assert_eq!(on_disk, listed, "kernels/*.cu and kernels.rs SOURCES");
+        for (file, _) in SOURCES {
+            assert!(README.contains(&format!("| `{file}` |")), "kernels/README.md has no row for {file}");
+        }
+        for v in GemmVariant::ALL {
+            let row = format!("| `{}` | `{}` | `gemm_{}_*`", v.name(), v.full_name(), v.full_name());
+            assert!(README.contains(&row), "kernels/README.md has no row {row}");
+        }
+    }
 }

@@ -15,6 +15,9 @@ pub mod exec;
 pub mod kernels;
 #[cfg(feature = "cuda")]
 pub mod nvrtc;
+mod variant;
+
+pub use variant::{GemmVariant, UnknownGemmVariant};
 
 /// One visible CUDA device.
 #[derive(Clone, Debug)]
@@ -106,11 +109,17 @@ pub fn probe() -> Probe {
     imp::probe()
 }
 
-/// The CUDA backend on device `ordinal` (opened once per process).
+/// The CUDA backend on device `ordinal` (opened once per process), running the GEMM variant
+/// `KILN_CUDA_GEMM` names (v3 when unset).
 #[cfg(feature = "cuda")]
 pub fn open(ordinal: usize) -> Result<&'static dyn kiln_core::Backend, String> {
-    backend::install(1 + ordinal, || Ok(Box::new(cuda::CudaExec::new(ordinal)?)))
-        .map(|b| b as _)
+    open_gpu(ordinal).map(|b| b as _)
+}
+
+#[cfg(feature = "cuda")]
+fn open_gpu(ordinal: usize) -> Result<&'static backend::KernelBackend, String> {
+    let gemm = backend::env_gemm()?;
+    backend::install(backend::gpu_slot(ordinal), gemm, || Ok(Box::new(cuda::CudaExec::new(ordinal)?)))
         .map_err(|e| e.to_string())
 }
 
@@ -120,9 +129,11 @@ pub fn open(_ordinal: usize) -> Result<&'static dyn kiln_core::Backend, String> 
     Err("not compiled with CUDA support (feature `cuda`)".into())
 }
 
-/// The CUDA kernels on the CPU (kiln's emulation harness).
+/// The CUDA kernels on the CPU (kiln's emulation harness), running the GEMM variant
+/// `KILN_CUDA_GEMM` names (v3 when unset).
 #[cfg(feature = "cuda-emu")]
 pub fn open_emu() -> Result<&'static dyn kiln_core::Backend, String> {
+    backend::env_gemm()?;
     Ok(backend::emu())
 }
 
@@ -133,15 +144,16 @@ pub fn open_emu() -> Result<&'static dyn kiln_core::Backend, String> {
 }
 
 /// The kernel backend behind `cuda` (device `ordinal`) or `cuda-emu`, for tools that reach below
-/// the `Backend` trait (kernel benchmarks, timing, memory).
+/// the `Backend` trait (kernel benchmarks, timing, memory, other GEMM variants).
 pub fn kernel_backend(which: &str, ordinal: usize) -> Result<&'static backend::KernelBackend, String> {
     match which {
         #[cfg(feature = "cuda")]
-        "cuda" => {
-            backend::install(1 + ordinal, || Ok(Box::new(cuda::CudaExec::new(ordinal)?))).map_err(|e| e.to_string())
-        }
+        "cuda" => open_gpu(ordinal),
         #[cfg(feature = "cuda-emu")]
-        "cuda-emu" => Ok(backend::emu()),
+        "cuda-emu" => {
+            backend::env_gemm()?;
+            Ok(backend::emu())
+        }
         #[allow(unreachable_patterns)]
         "cuda" | "cuda-emu" => Err(format!("{which}: not compiled into this build (features `cuda`, `cuda-emu`)")),
         other => Err(format!("{other}: not a CUDA kernel backend (cuda or cuda-emu)")),

@@ -35,7 +35,7 @@ fn every_kernel_compiles_for_every_arch_without_warnings() {
                 assert!(c.ptx.contains(&format!(".entry {name}(")), "{file} for {arch}: no entry {name}");
             }
             // The Hopper GEMM (v5) is real wgmma in the sm_90a build, and absent elsewhere.
-            if *file == *"gemm.cu" {
+            if *file == *"matmul.cu" {
                 let wgmma = c.ptx.matches("wgmma.mma_async.sync.aligned.m64n128k16").count();
                 assert_eq!(wgmma > 0, arch.ends_with("90a"), "{file} for {arch}: {wgmma} wgmma instructions");
                 if arch.ends_with("90a") {
@@ -51,7 +51,7 @@ fn every_kernel_compiles_for_every_arch_without_warnings() {
     ptxas_reports_no_spills(&out);
 }
 
-/// `ptxas -v` on the GEMM kernels (LoRA is fused into them) and attention (v2 on tensor cores)
+/// `ptxas -v` on the GEMM kernels (matmul.cu; LoRA is fused into them) and attention (v2 on tensor cores)
 /// of every real architecture.
 fn ptxas_reports_no_spills(dir: &std::path::Path) {
     let ptxas = std::env::var("KILN_PTXAS").unwrap_or_else(|_| "ptxas".into());
@@ -64,7 +64,7 @@ fn ptxas_reports_no_spills(dir: &std::path::Path) {
     for arch in nvrtc::ARCHS {
         // ptxas targets the real architecture of a virtual one (compute_90a → sm_90a).
         let target = arch.replace("compute_", "sm_");
-        for file in ["gemm", "attention"] {
+        for file in ["matmul", "attention"] {
             let ptx = dir.join(format!("{file}.{arch}.ptx"));
             let o = std::process::Command::new(&ptxas)
                 .args(["-v", &format!("-arch={target}"), "-o", "/dev/null"])

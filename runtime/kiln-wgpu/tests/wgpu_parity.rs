@@ -61,6 +61,9 @@ fn every_op_runs_in_f32_or_is_listed() {
             Support::No(why) => assert!(NOT_ON_WGPU.contains(&op), "{op} has no WGSL kernel: {why}"),
         }
     }
+    // And every op has parity rows that run here (the not-here list is the same, with reasons).
+    let not_here: Vec<(Op, &str)> = NOT_ON_WGPU.iter().map(|&op| (op, "no WGSL kernel")).collect();
+    kiln_core::selftest::coverage(be, &not_here).unwrap();
 }
 
 /// Each GEMM variant, and the kernels with and without subgroups where the adapter has them.

@@ -4,65 +4,140 @@
 //! Device tensors are f32, i32, or 16-bit frozen weights (kept in their two bytes; the kernels
 //! widen them). Ops whose kernels have not landed answer [`Support::No`] with the issue that
 //! brings them, so the parity suite lists them as skipped, never as passed.
+//!
+//! One file per op family (`kernels/README.md`); `launch.rs` holds what they share. A device is
+//! opened once and serves every GEMM variant, one [`KernelBackend`] each
+//! ([`KernelBackend::with_gemm`]).
 
+mod attention;
 mod elementwise;
-mod gemm;
-mod train_ops;
+mod embedding;
+mod glu;
+mod launch;
+mod loss;
+mod matmul;
+mod norm;
+mod optim;
+mod rope;
 
-pub use gemm::{Variant, set_variant, variant};
-
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use kiln_core::backend::{Backend, MemoryOps, Op, Support};
 use kiln_core::tensor::{DeviceStorage, Storage};
 use kiln_core::{DType, Error, Result, Shape, Tensor};
 
+use crate::GemmVariant;
 use crate::exec::{DevBuf, Exec};
 
-/// The backend over one [`Exec`]. Every instance lives in [`SLOTS`] (tensors hand out a
+/// The backend over one [`Exec`], running one GEMM variant. Every device holds one instance per
+/// variant, sharing the [`Exec`] (memory, modules, pools), in [`DEVICES`] (tensors hand out a
 /// `'static` reference to their backend).
 pub struct KernelBackend {
-    pub exec: Box<dyn Exec>,
+    pub exec: Arc<dyn Exec>,
     slot: usize,
+    gemm: GemmVariant,
 }
 
-/// A device tensor's memory.
+/// A device tensor's memory, and the variant of the backend that made it (the ops a tensor
+/// leads, `t.backend().op(..)`, stay on that variant).
 pub(crate) struct CudaBuf {
     buf: DevBuf,
     slot: usize,
+    gemm: GemmVariant,
 }
 
 impl DeviceStorage for CudaBuf {
     fn backend(&self) -> &'static dyn Backend {
-        slot(self.slot)
+        device(self.slot).get(self.gemm)
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
 }
 
-/// Slot 0: the emulation; slots 1..: GPUs by ordinal + 1.
-static SLOTS: [OnceLock<KernelBackend>; 17] = [const { OnceLock::new() }; 17];
-
-fn slot(i: usize) -> &'static KernelBackend {
-    // A CudaBuf's slot was filled before the buffer existed.
-    SLOTS[i].get().unwrap_or_else(|| unreachable!("backend slot {i} is empty"))
+/// One opened device: its backend under every GEMM variant, and the variant it opened with.
+struct Device {
+    by_gemm: [KernelBackend; GemmVariant::ALL.len()],
+    default: GemmVariant,
 }
 
-/// Creates (once) the backend of a slot.
-pub(crate) fn install(i: usize, make: impl FnOnce() -> Result<Box<dyn Exec>>) -> Result<&'static KernelBackend> {
-    if let Some(b) = SLOTS.get(i).and_then(|s| s.get()) {
-        return Ok(b);
+impl Device {
+    fn get(&self, v: GemmVariant) -> &KernelBackend {
+        &self.by_gemm[v as usize]
     }
-    let exec = make()?;
-    let s = SLOTS.get(i).ok_or_else(|| Error::Msg(format!("cuda: device slot {i} is out of range")))?;
-    Ok(s.get_or_init(|| KernelBackend { exec, slot: i }))
 }
 
-/// The emulated CUDA backend (the process's one).
+/// Slot 0: the emulation; 1: the emulation with its race checker on; 2..: GPUs by ordinal + 2.
+static DEVICES: [OnceLock<Device>; 18] = [const { OnceLock::new() }; 18];
+
+/// The slot of GPU `ordinal`.
+pub(crate) fn gpu_slot(ordinal: usize) -> usize {
+    2 + ordinal
+}
+
+fn device(i: usize) -> &'static Device {
+    // A CudaBuf's device was opened before the buffer existed.
+    DEVICES[i].get().unwrap_or_else(|| unreachable!("device slot {i} is empty"))
+}
+
+/// `KILN_CUDA_GEMM`, read once: the variant backends open with (v3 when unset).
+pub fn env_gemm() -> std::result::Result<GemmVariant, String> {
+    static ENV: OnceLock<std::result::Result<GemmVariant, String>> = OnceLock::new();
+    ENV.get_or_init(|| match std::env::var("KILN_CUDA_GEMM") {
+        Err(_) => Ok(GemmVariant::default()),
+        Ok(s) => s.parse().map_err(|e| format!("KILN_CUDA_GEMM: {e}")),
+    })
+    .clone()
+}
+
+/// Opens (once) the device of a slot with `gemm` as its default variant; a device already open
+/// keeps the variant it opened with.
+pub(crate) fn install(
+    i: usize,
+    gemm: GemmVariant,
+    make: impl FnOnce() -> Result<Box<dyn Exec>>,
+) -> Result<&'static KernelBackend> {
+    let s = DEVICES.get(i).ok_or_else(|| Error::Msg(format!("cuda: device slot {i} is out of range")))?;
+    if let Some(d) = s.get() {
+        return Ok(d.get(d.default));
+    }
+    let exec: Arc<dyn Exec> = Arc::from(make()?);
+    let d = s.get_or_init(|| Device {
+        by_gemm: GemmVariant::ALL.map(|gemm| KernelBackend { exec: exec.clone(), slot: i, gemm }),
+        default: gemm,
+    });
+    Ok(d.get(d.default))
+}
+
+/// The emulated CUDA backend (the process's one), under `KILN_CUDA_GEMM`'s variant (v3 where it
+/// is unset; an unknown value is reported by [`crate::open_emu`], and here said and ignored).
 #[cfg(feature = "cuda-emu")]
 pub fn emu() -> &'static KernelBackend {
-    match install(0, || Ok(Box::new(crate::emu::EmuExec::default()))) {
+    emu_slot(0, false)
+}
+
+/// A second emulated device whose every launch runs the race checker (kept apart so the tests
+/// that check races run beside the others without switching a shared setting).
+#[cfg(feature = "cuda-emu")]
+pub fn emu_racecheck() -> &'static KernelBackend {
+    emu_slot(1, true)
+}
+
+#[cfg(feature = "cuda-emu")]
+fn emu_slot(i: usize, racecheck: bool) -> &'static KernelBackend {
+    let gemm = env_gemm().unwrap_or_else(|e| {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| eprintln!("warning: {e}; running {}", GemmVariant::default()));
+        GemmVariant::default()
+    });
+    let make = || {
+        let ex = crate::emu::EmuExec::default();
+        if racecheck {
+            ex.set_racecheck(true);
+        }
+        Ok(Box::new(ex) as Box<dyn Exec>)
+    };
+    match install(i, gemm, make) {
         Ok(b) => b,
         Err(_) => unreachable!("the emulation backend cannot fail to open"),
     }
@@ -95,6 +170,22 @@ fn dev_size(d: DType) -> Result<usize> {
 }
 
 impl KernelBackend {
+    /// The GEMM variant this instance runs.
+    pub fn gemm(&self) -> GemmVariant {
+        self.gemm
+    }
+
+    /// This device's backend running GEMM variant `v` (same memory, modules and pools; tensors of
+    /// either are used by both).
+    pub fn with_gemm(&self, v: GemmVariant) -> &'static KernelBackend {
+        device(self.slot).get(v)
+    }
+
+    /// Whether this device runs variant `v` itself (v5 needs wgmma; elsewhere it runs v4).
+    pub fn runs(&self, v: GemmVariant) -> bool {
+        !v.needs_wgmma() || self.exec.has_wgmma()
+    }
+
     pub(crate) fn held<'a>(&self, t: &'a Tensor) -> Result<Held<'a>> {
         match t.storage() {
             Storage::Device(d) => {
@@ -133,7 +224,7 @@ impl KernelBackend {
 
     /// Wraps device memory as a tensor of this backend.
     pub(crate) fn wrap(&self, buf: DevBuf, shape: impl Into<Shape>, dtype: DType) -> Tensor {
-        Tensor::from_device(Box::new(CudaBuf { buf, slot: self.slot }), shape.into(), dtype)
+        Tensor::from_device(Box::new(CudaBuf { buf, slot: self.slot, gemm: self.gemm }), shape.into(), dtype)
     }
 
     /// An output tensor's memory (poisoned in the emulation until a kernel writes it).
@@ -199,7 +290,6 @@ impl Backend for KernelBackend {
                 Support::Yes
             }
             (_, DType::Quant(q)) => Support::No(format!("no CUDA kernel for {} weights", q.name())),
-            (Op::GeGlu, _) => Support::No("no CUDA GeGLU kernel yet".into()),
             (Op::Linear | Op::Embedding | Op::Cast, DType::F32 | DType::BF16 | DType::F16) => Support::Yes,
             (_, DType::F32) => Support::Yes,
             (op, d) => Support::No(format!("no CUDA kernel for {op:?} at {} yet", d.name())),
@@ -208,9 +298,9 @@ impl Backend for KernelBackend {
     fn compute_dtype(&self, op: Op, dtype: DType) -> DType {
         // The tensor-core GEMMs take block-quantized weights decoded and rounded to bf16.
         match (op, dtype) {
-            (Op::Linear, DType::Quant(_)) if variant().tensor_cores() => DType::BF16,
+            (Op::Linear, DType::Quant(_)) if self.gemm.tensor_cores() => DType::BF16,
             // Attention v2 rounds Q, K, V and P to bf16 for the tensor cores.
-            (Op::Attention, _) if variant().tensor_cores() => DType::BF16,
+            (Op::Attention, _) if self.gemm.tensor_cores() => DType::BF16,
             _ => dtype,
         }
     }
@@ -220,10 +310,10 @@ impl Backend for KernelBackend {
         hp: kiln_core::backend::AdamWStep,
         grad_scale: f64,
     ) -> Result<()> {
-        train_ops::adamw_multi(self, items, hp, grad_scale)
+        optim::adamw_multi(self, items, hp, grad_scale)
     }
     fn sum_squares_multi(&self, ts: &[&Tensor]) -> Result<f64> {
-        train_ops::sum_squares_multi(self, ts)
+        optim::sum_squares_multi(self, ts)
     }
     fn has_adamw8(&self) -> bool {
         true
@@ -236,6 +326,6 @@ impl Backend for KernelBackend {
         hp: kiln_core::backend::AdamWStep,
         grad_scale: f64,
     ) -> Result<()> {
-        train_ops::adamw8_step(self, param, grad, state, hp, grad_scale)
+        optim::adamw8_step(self, param, grad, state, hp, grad_scale)
     }
 }

@@ -4,6 +4,7 @@
 
 use anyhow::Result;
 use clap::Args;
+use kiln::core::backend::Op;
 use kiln::core::selftest::{self, Case, Filter};
 
 #[derive(Args, Debug)]
@@ -72,18 +73,16 @@ pub fn run(a: SelftestArgs) -> Result<()> {
         };
         let mut rep = selftest::run_filtered(be, &filter, &mut on);
         // The CUDA GEMM variants besides the default, on the cases that reach them.
-        if kiln_cuda::kernel_backend(name, device).is_ok() {
-            use kiln_cuda::backend::{Variant, set_variant, variant};
-            let keep = variant();
-            for v in [Variant::V1, Variant::V2, Variant::V4] {
-                set_variant(v);
-                let linear =
-                    |c: &Case| filter.accepts(c.op) && (c.name.contains("linear") || c.name.starts_with("matmul"));
-                let r = selftest::run_where(be, &linear, &mut on);
-                rep.passed.extend(r.passed.into_iter().map(|c| format!("{c} (GEMM {v:?})")));
-                rep.failed.extend(r.failed.into_iter().map(|(c, e)| (format!("{c} (GEMM {v:?})"), e)));
+        if let Ok(k) = kiln_cuda::kernel_backend(name, device) {
+            let gemm = |c: &Case| filter.accepts(c.op) && matches!(c.op, Op::Linear | Op::Matmul);
+            for v in kiln_cuda::GemmVariant::ALL {
+                if v == k.gemm() || !k.runs(v) {
+                    continue;
+                }
+                let r = selftest::run_where(k.with_gemm(v), &gemm, &mut on);
+                rep.passed.extend(r.passed.into_iter().map(|c| format!("{c} (GEMM {v})")));
+                rep.failed.extend(r.failed.into_iter().map(|(c, e)| (format!("{c} (GEMM {v})"), e)));
             }
-            set_variant(keep);
         }
         // wgpu: the GEMM cases again in f16 arithmetic where the adapter has SHADER_F16.
         #[cfg(feature = "wgpu")]

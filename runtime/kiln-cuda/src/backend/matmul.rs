@@ -1,97 +1,60 @@
-//! Matrix products and the (LoRA) linear layer on kernels/gemm.cu.
+//! Matrix products and the (LoRA) linear layer (`Op::Matmul`, `Op::Linear`) on kernels/matmul.cu,
+//! in the backend's GEMM variant ([`GemmVariant`]).
 //!
 //! Forward `y = x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ`: the rank-r pre-pass `u = x·Aᵀ` (a small GEMM), then one
 //! GEMM whose reduction runs over K plus the rank (`s·u` against `B`) and whose epilogue adds
 //! the bias. Backward: `g = dy·B` (pre-pass), `dx = dy·W + s·g·A` (one fused GEMM),
 //! `dA = s·gᵀ·x`, `dB = s·dyᵀ·u`, `dW = dyᵀ·x`, `db = Σ dy`.
 
-use std::sync::atomic::{AtomicU8, Ordering};
-
 use kiln_core::backend::{LinDims, LinearGrads, LinearNeeds, LoraRef, MatmulDims, MatmulOps};
 use kiln_core::{DType, Error, Result, Tensor};
 
 use super::{Held, KernelBackend, elementwise::col_sum, want_f32};
+use crate::GemmVariant;
 use crate::exec::Launch;
 use crate::kernels::GemmParams;
 
-/// GEMM variant (kernels/gemm.cu). `V3`, `V4` and `V5` use tensor cores where B is 16-bit or
-/// block-quantized (decoded to bf16) and fall back to `V2` for f32 operands (tensor cores would
-/// round them). `V5` (wgmma) runs where the device has it (Hopper, [`Exec::has_wgmma`]) and is
-/// `V4` elsewhere.
-///
-/// [`Exec::has_wgmma`]: crate::exec::Exec::has_wgmma
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Variant {
-    V1,
-    V2,
-    V3,
-    V4,
-    V5,
-}
-
-impl Variant {
-    /// Whether the variant runs 16-bit products on tensor cores (and attention with them).
-    pub fn tensor_cores(self) -> bool {
-        matches!(self, Variant::V3 | Variant::V4 | Variant::V5)
-    }
-}
-
-/// 0: not chosen yet (then `KILN_CUDA_GEMM`, else v3); else the variant's number.
-static VARIANT: AtomicU8 = AtomicU8::new(0);
-
-/// Chooses the GEMM variant for the whole process (tests and benchmarks).
-pub fn set_variant(v: Variant) {
-    VARIANT.store(v as u8 + 1, Ordering::Relaxed);
-}
-
-/// The GEMM variant in use: set by [`set_variant`], else `KILN_CUDA_GEMM=v1|v2|v3|v4|v5` (v1/v2
-/// also keep attention in f32: the tensor-core attention goes with v3-v5), else v3.
-pub fn variant() -> Variant {
-    match VARIANT.load(Ordering::Relaxed) {
-        1 => Variant::V1,
-        2 => Variant::V2,
-        3 => Variant::V3,
-        4 => Variant::V4,
-        5 => Variant::V5,
-        _ => match std::env::var("KILN_CUDA_GEMM").as_deref() {
-            Ok("v1") => Variant::V1,
-            Ok("v2") => Variant::V2,
-            Ok("v4") => Variant::V4,
-            Ok("v5") => Variant::V5,
-            _ => Variant::V3,
-        },
-    }
-}
-
 /// Dynamic shared memory of the v5 kernels: two stages of a 128×32 A and a 128×32 B tile in
-/// 16-bit values (kernels/gemm.cu `V5_STAGE`).
+/// 16-bit values (kernels/matmul.cu `V5_STAGE`).
 const V5_SMEM: usize = 2 * (128 + 128) * 32 * 2;
 
 /// The variant a launch uses: v5 becomes v4 where the device has no wgmma (said once).
-fn effective(be: &KernelBackend) -> Variant {
+fn effective(be: &KernelBackend) -> GemmVariant {
     static NOTED: std::sync::Once = std::sync::Once::new();
-    match variant() {
-        Variant::V5 if !be.exec.has_wgmma() => {
-            NOTED.call_once(|| {
-                eprintln!("note: GEMM v5 (wgmma) needs an sm_90a device; running v4 on {}", be.exec.describe())
-            });
-            Variant::V4
+    match be.gemm() {
+        v if !be.runs(v) => {
+            NOTED.call_once(|| eprintln!("note: GEMM {v} needs {}; running v4 on {}", v.archs(), be.exec.describe()));
+            GemmVariant::V4
         }
         v => v,
     }
 }
 
-fn suffix(d: DType) -> Result<&'static str> {
+/// Whether B's element type has GEMM kernels.
+fn check_b(d: DType) -> Result<()> {
     match d {
-        DType::F32 => Ok("f32"),
-        DType::BF16 => Ok("bf16"),
-        DType::F16 => Ok("f16"),
-        DType::Quant(_) => Ok("q"),
+        DType::F32 | DType::BF16 | DType::F16 | DType::Quant(_) => Ok(()),
         d => Err(Error::Msg(format!("cuda gemm: {} operand", d.name()))),
     }
 }
 
-/// Rows up to which x·Wᵀ runs as a GEMV (kernels/gemm.cu `GEMV_MAX_M`): a decode step.
+/// The launch shape of each variant's kernels over an `m × n` output.
+fn shape(v: GemmVariant, m: u32, n: u32) -> Launch {
+    let tiles = |t: u32, threads: u32, smem: usize| Launch {
+        grid: [n.div_ceil(t), m.div_ceil(t), 1],
+        block: [threads, 1, 1],
+        smem,
+    };
+    match v {
+        GemmVariant::V1 => Launch { grid: [n.div_ceil(16), m.div_ceil(16), 1], block: [16, 16, 1], smem: 0 },
+        GemmVariant::V2 => tiles(64, 256, 0),
+        GemmVariant::V3 => tiles(64, 128, 0),
+        GemmVariant::V4 => tiles(128, 256, 0),
+        GemmVariant::V5 => tiles(128, 256, V5_SMEM),
+    }
+}
+
+/// Rows up to which x·Wᵀ runs as a GEMV (kernels/matmul.cu `GEMV_MAX_M`): a decode step.
 pub const GEMV_MAX_M: i32 = 4;
 
 /// The GEMV serves products of at most [`GEMV_MAX_M`] rows whose B is read along its rows
@@ -105,7 +68,7 @@ fn gemm(be: &KernelBackend, p: &GemmParams, b_type: DType) -> Result<()> {
     if p.m == 0 || p.n == 0 {
         return Ok(());
     }
-    let ty = suffix(b_type)?;
+    check_b(b_type)?;
     let mut p = *p;
     if let DType::Quant(q) = b_type {
         let (id, block, bytes) = crate::kernels::quant_kernel_id(q)
@@ -116,32 +79,17 @@ fn gemm(be: &KernelBackend, p: &GemmParams, b_type: DType) -> Result<()> {
     let (m, n) = (p.m as u32, p.n as u32);
     // Decoding (a few rows against a weight read once): the GEMV, whatever the variant.
     if gemv_applies(p) {
+        let ty = match b_type {
+            DType::BF16 => "bf16",
+            DType::F16 => "f16",
+            DType::Quant(_) => "q",
+            _ => "f32",
+        };
         let cfg = Launch { grid: [n.div_ceil(8), 1, 1], block: [256, 1, 1], smem: 0 };
         return be.exec.launch(&format!("gemv_{ty}"), cfg, bytemuck::bytes_of(p));
     }
-    let (kernel, cfg) = match (effective(be), b_type) {
-        (Variant::V1, _) => (
-            format!("gemm_v1_naive_{ty}"),
-            Launch { grid: [n.div_ceil(16), m.div_ceil(16), 1], block: [16, 16, 1], smem: 0 },
-        ),
-        (Variant::V5, DType::BF16 | DType::F16 | DType::Quant(_)) => (
-            format!("gemm_v5_wgmma_{ty}"),
-            Launch { grid: [n.div_ceil(128), m.div_ceil(128), 1], block: [256, 1, 1], smem: V5_SMEM },
-        ),
-        (Variant::V4, DType::BF16 | DType::F16 | DType::Quant(_)) => (
-            format!("gemm_v4_mma_pipelined_{ty}"),
-            Launch { grid: [n.div_ceil(128), m.div_ceil(128), 1], block: [256, 1, 1], smem: 0 },
-        ),
-        (Variant::V3, DType::BF16 | DType::F16 | DType::Quant(_)) => (
-            format!("gemm_v3_mma_{ty}"),
-            Launch { grid: [n.div_ceil(64), m.div_ceil(64), 1], block: [128, 1, 1], smem: 0 },
-        ),
-        _ => (
-            format!("gemm_v2_tiled_{ty}"),
-            Launch { grid: [n.div_ceil(64), m.div_ceil(64), 1], block: [256, 1, 1], smem: 0 },
-        ),
-    };
-    be.exec.launch(&kernel, cfg, bytemuck::bytes_of(p))
+    let v = effective(be);
+    be.exec.launch(v.kernel(b_type), shape(v.runs_for(b_type), m, n), bytemuck::bytes_of(p))
 }
 
 /// The rank-r pre-pass `out [m, nj] = X·Y` (f32, a GEMM with a narrow N), `X(i,p)` at

@@ -1,4 +1,5 @@
-// GEMM with LoRA fused: C[i,j] = alpha·(Σ_p A(i,p)·B(p,j) + Σ_r s·U[i,r]·L(j,r)) + bias[j].
+// The matmul family (Op::Matmul, Op::Linear): GEMM with LoRA fused,
+// C[i,j] = alpha·(Σ_p A(i,p)·B(p,j) + Σ_r s·U[i,r]·L(j,r)) + bias[j].
 // A is f32 (activations, gradients); B is f32, bf16 or f16 (frozen weights stay 16-bit).
 // Operands are addressed through element strides, so one kernel serves x·Wᵀ, dy·W and the
 // transposed products of the weight gradients.
@@ -8,7 +9,8 @@
 // multiply-adds on the tensor cores and no epilogue work. U = x·Aᵀ (forward) or dy·B (dx) is a
 // small GEMM launched first: "one kernel plus a tiny rank-r pre-pass".
 //
-// Variants (selected by name from the backend, all kept here; `_q` takes a block-quantized B):
+// Variants (all kept here; `_q` takes a block-quantized B). The backend chooses one by value,
+// `GemmVariant` in runtime/kiln-cuda/src/variant.rs, which names each variant's kernels:
 //   gemm_v1_naive_*   one thread per output, straight from global memory (the reference);
 //   gemm_v2_tiled_*   64×64 block tile, 16-deep K tiles in shared memory, 4×4 outputs per thread;
 //   gemm_v3_mma_*     tensor cores: 64×64 block tile, four warps of 32×32, mma.m16n8k16 with

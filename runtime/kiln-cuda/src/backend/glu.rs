@@ -1,0 +1,65 @@
+//! Gated linear units (`Op::SwiGlu`, `Op::GeGlu`) on kernels/glu.cu: f32 in and out, one
+//! launch for the forward and one for both gradients.
+
+use kiln_core::backend::GluOps;
+use kiln_core::{DType, Error, Result, Tensor};
+
+use super::launch::{grid_of, ptr};
+use super::{KernelBackend, want_f32};
+use crate::kernels::GluParams;
+
+/// `act(g)·u` (`dy` None) or its gradients `(dg, du)`; `act` is the kernels' stem (`swiglu`,
+/// `geglu`).
+fn glu(
+    be: &KernelBackend,
+    act: &'static str,
+    g: &Tensor,
+    u: &Tensor,
+    dy: Option<&Tensor>,
+) -> Result<(Tensor, Option<Tensor>)> {
+    want_f32(act, g)?;
+    want_f32(act, u)?;
+    if let Some(d) = dy {
+        want_f32(act, d)?;
+    }
+    if g.dims() != u.dims() || dy.is_some_and(|d| d.dims() != g.dims()) {
+        return Err(Error::shape(act, format!("g {:?}, u {:?}", g.dims(), u.dims())));
+    }
+    let n = g.numel();
+    let (hg, hu) = (be.held(g)?, be.held(u)?);
+    let hd = dy.map(|d| be.held(d)).transpose()?;
+    let o0 = be.alloc(n, DType::F32)?;
+    let o1 = if dy.is_some() { Some(be.alloc(n, DType::F32)?) } else { None };
+    let p = GluParams {
+        g: hg.ptr(),
+        u: hu.ptr(),
+        dy: ptr(&hd),
+        out0: o0.ptr,
+        out1: o1.as_ref().map_or(0, |b| b.ptr),
+        n: n as i64,
+    };
+    let kernel = format!("{act}_{}_f32", if dy.is_some() { "bwd" } else { "fwd" });
+    be.exec.launch(&kernel, grid_of(n, 256), bytemuck::bytes_of(&p))?;
+    Ok((be.wrap(o0, g.dims().to_vec(), DType::F32), o1.map(|b| be.wrap(b, g.dims().to_vec(), DType::F32))))
+}
+
+/// The gradients of [`glu`].
+fn glu_bwd(be: &KernelBackend, act: &'static str, g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (dg, du) = glu(be, act, g, u, Some(dy))?;
+    Ok((dg, du.ok_or_else(|| Error::Msg(format!("{act}_bwd: no du")))?))
+}
+
+impl GluOps for KernelBackend {
+    fn swiglu_fwd(&self, g: &Tensor, u: &Tensor) -> Result<Tensor> {
+        Ok(glu(self, "swiglu", g, u, None)?.0)
+    }
+    fn swiglu_bwd(&self, g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        glu_bwd(self, "swiglu", g, u, dy)
+    }
+    fn geglu_fwd(&self, g: &Tensor, u: &Tensor) -> Result<Tensor> {
+        Ok(glu(self, "geglu", g, u, None)?.0)
+    }
+    fn geglu_bwd(&self, g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        glu_bwd(self, "geglu", g, u, dy)
+    }
+}

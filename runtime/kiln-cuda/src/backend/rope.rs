@@ -1,0 +1,30 @@
+//! RoPE (`Op::Rope`) on kernels/rope.cu.
+
+use kiln_core::backend::{RopeDims, RopeOps};
+use kiln_core::{DType, Result, Tensor};
+
+use super::launch::grid_of;
+use super::{KernelBackend, want_f32};
+use crate::kernels::RopeParams;
+
+impl RopeOps for KernelBackend {
+    fn rope(&self, x: &Tensor, pos: &Tensor, inv_freq: &Tensor, inverse: bool) -> Result<Tensor> {
+        want_f32("rope", x)?;
+        let RopeDims { bt, h, d: hd } = RopeDims::of(x, pos, inv_freq)?;
+        let (hx, hp, hf) = (self.held(x)?, self.held(pos)?, self.held(inv_freq)?);
+        let y = self.alloc(x.numel(), DType::F32)?;
+        let p = RopeParams {
+            x: hx.ptr(),
+            pos: hp.ptr(),
+            inv_freq: hf.ptr(),
+            y: y.ptr,
+            bt: bt as i64,
+            h: h as i32,
+            d: hd as i32,
+            sign: if inverse { -1.0 } else { 1.0 },
+            pad: 0,
+        };
+        self.exec.launch("rope_f32", grid_of(bt * h * hd / 2, 256), bytemuck::bytes_of(&p))?;
+        Ok(self.wrap(y, x.dims().to_vec(), DType::F32))
+    }
+}
