@@ -274,7 +274,9 @@ fn run_real(a: &DemoArgs, steps: Option<usize>, batch_size: usize, seq_len: usiz
         total_s: t0.elapsed().as_secs_f64(),
         peak_rss_mb: kiln::info::peak_rss_mb(),
     };
-    kiln::formats::write_atomic(&a.out.join("demo.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    // Through a `Value`, whose keys are sorted, as every JSON file kiln writes.
+    let report = serde_json::to_string_pretty(&serde_json::to_value(&report)?)?;
+    kiln::formats::write_atomic(&a.out.join("demo.json"), report.as_bytes())?;
     println!(
         "demo: QLoRA {} steps in {train_s:.0}s ({:.0} tokens/s); held-out loss {e0:.3} → {e1:.3}; exact match on {} held-out rows: base {acc0:.0}% → tuned {acc1:.0}% ({:+.0} points); total {:.0}s; adapter in {}",
         summary.steps,

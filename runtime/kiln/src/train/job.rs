@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::checkpoint;
 use super::config::{Method, TrainConfig};
+use super::events::{Event, Summary};
 use super::plan::{BaseModel, Plan, check_memory, plan_text};
 use super::prepare::{Prepared, prepare, prepare_tokenizer, prepare_weights, write_eval_rows};
-use super::trainer::{Event, Summary, Trainer};
+use super::trainer::Trainer;
 use crate::backend_select::{self, Auto};
 use crate::data::tokenizer::TextTokenizer;
 use crate::model::Llama;

@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod events;
 pub mod identity;
 pub mod job;
 pub mod metrics;
@@ -16,7 +17,8 @@ pub mod schedule;
 pub mod trainer;
 
 pub use config::{Method, Objective, Optim, PrefLoss, Scheduler, TrainConfig};
+pub use events::{Evaluation, Event, Stepped, Summary};
 pub use job::{Outcome, RunOptions, run};
 pub use metrics::{EvalLog, PrefLog, SkipLog, StepLog};
 pub use optim::AdamW;
-pub use trainer::{Batches, Evaluation, Event, Stepped, Summary, Trainer};
+pub use trainer::{Batches, Trainer};

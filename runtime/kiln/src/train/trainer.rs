@@ -22,6 +22,7 @@ use kiln_core::{Grads, Tape, Tensor, Var};
 use super::AdamW;
 use super::checkpoint::{self, Identity, State};
 use super::config::{Method, Objective, Optim, TrainConfig};
+use super::events::{Evaluation, Event, Stepped, Summary};
 use super::metrics::{EvalLog, MetricsFile, SkipLog, StepLog};
 use super::pref::{self, PrefSpec, PrefStats};
 use super::prepare::Prepared;
@@ -31,55 +32,6 @@ use crate::data::batch::{Batch, Sequence, to_batch};
 use crate::data::dataset::shuffle;
 use crate::model::{Inputs, Llama};
 use crate::{KilnError, Result};
-
-/// What the loop (and [`super::run`] around it) reports as it goes.
-pub enum Event<'a> {
-    /// A line worth showing before or between steps: the plan, a tokenizer or resume note.
-    Note(&'a str),
-    /// Training starts: `total` optimizer steps in all (a resumed run has taken some).
-    Start {
-        total: usize,
-    },
-    Step(&'a StepLog),
-    /// Held-out loss, and the generation metrics when `eval_metrics` asks for them.
-    Eval {
-        step: usize,
-        loss: f64,
-        scores: Option<&'a crate::eval::Scores>,
-        /// Preference runs: rewards and reward accuracy on the held-out pairs.
-        pref: Option<&'a PrefStats>,
-    },
-    /// Reference log-probabilities computed so far (`precompute_ref`).
-    Reference {
-        done: usize,
-        total: usize,
-    },
-    Saved {
-        step: usize,
-        path: &'a Path,
-    },
-    /// A step skipped for a non-finite loss or gradient.
-    Skipped {
-        step: usize,
-        reason: &'a str,
-    },
-}
-
-/// What [`Trainer::step`] did.
-#[derive(Clone, Debug)]
-pub enum Stepped {
-    /// The update was applied.
-    Applied(StepLog),
-    /// Nothing applied: the loss or a gradient was not finite (`skip_nonfinite`).
-    Skipped(SkipLog),
-}
-
-/// An evaluation by [`Trainer::evaluate_logged`]: its metrics record and what it was made of.
-pub struct Evaluation {
-    pub log: EvalLog,
-    pub pref: Option<PrefStats>,
-    pub scores: Option<crate::eval::Scores>,
-}
 
 /// Micro-batches the caller makes itself, instead of the prepared data set's shuffled
 /// sequences (the tiny demo's random windows of a byte stream; the bench's random tokens).
@@ -98,24 +50,6 @@ enum Source {
     // Boxed: the prepared set's bookkeeping is large beside a closure, and moved once.
     Prepared(Box<Prepared>),
     Batches(Batches),
-}
-
-/// What a finished run measured.
-#[derive(Clone, Debug)]
-pub struct Summary {
-    pub steps: usize,
-    pub secs: f64,
-    pub tokens: usize,
-    pub losses: Vec<(usize, f64)>,
-    pub evals: Vec<(usize, f64)>,
-    pub best_eval: Option<(usize, f64)>,
-    pub resumed_from: Option<usize>,
-    /// Steps skipped for a non-finite loss or gradient (`skip_nonfinite`).
-    pub skipped: Vec<usize>,
-    /// Stopped early by the stop flag (Ctrl-C), after saving a checkpoint.
-    pub interrupted: bool,
-    /// Preference runs: held-out reward accuracy by step.
-    pub eval_rewards: Vec<(usize, f64)>,
 }
 
 /// What one step did.
