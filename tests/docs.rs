@@ -405,3 +405,20 @@ fn every_relative_link_points_to_a_file_that_exists() {
     assert!(failures.is_empty(), "broken links in the docs:\n{}", failures.join("\n"));
     assert!(count >= 10, "only {count} relative links found in README.md and docs/");
 }
+
+/// The README is the way in: its two commands stay exactly as they are, and every page of
+/// `docs/` is reachable from it.
+#[test]
+fn the_readme_keeps_its_two_commands_and_links_every_page() {
+    let docs = doc_files();
+    let (_, readme) = docs.iter().find(|(n, _)| n == "README.md").expect("README.md");
+    let commands: Vec<String> = shell_commands(readme).into_iter().map(|(_, c)| c.trim().to_string()).collect();
+    for want in ["cargo run --release -- demo", "bash tools/test.sh"] {
+        assert!(commands.iter().any(|c| c == want), "README.md no longer shows `{want}` in a shell block");
+    }
+    let linked: Vec<String> =
+        links(readme).into_iter().map(|(_, t)| t.split('#').next().unwrap_or("").to_string()).collect();
+    for (name, _) in docs.iter().filter(|(n, _)| n.starts_with("docs/")) {
+        assert!(linked.contains(name), "README.md does not link {name}");
+    }
+}
