@@ -40,15 +40,9 @@ fn setup(name: &str) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
         .collect();
     std::fs::write(&data, rows).unwrap();
     let out = d.join("run");
-    let o = kiln()
-        .args(["train", "--max-steps", "12", "--batch-size", "4", "--learning-rate", "5e-3", "--eval-split", "0"])
+    let o = common::kiln_train(&m, &data, &out)
+        .args(["--max-steps", "12", "--batch-size", "4", "--learning-rate", "5e-3", "--eval-split", "0"])
         .args(["--lora-r", "8", "--eval-metrics", "accuracy,bleu,rouge", "--eval-max-new-tokens", "6"])
-        .arg("--model")
-        .arg(&m)
-        .arg("--data")
-        .arg(&data)
-        .arg("--out")
-        .arg(&out)
         .output()
         .unwrap();
     ok(&o);

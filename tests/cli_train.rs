@@ -29,17 +29,7 @@ fn setup(name: &str) -> (PathBuf, PathBuf, PathBuf) {
 }
 
 fn run(args: &[&str], model: &Path, data: &Path, out: &Path) -> Output {
-    kiln()
-        .arg("train")
-        .arg("--model")
-        .arg(model)
-        .arg("--data")
-        .arg(data)
-        .arg("--out")
-        .arg(out)
-        .args(args)
-        .output()
-        .unwrap()
+    common::kiln_train(model, data, out).args(args).output().unwrap()
 }
 
 fn ok(o: &Output) -> String {

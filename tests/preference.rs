@@ -176,15 +176,9 @@ fn ok(o: &Output) -> String {
 
 fn train(model: &Path, data: &Path, out: &Path, args: &[&str]) -> Output {
     let batch: &[&str] = if args.contains(&"--batch-size") { &[] } else { &["--batch-size", "4"] };
-    kiln()
-        .args(["train", "--learning-rate", "1e-2", "--max-seq-len", "96"])
+    common::kiln_train(model, data, out)
+        .args(["--learning-rate", "1e-2", "--max-seq-len", "96"])
         .args(batch)
-        .arg("--model")
-        .arg(model)
-        .arg("--data")
-        .arg(data)
-        .arg("--out")
-        .arg(out)
         .args(args)
         .output()
         .unwrap()
@@ -361,15 +355,9 @@ fn smollm2_dpo_on_the_bundled_preferences_raises_held_out_reward_accuracy() {
     let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/demo_prefs.jsonl");
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pref-smollm2");
     let _ = std::fs::remove_dir_all(&out);
-    let o = kiln()
-        .args(["train", "--method", "dpo", "--max-steps", "12", "--batch-size", "8", "--learning-rate", "5e-4"])
+    let o = common::kiln_train(&gguf, &data, &out)
+        .args(["--method", "dpo", "--max-steps", "12", "--batch-size", "8", "--learning-rate", "5e-4"])
         .args(["--eval-samples", "40", "--eval-steps", "12", "--max-seq-len", "128"])
-        .arg("--model")
-        .arg(&gguf)
-        .arg("--data")
-        .arg(&data)
-        .arg("--out")
-        .arg(&out)
         .output()
         .unwrap();
     let log = ok(&o);

@@ -30,14 +30,8 @@ fn setup(name: &str) -> (PathBuf, PathBuf, PathBuf) {
 }
 
 fn train(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
-    c.args(["train", "--batch-size", "4", "--eval-split", "0", "--max-seq-len", "256", "--lora-r", "8"])
-        .args(["--seed", "3", "--model"])
-        .arg(model)
-        .arg("--data")
-        .arg(data)
-        .arg("--out")
-        .arg(out)
+    let mut c = common::kiln_train(model, data, out);
+    c.args(["--batch-size", "4", "--eval-split", "0", "--max-seq-len", "256", "--lora-r", "8", "--seed", "3"])
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

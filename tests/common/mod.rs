@@ -8,6 +8,14 @@ use kiln::model::init::{TinySpec, create_random_llama};
 #[allow(dead_code)] // only the GPU training tests use it
 pub mod gpu_train;
 
+/// `kiln train --model M --data D --out O`, for the caller to add its settings to.
+#[allow(dead_code)] // not every test binary that includes this module uses it
+pub fn kiln_train(model: &Path, data: &Path, out: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
+    c.arg("train").arg("--model").arg(model).arg("--data").arg(data).arg("--out").arg(out);
+    c
+}
+
 /// Writes `dir/model`: a random Llama whose vocabulary (709 rows) covers the fixture
 /// tokenizer's 700 ids with spare rows, and the tokenizer files beside it.
 #[allow(dead_code)] // not every test binary that includes this module uses it
@@ -62,17 +70,11 @@ pub fn train_losses_env(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> Vec<f64> {
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+    let o = kiln_train(model, data, out)
         .envs(env.iter().copied())
-        .args(["train", "--backend", backend, "--learning-rate", "3e-3", "--batch-size", "2", "--eval-split", "0"])
+        .args(["--backend", backend, "--learning-rate", "3e-3", "--batch-size", "2", "--eval-split", "0"])
         // One row per sequence: the GPU stand-ins here (lavapipe, the CUDA emulation) are slow.
         .args(["--packing", "false"])
-        .arg("--model")
-        .arg(model)
-        .arg("--data")
-        .arg(data)
-        .arg("--out")
-        .arg(out)
         .args(extra)
         .output()
         .unwrap();

@@ -424,7 +424,7 @@ fn eight_bit_adamw_from_zero_state_is_adamw(be: &'static kiln_cuda::backend::Ker
     let cpu = CpuBackend;
     let (mut pc, mut m, mut v) =
         (p0.clone(), Tensor::from_vec(vec![0f32; n], [n]).unwrap(), Tensor::from_vec(vec![0f32; n], [n]).unwrap());
-    cpu.adamw_step(&mut pc, &g, &mut m, &mut v, hp).unwrap();
+    cpu.adamw_step(kiln_core::backend::AdamWItem { param: &mut pc, grad: &g, m: &mut m, v: &mut v }, hp).unwrap();
     let (got, want) = (p.to_vec_f32().unwrap(), pc.to_vec_f32().unwrap());
     assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "8-bit AdamW from zero state ≠ AdamW");
     let (mv, vv) = (m.to_vec_f32().unwrap(), v.to_vec_f32().unwrap());

@@ -445,14 +445,11 @@ pub trait AttentionOps {
     /// Returns `(o [B,T,Hq,D], lse [B,T,Hq])`.
     fn attention_fwd(&self, args: &AttnArgs<'_>) -> Result<(Tensor, Tensor)>;
     /// Returns `(dq, dk, dv)`, recomputing probabilities from `lse`.
-    fn attention_bwd(
-        &self,
-        args: &AttnArgs<'_>,
-        o: &Tensor,
-        lse: &Tensor,
-        d_o: &Tensor,
-    ) -> Result<(Tensor, Tensor, Tensor)>;
+    fn attention_bwd(&self, args: &AttnArgs<'_>, o: &Tensor, lse: &Tensor, d_o: &Tensor) -> Result<AttnGrads>;
 }
+
+/// The gradients of attention's inputs: `(dq, dk, dv)`, shaped like `q`, `k` and `v`.
+pub type AttnGrads = (Tensor, Tensor, Tensor);
 
 /// Token embedding.
 pub trait EmbeddingOps {
@@ -533,14 +530,7 @@ impl AdamWStep {
 /// Optimizers (state in f32).
 pub trait OptimOps {
     /// One AdamW update, in place on `param`, `m` and `v`.
-    fn adamw_step(
-        &self,
-        param: &mut Tensor,
-        grad: &Tensor,
-        m: &mut Tensor,
-        v: &mut Tensor,
-        hp: AdamWStep,
-    ) -> Result<()>;
+    fn adamw_step(&self, it: AdamWItem<'_>, hp: AdamWStep) -> Result<()>;
 }
 
 /// A compute backend: CPU, CUDA or wgpu.
@@ -574,7 +564,7 @@ pub trait Backend:
     fn adamw_multi(&self, items: &mut [AdamWItem<'_>], hp: AdamWStep, grad_scale: f64) -> Result<()> {
         for it in items.iter_mut() {
             let g = if grad_scale != 1.0 { self.scale(it.grad, grad_scale)? } else { it.grad.clone() };
-            self.adamw_step(it.param, &g, it.m, it.v, hp)?;
+            self.adamw_step(AdamWItem { param: &mut *it.param, grad: &g, m: &mut *it.m, v: &mut *it.v }, hp)?;
         }
         Ok(())
     }

@@ -22,7 +22,7 @@ pub fn optim_cases(seed: u64) -> Vec<Case> {
             // AdamW keeps f32 state on every backend: the reference runs in f32 too.
             let f = |t: &Tensor| be.cast(t, DType::F32);
             let (mut p, g, mut m, mut v) = (f(&x[0])?, f(&x[1])?, f(&x[2])?, f(&x[3])?);
-            be.adamw_step(&mut p, &g, &mut m, &mut v, hp(0.1, 3))?;
+            be.adamw_step(AdamWItem { param: &mut p, grad: &g, m: &mut m, v: &mut v }, hp(0.1, 3))?;
             Ok(vec![p, m, v])
         }));
     }

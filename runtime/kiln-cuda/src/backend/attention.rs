@@ -1,7 +1,7 @@
 //! Causal GQA attention with packed segments (`Op::Attention`) on kernels/attention.cu: v1 in
 //! f32, v2 (FlashAttention-2) on tensor cores where the backend's GEMM variant uses them.
 
-use kiln_core::backend::{AttentionOps, AttnArgs};
+use kiln_core::backend::{AttentionOps, AttnArgs, AttnGrads};
 use kiln_core::{DType, Error, Result, Tensor};
 
 use super::KernelBackend;
@@ -58,13 +58,7 @@ impl AttentionOps for KernelBackend {
         let lse_dims = a.q.dims()[..3].to_vec();
         Ok((self.wrap(o, a.q.dims().to_vec(), DType::F32), self.wrap(lse, lse_dims, DType::F32)))
     }
-    fn attention_bwd(
-        &self,
-        a: &AttnArgs<'_>,
-        o: &Tensor,
-        lse: &Tensor,
-        d_o: &Tensor,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
+    fn attention_bwd(&self, a: &AttnArgs<'_>, o: &Tensor, lse: &Tensor, d_o: &Tensor) -> Result<AttnGrads> {
         let (mut p, rows) = attn_params(a)?;
         if p.t != p.tk || p.d > 256 || o.dims() != a.q.dims() || d_o.dims() != a.q.dims() || lse.numel() != rows {
             return Err(Error::shape(

@@ -11,15 +11,8 @@ use crate::kernels::{Adam8Params, AdamCoeffs, MultiParams, MultiTensor};
 
 impl OptimOps for KernelBackend {
     /// A table of one for the multi-tensor kernel (`kernels/optim.cu`).
-    fn adamw_step(
-        &self,
-        param: &mut Tensor,
-        grad: &Tensor,
-        m: &mut Tensor,
-        v: &mut Tensor,
-        hp: AdamWStep,
-    ) -> Result<()> {
-        adamw_multi(self, &mut [AdamWItem { param, grad, m, v }], hp, 1.0)
+    fn adamw_step(&self, it: AdamWItem<'_>, hp: AdamWStep) -> Result<()> {
+        adamw_multi(self, &mut [it], hp, 1.0)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Causal grouped-query attention (`shaders/attention.wgsl`).
 
-use kiln_core::backend::{AttentionOps, AttnArgs};
+use kiln_core::backend::{AttentionOps, AttnArgs, AttnGrads};
 use kiln_core::{DType, Error, Result, Tensor};
 
 use super::instance::WgpuBackend;
@@ -67,13 +67,7 @@ impl AttentionOps for WgpuBackend {
         Ok((self.tensor(o, qd.to_vec(), DType::F32), self.tensor(lse, vec![qd[0], qd[1], qd[2]], DType::F32)))
     }
 
-    fn attention_bwd(
-        &self,
-        a: &AttnArgs<'_>,
-        o: &Tensor,
-        lse: &Tensor,
-        d_o: &Tensor,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
+    fn attention_bwd(&self, a: &AttnArgs<'_>, o: &Tensor, lse: &Tensor, d_o: &Tensor) -> Result<AttnGrads> {
         let p = params(a)?;
         if p.t != p.tk
             || o.dims() != a.q.dims()

@@ -1,7 +1,7 @@
 //! AdamW, one parameter tensor per launch (`shaders/optim.wgsl`).
 
-use kiln_core::backend::{AdamWStep, OptimOps};
-use kiln_core::{DType, Error, Result, Tensor};
+use kiln_core::backend::{AdamWItem, AdamWStep, OptimOps};
+use kiln_core::{DType, Error, Result};
 
 use super::instance::WgpuBackend;
 use super::tensor::{Held, held};
@@ -24,14 +24,8 @@ struct AdamP {
 }
 
 impl OptimOps for WgpuBackend {
-    fn adamw_step(
-        &self,
-        param: &mut Tensor,
-        grad: &Tensor,
-        m: &mut Tensor,
-        v: &mut Tensor,
-        hp: AdamWStep,
-    ) -> Result<()> {
+    fn adamw_step(&self, it: AdamWItem<'_>, hp: AdamWStep) -> Result<()> {
+        let AdamWItem { param, grad, m, v } = it;
         let n = param.numel();
         if grad.numel() != n || m.numel() != n || v.numel() != n {
             return Err(Error::shape("adamw", format!("param {:?}, grad {:?}", param.shape(), grad.shape())));

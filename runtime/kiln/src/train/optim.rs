@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use kiln_core::backend::AdamWStep;
+use kiln_core::backend::{AdamWItem, AdamWStep};
 use kiln_core::{Grads, Tensor, Var, VarId};
 
 use super::optim8::{Q8, floor_second_moment};
@@ -209,7 +209,7 @@ impl AdamW {
             let be = p.value().backend();
             let g = if factor != 1.0 { be.scale(g, factor)? } else { g.clone() };
             let decay = if self.no_decay.contains(&p.id()) { 0.0 } else { self.weight_decay };
-            be.adamw_step(p.value_mut(), &g, &mut m, &mut v, hp(decay))?;
+            be.adamw_step(AdamWItem { param: p.value_mut(), grad: &g, m: &mut m, v: &mut v }, hp(decay))?;
             stepped8.push((p.id(), Moments::Q8(Q8::quantize(&m, true)?, Q8::quantize(&v, false)?)));
         }
         self.state.extend(stepped8);

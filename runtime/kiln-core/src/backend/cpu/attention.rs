@@ -14,7 +14,7 @@
 use rayon::prelude::*;
 
 use super::{CpuBackend, Mat, Real, by_prec, gemm, out, prec, read, read_i32};
-use crate::backend::{AttentionOps, AttnArgs};
+use crate::backend::{AttentionOps, AttnArgs, AttnGrads};
 use crate::{Error, Result, Tensor};
 
 const BLOCK: usize = 32;
@@ -199,13 +199,7 @@ impl AttentionOps for CpuBackend {
     fn attention_fwd(&self, a: &AttnArgs<'_>) -> Result<(Tensor, Tensor)> {
         by_prec!(prec(&[a.q, a.k, a.v]), fwd(a))
     }
-    fn attention_bwd(
-        &self,
-        a: &AttnArgs<'_>,
-        o: &Tensor,
-        lse: &Tensor,
-        d_o: &Tensor,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
+    fn attention_bwd(&self, a: &AttnArgs<'_>, o: &Tensor, lse: &Tensor, d_o: &Tensor) -> Result<AttnGrads> {
         by_prec!(prec(&[a.q, a.k, a.v, d_o]), bwd(a, o, lse, d_o))
     }
 }

@@ -4,18 +4,12 @@
 use rayon::prelude::*;
 
 use super::{CpuBackend, read};
-use crate::backend::{AdamWStep, OptimOps};
-use crate::{DType, Error, Result, Tensor};
+use crate::backend::{AdamWItem, AdamWStep, OptimOps};
+use crate::{DType, Error, Result};
 
 impl OptimOps for CpuBackend {
-    fn adamw_step(
-        &self,
-        param: &mut Tensor,
-        grad: &Tensor,
-        m: &mut Tensor,
-        v: &mut Tensor,
-        hp: AdamWStep,
-    ) -> Result<()> {
+    fn adamw_step(&self, it: AdamWItem<'_>, hp: AdamWStep) -> Result<()> {
+        let AdamWItem { param, grad, m, v } = it;
         if param.dtype() != DType::F32 || m.dtype() != DType::F32 || v.dtype() != DType::F32 {
             return Err(Error::Unsupported { op: "adamw", dtype: param.dtype(), backend: "cpu" });
         }
