@@ -24,81 +24,57 @@ pub struct CpuBackend;
 /// The one CPU backend instance that CPU tensors point to.
 pub static CPU: CpuBackend = CpuBackend;
 
-/// Every op a backend runs. Each belongs to a family whose stem names its files everywhere:
-/// `kiln-core/src/backend/cpu/<family>.rs`, `kernels/<family>.cu`,
-/// `kiln-cuda/src/backend/<family>.rs`, `shaders/<family>*.wgsl`,
-/// `kiln-wgpu/src/backend/<family>.rs` and the parity cases `<family>_cases()`
-/// (the table is in `kernels/README.md`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Op {
-    Cast,
-    Add,
-    Scale,
-    SwiGlu,
-    GeGlu,
-    Matmul,
-    /// The linear layer `x·Wᵀ (+ bias) (+ LoRA)`.
-    Linear,
-    RmsNorm,
-    Rope,
-    Attention,
-    Embedding,
-    CrossEntropy,
-    AdamW,
+/// Declares [`Op`] from one table, so a variant cannot miss its place in [`Op::ALL`], its
+/// name or its family.
+macro_rules! ops {
+    ($($(#[$doc:meta])* $v:ident => $name:literal in $family:literal,)*) => {
+        /// Every op a backend runs. Each belongs to a family whose stem names its files
+        /// everywhere: `kiln-core/src/backend/cpu/<family>.rs`, `kernels/<family>.cu`,
+        /// `kiln-cuda/src/backend/<family>.rs`, `shaders/<family>*.wgsl`,
+        /// `kiln-wgpu/src/backend/<family>.rs` and the parity cases `<family>_cases()`
+        /// (the table is in `kernels/README.md`).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Op {
+            $($(#[$doc])* $v,)*
+        }
+
+        impl Op {
+            /// Every op, for tables and `kiln info`.
+            pub const ALL: [Op; [$(stringify!($v)),*].len()] = [$(Op::$v),*];
+
+            /// The op's one name (snake case), as in the backend methods (`<name>_fwd`), the
+            /// parity cases and `kiln selftest --op`.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Op::$v => $name,)*
+                }
+            }
+
+            /// The family's stem: the file name of the op on every backend.
+            pub fn family(self) -> &'static str {
+                match self {
+                    $(Op::$v => $family,)*
+                }
+            }
+        }
+    };
 }
 
-impl Op {
-    /// Every op, for tables and `kiln info`.
-    pub const ALL: [Op; 13] = [
-        Op::Cast,
-        Op::Add,
-        Op::Scale,
-        Op::SwiGlu,
-        Op::GeGlu,
-        Op::Matmul,
-        Op::Linear,
-        Op::RmsNorm,
-        Op::Rope,
-        Op::Attention,
-        Op::Embedding,
-        Op::CrossEntropy,
-        Op::AdamW,
-    ];
-
-    /// The op's one name (snake case), as in the backend methods (`<name>_fwd`), the parity
-    /// cases and `kiln selftest --op`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Op::Cast => "cast",
-            Op::Add => "add",
-            Op::Scale => "scale",
-            Op::SwiGlu => "swiglu",
-            Op::GeGlu => "geglu",
-            Op::Matmul => "matmul",
-            Op::Linear => "linear",
-            Op::RmsNorm => "rms_norm",
-            Op::Rope => "rope",
-            Op::Attention => "attention",
-            Op::Embedding => "embedding",
-            Op::CrossEntropy => "cross_entropy",
-            Op::AdamW => "adamw",
-        }
-    }
-
-    /// The family's stem: the file name of the op on every backend.
-    pub fn family(self) -> &'static str {
-        match self {
-            Op::Cast | Op::Add | Op::Scale => "elementwise",
-            Op::SwiGlu | Op::GeGlu => "glu",
-            Op::Matmul | Op::Linear => "matmul",
-            Op::RmsNorm => "norm",
-            Op::Rope => "rope",
-            Op::Attention => "attention",
-            Op::Embedding => "embedding",
-            Op::CrossEntropy => "loss",
-            Op::AdamW => "optim",
-        }
-    }
+ops! {
+    Cast => "cast" in "elementwise",
+    Add => "add" in "elementwise",
+    Scale => "scale" in "elementwise",
+    SwiGlu => "swiglu" in "glu",
+    GeGlu => "geglu" in "glu",
+    Matmul => "matmul" in "matmul",
+    /// The linear layer `x·Wᵀ (+ bias) (+ LoRA)`.
+    Linear => "linear" in "matmul",
+    RmsNorm => "rms_norm" in "norm",
+    Rope => "rope" in "rope",
+    Attention => "attention" in "attention",
+    Embedding => "embedding" in "embedding",
+    CrossEntropy => "cross_entropy" in "loss",
+    AdamW => "adamw" in "optim",
 }
 
 impl std::fmt::Display for Op {
