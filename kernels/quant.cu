@@ -3,7 +3,7 @@
 // in one pass: a CTA takes a tile of whole blocks whose bytes are a multiple of 16, stages it in
 // shared memory with 16-byte loads (thread t copies bytes 16t..16t+15: coalesced), then decodes
 // it from shared memory, a thread per value, consecutive threads writing consecutive values.
-// The linear layers decode inside the GEMM instead (gemm.cu's `_q` kernels); this serves casts
+// The linear layers decode inside the GEMM instead (matmul.cu's `_q` kernels); this serves casts
 // and reading weights back.
 #include "common.cuh"
 
