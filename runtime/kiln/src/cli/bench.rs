@@ -169,8 +169,16 @@ pub struct GemmArgs {
 }
 
 /// The GEMM kernel `be` runs, by its name in shaders/matmul*.wgsl ("none" off wgpu).
+/// The GEMM kernel `be` runs for f32 weights: the wgpu instance's variant, or the CUDA
+/// backend's (f32 weights run v2 under the tensor-core variants).
 fn kiln_wgpu_variant(be: &dyn kiln::core::Backend) -> &'static str {
-    kiln_wgpu::gemm_kernel(be).unwrap_or("none")
+    if let Some(k) = kiln_wgpu::gemm_kernel(be) {
+        return k;
+    }
+    match kiln_cuda::kernel_backend(be.name(), 0) {
+        Ok(k) => k.gemm().runs_for(kiln::core::DType::F32).full_name(),
+        Err(_) => "none",
+    }
 }
 
 /// The arithmetic the GEMMs run in on `be`.
