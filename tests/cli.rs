@@ -249,3 +249,20 @@ fn kernels_build_writes_ptx_for_each_arch_or_says_what_is_missing() {
     assert!(dir.join("matmul.sm_80.ptx").is_file() && dir.join(".kiln-output").is_file());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn selftest_op_runs_only_that_ops_rows() {
+    let o = kiln().args(["selftest", "--backend", "cpu", "--op", "rope", "--json"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let all: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let cpu = &all[0];
+    let n = cpu["passed"].as_u64().unwrap();
+    assert!(n > 0 && cpu["failed"].as_array().unwrap().is_empty(), "{cpu}");
+    let whole = kiln().args(["selftest", "--backend", "cpu", "--json"]).output().unwrap();
+    let whole: serde_json::Value = serde_json::from_slice(&whole.stdout).unwrap();
+    assert!(n < whole[0]["passed"].as_u64().unwrap(), "--op rope ran {n} cases, not fewer than the whole table");
+    // An unknown name is refused, listing the names there are.
+    let o = kiln().args(["selftest", "--backend", "cpu", "--op", "ropes"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("ropes") && err.contains("rms_norm"), "{err}");
+}
