@@ -31,7 +31,8 @@ pub struct WgpuBuf {
 }
 
 impl WgpuBuf {
-    pub(crate) fn raw(&self) -> &wgpu::Buffer {
+    /// The wgpu buffer (for reading it back with [`Device::read`]).
+    pub fn raw(&self) -> &wgpu::Buffer {
         // `buf` is only taken in `drop`.
         self.buf.as_ref().expect("buffer present until drop")
     }
@@ -65,6 +66,8 @@ pub struct Device {
     timing: Mutex<Option<f64>>,
     /// Free buffers by size class (powers of two from 256 bytes).
     pool: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
+    /// Fill every buffer handed out (new or pooled) with NaN bytes ([`Device::set_poison`]).
+    poison: std::sync::atomic::AtomicBool,
 }
 
 static DEVICE: OnceLock<std::result::Result<Device, String>> = OnceLock::new();
@@ -144,6 +147,7 @@ fn open() -> std::result::Result<Device, String> {
         timestamps,
         subgroups,
         timing: Mutex::new(None),
+        poison: std::sync::atomic::AtomicBool::new(false),
     })
 }
 
@@ -178,7 +182,18 @@ impl Device {
                 mapped_at_creation: false,
             })
         });
+        if self.poison.load(std::sync::atomic::Ordering::Relaxed) {
+            // Queued before any launch that writes it: an element no kernel writes stays NaN.
+            self.queue.write_buffer(&buf, 0, &vec![0xFF; size as usize]);
+        }
         Ok(WgpuBuf { buf: Some(buf), bytes })
+    }
+
+    /// Whether buffers are handed out filled with NaN bytes (0xFF), new and pooled alike, so
+    /// that an output element a kernel forgets to write cannot inherit a correct value from an
+    /// earlier op (the parity tests and `kiln selftest` turn it on; it costs a write per buffer).
+    pub fn set_poison(&self, on: bool) {
+        self.poison.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn release(&self, b: wgpu::Buffer) {

@@ -12,7 +12,12 @@ use kiln_wgpu::{GemmVariant, Precision, WgpuBackend};
 /// The default backend, or `None` (after saying why) where no adapter opens outside CI.
 fn wgpu() -> Option<&'static WgpuBackend> {
     match WgpuBackend::open() {
-        Ok(b) => Some(b),
+        Ok(b) => {
+            // Every buffer starts as NaN bytes, new or pooled: a kernel that skips an element
+            // (a missed tail tile) fails instead of inheriting an earlier op's answer.
+            kiln_wgpu::runtime::device().expect("the device behind an open backend").set_poison(true);
+            Some(b)
+        }
         Err(e) if std::env::var_os("CI").is_none() => {
             eprintln!("SKIP wgpu parity: {e}");
             None
@@ -287,4 +292,18 @@ fn casts_are_bit_exact() {
         let got = be.cast(&be.upload(&qt).unwrap(), DType::F32).unwrap().to_vec_f32().unwrap();
         assert!(want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()), "{} decodes bit-exactly", ty.name());
     }
+}
+
+#[test]
+fn pooled_buffers_come_back_poisoned() {
+    if wgpu().is_none() {
+        return;
+    }
+    let dev = kiln_wgpu::runtime::device().unwrap();
+    // A buffer holding zeros goes back to the pool; the next one of its size class is the same
+    // buffer, and must come out as NaN bytes, not as the zeros an earlier op left.
+    drop(dev.write(&[0u8; 4096]).unwrap());
+    let b = dev.alloc(4096).unwrap();
+    let bytes = dev.read(b.raw(), 0, 4096).unwrap();
+    assert!(bytes.iter().all(|&x| x == 0xFF), "a pooled buffer kept its old contents");
 }

@@ -42,6 +42,10 @@ pub(super) fn compare(what: &str, got: &Tensor, want: &Tensor, t: &Tol) -> Resul
         if !x.is_finite() {
             return Err(format!("{what}: non-finite output at {i}"));
         }
+        // A reference that is NaN would pass every bound (NaN compares false).
+        if !y.is_finite() {
+            return Err(format!("{what}: non-finite reference at {i}"));
+        }
         // atol is relative to the output's scale so the bound means the same at any magnitude.
         let bound = t.atol * scale + y.abs() * t.eps;
         if (x - y).abs() > bound {
@@ -61,4 +65,28 @@ pub(super) fn compare(what: &str, got: &Tensor, want: &Tensor, t: &Tol) -> Resul
         return Err(format!("{what}: relative error {rel:e} > {:e}", t.rel));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(v: Vec<f32>) -> Tensor {
+        let n = v.len();
+        Tensor::from_vec(v, [n]).unwrap()
+    }
+
+    /// NaN on either side fails: NaN compares false against every bound, so without the explicit
+    /// checks a NaN reference would pass anything.
+    #[test]
+    fn nan_or_infinity_on_either_side_fails() {
+        let tol = Tol { rel: 1e-5, atol: 1e-5, eps: 1e-5 };
+        assert!(compare("ok", &t(vec![1.0, 2.0]), &t(vec![1.0, 2.0]), &tol).is_ok());
+        for bad in [f32::NAN, f32::INFINITY] {
+            let e = compare("x", &t(vec![1.0, bad]), &t(vec![1.0, 2.0]), &tol).unwrap_err();
+            assert!(e.contains("non-finite output"), "{e}");
+            let e = compare("x", &t(vec![1.0, 2.0]), &t(vec![1.0, bad]), &tol).unwrap_err();
+            assert!(e.contains("non-finite reference"), "{e}");
+        }
+    }
 }

@@ -65,6 +65,12 @@ pub fn run(a: SelftestArgs) -> Result<()> {
         if let Ok(k) = kiln_cuda::kernel_backend(name, device) {
             k.exec.set_poison(true);
         }
+        #[cfg(feature = "wgpu")]
+        if name == "wgpu"
+            && let Ok(d) = kiln_wgpu::runtime::device()
+        {
+            d.set_poison(true);
+        }
         let t0 = std::time::Instant::now();
         let mut on = |case: &str, outcome: Option<&str>| {
             if !json && let Some(o) = outcome.filter(|o| !o.starts_with("skipped")) {
