@@ -535,6 +535,7 @@ fn sliding_window_is_refused_beyond_the_window_and_matches_within_it() {
     // logits from position `w` on by far more than the tolerance.
     model.config.sliding_window = None;
     let got = model.forward(&tape, &inputs(&r.ids, &pos), Some(&lora), false).unwrap().value().to_vec_f32().unwrap();
+    assert_eq!(got.len(), b * t * v);
     let full = rel_err("logits without the window", &got, &r.f32s("logits"));
     assert!(full <= LOGITS_TOL, "logits with the window off: relative error {full:e}");
     let tail = |x: &[f32]| -> Vec<f32> { (0..b).flat_map(|i| x[(i * t + w) * v..(i + 1) * t * v].to_vec()).collect() };
