@@ -27,6 +27,9 @@ const LORA_GRAD_TOL: f64 = 3e-5;
 const FULL_GRAD_TOL: f64 = 3e-5;
 /// A bottleneck adapter tensor's gradient (measured ≤ 3.1e-6).
 const BOTTLENECK_GRAD_TOL: f64 = 4e-5;
+/// AdamW's first update of a weight, `w1 − w0` in f32 against −lr·g/(|g|+eps) from
+/// PyTorch's gradient (measured ≤ 7.5e-5).
+const UPDATE_TOL: f64 = 1e-3;
 /// The loss after each AdamW step (measured ≤ 2.4e-6; was 1e-4).
 const ADAMW_TOL: f64 = 3e-5;
 
@@ -387,6 +390,94 @@ fn full_fine_tuning_untied_llama_matches_pytorch() {
 #[test]
 fn full_fine_tuning_qwen3_qk_norms_with_checkpointing_matches_pytorch() {
     full_fine_tuning("tiny-qwen3", true);
+}
+
+/// `--method full` through the trainer's own step: the fixture's two rows as two micro-batches
+/// (7 and 9 target tokens, so a mean of per-batch means would be off), weighted by token share.
+/// The step's loss and gradient norm are PyTorch's, and AdamW's first update of every weight
+/// (lr 1e-3, no decay, no clipping: -lr·g/(|g|+eps) with bias correction) follows PyTorch's
+/// gradient.
+#[test]
+fn full_fine_tuning_trainer_step_matches_pytorch() {
+    use kiln::data::batch::{Sequence, to_batch};
+    use kiln::train::{Batches, Method, Stepped, TrainConfig, Trainer};
+    let name = "tiny-qwen2";
+    let model = Llama::load(&fixture(name), true).unwrap();
+    let r = reference(open(name, "reference.safetensors"));
+    let full = open(name, "full.safetensors");
+    let (b, t) = r.dims();
+    let ids = r.ids.as_slice::<i32>().unwrap();
+    let micro: Vec<_> = (0..b)
+        .map(|i| {
+            let row = Sequence {
+                ids: ids[i * t..(i + 1) * t].to_vec(),
+                labels: r.labels[i * t..(i + 1) * t].to_vec(),
+                pos: (0..t as i32).collect(),
+                seg: vec![0; t],
+            };
+            to_batch(std::slice::from_ref(&row), 0).unwrap()
+        })
+        .collect();
+    let counts: Vec<usize> = micro.iter().map(|m| m.n_targets).collect();
+    assert!(counts.len() == 2 && counts[0] != counts[1], "micro-batch targets {counts:?}");
+    let want_loss = full.get("loss").unwrap().item().unwrap();
+    let means: Vec<f64> = micro
+        .iter()
+        .map(|m| {
+            let inp = Inputs { ids: &m.ids, pos: &m.pos, seg: Some(&m.seg), shared_prefix: false, base_only: false };
+            model.loss(&Tape::no_grad(), &inp, &m.targets, None, false).unwrap().loss.value().item().unwrap()
+        })
+        .collect();
+    let unweighted = rel_scalar("mean of micro-batch means", (means[0] + means[1]) / 2.0, want_loss);
+    assert!(unweighted > 100.0 * LOSS_TOL, "the micro-batches' plain mean is {unweighted:e} from the loss");
+    let lr = 1e-3;
+    let cfg = TrainConfig {
+        method: Method::Full,
+        out: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("reference-full-step"),
+        max_steps: Some(1),
+        learning_rate: lr,
+        lr_scheduler: kiln::train::Scheduler::Constant,
+        warmup_steps: 0,
+        weight_decay: 0.0,
+        max_grad_norm: 0.0,
+        ..TrainConfig::default()
+    };
+    let next = Box::new(move |_| Ok(micro.clone()));
+    let mut tr =
+        Trainer::with_batches(cfg, model, Batches { next, eval: vec![], pad: 0, steps_per_epoch: 1.0 }).unwrap();
+    let before = tr.params();
+    let Stepped::Applied(log) = tr.step().unwrap() else { panic!("the step was skipped") };
+    let le = rel_scalar("trainer loss", log.loss, want_loss);
+    assert!(le <= LOSS_TOL, "full fine-tuning step loss {} (rel {le:e})", log.loss);
+    let names = keys(&full, "full_grad.");
+    let want_norm = names
+        .iter()
+        .flat_map(|n| full.get(n).unwrap().to_vec_f32().unwrap())
+        .map(|g| (g as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let ne = rel_scalar("gradient norm", log.grad_norm, want_norm);
+    assert!(ne <= FULL_GRAD_TOL, "gradient norm {} vs PyTorch {want_norm} (rel {ne:e})", log.grad_norm);
+
+    let after = tr.params();
+    assert_eq!(before.len(), names.len(), "trained weights vs PyTorch's parameters");
+    assert_eq!(after.len(), before.len());
+    let mut worst = 0.0f64;
+    for ((n0, w0), (n1, w1)) in before.iter().zip(&after) {
+        assert_eq!(n0, n1);
+        let g = full.get(&format!("full_grad.{n0}")).unwrap().to_vec_f32().unwrap();
+        let (w0, w1) = (w0.to_vec_f32().unwrap(), w1.to_vec_f32().unwrap());
+        assert!(w0.len() == g.len() && w1.len() == g.len(), "{n0}: sizes");
+        let got: Vec<f32> = w1.iter().zip(&w0).map(|(a, b)| a - b).collect();
+        let want: Vec<f32> = g.iter().map(|&g| (-lr * g as f64 / ((g as f64).abs() + 1e-8)) as f32).collect();
+        let e = rel_err(&format!("{name}: update of {n0}"), &got, &want);
+        worst = worst.max(e);
+    }
+    assert!(worst <= UPDATE_TOL, "full fine-tuning update: worst relative error {worst:e}");
+    eprintln!(
+        "{name} full fine-tuning trainer step (micro-batches of {counts:?} targets; unweighted mean off by {unweighted:.2e}): loss rel {le:.2e}, grad norm rel {ne:.2e}, worst update rel {worst:.2e} over {} weights",
+        after.len()
+    );
 }
 
 /// rsLoRA (PEFT `use_rslora=True`, scale alpha/√r) on tiny-llama: with kiln's rsLoRA scaling the
