@@ -1,0 +1,488 @@
+//! `bench/RESULTS.md` reproduces: every command it quotes (in a code span of a table cell or of
+//! prose, or in a shell block) still runs as written, checked without running its work.
+//!
+//! The rule for each kind of command:
+//! - `kiln …`, `target/release/kiln …`, `cargo run [--release] -- …`: `kiln ARGS --help` parses
+//!   (clap checks every flag and value before printing help), and a command with flags gives
+//!   the flags its `Usage:` line marks required. Placeholders (`M`, `D`, `<gguf>`) stand for
+//!   paths, which the parse does not open. A code span that is only `kiln SUBCOMMAND` names the
+//!   subcommand (which must exist) and is not held to the required flags.
+//! - `cargo test …`: every cargo flag is one cargo takes; each `--test X` names a test target of
+//!   the package the command selects (`-p P`, every package with `--workspace`, the default
+//!   member `kiln` otherwise); a filter matches the path of at least one `#[test]` function of
+//!   those targets; and where those targets' sources print (`eprintln!`/`println!`: the
+//!   figures), the command ends in `-- --nocapture`, or the figures would not show.
+//! - `cargo bench …`: each `--bench X` names a bench target of the package, and a filter after
+//!   `--` matches a benchmark name (a string literal of the bench's source).
+//! - `cargo build …`: every flag is one cargo takes.
+//! - `python3 tools/X.py ARGS`: the script's own argparse parses ARGS. The script runs under a
+//!   hook that stops it right after `parse_args` returns and that refuses every import outside
+//!   the standard library and `tools/` until then, so the check runs in CI without torch,
+//!   transformers or gguf and fails where a script imports them before reading its arguments.
+//! - `bash tools/X.sh …`: the script exists and `bash -n` reads it.
+//! - `NAME=value` before a command: a `KILN_*` name is read somewhere in the sources.
+//! - A `…` standing for a word of a command is refused: the command is written whole.
+//! - Repository paths quoted alone (`tools/…`, `tests/…`) exist; the fuzz tables (first header
+//!   cell "target") name binaries of `fuzz/Cargo.toml`.
+//! - [`NOT_CHECKED`]: commands that cannot run in CI, each with the reason; the test prints them.
+//!
+//! The newest entry's parity rows give one count, the current one: twice
+//! `kiln_core::selftest::TABLE_CASES` (two seeds).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+#[path = "common/shell.rs"]
+#[allow(dead_code)] // `classify` serves the docs check
+mod shell;
+use shell::{kiln_parses, root, shell_commands, simple_commands, split_env};
+
+#[path = "common/cargo_targets.rs"]
+mod cargo_targets;
+use cargo_targets::{Package, packages};
+
+/// Commands RESULTS.md quotes that no CI machine can run, by their first word(s), with why.
+const NOT_CHECKED: &[(&str, &str)] = &[
+    (
+        "cargo +nightly fuzz",
+        "needs a nightly toolchain and cargo-fuzz, which CI does not install (the fuzz targets' names are checked against fuzz/Cargo.toml)",
+    ),
+    ("duplicates", "the clone detector is a program of the development machine, not part of the repository or CI"),
+    ("pip download", "fetches from PyPI over the network"),
+    ("issues", "the issue tracker's client, not part of the repository or CI"),
+];
+
+/// The hook `python3 -c` runs a tool under (see the module comment): argv is the script and
+/// its arguments.
+const PY_HOOK: &str = r#"
+import argparse, importlib.abc, json, os, runpy, sys
+script, args = sys.argv[1], sys.argv[2:]
+tools = os.path.dirname(os.path.abspath(script))
+allowed = set(sys.stdlib_module_names) | {f[:-3] for f in os.listdir(tools) if f.endswith(".py")}
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] not in allowed:
+            raise ImportError(f"`import {name}` runs before the arguments are parsed (CI has no {name})")
+        return None
+sys.meta_path.insert(0, Refuse())
+parse = argparse.ArgumentParser.parse_args
+def parse_and_stop(self, a=None, ns=None):
+    print(json.dumps(vars(parse(self, a, ns)), default=str))
+    sys.exit(0)
+argparse.ArgumentParser.parse_args = parse_and_stop
+sys.argv = [script] + args
+sys.path.insert(0, tools)
+runpy.run_path(script, run_name="__main__")
+sys.exit("the script returned without calling parse_args")
+"#;
+
+/// The code spans of a markdown text outside fenced blocks, with the line each starts on; a
+/// span may run over line breaks within a paragraph (they read as spaces).
+fn code_spans(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut in_fence = false;
+    let mut para: Vec<(usize, &str)> = Vec::new();
+    let mut flush = |para: &mut Vec<(usize, &str)>| {
+        let joined: String = para.iter().map(|(_, l)| *l).collect::<Vec<_>>().join("\n");
+        let starts: Vec<usize> = para
+            .iter()
+            .scan(0, |off, (_, l)| {
+                let s = *off;
+                *off += l.len() + 1;
+                Some(s)
+            })
+            .collect();
+        let line_of = |pos: usize| para[starts.iter().rposition(|&s| s <= pos).unwrap_or(0)].0;
+        let b = joined.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] != b'`' {
+                i += 1;
+                continue;
+            }
+            let n = b[i..].iter().take_while(|&&c| c == b'`').count();
+            let body = i + n;
+            let close = (body..b.len())
+                .find(|&j| b[j..].iter().take_while(|&&c| c == b'`').count() == n && (j == 0 || b[j - 1] != b'`'));
+            match close {
+                Some(j) => {
+                    out.push((line_of(i), joined[body..j].replace('\n', " ").trim().to_string()));
+                    i = j + n;
+                }
+                None => i = body,
+            }
+        }
+        para.clear();
+    };
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        if t.starts_with("```") || t.starts_with("~~~") {
+            flush(&mut para);
+            in_fence = !in_fence;
+        } else if in_fence {
+        } else if t.is_empty() || t.starts_with('|') || t.starts_with('#') {
+            // Table rows and headings are paragraphs of their own.
+            flush(&mut para);
+            if !t.is_empty() {
+                para.push((i + 1, line));
+                flush(&mut para);
+            }
+        } else {
+            para.push((i + 1, line));
+        }
+    }
+    flush(&mut para);
+    out
+}
+
+fn results() -> String {
+    std::fs::read_to_string(root().join("bench/RESULTS.md")).expect("bench/RESULTS.md")
+}
+
+/// Every command of RESULTS.md as (line, the span or shell line it is in, the command's
+/// words), from code spans and shell blocks. In a code span `<x>` is a placeholder, not a
+/// redirection.
+fn commands(text: &str) -> Vec<(usize, String, Vec<String>)> {
+    let spans = code_spans(text).into_iter().map(|(line, s)| (line, s.replace('<', "'<").replace('>', ">'"), s));
+    let blocks = shell_commands(text).into_iter().map(|(line, s)| (line, s.clone(), s));
+    spans
+        .chain(blocks)
+        .flat_map(|(line, words, s)| simple_commands(&words).into_iter().map(move |w| (line, s.clone(), w)))
+        .collect()
+}
+
+/// What a command's words (after the environment and wrappers) are.
+#[derive(Debug, PartialEq)]
+enum Kind {
+    Kiln(Vec<String>),
+    CargoTest(Vec<String>),
+    CargoBench(Vec<String>),
+    CargoBuild(Vec<String>),
+    Python(String, Vec<String>),
+    Bash(String),
+    NotChecked(&'static str),
+    /// Not a command (a Rust path, a flag quoted alone, a value).
+    Prose,
+}
+
+fn kind(words: &[String]) -> Kind {
+    let w: Vec<&str> = words.iter().map(String::as_str).collect();
+    let rest = |i: usize| words[i.min(words.len())..].to_vec();
+    for (prefix, why) in NOT_CHECKED {
+        let p: Vec<&str> = prefix.split(' ').collect();
+        if w.len() >= p.len() && w[..p.len()] == p[..] {
+            return Kind::NotChecked(why);
+        }
+    }
+    match w.as_slice() {
+        [k, ..] if *k == "kiln" || k.ends_with("/kiln") => Kind::Kiln(rest(1)),
+        ["cargo", "run", ..] => match w.iter().position(|&x| x == "--") {
+            Some(sep) => Kind::Kiln(rest(sep + 1)),
+            None => Kind::Kiln(Vec::new()),
+        },
+        ["cargo", "test", ..] => Kind::CargoTest(rest(2)),
+        ["cargo", "bench", ..] => Kind::CargoBench(rest(2)),
+        ["cargo", "build", ..] => Kind::CargoBuild(rest(2)),
+        ["python3" | "python", script, ..] if script.ends_with(".py") => Kind::Python(script.to_string(), rest(2)),
+        ["bash" | "sh", script, ..] if script.ends_with(".sh") => Kind::Bash(script.to_string()),
+        _ => Kind::Prose,
+    }
+}
+
+/// A cargo command line: packages, targets, the filter, what follows `--`; or why not.
+#[derive(Debug, Default)]
+struct CargoArgs {
+    packages: Vec<String>,
+    workspace: bool,
+    tests: Vec<String>,
+    benches: Vec<String>,
+    lib: bool,
+    filter: Option<String>,
+    after: Vec<String>,
+}
+
+fn cargo_args(args: &[String]) -> Result<CargoArgs, String> {
+    let mut c = CargoArgs::default();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |flag: &str| it.next().cloned().ok_or(format!("{flag} without a value"));
+        match a.as_str() {
+            "--" => {
+                c.after = it.by_ref().cloned().collect();
+            }
+            "-p" | "--package" => c.packages.push(value(a)?),
+            "--test" => c.tests.push(value(a)?),
+            "--bench" => c.benches.push(value(a)?),
+            "--features" | "-F" | "--target-dir" | "-j" | "--jobs" | "--profile" => {
+                value(a)?;
+            }
+            "--workspace" | "--all" => c.workspace = true,
+            "--lib" => c.lib = true,
+            "--locked"
+            | "--release"
+            | "--no-run"
+            | "--all-targets"
+            | "--benches"
+            | "--tests"
+            | "-q"
+            | "--quiet"
+            | "--no-default-features"
+            | "--all-features"
+            | "--frozen"
+            | "--offline"
+            | "--no-fail-fast" => {}
+            f if f.starts_with('-') => return Err(format!("cargo takes no flag {f} here")),
+            f if c.filter.is_none() => c.filter = Some(f.to_string()),
+            f => return Err(format!("a second filter {f}")),
+        }
+    }
+    Ok(c)
+}
+
+/// The packages a cargo command selects.
+fn selected<'a>(all: &'a [Package], c: &CargoArgs) -> Result<Vec<&'a Package>, String> {
+    if c.workspace {
+        return Ok(all.iter().collect());
+    }
+    let names: Vec<String> = if c.packages.is_empty() { vec!["kiln".into()] } else { c.packages.clone() };
+    names.iter().map(|n| all.iter().find(|p| &p.name == n).ok_or(format!("no package {n} in the workspace"))).collect()
+}
+
+fn check_cargo_test(all: &[Package], args: &[String]) -> Result<(), String> {
+    let c = cargo_args(args)?;
+    let pkgs = selected(all, &c)?;
+    let mut targets = Vec::new();
+    for t in &c.tests {
+        let hit = pkgs.iter().find_map(|p| p.tests.iter().find(|x| &x.name == t));
+        targets.push(hit.ok_or_else(|| {
+            let names: Vec<&str> = pkgs.iter().map(|p| p.name.as_str()).collect();
+            format!("no test target {t} in {}", names.join(", "))
+        })?);
+    }
+    if c.lib {
+        targets.extend(pkgs.iter().filter_map(|p| p.lib.as_ref()));
+    }
+    if c.tests.is_empty() && !c.lib {
+        // No target named: the libraries and every test target of the packages.
+        targets.extend(pkgs.iter().flat_map(|p| p.lib.iter().chain(&p.tests)));
+    }
+    let binary_filter = c.after.iter().find(|a| !a.starts_with('-')).cloned();
+    for f in c.filter.iter().chain(&binary_filter) {
+        if !targets.iter().any(|t| t.test_names().iter().any(|n| n.contains(f.as_str()))) {
+            return Err(format!("the filter {f} matches no #[test] function of the targets"));
+        }
+    }
+    for a in c.after.iter().filter(|a| a.starts_with('-')) {
+        let known =
+            ["--nocapture", "--show-output", "--exact", "--ignored", "--include-ignored", "--test-threads", "--quiet"];
+        if !known.iter().any(|k| a == k || a.starts_with(&format!("{k}="))) {
+            return Err(format!("the test harness takes no flag {a}"));
+        }
+    }
+    let printing: Vec<&str> = targets.iter().filter(|t| t.prints()).map(|t| t.name.as_str()).collect();
+    if !printing.is_empty() && !c.after.iter().any(|a| a == "--nocapture") {
+        return Err(format!(
+            "{} print(s) the figures with eprintln!/println!, which cargo test hides: end the command with `-- --nocapture`",
+            printing.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+fn check_cargo_bench(all: &[Package], args: &[String]) -> Result<(), String> {
+    let c = cargo_args(args)?;
+    let pkgs = selected(all, &c)?;
+    let mut sources = Vec::new();
+    for b in &c.benches {
+        let hit = pkgs.iter().find_map(|p| p.benches.iter().find(|x| &x.name == b));
+        sources.push(hit.ok_or(format!("no bench target {b}"))?);
+    }
+    if c.benches.is_empty() {
+        sources.extend(pkgs.iter().flat_map(|p| &p.benches));
+    }
+    for f in c.filter.iter().chain(c.after.iter().find(|a| !a.starts_with('-'))) {
+        if !sources.iter().any(|t| t.string_literals().iter().any(|s| s.contains(f.as_str()))) {
+            return Err(format!("the filter {f} matches no benchmark name of the bench targets"));
+        }
+    }
+    Ok(())
+}
+
+fn check_python(script: &str, args: &[String]) -> Result<(), String> {
+    let path = root().join(script);
+    let src = std::fs::read_to_string(&path).map_err(|e| format!("{script}: {e}"))?;
+    if !src.contains("parse_args(") {
+        // Without a parser the hook could not stop it: it would run its work.
+        return Err(format!("{script} has no argparse parser to check the arguments with"));
+    }
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(PY_HOOK)
+        .arg(&path)
+        .args(args)
+        .current_dir(root())
+        .output()
+        .map_err(|e| format!("python3 does not run: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    Err(err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("failed").to_string())
+}
+
+fn check_bash(script: &str) -> Result<(), String> {
+    let path = root().join(script);
+    if !path.is_file() {
+        return Err(format!("{script} does not exist"));
+    }
+    let out = Command::new("bash").arg("-n").arg(&path).output().map_err(|e| format!("bash: {e}"))?;
+    if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).trim().to_string()) }
+}
+
+/// Whether `name` is read somewhere in the sources (as the string literal `"name"`).
+fn env_var_is_read(name: &str) -> bool {
+    fn walk(dir: &Path, needle: &str) -> bool {
+        let Ok(entries) = std::fs::read_dir(dir) else { return false };
+        entries.filter_map(|e| e.ok()).any(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                p.file_name().is_some_and(|n| n != "target") && walk(&p, needle)
+            } else {
+                p.extension().is_some_and(|x| x == "rs" || x == "py" || x == "sh")
+                    && std::fs::read_to_string(&p).is_ok_and(|s| s.contains(needle))
+            }
+        })
+    }
+    let root = root();
+    ["runtime", "tools"].iter().any(|d| walk(&root.join(d), &format!("\"{name}\"")))
+}
+
+#[test]
+fn every_results_command_still_runs_as_written() {
+    let text = results();
+    let all = packages();
+    let (mut failures, mut not_checked) = (Vec::new(), Vec::new());
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    for (line, cmd, words) in commands(&text) {
+        if words.first().is_some_and(|w| w == "…") && words.len() > 1 || words.iter().skip(1).any(|w| w == "…") {
+            failures.push(format!("RESULTS.md:{line}: `{cmd}`: a word elided with …: write the command whole"));
+            continue;
+        }
+        let (env, rest) = split_env(&words);
+        let k = kind(&rest);
+        if k != Kind::Prose {
+            for (name, _) in env.iter().filter(|(n, _)| n.starts_with("KILN_")) {
+                if !env_var_is_read(name) {
+                    failures.push(format!("RESULTS.md:{line}: `{cmd}`: nothing reads {name}"));
+                }
+            }
+        }
+        let (label, result) = match &k {
+            Kind::Kiln(args) => ("kiln", kiln_parses(args)),
+            Kind::CargoTest(args) => ("cargo test", check_cargo_test(&all, args)),
+            Kind::CargoBench(args) => ("cargo bench", check_cargo_bench(&all, args)),
+            Kind::CargoBuild(args) => ("cargo build", cargo_args(args).map(|_| ())),
+            Kind::Python(script, args) => ("python3", check_python(script, args)),
+            Kind::Bash(script) => ("bash", check_bash(script)),
+            Kind::NotChecked(why) => {
+                not_checked.push(format!("RESULTS.md:{line}: `{cmd}`: {why}"));
+                continue;
+            }
+            Kind::Prose => continue,
+        };
+        *counts.entry(label).or_default() += 1;
+        if let Err(why) = result {
+            failures.push(format!("RESULTS.md:{line}: `{cmd}`: {why}"));
+        }
+    }
+    eprintln!("RESULTS.md commands checked: {counts:?}");
+    for n in &not_checked {
+        eprintln!("not checked (cannot run in CI): {n}");
+    }
+    assert!(failures.is_empty(), "RESULTS.md commands that no longer run as written:\n{}", failures.join("\n"));
+    // The collector must not silently find nothing (a changed quoting style, say).
+    for (label, least) in [("kiln", 20), ("cargo test", 15), ("cargo bench", 4), ("python3", 5)] {
+        let n = counts.get(label).copied().unwrap_or(0);
+        assert!(n >= least, "only {n} `{label}` commands found in RESULTS.md (expected at least {least})");
+    }
+}
+
+#[test]
+fn quoted_paths_and_fuzz_targets_exist() {
+    let text = results();
+    let root = root();
+    let mut failures = Vec::new();
+    let dirs = ["tools/", "tests/", "data/", "kernels/", "runtime/", "fuzz/", "bench/", "docs/", "shaders/"];
+    for (line, span) in code_spans(&text) {
+        let placeholder = span.contains(['<', '…', '*', ' ']);
+        if dirs.iter().any(|d| span.starts_with(d)) && !placeholder && !root.join(&span).exists() {
+            failures.push(format!("RESULTS.md:{line}: {span} does not exist"));
+        }
+    }
+    let fuzz: toml::Table = std::fs::read_to_string(root.join("fuzz/Cargo.toml"))
+        .expect("fuzz/Cargo.toml")
+        .parse()
+        .expect("fuzz/Cargo.toml parses");
+    let bins: BTreeSet<String> = fuzz
+        .get("bin")
+        .and_then(|b| b.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b.get("name")?.as_str().map(String::from))
+        .collect();
+    let mut named = 0;
+    let mut in_fuzz_table = false;
+    for (i, line) in text.lines().enumerate() {
+        let cells: Vec<&str> = line.trim().trim_matches('|').split('|').map(str::trim).collect();
+        if !line.trim_start().starts_with('|') {
+            in_fuzz_table = false;
+        } else if cells.first() == Some(&"target") {
+            in_fuzz_table = true;
+        } else if in_fuzz_table && !cells[0].starts_with("---") {
+            let name = cells[0].split_whitespace().next().unwrap_or("");
+            named += 1;
+            if !bins.contains(name) {
+                failures.push(format!("RESULTS.md:{}: fuzz target {name} is not a [[bin]] of fuzz/Cargo.toml", i + 1));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(named >= 5, "only {named} fuzz targets found in RESULTS.md's fuzz tables");
+}
+
+#[test]
+fn the_reading_of_results_finds_commands_in_spans_and_cells() {
+    let md = "intro `kiln info` and `cargo test\n--test parity -- --nocapture` wrap\n\n| a | `python3 tools/x.py --n 2` |\n```sh\nkiln demo\n```\n";
+    let spans = code_spans(md);
+    assert_eq!(
+        spans,
+        vec![
+            (1, "kiln info".to_string()),
+            (1, "cargo test --test parity -- --nocapture".into()),
+            (4, "python3 tools/x.py --n 2".into())
+        ]
+    );
+    let w = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+    assert_eq!(kind(&w("cargo run --release -- demo --epochs 1")), Kind::Kiln(w("demo --epochs 1")));
+    assert_eq!(kind(&w("cargo +nightly fuzz run x")), Kind::NotChecked(NOT_CHECKED[0].1));
+    assert_eq!(kind(&w("kiln_cuda::GemmVariant::full_name()")), Kind::Prose);
+    let c = cargo_args(&w("-p kiln-cuda --test cuda_emu parity -- --nocapture")).expect("parses");
+    assert_eq!(
+        (c.packages, c.tests, c.filter, c.after),
+        (w("kiln-cuda"), w("cuda_emu"), Some("parity".into()), w("--nocapture"))
+    );
+    assert!(cargo_args(&w("--tset cuda_emu")).is_err(), "a misspelt flag is refused");
+    let all = packages();
+    assert!(
+        check_cargo_test(&all, &w("--workspace --locked --test parity no_such_test_anywhere -- --nocapture")).is_err()
+    );
+    assert!(
+        check_cargo_test(&all, &w("--workspace --locked --test parity")).is_err(),
+        "parity prints: needs --nocapture"
+    );
+    assert!(check_cargo_test(&all, &w("--test parity -- --nocapture")).is_err(), "parity is not in the default member");
+    assert!(check_cargo_bench(&all, &w("-p kiln --bench data_pipeline -- no_such_bench")).is_err());
+    assert!(check_python("tools/bench_gemm.py", &w("--threads two")).is_err(), "argparse types are applied");
+    assert!(check_python("tools/bench_gemm.py", &w("--no-such-flag")).is_err());
+}
