@@ -26,8 +26,9 @@
 //!   cell "target") name binaries of `fuzz/Cargo.toml`.
 //! - [`NOT_CHECKED`]: commands that cannot run in CI, each with the reason; the test prints them.
 //!
-//! The newest entry's parity rows give one count, the current one: twice
-//! `kiln_core::selftest::TABLE_CASES` (two seeds).
+//! Counts: the newest entry's parity rows give one count, the current one: twice
+//! `kiln_core::selftest::TABLE_CASES` (two seeds); a parity count in an older entry says it is
+//! the count "at the time".
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -485,4 +486,49 @@ fn the_reading_of_results_finds_commands_in_spans_and_cells() {
     assert!(check_cargo_bench(&all, &w("-p kiln --bench data_pipeline -- no_such_bench")).is_err());
     assert!(check_python("tools/bench_gemm.py", &w("--threads two")).is_err(), "argparse types are applied");
     assert!(check_python("tools/bench_gemm.py", &w("--no-such-flag")).is_err());
+    let row = "| CPU parity table | 168 cases | TABLE_CASES_NOW passed, 0 skipped | 146/146 | `cargo test` |";
+    assert_eq!(parity_counts(row), Some(w("168 TABLE_CASES_NOW 146")));
+    assert_eq!(parity_counts("| RoPE rows alone | 12 cases |"), None, "only rows that name parity");
+}
+
+/// The parity case counts of a table row whose first cell names parity, from the other cells:
+/// `N passed`, `N/N`, `N cases`, or the placeholder `TABLE_CASES_NOW` (not filled in yet).
+fn parity_counts(row: &str) -> Option<Vec<String>> {
+    let cells: Vec<&str> = row.trim().trim_matches('|').split('|').map(str::trim).collect();
+    if cells.len() < 2 || !cells[0].to_lowercase().contains("parity") || cells[0].starts_with("---") {
+        return None;
+    }
+    let re = regex::Regex::new(r"\b(\d+|TABLE_CASES_NOW)(?:/\d+| passed| cases)").expect("regex");
+    let rest = cells[1..].join(" | ");
+    Some(re.captures_iter(&rest).map(|c| c[1].to_string()).collect())
+}
+
+#[test]
+fn the_newest_parity_count_is_the_tables_and_older_ones_say_at_the_time() {
+    let text = results();
+    let now = 2 * kiln_core::selftest::TABLE_CASES; // two seeds
+    let mut entry = 0;
+    let (mut newest, mut failures) = (Vec::new(), Vec::new());
+    for (i, line) in text.lines().enumerate() {
+        if line.starts_with("## ") {
+            entry += 1;
+            continue;
+        }
+        let Some(counts) = parity_counts(line).filter(|c| !c.is_empty()) else { continue };
+        if entry == 1 {
+            newest.extend(counts.into_iter().map(|c| (i + 1, c)));
+        } else if !line.contains("at the time") {
+            failures.push(format!("RESULTS.md:{}: an older entry's parity count without \"at the time\"", i + 1));
+        }
+    }
+    assert!(!newest.is_empty(), "the newest entry of RESULTS.md gives no parity count");
+    for (line, count) in &newest {
+        if count.parse::<usize>().ok() != Some(now) {
+            failures.push(format!(
+                "RESULTS.md:{line}: the newest parity count is {count}, the table has {now} cases (2 × TABLE_CASES)"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    eprintln!("RESULTS.md's newest entry: {} parity rows, {now} cases each", newest.len());
 }
