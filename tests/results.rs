@@ -23,7 +23,8 @@
 //! - `NAME=value` before a command: a `KILN_*` name is read somewhere in the sources.
 //! - A `…` standing for a word of a command is refused: the command is written whole.
 //! - Repository paths quoted alone (`tools/…`, `tests/…`) exist; the fuzz tables (first header
-//!   cell "target") name binaries of `fuzz/Cargo.toml`.
+//!   cell "target") name binaries of `fuzz/Cargo.toml`; the `tools/gpu-check.sh` sections and
+//!   flags quoted beside the script's name (`ops-cuda`, `generate-*`, `--smoke`) are in it.
 //! - [`NOT_CHECKED`]: commands that cannot run in CI, each with the reason; the test prints them.
 //!
 //! Counts: the newest entry's parity rows give one count, the current one: twice
@@ -410,7 +411,7 @@ fn every_results_command_still_runs_as_written() {
 }
 
 #[test]
-fn quoted_paths_and_fuzz_targets_exist() {
+fn quoted_paths_fuzz_targets_and_gpu_check_sections_exist() {
     let text = results();
     let root = root();
     let mut failures = Vec::new();
@@ -448,8 +449,41 @@ fn quoted_paths_and_fuzz_targets_exist() {
             }
         }
     }
+    // The sections of tools/gpu-check.sh quoted beside its name (`ops-cuda`, `generate-*`) and
+    // its flags (`--smoke`) exist in the script.
+    let script = std::fs::read_to_string(root.join("tools/gpu-check.sh")).expect("tools/gpu-check.sh");
+    let sections: Vec<String> = script
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("section "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|n| n.trim_matches('"').split('$').next().unwrap_or("").to_string())
+        .collect();
+    let near: Vec<usize> =
+        text.lines().enumerate().filter(|(_, l)| l.contains("gpu-check.sh")).map(|(i, _)| i + 1).collect();
+    let mut quoted = 0;
+    for (line, span) in code_spans(&text) {
+        if !near.iter().any(|&n| (n..=n + 3).contains(&line)) {
+            continue;
+        }
+        let is_name = span.starts_with(|c: char| c.is_ascii_lowercase())
+            && span.contains('-')
+            && span.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '*');
+        if is_name {
+            quoted += 1;
+            let (stem, glob) = span.strip_suffix('*').map_or((span.as_str(), false), |s| (s, true));
+            let found = sections.iter().any(|s| {
+                if glob { s.starts_with(stem) } else { s == stem || stem.starts_with(s.as_str()) && s.ends_with('-') }
+            });
+            if !found {
+                failures.push(format!("RESULTS.md:{line}: tools/gpu-check.sh has no section {span}"));
+            }
+        } else if span.starts_with("--") && !span.contains(' ') && !script.contains(&format!("{span})")) {
+            failures.push(format!("RESULTS.md:{line}: tools/gpu-check.sh takes no {span}"));
+        }
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(named >= 5, "only {named} fuzz targets found in RESULTS.md's fuzz tables");
+    assert!(quoted >= 5, "only {quoted} tools/gpu-check.sh sections found quoted in RESULTS.md");
 }
 
 #[test]
