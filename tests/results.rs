@@ -61,6 +61,8 @@ const PY_HOOK: &str = r#"
 import argparse, importlib.abc, json, os, runpy, sys
 script, args = sys.argv[1], sys.argv[2:]
 tools = os.path.dirname(os.path.abspath(script))
+if not hasattr(sys, "stdlib_module_names"):
+    sys.exit("python3 is older than 3.10: it cannot tell the standard library's modules")
 allowed = set(sys.stdlib_module_names) | {f[:-3] for f in os.listdir(tools) if f.endswith(".py")}
 class Refuse(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
