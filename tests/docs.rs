@@ -6,14 +6,16 @@
 //! flags its `Usage:` line marks required. `--help` rather than `--dry-run`: it needs no
 //! model, no data file and no network, so every command of the docs is checked in a second.
 //! (The reading of commands is shared with `tests/results.rs`, in `tests/common/shell.rs`.)
-//! The scripts the blocks run (`bash tools/….sh`, `python3 tools/….py`) must exist, and every
-//! relative link (and its `#anchor`) must point to a file (and a heading) that exists.
+//! The scripts the blocks run must exist and read their arguments: `bash -n` reads a
+//! `bash tools/….sh`, and a `python3 tools/….py` parses its arguments with its own argparse
+//! (without torch or the other heavy packages, as in CI). Every relative link (and its
+//! `#anchor`) must point to a file (and a heading) that exists.
 
 use std::path::{Path, PathBuf};
 
 #[path = "common/shell.rs"]
 mod shell;
-use shell::{Check, classify, kiln_parses, root, shell_commands, simple_commands};
+use shell::{Check, check_bash, check_python, classify, kiln_parses, root, shell_commands, simple_commands};
 
 /// README.md and every `docs/*.md`, as (path relative to the root, text).
 fn doc_files() -> Vec<(String, String)> {
@@ -88,8 +90,18 @@ fn every_documented_command_still_parses() {
                         }
                     }
                     Check::Script(path) => {
-                        if !root.join(&path).is_file() {
-                            failures.push(format!("{file}:{line}: `{cmd}`: {path} does not exist"));
+                        let args = &words[words.iter().position(|w| *w == path).map_or(words.len(), |i| i + 1)..];
+                        let parsed = if path.ends_with(".py") {
+                            check_python(&path, args)
+                        } else if path.ends_with(".sh") {
+                            check_bash(&path)
+                        } else if root.join(&path).is_file() {
+                            Ok(())
+                        } else {
+                            Err(format!("{path} does not exist"))
+                        };
+                        if let Err(why) = parsed {
+                            failures.push(format!("{file}:{line}: `{cmd}`: {why}"));
                         }
                     }
                     Check::Other => {}

@@ -33,12 +33,11 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 
 #[path = "common/shell.rs"]
 #[allow(dead_code)] // `classify` serves the docs check
 mod shell;
-use shell::{kiln_parses, root, shell_commands, simple_commands, split_env};
+use shell::{check_bash, check_python, kiln_parses, root, shell_commands, simple_commands, split_env};
 
 #[path = "common/cargo_targets.rs"]
 mod cargo_targets;
@@ -54,32 +53,6 @@ const NOT_CHECKED: &[(&str, &str)] = &[
     ("pip download", "fetches from PyPI over the network"),
     ("issues", "the issue tracker's client, not part of the repository or CI"),
 ];
-
-/// The hook `python3 -c` runs a tool under (see the module comment): argv is the script and
-/// its arguments.
-const PY_HOOK: &str = r#"
-import argparse, importlib.abc, json, os, runpy, sys
-script, args = sys.argv[1], sys.argv[2:]
-tools = os.path.dirname(os.path.abspath(script))
-if not hasattr(sys, "stdlib_module_names"):
-    sys.exit("python3 is older than 3.10: it cannot tell the standard library's modules")
-allowed = set(sys.stdlib_module_names) | {f[:-3] for f in os.listdir(tools) if f.endswith(".py")}
-class Refuse(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] not in allowed:
-            raise ImportError(f"`import {name}` runs before the arguments are parsed (CI has no {name})")
-        return None
-sys.meta_path.insert(0, Refuse())
-parse = argparse.ArgumentParser.parse_args
-def parse_and_stop(self, a=None, ns=None):
-    print(json.dumps(vars(parse(self, a, ns)), default=str))
-    sys.exit(0)
-argparse.ArgumentParser.parse_args = parse_and_stop
-sys.argv = [script] + args
-sys.path.insert(0, tools)
-runpy.run_path(script, run_name="__main__")
-sys.exit("the script returned without calling parse_args")
-"#;
 
 /// The code spans of a markdown text outside fenced blocks, with the line each starts on; a
 /// span may run over line breaks within a paragraph (they read as spaces).
@@ -311,37 +284,6 @@ fn check_cargo_bench(all: &[Package], args: &[String]) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-fn check_python(script: &str, args: &[String]) -> Result<(), String> {
-    let path = root().join(script);
-    let src = std::fs::read_to_string(&path).map_err(|e| format!("{script}: {e}"))?;
-    if !src.contains("parse_args(") {
-        // Without a parser the hook could not stop it: it would run its work.
-        return Err(format!("{script} has no argparse parser to check the arguments with"));
-    }
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(PY_HOOK)
-        .arg(&path)
-        .args(args)
-        .current_dir(root())
-        .output()
-        .map_err(|e| format!("python3 does not run: {e}"))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let err = String::from_utf8_lossy(&out.stderr);
-    Err(err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("failed").to_string())
-}
-
-fn check_bash(script: &str) -> Result<(), String> {
-    let path = root().join(script);
-    if !path.is_file() {
-        return Err(format!("{script} does not exist"));
-    }
-    let out = Command::new("bash").arg("-n").arg(&path).output().map_err(|e| format!("bash: {e}"))?;
-    if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).trim().to_string()) }
 }
 
 /// Whether `name` is read somewhere in the sources (as the string literal `"name"`).

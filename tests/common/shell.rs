@@ -1,6 +1,7 @@
 //! Reading the commands out of markdown, shared by the docs and RESULTS checks: the shell
 //! blocks' command lines, a shell-like split into simple commands, what kind of command each
-//! is, and `kiln … --help` as the check that a kiln command line still parses.
+//! is; and the checks that a command still parses without doing its work: `kiln … --help`, a
+//! Python tool's own argparse, `bash -n`.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -290,4 +291,66 @@ pub fn required_flags(help: &str) -> Vec<String> {
         depth += word.matches('[').count() as i32 - word.matches(']').count() as i32;
     }
     out
+}
+
+/// The hook `python3 -c` runs a tool under (see [`check_python`]): argv is the script and its
+/// arguments.
+const PY_HOOK: &str = r#"
+import argparse, importlib.abc, json, os, runpy, sys
+script, args = sys.argv[1], sys.argv[2:]
+tools = os.path.dirname(os.path.abspath(script))
+if not hasattr(sys, "stdlib_module_names"):
+    sys.exit("python3 is older than 3.10: it cannot tell the standard library's modules")
+allowed = set(sys.stdlib_module_names) | {f[:-3] for f in os.listdir(tools) if f.endswith(".py")}
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] not in allowed:
+            raise ImportError(f"`import {name}` runs before the arguments are parsed (CI has no {name})")
+        return None
+sys.meta_path.insert(0, Refuse())
+parse = argparse.ArgumentParser.parse_args
+def parse_and_stop(self, a=None, ns=None):
+    print(json.dumps(vars(parse(self, a, ns)), default=str))
+    sys.exit(0)
+argparse.ArgumentParser.parse_args = parse_and_stop
+sys.argv = [script] + args
+sys.path.insert(0, tools)
+runpy.run_path(script, run_name="__main__")
+sys.exit("the script returned without calling parse_args")
+"#;
+
+/// Whether `python3 SCRIPT ARGS` parses its arguments: the script runs under [`PY_HOOK`], which
+/// stops it right after argparse's `parse_args` returns and refuses every import outside the
+/// standard library and `tools/` until then, so it is checked without torch, transformers or
+/// gguf installed and fails where a script imports them before reading its arguments.
+pub fn check_python(script: &str, args: &[String]) -> Result<(), String> {
+    let path = root().join(script);
+    let src = std::fs::read_to_string(&path).map_err(|e| format!("{script}: {e}"))?;
+    if !src.contains("parse_args(") {
+        // Without a parser the hook could not stop it: it would run its work.
+        return Err(format!("{script} has no argparse parser to check the arguments with"));
+    }
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(PY_HOOK)
+        .arg(&path)
+        .args(args)
+        .current_dir(root())
+        .output()
+        .map_err(|e| format!("python3 does not run: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    Err(err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("failed").to_string())
+}
+
+/// Whether `bash SCRIPT` names a script that exists and that `bash -n` reads.
+pub fn check_bash(script: &str) -> Result<(), String> {
+    let path = root().join(script);
+    if !path.is_file() {
+        return Err(format!("{script} does not exist"));
+    }
+    let out = Command::new("bash").arg("-n").arg(&path).output().map_err(|e| format!("bash: {e}"))?;
+    if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).trim().to_string()) }
 }
