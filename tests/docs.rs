@@ -2,17 +2,20 @@
 //! written `cargo run --release [-p kiln] -- …` or `target/release/kiln …`) is run with its
 //! arguments and `--help` appended: clap checks every flag name and parses every value before
 //! it prints help, so a renamed flag, a dropped subcommand or a value of the wrong type fails
-//! here, naming the file, the line and the command. `--help` rather than `--dry-run`: it needs no
+//! here, naming the file, the line and the command; a command with flags must also give the
+//! flags its `Usage:` line marks required. `--help` rather than `--dry-run`: it needs no
 //! model, no data file and no network, so every command of the docs is checked in a second.
-//! The scripts the blocks run (`bash tools/….sh`, `python3 tools/….py`) must exist, and every
-//! relative link (and its `#anchor`) must point to a file (and a heading) that exists.
+//! (The reading of commands is shared with `tests/results.rs`, in `tests/common/shell.rs`.)
+//! The scripts the blocks run must exist and read their arguments: `bash -n` reads a
+//! `bash tools/….sh`, and a `python3 tools/….py` parses its arguments with its own argparse
+//! (without torch or the other heavy packages, as in CI). Every relative link (and its
+//! `#anchor`) must point to a file (and a heading) that exists.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+#[path = "common/shell.rs"]
+mod shell;
+use shell::{Check, check_bash, check_python, classify, kiln_parses, root, shell_commands, simple_commands};
 
 /// README.md and every `docs/*.md`, as (path relative to the root, text).
 fn doc_files() -> Vec<(String, String)> {
@@ -36,223 +39,6 @@ fn doc_files() -> Vec<(String, String)> {
         .collect()
 }
 
-/// Whether a fence's info string marks a shell block (untagged blocks count too: a command
-/// written without a tag is still a command a reader copies).
-fn is_shell(info: &str) -> bool {
-    matches!(info.split_whitespace().next().unwrap_or(""), "" | "sh" | "bash" | "shell" | "console" | "zsh")
-}
-
-/// The command lines of the shell blocks of `text`: (1-based line of the command's start, the
-/// line with its `\` continuations joined). Comment lines, a `$ ` prompt and here-document
-/// bodies are skipped.
-fn shell_commands(text: &str) -> Vec<(usize, String)> {
-    let mut out = Vec::new();
-    let mut fence: Option<(String, bool)> = None; // (the fence's backticks or tildes, shell?)
-    let mut pending: Option<(usize, String)> = None;
-    let mut heredoc: Option<String> = None;
-    for (i, raw) in text.lines().enumerate() {
-        let trimmed = raw.trim_start();
-        let marker: String = trimmed.chars().take_while(|&c| c == '`' || c == '~').collect();
-        match &fence {
-            None if marker.len() >= 3 => {
-                fence = Some((marker.clone(), is_shell(&trimmed[marker.len()..])));
-                continue;
-            }
-            None => continue,
-            Some((open, _)) if marker.len() >= open.len() && trimmed[marker.len()..].trim().is_empty() => {
-                fence = None;
-                pending = None;
-                heredoc = None;
-                continue;
-            }
-            Some((_, false)) => continue,
-            Some((_, true)) => {}
-        }
-        if let Some(end) = &heredoc {
-            if raw.trim() == end {
-                heredoc = None;
-            }
-            continue;
-        }
-        let line = trimmed.strip_prefix("$ ").unwrap_or(trimmed);
-        if pending.is_none() && (line.is_empty() || line.starts_with('#')) {
-            continue;
-        }
-        let (start, mut joined) = pending.take().unwrap_or((i + 1, String::new()));
-        if let Some(body) = line.strip_suffix('\\') {
-            joined.push_str(body);
-            joined.push(' ');
-            pending = Some((start, joined));
-            continue;
-        }
-        joined.push_str(line);
-        if let Some(pos) = joined.find("<<") {
-            let tag: String = joined[pos + 2..]
-                .trim_start_matches('-')
-                .trim()
-                .trim_matches(|c| c == '\'' || c == '"')
-                .chars()
-                .take_while(|c| c.is_alphanumeric() || *c == '_')
-                .collect();
-            if !tag.is_empty() {
-                heredoc = Some(tag);
-            }
-        }
-        out.push((start, joined));
-    }
-    out
-}
-
-/// Splits a command line into words the way a shell would for our purposes (quotes,
-/// backslash escapes, `$(…)`/`<(…)` kept whole) and cuts it into the simple commands of a
-/// pipeline or list (`|`, `||`, `&&`, `;`, `&`). A `#` word starts a comment; redirections and
-/// their targets are dropped.
-fn simple_commands(line: &str) -> Vec<Vec<String>> {
-    let mut cmds = vec![Vec::new()];
-    let mut word = String::new();
-    let mut in_word = false;
-    let mut chars = line.chars().peekable();
-    let mut skip_next = false; // the next word is a redirection's target
-    let finish = |word: &mut String, in_word: &mut bool, cmds: &mut Vec<Vec<String>>, skip: &mut bool| {
-        if *in_word {
-            if *skip {
-                *skip = false;
-            } else {
-                cmds.last_mut().expect("one command").push(std::mem::take(word));
-            }
-        }
-        word.clear();
-        *in_word = false;
-    };
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => {
-                in_word = true;
-                for q in chars.by_ref() {
-                    if q == '\'' {
-                        break;
-                    }
-                    word.push(q);
-                }
-            }
-            '"' => {
-                in_word = true;
-                while let Some(q) = chars.next() {
-                    match q {
-                        '"' => break,
-                        '\\' => {
-                            if let Some(n) = chars.next() {
-                                word.push(n);
-                            }
-                        }
-                        _ => word.push(q),
-                    }
-                }
-            }
-            '\\' => {
-                in_word = true;
-                if let Some(n) = chars.next() {
-                    word.push(n);
-                }
-            }
-            '$' | '<' if chars.peek() == Some(&'(') => {
-                // Command or process substitution: one opaque word.
-                in_word = true;
-                word.push(c);
-                let mut depth = 0;
-                for q in chars.by_ref() {
-                    word.push(q);
-                    match q {
-                        '(' => depth += 1,
-                        ')' => {
-                            depth -= 1;
-                            if depth == 0 {
-                                break;
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            '#' if !in_word => break,
-            '|' | ';' | '&' => {
-                finish(&mut word, &mut in_word, &mut cmds, &mut skip_next);
-                while chars.peek().is_some_and(|&n| n == '|' || n == '&') {
-                    chars.next();
-                }
-                cmds.push(Vec::new());
-            }
-            '>' | '<' => {
-                // `2>`, `>>`, `<`: drop the redirection and the file it names.
-                if in_word && word.chars().all(|d| d.is_ascii_digit()) {
-                    word.clear();
-                    in_word = false;
-                }
-                finish(&mut word, &mut in_word, &mut cmds, &mut skip_next);
-                while chars.peek().is_some_and(|&n| n == '>' || n == '<' || n == '&') {
-                    chars.next();
-                }
-                skip_next = true;
-            }
-            c if c.is_whitespace() => finish(&mut word, &mut in_word, &mut cmds, &mut skip_next),
-            _ => {
-                in_word = true;
-                word.push(c);
-            }
-        }
-    }
-    finish(&mut word, &mut in_word, &mut cmds, &mut skip_next);
-    cmds.retain(|c| !c.is_empty());
-    cmds
-}
-
-/// What a simple command asks of the docs check.
-#[derive(Debug, PartialEq)]
-enum Check {
-    /// `kiln` with these arguments.
-    Kiln(Vec<String>),
-    /// A script of the repository that must exist.
-    Script(String),
-    /// Anything else (cargo test, cat, …): not checked.
-    Other,
-}
-
-fn classify(words: &[String]) -> Check {
-    // Leading `NAME=value` environment assignments.
-    let words: Vec<&str> = words
-        .iter()
-        .map(String::as_str)
-        .skip_while(|w| {
-            w.split_once('=')
-                .is_some_and(|(k, _)| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
-        })
-        .collect();
-    let Some(&first) = words.first() else { return Check::Other };
-    if first == "kiln" || first.ends_with("/kiln") {
-        return Check::Kiln(words[1..].iter().map(|s| s.to_string()).collect());
-    }
-    if first == "cargo" && words.get(1) == Some(&"run") {
-        let Some(sep) = words.iter().position(|&w| w == "--") else { return Check::Other };
-        let cargo = &words[2..sep];
-        let package = cargo
-            .iter()
-            .position(|&w| w == "-p" || w == "--package" || w == "--bin")
-            .and_then(|i| cargo.get(i + 1))
-            .copied()
-            .unwrap_or("kiln");
-        if package == "kiln" {
-            return Check::Kiln(words[sep + 1..].iter().map(|s| s.to_string()).collect());
-        }
-        return Check::Other;
-    }
-    if matches!(first, "bash" | "sh" | "python3" | "python")
-        && let Some(script) = words.get(1).filter(|w| !w.starts_with('-') && w.contains('/'))
-    {
-        return Check::Script(script.to_string());
-    }
-    Check::Other
-}
-
 #[test]
 fn shell_parsing_finds_the_kiln_invocations() {
     let w = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
@@ -272,6 +58,16 @@ fn shell_parsing_finds_the_kiln_invocations() {
     assert_eq!(classify(&w("target/release/kiln info")), Check::Kiln(w("info")));
     assert_eq!(classify(&w("bash tools/test.sh")), Check::Script("tools/test.sh".into()));
     assert_eq!(classify(&w("cargo test --workspace --locked")), Check::Other);
+    assert_eq!(
+        classify(&w("/usr/bin/time -f %e KILN_X=1 kiln info --json")),
+        Check::Kiln(w("info --json")),
+        "a timing wrapper and environment assignments are not the command"
+    );
+    assert_eq!(
+        shell::required_flags("Usage: kiln score [OPTIONS] --predictions <P> --references <R>\n"),
+        vec!["--predictions".to_string(), "--references".into()]
+    );
+    assert!(shell::required_flags("Usage: kiln train [OPTIONS] [--resume [<C>]]").is_empty());
     let md = "text\n```sh\n# a comment\nkiln train --data a.jsonl \\\n    --epochs 1\ncat > f <<'EOF'\nkiln not-a-command\nEOF\n```\n```json\nkiln x\n```\n";
     assert_eq!(
         shell_commands(md),
@@ -281,7 +77,6 @@ fn shell_parsing_finds_the_kiln_invocations() {
 
 #[test]
 fn every_documented_command_still_parses() {
-    let kiln = env!("CARGO_BIN_EXE_kiln");
     let root = root();
     let (mut checked, mut failures) = (0, Vec::new());
     for (file, text) in doc_files() {
@@ -290,22 +85,23 @@ fn every_documented_command_still_parses() {
                 match classify(&words) {
                     Check::Kiln(args) => {
                         checked += 1;
-                        let out = Command::new(kiln)
-                            .args(&args)
-                            .arg("--help")
-                            .current_dir(&root)
-                            .stdin(Stdio::null())
-                            .output()
-                            .expect("kiln runs");
-                        if !out.status.success() || out.stdout.is_empty() {
-                            let err = String::from_utf8_lossy(&out.stderr);
-                            let why = err.lines().find(|l| !l.trim().is_empty()).unwrap_or("no help printed");
+                        if let Err(why) = kiln_parses(&args) {
                             failures.push(format!("{file}:{line}: `kiln {}`: {why}", args.join(" ")));
                         }
                     }
                     Check::Script(path) => {
-                        if !root.join(&path).is_file() {
-                            failures.push(format!("{file}:{line}: `{cmd}`: {path} does not exist"));
+                        let args = &words[words.iter().position(|w| *w == path).map_or(words.len(), |i| i + 1)..];
+                        let parsed = if path.ends_with(".py") {
+                            check_python(&path, args)
+                        } else if path.ends_with(".sh") {
+                            check_bash(&path)
+                        } else if root.join(&path).is_file() {
+                            Ok(())
+                        } else {
+                            Err(format!("{path} does not exist"))
+                        };
+                        if let Err(why) = parsed {
+                            failures.push(format!("{file}:{line}: `{cmd}`: {why}"));
                         }
                     }
                     Check::Other => {}

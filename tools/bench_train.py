@@ -5,11 +5,16 @@ model, shape and thread count, side by side in one run.
 Setup: pip install torch transformers peft gguf;  cargo build --release
 Run:   python3 tools/bench_train.py [--model HF_DIR] [--gguf FILE] [--batch-size 4]
                                     [--seq-len 128] [--threads 2] [--steps 3]
+                                    [--targets q_proj,v_proj all-linear] [--no-qlora]
+                                    [--torch-dtype float32|auto]
 Default model: SmolLM2-135M-Instruct in f32, written once from the Q4_1 GGUF by
 `kiln export --format merged` into target/smollm2-f32/ (so both sides train the same f32
-weights; kiln's dequantization is bit-exact with the gguf package's). Rows:
-LoRA r=8 on q,v and on all-linear for both; kiln QLoRA on the Q4_1 GGUF itself. Each side runs
-in its own process (peak RSS is per process); median step time after one warm-up step.
+weights; kiln's dequantization is bit-exact with the gguf package's). Rows: LoRA r=8 on each
+--targets list for both sides (default q,v and all-linear); unless --no-qlora, kiln QLoRA on
+q,v of the Q4_1 GGUF itself. PyTorch loads the model in f32 (--torch-dtype auto: in the
+checkpoint's own dtype, e.g. bf16). Each side runs in its own process (peak RSS is per
+process); median step time after one warm-up step. The arguments are parsed before torch is
+imported, so they can be checked without it.
 """
 import argparse
 import glob
@@ -28,8 +33,9 @@ def torch_run(a):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
     torch.set_num_threads(a.threads)
-    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
-    targets = "all-linear" if a.targets == "all-linear" else a.targets.split(",")
+    dtype = torch.float32 if a.torch_dtype == "float32" else "auto"
+    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=dtype)
+    targets = "all-linear" if a.targets[0] == "all-linear" else a.targets[0].split(",")
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=targets))
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -47,7 +53,7 @@ def torch_run(a):
     step = times[len(times) // 2]
     print(json.dumps({"step_s": step, "tokens_per_s": a.batch_size * a.seq_len / step,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "torch": torch.__version__}))
+                      "torch": torch.__version__, "dtype": str(next(model.parameters()).dtype)}))
 
 
 def default_gguf():
@@ -76,11 +82,16 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--kiln", default=os.path.join(ROOT, "target/release/kiln"))
     ap.add_argument("--torch-only", action="store_true")
-    ap.add_argument("--targets", default="q_proj,v_proj")
+    ap.add_argument("--targets", nargs="+", default=["q_proj,v_proj", "all-linear"],
+                    help="one LoRA row per list of modules (q_proj,v_proj,... or all-linear)")
+    ap.add_argument("--qlora", action=argparse.BooleanOptionalAction, default=True,
+                    help="the kiln QLoRA row on the Q4_1 GGUF (q_proj,v_proj)")
+    ap.add_argument("--torch-dtype", choices=["float32", "auto"], default="float32",
+                    help="PyTorch's weights: f32, or the checkpoint's own dtype")
     a = ap.parse_args()
     if a.torch_only:
         return torch_run(a)
-    gguf = a.gguf or default_gguf()
+    gguf = a.gguf or (default_gguf() if a.qlora or not a.model else None)
     model = a.model or f32_dir(a.kiln, gguf)
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads))
     shape = ["--batch-size", str(a.batch_size), "--max-seq-len", str(a.seq_len), "--steps", str(a.steps)]
@@ -92,21 +103,29 @@ def main():
     def torch(targets):
         out = subprocess.check_output([sys.executable, __file__, "--torch-only", "--model", model, "--targets", targets,
                                        "--batch-size", str(a.batch_size), "--seq-len", str(a.seq_len),
-                                       "--steps", str(a.steps), "--threads", str(a.threads)])
+                                       "--steps", str(a.steps), "--threads", str(a.threads),
+                                       "--torch-dtype", a.torch_dtype])
         return json.loads(out.decode().strip().splitlines()[-1])
 
     rows = []
-    for targets in ["q_proj,v_proj", "all-linear"]:
+    torch_runs = {}
+    for targets in a.targets:
         k = kiln(model, "--target-modules", targets)
-        t = torch(targets)
-        rows.append((f"LoRA r=8 {targets}, f32 base", k, t))
-    q = kiln(gguf, "--method", "qlora", "--target-modules", "q_proj,v_proj")
-    rows.append(("QLoRA r=8 q_proj,v_proj, Q4_1 GGUF base (kiln) vs f32 LoRA (PyTorch)", q, rows[0][2]))
-    print(f"model={model} batch={a.batch_size}x{a.seq_len} threads={a.threads} torch={rows[0][2]['torch']}")
-    print("| run | kiln tokens/s | PyTorch+PEFT tokens/s | speed ratio | kiln peak RSS MB | PyTorch peak RSS MB | memory ratio |")
-    print("|---|---|---|---|---|---|---|")
+        torch_runs[targets] = torch(targets)
+        rows.append((f"LoRA r=8 {targets}", k, torch_runs[targets]))
+    if a.qlora:
+        q = kiln(gguf, "--method", "qlora", "--target-modules", "q_proj,v_proj")
+        t = torch_runs.get("q_proj,v_proj") or torch("q_proj,v_proj")
+        rows.append(("QLoRA r=8 q_proj,v_proj, Q4_1 GGUF base (kiln) vs LoRA (PyTorch)", q, t))
+    t0 = rows[0][2]
+    print(f"model={model} batch={a.batch_size}x{a.seq_len} threads={a.threads} torch={t0['torch']} "
+          f"torch dtype={t0['dtype']}")
+    print("| run | kiln step s | kiln tokens/s | PyTorch+PEFT step s | PyTorch+PEFT tokens/s | speed ratio "
+          "| kiln peak RSS MB | PyTorch peak RSS MB | memory ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, k, t in rows:
-        print(f"| {name} | {k['tokens_per_s']:.0f} | {t['tokens_per_s']:.0f} | {k['tokens_per_s'] / t['tokens_per_s']:.2f}x "
+        print(f"| {name} | {k['step_s']:.2f} | {k['tokens_per_s']:.0f} | {t['step_s']:.2f} | {t['tokens_per_s']:.0f} "
+              f"| {k['tokens_per_s'] / t['tokens_per_s']:.2f}x "
               f"| {k['peak_rss_mb']:.0f} | {t['peak_rss_mb']:.0f} | {k['peak_rss_mb'] / t['peak_rss_mb']:.2f}x |")
 
 

@@ -21,12 +21,6 @@ import subprocess
 import sys
 import tempfile
 
-import gguf
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from kiln_tiny import tiny_llama
-
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
@@ -41,6 +35,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kiln", default=os.path.join(ROOT, "target/release/kiln"))
     a = ap.parse_args()
+    # After the arguments: they parse (and --help works) without torch, transformers or gguf.
+    global gguf, torch, AutoModelForCausalLM, AutoTokenizer
+    import gguf
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kiln_tiny import tiny_llama
     work = tempfile.mkdtemp(prefix="kiln-gguf-")
     model_dir = os.path.join(work, "model")
     tiny_llama(model_dir)

@@ -24,12 +24,6 @@ import subprocess
 import sys
 import tempfile
 
-import torch
-from peft import PeftModel
-from transformers import AutoModelForCausalLM
-
-from kiln_tiny import tiny_llama
-
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
@@ -41,6 +35,12 @@ def main():
     ap.add_argument("--train-embeddings", action="store_true",
                     help="also train embed_tokens and lm_head (saved as PEFT modules_to_save)")
     a = ap.parse_args()
+    # After the arguments: they parse (and --help works) without torch, transformers or peft.
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from kiln_tiny import tiny_llama
     work = tempfile.mkdtemp(prefix="kiln-peft-")
     model_dir = os.path.join(work, "model")
     tiny_llama(model_dir)

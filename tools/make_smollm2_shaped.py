@@ -5,14 +5,15 @@ speed measurements only (the weights are random).
 Usage: python3 tools/make_smollm2_shaped.py OUT_DIR [--dtype bfloat16|float32] [--shape 135m|1b]"""
 import argparse
 
-import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
-
 ap = argparse.ArgumentParser()
 ap.add_argument("out")
 ap.add_argument("--dtype", default="bfloat16")
 ap.add_argument("--shape", default="135m", choices=["135m", "1b"])
 a = ap.parse_args()
+# After the arguments: they parse (and --help works) without torch installed.
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
+
 if a.shape == "1b":
     cfg = LlamaConfig(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                       num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,

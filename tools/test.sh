@@ -62,10 +62,10 @@ tier "build tests" cargo test --workspace --all-targets --locked --no-run
 
 # 1. CPU ops: unit tests, op parity table (f32 vs f64 reference), f64 finite-difference
 #    gradient checks of every op, attention against a naive softmax, packing; bench smoke runs.
-tier "1 cpu ops + gradient checks" cargo test --workspace --locked --lib --test gradcheck --test parity --test attention_ref --test qlinear --benches
+tier "1 cpu ops + gradient checks" cargo test --workspace --locked --lib --test gradcheck --test parity --test attention_ref --test qlinear --benches -- --nocapture
 # 2. Reference: tiny Llama/Qwen2/Qwen3 against PyTorch fixtures (logits, loss, LoRA grads,
 #    AdamW trajectory), bad model files, LoRA overfit.
-tier "2 reference fixtures (PyTorch, transformers, gguf) + model and data files" cargo test --workspace --locked --test reference --test weights_bad_input --test overfit --test data --test templates --test metrics --test batching --test gguf --test smollm2 --test train --test preference
+tier "2 reference fixtures (PyTorch, transformers, gguf) + model and data files" cargo test --workspace --locked --test reference --test weights_bad_input --test overfit --test data --test templates --test metrics --test batching --test gguf --test smollm2 --test train --test preference -- --nocapture
 # 3. wgpu on lavapipe: the op parity table; ops without a WGSL kernel yet are listed as skipped
 #    (the tier itself fails when no adapter opens).
 tier "3 wgpu on lavapipe (op parity, training against the CPU)" cargo test --workspace --locked --test wgpu_parity --test wgpu_train -- --nocapture
@@ -76,6 +76,6 @@ tier "3 wgpu on lavapipe (op parity, training against the CPU)" cargo test --wor
 tier "4 cuda: NVRTC compile for every arch + kernels on the CPU emulation" cargo test --workspace --locked --test cuda_nvrtc --test cuda_emu --test cuda_train -- --nocapture
 # 5. End-to-end CLI: kiln info without a GPU, the demo fine-tune, bad input; every command
 #    shown in README.md and docs/ still parses, and their links resolve.
-tier "5 cli end-to-end (incl. a short run of the main job on SmolLM2)" cargo test --workspace --locked --test cli --test cli_train --test cli_eval --test bad_inputs --test reliability --test outputs --test docs
+tier "5 cli end-to-end (incl. a short run of the main job on SmolLM2)" cargo test --workspace --locked --test cli --test cli_train --test cli_eval --test bad_inputs --test reliability --test outputs --test docs --test results -- --nocapture
 
 echo "all tiers passed in $(( $(date +%s) - t_all ))s"
