@@ -13,6 +13,8 @@ mod variant;
 
 #[cfg(feature = "wgpu")]
 pub use backend::WgpuBackend;
+#[doc(hidden)]
+pub use variant::GemmFault;
 pub use variant::{GemmVariant, Precision};
 
 /// Chooses the adapter `open` will use (an index as `kiln info` lists them, or part of a name);

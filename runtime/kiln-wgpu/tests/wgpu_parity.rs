@@ -307,3 +307,86 @@ fn pooled_buffers_come_back_poisoned() {
     let bytes = dev.read(b.raw(), 0, 4096).unwrap();
     assert!(bytes.iter().all(|&x| x == 0xFF), "a pooled buffer kept its old contents");
 }
+
+/// A deliberately broken GEMM (issue 24's "Verify"): the grid counts whole tiles of columns, so
+/// a product whose column count is ragged and spans more than one tile never launches its last,
+/// partial column of tiles. On the matmul family's rows with poisoned buffers, under each f32
+/// GEMM variant (16- and 64-wide tiles) and the f16 GEMM, every row the fault reaches fails on
+/// the NaN the missed tile leaves (or, where the tile belongs to a product accumulated into an
+/// output already written, on the term it lacks), and every other row passes; the same
+/// instances without the fault pass those rows; a product of whole tiles is right even with
+/// the fault.
+#[test]
+fn a_missed_tail_tile_fails_the_matmul_rows() {
+    use kiln_core::Tensor;
+    use kiln_core::selftest::{Case, run_where};
+    use kiln_wgpu::GemmFault;
+    let Some(be) = wgpu() else { return };
+    let matmul_rows = |c: &Case| c.op.family() == "matmul";
+    let (m, k, n) = (64, 128, 128);
+    let mut rng = kiln_core::rng::Rng::new(5);
+    let a = Tensor::from_vec((0..m * k).map(|_| rng.normal() as f32).collect::<Vec<_>>(), [m, k]).unwrap();
+    let b = Tensor::from_vec((0..k * n).map(|_| rng.normal() as f32).collect::<Vec<_>>(), [k, n]).unwrap();
+    let want = kiln_core::CpuBackend.matmul(&a, &b, false, false).unwrap().to_vec_f64().unwrap();
+    for (v, prec) in
+        [(GemmVariant::V2, Precision::F32), (GemmVariant::V3, Precision::F32), (GemmVariant::V3, Precision::F16)]
+    {
+        let clean = be.with_gemm(v).with_precision(prec).with_fault(None);
+        let broken = clean.with_fault(Some(GemmFault::DropLastTile));
+        assert!(!std::ptr::eq(clean, broken) && std::ptr::eq(broken.with_fault(None), clean), "one instance each");
+        let t0 = std::time::Instant::now();
+        // Each case's outcome, and whether the fault dropped a tile in it (only this test runs
+        // a faulty instance, so the count moves only here).
+        let mut seen: Vec<(String, bool, Option<String>)> = Vec::new();
+        let mut dropped = WgpuBackend::dropped_tiles();
+        let rep = run_where(broken, &matmul_rows, &mut |name, msg| {
+            let now = WgpuBackend::dropped_tiles();
+            seen.push((name.to_string(), now > dropped, msg.map(str::to_string)));
+            dropped = now;
+        });
+        let reached = seen.iter().filter(|s| s.1).count();
+        eprintln!(
+            "GEMM {v} {prec} dropping its last tile: reached {reached} of {} rows; {} failed, {} passed in {:.1}s",
+            seen.len(),
+            rep.failed.len(),
+            rep.passed.len(),
+            t0.elapsed().as_secs_f64()
+        );
+        assert!(rep.skipped.is_empty(), "{:#?}", rep.skipped);
+        assert!(reached >= 10, "{v} {prec}: the fault reached only {reached} rows");
+        for (case, hit, msg) in &seen {
+            match msg {
+                Some(e) => assert!(*hit, "{case} failed where the fault did not reach: {e}"),
+                None => assert!(!hit, "{case}: a tile was dropped, yet it passed"),
+            }
+        }
+        assert_eq!(rep.failed.len(), reached);
+        // Where the missed tile belongs to a product written into a fresh buffer, its outputs
+        // are the poison's NaN; where it belongs to one accumulated into an output already
+        // right (a LoRA term added to x·Wᵀ), they lack the term and fail the bound instead.
+        let (nan, off): (Vec<_>, Vec<_>) = rep.failed.iter().partition(|(_, e)| e.contains("non-finite output"));
+        eprintln!("  {} rows caught by the poison, {} by the bound:", nan.len(), off.len());
+        for (_, e) in &off {
+            eprintln!("    {e}");
+            assert!(e.contains(": element "), "{e}");
+        }
+        assert!(nan.len() >= off.len(), "{v} {prec}: the poison shows through in most rows");
+        // Whole tiles: nothing is dropped, the product is right.
+        let before = WgpuBackend::dropped_tiles();
+        let c = broken.matmul(&broken.upload(&a).unwrap(), &broken.upload(&b).unwrap(), false, false).unwrap();
+        assert_eq!(WgpuBackend::dropped_tiles(), before, "no tile of a {m}×{k}·{k}×{n} product is partial");
+        let got = c.to_vec_f64().unwrap();
+        // Worst error relative to the output's largest magnitude (the f16 GEMM rounds to f16).
+        let scale = want.iter().fold(0.0f64, |x, y| x.max(y.abs()));
+        let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs() / scale).fold(0.0, f64::max);
+        let tol = if prec == Precision::F16 { 3e-3 } else { 1e-6 };
+        assert!(worst < tol, "{v} {prec}: a {m}×{k}·{k}×{n} product of whole tiles is off by {worst:e}");
+        // The rows the fault failed pass on the same instance without it (the parity tests run
+        // every row there).
+        let failed: Vec<String> = rep.failed.iter().map(|(n, _)| n.clone()).collect();
+        let was_failed = |c: &Case| failed.iter().any(|n| n.strip_prefix("wgpu ") == Some(c.name.as_str()));
+        let rep = run_where(clean, &was_failed, &mut |_, _| {});
+        assert!(rep.failed.is_empty() && rep.skipped.is_empty(), "{v} {prec} without the fault: {:#?}", rep.failed);
+        assert_eq!(rep.passed.len(), failed.len(), "the same rows pass without the fault");
+    }
+}

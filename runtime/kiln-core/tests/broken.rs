@@ -1,0 +1,136 @@
+//! Deliberately broken backends the op parity table must catch (issue 24's "Verify"): the CPU
+//! backend wrapped with one bug at a time (`broken/faulty.rs`) — an AdamW without weight decay,
+//! a RoPE off by one position at the end of each sequence, an op left out — runs the whole
+//! table, and exactly the cases that reach the bug must fail (or, for the left-out op, the
+//! run's verification and the coverage check must name it). The wrapper without a bug passes
+//! the table exactly, so the failures are the bugs', not the wrapper's. (The GPU counterparts:
+//! wgpu's missed tail tile in `kiln-wgpu/tests/wgpu_parity.rs`, the CUDA emulation's broken
+//! kernels in `kiln-cuda/tests/cuda_emu.rs`.)
+
+#[path = "broken/faulty.rs"]
+mod faulty;
+
+use std::cell::RefCell;
+
+use faulty::{Fault, Faulty};
+use kiln_core::backend::Op;
+use kiln_core::selftest::{self, Filter, Report};
+
+/// What one run of the whole table on a faulty backend found, with the backend methods each
+/// case called.
+struct Outcome {
+    report: Report,
+    /// `(case, methods it called on the backend)`, in the order they ran.
+    calls: Vec<(String, Vec<&'static str>)>,
+}
+
+impl Outcome {
+    /// The cases that called a method `pick` accepts, sorted (each seed's rows, so names come
+    /// twice).
+    fn calling(&self, pick: impl Fn(&str) -> bool) -> Vec<String> {
+        sorted(self.calls.iter().filter(|(_, c)| c.iter().any(|m| pick(m))).map(|(n, _)| n))
+    }
+    /// The failed cases, sorted.
+    fn failed(&self) -> Vec<String> {
+        sorted(self.report.failed.iter().map(|(n, _)| n))
+    }
+}
+
+/// Runs every case of the table (seeds 1 and 2, whatever `KILN_SELFTEST_OP` says) on the CPU
+/// backend with `fault`.
+fn run(fault: Fault) -> Outcome {
+    let be = Faulty::new(fault);
+    let calls = RefCell::new(Vec::new());
+    let t0 = std::time::Instant::now();
+    // `on` follows each case, so the calls taken there are that case's.
+    let report = selftest::run_filtered(&be, &Filter::all(), &mut |name, _| {
+        calls.borrow_mut().push((name.to_string(), be.take_calls()))
+    });
+    eprintln!(
+        "{fault:?}: {} passed, {} failed, {} skipped in {:.2}s",
+        report.passed.len(),
+        report.failed.len(),
+        report.skipped.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    Outcome { report, calls: calls.into_inner() }
+}
+
+fn sorted<'a>(names: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let mut v: Vec<String> = names.cloned().collect();
+    v.sort();
+    v
+}
+
+/// The number of cases a run of the whole table has (seeds 1 and 2).
+fn table_cases() -> usize {
+    selftest::cases(1).len() + selftest::cases(2).len()
+}
+
+/// The wrapper itself is faithful: without a fault every case passes, none is skipped.
+#[test]
+fn unbroken_wrapper_passes_exactly() {
+    let o = run(Fault::None);
+    assert!(o.report.failed.is_empty(), "{:#?}", o.report.failed);
+    assert!(o.report.skipped.is_empty(), "{:#?}", o.report.skipped);
+    assert_eq!(o.report.passed.len(), table_cases());
+    assert_eq!(o.calls.len(), table_cases(), "every case reported once");
+    // The calls recorded per case are the case's own: the rope rows call rope, the others
+    // (but attention's packed rows) do not.
+    for (name, calls) in &o.calls {
+        assert!(!calls.is_empty(), "{name}: no backend call recorded");
+        assert_eq!(calls.contains(&"rope"), name.contains(" rope ") || name.contains(" packed"), "{name}: {calls:?}");
+    }
+}
+
+/// AdamW without its decoupled weight decay fails every AdamW row that decays, and nothing else.
+#[test]
+fn adamw_without_weight_decay_fails_the_adamw_rows() {
+    let o = run(Fault::AdamWWithoutWeightDecay);
+    let decaying = o.calling(|m| m.ends_with(" wd"));
+    assert!(decaying.len() >= 8, "the AdamW rows with weight decay (both seeds): {decaying:?}");
+    assert!(decaying.iter().all(|n| n.starts_with("faulty adamw")), "{decaying:?}");
+    let adamw_rows = o.calls.iter().filter(|(n, _)| n.starts_with("faulty adamw")).count();
+    assert_eq!(decaying.len(), adamw_rows, "every AdamW row steps with a weight decay");
+    assert_eq!(o.failed(), decaying, "{:#?}", o.report.failed);
+    for (n, e) in &o.report.failed {
+        eprintln!("caught: {e}");
+        assert!(e.starts_with(n.as_str()), "the failure names its case: {e}");
+    }
+    assert!(o.report.skipped.is_empty() && o.report.passed.len() + o.report.failed.len() == table_cases());
+}
+
+/// RoPE rotating each sequence's last position one position too far fails every row that
+/// rotates (the rope rows and attention's packed rows), forward and backward, and nothing else.
+#[test]
+fn rope_off_by_one_at_the_end_fails_the_rows_that_rotate() {
+    let o = run(Fault::RopeOffByOneAtEnd);
+    let rotating = o.calling(|m| m == "rope");
+    assert!(rotating.iter().any(|n| n.starts_with("faulty rope ")), "{rotating:?}");
+    assert!(rotating.iter().any(|n| n.starts_with("faulty attention ")), "{rotating:?}");
+    assert_eq!(o.failed(), rotating, "{:#?}", o.report.failed);
+    assert!(o.report.skipped.is_empty() && o.report.passed.len() + o.report.failed.len() == table_cases());
+    // The one-token sequence's only position is its last: even it is caught.
+    assert!(o.failed().iter().any(|n| n.contains("rope b1 t1 ")), "{:?}", o.failed());
+}
+
+/// An op a backend quietly leaves out is skipped, not failed: a check that only asks for no
+/// failures and some passes lets it through, the coverage check does not.
+#[test]
+fn a_skipped_op_fails_the_coverage_check() {
+    let skipped = Op::GeGlu;
+    let o = run(Fault::SkipOp(skipped));
+    let its_rows = sorted(o.calls.iter().map(|(n, _)| n).filter(|n| n.starts_with("faulty geglu")));
+    assert!(!its_rows.is_empty());
+    let skips = sorted(o.report.skipped.iter().map(|(n, _)| n));
+    assert_eq!(skips, its_rows, "exactly the op's rows are skipped");
+    // What a parity test checked before: no failure, something passed. The bug passes it.
+    assert!(o.report.failed.is_empty() && !o.report.passed.is_empty());
+    assert_eq!(o.report.passed.len() + skips.len(), table_cases());
+    let be = Faulty::new(Fault::SkipOp(skipped));
+    let e = selftest::coverage(&be, &[]).unwrap_err();
+    eprintln!("caught: {e}");
+    assert!(e.starts_with("geglu: none of its") && e.contains("faulty"), "{e}");
+    assert_eq!(e.lines().count(), 1, "only the skipped op is named: {e}");
+    selftest::coverage(&Faulty::new(Fault::None), &[]).unwrap();
+}
