@@ -390,3 +390,69 @@ fn a_missed_tail_tile_fails_the_matmul_rows() {
         assert_eq!(rep.passed.len(), failed.len(), "the same rows pass without the fault");
     }
 }
+
+/// Why the buffers are poisoned: without it, the GEMM that drops its last tile of columns hands
+/// back the right answer when its output buffer comes from the pool holding the same product
+/// from a correct kernel (pooled buffers are reused last-in first-out), and the missed tile
+/// passes unseen; with poisoning on, the same sequence leaves NaN in those columns. Poisoning is
+/// process-wide and the other tests here rely on it, so the test runs itself again in a child
+/// process of this test binary (`STALE_CHILD` set), where nothing else runs.
+#[test]
+fn stale_buffers_hide_a_missed_tile_without_poison() {
+    if std::env::var_os(STALE_CHILD).is_some() {
+        return stale_buffers_child();
+    }
+    if wgpu().is_none() {
+        return;
+    }
+    let exe = std::env::current_exe().expect("the test binary");
+    let out = std::process::Command::new(exe)
+        .args(["stale_buffers_hide_a_missed_tile_without_poison", "--exact", "--nocapture"])
+        .env(STALE_CHILD, "1")
+        .output()
+        .expect("the test binary runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("{}", text.lines().filter(|l| l.starts_with("stale")).collect::<Vec<_>>().join("\n"));
+    assert!(out.status.success() && text.contains("stale: with poison"), "the child run failed:\n{text}");
+}
+
+/// Set for the child run of [`stale_buffers_hide_a_missed_tile_without_poison`].
+const STALE_CHILD: &str = "KILN_TEST_STALE_CHILD";
+
+/// The child run: the process's device, with poisoning off until it is turned on here.
+fn stale_buffers_child() {
+    use kiln_core::Tensor;
+    use kiln_wgpu::GemmFault;
+    let be = WgpuBackend::open().expect("the parent opened this adapter");
+    let clean = be.with_gemm(GemmVariant::V3).with_precision(Precision::F32).with_fault(None);
+    let broken = clean.with_fault(Some(GemmFault::DropLastTile));
+    // 40×100 outputs: two 64-wide tiles of columns, the second partial (dropped by the fault).
+    // The operands stay uploaded, so only the output buffer goes through the pool.
+    let (m, k, n) = (40, 2, 100);
+    let mut rng = kiln_core::rng::Rng::new(9);
+    let a = Tensor::from_vec((0..m * k).map(|_| rng.normal() as f32).collect::<Vec<_>>(), [m, k]).unwrap();
+    let b = Tensor::from_vec((0..k * n).map(|_| rng.normal() as f32).collect::<Vec<_>>(), [k, n]).unwrap();
+    let (da, db) = (clean.upload(&a).unwrap(), clean.upload(&b).unwrap());
+    // The right product, its buffer back in the pool, then the broken one of the same size.
+    let twice = |poison: bool| -> (Vec<f32>, Vec<f32>) {
+        kiln_wgpu::runtime::device().unwrap().set_poison(poison);
+        let right = clean.matmul(&da, &db, false, false).unwrap();
+        let want = right.to_vec_f32().unwrap();
+        drop(right);
+        let dropped = WgpuBackend::dropped_tiles();
+        let got = broken.matmul(&da, &db, false, false).unwrap().to_vec_f32().unwrap();
+        assert_eq!(WgpuBackend::dropped_tiles(), dropped + 1, "the fault drops the last tile");
+        (want, got)
+    };
+    let cols = |v: &[f32], r: std::ops::Range<usize>| -> Vec<f32> {
+        v.chunks(n).flat_map(|row| row[r.clone()].to_vec()).collect()
+    };
+    let (want, got) = twice(false);
+    assert!(want.iter().all(|x| x.is_finite()));
+    assert_eq!(got, want, "without poison the dropped tile shows the previous, right answer");
+    eprintln!("stale: without poison the broken GEMM returns the right {m}×{n} product, its last tile stale");
+    let (want, got) = twice(true);
+    assert!(cols(&got, 64..n).iter().all(|x| x.is_nan()), "with poison the dropped tile is NaN");
+    assert_eq!(cols(&got, 0..64), cols(&want, 0..64), "the tiles launched are right");
+    eprintln!("stale: with poison its last tile is NaN");
+}
