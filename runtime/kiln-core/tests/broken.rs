@@ -11,6 +11,7 @@
 mod faulty;
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 
 use faulty::{Fault, Faulty};
 use kiln_core::backend::Op;
@@ -20,15 +21,19 @@ use kiln_core::selftest::{self, Filter, Report};
 /// case called.
 struct Outcome {
     report: Report,
-    /// `(case, methods it called on the backend)`, in the order they ran.
-    calls: Vec<(String, Vec<&'static str>)>,
+    /// `(case, its op, methods it called on the backend)`, in the order they ran.
+    calls: Vec<(String, Op, Vec<&'static str>)>,
 }
 
 impl Outcome {
     /// The cases that called a method `pick` accepts, sorted (each seed's rows, so names come
     /// twice).
     fn calling(&self, pick: impl Fn(&str) -> bool) -> Vec<String> {
-        sorted(self.calls.iter().filter(|(_, c)| c.iter().any(|m| pick(m))).map(|(n, _)| n))
+        sorted(self.calls.iter().filter(|(_, _, c)| c.iter().any(|m| pick(m))).map(|(n, _, _)| n))
+    }
+    /// The cases of `op`, sorted.
+    fn of(&self, op: Op) -> Vec<String> {
+        sorted(self.calls.iter().filter(|(_, o, _)| *o == op).map(|(n, _, _)| n))
     }
     /// The failed cases, sorted.
     fn failed(&self) -> Vec<String> {
@@ -40,11 +45,15 @@ impl Outcome {
 /// backend with `fault`.
 fn run(fault: Fault) -> Outcome {
     let be = Faulty::new(fault);
+    // Each case's op by its name in reports.
+    let ops: HashMap<String, Op> =
+        [1, 2].into_iter().flat_map(selftest::cases).map(|c| (format!("faulty {}", c.name), c.op)).collect();
     let calls = RefCell::new(Vec::new());
     let t0 = std::time::Instant::now();
     // `on` follows each case, so the calls taken there are that case's.
     let report = selftest::run_filtered(&be, &Filter::all(), &mut |name, _| {
-        calls.borrow_mut().push((name.to_string(), be.take_calls()))
+        let op = *ops.get(name).unwrap_or_else(|| panic!("{name}: not a case of the table"));
+        calls.borrow_mut().push((name.to_string(), op, be.take_calls()))
     });
     eprintln!(
         "{fault:?}: {} passed, {} failed, {} skipped in {:.2}s",
@@ -75,12 +84,14 @@ fn unbroken_wrapper_passes_exactly() {
     assert!(o.report.skipped.is_empty(), "{:#?}", o.report.skipped);
     assert_eq!(o.report.passed.len(), table_cases());
     assert_eq!(o.calls.len(), table_cases(), "every case reported once");
-    // The calls recorded per case are the case's own: the rope rows call rope, the others
-    // (but attention's packed rows) do not.
-    for (name, calls) in &o.calls {
+    // The calls recorded per case are the case's own: the rope rows call rope, no row but
+    // attention's calls it.
+    for (name, op, calls) in &o.calls {
         assert!(!calls.is_empty(), "{name}: no backend call recorded");
-        assert_eq!(calls.contains(&"rope"), name.contains(" rope ") || name.contains(" packed"), "{name}: {calls:?}");
+        let rope = calls.contains(&"rope");
+        assert!(rope == (*op == Op::Rope) || *op == Op::Attention, "{name}: {calls:?}");
     }
+    assert!(o.calls.iter().any(|(_, op, c)| *op == Op::Attention && c.contains(&"rope")));
 }
 
 /// AdamW without its decoupled weight decay fails every AdamW row that decays, and nothing else.
@@ -89,9 +100,8 @@ fn adamw_without_weight_decay_fails_the_adamw_rows() {
     let o = run(Fault::AdamWWithoutWeightDecay);
     let decaying = o.calling(|m| m.ends_with(" wd"));
     assert!(decaying.len() >= 8, "the AdamW rows with weight decay (both seeds): {decaying:?}");
-    assert!(decaying.iter().all(|n| n.starts_with("faulty adamw")), "{decaying:?}");
-    let adamw_rows = o.calls.iter().filter(|(n, _)| n.starts_with("faulty adamw")).count();
-    assert_eq!(decaying.len(), adamw_rows, "every AdamW row steps with a weight decay");
+    let adamw = o.of(Op::AdamW);
+    assert!(decaying.iter().all(|n| adamw.contains(n)), "only AdamW rows step AdamW: {decaying:?}");
     assert_eq!(o.failed(), decaying, "{:#?}", o.report.failed);
     for (n, e) in &o.report.failed {
         eprintln!("caught: {e}");
@@ -106,8 +116,9 @@ fn adamw_without_weight_decay_fails_the_adamw_rows() {
 fn rope_off_by_one_at_the_end_fails_the_rows_that_rotate() {
     let o = run(Fault::RopeOffByOneAtEnd);
     let rotating = o.calling(|m| m == "rope");
-    assert!(rotating.iter().any(|n| n.starts_with("faulty rope ")), "{rotating:?}");
-    assert!(rotating.iter().any(|n| n.starts_with("faulty attention ")), "{rotating:?}");
+    let rope = o.of(Op::Rope);
+    assert!(rope.len() >= 12 && rope.iter().all(|n| rotating.contains(n)), "{rotating:?}");
+    assert!(rotating.iter().any(|n| o.of(Op::Attention).contains(n)), "attention's packed rows rotate: {rotating:?}");
     assert_eq!(o.failed(), rotating, "{:#?}", o.report.failed);
     assert!(o.report.skipped.is_empty() && o.report.passed.len() + o.report.failed.len() == table_cases());
     // The one-token sequence's only position is its last: even it is caught.
@@ -120,7 +131,7 @@ fn rope_off_by_one_at_the_end_fails_the_rows_that_rotate() {
 fn a_skipped_op_fails_the_coverage_check() {
     let skipped = Op::GeGlu;
     let o = run(Fault::SkipOp(skipped));
-    let its_rows = sorted(o.calls.iter().map(|(n, _)| n).filter(|n| n.starts_with("faulty geglu")));
+    let its_rows = o.of(skipped);
     assert!(!its_rows.is_empty());
     let skips = sorted(o.report.skipped.iter().map(|(n, _)| n));
     assert_eq!(skips, its_rows, "exactly the op's rows are skipped");
