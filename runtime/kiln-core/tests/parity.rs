@@ -4,19 +4,49 @@
 //! GPU backends run the same table, and [`selftest::coverage`], from their own crates' tests.
 
 use kiln_core::backend::Op;
-use kiln_core::selftest::{self, FAMILIES, Filter};
+use kiln_core::selftest::{self, FAMILIES, Filter, TABLE_CASES};
 use kiln_core::{Backend, CpuBackend, DType, Support};
 
+/// The whole table (or the rows `KILN_SELFTEST_OP` names): every case passes or is skipped
+/// with a reason on `CPU_SKIPS`, and the count is exactly the table's.
 #[test]
 fn parity_table() {
     let be = CpuBackend;
+    let t0 = std::time::Instant::now();
     let rep = selftest::run(&be, &mut |_, _| {});
     for (n, why) in &rep.skipped {
         eprintln!("SKIP {n}: {why}");
     }
-    assert!(rep.failed.is_empty(), "{:#?}", rep.failed);
-    eprintln!("parity cpu: {} cases passed, {} skipped", rep.passed.len(), rep.skipped.len());
-    assert!(!rep.passed.is_empty());
+    eprintln!(
+        "parity cpu: {} cases passed, {} skipped, {} failed in {:.1} s",
+        rep.passed.len(),
+        rep.skipped.len(),
+        rep.failed.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    let filter = Filter::from_env().unwrap();
+    let expected = selftest::count(&selftest::DEFAULT_SEEDS, &filter, &|_| true);
+    if filter == Filter::all() {
+        assert_eq!(expected, 2 * TABLE_CASES);
+    }
+    if let Err(e) = rep.verify(expected, selftest::CPU_SKIPS) {
+        panic!("{e}");
+    }
+}
+
+/// Every seed's table has the same rows: `TABLE_CASES` of them (the count the parity runs of
+/// every backend assert).
+#[test]
+fn every_seed_builds_table_cases_rows() {
+    let mut seeds = vec![1, 2, 3, 0xDEAD_BEEF, u64::MAX];
+    seeds.extend(selftest::seeds_for("cuda-emu v3_mma"));
+    for seed in seeds {
+        let cases = selftest::cases(seed);
+        assert_eq!(cases.len(), TABLE_CASES, "seed {seed}");
+        let names: Vec<&str> = cases.iter().map(|c| c.name.as_str()).collect();
+        let first: Vec<String> = selftest::cases(1).into_iter().map(|c| c.name).collect();
+        assert_eq!(names, first, "seed {seed}: the same rows in the same order");
+    }
 }
 
 /// Every op of `Op::ALL` runs on the CPU in f32 and has parity rows, built by the family the op
@@ -67,6 +97,8 @@ fn filters_select_by_op_or_family() {
     let e = Filter::parse("rope,ropes").unwrap_err();
     assert!(e.contains("'ropes'") && e.contains("rms_norm") && e.contains("attention"), "{e}");
     // A filtered run passes on the same cases as the full run's rows of that op.
-    let rep = selftest::run_filtered(&CpuBackend, &Filter::parse("rope").unwrap(), &mut |_, _| {});
-    assert!(rep.failed.is_empty() && rep.passed.len() == 2 * rope.len(), "{rep:?}");
+    let rope_filter = Filter::parse("rope").unwrap();
+    let rep = selftest::run_filtered(&CpuBackend, &rope_filter, &mut |_, _| {});
+    assert_eq!(selftest::count(&selftest::DEFAULT_SEEDS, &rope_filter, &|_| true), 2 * rope.len());
+    rep.verify(2 * rope.len(), selftest::CPU_SKIPS).unwrap();
 }

@@ -17,6 +17,11 @@ pub use backend::WgpuBackend;
 pub use variant::GemmFault;
 pub use variant::{GemmVariant, Precision};
 
+/// The op parity table's cases the wgpu backend skips, `(pattern in the case name, reason)`, as
+/// `kiln_core::selftest::Report::verify` takes them: the parity tests and `kiln selftest` fail on
+/// any other skip.
+pub const PARITY_SKIPS: &[(&str, &str)] = &[];
+
 /// Chooses the adapter `open` will use (an index as `kiln info` lists them, or part of a name);
 /// false when the device is already open. A build without wgpu ignores it.
 pub fn choose(spec: &str) -> bool {

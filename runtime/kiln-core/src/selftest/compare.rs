@@ -1,6 +1,7 @@
 //! How a backend's outputs are compared with the f64 CPU reference: the tolerances per compute
 //! type (DESIGN) and the elementwise and relative-error checks.
 
+use crate::backend::Op;
 use crate::{DType, Tensor};
 
 /// The bounds a case's outputs must meet.
@@ -10,8 +11,8 @@ pub(super) struct Tol {
     eps: f64,
 }
 
-/// The tolerances for arithmetic in `dtype`.
-pub(super) fn tol(dtype: DType) -> Tol {
+/// The tolerances for `op`'s arithmetic in `dtype`.
+pub(super) fn tol(_op: Op, dtype: DType) -> Tol {
     match dtype {
         DType::F32 => Tol { rel: 1e-5, atol: 1e-5, eps: 1e-5 },
         DType::BF16 => Tol { rel: 1e-2, atol: 1e-2, eps: 0.08 },
@@ -63,6 +64,22 @@ pub(super) fn compare(what: &str, got: &Tensor, want: &Tensor, t: &Tol) -> Resul
     let rel = (num / den.max(floor * g.len() as f64).max(1e-300)).sqrt();
     if rel > t.rel {
         return Err(format!("{what}: relative error {rel:e} > {:e}", t.rel));
+    }
+    Ok(())
+}
+
+/// Checks 8-bit codes `got` against the reference's unrounded code values `want`: each code must
+/// be the nearest integer (either neighbour within f32 rounding of a tie).
+pub(super) fn codes(what: &str, got: &Tensor, want: &Tensor) -> Result<(), String> {
+    if got.dims() != want.dims() {
+        return Err(format!("{what}: shape {:?} vs {:?}", got.dims(), want.dims()));
+    }
+    let (g, w) = (got.to_vec_f64().map_err(|e| e.to_string())?, want.to_vec_f64().map_err(|e| e.to_string())?);
+    for (i, (&x, &y)) in g.iter().zip(&w).enumerate() {
+        // The f32 kernel's value before rounding differs from the f64 one by ~1e-5 of a code.
+        if !y.is_finite() || !x.is_finite() || x.fract() != 0.0 || (x - y).abs() > 0.5 + 1e-3 {
+            return Err(format!("{what}: code {i}: {x}, the reference's value before rounding is {y}"));
+        }
     }
     Ok(())
 }

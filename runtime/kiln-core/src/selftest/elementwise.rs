@@ -56,12 +56,12 @@ pub fn elementwise_cases(seed: u64) -> Vec<Case> {
     }
     // Block-quantized tensors decoded (bit-exact) and rounded to the 16-bit types.
     for (i, ty) in [G::Q8_0, G::Q4_1, G::Q5_0, G::Q4K, G::Q6K, G::NF4DQ].into_iter().enumerate() {
-        let Some(wq) = quantized(&mut r, ty, 3 + i, 256) else { continue };
-        out.push(Case::new(
+        let wq = quantized(&mut r, ty, 3 + i, 256);
+        out.push(Case::built(
             Op::Cast,
             format!("dequantize {} {}x256 to f32/bf16/f16", ty.name(), 3 + i),
             DType::Quant(ty),
-            vec![wq],
+            wq.map(|wq| vec![wq]),
             |be, x| Ok(vec![be.cast(&x[0], DType::F32)?, be.cast(&x[0], DType::BF16)?, be.cast(&x[0], DType::F16)?]),
         ));
     }

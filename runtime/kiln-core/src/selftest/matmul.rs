@@ -41,13 +41,13 @@ pub fn matmul_cases(seed: u64) -> Vec<Case> {
         [G::Q8_0, G::Q4_0, G::Q4_1, G::Q5_0, G::Q4K, G::Q5K, G::Q6K, G::NF4, G::NF4DQ].into_iter().enumerate()
     {
         let (m, k, n) = (5 + i, 256, 3 + 2 * i);
-        let Some(wq) = quantized(&mut r, ty, n, k) else { continue };
-        let inputs = vec![randn(&mut r, &[m, k], DType::F32), wq, randn(&mut r, &[m, n], DType::F32)];
-        out.push(Case::new(
+        let wq = quantized(&mut r, ty, n, k);
+        let (x, dy) = (randn(&mut r, &[m, k], DType::F32), randn(&mut r, &[m, n], DType::F32));
+        out.push(Case::built(
             Op::Linear,
             format!("linear {m}x{k}x{n} W {} (QLoRA base)", ty.name()),
             DType::Quant(ty),
-            inputs,
+            wq.map(|wq| vec![x, wq, dy]),
             |be, x| {
                 let (y, _) = be.linear_fwd(&x[0], &x[1], None, None)?;
                 let needs = LinearNeeds { x: true, ..Default::default() };
@@ -64,17 +64,14 @@ pub fn matmul_cases(seed: u64) -> Vec<Case> {
             .enumerate()
     {
         let (m, k, n, rank) = (1 + i % 3, 512, 37 + 2 * i, 4);
-        let w: Tensor = match wd {
-            DType::Quant(ty) => match quantized(&mut r, ty, n, k) {
-                Some(q) => q,
-                None => continue,
-            },
-            d => randn(&mut r, &[n, k], d),
+        let w: Result<Tensor, String> = match wd {
+            DType::Quant(ty) => quantized(&mut r, ty, n, k),
+            d => Ok(randn(&mut r, &[n, k], d)),
         };
-        let mut inputs = f32s(&mut r, &[&[m, k]]);
-        inputs.push(w);
-        inputs.extend(f32s(&mut r, &[&[rank, k], &[n, rank]]));
-        out.push(Case::new(
+        let x = randn(&mut r, &[m, k], DType::F32);
+        let lora = f32s(&mut r, &[&[rank, k], &[n, rank]]);
+        let inputs = w.map(|w| [vec![x, w], lora].concat());
+        out.push(Case::built(
             Op::Linear,
             format!("linear {m}x{k}x{n} r{rank} W {} (decode)", wd.name()),
             wd,
