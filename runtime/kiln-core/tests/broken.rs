@@ -15,7 +15,7 @@ use std::collections::HashMap;
 
 use faulty::{Fault, Faulty};
 use kiln_core::backend::Op;
-use kiln_core::selftest::{self, Filter, Report};
+use kiln_core::selftest::{self, CPU_SKIPS, Filter, Report, TABLE_CASES};
 
 /// What one run of the whole table on a faulty backend found, with the backend methods each
 /// case called.
@@ -72,18 +72,16 @@ fn sorted<'a>(names: impl Iterator<Item = &'a String>) -> Vec<String> {
 }
 
 /// The number of cases a run of the whole table has (seeds 1 and 2).
-fn table_cases() -> usize {
-    selftest::cases(1).len() + selftest::cases(2).len()
-}
+const RUN_CASES: usize = 2 * TABLE_CASES;
 
-/// The wrapper itself is faithful: without a fault every case passes, none is skipped.
+/// The wrapper itself is faithful: without a fault it passes the CPU's verification exactly
+/// (every case passes, only the CPU's allowed skips) and its coverage check.
 #[test]
 fn unbroken_wrapper_passes_exactly() {
     let o = run(Fault::None);
-    assert!(o.report.failed.is_empty(), "{:#?}", o.report.failed);
-    assert!(o.report.skipped.is_empty(), "{:#?}", o.report.skipped);
-    assert_eq!(o.report.passed.len(), table_cases());
-    assert_eq!(o.calls.len(), table_cases(), "every case reported once");
+    o.report.verify(RUN_CASES, CPU_SKIPS).unwrap();
+    assert_eq!(o.calls.len(), RUN_CASES, "every case reported once");
+    selftest::coverage(&Faulty::new(Fault::None), &[]).unwrap();
     // The calls recorded per case are the case's own: the rope rows call rope, no row but
     // attention's calls it.
     for (name, op, calls) in &o.calls {
@@ -107,7 +105,17 @@ fn adamw_without_weight_decay_fails_the_adamw_rows() {
         eprintln!("caught: {e}");
         assert!(e.starts_with(n.as_str()), "the failure names its case: {e}");
     }
-    assert!(o.report.skipped.is_empty() && o.report.passed.len() + o.report.failed.len() == table_cases());
+    assert_fails_verify(&o);
+}
+
+/// The run's verification fails, listing each failed case and the count short by as many.
+fn assert_fails_verify(o: &Outcome) {
+    assert!(o.report.skipped.is_empty() && o.report.passed.len() + o.report.failed.len() == RUN_CASES);
+    let e = o.report.verify(RUN_CASES, CPU_SKIPS).unwrap_err();
+    for (n, _) in &o.report.failed {
+        assert!(e.lines().any(|l| l.starts_with(&format!("FAILED {n}: "))), "{n} is not listed: {e}");
+    }
+    assert_eq!(e.lines().count(), o.report.failed.len() + 1, "the failed cases and the count: {e}");
 }
 
 /// RoPE rotating each sequence's last position one position too far fails every row that
@@ -120,15 +128,16 @@ fn rope_off_by_one_at_the_end_fails_the_rows_that_rotate() {
     assert!(rope.len() >= 12 && rope.iter().all(|n| rotating.contains(n)), "{rotating:?}");
     assert!(rotating.iter().any(|n| o.of(Op::Attention).contains(n)), "attention's packed rows rotate: {rotating:?}");
     assert_eq!(o.failed(), rotating, "{:#?}", o.report.failed);
-    assert!(o.report.skipped.is_empty() && o.report.passed.len() + o.report.failed.len() == table_cases());
+    assert_fails_verify(&o);
     // The one-token sequence's only position is its last: even it is caught.
     assert!(o.failed().iter().any(|n| n.contains("rope b1 t1 ")), "{:?}", o.failed());
 }
 
 /// An op a backend quietly leaves out is skipped, not failed: a check that only asks for no
-/// failures and some passes lets it through, the coverage check does not.
+/// failures and some passes lets it through; the run's verification (the CPU allows no skip)
+/// names each skipped case, and the coverage check names the op.
 #[test]
-fn a_skipped_op_fails_the_coverage_check() {
+fn a_skipped_op_fails_verify_and_coverage() {
     let skipped = Op::GeGlu;
     let o = run(Fault::SkipOp(skipped));
     let its_rows = o.of(skipped);
@@ -137,7 +146,16 @@ fn a_skipped_op_fails_the_coverage_check() {
     assert_eq!(skips, its_rows, "exactly the op's rows are skipped");
     // What a parity test checked before: no failure, something passed. The bug passes it.
     assert!(o.report.failed.is_empty() && !o.report.passed.is_empty());
-    assert_eq!(o.report.passed.len() + skips.len(), table_cases());
+    assert_eq!(o.report.passed.len() + skips.len(), RUN_CASES);
+    let e = o.report.verify(RUN_CASES, CPU_SKIPS).unwrap_err();
+    eprintln!("caught: {}", e.lines().next().unwrap_or_default());
+    for n in &skips {
+        assert!(e.contains(&format!("SKIPPED (not on the allow-list) {n}: geglu left out")), "{n}: {e}");
+    }
+    assert_eq!(e.lines().count(), skips.len(), "only the skipped cases are named: {e}");
+    // Listed with a reason, the skips pass; listed without one, they do not.
+    o.report.verify(RUN_CASES, &[("geglu", "no GeGLU kernel on this backend")]).unwrap();
+    assert!(o.report.verify(RUN_CASES, &[("geglu", " ")]).is_err());
     let be = Faulty::new(Fault::SkipOp(skipped));
     let e = selftest::coverage(&be, &[]).unwrap_err();
     eprintln!("caught: {e}");
