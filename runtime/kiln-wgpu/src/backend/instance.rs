@@ -186,10 +186,16 @@ impl Backend for WgpuBackend {
         }
     }
     fn compute_dtype(&self, op: Op, dtype: DType) -> DType {
-        // The f16 GEMMs round their operands to f16 (after exact power-of-two scaling).
         match (op, device()) {
+            // The f16 GEMMs round their operands to f16 (after exact power-of-two scaling).
             (Op::Linear | Op::Matmul, Ok(dev)) if self.f16_gemm(dev) => DType::F16,
-            _ => dtype,
+            // Everything else is f32 arithmetic: 16-bit weights and tables are widened exactly
+            // (at upload or where a lookup reads them), block-quantized ones decode exactly,
+            // and casts round exactly.
+            _ => match dtype {
+                DType::BF16 | DType::F16 | DType::Quant(_) => DType::F32,
+                d => d,
+            },
         }
     }
 }
