@@ -331,7 +331,7 @@ fn pooled_buffers_come_back_poisoned() {
 /// A deliberately broken GEMM (issue 24's "Verify"): the grid counts whole tiles of columns, so
 /// a product whose column count is ragged and spans more than one tile never launches its last,
 /// partial column of tiles. On the matmul family's rows with poisoned buffers, under each f32
-/// GEMM variant (16- and 64-wide tiles) and the f16 GEMM, every row the fault reaches fails on
+/// GEMM variant (16- and 64-wide tiles), every row the fault reaches fails on
 /// the NaN the missed tile leaves (or, where the tile belongs to a product accumulated into an
 /// output already written, on the term it lacks), and every other row passes; the same
 /// instances without the fault pass those rows; a product of whole tiles is right even with
@@ -348,9 +348,10 @@ fn a_missed_tail_tile_fails_the_matmul_rows() {
     let a = Tensor::from_vec((0..m * k).map(|_| rng.normal() as f32).collect::<Vec<_>>(), [m, k]).unwrap();
     let b = Tensor::from_vec((0..k * n).map(|_| rng.normal() as f32).collect::<Vec<_>>(), [k, n]).unwrap();
     let want = kiln_core::CpuBackend.matmul(&a, &b, false, false).unwrap().to_vec_f64().unwrap();
-    for (v, prec) in
-        [(GemmVariant::V2, Precision::F32), (GemmVariant::V3, Precision::F32), (GemmVariant::V3, Precision::F16)]
-    {
+    // The f32 GEMMs: the f16 GEMM launches the same grid as v3 (`groups64`), and its rows'
+    // tolerance is the f16 rounding's, which is not what this test is about.
+    let prec = Precision::F32;
+    for v in GemmVariant::ALL {
         let clean = be.with_gemm(v).with_precision(prec).with_fault(None);
         let broken = clean.with_fault(Some(GemmFault::DropLastTile));
         assert!(!std::ptr::eq(clean, broken) && std::ptr::eq(broken.with_fault(None), clean), "one instance each");
@@ -399,11 +400,10 @@ fn a_missed_tail_tile_fails_the_matmul_rows() {
         let c = broken.matmul(&broken.upload(&a).unwrap(), &broken.upload(&b).unwrap(), false, false).unwrap();
         assert_eq!(WgpuBackend::dropped_tiles(), before, "no tile of a {m}×{k}·{k}×{n} product is partial");
         let got = c.to_vec_f64().unwrap();
-        // Worst error relative to the output's largest magnitude (the f16 GEMM rounds to f16).
+        // Worst error relative to the output's largest magnitude.
         let scale = want.iter().fold(0.0f64, |x, y| x.max(y.abs()));
         let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs() / scale).fold(0.0, f64::max);
-        let tol = if prec == Precision::F16 { 3e-3 } else { 1e-6 };
-        assert!(worst < tol, "{v} {prec}: a {m}×{k}·{k}×{n} product of whole tiles is off by {worst:e}");
+        assert!(worst < 1e-6, "{v}: a {m}×{k}·{k}×{n} product of whole tiles is off by {worst:e}");
         // The rows the fault failed pass on the same instance without it (the parity tests run
         // every row there).
         let failed: Vec<String> = rep.failed.iter().map(|(n, _)| n.clone()).collect();

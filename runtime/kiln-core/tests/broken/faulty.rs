@@ -25,6 +25,10 @@ pub enum Fault {
     RopeOffByOneAtEnd,
     /// `supports` says no to this op at every dtype: its cases are skipped, not run.
     SkipOp(Op),
+    /// The linear layer on 16-bit weights rounds its activations and output gradients to the
+    /// weights' type first (as a kernel feeding 16-bit operands to tensor cores would), while
+    /// the backend still says it computes in f32 after widening the weights exactly.
+    RoundsToWeightType,
 }
 
 /// The CPU backend with `fault`, recording the backend methods each case calls.
@@ -34,11 +38,28 @@ pub struct Faulty {
     /// Methods called since the last [`Faulty::take_calls`] (`adamw_step` and friends are
     /// recorded as `adamw_step wd` when the step has a weight decay).
     calls: Mutex<Vec<&'static str>>,
+    /// Whether `compute_dtype` answers the inputs' own type (the rule the parity tolerances
+    /// once followed: 16-bit-labelled cases got 16-bit tolerances) instead of the CPU's answer.
+    claims_input_type: bool,
 }
 
 impl Faulty {
     pub fn new(fault: Fault) -> Faulty {
-        Faulty { inner: CpuBackend, fault, calls: Mutex::new(Vec::new()) }
+        Faulty { inner: CpuBackend, fault, calls: Mutex::new(Vec::new()), claims_input_type: false }
+    }
+
+    /// This backend saying it computes every op in its inputs' type, as the tolerances of a
+    /// case once followed its dtype label.
+    pub fn claiming_input_type(self) -> Faulty {
+        Faulty { claims_input_type: true, ..self }
+    }
+
+    pub fn fault(&self) -> Fault {
+        self.fault
+    }
+
+    pub fn claims_input_type(&self) -> bool {
+        self.claims_input_type
     }
 
     /// The methods called since the last take (the parity table calls `on` after each case,
@@ -73,6 +94,17 @@ impl Faulty {
             }
         }
         Tensor::from_vec(p, pos.shape().clone())
+    }
+
+    /// `t` as the fault feeds it to a product with `w`: rounded to `w`'s type when that is
+    /// 16-bit.
+    fn operand(&self, t: &Tensor, w: &Tensor) -> Result<Tensor> {
+        match w.dtype() {
+            DType::BF16 | DType::F16 if self.fault == Fault::RoundsToWeightType => {
+                t.to_dtype(w.dtype())?.to_dtype(t.dtype())
+            }
+            _ => Ok(t.clone()),
+        }
     }
 }
 
@@ -118,10 +150,27 @@ impl GluOps for Faulty {
 impl MatmulOps for Faulty {
     delegate! {
         matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor>;
-        linear_fwd(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, lora: Option<LoraRef<'_>>)
-            -> Result<(Tensor, Option<Tensor>)>;
-        linear_bwd(dy: &Tensor, x: &Tensor, w: &Tensor, lora: Option<(LoraRef<'_>, &Tensor)>, needs: LinearNeeds)
-            -> Result<LinearGrads>;
+    }
+    fn linear_fwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        lora: Option<LoraRef<'_>>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        self.record("linear_fwd");
+        self.inner.linear_fwd(&self.operand(x, w)?, w, bias, lora)
+    }
+    fn linear_bwd(
+        &self,
+        dy: &Tensor,
+        x: &Tensor,
+        w: &Tensor,
+        lora: Option<(LoraRef<'_>, &Tensor)>,
+        needs: LinearNeeds,
+    ) -> Result<LinearGrads> {
+        self.record("linear_bwd");
+        self.inner.linear_bwd(&self.operand(dy, w)?, &self.operand(x, w)?, w, lora, needs)
     }
 }
 
@@ -180,7 +229,7 @@ impl Backend for Faulty {
         }
     }
     fn compute_dtype(&self, op: Op, dtype: DType) -> DType {
-        self.inner.compute_dtype(op, dtype)
+        if self.claims_input_type { dtype } else { self.inner.compute_dtype(op, dtype) }
     }
     fn adamw_multi(&self, items: &mut [AdamWItem<'_>], hp: AdamWStep, grad_scale: f64) -> Result<()> {
         let hp = self.hp(hp, "adamw_multi", "adamw_multi wd");
