@@ -35,17 +35,27 @@ fn selftest_runs_the_parity_suite_on_each_backend() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let all = v.as_array().unwrap();
+    // Every backend that ran: nothing failed, every skip is on its allow-list, and the count is
+    // exactly the table's (plus the variant passes).
+    let table = 2 * kiln::core::selftest::TABLE_CASES as u64;
+    let done = |r: &serde_json::Value| {
+        r["ok"] == true
+            && r["failed"].as_array().is_some_and(|f| f.is_empty())
+            && r["passed"].as_u64().zip(r["skipped"].as_array()).map(|(p, s)| p + s.len() as u64)
+                == r["expected"].as_u64()
+            && r["expected"].as_u64().is_some_and(|n| n >= table)
+    };
     let cpu = all.iter().find(|r| r["backend"] == "cpu").unwrap();
-    assert!(cpu["passed"].as_u64().unwrap() > 50 && cpu["failed"].as_array().unwrap().is_empty(), "{cpu}");
+    assert!(done(cpu) && cpu["expected"] == table, "{cpu}");
     // wgpu either ran (lavapipe in CI) or says why it could not.
     let w = all.iter().find(|r| r["backend"] == "wgpu").unwrap();
-    assert!(w["passed"].as_u64().is_some_and(|n| n > 50) || w["unavailable"].is_string(), "{w}");
+    assert!(done(w) || w["unavailable"].is_string(), "{w}");
     if std::env::var_os("CI").is_some() {
         assert!(w["passed"].is_u64(), "CI has lavapipe: {w}");
     }
     // The CUDA kernels on the CPU emulation: always compiled in, every supported case passes.
     let e = all.iter().find(|r| r["backend"] == "cuda-emu").unwrap();
-    assert!(e["passed"].as_u64().is_some_and(|n| n >= 30) && e["failed"].as_array().unwrap().is_empty(), "{e}");
+    assert!(done(e) && e["expected"].as_u64() > Some(table), "the GEMM variants ran too: {e}");
     // Without a GPU, cuda says why it could not open.
     let c = all.iter().find(|r| r["backend"] == "cuda").unwrap();
     assert!(c["passed"].is_u64() || c["unavailable"].as_str().is_some_and(|s| !s.is_empty()), "{c}");
@@ -257,7 +267,10 @@ fn selftest_op_runs_only_that_ops_rows() {
     let all: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let cpu = &all[0];
     let n = cpu["passed"].as_u64().unwrap();
-    assert!(n > 0 && cpu["failed"].as_array().unwrap().is_empty(), "{cpu}");
+    assert!(n > 0 && cpu["failed"].as_array().unwrap().is_empty() && cpu["ok"] == true, "{cpu}");
+    let rope = kiln::core::selftest::Filter::parse("rope").unwrap();
+    let want = kiln::core::selftest::count(&kiln::core::selftest::DEFAULT_SEEDS, &rope, &|_| true);
+    assert_eq!(cpu["expected"].as_u64(), Some(want as u64), "{cpu}");
     let whole = kiln().args(["selftest", "--backend", "cpu", "--json"]).output().unwrap();
     let whole: serde_json::Value = serde_json::from_slice(&whole.stdout).unwrap();
     assert!(n < whole[0]["passed"].as_u64().unwrap(), "--op rope ran {n} cases, not fewer than the whole table");

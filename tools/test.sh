@@ -62,7 +62,7 @@ tier "build tests" cargo test --workspace --all-targets --locked --no-run
 
 # 1. CPU ops: unit tests, op parity table (f32 vs f64 reference), f64 finite-difference
 #    gradient checks of every op, attention against a naive softmax, packing; bench smoke runs.
-tier "1 cpu ops + gradient checks" cargo test --workspace --locked --lib --test gradcheck --test parity --test attention_ref --test qlinear --benches -- --nocapture
+tier "1 cpu ops + gradient checks" cargo test --workspace --locked --lib --test gradcheck --test parity --test attention_ref --test qlinear --test broken --benches -- --nocapture
 # 2. Reference: tiny Llama/Qwen2/Qwen3 against PyTorch fixtures (logits, loss, LoRA grads,
 #    AdamW trajectory), bad model files, LoRA overfit.
 tier "2 reference fixtures (PyTorch, transformers, gguf) + model and data files" cargo test --workspace --locked --test reference --test weights_bad_input --test overfit --test data --test templates --test metrics --test batching --test gguf --test smollm2 --test train --test preference -- --nocapture

@@ -105,6 +105,18 @@ impl FromStr for Precision {
     }
 }
 
+/// A deliberate GEMM bug, switched on only by tests that show the parity table catches it
+/// (`WgpuBackend::with_fault`); no backend a user can open carries one.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GemmFault {
+    /// The grid counts whole tiles of columns (`n / tile` instead of `⌈n / tile⌉`), in every
+    /// GEMM kernel: when `n` is not a multiple of the tile width and spans more than one tile,
+    /// the last, partial column of tiles is never launched and its outputs are never written.
+    /// (A grid of no tiles would still launch one, so a product narrower than a tile is whole.)
+    DropLastTile,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

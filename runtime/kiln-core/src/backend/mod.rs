@@ -529,10 +529,14 @@ pub trait Backend:
     /// Whether `op` runs at `dtype` here.
     fn supports(&self, op: Op, dtype: DType) -> Support;
     /// The precision `op` computes in for inputs of `dtype` (what the parity suite's tolerance
-    /// follows): the inputs' own type unless a backend declares otherwise — e.g. a GPU feeding
-    /// decoded block-quantized weights to bf16 tensor cores.
+    /// follows). By default f32 for 16-bit and block-quantized inputs, which a backend widens
+    /// exactly (as the CPU does for every op) before computing in f32; a backend that rounds
+    /// operands says so — e.g. a GPU feeding 16-bit operands to tensor cores, or an f16 GEMM.
     fn compute_dtype(&self, _op: Op, dtype: DType) -> DType {
-        dtype
+        match dtype {
+            DType::BF16 | DType::F16 | DType::Quant(_) => DType::F32,
+            d => d,
+        }
     }
     /// One AdamW update of a whole parameter group (one `hp`), every gradient first scaled by
     /// `grad_scale` (gradient-norm clipping; 1: none). A GPU backend fuses it into one launch;

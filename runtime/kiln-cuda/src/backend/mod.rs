@@ -296,12 +296,19 @@ impl Backend for KernelBackend {
         }
     }
     fn compute_dtype(&self, op: Op, dtype: DType) -> DType {
-        // The tensor-core GEMMs take block-quantized weights decoded and rounded to bf16.
+        let tc = self.gemm.tensor_cores();
         match (op, dtype) {
-            (Op::Linear, DType::Quant(_)) if self.gemm.tensor_cores() => DType::BF16,
+            // The tensor-core GEMMs (kernels/matmul.cu v3–v5) round A (and the fused LoRA terms)
+            // to B's 16-bit type, and take block-quantized weights decoded and rounded to bf16.
+            // (A GEMV of a few rows, and products whose B is f32, stay f32 there too.)
+            (Op::Linear | Op::Matmul, DType::BF16 | DType::F16) if tc => dtype,
+            (Op::Linear | Op::Matmul, DType::Quant(_)) if tc => DType::BF16,
             // Attention v2 rounds Q, K, V and P to bf16 for the tensor cores.
-            (Op::Attention, _) if self.gemm.tensor_cores() => DType::BF16,
-            _ => dtype,
+            (Op::Attention, _) if tc => DType::BF16,
+            // Everything else is f32 arithmetic: v1/v2 widen 16-bit and block-quantized weights
+            // exactly in the loader (`to_f32`, `kiln_decode`), lookups and casts are exact.
+            (_, DType::BF16 | DType::F16 | DType::Quant(_)) => DType::F32,
+            (_, d) => d,
         }
     }
     fn adamw_multi(

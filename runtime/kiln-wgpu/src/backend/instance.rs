@@ -1,15 +1,16 @@
 //! The wgpu backend's instances: one per choice of kernels (GEMM variant, precision, subgroup
-//! reductions), all `'static` and sharing the process's one device, its compiled pipelines and
-//! its buffer pool.
+//! reductions; for tests only, a deliberate GEMM fault), all `'static` and sharing the
+//! process's one device, its compiled pipelines and its buffer pool.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kiln_core::backend::{Backend, Op, Support};
 use kiln_core::{DType, Error, Result};
 
 use super::quant;
 use crate::runtime::{Device, device};
-use crate::variant::{GemmVariant, Precision};
+use crate::variant::{GemmFault, GemmVariant, Precision};
 
 /// The wgpu backend: the process's one device (see [`crate::runtime::device`]) with a choice
 /// of kernels. Instances differ only in these fields and share the device, its compiled
@@ -20,14 +21,32 @@ pub struct WgpuBackend {
     gemm: GemmVariant,
     precision: Precision,
     subgroups: bool,
+    /// A deliberate GEMM bug (tests only, [`WgpuBackend::with_fault`]); `None` everywhere else.
+    fault: Option<GemmFault>,
 }
 
-/// Every instance, so each is `'static` (device tensors hand out `&'static dyn Backend`).
-static INSTANCES: [WgpuBackend; 8] =
-    [instance(0), instance(1), instance(2), instance(3), instance(4), instance(5), instance(6), instance(7)];
+/// Every instance, so each is `'static` (device tensors hand out `&'static dyn Backend`): the
+/// first 8 are the kernel choices, the last 8 the same with [`GemmFault::DropLastTile`].
+static INSTANCES: [WgpuBackend; 16] = {
+    let mut all = [instance(0); 16];
+    let mut i = 1;
+    while i < 16 {
+        all[i] = instance(i);
+        i += 1;
+    }
+    all
+};
+
+/// See [`WgpuBackend::dropped_tiles`].
+static DROPPED_TILES: AtomicUsize = AtomicUsize::new(0);
 
 const fn instance(i: usize) -> WgpuBackend {
-    WgpuBackend { gemm: GemmVariant::ALL[i / 4], precision: Precision::ALL[(i / 2) % 2], subgroups: i % 2 == 1 }
+    WgpuBackend {
+        gemm: GemmVariant::ALL[(i / 4) % 2],
+        precision: Precision::ALL[(i / 2) % 2],
+        subgroups: i % 2 == 1,
+        fault: if i >= 8 { Some(GemmFault::DropLastTile) } else { None },
+    }
 }
 
 impl WgpuBackend {
@@ -45,7 +64,7 @@ impl WgpuBackend {
             let precision = var("KILN_WGPU_PRECISION").map_or(Ok(Precision::F32), |v| {
                 v.parse().map_err(|e| Error::Msg(format!("KILN_WGPU_PRECISION: {e}")))
             })?;
-            Ok(WgpuBackend { gemm, precision, subgroups: true }.interned())
+            Ok(WgpuBackend { gemm, precision, subgroups: true, fault: None }.interned())
         };
         DEFAULT.get_or_init(|| from_env().map_err(|e| e.to_string())).clone().map_err(Error::Msg)
     }
@@ -54,7 +73,8 @@ impl WgpuBackend {
     pub(crate) fn interned(&self) -> &'static WgpuBackend {
         let i = GemmVariant::ALL.iter().position(|g| *g == self.gemm).unwrap_or(0) * 4
             + Precision::ALL.iter().position(|p| *p == self.precision).unwrap_or(0) * 2
-            + usize::from(self.subgroups);
+            + usize::from(self.subgroups)
+            + if self.fault.is_some() { 8 } else { 0 };
         &INSTANCES[i]
     }
 
@@ -91,6 +111,34 @@ impl WgpuBackend {
     /// This backend with subgroup reductions on or off (the parity test runs both).
     pub fn with_subgroups(&self, on: bool) -> &'static WgpuBackend {
         WgpuBackend { subgroups: on, ..*self }.interned()
+    }
+
+    /// This backend with a deliberate GEMM bug (`Some`) or without (`None`): for tests that
+    /// show the parity table catches a missed tail tile. Tensors it makes carry the fault, so
+    /// ops on them run the broken GEMM too.
+    #[doc(hidden)]
+    pub fn with_fault(&self, fault: Option<GemmFault>) -> &'static WgpuBackend {
+        WgpuBackend { fault, ..*self }.interned()
+    }
+
+    /// Column tiles that [`GemmFault::DropLastTile`] has left out in this process, so a test
+    /// knows which of its cases the fault reached.
+    #[doc(hidden)]
+    pub fn dropped_tiles() -> usize {
+        DROPPED_TILES.load(Ordering::Relaxed)
+    }
+
+    /// Workgroups across `n` columns of `tile`-wide tiles: `⌈n / tile⌉`, or one fewer under
+    /// [`GemmFault::DropLastTile`] when the last tile is partial and not the only one.
+    pub(crate) fn gemm_col_groups(&self, n: usize, tile: usize) -> u32 {
+        let all = n.div_ceil(tile);
+        (match self.fault {
+            Some(GemmFault::DropLastTile) if all > 1 && !n.is_multiple_of(tile) => {
+                DROPPED_TILES.fetch_add(1, Ordering::Relaxed);
+                all - 1
+            }
+            _ => all,
+        }) as u32
     }
 
     /// Whether the GEMMs run in f16: asked for, and the adapter has SHADER_F16.
@@ -138,10 +186,16 @@ impl Backend for WgpuBackend {
         }
     }
     fn compute_dtype(&self, op: Op, dtype: DType) -> DType {
-        // The f16 GEMMs round their operands to f16 (after exact power-of-two scaling).
         match (op, device()) {
+            // The f16 GEMMs round their operands to f16 (after exact power-of-two scaling).
             (Op::Linear | Op::Matmul, Ok(dev)) if self.f16_gemm(dev) => DType::F16,
-            _ => dtype,
+            // Everything else is f32 arithmetic: 16-bit weights and tables are widened exactly
+            // (at upload or where a lookup reads them), block-quantized ones decode exactly,
+            // and casts round exactly.
+            _ => match dtype {
+                DType::BF16 | DType::F16 | DType::Quant(_) => DType::F32,
+                d => d,
+            },
         }
     }
 }

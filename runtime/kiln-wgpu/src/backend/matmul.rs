@@ -262,7 +262,7 @@ fn run(
                     }
                 };
                 let binds = [Bind::RAt(a.0, ao, asz), Bind::RAt(bbuf, bo, bsz), Bind::WAt(c, co, csz)];
-                let groups64 = (nn.div_ceil(64) as u32, mm.div_ceil(64) as u32, 1);
+                let groups64 = (be.gemm_col_groups(nn, 64), mm.div_ceil(64) as u32, 1);
                 let packed = matches!(b, B::Packed { .. });
                 match (&amax, packed) {
                     (Some(am), _) => {
@@ -273,7 +273,7 @@ fn run(
                     (None, true) => dev.launch(SRC_Q, "gemm_v3", &p, &binds, groups64)?,
                     (None, false) => {
                         let groups = match be.gemm() {
-                            GemmVariant::V2 => (nn.div_ceil(16) as u32, mm.div_ceil(16) as u32, 1),
+                            GemmVariant::V2 => (be.gemm_col_groups(nn, 16), mm.div_ceil(16) as u32, 1),
                             GemmVariant::V3 => groups64,
                         };
                         dev.launch(SRC, be.gemm().entry(), &p, &binds, groups)?
