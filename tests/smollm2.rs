@@ -70,7 +70,7 @@ fn check_token_losses(got: &[f64], want: &[f64], tol: f64) -> Result<f64, String
     let mut worst = 0.0f64;
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let d = (g - w).abs();
-        if !(d <= tol) {
+        if !(d.is_finite() && d <= tol) {
             return Err(format!("loss at position {i}: {g} vs transformers {w} (off by {d:.1e} > {tol:.0e})"));
         }
         worst = worst.max(d);
@@ -101,14 +101,14 @@ fn check_logit_rows(got: &[f32], want: &[(usize, Vec<f32>)], tol: f64, tol_logp:
         for (j, (&a, &b)) in g.iter().zip(row).enumerate() {
             let d = (a as f64 - b as f64).abs();
             // Written so that NaN fails.
-            if !(d <= tol) {
+            if !(d.is_finite() && d <= tol) {
                 return Err(format!("logit [{p}, {j}]: {a} vs transformers {b} (off by {d:.1e} > {tol:.1e})"));
             }
             worst = worst.max(d);
         }
         for (j, (a, b)) in log_softmax(g).iter().zip(log_softmax(row)).enumerate() {
             let d = (a - b).abs();
-            if !(d <= tol_logp) {
+            if !(d.is_finite() && d <= tol_logp) {
                 return Err(format!(
                     "log-probability [{p}, {j}]: {a} vs transformers {b} (off by {d:.1e} > {tol_logp:.0e})"
                 ));
