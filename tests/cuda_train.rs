@@ -60,8 +60,8 @@ fn dpo_and_full_on_cuda_kernels_match_the_cpu() {
 
 /// The comparison fails on runs that differ by a small change of settings which the check
 /// before it (losses within 1 % per step, nothing else) let through: a learning rate 1 % or
-/// 0.1 % higher, AdamW without the weight decay asked for. CPU runs of the tiny model, a
-/// fraction of a second each.
+/// 0.1 % higher, AdamW without the weight decay asked for; each part (losses, gradient norms,
+/// weights) on its own. CPU runs of the tiny model, a fraction of a second each.
 #[test]
 fn the_run_comparison_catches_a_small_change() {
     let rows: String = (0..24)
@@ -83,6 +83,13 @@ fn the_run_comparison_catches_a_small_change() {
     let again = run("again", &["--weight-decay", "0.1"]);
     let same = common::compare_runs(&base, &again, None, F32);
     assert!(same.as_deref().is_ok_and(|l| l.contains("loss 0.0e0")), "{same:?}");
+    // Fewer than 10 steps, a step missing, or a NaN fails.
+    let l = &base.losses;
+    assert!(common::close_series("loss", &l[..9], &l[..9], F32.steps).is_err());
+    assert!(common::close_series("loss", l, &l[1..], F32.steps).is_err());
+    let nan: Vec<f64> = l.iter().enumerate().map(|(i, &x)| if i == 4 { f64::NAN } else { x }).collect();
+    assert!(common::close_series("loss", l, &nan, F32.steps).is_err());
+    assert!(common::close_series("loss", &nan, l, F32.steps).is_err());
     for (what, extra) in [
         ("a learning rate 1 % higher", &["--weight-decay", "0.1", "--learning-rate", "3.03e-3"][..]),
         ("a learning rate 0.1 % higher", &["--weight-decay", "0.1", "--learning-rate", "3.003e-3"][..]),
@@ -90,8 +97,13 @@ fn the_run_comparison_catches_a_small_change() {
     ] {
         let other = run(&what.replace(' ', "-"), extra);
         assert!(old(&other), "{what}: the 1 % loss check passes it: {:?} vs {:?}", base.losses, other.losses);
-        let e = common::compare_runs(&base, &other, None, F32).expect_err(what);
-        eprintln!("{what}: caught ({e})");
+        // Each part of the comparison catches it on its own.
+        let loss = common::close_series("loss", &base.losses, &other.losses, F32.steps).expect_err(what);
+        let norm =
+            common::close_series("gradient norm", &base.grad_norms, &other.grad_norms, F32.steps).expect_err(what);
+        let (w, _, _) = common::close_weights(&base.weights, &other.weights, None).unwrap();
+        assert!(w > F32.weights, "{what}: trained weights within {w:.1e}");
+        eprintln!("{what}: caught by the losses ({loss}), the gradient norms ({norm}) and the weights ({w:.1e})");
     }
 }
 
