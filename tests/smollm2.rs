@@ -135,6 +135,7 @@ fn smollm2_gguf_matches_transformers() {
     let n = ids.len();
     let want_losses: Vec<f64> = fx["token_losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     assert!(n > 2 && want_losses.len() == n - 1, "{n} ids, {} losses", want_losses.len());
+    assert_eq!(want_rows.first().map(|r| r.0), Some(0), "the first position's row");
     assert_eq!(want_rows.last().map(|r| r.0), Some(n - 1), "the last position's row");
     let targets = Tensor::from_vec(shift_targets(&ids, 1, n, None), [1, n]).unwrap();
     let ids = Tensor::from_vec(ids, [1, n]).unwrap();
