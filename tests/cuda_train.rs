@@ -1,38 +1,51 @@
 //! `kiln train --backend cuda-emu` end to end: every op of a training step runs as the CUDA
-//! kernels of `kernels/*.cu`, executed on the CPU by kiln's emulation harness, and the per-step
-//! losses of LoRA (30 steps), QLoRA (NF4, Q4_1), DPO and full fine-tuning of a small random
-//! model match the CPU backend's within 1 % relative (attention and the quantized bases run on
-//! bf16 tensor cores), and decoding with the trained adapter picks the CPU's tokens. On a machine with a GPU, `tools/gpu-check.sh` runs the same
+//! kernels of `kernels/*.cu`, executed on the CPU by kiln's emulation harness. Under GEMM v2
+//! (f32 GEMMs and f32 attention) LoRA (30 steps, also checkpointed and clipped, and with 8-bit
+//! AdamW), QLoRA (NF4, Q4_1), DPO and full fine-tuning of a small random model, each at least
+//! 10 steps, give the CPU backend's per-step losses and gradient norms and its trained weights
+//! within 1e-4 relative; under the tensor-core variants (v3, the default, and v5: bf16
+//! attention and block-quantized GEMMs) NF4 QLoRA is within 1e-2; decoding with the trained
+//! adapter picks the CPU's tokens. On a machine with a GPU, `tools/gpu-check.sh` runs the same
 //! comparison with `--backend cuda`.
 
 mod common;
 
-use common::gpu_train::{GpuTrain, Runs, dpo_and_full, lora_and_qlora};
+use common::gpu_train::{GpuTrain, Runs, SHORT_ROWS, dpo_and_full, lora_and_qlora};
+use common::{F32, F32_ADAMW8, HALF, Run};
 
 const CUDA_EMU: GpuTrain = GpuTrain {
     backend: "cuda-emu",
     tag: "cuda",
     ready: || true,
+    // GEMM v3: attention on bf16 tensor cores.
+    default_tol: HALF,
+    // GEMM v2: f32 products, and attention v1 in f32 (v3–v5 run attention on tensor cores).
+    f32_env: &[("KILN_CUDA_GEMM", "v2")],
     qlora_steps: "10",
-    // Decoding runs attention on bf16 tensor cores.
+    // Decoding runs the default variant: attention on bf16 tensor cores.
     decode_tol: 2e-2,
     after_lora,
     after_nf4,
 };
 
 /// Gradient checkpointing (each block recomputed in backward) and 8-bit optimizer state, with
-/// gradient-norm clipping: the fused multi-tensor AdamW takes the clipping factor.
-fn after_lora(runs: &Runs, _: &[&str], _: &[f64]) {
-    let args = ["--max-steps", "8", "--gradient-checkpointing", "true", "--max-grad-norm", "0.5"];
-    runs.compare("lora, checkpointed, clipped", "ckpt", &args);
-    runs.compare("lora, 8-bit AdamW", "q8", &["--max-steps", "8", "--optim", "adamw8bit"]);
+/// gradient-norm clipping: the fused multi-tensor AdamW takes the clipping factor. In f32.
+fn after_lora(runs: &Runs, _: &[&str], _: &Run) {
+    let args = [&SHORT_ROWS[..], &["--max-steps", "10", "--gradient-checkpointing", "true", "--max-grad-norm", "0.5"]]
+        .concat();
+    runs.compare("lora, checkpointed, clipped", "ckpt", &args, None, F32);
+    let args = [&SHORT_ROWS[..], &["--max-steps", "10", "--optim", "adamw8bit"]].concat();
+    runs.compare("lora, 8-bit AdamW", "q8", &args, None, F32_ADAMW8);
 }
 
-/// The Hopper GEMM (v5, wgmma; the emulation implements it) on the NF4 QLoRA run.
-fn after_nf4(runs: &Runs, args: &[&str], cpu: &[f64]) {
-    let env = [("KILN_CUDA_GEMM", "v5")];
-    let v5 = common::train_losses_env(&runs.model, &runs.data, &runs.dir.join("q-nf4-v5"), "cuda-emu", args, &env);
-    common::same_losses("qlora nf4, GEMM v5 (wgmma)", "cuda-emu", cpu, &v5);
+/// The tensor-core variants on the NF4 QLoRA run: v3 (the default; mma GEMMs on the NF4 base
+/// decoded to bf16, attention on bf16 tensor cores) and v5 (Hopper's wgmma; the emulation
+/// implements it).
+fn after_nf4(runs: &Runs, args: &[&str], cpu: &Run) {
+    for v in ["v3", "v5"] {
+        let name = format!("qlora nf4, GEMM {v} (bf16 tensor cores)");
+        runs.close_in_16bit(&name, &format!("q-nf4-{v}"), args, &[("KILN_CUDA_GEMM", v)], cpu);
+    }
 }
 
 #[test]
@@ -43,6 +56,55 @@ fn lora_on_cuda_kernels_matches_the_cpu() {
 #[test]
 fn dpo_and_full_on_cuda_kernels_match_the_cpu() {
     dpo_and_full(&CUDA_EMU);
+}
+
+/// The comparison fails on runs that differ by a small change of settings which the check
+/// before it (losses within 1 % per step, nothing else) let through: a learning rate 1 % or
+/// 0.1 % higher, AdamW without the weight decay asked for; each part (losses, gradient norms,
+/// weights) on its own. CPU runs of the tiny model, a fraction of a second each.
+#[test]
+fn the_run_comparison_catches_a_small_change() {
+    let rows: String = (0..24)
+        .map(|i| {
+            format!(
+                "{}\n",
+                serde_json::json!({"prompt": format!("colour {i}?"), "completion": format!("blue {}", i % 4)})
+            )
+        })
+        .collect();
+    let (dir, model, data) = common::train_setup("cuda-train", "catch", &rows);
+    let run = |sub: &str, extra: &[&str]| {
+        let args = [&SHORT_ROWS[..], &["--max-steps", "10"], extra].concat();
+        common::train_run(&model, &data, &dir.join(sub), "cpu", &args, &[])
+    };
+    let base = run("base", &["--weight-decay", "0.1"]);
+    let old = |other: &Run| base.losses.iter().zip(&other.losses).all(|(a, b)| (a - b).abs() <= 0.01 * a.abs());
+    // The same settings again: the CPU is deterministic, so the comparison passes exactly.
+    let again = run("again", &["--weight-decay", "0.1"]);
+    let same = common::compare_runs(&base, &again, None, F32);
+    assert!(same.as_deref().is_ok_and(|l| l.contains("loss 0.0e0")), "{same:?}");
+    // Fewer than 10 steps, a step missing, or a NaN fails.
+    let l = &base.losses;
+    assert!(common::close_series("loss", &l[..9], &l[..9], F32.steps).is_err());
+    assert!(common::close_series("loss", l, &l[1..], F32.steps).is_err());
+    let nan: Vec<f64> = l.iter().enumerate().map(|(i, &x)| if i == 4 { f64::NAN } else { x }).collect();
+    assert!(common::close_series("loss", l, &nan, F32.steps).is_err());
+    assert!(common::close_series("loss", &nan, l, F32.steps).is_err());
+    for (what, extra) in [
+        ("a learning rate 1 % higher", &["--weight-decay", "0.1", "--learning-rate", "3.03e-3"][..]),
+        ("a learning rate 0.1 % higher", &["--weight-decay", "0.1", "--learning-rate", "3.003e-3"][..]),
+        ("AdamW without weight decay", &["--weight-decay", "0"][..]),
+    ] {
+        let other = run(&what.replace(' ', "-"), extra);
+        assert!(old(&other), "{what}: the 1 % loss check passes it: {:?} vs {:?}", base.losses, other.losses);
+        // Each part of the comparison catches it on its own.
+        let loss = common::close_series("loss", &base.losses, &other.losses, F32.steps).expect_err(what);
+        let norm =
+            common::close_series("gradient norm", &base.grad_norms, &other.grad_norms, F32.steps).expect_err(what);
+        let (w, _, _) = common::close_weights(&base.weights, &other.weights, None).unwrap();
+        assert!(w > F32.weights, "{what}: trained weights within {w:.1e}");
+        eprintln!("{what}: caught by the losses ({loss}), the gradient norms ({norm}) and the weights ({w:.1e})");
+    }
 }
 
 /// 8-bit AdamW with its moments on the device (one kernel dequantizes, steps and requantizes)
