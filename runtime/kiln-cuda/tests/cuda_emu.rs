@@ -85,7 +85,10 @@ fn parity_table_under_every_gemm_variant() {
             }
         }
     }
-    assert!(missing.is_empty(), "kernels the parity table never launched: {missing:#?}");
+    // (Only the whole table reaches every kernel: KILN_SELFTEST_OP narrows it.)
+    if Filter::from_env() == Ok(Filter::all()) {
+        assert!(missing.is_empty(), "kernels the parity table never launched: {missing:#?}");
+    }
 }
 
 /// Ops the CUDA backend does not run, each with its reason (none today): a new `Op` without a

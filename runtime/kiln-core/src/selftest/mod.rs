@@ -91,7 +91,7 @@ impl Case {
         self.needs = Some(needs);
         self
     }
-    /// The last `n` outputs are integer codes (see [`Case::codes`]).
+    /// The last `n` outputs are integer codes (see the `codes` field).
     fn with_codes(mut self, n: usize) -> Case {
         self.codes = n;
         self
