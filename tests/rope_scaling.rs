@@ -191,8 +191,17 @@ fn gguf_rope_freqs_match_llama3_in_transformers() {
         &model.config.inv_freq().unwrap().to_vec_f32().unwrap(),
     );
     assert!(be <= INV_FREQ_TOL, "written llama3 settings: {be:e}");
+    // kiln's GGUF export of it keeps the table (a re-export that dropped it would rotate with
+    // unscaled frequencies) and reads back to the same logits.
+    let out = std::env::temp_dir().join(format!("kiln-rope-export-{}.gguf", std::process::id()));
+    kiln::export::export_gguf(&model, None, &path, kiln::export::quant_type("f32").unwrap(), false, &out).unwrap();
+    let again = Llama::load(&out, false).unwrap();
+    assert_eq!(again.config.rope, model.config.rope);
+    let xe = rel_err("exported logits", &run(&again, &r, None).0, &base);
+    assert!(xe <= LOGITS_TOL, "exported GGUF logits {xe:e}");
+    let _ = std::fs::remove_file(&out);
     eprintln!(
-        "llama3.gguf: inv_freq rel {fe:.2e}, logits vs folder {ke:.2e}, base loss rel {ble:.2e}, LoRA logits rel {e:.2e}, written config {be:.2e}"
+        "llama3.gguf: exported {xe:.2e}, inv_freq rel {fe:.2e}, logits vs folder {ke:.2e}, base loss rel {ble:.2e}, LoRA logits rel {e:.2e}, written config {be:.2e}"
     );
 }
 

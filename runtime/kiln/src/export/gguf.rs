@@ -308,6 +308,12 @@ pub fn export_gguf_with_tokenizer(
         };
         tensors.push(OutTensor { name: g, ty: t, shape, data: quantize(t, &v)? });
     }
+    // A GGUF source's llama3 scaling lives in this tensor, not in its metadata: without it the
+    // export would rotate with unscaled frequencies.
+    if let RopeKind::Factors(f) = &c.rope {
+        let data = f.iter().flat_map(|x| x.to_le_bytes()).collect();
+        tensors.push(OutTensor { name: "rope_freqs.weight".into(), ty: GgmlType::F32, shape: vec![f.len()], data });
+    }
     write_gguf(out, &meta, &tensors)
 }
 
