@@ -2,7 +2,8 @@
 //! tools/make_rope_fixtures.py): YaRN and linear scaling from `config.json` (the inverse
 //! frequencies, the cos/sin factor, logits and loss of tiny random models), and the same models
 //! from GGUF files the converter wrote (`rope.scaling.*` keys, and the `rope_freqs.weight`
-//! table it writes for llama3 scaling); bad GGUF RoPE settings are refused naming file and key.
+//! table it writes for llama3 scaling); kiln's GGUF export writes the scaling as the converter
+//! does; bad GGUF RoPE settings are refused naming file and key.
 //!
 //! Tolerances as tests/reference.rs: logits 1e-5 and loss 2e-6 relative (measured figures are
 //! printed with `--nocapture`).
@@ -203,6 +204,75 @@ fn gguf_rope_freqs_match_llama3_in_transformers() {
     eprintln!(
         "llama3.gguf: exported {xe:.2e}, inv_freq rel {fe:.2e}, logits vs folder {ke:.2e}, base loss rel {ble:.2e}, LoRA logits rel {e:.2e}, written config {be:.2e}"
     );
+}
+
+/// kiln's GGUF export of a config.json model writes its RoPE scaling as llama.cpp's converter
+/// does (the converter's files are the reference: same `rope.scaling.*` values, the same
+/// `rope_freqs.weight` divisors) and reads back to transformers' logits.
+#[test]
+fn gguf_export_writes_rope_scaling_as_the_converter() {
+    use kiln::data::tokenizer::TextTokenizer;
+    for (folder, converted) in [
+        ("tiny-llama", "rope/llama3.gguf"),
+        ("rope/linear-llama", "rope/linear.gguf"),
+        ("rope/yarn-qwen2", "rope/yarn.gguf"),
+    ] {
+        let model = Llama::load(&fixture(folder), false).unwrap();
+        let conv = GgufFile::open(&fixture(converted)).unwrap();
+        // The tiny models have no tokenizer of their own: the converted file's stub vocabulary.
+        let tok = TextTokenizer::from_gguf(&conv).unwrap();
+        let out = std::env::temp_dir().join(format!("kiln-rope-cfg-export-{}.gguf", std::process::id()));
+        let f32_ = kiln::export::quant_type("f32").unwrap();
+        kiln::export::export_gguf_with_tokenizer(&model, None, Some(&tok), &fixture(folder), f32_, false, &out)
+            .unwrap();
+        let ours = GgufFile::open(&out).unwrap();
+        let rope_keys = |g: &GgufFile| -> Vec<(String, f64)> {
+            let mut v: Vec<(String, f64)> = g
+                .metadata
+                .iter()
+                .filter(|(k, _)| k.contains(".rope.scaling.") && !k.contains("yarn_beta"))
+                .map(|(k, x)| {
+                    (k.clone(), x.as_f64().unwrap_or_else(|| if x.as_str() == Some("yarn") { 2.0 } else { 1.0 }))
+                })
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        assert_eq!(rope_keys(&ours), rope_keys(&conv), "{folder}");
+        let table =
+            |g: &GgufFile| g.tensor("rope_freqs.weight").map(|t| g.dequantize(&t.name).unwrap().to_vec_f32().unwrap());
+        let (a, b) = (table(&ours), table(&conv));
+        assert_eq!(a.is_some(), b.is_some(), "{folder}: rope_freqs.weight");
+        let te = match (a, b) {
+            (Some(a), Some(b)) => rel_err(&format!("{folder}: rope_freqs"), &a, &b),
+            _ => 0.0,
+        };
+        assert!(te <= INV_FREQ_TOL, "{folder}: rope_freqs vs the converter's {te:e}");
+        let back = Llama::load(&out, false).unwrap();
+        let r = WeightStore::open(&fixture(folder).join("reference.safetensors")).unwrap();
+        let xe = rel_err(&format!("{folder}: exported"), &run(&back, &r, None).0, &run(&model, &r, None).0);
+        assert!(xe <= LOGITS_TOL, "{folder}: exported GGUF logits vs the folder {xe:e}");
+        let _ = std::fs::remove_file(&out);
+        eprintln!("{folder} → GGUF: rope_freqs vs converter {te:.2e}, logits vs folder {xe:.2e}");
+    }
+    // GGUF cannot say truncate = false (llama.cpp always rounds): refused, not approximated.
+    let model = Llama::load(&fixture("rope/yarn-llama"), false).unwrap();
+    let tok = TextTokenizer::from_gguf(&GgufFile::open(&fixture("rope/yarn.gguf")).unwrap()).unwrap();
+    let out = std::env::temp_dir().join(format!("kiln-rope-trunc-{}.gguf", std::process::id()));
+    let f32_ = kiln::export::quant_type("f32").unwrap();
+    let e = kiln::export::export_gguf_with_tokenizer(
+        &model,
+        None,
+        Some(&tok),
+        &fixture("rope/yarn-llama"),
+        f32_,
+        false,
+        &out,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("truncate"), "{e}");
+    assert!(!out.exists());
 }
 
 /// `src` rewritten with metadata `set` (a `None` value removes the key) and the tensor

@@ -21,7 +21,7 @@ each with
                                   rotary embedding's buffer) and attention_scaling (its cos/sin
                                   factor) as transformers computes them
 and the GGUF files, by llama.cpp's converter (its model classes; only the vocabulary is a stub
-of `vocab_size` tokens, since the tiny models have no tokenizer):
+of `vocab_size` tokens with one merge, since the tiny models have no tokenizer):
   llama3.gguf    tests/fixtures/tiny-llama (llama3 scaling) → `rope_freqs.weight`, no scaling type
   linear.gguf    linear-llama → rope.scaling.type = linear, rope.scaling.factor = 2
   yarn.gguf      yarn-qwen2 → rope.scaling.type = yarn, factor, original_context_length
@@ -99,9 +99,10 @@ def convert(src: Path, out: Path):
             n = self.hparams["vocab_size"]
             self.gguf_writer.add_tokenizer_model("gpt2")
             self.gguf_writer.add_tokenizer_pre("default")
-            self.gguf_writer.add_token_list([f"<t{i}>" for i in range(n)])
+            # "a", "b" and their merge "ab", then placeholders: a BPE vocabulary kiln can read.
+            self.gguf_writer.add_token_list(["a", "b", "ab"] + [f"<t{i}>" for i in range(3, n)])
             self.gguf_writer.add_token_types([gguf.TokenType.NORMAL] * n)
-            self.gguf_writer.add_token_merges([])
+            self.gguf_writer.add_token_merges(["a b"])
 
     with torch.inference_mode():
         m = Stub(src, gguf.LlamaFileType.ALL_F32, out, eager=True, model_name=src.name)

@@ -231,6 +231,65 @@ fn rope_freqs(g: &GgufFile, head_dim: usize) -> Result<Option<Vec<f32>>> {
     Ok(Some(v))
 }
 
+/// RoPE scaling as llama.cpp's converter writes it for `arch` (the inverse of reading):
+/// linear and yarn as `{arch}.rope.scaling.*` keys; llama3 and a divisor table go to
+/// [`rope_freqs_of`] instead.
+pub fn rope_meta(c: &ModelConfig, arch: &str) -> Result<Vec<(String, MetaValue)>> {
+    let k = |x: &str| format!("{arch}.rope.scaling.{x}");
+    let ty = |t: &str| (k("type"), MetaValue::Str(t.into()));
+    Ok(match &c.rope {
+        super::RopeKind::Default | super::RopeKind::Llama3(_) | super::RopeKind::Factors(_) => vec![],
+        super::RopeKind::Linear(f) => vec![ty("linear"), (k("factor"), MetaValue::F32(*f as f32))],
+        super::RopeKind::Yarn(y) => {
+            if !y.truncate {
+                return Err(KilnError::Msg(
+                    "GGUF export of YaRN with truncate = false: llama.cpp always rounds the ramp's ends".into(),
+                ));
+            }
+            let mut m = vec![
+                ty("yarn"),
+                (k("factor"), MetaValue::F32(y.factor as f32)),
+                (k("original_context_length"), MetaValue::U32(y.original_max_position_embeddings as u32)),
+                (k("yarn_beta_fast"), MetaValue::F32(y.beta_fast as f32)),
+                (k("yarn_beta_slow"), MetaValue::F32(y.beta_slow as f32)),
+            ];
+            if y.attention_factor != yarn_mscale(y.factor, 1.0) {
+                m.push((k("yarn_attn_factor"), MetaValue::F32(y.attention_factor as f32)));
+            }
+            m
+        }
+    })
+}
+
+/// The `rope_freqs.weight` divisors for the model's RoPE: its own table, or llama3 scaling as
+/// the converter's `generate_extra_tensors` computes it (from the f32 base frequencies, in f64).
+pub fn rope_freqs_of(c: &ModelConfig) -> Result<Option<Vec<f32>>> {
+    Ok(match &c.rope {
+        super::RopeKind::Factors(t) => Some(t.clone()),
+        super::RopeKind::Llama3(s) => {
+            let base = kiln_core::ops::inv_freq(c.head_dim, c.rope_theta, None)?.to_vec_f32()?;
+            let (low_wl, high_wl) = (
+                s.original_max_position_embeddings / s.low_freq_factor,
+                s.original_max_position_embeddings / s.high_freq_factor,
+            );
+            let divisor = |f: f32| {
+                let wl = 2.0 * std::f64::consts::PI / f as f64;
+                if wl < high_wl {
+                    1.0
+                } else if wl > low_wl {
+                    s.factor
+                } else {
+                    let smooth = (s.original_max_position_embeddings / wl - s.low_freq_factor)
+                        / (s.high_freq_factor - s.low_freq_factor);
+                    1.0 / ((1.0 - smooth) / s.factor + smooth)
+                }
+            };
+            Some(base.into_iter().map(|f| divisor(f) as f32).collect())
+        }
+        _ => None,
+    })
+}
+
 /// How many blocks the file holds tensors for: the `blk.N.` prefixes, which must run from
 /// `blk.0` without a gap.
 fn block_tensors(g: &GgufFile) -> Result<usize> {
