@@ -17,4 +17,4 @@ pub use glu::{geglu, swiglu};
 pub use linear::{Lora, linear};
 pub use loss::{CeResult, cross_entropy, linear_cross_entropy, linear_token_nll};
 pub use norm::rms_norm;
-pub use rope::{RopeScaling, inv_freq, rope};
+pub use rope::{RopeScaling, Yarn, inv_freq, rope, yarn_inv_freq, yarn_mscale};

@@ -14,7 +14,7 @@ use crate::data::tokenizer::TextTokenizer;
 use crate::formats::gguf::{GgufFile, MetaArray, MetaValue, StrArray};
 use crate::formats::gguf_write::{OutTensor, write_gguf};
 use crate::model::gguf::gguf_name;
-use crate::model::{Arch, Llama, ModelConfig, RopeKind};
+use crate::model::{Arch, Llama, ModelConfig};
 use crate::{KilnError, Result};
 
 /// The `--quant` names and their block types.
@@ -116,9 +116,6 @@ pub(super) fn s(v: &str) -> MetaValue {
 
 /// Model metadata from the config (for a source that is not a GGUF file).
 fn config_meta(c: &ModelConfig, name: &str) -> Result<Vec<(String, MetaValue)>> {
-    if c.rope != RopeKind::Default {
-        return Err(KilnError::Msg("GGUF export of RoPE scaling (llama3, linear) is not implemented yet".into()));
-    }
     let a = arch_name(c);
     let k = |x: &str| format!("{a}.{x}");
     let mut m = vec![
@@ -139,6 +136,7 @@ fn config_meta(c: &ModelConfig, name: &str) -> Result<Vec<(String, MetaValue)>> 
         m.push((k("attention.key_length"), MetaValue::U32(c.head_dim as u32)));
         m.push((k("attention.value_length"), MetaValue::U32(c.head_dim as u32)));
     }
+    m.extend(crate::model::gguf::rope_meta(c, a)?);
     Ok(m)
 }
 
@@ -307,6 +305,12 @@ pub fn export_gguf_with_tokenizer(
             GgmlType::F16
         };
         tensors.push(OutTensor { name: g, ty: t, shape, data: quantize(t, &v)? });
+    }
+    // llama3 scaling (or a GGUF source's table) lives in this tensor, not in the metadata:
+    // without it the export would rotate with unscaled frequencies.
+    if let Some(f) = crate::model::gguf::rope_freqs_of(c)? {
+        let data = f.iter().flat_map(|x| x.to_le_bytes()).collect();
+        tensors.push(OutTensor { name: "rope_freqs.weight".into(), ty: GgmlType::F32, shape: vec![f.len()], data });
     }
     write_gguf(out, &meta, &tensors)
 }

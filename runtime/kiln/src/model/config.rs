@@ -1,10 +1,12 @@
 //! `config.json` of the Llama family: llama, mistral, qwen2 (q/k/v bias), qwen3 (per-head q/k
 //! RMSNorm). Both spellings of RoPE settings are accepted: top-level `rope_theta` +
-//! `rope_scaling` (older transformers) and `rope_parameters` (newer).
+//! `rope_scaling` (older transformers) and `rope_parameters` (newer); the RoPE kinds are
+//! default, linear, llama3 and yarn, plus a table of per-frequency divisors (GGUF `rope_freqs`).
 
 use std::path::{Path, PathBuf};
 
-use kiln_core::ops::RopeScaling;
+use kiln_core::Tensor;
+use kiln_core::ops::{self, RopeScaling, Yarn, yarn_mscale};
 use serde_json::Value;
 
 use crate::adapters::BaseDims;
@@ -35,12 +37,16 @@ impl Arch {
 }
 
 /// RoPE frequency adjustments.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum RopeKind {
     Default,
     /// Positions divided by `factor`.
     Linear(f64),
     Llama3(RopeScaling),
+    Yarn(Yarn),
+    /// Each base frequency divided by its entry (GGUF `rope_freqs.weight`, which llama.cpp's
+    /// converter writes for llama3 scaling), `head_dim / 2` positive numbers.
+    Factors(Vec<f32>),
 }
 
 /// A parsed, validated model configuration.
@@ -128,6 +134,51 @@ impl Fields<'_> {
 
 fn num(obj: &Value, k: &str) -> Option<f64> {
     obj.get(k).and_then(|x| x.as_f64())
+}
+
+/// YaRN settings as transformers' `_compute_yarn_parameters` reads them: `factor`,
+/// `original_max_position_embeddings` (else the top-level one, else `max_position_embeddings`),
+/// `beta_fast`/`beta_slow` (32/1 when absent or 0), `attention_factor` (else from `mscale` and
+/// `mscale_all_dim` when both are set, else `0.1·ln(factor) + 1`), `truncate` (default true).
+fn yarn(f: &Fields, p: &Value, need: &dyn Fn(&str) -> Result<f64>) -> Result<Yarn> {
+    let factor = need("factor")?;
+    let positive_or = |k: &str, d: f64| -> Result<f64> {
+        match p.get(k).filter(|x| !x.is_null()) {
+            None => Ok(d),
+            Some(x) => match x.as_f64() {
+                Some(0.0) if k.starts_with("beta") => Ok(d),
+                Some(v) if v.is_finite() && v > 0.0 => Ok(v),
+                _ => Err(f.err(&format!("rope_parameters.{k}"), format!("must be a positive number, got {x}"))),
+            },
+        }
+    };
+    let original = match p.get("original_max_position_embeddings") {
+        Some(_) => need("original_max_position_embeddings")?,
+        None => f.f64_or("original_max_position_embeddings", f.f64_or("max_position_embeddings", 2048.0)?)?,
+    };
+    if !(original.is_finite() && original > 0.0) {
+        return Err(f.err("original_max_position_embeddings", format!("must be a positive number, got {original}")));
+    }
+    let (mscale, mscale_all_dim) = (positive_or("mscale", 0.0)?, positive_or("mscale_all_dim", 0.0)?);
+    let derived = if mscale > 0.0 && mscale_all_dim > 0.0 {
+        yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim)
+    } else {
+        yarn_mscale(factor, 1.0)
+    };
+    let truncate = match p.get("truncate").filter(|x| !x.is_null()) {
+        None => true,
+        Some(x) => {
+            x.as_bool().ok_or_else(|| f.err("rope_parameters.truncate", format!("must be true or false, got {x}")))?
+        }
+    };
+    Ok(Yarn {
+        factor,
+        original_max_position_embeddings: original,
+        beta_fast: positive_or("beta_fast", 32.0)?,
+        beta_slow: positive_or("beta_slow", 1.0)?,
+        attention_factor: positive_or("attention_factor", derived)?,
+        truncate,
+    })
 }
 
 impl ModelConfig {
@@ -221,10 +272,11 @@ impl ModelConfig {
                         }
                         RopeKind::Llama3(s)
                     }
+                    "yarn" => RopeKind::Yarn(yarn(&f, p, &need)?),
                     other => {
                         return Err(f.err(
                             "rope_parameters.rope_type",
-                            format!("`{other}` is not supported (default, linear, llama3)"),
+                            format!("`{other}` is not supported (default, linear, llama3, yarn)"),
                         ));
                     }
                 }
@@ -297,10 +349,18 @@ impl ModelConfig {
             RopeKind::Linear(f) => {
                 rope = serde_json::json!({"rope_type": "linear", "factor": f, "rope_theta": self.rope_theta})
             }
-            RopeKind::Llama3(s) => {
-                rope = serde_json::json!({"rope_type": "llama3", "factor": s.factor, "low_freq_factor": s.low_freq_factor,
-                    "high_freq_factor": s.high_freq_factor, "original_max_position_embeddings": s.original_max_position_embeddings,
+            RopeKind::Llama3(s) => rope = llama3_json(&s, self.rope_theta),
+            RopeKind::Yarn(y) => {
+                rope = serde_json::json!({"rope_type": "yarn", "factor": y.factor,
+                    "original_max_position_embeddings": y.original_max_position_embeddings, "beta_fast": y.beta_fast,
+                    "beta_slow": y.beta_slow, "attention_factor": y.attention_factor, "truncate": y.truncate,
                     "rope_theta": self.rope_theta})
+            }
+            // transformers has no table of divisors: the llama3 settings that give this table.
+            RopeKind::Factors(ref t) => {
+                if let Some(s) = llama3_from_factors(t, self.head_dim, self.rope_theta) {
+                    rope = llama3_json(&s, self.rope_theta)
+                }
             }
         }
         let mut v = serde_json::json!({
@@ -322,6 +382,37 @@ impl ModelConfig {
         v
     }
 
+    /// RoPE inverse frequencies `[head_dim / 2]` for this model's kind of scaling.
+    pub fn inv_freq(&self) -> Result<Tensor> {
+        let (d, theta) = (self.head_dim, self.rope_theta);
+        Ok(match &self.rope {
+            RopeKind::Default => ops::inv_freq(d, theta, None)?,
+            RopeKind::Llama3(s) => ops::inv_freq(d, theta, Some(*s))?,
+            RopeKind::Yarn(y) => ops::yarn_inv_freq(d, theta, y)?,
+            RopeKind::Linear(f) => {
+                let base = ops::inv_freq(d, theta, None)?.to_vec_f32()?;
+                Tensor::from_vec(base.iter().map(|x| x / *f as f32).collect::<Vec<_>>(), [d / 2])?
+            }
+            RopeKind::Factors(t) => {
+                let base = ops::inv_freq(d, theta, None)?.to_vec_f32()?;
+                if t.len() != base.len() {
+                    return Err(KilnError::Msg(format!("{} RoPE factors for head_dim {d}", t.len())));
+                }
+                Tensor::from_vec(base.iter().zip(t).map(|(x, f)| x / f).collect::<Vec<_>>(), [d / 2])?
+            }
+        })
+    }
+
+    /// The softmax scale of attention: `1/√head_dim`, times the square of YaRN's attention
+    /// factor (transformers multiplies cos and sin by it, so both q and k).
+    pub fn attention_scale(&self) -> f64 {
+        let m = match &self.rope {
+            RopeKind::Yarn(y) => y.attention_factor,
+            _ => 1.0,
+        };
+        m * m / (self.head_dim as f64).sqrt()
+    }
+
     /// Parameter count of the base model.
     pub fn num_params(&self) -> usize {
         let (h, i, d) = (self.hidden_size, self.intermediate_size, self.head_dim);
@@ -330,6 +421,68 @@ impl ModelConfig {
         let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * h };
         self.vocab_size * h + self.num_layers * layer + h + head
     }
+}
+
+fn llama3_json(s: &RopeScaling, theta: f64) -> Value {
+    serde_json::json!({"rope_type": "llama3", "factor": s.factor, "low_freq_factor": s.low_freq_factor,
+        "high_freq_factor": s.high_freq_factor, "original_max_position_embeddings": s.original_max_position_embeddings,
+        "rope_theta": theta})
+}
+
+/// The llama3 settings whose divisors are `t` (to within f32 rounding), when there are such.
+/// llama3 depends only on the two band edges, the wavelengths `original/high_freq_factor` and
+/// `original/low_freq_factor`: below the first a frequency is kept, above the second divided by
+/// `factor`, and inside `s = (1/d − 1/factor)/(1 − 1/factor)` is linear in `1/wavelength`. Two
+/// divisors inside the band fix both edges; with fewer, edges between the neighbouring
+/// wavelengths give the same table. `original` is written as 8192 (Llama 3.1's); only the
+/// ratios matter.
+fn llama3_from_factors(t: &[f32], head_dim: usize, theta: f64) -> Option<RopeScaling> {
+    let base = ops::inv_freq(head_dim, theta, None).ok()?.to_vec_f32().ok()?;
+    let factor = t.iter().copied().fold(1f32, f32::max) as f64;
+    if factor <= 1.0 || base.len() != t.len() {
+        return None;
+    }
+    let tau = 2.0 * std::f64::consts::PI;
+    // (1/wavelength, divisor), wavelengths rising.
+    let pts: Vec<(f64, f64)> = base.iter().zip(t).map(|(x, d)| (*x as f64 / tau, *d as f64)).collect();
+    let near = |a: f64, b: f64| (a / b - 1.0).abs() < 1e-6;
+    let band: Vec<(f64, f64)> = pts
+        .iter()
+        .filter(|(_, d)| !near(*d, 1.0) && !near(*d, factor))
+        .map(|&(u, d)| (u, (1.0 / d - 1.0 / factor) / (1.0 - 1.0 / factor)))
+        .collect();
+    // Largest 1/wl of the divided-by-factor ones, smallest of the kept ones.
+    let full_u = pts.iter().filter(|(_, d)| near(*d, factor)).map(|p| p.0).fold(0.0, f64::max);
+    let kept_u = pts.iter().filter(|(_, d)| near(*d, 1.0)).map(|p| p.0).fold(f64::INFINITY, f64::min);
+    // s = (u − u_low) / (u_high − u_low), u = 1/wavelength.
+    let (u_high, u_low) = match band.as_slice() {
+        [] => {
+            let mid = if kept_u.is_finite() { (full_u * kept_u).sqrt() } else { full_u * 2.0 };
+            (mid * 1.0001, mid / 1.0001)
+        }
+        [(u0, s0)] => {
+            let u_low = if full_u > 0.0 { (full_u * u0).sqrt() } else { u0 / 2.0 };
+            (u_low + (u0 - u_low) / s0, u_low)
+        }
+        [(u0, s0), .., (u1, s1)] => {
+            let a = (s1 - s0) / (u1 - u0);
+            let u_low = u0 - s0 / a;
+            (u_low + 1.0 / a, u_low)
+        }
+    };
+    let orig = 8192.0;
+    let s = RopeScaling {
+        factor,
+        low_freq_factor: orig * u_low,
+        high_freq_factor: orig * u_high,
+        original_max_position_embeddings: orig,
+    };
+    if !(s.low_freq_factor > 0.0 && s.high_freq_factor > s.low_freq_factor && s.high_freq_factor.is_finite()) {
+        return None;
+    }
+    let check = ops::inv_freq(head_dim, theta, Some(s)).ok()?.to_vec_f32().ok()?;
+    let same = check.iter().zip(&base).zip(t).all(|((c, x), d)| ((x / d) / c - 1.0).abs() < 1e-5);
+    same.then_some(s)
 }
 
 /// What an adapter is sized from (adapters do not import the model).
@@ -440,6 +593,69 @@ mod tests {
         v["rms_norm_eps"] = 0.0.into();
         v["eos_token_id"] = serde_json::json!([9]);
         assert!(ModelConfig::from_json(&v, Path::new("c.json")).is_ok());
+    }
+
+    #[test]
+    fn yarn_settings_are_checked_naming_the_field() {
+        let yarn = |extra: Value| {
+            let mut r = serde_json::json!({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16});
+            for (k, x) in extra.as_object().unwrap() {
+                r[k] = x.clone();
+            }
+            let mut v = base();
+            v["rope_scaling"] = r;
+            ModelConfig::from_json(&v, Path::new("m/config.json"))
+        };
+        let cases = [
+            (serde_json::json!({"factor": 0.0}), "rope_parameters.factor"),
+            (serde_json::json!({"factor": -2.0}), "rope_parameters.factor"),
+            (serde_json::json!({"factor": null}), "rope_parameters.factor"),
+            (serde_json::json!({"original_max_position_embeddings": 0}), "original_max_position_embeddings"),
+            (serde_json::json!({"beta_fast": -1.0}), "rope_parameters.beta_fast"),
+            (serde_json::json!({"attention_factor": 0.0}), "rope_parameters.attention_factor"),
+            (serde_json::json!({"mscale": "big"}), "rope_parameters.mscale"),
+            (serde_json::json!({"truncate": 1}), "rope_parameters.truncate"),
+            (serde_json::json!({"rope_type": "dynamic"}), "default, linear, llama3, yarn"),
+        ];
+        for (extra, want) in cases {
+            let e = yarn(extra.clone()).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains("m/config.json"), "{extra}: {e}");
+        }
+        // Defaults as transformers: betas 32/1 (also for 0), attention 0.1·ln(factor) + 1, the
+        // original context from the top level when the scaling object has none.
+        let c = yarn(serde_json::json!({"beta_fast": 0})).unwrap();
+        let RopeKind::Yarn(y) = c.rope else { panic!("{:?}", c.rope) };
+        assert_eq!((y.beta_fast, y.beta_slow, y.truncate), (32.0, 1.0, true));
+        assert!((y.attention_factor - (0.1 * 4f64.ln() + 1.0)).abs() < 1e-15);
+        let mut v = base();
+        v["max_position_embeddings"] = 64.into();
+        v["rope_scaling"] = serde_json::json!({"type": "yarn", "factor": 4.0});
+        let c = ModelConfig::from_json(&v, Path::new("c.json")).unwrap();
+        assert!(matches!(c.rope, RopeKind::Yarn(y) if y.original_max_position_embeddings == 64.0));
+        // A factor of 1 or below leaves the cos/sin unscaled (yarn_get_mscale).
+        let c = yarn(serde_json::json!({"factor": 0.5})).unwrap();
+        assert_eq!(c.attention_scale(), 1.0 / 4f64.sqrt());
+    }
+
+    #[test]
+    fn llama3_settings_are_recovered_from_a_divisor_table() {
+        let s = RopeScaling {
+            factor: 32.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192.0,
+        };
+        // Llama 3.2's shape (head_dim 64, θ 500000): several divisors inside the band.
+        let base = ops::inv_freq(64, 5e5, None).unwrap().to_vec_f32().unwrap();
+        let scaled = ops::inv_freq(64, 5e5, Some(s)).unwrap().to_vec_f32().unwrap();
+        let t: Vec<f32> = base.iter().zip(&scaled).map(|(b, x)| b / x).collect();
+        let got = llama3_from_factors(&t, 64, 5e5).unwrap();
+        assert!((got.low_freq_factor - 1.0).abs() < 1e-3 && (got.high_freq_factor - 4.0).abs() < 1e-3, "{got:?}");
+        assert_eq!(got.factor, 32.0);
+        // A table no llama3 setting gives (divisors falling with the wavelength) has none.
+        let mut bad = t.clone();
+        bad.reverse();
+        assert!(llama3_from_factors(&bad, 64, 5e5).is_none());
     }
 
     #[test]

@@ -6,9 +6,14 @@
 //! `gguf[h·D + 2i + j] = hf[h·D + j·D/2 + i]`. kiln keeps HF's layout everywhere (so adapters
 //! match PEFT's), so those rows are put back on load — rows are whole blocks, so this is a
 //! byte copy of the q/k weights and nothing is dequantized.
+//!
+//! RoPE scaling comes from `{arch}.rope.scaling.*` (none, linear, yarn) or from the
+//! `rope_freqs.weight` table of per-frequency divisors (llama3 scaling, Llama 3.1+), read as
+//! llama.cpp reads them.
 
 use std::path::Path;
 
+use kiln_core::ops::yarn_mscale;
 use kiln_core::{DType, Tensor};
 use serde_json::json;
 
@@ -44,9 +49,6 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
         }
     };
     let need = |k: &str| num(k)?.ok_or_else(|| bad(k, "missing".into()));
-    if g.get(&key("rope.scaling.type")).and_then(|v| v.as_str()).is_some_and(|t| t != "none") {
-        return Err(bad("rope.scaling.type", "RoPE scaling from GGUF is not supported yet".into()));
-    }
     let n_tokens = g.get("tokenizer.ggml.tokens").and_then(MetaValue::as_array).map(|a| a.len() as u64);
     let embd_rows = g.tensor("token_embd.weight").and_then(|t| t.dims.get(1).copied());
     let vocab = match g.get(&key("vocab_size")) {
@@ -110,6 +112,9 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
     if let Some(d) = key_len.or(rope_dims) {
         v["head_dim"] = d.into();
     }
+    if let Some(r) = rope_scaling(g, &arch)? {
+        v["rope_scaling"] = r;
+    }
     // Whole numbers go to the JSON as integers so config.json's checks apply to them alike.
     if let Some(o) = v.as_object_mut() {
         for x in o.values_mut() {
@@ -118,7 +123,171 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
             }
         }
     }
-    ModelConfig::from_json(&v, &g.path)
+    let mut cfg = ModelConfig::from_json(&v, &g.path)?;
+    if let Some(t) = rope_freqs(g, cfg.head_dim)? {
+        if cfg.rope != super::RopeKind::Default {
+            return Err(bad(
+                "rope.scaling.type",
+                "is set, and the file also holds rope_freqs.weight: kiln applies one or the other".into(),
+            ));
+        }
+        cfg.rope = super::RopeKind::Factors(t);
+    }
+    Ok(cfg)
+}
+
+/// `{arch}.rope.scaling.*` as a transformers `rope_scaling` object (`None`: no scaling), with
+/// each value checked here so that errors name the GGUF key. Keys as llama.cpp reads them:
+/// the factor from `rope.scaling.factor` (older files: `rope.scale_linear`); YaRN's original
+/// context from `rope.scaling.original_context_length` (default `context_length`), its betas
+/// from `rope.scaling.yarn_beta_fast`/`_slow`, its cos/sin factor from
+/// `rope.scaling.yarn_attn_factor` (transformers' `attention_factor`, as the converter writes it)
+/// or `rope.scaling.yarn_log_multiplier` (`mscale_all_dim`), times `rope.scaling.attn_factor`.
+fn rope_scaling(g: &GgufFile, arch: &str) -> Result<Option<serde_json::Value>> {
+    let key = |k: &str| format!("{arch}.rope.{k}");
+    let bad = |k: &str, detail: String| KilnError::Config { path: g.path.clone(), field: key(k), detail };
+    let num = |k: &str| -> Result<Option<f64>> {
+        match g.get(&key(k)) {
+            None => Ok(None),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| bad(k, format!("{v:?} is not a number"))),
+        }
+    };
+    let positive = |k: &str| -> Result<Option<f64>> {
+        match num(k)? {
+            Some(x) if !(x.is_finite() && x > 0.0) => Err(bad(k, format!("must be a positive number, got {x}"))),
+            x => Ok(x),
+        }
+    };
+    let kind = match g.get(&key("scaling.type")) {
+        None => "none",
+        Some(v) => v.as_str().ok_or_else(|| bad("scaling.type", format!("{v:?} is not a string")))?,
+    };
+    let attn = positive("scaling.attn_factor")?;
+    if kind != "yarn" && attn.is_some_and(|a| a != 1.0) {
+        return Err(bad("scaling.attn_factor", format!("{attn:?} with scaling type `{kind}` is not supported")));
+    }
+    let factor = || -> Result<f64> {
+        match positive("scaling.factor")? {
+            Some(f) => Ok(f),
+            None => positive("scale_linear")?.ok_or_else(|| bad("scaling.factor", "missing".into())),
+        }
+    };
+    Ok(match kind {
+        "none" => None,
+        "linear" => Some(json!({"rope_type": "linear", "factor": factor()?})),
+        "yarn" => {
+            let factor = factor()?;
+            if let Some(x) = num("scaling.yarn_ext_factor")?.filter(|&x| x != 1.0) {
+                return Err(bad("scaling.yarn_ext_factor", format!("{x} is not supported (1)")));
+            }
+            let ctx = g.get(&format!("{arch}.context_length")).and_then(|v| v.as_f64());
+            let original = positive("scaling.original_context_length")?
+                .or(ctx)
+                .ok_or_else(|| bad("scaling.original_context_length", "missing (and no context_length)".into()))?;
+            let mut r = json!({"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": original});
+            for (k, name) in [("scaling.yarn_beta_fast", "beta_fast"), ("scaling.yarn_beta_slow", "beta_slow")] {
+                if let Some(x) = positive(k)? {
+                    r[name] = x.into();
+                }
+            }
+            let attention = match (positive("scaling.yarn_attn_factor")?, positive("scaling.yarn_log_multiplier")?) {
+                (Some(a), _) => a,
+                (None, Some(m)) => yarn_mscale(factor, 1.0) / yarn_mscale(factor, m),
+                (None, None) => yarn_mscale(factor, 1.0),
+            };
+            r["attention_factor"] = (attention * attn.unwrap_or(1.0)).into();
+            Some(r)
+        }
+        other => {
+            return Err(bad("scaling.type", format!("`{other}` is not supported (none, linear, yarn)")));
+        }
+    })
+}
+
+/// The `rope_freqs.weight` divisors, when the file has them: `head_dim / 2` finite positive
+/// numbers (llama.cpp divides each base frequency by its entry).
+fn rope_freqs(g: &GgufFile, head_dim: usize) -> Result<Option<Vec<f32>>> {
+    const NAME: &str = "rope_freqs.weight";
+    let Some(t) = g.tensor(NAME) else { return Ok(None) };
+    let bad = |detail: String| KilnError::Tensor { path: g.path.clone(), tensor: NAME.into(), detail };
+    let want = (head_dim / 2) as u64;
+    if t.dims.len() != 1 || t.dims[0] != want {
+        return Err(bad(format!("shape {:?}, expected [{want}] (head_dim {head_dim} / 2)", t.dims)));
+    }
+    let bytes = g.bytes(t);
+    let v: Vec<f32> = match t.ty {
+        kiln_core::quant::GgmlType::F32 => bytemuck::pod_collect_to_vec::<u8, f32>(bytes),
+        kiln_core::quant::GgmlType::F16 => {
+            bytemuck::pod_collect_to_vec::<u8, half::f16>(bytes).iter().map(|x| x.to_f32()).collect()
+        }
+        other => return Err(bad(format!("type {other:?}, expected F32 or F16"))),
+    };
+    if v.len() as u64 != want {
+        return Err(bad(format!("{} bytes for {want} numbers", bytes.len())));
+    }
+    if let Some((i, x)) = v.iter().enumerate().find(|(_, x)| !(x.is_finite() && **x > 0.0)) {
+        return Err(bad(format!("entry {i} is {x}: each divisor must be a positive number")));
+    }
+    Ok(Some(v))
+}
+
+/// RoPE scaling as llama.cpp's converter writes it for `arch` (the inverse of reading):
+/// linear and yarn as `{arch}.rope.scaling.*` keys; llama3 and a divisor table go to
+/// [`rope_freqs_of`] instead.
+pub fn rope_meta(c: &ModelConfig, arch: &str) -> Result<Vec<(String, MetaValue)>> {
+    let k = |x: &str| format!("{arch}.rope.scaling.{x}");
+    let ty = |t: &str| (k("type"), MetaValue::Str(t.into()));
+    Ok(match &c.rope {
+        super::RopeKind::Default | super::RopeKind::Llama3(_) | super::RopeKind::Factors(_) => vec![],
+        super::RopeKind::Linear(f) => vec![ty("linear"), (k("factor"), MetaValue::F32(*f as f32))],
+        super::RopeKind::Yarn(y) => {
+            if !y.truncate {
+                return Err(KilnError::Msg(
+                    "GGUF export of YaRN with truncate = false: llama.cpp always rounds the ramp's ends".into(),
+                ));
+            }
+            let mut m = vec![
+                ty("yarn"),
+                (k("factor"), MetaValue::F32(y.factor as f32)),
+                (k("original_context_length"), MetaValue::U32(y.original_max_position_embeddings as u32)),
+                (k("yarn_beta_fast"), MetaValue::F32(y.beta_fast as f32)),
+                (k("yarn_beta_slow"), MetaValue::F32(y.beta_slow as f32)),
+            ];
+            if y.attention_factor != yarn_mscale(y.factor, 1.0) {
+                m.push((k("yarn_attn_factor"), MetaValue::F32(y.attention_factor as f32)));
+            }
+            m
+        }
+    })
+}
+
+/// The `rope_freqs.weight` divisors for the model's RoPE: its own table, or llama3 scaling as
+/// the converter's `generate_extra_tensors` computes it (from the f32 base frequencies, in f64).
+pub fn rope_freqs_of(c: &ModelConfig) -> Result<Option<Vec<f32>>> {
+    Ok(match &c.rope {
+        super::RopeKind::Factors(t) => Some(t.clone()),
+        super::RopeKind::Llama3(s) => {
+            let base = kiln_core::ops::inv_freq(c.head_dim, c.rope_theta, None)?.to_vec_f32()?;
+            let (low_wl, high_wl) = (
+                s.original_max_position_embeddings / s.low_freq_factor,
+                s.original_max_position_embeddings / s.high_freq_factor,
+            );
+            let divisor = |f: f32| {
+                let wl = 2.0 * std::f64::consts::PI / f as f64;
+                if wl < high_wl {
+                    1.0
+                } else if wl > low_wl {
+                    s.factor
+                } else {
+                    let smooth = (s.original_max_position_embeddings / wl - s.low_freq_factor)
+                        / (s.high_freq_factor - s.low_freq_factor);
+                    1.0 / ((1.0 - smooth) / s.factor + smooth)
+                }
+            };
+            Some(base.into_iter().map(|f| divisor(f) as f32).collect())
+        }
+        _ => None,
+    })
 }
 
 /// How many blocks the file holds tensors for: the `blk.N.` prefixes, which must run from

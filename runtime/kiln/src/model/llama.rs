@@ -11,7 +11,7 @@ use std::rc::Rc;
 use kiln_core::ops::{self, CeResult, Lora};
 use kiln_core::{DType, Tape, Tensor, Var};
 
-use super::config::{ModelConfig, RopeKind};
+use super::config::ModelConfig;
 use super::gguf::WeightSource;
 use crate::adapters::{LoraSet, Target};
 use crate::formats::WeightStore;
@@ -157,14 +157,7 @@ impl Llama {
         }
         let norm = leaf("model.norm.weight", &[h])?;
         let lm_head = if c.tie_word_embeddings { None } else { Some(leaf("lm_head.weight", &[c.vocab_size, h])?) };
-        let inv_freq = match c.rope {
-            RopeKind::Default => ops::inv_freq(c.head_dim, c.rope_theta, None)?,
-            RopeKind::Llama3(s) => ops::inv_freq(c.head_dim, c.rope_theta, Some(s))?,
-            RopeKind::Linear(f) => {
-                let base = ops::inv_freq(c.head_dim, c.rope_theta, None)?.to_vec_f32()?;
-                Tensor::from_vec(base.iter().map(|x| x / f as f32).collect::<Vec<_>>(), [c.head_dim / 2])?
-            }
-        };
+        let inv_freq = c.inv_freq()?;
         Ok(Llama { config, embed, blocks, norm, lm_head, inv_freq })
     }
 
@@ -561,7 +554,7 @@ fn block(
         k = Var::constant(Tensor::from_vec(c.k.clone(), [1, tk, c.kv_heads, hd])?);
         v = Var::constant(Tensor::from_vec(c.v.clone(), [1, tk, c.kv_heads, hd])?);
     }
-    let a = ops::attention(tape, &q, &k, &v, ctx.seg.as_ref(), ctx.shared_prefix, 1.0 / (hd as f64).sqrt())?;
+    let a = ops::attention(tape, &q, &k, &v, ctx.seg.as_ref(), ctx.shared_prefix, c.attention_scale())?;
     let a = ops::reshape(tape, &a, [bt, c.num_heads * hd])?;
     let mut o = lin(tape, &a, lo, &ad[3])?;
     if let Some(bn) = blk.bottleneck.as_ref().filter(|_| !ctx.base_only) {
