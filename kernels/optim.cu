@@ -16,8 +16,11 @@ struct MultiTensor {
 
 // Mirrored by `MultiParams` in runtime/kiln-cuda/src/kernels.rs.
 // One AdamW step's coefficients, shared by the f32 and 8-bit kernels. Mirrored by `AdamCoeffs`.
+// The host computes each in f64 (`AdamWStep::factors`) and rounds it once: 1 − β is never
+// formed here from the f32 β (at β2 = 0.999 that would be 1.3e-5 too small).
 struct AdamCoeffs {
-  float b1, b2;
+  float b1, c1;  // β1, 1 − β1
+  float b2, c2;  // β2, 1 − β2
   float decay;   // 1 − lr·weight_decay (decoupled)
   float step;    // lr / (1 − β1^t)
   float bc2s;    // sqrt(1 − β2^t)
@@ -42,8 +45,8 @@ struct MultiParams {
 __device__ __forceinline__ float adamw_value(float x, float g, float& m, float& v, const AdamCoeffs& c) {
   if (c.gscale != 1.0f) g *= c.gscale;
   x *= c.decay;
-  m = c.b1 * m + (1.0f - c.b1) * g;
-  v = c.b2 * v + (1.0f - c.b2) * g * g;
+  m = c.b1 * m + c.c1 * g;
+  v = c.b2 * v + c.c2 * g * g;
   return x - c.step * m / (sqrtf(v) / c.bc2s + c.eps);
 }
 

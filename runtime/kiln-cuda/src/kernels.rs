@@ -202,7 +202,9 @@ pub struct MultiTensor {
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct AdamCoeffs {
     pub b1: f32,
+    pub c1: f32,
     pub b2: f32,
+    pub c2: f32,
     pub decay: f32,
     pub step: f32,
     pub bc2s: f32,
@@ -212,16 +214,19 @@ pub struct AdamCoeffs {
 }
 
 impl AdamCoeffs {
-    /// The coefficients of step `hp`, gradients scaled by `grad_scale` (clipping; 1: none).
+    /// The coefficients of step `hp` (computed in f64, `AdamWStep::factors`), gradients scaled
+    /// by `grad_scale` (clipping; 1: none).
     pub fn new(hp: &kiln_core::backend::AdamWStep, grad_scale: f64) -> AdamCoeffs {
         let f = hp.factors();
         AdamCoeffs {
-            b1: hp.beta1 as f32,
-            b2: hp.beta2 as f32,
+            b1: f.b1,
+            c1: f.c1,
+            b2: f.b2,
+            c2: f.c2,
             decay: f.decay,
             step: f.step,
             bc2s: f.bc2s,
-            eps: hp.eps as f32,
+            eps: f.eps,
             gscale: grad_scale as f32,
             pad: 0,
         }

@@ -479,26 +479,47 @@ pub struct AdamWStep {
 }
 
 /// The f32 factors of one AdamW update, shared by every backend's kernel:
-/// `p ← p·decay − step·m / (sqrt(v)/bc2s + eps)` after the moment updates.
-#[derive(Clone, Copy, Debug)]
+/// `m ← b1·m + c1·g`, `v ← b2·v + c2·g²`, then
+/// `p ← p·decay − step·m / (sqrt(v)/bc2s + eps)`.
+///
+/// Every factor is computed in f64 from the f64 hyper-parameters and rounded once, as
+/// `torch.optim.AdamW` computes them in Python floats: a kernel never forms `1 − β` from the
+/// f32 β, which at β2 = 0.999 (f32 0.99900001287) would make `1 − β2` 1.3e-5 too small.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamWFactors {
+    /// β1.
+    pub b1: f32,
+    /// `1 − β1`.
+    pub c1: f32,
+    /// β2.
+    pub b2: f32,
+    /// `1 − β2`.
+    pub c2: f32,
     /// `1 − lr·weight_decay` (decoupled weight decay).
     pub decay: f32,
     /// `lr / (1 − β1^t)`.
     pub step: f32,
     /// `sqrt(1 − β2^t)`.
     pub bc2s: f32,
+    /// ε.
+    pub eps: f32,
 }
 
 impl AdamWStep {
-    /// The bias-corrected factors of this step.
+    /// The bias-corrected factors of this step, each computed in f64 and rounded once.
     pub fn factors(&self) -> AdamWFactors {
-        let bc1 = 1.0 - self.beta1.powi(self.step as i32);
-        let bc2 = 1.0 - self.beta2.powi(self.step as i32);
+        let t = self.step as i32;
+        let bc1 = 1.0 - self.beta1.powi(t);
+        let bc2 = 1.0 - self.beta2.powi(t);
         AdamWFactors {
+            b1: self.beta1 as f32,
+            c1: (1.0 - self.beta1) as f32,
+            b2: self.beta2 as f32,
+            c2: (1.0 - self.beta2) as f32,
             decay: (1.0 - self.lr * self.weight_decay) as f32,
             step: (self.lr / bc1) as f32,
             bc2s: bc2.sqrt() as f32,
+            eps: self.eps as f32,
         }
     }
 }

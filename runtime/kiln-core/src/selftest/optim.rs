@@ -25,14 +25,11 @@ const BLOCK: usize = 256;
 
 /// AdamW in f64 as `torch.optim.AdamW` states it, on one value with gradient `g` (already
 /// clipped): `p ← p·(1 − lr·wd) − lr·m̂/(√v̂ + eps)` with `m ← β1·m + (1 − β1)·g`,
-/// `v ← β2·v + (1 − β2)·g²`, `m̂ = m/(1 − β1^t)`, `v̂ = v/(1 − β2^t)`. Returns `(p, m, v)`.
-///
-/// β1 and β2 are taken as the f32 values every backend's kernel is given, of which `1 − β` is
-/// exact (Sterbenz): at β2 = 0.999 the f32 β2 alone moves `1 − β2` by 1.3e-5 relative, which
-/// is the hyper-parameter's representation, not the kernel's arithmetic this row checks.
+/// `v ← β2·v + (1 − β2)·g²`, `m̂ = m/(1 − β1^t)`, `v̂ = v/(1 − β2^t)`, every coefficient from
+/// the f64 hyper-parameters as PyTorch's Python floats are. Returns `(p, m, v)`.
 fn adamw(h: &AdamWStep, p: f64, g: f64, m: f64, v: f64) -> (f64, f64, f64) {
     let t = h.step as i32;
-    let (b1, b2) = (h.beta1 as f32 as f64, h.beta2 as f32 as f64);
+    let (b1, b2) = (h.beta1, h.beta2);
     let m = b1 * m + (1.0 - b1) * g;
     let v = b2 * v + (1.0 - b2) * g * g;
     let (mh, vh) = (m / (1.0 - h.beta1.powi(t)), v / (1.0 - h.beta2.powi(t)));

@@ -15,12 +15,15 @@ const OPTIM: (&str, &str) = ("optim", include_str!("../../../../shaders/optim.wg
 struct AdamP {
     n: u32,
     b1: f32,
+    c1: f32,
     b2: f32,
+    c2: f32,
     decay: f32,
     step: f32,
     bc2s: f32,
     eps: f32,
-    pad: u32,
+    /// A uniform's size is a multiple of 16 bytes.
+    pad: [u32; 3],
 }
 
 impl OptimOps for WgpuBackend {
@@ -31,16 +34,19 @@ impl OptimOps for WgpuBackend {
             return Err(Error::shape("adamw", format!("param {:?}, grad {:?}", param.shape(), grad.shape())));
         }
         let dev = device()?;
+        // Every coefficient in f64 on the host, rounded once (`AdamWStep::factors`).
         let f = hp.factors();
         let p = |_, n: usize| AdamP {
             n: n as u32,
-            b1: hp.beta1 as f32,
-            b2: hp.beta2 as f32,
+            b1: f.b1,
+            c1: f.c1,
+            b2: f.b2,
+            c2: f.c2,
             decay: f.decay,
             step: f.step,
             bc2s: f.bc2s,
-            eps: hp.eps as f32,
-            pad: 0,
+            eps: f.eps,
+            pad: [0; 3],
         };
         // In place: a view (never the case for parameters) is first made a tensor of its own.
         for t in [&mut *param, &mut *m, &mut *v] {
