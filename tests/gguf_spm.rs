@@ -44,15 +44,18 @@ cache, local = sys.argv[1], sys.argv[2]
 os.makedirs(cache, exist_ok=True)
 path = local or os.path.join(cache, "llama_cpp_python-0.3.36.tar.gz")
 if not os.path.exists(path):
-    api = "https://pypi.org/pypi/llama-cpp-python/0.3.36/json"
+    api = "https://pypi.org/pypi/llama-cpp-python/json"
     meta = json.load(urllib.request.urlopen(api, timeout=60))
-    url = urllib.parse.urljoin(api, next(u["url"] for u in meta["urls"] if u["packagetype"] == "sdist"))
+    files = meta["releases"]["0.3.36"]
+    url = urllib.parse.urljoin(api, next(u["url"] for u in files if u["packagetype"] == "sdist"))
     urllib.request.urlretrieve(url, path + ".part")
     os.replace(path + ".part", path)
 with tarfile.open(path) as tar:
     names = [m for m in tar.getmembers() if "/models/ggml-vocab-llama-spm.gguf" in m.name
              or "/models/ggml-vocab-phi-3.gguf" in m.name]
     tar.extractall(cache, members=names, filter="data")
+if not local:
+    os.remove(path)  # the extracted vocabularies (2 MB) are the cache, not the 77 MB sdist
 "#;
     let local = std::env::var("KILN_LLAMA_SDIST").unwrap_or_default();
     let out = Command::new("python3").arg("-c").arg(script).arg(&cache).arg(&local).output();
@@ -122,6 +125,12 @@ fn tiny_vocabularies_match_the_oracles() {
     let np = tokenizer(&fixtures().join("tiny-spm-noprefix.gguf"));
     check_expected("tiny-spm-noprefix", &np);
     assert_ne!(np.encode("Hello").unwrap().ids, tok.encode("Hello").unwrap().ids, "add_space_prefix has no effect");
+    // Gemma: runs of spaces stored as real spaces are respelled `▁▁…` and reached; merges
+    // follow the token order.
+    let gemma = tokenizer(&fixtures().join("tiny-gemma.gguf"));
+    check_expected("tiny-gemma", &gemma);
+    let four = gemma.encode("four    spaces").unwrap().ids;
+    assert!(four.iter().any(|&i| gemma.id_to_token(i).as_deref() == Some("▁▁▁")), "{four:?}");
     eprintln!("tiny SentencePiece vocabularies checked in {:.2}s", t0.elapsed().as_secs_f64());
 }
 
@@ -212,7 +221,8 @@ fn bad_metadata_is_refused_with_the_key() {
     };
     let mut nan = vec![0f32; n];
     nan[7] = f32::NAN;
-    let cases: Vec<(&str, Vec<(String, MetaValue)>, &str)> = vec![
+    type Meta = Vec<(String, MetaValue)>;
+    let cases: Vec<(&str, Meta, &str)> = vec![
         (
             "tokenizer.ggml.scores",
             with("tokenizer.ggml.scores", Some(MetaValue::Array(MetaArray::F32(vec![0.0; n - 1])))),
@@ -278,4 +288,50 @@ fn bad_metadata_is_refused_with_the_key() {
     m.push(("tokenizer.ggml.unknown_token_id".into(), MetaValue::U32(0)));
     let t = TextTokenizer::from_gguf_metadata(&m, &path).unwrap();
     assert!(t.encode("a€").unwrap().ids.contains(&0));
+}
+
+/// Random byte mutations of a SentencePiece file's tokenizer metadata: an error or a tokenizer
+/// whose special ids lie inside its vocabulary and that encodes, never a panic.
+#[test]
+fn mutated_metadata_never_panics() {
+    use kiln::formats::gguf::parse_header;
+    let t0 = std::time::Instant::now();
+    let seed = std::fs::read(fixtures().join("tiny-spm-noprefix.gguf")).unwrap();
+    let at = seed.windows(20).position(|w| w == b"tokenizer.ggml.model").unwrap();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let (mut built, mut refused) = (0, 0);
+    for _ in 0..400 {
+        let mut b = seed.clone();
+        for _ in 0..1 + next() % 4 {
+            let i = at + (next() as usize) % (b.len() - at);
+            b[i] = match next() % 3 {
+                0 => b[i] ^ (1 << (next() % 8)),
+                1 => 0xFF,
+                _ => 0,
+            };
+        }
+        let p = Path::new("mutant.gguf");
+        let Ok(h) = parse_header(&b, p) else {
+            refused += 1;
+            continue;
+        };
+        match TextTokenizer::from_gguf_metadata(&h.metadata, p) {
+            Ok(t) => {
+                for s in [&t.bos, &t.eos, &t.pad].into_iter().flatten() {
+                    assert!((s.id as usize) < t.vocab_size(), "special id {}", s.id);
+                }
+                t.encode("Hello  world € <tool>").unwrap();
+                built += 1;
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    eprintln!("SentencePiece mutations: {built} built, {refused} refused in {:.2}s", t0.elapsed().as_secs_f64());
+    assert!(refused > 20 && built > 20, "{built} built, {refused} refused");
 }

@@ -7,7 +7,8 @@ that tests/gguf_spm.rs compares kiln against.
    <0x00>..<0xFF>, the best-scored pieces and every ASCII letter, plus a control token `<|end|>`
    and a user-defined token `<tool>`): `tiny-spm.gguf` with `add_space_prefix` true and
    `tiny-spm-noprefix.gguf` with it false. `tiny-spm.gguf` also holds a random one-block Llama
-   (hidden size 8, f16) so that kiln loads it as a model.
+   (hidden size 8, f16) so that kiln loads it as a model. `tiny-gemma.gguf`: the same vocabulary
+   as a Gemma file (`general.architecture = gemma`) stores it, runs of spaces as real spaces.
 2. `expected.json`: for each vocabulary (the two tiny ones, and llama.cpp's llama-spm and phi-3
    vocabularies when the llama-cpp-python sdist is at hand) the ids of a set of hard texts as
    transformers 5.25 gives them, loading the GGUF with `AutoTokenizer.from_pretrained(dir,
@@ -46,6 +47,7 @@ TEXTS = [
     "   three leading spaces",
     "trailing spaces   ",
     "a  b   c\t\td \u3000e",
+    "four    spaces\t\tand tabs <start_of_turn>user",
     "\n\nnewlines first\n",
     "digits 0123456789 3.14159 -42 1e10",
     "fn main() {\n    println!(\"hi {}\", x[0] + 1);\n}\n",
@@ -132,6 +134,50 @@ def write_tiny(src: str) -> None:
         w.close()
 
 
+def write_gemma() -> None:
+    """`tiny-gemma.gguf`: the no-prefix vocabulary as a Gemma file stores it, its `▁▁`-style
+    tokens written as real spaces (and one of tabs, which stays as it is)."""
+    r = gguf.GGUFReader(os.path.join(OUT, "tiny-spm-noprefix.gguf"))
+    f = r.fields
+    rows = [(t, float(s), int(y)) for t, s, y in zip(f["tokenizer.ggml.tokens"].contents(),
+            f["tokenizer.ggml.scores"].contents(), f["tokenizer.ggml.token_type"].contents())
+            if not (len(t) > 1 and set(t) == {"▁"})]
+    # Scores that disagree with the token order: Gemma's merges follow the order.
+    rows += [("  ", 5.0, 1), ("   ", 4.0, 1), ("    ", 3.0, 1), ("\t\t", 0.0, 1), ("<start_of_turn>", 0.0, 4)]
+    w = gguf.GGUFWriter(os.path.join(OUT, "tiny-gemma.gguf"), "gemma")
+    w.add_tokenizer_model("llama")
+    w.add_token_list([t for t, _, _ in rows])
+    w.add_token_scores([s for _, s, _ in rows])
+    w.add_token_types([y for _, _, y in rows])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_add_space_prefix(False)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def gemma_records(path: str) -> dict:
+    """transformers 5.25 has no Gemma GGUF model config: its tokenizer builder is called
+    directly, as `AutoTokenizer` calls it for the files it loads."""
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer, get_gguf_tokenizer
+    arch, td, cfg = get_gguf_tokenizer(path)
+    b, _ = convert_gguf_tokenizer(arch, td)
+    ids = [b.encode(t, add_special_tokens=False).ids for t in TEXTS]
+    return {
+        "file": os.path.basename(path),
+        "bos": b.token_to_id(cfg["bos_token"]),
+        "eos": b.token_to_id(cfg["eos_token"]),
+        "add_bos": bool(cfg.get("add_bos_token", True)),
+        "transformers": ids,
+        # The Gemma build is the SentencePiece layout without the prefix space.
+        "sentencepiece": ids,
+        "decoded": [b.decode(i, skip_special_tokens=False) for i in ids],
+    }
+
+
 def records(path: str, prefix: bool) -> dict:
     d, f = os.path.split(path)
     tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
@@ -174,6 +220,8 @@ def main() -> None:
     out = {"texts": TEXTS, "vocabs": {}}
     out["vocabs"]["tiny-spm"] = records(os.path.join(OUT, "tiny-spm.gguf"), True)
     out["vocabs"]["tiny-spm-noprefix"] = records(os.path.join(OUT, "tiny-spm-noprefix.gguf"), False)
+    write_gemma()
+    out["vocabs"]["tiny-gemma"] = gemma_records(os.path.join(OUT, "tiny-gemma.gguf"))
     for name in ("llama-spm", "phi-3"):
         out["vocabs"][name] = records(vocab(name, src), True)
     with open(os.path.join(OUT, "expected.json"), "w", encoding="utf-8") as fh:

@@ -1,5 +1,5 @@
 //! SentencePiece tokenizers stored in a GGUF file (`tokenizer.ggml.model = llama`: Llama 1/2,
-//! Mistral v0.1, Phi-3, Baichuan…), built for the `tokenizers` crate the way transformers
+//! Mistral v0.1, Phi-3, Gemma 1–3, Baichuan…), built for the `tokenizers` crate the way transformers
 //! converts them: a BPE model with byte fallback whose merges are recovered from the token
 //! scores, control tokens as special added tokens, user-defined tokens as plain added tokens.
 //!
@@ -70,12 +70,26 @@ pub(super) fn merges_from_scores(tokens: &[&str], scores: &[f64]) -> Vec<(String
 pub(super) fn from_gguf_metadata(metadata: &[(String, MetaValue)], path: &Path) -> Result<Spm> {
     let get = |key: &str| metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v);
     let bad = |k: &str, detail: String| KilnError::Config { path: path.to_path_buf(), field: k.into(), detail };
-    let tokens: Vec<&str> = get("tokenizer.ggml.tokens")
+    let stored = get("tokenizer.ggml.tokens")
         .and_then(MetaValue::as_array)
         .and_then(MetaArray::strs)
-        .ok_or_else(|| bad("tokenizer.ggml.tokens", "missing or not an array of strings".into()))?
+        .ok_or_else(|| bad("tokenizer.ggml.tokens", "missing or not an array of strings".into()))?;
+    // Gemma files store a token of two or more spaces as real spaces, which no text reaches
+    // once spaces are `▁`: they are respelled, and their merges follow the file's token order,
+    // not its scores (transformers' `gemma_tokenizer`).
+    let arch = get("general.architecture").and_then(|v| v.as_str()).unwrap_or("");
+    let gemma = matches!(arch, "gemma" | "gemma2" | "gemma3");
+    let respelled: Vec<String> = stored
         .iter()
+        .map(|t| {
+            if gemma && t.contains(' ') && t.chars().all(char::is_whitespace) {
+                "▁".repeat(t.chars().count())
+            } else {
+                t.to_string()
+            }
+        })
         .collect();
+    let tokens: Vec<&str> = respelled.iter().map(String::as_str).collect();
     if tokens.is_empty() {
         return Err(bad("tokenizer.ggml.tokens", "is empty".into()));
     }
@@ -118,7 +132,8 @@ pub(super) fn from_gguf_metadata(metadata: &[(String, MetaValue)], path: &Path) 
             Some(v) => Err(bad(k, format!("{v:?} is not a boolean"))),
         }
     };
-    let add_space_prefix = flag("tokenizer.ggml.add_space_prefix", true)?;
+    // Gemma adds no prefix space (its files say so; transformers' Gemma build never does).
+    let add_space_prefix = flag("tokenizer.ggml.add_space_prefix", !gemma)?;
     let add_bos = flag("tokenizer.ggml.add_bos_token", true)?;
     // A special token id outside the vocabulary is an error, not a token silently dropped.
     let special = |k: &str| -> Result<Option<Special>> {
@@ -170,8 +185,15 @@ pub(super) fn from_gguf_metadata(metadata: &[(String, MetaValue)], path: &Path) 
 
     let vocab: serde_json::Map<String, Value> =
         tokens.iter().enumerate().map(|(i, t)| (t.to_string(), Value::from(i as u64))).collect();
+    let order: Vec<f64>;
+    let rank = if gemma {
+        order = (0..tokens.len()).map(|i| -(i as f64)).collect();
+        &order
+    } else {
+        &scores
+    };
     let merges: Vec<Value> =
-        merges_from_scores(&tokens, &scores).into_iter().map(|(l, r)| serde_json::json!([l, r])).collect();
+        merges_from_scores(&tokens, rank).into_iter().map(|(l, r)| serde_json::json!([l, r])).collect();
     // Control tokens (and BOS/EOS/PAD/UNK, which transformers registers as special whatever
     // their type) are special added tokens; user-defined ones are added tokens that are not
     // special. Both are matched whole in the text and never split.
