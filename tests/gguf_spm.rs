@@ -42,6 +42,8 @@ fn llama_cpp() -> Option<PathBuf> {
 import json, os, sys, tarfile, urllib.parse, urllib.request
 cache, local = sys.argv[1], sys.argv[2]
 os.makedirs(cache, exist_ok=True)
+if local and not os.path.exists(local):
+    sys.exit(f"KILN_LLAMA_SDIST={local}: no such file")
 path = local or os.path.join(cache, "llama_cpp_python-0.3.36.tar.gz")
 if not os.path.exists(path):
     api = "https://pypi.org/pypi/llama-cpp-python/json"
@@ -61,7 +63,10 @@ if not local:
     let out = Command::new("python3").arg("-c").arg(script).arg(&cache).arg(&local).output();
     let why = match out {
         Ok(o) if o.status.success() && src.join("models/ggml-vocab-phi-3.gguf.out").is_file() => return Some(src),
-        Ok(o) => format!("fetching the llama-cpp-python sdist failed: {}", String::from_utf8_lossy(&o.stderr)),
+        Ok(o) => format!(
+            "fetching the llama-cpp-python sdist failed: {}",
+            String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")
+        ),
         Err(e) => format!("cannot run python3: {e}"),
     };
     assert!(std::env::var_os("CI").is_none(), "{why}: CI must run the llama.cpp vocabulary tests");
