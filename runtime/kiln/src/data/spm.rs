@@ -8,7 +8,10 @@
 //! `tokenizer.ggml.add_space_prefix` is true (the default) each run of text — the whole text,
 //! and the text after a special token — starts with one more `▁`. transformers builds Phi-3 this
 //! way but other `llama` files with a `Metaspace` that adds no `▁` before text already starting
-//! with a space; llama.cpp's reference vectors side with this layout.
+//! with a space; llama.cpp's reference vectors side with this layout. Gemma files
+//! (`general.architecture` gemma, gemma2, gemma3) are built as transformers builds them: no
+//! prefix `▁`, runs of spaces stored as spaces respelled `▁▁…`, merges in token order.
+//! `tokenizer.ggml.add_eos_token` is not kept: kiln places EOS itself (templates, `render`).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
