@@ -1,6 +1,7 @@
 //! SentencePiece tokenizers from GGUF (`tokenizer.ggml.model = llama`) against two oracles:
 //! llama.cpp's reference token vectors (`models/ggml-vocab-{llama-spm,phi-3}.gguf` with their
-//! `.inp`/`.out`, from the llama-cpp-python 0.3.36 sdist, fetched and cached at test time) and
+//! `.inp`/`.out`, and `ggml-vocab-baichuan.gguf`, from the llama-cpp-python 0.3.36 sdist, fetched
+//! and cached at test time) and
 //! transformers 5.25 loading the same files (ids written to tests/fixtures/spm/expected.json by
 //! tools/make_spm_fixtures.py), plus the committed tiny vocabularies and every kind of bad
 //! tokenizer metadata.
@@ -34,7 +35,7 @@ fn llama_cpp() -> Option<PathBuf> {
     }
     let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("llama-src");
     let src = cache.join("llama_cpp_python-0.3.36/vendor/llama.cpp");
-    if src.join("models/ggml-vocab-phi-3.gguf.out").is_file() {
+    if src.join("models/ggml-vocab-baichuan.gguf").is_file() {
         return Some(src);
     }
     // Python's standard library only: CI has python3 but not the packages.
@@ -54,7 +55,7 @@ if not os.path.exists(path):
     os.replace(path + ".part", path)
 with tarfile.open(path) as tar:
     names = [m for m in tar.getmembers() if "/models/ggml-vocab-llama-spm.gguf" in m.name
-             or "/models/ggml-vocab-phi-3.gguf" in m.name]
+             or "/models/ggml-vocab-phi-3.gguf" in m.name or m.name.endswith("/models/ggml-vocab-baichuan.gguf")]
     tar.extractall(cache, members=names, filter="data")
 if not local:
     os.remove(path)  # the extracted vocabularies (2 MB) are the cache, not the 77 MB sdist
@@ -62,7 +63,7 @@ if not local:
     let local = std::env::var("KILN_LLAMA_SDIST").unwrap_or_default();
     let out = Command::new("python3").arg("-c").arg(script).arg(&cache).arg(&local).output();
     let why = match out {
-        Ok(o) if o.status.success() && src.join("models/ggml-vocab-phi-3.gguf.out").is_file() => return Some(src),
+        Ok(o) if o.status.success() && src.join("models/ggml-vocab-baichuan.gguf").is_file() => return Some(src),
         Ok(o) => format!(
             "fetching the llama-cpp-python sdist failed: {}",
             String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")
@@ -174,6 +175,10 @@ fn llama_cpp_vocabularies_match_the_reference_vectors() {
             t0.elapsed().as_secs_f64()
         );
     }
+    // Baichuan has no reference vectors: the hard texts against transformers' builder.
+    let t0 = std::time::Instant::now();
+    check_expected("baichuan", &tokenizer(&src.join("models/ggml-vocab-baichuan.gguf")));
+    eprintln!("baichuan checked in {:.2}s", t0.elapsed().as_secs_f64());
 }
 
 /// A Llama GGUF with a SentencePiece tokenizer loads as a model (what `kiln info --model` and

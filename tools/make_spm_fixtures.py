@@ -9,8 +9,8 @@ that tests/gguf_spm.rs compares kiln against.
    `tiny-spm-noprefix.gguf` with it false. `tiny-spm.gguf` also holds a random one-block Llama
    (hidden size 8, f16) so that kiln loads it as a model. `tiny-gemma.gguf`: the same vocabulary
    as a Gemma file (`general.architecture = gemma`) stores it, runs of spaces as real spaces.
-2. `expected.json`: for each vocabulary (the two tiny ones, and llama.cpp's llama-spm and phi-3
-   vocabularies when the llama-cpp-python sdist is at hand) the ids of a set of hard texts as
+2. `expected.json`: for each vocabulary (the tiny ones, and llama.cpp's llama-spm, phi-3 and
+   baichuan vocabularies, from the llama-cpp-python sdist) the ids of a set of hard texts as
    transformers 5.25 gives them, loading the GGUF with `AutoTokenizer.from_pretrained(dir,
    gguf_file=...)`, and the ids and decoded text of the SentencePiece layout (the model's own
    `tokenizer.json` layout, which llama.cpp follows: every space is `▁` and each run of text
@@ -178,13 +178,23 @@ def gemma_records(path: str) -> dict:
     }
 
 
-def records(path: str, prefix: bool) -> dict:
+def records(path: str, prefix: bool, builder_only: bool = False) -> dict:
     d, f = os.path.split(path)
-    tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
-    as_is = [tok.encode(t, add_special_tokens=False) for t in TEXTS]
+    if builder_only:
+        # No transformers model config for this architecture (Baichuan): its tokenizer builder
+        # is called directly, as `AutoTokenizer` calls it for the files it loads.
+        from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer, get_gguf_tokenizer
+        arch, td, cfg = get_gguf_tokenizer(path)
+        b, _ = convert_gguf_tokenizer(arch, td)
+        as_is = [b.encode(t, add_special_tokens=False).ids for t in TEXTS]
+        bos, eos, add_bos = b.token_to_id(cfg["bos_token"]), b.token_to_id(cfg["eos_token"]), cfg["add_bos_token"]
+    else:
+        tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+        as_is = [tok.encode(t, add_special_tokens=False) for t in TEXTS]
+        bos, eos, add_bos = tok.bos_token_id, tok.eos_token_id, getattr(tok, "add_bos_token", True)
+        b = tok.backend_tokenizer
     # The SentencePiece layout: what transformers builds for Phi-3, and without the prefix `▁`
     # when the file says add_space_prefix = false.
-    b = tok.backend_tokenizer
     steps = [normalizers.Replace(pattern=" ", content="▁")]
     dec = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
     if prefix:
@@ -196,9 +206,9 @@ def records(path: str, prefix: bool) -> dict:
     spm = [b.encode(t, add_special_tokens=False).ids for t in TEXTS]
     return {
         "file": os.path.basename(path),
-        "bos": tok.bos_token_id,
-        "eos": tok.eos_token_id,
-        "add_bos": bool(getattr(tok, "add_bos_token", True)),
+        "bos": bos,
+        "eos": eos,
+        "add_bos": bool(add_bos),
         "transformers": as_is,
         "sentencepiece": spm,
         "decoded": [b.decode(ids, skip_special_tokens=False) for ids in spm],
@@ -224,6 +234,7 @@ def main() -> None:
     out["vocabs"]["tiny-gemma"] = gemma_records(os.path.join(OUT, "tiny-gemma.gguf"))
     for name in ("llama-spm", "phi-3"):
         out["vocabs"][name] = records(vocab(name, src), True)
+    out["vocabs"]["baichuan"] = records(vocab("baichuan", src), True, builder_only=True)
     with open(os.path.join(OUT, "expected.json"), "w", encoding="utf-8") as fh:
         json.dump(out, fh, ensure_ascii=False, indent=None, separators=(",", ":"))
         fh.write("\n")
