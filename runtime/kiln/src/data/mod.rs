@@ -19,6 +19,7 @@ mod fastbpe;
 pub mod inspect;
 pub mod read;
 pub mod render;
+mod spm;
 pub mod template;
 pub mod tokenizer;
 

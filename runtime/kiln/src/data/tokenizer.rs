@@ -167,11 +167,27 @@ impl TextTokenizer {
         };
         let model =
             g.get("tokenizer.ggml.model").and_then(|v| v.as_str()).ok_or_else(|| missing("tokenizer.ggml.model"))?;
+        if model == "llama" {
+            // SentencePiece: built in `spm.rs`; there is no byte-level fast path for it.
+            let s = super::spm::from_gguf_metadata(metadata, path)?;
+            return Ok(TextTokenizer {
+                tok: s.tok,
+                bos: s.bos,
+                eos: s.eos,
+                pad: s.pad,
+                add_bos: s.add_bos,
+                chat_template: s.chat_template,
+                dir: g.path.clone(),
+                fast: None,
+            });
+        }
         if model != "gpt2" {
             return Err(KilnError::Config {
                 path: g.path.clone(),
                 field: "tokenizer.ggml.model".into(),
-                detail: format!("`{model}` tokenizers are not supported yet (gpt2 byte-level BPE is)"),
+                detail: format!(
+                    "`{model}` tokenizers are not supported yet (gpt2 byte-level BPE and llama SentencePiece are)"
+                ),
             });
         }
         let tokens: Vec<&str> = strings("tokenizer.ggml.tokens")?.iter().collect();
