@@ -1,6 +1,7 @@
 //! `kiln info`: version, compiled and available backends, CPU threads and SIMD level, wgpu
-//! adapters, CUDA devices, and why a backend is unavailable; with a model, what it holds and
-//! what it costs in memory. Also the process's memory figures other reports quote.
+//! adapters, CUDA devices, and why a backend is unavailable; with a model, its shape (read from
+//! `config.json` or GGUF metadata before anything is allocated), what it holds and what it
+//! costs in memory. Also the process's memory figures other reports quote.
 
 use std::path::Path;
 
@@ -11,7 +12,7 @@ use crate::Result;
 use crate::data::tokenizer::TextTokenizer;
 use crate::formats::gguf::{GgufFile, MetaValue};
 use crate::model::gguf::config_from_gguf;
-use crate::model::{Inputs, Llama, default_positions};
+use crate::model::{Inputs, Llama, ModelConfig, RopeKind, default_positions};
 
 /// The SIMD level the CPU kernels can use here.
 pub fn simd_level() -> &'static str {
@@ -158,7 +159,50 @@ pub fn model(path: &Path) -> Result<Value> {
     if path.extension().is_some_and(|e| e == "gguf") { gguf_model(path) } else { dir_model(path) }
 }
 
+/// The shape of a model as its config gives it: what `kiln info --model` prints for any model
+/// kiln reads.
+pub fn shape(c: &ModelConfig) -> Value {
+    let scaling = match c.rope {
+        RopeKind::Default => None,
+        other => Some(format!("{other:?}")),
+    };
+    json!({
+        "arch": format!("{:?}", c.arch),
+        "layers": c.num_layers,
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "heads": c.num_heads,
+        "kv_heads": c.num_kv_heads,
+        "head_dim": c.head_dim,
+        "vocab_size": c.vocab_size,
+        "context_length": c.max_position_embeddings,
+        "rope_theta": c.rope_theta,
+        "rope_scaling": scaling,
+        "sliding_window": c.sliding_window,
+        "tie_word_embeddings": c.tie_word_embeddings,
+    })
+}
+
+fn render_shape(s: &Value) -> String {
+    format!(
+        "  shape: {} layers, hidden {} (MLP {}), {} heads, {} KV heads, head dim {}, vocab {}, context {}, RoPE theta {} scaling {}{}\n",
+        s["layers"],
+        s["hidden_size"],
+        s["intermediate_size"],
+        s["heads"],
+        s["kv_heads"],
+        s["head_dim"],
+        s["vocab_size"],
+        s["context_length"],
+        s["rope_theta"],
+        s["rope_scaling"].as_str().unwrap_or("none"),
+        s["sliding_window"].as_u64().map(|w| format!(", sliding window {w}")).unwrap_or_default()
+    )
+}
+
 fn dir_model(dir: &Path) -> Result<Value> {
+    // The config first: an unknown model_type or a bad size is refused before any weight maps.
+    let config = ModelConfig::load(dir)?;
     let before = rss_bytes();
     let m = Llama::load(dir, false)?;
     let after = rss_bytes();
@@ -173,6 +217,7 @@ fn dir_model(dir: &Path) -> Result<Value> {
     let fwd = rss_bytes();
     Ok(json!({
         "path": dir.display().to_string(),
+        "shape": shape(&config),
         "arch": format!("{:?}", m.config.arch),
         "params": m.config.num_params(),
         "layers": m.config.num_layers,
@@ -198,10 +243,11 @@ fn gguf_model(path: &Path) -> Result<Value> {
     // metadata (when it names a tokenizer), not only the header's bounds. A GGUF of other
     // tensors (a quantization test file, a LoRA) is described as it is.
     let arch = g.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("");
-    let layers = match g.get(&format!("{arch}.block_count")) {
-        Some(_) => Some(config_from_gguf(&g)?.num_layers),
+    let config = match g.get(&format!("{arch}.block_count")) {
+        Some(_) => Some(config_from_gguf(&g)?),
         None => None,
     };
+    let layers = config.as_ref().map(|c| c.num_layers);
     if g.get("tokenizer.ggml.model").is_some() {
         TextTokenizer::from_gguf(&g)?;
     }
@@ -221,6 +267,7 @@ fn gguf_model(path: &Path) -> Result<Value> {
         "name": g.get("general.name").and_then(|v| v.as_str()),
         "params": g.tensors.iter().map(|t| t.numel()).sum::<u64>(),
         "layers": layers,
+        "shape": config.as_ref().map(shape),
         "tensors": g.tensors.len(),
         "tensor_types": types,
         "file_bytes": g.file_bytes(),
@@ -234,7 +281,8 @@ fn gguf_model(path: &Path) -> Result<Value> {
 /// Human-readable form of [`model`]'s object (a GGUF's header, or a loaded folder's memory).
 fn render_model(m: &Value) -> String {
     let f = |k: &str| m[k].as_f64().unwrap_or(0.0);
-    if m.get("version").is_some() {
+    let shape = m.get("shape").filter(|s| s.is_object()).map(render_shape).unwrap_or_default();
+    let text = if m.get("version").is_some() {
         format!(
             "model {} (GGUF v{})\n  architecture {}, {} params, {} tensors {}, {:.1} MB on disk, opened and validated in {:.1} ms\n  tokenizer: {} ({} tokens); chat template: {}\n",
             m["path"].as_str().unwrap_or(""),
@@ -263,5 +311,10 @@ fn render_model(m: &Value) -> String {
             f("file_rss_after_forward_mb"),
             f("anon_rss_after_forward_mb")
         )
+    };
+    // The shape goes under the model's first line.
+    match text.split_once('\n') {
+        Some((head, rest)) => format!("{head}\n{shape}{rest}"),
+        None => text + &shape,
     }
 }

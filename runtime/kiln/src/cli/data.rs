@@ -57,7 +57,7 @@ pub fn run(cmd: DataCmd) -> Result<()> {
     let cfg = InspectConfig {
         file: a.file,
         format,
-        model: a.model,
+        model: a.model.as_deref().map(|m| kiln::model::resolve(Some(m))).transpose()?,
         template: a.template,
         max_seq_len: a.max_seq_len,
         train_on_inputs: a.train_on_inputs,

@@ -33,7 +33,9 @@ pub enum Cmd {
         /// Print JSON only (stdout): {"version", "backends": {"cpu", "cuda", "wgpu"}, "model"?}.
         #[arg(long)]
         json: bool,
-        /// A model directory (config.json + safetensors) to load and describe.
+        /// A model to describe (layers, hidden, heads, KV heads, head dim, vocab, context, RoPE):
+        /// a folder (config.json + safetensors), a .gguf file, or a Hugging Face name
+        /// `org/name[@revision]` from the local cache.
         #[arg(long)]
         model: Option<PathBuf>,
     },
@@ -94,8 +96,8 @@ pub fn run(cli: Cli) -> Result<()> {
 
 fn info(json: bool, model: Option<PathBuf>) -> Result<()> {
     let mut v = kiln::info::report();
-    if let Some(path) = &model {
-        v["model"] = kiln::info::model(path)?;
+    if let Some(m) = &model {
+        v["model"] = kiln::info::model(&kiln::model::resolve(Some(m))?)?;
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);

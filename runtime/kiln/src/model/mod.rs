@@ -1,9 +1,11 @@
 //! Llama-family decoder models: config parsing, the forward pass, and where models come from
-//! (`registry`: the default model and its cache; `load`: a model, its tokenizer and an adapter
+//! (`registry`: the default model and its cache; `hub`: models named `org/name` from the
+//! Hugging Face cache; `load`: a model, its tokenizer and an adapter
 //! opened for use).
 
 pub mod config;
 pub mod gguf;
+pub mod hub;
 pub mod init;
 pub mod llama;
 pub mod load;

