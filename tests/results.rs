@@ -464,7 +464,8 @@ fn the_reading_of_results_finds_commands_in_spans_and_cells() {
     assert!(check_cargo_bench(&all, &w("-p kiln --bench data_pipeline -- no_such_bench")).is_err());
     assert!(check_python("tools/bench_gemm.py", &w("--threads two")).is_err(), "argparse types are applied");
     assert!(check_python("tools/bench_gemm.py", &w("--no-such-flag")).is_err());
-    let row = "| CPU parity table | 168 cases | TABLE_CASES_NOW cases: 190 passed, 4 skipped | 146/146 | `cargo test` |";
+    let row =
+        "| CPU parity table | 168 cases | TABLE_CASES_NOW cases: 190 passed, 4 skipped | 146/146 | `cargo test` |";
     assert_eq!(parity_counts(row), Some(w("168 TABLE_CASES_NOW 146")), "table sizes, not pass counts");
     assert_eq!(parity_counts("| RoPE rows alone | 12 cases |"), None, "only rows that name parity");
 }

@@ -136,7 +136,8 @@ impl TextTokenizer {
 
     /// The tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata. Byte-level BPE
     /// (`tokenizer.ggml.model = gpt2`) is built the way transformers converts it — vocabulary,
-    /// merges, byte-level pre-tokenization, control and user-defined tokens as special added
+    /// merges, the pre-tokenizer `tokenizer.ggml.pre` names (see [`super::pretok`]) with
+    /// byte-level mapping, control and user-defined tokens as special added
     /// tokens — so ids match transformers loading the same file. Like transformers, no BOS is
     /// added to plain text (chat templates place their own).
     pub fn from_gguf(g: &crate::formats::gguf::GgufFile) -> Result<TextTokenizer> {
@@ -174,6 +175,19 @@ impl TextTokenizer {
                 detail: format!("`{model}` tokenizers are not supported yet (gpt2 byte-level BPE is)"),
             });
         }
+        // Which regexes split text before BPE; llama.cpp reads a missing (or empty) name as
+        // `default`, and refuses a name it does not know, as kiln does.
+        let pre_name = match g.get("tokenizer.ggml.pre") {
+            None => "default",
+            Some(v) => v.as_str().ok_or_else(|| bad("tokenizer.ggml.pre", "must be a string".into()))?,
+        };
+        let pre_name = if pre_name.is_empty() { "default" } else { pre_name };
+        let pre = super::pretok::find(pre_name).ok_or_else(|| {
+            bad(
+                "tokenizer.ggml.pre",
+                format!("unknown pre-tokenizer `{pre_name}` (known: {})", super::pretok::known_names().join(", ")),
+            )
+        })?;
         let tokens: Vec<&str> = strings("tokenizer.ggml.tokens")?.iter().collect();
         if tokens.is_empty() {
             return Err(bad("tokenizer.ggml.tokens", "is empty".into()));
@@ -221,6 +235,22 @@ impl TextTokenizer {
                 format!("entry {i} `{m}` is not two tokens separated by a space"),
             ));
         }
+        // A merge of tokens the vocabulary lacks, or whose result it lacks, could never be
+        // applied (the `tokenizers` crate refuses it with a message that names no key).
+        for (i, m) in merges.iter().enumerate() {
+            let (a, b) = m.split_once(' ').unwrap_or((m, ""));
+            for t in [a, b] {
+                if !seen.contains_key(t) {
+                    return Err(bad("tokenizer.ggml.merges", format!("entry {i} `{m}` names `{t}`, not a token")));
+                }
+            }
+            if !seen.contains_key(format!("{a}{b}").as_str()) {
+                return Err(bad(
+                    "tokenizer.ggml.merges",
+                    format!("entry {i} `{m}` makes `{a}{b}`, which is not a token"),
+                ));
+            }
+        }
         let vocab: serde_json::Map<String, Value> =
             tokens.iter().enumerate().map(|(i, t)| (t.to_string(), Value::from(i as u64))).collect();
         let merges: Vec<Value> = merges
@@ -242,11 +272,11 @@ impl TextTokenizer {
             .collect();
         let json = serde_json::json!({
             "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
-            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+            "pre_tokenizer": super::pretok::pre_tokenizer_json(pre),
             "post_processor": null,
             "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
             "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": pre.ignore_merges,
                 "vocab": vocab, "merges": merges},
         });
         let tok: tokenizers::Tokenizer = json
