@@ -121,10 +121,12 @@ fn llama_cpp_vocabularies_give_their_vectors() {
     let mut failures = vec![];
     for (stem, pre) in VOCABS {
         let path = dir.join(format!("ggml-vocab-{stem}.gguf"));
+        let t = Instant::now();
         let g = GgufFile::open(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(g.get("tokenizer.ggml.pre").and_then(MetaValue::as_str), Some(*pre), "{stem}");
-        let t = Instant::now();
+        let t_open = t.elapsed().as_secs_f64();
         let tok = TextTokenizer::from_gguf(&g).unwrap_or_else(|e| panic!("{e}"));
+        let t_build = t.elapsed().as_secs_f64() - t_open;
         let cases = vectors(&path);
         let mut bad = 0;
         for (text, want) in &cases {
@@ -138,7 +140,8 @@ fn llama_cpp_vocabularies_give_their_vectors() {
             }
         }
         eprintln!(
-            "{stem} (pre {pre}, {} tokens, fast path {}): {}/{} texts match in {:.2}s",
+            "{stem} (pre {pre}, {} tokens, fast path {}): {}/{} texts match in {:.2}s \
+             (open {t_open:.2}s, build {t_build:.2}s)",
             tok.vocab_size(),
             tok.has_fast_path(),
             cases.len() - bad,
