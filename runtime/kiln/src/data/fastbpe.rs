@@ -74,7 +74,16 @@ fn byte_chars() -> [char; 256] {
 impl FastByteLevel {
     /// The fast path for `tok`, or `None` when its shape is not the one handled here.
     pub(crate) fn new(tok: &tokenizers::Tokenizer) -> Option<FastByteLevel> {
-        let j = serde_json::to_value(tok).ok()?;
+        // The settings that decide the shape, without serializing the vocabulary and merges.
+        let tokenizers::ModelWrapper::BPE(bpe) = tok.get_model() else { return None };
+        let j = serde_json::json!({
+            "normalizer": serde_json::to_value(tok.get_normalizer()).ok()?,
+            "pre_tokenizer": serde_json::to_value(tok.get_pre_tokenizer()).ok()?,
+            "post_processor": serde_json::to_value(tok.get_post_processor()).ok()?,
+            "model": {"type": "BPE", "dropout": bpe.dropout, "byte_fallback": bpe.byte_fallback,
+                "continuing_subword_prefix": bpe.continuing_subword_prefix,
+                "end_of_word_suffix": bpe.end_of_word_suffix},
+        });
         let is =
             |v: &serde_json::Value, k: &str, want: serde_json::Value| v.get(k).cloned().unwrap_or_default() == want;
         if !j["normalizer"].is_null() {

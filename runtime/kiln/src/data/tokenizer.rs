@@ -251,38 +251,37 @@ impl TextTokenizer {
                 ));
             }
         }
-        let vocab: serde_json::Map<String, Value> =
-            tokens.iter().enumerate().map(|(i, t)| (t.to_string(), Value::from(i as u64))).collect();
-        let merges: Vec<Value> = merges
+        // Built through the crate's API rather than a `tokenizer.json` text: a 256k vocabulary
+        // costs seconds as JSON (a sorted map of every token, then parsed back).
+        let err = |e: tokenizers::Error| KilnError::Msg(format!("{}: building the tokenizer: {e}", g.path.display()));
+        let vocab: tokenizers::models::bpe::Vocab =
+            tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect();
+        let merges: tokenizers::models::bpe::Merges = merges
             .iter()
             .map(|m| {
                 let (a, b) = m.split_once(' ').unwrap_or((m, ""));
-                serde_json::json!([a, b])
+                (a.to_string(), b.to_string())
             })
             .collect();
+        let bpe = tokenizers::models::bpe::BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .ignore_merges(pre.ignore_merges)
+            .build()
+            .map_err(err)?;
+        let pre_tokenizer: tokenizers::PreTokenizerWrapper =
+            serde_json::from_value(super::pretok::pre_tokenizer_json(pre))
+                .map_err(|e| KilnError::Msg(format!("{}: building the pre-tokenizer: {e}", g.path.display())))?;
+        let mut tok = tokenizers::Tokenizer::new(bpe);
+        tok.with_pre_tokenizer(Some(pre_tokenizer));
+        tok.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
         // 3 = control, 4 = user-defined: matched whole in text, never split by BPE.
-        let added: Vec<Value> = types
+        let added: Vec<tokenizers::AddedToken> = types
             .iter()
             .enumerate()
             .filter(|(_, t)| **t == 3 || **t == 4)
-            .map(|(i, _)| {
-                serde_json::json!({"id": i, "content": tokens[i], "single_word": false, "lstrip": false,
-                "rstrip": false, "normalized": false, "special": true})
-            })
+            .map(|(i, _)| tokenizers::AddedToken::from(tokens[i].to_string(), true))
             .collect();
-        let json = serde_json::json!({
-            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
-            "pre_tokenizer": super::pretok::pre_tokenizer_json(pre),
-            "post_processor": null,
-            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": pre.ignore_merges,
-                "vocab": vocab, "merges": merges},
-        });
-        let tok: tokenizers::Tokenizer = json
-            .to_string()
-            .parse()
-            .map_err(|e| KilnError::Msg(format!("{}: building the tokenizer: {e}", g.path.display())))?;
+        tok.add_special_tokens(&added);
         // A special token id outside the vocabulary is an error, not a token silently dropped.
         let special = |k: &str| -> Result<Option<Special>> {
             let Some(v) = g.get(k) else { return Ok(None) };
