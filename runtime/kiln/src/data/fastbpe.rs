@@ -1,8 +1,9 @@
 //! A faster encoder for the most common tokenizer shape — byte-level BPE with GPT-2's
 //! pre-tokenization regex, optionally after splitting off each digit, no normalizer (GPT-2,
 //! SmolLM, StarCoder, and the GGUF `gpt2` tokenizers whose `tokenizer.ggml.pre` selects those
-//! regexes) — that gives the same ids and byte offsets as the `tokenizers` crate. Any other
-//! pre-tokenizer (Llama 3's, Qwen2's, …) is declined and goes through the crate.
+//! regexes, or Llama 3's, Qwen2's or Qwen3.5's regex) — that gives the same ids and byte offsets
+//! as the `tokenizers` crate. Any other pre-tokenizer (DeepSeek's, Falcon's, …) is declined and
+//! goes through the crate.
 //!
 //! Why: the `tokenizers` crate spends most of its time on bookkeeping around the model (an
 //! alignment-tracking string per pre-token, a `Token` with an owned `String` per id, fancy-regex
@@ -47,6 +48,9 @@ pub(crate) struct FastByteLevel {
     re: regex::Regex,
     /// `\p{N}` when each digit is split off before GPT-2's regex (`Split` `Isolated`).
     digits: Option<regex::Regex>,
+    /// Llama 3's shape: a whitespace piece ending in `\r`/`\n` came from `\s*[\r\n]+` (which
+    /// precedes `\s+(?!\S)` there) and is kept whole.
+    newline_runs: bool,
     added: Vec<Added>,
     /// Bytes of input each id stands for (byte-level: one char per byte).
     byte_len: Vec<u32>,
@@ -91,22 +95,28 @@ impl FastByteLevel {
         }
         // GPT-2's `ByteLevel` alone, or after a `Split` that isolates each digit (the shape
         // `super::pretok` builds for `smollm`, `starcoder`, …).
+        // Or one `Split` with Llama 3's (Qwen2's, Qwen3.5's) regex and `ByteLevel` without its
+        // own: the `regex` crate runs it with `\s+` for its look-ahead tail, fixed up in `split`.
         let mut pre = &j["pre_tokenizer"];
-        let mut digits = None;
+        let (mut digits, mut pattern, mut byte_regex, mut newline_runs) = (None, GPT2_PATTERN.to_string(), true, false);
         if is(pre, "type", "Sequence".into()) {
             let steps = pre["pretokenizers"].as_array()?;
             let [split, last] = steps.as_slice() else { return None };
-            let digit = serde_json::json!({"type": "Split", "pattern": {"Regex": super::pretok::DIGIT},
-                "behavior": "Isolated", "invert": false});
-            if *split != digit {
+            let isolated = |r: &str| serde_json::json!({"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": false});
+            use super::pretok::{DIGIT, LLAMA3, QWEN2, QWEN35, SPACE_TAIL};
+            if *split == isolated(DIGIT) {
+                digits = Some(regex::Regex::new(DIGIT).ok()?);
+            } else if let Some(r) = [LLAMA3, QWEN2, QWEN35].into_iter().find(|r| *split == isolated(r)) {
+                pattern = format!("{}|\\s+", r.strip_suffix(SPACE_TAIL)?);
+                (byte_regex, newline_runs) = (false, true);
+            } else {
                 return None;
             }
-            digits = Some(regex::Regex::new(super::pretok::DIGIT).ok()?);
             pre = last;
         }
         if !(is(pre, "type", "ByteLevel".into())
             && is(pre, "add_prefix_space", false.into())
-            && is(pre, "use_regex", true.into()))
+            && is(pre, "use_regex", byte_regex.into()))
         {
             return None;
         }
@@ -154,8 +164,9 @@ impl FastByteLevel {
             added.push(Added { matcher, ids: g.iter().map(|(_, id)| *id).collect() });
         }
         Some(FastByteLevel {
-            re: regex::Regex::new(GPT2_PATTERN).ok()?,
+            re: regex::Regex::new(&pattern).ok()?,
             digits,
+            newline_runs,
             added,
             byte_len,
             byte_char,
@@ -220,6 +231,11 @@ impl FastByteLevel {
             // start the next pre-token.
             if end < text.len() && piece.chars().all(char::is_whitespace) {
                 let last = piece.chars().next_back()?;
+                if self.newline_runs && (last == '\r' || last == '\n') {
+                    self.bpe(tok, piece, base + pos, out)?;
+                    pos = end;
+                    continue;
+                }
                 if piece.len() > last.len_utf8() {
                     end -= last.len_utf8();
                 }
@@ -299,6 +315,7 @@ mod tests {
             "  two spaces before",
             "trailing   ",
             "tabs\t\tand\nnew\n\nlines \n x",
+            "a  \n  b\r\n\r\n  c \n\t\n   d\n",
             "it's they're we've I'm you'll he'd IT'S",
             "numbers 12345 and ٣٤ and ½",
             "1 22 333 4444 x1y22 3.14159 -7 1e10 ١٢٣ Ⅻ ⑫",
@@ -371,7 +388,7 @@ mod tests {
     }
 
     /// Every GGUF pre-tokenizer the fast path takes gives the crate's ids and offsets; the ones
-    /// it declines (any regex but GPT-2's, with or without digits split off) go to the crate.
+    /// it declines go to the crate.
     #[test]
     fn every_pre_tokenizer_it_takes_equals_the_crate() {
         let mut taken = vec![];
@@ -384,10 +401,10 @@ mod tests {
             random_text(&tok, &fast, 1000);
             taken.extend(p.names.iter().copied());
         }
-        for name in ["gpt-2", "smollm", "starcoder", "command-r"] {
+        for name in ["gpt-2", "smollm", "starcoder", "command-r", "llama-bpe", "qwen2", "qwen35"] {
             assert!(taken.contains(&name), "{name} should take the fast path");
         }
-        for name in ["default", "llama-bpe", "qwen2", "deepseek-coder", "falcon", "tekken"] {
+        for name in ["default", "deepseek-coder", "falcon", "tekken", "gpt-4o"] {
             assert!(!taken.contains(&name), "{name} has no fast path");
         }
     }
