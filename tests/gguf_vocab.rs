@@ -3,7 +3,7 @@
 //! once and cached under the target dir) whose model is `gpt2`, kiln's ids for each text of its
 //! `.inp` equal the `.out` line (transformers' ids, which llama.cpp's own test checks itself
 //! against). Also the refusals of bad tokenizer metadata: an unknown pre-tokenizer, merges of
-//! tokens the vocabulary lacks, a BOS/EOS id outside it.
+//! tokens the vocabulary lacks, a BOS/EOS id outside it, token arrays of different lengths.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -214,4 +214,12 @@ fn bad_tokenizer_metadata_is_refused_naming_file_and_key() {
     m.push(("tokenizer.ggml.eos_token_id".into(), MetaValue::U32(99)));
     let e = refused(&m);
     assert!(e.contains("bad.gguf") && e.contains("tokenizer.ggml.eos_token_id"), "{e}");
+    // Token arrays that disagree in length.
+    let mut m = meta(Some("gpt-2"), &["a b"], 7);
+    m.retain(|(k, _)| k != "tokenizer.ggml.token_type");
+    m.push(("tokenizer.ggml.token_type".into(), MetaValue::Array(MetaArray::I32(vec![1; 5]))));
+    let e = refused(&m);
+    for want in ["bad.gguf", "tokenizer.ggml.token_type", "5 entries", "8"] {
+        assert!(e.contains(want), "{want} not in: {e}");
+    }
 }
