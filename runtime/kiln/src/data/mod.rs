@@ -18,7 +18,7 @@ pub mod dataset;
 pub mod example;
 mod fastbpe;
 pub mod inspect;
-mod pretok;
+pub(crate) mod pretok;
 pub mod read;
 pub mod render;
 pub mod template;

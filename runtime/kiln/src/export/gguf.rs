@@ -214,7 +214,7 @@ fn bpe_meta(
         .collect();
     let mut m = vec![
         ("tokenizer.ggml.model".into(), s("gpt2")),
-        ("tokenizer.ggml.pre".into(), s("default")),
+        ("tokenizer.ggml.pre".into(), s(super::pre_hash::pre_name(tj, path.parent().unwrap_or(path))?)),
         ("tokenizer.ggml.tokens".into(), MetaValue::Array(MetaArray::Str(tokens.iter().collect()))),
         ("tokenizer.ggml.token_type".into(), MetaValue::Array(MetaArray::I32(types))),
         ("tokenizer.ggml.merges".into(), MetaValue::Array(MetaArray::Str(merges))),

@@ -8,6 +8,7 @@
 pub mod gguf;
 pub mod gguf_lora;
 pub mod merged;
+pub mod pre_hash;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
