@@ -3,7 +3,10 @@
 //! once and cached under the target dir) whose model is `gpt2`, kiln's ids for each text of its
 //! `.inp` equal the `.out` line (transformers' ids, which llama.cpp's own test checks itself
 //! against). Also the refusals of bad tokenizer metadata: an unknown pre-tokenizer, merges of
-//! tokens the vocabulary lacks, a BOS/EOS id outside it, token arrays of different lengths.
+//! tokens the vocabulary lacks, a BOS/EOS id outside it, token arrays of different lengths. And GGUF export's `tokenizer.ggml.pre`: SmolLM2 through a
+//! transformers folder back to GGUF is `smollm` again, with the same ids.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -222,4 +225,47 @@ fn bad_tokenizer_metadata_is_refused_naming_file_and_key() {
     for want in ["bad.gguf", "tokenizer.ggml.token_type", "5 entries", "8"] {
         assert!(e.contains(want), "{want} not in: {e}");
     }
+}
+
+/// SmolLM2 (a GGUF whose `tokenizer.ggml.pre` is `smollm`) written as a transformers folder and
+/// exported from it to GGUF again: the folder's tokenizer hashes to llama.cpp's `smollm`
+/// (855059…6249; transformers 5.25 on the same GGUF gives that hash too), the export writes
+/// `smollm`, and kiln on the exported GGUF gives the folder's ids on a hard text.
+#[test]
+fn smollm2_exports_its_own_pre_tokenizer() {
+    use kiln::core::DType;
+    use kiln::core::quant::GgmlType;
+    let Some(src) = common::smollm2() else { return };
+    let t0 = Instant::now();
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gguf-export-pre");
+    let _ = std::fs::remove_dir_all(&d);
+    let (model, tok) = kiln::model::load_with_tokenizer(&src, false).unwrap();
+    let folder = d.join("hf");
+    kiln::export::export_merged(&model, None, Some(&tok), DType::F16, &folder).unwrap();
+    let hf = TextTokenizer::load(&folder).unwrap();
+    let tj = hf.to_json().unwrap();
+    assert_eq!(
+        kiln::export::pre_hash::check_hash(&tj, &folder).unwrap(),
+        "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249"
+    );
+    assert_eq!(kiln::export::pre_hash::pre_name(&tj, &folder).unwrap(), "smollm");
+    let out = d.join("again.gguf");
+    kiln::export::export_gguf(&model, None, &folder, GgmlType::F16, false, &out).unwrap();
+    let g = GgufFile::open(&out).unwrap();
+    assert_eq!(g.get("tokenizer.ggml.pre").and_then(MetaValue::as_str), Some("smollm"));
+    let back = TextTokenizer::from_gguf(&g).unwrap();
+    let hard = "12345 1234567 3.14\nfn main() {\n    let x = vec![1, 2];\t// ok\n}\n\n\n   \
+                我想在apple工作 нещо 🦙🚀 I've 'RE <|im_start|>user\nhi<|im_end|>  \t end";
+    let want = hf.encode(hard).unwrap().ids;
+    assert_eq!(back.encode(hard).unwrap().ids, want);
+    assert_eq!(tok.encode(hard).unwrap().ids, want, "the source GGUF's own tokenizer");
+    // Digits one at a time (the `smollm` split), special tokens whole.
+    assert_eq!(hf.decode(&want[..5]).unwrap(), "12345");
+    assert!(want.contains(&hf.encode("<|im_start|>").unwrap().ids[0]));
+    // A GGUF source keeps its own name.
+    let direct = d.join("direct.gguf");
+    kiln::export::export_gguf(&model, None, &src, GgmlType::F16, false, &direct).unwrap();
+    let g = GgufFile::open(&direct).unwrap();
+    assert_eq!(g.get("tokenizer.ggml.pre").and_then(MetaValue::as_str), Some("smollm"));
+    eprintln!("smollm2 folder → GGUF export with its pre-tokenizer: {:.1} s", t0.elapsed().as_secs_f64());
 }
