@@ -229,8 +229,9 @@ fn bad_tokenizer_metadata_is_refused_naming_file_and_key() {
 
 /// SmolLM2 (a GGUF whose `tokenizer.ggml.pre` is `smollm`) written as a transformers folder and
 /// exported from it to GGUF again: the folder's tokenizer hashes to llama.cpp's `smollm`
-/// (855059…6249; transformers 5.25 on the same GGUF gives that hash too), the export writes
-/// `smollm`, and kiln on the exported GGUF gives the folder's ids on a hard text.
+/// (855059…6249, as transformers 5.25 on the same GGUF: tests/fixtures/smollm2/pre.json), the
+/// export writes `smollm`, and kiln on the exported GGUF gives the folder's ids on a hard text,
+/// which are transformers' ids on the source GGUF.
 #[test]
 fn smollm2_exports_its_own_pre_tokenizer() {
     use kiln::core::DType;
@@ -248,16 +249,24 @@ fn smollm2_exports_its_own_pre_tokenizer() {
         kiln::export::pre_hash::check_hash(&tj, &folder).unwrap(),
         "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249"
     );
-    assert_eq!(kiln::export::pre_hash::pre_name(&tj, &folder).unwrap(), "smollm");
+    assert_eq!(kiln::export::pre_hash::pre_name(&tj, &folder, None).unwrap(), "smollm");
     let out = d.join("again.gguf");
     kiln::export::export_gguf(&model, None, &folder, GgmlType::F16, false, &out).unwrap();
     let g = GgufFile::open(&out).unwrap();
     assert_eq!(g.get("tokenizer.ggml.pre").and_then(MetaValue::as_str), Some("smollm"));
     let back = TextTokenizer::from_gguf(&g).unwrap();
-    let hard = "12345 1234567 3.14\nfn main() {\n    let x = vec![1, 2];\t// ok\n}\n\n\n   \
-                我想在apple工作 нещо 🦙🚀 I've 'RE <|im_start|>user\nhi<|im_end|>  \t end";
+    // The hard text and transformers' ids for it on the source GGUF (tools/make_pre_fixtures.py).
+    let fx: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/smollm2/pre.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(fx["chkhsh"], "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249");
+    let hard = fx["text"].as_str().unwrap();
+    let transformers: Vec<u32> = serde_json::from_value(fx["ids"].clone()).unwrap();
     let want = hf.encode(hard).unwrap().ids;
     assert_eq!(back.encode(hard).unwrap().ids, want);
+    assert_eq!(want, transformers, "transformers on the source GGUF");
     assert_eq!(tok.encode(hard).unwrap().ids, want, "the source GGUF's own tokenizer");
     // Digits one at a time (the `smollm` split), special tokens whole.
     assert_eq!(hf.decode(&want[..5]).unwrap(), "12345");

@@ -137,9 +137,24 @@ pub fn check_hash(tj: &Value, path: &Path) -> Result<String> {
     Ok(sha256(format!("[{}]", ids.join(", ")).as_bytes()).iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// The `tokenizer.ggml.pre` to write for `tj`, the `tokenizer.json` of the folder `dir`: by
-/// llama.cpp's hash, else by an equal pre-tokenizer; else an error naming the folder and the hash.
-pub fn pre_name(tj: &Value, dir: &Path) -> Result<&'static str> {
+/// `name` as a `tokenizer.ggml.pre` kiln implements (`kiln export --gguf-pre`), else an error
+/// listing the ones it does.
+pub fn known_name(name: &str) -> Result<&'static str> {
+    pretok::find(name).and_then(|p| p.names.iter().copied().find(|n| *n == name)).ok_or_else(|| {
+        KilnError::Msg(format!(
+            "--gguf-pre `{name}` is not a tokenizer.ggml.pre kiln implements; it knows: {}",
+            pretok::known_names().join(", ")
+        ))
+    })
+}
+
+/// The `tokenizer.ggml.pre` to write for `tj`, the `tokenizer.json` of the folder `dir`:
+/// `forced` if given (checked with [`known_name`]), else by llama.cpp's hash, else by an equal
+/// pre-tokenizer; else an error naming the folder, the hash and the way out.
+pub fn pre_name(tj: &Value, dir: &Path, forced: Option<&str>) -> Result<&'static str> {
+    if let Some(name) = forced {
+        return known_name(name);
+    }
     let hash = check_hash(tj, dir)?;
     let err = |d: String| KilnError::Config { path: dir.to_path_buf(), field: "tokenizer.ggml.pre".into(), detail: d };
     if let Some(&(_, name)) = HASHES.iter().rev().find(|(h, _)| *h == hash) {
@@ -147,7 +162,8 @@ pub fn pre_name(tj: &Value, dir: &Path) -> Result<&'static str> {
             Some(_) => Ok(name),
             None => Err(err(format!(
                 "the tokenizer's check-text hash {hash} is llama.cpp's pre-tokenizer `{name}`, which kiln does not \
-                 implement (it knows: {})",
+                 implement (it knows: {}); --gguf-pre NAME writes another name, at the cost of llama.cpp \
+                 splitting text differently from this tokenizer",
                 pretok::known_names().join(", ")
             ))),
         };
@@ -164,7 +180,8 @@ pub fn pre_name(tj: &Value, dir: &Path) -> Result<&'static str> {
         "the pre-tokenizer is not recognized: its check-text hash {hash} is not in llama.cpp's table (convert_hf_to_gguf.py, \
          llama-cpp-python 0.3.36) and its pre_tokenizer is not one kiln builds for a tokenizer.ggml.pre name; \
          llama.cpp would split text differently from this tokenizer. Export from a GGUF of the model instead (its \
-         tokenizer.ggml.pre is kept), or give tokenizer.json the pre_tokenizer of the model family's name"
+         tokenizer.ggml.pre is kept), or name the model family's pre-tokenizer with --gguf-pre NAME (one of: {})",
+        pretok::known_names().join(", ")
     )))
 }
 
@@ -250,22 +267,28 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tokenizer");
         let tj: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap()).unwrap();
         assert_eq!(check_hash(&tj, &dir).unwrap(), "664a99f98f7a4fa0338982bb569b18a2c1bfa0e7bda2a2bea6e1fdac701add67");
-        assert_eq!(pre_name(&tj, &dir).unwrap(), "gpt-2");
+        assert_eq!(pre_name(&tj, &dir, None).unwrap(), "gpt-2");
         // Another pre-tokenizer (digits split first) is matched as its own row.
         let mut t = tj.clone();
         t["pre_tokenizer"] = pretok::pre_tokenizer_json(pretok::find("smollm").unwrap());
-        assert_eq!(pre_name(&t, &dir).unwrap(), "starcoder");
+        assert_eq!(pre_name(&t, &dir, None).unwrap(), "starcoder");
         // Neither hash nor pre-tokenizer: refused, naming the folder, the hash and the way out.
         let mut t = tj.clone();
         t["pre_tokenizer"]["use_regex"] = Value::Bool(false);
-        let e = pre_name(&t, &dir).unwrap_err().to_string();
-        for want in ["fixtures/tokenizer", "tokenizer.ggml.pre", "not recognized", "Export from a GGUF"] {
+        let e = pre_name(&t, &dir, None).unwrap_err().to_string();
+        for want in
+            ["fixtures/tokenizer", "tokenizer.ggml.pre", "not recognized", "Export from a GGUF", "--gguf-pre", "smollm"]
+        {
             assert!(e.contains(want), "{want}: {e}");
         }
         assert!(e.contains(&check_hash(&t, &dir).unwrap()), "{e}");
         // A normalizer makes the same pre-tokenizer split different text.
         let mut t = tj;
         t["normalizer"] = serde_json::json!({"type": "Lowercase"});
-        assert!(pre_name(&t, &dir).is_err());
+        assert!(pre_name(&t, &dir, None).is_err());
+        // A forced name wins, and must be one kiln implements.
+        assert_eq!(pre_name(&t, &dir, Some("smollm")).unwrap(), "smollm");
+        let e = pre_name(&t, &dir, Some("kimi-k2")).unwrap_err().to_string();
+        assert!(e.contains("--gguf-pre `kimi-k2`") && e.contains("qwen2"), "{e}");
     }
 }
