@@ -1,7 +1,8 @@
 //! Exporting to GGUF for llama.cpp / Ollama: the (merged) weights under llama.cpp's tensor
 //! names, quantized per tensor (matrices to the chosen type, norms and biases f32), Llama q/k
 //! rows permuted back to llama.cpp's rotary layout, and the metadata llama.cpp reads: copied
-//! from a GGUF source, or written from `config.json` + a BPE `tokenizer.json`.
+//! from a GGUF source, or written from `config.json` + a BPE `tokenizer.json` (its
+//! `tokenizer.ggml.pre` found as llama.cpp's converter finds it: [`super::pre_hash`]).
 
 use std::path::Path;
 
@@ -143,7 +144,8 @@ fn config_meta(c: &ModelConfig, name: &str) -> Result<Vec<(String, MetaValue)>> 
 }
 
 /// `tokenizer.ggml.*` from a BPE `tokenizer.json` (+ `tokenizer_config.json`) in `dir`, as
-/// llama.cpp's converter writes them for GPT-2-style BPE.
+/// llama.cpp's converter writes them for GPT-2-style BPE; `pre` as in
+/// [`export_gguf_with_tokenizer`].
 fn tokenizer_meta(dir: &Path, vocab_size: usize, pre: Option<&str>) -> Result<Vec<(String, MetaValue)>> {
     let read = |f: &str| -> Result<Value> {
         let p = dir.join(f);
