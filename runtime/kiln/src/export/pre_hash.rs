@@ -155,7 +155,11 @@ pub fn pre_name(tj: &Value, dir: &Path, forced: Option<&str>) -> Result<&'static
     if let Some(name) = forced {
         return known_name(name);
     }
-    let hash = check_hash(tj, dir)?;
+    resolve(&check_hash(tj, dir)?, tj, dir)
+}
+
+/// [`pre_name`] once the hash is known.
+fn resolve(hash: &str, tj: &Value, dir: &Path) -> Result<&'static str> {
     let err = |d: String| KilnError::Config { path: dir.to_path_buf(), field: "tokenizer.ggml.pre".into(), detail: d };
     if let Some(&(_, name)) = HASHES.iter().rev().find(|(h, _)| *h == hash) {
         return match pretok::find(name) {
@@ -257,6 +261,26 @@ mod tests {
             "a36179c1e2b1cfcfbfad1dc779addad2ffc778201e4cf0d538bddeafa2c526da"
         );
         assert_eq!(HASHES.len(), 97);
+    }
+
+    /// A hash llama.cpp lists under a name kiln does not implement is refused by that name; one
+    /// it lists under a name kiln has is that name, whatever the pre_tokenizer says.
+    #[test]
+    fn hashes_of_llama_cpps_table() {
+        let dir = Path::new("some/model");
+        let tj = serde_json::json!({"model": {"type": "BPE"}, "pre_tokenizer": null});
+        let kimi = HASHES.iter().find(|(_, n)| *n == "kimi-k2").unwrap().0;
+        let e = resolve(kimi, &tj, dir).unwrap_err().to_string();
+        for want in ["some/model", kimi, "`kimi-k2`", "does not implement", "--gguf-pre"] {
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        let smollm = "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249";
+        assert_eq!(resolve(smollm, &tj, dir).unwrap(), "smollm");
+        // Every name the table gives is either implemented or refused, never written unchecked.
+        for (h, n) in HASHES {
+            assert_eq!(resolve(h, &tj, dir).ok().is_some(), pretok::find(n).is_some(), "{n}");
+        }
+        assert!(resolve(&"0".repeat(64), &tj, dir).is_err());
     }
 
     /// The fixture tokenizer (GPT-2's byte-level pre-tokenizer, a 700-token vocabulary): its
