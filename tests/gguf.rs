@@ -534,3 +534,61 @@ fn adapter_files_survive_mutations() {
     eprintln!("adapter mutations: {ok_n} accepted, {err_n} refused");
     assert!(ok_n > 10 && err_n > 1000, "the mutations must exercise both outcomes ({ok_n} ok, {err_n} refused)");
 }
+
+/// `tokenizer.ggml.pre` of a GGUF export: found from a transformers folder's tokenizer (the
+/// fixture's is GPT-2's byte-level one: `gpt-2`), named with `--gguf-pre` (checked against the
+/// names kiln implements), kept from a GGUF source; a tokenizer that is neither in llama.cpp's
+/// table nor one kiln builds is refused naming the folder, its hash and `--gguf-pre`.
+#[test]
+fn gguf_export_writes_the_tokenizers_pre_tokenizer() {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gguf-export-pre-name");
+    let _ = std::fs::remove_dir_all(&d);
+    let m = common::tiny_model(&d, 5);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let pre =
+        |p: &Path| GgufFile::open(p).unwrap().get("tokenizer.ggml.pre").and_then(MetaValue::as_str).map(String::from);
+    let export = |model: &Path, out: &Path, extra: &[&str]| {
+        let mut a = vec!["export", "--format", "gguf", "--quant", "f32", "--overwrite"];
+        a.extend(extra);
+        let (model, out) = (s(model), s(out));
+        a.extend(["--model", &model, "--out", &out]);
+        kiln(&a)
+    };
+    let base = d.join("base.gguf");
+    assert!(export(&m, &base, &[]).status.success());
+    assert_eq!(pre(&base).as_deref(), Some("gpt-2"));
+    let forced = d.join("forced.gguf");
+    assert!(export(&m, &forced, &["--gguf-pre", "smollm"]).status.success());
+    assert_eq!(pre(&forced).as_deref(), Some("smollm"));
+    // It loads back in kiln splitting digits one by one, as `smollm` does.
+    let (_, tok) = kiln::model::load_with_tokenizer(&forced, false).unwrap();
+    assert_eq!(tok.encode("123").unwrap().ids.len(), 3);
+    let stderr = |o: std::process::Output| {
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let e = stderr(export(&m, &forced, &["--gguf-pre", "kimi-k2"]));
+    assert!(e.contains("kimi-k2") && e.contains("llama-bpe"), "{e}");
+    // A GGUF source keeps its own name: the same one is accepted, another refused.
+    let again = d.join("again.gguf");
+    assert!(export(&base, &again, &[]).status.success());
+    assert_eq!(pre(&again).as_deref(), Some("gpt-2"));
+    assert!(export(&base, &again, &["--gguf-pre", "gpt-2"]).status.success());
+    let e = stderr(export(&base, &again, &["--gguf-pre", "smollm"]));
+    assert!(e.contains("base.gguf") && e.contains("keeps its own") && e.contains("gpt-2"), "{e}");
+    let merged = s(&d.join("merged"));
+    let e = stderr(kiln(&["export", "--gguf-pre", "smollm", "--model", &s(&m), "--out", &merged]));
+    assert!(e.contains("--gguf-pre applies to --format gguf"), "{e}");
+    // An unknown pre-tokenizer (GPT-2's byte-level step without its regex) is refused.
+    let tj = m.join("tokenizer.json");
+    let mut j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&tj).unwrap()).unwrap();
+    j["pre_tokenizer"]["use_regex"] = serde_json::Value::Bool(false);
+    std::fs::write(&tj, j.to_string()).unwrap();
+    let out = d.join("unknown.gguf");
+    let e = stderr(export(&m, &out, &[]));
+    for want in [&s(&m), "tokenizer.ggml.pre", "check-text hash", "--gguf-pre", "smollm"] {
+        assert!(e.contains(want), "{want}: {e}");
+    }
+    assert!(!out.exists(), "nothing written");
+    assert!(export(&m, &out, &["--gguf-pre", "gpt-2"]).status.success(), "the way out works");
+}

@@ -35,6 +35,11 @@ pub struct ExportArgs {
     /// once the new one is complete).
     #[arg(long)]
     overwrite: bool,
+    /// The tokenizer.ggml.pre a gguf export of a transformers folder writes (llama.cpp's name of
+    /// the pre-tokenizer, e.g. llama-bpe, qwen2, smollm), for a tokenizer kiln cannot identify:
+    /// by default it is found as llama.cpp's converter finds it, and an unknown one is refused.
+    #[arg(long, value_name = "NAME")]
+    gguf_pre: Option<String>,
 }
 
 pub fn run(a: ExportArgs) -> Result<()> {
@@ -47,6 +52,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
         quant: a.quant,
         out: a.out,
         overwrite: a.overwrite,
+        gguf_pre: a.gguf_pre,
     };
     println!("{}", kiln::export::run(&cfg)?);
     Ok(())

@@ -1,6 +1,9 @@
 //! A faster encoder for the most common tokenizer shape — byte-level BPE with GPT-2's
-//! pre-tokenization regex, no normalizer (GPT-2, SmolLM, StarCoder, and every GGUF `gpt2`
-//! tokenizer kiln builds) — that gives the same ids and byte offsets as the `tokenizers` crate.
+//! pre-tokenization regex, optionally after splitting off each digit, no normalizer (GPT-2,
+//! SmolLM, StarCoder, and the GGUF `gpt2` tokenizers whose `tokenizer.ggml.pre` selects those
+//! regexes, or Llama 3's, Qwen2's or Qwen3.5's regex) — that gives the same ids and byte offsets
+//! as the `tokenizers` crate. Any other pre-tokenizer (DeepSeek's, Falcon's, …) is declined and
+//! goes through the crate.
 //!
 //! Why: the `tokenizers` crate spends most of its time on bookkeeping around the model (an
 //! alignment-tracking string per pre-token, a `Token` with an owned `String` per id, fancy-regex
@@ -43,6 +46,11 @@ struct Added {
 
 pub(crate) struct FastByteLevel {
     re: regex::Regex,
+    /// `\p{N}` when each digit is split off before GPT-2's regex (`Split` `Isolated`).
+    digits: Option<regex::Regex>,
+    /// Llama 3's shape: a whitespace piece ending in `\r`/`\n` came from `\s*[\r\n]+` (which
+    /// precedes `\s+(?!\S)` there) and is kept whole.
+    newline_runs: bool,
     added: Vec<Added>,
     /// Bytes of input each id stands for (byte-level: one char per byte).
     byte_len: Vec<u32>,
@@ -70,16 +78,45 @@ fn byte_chars() -> [char; 256] {
 impl FastByteLevel {
     /// The fast path for `tok`, or `None` when its shape is not the one handled here.
     pub(crate) fn new(tok: &tokenizers::Tokenizer) -> Option<FastByteLevel> {
-        let j = serde_json::to_value(tok).ok()?;
+        // The settings that decide the shape, without serializing the vocabulary and merges.
+        let tokenizers::ModelWrapper::BPE(bpe) = tok.get_model() else { return None };
+        let j = serde_json::json!({
+            "normalizer": serde_json::to_value(tok.get_normalizer()).ok()?,
+            "pre_tokenizer": serde_json::to_value(tok.get_pre_tokenizer()).ok()?,
+            "post_processor": serde_json::to_value(tok.get_post_processor()).ok()?,
+            "model": {"type": "BPE", "dropout": bpe.dropout, "byte_fallback": bpe.byte_fallback,
+                "continuing_subword_prefix": bpe.continuing_subword_prefix,
+                "end_of_word_suffix": bpe.end_of_word_suffix},
+        });
         let is =
             |v: &serde_json::Value, k: &str, want: serde_json::Value| v.get(k).cloned().unwrap_or_default() == want;
         if !j["normalizer"].is_null() {
             return None;
         }
-        let pre = &j["pre_tokenizer"];
+        // GPT-2's `ByteLevel` alone, or after a `Split` that isolates each digit (the shape
+        // `super::pretok` builds for `smollm`, `starcoder`, …).
+        // Or one `Split` with Llama 3's (Qwen2's, Qwen3.5's) regex and `ByteLevel` without its
+        // own: the `regex` crate runs it with `\s+` for its look-ahead tail, fixed up in `split`.
+        let mut pre = &j["pre_tokenizer"];
+        let (mut digits, mut pattern, mut byte_regex, mut newline_runs) = (None, GPT2_PATTERN.to_string(), true, false);
+        if is(pre, "type", "Sequence".into()) {
+            let steps = pre["pretokenizers"].as_array()?;
+            let [split, last] = steps.as_slice() else { return None };
+            let isolated = |r: &str| serde_json::json!({"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": false});
+            use super::pretok::{DIGIT, LLAMA3, QWEN2, QWEN35, SPACE_TAIL};
+            if *split == isolated(DIGIT) {
+                digits = Some(regex::Regex::new(DIGIT).ok()?);
+            } else if let Some(r) = [LLAMA3, QWEN2, QWEN35].into_iter().find(|r| *split == isolated(r)) {
+                pattern = format!("{}|\\s+", r.strip_suffix(SPACE_TAIL)?);
+                (byte_regex, newline_runs) = (false, true);
+            } else {
+                return None;
+            }
+            pre = last;
+        }
         if !(is(pre, "type", "ByteLevel".into())
             && is(pre, "add_prefix_space", false.into())
-            && is(pre, "use_regex", true.into()))
+            && is(pre, "use_regex", byte_regex.into()))
         {
             return None;
         }
@@ -127,7 +164,9 @@ impl FastByteLevel {
             added.push(Added { matcher, ids: g.iter().map(|(_, id)| *id).collect() });
         }
         Some(FastByteLevel {
-            re: regex::Regex::new(GPT2_PATTERN).ok()?,
+            re: regex::Regex::new(&pattern).ok()?,
+            digits,
+            newline_runs,
             added,
             byte_len,
             byte_char,
@@ -161,7 +200,25 @@ impl FastByteLevel {
         Some(())
     }
 
+    /// Splits off each digit (when the pre-tokenizer does), then GPT-2's regex on the rest.
     fn pretokenize(&self, tok: &tokenizers::Tokenizer, text: &str, base: usize, out: &mut Encoded) -> Option<()> {
+        let Some(digits) = &self.digits else { return self.gpt2(tok, text, base, out) };
+        let mut last = 0;
+        for m in digits.find_iter(text) {
+            if m.start() > last {
+                self.gpt2(tok, &text[last..m.start()], base + last, out)?;
+            }
+            self.bpe(tok, m.as_str(), base + m.start(), out)?;
+            last = m.end();
+        }
+        if last < text.len() {
+            self.gpt2(tok, &text[last..], base + last, out)?;
+        }
+        Some(())
+    }
+
+    /// GPT-2's regex on `text`, whose end ends the text for its `\s+(?!\S)`.
+    fn gpt2(&self, tok: &tokenizers::Tokenizer, text: &str, base: usize, out: &mut Encoded) -> Option<()> {
         let mut pos = 0;
         while pos < text.len() {
             let m = self.re.find_at(text, pos)?;
@@ -174,6 +231,11 @@ impl FastByteLevel {
             // start the next pre-token.
             if end < text.len() && piece.chars().all(char::is_whitespace) {
                 let last = piece.chars().next_back()?;
+                if self.newline_runs && (last == '\r' || last == '\n') {
+                    self.bpe(tok, piece, base + pos, out)?;
+                    pos = end;
+                    continue;
+                }
                 if piece.len() > last.len_utf8() {
                     end -= last.len_utf8();
                 }
@@ -245,10 +307,7 @@ mod tests {
         assert_eq!(got.offsets, want.get_offsets(), "offsets of {text:?}");
     }
 
-    #[test]
-    fn equals_the_crate_on_hard_text() {
-        let tok = fixture();
-        let fast = FastByteLevel::new(&tok).expect("the fixture is byte-level BPE");
+    fn hard_text(tok: &tokenizers::Tokenizer, fast: &FastByteLevel) {
         for t in [
             "",
             " ",
@@ -256,22 +315,21 @@ mod tests {
             "  two spaces before",
             "trailing   ",
             "tabs\t\tand\nnew\n\nlines \n x",
+            "a  \n  b\r\n\r\n  c \n\t\n   d\n",
             "it's they're we've I'm you'll he'd IT'S",
             "numbers 12345 and ٣٤ and ½",
+            "1 22 333 4444 x1y22 3.14159 -7 1e10 ١٢٣ Ⅻ ⑫",
             "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
             "<|im_start|><|im_end|>glued<|endoftext|>",
             "émoji 🦀🔥 and 中文字符 and кириллица",
             "\u{3000}ideographic space\u{a0}nbsp\u{2028}",
             "punct!!! ... ?? ''' \"quoted\"",
         ] {
-            same(&tok, &fast, t);
+            same(tok, fast, t);
         }
     }
 
-    #[test]
-    fn equals_the_crate_on_random_text() {
-        let tok = fixture();
-        let fast = FastByteLevel::new(&tok).expect("the fixture is byte-level BPE");
+    fn random_text(tok: &tokenizers::Tokenizer, fast: &FastByteLevel, rounds: usize) {
         let pool: Vec<&str> = vec![
             "a",
             "b",
@@ -281,6 +339,8 @@ mod tests {
             "中",
             "к",
             "1",
+            "42",
+            " 7",
             "٣",
             "²",
             " ",
@@ -306,10 +366,46 @@ mod tests {
             "pot",
         ];
         let mut rng = Rng::new(7);
-        for _ in 0..3000 {
+        for _ in 0..rounds {
             let n = rng.below(24);
             let t: String = (0..n).map(|_| pool[rng.below(pool.len())]).collect();
-            same(&tok, &fast, &t);
+            same(tok, fast, &t);
+        }
+    }
+
+    #[test]
+    fn equals_the_crate_on_hard_text() {
+        let tok = fixture();
+        let fast = FastByteLevel::new(&tok).expect("the fixture is byte-level BPE");
+        hard_text(&tok, &fast);
+    }
+
+    #[test]
+    fn equals_the_crate_on_random_text() {
+        let tok = fixture();
+        let fast = FastByteLevel::new(&tok).expect("the fixture is byte-level BPE");
+        random_text(&tok, &fast, 3000);
+    }
+
+    /// Every GGUF pre-tokenizer the fast path takes gives the crate's ids and offsets; the ones
+    /// it declines go to the crate.
+    #[test]
+    fn every_pre_tokenizer_it_takes_equals_the_crate() {
+        let mut taken = vec![];
+        for p in super::super::pretok::TABLE {
+            let mut j: serde_json::Value = serde_json::to_value(fixture()).expect("json");
+            j["pre_tokenizer"] = super::super::pretok::pre_tokenizer_json(p);
+            let tok: tokenizers::Tokenizer = j.to_string().parse().expect("parse");
+            let Some(fast) = FastByteLevel::new(&tok) else { continue };
+            hard_text(&tok, &fast);
+            random_text(&tok, &fast, 1000);
+            taken.extend(p.names.iter().copied());
+        }
+        for name in ["gpt-2", "smollm", "starcoder", "command-r", "llama-bpe", "qwen2", "qwen35"] {
+            assert!(taken.contains(&name), "{name} should take the fast path");
+        }
+        for name in ["default", "deepseek-coder", "falcon", "tekken", "gpt-4o"] {
+            assert!(!taken.contains(&name), "{name} has no fast path");
         }
     }
 

@@ -4,11 +4,12 @@
 //! their line numbers, streaming JSONL and CSV. `example` detects the dataset format from the
 //! rows' fields and validates each row into an [`Example`]; every bad row becomes a
 //! [`RowError`] `file:line: field: reason`. `dataset` loads, mixes (weighted) and splits.
-//! `template` and `tokenizer` (with its fast path `fastbpe`) turn examples into ids through
+//! `template` and `tokenizer` (with its fast path `fastbpe` and the GGUF pre-tokenizer table
+//! `pretok`) turn examples into ids through
 //! `render`; `batch` packs or pads them into training batches; `budget` bounds every length.
 //!
 //! Inside the folder imports run one way: `budget`, `example` ← `read` ← `dataset`;
-//! `fastbpe` ← `tokenizer`; `example`, `template`, `tokenizer` ← `render` ← `batch`. Nothing
+//! `fastbpe`, `pretok` ← `tokenizer`; `example`, `template`, `tokenizer` ← `render` ← `batch`. Nothing
 //! here imports from the model, the adapters or the trainer.
 
 pub mod batch;
@@ -17,6 +18,7 @@ pub mod dataset;
 pub mod example;
 mod fastbpe;
 pub mod inspect;
+pub(crate) mod pretok;
 pub mod read;
 pub mod render;
 mod spm;

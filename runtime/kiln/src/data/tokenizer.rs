@@ -136,7 +136,8 @@ impl TextTokenizer {
 
     /// The tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata. Byte-level BPE
     /// (`tokenizer.ggml.model = gpt2`) is built the way transformers converts it — vocabulary,
-    /// merges, byte-level pre-tokenization, control and user-defined tokens as special added
+    /// merges, the pre-tokenizer `tokenizer.ggml.pre` names (see [`super::pretok`]) with
+    /// byte-level mapping, control and user-defined tokens as special added
     /// tokens — so ids match transformers loading the same file. Like transformers, no BOS is
     /// added to plain text (chat templates place their own).
     pub fn from_gguf(g: &crate::formats::gguf::GgufFile) -> Result<TextTokenizer> {
@@ -190,6 +191,19 @@ impl TextTokenizer {
                 ),
             });
         }
+        // Which regexes split text before BPE; llama.cpp reads a missing (or empty) name as
+        // `default`, and refuses a name it does not know, as kiln does.
+        let pre_name = match g.get("tokenizer.ggml.pre") {
+            None => "default",
+            Some(v) => v.as_str().ok_or_else(|| bad("tokenizer.ggml.pre", "must be a string".into()))?,
+        };
+        let pre_name = if pre_name.is_empty() { "default" } else { pre_name };
+        let pre = super::pretok::find(pre_name).ok_or_else(|| {
+            bad(
+                "tokenizer.ggml.pre",
+                format!("unknown pre-tokenizer `{pre_name}` (known: {})", super::pretok::known_names().join(", ")),
+            )
+        })?;
         let tokens: Vec<&str> = strings("tokenizer.ggml.tokens")?.iter().collect();
         if tokens.is_empty() {
             return Err(bad("tokenizer.ggml.tokens", "is empty".into()));
@@ -237,38 +251,53 @@ impl TextTokenizer {
                 format!("entry {i} `{m}` is not two tokens separated by a space"),
             ));
         }
-        let vocab: serde_json::Map<String, Value> =
-            tokens.iter().enumerate().map(|(i, t)| (t.to_string(), Value::from(i as u64))).collect();
-        let merges: Vec<Value> = merges
+        // A merge of tokens the vocabulary lacks, or whose result it lacks, could never be
+        // applied (the `tokenizers` crate refuses it with a message that names no key).
+        for (i, m) in merges.iter().enumerate() {
+            let (a, b) = m.split_once(' ').unwrap_or((m, ""));
+            for t in [a, b] {
+                if !seen.contains_key(t) {
+                    return Err(bad("tokenizer.ggml.merges", format!("entry {i} `{m}` names `{t}`, not a token")));
+                }
+            }
+            if !seen.contains_key(format!("{a}{b}").as_str()) {
+                return Err(bad(
+                    "tokenizer.ggml.merges",
+                    format!("entry {i} `{m}` makes `{a}{b}`, which is not a token"),
+                ));
+            }
+        }
+        // Built through the crate's API rather than a `tokenizer.json` text: a 256k vocabulary
+        // costs seconds as JSON (a sorted map of every token, then parsed back).
+        let err = |e: tokenizers::Error| KilnError::Msg(format!("{}: building the tokenizer: {e}", g.path.display()));
+        let vocab: tokenizers::models::bpe::Vocab =
+            tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect();
+        let merges: tokenizers::models::bpe::Merges = merges
             .iter()
             .map(|m| {
                 let (a, b) = m.split_once(' ').unwrap_or((m, ""));
-                serde_json::json!([a, b])
+                (a.to_string(), b.to_string())
             })
             .collect();
+        let bpe = tokenizers::models::bpe::BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .ignore_merges(pre.ignore_merges)
+            .build()
+            .map_err(err)?;
+        let pre_tokenizer: tokenizers::PreTokenizerWrapper =
+            serde_json::from_value(super::pretok::pre_tokenizer_json(pre))
+                .map_err(|e| KilnError::Msg(format!("{}: building the pre-tokenizer: {e}", g.path.display())))?;
+        let mut tok = tokenizers::Tokenizer::new(bpe);
+        tok.with_pre_tokenizer(Some(pre_tokenizer));
+        tok.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
         // 3 = control, 4 = user-defined: matched whole in text, never split by BPE.
-        let added: Vec<Value> = types
+        let added: Vec<tokenizers::AddedToken> = types
             .iter()
             .enumerate()
             .filter(|(_, t)| **t == 3 || **t == 4)
-            .map(|(i, _)| {
-                serde_json::json!({"id": i, "content": tokens[i], "single_word": false, "lstrip": false,
-                "rstrip": false, "normalized": false, "special": true})
-            })
+            .map(|(i, _)| tokenizers::AddedToken::from(tokens[i].to_string(), true))
             .collect();
-        let json = serde_json::json!({
-            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
-            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
-            "post_processor": null,
-            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                "vocab": vocab, "merges": merges},
-        });
-        let tok: tokenizers::Tokenizer = json
-            .to_string()
-            .parse()
-            .map_err(|e| KilnError::Msg(format!("{}: building the tokenizer: {e}", g.path.display())))?;
+        tok.add_special_tokens(&added);
         // A special token id outside the vocabulary is an error, not a token silently dropped.
         let special = |k: &str| -> Result<Option<Special>> {
             let Some(v) = g.get(k) else { return Ok(None) };

@@ -1,7 +1,8 @@
 //! Exporting to GGUF for llama.cpp / Ollama: the (merged) weights under llama.cpp's tensor
 //! names, quantized per tensor (matrices to the chosen type, norms and biases f32), Llama q/k
 //! rows permuted back to llama.cpp's rotary layout, and the metadata llama.cpp reads: copied
-//! from a GGUF source, or written from `config.json` + a BPE `tokenizer.json`.
+//! from a GGUF source, or written from `config.json` + a BPE `tokenizer.json` (its
+//! `tokenizer.ggml.pre` found as llama.cpp's converter finds it: [`super::pre_hash`]).
 
 use std::path::Path;
 
@@ -141,8 +142,9 @@ fn config_meta(c: &ModelConfig, name: &str) -> Result<Vec<(String, MetaValue)>> 
 }
 
 /// `tokenizer.ggml.*` from a BPE `tokenizer.json` (+ `tokenizer_config.json`) in `dir`, as
-/// llama.cpp's converter writes them for GPT-2-style BPE.
-fn tokenizer_meta(dir: &Path, vocab_size: usize) -> Result<Vec<(String, MetaValue)>> {
+/// llama.cpp's converter writes them for GPT-2-style BPE; `pre` as in
+/// [`export_gguf_with_tokenizer`].
+fn tokenizer_meta(dir: &Path, vocab_size: usize, pre: Option<&str>) -> Result<Vec<(String, MetaValue)>> {
     let read = |f: &str| -> Result<Value> {
         let p = dir.join(f);
         let text = std::fs::read_to_string(&p).map_err(|e| KilnError::io(&p, e))?;
@@ -158,15 +160,15 @@ fn tokenizer_meta(dir: &Path, vocab_size: usize) -> Result<Vec<(String, MetaValu
         .as_str()
         .map(str::to_string)
         .or_else(|| std::fs::read_to_string(dir.join("chat_template.jinja")).ok());
-    bpe_meta(&tj, &cfg, template, vocab_size, &dir.join("tokenizer.json"))
+    bpe_meta(&tj, &cfg, template, vocab_size, &dir.join("tokenizer.json"), pre)
 }
 
 /// `tokenizer.ggml.*` from the tokenizer kiln loaded (with any tokens added in training).
-fn tokenizer_meta_of(tok: &TextTokenizer, vocab_size: usize) -> Result<Vec<(String, MetaValue)>> {
+fn tokenizer_meta_of(tok: &TextTokenizer, vocab_size: usize, pre: Option<&str>) -> Result<Vec<(String, MetaValue)>> {
     let text = |s: &Option<crate::data::tokenizer::Special>| s.as_ref().map(|s| s.text.clone());
     let cfg = serde_json::json!({"bos_token": text(&tok.bos), "eos_token": text(&tok.eos), "pad_token": text(&tok.pad),
         "add_bos_token": tok.add_bos});
-    bpe_meta(&tok.to_json()?, &cfg, tok.chat_template.clone(), vocab_size, &tok.dir.join("tokenizer.json"))
+    bpe_meta(&tok.to_json()?, &cfg, tok.chat_template.clone(), vocab_size, &tok.dir.join("tokenizer.json"), pre)
 }
 
 fn bpe_meta(
@@ -175,6 +177,7 @@ fn bpe_meta(
     template: Option<String>,
     vocab_size: usize,
     path: &Path,
+    pre: Option<&str>,
 ) -> Result<Vec<(String, MetaValue)>> {
     let bad = |d: &str| KilnError::Config { path: path.to_path_buf(), field: "model".into(), detail: d.into() };
     if tj["model"]["type"] != "BPE" {
@@ -212,7 +215,7 @@ fn bpe_meta(
         .collect();
     let mut m = vec![
         ("tokenizer.ggml.model".into(), s("gpt2")),
-        ("tokenizer.ggml.pre".into(), s("default")),
+        ("tokenizer.ggml.pre".into(), s(super::pre_hash::pre_name(tj, path.parent().unwrap_or(path), pre)?)),
         ("tokenizer.ggml.tokens".into(), MetaValue::Array(MetaArray::Str(tokens.iter().collect()))),
         ("tokenizer.ggml.token_type".into(), MetaValue::Array(MetaArray::I32(types))),
         ("tokenizer.ggml.merges".into(), MetaValue::Array(MetaArray::Str(merges))),
@@ -246,18 +249,22 @@ pub fn export_gguf(
     mixed: bool,
     out: &Path,
 ) -> Result<()> {
-    export_gguf_with_tokenizer(model, lora, None, source, ty, mixed, out)
+    export_gguf_with_tokenizer(model, lora, None, None, source, ty, mixed, out)
 }
 
 /// Writes `model` (with `lora` merged) as a GGUF file of type `ty`. `source` is the model's
 /// path: a GGUF's metadata (tokenizer, chat template) is carried over; a directory's
 /// `config.json`/`tokenizer.json` are converted. `tokenizer` is the one the model runs with:
 /// tokens added in training (a vocabulary grown with `--add-special-tokens`) are written into
-/// the token list, so its length stays the embedding's row count.
+/// the token list, so its length stays the embedding's row count. `pre` names the
+/// `tokenizer.ggml.pre` to write for a directory's tokenizer instead of the one found from it
+/// (see [`super::pre_hash`]); a GGUF source keeps its own, and a different `pre` is refused.
+#[allow(clippy::too_many_arguments)]
 pub fn export_gguf_with_tokenizer(
     model: &Llama,
     lora: Option<&LoraSet>,
     tokenizer: Option<&TextTokenizer>,
+    pre: Option<&str>,
     source: &Path,
     ty: GgmlType,
     mixed: bool,
@@ -271,14 +278,22 @@ pub fn export_gguf_with_tokenizer(
             .into_iter()
             .filter(|(k, _)| !matches!(k.as_str(), "general.file_type" | "general.alignment"))
             .collect();
+        let own = m.iter().find(|(k, _)| k == "tokenizer.ggml.pre").and_then(|(_, v)| v.as_str());
+        if let Some(p) = pre.filter(|p| Some(*p) != own) {
+            return Err(KilnError::Msg(format!(
+                "{}: a GGUF source keeps its own tokenizer.ggml.pre ({}); --gguf-pre `{p}` applies to a transformers folder",
+                source.display(),
+                own.unwrap_or("none")
+            )));
+        }
         grow_token_list(&mut m, c, tokenizer, source)?;
         m
     } else {
         let name = source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let mut m = config_meta(c, &name)?;
         match tokenizer {
-            Some(t) => m.extend(tokenizer_meta_of(t, c.vocab_size)?),
-            None => m.extend(tokenizer_meta(source, c.vocab_size)?),
+            Some(t) => m.extend(tokenizer_meta_of(t, c.vocab_size, pre)?),
+            None => m.extend(tokenizer_meta(source, c.vocab_size, pre)?),
         }
         m
     };

@@ -8,6 +8,7 @@
 pub mod gguf;
 pub mod gguf_lora;
 pub mod merged;
+pub mod pre_hash;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -71,6 +72,9 @@ pub struct ExportConfig {
     pub out: PathBuf,
     /// Replace an existing output kiln wrote.
     pub overwrite: bool,
+    /// The `tokenizer.ggml.pre` a GGUF export of a transformers folder writes, instead of the
+    /// one found from its tokenizer ([`pre_hash`]).
+    pub gguf_pre: Option<String>,
 }
 
 /// What [`run`] wrote; its `Display` is the line `kiln export` prints.
@@ -116,9 +120,13 @@ impl fmt::Display for ExportReport {
 /// inputs; an existing one only with `overwrite`) and written complete or not at all.
 pub fn run(cfg: &ExportConfig) -> Result<ExportReport> {
     let done = |path: PathBuf, kind| ExportReport { model: path, out: cfg.out.clone(), kind };
+    if cfg.gguf_pre.is_some() && cfg.format != Format::Gguf {
+        return Err(KilnError::Msg(format!("--gguf-pre applies to --format gguf, not {}", cfg.format.name())));
+    }
     match cfg.format {
         Format::Gguf => {
             let ty = quant_type(&cfg.quant)?;
+            let pre = cfg.gguf_pre.as_deref().map(pre_hash::known_name).transpose()?;
             let path = model::resolve(cfg.load.model.as_deref())?;
             crate::outdir::check_file(&cfg.out, cfg.overwrite, &inputs(&path, cfg))?;
             let (model, tok, lora) = model::load_with_adapter(&path, cfg.load.adapter.as_deref())?;
@@ -126,6 +134,7 @@ pub fn run(cfg: &ExportConfig) -> Result<ExportReport> {
                 &model,
                 lora.as_ref(),
                 Some(&tok),
+                pre,
                 &path,
                 ty,
                 cfg.quant.ends_with("_k_m"),
