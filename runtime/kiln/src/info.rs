@@ -162,8 +162,13 @@ pub fn model(path: &Path) -> Result<Value> {
 /// The shape of a model as its config gives it: what `kiln info --model` prints for any model
 /// kiln reads.
 pub fn shape(c: &ModelConfig) -> Value {
-    let scaling = match c.rope {
+    let scaling = match &c.rope {
         RopeKind::Default => None,
+        // A GGUF's per-frequency table is summarized: its entries say little one by one.
+        RopeKind::Factors(f) => {
+            let (lo, hi) = f.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+            Some(format!("rope_freqs table of {} factors in [{lo}, {hi}]", f.len()))
+        }
         other => Some(format!("{other:?}")),
     };
     json!({
