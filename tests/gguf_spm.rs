@@ -7,7 +7,6 @@
 //! tokenizer metadata.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use kiln::data::tokenizer::TextTokenizer;
 use kiln::formats::gguf::{GgufFile, MetaArray, MetaValue};
@@ -26,54 +25,9 @@ fn ids(v: &Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
-/// The sdist's `vendor/llama.cpp` with the vocabulary files extracted: `KILN_LLAMA_CPP_SRC`,
-/// else a cached extraction of `KILN_LLAMA_SDIST` (a local tarball) or of the sdist downloaded
-/// from PyPI. `None` (with the reason printed) only outside CI.
-fn llama_cpp() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("KILN_LLAMA_CPP_SRC") {
-        return Some(PathBuf::from(p));
-    }
-    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("llama-src");
-    let src = cache.join("llama_cpp_python-0.3.36/vendor/llama.cpp");
-    if src.join("models/ggml-vocab-baichuan.gguf").is_file() {
-        return Some(src);
-    }
-    // Python's standard library only: CI has python3 but not the packages.
-    let script = r#"
-import json, os, sys, tarfile, urllib.parse, urllib.request
-cache, local = sys.argv[1], sys.argv[2]
-os.makedirs(cache, exist_ok=True)
-if local and not os.path.exists(local):
-    sys.exit(f"KILN_LLAMA_SDIST={local}: no such file")
-path = local or os.path.join(cache, "llama_cpp_python-0.3.36.tar.gz")
-if not os.path.exists(path):
-    api = "https://pypi.org/pypi/llama-cpp-python/json"
-    meta = json.load(urllib.request.urlopen(api, timeout=60))
-    files = meta["releases"]["0.3.36"]
-    url = urllib.parse.urljoin(api, next(u["url"] for u in files if u["packagetype"] == "sdist"))
-    urllib.request.urlretrieve(url, path + ".part")
-    os.replace(path + ".part", path)
-with tarfile.open(path) as tar:
-    names = [m for m in tar.getmembers() if "/models/ggml-vocab-llama-spm.gguf" in m.name
-             or "/models/ggml-vocab-phi-3.gguf" in m.name or m.name.endswith("/models/ggml-vocab-baichuan.gguf")]
-    tar.extractall(cache, members=names, filter="data")
-if not local:
-    os.remove(path)  # the extracted vocabularies (2 MB) are the cache, not the 77 MB sdist
-"#;
-    let local = std::env::var("KILN_LLAMA_SDIST").unwrap_or_default();
-    let out = Command::new("python3").arg("-c").arg(script).arg(&cache).arg(&local).output();
-    let why = match out {
-        Ok(o) if o.status.success() && src.join("models/ggml-vocab-baichuan.gguf").is_file() => return Some(src),
-        Ok(o) => format!(
-            "fetching the llama-cpp-python sdist failed: {}",
-            String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")
-        ),
-        Err(e) => format!("cannot run python3: {e}"),
-    };
-    assert!(std::env::var_os("CI").is_none(), "{why}: CI must run the llama.cpp vocabulary tests");
-    eprintln!("SKIP llama.cpp vocabulary checks: {why}");
-    None
-}
+#[path = "common/llama_cpp.rs"]
+mod llama_cpp;
+use llama_cpp::llama_cpp_src as llama_cpp;
 
 fn tokenizer(path: &Path) -> TextTokenizer {
     TextTokenizer::from_gguf(&GgufFile::open(path).unwrap()).unwrap()

@@ -7,17 +7,14 @@
 //! transformers folder back to GGUF is `smollm` again, with the same ids.
 
 mod common;
+#[path = "common/llama_cpp.rs"]
+mod llama_cpp;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use kiln::data::tokenizer::TextTokenizer;
 use kiln::formats::gguf::{GgufFile, MetaArray, MetaValue};
-
-/// llama-cpp-python's version whose vendored llama.cpp is the reference (as in
-/// `tools/make_kquant_fixtures.py`, which shares the cache).
-const VERSION: &str = "0.3.36";
 
 /// The byte-level BPE vocabularies with vectors: (file stem, `tokenizer.ggml.pre`).
 const VOCABS: &[(&str, &str)] = &[
@@ -34,68 +31,13 @@ const VOCABS: &[(&str, &str)] = &[
     ("deepseek-coder", "deepseek-coder"),
 ];
 
-/// llama.cpp's `models/` folder: `KILN_LLAMA_VOCAB_DIR`, else the cached copy, else fetched from
-/// PyPI. `None` (with the reason printed) only outside CI when it cannot be fetched.
+/// llama.cpp's `models/` folder: `KILN_LLAMA_VOCAB_DIR`, else the shared cached copy
+/// (`tests/common/llama_cpp.rs`). `None` (with the reason printed) only outside CI.
 fn vocab_dir() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("KILN_LLAMA_VOCAB_DIR") {
         return Some(PathBuf::from(p));
     }
-    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("llama-src");
-    let models = cache.join(format!("llama_cpp_python-{VERSION}/vendor/llama.cpp/models"));
-    if models.join("ggml-vocab-qwen2.gguf.out").is_file() {
-        return Some(models);
-    }
-    match fetch(&cache) {
-        Ok(()) if models.join("ggml-vocab-qwen2.gguf.out").is_file() => Some(models),
-        Ok(()) => fail(format!("{}: the source package holds no vocabularies", models.display())),
-        Err(e) => fail(e),
-    }
-}
-
-fn fail(why: String) -> Option<PathBuf> {
-    if std::env::var_os("CI").is_some() {
-        panic!("{why}: CI must run the llama.cpp vocabulary tests");
-    }
-    eprintln!("SKIP llama.cpp vocabulary tests: {why}");
-    None
-}
-
-/// Downloads the sdist (unless cached) and unpacks its `models/ggml-vocab-*` files.
-fn fetch(cache: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(cache).map_err(|e| format!("{}: {e}", cache.display()))?;
-    let tarball = cache.join(format!("llama_cpp_python-{VERSION}.tar.gz"));
-    let t0 = Instant::now();
-    if !tarball.is_file() {
-        let script = format!(
-            "import json, os, sys, urllib.parse, urllib.request\n\
-             u = 'https://pypi.org/pypi/llama-cpp-python/{VERSION}/json'\n\
-             meta = json.load(urllib.request.urlopen(u, timeout=60))\n\
-             url = urllib.parse.urljoin(u, next(x['url'] for x in meta['urls'] if x['packagetype'] == 'sdist'))\n\
-             urllib.request.urlretrieve(url, sys.argv[1] + '.part')\n\
-             os.replace(sys.argv[1] + '.part', sys.argv[1])\n"
-        );
-        let st = Command::new("python3")
-            .args(["-c", &script])
-            .arg(&tarball)
-            .status()
-            .map_err(|e| format!("cannot run python3 to fetch llama-cpp-python {VERSION}: {e}"))?;
-        if !st.success() {
-            return Err(format!("fetching llama-cpp-python {VERSION} from PyPI failed ({st})"));
-        }
-    }
-    let st = Command::new("tar")
-        .arg("-xzf")
-        .arg(&tarball)
-        .arg("-C")
-        .arg(cache)
-        .args(["--wildcards", "*/vendor/llama.cpp/models/ggml-vocab-*"])
-        .status()
-        .map_err(|e| format!("cannot run tar: {e}"))?;
-    if !st.success() {
-        return Err(format!("{}: unpacking failed ({st})", tarball.display()));
-    }
-    eprintln!("llama.cpp vocabularies fetched and unpacked in {:.1}s", t0.elapsed().as_secs_f64());
-    Ok(())
+    llama_cpp::llama_cpp_src().map(|src| src.join("models"))
 }
 
 /// The texts of a `.inp` file and the ids of its `.out` file, as llama.cpp's

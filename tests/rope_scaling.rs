@@ -223,7 +223,7 @@ fn gguf_export_writes_rope_scaling_as_the_converter() {
         let tok = TextTokenizer::from_gguf(&conv).unwrap();
         let out = std::env::temp_dir().join(format!("kiln-rope-cfg-export-{}.gguf", std::process::id()));
         let f32_ = kiln::export::quant_type("f32").unwrap();
-        kiln::export::export_gguf_with_tokenizer(&model, None, Some(&tok), &fixture(folder), f32_, false, &out)
+        kiln::export::export_gguf_with_tokenizer(&model, None, Some(&tok), None, &fixture(folder), f32_, false, &out)
             .unwrap();
         let ours = GgufFile::open(&out).unwrap();
         let rope_keys = |g: &GgufFile| -> Vec<(String, f64)> {
@@ -264,6 +264,7 @@ fn gguf_export_writes_rope_scaling_as_the_converter() {
         &model,
         None,
         Some(&tok),
+        None,
         &fixture("rope/yarn-llama"),
         f32_,
         false,
