@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     for skip_invalid in [false, true] {
-        let opts = kiln::data::dataset::LoadOptions { format: None, skip_invalid, need_final_assistant: true };
+        let opts = kiln::data::dataset::LoadOptions { skip_invalid, ..Default::default() };
         if let Err(e) = kiln::data::dataset::load_file(&path, &opts) {
             assert!(e.to_string().contains("kiln-fuzz-"), "errors name the file: {e}");
         }
