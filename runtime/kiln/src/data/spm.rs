@@ -102,18 +102,7 @@ pub(super) fn from_gguf_metadata(metadata: &[(String, MetaValue)], path: &Path) 
             return Err(bad("tokenizer.ggml.tokens", format!("token {i} `{t}` repeats token {first}")));
         }
     }
-    let per_token = |k: &str| -> Result<Option<Vec<f64>>> {
-        let Some(v) = get(k) else { return Ok(None) };
-        let a = v.as_array().ok_or_else(|| bad(k, "must be an array".into()))?;
-        let x = a.to_f64s().ok_or_else(|| bad(k, "must be an array of numbers".into()))?;
-        if x.len() != tokens.len() {
-            return Err(bad(
-                k,
-                format!("has {} entries but tokenizer.ggml.tokens has {} (one per token)", x.len(), tokens.len()),
-            ));
-        }
-        Ok(Some(x))
-    };
+    let per_token = |k: &str| super::tokenizer::per_token_numbers(get(k), k, tokens.len(), &bad);
     // A SentencePiece vocabulary's merge order is its scores: without them there is no model.
     let scores = per_token("tokenizer.ggml.scores")?.ok_or_else(|| {
         bad("tokenizer.ggml.scores", "missing (a SentencePiece vocabulary needs one score per token)".into())

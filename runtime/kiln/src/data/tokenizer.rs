@@ -219,18 +219,7 @@ impl TextTokenizer {
         let merges: Vec<&str> = strings("tokenizer.ggml.merges")?.iter().collect();
         // Per-token arrays must describe exactly the tokens: a longer or shorter one means the
         // file is inconsistent (and indexing it by token id would go out of bounds).
-        let per_token = |k: &str| -> Result<Option<Vec<f64>>> {
-            let Some(v) = g.get(k) else { return Ok(None) };
-            let a = v.as_array().ok_or_else(|| bad(k, "must be an array".into()))?;
-            let x = a.to_f64s().ok_or_else(|| bad(k, "must be an array of numbers".into()))?;
-            if x.len() != tokens.len() {
-                return Err(bad(
-                    k,
-                    format!("has {} entries but tokenizer.ggml.tokens has {} (one per token)", x.len(), tokens.len()),
-                ));
-            }
-            Ok(Some(x))
-        };
+        let per_token = |k: &str| per_token_numbers(g.get(k), k, tokens.len(), &bad);
         if let Some(scores) = per_token("tokenizer.ggml.scores")?
             && let Some(i) = scores.iter().position(|s| !s.is_finite())
         {
@@ -382,4 +371,26 @@ impl TextTokenizer {
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.tok.decode(ids, false).map_err(|e| KilnError::Msg(format!("tokenizer: {e}")))
     }
+}
+
+/// A per-token numeric array of a GGUF's `tokenizer.ggml.*` metadata (`key`; `None` when
+/// absent), refused (through `bad`) unless it holds exactly one number per token: a longer or
+/// shorter one means the file is inconsistent, and indexing it by token id would go out of
+/// bounds. Shared by the byte-level BPE and the SentencePiece builders.
+pub(super) fn per_token_numbers(
+    v: Option<&crate::formats::gguf::MetaValue>,
+    key: &str,
+    n_tokens: usize,
+    bad: &dyn Fn(&str, String) -> KilnError,
+) -> Result<Option<Vec<f64>>> {
+    let Some(v) = v else { return Ok(None) };
+    let a = v.as_array().ok_or_else(|| bad(key, "must be an array".into()))?;
+    let x = a.to_f64s().ok_or_else(|| bad(key, "must be an array of numbers".into()))?;
+    if x.len() != n_tokens {
+        return Err(bad(
+            key,
+            format!("has {} entries but tokenizer.ggml.tokens has {n_tokens} (one per token)", x.len()),
+        ));
+    }
+    Ok(Some(x))
 }
