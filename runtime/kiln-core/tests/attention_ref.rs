@@ -45,7 +45,16 @@ fn matches_naive_softmax_across_key_blocks() {
     let tk = Tensor::from_vec(k, [1, t, hkv, d]).unwrap();
     let tv = Tensor::from_vec(v, [1, t, hkv, d]).unwrap();
     let (o, _) = CpuBackend
-        .attention_fwd(&AttnArgs { q: &tq, k: &tk, v: &tv, seg: None, shared_prefix: false, scale: 0.4 })
+        .attention_fwd(&AttnArgs {
+            q: &tq,
+            k: &tk,
+            v: &tv,
+            seg: None,
+            shared_prefix: false,
+            scale: 0.4,
+            window: None,
+            softcap: None,
+        })
         .unwrap();
     let got = o.to_vec_f64().unwrap();
     let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
@@ -70,6 +79,8 @@ fn packed_rows_do_not_see_each_other() {
             seg: Some(&segt),
             shared_prefix: false,
             scale: 0.5,
+            window: None,
+            softcap: None,
         })
         .unwrap();
     let packed = packed.to_vec_f64().unwrap();
@@ -84,6 +95,8 @@ fn packed_rows_do_not_see_each_other() {
                 seg: None,
                 shared_prefix: false,
                 scale: 0.5,
+                window: None,
+                softcap: None,
             })
             .unwrap();
         // Key blocks start at different offsets, so only the summation order differs.
@@ -108,14 +121,32 @@ fn decoding_over_cached_keys_matches_the_full_pass() {
     let vt = Tensor::from_vec(v, [1, t, hkv, d]).unwrap();
     let full_q = Tensor::from_vec(q.clone(), [1, t, hq, d]).unwrap();
     let (full, _) = CpuBackend
-        .attention_fwd(&AttnArgs { q: &full_q, k: &kt, v: &vt, seg: None, shared_prefix: false, scale: 0.3 })
+        .attention_fwd(&AttnArgs {
+            q: &full_q,
+            k: &kt,
+            v: &vt,
+            seg: None,
+            shared_prefix: false,
+            scale: 0.3,
+            window: None,
+            softcap: None,
+        })
         .unwrap();
     let full = full.to_vec_f64().unwrap();
     // The last 3 queries against all 41 keys: the last 3 rows of the full pass.
     let n = 3;
     let tail = Tensor::from_vec(q[(t - n) * hq * d..].to_vec(), [1, n, hq, d]).unwrap();
     let (o, _) = CpuBackend
-        .attention_fwd(&AttnArgs { q: &tail, k: &kt, v: &vt, seg: None, shared_prefix: false, scale: 0.3 })
+        .attention_fwd(&AttnArgs {
+            q: &tail,
+            k: &kt,
+            v: &vt,
+            seg: None,
+            shared_prefix: false,
+            scale: 0.3,
+            window: None,
+            softcap: None,
+        })
         .unwrap();
     let err =
         o.to_vec_f64().unwrap().iter().zip(&full[(t - n) * hq * d..]).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
@@ -164,7 +195,8 @@ fn backward_matches_the_naive_gradients_across_query_blocks() {
     );
     let mk = |x: &[f64], h: usize| Tensor::from_vec(x.to_vec(), [1, t, h, d]).unwrap();
     let (tq, tk, tv, tg) = (mk(&q, hq), mk(&k, hkv), mk(&v, hkv), mk(&g, hq));
-    let args = AttnArgs { q: &tq, k: &tk, v: &tv, seg: None, shared_prefix: false, scale: 0.25 };
+    let args =
+        AttnArgs { q: &tq, k: &tk, v: &tv, seg: None, shared_prefix: false, scale: 0.25, window: None, softcap: None };
     let (o, lse) = CpuBackend.attention_fwd(&args).unwrap();
     let (dq, dk, dv) = CpuBackend.attention_bwd(&args, &o, &lse, &tg).unwrap();
     let want = naive_bwd(&q, &k, &v, &g, (t, hq, hkv, d), 0.25);

@@ -405,7 +405,16 @@ fn attention_v2_on_tensor_cores_matches_v1_to_bf16_precision() {
         // o, lse, dq, dk, dv.
         let run = |be: &dyn Backend, x: &[Tensor]| -> Vec<Vec<f64>> {
             let scale = 1.0 / (d as f64).sqrt();
-            let a = AttnArgs { q: &x[0], k: &x[1], v: &x[2], seg: Some(&seg), shared_prefix: false, scale };
+            let a = AttnArgs {
+                q: &x[0],
+                k: &x[1],
+                v: &x[2],
+                seg: Some(&seg),
+                shared_prefix: false,
+                scale,
+                window: None,
+                softcap: None,
+            };
             let (o, lse) = be.attention_fwd(&a).unwrap();
             let (dq, dk, dv) = be.attention_bwd(&a, &o, &lse, &x[3]).unwrap();
             [o, lse, dq, dk, dv].iter().map(|t| t.to_vec_f64().unwrap()).collect()

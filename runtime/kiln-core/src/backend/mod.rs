@@ -124,6 +124,21 @@ pub trait ElementwiseOps {
     fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
     /// Σ a², accumulated in f64 (gradient norms).
     fn sum_squares(&self, a: &Tensor) -> Result<f64>;
+    /// Soft-capping `cap · tanh(x / cap)` (Gemma 2's final logits), `cap > 0`.
+    fn softcap_fwd(&self, x: &Tensor, cap: f64) -> Result<Tensor>;
+    /// The gradient of [`ElementwiseOps::softcap_fwd`] at `x`: `dy · (1 − tanh²(x / cap))`.
+    fn softcap_bwd(&self, x: &Tensor, dy: &Tensor, cap: f64) -> Result<Tensor>;
+}
+
+/// Soft-capping computed on the CPU for a backend without its own kernel: download, the
+/// CPU backend's arithmetic, upload.
+pub fn softcap_on_host(be: &dyn MemoryOps, x: &Tensor, dy: Option<&Tensor>, cap: f64) -> Result<Tensor> {
+    let xc = be.to_cpu(x)?;
+    let y = match dy {
+        None => CPU.softcap_fwd(&xc, cap)?,
+        Some(d) => CPU.softcap_bwd(&xc, &be.to_cpu(d)?, cap)?,
+    };
+    be.upload(&y)
 }
 
 /// Gated linear units, the MLP's activation: `act(g) · u` elementwise, `g` and `u` the same
@@ -379,6 +394,12 @@ pub struct AttnArgs<'a> {
     /// queries also see its keys (a preference pair's prompt, computed once for both answers).
     pub shared_prefix: bool,
     pub scale: f64,
+    /// Sliding window: a query at position `i` sees keys `j` with `i − j < window` only
+    /// (Mistral, Gemma's local layers). `None`: every earlier key.
+    pub window: Option<usize>,
+    /// Attention logit soft-capping (Gemma 2): each score `s = q·k·scale` becomes
+    /// `cap · tanh(s / cap)` before the softmax. `None`: scores as they are.
+    pub softcap: Option<f64>,
 }
 
 /// The sizes of an attention call.
@@ -411,6 +432,18 @@ impl AttnArgs<'_> {
         }
         if let Some(s) = self.seg.filter(|s| s.numel() != q[0] * q[1]) {
             return Err(crate::Error::shape("attention", format!("segments {:?} for q {q:?}", s.shape())));
+        }
+        if self.window == Some(0) {
+            return Err(crate::Error::Msg("attention: a sliding window of 0 keys".into()));
+        }
+        if let Some(c) = self.softcap.filter(|c| !(c.is_finite() && *c > 0.0)) {
+            return Err(crate::Error::Msg(format!("attention: soft-cap {c} must be a positive number")));
+        }
+        // Interim: no backend implements the window or the soft-cap yet.
+        if self.window.is_some() || self.softcap.is_some() {
+            return Err(crate::Error::Msg(
+                "attention: sliding windows and soft-capping are not implemented yet".into(),
+            ));
         }
         Ok(AttnDims { b: q[0], t: q[1], tk: k[1], hq: q[2], hkv: k[2], d: q[3] })
     }

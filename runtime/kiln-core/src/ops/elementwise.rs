@@ -1,4 +1,4 @@
-//! Residual add, scale, dropout and reshape.
+//! Residual add, scale, soft-capping, dropout and reshape.
 
 use crate::{Result, Shape, Tape, Var};
 
@@ -23,6 +23,15 @@ pub fn scale(tape: &Tape, x: &Var, s: f64) -> Result<Var> {
     let y = x.value().backend().scale(x.value(), s)?;
     let ix = x.id();
     Ok(tape.record(&[x], y, move |g| Ok(vec![(ix, g.backend().scale(g, s)?)])))
+}
+
+/// Soft-capping `cap · tanh(x / cap)`: values kept inside `(−cap, cap)` smoothly (Gemma 2's
+/// final logits).
+pub fn softcap(tape: &Tape, x: &Var, cap: f64) -> Result<Var> {
+    let be = x.value().backend();
+    let y = be.softcap_fwd(x.value(), cap)?;
+    let (ix, xv) = (x.id(), x.value().clone());
+    Ok(tape.record(&[x], y, move |g| Ok(vec![(ix, xv.backend().softcap_bwd(&xv, g, cap)?)])))
 }
 
 /// Inverted dropout: each element kept with probability `1 − p` and scaled by `1/(1 − p)`, the

@@ -34,6 +34,42 @@ pub fn cross_entropy(tape: &Tape, logits: &Var, targets: &Tensor) -> Result<CeRe
 /// to that factor), so the LM head's GEMMs run once each, as unfused, at a fraction of the
 /// memory: [chunk, V] instead of [N, V] logits and their gradient.
 pub fn linear_cross_entropy(tape: &Tape, h: &Var, w: &Var, targets: &Tensor, chunk: usize) -> Result<CeResult> {
+    linear_cross_entropy_capped(tape, h, w, targets, chunk, None)
+}
+
+/// The logits of one chunk, soft-capped when `cap` is set; with the raw logits kept for the
+/// cap's gradient.
+fn chunk_logits(
+    be: &dyn crate::Backend,
+    hc: &Tensor,
+    w: &Tensor,
+    cap: Option<f64>,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let (raw, _) = be.linear_fwd(hc, w, None, None)?;
+    Ok(match cap {
+        None => (raw, None),
+        Some(c) => (be.softcap_fwd(&raw, c)?, Some(raw)),
+    })
+}
+
+/// The gradient with respect to the raw logits from the one with respect to the capped ones.
+fn uncap(be: &dyn crate::Backend, dl: Tensor, raw: Option<Tensor>, cap: Option<f64>) -> Result<Tensor> {
+    match (raw, cap) {
+        (Some(r), Some(c)) => be.softcap_bwd(&r, &dl, c),
+        _ => Ok(dl),
+    }
+}
+
+/// [`linear_cross_entropy`] of soft-capped logits `cap · tanh(h·Wᵀ / cap)` when `cap` is set
+/// (Gemma 2's `final_logit_softcapping`).
+pub fn linear_cross_entropy_capped(
+    tape: &Tape,
+    h: &Var,
+    w: &Var,
+    targets: &Tensor,
+    chunk: usize,
+    cap: Option<f64>,
+) -> Result<CeResult> {
     use crate::backend::LinearNeeds;
     let (hv, wv) = (h.value(), w.value());
     let be = hv.backend();
@@ -55,12 +91,13 @@ pub fn linear_cross_entropy(tape: &Tape, h: &Var, w: &Var, targets: &Tensor, chu
     for r0 in (0..n).step_by(chunk.max(1)) {
         let rows = chunk.max(1).min(n - r0);
         let (hc, tc) = (h2.narrow0(r0, rows)?, be.upload(&tcpu.narrow0(r0, rows)?)?);
-        let (logits, _) = be.linear_fwd(&hc, wv, None, None)?;
+        let (logits, raw) = chunk_logits(be, &hc, wv, cap)?;
         let ce = be.cross_entropy_fwd(&logits, &tc)?;
         loss_sum += ce.loss * ce.n_valid as f64;
         if need.x || need.w {
             let dl = be.cross_entropy_bwd(&logits, &tc, &ce.lse, 1.0, n_valid)?;
             drop(logits);
+            let dl = uncap(be, dl, raw, cap)?;
             let g = be.linear_bwd(&dl, &hc, wv, None, need)?;
             dh.extend(g.dx);
             if let Some(d) = g.dw {
@@ -112,6 +149,18 @@ pub fn linear_cross_entropy(tape: &Tape, h: &Var, w: &Var, targets: &Tensor, chu
 /// by the upstream gradient. When `W` is trainable its gradient mixes rows, so backward runs
 /// the chunks again with the upstream weights.
 pub fn linear_token_nll(tape: &Tape, h: &Var, w: &Var, targets: &Tensor, chunk: usize) -> Result<Var> {
+    linear_token_nll_capped(tape, h, w, targets, chunk, None)
+}
+
+/// [`linear_token_nll`] of soft-capped logits when `cap` is set.
+pub fn linear_token_nll_capped(
+    tape: &Tape,
+    h: &Var,
+    w: &Var,
+    targets: &Tensor,
+    chunk: usize,
+    cap: Option<f64>,
+) -> Result<Var> {
     use crate::backend::LinearNeeds;
     let (hv, wv) = (h.value(), w.value());
     let be = hv.backend();
@@ -129,13 +178,14 @@ pub fn linear_token_nll(tape: &Tape, h: &Var, w: &Var, targets: &Tensor, chunk: 
     for r0 in (0..n).step_by(chunk) {
         let rows = chunk.min(n - r0);
         let (hc, tc) = (h2.narrow0(r0, rows)?, be.upload(&tcpu.narrow0(r0, rows)?)?);
-        let (logits, _) = be.linear_fwd(&hc, wv, None, None)?;
+        let (logits, raw) = chunk_logits(be, &hc, wv, cap)?;
         let ce = be.cross_entropy_fwd(&logits, &tc)?;
         nll.extend(ce.nll.to_vec_f64()?);
         if need_x && !need_w {
             let ones = be.upload(&Tensor::from_vec(vec![1f32; rows], [rows])?)?;
             let dl = be.cross_entropy_bwd_rows(&logits, &tc, &ce.lse, &ones)?;
             drop(logits);
+            let dl = uncap(be, dl, raw, cap)?;
             let g = be.linear_bwd(&dl, &hc, wv, None, LinearNeeds { x: true, ..Default::default() })?;
             if let Some(d) = g.dx {
                 unit.extend(d.to_vec_f64()?);
@@ -162,11 +212,12 @@ pub fn linear_token_nll(tape: &Tape, h: &Var, w: &Var, targets: &Tensor, chunk: 
         for r0 in (0..n).step_by(chunk) {
             let rows = chunk.min(n - r0);
             let (hc, tc) = (hkeep.narrow0(r0, rows)?, be.upload(&tcpu.narrow0(r0, rows)?)?);
-            let (logits, _) = be.linear_fwd(&hc, &wkeep, None, None)?;
+            let (logits, raw) = chunk_logits(be, &hc, &wkeep, cap)?;
             let ce = be.cross_entropy_fwd(&logits, &tc)?;
             let wr = be.upload(&real_tensor(gv[r0..r0 + rows].to_vec(), [rows], f64_mode)?)?;
             let dl = be.cross_entropy_bwd_rows(&logits, &tc, &ce.lse, &wr)?;
             drop(logits);
+            let dl = uncap(be, dl, raw, cap)?;
             let gr = be.linear_bwd(&dl, &hc, &wkeep, None, LinearNeeds { x: need_x, w: true, ..Default::default() })?;
             if let Some(d) = gr.dx {
                 dh.extend(d.to_vec_f64()?);

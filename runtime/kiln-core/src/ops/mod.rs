@@ -10,11 +10,14 @@ mod loss;
 mod norm;
 mod rope;
 
-pub use attention::attention;
-pub use elementwise::{add, dropout, reshape, scale};
+pub use attention::{AttnOptions, attention, attention_with};
+pub use elementwise::{add, dropout, reshape, scale, softcap};
 pub use embedding::embedding;
 pub use glu::{geglu, swiglu};
 pub use linear::{Lora, linear};
-pub use loss::{CeResult, cross_entropy, linear_cross_entropy, linear_token_nll};
+pub use loss::{
+    CeResult, cross_entropy, linear_cross_entropy, linear_cross_entropy_capped, linear_token_nll,
+    linear_token_nll_capped,
+};
 pub use norm::rms_norm;
 pub use rope::{RopeScaling, Yarn, inv_freq, rope, yarn_inv_freq, yarn_mscale};

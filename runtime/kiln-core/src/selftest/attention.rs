@@ -44,7 +44,16 @@ pub fn attention_cases(seed: u64) -> Vec<Case> {
             DType::F32,
             inputs,
             |be, x| {
-                let a = AttnArgs { q: &x[0], k: &x[1], v: &x[2], seg: Some(&x[4]), shared_prefix: true, scale: 0.3 };
+                let a = AttnArgs {
+                    q: &x[0],
+                    k: &x[1],
+                    v: &x[2],
+                    seg: Some(&x[4]),
+                    shared_prefix: true,
+                    scale: 0.3,
+                    window: None,
+                    softcap: None,
+                };
                 fwd_bwd(be, &a, &x[3])
             },
         ));
@@ -59,7 +68,16 @@ pub fn attention_cases(seed: u64) -> Vec<Case> {
             DType::F32,
             inputs,
             |be, x| {
-                let a = AttnArgs { q: &x[0], k: &x[1], v: &x[2], seg: Some(&x[4]), shared_prefix: false, scale: 0.3 };
+                let a = AttnArgs {
+                    q: &x[0],
+                    k: &x[1],
+                    v: &x[2],
+                    seg: Some(&x[4]),
+                    shared_prefix: false,
+                    scale: 0.3,
+                    window: None,
+                    softcap: None,
+                };
                 let mut out = fwd_bwd(be, &a, &x[3])?;
                 out.push(be.rope(&x[0], &x[5], &x[6], false)?);
                 out.push(be.rope(&x[1], &x[5], &x[6], true)?);

@@ -135,6 +135,8 @@ impl ElementwiseOps for Faulty {
         scale(a: &Tensor, s: f64) -> Result<Tensor>;
         mul(a: &Tensor, b: &Tensor) -> Result<Tensor>;
         sum_squares(a: &Tensor) -> Result<f64>;
+        softcap_fwd(x: &Tensor, cap: f64) -> Result<Tensor>;
+        softcap_bwd(x: &Tensor, dy: &Tensor, cap: f64) -> Result<Tensor>;
     }
 }
 

@@ -78,6 +78,13 @@ pub(super) fn cast(be: &KernelBackend, t: &Tensor, dtype: DType) -> Result<Tenso
 }
 
 impl ElementwiseOps for KernelBackend {
+    // Interim: computed on the host until this backend has its own soft-capping kernel.
+    fn softcap_fwd(&self, x: &Tensor, cap: f64) -> Result<Tensor> {
+        kiln_core::backend::softcap_on_host(self, x, None, cap)
+    }
+    fn softcap_bwd(&self, x: &Tensor, dy: &Tensor, cap: f64) -> Result<Tensor> {
+        kiln_core::backend::softcap_on_host(self, x, Some(dy), cap)
+    }
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         binary(self, "add_f32", a, Some(b), 0.0)
     }

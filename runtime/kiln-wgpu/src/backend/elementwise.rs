@@ -75,6 +75,13 @@ pub(crate) fn dup(be: &WgpuBackend, dev: &Device, t: &Tensor) -> Result<Tensor> 
 }
 
 impl ElementwiseOps for WgpuBackend {
+    // Interim: computed on the host until this backend has its own soft-capping kernel.
+    fn softcap_fwd(&self, x: &Tensor, cap: f64) -> Result<Tensor> {
+        kiln_core::backend::softcap_on_host(self, x, None, cap)
+    }
+    fn softcap_bwd(&self, x: &Tensor, dy: &Tensor, cap: f64) -> Result<Tensor> {
+        kiln_core::backend::softcap_on_host(self, x, Some(dy), cap)
+    }
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         binary(self, ELEMENTWISE, "add", a, b)
     }
