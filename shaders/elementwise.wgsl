@@ -1,8 +1,9 @@
 // elementwise.wgsl — the elementwise family and small reductions (kernels/elementwise.cu).
 //
-// Computes: add, mul (same shapes), scale by a constant, a copy, Σx² as per-workgroup partial
-// sums (the host adds the partials in f64), and the f32 → bf16/f16 rounding of casts. (The
-// gated activations, SwiGLU and GeGLU, are glu.wgsl's.)
+// Computes: add, mul (same shapes), scale by a constant, a copy, soft-capping cap·tanh(x/cap)
+// and its gradient, Σx² as per-workgroup partial sums (the host adds the partials in f64), and
+// the f32 → bf16/f16 rounding of casts. (The gated activations, SwiGLU and GeGLU, are
+// glu.wgsl's.)
 // Layout: flat f32 arrays of `n` elements. One thread per element, 64 per workgroup; the
 // workgroups are folded into a 2-D grid (at most 65535 per dimension), so the linear index is
 // gid.x + gid.y·(groups.x·64). Each entry point declares its own bindings, numbered in the
@@ -52,6 +53,41 @@ fn scale(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) n
 fn copy(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
     let i = linear(g, nw);
     if (i < p.n) { un_y[i] = un_a[i]; }
+}
+
+// ---- soft-capping (Gemma 2's logits), cap = p.s > 0: y = cap·tanh(x/cap) from un_a into
+// un_y; the gradient dy·(1 − tanh²(x/cap)) from bin_a (x) and bin_b (dy) into bin_y.
+// tanh is written out rather than the built-in, whose precision WGSL leaves to sinh/cosh and
+// some implementations overflow for large arguments: sign(z)·(1 − e)/(1 + e) with
+// e = exp(−2|z|), and below |z| = 1/4, where 1 − e would cancel, its odd Taylor polynomial to
+// z⁹ (the first term left out is below 4e-9 of the value). |z| is clamped at 40: e stays a
+// normal f32, and tanh is 1 to f32 precision long before.
+fn softcap_tanh(z: f32) -> f32 {
+    let a = abs(z);
+    if (a < 0.25) {
+        let z2 = z * z;
+        return z * (1.0 + z2 * (-1.0 / 3.0 + z2 * (2.0 / 15.0 + z2 * (-17.0 / 315.0 + z2 * (62.0 / 2835.0)))));
+    }
+    let e = exp(-2.0 * min(a, 40.0));
+    let t = (1.0 - e) / (1.0 + e);
+    return select(t, -t, z < 0.0);
+}
+
+@compute @workgroup_size(64)
+fn softcap_fwd(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+    let i = linear(g, nw);
+    if (i < p.n) { un_y[i] = p.s * softcap_tanh(un_a[i] / p.s); }
+}
+
+// 1 − tanh²z = 4e/(1 + e)²: no cancellation where |x| ≫ cap (1 − t² would keep t's rounding).
+@compute @workgroup_size(64)
+fn softcap_bwd(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+    let i = linear(g, nw);
+    if (i < p.n) {
+        let e = exp(-2.0 * min(abs(bin_a[i] / p.s), 40.0));
+        let q = 1.0 + e;
+        bin_y[i] = bin_b[i] * (4.0 * e / (q * q));
+    }
 }
 
 // ---- Σx²: `p.threads` threads stride over the array; each workgroup writes one partial.

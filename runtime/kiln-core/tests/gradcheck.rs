@@ -264,6 +264,58 @@ fn grad_token_nll() {
 }
 
 #[test]
+fn grad_softcap_and_capped_lm_head() {
+    // Soft-capping on values inside and well beyond ±cap (standard deviation 4·cap).
+    let mut r = Rng::new(25);
+    let x = randn(&mut r, &[3, 7], 10.0);
+    check("softcap", vec![(x, true)], &|t, v| ops::softcap(t, &v[0], 2.5), 26);
+    // The fused LM head on capped logits: W scaled so the raw logits (standard deviation ≈ 5)
+    // reach well past the cap 3 where tanh saturates; chunks of 4 over 11 rows, ignored
+    // targets among them; W trainable, then frozen.
+    let h = randn(&mut r, &[11, 6], 1.0);
+    let w = randn(&mut r, &[53, 6], 2.0);
+    let targets = ids(vec![5, -100, 52, 0, 7, -100, 33, 1, 2, 50, 9], &[11]);
+    let cap = Some(3.0);
+    let ce = |t: &Tape, v: &[Var]| Ok(ops::linear_cross_entropy_capped(t, &v[0], &v[1], &targets, 4, cap)?.loss);
+    check("linear_cross_entropy capped", vec![(h.clone(), true), (w.clone(), true)], &ce, 27);
+    check("linear_cross_entropy capped frozen W", vec![(h.clone(), true), (w.clone(), false)], &ce, 28);
+    let nll = |t: &Tape, v: &[Var]| ops::linear_token_nll_capped(t, &v[0], &v[1], &targets, 4, cap);
+    check("linear_token_nll capped", vec![(h.clone(), true), (w.clone(), true)], &nll, 29);
+    check("linear_token_nll capped frozen W", vec![(h.clone(), true), (w.clone(), false)], &nll, 30);
+
+    // The same loss and gradients as the separate ops: cross_entropy(softcap(linear(h, W))).
+    let (hv, wv) = (Var::leaf(h.clone(), true), Var::leaf(w.clone(), true));
+    let tape = Tape::new();
+    let fused = ops::linear_cross_entropy_capped(&tape, &hv, &wv, &targets, 4, cap).unwrap();
+    let gf = tape.backward(&fused.loss).unwrap();
+    let tape = Tape::new();
+    let logits = ops::linear(&tape, &hv, &wv, None, None).unwrap();
+    let capped = ops::softcap(&tape, &logits, 3.0).unwrap();
+    let plain = ops::cross_entropy(&tape, &capped, &targets).unwrap();
+    let gp = tape.backward(&plain.loss).unwrap();
+    assert_eq!(fused.n_valid, plain.n_valid);
+    let (a, b) = (fused.loss.value().item().unwrap(), plain.loss.value().item().unwrap());
+    assert!((a - b).abs() <= 1e-12 * b.abs(), "loss {a} vs {b}");
+    for v in [&hv, &wv] {
+        let (x, y) = (gf.get(v).unwrap().to_vec_f64().unwrap(), gp.get(v).unwrap().to_vec_f64().unwrap());
+        assert!(x.iter().zip(&y).all(|(p, q)| (p - q).abs() <= 1e-12 * (1.0 + q.abs())), "gradients differ");
+    }
+    // The cap changes the loss (the logits do reach past it), and the per-token NLL's mean over
+    // counted rows is the capped cross-entropy.
+    let uncapped = ops::linear_cross_entropy(&Tape::no_grad(), &hv, &wv, &targets, 4).unwrap();
+    let u = uncapped.loss.value().item().unwrap();
+    assert!((u - a).abs() > 1e-3 * a.abs(), "capped {a} vs uncapped {u}");
+    let per = ops::linear_token_nll_capped(&Tape::no_grad(), &hv, &wv, &targets, 4, cap).unwrap();
+    let mean = per.value().to_vec_f64().unwrap().iter().sum::<f64>() / fused.n_valid as f64;
+    assert!((mean - a).abs() <= 1e-12 * a.abs(), "{mean} vs {a}");
+    // A cap that is not a positive number is refused.
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let e = ops::linear_cross_entropy_capped(&Tape::no_grad(), &hv, &wv, &targets, 4, Some(bad));
+        assert!(e.is_err(), "cap {bad} accepted");
+    }
+}
+
+#[test]
 fn checkpointed_block_gives_the_same_gradients() {
     let mut r = Rng::new(18);
     let x = Var::leaf(randn(&mut r, &[6, 9], 1.0), true);

@@ -64,6 +64,8 @@ ops! {
     Cast => "cast" in "elementwise",
     Add => "add" in "elementwise",
     Scale => "scale" in "elementwise",
+    /// Soft-capping `cap · tanh(x / cap)` (Gemma 2's final logits), forward and gradient.
+    Softcap => "softcap" in "elementwise",
     SwiGlu => "swiglu" in "glu",
     GeGlu => "geglu" in "glu",
     Matmul => "matmul" in "matmul",
@@ -128,17 +130,6 @@ pub trait ElementwiseOps {
     fn softcap_fwd(&self, x: &Tensor, cap: f64) -> Result<Tensor>;
     /// The gradient of [`ElementwiseOps::softcap_fwd`] at `x`: `dy · (1 − tanh²(x / cap))`.
     fn softcap_bwd(&self, x: &Tensor, dy: &Tensor, cap: f64) -> Result<Tensor>;
-}
-
-/// Soft-capping computed on the CPU for a backend without its own kernel: download, the
-/// CPU backend's arithmetic, upload.
-pub fn softcap_on_host(be: &dyn MemoryOps, x: &Tensor, dy: Option<&Tensor>, cap: f64) -> Result<Tensor> {
-    let xc = be.to_cpu(x)?;
-    let y = match dy {
-        None => CPU.softcap_fwd(&xc, cap)?,
-        Some(d) => CPU.softcap_bwd(&xc, &be.to_cpu(d)?, cap)?,
-    };
-    be.upload(&y)
 }
 
 /// Gated linear units, the MLP's activation: `act(g) · u` elementwise, `g` and `u` the same

@@ -64,6 +64,10 @@ pub(super) fn atol_floor(op: Op, dtype: DType) -> f64 {
         Op::CrossEntropy => 16.0,
         // Operands rounded once in 16-bit GEMMs; a dot product that cancels to (near) zero.
         Op::Linear | Op::Matmul if sixteen => 1.0,
+        // Soft-capping's gradient dy·(1 − t²), t = tanh(x/cap), keeps t's rounding where |x| ≫ cap
+        // and 1 − t² cancels (the CPU's f32 arithmetic; the GPU kernels' 4e/(1 + e)² does not
+        // cancel): a unit or two of a dy of order one.
+        Op::Softcap => 4.0,
         // f32 dot products of order-one terms (1×1×1 rows: x·w + b + s·(x·a)·b cancel), RMSNorm's
         // dx = rstd·(w·dy − x·mean(x·w·dy)·rstd²), the gated activations' derivatives, RoPE's
         // x·cos − x'·sin, and AdamW's p·(1 − lr·wd) − lr·m̂/(√v̂ + ε).

@@ -1,7 +1,7 @@
-//! Parity cases of the elementwise family: add, mul, scale and Σx² in f32, casts between f32,
-//! bf16 and f16, and block-quantized tensors decoded to each of them.
+//! Parity cases of the elementwise family: add, mul, scale, Σx² and soft-capping in f32, casts
+//! between f32, bf16 and f16, and block-quantized tensors decoded to each of them.
 
-use super::{Case, f32s, quantized, rng};
+use super::{Case, f32s, quantized, randn, rng};
 use crate::backend::Op;
 use crate::quant::GgmlType as G;
 use crate::{DType, Tensor};
@@ -31,6 +31,38 @@ pub fn elementwise_cases(seed: u64) -> Vec<Case> {
             DType::F32,
             f32s(&mut r, &[&[n]]),
             |be, x| Ok(vec![be.scale(&x[0], -1.5)?, be.scale(&x[0], 0.25)?]),
+        ));
+    }
+    // Soft-capping forward and gradient at Gemma 2's caps (30 on the final logits, 50 on
+    // attention scores) and a small one, on inputs from 0.01 to 1000 in magnitude (log-uniform,
+    // either sign: well inside and well beyond ±cap), with 0 and ±1e30 among them.
+    for &n in &[1usize, 63, 65, 4099] {
+        let x: Vec<f64> = (0..n)
+            .map(|i| match i {
+                1 => 0.0,
+                2 => 1e30,
+                3 => -1e30,
+                _ => {
+                    let m = 10f64.powf(5.0 * r.uniform() - 2.0);
+                    if r.uniform() < 0.5 { -m } else { m }
+                }
+            })
+            .collect();
+        let x = Tensor::from_vec(x, [n]).and_then(|t| t.to_dtype(DType::F32)).map_err(|e| e.to_string());
+        let dy = randn(&mut r, &[n], DType::F32);
+        out.push(Case::built(
+            Op::Softcap,
+            format!("softcap {n} at caps 0.5/30/50, forward and gradient"),
+            DType::F32,
+            x.map(|x| vec![x, dy]),
+            |be, x| {
+                let mut v = Vec::new();
+                for cap in [0.5, 30.0, 50.0] {
+                    v.push(be.softcap_fwd(&x[0], cap)?);
+                    v.push(be.softcap_bwd(&x[0], &x[1], cap)?);
+                }
+                Ok(v)
+            },
         ));
     }
     // Casts between f32, bf16 and f16 (round to nearest even); listed under the 16-bit type, as

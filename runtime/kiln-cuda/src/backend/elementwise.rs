@@ -1,6 +1,6 @@
-//! Elementwise ops (`Op::Add`, `Op::Scale`, mul), casts (`Op::Cast`, block-quantized tensors
-//! decoded by kernels/quant.cu) and reductions (sums of squares, column sums) on
-//! kernels/elementwise.cu.
+//! Elementwise ops (`Op::Add`, `Op::Scale`, mul, `Op::Softcap`), casts (`Op::Cast`,
+//! block-quantized tensors decoded by kernels/quant.cu) and reductions (sums of squares, column
+//! sums) on kernels/elementwise.cu.
 
 use kiln_core::backend::{ElementwiseOps, MemoryOps};
 use kiln_core::{DType, Error, Result, Tensor};
@@ -25,6 +25,16 @@ fn binary(be: &KernelBackend, kernel: &'static str, a: &Tensor, b: Option<&Tenso
     let p = EwParams { a: ha.ptr(), b: hb.map_or(0, |h| h.ptr()), out: out.ptr, n: n as i64, s, pad: 0 };
     be.exec.launch(kernel, grid(n), bytemuck::bytes_of(&p))?;
     Ok(be.wrap(out, a.shape().clone(), DType::F32))
+}
+
+/// The soft-cap as the kernels take it: a positive number that stays one in f32.
+fn softcap_cap(cap: f64) -> Result<f32> {
+    let c = cap as f32;
+    if cap.is_finite() && c.is_finite() && c > 0.0 {
+        Ok(c)
+    } else {
+        Err(Error::Msg(format!("softcap: the cap {cap} must be a positive number")))
+    }
 }
 
 fn gcd(a: usize, b: usize) -> usize {
@@ -78,12 +88,11 @@ pub(super) fn cast(be: &KernelBackend, t: &Tensor, dtype: DType) -> Result<Tenso
 }
 
 impl ElementwiseOps for KernelBackend {
-    // Interim: computed on the host until this backend has its own soft-capping kernel.
     fn softcap_fwd(&self, x: &Tensor, cap: f64) -> Result<Tensor> {
-        kiln_core::backend::softcap_on_host(self, x, None, cap)
+        binary(self, "softcap_fwd_f32", x, None, softcap_cap(cap)?)
     }
     fn softcap_bwd(&self, x: &Tensor, dy: &Tensor, cap: f64) -> Result<Tensor> {
-        kiln_core::backend::softcap_on_host(self, x, Some(dy), cap)
+        binary(self, "softcap_bwd_f32", x, Some(dy), softcap_cap(cap)?)
     }
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         binary(self, "add_f32", a, Some(b), 0.0)

@@ -1,5 +1,5 @@
-//! Elementwise ops, Σx², and the kernels of casts: a copy and the f32 → bf16/f16 rounding
-//! (`shaders/elementwise.wgsl`).
+//! Elementwise ops (soft-capping among them), Σx², and the kernels of casts: a copy and the
+//! f32 → bf16/f16 rounding (`shaders/elementwise.wgsl`).
 
 use kiln_core::backend::ElementwiseOps;
 use kiln_core::{DType, Error, Result, Tensor};
@@ -74,13 +74,41 @@ pub(crate) fn dup(be: &WgpuBackend, dev: &Device, t: &Tensor) -> Result<Tensor> 
     Ok(be.tensor(y, t.shape().clone(), t.dtype()))
 }
 
+/// `cap·tanh(x/cap)` (`dy` None) or its gradient `dy·(1 − tanh²(x/cap))`, one thread per
+/// element.
+fn softcap(be: &WgpuBackend, x: &Tensor, dy: Option<&Tensor>, cap: f64) -> Result<Tensor> {
+    let c = cap as f32;
+    if !(cap.is_finite() && c.is_finite() && c > 0.0) {
+        return Err(Error::Msg(format!("softcap: the cap {cap} must be a positive number")));
+    }
+    if let Some(d) = dy {
+        same("softcap_bwd", x, d)?;
+    }
+    let dev = device()?;
+    let hx = held(x)?;
+    let hd = dy.map(held).transpose()?;
+    let n = x.numel();
+    let y = dev.alloc((n * 4) as u64)?;
+    let p = |_, n| P1 { s: c, ..P1::n(n) };
+    match &hd {
+        None => {
+            let parts = [Part::R(hx.buf(), 1), Part::W(&y, 1)];
+            dev.launch_rows(ELEMENTWISE, "softcap_fwd", &parts, n, p, Device::grid)?
+        }
+        Some(hd) => {
+            let parts = [Part::R(hx.buf(), 1), Part::R(hd.buf(), 1), Part::W(&y, 1)];
+            dev.launch_rows(ELEMENTWISE, "softcap_bwd", &parts, n, p, Device::grid)?
+        }
+    }
+    Ok(be.tensor(y, x.shape().clone(), DType::F32))
+}
+
 impl ElementwiseOps for WgpuBackend {
-    // Interim: computed on the host until this backend has its own soft-capping kernel.
     fn softcap_fwd(&self, x: &Tensor, cap: f64) -> Result<Tensor> {
-        kiln_core::backend::softcap_on_host(self, x, None, cap)
+        softcap(self, x, None, cap)
     }
     fn softcap_bwd(&self, x: &Tensor, dy: &Tensor, cap: f64) -> Result<Tensor> {
-        kiln_core::backend::softcap_on_host(self, x, Some(dy), cap)
+        softcap(self, x, Some(dy), cap)
     }
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         binary(self, ELEMENTWISE, "add", a, b)
