@@ -169,6 +169,12 @@ pub fn shape(c: &ModelConfig) -> Value {
             let (lo, hi) = f.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
             Some(format!("rope_freqs table of {} factors in [{lo}, {hi}]", f.len()))
         }
+        RopeKind::LongRope(l) => Some(format!(
+            "longrope ({} short and long factors, long beyond {} positions, attention factor {:.6})",
+            l.short_factor.len(),
+            l.original_max_position_embeddings,
+            l.attention_factor
+        )),
         other => Some(format!("{other:?}")),
     };
     json!({
@@ -179,6 +185,7 @@ pub fn shape(c: &ModelConfig) -> Value {
         "heads": c.num_heads,
         "kv_heads": c.num_kv_heads,
         "head_dim": c.head_dim,
+        "rotary_dim": c.rotary_dim,
         "vocab_size": c.vocab_size,
         "context_length": c.max_position_embeddings,
         "rope_theta": c.rope_theta,
@@ -190,13 +197,15 @@ pub fn shape(c: &ModelConfig) -> Value {
 
 fn render_shape(s: &Value) -> String {
     format!(
-        "  shape: {} layers, hidden {} (MLP {}), {} heads, {} KV heads, head dim {}, vocab {}, context {}, RoPE theta {} scaling {}{}\n",
+        "  shape: {} layers, hidden {} (MLP {}), {} heads, {} KV heads, head dim {}{}, vocab {}, context {}, RoPE theta {} scaling {}{}\n",
         s["layers"],
         s["hidden_size"],
         s["intermediate_size"],
         s["heads"],
         s["kv_heads"],
         s["head_dim"],
+        // Partial rotary (Phi-4-mini): only the first dims of each head are rotated.
+        Some(&s["rotary_dim"]).filter(|r| **r != s["head_dim"]).map(|r| format!(" ({r} rotated)")).unwrap_or_default(),
         s["vocab_size"],
         s["context_length"],
         s["rope_theta"],

@@ -59,6 +59,15 @@ impl Target {
         }
     }
 
+    /// Parses a module name that may be a fused matrix (`qkv_proj`, `gate_up_proj`: its parts)
+    /// or one layer ([`Target::parse`]).
+    pub fn parse_group(s: &str) -> Option<Vec<Target>> {
+        match super::fused::GROUPS.iter().find(|g| s == g.1 || s == g.1.trim_end_matches("_proj")) {
+            Some(g) => Some(g.2.to_vec()),
+            None => Target::parse(s).map(|t| vec![t]),
+        }
+    }
+
     fn index(self) -> usize {
         self as usize
     }
@@ -93,6 +102,8 @@ impl LoraConfig {
 pub struct LoraSet {
     pub config: LoraConfig,
     layers: Vec<[Option<Lora>; 7]>,
+    /// On fused matrices ([`super::fused`]): later parts use the first part's A.
+    fused: bool,
 }
 
 impl LoraSet {
@@ -118,6 +129,9 @@ impl LoraSet {
         config: LoraConfig,
         mut make: impl FnMut(usize, Target, (usize, usize), usize) -> Result<(Tensor, Tensor)>,
     ) -> Result<LoraSet> {
+        if model.fused {
+            super::fused::check_targets(&config.targets).map_err(KilnError::Msg)?;
+        }
         let scale = config.scale();
         let mut layers = Vec::with_capacity(model.num_layers);
         for i in 0..model.num_layers {
@@ -129,17 +143,49 @@ impl LoraSet {
             }
             layers.push(slots);
         }
-        Ok(LoraSet { config, layers })
+        let mut set = LoraSet { config, layers, fused: model.fused };
+        for i in 0..set.layers.len() {
+            set.layers[i] = set.shared(i);
+        }
+        Ok(set)
+    }
+
+    /// Block `layer`'s adapters with each later part of a fused matrix given its first part's
+    /// A (the variable trained; the copies are refreshed here, so they never go stale) and
+    /// dropout seed (PEFT drops the fused input once).
+    fn shared(&self, layer: usize) -> [Option<Lora>; 7] {
+        let mut l = self.layers[layer].clone();
+        if self.fused {
+            for (_, _, parts) in super::fused::GROUPS {
+                if let Some(first) = l[parts[0].index()].clone() {
+                    for p in &parts[1..] {
+                        if let Some(x) = &mut l[p.index()] {
+                            x.a = first.a.clone();
+                            x.seed = first.seed;
+                        }
+                    }
+                }
+            }
+        }
+        l
+    }
+
+    /// Whether `target`'s A is another adapter's (a later part of a fused matrix).
+    fn borrows_a(&self, target: Target) -> bool {
+        self.fused && super::fused::shares_a(target)
     }
 
     /// The adapter on `target` of block `layer`.
-    pub fn get(&self, layer: usize, target: Target) -> Option<&Lora> {
-        self.layers.get(layer).and_then(|l| l[target.index()].as_ref())
+    pub fn get(&self, layer: usize, target: Target) -> Option<Lora> {
+        if layer >= self.layers.len() {
+            return None;
+        }
+        self.shared(layer)[target.index()].clone()
     }
 
     /// All adapters of block `layer`, indexed by [`Target`] order.
-    pub fn layer(&self, layer: usize) -> Option<&[Option<Lora>; 7]> {
-        self.layers.get(layer)
+    pub fn layer(&self, layer: usize) -> Option<[Option<Lora>; 7]> {
+        (layer < self.layers.len()).then(|| self.shared(layer))
     }
 
     /// Replaces A and B of one adapter (loading saved adapters, fixtures).
@@ -164,19 +210,61 @@ impl LoraSet {
         Ok(())
     }
 
-    /// `(name, var)` for every trainable tensor, named as PEFT saves them.
+    /// `(name, var)` for every trainable tensor, named as PEFT saves them. On a fused model the
+    /// A of a fused matrix appears once, under the fused module's name, and each part's B under
+    /// its own (PEFT's file joins them: [`LoraSet::peft_tensors`]).
     pub fn named_params(&self) -> Vec<(String, &Var)> {
         let mut out = Vec::new();
         for (i, l) in self.layers.iter().enumerate() {
             for t in Target::ALL {
                 if let Some(lora) = &l[t.index()] {
                     let m = format!("model.layers.{i}.{}", t.module());
-                    out.push((format!("{m}.lora_A.weight"), &lora.a));
+                    if !self.borrows_a(t) {
+                        let am = match super::fused::group_of(t).filter(|_| self.fused) {
+                            Some(g) => format!("model.layers.{i}.{}", g.0),
+                            None => m.clone(),
+                        };
+                        out.push((format!("{am}.lora_A.weight"), &lora.a));
+                    }
                     out.push((format!("{m}.lora_B.weight"), &lora.b));
                 }
             }
         }
         out
+    }
+
+    /// Every adapter tensor as PEFT's file holds it (without the `base_model.model.` prefix):
+    /// on a fused model one A and one B (the parts' B blocks joined in row order) per fused
+    /// matrix.
+    pub fn peft_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        if !self.fused {
+            return Ok(self.named_params().into_iter().map(|(n, v)| (n, v.value().clone())).collect());
+        }
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            for t in Target::ALL {
+                let Some(lora) = &l[t.index()] else { continue };
+                match super::fused::group_of(t) {
+                    None => {
+                        let m = format!("model.layers.{i}.{}", t.module());
+                        out.push((format!("{m}.lora_A.weight"), lora.a.value().clone()));
+                        out.push((format!("{m}.lora_B.weight"), lora.b.value().clone()));
+                    }
+                    Some((module, _, parts)) if parts[0] == t => {
+                        let m = format!("model.layers.{i}.{module}");
+                        let bs: Vec<Tensor> = parts
+                            .iter()
+                            .filter_map(|p| l[p.index()].as_ref())
+                            .map(|x| x.b.value().to_cpu())
+                            .collect::<kiln_core::Result<_>>()?;
+                        out.push((format!("{m}.lora_A.weight"), lora.a.value().clone()));
+                        out.push((format!("{m}.lora_B.weight"), cat_rows(&bs)?));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Gives every adapter's dropout a fresh mask seed derived from `seed` (the trainer calls
@@ -202,17 +290,45 @@ impl LoraSet {
 
     /// Every trainable tensor, mutable.
     pub fn params_mut(&mut self) -> Vec<&mut Var> {
-        self.layers
-            .iter_mut()
-            .flat_map(|l| l.iter_mut().flatten())
-            .flat_map(|lora| [&mut lora.a, &mut lora.b])
-            .collect()
+        // The order of `named_params`: a fused matrix's A once, with its first part.
+        let fused = self.fused;
+        let mut out = Vec::new();
+        for l in &mut self.layers {
+            for (t, slot) in Target::ALL.iter().zip(l.iter_mut()) {
+                if let Some(lora) = slot {
+                    if !(fused && super::fused::shares_a(*t)) {
+                        out.push(&mut lora.a);
+                    }
+                    out.push(&mut lora.b);
+                }
+            }
+        }
+        out
     }
 
     /// Number of trainable parameters.
     pub fn num_params(&self) -> usize {
         self.named_params().iter().map(|(_, v)| v.value().numel()).sum()
     }
+}
+
+/// On a fused model, `t`'s fused module, the fused matrix's row count and `t`'s first row.
+fn fused_rows(model: BaseDims, t: Target) -> Option<(&'static str, usize, usize)> {
+    let (module, _, parts) = super::fused::group_of(t).filter(|_| model.fused)?;
+    let rows = parts.iter().map(|p| p.dims(model).1).sum();
+    let start = parts.iter().take_while(|p| **p != t).map(|p| p.dims(model).1).sum();
+    Some((module, rows, start))
+}
+
+/// Rows of 2-D f32 tensors one after another.
+fn cat_rows(parts: &[Tensor]) -> Result<Tensor> {
+    let cols = parts.first().map_or(0, |t| t.dims()[1]);
+    let mut data = Vec::new();
+    for t in parts {
+        data.extend(t.to_vec_f32()?);
+    }
+    let rows = data.len() / cols.max(1);
+    Ok(Tensor::from_vec(data, [rows, cols])?)
 }
 
 /// The PEFT tensor name of a kiln parameter name.
@@ -227,13 +343,17 @@ impl LoraSet {
     /// PEFT's `modules_to_save`.
     pub fn save_peft(&self, dir: &std::path::Path, base: &str, dropout: f64, full: &[(String, Tensor)]) -> Result<()> {
         let mut tensors: Vec<(String, Tensor)> =
-            self.named_params().into_iter().map(|(n, v)| (peft_name(&n), v.value().clone())).collect();
+            self.peft_tensors()?.into_iter().map(|(n, t)| (peft_name(&n), t)).collect();
         tensors.extend(full.iter().map(|(n, t)| (peft_name(n), t.clone())));
         let modules: Vec<&str> =
             full.iter().filter_map(|(n, _)| n.strip_suffix(".weight")?.rsplit('.').next()).collect();
         crate::formats::write_safetensors(&dir.join("adapter_model.safetensors"), &tensors)?;
         let c = &self.config;
-        let targets: Vec<&str> = c.targets.iter().map(|t| t.module().rsplit('.').next().unwrap_or("")).collect();
+        let targets: Vec<&str> = if self.fused {
+            super::fused::peft_modules(&c.targets)
+        } else {
+            c.targets.iter().map(|t| t.module().rsplit('.').next().unwrap_or("")).collect()
+        };
         let cfg = serde_json::json!({"peft_type": "LORA", "r": c.r, "lora_alpha": c.alpha, "use_rslora": c.rslora,
             "target_modules": targets, "lora_dropout": dropout, "bias": "none", "task_type": "CAUSAL_LM",
             "fan_in_fan_out": false, "inference_mode": true, "base_model_name_or_path": base,
@@ -255,8 +375,15 @@ impl LoraSet {
         let store = crate::formats::WeightStore::from_files(std::slice::from_ref(&file))?;
         check_peft_tensors(&store.shapes(), &file, &cp, &config, model)?;
         LoraSet::build(model, config, |i, t, (fin, fout), r| {
-            let m = peft_name(&format!("model.layers.{i}.{}", t.module()));
             let f32 = kiln_core::DType::F32;
+            if let Some((module, rows, start)) = fused_rows(model, t) {
+                // One A and B for the fused matrix: this part's rows of B.
+                let m = peft_name(&format!("model.layers.{i}.{module}"));
+                let a = store.get_shaped(&format!("{m}.lora_A.weight"), &[r, fin])?.to_dtype(f32)?;
+                let b = store.get_shaped(&format!("{m}.lora_B.weight"), &[rows, r])?.narrow0(start, fout)?;
+                return Ok((a, b.to_dtype(f32)?));
+            }
+            let m = peft_name(&format!("model.layers.{i}.{}", t.module()));
             let a = store.get_shaped(&format!("{m}.lora_A.weight"), &[r, fin])?.to_dtype(f32)?;
             let b = store.get_shaped(&format!("{m}.lora_B.weight"), &[fout, r])?.to_dtype(f32)?;
             Ok((a, b))
@@ -312,12 +439,12 @@ pub fn parse_adapter_config(text: &str, cp: &std::path::Path) -> Result<LoraConf
         }
         _ => return Err(field("target_modules", "expected a list of module names")),
     };
-    let targets = mods
-        .iter()
-        .map(|m| {
-            Target::parse(m).ok_or_else(|| field("target_modules", &format!("{m}: not a linear layer kiln adapts")))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let mut targets = Vec::new();
+    for m in &mods {
+        let ts = Target::parse_group(m)
+            .ok_or_else(|| field("target_modules", &format!("{m}: not a linear layer kiln adapts")))?;
+        targets.extend(ts.into_iter().filter(|t| !targets.contains(t)).collect::<Vec<_>>());
+    }
     if targets.is_empty() {
         return Err(field("target_modules", "is empty: the adapter adapts nothing"));
     }
@@ -346,10 +473,25 @@ pub fn check_peft_tensors(
     let shapes: std::collections::HashMap<&str, &[usize]> =
         tensors.iter().map(|(n, s)| (n.as_str(), s.as_slice())).collect();
     let mut expected = std::collections::HashSet::new();
+    if model.fused {
+        super::fused::check_targets(&config.targets).map_err(|e| KilnError::Config {
+            path: cp.to_path_buf(),
+            field: "target_modules".into(),
+            detail: e,
+        })?;
+    }
     for i in 0..model.num_layers {
         for &t in &config.targets {
-            let (fin, fout) = t.dims(model);
-            let m = peft_name(&format!("model.layers.{i}.{}", t.module()));
+            let (fin, mut fout) = t.dims(model);
+            let mut m = peft_name(&format!("model.layers.{i}.{}", t.module()));
+            if let Some((module, rows, _)) = fused_rows(model, t) {
+                // Checked once per fused matrix, whole.
+                if super::fused::shares_a(t) {
+                    continue;
+                }
+                m = peft_name(&format!("model.layers.{i}.{module}"));
+                fout = rows;
+            }
             for (which, shape) in [("A", [r, fin]), ("B", [fout, r])] {
                 let name = format!("{m}.lora_{which}.weight");
                 let got = *shapes

@@ -6,6 +6,7 @@
 //! takes `&model.config` as it is.
 
 pub mod bottleneck;
+pub mod fused;
 pub mod lora;
 
 pub use lora::{LoraConfig, LoraSet, Target};
@@ -20,6 +21,9 @@ pub struct BaseDims {
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
+    /// q/k/v and gate/up are one fused matrix each (Phi-3's `qkv_proj`, `gate_up_proj`): a LoRA
+    /// on them is one adapter per fused matrix, as PEFT makes it ([`fused`]).
+    pub fused: bool,
 }
 
 impl From<&BaseDims> for BaseDims {

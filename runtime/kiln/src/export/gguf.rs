@@ -108,6 +108,7 @@ pub(super) fn arch_name(c: &ModelConfig) -> &'static str {
         Arch::Llama | Arch::Mistral => "llama",
         Arch::Qwen2 => "qwen2",
         Arch::Qwen3 => "qwen3",
+        Arch::Phi3 => "phi3",
     }
 }
 
@@ -138,6 +139,11 @@ fn config_meta(c: &ModelConfig, name: &str) -> Result<Vec<(String, MetaValue)>> 
         m.push((k("attention.value_length"), MetaValue::U32(c.head_dim as u32)));
     }
     m.extend(crate::model::gguf::rope_meta(c, a)?);
+    if c.arch == Arch::Phi3 {
+        // Replaces the rope.dimension_count above (the rotated dims of a head).
+        m.retain(|(key, _)| key != "phi3.rope.dimension_count");
+        m.extend(crate::model::phi3::gguf_meta(c));
+    }
     Ok(m)
 }
 
@@ -326,6 +332,10 @@ pub fn export_gguf_with_tokenizer(
     if let Some(f) = crate::model::gguf::rope_freqs_of(c)? {
         let data = f.iter().flat_map(|x| x.to_le_bytes()).collect();
         tensors.push(OutTensor { name: "rope_freqs.weight".into(), ty: GgmlType::F32, shape: vec![f.len()], data });
+    }
+    for (name, f) in crate::model::phi3::gguf_rope_tensors(c) {
+        let data = f.iter().flat_map(|x| x.to_le_bytes()).collect();
+        tensors.push(OutTensor { name, ty: GgmlType::F32, shape: vec![f.len()], data });
     }
     write_gguf(out, &meta, &tensors)
 }

@@ -32,7 +32,7 @@ pub fn export_gguf_lora(config: &ModelConfig, lora: &LoraSet, ty: GgmlType, out:
         ("general.file_type".into(), MetaValue::U32(file_type(ty))),
     ];
     let mut tensors = Vec::new();
-    for (name, v) in lora.named_params() {
+    for (name, t) in lora.peft_tensors()? {
         // model.layers.N.self_attn.q_proj.lora_A.weight → blk.N.attn_q.weight.lora_a
         let (module, which) = name
             .rsplit_once(".lora_")
@@ -40,8 +40,8 @@ pub fn export_gguf_lora(config: &ModelConfig, lora: &LoraSet, ty: GgmlType, out:
         let base = gguf_name(&format!("{module}.weight"))
             .ok_or_else(|| KilnError::Msg(format!("gguf-lora: no GGUF name for `{module}`")))?;
         let ab = if which.starts_with('A') { "lora_a" } else { "lora_b" };
-        let shape = v.value().dims().to_vec();
-        let mut x = v.value().to_vec_f32()?;
+        let shape = t.dims().to_vec();
+        let mut x = t.to_vec_f32()?;
         if ab == "lora_b" {
             permute_qk(config, &base, &shape, &mut x);
         }

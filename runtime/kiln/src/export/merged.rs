@@ -26,6 +26,10 @@ pub fn merged_weights(model: &Llama, lora: Option<&LoraSet>, dtype: DType) -> Re
         }
         out.push((name, if dtype == DType::F32 { w } else { w.to_dtype(dtype)? }));
     }
+    if model.config.arch == crate::model::Arch::Phi3 {
+        // Phi-3 leaves kiln with its fused q/k/v and gate/up matrices, as transformers has them.
+        return crate::model::phi3::fuse_named(&model.config, out);
+    }
     Ok(out)
 }
 

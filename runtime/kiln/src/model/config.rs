@@ -19,11 +19,13 @@ pub enum Arch {
     Mistral,
     Qwen2,
     Qwen3,
+    /// Phi-3, Phi-3.5, Phi-4-mini: fused q/k/v and gate/up weights, LongRoPE, partial rotary.
+    Phi3,
 }
 
 impl Arch {
     /// `model_type` values accepted.
-    pub const SUPPORTED: &'static str = "llama, mistral, qwen2, qwen3";
+    pub const SUPPORTED: &'static str = "llama, mistral, qwen2, qwen3, phi3";
 
     fn parse(s: &str) -> Option<Arch> {
         Some(match s {
@@ -31,6 +33,7 @@ impl Arch {
             "mistral" | "MistralForCausalLM" => Arch::Mistral,
             "qwen2" | "Qwen2ForCausalLM" => Arch::Qwen2,
             "qwen3" | "Qwen3ForCausalLM" => Arch::Qwen3,
+            "phi3" | "Phi3ForCausalLM" => Arch::Phi3,
             _ => return None,
         })
     }
@@ -47,6 +50,8 @@ pub enum RopeKind {
     /// Each base frequency divided by its entry (GGUF `rope_freqs.weight`, which llama.cpp's
     /// converter writes for llama3 scaling), `head_dim / 2` positive numbers.
     Factors(Vec<f32>),
+    /// Phi-3's short/long per-frequency divisors ([`super::phi3`]).
+    LongRope(super::phi3::LongRope),
 }
 
 /// A parsed, validated model configuration.
@@ -60,6 +65,9 @@ pub struct ModelConfig {
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
+    /// Dims of each head that RoPE turns (the first ones): `head_dim` except with Phi's
+    /// `partial_rotary_factor`.
+    pub rotary_dim: usize,
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
     pub rope: RopeKind,
@@ -226,6 +234,7 @@ impl ModelConfig {
         if head_dim % 2 != 0 {
             return Err(f.err("head_dim", format!("{head_dim} must be even for RoPE")));
         }
+        let rotary_dim = if arch == Arch::Phi3 { super::phi3::rotary_dim(v, path, head_dim)? } else { head_dim };
         // rope_parameters (new) holds theta and the scaling; rope_theta/rope_scaling (old).
         let params = f.get("rope_parameters").or_else(|| f.get("rope_scaling"));
         let (rope_theta, theta_field) = match f.get("rope_parameters").and_then(|p| p.get("rope_theta")) {
@@ -272,11 +281,18 @@ impl ModelConfig {
                         }
                         RopeKind::Llama3(s)
                     }
+                    // Phi3Config reads its older `su` and `yarn` spellings as longrope.
+                    "longrope" | "su" => {
+                        RopeKind::LongRope(super::phi3::longrope(v, p, path, rotary_dim, arch == Arch::Phi3)?)
+                    }
+                    "yarn" if arch == Arch::Phi3 => {
+                        RopeKind::LongRope(super::phi3::longrope(v, p, path, rotary_dim, true)?)
+                    }
                     "yarn" => RopeKind::Yarn(yarn(&f, p, &need)?),
                     other => {
                         return Err(f.err(
                             "rope_parameters.rope_type",
-                            format!("`{other}` is not supported (default, linear, llama3, yarn)"),
+                            format!("`{other}` is not supported (default, linear, llama3, yarn, longrope)"),
                         ));
                     }
                 }
@@ -303,10 +319,10 @@ impl ModelConfig {
         let attention_bias = f.bool_or("attention_bias", false)?;
         let (qkv_bias, o_bias) = match arch {
             Arch::Qwen2 => (true, false),
-            Arch::Mistral => (false, false),
+            Arch::Mistral | Arch::Phi3 => (false, false),
             Arch::Llama | Arch::Qwen3 => (attention_bias, attention_bias),
         };
-        let uses_window = f.bool_or("use_sliding_window", arch == Arch::Mistral)?;
+        let uses_window = f.bool_or("use_sliding_window", matches!(arch, Arch::Mistral | Arch::Phi3))?;
         let sliding_window =
             if uses_window { f.get("sliding_window").and_then(|x| x.as_u64()).map(|x| x as usize) } else { None };
         let hidden_act = f.get("hidden_act").and_then(|x| x.as_str()).unwrap_or("silu");
@@ -322,6 +338,7 @@ impl ModelConfig {
             num_heads,
             num_kv_heads,
             head_dim,
+            rotary_dim,
             rms_norm_eps,
             rope_theta,
             rope,
@@ -342,6 +359,7 @@ impl ModelConfig {
             Arch::Mistral => ("mistral", "MistralForCausalLM"),
             Arch::Qwen2 => ("qwen2", "Qwen2ForCausalLM"),
             Arch::Qwen3 => ("qwen3", "Qwen3ForCausalLM"),
+            Arch::Phi3 => ("phi3", "Phi3ForCausalLM"),
         };
         let mut rope = serde_json::json!({"rope_type": "default", "rope_theta": self.rope_theta});
         match self.rope {
@@ -362,6 +380,7 @@ impl ModelConfig {
                     rope = llama3_json(&s, self.rope_theta)
                 }
             }
+            RopeKind::LongRope(ref l) => rope = l.to_json(self.rope_theta, self.rotary_dim, self.head_dim),
         }
         let mut v = serde_json::json!({
             "architectures": [class], "model_type": model_type, "vocab_size": self.vocab_size,
@@ -372,6 +391,13 @@ impl ModelConfig {
             "max_position_embeddings": self.max_position_embeddings, "hidden_act": "silu", "mlp_bias": self.mlp_bias,
             "attention_bias": self.qkv_bias && self.arch != Arch::Qwen2, "torch_dtype": "float32",
         });
+        if self.arch == Arch::Phi3 {
+            v["partial_rotary_factor"] = (self.rotary_dim as f64 / self.head_dim as f64).into();
+            if let RopeKind::LongRope(l) = &self.rope {
+                // Phi3Config takes the top-level value over the one in rope_parameters.
+                v["original_max_position_embeddings"] = l.original_max_position_embeddings.into();
+            }
+        }
         if let Some(w) = self.sliding_window {
             v["sliding_window"] = w.into();
             v["use_sliding_window"] = true.into();
@@ -382,9 +408,10 @@ impl ModelConfig {
         v
     }
 
-    /// RoPE inverse frequencies `[head_dim / 2]` for this model's kind of scaling.
+    /// RoPE inverse frequencies `[rotary_dim / 2]` for this model's kind of scaling (LongRoPE:
+    /// the short factors; [`super::phi3::long_inv_freq`] gives the long ones).
     pub fn inv_freq(&self) -> Result<Tensor> {
-        let (d, theta) = (self.head_dim, self.rope_theta);
+        let (d, theta) = (self.rotary_dim, self.rope_theta);
         Ok(match &self.rope {
             RopeKind::Default => ops::inv_freq(d, theta, None)?,
             RopeKind::Llama3(s) => ops::inv_freq(d, theta, Some(*s))?,
@@ -400,6 +427,7 @@ impl ModelConfig {
                 }
                 Tensor::from_vec(base.iter().zip(t).map(|(x, f)| x / f).collect::<Vec<_>>(), [d / 2])?
             }
+            RopeKind::LongRope(l) => l.inv_freq(d, theta, false)?,
         })
     }
 
@@ -408,6 +436,7 @@ impl ModelConfig {
     pub fn attention_scale(&self) -> f64 {
         let m = match &self.rope {
             RopeKind::Yarn(y) => y.attention_factor,
+            RopeKind::LongRope(l) => l.attention_factor,
             _ => 1.0,
         };
         m * m / (self.head_dim as f64).sqrt()
@@ -495,6 +524,7 @@ impl From<&ModelConfig> for BaseDims {
             num_heads: c.num_heads,
             num_kv_heads: c.num_kv_heads,
             head_dim: c.head_dim,
+            fused: c.arch == Arch::Phi3,
         }
     }
 }

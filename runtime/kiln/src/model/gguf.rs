@@ -85,6 +85,7 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
     let rope_dims = num("rope.dimension_count")?;
     if let (Some(k), Some(r)) = (key_len, rope_dims)
         && k != r
+        && arch != "phi3"
     {
         return Err(bad(
             "rope.dimension_count",
@@ -109,11 +110,18 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
         "max_position_embeddings": num("context_length")?.unwrap_or(2048.0),
         "tie_word_embeddings": g.tensor("output.weight").is_none(),
     });
-    if let Some(d) = key_len.or(rope_dims) {
+    if arch == "phi3" {
+        // Phi-3's rope.dimension_count is the rotated part of a head (partial rotary).
+        let d = key_len.unwrap_or((hidden / heads).floor());
         v["head_dim"] = d.into();
-    }
-    if let Some(r) = rope_scaling(g, &arch)? {
-        v["rope_scaling"] = r;
+        super::phi3::gguf_config(g, &mut v, d as usize)?;
+    } else {
+        if let Some(d) = key_len.or(rope_dims) {
+            v["head_dim"] = d.into();
+        }
+        if let Some(r) = rope_scaling(g, &arch)? {
+            v["rope_scaling"] = r;
+        }
     }
     // Whole numbers go to the JSON as integers so config.json's checks apply to them alike.
     if let Some(o) = v.as_object_mut() {
@@ -238,7 +246,11 @@ pub fn rope_meta(c: &ModelConfig, arch: &str) -> Result<Vec<(String, MetaValue)>
     let k = |x: &str| format!("{arch}.rope.scaling.{x}");
     let ty = |t: &str| (k("type"), MetaValue::Str(t.into()));
     Ok(match &c.rope {
-        super::RopeKind::Default | super::RopeKind::Llama3(_) | super::RopeKind::Factors(_) => vec![],
+        // LongRoPE: `phi3.rope.scaling.*` and factor tensors ([`super::phi3::gguf_meta`]).
+        super::RopeKind::Default
+        | super::RopeKind::Llama3(_)
+        | super::RopeKind::Factors(_)
+        | super::RopeKind::LongRope(_) => vec![],
         super::RopeKind::Linear(f) => vec![ty("linear"), (k("factor"), MetaValue::F32(*f as f32))],
         super::RopeKind::Yarn(y) => {
             if !y.truncate {
@@ -360,6 +372,9 @@ pub fn gguf_name(hf: &str) -> Option<String> {
         "mlp.gate_proj.weight" => "ffn_gate.weight",
         "mlp.up_proj.weight" => "ffn_up.weight",
         "mlp.down_proj.weight" => "ffn_down.weight",
+        // Phi-3's fused matrices.
+        "self_attn.qkv_proj.weight" => "attn_qkv.weight",
+        "mlp.gate_up_proj.weight" => "ffn_up.weight",
         _ => return None,
     };
     Some(format!("blk.{layer}.{m}"))

@@ -46,6 +46,8 @@ pub struct Llama {
     /// `None` when tied to the embedding.
     pub lm_head: Option<Var>,
     inv_freq: Tensor,
+    /// LongRoPE's long-context frequencies and the position count above which they apply.
+    long_rope: Option<(Tensor, usize)>,
 }
 
 /// Rows per chunk of the fused LM head + loss: [128, vocab] logits at a time.
@@ -108,6 +110,9 @@ impl Llama {
 
     /// Builds the model from any weight source (safetensors directory, GGUF file).
     pub fn from_source(config: ModelConfig, store: &dyn WeightSource, trainable: bool) -> Result<Llama> {
+        // Phi-3's fused q/k/v and gate/up weights are read as row views under Llama names.
+        let phi3 = super::phi3::Phi3Source { inner: store, config: config.clone() };
+        let store: &dyn WeightSource = if config.arch == super::Arch::Phi3 { &phi3 } else { store };
         let c = &config;
         let leaf = |name: &str, shape: &[usize]| -> Result<Var> {
             let t = store.get_shaped(name, shape)?;
@@ -158,7 +163,8 @@ impl Llama {
         let norm = leaf("model.norm.weight", &[h])?;
         let lm_head = if c.tie_word_embeddings { None } else { Some(leaf("lm_head.weight", &[c.vocab_size, h])?) };
         let inv_freq = c.inv_freq()?;
-        Ok(Llama { config, embed, blocks, norm, lm_head, inv_freq })
+        let long_rope = super::phi3::long_inv_freq(c)?;
+        Ok(Llama { config, embed, blocks, norm, lm_head, inv_freq, long_rope })
     }
 
     /// Every base weight (for memory checks and full fine-tuning).
@@ -196,6 +202,9 @@ impl Llama {
             v.set_value(be.upload(v.value())?);
         }
         self.inv_freq = be.upload(&self.inv_freq)?;
+        if let Some((f, _)) = &mut self.long_rope {
+            *f = be.upload(f)?;
+        }
         Ok(())
     }
 
@@ -367,12 +376,12 @@ impl Llama {
             seg: inp.seg.cloned(),
             shared_prefix: inp.shared_prefix,
             base_only: inp.base_only,
-            inv_freq: self.inv_freq.clone(),
+            inv_freq: self.rope_freqs(inp.pos)?,
             cfg: c.clone(),
         };
         let mut x = ops::embedding(tape, &self.embed, &inp.ids.reshape([d[0] * d[1]])?)?;
         for (i, blk) in self.blocks.iter().enumerate() {
-            let adapters: [Option<Lora>; 7] = lora.and_then(|l| l.layer(i)).cloned().unwrap_or_default();
+            let adapters: [Option<Lora>; 7] = lora.and_then(|l| l.layer(i)).unwrap_or_default();
             x = if checkpoint {
                 let (blk, ctx) = (blk.clone(), ctx.clone());
                 let f = Rc::new(move |tp: &Tape, x: &Var| -> kiln_core::Result<Var> {
@@ -392,6 +401,15 @@ impl Llama {
         let logits = ops::linear(tape, &h, self.head(), None, None)?;
         let d = inp.ids.dims();
         Ok(ops::reshape(tape, &logits, [d[0], d[1], self.config.vocab_size])?)
+    }
+
+    /// The RoPE frequencies of a batch at positions `pos`: LongRoPE's long ones when its
+    /// largest position passes the original context, else the model's own.
+    fn rope_freqs(&self, pos: &Tensor) -> Result<Tensor> {
+        match &self.long_rope {
+            Some((long, original)) if super::phi3::uses_long(pos, *original)? => Ok(long.clone()),
+            _ => Ok(self.inv_freq.clone()),
+        }
     }
 
     /// The LM head: its own weight, or the embedding when tied.
@@ -496,12 +514,12 @@ impl Llama {
             seg: None,
             shared_prefix: false,
             base_only: false,
-            inv_freq: self.inv_freq.clone(),
+            inv_freq: self.rope_freqs(&Tensor::from_vec(vec![(cache.len + n - 1) as i32], [1])?)?,
             cfg: c.clone(),
         };
         let mut x = ops::embedding(&tape, &self.embed, &Tensor::from_vec(ids.to_vec(), [n])?)?;
         for (i, (blk, lc)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate() {
-            let adapters: [Option<Lora>; 7] = lora.and_then(|l| l.layer(i)).cloned().unwrap_or_default();
+            let adapters: [Option<Lora>; 7] = lora.and_then(|l| l.layer(i)).unwrap_or_default();
             x = block(&tape, &x, blk, &adapters, &ctx, Some(lc))?;
         }
         cache.len += n;

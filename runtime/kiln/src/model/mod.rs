@@ -9,6 +9,7 @@ pub mod hub;
 pub mod init;
 pub mod llama;
 pub mod load;
+pub mod phi3;
 pub mod registry;
 
 pub use config::{Arch, ModelConfig, RopeKind};

@@ -459,14 +459,16 @@ impl TrainConfig {
         }
         let mut out = Vec::new();
         for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            let t = Target::parse(name).ok_or_else(|| {
+            let ts = Target::parse_group(name).ok_or_else(|| {
                 bad(
                     "target_modules",
-                    format!("{name}: unknown; use q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj or all-linear"),
+                    format!("{name}: unknown; use q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, all-linear, or (Phi-3) qkv_proj, gate_up_proj"),
                 )
             })?;
-            if !out.contains(&t) {
-                out.push(t);
+            for t in ts {
+                if !out.contains(&t) {
+                    out.push(t);
+                }
             }
         }
         if out.is_empty() {

@@ -197,7 +197,12 @@ fn save_output(cfg: &TrainConfig, t: &mut Trainer, base: &Path, tok: &TextTokeni
         }
         None => {
             let dir = out.join("model");
-            crate::formats::write_safetensors(&dir.join("model.safetensors"), &t.params())?;
+            let mut weights = t.params();
+            if t.model.config.arch == crate::model::Arch::Phi3 {
+                // Phi-3 leaves kiln with its fused q/k/v and gate/up matrices.
+                weights = crate::model::phi3::fuse_named(&t.model.config, weights)?;
+            }
+            crate::formats::write_safetensors(&dir.join("model.safetensors"), &weights)?;
             if !cfg.add_special_tokens.is_empty() || !base.is_dir() {
                 // A grown vocabulary or a GGUF source: config and tokenizer written afresh.
                 let text = serde_json::to_string_pretty(&t.model.config.to_hf_json())
