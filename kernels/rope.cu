@@ -1,32 +1,41 @@
 // RoPE, f32 (Op::Rope): HF's "rotate half" by position·inverse frequency, backwards (the
-// gradient) with sign −1. A thread per rotated pair; reads and writes the activation once.
+// gradient) with sign −1, over the first r = 2·rh dims of each head (partial rotary when
+// r < D: Phi-4-mini, GPT-NeoX); dims from r on are copied. A thread per rotated pair or
+// copied dim; reads and writes the activation once.
 #include "common.cuh"
 
 // Mirrored by `RopeParams` in runtime/kiln-cuda/src/kernels.rs.
 struct RopeParams {
   const float* x;         // [B·T, H, D]
   const int* pos;         // [B·T]
-  const float* inv_freq;  // [D/2]
+  const float* inv_freq;  // [rh]
   float* y;
   i64 bt;
   int h;
   int d;
   float sign;  // −1 rotates backwards (the gradient)
-  int pad;
+  int rh;      // rotated pairs per head: r/2 ≤ D/2
 };
 
-// HF "rotate half": dims i and i + D/2 rotate by pos·inv_freq[i]. A thread per pair.
+// HF "rotate half" on the rotary slice: dims i and i + rh rotate by pos·inv_freq[i]. A row
+// (token, head) has D − rh items: rh pairs, then the D − 2·rh dims that pass through.
 KILN_KERNEL(rope_f32, RopeParams) {
-  const int half = p.d / 2;
-  const i64 n = p.bt * p.h * half;
+  const int per = p.d - p.rh;
+  const i64 n = p.bt * p.h * per;
   for (i64 e = i64(blockIdx.x) * blockDim.x + threadIdx.x; e < n; e += i64(gridDim.x) * blockDim.x) {
-    const int i = int(e % half);
-    const i64 row = e / half;  // (t, head)
+    const int i = int(e % per);
+    const i64 row = e / per;  // (t, head)
+    const float* xr = p.x + row * p.d;
+    float* yr = p.y + row * p.d;
+    if (i >= p.rh) {
+      yr[i + p.rh] = xr[i + p.rh];
+      continue;
+    }
     const i64 t = row / p.h;
     const float ang = p.inv_freq[i] * float(p.pos[t]);
     const float c = cosf(ang), s = p.sign * sinf(ang);
-    const float a = p.x[row * p.d + i], b = p.x[row * p.d + i + half];
-    p.y[row * p.d + i] = a * c - b * s;
-    p.y[row * p.d + i + half] = b * c + a * s;
+    const float a = xr[i], b = xr[i + p.rh];
+    yr[i] = a * c - b * s;
+    yr[i + p.rh] = b * c + a * s;
   }
 }

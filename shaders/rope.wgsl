@@ -1,14 +1,21 @@
 // rope.wgsl — rotary position embedding, HF "rotate half" layout (kernels/rope.cu).
 //
-// Computes: for x [B·T, H, D] and positions [B·T], dims i and i + D/2 of every head rotate by
-// pos·inv_freq[i] (by the negative angle when `inverse`, which is the backward).
-// Tiling: one thread per (token, head, i < D/2) pair, 64 per workgroup in a 2-D grid.
+// Computes: for x [B·T, H, D] and positions [B·T], dims i and i + rh of every head rotate by
+// pos·inv_freq[i], i < rh (by the negative angle when `inverse`, which is the backward); the
+// rotary slice is the first 2·rh dims, and dims from 2·rh on pass through unchanged (partial
+// rotary, Phi-4-mini's 0.75 of each head; rh = D/2 rotates every dim).
+// Tiling: one thread per (token, head, item): a row's D − rh items are its rh pairs, then its
+// D − 2·rh copied dims; 64 threads per workgroup in a 2-D grid.
 
 struct Params {
-    pairs: u32,
+    items: u32,
     heads: u32,
-    half: u32,
+    d: u32,
+    rh: u32,
     sign: f32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -20,17 +27,22 @@ struct Params {
 @compute @workgroup_size(64)
 fn rope(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
     let k = g.x + g.y * nw.x * 64u;
-    if (k >= p.pairs) { return; }
-    let i = k % p.half;
-    let th = k / p.half;
+    if (k >= p.items) { return; }
+    let per = p.d - p.rh;
+    let i = k % per;
+    let th = k / per;
+    let base = th * p.d;
+    if (i >= p.rh) {
+        y[base + i + p.rh] = x[base + i + p.rh];
+        return;
+    }
     let t = th / p.heads;
-    let base = th * 2u * p.half;
     // The angle is formed in f32, as HF does.
     let ang = inv_freq[i] * f32(pos[t]);
     let c = cos(ang);
     let s = p.sign * sin(ang);
     let a = x[base + i];
-    let b = x[base + i + p.half];
+    let b = x[base + i + p.rh];
     y[base + i] = a * c - b * s;
-    y[base + i + p.half] = b * c + a * s;
+    y[base + i + p.rh] = b * c + a * s;
 }

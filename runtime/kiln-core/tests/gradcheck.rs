@@ -154,6 +154,20 @@ fn grad_rope_default_and_llama3() {
 }
 
 #[test]
+fn grad_rope_partial_rotary() {
+    // The first 6 of 10 dims rotate (3 pairs), then a single pair of 10; the pass-through
+    // dims' gradient is the upstream one.
+    let mut r = Rng::new(31);
+    let x = randn(&mut r, &[2, 5, 3, 10], 1.0);
+    let pos = ids(vec![0, 1, 2, 3, 4, 7, 8, 0, 1, 2], &[2, 5]);
+    for rot in [6, 2] {
+        let f = ops::inv_freq(rot, 100.0, None).unwrap();
+        let (p, fq) = (pos.clone(), f.clone());
+        check("rope partial", vec![(x.clone(), true)], &move |t, v| ops::rope(t, &v[0], &p, &fq), 32);
+    }
+}
+
+#[test]
 fn grad_attention_gqa_with_and_without_segments() {
     let mut r = Rng::new(12);
     let (b, t, hq, hkv, d) = (2, 37, 4, 2, 5);

@@ -156,7 +156,7 @@ pub struct RopeParams {
     pub h: i32,
     pub d: i32,
     pub sign: f32,
-    pub pad: i32,
+    pub rh: i32,
 }
 
 /// `kernels/glu.cu` `GluParams`.

@@ -259,13 +259,17 @@ impl CeDims {
 }
 
 /// The sizes of a RoPE call: `x` `[B, T, H, D]` with even `D`, one position per `(b, t)` and
-/// `D/2` inverse frequencies. Every backend's RoPE checks its operands through [`RopeDims::of`].
+/// `r/2` inverse frequencies, `0 < r ≤ D`: the first `r` dims of each head rotate and the rest
+/// pass through (partial rotary, transformers' `partial_rotary_factor`, when `r < D`). Every
+/// backend's RoPE checks its operands through [`RopeDims::of`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RopeDims {
     /// `B·T` rows of positions.
     pub bt: usize,
     pub h: usize,
     pub d: usize,
+    /// The rotated dims of each head: twice the inverse frequencies, even, at most `d`.
+    pub r: usize,
 }
 
 impl RopeDims {
@@ -276,13 +280,20 @@ impl RopeDims {
             return Err(crate::Error::shape("rope", format!("x must be [B,T,H,D] with even D, got {d:?}")));
         }
         let (bt, h, hd) = (d[0] * d[1], d[2], d[3]);
-        if inv_freq.numel() != hd / 2 || pos.numel() != bt || pos.dtype() != DType::I32 {
+        let pairs = inv_freq.numel();
+        if pairs == 0 || 2 * pairs > hd {
             return Err(crate::Error::shape(
                 "rope",
-                format!("inv_freq {:?}, pos {:?} ({}) for x {d:?}", inv_freq.shape(), pos.shape(), pos.dtype().name()),
+                format!("inv_freq {:?}: 1 to D/2 = {} frequencies for x {d:?}", inv_freq.shape(), hd / 2),
             ));
         }
-        Ok(RopeDims { bt, h, d: hd })
+        if pos.numel() != bt || pos.dtype() != DType::I32 {
+            return Err(crate::Error::shape(
+                "rope",
+                format!("pos {:?} ({}) for x {d:?}: one i32 position per (b, t)", pos.shape(), pos.dtype().name()),
+            ));
+        }
+        Ok(RopeDims { bt, h, d: hd, r: 2 * pairs })
     }
 }
 
@@ -365,8 +376,9 @@ pub trait NormOps {
 
 /// Rotary position embedding, HF "rotate half" layout.
 pub trait RopeOps {
-    /// Rotates `x` `[B, T, H, D]` by `pos[b,t] · inv_freq[i]` for pair `(i, i + D/2)`.
-    /// `inverse` rotates by the negative angle, which is the backward.
+    /// Rotates `x` `[B, T, H, D]` by `pos[b,t] · inv_freq[i]` for pair `(i, i + r/2)`, where
+    /// `r = 2·inv_freq.len() ≤ D`; dims from `r` on pass through unchanged (partial rotary;
+    /// `r = D` rotates every dim). `inverse` rotates by the negative angle, which is the backward.
     fn rope(&self, x: &Tensor, pos: &Tensor, inv_freq: &Tensor, inverse: bool) -> Result<Tensor>;
 }
 

@@ -1,6 +1,8 @@
 //! Parity cases of the rope family: the rotation (forward) and its inverse (the backward) at
-//! odd head counts and sequence lengths, head sizes from 2 to 128, and positions that count
-//! from zero, restart in packed sequences, continue after a cached prefix or skip.
+//! odd head counts and sequence lengths, head sizes from 2 to 128, positions that count from
+//! zero, restart in packed sequences, continue after a cached prefix or skip, and partial
+//! rotary (the first `r < D` dims rotate, the rest pass through: Phi-4-mini's 0.75 of a head,
+//! half, a single pair).
 
 use super::{Case, i32s, randn, rng};
 use crate::DType;
@@ -44,23 +46,32 @@ impl Positions {
 pub fn rope_cases(seed: u64) -> Vec<Case> {
     let mut r = rng(seed, "rope");
     let mut out = Vec::new();
-    for &(b, t, h, d, theta, pos) in &[
-        (1, 1, 1, 2, 10000.0, Positions::Fresh),
-        (2, 7, 3, 6, 10000.0, Positions::Packed),
-        (1, 33, 5, 10, 500000.0, Positions::Offset),
-        (3, 17, 2, 64, 10000.0, Positions::Strided),
-        (1, 45, 9, 128, 500000.0, Positions::Packed),
-        (2, 5, 4, 96, 10000.0, Positions::Offset),
+    // (b, t, h, d, rotated dims, θ, positions): rotated dims below d are partial rotary, whose
+    // frequencies are those of an r-dim head (transformers' `dim = head_dim · factor`).
+    for &(b, t, h, d, rot, theta, pos) in &[
+        (1, 1, 1, 2, 2, 10000.0, Positions::Fresh),
+        (2, 7, 3, 6, 6, 10000.0, Positions::Packed),
+        (1, 33, 5, 10, 10, 500000.0, Positions::Offset),
+        (3, 17, 2, 64, 64, 10000.0, Positions::Strided),
+        (1, 45, 9, 128, 128, 500000.0, Positions::Packed),
+        (2, 5, 4, 96, 96, 10000.0, Positions::Offset),
+        // Phi-4-mini: 96 of 128 dims.
+        (1, 9, 3, 128, 96, 10000.0, Positions::Offset),
+        (2, 7, 5, 16, 12, 10000.0, Positions::Packed),
+        (3, 5, 1, 64, 32, 500000.0, Positions::Fresh),
+        (1, 13, 7, 10, 4, 10000.0, Positions::Strided),
+        (2, 3, 3, 6, 2, 10000.0, Positions::Fresh),
     ] {
         let p: Vec<i32> = (0..b * t).map(|i| pos.of(i % t, t)).collect();
         let inputs = vec![
             randn(&mut r, &[b, t, h, d], DType::F32),
             i32s(p, &[b, t]),
-            crate::ops::inv_freq(d, theta, None).unwrap(),
+            crate::ops::inv_freq(rot, theta, None).unwrap(),
         ];
+        let partial = if rot < d { format!(" rotary {rot}") } else { String::new() };
         out.push(Case::new(
             Op::Rope,
-            format!("rope b{b} t{t} h{h} d{d} θ{theta} positions {}", pos.name()),
+            format!("rope b{b} t{t} h{h} d{d}{partial} θ{theta} positions {}", pos.name()),
             DType::F32,
             inputs,
             |be, x| {

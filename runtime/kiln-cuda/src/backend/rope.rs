@@ -1,4 +1,4 @@
-//! RoPE (`Op::Rope`) on kernels/rope.cu.
+//! RoPE (`Op::Rope`) on kernels/rope.cu, partial rotary included (`RopeDims::r` < `D`).
 
 use kiln_core::backend::{RopeDims, RopeOps};
 use kiln_core::{DType, Result, Tensor};
@@ -10,7 +10,7 @@ use crate::kernels::RopeParams;
 impl RopeOps for KernelBackend {
     fn rope(&self, x: &Tensor, pos: &Tensor, inv_freq: &Tensor, inverse: bool) -> Result<Tensor> {
         want_f32("rope", x)?;
-        let RopeDims { bt, h, d: hd } = RopeDims::of(x, pos, inv_freq)?;
+        let RopeDims { bt, h, d: hd, r } = RopeDims::of(x, pos, inv_freq)?;
         let (hx, hp, hf) = (self.held(x)?, self.held(pos)?, self.held(inv_freq)?);
         let y = self.alloc(x.numel(), DType::F32)?;
         let p = RopeParams {
@@ -22,9 +22,10 @@ impl RopeOps for KernelBackend {
             h: h as i32,
             d: hd as i32,
             sign: if inverse { -1.0 } else { 1.0 },
-            pad: 0,
+            rh: (r / 2) as i32,
         };
-        self.exec.launch("rope_f32", grid_of(bt * h * hd / 2, 256), bytemuck::bytes_of(&p))?;
+        // A thread per rotated pair or copied dim: D − r/2 of them per head.
+        self.exec.launch("rope_f32", grid_of(bt * h * (hd - r / 2), 256), bytemuck::bytes_of(&p))?;
         Ok(self.wrap(y, x.dims().to_vec(), DType::F32))
     }
 }
