@@ -364,10 +364,21 @@ impl Llama {
             )));
         }
         if let Some(w) = c.sliding_window.filter(|&w| d[1] > w) {
-            return Err(KilnError::Msg(format!(
-                "sequence length {} exceeds the model's sliding window {w}, which kiln does not implement yet",
-                d[1]
-            )));
+            if window(c).is_none() {
+                return Err(KilnError::Msg(format!(
+                    "sequence length {} exceeds the model's sliding window {w}, which kiln applies to Mistral only \
+                     (Qwen's windowed layers are not implemented)",
+                    d[1]
+                )));
+            }
+            if inp.shared_prefix {
+                // The window counts keys by index; an answer after the other branch would be
+                // further from its prompt than its positions say.
+                return Err(KilnError::Msg(format!(
+                    "preference rows of {} tokens with a shared prompt exceed the sliding window {w}",
+                    d[1]
+                )));
+            }
         }
         let ctx = Ctx {
             b: d[0],
@@ -502,7 +513,7 @@ impl Llama {
         if n == 0 {
             return Err(KilnError::Msg("forward_cached: no tokens".into()));
         }
-        if let Some(w) = c.sliding_window.filter(|&w| cache.len + n > w) {
+        if let Some(w) = c.sliding_window.filter(|&w| cache.len + n > w && window(c).is_none()) {
             return Err(KilnError::Msg(format!("context of {} tokens exceeds the sliding window {w}", cache.len + n)));
         }
         let tape = Tape::no_grad();
@@ -572,7 +583,14 @@ fn block(
         k = Var::constant(Tensor::from_vec(c.k.clone(), [1, tk, c.kv_heads, hd])?);
         v = Var::constant(Tensor::from_vec(c.v.clone(), [1, tk, c.kv_heads, hd])?);
     }
-    let a = ops::attention(tape, &q, &k, &v, ctx.seg.as_ref(), ctx.shared_prefix, c.attention_scale())?;
+    let opts = ops::AttnOptions {
+        seg: ctx.seg.as_ref(),
+        shared_prefix: ctx.shared_prefix,
+        scale: c.attention_scale(),
+        window: window(c),
+        softcap: None,
+    };
+    let a = ops::attention_with(tape, &q, &k, &v, &opts)?;
     let a = ops::reshape(tape, &a, [bt, c.num_heads * hd])?;
     let mut o = lin(tape, &a, lo, &ad[3])?;
     if let Some(bn) = blk.bottleneck.as_ref().filter(|_| !ctx.base_only) {
@@ -587,6 +605,13 @@ fn block(
         m = bn[1].apply(tape, &m)?;
     }
     Ok(ops::add(tape, &x, &m)?)
+}
+
+/// The sliding window attention applies: Mistral's, on every layer (Qwen's configs window only
+/// the layers from `max_window_layers` on, which kiln does not implement: it refuses rows past
+/// their window instead).
+fn window(c: &ModelConfig) -> Option<usize> {
+    c.sliding_window.filter(|_| c.arch == super::Arch::Mistral)
 }
 
 /// Positions `0..T` for every row.
