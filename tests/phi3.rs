@@ -220,7 +220,7 @@ fn lora_training_lowers_held_out_loss() {
     let cfg = LoraConfig { r: 4, alpha: 8.0, rslora: false, targets, dropout: 0.0 };
     let mut lora = LoraSet::new(&model.config, cfg, 1).unwrap();
     // A repeating sequence: what the first half teaches predicts the held-out second half.
-    let seq: Vec<i32> = (0..48).map(|i| (i * 7 % 13 + 5) as i32).collect();
+    let seq: Vec<i32> = (0..48).map(|i| i * 7 % 13 + 5).collect();
     let rows = |s: &[i32]| Tensor::from_vec(s.to_vec(), [1, s.len()]).unwrap();
     let (train, held) = (rows(&seq[..24]), rows(&seq[24..]));
     let loss_of = |lora: &LoraSet, ids: &Tensor, tape: &Tape| {
