@@ -54,7 +54,7 @@ pub fn rotary_dim(v: &Value, path: &Path, head_dim: usize) -> Result<usize> {
         .filter(|f| f.is_finite() && *f > 0.0 && *f <= 1.0)
         .ok_or_else(|| cfg_err(path, field, format!("must be a number in (0, 1], got {x}")))?;
     let r = (head_dim as f64 * f) as usize;
-    if r == 0 || r % 2 != 0 {
+    if r == 0 || !r.is_multiple_of(2) {
         return Err(cfg_err(
             path,
             field,
