@@ -19,11 +19,13 @@ pub enum Arch {
     Mistral,
     Qwen2,
     Qwen3,
+    Gemma2,
+    Gemma3,
 }
 
 impl Arch {
     /// `model_type` values accepted.
-    pub const SUPPORTED: &'static str = "llama, mistral, qwen2, qwen3";
+    pub const SUPPORTED: &'static str = "llama, mistral, qwen2, qwen3, gemma2, gemma3_text, gemma3";
 
     fn parse(s: &str) -> Option<Arch> {
         Some(match s {
@@ -31,6 +33,8 @@ impl Arch {
             "mistral" | "MistralForCausalLM" => Arch::Mistral,
             "qwen2" | "Qwen2ForCausalLM" => Arch::Qwen2,
             "qwen3" | "Qwen3ForCausalLM" => Arch::Qwen3,
+            "gemma2" | "Gemma2ForCausalLM" => Arch::Gemma2,
+            "gemma3_text" | "Gemma3ForCausalLM" | "gemma3" | "Gemma3ForConditionalGeneration" => Arch::Gemma3,
             _ => return None,
         })
     }
@@ -73,6 +77,8 @@ pub struct ModelConfig {
     pub max_position_embeddings: usize,
     /// Sliding-window attention span, when the model uses one.
     pub sliding_window: Option<usize>,
+    /// Gemma 2/3 settings (`None` for other families).
+    pub gemma: Option<super::gemma::GemmaConfig>,
 }
 
 /// Upper limits on sizes (far above any released model): with them, every product of sizes
@@ -196,6 +202,10 @@ impl ModelConfig {
 
     /// Parses a config object; `path` is used in error messages.
     pub fn from_json(v: &Value, path: &Path) -> Result<ModelConfig> {
+        // Gemma's config is first rewritten into the shape read below (class defaults, the
+        // language model of a vision-language config, the global layers' RoPE).
+        let prepared = super::gemma::prepare(v, path)?;
+        let v = prepared.as_ref().unwrap_or(v);
         let f = Fields { v, path: path.to_path_buf() };
         let name = f
             .get("model_type")
@@ -304,21 +314,22 @@ impl ModelConfig {
         let (qkv_bias, o_bias) = match arch {
             Arch::Qwen2 => (true, false),
             Arch::Mistral => (false, false),
-            Arch::Llama | Arch::Qwen3 => (attention_bias, attention_bias),
+            Arch::Llama | Arch::Qwen3 | Arch::Gemma2 | Arch::Gemma3 => (attention_bias, attention_bias),
         };
         let uses_window = f.bool_or("use_sliding_window", arch == Arch::Mistral)?;
         let sliding_window =
             if uses_window { f.get("sliding_window").and_then(|x| x.as_u64()).map(|x| x as usize) } else { None };
         let hidden_act = f.get("hidden_act").and_then(|x| x.as_str()).unwrap_or("silu");
-        if hidden_act != "silu" {
+        if hidden_act != "silu" && !matches!(arch, Arch::Gemma2 | Arch::Gemma3) {
             return Err(f.err("hidden_act", format!("`{hidden_act}` is not supported (silu)")));
         }
-        Ok(ModelConfig {
+        let num_layers = f.dim("num_hidden_layers", MAX_LAYERS)?;
+        let c = ModelConfig {
             arch,
             vocab_size,
             hidden_size,
             intermediate_size: f.dim("intermediate_size", MAX_WIDTH)?,
-            num_layers: f.dim("num_hidden_layers", MAX_LAYERS)?,
+            num_layers,
             num_heads,
             num_kv_heads,
             head_dim,
@@ -331,7 +342,10 @@ impl ModelConfig {
             mlp_bias: f.bool_or("mlp_bias", false)?,
             max_position_embeddings: f.usize_or("max_position_embeddings", 2048)?,
             sliding_window,
-        })
+            gemma: super::gemma::settings(arch, v, path, num_layers, rope_theta)?,
+        };
+        super::gemma::check(&c, path)?;
+        Ok(c)
     }
 
     /// The configuration as a transformers `config.json` object (written with exported models,
@@ -342,6 +356,8 @@ impl ModelConfig {
             Arch::Mistral => ("mistral", "MistralForCausalLM"),
             Arch::Qwen2 => ("qwen2", "Qwen2ForCausalLM"),
             Arch::Qwen3 => ("qwen3", "Qwen3ForCausalLM"),
+            Arch::Gemma2 => ("gemma2", "Gemma2ForCausalLM"),
+            Arch::Gemma3 => ("gemma3_text", "Gemma3ForCausalLM"),
         };
         let mut rope = serde_json::json!({"rope_type": "default", "rope_theta": self.rope_theta});
         match self.rope {
@@ -379,6 +395,9 @@ impl ModelConfig {
             v["use_sliding_window"] = false.into();
             v["sliding_window"] = Value::Null;
         }
+        if let Some(g) = &self.gemma {
+            super::gemma::hf_json(self, g, &mut v);
+        }
         v
     }
 
@@ -406,6 +425,9 @@ impl ModelConfig {
     /// The softmax scale of attention: `1/√head_dim`, times the square of YaRN's attention
     /// factor (transformers multiplies cos and sin by it, so both q and k).
     pub fn attention_scale(&self) -> f64 {
+        if let Some(g) = &self.gemma {
+            return 1.0 / g.query_pre_attn_scalar.sqrt();
+        }
         let m = match &self.rope {
             RopeKind::Yarn(y) => y.attention_factor,
             _ => 1.0,

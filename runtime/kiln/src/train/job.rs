@@ -197,8 +197,17 @@ fn save_output(cfg: &TrainConfig, t: &mut Trainer, base: &Path, tok: &TextTokeni
         }
         None => {
             let dir = out.join("model");
-            crate::formats::write_safetensors(&dir.join("model.safetensors"), &t.params())?;
-            if !cfg.add_special_tokens.is_empty() || !base.is_dir() {
+            // Written in transformers' layout (Gemma's norms without the 1 kiln folds in).
+            let c = t.model.config.clone();
+            let params = t
+                .params()
+                .into_iter()
+                .map(|(n, w)| Ok((n.clone(), crate::model::gemma::to_hf_layout(&c, &n, w)?)))
+                .collect::<Result<Vec<_>>>()?;
+            crate::formats::write_safetensors(&dir.join("model.safetensors"), &params)?;
+            // A vision-language config does not describe the text model written here.
+            let multimodal = c.gemma.as_ref().is_some_and(|g| g.multimodal);
+            if !cfg.add_special_tokens.is_empty() || !base.is_dir() || multimodal {
                 // A grown vocabulary or a GGUF source: config and tokenizer written afresh.
                 let text = serde_json::to_string_pretty(&t.model.config.to_hf_json())
                     .map_err(|e| KilnError::Msg(format!("config.json: {e}")))?;
