@@ -177,7 +177,7 @@ pub fn shape(c: &ModelConfig) -> Value {
         )),
         other => Some(format!("{other:?}")),
     };
-    json!({
+    let mut v = json!({
         "arch": format!("{:?}", c.arch),
         "layers": c.num_layers,
         "hidden_size": c.hidden_size,
@@ -192,7 +192,19 @@ pub fn shape(c: &ModelConfig) -> Value {
         "rope_scaling": scaling,
         "sliding_window": c.sliding_window,
         "tie_word_embeddings": c.tie_word_embeddings,
-    })
+    });
+    if let Some(g) = &c.gemma {
+        // Gemma: the window applies to the sliding layers only, which rotate with their own base.
+        let global: Vec<usize> = g.sliding.iter().enumerate().filter(|(_, s)| !**s).map(|(i, _)| i).collect();
+        v["sliding_window"] = g.sliding_window.into();
+        v["sliding_layers"] = g.sliding.iter().filter(|s| **s).count().into();
+        v["global_layers"] = json!(global);
+        v["rope_local_theta"] = g.local_rope_theta.into();
+        v["query_pre_attn_scalar"] = g.query_pre_attn_scalar.into();
+        v["attn_softcap"] = g.attn_softcap.into();
+        v["final_softcap"] = g.final_softcap.into();
+    }
+    v
 }
 
 fn render_shape(s: &Value) -> String {
@@ -211,6 +223,23 @@ fn render_shape(s: &Value) -> String {
         s["rope_theta"],
         s["rope_scaling"].as_str().unwrap_or("none"),
         s["sliding_window"].as_u64().map(|w| format!(", sliding window {w}")).unwrap_or_default()
+    ) + &gemma_line(s)
+}
+
+/// Gemma's extra shape: which layers slide, their RoPE base, the soft-caps.
+fn gemma_line(s: &Value) -> String {
+    if s["sliding_layers"].is_null() {
+        return String::new();
+    }
+    let cap = |k: &str| s[k].as_f64().map(|c| c.to_string()).unwrap_or_else(|| "none".into());
+    format!(
+        "  gemma: {} sliding layers (RoPE theta {}), global layers {}, query_pre_attn_scalar {}, attention soft-cap {}, logit soft-cap {}\n",
+        s["sliding_layers"],
+        s["rope_local_theta"],
+        s["global_layers"],
+        s["query_pre_attn_scalar"],
+        cap("attn_softcap"),
+        cap("final_softcap")
     )
 }
 

@@ -14,7 +14,7 @@ use crate::adapters::LoraSet;
 use crate::data::tokenizer::TextTokenizer;
 use crate::formats::gguf::{GgufFile, MetaArray, MetaValue, StrArray};
 use crate::formats::gguf_write::{OutTensor, write_gguf};
-use crate::model::gguf::gguf_name;
+use crate::model::gemma::gguf_name_for;
 use crate::model::{Arch, Llama, ModelConfig};
 use crate::{KilnError, Result};
 
@@ -109,6 +109,8 @@ pub(super) fn arch_name(c: &ModelConfig) -> &'static str {
         Arch::Qwen2 => "qwen2",
         Arch::Qwen3 => "qwen3",
         Arch::Phi3 => "phi3",
+        Arch::Gemma2 => "gemma2",
+        Arch::Gemma3 => "gemma3",
     }
 }
 
@@ -134,7 +136,7 @@ fn config_meta(c: &ModelConfig, name: &str) -> Result<Vec<(String, MetaValue)>> 
         (k("rope.dimension_count"), MetaValue::U32(c.head_dim as u32)),
         (k("vocab_size"), MetaValue::U32(c.vocab_size as u32)),
     ];
-    if c.head_dim * c.num_heads != c.hidden_size {
+    if c.head_dim * c.num_heads != c.hidden_size && c.gemma.is_none() {
         m.push((k("attention.key_length"), MetaValue::U32(c.head_dim as u32)));
         m.push((k("attention.value_length"), MetaValue::U32(c.head_dim as u32)));
     }
@@ -144,6 +146,7 @@ fn config_meta(c: &ModelConfig, name: &str) -> Result<Vec<(String, MetaValue)>> 
         m.retain(|(key, _)| key != "phi3.rope.dimension_count");
         m.extend(crate::model::phi3::gguf_meta(c));
     }
+    m.extend(crate::model::gemma::gguf_meta(c, a));
     Ok(m)
 }
 
@@ -306,7 +309,8 @@ pub fn export_gguf_with_tokenizer(
     meta.push(("general.file_type".into(), MetaValue::U32(file_type(ty) + mixed as u32)));
     let mut tensors = Vec::new();
     for (name, w) in super::merged::merged_weights(model, lora, DType::F32)? {
-        let g = gguf_name(&name).ok_or_else(|| KilnError::Msg(format!("export: no GGUF name for `{name}`")))?;
+        let g =
+            gguf_name_for(c.arch, &name).ok_or_else(|| KilnError::Msg(format!("export: no GGUF name for `{name}`")))?;
         let shape = w.dims().to_vec();
         let mut v = w.to_vec_f32()?;
         // The loader un-permutes Llama q/k rows; writing puts them back.

@@ -52,7 +52,14 @@ pub fn export_merged(
     if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
         return Err(KilnError::Msg(format!("export: merged weights are f32, bf16 or f16, not {dtype:?}")));
     }
-    let tensors = merged_weights(model, lora, dtype)?;
+    // Gemma's norms are held as 1 + w; transformers stores w. The offset comes off in f32,
+    // before the narrowing to `dtype`.
+    let c = &model.config;
+    let mut tensors = Vec::new();
+    for (name, w) in merged_weights(model, lora, DType::F32)? {
+        let w = crate::model::gemma::to_hf_layout(c, &name, w)?;
+        tensors.push((name, if dtype == DType::F32 { w } else { w.to_dtype(dtype)? }));
+    }
     crate::formats::write_safetensors(&dir.join("model.safetensors"), &tensors)?;
     let mut cfg = model.config.to_hf_json();
     cfg["torch_dtype"] = match dtype {

@@ -21,11 +21,13 @@ pub enum Arch {
     Qwen3,
     /// Phi-3, Phi-3.5, Phi-4-mini: fused q/k/v and gate/up weights, LongRoPE, partial rotary.
     Phi3,
+    Gemma2,
+    Gemma3,
 }
 
 impl Arch {
     /// `model_type` values accepted.
-    pub const SUPPORTED: &'static str = "llama, mistral, qwen2, qwen3, phi3";
+    pub const SUPPORTED: &'static str = "llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3_text, gemma3";
 
     fn parse(s: &str) -> Option<Arch> {
         Some(match s {
@@ -34,6 +36,8 @@ impl Arch {
             "qwen2" | "Qwen2ForCausalLM" => Arch::Qwen2,
             "qwen3" | "Qwen3ForCausalLM" => Arch::Qwen3,
             "phi3" | "Phi3ForCausalLM" => Arch::Phi3,
+            "gemma2" | "Gemma2ForCausalLM" => Arch::Gemma2,
+            "gemma3_text" | "Gemma3ForCausalLM" | "gemma3" | "Gemma3ForConditionalGeneration" => Arch::Gemma3,
             _ => return None,
         })
     }
@@ -81,6 +85,8 @@ pub struct ModelConfig {
     pub max_position_embeddings: usize,
     /// Sliding-window attention span, when the model uses one.
     pub sliding_window: Option<usize>,
+    /// Gemma 2/3 settings (`None` for other families).
+    pub gemma: Option<super::gemma::GemmaConfig>,
 }
 
 /// Upper limits on sizes (far above any released model): with them, every product of sizes
@@ -204,6 +210,10 @@ impl ModelConfig {
 
     /// Parses a config object; `path` is used in error messages.
     pub fn from_json(v: &Value, path: &Path) -> Result<ModelConfig> {
+        // Gemma's config is first rewritten into the shape read below (class defaults, the
+        // language model of a vision-language config, the global layers' RoPE).
+        let prepared = super::gemma::prepare(v, path)?;
+        let v = prepared.as_ref().unwrap_or(v);
         let f = Fields { v, path: path.to_path_buf() };
         let name = f
             .get("model_type")
@@ -320,21 +330,22 @@ impl ModelConfig {
         let (qkv_bias, o_bias) = match arch {
             Arch::Qwen2 => (true, false),
             Arch::Mistral | Arch::Phi3 => (false, false),
-            Arch::Llama | Arch::Qwen3 => (attention_bias, attention_bias),
+            Arch::Llama | Arch::Qwen3 | Arch::Gemma2 | Arch::Gemma3 => (attention_bias, attention_bias),
         };
         let uses_window = f.bool_or("use_sliding_window", matches!(arch, Arch::Mistral | Arch::Phi3))?;
         let sliding_window =
             if uses_window { f.get("sliding_window").and_then(|x| x.as_u64()).map(|x| x as usize) } else { None };
         let hidden_act = f.get("hidden_act").and_then(|x| x.as_str()).unwrap_or("silu");
-        if hidden_act != "silu" {
+        if hidden_act != "silu" && !matches!(arch, Arch::Gemma2 | Arch::Gemma3) {
             return Err(f.err("hidden_act", format!("`{hidden_act}` is not supported (silu)")));
         }
-        Ok(ModelConfig {
+        let num_layers = f.dim("num_hidden_layers", MAX_LAYERS)?;
+        let c = ModelConfig {
             arch,
             vocab_size,
             hidden_size,
             intermediate_size: f.dim("intermediate_size", MAX_WIDTH)?,
-            num_layers: f.dim("num_hidden_layers", MAX_LAYERS)?,
+            num_layers,
             num_heads,
             num_kv_heads,
             head_dim,
@@ -348,7 +359,10 @@ impl ModelConfig {
             mlp_bias: f.bool_or("mlp_bias", false)?,
             max_position_embeddings: f.usize_or("max_position_embeddings", 2048)?,
             sliding_window,
-        })
+            gemma: super::gemma::settings(arch, v, path, num_layers, rope_theta)?,
+        };
+        super::gemma::check(&c, path)?;
+        Ok(c)
     }
 
     /// The configuration as a transformers `config.json` object (written with exported models,
@@ -360,6 +374,8 @@ impl ModelConfig {
             Arch::Qwen2 => ("qwen2", "Qwen2ForCausalLM"),
             Arch::Qwen3 => ("qwen3", "Qwen3ForCausalLM"),
             Arch::Phi3 => ("phi3", "Phi3ForCausalLM"),
+            Arch::Gemma2 => ("gemma2", "Gemma2ForCausalLM"),
+            Arch::Gemma3 => ("gemma3_text", "Gemma3ForCausalLM"),
         };
         let mut rope = serde_json::json!({"rope_type": "default", "rope_theta": self.rope_theta});
         match self.rope {
@@ -405,6 +421,9 @@ impl ModelConfig {
             v["use_sliding_window"] = false.into();
             v["sliding_window"] = Value::Null;
         }
+        if let Some(g) = &self.gemma {
+            super::gemma::hf_json(self, g, &mut v);
+        }
         v
     }
 
@@ -434,6 +453,9 @@ impl ModelConfig {
     /// The softmax scale of attention: `1/√head_dim`, times the square of YaRN's attention
     /// factor (transformers multiplies cos and sin by it, so both q and k).
     pub fn attention_scale(&self) -> f64 {
+        if let Some(g) = &self.gemma {
+            return 1.0 / g.query_pre_attn_scalar.sqrt();
+        }
         let m = match &self.rope {
             RopeKind::Yarn(y) => y.attention_factor,
             RopeKind::LongRope(l) => l.attention_factor,

@@ -123,6 +123,7 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
             v["rope_scaling"] = r;
         }
     }
+    super::gemma::gguf_fields(g, &arch, &mut v)?;
     // Whole numbers go to the JSON as integers so config.json's checks apply to them alike.
     if let Some(o) = v.as_object_mut() {
         for x in o.values_mut() {
@@ -332,6 +333,7 @@ pub struct GgufWeights {
     /// llama.cpp's converter interleaves q/k rows for the `llama` architecture only (Qwen2/3
     /// GGUFs keep transformers' layout).
     permuted: bool,
+    arch: super::Arch,
 }
 
 impl GgufWeights {
@@ -340,7 +342,8 @@ impl GgufWeights {
         let file = GgufFile::open(path)?;
         let cfg = config_from_gguf(&file)?;
         let permuted = matches!(cfg.arch, super::Arch::Llama | super::Arch::Mistral);
-        Ok((GgufWeights { file, heads: cfg.num_heads, kv_heads: cfg.num_kv_heads, permuted }, cfg))
+        let arch = cfg.arch;
+        Ok((GgufWeights { file, heads: cfg.num_heads, kv_heads: cfg.num_kv_heads, permuted, arch }, cfg))
     }
 }
 
@@ -411,8 +414,8 @@ fn dtype_of(t: &GgufTensor) -> DType {
 impl WeightSource for GgufWeights {
     fn get_shaped(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let path = self.file.path.clone();
-        let gname =
-            gguf_name(name).ok_or_else(|| KilnError::MissingTensor { path: path.clone(), tensor: name.into() })?;
+        let gname = super::gemma::gguf_name_for(self.arch, name)
+            .ok_or_else(|| KilnError::MissingTensor { path: path.clone(), tensor: name.into() })?;
         let t = self
             .file
             .tensor(&gname)

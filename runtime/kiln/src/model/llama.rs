@@ -1,6 +1,8 @@
 //! The Llama-family decoder: embedding → N × (RMSNorm → GQA attention with RoPE → residual →
 //! RMSNorm → SwiGLU MLP → residual) → RMSNorm → LM head, as transformers' `LlamaForCausalLM`
-//! (Qwen2 adds q/k/v bias, Qwen3 a per-head RMSNorm on q and k before RoPE).
+//! (Qwen2 adds q/k/v bias, Qwen3 a per-head RMSNorm on q and k before RoPE; Gemma 2/3 add
+//! norms after attention and the MLP, GeGLU, scaled embeddings, sliding-window layers with their
+//! own RoPE base, soft-capped scores and logits: see [`super::gemma`]).
 //!
 //! Base weights are frozen leaves viewing the memory map; adapters bring the trainable leaves.
 //! With `checkpoint`, each block runs under [`Tape::checkpoint`] and is recomputed in backward.
@@ -33,6 +35,14 @@ pub struct Block {
     pub q_norm: Option<Var>,
     pub k_norm: Option<Var>,
     pub mlp_norm: Var,
+    /// Gemma's norms of the attention output and of the MLP output (before each residual add).
+    pub post_attn_norm: Option<Var>,
+    pub post_mlp_norm: Option<Var>,
+    /// This layer's own attention window (Gemma's sliding layers; a window on every layer, as
+    /// Mistral's, is the config's `sliding_window`).
+    pub window: Option<usize>,
+    /// Rotate with the local RoPE frequencies (Gemma 3's sliding layers).
+    pub local_rope: bool,
     /// Bottleneck adapters after the attention and the MLP sub-layer (the `adapter` method).
     pub bottleneck: Option<[crate::adapters::bottleneck::Bottleneck; 2]>,
 }
@@ -48,6 +58,10 @@ pub struct Llama {
     inv_freq: Tensor,
     /// LongRoPE's long-context frequencies and the position count above which they apply.
     long_rope: Option<(Tensor, usize)>,
+    /// The sliding layers' RoPE frequencies, where they differ (Gemma 3).
+    local_inv_freq: Option<Tensor>,
+    /// Embeddings are multiplied by this (Gemma: √hidden).
+    embed_scale: Option<f64>,
 }
 
 /// Rows per chunk of the fused LM head + loss: [128, vocab] logits at a time.
@@ -79,6 +93,7 @@ struct Ctx {
     shared_prefix: bool,
     base_only: bool,
     inv_freq: Tensor,
+    local_inv_freq: Option<Tensor>,
     cfg: ModelConfig,
 }
 
@@ -94,7 +109,9 @@ impl Llama {
         let store = WeightStore::open(path)?;
         // num_hidden_layers must be the layers the weights hold (checked before anything is
         // built from it); the count of present layers is bounded by the tensors in the store.
-        let has_layer = |i: usize| store.contains(&format!("model.layers.{i}.input_layernorm.weight"));
+        let has_layer = |i: usize| {
+            store.contains(&super::gemma::stored_name(&store, &format!("model.layers.{i}.input_layernorm.weight")))
+        };
         let n = config.num_layers;
         if !has_layer(n - 1) || has_layer(n) {
             let present = (0..).take_while(|&i| has_layer(i)).count();
@@ -104,6 +121,10 @@ impl Llama {
                 field: "num_hidden_layers".into(),
                 detail: format!("is {n}, but the weights in {} hold {present} layers", path.display()),
             });
+        }
+        if config.is_gemma() {
+            super::gemma::note_multimodal(&config, path);
+            return Llama::from_source(config, &super::gemma::HfSource { store: &store }, trainable);
         }
         Llama::from_source(config, &store, trainable)
     }
@@ -134,7 +155,13 @@ impl Llama {
                 let b = if has_bias { Some(leaf(&format!("{name}.bias"), &[fout])?) } else { None };
                 Ok(Linear { w: leaf(&format!("{name}.weight"), &[fout, fin])?, b })
             };
-            let qk_norm = c.arch == super::Arch::Qwen3;
+            let qk_norm = matches!(c.arch, super::Arch::Qwen3 | super::Arch::Gemma3);
+            // Gemma: post_attention_layernorm follows attention; the MLP's input norm is
+            // pre_feedforward_layernorm.
+            let gemma = c.is_gemma();
+            let opt = |on: bool, n: &str| -> Result<Option<Var>> {
+                if on { Ok(Some(leaf(&format!("{p}.{n}.weight"), &[h])?)) } else { Ok(None) }
+            };
             blocks.push(Block {
                 attn_norm: leaf(&format!("{p}.input_layernorm.weight"), &[h])?,
                 linears: [
@@ -156,7 +183,11 @@ impl Llama {
                 } else {
                     None
                 },
-                mlp_norm: leaf(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                mlp_norm: leaf(&format!("{p}.{}.weight", mlp_norm_name(c)), &[h])?,
+                post_attn_norm: opt(gemma, "post_attention_layernorm")?,
+                post_mlp_norm: opt(gemma, "post_feedforward_layernorm")?,
+                window: if gemma { c.layer_window(i) } else { None },
+                local_rope: c.local_rope(i),
                 bottleneck: None,
             });
         }
@@ -164,7 +195,10 @@ impl Llama {
         let lm_head = if c.tie_word_embeddings { None } else { Some(leaf("lm_head.weight", &[c.vocab_size, h])?) };
         let inv_freq = c.inv_freq()?;
         let long_rope = super::phi3::long_inv_freq(c)?;
-        Ok(Llama { config, embed, blocks, norm, lm_head, inv_freq, long_rope })
+        let local_inv_freq = super::gemma::local_inv_freq(c)?;
+        let embed_scale =
+            super::gemma::embed_scale(c, store.get_shaped("model.embed_tokens.weight", &[c.vocab_size, h])?.dtype());
+        Ok(Llama { config, embed, blocks, norm, lm_head, inv_freq, long_rope, local_inv_freq, embed_scale })
     }
 
     /// Every base weight (for memory checks and full fine-tuning).
@@ -173,7 +207,11 @@ impl Llama {
         for (i, b) in self.blocks.iter().enumerate() {
             let p = format!("model.layers.{i}");
             v.push((format!("{p}.input_layernorm.weight"), &b.attn_norm));
-            v.push((format!("{p}.post_attention_layernorm.weight"), &b.mlp_norm));
+            v.push((format!("{p}.{}.weight", mlp_norm_name(&self.config)), &b.mlp_norm));
+            if let (Some(a), Some(m)) = (&b.post_attn_norm, &b.post_mlp_norm) {
+                v.push((format!("{p}.post_attention_layernorm.weight"), a));
+                v.push((format!("{p}.post_feedforward_layernorm.weight"), m));
+            }
             for (t, l) in Target::ALL.iter().zip(&b.linears) {
                 v.push((format!("{p}.{}.weight", t.module()), &l.w));
                 if let Some(bias) = &l.b {
@@ -205,6 +243,9 @@ impl Llama {
         if let Some((f, _)) = &mut self.long_rope {
             *f = be.upload(f)?;
         }
+        if let Some(f) = &self.local_inv_freq {
+            self.local_inv_freq = Some(be.upload(f)?);
+        }
         Ok(())
     }
 
@@ -219,6 +260,10 @@ impl Llama {
         for b in &mut self.blocks {
             v.push(&mut b.attn_norm);
             v.push(&mut b.mlp_norm);
+            if let (Some(a), Some(m)) = (&mut b.post_attn_norm, &mut b.post_mlp_norm) {
+                v.push(a);
+                v.push(m);
+            }
             for l in &mut b.linears {
                 v.push(&mut l.w);
                 v.extend(l.b.as_mut());
@@ -388,9 +433,10 @@ impl Llama {
             shared_prefix: inp.shared_prefix,
             base_only: inp.base_only,
             inv_freq: self.rope_freqs(inp.pos)?,
+            local_inv_freq: self.local_inv_freq.clone(),
             cfg: c.clone(),
         };
-        let mut x = ops::embedding(tape, &self.embed, &inp.ids.reshape([d[0] * d[1]])?)?;
+        let mut x = self.embed(tape, &inp.ids.reshape([d[0] * d[1]])?)?;
         for (i, blk) in self.blocks.iter().enumerate() {
             let adapters: [Option<Lora>; 7] = lora.and_then(|l| l.layer(i)).unwrap_or_default();
             x = if checkpoint {
@@ -409,7 +455,10 @@ impl Llama {
     /// Logits `[B, T, V]`.
     pub fn forward(&self, tape: &Tape, inp: &Inputs<'_>, lora: Option<&LoraSet>, checkpoint: bool) -> Result<Var> {
         let h = self.hidden(tape, inp, lora, checkpoint)?;
-        let logits = ops::linear(tape, &h, self.head(), None, None)?;
+        let mut logits = ops::linear(tape, &h, self.head(), None, None)?;
+        if let Some(cap) = self.final_softcap() {
+            logits = ops::softcap(tape, &logits, cap)?;
+        }
         let d = inp.ids.dims();
         Ok(ops::reshape(tape, &logits, [d[0], d[1], self.config.vocab_size])?)
     }
@@ -428,6 +477,20 @@ impl Llama {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
+    /// Gemma's soft-cap of the logits.
+    fn final_softcap(&self) -> Option<f64> {
+        self.config.gemma.as_ref().and_then(|g| g.final_softcap)
+    }
+
+    /// Token embeddings `[N, H]` of `ids` `[N]` (times Gemma's normalizer).
+    fn embed(&self, tape: &Tape, ids: &Tensor) -> Result<Var> {
+        let x = ops::embedding(tape, &self.embed, ids)?;
+        Ok(match self.embed_scale {
+            Some(s) => ops::scale(tape, &x, s)?,
+            None => x,
+        })
+    }
+
     /// Mean cross-entropy against `targets` `[B, T]` (`I32`, already shifted: the token that
     /// should follow each position; < 0 ignored).
     pub fn loss(
@@ -441,7 +504,8 @@ impl Llama {
         // The LM head and the loss are fused: logits exist a chunk of rows at a time.
         let h = self.hidden(tape, inp, lora, checkpoint)?;
         let n = inp.ids.numel();
-        Ok(ops::linear_cross_entropy(tape, &h, self.head(), &targets.reshape([n])?, LOSS_CHUNK)?)
+        let cap = self.final_softcap();
+        Ok(ops::linear_cross_entropy_capped(tape, &h, self.head(), &targets.reshape([n])?, LOSS_CHUNK, cap)?)
     }
 
     /// Per-position negative log-likelihood `[B·T]` of `targets` (0 where ignored): summed
@@ -456,7 +520,8 @@ impl Llama {
     ) -> Result<Var> {
         let h = self.hidden(tape, inp, lora, checkpoint)?;
         let n = inp.ids.numel();
-        Ok(ops::linear_token_nll(tape, &h, self.head(), &targets.reshape([n])?, LOSS_CHUNK)?)
+        let cap = self.final_softcap();
+        Ok(ops::linear_token_nll_capped(tape, &h, self.head(), &targets.reshape([n])?, LOSS_CHUNK, cap)?)
     }
 }
 
@@ -526,9 +591,10 @@ impl Llama {
             shared_prefix: false,
             base_only: false,
             inv_freq: self.rope_freqs(&Tensor::from_vec(vec![(cache.len + n - 1) as i32], [1])?)?,
+            local_inv_freq: self.local_inv_freq.clone(),
             cfg: c.clone(),
         };
-        let mut x = ops::embedding(&tape, &self.embed, &Tensor::from_vec(ids.to_vec(), [n])?)?;
+        let mut x = self.embed(&tape, &Tensor::from_vec(ids.to_vec(), [n])?)?;
         for (i, (blk, lc)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate() {
             let adapters: [Option<Lora>; 7] = lora.and_then(|l| l.layer(i)).unwrap_or_default();
             x = block(&tape, &x, blk, &adapters, &ctx, Some(lc))?;
@@ -536,7 +602,11 @@ impl Llama {
         cache.len += n;
         let last = Var::constant(x.value().narrow0(n - 1, 1)?);
         let h = ops::rms_norm(&tape, &last, &self.norm, c.rms_norm_eps)?;
-        Ok(ops::linear(&tape, &h, self.head(), None, None)?.value().to_vec_f32()?)
+        let mut logits = ops::linear(&tape, &h, self.head(), None, None)?;
+        if let Some(cap) = self.final_softcap() {
+            logits = ops::softcap(&tape, &logits, cap)?;
+        }
+        Ok(logits.value().to_vec_f32()?)
     }
 }
 
@@ -572,8 +642,9 @@ fn block(
         q = ops::rms_norm(tape, &q, qn, c.rms_norm_eps)?;
         k = ops::rms_norm(tape, &k, kn, c.rms_norm_eps)?;
     }
-    let q = ops::rope(tape, &q, &ctx.pos, &ctx.inv_freq)?;
-    let mut k = ops::rope(tape, &k, &ctx.pos, &ctx.inv_freq)?;
+    let inv_freq = ctx.local_inv_freq.as_ref().filter(|_| blk.local_rope).unwrap_or(&ctx.inv_freq);
+    let q = ops::rope(tape, &q, &ctx.pos, inv_freq)?;
+    let mut k = ops::rope(tape, &k, &ctx.pos, inv_freq)?;
     let mut v = v;
     if let Some(c) = cache {
         // Decoding: this step's keys/values join the cached ones; queries are the new rows.
@@ -583,16 +654,22 @@ fn block(
         k = Var::constant(Tensor::from_vec(c.k.clone(), [1, tk, c.kv_heads, hd])?);
         v = Var::constant(Tensor::from_vec(c.v.clone(), [1, tk, c.kv_heads, hd])?);
     }
+    // A window that covers every key masks nothing.
+    let window = blk.window.or(window(c)).filter(|&w| k.value().dims()[1] > w);
+    let softcap = c.gemma.as_ref().and_then(|g| g.attn_softcap);
     let opts = ops::AttnOptions {
         seg: ctx.seg.as_ref(),
         shared_prefix: ctx.shared_prefix,
         scale: c.attention_scale(),
-        window: window(c),
-        softcap: None,
+        window,
+        softcap,
     };
     let a = ops::attention_with(tape, &q, &k, &v, &opts)?;
     let a = ops::reshape(tape, &a, [bt, c.num_heads * hd])?;
     let mut o = lin(tape, &a, lo, &ad[3])?;
+    if let Some(n) = &blk.post_attn_norm {
+        o = ops::rms_norm(tape, &o, n, c.rms_norm_eps)?;
+    }
     if let Some(bn) = blk.bottleneck.as_ref().filter(|_| !ctx.base_only) {
         o = bn[0].apply(tape, &o)?;
     }
@@ -600,7 +677,11 @@ fn block(
     let h = ops::rms_norm(tape, &x, &blk.mlp_norm, c.rms_norm_eps)?;
     let g = lin(tape, &h, lg, &ad[4])?;
     let u = lin(tape, &h, lu, &ad[5])?;
-    let mut m = lin(tape, &ops::swiglu(tape, &g, &u)?, ld, &ad[6])?;
+    let act = if c.is_gemma() { ops::geglu(tape, &g, &u)? } else { ops::swiglu(tape, &g, &u)? };
+    let mut m = lin(tape, &act, ld, &ad[6])?;
+    if let Some(n) = &blk.post_mlp_norm {
+        m = ops::rms_norm(tape, &m, n, c.rms_norm_eps)?;
+    }
     if let Some(bn) = blk.bottleneck.as_ref().filter(|_| !ctx.base_only) {
         m = bn[1].apply(tape, &m)?;
     }
@@ -612,6 +693,12 @@ fn block(
 /// their window instead).
 fn window(c: &ModelConfig) -> Option<usize> {
     c.sliding_window.filter(|_| c.arch == super::Arch::Mistral)
+}
+
+/// The name of the MLP's input norm: Gemma's `pre_feedforward_layernorm` (its
+/// `post_attention_layernorm` normalizes the attention output), else `post_attention_layernorm`.
+fn mlp_norm_name(c: &ModelConfig) -> &'static str {
+    if c.is_gemma() { "pre_feedforward_layernorm" } else { "post_attention_layernorm" }
 }
 
 /// Positions `0..T` for every row.

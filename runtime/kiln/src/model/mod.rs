@@ -4,6 +4,7 @@
 //! opened for use).
 
 pub mod config;
+pub mod gemma;
 pub mod gguf;
 pub mod hub;
 pub mod init;

@@ -197,13 +197,21 @@ fn save_output(cfg: &TrainConfig, t: &mut Trainer, base: &Path, tok: &TextTokeni
         }
         None => {
             let dir = out.join("model");
-            let mut weights = t.params();
-            if t.model.config.arch == crate::model::Arch::Phi3 {
+            // Written in transformers' layout (Gemma's norms without the 1 kiln folds in).
+            let c = t.model.config.clone();
+            let mut weights = t
+                .params()
+                .into_iter()
+                .map(|(n, w)| Ok((n.clone(), crate::model::gemma::to_hf_layout(&c, &n, w)?)))
+                .collect::<Result<Vec<_>>>()?;
+            if c.arch == crate::model::Arch::Phi3 {
                 // Phi-3 leaves kiln with its fused q/k/v and gate/up matrices.
-                weights = crate::model::phi3::fuse_named(&t.model.config, weights)?;
+                weights = crate::model::phi3::fuse_named(&c, weights)?;
             }
             crate::formats::write_safetensors(&dir.join("model.safetensors"), &weights)?;
-            if !cfg.add_special_tokens.is_empty() || !base.is_dir() {
+            // A vision-language config does not describe the text model written here.
+            let multimodal = c.gemma.as_ref().is_some_and(|g| g.multimodal);
+            if !cfg.add_special_tokens.is_empty() || !base.is_dir() || multimodal {
                 // A grown vocabulary or a GGUF source: config and tokenizer written afresh.
                 let text = serde_json::to_string_pretty(&t.model.config.to_hf_json())
                     .map_err(|e| KilnError::Msg(format!("config.json: {e}")))?;
