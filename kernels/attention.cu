@@ -1,9 +1,12 @@
 // Causal grouped-query attention with packed-row segments, f32 (attention v1: a warp per row).
 //
 // Layout: q [B, T, Hq, D], k/v [B, Tk, Hkv, D], o like q, lse [B, T, Hq], seg [B, T] (optional).
-// Query i (absolute position i + Tk − T when decoding with a cache) sees key j when j ≤ i and,
-// with segments, both carry the same id — or, with `shared_prefix`, the key's id is 4g for the
-// query's group g (a preference pair's prompt).
+// Query i (absolute position i + Tk − T when decoding with a cache) sees key j when j ≤ i,
+// i − j < window (a sliding window, when `window` > 0) and, with segments, both carry the same
+// id — or, with `shared_prefix`, the key's id is 4g for the query's group g (a preference pair's
+// prompt). With `softcap` > 0 each score s = q·k·scale becomes softcap·tanh(s/softcap) before
+// the softmax (lse is of the capped scores), and the backward multiplies dS by 1 − tanh²(s/cap).
+// Key loops start at the window's first key, so a window also skips the work outside it.
 // Forward: a warp per (b, i, head) query row, lanes splitting D (≤ 256, 8 columns a lane); an
 // online softmax over the keys (running max, running sum, rescaled accumulator in registers),
 // so no T×T matrix exists, and only the log-sum-exp is saved.
@@ -30,6 +33,8 @@ struct AttnParams {
   int b, t, tk, hq, hkv, d;
   int has_seg, shared_prefix;
   float scale;
+  int window;     // sliding window in keys; 0: none
+  float softcap;  // logit soft-cap; 0: none
   int pad;
 };
 
@@ -37,10 +42,32 @@ constexpr int ATT_DL = 8;  // columns per lane: D ≤ 256
 
 __device__ __forceinline__ bool attn_visible(const AttnParams& p, int b, int i, int j) {
   if (j > i) return false;
+  if (p.window > 0 && i - j >= p.window) return false;
   if (!p.has_seg) return true;
   const int si = p.seg[i64(b) * p.t + i], sj = p.seg[i64(b) * p.t + j];
   if (si == sj) return true;
   return p.shared_prefix && si >= 0 && sj >= 0 && sj % 4 == 0 && sj / 4 == si / 4;
+}
+
+// The first key query i (absolute position) sees: the window's start.
+__device__ __forceinline__ int attn_first(const AttnParams& p, int i) {
+  return p.window > 0 && i >= p.window ? i - p.window + 1 : 0;
+}
+// The last query (exclusive bound, over `n` queries) that sees key j: the window's end.
+__device__ __forceinline__ int attn_end(const AttnParams& p, int j, int n) {
+  return p.window > 0 && j + p.window < n ? j + p.window : n;
+}
+// A scaled score, soft-capped; `*dcap` gets d(capped)/d(score) (1 without a cap). A window of
+// one key leaves each query only itself: P = 1 whatever the score, so dS is exactly 0 (the
+// tiled backward's bf16 dP − δ would leave its rounding there); dcap = 0 says so.
+__device__ __forceinline__ float attn_cap(const AttnParams& p, float s, float* dcap) {
+  if (p.softcap <= 0.f) {
+    *dcap = p.window == 1 ? 0.f : 1.f;
+    return s;
+  }
+  const float th = tanhf(s / p.softcap);
+  *dcap = p.window == 1 ? 0.f : 1.f - th * th;
+  return p.softcap * th;
 }
 
 __device__ __forceinline__ i64 attn_qrow(const AttnParams& p, int b, int i, int h) {
@@ -80,11 +107,12 @@ KILN_KERNEL_LB(attn_fwd_f32, AttnParams, 128) {
     KILN_UNROLL
     for (int u = 0; u < ATT_DL; ++u) acc[u] = 0.f;
     float m = -3.0e38f, sum = 0.f;
-    for (int j = 0; j <= i; ++j) {
+    for (int j = attn_first(p, i); j <= i; ++j) {
       // Segments exist only in training (T = Tk), where i is also the row index of seg.
       if (!attn_visible(p, b, i, j)) continue;
       const i64 kb = attn_krow(p, b, j, g);
-      const float s = attn_dot(qv, p.k + kb, p.d, lane) * p.scale;
+      float dcap;
+      const float s = attn_cap(p, attn_dot(qv, p.k + kb, p.d, lane) * p.scale, &dcap);
       const float mn = fmaxf(m, s), corr = expf(m - mn), e = expf(s - mn);
       sum = sum * corr + e;
       KILN_UNROLL
@@ -126,11 +154,12 @@ KILN_KERNEL_LB(attn_bwd_dq_f32, AttnParams, 128) {
     KILN_UNROLL
     for (int u = 0; u < ATT_DL; ++u) acc[u] = 0.f;
     const float lse = p.lse[r], delta = p.delta[r];
-    for (int j = 0; j <= i; ++j) {
+    for (int j = attn_first(p, i); j <= i; ++j) {
       if (!attn_visible(p, b, i, j)) continue;
       const i64 kb = attn_krow(p, b, j, g);
-      const float pr = expf(attn_dot(qv, p.k + kb, p.d, lane) * p.scale - lse);
-      const float ds = pr * (attn_dot(dov, p.v + kb, p.d, lane) - delta) * p.scale;
+      float dcap;
+      const float pr = expf(attn_cap(p, attn_dot(qv, p.k + kb, p.d, lane) * p.scale, &dcap) - lse);
+      const float ds = pr * (attn_dot(dov, p.v + kb, p.d, lane) - delta) * dcap * p.scale;
       KILN_UNROLL
       for (int u = 0; u < ATT_DL; ++u) {
         const int c = lane + 32 * u;
@@ -159,11 +188,12 @@ KILN_KERNEL_LB(attn_bwd_dkv_f32, AttnParams, 128) {
     for (int u = 0; u < ATT_DL; ++u) dk[u] = dv[u] = 0.f;
     for (int hh = 0; hh < group; ++hh) {
       const int h = g * group + hh;
-      for (int i = j; i < p.t; ++i) {
+      for (int i = j, end = attn_end(p, j, p.t); i < end; ++i) {
         if (!attn_visible(p, b, i, j)) continue;
         const i64 qb = attn_qrow(p, b, i, h), qi = qb / p.d;
-        const float pr = expf(attn_dot(kv, p.q + qb, p.d, lane) * p.scale - p.lse[qi]);
-        const float ds = pr * (attn_dot(vv, p.d_o + qb, p.d, lane) - p.delta[qi]) * p.scale;
+        float dcap;
+        const float pr = expf(attn_cap(p, attn_dot(kv, p.q + qb, p.d, lane) * p.scale, &dcap) - p.lse[qi]);
+        const float ds = pr * (attn_dot(vv, p.d_o + qb, p.d, lane) - p.delta[qi]) * dcap * p.scale;
         KILN_UNROLL
         for (int u = 0; u < ATT_DL; ++u) {
           const int c = lane + 32 * u;
@@ -189,10 +219,11 @@ KILN_KERNEL_LB(attn_bwd_dkv_f32, AttnParams, 128) {
 // A CTA of 4 warps takes 64 query rows of one (b, head), 16 rows a warp. Q, rounded to bf16,
 // stays in shared memory; K and V pass through it 32 keys at a time (V transposed, so both
 // products take their B fragments with plain ldmatrix). S = Q·Kᵀ on tensor cores, then masked
-// (causal, segments) and scaled in f32; the online softmax runs per row (a row's 4 threads
+// (causal, window, segments), scaled and soft-capped in f32; the online softmax runs per row (a row's 4 threads
 // combine through two shuffles); P is rounded to bf16 straight from the accumulator registers
 // into the A fragments of O += P·V, as FlashAttention-2 does. Head dims up to 128 (zero-padded
-// to a multiple of 16); the key loop ends at the tile's last query (causal).
+// to a multiple of 16); the key loop starts at the tile whose keys the tile's first query's
+// window reaches and ends at the tile's last query (causal).
 constexpr int AV2_BQ = 64, AV2_BK = 32, AV2_DMAX = 128, AV2_LDQ = AV2_DMAX + 8, AV2_LDV = AV2_BK + 8;
 constexpr float AV2_MASKED = -1.0e30f;
 
@@ -241,7 +272,7 @@ KILN_KERNEL_LB(attn_fwd_v2_mma, AttnParams, 128) {
   // Query row iq sits at absolute position iq + shift (decoding with a cache: Tk > T).
   const int shift = p.tk - p.t;
   const int last = (q0 + AV2_BQ < p.t ? q0 + AV2_BQ : p.t) - 1 + shift;
-  for (int k0 = 0; k0 <= last && k0 < p.tk; k0 += AV2_BK) {
+  for (int k0 = attn_first(p, q0 + shift) / AV2_BK * AV2_BK; k0 <= last && k0 < p.tk; k0 += AV2_BK) {
     __syncthreads();  // the previous K/V tiles are consumed (and, the first time, Q is written)
     for (int e = tid; e < AV2_BK * dp; e += 128) {
       const int r = e / dp, c = e % dp, j = k0 + r;
@@ -272,7 +303,8 @@ KILN_KERNEL_LB(attn_fwd_v2_mma, AttnParams, 128) {
       for (int e = 0; e < 4; ++e) {
         const int iq = q0 + warp * 16 + g + 8 * (e >> 1), j = k0 + nt * 8 + 2 * t4 + (e & 1);
         const bool ok = iq < p.t && j < p.tk && attn_visible(p, b, iq + shift, j);
-        s[nt][e] = ok ? s[nt][e] * p.scale : AV2_MASKED;
+        float dcap;
+        s[nt][e] = ok ? attn_cap(p, s[nt][e] * p.scale, &dcap) : AV2_MASKED;
         mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
       }
     float corr[2];
@@ -372,7 +404,7 @@ KILN_KERNEL_LB(attn_bwd_dq_v2_mma, AttnParams, 64) {
   }
   float dq[AV2_DMAX / 8][4] = {};
   const int last = (q0 + AB_BQ < p.t ? q0 + AB_BQ : p.t) - 1;
-  for (int k0 = 0; k0 <= last; k0 += AB_BK) {
+  for (int k0 = attn_first(p, q0) / AB_BK * AB_BK; k0 <= last; k0 += AB_BK) {
     __syncthreads();
     attn_stage<AB_BK, AV2_LDQ, AB_LDT>(Ks, Kt, p.k, p, b, k0, p.tk, kvh, false, dp);
     attn_stage<AB_BK, AV2_LDQ, AB_LDT>(Vs, nullptr, p.v, p, b, k0, p.tk, kvh, false, dp);
@@ -401,8 +433,9 @@ KILN_KERNEL_LB(attn_bwd_dq_v2_mma, AttnParams, 64) {
       for (int e = 0; e < 4; ++e) {
         const int iq = q0 + warp * 16 + g + 8 * (e >> 1), j = k0 + nt * 8 + 2 * t4 + (e & 1);
         const bool ok = iq < p.t && j < p.tk && attn_visible(p, b, iq, j);
-        const float pr = ok ? expf(s[nt][e] * p.scale - lse[e >> 1]) : 0.f;
-        ds[e] = pr * (dpv[nt][e] - dlt[e >> 1]) * p.scale;
+        float dcap = 0.f;
+        const float pr = ok ? expf(attn_cap(p, s[nt][e] * p.scale, &dcap) - lse[e >> 1]) : 0.f;
+        ds[e] = pr * (dpv[nt][e] - dlt[e >> 1]) * dcap * p.scale;
       }
       da[nt / 2][(nt % 2) * 2] = pack2(from_f32<bf16>(ds[0]), from_f32<bf16>(ds[1]));
       da[nt / 2][(nt % 2) * 2 + 1] = pack2(from_f32<bf16>(ds[2]), from_f32<bf16>(ds[3]));
@@ -432,10 +465,12 @@ KILN_KERNEL_LB(attn_bwd_dkv_v2_mma, AttnParams, 64) {
   attn_stage<AB_BK, AV2_LDQ, AB_LDT>(Ks, nullptr, p.k, p, b, k0, p.tk, kvh, false, dp);
   attn_stage<AB_BK, AV2_LDQ, AB_LDT>(Vs, nullptr, p.v, p, b, k0, p.tk, kvh, false, dp);
   float dk[AV2_DMAX / 8][4] = {}, dv[AV2_DMAX / 8][4] = {};
-  // Causal: only queries at or after the tile's first key see it.
+  // Causal: only queries at or after the tile's first key see it; with a window, only those
+  // before the window's end of its last key.
+  const int qend = attn_end(p, k0 + AB_BK - 1, p.t);
   for (int hh = 0; hh < group; ++hh) {
     const int h = kvh * group + hh;
-    for (int qs = k0 / AB_QT * AB_QT; qs < p.t; qs += AB_QT) {
+    for (int qs = k0 / AB_QT * AB_QT; qs < qend; qs += AB_QT) {
       __syncthreads();
       attn_stage<AB_QT, AV2_LDQ, AB_LDQT>(Qs, Qt, p.q, p, b, qs, p.t, h, true, dp);
       attn_stage<AB_QT, AV2_LDQ, AB_LDQT>(dOs, dOt, p.d_o, p, b, qs, p.t, h, true, dp);
@@ -467,8 +502,9 @@ KILN_KERNEL_LB(attn_bwd_dkv_v2_mma, AttnParams, 64) {
         for (int e = 0; e < 4; ++e) {
           const int j = k0 + warp * 16 + g + 8 * (e >> 1), qc = nt * 8 + 2 * t4 + (e & 1), iq = qs + qc;
           const bool ok = iq < p.t && j < p.tk && attn_visible(p, b, iq, j);
-          pr[e] = ok ? expf(s[nt][e] * p.scale - lse_s[qc]) : 0.f;
-          ds[e] = pr[e] * (dpv[nt][e] - dlt_s[qc]) * p.scale;
+          float dcap = 0.f;
+          pr[e] = ok ? expf(attn_cap(p, s[nt][e] * p.scale, &dcap) - lse_s[qc]) : 0.f;
+          ds[e] = pr[e] * (dpv[nt][e] - dlt_s[qc]) * dcap * p.scale;
         }
         pa[nt * 2] = pack2(from_f32<bf16>(pr[0]), from_f32<bf16>(pr[1]));
         pa[nt * 2 + 1] = pack2(from_f32<bf16>(pr[2]), from_f32<bf16>(pr[3]));

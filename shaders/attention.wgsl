@@ -1,9 +1,12 @@
 // attention.wgsl — causal grouped-query attention with packed-row segments (kernels/attention.cu).
 //
 // Layout: q [B, T, Hq, D], k/v [B, Tk, Hkv, D], o like q, lse [B, T, Hq], seg [B, T] (optional).
-// Query i (absolute position i + Tk − T when decoding with a cache) sees key j when j ≤ i and,
-// with segments, both carry the same id — or, with `shared_prefix`, the key's id is 4g for the
-// query's group g (a preference pair's prompt).
+// Query i (absolute position i + Tk − T when decoding with a cache) sees key j when j ≤ i,
+// i − j < window (a sliding window, when `window` > 0) and, with segments, both carry the same
+// id — or, with `shared_prefix`, the key's id is 4g for the query's group g (a preference pair's
+// prompt). With `softcap` > 0 each score s = q·k·scale becomes softcap·tanh(s/softcap) before
+// the softmax (lse is of the capped scores), and the backward multiplies dS by 1 − tanh²(s/cap).
+// Key (and, for dk/dv, query) loops cover the window only.
 // Forward: one thread per (b, i, head) query row, an online softmax over the keys (running max,
 // running sum, rescaled accumulator in registers; D ≤ 256), so no T×T matrix exists.
 // Backward (FlashAttention-2's algebra, recomputing P from lse): `attn_delta` forms δ = dO·O per
@@ -23,9 +26,11 @@ struct Params {
     has_seg: u32,
     shared_prefix: u32,
     scale: f32,
-    pad0: u32,
-    pad1: u32,
-    pad2: u32,
+    // Sliding window in keys; 0: none.
+    window: u32,
+    // Logit soft-cap; 0: none.
+    softcap: f32,
+    pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -37,11 +42,55 @@ struct Params {
 
 fn visible(b: u32, i: u32, j: u32) -> bool {
     if (j > i) { return false; }
+    if (p.window > 0u && i - j >= p.window) { return false; }
     if (p.has_seg == 0u) { return true; }
     let si = seg[b * p.t + i];
     let sj = seg[b * p.t + j];
     if (si == sj) { return true; }
     return p.shared_prefix != 0u && si >= 0 && sj >= 0 && sj % 4 == 0 && sj / 4 == si / 4;
+}
+
+// The first key query i (absolute position) sees: the window's start.
+fn first_key(i: u32) -> u32 {
+    if (p.window > 0u && i >= p.window) { return i - p.window + 1u; }
+    return 0u;
+}
+
+// One past the last query that sees key j: the window's end.
+fn end_query(j: u32) -> u32 {
+    if (p.window > 0u && j + p.window < p.t) { return j + p.window; }
+    return p.t;
+}
+
+// tanh without the builtin, whose precision WGSL leaves to sinh/cosh (an implementation may
+// form (e^2x − 1)/(e^2x + 1), which overflows and cancels): (1 − e^−2|x|)/(1 + e^−2|x|), and
+// the odd series below |x| = 1/8, where 1 − e^−2|x| would cancel.
+fn tanh_of(x: f32) -> f32 {
+    let a = abs(x);
+    var t: f32;
+    if (a < 0.125) {
+        let a2 = a * a;
+        t = a * (1.0 - a2 * (1.0 / 3.0 - a2 * (2.0 / 15.0 - a2 * (17.0 / 315.0))));
+    } else {
+        let e = exp(-2.0 * a);
+        t = (1.0 - e) / (1.0 + e);
+    }
+    return select(t, -t, x < 0.0);
+}
+
+// A scaled score, soft-capped.
+fn capped(s: f32) -> f32 {
+    if (p.softcap > 0.0) { return p.softcap * tanh_of(s / p.softcap); }
+    return s;
+}
+
+// d(capped)/d(score) at the scaled score s: 1 − tanh²(s/cap).
+fn cap_grad(s: f32) -> f32 {
+    if (p.softcap > 0.0) {
+        let th = tanh_of(s / p.softcap);
+        return 1.0 - th * th;
+    }
+    return 1.0;
 }
 
 fn qrow(b: u32, i: u32, h: u32) -> u32 {
@@ -55,7 +104,7 @@ fn krow(b: u32, j: u32, g: u32) -> u32 {
 fn score(qb: u32, kb: u32) -> f32 {
     var s = 0.0;
     for (var c = 0u; c < p.d; c++) { s = fma(q[qb + c], k[kb + c], s); }
-    return s * p.scale;
+    return capped(s * p.scale);
 }
 
 @group(0) @binding(5) var<storage, read_write> f_o: array<f32>;
@@ -76,7 +125,7 @@ fn attn_fwd(@builtin(global_invocation_id) gi: vec3<u32>, @builtin(num_workgroup
     for (var c = 0u; c < p.d; c++) { acc[c] = 0.0; }
     var m = -3.0e38;
     var sum = 0.0;
-    for (var j = 0u; j <= i; j++) {
+    for (var j = first_key(i); j <= i; j++) {
         // Segments only exist in training (T = Tk), where i is also the row index of seg.
         if (!visible(b, i, j)) { continue; }
         let kb = krow(b, j, g);
@@ -124,7 +173,7 @@ fn attn_bwd_dq(@builtin(global_invocation_id) gi: vec3<u32>, @builtin(num_workgr
     var acc: array<f32, 256>;
     for (var c = 0u; c < p.d; c++) { acc[c] = 0.0; }
     let lse = b_lse[r];
-    for (var j = 0u; j <= i; j++) {
+    for (var j = first_key(i); j <= i; j++) {
         if (!visible(b, i, j)) { continue; }
         let kb = krow(b, j, g);
         // The score and dP in one pass over the row (see attn_bwd_dkv on lavapipe's loop limit).
@@ -134,8 +183,8 @@ fn attn_bwd_dq(@builtin(global_invocation_id) gi: vec3<u32>, @builtin(num_workgr
             sc = fma(q[qb + c], k[kb + c], sc);
             dp = fma(b_do[qb + c], v[kb + c], dp);
         }
-        let pr = exp(sc * p.scale - lse);
-        let ds = pr * (dp - delta) * p.scale;
+        let pr = exp(capped(sc * p.scale) - lse);
+        let ds = pr * (dp - delta) * cap_grad(sc * p.scale) * p.scale;
         for (var c = 0u; c < p.d; c++) { acc[c] = fma(ds, k[kb + c], acc[c]); }
     }
     for (var c = 0u; c < p.d; c++) { b_dq[qb + c] = acc[c]; }
@@ -167,7 +216,7 @@ fn attn_bwd_dkv(@builtin(global_invocation_id) gi: vec3<u32>, @builtin(num_workg
     }
     for (var hh = 0u; hh < group; hh++) {
         let h = g * group + hh;
-        for (var i = j; i < p.t; i++) {
+        for (var i = j; i < end_query(j); i++) {
             if (!visible(b, i, j)) { continue; }
             let qb = qrow(b, i, h);
             let qi = (b * p.t + i) * p.hq + h;
@@ -182,8 +231,8 @@ fn attn_bwd_dkv(@builtin(global_invocation_id) gi: vec3<u32>, @builtin(num_workg
                 sc = fma(q[qb + c], k[kb + c], sc);
                 dp = fma(c_do[qb + c], v[kb + c], dp);
             }
-            let pr = exp(sc * p.scale - c_lse[qi]);
-            let ds = pr * (dp - c_delta[qi]) * p.scale;
+            let pr = exp(capped(sc * p.scale) - c_lse[qi]);
+            let ds = pr * (dp - c_delta[qi]) * cap_grad(sc * p.scale) * p.scale;
             for (var c = 0u; c < p.d; c++) {
                 dk[c] = fma(ds, q[qb + c], dk[c]);
                 dv[c] = fma(pr, c_do[qb + c], dv[c]);

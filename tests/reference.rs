@@ -1,8 +1,8 @@
 //! The CPU model against PyTorch/transformers/PEFT/AdapterHub fixtures (written by
 //! tools/make_fixtures.py and tools/make_adapter_fixtures.py): logits, loss and LoRA gradients of
 //! tiny random Llama, Mistral, Qwen2 and Qwen3 models; full fine-tuning gradients of every base
-//! weight; rsLoRA gradients; bottleneck-adapter loss and gradients; a sliding window that the
-//! sequences overrun.
+//! weight; rsLoRA gradients; bottleneck-adapter loss and gradients; Mistral's sliding window
+//! over sequences that overrun it (in training and when decoding).
 //!
 //! Tolerances are relative errors (‖got − want‖ / ‖want‖ per tensor) about ten times the largest
 //! measured on x86-64 (f32 against PyTorch f32; the figures each test prints with `--nocapture`).
@@ -15,7 +15,7 @@ use kiln::adapters::{LoraConfig, LoraSet, Target};
 use kiln::core::{Grads, Tape, Tensor, Var};
 use kiln::data::batch::shift_targets;
 use kiln::formats::WeightStore;
-use kiln::model::{Inputs, Llama, default_positions};
+use kiln::model::{Inputs, KvCache, Llama, default_positions};
 
 /// Logits of a forward (measured ≤ 6.9e-7; was 1e-4).
 const LOGITS_TOL: f64 = 1e-5;
@@ -163,8 +163,8 @@ fn lora_grads(what: &str, lora: &LoraSet, grads: &Grads, store: &WeightStore, la
 fn check(name: &str, checkpoint: bool) {
     let (mut model, lora, r) = load(name);
     if r.store.contains("sliding_logits") {
-        // The reference proper of a windowed model is computed with the window off (kiln refuses
-        // longer rows, see `sliding_window_*`): the rest of the model is still checked at full length.
+        // The reference proper of a windowed model is computed with the window off (the windowed
+        // logits are checked by `sliding_window_*`): the LoRA gradients are of the full pass.
         model.config.sliding_window = None;
     }
     let (b, t) = r.dims();
@@ -203,6 +203,23 @@ fn tiny_llama_matches_pytorch() {
 #[test]
 fn tiny_mistral_matches_pytorch() {
     check("tiny-mistral", false);
+}
+
+/// Qwen's configs window only the layers from `max_window_layers` on, which kiln does not
+/// implement: rows past such a window are refused, not computed wrong.
+#[test]
+fn qwen_sliding_window_is_refused_past_the_window() {
+    let (mut model, lora, r) = load("tiny-qwen2");
+    let (b, t) = r.dims();
+    model.config.sliding_window = Some(t - 1);
+    let pos = default_positions(b, t).unwrap();
+    let err = model.forward(&Tape::no_grad(), &inputs(&r.ids, &pos), Some(&lora), false).map(|_| ()).unwrap_err();
+    assert!(err.to_string().contains("sliding window"), "{err}");
+    let mut cache = KvCache::new(&model);
+    let ids = r.ids.as_slice::<i32>().unwrap();
+    assert!(model.forward_cached(&ids[..t - 1], &mut cache, None).is_ok());
+    let err = model.forward_cached(&ids[t - 1..t], &mut cache, None).unwrap_err();
+    assert!(err.to_string().contains("sliding window"), "{err}");
 }
 
 #[test]
@@ -592,11 +609,12 @@ fn bottleneck_adapters_match_adapterhub() {
     );
 }
 
-/// Mistral's sliding window (8 in the fixture) against 24-token rows: kiln, which does not
-/// implement the window, refuses rows longer than it; rows up to the window give transformers'
-/// windowed logits; and a kiln that ignored the window would fail against them.
+/// Mistral's sliding window (8 in the fixture) against 24-token rows: kiln applies the window
+/// and gives transformers' windowed logits over the whole rows, in training (with the LoRA
+/// adapters) and when decoding token by token over a KV cache; and a kiln that ignored the
+/// window would fail against them.
 #[test]
-fn sliding_window_is_refused_beyond_the_window_and_matches_within_it() {
+fn sliding_window_matches_transformers_over_rows_past_the_window() {
     let name = "tiny-mistral";
     let (mut model, lora, r) = load(name);
     let w = model.config.sliding_window.expect("the Mistral fixture has a sliding window");
@@ -608,33 +626,41 @@ fn sliding_window_is_refused_beyond_the_window_and_matches_within_it() {
 
     let pos = default_positions(b, t).unwrap();
     let tape = Tape::no_grad();
-    let err = match model.forward(&tape, &inputs(&r.ids, &pos), Some(&lora), false) {
-        Ok(_) => panic!("a {t}-token row past the {w}-token window was accepted"),
-        Err(e) => e.to_string(),
-    };
-    assert!(err.contains("sliding window"), "{err}");
+    let got = model.forward(&tape, &inputs(&r.ids, &pos), Some(&lora), false).unwrap().value().to_vec_f32().unwrap();
+    let whole = rel_err("windowed logits", &got, &windowed);
+    assert!(whole <= LOGITS_TOL, "windowed logits over {t}-token rows: relative error {whole:e}");
+    let tail = |x: &[f32]| -> Vec<f32> { (0..b).flat_map(|i| x[(i * t + w) * v..(i + 1) * t * v].to_vec()).collect() };
+    let past = rel_err("windowed logits past the window", &tail(&got), &tail(&windowed));
+    assert!(past <= LOGITS_TOL, "windowed logits past the window: relative error {past:e}");
 
-    // The first `w` tokens of each row: accepted, and the window changes nothing yet.
+    // Decoding the first row over a KV cache (three tokens, then one at a time): the window
+    // counts absolute positions, so each step gives transformers' windowed logits.
     let ids = r.ids.as_slice::<i32>().unwrap();
-    let head: Vec<i32> = (0..b).flat_map(|i| ids[i * t..i * t + w].to_vec()).collect();
-    let head_ids = Tensor::from_vec(head, [b, w]).unwrap();
-    let head_pos = default_positions(b, w).unwrap();
-    let got = model.forward(&tape, &inputs(&head_ids, &head_pos), Some(&lora), false).unwrap();
-    let want: Vec<f32> = (0..b).flat_map(|i| windowed[i * t * v..(i * t + w) * v].to_vec()).collect();
-    let within = rel_err("logits within the window", &got.value().to_vec_f32().unwrap(), &want);
-    assert!(within <= LOGITS_TOL, "logits within the window: relative error {within:e}");
+    let mut cache = KvCache::new(&model);
+    let mut decoded = model.forward_cached(&ids[..3], &mut cache, Some(&lora)).unwrap();
+    for &id in &ids[3..t] {
+        decoded.extend(model.forward_cached(&[id], &mut cache, Some(&lora)).unwrap());
+    }
+    let want: Vec<f32> = windowed[2 * v..t * v].to_vec();
+    let dec = rel_err("decoded logits", &decoded, &want);
+    assert!(dec <= LOGITS_TOL, "decoding past the window: relative error {dec:e}");
+
+    // Preference rows sharing a prompt past the window are refused: the window counts keys by
+    // index, and an answer placed after the other one is further from its prompt than that.
+    let seg = Tensor::from_vec(vec![4i32; b * t], [b, t]).unwrap();
+    let pref = Inputs { seg: Some(&seg), shared_prefix: true, ..inputs(&r.ids, &pos) };
+    let err = model.forward(&tape, &pref, Some(&lora), false).map(|_| ()).unwrap_err().to_string();
+    assert!(err.contains("shared prompt") && err.contains("sliding window"), "{err}");
 
     // Ignoring the window: kiln matches transformers without it, and misses the windowed
     // logits from position `w` on by far more than the tolerance.
     model.config.sliding_window = None;
     let got = model.forward(&tape, &inputs(&r.ids, &pos), Some(&lora), false).unwrap().value().to_vec_f32().unwrap();
-    assert_eq!(got.len(), b * t * v);
     let full = rel_err("logits without the window", &got, &r.f32s("logits"));
     assert!(full <= LOGITS_TOL, "logits with the window off: relative error {full:e}");
-    let tail = |x: &[f32]| -> Vec<f32> { (0..b).flat_map(|i| x[(i * t + w) * v..(i + 1) * t * v].to_vec()).collect() };
     let ignored = rel_err("logits past the window", &tail(&got), &tail(&windowed));
     assert!(ignored > 1e3 * LOGITS_TOL, "ignoring the window changes the logits by only {ignored:e}");
     eprintln!(
-        "sliding window {w}, rows of {t}: within the window rel {within:.2e}; window off rel {full:.2e}; ignoring the window misses by {ignored:.2e}"
+        "sliding window {w}, rows of {t}: windowed rel {whole:.2e} (past the window {past:.2e}); decoding rel {dec:.2e}; window off rel {full:.2e}; ignoring the window misses by {ignored:.2e}"
     );
 }

@@ -203,6 +203,38 @@ fn grad_attention_gqa_with_and_without_segments() {
 }
 
 #[test]
+fn grad_attention_with_a_sliding_window_and_soft_cap() {
+    // Odd shapes; windows of 1 (the diagonal alone: P = 1, so only v has a gradient), a few keys
+    // (blocks of keys skipped), and longer than the rows; caps that bend the scores
+    // (q·k/√d ~ ±2 against caps of 1.5 and 3) and one that does not; packed rows with a window.
+    let mut r = Rng::new(15);
+    let (b, t, hq, hkv, d) = (2, 37, 4, 2, 5);
+    let q = randn(&mut r, &[b, t, hq, d], 2.0);
+    let k = randn(&mut r, &[b, t, hkv, d], 1.0);
+    let v = randn(&mut r, &[b, t, hkv, d], 1.0);
+    let scale = 1.0 / (d as f64).sqrt();
+    let seg: Vec<i32> = (0..b * t).map(|i| (i % t * 3 / t) as i32).collect();
+    let seg = ids(seg, &[b, t]);
+    let inputs = vec![(q, true), (k, true), (v, true)];
+    for (window, softcap, packed, seed) in [
+        (Some(4), Some(1.5), false, 16),
+        (Some(9), None, true, 17),
+        (None, Some(3.0), false, 18),
+        (Some(50), Some(1.5), true, 19),
+        (Some(3), Some(30.0), true, 20),
+    ] {
+        let opts = ops::AttnOptions { seg: packed.then_some(&seg), shared_prefix: false, scale, window, softcap };
+        let name = format!("attention window {window:?} softcap {softcap:?} packed {packed}");
+        check(&name, inputs.clone(), &|tp, x| ops::attention_with(tp, &x[0], &x[1], &x[2], &opts), seed);
+    }
+    // Window 1: q and k get exactly zero gradient (check() refuses all-zero gradients), v the
+    // output gradient of its own query heads.
+    let frozen = vec![(inputs[0].0.clone(), false), (inputs[1].0.clone(), false), (inputs[2].0.clone(), true)];
+    let opts = ops::AttnOptions { seg: None, shared_prefix: false, scale, window: Some(1), softcap: Some(2.0) };
+    check("attention window 1", frozen, &|tp, x| ops::attention_with(tp, &x[0], &x[1], &x[2], &opts), 22);
+}
+
+#[test]
 fn grad_embedding_and_cross_entropy() {
     let mut r = Rng::new(15);
     let w = randn(&mut r, &[23, 7], 1.0);

@@ -283,6 +283,10 @@ pub struct AttnParams {
     pub has_seg: i32,
     pub shared_prefix: i32,
     pub scale: f32,
+    /// Sliding window in keys; 0: none.
+    pub window: i32,
+    /// Logit soft-cap; 0: none.
+    pub softcap: f32,
     pub pad: i32,
 }
 

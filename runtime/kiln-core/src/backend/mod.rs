@@ -439,12 +439,6 @@ impl AttnArgs<'_> {
         if let Some(c) = self.softcap.filter(|c| !(c.is_finite() && *c > 0.0)) {
             return Err(crate::Error::Msg(format!("attention: soft-cap {c} must be a positive number")));
         }
-        // Interim: no backend implements the window or the soft-cap yet.
-        if self.window.is_some() || self.softcap.is_some() {
-            return Err(crate::Error::Msg(
-                "attention: sliding windows and soft-capping are not implemented yet".into(),
-            ));
-        }
         Ok(AttnDims { b: q[0], t: q[1], tk: k[1], hq: q[2], hkv: k[2], d: q[3] })
     }
 }

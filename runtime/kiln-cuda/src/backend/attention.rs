@@ -1,5 +1,6 @@
-//! Causal GQA attention with packed segments (`Op::Attention`) on kernels/attention.cu: v1 in
-//! f32, v2 (FlashAttention-2) on tensor cores where the backend's GEMM variant uses them.
+//! Causal GQA attention with packed segments, sliding windows and soft-capped scores
+//! (`Op::Attention`) on kernels/attention.cu: v1 in f32, v2 (FlashAttention-2) on tensor cores
+//! where the backend's GEMM variant uses them.
 
 use kiln_core::backend::{AttentionOps, AttnArgs, AttnGrads};
 use kiln_core::{DType, Error, Result, Tensor};
@@ -29,6 +30,10 @@ fn attn_params(a: &AttnArgs<'_>) -> Result<(AttnParams, usize)> {
         has_seg: a.seg.is_some() as i32,
         shared_prefix: a.shared_prefix as i32,
         scale: a.scale as f32,
+        // A window of at least Tk keys hides nothing: 0, no window (and no i32 overflow).
+        window: a.window.filter(|&w| w < d.tk).map_or(0, |w| w as i32),
+        // A cap past f32's range bends no f32 score; one below it stays positive (0 is off).
+        softcap: a.softcap.filter(|&c| c < f32::MAX as f64).map_or(0.0, |c| (c as f32).max(f32::MIN_POSITIVE)),
         ..Default::default()
     };
     Ok((p, d.b * d.t * d.hq))

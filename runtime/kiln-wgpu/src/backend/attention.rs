@@ -1,4 +1,5 @@
-//! Causal grouped-query attention (`shaders/attention.wgsl`).
+//! Causal grouped-query attention with sliding windows and soft-capped scores
+//! (`shaders/attention.wgsl`).
 
 use kiln_core::backend::{AttentionOps, AttnArgs, AttnGrads};
 use kiln_core::{DType, Error, Result, Tensor};
@@ -22,7 +23,11 @@ struct AttnP {
     has_seg: u32,
     shared_prefix: u32,
     scale: f32,
-    pad: [u32; 3],
+    /// Sliding window in keys; 0: none.
+    window: u32,
+    /// Logit soft-cap; 0: none.
+    softcap: f32,
+    pad: u32,
 }
 
 fn params(a: &AttnArgs<'_>) -> Result<AttnP> {
@@ -40,7 +45,11 @@ fn params(a: &AttnArgs<'_>) -> Result<AttnP> {
         has_seg: u32::from(a.seg.is_some()),
         shared_prefix: u32::from(a.shared_prefix),
         scale: a.scale as f32,
-        pad: [0; 3],
+        // A window of at least Tk keys hides nothing: 0, no window (and no u32 overflow).
+        window: a.window.filter(|&w| w < d.tk).map_or(0, |w| w as u32),
+        // A cap past f32's range bends no f32 score; one below it stays positive (0 is off).
+        softcap: a.softcap.filter(|&c| c < f32::MAX as f64).map_or(0.0, |c| (c as f32).max(f32::MIN_POSITIVE)),
+        pad: 0,
     })
 }
 

@@ -400,10 +400,21 @@ impl Llama {
             )));
         }
         if let Some(w) = c.sliding_window.filter(|&w| d[1] > w) {
-            return Err(KilnError::Msg(format!(
-                "sequence length {} exceeds the model's sliding window {w}, which kiln does not implement yet",
-                d[1]
-            )));
+            if window(c).is_none() {
+                return Err(KilnError::Msg(format!(
+                    "sequence length {} exceeds the model's sliding window {w}, which kiln applies to Mistral only \
+                     (Qwen's windowed layers are not implemented)",
+                    d[1]
+                )));
+            }
+            if inp.shared_prefix {
+                // The window counts keys by index; an answer after the other branch would be
+                // further from its prompt than its positions say.
+                return Err(KilnError::Msg(format!(
+                    "preference rows of {} tokens with a shared prompt exceed the sliding window {w}",
+                    d[1]
+                )));
+            }
         }
         let ctx = Ctx {
             b: d[0],
@@ -549,7 +560,7 @@ impl Llama {
         if n == 0 {
             return Err(KilnError::Msg("forward_cached: no tokens".into()));
         }
-        if let Some(w) = c.sliding_window.filter(|&w| cache.len + n > w) {
+        if let Some(w) = c.sliding_window.filter(|&w| cache.len + n > w && window(c).is_none()) {
             return Err(KilnError::Msg(format!("context of {} tokens exceeds the sliding window {w}", cache.len + n)));
         }
         let tape = Tape::no_grad();
@@ -625,8 +636,8 @@ fn block(
         k = Var::constant(Tensor::from_vec(c.k.clone(), [1, tk, c.kv_heads, hd])?);
         v = Var::constant(Tensor::from_vec(c.v.clone(), [1, tk, c.kv_heads, hd])?);
     }
-    // A window that covers every key masks nothing.
-    let window = blk.window.or(c.sliding_window).filter(|&w| k.value().dims()[1] > w);
+    // Gemma's sliding layers, else Mistral's window on every layer.
+    let window = blk.window.or(window(c));
     let softcap = c.gemma.as_ref().and_then(|g| g.attn_softcap);
     let opts = ops::AttnOptions {
         seg: ctx.seg.as_ref(),
@@ -663,6 +674,13 @@ fn block(
 /// `post_attention_layernorm` normalizes the attention output), else `post_attention_layernorm`.
 fn mlp_norm_name(c: &ModelConfig) -> &'static str {
     if c.is_gemma() { "pre_feedforward_layernorm" } else { "post_attention_layernorm" }
+}
+
+/// The sliding window attention applies: Mistral's, on every layer (Qwen's configs window only
+/// the layers from `max_window_layers` on, which kiln does not implement: it refuses rows past
+/// their window instead).
+fn window(c: &ModelConfig) -> Option<usize> {
+    c.sliding_window.filter(|_| c.arch == super::Arch::Mistral)
 }
 
 /// Positions `0..T` for every row.

@@ -1,9 +1,12 @@
 //! Causal grouped-query attention, flash-style on the CPU.
 //!
 //! Layout: q `[B, T, Hq, D]`, k/v `[B, T, Hkv, D]` (the projections' natural layout, so no
-//! transpose is needed), o like q, lse `[B, T, Hq]`. Query `i` attends to key `j` when `j ≤ i`
-//! and both carry the same segment id (packed rows never see each other), or — with
-//! `shared_prefix` — when the key's segment is the query's group's shared prefix.
+//! transpose is needed), o like q, lse `[B, T, Hq]`. Query `i` attends to key `j` when `j ≤ i`,
+//! `i − j < window` (sliding window, when set) and both carry the same segment id (packed rows
+//! never see each other), or — with `shared_prefix` — when the key's segment is the query's
+//! group's shared prefix. With a soft-cap each score `s` becomes `cap·tanh(s/cap)` before the
+//! softmax (the saved lse is of the capped scores); the backward multiplies dS by
+//! `1 − tanh²(s/cap)`.
 //!
 //! Forward: per query row, an online softmax over blocks of `BLOCK` keys (running max, running
 //! sum, rescaled accumulator), so memory is O(T·D) — never a T×T matrix. Backward (FlashAttention-2
@@ -19,14 +22,41 @@ use crate::{Error, Result, Tensor};
 
 const BLOCK: usize = 32;
 
-/// Whether query `i` may see key `j` in batch row `b`: causal, same segment or (with
-/// `prefix`) the query's group's shared prefix `4g`. Padding (-1) is never a prefix.
-fn visible(seg: Option<&[i32]>, prefix: bool, t: usize, b: usize, i: usize, j: usize) -> bool {
-    j <= i
-        && seg.is_none_or(|s| {
-            let (si, sj) = (s[b * t + i], s[b * t + j]);
-            si == sj || (prefix && sj >= 0 && si >= 0 && sj % 4 == 0 && sj / 4 == si / 4)
-        })
+/// Which keys a query sees besides causality: the segments (packing, shared prefixes) and the
+/// sliding window.
+struct Mask<'a> {
+    seg: Option<&'a [i32]>,
+    prefix: bool,
+    t: usize,
+    /// `usize::MAX` without a window.
+    window: usize,
+}
+
+impl<'a> Mask<'a> {
+    fn new(a: &AttnArgs<'_>, seg: Option<&'a [i32]>, t: usize) -> Mask<'a> {
+        Mask { seg, prefix: a.shared_prefix, t, window: a.window.unwrap_or(usize::MAX) }
+    }
+    /// The first key query `i` (absolute position) may see: the window's start.
+    fn first(&self, i: usize) -> usize {
+        (i + 1).saturating_sub(self.window)
+    }
+    /// Whether query `i` may see key `j` in batch row `b`: causal, inside the window, and the
+    /// same segment or (with `prefix`) the query's group's shared prefix `4g`. Padding (-1) is
+    /// never a prefix. Inside a segment index distance is position distance, so the window
+    /// needs no positions.
+    fn visible(&self, b: usize, i: usize, j: usize) -> bool {
+        j <= i
+            && i - j < self.window
+            && self.seg.is_none_or(|s| {
+                let (si, sj) = (s[b * self.t + i], s[b * self.t + j]);
+                si == sj || (self.prefix && sj >= 0 && si >= 0 && sj % 4 == 0 && sj / 4 == si / 4)
+            })
+    }
+}
+
+/// Soft-capping of a score: `cap·tanh(s/cap)`, or `s` without a cap.
+fn cap<T: Real>(s: T, c: Option<T>) -> T {
+    c.map_or(s, |c| c * (s / c).tanh())
 }
 
 /// Dot product with eight independent accumulators: floating-point adds are not reassociated
@@ -53,8 +83,10 @@ fn fwd<T: Real>(a: &AttnArgs<'_>) -> Result<(Tensor, Tensor)> {
     let (qv, kv, vv) = (read::<T>(a.q)?, read::<T>(a.k)?, read::<T>(a.v)?);
     let seg = a.seg.map(read_i32).transpose()?;
     let (t, tk, hq, hkv, d) = (dm.t, dm.tk, dm.hq, dm.hkv, dm.d);
+    let mask = Mask::new(a, seg, t);
     let group = hq / hkv;
-    let scale = T::from_f64(a.scale);
+    // A cap past T's range (f32) bends no score.
+    let (scale, softcap) = (T::from_f64(a.scale), a.softcap.map(T::from_f64).filter(|c| c.is_finite()));
     let off = tk - t;
     let mut o = vec![T::zero(); dm.b * t * hq * d];
     let mut lse = vec![T::zero(); dm.b * t * hq];
@@ -66,13 +98,14 @@ fn fwd<T: Real>(a: &AttnArgs<'_>) -> Result<(Tensor, Tensor)> {
         let qr = &qv[r * d..(r + 1) * d];
         let (mut m, mut sum) = (T::neg_infinity(), T::zero());
         let mut s = [T::zero(); BLOCK];
-        for j0 in (0..=i).step_by(BLOCK) {
+        // Keys before the window's start are skipped whole.
+        for j0 in (mask.first(i)..=i).step_by(BLOCK) {
             let j1 = (j0 + BLOCK).min(i + 1);
             let mut bmax = T::neg_infinity();
             for j in j0..j1 {
-                s[j - j0] = if visible(seg, a.shared_prefix, t, b, i, j) {
+                s[j - j0] = if mask.visible(b, i, j) {
                     let kr = &kv[((b * tk + j) * hkv + g) * d..][..d];
-                    dot(qr, kr) * scale
+                    cap(dot(qr, kr) * scale, softcap)
                 } else {
                     T::neg_infinity()
                 };
@@ -123,8 +156,10 @@ fn bwd<T: Real>(a: &AttnArgs<'_>, o: &Tensor, lse: &Tensor, d_o: &Tensor) -> Res
     }
     let seg = a.seg.map(read_i32).transpose()?;
     let (t, hq, hkv, d) = (dm.t, dm.hq, dm.hkv, dm.d);
+    let mask = Mask::new(a, seg, t);
     let group = hq / hkv;
-    let scale = T::from_f64(a.scale);
+    // A cap past T's range (f32) bends no score.
+    let (scale, softcap) = (T::from_f64(a.scale), a.softcap.map(T::from_f64).filter(|c| c.is_finite()));
     // delta_i = dO_i · O_i
     let delta: Vec<T> =
         (0..qv.len() / d.max(1)).into_par_iter().map(|r| dot(&gv[r * d..][..d], &ov[r * d..][..d])).collect();
@@ -148,33 +183,44 @@ fn bwd<T: Real>(a: &AttnArgs<'_>, o: &Tensor, lse: &Tensor, d_o: &Tensor) -> Res
             for hh in 0..group {
                 let h = g * group + hh;
                 for i0 in (0..t).step_by(QBLOCK) {
-                    let (nq, nk) = ((t - i0).min(QBLOCK), (i0 + QBLOCK).min(t));
+                    // Keys k0..nk: causal up to the block's last query, and none before the
+                    // window of its first.
+                    let (nq, nk, k0) = ((t - i0).min(QBLOCK), (i0 + QBLOCK).min(t), mask.first(i0));
+                    let nw = nk - k0;
                     let qm = Mat { data: &qv[qrow(b, i0, h)..], rows: nq, cols: d, rs: qs, cs: 1 };
                     let gm = Mat { data: &gv[qrow(b, i0, h)..], rows: nq, cols: d, rs: qs, cs: 1 };
-                    let kt = Mat { data: &kv[kb..], rows: d, cols: nk, rs: 1, cs: ks };
-                    let vt = Mat { data: &vv[kb..], rows: d, cols: nk, rs: 1, cs: ks };
-                    let (s, dp) = (&mut sp[..nq * nk], &mut ds[..nq * nk]);
+                    let kt = Mat { data: &kv[kb + k0 * ks..], rows: d, cols: nw, rs: 1, cs: ks };
+                    let vt = Mat { data: &vv[kb + k0 * ks..], rows: d, cols: nw, rs: 1, cs: ks };
+                    let (s, dp) = (&mut sp[..nq * nw], &mut ds[..nq * nw]);
                     gemm(qm, kt, s, false, scale)?;
                     gemm(gm, vt, dp, false, T::one())?;
                     for ii in 0..nq {
                         let i = i0 + ii;
                         let r = (b * t + i) * hq + h;
-                        let (srow, drow) = (&mut s[ii * nk..][..nk], &mut dp[ii * nk..][..nk]);
-                        for j in 0..nk {
-                            if visible(seg, a.shared_prefix, t, b, i, j) {
-                                let p = (srow[j] - lv[r]).exp();
-                                srow[j] = p;
-                                drow[j] = p * (drow[j] - delta[r]);
+                        let (srow, drow) = (&mut s[ii * nw..][..nw], &mut dp[ii * nw..][..nw]);
+                        for jj in 0..nw {
+                            if mask.visible(b, i, k0 + jj) {
+                                // Capped: s' = c·tanh(s/c), ds'/ds = 1 − tanh²(s/c).
+                                let (sc, dcap) = match softcap {
+                                    Some(c) => {
+                                        let th = (srow[jj] / c).tanh();
+                                        (c * th, T::one() - th * th)
+                                    }
+                                    None => (srow[jj], T::one()),
+                                };
+                                let p = (sc - lv[r]).exp();
+                                srow[jj] = p;
+                                drow[jj] = p * (drow[jj] - delta[r]) * dcap;
                             } else {
-                                srow[j] = T::zero();
-                                drow[j] = T::zero();
+                                srow[jj] = T::zero();
+                                drow[jj] = T::zero();
                             }
                         }
                     }
-                    let km = Mat { data: &kv[kb..], rows: nk, cols: d, rs: ks, cs: 1 };
-                    gemm(Mat::rm(dp, nq, nk), km, &mut dq[(hh * t + i0) * d..][..nq * d], false, scale)?;
-                    gemm(Mat::tr(dp, nk, nq), qm, &mut dk[..nk * d], true, scale)?;
-                    gemm(Mat::tr(s, nk, nq), gm, &mut dv[..nk * d], true, T::one())?;
+                    let km = Mat { data: &kv[kb + k0 * ks..], rows: nw, cols: d, rs: ks, cs: 1 };
+                    gemm(Mat::rm(dp, nq, nw), km, &mut dq[(hh * t + i0) * d..][..nq * d], false, scale)?;
+                    gemm(Mat::tr(dp, nw, nq), qm, &mut dk[k0 * d..nk * d], true, scale)?;
+                    gemm(Mat::tr(s, nw, nq), gm, &mut dv[k0 * d..nk * d], true, T::one())?;
                 }
             }
             Ok((b, g, dq, dk, dv))
