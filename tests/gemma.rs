@@ -381,3 +381,47 @@ fn bad_gemma_config_fields_are_named() {
         .to_string();
     assert!(e.contains("text_config") && e.contains("m/config.json"), "{e}");
 }
+
+/// Rows of 24 tokens: keys fall out of the sliding layers' window of 8.
+#[test]
+fn gemma3_long_rows_match_transformers() {
+    for file in ["gemma3", "gemma3/model.gguf"] {
+        let model = Llama::load(&fixture(file), false).unwrap();
+        let lora = lora_of(&model, "gemma3");
+        let gguf = file.ends_with(".gguf");
+        let r = against(&model, Some(&lora), "gemma3", "reference.safetensors", !gguf);
+        let e = rel_err("gemma3 long logits", &r.logits, &want_logits("gemma3", "reference.safetensors"));
+        let (lt, st) = if gguf { (GGUF_TOL, GGUF_TOL) } else { (LOGITS_TOL, LOSS_TOL) };
+        assert!(e <= lt && r.loss <= st, "{file}: logits rel {e:e}, loss rel {:e}", r.loss);
+        eprintln!(
+            "{file} (rows of 24): logits rel {e:.2e}, loss rel {:.2e}, worst LoRA grad rel {:.2e}",
+            r.loss, r.worst_grad
+        );
+    }
+}
+
+/// Gemma 2: attention and final-logit soft-caps, alternating sliding and global layers, one
+/// RoPE base; from the folder (with LoRA gradients) and from the converter's GGUF.
+#[test]
+fn gemma2_matches_transformers() {
+    let folder = Llama::load(&fixture("gemma2"), false).unwrap();
+    let g = folder.config.gemma.clone().unwrap();
+    assert_eq!(folder.config.arch, Arch::Gemma2);
+    assert_eq!((g.attn_softcap, g.final_softcap, g.sliding_window), (Some(3.0), Some(5.0), Some(8)));
+    assert_eq!(g.sliding, [true, false, true, false]);
+    let model = Llama::load(&fixture("gemma2/model.gguf"), false).unwrap();
+    assert_eq!(model.config.gemma, folder.config.gemma);
+    for (m, gguf) in [(&folder, false), (&model, true)] {
+        let lora = lora_of(m, "gemma2");
+        for file in ["short.safetensors", "reference.safetensors"] {
+            let r = against(m, Some(&lora), "gemma2", file, !gguf);
+            let e = rel_err("gemma2 logits", &r.logits, &want_logits("gemma2", file));
+            let (lt, st) = if gguf { (GGUF_TOL, GGUF_TOL) } else { (LOGITS_TOL, LOSS_TOL) };
+            assert!(e <= lt && r.loss <= st, "gemma2 {file} (gguf {gguf}): logits rel {e:e}, loss rel {:e}", r.loss);
+            eprintln!(
+                "gemma2 {file} (gguf {gguf}): logits rel {e:.2e}, loss rel {:.2e}, worst LoRA grad rel {:.2e}",
+                r.loss, r.worst_grad
+            );
+        }
+    }
+}

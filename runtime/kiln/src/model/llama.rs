@@ -654,8 +654,8 @@ fn block(
         k = Var::constant(Tensor::from_vec(c.k.clone(), [1, tk, c.kv_heads, hd])?);
         v = Var::constant(Tensor::from_vec(c.v.clone(), [1, tk, c.kv_heads, hd])?);
     }
-    // A window that covers every key masks nothing.
-    let window = blk.window.or(window(c)).filter(|&w| k.value().dims()[1] > w);
+    // Gemma's sliding layers, else Mistral's window on every layer.
+    let window = blk.window.or(window(c));
     let softcap = c.gemma.as_ref().and_then(|g| g.attn_softcap);
     let opts = ops::AttnOptions {
         seg: ctx.seg.as_ref(),
@@ -688,17 +688,17 @@ fn block(
     Ok(ops::add(tape, &x, &m)?)
 }
 
+/// The name of the MLP's input norm: Gemma's `pre_feedforward_layernorm` (its
+/// `post_attention_layernorm` normalizes the attention output), else `post_attention_layernorm`.
+fn mlp_norm_name(c: &ModelConfig) -> &'static str {
+    if c.is_gemma() { "pre_feedforward_layernorm" } else { "post_attention_layernorm" }
+}
+
 /// The sliding window attention applies: Mistral's, on every layer (Qwen's configs window only
 /// the layers from `max_window_layers` on, which kiln does not implement: it refuses rows past
 /// their window instead).
 fn window(c: &ModelConfig) -> Option<usize> {
     c.sliding_window.filter(|_| c.arch == super::Arch::Mistral)
-}
-
-/// The name of the MLP's input norm: Gemma's `pre_feedforward_layernorm` (its
-/// `post_attention_layernorm` normalizes the attention output), else `post_attention_layernorm`.
-fn mlp_norm_name(c: &ModelConfig) -> &'static str {
-    if c.is_gemma() { "pre_feedforward_layernorm" } else { "post_attention_layernorm" }
 }
 
 /// Positions `0..T` for every row.
