@@ -20,11 +20,12 @@ use common::real_model::{check_mean_loss, check_token_losses};
 
 /// Tolerances about ten times the largest difference measured (kiln on the CPU against
 /// transformers' f32 logits; the reference losses are taken from those logits in f64).
+/// Mean loss: 1.5e-6 relative measured.
 const MEAN_LOSS_REL: f64 = 2e-5;
-/// Absolute, in nats: a position's loss is a log-sum-exp minus one logit.
-const TOKEN_LOSS_ABS: f64 = 1e-3;
-/// Absolute, on logits (Gemma 3's are up to about 40 in size after 18 layers).
-const LOGIT_ABS: f64 = 3e-3;
+/// Absolute, in nats (4.2e-5 measured): a position's loss is a log-sum-exp minus one logit.
+const TOKEN_LOSS_ABS: f64 = 4e-4;
+/// Absolute, on logits (2.7e-5 measured over 4 × 8192 entries).
+const LOGIT_ABS: f64 = 3e-4;
 
 fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gemma3-270m")
