@@ -1,5 +1,5 @@
 // RoPE, f32 (Op::Rope): HF's "rotate half" by position·inverse frequency, backwards (the
-// gradient) with sign −1, over the first r = 2·rh dims of each head (partial rotary when
+// gradient) with sign −1, the rotated dims times `mscale`, over the first r = 2·rh dims of each head (partial rotary when
 // r < D: Phi-4-mini, GPT-NeoX); dims from r on are copied. A thread per rotated pair or
 // copied dim; reads and writes the activation once.
 #include "common.cuh"
@@ -15,6 +15,8 @@ struct RopeParams {
   int d;
   float sign;  // −1 rotates backwards (the gradient)
   int rh;      // rotated pairs per head: r/2 ≤ D/2
+  float mscale;  // the rotated dims' factor (YaRN/LongRoPE attention scaling), else 1
+  int pad;
 };
 
 // HF "rotate half" on the rotary slice: dims i and i + rh rotate by pos·inv_freq[i]. A row
@@ -33,7 +35,8 @@ KILN_KERNEL(rope_f32, RopeParams) {
     }
     const i64 t = row / p.h;
     const float ang = p.inv_freq[i] * float(p.pos[t]);
-    const float c = cosf(ang), s = p.sign * sinf(ang);
+    // cos and sin each times the scale, as transformers forms them.
+    const float c = cosf(ang) * p.mscale, s = p.sign * (sinf(ang) * p.mscale);
     const float a = xr[i], b = xr[i + p.rh];
     yr[i] = a * c - b * s;
     yr[i + p.rh] = b * c + a * s;

@@ -90,7 +90,7 @@ fn phi3_matches_transformers() {
     // transformers' default: √(1 + ln(max_position_embeddings / original) / ln(original)).
     let af = (1.0 + 4f64.ln() / 16f64.ln()).sqrt();
     assert!((l.attention_factor - af).abs() < 1e-12, "{}", l.attention_factor);
-    assert!((c.attention_scale() - af * af / 4.0).abs() < 1e-12);
+    assert!((c.rope_mscale() as f64 - af).abs() < 1e-6 && c.attention_scale() == 0.25);
     let [e, se, le] = against_transformers("phi3", &model, &reference("phi3"), LOGITS_TOL);
     eprintln!("phi3: logits rel {e:.2e} (long factors), {se:.2e} (short), loss rel {le:.2e}");
     // The config kiln writes reads back to the same settings.
@@ -321,10 +321,27 @@ fn bad_input_is_refused_naming_file_and_field() {
 }
 
 #[test]
-fn phi4_mini_config_partial_rotary_and_tied_embeddings() {
-    // partial_rotary_factor 0.75 of head_dim 16 (12 rotated dims): refused, naming the field,
-    // until a partial-rotary model matches transformers' logits (the fixture holds them).
-    let e = ModelConfig::load(&fixture("phi4-mini")).unwrap_err().to_string();
-    assert!(e.contains("partial_rotary_factor") && e.contains("not supported yet") && e.contains("phi4-mini"), "{e}");
-    assert!(Llama::load(&fixture("phi4-mini"), false).is_err());
+fn phi4_mini_partial_rotary_matches_transformers() {
+    // partial_rotary_factor 0.75 of head_dim 16: 12 dims rotate, 4 pass through; tied head.
+    // LongRoPE's attention factor scales cos and sin, so only the rotated dims: folded into the
+    // softmax scale it would scale the pass-through dims' scores too.
+    let model = Llama::load(&fixture("phi4-mini"), false).unwrap();
+    let c = &model.config;
+    assert_eq!((c.rotary_dim, c.head_dim, c.tie_word_embeddings), (12, 16, true));
+    let RopeKind::LongRope(l) = &c.rope else { panic!("{:?}", c.rope) };
+    assert_eq!(l.short_factor.len(), 6);
+    let r = reference("phi4-mini");
+    let [e, se, le] = against_transformers("phi4-mini", &model, &r, LOGITS_TOL);
+    eprintln!("phi4-mini: logits rel {e:.2e} (long factors), {se:.2e} (short), loss rel {le:.2e}");
+    // Without the factor (1.5 here) the rotated scores are off: the test can fail.
+    let mut cfg = c.clone();
+    if let RopeKind::LongRope(l) = &mut cfg.rope {
+        l.attention_factor = 1.0;
+    }
+    let m = Llama::from_source(cfg, &WeightStore::open(&fixture("phi4-mini")).unwrap(), false).unwrap();
+    let e2 = rel_err("no attention factor", &run(&m, &r.get("input_ids").unwrap(), None, None).0, &f32s(&r, "logits"));
+    assert!(e2 > 100.0 * LOGITS_TOL, "phi4-mini without the attention factor still matches ({e2:e})");
+    // The config kiln writes keeps the factor.
+    let back = ModelConfig::from_json(&c.to_hf_json(), Path::new("x/config.json")).unwrap();
+    assert_eq!((back.rope.clone(), back.rotary_dim), (c.rope.clone(), c.rotary_dim));
 }

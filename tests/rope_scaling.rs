@@ -78,12 +78,9 @@ fn folder_matches(name: &str) -> ModelConfig {
     let fe = rel_err(&format!("{name}: inv_freq"), &c.inv_freq().unwrap().to_vec_f32().unwrap(), &f32s(&r, "inv_freq"));
     assert!(fe <= INV_FREQ_TOL, "{name}: inv_freq relative error {fe:e}");
     let af = f32s(&r, "attention_scaling")[0] as f64;
-    let scale = c.attention_scale() * (c.head_dim as f64).sqrt();
-    assert!(
-        (scale / (af * af) - 1.0).abs() < 1e-6,
-        "{name}: attention scale {scale} vs transformers' factor² {}",
-        af * af
-    );
+    let m = c.rope_mscale() as f64;
+    assert!((m / af - 1.0).abs() < 1e-6, "{name}: RoPE scale {m} vs transformers' attention factor {af}");
+    assert_eq!(c.attention_scale(), 1.0 / (c.head_dim as f64).sqrt());
     let (e, le) = against_transformers(name, &model, name);
     eprintln!("{name}: inv_freq rel {fe:.2e}, factor {af}, logits rel {e:.2e}, loss rel {le:.2e}");
     model.config.clone()

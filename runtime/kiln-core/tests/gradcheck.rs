@@ -149,7 +149,7 @@ fn grad_rope_default_and_llama3() {
     ] {
         let f = ops::inv_freq(6, 100.0, scaling).unwrap();
         let (p, fq) = (pos.clone(), f.clone());
-        check("rope", vec![(x.clone(), true)], &move |t, v| ops::rope(t, &v[0], &p, &fq), 11);
+        check("rope", vec![(x.clone(), true)], &move |t, v| ops::rope(t, &v[0], &p, &fq, 1.0), 11);
     }
 }
 
@@ -160,10 +160,11 @@ fn grad_rope_partial_rotary() {
     let mut r = Rng::new(31);
     let x = randn(&mut r, &[2, 5, 3, 10], 1.0);
     let pos = ids(vec![0, 1, 2, 3, 4, 7, 8, 0, 1, 2], &[2, 5]);
-    for rot in [6, 2] {
+    // The rotated dims scaled (LongRoPE's attention factor) or not.
+    for (rot, m) in [(6, 1.0), (2, 1.0), (6, 1.19), (10, 0.8)] {
         let f = ops::inv_freq(rot, 100.0, None).unwrap();
         let (p, fq) = (pos.clone(), f.clone());
-        check("rope partial", vec![(x.clone(), true)], &move |t, v| ops::rope(t, &v[0], &p, &fq), 32);
+        check("rope partial", vec![(x.clone(), true)], &move |t, v| ops::rope(t, &v[0], &p, &fq, m), 32);
     }
 }
 

@@ -157,6 +157,8 @@ pub struct RopeParams {
     pub d: i32,
     pub sign: f32,
     pub rh: i32,
+    pub mscale: f32,
+    pub _pad: i32,
 }
 
 /// `kernels/glu.cu` `GluParams`.

@@ -378,8 +378,11 @@ pub trait NormOps {
 pub trait RopeOps {
     /// Rotates `x` `[B, T, H, D]` by `pos[b,t] · inv_freq[i]` for pair `(i, i + r/2)`, where
     /// `r = 2·inv_freq.len() ≤ D`; dims from `r` on pass through unchanged (partial rotary;
-    /// `r = D` rotates every dim). `inverse` rotates by the negative angle, which is the backward.
-    fn rope(&self, x: &Tensor, pos: &Tensor, inv_freq: &Tensor, inverse: bool) -> Result<Tensor>;
+    /// `r = D` rotates every dim). The rotated dims are multiplied by `mscale` (transformers'
+    /// `attention_scaling` of YaRN and LongRoPE, which scales cos and sin and so only the rotary
+    /// slice: with partial rotary it cannot be folded into the attention scale). `inverse`
+    /// rotates by the negative angle, which with the same `mscale` is the backward (the adjoint).
+    fn rope(&self, x: &Tensor, pos: &Tensor, inv_freq: &Tensor, mscale: f32, inverse: bool) -> Result<Tensor>;
 }
 
 /// Inputs shared by attention forward and backward.

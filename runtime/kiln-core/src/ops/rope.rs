@@ -93,9 +93,10 @@ pub fn yarn_inv_freq(head_dim: usize, theta: f64, y: &Yarn) -> Result<Tensor> {
     Tensor::from_vec(f, [half])
 }
 
-/// Rotates `x` `[B,T,H,D]` by positions `pos` (`I32` `[B,T]`).
-pub fn rope(tape: &Tape, x: &Var, pos: &Tensor, inv_freq: &Tensor) -> Result<Var> {
-    let y = x.value().backend().rope(x.value(), pos, inv_freq, false)?;
+/// Rotates `x` `[B,T,H,D]` by positions `pos` (`I32` `[B,T]`), the rotated dims multiplied by
+/// `mscale` (1 without YaRN/LongRoPE attention scaling).
+pub fn rope(tape: &Tape, x: &Var, pos: &Tensor, inv_freq: &Tensor, mscale: f32) -> Result<Var> {
+    let y = x.value().backend().rope(x.value(), pos, inv_freq, mscale, false)?;
     let (ix, pos, f) = (x.id(), pos.clone(), inv_freq.clone());
-    Ok(tape.record(&[x], y, move |g| Ok(vec![(ix, g.backend().rope(g, &pos, &f, true)?)])))
+    Ok(tape.record(&[x], y, move |g| Ok(vec![(ix, g.backend().rope(g, &pos, &f, mscale, true)?)])))
 }

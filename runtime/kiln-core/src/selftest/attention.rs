@@ -126,8 +126,8 @@ pub fn attention_cases(seed: u64) -> Vec<Case> {
                     softcap: None,
                 };
                 let mut out = fwd_bwd(be, &a, &x[3])?;
-                out.push(be.rope(&x[0], &x[5], &x[6], false)?);
-                out.push(be.rope(&x[1], &x[5], &x[6], true)?);
+                out.push(be.rope(&x[0], &x[5], &x[6], 1.0, false)?);
+                out.push(be.rope(&x[1], &x[5], &x[6], 1.0, true)?);
                 Ok(out)
             },
         ));

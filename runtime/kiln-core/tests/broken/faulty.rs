@@ -184,9 +184,9 @@ impl NormOps for Faulty {
 }
 
 impl RopeOps for Faulty {
-    fn rope(&self, x: &Tensor, pos: &Tensor, inv_freq: &Tensor, inverse: bool) -> Result<Tensor> {
+    fn rope(&self, x: &Tensor, pos: &Tensor, inv_freq: &Tensor, mscale: f32, inverse: bool) -> Result<Tensor> {
         self.record("rope");
-        self.inner.rope(x, &self.positions(x, pos)?, inv_freq, inverse)
+        self.inner.rope(x, &self.positions(x, pos)?, inv_freq, mscale, inverse)
     }
 }
 

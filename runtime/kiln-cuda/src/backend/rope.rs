@@ -8,7 +8,7 @@ use super::{KernelBackend, want_f32};
 use crate::kernels::RopeParams;
 
 impl RopeOps for KernelBackend {
-    fn rope(&self, x: &Tensor, pos: &Tensor, inv_freq: &Tensor, inverse: bool) -> Result<Tensor> {
+    fn rope(&self, x: &Tensor, pos: &Tensor, inv_freq: &Tensor, mscale: f32, inverse: bool) -> Result<Tensor> {
         want_f32("rope", x)?;
         let RopeDims { bt, h, d: hd, r } = RopeDims::of(x, pos, inv_freq)?;
         let (hx, hp, hf) = (self.held(x)?, self.held(pos)?, self.held(inv_freq)?);
@@ -23,6 +23,8 @@ impl RopeOps for KernelBackend {
             d: hd as i32,
             sign: if inverse { -1.0 } else { 1.0 },
             rh: (r / 2) as i32,
+            mscale,
+            _pad: 0,
         };
         // A thread per rotated pair or copied dim: D − r/2 of them per head.
         self.exec.launch("rope_f32", grid_of(bt * h * (hd - r / 2), 256), bytemuck::bytes_of(&p))?;

@@ -18,11 +18,12 @@ struct RopeP {
     d: u32,
     rh: u32,
     sign: f32,
-    pad: [u32; 3],
+    mscale: f32,
+    pad: [u32; 2],
 }
 
 impl RopeOps for WgpuBackend {
-    fn rope(&self, x: &Tensor, pos: &Tensor, inv_freq: &Tensor, inverse: bool) -> Result<Tensor> {
+    fn rope(&self, x: &Tensor, pos: &Tensor, inv_freq: &Tensor, mscale: f32, inverse: bool) -> Result<Tensor> {
         let RopeDims { bt, h, d, r } = RopeDims::of(x, pos, inv_freq)?;
         // A thread per rotated pair or copied dim: D − r/2 items per head.
         let (rh, per) = (r / 2, d - r / 2);
@@ -36,7 +37,8 @@ impl RopeOps for WgpuBackend {
             d: d as u32,
             rh: rh as u32,
             sign,
-            pad: [0; 3],
+            mscale,
+            pad: [0; 2],
         };
         let row = h * d;
         let b = [Part::R(hx.buf(), row), Part::R(hp.buf(), 1), Part::Whole(Bind::R(hf.buf())), Part::W(&y, row)];

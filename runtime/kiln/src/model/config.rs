@@ -450,18 +450,24 @@ impl ModelConfig {
         })
     }
 
-    /// The softmax scale of attention: `1/√head_dim`, times the square of YaRN's attention
-    /// factor (transformers multiplies cos and sin by it, so both q and k).
+    /// The softmax scale of attention: `1/√head_dim` (Gemma: `1/√query_pre_attn_scalar`). YaRN's
+    /// and LongRoPE's attention factor is applied by the RoPE op ([`ModelConfig::rope_mscale`]).
     pub fn attention_scale(&self) -> f64 {
         if let Some(g) = &self.gemma {
             return 1.0 / g.query_pre_attn_scalar.sqrt();
         }
-        let m = match &self.rope {
+        1.0 / (self.head_dim as f64).sqrt()
+    }
+
+    /// The factor on the rotated dims of q and k (global RoPE layers): YaRN's and LongRoPE's
+    /// attention factor, which transformers multiplies into cos and sin. With partial rotary
+    /// (Phi-4-mini) it scales only the rotary slice, so it is not folded into the attention scale.
+    pub fn rope_mscale(&self) -> f32 {
+        (match &self.rope {
             RopeKind::Yarn(y) => y.attention_factor,
             RopeKind::LongRope(l) => l.attention_factor,
             _ => 1.0,
-        };
-        m * m / (self.head_dim as f64).sqrt()
+        }) as f32
     }
 
     /// Parameter count of the base model.

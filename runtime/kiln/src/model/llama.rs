@@ -642,9 +642,13 @@ fn block(
         q = ops::rms_norm(tape, &q, qn, c.rms_norm_eps)?;
         k = ops::rms_norm(tape, &k, kn, c.rms_norm_eps)?;
     }
-    let inv_freq = ctx.local_inv_freq.as_ref().filter(|_| blk.local_rope).unwrap_or(&ctx.inv_freq);
-    let q = ops::rope(tape, &q, &ctx.pos, inv_freq)?;
-    let mut k = ops::rope(tape, &k, &ctx.pos, inv_freq)?;
+    // Local (sliding) layers use plain RoPE; global ones the model's scaling and its factor.
+    let (inv_freq, m) = match ctx.local_inv_freq.as_ref().filter(|_| blk.local_rope) {
+        Some(f) => (f, 1.0),
+        None => (&ctx.inv_freq, c.rope_mscale()),
+    };
+    let q = ops::rope(tape, &q, &ctx.pos, inv_freq, m)?;
+    let mut k = ops::rope(tape, &k, &ctx.pos, inv_freq, m)?;
     let mut v = v;
     if let Some(c) = cache {
         // Decoding: this step's keys/values join the cached ones; queries are the new rows.

@@ -7,9 +7,10 @@
 //!   that leave kiln are fused again ([`fuse_named`]).
 //! - LongRoPE (`rope_type` `longrope`, older `su`): per-frequency divisors `short_factor` and
 //!   `long_factor`; transformers uses the long ones when the largest position of a batch plus one
-//!   exceeds `original_max_position_embeddings`, and multiplies cos/sin by an attention factor.
+//!   exceeds `original_max_position_embeddings`, and multiplies cos/sin by an attention factor
+//!   (kiln's RoPE op scales the rotated dims by it: [`ModelConfig::rope_mscale`]).
 //! - `partial_rotary_factor` (Phi-4-mini: 0.75): only the first `rotary_dim` dims of each head
-//!   are rotated.
+//!   are rotated; the rest, which the attention factor does not touch, pass through.
 
 use std::path::Path;
 
@@ -59,15 +60,6 @@ pub fn rotary_dim(v: &Value, path: &Path, head_dim: usize) -> Result<usize> {
             path,
             field,
             format!("{f} of head_dim {head_dim} gives {r} rotary dims, which must be a positive even number"),
-        ));
-    }
-    // The RoPE op rotates the first r dims on every backend, but a whole partial-rotary model
-    // (Phi-4-mini's shape) does not match transformers' logits yet: refused rather than trained.
-    if r < head_dim {
-        return Err(cfg_err(
-            path,
-            field,
-            format!("{f} (rotating {r} of {head_dim} dims, as Phi-4-mini) is not supported yet; only 1.0 is"),
         ));
     }
     Ok(r)

@@ -1,7 +1,8 @@
 //! Rotary position embedding in HF's "rotate half" layout: the first `r = 2·inv_freq.len()`
 //! dims of each head rotate, dim `i` paired with `i + r/2` and turned by `pos · inv_freq[i]`;
 //! dims from `r` on pass through (partial rotary, `r < D`; every dim when `r = D`). The
-//! backward is the same rotation by the negative angle.
+//! rotated dims are multiplied by `mscale` (YaRN/LongRoPE attention scaling, as transformers
+//! scales cos and sin). The backward is the same rotation by the negative angle.
 
 use rayon::prelude::*;
 
@@ -9,17 +10,18 @@ use super::{CpuBackend, Real, by_prec, out, prec, read, read_i32};
 use crate::backend::{RopeDims, RopeOps};
 use crate::{Result, Tensor};
 
-fn rope<T: Real>(x: &Tensor, pos: &Tensor, inv_freq: &Tensor, inverse: bool) -> Result<Tensor> {
+fn rope<T: Real>(x: &Tensor, pos: &Tensor, inv_freq: &Tensor, mscale: f32, inverse: bool) -> Result<Tensor> {
     let RopeDims { h, d: hd, r, .. } = RopeDims::of(x, pos, inv_freq)?;
     let half = r / 2;
     let (xv, fv, pv) = (read::<T>(x)?, read::<T>(inv_freq)?, read_i32(pos)?);
-    let sign = if inverse { -T::one() } else { T::one() };
+    let (sign, m) = (if inverse { -T::one() } else { T::one() }, T::from_f64(mscale as f64));
     // The pass-through dims keep the input's values.
     let mut y = xv.to_vec();
     y.par_chunks_mut(h * hd).enumerate().for_each(|(t, yt)| {
         let p = T::from_f64(pv[t] as f64);
         // Angles are formed in the compute precision, as HF does in f32.
-        let cs: Vec<(T, T)> = fv.iter().map(|&f| ((f * p).cos(), sign * (f * p).sin())).collect();
+        // As transformers: cos and sin each times the scale, in the compute precision.
+        let cs: Vec<(T, T)> = fv.iter().map(|&f| ((f * p).cos() * m, sign * ((f * p).sin() * m))).collect();
         for head in 0..h {
             let base = t * h * hd + head * hd;
             let (xr, yr) = (&xv[base..base + hd], &mut yt[head * hd..(head + 1) * hd]);
@@ -35,8 +37,8 @@ fn rope<T: Real>(x: &Tensor, pos: &Tensor, inv_freq: &Tensor, inverse: bool) -> 
 }
 
 impl RopeOps for CpuBackend {
-    fn rope(&self, x: &Tensor, pos: &Tensor, inv_freq: &Tensor, inverse: bool) -> Result<Tensor> {
-        by_prec!(prec(&[x]), rope(x, pos, inv_freq, inverse))
+    fn rope(&self, x: &Tensor, pos: &Tensor, inv_freq: &Tensor, mscale: f32, inverse: bool) -> Result<Tensor> {
+        by_prec!(prec(&[x]), rope(x, pos, inv_freq, mscale, inverse))
     }
 }
 
@@ -114,7 +116,7 @@ mod tests {
             let fq = Tensor::from_vec(f.inv_freq, [r / 2]).unwrap();
             for dt in [DType::F32, DType::F64] {
                 let (xd, fd) = (x.to_dtype(dt).unwrap(), fq.to_dtype(dt).unwrap());
-                let y = CpuBackend.rope(&xd, &pos, &fd, false).unwrap();
+                let y = CpuBackend.rope(&xd, &pos, &fd, 1.0, false).unwrap();
                 let yv = y.to_vec_f64().unwrap();
                 let mut worst = 0.0f64;
                 for (i, (&g, &e)) in yv.iter().zip(&f.y).enumerate() {
@@ -132,10 +134,31 @@ mod tests {
                     }
                 }
                 eprintln!("rope {} ({r} of {d} dims) {}: max |kiln − transformers| {worst:.1e}", f.name, dt.name());
-                let back = CpuBackend.rope(&y, &pos, &fd, true).unwrap().to_vec_f64().unwrap();
+                let back = CpuBackend.rope(&y, &pos, &fd, 1.0, true).unwrap().to_vec_f64().unwrap();
                 for (i, (&g, &e)) in back.iter().zip(&f.x).enumerate() {
                     assert!((g - e as f64).abs() <= 1e-5 * (1.0 + (e as f64).abs()), "{}: inverse at {i}", f.name);
                 }
+            }
+        }
+    }
+
+    /// `mscale` multiplies the rotated dims only (as transformers' cos·s and sin·s): the
+    /// rotary slice is exactly s times the unscaled one in f64, the pass-through dims unchanged.
+    #[test]
+    fn mscale_scales_the_rotary_slice_only() {
+        let (b, t, h, d, r) = (2, 5, 3, 10, 6);
+        let x: Vec<f64> = (0..b * t * h * d).map(|i| ((i * 37 % 101) as f64 / 50.0) - 1.0).collect();
+        let x = Tensor::from_vec(x, [b, t, h, d]).unwrap();
+        let pos = Tensor::from_vec((0..(b * t) as i32).collect::<Vec<_>>(), [b, t]).unwrap();
+        let fq = crate::ops::inv_freq(r, 100.0, None).unwrap().to_dtype(DType::F64).unwrap();
+        let s = 1.1902f32;
+        for inverse in [false, true] {
+            let one = CpuBackend.rope(&x, &pos, &fq, 1.0, inverse).unwrap().to_vec_f64().unwrap();
+            let got = CpuBackend.rope(&x, &pos, &fq, s, inverse).unwrap().to_vec_f64().unwrap();
+            let xv = x.to_vec_f64().unwrap();
+            for (i, (&g, &o)) in got.iter().zip(&one).enumerate() {
+                let want = if i % d < r { o * s as f64 } else { xv[i] };
+                assert!((g - want).abs() <= 1e-14 * (1.0 + want.abs()), "dim {} ({inverse}): {g} vs {want}", i % d);
             }
         }
     }
@@ -148,18 +171,18 @@ mod tests {
         let pos = Tensor::from_vec(vec![0i32, 1], [1, 2]).unwrap();
         let freqs = |n: usize| Tensor::from_vec(vec![0.1f32; n], [n]).unwrap();
         for n in [0, 5, 8] {
-            let e = CpuBackend.rope(&x, &pos, &freqs(n), false).unwrap_err().to_string();
+            let e = CpuBackend.rope(&x, &pos, &freqs(n), 1.0, false).unwrap_err().to_string();
             assert!(e.contains("1 to D/2 = 4 frequencies"), "{n} frequencies: {e}");
         }
         for n in [1, 3, 4] {
-            assert!(CpuBackend.rope(&x, &pos, &freqs(n), false).is_ok(), "{n} frequencies");
+            assert!(CpuBackend.rope(&x, &pos, &freqs(n), 1.0, false).is_ok(), "{n} frequencies");
         }
         let odd = Tensor::from_vec(vec![0.5f32; 2 * 7], [1, 2, 1, 7]).unwrap();
-        let e = CpuBackend.rope(&odd, &pos, &freqs(3), false).unwrap_err().to_string();
+        let e = CpuBackend.rope(&odd, &pos, &freqs(3), 1.0, false).unwrap_err().to_string();
         assert!(e.contains("even D"), "{e}");
-        let e = CpuBackend.rope(&x, &freqs(2), &freqs(4), false).unwrap_err().to_string();
+        let e = CpuBackend.rope(&x, &freqs(2), &freqs(4), 1.0, false).unwrap_err().to_string();
         assert!(e.contains("one i32 position per (b, t)"), "{e}");
         let three = Tensor::from_vec(vec![0i32, 1, 2], [1, 3]).unwrap();
-        assert!(CpuBackend.rope(&x, &three, &freqs(4), false).is_err());
+        assert!(CpuBackend.rope(&x, &three, &freqs(4), 1.0, false).is_err());
     }
 }
