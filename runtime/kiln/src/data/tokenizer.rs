@@ -394,3 +394,10 @@ pub(super) fn per_token_numbers(
     }
     Ok(Some(x))
 }
+
+/// The merges transformers and kiln rebuild from a SentencePiece vocabulary's scores (best
+/// first), as a GGUF `llama` tokenizer is read: what a `tokenizer.json` converted from such a
+/// file holds.
+pub fn sentencepiece_merges(tokens: &[&str], scores: &[f64]) -> Vec<(String, String)> {
+    super::spm::merges_from_scores(tokens, scores)
+}

@@ -1,18 +1,17 @@
 //! Exporting to GGUF for llama.cpp / Ollama: the (merged) weights under llama.cpp's tensor
 //! names, quantized per tensor (matrices to the chosen type, norms and biases f32), Llama q/k
 //! rows permuted back to llama.cpp's rotary layout, and the metadata llama.cpp reads: copied
-//! from a GGUF source, or written from `config.json` + a BPE `tokenizer.json` (its
-//! `tokenizer.ggml.pre` found as llama.cpp's converter finds it: [`super::pre_hash`]).
+//! from a GGUF source, or written from `config.json` + `tokenizer.json` (byte-level BPE or
+//! SentencePiece, as llama.cpp's converter writes them: [`super::gguf_tokenizer`]).
 
 use std::path::Path;
 
 use kiln_core::DType;
 use kiln_core::quant::{GgmlType, quantize};
-use serde_json::Value;
 
 use crate::adapters::LoraSet;
 use crate::data::tokenizer::TextTokenizer;
-use crate::formats::gguf::{GgufFile, MetaArray, MetaValue, StrArray};
+use crate::formats::gguf::{GgufFile, MetaArray, MetaValue};
 use crate::formats::gguf_write::{OutTensor, write_gguf};
 use crate::model::gemma::gguf_name_for;
 use crate::model::{Arch, Llama, ModelConfig};
@@ -150,105 +149,6 @@ fn config_meta(c: &ModelConfig, name: &str) -> Result<Vec<(String, MetaValue)>> 
     Ok(m)
 }
 
-/// `tokenizer.ggml.*` from a BPE `tokenizer.json` (+ `tokenizer_config.json`) in `dir`, as
-/// llama.cpp's converter writes them for GPT-2-style BPE; `pre` as in
-/// [`export_gguf_with_tokenizer`].
-fn tokenizer_meta(dir: &Path, vocab_size: usize, pre: Option<&str>) -> Result<Vec<(String, MetaValue)>> {
-    let read = |f: &str| -> Result<Value> {
-        let p = dir.join(f);
-        let text = std::fs::read_to_string(&p).map_err(|e| KilnError::io(&p, e))?;
-        serde_json::from_str(&text).map_err(|e| KilnError::Config {
-            path: p.clone(),
-            field: "(json)".into(),
-            detail: e.to_string(),
-        })
-    };
-    let tj = read("tokenizer.json")?;
-    let cfg = read("tokenizer_config.json").unwrap_or(Value::Null);
-    let template = cfg["chat_template"]
-        .as_str()
-        .map(str::to_string)
-        .or_else(|| std::fs::read_to_string(dir.join("chat_template.jinja")).ok());
-    bpe_meta(&tj, &cfg, template, vocab_size, &dir.join("tokenizer.json"), pre)
-}
-
-/// `tokenizer.ggml.*` from the tokenizer kiln loaded (with any tokens added in training).
-fn tokenizer_meta_of(tok: &TextTokenizer, vocab_size: usize, pre: Option<&str>) -> Result<Vec<(String, MetaValue)>> {
-    let text = |s: &Option<crate::data::tokenizer::Special>| s.as_ref().map(|s| s.text.clone());
-    let cfg = serde_json::json!({"bos_token": text(&tok.bos), "eos_token": text(&tok.eos), "pad_token": text(&tok.pad),
-        "add_bos_token": tok.add_bos});
-    bpe_meta(&tok.to_json()?, &cfg, tok.chat_template.clone(), vocab_size, &tok.dir.join("tokenizer.json"), pre)
-}
-
-fn bpe_meta(
-    tj: &Value,
-    cfg: &Value,
-    template: Option<String>,
-    vocab_size: usize,
-    path: &Path,
-    pre: Option<&str>,
-) -> Result<Vec<(String, MetaValue)>> {
-    let bad = |d: &str| KilnError::Config { path: path.to_path_buf(), field: "model".into(), detail: d.into() };
-    if tj["model"]["type"] != "BPE" {
-        return Err(bad("GGUF export supports BPE tokenizers only"));
-    }
-    let mut tokens = vec![String::new(); vocab_size];
-    let mut types = vec![1i32; vocab_size];
-    let vocab = tj["model"]["vocab"].as_object().ok_or_else(|| bad("no vocab"))?;
-    for (t, id) in vocab {
-        if let Some(i) = id.as_u64().map(|i| i as usize).filter(|&i| i < vocab_size) {
-            tokens[i] = t.clone();
-        }
-    }
-    for a in tj["added_tokens"].as_array().into_iter().flatten() {
-        if let (Some(i), Some(t)) = (a["id"].as_u64().map(|i| i as usize), a["content"].as_str())
-            && i < vocab_size
-        {
-            tokens[i] = t.to_string();
-            types[i] = if a["special"].as_bool() == Some(true) { 3 } else { 4 };
-        }
-    }
-    for (i, t) in tokens.iter_mut().enumerate().filter(|(_, t)| t.is_empty()) {
-        *t = format!("[PAD{i}]");
-        types[i] = 5;
-    }
-    let merges: StrArray = tj["model"]["merges"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| match m {
-            Value::String(x) => Some(x.clone()),
-            Value::Array(p) => Some(format!("{} {}", p.first()?.as_str()?, p.get(1)?.as_str()?)),
-            _ => None,
-        })
-        .collect();
-    let mut m = vec![
-        ("tokenizer.ggml.model".into(), s("gpt2")),
-        ("tokenizer.ggml.pre".into(), s(super::pre_hash::pre_name(tj, path.parent().unwrap_or(path), pre)?)),
-        ("tokenizer.ggml.tokens".into(), MetaValue::Array(MetaArray::Str(tokens.iter().collect()))),
-        ("tokenizer.ggml.token_type".into(), MetaValue::Array(MetaArray::I32(types))),
-        ("tokenizer.ggml.merges".into(), MetaValue::Array(MetaArray::Str(merges))),
-    ];
-    let id_of = |key: &str| -> Option<u32> {
-        let v = &cfg[key];
-        let text = v.as_str().or_else(|| v["content"].as_str())?;
-        tokens.iter().position(|t| t == text).map(|i| i as u32)
-    };
-    for (key, name) in [("bos_token", "bos"), ("eos_token", "eos"), ("pad_token", "padding"), ("unk_token", "unknown")]
-    {
-        if let Some(id) = id_of(key) {
-            m.push((format!("tokenizer.ggml.{name}_token_id"), MetaValue::U32(id)));
-        }
-    }
-    if let Some(b) = cfg["add_bos_token"].as_bool() {
-        m.push(("tokenizer.ggml.add_bos_token".into(), MetaValue::Bool(b)));
-    }
-    if let Some(t) = template {
-        m.push(("tokenizer.chat_template".into(), s(&t)));
-    }
-    Ok(m)
-}
-
 /// [`export_gguf_with_tokenizer`] with the source's own tokenizer (no tokens added).
 pub fn export_gguf(
     model: &Llama,
@@ -301,8 +201,8 @@ pub fn export_gguf_with_tokenizer(
         let name = source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let mut m = config_meta(c, &name)?;
         match tokenizer {
-            Some(t) => m.extend(tokenizer_meta_of(t, c.vocab_size, pre)?),
-            None => m.extend(tokenizer_meta(source, c.vocab_size, pre)?),
+            Some(t) => m.extend(super::gguf_tokenizer::tokenizer_metadata(t, c.vocab_size, pre)?),
+            None => m.extend(super::gguf_tokenizer::tokenizer_metadata_of_dir(source, c.vocab_size, pre)?),
         }
         m
     };

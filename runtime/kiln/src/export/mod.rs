@@ -7,6 +7,7 @@
 
 pub mod gguf;
 pub mod gguf_lora;
+pub mod gguf_tokenizer;
 pub mod merged;
 pub mod pre_hash;
 

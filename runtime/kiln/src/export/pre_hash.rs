@@ -134,7 +134,12 @@ pub fn check_hash(tj: &Value, path: &Path) -> Result<String> {
     let enc = tok.encode(CHECK_TEXT, true).map_err(|e| bad(format!("cannot encode the check text: {e}")))?;
     // Python's `str()` of a list of ints: `[1, 2, 3]`.
     let ids: Vec<String> = enc.get_ids().iter().map(u32::to_string).collect();
-    Ok(sha256(format!("[{}]", ids.join(", ")).as_bytes()).iter().map(|b| format!("{b:02x}")).collect())
+    Ok(sha256_hex(format!("[{}]", ids.join(", ")).as_bytes()))
+}
+
+/// The SHA-256 of `data` in lowercase hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    sha256(data).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `name` as a `tokenizer.ggml.pre` kiln implements (`kiln export --gguf-pre`), else an error
