@@ -177,8 +177,16 @@ fn every_family_round_trips_through_the_gguf_export() {
             std::fs::write(w.join(format!("{name}.json")), j.to_string()).unwrap();
             continue;
         }
-        assert_eq!(Value::from(differs), fam["kiln_gguf_differs"], "{name}: texts where kiln reads the export differently");
-        assert_eq!(digest, fam["export_digest"].as_str().unwrap(), "{name}: the exported tokenizer changed: rerun tools/make_tokenizer_roundtrip_fixtures.py");
+        assert_eq!(
+            Value::from(differs),
+            fam["kiln_gguf_differs"],
+            "{name}: texts where kiln reads the export differently"
+        );
+        assert_eq!(
+            digest,
+            fam["export_digest"].as_str().unwrap(),
+            "{name}: the exported tokenizer changed: rerun tools/make_tokenizer_roundtrip_fixtures.py"
+        );
         assert_eq!(fam["gguf_transformers"], fam["hf"], "{name}: transformers on the export");
         gguf_package_reads(&out, &meta);
         done += 1;

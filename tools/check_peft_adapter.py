@@ -14,6 +14,10 @@
    PEFT model's.
 
     python3 tools/check_peft_adapter.py [--kiln target/release/kiln] [--steps 30]
+        [--family llama|gemma2|gemma3|phi3|phi4-mini]
+
+--family picks the random model (tools/kiln_tiny.py): Gemma 2/3 and Phi-3/Phi-4-mini check
+sliding windows, soft-caps, PEFT's fused qkv_proj/gate_up_proj LoRA and partial rotary.
 Needs torch, transformers, peft (pip). Exits non-zero when the agreement is worse than 1e-3.
 """
 import argparse
@@ -32,6 +36,7 @@ def main():
     ap.add_argument("--kiln", default=os.path.join(ROOT, "target/release/kiln"))
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--family", default="llama", choices=["llama", "gemma2", "gemma3", "phi3", "phi4-mini"])
     ap.add_argument("--train-embeddings", action="store_true",
                     help="also train embed_tokens and lm_head (saved as PEFT modules_to_save)")
     a = ap.parse_args()
@@ -40,10 +45,10 @@ def main():
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from kiln_tiny import tiny_llama
+    from kiln_tiny import tiny_model
     work = tempfile.mkdtemp(prefix="kiln-peft-")
     model_dir = os.path.join(work, "model")
-    tiny_llama(model_dir)
+    tiny_model(model_dir, a.family)
     data = os.path.join(work, "data.jsonl")
     with open(data, "w") as fh:
         for i in range(60):
@@ -84,7 +89,7 @@ def main():
         merged_logits = merged(ids).logits[0]
     merged_diff = (merged_logits - logits).abs().max().item()
     same_tokens = tok(prompt, add_special_tokens=False)["input_ids"] == [i for i in k["prompt_ids"] if i != 1]
-    report = {"tokens": len(k["tokens"]), "max_abs_logprob_diff": diff,
+    report = {"family": a.family, "tokens": len(k["tokens"]), "max_abs_logprob_diff": diff,
               "greedy_tokens_agree": greedy == k["tokens"], "adapter_effect_max_logit": adapter_effect,
               "merged_vs_peft_max_logit_diff": merged_diff, "merged_tokenizer_same_ids": same_tokens,
               "peft_loaded_modules": sorted({n.split(".")[-2] for n, _ in pm.named_modules() if n.endswith("lora_A")})}

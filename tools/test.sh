@@ -65,7 +65,7 @@ tier "build tests" cargo test --workspace --all-targets --locked --no-run
 tier "1 cpu ops + gradient checks" cargo test --workspace --locked --lib --test gradcheck --test parity --test attention_ref --test qlinear --test broken --benches -- --nocapture
 # 2. Reference: tiny Llama/Qwen2/Qwen3 against PyTorch fixtures (logits, loss, LoRA grads,
 #    AdamW trajectory), bad model files, LoRA overfit.
-tier "2 reference fixtures (PyTorch, transformers, gguf) + model and data files" cargo test --workspace --locked --test reference --test weights_bad_input --test overfit --test data --test templates --test metrics --test batching --test gguf --test smollm2 --test train --test preference --test rope_scaling --test gguf_spm --test gguf_vocab --test phi3 --test gemma3_real --test gemma -- --nocapture
+tier "2 reference fixtures (PyTorch, transformers, gguf) + model and data files" cargo test --workspace --locked --test reference --test weights_bad_input --test overfit --test data --test templates --test metrics --test batching --test gguf --test smollm2 --test train --test preference --test rope_scaling --test gguf_spm --test gguf_vocab --test tokenizer_roundtrip --test phi3 --test gemma3_real --test gemma -- --nocapture
 # 3. wgpu on lavapipe: the op parity table; ops without a WGSL kernel yet are listed as skipped
 #    (the tier itself fails when no adapter opens).
 tier "3 wgpu on lavapipe (op parity, training against the CPU)" cargo test --workspace --locked --test wgpu_parity --test wgpu_train -- --nocapture

@@ -157,6 +157,9 @@ fn kind(tj: &Value, path: &Path) -> Result<Kind> {
                 None => pre["add_prefix_space"].as_bool().unwrap_or(true),
             });
         }
+        // Gemma's layout: a Split on " " after the normalizer has turned every space into `▁`
+        // never matches, so it splits nothing.
+        Some("Split") if spaces && pre["pattern"]["String"] == " " => {}
         Some(other) => {
             return Err(bad(
                 "pre_tokenizer",
