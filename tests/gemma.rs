@@ -323,8 +323,11 @@ fn gemma3_older_config_spellings() {
     let d = ModelConfig::from_json(&v, Path::new("m/config.json")).unwrap();
     assert_eq!(d.gemma.as_ref().unwrap().sliding, new.gemma.as_ref().unwrap().sliding);
     assert_eq!(d.gemma.as_ref().unwrap().local_rope_theta, 10_000.0);
-    // The config kiln writes reads back the same.
-    let back = ModelConfig::from_json(&new.to_hf_json(), Path::new("x/config.json")).unwrap();
+    // The config kiln writes reads back the same; query_pre_attn_scalar stays an integer
+    // (transformers' strict config classes refuse 16.0).
+    let out = new.to_hf_json();
+    assert!(out["query_pre_attn_scalar"].is_u64(), "{}", out["query_pre_attn_scalar"]);
+    let back = ModelConfig::from_json(&out, Path::new("x/config.json")).unwrap();
     assert_eq!((back.gemma, back.rope), (new.gemma, new.rope));
 }
 

@@ -61,6 +61,9 @@ pub enum RopeKind {
 /// A parsed, validated model configuration.
 #[derive(Clone, Debug)]
 pub struct ModelConfig {
+    /// Keys of the source `config.json` that kiln neither reads nor writes, carried into the
+    /// configs it writes (empty for GGUF sources and vision-language configs).
+    pub source_extra: serde_json::Map<String, Value>,
     pub arch: Arch,
     pub vocab_size: usize,
     pub hidden_size: usize,
@@ -360,6 +363,7 @@ impl ModelConfig {
             max_position_embeddings: f.usize_or("max_position_embeddings", 2048)?,
             sliding_window,
             gemma: super::gemma::settings(arch, v, path, num_layers, rope_theta)?,
+            source_extra: source_extra(v),
         };
         super::gemma::check(&c, path)?;
         Ok(c)
@@ -424,6 +428,14 @@ impl ModelConfig {
         if let Some(g) = &self.gemma {
             super::gemma::hf_json(self, g, &mut v);
         }
+        // The source's own settings kiln does not read (pad id, dropout, initializer range…):
+        // without them transformers falls back to its class defaults (Phi-3's pad id 32000 is
+        // outside a small vocabulary). What kiln wrote above wins.
+        if let Some(o) = v.as_object_mut() {
+            for (k, x) in &self.source_extra {
+                o.entry(k.clone()).or_insert_with(|| x.clone());
+            }
+        }
         v
     }
 
@@ -477,6 +489,43 @@ impl ModelConfig {
         let layer = attn + 3 * h * i + 2 * h;
         let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * h };
         self.vocab_size * h + self.num_layers * layer + h + head
+    }
+}
+
+/// Keys of a source config that say how the weights are laid out or how RoPE runs in another
+/// spelling than kiln writes: never carried over (a merged export is dense and unquantized;
+/// RoPE and window settings are written from what kiln parsed).
+const NOT_CARRIED: &[&str] = &[
+    "architectures",
+    "model_type",
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "auto_map",
+    "quantization_config",
+    "rope_scaling",
+    "rope_parameters",
+    "rope_theta",
+    "partial_rotary_factor",
+    "rope_local_base_freq",
+    "sliding_window_pattern",
+    "max_window_layers",
+    "text_config",
+    "vision_config",
+];
+
+/// The source keys carried into exported configs ([`ModelConfig::source_extra`]).
+fn source_extra(v: &Value) -> serde_json::Map<String, Value> {
+    // `_`-keys are kiln's own notes from rewriting a Gemma config (gemma::prepare); a
+    // vision-language config's top level does not describe the text model kiln writes.
+    let multimodal = v.get("text_config").is_some() || v.get("_multimodal").and_then(Value::as_bool) == Some(true);
+    match v.as_object() {
+        Some(o) if !multimodal => o
+            .iter()
+            .filter(|(k, _)| !k.starts_with('_') && !NOT_CARRIED.contains(&k.as_str()))
+            .map(|(k, x)| (k.clone(), x.clone()))
+            .collect(),
+        _ => serde_json::Map::new(),
     }
 }
 
@@ -566,6 +615,24 @@ mod tests {
             "model_type": "llama", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
             "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1
         })
+    }
+
+    /// The source's settings kiln does not read reach the configs it writes (transformers'
+    /// Phi-3 default pad id 32000 broke loading a merged 709-token export without this); its
+    /// own fields win, and quantization or RoPE spellings are not copied.
+    #[test]
+    fn exported_configs_keep_the_source_settings_kiln_does_not_read() {
+        let mut v = base();
+        v["pad_token_id"] = 0.into();
+        v["initializer_range"] = 0.1.into();
+        v["quantization_config"] = serde_json::json!({"quant_method": "bitsandbytes"});
+        v["rope_scaling"] = serde_json::json!({"rope_type": "linear", "factor": 2.0});
+        let c = ModelConfig::from_json(&v, Path::new("m/config.json")).unwrap();
+        let out = c.to_hf_json();
+        assert_eq!((out["pad_token_id"].as_u64(), out["initializer_range"].as_f64()), (Some(0), Some(0.1)));
+        assert!(out.get("quantization_config").is_none() && out.get("rope_scaling").is_none(), "{out}");
+        assert_eq!(out["rope_parameters"]["factor"].as_f64(), Some(2.0));
+        assert_eq!(out["vocab_size"].as_u64(), Some(10));
     }
 
     #[test]

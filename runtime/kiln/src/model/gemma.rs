@@ -318,7 +318,9 @@ pub fn hf_json(c: &ModelConfig, g: &GemmaConfig, v: &mut Value) {
         o.remove(k);
     }
     o.insert("hidden_activation".into(), "gelu_pytorch_tanh".into());
-    o.insert("query_pre_attn_scalar".into(), g.query_pre_attn_scalar.into());
+    // An integer in transformers' config classes (its strict validation refuses 16.0).
+    let q = g.query_pre_attn_scalar;
+    o.insert("query_pre_attn_scalar".into(), if q.fract() == 0.0 { json!(q as u64) } else { q.into() });
     o.insert("sliding_window".into(), g.sliding_window.into());
     let types: Vec<&str> = g.sliding.iter().map(|&s| if s { "sliding_attention" } else { "full_attention" }).collect();
     o.insert("layer_types".into(), json!(types));

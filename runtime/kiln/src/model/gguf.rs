@@ -133,6 +133,8 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
         }
     }
     let mut cfg = ModelConfig::from_json(&v, &g.path)?;
+    // The object above is kiln's own reading of the file's metadata, not a user's config.
+    cfg.source_extra.clear();
     if let Some(t) = rope_freqs(g, cfg.head_dim)? {
         if cfg.rope != super::RopeKind::Default {
             return Err(bad(
