@@ -1,7 +1,9 @@
 //! `kiln train --backend cuda-emu` end to end: every op of a training step runs as the CUDA
 //! kernels of `kernels/*.cu`, executed on the CPU by kiln's emulation harness. Under GEMM v2
 //! (f32 GEMMs and f32 attention) LoRA (30 steps, also checkpointed and clipped, and with 8-bit
-//! AdamW), QLoRA (NF4, Q4_1), DPO and full fine-tuning of a small random model, each at least
+//! AdamW), QLoRA (NF4, Q4_1), DPO and full fine-tuning of a small random model, and LoRA on
+//! Gemma 3, Gemma 2, Phi-3 and Phi-4-mini (sliding windows, soft-caps, fused projections,
+//! LongRoPE, partial rotary), each at least
 //! 10 steps, give the CPU backend's per-step losses and gradient norms and its trained weights
 //! within 1e-4 relative; under the tensor-core variants (v3, the default, and v5: bf16
 //! attention and block-quantized GEMMs) NF4 QLoRA is within 1e-2; decoding with the trained
@@ -10,7 +12,7 @@
 
 mod common;
 
-use common::gpu_train::{GpuTrain, Runs, SHORT_ROWS, dpo_and_full, lora_and_qlora};
+use common::gpu_train::{GpuTrain, Runs, SHORT_ROWS, dpo_and_full, families, lora_and_qlora};
 use common::{F32, F32_ADAMW8, HALF, Run};
 
 const CUDA_EMU: GpuTrain = GpuTrain {
@@ -56,6 +58,11 @@ fn lora_on_cuda_kernels_matches_the_cpu() {
 #[test]
 fn dpo_and_full_on_cuda_kernels_match_the_cpu() {
     dpo_and_full(&CUDA_EMU);
+}
+
+#[test]
+fn gemma_and_phi_on_cuda_kernels_match_the_cpu() {
+    families(&CUDA_EMU);
 }
 
 /// The comparison fails on runs that differ by a small change of settings which the check

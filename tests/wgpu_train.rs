@@ -9,7 +9,7 @@ use std::process::Command;
 mod common;
 
 use common::F32;
-use common::gpu_train::{GpuTrain, dpo_and_full, lora_and_qlora};
+use common::gpu_train::{GpuTrain, dpo_and_full, families, lora_and_qlora};
 
 fn wgpu_ready() -> bool {
     match kiln_wgpu::open() {
@@ -44,6 +44,11 @@ fn lora_on_wgpu_matches_the_cpu() {
 #[test]
 fn dpo_and_full_on_wgpu_match_the_cpu() {
     dpo_and_full(&WGPU);
+}
+
+#[test]
+fn gemma_and_phi_on_wgpu_match_the_cpu() {
+    families(&WGPU);
 }
 
 #[test]

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{F32, HALF, MIN_STEPS, Run, Tol, same_generation, same_run, train_run, train_setup};
+use super::{F32, HALF, MIN_STEPS, Run, Tol, family_model, same_generation, same_run, train_run, train_setup};
 
 /// The arguments that keep a run's rows short, for the runs the CUDA emulation makes slow:
 /// ChatML without the fixture template's default system prompt (26 tokens a row instead of 77).
@@ -161,4 +161,34 @@ pub fn dpo_and_full(g: &GpuTrain) {
         Some(&base),
         F32,
     );
+}
+
+/// LoRA on Gemma 3 (sliding layers of window 8 between global ones, q/k norms), Gemma 2
+/// (attention and final soft-caps, sandwich norms), Phi-3 (fused qkv/gate_up, LongRoPE with its
+/// long factors past 16 positions) and Phi-4-mini (partial rotary, tied head): [`MIN_STEPS`]
+/// steps in f32 on rows longer than the window, against the CPU within [`F32`].
+pub fn families(g: &GpuTrain) {
+    if !(g.ready)() {
+        return;
+    }
+    let rows: String = (0..8)
+        .map(|i| {
+            format!(
+                "{}\n",
+                serde_json::json!({"prompt": format!("colour of item {i}, please?"),
+                    "completion": format!("item {i} is blue and {} is green", i + 1)})
+            )
+        })
+        .collect();
+    let steps = MIN_STEPS.to_string();
+    let args = [&SHORT_ROWS[..], &["--max-steps", &steps]].concat();
+    for family in ["gemma/gemma3", "gemma/gemma2", "phi3/phi3", "phi3/phi4-mini"] {
+        let name = family.split('/').next_back().unwrap();
+        let (dir, _, data) = train_setup(&format!("{}-train", g.tag), name, &rows);
+        let model = family_model(&dir, family, 11);
+        let runs = Runs { dir, model, data, backend: g.backend, tag: g.tag, f32_env: g.f32_env };
+        let cpu = runs.cpu(name, &args);
+        assert!(cpu.losses[MIN_STEPS - 1] < cpu.losses[0], "{name}: the CPU run did not learn: {:?}", cpu.losses);
+        runs.same_in_f32(&format!("{name} lora"), name, &args, &cpu, None, F32);
+    }
 }

@@ -129,6 +129,52 @@ pub fn train_run(model: &Path, data: &Path, out: &Path, backend: &str, extra: &[
     Run { losses: col("loss"), grad_norms: col("grad_norm"), weights }
 }
 
+/// Writes `dir/model`: the committed tiny model of another family (`gemma/gemma3`,
+/// `gemma/gemma2`, `phi3/phi3`, `phi3/phi4-mini` under tests/fixtures) over the fixture BPE
+/// tokenizer: its config and every weight whose shape does not depend on the vocabulary, and
+/// new random embedding (and untied head) rows for the tokenizer's 709.
+#[allow(dead_code)]
+pub fn family_model(dir: &Path, family: &str, seed: u64) -> PathBuf {
+    use kiln::core::Tensor;
+    use kiln::formats::WeightStore;
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(family);
+    let m = dir.join("model");
+    std::fs::create_dir_all(&m).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let old_vocab = cfg["vocab_size"].as_u64().unwrap() as usize;
+    cfg["vocab_size"] = 709.into();
+    std::fs::write(m.join("config.json"), cfg.to_string()).unwrap();
+    let store = WeightStore::open(&src.join("model.safetensors")).unwrap();
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut tensors = Vec::new();
+    for n in store.names() {
+        let t = store.get(&n).unwrap();
+        let t = if n.ends_with("embed_tokens.weight") || n == "lm_head.weight" {
+            assert_eq!(t.dims()[0], old_vocab, "{family}: {n}");
+            let h = t.dims()[1];
+            let v: Vec<f32> = (0..709 * h)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.4
+                })
+                .collect();
+            Tensor::from_vec(v, [709, h]).unwrap()
+        } else {
+            t
+        };
+        tensors.push((n, t));
+    }
+    kiln::formats::write_safetensors(&m.join("model.safetensors"), &tensors).unwrap();
+    let fx = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tokenizer");
+    for f in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"] {
+        std::fs::copy(fx.join(f), m.join(f)).unwrap();
+    }
+    m
+}
+
 /// A fresh `CARGO_TARGET_TMPDIR/<prefix>-<name>` with the tiny model and `rows` as data.jsonl.
 #[allow(dead_code)]
 pub fn train_setup(prefix: &str, name: &str, rows: &str) -> (PathBuf, PathBuf, PathBuf) {
