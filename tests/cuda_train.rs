@@ -3,9 +3,8 @@
 //! (f32 GEMMs and f32 attention) LoRA (30 steps, also checkpointed and clipped, and with 8-bit
 //! AdamW), QLoRA (NF4, Q4_1), DPO and full fine-tuning of a small random model, and LoRA on
 //! Gemma 3, Gemma 2, Phi-3 and Phi-4-mini (sliding windows, soft-caps, fused projections,
-//! LongRoPE, partial rotary), each at least
-//! 10 steps, give the CPU backend's per-step losses and gradient norms and its trained weights
-//! within 1e-4 relative; under the tensor-core variants (v3, the default, and v5: bf16
+//! LongRoPE, partial rotary), each at least 10 steps, give the CPU backend's per-step losses
+//! and gradient norms and its trained weights within 1e-4 relative; under the tensor-core variants (v3, the default, and v5: bf16
 //! attention and block-quantized GEMMs) NF4 QLoRA is within 1e-2; decoding with the trained
 //! adapter picks the CPU's tokens. On a machine with a GPU, `tools/gpu-check.sh` runs the same
 //! comparison with `--backend cuda`.

@@ -1,8 +1,9 @@
 //! `kiln train --backend wgpu` end to end — on lavapipe in CI: 30-step LoRA and QLoRA (NF4,
 //! Q4_1) fine-tunes of a small random model and 10-step DPO and full fine-tunes whose per-step
 //! losses and gradient norms and trained weights match the CPU backend's within 1e-4 relative
-//! (f32), and within 1e-2 with f16 GEMMs (LoRA, NF4 QLoRA). With no adapter the tests fail under
-//! CI (the tier must not be skipped) and say why elsewhere.
+//! (f32), and within 1e-2 with f16 GEMMs (LoRA, NF4 QLoRA); 10-step LoRA on Gemma 3, Gemma 2,
+//! Phi-3 and Phi-4-mini within 1e-4. With no adapter the tests fail under CI (the tier must not
+//! be skipped) and say why elsewhere.
 
 use std::process::Command;
 
