@@ -13,7 +13,7 @@ use kiln::adapters::{LoraConfig, LoraSet, Target};
 use kiln::core::{Tape, Tensor};
 use kiln::data::batch::shift_targets;
 use kiln::formats::WeightStore;
-use kiln::model::{Inputs, Llama, ModelConfig, RopeKind, default_positions};
+use kiln::model::{Inputs, KvCache, Llama, ModelConfig, RopeKind, default_positions};
 
 const LOGITS_TOL: f64 = 1e-5;
 const LOSS_TOL: f64 = 2e-6;
@@ -96,6 +96,40 @@ fn phi3_matches_transformers() {
     // The config kiln writes reads back to the same settings.
     let back = ModelConfig::from_json(&c.to_hf_json(), Path::new("x/config.json")).unwrap();
     assert_eq!((back.rope.clone(), back.rotary_dim), (c.rope.clone(), c.rotary_dim));
+}
+
+/// Phi-3's `sliding_window` (transformers masks it as Mistral's): window 8 on rows of 24
+/// against transformers' logits (tools/make_phi3_fixtures.py), in one pass and decoded token by
+/// token past the window; without the window the logits are off.
+#[test]
+fn phi3_sliding_window_matches_transformers() {
+    let r = reference("phi3");
+    let want = f32s(&WeightStore::open(&fixture("phi3/window.safetensors")).unwrap(), "logits");
+    let mut cfg = ModelConfig::load(&fixture("phi3")).unwrap();
+    cfg.sliding_window = Some(8);
+    assert_eq!((cfg.applies_window(), cfg.layer_window(1)), (true, Some(8)));
+    let store = WeightStore::open(&fixture("phi3")).unwrap();
+    let model = Llama::from_source(cfg, &store, false).unwrap();
+    let ids = r.get("input_ids").unwrap();
+    let e = rel_err("phi3 window 8", &run(&model, &ids, None, None).0, &want);
+    assert!(e <= LOGITS_TOL, "phi3 window 8: logits relative error {e:e}");
+    // Row 0 through the KV cache: 17 tokens at once (past the original 16, so the long factors
+    // apply from the start, as in the one-pass reference), then token by token, each step
+    // attending to its window of 8.
+    let row: Vec<i32> = ids.as_slice::<i32>().unwrap()[..24].to_vec();
+    let mut cache = KvCache::new(&model);
+    let mut decoded = model.forward_cached(&row[..17], &mut cache, None).unwrap();
+    for &id in &row[17..] {
+        decoded.extend(model.forward_cached(&[id], &mut cache, None).unwrap());
+    }
+    // forward_cached gives the last token's logits: positions 16 to 23.
+    let v = want.len() / 48;
+    let de = rel_err("phi3 window 8 decoded", &decoded, &want[16 * v..24 * v]);
+    assert!(de <= LOGITS_TOL, "phi3 window 8 decoded: relative error {de:e}");
+    let plain = Llama::load(&fixture("phi3"), false).unwrap();
+    let off = rel_err("phi3 without the window", &run(&plain, &ids, None, None).0, &want);
+    assert!(off > 100.0 * LOGITS_TOL, "ignoring the window still matches ({off:e})");
+    eprintln!("phi3 window 8: logits rel {e:.2e}, decoded {de:.2e}; without the window {off:.2e}");
 }
 
 #[test]

@@ -27,6 +27,11 @@ and for phi3 also
                                   loss on input_ids/labels
   phi3.gguf (beside the folders)  llama.cpp's converter on phi3 (f32; the vocabulary a stub of
                                   `vocab_size` tokens with one merge)
+  phi3/window.safetensors         logits of phi3 with `sliding_window` 8 on input_ids (rows of
+                                  24): transformers' sliding-window mask, as Mistral's
+
+    python3 tools/make_phi3_fixtures.py --window-only   writes only window.safetensors from the
+                                                        committed phi3 folder
 """
 import json
 import os
@@ -34,7 +39,7 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, Phi3Config
 
 FIX = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
@@ -141,12 +146,29 @@ def convert(src: Path, out: Path):
     print(f"{out.name}: written from {src.name} by {cls.__name__}")
 
 
+def window_reference():
+    """phi3 with a sliding window of 8 on its 24-token reference rows."""
+    d = OUT / "phi3"
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager",
+                                                 sliding_window=8).eval()
+    assert model.config.sliding_window == 8
+    ids = load_file(d / "reference.safetensors")["input_ids"].long()
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    save_file({"logits": logits.float().contiguous()}, d / "window.safetensors")
+    print(f"phi3 window 8: logits {tuple(logits.shape)}")
+
+
 def main():
+    if "--window-only" in sys.argv[1:]:
+        window_reference()
+        return
     for i, (name, cfg) in enumerate(MODELS.items()):
         model, ids, labels = reference(name, cfg, 300 + i)
         if name == "phi3":
             lora(model, ids, labels, 400)
     convert(OUT / "phi3", OUT / "phi3.gguf")
+    window_reference()
     import peft
     import transformers
     (OUT / "reference.json").write_text(json.dumps({

@@ -33,11 +33,13 @@ use crate::data::tokenizer::TextTokenizer;
 use crate::model::{KvCache, Llama};
 use crate::{KilnError, Result};
 
-/// The tokens a model attends over: its `max_position_embeddings`, or its sliding window when
-/// smaller (the cache here does not roll).
+/// The tokens a model attends over: its `max_position_embeddings`; a sliding window kiln does
+/// not apply (Qwen's) bounds it too. Past an applied window (Gemma, Mistral, Phi-3) decoding
+/// goes on: each layer attends to its window of the cache.
 pub fn context_len(model: &Llama) -> usize {
     let c = &model.config;
-    c.max_position_embeddings.min(c.sliding_window.unwrap_or(usize::MAX))
+    let unapplied = c.sliding_window.filter(|_| !c.applies_window());
+    c.max_position_embeddings.min(unapplied.unwrap_or(usize::MAX))
 }
 
 /// Fits a request into a context of `ctx` tokens: a prompt that leaves no room for one new

@@ -50,13 +50,22 @@ pub struct GemmaConfig {
 }
 
 impl ModelConfig {
-    /// The attention window of layer `i`: Gemma's sliding layers, or Mistral's window on every
-    /// layer.
+    /// The attention window of layer `i`: Gemma's sliding layers, or Mistral's and Phi-3's window
+    /// on every layer (transformers' `create_sliding_window_causal_mask` for both). The one
+    /// place a layer's window is chosen; Qwen's `use_sliding_window` is not applied (see
+    /// [`ModelConfig::applies_window`]).
     pub fn layer_window(&self, i: usize) -> Option<usize> {
         match &self.gemma {
             Some(g) => g.sliding_window.filter(|_| g.sliding.get(i).copied().unwrap_or(false)),
-            None => self.sliding_window,
+            None => self.sliding_window.filter(|_| self.applies_window()),
         }
+    }
+
+    /// Whether kiln applies the config's windows (Gemma, Mistral, Phi-3). A `sliding_window`
+    /// it does not apply (Qwen's windowed layers from `max_window_layers` on) bounds the
+    /// sequence length instead: longer rows are refused.
+    pub fn applies_window(&self) -> bool {
+        self.gemma.is_some() || matches!(self.arch, Arch::Mistral | Arch::Phi3)
     }
 
     /// Whether layer `i` rotates with the local RoPE (Gemma's sliding layers).

@@ -186,7 +186,7 @@ impl Llama {
                 mlp_norm: leaf(&format!("{p}.{}.weight", mlp_norm_name(c)), &[h])?,
                 post_attn_norm: opt(gemma, "post_attention_layernorm")?,
                 post_mlp_norm: opt(gemma, "post_feedforward_layernorm")?,
-                window: if gemma { c.layer_window(i) } else { None },
+                window: c.layer_window(i),
                 local_rope: c.local_rope(i),
                 bottleneck: None,
             });
@@ -409,9 +409,9 @@ impl Llama {
             )));
         }
         if let Some(w) = c.sliding_window.filter(|&w| d[1] > w) {
-            if window(c).is_none() {
+            if !c.applies_window() {
                 return Err(KilnError::Msg(format!(
-                    "sequence length {} exceeds the model's sliding window {w}, which kiln applies to Mistral only \
+                    "sequence length {} exceeds the model's sliding window {w}, which kiln applies to Gemma, Mistral and Phi-3 only \
                      (Qwen's windowed layers are not implemented)",
                     d[1]
                 )));
@@ -578,7 +578,7 @@ impl Llama {
         if n == 0 {
             return Err(KilnError::Msg("forward_cached: no tokens".into()));
         }
-        if let Some(w) = c.sliding_window.filter(|&w| cache.len + n > w && window(c).is_none()) {
+        if let Some(w) = c.sliding_window.filter(|&w| cache.len + n > w && !c.applies_window()) {
             return Err(KilnError::Msg(format!("context of {} tokens exceeds the sliding window {w}", cache.len + n)));
         }
         let tape = Tape::no_grad();
@@ -658,8 +658,7 @@ fn block(
         k = Var::constant(Tensor::from_vec(c.k.clone(), [1, tk, c.kv_heads, hd])?);
         v = Var::constant(Tensor::from_vec(c.v.clone(), [1, tk, c.kv_heads, hd])?);
     }
-    // Gemma's sliding layers, else Mistral's window on every layer.
-    let window = blk.window.or(window(c));
+    let window = blk.window;
     let softcap = c.gemma.as_ref().and_then(|g| g.attn_softcap);
     let opts = ops::AttnOptions {
         seg: ctx.seg.as_ref(),
@@ -701,10 +700,6 @@ fn mlp_norm_name(c: &ModelConfig) -> &'static str {
 /// The sliding window attention applies: Mistral's, on every layer (Qwen's configs window only
 /// the layers from `max_window_layers` on, which kiln does not implement: it refuses rows past
 /// their window instead).
-fn window(c: &ModelConfig) -> Option<usize> {
-    c.sliding_window.filter(|_| c.arch == super::Arch::Mistral)
-}
-
 /// Positions `0..T` for every row.
 pub fn default_positions(b: usize, t: usize) -> Result<Tensor> {
     Ok(Tensor::from_vec((0..b * t).map(|i| (i % t) as i32).collect::<Vec<_>>(), [b, t])?)
