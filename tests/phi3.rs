@@ -132,6 +132,18 @@ fn phi3_sliding_window_matches_transformers() {
     eprintln!("phi3 window 8: logits rel {e:.2e}, decoded {de:.2e}; without the window {off:.2e}");
 }
 
+/// The memory plan's trainable count equals the adapter's: q/k/v (gate/up) share one A.
+#[test]
+fn plan_counts_the_shared_lora_a_once() {
+    let cfg = ModelConfig::load(&fixture("phi3")).unwrap();
+    let tc = kiln::train::config::TrainConfig::default();
+    let lc =
+        LoraConfig { r: tc.lora_r, alpha: tc.lora_alpha, rslora: false, targets: tc.targets().unwrap(), dropout: 0.0 };
+    let set = LoraSet::new(&cfg, lc, 0).unwrap();
+    let planned = kiln::train::plan::trainable(&tc, &cfg).unwrap();
+    assert_eq!(planned, set.num_params() as u64, "plan vs the adapter's tensors");
+}
+
 #[test]
 fn broken_variants_do_not_match() {
     let r = reference("phi3");
@@ -375,6 +387,7 @@ fn phi4_mini_partial_rotary_matches_transformers() {
     let m = Llama::from_source(cfg, &WeightStore::open(&fixture("phi4-mini")).unwrap(), false).unwrap();
     let e2 = rel_err("no attention factor", &run(&m, &r.get("input_ids").unwrap(), None, None).0, &f32s(&r, "logits"));
     assert!(e2 > 100.0 * LOGITS_TOL, "phi4-mini without the attention factor still matches ({e2:e})");
+    eprintln!("phi4-mini without LongRoPE's attention factor: logits rel {e2:.2e}");
     // The config kiln writes keeps the factor.
     let back = ModelConfig::from_json(&c.to_hf_json(), Path::new("x/config.json")).unwrap();
     assert_eq!((back.rope.clone(), back.rotary_dim), (c.rope.clone(), c.rotary_dim));

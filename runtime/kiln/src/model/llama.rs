@@ -38,9 +38,9 @@ pub struct Block {
     /// Gemma's norms of the attention output and of the MLP output (before each residual add).
     pub post_attn_norm: Option<Var>,
     pub post_mlp_norm: Option<Var>,
-    /// This layer's own attention window (Gemma's sliding layers; a window on every layer, as
-    /// Mistral's, is the config's `sliding_window`).
-    pub window: Option<usize>,
+    /// The block's index: its attention window is read from the config at each forward
+    /// ([`ModelConfig::layer_window`]), so a changed config takes effect.
+    pub layer: usize,
     /// Rotate with the local RoPE frequencies (Gemma 3's sliding layers).
     pub local_rope: bool,
     /// Bottleneck adapters after the attention and the MLP sub-layer (the `adapter` method).
@@ -186,7 +186,7 @@ impl Llama {
                 mlp_norm: leaf(&format!("{p}.{}.weight", mlp_norm_name(c)), &[h])?,
                 post_attn_norm: opt(gemma, "post_attention_layernorm")?,
                 post_mlp_norm: opt(gemma, "post_feedforward_layernorm")?,
-                window: c.layer_window(i),
+                layer: i,
                 local_rope: c.local_rope(i),
                 bottleneck: None,
             });
@@ -658,7 +658,7 @@ fn block(
         k = Var::constant(Tensor::from_vec(c.k.clone(), [1, tk, c.kv_heads, hd])?);
         v = Var::constant(Tensor::from_vec(c.v.clone(), [1, tk, c.kv_heads, hd])?);
     }
-    let window = blk.window;
+    let window = c.layer_window(blk.layer);
     let softcap = c.gemma.as_ref().and_then(|g| g.attn_softcap);
     let opts = ops::AttnOptions {
         seg: ctx.seg.as_ref(),
@@ -697,9 +697,6 @@ fn mlp_norm_name(c: &ModelConfig) -> &'static str {
     if c.is_gemma() { "pre_feedforward_layernorm" } else { "post_attention_layernorm" }
 }
 
-/// The sliding window attention applies: Mistral's, on every layer (Qwen's configs window only
-/// the layers from `max_window_layers` on, which kiln does not implement: it refuses rows past
-/// their window instead).
 /// Positions `0..T` for every row.
 pub fn default_positions(b: usize, t: usize) -> Result<Tensor> {
     Ok(Tensor::from_vec((0..b * t).map(|i| (i % t) as i32).collect::<Vec<_>>(), [b, t])?)

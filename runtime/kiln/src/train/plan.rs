@@ -123,9 +123,13 @@ pub fn trainable(cfg: &TrainConfig, c: &ModelConfig) -> Result<u64> {
             let w = "LoRA parameters";
             let r = cfg.lora_r as u64;
             let mut per_layer = 0u64;
+            // Phi-3's fused matrices: the later parts of qkv_proj / gate_up_proj share the
+            // first part's A (crate::adapters::fused), so only their B rows count.
+            let fused = c.arch == crate::model::Arch::Phi3;
             for t in cfg.targets()? {
                 let (fin, fout) = t.dims(c);
-                per_layer = add(per_layer, mul(r, add(fin as u64, fout as u64, w)?, w)?, w)?;
+                let a = if fused && crate::adapters::fused::shares_a(t) { 0 } else { fin as u64 };
+                per_layer = add(per_layer, mul(r, add(a, fout as u64, w)?, w)?, w)?;
             }
             let mut n = mul(per_layer, layers, w)?;
             if cfg.train_embeddings {
