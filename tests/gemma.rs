@@ -16,6 +16,10 @@ use kiln::data::batch::shift_targets;
 use kiln::formats::WeightStore;
 use kiln::model::{Arch, Inputs, Llama, ModelConfig, RopeKind, default_positions};
 
+#[path = "common/compare.rs"]
+mod compare;
+use compare::{f32s, rel_err};
+
 const LOGITS_TOL: f64 = 1e-5;
 const LOSS_TOL: f64 = 2e-6;
 const LORA_GRAD_TOL: f64 = 3e-5;
@@ -30,21 +34,6 @@ fn tmp(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-/// ‖got − want‖ / ‖want‖, lengths equal, both sides finite, the reference non-zero.
-fn rel_err(what: &str, got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len(), "{what}: kiln has {} values, the reference {}", got.len(), want.len());
-    assert!(!want.is_empty(), "{what}: nothing to compare");
-    assert!(got.iter().chain(want).all(|x| x.is_finite()), "{what}: NaN/inf");
-    let num: f64 = got.iter().zip(want).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
-    let den: f64 = want.iter().map(|y| (*y as f64).powi(2)).sum();
-    assert!(den > 0.0, "{what}: the reference is all zeros");
-    (num / den).sqrt()
-}
-
-fn f32s(store: &WeightStore, key: &str) -> Vec<f32> {
-    store.get(key).unwrap_or_else(|e| panic!("fixture {key}: {e}")).to_vec_f32().unwrap()
 }
 
 /// The fixture's PEFT LoRA (A and B from `reference.safetensors`), one per layer and target.
