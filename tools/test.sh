@@ -43,6 +43,13 @@ nv() { python3 -c "import nvidia.$1 as m; print(m.__path__[0])"; }
 export LD_LIBRARY_PATH="$(nv cuda_nvrtc)/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export KILN_CUDA_INCLUDE="$(nv cuda_runtime)/include"
 export KILN_PTXAS="$(nv cuda_nvcc)/bin/ptxas"
+# The static kernel profiler disassembles ptxas's cubins with nvdisasm, which NVIDIA ships in a
+# pip wheel for CUDA 13 only; CUDA 13's nvdisasm reads CUDA 12.9 cubins for sm_80 … sm_120.
+if ! python3 -c "import nvidia.cu13" >/dev/null 2>&1 \
+   || [ ! -x "$(python3 -c 'import nvidia.cu13 as m; print(m.__path__[0])')/bin/nvdisasm" ]; then
+  python3 -m pip install --quiet "nvidia-cuda-nvdisasm==13.5.*"
+fi
+export KILN_NVDISASM="$(nv cu13)/bin/nvdisasm"
 # kiln builds with no CUDA toolkit and no GPU: cudarc loads libcuda/libnvrtc at run time.
 # Tests build with [profile.test] (opt-level 3), the same features for clippy and tests.
 # Every cargo call names --workspace so features unify the same way and nothing rebuilds.

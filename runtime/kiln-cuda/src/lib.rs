@@ -15,6 +15,7 @@ pub mod exec;
 pub mod kernels;
 #[cfg(feature = "cuda")]
 pub mod nvrtc;
+pub mod prof;
 mod variant;
 
 pub use variant::{GemmVariant, UnknownGemmVariant};

@@ -1,6 +1,8 @@
 //! Every kernel file compiles with NVRTC for every target architecture, with no warnings, and
 //! exports every entry point; the sm_90a GEMM holds real wgmma instructions; `ptxas -v`
-//! reports no register spills and no warnings for the GEMM and LoRA kernels. Needs libnvrtc and the CUDA headers (pip wheels `nvidia-cuda-nvrtc-cu12`,
+//! reports no register spills and no warnings for the GEMM and LoRA kernels; the static
+//! profiler (`kiln prof static`) analyses every kernel for sm_80 and sm_90a and gives the known
+//! answers on hand-written calibration kernels. Needs libnvrtc and the CUDA headers (pip wheels `nvidia-cuda-nvrtc-cu12`,
 //! `nvidia-cuda-runtime-cu12`; `nvidia-cuda-nvcc-cu12` for ptxas), which tools/test.sh puts on
 //! the library path and in `KILN_CUDA_INCLUDE` / `KILN_PTXAS`. Under CI a missing piece fails.
 
@@ -49,6 +51,117 @@ fn every_kernel_compiles_for_every_arch_without_warnings() {
         }
     }
     ptxas_reports_no_spills(&out);
+    static_profile_covers_every_kernel(&out);
+}
+
+/// The disassembler (`KILN_NVDISASM`, from the `nvidia-cuda-nvdisasm` wheel), or a skip/fail.
+fn nvdisasm_ready() -> bool {
+    let nd = kiln_cuda::prof::nvdisasm();
+    match std::process::Command::new(&nd).arg("--version").output() {
+        Ok(o) if o.status.success() => {
+            let v = String::from_utf8_lossy(&o.stdout);
+            eprintln!("nvdisasm: {}", v.lines().find(|l| l.contains("release")).unwrap_or("?"));
+            true
+        }
+        other => !skip_or_fail(&format!("{} not usable (set KILN_NVDISASM): {other:?}", nd.display())),
+    }
+}
+
+/// `kiln prof static`'s analysis over every entry point of every file for sm_80 and sm_90a
+/// (the targets CI analyses): a row per kernel (a new kernel cannot be missed), a main loop
+/// with tensor-core work in the MMA GEMMs (HMMA on both, HGMMA in v5 on sm_90a), and no
+/// integer divide in the GEMMs' main loops.
+fn static_profile_covers_every_kernel(dir: &std::path::Path) {
+    if !nvdisasm_ready() {
+        return;
+    }
+    let work = dir.join("prof");
+    for (arch, target) in [("sm_80", "sm_80"), ("compute_90a", "sm_90a")] {
+        let mut rows = 0;
+        for (file, src) in SOURCES {
+            let stem = file.trim_end_matches(".cu");
+            let ptx = std::fs::read_to_string(dir.join(format!("{stem}.{arch}.ptx"))).unwrap();
+            let ks = kiln_cuda::prof::analyse_ptx(file, &ptx, target, &work).unwrap_or_else(|e| panic!("{e}"));
+            let mut names: Vec<&str> = ks.iter().map(|k| k.name.as_str()).collect();
+            let mut want = entry_points(src);
+            names.sort_unstable();
+            want.sort_unstable();
+            assert_eq!(names, want, "{file} {target}: analysed kernels");
+            for k in &ks {
+                assert!(k.resources.registers > 0 && k.whole.total > 0, "{target} {}: {k:?}", k.name);
+                assert!(k.occupancy.blocks_per_sm > 0, "{target} {}: no block fits", k.name);
+                let hopper = k.name.starts_with("gemm_v5") && target == "sm_90a";
+                if k.name.starts_with("gemm_v3") || k.name.starts_with("gemm_v4") || hopper {
+                    let (_, m) = k.main_loop.as_ref().unwrap_or_else(|| panic!("{target} {}: no main loop", k.name));
+                    assert!(m.mma > 0 && m.non_mma_per_mma().is_some(), "{target} {}: {m:?}", k.name);
+                    // The quantized-B GEMMs divide to find a weight's block (a baseline figure,
+                    // printed below); the 16-bit ones must not.
+                    if !k.name.ends_with("_q") {
+                        assert_eq!(m.idiv, 0, "{target} {}: integer divide in the main loop", k.name);
+                    }
+                    assert_eq!(m.mma_equiv >= 64.0, hopper, "{target} {}: {} MMA-equivalents", k.name, m.mma_equiv);
+                }
+                if let Some((_, m)) = k.main_loop.as_ref().filter(|(_, m)| m.mma > 0) {
+                    eprintln!(
+                        "{target} {}: main loop {} instructions, {} MMA-eq, {:.1} non-MMA per MMA, LDG 32/64/128 \
+                         {}/{}/{}, LDGSTS {}, LDSM {}, integer divides {}; {} registers, occupancy {:.0}%",
+                        k.name,
+                        m.total,
+                        m.mma_equiv,
+                        m.non_mma_per_mma().unwrap_or(0.0),
+                        m.ldg32,
+                        m.ldg64,
+                        m.ldg128,
+                        m.ldgsts,
+                        m.ldsm,
+                        m.idiv,
+                        k.resources.registers,
+                        k.occupancy.fraction * 100.0
+                    );
+                }
+            }
+            rows += ks.len();
+        }
+        eprintln!("prof static {target}: {rows} kernels analysed");
+    }
+    calibration_kernels(&work);
+}
+
+/// Hand-written kernels with known answers: a 128-bit copy loop (LDG.128 only), a 32-bit one
+/// (LDG.32 only), and the same loop with and without an integer divide by a divisor that
+/// changes in the loop (a loop-invariant divisor's reciprocal is hoisted out by ptxas).
+fn calibration_kernels(work: &std::path::Path) {
+    let src = r#"
+extern "C" __global__ void copy4(const float4* x, float4* y, long n) {
+  for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) y[i] = x[i];
+}
+extern "C" __global__ void copy1(const float* x, float* y, long n) {
+  for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) y[i] = x[i];
+}
+extern "C" __global__ void div_loop(const unsigned* x, unsigned* y, unsigned n, unsigned d) {
+  for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) y[i] = x[i] / (d + (i & 7u));
+}
+extern "C" __global__ void shift_loop(const unsigned* x, unsigned* y, unsigned n, unsigned d) {
+  for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) y[i] = x[i] >> (d + (i & 7u));
+}
+"#;
+    let c = nvrtc::compile("calibration.cu", src, "sm_80", &nvrtc::include_dirs(None)).unwrap();
+    let ks = kiln_cuda::prof::analyse_ptx("calibration.cu", &c.ptx, "sm_80", work).unwrap();
+    let main = |name: &str| {
+        let k = ks.iter().find(|k| k.name == name).unwrap_or_else(|| panic!("{name} not analysed"));
+        k.main_loop.as_ref().unwrap_or_else(|| panic!("{name}: no loop found")).1.clone()
+    };
+    let (v, s) = (main("copy4"), main("copy1"));
+    assert!(v.ldg128 >= 1 && v.ldg32 + v.ldg64 == 0, "copy4: {v:?}");
+    assert!(s.ldg32 >= 1 && s.ldg64 + s.ldg128 == 0, "copy1: {s:?}");
+    let (d, n) = (main("div_loop"), main("shift_loop"));
+    assert!(d.idiv >= 1, "div_loop: {d:?}");
+    assert_eq!(n.idiv, 0, "shift_loop: {n:?}");
+    assert!(d.total > n.total + 5, "the divide's sequence: {} vs {} instructions", d.total, n.total);
+    eprintln!(
+        "calibration: copy4 LDG.128 {}, copy1 LDG.32 {}, divide loop {} instructions ({} divides) vs {} without",
+        v.ldg128, s.ldg32, d.total, d.idiv, n.total
+    );
 }
 
 /// `ptxas -v` on the GEMM kernels (matmul.cu; LoRA is fused into them) and attention (v2 on tensor cores)

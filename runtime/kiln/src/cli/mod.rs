@@ -9,6 +9,7 @@ mod eval;
 mod export;
 mod generate;
 mod kernels;
+mod prof;
 mod selftest;
 mod train;
 
@@ -71,6 +72,10 @@ pub enum Cmd {
     /// CUDA kernels: build PTX ahead of time, list entry points.
     #[command(subcommand)]
     Kernels(kernels::KernelsCmd),
+    /// Kernel profiler: `static` reads each compiled kernel (registers, shared memory, spills,
+    /// occupancy, the main loop's instruction mix) without a GPU.
+    #[command(subcommand)]
+    Prof(prof::ProfCmd),
     /// Check a backend on this machine: every op's kernels against the CPU reference (the
     /// op-parity suite of `cargo test`), on fresh random inputs at ragged shapes.
     Selftest(selftest::SelftestArgs),
@@ -91,6 +96,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Export(e) => export::run(e),
         Cmd::Selftest(a) => selftest::run(a),
         Cmd::Kernels(k) => kernels::run(k),
+        Cmd::Prof(p) => prof::run(p),
     }
 }
 
