@@ -165,3 +165,14 @@ KILN_KERNEL_LB(broken_wgmma_store_in_flight, TestParams, 128) { wgmma_tile<2>(p)
 KILN_KERNEL_LB(broken_wgmma_read_before_wait, TestParams, 128) { wgmma_tile<3>(p); }
 KILN_KERNEL_LB(broken_wgmma_never_waited, TestParams, 128) { wgmma_tile<4>(p); }
 KILN_KERNEL_LB(broken_wgmma_no_proxy_fence, TestParams, 128) { wgmma_tile<5>(p); }
+
+// ---- where dynamic shared memory starts: the GPU guarantees 16-byte alignment and no more ----
+// c[0] = the base address mod 128 (the emulation puts it 16 past a 128-byte boundary, so a
+// kernel that assumes more alignment misbehaves here as it may on a GPU), c[1] = mod 16.
+KILN_KERNEL(probe_dyn_smem_alignment, TestParams) {
+  const unsigned long long a = reinterpret_cast<unsigned long long>(dyn_smem());
+  if (threadIdx.x == 0) {
+    p.c[0] = float(a % 128);
+    p.c[1] = float(a % 16);
+  }
+}

@@ -490,7 +490,7 @@ int kiln_emu_launch(const char* name, int racecheck, const unsigned* grid, const
       return 1;
     }
     g_stacks = static_cast<unsigned char*>(s);
-    g_smem = static_cast<unsigned char*>(aligned_alloc(128, kMaxDynSmem));
+    g_smem = static_cast<unsigned char*>(aligned_alloc(128, kMaxDynSmem + 128));
   }
   g_fn = it->second.fn;
   g_params = params;
@@ -500,7 +500,10 @@ int kiln_emu_launch(const char* name, int racecheck, const unsigned* grid, const
   g_races.clear();
   g_launch.block_dim = dim3(block[0], block[1], block[2]);
   g_launch.grid_dim = dim3(grid[0], grid[1], grid[2]);
-  g_launch.dyn_smem = g_smem;
+  // A GPU guarantees dynamic shared memory 16-byte alignment and no more: the base here is 16
+  // past a 128-byte boundary, so a kernel that needs more (a swizzled TMA or wgmma tile wants
+  // 128 or 1024 bytes) fails here first instead of only on a GPU.
+  g_launch.dyn_smem = g_smem + 16;
   g_launch.dyn_smem_bytes = dyn_smem;
   bool ok = true;
   for (unsigned z = 0; z < grid[2] && ok; ++z)
@@ -509,7 +512,7 @@ int kiln_emu_launch(const char* name, int racecheck, const unsigned* grid, const
         g_launch.block = uint3{x, y, z};
         g_launch.serial++;
         // Poisoned (NaN bytes), so a read of dynamic shared memory nobody wrote shows.
-        std::memset(g_smem, 0xff, dyn_smem);
+        std::memset(g_launch.dyn_smem, 0xff, dyn_smem);
         g_rc_on = racecheck != 0;
         ok = run_block();
         g_rc_on = false;

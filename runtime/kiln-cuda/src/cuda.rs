@@ -351,6 +351,14 @@ impl Exec for CudaExec {
         let mut args = [words.as_mut_ptr() as *mut c_void];
         let g = (cfg.grid[0], cfg.grid[1], cfg.grid[2]);
         let b = (cfg.block[0], cfg.block[1], cfg.block[2]);
+        if cfg.smem > 48 * 1024 {
+            // Above 48 KiB a block's dynamic shared memory must be granted to the function first
+            // (the driver refuses the launch otherwise; the emulation has no such default cap).
+            let attr = sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+            // SAFETY: `f` is a function of a module this context loaded and never unloads.
+            unsafe { result::function::set_function_attribute(f, attr, cfg.smem as i32) }
+                .map_err(|e| err(&format!("{kernel}: {} bytes of dynamic shared memory", cfg.smem), e))?;
+        }
         // SAFETY: `f` is a loaded kernel whose one parameter is the struct in `words` (mirrored in
         // kernels.rs); every address inside points to live device memory held by the caller
         // until the stream passes this launch (later frees only return memory to the pool).
