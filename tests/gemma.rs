@@ -26,14 +26,11 @@ const LORA_GRAD_TOL: f64 = 3e-5;
 const GGUF_TOL: f64 = 1e-4;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gemma").join(name)
+    compare::fixture_in("gemma", name)
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kiln-gemma-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    compare::fresh_dir("gemma", name)
 }
 
 /// The fixture's PEFT LoRA (A and B from `reference.safetensors`), one per layer and target.

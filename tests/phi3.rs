@@ -25,14 +25,11 @@ const LORA_GRAD_TOL: f64 = 3e-5;
 const GGUF_TOL: f64 = 1e-4;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/phi3").join(name)
+    compare::fixture_in("phi3", name)
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kiln-phi3-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    compare::fresh_dir("phi3", name)
 }
 
 fn reference(name: &str) -> WeightStore {

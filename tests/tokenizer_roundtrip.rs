@@ -191,6 +191,10 @@ fn every_family_round_trips_through_the_gguf_export() {
         gguf_package_reads(&out, &meta);
         done += 1;
     }
-    assert!(done >= 1 || write.is_some());
+    // Every family whose source is here (llama.cpp's vocabularies are fetched; under CI a
+    // failed fetch has already failed the test), none skipped.
+    let here =
+        e["families"].as_object().unwrap().values().filter(|f| f["source"] == "fixture" || src.is_some()).count();
+    assert!(write.is_some() || done == here, "{done} of {here} families round-tripped");
     eprintln!("{done} families round-tripped in {:.2}s", t_all.elapsed().as_secs_f64());
 }

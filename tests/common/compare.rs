@@ -2,7 +2,22 @@
 //! tests/phi3.rs, tests/rope_scaling.rs), included with `#[path]`.
 #![allow(dead_code)] // not every test binary that includes this module uses every helper
 
+use std::path::PathBuf;
+
 use kiln::formats::WeightStore;
+
+/// `tests/fixtures/<family>/<name>`.
+pub fn fixture_in(family: &str, name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(family).join(name)
+}
+
+/// An empty folder `kiln-<family>-<pid>-<name>` under the temporary directory.
+pub fn fresh_dir(family: &str, name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kiln-{family}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
 
 /// ‖got − want‖ / ‖want‖ with lengths equal, both sides finite, the reference non-zero.
 pub fn rel_err(what: &str, got: &[f32], want: &[f32]) -> f64 {
