@@ -201,6 +201,8 @@ namespace kiln_emu_impl {
 // from the documented layouts.
 template <class T>
 inline void mma_16816_emu(float d[4], const u32 a[4], const u32 b[2]) {
+  const ::kemu::Quiet quiet;
+  ::kemu::prof_count(::kemu::ProfMma);
   struct In {
     u32 a[4], b[2];
   } in{{a[0], a[1], a[2], a[3]}, {b[0], b[1]}};
@@ -267,6 +269,9 @@ namespace kiln_emu_impl {
 template <int N, bool TRANS>
 inline void ldmatrix_emu(u32* r, const void* row) {
   if (reinterpret_cast<uintptr_t>(row) % 16 != 0) ::kemu::trap("ldmatrix: a row address is not 16-byte aligned");
+  // Lanes 0..8N-1 each give one 16-byte row; the hardware reads those, not the lanes' pieces.
+  if (::kemu::lane_of() < 8u * N) ::kemu::prof_note(::kemu::ProfLdmatrix, row, 16, false);
+  const ::kemu::Quiet quiet;
   const unsigned char* s = ::kemu::warp_exchange(0xffffffffu, &row, sizeof row);
   const u32 lane = ::kemu::lane_of();
   for (int j = 0; j < N; ++j) {
@@ -340,7 +345,14 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem) {
 #if KILN_GPU && __CUDA_ARCH__ >= 800
   const u32 a = u32(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(gmem));
+#elif KILN_GPU
+  const u32* s = static_cast<const u32*>(gmem);
+  u32* d = static_cast<u32*>(smem);
+  for (int i = 0; i < 4; ++i) d[i] = s[i];
 #else
+  ::kemu::prof_note(::kemu::ProfCpAsync, gmem, 16, false);
+  ::kemu::prof_note(::kemu::ProfCpAsync, smem, 16, true);
+  const ::kemu::Quiet quiet;
   const u32* s = static_cast<const u32*>(gmem);
   u32* d = static_cast<u32*>(smem);
   for (int i = 0; i < 4; ++i) d[i] = s[i];
@@ -471,11 +483,14 @@ inline WgmmaThread& wgmma_thread() {
   return w;
 }
 inline void wgmma_exit_check() {
+  const ::kemu::Quiet quiet;
   if (wgmma_thread().n) ::kemu::trap("wgmma: the thread exited with a wgmma it never waited for (wgmma.wait_group)");
 }
 inline const ::kemu::ExitCheck wgmma_exit_check_reg(wgmma_exit_check);
 template <class T>
 inline void wgmma_issue(float* d, u64 da, u64 db) {
+  const ::kemu::Quiet quiet;
+  ::kemu::prof_count(::kemu::ProfWgmma);
   const dim3 bd = ::kemu::g_launch.block_dim;
   if ((bd.x * bd.y * bd.z) % 128 != 0) ::kemu::trap("wgmma: the block is not a whole number of warpgroups");
   // .sync.aligned: every lane of the warp issues it, with the same descriptors.
@@ -497,9 +512,13 @@ inline void wgmma_issue(float* d, u64 da, u64 db) {
   op.group = w.group;
   wgmma_product<T>(op.prod, da, db);
 }
-inline void wgmma_commit_emu() { wgmma_thread().group++; }
+inline void wgmma_commit_emu() {
+  const ::kemu::Quiet quiet;
+  wgmma_thread().group++;
+}
 // Completes every committed group but the newest `keep`.
 inline void wgmma_wait_emu(int keep) {
+  const ::kemu::Quiet quiet;
   WgmmaThread& w = wgmma_thread();
   int kept = 0;
   for (int i = 0; i < w.n; ++i) {

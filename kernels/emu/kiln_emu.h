@@ -32,6 +32,7 @@ namespace kemu {
 struct ThreadView {
   uint3 tid;
   unsigned linear;  // tid.x + tid.y·bx + tid.z·bx·by
+  unsigned quiet;   // > 0 inside an emulated instruction: its own memory traffic is not profiled
 };
 struct LaunchView {
   uint3 block;
@@ -61,6 +62,13 @@ float atomic_max_f32(float* p, float v);
 // operands), which the race checker requires to follow its writer's fence.
 void proxy_fence();
 void async_read(const void* p, size_t n);
+
+// The profiler (profiled launches only): an access an emulated instruction makes as the GPU
+// would (ldmatrix's row reads, cp.async's two halves, an atomic), and tensor-core instructions.
+enum ProfNote { ProfLdmatrix = 1, ProfCpAsync = 2, ProfAtomic = 3 };
+enum ProfCount { ProfMma = 1, ProfWgmma = 2 };
+void prof_note(int kind, const void* p, size_t n, bool write);
+void prof_count(int what);
 // Runs `fn` in every thread as it leaves its kernel (checks of per-thread state, which may trap).
 struct ExitCheck {
   explicit ExitCheck(void (*fn)());
@@ -73,6 +81,15 @@ struct Registrar {
 
 namespace {
 inline unsigned lane_of() { return g_thread->linear & 31u; }
+
+// Inside an emulated instruction's own implementation: the helper reads and writes it makes are
+// not the instruction's traffic (which it notes with prof_note).
+struct Quiet {
+  Quiet() { g_thread->quiet++; }
+  ~Quiet() { g_thread->quiet--; }
+  Quiet(const Quiet&) = delete;
+  Quiet& operator=(const Quiet&) = delete;
+};
 
 template <class T>
 inline T read_slot(const unsigned char* slots, unsigned lane) {

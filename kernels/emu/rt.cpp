@@ -19,6 +19,13 @@
 #include <vector>
 
 #include "kiln_emu.h"
+#include "prof.h"
+
+// The executable image's bounds (GNU ld and lld define them): a kernel's `__shared__` arrays are
+// statics in .bss, its `__constant__` tables read-only data before it.
+extern "C" char __executable_start[] __attribute__((weak));
+extern "C" char __bss_start[] __attribute__((weak));
+extern "C" char _end[] __attribute__((weak));
 
 namespace kemu {
 ThreadView* g_thread = nullptr;
@@ -124,6 +131,12 @@ unsigned g_proxy[kMaxThreads];
 std::unordered_map<uintptr_t, Access> g_shadow;
 std::vector<std::string> g_races;
 
+// ---- profiler state (kernels/emu/prof.cpp scores the accesses) ----
+bool g_prof_on = false;
+size_t g_params_len = 0;
+uint64_t g_prof_barriers = 0;
+KemuProfile* g_prof_out = nullptr;
+
 std::string fmt(const char* f, ...) {
   char buf[512];
   va_list ap;
@@ -160,6 +173,10 @@ std::vector<void (*)()>& exit_checks() {
 void release_bar() {
   g_bar_count = 0;
   g_bar_gen++;
+  if (g_prof_on) {
+    g_prof_barriers++;
+    prof::flush();  // every thread is at the barrier: each request before it is complete
+  }
 }
 
 void fiber_main() {
@@ -251,6 +268,33 @@ void rc_access(const void* p, size_t size, bool write) {
   }
 }
 
+template <class T>
+bool inside(uintptr_t a, const T* base, size_t bytes) {
+  const uintptr_t b = reinterpret_cast<uintptr_t>(base);
+  return b && a >= b && a < b + bytes;
+}
+
+// The memory space of an address a kernel touched, or -1 for what a GPU keeps in registers or
+// special registers (the thread's own stack, the emulation's own state, the kernel parameters).
+int space_of(const void* p) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  if (inside(a, g_stacks, kStack * kMaxThreads) || inside(a, g_fibers, sizeof(Fiber) * kMaxThreads) ||
+      inside(a, g_warps, sizeof g_warps) || inside(a, &g_thread, sizeof g_thread) ||
+      inside(a, &g_launch, sizeof g_launch) || inside(a, static_cast<const char*>(g_params), g_params_len))
+    return -1;
+  if (inside(a, g_smem, kMaxDynSmem + 128)) return prof::Shared;
+  if (__bss_start && _end && a >= uintptr_t(__bss_start) && a < uintptr_t(_end)) return prof::Shared;
+  if (__executable_start && __bss_start && a >= uintptr_t(__executable_start) && a < uintptr_t(__bss_start))
+    return prof::Const;
+  return prof::Global;
+}
+
+void prof_hook(const void* p, size_t n, bool write, const void* pc) {
+  if (g_cur->view.quiet) return;
+  const int space = space_of(p);
+  if (space >= 0) prof::access(g_cur->view.linear, space, prof::Plain, write, reinterpret_cast<uintptr_t>(pc), p, n);
+}
+
 bool runnable(const Fiber& f) {
   switch (f.st) {
     case Ready:
@@ -296,6 +340,7 @@ bool run_block() {
   for (unsigned i = 0; i < g_nthreads; ++i) {
     Fiber& f = g_fibers[i];
     f.view.linear = i;
+    f.view.quiet = 0;
     f.view.tid = uint3{i % bd.x, (i / bd.x) % bd.y, i / (bd.x * bd.y)};
     f.st = Ready;
     init_fiber(f, i);
@@ -331,6 +376,24 @@ bool run_block() {
 }  // namespace
 
 ExitCheck::ExitCheck(void (*fn)()) { exit_checks().push_back(fn); }
+
+void prof_note(int kind, const void* p, size_t n, bool write) {
+  if (!g_prof_on) return;
+  const int space = space_of(p);
+  if (space >= 0)
+    prof::access(g_cur->view.linear, space, kind, write, reinterpret_cast<uintptr_t>(__builtin_return_address(0)), p,
+                 n);
+}
+
+void prof_count(int what) {
+  if (!g_prof_on) return;
+  KemuProfile* o = g_prof_out;
+  if (what == ProfMma && (g_cur->view.linear & 31u) == 0) o->mma_warp++;
+  if (what == ProfWgmma && g_cur->view.linear % 128 == 0) {
+    o->wgmma_group++;
+    o->wgmma_smem_bytes += (64 + 128) * 16 * 2;
+  }
+}
 
 void proxy_fence() {
   if (g_rc_on) g_proxy[g_cur->view.linear]++;
@@ -419,26 +482,31 @@ const unsigned char* warp_exchange(unsigned mask, const void* mine, size_t n) {
 
 // Blocks run one at a time on one OS thread: plain read-modify-writes are atomic.
 float atomic_add_f32(float* p, float v) {
+  prof_note(ProfAtomic, p, sizeof *p, true);
   float o = *p;
   *p = o + v;
   return o;
 }
 int atomic_add_i32(int* p, int v) {
+  prof_note(ProfAtomic, p, sizeof *p, true);
   int o = *p;
   *p = o + v;
   return o;
 }
 unsigned atomic_add_u32(unsigned* p, unsigned v) {
+  prof_note(ProfAtomic, p, sizeof *p, true);
   unsigned o = *p;
   *p = o + v;
   return o;
 }
 int atomic_cas_i32(int* p, int cmp, int v) {
+  prof_note(ProfAtomic, p, sizeof *p, true);
   int o = *p;
   if (o == cmp) *p = v;
   return o;
 }
 float atomic_max_f32(float* p, float v) {
+  prof_note(ProfAtomic, p, sizeof *p, true);
   float o = *p;
   if (v > o) *p = v;
   return o;
@@ -453,15 +521,20 @@ extern "C" {
 extern int kiln_emu_anchor_0;
 extern int kiln_emu_anchor_1;
 
-// Launches `name` over the grid; returns 0, or 1 with a message in `err`.
-int kiln_emu_launch(const char* name, int racecheck, const unsigned* grid, const unsigned* block, size_t dyn_smem,
-                    const void* params, size_t params_len, char* err, size_t err_len) {
+// Launches `name` over the grid; returns 0, or 1 with a message in `err`. `mode`: 0 the plain
+// build, 1 the instrumented build with the race checker, 2 the instrumented build with the
+// profiler, which fills `prof` (its `max_ctas` and `wave` say what to run and model).
+int kiln_emu_launch(const char* name, int mode, const unsigned* grid, const unsigned* block, size_t dyn_smem,
+                    const void* params, size_t params_len, KemuProfile* prof, char* err, size_t err_len) {
   std::lock_guard<std::mutex> lock(g_mutex);
   if (kiln_emu_anchor_0 + kiln_emu_anchor_1 != 2) return 1;
   std::string e;
-  auto it = registry().find(key(name, racecheck));
+  const int racecheck = mode == 1;
+  if (mode == 2 && !prof) e = "profile launch without a profile to fill";
+  auto it = registry().find(key(name, mode != 0));
   unsigned threads = block[0] * block[1] * block[2];
-  if (it == registry().end()) {
+  if (!e.empty()) {
+  } else if (it == registry().end()) {
     e = fmt("CUDA_ERROR_NOT_FOUND: no kernel named %s%s in the emulation build", name, racecheck ? " (race check)" : "");
   } else if (it->second.params_size != params_len) {
     e = fmt("kernel %s takes %zu bytes of parameters, the launch passed %zu", name, it->second.params_size, params_len);
@@ -505,17 +578,32 @@ int kiln_emu_launch(const char* name, int racecheck, const unsigned* grid, const
   // 128 or 1024 bytes) fails here first instead of only on a GPU.
   g_launch.dyn_smem = g_smem + 16;
   g_launch.dyn_smem_bytes = dyn_smem;
+  g_params_len = params_len;
+  const uint64_t ctas = uint64_t(grid[0]) * grid[1] * grid[2];
+  uint64_t limit = ctas;
+  if (mode == 2) {
+    g_prof_out = prof;
+    g_prof_barriers = 0;
+    prof->ctas_total = ctas;
+    if (prof->max_ctas && prof->max_ctas < ctas) limit = prof->max_ctas;
+    prof::begin_launch(prof, threads);
+  }
   bool ok = true;
-  for (unsigned z = 0; z < grid[2] && ok; ++z)
-    for (unsigned y = 0; y < grid[1] && ok; ++y)
-      for (unsigned x = 0; x < grid[0] && ok; ++x) {
+  uint64_t linear = 0;
+  for (unsigned z = 0; z < grid[2] && ok && linear < limit; ++z)
+    for (unsigned y = 0; y < grid[1] && ok && linear < limit; ++y)
+      for (unsigned x = 0; x < grid[0] && ok && linear < limit; ++x, ++linear) {
         g_launch.block = uint3{x, y, z};
         g_launch.serial++;
         // Poisoned (NaN bytes), so a read of dynamic shared memory nobody wrote shows.
         std::memset(g_launch.dyn_smem, 0xff, dyn_smem);
         g_rc_on = racecheck != 0;
+        g_prof_on = mode == 2;
+        if (g_prof_on) prof::begin_block(linear);
         ok = run_block();
+        if (g_prof_on) prof::flush();
         g_rc_on = false;
+        g_prof_on = false;
         if (ok && !g_races.empty()) {
           std::string r = fmt("race check: %zu race(s) in kernel %s:", g_races.size(), name);
           for (auto& s : g_races) r += "\n  " + s;
@@ -523,6 +611,12 @@ int kiln_emu_launch(const char* name, int racecheck, const unsigned* grid, const
           ok = false;
         }
       }
+  if (mode == 2) {
+    prof::end_launch();
+    prof->barriers = g_prof_barriers;
+    g_prof_out = nullptr;
+  }
+  g_params_len = 0;
   if (!ok) {
     snprintf(err, err_len, "%s: %s", name, g_err.c_str());
     return 1;
@@ -541,30 +635,23 @@ size_t kiln_emu_kernels(char* buf, size_t len) {
 
 // The race checker's view of memory: GCC's -fsanitize=thread instrumentation calls these on
 // every load and store of the race-check build; only accesses inside a running block count.
+#define KEMU_ON(p, sz, w)         \
+  if (g_rc_on)                    \
+    rc_access(p, sz, w);          \
+  else if (g_prof_on)             \
+    prof_hook(p, sz, w, __builtin_return_address(0));
 #define KEMU_HOOK(sz)                                                                  \
-  void __tsan_read##sz(void* p) {                                                      \
-    if (g_rc_on) rc_access(p, sz, false);                                              \
-  }                                                                                    \
-  void __tsan_write##sz(void* p) {                                                     \
-    if (g_rc_on) rc_access(p, sz, true);                                               \
-  }                                                                                    \
-  void __tsan_unaligned_read##sz(void* p) {                                            \
-    if (g_rc_on) rc_access(p, sz, false);                                              \
-  }                                                                                    \
-  void __tsan_unaligned_write##sz(void* p) {                                           \
-    if (g_rc_on) rc_access(p, sz, true);                                               \
-  }
+  void __tsan_read##sz(void* p) { KEMU_ON(p, sz, false) }                              \
+  void __tsan_write##sz(void* p) { KEMU_ON(p, sz, true) }                              \
+  void __tsan_unaligned_read##sz(void* p) { KEMU_ON(p, sz, false) }                    \
+  void __tsan_unaligned_write##sz(void* p) { KEMU_ON(p, sz, true) }
 KEMU_HOOK(1)
 KEMU_HOOK(2)
 KEMU_HOOK(4)
 KEMU_HOOK(8)
 KEMU_HOOK(16)
-void __tsan_read_range(void* p, size_t n) {
-  if (g_rc_on) rc_access(p, n, false);
-}
-void __tsan_write_range(void* p, size_t n) {
-  if (g_rc_on) rc_access(p, n, true);
-}
+void __tsan_read_range(void* p, size_t n) { KEMU_ON(p, n, false) }
+void __tsan_write_range(void* p, size_t n) { KEMU_ON(p, n, true) }
 void __tsan_init() {}
 void __tsan_func_entry(void*) {}
 void __tsan_func_exit() {}

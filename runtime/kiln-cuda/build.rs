@@ -44,6 +44,8 @@ mod emu {
         kernels.sort();
         // The deliberately broken kernels of the harness's own tests (emulation only).
         kernels.push(kdir.join("emu/broken.cu"));
+        // The profiler's calibration kernels (emulation only).
+        kernels.push(kdir.join("emu/calibrate.cu"));
         let plain = unit(&out, &kernels, 0);
         let checked = unit(&out, &kernels, 1);
         // The race-check build: GCC/Clang's thread-sanitizer instrumentation calls a hook on every
@@ -54,7 +56,7 @@ mod emu {
             .file(&checked)
             .compile_intermediates();
         let mut lib = base(&kdir);
-        lib.define("KILN_EMU_VARIANT", "0").file(kdir.join("emu/rt.cpp")).file(&plain);
+        lib.define("KILN_EMU_VARIANT", "0").file(kdir.join("emu/rt.cpp")).file(kdir.join("emu/prof.cpp")).file(&plain);
         for o in rc_objs {
             lib.object(o);
         }

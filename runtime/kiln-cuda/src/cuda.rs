@@ -44,6 +44,12 @@ struct Pool {
     peak: usize,
 }
 
+/// `KILN_CUDA_SYNC=1`: synchronize after every launch (read once).
+fn sync_each_launch() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KILN_CUDA_SYNC").is_ok_and(|v| v == "1"))
+}
+
 /// Rounds a request up to its size class: 512 B steps to 1 MiB, then 2 MiB steps.
 fn size_class(bytes: usize) -> usize {
     let b = bytes.max(1);
@@ -363,7 +369,23 @@ impl Exec for CudaExec {
         // kernels.rs); every address inside points to live device memory held by the caller
         // until the stream passes this launch (later frees only return memory to the pool).
         unsafe { result::launch_kernel(f, g, b, cfg.smem as u32, self.h.stream, &mut args) }
-            .map_err(|e| err(&format!("launch {kernel} grid {g:?} block {b:?}"), e))
+            .map_err(|e| err(&format!("launch {kernel} grid {g:?} block {b:?}"), e))?;
+        if sync_each_launch() {
+            // A fault surfaces at the next synchronizing call, usually far from the kernel that
+            // caused it: KILN_CUDA_SYNC=1 waits here and names the launch.
+            // SAFETY: our stream is valid for the life of `self`.
+            unsafe { result::stream::synchronize(self.h.stream) }.map_err(|e| {
+                err(
+                    &format!(
+                        "kernel {kernel} (grid {g:?}, block {b:?}, {} bytes of dynamic shared memory, {} bytes of parameters) failed (KILN_CUDA_SYNC=1)",
+                        cfg.smem,
+                        params.len()
+                    ),
+                    e,
+                )
+            })?;
+        }
+        Ok(())
     }
     fn synchronize(&self) -> Result<()> {
         self.current()?;

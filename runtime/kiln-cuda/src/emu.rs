@@ -8,27 +8,33 @@ use std::ffi::{CString, c_char, c_int, c_void};
 use kiln_core::{Error, Result};
 
 use crate::exec::{DevBuf, Exec, Launch};
+use crate::prof::dynamic::{LaunchProfile, ProfileOpts, RawProfile, Session};
 
 unsafe extern "C" {
     fn kiln_emu_launch(
         name: *const c_char,
-        racecheck: c_int,
+        mode: c_int,
         grid: *const u32,
         block: *const u32,
         smem: usize,
         params: *const c_void,
         params_len: usize,
+        prof: *mut RawProfile,
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
     fn kiln_emu_kernels(buf: *mut c_char, len: usize) -> usize;
 }
 
-/// Host memory handed to kernels as raw addresses; freed on drop.
+/// Host memory handed to kernels as raw addresses, 256-byte aligned as `cuMemAlloc`'s are (the
+/// profiler's sector counts depend on it); freed on drop.
 struct HostMem {
     ptr: *mut u64,
-    words: usize,
+    layout: std::alloc::Layout,
 }
+
+/// `cuMemAlloc`'s alignment.
+const ALIGN: usize = 256;
 
 // SAFETY: the allocation is owned by this value alone; kernels reach it only during launches,
 // which the emulation runtime serializes.
@@ -38,8 +44,8 @@ unsafe impl Sync for HostMem {}
 
 impl Drop for HostMem {
     fn drop(&mut self) {
-        // SAFETY: `ptr`/`words` come from the boxed slice leaked in `EmuExec::alloc_filled`.
-        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr, self.words)) });
+        // SAFETY: `ptr` was allocated in `EmuExec::alloc_filled` with exactly `layout`.
+        unsafe { std::alloc::dealloc(self.ptr as *mut u8, self.layout) };
     }
 }
 
@@ -49,39 +55,69 @@ pub struct EmuExec {
     pub racecheck: std::sync::atomic::AtomicBool,
     /// Every kernel launched so far (what the tests hold against the kernel list).
     launched: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// While profiling: the options and what was recorded so far.
+    profile: std::sync::Mutex<Option<(ProfileOpts, Session)>>,
 }
 
 impl Default for EmuExec {
     fn default() -> Self {
         let rc = std::env::var("KILN_EMU_RACECHECK").is_ok_and(|v| v == "1");
-        EmuExec { racecheck: std::sync::atomic::AtomicBool::new(rc), launched: Default::default() }
+        EmuExec {
+            racecheck: std::sync::atomic::AtomicBool::new(rc),
+            launched: Default::default(),
+            profile: Default::default(),
+        }
     }
 }
 
 impl EmuExec {
-    fn alloc_filled(&self, bytes: usize, fill: u64) -> DevBuf {
+    fn alloc_filled(&self, bytes: usize, fill: u64) -> Result<DevBuf> {
         let words = bytes.div_ceil(8).max(1);
-        let b: Box<[u64]> = vec![fill; words].into_boxed_slice();
-        let ptr = Box::into_raw(b) as *mut u64;
-        DevBuf { ptr: ptr as u64, bytes, _keep: Box::new(HostMem { ptr, words }) }
+        let layout = std::alloc::Layout::from_size_align(words * 8, ALIGN)
+            .map_err(|e| Error::Msg(format!("cuda-emu: allocation of {bytes} bytes: {e}")))?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc(layout) } as *mut u64;
+        if ptr.is_null() {
+            return Err(Error::Msg(format!("cuda-emu: out of host memory allocating {bytes} bytes")));
+        }
+        // SAFETY: `ptr` holds `words` u64s (just allocated, aligned to 256 ≥ 8).
+        unsafe { std::slice::from_raw_parts_mut(ptr, words) }.fill(fill);
+        Ok(DevBuf { ptr: ptr as u64, bytes, _keep: Box::new(HostMem { ptr, layout }) })
     }
 
     /// Launches with the race checker on or off regardless of the setting.
     pub fn launch_checked(&self, kernel: &str, cfg: Launch, params: &[u8], racecheck: bool) -> Result<()> {
+        self.launch_mode(kernel, cfg, params, racecheck as c_int, std::ptr::null_mut())
+    }
+
+    /// Launches the profiling build over at most `opts.max_ctas` CTAs; the counters.
+    pub fn launch_profiled(&self, kernel: &str, cfg: Launch, params: &[u8], opts: ProfileOpts) -> Result<RawProfile> {
+        let mut raw = RawProfile { max_ctas: opts.max_ctas, wave: opts.wave, ..Default::default() };
+        self.launch_mode(kernel, cfg, params, 2, &mut raw)?;
+        Ok(raw)
+    }
+
+    fn lock_profile(&self) -> std::sync::MutexGuard<'_, Option<(ProfileOpts, Session)>> {
+        self.profile.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn launch_mode(&self, kernel: &str, cfg: Launch, params: &[u8], mode: c_int, prof: *mut RawProfile) -> Result<()> {
         let name = CString::new(kernel).map_err(|_| Error::Msg(format!("kernel name {kernel:?}")))?;
         let mut err = vec![0u8; 8192];
         // SAFETY: every pointer is valid for the call: the name is NUL-terminated, grid and block
         // hold three u32 each, `params` is the kernel's parameter struct (its size is checked on
-        // the C++ side), and `err` has the capacity passed.
+        // the C++ side), `prof` is null or a live RawProfile (the C struct's mirror) used only
+        // during the call, and `err` has the capacity passed.
         let rc = unsafe {
             kiln_emu_launch(
                 name.as_ptr(),
-                racecheck as c_int,
+                mode,
                 cfg.grid.as_ptr(),
                 cfg.block.as_ptr(),
                 cfg.smem,
                 params.as_ptr() as *const c_void,
                 params.len(),
+                prof,
                 err.as_mut_ptr() as *mut c_char,
                 err.len(),
             )
@@ -110,18 +146,24 @@ impl Exec for EmuExec {
         "cuda-emu"
     }
     fn alloc(&self, bytes: usize) -> Result<DevBuf> {
-        Ok(self.alloc_filled(bytes, u64::MAX))
+        self.alloc_filled(bytes, u64::MAX)
     }
     fn alloc_zeroed(&self, bytes: usize) -> Result<DevBuf> {
-        Ok(self.alloc_filled(bytes, 0))
+        self.alloc_filled(bytes, 0)
     }
     fn upload(&self, bytes: &[u8]) -> Result<DevBuf> {
-        let b = self.alloc_filled(bytes.len(), 0);
+        if let Some((_, s)) = self.lock_profile().as_mut() {
+            s.uploads += 1;
+        }
+        let b = self.alloc_filled(bytes.len(), 0)?;
         // SAFETY: the new buffer holds at least `bytes.len()` bytes and nothing else refers to it.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), b.ptr as *mut u8, bytes.len()) };
         Ok(b)
     }
     fn download(&self, buf: &DevBuf, offset: usize, len: usize) -> Result<Vec<u8>> {
+        if let Some((_, s)) = self.lock_profile().as_mut() {
+            s.downloads += 1;
+        }
         if offset + len > buf.bytes {
             return Err(Error::Msg(format!(
                 "cuda-emu: read of {len} bytes at {offset} from a {}-byte buffer",
@@ -137,7 +179,23 @@ impl Exec for EmuExec {
     fn launch(&self, kernel: &str, cfg: Launch, params: &[u8]) -> Result<()> {
         let rc = self.racecheck.load(std::sync::atomic::Ordering::Relaxed);
         self.launched.lock().unwrap_or_else(|e| e.into_inner()).insert(kernel.to_string());
+        let opts = self.lock_profile().as_ref().map(|(o, _)| *o);
+        if let Some(opts) = opts {
+            let raw = self.launch_profiled(kernel, cfg, params, opts)?;
+            let p = LaunchProfile { kernel: kernel.to_string(), grid: cfg.grid, block: cfg.block, dyn_smem: cfg.smem, raw };
+            if let Some((_, s)) = self.lock_profile().as_mut() {
+                s.launches.push(p);
+            }
+            return Ok(());
+        }
         self.launch_checked(kernel, cfg, params, rc)
+    }
+    fn set_profile(&self, opts: Option<ProfileOpts>) -> bool {
+        *self.lock_profile() = opts.map(|o| (o, Session::default()));
+        true
+    }
+    fn take_profile(&self) -> Session {
+        self.lock_profile().as_mut().map(|(_, s)| std::mem::take(s)).unwrap_or_default()
     }
     fn has_wgmma(&self) -> bool {
         true

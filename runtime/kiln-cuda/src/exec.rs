@@ -83,6 +83,15 @@ pub trait Exec: Send + Sync {
     fn launched(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Profile every launch from now on (`Some`), or stop (`None`); false where the backend
+    /// cannot (only the emulation sees each access).
+    fn set_profile(&self, _opts: Option<crate::prof::dynamic::ProfileOpts>) -> bool {
+        false
+    }
+    /// What was profiled since `set_profile` or the last take.
+    fn take_profile(&self) -> crate::prof::dynamic::Session {
+        Default::default()
+    }
     /// Whether the `wgmma` kernels run here: a Hopper GPU (compute capability 9.0) whose GEMM
     /// module is built for sm_90a, or the emulation (which implements the instruction).
     fn has_wgmma(&self) -> bool {

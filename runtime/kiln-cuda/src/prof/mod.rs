@@ -11,6 +11,7 @@
 //! the same).
 
 pub mod arch;
+pub mod dynamic;
 pub mod sass;
 
 use std::path::{Path, PathBuf};

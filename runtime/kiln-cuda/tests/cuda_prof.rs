@@ -1,0 +1,118 @@
+//! The profiler's dynamic half on the emulation: the calibration kernels of
+//! `kernels/emu/calibrate.cu` give their known answers (coalescing, sectors, bank conflicts,
+//! sampling, the L2 wave model), the tensor-core kernels' counts follow from their shapes, and
+//! the whole op parity table runs profiled, so every production kernel has a profile.
+
+use bytemuck::{Pod, Zeroable};
+use kiln_cuda::emu::EmuExec;
+use kiln_cuda::exec::{Exec, Launch};
+use kiln_cuda::prof::dynamic::{LaunchProfile, ProfileOpts, RawProfile};
+
+/// `CalibParams` of kernels/emu/calibrate.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct CalibParams {
+    a: u64,
+    c: u64,
+    n: i32,
+    pad: i32,
+}
+
+/// Profiles `kernel` over `n` floats (input `n + 1` floats: the offset copy reads one past).
+fn calib(ex: &EmuExec, kernel: &str, n: usize, cfg: Launch, opts: ProfileOpts) -> (RawProfile, Vec<f32>, Vec<f32>) {
+    let a: Vec<f32> = (0..=n).map(|i| i as f32).collect();
+    let ha = ex.upload(bytemuck::cast_slice(&a)).unwrap();
+    let hc = ex.alloc_zeroed(n * 4).unwrap();
+    let p = CalibParams { a: ha.ptr, c: hc.ptr, n: n as i32, pad: 0 };
+    let raw = ex.launch_profiled(kernel, cfg, bytemuck::bytes_of(&p), opts).unwrap();
+    (raw, a, bytemuck::pod_collect_to_vec(&ex.download(&hc, 0, n * 4).unwrap()))
+}
+
+fn prof(kernel: &str, cfg: Launch, raw: RawProfile) -> LaunchProfile {
+    LaunchProfile { kernel: kernel.into(), grid: cfg.grid, block: cfg.block, dyn_smem: cfg.smem, raw }
+}
+
+const ALL: ProfileOpts = ProfileOpts { max_ctas: 0, wave: 0 };
+
+#[test]
+fn coalesced_strided_and_misaligned_copies_give_their_known_sector_counts() {
+    let ex = EmuExec::default();
+    let n = 8192;
+    let cfg = Launch::linear(n / 256, 256);
+    // Each warp's 32 × 4 bytes lie in 4 whole sectors.
+    let (r, a, c) = calib(&ex, "calib_copy_f32", n, cfg, ALL);
+    assert_eq!(c, a[..n], "the profiled run still computes");
+    let warps = (n / 32) as u64;
+    assert_eq!((r.gld_req, r.gld_bytes, r.gld_sectors), (warps, 4 * n as u64, warps * 4), "{r:?}");
+    assert_eq!((r.gst_req, r.gst_bytes, r.gst_sectors), (warps, 4 * n as u64, warps * 4), "{r:?}");
+    assert_eq!(r.gld_width, [0, 0, warps, 0, 0]);
+    let p = prof("calib_copy_f32", cfg, r);
+    assert_eq!(p.load_efficiency(), Some(1.0));
+    assert_eq!(p.store_efficiency(), Some(1.0));
+    assert_eq!(p.dram_bytes(), 8.0 * n as f64, "each byte read once and written once");
+    assert_eq!((r.ctas_run, r.ctas_total, r.barriers), (32, 32, 0));
+
+    // One float past the boundary: 128 bytes over 5 sectors.
+    let (r, a, c) = calib(&ex, "calib_copy_f32_offset", n, cfg, ALL);
+    assert_eq!(c, a[1..]);
+    assert_eq!(r.gld_sectors, warps * 5, "{r:?}");
+    assert_eq!(prof("x", cfg, r).load_efficiency(), Some(0.8));
+
+    // 16-byte lanes: 512 bytes, 16 sectors per request, a quarter of the requests.
+    let cfg4 = Launch::linear(n / 4 / 256, 256);
+    let (r, a, c) = calib(&ex, "calib_copy_v4", n, cfg4, ALL);
+    assert_eq!(c, a[..n]);
+    assert_eq!((r.gld_req, r.gld_sectors), (warps / 4, warps * 4), "{r:?}");
+    assert_eq!(r.gld_width, [0, 0, 0, 0, warps / 4]);
+    assert_eq!(prof("x", cfg4, r).load_efficiency(), Some(1.0));
+
+    // A stride of 32 floats: every lane alone in its sector, 1/8 of the bytes used.
+    let g = n / 32;
+    let cfgs = Launch::linear(g / 32, 32);
+    let (r, a, c) = calib(&ex, "calib_gather_stride32", n, cfgs, ALL);
+    assert_eq!(c[..g].to_vec(), (0..g).map(|i| a[32 * i]).collect::<Vec<_>>());
+    assert_eq!((r.gld_req, r.gld_sectors), (g as u64 / 32, g as u64), "{r:?}");
+    assert_eq!(prof("x", cfgs, r).load_efficiency(), Some(0.125));
+    eprintln!("calibration: copy 1.0, offset copy 0.8, 16-byte copy 1.0, stride-32 gather 0.125 of each sector used");
+}
+
+#[test]
+fn a_column_read_of_an_unpadded_tile_conflicts_32_ways_and_the_padded_one_not_at_all() {
+    let ex = EmuExec::default();
+    let tiles = 3;
+    let cfg = Launch { grid: [tiles, 1, 1], block: [32, 32, 1], smem: 0 };
+    let n = 1024 * tiles as usize;
+    let want = |a: &[f32]| -> Vec<f32> {
+        (0..n).map(|i| (i / 1024, i % 1024)).map(|(t, e)| a[t * 1024 + (e % 32) * 32 + e / 32]).collect()
+    };
+    let warps = 32 * tiles as u64;
+    let (r, a, c) = calib(&ex, "calib_transpose_unpadded", n, cfg, ALL);
+    assert_eq!(c, want(&a));
+    assert_eq!((r.sts_req, r.sts_wavefronts), (warps, warps), "row writes: one wavefront each");
+    assert_eq!((r.lds_req, r.lds_wavefronts), (warps, 32 * warps), "column reads: 32-way conflicts");
+    assert_eq!(r.barriers, tiles as u64);
+    let (r, a, c) = calib(&ex, "calib_transpose_padded", n, cfg, ALL);
+    assert_eq!(c, want(&a));
+    assert_eq!((r.lds_req, r.lds_wavefronts), (warps, warps), "padded: conflict-free");
+    assert_eq!(prof("x", cfg, r).shared_load_wavefronts_per_request(), Some(1.0));
+}
+
+#[test]
+fn sampling_runs_the_first_ctas_and_scales_and_the_wave_model_counts_each_sector_once_per_wave() {
+    let ex = EmuExec::default();
+    let n = 8192;
+    let cfg = Launch::linear(n / 256, 256);
+    let (r, ..) = calib(&ex, "calib_copy_f32", n, cfg, ProfileOpts { max_ctas: 4, wave: 0 });
+    assert_eq!((r.ctas_run, r.ctas_total), (4, 32));
+    let p = prof("calib_copy_f32", cfg, r);
+    assert!(p.sampled());
+    assert_eq!(p.total(r.gld_req), (n / 32) as f64, "scaled to the whole launch");
+    assert_eq!(p.dram_bytes(), 8.0 * n as f64);
+    // The transposes' CTAs read disjoint tiles: the wave size changes nothing. The stride-32
+    // gather's neighbouring CTAs share no sector either; a broadcast read would.
+    let cfgt = Launch { grid: [4, 1, 1], block: [32, 32, 1], smem: 0 };
+    let (one, ..) = calib(&ex, "calib_transpose_padded", 4096, cfgt, ProfileOpts { max_ctas: 0, wave: 1 });
+    let (all, ..) = calib(&ex, "calib_transpose_padded", 4096, cfgt, ALL);
+    assert_eq!(one.dram_read_sectors, all.dram_read_sectors);
+    assert_eq!(all.dram_read_sectors, all.unique_read_sectors);
+}
