@@ -80,7 +80,7 @@ tier "3 wgpu on lavapipe (op parity, training against the CPU)" cargo test --wor
 #    entry point, no ptxas spills), and the same sources run on the CPU by the emulation harness:
 #    the op parity table under each GEMM variant, the race checker, the broken-kernel tests.
 #    `kiln train --backend cuda-emu` (LoRA, DPO, full) against the CPU's per-step losses.
-tier "4 cuda: NVRTC compile for every arch + kernels on the CPU emulation" cargo test --workspace --locked --test cuda_nvrtc --test cuda_emu --test cuda_train -- --nocapture
+tier "4 cuda: NVRTC compile for every arch + kernels on the CPU emulation" cargo test --workspace --locked --test cuda_nvrtc --test cuda_emu --test cuda_prof --test cuda_train -- --nocapture
 # 5. End-to-end CLI: kiln info without a GPU, the demo fine-tune, bad input; every command
 #    shown in README.md and docs/ still parses, and their links resolve.
 tier "5 cli end-to-end (incl. a short run of the main job on SmolLM2)" cargo test --workspace --locked --test cli --test cli_train --test cli_eval --test bad_inputs --test reliability --test outputs --test docs --test results --test hub -- --nocapture

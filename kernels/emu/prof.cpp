@@ -7,7 +7,8 @@
 // warp executes it. That is exact for converged code (all lanes take the same path, as in every
 // kiln kernel's loads), and pairs divergent paths by occurrence. Requests are complete at each
 // block barrier and at the block's end, where they are scored:
-// - global: bytes requested and distinct 32-byte sectors (coalescing = bytes / (32 · sectors));
+// - global: distinct bytes requested and distinct 32-byte sectors (coalescing = bytes / (32 ·
+//   sectors); lanes reading the same bytes count them once);
 // - shared: wavefronts, the passes of the 32 four-byte banks the request needs: lanes split into
 //   phases of 128 bytes (32 lanes for ≤ 4-byte accesses, 16 for 8-byte, 8 for 16-byte; ldmatrix:
 //   each 8×8 matrix's 8 row addresses); a phase needs as many wavefronts as the most distinct
@@ -59,6 +60,22 @@ void sectors_of(const Group& g, std::vector<uint64_t>& out) {
   out.erase(std::unique(out.begin(), out.end()), out.end());
 }
 
+// The bytes the lanes asked for, each counted once (lanes reading one address share it).
+uint64_t distinct_bytes(const Group& g) {
+  static thread_local std::vector<std::pair<uintptr_t, uintptr_t>> spans;
+  spans.clear();
+  for (const Lane& l : g.lanes) spans.emplace_back(l.addr, l.addr + l.size);
+  std::sort(spans.begin(), spans.end());
+  uint64_t total = 0;
+  uintptr_t end = 0;
+  for (auto [lo, hi] : spans) {
+    if (hi <= end) continue;
+    total += hi - std::max(lo, end);
+    end = hi;
+  }
+  return total;
+}
+
 uint64_t wavefronts(const Group& g) {
   unsigned widest = 0;
   for (const Lane& l : g.lanes) widest = std::max(widest, l.size);
@@ -103,12 +120,9 @@ void score(const Group& g) {
   }
   static thread_local std::vector<uint64_t> secs;
   sectors_of(g, secs);
-  uint64_t bytes = 0;
   unsigned widest = 0;
-  for (const Lane& l : g.lanes) {
-    bytes += l.size;
-    widest = std::max(widest, l.size);
-  }
+  for (const Lane& l : g.lanes) widest = std::max(widest, l.size);
+  const uint64_t bytes = distinct_bytes(g);
   const bool reads = g.kind == Atomic || !g.write, writes = g.kind == Atomic || g.write;
   if (g.kind == Atomic) {
     o.gatom_req++;

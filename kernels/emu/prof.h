@@ -11,8 +11,8 @@ struct KemuProfile {
   uint64_t max_ctas, wave;
   // Out.
   uint64_t ctas_total, ctas_run, threads_per_cta;
-  // Global loads / stores / atomics, per warp-level request: bytes the lanes asked for, and the
-  // 32-byte sectors those bytes lie in (what the memory system moves).
+  // Global loads / stores / atomics, per warp-level request: the distinct bytes the lanes asked
+  // for, and the 32-byte sectors those bytes lie in (what the memory system moves).
   uint64_t gld_req, gld_bytes, gld_sectors;
   uint64_t gst_req, gst_bytes, gst_sectors;
   uint64_t gatom_req, gatom_sectors;

@@ -116,3 +116,86 @@ fn sampling_runs_the_first_ctas_and_scales_and_the_wave_model_counts_each_sector
     assert_eq!(one.dram_read_sectors, all.dram_read_sectors);
     assert_eq!(all.dram_read_sectors, all.unique_read_sectors);
 }
+
+/// The one test of this binary on the process's emulated device (profiling is a device setting).
+#[test]
+fn every_production_kernel_runs_profiled_and_the_gemm_counts_follow_its_shape() {
+    use kiln_core::backend::{MatmulOps, MemoryOps};
+    use kiln_core::selftest::{self, Case, Filter};
+    use kiln_core::{DType, Tensor};
+    use kiln_cuda::GemmVariant;
+
+    let be = kiln_cuda::backend::emu();
+    assert!(be.exec.set_profile(Some(ALL)));
+    // The default GEMM's tensor-core kernel at a ragged shape: its mma.sync count is the padded
+    // problem's, every load lands in sectors, and a one-CTA wave re-reads what CTAs share.
+    let (m, k, n) = (100, 72, 136);
+    let x = Tensor::from_vec((0..m * k).map(|i| (i % 7) as f32 * 0.1).collect(), [m, k]).unwrap();
+    let w = Tensor::from_vec((0..n * k).map(|i| (i % 5) as f32 * 0.1).collect(), [n, k]).unwrap();
+    let v3 = be.with_gemm(GemmVariant::V3);
+    let (xd, wd) = (v3.upload(&x).unwrap(), v3.upload(&w.to_dtype(DType::BF16).unwrap()).unwrap());
+    v3.linear_fwd(&xd, &wd, None, None).unwrap();
+    let s = be.exec.take_profile();
+    let mma: Vec<&LaunchProfile> = s.launches.iter().filter(|l| l.raw.mma_warp > 0).collect();
+    assert_eq!(mma.len(), 1, "one tensor-core launch: {:?}", s.launches.iter().map(|l| &l.kernel).collect::<Vec<_>>());
+    let g = mma[0];
+    let flops = g.mma_flops();
+    let exact = 2.0 * (m * k * n) as f64;
+    assert!(flops >= exact && flops <= exact * 2.5, "{}: {flops} tensor-core flops for {exact}", g.kernel);
+    assert!(g.load_efficiency().is_some_and(|e| e > 0.0 && e <= 1.0));
+    assert!(g.raw.barriers > 0 && g.raw.lds_req + g.raw.ldsm_req > 0, "{:?}", g.raw);
+    assert!(s.uploads >= 2, "the uploads were counted: {s:?}");
+    assert!(g.grid[0] > 1 && g.grid[1] > 1, "a grid with CTAs sharing rows and columns: {:?}", g.grid);
+    let shared_l2 = g.raw.dram_read_sectors;
+    assert_eq!(shared_l2, g.raw.unique_read_sectors, "one wave: every sector once");
+    be.exec.set_profile(Some(ProfileOpts { max_ctas: 0, wave: 1 }));
+    v3.linear_fwd(&xd, &wd, None, None).unwrap();
+    let again = be.exec.take_profile();
+    let g1 = again.launches.iter().find(|l| l.raw.mma_warp > 0).unwrap();
+    assert!(g1.raw.dram_read_sectors > shared_l2, "waves of one CTA re-read the shared tiles");
+    eprintln!(
+        "{} {m}x{k}x{n}: grid {:?}, tensor-core flops {:.3}× the product's, load efficiency {:.3}, DRAM reads {} sectors in one wave, {} one CTA at a time",
+        g.kernel,
+        g.grid,
+        flops / exact,
+        g.load_efficiency().unwrap_or(0.0),
+        shared_l2,
+        g1.raw.dram_read_sectors
+    );
+
+    // The parity table under v3, its linear cases under every other variant, and its attention
+    // cases under v1 (the f32 attention kernels run where the variant has no tensor cores).
+    be.exec.set_profile(Some(ProfileOpts::default()));
+    let t0 = std::time::Instant::now();
+    let filter = Filter::from_env().expect("KILN_SELFTEST_OP names ops");
+    selftest::run_pass(v3, &selftest::seeds_for("profile v3"), &filter, &|_| true, &mut |_, _| {});
+    use kiln_core::backend::Op;
+    for v in GemmVariant::ALL {
+        if v != GemmVariant::V3 {
+            let keep = |c: &Case| c.op == Op::Linear || (v == GemmVariant::V1 && c.op == Op::Attention);
+            let seeds = selftest::seeds_for(&format!("profile {v}"));
+            selftest::run_pass(be.with_gemm(v), &seeds, &filter, &keep, &mut |_, _| {});
+        }
+    }
+    let s = be.exec.take_profile();
+    be.exec.set_profile(None);
+    let mut missing = Vec::new();
+    for (file, src) in kiln_cuda::kernels::SOURCES {
+        for name in kiln_cuda::kernels::entry_points(src) {
+            if !s.launches.iter().any(|l| l.kernel == name && l.raw.ctas_run > 0) {
+                missing.push(format!("{file}: {name}"));
+            }
+        }
+    }
+    for l in &s.launches {
+        assert!(l.load_efficiency().is_none_or(|e| e > 0.0 && e <= 1.0), "{}: {:?}", l.kernel, l.raw);
+        assert!(l.store_efficiency().is_none_or(|e| e > 0.0 && e <= 1.0), "{}: {:?}", l.kernel, l.raw);
+        for wf in [l.shared_load_wavefronts_per_request(), l.shared_store_wavefronts_per_request()] {
+            assert!(wf.is_none_or(|w| (1.0..=32.0).contains(&w)), "{}: {:?}", l.kernel, l.raw);
+        }
+    }
+    eprintln!("{} profiled launches in {:.1} s", s.launches.len(), t0.elapsed().as_secs_f64());
+    if std::env::var_os("KILN_SELFTEST_OP").is_none() {
+        assert!(missing.is_empty(), "production kernels no profiled launch reached: {missing:?}");
+    }
+}
