@@ -14,8 +14,8 @@
 //   each 8×8 matrix's 8 row addresses); a phase needs as many wavefronts as the most distinct
 //   32-bit words any one bank holds among its addresses (the same word is broadcast);
 // - the L2 model: each distinct sector read is fetched from DRAM once per wave of CTAs that run
-//   together (the caller's `wave`: SMs × resident CTAs per SM), writes reach DRAM once per
-//   distinct sector of the launch.
+//   together (SMs × resident CTAs per SM, counted for 1 … KEMU_WAVES CTAs per SM at once, since
+//   the occupancy is the card's), writes reach DRAM once per distinct sector of the launch.
 #include "prof.h"
 
 #include <algorithm>
@@ -49,8 +49,8 @@ struct KeyHash {
 KemuProfile* g_out = nullptr;
 std::unordered_map<uint64_t, unsigned> g_seen;  // (pc, thread) → executions so far in this block
 std::unordered_map<Key, Group, KeyHash> g_groups;
-std::unordered_set<uint64_t> g_wave_reads, g_reads, g_writes;
-uint64_t g_wave_id = 0;
+std::unordered_set<uint64_t> g_wave_reads[KEMU_WAVES], g_reads, g_writes;
+uint64_t g_wave_id[KEMU_WAVES];
 
 void sectors_of(const Group& g, std::vector<uint64_t>& out) {
   out.clear();
@@ -144,16 +144,16 @@ void score(const Group& g) {
   }
   for (uint64_t s : secs) {
     if (reads) {
-      g_wave_reads.insert(s);
+      for (auto& w : g_wave_reads) w.insert(s);
       g_reads.insert(s);
     }
     if (writes) g_writes.insert(s);
   }
 }
 
-void close_wave() {
-  if (g_out) g_out->dram_read_sectors += g_wave_reads.size();
-  g_wave_reads.clear();
+void close_wave(int i) {
+  if (g_out) g_out->dram_read_sectors[i] += g_wave_reads[i].size();
+  g_wave_reads[i].clear();
 }
 }  // namespace
 
@@ -161,19 +161,23 @@ void begin_launch(KemuProfile* out, unsigned threads_per_cta) {
   g_out = out;
   g_out->threads_per_cta = threads_per_cta;
   g_groups.clear();
-  g_wave_reads.clear();
+  for (int i = 0; i < KEMU_WAVES; ++i) {
+    g_wave_reads[i].clear();
+    g_wave_id[i] = 0;
+  }
   g_reads.clear();
   g_writes.clear();
-  g_wave_id = 0;
 }
 
 void begin_block(uint64_t linear_cta) {
   g_seen.clear();
   g_groups.clear();
-  const uint64_t wave = g_out->wave ? linear_cta / g_out->wave : 0;
-  if (wave != g_wave_id) {
-    close_wave();
-    g_wave_id = wave;
+  for (int i = 0; i < KEMU_WAVES; ++i) {
+    const uint64_t wave = g_out->wave ? linear_cta / (g_out->wave * (i + 1)) : 0;
+    if (wave != g_wave_id[i]) {
+      close_wave(i);
+      g_wave_id[i] = wave;
+    }
   }
   g_out->ctas_run++;
 }
@@ -199,7 +203,7 @@ void flush() {
 void end_launch() {
   if (!g_out) return;
   flush();
-  close_wave();
+  for (int i = 0; i < KEMU_WAVES; ++i) close_wave(i);
   g_out->unique_read_sectors = g_reads.size();
   g_out->unique_write_sectors = g_writes.size();
   g_reads.clear();

@@ -4,10 +4,13 @@
 #include <cstddef>
 #include <cstdint>
 
+// Resident CTAs per SM the L2 model tracks at once (1 … KEMU_WAVES).
+#define KEMU_WAVES 8
+
 extern "C" {
 struct KemuProfile {
-  // In: run at most this many CTAs (the first in launch order; 0: all), and the CTAs that run at
-  // once on the modeled GPU (the L2 model's wave; 0: the whole launch is one wave).
+  // In: run at most this many CTAs (the first in launch order; 0: all), and the modeled GPU's SM
+  // count (the L2 model's wave is `wave` × resident CTAs per SM; 0: the launch is one wave).
   uint64_t max_ctas, wave;
   // Out.
   uint64_t ctas_total, ctas_run, threads_per_cta;
@@ -29,9 +32,10 @@ struct KemuProfile {
   uint64_t mma_warp, wgmma_group, wgmma_smem_bytes;
   // __syncthreads executed (per CTA, summed).
   uint64_t barriers;
-  // The L2 model: distinct sectors read summed over waves of `wave` CTAs (each distinct sector
-  // once per wave), distinct sectors read over the whole launch, distinct sectors written.
-  uint64_t dram_read_sectors, unique_read_sectors, unique_write_sectors;
+  // The L2 model: distinct sectors read summed over waves of `wave` × (i + 1) CTAs (i + 1
+  // resident CTAs per SM; each distinct sector once per wave), distinct sectors read over the
+  // whole launch, distinct sectors written.
+  uint64_t dram_read_sectors[KEMU_WAVES], unique_read_sectors, unique_write_sectors;
 };
 }
 

@@ -49,7 +49,7 @@ fn coalesced_strided_and_misaligned_copies_give_their_known_sector_counts() {
     let p = prof("calib_copy_f32", cfg, r);
     assert_eq!(p.load_efficiency(), Some(1.0));
     assert_eq!(p.store_efficiency(), Some(1.0));
-    assert_eq!(p.dram_bytes(), 8.0 * n as f64, "each byte read once and written once");
+    assert_eq!(p.dram_bytes(1), 8.0 * n as f64, "each byte read once and written once");
     assert_eq!((r.ctas_run, r.ctas_total, r.barriers), (32, 32, 0));
 
     // One float past the boundary: 128 bytes over 5 sectors.
@@ -107,14 +107,14 @@ fn sampling_runs_the_first_ctas_and_scales_and_the_wave_model_counts_each_sector
     let p = prof("calib_copy_f32", cfg, r);
     assert!(p.sampled());
     assert_eq!(p.total(r.gld_req), (n / 32) as f64, "scaled to the whole launch");
-    assert_eq!(p.dram_bytes(), 8.0 * n as f64);
+    assert_eq!(p.dram_bytes(1), 8.0 * n as f64);
     // The transposes' CTAs read disjoint tiles: the wave size changes nothing. The stride-32
     // gather's neighbouring CTAs share no sector either; a broadcast read would.
     let cfgt = Launch { grid: [4, 1, 1], block: [32, 32, 1], smem: 0 };
     let (one, ..) = calib(&ex, "calib_transpose_padded", 4096, cfgt, ProfileOpts { max_ctas: 0, wave: 1 });
     let (all, ..) = calib(&ex, "calib_transpose_padded", 4096, cfgt, ALL);
     assert_eq!(one.dram_read_sectors, all.dram_read_sectors);
-    assert_eq!(all.dram_read_sectors, all.unique_read_sectors);
+    assert_eq!(all.dram_read_sectors, [all.unique_read_sectors; 8]);
 }
 
 /// The one test of this binary on the process's emulated device (profiling is a device setting).
@@ -146,13 +146,16 @@ fn every_production_kernel_runs_profiled_and_the_gemm_counts_follow_its_shape() 
     assert!(g.raw.barriers > 0 && g.raw.lds_req + g.raw.ldsm_req > 0, "{:?}", g.raw);
     assert!(s.uploads >= 2, "the uploads were counted: {s:?}");
     assert!(g.grid[0] > 1 && g.grid[1] > 1, "a grid with CTAs sharing rows and columns: {:?}", g.grid);
-    let shared_l2 = g.raw.dram_read_sectors;
+    let shared_l2 = g.raw.dram_read_sectors[0];
     assert_eq!(shared_l2, g.raw.unique_read_sectors, "one wave: every sector once");
     be.exec.set_profile(Some(ProfileOpts { max_ctas: 0, wave: 1 }));
     v3.linear_fwd(&xd, &wd, None, None).unwrap();
     let again = be.exec.take_profile();
     let g1 = again.launches.iter().find(|l| l.raw.mma_warp > 0).unwrap();
-    assert!(g1.raw.dram_read_sectors > shared_l2, "waves of one CTA re-read the shared tiles");
+    let w = g1.raw.dram_read_sectors;
+    assert!(w[0] > shared_l2, "waves of one CTA re-read the shared tiles: {w:?}");
+    assert!(w.iter().all(|&x| x >= shared_l2 && x <= w[0]), "between one wave and one CTA a wave: {w:?}");
+    assert_eq!(w[5], shared_l2, "a wave of 6 CTAs holds the whole grid: {w:?}");
     eprintln!(
         "{} {m}x{k}x{n}: grid {:?}, tensor-core flops {:.3}× the product's, load efficiency {:.3}, DRAM reads {} sectors in one wave, {} one CTA at a time",
         g.kernel,
@@ -160,7 +163,7 @@ fn every_production_kernel_runs_profiled_and_the_gemm_counts_follow_its_shape() 
         flops / exact,
         g.load_efficiency().unwrap_or(0.0),
         shared_l2,
-        g1.raw.dram_read_sectors
+        g1.raw.dram_read_sectors[0]
     );
 
     // The parity table under v3, its linear cases under every other variant, and its attention

@@ -44,23 +44,27 @@ pub struct RawProfile {
     pub wgmma_group: u64,
     pub wgmma_smem_bytes: u64,
     pub barriers: u64,
-    pub dram_read_sectors: u64,
+    pub dram_read_sectors: [u64; WAVES],
     pub unique_read_sectors: u64,
     pub unique_write_sectors: u64,
 }
+
+/// Resident CTAs per SM the L2 model tracks (kernels/emu/prof.h's `KEMU_WAVES`).
+pub const WAVES: usize = 8;
 
 /// What to profile: how many CTAs of a launch to run at most, and the L2 model's wave.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ProfileOpts {
     /// 0: every CTA.
     pub max_ctas: u64,
-    /// CTAs resident at once on the modeled GPU (0: the whole launch is one wave).
+    /// SMs of the modeled GPU: a wave is this many × the resident CTAs per SM (0: the whole
+    /// launch is one wave).
     pub wave: u64,
 }
 
 impl Default for ProfileOpts {
     fn default() -> Self {
-        // H100 SXM: 132 SMs, one CTA each (the big tiles' occupancy); two waves' worth of CTAs.
+        // H100 SXM's 132 SMs; up to two waves of CTAs at one CTA per SM.
         ProfileOpts { max_ctas: 264, wave: 132 }
     }
 }
@@ -125,9 +129,11 @@ impl LaunchProfile {
     pub fn wgmma_flops(&self) -> f64 {
         self.total(self.raw.wgmma_group) * WGMMA_FLOPS
     }
-    /// DRAM bytes under the L2 model: reads once per wave, writes once.
-    pub fn dram_bytes(&self) -> f64 {
-        32.0 * (self.total(self.raw.dram_read_sectors) + self.total(self.raw.unique_write_sectors))
+    /// DRAM bytes under the L2 model at `ctas_per_sm` resident CTAs per SM (clamped to
+    /// 1 ..= [`WAVES`]): reads once per wave, writes once.
+    pub fn dram_bytes(&self, ctas_per_sm: u32) -> f64 {
+        let i = (ctas_per_sm.clamp(1, WAVES as u32) - 1) as usize;
+        32.0 * (self.total(self.raw.dram_read_sectors[i]) + self.total(self.raw.unique_write_sectors))
     }
     /// Warps of the launch (all CTAs).
     pub fn warps(&self) -> f64 {

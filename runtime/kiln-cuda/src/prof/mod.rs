@@ -12,6 +12,7 @@
 
 pub mod arch;
 pub mod dynamic;
+pub mod ops;
 pub mod sass;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,183 @@
+//! One op at a user's shape, run once (`kiln prof run`): what the profiler and the model look at.
+//! Inputs are small random values; nothing is checked (the parity table does that).
+
+use kiln_core::backend::{
+    AdamWItem, AdamWStep, AttentionOps, ElementwiseOps, EmbeddingOps, LinearNeeds, LossOps, LoraRef, MatmulOps,
+    MemoryOps, NormOps, OptimOps,
+};
+use kiln_core::{DType, Error, Result, Tensor};
+
+use crate::backend::KernelBackend;
+
+/// The ops `kiln prof run` knows, with the shape each takes.
+pub const OPS: [(&str, &str); 12] = [
+    ("gemm", "MxKxN: x [M,K] f32 · Wᵀ, W [N,K] in --dtype (bf16, f16, f32)"),
+    ("qgemm", "MxKxN: W [N,K] quantized (--dtype q4_k, nf4, q4_1, q8_0)"),
+    ("lora", "MxKxNxR: the fused LoRA forward, W bf16, rank R"),
+    ("lora_bwd", "MxKxNxR: LoRA forward then backward (dx, dA, dB)"),
+    ("gemv", "KxN: one row against W [N,K] in --dtype"),
+    ("attention", "BxTxHxD: causal attention forward, H query and key heads"),
+    ("attention_bwd", "BxTxHxD: attention forward then backward"),
+    ("rms_norm", "RxD: forward then backward"),
+    ("cross_entropy", "RxV: forward then backward"),
+    ("adamw", "N: one AdamW step over N f32 parameters"),
+    ("add", "N: f32 a + b"),
+    ("embedding", "RxHxV: R ids into a bf16 [V,H] table, forward"),
+];
+
+/// Parses `AxBxC` into its numbers (each > 0), with `n` of them.
+pub fn parse_shape(s: &str, n: usize, op: &str) -> Result<Vec<usize>> {
+    let v: Vec<usize> = s
+        .split('x')
+        .map(|d| d.trim().parse::<usize>().ok().filter(|&d| d > 0))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| Error::Msg(format!("--shape {s:?}: positive integers joined by 'x'")))?;
+    if v.len() != n {
+        let want = OPS.iter().find(|(o, _)| *o == op).map(|(_, w)| *w).unwrap_or("");
+        return Err(Error::Msg(format!("--shape {s:?}: {op} takes {n} sizes ({want})")));
+    }
+    Ok(v)
+}
+
+fn randn(n: usize, seed: u64) -> Vec<f32> {
+    let mut r = kiln_core::rng::Rng::new(seed);
+    (0..n).map(|_| r.normal() as f32 * 0.1).collect()
+}
+
+fn up(be: &KernelBackend, n: &[usize], dtype: DType, seed: u64) -> Result<Tensor> {
+    be.upload(&Tensor::from_vec(randn(n.iter().product(), seed), n.to_vec())?.to_dtype(dtype)?)
+}
+
+/// How many sizes `op`'s shape has.
+pub fn arity(op: &str) -> Result<usize> {
+    Ok(match op {
+        "gemm" | "qgemm" | "embedding" => 3,
+        "lora" | "lora_bwd" | "attention" | "attention_bwd" => 4,
+        "gemv" | "rms_norm" | "cross_entropy" => 2,
+        "adamw" | "add" => 1,
+        _ => {
+            let known: Vec<&str> = OPS.iter().map(|(o, _)| *o).collect();
+            return Err(Error::Msg(format!("--op {op}: one of {}", known.join(", "))));
+        }
+    })
+}
+
+/// The useful work of the op at the shape: (flops, bytes every input and output must cross
+/// DRAM at least once), for the ratio to a card's peaks.
+pub fn work(op: &str, s: &[usize], dtype: DType) -> (f64, f64) {
+    let f = |v: usize| v as f64;
+    let wb = |n: usize| f(dtype.bytes(n));
+    match op {
+        "gemm" | "qgemm" => (2.0 * f(s[0] * s[1] * s[2]), 4.0 * f(s[0] * s[1] + s[0] * s[2]) + wb(s[1] * s[2])),
+        "lora" => {
+            let (m, k, n, r) = (s[0], s[1], s[2], s[3]);
+            (2.0 * f(m * k * n + m * r * (k + n)), 4.0 * f(m * k + m * n + r * (k + n)) + 2.0 * f(n * k))
+        }
+        "lora_bwd" => {
+            let (m, k, n, r) = (s[0], s[1], s[2], s[3]);
+            (4.0 * f(m * k * n) + 5.0 * f(m * r * (k + n)), 8.0 * f(m * k + m * n + r * (k + n)) + 4.0 * f(n * k))
+        }
+        "gemv" => (2.0 * f(s[0] * s[1]), wb(s[0] * s[1]) + 4.0 * f(s[0] + s[1])),
+        "attention" | "attention_bwd" => {
+            let (b, t, h, d) = (s[0], s[1], s[2], s[3]);
+            // Causal: half the T×T scores; forward 2 GEMMs, backward 5 (FlashAttention-2's count).
+            let fwd = 2.0 * 2.0 * f(b * h * d) * f(t * t) / 2.0;
+            let io = 4.0 * f(b * t * h * d);
+            if op == "attention" { (fwd, 4.0 * io) } else { (fwd * 3.5, 11.0 * io) }
+        }
+        "rms_norm" => (0.0, 4.0 * f(s[0] * s[1]) * 5.0),
+        "cross_entropy" => (0.0, 4.0 * f(s[0] * s[1]) * 3.0),
+        "adamw" => (0.0, 4.0 * f(s[0]) * 7.0),
+        "add" => (0.0, 12.0 * f(s[0])),
+        "embedding" => (0.0, f(s[0] * s[1]) * 6.0),
+        _ => (0.0, 0.0),
+    }
+}
+
+/// Runs `op` once at shape `s` (weights in `dtype` where the op has them).
+pub fn run(be: &KernelBackend, op: &str, s: &[usize], dtype: DType) -> Result<()> {
+    match op {
+        "gemm" | "qgemm" => {
+            let (m, k, n) = (s[0], s[1], s[2]);
+            let x = up(be, &[m, k], DType::F32, 1)?;
+            let w = if let DType::Quant(ty) = dtype {
+                let q = kiln_core::quant::quantize(ty, &randn(n * k, 2))?;
+                be.upload(&Tensor::from_quant_bytes(q, ty, [n, k])?)?
+            } else {
+                up(be, &[n, k], dtype, 2)?
+            };
+            be.linear_fwd(&x, &w, None, None).map(drop)
+        }
+        "gemv" => {
+            let x = up(be, &[1, s[0]], DType::F32, 1)?;
+            let w = up(be, &[s[1], s[0]], dtype, 2)?;
+            be.linear_fwd(&x, &w, None, None).map(drop)
+        }
+        "lora" | "lora_bwd" => {
+            let (m, k, n, r) = (s[0], s[1], s[2], s[3]);
+            let x = up(be, &[m, k], DType::F32, 1)?;
+            let w = up(be, &[n, k], DType::BF16, 2)?;
+            let (a, b) = (up(be, &[r, k], DType::F32, 3)?, up(be, &[n, r], DType::F32, 4)?);
+            let l = || LoraRef { a: &a, b: &b, scale: 2.0 };
+            let (_, u) = be.linear_fwd(&x, &w, None, Some(l()))?;
+            if op == "lora_bwd" {
+                let dy = up(be, &[m, n], DType::F32, 5)?;
+                let u = u.ok_or_else(|| Error::Msg("LoRA forward saved no u".into()))?;
+                let needs = LinearNeeds { x: true, lora: true, ..Default::default() };
+                be.linear_bwd(&dy, &x, &w, Some((l(), &u)), needs)?;
+            }
+            Ok(())
+        }
+        "attention" | "attention_bwd" => {
+            let (b, t, h, d) = (s[0], s[1], s[2], s[3]);
+            let (q, k, v) =
+                (up(be, &[b, t, h, d], DType::F32, 1)?, up(be, &[b, t, h, d], DType::F32, 2)?, up(be, &[b, t, h, d], DType::F32, 3)?);
+            let args = kiln_core::backend::AttnArgs {
+                q: &q,
+                k: &k,
+                v: &v,
+                seg: None,
+                shared_prefix: false,
+                scale: 1.0 / (d as f64).sqrt(),
+                window: None,
+                softcap: None,
+            };
+            let (o, lse) = be.attention_fwd(&args)?;
+            if op == "attention_bwd" {
+                let d_o = up(be, &[b, t, h, d], DType::F32, 4)?;
+                be.attention_bwd(&args, &o, &lse, &d_o)?;
+            }
+            Ok(())
+        }
+        "rms_norm" => {
+            let (x, w, dy) = (up(be, &[s[0], s[1]], DType::F32, 1)?, up(be, &[s[1]], DType::F32, 2)?, up(be, &[s[0], s[1]], DType::F32, 3)?);
+            let (_, rstd) = be.rms_norm_fwd(&x, &w, 1e-5)?;
+            be.rms_norm_bwd(&dy, &x, &w, &rstd).map(drop)
+        }
+        "cross_entropy" => {
+            let logits = up(be, &[s[0], s[1]], DType::F32, 1)?;
+            let t: Vec<i32> = (0..s[0]).map(|i| (i * 7919 % s[1]) as i32).collect();
+            let targets = be.upload(&Tensor::from_vec(t, [s[0]])?)?;
+            let out = be.cross_entropy_fwd(&logits, &targets)?;
+            be.cross_entropy_bwd(&logits, &targets, &out.lse, 1.0, out.n_valid).map(drop)
+        }
+        "adamw" => {
+            let (mut p, g) = (up(be, &[s[0]], DType::F32, 1)?, up(be, &[s[0]], DType::F32, 2)?);
+            let (mut m, mut v) = (be.zeros(&[s[0]].into(), DType::F32)?, be.zeros(&[s[0]].into(), DType::F32)?);
+            let hp = AdamWStep { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, step: 1 };
+            be.adamw_step(AdamWItem { param: &mut p, grad: &g, m: &mut m, v: &mut v }, hp)
+        }
+        "add" => {
+            let (a, b) = (up(be, &[s[0]], DType::F32, 1)?, up(be, &[s[0]], DType::F32, 2)?);
+            be.add(&a, &b).map(drop)
+        }
+        "embedding" => {
+            let (rows, h, vocab) = (s[0], s[1], s[2]);
+            let w = up(be, &[vocab, h], DType::BF16, 1)?;
+            let ids: Vec<i32> = (0..rows).map(|i| (i * 7919 % vocab) as i32).collect();
+            let ids = be.upload(&Tensor::from_vec(ids, [rows])?)?;
+            be.embedding_fwd(&w, &ids).map(drop)
+        }
+        _ => arity(op).map(drop),
+    }
+}
