@@ -127,6 +127,47 @@ fn prof_static_reports_resources_occupancy_and_the_main_loop() {
     );
 }
 
+/// `kiln prof run`: an op's launches profiled on the emulation and modeled on a card, as JSON;
+/// unknown ops, shapes, cards and dtypes fail naming them.
+#[test]
+fn prof_run_profiles_an_op_and_models_it_on_a_card() {
+    for (args, want) in [
+        (vec!["--op", "conv", "--shape", "4"], "--op conv"),
+        (vec!["--op", "gemm", "--shape", "64x64"], "gemm takes 3 sizes"),
+        (vec!["--op", "gemm", "--shape", "64x0x8"], "positive integers"),
+        (vec!["--op", "gemm", "--shape", "8x8x8", "--card", "v100"], "v100"),
+        (vec!["--op", "gemv", "--shape", "64x64", "--dtype", "q9_k"], "q9_k"),
+        (vec!["--op", "qgemm", "--shape", "8x8x8", "--dtype", "bf16"], "block type"),
+    ] {
+        let o = kiln().args(["prof", "run"]).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want) && !err.contains("panicked"), "{args:?}: {err}");
+    }
+    let o = kiln()
+        .args(["prof", "run", "--op", "gemm", "--shape", "96x80x136", "--variant", "v3", "--card", "rtx4090", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (launches, op) = rows.split_at(rows.len() - 1);
+    let g = launches.iter().find(|r| r["kernel"] == "gemm_v3_mma_bf16").expect("the tensor-core GEMM launched");
+    let eff = g["load_efficiency"].as_f64().unwrap();
+    assert!(eff > 0.0 && eff <= 1.0, "{g}");
+    assert!(g["mma_sync"].as_f64().unwrap() * 4096.0 >= 2.0 * 96.0 * 80.0 * 136.0, "{g}");
+    assert!(g["time_s"].as_f64().unwrap() > 3e-6 && g["dram_bytes"].as_f64().unwrap() > 0.0, "{g}");
+    assert!(["tensor", "issue", "DRAM", "shared memory"].contains(&g["bound"].as_str().unwrap()), "{g}");
+    assert_eq!(op[0]["card"], "rtx4090");
+    assert_eq!(op[0]["launches"].as_u64().unwrap() as usize, launches.len());
+    let statics = op[0]["static"].as_str().unwrap();
+    if statics.starts_with("static profile") {
+        assert!(g["issue_s"].as_f64().unwrap() > 0.0 && g["ctas_per_sm"].as_u64().unwrap() >= 1, "{g}");
+    } else {
+        assert!(std::env::var_os("CI").is_none(), "CI has NVRTC, ptxas and nvdisasm: {statics}");
+        eprintln!("prof run without its static half here: {statics}");
+    }
+}
+
 #[test]
 fn info_describes_a_model_loaded_from_the_map() {
     let dir = fixtures().join("tiny-llama");

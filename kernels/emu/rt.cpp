@@ -94,7 +94,11 @@ struct Kernel {
   KernelFn fn;
   size_t params_size;
   unsigned max_threads;  // __launch_bounds__, or 1024
+  // Dynamic shared memory a launch may ask for: 48 KiB until granted more
+  // (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, kiln_emu_set_max_dyn_smem).
+  size_t max_dyn_smem;
 };
+constexpr size_t kDefaultDynSmem = 48 * 1024;
 
 std::unordered_map<std::string, Kernel>& registry() {
   static std::unordered_map<std::string, Kernel> r;
@@ -421,7 +425,7 @@ void async_read(const void* p, size_t n) {
 }
 
 Registrar::Registrar(const char* name, int variant, size_t params_size, unsigned max_threads, KernelFn fn) {
-  registry()[key(name, variant)] = Kernel{fn, params_size, max_threads ? max_threads : kMaxThreads};
+  registry()[key(name, variant)] = Kernel{fn, params_size, max_threads ? max_threads : kMaxThreads, kDefaultDynSmem};
 }
 
 void syncthreads() {
@@ -546,9 +550,10 @@ int kiln_emu_launch(const char* name, int mode, const unsigned* grid, const unsi
             threads, it->second.max_threads);
   } else if (grid[0] == 0 || grid[1] == 0 || grid[2] == 0 || grid[1] > 65535 || grid[2] > 65535) {
     e = fmt("CUDA_ERROR_INVALID_VALUE: grid (%u,%u,%u)", grid[0], grid[1], grid[2]);
-  } else if (dyn_smem > kMaxDynSmem) {
-    e = fmt("CUDA_ERROR_INVALID_VALUE: %zu bytes of dynamic shared memory, more than the %zu any GPU grants", dyn_smem,
-            kMaxDynSmem);
+  } else if (dyn_smem > it->second.max_dyn_smem) {
+    e = fmt("CUDA_ERROR_INVALID_VALUE: %zu bytes of dynamic shared memory, more than the %zu granted to the kernel "
+            "(above 48 KiB a launch needs CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES first)",
+            dyn_smem, it->second.max_dyn_smem);
   }
   if (!e.empty()) {
     snprintf(err, err_len, "%s", e.c_str());
@@ -621,6 +626,26 @@ int kiln_emu_launch(const char* name, int mode, const unsigned* grid, const unsi
     snprintf(err, err_len, "%s: %s", name, g_err.c_str());
     return 1;
   }
+  return 0;
+}
+
+// cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES): grants `bytes` of dynamic shared memory to
+// both builds of `name`; returns 0, or 1 with a message in `err`.
+int kiln_emu_set_max_dyn_smem(const char* name, size_t bytes, char* err, size_t err_len) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  auto it = registry().find(key(name, 0));
+  if (it == registry().end()) {
+    snprintf(err, err_len, "CUDA_ERROR_NOT_FOUND: no kernel named %s in the emulation build", name);
+    return 1;
+  }
+  if (bytes > kMaxDynSmem) {
+    snprintf(err, err_len, "CUDA_ERROR_INVALID_VALUE: %zu bytes of dynamic shared memory, more than the %zu any GPU grants",
+             bytes, kMaxDynSmem);
+    return 1;
+  }
+  it->second.max_dyn_smem = bytes;
+  auto rc = registry().find(key(name, 1));
+  if (rc != registry().end()) rc->second.max_dyn_smem = bytes;
   return 0;
 }
 

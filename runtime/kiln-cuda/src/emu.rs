@@ -24,6 +24,7 @@ unsafe extern "C" {
         err_len: usize,
     ) -> c_int;
     fn kiln_emu_kernels(buf: *mut c_char, len: usize) -> usize;
+    fn kiln_emu_set_max_dyn_smem(name: *const c_char, bytes: usize, err: *mut c_char, err_len: usize) -> c_int;
 }
 
 /// Host memory handed to kernels as raw addresses, 256-byte aligned as `cuMemAlloc`'s are (the
@@ -102,6 +103,34 @@ impl EmuExec {
     }
 
     fn launch_mode(&self, kernel: &str, cfg: Launch, params: &[u8], mode: c_int, prof: *mut RawProfile) -> Result<()> {
+        if cfg.smem > 48 * 1024 {
+            // As the GPU path does (cuda.rs): the emulation refuses more than 48 KiB otherwise.
+            self.grant_dyn_smem(kernel, cfg.smem)?;
+        }
+        self.launch_raw(kernel, cfg, params, mode, prof)
+    }
+
+    /// `cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)` for `kernel`.
+    pub fn grant_dyn_smem(&self, kernel: &str, bytes: usize) -> Result<()> {
+        let name = CString::new(kernel).map_err(|_| Error::Msg(format!("kernel name {kernel:?}")))?;
+        let mut err = vec![0u8; 1024];
+        // SAFETY: the name is NUL-terminated and `err` has the capacity passed.
+        let rc = unsafe { kiln_emu_set_max_dyn_smem(name.as_ptr(), bytes, err.as_mut_ptr() as *mut c_char, err.len()) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let end = err.iter().position(|&b| b == 0).unwrap_or(err.len());
+        Err(Error::Msg(format!("cuda-emu: {kernel}: {}", String::from_utf8_lossy(&err[..end]))))
+    }
+
+    /// A plain launch without granting dynamic shared memory above 48 KiB first (what a bare
+    /// `cuLaunchKernel` does: refused).
+    pub fn launch_without_grant(&self, kernel: &str, cfg: Launch, params: &[u8]) -> Result<()> {
+        self.launch_raw(kernel, cfg, params, 0, std::ptr::null_mut())
+    }
+
+    /// `mode`: 0 plain, 1 race check, 2 profile (`prof` then points at the counters to fill).
+    fn launch_raw(&self, kernel: &str, cfg: Launch, params: &[u8], mode: c_int, prof: *mut RawProfile) -> Result<()> {
         let name = CString::new(kernel).map_err(|_| Error::Msg(format!("kernel name {kernel:?}")))?;
         let mut err = vec![0u8; 8192];
         // SAFETY: every pointer is valid for the call: the name is NUL-terminated, grid and block
@@ -182,7 +211,8 @@ impl Exec for EmuExec {
         let opts = self.lock_profile().as_ref().map(|(o, _)| *o);
         if let Some(opts) = opts {
             let raw = self.launch_profiled(kernel, cfg, params, opts)?;
-            let p = LaunchProfile { kernel: kernel.to_string(), grid: cfg.grid, block: cfg.block, dyn_smem: cfg.smem, raw };
+            let p =
+                LaunchProfile { kernel: kernel.to_string(), grid: cfg.grid, block: cfg.block, dyn_smem: cfg.smem, raw };
             if let Some((_, s)) = self.lock_profile().as_mut() {
                 s.launches.push(p);
             }

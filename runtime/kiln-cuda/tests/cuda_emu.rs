@@ -191,6 +191,23 @@ fn dynamic_shared_memory_is_only_16_byte_aligned() {
     assert_eq!(got, vec![16.0, 0.0], "base address mod 128 and mod 16");
 }
 
+/// Above 48 KiB of dynamic shared memory a launch needs the function attribute first, on the GPU
+/// and here: a kernel launched without it fails in the emulation, not only on a GPU.
+#[test]
+fn dynamic_shared_memory_above_48_kib_needs_the_grant() {
+    let ex = EmuExec::default();
+    let out = ex.alloc_zeroed(8).unwrap();
+    let p = TestParams { a: 0, b: 0, c: out.ptr, m: 0, n: 0, k: 0, pad: 0 };
+    let cfg = Launch { grid: [1, 1, 1], block: [32, 1, 1], smem: 64 << 10 };
+    let e = ex.launch_without_grant("probe_dyn_smem_alignment", cfg, bytemuck::bytes_of(&p)).unwrap_err().to_string();
+    assert!(e.contains("48 KiB") && e.contains("MAX_DYNAMIC_SHARED_SIZE_BYTES"), "{e}");
+    ex.launch_checked("probe_dyn_smem_alignment", cfg, bytemuck::bytes_of(&p), false).expect("granted on the way");
+    let e = ex.grant_dyn_smem("probe_dyn_smem_alignment", 300 << 10).unwrap_err().to_string();
+    assert!(e.contains("more than the"), "{e}");
+    ex.launch_without_grant("probe_dyn_smem_alignment", Launch { smem: 48 << 10, ..cfg }, bytemuck::bytes_of(&p))
+        .expect("48 KiB needs no grant");
+}
+
 #[test]
 fn a_missing_barrier_is_reported_as_a_race_and_fails_parity() {
     let (m, n) = (45, 37);

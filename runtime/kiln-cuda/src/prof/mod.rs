@@ -12,6 +12,7 @@
 
 pub mod arch;
 pub mod dynamic;
+pub mod model;
 pub mod ops;
 pub mod sass;
 

@@ -2,7 +2,7 @@
 //! Inputs are small random values; nothing is checked (the parity table does that).
 
 use kiln_core::backend::{
-    AdamWItem, AdamWStep, AttentionOps, ElementwiseOps, EmbeddingOps, LinearNeeds, LossOps, LoraRef, MatmulOps,
+    AdamWItem, AdamWStep, AttentionOps, ElementwiseOps, EmbeddingOps, LinearNeeds, LoraRef, LossOps, MatmulOps,
     MemoryOps, NormOps, OptimOps,
 };
 use kiln_core::{DType, Error, Result, Tensor};
@@ -130,8 +130,11 @@ pub fn run(be: &KernelBackend, op: &str, s: &[usize], dtype: DType) -> Result<()
         }
         "attention" | "attention_bwd" => {
             let (b, t, h, d) = (s[0], s[1], s[2], s[3]);
-            let (q, k, v) =
-                (up(be, &[b, t, h, d], DType::F32, 1)?, up(be, &[b, t, h, d], DType::F32, 2)?, up(be, &[b, t, h, d], DType::F32, 3)?);
+            let (q, k, v) = (
+                up(be, &[b, t, h, d], DType::F32, 1)?,
+                up(be, &[b, t, h, d], DType::F32, 2)?,
+                up(be, &[b, t, h, d], DType::F32, 3)?,
+            );
             let args = kiln_core::backend::AttnArgs {
                 q: &q,
                 k: &k,
@@ -150,7 +153,11 @@ pub fn run(be: &KernelBackend, op: &str, s: &[usize], dtype: DType) -> Result<()
             Ok(())
         }
         "rms_norm" => {
-            let (x, w, dy) = (up(be, &[s[0], s[1]], DType::F32, 1)?, up(be, &[s[1]], DType::F32, 2)?, up(be, &[s[0], s[1]], DType::F32, 3)?);
+            let (x, w, dy) = (
+                up(be, &[s[0], s[1]], DType::F32, 1)?,
+                up(be, &[s[1]], DType::F32, 2)?,
+                up(be, &[s[0], s[1]], DType::F32, 3)?,
+            );
             let (_, rstd) = be.rms_norm_fwd(&x, &w, 1e-5)?;
             be.rms_norm_bwd(&dy, &x, &w, &rstd).map(drop)
         }

@@ -10,6 +10,7 @@ mod export;
 mod generate;
 mod kernels;
 mod prof;
+mod prof_run;
 mod selftest;
 mod train;
 
@@ -72,8 +73,9 @@ pub enum Cmd {
     /// CUDA kernels: build PTX ahead of time, list entry points.
     #[command(subcommand)]
     Kernels(kernels::KernelsCmd),
-    /// Kernel profiler: `static` reads each compiled kernel (registers, shared memory, spills,
-    /// occupancy, the main loop's instruction mix) without a GPU.
+    /// Kernel profiler without a GPU: `static` reads each compiled kernel (registers, shared
+    /// memory, spills, occupancy, the main loop's instruction mix); `run` profiles an op's
+    /// launches on the emulation and models their time on a card.
     #[command(subcommand)]
     Prof(prof::ProfCmd),
     /// Check a backend on this machine: every op's kernels against the CPU reference (the

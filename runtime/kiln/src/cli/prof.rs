@@ -13,6 +13,11 @@ pub enum ProfCmd {
     /// mix (MMA-equivalents, global loads by width, cp.async/TMA, shared loads/stores,
     /// ldmatrix, barriers, conversions, integer divides) with non-MMA instructions per MMA.
     Static(StaticArgs),
+    /// Run one op at a shape on the CUDA emulation with every load and store profiled, and print
+    /// per kernel launch: coalescing (bytes used of the 32-byte sectors moved), shared-memory
+    /// wavefronts per request (bank conflicts), tensor-core flops, barriers, DRAM bytes under the
+    /// L2 model; then the roofline model's time on a card (--card) with its bound.
+    Run(super::prof_run::RunArgs),
 }
 
 #[derive(Args, Debug)]
@@ -34,6 +39,7 @@ pub struct StaticArgs {
 pub fn run(cmd: ProfCmd) -> Result<()> {
     match cmd {
         ProfCmd::Static(a) => static_report(a),
+        ProfCmd::Run(a) => super::prof_run::run(a),
     }
 }
 
@@ -55,6 +61,33 @@ fn row_json(k: &kiln_cuda::prof::KernelStatic) -> serde_json::Value {
         "warps_per_sm": o.warps_per_sm, "occupancy": o.fraction, "limiter": o.limiter,
         "main_loop": k.main_loop.as_ref().map(|(l, m)| serde_json::json!({"start": l.start, "end": l.end, "mix": mix_json(m)})),
         "whole": mix_json(&k.whole)})
+}
+
+/// The static profile of the kernels `names` for `arch` (NVRTC, ptxas, nvdisasm), or why not.
+#[cfg(feature = "cuda")]
+pub fn static_of(
+    names: &[String],
+    arch: &str,
+    cuda_include: Option<PathBuf>,
+) -> Result<Vec<kiln_cuda::prof::KernelStatic>> {
+    use kiln_cuda::nvrtc;
+    let inc = nvrtc::include_dirs(cuda_include);
+    let work = std::env::temp_dir().join(format!("kiln-prof-{}", std::process::id()));
+    let nv = if arch == "sm_90a" { "compute_90a" } else { arch };
+    let mut out = Vec::new();
+    let result = (|| -> Result<()> {
+        for (file, src) in kiln_cuda::kernels::SOURCES {
+            if !kiln_cuda::kernels::entry_points(src).iter().any(|e| names.contains(e)) {
+                continue;
+            }
+            let c = nvrtc::compile(file, src, nv, &inc).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let ks = kiln_cuda::prof::analyse_ptx(file, &c.ptx, arch, &work).map_err(|e| anyhow::anyhow!("{e}"))?;
+            out.extend(ks.into_iter().filter(|k| names.contains(&k.name)));
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    result.map(|_| out)
 }
 
 #[cfg(feature = "cuda")]

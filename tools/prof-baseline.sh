@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The roofline model's baseline for today's kernels: every kernel family at the shapes of
+# `kiln bench kernels` (GEMMs 4096³; attention 1×2048×16×128), profiled on the CUDA emulation
+# and modeled on a card, one JSON line per launch and per op in OUT/prof-<card>.jsonl, and a
+# markdown table on stdout (bench/RESULTS.md records it).
+#   bash tools/prof-baseline.sh [--card h100] [--smoke] [OUT]
+# --smoke: small shapes (seconds, not minutes), for checking the script itself.
+set -euo pipefail
+card=h100
+smoke=0
+out=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --card) card="$2"; shift 2 ;;
+    --smoke) smoke=1; shift ;;
+    *) out="$1"; shift ;;
+  esac
+done
+root="$(cd "$(dirname "$0")/.." && pwd)"
+out="${out:-$root/target/prof-baseline}"
+mkdir -p "$out"
+kiln="${KILN:-$root/target/release/kiln}"
+[ -x "$kiln" ] || { echo "prof-baseline: no kiln binary at $kiln (cargo build --release, or set KILN)" >&2; exit 1; }
+if [ "$smoke" = 1 ]; then g=256x256x256; l=256x256x256x16; a=1x128x2x64; v=256x256; r=64x256; c=32x1000; n=100000; e=64x256x1000
+else g=4096x4096x4096; l=4096x4096x4096x16; a=1x2048x16x128; v=4096x4096; r=16384x4096; c=4096x32000; n=16777216; e=16384x4096x32000; fi
+jsonl="$out/prof-$card.jsonl"
+: > "$jsonl"
+run() {  # label, kiln prof run arguments
+  local label="$1"; shift
+  echo "prof-baseline: $label" >&2
+  "$kiln" prof run --card "$card" --json "$@" | sed "s/^{/{\"case\": \"$label\", /" >> "$jsonl"
+}
+# The scalar GEMMs (one FMA per lane per element, every operand through the hooks) run a quarter
+# of a wave: their DRAM figure then assumes waves of 33 CTAs (an upper bound), their issue and
+# shared-memory figures are per CTA and exact.
+scalar=33
+[ "$smoke" = 1 ] && scalar=0
+for v in v1 v2; do run "gemm $v bf16" --op gemm --shape $g --variant $v --dtype bf16 --max-ctas $scalar; done
+for v in v3 v4 v5; do run "gemm $v bf16" --op gemm --shape $g --variant $v --dtype bf16; done
+run "gemm v2 f32" --op gemm --shape $g --variant v2 --dtype f32 --max-ctas $scalar
+run "qgemm v3 Q4_K" --op qgemm --shape $g --dtype q4_k
+run "qgemm v3 NF4" --op qgemm --shape $g --dtype nf4
+run "lora r16 fwd" --op lora --shape $l
+run "lora r16 fwd+bwd" --op lora_bwd --shape $l
+run "gemv bf16" --op gemv --shape $v --dtype bf16
+run "gemv Q4_K" --op gemv --shape $v --dtype q4_k
+run "attention v2 fwd" --op attention --shape $a
+run "attention v2 fwd+bwd" --op attention_bwd --shape $a
+run "rms_norm fwd+bwd" --op rms_norm --shape $r
+run "cross_entropy fwd+bwd" --op cross_entropy --shape $c
+run "adamw" --op adamw --shape $n
+run "add f32" --op add --shape $n
+run "embedding fwd" --op embedding --shape $e
+python3 - "$jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+print("| case | kernel | CTAs run | ld eff | st eff | smem WF/req ld, st | bound | modeled µs | % tensor peak | % DRAM peak |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+pct = lambda x: "—" if x is None else f"{100 * x:.0f} %"
+for r in rows:
+    if "kernel" in r:
+        ld = r["lds_wavefronts"] + r["ldsm_wavefronts"]; lq = r["lds_requests"] + r["ldsm_requests"]
+        wf = lambda a, b: "—" if not b else f"{a / b:.2f}"
+        print(f"| {r['case']} | {r['kernel']} | {r['ctas_run']}/{r['ctas_total']} | {pct(r['load_efficiency'])} | "
+              f"{pct(r['store_efficiency'])} | {wf(ld, lq)}, {wf(r['sts_wavefronts'], r['sts_requests'])} | {r['bound']} | "
+              f"{r['time_s'] * 1e6:.1f} | {100 * r['tensor_fraction']:.1f} | {100 * r['dram_fraction']:.1f} |")
+    else:
+        print(f"| **{r['case']}** | {r['launches']} launches ({r['op']} {r['shape']}, {r['dtype']}) | | | | | | "
+              f"**{r['modeled_s'] * 1e6:.1f}** | **{100 * r['tensor_fraction']:.1f}** | **{100 * r['dram_fraction']:.1f}** |")
+PY
