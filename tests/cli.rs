@@ -341,6 +341,30 @@ fn kernels_build_writes_ptx_for_each_arch_or_says_what_is_missing() {
     let o = kiln().args(["kernels", "build", "--overwrite", "--arch", "sm_10", "--out"]).arg(&dir).output().unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("sm_10"));
     assert!(dir.join("matmul.sm_80.ptx").is_file() && dir.join(".kiln-output").is_file());
+    // Cubins beside the PTX (ptxas): ELF images for sm_80 and Hopper's sm_90a.
+    let o = kiln()
+        .args(["kernels", "build", "--overwrite", "--cubin", "--arch", "sm_80,compute_90a", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    if o.status.success() {
+        for a in ["sm_80", "sm_90a"] {
+            let bin = std::fs::read(dir.join(format!("rope.{a}.cubin"))).unwrap();
+            assert_eq!(&bin[..4], b"\x7fELF", "rope.{a}.cubin");
+        }
+    } else {
+        assert!(std::env::var_os("CI").is_none(), "CI has ptxas: {err}");
+        assert!(err.contains("ptxas") && !err.contains("panicked"), "{err}");
+    }
+    let o = kiln()
+        .env("KILN_PTXAS", "/nonexistent/ptxas")
+        .args(["kernels", "build", "--overwrite", "--cubin", "--arch", "sm_80", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("/nonexistent/ptxas") && err.contains("nvidia-cuda-nvcc"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -74,6 +74,8 @@ impl Drop for Pooled {
 
 /// One CUDA device.
 pub struct CudaExec {
+    /// The driver's CUDA version, e.g. (12, 4): which PTX it can load.
+    pub driver: (i32, i32),
     pub ordinal: usize,
     pub name: String,
     pub compute_capability: (i32, i32),
@@ -113,7 +115,11 @@ impl CudaExec {
         unsafe { result::ctx::set_current(ctx) }.map_err(|e| err("cuCtxSetCurrent", e))?;
         let stream =
             result::stream::create(result::stream::StreamKind::Default).map_err(|e| err("cuStreamCreate", e))?;
+        let mut v = 0i32;
+        // SAFETY: the driver library is loaded (probed above); the out-pointer is valid.
+        unsafe { sys::cuDriverGetVersion(&mut v) }.result().map_err(|e| err("cuDriverGetVersion", e))?;
         Ok(CudaExec {
+            driver: (v / 1000, (v % 1000) / 10),
             ordinal,
             name: info.name.clone(),
             compute_capability: info.compute_capability,
@@ -172,6 +178,25 @@ impl CudaExec {
     pub fn memory(&self) -> (usize, usize, usize) {
         let p = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         (p.live, p.cached, p.peak)
+    }
+
+    /// A cubin for `file` in `KILN_PTX_DIR` this device runs (`kiln kernels build --cubin`): its
+    /// own architecture's, else the newest of the same major version and a lower minor (binary
+    /// compatible; the `a` builds only on their own architecture); the bytes and a label.
+    fn cubin(&self, file: &str) -> Result<Option<(Vec<u8>, String)>> {
+        let Some(dir) = std::env::var_os("KILN_PTX_DIR").map(PathBuf::from) else { return Ok(None) };
+        let stem = file.trim_end_matches(".cu");
+        let (maj, min) = self.compute_capability;
+        let mut candidates = vec![self.arch()];
+        candidates.extend((0..=min).rev().map(|m| format!("sm_{maj}{m}")));
+        for a in candidates {
+            let p = dir.join(format!("{stem}.{a}.cubin"));
+            if p.is_file() {
+                let bytes = std::fs::read(&p).map_err(|e| Error::Msg(format!("{}: {e}", p.display())))?;
+                return Ok(Some((bytes, format!("{a} (cubin)"))));
+            }
+        }
+        Ok(None)
     }
 
     /// PTX for `file` on this device, and the architecture it was built for.
@@ -261,11 +286,21 @@ impl CudaExec {
         let module = match mods.get(*file) {
             Some(&m) => m as sys::CUmodule,
             None => {
-                let (ptx, arch) = self.ptx(file, src)?;
+                let (image, arch) = match self.cubin(file)? {
+                    Some(c) => c,
+                    None => {
+                        let (ptx, arch) = self.ptx(file, src)?;
+                        if let Some(why) = crate::ptxver::too_new(file, &ptx, self.driver) {
+                            return Err(Error::Msg(why));
+                        }
+                        let ptx = CString::new(ptx).map_err(|_| Error::Msg(format!("{file}: PTX with NUL")))?;
+                        (ptx.into_bytes_with_nul(), arch)
+                    }
+                };
                 self.module_arch.lock().unwrap_or_else(|e| e.into_inner()).insert(file.to_string(), arch);
-                let ptx = CString::new(ptx).map_err(|_| Error::Msg(format!("{file}: PTX with NUL")))?;
-                // SAFETY: the context is current; `ptx` is a NUL-terminated PTX image.
-                let m = unsafe { result::module::load_data(ptx.as_ptr() as *const c_void) }
+                // SAFETY: the context is current; `image` is a cubin or a NUL-terminated PTX image,
+                // alive for the call.
+                let m = unsafe { result::module::load_data(image.as_ptr() as *const c_void) }
                     .map_err(|e| err(&format!("loading {file} for {}", self.arch()), e))?;
                 mods.insert(file.to_string(), m as usize);
                 m
@@ -450,16 +485,18 @@ impl Exec for CudaExec {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .get("matmul.cu")
-                    .is_some_and(|a| a == "sm_90a")
+                    .is_some_and(|a| a == "sm_90a" || a == "sm_90a (cubin)")
         })
     }
     fn describe(&self) -> String {
         let (c0, c1) = self.compute_capability;
         format!(
-            "{} (device {}, sm_{c0}{c1}, {:.1} GiB)",
+            "{} (device {}, sm_{c0}{c1}, {:.1} GiB, driver CUDA {}.{})",
             self.name,
             self.ordinal,
-            self.total_mem as f64 / (1u64 << 30) as f64
+            self.total_mem as f64 / (1u64 << 30) as f64,
+            self.driver.0,
+            self.driver.1
         )
     }
 }

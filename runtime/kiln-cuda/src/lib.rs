@@ -16,6 +16,7 @@ pub mod kernels;
 #[cfg(feature = "cuda")]
 pub mod nvrtc;
 pub mod prof;
+pub mod ptxver;
 mod variant;
 
 pub use variant::{GemmVariant, UnknownGemmVariant};

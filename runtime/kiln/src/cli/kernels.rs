@@ -24,6 +24,10 @@ pub enum KernelsCmd {
         /// Replace an earlier `kernels build` output in --out.
         #[arg(long)]
         overwrite: bool,
+        /// Also assemble each sm_XX target's PTX into a cubin with ptxas (KILN_PTXAS, else on the
+        /// PATH; pip nvidia-cuda-nvcc-cu12): drivers older than the PTX's CUDA release load those.
+        #[arg(long)]
+        cubin: bool,
     },
     /// The kernel entry points of each file.
     List,
@@ -37,14 +41,14 @@ pub fn run(cmd: KernelsCmd) -> Result<()> {
             }
             Ok(())
         }
-        KernelsCmd::Build { arch, out, cuda_include, overwrite } => {
+        KernelsCmd::Build { arch, out, cuda_include, overwrite, cubin } => {
             kiln::outdir::remove_on_signals()?;
             let inputs = match &cuda_include {
                 Some(i) => kiln::outdir::Inputs::default().with(i),
                 None => kiln::outdir::Inputs::default(),
             };
             let staged = kiln::outdir::StagedDir::begin(&out, "kiln kernels build", overwrite, &inputs)?;
-            build(arch, staged.path(), cuda_include)?;
+            build(arch, staged.path(), cuda_include, cubin)?;
             staged.commit()?;
             eprintln!("run with KILN_PTX_DIR={}", out.display());
             Ok(())
@@ -53,7 +57,7 @@ pub fn run(cmd: KernelsCmd) -> Result<()> {
 }
 
 #[cfg(feature = "cuda")]
-fn build(arch: Option<String>, out: &std::path::Path, cuda_include: Option<PathBuf>) -> Result<()> {
+fn build(arch: Option<String>, out: &std::path::Path, cuda_include: Option<PathBuf>, cubin: bool) -> Result<()> {
     use kiln_cuda::nvrtc;
     let archs: Vec<String> = match arch {
         Some(a) => a.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
@@ -73,6 +77,24 @@ fn build(arch: Option<String>, out: &std::path::Path, cuda_include: Option<PathB
             // The whole folder is temporary until complete: no per-file temporaries.
             let path = out.join(format!("{}.{a}.ptx", file.trim_end_matches(".cu")));
             std::fs::write(&path, &c.ptx).with_context(|| format!("writing {}", path.display()))?;
+            if cubin {
+                // compute_90a is PTX for sm_90a's features; its cubin is sm_90a's.
+                let target = a.replace("compute_", "sm_");
+                let bin = out.join(format!("{}.{target}.cubin", file.trim_end_matches(".cu")));
+                let pt = kiln_cuda::prof::ptxas();
+                let o = std::process::Command::new(&pt)
+                    .arg(format!("-arch={target}"))
+                    .arg("-o")
+                    .arg(&bin)
+                    .arg(&path)
+                    .output()
+                    .with_context(|| {
+                        format!("{} (pip install nvidia-cuda-nvcc-cu12==12.9.*; set KILN_PTXAS)", pt.display())
+                    })?;
+                if !o.status.success() {
+                    bail!("ptxas {target} {file}: {}", String::from_utf8_lossy(&o.stderr));
+                }
+            }
         }
         eprintln!("{a}: {} files", kiln_cuda::kernels::SOURCES.len());
     }
@@ -81,7 +103,7 @@ fn build(arch: Option<String>, out: &std::path::Path, cuda_include: Option<PathB
 }
 
 #[cfg(not(feature = "cuda"))]
-fn build(_: Option<String>, _: &std::path::Path, _: Option<PathBuf>) -> Result<()> {
+fn build(_: Option<String>, _: &std::path::Path, _: Option<PathBuf>, _: bool) -> Result<()> {
     bail!("this kiln was built without CUDA support (feature `cuda`)")
 }
 
@@ -108,6 +130,10 @@ pub struct BenchKernelsArgs {
     /// Print JSON only.
     #[arg(long)]
     json: bool,
+    /// Also append each row to this file as one JSON line the moment it is measured (a fault
+    /// later in the run keeps the rows before it).
+    #[arg(long)]
+    jsonl: Option<std::path::PathBuf>,
 }
 
 fn parse_shape(s: &str) -> Result<(usize, usize, usize)> {
@@ -145,6 +171,17 @@ pub fn bench(a: BenchKernelsArgs) -> Result<()> {
         }
     }
     let mut rows = Vec::new();
+    let mut jsonl = match &a.jsonl {
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| anyhow::anyhow!("--jsonl {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let mut write_err = None;
     let rows_out = kiln_cuda::bench::run(be, &plan, &mut |r| {
         let tflops = r.flops.map(|f| f / r.median_s / 1e12);
         let gbps = r.bytes.map(|b| b / r.median_s / 1e9);
@@ -169,7 +206,16 @@ pub fn bench(a: BenchKernelsArgs) -> Result<()> {
             "peak": match (tflops, gbps) { (Some(_), _) => json!({"tflops": peak, "source": if a.peak_tflops.is_some() { "--peak-tflops" } else if datasheet.is_some() { "datasheet (dense bf16)" } else { "unknown" }}), _ => json!({"gbps": bandwidth, "source": "measured device-to-device copy"}) },
             "timing": if emu { "cpu emulation (meaningless for GPU speed)" } else { "cuda events, L2 flushed between repeats" },
         }));
+        if let (Some(f), Some(row)) = (jsonl.as_mut(), rows.last()) {
+            use std::io::Write;
+            if let Err(e) = writeln!(f, "{row}").and_then(|_| f.flush()) {
+                write_err.get_or_insert(e);
+            }
+        }
     });
+    if let (Some(e), Some(p)) = (write_err, &a.jsonl) {
+        bail!("--jsonl {}: {e}", p.display());
+    }
     rows_out.map_err(|e| anyhow::anyhow!("{e}"))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
