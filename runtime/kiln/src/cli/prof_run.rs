@@ -45,6 +45,7 @@ pub fn run(_: RunArgs) -> Result<()> {
     bail!("this kiln was built without the CUDA emulation (feature `cuda-emu`)")
 }
 
+#[cfg(feature = "cuda-emu")]
 fn parse_dtype(s: &str) -> Result<kiln_core::DType> {
     use kiln_core::DType;
     use kiln_core::quant::GgmlType as G;
