@@ -421,7 +421,23 @@ pub struct AttnDims {
     pub d: usize,
 }
 
-impl AttnArgs<'_> {
+impl<'a> AttnArgs<'a> {
+    /// Plain causal attention over `q`, `k`, `v` at the usual 1/√head_dim scale: no packing, no
+    /// window, no soft-cap.
+    pub fn causal(q: &'a Tensor, k: &'a Tensor, v: &'a Tensor) -> Self {
+        let d = q.dims().last().copied().unwrap_or(1).max(1);
+        AttnArgs {
+            q,
+            k,
+            v,
+            seg: None,
+            shared_prefix: false,
+            scale: 1.0 / (d as f64).sqrt(),
+            window: None,
+            softcap: None,
+        }
+    }
+
     /// Checks the shapes every backend relies on and returns the sizes.
     pub fn dims(&self) -> Result<AttnDims> {
         let (q, k, v) = (self.q.dims(), self.k.dims(), self.v.dims());

@@ -135,16 +135,7 @@ pub fn run(be: &KernelBackend, op: &str, s: &[usize], dtype: DType) -> Result<()
                 up(be, &[b, t, h, d], DType::F32, 2)?,
                 up(be, &[b, t, h, d], DType::F32, 3)?,
             );
-            let args = kiln_core::backend::AttnArgs {
-                q: &q,
-                k: &k,
-                v: &v,
-                seg: None,
-                shared_prefix: false,
-                scale: 1.0 / (d as f64).sqrt(),
-                window: None,
-                softcap: None,
-            };
+            let args = kiln_core::backend::AttnArgs::causal(&q, &k, &v);
             let (o, lse) = be.attention_fwd(&args)?;
             if op == "attention_bwd" {
                 let d_o = up(be, &[b, t, h, d], DType::F32, 4)?;

@@ -167,16 +167,7 @@ pub fn run(a: OpsArgs, be: &'static dyn Backend) -> Result<()> {
             let k = be.upload(&randn(&mut rng, &[1, t, hkv, d])?)?;
             let v = be.upload(&randn(&mut rng, &[1, t, hkv, d])?)?;
             let d_o = be.upload(&randn(&mut rng, &[1, t, hq, d])?)?;
-            let args = AttnArgs {
-                q: &q,
-                k: &k,
-                v: &v,
-                seg: None,
-                shared_prefix: false,
-                scale: 1.0 / (d as f64).sqrt(),
-                window: None,
-                softcap: None,
-            };
+            let args = AttnArgs::causal(&q, &k, &v);
             // Causal: half of the 2·T²·D multiply-adds of QKᵀ and of PV per head.
             let fwd_flops = 2.0 * (hq * t * t * d) as f64;
             let (sf, source) = time(be, a.seconds, &|| Ok(be.attention_fwd(&args)?.0))?;
