@@ -168,6 +168,41 @@ fn prof_run_profiles_an_op_and_models_it_on_a_card() {
     }
 }
 
+/// `tools/gpu-first.sh --smoke`: every section on the emulation, one archive and the summary
+/// table (kiln beside torch and the model) in OUT, and nothing else.
+#[test]
+fn gpu_first_smoke_writes_one_archive_and_the_summary() {
+    let out = std::env::temp_dir().join(format!("kiln-gpu-first-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let o = std::process::Command::new("bash")
+        .current_dir(&root)
+        .args(["tools/gpu-first.sh", "--smoke", "--bin", env!("CARGO_BIN_EXE_kiln")])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}\n{}", String::from_utf8_lossy(&o.stderr));
+    let mut names: Vec<String> =
+        std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["gpu-first.tar.gz", "summary.txt"]);
+    let summary = std::fs::read_to_string(out.join("summary.txt")).unwrap();
+    for want in ["gemm v3_mma", "gemm v5_wgmma", "attention fwd+bwd", "kiln/torch", "model TF/s"] {
+        assert!(summary.contains(want), "{want} missing from:\n{summary}");
+    }
+    let list = std::process::Command::new("tar").arg("tzf").arg(out.join("gpu-first.tar.gz")).output().unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    for f in ["gpu-first/summary.txt", "gpu-first/sections.txt", "gpu-first/kernels.jsonl", "gpu-first/selftest-cuda.log"]
+    {
+        assert!(list.lines().any(|l| l == f), "{f} not in the archive:\n{list}");
+    }
+    for line in text.lines().filter(|l| l.contains(" rc=")) {
+        assert!(line.contains("rc=0"), "a section failed: {line}\n{text}");
+    }
+    std::fs::remove_dir_all(&out).ok();
+}
+
 #[test]
 fn info_describes_a_model_loaded_from_the_map() {
     let dir = fixtures().join("tiny-llama");

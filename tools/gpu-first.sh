@@ -142,6 +142,7 @@ def arr(p):
 kernels = lines(f"{w}/kernels.jsonl")
 attn = arr(f"{w}/bench-attention.log")
 torch = {r["case"]: r for r in lines(f"{w}/torch.log")}
+# The model's cases and their shapes (kiln's rows count only where the shape is the model's).
 model = {}
 for r in lines(model_file):
     if "kernel" not in r:
@@ -150,13 +151,21 @@ for r in lines(model_file):
             # Same SMs, clocks and tensor rates as the H100: only DRAM time changes (3.35 → 4.8 TB/s).
             t = sum(max(l["tensor_s"], l["issue_s"] or 0, l["dram_s"] * 3350 / 4800, l["smem_s"]) + 3e-6
                     for l in lines(model_file) if l.get("case") == r["case"] and "kernel" in l)
-        model[r["case"]] = r["useful_flops"] / t / 1e12 if r["useful_flops"] else None
-print(f"card model: {card} (model v1, {model_file})")
+        model[r["case"]] = (r["useful_flops"] / t / 1e12 if r["useful_flops"] else None, r["shape"])
+print(f"card model: {card} (model v1, {model_file}); kiln/model only where the shape is the model's")
 print(f"{'case':<26} {'shape':<26} {'kiln TF/s':>10} {'torch TF/s':>10} {'kiln/torch':>10} {'model TF/s':>10} {'kiln/model':>10}")
+def same(shape, model_shape):
+    # gemm "4096x4096x4096"; attention "b1 t2048 hq16 hkv16 d128 causal" against "1x2048x16x128".
+    if "x" in shape and " " not in shape:
+        return shape == model_shape
+    b, t, h, d = model_shape.split("x")
+    return f"b{b} t{t} hq{h} hkv{h} d{d}" in shape
 def row(case, shape, k, t, m):
     f = lambda x: "—" if x is None else f"{x:.2f}"
     r = lambda a, b: "—" if a is None or not b else f"{a / b:.3f}"
-    print(f"{case:<26} {shape:<26} {f(k):>10} {f(t):>10} {r(k, t):>10} {f(m):>10} {r(k, m):>10}")
+    mt, ms = m if m else (None, "")
+    km = r(k, mt) if ms and same(shape, ms) else "(shape)"
+    print(f"{case:<26} {shape:<26} {f(k):>10} {f(t):>10} {r(k, t):>10} {f(mt):>10} {km:>10}")
 tg = torch.get("gemm", {}).get("tflops")
 for r in kernels:
     if r.get("op", "").startswith("gemm") and "bf16" in r.get("dtype", ""):

@@ -209,3 +209,40 @@ fn ptxas_reports_no_spills(dir: &std::path::Path) {
         }
     }
 }
+
+/// The model's trip count (tensor-core instructions per warp over the main loop's) is each GEMM
+/// family's K / BK: the emulation's counts and ptxas's loop agree, at a K that is not a multiple
+/// of the tile (the last tile is padded).
+#[cfg(feature = "cuda-emu")]
+#[test]
+fn the_model_reads_each_gemm_family_s_trip_count_off_the_run() {
+    use kiln_cuda::GemmVariant;
+    use kiln_cuda::prof::{dynamic::ProfileOpts, model, ops};
+    if !nvrtc::available() && skip_or_fail("libnvrtc is not on the library path") {
+        return;
+    }
+    let inc = nvrtc::include_dirs(None);
+    if (inc.is_empty() && skip_or_fail("no CUDA headers")) || !nvdisasm_ready() {
+        return;
+    }
+    let src = SOURCES.iter().find(|(f, _)| *f == "matmul.cu").unwrap().1;
+    let ptx = nvrtc::compile("matmul.cu", src, "compute_90a", &inc).unwrap().ptx;
+    let work = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("trips");
+    let statics = kiln_cuda::prof::analyse_ptx("matmul.cu", &ptx, "sm_90a", &work).unwrap();
+    let be = kiln_cuda::backend::emu();
+    let (m, k, n) = (130, 200, 136);
+    for (v, bk) in [(GemmVariant::V3, 32), (GemmVariant::V4, 32), (GemmVariant::V5, 32)] {
+        assert!(be.exec.set_profile(Some(ProfileOpts { max_ctas: 0, wave: 132 })));
+        ops::run(be.with_gemm(v), "gemm", &[m, k, n], kiln_core::DType::BF16).unwrap();
+        let s = be.exec.take_profile();
+        be.exec.set_profile(None);
+        let l = s.launches.iter().find(|l| l.raw.mma_warp + l.raw.wgmma_group > 0).expect("a tensor-core launch");
+        let st = statics.iter().find(|st| st.name == l.kernel).unwrap();
+        let trips = model::trips(l, st).unwrap();
+        let want = k.div_ceil(bk) as f64;
+        eprintln!("{}: {trips:.2} trips of the main loop per warp (K {k} / BK {bk} = {want})", l.kernel);
+        assert!((trips - want).abs() < 1e-9, "{}: {trips} trips, K/BK = {want}", l.kernel);
+        let p = model::predict(model::card("h100").unwrap(), l, Some(st));
+        assert!(p.issue_s.is_some_and(|t| t > 0.0) && p.ctas_per_sm >= 1, "{p:?}");
+    }
+}

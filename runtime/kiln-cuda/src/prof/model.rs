@@ -193,23 +193,32 @@ pub fn ctas_per_sm(c: &Card, l: &LaunchProfile, st: Option<&KernelStatic>) -> u3
     super::arch::occupancy(&limits, &st.resources, threads, l.dyn_smem as u32).blocks_per_sm.max(1)
 }
 
-/// Warp instructions of the launch: the straight-line part once and the main loop `trips` times
-/// per warp, trips from the tensor-core instructions (else global loads) each warp issued.
-pub fn instructions(l: &LaunchProfile, st: &KernelStatic) -> f64 {
-    let warps = l.warps();
-    let whole = st.whole.total as f64;
-    let Some((_, lp)) = &st.main_loop else { return warps * whole };
-    let per_warp = |n: u64| l.total(n) / warps.max(1.0);
+/// Trips of the static main loop per warp, read off the run: the tensor-core instructions each
+/// warp issued over the loop's MMA-equivalents (the loop's global loads where it has no MMA);
+/// `None` for straight-line code.
+pub fn trips(l: &LaunchProfile, st: &KernelStatic) -> Option<f64> {
+    let (_, lp) = st.main_loop.as_ref()?;
+    let warps = l.warps().max(1.0);
+    let per_warp = |n: u64| l.total(n) / warps;
     // A wgmma is counted once per warpgroup and appears in each of its 4 warps' SASS as one
     // HGMMA of 64 MMA-equivalents.
     let mma = per_warp(l.raw.mma_warp) + 4.0 * 64.0 * per_warp(l.raw.wgmma_group);
-    let trips = if lp.mma_equiv > 0.0 {
+    Some(if lp.mma_equiv > 0.0 {
         mma / lp.mma_equiv
     } else {
         let ldg = (lp.ldg32 + lp.ldg64 + lp.ldg128 + lp.ldgsts + lp.utmaldg) as f64;
         if ldg > 0.0 { per_warp(l.raw.gld_req + l.raw.cpasync_req) / ldg } else { 1.0 }
-    };
-    warps * (whole - lp.total as f64 + lp.total as f64 * trips.max(1.0))
+    })
+}
+
+/// Warp instructions of the launch: the straight-line part once and the main loop [`trips`]
+/// times per warp.
+pub fn instructions(l: &LaunchProfile, st: &KernelStatic) -> f64 {
+    let whole = st.whole.total as f64;
+    match (&st.main_loop, trips(l, st)) {
+        (Some((_, lp)), Some(t)) => l.warps() * (whole - lp.total as f64 + lp.total as f64 * t.max(1.0)),
+        _ => l.warps() * whole,
+    }
 }
 
 /// The model's time for one launch on `c`.
