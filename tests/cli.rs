@@ -159,6 +159,23 @@ fn prof_run_profiles_an_op_and_models_it_on_a_card() {
     assert!(["tensor", "issue", "DRAM", "shared memory"].contains(&g["bound"].as_str().unwrap()), "{g}");
     assert_eq!(op[0]["card"], "rtx4090");
     assert_eq!(op[0]["launches"].as_u64().unwrap() as usize, launches.len());
+    // The bench's rows with the model beside them; an unknown card is named.
+    let o = kiln()
+        .args(["bench", "kernels", "--backend", "cuda-emu", "--op", "gemm", "--model", "a100", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert!(rows.len() >= 5, "{rows:?}");
+    for r in rows {
+        assert_eq!(r["modeled"]["card"], "a100", "{r}");
+        assert!(r["modeled"]["s"].as_f64().unwrap() > 3e-6 && r["modeled"]["tflops"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    let o =
+        kiln().args(["bench", "kernels", "--backend", "cuda-emu", "--op", "gemm", "--model", "v100"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("v100") && err.contains("h100"), "{err}");
     let statics = op[0]["static"].as_str().unwrap();
     if statics.starts_with("static profile") {
         assert!(g["issue_s"].as_f64().unwrap() > 0.0 && g["ctas_per_sm"].as_u64().unwrap() >= 1, "{g}");
@@ -193,7 +210,8 @@ fn gpu_first_smoke_writes_one_archive_and_the_summary() {
     }
     let list = std::process::Command::new("tar").arg("tzf").arg(out.join("gpu-first.tar.gz")).output().unwrap();
     let list = String::from_utf8_lossy(&list.stdout);
-    for f in ["gpu-first/summary.txt", "gpu-first/sections.txt", "gpu-first/kernels.jsonl", "gpu-first/selftest-cuda.log"]
+    for f in
+        ["gpu-first/summary.txt", "gpu-first/sections.txt", "gpu-first/kernels.jsonl", "gpu-first/selftest-cuda.log"]
     {
         assert!(list.lines().any(|l| l == f), "{f} not in the archive:\n{list}");
     }

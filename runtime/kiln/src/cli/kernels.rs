@@ -134,6 +134,11 @@ pub struct BenchKernelsArgs {
     /// later in the run keeps the rows before it).
     #[arg(long)]
     jsonl: Option<std::path::PathBuf>,
+    /// Also give each GEMM, LoRA, quantized-GEMM and GEMV row the roofline model's time on this
+    /// card (h100, h200, a100, rtx4090, rtx3090, rtx4060ti): from the committed baseline where it
+    /// has the row, else profiled now on the CUDA emulation.
+    #[arg(long)]
+    model: Option<String>,
 }
 
 fn parse_shape(s: &str) -> Result<(usize, usize, usize)> {
@@ -155,6 +160,10 @@ pub fn bench(a: BenchKernelsArgs) -> Result<()> {
     if !a.shapes.is_empty() {
         plan.shapes = a.shapes.iter().map(|s| parse_shape(s)).collect::<Result<_>>()?;
     }
+    let card = match &a.model {
+        Some(c) => Some(kiln_cuda::prof::model::card(c).map_err(|e| anyhow::anyhow!("{e}"))?),
+        None => None,
+    };
     let device = be.exec.describe();
     let bandwidth = be.exec.copy_bandwidth().map_err(|e| anyhow::anyhow!("{e}"))?;
     let datasheet = if emu { None } else { kiln_cuda::bench::datasheet_bf16_tflops(&device) };
@@ -199,12 +208,22 @@ pub fn bench(a: BenchKernelsArgs) -> Result<()> {
             let pct = pct.map(|p| format!(" ({p:.1} % of peak)")).unwrap_or_default();
             eprintln!("{:<48} {:<24} {:<22} {:>10.3} ms  {rate}{pct}", r.op, r.variant, r.shape, r.median_s * 1e3);
         }
+        let modeled = card.and_then(|c| super::bench_model::modeled(c, r).map(|m| (c, m)));
+        if let (Some((c, m)), false) = (&modeled, a.json) {
+            let rate = r.flops.map(|f| format!("{:.2} TFLOP/s, ", f / m.seconds / 1e12)).unwrap_or_default();
+            // On a GPU: the fraction of the modeled (roofline) speed the kernel reached.
+            let vs =
+                if emu { String::new() } else { format!("reached {:.0} % of it; ", 100.0 * m.seconds / r.median_s) };
+            eprintln!("{:<48} modeled on {}: {:.3} ms ({rate}{vs}{})", "", c.name, m.seconds * 1e3, m.source);
+        }
         rows.push(json!({
             "op": r.op, "variant": r.variant, "dtype": r.dtype, "shape": r.shape, "backend": a.backend,
             "device": device, "median_s": r.median_s, "repeats": r.repeats, "tflops": tflops, "gbps": gbps,
             "pct_of_peak": pct,
             "peak": match (tflops, gbps) { (Some(_), _) => json!({"tflops": peak, "source": if a.peak_tflops.is_some() { "--peak-tflops" } else if datasheet.is_some() { "datasheet (dense bf16)" } else { "unknown" }}), _ => json!({"gbps": bandwidth, "source": "measured device-to-device copy"}) },
             "timing": if emu { "cpu emulation (meaningless for GPU speed)" } else { "cuda events, L2 flushed between repeats" },
+            "modeled": modeled.as_ref().map(|(c, m)| json!({"card": c.key, "s": m.seconds,
+                "tflops": r.flops.map(|f| f / m.seconds / 1e12), "source": m.source})),
         }));
         if let (Some(f), Some(row)) = (jsonl.as_mut(), rows.last()) {
             use std::io::Write;

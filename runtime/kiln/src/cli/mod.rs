@@ -1,6 +1,7 @@
 //! clap commands.
 
 mod bench;
+mod bench_model;
 mod bench_ops;
 mod chat;
 mod data;

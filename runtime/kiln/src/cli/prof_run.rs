@@ -46,7 +46,7 @@ pub fn run(_: RunArgs) -> Result<()> {
 }
 
 #[cfg(feature = "cuda-emu")]
-fn parse_dtype(s: &str) -> Result<kiln_core::DType> {
+pub fn parse_dtype(s: &str) -> Result<kiln_core::DType> {
     use kiln_core::DType;
     use kiln_core::quant::GgmlType as G;
     Ok(match s.to_ascii_lowercase().as_str() {
