@@ -2,6 +2,10 @@
 // build's hooks, and the wrappers' notes for ldmatrix, cp.async and atomics) into the warp-level
 // requests a GPU would issue, and counts what the memory system does with them.
 //
+// Access widths are the host compiler's: a 16-byte vector copied whole is one 16-byte access,
+// fields read one by one are separate accesses (ptxas may merge those into one wide load; the
+// static SASS mix of `kiln prof static` shows the widths the GPU runs).
+//
 // Lanes of a warp run one after another here, so a request is rebuilt by matching: the n-th time
 // lane l executes the access at program counter pc joins the n-th time every other lane of its
 // warp executes it. That is exact for converged code (all lanes take the same path, as in every

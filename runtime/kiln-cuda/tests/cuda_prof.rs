@@ -98,6 +98,23 @@ fn a_column_read_of_an_unpadded_tile_conflicts_32_ways_and_the_padded_one_not_at
 }
 
 #[test]
+fn ldmatrix_and_16_byte_shared_loads_cost_what_their_bank_layout_says() {
+    let ex = EmuExec::default();
+    let cfg = Launch { grid: [1, 1, 1], block: [32, 1, 1], smem: 0 };
+    for (kernel, req, wavefronts) in [
+        ("calib_ldmatrix_packed", 1, 4),
+        ("calib_ldmatrix_pitch128", 1, 32),
+        ("calib_lds128_packed", 1, 4),
+        ("calib_lds128_stride32", 1, 8),
+    ] {
+        let (r, ..) = calib(&ex, kernel, 128, cfg, ALL);
+        let got =
+            if kernel.contains("ldmatrix") { (r.ldsm_req, r.ldsm_wavefronts) } else { (r.lds_req, r.lds_wavefronts) };
+        assert_eq!(got, (req, wavefronts), "{kernel}: {r:?}");
+    }
+}
+
+#[test]
 fn sampling_runs_the_first_ctas_and_scales_and_the_wave_model_counts_each_sector_once_per_wave() {
     let ex = EmuExec::default();
     let n = 8192;
