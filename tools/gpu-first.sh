@@ -17,7 +17,9 @@
 # --all: then tools/gpu-check.sh --quick (wgpu, CPU, training, PEFT) in the time left.
 # Carry gpu-carry/ from tools/gpu-carry.sh (the release binary and the PTX).
 set -uo pipefail
+caller=$PWD
 cd "$(dirname "$0")/.."
+abs() { [[ $1 == /* ]] && echo "$1" || echo "$caller/$1"; }
 smoke=0
 all=0
 bin=gpu-carry/kiln
@@ -25,14 +27,17 @@ while [[ $# -gt 1 ]]; do
   case $1 in
     --smoke) smoke=1; shift ;;
     --all) all=1; shift ;;
-    --bin) bin=$2; shift 2 ;;
+    --bin) bin=$(abs "$2"); given_bin=1; shift 2 ;;
     *) break ;;
   esac
 done
-out=${1:?usage: tools/gpu-first.sh [--smoke] [--all] [--bin PATH] OUT}
+(( $# == 1 )) || { echo "usage: tools/gpu-first.sh [--smoke] [--all] [--bin PATH] OUT"; exit 2; }
+out=$(abs "$1")
 mkdir -p "$out"
-out=$(cd "$out" && pwd)
-[[ -x $bin ]] || bin=target/release/kiln
+if [[ ! -x $bin ]]; then
+  [[ -n ${given_bin:-} ]] && { echo "--bin $bin: not an executable"; exit 2; }
+  bin=target/release/kiln
+fi
 [[ -x $bin ]] || { echo "no kiln binary (gpu-carry/kiln or target/release/kiln; --bin PATH)"; exit 2; }
 deadline=$(( $(date +%s) + ${GPU_FIRST_SECONDS:-400} ))
 work=$(mktemp -d)
@@ -105,13 +110,20 @@ print(json.dumps({"case": "attention fwd+bwd", "impl": "torch SDPA bf16", "shape
 PY
 fi
 if [[ $smoke == 0 ]] && command -v ncu >/dev/null; then
+  # One kernel per call (the benches launch each many times: the second launch is profiled).
   metrics=sm__throughput.avg.pct_of_peak_sustained_elapsed,gpu__compute_memory_throughput.avg.pct_of_peak_sustained_elapsed
-  metrics+=,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum
-  metrics+=,l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum,dram__bytes.sum
-  section ncu-gemm 60 ncu --metrics "$metrics" -k regex:'gemm_v3_mma_bf16|gemm_v5_wgmma_bf16' -c 2 \
-    "$bin" bench kernels --backend cuda --quick --op gemm
-  section ncu-attention 45 ncu --metrics "$metrics" -k regex:'attn_fwd_v2_mma|attn_bwd_dkv_v2_mma' -c 2 \
-    "$bin" bench ops --backend cuda --op attention --seq 2048 --heads 16:16:128 --seconds 0
+  metrics+=,smsp__inst_executed.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum,dram__bytes.sum
+  hmma=$metrics,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active
+  # Hopper's wgmma runs on its own pipe; where ncu does not know the name the section says so.
+  gmma=$metrics,sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active
+  ncu_one() {  # NAME METRICS KERNEL COMMAND...
+    local name=$1 m=$2 k=$3; shift 3
+    section "$name" 40 ncu --metrics "$m" -k "regex:^$k\$" --launch-skip 1 -c 1 "$@"
+  }
+  ncu_one ncu-gemm-v3 "$hmma" gemm_v3_mma_bf16 "$bin" bench kernels --backend cuda --quick --op gemm --shape 4096x4096x4096
+  ncu_one ncu-gemm-v5 "$gmma" gemm_v5_wgmma_bf16 "$bin" bench kernels --backend cuda --quick --op gemm --shape 4096x4096x4096
+  ncu_one ncu-attn-fwd "$hmma" attn_fwd_v2_mma "$bin" bench ops --backend cuda --op attention --seq 2048 --heads 16:16:128 --seconds 0
+  ncu_one ncu-attn-dkv "$hmma" attn_bwd_dkv_v2_mma "$bin" bench ops --backend cuda --op attention --seq 2048 --heads 16:16:128 --seconds 0
 fi
 if [[ $smoke == 0 ]] && command -v compute-sanitizer >/dev/null; then
   section memcheck 60 env KILN_SELFTEST_OP=rms_norm,rope,attention compute-sanitizer --tool memcheck \
@@ -134,11 +146,22 @@ def lines(p):
     except OSError:
         return []
 def arr(p):
+    # The JSON array the command printed, among whatever else its log holds.
     try:
         t = open(p).read()
-        return json.loads(t[t.index("["):])
-    except (OSError, ValueError):
+    except OSError:
         return []
+    dec = json.JSONDecoder()
+    at = 0
+    while (at := t.find("[", at)) >= 0:
+        try:
+            v, _ = dec.raw_decode(t[at:])
+            if isinstance(v, list) and all(isinstance(x, dict) for x in v):
+                return v
+        except ValueError:
+            pass
+        at += 1
+    return []
 kernels = lines(f"{w}/kernels.jsonl")
 attn = arr(f"{w}/bench-attention.log")
 torch = {r["case"]: r for r in lines(f"{w}/torch.log")}
@@ -151,7 +174,7 @@ for r in lines(model_file):
             # Same SMs, clocks and tensor rates as the H100: only DRAM time changes (3.35 → 4.8 TB/s).
             t = sum(max(l["tensor_s"], l["issue_s"] or 0, l["dram_s"] * 3350 / 4800, l["smem_s"]) + 3e-6
                     for l in lines(model_file) if l.get("case") == r["case"] and "kernel" in l)
-        model[r["case"]] = (r["useful_flops"] / t / 1e12 if r["useful_flops"] else None, r["shape"])
+        model[r["case"]] = (r["useful_flops"] / t / 1e12 if r["useful_flops"] and t > 0 else None, r["shape"])
 print(f"card model: {card} (model v1, {model_file}); kiln/model only where the shape is the model's")
 print(f"{'case':<26} {'shape':<26} {'kiln TF/s':>10} {'torch TF/s':>10} {'kiln/torch':>10} {'model TF/s':>10} {'kiln/model':>10}")
 def same(shape, model_shape):

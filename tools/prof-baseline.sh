@@ -35,8 +35,8 @@ run() {  # label, kiln prof run arguments
 # shared-memory figures are per CTA and exact.
 scalar=33
 [ "$smoke" = 1 ] && scalar=0
-for v in v1 v2; do run "gemm $v bf16" --op gemm --shape $g --variant $v --dtype bf16 --max-ctas $scalar; done
-for v in v3 v4 v5; do run "gemm $v bf16" --op gemm --shape $g --variant $v --dtype bf16; done
+for gv in v1 v2; do run "gemm $gv bf16" --op gemm --shape $g --variant $gv --dtype bf16 --max-ctas $scalar; done
+for gv in v3 v4 v5; do run "gemm $gv bf16" --op gemm --shape $g --variant $gv --dtype bf16; done
 run "gemm v2 f32" --op gemm --shape $g --variant v2 --dtype f32 --max-ctas $scalar
 run "qgemm v3 Q4_K" --op qgemm --shape $g --dtype q4_k
 run "qgemm v3 NF4" --op qgemm --shape $g --dtype nf4
@@ -54,17 +54,18 @@ run "embedding fwd" --op embedding --shape $e
 python3 - "$jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-print("| case | kernel | CTAs run | ld eff | st eff | smem WF/req ld, st | bound | modeled µs | % tensor peak | % DRAM peak |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("| case | kernel | CTAs run | ld eff | st eff | smem WF/req ld, st | CTAs/SM | DRAM MB | bound | modeled µs | % tensor peak | % DRAM peak |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 pct = lambda x: "—" if x is None else f"{100 * x:.0f} %"
 for r in rows:
     if "kernel" in r:
         ld = r["lds_wavefronts"] + r["ldsm_wavefronts"]; lq = r["lds_requests"] + r["ldsm_requests"]
         wf = lambda a, b: "—" if not b else f"{a / b:.2f}"
         print(f"| {r['case']} | {r['kernel']} | {r['ctas_run']}/{r['ctas_total']} | {pct(r['load_efficiency'])} | "
-              f"{pct(r['store_efficiency'])} | {wf(ld, lq)}, {wf(r['sts_wavefronts'], r['sts_requests'])} | {r['bound']} | "
+              f"{pct(r['store_efficiency'])} | {wf(ld, lq)}, {wf(r['sts_wavefronts'], r['sts_requests'])} | "
+              f"{r['ctas_per_sm']} | {'≤' if r['dram_upper_bound'] else ''}{r['dram_bytes'] / 1e6:.0f} | {r['bound']} | "
               f"{r['time_s'] * 1e6:.1f} | {100 * r['tensor_fraction']:.1f} | {100 * r['dram_fraction']:.1f} |")
     else:
-        print(f"| **{r['case']}** | {r['launches']} launches ({r['op']} {r['shape']}, {r['dtype']}) | | | | | | "
+        print(f"| **{r['case']}** | {r['launches']} launches ({r['op']} {r['shape']}, {r['dtype']}) | | | | | | | | "
               f"**{r['modeled_s'] * 1e6:.1f}** | **{100 * r['tensor_fraction']:.1f}** | **{100 * r['dram_fraction']:.1f}** |")
 PY

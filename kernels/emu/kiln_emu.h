@@ -68,6 +68,7 @@ void async_read(const void* p, size_t n);
 enum ProfNote { ProfLdmatrix = 1, ProfCpAsync = 2, ProfAtomic = 3 };
 enum ProfCount { ProfMma = 1, ProfWgmma = 2 };
 void prof_note(int kind, const void* p, size_t n, bool write);
+void prof_note_at(const void* pc, int kind, const void* p, size_t n, bool write);
 void prof_count(int what);
 // Runs `fn` in every thread as it leaves its kernel (checks of per-thread state, which may trap).
 struct ExitCheck {
@@ -109,7 +110,9 @@ inline T read_slot(const unsigned char* slots, unsigned lane) {
 #define __device__
 #define __host__
 #define __global__
-#define __forceinline__ inline
+// Inlined as on the GPU: every call site of a wrapper is an instruction of its own (the
+// profiler keys requests by the call site).
+#define __forceinline__ inline __attribute__((always_inline))
 #define __noinline__
 #define __restrict__ __restrict
 #define __launch_bounds__(...)

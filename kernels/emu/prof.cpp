@@ -54,7 +54,7 @@ KemuProfile* g_out = nullptr;
 std::unordered_map<uint64_t, unsigned> g_seen;  // (pc, thread) → executions so far in this block
 std::unordered_map<Key, Group, KeyHash> g_groups;
 std::unordered_set<uint64_t> g_wave_reads[KEMU_WAVES], g_reads, g_writes;
-uint64_t g_wave_id[KEMU_WAVES];
+uint64_t g_wave_id[KEMU_WAVES], g_wave_ctas[KEMU_WAVES];
 
 void sectors_of(const Group& g, std::vector<uint64_t>& out) {
   out.clear();
@@ -81,12 +81,15 @@ uint64_t distinct_bytes(const Group& g) {
 }
 
 uint64_t wavefronts(const Group& g) {
-  unsigned widest = 0;
+  unsigned widest = 4;
   for (const Lane& l : g.lanes) widest = std::max(widest, l.size);
-  const unsigned per_phase = g.kind == Ldmatrix ? 8 : (widest <= 4 ? 32 : 32 / (widest / 4));
+  unsigned pow2 = 4;
+  while (pow2 < widest) pow2 *= 2;
+  // Lanes per 128-byte phase: 32 for ≤ 4-byte accesses, 16 for 8, 8 for 16, 1 for ≥ 128.
+  const unsigned per_phase = g.kind == Ldmatrix ? 8 : std::max(1u, 128 / pow2);
   uint64_t total = 0;
   std::vector<uint64_t> words;
-  for (unsigned phase = 0; phase < 32 / per_phase; ++phase) {
+  for (unsigned phase = 0; phase < (32 + per_phase - 1) / per_phase; ++phase) {
     words.clear();
     for (const Lane& l : g.lanes)
       if (l.lane / per_phase == phase)
@@ -155,19 +158,39 @@ void score(const Group& g) {
   }
 }
 
-void close_wave(int i) {
-  if (g_out) g_out->dram_read_sectors[i] += g_wave_reads[i].size();
+// Closes wave i: counted when whole (or when the launch ran to its end: every wave is real),
+// else only if no wave has been counted (the sample is smaller than one wave), flagged.
+void close_wave(int i, bool launch_end) {
+  KemuProfile& o = *g_out;
+  const uint64_t full = o.wave * uint64_t(i + 1);
+  const bool all_run = o.ctas_run == o.ctas_total;
+  if (g_wave_ctas[i] > 0 && (all_run || g_wave_ctas[i] == full || full == 0)) {
+    o.dram_read_sectors[i] += g_wave_reads[i].size();
+    o.dram_wave_ctas[i] += g_wave_ctas[i];
+  } else if (g_wave_ctas[i] > 0 && launch_end && o.dram_wave_ctas[i] == 0) {
+    o.dram_read_sectors[i] += g_wave_reads[i].size();
+    o.dram_wave_ctas[i] += g_wave_ctas[i];
+    o.dram_partial |= 1ull << i;
+  }
   g_wave_reads[i].clear();
+  g_wave_ctas[i] = 0;
 }
 }  // namespace
 
 void begin_launch(KemuProfile* out, unsigned threads_per_cta) {
   g_out = out;
+  // The inputs stay; every count starts at zero.
+  const uint64_t max_ctas = out->max_ctas, wave = out->wave, total = out->ctas_total;
+  *out = KemuProfile{};
+  out->max_ctas = max_ctas;
+  out->wave = wave;
+  out->ctas_total = total;
   g_out->threads_per_cta = threads_per_cta;
   g_groups.clear();
   for (int i = 0; i < KEMU_WAVES; ++i) {
     g_wave_reads[i].clear();
     g_wave_id[i] = 0;
+    g_wave_ctas[i] = 0;
   }
   g_reads.clear();
   g_writes.clear();
@@ -179,9 +202,10 @@ void begin_block(uint64_t linear_cta) {
   for (int i = 0; i < KEMU_WAVES; ++i) {
     const uint64_t wave = g_out->wave ? linear_cta / (g_out->wave * (i + 1)) : 0;
     if (wave != g_wave_id[i]) {
-      close_wave(i);
+      close_wave(i, false);
       g_wave_id[i] = wave;
     }
+    g_wave_ctas[i]++;
   }
   g_out->ctas_run++;
 }
@@ -207,7 +231,7 @@ void flush() {
 void end_launch() {
   if (!g_out) return;
   flush();
-  for (int i = 0; i < KEMU_WAVES; ++i) close_wave(i);
+  for (int i = 0; i < KEMU_WAVES; ++i) close_wave(i, true);
   g_out->unique_read_sectors = g_reads.size();
   g_out->unique_write_sectors = g_writes.size();
   g_reads.clear();

@@ -36,6 +36,10 @@ struct KemuProfile {
   // resident CTAs per SM; each distinct sector once per wave), distinct sectors read over the
   // whole launch, distinct sectors written.
   uint64_t dram_read_sectors[KEMU_WAVES], unique_read_sectors, unique_write_sectors;
+  // The CTAs those waves held: whole waves only when the sample stopped inside one (a launch run
+  // to its end counts every wave), else the partial first wave, flagged in `dram_partial` (bit i:
+  // the sample is smaller than one wave of i + 1 CTAs per SM, an upper bound on DRAM reads).
+  uint64_t dram_wave_ctas[KEMU_WAVES], dram_partial;
 };
 }
 

@@ -381,12 +381,15 @@ bool run_block() {
 
 ExitCheck::ExitCheck(void (*fn)()) { exit_checks().push_back(fn); }
 
-void prof_note(int kind, const void* p, size_t n, bool write) {
+// `pc` names the instruction: the call site in the kernel.
+void prof_note_at(const void* pc, int kind, const void* p, size_t n, bool write) {
   if (!g_prof_on) return;
   const int space = space_of(p);
-  if (space >= 0)
-    prof::access(g_cur->view.linear, space, kind, write, reinterpret_cast<uintptr_t>(__builtin_return_address(0)), p,
-                 n);
+  if (space >= 0) prof::access(g_cur->view.linear, space, kind, write, reinterpret_cast<uintptr_t>(pc), p, n);
+}
+
+void prof_note(int kind, const void* p, size_t n, bool write) {
+  prof_note_at(__builtin_return_address(0), kind, p, n, write);
 }
 
 void prof_count(int what) {
@@ -486,31 +489,31 @@ const unsigned char* warp_exchange(unsigned mask, const void* mine, size_t n) {
 
 // Blocks run one at a time on one OS thread: plain read-modify-writes are atomic.
 float atomic_add_f32(float* p, float v) {
-  prof_note(ProfAtomic, p, sizeof *p, true);
+  prof_note_at(__builtin_return_address(0), ProfAtomic, p, sizeof *p, true);
   float o = *p;
   *p = o + v;
   return o;
 }
 int atomic_add_i32(int* p, int v) {
-  prof_note(ProfAtomic, p, sizeof *p, true);
+  prof_note_at(__builtin_return_address(0), ProfAtomic, p, sizeof *p, true);
   int o = *p;
   *p = o + v;
   return o;
 }
 unsigned atomic_add_u32(unsigned* p, unsigned v) {
-  prof_note(ProfAtomic, p, sizeof *p, true);
+  prof_note_at(__builtin_return_address(0), ProfAtomic, p, sizeof *p, true);
   unsigned o = *p;
   *p = o + v;
   return o;
 }
 int atomic_cas_i32(int* p, int cmp, int v) {
-  prof_note(ProfAtomic, p, sizeof *p, true);
+  prof_note_at(__builtin_return_address(0), ProfAtomic, p, sizeof *p, true);
   int o = *p;
   if (o == cmp) *p = v;
   return o;
 }
 float atomic_max_f32(float* p, float v) {
-  prof_note(ProfAtomic, p, sizeof *p, true);
+  prof_note_at(__builtin_return_address(0), ProfAtomic, p, sizeof *p, true);
   float o = *p;
   if (v > o) *p = v;
   return o;
@@ -643,9 +646,10 @@ int kiln_emu_set_max_dyn_smem(const char* name, size_t bytes, char* err, size_t 
              bytes, kMaxDynSmem);
     return 1;
   }
-  it->second.max_dyn_smem = bytes;
+  // Grants only grow here (launches on other threads may rely on an earlier, larger grant).
+  it->second.max_dyn_smem = std::max(it->second.max_dyn_smem, bytes);
   auto rc = registry().find(key(name, 1));
-  if (rc != registry().end()) rc->second.max_dyn_smem = bytes;
+  if (rc != registry().end()) rc->second.max_dyn_smem = std::max(rc->second.max_dyn_smem, bytes);
   return 0;
 }
 

@@ -12,15 +12,16 @@ pub fn ptx_isa(ptx: &str) -> Option<(u32, u32)> {
 }
 
 /// The newest PTX ISA a driver of CUDA `major.minor` loads (PTX ISA release notes: CUDA 11.x
-/// reads ISA 7.x, 12.0–12.5 read 8.0–8.5, 12.6 reads 8.5, 12.8 reads 8.7, 12.9 reads 8.8, 13.0
-/// reads 9.0).
+/// reads ISA 7.x, 12.0–12.5 read 8.0–8.5, 12.6 reads 8.5, 12.7 reads 8.6, 12.8 reads 8.7, 12.9
+/// reads 8.8, 13.0 reads 9.0).
 pub fn max_ptx_isa(cuda: (i32, i32)) -> (u32, u32) {
     match cuda {
         (m, _) if m > 13 => (9, 9),
         (13, n) => (9, n.max(0) as u32),
         (12, n) if n >= 9 => (8, 8),
         (12, 8) => (8, 7),
-        (12, 6) | (12, 7) => (8, 5),
+        (12, 7) => (8, 6),
+        (12, 6) => (8, 5),
         (12, n) => (8, n.max(0) as u32),
         (11, n) => (7, n.max(0) as u32),
         _ => (6, 0),
@@ -54,6 +55,7 @@ mod tests {
         let e = too_new("matmul.cu", ptx, (12, 4)).unwrap();
         assert!(e.contains("ISA 8.8") && e.contains("CUDA 12.4") && e.contains("8.4") && e.contains("--cubin"), "{e}");
         assert_eq!(max_ptx_isa((12, 6)), (8, 5));
+        assert_eq!(max_ptx_isa((12, 7)), (8, 6));
         assert_eq!(max_ptx_isa((11, 8)), (7, 8));
     }
 }

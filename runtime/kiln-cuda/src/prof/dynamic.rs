@@ -47,6 +47,8 @@ pub struct RawProfile {
     pub dram_read_sectors: [u64; WAVES],
     pub unique_read_sectors: u64,
     pub unique_write_sectors: u64,
+    pub dram_wave_ctas: [u64; WAVES],
+    pub dram_partial: u64,
 }
 
 /// Resident CTAs per SM the L2 model tracks (kernels/emu/prof.h's `KEMU_WAVES`).
@@ -130,10 +132,25 @@ impl LaunchProfile {
         self.total(self.raw.wgmma_group) * WGMMA_FLOPS
     }
     /// DRAM bytes under the L2 model at `ctas_per_sm` resident CTAs per SM (clamped to
-    /// 1 ..= [`WAVES`]): reads once per wave, writes once.
+    /// 1 ..= [`WAVES`]): reads once per wave (the whole waves that ran, per CTA, times the
+    /// launch's CTAs), writes once.
     pub fn dram_bytes(&self, ctas_per_sm: u32) -> f64 {
-        let i = (ctas_per_sm.clamp(1, WAVES as u32) - 1) as usize;
-        32.0 * (self.total(self.raw.dram_read_sectors[i]) + self.total(self.raw.unique_write_sectors))
+        let i = Self::wave_index(ctas_per_sm);
+        let r = &self.raw;
+        let reads = if r.dram_wave_ctas[i] == 0 {
+            0.0
+        } else {
+            r.dram_read_sectors[i] as f64 * r.ctas_total as f64 / r.dram_wave_ctas[i] as f64
+        };
+        32.0 * (reads + self.total(r.unique_write_sectors))
+    }
+    /// Whether the sample held less than one wave at `ctas_per_sm`: the DRAM figure then assumes
+    /// no reuse beyond the sample (an upper bound).
+    pub fn dram_upper_bound(&self, ctas_per_sm: u32) -> bool {
+        self.raw.dram_partial >> Self::wave_index(ctas_per_sm) & 1 == 1
+    }
+    fn wave_index(ctas_per_sm: u32) -> usize {
+        (ctas_per_sm.clamp(1, WAVES as u32) - 1) as usize
     }
     /// Warps of the launch (all CTAs).
     pub fn warps(&self) -> f64 {

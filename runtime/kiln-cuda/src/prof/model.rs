@@ -13,7 +13,8 @@
 //!   loads where it has no MMA): the loop bound of each family (K / BK for GEMMs, key tiles for
 //!   attention, the grid stride for element-wise kernels) read off the run instead of restated;
 //! - DRAM = bytes under the L2 model at the occupancy's resident CTAs per SM / bandwidth;
-//! - shared memory = wavefronts (wgmma's operand bytes at 128 a wavefront) / (SMs × 1 per clock);
+//! - shared memory = wavefronts (wgmma's operand bytes at 128 a wavefront) / (SMs × 1 per clock),
+//!   times the same imbalance;
 //! - launch = [`LAUNCH_S`].
 //!
 //! Changing the card table or any rule above changes [`MODEL_VERSION`] and re-states the baseline
@@ -171,6 +172,8 @@ pub struct Prediction {
     pub waves: f64,
     pub flops: f64,
     pub dram_bytes: f64,
+    /// The sample held less than one wave at this occupancy: DRAM bytes are an upper bound.
+    pub dram_upper_bound: bool,
     /// Warp instructions of the launch (from the static profile).
     pub instructions: Option<f64>,
 }
@@ -242,7 +245,7 @@ pub fn predict(c: &Card, l: &LaunchProfile, st: Option<&KernelStatic>) -> Predic
     });
     let dram_bytes = l.dram_bytes(per_sm);
     let dram_s = dram_bytes / (c.dram_gbs * 1e9);
-    let smem_s = l.shared_wavefronts() / (c.sms as f64 * SMEM_WAVEFRONTS_PER_CLOCK * clock);
+    let smem_s = l.shared_wavefronts() / (c.sms as f64 * SMEM_WAVEFRONTS_PER_CLOCK * clock) * quant;
     let parts = [("tensor", tensor_s), ("issue", issue_s.unwrap_or(0.0)), ("DRAM", dram_s), ("shared memory", smem_s)];
     let (bound, body) = parts.into_iter().fold(("launch", 0.0), |b, p| if p.1 > b.1 { p } else { b });
     Prediction {
@@ -256,6 +259,7 @@ pub fn predict(c: &Card, l: &LaunchProfile, st: Option<&KernelStatic>) -> Predic
         waves,
         flops: mma + wgmma,
         dram_bytes,
+        dram_upper_bound: l.dram_upper_bound(per_sm),
         instructions,
     }
 }

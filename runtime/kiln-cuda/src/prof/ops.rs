@@ -75,7 +75,8 @@ pub fn work(op: &str, s: &[usize], dtype: DType) -> (f64, f64) {
         }
         "lora_bwd" => {
             let (m, k, n, r) = (s[0], s[1], s[2], s[3]);
-            (4.0 * f(m * k * n) + 5.0 * f(m * r * (k + n)), 8.0 * f(m * k + m * n + r * (k + n)) + 4.0 * f(n * k))
+            // Forward u = x·Aᵀ and y; backward g = dy·B, dB, dA and dx's rank term: 6·m·r·(k + n).
+            (4.0 * f(m * k * n) + 6.0 * f(m * r * (k + n)), 8.0 * f(m * k + m * n + r * (k + n)) + 4.0 * f(n * k))
         }
         "gemv" => (2.0 * f(s[0] * s[1]), wb(s[0] * s[1]) + 4.0 * f(s[0] + s[1])),
         "attention" | "attention_bwd" => {
@@ -83,7 +84,8 @@ pub fn work(op: &str, s: &[usize], dtype: DType) -> (f64, f64) {
             // Causal: half the T×T scores; forward 2 GEMMs, backward 5 (FlashAttention-2's count).
             let fwd = 2.0 * 2.0 * f(b * h * d) * f(t * t) / 2.0;
             let io = 4.0 * f(b * t * h * d);
-            if op == "attention" { (fwd, 4.0 * io) } else { (fwd * 3.5, 11.0 * io) }
+            // Forward reads q, k, v and writes o; backward reads q, k, v, o, dO, writes dq, dk, dv.
+            if op == "attention" { (fwd, 4.0 * io) } else { (fwd * 3.5, 12.0 * io) }
         }
         "rms_norm" => (0.0, 4.0 * f(s[0] * s[1]) * 5.0),
         "cross_entropy" => (0.0, 4.0 * f(s[0] * s[1]) * 3.0),

@@ -152,7 +152,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         let wf = |x: Option<f64>| x.map_or("—".into(), |v| format!("{v:.2}"));
         let us = |s: f64| format!("{:.1}", s * 1e6);
         println!(
-            "{:<28} {:>14} {:>5} {:>9} | {:>5} {:>5} {:>6} {:>6} {:>9.3} {:>9.2} {:>5} | {:>3} {:>9} {:>9} {:>9} {:>9} {:>9} {:<13}",
+            "{:<28} {:>14} {:>5} {:>9} | {:>5} {:>5} {:>6} {:>6} {:>9.3} {:>9} {:>5} | {:>3} {:>9} {:>9} {:>9} {:>9} {:>9} {:<13}",
             l.kernel,
             format!("{}x{}x{}", l.grid[0], l.grid[1], l.grid[2]),
             l.block.iter().product::<u32>(),
@@ -162,7 +162,7 @@ pub fn run(a: RunArgs) -> Result<()> {
             wf(l.shared_load_wavefronts_per_request()),
             wf(l.shared_store_wavefronts_per_request()),
             p.flops / 1e9,
-            p.dram_bytes / 1e6,
+            format!("{}{:.2}", if p.dram_upper_bound { "≤" } else { "" }, p.dram_bytes / 1e6),
             (l.total(l.raw.barriers) / l.raw.ctas_total.max(1) as f64).round(),
             p.ctas_per_sm,
             us(p.tensor_s),
@@ -194,6 +194,12 @@ pub fn run(a: RunArgs) -> Result<()> {
             ""
         }
     );
+    if rows.iter().any(|(_, p)| p.dram_upper_bound) {
+        eprintln!(
+            "≤ DRAM: the sample held less than one wave at the kernel's occupancy, so no reuse beyond it is assumed (an \
+             upper bound; --max-ctas raises the sample)"
+        );
+    }
     Ok(())
 }
 
@@ -232,7 +238,7 @@ fn launch_json(
         "sts_requests": l.total(r.sts_req), "sts_wavefronts": l.total(r.sts_wavefronts),
         "ldsm_requests": l.total(r.ldsm_req), "ldsm_wavefronts": l.total(r.ldsm_wavefronts),
         "mma_sync": l.total(r.mma_warp), "wgmma": l.total(r.wgmma_group), "barriers": l.total(r.barriers),
-        "dram_bytes": p.dram_bytes, "ctas_per_sm": p.ctas_per_sm, "waves": p.waves, "tensor_s": p.tensor_s,
+        "dram_bytes": p.dram_bytes, "dram_upper_bound": p.dram_upper_bound, "ctas_per_sm": p.ctas_per_sm, "waves": p.waves, "tensor_s": p.tensor_s,
         "issue_s": p.issue_s, "instructions": p.instructions, "dram_s": p.dram_s, "smem_s": p.smem_s,
         "time_s": p.time_s, "bound": p.bound, "tensor_fraction": p.tensor_fraction(c), "dram_fraction": p.dram_fraction(c)})
 }
