@@ -62,7 +62,9 @@ fn profile_now(card: &kiln_cuda::prof::model::Card, op: &str, shape: &str, dtype
 fn statics(names: &[String], arch: &str) -> Vec<kiln_cuda::prof::KernelStatic> {
     use std::collections::HashMap;
     use std::sync::Mutex;
-    static CACHE: Mutex<Option<HashMap<(String, String), Option<kiln_cuda::prof::KernelStatic>>>> = Mutex::new(None);
+    /// (arch, kernel) → its static profile, `None` where it could not be made.
+    type Cache = HashMap<(String, String), Option<kiln_cuda::prof::KernelStatic>>;
+    static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
     let mut guard = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     let cache = guard.get_or_insert_with(HashMap::new);
     let missing: Vec<String> =
