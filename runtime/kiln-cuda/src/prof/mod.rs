@@ -11,6 +11,7 @@
 //! the same).
 
 pub mod arch;
+pub mod baseline;
 pub mod dynamic;
 pub mod model;
 pub mod ops;

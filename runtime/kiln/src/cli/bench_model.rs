@@ -9,35 +9,6 @@ pub struct Modeled {
     pub source: String,
 }
 
-/// The committed baseline (tools/prof-baseline.sh on H100), one JSON object per line.
-const BASELINE_H100: &str = include_str!("../../../../bench/prof/h100.jsonl");
-
-/// The profiler's case name, op, shape and weight dtype of a bench row, where it has one.
-fn case_of(r: &kiln_cuda::bench::Row) -> Option<(String, &'static str, String, String)> {
-    let w = r.dtype.split("W ").nth(1)?.split(',').next()?.trim().to_string();
-    let v = r.variant.split('_').next()?.to_string();
-    if r.op.starts_with("gemm") {
-        Some((format!("gemm {v} {w}"), "gemm", r.shape.clone(), w))
-    } else if r.op.starts_with("qgemm") {
-        Some((format!("qgemm v3 {w}"), "qgemm", r.shape.clone(), w))
-    } else if let Some(rest) = r.op.strip_prefix("lora r") {
-        let rank = rest.split(':').next()?;
-        let (name, op) = if rest.contains("fwd+bwd") { ("fwd+bwd", "lora_bwd") } else { ("fwd", "lora") };
-        Some((format!("lora r{rank} {name}"), op, format!("{}x{rank}", r.shape), "bf16".into()))
-    } else if r.op.starts_with("gemv") {
-        Some((format!("gemv {w}"), "gemv", r.shape.strip_prefix("1x")?.to_string(), w))
-    } else {
-        None
-    }
-}
-
-/// The baseline's modeled seconds for `case` at `shape`, on H100.
-fn from_baseline(case: &str, shape: &str) -> Option<f64> {
-    BASELINE_H100.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find_map(|v| {
-        (v.get("kernel").is_none() && v["case"] == case && v["shape"] == shape).then(|| v["modeled_s"].as_f64())?
-    })
-}
-
 #[cfg(feature = "cuda-emu")]
 fn profile_now(card: &kiln_cuda::prof::model::Card, op: &str, shape: &str, dtype: &str, variant: &str) -> Option<f64> {
     use kiln_cuda::prof::{dynamic::ProfileOpts, model, ops};
@@ -96,9 +67,9 @@ fn profile_now(_: &kiln_cuda::prof::model::Card, _: &str, _: &str, _: &str, _: &
 
 /// The model's time for `r` on `card`, or `None` where the row has no profiler op.
 pub fn modeled(card: &kiln_cuda::prof::model::Card, r: &kiln_cuda::bench::Row) -> Option<Modeled> {
-    let (case, op, shape, dtype) = case_of(r)?;
+    let (case, op, shape, dtype) = kiln_cuda::prof::baseline::case_of(r)?;
     if card.key == "h100"
-        && let Some(s) = from_baseline(&case, &shape)
+        && let Some(s) = kiln_cuda::prof::baseline::modeled_s(&case, &shape)
     {
         return Some(Modeled { seconds: s, source: "bench/prof/h100.jsonl (model v1)".into() });
     }
