@@ -62,7 +62,8 @@ impl Plan {
     }
 }
 
-fn randn(n: usize, seed: u64) -> Vec<f32> {
+/// Normal values × 0.1 from `seed` (the benches' and the profiler's inputs).
+pub(crate) fn randn(n: usize, seed: u64) -> Vec<f32> {
     let mut r = kiln_core::rng::Rng::new(seed);
     (0..n).map(|_| r.normal() as f32 * 0.1).collect()
 }

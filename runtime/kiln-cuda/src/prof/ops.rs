@@ -39,10 +39,7 @@ pub fn parse_shape(s: &str, n: usize, op: &str) -> Result<Vec<usize>> {
     Ok(v)
 }
 
-fn randn(n: usize, seed: u64) -> Vec<f32> {
-    let mut r = kiln_core::rng::Rng::new(seed);
-    (0..n).map(|_| r.normal() as f32 * 0.1).collect()
-}
+use crate::bench::randn;
 
 fn up(be: &KernelBackend, n: &[usize], dtype: DType, seed: u64) -> Result<Tensor> {
     be.upload(&Tensor::from_vec(randn(n.iter().product(), seed), n.to_vec())?.to_dtype(dtype)?)

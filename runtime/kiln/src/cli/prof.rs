@@ -73,6 +73,7 @@ pub fn static_of(
     use kiln_cuda::nvrtc;
     let inc = nvrtc::include_dirs(cuda_include);
     let work = std::env::temp_dir().join(format!("kiln-prof-{}", std::process::id()));
+    // NVRTC's virtual target for Hopper's wgmma is compute_90a; ptxas then targets sm_90a.
     let nv = if arch == "sm_90a" { "compute_90a" } else { arch };
     let mut out = Vec::new();
     let result = (|| -> Result<()> {
@@ -92,7 +93,6 @@ pub fn static_of(
 
 #[cfg(feature = "cuda")]
 fn static_report(a: StaticArgs) -> Result<()> {
-    use kiln_cuda::nvrtc;
     let archs: Vec<String> = a.arch.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
     if archs.is_empty() {
         bail!("--arch: no architecture given");
@@ -103,23 +103,15 @@ fn static_report(a: StaticArgs) -> Result<()> {
             bail!("--arch {t}: not in the occupancy table ({})", known.join(", "));
         }
     }
-    let inc = nvrtc::include_dirs(a.cuda_include.clone());
-    let work = std::env::temp_dir().join(format!("kiln-prof-{}", std::process::id()));
+    let wanted: Vec<String> = kiln_cuda::kernels::SOURCES
+        .iter()
+        .flat_map(|(_, src)| kiln_cuda::kernels::entry_points(src))
+        .filter(|n| a.kernel.as_ref().is_none_or(|p| n.contains(p.as_str())))
+        .collect();
     let mut rows = Vec::new();
-    let result = (|| -> Result<()> {
-        for t in &archs {
-            // NVRTC's virtual target for Hopper's wgmma is compute_90a; ptxas then targets sm_90a.
-            let nv = if t == "sm_90a" { "compute_90a" } else { t.as_str() };
-            for (file, src) in kiln_cuda::kernels::SOURCES {
-                let c = nvrtc::compile(file, src, nv, &inc).map_err(|e| anyhow::anyhow!("{e}"))?;
-                let ks = kiln_cuda::prof::analyse_ptx(file, &c.ptx, t, &work).map_err(|e| anyhow::anyhow!("{e}"))?;
-                rows.extend(ks.into_iter().filter(|k| a.kernel.as_ref().is_none_or(|p| k.name.contains(p.as_str()))));
-            }
-        }
-        Ok(())
-    })();
-    let _ = std::fs::remove_dir_all(&work);
-    result?;
+    for t in &archs {
+        rows.extend(static_of(&wanted, t, a.cuda_include.clone())?);
+    }
     if let Some(p) = &a.kernel
         && rows.is_empty()
     {
