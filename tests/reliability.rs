@@ -38,10 +38,12 @@ fn train(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> Command {
     c
 }
 
-/// (step, loss) of the train records in `OUT/metrics.jsonl`.
+/// (step, loss) of the train records in `OUT/metrics.jsonl`. Read while the run writes, so a
+/// last line without its newline is a record still being written and is left out.
 fn losses(out: &Path) -> Vec<(u64, String)> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let whole = text.rfind('\n').map_or("", |i| &text[..i]);
+    whole
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter(|v| v["kind"] == "train")

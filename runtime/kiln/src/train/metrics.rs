@@ -133,9 +133,12 @@ impl MetricsFile {
     }
 
     /// Appends one record. Written through a `Value`, whose keys are sorted, so a line's
-    /// bytes do not depend on the order of the struct's fields.
+    /// bytes do not depend on the order of the struct's fields. The line goes out in one
+    /// `write` call: `writeln!` on a `File` issues one per formatting piece, and a reader
+    /// tailing the file (a dashboard, `tail -f`) would see half a record.
     pub fn write(&mut self, record: &impl Serialize) -> Result<()> {
         let v = serde_json::to_value(record).map_err(|e| KilnError::Msg(format!("metrics: {e}")))?;
-        writeln!(self.file, "{v}").map_err(|e| KilnError::io(&self.path, e))
+        let line = format!("{v}\n");
+        self.file.write_all(line.as_bytes()).map_err(|e| KilnError::io(&self.path, e))
     }
 }
