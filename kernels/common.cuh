@@ -341,6 +341,82 @@ __device__ __forceinline__ void ldmatrix_b2(u32 b0[2], u32 b1[2], const unsigned
 }
 
 // ---- cp.async: global → shared copies of 16 bytes (sm_80+; a plain copy before) ----
+// The copy is asynchronous: its bytes are in shared memory only after a cp_async_wait<N> that
+// covers its group (cp_async_commit closes a group). The emulation holds it to that: at issue
+// the destination is filled with 0xff bytes (NaN in f32, bf16 and f16), the data lands when the
+// group is waited for, and a thread that exits with copies never waited for traps, so a
+// pipeline that reads a stage before its wait computes NaN on the CPU, as it reads stale data
+// on a GPU.
+#if !KILN_GPU
+namespace kiln_emu_impl {
+struct CpAsyncOp {
+  unsigned char* dst;
+  unsigned char data[16];
+  int group;
+};
+struct CpAsyncThread {
+  unsigned long long serial;
+  int n, group;  // copies in flight; the open (uncommitted) group's number
+  CpAsyncOp ops[64];
+};
+inline CpAsyncThread& cp_async_thread() {
+  static CpAsyncThread all[1024];
+  CpAsyncThread& w = all[::kemu::g_thread->linear];
+  if (w.serial != ::kemu::g_launch.serial) {  // state of an earlier block (one that trapped)
+    w.serial = ::kemu::g_launch.serial;
+    w.n = w.group = 0;
+  }
+  return w;
+}
+inline void cp_async_exit_check() {
+  const ::kemu::Quiet quiet;
+  if (cp_async_thread().n) ::kemu::trap("cp.async: the thread exited with copies it never waited for (cp.async.wait_group)");
+}
+inline const ::kemu::ExitCheck cp_async_exit_check_reg(cp_async_exit_check);
+// `valid` bytes from `gmem` (0 or 16), zeros after them.
+inline void cp_async_issue(void* smem, const void* gmem, int valid) {
+  if (reinterpret_cast<uintptr_t>(smem) % 16 != 0 || (valid && reinterpret_cast<uintptr_t>(gmem) % 16 != 0))
+    ::kemu::trap("cp.async: a 16-byte copy from or to an address that is not 16-byte aligned");
+  CpAsyncThread& w = cp_async_thread();
+  if (w.n == 64) ::kemu::trap("cp.async: more than 64 copies in flight in one thread (emulation limit)");
+  CpAsyncOp& op = w.ops[w.n++];
+  op.dst = static_cast<unsigned char*>(smem);
+  op.group = w.group;
+  std::memset(op.data, 0, 16);
+  {
+    const ::kemu::Quiet quiet;
+    if (valid) std::memcpy(op.data, gmem, 16);
+  }
+  // The poison is this thread's write: the race checker sees it (the profiler counted the
+  // copy's write above).
+  const ::kemu::Quiet quiet;
+  u32* d = static_cast<u32*>(smem);
+  for (int i = 0; i < 4; ++i) d[i] = 0xffffffffu;
+}
+inline void cp_async_commit_emu() { cp_async_thread().group++; }
+// Lands every committed group but the newest `keep` (copies not yet committed stay in flight).
+inline void cp_async_wait_emu(int keep) {
+  CpAsyncThread& w = cp_async_thread();
+  int kept = 0;
+  for (int i = 0; i < w.n; ++i) {
+    CpAsyncOp& op = w.ops[i];
+    if (op.group >= w.group - keep) {
+      w.ops[kept++] = op;
+      continue;
+    }
+    u32 v[4];
+    std::memcpy(v, op.data, 16);
+    u32* d = reinterpret_cast<u32*>(op.dst);
+    {
+      const ::kemu::Quiet quiet;  // the profiler counted the copy at issue
+      for (int j = 0; j < 4; ++j) d[j] = v[j];
+    }
+  }
+  w.n = kept;
+}
+}  // namespace kiln_emu_impl
+#endif
+
 __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem) {
 #if KILN_GPU && __CUDA_ARCH__ >= 800
   const u32 a = u32(__cvta_generic_to_shared(smem));
@@ -352,15 +428,30 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem) {
 #else
   ::kemu::prof_note(::kemu::ProfCpAsync, gmem, 16, false);
   ::kemu::prof_note(::kemu::ProfCpAsync, smem, 16, true);
-  const ::kemu::Quiet quiet;
+  kiln_emu_impl::cp_async_issue(smem, gmem, 16);
+#endif
+}
+// The predicated form: 16 bytes from `gmem` when `valid`, else 16 zero bytes and no read (the
+// tail of a tile past the matrix's edge; `gmem` must still be a mapped address).
+__device__ __forceinline__ void cp_async_16_zfill(void* smem, const void* gmem, bool valid) {
+#if KILN_GPU && __CUDA_ARCH__ >= 800
+  const u32 a = u32(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(gmem), "r"(valid ? 16 : 0));
+#elif KILN_GPU
   const u32* s = static_cast<const u32*>(gmem);
   u32* d = static_cast<u32*>(smem);
-  for (int i = 0; i < 4; ++i) d[i] = s[i];
+  for (int i = 0; i < 4; ++i) d[i] = valid ? s[i] : 0u;
+#else
+  if (valid) ::kemu::prof_note(::kemu::ProfCpAsync, gmem, 16, false);
+  ::kemu::prof_note(::kemu::ProfCpAsync, smem, 16, true);
+  kiln_emu_impl::cp_async_issue(smem, gmem, valid ? 16 : 0);
 #endif
 }
 __device__ __forceinline__ void cp_async_commit() {
 #if KILN_GPU && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.commit_group;\n" ::);
+#elif !KILN_GPU
+  kiln_emu_impl::cp_async_commit_emu();
 #endif
 }
 // Waits until at most N committed groups are still in flight.
@@ -368,6 +459,8 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() {
 #if KILN_GPU && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#elif !KILN_GPU
+  kiln_emu_impl::cp_async_wait_emu(N);
 #endif
 }
 

@@ -363,6 +363,209 @@ KILN_KERNEL_LB(gemm_v5_wgmma_bf16, GemmParams, 256) { gemm_v5<bf16>(p); }
 KILN_KERNEL_LB(gemm_v5_wgmma_f16, GemmParams, 256) { gemm_v5<f16>(p); }
 KILN_KERNEL_LB(gemm_v5_wgmma_q, GemmParams, 256) { gemm_v5<bf16, QBlock>(p); }
 
+// ---- v6 (sm_80+): the multistage GEMM on 16-bit operands ----
+// CUTLASS's Ampere structure: 128×128 CTA tiles of four warps (2×2), each warp 64×64 (32
+// mma.m16n8k16 per 16 of K against 8 ldmatrix.x4), K tiles of 32 in a 3-stage cp.async ring
+// (48 KiB of static shared memory: no opt-in), one barrier per K tile. Operands are 16-bit in
+// global memory (the backend packs f32 activations once, `gemm_pack_*`), so every load is a
+// 16-byte cp.async straight into shared memory, with no conversion in the loop: A rows (and
+// NK B rows) are 64 bytes, B in KN layout 256-byte rows of 128 n. Shared tiles are
+// XOR-swizzled in 16-byte chunks so that both the copies and the ldmatrix reads of eight rows
+// at one chunk hit eight different bank groups: 64-byte rows swap chunk c with c ^ ((row/2)%4),
+// 256-byte rows with c ^ (row%8). Edges are predicated per 16-byte chunk (zero-filled copies),
+// never per element: K must be a multiple of 8 (NK) and N a multiple of 8 (KN), strides
+// multiples of 8 and bases 16-byte aligned; the backend checks and otherwise runs v4.
+// LoRA's rank-r term is a second phase of the same K loop over the packed s·U [m, ru] and L
+// (NK [n, ru] or KN [ru, n]; ru a multiple of 32, zero-padded), the same tiles and fragments.
+// Mirrored by `Gemm16Params` in runtime/kiln-cuda/src/kernels.rs.
+struct Gemm16Params {
+  const void* a;  // [m, lda]: A(i, p) = a[i·lda + p]
+  const void* b;  // NK: B(p, j) = b[j·ldb + p]; KN: b[p·ldb + j]
+  const void* u;  // [m, ru] s·U, or null
+  const void* l;  // L in B's layout: NK [n, ru], KN [ru, ldl = n]
+  float* c;
+  const float* bias;  // [n] or null
+  i64 lda, ldb, ldl;
+  int m, n, k, ldc;
+  int ru;  // the padded rank (a multiple of 32; 0 without LoRA)
+  float alpha;
+};
+constexpr int V6_BM = 128, V6_BN = 128, V6_BK = 32, V6_STAGES = 3;
+constexpr int V6_TILE = V6_BM * V6_BK * 2;  // bytes of one operand tile (A and B alike)
+
+// Byte offsets of 16-byte chunk c of row r in the swizzled tiles.
+__device__ __forceinline__ u32 v6_off64(u32 r, u32 c) { return r * 64 + ((c ^ ((r >> 1) & 3u)) << 4); }
+__device__ __forceinline__ u32 v6_off256(u32 r, u32 c) { return r * 256 + ((c ^ (r & 7u)) << 4); }
+
+// The tile ordering: CTAs run in groups of 8 M-tiles walking N, so the B columns of a group
+// and the A rows of a wave stay in L2 (a plain row-major grid streams all of B per M-tile row).
+__device__ __forceinline__ void v6_raster(int& tm, int& tn) {
+  const int gm = gridDim.y, gn = gridDim.x, id = blockIdx.y * gn + blockIdx.x;
+  const int group = 8 * gn, first = (id / group) * 8, rows = imin(gm - first, 8);
+  tm = first + (id % group) % rows;
+  tn = (id % group) / rows;
+}
+
+template <class T, bool KN>
+__device__ __forceinline__ void gemm_v6(const Gemm16Params& p) {
+  __shared__ __align__(128) unsigned char smem[V6_STAGES * 2 * V6_TILE];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm = warp >> 1, wn = warp & 1;
+  int tm, tn;
+  v6_raster(tm, tn);
+  const int bm = tm * V6_BM, bn = tn * V6_BN;
+  const int kt_main = (p.k + V6_BK - 1) / V6_BK, tiles = kt_main + p.ru / V6_BK;
+  const unsigned short* a16 = static_cast<const unsigned short*>(p.a);
+  const unsigned short* b16 = static_cast<const unsigned short*>(p.b);
+  // This thread's chunks: A (and NK B) rows tid/4 + 32i at chunk tid%4; KN B rows tid/16 + 8i
+  // at chunk tid%16 (i = 0..3). Their shared offsets differ by 2048 bytes per i.
+  const int ra = tid >> 2, ca = tid & 3, rk = tid >> 4, ck = tid & 15;
+  const u32 sa = v6_off64(ra, ca), sb = KN ? v6_off256(rk, ck) : sa;
+  auto load = [&](int stage, int t) {
+    unsigned char* st = smem + stage * 2 * V6_TILE;
+    const bool lora = t >= kt_main;
+    const int k0 = (lora ? t - kt_main : t) * V6_BK, kend = lora ? p.ru : p.k;
+    const unsigned short* ab = lora ? static_cast<const unsigned short*>(p.u) : a16;
+    const unsigned short* bb = lora ? static_cast<const unsigned short*>(p.l) : b16;
+    const i64 lda = lora ? p.ru : p.lda, ldb = lora ? p.ldl : p.ldb;
+    const bool ka = k0 + ca * 8 < kend;
+    KILN_UNROLL
+    for (int i = 0; i < 4; ++i) {
+      const int gi = bm + ra + 32 * i;
+      const bool ok = ka && gi < p.m;
+      cp_async_16_zfill(st + sa + 2048 * i, ok ? ab + gi * lda + k0 + ca * 8 : ab, ok);
+    }
+    KILN_UNROLL
+    for (int i = 0; i < 4; ++i) {
+      if (KN) {
+        const int gk = k0 + rk + 8 * i, gj = bn + ck * 8;
+        const bool ok = gk < kend && gj < p.n;
+        cp_async_16_zfill(st + V6_TILE + sb + 2048 * i, ok ? bb + gk * ldb + gj : bb, ok);
+      } else {
+        const int gj = bn + ra + 32 * i;
+        const bool ok = ka && gj < p.n;
+        cp_async_16_zfill(st + V6_TILE + sb + 2048 * i, ok ? bb + gj * ldb + k0 + ca * 8 : bb, ok);
+      }
+    }
+  };
+  float acc[4][8][4];
+  KILN_UNROLL
+  for (int mi = 0; mi < 4; ++mi)
+    KILN_UNROLL
+    for (int ni = 0; ni < 8; ++ni)
+      KILN_UNROLL
+      for (int i = 0; i < 4; ++i) acc[mi][ni][i] = 0.f;
+  KILN_UNROLL
+  for (int s = 0; s < V6_STAGES - 1; ++s) {
+    if (s < tiles) load(s, s);
+    cp_async_commit();
+  }
+  for (int t = 0; t < tiles; ++t) {
+    // Tile t's group is complete (one newer may fly); the barrier publishes every thread's
+    // copies and says the stage loaded next was read by all (in iteration t - 1).
+    cp_async_wait<V6_STAGES - 2>();
+    __syncthreads();
+    if (t + V6_STAGES - 1 < tiles) load((t + V6_STAGES - 1) % V6_STAGES, t + V6_STAGES - 1);
+    cp_async_commit();
+    const unsigned char* st = smem + (t % V6_STAGES) * 2 * V6_TILE;
+    KILN_UNROLL
+    for (int ks = 0; ks < V6_BK / 16; ++ks) {
+      u32 af[4][4], bf[8][2];
+      KILN_UNROLL
+      for (int mi = 0; mi < 4; ++mi) {
+        const u32 r = wm * 64 + mi * 16 + (lane & 15), c = ks * 2 + (lane >> 4);
+        ldmatrix_x4(af[mi], st + v6_off64(r, c));
+      }
+      KILN_UNROLL
+      for (int nj = 0; nj < 4; ++nj) {
+        u32 q[4];
+        if (KN) {
+          // Four 8×8 blocks (k 0-7 | 8-15) × (n 0-7 | 8-15), transposed into B fragments.
+          const u32 j = lane >> 3, r = ks * 16 + (j & 1) * 8 + (lane & 7), c = (wn * 64 + nj * 16) / 8 + (j >> 1);
+          ldmatrix_x4_trans(q, st + V6_TILE + v6_off256(r, c));
+        } else {
+          const u32 r = wn * 64 + nj * 16 + (lane >> 4) * 8 + (lane & 7), c = ks * 2 + ((lane >> 3) & 1);
+          ldmatrix_x4(q, st + V6_TILE + v6_off64(r, c));
+        }
+        bf[2 * nj][0] = q[0];
+        bf[2 * nj][1] = q[1];
+        bf[2 * nj + 1][0] = q[2];
+        bf[2 * nj + 1][1] = q[3];
+      }
+      KILN_UNROLL
+      for (int mi = 0; mi < 4; ++mi)
+        KILN_UNROLL
+        for (int ni = 0; ni < 8; ++ni) mma_16816(acc[mi][ni], af[mi], bf[ni], T());
+    }
+  }
+  cp_async_wait<0>();  // only empty groups remain; nothing may be in flight at exit
+  // Each quad of lanes holds 8 consecutive columns of a row: 8-byte stores fill whole sectors.
+  const int g = lane >> 2, t4 = lane & 3;
+  const bool pairs = (p.ldc & 1) == 0;
+  KILN_UNROLL
+  for (int mi = 0; mi < 4; ++mi)
+    KILN_UNROLL
+    for (int ni = 0; ni < 8; ++ni) {
+      const int j = bn + wn * 64 + ni * 8 + 2 * t4;
+      const float b0 = p.bias && j < p.n ? p.bias[j] : 0.f, b1 = p.bias && j + 1 < p.n ? p.bias[j + 1] : 0.f;
+      KILN_UNROLL
+      for (int h = 0; h < 2; ++h) {
+        const int i = bm + wm * 64 + mi * 16 + g + 8 * h;
+        if (i >= p.m) continue;
+        const float v0 = p.alpha * acc[mi][ni][2 * h] + b0, v1 = p.alpha * acc[mi][ni][2 * h + 1] + b1;
+        float* out = p.c + i64(i) * p.ldc + j;
+        if (pairs && j + 1 < p.n) {
+          *reinterpret_cast<float2*>(out) = make_float2(v0, v1);
+        } else {
+          if (j < p.n) out[0] = v0;
+          if (j + 1 < p.n) out[1] = v1;
+        }
+      }
+    }
+}
+KILN_KERNEL_LB(gemm_v6_mma_multistage_bf16, Gemm16Params, 128) { gemm_v6<bf16, false>(p); }
+KILN_KERNEL_LB(gemm_v6_mma_multistage_f16, Gemm16Params, 128) { gemm_v6<f16, false>(p); }
+KILN_KERNEL_LB(gemm_v6_mma_multistage_kn_bf16, Gemm16Params, 128) { gemm_v6<bf16, true>(p); }
+KILN_KERNEL_LB(gemm_v6_mma_multistage_kn_f16, Gemm16Params, 128) { gemm_v6<f16, true>(p); }
+
+// f32 → 16-bit operand packing for v6: out[r·ld + c] = T(scale · x[r·s_row + c·s_col]) for
+// r < rows, c < cols, and zero up to out_rows × ld (the padding v6's 16-byte chunks read).
+// A thread makes 8 consecutive outputs (one 16-byte store); contiguous rows read as float4.
+// Mirrored by `PackParams` in runtime/kiln-cuda/src/kernels.rs.
+struct PackParams {
+  const float* x;
+  void* out;
+  i64 s_row, s_col;
+  int rows, cols, out_rows, ld;
+  float scale;
+  int pad;
+};
+template <class T>
+__device__ __forceinline__ void gemm_pack(const PackParams& p) {
+  const i64 e = (i64(blockIdx.y) * gridDim.x + blockIdx.x) * blockDim.x + threadIdx.x;
+  const int per_row = p.ld / 8;
+  if (e >= i64(p.out_rows) * per_row) return;
+  const int r = int(e / per_row), c0 = int(e % per_row) * 8;
+  float v[8];
+  const float* src = p.x + i64(r) * p.s_row + i64(c0) * p.s_col;
+  const bool vec = p.s_col == 1 && r < p.rows && c0 + 8 <= p.cols && (reinterpret_cast<u64>(src) & 15u) == 0;
+  if (vec) {
+    const float4 lo = reinterpret_cast<const float4*>(src)[0], hi = reinterpret_cast<const float4*>(src)[1];
+    v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w, v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
+  } else {
+    KILN_UNROLL
+    for (int i = 0; i < 8; ++i) v[i] = r < p.rows && c0 + i < p.cols ? src[i64(i) * p.s_col] : 0.f;
+  }
+  uint4 o;
+  o.x = pack2(from_f32<T>(p.scale * v[0]), from_f32<T>(p.scale * v[1]));
+  o.y = pack2(from_f32<T>(p.scale * v[2]), from_f32<T>(p.scale * v[3]));
+  o.z = pack2(from_f32<T>(p.scale * v[4]), from_f32<T>(p.scale * v[5]));
+  o.w = pack2(from_f32<T>(p.scale * v[6]), from_f32<T>(p.scale * v[7]));
+  reinterpret_cast<uint4*>(static_cast<unsigned short*>(p.out) + i64(r) * p.ld + c0)[0] = o;
+}
+KILN_KERNEL(gemm_pack_bf16, PackParams) { gemm_pack<bf16>(p); }
+KILN_KERNEL(gemm_pack_f16, PackParams) { gemm_pack<f16>(p); }
+
 // ---- gemv: decoding, m ≤ GEMV_MAX_M rows (a batch-1 step), B(q, j) contiguous in q (x·Wᵀ) ----
 // Reading the weight once is the whole cost, so the schedule is a warp per output column j:
 // lane l takes values 8l..8l+7 of each 256-value stretch of W's row j (a warp reads 256

@@ -127,6 +127,33 @@ KILN_KERNEL(ok_cp_async_copy, TestParams) {
     for (int i = 0; i < 4; ++i) p.c[s * 128 + 4 * t + i] = tile[s][(4 * t + i + 1) % 128] * 2.f;
 }
 
+// The same staging with the pipeline's mistakes. MODE 1 reads the tile before waiting (then
+// waits); 2 waits for all but the newest group, which is the only one; 3 never waits; 4 copies
+// the second stage only where `t` is even and fills the rest with zeros (the predicated tail).
+template <int MODE>
+__device__ __forceinline__ void cp_async_stage(const TestParams& p) {
+  __shared__ __align__(16) float tile[2][128];
+  const int t = threadIdx.x;
+  cp_async_16(&tile[0][4 * t], p.a + 4 * t);
+  if (MODE == 4)
+    cp_async_16_zfill(&tile[1][4 * t], p.a + 128 + 4 * t, t % 2 == 0);
+  else
+    cp_async_16(&tile[1][4 * t], p.a + 128 + 4 * t);
+  cp_async_commit();
+  float early = 0.f;
+  if (MODE == 1) early = tile[0][4 * t];
+  if (MODE == 2) cp_async_wait<1>();
+  if (MODE == 0 || MODE == 1 || MODE == 4) cp_async_wait<0>();
+  __syncthreads();
+  for (int s = 0; s < 2; ++s)
+    for (int i = 0; i < 4; ++i) p.c[s * 128 + 4 * t + i] = tile[s][4 * t + i] + early;
+  if (MODE == 2) cp_async_wait<0>();  // too late: the tile was read above
+}
+KILN_KERNEL(broken_cp_async_read_before_wait, TestParams) { cp_async_stage<1>(p); }
+KILN_KERNEL(broken_cp_async_wait_leaves_the_group, TestParams) { cp_async_stage<2>(p); }
+KILN_KERNEL(broken_cp_async_never_waited, TestParams) { cp_async_stage<3>(p); }
+KILN_KERNEL(ok_cp_async_zfill, TestParams) { cp_async_stage<4>(p); }
+
 // ---- wgmma: one warpgroup, C (64×128) = A (64×16, row-major) · B (16×128, row-major) ----
 // Staged in dynamic shared memory in the K-major unswizzled layout (A core matrices at
 // ((k/8)·8 + r/8)·128 bytes, B after A at ((k/8)·16 + n/8)·128), then one wgmma m64n128k16.

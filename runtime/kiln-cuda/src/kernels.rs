@@ -95,6 +95,43 @@ pub struct GemmParams {
     pub qbytes: i32,
 }
 
+/// `kernels/matmul.cu` `Gemm16Params` (the v6 GEMM on 16-bit operands).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct Gemm16Params {
+    pub a: u64,
+    pub b: u64,
+    pub u: u64,
+    pub l: u64,
+    pub c: u64,
+    pub bias: u64,
+    pub lda: i64,
+    pub ldb: i64,
+    pub ldl: i64,
+    pub m: i32,
+    pub n: i32,
+    pub k: i32,
+    pub ldc: i32,
+    pub ru: i32,
+    pub alpha: f32,
+}
+
+/// `kernels/matmul.cu` `PackParams` (f32 → 16-bit operands of the v6 GEMM).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct PackParams {
+    pub x: u64,
+    pub out: u64,
+    pub s_row: i64,
+    pub s_col: i64,
+    pub rows: i32,
+    pub cols: i32,
+    pub out_rows: i32,
+    pub ld: i32,
+    pub scale: f32,
+    pub pad: i32,
+}
+
 /// `kernels/quant.cu` `DequantParams`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]

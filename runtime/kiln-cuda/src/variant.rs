@@ -13,9 +13,12 @@ use std::str::FromStr;
 
 use kiln_core::DType;
 
-/// One GEMM variant. `V3`, `V4` and `V5` use tensor cores where B is 16-bit or block-quantized
+/// One GEMM variant. `V3` … `V6` use tensor cores where B is 16-bit or block-quantized
 /// (decoded to bf16) and run `V2`'s kernel for f32 B (tensor cores would round it). `V5` (wgmma)
 /// needs a Hopper device with an sm_90a module; elsewhere the backend runs `V4` and says so once.
+/// `V6` (the multistage cp.async GEMM) takes 16-bit operands: the backend packs f32 A (and
+/// LoRA's factors) to B's type first; block-quantized B runs `V4`'s kernel, and operands whose
+/// strides or alignment 16-byte copies cannot serve run `V4` (said once).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum GemmVariant {
     V1,
@@ -24,11 +27,12 @@ pub enum GemmVariant {
     V3,
     V4,
     V5,
+    V6,
 }
 
 /// `(name, full name, kernels for B f32, bf16, f16, block-quantized)` of each variant, in
 /// [`GemmVariant::ALL`] order. The kernel names are the entry points of `kernels/matmul.cu`.
-const TABLE: [(&str, &str, [&str; 4]); 5] = [
+const TABLE: [(&str, &str, [&str; 4]); 6] = [
     ("v1", "v1_naive", ["gemm_v1_naive_f32", "gemm_v1_naive_bf16", "gemm_v1_naive_f16", "gemm_v1_naive_q"]),
     ("v2", "v2_tiled", ["gemm_v2_tiled_f32", "gemm_v2_tiled_bf16", "gemm_v2_tiled_f16", "gemm_v2_tiled_q"]),
     ("v3", "v3_mma", ["gemm_v2_tiled_f32", "gemm_v3_mma_bf16", "gemm_v3_mma_f16", "gemm_v3_mma_q"]),
@@ -38,24 +42,34 @@ const TABLE: [(&str, &str, [&str; 4]); 5] = [
         ["gemm_v2_tiled_f32", "gemm_v4_mma_pipelined_bf16", "gemm_v4_mma_pipelined_f16", "gemm_v4_mma_pipelined_q"],
     ),
     ("v5", "v5_wgmma", ["gemm_v2_tiled_f32", "gemm_v5_wgmma_bf16", "gemm_v5_wgmma_f16", "gemm_v5_wgmma_q"]),
+    (
+        "v6",
+        "v6_mma_multistage",
+        [
+            "gemm_v2_tiled_f32",
+            "gemm_v6_mma_multistage_bf16",
+            "gemm_v6_mma_multistage_f16",
+            "gemm_v4_mma_pipelined_q",
+        ],
+    ),
 ];
 
 impl GemmVariant {
     /// Every variant, in order.
-    pub const ALL: [GemmVariant; 5] =
-        [GemmVariant::V1, GemmVariant::V2, GemmVariant::V3, GemmVariant::V4, GemmVariant::V5];
+    pub const ALL: [GemmVariant; 6] =
+        [GemmVariant::V1, GemmVariant::V2, GemmVariant::V3, GemmVariant::V4, GemmVariant::V5, GemmVariant::V6];
 
     fn row(self) -> &'static (&'static str, &'static str, [&'static str; 4]) {
         &TABLE[self as usize]
     }
 
-    /// "v1" … "v5" (what `KILN_CUDA_GEMM` takes).
+    /// "v1" … "v6" (what `KILN_CUDA_GEMM` takes).
     pub fn name(self) -> &'static str {
         self.row().0
     }
 
     /// The name in the kernels' entry points: "v1_naive", "v2_tiled", "v3_mma",
-    /// "v4_mma_pipelined", "v5_wgmma".
+    /// "v4_mma_pipelined", "v5_wgmma", "v6_mma_multistage".
     pub fn full_name(self) -> &'static str {
         self.row().1
     }
@@ -72,10 +86,11 @@ impl GemmVariant {
         }
     }
 
-    /// The variant whose kernel runs for B of type `b`: itself, or `V2` for a tensor-core
-    /// variant given f32 B.
+    /// The variant whose kernel runs for B of type `b`: itself, `V2` for a tensor-core
+    /// variant given f32 B, or `V4` for `V6` given block-quantized B.
     pub fn runs_for(self, b: DType) -> GemmVariant {
         match b {
+            DType::Quant(_) if self == GemmVariant::V6 => GemmVariant::V4,
             DType::BF16 | DType::F16 | DType::Quant(_) => self,
             _ if self.tensor_cores() => GemmVariant::V2,
             _ => self,
@@ -85,7 +100,7 @@ impl GemmVariant {
     /// Whether the variant runs 16-bit products on tensor cores (and attention with them: the
     /// tensor-core attention goes with v3–v5, v1 and v2 keep it in f32).
     pub fn tensor_cores(self) -> bool {
-        matches!(self, GemmVariant::V3 | GemmVariant::V4 | GemmVariant::V5)
+        matches!(self, GemmVariant::V3 | GemmVariant::V4 | GemmVariant::V5 | GemmVariant::V6)
     }
 
     /// Whether the variant needs Hopper's `wgmma` (an sm_90a module on a compute capability 9.0
@@ -96,9 +111,13 @@ impl GemmVariant {
 
     /// The architectures the variant's own kernels run on, in words. (Every kernel compiles for
     /// every target of [`crate::nvrtc`]; the tensor-core variants take a shuffle path for bf16 on
-    /// sm_75, which has no bf16 tensor cores.)
+    /// sm_75, which has no bf16 tensor cores, and v6's copies are synchronous there.)
     pub fn archs(self) -> &'static str {
-        if self.needs_wgmma() { "sm_90a (Hopper)" } else { "sm_75 and newer" }
+        match self {
+            GemmVariant::V5 => "sm_90a (Hopper)",
+            GemmVariant::V6 => "sm_75 and newer (asynchronous copies from sm_80)",
+            _ => "sm_75 and newer",
+        }
     }
 
     /// Whether a device of compute capability `cc` runs this variant itself (not a fallback).

@@ -12,7 +12,7 @@ use kiln_core::{DType, Error, Result, Tensor};
 use super::{Held, KernelBackend, elementwise::col_sum, want_f32};
 use crate::GemmVariant;
 use crate::exec::Launch;
-use crate::kernels::GemmParams;
+use crate::kernels::{Gemm16Params, GemmParams, PackParams};
 
 /// Dynamic shared memory of the v5 kernels: two stages of a 128×32 A and a 128×32 B tile in
 /// 16-bit values (kernels/matmul.cu `V5_STAGE`).
@@ -51,6 +51,7 @@ fn shape(v: GemmVariant, m: u32, n: u32) -> Launch {
         GemmVariant::V3 => tiles(64, 128, 0),
         GemmVariant::V4 => tiles(128, 256, 0),
         GemmVariant::V5 => tiles(128, 256, V5_SMEM),
+        GemmVariant::V6 => tiles(128, 128, 0),
     }
 }
 
@@ -88,8 +89,113 @@ fn gemm(be: &KernelBackend, p: &GemmParams, b_type: DType) -> Result<()> {
         let cfg = Launch { grid: [n.div_ceil(8), 1, 1], block: [256, 1, 1], smem: 0 };
         return be.exec.launch(&format!("gemv_{ty}"), cfg, bytemuck::bytes_of(p));
     }
-    let v = effective(be);
+    let mut v = effective(be);
+    if v.runs_for(b_type) == GemmVariant::V6 {
+        match v6_unfit(p) {
+            None => return gemm_v6(be, p, b_type),
+            Some(why) => {
+                static NOTED: std::sync::Once = std::sync::Once::new();
+                NOTED.call_once(|| eprintln!("note: GEMM v6 runs v4 for a product whose {why} (and others like it)"));
+                v = GemmVariant::V4;
+            }
+        }
+    }
     be.exec.launch(v.kernel(b_type), shape(v.runs_for(b_type), m, n), bytemuck::bytes_of(p))
+}
+
+/// Why v6's 16-byte copies cannot read B as given (its A and LoRA factors are packed, so any
+/// layout of theirs serves), or None. B is read in whole 16-byte chunks along its contiguous
+/// dimension: that dimension's extent and the other stride must be multiples of 8 values, the
+/// base 16-byte aligned.
+fn v6_unfit(p: &GemmParams) -> Option<&'static str> {
+    if p.k <= 0 {
+        return Some("reduction is empty");
+    }
+    if p.b % 16 != 0 {
+        return Some("B is not 16-byte aligned");
+    }
+    let (nk, kn) = (p.sbk == 1 && p.sbn % 8 == 0 && p.k % 8 == 0, p.sbn == 1 && p.sbk % 8 == 0 && p.n % 8 == 0);
+    if !(nk || kn) {
+        return Some("B's strides or extent are not multiples of 8 values");
+    }
+    None
+}
+
+/// `out [out_rows, ld]` (16-bit, type `ty`) = `scale · x[r·s.0 + c·s.1]` for r < rows, c < cols,
+/// zero elsewhere (kernels/matmul.cu `gemm_pack_*`).
+#[allow(clippy::too_many_arguments)]
+fn pack(
+    be: &KernelBackend,
+    ty: &str,
+    x: u64,
+    s: (i64, i64),
+    rows: usize,
+    cols: usize,
+    out_rows: usize,
+    ld: usize,
+    scale: f32,
+) -> Result<crate::exec::DevBuf> {
+    let out = be.alloc(out_rows * ld, DType::BF16)?;
+    let p = PackParams {
+        x,
+        out: out.ptr,
+        s_row: s.0,
+        s_col: s.1,
+        rows: rows as i32,
+        cols: cols as i32,
+        out_rows: out_rows as i32,
+        ld: ld as i32,
+        scale,
+        pad: 0,
+    };
+    let threads = (out_rows * ld / 8) as u32;
+    if threads > 0 {
+        let cfg = Launch { grid: [threads.div_ceil(256), 1, 1], block: [256, 1, 1], smem: 0 };
+        be.exec.launch(&format!("gemm_pack_{ty}"), cfg, bytemuck::bytes_of(&p))?;
+    }
+    Ok(out)
+}
+
+/// The v6 GEMM: A (and LoRA's s·U and L) packed to B's 16-bit type, then the multistage kernel
+/// for B's layout (NK: `sbk == 1`, a linear layer's x·Wᵀ; KN: `sbn == 1`, its dx = dy·W).
+fn gemm_v6(be: &KernelBackend, p: &GemmParams, b_type: DType) -> Result<()> {
+    let ty = if b_type == DType::F16 { "f16" } else { "bf16" };
+    let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
+    let kn = p.sbk != 1;
+    let lda = k.next_multiple_of(8);
+    let a16 = pack(be, ty, p.a, (p.sam, p.sak), m, k, m, lda, 1.0)?;
+    let mut q = Gemm16Params {
+        a: a16.ptr,
+        b: p.b,
+        c: p.c,
+        bias: p.bias,
+        lda: lda as i64,
+        ldb: if kn { p.sbk } else { p.sbn },
+        m: p.m,
+        n: p.n,
+        k: p.k,
+        ldc: p.ldc,
+        alpha: p.alpha,
+        ..Default::default()
+    };
+    // Kept alive until the GEMM has run.
+    let mut lora = None;
+    if p.lora_u != 0 && p.rank > 0 {
+        let (r, ru) = (p.rank as usize, (p.rank as usize).next_multiple_of(32));
+        let u16 = pack(be, ty, p.lora_u, (r as i64, 1), m, r, m, ru, p.lora_scale)?;
+        let l16 = if kn {
+            pack(be, ty, p.lora_l, (p.sl_r, p.sl_n), r, n, ru, n, 1.0)?
+        } else {
+            pack(be, ty, p.lora_l, (p.sl_n, p.sl_r), n, r, n, ru, 1.0)?
+        };
+        (q.u, q.l, q.ru, q.ldl) = (u16.ptr, l16.ptr, ru as i32, if kn { n as i64 } else { ru as i64 });
+        lora = Some((u16, l16));
+    }
+    let name = format!("gemm_v6_mma_multistage_{}{ty}", if kn { "kn_" } else { "" });
+    let cfg = Launch { grid: [n.div_ceil(128) as u32, m.div_ceil(128) as u32, 1], block: [128, 1, 1], smem: 0 };
+    be.exec.launch(&name, cfg, bytemuck::bytes_of(&q))?;
+    drop((a16, lora));
+    Ok(())
 }
 
 /// The rank-r pre-pass `out [m, nj] = X·Y` (f32, a GEMM with a narrow N), `X(i,p)` at
