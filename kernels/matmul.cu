@@ -414,39 +414,58 @@ __device__ __forceinline__ void gemm_v6(const Gemm16Params& p) {
   int tm, tn;
   v6_raster(tm, tn);
   const int bm = tm * V6_BM, bn = tn * V6_BN;
-  const int kt_main = (p.k + V6_BK - 1) / V6_BK, tiles = kt_main + p.ru / V6_BK;
-  const unsigned short* a16 = static_cast<const unsigned short*>(p.a);
-  const unsigned short* b16 = static_cast<const unsigned short*>(p.b);
+  const int kt_main = (p.k + V6_BK - 1) / V6_BK;
   // This thread's chunks: A (and NK B) rows tid/4 + 32i at chunk tid%4; KN B rows tid/16 + 8i
   // at chunk tid%16 (i = 0..3). Their shared offsets differ by 2048 bytes per i.
   const int ra = tid >> 2, ca = tid & 3, rk = tid >> 4, ck = tid & 15;
   const u32 sa = v6_off64(ra, ca), sb = KN ? v6_off256(rk, ck) : sa;
-  auto load = [&](int stage, int t) {
-    unsigned char* st = smem + stage * 2 * V6_TILE;
-    const bool lora = t >= kt_main;
-    const int k0 = (lora ? t - kt_main : t) * V6_BK, kend = lora ? p.ru : p.k;
-    const unsigned short* ab = lora ? static_cast<const unsigned short*>(p.u) : a16;
-    const unsigned short* bb = lora ? static_cast<const unsigned short*>(p.l) : b16;
-    const i64 lda = lora ? p.ru : p.lda, ldb = lora ? p.ldl : p.ldb;
-    const bool ka = k0 + ca * 8 < kend;
+  // The copy state of the phase being loaded (tiles are loaded once each, in order): a global
+  // pointer per chunk, advanced one K tile per load, so the loop does no index arithmetic.
+  // Chunks past the matrix's rows (or N, KN) point at the tile's first row or column; those
+  // past K are zero-filled copies that read nothing (src-size 0).
+  const unsigned short* ga[4];
+  const unsigned short* gb[4];
+  bool oka[4], okb[4];
+  int kload = 0, kend = 0;  // the next K tile's first k within its phase; the phase's extent
+  i64 bstep = 0;            // B's pointer step per K tile
+  auto setup = [&](const void* av, i64 lda, const void* bv, i64 ldb, int k) {
+    const unsigned short* ab = static_cast<const unsigned short*>(av);
+    const unsigned short* bb = static_cast<const unsigned short*>(bv);
     KILN_UNROLL
     for (int i = 0; i < 4; ++i) {
       const int gi = bm + ra + 32 * i;
-      const bool ok = ka && gi < p.m;
-      cp_async_16_zfill(st + sa + 2048 * i, ok ? ab + gi * lda + k0 + ca * 8 : ab, ok);
+      oka[i] = gi < p.m;
+      ga[i] = ab + i64(oka[i] ? gi : bm) * lda + ca * 8;
+      if (KN) {
+        okb[i] = bn + ck * 8 < p.n;
+        gb[i] = bb + i64(rk + 8 * i) * ldb + (okb[i] ? bn + ck * 8 : bn);
+      } else {
+        const int gj = bn + ra + 32 * i;
+        okb[i] = gj < p.n;
+        gb[i] = bb + i64(okb[i] ? gj : bn) * ldb + ca * 8;
+      }
+    }
+    bstep = KN ? V6_BK * ldb : V6_BK;
+    kload = 0;
+    kend = k;
+  };
+  int lstage = 0, rstage = 0;  // the stage the next load fills; the stage the next tile reads
+  auto load = [&]() {
+    unsigned char* st = smem + lstage * 2 * V6_TILE;
+    const bool ka = kload + ca * 8 < kend;
+    KILN_UNROLL
+    for (int i = 0; i < 4; ++i) {
+      cp_async_16_zfill(st + sa + 2048 * i, ga[i], ka && oka[i]);
+      ga[i] += V6_BK;
     }
     KILN_UNROLL
     for (int i = 0; i < 4; ++i) {
-      if (KN) {
-        const int gk = k0 + rk + 8 * i, gj = bn + ck * 8;
-        const bool ok = gk < kend && gj < p.n;
-        cp_async_16_zfill(st + V6_TILE + sb + 2048 * i, ok ? bb + gk * ldb + gj : bb, ok);
-      } else {
-        const int gj = bn + ra + 32 * i;
-        const bool ok = ka && gj < p.n;
-        cp_async_16_zfill(st + V6_TILE + sb + 2048 * i, ok ? bb + gj * ldb + k0 + ca * 8 : bb, ok);
-      }
+      const bool ok = KN ? kload + rk + 8 * i < kend && okb[i] : ka && okb[i];
+      cp_async_16_zfill(st + V6_TILE + sb + 2048 * i, gb[i], ok);
+      gb[i] += bstep;
     }
+    kload += V6_BK;
+    lstage = lstage == V6_STAGES - 1 ? 0 : lstage + 1;
   };
   float acc[4][8][4];
   KILN_UNROLL
@@ -455,48 +474,63 @@ __device__ __forceinline__ void gemm_v6(const Gemm16Params& p) {
     for (int ni = 0; ni < 8; ++ni)
       KILN_UNROLL
       for (int i = 0; i < 4; ++i) acc[mi][ni][i] = 0.f;
-  KILN_UNROLL
-  for (int s = 0; s < V6_STAGES - 1; ++s) {
-    if (s < tiles) load(s, s);
-    cp_async_commit();
-  }
-  for (int t = 0; t < tiles; ++t) {
-    // Tile t's group is complete (one newer may fly); the barrier publishes every thread's
-    // copies and says the stage loaded next was read by all (in iteration t - 1).
-    cp_async_wait<V6_STAGES - 2>();
-    __syncthreads();
-    if (t + V6_STAGES - 1 < tiles) load((t + V6_STAGES - 1) % V6_STAGES, t + V6_STAGES - 1);
-    cp_async_commit();
-    const unsigned char* st = smem + (t % V6_STAGES) * 2 * V6_TILE;
+  // One phase's K loop over `tiles` tiles: the ring filled two tiles ahead, then per tile a
+  // wait, a barrier, the next load and the math.
+  auto phase = [&](int tiles) {
     KILN_UNROLL
-    for (int ks = 0; ks < V6_BK / 16; ++ks) {
-      u32 af[4][4], bf[8][2];
-      KILN_UNROLL
-      for (int mi = 0; mi < 4; ++mi) {
-        const u32 r = wm * 64 + mi * 16 + (lane & 15), c = ks * 2 + (lane >> 4);
-        ldmatrix_x4(af[mi], st + v6_off64(r, c));
-      }
-      KILN_UNROLL
-      for (int nj = 0; nj < 4; ++nj) {
-        u32 q[4];
-        if (KN) {
-          // Four 8×8 blocks (k 0-7 | 8-15) × (n 0-7 | 8-15), transposed into B fragments.
-          const u32 j = lane >> 3, r = ks * 16 + (j & 1) * 8 + (lane & 7), c = (wn * 64 + nj * 16) / 8 + (j >> 1);
-          ldmatrix_x4_trans(q, st + V6_TILE + v6_off256(r, c));
-        } else {
-          const u32 r = wn * 64 + nj * 16 + (lane >> 4) * 8 + (lane & 7), c = ks * 2 + ((lane >> 3) & 1);
-          ldmatrix_x4(q, st + V6_TILE + v6_off64(r, c));
-        }
-        bf[2 * nj][0] = q[0];
-        bf[2 * nj][1] = q[1];
-        bf[2 * nj + 1][0] = q[2];
-        bf[2 * nj + 1][1] = q[3];
-      }
-      KILN_UNROLL
-      for (int mi = 0; mi < 4; ++mi)
-        KILN_UNROLL
-        for (int ni = 0; ni < 8; ++ni) mma_16816(acc[mi][ni], af[mi], bf[ni], T());
+    for (int s = 0; s < V6_STAGES - 1; ++s) {
+      if (s < tiles) load();
+      cp_async_commit();
     }
+    for (int t = 0; t < tiles; ++t) {
+      // Tile t's group is complete (one newer may fly); the barrier publishes every thread's
+      // copies and says the stage loaded next was read by all (in iteration t - 1).
+      cp_async_wait<V6_STAGES - 2>();
+      __syncthreads();
+      if (t + V6_STAGES - 1 < tiles) load();
+      cp_async_commit();
+      const unsigned char* st = smem + rstage * 2 * V6_TILE;
+      rstage = rstage == V6_STAGES - 1 ? 0 : rstage + 1;
+      KILN_UNROLL
+      for (int ks = 0; ks < V6_BK / 16; ++ks) {
+        u32 af[4][4], bf[8][2];
+        KILN_UNROLL
+        for (int mi = 0; mi < 4; ++mi) {
+          const u32 r = wm * 64 + mi * 16 + (lane & 15), c = ks * 2 + (lane >> 4);
+          ldmatrix_x4(af[mi], st + v6_off64(r, c));
+        }
+        KILN_UNROLL
+        for (int nj = 0; nj < 4; ++nj) {
+          u32 q[4];
+          if (KN) {
+            // Four 8×8 blocks (k 0-7 | 8-15) × (n 0-7 | 8-15), transposed into B fragments.
+            const u32 j = lane >> 3, r = ks * 16 + (j & 1) * 8 + (lane & 7), c = (wn * 64 + nj * 16) / 8 + (j >> 1);
+            ldmatrix_x4_trans(q, st + V6_TILE + v6_off256(r, c));
+          } else {
+            const u32 r = wn * 64 + nj * 16 + (lane >> 4) * 8 + (lane & 7), c = ks * 2 + ((lane >> 3) & 1);
+            ldmatrix_x4(q, st + V6_TILE + v6_off64(r, c));
+          }
+          bf[2 * nj][0] = q[0];
+          bf[2 * nj][1] = q[1];
+          bf[2 * nj + 1][0] = q[2];
+          bf[2 * nj + 1][1] = q[3];
+        }
+        KILN_UNROLL
+        for (int mi = 0; mi < 4; ++mi)
+          KILN_UNROLL
+          for (int ni = 0; ni < 8; ++ni) mma_16816(acc[mi][ni], af[mi], bf[ni], T());
+      }
+    }
+  };
+  setup(p.a, p.lda, p.b, p.ldb, p.k);
+  phase(kt_main);
+  if (p.ru > 0) {
+    // LoRA's phase: its own short pipeline over s·U and L. (The two phases as one loop would
+    // select between their pointers on every load; the ring's refill costs about one tile.)
+    cp_async_wait<0>();
+    __syncthreads();  // every stage was read: the LoRA tiles may overwrite them
+    setup(p.u, p.ru, p.l, p.ldl, p.ru);
+    phase(p.ru / V6_BK);
   }
   cp_async_wait<0>();  // only empty groups remain; nothing may be in flight at exit
   // Each quad of lanes holds 8 consecutive columns of a row: 8-byte stores fill whole sectors.
@@ -515,7 +549,7 @@ __device__ __forceinline__ void gemm_v6(const Gemm16Params& p) {
         const float v0 = p.alpha * acc[mi][ni][2 * h] + b0, v1 = p.alpha * acc[mi][ni][2 * h + 1] + b1;
         float* out = p.c + i64(i) * p.ldc + j;
         if (pairs && j + 1 < p.n) {
-          *reinterpret_cast<float2*>(out) = make_float2(v0, v1);
+          store_f32x2(out, v0, v1);
         } else {
           if (j < p.n) out[0] = v0;
           if (j + 1 < p.n) out[1] = v1;
@@ -530,7 +564,8 @@ KILN_KERNEL_LB(gemm_v6_mma_multistage_kn_f16, Gemm16Params, 128) { gemm_v6<f16, 
 
 // f32 → 16-bit operand packing for v6: out[r·ld + c] = T(scale · x[r·s_row + c·s_col]) for
 // r < rows, c < cols, and zero up to out_rows × ld (the padding v6's 16-byte chunks read).
-// A thread makes 8 consecutive outputs (one 16-byte store); contiguous rows read as float4.
+// A thread makes 4 consecutive outputs (one 8-byte store: a warp writes 256 contiguous bytes);
+// contiguous rows are read 16 bytes a thread.
 // Mirrored by `PackParams` in runtime/kiln-cuda/src/kernels.rs.
 struct PackParams {
   const float* x;
@@ -543,25 +578,22 @@ struct PackParams {
 template <class T>
 __device__ __forceinline__ void gemm_pack(const PackParams& p) {
   const i64 e = (i64(blockIdx.y) * gridDim.x + blockIdx.x) * blockDim.x + threadIdx.x;
-  const int per_row = p.ld / 8;
+  const int per_row = p.ld / 4;
   if (e >= i64(p.out_rows) * per_row) return;
-  const int r = int(e / per_row), c0 = int(e % per_row) * 8;
-  float v[8];
+  const int r = int(e / per_row), c0 = int(e % per_row) * 4;
+  float v[4];
   const float* src = p.x + i64(r) * p.s_row + i64(c0) * p.s_col;
-  const bool vec = p.s_col == 1 && r < p.rows && c0 + 8 <= p.cols && (reinterpret_cast<u64>(src) & 15u) == 0;
+  const bool vec = p.s_col == 1 && r < p.rows && c0 + 4 <= p.cols && (reinterpret_cast<u64>(src) & 15u) == 0;
   if (vec) {
-    const float4 lo = reinterpret_cast<const float4*>(src)[0], hi = reinterpret_cast<const float4*>(src)[1];
-    v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w, v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
+    const uint4 q = load_u32x4(src);
+    v[0] = __uint_as_float(q.x), v[1] = __uint_as_float(q.y), v[2] = __uint_as_float(q.z), v[3] = __uint_as_float(q.w);
   } else {
     KILN_UNROLL
-    for (int i = 0; i < 8; ++i) v[i] = r < p.rows && c0 + i < p.cols ? src[i64(i) * p.s_col] : 0.f;
+    for (int i = 0; i < 4; ++i) v[i] = r < p.rows && c0 + i < p.cols ? src[i64(i) * p.s_col] : 0.f;
   }
-  uint4 o;
-  o.x = pack2(from_f32<T>(p.scale * v[0]), from_f32<T>(p.scale * v[1]));
-  o.y = pack2(from_f32<T>(p.scale * v[2]), from_f32<T>(p.scale * v[3]));
-  o.z = pack2(from_f32<T>(p.scale * v[4]), from_f32<T>(p.scale * v[5]));
-  o.w = pack2(from_f32<T>(p.scale * v[6]), from_f32<T>(p.scale * v[7]));
-  reinterpret_cast<uint4*>(static_cast<unsigned short*>(p.out) + i64(r) * p.ld + c0)[0] = o;
+  const u32 lo = pack2(from_f32<T>(p.scale * v[0]), from_f32<T>(p.scale * v[1]));
+  const u32 hi = pack2(from_f32<T>(p.scale * v[2]), from_f32<T>(p.scale * v[3]));
+  reinterpret_cast<u64*>(static_cast<unsigned short*>(p.out) + i64(r) * p.ld + c0)[0] = u64(lo) | (u64(hi) << 32);
 }
 KILN_KERNEL(gemm_pack_bf16, PackParams) { gemm_pack<bf16>(p); }
 KILN_KERNEL(gemm_pack_f16, PackParams) { gemm_pack<f16>(p); }

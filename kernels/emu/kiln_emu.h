@@ -26,14 +26,6 @@ struct uint3 {
 struct alignas(16) uint4 {
   unsigned x, y, z, w;
 };
-// The float vectors (8- and 16-byte loads and stores), aligned as CUDA's are.
-struct alignas(8) float2 {
-  float x, y;
-};
-struct alignas(16) float4 {
-  float x, y, z, w;
-};
-static inline float2 make_float2(float x, float y) { return float2{x, y}; }
 
 namespace kemu {
 // One emulated thread (the fiber's state that kernels can see).

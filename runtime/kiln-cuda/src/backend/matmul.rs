@@ -148,7 +148,7 @@ fn pack(
         scale,
         pad: 0,
     };
-    let threads = (out_rows * ld / 8) as u32;
+    let threads = (out_rows * ld / 4) as u32;
     if threads > 0 {
         let cfg = Launch { grid: [threads.div_ceil(256), 1, 1], block: [256, 1, 1], smem: 0 };
         be.exec.launch(&format!("gemm_pack_{ty}"), cfg, bytemuck::bytes_of(&p))?;
