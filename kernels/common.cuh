@@ -461,7 +461,11 @@ __device__ __forceinline__ void cp_async_16_zfill(void* smem, const void* gmem, 
 #elif KILN_GPU
   const u32* s = static_cast<const u32*>(gmem);
   u32* d = static_cast<u32*>(smem);
-  for (int i = 0; i < 4; ++i) d[i] = valid ? s[i] : 0u;
+  if (valid) {
+    for (int i = 0; i < 4; ++i) d[i] = s[i];
+  } else {
+    for (int i = 0; i < 4; ++i) d[i] = 0u;
+  }
 #else
   if (valid) ::kemu::prof_note(::kemu::ProfCpAsync, gmem, 16, false);
   ::kemu::prof_note(::kemu::ProfCpAsync, smem, 16, true);

@@ -4,8 +4,9 @@
 //! AdamW), QLoRA (NF4, Q4_1), DPO and full fine-tuning of a small random model, and LoRA on
 //! Gemma 3, Gemma 2, Phi-3 and Phi-4-mini (sliding windows, soft-caps, fused projections,
 //! LongRoPE, partial rotary), each at least 10 steps, give the CPU backend's per-step losses
-//! and gradient norms and its trained weights within 1e-4 relative; under the tensor-core variants (v3, the default, and v5: bf16
-//! attention and block-quantized GEMMs) NF4 QLoRA is within 1e-2; decoding with the trained
+//! and gradient norms and its trained weights within 1e-4 relative; under the tensor-core variants (v6, the default: the
+//! NF4 base decoded to bf16 and the multistage GEMM; v3 and v5: decoded in the loader; all with bf16
+//! attention) NF4 QLoRA is within 1e-2; decoding with the trained
 //! adapter picks the CPU's tokens. On a machine with a GPU, `tools/gpu-check.sh` runs the same
 //! comparison with `--backend cuda`.
 
@@ -18,7 +19,7 @@ const CUDA_EMU: GpuTrain = GpuTrain {
     backend: "cuda-emu",
     tag: "cuda",
     ready: || true,
-    // GEMM v3: attention on bf16 tensor cores.
+    // GEMM v6 (the default): attention on bf16 tensor cores.
     default_tol: HALF,
     // GEMM v2: f32 products, and attention v1 in f32 (v3–v5 run attention on tensor cores).
     f32_env: &[("KILN_CUDA_GEMM", "v2")],
@@ -39,11 +40,12 @@ fn after_lora(runs: &Runs, _: &[&str], _: &Run) {
     runs.compare("lora, 8-bit AdamW", "q8", &args, None, F32_ADAMW8);
 }
 
-/// The tensor-core variants on the NF4 QLoRA run: v3 (the default; mma GEMMs on the NF4 base
-/// decoded to bf16, attention on bf16 tensor cores) and v5 (Hopper's wgmma; the emulation
-/// implements it).
+/// The tensor-core variants on the NF4 QLoRA run: v6 (the default: the NF4 base decoded to bf16,
+/// then the multistage GEMM, LoRA fused as its second phase, in the forward and in dx), v3 (mma
+/// GEMMs decoding the base in their loader) and v5 (Hopper's wgmma; the emulation implements
+/// it), all with attention on bf16 tensor cores.
 fn after_nf4(runs: &Runs, args: &[&str], cpu: &Run) {
-    for v in ["v3", "v5"] {
+    for v in ["v6", "v3", "v5"] {
         let name = format!("qlora nf4, GEMM {v} (bf16 tensor cores)");
         runs.close_in_16bit(&name, &format!("q-nf4-{v}"), args, &[("KILN_CUDA_GEMM", v)], cpu);
     }

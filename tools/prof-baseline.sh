@@ -36,12 +36,14 @@ run() {  # label, kiln prof run arguments
 scalar=33
 [ "$smoke" = 1 ] && scalar=0
 for gv in v1 v2; do run "gemm $gv bf16" --op gemm --shape $g --variant $gv --dtype bf16 --max-ctas $scalar; done
-for gv in v3 v4 v5; do run "gemm $gv bf16" --op gemm --shape $g --variant $gv --dtype bf16; done
+for gv in v3 v4 v5 v6; do run "gemm $gv bf16" --op gemm --shape $g --variant $gv --dtype bf16; done
 run "gemm v2 f32" --op gemm --shape $g --variant v2 --dtype f32 --max-ctas $scalar
-run "qgemm v3 Q4_K" --op qgemm --shape $g --dtype q4_k
-run "qgemm v3 NF4" --op qgemm --shape $g --dtype nf4
-run "lora r16 fwd" --op lora --shape $l
-run "lora r16 fwd+bwd" --op lora_bwd --shape $l
+for gv in v3 v6; do
+  run "qgemm $gv Q4_K" --op qgemm --shape $g --variant $gv --dtype q4_k
+  run "qgemm $gv NF4" --op qgemm --shape $g --variant $gv --dtype nf4
+  run "lora $gv r16 fwd" --op lora --shape $l --variant $gv
+  run "lora $gv r16 fwd+bwd" --op lora_bwd --shape $l --variant $gv
+done
 run "gemv bf16" --op gemv --shape $v --dtype bf16
 run "gemv Q4_K" --op gemv --shape $v --dtype q4_k
 run "attention v2 fwd" --op attention --shape $a

@@ -132,7 +132,9 @@ pub fn run(be: &KernelBackend, plan: &Plan, on_row: &mut dyn FnMut(&Row)) -> Res
                 }
             }
             "lora" => {
-                let be = be.with_gemm(GemmVariant::V3);
+                // The default variant (the one training runs).
+                let v = GemmVariant::default();
+                let be = be.with_gemm(v);
                 for &(m, k, n) in &plan.shapes {
                     let x = up(be, randn(m * k, 3), &[m, k], DType::F32)?;
                     let w = up(be, randn(n * k, 4), &[n, k], DType::BF16)?;
@@ -150,7 +152,7 @@ pub fn run(be: &KernelBackend, plan: &Plan, on_row: &mut dyn FnMut(&Row)) -> Res
                     {
                         let row = Row {
                             op: format!("lora baseline: {name}"),
-                            variant: GemmVariant::V3.full_name().into(),
+                            variant: v.full_name().into(),
                             dtype: "x f32, W bf16".into(),
                             shape: shape.clone(),
                             median_s: s,
@@ -178,7 +180,7 @@ pub fn run(be: &KernelBackend, plan: &Plan, on_row: &mut dyn FnMut(&Row)) -> Res
                         ] {
                             let row = Row {
                                 op: format!("lora r{r}: {name} ({:+.1} % vs plain)", 100.0 * (s / base - 1.0)),
-                                variant: format!("{} + rank-r pre-pass", GemmVariant::V3),
+                                variant: format!("{v} + rank-r pre-pass"),
                                 dtype: "x f32, W bf16, A/B f32".into(),
                                 shape: shape.clone(),
                                 median_s: s,
@@ -195,7 +197,13 @@ pub fn run(be: &KernelBackend, plan: &Plan, on_row: &mut dyn FnMut(&Row)) -> Res
                 // The QLoRA base: x·Wᵀ with W in its blocks, decoded inside the GEMM, beside the
                 // bf16 tensor-core GEMM of the same shape.
                 use kiln_core::quant::GgmlType as G;
-                let be = be.with_gemm(GemmVariant::V3);
+                let v = GemmVariant::default();
+                let be = be.with_gemm(v);
+                let how = if v == GemmVariant::V6 {
+                    format!("{v} (decoded to bf16 first)")
+                } else {
+                    format!("{v}_q (decode in the loader, bf16 tensor cores)")
+                };
                 for &(m, k, n) in &plan.shapes {
                     let x = up(be, randn(m * k, 11), &[m, k], DType::F32)?;
                     let wb = up(be, randn(n * k, 12), &[n, k], DType::BF16)?;
@@ -206,7 +214,7 @@ pub fn run(be: &KernelBackend, plan: &Plan, on_row: &mut dyn FnMut(&Row)) -> Res
                         let (s, reps) = time(be, plan.seconds, &mut || be.linear_fwd(&x, &w, None, None).map(drop))?;
                         let row = Row {
                             op: format!("qgemm x·Wᵀ ({:.0} % of the bf16 GEMM's rate)", 100.0 * base / s),
-                            variant: format!("{}_q (decode in the loader, bf16 tensor cores)", GemmVariant::V3),
+                            variant: how.clone(),
                             dtype: format!("x f32, W {}", ty.name()),
                             shape: format!("{m}x{k}x{n}"),
                             median_s: s,

@@ -17,16 +17,18 @@ use kiln_core::DType;
 /// (decoded to bf16) and run `V2`'s kernel for f32 B (tensor cores would round it). `V5` (wgmma)
 /// needs a Hopper device with an sm_90a module; elsewhere the backend runs `V4` and says so once.
 /// `V6` (the multistage cp.async GEMM) takes 16-bit operands: the backend packs f32 A (and
-/// LoRA's factors) to B's type first; block-quantized B runs `V4`'s kernel, and operands whose
-/// strides or alignment 16-byte copies cannot serve run `V4` (said once).
+/// LoRA's factors) to B's type first and decodes a block-quantized weight to bf16 before the
+/// product; operands whose strides or alignment 16-byte copies cannot serve run `V4` (said
+/// once), a quantized one with `V4`'s decoding kernel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum GemmVariant {
     V1,
     V2,
-    #[default]
     V3,
     V4,
     V5,
+    /// The default: the fastest on the profiler's model of every card it covers (RESULTS.md).
+    #[default]
     V6,
 }
 
@@ -45,12 +47,7 @@ const TABLE: [(&str, &str, [&str; 4]); 6] = [
     (
         "v6",
         "v6_mma_multistage",
-        [
-            "gemm_v2_tiled_f32",
-            "gemm_v6_mma_multistage_bf16",
-            "gemm_v6_mma_multistage_f16",
-            "gemm_v4_mma_pipelined_q",
-        ],
+        ["gemm_v2_tiled_f32", "gemm_v6_mma_multistage_bf16", "gemm_v6_mma_multistage_f16", "gemm_v4_mma_pipelined_q"],
     ),
 ];
 
@@ -181,6 +178,6 @@ mod tests {
         }
         let e = "v9".parse::<GemmVariant>().unwrap_err().to_string();
         assert!(GemmVariant::ALL.iter().all(|v| e.contains(v.full_name())), "{e}");
-        assert_eq!(GemmVariant::default(), GemmVariant::V3);
+        assert_eq!(GemmVariant::default(), GemmVariant::V6);
     }
 }

@@ -105,8 +105,8 @@ fn every_op_has_parity_rows_that_run_on_cuda() {
 fn production_kernels_are_race_free() {
     // The race-checking device: v3 runs the tensor-core kernels for 16-bit weights and the tiled
     // ones for f32 and quantized bases (the naive kernels share no memory between threads); v4's
-    // pipelined kernel and v5's wgmma one are checked on the linear cases. Each pass on inputs
-    // of its own.
+    // pipelined kernel, v5's wgmma one and v6's cp.async ring (with its packing and decoding)
+    // are checked on the linear cases. Each pass on inputs of its own.
     let be = emu_racecheck();
     let t0 = std::time::Instant::now();
     let s3 = seeds("race check v3_mma");
@@ -123,7 +123,7 @@ fn production_kernels_are_race_free() {
     }
     let filter = Filter::from_env().expect("KILN_SELFTEST_OP names ops");
     let linear = |c: &Case| c.op == kiln_core::backend::Op::Linear;
-    for v in [GemmVariant::V4, GemmVariant::V5] {
+    for v in [GemmVariant::V4, GemmVariant::V5, GemmVariant::V6] {
         let sv = seeds(&format!("race check {v}"));
         let rep = selftest::run_pass(be.with_gemm(v), &sv, &filter, &linear, &mut |_, _| {});
         let n = expected(&sv, &linear);
@@ -406,8 +406,7 @@ fn cp_async_reads_before_their_wait_are_caught() {
     let e = run("broken_cp_async_never_waited", cfg, &a, &[0.0], 256, (0, 0, 0), false).unwrap_err();
     assert!(e.contains("never waited"), "{e}");
     let got = run("ok_cp_async_zfill", cfg, &a, &[0.0], 256, (0, 0, 0), true).unwrap();
-    let want: Vec<f32> =
-        (0..256).map(|e| if e < 128 || (e % 128 / 4) % 2 == 0 { a[e] } else { 0.0 }).collect();
+    let want: Vec<f32> = (0..256).map(|e| if e < 128 || (e % 128 / 4) % 2 == 0 { a[e] } else { 0.0 }).collect();
     assert_eq!(got, want);
 }
 
@@ -576,7 +575,9 @@ fn gemm_v6_matches_v4_and_the_cpu_with_tails_ranks_and_both_layouts() {
     // v6 ran itself (no fallback to v4 on this device), both layouts and types.
     let ran = v6.exec.launched();
     for t in ["bf16", "f16"] {
-        for k in [format!("gemm_v6_mma_multistage_{t}"), format!("gemm_v6_mma_multistage_kn_{t}"), format!("gemm_pack_{t}")] {
+        for k in
+            [format!("gemm_v6_mma_multistage_{t}"), format!("gemm_v6_mma_multistage_kn_{t}"), format!("gemm_pack_{t}")]
+        {
             assert!(ran.contains(&k), "{k} never launched: {ran:?}");
         }
     }

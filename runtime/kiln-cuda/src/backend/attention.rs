@@ -12,7 +12,7 @@ use crate::exec::Launch;
 use crate::kernels::AttnParams;
 
 /// Whether attention runs on tensor cores (v2, forward and backward): the tensor-core GEMM variants are
-/// chosen (v3: the default, v4, v5) and the head dim is at most 128; v1 and v2 keep f32 attention.
+/// chosen (v3–v6; v6 the default) and the head dim is at most 128; v1 and v2 keep f32 attention.
 fn attn_v2(be: &KernelBackend, d: i32) -> bool {
     d <= 128 && be.gemm().tensor_cores()
 }

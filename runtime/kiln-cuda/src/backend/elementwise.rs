@@ -41,35 +41,38 @@ fn gcd(a: usize, b: usize) -> usize {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
+/// The `n` values of block-quantized `q` data at `w` decoded into a new device buffer of type
+/// `dtype` (f32, or bf16/f16 rounded to nearest even): kernels/quant.cu `dequant_*`.
+pub(super) fn dequant(
+    be: &KernelBackend,
+    w: u64,
+    n: usize,
+    q: kiln_core::quant::GgmlType,
+    dtype: DType,
+) -> Result<(crate::exec::DevBuf, DType)> {
+    let (ty, block, bytes) = crate::kernels::quant_kernel_id(q)
+        .ok_or_else(|| Error::Msg(format!("cuda cast: no kernel for {} weights", q.name())))?;
+    let (kernel, out_t) = match dtype {
+        DType::F32 | DType::F64 => ("dequant_f32", DType::F32),
+        DType::BF16 => ("dequant_bf16", DType::BF16),
+        DType::F16 => ("dequant_f16", DType::F16),
+        d => return Err(Error::Msg(format!("cuda cast: {} to {}", q.name(), d.name()))),
+    };
+    let out = be.alloc(n, out_t)?;
+    // Tiles of g·k blocks, g the fewest whose bytes are a multiple of 16, about 4 KB each.
+    let g = 16 / gcd(16, bytes as usize);
+    let tile = g * (4096 / (g * bytes as usize)).max(1);
+    let tiles = (n / block as usize).div_ceil(tile);
+    let p = crate::kernels::DequantParams { w, out: out.ptr, n: n as i64, ty, block, bytes, tile: tile as i32 };
+    let cfg = Launch { grid: [tiles.clamp(1, 65535) as u32, 1, 1], block: [256, 1, 1], smem: tile * bytes as usize };
+    be.exec.launch(kernel, cfg, bytemuck::bytes_of(&p))?;
+    Ok((out, out_t))
+}
+
 pub(super) fn cast(be: &KernelBackend, t: &Tensor, dtype: DType) -> Result<Tensor> {
     if let DType::Quant(q) = t.dtype() {
-        let (ty, block, bytes) = crate::kernels::quant_kernel_id(q)
-            .ok_or_else(|| Error::Msg(format!("cuda cast: no kernel for {} weights", q.name())))?;
-        let (kernel, out_t) = match dtype {
-            DType::F32 | DType::F64 => ("dequant_f32", DType::F32),
-            DType::BF16 => ("dequant_bf16", DType::BF16),
-            DType::F16 => ("dequant_f16", DType::F16),
-            d => return Err(Error::Msg(format!("cuda cast: {} to {}", q.name(), d.name()))),
-        };
-        let n = t.numel();
         let h = be.held(t)?;
-        let out = be.alloc(n, out_t)?;
-        // Tiles of g·k blocks, g the fewest whose bytes are a multiple of 16, about 4 KB each.
-        let g = 16 / gcd(16, bytes as usize);
-        let tile = g * (4096 / (g * bytes as usize)).max(1);
-        let tiles = (n / block as usize).div_ceil(tile);
-        let p = crate::kernels::DequantParams {
-            w: h.ptr(),
-            out: out.ptr,
-            n: n as i64,
-            ty,
-            block,
-            bytes,
-            tile: tile as i32,
-        };
-        let cfg =
-            Launch { grid: [tiles.clamp(1, 65535) as u32, 1, 1], block: [256, 1, 1], smem: tile * bytes as usize };
-        be.exec.launch(kernel, cfg, bytemuck::bytes_of(&p))?;
+        let (out, out_t) = dequant(be, h.ptr(), t.numel(), q, dtype)?;
         return Ok(be.wrap(out, t.shape().clone(), out_t));
     }
     let (Some(from), Some(to)) = (type_name(t.dtype()), type_name(dtype)) else {

@@ -90,6 +90,22 @@ fn gemm(be: &KernelBackend, p: &GemmParams, b_type: DType) -> Result<()> {
         return be.exec.launch(&format!("gemv_{ty}"), cfg, bytemuck::bytes_of(p));
     }
     let mut v = effective(be);
+    // v6 on block-quantized B: the weight decoded to bf16 once (a transient buffer, n·k·2
+    // bytes; the decode reads the blocks once, 16 bytes a thread), then the bf16 GEMM. The
+    // decode costs about what the packing of A does, far less than decoding in the loader of
+    // every CTA that reads the weight.
+    if let (GemmVariant::V6, DType::Quant(q)) = (v, b_type)
+        && let Some(numel) = v6_dense_numel(p)
+    {
+        let (w16, _) = super::elementwise::dequant(be, p.b, numel, q, DType::BF16)?;
+        let mut d = *p;
+        d.b = w16.ptr;
+        if v6_unfit(&d).is_none() {
+            gemm_v6(be, &d, DType::BF16)?;
+            drop(w16);
+            return Ok(());
+        }
+    }
     if v.runs_for(b_type) == GemmVariant::V6 {
         match v6_unfit(p) {
             None => return gemm_v6(be, p, b_type),
@@ -111,7 +127,7 @@ fn v6_unfit(p: &GemmParams) -> Option<&'static str> {
     if p.k <= 0 {
         return Some("reduction is empty");
     }
-    if p.b % 16 != 0 {
+    if !p.b.is_multiple_of(16) {
         return Some("B is not 16-byte aligned");
     }
     let (nk, kn) = (p.sbk == 1 && p.sbn % 8 == 0 && p.k % 8 == 0, p.sbn == 1 && p.sbk % 8 == 0 && p.n % 8 == 0);
@@ -119,6 +135,14 @@ fn v6_unfit(p: &GemmParams) -> Option<&'static str> {
         return Some("B's strides or extent are not multiples of 8 values");
     }
     None
+}
+
+/// The element count of B when it is one dense row-major matrix as the product reads it (W
+/// [n, k] read as NK, or [k, n] read as KN): what decoding the whole weight yields.
+fn v6_dense_numel(p: &GemmParams) -> Option<usize> {
+    let (k, n) = (p.k as i64, p.n as i64);
+    let dense = (p.sbk == 1 && p.sbn == k) || (p.sbn == 1 && p.sbk == n);
+    (dense && k > 0 && n > 0).then_some((k * n) as usize)
 }
 
 /// `out [out_rows, ld]` (16-bit, type `ty`) = `scale · x[r·s.0 + c·s.1]` for r < rows, c < cols,

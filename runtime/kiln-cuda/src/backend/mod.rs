@@ -80,7 +80,7 @@ fn device(i: usize) -> &'static Device {
     DEVICES[i].get().unwrap_or_else(|| unreachable!("device slot {i} is empty"))
 }
 
-/// `KILN_CUDA_GEMM`, read once: the variant backends open with (v3 when unset).
+/// `KILN_CUDA_GEMM`, read once: the variant backends open with (v6 when unset).
 pub fn env_gemm() -> std::result::Result<GemmVariant, String> {
     static ENV: OnceLock<std::result::Result<GemmVariant, String>> = OnceLock::new();
     ENV.get_or_init(|| match std::env::var("KILN_CUDA_GEMM") {
@@ -109,7 +109,7 @@ pub(crate) fn install(
     Ok(d.get(d.default))
 }
 
-/// The emulated CUDA backend (the process's one), under `KILN_CUDA_GEMM`'s variant (v3 where it
+/// The emulated CUDA backend (the process's one), under `KILN_CUDA_GEMM`'s variant (v6 where it
 /// is unset; an unknown value is reported by [`crate::open_emu`], and here said and ignored).
 #[cfg(feature = "cuda-emu")]
 pub fn emu() -> &'static KernelBackend {
@@ -298,7 +298,7 @@ impl Backend for KernelBackend {
     fn compute_dtype(&self, op: Op, dtype: DType) -> DType {
         let tc = self.gemm.tensor_cores();
         match (op, dtype) {
-            // The tensor-core GEMMs (kernels/matmul.cu v3–v5) round A (and the fused LoRA terms)
+            // The tensor-core GEMMs (kernels/matmul.cu v3–v6) round A (and the fused LoRA terms)
             // to B's 16-bit type, and take block-quantized weights decoded and rounded to bf16.
             // (A GEMV of a few rows, and products whose B is f32, stay f32 there too.)
             (Op::Linear | Op::Matmul, DType::BF16 | DType::F16) if tc => dtype,

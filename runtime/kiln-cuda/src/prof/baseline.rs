@@ -14,11 +14,11 @@ pub fn case_of(r: &crate::bench::Row) -> Option<(String, &'static str, String, S
     if r.op.starts_with("gemm") {
         Some((format!("gemm {v} {w}"), "gemm", r.shape.clone(), w))
     } else if r.op.starts_with("qgemm") {
-        Some((format!("qgemm v3 {w}"), "qgemm", r.shape.clone(), w))
+        Some((format!("qgemm {v} {w}"), "qgemm", r.shape.clone(), w))
     } else if let Some(rest) = r.op.strip_prefix("lora r") {
         let rank = rest.split(':').next()?;
         let (name, op) = if rest.contains("fwd+bwd") { ("fwd+bwd", "lora_bwd") } else { ("fwd", "lora") };
-        Some((format!("lora r{rank} {name}"), op, format!("{}x{rank}", r.shape), "bf16".into()))
+        Some((format!("lora {v} r{rank} {name}"), op, format!("{}x{rank}", r.shape), "bf16".into()))
     } else if r.op.starts_with("gemv") {
         Some((format!("gemv {w}"), "gemv", r.shape.strip_prefix("1x")?.to_string(), w))
     } else {
@@ -56,10 +56,15 @@ mod tests {
             "gemm v3 bf16",
             "gemm v4 bf16",
             "gemm v5 bf16",
+            "gemm v6 bf16",
             "qgemm v3 Q4_K",
             "qgemm v3 NF4",
-            "lora r16 fwd",
-            "lora r16 fwd+bwd",
+            "qgemm v6 Q4_K",
+            "qgemm v6 NF4",
+            "lora v3 r16 fwd",
+            "lora v3 r16 fwd+bwd",
+            "lora v6 r16 fwd",
+            "lora v6 r16 fwd+bwd",
             "gemv bf16",
             "attention v2 fwd",
             "attention v2 fwd+bwd",
@@ -89,6 +94,19 @@ mod tests {
         let cases = [
             row("gemm x·Wᵀ", "v3_mma", "x f32, W bf16", "4096x4096x4096"),
             row("gemm x·Wᵀ", "v5_wgmma", "x f32, W bf16", "4096x4096x4096"),
+            row("gemm x·Wᵀ", "v6_mma_multistage", "x f32, W bf16", "4096x4096x4096"),
+            row(
+                "lora r16: fused fwd (+3.0 % vs plain)",
+                "v6_mma_multistage + rank-r pre-pass",
+                "x f32, W bf16, A/B f32",
+                "4096x4096x4096",
+            ),
+            row(
+                "qgemm x·Wᵀ (90 % of the bf16 GEMM's rate)",
+                "v6_mma_multistage (decoded to bf16 first)",
+                "x f32, W NF4",
+                "4096x4096x4096",
+            ),
             row(
                 "lora r16: fused fwd (+3.0 % vs plain)",
                 "v3_mma + rank-r pre-pass",

@@ -16,7 +16,7 @@ pub struct RunArgs {
     /// Sizes joined by 'x' (gemm: MxKxN; attention: BxTxHxD; `--op` errors say which).
     #[arg(long)]
     shape: String,
-    /// GEMM variant (v1 … v5) [default: the backend's, v3].
+    /// GEMM variant (v1 … v6) [default: the backend's, v6].
     #[arg(long)]
     variant: Option<String>,
     /// Weight dtype: bf16, f16, f32, or a block type (q4_k, nf4, q4_1, q8_0, …) for qgemm/gemv.
