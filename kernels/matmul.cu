@@ -389,6 +389,10 @@ struct Gemm16Params {
   int m, n, k, ldc;
   int ru;  // the padded rank (a multiple of 32; 0 without LoRA)
   float alpha;
+  // Split-K: CTA z of the grid's depth takes K tiles [z·kst, (z+1)·kst) and writes its partial
+  // product to slab z of c (m·ldc floats apart; `gemm_splitk_sum` adds them). 0: one split.
+  int kst;
+  int pad;
 };
 constexpr int V6_BM = 128, V6_BN = 128, V6_BK = 32, V6_STAGES = 3;
 constexpr int V6_TILE = V6_BM * V6_BK * 2;  // bytes of one operand tile (A and B alike)
@@ -428,9 +432,9 @@ __device__ __forceinline__ void gemm_v6(const Gemm16Params& p) {
   bool oka[4], okb[4];
   int kload = 0, kend = 0;  // the next K tile's first k within its phase; the phase's extent
   i64 bstep = 0;            // B's pointer step per K tile
-  auto setup = [&](const void* av, i64 lda, const void* bv, i64 ldb, int k) {
-    const unsigned short* ab = static_cast<const unsigned short*>(av);
-    const unsigned short* bb = static_cast<const unsigned short*>(bv);
+  auto setup = [&](const void* av, i64 lda, const void* bv, i64 ldb, int k, int k0) {
+    const unsigned short* ab = static_cast<const unsigned short*>(av) + k0;
+    const unsigned short* bb = static_cast<const unsigned short*>(bv) + (KN ? k0 * ldb : k0);
     KILN_UNROLL
     for (int i = 0; i < 4; ++i) {
       const int gi = bm + ra + 32 * i;
@@ -446,7 +450,7 @@ __device__ __forceinline__ void gemm_v6(const Gemm16Params& p) {
       }
     }
     bstep = KN ? V6_BK * ldb : V6_BK;
-    kload = 0;
+    kload = k0;
     kend = k;
   };
   int lstage = 0, rstage = 0;  // the stage the next load fills; the stage the next tile reads
@@ -522,32 +526,34 @@ __device__ __forceinline__ void gemm_v6(const Gemm16Params& p) {
       }
     }
   };
-  setup(p.a, p.lda, p.b, p.ldb, p.k);
-  phase(kt_main);
-  if (p.ru > 0) {
+  const int z = blockIdx.z, kt0 = p.kst ? z * p.kst : 0, kt1 = p.kst ? imin(kt_main, kt0 + p.kst) : kt_main;
+  setup(p.a, p.lda, p.b, p.ldb, p.k, kt0 * V6_BK);
+  phase(kt1 - kt0);
+  if (p.ru > 0 && z == 0) {
     // LoRA's phase: its own short pipeline over s·U and L. (The two phases as one loop would
     // select between their pointers on every load; the ring's refill costs about one tile.)
     cp_async_wait<0>();
     __syncthreads();  // every stage was read: the LoRA tiles may overwrite them
-    setup(p.u, p.ru, p.l, p.ldl, p.ru);
+    setup(p.u, p.ru, p.l, p.ldl, p.ru, 0);
     phase(p.ru / V6_BK);
   }
   cp_async_wait<0>();  // only empty groups remain; nothing may be in flight at exit
   // Each quad of lanes holds 8 consecutive columns of a row: 8-byte stores fill whole sectors.
   const int g = lane >> 2, t4 = lane & 3;
-  const bool pairs = (p.ldc & 1) == 0;
+  const bool pairs = (p.ldc & 1) == 0, bias = p.bias && z == 0;
+  float* c = p.c + i64(z) * p.m * p.ldc;
   KILN_UNROLL
   for (int mi = 0; mi < 4; ++mi)
     KILN_UNROLL
     for (int ni = 0; ni < 8; ++ni) {
       const int j = bn + wn * 64 + ni * 8 + 2 * t4;
-      const float b0 = p.bias && j < p.n ? p.bias[j] : 0.f, b1 = p.bias && j + 1 < p.n ? p.bias[j + 1] : 0.f;
+      const float b0 = bias && j < p.n ? p.bias[j] : 0.f, b1 = bias && j + 1 < p.n ? p.bias[j + 1] : 0.f;
       KILN_UNROLL
       for (int h = 0; h < 2; ++h) {
         const int i = bm + wm * 64 + mi * 16 + g + 8 * h;
         if (i >= p.m) continue;
         const float v0 = p.alpha * acc[mi][ni][2 * h] + b0, v1 = p.alpha * acc[mi][ni][2 * h + 1] + b1;
-        float* out = p.c + i64(i) * p.ldc + j;
+        float* out = c + i64(i) * p.ldc + j;
         if (pairs && j + 1 < p.n) {
           store_f32x2(out, v0, v1);
         } else {
@@ -595,6 +601,22 @@ __device__ __forceinline__ void gemm_pack(const PackParams& p) {
   const u32 hi = pack2(from_f32<T>(p.scale * v[2]), from_f32<T>(p.scale * v[3]));
   reinterpret_cast<u64*>(static_cast<unsigned short*>(p.out) + i64(r) * p.ld + c0)[0] = u64(lo) | (u64(hi) << 32);
 }
+// The split-K sum: out[i] = Σ_z ws[z·len + i] (splits in order: deterministic).
+struct SplitSumParams {
+  const float* ws;
+  float* out;
+  i64 len;
+  int splits;
+  int pad;
+};
+KILN_KERNEL(gemm_splitk_sum, SplitSumParams) {
+  const i64 i = i64(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= p.len) return;
+  float s = 0.f;
+  for (int z = 0; z < p.splits; ++z) s += p.ws[z * p.len + i];
+  p.out[i] = s;
+}
+
 KILN_KERNEL(gemm_pack_bf16, PackParams) { gemm_pack<bf16>(p); }
 KILN_KERNEL(gemm_pack_f16, PackParams) { gemm_pack<f16>(p); }
 

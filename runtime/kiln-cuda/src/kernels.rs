@@ -114,6 +114,19 @@ pub struct Gemm16Params {
     pub ldc: i32,
     pub ru: i32,
     pub alpha: f32,
+    pub kst: i32,
+    pub pad: i32,
+}
+
+/// `kernels/matmul.cu` `SplitSumParams` (the split-K sum of the v6 GEMM's slabs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct SplitSumParams {
+    pub ws: u64,
+    pub out: u64,
+    pub len: i64,
+    pub splits: i32,
+    pub pad: i32,
 }
 
 /// `kernels/matmul.cu` `PackParams` (f32 → 16-bit operands of the v6 GEMM).

@@ -530,18 +530,20 @@ fn eight_bit_adamw_from_zero_state_is_adamw(be: &'static kiln_cuda::backend::Ker
 
 /// GEMM v6 (16-bit operands packed, the cp.async ring, swizzled tiles) on the race-checking
 /// device at shapes the parity table leaves out: K tails of 8 past whole tiles, M and N past
-/// the 128-wide tiles, LoRA ranks 1 to 128 (padded to 32 for the second phase), both B layouts
-/// (NK in the forward, KN in dx), bf16 and f16 weights. Against v4, which rounds the same
-/// operands to the same type and accumulates in f32 (so only the summation order differs), and
-/// against the f64 CPU (16-bit rounding of A apart). The race checker must stay silent.
+/// the 128-wide tiles, LoRA ranks 1 to 128 (padded to 32 for the second phase; the rank-r
+/// pre-passes on v6 with split-K), both B layouts (NK in the forward, KN in dx), bf16 and f16
+/// weights. The plain product against v4, which rounds the same operands to the same type and
+/// accumulates in f32 (only the summation order may differ); with LoRA against the f64 CPU
+/// (16-bit rounding of the operands apart). The race checker must stay silent.
 #[test]
 fn gemm_v6_matches_v4_and_the_cpu_with_tails_ranks_and_both_layouts() {
     use kiln_core::backend::{LinearNeeds, LoraRef};
-    use kiln_core::{CpuBackend, DType, Tensor};
+    use kiln_core::{Backend, CpuBackend, DType, Tensor};
     let (v6, v4) = (emu_racecheck().with_gemm(GemmVariant::V6), emu().with_gemm(GemmVariant::V4));
     let mut rng = kiln_core::rng::Rng::new(17);
     let cases = [(37, 200, 72, 1, DType::BF16), (150, 72, 136, 16, DType::BF16), (129, 40, 264, 64, DType::F16)];
-    for (m, k, n, r, wd) in cases.into_iter().chain([(65, 136, 48, 128, DType::BF16)]) {
+    for (m, k, n, r, wd) in cases.into_iter().chain([(65, 136, 48, 128, DType::BF16), (300, 2056, 24, 16, DType::BF16)])
+    {
         let mut randn = |dims: &[usize]| {
             let len = dims.iter().product();
             Tensor::from_vec((0..len).map(|_| rng.normal() as f32).collect::<Vec<_>>(), dims.to_vec()).unwrap()
@@ -549,27 +551,36 @@ fn gemm_v6_matches_v4_and_the_cpu_with_tails_ranks_and_both_layouts() {
         let (x, w, bias, la, lb, dy) =
             (randn(&[m, k]), randn(&[n, k]), randn(&[n]), randn(&[r, k]), randn(&[n, r]), randn(&[m, n]));
         let w = w.to_dtype(wd).unwrap();
-        let needs = LinearNeeds { x: true, w: false, bias: false, lora: true };
-        // y, dx, dA, dB.
-        let run = |be: &dyn kiln_core::Backend, x: &Tensor, w: &Tensor, la: &Tensor, lb: &Tensor, dy: &Tensor| {
+        // y, dx (plain); y, dx, dA, dB (with LoRA).
+        let plain = |be: &dyn Backend| {
+            let (y, _) = be.linear_fwd(&x, &w, Some(&bias), None).unwrap();
+            let g = be.linear_bwd(&dy, &x, &w, None, LinearNeeds { x: true, ..Default::default() }).unwrap();
+            [y, g.dx.unwrap()].map(|t| t.to_vec_f64().unwrap())
+        };
+        let lora = |be: &dyn Backend, x: &Tensor, w: &Tensor, la: &Tensor, lb: &Tensor, dy: &Tensor| {
             let l = || LoraRef { a: la, b: lb, scale: 0.7 };
             let (y, u) = be.linear_fwd(x, w, Some(&bias), Some(l())).unwrap();
+            let needs = LinearNeeds { x: true, w: false, bias: false, lora: true };
             let g = be.linear_bwd(dy, x, w, Some((l(), &u.unwrap())), needs).unwrap();
             [y, g.dx.unwrap(), g.da.unwrap(), g.db.unwrap()].map(|t| t.to_vec_f64().unwrap())
         };
-        let got = run(v6, &x, &w, &la, &lb, &dy);
-        let near = run(v4, &x, &w, &la, &lb, &dy);
-        let f64s = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
-        let cpu = run(&CpuBackend, &f64s(&x), &f64s(&w), &f64s(&la), &f64s(&lb), &f64s(&dy));
         let worst = |a: &[f64], b: &[f64]| {
             let s = b.iter().fold(0.0f64, |m, y| m.max(y.abs()));
             a.iter().zip(b).map(|(x, y)| if x.is_nan() { f64::INFINITY } else { (x - y).abs() / s }).fold(0.0, f64::max)
         };
+        let (got, near) = (plain(v6), plain(v4));
+        for (i, name) in ["y", "dx"].into_iter().enumerate() {
+            let e = worst(&got[i], &near[i]);
+            eprintln!("v6 {m}x{k}x{n} {}: plain {name} vs v4 {e:.1e}", wd.name());
+            assert!(e < 2e-5, "{m}x{k}x{n} {}: {name} differs from v4 by {e:e} of its scale", wd.name());
+        }
+        let got = lora(v6, &x, &w, &la, &lb, &dy);
+        let f64s = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+        let cpu = lora(&CpuBackend, &f64s(&x), &f64s(&w), &f64s(&la), &f64s(&lb), &f64s(&dy));
         for (i, name) in ["y", "dx", "dA", "dB"].into_iter().enumerate() {
-            let (e4, ec) = (worst(&got[i], &near[i]), worst(&got[i], &cpu[i]));
-            eprintln!("v6 {m}x{k}x{n} r{r} {}: {name} vs v4 {e4:.1e}, vs the f64 CPU {ec:.1e}", wd.name());
-            assert!(e4 < 2e-5, "{m}x{k}x{n} r{r} {}: {name} differs from v4 by {e4:e} of its scale", wd.name());
-            assert!(ec < 2e-2, "{m}x{k}x{n} r{r} {}: {name} differs from the CPU by {ec:e}", wd.name());
+            let e = worst(&got[i], &cpu[i]);
+            eprintln!("v6 {m}x{k}x{n} r{r} {}: {name} vs the f64 CPU {e:.1e}", wd.name());
+            assert!(e < 2e-2, "{m}x{k}x{n} r{r} {}: {name} differs from the CPU by {e:e}", wd.name());
         }
     }
     // v6 ran itself (no fallback to v4 on this device), both layouts and types.
@@ -581,4 +592,5 @@ fn gemm_v6_matches_v4_and_the_cpu_with_tails_ranks_and_both_layouts() {
             assert!(ran.contains(&k), "{k} never launched: {ran:?}");
         }
     }
+    assert!(ran.iter().any(|k| k == "gemm_splitk_sum"), "the split-K pre-pass never ran: {ran:?}");
 }

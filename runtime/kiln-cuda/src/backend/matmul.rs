@@ -12,7 +12,7 @@ use kiln_core::{DType, Error, Result, Tensor};
 use super::{Held, KernelBackend, elementwise::col_sum, want_f32};
 use crate::GemmVariant;
 use crate::exec::Launch;
-use crate::kernels::{Gemm16Params, GemmParams, PackParams};
+use crate::kernels::{Gemm16Params, GemmParams, PackParams, SplitSumParams};
 
 /// Dynamic shared memory of the v5 kernels: two stages of a 128×32 A and a 128×32 B tile in
 /// 16-bit values (kernels/matmul.cu `V5_STAGE`).
@@ -242,6 +242,79 @@ fn prepass(
     Ok(out)
 }
 
+/// The rank-r pre-pass on v6's tensor cores, for products whose main GEMM rounds to a 16-bit
+/// type `ty` anyway: X and Y packed to `ty` (K zero-padded to 8), split-K over the grid's depth
+/// so the few output tiles of a narrow N still fill the GPU (about 256 CTAs, at least 8 K tiles
+/// each), the slabs summed in order (deterministic).
+#[allow(clippy::too_many_arguments)]
+fn prepass_v6(
+    be: &KernelBackend,
+    ty: &str,
+    x: &Held,
+    sx: (i64, i64),
+    y: &Held,
+    sy: (i64, i64),
+    m: usize,
+    k: usize,
+    nj: usize,
+) -> Result<crate::exec::DevBuf> {
+    let k8 = k.next_multiple_of(8);
+    let x16 = pack(be, ty, x.ptr(), sx, m, k, m, k8, 1.0)?;
+    let y16 = pack(be, ty, y.ptr(), (sy.1, sy.0), nj, k, nj, k8, 1.0)?;
+    let out = be.alloc(m * nj, DType::F32)?;
+    let tiles = k8.div_ceil(32);
+    let ctas = m.div_ceil(128) * nj.div_ceil(128);
+    let want = (256 / ctas).clamp(1, (tiles / 8).max(1));
+    let kst = tiles.div_ceil(want);
+    let splits = tiles.div_ceil(kst);
+    let ws = if splits > 1 { Some(be.alloc(splits * m * nj, DType::F32)?) } else { None };
+    let q = Gemm16Params {
+        a: x16.ptr,
+        b: y16.ptr,
+        c: ws.as_ref().map_or(out.ptr, |w| w.ptr),
+        lda: k8 as i64,
+        ldb: k8 as i64,
+        m: m as i32,
+        n: nj as i32,
+        k: k8 as i32,
+        ldc: nj as i32,
+        alpha: 1.0,
+        kst: if splits > 1 { kst as i32 } else { 0 },
+        ..Default::default()
+    };
+    let grid = [nj.div_ceil(128) as u32, m.div_ceil(128) as u32, splits as u32];
+    be.exec.launch(
+        &format!("gemm_v6_mma_multistage_{ty}"),
+        Launch { grid, block: [128, 1, 1], smem: 0 },
+        bytemuck::bytes_of(&q),
+    )?;
+    if let Some(ws) = &ws {
+        let len = m * nj;
+        let s = SplitSumParams { ws: ws.ptr, out: out.ptr, len: len as i64, splits: splits as i32, pad: 0 };
+        be.exec.launch(
+            "gemm_splitk_sum",
+            Launch { grid: [len.div_ceil(256) as u32, 1, 1], block: [256, 1, 1], smem: 0 },
+            bytemuck::bytes_of(&s),
+        )?;
+    }
+    drop((x16, y16, ws));
+    Ok(out)
+}
+
+/// The 16-bit type v6's rank-r pre-pass rounds to when the main product runs on v6's tensor
+/// cores (W 16-bit or block-quantized, more rows than a decode step), else None (the f32
+/// pre-pass).
+fn v6_prepass_type(be: &KernelBackend, w: DType, m: usize) -> Option<&'static str> {
+    if effective(be) != GemmVariant::V6 || m <= GEMV_MAX_M as usize {
+        return None;
+    }
+    match w {
+        DType::F16 => Some("f16"),
+        DType::BF16 | DType::Quant(_) => Some("bf16"),
+        _ => None,
+    }
+}
+
 fn lora_rank(l: &LoraRef<'_>, d: &LinDims) -> Result<usize> {
     let r = l.rank(d)?;
     want_f32("lora A", l.a)?;
@@ -292,7 +365,10 @@ impl MatmulOps for KernelBackend {
         if let Some(l) = &lora {
             let r = lora_rank(l, &d)?;
             let (ha, hb) = (self.held(l.a)?, self.held(l.b)?);
-            let u = prepass(self, &hx, (k as i64, 1), &ha, (1, k as i64), m, k, r)?;
+            let u = match v6_prepass_type(self, w.dtype(), m) {
+                Some(ty) => prepass_v6(self, ty, &hx, (k as i64, 1), &ha, (1, k as i64), m, k, r)?,
+                None => prepass(self, &hx, (k as i64, 1), &ha, (1, k as i64), m, k, r)?,
+            };
             (p.lora_u, p.lora_l, p.sl_n, p.sl_r, p.rank, p.lora_scale) =
                 (u.ptr, hb.ptr(), r as i64, 1, r as i32, l.scale as f32);
             u_out = Some(self.wrap(u, LinDims::out_dims(x, r), DType::F32));
@@ -326,7 +402,10 @@ impl MatmulOps for KernelBackend {
             Some((l, u)) if needs.x || needs.lora => {
                 let r = lora_rank(l, &d)?;
                 let (ha, hb, hu) = (self.held(l.a)?, self.held(l.b)?, self.held(u)?);
-                let gb = prepass(self, &hdy, (n as i64, 1), &hb, (r as i64, 1), m, n, r)?;
+                let gb = match v6_prepass_type(self, w.dtype(), m) {
+                    Some(ty) => prepass_v6(self, ty, &hdy, (n as i64, 1), &hb, (r as i64, 1), m, n, r)?,
+                    None => prepass(self, &hdy, (n as i64, 1), &hb, (r as i64, 1), m, n, r)?,
+                };
                 Some((r, l.scale as f32, ha, hb, hu, gb))
             }
             _ => None,
