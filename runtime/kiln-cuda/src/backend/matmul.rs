@@ -66,6 +66,13 @@ fn gemv_applies(p: &GemmParams) -> bool {
 
 /// One GEMM launch: `p` has operands, strides and epilogue; `b_type` is B's element type.
 fn gemm(be: &KernelBackend, p: &GemmParams, b_type: DType) -> Result<()> {
+    gemm_a16(be, p, b_type, None)
+}
+
+/// [`gemm`], with A already packed for v6 where the caller has it (`a16`: A in B's 16-bit
+/// type, [m, k rounded up to 8], as [`pack`] writes it): the LoRA pre-pass and the main
+/// product share one packing of x (forward) or dy (dx).
+fn gemm_a16(be: &KernelBackend, p: &GemmParams, b_type: DType, a16: Option<u64>) -> Result<()> {
     if p.m == 0 || p.n == 0 {
         return Ok(());
     }
@@ -101,14 +108,14 @@ fn gemm(be: &KernelBackend, p: &GemmParams, b_type: DType) -> Result<()> {
         let mut d = *p;
         d.b = w16.ptr;
         if v6_unfit(&d).is_none() {
-            gemm_v6(be, &d, DType::BF16)?;
+            gemm_v6(be, &d, DType::BF16, a16)?;
             drop(w16);
             return Ok(());
         }
     }
     if v.runs_for(b_type) == GemmVariant::V6 {
         match v6_unfit(p) {
-            None => return gemm_v6(be, p, b_type),
+            None => return gemm_v6(be, p, b_type, a16),
             Some(why) => {
                 static NOTED: std::sync::Once = std::sync::Once::new();
                 NOTED.call_once(|| eprintln!("note: GEMM v6 runs v4 for a product whose {why} (and others like it)"));
@@ -182,14 +189,17 @@ fn pack(
 
 /// The v6 GEMM: A (and LoRA's s·U and L) packed to B's 16-bit type, then the multistage kernel
 /// for B's layout (NK: `sbk == 1`, a linear layer's x·Wᵀ; KN: `sbn == 1`, its dx = dy·W).
-fn gemm_v6(be: &KernelBackend, p: &GemmParams, b_type: DType) -> Result<()> {
+fn gemm_v6(be: &KernelBackend, p: &GemmParams, b_type: DType, packed: Option<u64>) -> Result<()> {
     let ty = if b_type == DType::F16 { "f16" } else { "bf16" };
     let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
     let kn = p.sbk != 1;
     let lda = k.next_multiple_of(8);
-    let a16 = pack(be, ty, p.a, (p.sam, p.sak), m, k, m, lda, 1.0)?;
+    let a16 = match packed {
+        Some(_) => None,
+        None => Some(pack(be, ty, p.a, (p.sam, p.sak), m, k, m, lda, 1.0)?),
+    };
     let mut q = Gemm16Params {
-        a: a16.ptr,
+        a: a16.as_ref().map_or(packed.unwrap_or(0), |b| b.ptr),
         b: p.b,
         c: p.c,
         bias: p.bias,
@@ -243,15 +253,15 @@ fn prepass(
 }
 
 /// The rank-r pre-pass on v6's tensor cores, for products whose main GEMM rounds to a 16-bit
-/// type `ty` anyway: X and Y packed to `ty` (K zero-padded to 8), split-K over the grid's depth
-/// so the few output tiles of a narrow N still fill the GPU (about 256 CTAs, at least 8 K tiles
+/// type `ty` anyway: `x16` is X packed to `ty` ([`pack`], K zero-padded to 8; the main product
+/// reuses it), Y is packed likewise, split-K over the grid's depth
+/// so the few output tiles of a narrow N still fill the GPU (about 256 CTAs, at least one K tile
 /// each), the slabs summed in order (deterministic).
 #[allow(clippy::too_many_arguments)]
 fn prepass_v6(
     be: &KernelBackend,
     ty: &str,
-    x: &Held,
-    sx: (i64, i64),
+    x16: u64,
     y: &Held,
     sy: (i64, i64),
     m: usize,
@@ -259,17 +269,16 @@ fn prepass_v6(
     nj: usize,
 ) -> Result<crate::exec::DevBuf> {
     let k8 = k.next_multiple_of(8);
-    let x16 = pack(be, ty, x.ptr(), sx, m, k, m, k8, 1.0)?;
     let y16 = pack(be, ty, y.ptr(), (sy.1, sy.0), nj, k, nj, k8, 1.0)?;
     let out = be.alloc(m * nj, DType::F32)?;
     let tiles = k8.div_ceil(32);
     let ctas = m.div_ceil(128) * nj.div_ceil(128);
-    let want = (256 / ctas).clamp(1, (tiles / 8).max(1));
+    let want = (256 / ctas).clamp(1, tiles);
     let kst = tiles.div_ceil(want);
     let splits = tiles.div_ceil(kst);
     let ws = if splits > 1 { Some(be.alloc(splits * m * nj, DType::F32)?) } else { None };
     let q = Gemm16Params {
-        a: x16.ptr,
+        a: x16,
         b: y16.ptr,
         c: ws.as_ref().map_or(out.ptr, |w| w.ptr),
         lda: k8 as i64,
@@ -297,7 +306,7 @@ fn prepass_v6(
             bytemuck::bytes_of(&s),
         )?;
     }
-    drop((x16, y16, ws));
+    drop((y16, ws));
     Ok(out)
 }
 
@@ -360,13 +369,20 @@ impl MatmulOps for KernelBackend {
         (p.sam, p.sak, p.sbk, p.sbn) = (k as i64, 1, 1, k as i64);
         p.bias = hbias.as_ref().map_or(0, Held::ptr);
         let mut u_out = None;
+        // x packed for v6 by the LoRA pre-pass, reused by the main product.
+        let mut x16 = None;
         // Kept alive until the GEMM has run.
         let (_ha, _hb);
         if let Some(l) = &lora {
             let r = lora_rank(l, &d)?;
             let (ha, hb) = (self.held(l.a)?, self.held(l.b)?);
             let u = match v6_prepass_type(self, w.dtype(), m) {
-                Some(ty) => prepass_v6(self, ty, &hx, (k as i64, 1), &ha, (1, k as i64), m, k, r)?,
+                Some(ty) => {
+                    let xp = pack(self, ty, hx.ptr(), (k as i64, 1), m, k, m, k.next_multiple_of(8), 1.0)?;
+                    let u = prepass_v6(self, ty, xp.ptr, &ha, (1, k as i64), m, k, r)?;
+                    x16 = Some(xp);
+                    u
+                }
                 None => prepass(self, &hx, (k as i64, 1), &ha, (1, k as i64), m, k, r)?,
             };
             (p.lora_u, p.lora_l, p.sl_n, p.sl_r, p.rank, p.lora_scale) =
@@ -376,7 +392,8 @@ impl MatmulOps for KernelBackend {
         } else {
             (_ha, _hb) = (None, None);
         }
-        gemm(self, &p, w.dtype())?;
+        gemm_a16(self, &p, w.dtype(), x16.as_ref().map(|b| b.ptr))?;
+        drop(x16);
         Ok((self.wrap(y, LinDims::out_dims(x, n), DType::F32), u_out))
     }
 
@@ -402,11 +419,14 @@ impl MatmulOps for KernelBackend {
             Some((l, u)) if needs.x || needs.lora => {
                 let r = lora_rank(l, &d)?;
                 let (ha, hb, hu) = (self.held(l.a)?, self.held(l.b)?, self.held(u)?);
-                let gb = match v6_prepass_type(self, w.dtype(), m) {
-                    Some(ty) => prepass_v6(self, ty, &hdy, (n as i64, 1), &hb, (r as i64, 1), m, n, r)?,
-                    None => prepass(self, &hdy, (n as i64, 1), &hb, (r as i64, 1), m, n, r)?,
+                let (gb, dy16) = match v6_prepass_type(self, w.dtype(), m) {
+                    Some(ty) => {
+                        let dp = pack(self, ty, hdy.ptr(), (n as i64, 1), m, n, m, n.next_multiple_of(8), 1.0)?;
+                        (prepass_v6(self, ty, dp.ptr, &hb, (r as i64, 1), m, n, r)?, Some(dp))
+                    }
+                    None => (prepass(self, &hdy, (n as i64, 1), &hb, (r as i64, 1), m, n, r)?, None),
                 };
-                Some((r, l.scale as f32, ha, hb, hu, gb))
+                Some((r, l.scale as f32, ha, hb, hu, gb, dy16))
             }
             _ => None,
         };
@@ -415,11 +435,13 @@ impl MatmulOps for KernelBackend {
             let dx = self.alloc(m * k, DType::F32)?;
             let mut p = base(hdy.ptr(), hw.ptr(), dx.ptr, m, k, n);
             (p.sam, p.sak, p.sbk, p.sbn) = (n as i64, 1, k as i64, 1);
-            if let Some((r, s, ha, _, _, gb)) = &lo {
+            let mut dy16 = None;
+            if let Some((r, s, ha, _, _, gb, dp)) = &lo {
                 (p.lora_u, p.lora_l, p.sl_n, p.sl_r, p.rank, p.lora_scale) =
                     (gb.ptr, ha.ptr(), 1, k as i64, *r as i32, *s);
+                dy16 = dp.as_ref().map(|b| b.ptr);
             }
-            gemm(self, &p, w.dtype())?;
+            gemm_a16(self, &p, w.dtype(), dy16)?;
             g.dx = Some(self.wrap(dx, x.dims().to_vec(), DType::F32));
         }
         if needs.w {
@@ -432,7 +454,7 @@ impl MatmulOps for KernelBackend {
         if needs.bias {
             g.dbias = Some(col_sum(self, dy, m, n)?);
         }
-        if let (true, Some((r, s, _, _, hu, gb))) = (needs.lora, &lo) {
+        if let (true, Some((r, s, _, _, hu, gb, _))) = (needs.lora, &lo) {
             let r = *r;
             let da = self.alloc(r * k, DType::F32)?;
             let mut p = base(gb.ptr, hx.ptr(), da.ptr, r, k, m);
