@@ -19,7 +19,11 @@
 //                     next K tile is fetched into registers while the tensor cores work on the
 //                     current one (one barrier per K step);
 //   gemm_v5_wgmma_*   Hopper (sm_90a): v4's tiles and loading, the products by wgmma, which
-//                     reads both operands from shared memory and runs asynchronously.
+//                     reads both operands from shared memory and runs asynchronously;
+//   gemm_v6_mma_multistage_*  (the default) 16-bit operands in memory (A packed first by
+//                     gemm_pack_*), 128×128 tiles of four 64×64 warps, a 3-stage ring of
+//                     16-byte cp.async into swizzled tiles, LoRA as a second pipeline phase,
+//                     split-K; its own parameters (`Gemm16Params`, below).
 #include "common.cuh"
 
 // Mirrored by `GemmParams` in runtime/kiln-cuda/src/kernels.rs.

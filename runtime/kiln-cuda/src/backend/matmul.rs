@@ -254,9 +254,9 @@ fn prepass(
 
 /// The rank-r pre-pass on v6's tensor cores, for products whose main GEMM rounds to a 16-bit
 /// type `ty` anyway: `x16` is X packed to `ty` ([`pack`], K zero-padded to 8; the main product
-/// reuses it), Y is packed likewise, split-K over the grid's depth
-/// so the few output tiles of a narrow N still fill the GPU (about 256 CTAs, at least one K tile
-/// each), the slabs summed in order (deterministic).
+/// reuses it), Y is packed likewise, split-K over the grid's depth so the few output tiles of a
+/// narrow N still fill the GPU (about 256 CTAs, at least one K tile each), the slabs summed in
+/// order (deterministic).
 #[allow(clippy::too_many_arguments)]
 fn prepass_v6(
     be: &KernelBackend,
