@@ -371,6 +371,18 @@ __device__ __forceinline__ void ldmatrix_b2(u32 b0[2], u32 b1[2], const unsigned
 // on a GPU.
 #if !KILN_GPU
 namespace kiln_emu_impl {
+// The running thread's slot of an asynchronous unit's per-thread state `S` (fields `serial`,
+// `n`, `group`), emptied when it holds an earlier block's state (a block that trapped).
+template <class S>
+inline S& thread_state() {
+  static S all[1024];
+  S& w = all[::kemu::g_thread->linear];
+  if (w.serial != ::kemu::g_launch.serial) {
+    w.serial = ::kemu::g_launch.serial;
+    w.n = w.group = 0;
+  }
+  return w;
+}
 struct CpAsyncOp {
   unsigned char* dst;
   unsigned char data[16];
@@ -381,15 +393,7 @@ struct CpAsyncThread {
   int n, group;  // copies in flight; the open (uncommitted) group's number
   CpAsyncOp ops[64];
 };
-inline CpAsyncThread& cp_async_thread() {
-  static CpAsyncThread all[1024];
-  CpAsyncThread& w = all[::kemu::g_thread->linear];
-  if (w.serial != ::kemu::g_launch.serial) {  // state of an earlier block (one that trapped)
-    w.serial = ::kemu::g_launch.serial;
-    w.n = w.group = 0;
-  }
-  return w;
-}
+inline CpAsyncThread& cp_async_thread() { return thread_state<CpAsyncThread>(); }
 inline void cp_async_exit_check() {
   const ::kemu::Quiet quiet;
   if (cp_async_thread().n) ::kemu::trap("cp.async: the thread exited with copies it never waited for (cp.async.wait_group)");
@@ -591,15 +595,7 @@ struct WgmmaThread {
   int n, group;  // ops in flight; the open (uncommitted) group's number
   WgmmaOp ops[8];
 };
-inline WgmmaThread& wgmma_thread() {
-  static WgmmaThread all[1024];
-  WgmmaThread& w = all[::kemu::g_thread->linear];
-  if (w.serial != ::kemu::g_launch.serial) {  // state of an earlier block (one that trapped)
-    w.serial = ::kemu::g_launch.serial;
-    w.n = w.group = 0;
-  }
-  return w;
-}
+inline WgmmaThread& wgmma_thread() { return thread_state<WgmmaThread>(); }
 inline void wgmma_exit_check() {
   const ::kemu::Quiet quiet;
   if (wgmma_thread().n) ::kemu::trap("wgmma: the thread exited with a wgmma it never waited for (wgmma.wait_group)");

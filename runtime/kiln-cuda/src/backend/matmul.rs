@@ -104,10 +104,12 @@ fn gemm_a16(be: &KernelBackend, p: &GemmParams, b_type: DType, a16: Option<u64>)
     if let (GemmVariant::V6, DType::Quant(q)) = (v, b_type)
         && let Some(numel) = v6_dense_numel(p)
     {
-        let (w16, _) = super::elementwise::dequant(be, p.b, numel, q, DType::BF16)?;
-        let mut d = *p;
-        d.b = w16.ptr;
+        // The decoded copy is a fresh (aligned) allocation: only B's shape decides the fit,
+        // checked before any decoding is spent on it.
+        let mut d = GemmParams { b: 0, ..*p };
         if v6_unfit(&d).is_none() {
+            let (w16, _) = super::elementwise::dequant(be, p.b, numel, q, DType::BF16)?;
+            d.b = w16.ptr;
             gemm_v6(be, &d, DType::BF16, a16)?;
             drop(w16);
             return Ok(());
@@ -194,12 +196,10 @@ fn gemm_v6(be: &KernelBackend, p: &GemmParams, b_type: DType, packed: Option<u64
     let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
     let kn = p.sbk != 1;
     let lda = k.next_multiple_of(8);
-    let a16 = match packed {
-        Some(_) => None,
-        None => Some(pack(be, ty, p.a, (p.sam, p.sak), m, k, m, lda, 1.0)?),
-    };
+    // A packed here unless the caller packed it; kept alive until the GEMM has run.
+    let a16 = if packed.is_none() { Some(pack(be, ty, p.a, (p.sam, p.sak), m, k, m, lda, 1.0)?) } else { None };
     let mut q = Gemm16Params {
-        a: a16.as_ref().map_or(packed.unwrap_or(0), |b| b.ptr),
+        a: packed.or(a16.as_ref().map(|b| b.ptr)).unwrap_or(0),
         b: p.b,
         c: p.c,
         bias: p.bias,
