@@ -23,7 +23,11 @@
 //   gemm_v6_mma_multistage_*  (the default) 16-bit operands in memory (A packed first by
 //                     gemm_pack_*), 128×128 tiles of four 64×64 warps, a 3-stage ring of
 //                     16-byte cp.async into swizzled tiles, LoRA as a second pipeline phase,
-//                     split-K; its own parameters (`Gemm16Params`, below).
+//                     split-K; its own parameters (`Gemm16Params`, below);
+//   gemm_v7_tma_wgmma_*  Hopper (sm_90a): v6's packed operands loaded by TMA into a 4-stage
+//                     mbarrier ring with the 128-byte swizzle, a producer warpgroup and two
+//                     consumer warpgroups of wgmma m64n256k16 (128×256 tiles), NK layout only
+//                     (`Gemm90Params`: tensor maps).
 #include "common.cuh"
 
 // Mirrored by `GemmParams` in runtime/kiln-cuda/src/kernels.rs.
@@ -571,6 +575,114 @@ KILN_KERNEL_LB(gemm_v6_mma_multistage_bf16, Gemm16Params, 128) { gemm_v6<bf16, f
 KILN_KERNEL_LB(gemm_v6_mma_multistage_f16, Gemm16Params, 128) { gemm_v6<f16, false>(p); }
 KILN_KERNEL_LB(gemm_v6_mma_multistage_kn_bf16, Gemm16Params, 128) { gemm_v6<bf16, true>(p); }
 KILN_KERNEL_LB(gemm_v6_mma_multistage_kn_f16, Gemm16Params, 128) { gemm_v6<f16, true>(p); }
+
+// ---- v7 (sm_90a): TMA loads into an mbarrier ring, warp-specialized wgmma ----
+// CUTLASS's Hopper structure. 128×256 CTA tiles, K tiles of 64 in a 4-stage ring (48 KiB a
+// stage: 192 KiB of dynamic shared memory, one CTA per SM). Three warpgroups: one thread of the
+// first (the producer) issues two TMA box loads per K tile (A's 128 rows, B's 256, each row 64
+// values = 128 bytes in the 128-byte swizzle, so wgmma's reads hit every bank once); the other
+// two (consumers) each own 64 rows × 256 columns and run four wgmma m64n256k16 per tile straight
+// from the swizzled tiles, keeping one tile's wgmmas in flight (wait_group 1) while they wait
+// for the next. Stage s has two barriers: `full` (the producer's arrive.expect_tx plus the
+// loads' bytes) and `empty` (one arrival per consumer warp once its wgmmas on the stage are
+// done), so no block-wide barrier runs in the loop. The tensor maps zero-fill every edge (any M,
+// N; K a multiple of 8, the 16-byte stride rule), and LoRA's s·U and L (rank padded to 64) are
+// more K tiles of the same ring from their own maps: the consumers never know.
+// Mirrored by `Gemm90Params` in runtime/kiln-cuda/src/kernels.rs.
+struct Gemm90Params {
+  TensorMap ta, tb;  // A [m, k], B [n, k] (NK): boxes of 64 × 128 and 64 × 256, 128-byte swizzle
+  TensorMap tu, tl;  // s·U [m, ru], L [n, ru] likewise (unused without LoRA)
+  float* c;
+  const float* bias;  // [n] or null
+  int m, n, k, ldc;
+  int ru;  // the padded rank (a multiple of 64; 0 without LoRA)
+  float alpha;
+  int pad[6];
+};
+constexpr int V7_BM = 128, V7_BN = 256, V7_BK = 64, V7_STAGES = 4;
+constexpr int V7_A = V7_BM * V7_BK * 2, V7_STAGE = V7_A + V7_BN * V7_BK * 2;
+// The ring, the barriers, and slack to align the ring to 1024 bytes (the swizzle's period).
+constexpr int V7_SMEM = V7_STAGES * V7_STAGE + 2 * V7_STAGES * 8 + 1024;
+static_assert(V7_SMEM <= 227 * 1024, "v7's ring exceeds what an sm_90 block may opt in to");
+
+template <class T>
+__device__ __forceinline__ void gemm_v7(const Gemm90Params& p) {
+  if (wgmma_unavailable()) return;
+  unsigned char* raw = dyn_smem();
+  unsigned char* smem = raw + (1024 - smem_offset(raw) % 1024) % 1024;
+  u64* full = reinterpret_cast<u64*>(smem + V7_STAGES * V7_STAGE);
+  u64* empty = full + V7_STAGES;
+  const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31;
+  int tm, tn;
+  v6_raster(tm, tn);
+  const int bm = tm * V7_BM, bn = tn * V7_BN;
+  const int nmain = (p.k + V7_BK - 1) / V7_BK, tiles = nmain + p.ru / V7_BK;
+  if (tid == 0) {
+    for (int s = 0; s < V7_STAGES; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], 8);  // the consumers' eight warps
+    }
+    mbar_fence_init();
+  }
+  __syncthreads();
+  if (wg == 0) {
+    if (tid != 0) return;
+    for (int t = 0; t < tiles; ++t) {
+      const int s = t % V7_STAGES;
+      // From the second round on, the stage is free once the consumers released its last use.
+      if (t >= V7_STAGES) mbar_wait(&empty[s], (t / V7_STAGES - 1) & 1);
+      unsigned char* st = smem + s * V7_STAGE;
+      mbar_arrive_expect_tx(&full[s], V7_STAGE);
+      const bool lora = t >= nmain;
+      const int k0 = (lora ? t - nmain : t) * V7_BK;
+      tma_load_2d(st, lora ? &p.tu : &p.ta, k0, bm, &full[s]);
+      tma_load_2d(st + V7_A, lora ? &p.tl : &p.tb, k0, bn, &full[s]);
+    }
+    return;
+  }
+  const int cw = wg - 1;  // this consumer's 64 rows of the tile
+  float acc[128];
+  KILN_UNROLL
+  for (int i = 0; i < 128; ++i) acc[i] = 0.f;
+  for (int t = 0; t < tiles; ++t) {
+    const int s = t % V7_STAGES;
+    mbar_wait(&full[s], (t / V7_STAGES) & 1);
+    const unsigned char* st = smem + s * V7_STAGE;
+    wgmma_fence<128>(acc);
+    KILN_UNROLL
+    for (int ks = 0; ks < V7_BK / 16; ++ks)
+      wgmma_m64n256k16(acc, wgmma_desc_sw128(st + cw * 64 * 128 + ks * 32), wgmma_desc_sw128(st + V7_A + ks * 32), T());
+    wgmma_commit();
+    // The previous tile's wgmmas are done (this one's may still run): release its stage.
+    wgmma_wait<1, 128>(acc);
+    if (t > 0 && lane == 0) mbar_arrive(&empty[(t - 1) % V7_STAGES]);
+  }
+  wgmma_wait<0, 128>(acc);
+  // Each quad of lanes holds 8 consecutive columns of a row: 8-byte stores fill whole sectors.
+  const int w = (tid & 127) >> 5, g = lane >> 2, t4 = lane & 3;
+  const bool pairs = (p.ldc & 1) == 0, bias = p.bias != nullptr;
+  float* c = p.c;
+  KILN_UNROLL
+  for (int j8 = 0; j8 < V7_BN / 8; ++j8) {
+    const int j = bn + j8 * 8 + 2 * t4;
+    const float b0 = bias && j < p.n ? p.bias[j] : 0.f, b1 = bias && j + 1 < p.n ? p.bias[j + 1] : 0.f;
+    KILN_UNROLL
+    for (int h = 0; h < 2; ++h) {
+      const int i = bm + cw * 64 + 16 * w + g + 8 * h;
+      if (i >= p.m) continue;
+      const float v0 = p.alpha * acc[4 * j8 + 2 * h] + b0, v1 = p.alpha * acc[4 * j8 + 2 * h + 1] + b1;
+      float* out = c + i64(i) * p.ldc + j;
+      if (pairs && j + 1 < p.n) {
+        store_f32x2(out, v0, v1);
+      } else {
+        if (j < p.n) out[0] = v0;
+        if (j + 1 < p.n) out[1] = v1;
+      }
+    }
+  }
+}
+KILN_KERNEL_GC(gemm_v7_tma_wgmma_bf16, Gemm90Params, 384) { gemm_v7<bf16>(p); }
+KILN_KERNEL_GC(gemm_v7_tma_wgmma_f16, Gemm90Params, 384) { gemm_v7<f16>(p); }
 
 // f32 → 16-bit operand packing for v6: out[r·ld + c] = T(scale · x[r·s_row + c·s_col]) for
 // r < rows, c < cols, and zero up to out_rows × ld (the padding v6's 16-byte chunks read).

@@ -203,3 +203,79 @@ KILN_KERNEL(probe_dyn_smem_alignment, TestParams) {
     p.c[1] = float(a % 16);
   }
 }
+
+// ---- TMA and mbarriers (sm_90a): a bf16 tile through a 128-byte-swizzled TMA box ----
+// Mirrored by `TmaTestParams` in runtime/kiln-cuda/tests/cuda_emu.rs. `a`: bf16 [rows, 64]
+// in boxes of 64 × 64; `b`: bf16 [128, 64] in one box of 64 × 128.
+struct TmaTestParams {
+  TensorMap a, b;
+  float* c;
+  int pad[14];
+};
+// One warpgroup: c[r·64 + j] = the tile's (r, j), read back through the swizzle. MODE 0
+// correct; 1 reads before waiting on the barrier; 2 waits on the wrong phase (parity 1 of a
+// fresh barrier); 3 announces 128 more transaction bytes than the load delivers.
+template <int MODE>
+__device__ __forceinline__ void tma_tile(const TmaTestParams& p) {
+  unsigned char* raw = dyn_smem();
+  unsigned char* tile = raw + (1024 - smem_offset(raw) % 1024) % 1024;
+  u64* bar = reinterpret_cast<u64*>(tile + 64 * 128);
+  const int tid = threadIdx.x;
+  if (tid == 0) {
+    mbar_init(bar, 1);
+    mbar_fence_init();
+  }
+  __syncthreads();
+  if (tid == 0) {
+    mbar_arrive_expect_tx(bar, 64 * 128 + (MODE == 3 ? 128 : 0));
+    tma_load_2d(tile, &p.a, 0, 0, bar);
+  }
+  if (MODE != 1) mbar_wait(bar, MODE == 2 ? 1 : 0);
+  const int r = tid / 2;
+  for (int j = (tid % 2) * 32; j < (tid % 2) * 32 + 32; ++j) {
+    const u32 off = r * 128 + (((j / 8) ^ (r % 8)) << 4) + (j % 8) * 2;
+    p.c[r * 64 + j] = to_f32<bf16>(*reinterpret_cast<const bf16*>(tile + off));
+  }
+  if (MODE == 1) mbar_wait(bar, 0);
+}
+KILN_KERNEL_GC(ok_tma_tile, TmaTestParams, 128) { tma_tile<0>(p); }
+KILN_KERNEL_GC(broken_tma_read_before_wait, TmaTestParams, 128) { tma_tile<1>(p); }
+KILN_KERNEL_GC(broken_mbarrier_wrong_phase, TmaTestParams, 128) { tma_tile<2>(p); }
+KILN_KERNEL_GC(broken_mbarrier_tx_never_completes, TmaTestParams, 128) { tma_tile<3>(p); }
+
+// c [64, 128] = A [64, 64] · B [128, 64]ᵀ by four wgmma m64n128k16 straight from the TMA boxes.
+// SWIZZLED: descriptors in the 128-byte swizzle the loads wrote (correct), or unswizzled ones
+// over the same bytes (the mistake the emulation must refuse).
+template <bool SWIZZLED>
+__device__ __forceinline__ void tma_wgmma(const TmaTestParams& p) {
+  unsigned char* raw = dyn_smem();
+  unsigned char* sa = raw + (1024 - smem_offset(raw) % 1024) % 1024;
+  unsigned char* sb = sa + 64 * 128;
+  u64* bar = reinterpret_cast<u64*>(sb + 128 * 128);
+  const int tid = threadIdx.x;
+  if (tid == 0) {
+    mbar_init(bar, 1);
+    mbar_fence_init();
+  }
+  __syncthreads();
+  if (tid == 0) {
+    mbar_arrive_expect_tx(bar, (64 + 128) * 128);
+    tma_load_2d(sa, &p.a, 0, 0, bar);
+    tma_load_2d(sb, &p.b, 0, 0, bar);
+  }
+  mbar_wait(bar, 0);
+  float d[64];
+  for (int i = 0; i < 64; ++i) d[i] = 0.f;
+  wgmma_fence(d);
+  for (int ks = 0; ks < 4; ++ks) {
+    const u64 da = SWIZZLED ? wgmma_desc_sw128(sa + ks * 32) : wgmma_desc(sa + ks * 32, 128, 1024);
+    const u64 db = SWIZZLED ? wgmma_desc_sw128(sb + ks * 32) : wgmma_desc(sb + ks * 32, 128, 1024);
+    wgmma_m64n128k16(d, da, db, bf16());
+  }
+  wgmma_commit();
+  wgmma_wait<0>(d);
+  const int w = tid / 32, g = (tid % 32) / 4, t = tid % 4;
+  for (int i = 0; i < 64; ++i) p.c[(16 * w + g + 8 * ((i >> 1) & 1)) * 128 + 8 * (i >> 2) + 2 * t + (i & 1)] = d[i];
+}
+KILN_KERNEL_GC(ok_tma_wgmma_swizzled, TmaTestParams, 128) { tma_wgmma<true>(p); }
+KILN_KERNEL_GC(broken_tma_wgmma_wrong_swizzle, TmaTestParams, 128) { tma_wgmma<false>(p); }

@@ -63,10 +63,41 @@ float atomic_max_f32(float* p, float v);
 void proxy_fence();
 void async_read(const void* p, size_t n);
 
+// sm_90's mbarriers and TMA loads (rt.cpp, uninstrumented: the race checker sees a barrier as
+// the ordering it is, not as memory). A barrier is keyed by its shared address; its state
+// (expected arrivals, pending arrivals, transaction bytes, completed phases) lives here, reset
+// per block. `mbar_wait` blocks the fiber until the phase of `parity` has completed, and traps
+// where the hardware would return at once on a phase the thread already passed or on the
+// "phase before the first" of a fresh barrier (kiln's kernels never wait on that one).
+void mbar_init(void* bar, unsigned count);
+void mbar_arrive(void* bar, unsigned expect_tx);
+void mbar_wait(void* bar, unsigned parity);
+// A 2-D tensor map as the emulation encodes it (what cuTensorMapEncodeTiled's 128 opaque
+// bytes hold for the GPU; mirrored by the backend's `TensorMap2d`): 16-bit elements, dim[0]
+// contiguous, rows `row_bytes` apart, boxes of box[0] × box[1], swizzle 0 (none) or 3 (128 B,
+// CU_TENSOR_MAP_SWIZZLE_128B).
+struct TmaMap {
+  unsigned long long magic, base, dim[2], row_bytes;
+  unsigned box[2], elem, swizzle;
+  unsigned long long pad[9];
+};
+constexpr unsigned long long kTmaMagic = 0x50414d414d544e4cull;  // "LNTMAMAP"
+// The box at (c0, c1) into `dst` (shared memory; out-of-bounds elements are zero), completing
+// box bytes of `bar`'s transaction count. The destination is poisoned at once and filled only
+// when a thread waits on the barrier's phase, so a read before that wait reads NaN bytes (and
+// the race checker reports it).
+void tma_load_2d(void* dst, const TmaMap* map, int c0, int c1, void* bar);
+// Traps where a wgmma reads shared offsets [lo, hi) with a swizzle other than the one a TMA
+// load wrote them with (0 none, 1 the 128-byte swizzle, in wgmma's descriptor encoding).
+void swizzle_check(unsigned lo, unsigned hi, unsigned swizzle);
+// The dynamic shared window starts at this shared address in the emulation (on a GPU, static
+// shared memory and reserved bytes may come first), so kernels align it themselves.
+constexpr unsigned kDynSmemBase = 16;
+
 // The profiler (profiled launches only): an access an emulated instruction makes as the GPU
 // would (ldmatrix's row reads, cp.async's two halves, an atomic), and tensor-core instructions.
 enum ProfNote { ProfLdmatrix = 1, ProfCpAsync = 2, ProfAtomic = 3 };
-enum ProfCount { ProfMma = 1, ProfWgmma = 2 };
+enum ProfCount { ProfMma = 1, ProfWgmma = 2, ProfWgmma256 = 3 };
 void prof_note(int kind, const void* p, size_t n, bool write);
 void prof_note_at(const void* pc, int kind, const void* p, size_t n, bool write);
 void prof_count(int what);

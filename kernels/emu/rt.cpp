@@ -37,7 +37,7 @@ constexpr unsigned kMaxThreads = 1024;
 // The largest dynamic shared memory any current GPU grants a block (sm_90, opted in).
 constexpr size_t kMaxDynSmem = 227 * 1024;
 
-enum State { Ready, WaitBar, WaitWarp, Done };
+enum State { Ready, WaitBar, WaitWarp, WaitAsync, Done };
 #if KEMU_FAST_SWITCH
 // Saves the callee-saved registers, MXCSR and the x87 control word on the current stack, stores
 // the stack pointer in *save, and resumes the context whose stack pointer is `next`.
@@ -135,6 +135,29 @@ unsigned g_proxy[kMaxThreads];
 std::unordered_map<uintptr_t, Access> g_shadow;
 std::vector<std::string> g_races;
 
+// ---- mbarriers and TMA loads (sm_90), per block ----
+struct MBar {
+  uintptr_t addr;
+  unsigned count, pending;  // arrivals a phase expects; still to come in the current phase
+  long long tx;             // transaction bytes still to come in the current phase
+  long long done;           // completed phases
+};
+struct TmaOp {
+  uintptr_t bar;
+  unsigned char* dst;
+  std::vector<unsigned char> data;
+};
+struct Region {
+  uintptr_t lo, hi;
+  unsigned swizzle;  // wgmma's encoding: 0 none, 1 128 B
+};
+std::vector<MBar> g_mbars;
+std::vector<TmaOp> g_tma;       // loads issued, not yet landed
+std::vector<Region> g_regions;  // what TMA loads wrote, with their swizzle
+std::unordered_map<uint64_t, long long> g_passed;  // (thread, barrier) → the last phase it waited for
+unsigned g_async_gen;  // bumped by every arrival and load: wakes fibers waiting on a barrier
+const MBar* g_waits_on[kMaxThreads];
+
 // ---- profiler state (kernels/emu/prof.cpp scores the accesses) ----
 bool g_prof_on = false;
 size_t g_params_len = 0;
@@ -231,6 +254,14 @@ void rc_access(const void* p, size_t size, bool write) {
   uintptr_t lo = reinterpret_cast<uintptr_t>(g_stacks);
   if (a >= lo && a < lo + kStack * kMaxThreads) return;  // a thread's own locals never race
   int t = int(g_cur->view.linear);
+  for (const TmaOp& op : g_tma)
+    if (a < uintptr_t(op.dst) + op.data.size() && uintptr_t(op.dst) < a + size) {
+      if (g_races.size() < 8)
+        g_races.push_back(fmt("%s %s address %p, which a TMA load is still filling: no wait on its mbarrier's phase "
+                              "came first",
+                              where(unsigned(t)).c_str(), write ? "writes" : "reads", p));
+      return;
+    }
   unsigned gen = g_warps[t / 32].gen;
   auto conflict = [&](int u, unsigned ugen) {
     // Two lanes of one warp are ordered when a warp collective lies between their accesses.
@@ -307,6 +338,8 @@ bool runnable(const Fiber& f) {
       return f.wait_gen != g_bar_gen;
     case WaitWarp:
       return f.wait_gen != g_warps[f.view.linear / 32].gen;
+    case WaitAsync:
+      return f.wait_gen != g_async_gen;
     case Done:
       return false;
   }
@@ -314,12 +347,18 @@ bool runnable(const Fiber& f) {
 }
 
 std::string deadlock() {
-  unsigned bar = 0, warp = 0;
+  unsigned bar = 0, warp = 0, mbar = 0;
   std::string warps;
+  const MBar* first = nullptr;
   for (unsigned i = 0; i < g_nthreads; ++i) {
     if (g_fibers[i].st == WaitBar) bar++;
     if (g_fibers[i].st == WaitWarp) warp++;
+    if (g_fibers[i].st == WaitAsync && !mbar++) first = g_waits_on[i];
   }
+  if (first)
+    warps += fmt(" %u wait on mbarriers (the first on shared %p: %lld phases completed, %u of %u arrivals and %lld "
+                 "transaction bytes still to come);",
+                 mbar, reinterpret_cast<void*>(first->addr), first->done, first->pending, first->count, first->tx);
   for (unsigned w = 0; w < (g_nthreads + 31) / 32; ++w)
     if (g_warps[w].arrived)
       warps += fmt(" warp %u: lanes %08x arrived of %08x (live %08x);", w, g_warps[w].arrived, g_warps[w].expected,
@@ -351,6 +390,11 @@ bool run_block() {
   }
   g_shadow.clear();
   std::memset(g_proxy, 0, sizeof g_proxy);
+  g_mbars.clear();
+  g_mbars.reserve(256);  // g_waits_on points into it
+  g_tma.clear();
+  g_regions.clear();
+  g_passed.clear();
   unsigned done = 0;
   while (done < g_nthreads) {
     bool progressed = false;
@@ -375,7 +419,42 @@ bool run_block() {
       return false;
     }
   }
+  if (!g_tma.empty()) {
+    fail(fmt("a TMA load into shared %p was never waited for (no thread waited on its mbarrier's phase)",
+             static_cast<void*>(g_tma[0].dst)));
+    return false;
+  }
   return true;
+}
+
+MBar* find_bar(const void* bar, const char* what) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(bar);
+  for (MBar& b : g_mbars)
+    if (b.addr == a) return &b;
+  trap(fmt("mbarrier: %s on %p, which no mbarrier.init set up in this block", what, bar).c_str());
+}
+
+// Lands every load in flight on `b` (the latest moment the hardware could), then completes the
+// phase if nothing more is owed.
+void settle(MBar& b) {
+  for (size_t i = 0; i < g_tma.size();) {
+    TmaOp& op = g_tma[i];
+    if (op.bar != b.addr) {
+      ++i;
+      continue;
+    }
+    std::memcpy(op.dst, op.data.data(), op.data.size());
+    // The async proxy wrote these bytes: no thread's earlier access orders against them.
+    if (g_rc_on)
+      for (uintptr_t w = uintptr_t(op.dst); w < uintptr_t(op.dst) + op.data.size(); ++w) g_shadow.erase(w);
+    b.tx -= (long long)op.data.size();
+    g_tma.erase(g_tma.begin() + i);
+  }
+  if (b.pending == 0 && b.tx == 0) {
+    b.done++;
+    b.pending = b.count;
+    g_async_gen++;
+  }
 }
 }  // namespace
 
@@ -396,10 +475,119 @@ void prof_count(int what) {
   if (!g_prof_on) return;
   KemuProfile* o = g_prof_out;
   if (what == ProfMma && (g_cur->view.linear & 31u) == 0) o->mma_warp++;
+  // Counted in m64n128k16 units (the profile's wgmma figures); m64n256k16 is two.
   if (what == ProfWgmma && g_cur->view.linear % 128 == 0) {
     o->wgmma_group++;
     o->wgmma_smem_bytes += (64 + 128) * 16 * 2;
   }
+  if (what == ProfWgmma256 && g_cur->view.linear % 128 == 0) {
+    o->wgmma_group += 2;
+    o->wgmma_smem_bytes += (64 + 256) * 16 * 2;
+  }
+}
+
+void mbar_init(void* bar, unsigned count) {
+  if (reinterpret_cast<uintptr_t>(bar) % 8 != 0) trap("mbarrier.init: the barrier is not 8-byte aligned");
+  if (count == 0 || count >= (1u << 20)) trap("mbarrier.init: an arrival count outside 1 … 2^20 - 1");
+  for (const MBar& b : g_mbars)
+    if (b.addr == reinterpret_cast<uintptr_t>(bar)) trap("mbarrier.init: the barrier was initialized twice");
+  g_mbars.push_back(MBar{reinterpret_cast<uintptr_t>(bar), count, count, 0, 0});
+  std::memset(bar, 0, 8);  // the hardware keeps its state in these 8 bytes
+}
+
+void mbar_arrive(void* bar, unsigned expect_tx) {
+  MBar* b = find_bar(bar, "an arrive");
+  if (b->pending == 0) trap("mbarrier: more arrivals in one phase than its count");
+  b->tx += expect_tx;
+  b->pending--;
+  g_async_gen++;
+  bool owed = false;
+  for (const TmaOp& op : g_tma) owed |= op.bar == b->addr;
+  // With loads in flight the phase completes when a waiter lands them (settle).
+  if (!owed && b->pending == 0 && b->tx == 0) {
+    b->done++;
+    b->pending = b->count;
+  }
+}
+
+void mbar_wait(void* bar, unsigned parity) {
+  const uint64_t key = uint64_t(g_cur->view.linear) << 48 ^ reinterpret_cast<uintptr_t>(bar);
+  for (;;) {
+    MBar* b = find_bar(bar, "a wait");
+    if ((parity & 1u) != unsigned(b->done & 1)) {
+      // The hardware returns at once: the phase of this parity is the last completed one.
+      const long long phase = b->done - 1;
+      if (phase < 0)
+        trap(fmt("mbarrier: a wait with parity %u on a barrier that has completed no phase returns at once: it "
+                 "waits on the wrong phase (a fresh barrier's first phase has parity 0)",
+                 parity & 1u)
+                 .c_str());
+      auto it = g_passed.find(key);
+      if (it != g_passed.end() && phase <= it->second)
+        trap(fmt("mbarrier: a wait with parity %u returns at once on phase %lld, which this thread already waited "
+                 "for: it waits on the wrong phase",
+                 parity & 1u, phase)
+                 .c_str());
+      g_passed[key] = phase;
+      g_waits_on[g_cur->view.linear] = nullptr;
+      return;
+    }
+    settle(*b);
+    if ((parity & 1u) != unsigned(b->done & 1)) continue;
+    g_waits_on[g_cur->view.linear] = b;
+    g_cur->st = WaitAsync;
+    g_cur->wait_gen = g_async_gen;
+    yield();
+  }
+}
+
+void tma_load_2d(void* dst, const TmaMap* m, int c0, int c1, void* bar) {
+  if (m->magic != kTmaMagic) trap("TMA: the tensor map is not one the emulation encoded (uninitialized or corrupt)");
+  const uintptr_t d = reinterpret_cast<uintptr_t>(dst), win = reinterpret_cast<uintptr_t>(g_launch.dyn_smem) - kDynSmemBase;
+  const size_t row = size_t(m->box[0]) * m->elem, bytes = row * m->box[1];
+  if (d < uintptr_t(g_launch.dyn_smem) || d + bytes > uintptr_t(g_launch.dyn_smem) + g_launch.dyn_smem_bytes)
+    trap("TMA: the box does not fit in the block's dynamic shared memory at its destination");
+  if ((d - win) % (m->swizzle == 3 ? 1024 : 128) != 0)
+    trap(m->swizzle == 3 ? "TMA: a 128-byte-swizzled box's destination is not 1024-byte aligned"
+                         : "TMA: the destination is not 128-byte aligned");
+  if (m->swizzle == 3 && row != 128) trap("TMA: a 128-byte-swizzled box's inner extent is not 128 bytes");
+  if (m->swizzle != 0 && m->swizzle != 3) trap("TMA: only no swizzle and the 128-byte swizzle are emulated");
+  MBar* b = find_bar(bar, "a TMA load");
+  TmaOp op{b->addr, static_cast<unsigned char*>(dst), std::vector<unsigned char>(bytes, 0)};
+  const unsigned char* base = reinterpret_cast<const unsigned char*>(m->base);
+  for (unsigned r = 0; r < m->box[1]; ++r) {
+    const long long y = (long long)c1 + r;
+    if (y < 0 || (unsigned long long)y >= m->dim[1]) continue;
+    for (unsigned c = 0; c < m->box[0]; ++c) {
+      const long long x = (long long)c0 + c;
+      if (x < 0 || (unsigned long long)x >= m->dim[0]) continue;
+      size_t at = r * row + c * m->elem;
+      // Chunk j of row r lands at chunk j ^ (r % 8): the address bits 4-6 XOR 7-9.
+      if (m->swizzle == 3) at ^= (size_t(r) % 8) << 4;
+      std::memcpy(&op.data[at], base + y * m->row_bytes + x * m->elem, m->elem);
+    }
+  }
+  std::memset(dst, 0xff, bytes);
+  // The latest swizzle written over these bytes is the one wgmma must read them with.
+  const unsigned swz = m->swizzle == 3 ? 1 : 0;
+  for (size_t i = 0; i < g_regions.size();)
+    if (g_regions[i].lo < d + bytes && d < g_regions[i].hi)
+      g_regions.erase(g_regions.begin() + i);
+    else
+      ++i;
+  g_regions.push_back(Region{d, d + bytes, swz});
+  g_tma.push_back(std::move(op));
+  g_async_gen++;
+}
+
+void swizzle_check(unsigned lo, unsigned hi, unsigned swizzle) {
+  const uintptr_t win = reinterpret_cast<uintptr_t>(g_launch.dyn_smem) - kDynSmemBase;
+  for (const Region& r : g_regions)
+    if (r.lo < win + hi && win + lo < r.hi && r.swizzle != swizzle)
+      trap(fmt("wgmma: a descriptor with swizzle mode %u reads shared memory a TMA load wrote with mode %u "
+               "(0 none, 1 128 B)",
+               swizzle, r.swizzle)
+               .c_str());
 }
 
 void proxy_fence() {
@@ -574,7 +762,15 @@ int kiln_emu_launch(const char* name, int mode, const unsigned* grid, const unsi
     g_smem = static_cast<unsigned char*>(aligned_alloc(128, kMaxDynSmem + 128));
   }
   g_fn = it->second.fn;
-  g_params = params;
+  // Parameter structs may be over-aligned (a TMA tensor map is 64-byte aligned): the kernel
+  // reads them from an aligned copy, as from a GPU's parameter space.
+  alignas(64) static unsigned char aligned_params[4096];
+  if (params_len > sizeof aligned_params) {
+    snprintf(err, err_len, "CUDA_ERROR_INVALID_VALUE: %zu bytes of kernel parameters (at most 4096)", params_len);
+    return 1;
+  }
+  std::memcpy(aligned_params, params, params_len);
+  g_params = aligned_params;
   g_nthreads = threads;
   g_failed = false;
   g_err.clear();

@@ -488,6 +488,42 @@ impl Exec for CudaExec {
                     .is_some_and(|a| a == "sm_90a" || a == "sm_90a (cubin)")
         })
     }
+    fn tensor_map_2d(&self, t: &crate::exec::TensorMap2d) -> Result<[u64; 16]> {
+        use sys::{
+            CUtensorMapDataType_enum as Ty, CUtensorMapFloatOOBfill_enum as Oob, CUtensorMapInterleave_enum as Il,
+            CUtensorMapL2promotion_enum as L2, CUtensorMapSwizzle_enum as Sw,
+        };
+        self.current()?;
+        let mut map = sys::CUtensorMap { opaque: [0; 16] };
+        let dims = t.dims;
+        let strides = [t.row_bytes];
+        let boxes = t.boxes;
+        let elem_strides = [1u32, 1];
+        let ty = if t.f16 { Ty::CU_TENSOR_MAP_DATA_TYPE_FLOAT16 } else { Ty::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 };
+        let sw = if t.swizzle128 { Sw::CU_TENSOR_MAP_SWIZZLE_128B } else { Sw::CU_TENSOR_MAP_SWIZZLE_NONE };
+        // SAFETY: every pointer names a live local array of the length rank 2 implies; the
+        // driver writes only `map`. The global address is device memory the caller keeps alive
+        // for the launches that use the map.
+        unsafe {
+            sys::cuTensorMapEncodeTiled(
+                &mut map,
+                ty,
+                2,
+                t.base as *mut std::ffi::c_void,
+                dims.as_ptr(),
+                strides.as_ptr(),
+                boxes.as_ptr(),
+                elem_strides.as_ptr(),
+                Il::CU_TENSOR_MAP_INTERLEAVE_NONE,
+                sw,
+                L2::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                Oob::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+            )
+        }
+        .result()
+        .map_err(|e| err(&format!("cuTensorMapEncodeTiled {t:?}"), e))?;
+        Ok(map.opaque)
+    }
     fn describe(&self) -> String {
         let (c0, c1) = self.compute_capability;
         format!(

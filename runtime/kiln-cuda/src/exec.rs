@@ -32,6 +32,34 @@ impl Launch {
     }
 }
 
+/// A 2-D tensor of 16-bit values for TMA loads: `dims[0]` contiguous values per row, `dims[1]`
+/// rows `row_bytes` apart (a multiple of 16; `base` 16-byte aligned), read in boxes of
+/// `boxes[0] × boxes[1]`, stored in shared memory with the 128-byte swizzle (`swizzle128`, which
+/// wants 128-byte box rows) or plainly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TensorMap2d {
+    pub base: u64,
+    pub dims: [u64; 2],
+    pub row_bytes: u64,
+    pub boxes: [u32; 2],
+    pub swizzle128: bool,
+    /// f16 rather than bf16 (the values are copied as bits either way).
+    pub f16: bool,
+}
+
+/// The emulation's encoding of a tensor map (kernels/emu/kiln_emu.h `TmaMap`).
+pub fn emulated_tensor_map(t: &TensorMap2d) -> [u64; 16] {
+    let mut w = [0u64; 16];
+    w[0] = 0x5041_4d41_4d54_4e4c; // kTmaMagic
+    w[1] = t.base;
+    w[2] = t.dims[0];
+    w[3] = t.dims[1];
+    w[4] = t.row_bytes;
+    w[5] = u64::from(t.boxes[0]) | u64::from(t.boxes[1]) << 32;
+    w[6] = 2 | if t.swizzle128 { 3u64 << 32 } else { 0 };
+    w
+}
+
 /// Memory and launches on one device.
 pub trait Exec: Send + Sync {
     /// "cuda" or "cuda-emu".
@@ -96,5 +124,9 @@ pub trait Exec: Send + Sync {
     /// module is built for sm_90a, or the emulation (which implements the instruction).
     fn has_wgmma(&self) -> bool {
         false
+    }
+    /// A TMA tensor map of `t` in the device's encoding (the driver's on a GPU).
+    fn tensor_map_2d(&self, t: &TensorMap2d) -> Result<[u64; 16]> {
+        Ok(emulated_tensor_map(t))
     }
 }

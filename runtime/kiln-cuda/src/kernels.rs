@@ -118,6 +118,37 @@ pub struct Gemm16Params {
     pub pad: i32,
 }
 
+/// `kernels/common.cuh` `TensorMap`: a TMA tensor map's 128 bytes, as the device reads them
+/// ([`crate::exec::Exec::tensor_map_2d`] encodes one).
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct TensorMap(pub [u64; 16]);
+
+impl Default for TensorMap {
+    fn default() -> TensorMap {
+        TensorMap([0; 16])
+    }
+}
+
+/// `kernels/matmul.cu` `Gemm90Params` (the v7 GEMM: TMA and wgmma on sm_90a).
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct Gemm90Params {
+    pub ta: TensorMap,
+    pub tb: TensorMap,
+    pub tu: TensorMap,
+    pub tl: TensorMap,
+    pub c: u64,
+    pub bias: u64,
+    pub m: i32,
+    pub n: i32,
+    pub k: i32,
+    pub ldc: i32,
+    pub ru: i32,
+    pub alpha: f32,
+    pub pad: [i32; 6],
+}
+
 /// `kernels/matmul.cu` `SplitSumParams` (the split-K sum of the v6 GEMM's slabs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
@@ -347,7 +378,7 @@ pub fn entry_points(source: &str) -> Vec<String> {
     let mut names = Vec::new();
     for line in source.lines() {
         let l = line.trim_start();
-        for mac in ["KILN_KERNEL(", "KILN_KERNEL_LB(", "KILN_KERNEL_OCC("] {
+        for mac in ["KILN_KERNEL(", "KILN_KERNEL_LB(", "KILN_KERNEL_OCC(", "KILN_KERNEL_GC("] {
             if let Some(rest) = l.strip_prefix(mac)
                 && let Some(name) = rest.split(',').next()
                 && !name.contains("##")

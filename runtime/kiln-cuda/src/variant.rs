@@ -19,7 +19,9 @@ use kiln_core::DType;
 /// `V6` (the multistage cp.async GEMM) takes 16-bit operands: the backend packs f32 A (and
 /// LoRA's factors) to B's type first and decodes a block-quantized weight to bf16 before the
 /// product; operands whose strides or alignment 16-byte copies cannot serve run `V4` (said
-/// once), a quantized one with `V4`'s decoding kernel.
+/// once), a quantized one with `V4`'s decoding kernel. `V7` (TMA loads, an mbarrier ring and
+/// warp-specialized wgmma) takes v6's packed operands in the forward (NK) layout on Hopper and
+/// runs `V6` for the other layouts and elsewhere; the backend opens a Hopper GPU with it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum GemmVariant {
     V1,
@@ -30,11 +32,12 @@ pub enum GemmVariant {
     /// The default: the fastest on the profiler's model of every card it covers (RESULTS.md).
     #[default]
     V6,
+    V7,
 }
 
 /// `(name, full name, kernels for B f32, bf16, f16, block-quantized)` of each variant, in
 /// [`GemmVariant::ALL`] order. The kernel names are the entry points of `kernels/matmul.cu`.
-const TABLE: [(&str, &str, [&str; 4]); 6] = [
+const TABLE: [(&str, &str, [&str; 4]); 7] = [
     ("v1", "v1_naive", ["gemm_v1_naive_f32", "gemm_v1_naive_bf16", "gemm_v1_naive_f16", "gemm_v1_naive_q"]),
     ("v2", "v2_tiled", ["gemm_v2_tiled_f32", "gemm_v2_tiled_bf16", "gemm_v2_tiled_f16", "gemm_v2_tiled_q"]),
     ("v3", "v3_mma", ["gemm_v2_tiled_f32", "gemm_v3_mma_bf16", "gemm_v3_mma_f16", "gemm_v3_mma_q"]),
@@ -49,12 +52,30 @@ const TABLE: [(&str, &str, [&str; 4]); 6] = [
         "v6_mma_multistage",
         ["gemm_v2_tiled_f32", "gemm_v6_mma_multistage_bf16", "gemm_v6_mma_multistage_f16", "gemm_v4_mma_pipelined_q"],
     ),
+    (
+        "v7",
+        "v7_tma_wgmma",
+        ["gemm_v2_tiled_f32", "gemm_v7_tma_wgmma_bf16", "gemm_v7_tma_wgmma_f16", "gemm_v4_mma_pipelined_q"],
+    ),
 ];
 
 impl GemmVariant {
     /// Every variant, in order.
-    pub const ALL: [GemmVariant; 6] =
-        [GemmVariant::V1, GemmVariant::V2, GemmVariant::V3, GemmVariant::V4, GemmVariant::V5, GemmVariant::V6];
+    pub const ALL: [GemmVariant; 7] = [
+        GemmVariant::V1,
+        GemmVariant::V2,
+        GemmVariant::V3,
+        GemmVariant::V4,
+        GemmVariant::V5,
+        GemmVariant::V6,
+        GemmVariant::V7,
+    ];
+
+    /// The variant a device opens with when `KILN_CUDA_GEMM` is unset: v7 where wgmma runs on a
+    /// GPU (Hopper), v6 elsewhere (the emulation included, whose tests name v7 themselves).
+    pub fn default_for(hopper_gpu: bool) -> GemmVariant {
+        if hopper_gpu { GemmVariant::V7 } else { GemmVariant::V6 }
+    }
 
     fn row(self) -> &'static (&'static str, &'static str, [&'static str; 4]) {
         &TABLE[self as usize]
@@ -87,7 +108,7 @@ impl GemmVariant {
     /// variant given f32 B, or `V4` for `V6` given block-quantized B.
     pub fn runs_for(self, b: DType) -> GemmVariant {
         match b {
-            DType::Quant(_) if self == GemmVariant::V6 => GemmVariant::V4,
+            DType::Quant(_) if matches!(self, GemmVariant::V6 | GemmVariant::V7) => GemmVariant::V4,
             DType::BF16 | DType::F16 | DType::Quant(_) => self,
             _ if self.tensor_cores() => GemmVariant::V2,
             _ => self,
@@ -97,13 +118,13 @@ impl GemmVariant {
     /// Whether the variant runs 16-bit products on tensor cores (and attention with them: the
     /// tensor-core attention goes with v3–v5, v1 and v2 keep it in f32).
     pub fn tensor_cores(self) -> bool {
-        matches!(self, GemmVariant::V3 | GemmVariant::V4 | GemmVariant::V5 | GemmVariant::V6)
+        matches!(self, GemmVariant::V3 | GemmVariant::V4 | GemmVariant::V5 | GemmVariant::V6 | GemmVariant::V7)
     }
 
     /// Whether the variant needs Hopper's `wgmma` (an sm_90a module on a compute capability 9.0
     /// device, or the emulation).
     pub fn needs_wgmma(self) -> bool {
-        self == GemmVariant::V5
+        matches!(self, GemmVariant::V5 | GemmVariant::V7)
     }
 
     /// The architectures the variant's own kernels run on, in words. (Every kernel compiles for
@@ -111,7 +132,7 @@ impl GemmVariant {
     /// sm_75, which has no bf16 tensor cores, and v6's copies are synchronous there.)
     pub fn archs(self) -> &'static str {
         match self {
-            GemmVariant::V5 => "sm_90a (Hopper)",
+            GemmVariant::V5 | GemmVariant::V7 => "sm_90a (Hopper)",
             GemmVariant::V6 => "sm_75 and newer (asynchronous copies from sm_80)",
             _ => "sm_75 and newer",
         }

@@ -264,7 +264,7 @@ fn wgmma_follows_the_ptx_descriptor_layout_and_its_misuse_is_caught() {
     let roomy = Launch { smem: 16 << 10, ..cfg };
     assert_ne!(run("broken_wgmma_lbo_sbo_swapped", roomy, &a, &b, 64 * 128, mnk, false).unwrap(), want);
     let e = run("broken_wgmma_lbo_sbo_swapped", cfg, &a, &b, 64 * 128, mnk, false).unwrap_err();
-    assert!(e.contains("past the block's dynamic shared memory"), "{e}");
+    assert!(e.contains("outside the block's dynamic shared memory"), "{e}");
     // Reading the accumulators before wgmma.wait_group: the product is not there yet.
     assert_ne!(run("broken_wgmma_read_before_wait", cfg, &a, &b, 64 * 128, mnk, false).unwrap(), want);
     // Writing an operand while the wgmma is in flight.
@@ -593,4 +593,126 @@ fn gemm_v6_matches_v4_and_the_cpu_with_tails_ranks_and_both_layouts() {
         }
     }
     assert!(ran.iter().any(|k| k == "gemm_splitk_sum"), "the split-K pre-pass never ran: {ran:?}");
+}
+
+/// `TmaTestParams` of kernels/emu/broken.cu.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct TmaTestParams {
+    a: kiln_cuda::kernels::TensorMap,
+    b: kiln_cuda::kernels::TensorMap,
+    c: u64,
+    pad: [i32; 14],
+}
+
+/// Runs a TMA test kernel of kernels/emu/broken.cu over bf16 `a` [rows, 64] (boxes of 64 × 64)
+/// and `b` [128, 64] (one box), returning `out_len` floats of c.
+fn run_tma(kernel: &str, a: &[f32], b: &[f32], out_len: usize, rc: bool) -> Result<Vec<f32>, String> {
+    use kiln_cuda::exec::{TensorMap2d, emulated_tensor_map};
+    use kiln_cuda::kernels::TensorMap;
+    let ex = EmuExec::default();
+    let bf = |v: &[f32]| -> Vec<u16> { v.iter().map(|x| half::bf16::from_f32(*x).to_bits()).collect() };
+    let (ha, hb) = (ex.upload(bytemuck::cast_slice(&bf(a))).unwrap(), ex.upload(bytemuck::cast_slice(&bf(b))).unwrap());
+    let hc = ex.alloc_zeroed(out_len * 4).unwrap();
+    let map = |base: u64, rows: usize, box_rows: u32| {
+        let t = TensorMap2d {
+            base,
+            dims: [64, rows as u64],
+            row_bytes: 128,
+            boxes: [64, box_rows],
+            swizzle128: true,
+            f16: false,
+        };
+        TensorMap(emulated_tensor_map(&t))
+    };
+    let p = TmaTestParams { a: map(ha.ptr, a.len() / 64, 64), b: map(hb.ptr, 128, 128), c: hc.ptr, pad: [0; 14] };
+    let cfg = Launch { grid: [1, 1, 1], block: [128, 1, 1], smem: (64 + 128) * 128 + 1024 + 64 };
+    ex.launch_checked(kernel, cfg, bytemuck::bytes_of(&p), rc).map_err(|e| e.to_string())?;
+    Ok(bytemuck::pod_collect_to_vec(&ex.download(&hc, 0, out_len * 4).unwrap()))
+}
+
+#[test]
+fn tma_and_mbarriers_follow_the_ptx_rules_and_their_misuse_is_caught() {
+    // bf16-exact values; A has 70 rows, so the box of 64 is whole and a box at row 64 would
+    // run past the edge (zero-filled; the v7 GEMM's tests cover edges).
+    let a: Vec<f32> = (0..70 * 64).map(|i| ((i * 7 % 13) as f32) - 6.0).collect();
+    let b: Vec<f32> = (0..128 * 64).map(|i| ((i * 5 % 11) as f32) - 5.0).collect();
+    // The box lands where the 128-byte swizzle puts it and reads back exactly.
+    for rc in [false, true] {
+        assert_eq!(run_tma("ok_tma_tile", &a, &b, 64 * 64, rc).unwrap(), a[..64 * 64].to_vec(), "race check {rc}");
+    }
+    // A read before the wait on the barrier sees the poisoned box (and the race checker says so).
+    let got = run_tma("broken_tma_read_before_wait", &a, &b, 64 * 64, false).unwrap();
+    assert!(got.iter().any(|v| v.is_nan()), "the unlanded box was read as data");
+    let e = run_tma("broken_tma_read_before_wait", &a, &b, 64 * 64, true).unwrap_err();
+    assert!(e.contains("TMA load is still filling"), "{e}");
+    // A wait on the wrong phase returns at once on the GPU: the emulation stops there.
+    let e = run_tma("broken_mbarrier_wrong_phase", &a, &b, 64 * 64, false).unwrap_err();
+    assert!(e.contains("wrong phase"), "{e}");
+    // A transaction count that never completes leaves every waiter blocked: a deadlock report
+    // naming the barrier's missing bytes.
+    let e = run_tma("broken_mbarrier_tx_never_completes", &a, &b, 64 * 64, false).unwrap_err();
+    assert!(e.contains("deadlock") && e.contains("128 transaction bytes"), "{e}");
+    // wgmma straight from the swizzled boxes: C = A·Bᵀ exactly; descriptors that ignore the
+    // swizzle the loads wrote are refused.
+    let bt: Vec<f32> = (0..64 * 128).map(|i| b[(i % 128) * 64 + i / 128]).collect();
+    let want = matmul_ref(&a[..64 * 64], &bt, 64, 128, 64);
+    assert_eq!(run_tma("ok_tma_wgmma_swizzled", &a, &b, 64 * 128, true).unwrap(), want);
+    let e = run_tma("broken_tma_wgmma_wrong_swizzle", &a, &b, 64 * 128, false).unwrap_err();
+    assert!(e.contains("swizzle mode 0") && e.contains("wrote with mode 1"), "{e}");
+}
+
+#[test]
+fn gemm_v7_matches_v6_and_the_cpu_with_tails_and_ranks() {
+    use kiln_core::backend::{LoraRef, MatmulOps};
+    use kiln_core::{Backend, CpuBackend, DType, Tensor};
+    let (v7, v6) = (emu().with_gemm(GemmVariant::V7), emu().with_gemm(GemmVariant::V6));
+    let mut rng = kiln_core::rng::Rng::new(29);
+    // M and N tails of every kind (N below, across and past the 256-wide tile), K tails of 8,
+    // K under one tile, ranks padded to 64 and 128.
+    let cases = [(37, 200, 72, 1, DType::BF16), (150, 72, 300, 16, DType::BF16), (129, 40, 264, 64, DType::F16)];
+    for (m, k, n, r, wd) in cases.into_iter().chain([(65, 136, 48, 72, DType::BF16)]) {
+        let mut randn = |dims: &[usize]| {
+            let len = dims.iter().product();
+            Tensor::from_vec((0..len).map(|_| rng.normal() as f32).collect::<Vec<_>>(), dims.to_vec()).unwrap()
+        };
+        let (x, w, bias, la, lb) = (randn(&[m, k]), randn(&[n, k]), randn(&[n]), randn(&[r, k]), randn(&[n, r]));
+        let w = w.to_dtype(wd).unwrap();
+        let worst = |a: &[f64], b: &[f64]| {
+            let s = b.iter().fold(0.0f64, |m, y| m.max(y.abs()));
+            a.iter().zip(b).map(|(x, y)| if x.is_nan() { f64::INFINITY } else { (x - y).abs() / s }).fold(0.0, f64::max)
+        };
+        let fwd = |be: &dyn Backend, x: &Tensor, w: &Tensor, lora: Option<(&Tensor, &Tensor)>| {
+            let l = lora.map(|(a, b)| LoraRef { a, b, scale: 0.7 });
+            be.linear_fwd(x, w, Some(&bias), l).unwrap().0.to_vec_f64().unwrap()
+        };
+        // The same 16-bit operands and f32 accumulation as v6, in another order.
+        let e = worst(&fwd(v7, &x, &w, None), &fwd(v6, &x, &w, None));
+        eprintln!("v7 {m}x{k}x{n} {}: y vs v6 {e:.1e}", wd.name());
+        assert!(e < 2e-5, "{m}x{k}x{n} {}: y differs from v6 by {e:e} of its scale", wd.name());
+        let f64s = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+        let got = fwd(v7, &x, &w, Some((&la, &lb)));
+        let cpu = fwd(&CpuBackend, &f64s(&x), &f64s(&w), Some((&f64s(&la), &f64s(&lb))));
+        let e = worst(&got, &cpu);
+        eprintln!("v7 {m}x{k}x{n} r{r} {}: LoRA y vs the f64 CPU {e:.1e}", wd.name());
+        assert!(e < 2e-2, "{m}x{k}x{n} r{r} {}: LoRA y differs from the CPU by {e:e}", wd.name());
+    }
+    let ran = v7.exec.launched();
+    for k in ["gemm_v7_tma_wgmma_bf16", "gemm_v7_tma_wgmma_f16"] {
+        assert!(ran.iter().any(|r| r == k), "{k} never launched: {ran:?}");
+    }
+    // The race checker over one tile of v7, LoRA phase included.
+    let rc = emu_racecheck().with_gemm(GemmVariant::V7);
+    let (x, w) = (
+        Tensor::from_vec(vec![0.5f32; 9 * 72], vec![9, 72]).unwrap(),
+        Tensor::from_vec(vec![0.25f32; 20 * 72], vec![20, 72]).unwrap(),
+    );
+    let (la, lb) = (
+        Tensor::from_vec(vec![1.0f32; 3 * 72], vec![3, 72]).unwrap(),
+        Tensor::from_vec(vec![1.0f32; 20 * 3], vec![20, 3]).unwrap(),
+    );
+    let w = w.to_dtype(DType::BF16).unwrap();
+    let y = rc.linear_fwd(&x, &w, None, Some(LoraRef { a: &la, b: &lb, scale: 0.5 })).unwrap().0.to_vec_f64().unwrap();
+    // 72·0.125 + 0.5·3·(72·0.5) = 9 + 54.
+    assert!(y.iter().all(|v| *v == 63.0), "{:?}", &y[..4]);
 }

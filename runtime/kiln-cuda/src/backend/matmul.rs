@@ -12,19 +12,23 @@ use kiln_core::{DType, Error, Result, Tensor};
 use super::{Held, KernelBackend, elementwise::col_sum, want_f32};
 use crate::GemmVariant;
 use crate::exec::Launch;
-use crate::kernels::{Gemm16Params, GemmParams, PackParams, SplitSumParams};
+use crate::kernels::{Gemm16Params, Gemm90Params, GemmParams, PackParams, SplitSumParams, TensorMap};
 
 /// Dynamic shared memory of the v5 kernels: two stages of a 128×32 A and a 128×32 B tile in
 /// 16-bit values (kernels/matmul.cu `V5_STAGE`).
 const V5_SMEM: usize = 2 * (128 + 128) * 32 * 2;
 
-/// The variant a launch uses: v5 becomes v4 where the device has no wgmma (said once).
+/// The variant a launch uses: where the device has no wgmma, v5 becomes v4 and v7 v6 (said
+/// once).
 fn effective(be: &KernelBackend) -> GemmVariant {
     static NOTED: std::sync::Once = std::sync::Once::new();
     match be.gemm() {
         v if !be.runs(v) => {
-            NOTED.call_once(|| eprintln!("note: GEMM {v} needs {}; running v4 on {}", v.archs(), be.exec.describe()));
-            GemmVariant::V4
+            let instead = if v == GemmVariant::V7 { GemmVariant::V6 } else { GemmVariant::V4 };
+            NOTED.call_once(|| {
+                eprintln!("note: GEMM {v} needs {}; running {instead} on {}", v.archs(), be.exec.describe())
+            });
+            instead
         }
         v => v,
     }
@@ -37,6 +41,10 @@ fn check_b(d: DType) -> Result<()> {
         d => Err(Error::Msg(format!("cuda gemm: {} operand", d.name()))),
     }
 }
+
+/// Dynamic shared memory of the v7 kernels: four stages of a 128×64 A and a 256×64 B tile in
+/// 16-bit values, eight barriers, and 1024 bytes to align the ring (kernels/matmul.cu `V7_SMEM`).
+const V7_SMEM: usize = 4 * (128 + 256) * 64 * 2 + 2 * 4 * 8 + 1024;
 
 /// The launch shape of each variant's kernels over an `m × n` output.
 fn shape(v: GemmVariant, m: u32, n: u32) -> Launch {
@@ -52,6 +60,7 @@ fn shape(v: GemmVariant, m: u32, n: u32) -> Launch {
         GemmVariant::V4 => tiles(128, 256, 0),
         GemmVariant::V5 => tiles(128, 256, V5_SMEM),
         GemmVariant::V6 => tiles(128, 128, 0),
+        GemmVariant::V7 => Launch { grid: [n.div_ceil(256), m.div_ceil(128), 1], block: [384, 1, 1], smem: V7_SMEM },
     }
 }
 
@@ -101,7 +110,7 @@ fn gemm_a16(be: &KernelBackend, p: &GemmParams, b_type: DType, a16: Option<u64>)
     // bytes; the decode reads the blocks once, 16 bytes a thread), then the bf16 GEMM. The
     // decode costs about what the packing of A does, far less than decoding in the loader of
     // every CTA that reads the weight.
-    if let (GemmVariant::V6, DType::Quant(q)) = (v, b_type)
+    if let (GemmVariant::V6 | GemmVariant::V7, DType::Quant(q)) = (v, b_type)
         && let Some(numel) = v6_dense_numel(p)
     {
         // The decoded copy is a fresh (aligned) allocation: only B's shape decides the fit,
@@ -110,10 +119,21 @@ fn gemm_a16(be: &KernelBackend, p: &GemmParams, b_type: DType, a16: Option<u64>)
         if v6_unfit(&d).is_none() {
             let (w16, _) = super::elementwise::dequant(be, p.b, numel, q, DType::BF16)?;
             d.b = w16.ptr;
-            gemm_v6(be, &d, DType::BF16, a16)?;
+            if v == GemmVariant::V7 && d.sbk == 1 {
+                gemm_v7(be, &d, DType::BF16, a16)?;
+            } else {
+                gemm_v6(be, &d, DType::BF16, a16)?;
+            }
             drop(w16);
             return Ok(());
         }
+    }
+    // v7 serves the NK layout (x·Wᵀ); v6 every other layout it fits.
+    if v.runs_for(b_type) == GemmVariant::V7 {
+        if p.sbk == 1 && v6_unfit(p).is_none() {
+            return gemm_v7(be, p, b_type, a16);
+        }
+        v = GemmVariant::V6;
     }
     if v.runs_for(b_type) == GemmVariant::V6 {
         match v6_unfit(p) {
@@ -228,6 +248,57 @@ fn gemm_v6(be: &KernelBackend, p: &GemmParams, b_type: DType, packed: Option<u64
     let name = format!("gemm_v6_mma_multistage_{}{ty}", if kn { "kn_" } else { "" });
     let cfg = Launch { grid: [n.div_ceil(128) as u32, m.div_ceil(128) as u32, 1], block: [128, 1, 1], smem: 0 };
     be.exec.launch(&name, cfg, bytemuck::bytes_of(&q))?;
+    drop((a16, lora));
+    Ok(())
+}
+
+/// The v7 GEMM (Hopper, NK layout): A (and LoRA's s·U and L, rank padded to 64) packed to B's
+/// 16-bit type as for v6, each operand described by a TMA tensor map (boxes of 64 K values by the
+/// tile's rows, 128-byte swizzle; the maps zero-fill every edge).
+fn gemm_v7(be: &KernelBackend, p: &GemmParams, b_type: DType, packed: Option<u64>) -> Result<()> {
+    let (ty, f16) = if b_type == DType::F16 { ("f16", true) } else { ("bf16", false) };
+    let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
+    let lda = k.next_multiple_of(8);
+    let a16 = if packed.is_none() { Some(pack(be, ty, p.a, (p.sam, p.sak), m, k, m, lda, 1.0)?) } else { None };
+    let map = |base: u64, cols: usize, rows: usize, ld: usize, box_rows: u32| {
+        be.exec
+            .tensor_map_2d(&crate::exec::TensorMap2d {
+                base,
+                dims: [cols as u64, rows as u64],
+                row_bytes: 2 * ld as u64,
+                boxes: [64, box_rows],
+                swizzle128: true,
+                f16,
+            })
+            .map(TensorMap)
+    };
+    let a = packed.or(a16.as_ref().map(|b| b.ptr)).unwrap_or(0);
+    let mut q = Gemm90Params {
+        ta: map(a, k, m, lda, 128)?,
+        tb: map(p.b, k, n, p.sbn as usize, 256)?,
+        c: p.c,
+        bias: p.bias,
+        m: p.m,
+        n: p.n,
+        k: p.k,
+        ldc: p.ldc,
+        alpha: p.alpha,
+        ..Default::default()
+    };
+    // Kept alive until the GEMM has run.
+    let mut lora = None;
+    if p.lora_u != 0 && p.rank > 0 {
+        let (r, ru) = (p.rank as usize, (p.rank as usize).next_multiple_of(64));
+        let u16 = pack(be, ty, p.lora_u, (r as i64, 1), m, r, m, ru, p.lora_scale)?;
+        let l16 = pack(be, ty, p.lora_l, (p.sl_n, p.sl_r), n, r, n, ru, 1.0)?;
+        (q.tu, q.tl, q.ru) = (map(u16.ptr, ru, m, ru, 128)?, map(l16.ptr, ru, n, ru, 256)?, ru as i32);
+        lora = Some((u16, l16));
+    }
+    be.exec.launch(
+        &format!("gemm_v7_tma_wgmma_{ty}"),
+        shape(GemmVariant::V7, p.m as u32, p.n as u32),
+        bytemuck::bytes_of(&q),
+    )?;
     drop((a16, lora));
     Ok(())
 }
