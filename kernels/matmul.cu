@@ -723,14 +723,17 @@ struct SplitSumParams {
   float* out;
   i64 len;
   int splits;
-  int pad;
+  int cols;  // > 0: the slabs are [len / cols, cols] and out is their transpose (LoRA's dB)
 };
 KILN_KERNEL(gemm_splitk_sum, SplitSumParams) {
   const i64 i = i64(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= p.len) return;
   float s = 0.f;
   for (int z = 0; z < p.splits; ++z) s += p.ws[z * p.len + i];
-  p.out[i] = s;
+  if (p.cols > 0)
+    p.out[(i % p.cols) * (p.len / p.cols) + i / p.cols] = s;
+  else
+    p.out[i] = s;
 }
 
 KILN_KERNEL(gemm_pack_bf16, PackParams) { gemm_pack<bf16>(p); }

@@ -42,10 +42,11 @@ fn after_lora(runs: &Runs, _: &[&str], _: &Run) {
 
 /// The tensor-core variants on the NF4 QLoRA run: v6 (the default: the NF4 base decoded to bf16,
 /// then the multistage GEMM, LoRA fused as its second phase, in the forward and in dx), v3 (mma
-/// GEMMs decoding the base in their loader) and v5 (Hopper's wgmma; the emulation implements
-/// it), all with attention on bf16 tensor cores.
+/// GEMMs decoding the base in their loader), v5 (Hopper's wgmma; the emulation implements it) and
+/// v7 (Hopper's TMA + wgmma, the default on a Hopper GPU: forward products on v7, dx on v6), all
+/// with attention on bf16 tensor cores.
 fn after_nf4(runs: &Runs, args: &[&str], cpu: &Run) {
-    for v in ["v6", "v3", "v5"] {
+    for v in ["v6", "v3", "v5", "v7"] {
         let name = format!("qlora nf4, GEMM {v} (bf16 tensor cores)");
         runs.close_in_16bit(&name, &format!("q-nf4-{v}"), args, &[("KILN_CUDA_GEMM", v)], cpu);
     }

@@ -9,7 +9,7 @@
 #   row differs from the H100's by DRAM bandwidth alone, so its prediction is rescaled from it).
 # Bench rows are appended as JSON lines as they finish (a fault keeps the rows before it); the
 # selftests run as separate processes; with Nsight Compute (ncu) or compute-sanitizer on the
-# machine, their counters for v3, v5, v6 and attention and a memcheck of a selftest subset are added.
+# machine, their counters for v3, v5, v6, v7 and attention and a memcheck of a selftest subset are added.
 #
 #   tools/gpu-first.sh [--smoke] [--all] [--bin PATH] OUT
 #
@@ -123,6 +123,7 @@ if [[ $smoke == 0 ]] && command -v ncu >/dev/null; then
   ncu_one ncu-gemm-v3 "$hmma" gemm_v3_mma_bf16 "$bin" bench kernels --backend cuda --quick --op gemm --shape 4096x4096x4096
   ncu_one ncu-gemm-v5 "$gmma" gemm_v5_wgmma_bf16 "$bin" bench kernels --backend cuda --quick --op gemm --shape 4096x4096x4096
   ncu_one ncu-gemm-v6 "$hmma" gemm_v6_mma_multistage_bf16 "$bin" bench kernels --backend cuda --quick --op gemm --shape 4096x4096x4096
+  ncu_one ncu-gemm-v7 "$gmma" gemm_v7_tma_wgmma_bf16 "$bin" bench kernels --backend cuda --quick --op gemm --shape 4096x4096x4096
   ncu_one ncu-attn-fwd "$hmma" attn_fwd_v2_mma "$bin" bench ops --backend cuda --op attention --seq 2048 --heads 16:16:128 --seconds 0
   ncu_one ncu-attn-dkv "$hmma" attn_bwd_dkv_v2_mma "$bin" bench ops --backend cuda --op attention --seq 2048 --heads 16:16:128 --seconds 0
 fi

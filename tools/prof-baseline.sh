@@ -36,9 +36,9 @@ run() {  # label, kiln prof run arguments
 scalar=33
 [ "$smoke" = 1 ] && scalar=0
 for gv in v1 v2; do run "gemm $gv bf16" --op gemm --shape $g --variant $gv --dtype bf16 --max-ctas $scalar; done
-for gv in v3 v4 v5 v6; do run "gemm $gv bf16" --op gemm --shape $g --variant $gv --dtype bf16; done
+for gv in v3 v4 v5 v6 v7; do run "gemm $gv bf16" --op gemm --shape $g --variant $gv --dtype bf16; done
 run "gemm v2 f32" --op gemm --shape $g --variant v2 --dtype f32 --max-ctas $scalar
-for gv in v3 v6; do
+for gv in v3 v6 v7; do
   run "qgemm $gv Q4_K" --op qgemm --shape $g --variant $gv --dtype q4_k
   run "qgemm $gv NF4" --op qgemm --shape $g --variant $gv --dtype nf4
   run "lora $gv r16 fwd" --op lora --shape $l --variant $gv

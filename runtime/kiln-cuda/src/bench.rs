@@ -132,8 +132,8 @@ pub fn run(be: &KernelBackend, plan: &Plan, on_row: &mut dyn FnMut(&Row)) -> Res
                 }
             }
             "lora" => {
-                // The default variant (the one training runs).
-                let v = GemmVariant::default();
+                // The backend's variant (the one training runs).
+                let v = be.gemm();
                 let be = be.with_gemm(v);
                 for &(m, k, n) in &plan.shapes {
                     let x = up(be, randn(m * k, 3), &[m, k], DType::F32)?;
@@ -197,9 +197,9 @@ pub fn run(be: &KernelBackend, plan: &Plan, on_row: &mut dyn FnMut(&Row)) -> Res
                 // The QLoRA base: x·Wᵀ with W in its blocks, decoded inside the GEMM, beside the
                 // bf16 tensor-core GEMM of the same shape.
                 use kiln_core::quant::GgmlType as G;
-                let v = GemmVariant::default();
+                let v = be.gemm();
                 let be = be.with_gemm(v);
-                let how = if v == GemmVariant::V6 {
+                let how = if matches!(v, GemmVariant::V6 | GemmVariant::V7) {
                     format!("{v} (decoded to bf16 first)")
                 } else {
                     format!("{v}_q (decode in the loader, bf16 tensor cores)")

@@ -157,7 +157,8 @@ pub struct SplitSumParams {
     pub out: u64,
     pub len: i64,
     pub splits: i32,
-    pub pad: i32,
+    /// > 0: the slabs are [len / cols, cols] and `out` is written as their transpose.
+    pub cols: i32,
 }
 
 /// `kernels/matmul.cu` `PackParams` (f32 → 16-bit operands of the v6 GEMM).

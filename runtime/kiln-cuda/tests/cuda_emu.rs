@@ -123,7 +123,7 @@ fn production_kernels_are_race_free() {
     }
     let filter = Filter::from_env().expect("KILN_SELFTEST_OP names ops");
     let linear = |c: &Case| c.op == kiln_core::backend::Op::Linear;
-    for v in [GemmVariant::V4, GemmVariant::V5, GemmVariant::V6] {
+    for v in [GemmVariant::V4, GemmVariant::V5, GemmVariant::V6, GemmVariant::V7] {
         let sv = seeds(&format!("race check {v}"));
         let rep = selftest::run_pass(be.with_gemm(v), &sv, &filter, &linear, &mut |_, _| {});
         let n = expected(&sv, &linear);

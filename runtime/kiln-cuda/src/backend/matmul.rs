@@ -323,11 +323,65 @@ fn prepass(
     Ok(out)
 }
 
+/// `C` [m, n] (f32, dense) = `alpha · A·B` on v6's tensor cores, split over K so that the few
+/// output tiles of a thin product still fill the GPU (about 256 CTAs, at least one K tile each;
+/// the slabs summed in order: deterministic); `transposed`: C's transpose [n, m] instead. `a16`
+/// [m, k] and `b16` (NK [n, k], or KN [k, n]) hold 16-bit values of type `ty` in rows `lda` /
+/// `ldb` apart, zero-padded to `k`, a multiple of 8.
+#[allow(clippy::too_many_arguments)]
+fn gemm_v6_split(
+    be: &KernelBackend,
+    ty: &str,
+    (a16, lda): (u64, usize),
+    (b16, ldb, kn): (u64, usize, bool),
+    (m, n, k): (usize, usize, usize),
+    alpha: f32,
+    transposed: bool,
+) -> Result<crate::exec::DevBuf> {
+    let out = be.alloc(m * n, DType::F32)?;
+    let tiles = k.div_ceil(32);
+    let ctas = m.div_ceil(128) * n.div_ceil(128);
+    let want = (256 / ctas).clamp(1, tiles);
+    let kst = tiles.div_ceil(want);
+    let splits = tiles.div_ceil(kst);
+    let ws = if splits > 1 || transposed { Some(be.alloc(splits * m * n, DType::F32)?) } else { None };
+    let q = Gemm16Params {
+        a: a16,
+        b: b16,
+        c: ws.as_ref().map_or(out.ptr, |w| w.ptr),
+        lda: lda as i64,
+        ldb: ldb as i64,
+        m: m as i32,
+        n: n as i32,
+        k: k as i32,
+        ldc: n as i32,
+        alpha,
+        kst: if splits > 1 { kst as i32 } else { 0 },
+        ..Default::default()
+    };
+    let grid = [n.div_ceil(128) as u32, m.div_ceil(128) as u32, splits as u32];
+    be.exec.launch(
+        &format!("gemm_v6_mma_multistage_{}{ty}", if kn { "kn_" } else { "" }),
+        Launch { grid, block: [128, 1, 1], smem: 0 },
+        bytemuck::bytes_of(&q),
+    )?;
+    if let Some(ws) = &ws {
+        let len = m * n;
+        let cols = if transposed { n as i32 } else { 0 };
+        let s = SplitSumParams { ws: ws.ptr, out: out.ptr, len: len as i64, splits: splits as i32, cols };
+        be.exec.launch(
+            "gemm_splitk_sum",
+            Launch { grid: [len.div_ceil(256) as u32, 1, 1], block: [256, 1, 1], smem: 0 },
+            bytemuck::bytes_of(&s),
+        )?;
+    }
+    drop(ws);
+    Ok(out)
+}
+
 /// The rank-r pre-pass on v6's tensor cores, for products whose main GEMM rounds to a 16-bit
 /// type `ty` anyway: `x16` is X packed to `ty` ([`pack`], K zero-padded to 8; the main product
-/// reuses it), Y is packed likewise, split-K over the grid's depth so the few output tiles of a
-/// narrow N still fill the GPU (about 256 CTAs, at least one K tile each), the slabs summed in
-/// order (deterministic).
+/// reuses it), Y is packed likewise, split-K ([`gemm_v6_split`]).
 #[allow(clippy::too_many_arguments)]
 fn prepass_v6(
     be: &KernelBackend,
@@ -341,51 +395,42 @@ fn prepass_v6(
 ) -> Result<crate::exec::DevBuf> {
     let k8 = k.next_multiple_of(8);
     let y16 = pack(be, ty, y.ptr(), (sy.1, sy.0), nj, k, nj, k8, 1.0)?;
-    let out = be.alloc(m * nj, DType::F32)?;
-    let tiles = k8.div_ceil(32);
-    let ctas = m.div_ceil(128) * nj.div_ceil(128);
-    let want = (256 / ctas).clamp(1, tiles);
-    let kst = tiles.div_ceil(want);
-    let splits = tiles.div_ceil(kst);
-    let ws = if splits > 1 { Some(be.alloc(splits * m * nj, DType::F32)?) } else { None };
-    let q = Gemm16Params {
-        a: x16,
-        b: y16.ptr,
-        c: ws.as_ref().map_or(out.ptr, |w| w.ptr),
-        lda: k8 as i64,
-        ldb: k8 as i64,
-        m: m as i32,
-        n: nj as i32,
-        k: k8 as i32,
-        ldc: nj as i32,
-        alpha: 1.0,
-        kst: if splits > 1 { kst as i32 } else { 0 },
-        ..Default::default()
-    };
-    let grid = [nj.div_ceil(128) as u32, m.div_ceil(128) as u32, splits as u32];
-    be.exec.launch(
-        &format!("gemm_v6_mma_multistage_{ty}"),
-        Launch { grid, block: [128, 1, 1], smem: 0 },
-        bytemuck::bytes_of(&q),
-    )?;
-    if let Some(ws) = &ws {
-        let len = m * nj;
-        let s = SplitSumParams { ws: ws.ptr, out: out.ptr, len: len as i64, splits: splits as i32, pad: 0 };
-        be.exec.launch(
-            "gemm_splitk_sum",
-            Launch { grid: [len.div_ceil(256) as u32, 1, 1], block: [256, 1, 1], smem: 0 },
-            bytemuck::bytes_of(&s),
-        )?;
-    }
-    drop((y16, ws));
+    let out = gemm_v6_split(be, ty, (x16, k8), (y16.ptr, k8, false), (m, nj, k8), 1.0, false)?;
+    drop(y16);
     Ok(out)
+}
+
+/// LoRA's weight gradients on v6's tensor cores (the reduction runs over the m tokens, split-K):
+/// `dA [r, k] = s·gᵀ·x` and `dB [n, r] = s·dyᵀ·u`, the latter as the transpose of `s·uᵀ·dy` so
+/// that dy is read as the pre-pass packed it (`dy16` [m rounded up to 8, n]). g and u (f32
+/// [m, r]) are packed transposed (small), x packed once [m8, k]. Needs k and n multiples of 8.
+#[allow(clippy::too_many_arguments)]
+fn lora_grads_v6(
+    be: &KernelBackend,
+    ty: &str,
+    x: u64,
+    g: u64,
+    u: u64,
+    dy16: u64,
+    (m, k, n, r): (usize, usize, usize, usize),
+    s: f32,
+) -> Result<(crate::exec::DevBuf, crate::exec::DevBuf)> {
+    let m8 = m.next_multiple_of(8);
+    let gt = pack(be, ty, g, (1, r as i64), r, m, r, m8, 1.0)?;
+    let x16 = pack(be, ty, x, (k as i64, 1), m, k, m8, k, 1.0)?;
+    let da = gemm_v6_split(be, ty, (gt.ptr, m8), (x16.ptr, k, true), (r, k, m8), s, false)?;
+    drop((gt, x16));
+    let ut = pack(be, ty, u, (1, r as i64), r, m, r, m8, 1.0)?;
+    let db = gemm_v6_split(be, ty, (ut.ptr, m8), (dy16, n, true), (r, n, m8), s, true)?;
+    drop(ut);
+    Ok((da, db))
 }
 
 /// The 16-bit type v6's rank-r pre-pass rounds to when the main product runs on v6's tensor
 /// cores (W 16-bit or block-quantized, more rows than a decode step), else None (the f32
 /// pre-pass).
 fn v6_prepass_type(be: &KernelBackend, w: DType, m: usize) -> Option<&'static str> {
-    if effective(be) != GemmVariant::V6 || m <= GEMV_MAX_M as usize {
+    if !matches!(effective(be), GemmVariant::V6 | GemmVariant::V7) || m <= GEMV_MAX_M as usize {
         return None;
     }
     match w {
@@ -492,7 +537,9 @@ impl MatmulOps for KernelBackend {
                 let (ha, hb, hu) = (self.held(l.a)?, self.held(l.b)?, self.held(u)?);
                 let (gb, dy16) = match v6_prepass_type(self, w.dtype(), m) {
                     Some(ty) => {
-                        let dp = pack(self, ty, hdy.ptr(), (n as i64, 1), m, n, m, n.next_multiple_of(8), 1.0)?;
+                        // Rows up to a multiple of 8: the KN operand of dB reads them (zeros).
+                        let m8 = m.next_multiple_of(8);
+                        let dp = pack(self, ty, hdy.ptr(), (n as i64, 1), m, n, m8, n.next_multiple_of(8), 1.0)?;
                         (prepass_v6(self, ty, dp.ptr, &hb, (r as i64, 1), m, n, r)?, Some(dp))
                     }
                     None => (prepass(self, &hdy, (n as i64, 1), &hb, (r as i64, 1), m, n, r)?, None),
@@ -525,8 +572,17 @@ impl MatmulOps for KernelBackend {
         if needs.bias {
             g.dbias = Some(col_sum(self, dy, m, n)?);
         }
-        if let (true, Some((r, s, _, _, hu, gb, _))) = (needs.lora, &lo) {
+        if let (true, Some((r, s, _, _, hu, gb, dp))) = (needs.lora, &lo) {
             let r = *r;
+            if let (Some(ty), Some(dy16)) = (v6_prepass_type(self, w.dtype(), m), dp)
+                && k.is_multiple_of(8)
+                && n.is_multiple_of(8)
+            {
+                let (da, db) = lora_grads_v6(self, ty, hx.ptr(), gb.ptr, hu.ptr(), dy16.ptr, (m, k, n, r), *s)?;
+                g.da = Some(self.wrap(da, [r, k], DType::F32));
+                g.db = Some(self.wrap(db, [n, r], DType::F32));
+                return Ok(g);
+            }
             let da = self.alloc(r * k, DType::F32)?;
             let mut p = base(gb.ptr, hx.ptr(), da.ptr, r, k, m);
             (p.sam, p.sak, p.sbk, p.sbn, p.alpha) = (1, r as i64, k as i64, 1, *s);

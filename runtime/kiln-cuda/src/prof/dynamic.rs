@@ -41,6 +41,7 @@ pub struct RawProfile {
     pub ldsm_wavefronts: u64,
     pub const_req: u64,
     pub mma_warp: u64,
+    /// wgmma per warpgroup, in m64n128k16 units (an m64n256k16 counts two).
     pub wgmma_group: u64,
     pub wgmma_smem_bytes: u64,
     pub barriers: u64,
@@ -81,7 +82,7 @@ pub struct LaunchProfile {
     pub raw: RawProfile,
 }
 
-/// Flops of one mma.sync m16n8k16 and of one wgmma m64n128k16.
+/// Flops of one mma.sync m16n8k16 and of one wgmma m64n128k16 (the `wgmma_group` unit).
 pub const MMA_FLOPS: f64 = 2.0 * 16.0 * 8.0 * 16.0;
 pub const WGMMA_FLOPS: f64 = 2.0 * 64.0 * 128.0 * 16.0;
 
