@@ -122,6 +122,14 @@ __device__ __forceinline__ uint4 load_u32x4(const void* p) {
 #endif
 }
 
+__device__ __forceinline__ void store_u32x4(void* p, uint4 v) {
+#if KILN_GPU
+  *reinterpret_cast<uint4*>(p) = v;
+#else
+  std::memcpy(p, &v, 16);
+#endif
+}
+
 // ---- reductions ----
 // The butterfly all-reduce over a warp: every lane ends with the same bits. On the CPU the same
 // tree is computed from one warp-wide exchange (five shuffles cost five fiber rounds there).

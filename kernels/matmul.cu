@@ -684,6 +684,45 @@ __device__ __forceinline__ void gemm_v7(const Gemm90Params& p) {
 KILN_KERNEL_GC(gemm_v7_tma_wgmma_bf16, Gemm90Params, 384) { gemm_v7<bf16>(p); }
 KILN_KERNEL_GC(gemm_v7_tma_wgmma_f16, Gemm90Params, 384) { gemm_v7<f16>(p); }
 
+// A 16-bit transpose, out [cols, rows] (rows ld_out apart) = in [rows, cols] (rows ld_in
+// apart): v7 on Hopper reads the weight of dx = dy·W as NK through it. 64×64 tiles through
+// shared memory, 16-byte loads and stores (a group of 8 lanes writes one 128-byte output row);
+// rows and cols multiples of 8, bases 16-byte aligned (the backend checks).
+struct TransposeParams {
+  const void* in;
+  void* out;
+  i64 ld_in, ld_out;
+  int rows, cols;
+};
+KILN_KERNEL_LB(gemm_transpose16, TransposeParams, 256) {
+  // Rows of 66 values: a column read (8 rows apart per lane group) spreads over the banks.
+  __shared__ __align__(16) unsigned short tile[64][66];
+  const int r0 = blockIdx.y * 64, c0 = blockIdx.x * 64, tid = threadIdx.x;
+  const unsigned short* in = static_cast<const unsigned short*>(p.in);
+  unsigned short* out = static_cast<unsigned short*>(p.out);
+  KILN_UNROLL
+  for (int q = tid; q < 512; q += 256) {
+    const int r = q >> 3, j = q & 7;
+    uint4 v = {0u, 0u, 0u, 0u};
+    if (r0 + r < p.rows && c0 + 8 * j < p.cols) v = load_u32x4(in + i64(r0 + r) * p.ld_in + c0 + 8 * j);
+    u32* d = reinterpret_cast<u32*>(&tile[r][8 * j]);
+    d[0] = v.x;
+    d[1] = v.y;
+    d[2] = v.z;
+    d[3] = v.w;
+  }
+  __syncthreads();
+  KILN_UNROLL
+  for (int q = tid; q < 512; q += 256) {
+    const int c = q >> 3, j = q & 7;
+    if (c0 + c >= p.cols || r0 + 8 * j >= p.rows) continue;
+    u32 e[4];
+    KILN_UNROLL
+    for (int i = 0; i < 4; ++i) e[i] = u32(tile[8 * j + 2 * i][c]) | (u32(tile[8 * j + 2 * i + 1][c]) << 16);
+    store_u32x4(out + i64(c0 + c) * p.ld_out + r0 + 8 * j, uint4{e[0], e[1], e[2], e[3]});
+  }
+}
+
 // f32 → 16-bit operand packing for v6: out[r·ld + c] = T(scale · x[r·s_row + c·s_col]) for
 // r < rows, c < cols, and zero up to out_rows × ld (the padding v6's 16-byte chunks read).
 // A thread makes 4 consecutive outputs (one 8-byte store: a warp writes 256 contiguous bytes);

@@ -205,9 +205,15 @@ fn gpu_first_smoke_writes_one_archive_and_the_summary() {
     names.sort();
     assert_eq!(names, ["gpu-first.tar.gz", "summary.txt"]);
     let summary = std::fs::read_to_string(out.join("summary.txt")).unwrap();
-    for want in
-        ["gemm v3_mma", "gemm v5_wgmma", "gemm v6_mma_multistage", "attention fwd+bwd", "kiln/torch", "model TF/s"]
-    {
+    for want in [
+        "gemm v3_mma",
+        "gemm v5_wgmma",
+        "gemm v6_mma_multistage",
+        "gemm v7_tma_wgmma",
+        "attention fwd+bwd",
+        "kiln/torch",
+        "model TF/s",
+    ] {
         assert!(summary.contains(want), "{want} missing from:\n{summary}");
     }
     let list = std::process::Command::new("tar").arg("tzf").arg(out.join("gpu-first.tar.gz")).output().unwrap();

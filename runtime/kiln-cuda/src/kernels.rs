@@ -121,14 +121,8 @@ pub struct Gemm16Params {
 /// `kernels/common.cuh` `TensorMap`: a TMA tensor map's 128 bytes, as the device reads them
 /// ([`crate::exec::Exec::tensor_map_2d`] encodes one).
 #[repr(C, align(64))]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct TensorMap(pub [u64; 16]);
-
-impl Default for TensorMap {
-    fn default() -> TensorMap {
-        TensorMap([0; 16])
-    }
-}
 
 /// `kernels/matmul.cu` `Gemm90Params` (the v7 GEMM: TMA and wgmma on sm_90a).
 #[repr(C, align(64))]
@@ -147,6 +141,18 @@ pub struct Gemm90Params {
     pub ru: i32,
     pub alpha: f32,
     pub pad: [i32; 6],
+}
+
+/// `kernels/matmul.cu` `TransposeParams` (the 16-bit transpose of v7's dx weight).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct TransposeParams {
+    pub input: u64,
+    pub out: u64,
+    pub ld_in: i64,
+    pub ld_out: i64,
+    pub rows: i32,
+    pub cols: i32,
 }
 
 /// `kernels/matmul.cu` `SplitSumParams` (the split-K sum of the v6 GEMM's slabs).

@@ -676,29 +676,39 @@ fn gemm_v7_matches_v6_and_the_cpu_with_tails_and_ranks() {
             let len = dims.iter().product();
             Tensor::from_vec((0..len).map(|_| rng.normal() as f32).collect::<Vec<_>>(), dims.to_vec()).unwrap()
         };
-        let (x, w, bias, la, lb) = (randn(&[m, k]), randn(&[n, k]), randn(&[n]), randn(&[r, k]), randn(&[n, r]));
+        let (x, w, bias, la, lb, dy) =
+            (randn(&[m, k]), randn(&[n, k]), randn(&[n]), randn(&[r, k]), randn(&[n, r]), randn(&[m, n]));
         let w = w.to_dtype(wd).unwrap();
         let worst = |a: &[f64], b: &[f64]| {
             let s = b.iter().fold(0.0f64, |m, y| m.max(y.abs()));
             a.iter().zip(b).map(|(x, y)| if x.is_nan() { f64::INFINITY } else { (x - y).abs() / s }).fold(0.0, f64::max)
         };
-        let fwd = |be: &dyn Backend, x: &Tensor, w: &Tensor, lora: Option<(&Tensor, &Tensor)>| {
-            let l = lora.map(|(a, b)| LoraRef { a, b, scale: 0.7 });
-            be.linear_fwd(x, w, Some(&bias), l).unwrap().0.to_vec_f64().unwrap()
+        // y and dx (dx = dy·W: v7 over a transposed copy of W).
+        let run = |be: &dyn Backend, x: &Tensor, w: &Tensor, dy: &Tensor, lora: Option<(&Tensor, &Tensor)>| {
+            let l = || lora.map(|(a, b)| LoraRef { a, b, scale: 0.7 });
+            let (y, u) = be.linear_fwd(x, w, Some(&bias), l()).unwrap();
+            let needs = kiln_core::backend::LinearNeeds { x: true, ..Default::default() };
+            let g = be.linear_bwd(dy, x, w, l().zip(u.as_ref()), needs).unwrap();
+            [y, g.dx.unwrap()].map(|t| t.to_vec_f64().unwrap())
         };
         // The same 16-bit operands and f32 accumulation as v6, in another order.
-        let e = worst(&fwd(v7, &x, &w, None), &fwd(v6, &x, &w, None));
-        eprintln!("v7 {m}x{k}x{n} {}: y vs v6 {e:.1e}", wd.name());
-        assert!(e < 2e-5, "{m}x{k}x{n} {}: y differs from v6 by {e:e} of its scale", wd.name());
+        let (got, near) = (run(v7, &x, &w, &dy, None), run(v6, &x, &w, &dy, None));
+        for (i, name) in ["y", "dx"].into_iter().enumerate() {
+            let e = worst(&got[i], &near[i]);
+            eprintln!("v7 {m}x{k}x{n} {}: {name} vs v6 {e:.1e}", wd.name());
+            assert!(e < 2e-5, "{m}x{k}x{n} {}: {name} differs from v6 by {e:e} of its scale", wd.name());
+        }
         let f64s = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
-        let got = fwd(v7, &x, &w, Some((&la, &lb)));
-        let cpu = fwd(&CpuBackend, &f64s(&x), &f64s(&w), Some((&f64s(&la), &f64s(&lb))));
-        let e = worst(&got, &cpu);
-        eprintln!("v7 {m}x{k}x{n} r{r} {}: LoRA y vs the f64 CPU {e:.1e}", wd.name());
-        assert!(e < 2e-2, "{m}x{k}x{n} r{r} {}: LoRA y differs from the CPU by {e:e}", wd.name());
+        let got = run(v7, &x, &w, &dy, Some((&la, &lb)));
+        let cpu = run(&CpuBackend, &f64s(&x), &f64s(&w), &f64s(&dy), Some((&f64s(&la), &f64s(&lb))));
+        for (i, name) in ["y", "dx"].into_iter().enumerate() {
+            let e = worst(&got[i], &cpu[i]);
+            eprintln!("v7 {m}x{k}x{n} r{r} {}: LoRA {name} vs the f64 CPU {e:.1e}", wd.name());
+            assert!(e < 2e-2, "{m}x{k}x{n} r{r} {}: LoRA {name} differs from the CPU by {e:e}", wd.name());
+        }
     }
     let ran = v7.exec.launched();
-    for k in ["gemm_v7_tma_wgmma_bf16", "gemm_v7_tma_wgmma_f16"] {
+    for k in ["gemm_v7_tma_wgmma_bf16", "gemm_v7_tma_wgmma_f16", "gemm_transpose16"] {
         assert!(ran.iter().any(|r| r == k), "{k} never launched: {ran:?}");
     }
     // The race checker over one tile of v7, LoRA phase included.

@@ -119,8 +119,8 @@ fn gemm_a16(be: &KernelBackend, p: &GemmParams, b_type: DType, a16: Option<u64>)
         if v6_unfit(&d).is_none() {
             let (w16, _) = super::elementwise::dequant(be, p.b, numel, q, DType::BF16)?;
             d.b = w16.ptr;
-            if v == GemmVariant::V7 && d.sbk == 1 {
-                gemm_v7(be, &d, DType::BF16, a16)?;
+            if v == GemmVariant::V7 {
+                gemm_hopper(be, &d, DType::BF16, a16)?;
             } else {
                 gemm_v6(be, &d, DType::BF16, a16)?;
             }
@@ -128,10 +128,9 @@ fn gemm_a16(be: &KernelBackend, p: &GemmParams, b_type: DType, a16: Option<u64>)
             return Ok(());
         }
     }
-    // v7 serves the NK layout (x·Wᵀ); v6 every other layout it fits.
     if v.runs_for(b_type) == GemmVariant::V7 {
-        if p.sbk == 1 && v6_unfit(p).is_none() {
-            return gemm_v7(be, p, b_type, a16);
+        if v6_unfit(p).is_none() {
+            return gemm_hopper(be, p, b_type, a16);
         }
         v = GemmVariant::V6;
     }
@@ -249,6 +248,36 @@ fn gemm_v6(be: &KernelBackend, p: &GemmParams, b_type: DType, packed: Option<u64
     let cfg = Launch { grid: [n.div_ceil(128) as u32, m.div_ceil(128) as u32, 1], block: [128, 1, 1], smem: 0 };
     be.exec.launch(&name, cfg, bytemuck::bytes_of(&q))?;
     drop((a16, lora));
+    Ok(())
+}
+
+/// v7 for a product v6 could serve: NK B (x·Wᵀ) directly, KN B (dx = dy·W) through a transposed
+/// 16-bit copy of B (one read and one write of the weight: at 4096² about a tenth of the
+/// product's modeled time, against v6's mma.sync), v6 where K is no multiple of 8 (the copy's
+/// rows would not be 16-byte aligned).
+fn gemm_hopper(be: &KernelBackend, p: &GemmParams, b_type: DType, a16: Option<u64>) -> Result<()> {
+    if p.sbk == 1 {
+        return gemm_v7(be, p, b_type, a16);
+    }
+    if p.k % 8 != 0 {
+        return gemm_v6(be, p, b_type, a16);
+    }
+    // B [k, n] (rows sbk apart) → Bᵀ [n, k].
+    let (k, n) = (p.k as usize, p.n as usize);
+    let bt = be.alloc(n * k, DType::BF16)?;
+    let t = crate::kernels::TransposeParams {
+        input: p.b,
+        out: bt.ptr,
+        ld_in: p.sbk,
+        ld_out: k as i64,
+        rows: p.k,
+        cols: p.n,
+    };
+    let cfg = Launch { grid: [n.div_ceil(64) as u32, k.div_ceil(64) as u32, 1], block: [256, 1, 1], smem: 0 };
+    be.exec.launch("gemm_transpose16", cfg, bytemuck::bytes_of(&t))?;
+    let q = GemmParams { b: bt.ptr, sbk: 1, sbn: k as i64, ..*p };
+    gemm_v7(be, &q, b_type, a16)?;
+    drop(bt);
     Ok(())
 }
 
