@@ -90,6 +90,8 @@ section selftest-cpu 120 "$bin" selftest --backend cpu
 section selftest-cuda 300 "$bin" selftest --backend cuda
 # The Hopper GEMM (wgmma, sm_90a) through the same suite; elsewhere it says so and runs v4.
 section selftest-cuda-v5 300 env KILN_CUDA_GEMM=v5 "$bin" selftest --backend cuda
+# The default on Hopper is v7 (TMA + wgmma); v6 there too.
+section selftest-cuda-v6 300 env KILN_CUDA_GEMM=v6 "$bin" selftest --backend cuda
 if [[ $smoke == 1 ]]; then
   section kernels-cuda 300 "$bin" bench kernels --backend cuda-emu --json
 elif [[ $quick == 1 ]]; then

@@ -74,6 +74,8 @@ section info 30 "$bin" info --json
 export KILN_CUDA_SYNC=1
 section selftest-cuda 120 "$bin" selftest --backend $be
 section selftest-cuda-v5 120 env KILN_CUDA_GEMM=v5 "$bin" selftest --backend $be
+# On a Hopper GPU the default is v7 (v6 serves its pre-passes); v6 as a whole on the card too.
+[[ $smoke == 0 ]] && section selftest-cuda-v6 120 env KILN_CUDA_GEMM=v6 "$bin" selftest --backend $be
 unset KILN_CUDA_SYNC
 if [[ $smoke == 1 ]]; then
   section bench-kernels 120 "$bin" bench kernels --backend cuda-emu --op gemm,qgemm --json --jsonl "$w/kernels.jsonl"
