@@ -878,14 +878,13 @@ __device__ __forceinline__ void mbar_arrive(u64* bar) {
 // Blocks until the phase of parity `parity` (0 for a fresh barrier's first) has completed.
 __device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
 #if KILN_WGMMA
-  const u32 a = u32(__cvta_generic_to_shared(bar));
-  u32 done = 0;
-  while (!done)
-    asm volatile(
-        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(a), "r"(parity)
-        : "memory");
+  // The retry loop inside one asm block (as CUTLASS's ClusterBarrier::wait): the warp leaves it
+  // converged, ready for the .sync.aligned wgmma instructions that follow.
+  asm volatile(
+      "{\n.reg .pred p;\nKILN_MBAR_WAIT:\nmbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+      "@p bra KILN_MBAR_DONE;\nbra KILN_MBAR_WAIT;\nKILN_MBAR_DONE:\n}\n" ::"r"(u32(__cvta_generic_to_shared(bar))),
+      "r"(parity)
+      : "memory");
 #elif KILN_GPU
   (void)bar, (void)parity;
   __trap();

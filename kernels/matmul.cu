@@ -418,6 +418,17 @@ __device__ __forceinline__ void v6_raster(int& tm, int& tn) {
   tn = (id % group) / rows;
 }
 
+// Columns j and j + 1 of an output row (v6's and v7's epilogues): one 8-byte store where both
+// lie inside and the row stride keeps pairs aligned (`pairs`), else what lies inside.
+__device__ __forceinline__ void store_c_pair(float* row, int j, int n, bool pairs, float v0, float v1) {
+  if (pairs && j + 1 < n) {
+    store_f32x2(row + j, v0, v1);
+  } else {
+    if (j < n) row[j] = v0;
+    if (j + 1 < n) row[j + 1] = v1;
+  }
+}
+
 template <class T, bool KN>
 __device__ __forceinline__ void gemm_v6(const Gemm16Params& p) {
   __shared__ __align__(128) unsigned char smem[V6_STAGES * 2 * V6_TILE];
@@ -560,14 +571,8 @@ __device__ __forceinline__ void gemm_v6(const Gemm16Params& p) {
       for (int h = 0; h < 2; ++h) {
         const int i = bm + wm * 64 + mi * 16 + g + 8 * h;
         if (i >= p.m) continue;
-        const float v0 = p.alpha * acc[mi][ni][2 * h] + b0, v1 = p.alpha * acc[mi][ni][2 * h + 1] + b1;
-        float* out = c + i64(i) * p.ldc + j;
-        if (pairs && j + 1 < p.n) {
-          store_f32x2(out, v0, v1);
-        } else {
-          if (j < p.n) out[0] = v0;
-          if (j + 1 < p.n) out[1] = v1;
-        }
+        store_c_pair(c + i64(i) * p.ldc, j, p.n, pairs, p.alpha * acc[mi][ni][2 * h] + b0,
+                     p.alpha * acc[mi][ni][2 * h + 1] + b1);
       }
     }
 }
@@ -670,14 +675,8 @@ __device__ __forceinline__ void gemm_v7(const Gemm90Params& p) {
     for (int h = 0; h < 2; ++h) {
       const int i = bm + cw * 64 + 16 * w + g + 8 * h;
       if (i >= p.m) continue;
-      const float v0 = p.alpha * acc[4 * j8 + 2 * h] + b0, v1 = p.alpha * acc[4 * j8 + 2 * h + 1] + b1;
-      float* out = c + i64(i) * p.ldc + j;
-      if (pairs && j + 1 < p.n) {
-        store_f32x2(out, v0, v1);
-      } else {
-        if (j < p.n) out[0] = v0;
-        if (j + 1 < p.n) out[1] = v1;
-      }
+      store_c_pair(c + i64(i) * p.ldc, j, p.n, pairs, p.alpha * acc[4 * j8 + 2 * h] + b0,
+                   p.alpha * acc[4 * j8 + 2 * h + 1] + b1);
     }
   }
 }

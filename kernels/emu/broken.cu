@@ -215,17 +215,24 @@ struct TmaTestParams {
 // One warpgroup: c[r·64 + j] = the tile's (r, j), read back through the swizzle. MODE 0
 // correct; 1 reads before waiting on the barrier; 2 waits on the wrong phase (parity 1 of a
 // fresh barrier); 3 announces 128 more transaction bytes than the load delivers.
-template <int MODE>
-__device__ __forceinline__ void tma_tile(const TmaTestParams& p) {
+// The dynamic shared memory aligned to 1024 bytes (the swizzle's period), and one mbarrier
+// `bar_at` bytes into it, initialized for one arrival and published to the block.
+__device__ __forceinline__ unsigned char* tma_test_setup(int bar_at, u64*& bar) {
   unsigned char* raw = dyn_smem();
-  unsigned char* tile = raw + (1024 - smem_offset(raw) % 1024) % 1024;
-  u64* bar = reinterpret_cast<u64*>(tile + 64 * 128);
-  const int tid = threadIdx.x;
-  if (tid == 0) {
+  unsigned char* base = raw + (1024 - smem_offset(raw) % 1024) % 1024;
+  bar = reinterpret_cast<u64*>(base + bar_at);
+  if (threadIdx.x == 0) {
     mbar_init(bar, 1);
     mbar_fence_init();
   }
   __syncthreads();
+  return base;
+}
+template <int MODE>
+__device__ __forceinline__ void tma_tile(const TmaTestParams& p) {
+  u64* bar;
+  unsigned char* tile = tma_test_setup(64 * 128, bar);
+  const int tid = threadIdx.x;
   if (tid == 0) {
     mbar_arrive_expect_tx(bar, 64 * 128 + (MODE == 3 ? 128 : 0));
     tma_load_2d(tile, &p.a, 0, 0, bar);
@@ -248,16 +255,10 @@ KILN_KERNEL_GC(broken_mbarrier_tx_never_completes, TmaTestParams, 128) { tma_til
 // over the same bytes (the mistake the emulation must refuse).
 template <bool SWIZZLED>
 __device__ __forceinline__ void tma_wgmma(const TmaTestParams& p) {
-  unsigned char* raw = dyn_smem();
-  unsigned char* sa = raw + (1024 - smem_offset(raw) % 1024) % 1024;
+  u64* bar;
+  unsigned char* sa = tma_test_setup((64 + 128) * 128, bar);
   unsigned char* sb = sa + 64 * 128;
-  u64* bar = reinterpret_cast<u64*>(sb + 128 * 128);
   const int tid = threadIdx.x;
-  if (tid == 0) {
-    mbar_init(bar, 1);
-    mbar_fence_init();
-  }
-  __syncthreads();
   if (tid == 0) {
     mbar_arrive_expect_tx(bar, (64 + 128) * 128);
     tma_load_2d(sa, &p.a, 0, 0, bar);

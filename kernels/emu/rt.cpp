@@ -156,7 +156,7 @@ std::vector<TmaOp> g_tma;       // loads issued, not yet landed
 std::vector<Region> g_regions;  // what TMA loads wrote, with their swizzle
 std::unordered_map<uint64_t, long long> g_passed;  // (thread, barrier) → the last phase it waited for
 unsigned g_async_gen;  // bumped by every arrival and load: wakes fibers waiting on a barrier
-const MBar* g_waits_on[kMaxThreads];
+int g_waits_on[kMaxThreads];  // the barrier (index in g_mbars) a fiber waits on, or -1
 
 // ---- profiler state (kernels/emu/prof.cpp scores the accesses) ----
 bool g_prof_on = false;
@@ -353,7 +353,7 @@ std::string deadlock() {
   for (unsigned i = 0; i < g_nthreads; ++i) {
     if (g_fibers[i].st == WaitBar) bar++;
     if (g_fibers[i].st == WaitWarp) warp++;
-    if (g_fibers[i].st == WaitAsync && !mbar++) first = g_waits_on[i];
+    if (g_fibers[i].st == WaitAsync && !mbar++ && g_waits_on[i] >= 0) first = &g_mbars[size_t(g_waits_on[i])];
   }
   if (first)
     warps += fmt(" %u wait on mbarriers (the first on shared %p: %lld phases completed, %u of %u arrivals and %lld "
@@ -391,7 +391,6 @@ bool run_block() {
   g_shadow.clear();
   std::memset(g_proxy, 0, sizeof g_proxy);
   g_mbars.clear();
-  g_mbars.reserve(256);  // g_waits_on points into it
   g_tma.clear();
   g_regions.clear();
   g_passed.clear();
@@ -529,12 +528,12 @@ void mbar_wait(void* bar, unsigned parity) {
                  parity & 1u, phase)
                  .c_str());
       g_passed[key] = phase;
-      g_waits_on[g_cur->view.linear] = nullptr;
+      g_waits_on[g_cur->view.linear] = -1;
       return;
     }
     settle(*b);
     if ((parity & 1u) != unsigned(b->done & 1)) continue;
-    g_waits_on[g_cur->view.linear] = b;
+    g_waits_on[g_cur->view.linear] = int(b - g_mbars.data());
     g_cur->st = WaitAsync;
     g_cur->wait_gen = g_async_gen;
     yield();

@@ -47,8 +47,31 @@ pub struct TensorMap2d {
     pub f16: bool,
 }
 
-/// The emulation's encoding of a tensor map (kernels/emu/kiln_emu.h `TmaMap`).
-pub fn emulated_tensor_map(t: &TensorMap2d) -> [u64; 16] {
+/// Why the driver would refuse `t` (cuTensorMapEncodeTiled's rules for a 2-D map of 16-bit
+/// values), or None: the emulation holds its maps to the same rules.
+pub fn tensor_map_unfit(t: &TensorMap2d) -> Option<&'static str> {
+    let row = 2 * u64::from(t.boxes[0]);
+    if !t.base.is_multiple_of(16) {
+        Some("the base is not 16-byte aligned")
+    } else if !t.row_bytes.is_multiple_of(16) || t.row_bytes >= 1 << 40 {
+        Some("the row stride is not a multiple of 16 bytes below 2^40")
+    } else if t.dims.iter().any(|&d| d == 0 || d > 1 << 32) {
+        Some("a dimension is outside 1 … 2^32")
+    } else if t.boxes.iter().any(|&b| b == 0 || b > 256) || !row.is_multiple_of(16) {
+        Some("a box extent is outside 1 … 256 or its rows are not whole 16-byte units")
+    } else if t.swizzle128 && row > 128 {
+        Some("a 128-byte-swizzled box's rows are wider than 128 bytes")
+    } else {
+        None
+    }
+}
+
+/// The emulation's encoding of a tensor map (kernels/emu/kiln_emu.h `TmaMap`); the driver's
+/// rules apply ([`tensor_map_unfit`]).
+pub fn emulated_tensor_map(t: &TensorMap2d) -> Result<[u64; 16]> {
+    if let Some(why) = tensor_map_unfit(t) {
+        return Err(kiln_core::Error::Msg(format!("tensor map {t:?}: {why}")));
+    }
     let mut w = [0u64; 16];
     w[0] = 0x5041_4d41_4d54_4e4c; // kTmaMagic
     w[1] = t.base;
@@ -57,7 +80,7 @@ pub fn emulated_tensor_map(t: &TensorMap2d) -> [u64; 16] {
     w[4] = t.row_bytes;
     w[5] = u64::from(t.boxes[0]) | u64::from(t.boxes[1]) << 32;
     w[6] = 2 | if t.swizzle128 { 3u64 << 32 } else { 0 };
-    w
+    Ok(w)
 }
 
 /// Memory and launches on one device.
@@ -127,6 +150,6 @@ pub trait Exec: Send + Sync {
     }
     /// A TMA tensor map of `t` in the device's encoding (the driver's on a GPU).
     fn tensor_map_2d(&self, t: &TensorMap2d) -> Result<[u64; 16]> {
-        Ok(emulated_tensor_map(t))
+        emulated_tensor_map(t)
     }
 }

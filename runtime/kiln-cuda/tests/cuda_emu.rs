@@ -535,6 +535,20 @@ fn eight_bit_adamw_from_zero_state_is_adamw(be: &'static kiln_cuda::backend::Ker
 /// weights. The plain product against v4, which rounds the same operands to the same type and
 /// accumulates in f32 (only the summation order may differ); with LoRA against the f64 CPU
 /// (16-bit rounding of the operands apart). The race checker must stay silent.
+/// x [m, k], W [n, k], bias [n], LoRA A [r, k] and B [n, r], dy [m, n]: standard normal f32.
+fn linear_inputs(rng: &mut kiln_core::rng::Rng, m: usize, k: usize, n: usize, r: usize) -> [kiln_core::Tensor; 6] {
+    [vec![m, k], vec![n, k], vec![n], vec![r, k], vec![n, r], vec![m, n]].map(|dims| {
+        let len = dims.iter().product();
+        kiln_core::Tensor::from_vec((0..len).map(|_| rng.normal() as f32).collect::<Vec<_>>(), dims).unwrap()
+    })
+}
+
+/// The worst difference relative to `want`'s largest magnitude (NaN: infinite).
+fn worst_of_scale(got: &[f64], want: &[f64]) -> f64 {
+    let s = want.iter().fold(0.0f64, |m, y| m.max(y.abs()));
+    got.iter().zip(want).map(|(x, y)| if x.is_nan() { f64::INFINITY } else { (x - y).abs() / s }).fold(0.0, f64::max)
+}
+
 #[test]
 fn gemm_v6_matches_v4_and_the_cpu_with_tails_ranks_and_both_layouts() {
     use kiln_core::backend::{LinearNeeds, LoraRef};
@@ -544,12 +558,7 @@ fn gemm_v6_matches_v4_and_the_cpu_with_tails_ranks_and_both_layouts() {
     let cases = [(37, 200, 72, 1, DType::BF16), (150, 72, 136, 16, DType::BF16), (129, 40, 264, 64, DType::F16)];
     for (m, k, n, r, wd) in cases.into_iter().chain([(65, 136, 48, 128, DType::BF16), (300, 2056, 24, 16, DType::BF16)])
     {
-        let mut randn = |dims: &[usize]| {
-            let len = dims.iter().product();
-            Tensor::from_vec((0..len).map(|_| rng.normal() as f32).collect::<Vec<_>>(), dims.to_vec()).unwrap()
-        };
-        let (x, w, bias, la, lb, dy) =
-            (randn(&[m, k]), randn(&[n, k]), randn(&[n]), randn(&[r, k]), randn(&[n, r]), randn(&[m, n]));
+        let [x, w, bias, la, lb, dy] = linear_inputs(&mut rng, m, k, n, r);
         let w = w.to_dtype(wd).unwrap();
         // y, dx (plain); y, dx, dA, dB (with LoRA).
         let plain = |be: &dyn Backend| {
@@ -564,13 +573,9 @@ fn gemm_v6_matches_v4_and_the_cpu_with_tails_ranks_and_both_layouts() {
             let g = be.linear_bwd(dy, x, w, Some((l(), &u.unwrap())), needs).unwrap();
             [y, g.dx.unwrap(), g.da.unwrap(), g.db.unwrap()].map(|t| t.to_vec_f64().unwrap())
         };
-        let worst = |a: &[f64], b: &[f64]| {
-            let s = b.iter().fold(0.0f64, |m, y| m.max(y.abs()));
-            a.iter().zip(b).map(|(x, y)| if x.is_nan() { f64::INFINITY } else { (x - y).abs() / s }).fold(0.0, f64::max)
-        };
         let (got, near) = (plain(v6), plain(v4));
         for (i, name) in ["y", "dx"].into_iter().enumerate() {
-            let e = worst(&got[i], &near[i]);
+            let e = worst_of_scale(&got[i], &near[i]);
             eprintln!("v6 {m}x{k}x{n} {}: plain {name} vs v4 {e:.1e}", wd.name());
             assert!(e < 2e-5, "{m}x{k}x{n} {}: {name} differs from v4 by {e:e} of its scale", wd.name());
         }
@@ -578,7 +583,7 @@ fn gemm_v6_matches_v4_and_the_cpu_with_tails_ranks_and_both_layouts() {
         let f64s = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
         let cpu = lora(&CpuBackend, &f64s(&x), &f64s(&w), &f64s(&la), &f64s(&lb), &f64s(&dy));
         for (i, name) in ["y", "dx", "dA", "dB"].into_iter().enumerate() {
-            let e = worst(&got[i], &cpu[i]);
+            let e = worst_of_scale(&got[i], &cpu[i]);
             eprintln!("v6 {m}x{k}x{n} r{r} {}: {name} vs the f64 CPU {e:.1e}", wd.name());
             assert!(e < 2e-2, "{m}x{k}x{n} r{r} {}: {name} differs from the CPU by {e:e}", wd.name());
         }
@@ -623,7 +628,7 @@ fn run_tma(kernel: &str, a: &[f32], b: &[f32], out_len: usize, rc: bool) -> Resu
             swizzle128: true,
             f16: false,
         };
-        TensorMap(emulated_tensor_map(&t))
+        TensorMap(emulated_tensor_map(&t).unwrap())
     };
     let p = TmaTestParams { a: map(ha.ptr, a.len() / 64, 64), b: map(hb.ptr, 128, 128), c: hc.ptr, pad: [0; 14] };
     let cfg = Launch { grid: [1, 1, 1], block: [128, 1, 1], smem: (64 + 128) * 128 + 1024 + 64 };
@@ -660,6 +665,20 @@ fn tma_and_mbarriers_follow_the_ptx_rules_and_their_misuse_is_caught() {
     assert_eq!(run_tma("ok_tma_wgmma_swizzled", &a, &b, 64 * 128, true).unwrap(), want);
     let e = run_tma("broken_tma_wgmma_wrong_swizzle", &a, &b, 64 * 128, false).unwrap_err();
     assert!(e.contains("swizzle mode 0") && e.contains("wrote with mode 1"), "{e}");
+    // The emulation encodes only the maps the driver would (cuTensorMapEncodeTiled's rules).
+    use kiln_cuda::exec::{TensorMap2d, emulated_tensor_map};
+    let ok = TensorMap2d { base: 4096, dims: [64, 70], row_bytes: 128, boxes: [64, 64], swizzle128: true, f16: false };
+    assert!(emulated_tensor_map(&ok).is_ok());
+    for (bad, why) in [
+        (TensorMap2d { base: 4104, ..ok }, "16-byte aligned"),
+        (TensorMap2d { row_bytes: 120, ..ok }, "multiple of 16"),
+        (TensorMap2d { dims: [64, 0], ..ok }, "dimension"),
+        (TensorMap2d { boxes: [64, 257], ..ok }, "box extent"),
+        (TensorMap2d { boxes: [128, 64], ..ok }, "wider than 128 bytes"),
+    ] {
+        let e = emulated_tensor_map(&bad).unwrap_err().to_string();
+        assert!(e.contains(why), "{e}");
+    }
 }
 
 #[test]
@@ -672,17 +691,8 @@ fn gemm_v7_matches_v6_and_the_cpu_with_tails_and_ranks() {
     // K under one tile, ranks padded to 64 and 128.
     let cases = [(37, 200, 72, 1, DType::BF16), (150, 72, 300, 16, DType::BF16), (129, 40, 264, 64, DType::F16)];
     for (m, k, n, r, wd) in cases.into_iter().chain([(65, 136, 48, 72, DType::BF16)]) {
-        let mut randn = |dims: &[usize]| {
-            let len = dims.iter().product();
-            Tensor::from_vec((0..len).map(|_| rng.normal() as f32).collect::<Vec<_>>(), dims.to_vec()).unwrap()
-        };
-        let (x, w, bias, la, lb, dy) =
-            (randn(&[m, k]), randn(&[n, k]), randn(&[n]), randn(&[r, k]), randn(&[n, r]), randn(&[m, n]));
+        let [x, w, bias, la, lb, dy] = linear_inputs(&mut rng, m, k, n, r);
         let w = w.to_dtype(wd).unwrap();
-        let worst = |a: &[f64], b: &[f64]| {
-            let s = b.iter().fold(0.0f64, |m, y| m.max(y.abs()));
-            a.iter().zip(b).map(|(x, y)| if x.is_nan() { f64::INFINITY } else { (x - y).abs() / s }).fold(0.0, f64::max)
-        };
         // y and dx (dx = dy·W: v7 over a transposed copy of W).
         let run = |be: &dyn Backend, x: &Tensor, w: &Tensor, dy: &Tensor, lora: Option<(&Tensor, &Tensor)>| {
             let l = || lora.map(|(a, b)| LoraRef { a, b, scale: 0.7 });
@@ -694,7 +704,7 @@ fn gemm_v7_matches_v6_and_the_cpu_with_tails_and_ranks() {
         // The same 16-bit operands and f32 accumulation as v6, in another order.
         let (got, near) = (run(v7, &x, &w, &dy, None), run(v6, &x, &w, &dy, None));
         for (i, name) in ["y", "dx"].into_iter().enumerate() {
-            let e = worst(&got[i], &near[i]);
+            let e = worst_of_scale(&got[i], &near[i]);
             eprintln!("v7 {m}x{k}x{n} {}: {name} vs v6 {e:.1e}", wd.name());
             assert!(e < 2e-5, "{m}x{k}x{n} {}: {name} differs from v6 by {e:e} of its scale", wd.name());
         }
@@ -702,7 +712,7 @@ fn gemm_v7_matches_v6_and_the_cpu_with_tails_and_ranks() {
         let got = run(v7, &x, &w, &dy, Some((&la, &lb)));
         let cpu = run(&CpuBackend, &f64s(&x), &f64s(&w), &f64s(&dy), Some((&f64s(&la), &f64s(&lb))));
         for (i, name) in ["y", "dx"].into_iter().enumerate() {
-            let e = worst(&got[i], &cpu[i]);
+            let e = worst_of_scale(&got[i], &cpu[i]);
             eprintln!("v7 {m}x{k}x{n} r{r} {}: LoRA {name} vs the f64 CPU {e:.1e}", wd.name());
             assert!(e < 2e-2, "{m}x{k}x{n} r{r} {}: LoRA {name} differs from the CPU by {e:e}", wd.name());
         }

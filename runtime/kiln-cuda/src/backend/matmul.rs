@@ -208,6 +208,25 @@ fn pack(
     Ok(out)
 }
 
+/// LoRA's factors for v6 and v7, packed to `ty` with the rank zero-padded to `ru`: s·U
+/// [m, ru], and L in B's layout (NK [n, ru], or KN [ru, n] where `kn`).
+fn pack_lora(
+    be: &KernelBackend,
+    ty: &str,
+    p: &GemmParams,
+    ru: usize,
+    kn: bool,
+) -> Result<(crate::exec::DevBuf, crate::exec::DevBuf)> {
+    let (m, n, r) = (p.m as usize, p.n as usize, p.rank as usize);
+    let u16 = pack(be, ty, p.lora_u, (r as i64, 1), m, r, m, ru, p.lora_scale)?;
+    let l16 = if kn {
+        pack(be, ty, p.lora_l, (p.sl_r, p.sl_n), r, n, ru, n, 1.0)?
+    } else {
+        pack(be, ty, p.lora_l, (p.sl_n, p.sl_r), n, r, n, ru, 1.0)?
+    };
+    Ok((u16, l16))
+}
+
 /// The v6 GEMM: A (and LoRA's s·U and L) packed to B's 16-bit type, then the multistage kernel
 /// for B's layout (NK: `sbk == 1`, a linear layer's x·Wᵀ; KN: `sbn == 1`, its dx = dy·W).
 fn gemm_v6(be: &KernelBackend, p: &GemmParams, b_type: DType, packed: Option<u64>) -> Result<()> {
@@ -234,13 +253,8 @@ fn gemm_v6(be: &KernelBackend, p: &GemmParams, b_type: DType, packed: Option<u64
     // Kept alive until the GEMM has run.
     let mut lora = None;
     if p.lora_u != 0 && p.rank > 0 {
-        let (r, ru) = (p.rank as usize, (p.rank as usize).next_multiple_of(32));
-        let u16 = pack(be, ty, p.lora_u, (r as i64, 1), m, r, m, ru, p.lora_scale)?;
-        let l16 = if kn {
-            pack(be, ty, p.lora_l, (p.sl_r, p.sl_n), r, n, ru, n, 1.0)?
-        } else {
-            pack(be, ty, p.lora_l, (p.sl_n, p.sl_r), n, r, n, ru, 1.0)?
-        };
+        let ru = (p.rank as usize).next_multiple_of(32);
+        let (u16, l16) = pack_lora(be, ty, p, ru, kn)?;
         (q.u, q.l, q.ru, q.ldl) = (u16.ptr, l16.ptr, ru as i32, if kn { n as i64 } else { ru as i64 });
         lora = Some((u16, l16));
     }
@@ -317,9 +331,8 @@ fn gemm_v7(be: &KernelBackend, p: &GemmParams, b_type: DType, packed: Option<u64
     // Kept alive until the GEMM has run.
     let mut lora = None;
     if p.lora_u != 0 && p.rank > 0 {
-        let (r, ru) = (p.rank as usize, (p.rank as usize).next_multiple_of(64));
-        let u16 = pack(be, ty, p.lora_u, (r as i64, 1), m, r, m, ru, p.lora_scale)?;
-        let l16 = pack(be, ty, p.lora_l, (p.sl_n, p.sl_r), n, r, n, ru, 1.0)?;
+        let ru = (p.rank as usize).next_multiple_of(64);
+        let (u16, l16) = pack_lora(be, ty, p, ru, false)?;
         (q.tu, q.tl, q.ru) = (map(u16.ptr, ru, m, ru, 128)?, map(l16.ptr, ru, n, ru, 256)?, ru as i32);
         lora = Some((u16, l16));
     }
