@@ -426,35 +426,6 @@ bool run_block() {
   return true;
 }
 
-MBar* find_bar(const void* bar, const char* what) {
-  const uintptr_t a = reinterpret_cast<uintptr_t>(bar);
-  for (MBar& b : g_mbars)
-    if (b.addr == a) return &b;
-  trap(fmt("mbarrier: %s on %p, which no mbarrier.init set up in this block", what, bar).c_str());
-}
-
-// Lands every load in flight on `b` (the latest moment the hardware could), then completes the
-// phase if nothing more is owed.
-void settle(MBar& b) {
-  for (size_t i = 0; i < g_tma.size();) {
-    TmaOp& op = g_tma[i];
-    if (op.bar != b.addr) {
-      ++i;
-      continue;
-    }
-    std::memcpy(op.dst, op.data.data(), op.data.size());
-    // The async proxy wrote these bytes: no thread's earlier access orders against them.
-    if (g_rc_on)
-      for (uintptr_t w = uintptr_t(op.dst); w < uintptr_t(op.dst) + op.data.size(); ++w) g_shadow.erase(w);
-    b.tx -= (long long)op.data.size();
-    g_tma.erase(g_tma.begin() + i);
-  }
-  if (b.pending == 0 && b.tx == 0) {
-    b.done++;
-    b.pending = b.count;
-    g_async_gen++;
-  }
-}
 }  // namespace
 
 ExitCheck::ExitCheck(void (*fn)()) { exit_checks().push_back(fn); }
@@ -485,109 +456,8 @@ void prof_count(int what) {
   }
 }
 
-void mbar_init(void* bar, unsigned count) {
-  if (reinterpret_cast<uintptr_t>(bar) % 8 != 0) trap("mbarrier.init: the barrier is not 8-byte aligned");
-  if (count == 0 || count >= (1u << 20)) trap("mbarrier.init: an arrival count outside 1 … 2^20 - 1");
-  for (const MBar& b : g_mbars)
-    if (b.addr == reinterpret_cast<uintptr_t>(bar)) trap("mbarrier.init: the barrier was initialized twice");
-  g_mbars.push_back(MBar{reinterpret_cast<uintptr_t>(bar), count, count, 0, 0});
-  std::memset(bar, 0, 8);  // the hardware keeps its state in these 8 bytes
-}
-
-void mbar_arrive(void* bar, unsigned expect_tx) {
-  MBar* b = find_bar(bar, "an arrive");
-  if (b->pending == 0) trap("mbarrier: more arrivals in one phase than its count");
-  b->tx += expect_tx;
-  b->pending--;
-  g_async_gen++;
-  bool owed = false;
-  for (const TmaOp& op : g_tma) owed |= op.bar == b->addr;
-  // With loads in flight the phase completes when a waiter lands them (settle).
-  if (!owed && b->pending == 0 && b->tx == 0) {
-    b->done++;
-    b->pending = b->count;
-  }
-}
-
-void mbar_wait(void* bar, unsigned parity) {
-  const uint64_t key = uint64_t(g_cur->view.linear) << 48 ^ reinterpret_cast<uintptr_t>(bar);
-  for (;;) {
-    MBar* b = find_bar(bar, "a wait");
-    if ((parity & 1u) != unsigned(b->done & 1)) {
-      // The hardware returns at once: the phase of this parity is the last completed one.
-      const long long phase = b->done - 1;
-      if (phase < 0)
-        trap(fmt("mbarrier: a wait with parity %u on a barrier that has completed no phase returns at once: it "
-                 "waits on the wrong phase (a fresh barrier's first phase has parity 0)",
-                 parity & 1u)
-                 .c_str());
-      auto it = g_passed.find(key);
-      if (it != g_passed.end() && phase <= it->second)
-        trap(fmt("mbarrier: a wait with parity %u returns at once on phase %lld, which this thread already waited "
-                 "for: it waits on the wrong phase",
-                 parity & 1u, phase)
-                 .c_str());
-      g_passed[key] = phase;
-      g_waits_on[g_cur->view.linear] = -1;
-      return;
-    }
-    settle(*b);
-    if ((parity & 1u) != unsigned(b->done & 1)) continue;
-    g_waits_on[g_cur->view.linear] = int(b - g_mbars.data());
-    g_cur->st = WaitAsync;
-    g_cur->wait_gen = g_async_gen;
-    yield();
-  }
-}
-
-void tma_load_2d(void* dst, const TmaMap* m, int c0, int c1, void* bar) {
-  if (m->magic != kTmaMagic) trap("TMA: the tensor map is not one the emulation encoded (uninitialized or corrupt)");
-  const uintptr_t d = reinterpret_cast<uintptr_t>(dst), win = reinterpret_cast<uintptr_t>(g_launch.dyn_smem) - kDynSmemBase;
-  const size_t row = size_t(m->box[0]) * m->elem, bytes = row * m->box[1];
-  if (d < uintptr_t(g_launch.dyn_smem) || d + bytes > uintptr_t(g_launch.dyn_smem) + g_launch.dyn_smem_bytes)
-    trap("TMA: the box does not fit in the block's dynamic shared memory at its destination");
-  if ((d - win) % (m->swizzle == 3 ? 1024 : 128) != 0)
-    trap(m->swizzle == 3 ? "TMA: a 128-byte-swizzled box's destination is not 1024-byte aligned"
-                         : "TMA: the destination is not 128-byte aligned");
-  if (m->swizzle == 3 && row != 128) trap("TMA: a 128-byte-swizzled box's inner extent is not 128 bytes");
-  if (m->swizzle != 0 && m->swizzle != 3) trap("TMA: only no swizzle and the 128-byte swizzle are emulated");
-  MBar* b = find_bar(bar, "a TMA load");
-  TmaOp op{b->addr, static_cast<unsigned char*>(dst), std::vector<unsigned char>(bytes, 0)};
-  const unsigned char* base = reinterpret_cast<const unsigned char*>(m->base);
-  for (unsigned r = 0; r < m->box[1]; ++r) {
-    const long long y = (long long)c1 + r;
-    if (y < 0 || (unsigned long long)y >= m->dim[1]) continue;
-    for (unsigned c = 0; c < m->box[0]; ++c) {
-      const long long x = (long long)c0 + c;
-      if (x < 0 || (unsigned long long)x >= m->dim[0]) continue;
-      size_t at = r * row + c * m->elem;
-      // Chunk j of row r lands at chunk j ^ (r % 8): the address bits 4-6 XOR 7-9.
-      if (m->swizzle == 3) at ^= (size_t(r) % 8) << 4;
-      std::memcpy(&op.data[at], base + y * m->row_bytes + x * m->elem, m->elem);
-    }
-  }
-  std::memset(dst, 0xff, bytes);
-  // The latest swizzle written over these bytes is the one wgmma must read them with.
-  const unsigned swz = m->swizzle == 3 ? 1 : 0;
-  for (size_t i = 0; i < g_regions.size();)
-    if (g_regions[i].lo < d + bytes && d < g_regions[i].hi)
-      g_regions.erase(g_regions.begin() + i);
-    else
-      ++i;
-  g_regions.push_back(Region{d, d + bytes, swz});
-  g_tma.push_back(std::move(op));
-  g_async_gen++;
-}
-
-void swizzle_check(unsigned lo, unsigned hi, unsigned swizzle) {
-  const uintptr_t win = reinterpret_cast<uintptr_t>(g_launch.dyn_smem) - kDynSmemBase;
-  for (const Region& r : g_regions)
-    if (r.lo < win + hi && win + lo < r.hi && r.swizzle != swizzle)
-      trap(fmt("wgmma: a descriptor with swizzle mode %u reads shared memory a TMA load wrote with mode %u "
-               "(0 none, 1 128 B)",
-               swizzle, r.swizzle)
-               .c_str());
-}
+// mbarriers and TMA loads (sm_90): rt_sm90.inc, part of this unit (it uses the block state).
+#include "rt_sm90.inc"
 
 void proxy_fence() {
   if (g_rc_on) g_proxy[g_cur->view.linear]++;

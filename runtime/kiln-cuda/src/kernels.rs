@@ -6,6 +6,8 @@ use bytemuck::{Pod, Zeroable};
 
 /// The project header every kernel includes.
 pub const COMMON: &str = include_str!("../../../kernels/common.cuh");
+/// Its Hopper part (wgmma, TMA, mbarriers), which it includes.
+pub const SM90: &str = include_str!("../../../kernels/sm90.cuh");
 
 /// `(file, source)` of every kernel file: one per op family (`kernels/README.md`).
 pub const SOURCES: [(&str, &str); 10] = [
@@ -21,10 +23,10 @@ pub const SOURCES: [(&str, &str); 10] = [
     ("rope.cu", include_str!("../../../kernels/rope.cu")),
 ];
 
-/// A kernel file with `#include "common.cuh"` replaced by the header's text, so NVRTC needs no
-/// file system access to kiln's sources.
+/// A kernel file with `#include "common.cuh"` replaced by the header's text (and its own
+/// `#include "sm90.cuh"` by that one's), so NVRTC needs no file system access to kiln's sources.
 pub fn expanded(source: &str) -> String {
-    source.replace("#include \"common.cuh\"", COMMON)
+    source.replace("#include \"common.cuh\"", &COMMON.replace("#include \"sm90.cuh\"", SM90))
 }
 
 /// `kernels/elementwise.cu` `EwParams`.
