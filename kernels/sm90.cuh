@@ -133,11 +133,12 @@ inline void wgmma_exit_check() {
 }
 inline const ::kemu::ExitCheck wgmma_exit_check_reg(wgmma_exit_check);
 // Where a descriptor's operand (`rows` rows) lies: [lo, hi) in shared addresses.
+// (A k16 slice: rows/8 groups SBO apart; unswizzled, two core matrices LBO apart in each.)
 inline void wgmma_span(u64 desc, u32 rows) {
-  const u32 start = u32(desc & 0x3fffu) << 4, sbo = u32((desc >> 32) & 0x3fffu) << 4;
-  const u32 swz = u32(desc >> 62);
-  if (swz == 1) ::kemu::swizzle_check(start & ~1023u, start + rows / 8 * sbo, 1);
-  else ::kemu::swizzle_check(start, start + 1, 0);
+  const u32 start = u32(desc & 0x3fffu) << 4, lbo = u32((desc >> 16) & 0x3fffu) << 4,
+            sbo = u32((desc >> 32) & 0x3fffu) << 4;
+  if (desc >> 62 == 1) ::kemu::swizzle_check(start & ~1023u, start + rows / 8 * sbo, 1);
+  else ::kemu::swizzle_check(start, start + (rows / 8 - 1) * sbo + lbo + 128, 0);
 }
 template <class T>
 inline void wgmma_issue(float* d, u64 da, u64 db, u32 n = 128) {
@@ -404,7 +405,6 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const TensorMap* map, int
   __trap();
 #else
   const ::kemu::TmaMap* m = reinterpret_cast<const ::kemu::TmaMap*>(map);
-  (void)smem_offset(dst);
   // The profile sees what the copy engine moves: each box row a 128-byte-or-less request.
   if (m->magic == ::kemu::kTmaMagic) {
     const u32 row = m->box[0] * m->elem;

@@ -126,13 +126,10 @@ pub fn open(ordinal: usize) -> Result<&'static dyn kiln_core::Backend, String> {
 #[cfg(feature = "cuda")]
 fn open_gpu(ordinal: usize) -> Result<&'static backend::KernelBackend, String> {
     let gemm = backend::env_gemm()?;
-    let b = backend::install(backend::gpu_slot(ordinal), gemm, || Ok(Box::new(cuda::CudaExec::new(ordinal)?)))
-        .map_err(|e| e.to_string())?;
     // Unset KILN_CUDA_GEMM: the fastest variant the device runs (v7 on Hopper).
-    if std::env::var_os("KILN_CUDA_GEMM").is_none() {
-        return Ok(b.with_gemm(GemmVariant::default_for(b.exec.has_wgmma())));
-    }
-    Ok(b)
+    let pick = |ex: &dyn exec::Exec| gemm.unwrap_or_else(|| GemmVariant::default_for(ex.has_wgmma()));
+    backend::install(backend::gpu_slot(ordinal), pick, || Ok(Box::new(cuda::CudaExec::new(ordinal)?)))
+        .map_err(|e| e.to_string())
 }
 
 /// The CUDA backend: not compiled in.
@@ -142,7 +139,7 @@ pub fn open(_ordinal: usize) -> Result<&'static dyn kiln_core::Backend, String> 
 }
 
 /// The CUDA kernels on the CPU (kiln's emulation harness), running the GEMM variant
-/// `KILN_CUDA_GEMM` names (when unset, v7 on Hopper, v6 elsewhere).
+/// `KILN_CUDA_GEMM` names (v6 when unset).
 #[cfg(feature = "cuda-emu")]
 pub fn open_emu() -> Result<&'static dyn kiln_core::Backend, String> {
     backend::env_gemm()?;

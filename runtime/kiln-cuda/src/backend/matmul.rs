@@ -208,6 +208,25 @@ fn pack(
     Ok(out)
 }
 
+/// A for v6 and v7 in B's 16-bit type `ty`: the caller's packing (`packed`, [m, k rounded up to
+/// 8]) or a new one, kept alive (the third value) until the GEMM has run; with its row stride.
+fn packed_a(
+    be: &KernelBackend,
+    ty: &str,
+    p: &GemmParams,
+    packed: Option<u64>,
+) -> Result<(u64, usize, Option<crate::exec::DevBuf>)> {
+    let (m, k) = (p.m as usize, p.k as usize);
+    let lda = k.next_multiple_of(8);
+    Ok(match packed {
+        Some(a) => (a, lda, None),
+        None => {
+            let a16 = pack(be, ty, p.a, (p.sam, p.sak), m, k, m, lda, 1.0)?;
+            (a16.ptr, lda, Some(a16))
+        }
+    })
+}
+
 /// LoRA's factors for v6 and v7, packed to `ty` with the rank zero-padded to `ru`: s·U
 /// [m, ru], and L in B's layout (NK [n, ru], or KN [ru, n] where `kn`).
 fn pack_lora(
@@ -231,13 +250,11 @@ fn pack_lora(
 /// for B's layout (NK: `sbk == 1`, a linear layer's x·Wᵀ; KN: `sbn == 1`, its dx = dy·W).
 fn gemm_v6(be: &KernelBackend, p: &GemmParams, b_type: DType, packed: Option<u64>) -> Result<()> {
     let ty = if b_type == DType::F16 { "f16" } else { "bf16" };
-    let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
+    let (m, n) = (p.m as usize, p.n as usize);
     let kn = p.sbk != 1;
-    let lda = k.next_multiple_of(8);
-    // A packed here unless the caller packed it; kept alive until the GEMM has run.
-    let a16 = if packed.is_none() { Some(pack(be, ty, p.a, (p.sam, p.sak), m, k, m, lda, 1.0)?) } else { None };
+    let (a, lda, a16) = packed_a(be, ty, p, packed)?;
     let mut q = Gemm16Params {
-        a: packed.or(a16.as_ref().map(|b| b.ptr)).unwrap_or(0),
+        a,
         b: p.b,
         c: p.c,
         bias: p.bias,
@@ -301,8 +318,7 @@ fn gemm_hopper(be: &KernelBackend, p: &GemmParams, b_type: DType, a16: Option<u6
 fn gemm_v7(be: &KernelBackend, p: &GemmParams, b_type: DType, packed: Option<u64>) -> Result<()> {
     let (ty, f16) = if b_type == DType::F16 { ("f16", true) } else { ("bf16", false) };
     let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
-    let lda = k.next_multiple_of(8);
-    let a16 = if packed.is_none() { Some(pack(be, ty, p.a, (p.sam, p.sak), m, k, m, lda, 1.0)?) } else { None };
+    let (a, lda, a16) = packed_a(be, ty, p, packed)?;
     let map = |base: u64, cols: usize, rows: usize, ld: usize, box_rows: u32| {
         be.exec
             .tensor_map_2d(&crate::exec::TensorMap2d {
@@ -315,7 +331,6 @@ fn gemm_v7(be: &KernelBackend, p: &GemmParams, b_type: DType, packed: Option<u64
             })
             .map(TensorMap)
     };
-    let a = packed.or(a16.as_ref().map(|b| b.ptr)).unwrap_or(0);
     let mut q = Gemm90Params {
         ta: map(a, k, m, lda, 128)?,
         tb: map(p.b, k, n, p.sbn as usize, 256)?,
@@ -370,7 +385,6 @@ fn prepass(
 /// the slabs summed in order: deterministic); `transposed`: C's transpose [n, m] instead. `a16`
 /// [m, k] and `b16` (NK [n, k], or KN [k, n]) hold 16-bit values of type `ty` in rows `lda` /
 /// `ldb` apart, zero-padded to `k`, a multiple of 8.
-#[allow(clippy::too_many_arguments)]
 fn gemm_v6_split(
     be: &KernelBackend,
     ty: &str,

@@ -80,21 +80,22 @@ fn device(i: usize) -> &'static Device {
     DEVICES[i].get().unwrap_or_else(|| unreachable!("device slot {i} is empty"))
 }
 
-/// `KILN_CUDA_GEMM`, read once: the variant backends open with (v6 when unset).
-pub fn env_gemm() -> std::result::Result<GemmVariant, String> {
-    static ENV: OnceLock<std::result::Result<GemmVariant, String>> = OnceLock::new();
+/// `KILN_CUDA_GEMM`, read once: the variant backends open with, or None when it is unset (each
+/// device then picks its own, [`GemmVariant::default_for`]).
+pub fn env_gemm() -> std::result::Result<Option<GemmVariant>, String> {
+    static ENV: OnceLock<std::result::Result<Option<GemmVariant>, String>> = OnceLock::new();
     ENV.get_or_init(|| match std::env::var("KILN_CUDA_GEMM") {
-        Err(_) => Ok(GemmVariant::default()),
-        Ok(s) => s.parse().map_err(|e| format!("KILN_CUDA_GEMM: {e}")),
+        Err(_) => Ok(None),
+        Ok(s) => s.parse().map(Some).map_err(|e| format!("KILN_CUDA_GEMM: {e}")),
     })
     .clone()
 }
 
-/// Opens (once) the device of a slot with `gemm` as its default variant; a device already open
-/// keeps the variant it opened with.
+/// Opens (once) the device of a slot, its default variant chosen by `pick` from the opened
+/// device; a device already open keeps the variant it opened with.
 pub(crate) fn install(
     i: usize,
-    gemm: GemmVariant,
+    pick: impl FnOnce(&dyn Exec) -> GemmVariant,
     make: impl FnOnce() -> Result<Box<dyn Exec>>,
 ) -> Result<&'static KernelBackend> {
     let s = DEVICES.get(i).ok_or_else(|| Error::Msg(format!("cuda: device slot {i} is out of range")))?;
@@ -102,9 +103,10 @@ pub(crate) fn install(
         return Ok(d.get(d.default));
     }
     let exec: Arc<dyn Exec> = Arc::from(make()?);
+    let default = pick(exec.as_ref());
     let d = s.get_or_init(|| Device {
         by_gemm: GemmVariant::ALL.map(|gemm| KernelBackend { exec: exec.clone(), slot: i, gemm }),
-        default: gemm,
+        default,
     });
     Ok(d.get(d.default))
 }
@@ -125,11 +127,13 @@ pub fn emu_racecheck() -> &'static KernelBackend {
 
 #[cfg(feature = "cuda-emu")]
 fn emu_slot(i: usize, racecheck: bool) -> &'static KernelBackend {
-    let gemm = env_gemm().unwrap_or_else(|e| {
-        static SAID: std::sync::Once = std::sync::Once::new();
-        SAID.call_once(|| eprintln!("warning: {e}; running {}", GemmVariant::default()));
-        GemmVariant::default()
-    });
+    let gemm = env_gemm()
+        .unwrap_or_else(|e| {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| eprintln!("warning: {e}; running {}", GemmVariant::default()));
+            None
+        })
+        .unwrap_or_default();
     let make = || {
         let ex = crate::emu::EmuExec::default();
         if racecheck {
@@ -137,7 +141,7 @@ fn emu_slot(i: usize, racecheck: bool) -> &'static KernelBackend {
         }
         Ok(Box::new(ex) as Box<dyn Exec>)
     };
-    match install(i, gemm, make) {
+    match install(i, |_| gemm, make) {
         Ok(b) => b,
         Err(_) => unreachable!("the emulation backend cannot fail to open"),
     }
