@@ -1,35 +1,54 @@
-// Gated linear units, f32 (Op::SwiGlu, Op::GeGlu): y = act(g)·u with SiLU (SwiGLU) or
-// tanh-approximate GELU (GeGLU, PyTorch's gelu(approximate="tanh"), Gemma's gelu_pytorch_tanh),
-// and the gradients of both inputs. A thread per element (grid-stride); each reads its inputs
-// and writes its outputs once.
+// Gated linear units (Op::SwiGlu, Op::GeGlu) on activations of type T (f32, or bf16/f16 on the
+// mixed-precision path; computed in f32): y = act(g)·u with SiLU (SwiGLU) or tanh-approximate
+// GELU (GeGLU, PyTorch's gelu(approximate="tanh"), Gemma's gelu_pytorch_tanh), and the gradients
+// of both inputs. A thread per element (grid-stride); each reads its inputs and writes its
+// outputs once.
 #include "common.cuh"
 
 // Mirrored by `GluParams` in runtime/kiln-cuda/src/kernels.rs.
 struct GluParams {
-  const float* g;
-  const float* u;
-  const float* dy;
-  float* out0;  // forward: act(g)·u; backward: dg
-  float* out1;  // backward: du
+  const void* g;
+  const void* u;
+  const void* dy;
+  void* out0;  // forward: act(g)·u; backward: dg
+  void* out1;  // backward: du
   i64 n;
 };
 
 __device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-KILN_KERNEL(swiglu_fwd_f32, GluParams) {
-  for (i64 i = i64(blockIdx.x) * blockDim.x + threadIdx.x; i < p.n; i += i64(gridDim.x) * blockDim.x) {
-    const float g = p.g[i];
-    p.out0[i] = g * sigmoidf(g) * p.u[i];
+// The operands of element i, widened.
+template <class T>
+struct GluAt {
+  float g, u, dy;
+  __device__ __forceinline__ GluAt(const GluParams& p, i64 i, bool bwd) {
+    g = to_f32<T>(static_cast<const T*>(p.g)[i]);
+    u = to_f32<T>(static_cast<const T*>(p.u)[i]);
+    dy = bwd ? to_f32<T>(static_cast<const T*>(p.dy)[i]) : 0.f;
+  }
+};
+template <class T>
+__device__ __forceinline__ void glu_put(void* out, i64 i, float v) {
+  static_cast<T*>(out)[i] = from_f32<T>(v);
+}
+#define KILN_GLU_FOR(i) for (i64 i = i64(blockIdx.x) * blockDim.x + threadIdx.x; i < p.n; i += i64(gridDim.x) * blockDim.x)
+
+template <class T>
+__device__ __forceinline__ void swiglu_fwd_body(const GluParams& p) {
+  KILN_GLU_FOR(i) {
+    const GluAt<T> e(p, i, false);
+    glu_put<T>(p.out0, i, e.g * sigmoidf(e.g) * e.u);
   }
 }
 
 // d silu/dg = s + g·s·(1 − s).
-KILN_KERNEL(swiglu_bwd_f32, GluParams) {
-  for (i64 i = i64(blockIdx.x) * blockDim.x + threadIdx.x; i < p.n; i += i64(gridDim.x) * blockDim.x) {
-    const float g = p.g[i], u = p.u[i], d = p.dy[i];
-    const float s = sigmoidf(g);
-    p.out0[i] = d * u * (s + g * s * (1.0f - s));
-    p.out1[i] = d * g * s;
+template <class T>
+__device__ __forceinline__ void swiglu_bwd_body(const GluParams& p) {
+  KILN_GLU_FOR(i) {
+    const GluAt<T> e(p, i, true);
+    const float s = sigmoidf(e.g);
+    glu_put<T>(p.out0, i, e.dy * e.u * (s + e.g * s * (1.0f - s)));
+    glu_put<T>(p.out1, i, e.dy * e.g * s);
   }
 }
 
@@ -42,18 +61,31 @@ __device__ __forceinline__ float gelu_tanh(float g, float* d) {
   return 0.5f * g * (1.0f + t);
 }
 
-KILN_KERNEL(geglu_fwd_f32, GluParams) {
-  for (i64 i = i64(blockIdx.x) * blockDim.x + threadIdx.x; i < p.n; i += i64(gridDim.x) * blockDim.x) {
+template <class T>
+__device__ __forceinline__ void geglu_fwd_body(const GluParams& p) {
+  KILN_GLU_FOR(i) {
+    const GluAt<T> e(p, i, false);
     float d;
-    p.out0[i] = gelu_tanh(p.g[i], &d) * p.u[i];
+    glu_put<T>(p.out0, i, gelu_tanh(e.g, &d) * e.u);
   }
 }
 
-KILN_KERNEL(geglu_bwd_f32, GluParams) {
-  for (i64 i = i64(blockIdx.x) * blockDim.x + threadIdx.x; i < p.n; i += i64(gridDim.x) * blockDim.x) {
+template <class T>
+__device__ __forceinline__ void geglu_bwd_body(const GluParams& p) {
+  KILN_GLU_FOR(i) {
+    const GluAt<T> e(p, i, true);
     float d;
-    const float a = gelu_tanh(p.g[i], &d);
-    p.out0[i] = p.dy[i] * p.u[i] * d;
-    p.out1[i] = p.dy[i] * a;
+    const float a = gelu_tanh(e.g, &d);
+    glu_put<T>(p.out0, i, e.dy * e.u * d);
+    glu_put<T>(p.out1, i, e.dy * a);
   }
 }
+
+#define KILN_GLU3(name)                                            \
+  KILN_KERNEL(name##_f32, GluParams) { name##_body<float>(p); }   \
+  KILN_KERNEL(name##_bf16, GluParams) { name##_body<bf16>(p); }   \
+  KILN_KERNEL(name##_f16, GluParams) { name##_body<f16>(p); }
+KILN_GLU3(swiglu_fwd)
+KILN_GLU3(swiglu_bwd)
+KILN_GLU3(geglu_fwd)
+KILN_GLU3(geglu_bwd)

@@ -391,7 +391,7 @@ struct Gemm16Params {
   const void* b;  // NK: B(p, j) = b[j·ldb + p]; KN: b[p·ldb + j]
   const void* u;  // [m, ru] s·U, or null
   const void* l;  // L in B's layout: NK [n, ru], KN [ru, ldl = n]
-  float* c;
+  void* c;        // f32, or T where `c16`
   const float* bias;  // [n] or null
   i64 lda, ldb, ldl;
   int m, n, k, ldc;
@@ -400,7 +400,7 @@ struct Gemm16Params {
   // Split-K: CTA z of the grid's depth takes K tiles [z·kst, (z+1)·kst) and writes its partial
   // product to slab z of c (m·ldc floats apart; `gemm_splitk_sum` adds them). 0: one split.
   int kst;
-  int pad;
+  int c16;  // C in the operands' 16-bit type (activations on the mixed-precision path), not f32
 };
 constexpr int V6_BM = 128, V6_BN = 128, V6_BK = 32, V6_STAGES = 3;
 constexpr int V6_TILE = V6_BM * V6_BK * 2;  // bytes of one operand tile (A and B alike)
@@ -418,14 +418,27 @@ __device__ __forceinline__ void v6_raster(int& tm, int& tn) {
   tn = (id % group) / rows;
 }
 
-// Columns j and j + 1 of an output row (v6's and v7's epilogues): one 8-byte store where both
-// lie inside and the row stride keeps pairs aligned (`pairs`), else what lies inside.
-__device__ __forceinline__ void store_c_pair(float* row, int j, int n, bool pairs, float v0, float v1) {
+// Columns j and j + 1 of output row i (v6's and v7's epilogues), C f32 or (`c16`, the
+// mixed-precision path) in the operands' 16-bit type T: one 8-byte (4-byte) store where both lie
+// inside and the row stride keeps pairs aligned (`pairs`), else what lies inside.
+template <class T>
+__device__ __forceinline__ void store_c_pair(void* c, i64 row, int j, int n, bool pairs, bool c16, float v0, float v1) {
+  if (c16) {
+    T* r = static_cast<T*>(c) + row;
+    if (pairs && j + 1 < n) {
+      *reinterpret_cast<u32*>(r + j) = pack2(from_f32<T>(v0), from_f32<T>(v1));
+    } else {
+      if (j < n) r[j] = from_f32<T>(v0);
+      if (j + 1 < n) r[j + 1] = from_f32<T>(v1);
+    }
+    return;
+  }
+  float* r = static_cast<float*>(c) + row;
   if (pairs && j + 1 < n) {
-    store_f32x2(row + j, v0, v1);
+    store_f32x2(r + j, v0, v1);
   } else {
-    if (j < n) row[j] = v0;
-    if (j + 1 < n) row[j + 1] = v1;
+    if (j < n) r[j] = v0;
+    if (j + 1 < n) r[j + 1] = v1;
   }
 }
 
@@ -560,7 +573,7 @@ __device__ __forceinline__ void gemm_v6(const Gemm16Params& p) {
   // Each quad of lanes holds 8 consecutive columns of a row: 8-byte stores fill whole sectors.
   const int g = lane >> 2, t4 = lane & 3;
   const bool pairs = (p.ldc & 1) == 0, bias = p.bias && z == 0;
-  float* c = p.c + i64(z) * p.m * p.ldc;
+  void* c = static_cast<char*>(p.c) + (p.c16 ? 2 : 4) * i64(z) * p.m * p.ldc;
   KILN_UNROLL
   for (int mi = 0; mi < 4; ++mi)
     KILN_UNROLL
@@ -571,8 +584,8 @@ __device__ __forceinline__ void gemm_v6(const Gemm16Params& p) {
       for (int h = 0; h < 2; ++h) {
         const int i = bm + wm * 64 + mi * 16 + g + 8 * h;
         if (i >= p.m) continue;
-        store_c_pair(c + i64(i) * p.ldc, j, p.n, pairs, p.alpha * acc[mi][ni][2 * h] + b0,
-                     p.alpha * acc[mi][ni][2 * h + 1] + b1);
+        store_c_pair<T>(c, i64(i) * p.ldc, j, p.n, pairs, p.c16, p.alpha * acc[mi][ni][2 * h] + b0,
+                        p.alpha * acc[mi][ni][2 * h + 1] + b1);
       }
     }
 }
@@ -597,12 +610,13 @@ KILN_KERNEL_LB(gemm_v6_mma_multistage_kn_f16, Gemm16Params, 128) { gemm_v6<f16, 
 struct Gemm90Params {
   TensorMap ta, tb;  // A [m, k], B [n, k] (NK): boxes of 64 × 128 and 64 × 256, 128-byte swizzle
   TensorMap tu, tl;  // s·U [m, ru], L [n, ru] likewise (unused without LoRA)
-  float* c;
+  void* c;            // f32, or T where `c16`
   const float* bias;  // [n] or null
   int m, n, k, ldc;
   int ru;  // the padded rank (a multiple of 64; 0 without LoRA)
   float alpha;
-  int pad[6];
+  int c16;  // C in T (the mixed-precision path), not f32
+  int pad[5];
 };
 constexpr int V7_BM = 128, V7_BN = 256, V7_BK = 64, V7_STAGES = 4;
 constexpr int V7_A = V7_BM * V7_BK * 2, V7_STAGE = V7_A + V7_BN * V7_BK * 2;
@@ -666,7 +680,6 @@ __device__ __forceinline__ void gemm_v7(const Gemm90Params& p) {
   // Each quad of lanes holds 8 consecutive columns of a row: 8-byte stores fill whole sectors.
   const int w = (tid & 127) >> 5, g = lane >> 2, t4 = lane & 3;
   const bool pairs = (p.ldc & 1) == 0, bias = p.bias != nullptr;
-  float* c = p.c;
   KILN_UNROLL
   for (int j8 = 0; j8 < V7_BN / 8; ++j8) {
     const int j = bn + j8 * 8 + 2 * t4;
@@ -675,8 +688,8 @@ __device__ __forceinline__ void gemm_v7(const Gemm90Params& p) {
     for (int h = 0; h < 2; ++h) {
       const int i = bm + cw * 64 + 16 * w + g + 8 * h;
       if (i >= p.m) continue;
-      store_c_pair(c + i64(i) * p.ldc, j, p.n, pairs, p.alpha * acc[4 * j8 + 2 * h] + b0,
-                   p.alpha * acc[4 * j8 + 2 * h + 1] + b1);
+      store_c_pair<T>(p.c, i64(i) * p.ldc, j, p.n, pairs, p.c16, p.alpha * acc[4 * j8 + 2 * h] + b0,
+                      p.alpha * acc[4 * j8 + 2 * h + 1] + b1);
     }
   }
 }
@@ -722,34 +735,42 @@ KILN_KERNEL_LB(gemm_transpose16, TransposeParams, 256) {
   }
 }
 
-// f32 → 16-bit operand packing for v6: out[r·ld + c] = T(scale · x[r·s_row + c·s_col]) for
-// r < rows, c < cols, and zero up to out_rows × ld (the padding v6's 16-byte chunks read).
+// Operand packing for v6 and v7: out[r·ld + c] = T(scale · x[r·s_row + c·s_col]) for r < rows,
+// c < cols, and zero up to out_rows × ld (the padding 16-byte chunks read); x in f32, or in T
+// itself (`gemm_pack16_*`: 16-bit activations whose rows need padding or another layout).
 // A thread makes 4 consecutive outputs (one 8-byte store: a warp writes 256 contiguous bytes);
-// contiguous rows are read 16 bytes a thread.
+// contiguous rows are read 16 (f32) or 8 (16-bit) bytes a thread.
 // Mirrored by `PackParams` in runtime/kiln-cuda/src/kernels.rs.
 struct PackParams {
-  const float* x;
+  const void* x;
   void* out;
   i64 s_row, s_col;
   int rows, cols, out_rows, ld;
   float scale;
   int pad;
 };
-template <class T>
+template <class TI, class T>
 __device__ __forceinline__ void gemm_pack(const PackParams& p) {
   const i64 e = (i64(blockIdx.y) * gridDim.x + blockIdx.x) * blockDim.x + threadIdx.x;
   const int per_row = p.ld / 4;
   if (e >= i64(p.out_rows) * per_row) return;
   const int r = int(e / per_row), c0 = int(e % per_row) * 4;
   float v[4];
-  const float* src = p.x + i64(r) * p.s_row + i64(c0) * p.s_col;
-  const bool vec = p.s_col == 1 && r < p.rows && c0 + 4 <= p.cols && (reinterpret_cast<u64>(src) & 15u) == 0;
+  const TI* src = static_cast<const TI*>(p.x) + i64(r) * p.s_row + i64(c0) * p.s_col;
+  const bool vec = p.s_col == 1 && r < p.rows && c0 + 4 <= p.cols &&
+                   (reinterpret_cast<u64>(src) & (4 * sizeof(TI) - 1)) == 0;
   if (vec) {
-    const uint4 q = load_u32x4(src);
-    v[0] = __uint_as_float(q.x), v[1] = __uint_as_float(q.y), v[2] = __uint_as_float(q.z), v[3] = __uint_as_float(q.w);
+    if constexpr (sizeof(TI) == 4) {
+      const uint4 q = load_u32x4(src);
+      v[0] = __uint_as_float(q.x), v[1] = __uint_as_float(q.y), v[2] = __uint_as_float(q.z), v[3] = __uint_as_float(q.w);
+    } else {
+      const u64 q = *reinterpret_cast<const u64*>(src);
+      KILN_UNROLL
+      for (int i = 0; i < 4; ++i) v[i] = to_f32<TI>(of_bits16<TI>((unsigned short)(q >> (16 * i))));
+    }
   } else {
     KILN_UNROLL
-    for (int i = 0; i < 4; ++i) v[i] = r < p.rows && c0 + i < p.cols ? src[i64(i) * p.s_col] : 0.f;
+    for (int i = 0; i < 4; ++i) v[i] = r < p.rows && c0 + i < p.cols ? to_f32<TI>(src[i64(i) * p.s_col]) : 0.f;
   }
   const u32 lo = pack2(from_f32<T>(p.scale * v[0]), from_f32<T>(p.scale * v[1]));
   const u32 hi = pack2(from_f32<T>(p.scale * v[2]), from_f32<T>(p.scale * v[3]));
@@ -774,8 +795,10 @@ KILN_KERNEL(gemm_splitk_sum, SplitSumParams) {
     p.out[i] = s;
 }
 
-KILN_KERNEL(gemm_pack_bf16, PackParams) { gemm_pack<bf16>(p); }
-KILN_KERNEL(gemm_pack_f16, PackParams) { gemm_pack<f16>(p); }
+KILN_KERNEL(gemm_pack_bf16, PackParams) { gemm_pack<float, bf16>(p); }
+KILN_KERNEL(gemm_pack_f16, PackParams) { gemm_pack<float, f16>(p); }
+KILN_KERNEL(gemm_pack16_bf16, PackParams) { gemm_pack<bf16, bf16>(p); }
+KILN_KERNEL(gemm_pack16_f16, PackParams) { gemm_pack<f16, f16>(p); }
 
 // ---- gemv: decoding, m ≤ GEMV_MAX_M rows (a batch-1 step), B(q, j) contiguous in q (x·Wᵀ) ----
 // Reading the weight once is the whole cost, so the schedule is a warp per output column j:

@@ -202,10 +202,15 @@ fn a_skipped_op_fails_verify_and_coverage() {
 /// backend that computes in f32 after widening the weights exactly: tolerances from the case's
 /// dtype label (the backend claiming to compute in its inputs' type, as every case's tolerance
 /// once followed its label) let the bug through; tolerances from what the backend computes
-/// fail every 16-bit linear row.
+/// fail every 16-bit linear row (those whose activations are 16-bit already have nothing left
+/// to round).
 #[test]
 fn sixteen_bit_rounding_passes_the_label_but_not_the_arithmetic() {
-    let sixteen = |o: &Outcome| o.rows(|r| r.op == Op::Linear && matches!(r.dtype, DType::BF16 | DType::F16));
+    let sixteen = |o: &Outcome| {
+        o.rows(|r| {
+            r.op == Op::Linear && matches!(r.dtype, DType::BF16 | DType::F16) && !r.name.ends_with("activations")
+        })
+    };
     let honest = run(Fault::RoundsToWeightType);
     assert!(sixteen(&honest).len() >= 16, "{:?}", sixteen(&honest));
     assert_eq!(honest.failed(), sixteen(&honest), "{:#?}", honest.report.failed);

@@ -117,7 +117,8 @@ pub struct Gemm16Params {
     pub ru: i32,
     pub alpha: f32,
     pub kst: i32,
-    pub pad: i32,
+    /// C in the operands' 16-bit type (the mixed-precision path), not f32.
+    pub c16: i32,
 }
 
 /// `kernels/common.cuh` `TensorMap`: a TMA tensor map's 128 bytes, as the device reads them
@@ -142,7 +143,9 @@ pub struct Gemm90Params {
     pub ldc: i32,
     pub ru: i32,
     pub alpha: f32,
-    pub pad: [i32; 6],
+    /// C in the operands' 16-bit type (the mixed-precision path), not f32.
+    pub c16: i32,
+    pub pad: [i32; 5],
 }
 
 /// `kernels/matmul.cu` `TransposeParams` (the 16-bit transpose of v7's dx weight).

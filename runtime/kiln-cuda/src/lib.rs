@@ -126,6 +126,7 @@ pub fn open(ordinal: usize) -> Result<&'static dyn kiln_core::Backend, String> {
 #[cfg(feature = "cuda")]
 fn open_gpu(ordinal: usize) -> Result<&'static backend::KernelBackend, String> {
     let gemm = backend::env_gemm()?;
+    backend::env_act()?;
     // Unset KILN_CUDA_GEMM: the fastest variant the device runs (v7 on Hopper).
     let pick = |ex: &dyn exec::Exec| gemm.unwrap_or_else(|| GemmVariant::default_for(ex.has_wgmma()));
     backend::install(backend::gpu_slot(ordinal), pick, || Ok(Box::new(cuda::CudaExec::new(ordinal)?)))
@@ -143,6 +144,7 @@ pub fn open(_ordinal: usize) -> Result<&'static dyn kiln_core::Backend, String> 
 #[cfg(feature = "cuda-emu")]
 pub fn open_emu() -> Result<&'static dyn kiln_core::Backend, String> {
     backend::env_gemm()?;
+    backend::env_act()?;
     Ok(backend::emu())
 }
 
@@ -161,6 +163,7 @@ pub fn kernel_backend(which: &str, ordinal: usize) -> Result<&'static backend::K
         #[cfg(feature = "cuda-emu")]
         "cuda-emu" => {
             backend::env_gemm()?;
+            backend::env_act()?;
             Ok(backend::emu())
         }
         #[allow(unreachable_patterns)]

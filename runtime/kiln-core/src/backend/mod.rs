@@ -8,7 +8,9 @@
 //! Conventions shared by every method:
 //! * tensors are contiguous, row-major; "rows" are all dimensions but the last;
 //! * trainable state and outputs are f32 (f64 on the CPU for gradient checks); frozen weights may
-//!   be f16/bf16 and are widened inside the kernel;
+//!   be f16/bf16 and are widened inside the kernel; on a backend whose
+//!   [`Backend::activation_dtype`] is 16-bit, an activation op given 16-bit activations returns
+//!   them (and their gradients) in that type, while parameter gradients stay f32;
 //! * integer inputs (ids, positions, targets, segment ids) are `I32`.
 
 pub mod cpu;
@@ -596,6 +598,13 @@ pub trait Backend:
 {
     /// Short name: "cpu", "cuda", "wgpu".
     fn name(&self) -> &'static str;
+    /// The type a model's activations (and their gradients) travel in between this backend's
+    /// kernels: f32 by default; a GPU backend may choose bf16 or f16 (mixed precision: the
+    /// activation ops read and write it and compute in f32; trainable parameters, their
+    /// gradients and optimizer state stay f32; norms, softmax and the loss accumulate in f32).
+    fn activation_dtype(&self) -> DType {
+        DType::F32
+    }
     /// Whether `op` runs at `dtype` here.
     fn supports(&self, op: Op, dtype: DType) -> Support;
     /// The precision `op` computes in for inputs of `dtype` (what the parity suite's tolerance

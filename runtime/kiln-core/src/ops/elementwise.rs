@@ -1,6 +1,18 @@
-//! Residual add, scale, soft-capping, dropout and reshape.
+//! Residual add, scale, soft-capping, dropout, casts and reshape.
 
-use crate::{Result, Shape, Tape, Var};
+use crate::{DType, Result, Shape, Tape, Var};
+
+/// `x` in `dtype` (the mixed-precision path's step between f32 and 16-bit activations); the
+/// gradient goes back in x's type. The identity when x already has it.
+pub fn cast(tape: &Tape, x: &Var, dtype: DType) -> Result<Var> {
+    let from = x.value().dtype();
+    if from == dtype {
+        return Ok(x.clone());
+    }
+    let y = x.value().backend().cast(x.value(), dtype)?;
+    let ix = x.id();
+    Ok(tape.record(&[x], y, move |g| Ok(vec![(ix, g.backend().cast(g, from)?)])))
+}
 
 /// `a + b`.
 pub fn add(tape: &Tape, a: &Var, b: &Var) -> Result<Var> {
@@ -48,7 +60,11 @@ pub fn dropout(tape: &Tape, x: &Var, p: f64, seed: u64) -> Result<Var> {
     let keep = (1.0 / (1.0 - p)) as f32;
     let m: Vec<f32> = (0..x.value().numel()).map(|_| if rng.uniform() < p { 0.0 } else { keep }).collect();
     let be = x.value().backend();
-    let mask = be.upload(&crate::Tensor::from_vec(m, x.value().shape().clone())?)?;
+    let mut mask = be.upload(&crate::Tensor::from_vec(m, x.value().shape().clone())?)?;
+    if let d @ (DType::BF16 | DType::F16) = x.value().dtype() {
+        // 16-bit activations: the mask in their type (1/(1 − p) rounded to it).
+        mask = be.cast(&mask, d)?;
+    }
     let y = be.mul(x.value(), &mask)?;
     let ix = x.id();
     Ok(tape.record(&[x], y, move |g| Ok(vec![(ix, g.backend().mul(g, &mask)?)])))

@@ -11,7 +11,7 @@ mod norm;
 mod rope;
 
 pub use attention::{AttnOptions, attention, attention_with};
-pub use elementwise::{add, dropout, reshape, scale, softcap};
+pub use elementwise::{add, cast, dropout, reshape, scale, softcap};
 pub use embedding::embedding;
 pub use glu::{geglu, swiglu};
 pub use linear::{Lora, linear};

@@ -165,5 +165,21 @@ pub fn attention_cases(seed: u64) -> Vec<Case> {
             Ok(vec![o, lse])
         },
     ));
+    // The mixed-precision path: 16-bit q, k, v and dO in; o, dq, dk, dv in their type.
+    for (b, t, hq, hkv, d, dt) in
+        [(2, 37, 4, 2, 6, DType::BF16), (1, 70, 9, 3, 64, DType::BF16), (3, 33, 2, 1, 10, DType::F16)]
+    {
+        let inputs = [&[b, t, hq, d][..], &[b, t, hkv, d], &[b, t, hkv, d], &[b, t, hq, d]]
+            .iter()
+            .map(|dims| super::randn(&mut r, dims, dt))
+            .collect();
+        out.push(Case::new(
+            Op::Attention,
+            format!("attention b{b} t{t} hq{hq} hkv{hkv} d{d} causal {} activations", dt.name()),
+            dt,
+            inputs,
+            |be, x| fwd_bwd(be, &AttnArgs { scale: 0.3, ..AttnArgs::causal(&x[0], &x[1], &x[2]) }, &x[3]),
+        ));
+    }
     out
 }

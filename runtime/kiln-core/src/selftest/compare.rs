@@ -5,6 +5,7 @@ use crate::backend::Op;
 use crate::{DType, Tensor};
 
 /// The bounds a case's outputs must meet.
+#[derive(Clone, Copy)]
 pub(super) struct Tol {
     rel: f64,
     atol: f64,

@@ -65,6 +65,18 @@ pub fn elementwise_cases(seed: u64) -> Vec<Case> {
             },
         ));
     }
+    // Soft-capping on the mixed-precision path: 16-bit x and dy, the same type out.
+    for (n, dt) in [(1000usize, DType::BF16), (77, DType::F16)] {
+        let x: Vec<f64> = (0..n).map(|_| 20.0 * r.normal()).collect();
+        let inputs = vec![Tensor::from_vec(x, [n]).and_then(|t| t.to_dtype(dt)).unwrap(), randn(&mut r, &[n], dt)];
+        out.push(Case::new(
+            Op::Softcap,
+            format!("softcap {n} at cap 30 {} activations", dt.name()),
+            dt,
+            inputs,
+            |be, x| Ok(vec![be.softcap_fwd(&x[0], 30.0)?, be.softcap_bwd(&x[0], &x[1], 30.0)?]),
+        ));
+    }
     // Casts between f32, bf16 and f16 (round to nearest even); listed under the 16-bit type, as
     // a backend that keeps 16-bit values in f32 does not support them.
     for &n in &[1usize, 77, 4099] {

@@ -1,6 +1,6 @@
 //! Parity cases of the glu family: SwiGLU and GeGLU forward and backward.
 
-use super::{Case, f32s, rng};
+use super::{Case, f32s, randn, rng};
 use crate::DType;
 use crate::backend::Op;
 
@@ -23,6 +23,16 @@ pub fn glu_cases(seed: u64) -> Vec<Case> {
             let y = be.geglu_fwd(&x[0], &x[1])?;
             let (dg, du) = be.geglu_bwd(&x[0], &x[1], &x[2])?;
             Ok(vec![y, dg, du])
+        }));
+    }
+    // The mixed-precision path: 16-bit activations in, the same type out (add and scale too).
+    for (rows, h, dt) in [(5, 19, DType::BF16), (3, 1031, DType::BF16), (64, 576, DType::F16)] {
+        let inputs: Vec<_> = (0..3).map(|_| randn(&mut r, &[rows, h], dt)).collect();
+        out.push(Case::new(Op::SwiGlu, format!("swiglu {rows}x{h} {} activations", dt.name()), dt, inputs, |be, x| {
+            let y = be.swiglu_fwd(&x[0], &x[1])?;
+            let (dg, du) = be.swiglu_bwd(&x[0], &x[1], &x[2])?;
+            let (z, (eg, eu)) = (be.geglu_fwd(&x[0], &x[1])?, be.geglu_bwd(&x[0], &x[1], &x[2])?);
+            Ok(vec![y, dg, du, z, eg, eu, be.add(&x[0], &x[1])?, be.scale(&x[0], -1.5)?])
         }));
     }
     out

@@ -127,7 +127,7 @@ pub const FAMILIES: [(&str, Build); 9] = [
 
 /// The number of cases one seed's table has (every family, every op): a run of the whole table
 /// over `s` seeds reports `s · TABLE_CASES` cases, passed or skipped.
-pub const TABLE_CASES: usize = 115;
+pub const TABLE_CASES: usize = 135;
 
 /// The table on fresh random inputs from `seed`.
 pub fn cases(seed: u64) -> Vec<Case> {
@@ -356,11 +356,20 @@ fn check(be: &dyn Backend, case: &Case, name: &str) -> Result<(), String> {
     if got.len() != want.len() {
         return Err(format!("{name}: {} outputs, the reference has {}", got.len(), want.len()));
     }
-    let t = compare::tol(case.op, be.compute_dtype(case.op, case.dtype));
+    let computed = be.compute_dtype(case.op, case.dtype);
+    let t = compare::tol(case.op, computed);
     let first_code = got.len().saturating_sub(case.codes);
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         let what = format!("{name} output {i}");
-        if i >= first_code { compare::codes(&what, g, w)? } else { compare::compare(&what, g, w, &t)? }
+        // An output in a 16-bit type (the mixed-precision path's activations) is held to that
+        // type's rounding, or to bf16's where the arithmetic rounds to bf16 (the looser);
+        // casts stay exact.
+        let t16 = match g.dtype() {
+            _ if computed == DType::BF16 => t,
+            d @ (DType::BF16 | DType::F16) if case.op != Op::Cast => compare::tol(case.op, d),
+            _ => t,
+        };
+        if i >= first_code { compare::codes(&what, g, w)? } else { compare::compare(&what, g, w, &t16)? }
     }
     Ok(())
 }

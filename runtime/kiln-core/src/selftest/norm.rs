@@ -1,6 +1,6 @@
 //! Parity cases of the norm family: RMSNorm forward and backward.
 
-use super::{Case, f32s, rng};
+use super::{Case, f32s, randn, rng};
 use crate::DType;
 use crate::backend::Op;
 
@@ -17,6 +17,22 @@ pub fn norm_cases(seed: u64) -> Vec<Case> {
             let (dx, dw) = be.rms_norm_bwd(&x[2], &x[0], &x[1], &rstd)?;
             Ok(vec![y, dx, dw])
         }));
+    }
+    // The mixed-precision path: x and dy 16-bit (y and dx in their type), the weight f32.
+    for (rows, h, dt) in [(5, 19, DType::BF16), (3, 1031, DType::BF16), (64, 576, DType::F16)] {
+        let inputs =
+            vec![randn(&mut r, &[rows, h], dt), randn(&mut r, &[h], DType::F32), randn(&mut r, &[rows, h], dt)];
+        out.push(Case::new(
+            Op::RmsNorm,
+            format!("rms_norm {rows}x{h} {} activations", dt.name()),
+            dt,
+            inputs,
+            |be, x| {
+                let (y, rstd) = be.rms_norm_fwd(&x[0], &x[1], 1e-5)?;
+                let (dx, dw) = be.rms_norm_bwd(&x[2], &x[0], &x[1], &rstd)?;
+                Ok(vec![y, dx, dw])
+            },
+        ));
     }
     out
 }

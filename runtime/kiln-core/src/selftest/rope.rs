@@ -64,29 +64,43 @@ pub fn rope_cases(seed: u64) -> Vec<Case> {
         (1, 13, 7, 10, 4, 10000.0, Positions::Strided, 0.75),
         (2, 3, 3, 6, 2, 10000.0, Positions::Fresh, 1.0),
     ] {
-        let p: Vec<i32> = (0..b * t).map(|i| pos.of(i % t, t)).collect();
-        let inputs = vec![
-            randn(&mut r, &[b, t, h, d], DType::F32),
-            i32s(p, &[b, t]),
-            crate::ops::inv_freq(rot, theta, None).unwrap(),
-            // The scale rides as a scalar input (a case's runner captures nothing).
-            crate::Tensor::from_vec(vec![m as f32], [1]).unwrap(),
-        ];
-        let partial = if rot < d { format!(" rotary {rot}") } else { String::new() };
-        let scaled = if m != 1.0 { format!(" mscale {m}") } else { String::new() };
-        out.push(Case::new(
-            Op::Rope,
-            format!("rope b{b} t{t} h{h} d{d}{partial}{scaled} θ{theta} positions {}", pos.name()),
-            DType::F32,
-            inputs,
-            |be, x| {
-                let m = x[3].item()? as f32;
-                let y = be.rope(&x[0], &x[1], &x[2], m, false)?;
-                // The adjoint of the forward: x again when m = 1, the rotary slice times m² else.
-                let back = be.rope(&y, &x[1], &x[2], m, true)?;
-                Ok(vec![y, be.rope(&x[0], &x[1], &x[2], m, true)?, back])
-            },
-        ));
+        out.push(rope_case(&mut r, (b, t, h, d, rot, theta, pos, m), DType::F32));
     }
+    // The mixed-precision path: 16-bit x in, the same type out (partial rotary and mscale too).
+    out.push(rope_case(&mut r, (2, 7, 3, 6, 6, 10000.0, Positions::Packed, 1.0), DType::BF16));
+    out.push(rope_case(&mut r, (1, 9, 3, 128, 96, 10000.0, Positions::Offset, 1.1902), DType::BF16));
+    out.push(rope_case(&mut r, (3, 17, 2, 64, 64, 10000.0, Positions::Strided, 1.0), DType::F16));
     out
+}
+
+/// One RoPE row, `(b, t, h, d, rotated dims, θ, positions, mscale)`, with x in `dt`.
+fn rope_case(
+    r: &mut crate::rng::Rng,
+    (b, t, h, d, rot, theta, pos, m): (usize, usize, usize, usize, usize, f64, Positions, f64),
+    dt: DType,
+) -> Case {
+    let p: Vec<i32> = (0..b * t).map(|i| pos.of(i % t, t)).collect();
+    let inputs = vec![
+        randn(r, &[b, t, h, d], dt),
+        i32s(p, &[b, t]),
+        crate::ops::inv_freq(rot, theta, None).unwrap(),
+        // The scale rides as a scalar input (a case's runner captures nothing).
+        crate::Tensor::from_vec(vec![m as f32], [1]).unwrap(),
+    ];
+    let partial = if rot < d { format!(" rotary {rot}") } else { String::new() };
+    let scaled = if m != 1.0 { format!(" mscale {m}") } else { String::new() };
+    let act = if dt == DType::F32 { String::new() } else { format!(" {} activations", dt.name()) };
+    Case::new(
+        Op::Rope,
+        format!("rope b{b} t{t} h{h} d{d}{partial}{scaled} θ{theta} positions {}{act}", pos.name()),
+        dt,
+        inputs,
+        |be, x| {
+            let m = x[3].item()? as f32;
+            let y = be.rope(&x[0], &x[1], &x[2], m, false)?;
+            // The adjoint of the forward: x again when m = 1, the rotary slice times m² else.
+            let back = be.rope(&y, &x[1], &x[2], m, true)?;
+            Ok(vec![y, be.rope(&x[0], &x[1], &x[2], m, true)?, back])
+        },
+    )
 }

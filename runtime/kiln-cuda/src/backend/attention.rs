@@ -2,12 +2,12 @@
 //! (`Op::Attention`) on kernels/attention.cu: v1 in f32, v2 (FlashAttention-2) on tensor cores
 //! where the backend's GEMM variant uses them.
 
-use kiln_core::backend::{AttentionOps, AttnArgs, AttnGrads};
+use kiln_core::backend::{AttentionOps, AttnArgs, AttnGrads, MemoryOps};
 use kiln_core::{DType, Error, Result, Tensor};
 
 use super::KernelBackend;
+use super::act_types;
 use super::launch::{grid_of, ptr};
-use super::want_f32;
 use crate::exec::Launch;
 use crate::kernels::AttnParams;
 
@@ -41,8 +41,14 @@ fn attn_params(a: &AttnArgs<'_>) -> Result<(AttnParams, usize)> {
 
 impl AttentionOps for KernelBackend {
     fn attention_fwd(&self, a: &AttnArgs<'_>) -> Result<(Tensor, Tensor)> {
-        for t in [a.q, a.k, a.v] {
-            want_f32("attention", t)?;
+        let (xt, _) = act_types("attention", a.q, &[a.k, a.v])?;
+        if xt != DType::F32 {
+            // 16-bit activations: the kernels read f32 Q, K, V, so they are widened around them
+            // (the output rounded back); the lse stays f32.
+            let [q, k, v] = [a.q, a.k, a.v].map(|t| self.cast(t, DType::F32));
+            let (q, k, v) = (q?, k?, v?);
+            let (o, lse) = self.attention_fwd(&AttnArgs { q: &q, k: &k, v: &v, ..*a })?;
+            return Ok((self.cast(&o, xt)?, lse));
         }
         let (mut p, rows) = attn_params(a)?;
         if p.d > 256 {
@@ -64,6 +70,15 @@ impl AttentionOps for KernelBackend {
         Ok((self.wrap(o, a.q.dims().to_vec(), DType::F32), self.wrap(lse, lse_dims, DType::F32)))
     }
     fn attention_bwd(&self, a: &AttnArgs<'_>, o: &Tensor, lse: &Tensor, d_o: &Tensor) -> Result<AttnGrads> {
+        let (xt, _) = act_types("attention_bwd", a.q, &[a.k, a.v, o, d_o])?;
+        if xt != DType::F32 {
+            // As in the forward: widened around the f32 kernels, the gradients rounded back.
+            let [q, k, v, o, d_o] = [a.q, a.k, a.v, o, d_o].map(|t| self.cast(t, DType::F32));
+            let (q, k, v, o, d_o) = (q?, k?, v?, o?, d_o?);
+            let g = self.attention_bwd(&AttnArgs { q: &q, k: &k, v: &v, ..*a }, &o, lse, &d_o)?;
+            let [dq, dk, dv] = [&g.0, &g.1, &g.2].map(|t| self.cast(t, xt));
+            return Ok((dq?, dk?, dv?));
+        }
         let (mut p, rows) = attn_params(a)?;
         if p.t != p.tk || p.d > 256 || o.dims() != a.q.dims() || d_o.dims() != a.q.dims() || lse.numel() != rows {
             return Err(Error::shape(

@@ -6,25 +6,25 @@ use kiln_core::backend::{ElementwiseOps, MemoryOps};
 use kiln_core::{DType, Error, Result, Tensor};
 
 use super::launch::{THREADS, grid, type_name};
-use super::{KernelBackend, want_f32};
+use super::{KernelBackend, act_type, act_types};
 use crate::exec::Launch;
 use crate::kernels::{EwParams, ReduceParams};
 
-fn binary(be: &KernelBackend, kernel: &'static str, a: &Tensor, b: Option<&Tensor>, s: f32) -> Result<Tensor> {
-    want_f32(kernel, a)?;
-    if let Some(b) = b {
-        want_f32(kernel, b)?;
-        if a.dims() != b.dims() {
-            return Err(Error::shape(kernel, format!("{:?} and {:?}", a.dims(), b.dims())));
-        }
+/// `<stem>_<type>` over `a` (and `b`, same shape and type), the output in their type.
+fn binary(be: &KernelBackend, stem: &'static str, a: &Tensor, b: Option<&Tensor>, s: f32) -> Result<Tensor> {
+    let (dt, ty) = act_types(stem, a, b.as_slice())?;
+    if let Some(b) = b
+        && a.dims() != b.dims()
+    {
+        return Err(Error::shape(stem, format!("{:?} and {:?}", a.dims(), b.dims())));
     }
     let n = a.numel();
     let ha = be.held(a)?;
     let hb = b.map(|b| be.held(b)).transpose()?;
-    let out = be.alloc(n, DType::F32)?;
+    let out = be.alloc(n, dt)?;
     let p = EwParams { a: ha.ptr(), b: hb.map_or(0, |h| h.ptr()), out: out.ptr, n: n as i64, s, pad: 0 };
-    be.exec.launch(kernel, grid(n), bytemuck::bytes_of(&p))?;
-    Ok(be.wrap(out, a.shape().clone(), DType::F32))
+    be.exec.launch(&format!("{stem}_{ty}"), grid(n), bytemuck::bytes_of(&p))?;
+    Ok(be.wrap(out, a.shape().clone(), dt))
 }
 
 /// The soft-cap as the kernels take it: a positive number that stays one in f32.
@@ -92,39 +92,40 @@ pub(super) fn cast(be: &KernelBackend, t: &Tensor, dtype: DType) -> Result<Tenso
 
 impl ElementwiseOps for KernelBackend {
     fn softcap_fwd(&self, x: &Tensor, cap: f64) -> Result<Tensor> {
-        binary(self, "softcap_fwd_f32", x, None, softcap_cap(cap)?)
+        binary(self, "softcap_fwd", x, None, softcap_cap(cap)?)
     }
     fn softcap_bwd(&self, x: &Tensor, dy: &Tensor, cap: f64) -> Result<Tensor> {
-        binary(self, "softcap_bwd_f32", x, Some(dy), softcap_cap(cap)?)
+        binary(self, "softcap_bwd", x, Some(dy), softcap_cap(cap)?)
     }
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        binary(self, "add_f32", a, Some(b), 0.0)
+        binary(self, "add", a, Some(b), 0.0)
     }
     fn scale(&self, a: &Tensor, s: f64) -> Result<Tensor> {
-        binary(self, "scale_f32", a, None, s as f32)
+        binary(self, "scale", a, None, s as f32)
     }
     fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        binary(self, "mul_f32", a, Some(b), 0.0)
+        binary(self, "mul", a, Some(b), 0.0)
     }
     fn sum_squares(&self, a: &Tensor) -> Result<f64> {
-        want_f32("sum_squares", a)?;
+        let (_, ty) = act_type("sum_squares", a)?;
         let n = a.numel();
         let cfg = Launch::linear(n.div_ceil(THREADS as usize).clamp(1, 1024), THREADS);
         let blocks = cfg.grid[0] as usize;
         let h = self.held(a)?;
         let part = self.exec.alloc(blocks * 8)?;
         let p = EwParams { a: h.ptr(), b: 0, out: part.ptr, n: n as i64, s: 0.0, pad: 0 };
-        self.exec.launch("sum_squares_f32", cfg, bytemuck::bytes_of(&p))?;
+        self.exec.launch(&format!("sum_squares_{ty}"), cfg, bytemuck::bytes_of(&p))?;
         let bytes = self.exec.download(&part, 0, blocks * 8)?;
         Ok(bytemuck::pod_collect_to_vec::<u8, f64>(&bytes).iter().sum())
     }
 }
 
-/// Column sums of a `[rows, cols]` f32 tensor (bias gradients).
+/// Column sums of a `[rows, cols]` activation (bias gradients), in f32.
 pub(super) fn col_sum(be: &KernelBackend, a: &Tensor, rows: usize, cols: usize) -> Result<Tensor> {
+    let (_, ty) = act_type("col_sum", a)?;
     let h = be.held(a)?;
     let out = be.alloc(cols, DType::F32)?;
     let p = ReduceParams { a: h.ptr(), out: out.ptr, rows: rows as i64, cols: cols as i64 };
-    be.exec.launch("col_sum_f32", grid(cols), bytemuck::bytes_of(&p))?;
+    be.exec.launch(&format!("col_sum_{ty}"), grid(cols), bytemuck::bytes_of(&p))?;
     Ok(be.wrap(out, [cols], DType::F32))
 }

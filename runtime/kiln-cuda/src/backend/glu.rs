@@ -1,11 +1,11 @@
-//! Gated linear units (`Op::SwiGlu`, `Op::GeGlu`) on kernels/glu.cu: f32 in and out, one
-//! launch for the forward and one for both gradients.
+//! Gated linear units (`Op::SwiGlu`, `Op::GeGlu`) on kernels/glu.cu: the activations' type in and
+//! out (f32, bf16 or f16), one launch for the forward and one for both gradients.
 
 use kiln_core::backend::GluOps;
-use kiln_core::{DType, Error, Result, Tensor};
+use kiln_core::{Error, Result, Tensor};
 
 use super::launch::{grid_of, ptr};
-use super::{KernelBackend, want_f32};
+use super::{KernelBackend, act_types};
 use crate::kernels::GluParams;
 
 /// `act(g)·u` (`dy` None) or its gradients `(dg, du)`; `act` is the kernels' stem (`swiglu`,
@@ -17,19 +17,15 @@ fn glu(
     u: &Tensor,
     dy: Option<&Tensor>,
 ) -> Result<(Tensor, Option<Tensor>)> {
-    want_f32(act, g)?;
-    want_f32(act, u)?;
-    if let Some(d) = dy {
-        want_f32(act, d)?;
-    }
+    let (dt, ty) = act_types(act, g, &[&[u], dy.as_slice()].concat())?;
     if g.dims() != u.dims() || dy.is_some_and(|d| d.dims() != g.dims()) {
         return Err(Error::shape(act, format!("g {:?}, u {:?}", g.dims(), u.dims())));
     }
     let n = g.numel();
     let (hg, hu) = (be.held(g)?, be.held(u)?);
     let hd = dy.map(|d| be.held(d)).transpose()?;
-    let o0 = be.alloc(n, DType::F32)?;
-    let o1 = if dy.is_some() { Some(be.alloc(n, DType::F32)?) } else { None };
+    let o0 = be.alloc(n, dt)?;
+    let o1 = if dy.is_some() { Some(be.alloc(n, dt)?) } else { None };
     let p = GluParams {
         g: hg.ptr(),
         u: hu.ptr(),
@@ -38,9 +34,9 @@ fn glu(
         out1: o1.as_ref().map_or(0, |b| b.ptr),
         n: n as i64,
     };
-    let kernel = format!("{act}_{}_f32", if dy.is_some() { "bwd" } else { "fwd" });
+    let kernel = format!("{act}_{}_{ty}", if dy.is_some() { "bwd" } else { "fwd" });
     be.exec.launch(&kernel, grid_of(n, 256), bytemuck::bytes_of(&p))?;
-    Ok((be.wrap(o0, g.dims().to_vec(), DType::F32), o1.map(|b| be.wrap(b, g.dims().to_vec(), DType::F32))))
+    Ok((be.wrap(o0, g.dims().to_vec(), dt), o1.map(|b| be.wrap(b, g.dims().to_vec(), dt))))
 }
 
 /// The gradients of [`glu`].

@@ -6,10 +6,10 @@
 //! the bias. Backward: `g = dy·B` (pre-pass), `dx = dy·W + s·g·A` (one fused GEMM),
 //! `dA = s·gᵀ·x`, `dB = s·dyᵀ·u`, `dW = dyᵀ·x`, `db = Σ dy`.
 
-use kiln_core::backend::{LinDims, LinearGrads, LinearNeeds, LoraRef, MatmulDims, MatmulOps};
+use kiln_core::backend::{LinDims, LinearGrads, LinearNeeds, LoraRef, MatmulDims, MatmulOps, MemoryOps};
 use kiln_core::{DType, Error, Result, Tensor};
 
-use super::{Held, KernelBackend, elementwise::col_sum, want_f32};
+use super::{Held, KernelBackend, act_type, act_types, elementwise::col_sum, want_f32};
 use crate::GemmVariant;
 use crate::exec::Launch;
 use crate::kernels::{Gemm16Params, Gemm90Params, GemmParams, PackParams, SplitSumParams, TensorMap};
@@ -75,17 +75,44 @@ fn gemv_applies(p: &GemmParams) -> bool {
 
 /// One GEMM launch: `p` has operands, strides and epilogue; `b_type` is B's element type.
 fn gemm(be: &KernelBackend, p: &GemmParams, b_type: DType) -> Result<()> {
-    gemm_a16(be, p, b_type, None)
+    gemm_a16(be, p, b_type, None, Io::default())
+}
+
+/// How v6 and v7 meet the activations: A already in B's 16-bit type (the mixed-precision
+/// path's x or dy, packed only where its rows need padding) and C written in that type; by
+/// default A is f32 (packed first) and C f32. Only v6 and v7 take a non-default `Io`
+/// ([`direct16`] decides).
+#[derive(Clone, Copy, Default, PartialEq)]
+struct Io {
+    a16: bool,
+    c16: bool,
+}
+
+/// Whether a product with 16-bit activations of type `x` runs on v6/v7 reading them directly and
+/// writing 16-bit output: B of the same type (or block-quantized, decoded to bf16, under bf16
+/// activations), more rows than a decode step, and B's layout one v6 reads. Elsewhere the
+/// activations are widened to f32 around the f32 path.
+fn direct16(be: &KernelBackend, p: &GemmParams, b_type: DType, x: DType) -> bool {
+    let v = effective(be);
+    let types = match b_type {
+        DType::Quant(_) => x == DType::BF16 && v6_dense_numel(p).is_some(),
+        b => b == x && matches!(x, DType::BF16 | DType::F16),
+    };
+    let b_ok = if matches!(b_type, DType::Quant(_)) { GemmParams { b: 0, ..*p } } else { *p };
+    matches!(v, GemmVariant::V6 | GemmVariant::V7) && types && p.m > GEMV_MAX_M && v6_unfit(&b_ok).is_none()
 }
 
 /// [`gemm`], with A already packed for v6 where the caller has it (`a16`: A in B's 16-bit
 /// type, [m, k rounded up to 8], as [`pack`] writes it): the LoRA pre-pass and the main
 /// product share one packing of x (forward) or dy (dx).
-fn gemm_a16(be: &KernelBackend, p: &GemmParams, b_type: DType, a16: Option<u64>) -> Result<()> {
+fn gemm_a16(be: &KernelBackend, p: &GemmParams, b_type: DType, a16: Option<u64>, io: Io) -> Result<()> {
     if p.m == 0 || p.n == 0 {
         return Ok(());
     }
     check_b(b_type)?;
+    if io != Io::default() && !direct16(be, p, b_type, if b_type == DType::F16 { DType::F16 } else { DType::BF16 }) {
+        return Err(Error::Msg("cuda gemm: 16-bit activations reached a kernel that reads f32".into()));
+    }
     let mut p = *p;
     if let DType::Quant(q) = b_type {
         let (id, block, bytes) = crate::kernels::quant_kernel_id(q)
@@ -120,9 +147,9 @@ fn gemm_a16(be: &KernelBackend, p: &GemmParams, b_type: DType, a16: Option<u64>)
             let (w16, _) = super::elementwise::dequant(be, p.b, numel, q, DType::BF16)?;
             d.b = w16.ptr;
             if v == GemmVariant::V7 {
-                gemm_hopper(be, &d, DType::BF16, a16)?;
+                gemm_hopper(be, &d, DType::BF16, a16, io)?;
             } else {
-                gemm_v6(be, &d, DType::BF16, a16)?;
+                gemm_v6(be, &d, DType::BF16, a16, io)?;
             }
             drop(w16);
             return Ok(());
@@ -130,13 +157,13 @@ fn gemm_a16(be: &KernelBackend, p: &GemmParams, b_type: DType, a16: Option<u64>)
     }
     if v.runs_for(b_type) == GemmVariant::V7 {
         if v6_unfit(p).is_none() {
-            return gemm_hopper(be, p, b_type, a16);
+            return gemm_hopper(be, p, b_type, a16, io);
         }
         v = GemmVariant::V6;
     }
     if v.runs_for(b_type) == GemmVariant::V6 {
         match v6_unfit(p) {
-            None => return gemm_v6(be, p, b_type, a16),
+            None => return gemm_v6(be, p, b_type, a16, io),
             Some(why) => {
                 static NOTED: std::sync::Once = std::sync::Once::new();
                 NOTED.call_once(|| eprintln!("note: GEMM v6 runs v4 for a product whose {why} (and others like it)"));
@@ -174,7 +201,7 @@ fn v6_dense_numel(p: &GemmParams) -> Option<usize> {
 }
 
 /// `out [out_rows, ld]` (16-bit, type `ty`) = `scale · x[r·s.0 + c·s.1]` for r < rows, c < cols,
-/// zero elsewhere (kernels/matmul.cu `gemm_pack_*`).
+/// zero elsewhere (kernels/matmul.cu `gemm_pack_*`); x f32.
 #[allow(clippy::too_many_arguments)]
 fn pack(
     be: &KernelBackend,
@@ -185,6 +212,36 @@ fn pack(
     cols: usize,
     out_rows: usize,
     ld: usize,
+    scale: f32,
+) -> Result<crate::exec::DevBuf> {
+    pack_from(be, ty, false, x, s, (rows, cols, out_rows, ld), scale)
+}
+
+/// An activation operand of v6/v7 in `ty` ([`pack`]'s layout, `[out_rows, ld]`): x itself where
+/// it is already 16-bit (`x16`, of type `ty`) in exactly that layout, else a packed copy (kept
+/// alive by the second value until the GEMM has run).
+fn operand16(
+    be: &KernelBackend,
+    ty: &str,
+    (x, x16): (u64, bool),
+    s: (i64, i64),
+    (rows, cols, out_rows, ld): (usize, usize, usize, usize),
+) -> Result<(u64, Option<crate::exec::DevBuf>)> {
+    if x16 && s == (ld as i64, 1) && rows == out_rows && cols == ld && x.is_multiple_of(16) {
+        return Ok((x, None));
+    }
+    let b = pack_from(be, ty, x16, x, s, (rows, cols, out_rows, ld), 1.0)?;
+    Ok((b.ptr, Some(b)))
+}
+
+/// [`pack`] from f32 or (`x16`) from 16-bit values of type `ty`.
+fn pack_from(
+    be: &KernelBackend,
+    ty: &str,
+    x16: bool,
+    x: u64,
+    s: (i64, i64),
+    (rows, cols, out_rows, ld): (usize, usize, usize, usize),
     scale: f32,
 ) -> Result<crate::exec::DevBuf> {
     let out = be.alloc(out_rows * ld, DType::BF16)?;
@@ -203,7 +260,8 @@ fn pack(
     let threads = (out_rows * ld / 4) as u32;
     if threads > 0 {
         let cfg = Launch { grid: [threads.div_ceil(256), 1, 1], block: [256, 1, 1], smem: 0 };
-        be.exec.launch(&format!("gemm_pack_{ty}"), cfg, bytemuck::bytes_of(&p))?;
+        let kernel = format!("gemm_pack{}_{ty}", if x16 { "16" } else { "" });
+        be.exec.launch(&kernel, cfg, bytemuck::bytes_of(&p))?;
     }
     Ok(out)
 }
@@ -215,14 +273,15 @@ fn packed_a(
     ty: &str,
     p: &GemmParams,
     packed: Option<u64>,
+    io: Io,
 ) -> Result<(u64, usize, Option<crate::exec::DevBuf>)> {
     let (m, k) = (p.m as usize, p.k as usize);
     let lda = k.next_multiple_of(8);
     Ok(match packed {
         Some(a) => (a, lda, None),
         None => {
-            let a16 = pack(be, ty, p.a, (p.sam, p.sak), m, k, m, lda, 1.0)?;
-            (a16.ptr, lda, Some(a16))
+            let (a, buf) = operand16(be, ty, (p.a, io.a16), (p.sam, p.sak), (m, k, m, lda))?;
+            (a, lda, buf)
         }
     })
 }
@@ -248,11 +307,11 @@ fn pack_lora(
 
 /// The v6 GEMM: A (and LoRA's s·U and L) packed to B's 16-bit type, then the multistage kernel
 /// for B's layout (NK: `sbk == 1`, a linear layer's x·Wᵀ; KN: `sbn == 1`, its dx = dy·W).
-fn gemm_v6(be: &KernelBackend, p: &GemmParams, b_type: DType, packed: Option<u64>) -> Result<()> {
+fn gemm_v6(be: &KernelBackend, p: &GemmParams, b_type: DType, packed: Option<u64>, io: Io) -> Result<()> {
     let ty = if b_type == DType::F16 { "f16" } else { "bf16" };
     let (m, n) = (p.m as usize, p.n as usize);
     let kn = p.sbk != 1;
-    let (a, lda, a16) = packed_a(be, ty, p, packed)?;
+    let (a, lda, a16) = packed_a(be, ty, p, packed, io)?;
     let mut q = Gemm16Params {
         a,
         b: p.b,
@@ -265,6 +324,7 @@ fn gemm_v6(be: &KernelBackend, p: &GemmParams, b_type: DType, packed: Option<u64
         k: p.k,
         ldc: p.ldc,
         alpha: p.alpha,
+        c16: io.c16 as i32,
         ..Default::default()
     };
     // Kept alive until the GEMM has run.
@@ -286,12 +346,12 @@ fn gemm_v6(be: &KernelBackend, p: &GemmParams, b_type: DType, packed: Option<u64
 /// 16-bit copy of B (one read and one write of the weight: at 4096² about a tenth of the
 /// product's modeled time, against v6's mma.sync), v6 where K is no multiple of 8 (the copy's
 /// rows would not be 16-byte aligned).
-fn gemm_hopper(be: &KernelBackend, p: &GemmParams, b_type: DType, a16: Option<u64>) -> Result<()> {
+fn gemm_hopper(be: &KernelBackend, p: &GemmParams, b_type: DType, a16: Option<u64>, io: Io) -> Result<()> {
     if p.sbk == 1 {
-        return gemm_v7(be, p, b_type, a16);
+        return gemm_v7(be, p, b_type, a16, io);
     }
     if p.k % 8 != 0 {
-        return gemm_v6(be, p, b_type, a16);
+        return gemm_v6(be, p, b_type, a16, io);
     }
     // B [k, n] (rows sbk apart) → Bᵀ [n, k].
     let (k, n) = (p.k as usize, p.n as usize);
@@ -307,7 +367,7 @@ fn gemm_hopper(be: &KernelBackend, p: &GemmParams, b_type: DType, a16: Option<u6
     let cfg = Launch { grid: [n.div_ceil(64) as u32, k.div_ceil(64) as u32, 1], block: [256, 1, 1], smem: 0 };
     be.exec.launch("gemm_transpose16", cfg, bytemuck::bytes_of(&t))?;
     let q = GemmParams { b: bt.ptr, sbk: 1, sbn: k as i64, ..*p };
-    gemm_v7(be, &q, b_type, a16)?;
+    gemm_v7(be, &q, b_type, a16, io)?;
     drop(bt);
     Ok(())
 }
@@ -315,10 +375,10 @@ fn gemm_hopper(be: &KernelBackend, p: &GemmParams, b_type: DType, a16: Option<u6
 /// The v7 GEMM (Hopper, NK layout): A (and LoRA's s·U and L, rank padded to 64) packed to B's
 /// 16-bit type as for v6, each operand described by a TMA tensor map (boxes of 64 K values by the
 /// tile's rows, 128-byte swizzle; the maps zero-fill every edge).
-fn gemm_v7(be: &KernelBackend, p: &GemmParams, b_type: DType, packed: Option<u64>) -> Result<()> {
+fn gemm_v7(be: &KernelBackend, p: &GemmParams, b_type: DType, packed: Option<u64>, io: Io) -> Result<()> {
     let (ty, f16) = if b_type == DType::F16 { ("f16", true) } else { ("bf16", false) };
     let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
-    let (a, lda, a16) = packed_a(be, ty, p, packed)?;
+    let (a, lda, a16) = packed_a(be, ty, p, packed, io)?;
     let map = |base: u64, cols: usize, rows: usize, ld: usize, box_rows: u32| {
         be.exec
             .tensor_map_2d(&crate::exec::TensorMap2d {
@@ -341,6 +401,7 @@ fn gemm_v7(be: &KernelBackend, p: &GemmParams, b_type: DType, packed: Option<u64
         k: p.k,
         ldc: p.ldc,
         alpha: p.alpha,
+        c16: io.c16 as i32,
         ..Default::default()
     };
     // Kept alive until the GEMM has run.
@@ -459,12 +520,13 @@ fn prepass_v6(
 /// LoRA's weight gradients on v6's tensor cores (the reduction runs over the m tokens, split-K):
 /// `dA [r, k] = s·gᵀ·x` and `dB [n, r] = s·dyᵀ·u`, the latter as the transpose of `s·uᵀ·dy` so
 /// that dy is read as the pre-pass packed it (`dy16` [m rounded up to 8, n]). g and u (f32
-/// [m, r]) are packed transposed (small), x packed once [m8, k]. Needs k and n multiples of 8.
+/// [m, r]) are packed transposed (small), x packed once [m8, k] (read as is where it is 16-bit
+/// already, `x.1`, and m a multiple of 8). Needs k and n multiples of 8.
 #[allow(clippy::too_many_arguments)]
 fn lora_grads_v6(
     be: &KernelBackend,
     ty: &str,
-    x: u64,
+    x: (u64, bool),
     g: u64,
     u: u64,
     dy16: u64,
@@ -473,9 +535,9 @@ fn lora_grads_v6(
 ) -> Result<(crate::exec::DevBuf, crate::exec::DevBuf)> {
     let m8 = m.next_multiple_of(8);
     let gt = pack(be, ty, g, (1, r as i64), r, m, r, m8, 1.0)?;
-    let x16 = pack(be, ty, x, (k as i64, 1), m, k, m8, k, 1.0)?;
-    let da = gemm_v6_split(be, ty, (gt.ptr, m8), (x16.ptr, k, true), (r, k, m8), s, false)?;
-    drop((gt, x16));
+    let (x16, xbuf) = operand16(be, ty, x, (k as i64, 1), (m, k, m8, k))?;
+    let da = gemm_v6_split(be, ty, (gt.ptr, m8), (x16, k, true), (r, k, m8), s, false)?;
+    drop((gt, xbuf));
     let ut = pack(be, ty, u, (1, r as i64), r, m, r, m8, 1.0)?;
     let db = gemm_v6_split(be, ty, (ut.ptr, m8), (dy16, n, true), (r, n, m8), s, true)?;
     drop(ut);
@@ -528,45 +590,56 @@ impl MatmulOps for KernelBackend {
         bias: Option<&Tensor>,
         lora: Option<LoraRef<'_>>,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        want_f32("linear x", x)?;
+        let (xt, _) = act_type("linear x", x)?;
         let d = LinDims::of(x, w)?;
         let (m, k, n) = (d.m, d.k, d.n);
         if let Some(b) = bias.filter(|b| b.numel() != n) {
             return Err(Error::shape("linear", format!("bias {:?} for out={n}", b.shape())));
         }
         let (hx, hw) = (self.held(x)?, self.held(w)?);
-        let hbias = bias.map(|b| self.held(b)).transpose()?;
-        let y = self.alloc(m * n, DType::F32)?;
-        let mut p = base(hx.ptr(), hw.ptr(), y.ptr, m, n, k);
+        let mut p = base(hx.ptr(), hw.ptr(), 0, m, n, k);
         (p.sam, p.sak, p.sbk, p.sbn) = (k as i64, 1, 1, k as i64);
-        p.bias = hbias.as_ref().map_or(0, Held::ptr);
+        let x16 = xt != DType::F32;
+        if x16 && !direct16(self, &p, w.dtype(), xt) {
+            // 16-bit activations where no kernel reads them: widened around the f32 path.
+            let (y, u) = self.linear_fwd(&self.cast(x, DType::F32)?, w, bias, lora)?;
+            return Ok((self.cast(&y, xt)?, u));
+        }
+        let io = Io { a16: x16, c16: x16 };
+        let hbias = bias.map(|b| self.held(b)).transpose()?;
+        let y = self.alloc(m * n, xt)?;
+        (p.c, p.bias) = (y.ptr, hbias.as_ref().map_or(0, Held::ptr));
         let mut u_out = None;
-        // x packed for v6 by the LoRA pre-pass, reused by the main product.
-        let mut x16 = None;
+        // x as v6 reads it (packed, or itself where 16-bit), shared by the LoRA pre-pass and
+        // the main product.
+        let mut a16 = None;
         // Kept alive until the GEMM has run.
-        let (_ha, _hb);
+        let (_ha, _hb, _xbuf);
         if let Some(l) = &lora {
             let r = lora_rank(l, &d)?;
             let (ha, hb) = (self.held(l.a)?, self.held(l.b)?);
             let u = match v6_prepass_type(self, w.dtype(), m) {
                 Some(ty) => {
-                    let xp = pack(self, ty, hx.ptr(), (k as i64, 1), m, k, m, k.next_multiple_of(8), 1.0)?;
-                    let u = prepass_v6(self, ty, xp.ptr, &ha, (1, k as i64), m, k, r)?;
-                    x16 = Some(xp);
+                    let (xp, buf) =
+                        operand16(self, ty, (hx.ptr(), x16), (k as i64, 1), (m, k, m, k.next_multiple_of(8)))?;
+                    let u = prepass_v6(self, ty, xp, &ha, (1, k as i64), m, k, r)?;
+                    (a16, _xbuf) = (Some(xp), buf);
                     u
                 }
-                None => prepass(self, &hx, (k as i64, 1), &ha, (1, k as i64), m, k, r)?,
+                None => {
+                    _xbuf = None;
+                    prepass(self, &hx, (k as i64, 1), &ha, (1, k as i64), m, k, r)?
+                }
             };
             (p.lora_u, p.lora_l, p.sl_n, p.sl_r, p.rank, p.lora_scale) =
                 (u.ptr, hb.ptr(), r as i64, 1, r as i32, l.scale as f32);
             u_out = Some(self.wrap(u, LinDims::out_dims(x, r), DType::F32));
             (_ha, _hb) = (Some(ha), Some(hb));
         } else {
-            (_ha, _hb) = (None, None);
+            (_ha, _hb, _xbuf) = (None, None, None);
         }
-        gemm_a16(self, &p, w.dtype(), x16.as_ref().map(|b| b.ptr))?;
-        drop(x16);
-        Ok((self.wrap(y, LinDims::out_dims(x, n), DType::F32), u_out))
+        gemm_a16(self, &p, w.dtype(), a16, io)?;
+        Ok((self.wrap(y, LinDims::out_dims(x, n), xt), u_out))
     }
 
     fn linear_bwd(
@@ -577,13 +650,26 @@ impl MatmulOps for KernelBackend {
         lora: Option<(LoraRef<'_>, &Tensor)>,
         needs: LinearNeeds,
     ) -> Result<LinearGrads> {
-        want_f32("linear dy", dy)?;
-        want_f32("linear x", x)?;
+        let (xt, _) = act_types("linear_bwd", x, &[dy])?;
         let d = LinDims::of(x, w)?;
         let (m, k, n) = (d.m, d.k, d.n);
         if dy.numel() != m * n {
             return Err(Error::shape("linear_bwd", format!("dy {:?} for {m}×{n}", dy.dims())));
         }
+        let x16 = xt != DType::F32;
+        if x16 {
+            // dx = dy·W (KN) on v6/v7 reading dy directly, and LoRA's gradients with it (n a
+            // multiple of 8); else the activations widened around the f32 path.
+            let p =
+                GemmParams { sam: n as i64, sak: 1, sbk: k as i64, sbn: 1, ..base(0, self.held(w)?.ptr(), 0, m, k, n) };
+            if !(direct16(self, &p, w.dtype(), xt) && n.is_multiple_of(8)) {
+                let (df, xf) = (self.cast(dy, DType::F32)?, self.cast(x, DType::F32)?);
+                let mut g = self.linear_bwd(&df, &xf, w, lora, needs)?;
+                g.dx = g.dx.map(|t| self.cast(&t, xt)).transpose()?;
+                return Ok(g);
+            }
+        }
+        let io = Io { a16: x16, c16: x16 };
         let (hdy, hx) = (self.held(dy)?, self.held(x)?);
         let mut g = LinearGrads::default();
         // The LoRA pre-pass g = dy·B [m, r], shared by dx and dA.
@@ -595,8 +681,9 @@ impl MatmulOps for KernelBackend {
                     Some(ty) => {
                         // Rows up to a multiple of 8: the KN operand of dB reads them (zeros).
                         let m8 = m.next_multiple_of(8);
-                        let dp = pack(self, ty, hdy.ptr(), (n as i64, 1), m, n, m8, n.next_multiple_of(8), 1.0)?;
-                        (prepass_v6(self, ty, dp.ptr, &hb, (r as i64, 1), m, n, r)?, Some(dp))
+                        let shape = (m, n, m8, n.next_multiple_of(8));
+                        let dp = operand16(self, ty, (hdy.ptr(), x16), (n as i64, 1), shape)?;
+                        (prepass_v6(self, ty, dp.0, &hb, (r as i64, 1), m, n, r)?, Some(dp))
                     }
                     None => (prepass(self, &hdy, (n as i64, 1), &hb, (r as i64, 1), m, n, r)?, None),
                 };
@@ -606,21 +693,25 @@ impl MatmulOps for KernelBackend {
         };
         if needs.x {
             let hw = self.held(w)?;
-            let dx = self.alloc(m * k, DType::F32)?;
+            let dx = self.alloc(m * k, xt)?;
             let mut p = base(hdy.ptr(), hw.ptr(), dx.ptr, m, k, n);
             (p.sam, p.sak, p.sbk, p.sbn) = (n as i64, 1, k as i64, 1);
             let mut dy16 = None;
             if let Some((r, s, ha, _, _, gb, dp)) = &lo {
                 (p.lora_u, p.lora_l, p.sl_n, p.sl_r, p.rank, p.lora_scale) =
                     (gb.ptr, ha.ptr(), 1, k as i64, *r as i32, *s);
-                dy16 = dp.as_ref().map(|b| b.ptr);
+                dy16 = dp.as_ref().map(|b| b.0);
             }
-            gemm_a16(self, &p, w.dtype(), dy16)?;
-            g.dx = Some(self.wrap(dx, x.dims().to_vec(), DType::F32));
+            gemm_a16(self, &p, w.dtype(), dy16, io)?;
+            g.dx = Some(self.wrap(dx, x.dims().to_vec(), xt));
         }
         if needs.w {
+            // dW = dyᵀ·x on the f32 path (16-bit activations widened first).
+            let (df, xf) =
+                if x16 { (self.cast(dy, DType::F32)?, self.cast(x, DType::F32)?) } else { (dy.clone(), x.clone()) };
+            let (hd, hxf) = (self.held(&df)?, self.held(&xf)?);
             let dw = self.alloc(n * k, DType::F32)?;
-            let mut p = base(hdy.ptr(), hx.ptr(), dw.ptr, n, k, m);
+            let mut p = base(hd.ptr(), hxf.ptr(), dw.ptr, n, k, m);
             (p.sam, p.sak, p.sbk, p.sbn) = (1, n as i64, k as i64, 1);
             gemm(self, &p, DType::F32)?;
             g.dw = Some(self.wrap(dw, [n, k], DType::F32));
@@ -630,11 +721,11 @@ impl MatmulOps for KernelBackend {
         }
         if let (true, Some((r, s, _, _, hu, gb, dp))) = (needs.lora, &lo) {
             let r = *r;
-            if let (Some(ty), Some(dy16)) = (v6_prepass_type(self, w.dtype(), m), dp)
+            if let (Some(ty), Some((dy16, _))) = (v6_prepass_type(self, w.dtype(), m), dp)
                 && k.is_multiple_of(8)
                 && n.is_multiple_of(8)
             {
-                let (da, db) = lora_grads_v6(self, ty, hx.ptr(), gb.ptr, hu.ptr(), dy16.ptr, (m, k, n, r), *s)?;
+                let (da, db) = lora_grads_v6(self, ty, (hx.ptr(), x16), gb.ptr, hu.ptr(), *dy16, (m, k, n, r), *s)?;
                 g.da = Some(self.wrap(da, [r, k], DType::F32));
                 g.db = Some(self.wrap(db, [n, r], DType::F32));
                 return Ok(g);

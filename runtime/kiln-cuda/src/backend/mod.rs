@@ -91,6 +91,19 @@ pub fn env_gemm() -> std::result::Result<Option<GemmVariant>, String> {
     .clone()
 }
 
+/// `KILN_CUDA_ACT`, read once: the type a model's activations travel in between the CUDA kernels
+/// (`bf16` where unset: mixed precision; `f16`; `f32` for the all-f32 path).
+pub fn env_act() -> std::result::Result<DType, String> {
+    static ENV: OnceLock<std::result::Result<DType, String>> = OnceLock::new();
+    ENV.get_or_init(|| match std::env::var("KILN_CUDA_ACT").as_deref() {
+        Err(_) | Ok("bf16") => Ok(DType::BF16),
+        Ok("f16") => Ok(DType::F16),
+        Ok("f32") => Ok(DType::F32),
+        Ok(s) => Err(format!("KILN_CUDA_ACT: {s:?} is not one of bf16, f16, f32")),
+    })
+    .clone()
+}
+
 /// Opens (once) the device of a slot, its default variant chosen by `pick` from the opened
 /// device; a device already open keeps the variant it opened with.
 pub(crate) fn install(
@@ -237,7 +250,34 @@ impl KernelBackend {
     }
 }
 
-/// f32 only (activations, gradients, optimizer state).
+/// An activation's element type and its kernels' suffix: f32 (f64 narrowed to it), or bf16/f16
+/// on the mixed-precision path (read and written in 16 bits, computed in f32).
+pub(crate) fn act_type(op: &str, t: &Tensor) -> Result<(DType, &'static str)> {
+    match t.dtype() {
+        DType::F32 | DType::F64 => Ok((DType::F32, "f32")),
+        DType::BF16 => Ok((DType::BF16, "bf16")),
+        DType::F16 => Ok((DType::F16, "f16")),
+        d => Err(Error::Msg(format!("cuda {op}: {} input where an f32, bf16 or f16 activation is expected", d.name()))),
+    }
+}
+
+/// [`act_type`] of `a`, with every one of `rest` of the same type (an op's activations travel
+/// together: one kernel reads them all in one type).
+pub(crate) fn act_types(op: &str, a: &Tensor, rest: &[&Tensor]) -> Result<(DType, &'static str)> {
+    let t = act_type(op, a)?;
+    for r in rest {
+        if act_type(op, r)?.0 != t.0 {
+            return Err(Error::Msg(format!(
+                "cuda {op}: a {} input beside a {} one (the activations of one op share a type)",
+                r.dtype().name(),
+                a.dtype().name()
+            )));
+        }
+    }
+    Ok(t)
+}
+
+/// f32 only (trainable parameters, their gradients, optimizer state).
 pub(crate) fn want_f32(op: &str, t: &Tensor) -> Result<()> {
     if t.dtype() == DType::F32 || t.dtype() == DType::F64 {
         Ok(())
@@ -286,6 +326,13 @@ impl Backend for KernelBackend {
     fn name(&self) -> &'static str {
         self.exec.name()
     }
+    fn activation_dtype(&self) -> DType {
+        env_act().unwrap_or_else(|e| {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| eprintln!("warning: {e}; activations in bf16"));
+            DType::BF16
+        })
+    }
     fn supports(&self, op: Op, dtype: DType) -> Support {
         match (op, dtype) {
             (Op::Linear | Op::Cast | Op::Embedding, DType::Quant(q))
@@ -295,6 +342,11 @@ impl Backend for KernelBackend {
             }
             (_, DType::Quant(q)) => Support::No(format!("no CUDA kernel for {} weights", q.name())),
             (Op::Linear | Op::Embedding | Op::Cast, DType::F32 | DType::BF16 | DType::F16) => Support::Yes,
+            // The mixed-precision path: 16-bit activations in and out, f32 arithmetic.
+            (
+                Op::Add | Op::Scale | Op::Softcap | Op::SwiGlu | Op::GeGlu | Op::RmsNorm | Op::Rope | Op::Attention,
+                DType::BF16 | DType::F16,
+            ) => Support::Yes,
             (_, DType::F32) => Support::Yes,
             (op, d) => Support::No(format!("no CUDA kernel for {op:?} at {} yet", d.name())),
         }
@@ -309,6 +361,11 @@ impl Backend for KernelBackend {
             (Op::Linear | Op::Matmul, DType::Quant(_)) if tc => DType::BF16,
             // Attention v2 rounds Q, K, V and P to bf16 for the tensor cores.
             (Op::Attention, _) if tc => DType::BF16,
+            // 16-bit activations: the outputs (and the gradients) are rounded to their type.
+            (
+                Op::Add | Op::Scale | Op::Softcap | Op::SwiGlu | Op::GeGlu | Op::RmsNorm | Op::Rope | Op::Attention,
+                DType::BF16 | DType::F16,
+            ) => dtype,
             // Everything else is f32 arithmetic: v1/v2 widen 16-bit and block-quantized weights
             // exactly in the loader (`to_f32`, `kiln_decode`), lookups and casts are exact.
             (_, DType::BF16 | DType::F16 | DType::Quant(_)) => DType::F32,

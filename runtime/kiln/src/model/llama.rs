@@ -62,6 +62,8 @@ pub struct Llama {
     local_inv_freq: Option<Tensor>,
     /// Embeddings are multiplied by this (Gemma: √hidden).
     embed_scale: Option<f64>,
+    /// The blocks' activation type when pinned ([`Llama::activation_dtype`]).
+    act: Option<DType>,
 }
 
 /// Rows per chunk of the fused LM head + loss: [128, vocab] logits at a time.
@@ -198,7 +200,7 @@ impl Llama {
         let local_inv_freq = super::gemma::local_inv_freq(c)?;
         let embed_scale =
             super::gemma::embed_scale(c, store.get_shaped("model.embed_tokens.weight", &[c.vocab_size, h])?.dtype());
-        Ok(Llama { config, embed, blocks, norm, lm_head, inv_freq, long_rope, local_inv_freq, embed_scale })
+        Ok(Llama { config, embed, blocks, norm, lm_head, inv_freq, long_rope, local_inv_freq, embed_scale, act: None })
     }
 
     /// Every base weight (for memory checks and full fine-tuning).
@@ -436,7 +438,10 @@ impl Llama {
             local_inv_freq: self.local_inv_freq.clone(),
             cfg: c.clone(),
         };
-        let mut x = self.embed(tape, &inp.ids.reshape([d[0] * d[1]])?)?;
+        // Mixed precision where the backend runs it: the blocks' activations in its 16-bit type,
+        // the final hidden state back in f32 for the LM head and the loss.
+        let x = self.embed(tape, &inp.ids.reshape([d[0] * d[1]])?)?;
+        let mut x = ops::cast(tape, &x, self.activation_dtype())?;
         for (i, blk) in self.blocks.iter().enumerate() {
             let adapters: [Option<Lora>; 7] = lora.and_then(|l| l.layer(i)).unwrap_or_default();
             x = if checkpoint {
@@ -449,7 +454,20 @@ impl Llama {
                 block(tape, &x, blk, &adapters, &ctx, None)?
             };
         }
-        Ok(ops::rms_norm(tape, &x, &self.norm, c.rms_norm_eps)?)
+        let h = ops::rms_norm(tape, &x, &self.norm, c.rms_norm_eps)?;
+        Ok(ops::cast(tape, &h, DType::F32)?)
+    }
+
+    /// The type the blocks' activations travel in during [`Llama::hidden`]: the override set by
+    /// [`Llama::set_activation_dtype`], else the backend's choice (bf16 on CUDA, f32 elsewhere).
+    /// Decoding with a KV cache stays in f32 (the cache is f32).
+    pub fn activation_dtype(&self) -> DType {
+        self.act.unwrap_or_else(|| self.backend().activation_dtype())
+    }
+
+    /// Pins the activations' type (`None`: the backend's choice).
+    pub fn set_activation_dtype(&mut self, dtype: Option<DType>) {
+        self.act = dtype;
     }
 
     /// Logits `[B, T, V]`.
