@@ -19,10 +19,12 @@ const CUDA_EMU: GpuTrain = GpuTrain {
     backend: "cuda-emu",
     tag: "cuda",
     ready: || true,
-    // GEMM v6 (the default): attention on bf16 tensor cores.
+    // GEMM v6 (the default): activations in bf16 between kernels (mixed precision), attention
+    // on bf16 tensor cores.
     default_tol: HALF,
-    // GEMM v2: f32 products, and attention v1 in f32 (v3–v5 run attention on tensor cores).
-    f32_env: &[("KILN_CUDA_GEMM", "v2")],
+    // GEMM v2: f32 products, attention v1 in f32 (v3–v7 run attention on tensor cores), and
+    // activations in f32 between kernels.
+    f32_env: &[("KILN_CUDA_GEMM", "v2"), ("KILN_CUDA_ACT", "f32")],
     qlora_steps: "10",
     // Decoding runs the default variant: attention on bf16 tensor cores.
     decode_tol: 2e-2,

@@ -44,6 +44,12 @@ for gv in v3 v6 v7; do
   run "lora $gv r16 fwd" --op lora --shape $l --variant $gv
   run "lora $gv r16 fwd+bwd" --op lora_bwd --shape $l --variant $gv
 done
+# The mixed-precision path (activations bf16 between kernels, KILN_CUDA_ACT's default): v7 reads x
+# and dy as they are and writes y and dx in bf16 (no packing pass); 16 CTAs a launch.
+run "gemm v7 bf16 act16" --op gemm --shape $g --variant v7 --dtype bf16 --act bf16 --max-ctas 16
+run "qgemm v7 NF4 act16" --op qgemm --shape $g --variant v7 --dtype nf4 --act bf16 --max-ctas 16
+run "lora v7 r16 fwd act16" --op lora --shape $l --variant v7 --act bf16 --max-ctas 16
+run "lora v7 r16 fwd+bwd act16" --op lora_bwd --shape $l --variant v7 --act bf16 --max-ctas 16
 run "gemv bf16" --op gemv --shape $v --dtype bf16
 run "gemv Q4_K" --op gemv --shape $v --dtype q4_k
 run "attention v2 fwd" --op attention --shape $a

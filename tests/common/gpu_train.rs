@@ -127,7 +127,8 @@ pub fn lora_and_qlora(g: &GpuTrain) {
 }
 
 /// DPO and full fine-tuning (with weight decay), [`MIN_STEPS`] steps each in f32: the full
-/// run's weights are compared by what training changed in them.
+/// run's weights are compared by what training changed in them. On CUDA also full fine-tuning
+/// and bottleneck adapters with bf16 activations, within [`HALF`].
 pub fn dpo_and_full(g: &GpuTrain) {
     if !(g.ready)() {
         return;
@@ -154,13 +155,18 @@ pub fn dpo_and_full(g: &GpuTrain) {
     let base = runs.model.join("model.safetensors");
     assert!(base.is_file());
     let runs = Runs { data: sft_path, ..runs };
-    runs.compare(
-        "full",
-        "full",
-        &["--method", "full", "--max-steps", &steps, "--weight-decay", "0.1"],
-        Some(&base),
-        F32,
-    );
+    let full = ["--method", "full", "--max-steps", &steps, "--weight-decay", "0.1"];
+    let cpu = runs.cpu("full", &full);
+    runs.same_in_f32("full", "full", &full, &cpu, Some(&base), F32);
+    if g.tag == "cuda" {
+        // The mixed-precision path (bf16 activations, the default) with f32 trainable weights:
+        // every product widens its activations around the f32 GEMMs, dW included.
+        runs.close_in_16bit("full, bf16 activations", "full-act16", &full, &[], &cpu);
+        // Bottleneck adapters (f32 weights, a gate of ones in the activations' type).
+        let adapter = ["--method", "adapter", "--max-steps", &steps];
+        let cpu = runs.cpu("adapter", &adapter);
+        runs.close_in_16bit("adapter, bf16 activations", "adapter-act16", &adapter, &[], &cpu);
+    }
 }
 
 /// LoRA on Gemma 3 (sliding layers of window 8 between global ones, q/k norms), Gemma 2

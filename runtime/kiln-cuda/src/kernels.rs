@@ -10,13 +10,14 @@ pub const COMMON: &str = include_str!("../../../kernels/common.cuh");
 pub const SM90: &str = include_str!("../../../kernels/sm90.cuh");
 
 /// `(file, source)` of every kernel file: one per op family (`kernels/README.md`).
-pub const SOURCES: [(&str, &str); 10] = [
+pub const SOURCES: [(&str, &str); 11] = [
     ("attention.cu", include_str!("../../../kernels/attention.cu")),
     ("elementwise.cu", include_str!("../../../kernels/elementwise.cu")),
     ("embedding.cu", include_str!("../../../kernels/embedding.cu")),
     ("glu.cu", include_str!("../../../kernels/glu.cu")),
     ("loss.cu", include_str!("../../../kernels/loss.cu")),
     ("matmul.cu", include_str!("../../../kernels/matmul.cu")),
+    ("matmul_pack.cu", include_str!("../../../kernels/matmul_pack.cu")),
     ("norm.cu", include_str!("../../../kernels/norm.cu")),
     ("optim.cu", include_str!("../../../kernels/optim.cu")),
     ("quant.cu", include_str!("../../../kernels/quant.cu")),
@@ -148,7 +149,7 @@ pub struct Gemm90Params {
     pub pad: [i32; 5],
 }
 
-/// `kernels/matmul.cu` `TransposeParams` (the 16-bit transpose of v7's dx weight).
+/// `kernels/matmul_pack.cu` `TransposeParams` (the 16-bit transpose of v7's dx weight).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct TransposeParams {
@@ -160,7 +161,7 @@ pub struct TransposeParams {
     pub cols: i32,
 }
 
-/// `kernels/matmul.cu` `SplitSumParams` (the split-K sum of the v6 GEMM's slabs).
+/// `kernels/matmul_pack.cu` `SplitSumParams` (the split-K sum of the v6 GEMM's slabs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct SplitSumParams {
@@ -172,7 +173,7 @@ pub struct SplitSumParams {
     pub cols: i32,
 }
 
-/// `kernels/matmul.cu` `PackParams` (f32 → 16-bit operands of the v6 GEMM).
+/// `kernels/matmul_pack.cu` `PackParams` (f32 or 16-bit → 16-bit operands of v6 and v7).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct PackParams {
@@ -397,6 +398,15 @@ pub fn entry_points(source: &str) -> Vec<String> {
             {
                 names.push(name.trim().to_string());
             }
+        }
+        // One kernel per activation type stamped out by a `KILN_<FAMILY>3(stem, …)` macro
+        // (`KILN_EW3(add, add_body)` → `add_f32`, `add_bf16`, `add_f16`).
+        if let Some((mac, rest)) = l.split_once('(')
+            && mac.starts_with("KILN_")
+            && mac.ends_with('3')
+            && let Some(stem) = rest.split([',', ')']).next()
+        {
+            names.extend(["f32", "bf16", "f16"].map(|t| format!("{}_{t}", stem.trim())));
         }
         // Kernels stamped out by a macro (`KILN_CAST(float, bf16)` → `cast_float_bf16`).
         if let Some(rest) = l.strip_prefix("KILN_CAST(") {

@@ -240,7 +240,7 @@ fn the_model_reads_each_gemm_family_s_trip_count_off_the_run() {
         (GemmVariant::V7, 64, 8.0 / 12.0),
     ] {
         assert!(be.exec.set_profile(Some(ProfileOpts { max_ctas: 0, wave: 132 })));
-        ops::run(be.with_gemm(v), "gemm", &[m, k, n], kiln_core::DType::BF16).unwrap();
+        ops::run(be.with_gemm(v), "gemm", &[m, k, n], kiln_core::DType::BF16, kiln_core::DType::F32).unwrap();
         let s = be.exec.take_profile();
         be.exec.set_profile(None);
         let l = s.launches.iter().find(|l| l.raw.mma_warp + l.raw.wgmma_group > 0).expect("a tensor-core launch");

@@ -20,10 +20,16 @@ pub use variant::{GemmVariant, Precision};
 /// The op parity table's cases the wgpu backend skips, `(pattern in the case name, reason)`, as
 /// `kiln_core::selftest::Report::verify` takes them: the parity tests and `kiln selftest` fail on
 /// any other skip.
-pub const PARITY_SKIPS: &[(&str, &str)] = &[(
-    "adamw8 ",
-    "no 8-bit AdamW kernel (has_adamw8 is false): the trainer keeps 8-bit moments on the host and steps them with adamw_step",
-)];
+pub const PARITY_SKIPS: &[(&str, &str)] = &[
+    (
+        "adamw8 ",
+        "no 8-bit AdamW kernel (has_adamw8 is false): the trainer keeps 8-bit moments on the host and steps them with adamw_step",
+    ),
+    (
+        " activations",
+        "the mixed-precision rows (16-bit activations in and out): wgpu carries activations in f32 between kernels",
+    ),
+];
 
 /// Chooses the adapter `open` will use (an index as `kiln info` lists them, or part of a name);
 /// false when the device is already open. A build without wgpu ignores it.

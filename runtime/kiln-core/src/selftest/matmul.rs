@@ -40,7 +40,7 @@ pub fn matmul_cases(seed: u64) -> Vec<Case> {
     // or f32: widened around the f32 path); y and dx come back in x's type, dW, db, dA, dB in f32.
     for (m, k, n, rank, xt, wd) in [
         (33, 72, 40, 8, DType::BF16, DType::BF16),
-        (130, 96, 257, 4, DType::BF16, DType::BF16),
+        (66, 96, 136, 4, DType::BF16, DType::BF16),
         (7, 13, 11, 3, DType::BF16, DType::BF16),
         (29, 64, 48, 16, DType::F16, DType::F16),
         (21, 256, 24, 4, DType::BF16, DType::Quant(G::Q4K)),
@@ -53,24 +53,27 @@ pub fn matmul_cases(seed: u64) -> Vec<Case> {
         let x = randn(&mut r, &[m, k], xt);
         let rest = [f32s(&mut r, &[&[n], &[rank, k], &[n, rank]]), vec![randn(&mut r, &[m, n], xt)]].concat();
         let inputs = w.map(|w| [vec![x, w], rest].concat());
-        out.push(Case::built(
-            Op::Linear,
-            format!("lora_linear {m}x{k}x{n} r{rank} W {} {} activations", wd.name(), xt.name()),
-            xt,
-            inputs,
-            |be, x| {
-                let l = || LoraRef { a: &x[3], b: &x[4], scale: 0.7 };
-                let (y, u) = be.linear_fwd(&x[0], &x[1], Some(&x[2]), Some(l()))?;
-                let u = some(u, "linear_fwd returned no u")?;
-                let needs = LinearNeeds { x: true, w: true, bias: true, lora: true };
-                let g = be.linear_bwd(&x[5], &x[0], &x[1], Some((l(), &u)), needs)?;
-                let mut out = vec![y, u];
-                for t in [g.dx, g.dw, g.dbias, g.da, g.db] {
-                    out.push(some(t, "linear_bwd left out a gradient")?);
-                }
-                Ok(out)
-            },
-        ));
+        out.push(
+            Case::built(
+                Op::Linear,
+                format!("lora_linear {m}x{k}x{n} r{rank} W {} {} activations", wd.name(), xt.name()),
+                xt,
+                inputs,
+                |be, x| {
+                    let l = || LoraRef { a: &x[3], b: &x[4], scale: 0.7 };
+                    let (y, u) = be.linear_fwd(&x[0], &x[1], Some(&x[2]), Some(l()))?;
+                    let u = some(u, "linear_fwd returned no u")?;
+                    let needs = LinearNeeds { x: true, w: true, bias: true, lora: true };
+                    let g = be.linear_bwd(&x[5], &x[0], &x[1], Some((l(), &u)), needs)?;
+                    let mut out = vec![y, u];
+                    for t in [g.dx, g.dw, g.dbias, g.da, g.db] {
+                        out.push(some(t, "linear_bwd left out a gradient")?);
+                    }
+                    Ok(out)
+                },
+            )
+            .with_needs(super::act16),
+        );
     }
     // QLoRA: block-quantized frozen weights (dequantized exactly, so f32 tolerances apply).
     for (i, ty) in

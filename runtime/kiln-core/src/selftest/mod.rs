@@ -53,6 +53,15 @@ pub type Reference = fn(&[Tensor]) -> crate::Result<Vec<Tensor>>;
 /// [`Backend::has_adamw8`]): `Err(why)` skips the case there with that reason.
 pub type Needs = fn(&dyn Backend) -> Result<(), String>;
 
+/// Whether a backend takes 16-bit activations (the mixed-precision rows of a family whose
+/// dtype label names the weights, as the linear layer's does): as its elementwise ops do.
+fn act16(be: &dyn Backend) -> Result<(), String> {
+    match be.supports(Op::Add, DType::BF16) {
+        Support::Yes => Ok(()),
+        Support::No(why) => Err(format!("16-bit activations: {why}")),
+    }
+}
+
 /// One row of the table: an op at a shape and dtype, its inputs, and what to run.
 pub struct Case {
     /// The op under test (for `Backend::supports`, filters and coverage).

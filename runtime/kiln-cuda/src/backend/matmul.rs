@@ -657,11 +657,11 @@ impl MatmulOps for KernelBackend {
             return Err(Error::shape("linear_bwd", format!("dy {:?} for {m}×{n}", dy.dims())));
         }
         let x16 = xt != DType::F32;
+        let hw = self.held(w)?;
         if x16 {
             // dx = dy·W (KN) on v6/v7 reading dy directly, and LoRA's gradients with it (n a
             // multiple of 8); else the activations widened around the f32 path.
-            let p =
-                GemmParams { sam: n as i64, sak: 1, sbk: k as i64, sbn: 1, ..base(0, self.held(w)?.ptr(), 0, m, k, n) };
+            let p = GemmParams { sam: n as i64, sak: 1, sbk: k as i64, sbn: 1, ..base(0, hw.ptr(), 0, m, k, n) };
             if !(direct16(self, &p, w.dtype(), xt) && n.is_multiple_of(8)) {
                 let (df, xf) = (self.cast(dy, DType::F32)?, self.cast(x, DType::F32)?);
                 let mut g = self.linear_bwd(&df, &xf, w, lora, needs)?;
@@ -692,7 +692,6 @@ impl MatmulOps for KernelBackend {
             _ => None,
         };
         if needs.x {
-            let hw = self.held(w)?;
             let dx = self.alloc(m * k, xt)?;
             let mut p = base(hdy.ptr(), hw.ptr(), dx.ptr, m, k, n);
             (p.sam, p.sak, p.sbk, p.sbn) = (n as i64, 1, k as i64, 1);

@@ -1,8 +1,9 @@
 //! kiln's `Backend` on the CUDA kernels of `kernels/*.cu`, written once over [`Exec`]: the same
 //! code runs the kernels on a GPU or in the CPU emulation (`cuda-emu`).
 //!
-//! Device tensors are f32, i32, or 16-bit frozen weights (kept in their two bytes; the kernels
-//! widen them). Ops whose kernels have not landed answer [`Support::No`] with the issue that
+//! Device tensors are f32, i32, 16-bit frozen weights (kept in their two bytes; the kernels
+//! widen them), or 16-bit activations on the mixed-precision path ([`env_act`]: the activation
+//! ops read and write them in their type and compute in f32). Ops whose kernels have not landed answer [`Support::No`] with the issue that
 //! brings them, so the parity suite lists them as skipped, never as passed.
 //!
 //! One file per op family (`kernels/README.md`); `launch.rs` holds what they share. A device is

@@ -11,7 +11,7 @@ use crate::backend::KernelBackend;
 
 /// The ops `kiln prof run` knows, with the shape each takes.
 pub const OPS: [(&str, &str); 12] = [
-    ("gemm", "MxKxN: x [M,K] f32 · Wᵀ, W [N,K] in --dtype (bf16, f16, f32)"),
+    ("gemm", "MxKxN: x [M,K] in --act · Wᵀ, W [N,K] in --dtype (bf16, f16, f32)"),
     ("qgemm", "MxKxN: W [N,K] quantized (--dtype q4_k, nf4, q4_1, q8_0)"),
     ("lora", "MxKxNxR: the fused LoRA forward, W bf16, rank R"),
     ("lora_bwd", "MxKxNxR: LoRA forward then backward (dx, dA, dB)"),
@@ -21,7 +21,7 @@ pub const OPS: [(&str, &str); 12] = [
     ("rms_norm", "RxD: forward then backward"),
     ("cross_entropy", "RxV: forward then backward"),
     ("adamw", "N: one AdamW step over N f32 parameters"),
-    ("add", "N: f32 a + b"),
+    ("add", "N: a + b in --act"),
     ("embedding", "RxHxV: R ids into a bf16 [V,H] table, forward"),
 ];
 
@@ -60,20 +60,23 @@ pub fn arity(op: &str) -> Result<usize> {
 }
 
 /// The useful work of the op at the shape: (flops, bytes every input and output must cross
-/// DRAM at least once), for the ratio to a card's peaks.
-pub fn work(op: &str, s: &[usize], dtype: DType) -> (f64, f64) {
+/// DRAM at least once), for the ratio to a card's peaks; weights in `dtype`, the GEMMs'
+/// activations in `act`.
+pub fn work(op: &str, s: &[usize], dtype: DType, act: DType) -> (f64, f64) {
     let f = |v: usize| v as f64;
     let wb = |n: usize| f(dtype.bytes(n));
+    let ab = f(act.bytes(1));
     match op {
-        "gemm" | "qgemm" => (2.0 * f(s[0] * s[1] * s[2]), 4.0 * f(s[0] * s[1] + s[0] * s[2]) + wb(s[1] * s[2])),
+        "gemm" | "qgemm" => (2.0 * f(s[0] * s[1] * s[2]), ab * f(s[0] * s[1] + s[0] * s[2]) + wb(s[1] * s[2])),
         "lora" => {
             let (m, k, n, r) = (s[0], s[1], s[2], s[3]);
-            (2.0 * f(m * k * n + m * r * (k + n)), 4.0 * f(m * k + m * n + r * (k + n)) + 2.0 * f(n * k))
+            (2.0 * f(m * k * n + m * r * (k + n)), ab * f(m * k + m * n) + 4.0 * f(r * (k + n)) + 2.0 * f(n * k))
         }
         "lora_bwd" => {
             let (m, k, n, r) = (s[0], s[1], s[2], s[3]);
             // Forward u = x·Aᵀ and y; backward g = dy·B, dB, dA and dx's rank term: 6·m·r·(k + n).
-            (4.0 * f(m * k * n) + 6.0 * f(m * r * (k + n)), 8.0 * f(m * k + m * n + r * (k + n)) + 4.0 * f(n * k))
+            let io = 2.0 * ab * f(m * k + m * n) + 8.0 * f(r * (k + n));
+            (4.0 * f(m * k * n) + 6.0 * f(m * r * (k + n)), io + 4.0 * f(n * k))
         }
         "gemv" => (2.0 * f(s[0] * s[1]), wb(s[0] * s[1]) + 4.0 * f(s[0] + s[1])),
         "attention" | "attention_bwd" => {
@@ -93,12 +96,14 @@ pub fn work(op: &str, s: &[usize], dtype: DType) -> (f64, f64) {
     }
 }
 
-/// Runs `op` once at shape `s` (weights in `dtype` where the op has them).
-pub fn run(be: &KernelBackend, op: &str, s: &[usize], dtype: DType) -> Result<()> {
+/// Runs `op` once at shape `s` (weights in `dtype` where the op has them; the GEMMs', LoRA's,
+/// attention's, RMSNorm's and add's activations in `act`: f32, or bf16/f16 as the
+/// mixed-precision path carries them).
+pub fn run(be: &KernelBackend, op: &str, s: &[usize], dtype: DType, act: DType) -> Result<()> {
     match op {
         "gemm" | "qgemm" => {
             let (m, k, n) = (s[0], s[1], s[2]);
-            let x = up(be, &[m, k], DType::F32, 1)?;
+            let x = up(be, &[m, k], act, 1)?;
             let w = if let DType::Quant(ty) = dtype {
                 let q = kiln_core::quant::quantize(ty, &randn(n * k, 2))?;
                 be.upload(&Tensor::from_quant_bytes(q, ty, [n, k])?)?
@@ -114,13 +119,13 @@ pub fn run(be: &KernelBackend, op: &str, s: &[usize], dtype: DType) -> Result<()
         }
         "lora" | "lora_bwd" => {
             let (m, k, n, r) = (s[0], s[1], s[2], s[3]);
-            let x = up(be, &[m, k], DType::F32, 1)?;
+            let x = up(be, &[m, k], act, 1)?;
             let w = up(be, &[n, k], DType::BF16, 2)?;
             let (a, b) = (up(be, &[r, k], DType::F32, 3)?, up(be, &[n, r], DType::F32, 4)?);
             let l = || LoraRef { a: &a, b: &b, scale: 2.0 };
             let (_, u) = be.linear_fwd(&x, &w, None, Some(l()))?;
             if op == "lora_bwd" {
-                let dy = up(be, &[m, n], DType::F32, 5)?;
+                let dy = up(be, &[m, n], act, 5)?;
                 let u = u.ok_or_else(|| Error::Msg("LoRA forward saved no u".into()))?;
                 let needs = LinearNeeds { x: true, lora: true, ..Default::default() };
                 be.linear_bwd(&dy, &x, &w, Some((l(), &u)), needs)?;
@@ -129,25 +134,19 @@ pub fn run(be: &KernelBackend, op: &str, s: &[usize], dtype: DType) -> Result<()
         }
         "attention" | "attention_bwd" => {
             let (b, t, h, d) = (s[0], s[1], s[2], s[3]);
-            let (q, k, v) = (
-                up(be, &[b, t, h, d], DType::F32, 1)?,
-                up(be, &[b, t, h, d], DType::F32, 2)?,
-                up(be, &[b, t, h, d], DType::F32, 3)?,
-            );
+            let (q, k, v) =
+                (up(be, &[b, t, h, d], act, 1)?, up(be, &[b, t, h, d], act, 2)?, up(be, &[b, t, h, d], act, 3)?);
             let args = kiln_core::backend::AttnArgs::causal(&q, &k, &v);
             let (o, lse) = be.attention_fwd(&args)?;
             if op == "attention_bwd" {
-                let d_o = up(be, &[b, t, h, d], DType::F32, 4)?;
+                let d_o = up(be, &[b, t, h, d], act, 4)?;
                 be.attention_bwd(&args, &o, &lse, &d_o)?;
             }
             Ok(())
         }
         "rms_norm" => {
-            let (x, w, dy) = (
-                up(be, &[s[0], s[1]], DType::F32, 1)?,
-                up(be, &[s[1]], DType::F32, 2)?,
-                up(be, &[s[0], s[1]], DType::F32, 3)?,
-            );
+            let (x, w, dy) =
+                (up(be, &[s[0], s[1]], act, 1)?, up(be, &[s[1]], DType::F32, 2)?, up(be, &[s[0], s[1]], act, 3)?);
             let (_, rstd) = be.rms_norm_fwd(&x, &w, 1e-5)?;
             be.rms_norm_bwd(&dy, &x, &w, &rstd).map(drop)
         }
@@ -165,7 +164,7 @@ pub fn run(be: &KernelBackend, op: &str, s: &[usize], dtype: DType) -> Result<()
             be.adamw_step(AdamWItem { param: &mut p, grad: &g, m: &mut m, v: &mut v }, hp)
         }
         "add" => {
-            let (a, b) = (up(be, &[s[0]], DType::F32, 1)?, up(be, &[s[0]], DType::F32, 2)?);
+            let (a, b) = (up(be, &[s[0]], act, 1)?, up(be, &[s[0]], act, 2)?);
             be.add(&a, &b).map(drop)
         }
         "embedding" => {

@@ -38,7 +38,9 @@ impl Bottleneck {
     /// `y + up(silu(down(y)))` on `y` `[.., hidden]`.
     pub fn apply(&self, tape: &Tape, y: &Var) -> Result<Var> {
         let h = ops::linear(tape, y, &self.down, Some(&self.down_bias), None)?;
-        let ones = Var::constant(Tensor::from_vec(vec![1f32; h.value().numel()], h.value().shape().clone())?);
+        // In h's type: 16-bit on the mixed-precision path (the gate's operands share a type).
+        let ones = Tensor::from_vec(vec![1f32; h.value().numel()], h.value().shape().clone())?;
+        let ones = Var::constant(ones.to_dtype(h.value().dtype())?);
         let a = ops::swiglu(tape, &h, &ones)?;
         let u = ops::linear(tape, &a, &self.up, Some(&self.up_bias), None)?;
         Ok(ops::add(tape, y, &u)?)

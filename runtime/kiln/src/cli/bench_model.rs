@@ -17,7 +17,7 @@ fn profile_now(card: &kiln_cuda::prof::model::Card, op: &str, shape: &str, dtype
     let base = kiln_cuda::backend::emu();
     let be = if op == "gemm" { base.with_gemm(variant.parse().ok()?) } else { base };
     be.exec.set_profile(Some(ProfileOpts { max_ctas: 2 * card.sms as u64, wave: card.sms as u64 }));
-    let ran = ops::run(be, op, &dims, dtype);
+    let ran = ops::run(be, op, &dims, dtype, kiln_core::DType::F32);
     let s = be.exec.take_profile();
     be.exec.set_profile(None);
     ran.ok()?;

@@ -22,6 +22,10 @@ pub struct RunArgs {
     /// Weight dtype: bf16, f16, f32, or a block type (q4_k, nf4, q4_1, q8_0, …) for qgemm/gemv.
     #[arg(long)]
     dtype: Option<String>,
+    /// The activations' type (gemm, qgemm, lora, lora_bwd, attention, rms_norm, add): f32, or
+    /// bf16/f16 as the mixed-precision path carries them between kernels.
+    #[arg(long, default_value = "f32")]
+    act: String,
     /// The card to model: h100, h200, a100, rtx4090, rtx3090, rtx4060ti.
     #[arg(long, default_value = "h100")]
     card: String,
@@ -74,6 +78,10 @@ pub fn run(a: RunArgs) -> Result<()> {
     if a.op == "qgemm" && !matches!(dtype, kiln_core::DType::Quant(_)) {
         bail!("--op qgemm: --dtype names a block type (q4_k, nf4, …), not {}", dtype.name());
     }
+    let act = match parse_dtype(&a.act)? {
+        d @ (kiln_core::DType::F32 | kiln_core::DType::BF16 | kiln_core::DType::F16) => d,
+        d => bail!("--act {}: f32, bf16 or f16", d.name()),
+    };
     let base = kiln_cuda::backend::emu();
     let be = match &a.variant {
         Some(v) => base.with_gemm(v.parse().map_err(|e| anyhow::anyhow!("--variant: {e}"))?),
@@ -82,7 +90,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     let opts = ProfileOpts { max_ctas: a.max_ctas.unwrap_or(2 * card.sms as u64), wave: card.sms as u64 };
     be.exec.set_profile(Some(opts));
     let t0 = std::time::Instant::now();
-    let ran = ops::run(be, &a.op, &shape, dtype);
+    let ran = ops::run(be, &a.op, &shape, dtype, act);
     let session = be.exec.take_profile();
     be.exec.set_profile(None);
     ran.map_err(|e| anyhow::anyhow!("{} {}: {e}", a.op, a.shape))?;
@@ -91,7 +99,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     names.sort();
     names.dedup();
     let (statics, static_note) = statics(&a, &names, card.arch);
-    let (flops, bytes) = ops::work(&a.op, &shape, dtype);
+    let (flops, bytes) = ops::work(&a.op, &shape, dtype, act);
     let mut total = 0.0;
     let mut rows = Vec::new();
     for l in &session.launches {
@@ -106,7 +114,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         }
         println!(
             "{}",
-            serde_json::json!({"op": a.op, "shape": a.shape, "dtype": dtype.name(), "card": card.key,
+            serde_json::json!({"op": a.op, "shape": a.shape, "dtype": dtype.name(), "act": act.name(), "card": card.key,
                 "model_version": model::MODEL_VERSION, "launches": rows.len(), "uploads": session.uploads,
                 "downloads": session.downloads, "modeled_s": total, "useful_flops": flops, "min_bytes": bytes,
                 "tensor_fraction": flops / total / (card.tensor_tflops * 1e12),
@@ -115,10 +123,11 @@ pub fn run(a: RunArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{} {} ({}) on the emulation, modeled on {} (model v{}; {} SMs, {:.0} TFLOP/s wgmma / {:.0} mma.sync, {:.0} GB/s)",
+        "{} {} ({}, {} activations) on the emulation, modeled on {} (model v{}; {} SMs, {:.0} TFLOP/s wgmma / {:.0} mma.sync, {:.0} GB/s)",
         a.op,
         a.shape,
         dtype.name(),
+        act.name(),
         card.name,
         model::MODEL_VERSION,
         card.sms,
