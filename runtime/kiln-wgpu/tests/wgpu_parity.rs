@@ -342,7 +342,8 @@ fn a_missed_tail_tile_fails_the_matmul_rows() {
     use kiln_core::selftest::{Case, run_where};
     use kiln_wgpu::GemmFault;
     let Some(be) = wgpu() else { return };
-    let matmul_rows = |c: &Case| c.op.family() == "matmul";
+    // The matmul family's rows that run here (the 16-bit-activation rows are allow-listed skips).
+    let matmul_rows = |c: &Case| c.op.family() == "matmul" && !c.name.ends_with(" activations");
     let (m, k, n) = (64, 128, 128);
     let mut rng = kiln_core::rng::Rng::new(5);
     let a = Tensor::from_vec((0..m * k).map(|_| rng.normal() as f32).collect::<Vec<_>>(), [m, k]).unwrap();
