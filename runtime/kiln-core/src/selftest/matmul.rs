@@ -7,6 +7,21 @@ use crate::backend::{LinearNeeds, LoraRef, Op};
 use crate::quant::GgmlType as G;
 use crate::{DType, Tensor};
 
+/// A LoRA linear layer on `[x, W, bias, A, B, dy]`, forward and backward: y, u = x·Aᵀ, dx, dW,
+/// db, dA, dB.
+fn lora_linear(be: &dyn crate::Backend, x: &[Tensor]) -> crate::Result<Vec<Tensor>> {
+    let l = || LoraRef { a: &x[3], b: &x[4], scale: 0.7 };
+    let (y, u) = be.linear_fwd(&x[0], &x[1], Some(&x[2]), Some(l()))?;
+    let u = some(u, "linear_fwd returned no u")?;
+    let needs = LinearNeeds { x: true, w: true, bias: true, lora: true };
+    let g = be.linear_bwd(&x[5], &x[0], &x[1], Some((l(), &u)), needs)?;
+    let mut out = vec![y, u];
+    for t in [g.dx, g.dw, g.dbias, g.da, g.db] {
+        out.push(some(t, "linear_bwd left out a gradient")?);
+    }
+    Ok(out)
+}
+
 /// The matmul family's rows on fresh random inputs from `seed`.
 pub fn matmul_cases(seed: u64) -> Vec<Case> {
     let mut r = rng(seed, "matmul");
@@ -21,18 +36,7 @@ pub fn matmul_cases(seed: u64) -> Vec<Case> {
                 format!("lora_linear {m}x{k}x{n} r{rank} W {}", wd.name()),
                 wd,
                 inputs,
-                |be, x| {
-                    let l = || LoraRef { a: &x[3], b: &x[4], scale: 0.7 };
-                    let (y, u) = be.linear_fwd(&x[0], &x[1], Some(&x[2]), Some(l()))?;
-                    let u = some(u, "linear_fwd returned no u")?;
-                    let needs = LinearNeeds { x: true, w: true, bias: true, lora: true };
-                    let g = be.linear_bwd(&x[5], &x[0], &x[1], Some((l(), &u)), needs)?;
-                    let mut out = vec![y];
-                    for t in [g.dx, g.dw, g.dbias, g.da, g.db] {
-                        out.push(some(t, "linear_bwd left out a gradient")?);
-                    }
-                    Ok(out)
-                },
+                lora_linear,
             ));
         }
     }
@@ -53,27 +57,8 @@ pub fn matmul_cases(seed: u64) -> Vec<Case> {
         let x = randn(&mut r, &[m, k], xt);
         let rest = [f32s(&mut r, &[&[n], &[rank, k], &[n, rank]]), vec![randn(&mut r, &[m, n], xt)]].concat();
         let inputs = w.map(|w| [vec![x, w], rest].concat());
-        out.push(
-            Case::built(
-                Op::Linear,
-                format!("lora_linear {m}x{k}x{n} r{rank} W {} {} activations", wd.name(), xt.name()),
-                xt,
-                inputs,
-                |be, x| {
-                    let l = || LoraRef { a: &x[3], b: &x[4], scale: 0.7 };
-                    let (y, u) = be.linear_fwd(&x[0], &x[1], Some(&x[2]), Some(l()))?;
-                    let u = some(u, "linear_fwd returned no u")?;
-                    let needs = LinearNeeds { x: true, w: true, bias: true, lora: true };
-                    let g = be.linear_bwd(&x[5], &x[0], &x[1], Some((l(), &u)), needs)?;
-                    let mut out = vec![y, u];
-                    for t in [g.dx, g.dw, g.dbias, g.da, g.db] {
-                        out.push(some(t, "linear_bwd left out a gradient")?);
-                    }
-                    Ok(out)
-                },
-            )
-            .with_needs(super::act16),
-        );
+        let name = format!("lora_linear {m}x{k}x{n} r{rank} W {} {} activations", wd.name(), xt.name());
+        out.push(Case::built(Op::Linear, name, xt, inputs, lora_linear).with_needs(super::act16));
     }
     // QLoRA: block-quantized frozen weights (dequantized exactly, so f32 tolerances apply).
     for (i, ty) in
