@@ -103,8 +103,15 @@ fn prof_static_reports_resources_occupancy_and_the_main_loop() {
     assert!(o.status.success(), "{err}");
     let rows: Vec<serde_json::Value> =
         String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let names: Vec<&str> = rows.iter().map(|r| r["kernel"].as_str().unwrap()).collect();
-    assert_eq!(names.len(), 3, "{names:?}");
+    let mut names: Vec<&str> = rows.iter().map(|r| r["kernel"].as_str().unwrap()).collect();
+    names.sort_unstable();
+    // Forward, dx and dw, each on f32, bf16 and f16 activations.
+    let mut want: Vec<String> = ["rms_norm_fwd", "rms_norm_bwd_dx", "rms_norm_bwd_dw"]
+        .iter()
+        .flat_map(|k| ["f32", "bf16", "f16"].map(|t| format!("{k}_{t}")))
+        .collect();
+    want.sort_unstable();
+    assert_eq!(names, want, "{names:?}");
     for r in &rows {
         assert!(r["registers"].as_u64().unwrap() > 0 && r["arch"] == "sm_80", "{r}");
         let occ = r["occupancy"].as_f64().unwrap();
