@@ -106,10 +106,12 @@ fn production_kernels_are_race_free() {
     // The race-checking device: v3 runs the tensor-core kernels for 16-bit weights and the tiled
     // ones for f32 and quantized bases (the naive kernels share no memory between threads); v4's
     // pipelined kernel, v5's wgmma one and v6's cp.async ring (with its packing and decoding)
-    // are checked on the linear cases. Each pass on inputs of its own.
+    // are checked on the linear cases. Each pass on inputs of its own, one seed: a row's shapes,
+    // and so its kernels' control flow and shared-memory traffic, are the same under every seed
+    // (the second seed of the parity passes is about values, which the race checker ignores).
     let be = emu_racecheck();
     let t0 = std::time::Instant::now();
-    let s3 = seeds("race check v3_mma");
+    let s3 = [seeds("race check v3_mma")[0]];
     let rep = selftest::run_seeded(be.with_gemm(GemmVariant::V3), &s3, &mut |_, _| {});
     eprintln!(
         "race check over the parity table: {} cases passed, {} skipped, {:.1} s",
@@ -124,10 +126,12 @@ fn production_kernels_are_race_free() {
     let filter = Filter::from_env().expect("KILN_SELFTEST_OP names ops");
     let linear = |c: &Case| c.op == kiln_core::backend::Op::Linear;
     for v in [GemmVariant::V4, GemmVariant::V5, GemmVariant::V6, GemmVariant::V7] {
-        let sv = seeds(&format!("race check {v}"));
+        let sv = [seeds(&format!("race check {v}"))[0]];
+        let t0 = std::time::Instant::now();
         let rep = selftest::run_pass(be.with_gemm(v), &sv, &filter, &linear, &mut |_, _| {});
         let n = expected(&sv, &linear);
-        eprintln!("race check, GEMM {v}: {} of {n} linear cases passed", rep.passed.len());
+        let secs = t0.elapsed().as_secs_f64();
+        eprintln!("race check, GEMM {v}: {} of {n} linear cases passed, {secs:.1} s", rep.passed.len());
         if let Err(e) = rep.verify(n, kiln_cuda::PARITY_SKIPS) {
             all.push(format!("{v}:\n{e}"));
         }

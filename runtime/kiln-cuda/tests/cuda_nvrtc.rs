@@ -29,29 +29,39 @@ fn every_kernel_compiles_for_every_arch_without_warnings() {
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ptx");
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).unwrap();
-    for arch in nvrtc::ARCHS {
-        for (file, src) in SOURCES {
-            let c = nvrtc::compile(file, src, arch, &inc).unwrap_or_else(|e| panic!("{e}"));
-            assert!(c.log.is_empty(), "{file} for {arch}: warnings:\n{}", c.log);
-            for name in entry_points(src) {
-                assert!(c.ptx.contains(&format!(".entry {name}(")), "{file} for {arch}: no entry {name}");
-            }
-            // The Hopper GEMM (v5) is real wgmma in the sm_90a build, and absent elsewhere.
-            if *file == *"matmul.cu" {
-                let wgmma = c.ptx.matches("wgmma.mma_async.sync.aligned.m64n128k16").count();
-                assert_eq!(wgmma > 0, arch.ends_with("90a"), "{file} for {arch}: {wgmma} wgmma instructions");
-                if arch.ends_with("90a") {
-                    assert!(c.ptx.contains("fence.proxy.async.shared::cta"), "{file} for {arch}: no proxy fence");
-                    // A Hopper device asks NVRTC for sm_90a (CudaExec::arch): the same PTX.
-                    let sm = nvrtc::compile(file, src, "sm_90a", &inc).unwrap_or_else(|e| panic!("{e}"));
-                    assert_eq!(sm.ptx, c.ptx, "{file}: sm_90a and compute_90a differ");
-                }
-            }
-            std::fs::write(out.join(format!("{}.{arch}.ptx", file.trim_end_matches(".cu"))), &c.ptx).unwrap();
+    // The architectures side by side (NVRTC compiles separate programs concurrently).
+    std::thread::scope(|s| {
+        let runs: Vec<_> = nvrtc::ARCHS.iter().map(|&arch| s.spawn(|| compile_for(arch, &inc, &out))).collect();
+        for r in runs {
+            r.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
         }
-    }
+    });
     ptxas_reports_no_spills(&out);
     static_profile_covers_every_kernel(&out);
+}
+
+/// Every kernel source for `arch`, each checked for warnings and its entry points, the PTX
+/// written to `out` for ptxas and the static profile.
+fn compile_for(arch: &str, inc: &[std::path::PathBuf], out: &std::path::Path) {
+    for (file, src) in SOURCES {
+        let c = nvrtc::compile(file, src, arch, inc).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.log.is_empty(), "{file} for {arch}: warnings:\n{}", c.log);
+        for name in entry_points(src) {
+            assert!(c.ptx.contains(&format!(".entry {name}(")), "{file} for {arch}: no entry {name}");
+        }
+        // The Hopper GEMM (v5) is real wgmma in the sm_90a build, and absent elsewhere.
+        if *file == *"matmul.cu" {
+            let wgmma = c.ptx.matches("wgmma.mma_async.sync.aligned.m64n128k16").count();
+            assert_eq!(wgmma > 0, arch.ends_with("90a"), "{file} for {arch}: {wgmma} wgmma instructions");
+            if arch.ends_with("90a") {
+                assert!(c.ptx.contains("fence.proxy.async.shared::cta"), "{file} for {arch}: no proxy fence");
+                // A Hopper device asks NVRTC for sm_90a (CudaExec::arch): the same PTX.
+                let sm = nvrtc::compile(file, src, "sm_90a", inc).unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(sm.ptx, c.ptx, "{file}: sm_90a and compute_90a differ");
+            }
+        }
+        std::fs::write(out.join(format!("{}.{arch}.ptx", file.trim_end_matches(".cu"))), &c.ptx).unwrap();
+    }
 }
 
 /// The disassembler (`KILN_NVDISASM`, from the `nvidia-cuda-nvdisasm` wheel), or a skip/fail.
