@@ -7,7 +7,8 @@
 // The low-rank term rides in the main loop as `rank` extra reduction steps: the K dimension is
 // extended by U's columns (scaled by s) against L's, so y = x·Wᵀ + s·(x·Aᵀ)·Bᵀ costs r/K more
 // multiply-adds on the tensor cores and no epilogue work. U = x·Aᵀ (forward) or dy·B (dx) is a
-// small GEMM launched first: "one kernel plus a tiny rank-r pre-pass".
+// small GEMM launched first: "one kernel plus a tiny rank-r pre-pass" — except in v7's forward
+// at rank ≤ 16, which computes U itself from the x tiles it already holds (see v7).
 //
 // Variants (all kept here; `_q` takes a block-quantized B). The backend chooses one by value,
 // `GemmVariant` in runtime/kiln-cuda/src/variant.rs, which names each variant's kernels:
@@ -27,7 +28,7 @@
 //   gemm_v7_tma_wgmma_*  Hopper (sm_90a): v6's packed operands loaded by TMA into a 4-stage
 //                     mbarrier ring with the 128-byte swizzle, a producer warpgroup and two
 //                     consumer warpgroups of wgmma m64n256k16 (128×256 tiles), NK layout only
-//                     (`Gemm90Params`: tensor maps).
+//                     (`Gemm90Params`: tensor maps); LoRA of rank ≤ 16 fused whole.
 #include "common.cuh"
 
 // Mirrored by `GemmParams` in runtime/kiln-cuda/src/kernels.rs.
@@ -595,31 +596,42 @@ KILN_KERNEL_LB(gemm_v6_mma_multistage_kn_bf16, Gemm16Params, 128) { gemm_v6<bf16
 KILN_KERNEL_LB(gemm_v6_mma_multistage_kn_f16, Gemm16Params, 128) { gemm_v6<f16, true>(p); }
 
 // ---- v7 (sm_90a): TMA loads into an mbarrier ring, warp-specialized wgmma ----
-// CUTLASS's Hopper structure. 128×256 CTA tiles, K tiles of 64 in a 4-stage ring (48 KiB a
-// stage: 192 KiB of dynamic shared memory, one CTA per SM). Three warpgroups: one thread of the
-// first (the producer) issues two TMA box loads per K tile (A's 128 rows, B's 256, each row 64
-// values = 128 bytes in the 128-byte swizzle, so wgmma's reads hit every bank once); the other
+// CUTLASS's Hopper structure. 128×256 CTA tiles, K tiles of 64 in a 4-stage ring (50 KiB a
+// stage: 200 KiB of dynamic shared memory, one CTA per SM). Three warpgroups: one thread of the
+// first (the producer) issues the TMA box loads of each K tile (A's 128 rows, B's 256, each row
+// 64 values = 128 bytes in the 128-byte swizzle, so wgmma's reads hit every bank once); the other
 // two (consumers) each own 64 rows × 256 columns and run four wgmma m64n256k16 per tile straight
 // from the swizzled tiles, keeping one tile's wgmmas in flight (wait_group 1) while they wait
 // for the next. Stage s has two barriers: `full` (the producer's arrive.expect_tx plus the
 // loads' bytes) and `empty` (one arrival per consumer warp once its wgmmas on the stage are
 // done), so no block-wide barrier runs in the loop. The tensor maps zero-fill every edge (any M,
-// N; K a multiple of 8, the 16-byte stride rule), and LoRA's s·U and L (rank padded to 64) are
-// more K tiles of the same ring from their own maps: the consumers never know.
+// N; K a multiple of 8, the 16-byte stride rule).
+// LoRA, y = x·Wᵀ + s·(x·Aᵀ)·Bᵀ, two ways. With a pre-pass (any rank): s·U and L (rank padded to
+// 64) are more K tiles of the same ring from their own maps, and the consumers never know.
+// Fused (`fuse`, rank ≤ 16): each K tile also brings LoRA's A (16 rows × 64, 2 KiB), and each
+// consumer accumulates its rows of U = x·Aᵀ with one wgmma m64n16k16 beside each m64n256k16 (1/16
+// more tensor work, no pre-pass launch and no second read of x); after the last K tile it writes
+// s·U in T into its own rows of the stage holding L and runs one more k16 step against L. U
+// itself (f32) is written for the backward by the CTAs of the first column tile.
 // Mirrored by `Gemm90Params` in runtime/kiln-cuda/src/kernels.rs.
 struct Gemm90Params {
   TensorMap ta, tb;  // A [m, k], B [n, k] (NK): boxes of 64 × 128 and 64 × 256, 128-byte swizzle
-  TensorMap tu, tl;  // s·U [m, ru], L [n, ru] likewise (unused without LoRA)
+  TensorMap tu, tl;  // pre-pass: s·U [m, ru], L [n, ru]; fused: LoRA's A [16, k], L [n, 16]
   void* c;            // f32, or T where `c16`
   const float* bias;  // [n] or null
+  float* u_out;       // fused: U [m, rank] (f32, unscaled), or null
   int m, n, k, ldc;
-  int ru;  // the padded rank (a multiple of 64; 0 without LoRA)
+  int ru;  // the pre-pass's padded rank (a multiple of 64; 0 without it)
   float alpha;
-  int c16;  // C in T (the mixed-precision path), not f32
-  int pad[5];
+  int c16;    // C in T (the mixed-precision path), not f32
+  int fuse;   // LoRA fused (rank ≤ V7_RF)
+  int rank;   // fused: LoRA's rank
+  float scale;  // fused: LoRA's s
 };
-constexpr int V7_BM = 128, V7_BN = 256, V7_BK = 64, V7_STAGES = 4;
-constexpr int V7_A = V7_BM * V7_BK * 2, V7_STAGE = V7_A + V7_BN * V7_BK * 2;
+constexpr int V7_BM = 128, V7_BN = 256, V7_BK = 64, V7_STAGES = 4, V7_RF = 16;
+constexpr int V7_A = V7_BM * V7_BK * 2, V7_B = V7_BN * V7_BK * 2, V7_LA = V7_RF * V7_BK * 2;
+constexpr int V7_STAGE = V7_A + V7_B + V7_LA;
+static_assert(V7_STAGE % 1024 == 0, "each stage's tiles start on the swizzle's 1024-byte period");
 // The ring, the barriers, and slack to align the ring to 1024 bytes (the swizzle's period).
 constexpr int V7_SMEM = V7_STAGES * V7_STAGE + 2 * V7_STAGES * 8 + 1024;
 static_assert(V7_SMEM <= 227 * 1024, "v7's ring exceeds what an sm_90 block may opt in to");
@@ -635,7 +647,8 @@ __device__ __forceinline__ void gemm_v7(const Gemm90Params& p) {
   int tm, tn;
   v6_raster(tm, tn);
   const int bm = tm * V7_BM, bn = tn * V7_BN;
-  const int nmain = (p.k + V7_BK - 1) / V7_BK, tiles = nmain + p.ru / V7_BK;
+  const bool fuse = p.fuse != 0;
+  const int nmain = (p.k + V7_BK - 1) / V7_BK, tiles = nmain + (fuse ? 1 : p.ru / V7_BK);
   if (tid == 0) {
     for (int s = 0; s < V7_STAGES; ++s) {
       mbar_init(&full[s], 1);
@@ -645,40 +658,90 @@ __device__ __forceinline__ void gemm_v7(const Gemm90Params& p) {
   }
   __syncthreads();
   if (wg == 0) {
-    if (tid != 0) return;
-    for (int t = 0; t < tiles; ++t) {
+    for (int t = 0; tid == 0 && t < tiles; ++t) {
       const int s = t % V7_STAGES;
       // From the second round on, the stage is free once the consumers released its last use.
       if (t >= V7_STAGES) mbar_wait(&empty[s], (t / V7_STAGES - 1) & 1);
       unsigned char* st = smem + s * V7_STAGE;
-      mbar_arrive_expect_tx(&full[s], V7_STAGE);
-      const bool lora = t >= nmain;
-      const int k0 = (lora ? t - nmain : t) * V7_BK;
-      tma_load_2d(st, lora ? &p.tu : &p.ta, k0, bm, &full[s]);
-      tma_load_2d(st + V7_A, lora ? &p.tl : &p.tb, k0, bn, &full[s]);
+      if (t < nmain) {
+        mbar_arrive_expect_tx(&full[s], fuse ? V7_STAGE : V7_A + V7_B);
+        tma_load_2d(st, &p.ta, t * V7_BK, bm, &full[s]);
+        tma_load_2d(st + V7_A, &p.tb, t * V7_BK, bn, &full[s]);
+        if (fuse) tma_load_2d(st + V7_A + V7_B, &p.tu, t * V7_BK, 0, &full[s]);
+      } else if (fuse) {
+        // L only: the consumers write s·U into the A tile themselves.
+        mbar_arrive_expect_tx(&full[s], V7_B);
+        tma_load_2d(st + V7_A, &p.tl, 0, bn, &full[s]);
+      } else {
+        mbar_arrive_expect_tx(&full[s], V7_A + V7_B);
+        tma_load_2d(st, &p.tu, (t - nmain) * V7_BK, bm, &full[s]);
+        tma_load_2d(st + V7_A, &p.tl, (t - nmain) * V7_BK, bn, &full[s]);
+      }
     }
+    // The consumers' one block-wide barrier (before their LoRA step) counts this warpgroup too.
+    if (fuse) __syncthreads();
     return;
   }
   const int cw = wg - 1;  // this consumer's 64 rows of the tile
-  float acc[128];
+  const int w = (tid & 127) >> 5, g = lane >> 2, t4 = lane & 3;
+  float acc[128], accu[8];
   KILN_UNROLL
   for (int i = 0; i < 128; ++i) acc[i] = 0.f;
-  for (int t = 0; t < tiles; ++t) {
+  KILN_UNROLL
+  for (int i = 0; i < 8; ++i) accu[i] = 0.f;
+  const int loop = fuse ? nmain : tiles;
+  for (int t = 0; t < loop; ++t) {
     const int s = t % V7_STAGES;
     mbar_wait(&full[s], (t / V7_STAGES) & 1);
     const unsigned char* st = smem + s * V7_STAGE;
+    wgmma_fence_regs<8>(accu);
     wgmma_fence<128>(acc);
     KILN_UNROLL
     for (int ks = 0; ks < V7_BK / 16; ++ks)
       wgmma_m64n256k16(acc, wgmma_desc_sw128(st + cw * 64 * 128 + ks * 32), wgmma_desc_sw128(st + V7_A + ks * 32), T());
+    if (fuse) {
+      KILN_UNROLL
+      for (int ks = 0; ks < V7_BK / 16; ++ks)
+        wgmma_m64n16k16(accu, wgmma_desc_sw128(st + cw * 64 * 128 + ks * 32),
+                        wgmma_desc_sw128(st + V7_A + V7_B + ks * 32), T());
+    }
     wgmma_commit();
     // The previous tile's wgmmas are done (this one's may still run): release its stage.
     wgmma_wait<1, 128>(acc);
+    wgmma_fence_regs<8>(accu);
     if (t > 0 && lane == 0) mbar_arrive(&empty[(t - 1) % V7_STAGES]);
   }
   wgmma_wait<0, 128>(acc);
+  wgmma_fence_regs<8>(accu);
+  if (fuse) {
+    // accu[i]: U at row 16w + g + 8·((i>>1)&1) of this consumer's 64, column 8·(i>>2) + 2t4 + (i&1).
+    const int s = nmain % V7_STAGES;
+    mbar_wait(&full[s], (nmain / V7_STAGES) & 1);
+    unsigned char* st = smem + s * V7_STAGE;
+    KILN_UNROLL
+    for (int h = 0; h < 2; ++h) {
+      KILN_UNROLL
+      for (int j8 = 0; j8 < 2; ++j8) {
+        // Row r of the A tile, byte 2c: the 128-byte swizzle XORs the 16-byte chunk with r % 8.
+        const int r = cw * 64 + 16 * w + g + 8 * h, c = 8 * j8 + 2 * t4;
+        const int off = r * 128 + ((c * 2) ^ ((r & 7) << 4));
+        const float* u = &accu[4 * j8 + 2 * h];
+        *reinterpret_cast<u32*>(st + off) = pack2(from_f32<T>(p.scale * u[0]), from_f32<T>(p.scale * u[1]));
+        const int i = bm + r, j = c;
+        if (p.u_out && tn == 0 && i < p.m) {
+          if (j < p.rank) p.u_out[i64(i) * p.rank + j] = u[0];
+          if (j + 1 < p.rank) p.u_out[i64(i) * p.rank + j + 1] = u[1];
+        }
+      }
+    }
+    fence_proxy_async();
+    __syncthreads();
+    wgmma_fence<128>(acc);
+    wgmma_m64n256k16(acc, wgmma_desc_sw128(st + cw * 64 * 128), wgmma_desc_sw128(st + V7_A), T());
+    wgmma_commit();
+    wgmma_wait<0, 128>(acc);
+  }
   // Each quad of lanes holds 8 consecutive columns of a row: 8-byte stores fill whole sectors.
-  const int w = (tid & 127) >> 5, g = lane >> 2, t4 = lane & 3;
   const bool pairs = (p.ldc & 1) == 0, bias = p.bias != nullptr;
   KILN_UNROLL
   for (int j8 = 0; j8 < V7_BN / 8; ++j8) {

@@ -106,3 +106,11 @@ KILN_KERNEL(gemm_pack_bf16, PackParams) { gemm_pack<float, bf16>(p); }
 KILN_KERNEL(gemm_pack_f16, PackParams) { gemm_pack<float, f16>(p); }
 KILN_KERNEL(gemm_pack16_bf16, PackParams) { gemm_pack<bf16, bf16>(p); }
 KILN_KERNEL(gemm_pack16_f16, PackParams) { gemm_pack<f16, f16>(p); }
+
+// Two packings in one launch (blockIdx.z picks the job; the grid covers the larger): v7's fused
+// LoRA packs its A and B together. Mirrored by `PackPairParams` in runtime/kiln-cuda/src/kernels.rs.
+struct PackPairParams {
+  PackParams job[2];
+};
+KILN_KERNEL(gemm_pack_pair_bf16, PackPairParams) { gemm_pack<float, bf16>(p.job[blockIdx.z]); }
+KILN_KERNEL(gemm_pack_pair_f16, PackPairParams) { gemm_pack<float, f16>(p.job[blockIdx.z]); }

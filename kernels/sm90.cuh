@@ -118,13 +118,13 @@ struct WgmmaOp {
   u64 da, db;
   bool f16;
   int group;
-  u32 n;  // 128 or 256
+  u32 n;  // 16, 128 or 256
   float prod[128];
 };
 struct WgmmaThread {
   unsigned long long serial;
   int n, group;  // ops in flight; the open (uncommitted) group's number
-  WgmmaOp ops[8];
+  WgmmaOp ops[16];  // v7 with LoRA fused: two groups of 4 + 4 in flight
 };
 inline WgmmaThread& wgmma_thread() { return thread_state<WgmmaThread>(); }
 inline void wgmma_exit_check() {
@@ -143,7 +143,7 @@ inline void wgmma_span(u64 desc, u32 rows) {
 template <class T>
 inline void wgmma_issue(float* d, u64 da, u64 db, u32 n = 128) {
   const ::kemu::Quiet quiet;
-  ::kemu::prof_count(n == 256 ? ::kemu::ProfWgmma256 : ::kemu::ProfWgmma);
+  ::kemu::prof_wgmma(n);
   wgmma_span(da, 64);
   wgmma_span(db, n);
   const dim3 bd = ::kemu::g_launch.block_dim;
@@ -158,7 +158,7 @@ inline void wgmma_issue(float* d, u64 da, u64 db, u32 n = 128) {
     if (o.a != da || o.b != db) ::kemu::trap("wgmma: lanes of a warp issued different descriptors");
   }
   WgmmaThread& w = wgmma_thread();
-  if (w.n == 8) ::kemu::trap("wgmma: more than 8 wgmma in flight in one thread (emulation limit)");
+  if (w.n == 16) ::kemu::trap("wgmma: more than 16 wgmma in flight in one thread (emulation limit)");
   WgmmaOp& op = w.ops[w.n++];
   op.d = d;
   op.da = da;
@@ -320,6 +320,39 @@ __device__ __forceinline__ void wgmma_m64n256k16(float* d, u64 da, u64 db, f16) 
   __trap();
 #else
   kiln_emu_impl::wgmma_issue<f16>(d, da, db, 256);
+#endif
+}
+
+#if KILN_WGMMA
+#define KILN_WG16_ASM(ty)                                                                \
+  asm volatile(                                                                          \
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"                                       \
+      "wgmma.mma_async.sync.aligned.m64n16k16.f32." ty "." ty                           \
+      " {%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1, 0, 0;\n}\n"                 \
+      : KILN_WG_D8(0)                                                                    \
+      : "l"(da), "l"(db), "r"(1))
+#endif
+
+// d[8] += A[64×16]·B[16×16] for the calling warpgroup (v7's fused LoRA pre-product, U = x·Aᵀ
+// with the rank as N): d[i] is row 16w + g + 8·((i>>1)&1), column 8·(i>>2) + 2t + (i&1).
+__device__ __forceinline__ void wgmma_m64n16k16(float* d, u64 da, u64 db, bf16) {
+#if KILN_WGMMA
+  KILN_WG16_ASM("bf16");
+#elif KILN_GPU
+  (void)d, (void)da, (void)db;
+  __trap();
+#else
+  kiln_emu_impl::wgmma_issue<bf16>(d, da, db, 16);
+#endif
+}
+__device__ __forceinline__ void wgmma_m64n16k16(float* d, u64 da, u64 db, f16) {
+#if KILN_WGMMA
+  KILN_WG16_ASM("f16");
+#elif KILN_GPU
+  (void)d, (void)da, (void)db;
+  __trap();
+#else
+  kiln_emu_impl::wgmma_issue<f16>(d, da, db, 16);
 #endif
 }
 

@@ -97,10 +97,12 @@ constexpr unsigned kDynSmemBase = 16;
 // The profiler (profiled launches only): an access an emulated instruction makes as the GPU
 // would (ldmatrix's row reads, cp.async's two halves, an atomic), and tensor-core instructions.
 enum ProfNote { ProfLdmatrix = 1, ProfCpAsync = 2, ProfAtomic = 3 };
-enum ProfCount { ProfMma = 1, ProfWgmma = 2, ProfWgmma256 = 3 };
+enum ProfCount { ProfMma = 1 };
 void prof_note(int kind, const void* p, size_t n, bool write);
 void prof_note_at(const void* pc, int kind, const void* p, size_t n, bool write);
 void prof_count(int what);
+// A wgmma m64nNk16 of the calling warpgroup (counted once, by its first thread).
+void prof_wgmma(unsigned n);
 // Runs `fn` in every thread as it leaves its kernel (checks of per-thread state, which may trap).
 struct ExitCheck {
   explicit ExitCheck(void (*fn)());

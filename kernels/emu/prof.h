@@ -27,8 +27,8 @@ struct KemuProfile {
   uint64_t lds_req, lds_wavefronts, sts_req, sts_wavefronts, ldsm_req, ldsm_wavefronts;
   // Constant-memory reads (the image's read-only tables, kernel parameters excluded).
   uint64_t const_req;
-  // Tensor-core instructions: mma.sync m16n8k16 per warp, wgmma m64n128k16 per warpgroup, and
-  // the shared-memory bytes wgmma reads as operands.
+  // Tensor-core instructions: mma.sync m16n8k16 per warp, wgmma per warpgroup in m64n8k16 units
+  // (m64n128k16 is 16), and the shared-memory bytes wgmma reads as operands.
   uint64_t mma_warp, wgmma_group, wgmma_smem_bytes;
   // __syncthreads executed (per CTA, summed).
   uint64_t barriers;

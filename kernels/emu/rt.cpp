@@ -445,15 +445,13 @@ void prof_count(int what) {
   if (!g_prof_on) return;
   KemuProfile* o = g_prof_out;
   if (what == ProfMma && (g_cur->view.linear & 31u) == 0) o->mma_warp++;
-  // Counted in m64n128k16 units (the profile's wgmma figures); m64n256k16 is two.
-  if (what == ProfWgmma && g_cur->view.linear % 128 == 0) {
-    o->wgmma_group++;
-    o->wgmma_smem_bytes += (64 + 128) * 16 * 2;
-  }
-  if (what == ProfWgmma256 && g_cur->view.linear % 128 == 0) {
-    o->wgmma_group += 2;
-    o->wgmma_smem_bytes += (64 + 256) * 16 * 2;
-  }
+}
+
+// Counted in m64n8k16 units (N/8 a wgmma: m64n128k16 is 16), with the operand bytes it reads.
+void prof_wgmma(unsigned n) {
+  if (!g_prof_on || g_cur->view.linear % 128 != 0) return;
+  g_prof_out->wgmma_group += n / 8;
+  g_prof_out->wgmma_smem_bytes += (64 + n) * 16 * 2;
 }
 
 // mbarriers and TMA loads (sm_90): rt_sm90.inc, part of this unit (it uses the block state).

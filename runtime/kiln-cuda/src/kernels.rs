@@ -138,15 +138,22 @@ pub struct Gemm90Params {
     pub tl: TensorMap,
     pub c: u64,
     pub bias: u64,
+    /// The fused LoRA's U = x·Aᵀ [m, rank] (f32) for the backward, or 0.
+    pub u_out: u64,
     pub m: i32,
     pub n: i32,
     pub k: i32,
     pub ldc: i32,
+    /// The pre-pass LoRA's padded rank (a multiple of 64), or 0.
     pub ru: i32,
     pub alpha: f32,
     /// C in the operands' 16-bit type (the mixed-precision path), not f32.
     pub c16: i32,
-    pub pad: [i32; 5],
+    /// LoRA fused (rank ≤ 16): `tu` maps LoRA's A, `tl` its B, both packed with the rank padded
+    /// to 16.
+    pub fuse: i32,
+    pub rank: i32,
+    pub scale: f32,
 }
 
 /// `kernels/matmul_pack.cu` `TransposeParams` (the 16-bit transpose of v7's dx weight).
@@ -187,6 +194,13 @@ pub struct PackParams {
     pub ld: i32,
     pub scale: f32,
     pub pad: i32,
+}
+
+/// `kernels/matmul_pack.cu` `PackPairParams` (two packings in one launch, `blockIdx.z` the job).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct PackPairParams {
+    pub job: [PackParams; 2],
 }
 
 /// `kernels/quant.cu` `DequantParams`.

@@ -703,7 +703,9 @@ fn gemm_v7_matches_v6_and_the_cpu_with_tails_and_ranks() {
             let (y, u) = be.linear_fwd(x, w, Some(&bias), l()).unwrap();
             let needs = kiln_core::backend::LinearNeeds { x: true, ..Default::default() };
             let g = be.linear_bwd(dy, x, w, l().zip(u.as_ref()), needs).unwrap();
-            [y, g.dx.unwrap()].map(|t| t.to_vec_f64().unwrap())
+            // U = x·Aᵀ as the forward left it for the backward (ranks ≤ 16: v7 computed it itself).
+            let u = u.unwrap_or_else(|| y.clone());
+            [y, g.dx.unwrap(), u].map(|t| t.to_vec_f64().unwrap())
         };
         // The same 16-bit operands and f32 accumulation as v6, in another order.
         let (got, near) = (run(v7, &x, &w, &dy, None), run(v6, &x, &w, &dy, None));
@@ -715,28 +717,32 @@ fn gemm_v7_matches_v6_and_the_cpu_with_tails_and_ranks() {
         let f64s = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
         let got = run(v7, &x, &w, &dy, Some((&la, &lb)));
         let cpu = run(&CpuBackend, &f64s(&x), &f64s(&w), &f64s(&dy), Some((&f64s(&la), &f64s(&lb))));
-        for (i, name) in ["y", "dx"].into_iter().enumerate() {
+        for (i, name) in ["y", "dx", "U"].into_iter().enumerate() {
             let e = worst_of_scale(&got[i], &cpu[i]);
             eprintln!("v7 {m}x{k}x{n} r{r} {}: LoRA {name} vs the f64 CPU {e:.1e}", wd.name());
             assert!(e < 2e-2, "{m}x{k}x{n} r{r} {}: LoRA {name} differs from the CPU by {e:e}", wd.name());
         }
     }
     let ran = v7.exec.launched();
-    for k in ["gemm_v7_tma_wgmma_bf16", "gemm_v7_tma_wgmma_f16", "gemm_transpose16"] {
+    for k in ["gemm_v7_tma_wgmma_bf16", "gemm_v7_tma_wgmma_f16", "gemm_transpose16", "gemm_pack_pair_bf16"] {
         assert!(ran.iter().any(|r| r == k), "{k} never launched: {ran:?}");
     }
-    // The race checker over one tile of v7, LoRA phase included.
+    // The race checker over one tile of v7, LoRA fused (rank 3) and by pre-pass (rank 17).
     let rc = emu_racecheck().with_gemm(GemmVariant::V7);
     let (x, w) = (
         Tensor::from_vec(vec![0.5f32; 9 * 72], vec![9, 72]).unwrap(),
         Tensor::from_vec(vec![0.25f32; 20 * 72], vec![20, 72]).unwrap(),
     );
-    let (la, lb) = (
-        Tensor::from_vec(vec![1.0f32; 3 * 72], vec![3, 72]).unwrap(),
-        Tensor::from_vec(vec![1.0f32; 20 * 3], vec![20, 3]).unwrap(),
-    );
     let w = w.to_dtype(DType::BF16).unwrap();
-    let y = rc.linear_fwd(&x, &w, None, Some(LoraRef { a: &la, b: &lb, scale: 0.5 })).unwrap().0.to_vec_f64().unwrap();
-    // 72·0.125 + 0.5·3·(72·0.5) = 9 + 54.
-    assert!(y.iter().all(|v| *v == 63.0), "{:?}", &y[..4]);
+    for r in [3usize, 17] {
+        let (la, lb) = (
+            Tensor::from_vec(vec![1.0f32; r * 72], vec![r, 72]).unwrap(),
+            Tensor::from_vec(vec![1.0f32; 20 * r], vec![20, r]).unwrap(),
+        );
+        let (y, u) = rc.linear_fwd(&x, &w, None, Some(LoraRef { a: &la, b: &lb, scale: 0.5 })).unwrap();
+        // 72·0.125 + 0.5·r·(72·0.5) = 9 + 18·r.
+        let (y, u) = (y.to_vec_f64().unwrap(), u.unwrap().to_vec_f64().unwrap());
+        assert!(y.iter().all(|v| *v == 9.0 + 18.0 * r as f64), "rank {r}: {:?}", &y[..4]);
+        assert!(u.len() == 9 * r && u.iter().all(|v| *v == 36.0), "rank {r}: U {:?}", &u[..4]);
+    }
 }

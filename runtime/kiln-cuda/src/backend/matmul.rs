@@ -42,9 +42,10 @@ fn check_b(d: DType) -> Result<()> {
     }
 }
 
-/// Dynamic shared memory of the v7 kernels: four stages of a 128×64 A and a 256×64 B tile in
-/// 16-bit values, eight barriers, and 1024 bytes to align the ring (kernels/matmul.cu `V7_SMEM`).
-const V7_SMEM: usize = 4 * (128 + 256) * 64 * 2 + 2 * 4 * 8 + 1024;
+/// Dynamic shared memory of the v7 kernels: four stages of a 128×64 A, a 256×64 B and a 16×64
+/// LoRA A tile in 16-bit values, eight barriers, and 1024 bytes to align the ring
+/// (kernels/matmul.cu `V7_SMEM`).
+const V7_SMEM: usize = 4 * (128 + 256 + 16) * 64 * 2 + 2 * 4 * 8 + 1024;
 
 /// The launch shape of each variant's kernels over an `m × n` output.
 fn shape(v: GemmVariant, m: u32, n: u32) -> Launch {
@@ -86,6 +87,48 @@ fn gemm(be: &KernelBackend, p: &GemmParams, b_type: DType) -> Result<()> {
 struct Io {
     a16: bool,
     c16: bool,
+    /// LoRA fused into v7 ([`fuses_lora`]): the kernel computes U itself.
+    fuse: Option<FusedLora>,
+}
+
+/// The largest LoRA rank v7 fuses (its `V7_RF`: U's accumulators stay in registers).
+const V7_FUSED_RANK: usize = 16;
+
+/// A LoRA term v7 computes whole (forward, rank ≤ [`V7_FUSED_RANK`]): A [rank, k] and B [n, rank]
+/// (f32, row-major), U = x·Aᵀ [m, rank] written to `u_out` (f32) for the backward.
+#[derive(Clone, Copy, PartialEq)]
+struct FusedLora {
+    a: u64,
+    b: u64,
+    u_out: u64,
+    rank: usize,
+    scale: f32,
+}
+
+/// Whether the forward product `p` (NK, `x·Wᵀ`) runs on v7 with its LoRA term fused: v7 chosen,
+/// W 16-bit or block-quantized (decoded to bf16 first), more rows than a decode step, and a
+/// layout v7 reads directly. Elsewhere the rank-r pre-pass runs first.
+fn fuses_lora(be: &KernelBackend, p: &GemmParams, w: DType, rank: usize) -> bool {
+    // (An empty product launches nothing, and U must still be written.)
+    if rank > V7_FUSED_RANK || effective(be) != GemmVariant::V7 || p.sbk != 1 || p.m <= 0 || p.n <= 0 {
+        return false;
+    }
+    if v6_prepass_type(be, w, p.m as usize).is_none() || gemv_applies(p) {
+        return false;
+    }
+    match w {
+        DType::Quant(_) => v6_dense_numel(p).is_some() && v6_unfit(&GemmParams { b: 0, ..*p }).is_none(),
+        _ => GemmVariant::V7.runs_for(w) == GemmVariant::V7 && v6_unfit(p).is_none(),
+    }
+}
+
+/// An error where a fused LoRA term reached a kernel other than v7's ([`fuses_lora`] and the
+/// routing of [`gemm_a16`] disagree): never a product without its LoRA term.
+fn unfused(io: Io, kernel: &str) -> Result<()> {
+    match io.fuse {
+        Some(_) => Err(Error::Msg(format!("cuda gemm: a fused LoRA term reached {kernel}, which cannot run it"))),
+        None => Ok(()),
+    }
 }
 
 /// Whether a product with 16-bit activations of type `x` runs on v6/v7 reading them directly and
@@ -110,7 +153,7 @@ fn gemm_a16(be: &KernelBackend, p: &GemmParams, b_type: DType, a16: Option<u64>,
         return Ok(());
     }
     check_b(b_type)?;
-    if io != Io::default() && !direct16(be, p, b_type, if b_type == DType::F16 { DType::F16 } else { DType::BF16 }) {
+    if (io.a16 || io.c16) && !direct16(be, p, b_type, if b_type == DType::F16 { DType::F16 } else { DType::BF16 }) {
         return Err(Error::Msg("cuda gemm: 16-bit activations reached a kernel that reads f32".into()));
     }
     let mut p = *p;
@@ -129,6 +172,7 @@ fn gemm_a16(be: &KernelBackend, p: &GemmParams, b_type: DType, a16: Option<u64>,
             DType::Quant(_) => "q",
             _ => "f32",
         };
+        unfused(io, "the GEMV")?;
         let cfg = Launch { grid: [n.div_ceil(8), 1, 1], block: [256, 1, 1], smem: 0 };
         return be.exec.launch(&format!("gemv_{ty}"), cfg, bytemuck::bytes_of(p));
     }
@@ -171,6 +215,7 @@ fn gemm_a16(be: &KernelBackend, p: &GemmParams, b_type: DType, a16: Option<u64>,
             }
         }
     }
+    unfused(io, v.kernel(b_type))?;
     be.exec.launch(v.kernel(b_type), shape(v.runs_for(b_type), m, n), bytemuck::bytes_of(p))
 }
 
@@ -232,6 +277,33 @@ fn operand16(
     }
     let b = pack_from(be, ty, x16, x, s, (rows, cols, out_rows, ld), 1.0)?;
     Ok((b.ptr, Some(b)))
+}
+
+/// Two [`pack`]s of f32 values in one launch (`gemm_pack_pair_*`): each job is (x, its strides,
+/// (rows, cols, out_rows, ld)), scale 1.
+type PackJob = (u64, (i64, i64), (usize, usize, usize, usize));
+fn pack_pair(be: &KernelBackend, ty: &str, jobs: [PackJob; 2]) -> Result<(crate::exec::DevBuf, crate::exec::DevBuf)> {
+    let [a, l] = jobs.map(|(_, _, (_, _, out_rows, ld))| be.alloc(out_rows * ld, DType::BF16));
+    let (a, l) = (a?, l?);
+    let job = |(x, s, (rows, cols, out_rows, ld)): PackJob, out: u64| PackParams {
+        x,
+        out,
+        s_row: s.0,
+        s_col: s.1,
+        rows: rows as i32,
+        cols: cols as i32,
+        out_rows: out_rows as i32,
+        ld: ld as i32,
+        scale: 1.0,
+        pad: 0,
+    };
+    let q = crate::kernels::PackPairParams { job: [job(jobs[0], a.ptr), job(jobs[1], l.ptr)] };
+    let threads = jobs.iter().map(|j| (j.2.2 * j.2.3 / 4) as u32).max().unwrap_or(0);
+    if threads > 0 {
+        let cfg = Launch { grid: [threads.div_ceil(256), 1, 2], block: [256, 1, 1], smem: 0 };
+        be.exec.launch(&format!("gemm_pack_pair_{ty}"), cfg, bytemuck::bytes_of(&q))?;
+    }
+    Ok((a, l))
 }
 
 /// [`pack`] from f32 or (`x16`) from 16-bit values of type `ty`.
@@ -308,6 +380,7 @@ fn pack_lora(
 /// The v6 GEMM: A (and LoRA's s·U and L) packed to B's 16-bit type, then the multistage kernel
 /// for B's layout (NK: `sbk == 1`, a linear layer's x·Wᵀ; KN: `sbn == 1`, its dx = dy·W).
 fn gemm_v6(be: &KernelBackend, p: &GemmParams, b_type: DType, packed: Option<u64>, io: Io) -> Result<()> {
+    unfused(io, "GEMM v6")?;
     let ty = if b_type == DType::F16 { "f16" } else { "bf16" };
     let (m, n) = (p.m as usize, p.n as usize);
     let kn = p.sbk != 1;
@@ -406,7 +479,19 @@ fn gemm_v7(be: &KernelBackend, p: &GemmParams, b_type: DType, packed: Option<u64
     };
     // Kept alive until the GEMM has run.
     let mut lora = None;
-    if p.lora_u != 0 && p.rank > 0 {
+    if let Some(f) = io.fuse {
+        // A [rank, k] → [16, k8] and B [n, rank] → [n, 64] in one launch (zero-padded: the
+        // kernel's k16 steps read 16 ranks, L's box 64 columns).
+        let k8 = k.next_multiple_of(8);
+        let (a16, l16) = pack_pair(
+            be,
+            ty,
+            [(f.a, (k as i64, 1), (f.rank, k, V7_FUSED_RANK, k8)), (f.b, (f.rank as i64, 1), (n, f.rank, n, 64))],
+        )?;
+        (q.tu, q.tl) = (map(a16.ptr, k, V7_FUSED_RANK, k8, V7_FUSED_RANK as u32)?, map(l16.ptr, 64, n, 64, 256)?);
+        (q.fuse, q.rank, q.scale, q.u_out) = (1, f.rank as i32, f.scale, f.u_out);
+        lora = Some((a16, l16));
+    } else if p.lora_u != 0 && p.rank > 0 {
         let ru = (p.rank as usize).next_multiple_of(64);
         let (u16, l16) = pack_lora(be, ty, p, ru, false)?;
         (q.tu, q.tl, q.ru) = (map(u16.ptr, ru, m, ru, 128)?, map(l16.ptr, ru, n, ru, 256)?, ru as i32);
@@ -605,7 +690,7 @@ impl MatmulOps for KernelBackend {
             let (y, u) = self.linear_fwd(&self.cast(x, DType::F32)?, w, bias, lora)?;
             return Ok((self.cast(&y, xt)?, u));
         }
-        let io = Io { a16: x16, c16: x16 };
+        let mut io = Io { a16: x16, c16: x16, fuse: None };
         let hbias = bias.map(|b| self.held(b)).transpose()?;
         let y = self.alloc(m * n, xt)?;
         (p.c, p.bias) = (y.ptr, hbias.as_ref().map_or(0, Held::ptr));
@@ -619,6 +704,14 @@ impl MatmulOps for KernelBackend {
             let r = lora_rank(l, &d)?;
             let (ha, hb) = (self.held(l.a)?, self.held(l.b)?);
             let u = match v6_prepass_type(self, w.dtype(), m) {
+                // v7 computes U itself beside the product (and writes it for the backward).
+                _ if fuses_lora(self, &p, w.dtype(), r) => {
+                    let u = self.alloc(m * r, DType::F32)?;
+                    let scale = l.scale as f32;
+                    io.fuse = Some(FusedLora { a: ha.ptr(), b: hb.ptr(), u_out: u.ptr, rank: r, scale });
+                    _xbuf = None;
+                    u
+                }
                 Some(ty) => {
                     let (xp, buf) =
                         operand16(self, ty, (hx.ptr(), x16), (k as i64, 1), (m, k, m, k.next_multiple_of(8)))?;
@@ -631,8 +724,10 @@ impl MatmulOps for KernelBackend {
                     prepass(self, &hx, (k as i64, 1), &ha, (1, k as i64), m, k, r)?
                 }
             };
-            (p.lora_u, p.lora_l, p.sl_n, p.sl_r, p.rank, p.lora_scale) =
-                (u.ptr, hb.ptr(), r as i64, 1, r as i32, l.scale as f32);
+            if io.fuse.is_none() {
+                (p.lora_u, p.lora_l, p.sl_n, p.sl_r, p.rank, p.lora_scale) =
+                    (u.ptr, hb.ptr(), r as i64, 1, r as i32, l.scale as f32);
+            }
             u_out = Some(self.wrap(u, LinDims::out_dims(x, r), DType::F32));
             (_ha, _hb) = (Some(ha), Some(hb));
         } else {
@@ -669,7 +764,7 @@ impl MatmulOps for KernelBackend {
                 return Ok(g);
             }
         }
-        let io = Io { a16: x16, c16: x16 };
+        let io = Io { a16: x16, c16: x16, fuse: None };
         let (hdy, hx) = (self.held(dy)?, self.held(x)?);
         let mut g = LinearGrads::default();
         // The LoRA pre-pass g = dy·B [m, r], shared by dx and dA.

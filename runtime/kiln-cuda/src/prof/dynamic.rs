@@ -41,7 +41,7 @@ pub struct RawProfile {
     pub ldsm_wavefronts: u64,
     pub const_req: u64,
     pub mma_warp: u64,
-    /// wgmma per warpgroup, in m64n128k16 units (an m64n256k16 counts two).
+    /// wgmma per warpgroup, in m64n8k16 units (an m64n128k16 counts 16, an m64n16k16 two).
     pub wgmma_group: u64,
     pub wgmma_smem_bytes: u64,
     pub barriers: u64,
@@ -82,9 +82,9 @@ pub struct LaunchProfile {
     pub raw: RawProfile,
 }
 
-/// Flops of one mma.sync m16n8k16 and of one wgmma m64n128k16 (the `wgmma_group` unit).
+/// Flops of one mma.sync m16n8k16 and of one wgmma m64n8k16 (the `wgmma_group` unit).
 pub const MMA_FLOPS: f64 = 2.0 * 16.0 * 8.0 * 16.0;
-pub const WGMMA_FLOPS: f64 = 2.0 * 64.0 * 128.0 * 16.0;
+pub const WGMMA_FLOPS: f64 = 2.0 * 64.0 * 8.0 * 16.0;
 
 impl LaunchProfile {
     /// Whole-launch figures from the CTAs that ran (1 when all ran).

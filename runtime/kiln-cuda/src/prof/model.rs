@@ -203,9 +203,9 @@ pub fn trips(l: &LaunchProfile, st: &KernelStatic) -> Option<f64> {
     let (_, lp) = st.main_loop.as_ref()?;
     let warps = l.warps().max(1.0);
     let per_warp = |n: u64| l.total(n) / warps;
-    // A wgmma is counted once per warpgroup in m64n128k16 units (m64n256k16 is two) and appears
-    // in each of its 4 warps' SASS as one HGMMA of 64 MMA-equivalents a unit.
-    let mma = per_warp(l.raw.mma_warp) + 4.0 * 64.0 * per_warp(l.raw.wgmma_group);
+    // A wgmma is counted once per warpgroup in m64n8k16 units (m64n128k16 is 16) and appears in
+    // each of its 4 warps' SASS as one HGMMA of 4 MMA-equivalents a unit.
+    let mma = per_warp(l.raw.mma_warp) + 4.0 * 4.0 * per_warp(l.raw.wgmma_group);
     Some(if lp.mma_equiv > 0.0 {
         mma / lp.mma_equiv
     } else {

@@ -91,6 +91,12 @@ impl Function {
             .collect();
         v.sort_by_key(|l| (l.end - l.start, l.start));
         v.dedup();
+        // ptxas moves a wait's retry (an mbarrier try_wait) out of line, after the function's
+        // body, with a branch back into the loop that waited: that branch enters a loop from
+        // outside (its target inside another loop, itself after that loop's end) and closes no
+        // loop of the source. Loops nest; such overlaps are dropped.
+        let all = v.clone();
+        v.retain(|l| !all.iter().any(|o| o.start < l.start && l.start <= o.end && o.end < l.end));
         v
     }
 
@@ -245,12 +251,27 @@ k1:
 .text.k2:
         /*0000*/                   HGMMA.64x128x16.F32.BF16 gdesc[UR4], RZ, !UPT ;
         /*0010*/                   EXIT ;
+//--------------------- .text.k3              --------------------------
+.text.k3:
+        /*0000*/                   MOV R0, RZ ;
+.L_x_4:
+        /*0010*/                   SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [R1+URZ], R0 ;
+        /*0020*/              @!P0 BRA `(.L_x_5) ;
+.L_x_6:
+        /*0030*/                   HGMMA.64x256x16.F32.BF16 R24, gdesc[UR4], R24 ;
+        /*0040*/               @P1 BRA `(.L_x_4) ;
+        /*0050*/                   HGMMA.64x256x16.F32.BF16 R24, gdesc[UR4], R24 ;
+        /*0060*/                   EXIT ;
+.L_x_5:
+        /*0070*/                   SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [R1+URZ], R0 ;
+        /*0080*/              @!P0 BRA `(.L_x_5) ;
+        /*0090*/                   BRA `(.L_x_6) ;
 ";
 
     #[test]
     fn functions_labels_and_loops() {
         let f = parse(SASS);
-        assert_eq!(f.len(), 2);
+        assert_eq!(f.len(), 3);
         assert_eq!((f[0].name.as_str(), f[0].instrs.len(), f[1].name.as_str()), ("k1", 14, "k2"));
         assert_eq!(f[0].instrs[10].target.as_deref(), Some(".L_x_2"));
         assert_eq!(f[0].loops(), vec![Loop { start: 6, end: 10 }, Loop { start: 2, end: 11 }]);
@@ -264,6 +285,10 @@ k1:
         assert_eq!((outer.ldg128, outer.ldg32, outer.sts, outer.bar), (1, 1, 1, 1));
         assert!(f[1].loops().is_empty() && f[1].main_loop().is_none());
         assert_eq!(Mix::of(&f[1].instrs).mma_equiv, 64.0);
+        // A wait's out-of-line retry branches back into the loop (to 3, from 9): no loop of its
+        // own, although the span would hold more MMA work (the HGMMA after the loop) than the loop.
+        assert_eq!(f[2].loops(), vec![Loop { start: 7, end: 8 }, Loop { start: 1, end: 4 }]);
+        assert_eq!(f[2].main_loop(), Some(Loop { start: 1, end: 4 }));
     }
 
     #[test]

@@ -246,7 +246,7 @@ fn launch_json(
         "lds_requests": l.total(r.lds_req), "lds_wavefronts": l.total(r.lds_wavefronts),
         "sts_requests": l.total(r.sts_req), "sts_wavefronts": l.total(r.sts_wavefronts),
         "ldsm_requests": l.total(r.ldsm_req), "ldsm_wavefronts": l.total(r.ldsm_wavefronts),
-        "mma_sync": l.total(r.mma_warp), "wgmma": l.total(r.wgmma_group), "barriers": l.total(r.barriers),
+        "mma_sync": l.total(r.mma_warp), "wgmma": l.total(r.wgmma_group) / 16.0, "barriers": l.total(r.barriers),
         "dram_bytes": p.dram_bytes, "dram_upper_bound": p.dram_upper_bound, "ctas_per_sm": p.ctas_per_sm, "waves": p.waves, "tensor_s": p.tensor_s,
         "issue_s": p.issue_s, "instructions": p.instructions, "dram_s": p.dram_s, "smem_s": p.smem_s,
         "time_s": p.time_s, "bound": p.bound, "tensor_fraction": p.tensor_fraction(c), "dram_fraction": p.dram_fraction(c)})
