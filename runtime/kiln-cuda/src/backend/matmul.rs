@@ -94,6 +94,14 @@ struct Io {
 /// The largest LoRA rank v7 fuses (its `V7_RF`: U's accumulators stay in registers).
 const V7_FUSED_RANK: usize = 16;
 
+/// The widest output v7 fuses LoRA into. Every CTA recomputes its rows of U, re-reading its x
+/// tiles from shared memory, which already bounds the product: the fused term costs about a sixth
+/// of the product's time, the pre-pass one read of x from DRAM and four small launches, a cost
+/// that does not grow with N. Modeled on H100 (bf16 activations, M = K = 4096, r = 16, plain
+/// product → fused / pre-pass, µs): N = 1024 38.8 → 48.5 / 67.3; N = 4096 146.3 → 176.0 / 176.2;
+/// N = 14336 → 601.0 / 541.5.
+const V7_FUSED_MAX_N: i32 = 4096;
+
 /// A LoRA term v7 computes whole (forward, rank ≤ [`V7_FUSED_RANK`]): A [rank, k] and B [n, rank]
 /// (f32, row-major), U = x·Aᵀ [m, rank] written to `u_out` (f32) for the backward.
 #[derive(Clone, Copy, PartialEq)]
@@ -106,11 +114,14 @@ struct FusedLora {
 }
 
 /// Whether the forward product `p` (NK, `x·Wᵀ`) runs on v7 with its LoRA term fused: v7 chosen,
-/// W 16-bit or block-quantized (decoded to bf16 first), more rows than a decode step, and a
-/// layout v7 reads directly. Elsewhere the rank-r pre-pass runs first.
+/// W 16-bit or block-quantized (decoded to bf16 first), more rows than a decode step, N at most
+/// [`V7_FUSED_MAX_N`], and a layout v7 reads directly. Elsewhere the rank-r pre-pass runs first.
 fn fuses_lora(be: &KernelBackend, p: &GemmParams, w: DType, rank: usize) -> bool {
     // (An empty product launches nothing, and U must still be written.)
     if rank > V7_FUSED_RANK || effective(be) != GemmVariant::V7 || p.sbk != 1 || p.m <= 0 || p.n <= 0 {
+        return false;
+    }
+    if p.n > V7_FUSED_MAX_N {
         return false;
     }
     if v6_prepass_type(be, w, p.m as usize).is_none() || gemv_applies(p) {
