@@ -290,13 +290,9 @@ fn operand16(
     Ok((b.ptr, Some(b)))
 }
 
-/// Two [`pack`]s of f32 values in one launch (`gemm_pack_pair_*`): each job is (x, its strides,
-/// (rows, cols, out_rows, ld)), scale 1.
-type PackJob = (u64, (i64, i64), (usize, usize, usize, usize));
-fn pack_pair(be: &KernelBackend, ty: &str, jobs: [PackJob; 2]) -> Result<(crate::exec::DevBuf, crate::exec::DevBuf)> {
-    let [a, l] = jobs.map(|(_, _, (_, _, out_rows, ld))| be.alloc(out_rows * ld, DType::BF16));
-    let (a, l) = (a?, l?);
-    let job = |(x, s, (rows, cols, out_rows, ld)): PackJob, out: u64| PackParams {
+/// The parameters of one packing: `out [out_rows, ld]` = `scale · x[r·s.0 + c·s.1]`.
+fn pack_params(x: u64, out: u64, s: (i64, i64), (rows, cols, out_rows, ld): PackDims, scale: f32) -> PackParams {
+    PackParams {
         x,
         out,
         s_row: s.0,
@@ -305,10 +301,25 @@ fn pack_pair(be: &KernelBackend, ty: &str, jobs: [PackJob; 2]) -> Result<(crate:
         cols: cols as i32,
         out_rows: out_rows as i32,
         ld: ld as i32,
-        scale: 1.0,
+        scale,
         pad: 0,
-    };
-    let q = crate::kernels::PackPairParams { job: [job(jobs[0], a.ptr), job(jobs[1], l.ptr)] };
+    }
+}
+
+/// (rows, cols, out_rows, ld) of a packing.
+type PackDims = (usize, usize, usize, usize);
+
+/// Two [`pack`]s of f32 values in one launch (`gemm_pack_pair_*`), scale 1: each job is x, its
+/// strides and its [`PackDims`].
+fn pack_pair(
+    be: &KernelBackend,
+    ty: &str,
+    jobs: [(u64, (i64, i64), PackDims); 2],
+) -> Result<(crate::exec::DevBuf, crate::exec::DevBuf)> {
+    let [a, l] = jobs.map(|(_, _, (_, _, out_rows, ld))| be.alloc(out_rows * ld, DType::BF16));
+    let (a, l) = (a?, l?);
+    let job = |i: usize, out: u64| pack_params(jobs[i].0, out, jobs[i].1, jobs[i].2, 1.0);
+    let q = crate::kernels::PackPairParams { job: [job(0, a.ptr), job(1, l.ptr)] };
     let threads = jobs.iter().map(|j| (j.2.2 * j.2.3 / 4) as u32).max().unwrap_or(0);
     if threads > 0 {
         let cfg = Launch { grid: [threads.div_ceil(256), 1, 2], block: [256, 1, 1], smem: 0 };
@@ -324,22 +335,12 @@ fn pack_from(
     x16: bool,
     x: u64,
     s: (i64, i64),
-    (rows, cols, out_rows, ld): (usize, usize, usize, usize),
+    dims: PackDims,
     scale: f32,
 ) -> Result<crate::exec::DevBuf> {
+    let (_, _, out_rows, ld) = dims;
     let out = be.alloc(out_rows * ld, DType::BF16)?;
-    let p = PackParams {
-        x,
-        out: out.ptr,
-        s_row: s.0,
-        s_col: s.1,
-        rows: rows as i32,
-        cols: cols as i32,
-        out_rows: out_rows as i32,
-        ld: ld as i32,
-        scale,
-        pad: 0,
-    };
+    let p = pack_params(x, out.ptr, s, dims, scale);
     let threads = (out_rows * ld / 4) as u32;
     if threads > 0 {
         let cfg = Launch { grid: [threads.div_ceil(256), 1, 1], block: [256, 1, 1], smem: 0 };
