@@ -624,7 +624,7 @@ struct Gemm90Params {
   int ru;  // the pre-pass's padded rank (a multiple of 64; 0 without it)
   float alpha;
   int c16;    // C in T (the mixed-precision path), not f32
-  int fuse;   // LoRA fused (rank ≤ V7_RF)
+  int fuse;   // LoRA fused (rank ≤ V7_RF): set for the `_lora_` kernels
   int rank;   // fused: LoRA's rank
   float scale;  // fused: LoRA's s
 };
@@ -636,7 +636,10 @@ static_assert(V7_STAGE % 1024 == 0, "each stage's tiles start on the swizzle's 1
 constexpr int V7_SMEM = V7_STAGES * V7_STAGE + 2 * V7_STAGES * 8 + 1024;
 static_assert(V7_SMEM <= 227 * 1024, "v7's ring exceeds what an sm_90 block may opt in to");
 
-template <class T>
+// FUSE: the fused-LoRA kernel (`gemm_v7_tma_wgmma_lora_*`; `p.fuse` set). A kernel of its own,
+// so that the plain product's loop carries no U work and each kernel's SASS main loop is what its
+// runs execute (the profiler reads trips off it).
+template <class T, bool FUSE>
 __device__ __forceinline__ void gemm_v7(const Gemm90Params& p) {
   if (wgmma_unavailable()) return;
   unsigned char* raw = dyn_smem();
@@ -647,7 +650,7 @@ __device__ __forceinline__ void gemm_v7(const Gemm90Params& p) {
   int tm, tn;
   v6_raster(tm, tn);
   const int bm = tm * V7_BM, bn = tn * V7_BN;
-  const bool fuse = p.fuse != 0;
+  constexpr bool fuse = FUSE;
   const int nmain = (p.k + V7_BK - 1) / V7_BK, tiles = nmain + (fuse ? 1 : p.ru / V7_BK);
   if (tid == 0) {
     for (int s = 0; s < V7_STAGES; ++s) {
@@ -679,7 +682,7 @@ __device__ __forceinline__ void gemm_v7(const Gemm90Params& p) {
       }
     }
     // The consumers' one block-wide barrier (before their LoRA step) counts this warpgroup too.
-    if (fuse) __syncthreads();
+    if constexpr (FUSE) __syncthreads();
     return;
   }
   const int cw = wg - 1;  // this consumer's 64 rows of the tile
@@ -694,12 +697,12 @@ __device__ __forceinline__ void gemm_v7(const Gemm90Params& p) {
     const int s = t % V7_STAGES;
     mbar_wait(&full[s], (t / V7_STAGES) & 1);
     const unsigned char* st = smem + s * V7_STAGE;
-    wgmma_fence_regs<8>(accu);
+    if constexpr (FUSE) wgmma_fence_regs<8>(accu);
     wgmma_fence<128>(acc);
     KILN_UNROLL
     for (int ks = 0; ks < V7_BK / 16; ++ks)
       wgmma_m64n256k16(acc, wgmma_desc_sw128(st + cw * 64 * 128 + ks * 32), wgmma_desc_sw128(st + V7_A + ks * 32), T());
-    if (fuse) {
+    if constexpr (FUSE) {
       KILN_UNROLL
       for (int ks = 0; ks < V7_BK / 16; ++ks)
         wgmma_m64n16k16(accu, wgmma_desc_sw128(st + cw * 64 * 128 + ks * 32),
@@ -708,12 +711,12 @@ __device__ __forceinline__ void gemm_v7(const Gemm90Params& p) {
     wgmma_commit();
     // The previous tile's wgmmas are done (this one's may still run): release its stage.
     wgmma_wait<1, 128>(acc);
-    wgmma_fence_regs<8>(accu);
+    if constexpr (FUSE) wgmma_fence_regs<8>(accu);
     if (t > 0 && lane == 0) mbar_arrive(&empty[(t - 1) % V7_STAGES]);
   }
   wgmma_wait<0, 128>(acc);
-  wgmma_fence_regs<8>(accu);
-  if (fuse) {
+  if constexpr (FUSE) wgmma_fence_regs<8>(accu);
+  if constexpr (FUSE) {
     // accu[i]: U at row 16w + g + 8·((i>>1)&1) of this consumer's 64, column 8·(i>>2) + 2t4 + (i&1).
     const int s = nmain % V7_STAGES;
     mbar_wait(&full[s], (nmain / V7_STAGES) & 1);
@@ -756,8 +759,10 @@ __device__ __forceinline__ void gemm_v7(const Gemm90Params& p) {
     }
   }
 }
-KILN_KERNEL_GC(gemm_v7_tma_wgmma_bf16, Gemm90Params, 384) { gemm_v7<bf16>(p); }
-KILN_KERNEL_GC(gemm_v7_tma_wgmma_f16, Gemm90Params, 384) { gemm_v7<f16>(p); }
+KILN_KERNEL_GC(gemm_v7_tma_wgmma_bf16, Gemm90Params, 384) { gemm_v7<bf16, false>(p); }
+KILN_KERNEL_GC(gemm_v7_tma_wgmma_f16, Gemm90Params, 384) { gemm_v7<f16, false>(p); }
+KILN_KERNEL_GC(gemm_v7_tma_wgmma_lora_bf16, Gemm90Params, 384) { gemm_v7<bf16, true>(p); }
+KILN_KERNEL_GC(gemm_v7_tma_wgmma_lora_f16, Gemm90Params, 384) { gemm_v7<f16, true>(p); }
 
 // ---- gemv: decoding, m ≤ GEMV_MAX_M rows (a batch-1 step), B(q, j) contiguous in q (x·Wᵀ) ----
 // Reading the weight once is the whole cost, so the schedule is a warp per output column j:

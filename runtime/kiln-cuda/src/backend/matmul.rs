@@ -510,7 +510,7 @@ fn gemm_v7(be: &KernelBackend, p: &GemmParams, b_type: DType, packed: Option<u64
         lora = Some((u16, l16));
     }
     be.exec.launch(
-        &format!("gemm_v7_tma_wgmma_{ty}"),
+        &format!("gemm_v7_tma_wgmma_{}{ty}", if q.fuse != 0 { "lora_" } else { "" }),
         shape(GemmVariant::V7, p.m as u32, p.n as u32),
         bytemuck::bytes_of(&q),
     )?;
