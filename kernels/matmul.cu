@@ -608,7 +608,7 @@ KILN_KERNEL_LB(gemm_v6_mma_multistage_kn_f16, Gemm16Params, 128) { gemm_v6<f16, 
 // N; K a multiple of 8, the 16-byte stride rule).
 // LoRA, y = x·Wᵀ + s·(x·Aᵀ)·Bᵀ, two ways. With a pre-pass (any rank): s·U and L (rank padded to
 // 64) are more K tiles of the same ring from their own maps, and the consumers never know.
-// Fused (`fuse`, rank ≤ 16): each K tile also brings LoRA's A (16 rows × 64, 2 KiB), and each
+// Fused (the `_lora_` kernels, rank ≤ 16): each K tile also brings LoRA's A (16 rows × 64, 2 KiB), and each
 // consumer accumulates its rows of U = x·Aᵀ with one wgmma m64n16k16 beside each m64n256k16 (1/16
 // more tensor work, no pre-pass launch and no second read of x); after the last K tile it writes
 // s·U in T into its own rows of the stage holding L and runs one more k16 step against L. U
@@ -624,9 +624,9 @@ struct Gemm90Params {
   int ru;  // the pre-pass's padded rank (a multiple of 64; 0 without it)
   float alpha;
   int c16;    // C in T (the mixed-precision path), not f32
-  int fuse;   // LoRA fused (rank ≤ V7_RF): set for the `_lora_` kernels
   int rank;   // fused: LoRA's rank
   float scale;  // fused: LoRA's s
+  int pad;
 };
 constexpr int V7_BM = 128, V7_BN = 256, V7_BK = 64, V7_STAGES = 4, V7_RF = 16;
 constexpr int V7_A = V7_BM * V7_BK * 2, V7_B = V7_BN * V7_BK * 2, V7_LA = V7_RF * V7_BK * 2;
@@ -636,7 +636,7 @@ static_assert(V7_STAGE % 1024 == 0, "each stage's tiles start on the swizzle's 1
 constexpr int V7_SMEM = V7_STAGES * V7_STAGE + 2 * V7_STAGES * 8 + 1024;
 static_assert(V7_SMEM <= 227 * 1024, "v7's ring exceeds what an sm_90 block may opt in to");
 
-// FUSE: the fused-LoRA kernel (`gemm_v7_tma_wgmma_lora_*`; `p.fuse` set). A kernel of its own,
+// FUSE: the fused-LoRA kernel (`gemm_v7_tma_wgmma_lora_*`). A kernel of its own,
 // so that the plain product's loop carries no U work and each kernel's SASS main loop is what its
 // runs execute (the profiler reads trips off it).
 template <class T, bool FUSE>
@@ -650,8 +650,7 @@ __device__ __forceinline__ void gemm_v7(const Gemm90Params& p) {
   int tm, tn;
   v6_raster(tm, tn);
   const int bm = tm * V7_BM, bn = tn * V7_BN;
-  constexpr bool fuse = FUSE;
-  const int nmain = (p.k + V7_BK - 1) / V7_BK, tiles = nmain + (fuse ? 1 : p.ru / V7_BK);
+  const int nmain = (p.k + V7_BK - 1) / V7_BK, tiles = nmain + (FUSE ? 1 : p.ru / V7_BK);
   if (tid == 0) {
     for (int s = 0; s < V7_STAGES; ++s) {
       mbar_init(&full[s], 1);
@@ -667,11 +666,11 @@ __device__ __forceinline__ void gemm_v7(const Gemm90Params& p) {
       if (t >= V7_STAGES) mbar_wait(&empty[s], (t / V7_STAGES - 1) & 1);
       unsigned char* st = smem + s * V7_STAGE;
       if (t < nmain) {
-        mbar_arrive_expect_tx(&full[s], fuse ? V7_STAGE : V7_A + V7_B);
+        mbar_arrive_expect_tx(&full[s], FUSE ? V7_STAGE : V7_A + V7_B);
         tma_load_2d(st, &p.ta, t * V7_BK, bm, &full[s]);
         tma_load_2d(st + V7_A, &p.tb, t * V7_BK, bn, &full[s]);
-        if (fuse) tma_load_2d(st + V7_A + V7_B, &p.tu, t * V7_BK, 0, &full[s]);
-      } else if (fuse) {
+        if (FUSE) tma_load_2d(st + V7_A + V7_B, &p.tu, t * V7_BK, 0, &full[s]);
+      } else if (FUSE) {
         // L only: the consumers write s·U into the A tile themselves.
         mbar_arrive_expect_tx(&full[s], V7_B);
         tma_load_2d(st + V7_A, &p.tl, 0, bn, &full[s]);
@@ -692,7 +691,7 @@ __device__ __forceinline__ void gemm_v7(const Gemm90Params& p) {
   for (int i = 0; i < 128; ++i) acc[i] = 0.f;
   KILN_UNROLL
   for (int i = 0; i < 8; ++i) accu[i] = 0.f;
-  const int loop = fuse ? nmain : tiles;
+  const int loop = FUSE ? nmain : tiles;
   for (int t = 0; t < loop; ++t) {
     const int s = t % V7_STAGES;
     mbar_wait(&full[s], (t / V7_STAGES) & 1);

@@ -149,11 +149,11 @@ pub struct Gemm90Params {
     pub alpha: f32,
     /// C in the operands' 16-bit type (the mixed-precision path), not f32.
     pub c16: i32,
-    /// LoRA fused (rank ≤ 16): `tu` maps LoRA's A, `tl` its B, both packed with the rank padded
-    /// to 16.
-    pub fuse: i32,
+    /// The fused LoRA's rank (≤ 16; the `_lora_` kernels: `tu` maps LoRA's A, `tl` its B, packed
+    /// with the rank padded to 16) and scale.
     pub rank: i32,
     pub scale: f32,
+    pub pad: i32,
 }
 
 /// `kernels/matmul_pack.cu` `TransposeParams` (the 16-bit transpose of v7's dx weight).

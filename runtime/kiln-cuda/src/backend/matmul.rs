@@ -501,7 +501,7 @@ fn gemm_v7(be: &KernelBackend, p: &GemmParams, b_type: DType, packed: Option<u64
             [(f.a, (k as i64, 1), (f.rank, k, V7_FUSED_RANK, k8)), (f.b, (f.rank as i64, 1), (n, f.rank, n, 64))],
         )?;
         (q.tu, q.tl) = (map(a16.ptr, k, V7_FUSED_RANK, k8, V7_FUSED_RANK as u32)?, map(l16.ptr, 64, n, 64, 256)?);
-        (q.fuse, q.rank, q.scale, q.u_out) = (1, f.rank as i32, f.scale, f.u_out);
+        (q.rank, q.scale, q.u_out) = (f.rank as i32, f.scale, f.u_out);
         lora = Some((a16, l16));
     } else if p.lora_u != 0 && p.rank > 0 {
         let ru = (p.rank as usize).next_multiple_of(64);
@@ -510,7 +510,7 @@ fn gemm_v7(be: &KernelBackend, p: &GemmParams, b_type: DType, packed: Option<u64
         lora = Some((u16, l16));
     }
     be.exec.launch(
-        &format!("gemm_v7_tma_wgmma_{}{ty}", if q.fuse != 0 { "lora_" } else { "" }),
+        &format!("gemm_v7_tma_wgmma_{}{ty}", if io.fuse.is_some() { "lora_" } else { "" }),
         shape(GemmVariant::V7, p.m as u32, p.n as u32),
         bytemuck::bytes_of(&q),
     )?;
