@@ -14,7 +14,8 @@
 // query row; `attn_bwd_dq` — a warp per query row — dq = scale·Σ_j P(dP − δ)·k_j;
 // `attn_bwd_dkv` — a warp per (b, j, kv head) key row — sums over the queries and the heads
 // sharing that kv head: dk = scale·Σ P(dP − δ)·q, dv = Σ P·dO. Each output has one writer.
-// v2 (below): the forward on tensor cores, FlashAttention-2's tiling.
+// v3 (below): forward and backward on tensor cores with FlashAttention-2's structure, reading
+// 16-bit Q, K, V, O and dO as they are.
 #include "common.cuh"
 
 // Mirrored by `AttnParams` in runtime/kiln-cuda/src/kernels.rs.
@@ -35,7 +36,7 @@ struct AttnParams {
   float scale;
   int window;     // sliding window in keys; 0: none
   float softcap;  // logit soft-cap; 0: none
-  int pad;
+  int vec;        // v3: rows 16-byte aligned and D a multiple of 8 (cp.async loads)
 };
 
 constexpr int ATT_DL = 8;  // columns per lane: D ≤ 256
@@ -230,313 +231,576 @@ KILN_KERNEL_LB(attn_bwd_dkv_f32, AttnParams, 128) {
   }
 }
 
-// ---- v2: the FlashAttention-2 forward on tensor cores (bf16 mma.m16n8k16, f32 accumulators) ----
-// A CTA of 4 warps takes 64 query rows of one (b, head), 16 rows a warp. Q, rounded to bf16,
-// stays in shared memory; K and V pass through it 32 keys at a time (V transposed, so both
-// products take their B fragments with plain ldmatrix). S = Q·Kᵀ on tensor cores, then masked
-// (causal, window, segments), scaled and soft-capped in f32; the online softmax runs per row (a row's 4 threads
-// combine through two shuffles); P is rounded to bf16 straight from the accumulator registers
-// into the A fragments of O += P·V, as FlashAttention-2 does. Head dims up to 128 (zero-padded
-// to a multiple of 16); the key loop starts at the tile whose keys the tile's first query's
-// window reaches and ends at the tile's last query (causal).
-constexpr int AV2_BQ = 64, AV2_BK = 32, AV2_DMAX = 128, AV2_LDQ = AV2_DMAX + 8, AV2_LDV = AV2_BK + 8;
-constexpr float AV2_MASKED = -1.0e30f;
+// ---- v3: the FlashAttention-2 forward, 16-bit Q, K, V read as they are (mma.m16n8k16) ----
+// A CTA of 8 warps takes 128 query rows of one (b, head), 16 rows a warp; the head dim is
+// zero-padded to a multiple of 16, at most 128. Dynamic shared memory holds two stages of a
+// 64-key K tile and V tile (16 KiB each), rows of 256 bytes whose 16-byte chunks are XOR-swizzled
+// by the row's low three bits, so the 8 rows of each ldmatrix phase hit 8 distinct bank groups.
+// Q passes once through the second stage into registers (the A fragments of every k-step) before
+// the keys start. Tiles arrive by 16-byte cp.async, zero-filled past the sequence and the head
+// dim, while the previous tile is computed: one barrier a tile. Scores go to base 2 (log2(e)
+// folded into the scale) for exp2f. A warp skips a tile none of its rows sees (causal, window)
+// and takes a tile all its rows see whole with no per-element test; elsewhere each score is
+// masked (causal, window, the keys' end, and segments: the keys' ids staged with the tile, the
+// rows' held in registers). P is rounded to T from the accumulators into the A fragments of
+// O += P·V; V's B fragments come from its row-major tile by ldmatrix.trans. Head dims that are
+// not a multiple of 8, or tensors not 16-byte aligned, take plain loads into the same layout
+// (`p.vec` = 0). Query tiles run longest first (causal: the last tiles see the most keys).
+constexpr int AV3_BQ = 128, AV3_BK = 64, AV3_D = 128, AV3_THREADS = 256;
+constexpr int AV3_TILE = AV3_BK * AV3_D;  // 16-bit elements of one K or V tile
+// Bytes of dynamic shared memory (`ATTN_V3_SMEM` in runtime/kiln-cuda/src/backend/attention.rs):
+// two stages of K and V, then each stage's 64 key segment ids.
+constexpr int AV3_SMEM = 2 * 2 * AV3_TILE * 2 + 2 * AV3_BK * 4;
+constexpr float AV3_LOG2E = 1.4426950408889634f, AV3_LN2 = 0.6931471805599453f;
 
-// Stores row half r (0: row g, 1: row g + 8) of accumulator tiles over D (eight columns a tile;
-// this thread's columns 2·t4, 2·t4 + 1 of each) into the row at `dst`, times `scale`.
-__device__ __forceinline__ void av2_store_row(float* dst, const float (&acc)[AV2_DMAX / 8][4], int r, int t4, int d,
-                                              float scale) {
-  KILN_UNROLL
-  for (int dt = 0; dt < AV2_DMAX / 8; ++dt) {
-    const int c = dt * 8 + 2 * t4;
-    if (c < d) dst[c] = acc[dt][2 * r] * scale;
-    if (c + 1 < d) dst[c + 1] = acc[dt][2 * r + 1] * scale;
+// Offset of element (row, col) of a swizzled tile (128 columns a row).
+__device__ __forceinline__ int av3_sw(int row, int col) {
+  return row * AV3_D + ((((col >> 3) ^ row) & 7) | (col >> 3 & 8)) * 8 + (col & 7);
+}
+
+// Rows [r0, r0 + R) of a tensor whose row r starts at base + r·stride, columns [0, dp), into a
+// swizzled tile: zero past `rows` and `d`. cp.async when `vec`, plain stores otherwise.
+template <class T, int R, int NT = AV3_THREADS>
+__device__ __forceinline__ void av3_stage(unsigned short* tile, const T* base, i64 stride, int r0, int rows,
+                                          int d, int dp, bool vec) {
+  const int tid = threadIdx.x;
+  if (vec) {
+    KILN_UNROLL
+    for (int i = 0; i < R * 16 / NT; ++i) {
+      const int e = tid + i * NT, r = e >> 4, c = (e & 15) * 8;
+      if (c < dp) {
+        const bool in = r0 + r < rows && c < d;
+        cp_async_16_zfill(tile + av3_sw(r, c), in ? base + (r0 + r) * stride + c : base, in);
+      }
+    }
+  } else {
+    for (int e = tid; e < R * AV3_D; e += NT) {
+      const int r = e >> 7, c = e & 127;
+      if (c < dp) {
+        const bool in = r0 + r < rows && c < d;
+        tile[av3_sw(r, c)] = in ? bits16(base[(r0 + r) * stride + c]) : (unsigned short)0;
+      }
+    }
   }
 }
 
-// acc[16 × D] += a · Mt[0..D)[k0..k0+16)ᵀ: the 16×16 A fragment `a` against an operand staged
-// transposed (Mt's rows are the output's columns over D), two output tiles a load.
-template <int LD>
-__device__ __forceinline__ void av2_mma_over_d(float (&acc)[AV2_DMAX / 8][4], const u32 a[4],
-                                               const unsigned short (*Mt)[LD], int k0, int dp) {
-  KILN_UNROLL
-  for (int dn = 0; dn < AV2_DMAX / 16; ++dn)
-    if (dn * 16 < dp) {
-      u32 b0[2], b1[2];
-      ldmatrix_b2(b0, b1, Mt, dn * 16, k0);
-      mma_16816(acc[2 * dn], a, b0, bf16());
-      mma_16816(acc[2 * dn + 1], a, b1, bf16());
-    }
+// Whether absolute query i sees key j (both in range), their segment ids si and sj.
+__device__ __forceinline__ bool av3_sees(const AttnParams& p, int i, int j, int si, int sj) {
+  if (j > i || (p.window > 0 && i - j >= p.window)) return false;
+  return !p.has_seg || si == sj ||
+         (p.shared_prefix && si >= 0 && sj >= 0 && (sj & 3) == 0 && (sj >> 2) == (si >> 2));
+}
+// Queries [i0, i1] and keys [j0, j1] (absolute): no pair visible (causal, window), or every
+// pair visible with no segments (the caller checks that both lie in range).
+__device__ __forceinline__ bool av3_none(const AttnParams& p, int i0, int i1, int j0, int j1) {
+  return i1 < i0 || j0 > i1 || (p.window > 0 && j1 <= i0 - p.window);
+}
+__device__ __forceinline__ bool av3_whole(const AttnParams& p, int i0, int i1, int j0, int j1) {
+  return !p.has_seg && j1 <= i0 && (p.window == 0 || i1 - j0 < p.window);
 }
 
-KILN_KERNEL_LB(attn_fwd_v2_mma, AttnParams, 128) {
-  __shared__ __align__(16) unsigned short Qs[AV2_BQ][AV2_LDQ];
-  __shared__ __align__(16) unsigned short Ks[AV2_BK][AV2_LDQ];
-  __shared__ __align__(16) unsigned short Vt[AV2_DMAX][AV2_LDV];
+// Two outputs of one row into OT (one 8-byte or 4-byte store when `pair`).
+__device__ __forceinline__ void av3_put(float* dst, float a, float b, bool pair, bool second) {
+  if (pair) {
+    store_f32x2(dst, a, b);
+  } else {
+    dst[0] = a;
+    if (second) dst[1] = b;
+  }
+}
+template <class T>
+__device__ __forceinline__ void av3_put(T* dst, float a, float b, bool pair, bool second) {
+  if (pair) {
+    *reinterpret_cast<u32*>(dst) = pack2(from_f32<T>(a), from_f32<T>(b));
+  } else {
+    dst[0] = from_f32<T>(a);
+    if (second) dst[1] = from_f32<T>(b);
+  }
+}
+
+template <class T, class OT>
+__device__ __forceinline__ void attn_fwd_v3(const AttnParams& p) {
+  unsigned short* sm = reinterpret_cast<unsigned short*>(dyn_smem());
+  int* kseg = reinterpret_cast<int*>(sm + 4 * AV3_TILE);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
   const int b = blockIdx.y / p.hq, h = blockIdx.y % p.hq, kvh = h / (p.hq / p.hkv);
-  const int q0 = blockIdx.x * AV2_BQ;
-  const int dp = (p.d + 15) / 16 * 16, ksteps = dp / 16;
-  for (int e = tid; e < AV2_BQ * dp; e += 128) {
-    const int r = e / dp, c = e % dp, iq = q0 + r;
-    const float x = iq < p.t && c < p.d ? p.q[attn_qrow(p, b, iq, h) + c] : 0.f;
-    Qs[r][c] = bits16(from_f32<bf16>(x));
-  }
-  float o[AV2_DMAX / 8][4] = {};
-  float m[2] = {-3.0e38f, -3.0e38f}, l[2] = {0.f, 0.f};
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * AV3_BQ;
+  const int dp = (p.d + 15) & ~15, ksteps = dp >> 4;
+  const bool vec = p.vec != 0;
+  const T* qb = reinterpret_cast<const T*>(p.q) + (i64(b) * p.t * p.hq + h) * p.d;
+  const i64 kvoff = (i64(b) * p.tk * p.hkv + kvh) * p.d;
+  const T* kb = reinterpret_cast<const T*>(p.k) + kvoff;
+  const T* vb = reinterpret_cast<const T*>(p.v) + kvoff;
+  const i64 qstride = i64(p.hq) * p.d, kstride = i64(p.hkv) * p.d;
   // Query row iq sits at absolute position iq + shift (decoding with a cache: Tk > T).
-  const int shift = p.tk - p.t;
-  const int last = (q0 + AV2_BQ < p.t ? q0 + AV2_BQ : p.t) - 1 + shift;
-  for (int k0 = attn_first(p, q0 + shift) / AV2_BK * AV2_BK; k0 <= last && k0 < p.tk; k0 += AV2_BK) {
-    __syncthreads();  // the previous K/V tiles are consumed (and, the first time, Q is written)
-    for (int e = tid; e < AV2_BK * dp; e += 128) {
-      const int r = e / dp, c = e % dp, j = k0 + r;
-      const bool in = j < p.tk && c < p.d;
-      const i64 kb = attn_krow(p, b, in ? j : 0, kvh) + c;
-      Ks[r][c] = bits16(from_f32<bf16>(in ? p.k[kb] : 0.f));
-      Vt[c][r] = bits16(from_f32<bf16>(in ? p.v[kb] : 0.f));
+  const int shift = p.tk - p.t, rlo = q0 + warp * 16;
+  const int kfirst = attn_first(p, q0 + shift) / AV3_BK * AV3_BK;
+  const int kend = imin(imin(q0 + AV3_BQ, p.t) + shift, p.tk);
+  const int ntiles = (kend - kfirst + AV3_BK - 1) / AV3_BK;
+  // This warp's rows (absolute positions; r1 < r0 when all lie past T) and their segment ids.
+  const int r0 = rlo + shift, r1 = imin(rlo + 15, p.t - 1) + shift;
+  int qseg[2] = {0, 0};
+  if (p.has_seg) {
+    KILN_UNROLL
+    for (int r = 0; r < 2; ++r) {
+      const int iq = rlo + g + 8 * r;
+      qseg[r] = iq < p.t ? p.seg[i64(b) * p.t + iq] : -1;
     }
-    __syncthreads();
-    // S: this warp's 16 rows × 32 keys, four n-tiles of 8 keys.
-    float s[4][4] = {};
-    for (int ks = 0; ks < ksteps; ++ks) {
-      u32 af[4];
-      ldmatrix_a(af, Qs, warp * 16, ks * 16);
-      KILN_UNROLL
-      for (int nj = 0; nj < 2; ++nj) {
-        u32 b0[2], b1[2];
-        ldmatrix_b2(b0, b1, Ks, nj * 16, ks * 16);
-        mma_16816(s[2 * nj], af, b0, bf16());
-        mma_16816(s[2 * nj + 1], af, b1, bf16());
+  }
+  // K, V and the keys' segment ids of the tile at k0 into stage st.
+  auto load_kv = [&](int st, int k0) {
+    av3_stage<T, AV3_BK>(sm + 2 * st * AV3_TILE, kb, kstride, k0, p.tk, p.d, dp, vec);
+    av3_stage<T, AV3_BK>(sm + (2 * st + 1) * AV3_TILE, vb, kstride, k0, p.tk, p.d, dp, vec);
+    if (p.has_seg && tid < AV3_BK) kseg[st * AV3_BK + tid] = k0 + tid < p.tk ? p.seg[i64(b) * p.t + k0 + tid] : -2;
+  };
+  unsigned short* qs = sm + 2 * AV3_TILE;
+  av3_stage<T, AV3_BQ>(qs, qb, qstride, q0, p.t, p.d, dp, vec);
+  load_kv(0, kfirst);
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+  u32 qf[AV3_D / 16][4];
+  KILN_UNROLL
+  for (int ks = 0; ks < AV3_D / 16; ++ks)
+    if (ks < ksteps) ldmatrix_x4(qf[ks], qs + av3_sw(warp * 16 + (lane & 15), ks * 16 + (lane >> 4) * 8));
+  __syncthreads();  // Q's stage is free for the second tile
+
+  float o[AV3_D / 8][4] = {};
+  const float ninf = __uint_as_float(0xff800000u);
+  float m[2] = {ninf, ninf}, l[2] = {0.f, 0.f};
+  const float sl2 = p.scale * AV3_LOG2E;
+  for (int it = 0; it < ntiles; ++it) {
+    const int k0 = kfirst + it * AV3_BK, st = it & 1;
+    if (it > 0) {
+      cp_async_wait<0>();
+      __syncthreads();  // tile it landed; every warp is done with the other stage
+    }
+    if (it + 1 < ntiles) {
+      load_kv(st ^ 1, k0 + AV3_BK);
+      cp_async_commit();
+    }
+    // No row of this warp sees the tile: all its keys come after the rows, or before every
+    // row's window (or the rows lie past T).
+    if (av3_none(p, r0, r1, k0, k0 + AV3_BK - 1)) continue;
+    const unsigned short* kt = sm + 2 * st * AV3_TILE;
+    const unsigned short* vt = kt + AV3_TILE;
+    // Every row sees every key of the tile: no per-element test.
+    const bool whole = k0 + AV3_BK <= p.tk && av3_whole(p, r0, r1, k0, k0 + AV3_BK - 1);
+    float s[AV3_BK / 8][4] = {};
+    KILN_UNROLL
+    for (int ks = 0; ks < AV3_D / 16; ++ks) {
+      if (ks < ksteps) {
+        KILN_UNROLL
+        for (int nj = 0; nj < AV3_BK / 16; ++nj) {
+          u32 r[4];
+          ldmatrix_x4(r, kt + av3_sw(nj * 16 + (lane >> 4) * 8 + (lane & 7), ks * 16 + ((lane >> 3) & 1) * 8));
+          const u32 b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+          mma_16816(s[2 * nj], qf[ks], b0, T());
+          mma_16816(s[2 * nj + 1], qf[ks], b1, T());
+        }
       }
     }
     // This thread holds rows g (registers 0, 1) and g + 8 (2, 3), keys 8nt + 2·t4 + {0, 1}.
-    float mx[2] = {-3.0e38f, -3.0e38f};
-    KILN_UNROLL
-    for (int nt = 0; nt < 4; ++nt)
+    float mx[2] = {ninf, ninf};
+    if (whole && p.softcap <= 0.f) {
       KILN_UNROLL
-      for (int e = 0; e < 4; ++e) {
-        const int iq = q0 + warp * 16 + g + 8 * (e >> 1), j = k0 + nt * 8 + 2 * t4 + (e & 1);
-        const bool ok = iq < p.t && j < p.tk && attn_visible(p, b, iq + shift, j);
-        float dcap;
-        s[nt][e] = ok ? attn_cap(p, s[nt][e] * p.scale, &dcap) : AV2_MASKED;
-        mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
-      }
-    float corr[2];
+      for (int nt = 0; nt < AV3_BK / 8; ++nt)
+        KILN_UNROLL
+        for (int e = 0; e < 4; ++e) {
+          s[nt][e] *= sl2;
+          mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
+        }
+    } else {
+      const int* sg = kseg + st * AV3_BK;
+      KILN_UNROLL
+      for (int nt = 0; nt < AV3_BK / 8; ++nt)
+        KILN_UNROLL
+        for (int e = 0; e < 4; ++e) {
+          const int i = r0 + g + 8 * (e >> 1), jj = nt * 8 + 2 * t4 + (e & 1), j = k0 + jj;
+          const bool ok = whole || (j < p.tk && av3_sees(p, i, j, qseg[e >> 1], sg[jj]));
+          float dcap;
+          s[nt][e] = ok ? attn_cap(p, s[nt][e] * p.scale, &dcap) * AV3_LOG2E : ninf;
+          mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
+        }
+    }
+    // The online softmax; a row that has seen no key yet keeps m = −∞ and takes 0 as its base.
+    float base[2];
     KILN_UNROLL
     for (int r = 0; r < 2; ++r) {
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
       const float mn = fmaxf(m[r], mx[r]);
-      corr[r] = expf(m[r] - mn);
+      base[r] = mn == ninf ? 0.f : mn;
+      const float corr = exp2f(m[r] - base[r]);
       m[r] = mn;
-      l[r] *= corr[r];
+      l[r] *= corr;
+      KILN_UNROLL
+      for (int dt = 0; dt < AV3_D / 8; ++dt) {
+        o[dt][2 * r] *= corr;
+        o[dt][2 * r + 1] *= corr;
+      }
     }
-    // P into A fragments: k-step kk covers n-tiles 2kk (registers a0 row g, a1 row g+8) and
-    // 2kk + 1 (a2, a3).
-    u32 pa[2][4];
+    // P into A fragments: key step kk covers n-tiles 2kk (a0 row g, a1 row g + 8) and 2kk + 1.
+    u32 pa[AV3_BK / 16][4];
     KILN_UNROLL
-    for (int nt = 0; nt < 4; ++nt) {
+    for (int nt = 0; nt < AV3_BK / 8; ++nt) {
       float pv[4];
       KILN_UNROLL
       for (int e = 0; e < 4; ++e) {
-        pv[e] = s[nt][e] > AV2_MASKED ? expf(s[nt][e] - m[e >> 1]) : 0.f;
+        pv[e] = exp2f(s[nt][e] - base[e >> 1]);
         l[e >> 1] += pv[e];
       }
-      pa[nt / 2][(nt % 2) * 2] = pack2(from_f32<bf16>(pv[0]), from_f32<bf16>(pv[1]));
-      pa[nt / 2][(nt % 2) * 2 + 1] = pack2(from_f32<bf16>(pv[2]), from_f32<bf16>(pv[3]));
+      pa[nt / 2][(nt % 2) * 2] = pack2(from_f32<T>(pv[0]), from_f32<T>(pv[1]));
+      pa[nt / 2][(nt % 2) * 2 + 1] = pack2(from_f32<T>(pv[2]), from_f32<T>(pv[3]));
     }
     KILN_UNROLL
-    for (int dt = 0; dt < AV2_DMAX / 8; ++dt)
+    for (int kk = 0; kk < AV3_BK / 16; ++kk)
       KILN_UNROLL
-      for (int e = 0; e < 4; ++e) o[dt][e] *= corr[e >> 1];
-    KILN_UNROLL
-    for (int kk = 0; kk < 2; ++kk) av2_mma_over_d(o, pa[kk], Vt, kk * 16, dp);
+      for (int dn = 0; dn < AV3_D / 16; ++dn)
+        if (dn < ksteps) {
+          u32 r[4];
+          ldmatrix_x4_trans(r, vt + av3_sw(kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7), dn * 16 + (lane >> 4) * 8));
+          const u32 b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+          mma_16816(o[2 * dn], pa[kk], b0, T());
+          mma_16816(o[2 * dn + 1], pa[kk], b1, T());
+        }
   }
   KILN_UNROLL
   for (int r = 0; r < 2; ++r) {
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
   }
+  OT* out = reinterpret_cast<OT*>(p.out0);
+  const bool pairs = (p.d & 1) == 0;
   KILN_UNROLL
   for (int r = 0; r < 2; ++r) {
-    const int iq = q0 + warp * 16 + g + 8 * r;
+    const int iq = rlo + g + 8 * r;
     if (iq < p.t) {
-      const i64 row = attn_qrow(p, b, iq, h);
-      av2_store_row(p.out0 + row, o, r, t4, p.d, 1.f / l[r]);
-      if (t4 == 0) p.out1[row / p.d] = m[r] + logf(l[r]);
+      const i64 row = (i64(b) * p.t + iq) * p.hq + h;
+      const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+      KILN_UNROLL
+      for (int dt = 0; dt < AV3_D / 8; ++dt) {
+        const int c = dt * 8 + 2 * t4;
+        if (c < p.d) av3_put(out + row * p.d + c, o[dt][2 * r] * inv, o[dt][2 * r + 1] * inv, pairs, c + 1 < p.d);
+      }
+      if (t4 == 0) p.out1[row] = (m[r] + log2f(l[r])) * AV3_LN2;
     }
   }
 }
 
-// ---- v2 backward on tensor cores (FlashAttention-2's algebra; P recomputed from lse) ----
-// Two kernels, so that every output has one writer and no atomics are needed:
-// `attn_bwd_dq_v2_mma` — a CTA of 2 warps takes 32 query rows of one (b, head) and walks the key
-// tiles like the forward: S = Q·Kᵀ and dP = dO·Vᵀ on tensor cores, dS = P∘(dP − δ)·scale in
-// registers, rounded to bf16 into A fragments, dQ += dS·K;
-// `attn_bwd_dkv_v2_mma` — a CTA of 2 warps takes 32 keys of one (b, kv head) and walks the
-// query tiles (16 queries) of every head sharing it: Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ, then
-// dV += Pᵀ·dO and dK += dSᵀ·Q, the key rows' accumulators in registers.
-// Operands whose reduction runs over keys or queries are staged transposed (Kt, Qt, dOt) so
-// every B fragment is a plain ldmatrix. δ = dO·O comes from `attn_delta_f32`.
-constexpr int AB_BQ = 32, AB_BK = 32, AB_QT = 16, AB_LDT = AB_BK + 8, AB_LDQT = AB_QT + 8;
+KILN_KERNEL_LB(attn_fwd_v3_mma_bf16, AttnParams, AV3_THREADS) { attn_fwd_v3<bf16, bf16>(p); }
+KILN_KERNEL_LB(attn_fwd_v3_mma_f16, AttnParams, AV3_THREADS) { attn_fwd_v3<f16, f16>(p); }
+// f32 activations: Q, K, V rounded to bf16 by the caller, the output kept in f32.
+KILN_KERNEL_LB(attn_fwd_v3_mma_bf16_f32, AttnParams, AV3_THREADS) { attn_fwd_v3<bf16, float>(p); }
 
-// Stages rows r0.. of a [rows, D] tensor (f32, row i at base(i)) as bf16 into S[r][c] and, when
-// T is given, transposed into T[c][r]; zero past `rows` and D.
-template <int R, int LD, int LDT>
-__device__ __forceinline__ void attn_stage(unsigned short (*S)[LD], unsigned short (*Tr)[LDT], const float* src,
-                                           const AttnParams& p, int b, int r0, int nrows, int head, bool is_q,
-                                           int dp) {
-  for (int e = threadIdx.x; e < R * dp; e += blockDim.x) {
-    const int r = e / dp, c = e % dp, i = r0 + r;
-    const bool in = i < nrows && c < p.d;
-    const i64 at = (is_q ? attn_qrow(p, b, in ? i : 0, head) : attn_krow(p, b, in ? i : 0, head)) + c;
-    const unsigned short v = bits16(from_f32<bf16>(in ? src[at] : 0.f));
-    if (S) S[r][c] = v;
-    if (Tr) Tr[c][r] = v;
+// ---- v3 backward: FlashAttention-2's algebra on tensor cores, 16-bit operands as they are ----
+// Two kernels, so that every output has one writer: no atomics, the same bits on every run.
+// `attn_bwd_dq_v3_*`: a CTA of 4 warps takes 64 query rows of one (b, head), 16 a warp, forms
+// δ = dO·O for them (written for the second kernel), then walks the key tiles as the forward
+// does (64 keys, two cp.async stages): S = Q·Kᵀ and dP = dO·Vᵀ, P = exp2(S·scale·log2 e −
+// lse·log2 e), dS = P∘(dP − δ)·scale rounded into A fragments, dQ += dS·K.
+// `attn_bwd_dkv_v3_*`: a CTA of 4 warps takes 64 keys of one (b, kv head), 16 a warp, and walks
+// the 64-query tiles of every head sharing it (two stages of Q, dO, lse, δ and segment ids):
+// Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ in 32-query halves, then dV += Pᵀ·dO and dK += dSᵀ·Q, Pᵀ and dSᵀ
+// going from the accumulators straight into A fragments. Seven products per score against
+// FlashAttention-2's five (it adds dQ up with atomics): the price of determinism. Masks, skips
+// and the whole-tile fast path as in the forward; rows past T get lse = +∞, so P = 0.
+constexpr int AB3_B = 64, AB3_THREADS = 128, AB3_TILE = AB3_B * AV3_D;
+// Dynamic shared memory (`ATTN_V3_DQ_SMEM`, `ATTN_V3_DKV_SMEM` in backend/attention.rs).
+constexpr int AB3_DQ_SMEM = 6 * AB3_TILE * 2 + 2 * AB3_B * 4;
+constexpr int AB3_DKV_SMEM = 6 * AB3_TILE * 2 + 2 * 3 * AB3_B * 4;
+
+// The A fragment of rows r0.. of a swizzled tile at column k0, and the B fragments of two
+// n-tiles: rows n0.. of the tile (keys against a row-major operand's d), or with `trans` rows
+// k0.. as k and columns n0.. as n.
+__device__ __forceinline__ void av3_lda(u32 a[4], const unsigned short* tile, int r0, int k0) {
+  const int lane = lane_id();
+  ldmatrix_x4(a, tile + av3_sw(r0 + (lane & 15), k0 + (lane >> 4) * 8));
+}
+__device__ __forceinline__ void av3_ldb(u32 b0[2], u32 b1[2], const unsigned short* tile, int n0, int k0) {
+  const int lane = lane_id();
+  u32 r[4];
+  ldmatrix_x4(r, tile + av3_sw(n0 + (lane >> 4) * 8 + (lane & 7), k0 + ((lane >> 3) & 1) * 8));
+  b0[0] = r[0], b0[1] = r[1], b1[0] = r[2], b1[1] = r[3];
+}
+__device__ __forceinline__ void av3_ldbt(u32 b0[2], u32 b1[2], const unsigned short* tile, int k0, int n0) {
+  const int lane = lane_id();
+  u32 r[4];
+  ldmatrix_x4_trans(r, tile + av3_sw(k0 + ((lane >> 3) & 1) * 8 + (lane & 7), n0 + (lane >> 4) * 8));
+  b0[0] = r[0], b0[1] = r[1], b1[0] = r[2], b1[1] = r[3];
+}
+// acc[16 × D] += a · tile[k0..k0+16)[0..D): the A fragment against a row-major tile.
+template <class T>
+__device__ __forceinline__ void av3_mma_d(float (&acc)[AV3_D / 8][4], const u32 a[4], const unsigned short* tile,
+                                          int k0, int ksteps) {
+  KILN_UNROLL
+  for (int dn = 0; dn < AV3_D / 16; ++dn)
+    if (dn < ksteps) {
+      u32 b0[2], b1[2];
+      av3_ldbt(b0, b1, tile, k0, dn * 16);
+      mma_16816(acc[2 * dn], a, b0, T());
+      mma_16816(acc[2 * dn + 1], a, b1, T());
+    }
+}
+// Row half r of accumulators over D, times `scale`, into the row at dst.
+template <class OT>
+__device__ __forceinline__ void av3_store(OT* dst, const float (&acc)[AV3_D / 8][4], int r, int d, float scale) {
+  const int t4 = lane_id() & 3;
+  KILN_UNROLL
+  for (int dt = 0; dt < AV3_D / 8; ++dt) {
+    const int c = dt * 8 + 2 * t4;
+    if (c < d) av3_put(dst + c, acc[dt][2 * r] * scale, acc[dt][2 * r + 1] * scale, (d & 1) == 0, c + 1 < d);
   }
 }
+// P (and dS, from dP, δ and the scale) of one score: s the raw product, l2 = lse·log2 e.
+__device__ __forceinline__ float av3_p(const AttnParams& p, float s, float l2, bool ok, bool plain, float* dcap) {
+  if (plain) {
+    *dcap = 1.f;
+    return ok ? exp2f(s * (p.scale * AV3_LOG2E) - l2) : 0.f;
+  }
+  *dcap = 0.f;
+  return ok ? exp2f(attn_cap(p, s * p.scale, dcap) * AV3_LOG2E - l2) : 0.f;
+}
 
-KILN_KERNEL_LB(attn_bwd_dq_v2_mma, AttnParams, 64) {
-  __shared__ __align__(16) unsigned short Qs[AB_BQ][AV2_LDQ];
-  __shared__ __align__(16) unsigned short dOs[AB_BQ][AV2_LDQ];
-  __shared__ __align__(16) unsigned short Ks[AB_BK][AV2_LDQ];
-  __shared__ __align__(16) unsigned short Vs[AB_BK][AV2_LDQ];
-  __shared__ __align__(16) unsigned short Kt[AV2_DMAX][AB_LDT];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
+template <class T, class OT>
+__device__ __forceinline__ void attn_bwd_dq_v3(const AttnParams& p) {
+  unsigned short* sm = reinterpret_cast<unsigned short*>(dyn_smem());
+  unsigned short *qs = sm, *ds = sm + AB3_TILE;  // Q, dO; then two stages of K, V
+  int* kseg = reinterpret_cast<int*>(sm + 6 * AB3_TILE);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2;
   const int b = blockIdx.y / p.hq, h = blockIdx.y % p.hq, kvh = h / (p.hq / p.hkv);
-  const int q0 = blockIdx.x * AB_BQ;
-  const int dp = (p.d + 15) / 16 * 16, ksteps = dp / 16;
-  attn_stage<AB_BQ, AV2_LDQ, AB_LDT>(Qs, nullptr, p.q, p, b, q0, p.t, h, true, dp);
-  attn_stage<AB_BQ, AV2_LDQ, AB_LDT>(dOs, nullptr, p.d_o, p, b, q0, p.t, h, true, dp);
-  float lse[2], dlt[2];
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * AB3_B, rlo = q0 + warp * 16;
+  const int dp = (p.d + 15) & ~15, ksteps = dp >> 4;
+  const bool vec = p.vec != 0;
+  const i64 qoff = (i64(b) * p.t * p.hq + h) * p.d, kvoff = (i64(b) * p.tk * p.hkv + kvh) * p.d;
+  const i64 qstride = i64(p.hq) * p.d, kstride = i64(p.hkv) * p.d;
+  const T* kb = reinterpret_cast<const T*>(p.k) + kvoff;
+  const T* vb = reinterpret_cast<const T*>(p.v) + kvoff;
+  const int kfirst = attn_first(p, q0) / AB3_B * AB3_B, kend = imin(q0 + AB3_B, p.t);
+  const int ntiles = (kend - kfirst + AB3_B - 1) / AB3_B;
+  const int r0 = rlo, r1 = imin(rlo + 15, p.t - 1);
+  auto load_kv = [&](int st, int k0) {
+    av3_stage<T, AB3_B, AB3_THREADS>(sm + (2 + 2 * st) * AB3_TILE, kb, kstride, k0, p.tk, p.d, dp, vec);
+    av3_stage<T, AB3_B, AB3_THREADS>(sm + (3 + 2 * st) * AB3_TILE, vb, kstride, k0, p.tk, p.d, dp, vec);
+    if (p.has_seg && tid < AB3_B) kseg[st * AB3_B + tid] = k0 + tid < p.tk ? p.seg[i64(b) * p.t + k0 + tid] : -2;
+  };
+  av3_stage<T, AB3_B, AB3_THREADS>(qs, reinterpret_cast<const T*>(p.q) + qoff, qstride, q0, p.t, p.d, dp, vec);
+  av3_stage<T, AB3_B, AB3_THREADS>(ds, reinterpret_cast<const T*>(p.d_o) + qoff, qstride, q0, p.t, p.d, dp, vec);
+  load_kv(0, kfirst);
+  cp_async_commit();
+  // δ = dO·O of this warp's 16 rows (lanes over D, O from global memory while the tiles land);
+  // this thread keeps rows g and g + 8, with their lse (base 2) and segment ids.
+  float dlt[2] = {0.f, 0.f}, l2[2], dsum[16];
+  const T* ob = reinterpret_cast<const T*>(p.o) + qoff;
+  const T* dob = reinterpret_cast<const T*>(p.d_o) + qoff;
+  KILN_UNROLL
+  for (int r = 0; r < 16; ++r) {
+    float acc = 0.f;
+    if (rlo + r < p.t) {
+      for (int c = lane; c < p.d; c += 32)
+        acc = fmaf(to_f32<T>(ob[(rlo + r) * qstride + c]), to_f32<T>(dob[(rlo + r) * qstride + c]), acc);
+    }
+    dsum[r] = acc;
+  }
+  KILN_UNROLL
+  for (int r = 0; r < 16; ++r) {
+    const float v = warp_sum(dsum[r]);
+    if (r == g) dlt[0] = v;
+    if (r == g + 8) dlt[1] = v;
+    if (lane == 0 && rlo + r < p.t) p.out2[(i64(b) * p.t + rlo + r) * p.hq + h] = v;
+  }
+  int qseg[2] = {0, 0};
   KILN_UNROLL
   for (int r = 0; r < 2; ++r) {
-    const int iq = q0 + warp * 16 + g + 8 * r;
+    const int iq = rlo + g + 8 * r;
     const i64 row = (i64(b) * p.t + (iq < p.t ? iq : 0)) * p.hq + h;
-    lse[r] = p.lse[row];
-    dlt[r] = p.delta[row];
+    l2[r] = iq < p.t ? p.lse[row] * AV3_LOG2E : __uint_as_float(0x7f800000u);
+    if (p.has_seg) qseg[r] = iq < p.t ? p.seg[i64(b) * p.t + iq] : -1;
   }
-  float dq[AV2_DMAX / 8][4] = {};
-  const int last = (q0 + AB_BQ < p.t ? q0 + AB_BQ : p.t) - 1;
-  for (int k0 = attn_first(p, q0) / AB_BK * AB_BK; k0 <= last; k0 += AB_BK) {
-    __syncthreads();
-    attn_stage<AB_BK, AV2_LDQ, AB_LDT>(Ks, Kt, p.k, p, b, k0, p.tk, kvh, false, dp);
-    attn_stage<AB_BK, AV2_LDQ, AB_LDT>(Vs, nullptr, p.v, p, b, k0, p.tk, kvh, false, dp);
-    __syncthreads();
-    float s[4][4] = {}, dpv[4][4] = {};
-    for (int ks = 0; ks < ksteps; ++ks) {
-      u32 aq[4], ad[4];
-      ldmatrix_a(aq, Qs, warp * 16, ks * 16);
-      ldmatrix_a(ad, dOs, warp * 16, ks * 16);
-      KILN_UNROLL
-      for (int nj = 0; nj < 2; ++nj) {
-        u32 k0f[2], k1f[2], v0f[2], v1f[2];
-        ldmatrix_b2(k0f, k1f, Ks, nj * 16, ks * 16);
-        ldmatrix_b2(v0f, v1f, Vs, nj * 16, ks * 16);
-        mma_16816(s[2 * nj], aq, k0f, bf16());
-        mma_16816(s[2 * nj + 1], aq, k1f, bf16());
-        mma_16816(dpv[2 * nj], ad, v0f, bf16());
-        mma_16816(dpv[2 * nj + 1], ad, v1f, bf16());
+  float dq[AV3_D / 8][4] = {};
+  for (int it = 0; it < ntiles; ++it) {
+    const int k0 = kfirst + it * AB3_B, st = it & 1;
+    cp_async_wait<0>();
+    __syncthreads();  // tile it landed; every warp is done with the other stage
+    if (it + 1 < ntiles) {
+      load_kv(st ^ 1, k0 + AB3_B);
+      cp_async_commit();
+    }
+    if (av3_none(p, r0, r1, k0, k0 + AB3_B - 1)) continue;
+    const unsigned short* kt = sm + (2 + 2 * st) * AB3_TILE;
+    const unsigned short* vt = kt + AB3_TILE;
+    const bool whole = k0 + AB3_B <= p.tk && av3_whole(p, r0, r1, k0, k0 + AB3_B - 1);
+    const bool plain = whole && p.softcap <= 0.f;
+    float s[AB3_B / 8][4] = {}, dpv[AB3_B / 8][4] = {};
+    KILN_UNROLL
+    for (int ks = 0; ks < AV3_D / 16; ++ks) {
+      if (ks < ksteps) {
+        u32 aq[4], ad[4];
+        av3_lda(aq, qs, warp * 16, ks * 16);
+        av3_lda(ad, ds, warp * 16, ks * 16);
+        KILN_UNROLL
+        for (int nj = 0; nj < AB3_B / 16; ++nj) {
+          u32 b0[2], b1[2];
+          av3_ldb(b0, b1, kt, nj * 16, ks * 16);
+          mma_16816(s[2 * nj], aq, b0, T());
+          mma_16816(s[2 * nj + 1], aq, b1, T());
+          av3_ldb(b0, b1, vt, nj * 16, ks * 16);
+          mma_16816(dpv[2 * nj], ad, b0, T());
+          mma_16816(dpv[2 * nj + 1], ad, b1, T());
+        }
       }
     }
-    u32 da[2][4];
+    // Rows g (registers 0, 1) and g + 8 (2, 3), keys 8nt + 2·t4 + {0, 1}.
+    const int* sg = kseg + st * AB3_B;
+    u32 da[AB3_B / 16][4];
     KILN_UNROLL
-    for (int nt = 0; nt < 4; ++nt) {
-      float ds[4];
+    for (int nt = 0; nt < AB3_B / 8; ++nt) {
+      float v[4];
       KILN_UNROLL
       for (int e = 0; e < 4; ++e) {
-        const int iq = q0 + warp * 16 + g + 8 * (e >> 1), j = k0 + nt * 8 + 2 * t4 + (e & 1);
-        const bool ok = iq < p.t && j < p.tk && attn_visible(p, b, iq, j);
-        float dcap = 0.f;
-        const float pr = ok ? expf(attn_cap(p, s[nt][e] * p.scale, &dcap) - lse[e >> 1]) : 0.f;
-        ds[e] = pr * (dpv[nt][e] - dlt[e >> 1]) * dcap * p.scale;
+        const int i = r0 + g + 8 * (e >> 1), jj = nt * 8 + 2 * (lane & 3) + (e & 1), j = k0 + jj;
+        const bool ok = whole || (j < p.tk && av3_sees(p, i, j, qseg[e >> 1], sg[jj]));
+        float dcap;
+        const float pr = av3_p(p, s[nt][e], l2[e >> 1], ok, plain, &dcap);
+        v[e] = pr * (dpv[nt][e] - dlt[e >> 1]) * dcap * p.scale;
       }
-      da[nt / 2][(nt % 2) * 2] = pack2(from_f32<bf16>(ds[0]), from_f32<bf16>(ds[1]));
-      da[nt / 2][(nt % 2) * 2 + 1] = pack2(from_f32<bf16>(ds[2]), from_f32<bf16>(ds[3]));
+      da[nt / 2][(nt % 2) * 2] = pack2(from_f32<T>(v[0]), from_f32<T>(v[1]));
+      da[nt / 2][(nt % 2) * 2 + 1] = pack2(from_f32<T>(v[2]), from_f32<T>(v[3]));
     }
     KILN_UNROLL
-    for (int kk = 0; kk < 2; ++kk) av2_mma_over_d(dq, da[kk], Kt, kk * 16, dp);
+    for (int kk = 0; kk < AB3_B / 16; ++kk) av3_mma_d<T>(dq, da[kk], kt, kk * 16, ksteps);
   }
+  cp_async_wait<0>();
+  OT* out = reinterpret_cast<OT*>(p.out0);
   KILN_UNROLL
   for (int r = 0; r < 2; ++r) {
-    const int iq = q0 + warp * 16 + g + 8 * r;
-    if (iq < p.t) av2_store_row(p.out0 + attn_qrow(p, b, iq, h), dq, r, t4, p.d, 1.f);
+    const int iq = rlo + g + 8 * r;
+    if (iq < p.t) av3_store(out + qoff + iq * qstride, dq, r, p.d, 1.f);
   }
 }
 
-KILN_KERNEL_LB(attn_bwd_dkv_v2_mma, AttnParams, 64) {
-  __shared__ __align__(16) unsigned short Ks[AB_BK][AV2_LDQ];
-  __shared__ __align__(16) unsigned short Vs[AB_BK][AV2_LDQ];
-  __shared__ __align__(16) unsigned short Qs[AB_QT][AV2_LDQ];
-  __shared__ __align__(16) unsigned short dOs[AB_QT][AV2_LDQ];
-  __shared__ __align__(16) unsigned short Qt[AV2_DMAX][AB_LDQT];
-  __shared__ __align__(16) unsigned short dOt[AV2_DMAX][AB_LDQT];
-  __shared__ float lse_s[AB_QT], dlt_s[AB_QT];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
+template <class T, class OT>
+__device__ __forceinline__ void attn_bwd_dkv_v3(const AttnParams& p) {
+  unsigned short* sm = reinterpret_cast<unsigned short*>(dyn_smem());
+  unsigned short *ks_ = sm, *vs = sm + AB3_TILE;  // K, V; then two stages of Q, dO
+  float* fl = reinterpret_cast<float*>(sm + 6 * AB3_TILE);  // per stage: lse·log2 e, δ, seg ids
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
   const int b = blockIdx.y / p.hkv, kvh = blockIdx.y % p.hkv, group = p.hq / p.hkv;
-  const int k0 = blockIdx.x * AB_BK;
-  const int dp = (p.d + 15) / 16 * 16, ksteps = dp / 16;
-  attn_stage<AB_BK, AV2_LDQ, AB_LDT>(Ks, nullptr, p.k, p, b, k0, p.tk, kvh, false, dp);
-  attn_stage<AB_BK, AV2_LDQ, AB_LDT>(Vs, nullptr, p.v, p, b, k0, p.tk, kvh, false, dp);
-  float dk[AV2_DMAX / 8][4] = {}, dv[AV2_DMAX / 8][4] = {};
-  // Causal: only queries at or after the tile's first key see it; with a window, only those
-  // before the window's end of its last key.
-  const int qend = attn_end(p, k0 + AB_BK - 1, p.t);
-  for (int hh = 0; hh < group; ++hh) {
-    const int h = kvh * group + hh;
-    for (int qs = k0 / AB_QT * AB_QT; qs < qend; qs += AB_QT) {
-      __syncthreads();
-      attn_stage<AB_QT, AV2_LDQ, AB_LDQT>(Qs, Qt, p.q, p, b, qs, p.t, h, true, dp);
-      attn_stage<AB_QT, AV2_LDQ, AB_LDQT>(dOs, dOt, p.d_o, p, b, qs, p.t, h, true, dp);
-      for (int e = threadIdx.x; e < AB_QT; e += blockDim.x) {
-        const i64 row = (i64(b) * p.t + (qs + e < p.t ? qs + e : 0)) * p.hq + h;
-        lse_s[e] = p.lse[row];
-        dlt_s[e] = p.delta[row];
-      }
-      __syncthreads();
-      // Sᵀ, dPᵀ: this warp's 16 keys × 16 queries (two n-tiles).
-      float s[2][4] = {}, dpv[2][4] = {};
-      for (int ks = 0; ks < ksteps; ++ks) {
-        u32 ak[4], av[4], q0f[2], q1f[2], d0f[2], d1f[2];
-        ldmatrix_a(ak, Ks, warp * 16, ks * 16);
-        ldmatrix_a(av, Vs, warp * 16, ks * 16);
-        ldmatrix_b2(q0f, q1f, Qs, 0, ks * 16);
-        ldmatrix_b2(d0f, d1f, dOs, 0, ks * 16);
-        mma_16816(s[0], ak, q0f, bf16());
-        mma_16816(s[1], ak, q1f, bf16());
-        mma_16816(dpv[0], av, d0f, bf16());
-        mma_16816(dpv[1], av, d1f, bf16());
-      }
-      // Registers: rows = keys (g, g + 8 of the warp's 16), columns = queries 8nt + 2·t4 + {0, 1}.
-      u32 pa[4], sa[4];
-      KILN_UNROLL
-      for (int nt = 0; nt < 2; ++nt) {
-        float pr[4], ds[4];
-        KILN_UNROLL
-        for (int e = 0; e < 4; ++e) {
-          const int j = k0 + warp * 16 + g + 8 * (e >> 1), qc = nt * 8 + 2 * t4 + (e & 1), iq = qs + qc;
-          const bool ok = iq < p.t && j < p.tk && attn_visible(p, b, iq, j);
-          float dcap = 0.f;
-          pr[e] = ok ? expf(attn_cap(p, s[nt][e] * p.scale, &dcap) - lse_s[qc]) : 0.f;
-          ds[e] = pr[e] * (dpv[nt][e] - dlt_s[qc]) * dcap * p.scale;
-        }
-        pa[nt * 2] = pack2(from_f32<bf16>(pr[0]), from_f32<bf16>(pr[1]));
-        pa[nt * 2 + 1] = pack2(from_f32<bf16>(pr[2]), from_f32<bf16>(pr[3]));
-        sa[nt * 2] = pack2(from_f32<bf16>(ds[0]), from_f32<bf16>(ds[1]));
-        sa[nt * 2 + 1] = pack2(from_f32<bf16>(ds[2]), from_f32<bf16>(ds[3]));
-      }
-      av2_mma_over_d(dv, pa, dOt, 0, dp);
-      av2_mma_over_d(dk, sa, Qt, 0, dp);
+  const int k0 = (gridDim.x - 1 - blockIdx.x) * AB3_B;
+  const int dp = (p.d + 15) & ~15, ksteps = dp >> 4;
+  const bool vec = p.vec != 0;
+  const i64 kvoff = (i64(b) * p.tk * p.hkv + kvh) * p.d, kstride = i64(p.hkv) * p.d, qstride = i64(p.hq) * p.d;
+  // Query tiles that see these keys: from the tile holding key k0 (causal) to the window's end.
+  const int qfirst = k0 / AB3_B * AB3_B, qend = attn_end(p, imin(k0 + AB3_B, p.tk) - 1, p.t);
+  const int nq = (qend - qfirst + AB3_B - 1) / AB3_B, ntiles = nq * group;
+  const int j0 = k0 + warp * 16, j1 = imin(j0 + 15, p.tk - 1);
+  auto load_q = [&](int st, int it) {
+    const int h = kvh * group + it / nq, q0 = qfirst + it % nq * AB3_B;
+    const i64 qoff = (i64(b) * p.t * p.hq + h) * p.d;
+    av3_stage<T, AB3_B, AB3_THREADS>(sm + (2 + 2 * st) * AB3_TILE, reinterpret_cast<const T*>(p.q) + qoff, qstride,
+                                     q0, p.t, p.d, dp, vec);
+    av3_stage<T, AB3_B, AB3_THREADS>(sm + (3 + 2 * st) * AB3_TILE, reinterpret_cast<const T*>(p.d_o) + qoff,
+                                     qstride, q0, p.t, p.d, dp, vec);
+    if (tid < AB3_B) {
+      const int iq = q0 + tid;
+      const i64 row = (i64(b) * p.t + (iq < p.t ? iq : 0)) * p.hq + h;
+      float* f = fl + st * 3 * AB3_B;
+      f[tid] = iq < p.t ? p.lse[row] * AV3_LOG2E : __uint_as_float(0x7f800000u);
+      f[AB3_B + tid] = iq < p.t ? p.delta[row] : 0.f;
+      reinterpret_cast<int*>(f)[2 * AB3_B + tid] = p.has_seg && iq < p.t ? p.seg[i64(b) * p.t + iq] : -1;
+    }
+  };
+  av3_stage<T, AB3_B, AB3_THREADS>(ks_, reinterpret_cast<const T*>(p.k) + kvoff, kstride, k0, p.tk, p.d, dp, vec);
+  av3_stage<T, AB3_B, AB3_THREADS>(vs, reinterpret_cast<const T*>(p.v) + kvoff, kstride, k0, p.tk, p.d, dp, vec);
+  if (ntiles > 0) load_q(0, 0);
+  cp_async_commit();
+  int kseg[2] = {0, 0};
+  if (p.has_seg) {
+    KILN_UNROLL
+    for (int r = 0; r < 2; ++r) {
+      const int j = j0 + g + 8 * r;
+      kseg[r] = j < p.tk ? p.seg[i64(b) * p.t + j] : -2;
     }
   }
+  float dk[AV3_D / 8][4] = {}, dv[AV3_D / 8][4] = {};
+  for (int it = 0; it < ntiles; ++it) {
+    const int st = it & 1, q0 = qfirst + it % nq * AB3_B;
+    cp_async_wait<0>();
+    __syncthreads();
+    if (it + 1 < ntiles) {
+      load_q(st ^ 1, it + 1);
+      cp_async_commit();
+    }
+    const unsigned short* qt = sm + (2 + 2 * st) * AB3_TILE;
+    const unsigned short* dt = qt + AB3_TILE;
+    const float* f = fl + st * 3 * AB3_B;
+    const int* qsg = reinterpret_cast<const int*>(f) + 2 * AB3_B;
+    KILN_UNROLL
+    for (int half = 0; half < 2; ++half) {
+      const int i0 = q0 + half * 32, i1 = imin(i0 + 31, p.t - 1);
+      if (av3_none(p, i0, i1, j0, j1)) continue;
+      const bool whole = i0 + 31 < p.t && j1 - j0 == 15 && av3_whole(p, i0, i1, j0, j1);
+      const bool plain = whole && p.softcap <= 0.f;
+      // Sᵀ, dPᵀ: this warp's 16 keys × 32 queries.
+      float s[4][4] = {}, dpv[4][4] = {};
+      KILN_UNROLL
+      for (int ks = 0; ks < AV3_D / 16; ++ks) {
+        if (ks < ksteps) {
+          u32 ak[4], av[4];
+          av3_lda(ak, ks_, warp * 16, ks * 16);
+          av3_lda(av, vs, warp * 16, ks * 16);
+          KILN_UNROLL
+          for (int nj = 0; nj < 2; ++nj) {
+            u32 b0[2], b1[2];
+            av3_ldb(b0, b1, qt, half * 32 + nj * 16, ks * 16);
+            mma_16816(s[2 * nj], ak, b0, T());
+            mma_16816(s[2 * nj + 1], ak, b1, T());
+            av3_ldb(b0, b1, dt, half * 32 + nj * 16, ks * 16);
+            mma_16816(dpv[2 * nj], av, b0, T());
+            mma_16816(dpv[2 * nj + 1], av, b1, T());
+          }
+        }
+      }
+      // Rows = keys (g, g + 8 of the warp's 16), columns = queries 8nt + 2·t4 + {0, 1}.
+      u32 pa[2][4], sa[2][4];
+      KILN_UNROLL
+      for (int nt = 0; nt < 4; ++nt) {
+        float pr[4], dsv[4];
+        KILN_UNROLL
+        for (int e = 0; e < 4; ++e) {
+          const int j = j0 + g + 8 * (e >> 1), qc = half * 32 + nt * 8 + 2 * t4 + (e & 1), i = q0 + qc;
+          const bool ok = whole || (i < p.t && j < p.tk && av3_sees(p, i, j, qsg[qc], kseg[e >> 1]));
+          float dcap;
+          pr[e] = av3_p(p, s[nt][e], f[qc], ok, plain, &dcap);
+          dsv[e] = pr[e] * (dpv[nt][e] - f[AB3_B + qc]) * dcap * p.scale;
+        }
+        pa[nt / 2][(nt % 2) * 2] = pack2(from_f32<T>(pr[0]), from_f32<T>(pr[1]));
+        pa[nt / 2][(nt % 2) * 2 + 1] = pack2(from_f32<T>(pr[2]), from_f32<T>(pr[3]));
+        sa[nt / 2][(nt % 2) * 2] = pack2(from_f32<T>(dsv[0]), from_f32<T>(dsv[1]));
+        sa[nt / 2][(nt % 2) * 2 + 1] = pack2(from_f32<T>(dsv[2]), from_f32<T>(dsv[3]));
+      }
+      KILN_UNROLL
+      for (int kk = 0; kk < 2; ++kk) {
+        av3_mma_d<T>(dv, pa[kk], dt, half * 32 + kk * 16, ksteps);
+        av3_mma_d<T>(dk, sa[kk], qt, half * 32 + kk * 16, ksteps);
+      }
+    }
+  }
+  cp_async_wait<0>();
   KILN_UNROLL
   for (int r = 0; r < 2; ++r) {
-    const int j = k0 + warp * 16 + g + 8 * r;
+    const int j = j0 + g + 8 * r;
     if (j < p.tk) {
-      const i64 row = attn_krow(p, b, j, kvh);
-      av2_store_row(p.out0 + row, dk, r, t4, p.d, 1.f);
-      av2_store_row(p.out1 + row, dv, r, t4, p.d, 1.f);
+      const i64 row = kvoff + j * kstride;
+      av3_store(reinterpret_cast<OT*>(p.out0) + row, dk, r, p.d, 1.f);
+      av3_store(reinterpret_cast<OT*>(p.out1) + row, dv, r, p.d, 1.f);
     }
   }
 }
+
+KILN_KERNEL_LB(attn_bwd_dq_v3_mma_bf16, AttnParams, AB3_THREADS) { attn_bwd_dq_v3<bf16, bf16>(p); }
+KILN_KERNEL_LB(attn_bwd_dq_v3_mma_f16, AttnParams, AB3_THREADS) { attn_bwd_dq_v3<f16, f16>(p); }
+KILN_KERNEL_LB(attn_bwd_dq_v3_mma_bf16_f32, AttnParams, AB3_THREADS) { attn_bwd_dq_v3<bf16, float>(p); }
+KILN_KERNEL_LB(attn_bwd_dkv_v3_mma_bf16, AttnParams, AB3_THREADS) { attn_bwd_dkv_v3<bf16, bf16>(p); }
+KILN_KERNEL_LB(attn_bwd_dkv_v3_mma_f16, AttnParams, AB3_THREADS) { attn_bwd_dkv_v3<f16, f16>(p); }
+KILN_KERNEL_LB(attn_bwd_dkv_v3_mma_bf16_f32, AttnParams, AB3_THREADS) { attn_bwd_dkv_v3<bf16, float>(p); }
