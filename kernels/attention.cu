@@ -239,10 +239,10 @@ KILN_KERNEL_LB(attn_bwd_dkv_f32, AttnParams, 128) {
 // Q passes once through the second stage into registers (the A fragments of every k-step) before
 // the keys start. Tiles arrive by 16-byte cp.async, zero-filled past the sequence and the head
 // dim, while the previous tile is computed: one barrier a tile. Scores go to base 2 (log2(e)
-// folded into the scale) for exp2f. A warp skips a tile none of its rows sees (causal, window)
-// and takes a tile all its rows see whole with no per-element test; elsewhere each score is
-// masked (causal, window, the keys' end, and segments: the keys' ids staged with the tile, the
-// rows' held in registers). P is rounded to T from the accumulators into the A fragments of
+// folded into the scale) for ex2. The CTA's clean tiles (seen whole by every row) run first in
+// a loop with no per-element test (`Av3Order`); in the others a warp skips a tile none of its
+// rows sees (causal, window) and masks each score (causal, window, the keys' end, segments: the
+// keys' ids staged with the tile, the rows' held in registers). P is rounded to T from the accumulators into the A fragments of
 // O += P·V; V's B fragments come from its row-major tile by ldmatrix.trans. Head dims that are
 // not a multiple of 8, or tensors not 16-byte aligned, take plain loads into the same layout
 // (`p.vec` = 0). Query tiles run longest first (causal: the last tiles see the most keys).
@@ -259,30 +259,38 @@ __device__ __forceinline__ int av3_sw(int row, int col) {
 }
 
 // Rows [r0, r0 + R) of a tensor whose row r starts at base + r·stride, columns [0, dp), into a
-// swizzled tile: zero past `rows` and `d`. cp.async when `vec`, plain stores otherwise.
-template <class T, int R, int NT = AV3_THREADS>
-__device__ __forceinline__ void av3_stage(unsigned short* tile, const T* base, i64 stride, int r0, int rows,
-                                          int d, int dp, bool vec) {
-  const int tid = threadIdx.x;
-  if (vec) {
-    KILN_UNROLL
-    for (int i = 0; i < R * 16 / NT; ++i) {
-      const int e = tid + i * NT, r = e >> 4, c = (e & 15) * 8;
-      if (c < dp) {
-        const bool in = r0 + r < rows && c < d;
-        cp_async_16_zfill(tile + av3_sw(r, c), in ? base + (r0 + r) * stride + c : base, in);
-      }
-    }
-  } else {
-    for (int e = tid; e < R * AV3_D; e += NT) {
-      const int r = e >> 7, c = e & 127;
-      if (c < dp) {
-        const bool in = r0 + r < rows && c < d;
-        tile[av3_sw(r, c)] = in ? bits16(base[(r0 + r) * stride + c]) : (unsigned short)0;
-      }
+// swizzled tile: zero past `rows` and `d`. cp.async when `vec`; otherwise plain loads, out of
+// line so that the key loops' SASS holds only the path they take on aligned head dims.
+template <class T, int R, int NT>
+__device__ __noinline__ void av3_stage_plain(unsigned short* tile, const T* base, i64 stride, int r0, int rows, int d,
+                                             int dp) {
+  for (int e = threadIdx.x; e < R * AV3_D; e += NT) {
+    const int r = e >> 7, c = e & 127;
+    if (c < dp) {
+      const bool in = r0 + r < rows && c < d;
+      tile[av3_sw(r, c)] = in ? bits16(base[(r0 + r) * stride + c]) : (unsigned short)0;
     }
   }
 }
+template <class T, int R, int NT = AV3_THREADS>
+__device__ __forceinline__ void av3_stage(unsigned short* tile, const T* base, i64 stride, int r0, int rows,
+                                          int d, int dp, bool vec) {
+  if (!vec) return av3_stage_plain<T, R, NT>(tile, base, stride, r0, rows, d, dp);
+  KILN_UNROLL
+  for (int i = 0; i < R * 16 / NT; ++i) {
+    const int e = threadIdx.x + i * NT, r = e >> 4, c = (e & 15) * 8;
+    if (c < dp) {
+      const bool in = r0 + r < rows && c < d;
+      cp_async_16_zfill(tile + av3_sw(r, c), in ? base + (r0 + r) * stride + c : base, in);
+    }
+  }
+}
+
+// A compile-time flag for the generic lambdas of the key loops.
+template <bool B>
+struct av3_flag {
+  static constexpr bool value = B;
+};
 
 // Whether absolute query i sees key j (both in range), their segment ids si and sj.
 __device__ __forceinline__ bool av3_sees(const AttnParams& p, int i, int j, int si, int sj) {
@@ -290,13 +298,10 @@ __device__ __forceinline__ bool av3_sees(const AttnParams& p, int i, int j, int 
   return !p.has_seg || si == sj ||
          (p.shared_prefix && si >= 0 && sj >= 0 && (sj & 3) == 0 && (sj >> 2) == (si >> 2));
 }
-// Queries [i0, i1] and keys [j0, j1] (absolute): no pair visible (causal, window), or every
-// pair visible with no segments (the caller checks that both lie in range).
+// Queries [i0, i1] and keys [j0, j1] (absolute): no pair visible (causal, window; i1 < i0: rows
+// past T).
 __device__ __forceinline__ bool av3_none(const AttnParams& p, int i0, int i1, int j0, int j1) {
   return i1 < i0 || j0 > i1 || (p.window > 0 && j1 <= i0 - p.window);
-}
-__device__ __forceinline__ bool av3_whole(const AttnParams& p, int i0, int i1, int j0, int j1) {
-  return !p.has_seg && j1 <= i0 && (p.window == 0 || i1 - j0 < p.window);
 }
 
 // Two outputs of one row into OT (one 8-byte or 4-byte store when `pair`).
@@ -318,11 +323,76 @@ __device__ __forceinline__ void av3_put(T* dst, float a, float b, bool pair, boo
   }
 }
 
+// Per-thread parts of the ldmatrix addresses into swizzled tiles, computed once: a fragment's
+// first row is a multiple of 8 and its first column k0 a multiple of 16, so the row's low bits
+// are the lane's and the swizzled chunk is (k0 / 8) ^ (c ^ lane % 8), c the lane's chunk (0, 1).
+struct Av3Lane {
+  int arow, ax;  // A fragments: rows lane % 16, chunk lane / 16
+  int brow, bx;  // B fragments of two n-tiles (rows = n): rows (lane / 16)·8 + lane % 8, chunk (lane / 8) % 2
+  int trow, tx;  // the same by ldmatrix.trans (rows = k): rows ((lane / 8) % 2)·8 + lane % 8, chunk lane / 16
+};
+__device__ __forceinline__ Av3Lane av3_lane() {
+  const int l = int(lane_id()), x = l & 7, h = l >> 4, o = (l >> 3) & 1;
+  return {(l & 15) * AV3_D, h ^ x, (h * 8 + x) * AV3_D, o ^ x, (o * 8 + x) * AV3_D, h ^ x};
+}
+// The A fragment of rows r0.. at column k0; the B fragments of two n-tiles at rows n0.. (keys
+// against a row-major operand's d), or by ldmatrix.trans with rows k0.. as k and columns n0.. as n.
+__device__ __forceinline__ void av3_lda(u32 a[4], const unsigned short* tile, const Av3Lane& L, int r0, int k0) {
+  ldmatrix_x4(a, tile + r0 * AV3_D + L.arow + (((k0 >> 3) ^ L.ax) << 3));
+}
+__device__ __forceinline__ void av3_ldb(u32 b0[2], u32 b1[2], const unsigned short* tile, const Av3Lane& L, int n0,
+                                        int k0) {
+  u32 r[4];
+  ldmatrix_x4(r, tile + n0 * AV3_D + L.brow + (((k0 >> 3) ^ L.bx) << 3));
+  b0[0] = r[0], b0[1] = r[1], b1[0] = r[2], b1[1] = r[3];
+}
+__device__ __forceinline__ void av3_ldbt(u32 b0[2], u32 b1[2], const unsigned short* tile, const Av3Lane& L, int k0,
+                                         int n0) {
+  u32 r[4];
+  ldmatrix_x4_trans(r, tile + k0 * AV3_D + L.trow + (((n0 >> 3) ^ L.tx) << 3));
+  b0[0] = r[0], b0[1] = r[1], b1[0] = r[2], b1[1] = r[3];
+}
+// acc[16 × D] += a · tile[k0..k0+16)[0..D): the A fragment against a row-major tile.
+template <class T>
+__device__ __forceinline__ void av3_mma_d(float (&acc)[AV3_D / 8][4], const u32 a[4], const unsigned short* tile,
+                                          const Av3Lane& L, int k0, int ksteps) {
+  KILN_UNROLL
+  for (int dn = 0; dn < AV3_D / 16; ++dn)
+    if (dn < ksteps) {
+      u32 b0[2], b1[2];
+      av3_ldbt(b0, b1, tile, L, k0, dn * 16);
+      mma_16816(acc[2 * dn], a, b0, T());
+      mma_16816(acc[2 * dn + 1], a, b1, T());
+    }
+}
+// The key tiles (of 64) from kfirst that a query block with absolute rows [qa, qz] walks, in
+// the order of the key loops: first the clean tiles [c0, c1), which every row sees whole (at or
+// before the first row, inside the last row's window, no segments, no cap), then the others
+// (the window's edge below c0, the diagonal from c1). The two kinds run in two loops, the clean
+// one with no per-element test and no branch on the mask.
+struct Av3Order {
+  int kfirst, c0, c1, nclean, nlow;
+  __device__ __forceinline__ int at(int it) const {
+    const int m = it - nclean;
+    return it < nclean ? c0 + it * 64 : m < nlow ? kfirst + m * 64 : c1 + (m - nlow) * 64;
+  }
+};
+__device__ __forceinline__ Av3Order av3_order(const AttnParams& p, int kfirst, int qa, int qz) {
+  int c0 = kfirst, c1 = kfirst;
+  if (!p.has_seg && p.softcap <= 0.f) {
+    c1 = imin(qa + 1, p.tk) / 64 * 64;
+    if (p.window > 0) c0 = imax(kfirst, (imax(qz - p.window + 1, 0) + 63) / 64 * 64);
+    c1 = imax(c1, c0);
+  }
+  return {kfirst, c0, c1, (c1 - c0) / 64, (c0 - kfirst) / 64};
+}
+
 template <class T, class OT>
 __device__ __forceinline__ void attn_fwd_v3(const AttnParams& p) {
   unsigned short* sm = reinterpret_cast<unsigned short*>(dyn_smem());
   int* kseg = reinterpret_cast<int*>(sm + 4 * AV3_TILE);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
+  const Av3Lane L = av3_lane();
   const int b = blockIdx.y / p.hq, h = blockIdx.y % p.hq, kvh = h / (p.hq / p.hkv);
   const int q0 = (gridDim.x - 1 - blockIdx.x) * AV3_BQ;
   const int dp = (p.d + 15) & ~15, ksteps = dp >> 4;
@@ -355,46 +425,45 @@ __device__ __forceinline__ void attn_fwd_v3(const AttnParams& p) {
   };
   unsigned short* qs = sm + 2 * AV3_TILE;
   av3_stage<T, AV3_BQ>(qs, qb, qstride, q0, p.t, p.d, dp, vec);
-  load_kv(0, kfirst);
+  const Av3Order ord = av3_order(p, kfirst, q0 + shift, imin(q0 + AV3_BQ, p.t) - 1 + shift);
+  load_kv(0, ord.at(0));
   cp_async_commit();
   cp_async_wait<0>();
   __syncthreads();
   u32 qf[AV3_D / 16][4];
   KILN_UNROLL
   for (int ks = 0; ks < AV3_D / 16; ++ks)
-    if (ks < ksteps) ldmatrix_x4(qf[ks], qs + av3_sw(warp * 16 + (lane & 15), ks * 16 + (lane >> 4) * 8));
+    if (ks < ksteps) av3_lda(qf[ks], qs, L, warp * 16, ks * 16);
   __syncthreads();  // Q's stage is free for the second tile
 
   float o[AV3_D / 8][4] = {};
   const float ninf = __uint_as_float(0xff800000u);
   float m[2] = {ninf, ninf}, l[2] = {0.f, 0.f};
   const float sl2 = p.scale * AV3_LOG2E;
-  for (int it = 0; it < ntiles; ++it) {
-    const int k0 = kfirst + it * AV3_BK, st = it & 1;
+  auto step = [&](int it, auto clean) {
+    constexpr bool CLEAN = decltype(clean)::value;
+    const int k0 = ord.at(it), st = it & 1;
     if (it > 0) {
       cp_async_wait<0>();
       __syncthreads();  // tile it landed; every warp is done with the other stage
     }
     if (it + 1 < ntiles) {
-      load_kv(st ^ 1, k0 + AV3_BK);
+      load_kv(st ^ 1, ord.at(it + 1));
       cp_async_commit();
     }
     // No row of this warp sees the tile: all its keys come after the rows, or before every
     // row's window (or the rows lie past T).
-    if (av3_none(p, r0, r1, k0, k0 + AV3_BK - 1)) continue;
+    if (!CLEAN && av3_none(p, r0, r1, k0, k0 + AV3_BK - 1)) return;
     const unsigned short* kt = sm + 2 * st * AV3_TILE;
     const unsigned short* vt = kt + AV3_TILE;
-    // Every row sees every key of the tile: no per-element test.
-    const bool whole = k0 + AV3_BK <= p.tk && av3_whole(p, r0, r1, k0, k0 + AV3_BK - 1);
     float s[AV3_BK / 8][4] = {};
     KILN_UNROLL
     for (int ks = 0; ks < AV3_D / 16; ++ks) {
       if (ks < ksteps) {
         KILN_UNROLL
         for (int nj = 0; nj < AV3_BK / 16; ++nj) {
-          u32 r[4];
-          ldmatrix_x4(r, kt + av3_sw(nj * 16 + (lane >> 4) * 8 + (lane & 7), ks * 16 + ((lane >> 3) & 1) * 8));
-          const u32 b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+          u32 b0[2], b1[2];
+          av3_ldb(b0, b1, kt, L, nj * 16, ks * 16);
           mma_16816(s[2 * nj], qf[ks], b0, T());
           mma_16816(s[2 * nj + 1], qf[ks], b1, T());
         }
@@ -402,27 +471,21 @@ __device__ __forceinline__ void attn_fwd_v3(const AttnParams& p) {
     }
     // This thread holds rows g (registers 0, 1) and g + 8 (2, 3), keys 8nt + 2·t4 + {0, 1}.
     float mx[2] = {ninf, ninf};
-    if (whole && p.softcap <= 0.f) {
+    const int* sg = kseg + st * AV3_BK;
+    KILN_UNROLL
+    for (int nt = 0; nt < AV3_BK / 8; ++nt)
       KILN_UNROLL
-      for (int nt = 0; nt < AV3_BK / 8; ++nt)
-        KILN_UNROLL
-        for (int e = 0; e < 4; ++e) {
+      for (int e = 0; e < 4; ++e) {
+        if (CLEAN) {
           s[nt][e] *= sl2;
-          mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
-        }
-    } else {
-      const int* sg = kseg + st * AV3_BK;
-      KILN_UNROLL
-      for (int nt = 0; nt < AV3_BK / 8; ++nt)
-        KILN_UNROLL
-        for (int e = 0; e < 4; ++e) {
+        } else {
           const int i = r0 + g + 8 * (e >> 1), jj = nt * 8 + 2 * t4 + (e & 1), j = k0 + jj;
-          const bool ok = whole || (j < p.tk && av3_sees(p, i, j, qseg[e >> 1], sg[jj]));
+          const bool ok = j < p.tk && av3_sees(p, i, j, qseg[e >> 1], sg[jj]);
           float dcap;
           s[nt][e] = ok ? attn_cap(p, s[nt][e] * p.scale, &dcap) * AV3_LOG2E : ninf;
-          mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
         }
-    }
+        mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
+      }
     // The online softmax; a row that has seen no key yet keeps m = −∞ and takes 0 as its base.
     float base[2];
     KILN_UNROLL
@@ -431,7 +494,7 @@ __device__ __forceinline__ void attn_fwd_v3(const AttnParams& p) {
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
       const float mn = fmaxf(m[r], mx[r]);
       base[r] = mn == ninf ? 0.f : mn;
-      const float corr = exp2f(m[r] - base[r]);
+      const float corr = exp2_ftz(m[r] - base[r]);
       m[r] = mn;
       l[r] *= corr;
       KILN_UNROLL
@@ -447,24 +510,18 @@ __device__ __forceinline__ void attn_fwd_v3(const AttnParams& p) {
       float pv[4];
       KILN_UNROLL
       for (int e = 0; e < 4; ++e) {
-        pv[e] = exp2f(s[nt][e] - base[e >> 1]);
+        pv[e] = exp2_ftz(s[nt][e] - base[e >> 1]);
         l[e >> 1] += pv[e];
       }
       pa[nt / 2][(nt % 2) * 2] = pack2(from_f32<T>(pv[0]), from_f32<T>(pv[1]));
       pa[nt / 2][(nt % 2) * 2 + 1] = pack2(from_f32<T>(pv[2]), from_f32<T>(pv[3]));
     }
     KILN_UNROLL
-    for (int kk = 0; kk < AV3_BK / 16; ++kk)
-      KILN_UNROLL
-      for (int dn = 0; dn < AV3_D / 16; ++dn)
-        if (dn < ksteps) {
-          u32 r[4];
-          ldmatrix_x4_trans(r, vt + av3_sw(kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7), dn * 16 + (lane >> 4) * 8));
-          const u32 b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
-          mma_16816(o[2 * dn], pa[kk], b0, T());
-          mma_16816(o[2 * dn + 1], pa[kk], b1, T());
-        }
-  }
+    for (int kk = 0; kk < AV3_BK / 16; ++kk) av3_mma_d<T>(o, pa[kk], vt, L, kk * 16, ksteps);
+  };
+  int it = 0;
+  for (; it < ord.nclean; ++it) step(it, av3_flag<true>());
+  for (; it < ntiles; ++it) step(it, av3_flag<false>());
   KILN_UNROLL
   for (int r = 0; r < 2; ++r) {
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
@@ -503,45 +560,13 @@ KILN_KERNEL_LB(attn_fwd_v3_mma_bf16_f32, AttnParams, AV3_THREADS) { attn_fwd_v3<
 // the 64-query tiles of every head sharing it (two stages of Q, dO, lse, δ and segment ids):
 // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ in 32-query halves, then dV += Pᵀ·dO and dK += dSᵀ·Q, Pᵀ and dSᵀ
 // going from the accumulators straight into A fragments. Seven products per score against
-// FlashAttention-2's five (it adds dQ up with atomics): the price of determinism. Masks, skips
-// and the whole-tile fast path as in the forward; rows past T get lse = +∞, so P = 0.
+// FlashAttention-2's five (it adds dQ up with atomics): the price of determinism. Clean tiles
+// first and alone, skips and masks as in the forward; rows past T get lse = +∞, so P = 0.
 constexpr int AB3_B = 64, AB3_THREADS = 128, AB3_TILE = AB3_B * AV3_D;
 // Dynamic shared memory (`ATTN_V3_DQ_SMEM`, `ATTN_V3_DKV_SMEM` in backend/attention.rs).
 constexpr int AB3_DQ_SMEM = 6 * AB3_TILE * 2 + 2 * AB3_B * 4;
 constexpr int AB3_DKV_SMEM = 6 * AB3_TILE * 2 + 2 * 3 * AB3_B * 4;
 
-// The A fragment of rows r0.. of a swizzled tile at column k0, and the B fragments of two
-// n-tiles: rows n0.. of the tile (keys against a row-major operand's d), or with `trans` rows
-// k0.. as k and columns n0.. as n.
-__device__ __forceinline__ void av3_lda(u32 a[4], const unsigned short* tile, int r0, int k0) {
-  const int lane = lane_id();
-  ldmatrix_x4(a, tile + av3_sw(r0 + (lane & 15), k0 + (lane >> 4) * 8));
-}
-__device__ __forceinline__ void av3_ldb(u32 b0[2], u32 b1[2], const unsigned short* tile, int n0, int k0) {
-  const int lane = lane_id();
-  u32 r[4];
-  ldmatrix_x4(r, tile + av3_sw(n0 + (lane >> 4) * 8 + (lane & 7), k0 + ((lane >> 3) & 1) * 8));
-  b0[0] = r[0], b0[1] = r[1], b1[0] = r[2], b1[1] = r[3];
-}
-__device__ __forceinline__ void av3_ldbt(u32 b0[2], u32 b1[2], const unsigned short* tile, int k0, int n0) {
-  const int lane = lane_id();
-  u32 r[4];
-  ldmatrix_x4_trans(r, tile + av3_sw(k0 + ((lane >> 3) & 1) * 8 + (lane & 7), n0 + (lane >> 4) * 8));
-  b0[0] = r[0], b0[1] = r[1], b1[0] = r[2], b1[1] = r[3];
-}
-// acc[16 × D] += a · tile[k0..k0+16)[0..D): the A fragment against a row-major tile.
-template <class T>
-__device__ __forceinline__ void av3_mma_d(float (&acc)[AV3_D / 8][4], const u32 a[4], const unsigned short* tile,
-                                          int k0, int ksteps) {
-  KILN_UNROLL
-  for (int dn = 0; dn < AV3_D / 16; ++dn)
-    if (dn < ksteps) {
-      u32 b0[2], b1[2];
-      av3_ldbt(b0, b1, tile, k0, dn * 16);
-      mma_16816(acc[2 * dn], a, b0, T());
-      mma_16816(acc[2 * dn + 1], a, b1, T());
-    }
-}
 // Row half r of accumulators over D, times `scale`, into the row at dst.
 template <class OT>
 __device__ __forceinline__ void av3_store(OT* dst, const float (&acc)[AV3_D / 8][4], int r, int d, float scale) {
@@ -556,10 +581,10 @@ __device__ __forceinline__ void av3_store(OT* dst, const float (&acc)[AV3_D / 8]
 __device__ __forceinline__ float av3_p(const AttnParams& p, float s, float l2, bool ok, bool plain, float* dcap) {
   if (plain) {
     *dcap = 1.f;
-    return ok ? exp2f(s * (p.scale * AV3_LOG2E) - l2) : 0.f;
+    return ok ? exp2_ftz(s * (p.scale * AV3_LOG2E) - l2) : 0.f;
   }
   *dcap = 0.f;
-  return ok ? exp2f(attn_cap(p, s * p.scale, dcap) * AV3_LOG2E - l2) : 0.f;
+  return ok ? exp2_ftz(attn_cap(p, s * p.scale, dcap) * AV3_LOG2E - l2) : 0.f;
 }
 
 template <class T, class OT>
@@ -568,6 +593,7 @@ __device__ __forceinline__ void attn_bwd_dq_v3(const AttnParams& p) {
   unsigned short *qs = sm, *ds = sm + AB3_TILE;  // Q, dO; then two stages of K, V
   int* kseg = reinterpret_cast<int*>(sm + 6 * AB3_TILE);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2;
+  const Av3Lane L = av3_lane();
   const int b = blockIdx.y / p.hq, h = blockIdx.y % p.hq, kvh = h / (p.hq / p.hkv);
   const int q0 = (gridDim.x - 1 - blockIdx.x) * AB3_B, rlo = q0 + warp * 16;
   const int dp = (p.d + 15) & ~15, ksteps = dp >> 4;
@@ -586,25 +612,21 @@ __device__ __forceinline__ void attn_bwd_dq_v3(const AttnParams& p) {
   };
   av3_stage<T, AB3_B, AB3_THREADS>(qs, reinterpret_cast<const T*>(p.q) + qoff, qstride, q0, p.t, p.d, dp, vec);
   av3_stage<T, AB3_B, AB3_THREADS>(ds, reinterpret_cast<const T*>(p.d_o) + qoff, qstride, q0, p.t, p.d, dp, vec);
-  load_kv(0, kfirst);
+  const Av3Order ord = av3_order(p, kfirst, q0, imin(q0 + AB3_B, p.t) - 1);
+  load_kv(0, ord.at(0));
   cp_async_commit();
   // δ = dO·O of this warp's 16 rows (lanes over D, O from global memory while the tiles land);
   // this thread keeps rows g and g + 8, with their lse (base 2) and segment ids.
-  float dlt[2] = {0.f, 0.f}, l2[2], dsum[16];
+  float dlt[2] = {0.f, 0.f}, l2[2];
   const T* ob = reinterpret_cast<const T*>(p.o) + qoff;
   const T* dob = reinterpret_cast<const T*>(p.d_o) + qoff;
-  KILN_UNROLL
   for (int r = 0; r < 16; ++r) {
     float acc = 0.f;
     if (rlo + r < p.t) {
       for (int c = lane; c < p.d; c += 32)
         acc = fmaf(to_f32<T>(ob[(rlo + r) * qstride + c]), to_f32<T>(dob[(rlo + r) * qstride + c]), acc);
     }
-    dsum[r] = acc;
-  }
-  KILN_UNROLL
-  for (int r = 0; r < 16; ++r) {
-    const float v = warp_sum(dsum[r]);
+    const float v = warp_sum(acc);
     if (r == g) dlt[0] = v;
     if (r == g + 8) dlt[1] = v;
     if (lane == 0 && rlo + r < p.t) p.out2[(i64(b) * p.t + rlo + r) * p.hq + h] = v;
@@ -618,58 +640,65 @@ __device__ __forceinline__ void attn_bwd_dq_v3(const AttnParams& p) {
     if (p.has_seg) qseg[r] = iq < p.t ? p.seg[i64(b) * p.t + iq] : -1;
   }
   float dq[AV3_D / 8][4] = {};
-  for (int it = 0; it < ntiles; ++it) {
-    const int k0 = kfirst + it * AB3_B, st = it & 1;
+  auto step = [&](int it, auto clean) {
+    constexpr bool CLEAN = decltype(clean)::value;
+    const int k0 = ord.at(it), st = it & 1;
     cp_async_wait<0>();
     __syncthreads();  // tile it landed; every warp is done with the other stage
     if (it + 1 < ntiles) {
-      load_kv(st ^ 1, k0 + AB3_B);
+      load_kv(st ^ 1, ord.at(it + 1));
       cp_async_commit();
     }
-    if (av3_none(p, r0, r1, k0, k0 + AB3_B - 1)) continue;
     const unsigned short* kt = sm + (2 + 2 * st) * AB3_TILE;
     const unsigned short* vt = kt + AB3_TILE;
-    const bool whole = k0 + AB3_B <= p.tk && av3_whole(p, r0, r1, k0, k0 + AB3_B - 1);
-    const bool plain = whole && p.softcap <= 0.f;
-    float s[AB3_B / 8][4] = {}, dpv[AB3_B / 8][4] = {};
+    const int* sg = kseg + st * AB3_B;
+    // In 32-key halves (fewer live registers: sm_120's ptxas spilled the 64-key form).
     KILN_UNROLL
-    for (int ks = 0; ks < AV3_D / 16; ++ks) {
-      if (ks < ksteps) {
-        u32 aq[4], ad[4];
-        av3_lda(aq, qs, warp * 16, ks * 16);
-        av3_lda(ad, ds, warp * 16, ks * 16);
-        KILN_UNROLL
-        for (int nj = 0; nj < AB3_B / 16; ++nj) {
-          u32 b0[2], b1[2];
-          av3_ldb(b0, b1, kt, nj * 16, ks * 16);
-          mma_16816(s[2 * nj], aq, b0, T());
-          mma_16816(s[2 * nj + 1], aq, b1, T());
-          av3_ldb(b0, b1, vt, nj * 16, ks * 16);
-          mma_16816(dpv[2 * nj], ad, b0, T());
-          mma_16816(dpv[2 * nj + 1], ad, b1, T());
+    for (int half = 0; half < 2; ++half) {
+      const int j0 = k0 + half * 32;
+      if (!CLEAN && av3_none(p, r0, r1, j0, j0 + 31)) continue;
+      float s[4][4] = {}, dpv[4][4] = {};
+      KILN_UNROLL
+      for (int ks = 0; ks < AV3_D / 16; ++ks) {
+        if (ks < ksteps) {
+          u32 aq[4], ad[4];
+          av3_lda(aq, qs, L, warp * 16, ks * 16);
+          av3_lda(ad, ds, L, warp * 16, ks * 16);
+          KILN_UNROLL
+          for (int nj = 0; nj < 2; ++nj) {
+            u32 b0[2], b1[2];
+            av3_ldb(b0, b1, kt, L, half * 32 + nj * 16, ks * 16);
+            mma_16816(s[2 * nj], aq, b0, T());
+            mma_16816(s[2 * nj + 1], aq, b1, T());
+            av3_ldb(b0, b1, vt, L, half * 32 + nj * 16, ks * 16);
+            mma_16816(dpv[2 * nj], ad, b0, T());
+            mma_16816(dpv[2 * nj + 1], ad, b1, T());
+          }
         }
       }
-    }
-    // Rows g (registers 0, 1) and g + 8 (2, 3), keys 8nt + 2·t4 + {0, 1}.
-    const int* sg = kseg + st * AB3_B;
-    u32 da[AB3_B / 16][4];
-    KILN_UNROLL
-    for (int nt = 0; nt < AB3_B / 8; ++nt) {
-      float v[4];
+      // Rows g (registers 0, 1) and g + 8 (2, 3), keys 8nt + 2·t4 + {0, 1} of the half.
+      u32 da[2][4];
       KILN_UNROLL
-      for (int e = 0; e < 4; ++e) {
-        const int i = r0 + g + 8 * (e >> 1), jj = nt * 8 + 2 * (lane & 3) + (e & 1), j = k0 + jj;
-        const bool ok = whole || (j < p.tk && av3_sees(p, i, j, qseg[e >> 1], sg[jj]));
-        float dcap;
-        const float pr = av3_p(p, s[nt][e], l2[e >> 1], ok, plain, &dcap);
-        v[e] = pr * (dpv[nt][e] - dlt[e >> 1]) * dcap * p.scale;
+      for (int nt = 0; nt < 4; ++nt) {
+        float v[4];
+        KILN_UNROLL
+        for (int e = 0; e < 4; ++e) {
+          const int i = r0 + g + 8 * (e >> 1), jj = half * 32 + nt * 8 + 2 * (lane & 3) + (e & 1), j = k0 + jj;
+          const bool ok = CLEAN || (j < p.tk && av3_sees(p, i, j, qseg[e >> 1], sg[jj]));
+          float dcap;
+          const float pr = av3_p(p, s[nt][e], l2[e >> 1], ok, CLEAN, &dcap);
+          v[e] = pr * (dpv[nt][e] - dlt[e >> 1]) * dcap * p.scale;
+        }
+        da[nt / 2][(nt % 2) * 2] = pack2(from_f32<T>(v[0]), from_f32<T>(v[1]));
+        da[nt / 2][(nt % 2) * 2 + 1] = pack2(from_f32<T>(v[2]), from_f32<T>(v[3]));
       }
-      da[nt / 2][(nt % 2) * 2] = pack2(from_f32<T>(v[0]), from_f32<T>(v[1]));
-      da[nt / 2][(nt % 2) * 2 + 1] = pack2(from_f32<T>(v[2]), from_f32<T>(v[3]));
+      KILN_UNROLL
+      for (int kk = 0; kk < 2; ++kk) av3_mma_d<T>(dq, da[kk], kt, L, half * 32 + kk * 16, ksteps);
     }
-    KILN_UNROLL
-    for (int kk = 0; kk < AB3_B / 16; ++kk) av3_mma_d<T>(dq, da[kk], kt, kk * 16, ksteps);
-  }
+  };
+  int it = 0;
+  for (; it < ord.nclean; ++it) step(it, av3_flag<true>());
+  for (; it < ntiles; ++it) step(it, av3_flag<false>());
   cp_async_wait<0>();
   OT* out = reinterpret_cast<OT*>(p.out0);
   KILN_UNROLL
@@ -685,6 +714,7 @@ __device__ __forceinline__ void attn_bwd_dkv_v3(const AttnParams& p) {
   unsigned short *ks_ = sm, *vs = sm + AB3_TILE;  // K, V; then two stages of Q, dO
   float* fl = reinterpret_cast<float*>(sm + 6 * AB3_TILE);  // per stage: lse·log2 e, δ, seg ids
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
+  const Av3Lane L = av3_lane();
   const int b = blockIdx.y / p.hkv, kvh = blockIdx.y % p.hkv, group = p.hq / p.hkv;
   const int k0 = (gridDim.x - 1 - blockIdx.x) * AB3_B;
   const int dp = (p.d + 15) & ~15, ksteps = dp >> 4;
@@ -694,8 +724,30 @@ __device__ __forceinline__ void attn_bwd_dkv_v3(const AttnParams& p) {
   const int qfirst = k0 / AB3_B * AB3_B, qend = attn_end(p, imin(k0 + AB3_B, p.tk) - 1, p.t);
   const int nq = (qend - qfirst + AB3_B - 1) / AB3_B, ntiles = nq * group;
   const int j0 = k0 + warp * 16, j1 = imin(j0 + 15, p.tk - 1);
+  // Clean query tiles [qc0, qc1) see every key of the block whole (from the block's last key,
+  // ending by T and inside its first key's window; no segments, no cap): every head's clean
+  // tiles first, then the others (the diagonal below qc0, the window's edge from qc1).
+  int qc0 = qfirst, qc1 = qfirst;
+  if (!p.has_seg && p.softcap <= 0.f && k0 + AB3_B <= p.tk) {
+    qc0 = imax(qfirst, (k0 + AB3_B - 1 + AB3_B - 1) / AB3_B * AB3_B);
+    qc1 = p.t / AB3_B * AB3_B;
+    if (p.window > 0) qc1 = imin(qc1, k0 + p.window - AB3_B >= 0 ? (k0 + p.window - AB3_B) / AB3_B * AB3_B + AB3_B : 0);
+    qc1 = imax(qc1, qc0);
+  }
+  const int nclean = (qc1 - qc0) / AB3_B, nlow = (qc0 - qfirst) / AB3_B, nmask = nq - nclean;
+  // Tile it of the walk: (head within the group, first query).
+  auto tile_at = [&](int it, int* hh) {
+    if (it < nclean * group) {
+      *hh = it / nclean;
+      return qc0 + it % nclean * AB3_B;
+    }
+    const int m = it - nclean * group, idx = m % nmask;
+    *hh = m / nmask;
+    return idx < nlow ? qfirst + idx * AB3_B : qc1 + (idx - nlow) * AB3_B;
+  };
   auto load_q = [&](int st, int it) {
-    const int h = kvh * group + it / nq, q0 = qfirst + it % nq * AB3_B;
+    int hh;
+    const int q0 = tile_at(it, &hh), h = kvh * group + hh;
     const i64 qoff = (i64(b) * p.t * p.hq + h) * p.d;
     av3_stage<T, AB3_B, AB3_THREADS>(sm + (2 + 2 * st) * AB3_TILE, reinterpret_cast<const T*>(p.q) + qoff, qstride,
                                      q0, p.t, p.d, dp, vec);
@@ -723,8 +775,10 @@ __device__ __forceinline__ void attn_bwd_dkv_v3(const AttnParams& p) {
     }
   }
   float dk[AV3_D / 8][4] = {}, dv[AV3_D / 8][4] = {};
-  for (int it = 0; it < ntiles; ++it) {
-    const int st = it & 1, q0 = qfirst + it % nq * AB3_B;
+  auto step = [&](int it, auto clean) {
+    constexpr bool CLEAN = decltype(clean)::value;
+    int hh;
+    const int st = it & 1, q0 = tile_at(it, &hh);
     cp_async_wait<0>();
     __syncthreads();
     if (it + 1 < ntiles) {
@@ -738,24 +792,22 @@ __device__ __forceinline__ void attn_bwd_dkv_v3(const AttnParams& p) {
     KILN_UNROLL
     for (int half = 0; half < 2; ++half) {
       const int i0 = q0 + half * 32, i1 = imin(i0 + 31, p.t - 1);
-      if (av3_none(p, i0, i1, j0, j1)) continue;
-      const bool whole = i0 + 31 < p.t && j1 - j0 == 15 && av3_whole(p, i0, i1, j0, j1);
-      const bool plain = whole && p.softcap <= 0.f;
+      if (!CLEAN && av3_none(p, i0, i1, j0, j1)) continue;
       // Sᵀ, dPᵀ: this warp's 16 keys × 32 queries.
       float s[4][4] = {}, dpv[4][4] = {};
       KILN_UNROLL
       for (int ks = 0; ks < AV3_D / 16; ++ks) {
         if (ks < ksteps) {
           u32 ak[4], av[4];
-          av3_lda(ak, ks_, warp * 16, ks * 16);
-          av3_lda(av, vs, warp * 16, ks * 16);
+          av3_lda(ak, ks_, L, warp * 16, ks * 16);
+          av3_lda(av, vs, L, warp * 16, ks * 16);
           KILN_UNROLL
           for (int nj = 0; nj < 2; ++nj) {
             u32 b0[2], b1[2];
-            av3_ldb(b0, b1, qt, half * 32 + nj * 16, ks * 16);
+            av3_ldb(b0, b1, qt, L, half * 32 + nj * 16, ks * 16);
             mma_16816(s[2 * nj], ak, b0, T());
             mma_16816(s[2 * nj + 1], ak, b1, T());
-            av3_ldb(b0, b1, dt, half * 32 + nj * 16, ks * 16);
+            av3_ldb(b0, b1, dt, L, half * 32 + nj * 16, ks * 16);
             mma_16816(dpv[2 * nj], av, b0, T());
             mma_16816(dpv[2 * nj + 1], av, b1, T());
           }
@@ -769,9 +821,9 @@ __device__ __forceinline__ void attn_bwd_dkv_v3(const AttnParams& p) {
         KILN_UNROLL
         for (int e = 0; e < 4; ++e) {
           const int j = j0 + g + 8 * (e >> 1), qc = half * 32 + nt * 8 + 2 * t4 + (e & 1), i = q0 + qc;
-          const bool ok = whole || (i < p.t && j < p.tk && av3_sees(p, i, j, qsg[qc], kseg[e >> 1]));
+          const bool ok = CLEAN || (i < p.t && j < p.tk && av3_sees(p, i, j, qsg[qc], kseg[e >> 1]));
           float dcap;
-          pr[e] = av3_p(p, s[nt][e], f[qc], ok, plain, &dcap);
+          pr[e] = av3_p(p, s[nt][e], f[qc], ok, CLEAN, &dcap);
           dsv[e] = pr[e] * (dpv[nt][e] - f[AB3_B + qc]) * dcap * p.scale;
         }
         pa[nt / 2][(nt % 2) * 2] = pack2(from_f32<T>(pr[0]), from_f32<T>(pr[1]));
@@ -781,11 +833,14 @@ __device__ __forceinline__ void attn_bwd_dkv_v3(const AttnParams& p) {
       }
       KILN_UNROLL
       for (int kk = 0; kk < 2; ++kk) {
-        av3_mma_d<T>(dv, pa[kk], dt, half * 32 + kk * 16, ksteps);
-        av3_mma_d<T>(dk, sa[kk], qt, half * 32 + kk * 16, ksteps);
+        av3_mma_d<T>(dv, pa[kk], dt, L, half * 32 + kk * 16, ksteps);
+        av3_mma_d<T>(dk, sa[kk], qt, L, half * 32 + kk * 16, ksteps);
       }
     }
-  }
+  };
+  int it = 0;
+  for (; it < nclean * group; ++it) step(it, av3_flag<true>());
+  for (; it < ntiles; ++it) step(it, av3_flag<false>());
   cp_async_wait<0>();
   KILN_UNROLL
   for (int r = 0; r < 2; ++r) {

@@ -130,6 +130,20 @@ __device__ __forceinline__ void store_u32x4(void* p, uint4 v) {
 #endif
 }
 
+// 2^x by the special-function unit, subnormal results flushed to zero (ex2.approx.ftz: one
+// MUFU.EX2; exp2f without ftz adds a compare and two multiplies to keep subnormals). For
+// softmax weights, where a weight below 2^-126 next to the row's maximum of 1 is nothing.
+__device__ __forceinline__ float exp2_ftz(float x) {
+#if KILN_GPU
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#else
+  const float y = exp2f(x);
+  return std::fabs(y) < 1.17549435e-38f ? 0.f : y;
+#endif
+}
+
 // ---- reductions ----
 // The butterfly all-reduce over a warp: every lane ends with the same bits. On the CPU the same
 // tree is computed from one warp-wide exchange (five shuffles cost five fiber rounds there).

@@ -473,6 +473,18 @@ impl Exec for CudaExec {
     fn set_poison(&self, on: bool) {
         self.poison.store(on, std::sync::atomic::Ordering::Relaxed);
     }
+    fn max_block_smem(&self) -> usize {
+        // The CUDA programming guide's table (maximum shared memory per block, opted in).
+        let kib = match self.compute_capability {
+            (7, 0) | (7, 2) => 96,
+            (7, 5) => 64,
+            (8, 0) | (8, 7) => 163,
+            (9, _) | (10, _) => 227,
+            (8, _) | (11, _) | (12, _) => 99,
+            _ => 48,
+        };
+        kib * 1024
+    }
     fn has_wgmma(&self) -> bool {
         // Loads the GEMM module (NVRTC or KILN_PTX_DIR), then asks what it was built for: a
         // generic sm_90 PTX from an older build dir has no wgmma.

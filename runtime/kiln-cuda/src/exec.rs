@@ -143,6 +143,11 @@ pub trait Exec: Send + Sync {
     fn take_profile(&self) -> crate::prof::dynamic::Session {
         Default::default()
     }
+    /// The most shared memory one block may use here (static and dynamic, after opting in):
+    /// kernels that need more take another path. The emulation has Hopper's 227 KiB.
+    fn max_block_smem(&self) -> usize {
+        227 * 1024
+    }
     /// Whether the `wgmma` kernels run here: a Hopper GPU (compute capability 9.0) whose GEMM
     /// module is built for sm_90a, or the emulation (which implements the instruction).
     fn has_wgmma(&self) -> bool {

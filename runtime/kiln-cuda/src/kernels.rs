@@ -397,7 +397,8 @@ pub struct AttnParams {
     pub window: i32,
     /// Logit soft-cap; 0: none.
     pub softcap: f32,
-    pub pad: i32,
+    /// v3: Q, K and V rows 16-byte aligned and D a multiple of 8 (cp.async loads).
+    pub vec: i32,
 }
 
 /// Every kernel entry point, by file (what `kiln selftest` and the NVRTC tier list).

@@ -438,7 +438,7 @@ fn casts_round_to_nearest_even_like_the_cpu() {
 /// dims 64, 96 and 128, several tiles with ragged tails, GQA and packed segments: bf16-sized
 /// differences (it does round to bf16: not silently v1), never more.
 #[test]
-fn attention_v2_on_tensor_cores_matches_v1_to_bf16_precision() {
+fn attention_on_tensor_cores_matches_v1_to_16_bit_precision() {
     use kiln_core::backend::AttnArgs;
     use kiln_core::{Backend, Tensor};
     let be = emu();
@@ -481,15 +481,68 @@ fn attention_v2_on_tensor_cores_matches_v1_to_bf16_precision() {
         let e1: Vec<f64> = (0..5).map(|i| worst(&v1[i], &cpu[i])).collect();
         let fmt = |e: &[f64]| e.iter().map(|x| format!("{x:.1e}")).collect::<Vec<_>>().join(" ");
         eprintln!(
-            "attention d{d} t{t}, {names:?} of each output's scale: v2 (bf16 tensor cores) {}; v1 (f32) {}",
+            "attention d{d} t{t}, {names:?} of each output's scale: v3 (bf16 tensor cores) {}; v1 (f32) {}",
             fmt(&e2),
             fmt(&e1)
         );
         for i in 0..5 {
             assert!(e1[i] < 1e-5, "v1 {} is f32-exact: {:e}", names[i], e1[i]);
-            assert!(e2[i] > 1e-6, "v2 {} must round to bf16 (got {:e}: did v1 run?)", names[i], e2[i]);
-            assert!(e2[i] < 2e-2, "v2 {} beyond bf16 precision: {:e}", names[i], e2[i]);
+            assert!(e2[i] > 1e-6, "v3 {} must round to bf16 (got {:e}: did v1 run?)", names[i], e2[i]);
+            assert!(e2[i] < 2e-2, "v3 {} beyond bf16 precision: {:e}", names[i], e2[i]);
         }
+    }
+    // v3 on 16-bit Q, K, V (and O, dO) as the mixed-precision path carries them: several query
+    // and key tiles, ragged ends, GQA, a head dim padded to 16 (80) and one past the 16-byte loads
+    // (D = 36: plain loads), a window that leaves clean tiles between masked ones, packed
+    // segments, a window with soft-capping, and decoding with a cache (Tk > T: forward only).
+    for (dt, t, tk, hq, hkv, d, window, softcap, packed) in [
+        (kiln_core::DType::BF16, 300, 300, 4, 2, 80, Some(150), None, false),
+        (kiln_core::DType::F16, 200, 200, 2, 1, 128, Some(70), Some(3.0), false),
+        (kiln_core::DType::BF16, 130, 130, 3, 3, 36, None, None, true),
+        (kiln_core::DType::F16, 9, 261, 4, 1, 64, None, None, false),
+    ] {
+        let mut randn = |dims: &[usize]| {
+            let n = dims.iter().product();
+            let x = Tensor::from_vec((0..n).map(|_| rng.normal() as f32).collect::<Vec<_>>(), dims.to_vec()).unwrap();
+            x.to_dtype(dt).unwrap()
+        };
+        let x = [randn(&[2, t, hq, d]), randn(&[2, tk, hkv, d]), randn(&[2, tk, hkv, d]), randn(&[2, t, hq, d])];
+        let seg = Tensor::from_vec((0..2 * t).map(|i| ((i % t) * 3 / t) as i32).collect::<Vec<_>>(), [2, t]).unwrap();
+        let run = |be: &dyn Backend, x: &[Tensor]| -> Vec<Vec<f64>> {
+            let a = AttnArgs {
+                scale: 1.0 / (d as f64).sqrt(),
+                window,
+                softcap,
+                seg: packed.then_some(&seg),
+                ..AttnArgs::causal(&x[0], &x[1], &x[2])
+            };
+            let (o, lse) = be.attention_fwd(&a).unwrap();
+            let mut out = vec![o.clone(), lse.clone()];
+            if t == tk {
+                let (dq, dk, dv) = be.attention_bwd(&a, &o, &lse, &x[3]).unwrap();
+                out.extend([dq, dk, dv]);
+            }
+            out.iter().map(|t| t.to_vec_f64().unwrap()).collect()
+        };
+        let got = run(be.with_gemm(GemmVariant::V6), &x);
+        let x64: Vec<Tensor> = x.iter().map(|t| t.to_dtype(kiln_core::DType::F64).unwrap()).collect();
+        let cpu = run(&kiln_core::CpuBackend, &x64);
+        let worst = |a: &[f64], b: &[f64]| {
+            let s = b.iter().fold(0.0f64, |m, y| m.max(y.abs()));
+            a.iter().zip(b).map(|(x, y)| if x.is_nan() { f64::INFINITY } else { (x - y).abs() / s }).fold(0.0, f64::max)
+        };
+        let e: Vec<f64> = got.iter().zip(&cpu).map(|(g, c)| worst(g, c)).collect();
+        let names = ["o", "lse", "dq", "dk", "dv"];
+        let fmt = |e: &[f64]| e.iter().map(|x| format!("{x:.1e}")).collect::<Vec<_>>().join(" ");
+        eprintln!(
+            "attention v3 {} t{t} tk{tk} hq{hq} hkv{hkv} d{d} window {window:?} cap {softcap:?} packed {packed}, {:?}: {}",
+            dt.name(),
+            &names[..e.len()],
+            fmt(&e)
+        );
+        // Outputs rounded to the 16-bit type (2^-9 of them), P and dS to the same.
+        let bound = if dt == kiln_core::DType::F16 { 3e-3 } else { 2e-2 };
+        assert!(e.iter().all(|&x| x < bound), "v3 {}: {e:?} (bound {bound:e})", dt.name());
     }
 }
 

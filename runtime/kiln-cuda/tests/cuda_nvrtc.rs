@@ -174,7 +174,7 @@ extern "C" __global__ void shift_loop(const unsigned* x, unsigned* y, unsigned n
     );
 }
 
-/// `ptxas -v` on the GEMM kernels (matmul.cu; LoRA is fused into them) and attention (v2 on tensor cores)
+/// `ptxas -v` on the GEMM kernels (matmul.cu; LoRA is fused into them) and attention (v3 on tensor cores)
 /// of every real architecture.
 fn ptxas_reports_no_spills(dir: &std::path::Path) {
     let ptxas = std::env::var("KILN_PTXAS").unwrap_or_else(|_| "ptxas".into());
