@@ -251,6 +251,7 @@ constexpr int AV3_TILE = AV3_BK * AV3_D;  // 16-bit elements of one K or V tile
 // Bytes of dynamic shared memory (`ATTN_V3_SMEM` in runtime/kiln-cuda/src/backend/attention.rs):
 // two stages of K and V, then each stage's 64 key segment ids.
 constexpr int AV3_SMEM = 2 * 2 * AV3_TILE * 2 + 2 * AV3_BK * 4;
+static_assert(AV3_SMEM <= 99 * 1024, "v3 attention fits the 99 KiB a block of sm_86/89/120");
 constexpr float AV3_LOG2E = 1.4426950408889634f, AV3_LN2 = 0.6931471805599453f;
 
 // Offset of element (row, col) of a swizzled tile (128 columns a row).
@@ -566,6 +567,7 @@ constexpr int AB3_B = 64, AB3_THREADS = 128, AB3_TILE = AB3_B * AV3_D;
 // Dynamic shared memory (`ATTN_V3_DQ_SMEM`, `ATTN_V3_DKV_SMEM` in backend/attention.rs).
 constexpr int AB3_DQ_SMEM = 6 * AB3_TILE * 2 + 2 * AB3_B * 4;
 constexpr int AB3_DKV_SMEM = 6 * AB3_TILE * 2 + 2 * 3 * AB3_B * 4;
+static_assert(AB3_DQ_SMEM <= 99 * 1024 && AB3_DKV_SMEM <= 99 * 1024, "the v3 backward fits 99 KiB a block");
 
 // Row half r of accumulators over D, times `scale`, into the row at dst.
 template <class OT>

@@ -57,8 +57,12 @@ run "lora v7 r16 fwd act16" --op lora --shape $l --variant v7 --act bf16 --max-c
 run "lora v7 r16 fwd+bwd act16" --op lora_bwd --shape $l --variant v7 --act bf16 --max-ctas 16
 run "gemv bf16" --op gemv --shape $v --dtype bf16
 run "gemv Q4_K" --op gemv --shape $v --dtype q4_k
-run "attention v2 fwd" --op attention --shape $a
-run "attention v2 fwd+bwd" --op attention_bwd --shape $a
+# Attention v3 (FlashAttention-2's structure; its f32-activation rows round Q, K, V to bf16 first).
+# Causal CTAs differ in work; 32 CTAs a launch are whole heads (every query or key tile of one).
+run "attention v3 fwd" --op attention --shape $a --max-ctas 32
+run "attention v3 fwd+bwd" --op attention_bwd --shape $a --max-ctas 32
+run "attention v3 fwd act16" --op attention --shape $a --act bf16 --max-ctas 32
+run "attention v3 fwd+bwd act16" --op attention_bwd --shape $a --act bf16 --max-ctas 32
 run "rms_norm fwd+bwd" --op rms_norm --shape $r
 run "cross_entropy fwd+bwd" --op cross_entropy --shape $c
 run "adamw" --op adamw --shape $n

@@ -79,9 +79,11 @@ pub const F32_ADAMW8: Tol = Tol { steps: 1e-4, weights: 1e-3 };
 /// A run with 16-bit arithmetic in it (bf16 tensor-core attention and quantized GEMMs on CUDA,
 /// f16 GEMMs on wgpu). Measured: 1.3e-3 on a step's loss, 3.9e-3 on its gradient norm, 8.1e-3
 /// on the weights, whose every entry AdamW moves by about the learning rate whatever the size of
-/// its gradient, so each carries its gradient's 16-bit error whole.
+/// its gradient, so each carries its gradient's 16-bit error whole. With bf16 activations on CUDA
+/// (30 LoRA steps, v3 attention): 1.9e-3 on the loss, 1.0e-2 on one step's gradient norm (step
+/// 13; 7.9e-3 with the v2 attention, whose sums ran in another order over the same roundings).
 #[allow(dead_code)]
-pub const HALF: Tol = Tol { steps: 1e-2, weights: 1e-1 };
+pub const HALF: Tol = Tol { steps: 1.5e-2, weights: 1e-1 };
 /// Steps every compared run takes at least: the first step's loss precedes any update.
 #[allow(dead_code)]
 pub const MIN_STEPS: usize = 10;

@@ -208,7 +208,13 @@ fn ptxas_reports_no_spills(dir: &std::path::Path) {
                 if let Some(rest) = line.split("Compiling entry function '").nth(1) {
                     kernel = rest.split('\'').next().unwrap_or("").to_string();
                 }
-                if let Some(i) = line.find("bytes spill stores") {
+                // The v3 attention kernels never launch on sm_75 (their 66–98 KiB of shared memory
+                // exceed its 64 KiB a block: `Exec::max_block_smem`), where bf16 mma is emulated
+                // with shuffles and ptxas spills a few bytes; every other target must not spill.
+                let unused_here = target == "sm_75" && kernel.starts_with("attn_") && kernel.contains("_v3_");
+                if let Some(i) = line.find("bytes spill stores")
+                    && !unused_here
+                {
                     let stores: usize = line[..i].split_whitespace().last().and_then(|s| s.parse().ok()).unwrap_or(1);
                     assert_eq!(stores, 0, "{target} {kernel}: {line}");
                 }

@@ -77,6 +77,8 @@ mod tests {
             "gemv bf16",
             "attention v2 fwd",
             "attention v2 fwd+bwd",
+            "attention v3 fwd act16",
+            "attention v3 fwd+bwd act16",
             "rms_norm fwd+bwd",
             "cross_entropy fwd+bwd",
             "adamw",
