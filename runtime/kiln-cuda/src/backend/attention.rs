@@ -15,7 +15,7 @@ use crate::kernels::AttnParams;
 /// Whether attention runs on tensor cores (the v2 backward; the v3 forward also asks for shared
 /// memory): the tensor-core GEMM variants are chosen (v3–v7) and the head dim is at most 128;
 /// v1 and v2 keep f32 attention.
-fn attn_v2(be: &KernelBackend, d: i32) -> bool {
+fn attn_tensor_cores(be: &KernelBackend, d: i32) -> bool {
     d <= 128 && be.gemm().tensor_cores()
 }
 
@@ -27,7 +27,7 @@ const ATTN_V3_SMEM: usize = 2 * 2 * 64 * 128 * 2 + 2 * 64 * 4;
 /// the tensor-core variants, head dims up to 128, and a device whose blocks may hold its shared
 /// memory (not sm_75's 64 KiB); elsewhere the f32 kernel.
 fn attn_v3(be: &KernelBackend, d: i32) -> bool {
-    attn_v2(be, d) && be.exec.max_block_smem() >= ATTN_V3_SMEM
+    attn_tensor_cores(be, d) && be.exec.max_block_smem() >= ATTN_V3_SMEM
 }
 
 /// Dynamic shared memory of the v3 backward kernels (kernels/attention.cu `AB3_DQ_SMEM`,
@@ -39,7 +39,7 @@ const ATTN_V3_DKV_SMEM: usize = 6 * 64 * 128 * 2 + 2 * 3 * 64 * 4;
 
 /// Whether the backward runs v3, as [`attn_v3`] asks for the forward.
 fn attn_v3_bwd(be: &KernelBackend, d: i32) -> bool {
-    attn_v2(be, d) && be.exec.max_block_smem() >= ATTN_V3_DKV_SMEM.max(ATTN_V3_DQ_SMEM)
+    attn_tensor_cores(be, d) && be.exec.max_block_smem() >= ATTN_V3_DKV_SMEM.max(ATTN_V3_DQ_SMEM)
 }
 
 /// The sizes of an attention call and the query rows.
