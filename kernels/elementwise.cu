@@ -45,6 +45,26 @@ KILN_EW3(add, add_body)
 KILN_EW3(mul, mul_body)
 KILN_EW3(scale, scale_body)
 
+// out = a · b[0] with b one f32 on the device (a backward seed the host never reads).
+KILN_KERNEL(scale_by_f32, EwParams) {
+  const float* a = static_cast<const float*>(p.a);
+  const float s = *static_cast<const float*>(p.b);
+  float* o = static_cast<float*>(p.out);
+  KILN_FOR_EACH(i, p.n) { o[i] = a[i] * s; }
+}
+
+// n bytes from a to out (Backend::concat0 joining parts into one buffer): 16 bytes a thread
+// where both addresses and n allow, else one byte.
+KILN_KERNEL(copy_bytes, EwParams) {
+  const unsigned char* a = static_cast<const unsigned char*>(p.a);
+  unsigned char* o = static_cast<unsigned char*>(p.out);
+  if (((reinterpret_cast<uintptr_t>(a) | reinterpret_cast<uintptr_t>(o) | uintptr_t(p.n)) & 15) == 0) {
+    KILN_FOR_EACH(i, p.n / 16) { store_u32x4(o + 16 * i, load_u32x4(a + 16 * i)); }
+  } else {
+    KILN_FOR_EACH(i, p.n) { o[i] = a[i]; }
+  }
+}
+
 template <class TI, class TO>
 __device__ __forceinline__ void cast_body(const EwParams& p) {
   const TI* a = static_cast<const TI*>(p.a);

@@ -293,7 +293,8 @@ pub struct CeParams {
     pub out1: u64,
     pub m: i64,
     pub v: i32,
-    pub pad: i32,
+    /// ce_chunk: the gradient's scale; loss_sum: the sum's.
+    pub s: f32,
 }
 
 /// `kernels/optim.cu` `MultiTensor`: one row of the tensor table.

@@ -229,3 +229,56 @@ fn every_production_kernel_runs_profiled_and_the_gemm_counts_follow_its_shape() 
         assert!(missing.is_empty(), "production kernels no profiled launch reached: {missing:?}");
     }
 }
+
+/// The fused LM head + cross-entropy (`ops::linear_cross_entropy`), forward and backward over
+/// three chunks, reads nothing back from the device: the profiler's counters see no download
+/// (a host sync) and two uploads (the targets, once; the backward's seed), and the loss and the
+/// gradients of h and W are the CPU's. On the race-checking device (no other test here profiles
+/// it), so the new kernels' shared-memory traffic is checked too.
+#[test]
+fn the_fused_lm_head_loss_reads_nothing_back_and_matches_the_cpu() {
+    use kiln_core::backend::MemoryOps;
+    use kiln_core::{Tape, Tensor, Var, ops};
+
+    let be = kiln_cuda::backend::emu_racecheck();
+    let (n, d, v) = (300, 72, 1000);
+    let val = |i: usize, s: f32| ((i.wrapping_mul(2_654_435_761) >> 7) % 1000) as f32 / 1000.0 * s - s / 2.0;
+    let h = Tensor::from_vec((0..n * d).map(|i| val(i, 2.0)).collect(), [n, d]).unwrap();
+    let w = Tensor::from_vec((0..v * d).map(|i| val(i + 7, 0.6)).collect(), [v, d]).unwrap();
+    let targets = Tensor::from_vec(
+        (0..n).map(|i| if i % 7 == 3 { -100 } else { (i * 37 % v) as i32 }).collect::<Vec<i32>>(),
+        [n],
+    )
+    .unwrap();
+    let run = |dev: bool| {
+        let put = |t: &Tensor| if dev { be.upload(t).unwrap() } else { t.clone() };
+        let (hv, wv) = (Var::leaf(put(&h), true), Var::leaf(put(&w), true));
+        if dev {
+            assert!(be.exec.set_profile(Some(ALL)));
+        }
+        let tape = Tape::new();
+        let out = ops::linear_cross_entropy(&tape, &hv, &wv, &targets, 128).unwrap();
+        let g = tape.backward(&out.loss).unwrap();
+        let session = dev.then(|| be.exec.take_profile());
+        be.exec.set_profile(None);
+        let read = |v: &Var| g.get(v).unwrap().to_vec_f64().unwrap();
+        (out.loss.value().item().unwrap(), read(&hv), read(&wv), session)
+    };
+    let (loss, dh, dw, s) = run(true);
+    let (cpu_loss, cpu_dh, cpu_dw, _) = run(false);
+    let s = s.unwrap();
+    let names: Vec<&str> = s.launches.iter().map(|l| l.kernel.as_str()).collect();
+    eprintln!("fused head: {} launches, {} uploads, {} downloads: {names:?}", names.len(), s.uploads, s.downloads);
+    assert_eq!(s.downloads, 0, "the fused loss read the device back: {names:?}");
+    assert_eq!(s.uploads, 2, "uploads besides the targets and the seed: {names:?}");
+    for (k, times) in [("ce_chunk_f32", 3), ("loss_sum_f32", 3), ("copy_bytes", 3), ("scale_by_f32", 2)] {
+        assert_eq!(names.iter().filter(|&&x| x == k).count(), times, "{k} launches: {names:?}");
+    }
+    assert!((loss - cpu_loss).abs() <= 1e-5 * cpu_loss.abs(), "loss {loss} vs the CPU's {cpu_loss}");
+    for (name, a, b) in [("dh", &dh, &cpu_dh), ("dW", &dw, &cpu_dw)] {
+        let scale = b.iter().fold(0f64, |m, x| m.max(x.abs()));
+        let err = a.iter().zip(b.iter()).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+        eprintln!("fused head {name}: max error {:.1e} of the gradient's scale", err / scale);
+        assert!(err <= 1e-4 * scale && a.iter().all(|x| x.is_finite()), "{name}: error {err:e} at scale {scale:e}");
+    }
+}

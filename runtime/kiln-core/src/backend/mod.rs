@@ -632,6 +632,70 @@ pub trait Backend:
     fn sum_squares_multi(&self, ts: &[&Tensor]) -> Result<f64> {
         ts.iter().map(|t| self.sum_squares(t)).sum()
     }
+    /// Rows of logits the fused LM head + cross-entropy forms at once for a vocabulary of
+    /// `vocab` (`ops::linear_cross_entropy`): 128 here (the CPU's caches); a GPU backend picks
+    /// thousands, so the head's GEMMs fill the device.
+    fn loss_chunk_rows(&self, _vocab: usize) -> usize {
+        128
+    }
+    /// One chunk of the fused LM head's loss: the per-row NLL `[M]` (0 on ignored rows) and,
+    /// when `grad` is `Some(s)`, `dlogits = (softmax − onehot)·s` (zero on ignored rows), for
+    /// targets the caller has checked against the vocabulary. A GPU backend forms both in one
+    /// pass over the logits and reads nothing back; this default composes
+    /// [`LossOps::cross_entropy_fwd`] and [`LossOps::cross_entropy_bwd`].
+    fn cross_entropy_chunk(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        grad: Option<f64>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let ce = self.cross_entropy_fwd(logits, targets)?;
+        let d = match grad {
+            Some(s) => Some(self.cross_entropy_bwd(logits, targets, &ce.lse, s, 1)?),
+            None => None,
+        };
+        Ok((ce.nll, d))
+    }
+    /// `acc + s·Σ nll` as a one-element tensor of this backend in `nll`'s precision (f64 stays
+    /// f64, else f32); `acc` is an earlier result or `None` (0). The mean loss over a fused
+    /// head's chunks stays on a GPU; this default sums on the host in f64.
+    fn loss_sum(&self, acc: Option<&Tensor>, nll: &Tensor, s: f64) -> Result<Tensor> {
+        let prev = match acc {
+            Some(a) => a.item()?,
+            None => 0.0,
+        };
+        let v = prev + s * nll.to_vec_f64()?.iter().sum::<f64>();
+        let t = match nll.dtype() {
+            DType::F64 => Tensor::from_vec(vec![v], [1])?,
+            _ => Tensor::from_vec(vec![v as f32], [1])?,
+        };
+        self.upload(&t)
+    }
+    /// `a · s[0]` for a one-element tensor `s` of this backend (a backward seed: no read-back
+    /// on a GPU). This default reads `s` and skips the product when it is 1.
+    fn scale_by(&self, a: &Tensor, s: &Tensor) -> Result<Tensor> {
+        if s.numel() != 1 {
+            return Err(crate::Error::shape("scale_by", format!("a scale of {} elements", s.numel())));
+        }
+        let v = s.item()?;
+        if v == 1.0 { Ok(a.clone()) } else { self.scale(a, v) }
+    }
+    /// `parts` joined along their first dimension (same type and trailing dims), f32 or f64.
+    /// This default joins them on the host.
+    fn concat0(&self, parts: &[Tensor]) -> Result<Tensor> {
+        let (dims, dtype) = concat0_dims(parts)?;
+        let t = match dtype {
+            DType::F64 => {
+                let v: Vec<Vec<f64>> = parts.iter().map(|p| p.to_vec_f64()).collect::<Result<_>>()?;
+                Tensor::from_vec(v.concat(), dims)?
+            }
+            _ => {
+                let v: Vec<Vec<f32>> = parts.iter().map(|p| p.to_vec_f32()).collect::<Result<_>>()?;
+                Tensor::from_vec(v.concat(), dims)?
+            }
+        };
+        self.upload(&t)
+    }
     /// Whether [`Backend::adamw8_step`] runs here (else the trainer keeps 8-bit moments on the
     /// host and steps them through f32 a tensor at a time).
     fn has_adamw8(&self) -> bool {
@@ -650,6 +714,30 @@ pub trait Backend:
     ) -> Result<()> {
         Err(crate::Error::Msg(format!("{}: no 8-bit AdamW kernel", self.name())))
     }
+}
+
+/// The joined shape and type of [`Backend::concat0`]'s parts, which must agree in type (f32
+/// or f64) and in every dimension after the first.
+pub fn concat0_dims(parts: &[Tensor]) -> Result<(Vec<usize>, DType)> {
+    let first = parts.first().ok_or_else(|| crate::Error::shape("concat0", "no parts"))?;
+    let dtype = first.dtype();
+    if !matches!(dtype, DType::F32 | DType::F64) {
+        return Err(crate::Error::shape("concat0", format!("{} parts (f32 or f64 expected)", dtype.name())));
+    }
+    let tail = first.dims().get(1..).unwrap_or(&[]).to_vec();
+    let mut rows = 0;
+    for (i, p) in parts.iter().enumerate() {
+        if p.dtype() != dtype || p.dims().is_empty() || p.dims()[1..] != tail[..] {
+            return Err(crate::Error::shape(
+                "concat0",
+                format!("part {i} is {} {:?}, part 0 {} {:?}", p.dtype().name(), p.dims(), dtype.name(), first.dims()),
+            ));
+        }
+        rows += p.dims()[0];
+    }
+    let mut dims = vec![rows];
+    dims.extend(tail);
+    Ok((dims, dtype))
 }
 
 /// Block-wise 8-bit AdamW moments on a device (kiln's format: 256 values per f32 scale; first

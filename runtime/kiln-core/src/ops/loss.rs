@@ -27,12 +27,17 @@ pub fn cross_entropy(tape: &Tape, logits: &Var, targets: &Tensor) -> Result<CeRe
 }
 
 /// Mean cross-entropy of `h·Wᵀ` `[N, V]` against `targets` `[N]` without materializing the
-/// logits of all rows: rows go through in chunks of `chunk`; each chunk's logits, their loss
-/// and — when a gradient will be asked for — their gradient with respect to `h` (and `W`, when
-/// trainable) are computed together and the chunk's logits dropped. Backward then only scales
-/// the saved gradients by the upstream seed (the loss is a scalar, so its gradient is known up
-/// to that factor), so the LM head's GEMMs run once each, as unfused, at a fraction of the
-/// memory: [chunk, V] instead of [N, V] logits and their gradient.
+/// logits of all rows: rows go through in chunks of `chunk` (the backend's
+/// [`Backend::loss_chunk_rows`](crate::Backend::loss_chunk_rows) in the models); each chunk's
+/// logits, their loss and — when a gradient will be asked for — their gradient with respect to
+/// `h` (and `W`, when trainable) are computed together and the chunk's logits dropped. Backward
+/// then only scales the saved gradients by the upstream seed (the loss is a scalar, so its
+/// gradient is known up to that factor), so the LM head's GEMMs run once each, as unfused, at a
+/// fraction of the memory: [chunk, V] instead of [N, V] logits and their gradient.
+///
+/// Nothing is read back from a GPU: the targets are checked on the host (where the batch is)
+/// and uploaded once, the loss is summed on the device into a one-element tensor, the chunks'
+/// input gradients are joined there, and backward multiplies by the seed on the device.
 pub fn linear_cross_entropy(tape: &Tape, h: &Var, w: &Var, targets: &Tensor, chunk: usize) -> Result<CeResult> {
     linear_cross_entropy_capped(tape, h, w, targets, chunk, None)
 }
@@ -60,6 +65,20 @@ fn uncap(be: &dyn crate::Backend, dl: Tensor, raw: Option<Tensor>, cap: Option<f
     }
 }
 
+/// `targets` on the host as i32, checked against `n` rows and a vocabulary of `v` (a target
+/// ≥ `v` is refused naming its row; < 0 is ignored).
+fn host_targets(op: &'static str, targets: &Tensor, n: usize, v: usize) -> Result<Tensor> {
+    let tcpu = targets.to_cpu()?;
+    let tv = tcpu.as_slice::<i32>()?;
+    if tv.len() != n {
+        return Err(crate::Error::shape(op, format!("{n} rows, {} targets", tv.len())));
+    }
+    if let Some((r, &t)) = tv.iter().enumerate().find(|&(_, &t)| t >= 0 && t as usize >= v) {
+        return Err(crate::Error::Msg(format!("{op}: target {t} in row {r} is outside the vocabulary of {v}")));
+    }
+    Ok(tcpu)
+}
+
 /// [`linear_cross_entropy`] of soft-capped logits `cap · tanh(h·Wᵀ / cap)` when `cap` is set
 /// (Gemma 2's `final_logit_softcapping`).
 pub fn linear_cross_entropy_capped(
@@ -74,29 +93,27 @@ pub fn linear_cross_entropy_capped(
     let (hv, wv) = (h.value(), w.value());
     let be = hv.backend();
     let n = hv.shape().rows();
-    let tcpu = targets.to_cpu()?;
-    let tv = tcpu.as_slice::<i32>()?;
-    if tv.len() != n {
-        return Err(crate::Error::shape("linear_cross_entropy", format!("{n} rows, {} targets", tv.len())));
-    }
-    let n_valid = tv.iter().filter(|&&t| t >= 0).count();
+    let tcpu = host_targets("linear_cross_entropy", targets, n, wv.shape().rows())?;
+    let n_valid = tcpu.as_slice::<i32>()?.iter().filter(|&&t| t >= 0).count();
+    let tdev = be.upload(&tcpu)?;
     let need = LinearNeeds {
         x: tape.is_recording() && h.requires_grad(),
         w: tape.is_recording() && w.requires_grad(),
         bias: false,
         lora: false,
     };
+    // Each row's loss and gradient weigh 1/n_valid in the mean.
+    let s = if n_valid > 0 { 1.0 / n_valid as f64 } else { 0.0 };
     let h2 = hv.reshape([n, hv.shape().last()])?;
-    let (mut loss_sum, mut dh, mut dw): (f64, Vec<Tensor>, Option<Tensor>) = (0.0, Vec::new(), None);
+    let (mut loss, mut dh, mut dw): (Option<Tensor>, Vec<Tensor>, Option<Tensor>) = (None, Vec::new(), None);
     for r0 in (0..n).step_by(chunk.max(1)) {
         let rows = chunk.max(1).min(n - r0);
-        let (hc, tc) = (h2.narrow0(r0, rows)?, be.upload(&tcpu.narrow0(r0, rows)?)?);
+        let (hc, tc) = (h2.narrow0(r0, rows)?, tdev.narrow0(r0, rows)?);
         let (logits, raw) = chunk_logits(be, &hc, wv, cap)?;
-        let ce = be.cross_entropy_fwd(&logits, &tc)?;
-        loss_sum += ce.loss * ce.n_valid as f64;
-        if need.x || need.w {
-            let dl = be.cross_entropy_bwd(&logits, &tc, &ce.lse, 1.0, n_valid)?;
-            drop(logits);
+        let (nll, dl) = be.cross_entropy_chunk(&logits, &tc, (need.x || need.w).then_some(s))?;
+        drop(logits);
+        loss = Some(be.loss_sum(loss.as_ref(), &nll, s)?);
+        if let Some(dl) = dl {
             let dl = uncap(be, dl, raw, cap)?;
             let g = be.linear_bwd(&dl, &hc, wv, None, need)?;
             dh.extend(g.dx);
@@ -108,31 +125,27 @@ pub fn linear_cross_entropy_capped(
             }
         }
     }
-    let mean = if n_valid > 0 { loss_sum / n_valid as f64 } else { 0.0 };
-    let loss = match hv.dtype() {
-        DType::F64 => Tensor::from_vec(vec![mean], [1])?,
-        _ => Tensor::from_vec(vec![mean as f32], [1])?,
+    let loss = match loss {
+        Some(l) => l,
+        None => be.upload(&match hv.dtype() {
+            DType::F64 => Tensor::from_vec(vec![0f64], [1])?,
+            _ => Tensor::from_vec(vec![0f32], [1])?,
+        })?,
     };
-    let loss = be.upload(&loss)?;
-    // The chunks' input gradients, joined in the compute precision.
-    let dh = if !need.x {
-        None
-    } else if hv.dtype() == DType::F64 {
-        let v: Vec<f64> = dh.iter().map(|t| t.to_vec_f64()).collect::<Result<Vec<_>>>()?.concat();
-        Some(be.upload(&Tensor::from_vec(v, hv.shape().clone())?)?)
-    } else {
-        let v: Vec<f32> = dh.iter().map(|t| t.to_vec_f32()).collect::<Result<Vec<_>>>()?.concat();
-        Some(be.upload(&Tensor::from_vec(v, hv.shape().clone())?)?)
+    // The chunks' input gradients, joined on the device.
+    let dh = match dh.len() {
+        0 => None,
+        1 => Some(dh.remove(0).reshape(hv.shape().clone())?),
+        _ => Some(be.concat0(&dh)?.reshape(hv.shape().clone())?),
     };
     let (ih, iw) = (h.id(), w.id());
     let loss = tape.record(&[h, w], loss, move |g| {
-        let seed = g.to_vec_f64()?.first().copied().unwrap_or(0.0);
         let mut out = Vec::new();
         if let Some(d) = &dh {
-            out.push((ih, if seed == 1.0 { d.clone() } else { d.backend().scale(d, seed)? }));
+            out.push((ih, d.backend().scale_by(d, g)?));
         }
         if let Some(d) = &dw {
-            out.push((iw, if seed == 1.0 { d.clone() } else { d.backend().scale(d, seed)? }));
+            out.push((iw, d.backend().scale_by(d, g)?));
         }
         Ok(out)
     });
@@ -165,10 +178,7 @@ pub fn linear_token_nll_capped(
     let (hv, wv) = (h.value(), w.value());
     let be = hv.backend();
     let n = hv.shape().rows();
-    let tcpu = targets.to_cpu()?;
-    if tcpu.numel() != n {
-        return Err(crate::Error::shape("linear_token_nll", format!("{n} rows, {} targets", tcpu.numel())));
-    }
+    let tcpu = host_targets("linear_token_nll", targets, n, wv.shape().rows())?;
     let need_x = tape.is_recording() && h.requires_grad();
     let need_w = tape.is_recording() && w.requires_grad();
     let chunk = chunk.max(1);

@@ -1,5 +1,6 @@
 //! Parity cases of the loss family: cross-entropy forward, backward with one scale and with
-//! per-row weights, over vocabularies from 2 to 4136 with ignored rows.
+//! per-row weights, over vocabularies from 2 to 4136 with ignored rows; and the fused LM head's
+//! device pieces on the same rows (`cross_entropy_chunk`, `loss_sum`, `scale_by`, `concat0`).
 
 use super::{Case, i32s, randn, rng};
 use crate::backend::Op;
@@ -18,7 +19,17 @@ pub fn loss_cases(seed: u64) -> Vec<Case> {
             // Per-row weights (preference losses): the rows' own NLL as weights.
             let dr = be.cross_entropy_bwd_rows(&x[0], &x[1], &ce.lse, &ce.nll)?;
             let loss = Tensor::from_vec(vec![ce.loss], [1])?;
-            Ok(vec![loss, ce.lse, ce.nll, d, dr])
+            // The fused head's chunk: nll and dlogits in one pass, the mean summed on the
+            // device in two steps, the gradient scaled by a device scalar, rows joined.
+            let (nll, dc) = be.cross_entropy_chunk(&x[0], &x[1], Some(1.3 / ce.n_valid.max(1) as f64))?;
+            let dc = dc.ok_or_else(|| crate::Error::Msg("cross_entropy_chunk: no gradient".into()))?;
+            let m = x[0].dims()[0];
+            let half = m / 2;
+            let sum = be.loss_sum(None, &nll.narrow0(0, half)?, 0.5)?;
+            let sum = be.loss_sum(Some(&sum), &nll.narrow0(half, m - half)?, 0.5)?;
+            let scaled = be.scale_by(&dc, &sum)?;
+            let joined = be.concat0(&[d.narrow0(0, half)?, dc.narrow0(half, m - half)?])?;
+            Ok(vec![loss, ce.lse, ce.nll, d, dr, nll, dc, sum, scaled, joined])
         }));
     }
     out

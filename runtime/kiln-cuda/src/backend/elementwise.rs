@@ -129,3 +129,46 @@ pub(super) fn col_sum(be: &KernelBackend, a: &Tensor, rows: usize, cols: usize) 
     be.exec.launch(&format!("col_sum_{ty}"), grid(cols), bytemuck::bytes_of(&p))?;
     Ok(be.wrap(out, [cols], DType::F32))
 }
+
+/// [`Backend::scale_by`](kiln_core::Backend::scale_by) for f32 `a` and `s` on the device: no
+/// read-back; `None` where the types are others (the caller takes the default path).
+pub(super) fn scale_by(be: &KernelBackend, a: &Tensor, s: &Tensor) -> Result<Option<Tensor>> {
+    if a.dtype() != DType::F32
+        || s.dtype() != DType::F32
+        || !matches!(s.storage(), kiln_core::tensor::Storage::Device(_))
+    {
+        return Ok(None);
+    }
+    if s.numel() != 1 {
+        return Err(Error::shape("scale_by", format!("a scale of {} elements", s.numel())));
+    }
+    let n = a.numel();
+    let (ha, hs) = (be.held(a)?, be.held(s)?);
+    let out = be.alloc(n, DType::F32)?;
+    let p = EwParams { a: ha.ptr(), b: hs.ptr(), out: out.ptr, n: n as i64, s: 0.0, pad: 0 };
+    if n > 0 {
+        be.exec.launch("scale_by_f32", grid(n), bytemuck::bytes_of(&p))?;
+    }
+    Ok(Some(be.wrap(out, a.shape().clone(), DType::F32)))
+}
+
+/// [`Backend::concat0`](kiln_core::Backend::concat0) on the device: one copy launch a part.
+pub(super) fn concat0(be: &KernelBackend, parts: &[Tensor]) -> Result<Tensor> {
+    let (dims, dtype) = kiln_core::backend::concat0_dims(parts)?;
+    // f64 parts live in f32 on the device.
+    let dtype = if dtype == DType::F64 { DType::F32 } else { dtype };
+    let numel: usize = dims.iter().product();
+    let out = be.alloc(numel, dtype)?;
+    let elem = out.bytes / numel.max(1);
+    let mut at = 0u64;
+    for part in parts {
+        let h = be.held(part)?;
+        let n = part.numel() * elem;
+        let p = EwParams { a: h.ptr(), b: 0, out: out.ptr + at, n: n as i64, s: 0.0, pad: 0 };
+        if n > 0 {
+            be.exec.launch("copy_bytes", grid(n.div_ceil(16)), bytemuck::bytes_of(&p))?;
+        }
+        at += n as u64;
+    }
+    Ok(be.wrap(out, dims, dtype))
+}

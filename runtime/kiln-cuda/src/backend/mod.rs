@@ -327,6 +327,30 @@ impl Backend for KernelBackend {
     fn name(&self) -> &'static str {
         self.exec.name()
     }
+    fn loss_chunk_rows(&self, vocab: usize) -> usize {
+        loss::loss_chunk_rows(vocab)
+    }
+    fn cross_entropy_chunk(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        grad: Option<f64>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        loss::cross_entropy_chunk(self, logits, targets, grad)
+    }
+    fn loss_sum(&self, acc: Option<&Tensor>, nll: &Tensor, s: f64) -> Result<Tensor> {
+        loss::loss_sum(self, acc, nll, s)
+    }
+    fn scale_by(&self, a: &Tensor, s: &Tensor) -> Result<Tensor> {
+        match elementwise::scale_by(self, a, s)? {
+            Some(t) => Ok(t),
+            // Other types: the seed read on the host (the backward seeds the models make are f32).
+            None => kiln_core::backend::ElementwiseOps::scale(self, a, s.item()?),
+        }
+    }
+    fn concat0(&self, parts: &[Tensor]) -> Result<Tensor> {
+        elementwise::concat0(self, parts)
+    }
     fn activation_dtype(&self) -> DType {
         env_act().unwrap_or_else(|e| {
             static SAID: std::sync::Once = std::sync::Once::new();

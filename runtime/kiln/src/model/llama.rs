@@ -66,9 +66,6 @@ pub struct Llama {
     act: Option<DType>,
 }
 
-/// Rows per chunk of the fused LM head + loss: [128, vocab] logits at a time.
-const LOSS_CHUNK: usize = 128;
-
 /// One batch of token rows.
 pub struct Inputs<'a> {
     /// `[B, T]` token ids (`I32`).
@@ -519,11 +516,13 @@ impl Llama {
         lora: Option<&LoraSet>,
         checkpoint: bool,
     ) -> Result<CeResult> {
-        // The LM head and the loss are fused: logits exist a chunk of rows at a time.
+        // The LM head and the loss are fused: logits exist a chunk of rows at a time (the
+        // backend's chunk: 128 rows on the CPU, thousands on a GPU).
         let h = self.hidden(tape, inp, lora, checkpoint)?;
         let n = inp.ids.numel();
         let cap = self.final_softcap();
-        Ok(ops::linear_cross_entropy_capped(tape, &h, self.head(), &targets.reshape([n])?, LOSS_CHUNK, cap)?)
+        let chunk = h.value().backend().loss_chunk_rows(self.head().value().shape().rows());
+        Ok(ops::linear_cross_entropy_capped(tape, &h, self.head(), &targets.reshape([n])?, chunk, cap)?)
     }
 
     /// Per-position negative log-likelihood `[B·T]` of `targets` (0 where ignored): summed
@@ -539,7 +538,8 @@ impl Llama {
         let h = self.hidden(tape, inp, lora, checkpoint)?;
         let n = inp.ids.numel();
         let cap = self.final_softcap();
-        Ok(ops::linear_token_nll_capped(tape, &h, self.head(), &targets.reshape([n])?, LOSS_CHUNK, cap)?)
+        let chunk = h.value().backend().loss_chunk_rows(self.head().value().shape().rows());
+        Ok(ops::linear_token_nll_capped(tape, &h, self.head(), &targets.reshape([n])?, chunk, cap)?)
     }
 }
 
