@@ -173,6 +173,7 @@ fn metrics_records_match_their_documentation() {
         tokens_per_s: 100.0,
         elapsed_s: 5.12,
         pref: Some((&pref).into()),
+        device: Some(kiln::train::DeviceLog { launches: 900, uploads: 12, host_syncs: 1 }),
     };
     let scores = kiln::eval::Scores {
         n: 1,

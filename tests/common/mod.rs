@@ -125,6 +125,13 @@ pub fn train_run(model: &Path, data: &Path, out: &Path, backend: &str, extra: &[
     let col = |k: &str| -> Vec<f64> {
         steps.iter().map(|v| v[k].as_f64().unwrap_or_else(|| panic!("{backend}: step without {k}: {v}"))).collect()
     };
+    // A CUDA backend's supervised step waits for the device once: its loss is read with the
+    // gradient norm's sum (preference steps read their log-probabilities too).
+    for v in steps.iter().filter(|v| v.get("rewards_chosen").is_none()) {
+        if let Some(h) = v.get("host_syncs") {
+            assert_eq!(h.as_u64(), Some(1), "{backend}: a step that waited for the device more than once: {v}");
+        }
+    }
     let adapter = out.join("adapter/adapter_model.safetensors");
     let weights = if adapter.is_file() { adapter } else { out.join("model/model.safetensors") };
     assert!(weights.is_file(), "{backend}: no trained weights in {}", out.display());

@@ -90,6 +90,7 @@ pub struct CudaExec {
     funcs: Mutex<HashMap<String, usize>>,
     poison: std::sync::atomic::AtomicBool,
     l2: Mutex<Option<DevBuf>>,
+    counts: crate::exec::Counters,
 }
 
 impl CudaExec {
@@ -132,6 +133,7 @@ impl CudaExec {
             funcs: Mutex::default(),
             poison: false.into(),
             l2: Mutex::default(),
+            counts: Default::default(),
         })
     }
 
@@ -369,9 +371,13 @@ impl Exec for CudaExec {
     }
     fn upload(&self, bytes: &[u8]) -> Result<DevBuf> {
         let b = self.alloc(bytes.len())?;
-        self.synchronize()?;
-        // SAFETY: the buffer holds `bytes.len()` bytes; the stream is idle (synchronized above).
-        unsafe { result::memcpy_htod_sync(b.ptr, bytes) }.map_err(|e| err("upload", e))?;
+        self.counts.upload();
+        // Queued on our stream, so it follows every kernel that used this pooled memory before
+        // and precedes every later one: no wait for the device. `bytes` is pageable memory (kiln
+        // never page-locks host memory), which the driver stages before the call returns, so the
+        // slice may be dropped at once.
+        // SAFETY: the buffer holds `bytes.len()` bytes; the stream is valid for the life of `self`.
+        unsafe { result::memcpy_htod_async(b.ptr, bytes, self.h.stream) }.map_err(|e| err("upload", e))?;
         Ok(b)
     }
     fn download(&self, buf: &DevBuf, offset: usize, len: usize) -> Result<Vec<u8>> {
@@ -386,6 +392,7 @@ impl Exec for CudaExec {
     }
     fn launch(&self, kernel: &str, cfg: Launch, params: &[u8]) -> Result<()> {
         self.current()?;
+        self.counts.launch();
         let f = self.function(kernel)?;
         let mut words = vec![0u64; params.len().div_ceil(8)];
         bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..params.len()].copy_from_slice(params);
@@ -422,8 +429,12 @@ impl Exec for CudaExec {
         }
         Ok(())
     }
+    fn counters(&self) -> kiln_core::backend::DeviceCounters {
+        self.counts.read()
+    }
     fn synchronize(&self) -> Result<()> {
         self.current()?;
+        self.counts.host_sync();
         // SAFETY: our stream is valid for the life of `self`.
         unsafe { result::stream::synchronize(self.h.stream) }.map_err(|e| err("kernel execution", e))
     }

@@ -58,6 +58,8 @@ pub struct EmuExec {
     launched: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// While profiling: the options and what was recorded so far.
     profile: std::sync::Mutex<Option<(ProfileOpts, Session)>>,
+    /// Launches, uploads and downloads (each a host synchronization on a GPU).
+    counts: crate::exec::Counters,
 }
 
 impl Default for EmuExec {
@@ -67,6 +69,7 @@ impl Default for EmuExec {
             racecheck: std::sync::atomic::AtomicBool::new(rc),
             launched: Default::default(),
             profile: Default::default(),
+            counts: Default::default(),
         }
     }
 }
@@ -181,6 +184,7 @@ impl Exec for EmuExec {
         self.alloc_filled(bytes, 0)
     }
     fn upload(&self, bytes: &[u8]) -> Result<DevBuf> {
+        self.counts.upload();
         if let Some((_, s)) = self.lock_profile().as_mut() {
             s.uploads += 1;
         }
@@ -190,6 +194,7 @@ impl Exec for EmuExec {
         Ok(b)
     }
     fn download(&self, buf: &DevBuf, offset: usize, len: usize) -> Result<Vec<u8>> {
+        self.counts.host_sync();
         if let Some((_, s)) = self.lock_profile().as_mut() {
             s.downloads += 1;
         }
@@ -206,6 +211,7 @@ impl Exec for EmuExec {
         Ok(v)
     }
     fn launch(&self, kernel: &str, cfg: Launch, params: &[u8]) -> Result<()> {
+        self.counts.launch();
         let rc = self.racecheck.load(std::sync::atomic::Ordering::Relaxed);
         self.launched.lock().unwrap_or_else(|e| e.into_inner()).insert(kernel.to_string());
         let opts = self.lock_profile().as_ref().map(|(o, _)| *o);
@@ -229,6 +235,14 @@ impl Exec for EmuExec {
     }
     fn has_wgmma(&self) -> bool {
         true
+    }
+    fn synchronize(&self) -> Result<()> {
+        // Launches run to completion here; counted as on a GPU.
+        self.counts.host_sync();
+        Ok(())
+    }
+    fn counters(&self) -> kiln_core::backend::DeviceCounters {
+        self.counts.read()
     }
     fn launched(&self) -> Vec<String> {
         self.launched.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()

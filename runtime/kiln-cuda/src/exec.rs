@@ -83,6 +83,34 @@ pub fn emulated_tensor_map(t: &TensorMap2d) -> Result<[u64; 16]> {
     Ok(w)
 }
 
+/// An executor's running counts ([`Exec::counters`]): each increment is one relaxed atomic add.
+#[derive(Default)]
+pub struct Counters {
+    launches: std::sync::atomic::AtomicU64,
+    uploads: std::sync::atomic::AtomicU64,
+    host_syncs: std::sync::atomic::AtomicU64,
+}
+
+impl Counters {
+    pub fn launch(&self) {
+        self.launches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    pub fn upload(&self) {
+        self.uploads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    pub fn host_sync(&self) {
+        self.host_syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    pub fn read(&self) -> kiln_core::backend::DeviceCounters {
+        let r = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        kiln_core::backend::DeviceCounters {
+            launches: r(&self.launches),
+            uploads: r(&self.uploads),
+            host_syncs: r(&self.host_syncs),
+        }
+    }
+}
+
 /// Memory and launches on one device.
 pub trait Exec: Send + Sync {
     /// "cuda" or "cuda-emu".
@@ -130,6 +158,11 @@ pub trait Exec: Send + Sync {
     }
     /// The emulation's race checker on or off (nothing elsewhere).
     fn set_racecheck(&self, _on: bool) {}
+    /// Launches, uploads and host synchronizations so far (a download is one synchronization;
+    /// an upload is queued on the stream and is not).
+    fn counters(&self) -> kiln_core::backend::DeviceCounters {
+        Default::default()
+    }
     /// The kernels launched so far, where the backend keeps count (the emulation).
     fn launched(&self) -> Vec<String> {
         Vec::new()

@@ -696,6 +696,18 @@ pub trait Backend:
         };
         self.upload(&t)
     }
+    /// The device's launch, upload and host-sync counts, where this backend drives a device
+    /// queue (none on the CPU).
+    fn counters(&self) -> Option<DeviceCounters> {
+        None
+    }
+    /// [`Backend::sum_squares_multi`] and the values of one-element tensors `scalars` (a step's
+    /// loss), read back together: one host synchronization a step on a GPU. This default reads
+    /// them one by one.
+    fn sum_squares_multi_and(&self, ts: &[&Tensor], scalars: &[&Tensor]) -> Result<(f64, Vec<f64>)> {
+        let s = self.sum_squares_multi(ts)?;
+        Ok((s, scalars.iter().map(|t| t.item()).collect::<Result<_>>()?))
+    }
     /// Whether [`Backend::adamw8_step`] runs here (else the trainer keeps 8-bit moments on the
     /// host and steps them through f32 a tensor at a time).
     fn has_adamw8(&self) -> bool {
@@ -738,6 +750,27 @@ pub fn concat0_dims(parts: &[Tensor]) -> Result<(Vec<usize>, DType)> {
     let mut dims = vec![rows];
     dims.extend(tail);
     Ok((dims, dtype))
+}
+
+/// What a device backend has done since it opened (monotonic counts): kernel launches, copies
+/// to the device, and host synchronizations — the waits for the device's queue to drain
+/// (every read-back is one). A training step reports their differences per step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceCounters {
+    pub launches: u64,
+    pub uploads: u64,
+    pub host_syncs: u64,
+}
+
+impl std::ops::Sub for DeviceCounters {
+    type Output = DeviceCounters;
+    fn sub(self, o: DeviceCounters) -> DeviceCounters {
+        DeviceCounters {
+            launches: self.launches - o.launches,
+            uploads: self.uploads - o.uploads,
+            host_syncs: self.host_syncs - o.host_syncs,
+        }
+    }
 }
 
 /// Block-wise 8-bit AdamW moments on a device (kiln's format: 256 values per f32 scale; first

@@ -327,6 +327,9 @@ impl Backend for KernelBackend {
     fn name(&self) -> &'static str {
         self.exec.name()
     }
+    fn counters(&self) -> Option<kiln_core::backend::DeviceCounters> {
+        Some(self.exec.counters())
+    }
     fn loss_chunk_rows(&self, vocab: usize) -> usize {
         loss::loss_chunk_rows(vocab)
     }
@@ -407,6 +410,9 @@ impl Backend for KernelBackend {
     }
     fn sum_squares_multi(&self, ts: &[&Tensor]) -> Result<f64> {
         optim::sum_squares_multi(self, ts)
+    }
+    fn sum_squares_multi_and(&self, ts: &[&Tensor], scalars: &[&Tensor]) -> Result<(f64, Vec<f64>)> {
+        optim::sum_squares_multi_and(self, ts, scalars)
     }
     fn has_adamw8(&self) -> bool {
         true

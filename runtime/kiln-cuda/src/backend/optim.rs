@@ -7,7 +7,7 @@ use kiln_core::{Error, Result, Tensor};
 
 use super::{CudaBuf, KernelBackend, want_f32};
 use crate::exec::{DevBuf, Launch};
-use crate::kernels::{Adam8Params, AdamCoeffs, MultiParams, MultiTensor};
+use crate::kernels::{Adam8Params, AdamCoeffs, EwParams, MultiParams, MultiTensor};
 
 impl OptimOps for KernelBackend {
     /// A table of one for the multi-tensor kernel (`kernels/optim.cu`).
@@ -84,32 +84,59 @@ pub(super) fn adamw_multi(
 
 /// Σ x² over several f32 tensors: one launch, one read-back of a partial per chunk.
 pub(super) fn sum_squares_multi(be: &KernelBackend, ts: &[&Tensor]) -> Result<f64> {
+    Ok(sum_squares_multi_and(be, ts, &[])?.0)
+}
+
+/// Σ x² over several f32 tensors and the values of one-element f32 tensors `scalars`: the
+/// partials (one f64 a chunk) and the scalars (copied behind them) come back in one read.
+pub(super) fn sum_squares_multi_and(
+    be: &KernelBackend,
+    ts: &[&Tensor],
+    scalars: &[&Tensor],
+) -> Result<(f64, Vec<f64>)> {
     let mut held = Vec::with_capacity(ts.len());
     for t in ts {
         want_f32("sum_squares", t)?;
         held.push((be.held(t)?, t.numel()));
+    }
+    for t in scalars {
+        want_f32("sum_squares_multi_and", t)?;
+        if t.numel() != 1 {
+            return Err(Error::shape("sum_squares_multi_and", format!("a scalar of {} elements", t.numel())));
+        }
     }
     let rows: Vec<MultiTensor> = held
         .iter()
         .filter(|h| h.1 > 0)
         .map(|(h, n)| MultiTensor { g: h.ptr(), n: *n as i64, ..Default::default() })
         .collect();
-    if rows.is_empty() {
-        return Ok(0.0);
+    if rows.is_empty() && scalars.is_empty() {
+        return Ok((0.0, Vec::new()));
     }
-    let (table, list, nchunks) = multi_table(be, &rows)?;
-    let out = be.exec.alloc(nchunks * 8)?;
-    let p = MultiParams {
-        table: table.ptr,
-        chunks: list.ptr,
-        out: out.ptr,
-        nchunks: nchunks as i32,
-        chunk: CHUNK as i32,
-        ..Default::default()
-    };
-    be.exec.launch("sum_squares_multi_f32", multi_launch(nchunks), bytemuck::bytes_of(&p))?;
-    let bytes = be.exec.download(&out, 0, nchunks * 8)?;
-    Ok(bytemuck::pod_collect_to_vec::<u8, f64>(&bytes).iter().sum())
+    let tables = if rows.is_empty() { None } else { Some(multi_table(be, &rows)?) };
+    let nchunks = tables.as_ref().map_or(0, |t| t.2);
+    let len = nchunks * 8 + scalars.len() * 4;
+    let out = be.exec.alloc(len)?;
+    if let Some((table, list, _)) = &tables {
+        let p = MultiParams {
+            table: table.ptr,
+            chunks: list.ptr,
+            out: out.ptr,
+            nchunks: nchunks as i32,
+            chunk: CHUNK as i32,
+            ..Default::default()
+        };
+        be.exec.launch("sum_squares_multi_f32", multi_launch(nchunks), bytemuck::bytes_of(&p))?;
+    }
+    for (i, t) in scalars.iter().enumerate() {
+        let h = be.held(t)?;
+        let p = EwParams { a: h.ptr(), b: 0, out: out.ptr + (nchunks * 8 + 4 * i) as u64, n: 4, s: 0.0, pad: 0 };
+        be.exec.launch("copy_bytes", Launch::linear(1, 32), bytemuck::bytes_of(&p))?;
+    }
+    let bytes = be.exec.download(&out, 0, len)?;
+    let (parts, tail) = bytes.split_at(nchunks * 8);
+    let sum = bytemuck::pod_collect_to_vec::<u8, f64>(parts).iter().sum();
+    Ok((sum, bytemuck::pod_collect_to_vec::<u8, f32>(tail).into_iter().map(f64::from).collect()))
 }
 
 /// Makes `t` a device buffer of its own (state kept in place across steps).

@@ -2,15 +2,15 @@
 //! Inputs are small random values; nothing is checked (the parity table does that).
 
 use kiln_core::backend::{
-    AdamWItem, AdamWStep, AttentionOps, ElementwiseOps, EmbeddingOps, LinearNeeds, LoraRef, LossOps, MatmulOps,
-    MemoryOps, NormOps, OptimOps,
+    AdamWItem, AdamWStep, AttentionOps, ElementwiseOps, EmbeddingOps, LinearNeeds, LoraRef, MatmulOps, MemoryOps,
+    NormOps, OptimOps,
 };
 use kiln_core::{DType, Error, Result, Tensor};
 
 use crate::backend::KernelBackend;
 
 /// The ops `kiln prof run` knows, with the shape each takes.
-pub const OPS: [(&str, &str); 12] = [
+pub const OPS: [(&str, &str); 13] = [
     ("gemm", "MxKxN: x [M,K] in --act · Wᵀ, W [N,K] in --dtype (bf16, f16, f32)"),
     ("qgemm", "MxKxN: W [N,K] quantized (--dtype q4_k, nf4, q4_1, q8_0)"),
     ("lora", "MxKxNxR: the fused LoRA forward, W bf16, rank R"),
@@ -19,7 +19,8 @@ pub const OPS: [(&str, &str); 12] = [
     ("attention", "BxTxHxD: causal attention forward, H query and key heads"),
     ("attention_bwd", "BxTxHxD: attention forward then backward"),
     ("rms_norm", "RxD: forward then backward"),
-    ("cross_entropy", "RxV: forward then backward"),
+    ("cross_entropy", "RxV: one chunk's nll and dlogits (the fused head's kernel)"),
+    ("lm_head_ce", "RxHxV: the fused LM head + cross-entropy, h [R,H] f32, W [V,H] in --dtype frozen: loss and dh"),
     ("adamw", "N: one AdamW step over N f32 parameters"),
     ("add", "N: a + b in --act"),
     ("embedding", "RxHxV: R ids into a bf16 [V,H] table, forward"),
@@ -48,7 +49,7 @@ fn up(be: &KernelBackend, n: &[usize], dtype: DType, seed: u64) -> Result<Tensor
 /// How many sizes `op`'s shape has.
 pub fn arity(op: &str) -> Result<usize> {
     Ok(match op {
-        "gemm" | "qgemm" | "embedding" => 3,
+        "gemm" | "qgemm" | "embedding" | "lm_head_ce" => 3,
         "lora" | "lora_bwd" | "attention" | "attention_bwd" => 4,
         "gemv" | "rms_norm" | "cross_entropy" => 2,
         "adamw" | "add" => 1,
@@ -88,7 +89,9 @@ pub fn work(op: &str, s: &[usize], dtype: DType, act: DType) -> (f64, f64) {
             if op == "attention" { (fwd, 4.0 * io) } else { (fwd * 3.5, 12.0 * io) }
         }
         "rms_norm" => (0.0, 4.0 * f(s[0] * s[1]) * 5.0),
-        "cross_entropy" => (0.0, 4.0 * f(s[0] * s[1]) * 3.0),
+        "cross_entropy" => (0.0, 4.0 * f(s[0] * s[1]) * 2.0),
+        // h·Wᵀ and dlogits·W; h, W and dh cross DRAM once (the logits never need to).
+        "lm_head_ce" => (4.0 * f(s[0] * s[1] * s[2]), 8.0 * f(s[0] * s[1]) + wb(s[1] * s[2]) + 4.0 * f(s[0])),
         "adamw" => (0.0, 4.0 * f(s[0]) * 7.0),
         "add" => (0.0, 12.0 * f(s[0])),
         "embedding" => (0.0, f(s[0] * s[1]) * 6.0),
@@ -154,8 +157,25 @@ pub fn run(be: &KernelBackend, op: &str, s: &[usize], dtype: DType, act: DType) 
             let logits = up(be, &[s[0], s[1]], DType::F32, 1)?;
             let t: Vec<i32> = (0..s[0]).map(|i| (i * 7919 % s[1]) as i32).collect();
             let targets = be.upload(&Tensor::from_vec(t, [s[0]])?)?;
-            let out = be.cross_entropy_fwd(&logits, &targets)?;
-            be.cross_entropy_bwd(&logits, &targets, &out.lse, 1.0, out.n_valid).map(drop)
+            kiln_core::Backend::cross_entropy_chunk(be, &logits, &targets, Some(1.0 / s[0] as f64)).map(drop)
+        }
+        "lm_head_ce" => {
+            use kiln_core::{Tape, Var};
+            let (rows, h, vocab) = (s[0], s[1], s[2]);
+            let x = Var::leaf(up(be, &[rows, h], DType::F32, 1)?, true);
+            let w = if let DType::Quant(ty) = dtype {
+                let q = kiln_core::quant::quantize(ty, &randn(vocab * h, 2))?;
+                be.upload(&Tensor::from_quant_bytes(q, ty, [vocab, h])?)?
+            } else {
+                up(be, &[vocab, h], dtype, 2)?
+            };
+            let w = Var::constant(w);
+            let t: Vec<i32> = (0..rows).map(|i| (i * 7919 % vocab) as i32).collect();
+            let t = Tensor::from_vec(t, [rows])?;
+            let tape = Tape::new();
+            let chunk = kiln_core::Backend::loss_chunk_rows(be, vocab);
+            let out = kiln_core::ops::linear_cross_entropy(&tape, &x, &w, &t, chunk)?;
+            tape.backward(&out.loss).map(drop)
         }
         "adamw" => {
             let (mut p, g) = (up(be, &[s[0]], DType::F32, 1)?, up(be, &[s[0]], DType::F32, 2)?);

@@ -10,7 +10,7 @@ use clap::Args;
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// gemm, qgemm, lora, lora_bwd, gemv, attention, attention_bwd, rms_norm, cross_entropy,
-    /// adamw, add, embedding.
+    /// lm_head_ce, adamw, add, embedding.
     #[arg(long)]
     op: String,
     /// Sizes joined by 'x' (gemm: MxKxN; attention: BxTxHxD; `--op` errors say which).
@@ -19,7 +19,8 @@ pub struct RunArgs {
     /// GEMM variant (v1 … v6) [default: the backend's, v6].
     #[arg(long)]
     variant: Option<String>,
-    /// Weight dtype: bf16, f16, f32, or a block type (q4_k, nf4, q4_1, q8_0, …) for qgemm/gemv.
+    /// Weight dtype: bf16, f16, f32, or a block type (q4_k, nf4, q4_1, q8_0, …) for
+    /// qgemm/gemv/lm_head_ce.
     #[arg(long)]
     dtype: Option<String>,
     /// The activations' type (gemm, qgemm, lora, lora_bwd, attention, rms_norm, add): f32, or

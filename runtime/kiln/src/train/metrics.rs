@@ -36,6 +36,18 @@ pub struct StepLog {
     /// Preference runs: the step's rewards and reward accuracy.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub pref: Option<PrefLog>,
+    /// Device backends (CUDA): the step's kernel launches, copies to the device and host
+    /// synchronizations (waits for the device: read-backs), the optimizer update included.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceLog>,
+}
+
+/// What a step asked of the device ([`StepLog::device`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DeviceLog {
+    pub launches: u64,
+    pub uploads: u64,
+    pub host_syncs: u64,
 }
 
 /// The preference metrics of a step or an evaluation (means over its pairs).

@@ -19,6 +19,6 @@ pub mod trainer;
 pub use config::{Method, Objective, Optim, PrefLoss, Scheduler, TrainConfig};
 pub use events::{Evaluation, Event, Stepped, Summary};
 pub use job::{Outcome, RunOptions, run};
-pub use metrics::{EvalLog, PrefLog, SkipLog, StepLog};
+pub use metrics::{DeviceLog, EvalLog, PrefLog, SkipLog, StepLog};
 pub use optim::AdamW;
 pub use trainer::{Batches, Trainer};

@@ -137,17 +137,35 @@ impl AdamW {
 
     /// Global L2 norm of the gradients of `params`: one fused sum per backend holding them.
     pub fn grad_norm(params: &[&mut Var], grads: &Grads) -> Result<f64> {
+        Ok(AdamW::grad_norm_and(params, grads, &[])?.0)
+    }
+
+    /// [`AdamW::grad_norm`] and the values of one-element tensors `scalars` (the step's loss),
+    /// read with the sum of the backend that holds them: one host synchronization a step on a
+    /// GPU.
+    pub fn grad_norm_and(
+        params: &[&mut Var],
+        grads: &Grads,
+        scalars: &[&kiln_core::Tensor],
+    ) -> Result<(f64, Vec<f64>)> {
         let gs: Vec<&kiln_core::Tensor> = params.iter().filter_map(|p| grads.get(p)).collect();
-        let mut s = 0.0;
-        let mut names: Vec<&str> = gs.iter().map(|g| g.backend().name()).collect();
-        names.dedup();
+        let mut names: Vec<&str> = gs.iter().chain(scalars).map(|g| g.backend().name()).collect();
         names.sort_unstable();
         names.dedup();
+        let (mut s, mut values) = (0.0, vec![0.0; scalars.len()]);
         for name in names {
             let group: Vec<&kiln_core::Tensor> = gs.iter().copied().filter(|g| g.backend().name() == name).collect();
-            s += group[0].backend().sum_squares_multi(&group)?;
+            let (idx, mine): (Vec<usize>, Vec<&kiln_core::Tensor>) =
+                scalars.iter().enumerate().filter(|(_, t)| t.backend().name() == name).map(|(i, t)| (i, *t)).unzip();
+            let be = group.first().or(mine.first()).map(|t| t.backend());
+            let Some(be) = be else { continue };
+            let (part, vals) = be.sum_squares_multi_and(&group, &mine)?;
+            s += part;
+            for (i, v) in idx.into_iter().zip(vals) {
+                values[i] = v;
+            }
         }
-        Ok(s.sqrt())
+        Ok((s.sqrt(), values))
     }
 
     /// One update of every parameter that received a gradient, after scaling all gradients so

@@ -23,7 +23,7 @@ use super::AdamW;
 use super::checkpoint::{self, Identity, State};
 use super::config::{Method, Objective, Optim, TrainConfig};
 use super::events::{Evaluation, Event, Stepped, Summary};
-use super::metrics::{EvalLog, MetricsFile, SkipLog, StepLog};
+use super::metrics::{DeviceLog, EvalLog, MetricsFile, SkipLog, StepLog};
 use super::pref::{self, PrefSpec, PrefStats};
 use super::prepare::Prepared;
 use super::schedule::lr_at;
@@ -64,6 +64,10 @@ enum StepResult {
     /// Not applied: what was not finite.
     NonFinite(String),
 }
+
+/// A micro-batch's loss (a one-element tensor, read later with the gradient norm) and its
+/// weight in the step's mean.
+type LossPart = (Tensor, f64);
 
 /// The parameters `cfg`'s method trains, with their saved names. A free function over the
 /// fields (not a method) so callers can hold the optimizer mutably at the same time.
@@ -372,28 +376,32 @@ impl Trainer {
     /// token share, clipped, applied — unless the loss or a gradient is not finite, in which
     /// case nothing is applied and the step says what was found.
     fn train_step(&mut self, step: usize) -> Result<StepResult> {
-        let (grads, loss, tokens, pref) = match self.pref {
+        // SFT leaves each micro-batch's loss on the device, read with the gradient norm's sum:
+        // one host synchronization for the step.
+        let (grads, host_loss, parts, tokens, pref) = match self.pref {
             Some(spec) => {
                 let (g, l, t, st) = self.pref_grads(step, spec)?;
-                (g, l, t, Some(st))
+                (g, l, Vec::new(), t, Some(st))
             }
             None => {
                 let batches = self.step_batches(step)?;
-                let (g, l, t) = self.sft_grads(step, &batches)?;
-                (g, l, t, None)
+                let (g, parts, t) = self.sft_grads(step, &batches)?;
+                (g, 0.0, parts, t, None)
             }
         };
 
         let lr = lr_at(self.cfg.lr_scheduler, self.cfg.learning_rate, step, self.cfg.warmup_steps, self.total_steps);
         self.opt.lr = lr;
+        let (gn, values) = {
+            let params: Vec<&mut Var> =
+                trainable(&self.cfg, &mut self.model, &mut self.lora).into_iter().map(|(_, v)| v).collect();
+            let scalars: Vec<&Tensor> = parts.iter().map(|(t, _)| t).collect();
+            AdamW::grad_norm_and(&params, &grads, &scalars)?
+        };
+        let loss = host_loss + values.iter().zip(&parts).map(|(v, (_, w))| v * w).sum::<f64>();
         if !loss.is_finite() {
             return Ok(StepResult::NonFinite(format!("the loss is {loss}")));
         }
-        let gn = {
-            let params: Vec<&mut Var> =
-                trainable(&self.cfg, &mut self.model, &mut self.lora).into_iter().map(|(_, v)| v).collect();
-            AdamW::grad_norm(&params, &grads)?
-        };
         if !gn.is_finite() {
             // Name the first parameter whose gradient holds a NaN or an infinity.
             let named = trainable(&self.cfg, &mut self.model, &mut self.lora);
@@ -412,11 +420,12 @@ impl Trainer {
         Ok(StepResult::Applied { loss, grad_norm: gn, tokens, lr, pref })
     }
 
-    /// Supervised step: the micro-batches' gradients weighted by token share.
-    fn sft_grads(&mut self, step: usize, batches: &[Batch]) -> Result<(Grads, f64, usize)> {
+    /// Supervised step: the micro-batches' gradients weighted by token share, and each one's
+    /// loss (a one-element tensor, not read here) with its weight.
+    fn sft_grads(&mut self, step: usize, batches: &[Batch]) -> Result<(Grads, Vec<LossPart>, usize)> {
         let n_total: usize = batches.iter().map(|b| b.n_targets).sum();
         let mut grads = Grads::default();
-        let (mut loss, mut tokens) = (0.0, 0);
+        let (mut parts, mut tokens) = (Vec::new(), 0);
         for (mi, b) in batches.iter().enumerate().filter(|(_, b)| b.n_targets > 0) {
             if let Some(l) = &mut self.lora {
                 l.reseed_dropout(self.cfg.seed ^ ((step as u64) << 20) ^ mi as u64);
@@ -425,13 +434,13 @@ impl Trainer {
             let inp = Inputs { ids: &b.ids, pos: &b.pos, seg: Some(&b.seg), shared_prefix: false, base_only: false };
             let ce = self.model.loss(&tape, &inp, &b.targets, self.lora.as_ref(), self.cfg.gradient_checkpointing)?;
             let w = ce.n_valid as f64 / n_total as f64;
-            loss += ce.loss.value().item()? * w;
             tokens += b.ids.numel();
             let lv = ce.loss.value();
             let seed = lv.backend().upload(&Tensor::from_vec(vec![w as f32], lv.dims().to_vec())?)?;
+            parts.push((lv.clone(), w));
             grads.merge(tape.backward_from(vec![(ce.loss.id(), seed)])?)?;
         }
-        Ok((grads, loss, tokens))
+        Ok((grads, parts, tokens))
     }
 
     fn state(&self, lr: f64) -> State {
@@ -589,7 +598,16 @@ impl Trainer {
             return Err(KilnError::Msg(format!("step {step}: the run has {} steps", self.total_steps)));
         }
         let (t0, tokens0) = *self.clock.get_or_insert((Instant::now(), self.tokens));
-        let done = match self.train_step(step)? {
+        let c0 = self.model.backend().counters();
+        let result = self.train_step(step)?;
+        let device = match (c0, self.model.backend().counters()) {
+            (Some(a), Some(b)) => {
+                let d = b - a;
+                Some(DeviceLog { launches: d.launches, uploads: d.uploads, host_syncs: d.host_syncs })
+            }
+            _ => None,
+        };
+        let done = match result {
             StepResult::Applied { loss, grad_norm, tokens, lr, pref } => {
                 self.tokens += tokens;
                 let el = t0.elapsed().as_secs_f64();
@@ -604,6 +622,7 @@ impl Trainer {
                     tokens_per_s: (self.tokens - tokens0) as f64 / el.max(1e-9),
                     elapsed_s: el,
                     pref: pref.as_ref().map(Into::into),
+                    device,
                 };
                 self.log(&log)?;
                 Stepped::Applied(log)
