@@ -58,7 +58,7 @@ KILN_KERNEL(scale_by_f32, EwParams) {
 KILN_KERNEL(copy_bytes, EwParams) {
   const unsigned char* a = static_cast<const unsigned char*>(p.a);
   unsigned char* o = static_cast<unsigned char*>(p.out);
-  if (((reinterpret_cast<uintptr_t>(a) | reinterpret_cast<uintptr_t>(o) | uintptr_t(p.n)) & 15) == 0) {
+  if (((reinterpret_cast<u64>(a) | reinterpret_cast<u64>(o) | u64(p.n)) & 15) == 0) {
     KILN_FOR_EACH(i, p.n / 16) { store_u32x4(o + 16 * i, load_u32x4(a + 16 * i)); }
   } else {
     KILN_FOR_EACH(i, p.n) { o[i] = a[i]; }

@@ -80,7 +80,7 @@ __device__ __forceinline__ uint4 ce_grad4(uint4 q, int c0, int t, float lse, flo
 // multiple of 4, x and out0 16-byte aligned); no per-element divide.
 KILN_KERNEL_LB(ce_chunk_f32, CeParams, 256) {
   __shared__ float red[32];
-  const bool vec = (p.v & 3) == 0 && ((reinterpret_cast<uintptr_t>(p.x) | reinterpret_cast<uintptr_t>(p.out0)) & 15) == 0;
+  const bool vec = (p.v & 3) == 0 && ((reinterpret_cast<u64>(p.x) | reinterpret_cast<u64>(p.out0)) & 15) == 0;
   for (i64 r = blockIdx.x; r < p.m; r += gridDim.x) {
     const float* x = p.x + r * p.v;
     float mx = -3.0e38f, se = 0.f;
