@@ -373,9 +373,11 @@ impl Exec for CudaExec {
         let b = self.alloc(bytes.len())?;
         self.counts.upload();
         // Queued on our stream, so it follows every kernel that used this pooled memory before
-        // and precedes every later one: no wait for the device. `bytes` is pageable memory (kiln
-        // never page-locks host memory), which the driver stages before the call returns, so the
-        // slice may be dropped at once.
+        // and precedes every later one: kiln no longer waits for the device itself. `bytes` is
+        // pageable memory (kiln never page-locks host memory), which the driver stages before
+        // the call returns, so the slice may be dropped at once; while staging, the driver may
+        // still wait for the stream (CUDA's documented behaviour for pageable memory) — a ring
+        // of page-locked staging buffers would remove that wait.
         // SAFETY: the buffer holds `bytes.len()` bytes; the stream is valid for the life of `self`.
         unsafe { result::memcpy_htod_async(b.ptr, bytes, self.h.stream) }.map_err(|e| err("upload", e))?;
         Ok(b)
