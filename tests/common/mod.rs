@@ -128,8 +128,9 @@ pub fn train_run(model: &Path, data: &Path, out: &Path, backend: &str, extra: &[
     // A CUDA backend's supervised step waits for the device once: its loss is read with the
     // gradient norm's sum (preference steps read their log-probabilities too).
     for v in steps.iter().filter(|v| v.get("rewards_chosen").is_none()) {
-        if let Some(h) = v.get("host_syncs") {
-            assert_eq!(h.as_u64(), Some(1), "{backend}: a step that waited for the device more than once: {v}");
+        match v.get("host_syncs") {
+            Some(h) => assert_eq!(h.as_u64(), Some(1), "{backend}: a step that did not wait for the device once: {v}"),
+            None => assert!(!backend.starts_with("cuda"), "{backend}: a step without its device counts: {v}"),
         }
     }
     let adapter = out.join("adapter/adapter_model.safetensors");

@@ -728,6 +728,25 @@ pub trait Backend:
     }
 }
 
+/// The error every backend gives for the first token id outside `0 … vocab` (embedding).
+pub fn check_token_ids(ids: &[i32], vocab: usize) -> Result<()> {
+    if let Some((i, &bad)) = ids.iter().enumerate().find(|&(_, &t)| t < 0 || t as usize >= vocab) {
+        return Err(crate::Error::Msg(format!(
+            "embedding: token id {bad} at position {i} is outside the vocabulary of {vocab}"
+        )));
+    }
+    Ok(())
+}
+
+/// The error every backend (and the fused LM head) gives for the first target ≥ `vocab` of
+/// `op` (a target < 0 is ignored).
+pub fn check_targets(op: &str, targets: &[i32], vocab: usize) -> Result<()> {
+    if let Some((r, &bad)) = targets.iter().enumerate().find(|&(_, &t)| t >= 0 && t as usize >= vocab) {
+        return Err(crate::Error::Msg(format!("{op}: target {bad} in row {r} is outside the vocabulary of {vocab}")));
+    }
+    Ok(())
+}
+
 /// The joined shape and type of [`Backend::concat0`]'s parts, which must agree in type (f32
 /// or f64) and in every dimension after the first.
 pub fn concat0_dims(parts: &[Tensor]) -> Result<(Vec<usize>, DType)> {

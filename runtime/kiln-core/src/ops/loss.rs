@@ -73,9 +73,7 @@ fn host_targets(op: &'static str, targets: &Tensor, n: usize, v: usize) -> Resul
     if tv.len() != n {
         return Err(crate::Error::shape(op, format!("{n} rows, {} targets", tv.len())));
     }
-    if let Some((r, &t)) = tv.iter().enumerate().find(|&(_, &t)| t >= 0 && t as usize >= v) {
-        return Err(crate::Error::Msg(format!("{op}: target {t} in row {r} is outside the vocabulary of {v}")));
-    }
+    crate::backend::check_targets(op, tv, v)?;
     Ok(tcpu)
 }
 
@@ -127,10 +125,7 @@ pub fn linear_cross_entropy_capped(
     }
     let loss = match loss {
         Some(l) => l,
-        None => be.upload(&match hv.dtype() {
-            DType::F64 => Tensor::from_vec(vec![0f64], [1])?,
-            _ => Tensor::from_vec(vec![0f32], [1])?,
-        })?,
+        None => be.zeros(&[1].into(), if hv.dtype() == DType::F64 { DType::F64 } else { DType::F32 })?,
     };
     // The chunks' input gradients, joined on the device.
     let dh = match dh.len() {

@@ -159,7 +159,7 @@ pub(super) fn concat0(be: &KernelBackend, parts: &[Tensor]) -> Result<Tensor> {
     let dtype = if dtype == DType::F64 { DType::F32 } else { dtype };
     let numel: usize = dims.iter().product();
     let out = be.alloc(numel, dtype)?;
-    let elem = out.bytes / numel.max(1);
+    let elem = super::dev_size(dtype)?;
     let mut at = 0u64;
     for part in parts {
         let h = be.held(part)?;

@@ -14,13 +14,7 @@ use crate::kernels::EmbParams;
 /// step does not wait for the device.
 fn check_err(be: &KernelBackend, err: &crate::exec::DevBuf, ids: &Tensor, vocab: usize) -> Result<()> {
     if let kiln_core::tensor::Storage::Cpu(_) = ids.storage() {
-        let bad = ids.as_slice::<i32>()?.iter().enumerate().find(|&(_, &t)| t < 0 || t as usize >= vocab);
-        return match bad {
-            None => Ok(()),
-            Some((row, t)) => Err(Error::Msg(format!(
-                "embedding: token id {t} at position {row} is outside the vocabulary of {vocab}"
-            ))),
-        };
+        return kiln_core::backend::check_token_ids(ids.as_slice::<i32>()?, vocab);
     }
     let e = bytemuck::pod_read_unaligned::<i32>(&be.exec.download(err, 0, 4)?);
     if e == 0 {

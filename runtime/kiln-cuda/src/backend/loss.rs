@@ -46,9 +46,7 @@ impl LossOps for KernelBackend {
     fn cross_entropy_fwd(&self, logits: &Tensor, targets: &Tensor) -> Result<CeOut> {
         let CeDims { m, v } = ce_dims(logits, targets)?;
         let tv = targets.to_cpu()?.as_slice::<i32>()?.to_vec();
-        if let Some((r, &bad)) = tv.iter().enumerate().find(|&(_, &t)| t >= v as i32) {
-            return Err(Error::Msg(format!("cross_entropy: target {bad} in row {r} is outside the vocabulary of {v}")));
-        }
+        kiln_core::backend::check_targets("cross_entropy", &tv, v)?;
         let (hx, ht) = (self.held(logits)?, self.held(targets)?);
         let (lse, nll) = (self.alloc(m, DType::F32)?, self.alloc(m, DType::F32)?);
         let p = CeParams {

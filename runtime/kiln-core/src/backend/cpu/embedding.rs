@@ -7,15 +7,6 @@ use super::{CpuBackend, Real, by_prec, out, prec, read, read_i32};
 use crate::backend::EmbeddingOps;
 use crate::{Error, Result, Tensor};
 
-fn check_ids(ids: &[i32], vocab: usize) -> Result<()> {
-    if let Some((i, &bad)) = ids.iter().enumerate().find(|&(_, &t)| t < 0 || t as usize >= vocab) {
-        return Err(Error::Msg(format!(
-            "embedding: token id {bad} at position {i} is outside the vocabulary of {vocab}"
-        )));
-    }
-    Ok(())
-}
-
 fn fwd<T: Real>(w: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let wd = w.dims();
     if wd.len() != 2 {
@@ -23,7 +14,7 @@ fn fwd<T: Real>(w: &Tensor, ids: &Tensor) -> Result<Tensor> {
     }
     let (v, h) = (wd[0], wd[1]);
     let iv = read_i32(ids)?;
-    check_ids(iv, v)?;
+    crate::backend::check_token_ids(iv, v)?;
     let mut y = vec![T::zero(); iv.len() * h];
     if w.dtype() == T::DTYPE {
         let wv = w.as_slice::<T>()?;
@@ -43,7 +34,7 @@ fn fwd<T: Real>(w: &Tensor, ids: &Tensor) -> Result<Tensor> {
 
 fn bwd<T: Real>(dy: &Tensor, ids: &Tensor, vocab: usize) -> Result<Tensor> {
     let iv = read_i32(ids)?;
-    check_ids(iv, vocab)?;
+    crate::backend::check_token_ids(iv, vocab)?;
     let h = dy.shape().last();
     let dv = read::<T>(dy)?;
     if dv.len() != iv.len() * h {

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use super::{CpuBackend, Real, by_prec, out, prec, read, read_i32};
 use crate::backend::{CeDims, CeOut, LossOps};
-use crate::{Error, Result, Tensor};
+use crate::{Result, Tensor};
 
 const VCHUNK: usize = 4096;
 
@@ -28,9 +28,7 @@ fn lse_row<T: Real>(row: &[T]) -> T {
 fn fwd<T: Real>(logits: &Tensor, targets: &Tensor) -> Result<CeOut> {
     let CeDims { m, v } = CeDims::of(logits, targets)?;
     let (lv, tv) = (read::<T>(logits)?, read_i32(targets)?);
-    if let Some((r, &bad)) = tv.iter().enumerate().find(|&(_, &t)| t >= v as i32) {
-        return Err(Error::Msg(format!("cross_entropy: target {bad} in row {r} is outside the vocabulary of {v}")));
-    }
+    crate::backend::check_targets("cross_entropy", tv, v)?;
     let lse: Vec<T> = (0..m).into_par_iter().map(|r| lse_row(&lv[r * v..(r + 1) * v])).collect();
     let nll: Vec<T> =
         (0..m).map(|r| if tv[r] >= 0 { lse[r] - lv[r * v + tv[r] as usize] } else { T::zero() }).collect();
